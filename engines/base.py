@@ -1,0 +1,61 @@
+"""The one small contract every backend implements (house rule 8)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from nscmonitor.engines.metadata import ModelMetadata
+
+
+class EngineError(RuntimeError):
+    """A backend cannot load or run this model here (missing package, no GPU, bad file)."""
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class Engine(ABC):
+    """Backends take float32 tiles ``N x C x S x S`` (see metadata.py for the scaling) and
+    return class probabilities ``N x K`` in ``metadata.classes`` order."""
+
+    name: str = "engine"
+
+    def __init__(self, model_path: str | Path, metadata: ModelMetadata) -> None:
+        self.model_path = Path(model_path)
+        self.metadata = metadata
+
+    @abstractmethod
+    def load(self) -> None:
+        """Import the runtime and build the session; raise EngineError if impossible."""
+
+    @abstractmethod
+    def _run(self, tiles: np.ndarray) -> np.ndarray:
+        """Raw graph output for one batch."""
+
+    def infer(self, tiles: np.ndarray) -> np.ndarray:
+        if tiles.ndim != 4 or tiles.shape[1:] != self.input_shape:
+            raise EngineError(f"{self.name}: expected tiles of shape N x {self.input_shape}, got {tiles.shape}")
+        if len(tiles) == 0:
+            return np.zeros((0, len(self.metadata.classes)), np.float32)
+        out = self._run(np.ascontiguousarray(tiles, dtype=np.float32))
+        if self.metadata.output == "logits":
+            return softmax(out, self.metadata.temperature)
+        return out.astype(np.float32)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        m = self.metadata
+        return (m.input_channels, m.input_size, m.input_size)
+
+    def close(self) -> None:
+        """Release runtime resources; the default has none."""
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.metadata.name} {self.metadata.version})"

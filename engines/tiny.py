@@ -1,0 +1,70 @@
+"""A tiny but real ONNX classifier built with ``onnx.helper`` (no torch needed).
+
+Used by tests (a real ONNX Runtime session on a small model) and by the demo before a
+trained model exists, which then says plainly that its numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nscmonitor.engines.metadata import ModelMetadata, write_onnx_metadata
+
+
+def build_tiny_classifier(path: str | Path, *, classes: tuple[str, ...] = ("neuron", "astrocyte", "oligodendrocyte", "undifferentiated"),
+                          input_size: int = 64, pixel_size_um: float | None = None, seed: int = 0,
+                          version: str = "tiny-untrained", scheme: str | None = None,
+                          weights: dict[str, np.ndarray] | None = None) -> ModelMetadata:
+    """Conv(1->8, 3x3, stride 2) -> ReLU -> global average pool -> dense -> logits.
+
+    ``weights`` may override ``conv_w`` (8x1x3x3), ``conv_b`` (8), ``fc_w`` (8xK), ``fc_b`` (K)
+    so tests can build a model whose answer they know.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    k = len(classes)
+    w = {
+        "conv_w": rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32),
+        "conv_b": rng.normal(0, 0.1, (8,)).astype(np.float32),
+        "fc_w": rng.normal(0, 1.0, (8, k)).astype(np.float32),
+        "fc_b": np.zeros((k,), np.float32),
+    }
+    if weights:
+        w.update({name: np.asarray(v, np.float32) for name, v in weights.items()})
+    inits = [numpy_helper.from_array(v, name) for name, v in w.items()]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"], axis=1),
+        helper.make_node("MatMul", ["f", "fc_w"], ["m"]),
+        helper.make_node("Add", ["m", "fc_b"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "nscmonitor_tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, input_size, input_size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", k])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="nscmonitor")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    if scheme is None:
+        scheme = "binary" if tuple(classes) == ("neuron", "glia") else (
+            "multiclass" if len(classes) == 4 else "custom")
+    meta = ModelMetadata(
+        name="tiny", version=version, scheme=scheme, classes=tuple(classes), input_size=input_size,
+        input_channels=1, pixel_size_um=pixel_size_um, arch="tiny-conv",
+        normalization={"p_low": 1.0, "p_high": 99.8, "mean": 0.0, "std": 1.0, "in_graph": True},
+    )
+    write_onnx_metadata(model, meta)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".part")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return meta
