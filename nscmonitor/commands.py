@@ -1,0 +1,347 @@
+"""The core sub-commands: run, status, export, doctor, parse, db."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from nscmonitor.config import Settings, WatchFolder, load_settings, with_overrides
+from nscmonitor.errors import UserFacingError
+
+log = logging.getLogger(__name__)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    s = load_settings(getattr(args, "config", None))
+    return with_overrides(s, database_url=getattr(args, "db", None))
+
+
+# --- run ------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from nscmonitor.daemon import build_runner, install_signal_handlers
+
+    s = settings_from(args)
+    if args.watch:
+        extra = tuple(WatchFolder(path=Path(d).resolve(), experiment=args.experiment or Path(d).resolve().name,
+                                  profile=args.profile, plate_format=args.plate_format,
+                                  plate_map=Path(args.plate_map) if args.plate_map else None,
+                                  quiet_seconds=args.quiet if args.quiet is not None else 5.0,
+                                  polling=True if args.polling else None, channel=args.channel)
+                      for d in args.watch)
+        s = with_overrides(s, watch=s.watch + extra)
+    s = with_overrides(s, engine=args.engine, batch_size=args.batch_size)
+    runner = build_runner(s, model=Path(args.model) if args.model else None)
+    install_signal_handlers(runner.stop_event)
+    runner.setup()
+    m = runner.model
+    print(f"nscmonitor: serving model {m.version} with {m.engine.name}; watching "
+          + ", ".join(str(f.cfg.path) for f in runner.folders), file=sys.stderr)
+    if m.version.startswith("tiny-untrained"):
+        print("nscmonitor: WARNING: this is an untrained demo model; its predictions mean nothing.", file=sys.stderr)
+    if args.once and sys.stderr.isatty() or args.once and args.progress:
+        with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      transient=False) as prog:
+            task = prog.add_task("scoring", total=None)
+            done = 0
+
+            def update(n: int, backlog: int) -> None:
+                nonlocal done
+                done += n
+                prog.update(task, completed=done, total=done + backlog)
+
+            runner.run(once=True, progress=update)
+    else:
+        runner.run(once=args.once)
+    counts = runner.store and __import__("nscmonitor.store.repo", fromlist=["Repo"]).Repo(runner.store.engine).queue_counts()
+    print("nscmonitor: stopped; images by state: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+          file=sys.stderr)
+    return 0
+
+
+# --- status ---------------------------------------------------------------------------
+STALE_S = 120.0
+
+
+def health(repo, *, now: datetime | None = None) -> dict:  # noqa: ANN001
+    """The health verdict behind ``status``'s exit code: 0 healthy, 1 stalled, 2 a
+    watched folder is unreachable, 3 no daemon is running."""
+    now = now or datetime.now(timezone.utc)
+    daemons = repo.daemons(1)
+    counts = repo.queue_counts()
+    d = daemons[0] if daemons else None
+    verdict, code = "healthy", 0
+    if d is None or d.state == "stopped":
+        verdict, code = "no daemon running", 3
+    else:
+        age = (now - d.heartbeat_at).total_seconds()
+        if age > STALE_S:
+            verdict, code = f"stalled: no heartbeat for {age:.0f} s", 1
+        elif any(not w.get("reachable", True) for w in d.watched):
+            bad = [w["path"] for w in d.watched if not w.get("reachable", True)]
+            verdict, code = f"watched folder unreachable: {', '.join(bad)}", 2
+    return {
+        "verdict": verdict, "exit_code": code,
+        "daemon": None if d is None else {
+            "host": d.host, "pid": d.pid, "state": d.state, "heartbeat_at": d.heartbeat_at.isoformat(),
+            "engine": d.engine, "model_version": d.model_version, "images_per_s": d.images_per_s, "watched": d.watched,
+        },
+        "queue": counts,
+        "scored_last_5_min": repo.scored_since(300),
+        "errors": [{"path": e.path, "status": e.status, "reason": e.error, "at": e.updated_at.isoformat()}
+                   for e in repo.errors(10)],
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nscmonitor.store.db import ensure_schema, make_engine
+    from nscmonitor.store.repo import Repo
+
+    s = settings_from(args)
+    engine = make_engine(s.database_url)
+    ensure_schema(engine, create=False)
+    h = health(Repo(engine))
+    if args.json:
+        print(json.dumps(h, indent=2, default=str))
+        return h["exit_code"]
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    d = h["daemon"]
+    con.print(f"[bold]{h['verdict']}[/bold]")
+    if d:
+        con.print(f"daemon {d['host']}:{d['pid']} {d['state']}, heartbeat {d['heartbeat_at']}, "
+                  f"engine {d['engine']}, model {d['model_version']}, {d['images_per_s'] or 0:.2f} images/s")
+        for w in d["watched"]:
+            con.print(f"  watching {w['path']} ({'polling' if w.get('polling') else 'events'})"
+                      + ("" if w.get("reachable", True) else f" [red]UNREACHABLE: {w.get('error')}[/red]"))
+    con.print("queue: " + (", ".join(f"{k} {v}" for k, v in sorted(h["queue"].items())) or "empty")
+              + f"; scored in the last 5 min: {h['scored_last_5_min']}")
+    if h["errors"]:
+        t = Table("state", "file", "reason", title="last errors")
+        for e in h["errors"]:
+            t.add_row(e["status"], e["path"], e["reason"])
+        con.print(t)
+    return h["exit_code"]
+
+
+# --- export ---------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from nscmonitor.report.export import default_images_path, export_images, export_readouts
+    from nscmonitor.store.db import ensure_schema, make_engine
+    from nscmonitor.store.repo import Repo
+
+    s = settings_from(args)
+    engine = make_engine(s.database_url)
+    ensure_schema(engine, create=False)
+    repo = Repo(engine)
+    out = Path(args.output)
+    n, version = export_readouts(repo, args.experiment, out, model_version=args.model_version,
+                                 active=_active_version(s))
+    per_image = Path(args.per_image) if args.per_image else default_images_path(out)
+    k = export_images(repo, args.experiment, per_image)
+    print(f"wrote {n} readout rows (model {version or 'none'}) to {out}")
+    print(f"wrote {k} image rows to {per_image}")
+    return 0
+
+
+def _active_version(s: Settings):  # noqa: ANN202
+    def active() -> str | None:
+        try:
+            from nscmonitor.registry.registry import Registry
+            from nscmonitor.store.db import make_engine
+        except ImportError:
+            return None
+        act = Registry(s.models_dir, make_engine(s.database_url)).active()
+        return act.version if act else None
+
+    return active
+
+
+# --- parse ----------------------------------------------------------------------------
+def parse_record(path: str, profile: str, plate_format: int | None) -> dict:
+    from nscmonitor.ingest.filenames import parse_path
+
+    r = parse_path(path, profile, plate_format=plate_format)
+    k = r.key
+    return {
+        "path": path, "kind": r.kind, "profile": r.profile,
+        "plate": k.plate if k else None, "well": k.well if k else None, "field": k.field if k else None,
+        "channel": k.channel if k else None, "z": k.z if k else None, "timepoint": k.timepoint if k else None,
+        "elapsed_h": k.elapsed_h if k else None,
+        "acquired_at": k.acquired_at.isoformat() if k and k.acquired_at else None, "reason": r.reason,
+    }
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    for p in args.paths:
+        try:
+            rec = parse_record(p, args.profile, args.plate_format)
+        except ValueError as exc:
+            raise UserFacingError(str(exc)) from exc
+        if args.json:
+            print(json.dumps(rec))
+        else:
+            where = " ".join(f"{k}={rec[k]}" for k in ("plate", "well", "field", "channel", "z", "timepoint",
+                                                         "elapsed_h", "acquired_at") if rec[k] is not None)
+            print(f"{rec['kind']:8} {rec['profile'] or '-':12} {p}  {where}{'  ' + rec['reason'] if rec['reason'] else ''}")
+    return 0
+
+
+# --- doctor ---------------------------------------------------------------------------
+def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
+    import importlib.util
+    import shutil
+
+    from nscmonitor.store.db import current_revision, head_revision, make_engine, sqlite_path
+
+    checks: list[tuple[str, bool, str]] = []
+    for mod, what in (("onnxruntime", "ONNX Runtime (CPU engine)"), ("torch", "PyTorch (training, reference engine)"),
+                      ("tensorrt", "TensorRT (GPU engine)"), ("PySide6", "PySide6 (dashboard)")):
+        ok = importlib.util.find_spec(mod) is not None
+        checks.append((what, ok, "installed" if ok else "not installed"))
+    try:
+        import onnxruntime as ort
+
+        checks.append(("ONNX Runtime providers", True, ", ".join(ort.get_available_providers())))
+    except ImportError:
+        pass
+    gpu = shutil.which("nvidia-smi") is not None
+    checks.append(("NVIDIA GPU", gpu, "nvidia-smi found" if gpu else "no NVIDIA driver found (CPU engines serve)"))
+    try:
+        eng = make_engine(s.database_url)
+        cur = current_revision(eng)
+        head = head_revision()
+        checks.append(("database", cur == head or cur is None,
+                       f"{s.database_url} schema {cur or 'new'} (this version needs {head})"))
+        p = sqlite_path(s.database_url)
+        if p is not None:
+            free = shutil.disk_usage(p.parent).free
+            checks.append(("database disk space", free > 1 << 30, f"{free / 2**30:.1f} GiB free on {p.parent}"))
+    except Exception as exc:  # doctor reports, it does not crash
+        checks.append(("database", False, f"{s.database_url}: {exc}"))
+    for w in s.watch:
+        ok = w.path.is_dir()
+        note = f"{w.path} ({'polling' if w.use_polling() else 'native events'})"
+        if sys.platform == "win32" and len(str(w.path)) >= 2 and str(w.path)[1] == ":" and w.use_polling():
+            note += "; drive letters are not visible to services: use a UNC path"
+        checks.append((f"watch {w.experiment}", ok, note if ok else f"{note}: not reachable"))
+        if len(str(w.path)) >= 2 and str(w.path)[1] == ":" and str(w.path)[0].upper() not in "C":
+            checks.append((f"watch {w.experiment} path", False,
+                           f"{w.path} uses a drive letter; mapped drives are invisible to a service: use \\\\server\\share"))
+    if s.model is not None:
+        try:
+            from nscmonitor.engines.metadata import read_onnx_metadata
+
+            meta = read_onnx_metadata(s.model)
+            checks.append(("model", True, f"{s.model}: {meta.name} {meta.version}, classes {', '.join(meta.classes)}"))
+        except Exception as exc:  # report any model problem as a failed check
+            checks.append(("model", False, f"{s.model}: {exc}"))
+        try:
+            from nscmonitor.engines.select import select
+
+            sel = select(s.model, s.engine, batch_size=s.batch_size, threads=s.threads,
+                         cache_dir=s.models_dir / "engines")
+            checks.append(("engine in use", True, sel.engine.name + "".join(f"; skipped {b}: {w}" for b, w in sel.skipped)))
+        except Exception as exc:  # report, never crash
+            checks.append(("engine in use", False, str(exc)))
+    return checks
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    s = settings_from(args)
+    if args.model:
+        s = with_overrides(s, model=Path(args.model))
+    checks = doctor_report(s)
+    width = max(len(c[0]) for c in checks)
+    for name, ok, note in checks:
+        print(f"{'ok ' if ok else '-- '} {name:<{width}}  {note}")
+    print(f"config: {s.source or 'defaults (no config file)'}")
+    return 0
+
+
+# --- db -------------------------------------------------------------------------------
+def cmd_db(args: argparse.Namespace) -> int:
+    from nscmonitor.store import db
+
+    s = settings_from(args)
+    if args.db_command == "upgrade":
+        before, after, saved = db.upgrade_with_backup(s.database_url)
+        print(f"database at {after} (was {before or 'empty'})" + (f"; backup {saved}" if saved else ""))
+    elif args.db_command == "backup":
+        dest = db.backup(s.database_url, Path(args.output) if args.output else None)
+        print(f"backup written to {dest}")
+    elif args.db_command == "check":
+        problems = db.integrity_check(s.database_url)
+        print("\n".join(problems))
+        return 0 if problems == ["ok"] else 1
+    return 0
+
+
+# --- registration ---------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser) -> None:
+    """--config/--db after the command too; SUPPRESS keeps a top-level --config intact."""
+    p.add_argument("--config", default=argparse.SUPPRESS, help="configuration TOML file")
+    p.add_argument("--db", default=argparse.SUPPRESS, help="database URL (overrides the config)")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="watch folders and score images (the daemon)",
+                       description="Watch the configured folders (and any --watch DIR), wait until each image is "
+                       "completely written, score it and store the predictions. Runs until SIGINT/SIGTERM, or with "
+                       "--once until what is there now is scored.")
+    _common(p)
+    p.add_argument("--watch", action="append", metavar="DIR", help="watch this folder too (repeatable)")
+    p.add_argument("--profile", default="auto", help="file-name profile of --watch folders (default: auto)")
+    p.add_argument("--experiment", help="experiment name for --watch folders (default: folder name)")
+    p.add_argument("--plate-format", type=int, default=96, help="plate format of --watch folders (default 96)")
+    p.add_argument("--plate-map", help="plate map CSV (well,condition,...) for --watch folders")
+    p.add_argument("--channel", help="score only this channel of --watch folders")
+    p.add_argument("--quiet", type=float, help="seconds a file must stay unchanged before it is read (default 5)")
+    p.add_argument("--polling", action="store_true", help="poll --watch folders instead of native events")
+    p.add_argument("--model", help="ONNX model to serve (default: the config's, or the registry's active model)")
+    p.add_argument("--engine", help="engine preference: auto, trt, ort-cuda, ort-int8, ort-cpu, torch")
+    p.add_argument("--batch-size", type=int, help="tiles per engine call")
+    p.add_argument("--once", action="store_true", help="score what is there, then exit")
+    p.add_argument("--progress", action="store_true", help="show a progress bar even without a terminal")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="daemon health, queue and last errors (exit code != 0 when unhealthy)")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="write the experiment's tidy CSV report (and the per-image CSV)")
+    _common(p)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("-o", "--output", required=True, help="report CSV (one row per well x timepoint x class)")
+    p.add_argument("--per-image", help="per-image CSV (default: <report>_images.csv)")
+    p.add_argument("--model-version", help="readouts of this model version (default: the active one)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("parse", help="show how file names parse (the daemon's own parser)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="paths relative to the watched folder")
+    p.add_argument("--profile", default="auto")
+    p.add_argument("--plate-format", type=int, help="needed for names with sequential well numbers")
+    p.add_argument("--json", action="store_true", help="one JSON object per path")
+    p.set_defaults(func=cmd_parse)
+
+    p = sub.add_parser("doctor", help="check backends, GPU, database, folders and model")
+    _common(p)
+    p.add_argument("--model", help="also check this model")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("db", help="database maintenance: upgrade (backs up first), backup, check")
+    _common(p)
+    dsub = p.add_subparsers(dest="db_command", required=True)
+    dsub.add_parser("upgrade", help="migrate the schema to this version (after a backup)")
+    b = dsub.add_parser("backup", help="consistent online backup of the SQLite database")
+    b.add_argument("-o", "--output", help="backup file (default: beside the database, time-stamped)")
+    dsub.add_parser("check", help="SQLite integrity check (exit 1 on problems)")
+    p.set_defaults(func=cmd_db)

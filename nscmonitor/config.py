@@ -1,0 +1,269 @@
+"""One Settings object: TOML file -> environment (``NSCMONITOR_*``) -> CLI flags,
+validated once at start. Everything downstream receives plain values from it.
+
+Errors name the offending key (``watch[2].plate_format``), because the person reading them
+is a facility engineer editing a file, not a developer reading a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from nscmonitor.domain import PLATE_SHAPES
+from nscmonitor.errors import ConfigError
+from nscmonitor.ingest.profiles import BY_NAME, CustomProfileSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+APP = "nscmonitor"
+ENGINES = ("auto", "trt", "ort-cuda", "ort-int8", "ort-cpu", "torch")
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir(APP)) / "config.toml"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP))
+
+
+def default_log_dir() -> Path:
+    return Path(platformdirs.user_log_dir(APP))
+
+
+@dataclass(frozen=True)
+class WatchFolder:
+    path: Path
+    experiment: str
+    profile: str = "auto"
+    plate: str | None = None
+    plate_format: int = 96
+    plate_map: Path | None = None
+    induction_time: datetime | None = None
+    polling: bool | None = None  # None = auto (on for network shares)
+    quiet_seconds: float = 5.0
+    rescan_interval: float = 60.0
+    channel: str | None = None
+
+    def use_polling(self) -> bool:
+        return self.polling if self.polling is not None else is_network_path(self.path)
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    schedule: str = "cron:0 2 * * *"
+    threads: int = 1
+    device: str = "cpu"
+    epochs: int = 10
+    rescore: bool = False
+    hook: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    models_dir: Path
+    log_dir: Path
+    model: Path | None = None
+    engine: str = "auto"
+    batch_size: int = 8
+    threads: int = 0
+    max_pixels: int = 200_000_000
+    watch: tuple[WatchFolder, ...] = ()
+    custom_profiles: tuple[CustomProfileSpec, ...] = ()
+    retrain: RetrainSettings = field(default_factory=RetrainSettings)
+    source: Path | None = None
+
+
+def is_network_path(path: Path) -> bool:
+    """UNC paths and NFS/CIFS/SMB mounts deliver no reliable change events."""
+    s = str(path)
+    if s.startswith("\\\\") or s.startswith("//"):
+        return True
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return False
+    best, fstype = "", ""
+    resolved = str(Path(s).resolve())
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3 and (resolved == parts[1] or resolved.startswith(parts[1].rstrip("/") + "/")):
+            if len(parts[1]) > len(best):
+                best, fstype = parts[1], parts[2]
+    return fstype in {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "davfs"}
+
+
+def _expect(d: dict, key: str, typ: type | tuple[type, ...], where: str, default: Any = None) -> Any:
+    if key not in d:
+        return default
+    v = d[key]
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, typ) or (isinstance(v, bool) and typ in (int, float)):
+        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+        raise ConfigError(f"{where}{key}: expected {names}, got {v!r}")
+    return v
+
+
+def _time(v: Any, where: str) -> datetime | None:
+    if v is None:
+        return None
+    if isinstance(v, datetime):
+        dt = v
+    else:
+        try:
+            dt = datetime.fromisoformat(str(v))
+        except ValueError as exc:
+            raise ConfigError(f"{where}induction_time: not an ISO date-time: {v!r}") from exc
+    return dt if dt.tzinfo else dt.astimezone(timezone.utc)
+
+
+def _watch(i: int, d: dict, base: Path) -> WatchFolder:
+    where = f"watch[{i}]."
+    if not isinstance(d, dict):
+        raise ConfigError(f"watch[{i}]: expected a table")
+    known = set(WatchFolder.__dataclass_fields__)
+    for k in d:
+        if k not in known:
+            raise ConfigError(f"{where}{k}: unknown key (known: {', '.join(sorted(known))})")
+    path = _expect(d, "path", str, where)
+    if not path:
+        raise ConfigError(f"{where}path: required")
+    exp = _expect(d, "experiment", str, where) or Path(path).name
+    profile = _expect(d, "profile", str, where, "auto")
+    if profile != "auto" and profile not in BY_NAME and not profile.startswith("custom:"):
+        raise ConfigError(f"{where}profile: unknown profile {profile!r} (known: auto, {', '.join(BY_NAME)}, custom:<name>)")
+    fmt = _expect(d, "plate_format", int, where, 96)
+    if fmt not in PLATE_SHAPES:
+        raise ConfigError(f"{where}plate_format: must be one of {sorted(PLATE_SHAPES)}, got {fmt}")
+    pm = _expect(d, "plate_map", str, where)
+    polling = d.get("polling", "auto")
+    if polling not in ("auto", True, False):
+        raise ConfigError(f"{where}polling: must be true, false or \"auto\", got {polling!r}")
+    quiet = _expect(d, "quiet_seconds", float, where, 5.0)
+    rescan = _expect(d, "rescan_interval", float, where, 60.0)
+    if quiet < 0 or rescan <= 0:
+        raise ConfigError(f"{where}quiet_seconds must be >= 0 and rescan_interval > 0")
+    ch = d.get("channel")
+    return WatchFolder(
+        path=(base / path) if not Path(path).is_absolute() and not path.startswith("\\\\") else Path(path),
+        experiment=exp, profile=profile, plate=_expect(d, "plate", str, where), plate_format=fmt,
+        plate_map=(base / pm) if pm else None, induction_time=_time(d.get("induction_time"), where),
+        polling=None if polling == "auto" else bool(polling), quiet_seconds=quiet, rescan_interval=rescan,
+        channel=None if ch is None else str(ch),
+    )
+
+
+ENV_KEYS = {
+    "NSCMONITOR_DATABASE_URL": "database_url", "NSCMONITOR_MODELS_DIR": "models_dir",
+    "NSCMONITOR_MODEL": "model", "NSCMONITOR_ENGINE": "engine", "NSCMONITOR_BATCH_SIZE": "batch_size",
+    "NSCMONITOR_THREADS": "threads", "NSCMONITOR_LOG_DIR": "log_dir", "NSCMONITOR_MAX_PIXELS": "max_pixels",
+}
+TOP_KEYS = {"database_url", "models_dir", "log_dir", "model", "engine", "batch_size", "threads", "max_pixels",
+            "watch", "custom_profiles", "retrain"}
+
+
+def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[str, str] | None = None,
+                   source: Path | None = None) -> Settings:
+    base = base or Path.cwd()
+    env = dict(os.environ) if env is None else env
+    data = dict(data)
+    for k in data:
+        if k not in TOP_KEYS:
+            raise ConfigError(f"{k}: unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+    for var, key in ENV_KEYS.items():
+        if env.get(var):
+            v: Any = env[var]
+            if key in ("batch_size", "threads", "max_pixels"):
+                try:
+                    v = int(v)
+                except ValueError as exc:
+                    raise ConfigError(f"{var} (= {key}): expected an integer, got {env[var]!r}") from exc
+            data[key] = v
+    data_dir = default_data_dir()
+    db = _expect(data, "database_url", str, "", f"sqlite:///{data_dir / 'nscmonitor.db'}")
+    if "://" not in db:
+        raise ConfigError(f"database_url: expected an SQLAlchemy URL like sqlite:///path.db, got {db!r}")
+    engine = _expect(data, "engine", str, "", "auto")
+    if engine not in ENGINES:
+        raise ConfigError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
+    bs = _expect(data, "batch_size", int, "", 8)
+    if not 1 <= bs <= 1024:
+        raise ConfigError(f"batch_size: must be 1..1024, got {bs}")
+    threads = _expect(data, "threads", int, "", 0)
+    if threads < 0:
+        raise ConfigError("threads: must be >= 0 (0 = all cores)")
+    max_px = _expect(data, "max_pixels", int, "", 200_000_000)
+    watch = data.get("watch", [])
+    if not isinstance(watch, list):
+        raise ConfigError("watch: expected an array of tables ([[watch]])")
+    customs = []
+    for i, c in enumerate(data.get("custom_profiles", [])):
+        where = f"custom_profiles[{i}]."
+        if not isinstance(c, dict) or "name" not in c or "regex" not in c:
+            raise ConfigError(f"{where}: needs 'name' and 'regex'")
+        spec = CustomProfileSpec(str(c["name"]), str(c["regex"]), str(c.get("target", "name")),
+                                 int(c.get("index_base", 1)), tuple(c.get("sidecars", ())))
+        try:
+            from nscmonitor.ingest.profiles import custom_profile
+
+            custom_profile(spec)
+        except ValueError as exc:
+            raise ConfigError(f"{where}regex: {exc}") from exc
+        customs.append(spec)
+    rt = data.get("retrain", {})
+    if not isinstance(rt, dict):
+        raise ConfigError("retrain: expected a table")
+    unknown = set(rt) - set(RetrainSettings.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"retrain.{sorted(unknown)[0]}: unknown key")
+    sched = _expect(rt, "schedule", str, "retrain.", RetrainSettings.schedule)
+    if not re.match(r"^(cron:\S+( \S+){4}|interval:\d+(\.\d+)?[smhd])$", sched):
+        raise ConfigError(f"retrain.schedule: expected 'cron:M H DOM MON DOW' or 'interval:<n>[smhd]', got {sched!r}")
+    retrain = RetrainSettings(
+        schedule=sched, threads=_expect(rt, "threads", int, "retrain.", 1),
+        device=_expect(rt, "device", str, "retrain.", "cpu"), epochs=_expect(rt, "epochs", int, "retrain.", 10),
+        rescore=_expect(rt, "rescore", bool, "retrain.", False), hook=_expect(rt, "hook", str, "retrain.", None),
+    )
+    model = _expect(data, "model", str, "")
+    return Settings(
+        database_url=db,
+        models_dir=Path(_expect(data, "models_dir", str, "", str(data_dir / "models"))),
+        log_dir=Path(_expect(data, "log_dir", str, "", str(default_log_dir()))),
+        model=Path(model) if model else None, engine=engine, batch_size=bs, threads=threads, max_pixels=max_px,
+        watch=tuple(_watch(i, w, base) for i, w in enumerate(watch)), custom_profiles=tuple(customs),
+        retrain=retrain, source=source,
+    )
+
+
+def load_settings(path: str | Path | None = None, *, env: dict[str, str] | None = None, required: bool = False) -> Settings:
+    """Read the TOML file (the default one may be absent: defaults apply)."""
+    explicit = path is not None
+    p = Path(path) if path else default_config_path()
+    data: dict[str, Any] = {}
+    if p.is_file():
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    elif explicit or required:
+        raise ConfigError(f"configuration file not found: {p}")
+    return parse_settings(data, base=p.parent if p.is_file() else Path.cwd(), env=env,
+                          source=p if p.is_file() else None)
+
+
+def with_overrides(s: Settings, **kw: Any) -> Settings:
+    """CLI flags win over file and environment; None means 'not given'."""
+    return replace(s, **{k: v for k, v in kw.items() if v is not None})

@@ -1,0 +1,107 @@
+"""Wiring for ``nscmonitor run``: settings -> store -> model source -> engine -> runner.
+
+Kept apart from the CLI so tests and benchmarks start the same daemon in-process."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from nscmonitor.config import Settings
+from nscmonitor.engines.base import Engine, EngineError
+from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
+from nscmonitor.errors import UserFacingError
+from nscmonitor.pipeline.runner import ModelSource, Runner
+from nscmonitor.store.db import ensure_schema, make_engine
+from nscmonitor.store.writer import Store
+
+log = logging.getLogger(__name__)
+
+NO_MODEL = (
+    "no model to score with. Give one with --model PATH.onnx or 'model = \"...\"' in the config, "
+    "train one with 'nscmonitor train' (see docs/training.md), or register one with 'nscmonitor models'. "
+    "'make demo' trains a small demo model."
+)
+
+
+def file_version(path: Path) -> str:
+    """Version string of a model file used directly (not through the registry): its
+    declared version plus a content hash, so two files that both say 'v1' stay apart."""
+    meta = read_onnx_metadata(path)
+    h = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    return f"{meta.version}-{h}"
+
+
+def static_model_source(path: Path) -> ModelSource:
+    path = Path(path)
+    if not path.is_file():
+        raise UserFacingError(f"model file not found: {path}. {NO_MODEL}")
+    try:
+        version = file_version(path)
+    except MetadataError as exc:
+        raise UserFacingError(f"refusing model {path}: {exc}") from exc
+    return lambda: (path, version)
+
+
+def registry_model_source(settings: Settings) -> ModelSource | None:
+    try:
+        from nscmonitor.registry.registry import Registry
+    except ImportError:
+        return None
+    reg = Registry(settings.models_dir, make_engine(settings.database_url))
+    if reg.active() is None:
+        return None
+
+    def source() -> tuple[Path, str]:
+        act = reg.active()
+        if act is None:
+            raise UserFacingError("the active model was retired and none replaced it")
+        return Path(act.path), act.version
+
+    return source
+
+
+def engine_factory(settings: Settings):  # noqa: ANN201
+    def factory(path: Path) -> Engine:
+        from nscmonitor.engines.select import select
+
+        try:
+            sel = select(path, settings.engine, batch_size=settings.batch_size, threads=settings.threads,
+                         cache_dir=settings.models_dir / "engines")
+        except MetadataError as exc:
+            raise UserFacingError(f"refusing model {path}: {exc}") from exc
+        except EngineError as exc:
+            raise UserFacingError(f"no engine can serve {path}: {exc}") from exc
+        for backend, why in sel.skipped:
+            log.info("engine %s not used: %s", backend, why)
+        log.info("serving %s with %s", path, sel.engine.name)
+        return sel.engine
+
+    return factory
+
+
+def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) -> Runner:  # noqa: ANN003
+    if not settings.watch:
+        raise UserFacingError("nothing to watch: add [[watch]] folders to the config or pass --watch DIR")
+    for w in settings.watch:
+        if not w.path.is_dir():
+            log.warning("watch folder %s is not reachable now; it will be retried", w.path)
+    model = model or settings.model
+    source = static_model_source(model) if model else registry_model_source(settings)
+    if source is None:
+        raise UserFacingError(NO_MODEL)
+    engine = make_engine(settings.database_url)
+    ensure_schema(engine)
+    return Runner(settings, Store(engine), source, engine_factory(settings), **runner_kw)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def handler(signum, _frame) -> None:  # noqa: ANN001
+        log.info("signal %s: finishing the batch in hand, then stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,1 @@
+"""Getting files from the microscope's folders into the durable queue."""

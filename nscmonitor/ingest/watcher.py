@@ -1,0 +1,160 @@
+"""Folder watching: events are hints, the periodic rescan is the truth.
+
+Native events miss files on network shares and overflow under bursts; the polling observer
+has died for good after an SMB outage (watchdog#1065). So the handler only puts paths on a
+queue (house rule 2), a full rescan runs at start and every ``rescan_interval``, and the
+supervisor restarts a dead observer and reports an unreachable folder instead of treating
+its files as gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from nscmonitor.ingest.filters import JUNK_DIRS
+
+log = logging.getLogger(__name__)
+
+
+class _Enqueue(FileSystemEventHandler):
+    def __init__(self, q: queue.Queue[str]) -> None:
+        self.q = q
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            if event.is_directory:
+                return
+            if event.event_type in ("created", "modified", "closed"):
+                self.q.put(os.fsdecode(event.src_path))
+            elif event.event_type == "moved":
+                self.q.put(os.fsdecode(event.dest_path))
+        except Exception:  # the observer thread must never die because of one event
+            log.exception("watch event handler failed for %r", event)
+
+
+def scan(root: Path) -> Iterator[str]:
+    """Every regular file below root (junk folders pruned), newest folders first is not
+    needed: the readiness tracker orders nothing, the queue scores by discovery order."""
+    stack = [str(root)]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                for e in it:
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            if e.name not in JUNK_DIRS:
+                                stack.append(e.path)
+                        elif e.is_file(follow_symlinks=False):
+                            yield e.path
+                    except OSError as exc:
+                        log.warning("cannot stat %s: %s", e.path, exc)
+        except OSError as exc:
+            if d == str(root):
+                raise
+            log.warning("cannot list %s: %s", d, exc)
+
+
+class FolderWatcher:
+    """One watched folder: observer + periodic rescan + supervision."""
+
+    def __init__(self, root: Path, *, polling: bool, rescan_interval: float, poll_interval: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.root = Path(root)
+        self.polling = polling
+        self.rescan_interval = rescan_interval
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.events: queue.Queue[str] = queue.Queue()
+        self._observer: Observer | PollingObserver | None = None
+        self._next_scan = 0.0
+        self.reachable = True
+        self.last_error: str | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        self._start_observer()
+
+    def _start_observer(self) -> None:
+        if not self.root.is_dir():
+            self.reachable = False
+            self.last_error = f"folder not reachable: {self.root}"
+            return
+        obs = PollingObserver(timeout=self.poll_interval) if self.polling else Observer()
+        try:
+            obs.schedule(_Enqueue(self.events), str(self.root), recursive=True)
+            obs.daemon = True
+            obs.start()
+        except OSError as exc:
+            self.reachable = False
+            self.last_error = f"cannot watch {self.root}: {exc}"
+            log.warning("%s", self.last_error)
+            return
+        self._observer = obs
+        self.reachable = True
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    def supervise(self) -> None:
+        """Restart a dead observer; notice a folder that vanished or came back."""
+        up = self.root.is_dir()
+        if not up:
+            if self.reachable:
+                log.warning("watched folder became unreachable: %s", self.root)
+            self.reachable = False
+            self.last_error = f"folder not reachable: {self.root}"
+            self.stop()
+            return
+        if not self.reachable or self._observer is None or not self._observer.is_alive():
+            if self._observer is not None:
+                log.warning("observer for %s died; restarting", self.root)
+                self.restarts += 1
+            came_back = not self.reachable
+            self.stop()
+            self._start_observer()
+            if came_back and self.reachable:
+                log.info("watched folder is back: %s; rescanning", self.root)
+                self._next_scan = 0.0
+
+    def due_for_scan(self) -> bool:
+        return self.clock() >= self._next_scan
+
+    def full_scan(self) -> list[str]:
+        self._next_scan = self.clock() + self.rescan_interval
+        try:
+            return list(scan(self.root))
+        except OSError as exc:
+            self.reachable = False
+            self.last_error = f"cannot list {self.root}: {exc}"
+            log.warning("%s", self.last_error)
+            return []
+
+    def drain(self) -> list[str]:
+        out = []
+        while True:
+            try:
+                out.append(self.events.get_nowait())
+            except queue.Empty:
+                return out
+
+
+def stop_all(watchers: list[FolderWatcher]) -> None:
+    threads = [threading.Thread(target=w.stop) for w in watchers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)

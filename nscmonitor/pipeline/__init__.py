@@ -1,0 +1,1 @@
+"""Decode -> QC -> tiles -> classify -> aggregate: one module per step (see DESIGN §2)."""

@@ -1,0 +1,382 @@
+"""The daemon loop: watch -> ready -> parse -> queue -> decode/QC/tile -> score -> store.
+
+One thread owns the loop and the database writes; watchdog observers only feed queues.
+Stopping (SIGINT/SIGTERM or ``stop_event``) finishes the batch in hand, or hands it back to
+the queue if the engine is mid-failure, so no image is lost or scored twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from nscmonitor.config import Settings, WatchFolder
+from nscmonitor.engines.base import Engine, EngineError
+from nscmonitor.ingest.filenames import detect_profile, parse_path
+from nscmonitor.ingest.profiles import BY_NAME, Profile, custom_profile
+from nscmonitor.ingest.readiness import ReadinessTracker
+from nscmonitor.ingest.watcher import FolderWatcher, stop_all
+from nscmonitor.pipeline.aggregate import image_score, pack_tiles
+from nscmonitor.pipeline.classify import score_batches
+from nscmonitor.pipeline.decode import DecodeError, decode
+from nscmonitor.pipeline.qc import qc_metrics
+from nscmonitor.pipeline.tiles import prepare
+from nscmonitor.platemap import PlateMap, load_plate_map
+from nscmonitor.store.models import MAX_ATTEMPTS
+from nscmonitor.store.writer import Claimed, Discovered, Scored, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Timings:
+    """Where the time goes, for ``status`` and benchmarks/ingest.py."""
+
+    decode: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    store: float = 0.0
+    images: int = 0
+    latencies: list[float] = field(default_factory=list)  # file ready -> prediction stored, seconds
+
+
+@dataclass
+class LoadedModel:
+    engine: Engine
+    version: str
+    path: Path
+
+
+ModelSource = Callable[[], tuple[Path, str]]
+EngineFactory = Callable[[Path], Engine]
+
+
+class _Folder:
+    def __init__(self, cfg: WatchFolder, experiment_id: int, plate_map: PlateMap, profile: Profile | str,
+                 watcher: FolderWatcher) -> None:
+        self.cfg = cfg
+        self.experiment_id = experiment_id
+        self.plate_map = plate_map
+        self.profile = profile
+        self.watcher = watcher
+        self.root = str(cfg.path)
+
+
+class Runner:
+    def __init__(self, settings: Settings, store: Store, model_source: ModelSource, engine_factory: EngineFactory, *,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 retry_base_s: float = 5.0, max_attempts: int = MAX_ATTEMPTS, claim_size: int = 4,
+                 poll_interval: float = 2.0, heartbeat_s: float = 5.0) -> None:
+        self.settings = settings
+        self.store = store
+        self.model_source = model_source
+        self.engine_factory = engine_factory
+        self.clock = clock
+        self.wall = wall
+        self.retry_base_s = retry_base_s
+        self.max_attempts = max_attempts
+        self.claim_size = claim_size
+        self.poll_interval = poll_interval
+        self.heartbeat_s = heartbeat_s
+        self.timings = Timings()
+        self.model: LoadedModel | None = None
+        self.folders: list[_Folder] = []
+        self.trackers: dict[str, ReadinessTracker] = {}
+        self.known: dict[str, tuple[int, float]] = {}
+        self.ready_at: dict[str, float] = {}
+        self._done_times: deque[float] = deque(maxlen=2000)
+        self.daemon_id: int | None = None
+        self.stop_event = threading.Event()
+        self.on_batch: Callable[[int], None] | None = None
+
+    # --- set-up -----------------------------------------------------------------------
+    def _profile(self, cfg: WatchFolder) -> Profile | str:
+        if cfg.profile.startswith("custom:"):
+            name = cfg.profile.split(":", 1)[1]
+            spec = next((c for c in self.settings.custom_profiles if c.name == name), None)
+            if spec is None:
+                raise ValueError(f"watch folder {cfg.path}: custom profile {name!r} is not defined")
+            return custom_profile(spec)
+        return BY_NAME[cfg.profile] if cfg.profile != "auto" else "auto"
+
+    def setup(self) -> None:
+        self.store.requeue_stale()
+        self.known = self.store.known_files()
+        for cfg in self.settings.watch:
+            exp_id = self.store.ensure_experiment(cfg.experiment, watch_path=str(cfg.path),
+                                                  induction_time=cfg.induction_time)
+            watcher = FolderWatcher(cfg.path, polling=cfg.use_polling(), rescan_interval=cfg.rescan_interval,
+                                    poll_interval=self.poll_interval, clock=self.clock)
+            folder = _Folder(cfg, exp_id, load_plate_map(cfg.plate_map), self._profile(cfg), watcher)
+            self.folders.append(folder)
+            self.trackers[folder.root] = ReadinessTracker(cfg.quiet_seconds, clock=self.clock)
+        self.load_model()
+        self.daemon_id = self.store.start_daemon([str(f.cfg.path) for f in self.folders])
+
+    def load_model(self) -> bool:
+        """(Re)load when the model source names a new version; between batches only."""
+        path, version = self.model_source()
+        if self.model is not None and self.model.version == version and self.model.path == path:
+            return False
+        engine = self.engine_factory(path)
+        old = self.model
+        self.model = LoadedModel(engine, version, path)
+        if old is not None:
+            old.engine.close()
+            log.info("model swapped: %s -> %s (%s)", old.version, version, engine.name)
+            self.store.event("model_swapped", f"now serving {version} with {engine.name}",
+                             data={"from": old.version, "to": version})
+        return True
+
+    # --- discovery ----------------------------------------------------------------------
+    def _discover(self, once: bool) -> None:
+        for f in self.folders:
+            tracker = self.trackers[f.root]
+            w = f.watcher
+            w.supervise()
+            for p in w.drain():
+                if self.known.get(p) is None or self._changed(p):
+                    tracker.touch(p, event=True)
+            if w.due_for_scan():
+                paths = w.full_scan()
+                if f.profile == "auto" and paths:
+                    rel = [self._rel(f, p) for p in paths[:200]]
+                    detected = detect_profile(rel)
+                    if detected:
+                        f.profile = BY_NAME[detected]
+                        log.info("%s: detected the %s file-name profile", f.root, detected)
+                now = self.wall()
+                for p in paths:
+                    st = _stat(p)
+                    if st is None or self.known.get(p) == st:
+                        continue
+                    if now - st[1] >= f.cfg.quiet_seconds:
+                        tracker.add_settled(p, *st)
+                    else:
+                        tracker.touch(p, event=False)
+            ready = tracker.ready()
+            if ready:
+                self._enqueue(f, ready)
+
+    def _changed(self, p: str) -> bool:
+        return _stat(p) != self.known.get(p)
+
+    @staticmethod
+    def _rel(f: _Folder, p: str) -> str:
+        return Path(p).relative_to(f.cfg.path).as_posix()
+
+    def _enqueue(self, f: _Folder, ready: list[tuple[str, int, float]]) -> None:
+        items = []
+        for path, size, mtime in ready:
+            rel = self._rel(f, path)
+            try:
+                res = parse_path(rel, f.profile, plate_format=f.cfg.plate_format)
+            except ValueError as exc:
+                log.warning("%s: cannot parse: %s", path, exc)
+                continue
+            self.known[path] = (size, mtime)
+            if res.kind in ("ignore", "sidecar"):
+                continue
+            key = res.key
+            error = res.reason if res.kind == "error" else None
+            skip = None
+            if key is not None and f.cfg.channel is not None and key.channel is not None \
+                    and _norm_channel(key.channel) != _norm_channel(f.cfg.channel):
+                skip = f"channel {key.channel} is not the scored channel ({f.cfg.channel})"
+            acquired = key.acquired_at if key is not None else None
+            acquired_utc = acquired.astimezone(timezone.utc) if acquired else datetime.fromtimestamp(mtime, timezone.utc)
+            items.append(Discovered(
+                path=path, relpath=rel, size=size, mtime=mtime, experiment_id=f.experiment_id, profile=res.profile,
+                key=key, plate=f.cfg.plate or (key.plate if key else None) or f.cfg.path.name,
+                plate_format=f.cfg.plate_format, elapsed_h=_elapsed(key, acquired_utc, f.cfg.induction_time),
+                acquired_at=acquired_utc, condition=f.plate_map.condition(key.well) if key else None,
+                error=error, skip_reason=skip,
+            ))
+            if error:
+                log.warning("%s: quarantined: %s", path, error)
+            self.ready_at[path] = self.clock()
+        if items:
+            new, changed = self.store.enqueue(items)
+            log.debug("%s: %d new, %d changed files queued", f.root, new, changed)
+
+    # --- scoring ------------------------------------------------------------------------
+    def process_batch(self) -> int:
+        assert self.model is not None
+        claimed = self.store.claim(self.claim_size, self.wall())
+        if not claimed:
+            return 0
+        model = self.model
+        meta = model.engine.metadata
+        norm = meta.normalization
+        prepared: list[tuple[Claimed, object, object, object]] = []
+        for c in claimed:
+            t0 = time.perf_counter()
+            try:
+                dec = decode(c.path, max_pixels=self.settings.max_pixels)
+            except DecodeError as exc:
+                self._fail(c, exc.reason, exc.permanent)
+                continue
+            except Exception as exc:  # a bug or an odd file must not stop the daemon
+                log.exception("%s: unexpected error while decoding", c.path)
+                self._fail(c, f"unexpected error while decoding: {exc!r}", False)
+                continue
+            t1 = time.perf_counter()
+            qc = qc_metrics(dec.pixels, p_low=norm["p_low"], p_high=norm["p_high"])
+            grid = None
+            if not qc.blank:
+                grid = prepare(dec.pixels, input_size=meta.input_size, p_low=norm["p_low"], p_high=norm["p_high"],
+                               src_um=dec.pixel_size_um, dst_um=meta.pixel_size_um, mean=norm.get("mean", 0.0),
+                               std=norm.get("std", 1.0), in_graph=norm.get("in_graph", True),
+                               lohi=(qc.p_low, qc.p_high))
+            t2 = time.perf_counter()
+            self.timings.decode += t1 - t0
+            self.timings.preprocess += t2 - t1
+            prepared.append((c, dec, qc, grid))
+        if not prepared:
+            return len(claimed)
+        t0 = time.perf_counter()
+        try:
+            probs = score_batches(model.engine, [g.tiles if g is not None else _empty(meta) for _, _, _, g in prepared],
+                                  self.settings.batch_size)
+        except (EngineError, RuntimeError, ValueError) as exc:
+            log.error("engine %s failed on a batch: %s; the batch goes back to the queue", model.engine.name, exc)
+            self.store.event("engine_error", str(exc), level="error")
+            self.store.release(c.id for c, *_ in prepared)
+            self.stop_event.wait(self.retry_base_s)
+            return len(claimed)
+        t1 = time.perf_counter()
+        results = []
+        for (c, dec, qc, grid), p in zip(prepared, probs):
+            score = image_score(p) if grid is not None and len(p) else None
+            results.append(Scored(
+                image_id=c.id, content_hash=dec.sha256, qc=qc, width=dec.pixels.shape[1], height=dec.pixels.shape[0],
+                score=score, tiles_blob=pack_tiles(p, grid.rows, grid.cols, grid.kept) if grid is not None else None,
+                model_version=model.version, classes=meta.classes, engine=model.engine.name,
+            ))
+        self.store.complete(results)
+        t2 = time.perf_counter()
+        self.timings.inference += t1 - t0
+        self.timings.store += t2 - t1
+        self.timings.images += len(results)
+        now = self.clock()
+        for c, *_ in prepared:
+            started = self.ready_at.pop(c.path, None)
+            if started is not None:
+                self.timings.latencies.append(now - started)
+            self._done_times.append(now)
+        if self.on_batch:
+            self.on_batch(len(results))
+        return len(claimed)
+
+    def _fail(self, c: Claimed, reason: str, permanent: bool) -> None:
+        retry_at = self.wall() + self.retry_base_s * (2 ** (c.attempts - 1))
+        state = self.store.fail(c.id, reason, permanent=permanent, retry_at=retry_at, max_attempts=self.max_attempts)
+        log.warning("%s: %s (%s)", c.path, reason, state)
+
+    def images_per_s(self, window: float = 300.0) -> float:
+        now = self.clock()
+        recent = [t for t in self._done_times if now - t <= window]
+        if len(recent) < 2:
+            return 0.0
+        return len(recent) / max(now - recent[0], 1e-6)
+
+    # --- the loop -----------------------------------------------------------------------
+    def idle(self) -> bool:
+        from sqlalchemy import func, select
+
+        from nscmonitor.store import models as m
+
+        if any(len(t) for t in self.trackers.values()):
+            return False
+        with self.store.Session() as s:
+            n = s.scalar(select(func.count()).select_from(m.Image)
+                         .where(m.Image.status.in_(("pending", "failed", "processing"))))
+        return n == 0
+
+    def run(self, *, once: bool = False, progress: Callable[[int, int], None] | None = None) -> None:
+        if self.daemon_id is None:
+            self.setup()
+        for f in self.folders:
+            if not once:
+                f.watcher.start()
+        last_beat = 0.0
+        try:
+            while not self.stop_event.is_set():
+                self._discover(once)
+                worked = self.process_batch()
+                now = self.clock()
+                if now - last_beat >= self.heartbeat_s:
+                    self._beat("running")
+                    last_beat = now
+                    if not worked and self.load_model_safely():
+                        continue
+                if worked and progress is not None:
+                    progress(worked, self._backlog())
+                if once and not worked and self.idle():
+                    break
+                if not worked:
+                    self.stop_event.wait(0.2 if once else min(self.poll_interval, 0.5))
+        finally:
+            stop_all([f.watcher for f in self.folders])
+            self._beat("stopped")
+
+    def load_model_safely(self) -> bool:
+        try:
+            return self.load_model()
+        except Exception as exc:  # keep serving the old model if the new one cannot load
+            log.error("cannot load the new model: %s; still serving %s", exc, self.model and self.model.version)
+            self.store.event("model_load_failed", str(exc), level="error")
+            return False
+
+    def _backlog(self) -> int:
+        from sqlalchemy import func, select
+
+        from nscmonitor.store import models as m
+
+        with self.store.Session() as s:
+            return s.scalar(select(func.count()).select_from(m.Image)
+                            .where(m.Image.status.in_(("pending", "failed", "processing")))) or 0
+
+    def _beat(self, state: str) -> None:
+        if self.daemon_id is None:
+            return
+        watched = [{"path": str(f.cfg.path), "experiment": f.cfg.experiment, "reachable": f.watcher.reachable,
+                    "polling": f.cfg.use_polling(), "error": f.watcher.last_error} for f in self.folders]
+        self.store.heartbeat(self.daemon_id, state=state,
+                             engine=self.model.engine.name if self.model else None,
+                             model_version=self.model.version if self.model else None,
+                             images_per_s=self.images_per_s(), watched=watched)
+
+
+def _stat(p: str) -> tuple[int, float] | None:
+    import os
+
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime
+
+
+def _norm_channel(ch: str) -> str:
+    return str(int(ch)) if ch.isdigit() else ch.strip().lower()
+
+
+def _elapsed(key, acquired_utc: datetime, induction: datetime | None) -> float | None:  # noqa: ANN001
+    if key is not None and key.elapsed_h is not None:
+        return key.elapsed_h
+    if induction is not None:
+        return (acquired_utc - induction).total_seconds() / 3600.0
+    return None
+
+
+def _empty(meta) -> np.ndarray:  # noqa: ANN001
+    return np.zeros((0, meta.input_channels, meta.input_size, meta.input_size), np.float32)

@@ -1,0 +1,1 @@
+"""Reports for R/pandas/Prism: tidy CSV per experiment."""

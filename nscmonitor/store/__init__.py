@@ -1,0 +1,1 @@
+"""Persistence. SQLAlchemy models never leave this package: readers get dataclasses."""

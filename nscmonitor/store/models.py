@@ -1,0 +1,187 @@
+"""Typed SQLAlchemy 2.0 models. They stay inside ``store/`` (house rule 7).
+
+The ``images`` table is also the daemon's durable queue. Its state machine:
+
+    pending --claim--> processing --ok--> done
+       ^                   |  \\--bad input (corrupt, truncated, huge, unplaceable)--> quarantined
+       |                   \\--transient (locked, half-written, decode retry)--> failed
+       \\------ retry when next_attempt_at is due (exponential backoff) ------/
+    done --file rewritten with new content (new size/mtime and hash)--> pending (rewritten=1)
+
+* A row is created ``pending`` when a ready file is first seen (or ``quarantined`` straight
+  away when its name cannot be placed on a plate: recorded with the reason, never dropped).
+* Rows left ``processing`` by a crash go back to ``pending`` at start (``requeue_stale``).
+* Idempotency: the row is unique on path; the same path with the same size+mtime is a
+  no-op, and a changed file whose content hash equals the stored one is a no-op too.
+* ``failed`` rows are retried up to ``MAX_ATTEMPTS`` then quarantined with the last reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
+                        UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+STATES = ("pending", "processing", "done", "failed", "quarantined")
+MAX_ATTEMPTS = 5
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    watch_path: Mapped[str | None] = mapped_column(Text)
+    induction_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    plates: Mapped[list[Plate]] = relationship(back_populates="experiment")
+
+
+class Plate(Base):
+    __tablename__ = "plates"
+    __table_args__ = (UniqueConstraint("experiment_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    plate_format: Mapped[int] = mapped_column(Integer, default=96)
+    experiment: Mapped[Experiment] = relationship(back_populates="plates")
+
+
+class Well(Base):
+    __tablename__ = "wells"
+    __table_args__ = (UniqueConstraint("plate_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plate_id: Mapped[int] = mapped_column(ForeignKey("plates.id"))
+    name: Mapped[str] = mapped_column(String(8))
+    row: Mapped[int] = mapped_column(Integer)
+    col: Mapped[int] = mapped_column(Integer)
+    condition: Mapped[str | None] = mapped_column(String(200))
+    attributes: Mapped[dict | None] = mapped_column(JSON)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        Index("ix_images_state_due", "status", "next_attempt_at"),
+        Index("ix_images_well_time", "well_id", "time_key"),
+        Index("ix_images_experiment", "experiment_id", "id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"))
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    relpath: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)
+    mtime: Mapped[float] = mapped_column(Float)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    rewritten: Mapped[bool] = mapped_column(Boolean, default=False)
+    profile: Mapped[str | None] = mapped_column(String(40))
+    well_id: Mapped[int | None] = mapped_column(ForeignKey("wells.id"))
+    field: Mapped[int | None] = mapped_column(Integer)
+    channel: Mapped[str | None] = mapped_column(String(60))
+    z: Mapped[int | None] = mapped_column(Integer)
+    timepoint: Mapped[int | None] = mapped_column(Integer)
+    time_key: Mapped[int | None] = mapped_column(Integer)
+    elapsed_h: Mapped[float | None] = mapped_column(Float)
+    acquired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    qc: Mapped[dict | None] = mapped_column(JSON)
+    qc_passed: Mapped[bool | None] = mapped_column(Boolean)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    discovered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(String(120), unique=True)
+    name: Mapped[str] = mapped_column(String(120))
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    scheme: Mapped[str] = mapped_column(String(20))
+    classes: Mapped[list] = mapped_column(JSON)
+    meta: Mapped[dict] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="candidate")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("image_id", "model_version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    model_version: Mapped[str] = mapped_column(String(120))
+    classes: Mapped[list] = mapped_column(JSON)
+    prob_mean: Mapped[list] = mapped_column(JSON)
+    prob_sd: Mapped[list] = mapped_column(JSON)
+    fraction: Mapped[list] = mapped_column(JSON)
+    n_tiles: Mapped[int] = mapped_column(Integer)
+    confidence: Mapped[float] = mapped_column(Float)
+    tiles: Mapped[bytes | None] = mapped_column(LargeBinary)
+    engine: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WellReadout(Base):
+    __tablename__ = "well_readouts"
+    __table_args__ = (
+        UniqueConstraint("well_id", "time_key", "model_version"),
+        Index("ix_readouts_plate_time", "plate_id", "model_version", "time_key"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    well_id: Mapped[int] = mapped_column(ForeignKey("wells.id"))
+    plate_id: Mapped[int] = mapped_column(ForeignKey("plates.id"))
+    time_key: Mapped[int] = mapped_column(Integer)
+    timepoint: Mapped[int | None] = mapped_column(Integer)
+    model_version: Mapped[str] = mapped_column(String(120))
+    elapsed_h: Mapped[float | None] = mapped_column(Float)
+    acquired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    classes: Mapped[list] = mapped_column(JSON)
+    prob_mean: Mapped[list] = mapped_column(JSON)
+    prob_sd: Mapped[list] = mapped_column(JSON)
+    fraction: Mapped[list] = mapped_column(JSON)
+    n_images: Mapped[int] = mapped_column(Integer)
+    n_tiles: Mapped[int] = mapped_column(Integer)
+    n_qc_failed: Mapped[int] = mapped_column(Integer)
+    confidence: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DaemonStatus(Base):
+    """One row per daemon (host + pid): its heartbeat and health, for the GUI and status."""
+
+    __tablename__ = "daemon_status"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(20))
+    engine: Mapped[str | None] = mapped_column(String(60))
+    model_version: Mapped[str | None] = mapped_column(String(120))
+    watched: Mapped[list | None] = mapped_column(JSON)
+    images_per_s: Mapped[float | None] = mapped_column(Float)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_at", "at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(40))
+    level: Mapped[str] = mapped_column(String(10), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    path: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict | None] = mapped_column(JSON)

@@ -1,0 +1,328 @@
+"""The daemon's single writer. All inserts and updates of the ingest flow go through one
+``Store`` owned by the runner thread: SQLite allows one writer, and one owner makes the
+order of state changes obvious."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from nscmonitor.domain import ImageKey, QCMetrics
+from nscmonitor.pipeline.aggregate import ImageScore, well_aggregate
+from nscmonitor.store import models as m
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """A ready file, parsed, about to enter the queue."""
+
+    path: str
+    relpath: str
+    size: int
+    mtime: float
+    experiment_id: int
+    profile: str | None
+    key: ImageKey | None
+    plate: str | None
+    plate_format: int
+    elapsed_h: float | None
+    acquired_at: datetime | None
+    condition: str | None = None
+    error: str | None = None  # set for names that cannot be placed: quarantined at once
+    skip_reason: str | None = None  # e.g. a channel that is not scored
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: int
+    path: str
+    relpath: str
+    experiment_id: int
+    well_id: int | None
+    time_key: int | None
+    attempts: int
+    previous_hash: str | None
+    channel: str | None
+
+
+@dataclass(frozen=True)
+class Scored:
+    image_id: int
+    content_hash: str
+    qc: QCMetrics
+    width: int
+    height: int
+    score: ImageScore | None  # None when QC left no tiles to score (blank frame)
+    tiles_blob: bytes | None
+    model_version: str
+    classes: tuple[str, ...]
+    engine: str
+
+
+def time_key(key: ImageKey | None, elapsed_h: float | None) -> int | None:
+    """Images of one scan share a key: the scan index when the name has one, else elapsed
+    minutes (Incucyte names carry only a time stamp)."""
+    if key is not None and key.timepoint is not None:
+        return key.timepoint
+    if elapsed_h is not None:
+        return int(round(elapsed_h * 60))
+    return None
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.Session = sessionmaker(engine, expire_on_commit=False)
+        self._wells: dict[tuple[int, str, str], tuple[int, int]] = {}
+
+    # --- experiments, plates, wells -------------------------------------------------
+    def ensure_experiment(self, name: str, *, watch_path: str | None = None,
+                          induction_time: datetime | None = None) -> int:
+        with self.Session.begin() as s:
+            exp = s.scalar(select(m.Experiment).where(m.Experiment.name == name))
+            if exp is None:
+                exp = m.Experiment(name=name, watch_path=watch_path, induction_time=induction_time, created_at=utcnow())
+                s.add(exp)
+                s.flush()
+            else:
+                exp.watch_path = watch_path or exp.watch_path
+                exp.induction_time = induction_time or exp.induction_time
+            return exp.id
+
+    def _ensure_well(self, s: Session, experiment_id: int, plate: str, plate_format: int, key: ImageKey,
+                     condition: str | None) -> tuple[int, int]:
+        ck = (experiment_id, plate, key.well)
+        hit = self._wells.get(ck)
+        if hit is not None:
+            return hit
+        p = s.scalar(select(m.Plate).where(m.Plate.experiment_id == experiment_id, m.Plate.name == plate))
+        if p is None:
+            p = m.Plate(experiment_id=experiment_id, name=plate, plate_format=plate_format)
+            s.add(p)
+            s.flush()
+        w = s.scalar(select(m.Well).where(m.Well.plate_id == p.id, m.Well.name == key.well))
+        if w is None:
+            w = m.Well(plate_id=p.id, name=key.well, row=key.row, col=key.col, condition=condition)
+            s.add(w)
+            s.flush()
+        elif condition and w.condition != condition:
+            w.condition = condition
+        self._wells[ck] = (p.id, w.id)
+        return p.id, w.id
+
+    # --- the queue ------------------------------------------------------------------
+    def known_files(self) -> dict[str, tuple[int, float]]:
+        with self.Session() as s:
+            return {p: (sz, mt) for p, sz, mt in s.execute(select(m.Image.path, m.Image.size, m.Image.mtime))}
+
+    def enqueue(self, files: Iterable[Discovered]) -> tuple[int, int]:
+        """Insert new files; re-queue known ones whose size or mtime changed (the hash
+        decides later whether the content really changed). Returns (new, changed)."""
+        new = changed = 0
+        now = utcnow()
+        with self.Session.begin() as s:
+            for f in files:
+                row = s.scalar(select(m.Image).where(m.Image.path == f.path))
+                if row is not None and row.size == f.size and row.mtime == f.mtime:
+                    continue
+                well_id = None
+                if f.key is not None and f.error is None:
+                    _, well_id = self._ensure_well(s, f.experiment_id, f.plate or "plate", f.plate_format, f.key,
+                                                   f.condition)
+                status = "quarantined" if f.error else ("skipped" if f.skip_reason else "pending")
+                fields = dict(
+                    size=f.size, mtime=f.mtime, status=status, error=f.error or f.skip_reason, attempts=0,
+                    next_attempt_at=0.0, profile=f.profile, well_id=well_id,
+                    field=f.key.field if f.key else None, channel=f.key.channel if f.key else None,
+                    z=f.key.z if f.key else None, timepoint=f.key.timepoint if f.key else None,
+                    time_key=time_key(f.key, f.elapsed_h), elapsed_h=f.elapsed_h, acquired_at=f.acquired_at,
+                    updated_at=now,
+                )
+                if row is None:
+                    s.add(m.Image(experiment_id=f.experiment_id, path=f.path, relpath=f.relpath, discovered_at=now,
+                                  **fields))
+                    new += 1
+                else:
+                    for k, v in fields.items():
+                        setattr(row, k, v)
+                    changed += 1
+                if f.error:
+                    s.add(m.Event(at=now, kind="quarantined", level="warning", message=f.error, path=f.path))
+        return new, changed
+
+    def requeue_stale(self) -> int:
+        """Rows a crashed daemon left 'processing' go back to the queue."""
+        with self.Session.begin() as s:
+            res = s.execute(update(m.Image).where(m.Image.status == "processing").values(status="pending"))
+            return res.rowcount or 0
+
+    def claim(self, n: int, now_ts: float) -> list[Claimed]:
+        with self.Session.begin() as s:
+            rows = s.scalars(
+                select(m.Image)
+                .where(m.Image.status.in_(("pending", "failed")), m.Image.next_attempt_at <= now_ts)
+                .order_by(m.Image.id).limit(n)
+            ).all()
+            out = []
+            for r in rows:
+                r.status = "processing"
+                r.attempts += 1
+                out.append(Claimed(r.id, r.path, r.relpath, r.experiment_id, r.well_id, r.time_key, r.attempts,
+                                   r.content_hash, r.channel))
+            return out
+
+    def release(self, ids: Iterable[int]) -> None:
+        """Graceful stop: the batch in hand goes back to pending, attempts not counted."""
+        ids = list(ids)
+        if not ids:
+            return
+        with self.Session.begin() as s:
+            s.execute(update(m.Image).where(m.Image.id.in_(ids), m.Image.status == "processing")
+                      .values(status="pending", attempts=m.Image.attempts - 1))
+
+    def fail(self, image_id: int, reason: str, *, permanent: bool, retry_at: float, max_attempts: int) -> str:
+        now = utcnow()
+        with self.Session.begin() as s:
+            row = s.get(m.Image, image_id)
+            if row is None:
+                return "missing"
+            if permanent or row.attempts >= max_attempts:
+                row.status = "quarantined"
+                row.error = reason if permanent else f"{reason} (gave up after {row.attempts} attempts)"
+                s.add(m.Event(at=now, kind="quarantined", level="warning", message=row.error, path=row.path))
+            else:
+                row.status = "failed"
+                row.error = reason
+                row.next_attempt_at = retry_at
+            row.updated_at = now
+            return row.status
+
+    def complete(self, results: Iterable[Scored]) -> None:
+        """Image row, prediction and the well readout it changes: one transaction, so a
+        crash leaves either all of them or none."""
+        now = utcnow()
+        touched: set[tuple[int, int, str]] = set()
+        with self.Session.begin() as s:
+            for r in results:
+                row = s.get(m.Image, r.image_id)
+                if row is None:
+                    continue
+                same_content = row.content_hash == r.content_hash
+                exists = s.scalar(select(func.count()).select_from(m.Prediction).where(
+                    m.Prediction.image_id == row.id, m.Prediction.model_version == r.model_version))
+                if row.content_hash is not None and not same_content:
+                    s.execute(delete(m.Prediction).where(m.Prediction.image_id == row.id))
+                    row.rewritten = True
+                    exists = 0
+                    s.add(m.Event(at=now, kind="rewritten", level="warning", path=row.path,
+                                  message="file was rewritten with new content; scored again"))
+                row.content_hash = r.content_hash
+                row.status = "done"
+                row.error = None
+                row.qc = {"focus": r.qc.focus, "saturation": r.qc.saturation, "blank": r.qc.blank, "dtype": r.qc.dtype,
+                          "min": r.qc.min, "max": r.qc.max, "p_low": r.qc.p_low, "p_high": r.qc.p_high,
+                          "reason": r.qc.reason}
+                row.qc_passed = r.qc.passed
+                row.width, row.height = r.width, r.height
+                row.scored_at = now
+                row.updated_at = now
+                if r.score is not None and not exists:
+                    s.add(m.Prediction(
+                        image_id=row.id, model_version=r.model_version, classes=list(r.classes),
+                        prob_mean=[float(v) for v in r.score.prob_mean], prob_sd=[float(v) for v in r.score.prob_sd],
+                        fraction=[float(v) for v in r.score.fraction], n_tiles=r.score.n_tiles,
+                        confidence=r.score.confidence, tiles=r.tiles_blob, engine=r.engine, created_at=now,
+                    ))
+                if row.well_id is not None and row.time_key is not None:
+                    touched.add((row.well_id, row.time_key, r.model_version))
+            s.flush()
+            for well_id, tk, version in touched:
+                self._recompute_readout(s, well_id, tk, version, now)
+
+    def _recompute_readout(self, s: Session, well_id: int, tk: int, version: str, now: datetime) -> None:
+        imgs = s.execute(
+            select(m.Image.id, m.Image.qc_passed, m.Image.elapsed_h, m.Image.acquired_at, m.Image.timepoint,
+                   m.Prediction.prob_mean, m.Prediction.prob_sd, m.Prediction.fraction, m.Prediction.n_tiles,
+                   m.Prediction.confidence, m.Prediction.classes)
+            .outerjoin(m.Prediction, (m.Prediction.image_id == m.Image.id) & (m.Prediction.model_version == version))
+            .where(m.Image.well_id == well_id, m.Image.time_key == tk, m.Image.status == "done")
+        ).all()
+        import numpy as np
+
+        classes = next((r.classes for r in imgs if r.classes), None)
+        if classes is None and not any(r.qc_passed is False for r in imgs):
+            return
+        k = len(classes or [])
+        entries = []
+        for r in imgs:
+            score = None
+            if r.prob_mean is not None:
+                score = ImageScore(np.asarray(r.prob_mean), np.asarray(r.prob_sd), np.asarray(r.fraction),
+                                   r.n_tiles, r.confidence)
+            entries.append((score, bool(r.qc_passed)))
+        agg = well_aggregate(entries, k)
+        elapsed = [r.elapsed_h for r in imgs if r.elapsed_h is not None]
+        acquired = [r.acquired_at for r in imgs if r.acquired_at is not None]
+        plate_id = s.scalar(select(m.Well.plate_id).where(m.Well.id == well_id))
+        ro = s.scalar(select(m.WellReadout).where(m.WellReadout.well_id == well_id, m.WellReadout.time_key == tk,
+                                                  m.WellReadout.model_version == version))
+        if ro is None:
+            ro = m.WellReadout(well_id=well_id, plate_id=plate_id, time_key=tk, model_version=version)
+            s.add(ro)
+        ro.timepoint = next((r.timepoint for r in imgs if r.timepoint is not None), None)
+        ro.elapsed_h = float(np.mean(elapsed)) if elapsed else None
+        ro.acquired_at = min(acquired) if acquired else None
+        ro.classes = list(classes or [])
+        ro.prob_mean, ro.prob_sd, ro.fraction = agg.prob_mean, agg.prob_sd, agg.fraction
+        ro.n_images, ro.n_tiles, ro.n_qc_failed = agg.n_images, agg.n_tiles, agg.n_qc_failed
+        ro.confidence = agg.confidence if agg.n_images else float("nan")
+        ro.updated_at = now
+
+    # --- health ---------------------------------------------------------------------
+    def start_daemon(self, watched: list[str]) -> int:
+        now = utcnow()
+        with self.Session.begin() as s:
+            row = m.DaemonStatus(host=socket.gethostname(), pid=os.getpid(), started_at=now, heartbeat_at=now,
+                                 state="starting", watched=watched)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def heartbeat(self, daemon_id: int, *, state: str, engine: str | None = None, model_version: str | None = None,
+                  images_per_s: float | None = None, watched: list | None = None) -> None:
+        with self.Session.begin() as s:
+            row = s.get(m.DaemonStatus, daemon_id)
+            if row is None:
+                return
+            row.heartbeat_at = utcnow()
+            row.state = state
+            if engine is not None:
+                row.engine = engine
+            if model_version is not None:
+                row.model_version = model_version
+            if images_per_s is not None:
+                row.images_per_s = images_per_s
+            if watched is not None:
+                row.watched = watched
+            if state == "stopped":
+                row.stopped_at = row.heartbeat_at
+
+    def event(self, kind: str, message: str, *, level: str = "info", path: str | None = None,
+              data: dict | None = None) -> None:
+        with self.Session.begin() as s:
+            s.add(m.Event(at=utcnow(), kind=kind, level=level, message=message, path=path,
+                          data=json.loads(json.dumps(data, default=str)) if data else None))

@@ -1,0 +1,108 @@
+"""Every row of the shared table of real-world names parses exactly as the table says,
+both through the function and through ``nscmonitor parse --json`` (the same code path)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nscmonitor.ingest.filenames import detect_profile, parse_path
+
+from conftest import SHARED
+
+TABLE = SHARED / "fixtures" / "filenames.csv"
+
+
+def _rows() -> list[dict[str, str]]:
+    if not TABLE.is_file():
+        return []
+    lines = [ln for ln in TABLE.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#")]
+    return list(csv.DictReader(lines))
+
+
+ROWS = _rows()
+needs_table = pytest.mark.skipif(not ROWS, reason=f"shared name table not found at {TABLE}")
+
+
+def check(d: dict[str, str], got: dict) -> None:
+    assert got["kind"] == d["expect"], (d["relpath"], got)
+    if d["expect"] != "image":
+        return
+    for f in ("plate", "well", "field", "channel", "z", "timepoint", "elapsed_h", "acquired_at"):
+        exp = d[f]
+        if exp == "":
+            continue
+        val = got[f]
+        if f in ("field", "z", "timepoint"):
+            assert val == int(exp), (d["relpath"], f, val)
+        elif f == "elapsed_h":
+            assert val == pytest.approx(float(exp), abs=1e-3), (d["relpath"], f)
+        elif f == "channel" and exp.isdigit():
+            assert val is not None and int(val) == int(exp), (d["relpath"], f, val)
+        else:
+            assert val == exp, (d["relpath"], f, val)
+
+
+def as_dict(relpath: str) -> dict:
+    r = parse_path(relpath)
+    k = r.key
+    return {
+        "kind": r.kind, "plate": k and k.plate, "well": k and k.well, "field": k and k.field,
+        "channel": k and k.channel, "z": k and k.z, "timepoint": k and k.timepoint,
+        "elapsed_h": k and k.elapsed_h, "acquired_at": k and k.acquired_at and k.acquired_at.isoformat(),
+    }
+
+
+@needs_table
+@pytest.mark.parametrize("row", ROWS, ids=[r["relpath"] for r in ROWS])
+def test_table_row_parses(row: dict[str, str]) -> None:
+    check(row, as_dict(row["relpath"]))
+
+
+@needs_table
+def test_cli_parse_json_agrees_with_table() -> None:
+    paths = [r["relpath"] for r in ROWS]
+    out = subprocess.run([sys.executable, "-m", "nscmonitor", "parse", "--json", *paths],
+                         capture_output=True, text=True, check=True).stdout
+    objs = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert [o["path"] for o in objs] == paths
+    for row, obj in zip(ROWS, objs):
+        assert set(obj) >= {"path", "kind", "profile", "plate", "well", "field", "channel", "z",
+                            "timepoint", "elapsed_h", "acquired_at", "reason"}
+        check(row, obj)
+
+
+def test_error_results_carry_a_reason() -> None:
+    r = parse_path("IMG_0001.tif")
+    assert r.kind == "error" and "profile" in r.reason
+
+
+def test_sequential_well_index_needs_plate_format() -> None:
+    assert parse_path("W0013F0001T0001Z001C1.tif").kind == "error"
+    r = parse_path("W0013F0001T0001Z001C1.tif", plate_format=96)
+    assert r.kind == "image" and r.key.well == "B01"
+
+
+def test_well_outside_plate_is_an_error() -> None:
+    r = parse_path("VID1_P24_1_00d00h00m.tif", plate_format=96)
+    assert r.kind == "error" and "outside" in r.reason
+
+
+def test_detect_profile_votes_over_folder() -> None:
+    names = ["r01c01f01p01-ch1sk1fk1fl1.tiff", "r01c02f01p01-ch1sk1fk1fl1.tiff", "Index.idx.xml"]
+    assert detect_profile(names) == "harmony"
+    assert detect_profile(["notes.txt"]) is None
+
+
+def test_custom_profile() -> None:
+    from nscmonitor.ingest.profiles import CustomProfileSpec, custom_profile
+
+    prof = custom_profile(CustomProfileSpec("lab", r"^(?P<plate>\w+)-(?P<well>[A-H]\d{1,2})-f(?P<field>\d+)-t(?P<timepoint>\d+)\.tif$", index_base=0))
+    r = parse_path("exp7-C3-f0-t4.tif", prof)
+    assert r.kind == "image" and r.key.well == "C03" and r.key.field == 1 and r.key.timepoint == 5
+    with pytest.raises(ValueError, match="named groups"):
+        custom_profile(CustomProfileSpec("bad", r"^(?P<plate>\w+)\.tif$"))
