@@ -36,3 +36,54 @@ def tiny_model(tmp_path: Path) -> Path:
     path = tmp_path / "models" / "tiny.onnx"
     build_tiny_classifier(path, input_size=32)
     return path
+
+
+def write_tiff(path: Path, arr, **kw) -> Path:  # noqa: ANN001
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, arr, **kw)
+    return path
+
+
+def cells_image(seed: int, shape: tuple[int, int] = (96, 128), dtype: str = "uint16"):  # noqa: ANN201
+    """A cheap textured frame (blobs on a background) so tiles are not dropped as empty."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    img = rng.normal(1000, 40, shape)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for _ in range(12):
+        cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(3, 9)
+        img += 600 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    return np.clip(img, 0, 4095).astype(dtype)
+
+
+def settings_for(tmp_path: Path, watch: Path, **watch_kw):  # noqa: ANN001, ANN201
+    from nscmonitor.config import parse_settings
+
+    w = {"path": str(watch), "experiment": watch_kw.pop("experiment", "E1"), "quiet_seconds": 0.0,
+         "rescan_interval": watch_kw.pop("rescan_interval", 60.0), **watch_kw}
+    return parse_settings({"database_url": f"sqlite:///{tmp_path / 'nsc.db'}", "models_dir": str(tmp_path / "models"),
+                           "log_dir": str(tmp_path / "logs"), "watch": [w]}, env={})
+
+
+@pytest.fixture()
+def make_runner(tmp_path: Path, tiny_model: Path):  # noqa: ANN201
+    """A real runner (real watchdog, real SQLite, real ONNX Runtime on a tiny model)."""
+    from nscmonitor.daemon import build_runner
+
+    runners = []
+
+    def make(watch: Path, *, model: Path | None = None, **kw):  # noqa: ANN003, ANN202
+        runner_kw = {k: kw.pop(k) for k in ("retry_base_s", "max_attempts", "poll_interval", "heartbeat_s",
+                                            "claim_size") if k in kw}
+        runner_kw.setdefault("retry_base_s", 0.05)
+        runner_kw.setdefault("poll_interval", 0.2)
+        r = build_runner(settings_for(tmp_path, watch, **kw), model=model or tiny_model, **runner_kw)
+        runners.append(r)
+        return r
+
+    yield make
+    for r in runners:
+        r.stop_event.set()

@@ -210,10 +210,10 @@ class Runner:
     # --- scoring ------------------------------------------------------------------------
     def process_batch(self) -> int:
         assert self.model is not None
-        claimed = self.store.claim(self.claim_size, self.wall())
+        model = self.model
+        claimed = self.store.claim(self.claim_size, self.wall(), model.version)
         if not claimed:
             return 0
-        model = self.model
         meta = model.engine.metadata
         norm = meta.normalization
         prepared: list[tuple[Claimed, object, object, object]] = []
@@ -229,6 +229,9 @@ class Runner:
                 self._fail(c, f"unexpected error while decoding: {exc!r}", False)
                 continue
             t1 = time.perf_counter()
+            if c.scored and dec.sha256 == c.previous_hash:
+                self.store.unchanged(c.id)
+                continue
             qc = qc_metrics(dec.pixels, p_low=norm["p_low"], p_high=norm["p_high"])
             grid = None
             if not qc.blank:
@@ -261,7 +264,13 @@ class Runner:
                 score=score, tiles_blob=pack_tiles(p, grid.rows, grid.cols, grid.kept) if grid is not None else None,
                 model_version=model.version, classes=meta.classes, engine=model.engine.name,
             ))
-        self.store.complete(results)
+        try:
+            self.store.complete(results)
+        except Exception as exc:  # a database hiccup must not stop the daemon; retry later
+            log.exception("could not store the results of %d images", len(results))
+            for c, *_ in prepared:
+                self._fail(c, f"could not store the result: {exc}", False)
+            return len(claimed)
         t2 = time.perf_counter()
         self.timings.inference += t1 - t0
         self.timings.store += t2 - t1

@@ -154,7 +154,7 @@ class WellReadout(Base):
     n_images: Mapped[int] = mapped_column(Integer)
     n_tiles: Mapped[int] = mapped_column(Integer)
     n_qc_failed: Mapped[int] = mapped_column(Integer)
-    confidence: Mapped[float] = mapped_column(Float)
+    confidence: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

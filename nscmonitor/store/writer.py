@@ -57,6 +57,7 @@ class Claimed:
     attempts: int
     previous_hash: str | None
     channel: str | None
+    scored: bool  # a prediction by the serving model version exists already
 
 
 @dataclass(frozen=True)
@@ -170,20 +171,29 @@ class Store:
             res = s.execute(update(m.Image).where(m.Image.status == "processing").values(status="pending"))
             return res.rowcount or 0
 
-    def claim(self, n: int, now_ts: float) -> list[Claimed]:
+    def claim(self, n: int, now_ts: float, model_version: str = "") -> list[Claimed]:
         with self.Session.begin() as s:
             rows = s.scalars(
                 select(m.Image)
                 .where(m.Image.status.in_(("pending", "failed")), m.Image.next_attempt_at <= now_ts)
                 .order_by(m.Image.id).limit(n)
             ).all()
+            scored = set(s.scalars(select(m.Prediction.image_id).where(
+                m.Prediction.image_id.in_([r.id for r in rows]), m.Prediction.model_version == model_version)))
             out = []
             for r in rows:
                 r.status = "processing"
                 r.attempts += 1
                 out.append(Claimed(r.id, r.path, r.relpath, r.experiment_id, r.well_id, r.time_key, r.attempts,
-                                   r.content_hash, r.channel))
+                                   r.content_hash, r.channel, r.id in scored))
             return out
+
+    def unchanged(self, image_id: int) -> None:
+        """Touched but identical content, already scored by this model: nothing to redo."""
+        with self.Session.begin() as s:
+            row = s.get(m.Image, image_id)
+            if row is not None:
+                row.status, row.error, row.updated_at = "done", None, utcnow()
 
     def release(self, ids: Iterable[int]) -> None:
         """Graceful stop: the batch in hand goes back to pending, attempts not counted."""
@@ -289,7 +299,7 @@ class Store:
         ro.classes = list(classes or [])
         ro.prob_mean, ro.prob_sd, ro.fraction = agg.prob_mean, agg.prob_sd, agg.fraction
         ro.n_images, ro.n_tiles, ro.n_qc_failed = agg.n_images, agg.n_tiles, agg.n_qc_failed
-        ro.confidence = agg.confidence if agg.n_images else float("nan")
+        ro.confidence = agg.confidence if agg.n_images else None
         ro.updated_at = now
 
     # --- health ---------------------------------------------------------------------

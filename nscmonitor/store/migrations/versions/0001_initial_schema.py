@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 18:16:36.154927
+Create Date: 2026-11-28 18:22:39.964031
 """
 
 from alembic import op
@@ -144,7 +144,7 @@ def upgrade() -> None:
     sa.Column('n_images', sa.Integer(), nullable=False),
     sa.Column('n_tiles', sa.Integer(), nullable=False),
     sa.Column('n_qc_failed', sa.Integer(), nullable=False),
-    sa.Column('confidence', sa.Float(), nullable=False),
+    sa.Column('confidence', sa.Float(), nullable=True),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['plate_id'], ['plates.id'], ),
     sa.ForeignKeyConstraint(['well_id'], ['wells.id'], ),

@@ -1,0 +1,37 @@
+# nscmonitor: the two commands a new machine needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed-all
+DEMO_DIR ?= demo-out
+
+.PHONY: test demo install lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+
+# Everything but the `gpu` extra (TensorRT needs an NVIDIA GPU; see docs/performance.md).
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -e ".[all]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP)
+	$(VENV)/bin/lint-imports
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not gpu" --durations=15
+
+demo: $(STAMP)
+	$(PY) -m nscmonitor demo --out $(DEMO_DIR)
+
+bench: $(STAMP)
+	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/inference.py
+
+clean:
+	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache

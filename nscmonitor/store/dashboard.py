@@ -1,0 +1,312 @@
+"""Reads shaped for the dashboard: few round trips, column arrays instead of objects.
+
+The plate view loads every readout of one plate and model version in one indexed query
+(``ix_readouts_plate_time``) and parses the JSON lists in one ``json.loads`` call instead of
+one per row: on a 384-well x 120-time-point plate that is the difference between a first paint
+in a fraction of a second and several seconds. Live updates ask only for what changed since the
+last prediction id they saw. Everything here is read-only (the GUI opens the database with
+``query_only``) and returns frozen dataclasses or numpy arrays; Qt never appears here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+from sqlalchemy import Engine, text
+
+from nscmonitor.domain import PLATE_SHAPES
+
+
+def _dt(v: object) -> datetime | None:
+    """SQLite returns timestamps as text through raw SQL; PostgreSQL as datetimes. All are UTC."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = datetime.fromisoformat(v)
+    if isinstance(v, datetime) and v.tzinfo is None:
+        return v.replace(tzinfo=timezone.utc)
+    return v  # type: ignore[return-value]
+
+
+def _lists(values: list, k: int) -> np.ndarray:
+    """N JSON lists of length k -> N x k float32; empty lists (a readout without a scored
+    image) become NaN rows."""
+    n = len(values)
+    if n == 0:
+        return np.zeros((0, k), np.float32)
+    if all(isinstance(v, str) for v in values):
+        try:
+            flat = json.loads("[" + ",".join(values) + "]")
+            arr = np.array(flat, dtype=np.float32)
+            if arr.shape == (n, k):
+                return arr
+        except (ValueError, TypeError):
+            pass
+    out = np.full((n, k), np.nan, np.float32)
+    for i, v in enumerate(values):
+        lst = json.loads(v) if isinstance(v, str) else v
+        if lst and len(lst) == k:
+            out[i] = [np.nan if x is None else x for x in lst]
+    return out
+
+
+# --- experiments and plates -----------------------------------------------------------------
+@dataclass(frozen=True)
+class PlateInfo:
+    id: int
+    name: str
+    plate_format: int
+    n_wells: int
+
+
+@dataclass(frozen=True)
+class ExperimentOverview:
+    id: int
+    name: str
+    watch_path: str | None
+    n_images: int
+    n_done: int
+    n_qc_failed: int
+    n_quarantined: int
+    n_pending: int
+    last_image_at: datetime | None
+    plates: tuple[PlateInfo, ...]
+
+
+def overview(engine: Engine) -> list[ExperimentOverview]:
+    with engine.connect() as c:
+        exps = c.execute(text("SELECT id, name, watch_path FROM experiments ORDER BY name")).all()
+        counts = {r[0]: r[1:] for r in c.execute(text(
+            "SELECT experiment_id, COUNT(*), SUM(status = 'done'), SUM(qc_passed = 0), SUM(status = 'quarantined'),"
+            " SUM(status IN ('pending', 'processing', 'failed')), MAX(discovered_at)"
+            " FROM images GROUP BY experiment_id"))}
+        plates: dict[int, list[PlateInfo]] = {}
+        for r in c.execute(text(
+                "SELECT p.experiment_id, p.id, p.name, p.plate_format, COUNT(w.id) FROM plates p"
+                " LEFT JOIN wells w ON w.plate_id = p.id GROUP BY p.id ORDER BY p.name")):
+            plates.setdefault(r[0], []).append(PlateInfo(r[1], r[2], r[3] or 96, r[4]))
+    out = []
+    for eid, name, watch in exps:
+        n, done, qcf, quar, pend, last = counts.get(eid, (0, 0, 0, 0, 0, None))
+        out.append(ExperimentOverview(eid, name, watch, int(n or 0), int(done or 0), int(qcf or 0), int(quar or 0),
+                                      int(pend or 0), _dt(last), tuple(plates.get(eid, ()))))
+    return out
+
+
+@dataclass(frozen=True)
+class WellRow:
+    id: int
+    name: str
+    row: int
+    col: int
+    condition: str | None
+
+
+def plate_wells(engine: Engine, plate_id: int) -> list[WellRow]:
+    with engine.connect() as c:
+        rows = c.execute(text("SELECT id, name, row, col, condition FROM wells WHERE plate_id = :p ORDER BY row, col"),
+                         {"p": plate_id}).all()
+    return [WellRow(*r) for r in rows]
+
+
+def plate_format_for(declared: int, wells: Iterable[WellRow]) -> int:
+    """The declared format, or the smallest standard plate that holds every well seen (a
+    folder configured as 96 that delivers P24 is really a 384-well plate)."""
+    rows = max((w.row for w in wells), default=0) + 1
+    cols = max((w.col for w in wells), default=0) + 1
+    for fmt, (r, c) in sorted(PLATE_SHAPES.items()):
+        if fmt >= declared and r >= rows and c >= cols:
+            return fmt
+    return 1536
+
+
+@dataclass(frozen=True)
+class VersionUse:
+    version: str
+    n_readouts: int
+
+
+def plate_versions(engine: Engine, plate_id: int) -> list[VersionUse]:
+    with engine.connect() as c:
+        rows = c.execute(text("SELECT model_version, COUNT(*) FROM well_readouts WHERE plate_id = :p"
+                              " GROUP BY model_version ORDER BY MAX(id)"), {"p": plate_id}).all()
+    return [VersionUse(v, n) for v, n in rows]
+
+
+# --- readouts as columns ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReadoutColumns:
+    well_id: np.ndarray
+    time_key: np.ndarray
+    elapsed_h: np.ndarray
+    classes: tuple[str, ...]
+    prob_mean: np.ndarray
+    prob_sd: np.ndarray
+    fraction: np.ndarray
+    n_images: np.ndarray
+    n_tiles: np.ndarray
+    n_qc_failed: np.ndarray
+    confidence: np.ndarray
+
+
+_RO_COLS = ("SELECT well_id, time_key, elapsed_h, classes, prob_mean, prob_sd, fraction, n_images, n_tiles,"
+            " n_qc_failed, confidence FROM well_readouts")
+
+
+def _columns(rows: list, classes: tuple[str, ...] | None = None) -> ReadoutColumns:
+    if classes is None:
+        first = next((r[3] for r in rows if r[3] not in (None, "[]", [])), "[]")
+        classes = tuple(json.loads(first) if isinstance(first, str) else first)
+    k = len(classes)
+    cols = list(zip(*rows)) if rows else [()] * 11
+
+    def num(i: int, dtype: type) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in cols[i]], dtype=dtype)
+
+    return ReadoutColumns(
+        well_id=np.array(cols[0], np.int64), time_key=np.array(cols[1], np.int64), elapsed_h=num(2, np.float64),
+        classes=classes, prob_mean=_lists(list(cols[4]), k), prob_sd=_lists(list(cols[5]), k),
+        fraction=_lists(list(cols[6]), k), n_images=np.array(cols[7], np.int32), n_tiles=np.array(cols[8], np.int32),
+        n_qc_failed=np.array(cols[9], np.int32), confidence=num(10, np.float32))
+
+
+def plate_readouts(engine: Engine, plate_id: int, version: str) -> ReadoutColumns:
+    with engine.connect() as c:
+        rows = c.execute(text(_RO_COLS + " WHERE plate_id = :p AND model_version = :v"),
+                         {"p": int(plate_id), "v": version}).all()
+    return _columns(rows)
+
+
+def readouts_for(engine: Engine, version: str, pairs: Iterable[tuple[int, int]]) -> ReadoutColumns:
+    """Readouts of the given (well id, time key) pairs: what a live update re-reads."""
+    pairs = sorted(set(pairs))
+    rows: list = []
+    with engine.connect() as c:
+        q = text(_RO_COLS + " WHERE well_id = :w AND time_key = :t AND model_version = :v")
+        for w, t in pairs:
+            rows.extend(c.execute(q, {"w": int(w), "t": int(t), "v": version}).all())
+    return _columns(rows)
+
+
+# --- live polling ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Marks:
+    """High-water marks: the dashboard compares them every poll and reads more only when one moved."""
+
+    prediction_id: int
+    image_id: int
+    image_updated: str
+    event_id: int
+    heartbeat: str
+
+
+def marks(engine: Engine) -> Marks:
+    with engine.connect() as c:
+        r = c.execute(text(
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM predictions), (SELECT COALESCE(MAX(id), 0) FROM images),"
+            " (SELECT COALESCE(MAX(updated_at), '') FROM images), (SELECT COALESCE(MAX(id), 0) FROM events),"
+            " (SELECT COALESCE(MAX(heartbeat_at), '') FROM daemon_status)")).one()
+    return Marks(int(r[0]), int(r[1]), str(r[2]), int(r[3]), str(r[4]))
+
+
+def touched_since(engine: Engine, plate_id: int, version: str, after_prediction_id: int,
+                  after_image_updated: str | None = None) -> set[tuple[int, int]]:
+    """(well id, time key) of the plate whose readout may have changed: new predictions of the
+    version, and images whose state changed since (a QC failure changes n_qc_failed without
+    adding a prediction)."""
+    with engine.connect() as c:
+        pairs = {(w, t) for w, t in c.execute(text(
+            "SELECT DISTINCT i.well_id, i.time_key FROM predictions p JOIN images i ON i.id = p.image_id"
+            " JOIN wells w ON w.id = i.well_id WHERE p.id > :a AND p.model_version = :v AND w.plate_id = :p"
+            " AND i.time_key IS NOT NULL"), {"a": after_prediction_id, "v": version, "p": plate_id})}
+        if after_image_updated:
+            pairs |= {(w, t) for w, t in c.execute(text(
+                "SELECT DISTINCT i.well_id, i.time_key FROM images i JOIN wells w ON w.id = i.well_id"
+                " WHERE i.updated_at > :u AND w.plate_id = :p AND i.time_key IS NOT NULL"),
+                {"u": after_image_updated, "p": plate_id})}
+    return pairs
+
+
+# --- one well at one time: the image viewer -----------------------------------------------------
+@dataclass(frozen=True)
+class WellImage:
+    image_id: int
+    path: str
+    field: int | None
+    channel: str | None
+    status: str
+    error: str | None
+    elapsed_h: float | None
+    width: int | None
+    height: int | None
+    qc: dict
+    qc_passed: bool | None
+    classes: tuple[str, ...]
+    prob_mean: tuple[float, ...]
+    n_tiles: int
+    confidence: float | None
+    tiles: bytes | None
+
+
+def well_images(engine: Engine, well_id: int, time_key: int, version: str | None) -> list[WellImage]:
+    with engine.connect() as c:
+        rows = c.execute(text(
+            "SELECT i.id, i.path, i.field, i.channel, i.status, i.error, i.elapsed_h, i.width, i.height, i.qc,"
+            " i.qc_passed, p.classes, p.prob_mean, p.n_tiles, p.confidence, p.tiles FROM images i"
+            " LEFT JOIN predictions p ON p.image_id = i.id AND p.model_version = :v"
+            " WHERE i.well_id = :w AND i.time_key = :t ORDER BY i.field, i.id"),
+            {"w": int(well_id), "t": int(time_key), "v": version or ""}).all()
+    out = []
+    for r in rows:
+        def js(v: object) -> list | dict:
+            return json.loads(v) if isinstance(v, str) else (v or [])
+        out.append(WellImage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], dict(js(r[9]) or {}),
+                             None if r[10] is None else bool(r[10]), tuple(js(r[11])), tuple(js(r[12])),
+                             int(r[13] or 0), r[14], r[15]))
+    return out
+
+
+# --- models ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    version: str
+    name: str
+    path: str
+    scheme: str
+    classes: tuple[str, ...]
+    state: str
+    created_at: datetime | None
+    activated_at: datetime | None
+    meta: dict
+
+
+def model_versions(engine: Engine) -> list[ModelVersionInfo]:
+    with engine.connect() as c:
+        rows = c.execute(text("SELECT version, name, path, scheme, classes, state, created_at, activated_at, meta"
+                              " FROM model_versions ORDER BY created_at DESC, id DESC")).all()
+    out = []
+    for r in rows:
+        classes = json.loads(r[4]) if isinstance(r[4], str) else (r[4] or [])
+        meta = json.loads(r[8]) if isinstance(r[8], str) else (r[8] or {})
+        out.append(ModelVersionInfo(r[0], r[1], r[2], r[3], tuple(classes), r[5], _dt(r[6]), _dt(r[7]), meta))
+    return out
+
+
+def version_meta(engine: Engine, version: str) -> dict | None:
+    with engine.connect() as c:
+        v = c.execute(text("SELECT meta FROM model_versions WHERE version = :v"), {"v": version}).scalar()
+    if v is None:
+        return None
+    return json.loads(v) if isinstance(v, str) else v
+
+
+def image_error(engine: Engine, image_id: int) -> tuple[str, str, str | None] | None:
+    """(path, status, reason) of one image, for the status panel's detail."""
+    with engine.connect() as c:
+        r = c.execute(text("SELECT path, status, error FROM images WHERE id = :i"), {"i": image_id}).first()
+    return None if r is None else (r[0], r[1], r[2])
+

@@ -1,0 +1,69 @@
+"""Real instrument output (third-party files in the shared folder): the daemon must place,
+decode and QC what instruments really write."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sqlalchemy import select
+
+from nscmonitor.store import models as m
+
+
+def _rows(runner):  # noqa: ANN001, ANN202
+    with runner.store.Session() as s:
+        return s.execute(select(m.Image, m.Well, m.Plate).outerjoin(m.Well, m.Well.id == m.Image.well_id)
+                         .outerjoin(m.Plate, m.Plate.id == m.Well.plate_id)).all()
+
+
+def test_imagexpress_folders_are_placed_and_decoded(real_fixtures: Path, make_runner) -> None:
+    root = real_fixtures
+    for sub in ("ImageXpress_exported", "ImageXpress"):
+        runner = make_runner(root / sub, experiment=sub)
+        runner.run(once=True)
+    rows = _rows(runner)
+    tifs = [p for p in root.rglob("*") if p.suffix.lower() in (".tif", ".tiff")
+            and p.relative_to(root).parts[0].startswith("ImageXpress")]
+    thumbs = [p for p in tifs if "_thumb" in p.name]
+    assert thumbs, "fixture should contain thumbnails"
+    by_path = {img.path: (img, w, p) for img, w, p in rows}
+    for t in thumbs:
+        assert str(t) not in by_path, f"thumbnail was queued: {t}"
+    images = [p for p in tifs if p not in thumbs]
+    for path in images:
+        img, well, plate = by_path[str(path)]
+        assert img.status == "done", (path, img.status, img.error)
+        assert img.width and img.height
+        # MetaXpress glues a GUID to the last token (_s1 + 17654C10-...): strip it first
+        name = re.sub(r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}(?=\.)", "", path.name)
+        well_m = re.search(r"_([A-P])(\d{2})(?:_|\.)", name)
+        assert well.name == f"{well_m.group(1)}{well_m.group(2)}"
+        site = re.search(r"_s(\d+)", name)
+        assert img.field == (int(site.group(1)) if site else 1)
+        ch = re.search(r"_w(\d)", name)
+        assert img.channel == (ch.group(1) if ch else None)
+        tp = re.search(r"TimePoint_(\d+)", str(path))
+        assert img.timepoint == (int(tp.group(1)) if tp else None)
+        rel = path.relative_to(root).parts
+        if rel[0] == "ImageXpress_exported":
+            assert plate.name == rel[1]  # 9987_Plate_3420 etc.: one plate per folder, same name token
+    deflated = [p for p in images if "Projection-Mix" in str(p)]
+    assert deflated and all(by_path[str(p)][0].status == "done" for p in deflated)
+    plate_3435 = [img for img, w, p in rows if p is not None and p.name == "9987_Plate_3435"]
+    assert {img.timepoint for img in plate_3435} == {1, 2}
+
+
+def test_cv8000_blank_frames_are_flagged_and_left_out(real_fixtures: Path, make_runner) -> None:
+    root = real_fixtures / "CV8000"
+    runner = make_runner(root, experiment="cv8000")
+    runner.run(once=True)
+    rows = _rows(runner)
+    tifs = [p for p in root.rglob("*.tif") if re.search(r"_T\d{4}F\d{3}", p.name)]
+    assert len(tifs) == len(rows) > 0, "every CV8000 image is stored; correction images are not"
+    for img, well, plate in rows:
+        assert img.status == "done" and img.qc_passed is False and img.qc["blank"] is True, img.path
+    with runner.store.Session() as s:
+        readouts = s.scalars(select(m.WellReadout)).all()
+    assert readouts
+    assert all(r.n_images == 0 and r.n_qc_failed > 0 and r.prob_mean == [] for r in readouts)
