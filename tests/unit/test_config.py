@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nscmonitor.config import load_settings, parse_settings
+from nscmonitor.errors import ConfigError
+
+
+def test_defaults_and_env_override(tmp_path: Path) -> None:
+    s = parse_settings({}, env={"NSCMONITOR_DATABASE_URL": "sqlite:///x.db", "NSCMONITOR_BATCH_SIZE": "16"})
+    assert s.database_url == "sqlite:///x.db" and s.batch_size == 16 and s.engine == "auto"
+    assert parse_settings({}, env={}).database_url.endswith("nscmonitor.db")
+
+
+def test_watch_folders_are_validated_and_resolved(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('''
+engine = "ort-cpu"
+[[watch]]
+path = "plates/run1"
+experiment = "BDNF screen"
+profile = "incucyte"
+plate_format = 384
+plate_map = "map.csv"
+induction_time = 2026-11-01T09:00:00Z
+polling = true
+quiet_seconds = 2
+channel = "phase"
+''')
+    s = load_settings(cfg, env={})
+    w = s.watch[0]
+    assert w.path == tmp_path / "plates/run1" and w.plate_map == tmp_path / "map.csv"
+    assert w.plate_format == 384 and w.use_polling() and w.channel == "phase"
+    assert w.induction_time is not None and w.induction_time.tzinfo is not None
+    assert s.engine == "ort-cpu" and s.source == cfg
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"watch": [{"path": "x", "plate_format": 100}]}, "watch[0].plate_format"),
+    ({"watch": [{"path": "x", "profile": "zeiss"}]}, "watch[0].profile"),
+    ({"watch": [{"path": "x", "polling": "sometimes"}]}, "watch[0].polling"),
+    ({"watch": [{"path": "x", "bogus": 1}]}, "watch[0].bogus"),
+    ({"watch": [{"path": "x", "quiet_seconds": "5"}]}, "watch[0].quiet_seconds"),
+    ({"engine": "fast"}, "engine"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"database_url": "nscmonitor.db"}, "database_url"),
+    ({"retrain": {"schedule": "nightly"}}, "retrain.schedule"),
+    ({"custom_profiles": [{"name": "lab", "regex": "(?P<plate>\\w+).tif"}]}, "custom_profiles[0]"),
+    ({"colour": "blue"}, "colour"),
+])
+def test_errors_name_the_bad_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_settings(data, env={})
+    assert str(exc.value).startswith(key)
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="NSCMONITOR_THREADS"):
+        parse_settings({}, env={"NSCMONITOR_THREADS": "many"})
+
+
+def test_missing_explicit_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml", env={})
+
+
+def test_unc_paths_poll_by_default() -> None:
+    s = parse_settings({"watch": [{"path": "\\\\server\\share\\incucyte"}]}, env={})
+    assert s.watch[0].use_polling()
