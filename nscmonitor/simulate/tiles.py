@@ -1,0 +1,141 @@
+"""Labelled tiles for training (a contract with ``nscmonitor.training``: keep the format).
+
+``out_dir/tiles.json``: ``{"pixel_size_um", "tile_size", "classes", "seed", ...}``.
+``out_dir/tiles.csv``: ``path,plate,well,field,timepoint,elapsed_h,condition,label,
+frac_neuron,frac_astrocyte,frac_oligodendrocyte,frac_undifferentiated,split``; ``path`` is
+relative to ``out_dir`` and names a 2-D TIFF of raw camera counts (not normalised).
+``label`` is the majority fate of the live cells whose centre lies in the tile and the
+fractions are their shares, so at 0 h a tile already carries the fate its cells will take:
+that is what makes early accuracy measurable (near chance at 0 h by construction).
+Splits are assigned by well (and a whole plate is held out for test when there are
+several), so no well is in two splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from nscmonitor.domain import MULTICLASS
+from nscmonitor.simulate.artefacts import Artefacts
+from nscmonitor.simulate.culture import DEFAULT_CONDITIONS, class_counts, default_plate_map, state_at
+from nscmonitor.simulate.microscope import Microscope
+from nscmonitor.simulate.render import Camera
+from nscmonitor.simulate.seeds import rng_for
+from nscmonitor.simulate.vendors import Shot
+
+TILES_COLUMNS = ("path", "plate", "well", "field", "timepoint", "elapsed_h", "condition", "label",
+                 *(f"frac_{c}" for c in MULTICLASS), "split")
+DEFAULT_HOURS = (0, 24, 48, 72, 96, 120)
+TILE_CONDITIONS = ("neuron-directed", "astrocyte-directed", "oligodendrocyte-directed", "mixed", "undifferentiated")
+
+
+def assign_splits(plates: int, wells_by_condition: dict[str, list[str]], seed: int) -> dict[tuple[int, str], str]:
+    """(plate, well) -> train/val/test, stratified by condition so every split sees every
+    condition. With >= 2 plates the last plate is the test set; otherwise wells are split."""
+    out: dict[tuple[int, str], str] = {}
+    for p in range(plates):
+        for cond, wells in wells_by_condition.items():
+            order = list(rng_for(seed, p, cond, "split").permutation(len(wells)))
+            ws = [wells[i] for i in order]
+            if plates >= 2 and p == plates - 1:
+                out.update({(p, w): "test" for w in ws})
+                continue
+            n_val = max(1, round(0.2 * len(ws))) if len(ws) >= 3 else 0
+            n_test = 0 if plates >= 2 else (max(1, round(0.2 * len(ws))) if len(ws) >= 3 else 0)
+            for i, w in enumerate(ws):
+                out[(p, w)] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return out
+
+
+def export_tiles(
+    out_dir: str | Path,
+    *,
+    plates: int = 2,
+    hours: Sequence[float] = DEFAULT_HOURS,
+    tile_size: int = 224,
+    seed: int = 0,
+    plate_format: int = 96,
+    wells_per_condition: int = 4,
+    fields: int = 1,
+    grid: tuple[int, int] = (2, 2),
+    conditions: Sequence[str] = TILE_CONDITIONS,
+    pixel_size_um: float = 1.24,
+    bit_depth: int = 12,
+    modality: str = "phase",
+    artefacts: Artefacts | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Render ``plates`` plates and cut each field into a ``grid`` (rows, cols) of tiles;
+    returns the path of tiles.csv. Empty tiles (no live cell) are skipped."""
+    import tifffile
+
+    out = Path(out_dir)
+    (out / "tiles").mkdir(parents=True, exist_ok=True)
+    cam = Camera(shape=(grid[0] * tile_size, grid[1] * tile_size), px_um=pixel_size_um, bit_depth=bit_depth,
+                 modality=modality)
+    conds = {c: DEFAULT_CONDITIONS[c] for c in conditions}
+    base = default_plate_map(plate_format, conds)
+    wells_by_condition = {c: base.wells_of(c)[:wells_per_condition] for c in conds}
+    chosen = [w for ws in wells_by_condition.values() for w in ws]
+    splits = assign_splits(plates, wells_by_condition, seed)
+    rows: list[dict] = []
+    total = plates * len(chosen) * fields * len(hours)
+    done = 0
+    for p in range(plates):
+        scope = Microscope(vendor="incucyte", plate_format=plate_format, fields=fields, hours=max(hours), seed=seed,
+                           plate_map=base, wells=chosen, camera=cam,
+                           artefacts=artefacts or Artefacts(), plate_index=p, plate_name=f"sim-plate-{p + 1}")
+        for well in chosen:
+            for f in range(1, fields + 1):
+                for t, h in enumerate(hours, start=1):
+                    shot = Shot(scope.plate_name, well, f, t, float(h), scope.start, 0)
+                    frame = scope.render(shot)
+                    st = state_at(scope.cells(well, f), float(h))
+                    jx, jy = (float(v) for v in frame.truth["jitter_px"].split(";"))
+                    for ty in range(grid[0]):
+                        for tx in range(grid[1]):
+                            x0 = (tx * tile_size - jx) * pixel_size_um
+                            y0 = (ty * tile_size - jy) * pixel_size_um
+                            counts = class_counts(st, x0, y0, x0 + tile_size * pixel_size_um,
+                                                  y0 + tile_size * pixel_size_um)
+                            if counts.sum() == 0:
+                                continue
+                            rel = f"tiles/p{p + 1}/{well}/f{f}_t{int(round(h)):03d}h_{ty}{tx}.tif"
+                            path = out / rel
+                            path.parent.mkdir(parents=True, exist_ok=True)
+                            tile = frame.image[ty * tile_size:(ty + 1) * tile_size, tx * tile_size:(tx + 1) * tile_size]
+                            tifffile.imwrite(path, np.ascontiguousarray(tile), photometric="minisblack",
+                                             metadata=None, software=False)
+                            frac = counts / counts.sum()
+                            rows.append({
+                                "path": rel, "plate": scope.plate_name, "well": well, "field": f, "timepoint": t,
+                                "elapsed_h": float(h), "condition": base.wells[well],
+                                "label": MULTICLASS[int(np.argmax(counts))],
+                                **{f"frac_{c}": round(float(v), 4) for c, v in zip(MULTICLASS, frac)},
+                                "split": splits[(p, well)],
+                            })
+                    done += 1
+                    if progress:
+                        progress(done, total)
+    with open(out / "tiles.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=TILES_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {
+        "pixel_size_um": float(pixel_size_um), "tile_size": int(tile_size), "classes": list(MULTICLASS),
+        "seed": int(seed), "plates": plates, "plate_format": plate_format, "hours": [float(h) for h in hours],
+        "bit_depth": bit_depth, "dtype": "uint8" if bit_depth == 8 else "uint16", "modality": modality,
+        "grid": list(grid), "fields": fields, "wells_per_condition": wells_per_condition,
+        "conditions": {c: asdict(conds[c]) for c in conds}, "n_tiles": len(rows),
+        "split_counts": {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")},
+        "label_rule": "majority fate of live cells whose centre lies in the tile",
+        "generator": "nscmonitor.simulate",
+    }
+    (out / "tiles.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return out / "tiles.csv"
