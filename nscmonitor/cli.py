@@ -20,6 +20,7 @@ log = logging.getLogger("nscmonitor")
 
 PLUGIN_MODULES = (
     "nscmonitor.commands",
+    "nscmonitor.commands_models",
     "nscmonitor.simulate.cli",
     "nscmonitor.training.cli",
     "nscmonitor.engines.cli",

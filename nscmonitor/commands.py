@@ -22,9 +22,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 # --- run ------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from nscmonitor.daemon import build_runner, install_signal_handlers
+    from nscmonitor.store.repo import Repo
 
     s = settings_from(args)
     if args.watch:
@@ -44,7 +43,30 @@ def cmd_run(args: argparse.Namespace) -> int:
           + ", ".join(str(f.cfg.path) for f in runner.folders), file=sys.stderr)
     if m.version.startswith("tiny-untrained"):
         print("nscmonitor: WARNING: this is an untrained demo model; its predictions mean nothing.", file=sys.stderr)
-    if args.once and sys.stderr.isatty() or args.once and args.progress:
+    sched = None
+    if not args.once and not args.no_schedule:
+        from nscmonitor.schedule.scheduler import make_scheduler
+
+        sched = make_scheduler(s, config_path=getattr(args, "config", None))
+        sched.resume()
+        job = sched.get_job("nscmonitor-retrain")
+        print(f"nscmonitor: retrain schedule {s.retrain.schedule}; next run {job.next_run_time if job else 'none'}",
+              file=sys.stderr)
+    try:
+        _run_loop(args, runner)
+    finally:
+        if sched is not None:
+            sched.shutdown(wait=False)
+    counts = Repo(runner.store.engine).queue_counts()
+    print("nscmonitor: stopped; images by state: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+          file=sys.stderr)
+    return 0
+
+
+def _run_loop(args: argparse.Namespace, runner) -> None:  # noqa: ANN001
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if args.once and (sys.stderr.isatty() or args.progress):
         with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       transient=False) as prog:
             task = prog.add_task("scoring", total=None)
@@ -58,10 +80,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             runner.run(once=True, progress=update)
     else:
         runner.run(once=args.once)
-    counts = runner.store and __import__("nscmonitor.store.repo", fromlist=["Repo"]).Repo(runner.store.engine).queue_counts()
-    print("nscmonitor: stopped; images by state: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-          file=sys.stderr)
-    return 0
 
 
 # --- status ---------------------------------------------------------------------------
@@ -310,6 +328,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="tiles per engine call")
     p.add_argument("--once", action="store_true", help="score what is there, then exit")
     p.add_argument("--progress", action="store_true", help="show a progress bar even without a terminal")
+    p.add_argument("--no-schedule", action="store_true", help="do not run the scheduled retraining in this daemon")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="daemon health, queue and last errors (exit code != 0 when unhealthy)")

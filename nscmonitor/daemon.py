@@ -89,12 +89,12 @@ def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) 
     for w in settings.watch:
         if not w.path.is_dir():
             log.warning("watch folder %s is not reachable now; it will be retried", w.path)
+    engine = make_engine(settings.database_url)
+    ensure_schema(engine)
     model = model or settings.model
     source = static_model_source(model) if model else registry_model_source(settings)
     if source is None:
         raise UserFacingError(NO_MODEL)
-    engine = make_engine(settings.database_url)
-    ensure_schema(engine)
     return Runner(settings, Store(engine), source, engine_factory(settings), **runner_kw)
 
 

@@ -325,8 +325,7 @@ class Runner:
                 if now - last_beat >= self.heartbeat_s:
                     self._beat("running")
                     last_beat = now
-                    if not worked and self.load_model_safely():
-                        continue
+                    self.load_model_safely()  # between batches: a promoted model takes over here
                 if worked and progress is not None:
                     progress(worked, self._backlog())
                 if once and not worked and self.idle():

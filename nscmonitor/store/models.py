@@ -7,6 +7,8 @@ The ``images`` table is also the daemon's durable queue. Its state machine:
        |                   \\--transient (locked, half-written, decode retry)--> failed
        \\------ retry when next_attempt_at is due (exponential backoff) ------/
     done --file rewritten with new content (new size/mtime and hash)--> pending (rewritten=1)
+    done --a new model was promoted (retrain.rescore)--> rescore --claimed when no pending--> processing
+    (a channel that is not scored, or a file that is not ours to score) --> skipped
 
 * A row is created ``pending`` when a ready file is first seen (or ``quarantined`` straight
   away when its name cannot be placed on a plate: recorded with the reason, never dropped).
@@ -24,7 +26,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integ
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-STATES = ("pending", "processing", "done", "failed", "quarantined")
+STATES = ("pending", "processing", "done", "failed", "quarantined", "skipped", "rescore")
 MAX_ATTEMPTS = 5
 
 
@@ -112,6 +114,7 @@ class ModelVersion(Base):
     classes: Mapped[list] = mapped_column(JSON)
     meta: Mapped[dict] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default="candidate")
+    labels_version: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -185,3 +188,45 @@ class Event(Base):
     message: Mapped[str] = mapped_column(Text)
     path: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict | None] = mapped_column(JSON)
+
+
+class LabelSet(Base):
+    """One import of end-point labels. Versions only grow; a retrain records the highest
+    version it used, so 'labels changed since the active model' is one comparison."""
+
+    __tablename__ = "label_sets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    n_labels: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Label(Base):
+    """A well's end-point fate (label and/or per-class fractions). A later label set
+    overrides an earlier one for the same well."""
+
+    __tablename__ = "labels"
+    __table_args__ = (Index("ix_labels_well", "well_id", "label_set_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label_set_id: Mapped[int] = mapped_column(ForeignKey("label_sets.id"))
+    well_id: Mapped[int] = mapped_column(ForeignKey("wells.id"))
+    label: Mapped[str] = mapped_column(String(40))
+    fractions: Mapped[dict | None] = mapped_column(JSON)
+
+
+class RetrainRun(Base):
+    """One retrain attempt and its decision, with the numbers behind it."""
+
+    __tablename__ = "retrain_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    trigger: Mapped[str] = mapped_column(String(20))
+    labels_version: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))  # running | promoted | rejected | failed | skipped
+    candidate_version: Mapped[str | None] = mapped_column(String(120))
+    baseline_version: Mapped[str | None] = mapped_column(String(120))
+    reason: Mapped[str | None] = mapped_column(Text)
+    numbers: Mapped[dict | None] = mapped_column(JSON)
+    run_dir: Mapped[str | None] = mapped_column(Text)

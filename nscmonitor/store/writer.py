@@ -173,11 +173,14 @@ class Store:
 
     def claim(self, n: int, now_ts: float, model_version: str = "") -> list[Claimed]:
         with self.Session.begin() as s:
-            rows = s.scalars(
+            rows = list(s.scalars(
                 select(m.Image)
                 .where(m.Image.status.in_(("pending", "failed")), m.Image.next_attempt_at <= now_ts)
                 .order_by(m.Image.id).limit(n)
-            ).all()
+            ).all())
+            if not rows:  # rescoring for a newly promoted model only when nothing new waits
+                rows = list(s.scalars(select(m.Image).where(m.Image.status == "rescore")
+                                      .order_by(m.Image.id.desc()).limit(n)).all())
             scored = set(s.scalars(select(m.Prediction.image_id).where(
                 m.Prediction.image_id.in_([r.id for r in rows]), m.Prediction.model_version == model_version)))
             out = []

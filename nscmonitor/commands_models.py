@@ -1,0 +1,99 @@
+"""Model lifecycle commands: labels import, models list|show|promote|rollback|register,
+retrain-now."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from nscmonitor.commands import _common, settings_from
+
+
+def _registry(args: argparse.Namespace):  # noqa: ANN202
+    from nscmonitor.registry.registry import Registry
+    from nscmonitor.store.db import ensure_schema, make_engine
+
+    s = settings_from(args)
+    engine = make_engine(s.database_url)
+    ensure_schema(engine)
+    return s, engine, Registry(s.models_dir, engine)
+
+
+def cmd_labels_import(args: argparse.Namespace) -> int:
+    from nscmonitor.labels import import_labels
+
+    _, engine, _ = _registry(args)
+    version, n = import_labels(engine, Path(args.file))
+    print(f"imported label set {version}: {n} wells labelled")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    s, engine, reg = _registry(args)
+    if args.models_command == "list":
+        rows = reg.list()
+        if args.json:
+            print(json.dumps([{"version": r.version, "state": r.state, "scheme": r.scheme, "classes": r.classes,
+                               "labels_version": r.labels_version, "created_at": r.created_at.isoformat()}
+                              for r in rows], indent=2))
+            return 0
+        if not rows:
+            print("no model versions registered ('nscmonitor models register RUN_DIR')")
+        for r in rows:
+            acc = r.metrics.get("well", {}).get("accuracy") if isinstance(r.metrics.get("well"), dict) else None
+            print(f"{'*' if r.state == 'active' else ' '} {r.version:<40} {r.state:<10} {r.scheme:<11}"
+                  f" labels {r.labels_version or '-'}  {r.created_at:%Y-%m-%d %H:%M}"
+                  + (f"  well acc {acc:.3f}" if isinstance(acc, float) else ""))
+    elif args.models_command == "show":
+        r = reg.get(args.version)
+        print(json.dumps({"version": r.version, "state": r.state, "path": r.path, "sha256": r.sha256,
+                          "scheme": r.scheme, "classes": r.classes, "labels_version": r.labels_version,
+                          "metrics": r.metrics}, indent=2, default=str))
+    elif args.models_command == "register":
+        r = reg.register(Path(args.source), activate_if_first=not args.candidate)
+        print(f"registered {r.version} as {r.state}")
+    elif args.models_command == "promote":
+        r = reg.promote(args.version, reason="promoted by hand")
+        print(f"{r.version} is now active (a running daemon switches between batches)")
+    elif args.models_command == "rollback":
+        r = reg.rollback()
+        print(f"rolled back: {r.version} is active again")
+    return 0
+
+
+def cmd_retrain_now(args: argparse.Namespace) -> int:
+    from nscmonitor.schedule.retrain import run_retrain
+
+    s = settings_from(args)
+    out = run_retrain(s, trigger="manual", force=args.force)
+    print(f"retrain {out.run_id}: {out.status}: {out.reason}")
+    return 0 if out.status in ("promoted", "rejected", "skipped") else 1
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("labels", help="end-point labels (e.g. from Tuj1/GFAP/O4 stains) for retraining")
+    _common(p)
+    lsub = p.add_subparsers(dest="labels_command", required=True)
+    imp = lsub.add_parser("import", help="import a CSV: experiment, plate, well, label or frac_<class> columns "
+                          "(all rows valid or nothing is imported)")
+    imp.add_argument("file")
+    p.set_defaults(func=cmd_labels_import)
+
+    p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback")
+    _common(p)
+    msub = p.add_subparsers(dest="models_command", required=True)
+    ml = msub.add_parser("list")
+    ml.add_argument("--json", action="store_true")
+    msub.add_parser("show").add_argument("version")
+    reg = msub.add_parser("register", help="add a run dir (or model.onnx) to the registry")
+    reg.add_argument("source")
+    reg.add_argument("--candidate", action="store_true", help="register as candidate even if none is active")
+    msub.add_parser("promote", help="make a version active").add_argument("version")
+    msub.add_parser("rollback", help="re-activate the previously active version")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("retrain-now", help="retrain on the current labels now (as the schedule would)")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="retrain even if the labels did not change")
+    p.set_defaults(func=cmd_retrain_now)

@@ -1,0 +1,1 @@
+"""Model versions on disk and in the store: candidate -> active -> retired."""

@@ -1,0 +1,165 @@
+"""The model registry.
+
+On disk each version is a folder ``<models_dir>/versions/<version>/`` holding the ONNX
+model (the canonical artefact), whatever engines were built from it, and the run's
+metrics, resolved config and data hash. In the store, ``model_versions`` holds its state.
+Exactly one version is ``active``; promotion retires the previous one, and ``rollback``
+re-activates the most recently retired version, so undoing a promotion is one command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import sessionmaker
+
+from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
+from nscmonitor.errors import UserFacingError
+from nscmonitor.store import models as m
+from nscmonitor.store.repo import _aware
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("metrics.json", "config.json", "evaluation.png", "tiles.json")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    version: str
+    name: str
+    path: str
+    sha256: str
+    scheme: str
+    classes: tuple[str, ...]
+    state: str
+    labels_version: int | None
+    metrics: dict
+    created_at: datetime
+    activated_at: datetime | None
+
+
+def _info(r: m.ModelVersion) -> ModelInfo:
+    return ModelInfo(r.version, r.name, r.path, r.sha256, r.scheme, tuple(r.classes), r.state, r.labels_version,
+                     dict((r.meta or {}).get("metrics", {})), _aware(r.created_at), _aware(r.activated_at))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Registry:
+    def __init__(self, models_dir: Path, engine: Engine) -> None:
+        self.models_dir = Path(models_dir)
+        self.Session = sessionmaker(engine, expire_on_commit=False)
+        self.engine = engine
+
+    def list(self) -> list[ModelInfo]:
+        with self.Session() as s:
+            return [_info(r) for r in s.scalars(select(m.ModelVersion).order_by(m.ModelVersion.created_at))]
+
+    def get(self, version: str) -> ModelInfo:
+        with self.Session() as s:
+            r = s.scalar(select(m.ModelVersion).where(m.ModelVersion.version == version))
+            if r is None:
+                raise UserFacingError(f"no model version {version!r} (see 'nscmonitor models list')")
+            return _info(r)
+
+    def active(self) -> ModelInfo | None:
+        with self.Session() as s:
+            r = s.scalar(select(m.ModelVersion).where(m.ModelVersion.state == "active"))
+            return _info(r) if r else None
+
+    def register(self, source: Path, *, version: str | None = None, labels_version: int | None = None,
+                 activate_if_first: bool = True) -> ModelInfo:
+        """Copy a run dir's model (or a bare .onnx) into the registry as a candidate."""
+        source = Path(source)
+        onnx_path = source / "model.onnx" if source.is_dir() else source
+        if not onnx_path.is_file():
+            raise UserFacingError(f"no model.onnx in {source}")
+        try:
+            meta = read_onnx_metadata(onnx_path)
+        except MetadataError as exc:
+            raise UserFacingError(f"refusing to register {onnx_path}: {exc}") from exc
+        sha = _sha256(onnx_path)
+        version = version or f"{_slug(meta.version)}-{sha[:8]}"
+        with self.Session() as s:
+            if s.scalar(select(m.ModelVersion).where(m.ModelVersion.version == version)):
+                raise UserFacingError(f"model version {version!r} is already registered")
+        dest = self.models_dir / "versions" / version
+        part = dest.with_name(dest.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        shutil.copy2(onnx_path, part / "model.onnx")
+        if source.is_dir():
+            for name in RUN_FILES:
+                if (source / name).is_file():
+                    shutil.copy2(source / name, part / name)
+        if dest.exists():
+            shutil.rmtree(dest)
+        part.rename(dest)
+        now = datetime.now(timezone.utc)
+        with self.Session.begin() as s:
+            first = s.scalar(select(m.ModelVersion).where(m.ModelVersion.state == "active")) is None
+            row = m.ModelVersion(version=version, name=meta.name, path=str(dest / "model.onnx"), sha256=sha,
+                                 scheme=meta.scheme, classes=list(meta.classes), meta=json.loads(meta.to_json()),
+                                 state="active" if first and activate_if_first else "candidate",
+                                 labels_version=labels_version, created_at=now,
+                                 activated_at=now if first and activate_if_first else None)
+            s.add(row)
+            s.add(m.Event(at=now, kind="model_registered", message=f"registered {version} as {row.state}",
+                          data={"version": version, "state": row.state}))
+        return self.get(version)
+
+    def promote(self, version: str, *, reason: str = "promoted by hand") -> ModelInfo:
+        now = datetime.now(timezone.utc)
+        with self.Session.begin() as s:
+            row = s.scalar(select(m.ModelVersion).where(m.ModelVersion.version == version))
+            if row is None:
+                raise UserFacingError(f"no model version {version!r}")
+            if row.state == "active":
+                return _info(row)
+            if not Path(row.path).is_file():
+                raise UserFacingError(f"model file of {version} is missing: {row.path}")
+            for act in s.scalars(select(m.ModelVersion).where(m.ModelVersion.state == "active")):
+                act.state = "retired"
+            row.state, row.activated_at = "active", now
+            s.add(m.Event(at=now, kind="promoted", message=f"{version} is now active: {reason}",
+                          data={"version": version, "reason": reason}))
+        log.info("model %s promoted: %s", version, reason)
+        return self.get(version)
+
+    def rollback(self) -> ModelInfo:
+        """Retire the active version and re-activate the one that was active before it."""
+        now = datetime.now(timezone.utc)
+        with self.Session.begin() as s:
+            act = s.scalar(select(m.ModelVersion).where(m.ModelVersion.state == "active"))
+            prev = s.scalar(select(m.ModelVersion).where(m.ModelVersion.state == "retired",
+                                                         m.ModelVersion.activated_at.is_not(None))
+                            .order_by(m.ModelVersion.activated_at.desc()))
+            if prev is None:
+                raise UserFacingError("nothing to roll back to: no earlier active version")
+            if act is not None:
+                act.state = "retired"
+                act.activated_at = None  # so a second rollback goes further back, not forth
+            prev.state, prev.activated_at = "active", now
+            s.add(m.Event(at=now, kind="rolled_back", level="warning",
+                          message=f"rolled back from {act.version if act else 'none'} to {prev.version}",
+                          data={"from": act.version if act else None, "to": prev.version}))
+            version = prev.version
+        return self.get(version)
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "model"

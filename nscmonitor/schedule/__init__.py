@@ -1,0 +1,1 @@
+"""Scheduled retraining: labels in, candidate trained in a subprocess, gated, promoted."""

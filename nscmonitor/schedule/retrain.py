@@ -1,0 +1,286 @@
+"""One retrain, end to end, without torch in this process.
+
+labels changed? -> dataset from the store (every earlier image of a labelled well inherits
+its end-point label; test wells held out by plate where there are several plates) ->
+``python -m nscmonitor.training.train`` in a subprocess with a thread budget and lower
+priority (a crash or out-of-memory there never takes the daemon down) -> candidate and
+active model evaluated on the same held-out images with ONNX Runtime -> gates -> engine
+for this machine selected and validated -> register, promote or reject, with the numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from nscmonitor.config import Settings
+from nscmonitor.domain import GLIA
+from nscmonitor.engines.metadata import read_onnx_metadata
+from nscmonitor.hooks import emit
+from nscmonitor.labels import current_labels, labels_version
+from nscmonitor.registry.registry import Registry
+from nscmonitor.schedule.gates import Decision, EvalResult, decide, evaluate_predictions
+from nscmonitor.store import models as m
+from nscmonitor.store.db import ensure_schema, make_engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    run_id: int
+    status: str  # skipped | promoted | rejected | failed
+    reason: str
+    candidate: str | None = None
+    numbers: dict | None = None
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    experiment: str
+    plate: str
+    well: str
+    field: int | None
+    timepoint: int | None
+    elapsed_h: float | None
+    label: str
+    fractions: dict | None
+    split: str
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _split_for(plate: str, well: str, plates: list[str], labels_by_well: dict) -> str:
+    """Whole plate held out for test when there are several (no plate effect leaks into the
+    test); otherwise a fixed hash of the well picks about a quarter of wells for test."""
+    if len(plates) > 1:
+        if plate == plates[-1]:
+            return "test"
+        h = int(hashlib.sha1(f"{plate}/{well}".encode()).hexdigest(), 16) % 100
+        return "val" if h < 20 else "train"
+    h = int(hashlib.sha1(f"{plate}/{well}".encode()).hexdigest(), 16) % 100
+    return "test" if h < 25 else ("val" if h < 40 else "train")
+
+
+def build_dataset(engine, out_dir: Path, *, up_to: int | None, channel: str | None = None) -> list[Sample]:  # noqa: ANN001
+    labels = current_labels(engine, up_to)
+    by_well = {(lab.experiment, lab.plate, lab.well): lab for lab in labels}
+    plates = sorted({(lab.experiment, lab.plate) for lab in labels})
+    plate_names = [f"{e}/{p}" for e, p in plates]
+    samples: list[Sample] = []
+    with sessionmaker(engine)() as s:
+        rows = s.execute(
+            select(m.Image.path, m.Image.field, m.Image.timepoint, m.Image.elapsed_h, m.Image.channel, m.Well.name,
+                   m.Plate.name, m.Experiment.name)
+            .join(m.Well, m.Well.id == m.Image.well_id).join(m.Plate, m.Plate.id == m.Well.plate_id)
+            .join(m.Experiment, m.Experiment.id == m.Plate.experiment_id)
+            .where(m.Image.status == "done", m.Image.qc_passed.is_(True)).order_by(m.Image.id)).all()
+    for path, field, tp, eh, ch, well, plate, exp in rows:
+        lab = by_well.get((exp, plate, well))
+        if lab is None or (channel is not None and ch is not None and ch != channel):
+            continue
+        split = _split_for(f"{exp}/{plate}", well, plate_names, by_well)
+        samples.append(Sample(path, exp, plate, well, field, tp, eh, lab.label, lab.fractions, split))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    import csv
+
+    classes = ("neuron", "astrocyte", "oligodendrocyte", "undifferentiated")
+    with open(out_dir / "tiles.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "plate", "well", "field", "timepoint", "elapsed_h", "condition", "label",
+                    *[f"frac_{c}" for c in classes], "split"])
+        for smp in samples:
+            fr = smp.fractions or {}
+            w.writerow([smp.path, f"{smp.experiment}/{smp.plate}", smp.well, smp.field or "", smp.timepoint or "",
+                        "" if smp.elapsed_h is None else smp.elapsed_h, "", smp.label,
+                        *[fr.get(c, "") for c in classes], smp.split])
+    return samples
+
+
+def _scheme_label(label: str, classes: tuple[str, ...]) -> str | None:
+    if label in classes:
+        return label
+    if "glia" in classes and label in GLIA:
+        return "glia"
+    return None
+
+
+def evaluate_model(model_path: Path, samples: list[Sample], *, threads: int = 1) -> EvalResult:
+    """Image-level accuracy of an ONNX model on held-out images, through the daemon's own
+    preprocessing, so the gate measures what the daemon would serve."""
+    from nscmonitor.engines.ort import OrtCpuEngine
+    from nscmonitor.pipeline.decode import DecodeError, decode
+    from nscmonitor.pipeline.tiles import prepare
+
+    meta = read_onnx_metadata(model_path)
+    eng = OrtCpuEngine(model_path, meta, threads=threads)
+    eng.load()
+    norm = meta.normalization
+    y_true, y_pred, hours = [], [], []
+    for smp in samples:
+        lab = _scheme_label(smp.label, meta.classes)
+        if lab is None:
+            continue
+        try:
+            dec = decode(smp.path)
+        except DecodeError as exc:
+            log.warning("%s: left out of the evaluation: %s", smp.path, exc.reason)
+            continue
+        grid = prepare(dec.pixels, input_size=meta.input_size, p_low=norm["p_low"], p_high=norm["p_high"],
+                       src_um=dec.pixel_size_um, dst_um=meta.pixel_size_um, mean=norm.get("mean", 0.0),
+                       std=norm.get("std", 1.0), in_graph=norm.get("in_graph", True))
+        if len(grid.tiles) == 0:
+            continue
+        probs = np.concatenate([eng.infer(grid.tiles[i:i + 32]) for i in range(0, len(grid.tiles), 32)])
+        y_true.append(lab)
+        y_pred.append(meta.classes[int(probs.mean(axis=0).argmax())])
+        hours.append(smp.elapsed_h)
+    eng.close()
+    return evaluate_predictions(y_true, y_pred, hours, meta.classes)
+
+
+def _train_toml(path: Path, values: dict) -> None:
+    lines = ["[train]"]
+    for k, v in values.items():
+        if v is None:
+            continue
+        lines.append(f"{k} = {json.dumps(v)}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def train_subprocess(cfg_path: Path, *, threads: int, timeout: float | None, log_path: Path) -> tuple[int, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(threads, 1)), "MKL_NUM_THREADS": str(max(threads, 1))}
+    kw: dict = {}
+    if sys.platform == "win32":
+        kw["creationflags"] = subprocess.BELOW_NORMAL_PRIORITY_CLASS
+    else:
+        kw["preexec_fn"] = lambda: os.nice(10)
+    with open(log_path, "w") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "nscmonitor.training.train", "--config", str(cfg_path)],
+                                stdout=logf, stderr=subprocess.STDOUT, env=env, **kw)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = -9
+    tail = log_path.read_text(errors="replace")[-2000:]
+    return rc, tail
+
+
+def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = False,
+                train_overrides: dict | None = None, timeout: float | None = None) -> RetrainOutcome:
+    engine = make_engine(settings.database_url)
+    ensure_schema(engine)
+    reg = Registry(settings.models_dir, engine)
+    Session = sessionmaker(engine, expire_on_commit=False)
+    lv = labels_version(engine)
+    active = reg.active()
+    hook = settings.retrain.hook
+    with Session.begin() as s:
+        run = m.RetrainRun(started_at=_now(), trigger=trigger, labels_version=lv, status="running",
+                           baseline_version=active.version if active else None)
+        s.add(run)
+        s.flush()
+        run_id = run.id
+
+    def finish(status: str, reason: str, **kw) -> RetrainOutcome:  # noqa: ANN003
+        with Session.begin() as s:
+            r = s.get(m.RetrainRun, run_id)
+            r.status, r.reason, r.finished_at = status, reason, _now()
+            for k, v in kw.items():
+                setattr(r, k, v)
+        level = {"failed": "error", "rejected": "warning"}.get(status, "info")
+        if status != "skipped":
+            emit(engine, f"retrain_{status}", reason, level=level, hook=hook,
+                 data={"run": run_id, "candidate": kw.get("candidate_version"), "numbers": kw.get("numbers")})
+        log.info("retrain %d %s: %s", run_id, status, reason)
+        return RetrainOutcome(run_id, status, reason, kw.get("candidate_version"), kw.get("numbers"))
+
+    if lv is None:
+        return finish("skipped", "no labels imported yet ('nscmonitor labels import FILE.csv')")
+    if not force and active is not None and active.labels_version == lv:
+        return finish("skipped", f"labels unchanged since the active model (label set {lv})")
+    run_dir = settings.models_dir / "retrain" / f"run-{run_id:04d}"
+    data_dir = run_dir / "data"
+    try:
+        samples = build_dataset(engine, data_dir, up_to=lv)
+    except OSError as exc:
+        return finish("failed", f"cannot write the training data: {exc}")
+    test = [smp for smp in samples if smp.split == "test"]
+    if len({smp.label for smp in samples if smp.split == "train"}) < 2 or not test:
+        return finish("failed", f"too few labelled images to train and test ({len(samples)} images)",
+                      run_dir=str(run_dir))
+    base_meta = read_onnx_metadata(active.path) if active else None
+    values = {"data": str(data_dir), "out": str(run_dir / "train"), "scheme": base_meta.scheme if base_meta and
+              base_meta.scheme in ("binary", "multiclass") else "multiclass",
+              "epochs": settings.retrain.epochs, "device": settings.retrain.device, "threads": settings.retrain.threads,
+              "progress": False, **(train_overrides or {})}
+    cfg_path = run_dir / "train.toml"
+    _train_toml(cfg_path, values)
+    rc, tail = train_subprocess(cfg_path, threads=settings.retrain.threads, timeout=timeout,
+                                log_path=run_dir / "train.log")
+    candidate_path = run_dir / "train" / "model.onnx"
+    if rc != 0 or not candidate_path.is_file():
+        why = "killed (time limit or signal)" if rc < 0 else f"exited with code {rc}"
+        return finish("failed", f"training {why}; see {run_dir / 'train.log'}: {tail.strip()[-300:]}",
+                      run_dir=str(run_dir))
+    cand_eval = evaluate_model(candidate_path, test)
+    act_eval = evaluate_model(Path(active.path), test) if active else None
+    decision: Decision = decide(cand_eval, act_eval)
+    numbers = {"candidate": asdict(cand_eval), "active": asdict(act_eval) if act_eval else None,
+               "n_test_images": len(test), "n_images": len(samples), "rules": decision.reasons}
+    if decision.promote:
+        try:
+            from nscmonitor.engines.select import select as select_engine
+
+            sel = select_engine(candidate_path, settings.engine, batch_size=settings.batch_size, threads=1,
+                                cache_dir=settings.models_dir / "engines")
+            numbers["engine"] = sel.engine.name
+            sel.engine.close()
+        except Exception as exc:  # no engine can serve it here: do not promote
+            decision = Decision(False, decision.reasons + [f"no validated engine on this machine: {exc}"])
+    info = reg.register(run_dir / "train", labels_version=lv, activate_if_first=False)
+    if not decision.promote:
+        return finish("rejected", "; ".join(decision.reasons), candidate_version=info.version, numbers=numbers,
+                      run_dir=str(run_dir))
+    reg.promote(info.version, reason="; ".join(decision.reasons))
+    if settings.retrain.rescore:
+        n = mark_for_rescore(engine)
+        numbers["rescore_queued"] = n
+    return finish("promoted", "; ".join(decision.reasons), candidate_version=info.version, numbers=numbers,
+                  run_dir=str(run_dir))
+
+
+def mark_for_rescore(engine) -> int:  # noqa: ANN001
+    """Queue earlier images of experiments still acquiring for the new model, at low
+    priority: the runner takes them only when nothing new waits."""
+    from datetime import timedelta
+
+    from sqlalchemy import func, update
+
+    recent = _now() - timedelta(days=RUNNING_DAYS)
+    with sessionmaker(engine).begin() as s:
+        running = select(m.Image.experiment_id).group_by(m.Image.experiment_id) \
+            .having(func.max(m.Image.discovered_at) >= recent)
+        res = s.execute(update(m.Image).where(m.Image.status == "done", m.Image.qc_passed.is_(True),
+                                              m.Image.experiment_id.in_(running)).values(status="rescore"))
+        return res.rowcount or 0
+
+
+#: an experiment counts as running (worth rescoring) if an image arrived this recently
+RUNNING_DAYS = 7
