@@ -49,11 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _logging(args: argparse.Namespace) -> None:
+    """Long-lived processes keep a rotating file in the log dir; one file per process kind,
+    because Windows cannot rotate a file that another process holds open."""
+    from nscmonitor.logs import setup_logging
+
+    cmd = getattr(args, "command", None)
+    log_dir = None
+    if cmd in ("run", "gui", "service"):
+        from nscmonitor.config import default_log_dir, load_settings
+
+        try:
+            log_dir = load_settings(getattr(args, "config", None)).log_dir
+        except Exception:  # the command itself reports a bad config with the key's name
+            log_dir = default_log_dir()
+    setup_logging(log_dir, args.verbose,
+                  filename={"gui": "nscmonitor-gui.log", "service": "nscmonitor-service.log"}.get(cmd, "nscmonitor.log"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * args.verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _logging(args)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -87,8 +87,11 @@ STALE_S = 120.0
 
 
 def health(repo, *, now: datetime | None = None) -> dict:  # noqa: ANN001
-    """The health verdict behind ``status``'s exit code: 0 healthy, 1 stalled, 2 a
-    watched folder is unreachable, 3 no daemon is running."""
+    """The health verdict behind ``status``'s exit code: 0 healthy, 1 stalled (no heartbeat,
+    or work waiting with nothing scored), 2 a watched folder is unreachable, 3 no daemon is
+    running, 4 the database disk is almost full."""
+    from nscmonitor.service_checks import backlog_facts, backlog_stall, database_disk
+
     now = now or datetime.now(timezone.utc)
     daemons = repo.daemons(1)
     counts = repo.queue_counts()
@@ -103,8 +106,16 @@ def health(repo, *, now: datetime | None = None) -> dict:  # noqa: ANN001
         elif any(not w.get("reachable", True) for w in d.watched):
             bad = [w["path"] for w in d.watched if not w.get("reachable", True)]
             verdict, code = f"watched folder unreachable: {', '.join(bad)}", 2
+        else:
+            stall = backlog_stall(*backlog_facts(repo.engine, now), now)
+            if stall:
+                verdict, code = stall, 1
+    disk = database_disk(repo.engine.url.render_as_string(hide_password=False))
+    warnings = [disk.message] if disk and not disk.ok else []
+    if disk and disk.level == "critical" and code == 0:
+        verdict, code = f"database disk almost full: {disk.message}", 4
     return {
-        "verdict": verdict, "exit_code": code,
+        "verdict": verdict, "exit_code": code, "warnings": warnings,
         "daemon": None if d is None else {
             "host": d.host, "pid": d.pid, "state": d.state, "heartbeat_at": d.heartbeat_at.isoformat(),
             "engine": d.engine, "model_version": d.model_version, "images_per_s": d.images_per_s, "watched": d.watched,
@@ -133,6 +144,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     con = Console()
     d = h["daemon"]
     con.print(f"[bold]{h['verdict']}[/bold]")
+    for w in h["warnings"]:
+        con.print(f"[yellow]warning: {w}[/yellow]")
     if d:
         con.print(f"daemon {d['host']}:{d['pid']} {d['state']}, heartbeat {d['heartbeat_at']}, "
                   f"engine {d['engine']}, model {d['model_version']}, {d['images_per_s'] or 0:.2f} images/s")
@@ -217,7 +230,8 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
     import importlib.util
     import shutil
 
-    from nscmonitor.store.db import current_revision, head_revision, make_engine, sqlite_path
+    from nscmonitor.service_checks import database_disk, drive_letter_warning
+    from nscmonitor.store.db import current_revision, head_revision, make_engine
 
     checks: list[tuple[str, bool, str]] = []
     for mod, what in (("onnxruntime", "ONNX Runtime (CPU engine)"), ("torch", "PyTorch (training, reference engine)"),
@@ -238,21 +252,18 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
         head = head_revision()
         checks.append(("database", cur == head or cur is None,
                        f"{s.database_url} schema {cur or 'new'} (this version needs {head})"))
-        p = sqlite_path(s.database_url)
-        if p is not None:
-            free = shutil.disk_usage(p.parent).free
-            checks.append(("database disk space", free > 1 << 30, f"{free / 2**30:.1f} GiB free on {p.parent}"))
+        disk = database_disk(s.database_url)
+        if disk is not None:
+            checks.append(("database disk space", disk.ok, disk.message))
     except Exception as exc:  # doctor reports, it does not crash
         checks.append(("database", False, f"{s.database_url}: {exc}"))
     for w in s.watch:
         ok = w.path.is_dir()
         note = f"{w.path} ({'polling' if w.use_polling() else 'native events'})"
-        if sys.platform == "win32" and len(str(w.path)) >= 2 and str(w.path)[1] == ":" and w.use_polling():
-            note += "; drive letters are not visible to services: use a UNC path"
         checks.append((f"watch {w.experiment}", ok, note if ok else f"{note}: not reachable"))
-        if len(str(w.path)) >= 2 and str(w.path)[1] == ":" and str(w.path)[0].upper() not in "C":
-            checks.append((f"watch {w.experiment} path", False,
-                           f"{w.path} uses a drive letter; mapped drives are invisible to a service: use \\\\server\\share"))
+        msg = drive_letter_warning(w.path, is_windows=sys.platform == "win32")
+        if msg:
+            checks.append((f"watch {w.experiment} path", False, msg))
     if s.model is not None:
         try:
             from nscmonitor.engines.metadata import read_onnx_metadata
@@ -359,8 +370,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("db", help="database maintenance: upgrade (backs up first), backup, check")
     _common(p)
     dsub = p.add_subparsers(dest="db_command", required=True)
-    dsub.add_parser("upgrade", help="migrate the schema to this version (after a backup)")
+    _common(dsub.add_parser("upgrade", help="migrate the schema to this version (after a backup)"))
     b = dsub.add_parser("backup", help="consistent online backup of the SQLite database")
+    _common(b)
     b.add_argument("-o", "--output", help="backup file (default: beside the database, time-stamped)")
-    dsub.add_parser("check", help="SQLite integrity check (exit 1 on problems)")
+    _common(dsub.add_parser("check", help="SQLite integrity check (exit 1 on problems)"))
     p.set_defaults(func=cmd_db)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nscmonitor import notify
 from nscmonitor.config import Settings, WatchFolder
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.ingest.filenames import detect_profile, parse_path
@@ -313,6 +314,7 @@ class Runner:
     def run(self, *, once: bool = False, progress: Callable[[int, int], None] | None = None) -> None:
         if self.daemon_id is None:
             self.setup()
+        notify.default().ready(f"watching {len(self.folders)} folder(s)")
         for f in self.folders:
             if not once:
                 f.watcher.start()
@@ -333,6 +335,7 @@ class Runner:
                 if not worked:
                     self.stop_event.wait(0.2 if once else min(self.poll_interval, 0.5))
         finally:
+            notify.default().stopping()
             stop_all([f.watcher for f in self.folders])
             self._beat("stopped")
 
@@ -362,6 +365,8 @@ class Runner:
                              engine=self.model.engine.name if self.model else None,
                              model_version=self.model.version if self.model else None,
                              images_per_s=self.images_per_s(), watched=watched)
+        if state == "running":
+            notify.default().watchdog()  # only after the heartbeat is written: a hung database trips it too
 
 
 def _stat(p: str) -> tuple[int, float] | None:

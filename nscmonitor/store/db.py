@@ -117,8 +117,13 @@ def backup(url: str, dest: Path | None = None) -> Path:
     dest = dest or src.with_name(f"{src.stem}.backup-{stamp}{src.suffix}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    with sqlite3.connect(str(src), timeout=30) as s, sqlite3.connect(str(part)) as d:
+    s = sqlite3.connect(str(src), timeout=30)
+    d = sqlite3.connect(str(part))
+    try:
         s.backup(d)
+    finally:
+        d.close()
+        s.close()  # both closed before the move: Windows cannot rename an open file
     shutil.move(str(part), str(dest))
     return dest
 
@@ -128,8 +133,11 @@ def integrity_check(url: str) -> list[str]:
     src = sqlite_path(url)
     if src is None:
         return ["ok"]
-    with sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30) as c:
+    c = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30)
+    try:
         return [r[0] for r in c.execute("PRAGMA integrity_check").fetchall()]
+    finally:
+        c.close()
 
 
 def upgrade_with_backup(url: str) -> tuple[str | None, str, Path | None]:
