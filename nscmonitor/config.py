@@ -68,6 +68,8 @@ class RetrainSettings:
     epochs: int = 10
     rescore: bool = False
     hook: str | None = None
+    #: extra training settings (arch, image_size, lr, ...), checked by the trainer
+    train: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -236,6 +238,7 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
         schedule=sched, threads=_expect(rt, "threads", int, "retrain.", 1),
         device=_expect(rt, "device", str, "retrain.", "cpu"), epochs=_expect(rt, "epochs", int, "retrain.", 10),
         rescore=_expect(rt, "rescore", bool, "retrain.", False), hook=_expect(rt, "hook", str, "retrain.", None),
+        train=_expect(rt, "train", dict, "retrain.", {}),
     )
     model = _expect(data, "model", str, "")
     return Settings(

@@ -3,9 +3,12 @@
 A candidate is promoted only if, on the same held-out wells, it
 * matches or beats the active model's balanced accuracy (minus ``TOLERANCE``),
 * matches or beats its accuracy from 24 h after induction on (the readout labs act on), and
-* lets no class's recall collapse: a class collapses when its recall falls below half of
-  the active model's, or more than 0.25 below it. Balanced accuracy can rise while a rare
-  class (oligodendrocytes) vanishes; this rule catches that.
+* lets no class's recall collapse. Recall alone rewards calling everything one class (a
+  weak model that says "astrocyte" for every image has astrocyte recall 1.0), so the rule
+  uses recall corrected for false alarms, Youden's J = recall + specificity - 1: a class
+  collapses when the candidate's J falls below half of the active model's and more than
+  0.2 below it. Balanced accuracy can rise while a rare class (oligodendrocytes) vanishes;
+  this catches that.
 Without an active model, the candidate must beat chance by ``FIRST_MARGIN`` in balanced
 accuracy, so an untrained run cannot become the first active model.
 """
@@ -30,6 +33,7 @@ class EvalResult:
     accuracy_from_24h: float | None
     recall: dict[str, float]
     by_time: dict[str, float] = field(default_factory=dict)
+    youden: dict[str, float] = field(default_factory=dict)
 
 
 TIME_BINS = ((0, 12), (12, 24), (24, 48), (48, 72), (72, 1e9))
@@ -40,6 +44,7 @@ def evaluate_predictions(y_true: list[str], y_pred: list[str], elapsed_h: list[f
     yt, yp = np.array(y_true), np.array(y_pred)
     present = [c for c in classes if (yt == c).any()]
     recall = {c: float((yp[yt == c] == c).mean()) for c in present}
+    youden = {c: recall[c] + (float((yp[yt != c] != c).mean()) if (yt != c).any() else 1.0) - 1.0 for c in present}
     acc = float((yt == yp).mean()) if len(yt) else float("nan")
     bal = float(np.mean(list(recall.values()))) if recall else float("nan")
     eh = np.array([np.nan if e is None else e for e in elapsed_h], dtype=float)
@@ -50,7 +55,7 @@ def evaluate_predictions(y_true: list[str], y_pred: list[str], elapsed_h: list[f
         sel = (eh >= lo) & (eh < hi)
         if sel.any():
             by_time[f"{lo:g}-{hi:g}h" if hi < 1e8 else f"{lo:g}h+"] = float((yt[sel] == yp[sel]).mean())
-    return EvalResult(tuple(classes), len(yt), acc, bal, acc24, recall, by_time)
+    return EvalResult(tuple(classes), len(yt), acc, bal, acc24, recall, by_time, youden)
 
 
 @dataclass(frozen=True)
@@ -77,11 +82,12 @@ def decide(candidate: EvalResult, active: EvalResult | None) -> Decision:
             reasons.append(f"accuracy from 24 h {candidate.accuracy_from_24h:.3f} < active {active.accuracy_from_24h:.3f}")
         else:
             reasons.append(f"accuracy from 24 h {candidate.accuracy_from_24h:.3f} >= active {active.accuracy_from_24h:.3f}")
-    for c, r_act in active.recall.items():
-        r = candidate.recall.get(c)
-        if r is None:
+    for c, j_act in active.youden.items():
+        j = candidate.youden.get(c)
+        if j is None:
             continue
-        if r < 0.5 * r_act or r < r_act - 0.25:
+        if j < 0.5 * j_act and j < j_act - 0.2:
             ok = False
-            reasons.append(f"recall of {c} collapses: {r:.3f} vs active {r_act:.3f}")
+            reasons.append(f"recall of {c} collapses: Youden's J {j:.3f} vs active {j_act:.3f} "
+                           f"(recall {candidate.recall.get(c, 0):.3f} vs {active.recall.get(c, 0):.3f})")
     return Decision(ok, reasons)

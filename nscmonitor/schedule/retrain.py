@@ -64,23 +64,40 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _split_for(plate: str, well: str, plates: list[str], labels_by_well: dict) -> str:
-    """Whole plate held out for test when there are several (no plate effect leaks into the
-    test); otherwise a fixed hash of the well picks about a quarter of wells for test."""
-    if len(plates) > 1:
-        if plate == plates[-1]:
-            return "test"
-        h = int(hashlib.sha1(f"{plate}/{well}".encode()).hexdigest(), 16) % 100
-        return "val" if h < 20 else "train"
-    h = int(hashlib.sha1(f"{plate}/{well}".encode()).hexdigest(), 16) % 100
-    return "test" if h < 25 else ("val" if h < 40 else "train")
+def _h(key: str) -> int:
+    return int(hashlib.sha1(key.encode()).hexdigest(), 16)
 
 
-def build_dataset(engine, out_dir: Path, *, up_to: int | None, channel: str | None = None) -> list[Sample]:  # noqa: ANN001
+def assign_well_splits(wells: list[tuple[str, str, str, str]]) -> dict[tuple[str, str, str], str]:
+    """(experiment, plate, well, label) -> split, by well and stratified by label.
+
+    With several plates the last one is the test set (no plate effect leaks into the
+    test); otherwise, per label, a fixed hash order sends about a quarter of the wells
+    (at least one when there are two or more) to test and about a fifth to validation,
+    so every class is in every split the gates and early stopping rely on."""
+    plates = sorted({(e, p) for e, p, _, _ in wells})
+    out: dict[tuple[str, str, str], str] = {}
+    by_label: dict[str, list[tuple[str, str, str]]] = {}
+    for e, p, w, lab in wells:
+        if len(plates) > 1 and (e, p) == plates[-1]:
+            out[(e, p, w)] = "test"
+        else:
+            by_label.setdefault(lab, []).append((e, p, w))
+    for keys in by_label.values():
+        keys.sort(key=lambda k: _h("/".join(k)))
+        n = len(keys)
+        n_test = 0 if len(plates) > 1 else (max(1, round(n * 0.25)) if n >= 2 else 0)
+        n_val = max(1, round(n * 0.2)) if n - n_test >= 2 else 0
+        for i, k in enumerate(keys):
+            out[k] = "test" if i < n_test else ("val" if i < n_test + n_val else "train")
+    return out
+
+
+def collect_samples(engine, *, up_to: int | None, channel: str | None = None) -> list[Sample]:  # noqa: ANN001
+    """Every scored, QC-passed image of a labelled well, with the well's label and split."""
     labels = current_labels(engine, up_to)
     by_well = {(lab.experiment, lab.plate, lab.well): lab for lab in labels}
-    plates = sorted({(lab.experiment, lab.plate) for lab in labels})
-    plate_names = [f"{e}/{p}" for e, p in plates]
+    splits = assign_well_splits([(lab.experiment, lab.plate, lab.well, lab.label) for lab in labels])
     samples: list[Sample] = []
     with sessionmaker(engine)() as s:
         rows = s.execute(
@@ -93,11 +110,18 @@ def build_dataset(engine, out_dir: Path, *, up_to: int | None, channel: str | No
         lab = by_well.get((exp, plate, well))
         if lab is None or (channel is not None and ch is not None and ch != channel):
             continue
-        split = _split_for(f"{exp}/{plate}", well, plate_names, by_well)
+        split = splits[(exp, plate, well)]
         samples.append(Sample(path, exp, plate, well, field, tp, eh, lab.label, lab.fractions, split))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    return samples
+
+
+def write_dataset(samples: list[Sample], out_dir: Path, *, tile_size: int | None, pixel_size_um: float | None) -> None:
+    """``out_dir/tiles.csv`` + ``tiles.json`` in the training's tiles-export format, pointing
+    at the original images (read-only, never copied); the trainer cuts them into
+    ``tile_size`` tiles as the daemon does."""
     import csv
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     classes = ("neuron", "astrocyte", "oligodendrocyte", "undifferentiated")
     with open(out_dir / "tiles.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -108,7 +132,29 @@ def build_dataset(engine, out_dir: Path, *, up_to: int | None, channel: str | No
             w.writerow([smp.path, f"{smp.experiment}/{smp.plate}", smp.well, smp.field or "", smp.timepoint or "",
                         "" if smp.elapsed_h is None else smp.elapsed_h, "", smp.label,
                         *[fr.get(c, "") for c in classes], smp.split])
-    return samples
+    (out_dir / "tiles.json").write_text(json.dumps({"pixel_size_um": pixel_size_um, "tile_size": tile_size,
+                                                    "classes": list(classes), "source": "store"}))
+
+
+def _tile_geometry(settings: Settings, samples_paths: list[str], base_meta) -> tuple[int, float | None]:  # noqa: ANN001
+    """Tile size in image pixels that covers what the active model sees, and the images'
+    pixel size (from the first readable file), so the candidate learns at the same scale."""
+    from nscmonitor.pipeline.decode import DecodeError, decode
+
+    px = None
+    for p in samples_paths[:5]:
+        try:
+            px = decode(p).pixel_size_um
+            break
+        except DecodeError:
+            continue
+    tile = settings.retrain.train.get("tile_size")
+    if tile is None and base_meta is not None:
+        if base_meta.pixel_size_um and px:
+            tile = int(round(base_meta.input_size * base_meta.pixel_size_um / px))
+        else:
+            tile = base_meta.input_size
+    return int(tile or 224), px
 
 
 def _scheme_label(label: str, classes: tuple[str, ...]) -> str | None:
@@ -217,19 +263,21 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
         return finish("skipped", f"labels unchanged since the active model (label set {lv})")
     run_dir = settings.models_dir / "retrain" / f"run-{run_id:04d}"
     data_dir = run_dir / "data"
+    base_meta = read_onnx_metadata(active.path) if active else None
+    samples = collect_samples(engine, up_to=lv)
     try:
-        samples = build_dataset(engine, data_dir, up_to=lv)
+        tile, px = _tile_geometry(settings, [smp.path for smp in samples], base_meta)
+        write_dataset(samples, data_dir, tile_size=tile, pixel_size_um=px)
     except OSError as exc:
         return finish("failed", f"cannot write the training data: {exc}")
     test = [smp for smp in samples if smp.split == "test"]
     if len({smp.label for smp in samples if smp.split == "train"}) < 2 or not test:
         return finish("failed", f"too few labelled images to train and test ({len(samples)} images)",
                       run_dir=str(run_dir))
-    base_meta = read_onnx_metadata(active.path) if active else None
     values = {"data": str(data_dir), "out": str(run_dir / "train"), "scheme": base_meta.scheme if base_meta and
               base_meta.scheme in ("binary", "multiclass") else "multiclass",
               "epochs": settings.retrain.epochs, "device": settings.retrain.device, "threads": settings.retrain.threads,
-              "progress": False, **(train_overrides or {})}
+              "progress": False, **settings.retrain.train, **(train_overrides or {})}
     cfg_path = run_dir / "train.toml"
     _train_toml(cfg_path, values)
     rc, tail = train_subprocess(cfg_path, threads=settings.retrain.threads, timeout=timeout,

@@ -40,3 +40,10 @@ def test_first_model_must_beat_chance() -> None:
     truth = ["neuron", "astrocyte"] * 10
     assert not decide(ev(truth, ["neuron"] * 20, [50] * 20), None).promote
     assert decide(ev(truth, truth, [50] * 20), None).promote
+
+
+def test_degenerate_active_model_does_not_block_a_better_candidate() -> None:
+    truth = ["neuron"] * 5 + ["astrocyte"] * 5
+    one_class = ev(truth, ["neuron"] * 10, [50] * 10)  # recall(neuron) = 1.0, balanced 0.5
+    good = ev(truth, ["neuron"] * 4 + ["astrocyte"] + ["astrocyte"] * 4 + ["neuron"], [50] * 10)
+    assert decide(good, one_class).promote

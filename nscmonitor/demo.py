@@ -1,0 +1,171 @@
+"""``nscmonitor demo`` (and ``make demo``): the whole product on a simulated plate.
+
+1. labelled tiles from the simulator -> a small real model (trained once, then cached);
+2. the daemon watches an empty folder while the simulated microscope writes a 96-well
+   plate into it (several conditions, five days compressed into minutes);
+3. the dashboard shows the plate as it is acquired (or, with no display, its main window
+   is rendered to a PNG at the end);
+4. the tidy CSV report is written and its path printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "DEMO-NSC"
+WELLS = tuple(f"{r}{c:02d}" for r in "ABCD" for c in range(1, 13))
+
+
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _model(out: Path, retrain: bool) -> Path:
+    tiles = out / "tiles"
+    if not (tiles / "tiles.csv").is_file():
+        from rich.progress import Progress
+
+        from nscmonitor.simulate.tiles import export_tiles
+
+        _say("rendering labelled training tiles from the simulator (once)")
+        with Progress() as prog:
+            task = prog.add_task("tiles", total=None)
+            export_tiles(tiles, plates=2, tile_size=224, seed=0,
+                         progress=lambda done, total: prog.update(task, completed=done, total=total))
+    try:
+        from nscmonitor.training.demo import demo_model
+    except ImportError as exc:
+        raise SystemExit(f"the demo trains its model with torch: install the train extra ({exc})") from exc
+    _say("training the demo model (cached after the first run)")
+    return demo_model(out / "model", tiles, force=retrain)
+
+
+def _plate_map_csv(path: Path) -> Path:
+    from nscmonitor.simulate.culture import default_plate_map
+
+    pm = default_plate_map(96)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["well", "condition"])
+        for well in WELLS:
+            w.writerow([well, pm.wells[well]])
+    return path
+
+
+def _display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("win32", "darwin")
+
+
+def _gui_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("PySide6") is not None and importlib.util.find_spec("nscmonitor.gui.cli") is not None
+
+
+def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain: bool, gui: str) -> int:
+    from nscmonitor.config import parse_settings
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.report.export import default_images_path, export_images, export_readouts
+    from nscmonitor.simulate.demo import demo_plate
+    from nscmonitor.store.repo import Repo
+
+    out.mkdir(parents=True, exist_ok=True)
+    model = _model(out, retrain)
+    from nscmonitor.engines.metadata import read_onnx_metadata
+
+    meta = read_onnx_metadata(model)
+    _say(f"model: {model} ({meta.arch}, {meta.scheme}, {meta.input_size} px tiles); its validation numbers are "
+         f"demo numbers from a few epochs on simulated data, not a claim about real cultures")
+    plate = out / "plate"
+    db = out / "nscmonitor.db"
+    shutil.rmtree(plate, ignore_errors=True)
+    for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        p.unlink(missing_ok=True)
+    plate.mkdir(parents=True)
+    url = f"sqlite:///{db}"
+    settings = parse_settings({
+        "database_url": url, "models_dir": str(out / "models"), "log_dir": str(out / "logs"),
+        "watch": [{"path": str(plate), "experiment": EXPERIMENT, "profile": "incucyte", "quiet_seconds": 1.0,
+                   "rescan_interval": 30.0, "plate_map": str(_plate_map_csv(out / "platemap.csv"))}],
+    }, env={})
+    runner = build_runner(settings, model=model)
+    runner.setup()
+    daemon = threading.Thread(target=runner.run, name="daemon", daemon=True)
+    daemon.start()
+    _say(f"daemon watching {plate} with {runner.model.engine.name}")
+    viewer = None
+    if gui == "window" or (gui == "auto" and _display() and _gui_available()):
+        viewer = subprocess.Popen([sys.executable, "-m", "nscmonitor", "gui", "--db", url, "--experiment", EXPERIMENT])
+        _say("dashboard opened; it updates while the plate is acquired")
+    n_frames = len(WELLS) * 2 * (int(hours // interval) + 1)
+    _say(f"simulated microscope: {len(WELLS)} wells x 2 fields x {int(hours // interval) + 1} scans "
+         f"({n_frames} frames, {hours:g} h every {interval:g} h, {speed:g}x real time)")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    t0 = time.monotonic()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as prog:
+        acq = prog.add_task("acquired", total=n_frames)
+        scored = prog.add_task("scored  ", total=n_frames)
+        runner.on_batch = lambda n: prog.advance(scored, n)
+        stop = threading.Event()
+        scope = threading.Thread(target=lambda: demo_plate(plate, speed=speed, hours=hours, interval_h=interval,
+                                                           wells=WELLS, stop_event=stop), daemon=True)
+        scope.start()
+        while scope.is_alive():
+            prog.update(acq, completed=sum(1 for p in plate.glob("*.tif")))
+            time.sleep(0.5)
+        prog.update(acq, completed=sum(1 for p in plate.glob("*.tif")))
+        while runner.timings.images < n_frames and time.monotonic() - t0 < 3600:
+            if not daemon.is_alive():
+                break
+            time.sleep(0.5)
+    runner.stop_event.set()
+    daemon.join(60)
+    repo = Repo(runner.store.engine)
+    report = out / "report.csv"
+    n, version = export_readouts(repo, EXPERIMENT, report)
+    export_images(repo, EXPERIMENT, default_images_path(report))
+    _say(f"scored {runner.timings.images} frames in {time.monotonic() - t0:.0f} s")
+    _say(f"report: {report} ({n} rows, model {version}); per image: {default_images_path(report)}")
+    if viewer is None and gui != "none" and _gui_available():
+        shot = out / "dashboard.png"
+        res = subprocess.run([sys.executable, "-m", "nscmonitor", "gui", "--db", url, "--experiment", EXPERIMENT,
+                              "--screenshot", str(shot)], env={**os.environ, "QT_QPA_PLATFORM": os.environ.get(
+                                  "QT_QPA_PLATFORM", "offscreen")}, capture_output=True, text=True)
+        if res.returncode == 0:
+            _say(f"no display here: the dashboard's main window was rendered to {shot}")
+        else:
+            _say(f"could not render the dashboard: {res.stderr.strip()[-300:]}")
+    elif viewer is not None:
+        _say("close the dashboard window to finish")
+        viewer.wait()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(Path(args.out), speed=args.speed, hours=args.hours, interval=args.interval,
+                    retrain=args.retrain, gui=args.gui)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="simulate a plate, score it live, open the dashboard, write the report",
+                       description=__doc__)
+    p.add_argument("--out", default="demo-out", help="folder for the demo's data, model, database and report")
+    p.add_argument("--speed", type=float, default=3600.0, help="simulated seconds per real second (default 3600)")
+    p.add_argument("--hours", type=float, default=120.0, help="culture time to simulate (default 120 h)")
+    p.add_argument("--interval", type=float, default=6.0, help="hours between scans (default 6)")
+    p.add_argument("--retrain", action="store_true", help="train the demo model again even if one is cached")
+    p.add_argument("--gui", choices=("auto", "window", "none"), default="auto",
+                   help="open the dashboard (auto: when a display is there, else render a PNG at the end)")
+    p.set_defaults(func=cmd_demo)
