@@ -174,7 +174,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     repo = Repo(engine)
     out = Path(args.output)
     n, version = export_readouts(repo, args.experiment, out, model_version=args.model_version,
-                                 active=_active_version(s))
+                                 active=active_version(s))
     per_image = Path(args.per_image) if args.per_image else default_images_path(out)
     k = export_images(repo, args.experiment, per_image)
     print(f"wrote {n} readout rows (model {version or 'none'}) to {out}")
@@ -182,7 +182,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _active_version(s: Settings):  # noqa: ANN202
+def active_version(s: Settings):  # noqa: ANN202
     def active() -> str | None:
         try:
             from nscmonitor.registry.registry import Registry

@@ -72,6 +72,7 @@ class Image(Base):
         Index("ix_images_state_due", "status", "next_attempt_at"),
         Index("ix_images_well_time", "well_id", "time_key"),
         Index("ix_images_experiment", "experiment_id", "id"),
+        Index("ix_images_updated", "updated_at"),  # the dashboard's live poll and the error list
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"))

@@ -1,0 +1,92 @@
+"""Starting the dashboard: the read-only store, the Qt application, the screenshot mode."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from nscmonitor.errors import UserFacingError
+
+
+def open_store(url: str):  # noqa: ANN201
+    """Read-only engine (``query_only``): the dashboard can never write, so it can never hold
+    the write lock the daemon needs. A missing SQLite file is an error, not a new database."""
+    from nscmonitor.store.db import SchemaError, ensure_schema, make_engine, sqlite_path
+
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise UserFacingError(f"database not found: {path}. Start 'nscmonitor run' first, or pass --db URL")
+    engine = make_engine(url, readonly=True)
+    try:
+        ensure_schema(engine, create=False)
+    except SchemaError as exc:
+        raise UserFacingError(str(exc)) from exc
+    return engine
+
+
+def qt_app():  # noqa: ANN201
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(sys.argv[:1])
+        app.setApplicationName("nscmonitor")
+        app.setOrganizationName("nscmonitor")
+    return app
+
+
+def screenshot(window, out: Path, *, timeout_s: float = 60.0, select: bool = True) -> Path:  # noqa: ANN001
+    """Wait for the first plate (and its images) to load, select a well with data, then grab
+    the window. Works offscreen: ``make demo`` runs it on machines without a display."""
+    import time
+
+    from PySide6.QtCore import QCoreApplication, QEventLoop
+
+    def pump(until, limit: float) -> bool:  # noqa: ANN001
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+            if until():
+                return True
+            time.sleep(0.02)
+        return False
+
+    if not pump(lambda: (window.load is not None and not window.load.partial)
+                or (window.overview is not None and window.plate is None),
+                timeout_s):
+        raise UserFacingError(f"the dashboard did not load within {timeout_s:.0f} s")
+    cube = window.cube
+    if select and cube is not None and cube.n_times and not window.selection:
+        has = cube.has[:, window.t_index]
+        if has.any():
+            first = cube.wells[int(has.argmax())]
+            same = [w.name for w in cube.wells if w.condition == first.condition] if first.condition else [first.name]
+            window.plate_map.set_selection(same[:4] if len(same) > 1 else [first.name])
+    pump(lambda: window.reader.busy == 0, 20.0)
+    pump(lambda: False, 0.3)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not window.grab().save(str(out)):
+        raise UserFacingError(f"cannot write {out}")
+    return out
+
+
+def run(settings, *, experiment: str | None = None, screenshot_to: str | None = None,  # noqa: ANN001
+        poll_s: float = 2.0) -> int:
+    if screenshot_to and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    engine = open_store(settings.database_url)
+    app = qt_app()
+    from nscmonitor.gui.main_window import MainWindow
+
+    win = MainWindow(engine, settings, experiment=experiment, poll_s=poll_s)
+    if screenshot_to:
+        win.resize(1600, 1000)
+        win.show()
+        out = screenshot(win, Path(screenshot_to))
+        print(f"wrote {out}")
+        win.close()
+        return 0
+    win.show()
+    return app.exec()

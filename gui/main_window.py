@@ -1,0 +1,546 @@
+"""The dashboard window: browser | plate map with time slider | time courses, images,
+status, models. All store reads go through ``Reader`` (worker threads); the GUI thread only
+indexes arrays and paints."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox, QProgressBar,
+                               QPushButton, QSlider, QSplitter, QTabWidget, QVBoxLayout, QWidget)
+
+from nscmonitor.gui.export_dialog import ExportDialog, save_plot, save_widget
+from nscmonitor.gui.state.readouts import (Metric, PlateCube, ReadoutRows, Well, build_cube, merge, metric_at,
+                                           metrics_for, nearest_time)
+from nscmonitor.gui.state.status import daemon_alive
+from nscmonitor.gui.widgets.browser import ExperimentBrowser, first_plate
+from nscmonitor.gui.widgets.image_view import ImageView
+from nscmonitor.gui.widgets.models_panel import ModelsPanel, registry_actions
+from nscmonitor.gui.widgets.plate_map import PlateMap
+from nscmonitor.gui.widgets.status_panel import StatusPanel, StatusSnapshot, read_status
+from nscmonitor.gui.widgets.time_course import TimeCourse
+from nscmonitor.gui.workers import Reader
+from nscmonitor.store import dashboard as db
+
+log = logging.getLogger(__name__)
+
+FULL_RELOAD_PAIRS = 2000  # past this many changed (well, time) pairs one plate query is cheaper
+
+
+# --- reads that run in worker threads --------------------------------------------------------
+@dataclass(frozen=True)
+class Overview:
+    experiments: list[db.ExperimentOverview]
+    status: StatusSnapshot
+    versions: list[db.ModelVersionInfo]
+    marks: db.Marks
+
+
+def read_overview(engine) -> Overview:  # noqa: ANN001
+    return Overview(db.overview(engine), read_status(engine), db.model_versions(engine), db.marks(engine))
+
+
+@dataclass(frozen=True)
+class PlateLoad:
+    plate: db.PlateInfo
+    plate_format: int
+    wells: list[Well]
+    versions: list[db.VersionUse]
+    version: str | None
+    cube: PlateCube
+    marks: db.Marks
+    seconds: float
+    partial: bool = False  # only the newest time point: the full load follows
+
+
+def _wells(engine, plate_id: int) -> list[Well]:  # noqa: ANN001
+    return [Well(w.id, w.name, w.row, w.col, w.condition) for w in db.plate_wells(engine, plate_id)]
+
+
+def _rows(c: db.ReadoutColumns) -> ReadoutRows:
+    return ReadoutRows(c.well_id, c.time_key, c.elapsed_h, c.classes, c.prob_mean, c.prob_sd, c.fraction, c.n_images,
+                       c.n_tiles, c.n_qc_failed, c.confidence)
+
+
+def load_plate(engine, plate: db.PlateInfo, preferred: str | None, wanted: str | None = None, *,  # noqa: ANN001
+               latest_only: bool = False) -> PlateLoad:
+    """Everything the plate view needs in one go: wells, the model version to show (the one
+    asked for, else the daemon's, else the newest with readouts) and its readouts: all of
+    them, or with ``latest_only`` just the newest time point for a fast first paint."""
+    t0 = time.perf_counter()
+    mk = db.marks(engine)
+    rows = db.plate_wells(engine, plate.id)
+    wells = [Well(w.id, w.name, w.row, w.col, w.condition) for w in rows]
+    versions = db.plate_versions(engine, plate.id)
+    names = [v.version for v in versions]
+    version = wanted if wanted in names else preferred if preferred in names else (names[-1] if names else None)
+    cols = db.plate_readouts(engine, plate.id, version, latest_only=latest_only) if version else None
+    fmt = db.plate_format_for(plate.plate_format, rows)
+    cube = build_cube(wells, fmt, _rows(cols) if cols is not None else ReadoutRows.empty())
+    return PlateLoad(plate, fmt, wells, versions, version, cube, mk, time.perf_counter() - t0,
+                     partial=latest_only and version is not None)
+
+
+@dataclass(frozen=True)
+class PollResult:
+    marks: db.Marks
+    rows: ReadoutRows | None
+    wells: list[Well] | None
+    full: PlateLoad | None
+    overview: Overview | None
+
+
+def poll(engine, plate: db.PlateInfo | None, version: str | None, last: db.Marks | None,  # noqa: ANN001
+         preferred: str | None) -> PollResult:
+    """What changed since ``last``: the readouts of (well, time) pairs with new predictions or
+    changed images, new wells, and the overview and status when anything moved."""
+    mk = db.marks(engine)
+    if last is not None and mk == last:
+        return PollResult(mk, None, None, None, None)
+    overview = read_overview(engine)
+    if plate is None or last is None:
+        return PollResult(mk, None, None, None, overview)
+    if version is None:
+        if mk.prediction_id != last.prediction_id:
+            return PollResult(mk, None, None, load_plate(engine, plate, preferred), overview)
+        return PollResult(mk, None, None, None, overview)
+    pairs = db.touched_since(engine, plate.id, version, last.prediction_id,
+                             last.image_updated if mk.image_updated != last.image_updated else None)
+    if len(pairs) > FULL_RELOAD_PAIRS:
+        return PollResult(mk, None, None, load_plate(engine, plate, preferred, version), overview)
+    wells = _wells(engine, plate.id) if mk.image_id != last.image_id else None
+    rows = _rows(db.readouts_for(engine, plate.id, version, pairs)) if pairs else None
+    return PollResult(mk, rows, wells, None, overview)
+
+
+class MainWindow(QMainWindow):
+    plate_loaded = Signal()
+    polled = Signal()
+
+    def __init__(self, engine, settings, *, experiment: str | None = None, poll_s: float = 2.0) -> None:  # noqa: ANN001
+        super().__init__()
+        self.engine, self.settings = engine, settings
+        self.want_experiment = experiment
+        self.reader = Reader(self)
+        self.overview: Overview | None = None
+        self.experiment: db.ExperimentOverview | None = None
+        self.plate: db.PlateInfo | None = None
+        self.load: PlateLoad | None = None
+        self.cube: PlateCube | None = None
+        self.version: str | None = None
+        self.marks: db.Marks | None = None
+        self.t_index = 0
+        self.selection: list[str] = []
+        # Combo values live here, not as Qt item data: reading an empty QVariant back
+        # (currentData() on an empty combo) loses a reference to None in PySide6 6.12 on
+        # Python 3.11, and enough of those abort the interpreter at exit.
+        self._metrics: list[Metric] = []
+        self._versions: list[str] = []
+        self.errors: list[str] = []
+        self.last_load_s = float("nan")
+        self._polling = False
+        self.setWindowTitle("nscmonitor — NSC differentiation dashboard")
+        self._build()
+        self.poll_timer = QTimer(self)
+        self.poll_timer.setInterval(int(poll_s * 1000))
+        self.poll_timer.timeout.connect(self.poll_now)
+        self.play_timer = QTimer(self)
+        self.play_timer.setInterval(400)
+        self.play_timer.timeout.connect(self._play_step)
+        self.reader.submit(db.first_plate, engine, experiment, done=self._first_plate, failed=self._failed,
+                           channel="first")
+        self.refresh()
+        self.poll_timer.start()
+
+    # --- layout -----------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.browser = ExperimentBrowser()
+        self.browser.plate_chosen.connect(self.choose_plate)
+        self.plate_map = PlateMap()
+        self.plate_map.tooltip_fn = self.well_tooltip
+        self.plate_map.selection_changed.connect(self.set_selection)
+        self.metric_box = QComboBox()
+        self.metric_box.currentIndexChanged.connect(lambda _i: self._paint_map())
+        self.version_box = QComboBox()
+        self.version_box.activated.connect(self._version_chosen)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, 0)
+        self.slider.valueChanged.connect(self.set_time)
+        self.play = QPushButton("▶ Play")
+        self.play.setCheckable(True)
+        self.play.toggled.connect(self._toggle_play)
+        self.time_label = QLabel("—")
+        self.time_label.setMinimumWidth(150)
+
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Colour by"))
+        top.addWidget(self.metric_box, 2)
+        top.addWidget(QLabel("Model"))
+        top.addWidget(self.version_box, 1)
+        timeline = QHBoxLayout()
+        timeline.addWidget(self.play)
+        timeline.addWidget(self.slider, 1)
+        timeline.addWidget(self.time_label)
+        center = QWidget()
+        cl = QVBoxLayout(center)
+        cl.setContentsMargins(4, 4, 4, 4)
+        cl.addLayout(top)
+        cl.addWidget(self.plate_map, 1)
+        cl.addLayout(timeline)
+
+        self.time_course = TimeCourse()
+        self.image_view = ImageView(self.reader)
+        self.status_panel = StatusPanel()
+        self.models_panel = ModelsPanel(actions=registry_actions(self.settings))
+        self.models_panel.on_changed = self.refresh
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.time_course, "Time courses")
+        self.tabs.addTab(self.image_view, "Images")
+        self.tabs.addTab(self.status_panel, "Status")
+        self.tabs.addTab(self.models_panel, "Models")
+
+        right = QSplitter(Qt.Orientation.Horizontal)
+        right.addWidget(center)
+        right.addWidget(self.tabs)
+        right.setStretchFactor(0, 5)
+        right.setStretchFactor(1, 5)
+        outer = QSplitter(Qt.Orientation.Vertical)
+        outer.addWidget(self.browser)
+        outer.addWidget(right)
+        outer.setStretchFactor(0, 1)
+        outer.setStretchFactor(1, 6)
+        self.setCentralWidget(outer)
+
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)
+        self.busy.setMaximumWidth(120)
+        self.busy.setVisible(False)
+        self.daemon_label = QLabel()
+        self.message = QLabel()
+        self.statusBar().addWidget(self.daemon_label)
+        self.statusBar().addWidget(self.message, 1)
+        self.statusBar().addPermanentWidget(self.busy)
+        self.reader.busy_changed.connect(lambda n: self.busy.setVisible(n > 0))
+
+        menu = self.menuBar().addMenu("&File")
+        for text, slot, key in (("Export CSV reports…", self.open_export, "Ctrl+E"),
+                                ("Save plate map as PNG/SVG…", self._save_map, None),
+                                ("Save time courses as PNG/SVG…", self._save_plots, None),
+                                ("Refresh now", self.refresh, "F5"), ("Quit", self.close, "Ctrl+Q")):
+            a = QAction(text, self)
+            if key:
+                a.setShortcut(QKeySequence(key))
+            a.triggered.connect(slot)
+            menu.addAction(a)
+        self.resize(1500, 940)
+
+    # --- overview, status, polling -----------------------------------------------------------
+    def refresh(self) -> None:
+        self.reader.submit(read_overview, self.engine, done=self._overview, failed=self._failed, channel="overview")
+
+    def _overview(self, ov: Overview) -> None:
+        self.overview = ov
+        now = datetime.now(timezone.utc)
+        d = ov.status.daemons[0] if ov.status.daemons else None
+        live = [w.get("path", "") if isinstance(w, dict) else str(w) for w in (d.watched if d else [])] \
+            if d is not None and daemon_alive(d.heartbeat_at, d.state, now) else []
+        self.browser.set_experiments(ov.experiments, now, live, self.plate.id if self.plate else None)
+        if self.experiment is not None:
+            self.experiment = next((e for e in ov.experiments if e.id == self.experiment.id), self.experiment)
+        self.status_panel.set_snapshot(ov.status)
+        alive = d is not None and daemon_alive(d.heartbeat_at, d.state, now)
+        self.daemon_label.setText(("● daemon running" if alive else "● no daemon running")
+                                  + (f" — {d.engine}, {d.model_version}" if d is not None and alive else ""))
+        self.daemon_label.setStyleSheet("color: #070" if alive else "color: #b00")
+        self._models()
+        if self.plate is None:
+            picked = first_plate(ov.experiments, self.want_experiment)
+            if picked is None and self.want_experiment and not any(e.name == self.want_experiment
+                                                                   for e in ov.experiments):
+                self.message.setText(f"No experiment named {self.want_experiment!r} in this database.")
+            if picked is not None:
+                self.choose_plate(*picked)
+            elif not ov.experiments:
+                self.message.setText("The database holds no experiment yet: start 'nscmonitor run' on a folder.")
+
+    def _first_plate(self, picked: tuple | None) -> None:
+        if picked is not None and self.plate is None:
+            self.choose_plate(*picked)
+
+    def serving_version(self) -> str | None:
+        ov = self.overview
+        if ov is None or not ov.status.daemons:
+            return None
+        return ov.status.daemons[0].model_version
+
+    def _models(self) -> None:
+        if self.overview is None:
+            return
+        used = [v.version for v in self.load.versions] if self.load else []
+        self.models_panel.set_versions(self.overview.versions, self.serving_version(), used)
+
+    def poll_now(self) -> None:
+        if self._polling:
+            return
+        self._polling = True
+        self.reader.submit(poll, self.engine, self.plate, self.version, self.marks, self.serving_version(),
+                           done=self._polled, failed=self._poll_failed, channel="poll")
+
+    def _poll_failed(self, msg: str) -> None:
+        self._polling = False
+        self._failed(msg)
+
+    def _polled(self, r: PollResult) -> None:
+        self._polling = False
+        if r.overview is not None:
+            self._overview(r.overview)
+        if r.full is not None:
+            self._plate_loaded(r.full, keep_time=True)
+        elif self.cube is not None and (r.rows is not None or r.wells is not None):
+            at_end = self.t_index >= self.cube.n_times - 1
+            hours = self.cube.elapsed_h[self.t_index] if self.cube.n_times else np.nan
+            rows = r.rows if r.rows is not None else ReadoutRows.empty(self.cube.classes)
+            cube = merge(self.cube, rows, r.wells)
+            if r.wells is not None and len(r.wells) != len(self.plate_map.names):
+                self._set_plate_wells(cube)
+            self._set_cube(cube, None if at_end else float(hours))
+        if self.load is not None or r.overview is not None:
+            self.marks = r.marks
+        self.polled.emit()
+
+    def _failed(self, msg: str) -> None:
+        self.errors.append(msg)
+        self.message.setText(f"Read failed (will retry): {msg}")
+
+    # --- plate ---------------------------------------------------------------------------------
+    def choose_plate(self, exp: db.ExperimentOverview, plate: db.PlateInfo, version: str | None = None) -> None:
+        self.experiment, self.plate = exp, plate
+        self.message.setText(f"Loading {exp.name} / {plate.name} …")
+        self.reader.submit(load_plate, self.engine, plate, self.serving_version(), version, latest_only=True,
+                           done=self._plate_loaded, failed=self._failed, channel="plate")
+
+    def _version_chosen(self, _i: int) -> None:
+        i = self.version_box.currentIndex()
+        v = self._versions[i] if 0 <= i < len(self._versions) else None
+        if v and v != self.version and self.experiment and self.plate:
+            self.choose_plate(self.experiment, self.plate, v)
+
+    def _plate_loaded(self, pl: PlateLoad, keep_time: bool = False) -> None:
+        self.load, self.version, self.last_load_s = pl, pl.version, pl.seconds
+        if self.marks is None or pl.marks.prediction_id < self.marks.prediction_id or not keep_time:
+            self.marks = pl.marks
+        self.version_box.blockSignals(True)
+        self.version_box.clear()
+        self._versions = [v.version for v in pl.versions]
+        for v in pl.versions:
+            self.version_box.addItem(f"{v.version} ({v.n_readouts} readouts)")
+        self.version_box.setCurrentIndex(self._versions.index(pl.version) if pl.version in self._versions else 0)
+        self.version_box.blockSignals(False)
+        prev = self.current_metric()
+        self.metric_box.blockSignals(True)
+        self.metric_box.clear()
+        self._metrics = metrics_for(pl.cube.classes)
+        for m in self._metrics:
+            self.metric_box.addItem(m.label)
+        keys = [m.key for m in self._metrics]
+        self.metric_box.setCurrentIndex(keys.index(prev.key) if prev is not None and prev.key in keys else 0)
+        self.metric_box.blockSignals(False)
+        self._set_plate_wells(pl.cube)
+        self._set_cube(pl.cube, None)
+        self._models()
+        self.message.setText(f"{self.experiment.name if self.experiment else ''} / {pl.plate.name}: "
+                             f"{len(pl.wells)} wells, {pl.cube.n_times} time points, model {pl.version or 'none'} "
+                             f"(loaded in {pl.seconds:.2f} s)")
+        self.time_course.set_wells(self.selection)
+        if pl.partial:
+            self.message.setText(self.message.text() + " — loading all time points …")
+            self.slider.setEnabled(False)
+            self.reader.submit(load_plate, self.engine, pl.plate, None, pl.version, done=self._plate_loaded,
+                               failed=self._failed, channel="plate")
+            return
+        self.slider.setEnabled(True)
+        self.plate_loaded.emit()
+
+    def _set_plate_wells(self, cube: PlateCube) -> None:
+        self.plate_map.set_plate(self.load.plate_format if self.load else 96,
+                                 [(w.name, w.row, w.col, w.condition) for w in cube.wells])
+        self.selection = [w for w in self.selection if w in self.plate_map.rowcol]
+
+    def _set_cube(self, cube: PlateCube, hours: float | None) -> None:
+        """New data: keep the slider on the same hour, or follow the newest time point when it
+        was already at the end (the live case)."""
+        self.cube = cube
+        t = cube.n_times - 1 if hours is None or not np.isfinite(hours) else nearest_time(cube, hours)
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, max(0, cube.n_times - 1))
+        self.slider.setValue(max(0, t))
+        self.slider.blockSignals(False)
+        self.t_index = max(0, t)
+        self.time_course.set_cube(cube)
+        self._paint_map()
+        self.time_course.set_time(self.t_index)
+        self._load_images()
+
+    def set_time(self, t: int) -> None:
+        if self.cube is None:
+            return
+        self.t_index = int(np.clip(t, 0, max(0, self.cube.n_times - 1)))
+        if self.slider.value() != self.t_index:
+            self.slider.setValue(self.t_index)
+            return
+        self._paint_map()
+        self.time_course.set_time(self.t_index)
+        self._load_images()
+
+    def current_metric(self) -> Metric | None:
+        i = self.metric_box.currentIndex()
+        return self._metrics[i] if 0 <= i < len(self._metrics) else None
+
+    def set_metric(self, key: str) -> None:
+        self.metric_box.setCurrentIndex([m.key for m in self._metrics].index(key))
+
+    def _paint_map(self) -> None:
+        cube, m = self.cube, self.current_metric()
+        if cube is None or m is None:
+            return
+        values = metric_at(cube, m.key, self.t_index)
+        when = cube.time_label(self.t_index) if cube.n_times else "no data yet"
+        self.time_label.setText(f"{when}  ({self.t_index + 1 if cube.n_times else 0}/{cube.n_times})")
+        title = f"{self.experiment.name if self.experiment else ''} / {self.plate.name if self.plate else ''} — " \
+                f"{m.label} at {when}"
+        self.plate_map.set_values(values, label=m.label, unit=m.unit, fixed_range=m.fixed_range, title=title)
+
+    def _toggle_play(self, on: bool) -> None:
+        self.play.setText("⏸ Pause" if on else "▶ Play")
+        if on:
+            if self.cube is not None and self.t_index >= self.cube.n_times - 1:
+                self.set_time(0)
+            self.play_timer.start()
+        else:
+            self.play_timer.stop()
+
+    def _play_step(self) -> None:
+        if self.cube is None or self.t_index >= self.cube.n_times - 1:
+            self.play.setChecked(False)
+            return
+        self.set_time(self.t_index + 1)
+
+    # --- selection, tooltips, images ----------------------------------------------------------
+    def set_selection(self, wells: list[str]) -> None:
+        self.selection = list(wells)
+        self.time_course.set_wells(self.selection)
+        self._load_images()
+
+    def well_tooltip(self, well: str) -> str:
+        cube = self.cube
+        cond = self.plate_map.conditions.get(well) or "no condition in the plate map"
+        if cube is None or cube.n_times == 0:
+            return f"<b>{well}</b> — {cond}<br>no readouts yet"
+        i = cube.well_index(well)
+        t = self.t_index
+        if not cube.has[i, t]:
+            return f"<b>{well}</b> — {cond}<br>no readout at {cube.time_label(t)}"
+        probs = " ".join(f"{c} {cube.prob_mean[i, t, k]:.2f}" for k, c in enumerate(cube.classes))
+        frac = " ".join(f"{c} {cube.fraction[i, t, k]:.2f}" for k, c in enumerate(cube.classes))
+        m = self.current_metric()
+        v = self.plate_map.value_of(well)
+        return (f"<b>{well}</b> — {cond}<br>{cube.time_label(t)}: {m.label} = "
+                f"{'no data' if v is None else f'{v:.3g}'}<br>P: {probs}<br>fraction of tiles: {frac}<br>"
+                f"{cube.n_images[i, t]} images, {cube.n_tiles[i, t]} tiles, {cube.n_qc_failed[i, t]} QC failed, "
+                f"confidence {cube.confidence[i, t]:.2f}")
+
+    def _load_images(self) -> None:
+        cube = self.cube
+        if cube is None or not self.selection or cube.n_times == 0:
+            self.image_view.set_images([])
+            return
+        w = cube.wells[cube.well_index(self.selection[0])]
+        tk = int(cube.time_keys[self.t_index])
+        title = f"{w.name} ({w.condition or 'no condition'}) at {cube.time_label(self.t_index)}"
+        self.reader.submit(_images_with_meta, self.engine, self.settings, w.id, tk, self.version,
+                           done=lambda r, title=title: self._images(r, title), failed=self._failed, channel="images")
+
+    def _images(self, r: tuple, title: str) -> None:
+        images, meta, path = r
+        self.image_view.set_model(meta, path)
+        self.image_view.set_images(images, title)
+
+    # --- export --------------------------------------------------------------------------------
+    def open_export(self) -> ExportDialog:
+        exps = [e.name for e in self.overview.experiments] if self.overview else []
+        counts = {}
+        if self.overview is not None:
+            for e in self.overview.experiments:
+                counts[e.name] = e.n_done
+        if self.load is not None and self.experiment is not None:
+            counts[self.experiment.name] = sum(v.n_readouts for v in self.load.versions if v.version == self.version)
+        dlg = ExportDialog(self.reader, self.engine, self.settings, exps,
+                           self.experiment.name if self.experiment else None, counts, self)
+        dlg.show()
+        return dlg
+
+    def _save_map(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save plate map", str(Path.cwd() / "plate_map.png"),
+                                              "PNG (*.png);;SVG (*.svg)")
+        if path:
+            save_widget(self.plate_map, path)
+            self.message.setText(f"Saved {path}")
+
+    def _save_plots(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save time courses", str(Path.cwd() / "time_course.png"),
+                                              "PNG (*.png);;SVG (*.svg)")
+        if not path:
+            return
+        p = Path(path)
+        try:
+            save_plot(self.time_course.well_plot, p.with_name(p.stem + "_wells" + p.suffix))
+            save_plot(self.time_course.cond_plot, p.with_name(p.stem + "_conditions" + p.suffix))
+        except OSError as exc:
+            QMessageBox.warning(self, "Save time courses", str(exc))
+            return
+        self.message.setText(f"Saved {p.stem}_wells{p.suffix} and {p.stem}_conditions{p.suffix}")
+
+    def closeEvent(self, e) -> None:  # noqa: N802, ANN001 - Qt API
+        self.poll_timer.stop()
+        self.play_timer.stop()
+        self.reader.wait(5000)
+        super().closeEvent(e)
+
+
+def _images_with_meta(engine, settings, well_id: int, time_key: int, version: str | None):  # noqa: ANN001, ANN202
+    images = db.well_images(engine, well_id, time_key, version)
+    meta, path = model_meta(engine, settings, version)
+    return images, meta, path
+
+
+_META_CACHE: dict[str, tuple[dict | None, str | None]] = {}
+
+
+def model_meta(engine, settings, version: str | None) -> tuple[dict | None, str | None]:  # noqa: ANN001
+    """The model's metadata (input size, pixel size) for the tile overlay: the registry's row
+    when the version is registered, else the configured model file when it is that version."""
+    if version is None:
+        return None, None
+    if version in _META_CACHE:
+        return _META_CACHE[version]
+    meta = db.version_meta(engine, version)
+    path = next((v.path for v in db.model_versions(engine) if v.version == version), None)
+    if meta is None and settings is not None and getattr(settings, "model", None):
+        try:
+            from nscmonitor.daemon import file_version
+            from nscmonitor.engines.metadata import read_onnx_metadata
+
+            if file_version(Path(settings.model)) == version:
+                m = read_onnx_metadata(settings.model)
+                meta, path = {"input_size": m.input_size, "pixel_size_um": m.pixel_size_um}, str(settings.model)
+        except Exception as exc:  # an unreadable model file only costs the exact overlay geometry
+            log.info("model metadata for %s unavailable: %s", version, exc)
+    _META_CACHE[version] = (meta, path)
+    return meta, path

@@ -1,0 +1,1 @@
+"""The dashboard's views. Each widget reads only the state objects it is given."""

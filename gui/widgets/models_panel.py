@@ -1,0 +1,170 @@
+"""Model versions with their validation metrics, which one the daemon serves, and the
+registry actions (promote, roll back, retrain now).
+
+The dashboard otherwise only reads the store; these three are the exceptions a scientist
+expects, and they go through the same functions as ``nscmonitor models`` and
+``nscmonitor retrain-now`` (the registry writes through its own connection; the retrain
+runs in a background process so the window never waits for training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton,
+                               QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+
+from nscmonitor.store.dashboard import ModelVersionInfo
+
+
+@dataclass
+class ModelAction:
+    label: str
+    missing: str  # tooltip while ``run`` is None
+    run: Callable[[str | None], str] | None = None
+
+
+def registry_actions(settings) -> dict[str, ModelAction]:  # noqa: ANN001
+    """The three actions wired to the registry of ``settings`` (database URL, models dir)."""
+    import subprocess
+    import sys
+
+    from nscmonitor.registry.registry import Registry
+    from nscmonitor.store.db import make_engine
+
+    def registry() -> Registry:
+        return Registry(settings.models_dir, make_engine(settings.database_url))
+
+    def promote(version: str | None) -> str:
+        if not version:
+            raise ValueError("select the model version to promote in the table first")
+        info = registry().promote(version, reason="promoted from the dashboard")
+        return f"{info.version} is now active; the daemon switches to it between batches."
+
+    def rollback(_version: str | None) -> str:
+        info = registry().rollback()
+        return f"rolled back: {info.version} is active again; the daemon switches between batches."
+
+    def retrain(_version: str | None) -> str:
+        cmd = [sys.executable, "-m", "nscmonitor"]
+        if settings.source is not None:
+            cmd += ["--config", str(settings.source)]
+        subprocess.Popen(cmd + ["retrain-now", "--db", settings.database_url], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+        return ("retraining started in the background; it runs only if the labels changed since the active "
+                "model, and its decision appears here and under Status.")
+
+    return {
+        "promote": ModelAction("Promote", "", promote),
+        "rollback": ModelAction("Roll back", "", rollback),
+        "retrain": ModelAction("Retrain now", "", retrain),
+    }
+
+
+ACTIONS: dict[str, ModelAction] = {
+    "promote": ModelAction("Promote", "Promoting needs a database the registry can write to."),
+    "rollback": ModelAction("Roll back", "Rolling back needs a database the registry can write to."),
+    "retrain": ModelAction("Retrain now", "Retraining needs a database the registry can write to."),
+}
+
+
+def _metric_text(meta: dict) -> str:
+    """Our own validation figures from the model's metadata, never the source paper's."""
+    m = meta.get("metrics") or meta.get("validation") or {}
+    if not isinstance(m, dict) or not m:
+        return "no validation metrics recorded"
+    parts = []
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        v = m.get(key)
+        if isinstance(v, (int, float)):
+            parts.append(f"{key.replace('_', ' ')} {v:.3f}")
+    recall = m.get("recall") or m.get("per_class_recall")
+    if isinstance(recall, dict):
+        parts.append("recall " + ", ".join(f"{k} {v:.2f}" for k, v in recall.items() if isinstance(v, (int, float))))
+    return "; ".join(parts) or ", ".join(sorted(m))[:120]
+
+
+class ModelsPanel(QWidget):
+    def __init__(self, parent: QWidget | None = None, actions: dict[str, ModelAction] | None = None) -> None:
+        super().__init__(parent)
+        self.actions = actions or ACTIONS
+        self.on_changed: Callable[[], None] | None = None
+        self.versions: list[ModelVersionInfo] = []
+        lay = QVBoxLayout(self)
+        self.serving = QLabel("The daemon's model is not known yet.")
+        self.serving.setWordWrap(True)
+        lay.addWidget(self.serving)
+        self.table = QTableWidget(0, 6)
+        self.table.setHorizontalHeaderLabels(["version", "state", "scheme", "classes", "created (UTC)",
+                                              "validation (our data)"])
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.horizontalHeader().setSectionResizeMode(5, QHeaderView.ResizeMode.Stretch)
+        self.table.verticalHeader().hide()
+        lay.addWidget(self.table, 1)
+        note = QLabel("Accuracy figures are this lab's own validation results. The source paper's reported "
+                      "accuracies are not calibrated confidence for your plates.")
+        note.setWordWrap(True)
+        note.setStyleSheet("color: #555")
+        lay.addWidget(note)
+        row = QHBoxLayout()
+        self.buttons: dict[str, QPushButton] = {}
+        for key, action in self.actions.items():
+            b = QPushButton(action.label)
+            b.clicked.connect(lambda _c=False, k=key: self._run(k))
+            self.buttons[key] = b
+            row.addWidget(b)
+        row.addStretch(1)
+        lay.addLayout(row)
+        self.message = QLabel("")  # not a modal box: the window keeps updating while it is read
+        self.message.setWordWrap(True)
+        lay.addWidget(self.message)
+        self._refresh_buttons()
+
+    def _refresh_buttons(self) -> None:
+        for key, b in self.buttons.items():
+            a = self.actions[key]
+            b.setEnabled(a.run is not None)
+            b.setToolTip(a.missing if a.run is None else a.label)
+
+    def _selected_version(self) -> str | None:
+        rows = {i.row() for i in self.table.selectedIndexes()}
+        return self.versions[min(rows)].version if rows else None
+
+    def _run(self, key: str) -> None:
+        a = self.actions[key]
+        if a.run is None:
+            return
+        try:
+            msg = a.run(self._selected_version())
+        except Exception as exc:  # the registry refuses with a reason: show it
+            self.message.setStyleSheet("color: #b00020")
+            self.message.setText(f"{a.label}: {exc}")
+            return
+        self.message.setStyleSheet("color: #1b5e20")
+        self.message.setText(msg)
+        if self.on_changed is not None:
+            self.on_changed()
+
+    def set_versions(self, versions: list[ModelVersionInfo], serving: str | None, used: list[str]) -> None:
+        self.versions = versions
+        self.serving.setText(
+            f"The daemon serves <b>{serving or 'unknown'}</b>. Readouts in this plate come from: "
+            f"{', '.join(used) or 'none yet'}." + ("" if versions else
+                                                   "<br>No registered model versions (the daemon runs a model file "
+                                                   "given directly)."))
+        self.table.setRowCount(len(versions))
+        for r, v in enumerate(versions):
+            active = v.state == "active"
+            cells = (v.version + ("  ◀ active" if active else ""), v.state, v.scheme, ", ".join(v.classes),
+                     v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "", _metric_text(v.meta))
+            for c, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if active:
+                    f = item.font()
+                    f.setBold(True)
+                    item.setFont(f)
+                self.table.setItem(r, c, item)
+        self.table.resizeColumnsToContents()
+        self._refresh_buttons()

@@ -1,0 +1,246 @@
+"""The dashboard against a real store filled by the real pipeline (tiny ONNX model, real
+TIFFs, the daemon's runner), driven through real Qt widgets with pytest-qt."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pyqtgraph")
+tifffile = pytest.importorskip("tifffile")
+
+from PySide6.QtCore import QEvent, QPointF, Qt  # noqa: E402
+from PySide6.QtGui import QMouseEvent  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+WELLS = ("A1", "A2", "B1", "B2")
+PLATE_MAP = "well,condition\nA01,BDNF 50 ng/ml\nA02,BDNF 50 ng/ml\nB01,control\nB02,control\n"
+
+
+class Lab:
+    """A watched folder, a tiny model and the daemon's runner writing a SQLite store."""
+
+    def __init__(self, root: Path, model: Path) -> None:
+        from nscmonitor.config import parse_settings
+
+        self.root, self.model = root, model
+        self.images = root / "images"
+        self.images.mkdir()
+        (root / "map.csv").write_text(PLATE_MAP)
+        self.db = root / "store.db"
+        self.url = f"sqlite:///{self.db}"
+        self.settings = parse_settings({
+            "database_url": self.url, "model": str(model),
+            "watch": [{"path": str(self.images), "experiment": "E1", "quiet_seconds": 0,
+                       "plate_map": str(root / "map.csv")}]})
+        self.rng = np.random.default_rng(7)
+
+    def write(self, hours: tuple[int, ...], wells: tuple[str, ...] = WELLS, fields: int = 2) -> None:
+        for h in hours:
+            for w in wells:
+                for f in range(1, fields + 1):
+                    img = self.rng.gamma(2.0 + (h / 24.0) * (w[0] == "A"), 600.0, (96, 128)).astype(np.uint16)
+                    tifffile.imwrite(self.images / f"VID1_{w}_{f}_{h // 24:02d}d{h % 24:02d}h00m.tif", img)
+
+    def score(self) -> None:
+        from nscmonitor.daemon import build_runner
+
+        build_runner(self.settings, model=self.model, retry_base_s=0.1).run(once=True)
+
+    def readout(self, well: str, hours: float) -> dict:
+        with sqlite3.connect(self.db) as c:
+            r = c.execute("SELECT r.classes, r.prob_mean, r.fraction, r.n_images, r.n_qc_failed FROM well_readouts r"
+                          " JOIN wells w ON w.id = r.well_id WHERE w.name = ? AND abs(r.elapsed_h - ?) < 0.01",
+                          (well, hours)).fetchone()
+        return {"classes": json.loads(r[0]), "prob": json.loads(r[1]), "fraction": json.loads(r[2]),
+                "n_images": r[3], "n_qc_failed": r[4]}
+
+
+@pytest.fixture()
+def lab(tmp_path: Path, tiny_model: Path) -> Lab:
+    lab = Lab(tmp_path, tiny_model)
+    lab.write((4, 28))
+    lab.score()
+    return lab
+
+
+@pytest.fixture()
+def window(qtbot, lab: Lab):  # noqa: ANN001, ANN201
+    from nscmonitor.gui.app import open_store
+    from nscmonitor.gui.main_window import MainWindow
+
+    win = MainWindow(open_store(lab.url), lab.settings, poll_s=0.2)
+    qtbot.addWidget(win)
+    win.resize(1400, 900)
+    win.show()
+    qtbot.waitUntil(lambda: win.cube is not None and win.cube.n_times == 2, timeout=15000)
+    yield win
+    win.close()
+
+
+def drag(widget, a: QPointF, b: QPointF) -> None:  # noqa: ANN001
+    """A real press-move-release sequence (QTest's mouseMove carries no buttons)."""
+    left, none = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton
+    mods = Qt.KeyboardModifier.NoModifier
+    QApplication.sendEvent(widget, QMouseEvent(QEvent.Type.MouseButtonPress, a, a, left, left, mods))
+    QApplication.sendEvent(widget, QMouseEvent(QEvent.Type.MouseMove, b, b, none, left, mods))
+    QApplication.sendEvent(widget, QMouseEvent(QEvent.Type.MouseButtonRelease, b, b, left, none, mods))
+
+
+def test_plate_map_shows_stored_values_for_readout_and_time(window, lab: Lab) -> None:  # noqa: ANN001
+    pm = window.plate_map
+    assert window.cube.elapsed_h.tolist() == [4.0, 28.0]
+    for key, hours in (("prob:neuron", 28.0), ("fraction:astrocyte", 4.0), ("prob:glia", 4.0), ("n_images", 28.0)):
+        window.set_metric(key)
+        window.set_time(0 if hours == 4.0 else 1)
+        for well in ("A01", "A02", "B01", "B02"):
+            ro = lab.readout(well, hours)
+            cls = ro["classes"]
+            expected = {"prob:neuron": ro["prob"][cls.index("neuron")],
+                        "fraction:astrocyte": ro["fraction"][cls.index("astrocyte")],
+                        "prob:glia": ro["prob"][cls.index("astrocyte")] + ro["prob"][cls.index("oligodendrocyte")],
+                        "n_images": ro["n_images"]}[key]
+            assert pm.value_of(well) == pytest.approx(expected, abs=1e-6), (key, hours, well)
+    assert pm.value_of("C01") is None  # never imaged: drawn as no data
+    assert "BDNF 50 ng/ml" in window.well_tooltip("A01")
+    window.set_time(0)
+    assert window.time_label.text().startswith("4.0 h") and window.slider.value() == 0
+
+
+def test_click_and_drag_select_wells_and_show_their_stored_curves(window, lab: Lab, qtbot) -> None:  # noqa: ANN001
+    pm = window.plate_map
+    qtbot.mouseClick(pm, Qt.MouseButton.LeftButton, pos=pm.well_center("A02"))
+    assert window.selection == ["A02"]
+    tc = window.time_course
+    qtbot.waitUntil(lambda: "neuron" in tc.curves, timeout=5000)
+    cls = lab.readout("A02", 4.0)["classes"]
+    for k, c in enumerate(cls):
+        x, y = tc.curves[c]
+        assert x.tolist() == [4.0, 28.0]
+        assert y.tolist() == pytest.approx([lab.readout("A02", h)["prob"][k] for h in (4.0, 28.0)], abs=1e-6)
+    tc.set_condition_metric("prob:neuron")
+    x, y = tc.curves["condition:control"]
+    expected = np.mean([lab.readout(w, 28.0)["prob"][0] for w in ("B01", "B02")])
+    assert y[1] == pytest.approx(expected, abs=1e-6)
+    drag(pm, QPointF(pm.well_center("A01")), QPointF(pm.well_center("B02")))
+    assert sorted(window.selection) == ["A01", "A02", "B01", "B02"]
+    qtbot.waitUntil(lambda: "4 wells" in tc.well_plot.getPlotItem().titleLabel.text, timeout=5000)
+
+
+def test_new_predictions_appear_while_the_window_is_open(window, lab: Lab, qtbot) -> None:  # noqa: ANN001
+    lab.write((52,), wells=("A1", "B1", "C3"))
+    lab.score()
+    qtbot.waitUntil(lambda: window.cube.n_times == 3 and "C03" in window.plate_map.names, timeout=10000)
+    window.set_metric("prob:neuron")
+    qtbot.waitUntil(lambda: window.t_index == 2, timeout=5000)
+    neuron = lab.readout("C03", 52.0)["classes"].index("neuron")
+    assert window.plate_map.value_of("C03") == pytest.approx(lab.readout("C03", 52.0)["prob"][neuron], abs=1e-6)
+    assert window.plate_map.value_of("A02") is None  # not imaged at 52 h yet
+
+
+def test_export_dialog_writes_the_same_files_as_the_cli(window, lab: Lab, qtbot, tmp_path: Path) -> None:  # noqa: ANN001
+    from nscmonitor.cli import main
+
+    qtbot.waitUntil(lambda: window.overview is not None, timeout=5000)
+    dlg = window.open_export()
+    qtbot.addWidget(dlg)
+    gui_out = tmp_path / "gui" / "report.csv"
+    dlg.path.setText(str(gui_out))
+    qtbot.mouseClick(dlg.export_btn, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: dlg.result is not None, timeout=15000)
+    cli_out = tmp_path / "cli" / "report.csv"
+    assert main(["export", "--db", lab.url, "--experiment", "E1", "-o", str(cli_out)]) == 0
+    assert gui_out.read_bytes() == cli_out.read_bytes()
+    assert len(gui_out.read_text().splitlines()) == 1 + 4 * 2 * 4  # header + wells x times x classes
+    assert (tmp_path / "gui" / "report_images.csv").read_bytes() == (tmp_path / "cli" / "report_images.csv").read_bytes()
+    assert "Wrote 32 readout rows" in dlg.message.text()
+
+
+def test_status_panel_shows_a_quarantined_files_reason(window, lab: Lab, qtbot) -> None:  # noqa: ANN001
+    bad = lab.images / "VID1_C1_1_00d04h00m.tif"
+    bad.write_bytes(np.random.default_rng(1).bytes(5000))
+    lab.score()
+    panel = window.status_panel
+    qtbot.waitUntil(lambda: bad.name in panel.error_reasons(), timeout=10000)
+    assert "not a readable TIFF" in panel.error_reasons()[bad.name]
+    row = next(r for r in range(panel.errors.rowCount()) if panel.errors.item(r, 1).text() == bad.name)
+    panel.errors.selectRow(row)
+    assert str(bad) in panel.detail.toPlainText() and "quarantined" in panel.detail.toPlainText()
+    assert "not running" in panel.daemon.text()  # the runner stopped: its heartbeat says so
+    assert window.browser.state_of("E1") == "acquiring"  # images arrived minutes ago
+
+
+def test_image_view_overlays_the_stored_tiles_on_the_grid(window, lab: Lab, qtbot) -> None:  # noqa: ANN001
+    window.plate_map.set_selection(["B01"])
+    window.tabs.setCurrentWidget(window.image_view)
+    view = window.image_view
+    qtbot.waitUntil(lambda: view.loaded is not None and view.geometry_used is not None, timeout=10000)
+    assert view.loaded.pixels.shape == (96, 128)
+    # 96 x 128 with 32 px tiles: a 3 x 4 grid, origin (0, 0), exact geometry from the model metadata
+    assert (view.loaded.rows, view.loaded.cols) == (3, 4)
+    g = view.geometry_used
+    assert g.exact and (g.x0, g.y0, g.tile_w) == (0.0, 0.0, 32.0)
+    rect = view.overlay.mapRectToParent(view.overlay.boundingRect())
+    assert (rect.width(), rect.height()) == (128.0, 96.0)
+    assert "QC passed" in view.info.text() and "VID1_B1_" in view.info.text()
+    assert not view.explain_btn.isEnabled() and view.explain_btn.toolTip()
+
+
+def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: Lab, tmp_path: Path) -> None:  # noqa: ANN001
+    from dataclasses import replace
+
+    from nscmonitor.engines.tiny import build_tiny_classifier
+    from nscmonitor.gui.app import open_store
+    from nscmonitor.gui.main_window import MainWindow
+    from nscmonitor.registry.registry import Registry
+    from nscmonitor.store.db import make_engine
+
+    settings = replace(lab.settings, models_dir=tmp_path / "models")
+    reg = Registry(settings.models_dir, make_engine(lab.url))
+    for v in ("v1", "v2"):
+        build_tiny_classifier(tmp_path / f"{v}.onnx", input_size=32, version=v, seed=len(v))
+    first = reg.register(tmp_path / "v1.onnx")
+    second = reg.register(tmp_path / "v2.onnx")
+    win = MainWindow(open_store(lab.url), settings, poll_s=0.2)
+    qtbot.addWidget(win)
+    win.show()
+    panel = win.models_panel
+    qtbot.waitUntil(lambda: len(panel.versions) == 2, timeout=15000)
+    assert all(b.isEnabled() for b in panel.buttons.values())
+    panel.buttons["promote"].click()  # nothing selected: the reason is shown, nothing changes
+    assert "select the model version" in panel.message.text() and reg.active().version == first.version
+    panel.table.selectRow([v.version for v in panel.versions].index(second.version))
+    panel.buttons["promote"].click()
+    assert reg.active().version == second.version and second.version in panel.message.text()
+    panel.buttons["rollback"].click()
+    assert reg.active().version == first.version and "rolled back" in panel.message.text()
+    qtbot.waitUntil(lambda: any(v.state == "active" and v.version == first.version for v in panel.versions),
+                    timeout=15000)
+    win.close()
+
+
+def test_plot_and_plate_map_export(window, tmp_path: Path) -> None:  # noqa: ANN001
+    from nscmonitor.gui.export_dialog import save_plot, save_widget
+
+    png = save_widget(window.plate_map, tmp_path / "map.png")
+    svg = save_widget(window.plate_map, tmp_path / "map.svg")
+    plot = save_plot(window.time_course.cond_plot, tmp_path / "cond.svg")
+    plot_png = save_plot(window.time_course.cond_plot, tmp_path / "cond.png")
+    assert png.read_bytes()[:8] == plot_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in svg.read_text() and "<svg" in plot.read_text()
+
+
+def test_cli_screenshot_renders_offscreen(lab: Lab, tmp_path: Path, qtbot) -> None:  # noqa: ANN001
+    from PySide6.QtGui import QImage
+
+    from nscmonitor.cli import main
+
+    out = tmp_path / "shot.png"
+    assert main(["gui", "--db", lab.url, "--experiment", "E1", "--screenshot", str(out)]) == 0
+    img = QImage(str(out))
+    assert img.width() >= 1200 and img.height() >= 800
