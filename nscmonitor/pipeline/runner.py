@@ -120,7 +120,7 @@ class Runner:
             self.folders.append(folder)
             self.trackers[folder.root] = ReadinessTracker(cfg.quiet_seconds, clock=self.clock)
         self.load_model()
-        self.daemon_id = self.store.start_daemon([str(f.cfg.path) for f in self.folders])
+        self.daemon_id = self.store.start_daemon(self._watched())
 
     def load_model(self) -> bool:
         """(Re)load when the model source names a new version; between batches only."""
@@ -356,11 +356,14 @@ class Runner:
             return s.scalar(select(func.count()).select_from(m.Image)
                             .where(m.Image.status.in_(("pending", "failed", "processing")))) or 0
 
+    def _watched(self) -> list[dict]:
+        return [{"path": str(f.cfg.path), "experiment": f.cfg.experiment, "reachable": f.watcher.reachable,
+                 "polling": f.cfg.use_polling(), "error": f.watcher.last_error} for f in self.folders]
+
     def _beat(self, state: str) -> None:
         if self.daemon_id is None:
             return
-        watched = [{"path": str(f.cfg.path), "experiment": f.cfg.experiment, "reachable": f.watcher.reachable,
-                    "polling": f.cfg.use_polling(), "error": f.watcher.last_error} for f in self.folders]
+        watched = self._watched()
         self.store.heartbeat(self.daemon_id, state=state,
                              engine=self.model.engine.name if self.model else None,
                              model_version=self.model.version if self.model else None,

@@ -306,7 +306,7 @@ class Store:
         ro.updated_at = now
 
     # --- health ---------------------------------------------------------------------
-    def start_daemon(self, watched: list[str]) -> int:
+    def start_daemon(self, watched: list[dict]) -> int:
         now = utcnow()
         with self.Session.begin() as s:
             row = m.DaemonStatus(host=socket.gethostname(), pid=os.getpid(), started_at=now, heartbeat_at=now,

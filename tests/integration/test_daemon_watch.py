@@ -138,3 +138,29 @@ def test_rewritten_file_is_scored_again_and_flagged(tmp_path: Path, make_runner)
         ev = s.scalars(select(m.Event.kind)).all()
     assert img.content_hash == hashlib.sha256(f.read_bytes()).hexdigest()
     assert len(preds) == 1 and preds[0].created_at > first[0].created_at and ev.count("rewritten") == 1
+
+
+def test_share_that_disappears_and_comes_back(tmp_path: Path, make_runner) -> None:
+    """The folder vanishes (share outage): reported unreachable, nothing is lost or marked
+    deleted; when it is back the watcher restarts and new files are scored."""
+    watch = tmp_path / "share"
+    write_tiff(watch / name(1), cells_image(1))
+    runner = make_runner(watch, rescan_interval=0.5, heartbeat_s=0.2)
+    with Running(runner):
+        wait_until(lambda: n_done(runner) == 1)
+        away = tmp_path / "share-offline"
+        watch.rename(away)
+
+        def reachable() -> bool:
+            d = Repo(runner.store.engine).daemons(1)[0]
+            return all(w["reachable"] for w in d.watched)
+
+        wait_until(lambda: not reachable(), what="the outage to be reported")
+        write_tiff(away / name(2), cells_image(2))  # written while the share was away
+        away.rename(watch)
+        wait_until(reachable, what="the folder to be seen again")
+        wait_until(lambda: n_done(runner) == 2, what="the file written during the outage")
+        write_tiff(watch / name(3), cells_image(3))
+        wait_until(lambda: n_done(runner) == 3, what="a file written after the outage")
+    with runner.store.Session() as s:
+        assert s.scalar(select(func.count()).select_from(m.Image).where(m.Image.status != "done")) == 0
