@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-all
 DEMO_DIR ?= demo-out
 
-.PHONY: test demo install lint bench clean
+.PHONY: test demo install lint bench gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/inference.py
+
+# On a machine with an NVIDIA GPU and `pip install -e ".[gpu]"`: TensorRT build, gpu tests, GPU benchmark.
+gpu-check: $(STAMP)
+	benchmarks/gpu_check.sh gpu-check-out
 
 clean:
 	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache

@@ -1,4 +1,5 @@
-"""ONNX Runtime backends. CPU fp32 is the always-available baseline of the daemon."""
+"""ONNX Runtime backends. CPU fp32 is the always-available baseline of the daemon; the int8
+model, the CUDA and the TensorRT execution providers are used where present and certified."""
 
 from __future__ import annotations
 
@@ -14,6 +15,21 @@ from nscmonitor.engines.metadata import ModelMetadata
 def ort_disabled() -> bool:
     """Let operators (and tests) take ONNX Runtime out of selection without uninstalling it."""
     return os.environ.get("NSCMONITOR_DISABLE_ORT", "") not in ("", "0")
+
+
+def _cpu_id() -> str:
+    """The optimised graph may use this CPU's instruction set (NCHWc layouts): a copy moved to
+    another host must be re-optimised, so the CPU model is part of the cache stamp."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
 
 
 class OrtCpuEngine(Engine):
@@ -42,14 +58,14 @@ class OrtCpuEngine(Engine):
         if self.threads:
             opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
-        if self.optimized_cache is not None:
-            self.optimized_cache.parent.mkdir(parents=True, exist_ok=True)
-            opts.optimized_model_filepath = str(self.optimized_cache)
+        source, fresh_cache = self._optimized_source(ort, opts)
         try:
-            self._session = ort.InferenceSession(str(self.model_path), sess_options=opts,
+            self._session = ort.InferenceSession(str(source), sess_options=opts,
                                                  providers=self._providers())
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise EngineError(f"{self.name}: cannot load {self.model_path}: {exc}") from exc
+        if fresh_cache is not None:
+            self._commit_optimized(fresh_cache, ort)
         inp = self._session.get_inputs()[0]
         self._input_name = inp.name
         shape = inp.shape
@@ -65,6 +81,35 @@ class OrtCpuEngine(Engine):
                 f"{len(self.metadata.classes)} classes"
             )
 
+    def _cache_stamp(self, ort) -> str:
+        from nscmonitor.engines.enginefile import file_sha256
+
+        return f"{file_sha256(self.model_path)} onnxruntime-{ort.__version__} {self._providers()} {_cpu_id()}"
+
+    def _optimized_source(self, ort, opts) -> tuple[Path, Path | None]:
+        """Serve the cached optimised graph when it was made from this very model by this
+        ONNX Runtime (skipping the optimiser at start-up); otherwise optimise and save anew.
+        The stamp file guards against serving an optimised copy of an older model."""
+        if self.optimized_cache is None:
+            return self.model_path, None
+        stamp = self.optimized_cache.with_name(self.optimized_cache.name + ".stamp")
+        if self.optimized_cache.is_file() and stamp.is_file() and stamp.read_text() == self._cache_stamp(ort):
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            return self.optimized_cache, None
+        self.optimized_cache.parent.mkdir(parents=True, exist_ok=True)
+        part = self.optimized_cache.with_name(self.optimized_cache.name + ".part")
+        opts.optimized_model_filepath = str(part)
+        return self.model_path, part
+
+    def _commit_optimized(self, part: Path, ort) -> None:
+        if not part.is_file():
+            return
+        os.replace(part, self.optimized_cache)
+        stamp = self.optimized_cache.with_name(self.optimized_cache.name + ".stamp")
+        tmp = stamp.with_name(stamp.name + ".part")
+        tmp.write_text(self._cache_stamp(ort))
+        os.replace(tmp, stamp)
+
     def _run(self, tiles: np.ndarray) -> np.ndarray:
         if self._session is None:
             raise EngineError(f"{self.name}: load() was not called")
@@ -72,3 +117,92 @@ class OrtCpuEngine(Engine):
 
     def close(self) -> None:
         self._session = None
+
+
+INT8_KEY = "int8"
+
+
+def int8_path_for(model_path: str | Path) -> Path:
+    """Where the int8 variant of a model lives: beside it, so a registry copying a model
+    version's folder moves both together."""
+    p = Path(model_path)
+    return p.with_name(p.name[:-len(".onnx")] + ".int8.onnx" if p.name.endswith(".onnx") else p.name + ".int8.onnx")
+
+
+def int8_gate(metadata: ModelMetadata) -> dict | None:
+    return (metadata.extra.get(INT8_KEY) or {}).get("gate")
+
+
+class OrtInt8Engine(OrtCpuEngine):
+    """A statically quantized (QDQ) model. It serves only if its own metadata records a
+    passed gate against fp32, and, when the caller knows it, only if it was quantized from
+    the fp32 model that is active now (a stale int8 file would silently serve an old model)."""
+
+    name = "ort-cpu-int8"
+
+    def __init__(self, model_path: str | Path, metadata: ModelMetadata, *, threads: int = 0,
+                 optimized_cache: str | Path | None = None, source_sha256: str | None = None) -> None:
+        super().__init__(model_path, metadata, threads=threads, optimized_cache=optimized_cache)
+        self.source_sha256 = source_sha256
+
+    def load(self) -> None:
+        info = self.metadata.extra.get(INT8_KEY)
+        if not info:
+            raise EngineError(f"{self.model_path} is not an nscmonitor int8 model (no int8 record in its metadata)")
+        gate = info.get("gate") or {}
+        if not gate.get("passed", False):
+            raise EngineError(f"{self.model_path}: int8 model did not pass its gate: {gate.get('reasons')}")
+        if self.source_sha256 and info.get("source_sha256") != self.source_sha256:
+            raise EngineError(f"{self.model_path} was quantized from another fp32 model; rebuild it")
+        super().load()
+
+
+def _require_provider(provider: str, engine: str) -> None:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise EngineError(f"{engine}: onnxruntime here has no {provider} (available: {', '.join(available)}); "
+                          "install onnxruntime-gpu")
+
+
+class OrtCudaEngine(OrtCpuEngine):
+    """fp32 on the GPU through ONNX Runtime: the GPU path when TensorRT itself is missing."""
+
+    name = "ort-cuda"
+    provider = "CUDAExecutionProvider"
+
+    def _providers(self) -> list[str]:
+        return [self.provider, "CPUExecutionProvider"]
+
+    def load(self) -> None:
+        if ort_disabled():
+            raise EngineError("ONNX Runtime disabled by NSCMONITOR_DISABLE_ORT")
+        try:
+            _require_provider(self.provider, self.name)
+        except ImportError as exc:
+            raise EngineError(f"onnxruntime is not installed: {exc}") from exc
+        super().load()
+        used = self._session.get_providers()
+        if self.provider not in used:
+            raise EngineError(f"{self.name}: session fell back to {used} (no usable GPU?)")
+
+
+class OrtTensorrtEpEngine(OrtCudaEngine):
+    """ONNX Runtime's TensorRT execution provider (fp16, its own engine cache), for hosts with
+    onnxruntime-gpu and TensorRT libraries but without the TensorRT Python package."""
+
+    name = "ort-tensorrt"
+    provider = "TensorrtExecutionProvider"
+
+    def __init__(self, model_path: str | Path, metadata: ModelMetadata, *, threads: int = 0,
+                 optimized_cache: str | Path | None = None, cache_dir: str | Path | None = None,
+                 fp16: bool = True) -> None:
+        super().__init__(model_path, metadata, threads=threads, optimized_cache=optimized_cache)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.model_path.parent / "ort-trt-cache"
+        self.fp16 = fp16
+
+    def _providers(self) -> list:
+        opts = {"trt_fp16_enable": self.fp16, "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(self.cache_dir), "trt_timing_cache_enable": True}
+        return [(self.provider, opts), "CUDAExecutionProvider", "CPUExecutionProvider"]

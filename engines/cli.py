@@ -1,0 +1,225 @@
+"""``nscmonitor engine build | list | bench``. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+from pathlib import Path
+
+from nscmonitor.errors import UserFacingError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    engine = sub.add_parser("engine", help="build, list and benchmark inference engines")
+    esub = engine.add_subparsers(dest="engine_command", metavar="ENGINE_COMMAND")
+    engine.set_defaults(func=lambda args: (engine.print_help(), 2)[1])
+
+    build = esub.add_parser("build", help="build a TensorRT engine or an int8 ONNX model, gated against fp32")
+    build.add_argument("model", help="the fp32 ONNX model")
+    build.add_argument("--backend", choices=("trt", "ort-int8"), default="ort-int8")
+    prec = build.add_mutually_exclusive_group()
+    prec.add_argument("--fp32", dest="precision", action="store_const", const="fp32")
+    prec.add_argument("--fp16", dest="precision", action="store_const", const="fp16")
+    prec.add_argument("--int8", dest="precision", action="store_const", const="int8")
+    build.add_argument("--calibration", required=True, metavar="DIR",
+                       help="tiles folder (tiles.csv: train split calibrates, val/test split validates)")
+    build.add_argument("--cache", metavar="DIR", help="TensorRT engine cache (default: beside the model)")
+    build.add_argument("--max-batch", type=int, default=32)
+    build.add_argument("--n-calib", type=int, default=128, help="calibration tiles (default 128)")
+    build.add_argument("--n-heldout", type=int, default=512, help="held-out tiles for the gate (default 512)")
+    build.add_argument("--force", action="store_true", help="rebuild even if a valid cached engine exists")
+    build.set_defaults(func=cmd_build)
+
+    lst = esub.add_parser("list", help="backends available here and engines built for a model")
+    lst.add_argument("model", nargs="?", help="an ONNX model whose int8 variant and TensorRT engines to list")
+    lst.add_argument("--cache", metavar="DIR")
+    lst.set_defaults(func=cmd_list)
+
+    bench = esub.add_parser("bench", help="images/s and latency per backend, side by side")
+    bench.add_argument("model")
+    bench.add_argument("--backends", default="ort-cpu,ort-int8,torch",
+                       help="comma-separated (tensorrt, ort-cuda, ort-int8, ort-cpu, torch, openvino-int8, openvino-fp32)")
+    bench.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes")
+    bench.add_argument("--tiles", metavar="DIR", help="real tiles for agreement with fp32 (else timing only)")
+    bench.add_argument("--threads", type=int, default=0)
+    bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per backend and batch")
+    bench.add_argument("--cache", metavar="DIR")
+    bench.set_defaults(func=cmd_bench)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError as exc:
+        raise UserFacingError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from nscmonitor.engines.base import EngineError
+    from nscmonitor.engines.calibration import calibration_and_heldout
+    from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
+
+    try:
+        meta = read_onnx_metadata(args.model)
+        calib, held = calibration_and_heldout(args.calibration, meta, n_calib=args.n_calib, n_heldout=args.n_heldout)
+        if args.backend == "ort-int8":
+            if args.precision not in (None, "int8"):
+                raise UserFacingError("--backend ort-int8 builds int8 only")
+            from nscmonitor.engines.quantize import build_ort_int8
+
+            path, report = build_ort_int8(args.model, calib, held)
+        else:
+            from nscmonitor.engines.build import BuildOptions, build_trt_engine
+
+            opts = BuildOptions(precision=args.precision or "fp16", max_batch=args.max_batch,
+                                opt_batch=min(8, args.max_batch))
+            path, report = build_trt_engine(args.model, held, opts=opts, cache_dir=args.cache, calib=calib,
+                                            force=args.force)
+    except (EngineError, MetadataError) as exc:
+        raise UserFacingError(str(exc)) from exc
+    if report is not None:
+        print(report.summary())
+    if path is None:
+        print("no engine published: it failed the validation gate (report written beside the model)")
+        return 1
+    print(f"engine ready: {path}")
+    return 0
+
+
+def _backend_status() -> list[tuple[str, str]]:
+    rows = []
+    trt = importlib.util.find_spec("tensorrt") is not None
+    rows.append(("tensorrt", "installed" if trt else "not installed (pip install 'nscmonitor[gpu]')"))
+    try:
+        import onnxruntime as ort
+
+        providers = ort.get_available_providers()
+        disabled = os.environ.get("NSCMONITOR_DISABLE_ORT", "") not in ("", "0")
+        ort_state = "disabled by NSCMONITOR_DISABLE_ORT" if disabled else f"onnxruntime {ort.__version__}"
+        rows.append(("ort-cuda", ort_state if "CUDAExecutionProvider" in providers
+                     else "no CUDAExecutionProvider (needs onnxruntime-gpu)"))
+        rows.append(("ort-int8", ort_state + " (needs a gated .int8.onnx beside the model)"))
+        rows.append(("ort-cpu", ort_state))
+    except ImportError:
+        rows += [(b, "onnxruntime not installed") for b in ("ort-cuda", "ort-int8", "ort-cpu")]
+    torch = importlib.util.find_spec("torch") is not None
+    rows.append(("torch", "installed (serves RUN_DIR/best.pt)" if torch else "not installed"))
+    ov = importlib.util.find_spec("openvino") is not None
+    rows.append(("openvino-int8/fp32", "installed (optional; only by --prefer, gated at selection)" if ov
+                 else "not installed (optional: pip install openvino)"))
+    return rows
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="backends")
+    table.add_column("backend")
+    table.add_column("status")
+    for name, state in _backend_status():
+        table.add_row(name, escape(state))
+    console.print(table)
+    if not args.model:
+        return 0
+    from nscmonitor.engines.build import default_cache_dir
+    from nscmonitor.engines.enginefile import EngineCache
+    from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
+    from nscmonitor.engines.ort import int8_gate, int8_path_for
+
+    arts = Table(title=f"engines for {args.model}")
+    for col in ("artefact", "kind", "built for", "gate"):
+        arts.add_column(col)
+    int8 = int8_path_for(args.model)
+    if int8.is_file():
+        try:
+            gate = int8_gate(read_onnx_metadata(int8)) or {}
+            arts.add_row(str(int8), "ort int8", "any CPU", _gate_text(gate))
+        except MetadataError as exc:
+            arts.add_row(str(int8), "ort int8", "?", f"unreadable: {exc}")
+    for path, ef, reason in EngineCache(args.cache or default_cache_dir(args.model)).entries():
+        if ef is None:
+            arts.add_row(str(path), "tensorrt", "?", f"unusable: {reason}")
+        else:
+            k = ef.key
+            arts.add_row(str(path), f"tensorrt {k.precision} batch {k.min_batch}-{k.max_batch}",
+                         f"{k.gpu_name} sm{k.compute_capability} TensorRT {k.trt_version}", _gate_text(ef.gate or {}))
+    console.print(arts)
+    return 0
+
+
+def _gate_text(gate: dict) -> str:
+    if not gate:
+        return "not validated"
+    verdict = "passed" if gate.get("passed") else "FAILED"
+    return f"{verdict}: top-1 {gate.get('top1_agreement', 0):.2%}, readout {gate.get('well_readout_pp', 0):.2f} pp"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from nscmonitor.engines.base import EngineError
+    from nscmonitor.engines.bench import time_engine
+    from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
+    from nscmonitor.engines.select import canonical, make_engine
+    from nscmonitor.engines.validate import compare, predict
+
+    try:
+        meta = read_onnx_metadata(args.model)
+    except MetadataError as exc:
+        raise UserFacingError(str(exc)) from exc
+    batches = _ints(args.batch)
+    backends = [canonical(b.strip()) for b in args.backends.split(",") if b.strip()]
+    held = None
+    if args.tiles:
+        from nscmonitor.engines.calibration import HELD_OUT_SPLITS, load_tiles
+
+        held = load_tiles(args.tiles, meta, splits=HELD_OUT_SPLITS, limit=256)
+        x = held.x
+    else:
+        x = np.random.default_rng(0).uniform(0, 1, (max(batches), *(meta.input_channels, meta.input_size,
+                                                                     meta.input_size))).astype(np.float32)
+    reference = None
+    table = Table(title=f"{meta.name} {meta.version} ({meta.input_size}px)"
+                  + ("" if held else " - random tiles: timing only, no agreement"))
+    for col in ("backend", "batch", "images/s", "p50 ms", "p90 ms", "top-1 vs fp32"):
+        table.add_column(col, justify="right" if col != "backend" else "left")
+    for backend in backends:
+        try:
+            engine = make_engine(backend, Path(args.model), meta, batch_size=max(batches), threads=args.threads,
+                                 cache_dir=args.cache)
+            engine.load()
+        except EngineError as exc:
+            table.add_row(backend, "-", "-", "-", "-", escape(f"skipped: {exc}"[:80]))
+            continue
+        agree = "-"
+        if held is not None:
+            probs = predict(engine, held.x)
+            if reference is None:
+                reference = probs if backend == "ort-cpu" else _ort_reference(args.model, meta, held.x)
+            agree = f"{compare(reference, probs, held.groups, backend=backend).top1_agreement:.2%}"
+        for b in batches:
+            t = time_engine(engine, x, b, min_seconds=args.seconds)
+            table.add_row(engine.name, str(b), f"{t.images_per_s:.1f}", f"{t.latency_ms_p50:.1f}",
+                          f"{t.latency_ms_p90:.1f}", agree)
+        engine.close()
+    Console().print(table)
+    return 0
+
+
+def _ort_reference(model: str, meta, x):
+    from nscmonitor.engines.ort import OrtCpuEngine
+    from nscmonitor.engines.validate import predict
+
+    ref = OrtCpuEngine(model, meta)
+    ref.load()
+    try:
+        return predict(ref, x)
+    finally:
+        ref.close()

@@ -1,0 +1,148 @@
+"""Static int8 (QDQ) quantization for the CPU, gated on agreement with fp32.
+
+Why static QDQ with per-channel weights: on the project's CPUs it is the only large win over
+fp32 (DESIGN §6); dynamic quantization re-measures activation ranges every batch and ends up
+slower than fp32. ``quant_pre_process`` (shape inference + graph optimisation) runs first so
+the quantizer sees folded BatchNorms and knows every tensor's shape.
+
+The int8 file carries the fp32 metadata plus an ``int8`` record: the gate report, the fp32
+model's hash and the quantization settings. Only a passed gate is ever written under the
+serving name; a failed one leaves a report next to where the model would have been.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+from nscmonitor.engines.base import Engine, EngineError
+from nscmonitor.engines.calibration import TileSet
+from nscmonitor.engines.enginefile import file_sha256
+from nscmonitor.engines.metadata import ModelMetadata, read_onnx_metadata, write_onnx_metadata
+from nscmonitor.engines.ort import INT8_KEY, OrtCpuEngine, int8_path_for
+from nscmonitor.engines.validate import GateReport, compare, predict, write_report
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "quant_format": "QDQ", "activation_type": "QUInt8", "weight_type": "QInt8",
+    "per_channel": True, "calibrate_method": "MinMax", "preprocess": True,
+}
+
+
+class _Reader(CalibrationDataReader):
+    """Feeds calibration batches to ONNX Runtime's calibrator (its CalibrationDataReader
+    protocol: ``get_next`` returns a feed dict or None)."""
+
+    def __init__(self, input_name: str, x: np.ndarray, batch_size: int) -> None:
+        self._batches = iter([{input_name: x[i:i + batch_size]} for i in range(0, len(x), batch_size)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def rewind(self) -> None:
+        """Not needed for the single pass of MinMax/Entropy/Percentile."""
+
+
+def quantize_static_qdq(model_path: str | Path, out_path: str | Path, calib_x: np.ndarray, *,
+                        settings: dict[str, Any] | None = None, batch_size: int = 8) -> Path:
+    """Write a QDQ int8 model (no metadata, no gate: ``build_ort_int8`` adds both)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+    cfg = {**DEFAULT_SETTINGS, **(settings or {})}
+    model_path, out_path = Path(model_path), Path(out_path)
+    input_name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
+    reader = _Reader(input_name, calib_x, batch_size)
+    with tempfile.TemporaryDirectory(prefix="nscm-quant-") as tmp:
+        source = model_path
+        if cfg["preprocess"]:
+            source = Path(tmp) / "pre.onnx"
+            quant_pre_process(str(model_path), str(source), skip_symbolic_shape=False)
+        quantize_static(
+            str(source), str(out_path), reader,
+            quant_format=QuantFormat[cfg["quant_format"]],
+            activation_type=QuantType[cfg["activation_type"]],
+            weight_type=QuantType[cfg["weight_type"]],
+            per_channel=bool(cfg["per_channel"]),
+            calibrate_method=CalibrationMethod[cfg["calibrate_method"]],
+        )
+    return out_path
+
+
+def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, out_path: str | Path | None = None,
+                   settings: dict[str, Any] | None = None, threads: int = 0) -> tuple[Path | None, GateReport]:
+    """Quantize, gate against fp32 on held-out tiles, and publish only a passing model.
+
+    Returns (path of the int8 model or None, gate report); the report is also written beside
+    the target as ``*.gate.json`` either way.
+    """
+    model_path = Path(model_path)
+    meta = read_onnx_metadata(model_path)
+    out = Path(out_path) if out_path else int8_path_for(model_path)
+    # ends in .onnx because OpenVINO picks its reader by file extension
+    part = out.with_name(out.name[:-len(".onnx")] + ".part.onnx" if out.name.endswith(".onnx") else out.name + ".part")
+    cfg = {**DEFAULT_SETTINGS, **(settings or {})}
+    quantize_static_qdq(model_path, part, calib.x, settings=cfg)
+    tol = dict(meta.int8_tolerance)
+    reference = _probs(OrtCpuEngine(model_path, meta, threads=threads), heldout)
+    candidate = OrtCpuEngine(part, meta, threads=threads)
+    candidate.name = "ort-cpu-int8"
+    report = compare(reference, _probs(candidate, heldout), heldout.groups, backend=candidate.name,
+                     tolerance=tol, tiles_source=heldout.source)
+    (log.info if report.passed else log.warning)("validation gate: %s", report.summary())
+    write_report(report, out.with_name(out.name + ".gate.json"))
+    if not report.passed:
+        part.unlink(missing_ok=True)
+        log.warning("int8 model discarded: %s", report.summary())
+        return None, report
+    ov_report = None
+    ov_probs = _openvino_probs(part, meta, heldout, threads)
+    if ov_probs is not None:
+        ov_report = compare(reference, ov_probs, heldout.groups, backend="openvino-int8", tolerance=tol,
+                            tiles_source=heldout.source)
+        (log.info if ov_report.passed else log.warning)("validation gate: %s", ov_report.summary())
+    _stamp_metadata(part, meta, report, file_sha256(model_path), cfg, len(calib), calib.source, ov_report)
+    os.replace(part, out)
+    log.info("int8 model written to %s", out)
+    return out, report
+
+
+def _probs(engine: Engine, tiles: TileSet) -> np.ndarray:
+    engine.load()
+    try:
+        return predict(engine, tiles.x)
+    finally:
+        engine.close()
+
+
+def _openvino_probs(int8_path: Path, meta: ModelMetadata, heldout: TileSet, threads: int) -> np.ndarray | None:
+    """Run the same int8 file on OpenVINO when it is installed, for its own gate: its int8
+    kernels round differently from ONNX Runtime's, so ONNX Runtime's pass does not certify it."""
+    from nscmonitor.engines.openvino import OpenVinoEngine
+
+    try:
+        return _probs(OpenVinoEngine(int8_path, meta, threads=threads, require_gate=False), heldout)
+    except EngineError as exc:
+        log.info("int8 model not gated on OpenVINO: %s", exc)
+        return None
+
+
+def _stamp_metadata(path: Path, meta: ModelMetadata, report: GateReport, source_sha: str,
+                    cfg: dict[str, Any], n_calib: int, calib_source: str, ov_report: GateReport | None) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    record = {"gate": report.to_dict(), "source_sha256": source_sha, "settings": cfg,
+              "n_calibration_tiles": n_calib, "calibration_source": calib_source,
+              "openvino_gate": ov_report.to_dict() if ov_report else None}
+    write_onnx_metadata(model, replace(meta, extra={**meta.extra, INT8_KEY: record}))
+    onnx.save(model, str(path))
+

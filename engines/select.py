@@ -1,0 +1,144 @@
+"""Pick the fastest backend that is installed here and certified for this model.
+
+Order: TensorRT -> ONNX Runtime CUDA -> OpenVINO int8 (optional extra) -> ONNX Runtime CPU
+int8 -> ONNX Runtime CPU fp32 -> torch. OpenVINO runs the same gated int8 file 2.5-3.7x
+faster than ONNX Runtime on the project's CPUs (docs/performance.md). Every step down is
+logged with its reason and returned to the caller, so the daemon's health record and
+``nscmonitor doctor`` can say why a GPU box is running on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nscmonitor.engines.base import Engine, EngineError
+from nscmonitor.engines.calibration import TileSet
+from nscmonitor.engines.metadata import ModelMetadata, read_onnx_metadata
+from nscmonitor.engines.validate import GateReport, validate_engine
+
+log = logging.getLogger(__name__)
+
+ORDER = ("tensorrt", "ort-cuda", "openvino-int8", "ort-int8", "ort-cpu", "torch")
+OPTIONAL = ("openvino-fp32",)
+ALIASES = {"trt": "tensorrt", "ort-cpu-fp32": "ort-cpu", "ort-fp32": "ort-cpu", "ort-cpu-int8": "ort-int8",
+           "int8": "ort-int8", "cuda": "ort-cuda", "torch-cl": "torch", "openvino": "openvino-fp32",
+           "ov-int8": "openvino-int8"}
+SELF_CERTIFIED = ("tensorrt", "openvino-int8", "ort-int8")
+
+
+@dataclass
+class Selection:
+    engine: Engine
+    backend: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    gate: GateReport | None = None
+
+
+def canonical(name: str) -> str:
+    name = ALIASES.get(name, name)
+    if name not in ORDER + OPTIONAL and name != "auto":
+        raise EngineError(f"unknown backend {name!r}; choose auto or one of {', '.join(ORDER + OPTIONAL)}")
+    return name
+
+
+def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_size: int, threads: int,
+                cache_dir: str | Path | None) -> Engine:
+    """Construct (not load) one backend; raises EngineError when its artefact is missing."""
+    if backend == "tensorrt":
+        from nscmonitor.engines.build import find_engine
+        from nscmonitor.engines.tensorrt import TrtEngine
+
+        return TrtEngine(model_path, meta, engine_path=find_engine(model_path, cache_dir=cache_dir,
+                                                                   batch_size=batch_size))
+    if backend == "ort-cuda":
+        from nscmonitor.engines.ort import OrtCudaEngine
+
+        return OrtCudaEngine(model_path, meta)
+    if backend == "ort-int8":
+        from nscmonitor.engines.enginefile import file_sha256
+        from nscmonitor.engines.ort import OrtInt8Engine, int8_path_for
+
+        path = int8_path_for(model_path)
+        if not path.is_file():
+            raise EngineError(f"no int8 model at {path} (build it with 'nscmonitor engine build "
+                              f"{model_path} --backend ort-int8 --calibration DIR')")
+        return OrtInt8Engine(path, read_onnx_metadata(path), threads=threads, source_sha256=file_sha256(model_path))
+    if backend.startswith("openvino-"):
+        from nscmonitor.engines.openvino import OpenVinoEngine
+
+        path, source = model_path, None
+        if backend == "openvino-int8":
+            from nscmonitor.engines.enginefile import file_sha256
+            from nscmonitor.engines.ort import int8_path_for
+
+            path, source = int8_path_for(model_path), file_sha256(model_path)
+            if not path.is_file():
+                raise EngineError(f"no int8 model at {path} to run on OpenVINO")
+        return OpenVinoEngine(path, read_onnx_metadata(path), threads=threads, source_sha256=source,
+                              cache_dir=Path(cache_dir) / "openvino" if cache_dir else None)
+    if backend == "ort-cpu":
+        from nscmonitor.engines.ort import OrtCpuEngine
+
+        cache = Path(cache_dir) / f"{model_path.stem}.optimized.onnx" if cache_dir else None
+        return OrtCpuEngine(model_path, meta, threads=threads, optimized_cache=cache)
+    from nscmonitor.engines.torch import TorchEngine
+
+    return TorchEngine(model_path, meta, threads=threads)
+
+
+def _reference(model_path: Path, meta: ModelMetadata, threads: int) -> Engine | None:
+    from nscmonitor.engines.ort import OrtCpuEngine
+
+    ref = OrtCpuEngine(model_path, meta, threads=threads)
+    try:
+        ref.load()
+    except EngineError as exc:
+        log.warning("no ONNX reference to validate against (%s); trusting the backend unchecked", exc)
+        return None
+    return ref
+
+
+def select(model_path: str | Path, prefer: str = "auto", *, batch_size: int = 8, threads: int = 0,
+           cache_dir: str | Path | None = None, validation_tiles: TileSet | None = None) -> Selection:
+    """Return the chosen, loaded engine and the backends skipped on the way, with reasons.
+
+    ``prefer`` puts one backend first; when it cannot serve, selection continues down the
+    usual order (logged), because a daemon that refuses to score is worse than a slower one.
+    With ``validation_tiles`` every backend that does not carry its own gate result (the CUDA
+    provider, torch) is compared with the ONNX reference before it is accepted.
+    """
+    model_path = Path(model_path)
+    meta = read_onnx_metadata(model_path)
+    first = canonical(prefer)
+    order = ORDER if first == "auto" else (first, *[b for b in ORDER if b != first])
+    skipped: list[tuple[str, str]] = []
+    reference: Engine | None = None
+    for backend in order:
+        engine = None
+        try:
+            engine = make_engine(backend, model_path, meta, batch_size=batch_size, threads=threads,
+                                 cache_dir=cache_dir)
+            engine.load()
+            gate = None
+            if validation_tiles is not None and backend not in SELF_CERTIFIED and backend != "ort-cpu":
+                reference = reference or _reference(model_path, meta, threads)
+                if reference is not None:
+                    gate = validate_engine(engine, reference, validation_tiles.x, validation_tiles.groups,
+                                           tolerance=dict(meta.int8_tolerance), batch_size=batch_size,
+                                           tiles_source=validation_tiles.source)
+                    if not gate.passed:
+                        raise EngineError("failed the validation gate: " + "; ".join(gate.reasons))
+        except EngineError as exc:
+            if engine is not None:
+                engine.close()
+            skipped.append((backend, str(exc)))
+            log.warning("engine %s skipped: %s", backend, exc)
+            continue
+        if reference is not None and reference is not engine:
+            reference.close()
+        log.info("engine selected: %s for %s%s", engine.describe(), model_path,
+                 f" (skipped: {', '.join(b for b, _ in skipped)})" if skipped else "")
+        return Selection(engine, backend, skipped, gate)
+    raise EngineError(f"no backend can serve {model_path}: " + "; ".join(f"{b}: {r}" for b, r in skipped))

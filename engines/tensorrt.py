@@ -1,0 +1,194 @@
+"""TensorRT backend (TensorRT 10+ Python API, name-based tensors, ``execute_async_v3``).
+
+Device memory, pinned host memory and streams come from torch's CUDA runtime, which the GPU
+install already has for training. Batches are double-buffered: two slots, each with its own
+execution context, CUDA stream, pinned input/output and device buffers, so the copy of batch
+i+1 to the GPU overlaps the compute of batch i and the copy of its result back.
+
+Only files written by ``engines.build`` are loaded (``engines.enginefile`` format); one built
+on another GPU, by another TensorRT, or from another ONNX is refused with the reason and left
+for the cache to rebuild. This module is only exercised on a machine with an NVIDIA GPU
+(``tests/gpu``, ``benchmarks/gpu_check.sh``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nscmonitor.engines.base import Engine, EngineError
+from nscmonitor.engines.enginefile import EngineKey, EngineMismatchError, file_sha256, read_engine_file
+from nscmonitor.engines.metadata import ModelMetadata
+
+
+def trt_disabled() -> bool:
+    return os.environ.get("NSCMONITOR_DISABLE_TRT", "") not in ("", "0")
+
+
+def import_tensorrt() -> Any:
+    if trt_disabled():
+        raise EngineError("TensorRT disabled by NSCMONITOR_DISABLE_TRT")
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise EngineError(f"TensorRT is not installed (pip install 'nscmonitor[gpu]'): {exc}") from exc
+    if int(trt.__version__.split(".")[0]) < 10:
+        raise EngineError(f"TensorRT {trt.__version__} is too old; nscmonitor needs TensorRT 10 or newer")
+    return trt
+
+
+def import_cuda_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise EngineError(f"the GPU backends need CUDA-enabled torch for device buffers: {exc}") from exc
+    if not torch.cuda.is_available():
+        raise EngineError("no CUDA GPU is available to torch (driver missing, or a CPU-only torch build)")
+    return torch
+
+
+def gpu_identity(torch: Any, device: int = 0) -> tuple[str, str]:
+    major, minor = torch.cuda.get_device_capability(device)
+    return torch.cuda.get_device_name(device), f"{major}.{minor}"
+
+
+def machine_key(trt: Any, torch: Any, onnx_sha256: str, precision: str, min_batch: int, opt_batch: int,
+                max_batch: int, device: int = 0) -> EngineKey:
+    name, cc = gpu_identity(torch, device)
+    return EngineKey(name, cc, trt.__version__, onnx_sha256, precision, min_batch, opt_batch, max_batch)
+
+
+_LOGGER = None
+
+
+def trt_logger(trt: Any) -> Any:
+    """One logger for the process: TensorRT keeps a reference to it in every runtime."""
+    global _LOGGER
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
+
+
+@dataclass
+class _Slot:
+    context: Any
+    stream: Any
+    event: Any
+    host_in: Any
+    dev_in: Any
+    dev_out: Any
+    host_out: Any
+
+
+class TrtEngine(Engine):
+    name = "tensorrt"
+
+    def __init__(self, model_path: str | Path, metadata: ModelMetadata, *, engine_path: str | Path,
+                 require_gate: bool = True, device: int = 0) -> None:
+        super().__init__(model_path, metadata)
+        self.engine_path = Path(engine_path)
+        self.require_gate = require_gate
+        self.device = device
+        self.key: EngineKey | None = None
+        self._engine = None
+        self._slots: list[_Slot] = []
+        self._torch = None
+
+    def load(self) -> None:
+        trt = import_tensorrt()
+        torch = import_cuda_torch()
+        ef = read_engine_file(self.engine_path)
+        expected = machine_key(trt, torch, file_sha256(self.model_path), ef.key.precision, ef.key.min_batch,
+                               ef.key.opt_batch, ef.key.max_batch, self.device)
+        if ef.key != expected:
+            raise EngineMismatchError(f"{self.engine_path} does not fit here: " + "; ".join(expected.mismatches(ef.key)))
+        if ef.metadata != self.metadata:
+            raise EngineMismatchError(f"{self.engine_path} carries other model metadata than {self.model_path}")
+        if self.require_gate and not (ef.gate or {}).get("passed", False):
+            raise EngineError(f"{self.engine_path} has not passed the validation gate")
+        self.name = f"tensorrt-{ef.key.precision}"
+        torch.cuda.set_device(self.device)
+        runtime = trt.Runtime(trt_logger(trt))
+        engine = runtime.deserialize_cuda_engine(ef.plan)
+        if engine is None:
+            raise EngineError(f"TensorRT could not deserialize {self.engine_path} (see its log above)")
+        # the runtime must outlive the engine it deserialized
+        self._engine, self._runtime, self._torch, self.key = engine, runtime, torch, ef.key
+        self._bind(trt, torch, engine, ef.key.max_batch)
+
+    def _bind(self, trt: Any, torch: Any, engine: Any, max_batch: int) -> None:
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise EngineError(f"expected one input and one output tensor, got {inputs} / {outputs}")
+        self._in_name, self._out_name = inputs[0], outputs[0]
+        in_dtype = torch.from_numpy(np.empty(0, trt.nptype(engine.get_tensor_dtype(self._in_name)))).dtype
+        out_dtype = torch.from_numpy(np.empty(0, trt.nptype(engine.get_tensor_dtype(self._out_name)))).dtype
+        in_shape = (max_batch, *self.input_shape)
+        out_shape = (max_batch, len(self.metadata.classes))
+        dev = torch.device("cuda", self.device)
+        self._max_batch = max_batch
+        self._slots = []
+        for _ in range(2):
+            slot = _Slot(
+                context=engine.create_execution_context(),
+                stream=torch.cuda.Stream(device=dev),
+                event=torch.cuda.Event(),
+                host_in=torch.empty(in_shape, dtype=in_dtype, pin_memory=True),
+                dev_in=torch.empty(in_shape, dtype=in_dtype, device=dev),
+                dev_out=torch.empty(out_shape, dtype=out_dtype, device=dev),
+                host_out=torch.empty(out_shape, dtype=out_dtype, pin_memory=True),
+            )
+            if slot.context is None:
+                raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
+            slot.context.set_tensor_address(self._in_name, slot.dev_in.data_ptr())
+            slot.context.set_tensor_address(self._out_name, slot.dev_out.data_ptr())
+            self._slots.append(slot)
+
+    def _enqueue(self, slot: _Slot, chunk: np.ndarray) -> None:
+        torch = self._torch
+        n = len(chunk)
+        slot.host_in.numpy()[:n] = chunk
+        with torch.cuda.stream(slot.stream):
+            slot.dev_in[:n].copy_(slot.host_in[:n], non_blocking=True)
+            if not slot.context.set_input_shape(self._in_name, (n, *self.input_shape)):
+                raise EngineError(f"batch of {n} is outside the engine's optimisation profile")
+            if not slot.context.execute_async_v3(slot.stream.cuda_stream):
+                raise EngineError("TensorRT execute_async_v3 failed (see its log above)")
+            slot.host_out[:n].copy_(slot.dev_out[:n], non_blocking=True)
+            slot.event.record(slot.stream)
+
+    def _run(self, tiles: np.ndarray) -> np.ndarray:
+        if self._engine is None:
+            raise EngineError(f"{self.name}: load() was not called")
+        out = np.empty((len(tiles), len(self.metadata.classes)), np.float32)
+        pending: list[tuple[_Slot, int, int] | None] = [None, None]
+
+        def finish(p: tuple[_Slot, int, int]) -> None:
+            slot, start, n = p
+            slot.event.synchronize()
+            out[start:start + n] = slot.host_out[:n].numpy()
+
+        for j, start in enumerate(range(0, len(tiles), self._max_batch)):
+            i = j % 2
+            if pending[i] is not None:
+                finish(pending[i])
+            chunk = tiles[start:start + self._max_batch]
+            self._enqueue(self._slots[i], chunk)
+            pending[i] = (self._slots[i], start, len(chunk))
+        for p in pending:
+            if p is not None:
+                finish(p)
+        return out
+
+    def close(self) -> None:
+        for slot in self._slots:
+            slot.event.synchronize()
+        self._slots = []
+        self._engine = None
+

@@ -1,0 +1,127 @@
+"""The gate every built engine passes before it may serve.
+
+A reduced-precision engine (int8, fp16, another runtime) can be fast and subtly wrong; the
+scientist would only see plausible but shifted readouts. So each build is compared with the
+ONNX reference (ONNX Runtime CPU fp32) on real held-out tiles, and the comparison measures
+what matters downstream: top-1 agreement per tile and the well-level readout in percentage
+points. The readout gated is the well's mean class probability; the fraction of tiles per
+predicted class is reported beside it but not gated on its own, because with the few
+held-out tiles per well of a gate set one flipped tile moves it by 100/n points (the daemon's
+wells hold hundreds of tiles); top-1 agreement already bounds it on average.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nscmonitor.engines.base import Engine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE = {"top1_agreement": 0.99, "well_readout_pp": 1.0}
+
+
+@dataclass(frozen=True)
+class GateReport:
+    backend: str
+    n_tiles: int
+    n_groups: int
+    top1_agreement: float
+    well_readout_pp: float
+    max_abs_prob_diff: float
+    mean_abs_prob_diff: float
+    tolerance: dict[str, float]
+    passed: bool
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+    tiles_source: str = ""
+    fraction_pp: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reasons"] = list(self.reasons)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GateReport":
+        return cls(**{**d, "reasons": tuple(d.get("reasons", ()))})
+
+    def summary(self) -> str:
+        verdict = "passed" if self.passed else "FAILED: " + "; ".join(self.reasons)
+        return (f"{self.backend}: top-1 agreement {self.top1_agreement:.2%} on {self.n_tiles} tiles, "
+                f"well readout diff {self.well_readout_pp:.2f} pp over {self.n_groups} wells, "
+                f"max |dp| {self.max_abs_prob_diff:.4f} -> {verdict}")
+
+
+def well_readouts(probs: np.ndarray, groups: tuple[str, ...] | list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per group: mean class probability (G x K) and fraction of tiles predicted as each
+    class (G x K), the two readouts the store keeps per well."""
+    groups_arr = np.asarray(groups)
+    k = probs.shape[1]
+    means, fracs = [], []
+    for g in dict.fromkeys(groups_arr.tolist()):
+        p = probs[groups_arr == g]
+        means.append(p.mean(axis=0))
+        fracs.append(np.bincount(p.argmax(axis=1), minlength=k) / len(p))
+    return np.asarray(means), np.asarray(fracs)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, groups: tuple[str, ...] | list[str] | None,
+            *, backend: str, tolerance: dict[str, float] | None = None, tiles_source: str = "") -> GateReport:
+    """Compare two probability arrays for the same tiles. Without groups all tiles form one
+    well."""
+    tol = {**DEFAULT_TOLERANCE, **(tolerance or {})}
+    if reference.shape != candidate.shape or reference.ndim != 2 or len(reference) == 0:
+        return GateReport(backend, len(candidate), 0, 0.0, 100.0, 1.0, 1.0, tol, False,
+                          (f"output shape {candidate.shape} differs from reference {reference.shape}",),
+                          tiles_source)
+    if not np.all(np.isfinite(candidate)):
+        return GateReport(backend, len(candidate), 0, 0.0, 100.0, 1.0, 1.0, tol, False,
+                          ("candidate produced NaN or infinite probabilities",), tiles_source)
+    groups = list(groups) if groups is not None else ["all"] * len(reference)
+    agree = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
+    diff = np.abs(reference - candidate)
+    ref_mean, ref_frac = well_readouts(reference, groups)
+    cand_mean, cand_frac = well_readouts(candidate, groups)
+    readout_pp = float(np.max(np.abs(ref_mean - cand_mean)) * 100)
+    fraction_pp = float(np.max(np.abs(ref_frac - cand_frac)) * 100)
+    reasons = []
+    if agree < tol["top1_agreement"]:
+        reasons.append(f"top-1 agreement {agree:.2%} < {tol['top1_agreement']:.2%}")
+    if readout_pp > tol["well_readout_pp"]:
+        reasons.append(f"well readout differs by {readout_pp:.2f} pp > {tol['well_readout_pp']:.2f} pp")
+    return GateReport(backend, len(reference), len(set(groups)), agree, readout_pp, float(diff.max()),
+                      float(diff.mean()), tol, not reasons, tuple(reasons), tiles_source, fraction_pp)
+
+
+def predict(engine: Engine, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    return np.concatenate([engine.infer(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def validate_engine(candidate: Engine, reference: Engine, x: np.ndarray, groups: tuple[str, ...] | None = None,
+                    *, tolerance: dict[str, float] | None = None, batch_size: int = 8,
+                    tiles_source: str = "") -> GateReport:
+    """Run both loaded engines on the same tiles and compare. ``tolerance`` defaults to the
+    model's own ``int8_tolerance`` so the model's author, not this code, decides the bar."""
+    tol = tolerance if tolerance is not None else dict(reference.metadata.int8_tolerance)
+    report = compare(predict(reference, x, batch_size), predict(candidate, x, batch_size), groups,
+                     backend=candidate.name, tolerance=tol, tiles_source=tiles_source)
+    (log.info if report.passed else log.warning)("validation gate: %s", report.summary())
+    return report
+
+
+def write_report(report: GateReport, path: str | Path) -> Path:
+    """Keep the evidence next to the artefact (or next to where a rejected one would have
+    been) so 'why is the GPU not used?' has an answer on disk."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".part")
+    tmp.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return path

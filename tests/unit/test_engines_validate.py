@@ -1,0 +1,64 @@
+"""The validation gate's arithmetic, on hand-made probabilities whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nscmonitor.engines.validate import GateReport, compare, well_readouts
+
+
+def _probs(n=200, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(k) * 0.3, size=n).astype(np.float32)
+    return p
+
+
+def test_identical_outputs_pass():
+    p = _probs()
+    r = compare(p, p.copy(), None, backend="x")
+    assert r.passed and r.top1_agreement == 1.0 and r.well_readout_pp == 0.0
+
+
+def test_one_flip_in_fifty_fails_the_99_percent_bar():
+    ref = np.tile(np.array([[0.9, 0.05, 0.03, 0.02]], np.float32), (50, 1))
+    cand = ref.copy()
+    cand[0] = [0.05, 0.9, 0.03, 0.02]
+    r = compare(ref, cand, ["w"] * 50, backend="int8")
+    assert not r.passed and r.top1_agreement == 0.98
+    assert any("top-1" in reason for reason in r.reasons)
+
+
+def test_small_shift_in_every_tile_fails_on_the_well_readout():
+    ref = np.tile(np.array([[0.70, 0.20, 0.05, 0.05]], np.float32), (100, 1))
+    cand = ref + np.array([[-0.02, 0.02, 0, 0]], np.float32)
+    r = compare(ref, cand, ["A01"] * 50 + ["A02"] * 50, backend="fp16")
+    assert r.top1_agreement == 1.0 and not r.passed
+    assert abs(r.well_readout_pp - 2.0) < 1e-3 and r.n_groups == 2
+
+
+def test_well_readouts_are_mean_probability_and_fraction_per_well():
+    p = np.array([[0.6, 0.4], [0.2, 0.8], [1.0, 0.0]], np.float32)
+    means, fracs = well_readouts(p, ["a", "a", "b"])
+    np.testing.assert_allclose(means, [[0.4, 0.6], [1.0, 0.0]])
+    np.testing.assert_allclose(fracs, [[0.5, 0.5], [1.0, 0.0]])
+
+
+def test_tile_fraction_is_reported_but_one_flipped_tile_of_few_does_not_fail_the_gate():
+    ref = np.array([[0.51, 0.49]] * 99 + [[0.9, 0.1]], np.float32)
+    cand = ref.copy()
+    cand[0] = [0.495, 0.505]  # one near-tie flips: 1 % of tiles, 50 pp of a 2-tile well's fraction
+    r = compare(ref, cand, ["A01", "A01"] + ["B01"] * 98, backend="int8")
+    assert r.passed and r.top1_agreement == 0.99 and r.fraction_pp == 50.0 and r.well_readout_pp < 1.0
+
+
+def test_nan_or_wrong_shape_never_passes():
+    p = _probs(10)
+    bad = p.copy()
+    bad[3, 1] = np.nan
+    assert not compare(p, bad, None, backend="x").passed
+    assert not compare(p, p[:, :3], None, backend="x").passed
+
+
+def test_report_round_trips_through_a_dict():
+    r = compare(_probs(), _probs(seed=1), None, backend="x")
+    assert GateReport.from_dict(r.to_dict()) == r
