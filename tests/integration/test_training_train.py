@@ -1,0 +1,163 @@
+"""End to end on real parts: synthetic tiles -> train -> checkpoints -> metrics -> ONNX that
+the daemon's engine loads; resume; CLI commands; the ResNet50 path once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from nscmonitor.cli import main as cli_main
+from nscmonitor.engines import read_onnx_metadata
+from nscmonitor.engines.ort import OrtCpuEngine
+from nscmonitor.training import data as D
+from nscmonitor.training.export import check_parity, load_checkpoint
+from nscmonitor.training.synthetic import render_tile, write_synthetic_tiles
+from nscmonitor.training.train import TrainConfig, main
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiles_dir(tmp_path_factory):
+    return write_synthetic_tiles(tmp_path_factory.mktemp("tiles") / "d", plates=2, wells_per_class=4,
+                                 timepoints=(0, 24, 48, 72, 96), fields=4, tile_size=32, seed=5)
+
+
+@pytest.fixture(scope="module")
+def run(tiles_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    metrics = main(TrainConfig(data=str(tiles_dir), out=str(out), scheme="multiclass", arch="tiny", epochs=12,
+                               batch_size=32, lr=3e-3, warmup_epochs=0.5, patience=12, threads=1, progress=False))
+    return out, metrics
+
+
+def test_short_training_reduces_loss_and_beats_chance(run):
+    out, metrics = run
+    ck = torch.load(out / "last.pt", weights_only=True)
+    hist = ck["state"]["history"]
+    assert hist[-1]["train"]["loss"] < 0.85 * hist[0]["train"]["loss"]
+    assert max(h["val"]["balanced_accuracy"] for h in hist) > 0.45
+    assert metrics["split"] == "test"
+    assert metrics["well"]["accuracy_from_48h"] > 0.5  # chance is 0.25
+    assert set(metrics) >= {"tile", "image", "well", "temperature", "data_hash"}
+    assert metrics["tile"]["by_time"].keys() >= {"0-12", "24-48", "72+"}
+
+
+def test_run_dir_holds_atomic_artefacts_and_resolved_config(run):
+    out, _ = run
+    assert {p.name for p in out.iterdir()} >= {"best.pt", "last.pt", "config.json", "metrics.json",
+                                               "evaluation.png", "model.onnx"}
+    assert not list(out.glob("*.part"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["arch"] == "tiny" and cfg["image_size"] == 32 and cfg["data_hash"].startswith("sha256:")
+    ck = torch.load(out / "best.pt", weights_only=True)
+    assert ck.keys() >= {"state_dict", "arch", "num_classes", "classes", "epoch", "optimizer", "scheduler", "metadata"}
+    assert json.loads(ck["metadata"])["temperature"] > 0
+
+
+def test_export_loads_in_the_daemon_engine_with_parity(run, tiles_dir):
+    out, metrics = run
+    md = read_onnx_metadata(out / "model.onnx")
+    assert md.classes == D.MULTICLASS and md.scheme == "multiclass" and md.input_channels == 1
+    assert md.normalization["in_graph"] is True and md.output == "logits"
+    assert md.temperature == pytest.approx(metrics["temperature"])
+    assert md.pixel_size_um == pytest.approx(1.24) and md.data_hash == metrics["data_hash"]
+    assert md.metrics["well_accuracy"] == pytest.approx(metrics["well"]["accuracy"])
+    recs, _ = D.read_tiles_export(tiles_dir)
+    x, _, _ = D.load_arrays(recs[:24], D.MULTICLASS, tile_size=32, image_size=32)
+    engine = OrtCpuEngine(out / "model.onnx", md)
+    engine.load()
+    probs = engine.infer(x[:, None].astype(np.float32))
+    assert probs.shape == (24, 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    model, _ = load_checkpoint(out)
+    assert check_parity(model, out / "model.onnx", x, md) <= 1e-4
+
+
+def test_resume_continues_from_the_saved_epoch(tiles_dir, tmp_path, capsys):
+    kw = dict(data=str(tiles_dir), out=str(tmp_path / "r"), scheme="binary", arch="tiny", batch_size=64,
+              threads=1, progress=False, export=False)
+    main(TrainConfig(epochs=2, **kw))
+    first = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert first["epoch"] == 1
+    main(TrainConfig(epochs=4, resume=True, **kw))
+    assert "resuming after epoch 2" in capsys.readouterr().out
+    second = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    hist = second["state"]["history"]
+    assert second["epoch"] == 3 and [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    assert hist[:2] == first["state"]["history"]
+
+
+def test_cli_evaluate_onnx_and_explain(run, tiles_dir, tmp_path, capsys):
+    out, metrics = run
+    assert cli_main(["evaluate", str(out / "model.onnx"), "--data", str(tiles_dir), "-o", str(tmp_path)]) == 0
+    onnx_metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert onnx_metrics["tile"]["accuracy"] == pytest.approx(metrics["tile"]["accuracy"], abs=0.02)
+    assert (tmp_path / "evaluation.png").stat().st_size > 10_000
+    rng = np.random.default_rng(1)
+    frame = np.block([[render_tile(rng, "neuron", 96, 32) for _ in range(3)] for _ in range(2)])
+    tifffile.imwrite(tmp_path / "frame.tif", frame)
+    assert cli_main(["explain", str(out), str(tmp_path / "frame.tif"), "-o", str(tmp_path / "cam.png")]) == 0
+    assert "over 6 tiles" in capsys.readouterr().out
+    assert (tmp_path / "cam.png").stat().st_size > 10_000
+    assert cli_main(["explain", str(out / "model.onnx"), str(tmp_path / "frame.tif"), "-o", "x.png"]) == 2
+
+
+def test_gradcam_points_at_the_cell(run):
+    from nscmonitor.training.explain import gradcam
+
+    model, _ = load_checkpoint(run[0])
+    x = torch.full((1, 1, 32, 32), 0.2)
+    x[0, 0, 2:10, 2:10] = 1.0
+    cam, probs = gradcam(model, x, int(torch.softmax(model(x), 1).argmax()))
+    assert cam.shape == (1, 32, 32) and 0 <= cam.min() and cam.max() == pytest.approx(1.0)
+    assert probs.shape == (1, 4)
+
+
+def test_subprocess_entry_point_runs_from_a_config_file(tiles_dir, tmp_path):
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(f'data = "{tiles_dir.as_posix()}"\nout = "{(tmp_path / "r").as_posix()}"\nscheme = "binary"\n'
+                   'arch = "tiny"\nepochs = 1\nthreads = 1\nexport = false\n')
+    res = subprocess.run([sys.executable, "-m", "nscmonitor.training.train", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "time per epoch" in res.stdout and (tmp_path / "r" / "metrics.json").is_file()
+    cfg.write_text(cfg.read_text() + "bogus = 1\n")
+    res = subprocess.run([sys.executable, "-m", "nscmonitor.training.train", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "bogus" in res.stderr
+
+
+def test_resnet50_path_trains_and_exports_on_a_few_tiny_images(tmp_path):
+    data = write_synthetic_tiles(tmp_path / "d", plates=1, wells_per_class=3, timepoints=(96,), fields=1,
+                                 tile_size=32, classes=("neuron", "astrocyte"))
+    metrics = main(TrainConfig(data=str(data), out=str(tmp_path / "r"), scheme="binary", arch="resnet50", epochs=1,
+                               batch_size=8, threads=1, progress=False))
+    md = read_onnx_metadata(tmp_path / "r" / "model.onnx")
+    assert md.arch == "resnet50" and md.classes == ("neuron", "glia") and metrics["tile"]["n"] == 2
+
+
+def test_demo_model_trains_once_and_then_comes_from_the_cache(tiles_dir, tmp_path):
+    from nscmonitor.training import demo_model
+
+    path = demo_model(tmp_path / "demo", tiles_dir, arch="tiny", image_size=32, epochs=1, threads=1, progress=False)
+    stamp = path.stat().st_mtime_ns
+    assert read_onnx_metadata(path).arch == "tiny"
+    assert demo_model(tmp_path / "demo", tiles_dir, arch="tiny", image_size=32, epochs=1, threads=1) == path
+    assert path.stat().st_mtime_ns == stamp
+
+
+def test_simulator_export_trains_and_exports(tmp_path):
+    tiles = pytest.importorskip("nscmonitor.simulate.tiles")
+    tiles.export_tiles(tmp_path / "sim", plates=2, hours=(0, 96), tile_size=32, wells_per_condition=2,
+                       grid=(2, 2), seed=0)
+    metrics = main(TrainConfig(data=str(tmp_path / "sim"), out=str(tmp_path / "r"), scheme="multiclass", arch="tiny",
+                               epochs=2, threads=1, progress=False))
+    md = read_onnx_metadata(tmp_path / "r" / "model.onnx")
+    assert md.scheme == "multiclass" and md.pixel_size_um == pytest.approx(1.24)
+    assert metrics["split"] == "test" and metrics["well"]["n"] > 0

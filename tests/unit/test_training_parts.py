@@ -1,0 +1,125 @@
+"""Metrics, temperature, augmentation, the stem fold and the model-metadata gate."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from nscmonitor.engines import MetadataError, read_onnx_metadata
+from nscmonitor.engines.metadata import METADATA_KEY
+from nscmonitor.engines.tiny import build_tiny_classifier
+from nscmonitor.training import evaluate as E
+from nscmonitor.training.data import TileRecord
+from nscmonitor.training.model import build_model, fold_stem, load_weights
+from nscmonitor.training.transforms import AugmentConfig, augment
+
+torch.set_num_threads(1)
+
+
+def test_temperature_fit_recovers_the_overconfidence_factor():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, (4000, 3))
+    p = E.softmax(z)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    assert E.fit_temperature(2.5 * z, y) == pytest.approx(2.5, rel=0.1)
+
+
+def test_image_and_well_levels_average_tiles_and_bin_by_time():
+    recs = [TileRecord(f"t{i}", "neuron", plate="P", well=w, field=f, timepoint=t, elapsed_h=h)
+            for i, (w, f, t, h) in enumerate([("A01", 1, 1, 6.0), ("A01", 1, 1, 6.0), ("A01", 2, 1, 6.0),
+                                              ("A01", 1, 2, 50.0), ("B01", 1, 2, 50.0)])]
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.4, 0.6], [0.8, 0.2], [0.1, 0.9]])
+    y = np.array([0, 0, 0, 0, 1])
+    p_img, y_img, h_img = E.aggregate(probs, y, recs, "image")
+    assert len(p_img) == 4 and p_img[0] == pytest.approx([0.6, 0.4])
+    p_well, _, h_well = E.aggregate(probs, y, recs, "well")
+    assert len(p_well) == 3 and p_well[0] == pytest.approx([(0.9 + 0.3 + 0.4) / 3, (0.1 + 0.7 + 0.6) / 3])
+    rep = E.level_report(p_well, np.array([0, 0, 1]), h_well, ["neuron", "glia"])
+    assert rep["by_time"]["0-12"] == {"n": 1, "accuracy": 1.0}
+    assert rep["by_time"]["48-72"] == {"n": 2, "accuracy": 1.0}
+    assert rep["accuracy_from_48h"] == 1.0 and rep["roc_auc"] == 1.0
+    assert [E.time_bin(h) for h in (0, 11.9, 12, 47, 48, 72, 500, -1, None)] == [
+        "0-12", "0-12", "12-24", "24-48", "48-72", "72+", "72+", "<0", "unknown"]
+
+
+def test_ece_is_zero_for_calibrated_certainty_and_large_for_confident_errors():
+    y = np.array([0, 1, 0, 1])
+    assert E.ece(np.eye(2)[y], y)[0] == pytest.approx(0.0)
+    assert E.ece(np.eye(2)[1 - y] * 0.98 + 0.01, y)[0] > 0.9
+
+
+def test_augment_keeps_shape_and_range_and_rotations_only_permute_pixels():
+    x = torch.rand(16, 1, 24, 24) * 2 - 0.5
+    gen = torch.Generator().manual_seed(0)
+    out = augment(x, AugmentConfig(contrast=0, brightness=0, gamma=0, blur_p=0, noise=0), gen)
+    assert torch.equal(out.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
+    assert not torch.equal(out, x)
+    full = augment(x, AugmentConfig(blur_p=1.0), gen)
+    assert full.shape == x.shape and full.min() >= -0.5 and full.max() <= 1.5
+
+
+@pytest.mark.parametrize("arch", ["tiny", "resnet18"])
+def test_folded_stem_matches_the_training_graph_including_borders(arch):
+    model = build_model(arch, 3).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    x = torch.rand(2, 1, 32, 32) * 2 - 0.5
+    with torch.no_grad():
+        assert torch.allclose(model(x), fold_stem(model)(x), atol=1e-4)
+    assert fold_stem(model).conv1.conv.in_channels == 1
+
+
+def test_local_weights_load_and_a_reshaped_head_is_skipped(tmp_path):
+    src = build_model("tiny", 4)
+    torch.save(src.backbone.state_dict(), tmp_path / "w.pth")
+    dst = build_model("tiny", 2)
+    skipped = load_weights(dst, tmp_path / "w.pth")
+    assert skipped == ["fc.bias", "fc.weight"]
+    assert torch.equal(dst.backbone.conv1.weight, src.backbone.conv1.weight)
+    torch.save(build_model("resnet18", 2).backbone.state_dict(), tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="match this architecture"):
+        load_weights(dst, tmp_path / "other.pth")
+
+
+def _with_metadata(tmp_path, value):
+    path = tmp_path / "m.onnx"
+    build_tiny_classifier(path, input_size=16)
+    model = onnx.load(str(path))
+    props = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    if value is not None:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, value
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("value, match", [
+    (None, "no nscmonitor metadata"),
+    ("{not json", "not valid JSON"),
+    ('{"name": "m", "version": "1", "scheme": "binary"}', "lacks required keys"),
+    ('{"name": "m", "version": "1", "scheme": "binary", "classes": ["neuron", "glia"], "input_size": 16, '
+     '"input_channels": 2}', "input_channels"),
+    ('{"name": "m", "version": "1", "scheme": "binary", "classes": ["neuron", "glia"], "input_size": 16, '
+     '"temperature": 0}', "temperature"),
+])
+def test_models_with_bad_or_missing_metadata_are_refused(tmp_path, value, match):
+    with pytest.raises(MetadataError, match=match):
+        read_onnx_metadata(_with_metadata(tmp_path, value))
+
+
+def test_config_file_layers_under_flags_and_rejects_unknown_keys(tmp_path):
+    from nscmonitor.errors import UserFacingError
+    from nscmonitor.training.train import TrainConfig
+
+    f = tmp_path / "t.toml"
+    f.write_text('[train]\narch = "tiny"\nepochs = 3\n[train.augment]\ngamma = 0.1\n')
+    cfg = TrainConfig.from_sources(str(f), epochs=5, lr=None)
+    assert (cfg.arch, cfg.epochs, cfg.lr, cfg.augment) == ("tiny", 5, 1e-3, {"gamma": 0.1})
+    f.write_text('arch = "tiny"\n[augment]\nhue = 0.1\n')
+    with pytest.raises(UserFacingError, match="augment.hue"):
+        TrainConfig.from_sources(str(f))

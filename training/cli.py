@@ -1,0 +1,85 @@
+"""``nscmonitor train | evaluate | explain``. torch is imported inside the command functions
+so that ``nscmonitor --help`` and the daemon's commands never pay for it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nscmonitor.errors import UserFacingError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a tile classifier (torch), evaluate it and export model.onnx",
+                       description="Train, evaluate on held-out wells, and export a verified model.onnx into --out.")
+    p.add_argument("--data", help="tiles export (tiles.csv + tiles.json) or class_name/*.tif tree")
+    p.add_argument("--scheme", choices=("binary", "multiclass"))
+    p.add_argument("--out", help="run directory (checkpoints, config.json, metrics.json, model.onnx)")
+    p.add_argument("--config", dest="train_config", help="TOML with TrainConfig settings (CLI flags win)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--image-size", type=int, help="model input size in px (tiles are resized to it)")
+    p.add_argument("--arch", help="tiny | resnet18 | resnet34 | resnet50 (default) | resnet101 | resnet152")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--weights", help="local .pth state dict to start from (never downloaded)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from RUN_DIR/last.pt")
+    p.add_argument("--no-export", dest="export", action="store_false", default=None)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a run dir, checkpoint or model.onnx on labelled data")
+    p.add_argument("model", help="RUN_DIR (best.pt, torch), a .pt checkpoint, or model.onnx (ONNX Runtime)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test", help="test | val | train | all (data without splits: all)")
+    p.add_argument("-o", "--out", help="folder for metrics.json and evaluation.png (default: beside the model)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("explain", help="Grad-CAM heat map of a model's predicted class over an image")
+    p.add_argument("model", help="RUN_DIR (needs best.pt) or a .pt checkpoint")
+    p.add_argument("image")
+    p.add_argument("-o", "--out", required=True, help="output PNG")
+    p.set_defaults(func=_explain)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from nscmonitor.training.train import TrainConfig, main
+
+    cfg = TrainConfig.from_sources(
+        args.train_config, data=args.data, scheme=args.scheme, out=args.out, epochs=args.epochs,
+        image_size=args.image_size, arch=args.arch, batch_size=args.batch_size, lr=args.lr, device=args.device,
+        weights=args.weights, threads=args.threads, resume=args.resume, export=args.export)
+    if not cfg.data or not cfg.out:
+        raise UserFacingError("train needs --data and --out (or both in --config)")
+    try:
+        main(cfg)
+    except FileNotFoundError as exc:
+        raise UserFacingError(str(exc)) from exc
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from nscmonitor.engines.metadata import MetadataError
+    from nscmonitor.training.evaluate import evaluate_model, time_table
+
+    try:
+        m = evaluate_model(args.model, args.data, split=args.split, out_dir=args.out, device=args.device)
+    except MetadataError as exc:
+        raise UserFacingError(str(exc)) from exc
+    print(f"{m['scheme']} model on {m['split']} tiles: accuracy tile {m['tile']['accuracy']:.3f}, "
+          f"image {m['image']['accuracy']:.3f}, well {m['well']['accuracy']:.3f}")
+    print(time_table(m))
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from nscmonitor.training.explain import explain_image, write_overlay
+
+    if Path(args.model).suffix == ".onnx":
+        raise UserFacingError("explain needs the torch checkpoint: pass the run directory (best.pt), not model.onnx")
+    res = explain_image(args.model, args.image)
+    write_overlay(res, args.out)
+    probs = ", ".join(f"{c} {p:.2f}" for c, p in zip(res["classes"], res["probabilities"]))
+    print(f"{args.image}: {res['class']} ({probs}) over {res['n_tiles']} tiles -> {args.out}")
+    return 0

@@ -1,0 +1,334 @@
+"""Labelled tiles from three sources behind one record type, split by well, hashed.
+
+Sources: (a) the simulator's ``tiles.json`` + ``tiles.csv`` export, (b) an ImageFolder tree
+``class_name/*.tif``, (c) images from nscmonitor's store joined with an end-point label CSV.
+All three become ``TileRecord`` lists; ``load_arrays`` turns them into the exact tiles the
+daemon would feed the model (per-image percentile scaling, grid tiling, resize), so training
+and serving never disagree on preprocessing. This module needs numpy only; torch stays in
+``train.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from dataclasses import field as dc_field
+from pathlib import Path
+
+import numpy as np
+
+from nscmonitor.domain import BINARY, GLIA, MULTICLASS
+from nscmonitor.errors import UserFacingError
+
+SPLITS = ("train", "val", "test")
+P_LOW, P_HIGH = 1.0, 99.8
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+class DataError(UserFacingError):
+    """The training data cannot be used as given; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class TileRecord:
+    """One image file with its well's fate. ``label`` is the well's end-point class in the
+    source's vocabulary (MULTICLASS names); the scheme mapping happens in ``scheme_label``."""
+
+    path: str
+    label: str
+    experiment: str = ""
+    plate: str = ""
+    well: str = ""
+    field: int | None = None
+    timepoint: int | None = None
+    elapsed_h: float | None = None
+    condition: str = ""
+    split: str | None = None
+    fractions: dict[str, float] = dc_field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def well_key(self) -> tuple[str, str, str]:
+        return (self.experiment, self.plate, self.well)
+
+    @property
+    def image_key(self) -> tuple:
+        return (self.experiment, self.plate, self.well, self.field, self.timepoint, self.path)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a data folder says about itself (pixel size and tile size from tiles.json)."""
+
+    source: str
+    pixel_size_um: float | None = None
+    tile_size: int | None = None
+    classes: tuple[str, ...] = MULTICLASS
+
+
+def scheme_classes(scheme: str) -> tuple[str, ...]:
+    if scheme == "binary":
+        return BINARY
+    if scheme == "multiclass":
+        return MULTICLASS
+    raise DataError(f"scheme must be 'binary' or 'multiclass', not {scheme!r}")
+
+
+def scheme_label(label: str, scheme: str) -> str | None:
+    """Binary is neuron vs glia; undifferentiated wells have no binary answer and are left
+    out (None) rather than forced into one side, which would teach the model a wrong fate."""
+    if scheme == "multiclass":
+        return label if label in MULTICLASS else None
+    if label == "neuron":
+        return "neuron"
+    if label in GLIA or label == "glia":
+        return "glia"
+    return None
+
+
+def read_tiles_export(root: str | Path) -> tuple[list[TileRecord], DataInfo]:
+    """Source (a): the simulator's labelled-tiles export."""
+    root = Path(root)
+    meta_path, csv_path = root / "tiles.json", root / "tiles.csv"
+    if not csv_path.is_file():
+        raise DataError(f"{root} has no tiles.csv (expected the simulator's tiles export)")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    records = []
+    with csv_path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            fr = {k[5:]: float(v) for k, v in row.items() if k.startswith("frac_") and v not in ("", None)}
+            records.append(TileRecord(
+                path=str(root / row["path"]), label=row["label"], experiment=row.get("experiment", ""),
+                plate=row.get("plate", ""), well=row["well"], field=_int(row.get("field")),
+                timepoint=_int(row.get("timepoint")), elapsed_h=_float(row.get("elapsed_h")),
+                condition=row.get("condition", "") or "", split=(row.get("split") or None), fractions=fr))
+    info = DataInfo("tiles", meta.get("pixel_size_um"), meta.get("tile_size"),
+                    tuple(meta.get("classes", MULTICLASS)))
+    return records, info
+
+
+def read_image_folder(root: str | Path) -> tuple[list[TileRecord], DataInfo]:
+    """Source (b): ``class_name/*.tif``. Each file is its own 'well' because the tree says
+    nothing about plates; users who need well-level splits should use a tiles export."""
+    root = Path(root)
+    records = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(class_dir.iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                records.append(TileRecord(path=str(f), label=class_dir.name, plate="folder",
+                                          well=f"{class_dir.name}/{f.stem}"))
+    if not records:
+        raise DataError(f"{root} holds no class_name/*.tif images")
+    return records, DataInfo("folder")
+
+
+def read_label_csv(path: str | Path) -> dict[tuple[str, str, str], tuple[str, dict[str, float]]]:
+    """End-point labels per well: ``experiment, plate, well`` and ``label`` or ``frac_<class>``."""
+    out = {}
+    with Path(path).open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            fr = {k[5:]: float(v) for k, v in row.items() if k.startswith("frac_") and v not in ("", None)}
+            label = (row.get("label") or "").strip()
+            if not label and fr:
+                label = max(fr, key=fr.get)
+            if not label:
+                raise DataError(f"{path}: row {row} has neither a label nor frac_<class> columns")
+            out[(row.get("experiment", "") or "", row.get("plate", "") or "", _norm_well(row["well"]))] = (label, fr)
+    return out
+
+
+def join_store_records(images: Iterable[tuple[str, str, str | None, str, float | None]],
+                       labels: dict[tuple[str, str, str], tuple[str, dict[str, float]]]) -> list[TileRecord]:
+    """Source (c): (path, experiment, plate, well, elapsed_h) records from the store joined
+    with end-point labels. Every earlier image of a well inherits the well's fate, because
+    the stain that defines the label can only be taken at the end. Unlabelled wells drop out."""
+    records = []
+    for path, experiment, plate, well, elapsed_h in images:
+        key = (experiment or "", plate or "", _norm_well(well))
+        if key not in labels:
+            continue
+        label, fr = labels[key]
+        records.append(TileRecord(path=str(path), label=label, experiment=key[0], plate=key[1],
+                                  well=key[2], elapsed_h=elapsed_h, fractions=fr))
+    return records
+
+
+def discover(data: str | Path) -> tuple[list[TileRecord], DataInfo]:
+    """Pick the source from what the folder holds (tiles.csv -> export, else ImageFolder)."""
+    data = Path(data)
+    if not data.exists():
+        raise DataError(f"data folder not found: {data}")
+    if (data / "tiles.csv").is_file():
+        return read_tiles_export(data)
+    return read_image_folder(data)
+
+
+def for_scheme(records: Sequence[TileRecord], scheme: str) -> tuple[list[TileRecord], list[str]]:
+    """Map labels to the scheme and keep the order of ``scheme_classes``; returns (kept, notes)."""
+    kept, dropped = [], Counter()
+    for r in records:
+        lab = scheme_label(r.label, scheme)
+        if lab is None:
+            dropped[r.label] += 1
+        else:
+            kept.append(replace(r, label=lab))
+    notes = [f"{n} tiles labelled {lab!r} left out of the {scheme} scheme" for lab, n in sorted(dropped.items())]
+    return kept, notes
+
+
+def assign_splits(records: Sequence[TileRecord], *, val_frac: float = 0.15, test_frac: float = 0.15,
+                  seed: int = 0, respect_given: bool = True) -> list[TileRecord]:
+    """Split by well, never by tile, so tiles of one well never sit on both sides. With three
+    or more plates whole plates are held out (plate effects: illumination, halo, seeding) and
+    the model is judged on plates it never saw. A split column in the data wins if it is
+    complete and consistent; if it has no val split, val wells are taken from train."""
+    if respect_given and records and all(r.split in SPLITS for r in records):
+        check_splits(records)
+        if val_frac > 0 and not any(r.split == "val" for r in records):
+            train = assign_splits([r for r in records if r.split == "train"], val_frac=val_frac, test_frac=0,
+                                  seed=seed, respect_given=False)
+            return train + [r for r in records if r.split != "train"]
+        return list(records)
+    plates = sorted({(r.experiment, r.plate) for r in records})
+    by_plate = len(plates) >= 3
+    group_of = (lambda r: (r.experiment, r.plate)) if by_plate else (lambda r: r.well_key)
+    groups: dict[tuple, str] = {}
+    for r in records:
+        groups.setdefault(group_of(r), r.label)
+    rng = random.Random(seed)
+    strata: dict[str, list] = defaultdict(list)
+    for g, lab in sorted(groups.items()):
+        strata["all" if by_plate else lab].append(g)
+    split_of = {}
+    for members in strata.values():
+        rng.shuffle(members)
+        n = len(members)
+        n_test = max(1, round(n * test_frac)) if test_frac > 0 and n >= 3 else 0
+        n_val = max(1, round(n * val_frac)) if val_frac > 0 and n >= 2 else 0
+        for i, g in enumerate(members):
+            split_of[g] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    out = [replace(r, split=split_of[group_of(r)]) for r in records]
+    check_splits(out)
+    return out
+
+
+def check_splits(records: Sequence[TileRecord]) -> None:
+    where: dict[tuple, set] = defaultdict(set)
+    for r in records:
+        where[r.well_key].add(r.split)
+    leaks = [k for k, s in where.items() if len(s) > 1]
+    if leaks:
+        raise DataError(f"{len(leaks)} wells appear in more than one split (e.g. {leaks[0]}); "
+                        "splits must be by well")
+
+
+def data_hash(records: Sequence[TileRecord]) -> str:
+    """Content + labels + splits, so two runs with the same hash saw exactly the same data."""
+    h = hashlib.sha256()
+    for r in sorted(records, key=lambda r: r.path):
+        h.update(Path(r.path).name.encode())
+        h.update(f"|{r.label}|{r.split}|{r.well_key}|{r.elapsed_h}|".encode())
+        h.update(hashlib.sha256(Path(r.path).read_bytes()).digest())
+    return "sha256:" + h.hexdigest()
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """2-D intensities in the file's own dtype (the daemon's histogram percentiles depend on
+    integer data staying integer); multi-page or RGB files take the first plane / mean."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+        img = np.asarray(tifffile.imread(str(path)))
+    else:
+        from PIL import Image
+        with Image.open(path) as im:
+            img = np.asarray(im)
+    while img.ndim > 2:
+        img = img.mean(axis=-1) if img.shape[-1] in (3, 4) else img[0]
+    return img
+
+
+def scale_percentiles(img: np.ndarray, p_low: float = P_LOW, p_high: float = P_HIGH) -> np.ndarray:
+    """Exactly the daemon's input scaling (pipeline.tiles), so train and serve agree."""
+    from nscmonitor.pipeline.tiles import percentiles, scale
+
+    lo, hi = percentiles(img, (p_low, p_high))
+    return scale(img, lo, hi)
+
+
+def tile_grid(img: np.ndarray, tile: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Non-overlapping tiles, remainder dropped; an image smaller than a tile is one tile."""
+    h, w = img.shape
+    if h <= tile or w <= tile:
+        return img[None], [(0, 0)]
+    origins = [(y, x) for y in range(0, h - tile + 1, tile) for x in range(0, w - tile + 1, tile)]
+    return np.stack([img[y:y + tile, x:x + tile] for y, x in origins]), origins
+
+
+def resize(tiles: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of N x H x W tiles (antialiased by area when shrinking a lot)."""
+    if tiles.shape[1:] == (size, size):
+        return tiles
+    from scipy.ndimage import zoom
+    n, h, w = tiles.shape
+    f = (1, size / h, size / w)
+    src = tiles
+    if h >= 2 * size:
+        k = h // size
+        src = tiles[:, :h // k * k, :w // k * k].reshape(n, h // k, k, w // k, k).mean(axis=(2, 4))
+        f = (1, size / src.shape[1], size / src.shape[2])
+    out = zoom(src, f, order=1)
+    return out[:, :size, :size].astype(np.float32)
+
+
+def image_tiles(path: str | Path, tile_size: int | None, image_size: int) -> np.ndarray:
+    """One file -> N x image_size x image_size model inputs, preprocessed like the daemon."""
+    img = scale_percentiles(read_image(path))
+    tiles, _ = tile_grid(img, tile_size or max(img.shape))
+    return resize(tiles, image_size)
+
+
+def load_arrays(records: Sequence[TileRecord], classes: Sequence[str], *, tile_size: int | None,
+                image_size: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[TileRecord]]:
+    """Decode, scale and tile every record once (float16 in memory): (x, y, tile_records)."""
+    index = {c: i for i, c in enumerate(classes)}
+    xs, ys, recs = [], [], []
+    it = records
+    if progress:
+        from rich.progress import track
+        it = track(records, description="loading tiles", transient=True, disable=not sys.stdout.isatty())
+    for r in it:
+        t = image_tiles(r.path, tile_size, image_size)
+        xs.append(t.astype(np.float16))
+        ys.extend([index[r.label]] * len(t))
+        recs.extend([r] * len(t))
+    if not xs:
+        return np.zeros((0, image_size, image_size), np.float16), np.zeros(0, np.int64), []
+    return np.concatenate(xs), np.asarray(ys, np.int64), recs
+
+
+def class_counts(records: Sequence[TileRecord], classes: Sequence[str]) -> list[int]:
+    c = Counter(r.label for r in records)
+    return [c.get(k, 0) for k in classes]
+
+
+def _int(v: str | None) -> int | None:
+    return int(float(v)) if v not in (None, "") else None
+
+
+def _float(v: str | None) -> float | None:
+    return float(v) if v not in (None, "") else None
+
+
+def _norm_well(well: str) -> str:
+    """A1 and A01 name the same well in label CSVs typed by hand."""
+    from nscmonitor.domain import parse_well, well_name
+    try:
+        return well_name(*parse_well(well))
+    except ValueError:
+        return well.strip()

@@ -1,0 +1,41 @@
+"""A small real model for ``make demo``: minutes on a laptop CPU, cached by data hash.
+
+Its numbers are those of a few epochs on demo data; the metrics inside the ONNX say so,
+and the demo should not present them as the product's accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nscmonitor.training import data as D
+
+
+def demo_model(out_dir: str | Path, tiles_dir: str | Path, *, scheme: str = "multiclass", arch: str = "resnet18",
+               image_size: int | None = 64, epochs: int = 4, batch_size: int = 64, threads: int = 0,
+               force: bool = False, progress: bool = True) -> Path:
+    """Train ``arch`` on ``tiles_dir`` into ``out_dir`` and return ``out_dir/model.onnx``.
+
+    A model already there trained on the same data (same data hash, scheme and arch) is
+    returned without training, so repeated demos start at once.
+    """
+    from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
+
+    out = Path(out_dir)
+    onnx_path = out / "model.onnx"
+    if onnx_path.is_file() and not force:
+        records, _ = D.discover(tiles_dir)
+        records, _ = D.for_scheme(records, scheme)
+        dhash = D.data_hash(D.assign_splits(records, seed=0))
+        try:
+            md = read_onnx_metadata(onnx_path)
+            if md.data_hash == dhash and md.scheme == scheme and md.arch == arch:
+                return onnx_path
+        except MetadataError:
+            pass
+    from nscmonitor.training.train import TrainConfig, main
+
+    main(TrainConfig(data=str(tiles_dir), out=str(out), scheme=scheme, arch=arch, image_size=image_size,
+                     epochs=epochs, batch_size=batch_size, lr=2e-3, warmup_epochs=0.5, threads=threads,
+                     patience=epochs, progress=progress))
+    return onnx_path

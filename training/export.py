@@ -1,0 +1,105 @@
+"""Checkpoint -> ``model.onnx`` the daemon can load with no further step.
+
+The graph takes the daemon's N x 1 x S x S percentile-scaled tiles (grey replication and
+mean/std folded into conv1, see ``model.fold_stem``), has a dynamic batch, opset 17, and
+carries ``ModelMetadata``. It is verified before it is moved into place: the ONNX checker,
+the daemon's own ``OrtCpuEngine`` loading it from its metadata, and torch-vs-ONNX-Runtime
+parity on real tiles. A failed check leaves no model.onnx behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nscmonitor.engines.metadata import ModelMetadata, read_onnx_metadata, write_onnx_metadata
+from nscmonitor.engines.ort import OrtCpuEngine
+from nscmonitor.training.model import GreyClassifier, build_model, fold_stem
+
+OPSET = 17
+PARITY_TOL = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The exported graph failed a check; nothing was moved into place."""
+
+
+def model_metadata(meta: dict[str, Any], *, name: str, version: str) -> ModelMetadata:
+    norm = {**meta["normalization"], "in_graph": True}
+    return ModelMetadata(
+        name=name, version=version, scheme=meta["scheme"], classes=tuple(meta["classes"]),
+        input_size=int(meta["image_size"]), input_channels=1, pixel_size_um=meta.get("pixel_size_um"),
+        normalization=norm, output="logits", temperature=float(meta.get("temperature", 1.0)),
+        data_hash=meta.get("data_hash"), metrics=meta.get("metrics", {}), arch=meta["arch"],
+        extra={"stem": meta.get("stem"), "tile_size_px": meta.get("tile_size"), "opset": OPSET},
+    )
+
+
+def export_onnx(model: GreyClassifier, meta: dict[str, Any], path: str | Path, x_check: np.ndarray, *,
+                name: str = "nscmonitor", version: str = "1") -> ModelMetadata:
+    """Write ``path`` (via ``path.part``) after checker, engine load and parity pass."""
+    import onnx
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    model = model.cpu().eval()
+    folded = fold_stem(model).eval()
+    size = int(meta["image_size"])
+    dummy = torch.zeros(2, 1, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(folded, (dummy,), str(tmp), dynamo=False, opset_version=OPSET,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    proto = onnx.load(str(tmp))
+    md = model_metadata(meta, name=name, version=version)
+    write_onnx_metadata(proto, md)
+    proto.producer_name = "nscmonitor.training"
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(tmp))
+    try:
+        check_parity(model, tmp, x_check, md)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return md
+
+
+def check_parity(model: GreyClassifier, onnx_path: Path, x: np.ndarray, md: ModelMetadata,
+                 tol: float = PARITY_TOL) -> float:
+    """Max |p_torch - p_ort| over a real batch, through the daemon's engine; raises above tol."""
+    x = np.asarray(x, np.float32)[:, None] if np.asarray(x).ndim == 3 else np.asarray(x, np.float32)
+    engine = OrtCpuEngine(onnx_path, read_onnx_metadata(onnx_path))
+    engine.load()
+    try:
+        p_ort = engine.infer(x)
+    finally:
+        engine.close()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x)).double() / md.temperature
+        p_torch = torch.softmax(logits, dim=1).numpy()
+    diff = float(np.abs(p_ort - p_torch).max())
+    if not diff <= tol:
+        raise ExportError(f"torch vs ONNX Runtime probabilities differ by {diff:.2e} (> {tol:.0e})")
+    return diff
+
+
+def load_checkpoint(path: str | Path) -> tuple[GreyClassifier, dict[str, Any]]:
+    """A run dir (uses best.pt) or a .pt file -> (model in eval mode, metadata dict)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        from nscmonitor.errors import UserFacingError
+        raise UserFacingError(f"no checkpoint at {path}")
+    ck = torch.load(str(path), map_location="cpu", weights_only=True)
+    model = build_model(ck["arch"], ck["num_classes"])
+    model.load_state_dict(ck["state_dict"])
+    return model.eval(), json.loads(ck["metadata"])

@@ -1,0 +1,403 @@
+"""Train a tile classifier: ``train_one_epoch``, ``evaluate``, ``main(cfg)`` (torchvision
+references shape), runnable unattended as ``python -m nscmonitor.training.train --config F``.
+
+One run directory holds everything: ``config.json`` (resolved), ``last.pt`` / ``best.pt``
+(atomic), ``metrics.json``, ``evaluation.png`` and ``model.onnx``. Interrupt it and run again
+with ``resume`` to continue from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nscmonitor.errors import UserFacingError
+from nscmonitor.training import data as D
+from nscmonitor.training.model import GREY_MEAN, GREY_STD, build_model, load_weights
+from nscmonitor.training.transforms import AugmentConfig, augment
+
+log = logging.getLogger("nscmonitor.training")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run; the resolved copy is saved as RUN_DIR/config.json."""
+
+    data: str = ""
+    out: str = ""
+    scheme: str = "binary"
+    arch: str = "resnet50"
+    image_size: int | None = None
+    tile_size: int | None = None
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.05
+    balance: str = "weights"
+    min_train_h: float | None = None
+    patience: int = 6
+    device: str = "cpu"
+    amp: bool = True
+    threads: int = 0
+    weights: str | None = None
+    resume: bool = False
+    seed: int = 0
+    val_frac: float = 0.15
+    test_frac: float = 0.15
+    export: bool = True
+    progress: bool = True
+    augment: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_sources(cls, toml_path: str | None = None, **overrides: Any) -> "TrainConfig":
+        """Defaults <- TOML file <- explicit overrides (None means 'not given')."""
+        values: dict[str, Any] = {}
+        if toml_path:
+            try:
+                with open(toml_path, "rb") as fh:
+                    doc = tomllib.load(fh)
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise UserFacingError(f"cannot read training config {toml_path}: {exc}") from exc
+            values.update(doc.get("train", doc))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        unknown |= {f"augment.{k}" for k in values.get("augment", {})} - {
+            f"augment.{f.name}" for f in dataclasses.fields(AugmentConfig)}
+        if unknown:
+            raise UserFacingError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+@dataclass
+class Split:
+    x: np.ndarray
+    y: np.ndarray
+    records: list
+
+
+def prepare_data(cfg: TrainConfig) -> tuple[dict[str, Split], D.DataInfo, list[str], str]:
+    records, info = D.discover(cfg.data)
+    classes = list(D.scheme_classes(cfg.scheme))
+    records, notes = D.for_scheme(records, cfg.scheme)
+    for n in notes:
+        log.warning("%s", n)
+        print(f"note: {n}")
+    records = D.assign_splits(records, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed)
+    dhash = D.data_hash(records)
+    tile = cfg.tile_size or info.tile_size
+    size = cfg.image_size or tile or 64
+    splits = {}
+    for name in D.SPLITS:
+        recs = [r for r in records if r.split == name]
+        if name == "train" and cfg.min_train_h is not None:
+            recs = [r for r in recs if r.elapsed_h is None or r.elapsed_h >= cfg.min_train_h]
+        x, y, tr = D.load_arrays(recs, classes, tile_size=tile, image_size=size, progress=cfg.progress)
+        splits[name] = Split(x, y, tr)
+    if len(splits["train"].y) == 0 or len(splits["val"].y) == 0:
+        raise D.DataError("need labelled tiles in both the train and val splits")
+    cfg.image_size, cfg.tile_size = size, tile
+    return splits, info, classes, dhash
+
+
+def batches(split: Split, batch_size: int, *, shuffle: bool, weights: np.ndarray | None = None, seed: int = 0):
+    """In-memory batches: the tiles are small and decoded once, so a DataLoader's worker
+    processes would cost more than they save on a 2-core machine."""
+    n = len(split.y)
+    rng = np.random.default_rng(seed)
+    if weights is not None:
+        p = weights[split.y]
+        order = rng.choice(n, size=n, replace=True, p=p / p.sum())
+    else:
+        order = rng.permutation(n) if shuffle else np.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        if shuffle and len(idx) < 2 < n:
+            break  # a lone sample breaks BatchNorm's training statistics
+        yield torch.from_numpy(split.x[idx].astype(np.float32)).unsqueeze(1), torch.from_numpy(split.y[idx])
+
+
+def class_weights(y: np.ndarray, k: int) -> np.ndarray:
+    """Inverse frequency, mean 1: rare oligodendrocytes count as much as common neurons."""
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / k, 0.0)
+    return w / w[counts > 0].mean()
+
+
+def train_one_epoch(model, criterion, optimizer, scheduler, split: Split, device, epoch: int,
+                    cfg: TrainConfig, scaler=None, sample_weights=None, progress=None) -> dict[str, float]:
+    model.train()
+    aug = AugmentConfig(**cfg.augment)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    n_batches = math.ceil(len(split.y) / cfg.batch_size)
+    task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches, loss=float("nan")) if progress else None
+    total, seen, correct = 0.0, 0, 0
+    for x, y in batches(split, cfg.batch_size, shuffle=True, weights=sample_weights, seed=cfg.seed * 1000 + epoch):
+        x = augment(x, aug, gen).to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=scaler is not None):
+            logits = model(x)
+            loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(y)
+        seen += len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        if progress:
+            progress.update(task, advance=1, loss=total / seen)
+    if progress:
+        progress.remove_task(task)
+    return {"loss": total / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def predict_logits(model, x: np.ndarray, device, batch_size: int = 128) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = torch.from_numpy(x[i:i + batch_size].astype(np.float32)).unsqueeze(1).to(device)
+        out.append(model(xb).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def evaluate(model, criterion, split: Split, device, batch_size: int = 128) -> dict[str, float]:
+    """Validation loss, accuracy and balanced accuracy (the early-stopping score)."""
+    from nscmonitor.training.evaluate import balanced_accuracy
+
+    logits = predict_logits(model, split.x, device, batch_size)
+    y = split.y
+    loss = float(criterion(torch.from_numpy(logits).to(device), torch.from_numpy(y).to(device)).item())
+    pred = logits.argmax(1)
+    return {"loss": loss, "accuracy": float((pred == y).mean()),
+            "balanced_accuracy": balanced_accuracy(y, pred, logits.shape[1])}
+
+
+def build_optim(model, cfg: TrainConfig, steps_per_epoch: int):
+    """AdamW with decoupled weight decay (not on norms and biases) and a per-step cosine
+    schedule after a linear warm-up: robust defaults for training from scratch or fine-tuning."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def run_metadata(cfg: TrainConfig, info: D.DataInfo, classes: list[str], dhash: str) -> dict[str, Any]:
+    """What export and explain need to rebuild the daemon's preprocessing from a checkpoint."""
+    px = info.pixel_size_um
+    if px is not None and cfg.tile_size:
+        px = px * cfg.tile_size / cfg.image_size
+    return {"scheme": cfg.scheme, "classes": classes, "arch": cfg.arch, "image_size": cfg.image_size,
+            "tile_size": cfg.tile_size, "pixel_size_um": px, "data_hash": dhash,
+            "normalization": {"p_low": D.P_LOW, "p_high": D.P_HIGH, "mean": GREY_MEAN, "std": GREY_STD},
+            "stem": "grey replicated to 3 channels in training; folded into conv1 at export",
+            "temperature": 1.0, "source": info.source, "source_pixel_size_um": info.pixel_size_um}
+
+
+def checkpoint(model, optimizer, scheduler, scaler, epoch: int, meta: dict, state: dict) -> dict[str, Any]:
+    return {"state_dict": model.state_dict(), "arch": meta["arch"], "num_classes": len(meta["classes"]),
+            "classes": meta["classes"], "epoch": epoch, "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+            "metadata": json.dumps(meta), "state": state}
+
+
+def _setup(cfg: TrainConfig):
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserFacingError("--device cuda asked for, but torch sees no CUDA GPU here")
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return torch.device(cfg.device), out
+
+
+def _resume(out: Path, model, optimizer, scheduler, scaler, dhash: str) -> dict:
+    ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    if json.loads(ck["metadata"])["data_hash"] != dhash:
+        raise UserFacingError(f"{out}/last.pt was trained on other data (hash differs); "
+                              "start a new run directory instead of --resume")
+    model.load_state_dict(ck["state_dict"])
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck["scheduler"])
+    if scaler and ck.get("scaler"):
+        scaler.load_state_dict(ck["scaler"])
+    state = dict(ck["state"])
+    state["start_epoch"] = ck["epoch"] + 1
+    return state
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    disable=not (enabled and sys.stdout.isatty()), transient=True)
+
+
+def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, device) -> dict:
+    """The epoch loop with early stopping; returns the run state (history, best epoch)."""
+    classes = meta["classes"]
+    model = build_model(cfg.arch, len(classes))
+    if cfg.weights and not cfg.resume:
+        skipped = load_weights(model, cfg.weights)
+        print(f"loaded {cfg.weights} (new or reshaped: {', '.join(skipped) or 'none'})")
+    model.to(device)
+    cw = class_weights(splits["train"].y, len(classes))
+    use_w = cfg.balance == "weights"
+    criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32, device=device) if use_w else None,
+                                          label_smoothing=cfg.label_smoothing)
+    val_criterion = torch.nn.CrossEntropyLoss()
+    steps = math.ceil(len(splits["train"].y) / cfg.batch_size)
+    optimizer, scheduler = build_optim(model, cfg, steps)
+    scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and cfg.amp) else None
+    state = {"start_epoch": 0, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    if cfg.resume and (out / "last.pt").is_file():
+        state = _resume(out, model, optimizer, scheduler, scaler, meta["data_hash"])
+        print(f"resuming after epoch {state['start_epoch']} from {out / 'last.pt'}")
+    sw = cw if cfg.balance == "sampler" else None
+    with _progress(cfg.progress) as progress:
+        for epoch in range(state["start_epoch"], cfg.epochs):
+            if state["bad_epochs"] >= cfg.patience:
+                break
+            t0 = time.perf_counter()
+            tr = train_one_epoch(model, criterion, optimizer, scheduler, splits["train"], device, epoch, cfg,
+                                 scaler, sw, progress)
+            va = evaluate(model, val_criterion, splits["val"], device)
+            secs = time.perf_counter() - t0
+            state["history"].append({"epoch": epoch, "train": tr, "val": va, "seconds": secs})
+            score = va["balanced_accuracy"] - 1e-3 * va["loss"]
+            improved = score > state["best_score"]
+            state.update(best_score=max(score, state["best_score"]), bad_epochs=0 if improved else state["bad_epochs"] + 1)
+            if improved:
+                state["best_epoch"] = epoch
+            ck = checkpoint(model, optimizer, scheduler, scaler, epoch, meta, state)
+            if improved:
+                save_atomic(ck, out / "best.pt")
+            save_atomic(ck, out / "last.pt")
+            progress.console.print(
+                f"epoch {epoch + 1}/{cfg.epochs}  {secs:.1f} s  train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}  "
+                f"val loss {va['loss']:.4f} acc {va['accuracy']:.3f} bal {va['balanced_accuracy']:.3f}"
+                + ("  *best" if improved else ""), soft_wrap=True)
+    return state
+
+
+def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dict[str, Any]:
+    """Best checkpoint -> temperature on val -> test report -> metrics, figure, ONNX."""
+    from nscmonitor.training import evaluate as E
+
+    ck = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    meta = json.loads(ck["metadata"])
+    model = build_model(ck["arch"], ck["num_classes"])
+    model.load_state_dict(ck["state_dict"])
+    model.to(device).eval()
+    classes = meta["classes"]
+    val_logits = predict_logits(model, splits["val"].x, device)
+    temperature = E.fit_temperature(val_logits, splits["val"].y)
+    meta["temperature"] = temperature
+    held = "test" if len(splits["test"].y) else "val"
+    test_logits = val_logits if held == "val" else predict_logits(model, splits[held].x, device)
+    report = E.full_report(test_logits, splits[held].y, splits[held].records, classes, temperature)
+    metrics = {"split": held, "temperature": temperature, "best_epoch": ck["epoch"], "data_hash": meta["data_hash"],
+               "classes": classes, "scheme": meta["scheme"], **report}
+    meta["metrics"] = summary(metrics)
+    ck["metadata"] = json.dumps(meta)
+    save_atomic(ck, out / "best.pt")
+    E.write_metrics(out, metrics)
+    E.write_figure(out / "evaluation.png", report, classes, f"{meta['arch']} {meta['scheme']} ({held} split)")
+    print(E.time_table(report))
+    if cfg.export:
+        from nscmonitor.training.export import export_onnx
+
+        x_check = splits["val"].x[:16]
+        export_onnx(model.cpu(), meta, out / "model.onnx", x_check, name=f"{meta['arch']}-{meta['scheme']}",
+                    version=out.name)
+        print(f"exported {out / 'model.onnx'}")
+    return metrics
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers worth carrying inside the model file."""
+    return {"split": metrics["split"], **{f"{lvl}_{k}": metrics[lvl][k] for lvl in ("tile", "image", "well")
+                                          for k in ("accuracy", "balanced_accuracy", "accuracy_from_48h")},
+            "tile_ece": metrics["tile"]["ece"]}
+
+
+def main(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
+    """Run a whole training job from a config (what the scheduler calls); returns metrics."""
+    if isinstance(cfg, dict):
+        cfg = TrainConfig(**cfg)
+    device, out = _setup(cfg)
+    t0 = time.perf_counter()
+    splits, info, classes, dhash = prepare_data(cfg)
+    counts = {s: np.bincount(v.y, minlength=len(classes)).tolist() for s, v in splits.items()}
+    print(f"tiles per class {classes}: " + ", ".join(f"{s} {c}" for s, c in counts.items())
+          + f"  (loaded in {time.perf_counter() - t0:.1f} s; data {dhash[:19]})")
+    meta = run_metadata(cfg, info, classes, dhash)
+    resolved = {**dataclasses.asdict(cfg), "data_hash": dhash, "classes": classes, "pixel_size_um": meta["pixel_size_um"],
+                "torch": torch.__version__, "counts": counts}
+    tmp = out / "config.json.part"
+    tmp.write_text(json.dumps(resolved, indent=2))
+    os.replace(tmp, out / "config.json")
+    state = fit(cfg, splits, meta, out, device)
+    if state["best_epoch"] < 0 and not (out / "best.pt").is_file():
+        raise UserFacingError("training ran no epoch (already finished or stopped early?)")
+    secs = [h["seconds"] for h in state["history"]]
+    if secs:
+        print(f"time per epoch: {np.mean(secs):.1f} s (median {np.median(secs):.1f} s over {len(secs)} epochs)")
+    return finish(cfg, splits, out, device)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m nscmonitor.training.train", description="Train from a config file.")
+    p.add_argument("--config", required=True, help="TOML file with the settings of TrainConfig")
+    p.add_argument("--resume", action="store_true", default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    try:
+        main(TrainConfig.from_sources(args.config, resume=args.resume, progress=False))
+    except UserFacingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
