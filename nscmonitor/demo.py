@@ -164,7 +164,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo-out", help="folder for the demo's data, model, database and report")
     p.add_argument("--speed", type=float, default=3600.0, help="simulated seconds per real second (default 3600)")
     p.add_argument("--hours", type=float, default=120.0, help="culture time to simulate (default 120 h)")
-    p.add_argument("--interval", type=float, default=6.0, help="hours between scans (default 6)")
+    p.add_argument("--interval", type=float, default=8.0, help="hours between scans (default 8)")
     p.add_argument("--retrain", action="store_true", help="train the demo model again even if one is cached")
     p.add_argument("--gui", choices=("auto", "window", "none"), default="auto",
                    help="open the dashboard (auto: when a display is there, else render a PNG at the end)")
