@@ -54,6 +54,9 @@ class OrtCpuEngine(Engine):
         except ImportError as exc:
             raise EngineError(f"onnxruntime is not installed: {exc}") from exc
         opts = ort.SessionOptions()
+        # ORT warns that a serialised optimised graph is hardware specific; the cache stamp
+        # (model hash, ORT version, CPU model) already guarantees it is reused only here.
+        opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             opts.intra_op_num_threads = self.threads

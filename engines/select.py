@@ -134,7 +134,10 @@ def select(model_path: str | Path, prefer: str = "auto", *, batch_size: int = 8,
             if engine is not None:
                 engine.close()
             skipped.append((backend, str(exc)))
-            log.warning("engine %s skipped: %s", backend, exc)
+            # A runtime this machine simply lacks is routine in auto mode; a preferred backend
+            # that cannot serve, or a build that failed its gate, is worth a warning.
+            serious = backend == first or "gate" in str(exc) or "stale" in str(exc)
+            log.log(logging.WARNING if serious else logging.INFO, "engine %s skipped: %s", backend, exc)
             continue
         if reference is not None and reference is not engine:
             reference.close()
