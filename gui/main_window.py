@@ -22,7 +22,7 @@ from nscmonitor.gui.state.readouts import (Metric, PlateCube, ReadoutRows, Well,
 from nscmonitor.gui.state.status import daemon_alive
 from nscmonitor.gui.widgets.browser import ExperimentBrowser, first_plate
 from nscmonitor.gui.widgets.image_view import ImageView
-from nscmonitor.gui.widgets.models_panel import ModelsPanel, registry_actions
+from nscmonitor.gui.widgets.models_panel import ModelsPanel, label_action, registry_actions
 from nscmonitor.gui.widgets.plate_map import PlateMap
 from nscmonitor.gui.widgets.status_panel import StatusPanel, StatusSnapshot, read_status
 from nscmonitor.gui.widgets.time_course import TimeCourse
@@ -198,8 +198,9 @@ class MainWindow(QMainWindow):
         self.time_course = TimeCourse()
         self.image_view = ImageView(self.reader)
         self.status_panel = StatusPanel()
-        self.models_panel = ModelsPanel(actions=registry_actions(self.settings))
+        self.models_panel = ModelsPanel(actions=registry_actions(self.settings), labeller=label_action(self.settings))
         self.models_panel.on_changed = self.refresh
+        self.models_panel.label_target = self._label_target
         self.tabs = QTabWidget()
         self.tabs.addTab(self.time_course, "Time courses")
         self.tabs.addTab(self.image_view, "Images")
@@ -433,6 +434,11 @@ class MainWindow(QMainWindow):
         self.set_time(self.t_index + 1)
 
     # --- selection, tooltips, images ----------------------------------------------------------
+    def _label_target(self) -> tuple[str, str, list[str]] | None:
+        if self.experiment is None or self.plate is None:
+            return None
+        return self.experiment.name, self.plate.name, list(self.selection)
+
     def set_selection(self, wells: list[str]) -> None:
         self.selection = list(wells)
         self.time_course.set_wells(self.selection)

@@ -113,16 +113,41 @@ def import_labels(engine: Engine, path: Path, *, tolerance: float = 0.02) -> tup
         problems.append("the file holds no label rows")
     if problems:
         raise LabelFileError(path, problems)
+    return _save(engine, rows, source=str(path), sha256=hashlib.sha256(raw).hexdigest(), what=path.name)
+
+
+def _save(engine: Engine, rows: list[tuple[int, str, dict[str, float] | None]], *, source: str, sha256: str,
+          what: str) -> tuple[int, int]:
     now = datetime.now(timezone.utc)
-    with Session.begin() as s:
-        ls = m.LabelSet(source=str(path), sha256=hashlib.sha256(raw).hexdigest(), n_labels=len(rows), created_at=now)
+    with sessionmaker(engine).begin() as s:
+        ls = m.LabelSet(source=source, sha256=sha256, n_labels=len(rows), created_at=now)
         s.add(ls)
         s.flush()
         for wid, label, fr in rows:
             s.add(m.Label(label_set_id=ls.id, well_id=wid, label=label, fractions=fr))
-        s.add(m.Event(at=now, kind="labels_imported", message=f"label set {ls.id}: {len(rows)} wells from {path.name}",
+        s.add(m.Event(at=now, kind="labels_imported", message=f"label set {ls.id}: {len(rows)} wells from {what}",
                       data={"labels_version": ls.id, "n": len(rows)}))
         return ls.id, len(rows)
+
+
+def label_wells(engine: Engine, experiment: str, plate: str, wells: list[str], label: str,
+                *, source: str = "dashboard") -> tuple[int, int]:
+    """Label single wells by hand (the dashboard): one new label set, same rules as a file."""
+    label = _cls(label)
+    if label not in KNOWN_CLASSES:
+        raise UserFacingError(f"unknown class {label!r} (known: {', '.join(KNOWN_CLASSES)})")
+    if not wells:
+        raise UserFacingError("select the wells to label first")
+    with sessionmaker(engine)() as s:
+        ids = dict(s.execute(select(m.Well.name, m.Well.id).join(m.Plate, m.Plate.id == m.Well.plate_id)
+                             .join(m.Experiment, m.Experiment.id == m.Plate.experiment_id)
+                             .where(m.Experiment.name == experiment, m.Plate.name == plate)).all())
+    missing = [w for w in wells if w not in ids]
+    if missing:
+        raise UserFacingError(f"wells not in {experiment}/{plate}: {', '.join(missing)}")
+    digest = hashlib.sha256(f"{experiment}/{plate}/{','.join(sorted(wells))}={label}".encode()).hexdigest()
+    return _save(engine, [(ids[w], label, None) for w in wells], source=source, sha256=digest,
+                 what=f"{source} ({experiment}/{plate})")
 
 
 def labels_version(engine: Engine) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PySide6.QtWidgets import (QAbstractItemView, QHBoxLayout, QHeaderView, QLabel, QPushButton,
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from nscmonitor.store.dashboard import ModelVersionInfo
@@ -62,6 +62,24 @@ def registry_actions(settings) -> dict[str, ModelAction]:  # noqa: ANN001
     }
 
 
+LabelTarget = tuple[str, str, list[str]]  # experiment, plate, wells
+
+
+def label_action(settings) -> Callable[[LabelTarget | None, str], str]:  # noqa: ANN001
+    """Labelling selected wells by hand: a new label set, checked like an imported file."""
+    from nscmonitor.labels import label_wells
+    from nscmonitor.store.db import make_engine
+
+    def label(target: LabelTarget | None, cls: str) -> str:
+        if target is None or not target[2]:
+            raise ValueError("open a plate and select wells in the plate map first")
+        experiment, plate, wells = target
+        version, n = label_wells(make_engine(settings.database_url), experiment, plate, wells, cls)
+        return f"label set {version}: {n} well(s) of {plate} labelled {cls}; the next retrain uses them."
+
+    return label
+
+
 ACTIONS: dict[str, ModelAction] = {
     "promote": ModelAction("Promote", "Promoting needs a database the registry can write to."),
     "rollback": ModelAction("Roll back", "Rolling back needs a database the registry can write to."),
@@ -86,9 +104,12 @@ def _metric_text(meta: dict) -> str:
 
 
 class ModelsPanel(QWidget):
-    def __init__(self, parent: QWidget | None = None, actions: dict[str, ModelAction] | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, actions: dict[str, ModelAction] | None = None,
+                 labeller: Callable[[LabelTarget | None, str], str] | None = None) -> None:
         super().__init__(parent)
         self.actions = actions or ACTIONS
+        self.labeller = labeller
+        self.label_target: Callable[[], LabelTarget | None] = lambda: None
         self.on_changed: Callable[[], None] | None = None
         self.versions: list[ModelVersionInfo] = []
         lay = QVBoxLayout(self)
@@ -117,6 +138,21 @@ class ModelsPanel(QWidget):
             row.addWidget(b)
         row.addStretch(1)
         lay.addLayout(row)
+        lab_row = QHBoxLayout()
+        self.label_box = QComboBox()
+        from nscmonitor.labels import KNOWN_CLASSES
+
+        self.label_box.addItems(list(KNOWN_CLASSES))
+        self.label_btn = QPushButton("Label selected wells")
+        self.label_btn.setToolTip("End-point label (e.g. from a Tuj1/GFAP/O4 stain) for the wells selected in the "
+                                  "plate map; bulk labels: nscmonitor labels import FILE.csv")
+        self.label_btn.setEnabled(labeller is not None)
+        self.label_btn.clicked.connect(self._label)
+        lab_row.addWidget(QLabel("End-point label"))
+        lab_row.addWidget(self.label_box)
+        lab_row.addWidget(self.label_btn)
+        lab_row.addStretch(1)
+        lay.addLayout(lab_row)
         self.message = QLabel("")  # not a modal box: the window keeps updating while it is read
         self.message.setWordWrap(True)
         lay.addWidget(self.message)
@@ -146,6 +182,18 @@ class ModelsPanel(QWidget):
         self.message.setText(msg)
         if self.on_changed is not None:
             self.on_changed()
+
+    def _label(self) -> None:
+        if self.labeller is None:
+            return
+        try:
+            msg = self.labeller(self.label_target(), self.label_box.currentText())
+        except Exception as exc:  # unknown wells, nothing selected: say why
+            self.message.setStyleSheet("color: #b00020")
+            self.message.setText(f"Label: {exc}")
+            return
+        self.message.setStyleSheet("color: #1b5e20")
+        self.message.setText(msg)
 
     def set_versions(self, versions: list[ModelVersionInfo], serving: str | None, used: list[str]) -> None:
         self.versions = versions

@@ -219,6 +219,16 @@ def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: L
     assert reg.active().version == second.version and second.version in panel.message.text()
     panel.buttons["rollback"].click()
     assert reg.active().version == first.version and "rolled back" in panel.message.text()
+    from nscmonitor.labels import current_labels
+
+    panel.label_btn.click()  # no wells selected yet: refused with the reason
+    assert "select wells" in panel.message.text() and current_labels(make_engine(lab.url)) == []
+    win.plate_map.set_selection(["A01", "A02"])
+    qtbot.waitUntil(lambda: win.selection == ["A01", "A02"], timeout=5000)
+    panel.label_box.setCurrentText("neuron")
+    panel.label_btn.click()
+    labs = {x.well: x.label for x in current_labels(make_engine(lab.url))}
+    assert labs == {"A01": "neuron", "A02": "neuron"} and "label set" in panel.message.text()
     qtbot.waitUntil(lambda: any(v.state == "active" and v.version == first.version for v in panel.versions),
                     timeout=15000)
     win.close()
