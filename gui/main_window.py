@@ -516,7 +516,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, e) -> None:  # noqa: N802, ANN001 - Qt API
         self.poll_timer.stop()
         self.play_timer.stop()
-        self.reader.wait(5000)
+        self.reader.shutdown(5000)
         super().closeEvent(e)
 
 

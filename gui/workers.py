@@ -55,6 +55,7 @@ class Reader(QObject):
         self.pool.setMaxThreadCount(threads)
         self._live: set[_Signals] = set()
         self._tokens: dict[str, int] = {}
+        self._closed = False
 
     def submit(self, fn: Callable[..., Any], *args: Any, done: Callable[[Any], None] | None = None,
                failed: Callable[[str], None] | None = None, progress: Callable[[int, int], None] | None = None,
@@ -71,24 +72,27 @@ class Reader(QObject):
         def current() -> bool:
             return channel is None or self._tokens.get(channel) == token
 
-        def finish() -> None:
+        def finish() -> bool:
+            """False once the window has closed: results still queued then are dropped, since
+            the widgets they would update may already be gone."""
             self._live.discard(sig)
+            if self._closed:
+                return False
             self.busy_changed.emit(len(self._live))
+            return True
 
         def on_done(result: Any) -> None:
-            finish()
-            if done is not None and current():
+            if finish() and done is not None and current():
                 done(result)
 
         def on_failed(msg: str) -> None:
-            finish()
-            if failed is not None and current():
+            if finish() and failed is not None and current():
                 failed(msg)
 
         sig.done.connect(on_done)
         sig.failed.connect(on_failed)
         if progress is not None:
-            sig.progress.connect(lambda d, t: progress(d, t) if current() else None)
+            sig.progress.connect(lambda d, t: progress(d, t) if current() and not self._closed else None)
         self._live.add(sig)
         self.busy_changed.emit(len(self._live))
         self.pool.start(_Task(fn, args, kwargs, sig, progress is not None))
@@ -99,3 +103,9 @@ class Reader(QObject):
 
     def wait(self, ms: int = 10_000) -> bool:
         return self.pool.waitForDone(ms)
+
+    def shutdown(self, ms: int = 5000) -> None:
+        """Stop delivering results, then let running reads finish (they hold no locks the
+        daemon needs, but their threads must not outlive the window)."""
+        self._closed = True
+        self.pool.waitForDone(ms)

@@ -223,6 +223,7 @@ def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: L
 
     panel.label_btn.click()  # no wells selected yet: refused with the reason
     assert "select wells" in panel.message.text() and current_labels(make_engine(lab.url)) == []
+    qtbot.waitUntil(lambda: win.cube is not None and win.cube.n_times == 2, timeout=15000)
     win.plate_map.set_selection(["A01", "A02"])
     qtbot.waitUntil(lambda: win.selection == ["A01", "A02"], timeout=5000)
     panel.label_box.setCurrentText("neuron")
