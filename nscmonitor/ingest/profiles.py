@@ -71,6 +71,9 @@ BUILTIN: tuple[Profile, ...] = (
             _p(r"^r(?P<row>\d{2})c(?P<col>\d{2})f(?P<field>\d{2,3})p(?P<z>\d{2})-ch(?P<channel>\d+)"
                r"sk(?P<t>\d+)fk(?P<fk>\d+)fl(?P<fl>\d+)\.tiff?$", numeric_rows=True),
         ),
+        # The plate barcode is the measurement folder's prefix: <barcode>__<date>-Measurement N/Images/
+        path_tokens=(_p(r"(?:^|/)(?P<plate>[^/]+?)__\d{4}-\d{2}-\d{2}T[^/]*-Measurement \d+/Images/[^/]+$",
+                        target="path"),),
         sidecars=_s(r"^Index(?:\.idx)?\.xml$", r"^indexfile\.txt$"),
         ignored_dirs=("Evaluation",),
     ),

@@ -106,3 +106,8 @@ def test_custom_profile() -> None:
     assert r.kind == "image" and r.key.well == "C03" and r.key.field == 1 and r.key.timepoint == 5
     with pytest.raises(ValueError, match="named groups"):
         custom_profile(CustomProfileSpec("bad", r"^(?P<plate>\w+)\.tif$"))
+
+
+def test_harmony_plate_barcode_from_the_measurement_folder() -> None:
+    r = parse_path("PLATE-0042__2026-11-02T09_00_00-Measurement 1/Images/r02c03f01p01-ch1sk5fk1fl1.tiff")
+    assert r.kind == "image" and r.key.plate == "PLATE-0042" and r.key.well == "B03" and r.key.timepoint == 5
