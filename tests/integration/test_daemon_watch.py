@@ -164,3 +164,16 @@ def test_share_that_disappears_and_comes_back(tmp_path: Path, make_runner) -> No
         wait_until(lambda: n_done(runner) == 3, what="a file written after the outage")
     with runner.store.Session() as s:
         assert s.scalar(select(func.count()).select_from(m.Image).where(m.Image.status != "done")) == 0
+
+
+def test_polling_observer_for_network_shares(tmp_path: Path, make_runner) -> None:
+    """Shares deliver no change events: with polling on, the polling observer finds files."""
+    watch = tmp_path / "share"
+    watch.mkdir()
+    runner = make_runner(watch, polling=True, quiet_seconds=0.2)
+    with Running(runner):
+        from watchdog.observers.polling import PollingObserver
+
+        assert isinstance(runner.folders[0].watcher._observer, PollingObserver)
+        write_tiff(watch / name(1), cells_image(1))
+        wait_until(lambda: n_done(runner) == 1, what="the polled file")
