@@ -26,6 +26,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from RUN_DIR/last.pt")
     p.add_argument("--no-export", dest="export", action="store_false", default=None)
+    p.add_argument("--label-mode", choices=("well", "tile"),
+                   help="simulator tiles: label each tile with its well's fate (well) or its cells' majority (tile)")
+    p.add_argument("--min-train-h", type=float, help="train only on tiles at or after this many hours")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="metrics of a run dir, checkpoint or model.onnx on labelled data")
@@ -34,6 +37,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="test | val | train | all (data without splits: all)")
     p.add_argument("-o", "--out", help="folder for metrics.json and evaluation.png (default: beside the model)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--label-mode", choices=("well", "tile"),
+                   help="truth for simulator tiles (default: what the model was trained with)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("explain", help="Grad-CAM heat map of a model's predicted class over an image")
@@ -49,7 +54,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_sources(
         args.train_config, data=args.data, scheme=args.scheme, out=args.out, epochs=args.epochs,
         image_size=args.image_size, arch=args.arch, batch_size=args.batch_size, lr=args.lr, device=args.device,
-        weights=args.weights, threads=args.threads, resume=args.resume, export=args.export)
+        weights=args.weights, threads=args.threads, resume=args.resume, export=args.export,
+        label_mode=args.label_mode, min_train_h=args.min_train_h)
     if not cfg.data or not cfg.out:
         raise UserFacingError("train needs --data and --out (or both in --config)")
     try:
@@ -64,7 +70,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from nscmonitor.training.evaluate import evaluate_model, time_table
 
     try:
-        m = evaluate_model(args.model, args.data, split=args.split, out_dir=args.out, device=args.device)
+        m = evaluate_model(args.model, args.data, split=args.split, out_dir=args.out, device=args.device,
+                           label_mode=args.label_mode)
     except MetadataError as exc:
         raise UserFacingError(str(exc)) from exc
     print(f"{m['scheme']} model on {m['split']} tiles: accuracy tile {m['tile']['accuracy']:.3f}, "

@@ -27,6 +27,7 @@ from nscmonitor.domain import BINARY, GLIA, MULTICLASS
 from nscmonitor.errors import UserFacingError
 
 SPLITS = ("train", "val", "test")
+LABEL_MODES = ("well", "tile")
 P_LOW, P_HIGH = 1.0, 99.8
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
@@ -91,8 +92,15 @@ def scheme_label(label: str, scheme: str) -> str | None:
     return None
 
 
-def read_tiles_export(root: str | Path) -> tuple[list[TileRecord], DataInfo]:
-    """Source (a): the simulator's labelled-tiles export."""
+def read_tiles_export(root: str | Path, label_mode: str = "tile") -> tuple[list[TileRecord], DataInfo]:
+    """Source (a): the simulator's labelled-tiles export.
+
+    ``label_mode="tile"`` keeps the export's per-tile label (majority fate of the cells in the
+    tile); ``"well"`` gives every tile its well's fate (the condition's dominant class), which
+    is what end-point stains give in the product (source c) and what the well readout is
+    judged against."""
+    if label_mode not in LABEL_MODES:
+        raise DataError(f"label_mode must be one of {LABEL_MODES}, not {label_mode!r}")
     root = Path(root)
     meta_path, csv_path = root / "tiles.json", root / "tiles.csv"
     if not csv_path.is_file():
@@ -109,7 +117,36 @@ def read_tiles_export(root: str | Path) -> tuple[list[TileRecord], DataInfo]:
                 condition=row.get("condition", "") or "", split=(row.get("split") or None), fractions=fr))
     info = DataInfo("tiles", meta.get("pixel_size_um"), meta.get("tile_size"),
                     tuple(meta.get("classes", MULTICLASS)))
+    if label_mode == "well":
+        records = well_labels(records, meta.get("conditions") or {})
     return records, info
+
+
+def well_labels(records: Sequence[TileRecord], conditions: dict[str, dict]) -> list[TileRecord]:
+    """Every tile takes its well's fate: the dominant class of the well's condition (from
+    tiles.json ``conditions`` or the simulator's defaults), else the majority of the well's
+    tile labels over all time points. Per-tile fractions are kept for reference."""
+    classes = list(MULTICLASS)
+
+    def cond_label(name: str) -> str | None:
+        fr = (conditions.get(name) or {}).get("fractions")
+        if fr is None:
+            try:
+                from nscmonitor.simulate.culture import DEFAULT_CONDITIONS
+            except ImportError:  # pragma: no cover - simulator is part of the package
+                return None
+            c = DEFAULT_CONDITIONS.get(name)
+            return c.label if c else None
+        return classes[int(np.argmax(fr))]
+
+    votes: dict[tuple, Counter] = defaultdict(Counter)
+    for r in records:
+        votes[r.well_key][r.label] += 1
+    out = []
+    for r in records:
+        lab = cond_label(r.condition) if r.condition else None
+        out.append(replace(r, label=lab or votes[r.well_key].most_common(1)[0][0]))
+    return out
 
 
 def read_image_folder(root: str | Path) -> tuple[list[TileRecord], DataInfo]:
@@ -158,13 +195,14 @@ def join_store_records(images: Iterable[tuple[str, str, str | None, str, float |
     return records
 
 
-def discover(data: str | Path) -> tuple[list[TileRecord], DataInfo]:
-    """Pick the source from what the folder holds (tiles.csv -> export, else ImageFolder)."""
+def discover(data: str | Path, label_mode: str = "tile") -> tuple[list[TileRecord], DataInfo]:
+    """Pick the source from what the folder holds (tiles.csv -> export, else ImageFolder).
+    ``label_mode`` applies to a tiles export (an ImageFolder's labels are per file)."""
     data = Path(data)
     if not data.exists():
         raise DataError(f"data folder not found: {data}")
     if (data / "tiles.csv").is_file():
-        return read_tiles_export(data)
+        return read_tiles_export(data, label_mode)
     return read_image_folder(data)
 
 

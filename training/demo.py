@@ -1,7 +1,12 @@
 """A small real model for ``make demo``: minutes on a laptop CPU, cached by data hash.
 
-Its numbers are those of a few epochs on demo data; the metrics inside the ONNX say so,
-and the demo should not present them as the product's accuracy.
+Its numbers are those of a few minutes of training on demo data; the metrics inside the ONNX
+say so, and the demo should not present them as the product's accuracy.
+
+Defaults (see docs/training.md, "Recipe"): resnet18 on the simulator's 224 px tiles shrunk
+to 96 px (2.9 µm/px: several cells of context per tile), every tile labelled with its well's
+fate (``label_mode="well"``, as end-point stains label a well in the product), trained on
+tiles from 24 h on (earlier tiles carry almost no fate signal by construction).
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from nscmonitor.training import data as D
 
 
 def demo_model(out_dir: str | Path, tiles_dir: str | Path, *, scheme: str = "multiclass", arch: str = "resnet18",
-               image_size: int | None = 64, epochs: int = 4, batch_size: int = 64, threads: int = 0,
-               force: bool = False, progress: bool = True) -> Path:
+               image_size: int | None = 96, epochs: int = 20, batch_size: int = 32, threads: int = 0,
+               force: bool = False, progress: bool = True, lr: float = 1e-3, label_mode: str = "well",
+               min_train_h: float | None = 24.0) -> Path:
     """Train ``arch`` on ``tiles_dir`` into ``out_dir`` and return ``out_dir/model.onnx``.
 
     A model already there trained on the same data (same data hash, scheme and arch) is
@@ -24,18 +30,19 @@ def demo_model(out_dir: str | Path, tiles_dir: str | Path, *, scheme: str = "mul
     out = Path(out_dir)
     onnx_path = out / "model.onnx"
     if onnx_path.is_file() and not force:
-        records, _ = D.discover(tiles_dir)
+        records, _ = D.discover(tiles_dir, label_mode)
         records, _ = D.for_scheme(records, scheme)
         dhash = D.data_hash(D.assign_splits(records, seed=0))
         try:
             md = read_onnx_metadata(onnx_path)
-            if md.data_hash == dhash and md.scheme == scheme and md.arch == arch:
+            if (md.data_hash == dhash and md.scheme == scheme and md.arch == arch
+                    and (md.extra or {}).get("label_mode", "tile") == label_mode):
                 return onnx_path
         except MetadataError:
             pass
     from nscmonitor.training.train import TrainConfig, main
 
     main(TrainConfig(data=str(tiles_dir), out=str(out), scheme=scheme, arch=arch, image_size=image_size,
-                     epochs=epochs, batch_size=batch_size, lr=2e-3, warmup_epochs=0.5, threads=threads,
-                     patience=epochs, progress=progress))
+                     epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=1.0, threads=threads,
+                     patience=epochs, progress=progress, label_mode=label_mode, min_train_h=min_train_h))
     return onnx_path

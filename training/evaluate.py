@@ -136,7 +136,14 @@ def level_report(probs: np.ndarray, y: np.ndarray, hours: list, classes: Sequenc
     for b in [*bin_names(), "<0", "unknown"]:
         m = bins == b
         if m.any():
-            rep["by_time"][b] = {"n": int(m.sum()), "accuracy": float((pred[m] == y[m]).mean())}
+            rep["by_time"][b] = {"n": int(m.sum()), "accuracy": float((pred[m] == y[m]).mean()),
+                                 "balanced_accuracy": balanced_accuracy(y[m], pred[m], len(classes))}
+    hrs = np.asarray([np.nan if h is None else float(h) for h in hours])
+    rep["by_hour"] = {}
+    for h in sorted(set(hrs[~np.isnan(hrs)].tolist())):
+        m = hrs == h
+        rep["by_hour"][f"{h:g}"] = {"n": int(m.sum()), "accuracy": float((pred[m] == y[m]).mean()),
+                                    "balanced_accuracy": balanced_accuracy(y[m], pred[m], len(classes))}
     late = np.asarray([h is not None and h >= 48 for h in hours])
     rep["accuracy_from_48h"] = float((pred[late] == y[late]).mean()) if late.any() else None
     return rep
@@ -236,15 +243,16 @@ def _model_logits(model_path: Path, records: list[TileRecord], device: str):
 
 
 def evaluate_model(model: str | Path, data: str | Path, *, split: str = "test", out_dir: str | Path | None = None,
-                   device: str = "cpu") -> dict[str, Any]:
+                   device: str = "cpu", label_mode: str | None = None) -> dict[str, Any]:
     """``nscmonitor evaluate``: a run dir / checkpoint (torch) or model.onnx (ONNX Runtime) on
     labelled data. Data with a complete split column is evaluated on ``split``; data without
     one is taken whole (it is assumed to be held out, e.g. a new plate)."""
     from nscmonitor.training import data as D
 
     model = Path(model)
-    scheme = _scheme_of(model)
-    records, _ = D.discover(data)
+    scheme, trained_mode = _scheme_of(model)
+    label_mode = label_mode or trained_mode
+    records, _ = D.discover(data, label_mode)
     records, _ = D.for_scheme(records, scheme)
     if split != "all" and records and all(r.split in D.SPLITS for r in records):
         records = [r for r in records if r.split == split]
@@ -255,6 +263,7 @@ def evaluate_model(model: str | Path, data: str | Path, *, split: str = "test", 
     logits, y, recs, meta, temperature = _model_logits(model, records, device)
     report = full_report(logits, y, recs, meta["classes"], temperature)
     metrics = {"split": split, "data": str(data), "model": str(model), "temperature": temperature,
+               "label_mode": label_mode,
                "classes": list(meta["classes"]), "scheme": meta["scheme"], **report}
     out = Path(out_dir) if out_dir else (model if model.is_dir() else model.parent)
     out.mkdir(parents=True, exist_ok=True)
@@ -263,9 +272,12 @@ def evaluate_model(model: str | Path, data: str | Path, *, split: str = "test", 
     return metrics
 
 
-def _scheme_of(model: Path) -> str:
+def _scheme_of(model: Path) -> tuple[str, str]:
+    """(scheme, label mode the model was trained with; 'tile' for older models)."""
     if model.suffix == ".onnx":
         from nscmonitor.engines.metadata import read_onnx_metadata
-        return read_onnx_metadata(model).scheme
+        md = read_onnx_metadata(model)
+        return md.scheme, (md.extra or {}).get("label_mode") or "tile"
     from nscmonitor.training.export import load_checkpoint
-    return load_checkpoint(model)[1]["scheme"]
+    meta = load_checkpoint(model)[1]
+    return meta["scheme"], meta.get("label_mode") or "tile"

@@ -51,6 +51,7 @@ class TrainConfig:
     label_smoothing: float = 0.05
     balance: str = "weights"
     min_train_h: float | None = None
+    label_mode: str = "well"
     patience: int = 6
     device: str = "cpu"
     amp: bool = True
@@ -92,7 +93,7 @@ class Split:
 
 
 def prepare_data(cfg: TrainConfig) -> tuple[dict[str, Split], D.DataInfo, list[str], str]:
-    records, info = D.discover(cfg.data)
+    records, info = D.discover(cfg.data, cfg.label_mode)
     classes = list(D.scheme_classes(cfg.scheme))
     records, notes = D.for_scheme(records, cfg.scheme)
     for n in notes:
@@ -228,7 +229,8 @@ def run_metadata(cfg: TrainConfig, info: D.DataInfo, classes: list[str], dhash: 
             "tile_size": cfg.tile_size, "pixel_size_um": px, "data_hash": dhash,
             "normalization": {"p_low": D.P_LOW, "p_high": D.P_HIGH, "mean": GREY_MEAN, "std": GREY_STD},
             "stem": "grey replicated to 3 channels in training; folded into conv1 at export",
-            "temperature": 1.0, "source": info.source, "source_pixel_size_um": info.pixel_size_um}
+            "temperature": 1.0, "source": info.source, "source_pixel_size_um": info.pixel_size_um,
+            "label_mode": cfg.label_mode}
 
 
 def checkpoint(model, optimizer, scheduler, scaler, epoch: int, meta: dict, state: dict) -> dict[str, Any]:

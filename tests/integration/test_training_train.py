@@ -161,3 +161,11 @@ def test_simulator_export_trains_and_exports(tmp_path):
     md = read_onnx_metadata(tmp_path / "r" / "model.onnx")
     assert md.scheme == "multiclass" and md.pixel_size_um == pytest.approx(1.24)
     assert metrics["split"] == "test" and metrics["well"]["n"] > 0
+    # default label_mode "well": every tile of a well carries its condition's fate, and the
+    # ONNX says so, so `nscmonitor evaluate` judges it against the same truth
+    assert md.extra["label_mode"] == "well"
+    recs, _ = D.discover(tmp_path / "sim", "well")
+    fates = {}
+    for r in recs:
+        fates.setdefault(r.well_key, set()).add(r.label)
+    assert all(len(f) == 1 for f in fates.values())

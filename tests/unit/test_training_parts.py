@@ -37,8 +37,10 @@ def test_image_and_well_levels_average_tiles_and_bin_by_time():
     p_well, _, h_well = E.aggregate(probs, y, recs, "well")
     assert len(p_well) == 3 and p_well[0] == pytest.approx([(0.9 + 0.3 + 0.4) / 3, (0.1 + 0.7 + 0.6) / 3])
     rep = E.level_report(p_well, np.array([0, 0, 1]), h_well, ["neuron", "glia"])
-    assert rep["by_time"]["0-12"] == {"n": 1, "accuracy": 1.0}
-    assert rep["by_time"]["48-72"] == {"n": 2, "accuracy": 1.0}
+    assert rep["by_time"]["0-12"] == {"n": 1, "accuracy": 1.0, "balanced_accuracy": 1.0}
+    assert rep["by_time"]["48-72"] == {"n": 2, "accuracy": 1.0, "balanced_accuracy": 1.0}
+    assert rep["by_hour"] == {"6": {"n": 1, "accuracy": 1.0, "balanced_accuracy": 1.0},
+                              "50": {"n": 2, "accuracy": 1.0, "balanced_accuracy": 1.0}}
     assert rep["accuracy_from_48h"] == 1.0 and rep["roc_auc"] == 1.0
     assert [E.time_bin(h) for h in (0, 11.9, 12, 47, 48, 72, 500, -1, None)] == [
         "0-12", "0-12", "12-24", "24-48", "48-72", "72+", "72+", "<0", "unknown"]
