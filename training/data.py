@@ -52,6 +52,9 @@ class TileRecord:
     condition: str = ""
     split: str | None = None
     fractions: dict[str, float] = dc_field(default_factory=dict, compare=False, hash=False)
+    #: the well's neuron-vs-glia answer when its fate mixture is known (well label mode):
+    #: a mixed well whose 4-class winner is "neuron" can still be glia-majority
+    binary: str | None = dc_field(default=None, compare=False, hash=False)
 
     @property
     def well_key(self) -> tuple[str, str, str]:
@@ -128,7 +131,7 @@ def well_labels(records: Sequence[TileRecord], conditions: dict[str, dict]) -> l
     tile labels over all time points. Per-tile fractions are kept for reference."""
     classes = list(MULTICLASS)
 
-    def cond_label(name: str) -> str | None:
+    def cond_fractions(name: str) -> list[float] | None:
         fr = (conditions.get(name) or {}).get("fractions")
         if fr is None:
             try:
@@ -136,8 +139,23 @@ def well_labels(records: Sequence[TileRecord], conditions: dict[str, dict]) -> l
             except ImportError:  # pragma: no cover - simulator is part of the package
                 return None
             c = DEFAULT_CONDITIONS.get(name)
-            return c.label if c else None
-        return classes[int(np.argmax(fr))]
+            return list(c.fractions) if c else None
+        return list(fr)
+
+    def cond_label(name: str) -> str | None:
+        fr = cond_fractions(name)
+        return classes[int(np.argmax(fr))] if fr is not None else None
+
+    def cond_binary(name: str) -> str | None:
+        """Neuron vs glia from the summed shares (undifferentiated cells have no side)."""
+        fr = cond_fractions(name)
+        if fr is None:
+            return None
+        share = dict(zip(classes, fr))
+        neuron, glia = share["neuron"], sum(share[c] for c in GLIA)
+        if max(neuron, glia) < share["undifferentiated"]:
+            return None
+        return "neuron" if neuron > glia else "glia"
 
     votes: dict[tuple, Counter] = defaultdict(Counter)
     for r in records:
@@ -145,7 +163,8 @@ def well_labels(records: Sequence[TileRecord], conditions: dict[str, dict]) -> l
     out = []
     for r in records:
         lab = cond_label(r.condition) if r.condition else None
-        out.append(replace(r, label=lab or votes[r.well_key].most_common(1)[0][0]))
+        out.append(replace(r, label=lab or votes[r.well_key].most_common(1)[0][0],
+                           binary=cond_binary(r.condition) if r.condition else None))
     return out
 
 
@@ -210,7 +229,7 @@ def for_scheme(records: Sequence[TileRecord], scheme: str) -> tuple[list[TileRec
     """Map labels to the scheme and keep the order of ``scheme_classes``; returns (kept, notes)."""
     kept, dropped = [], Counter()
     for r in records:
-        lab = scheme_label(r.label, scheme)
+        lab = r.binary if scheme == "binary" and r.binary is not None else scheme_label(r.label, scheme)
         if lab is None:
             dropped[r.label] += 1
         else:

@@ -56,3 +56,13 @@ def test_well_mode_prefers_the_conditions_written_in_tiles_json(tmp_path):
 def test_unknown_label_mode_is_refused(tmp_path):
     with pytest.raises(D.DataError, match="label_mode"):
         D.discover(_export(tmp_path / "d"), label_mode="plate")
+
+
+def test_binary_well_label_follows_the_neuron_vs_glia_shares(tmp_path):
+    """A 'mixed' well (0.36 neuron vs 0.42 glia) wins 'neuron' among four classes but is
+    glia-majority: in the binary scheme it is glia; a neuron-directed well stays neuron."""
+    recs, _ = D.discover(_export(tmp_path / "d"), label_mode="well")
+    multi = {r.well: r.label for r in D.for_scheme(recs, "multiclass")[0]}
+    binary = {r.well: r.label for r in D.for_scheme(recs, "binary")[0]}
+    assert multi["B1"] == "neuron" and binary["B1"] == "glia"
+    assert binary["A1"] == "neuron"
