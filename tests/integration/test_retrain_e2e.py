@@ -65,7 +65,8 @@ image_size = 64
 tile_size = 64
 batch_size = 64
 lr = 0.003
-min_train_h = 24.0
+min_train_h = 48.0
+seed = 1
 {extra}
 ''')
     return cfg
@@ -76,7 +77,7 @@ def test_lifecycle_weak_model_retrained_promoted_rejected_failed_rolled_back(tmp
 
     watch = tmp_path / "plate"
     watch.mkdir()
-    cfg = write_config(tmp_path, watch, epochs=8)
+    cfg = write_config(tmp_path, watch, epochs=12)
     settings = load_settings(cfg, env={})
     engine = make_engine(settings.database_url)
     reg = Registry(settings.models_dir, engine)
@@ -122,7 +123,13 @@ def test_lifecycle_weak_model_retrained_promoted_rejected_failed_rolled_back(tmp
         sched.get_job(JOB_ID).modify(next_run_time=datetime.now(timezone.utc) - timedelta(seconds=1))
         sched.resume()
         def feed() -> None:
-            """Images keep arriving while the candidate trains, and after it takes over."""
+            """Images keep arriving while the candidate trains, and after it takes over. The
+            first waits for the training set to be written, so the candidate (and the test)
+            are the same on every run."""
+            end = time.monotonic() + 120
+            cfg_written = settings.models_dir / "retrain" / "run-0001" / "train.toml"
+            while not cfg_written.exists() and time.monotonic() < end:
+                time.sleep(0.05)
             half = len(late) // 2
             for f in late[:half]:
                 drop([f])
