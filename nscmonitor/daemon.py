@@ -4,7 +4,6 @@ Kept apart from the CLI so tests and benchmarks start the same daemon in-process
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import signal
 import threading
@@ -30,9 +29,10 @@ NO_MODEL = (
 def file_version(path: Path) -> str:
     """Version string of a model file used directly (not through the registry): its
     declared version plus a content hash, so two files that both say 'v1' stay apart."""
+    from nscmonitor.engines.enginefile import file_sha256
+
     meta = read_onnx_metadata(path)
-    h = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
-    return f"{meta.version}-{h}"
+    return f"{meta.version}-{file_sha256(path)[:8]}"
 
 
 def static_model_source(path: Path) -> ModelSource:

@@ -138,7 +138,7 @@ class Runner:
         return True
 
     # --- discovery ----------------------------------------------------------------------
-    def _discover(self, once: bool) -> None:
+    def _discover(self) -> None:
         for f in self.folders:
             tracker = self.trackers[f.root]
             w = f.watcher
@@ -300,16 +300,7 @@ class Runner:
 
     # --- the loop -----------------------------------------------------------------------
     def idle(self) -> bool:
-        from sqlalchemy import func, select
-
-        from nscmonitor.store import models as m
-
-        if any(len(t) for t in self.trackers.values()):
-            return False
-        with self.store.Session() as s:
-            n = s.scalar(select(func.count()).select_from(m.Image)
-                         .where(m.Image.status.in_(("pending", "failed", "processing"))))
-        return n == 0
+        return not any(len(t) for t in self.trackers.values()) and self._backlog() == 0
 
     def run(self, *, once: bool = False, progress: Callable[[int, int], None] | None = None) -> None:
         if self.daemon_id is None:
@@ -321,7 +312,7 @@ class Runner:
         last_beat = 0.0
         try:
             while not self.stop_event.is_set():
-                self._discover(once)
+                self._discover()
                 worked = self.process_batch()
                 now = self.clock()
                 if now - last_beat >= self.heartbeat_s:

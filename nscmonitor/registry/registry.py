@@ -9,7 +9,6 @@ re-activates the most recently retired version, so undoing a promotion is one co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import sessionmaker
 
+from nscmonitor.engines.enginefile import file_sha256
 from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
 from nscmonitor.errors import UserFacingError
 from nscmonitor.store import models as m
@@ -49,14 +49,6 @@ class ModelInfo:
 def _info(r: m.ModelVersion) -> ModelInfo:
     return ModelInfo(r.version, r.name, r.path, r.sha256, r.scheme, tuple(r.classes), r.state, r.labels_version,
                      dict((r.meta or {}).get("metrics", {})), _aware(r.created_at), _aware(r.activated_at))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Registry:
@@ -92,7 +84,7 @@ class Registry:
             meta = read_onnx_metadata(onnx_path)
         except MetadataError as exc:
             raise UserFacingError(f"refusing to register {onnx_path}: {exc}") from exc
-        sha = _sha256(onnx_path)
+        sha = file_sha256(onnx_path)
         version = version or f"{_slug(meta.version)}-{sha[:8]}"
         with self.Session() as s:
             if s.scalar(select(m.ModelVersion).where(m.ModelVersion.version == version)):
