@@ -55,6 +55,7 @@ class TrainConfig:
     patience: int = 6
     device: str = "cpu"
     amp: bool = True
+    channels_last: bool = True
     threads: int = 0
     weights: str | None = None
     resume: bool = False
@@ -140,8 +141,36 @@ def class_weights(y: np.ndarray, k: int) -> np.ndarray:
     return w / w[counts > 0].mean()
 
 
+def cpu_bf16_supported() -> bool:
+    """bf16 pays on the CPU only with native bf16 units (AVX512-BF16 or AMX); elsewhere oneDNN
+    emulates it and training gets slower, so the answer decides whether ``amp`` uses it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError) as exc:
+        log.info("cannot tell whether this CPU has bf16 units (%s): training in fp32", exc)
+        return False
+
+
+def amp_dtype(cfg: TrainConfig, device) -> torch.dtype | None:
+    """Mixed precision for training and validation: fp16 with a loss scaler on CUDA, bf16 (no
+    scaler needed: fp32's exponent range) on CPUs with bf16 units, else none. Weights, the
+    temperature fit, the test report and the export stay fp32."""
+    if not cfg.amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _to_model_layout(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
 def train_one_epoch(model, criterion, optimizer, scheduler, split: Split, device, epoch: int,
-                    cfg: TrainConfig, scaler=None, sample_weights=None, progress=None) -> dict[str, float]:
+                    cfg: TrainConfig, scaler=None, sample_weights=None, progress=None,
+                    dtype: torch.dtype | None = None) -> dict[str, float]:
     model.train()
     aug = AugmentConfig(**cfg.augment)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -149,9 +178,9 @@ def train_one_epoch(model, criterion, optimizer, scheduler, split: Split, device
     task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches, loss=float("nan")) if progress else None
     total, seen, correct = 0.0, 0, 0
     for x, y in batches(split, cfg.batch_size, shuffle=True, weights=sample_weights, seed=cfg.seed * 1000 + epoch):
-        x = augment(x, aug, gen).to(device, non_blocking=True)
+        x = _to_model_layout(augment(x, aug, gen).to(device, non_blocking=True), cfg)
         y = y.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=scaler is not None):
+        with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x)
             loss = criterion(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -174,20 +203,25 @@ def train_one_epoch(model, criterion, optimizer, scheduler, split: Split, device
 
 
 @torch.no_grad()
-def predict_logits(model, x: np.ndarray, device, batch_size: int = 128) -> np.ndarray:
+def predict_logits(model, x: np.ndarray, device, batch_size: int = 128, dtype: torch.dtype | None = None,
+                   channels_last: bool = False) -> np.ndarray:
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
         xb = torch.from_numpy(x[i:i + batch_size].astype(np.float32)).unsqueeze(1).to(device)
-        out.append(model(xb).float().cpu().numpy())
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out.append(model(xb).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def evaluate(model, criterion, split: Split, device, batch_size: int = 128) -> dict[str, float]:
+def evaluate(model, criterion, split: Split, device, batch_size: int = 128, dtype: torch.dtype | None = None,
+             channels_last: bool = False) -> dict[str, float]:
     """Validation loss, accuracy and balanced accuracy (the early-stopping score)."""
     from nscmonitor.training.evaluate import balanced_accuracy
 
-    logits = predict_logits(model, split.x, device, batch_size)
+    logits = predict_logits(model, split.x, device, batch_size, dtype, channels_last)
     y = split.y
     loss = float(criterion(torch.from_numpy(logits).to(device), torch.from_numpy(y).to(device)).item())
     pred = logits.argmax(1)
@@ -282,6 +316,8 @@ def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, devic
         skipped = load_weights(model, cfg.weights)
         print(f"loaded {cfg.weights} (new or reshaped: {', '.join(skipped) or 'none'})")
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     cw = class_weights(splits["train"].y, len(classes))
     use_w = cfg.balance == "weights"
     criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32, device=device) if use_w else None,
@@ -289,7 +325,10 @@ def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, devic
     val_criterion = torch.nn.CrossEntropyLoss()
     steps = math.ceil(len(splits["train"].y) / cfg.batch_size)
     optimizer, scheduler = build_optim(model, cfg, steps)
-    scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and cfg.amp) else None
+    dtype = amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    print(f"precision: {'mixed ' + str(dtype).removeprefix('torch.') if dtype else 'fp32'} on {device.type}"
+          + (", channels-last" if cfg.channels_last else ""))
     state = {"start_epoch": 0, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     if cfg.resume and (out / "last.pt").is_file():
         state = _resume(out, model, optimizer, scheduler, scaler, meta["data_hash"])
@@ -301,8 +340,8 @@ def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, devic
                 break
             t0 = time.perf_counter()
             tr = train_one_epoch(model, criterion, optimizer, scheduler, splits["train"], device, epoch, cfg,
-                                 scaler, sw, progress)
-            va = evaluate(model, val_criterion, splits["val"], device)
+                                 scaler, sw, progress, dtype)
+            va = evaluate(model, val_criterion, splits["val"], device, dtype=dtype, channels_last=cfg.channels_last)
             secs = time.perf_counter() - t0
             state["history"].append({"epoch": epoch, "train": tr, "val": va, "seconds": secs})
             score = va["balanced_accuracy"] - 1e-3 * va["loss"]
@@ -373,7 +412,9 @@ def main(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     print(f"tiles per class {classes}: " + ", ".join(f"{s} {c}" for s, c in counts.items())
           + f"  (loaded in {time.perf_counter() - t0:.1f} s; data {dhash[:19]})")
     meta = run_metadata(cfg, info, classes, dhash)
-    resolved = {**dataclasses.asdict(cfg), "data_hash": dhash, "classes": classes, "pixel_size_um": meta["pixel_size_um"],
+    dtype = amp_dtype(cfg, device)
+    resolved = {**dataclasses.asdict(cfg), "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
+                "data_hash": dhash, "classes": classes, "pixel_size_um": meta["pixel_size_um"],
                 "torch": torch.__version__, "counts": counts}
     tmp = out / "config.json.part"
     tmp.write_text(json.dumps(resolved, indent=2))

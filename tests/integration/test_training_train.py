@@ -18,7 +18,7 @@ from nscmonitor.engines.ort import OrtCpuEngine
 from nscmonitor.training import data as D
 from nscmonitor.training.export import check_parity, load_checkpoint
 from nscmonitor.training.synthetic import render_tile, write_synthetic_tiles
-from nscmonitor.training.train import TrainConfig, main
+from nscmonitor.training.train import TrainConfig, cpu_bf16_supported, main
 
 torch.set_num_threads(1)
 
@@ -56,6 +56,7 @@ def test_run_dir_holds_atomic_artefacts_and_resolved_config(run):
     assert not list(out.glob("*.part"))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["arch"] == "tiny" and cfg["image_size"] == 32 and cfg["data_hash"].startswith("sha256:")
+    assert cfg["precision"] == ("bfloat16" if cpu_bf16_supported() else "float32")
     ck = torch.load(out / "best.pt", weights_only=True)
     assert ck.keys() >= {"state_dict", "arch", "num_classes", "classes", "epoch", "optimizer", "scheduler", "metadata"}
     assert json.loads(ck["metadata"])["temperature"] > 0
