@@ -48,7 +48,21 @@ def _cls(name: str) -> str:
 
 def import_labels(engine: Engine, path: Path, *, tolerance: float = 0.02) -> tuple[int, int]:
     """Returns (label set version, number of wells labelled)."""
-    path = Path(path)
+    raw, rows = _parse(engine, Path(path), tolerance)
+    return _save(engine, [(wid, label, fr) for wid, label, fr, _ in rows], source=str(path),
+                 sha256=hashlib.sha256(raw).hexdigest(), what=Path(path).name)
+
+
+def read_label_file(engine: Engine, path: Path, *, tolerance: float = 0.02) -> list[WellLabel]:
+    """The same validation as ``import_labels``, without saving: for a one-off training run on
+    a label file (``nscmonitor train --labels``) that should not become the store's labels and
+    so start scheduled retraining. ``labels_version`` is 0 (not a stored label set)."""
+    _, rows = _parse(engine, Path(path), tolerance)
+    return [WellLabel(e, p, w, label, fr, 0) for _, label, fr, (e, p, w) in rows]
+
+
+def _parse(engine: Engine, path: Path, tolerance: float
+           ) -> tuple[bytes, list[tuple[int, str, dict[str, float] | None, tuple[str, str, str]]]]:
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -69,7 +83,7 @@ def import_labels(engine: Engine, path: Path, *, tolerance: float = 0.02) -> tup
     if problems:
         raise LabelFileError(path, problems)
     Session = sessionmaker(engine)
-    rows: list[tuple[int, str, dict[str, float] | None]] = []
+    rows: list[tuple[int, str, dict[str, float] | None, tuple[str, str, str]]] = []
     seen: dict[int, int] = {}
     with Session() as s:
         wells = {(e, p, w): wid for e, p, w, wid in s.execute(
@@ -108,12 +122,12 @@ def import_labels(engine: Engine, path: Path, *, tolerance: float = 0.02) -> tup
             if label not in KNOWN_CLASSES:
                 problems.append(f"line {line}: unknown class {r.get('label')!r} (known: {', '.join(KNOWN_CLASSES)})")
                 continue
-            rows.append((wid, label, fr))
+            rows.append((wid, label, fr, (exp, plate, wname)))
     if not rows and not problems:
         problems.append("the file holds no label rows")
     if problems:
         raise LabelFileError(path, problems)
-    return _save(engine, rows, source=str(path), sha256=hashlib.sha256(raw).hexdigest(), what=path.name)
+    return raw, rows
 
 
 def _save(engine: Engine, rows: list[tuple[int, str, dict[str, float] | None]], *, source: str, sha256: str,

@@ -29,6 +29,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-mode", choices=("well", "tile"),
                    help="simulator tiles: label each tile with its well's fate (well) or its cells' majority (tile)")
     p.add_argument("--min-train-h", type=float, help="train only on tiles at or after this many hours")
+    p.add_argument("--from-store", action="store_true",
+                   help="train on the database's scored images of the wells labelled with 'nscmonitor labels import' "
+                        "(--db, else the database of the global --config); every earlier image inherits its well's label")
+    p.add_argument("--labels", metavar="CSV",
+                   help="like --from-store, with end-point labels from this file (experiment,plate,well and label "
+                        "or frac_<class>) instead of the database's; the file is checked but not imported")
+    p.add_argument("--db", default=argparse.SUPPRESS, help="database URL for --from-store/--labels (overrides the config)")
+    p.add_argument("--tile-size", type=int,
+                   help="tile size in image px before resizing to --image-size (store data default: "
+                        "[retrain.train] tile_size, else the active model's field of view, else 224)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="metrics of a run dir, checkpoint or model.onnx on labelled data")
@@ -55,14 +65,38 @@ def _train(args: argparse.Namespace) -> int:
         args.train_config, data=args.data, scheme=args.scheme, out=args.out, epochs=args.epochs,
         image_size=args.image_size, arch=args.arch, batch_size=args.batch_size, lr=args.lr, device=args.device,
         weights=args.weights, threads=args.threads, resume=args.resume, export=args.export,
-        label_mode=args.label_mode, min_train_h=args.min_train_h)
+        label_mode=args.label_mode, min_train_h=args.min_train_h, tile_size=args.tile_size)
+    if args.from_store or args.labels:
+        if not cfg.out:
+            raise UserFacingError("train needs --out")
+        if args.data:
+            raise UserFacingError("--data and --from-store/--labels are two sources: give one")
+        cfg.data = str(_store_data(args, Path(cfg.out) / "data", cfg.tile_size))
     if not cfg.data or not cfg.out:
-        raise UserFacingError("train needs --data and --out (or both in --config)")
+        raise UserFacingError("train needs --data and --out (or both in --config), or --from-store/--labels")
     try:
         main(cfg)
     except FileNotFoundError as exc:
         raise UserFacingError(str(exc)) from exc
     return 0
+
+
+def _store_data(args: argparse.Namespace, data_dir: Path, tile_size: int | None) -> Path:
+    from nscmonitor.commands import settings_from
+    from nscmonitor.labels import read_label_file
+    from nscmonitor.schedule.retrain import store_dataset
+    from nscmonitor.store.db import ensure_schema, make_engine
+
+    settings = settings_from(args)
+    engine = make_engine(settings.database_url)
+    ensure_schema(engine)
+    labels = read_label_file(engine, Path(args.labels)) if args.labels else None
+    samples = store_dataset(settings, data_dir, labels=labels, tile_size=tile_size)
+    by_split = {k: sum(smp.split == k for smp in samples) for k in ("train", "val", "test")}
+    wells = len({(smp.experiment, smp.plate, smp.well) for smp in samples})
+    print(f"store data: {len(samples)} images of {wells} labelled wells ("
+          + ", ".join(f"{k} {v}" for k, v in by_split.items()) + f") -> {data_dir}")
+    return data_dir
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -27,8 +27,9 @@ from sqlalchemy.orm import sessionmaker
 from nscmonitor.config import Settings
 from nscmonitor.domain import GLIA
 from nscmonitor.engines.metadata import read_onnx_metadata
+from nscmonitor.errors import UserFacingError
 from nscmonitor.hooks import emit
-from nscmonitor.labels import current_labels, labels_version
+from nscmonitor.labels import WellLabel, current_labels, labels_version
 from nscmonitor.registry.registry import Registry
 from nscmonitor.schedule.gates import Decision, EvalResult, decide, evaluate_predictions
 from nscmonitor.store import models as m
@@ -93,9 +94,11 @@ def assign_well_splits(wells: list[tuple[str, str, str, str]]) -> dict[tuple[str
     return out
 
 
-def collect_samples(engine, *, up_to: int | None, channel: str | None = None) -> list[Sample]:  # noqa: ANN001
-    """Every scored, QC-passed image of a labelled well, with the well's label and split."""
-    labels = current_labels(engine, up_to)
+def collect_samples(engine, *, up_to: int | None, channel: str | None = None,  # noqa: ANN001
+                    labels: list[WellLabel] | None = None) -> list[Sample]:
+    """Every scored, QC-passed image of a labelled well, with the well's label and split.
+    ``labels`` default to the store's current ones (up to label set ``up_to``)."""
+    labels = current_labels(engine, up_to) if labels is None else labels
     by_well = {(lab.experiment, lab.plate, lab.well): lab for lab in labels}
     splits = assign_well_splits([(lab.experiment, lab.plate, lab.well, lab.label) for lab in labels])
     samples: list[Sample] = []
@@ -134,6 +137,29 @@ def write_dataset(samples: list[Sample], out_dir: Path, *, tile_size: int | None
                         *[fr.get(c, "") for c in classes], smp.split])
     (out_dir / "tiles.json").write_text(json.dumps({"pixel_size_um": pixel_size_um, "tile_size": tile_size,
                                                     "classes": list(classes), "source": "store"}))
+
+
+def store_dataset(settings: Settings, out_dir: Path, *, labels: list[WellLabel] | None = None,
+                  tile_size: int | None = None) -> list[Sample]:
+    """Source (c) for a hand-started training run (``nscmonitor train --from-store/--labels``):
+    the store's scored, QC-passed images of labelled wells, written as a tiles export in
+    ``out_dir`` that points at the originals. ``labels`` default to the store's current ones;
+    the tile size defaults as for scheduled retraining (``[retrain.train] tile_size``, else
+    the active model's field of view, else 224 px)."""
+    engine = make_engine(settings.database_url)
+    ensure_schema(engine)
+    if labels is None and labels_version(engine) is None:
+        raise UserFacingError("the database holds no labels: pass --labels FILE.csv or run "
+                              "'nscmonitor labels import FILE.csv' first")
+    samples = collect_samples(engine, up_to=None, labels=labels)
+    if not samples:
+        raise UserFacingError(f"no scored, QC-passed images of labelled wells in {settings.database_url}")
+    active = Registry(settings.models_dir, engine).active()
+    base_meta = read_onnx_metadata(active.path) if active and tile_size is None else None
+    tile, px = (tile_size, _tile_geometry(settings, [smp.path for smp in samples], None)[1]) if tile_size \
+        else _tile_geometry(settings, [smp.path for smp in samples], base_meta)
+    write_dataset(samples, Path(out_dir), tile_size=tile, pixel_size_um=px)
+    return samples
 
 
 def _tile_geometry(settings: Settings, samples_paths: list[str], base_meta) -> tuple[int, float | None]:  # noqa: ANN001
