@@ -101,7 +101,7 @@ def _store_data(args: argparse.Namespace, data_dir: Path, tile_size: int | None)
 
 def _evaluate(args: argparse.Namespace) -> int:
     from nscmonitor.engines.metadata import MetadataError
-    from nscmonitor.training.evaluate import evaluate_model, time_table
+    from nscmonitor.training.evaluate import condition_table, evaluate_model, time_table
 
     try:
         m = evaluate_model(args.model, args.data, split=args.split, out_dir=args.out, device=args.device,
@@ -111,6 +111,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{m['scheme']} model on {m['split']} tiles: accuracy tile {m['tile']['accuracy']:.3f}, "
           f"image {m['image']['accuracy']:.3f}, well {m['well']['accuracy']:.3f}")
     print(time_table(m))
+    if condition_table(m):
+        print(condition_table(m))
     return 0
 
 

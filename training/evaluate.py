@@ -83,6 +83,14 @@ def aggregate(probs: np.ndarray, y: np.ndarray, records: Sequence[TileRecord], l
     the cells they hold, so the tiles of one well need not agree."""
     if level == "tile":
         return probs, y, [r.elapsed_h for r in records]
+    idx = _groups(records, level)
+    k = probs.shape[1]
+    truth = [int(np.bincount(y[i], minlength=k).argmax()) for i in idx]
+    return (np.stack([probs[i].mean(axis=0) for i in idx]), np.asarray(truth, dtype=np.int64),
+            [records[i[0]].elapsed_h for i in idx])
+
+
+def _groups(records: Sequence[TileRecord], level: str) -> list[list[int]]:
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         t = r.timepoint if r.timepoint is not None else r.elapsed_h
@@ -91,11 +99,26 @@ def aggregate(probs: np.ndarray, y: np.ndarray, records: Sequence[TileRecord], l
         else:
             key = (r.experiment, r.plate, r.well, t)
         groups[key].append(i)
-    idx = list(groups.values())
+    return list(groups.values())
+
+
+def by_condition(probs: np.ndarray, y: np.ndarray, records: Sequence[TileRecord]) -> dict[str, dict[str, Any]]:
+    """Well-level accuracy per treatment condition (simulator exports name it): a headline
+    number hides which wells fail, and a mixed well whose fates are near a tie is a different
+    problem from a directed well read wrong."""
     k = probs.shape[1]
-    truth = [int(np.bincount(y[i], minlength=k).argmax()) for i in idx]
-    return (np.stack([probs[i].mean(axis=0) for i in idx]), np.asarray(truth, dtype=np.int64),
-            [records[i[0]].elapsed_h for i in idx])
+    acc: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # n, right, n from 48 h, right from 48 h
+    for i in _groups(records, "well"):
+        right = int(probs[i].mean(axis=0).argmax() == np.bincount(y[i], minlength=k).argmax())
+        h = records[i[0]].elapsed_h
+        a = acc[records[i[0]].condition or "-"]
+        a[0] += 1
+        a[1] += right
+        if h is not None and h >= 48:
+            a[2] += 1
+            a[3] += right
+    return {c: {"n": n, "accuracy": r / n, "n_from_48h": n48, "accuracy_from_48h": r48 / n48 if n48 else None}
+            for c, (n, r, n48, r48) in sorted(acc.items())}
 
 
 def balanced_accuracy(y: np.ndarray, pred: np.ndarray, k: int) -> float | None:
@@ -152,7 +175,10 @@ def level_report(probs: np.ndarray, y: np.ndarray, hours: list, classes: Sequenc
 def full_report(logits: np.ndarray, y: np.ndarray, records: Sequence[TileRecord], classes: Sequence[str],
                 temperature: float) -> dict[str, Any]:
     probs = softmax(logits, temperature)
-    return {lvl: level_report(*aggregate(probs, y, records, lvl), classes) for lvl in LEVELS}
+    report = {lvl: level_report(*aggregate(probs, y, records, lvl), classes) for lvl in LEVELS}
+    if any(r.condition for r in records):
+        report["well"]["by_condition"] = by_condition(probs, y, records)
+    return report
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, Any], name: str = "metrics.json") -> Path:
@@ -211,6 +237,18 @@ def time_table(report: dict[str, Any]) -> str:
         late = report[lvl]["accuracy_from_48h"]
         lines.append(f"| {lvl} | " + " | ".join(cells) + f" | {late:.3f} | {report[lvl]['accuracy']:.3f} |"
                      if late is not None else f"| {lvl} | " + " | ".join(cells) + f" | - | {report[lvl]['accuracy']:.3f} |")
+    return "\n".join(lines)
+
+
+def condition_table(report: dict[str, Any]) -> str:
+    """Markdown table of well-level accuracy per condition ('' when the data has none)."""
+    rows = report["well"].get("by_condition")
+    if not rows:
+        return ""
+    lines = ["| condition | wells x times | well accuracy | from 48 h |", "|---|---|---|---|"]
+    for c, r in rows.items():
+        late = "-" if r["accuracy_from_48h"] is None else f"{r['accuracy_from_48h']:.3f} (n={r['n_from_48h']})"
+        lines.append(f"| {c} | {r['n']} | {r['accuracy']:.3f} | {late} |")
     return "\n".join(lines)
 
 

@@ -384,6 +384,8 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
     E.write_metrics(out, metrics)
     E.write_figure(out / "evaluation.png", report, classes, f"{meta['arch']} {meta['scheme']} ({held} split)")
     print(E.time_table(report))
+    if E.condition_table(report):
+        print(E.condition_table(report))
     if cfg.export:
         from nscmonitor.training.export import export_onnx
 

@@ -46,6 +46,24 @@ def test_image_and_well_levels_average_tiles_and_bin_by_time():
         "0-12", "0-12", "12-24", "24-48", "48-72", "72+", "72+", "<0", "unknown"]
 
 
+def test_well_accuracy_by_condition_counts_wells_per_timepoint():
+    spec = [("A01", "neuron-directed", 24.0, [0.8, 0.2]), ("A01", "neuron-directed", 24.0, [0.6, 0.4]),
+            ("A01", "neuron-directed", 72.0, [0.3, 0.7]), ("B01", "mixed", 72.0, [0.45, 0.55]),
+            ("B01", "mixed", 72.0, [0.6, 0.4]), ("C01", "mixed", 96.0, [0.1, 0.9])]
+    recs = [TileRecord(f"t{i}", "neuron", plate="P", well=w, timepoint=int(h), elapsed_h=h, condition=c)
+            for i, (w, c, h, _) in enumerate(spec)]
+    probs = np.array([p for *_, p in spec])
+    y = np.zeros(len(spec), dtype=np.int64)
+    got = E.by_condition(probs, y, recs)
+    assert got["neuron-directed"] == {"n": 2, "accuracy": 0.5, "n_from_48h": 1, "accuracy_from_48h": 0.0}
+    assert got["mixed"] == {"n": 2, "accuracy": 0.5, "n_from_48h": 2, "accuracy_from_48h": 0.5}
+    report = E.full_report(np.log(probs), y, recs, ["neuron", "glia"], 1.0)
+    assert report["well"]["by_condition"] == got
+    assert "| mixed | 2 | 0.500 | 0.500 (n=2) |" in E.condition_table(report)
+    plain = [TileRecord(r.path, r.label, plate=r.plate, well=r.well, elapsed_h=r.elapsed_h) for r in recs]
+    assert "by_condition" not in E.full_report(np.log(probs), y, plain, ["neuron", "glia"], 1.0)["well"]
+
+
 def test_ece_is_zero_for_calibrated_certainty_and_large_for_confident_errors():
     y = np.array([0, 1, 0, 1])
     assert E.ece(np.eye(2)[y], y)[0] == pytest.approx(0.0)
