@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-all
 DEMO_DIR ?= demo-out
+DEMO_ARGS ?=   # e.g. DEMO_ARGS="--model runs/r50-mc/model.onnx" to score with a full training run's model
 
 .PHONY: test demo install lint bench gpu-check clean
 
@@ -27,7 +28,7 @@ test: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not gpu" --durations=15
 
 demo: $(STAMP)
-	$(PY) -m nscmonitor demo --out $(DEMO_DIR)
+	$(PY) -m nscmonitor demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/ingest.py

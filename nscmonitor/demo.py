@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from nscmonitor.errors import UserFacingError
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "DEMO-NSC"
@@ -31,7 +33,17 @@ def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def _model(out: Path, retrain: bool) -> Path:
+def _model(out: Path, retrain: bool, given: Path | None = None) -> Path:
+    """The given model (e.g. a full training run's model.onnx), checked before anything is
+    simulated, or the demo model trained once on simulator tiles and cached."""
+    if given is not None:
+        from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
+
+        try:
+            read_onnx_metadata(given)
+        except (MetadataError, OSError) as exc:
+            raise UserFacingError(f"--model {given}: not a usable nscmonitor model ({exc})") from exc
+        return given
     tiles = out / "tiles"
     if not (tiles / "tiles.csv").is_file():
         from rich.progress import Progress
@@ -73,7 +85,8 @@ def _gui_available() -> bool:
     return importlib.util.find_spec("PySide6") is not None and importlib.util.find_spec("nscmonitor.gui.cli") is not None
 
 
-def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain: bool, gui: str) -> int:
+def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain: bool, gui: str,
+             model: Path | None = None) -> int:
     from nscmonitor.config import parse_settings
     from nscmonitor.daemon import build_runner
     from nscmonitor.report.export import default_images_path, export_images, export_readouts
@@ -81,7 +94,7 @@ def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain:
     from nscmonitor.store.repo import Repo
 
     out.mkdir(parents=True, exist_ok=True)
-    model = _model(out, retrain)
+    model = _model(out, retrain, model)
     from nscmonitor.engines.metadata import read_onnx_metadata
 
     meta = read_onnx_metadata(model)
@@ -155,7 +168,7 @@ def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), speed=args.speed, hours=args.hours, interval=args.interval,
-                    retrain=args.retrain, gui=args.gui)
+                    retrain=args.retrain, gui=args.gui, model=Path(args.model) if args.model else None)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -166,6 +179,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hours", type=float, default=120.0, help="culture time to simulate (default 120 h)")
     p.add_argument("--interval", type=float, default=8.0, help="hours between scans (default 8)")
     p.add_argument("--retrain", action="store_true", help="train the demo model again even if one is cached")
+    p.add_argument("--model", help="score with this model.onnx (e.g. a full 'nscmonitor train' run's) instead of "
+                                   "training the small demo model")
     p.add_argument("--gui", choices=("auto", "window", "none"), default="auto",
                    help="open the dashboard (auto: when a display is there, else render a PNG at the end)")
     p.set_defaults(func=cmd_demo)

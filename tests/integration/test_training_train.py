@@ -170,3 +170,16 @@ def test_simulator_export_trains_and_exports(tmp_path):
     for r in recs:
         fates.setdefault(r.well_key, set()).add(r.label)
     assert all(len(f) == 1 for f in fates.values())
+
+
+def test_demo_scores_with_a_given_model_and_refuses_a_bad_one(run, tmp_path, capsys):
+    from nscmonitor.demo import _model
+
+    out, _ = run
+    assert _model(tmp_path, retrain=False, given=out / "model.onnx") == out / "model.onnx"
+    assert not (tmp_path / "tiles").exists()  # nothing rendered, nothing trained
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    assert cli_main(["demo", "--out", str(tmp_path / "d"), "--model", str(bad)]) != 0
+    assert "not a usable nscmonitor model" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "plate").exists()
