@@ -147,15 +147,12 @@ def well_labels(records: Sequence[TileRecord], conditions: dict[str, dict]) -> l
         return classes[int(np.argmax(fr))] if fr is not None else None
 
     def cond_binary(name: str) -> str | None:
-        """Neuron vs glia from the summed shares (undifferentiated cells have no side)."""
         fr = cond_fractions(name)
         if fr is None:
             return None
-        share = dict(zip(classes, fr))
-        neuron, glia = share["neuron"], sum(share[c] for c in GLIA)
-        if max(neuron, glia) < share["undifferentiated"]:
-            return None
-        return "neuron" if neuron > glia else "glia"
+        from nscmonitor.simulate.culture import Condition
+
+        return Condition(name, tuple(float(v) for v in fr)).binary
 
     votes: dict[tuple, Counter] = defaultdict(Counter)
     for r in records:

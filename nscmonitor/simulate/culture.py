@@ -56,6 +56,16 @@ class Condition:
     def label(self) -> str:
         return MULTICLASS[int(np.argmax(self.fractions))]
 
+    @property
+    def binary(self) -> str | None:
+        """Neuron vs glia from the summed shares (science.md: P(neuron) vs P(astrocyte) +
+        P(oligodendrocyte)), so a 'mixed' well whose 4-class winner is neuron is glia here.
+        None when undifferentiated cells outnumber both sides: such a well has no answer."""
+        neuron, astro, oligo, undiff = self.fractions
+        if max(neuron, astro + oligo) < undiff:
+            return None
+        return "neuron" if neuron > astro + oligo else "glia"
+
 
 DEFAULT_CONDITIONS: dict[str, Condition] = {
     c.name: c

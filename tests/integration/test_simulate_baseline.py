@@ -29,3 +29,21 @@ def test_accuracy_is_near_chance_at_induction_and_rises_with_time(tmp_path, seed
     assert acc[48.0] > acc[0.0] + 0.04
     assert acc[120.0] > chance + 0.2
     assert acc[120.0] > acc[0.0] + 0.15
+
+
+def test_well_truth_and_binary_scheme_follow_the_conditions(tmp_path):
+    from nscmonitor.simulate.culture import DEFAULT_CONDITIONS
+
+    assert {n: c.binary for n, c in DEFAULT_CONDITIONS.items()} == {
+        "neuron-directed": "neuron", "astrocyte-directed": "glia", "oligodendrocyte-directed": "glia",
+        "mixed": "glia", "undifferentiated": None, "neuron-low-dose": "neuron"}
+    export_tiles(tmp_path, plates=2, hours=(0, 120), seed=3, wells_per_condition=3, tile_size=160)
+    rows = {r["elapsed_h"]: r for r in evaluate(tmp_path, truth="well", scheme="binary")}
+    late = rows[120.0]
+    assert set(late["recall"]) == {"glia", "neuron"} and late["chance"] == 0.5
+    # undifferentiated wells have no neuron-vs-glia answer: 4 of 5 conditions x 3 test wells
+    assert late["n_test_wells"] == 12
+    assert 0.0 <= late["well_accuracy"] <= 1.0 and late["n_test"] == 12 * 4  # 4 tiles per well, 1 field
+    multi = {r["elapsed_h"]: r for r in evaluate(tmp_path, truth="well")}
+    assert multi[120.0]["n_test_wells"] == 15 and set(multi[120.0]["recall"]) == {
+        "astrocyte", "neuron", "oligodendrocyte", "undifferentiated"}
