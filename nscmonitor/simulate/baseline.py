@@ -66,13 +66,18 @@ def _truths(root: Path, truth: str, scheme: str):
     return label
 
 
-def evaluate(tiles_dir: str | Path, *, truth: str = "tile", scheme: str = "multiclass") -> list[dict]:
+def evaluate(tiles_dir: str | Path, *, truth: str = "tile", scheme: str = "multiclass",
+             pooled_from: float | None = None) -> list[dict]:
     """Per time point: n_train, n_test, accuracy, balanced accuracy, chance, per-class recall
     (tiles), and the well-level accuracy of the mean probability over a well's test tiles.
 
     ``truth="tile"`` labels a tile with the majority fate of its cells; ``"well"`` with its
     well's fate (the condition's dominant class, or neuron vs glia for ``scheme="binary"``),
-    the truth the ResNet models are trained and judged on (docs/training.md)."""
+    the truth the ResNet models are trained and judged on (docs/training.md).
+
+    By default one classifier is fitted per time point, so it is told the hour. With
+    ``pooled_from`` one classifier is fitted on every train/val tile from that hour on and
+    scored per time point: the information a tile classifier without a time input has."""
     import tifffile
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, recall_score
@@ -89,6 +94,14 @@ def evaluate(tiles_dir: str | Path, *, truth: str = "tile", scheme: str = "multi
                 continue
             by_hour[float(r["elapsed_h"])].append(
                 (tile_features(tifffile.imread(root / r["path"])), lab, r["split"], (r["plate"], r["well"])))
+    def fit(items: list) -> object:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000, class_weight="balanced"))
+        return model.fit(np.array([f for f, _, _, _ in items]), [y for _, y, _, _ in items])
+
+    pooled, n_pooled = None, 0
+    if pooled_from is not None:
+        train = [it for h, items in by_hour.items() if h >= pooled_from for it in items if it[2] != "test"]
+        pooled, n_pooled = fit(train), len(train)
     rows = []
     for hour in sorted(by_hour):
         items = by_hour[hour]
@@ -96,10 +109,8 @@ def evaluate(tiles_dir: str | Path, *, truth: str = "tile", scheme: str = "multi
         te = [(f, y, w) for f, y, s, w in items if s == "test"]
         if not tr or not te or len({y for _, y in tr}) < 2:
             continue
-        xtr, ytr = np.array([f for f, _ in tr]), [y for _, y in tr]
         xte, yte = np.array([f for f, _, _ in te]), [y for _, y, _ in te]
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000, class_weight="balanced"))
-        model.fit(xtr, ytr)
+        model = pooled or fit([it for it in items if it[2] != "test"])
         pred = model.predict(xte)
         classes = sorted(set(yte))
         rec = recall_score(yte, pred, labels=classes, average=None, zero_division=0)
@@ -110,7 +121,7 @@ def evaluate(tiles_dir: str | Path, *, truth: str = "tile", scheme: str = "multi
         w_true = [Counter(yte[i] for i in idx).most_common(1)[0][0] for idx in wells.values()]
         w_pred = [model.classes_[int(proba[idx].mean(axis=0).argmax())] for idx in wells.values()]
         rows.append({
-            "elapsed_h": hour, "n_train": len(tr), "n_test": len(te),
+            "elapsed_h": hour, "n_train": n_pooled if pooled else len(tr), "n_test": len(te),
             "accuracy": float(np.mean(pred == np.array(yte))),
             "balanced_accuracy": float(balanced_accuracy_score(yte, pred)),
             "chance": 1.0 / len(classes), "recall": dict(zip(classes, (float(v) for v in rec))),
@@ -153,18 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truth", choices=("tile", "well"), default="tile",
                     help="tile: majority fate of the tile's cells; well: the well's fate (as the models are trained)")
     ap.add_argument("--scheme", choices=("multiclass", "binary"), default="multiclass")
+    ap.add_argument("--pooled-from", type=float, metavar="H",
+                    help="one classifier for all tiles from H hours on instead of one per time point")
     args = ap.parse_args(argv)
     hours = (0, 12, 24, 48, 72, 96, 120)
     t0 = time.perf_counter()
     command = "python -m nscmonitor.simulate.baseline " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.data:
-        rows = evaluate(args.data, truth=args.truth, scheme=args.scheme)
-        params = f"export {args.data}, {args.truth} truth, {args.scheme}, {time.perf_counter() - t0:.0f} s"
+        rows = evaluate(args.data, truth=args.truth, scheme=args.scheme, pooled_from=args.pooled_from)
+        fitted = "one classifier per time point" if args.pooled_from is None else \
+            f"one classifier for all tiles from {args.pooled_from:g} h"
+        params = f"export {args.data}, {args.truth} truth, {args.scheme}, {fitted}, {time.perf_counter() - t0:.0f} s"
     else:
         with tempfile.TemporaryDirectory() as tmp:
             export_tiles(tmp, plates=args.plates, hours=hours, seed=args.seed,
                          wells_per_condition=args.wells_per_condition)
-            rows = evaluate(tmp, truth=args.truth, scheme=args.scheme)
+            rows = evaluate(tmp, truth=args.truth, scheme=args.scheme, pooled_from=args.pooled_from)
         params = (f"seed {args.seed}, {args.plates} plates, {args.wells_per_condition} wells per condition x 5 "
                   f"conditions, 1 field, 2x2 tiles of 224 px at 1.24 um/px, {args.truth} truth, {args.scheme}, "
                   f"{time.perf_counter() - t0:.0f} s")

@@ -47,3 +47,7 @@ def test_well_truth_and_binary_scheme_follow_the_conditions(tmp_path):
     multi = {r["elapsed_h"]: r for r in evaluate(tmp_path, truth="well")}
     assert multi[120.0]["n_test_wells"] == 15 and set(multi[120.0]["recall"]) == {
         "astrocyte", "neuron", "oligodendrocyte", "undifferentiated"}
+    pooled = {r["elapsed_h"]: r for r in evaluate(tmp_path, truth="well", pooled_from=100)}
+    assert pooled[0.0]["n_train"] == pooled[120.0]["n_train"] == multi[120.0]["n_train"]  # fitted on 120 h only
+    scores = ("accuracy", "balanced_accuracy", "recall", "well_accuracy")
+    assert [pooled[0.0][k] for k in scores] != [multi[0.0][k] for k in scores]  # ...and applied to 0 h tiles
