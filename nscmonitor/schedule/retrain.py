@@ -156,9 +156,8 @@ def store_dataset(settings: Settings, out_dir: Path, *, labels: list[WellLabel] 
         raise UserFacingError(f"no scored, QC-passed images of labelled wells in {settings.database_url}")
     active = Registry(settings.models_dir, engine).active()
     base_meta = read_onnx_metadata(active.path) if active and tile_size is None else None
-    tile, px = (tile_size, _tile_geometry(settings, [smp.path for smp in samples], None)[1]) if tile_size \
-        else _tile_geometry(settings, [smp.path for smp in samples], base_meta)
-    write_dataset(samples, Path(out_dir), tile_size=tile, pixel_size_um=px)
+    tile, px = _tile_geometry(settings, [smp.path for smp in samples], base_meta)
+    write_dataset(samples, Path(out_dir), tile_size=tile_size or tile, pixel_size_um=px)
     return samples
 
 
