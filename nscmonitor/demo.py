@@ -53,7 +53,7 @@ def _model(out: Path, retrain: bool, given: Path | None = None) -> Path:
         _say("rendering labelled training tiles from the simulator (once)")
         with Progress() as prog:
             task = prog.add_task("tiles", total=None)
-            export_tiles(tiles, plates=2, tile_size=224, seed=0, fields=2,
+            export_tiles(tiles, plates=2, tile_size=224, seed=0, fields=4,
                          progress=lambda done, total: prog.update(task, completed=done, total=total))
     try:
         from nscmonitor.training.demo import demo_model

@@ -333,8 +333,9 @@ def resize(tiles: np.ndarray, size: int) -> np.ndarray:
     f = (1, size / h, size / w)
     src = tiles
     if h >= 2 * size:
-        k = h // size
-        src = tiles[:, :h // k * k, :w // k * k].reshape(n, h // k, k, w // k, k).mean(axis=(2, 4))
+        from nscmonitor.pipeline.tiles import block_mean
+
+        src = block_mean(tiles, h // size)
         f = (1, size / src.shape[1], size / src.shape[2])
     out = zoom(src, f, order=1)
     return out[:, :size, :size].astype(np.float32)
