@@ -94,6 +94,7 @@ def evaluate(tiles_dir: str | Path, *, truth: str = "tile", scheme: str = "multi
                 continue
             by_hour[float(r["elapsed_h"])].append(
                 (tile_features(tifffile.imread(root / r["path"])), lab, r["split"], (r["plate"], r["well"])))
+
     def fit(items: list) -> object:
         model = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000, class_weight="balanced"))
         return model.fit(np.array([f for f, _, _, _ in items]), [y for _, y, _, _ in items])
@@ -137,7 +138,8 @@ def markdown(rows: list[dict], command: str, params: str) -> str:
             + [f"recall {c}" for c in classes] + ["test wells", "well acc.", "well balanced acc."])
     lines = ["# Classical baseline on simulated tiles", "",
              "Logistic regression on 15 texture features per tile (`nscmonitor/simulate/baseline.py`), trained "
-             "per time point on train+val wells, scored on held-out test wells (a whole plate). Balanced "
+             "on train+val wells (per time point unless the parameters below say pooled), scored on held-out "
+             "test wells (a whole plate). Balanced "
              "accuracy: mean per-class recall; chance = 1 / classes present. The fate signal is "
              "near-invisible at 0 h by construction and grows with commitment s(t). Well level: the mean "
              "class probability over a well's test tiles at that time point.", "",
