@@ -10,19 +10,10 @@ from nscmonitor.errors import UserFacingError
 
 
 def open_store(url: str):  # noqa: ANN201
-    """Read-only engine (``query_only``): the dashboard can never write, so it can never hold
-    the write lock the daemon needs. A missing SQLite file is an error, not a new database."""
-    from nscmonitor.store.db import SchemaError, ensure_schema, make_engine, sqlite_path
+    """The dashboard only reads: ``store.db.open_readonly`` (missing file or old schema = error)."""
+    from nscmonitor.store.db import open_readonly
 
-    path = sqlite_path(url)
-    if path is not None and not path.is_file():
-        raise UserFacingError(f"database not found: {path}. Start 'nscmonitor run' first, or pass --db URL")
-    engine = make_engine(url, readonly=True)
-    try:
-        ensure_schema(engine, create=False)
-    except SchemaError as exc:
-        raise UserFacingError(str(exc)) from exc
-    return engine
+    return open_readonly(url)
 
 
 def qt_app():  # noqa: ANN201

@@ -83,15 +83,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _store_data(args: argparse.Namespace, data_dir: Path, tile_size: int | None) -> Path:
     from nscmonitor.commands import settings_from
-    from nscmonitor.labels import read_label_file
     from nscmonitor.schedule.retrain import store_dataset
-    from nscmonitor.store.db import ensure_schema, make_engine
 
-    settings = settings_from(args)
-    engine = make_engine(settings.database_url)
-    ensure_schema(engine)
-    labels = read_label_file(engine, Path(args.labels)) if args.labels else None
-    samples = store_dataset(settings, data_dir, labels=labels, tile_size=tile_size)
+    samples = store_dataset(settings_from(args), data_dir, labels_file=Path(args.labels) if args.labels else None,
+                            tile_size=tile_size)
     by_split = {k: sum(smp.split == k for smp in samples) for k in ("train", "val", "test")}
     wells = len({(smp.experiment, smp.plate, smp.well) for smp in samples})
     print(f"store data: {len(samples)} images of {wells} labelled wells ("

@@ -129,39 +129,18 @@ def well_labels(records: Sequence[TileRecord], conditions: dict[str, dict]) -> l
     """Every tile takes its well's fate: the dominant class of the well's condition (from
     tiles.json ``conditions`` or the simulator's defaults), else the majority of the well's
     tile labels over all time points. Per-tile fractions are kept for reference."""
-    classes = list(MULTICLASS)
+    from nscmonitor.simulate.culture import export_conditions
 
-    def cond_fractions(name: str) -> list[float] | None:
-        fr = (conditions.get(name) or {}).get("fractions")
-        if fr is None:
-            try:
-                from nscmonitor.simulate.culture import DEFAULT_CONDITIONS
-            except ImportError:  # pragma: no cover - simulator is part of the package
-                return None
-            c = DEFAULT_CONDITIONS.get(name)
-            return list(c.fractions) if c else None
-        return list(fr)
-
-    def cond_label(name: str) -> str | None:
-        fr = cond_fractions(name)
-        return classes[int(np.argmax(fr))] if fr is not None else None
-
-    def cond_binary(name: str) -> str | None:
-        fr = cond_fractions(name)
-        if fr is None:
-            return None
-        from nscmonitor.simulate.culture import Condition
-
-        return Condition(name, tuple(float(v) for v in fr)).binary
+    conds = export_conditions(conditions)
 
     votes: dict[tuple, Counter] = defaultdict(Counter)
     for r in records:
         votes[r.well_key][r.label] += 1
     out = []
     for r in records:
-        lab = cond_label(r.condition) if r.condition else None
-        out.append(replace(r, label=lab or votes[r.well_key].most_common(1)[0][0],
-                           binary=cond_binary(r.condition) if r.condition else None))
+        cond = conds.get(r.condition)
+        out.append(replace(r, label=cond.label if cond else votes[r.well_key].most_common(1)[0][0],
+                           binary=cond.binary if cond else None))
     return out
 
 

@@ -29,11 +29,11 @@ from nscmonitor.domain import GLIA
 from nscmonitor.engines.metadata import read_onnx_metadata
 from nscmonitor.errors import UserFacingError
 from nscmonitor.hooks import emit
-from nscmonitor.labels import WellLabel, current_labels, labels_version
+from nscmonitor.labels import WellLabel, current_labels, labels_version, read_label_file
 from nscmonitor.registry.registry import Registry
 from nscmonitor.schedule.gates import Decision, EvalResult, decide, evaluate_predictions
 from nscmonitor.store import models as m
-from nscmonitor.store.db import ensure_schema, make_engine
+from nscmonitor.store.db import ensure_schema, make_engine, open_readonly
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +139,17 @@ def write_dataset(samples: list[Sample], out_dir: Path, *, tile_size: int | None
                                                     "classes": list(classes), "source": "store"}))
 
 
-def store_dataset(settings: Settings, out_dir: Path, *, labels: list[WellLabel] | None = None,
+def store_dataset(settings: Settings, out_dir: Path, *, labels_file: Path | None = None,
                   tile_size: int | None = None) -> list[Sample]:
     """Source (c) for a hand-started training run (``nscmonitor train --from-store/--labels``):
     the store's scored, QC-passed images of labelled wells, written as a tiles export in
-    ``out_dir`` that points at the originals. ``labels`` default to the store's current ones;
-    the tile size defaults as for scheduled retraining (``[retrain.train] tile_size``, else
-    the active model's field of view, else 224 px)."""
-    engine = make_engine(settings.database_url)
-    ensure_schema(engine)
+    ``out_dir`` that points at the originals. Labels come from ``labels_file`` (checked like
+    an import, not saved) or else the store's current ones. The database is only read: a
+    mistyped URL is an error, not a new empty database. The tile size defaults as for
+    scheduled retraining (``[retrain.train] tile_size``, else the active model's field of
+    view, else 224 px)."""
+    engine = open_readonly(settings.database_url)
+    labels = read_label_file(engine, labels_file) if labels_file is not None else None
     if labels is None and labels_version(engine) is None:
         raise UserFacingError("the database holds no labels: pass --labels FILE.csv or run "
                               "'nscmonitor labels import FILE.csv' first")

@@ -45,14 +45,12 @@ def _truths(root: Path, truth: str, scheme: str):
     """tiles.csv row -> label under ``truth`` and ``scheme`` (None: the row has no answer)."""
     import json
 
-    from nscmonitor.simulate.culture import DEFAULT_CONDITIONS, Condition
+    from nscmonitor.simulate.culture import export_conditions
 
     if truth not in ("tile", "well") or scheme not in ("multiclass", "binary"):
         raise ValueError(f"truth must be tile|well and scheme multiclass|binary, not {truth!r}/{scheme!r}")
     meta = json.loads((root / "tiles.json").read_text(encoding="utf-8")) if (root / "tiles.json").is_file() else {}
-    conds = dict(DEFAULT_CONDITIONS)
-    for name, c in (meta.get("conditions") or {}).items():
-        conds[name] = Condition(name, tuple(float(v) for v in c["fractions"]))
+    conds = export_conditions(meta.get("conditions"))
 
     def label(row: dict) -> str | None:
         if truth == "well":

@@ -80,6 +80,16 @@ DEFAULT_CONDITIONS: dict[str, Condition] = {
 }
 
 
+def export_conditions(entries: dict[str, dict] | None) -> dict[str, Condition]:
+    """The conditions a tiles export was rendered with: its tiles.json ``conditions``
+    (``asdict(Condition)`` entries) over the defaults, so labels follow what was rendered."""
+    out = dict(DEFAULT_CONDITIONS)
+    for name, c in (entries or {}).items():
+        if c.get("fractions") is not None:
+            out[name] = Condition(name, tuple(float(v) for v in c["fractions"]), bool(c.get("induced", True)))
+    return out
+
+
 @dataclass(frozen=True)
 class PlateMap:
     plate_format: int

@@ -55,6 +55,18 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def open_readonly(url: str) -> Engine:
+    """Read-only engine (``query_only``) on an existing database at the current schema, for
+    readers (the dashboard, training from the store): a reader never holds the write lock the
+    daemon needs, and a missing SQLite file is an error, not a new empty database."""
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise UserFacingError(f"database not found: {path}. Start 'nscmonitor run' first, or pass --db URL")
+    engine = make_engine(url, readonly=True)
+    ensure_schema(engine, create=False)
+    return engine
+
+
 def _alembic_config(engine_conn):  # noqa: ANN001
     from alembic.config import Config
 

@@ -136,3 +136,12 @@ def test_bad_label_file_is_refused_with_line_numbers(store_dir, tmp_path, capsys
     err = capsys.readouterr().err
     assert rc != 0 and "line 3" in err and "line 4" in err and "line 2" not in err
     assert not (tmp_path / "r" / "data" / "tiles.csv").exists()
+
+
+def test_a_mistyped_database_is_refused_and_not_created(tmp_path, capsys):
+    missing = tmp_path / "typo.db"
+    rc = cli_main(["train", "--db", f"sqlite:///{missing}", "--from-store", "--out", str(tmp_path / "r"),
+                   "--arch", "tiny"])
+    assert rc != 0 and "database not found" in capsys.readouterr().err
+    assert not missing.exists()
+    assert not (tmp_path / "r" / "data" / "tiles.csv").exists()
