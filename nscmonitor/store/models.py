@@ -231,3 +231,16 @@ class RetrainRun(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     numbers: Mapped[dict | None] = mapped_column(JSON)
     run_dir: Mapped[str | None] = mapped_column(Text)
+
+
+class ScheduleState(Base):
+    """What a scheduled job must remember across restarts, in plain columns (never a
+    pickled job: whoever can write the database must not be able to run code through it).
+    The job itself is rebuilt from the configuration at every start."""
+
+    __tablename__ = "schedule_state"
+    job_id: Mapped[str] = mapped_column(String(60), primary_key=True)
+    schedule: Mapped[str] = mapped_column(Text)
+    next_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status: Mapped[str | None] = mapped_column(String(20))
