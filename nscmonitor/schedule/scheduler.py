@@ -1,10 +1,13 @@
-"""APScheduler set-up: the retrain job persisted in the same database as everything else.
+"""APScheduler set-up: the retrain job is rebuilt from the configuration at every start.
+
+The job lives in APScheduler's in-memory store, never in a database job store: those
+unpickle their rows, so anyone able to write the database could run code as the daemon
+and one garbage row stopped it from starting. What must survive a restart (the planned
+next run, the last run and its outcome) is kept in plain columns of ``schedule_state``.
 
 coalesce: a daemon that was down for three scheduled runs retrains once, not three times;
 max_instances=1: a long training run is never started twice; misfire grace: a run that
 was due while the PC rebooted still happens when it comes back, within the grace time.
-The job's arguments are plain strings (config path, database URL), so a persisted job
-survives upgrades of the code it calls.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import logging
 import re
 from datetime import datetime, timezone
 
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from nscmonitor.config import Settings
+from nscmonitor.store.db import make_engine
+from nscmonitor.store.schedule import load_schedule_state, save_schedule_state
 
 log = logging.getLogger(__name__)
 JOB_ID = "nscmonitor-retrain"
@@ -38,7 +44,7 @@ def trigger_for(schedule: str):  # noqa: ANN201
 
 
 def scheduled_retrain(config_path: str | None, database_url: str) -> str:
-    """Entry point of the persisted job. Logs and survives its own failures (rule 13)."""
+    """Entry point of the scheduled job. Logs and survives its own failures (rule 13)."""
     from nscmonitor.config import load_settings, with_overrides
     from nscmonitor.schedule.retrain import run_retrain
 
@@ -52,20 +58,36 @@ def scheduled_retrain(config_path: str | None, database_url: str) -> str:
 
 
 def make_scheduler(settings: Settings, *, config_path: str | None = None) -> BackgroundScheduler:
+    """A paused scheduler holding the retrain job. An unchanged schedule keeps the next run
+    time planned before the restart, so restarting the daemon neither skips nor repeats a
+    retrain; a changed schedule plans afresh."""
+    engine = make_engine(settings.database_url)
     sched = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=settings.database_url, tablename="apscheduler_jobs")},
+        jobstores={"default": MemoryJobStore()},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE_S},
         timezone=timezone.utc,
     )
+    schedule = settings.retrain.schedule
+    state = load_schedule_state(engine, JOB_ID)
+    planned = state.next_run_at if state is not None and state.schedule == schedule else None
     sched.start(paused=True)
-    job = sched.get_job(JOB_ID)
-    trig = trigger_for(settings.retrain.schedule)
-    args = [config_path, settings.database_url]
-    if job is None:
-        sched.add_job(scheduled_retrain, trig, id=JOB_ID, args=args, name="retrain on new labels")
-    elif str(job.trigger) != str(trig) or list(job.args) != args:
-        # A changed schedule re-plans the next run; an unchanged one keeps its persisted
-        # next run time, so restarting the daemon neither skips nor repeats a retrain.
-        job.modify(args=args)
-        job.reschedule(trig)
+    extra = {"next_run_time": planned} if planned is not None else {}
+    job = sched.add_job(scheduled_retrain, trigger_for(schedule), id=JOB_ID,
+                        args=[config_path, settings.database_url], name="retrain on new labels", **extra)
+    save_schedule_state(engine, JOB_ID, schedule=schedule, next_run_at=job.next_run_time)
+
+    def remember(event: JobExecutionEvent) -> None:
+        if event.job_id != JOB_ID:
+            return
+        current = sched.get_job(JOB_ID)
+        status = ("missed" if event.code == EVENT_JOB_MISSED else
+                  "failed" if event.exception is not None else str(event.retval or "done"))
+        try:
+            save_schedule_state(engine, JOB_ID, schedule=schedule,
+                                next_run_at=current.next_run_time if current else None,
+                                last_run_at=event.scheduled_run_time, last_status=status[:20])
+        except Exception:  # the schedule goes on; the next restart plans afresh
+            log.exception("could not record the retrain schedule's state in the database")
+
+    sched.add_listener(remember, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)
     return sched
