@@ -121,10 +121,21 @@ if (-not (Test-Path $Config)) {
     Write-Host "kept $Config"
 }
 
-# 3. Permissions: the service account writes the database and logs; dashboard users read the
-#    database, and SQLite's WAL readers need write access to the -shm file beside it.
-icacls $DataDir /grant "$($ServiceAccount):(OI)(CI)M" /T /Q | Out-Null
-icacls $DataDir /grant '*S-1-5-32-545:(OI)(CI)M' /T /Q | Out-Null
+# 3. Permissions: only the service account (and administrators) write the data folder: the
+#    database, the models it serves and the configuration whose retrain.hook it executes.
+#    Ordinary users (BUILTIN\Users, S-1-5-32-545) get read and execute: the dashboard opens the
+#    database read-only. The ACL is replaced, not added to: ProgramData's inherited entries
+#    let every user create files in a subfolder and own them, and an earlier version of this
+#    script granted Users Modify on every file; both are removed here. The new entries are set
+#    on the folder only and reach its files by inheritance (SYSTEM and Administrators full).
+function Set-Acl-Checked([string[]]$Arguments) {
+    icacls $DataDir @Arguments /Q | Out-Null
+    if ($LASTEXITCODE -ne 0) { throw "icacls $DataDir $($Arguments -join ' ') failed (exit $LASTEXITCODE)" }
+}
+Set-Acl-Checked @('/remove:g', '*S-1-5-32-545', '/T')
+Set-Acl-Checked @('/grant:r', '*S-1-5-18:(OI)(CI)F', '*S-1-5-32-544:(OI)(CI)F', "$($ServiceAccount):(OI)(CI)M",
+                  '*S-1-5-32-545:(OI)(CI)RX')
+Set-Acl-Checked @('/inheritance:r')
 
 # 4. Database schema: 'db upgrade' backs the database up before migrating.
 Invoke-Checked $Exe @('--config', $Config, 'db', 'upgrade')

@@ -212,3 +212,16 @@ def test_install_ps1_is_balanced_and_has_its_switches() -> None:
                             f"$e=$null; [void][System.Management.Automation.Language.Parser]::ParseFile('{ps1}', "
                             "[ref]$null, [ref]$e); if ($e) { $e; exit 1 }"], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_install_ps1_users_read_only_service_account_writes() -> None:
+    """Ordinary users must not be able to write the database, the models or the config whose
+    retrain.hook the daemon executes: read and execute only, inheritance from ProgramData cut."""
+    text = (REPO / "installer" / "windows" / "install.ps1").read_text(encoding="utf-8")
+    code = "\n".join(line.split("# ", 1)[0] for line in re.sub(r"<#.*?#>", "", text, flags=re.S).splitlines())
+    assert "Users" not in code  # by SID only: the group's name is localised
+    grants = re.findall(r"S-1-5-32-545:\(OI\)\(CI\)(\w+)", code)
+    assert grants == ["RX"], grants
+    assert re.search(r"\$\(\$ServiceAccount\):\(OI\)\(CI\)M", code)
+    assert "'/grant:r'" in code and "'/inheritance:r'" in code and "'/remove:g', '*S-1-5-32-545', '/T'" in code
+    assert code.index("'/remove:g'") < code.index("'/grant:r'") < code.index("'/inheritance:r'")
