@@ -3,8 +3,9 @@
 Sources: (a) the simulator's ``tiles.json`` + ``tiles.csv`` export, (b) an ImageFolder tree
 ``class_name/*.tif``, (c) images from nscmonitor's store joined with an end-point label CSV.
 All three become ``TileRecord`` lists; ``load_arrays`` turns them into the exact tiles the
-daemon would feed the model (per-image percentile scaling, grid tiling, resize), so training
-and serving never disagree on preprocessing. This module needs numpy only; torch stays in
+daemon would feed the model (``nscmonitor.pipeline.preprocess``: per-image percentile scaling,
+resampling, grid tiling, the empty-tile rule), so training and serving never disagree on
+preprocessing. This module needs numpy only; torch stays in
 ``train.py``.
 """
 
@@ -286,45 +287,16 @@ def read_image(path: str | Path) -> np.ndarray:
     return img
 
 
-def scale_percentiles(img: np.ndarray, p_low: float = P_LOW, p_high: float = P_HIGH) -> np.ndarray:
-    """Exactly the daemon's input scaling (pipeline.tiles), so train and serve agree."""
-    from nscmonitor.pipeline.tiles import percentiles, scale
+def image_tiles(path: str | Path, tile_size: int | None, image_size: int, *,
+                p_low: float = P_LOW, p_high: float = P_HIGH) -> np.ndarray:
+    """One file -> N x image_size x image_size model inputs through the daemon's own
+    preprocessing (``pipeline.preprocess``): ``tile_size`` source pixels make one tile (the
+    whole image when None), which is the model's pixel size relative to the source's."""
+    from nscmonitor.pipeline.preprocess import Preprocess
 
-    lo, hi = percentiles(img, (p_low, p_high))
-    return scale(img, lo, hi)
-
-
-def tile_grid(img: np.ndarray, tile: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Non-overlapping tiles, remainder dropped; an image smaller than a tile is one tile."""
-    h, w = img.shape
-    if h <= tile or w <= tile:
-        return img[None], [(0, 0)]
-    origins = [(y, x) for y in range(0, h - tile + 1, tile) for x in range(0, w - tile + 1, tile)]
-    return np.stack([img[y:y + tile, x:x + tile] for y, x in origins]), origins
-
-
-def resize(tiles: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear resize of N x H x W tiles (antialiased by area when shrinking a lot)."""
-    if tiles.shape[1:] == (size, size):
-        return tiles
-    from scipy.ndimage import zoom
-    n, h, w = tiles.shape
-    f = (1, size / h, size / w)
-    src = tiles
-    if h >= 2 * size:
-        from nscmonitor.pipeline.tiles import block_mean
-
-        src = block_mean(tiles, h // size)
-        f = (1, size / src.shape[1], size / src.shape[2])
-    out = zoom(src, f, order=1)
-    return out[:, :size, :size].astype(np.float32)
-
-
-def image_tiles(path: str | Path, tile_size: int | None, image_size: int) -> np.ndarray:
-    """One file -> N x image_size x image_size model inputs, preprocessed like the daemon."""
-    img = scale_percentiles(read_image(path))
-    tiles, _ = tile_grid(img, tile_size or max(img.shape))
-    return resize(tiles, image_size)
+    img = read_image(path)
+    pre = Preprocess(input_size=image_size, p_low=p_low, p_high=p_high)
+    return pre.tiles(img, factor=pre.factor(tile_px=tile_size or max(img.shape))).tiles[:, 0]
 
 
 def load_arrays(records: Sequence[TileRecord], classes: Sequence[str], *, tile_size: int | None,

@@ -49,19 +49,16 @@ def gradcam(model: GreyClassifier, x: torch.Tensor, class_index: int) -> tuple[n
 def explain_image(model_path: str | Path, image: str | Path) -> dict[str, Any]:
     """Returns the scaled, resampled image, the stitched CAM (same shape; 0 where the daemon
     would drop an empty tile), the image's class and mean tile probabilities."""
-    from nscmonitor.pipeline.tiles import prepare
+    from nscmonitor.pipeline.preprocess import Preprocess
 
     model, meta = load_checkpoint(model_path)
     size = int(meta["image_size"])
-    norm = meta["normalization"]
-    src_um = meta.get("source_pixel_size_um")
+    pre = Preprocess.from_metadata(meta)
     raw = D.read_image(image)
-    grid = prepare(raw, input_size=size, p_low=norm["p_low"], p_high=norm["p_high"], src_um=src_um,
-                   dst_um=meta.get("pixel_size_um") if src_um else None)
-    img = D.scale_percentiles(raw, norm["p_low"], norm["p_high"])
-    if src_um and meta.get("pixel_size_um"):
-        from nscmonitor.pipeline.tiles import resample
-        img = resample(img, src_um, meta["pixel_size_um"])
+    factor = pre.factor(meta.get("source_pixel_size_um"))
+    lohi = pre.lohi(raw)
+    grid = pre.tiles(raw, factor=factor, lohi=lohi)
+    img = pre.scaled(raw, factor=factor, lohi=lohi)
     if len(grid.tiles) == 0:
         raise D.DataError(f"{image}: every tile is empty; nothing to explain")
     x = torch.from_numpy(grid.tiles)

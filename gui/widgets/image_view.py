@@ -40,7 +40,7 @@ class LoadedImage:
 def load_image(img: WellImage, p_low: float = 1.0, p_high: float = 99.8) -> LoadedImage:
     from nscmonitor.pipeline.aggregate import unpack_tiles
     from nscmonitor.pipeline.decode import decode
-    from nscmonitor.pipeline.tiles import percentiles
+    from nscmonitor.pipeline.preprocess import percentiles
 
     dec = decode(img.path)
     lo, hi = percentiles(dec.pixels, (p_low, p_high))

@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from nscmonitor.domain import QCMetrics
-from nscmonitor.pipeline.tiles import percentiles
+from nscmonitor.pipeline.preprocess import percentiles
 
 
 def qc_metrics(img: np.ndarray, *, p_low: float = 1.0, p_high: float = 99.8, min_focus: float = 0.0,

@@ -29,7 +29,7 @@ from nscmonitor.pipeline.aggregate import image_score, pack_tiles
 from nscmonitor.pipeline.classify import score_batches
 from nscmonitor.pipeline.decode import DecodeError, decode
 from nscmonitor.pipeline.qc import qc_metrics
-from nscmonitor.pipeline.tiles import prepare
+from nscmonitor.pipeline.preprocess import Preprocess
 from nscmonitor.platemap import PlateMap, load_plate_map
 from nscmonitor.store.models import MAX_ATTEMPTS
 from nscmonitor.store.writer import Claimed, Discovered, Scored, Store
@@ -236,10 +236,8 @@ class Runner:
             qc = qc_metrics(dec.pixels, p_low=norm["p_low"], p_high=norm["p_high"])
             grid = None
             if not qc.blank:
-                grid = prepare(dec.pixels, input_size=meta.input_size, p_low=norm["p_low"], p_high=norm["p_high"],
-                               src_um=dec.pixel_size_um, dst_um=meta.pixel_size_um, mean=norm.get("mean", 0.0),
-                               std=norm.get("std", 1.0), in_graph=norm.get("in_graph", True),
-                               lohi=(qc.p_low, qc.p_high))
+                pre = Preprocess.from_metadata(meta)
+                grid = pre.tiles(dec.pixels, factor=pre.factor(dec.pixel_size_um), lohi=(qc.p_low, qc.p_high))
             t2 = time.perf_counter()
             self.timings.decode += t1 - t0
             self.timings.preprocess += t2 - t1

@@ -197,12 +197,11 @@ def evaluate_model(model_path: Path, samples: list[Sample], *, threads: int = 1)
     preprocessing, so the gate measures what the daemon would serve."""
     from nscmonitor.engines.ort import OrtCpuEngine
     from nscmonitor.pipeline.decode import DecodeError, decode
-    from nscmonitor.pipeline.tiles import prepare
+    from nscmonitor.pipeline.preprocess import Preprocess
 
     meta = read_onnx_metadata(model_path)
     eng = OrtCpuEngine(model_path, meta, threads=threads)
     eng.load()
-    norm = meta.normalization
     y_true, y_pred, hours = [], [], []
     for smp in samples:
         lab = _scheme_label(smp.label, meta.classes)
@@ -213,9 +212,8 @@ def evaluate_model(model_path: Path, samples: list[Sample], *, threads: int = 1)
         except DecodeError as exc:
             log.warning("%s: left out of the evaluation: %s", smp.path, exc.reason)
             continue
-        grid = prepare(dec.pixels, input_size=meta.input_size, p_low=norm["p_low"], p_high=norm["p_high"],
-                       src_um=dec.pixel_size_um, dst_um=meta.pixel_size_um, mean=norm.get("mean", 0.0),
-                       std=norm.get("std", 1.0), in_graph=norm.get("in_graph", True))
+        pre = Preprocess.from_metadata(meta)
+        grid = pre.tiles(dec.pixels, factor=pre.factor(dec.pixel_size_um))
         if len(grid.tiles) == 0:
             continue
         probs = np.concatenate([eng.infer(grid.tiles[i:i + 32]) for i in range(0, len(grid.tiles), 32)])

@@ -6,7 +6,7 @@ import pytest
 from nscmonitor.domain import parse_well, well_name
 from nscmonitor.pipeline.aggregate import image_score, pack_tiles, unpack_tiles, well_aggregate
 from nscmonitor.pipeline.qc import qc_metrics
-from nscmonitor.pipeline.tiles import percentiles, prepare, scale, tile
+from nscmonitor.pipeline.preprocess import Preprocess, grid, percentiles, scale
 
 
 def test_histogram_percentiles_match_numpy() -> None:
@@ -25,15 +25,16 @@ def test_twelve_bit_data_uses_its_own_range() -> None:
 def test_tiles_centred_and_empty_ones_dropped() -> None:
     img = np.zeros((100, 130), np.float32)
     img[10:40, 20:50] = np.random.default_rng(1).random((30, 30))
-    g = tile(img, 32)
+    g = grid(img, 32)
     assert (g.rows, g.cols) == (3, 4) and g.origin == (2, 1)
     assert g.kept.sum() == len(g.tiles) >= 1 and g.kept.sum() < 12
 
 
 def test_prepare_resamples_to_model_pixel_size() -> None:
     img = np.random.default_rng(2).integers(0, 255, (200, 200)).astype(np.uint8)
-    g = prepare(img, input_size=50, p_low=1, p_high=99, src_um=0.62, dst_um=1.24)
-    assert (g.rows, g.cols) == (2, 2)
+    pre = Preprocess(input_size=50, p_low=1, p_high=99, pixel_size_um=1.24)
+    g = pre.tiles(img, factor=pre.factor(0.62))
+    assert (g.rows, g.cols) == (2, 2) and g.tiles.shape[1:] == (1, 50, 50)
 
 
 def test_image_and_well_aggregation() -> None:
