@@ -31,6 +31,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--force", action="store_true", help="rebuild even if a valid cached engine exists")
     build.set_defaults(func=cmd_build)
 
+    auto = esub.add_parser(
+        "autobuild", help="build, gate and record the best engine this machine has for a model (what register, "
+        "train, promote and the daemon start on their own)",
+        description="Builds the fastest engine this machine has for MODEL (TensorRT int8/fp16 where an NVIDIA GPU "
+        "and TensorRT are present, else OpenVINO or ONNX Runtime int8), gates it against the fp32 ONNX on the "
+        "model's held-out tiles and records the outcome in engine-status.json beside the model. Does nothing when "
+        "an engine was already built, or already failed, under the same model, calibration set, runtimes and "
+        "machine (use --force to build anyway). Exit code 0 when an engine is ready, 1 when fp32 serves.")
+    auto.add_argument("model", help="the fp32 ONNX model (a registry version's model.onnx or a run's)")
+    auto.add_argument("--calibration", metavar="DIR",
+                      help="tiles folder to calibrate and gate with when the model carries no calibration set")
+    auto.add_argument("--threads", type=int, default=0, help="CPU threads for quantisation and gates (0: all)")
+    auto.add_argument("--force", action="store_true", help="build even if the recorded outcome is current")
+    auto.set_defaults(func=cmd_autobuild)
+
     lst = esub.add_parser("list", help="backends available here and engines built for a model")
     lst.add_argument("model", nargs="?", help="an ONNX model whose int8 variant and TensorRT engines to list")
     lst.add_argument("--cache", metavar="DIR")
@@ -85,6 +100,44 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 1
     print(f"engine ready: {path}")
     return 0
+
+
+def cmd_autobuild(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from nscmonitor.engines import autobuild as ab
+
+    model = Path(args.model)
+    if not model.is_file():
+        raise UserFacingError(f"model file not found: {model}")
+    console = Console(stderr=True)
+    lock = ab.BuildLock(ab.lock_path(model))
+    if not lock.acquire():
+        console.print(f"another build of {model} is running; waiting for it")
+        while not lock.acquire():
+            time.sleep(0.5)
+    with lock:
+        status = ab.read_status(model)
+        cal = args.calibration or (status.calibration_dir if status else None)
+        action = ab.decide(status, ab.fingerprint(model, calibration_dir=cal),
+                           artefact_present=ab.artefact_present(model, status), build_running=False)
+        if args.force or action == "build":
+            targets = ab.plan(tensorrt_gpu=ab.has_tensorrt_gpu(), openvino=ab.has_openvino())
+            with Progress(SpinnerColumn(), TextColumn("[bold]engine[/bold] {task.description}"), BarColumn(),
+                          MofNCompleteColumn(), TimeElapsedColumn(), console=console) as prog:
+                task = prog.add_task(f"for {model.parent.name}: {' > '.join(targets)}", total=len(targets) + 1)
+
+                def step(msg: str) -> None:
+                    prog.update(task, description=msg, advance=1)
+
+                status = ab.run_build(model, calibration_dir=cal, threads=args.threads, progress=step,
+                                      targets=targets)
+                prog.update(task, completed=len(targets) + 1, description="done")
+    print(ab.describe(status))
+    return 0 if status is not None and status.state == "ready" else 1
 
 
 def _backend_status() -> list[tuple[str, str]]:
