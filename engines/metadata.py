@@ -9,6 +9,8 @@ tile was scaled per image so that the ``p_low`` percentile maps to 0 and ``p_hig
 (clipped to [-0.5, 1.5]). If ``normalization["in_graph"]`` is false the daemon then applies
 ``(x - mean) / std``; exports from ``nscmonitor.training`` fold that (and the grey to
 3-channel replication) into the first convolution, so they declare ``in_graph: true``.
+``calibration_sha256`` names the calibration/held-out tile set the training run wrote beside
+the model (``engines.calibration``); older files without it stay loadable.
 Output: ``output`` is ``"logits"`` (softmax with ``temperature`` applied by the engine)
 or ``"probabilities"``.
 """
@@ -44,6 +46,9 @@ class ModelMetadata:
     output: str = "logits"
     temperature: float = 1.0
     data_hash: str | None = None
+    #: sha256 of the calibration.npz written beside the model by its training run (None for
+    #: models from elsewhere and for files written before calibration sets existed)
+    calibration_sha256: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     arch: str | None = None
     int8_tolerance: dict[str, float] = field(
@@ -115,6 +120,9 @@ def validate(m: ModelMetadata) -> None:
             raise MetadataError(f"normalization lacks {k!r}")
     if not 0 <= norm["p_low"] < norm["p_high"] <= 100:
         raise MetadataError("normalization needs 0 <= p_low < p_high <= 100")
+    if m.calibration_sha256 is not None and not (isinstance(m.calibration_sha256, str)
+                                                 and len(m.calibration_sha256) == 64):
+        raise MetadataError(f"calibration_sha256 must be a sha256 hex digest, got {m.calibration_sha256!r}")
     if not norm.get("in_graph", False) and not norm.get("std", 1.0) > 0:
         raise MetadataError("normalization std must be positive")
 

@@ -1,0 +1,107 @@
+"""The model's own calibration/held-out tiles: written beside the model, hashed, loaded
+through the model's input contract, refused when corrupt or foreign."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nscmonitor.engines.base import EngineError
+from nscmonitor.engines.calibration import (
+    load_model_tiles,
+    model_tiles_path,
+    read_manifest,
+    tiles_from_folder,
+    write_model_tiles,
+)
+from nscmonitor.engines.metadata import read_onnx_metadata
+from nscmonitor.engines.tiny import build_tiny_classifier
+from nscmonitor.pipeline.preprocess import Preprocess
+
+
+def raw_tiles(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(100, 4000, (n, size, size)).astype(np.uint16)
+
+
+def test_written_set_loads_through_the_input_contract(tmp_path):
+    meta = build_tiny_classifier(tmp_path / "model.onnx", input_size=32)
+    calib, held = raw_tiles(6), raw_tiles(4, seed=1)
+    path = write_model_tiles(tmp_path, calib, [f"P/A{i}" for i in range(6)], held, ["P/B1", "P/B1", "P/B2", "P/B2"],
+                             ["neuron", "astrocyte", "neuron", "astrocyte"], source="unit test")
+    assert path == model_tiles_path(tmp_path / "model.onnx")
+    manifest = read_manifest(path)
+    assert manifest["counts"] == {"calib": 6, "heldout": 4} and manifest["source"] == "unit test"
+    assert manifest["wells"]["heldout"] == 2 and manifest["dtype"] == "uint16"
+
+    tiles = load_model_tiles(tmp_path / "model.onnx")
+    assert tiles is not None and tiles.sha256 == manifest["sha256"]
+    assert tiles.calib.x.shape == (6, 1, 32, 32) and tiles.heldout.x.dtype == np.float32
+    assert tiles.heldout.groups == ("P/B1", "P/B1", "P/B2", "P/B2")
+    assert tiles.heldout.labels[1] == "astrocyte"
+    pre = Preprocess.from_metadata(meta)
+    expected = pre.tiles(held[2], factor=pre.factor(tile_px=64)).tiles[0]
+    np.testing.assert_array_equal(tiles.heldout.x[2], expected)
+
+
+def test_no_set_means_none(tmp_path):
+    build_tiny_classifier(tmp_path / "model.onnx", input_size=32)
+    assert load_model_tiles(tmp_path / "model.onnx") is None
+
+
+def test_corrupt_or_swapped_set_is_refused(tmp_path):
+    build_tiny_classifier(tmp_path / "model.onnx", input_size=32)
+    path = write_model_tiles(tmp_path, raw_tiles(3), ["a"] * 3, raw_tiles(2), ["b"] * 2, ["x"] * 2, source="t")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(EngineError, match="does not match its manifest"):
+        load_model_tiles(tmp_path / "model.onnx")
+
+
+def test_set_of_another_model_is_refused(tmp_path):
+    import onnx
+
+    from nscmonitor.engines.metadata import write_onnx_metadata
+
+    model_path = tmp_path / "model.onnx"
+    meta = build_tiny_classifier(model_path, input_size=32)
+    path = write_model_tiles(tmp_path, raw_tiles(3), ["a"] * 3, raw_tiles(2), ["b"] * 2, ["x"] * 2, source="t")
+    proto = onnx.load(str(model_path))
+    write_onnx_metadata(proto, type(meta)(**{**meta.__dict__, "calibration_sha256": "0" * 64}))
+    onnx.save(proto, str(model_path))
+    assert read_onnx_metadata(model_path).calibration_sha256 == "0" * 64
+    with pytest.raises(EngineError, match="not the calibration set"):
+        load_model_tiles(model_path)
+    # the right hash in the metadata passes
+    proto = onnx.load(str(model_path))
+    write_onnx_metadata(proto, type(meta)(**{**meta.__dict__, "calibration_sha256": read_manifest(path)["sha256"]}))
+    onnx.save(proto, str(model_path))
+    assert load_model_tiles(model_path) is not None
+
+
+def test_attach_from_a_tiles_folder(tmp_path):
+    import csv
+
+    import tifffile
+
+    src = tmp_path / "tiles"
+    (src / "img").mkdir(parents=True)
+    rows = []
+    for i, img in enumerate(raw_tiles(8, size=48)):
+        tifffile.imwrite(src / "img" / f"t{i}.tif", img)
+        rows.append({"path": f"img/t{i}.tif", "label": "neuron", "plate": "P", "well": f"A{i % 3 + 1}",
+                     "split": "train" if i < 5 else "test"})
+    with open(src / "tiles.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    model_dir = tmp_path / "m"
+    build_tiny_classifier(model_dir / "model.onnx", input_size=16)
+    tiles_from_folder(src, model_dir)
+    manifest = json.loads((model_dir / "calibration.json").read_text())
+    assert manifest["origin"] == "attached" and manifest["counts"] == {"calib": 5, "heldout": 3}
+    tiles = load_model_tiles(model_dir / "model.onnx")
+    assert tiles.calib.x.shape == (5, 1, 16, 16) and set(tiles.heldout.groups) == {"P/A3", "P/A1", "P/A2"}
