@@ -1,29 +1,42 @@
-"""Build, validate and cache TensorRT engines from the canonical ONNX (TensorRT 10+ API).
+"""Build, validate and cache TensorRT engines from the canonical ONNX (TensorRT 10.x and 11.x).
 
-A build is: ONNX parser -> builder config (workspace limit, fp16 / int8 flags, one
-optimisation profile over a dynamic batch range, a timing cache shared by builds on this GPU,
-for int8 an entropy calibrator fed with the model's own training tiles whose result is kept
-as a calibration cache) -> serialized plan -> candidate engine file -> validation gate against
-ONNX Runtime fp32 on held-out tiles -> published under its cache key, or discarded with a
-report. Runs only where TensorRT and a CUDA GPU are present.
+A build is: the ONNX graph for the precision (``tensorrt.build_recipe``: the fp32 model, an
+fp16 conversion of it, or the explicitly quantised int8 Q/DQ model beside it) -> ONNX parser
+-> builder config (workspace limit, one optimisation profile over a dynamic batch range, a
+timing cache shared by builds on this GPU, and on TensorRT 10 the fp16 flag) -> serialized
+plan -> candidate engine file -> validation gate against ONNX Runtime fp32 on held-out tiles
+-> published under its cache key, or discarded with a report. Runs only where TensorRT and a
+CUDA GPU are present.
+
+Why int8 is explicit on both majors: TensorRT 11 removed the implicit calibrator
+(``IInt8EntropyCalibrator2``) and deprecated it since 10.1; one Q/DQ model, quantised once
+with signed symmetric int8, serves ONNX Runtime, OpenVINO and TensorRT and is gated the same
+way each time.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from nscmonitor.engines.base import EngineError
 from nscmonitor.engines.calibration import TileSet
 from nscmonitor.engines.enginefile import EngineCache, EngineKey, file_sha256, read_engine_file, write_engine_file
-from nscmonitor.engines.metadata import read_onnx_metadata
-from nscmonitor.engines.ort import OrtCpuEngine
-from nscmonitor.engines.tensorrt import TrtEngine, import_cuda_torch, import_tensorrt, machine_key, trt_logger
+from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
+from nscmonitor.engines.ort import INT8_KEY, OrtCpuEngine, int8_path_for
+from nscmonitor.engines.tensorrt import (
+    BuildRecipe,
+    TrtEngine,
+    build_recipe,
+    import_cuda_torch,
+    import_tensorrt,
+    machine_key,
+    quantized_sha_for,
+    trt_logger,
+)
 from nscmonitor.engines.validate import GateReport, validate_engine, write_report
 
 log = logging.getLogger(__name__)
@@ -38,7 +51,7 @@ class BuildOptions:
     opt_batch: int = 8
     max_batch: int = 32
     workspace_mb: int = 2048
-    calib_batch: int = 8
+    calib_batch: int = 8  # kept for callers; explicit quantisation has no TensorRT calibration pass
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -60,53 +73,73 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def make_calibrator(trt: Any, torch: Any, x: np.ndarray, batch_size: int, cache_path: Path) -> Any:
-    """An IInt8EntropyCalibrator2 over the given tiles. The calibration cache is keyed (by
-    file name) on the ONNX hash, so recalibration happens exactly when the model changes."""
+def require_qdq_model(onnx_path: Path, calib: TileSet | None, heldout: TileSet | None) -> Path:
+    """The explicitly quantised model an int8 plan is parsed from, checked for TensorRT.
 
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self.pos = 0
-            self.device_batch = torch.empty((batch_size, *x.shape[1:]), dtype=torch.float32, device="cuda")
+    It is the same file the CPU int8 engines serve (``ort.int8_path_for``). When it is missing
+    and calibration tiles are given, the project's int8 recipe writes it (gated on ONNX
+    Runtime, as always); then it must come from this very fp32 model and be signed symmetric
+    int8, which TensorRT's explicit quantisation requires."""
+    from nscmonitor.engines.precision_graphs import qdq_problems
 
-        def get_batch_size(self) -> int:
-            return batch_size
+    qdq = int8_path_for(onnx_path)
+    if not qdq.is_file() and calib is not None and heldout is not None:
+        from nscmonitor.engines.quantize import build_ort_int8
 
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.pos + batch_size > len(x):
-                return None
-            self.device_batch.copy_(torch.from_numpy(np.ascontiguousarray(x[self.pos:self.pos + batch_size])))
-            self.pos += batch_size
-            return [int(self.device_batch.data_ptr())]
+        path, report = build_ort_int8(onnx_path, calib, heldout)
+        if path is None:
+            raise EngineError(f"int8 needs the quantised model {qdq}, and the int8 recipe's own gate refused "
+                              f"it: {report.summary()}")
+    if not qdq.is_file():
+        raise EngineError(f"int8 needs the explicitly quantised model {qdq} (build it with 'nscmonitor engine "
+                          f"build {onnx_path} --backend ort-int8 --calibration DIR', or pass --calibration here)")
+    try:
+        record = read_onnx_metadata(qdq).extra.get(INT8_KEY) or {}
+    except MetadataError as exc:
+        raise EngineError(f"{qdq}: {exc}") from exc
+    if record.get("source_sha256") != file_sha256(onnx_path):
+        raise EngineError(f"{qdq} was quantised from another fp32 model than {onnx_path}; rebuild it")
+    problems = qdq_problems(qdq)
+    if problems:
+        raise EngineError(f"TensorRT cannot take {qdq} as explicitly quantised int8: " + "; ".join(problems[:3])
+                          + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""))
+    return qdq
 
-        def read_calibration_cache(self) -> bytes | None:
-            return cache_path.read_bytes() if cache_path.is_file() else None
 
-        def write_calibration_cache(self, cache: Any) -> None:
-            _atomic_write(cache_path, bytes(cache))
+def _graph_for(recipe: BuildRecipe, onnx_path: Path, work: Path) -> Path:
+    if recipe.graph == "fp32":
+        return onnx_path
+    if recipe.graph == "fp16":
+        from nscmonitor.engines.precision_graphs import convert_to_fp16
 
-    if len(x) < batch_size and not cache_path.is_file():
-        raise EngineError(f"int8 calibration needs at least {batch_size} tiles, got {len(x)}")
-    return Calibrator()
+        return convert_to_fp16(onnx_path, work / f"{onnx_path.stem}.fp16.onnx")
+    return int8_path_for(onnx_path)
 
 
 def build_plan(onnx_path: str | Path, opts: BuildOptions, *, cache_dir: Path,
-               calib: TileSet | None = None) -> tuple[bytes, EngineKey]:
+               calib: TileSet | None = None, heldout: TileSet | None = None) -> tuple[bytes, EngineKey]:
     """Serialize a TensorRT plan for this GPU; returns it with its cache key."""
     trt = import_tensorrt()
     torch = import_cuda_torch()
     onnx_path = Path(onnx_path)
     meta = read_onnx_metadata(onnx_path)
-    onnx_sha = file_sha256(onnx_path)
-    key = machine_key(trt, torch, onnx_sha, opts.precision, opts.min_batch, opts.opt_batch, opts.max_batch)
+    recipe = build_recipe(trt.__version__, opts.precision)
+    if recipe.graph == "int8-qdq":
+        require_qdq_model(onnx_path, calib, heldout)
+    key = machine_key(trt, torch, file_sha256(onnx_path), opts.precision, opts.min_batch, opts.opt_batch,
+                      opts.max_batch, quantized_sha256=quantized_sha_for(onnx_path, opts.precision))
     logger = trt_logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    flags = 0
+    for name in recipe.network_flags:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    with tempfile.TemporaryDirectory(prefix="nscm-trt-") as work:
+        graph = _graph_for(recipe, onnx_path, Path(work))
+        if not parser.parse_from_file(str(graph)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise EngineError(f"TensorRT cannot parse {graph} ({recipe.graph}): {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
     chw = (meta.input_channels, meta.input_size, meta.input_size)
@@ -117,19 +150,10 @@ def build_plan(onnx_path: str | Path, opts: BuildOptions, *, cache_dir: Path,
     timing_path = cache_dir / f"timing.{key.gpu_name.replace(' ', '_')}.sm{key.compute_capability}.trt{key.trt_version}.cache"
     timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
-    if opts.precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)
-    if opts.precision == "int8":
-        calib_path = cache_dir / f"{onnx_path.stem}.{onnx_sha[:16]}.calib"
-        if calib is None and not calib_path.is_file():
-            raise EngineError("int8 needs calibration tiles (--calibration DIR with a train split)")
-        config.set_flag(trt.BuilderFlag.INT8)
-        x = calib.x if calib is not None else np.zeros((0, *chw), np.float32)
-        config.int8_calibrator = make_calibrator(trt, torch, x, opts.calib_batch, calib_path)
-        calib_profile = builder.create_optimization_profile()
-        shape = (opts.calib_batch, *chw)
-        calib_profile.set_shape(input_name, shape, shape, shape)
-        config.set_calibration_profile(calib_profile)
+    for name in recipe.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    log.info("TensorRT %s: building %s from the %s graph (%s typed)", trt.__version__, opts.precision,
+             recipe.graph, "strongly" if recipe.strongly_typed else "weakly")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError(f"TensorRT failed to build {onnx_path} ({opts.precision}); see its log above")
@@ -142,6 +166,9 @@ def build_trt_engine(onnx_path: str | Path, heldout: TileSet, *, opts: BuildOpti
                      force: bool = False) -> tuple[Path | None, GateReport | None]:
     """Return a validated engine for this GPU: from the cache, or built, gated and cached.
 
+    ``calib`` is used only for int8 when the quantised model beside ``onnx_path`` is missing:
+    the int8 recipe then writes it from these tiles before TensorRT parses it.
+
     A failed gate leaves no engine, only ``*.gate.json`` beside where it would have been, and
     returns (None, report) so the selector moves on to the next backend.
     """
@@ -150,11 +177,11 @@ def build_trt_engine(onnx_path: str | Path, heldout: TileSet, *, opts: BuildOpti
     meta = read_onnx_metadata(onnx_path)
     trt, torch = import_tensorrt(), import_cuda_torch()
     key = machine_key(trt, torch, file_sha256(onnx_path), opts.precision, opts.min_batch, opts.opt_batch,
-                      opts.max_batch)
+                      opts.max_batch, quantized_sha256=quantized_sha_for(onnx_path, opts.precision))
     if not force and (hit := cache.lookup(key, onnx_path.stem)) is not None:
         log.info("TensorRT engine from cache: %s", hit)
         return hit, None
-    plan, key = build_plan(onnx_path, opts, cache_dir=cache.root, calib=calib)
+    plan, key = build_plan(onnx_path, opts, cache_dir=cache.root, calib=calib, heldout=heldout)
     final = cache.path_for(key, onnx_path.stem)
     candidate = final.with_name(final.name + ".candidate")
     write_engine_file(candidate, key, meta, plan, gate=None)
@@ -186,6 +213,7 @@ def find_engine(onnx_path: str | Path, *, cache_dir: str | Path | None = None, b
     onnx_path = Path(onnx_path)
     trt, torch = import_tensorrt(), import_cuda_torch()
     here = machine_key(trt, torch, file_sha256(onnx_path), "fp32", 1, 1, 1)
+    qdq_sha = quantized_sha_for(onnx_path, "int8")
     cache = EngineCache(cache_dir or default_cache_dir(onnx_path))
     usable = []
     for path, ef, reason in cache.entries():
@@ -200,6 +228,8 @@ def find_engine(onnx_path: str | Path, *, cache_dir: str | Path | None = None, b
             continue
         if precision and k.precision != precision:
             continue
+        if k.precision == "int8" and k.quantized_sha256 != qdq_sha:
+            continue  # built from a quantised model that has since been replaced
         usable.append((PRECISIONS.index(k.precision), path))
     if not usable:
         raise EngineError(f"no validated TensorRT engine for this GPU ({here.gpu_name}, TensorRT "

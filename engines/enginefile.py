@@ -56,9 +56,15 @@ class EngineKey:
     min_batch: int
     opt_batch: int
     max_batch: int
+    # int8 plans are parsed from the explicitly quantised model beside the fp32 one: its hash
+    # (empty for fp32/fp16). Files written before this field existed read as "".
+    quantized_sha256: str = ""
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        fields = asdict(self)
+        if not fields["quantized_sha256"]:
+            del fields["quantized_sha256"]  # fp32/fp16 engines keep the names they had before the field
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def filename(self, stem: str) -> str:
         return f"{stem}.{self.precision}.{self.digest()[:16]}.engine"

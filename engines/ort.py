@@ -169,6 +169,26 @@ def _require_provider(provider: str, engine: str) -> None:
                           "install onnxruntime-gpu")
 
 
+def preload_cuda_libraries(ort) -> str:
+    """Load the CUDA and cuDNN libraries that pip installed (the nvidia-* wheels of
+    ``onnxruntime-gpu[cuda,cudnn]`` or torch) before the first CUDA session.
+
+    Why: those libraries live in site-packages, not on the loader's search path, so without
+    this the CUDA provider fails to load and ONNX Runtime quietly falls back to the CPU.
+    ``onnxruntime.preload_dlls()`` (ONNX Runtime 1.21+) is the documented way; with its
+    defaults it also reuses the libraries of an already imported torch. Older versions have no
+    such call: then the libraries must be on the library path, and the returned note says so."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return (f"onnxruntime {ort.__version__} cannot preload pip's CUDA libraries (1.21+ can); "
+                "they must be on the library path")
+    try:
+        preload()
+    except (OSError, RuntimeError) as exc:
+        return f"onnxruntime.preload_dlls() failed: {exc}"
+    return ""
+
+
 class OrtCudaEngine(OrtCpuEngine):
     """fp32 on the GPU through ONNX Runtime: the GPU path when TensorRT itself is missing."""
 
@@ -182,13 +202,17 @@ class OrtCudaEngine(OrtCpuEngine):
         if ort_disabled():
             raise EngineError("ONNX Runtime disabled by NSCMONITOR_DISABLE_ORT")
         try:
+            import onnxruntime as ort
+
             _require_provider(self.provider, self.name)
         except ImportError as exc:
             raise EngineError(f"onnxruntime is not installed: {exc}") from exc
+        note = preload_cuda_libraries(ort)
         super().load()
         used = self._session.get_providers()
         if self.provider not in used:
-            raise EngineError(f"{self.name}: session fell back to {used} (no usable GPU?)")
+            raise EngineError(f"{self.name}: session fell back to {used} (no usable GPU?"
+                              + (f"; {note}" if note else "") + ")")
 
 
 class OrtTensorrtEpEngine(OrtCudaEngine):

@@ -1,4 +1,4 @@
-"""TensorRT backend (TensorRT 10+ Python API, name-based tensors, ``execute_async_v3``).
+"""TensorRT backend (TensorRT 10.x and 11.x Python API, name-based tensors, ``execute_async_v3``).
 
 Device memory, pinned host memory and streams come from torch's CUDA runtime, which the GPU
 install already has for training. Batches are double-buffered: two slots, each with its own
@@ -36,9 +36,68 @@ def import_tensorrt() -> Any:
         import tensorrt as trt
     except ImportError as exc:
         raise EngineError(f"TensorRT is not installed (pip install 'nscmonitor[gpu]'): {exc}") from exc
-    if int(trt.__version__.split(".")[0]) < 10:
-        raise EngineError(f"TensorRT {trt.__version__} is too old; nscmonitor needs TensorRT 10 or newer")
+    trt_major(trt.__version__)
     return trt
+
+
+SUPPORTED_MAJORS = (10, 11)
+
+
+def trt_major(version: str) -> int:
+    """The TensorRT major version, or a clear refusal.
+
+    Why a closed range: 11 removed the weakly typed precision flags and the implicit int8
+    calibrator that 10 still had, so every major changes how an engine is built; a major this
+    code has not been written against is refused rather than half-run."""
+    head = str(version).split(".", 1)[0]
+    if not head.isdigit():
+        raise EngineError(f"cannot read the TensorRT version {version!r}")
+    major = int(head)
+    if major < SUPPORTED_MAJORS[0]:
+        raise EngineError(f"TensorRT {version} is too old; nscmonitor needs TensorRT "
+                          f"{SUPPORTED_MAJORS[0]}.x or {SUPPORTED_MAJORS[-1]}.x")
+    if major > SUPPORTED_MAJORS[-1]:
+        raise EngineError(f"TensorRT {version} is newer than this nscmonitor supports "
+                          f"({SUPPORTED_MAJORS[0]}.x or {SUPPORTED_MAJORS[-1]}.x); install 'tensorrt<"
+                          f"{SUPPORTED_MAJORS[-1] + 1}'")
+    return major
+
+
+@dataclass(frozen=True)
+class BuildRecipe:
+    """How one precision is built on one TensorRT major.
+
+    ``graph`` is the ONNX the parser reads: ``fp32`` the model itself, ``fp16`` the model
+    converted to fp16 with fp32 inputs and outputs (``engines.fp16``), ``int8-qdq`` the
+    explicitly quantised model beside it (signed symmetric int8 Q/DQ). ``network_flags`` and
+    ``builder_flags`` name members of ``trt.NetworkDefinitionCreationFlag`` / ``trt.BuilderFlag``.
+    """
+
+    precision: str
+    strongly_typed: bool
+    graph: str
+    network_flags: tuple[str, ...] = ()
+    builder_flags: tuple[str, ...] = ()
+
+
+def build_recipe(version: str, precision: str) -> BuildRecipe:
+    """The documented way to get ``precision`` from this TensorRT.
+
+    10.x: fp16 keeps the weakly typed ``BuilderFlag.FP16`` path (TensorRT picks fp16 or fp32
+    per layer); int8 is explicit quantisation in a strongly typed network (the implicit
+    calibrator is deprecated since 10.1). 11.x: networks are always strongly typed (the
+    ``STRONGLY_TYPED`` flag is deprecated and ignored; the precision flags and the calibrator
+    API are removed), so precision comes from the graph: fp16 from a converted graph, int8
+    from Q/DQ nodes."""
+    major = trt_major(version)
+    if precision not in ("fp32", "fp16", "int8"):
+        raise EngineError(f"precision must be fp32, fp16 or int8, not {precision!r}")
+    graph = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-qdq"}[precision]
+    if major >= 11:
+        return BuildRecipe(precision, True, graph)
+    if precision == "int8":
+        return BuildRecipe(precision, True, graph, network_flags=("STRONGLY_TYPED",))
+    return BuildRecipe(precision, False, "fp32", builder_flags=("FP16",) if precision == "fp16" else ())
 
 
 def import_cuda_torch() -> Any:
@@ -57,9 +116,22 @@ def gpu_identity(torch: Any, device: int = 0) -> tuple[str, str]:
 
 
 def machine_key(trt: Any, torch: Any, onnx_sha256: str, precision: str, min_batch: int, opt_batch: int,
-                max_batch: int, device: int = 0) -> EngineKey:
+                max_batch: int, device: int = 0, quantized_sha256: str = "") -> EngineKey:
     name, cc = gpu_identity(torch, device)
-    return EngineKey(name, cc, trt.__version__, onnx_sha256, precision, min_batch, opt_batch, max_batch)
+    return EngineKey(name, cc, trt.__version__, onnx_sha256, precision, min_batch, opt_batch, max_batch,
+                     quantized_sha256)
+
+
+def quantized_sha_for(model_path: str | Path, precision: str) -> str:
+    """The hash of the Q/DQ model an int8 plan is parsed from (it lives beside the fp32 model);
+    empty for fp32/fp16, whose graph follows from the fp32 model alone. A requantised model
+    thus invalidates the int8 engines built from the old one."""
+    if precision != "int8":
+        return ""
+    from nscmonitor.engines.ort import int8_path_for
+
+    path = int8_path_for(model_path)
+    return file_sha256(path) if path.is_file() else "missing"
 
 
 _LOGGER = None
@@ -103,7 +175,8 @@ class TrtEngine(Engine):
         torch = import_cuda_torch()
         ef = read_engine_file(self.engine_path)
         expected = machine_key(trt, torch, file_sha256(self.model_path), ef.key.precision, ef.key.min_batch,
-                               ef.key.opt_batch, ef.key.max_batch, self.device)
+                               ef.key.opt_batch, ef.key.max_batch, self.device,
+                               quantized_sha_for(self.model_path, ef.key.precision))
         if ef.key != expected:
             raise EngineMismatchError(f"{self.engine_path} does not fit here: " + "; ".join(expected.mismatches(ef.key)))
         if ef.metadata != self.metadata:

@@ -238,6 +238,9 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
                       ("tensorrt", "TensorRT (GPU engine)"), ("PySide6", "PySide6 (dashboard)")):
         ok = importlib.util.find_spec(mod) is not None
         checks.append((what, ok, "installed" if ok else "not installed"))
+    from nscmonitor.runtime_packages import installed_versions, ort_flavour_check
+
+    checks.append(("ONNX Runtime packages", *ort_flavour_check(installed_versions())))
     try:
         import onnxruntime as ort
 

@@ -1,4 +1,4 @@
-"""TensorRT build -> gate -> cache -> serve, on a real GPU with real TensorRT.
+"""TensorRT build -> gate -> cache -> serve, on a real GPU with real TensorRT (10.x or 11.x).
 
 Skipped (with the reason) where either is missing; ``benchmarks/gpu_check.sh`` runs these."""
 
@@ -20,11 +20,12 @@ if not torch.cuda.is_available():
 
 from nscmonitor.engines.build import BuildOptions, build_trt_engine, find_engine  # noqa: E402
 from nscmonitor.engines.calibration import calibration_and_heldout  # noqa: E402
-from nscmonitor.engines.enginefile import MAGIC, EngineMismatchError  # noqa: E402
+from nscmonitor.engines.enginefile import MAGIC, EngineMismatchError, file_sha256, read_engine_file  # noqa: E402
 from nscmonitor.engines.metadata import read_onnx_metadata  # noqa: E402
-from nscmonitor.engines.ort import OrtCpuEngine  # noqa: E402
+from nscmonitor.engines.ort import OrtCpuEngine, int8_path_for  # noqa: E402
+from nscmonitor.engines.precision_graphs import qdq_problems  # noqa: E402
 from nscmonitor.engines.select import select  # noqa: E402
-from nscmonitor.engines.tensorrt import TrtEngine  # noqa: E402
+from nscmonitor.engines.tensorrt import TrtEngine, build_recipe, trt_major  # noqa: E402
 from nscmonitor.engines.tiny import build_tiny_classifier  # noqa: E402
 
 
@@ -80,9 +81,40 @@ def test_build_gate_cache_and_serve(setup, precision):
     assert got.shape == want.shape
     assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.99
     assert find_engine(model, cache_dir=cache, precision=precision) == path
+    key = read_engine_file(path).key
+    assert key.trt_version == trt.__version__ and key.precision == precision
     if precision == "int8":
-        assert list(cache.glob("*.calib")), "int8 build should leave a calibration cache"
+        # parsed from the explicitly quantised model beside the fp32 one, which the build made
+        qdq = int8_path_for(model)
+        assert qdq.is_file() and qdq_problems(qdq) == []
+        assert key.quantized_sha256 == file_sha256(qdq)
     assert list(cache.glob("timing.*.cache")), "build should leave a timing cache"
+
+
+def test_recipe_of_the_installed_tensorrt_is_the_documented_one():
+    major = trt_major(trt.__version__)
+    fp16 = build_recipe(trt.__version__, "fp16")
+    if major >= 11:
+        assert not hasattr(trt.BuilderFlag, "FP16"), "TensorRT 11 documents BuilderFlag.FP16 as removed"
+        assert fp16.graph == "fp16" and fp16.builder_flags == ()
+    else:
+        assert hasattr(trt.BuilderFlag, "FP16") and fp16.builder_flags == ("FP16",)
+        assert hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+
+
+def test_requantised_model_invalidates_the_int8_engine(setup):
+    model, meta, calib, held, cache = setup
+    opts = BuildOptions(precision="int8", max_batch=16, opt_batch=8)
+    path, _ = build_trt_engine(model, held, opts=opts, cache_dir=cache, calib=calib)
+    qdq = int8_path_for(model)
+    original = qdq.read_bytes()
+    try:
+        qdq.write_bytes(original + b"\0")  # any change of the quantised file changes its hash
+        with pytest.raises(EngineMismatchError, match="quantized_sha256"):
+            TrtEngine(model, meta, engine_path=path).load()
+    finally:
+        qdq.write_bytes(original)
+    TrtEngine(model, meta, engine_path=path).load()
 
 
 def test_corrupt_engine_is_rebuilt_not_loaded(setup):

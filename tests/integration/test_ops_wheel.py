@@ -36,7 +36,7 @@ def test_wheel_installs_in_a_fresh_venv_and_runs(tmp_path: Path) -> None:
     venv.create(tmp_path / "venv", with_pip=True)
     bindir = tmp_path / "venv" / ("Scripts" if sys.platform == "win32" else "bin")
     py = bindir / "python"
-    _run([str(py), "-m", "pip", "install", "--quiet", str(wheel)], env, timeout=900)
+    _run([str(py), "-m", "pip", "install", "--quiet", f"{wheel}[cpu]"], env, timeout=900)
     nsc = str(bindir / "nscmonitor")
 
     from nscmonitor import __version__
@@ -44,6 +44,8 @@ def test_wheel_installs_in_a_fresh_venv_and_runs(tmp_path: Path) -> None:
     assert _run([nsc, "--version"], env).stdout.strip() == f"nscmonitor {__version__}"
     doctor = _run([nsc, "doctor"], env).stdout
     assert "ONNX Runtime (CPU engine)" in doctor and "installed" in doctor
+    assert any(line.startswith("ok ") and "ONNX Runtime packages" in line and "onnxruntime " in line
+               for line in doctor.splitlines()), doctor  # the cpu extra brings exactly one flavour
     # the CPU install brings no training or GPU stack
     assert "PyTorch (training, reference engine)  not installed" in doctor
     assert "TensorRT (GPU engine)" in doctor

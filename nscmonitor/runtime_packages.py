@@ -1,0 +1,40 @@
+"""Which ONNX Runtime distributions are installed, and whether they collide.
+
+Every ONNX Runtime flavour on PyPI (onnxruntime, onnxruntime-gpu, onnxruntime-openvino, ...)
+installs the same ``onnxruntime`` Python package. With two of them in one environment the one
+installed last overwrites the other's files; uninstalling either then removes files the other
+needs, and the CUDA provider silently disappears (sessions fall back to the CPU). pip cannot
+see the conflict, so ``doctor`` must.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml",
+                     "onnxruntime-training", "onnxruntime-qnn")
+
+
+def installed_versions(names: tuple[str, ...] = ORT_DISTRIBUTIONS) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def ort_flavour_check(installed: dict[str, str]) -> tuple[bool, str]:
+    """(ok, message) for the ONNX Runtime distributions found (name -> version)."""
+    if not installed:
+        return False, ("no ONNX Runtime installed: pip install 'nscmonitor[cpu]' (CPU) or "
+                       "'nscmonitor[gpu]' (NVIDIA GPU), never both")
+    found = ", ".join(f"{n} {v}" for n, v in sorted(installed.items()))
+    if len(installed) == 1:
+        return True, found
+    keep = "onnxruntime-gpu" if "onnxruntime-gpu" in installed else sorted(installed)[0]
+    drop = " ".join(n for n in sorted(installed) if n != keep)
+    return False, (f"{found} are installed together: they overwrite each other's 'onnxruntime' package "
+                   f"(the CUDA provider can silently disappear). Fix: pip uninstall -y {drop} {keep} && "
+                   f"pip install {keep}")
