@@ -50,6 +50,8 @@ STATUS_NAME = "engine-status.json"
 LOCK_NAME = "engine-build.lock"
 LOG_NAME = "engine-build.log"
 STATES = ("building", "ready", "failed", "no-calibration")
+NO_CALIBRATION = ("the model has no calibration set, so no int8 engine can be certified; it is served in fp32 "
+                  "(give it one: 'nscmonitor models register MODEL --calibration DIR')")
 #: engine preferences under which building an int8/TensorRT engine would be wasted work
 NO_BUILD_PREFERENCES = ("ort-cpu", "ort-fp32", "ort-cpu-fp32", "torch", "ort-cuda", "openvino-fp32")
 
@@ -440,10 +442,7 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
     except (EngineError, MetadataError, OSError, ValueError) as exc:
         return _finish(model_path, replace(base, state="failed", reason=f"cannot read the calibration set: {exc}"), t0)
     if tiles is None:
-        return _finish(model_path, replace(
-            base, state="no-calibration",
-            reason="the model has no calibration set, so no int8 engine can be certified; it is served in fp32 "
-                   "(give it one: 'nscmonitor models register MODEL --calibration DIR')"), t0)
+        return _finish(model_path, replace(base, state="no-calibration", reason=NO_CALIBRATION), t0)
     base = replace(base, calibration_source=tiles.source, calibration_dir=tiles.calibration_dir)
     attempts: list[Attempt] = []
     cpu_target = targets[-1]
@@ -522,23 +521,46 @@ def wants_build(preference: str) -> bool:
     return preference not in NO_BUILD_PREFERENCES
 
 
-def ensure(model_path: str | Path, *, wait: bool, calibration_dir: str | Path | None = None,
-           threads: int = 0) -> EngineStatus | None:
-    """Start a build when this model has no engine for this machine (or its fingerprint
-    changed); with ``wait``, return the recorded outcome once it is done."""
+def needed(model_path: str | Path, calibration_dir: str | Path | None = None) -> tuple[str, str | Path | None]:
+    """(:func:`decide`'s action for this model here, the calibration folder to build with)."""
     model_path = Path(model_path)
     status = read_status(model_path)
     cal = calibration_dir or (status.calibration_dir if status else None)
     action = decide(status, fingerprint(model_path, calibration_dir=cal),
                     artefact_present=artefact_present(model_path, status), build_running=build_running(model_path))
-    if action in ("ready", "keep") or (action == "wait" and not wait):
-        return status
+    return action, cal
+
+
+def start(model_path: str | Path, *, threads: int = 0) -> subprocess.Popen | None:
+    """Start a background build when this model has no current engine outcome here; returns
+    the process (for the caller to reap) or None when nothing had to start."""
+    action, cal = needed(model_path)
+    if action != "build":
+        return None
+    fp = fingerprint(model_path, calibration_dir=cal)
+    if fp.calibration_sha256 is None:  # nothing to calibrate with: say so without a child process
+        write_status(model_path, EngineStatus("no-calibration", asdict(fp), target=plan(
+            tensorrt_gpu=has_tensorrt_gpu(), openvino=has_openvino())[0], reason=NO_CALIBRATION,
+            started_at=_now(), finished_at=_now(), build_seconds=0.0))
+        return None
+    log.info("no engine for %s on this machine: building one in the background (log: %s)", model_path,
+             log_path(model_path))
+    return spawn(model_path, wait=False, calibration_dir=cal, threads=threads)
+
+
+def ensure(model_path: str | Path, *, calibration_dir: str | Path | None = None,
+           threads: int = 0) -> EngineStatus | None:
+    """The command line's trigger: build in a child process whose progress bar shows in this
+    terminal (or wait for a build already running), then return the recorded outcome."""
+    model_path = Path(model_path)
+    action, cal = needed(model_path, calibration_dir)
     if action == "wait":
+        print(f"an engine build for {model_path} is already running; waiting for it", flush=True)
         while build_running(model_path):
             time.sleep(0.5)
-        return read_status(model_path)
-    spawn(model_path, wait=wait, calibration_dir=cal, threads=threads)
-    return read_status(model_path) if wait else status
+    elif action == "build":
+        spawn(model_path, wait=True, calibration_dir=cal, threads=threads)
+    return read_status(model_path)
 
 
 # --- saying what happened ----------------------------------------------------------------

@@ -83,6 +83,50 @@ def engine_factory(settings: Settings):  # noqa: ANN201
     return factory
 
 
+class DaemonEngineBuilds:
+    """The daemon's side of build on arrival: it starts a background build (lower priority,
+    ``engines.autobuild``) when the served model has no engine for this machine, reaps it,
+    and tells the runner when a new engine has passed its gate so it can swap between
+    batches. A preference for a backend that needs no build (``engine = "ort-cpu"``) turns
+    building off."""
+
+    def __init__(self, settings: Settings) -> None:
+        from nscmonitor.engines.autobuild import wants_build
+
+        self.enabled = wants_build(settings.engine)
+        self.threads = settings.threads
+        self._procs: dict[Path, object] = {}
+
+    def ensure(self, model_path: Path) -> None:
+        from nscmonitor.engines import autobuild
+
+        if not self.enabled:
+            return
+        proc = self._procs.get(model_path)
+        if proc is not None and proc.poll() is None:
+            return
+        self._procs.pop(model_path, None)
+        try:
+            started = autobuild.start(model_path, threads=self.threads)
+        except (OSError, EngineError) as exc:  # no build today; fp32 keeps serving
+            log.warning("cannot start an engine build for %s: %s", model_path, exc)
+            return
+        if started is not None:
+            self._procs[model_path] = started
+
+    def token(self, model_path: Path) -> str | None:
+        from nscmonitor.engines.autobuild import token
+
+        return token(model_path) if self.enabled else None
+
+    def summary(self, model_path: Path, version: str) -> dict:
+        from nscmonitor.engines.autobuild import summary
+
+        if not self.enabled:
+            return {"state": "off", "message": "engine builds are off (engine preference set in the configuration)"}
+        return summary(model_path, version)
+
+
 def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) -> Runner:  # noqa: ANN003
     if not settings.watch:
         raise UserFacingError("nothing to watch: add [[watch]] folders to the config or pass --watch DIR")
@@ -95,6 +139,7 @@ def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) 
     source = static_model_source(model) if model else registry_model_source(settings)
     if source is None:
         raise UserFacingError(NO_MODEL)
+    runner_kw.setdefault("engine_builds", DaemonEngineBuilds(settings))
     return Runner(settings, Store(engine), source, engine_factory(settings), **runner_kw)
 
 

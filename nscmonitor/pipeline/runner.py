@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -54,6 +55,22 @@ class LoadedModel:
     engine: Engine
     version: str
     path: Path
+    #: identity of the engine built here for this model when it was loaded (EngineBuilds.token)
+    engine_token: str | None = None
+
+
+class EngineBuilds(Protocol):
+    """Engine builds for the model being served (``nscmonitor.daemon.DaemonEngineBuilds``):
+    the runner asks between batches, so a build never blocks scoring."""
+
+    def ensure(self, model_path: Path) -> None:
+        """Start a build in the background when this model has no engine here."""
+
+    def token(self, model_path: Path) -> str | None:
+        """Changes exactly when a new engine for this model has passed its gate."""
+
+    def summary(self, model_path: Path, version: str) -> dict:
+        """``state`` and a one-line ``message`` for the heartbeat's event and ``status``."""
 
 
 ModelSource = Callable[[], tuple[Path, str]]
@@ -75,7 +92,8 @@ class Runner:
     def __init__(self, settings: Settings, store: Store, model_source: ModelSource, engine_factory: EngineFactory, *,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  retry_base_s: float = 5.0, max_attempts: int = MAX_ATTEMPTS, claim_size: int = 4,
-                 poll_interval: float = 2.0, heartbeat_s: float = 5.0) -> None:
+                 poll_interval: float = 2.0, heartbeat_s: float = 5.0,
+                 engine_builds: EngineBuilds | None = None) -> None:
         self.settings = settings
         self.store = store
         self.model_source = model_source
@@ -97,6 +115,8 @@ class Runner:
         self.daemon_id: int | None = None
         self.stop_event = threading.Event()
         self.on_batch: Callable[[int], None] | None = None
+        self.engine_builds = engine_builds
+        self.build_note: str | None = None
 
     # --- set-up -----------------------------------------------------------------------
     def _profile(self, cfg: WatchFolder) -> Profile | str:
@@ -123,19 +143,50 @@ class Runner:
         self.daemon_id = self.store.start_daemon(self._watched())
 
     def load_model(self) -> bool:
-        """(Re)load when the model source names a new version; between batches only."""
+        """(Re)load when the model source names a new version, or when a new engine for the
+        served version has been built and gated here; between batches only, so every image
+        is scored by exactly one engine. A model with no engine for this machine gets a build
+        started in the background and is served in fp32 meanwhile."""
         path, version = self.model_source()
-        if self.model is not None and self.model.version == version and self.model.path == path:
+        token = None
+        if self.engine_builds is not None:
+            self.engine_builds.ensure(path)
+            token = self.engine_builds.token(path)
+        if self.model is not None and self.model.version == version and self.model.path == path \
+                and self.model.engine_token == token:
             return False
         engine = self.engine_factory(path)
         old = self.model
-        self.model = LoadedModel(engine, version, path)
+        self.model = LoadedModel(engine, version, path, token)
         if old is not None:
             old.engine.close()
-            log.info("model swapped: %s -> %s (%s)", old.version, version, engine.name)
-            self.store.event("model_swapped", f"now serving {version} with {engine.name}",
-                             data={"from": old.version, "to": version})
+            if old.version == version and old.path == path:
+                log.info("engine swapped for %s: %s -> %s", version, old.engine.name, engine.name)
+                self.store.event("engine_swapped", f"{version} now served with {engine.name} (was {old.engine.name})",
+                                 data={"version": version, "from": old.engine.name, "to": engine.name})
+            else:
+                log.info("model swapped: %s -> %s (%s)", old.version, version, engine.name)
+                self.store.event("model_swapped", f"now serving {version} with {engine.name}",
+                                 data={"from": old.version, "to": version})
         return True
+
+    def report_engine_build(self) -> None:
+        """Say (log, event, notification hook on failure) when the served model's engine build
+        starts, finishes or fails; quiet while nothing changes."""
+        if self.engine_builds is None or self.model is None:
+            return
+        info = self.engine_builds.summary(self.model.path, self.model.version)
+        note = info["message"]
+        if note == self.build_note:
+            return
+        self.build_note = note
+        failed = info["state"] in ("failed", "no-calibration")
+        log.log(logging.WARNING if failed else logging.INFO, "engine build: %s", note)
+        from nscmonitor.hooks import emit
+
+        emit(self.store.engine, "engine_build_failed" if failed else "engine_build", note,
+             level="warning" if failed else "info", hook=self.settings.retrain.hook if failed else None,
+             data={"version": self.model.version, **{k: v for k, v in info.items() if k != "message"}})
 
     # --- discovery ----------------------------------------------------------------------
     def _discover(self) -> None:
@@ -316,7 +367,8 @@ class Runner:
                 if now - last_beat >= self.heartbeat_s:
                     self._beat("running")
                     last_beat = now
-                    self.load_model_safely()  # between batches: a promoted model takes over here
+                    self.load_model_safely()  # between batches: a promoted model or a new engine takes over here
+                    self._report_builds_safely()
                 if worked and progress is not None:
                     progress(worked, self._backlog())
                 if once and not worked and self.idle():
@@ -327,6 +379,12 @@ class Runner:
             notify.default().stopping()
             stop_all([f.watcher for f in self.folders])
             self._beat("stopped")
+
+    def _report_builds_safely(self) -> None:
+        try:
+            self.report_engine_build()
+        except Exception:  # a status file or hook problem must not stop scoring
+            log.exception("cannot report the engine build state")
 
     def load_model_safely(self) -> bool:
         try:
