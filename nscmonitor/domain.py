@@ -88,6 +88,7 @@ class QCMetrics:
     p_high: float
     passed: bool
     reason: str | None = None
+    nonfinite: int = 0  # NaN/inf pixels of a float frame: such a frame fails QC and is not scored
 
 
 @dataclass(frozen=True)

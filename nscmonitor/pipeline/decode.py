@@ -1,16 +1,27 @@
 """Reading image files read-only into one 2-D plane.
 
-Size is checked from the header before any pixel is decoded, so a decompression bomb or a
-100000 x 100000 header is refused in microseconds instead of exhausting memory.
+Everything is checked from the header before any pixel is decoded (pixels of the page, bytes
+to read, page count, whether the data lies inside the file), and only the page holding the
+scored plane is decoded, so a decompression bomb, a 100000 x 100000 header or a thousand-page
+stack is refused or read in bounded memory instead of exhausting it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+
+from nscmonitor.names import shown
+
+log = logging.getLogger(__name__)
 
 
 class DecodeError(Exception):
@@ -31,66 +42,139 @@ class Decoded:
     sha256: str
 
 
-def _hash(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
+#: pixel sizes outside this range (micrometres per pixel) are not believed: an absurd
+#: resolution tag would make resampling allocate terabytes or shrink the frame to nothing
+PIXEL_SIZE_RANGE_UM = (0.01, 100.0)
+#: a TIFF with more pages than this is refused before its series are built: each page costs
+#: header parsing and memory even though only one is ever decoded
+MAX_PAGES = 100_000
+#: compressed data read for a page may exceed its decoded size by at most this factor (plus
+#: 1 MiB): no codec expands data this much, so more is a bomb or a broken header
+MAX_COMPRESSED_RATIO = 2
+UNREADABLE = "file is locked or not readable"
+HASH_CHUNK = 1 << 20
 
-def _tiff(data: bytes, path: Path, channel_index: int | None, max_pixels: int) -> tuple[np.ndarray, float | None]:
-    import io
+_BYTES_LITERAL = re.compile(r"""b(['"]).*?(?<!\\)\1""")
 
+
+def why(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line for an error column. Readers like to quote the first
+    bytes of a file they cannot parse; those bytes are removed, so no file content (a
+    symlink's target, a secret) ever reaches logs, status or exports."""
+    text = _BYTES_LITERAL.sub("<bytes>", str(exc)).replace("\n", " ").strip() or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _hash(fh: BinaryIO) -> str:
+    h = hashlib.sha256()
+    fh.seek(0)
+    while chunk := fh.read(HASH_CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _plane_index(series, page_axes: str, channel_index: int | None) -> tuple[int, int | None]:  # noqa: ANN001
+    """Which page holds the scored plane: the first of every leading axis except C, where
+    ``channel_index`` is taken. Returns the page index and the channel index still to pick
+    inside the page (when C is a page axis)."""
+    axes, shape = series.axes, series.shape
+    n_lead = len(axes) - len(page_axes)
+    if n_lead <= 0 or not axes.endswith(page_axes):
+        return 0, channel_index
+    lead_axes, lead_shape = axes[:n_lead], shape[:n_lead]
+    idx = [channel_index if ax == "C" and channel_index is not None and channel_index < n else 0
+           for ax, n in zip(lead_axes, lead_shape)]
+    inner = None if "C" in lead_axes else channel_index
+    return int(np.ravel_multi_index(idx, lead_shape)), inner
+
+
+def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
+          max_pixels: int) -> tuple[np.ndarray, float | None]:
+    """Decode the one page that holds the scored plane; every limit is checked from the
+    header first, so memory is bounded by ``max_pixels``, never by the file."""
     import tifffile
 
-    magic_ok = data[:4] in TIFF_MAGIC
+    fh.seek(0)
+    magic_ok = fh.read(4) in TIFF_MAGIC
+    fh.seek(0)
     try:
-        tf = tifffile.TiffFile(io.BytesIO(data), name=path.name)
+        tf = tifffile.TiffFile(fh, name=path.name, _multifile=False)
     except Exception as exc:  # tifffile raises TiffFileError, struct.error, IndexError, ValueError...
         # Without a TIFF signature no later retry can help; with one, the writer may still be at work.
-        raise DecodeError(f"not a readable TIFF: {exc}", permanent=not magic_ok) from exc
+        raise DecodeError(f"not a readable TIFF: {why(exc)}", permanent=not magic_ok) from exc
     with tf:
-        if not tf.series:
-            raise DecodeError("TIFF holds no image series", permanent=True)
-        series = tf.series[0]
-        shape = series.shape
-        n_px = int(np.prod(shape[-2:]))
-        if n_px > max_pixels:
-            raise DecodeError(f"frame of {shape[-1]} x {shape[-2]} pixels is above the cap of {max_pixels} pixels",
-                              permanent=True)
         try:
-            arr = series.asarray()
+            n_pages = len(tf.pages)
+            if n_pages > MAX_PAGES:
+                raise DecodeError(f"TIFF has {n_pages} pages, above the cap of {MAX_PAGES}", permanent=True)
+            if not tf.series:
+                raise DecodeError("TIFF holds no image series", permanent=True)
+            series = tf.series[0]
+            key = series.keyframe
+            page_axes = str(key.axes)
+            index, inner_channel = _plane_index(series, page_axes, channel_index)
+            pages = series.pages
+            page = pages[index] if index < len(pages) and pages[index] is not None else key
+            shape = tuple(int(v) for v in key.shape)
+            dtype = key.dtype
+            offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
+            pixel_size = _tiff_pixel_size(key, path)
+        except DecodeError:
+            raise
+        except Exception as exc:  # malformed tags surface as many types
+            raise DecodeError(f"TIFF header cannot be read: {why(exc)}", permanent=True) from exc
+        h, w = (shape[page_axes.index("Y")], shape[page_axes.index("X")]) \
+            if "Y" in page_axes and "X" in page_axes else (shape[-2:] if len(shape) >= 2 else (1, shape[0] if shape else 0))
+        if h * w > max_pixels:
+            raise DecodeError(f"frame of {w} x {h} pixels is above the cap of {max_pixels} pixels", permanent=True)
+        values = math.prod(shape)
+        if values > 4 * max_pixels:
+            raise DecodeError(f"page of shape {shape} holds {values} values, above 4 x the pixel cap", permanent=True)
+        if dtype is None:
+            raise DecodeError("TIFF pixel type is not supported", permanent=True)
+        raw = values * np.dtype(dtype).itemsize
+        to_read = sum(int(c) for c in counts)
+        if to_read > MAX_COMPRESSED_RATIO * raw + (1 << 20):
+            raise DecodeError(f"page claims {to_read} bytes of pixel data for {raw} decoded bytes; header is corrupt",
+                              permanent=True)
+        if any(c and o + c > size for o, c in zip(offsets, counts)):
+            raise DecodeError(f"file is incomplete: pixel data ends past the end of the file ({size} bytes); "
+                              "it may still be being written", permanent=False)
+        try:
+            arr = page.asarray()
         except Exception as exc:  # tifffile and imagecodecs raise many types for bad strips
-            raise DecodeError(f"TIFF pixel data cannot be decoded (truncated or corrupt): {exc}",
+            raise DecodeError(f"TIFF pixel data cannot be decoded (truncated or corrupt): {why(exc)}",
                               permanent=False) from exc
-        axes = series.axes
-        pixel_size = _tiff_pixel_size(tf)
-    return _pick_plane(arr, axes, channel_index), pixel_size
+    return _pick_plane(arr, page_axes, inner_channel), pixel_size
 
 
-def _tiff_pixel_size(tf) -> float | None:  # noqa: ANN001 - tifffile object
+def _tiff_pixel_size(page, path: Path) -> float | None:  # noqa: ANN001 - tifffile page
+    """Micrometres per pixel from the resolution tags (centimetre unit only: inch-based
+    tags are almost always a 72-dpi default). Out-of-range values are ignored with a
+    warning; the frame is then scored at its own scale."""
     try:
-        page = tf.pages[0]
         tag = page.tags.get("XResolution")
         unit = page.tags.get("ResolutionUnit")
-        if tag is None or unit is None:
+        if tag is None or unit is None or int(unit.value) != 3:
             return None
         num, den = tag.value
         if not num:
             return None
-        per_unit = den / num
-        u = int(unit.value)
-        if u == 3:  # centimetre
-            return per_unit * 1e4
+        um = den / num * 1e4
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError, OverflowError):
         return None
-    except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+    lo, hi = PIXEL_SIZE_RANGE_UM
+    if not (math.isfinite(um) and lo <= um <= hi):
+        log.warning("%s: ignoring the resolution tag: %.3g um per pixel is outside %g-%g; scored at its own scale",
+                    shown(str(path)), um, lo, hi)
         return None
+    return um
 
 
 def _pick_plane(arr: np.ndarray, axes: str, channel_index: int | None) -> np.ndarray:
-    """Reduce a multi-dimensional series (OME stacks, RGB) to the plane we score."""
+    """Reduce a page (RGB, planar samples) to the plane we score."""
     arr = np.asarray(arr)
     axes = axes[-arr.ndim:] if len(axes) >= arr.ndim else axes
     while arr.ndim > 2:
@@ -104,14 +188,13 @@ def _pick_plane(arr: np.ndarray, axes: str, channel_index: int | None) -> np.nda
     return arr
 
 
-def _pillow(data: bytes, max_pixels: int) -> np.ndarray:
-    import io
-
+def _pillow(fh: BinaryIO, max_pixels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = max_pixels
+    fh.seek(0)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(fh) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise DecodeError(f"frame of {w} x {h} pixels is above the cap of {max_pixels} pixels", permanent=True)
@@ -120,41 +203,54 @@ def _pillow(data: bytes, max_pixels: int) -> np.ndarray:
                 im = im.convert("L")
             return np.asarray(im)
     except Image.DecompressionBombError as exc:
-        raise DecodeError(f"image above the pixel cap: {exc}", permanent=True) from exc
+        raise DecodeError(f"image above the pixel cap: {why(exc)}", permanent=True) from exc
     except UnidentifiedImageError as exc:
-        raise DecodeError(f"not a readable image: {exc}", permanent=True) from exc
+        raise DecodeError("not a readable image (no known image format)", permanent=True) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DecodeError(f"image data cannot be decoded (truncated or corrupt): {exc}", permanent=False) from exc
+        raise DecodeError(f"image data cannot be decoded (truncated or corrupt): {why(exc)}", permanent=False) from exc
 
 
 def decode(path: str | Path, *, channel_index: int | None = None, max_pixels: int = 200_000_000,
            max_bytes: int = 4 << 30) -> Decoded:
-    """Read the file once (read-only), hash those bytes and decode them, so the hash always
-    matches the pixels that were scored even if the file changes meanwhile."""
+    """Decode the scored plane, then hash the file, through one read-only handle. Memory is
+    the plane plus a 1 MiB hashing buffer, whatever the file's size. If the file's size or
+    mtime changed while it was read, the hash may not be of the decoded pixels: that is a
+    transient error and the file is read again later."""
     path = Path(path)
     try:
-        size = os.stat(path).st_size
-        if size == 0:
+        before = os.stat(path)
+        if before.st_size == 0:
             raise DecodeError("empty file (0 bytes)", permanent=True)
-        if size > max_bytes:
-            raise DecodeError(f"file of {size} bytes is above the {max_bytes}-byte cap", permanent=True)
-        with open(path, "rb") as fh:
-            data = fh.read()
+        if before.st_size > max_bytes:
+            raise DecodeError(f"file of {before.st_size} bytes is above the {max_bytes}-byte cap", permanent=True)
+        fh = open(path, "rb")  # noqa: SIM115 - closed below, after decoding and hashing
     except FileNotFoundError as exc:
         raise DecodeError("file disappeared before it could be read", permanent=False) from exc
     except PermissionError as exc:
-        raise DecodeError(f"file is locked or not readable: {exc}", permanent=False) from exc
+        raise DecodeError(f"{UNREADABLE}: {why(exc)}", permanent=False) from exc
     except OSError as exc:
-        raise DecodeError(f"cannot read file: {exc}", permanent=False) from exc
-    digest = _hash(data)
-    suffix = path.suffix.lower()
-    pixel_size = None
-    if suffix in (".tif", ".tiff") or data[:4] in TIFF_MAGIC:
-        arr, pixel_size = _tiff(data, path, channel_index, max_pixels)
-    elif suffix in (".c01", ".dib"):
-        raise DecodeError("Cellomics .C01/.DIB files need Bio-Formats; export TIFF from HCS Studio", permanent=True)
-    else:
-        arr = _pillow(data, max_pixels)
+        raise DecodeError(f"cannot read file: {why(exc)}", permanent=False) from exc
+    with fh:
+        try:
+            head = fh.read(4)
+            suffix = path.suffix.lower()
+            pixel_size = None
+            if suffix in (".tif", ".tiff") or head in TIFF_MAGIC:
+                arr, pixel_size = _tiff(fh, path, before.st_size, channel_index, max_pixels)
+            elif suffix in (".c01", ".dib"):
+                raise DecodeError("Cellomics .C01/.DIB files need Bio-Formats; export TIFF from HCS Studio",
+                                  permanent=True)
+            else:
+                arr = _pillow(fh, max_pixels)
+            digest = _hash(fh)
+        except OSError as exc:  # e.g. a network share dropped mid-read
+            raise DecodeError(f"cannot read file: {why(exc)}", permanent=False) from exc
+    try:
+        after = os.stat(path)
+    except OSError as exc:
+        raise DecodeError("file disappeared while it was read", permanent=False) from exc
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise DecodeError("file changed while it was read; read again later", permanent=False)
     if arr.ndim != 2 or min(arr.shape) < 8:
         raise DecodeError(f"decoded plane has shape {arr.shape}; expected a 2-D image of at least 8 x 8", permanent=True)
     if arr.dtype.kind not in "uif" or arr.dtype == np.bool_:

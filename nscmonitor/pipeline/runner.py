@@ -28,7 +28,9 @@ from nscmonitor.ingest.readiness import ReadinessTracker
 from nscmonitor.ingest.watcher import FolderWatcher, stop_all
 from nscmonitor.pipeline.aggregate import image_score, pack_tiles
 from nscmonitor.pipeline.classify import score_batches
-from nscmonitor.pipeline.decode import DecodeError, decode
+from nscmonitor.names import shown
+from nscmonitor.pipeline.decode import DecodeError, decode, why
+from nscmonitor.pipeline.limits import resample_refusal
 from nscmonitor.pipeline.qc import qc_metrics
 from nscmonitor.pipeline.preprocess import Preprocess
 from nscmonitor.platemap import PlateMap, load_plate_map
@@ -263,82 +265,146 @@ class Runner:
     def process_batch(self) -> int:
         assert self.model is not None
         model = self.model
-        claimed = self.store.claim(self.claim_size, self.wall(), model.version)
+        claimed = self.store.claim(self.claim_size, self.wall(), model.version, max_attempts=self.max_attempts)
         if not claimed:
             return 0
         meta = model.engine.metadata
-        norm = meta.normalization
         prepared: list[tuple[Claimed, object, object, object]] = []
         for c in claimed:
-            t0 = time.perf_counter()
+            # The per-image error boundary: decode, QC, resampling, tiling. Whatever one
+            # file does (a codec bug, an absurd tag, a resampler refusing), that image is
+            # failed or quarantined with the reason and the others go on.
             try:
-                dec = decode(c.path, max_pixels=self.settings.max_pixels)
+                item = self._prepare(c, meta)
             except DecodeError as exc:
                 self._fail(c, exc.reason, exc.permanent)
                 continue
             except Exception as exc:  # a bug or an odd file must not stop the daemon
-                log.exception("%s: unexpected error while decoding", c.path)
-                self._fail(c, f"unexpected error while decoding: {exc!r}", False)
+                log.exception("%s: unexpected error while preparing the image", shown(c.path))
+                self._fail(c, f"unexpected error while preparing the image: {why(exc)}", False)
                 continue
-            t1 = time.perf_counter()
-            if c.scored and dec.sha256 == c.previous_hash:
-                self.store.unchanged(c.id)
-                continue
-            qc = qc_metrics(dec.pixels, p_low=norm["p_low"], p_high=norm["p_high"])
-            grid = None
-            if not qc.blank:
-                pre = Preprocess.from_metadata(meta)
-                grid = pre.tiles(dec.pixels, factor=pre.factor(dec.pixel_size_um), lohi=(qc.p_low, qc.p_high))
-            t2 = time.perf_counter()
-            self.timings.decode += t1 - t0
-            self.timings.preprocess += t2 - t1
-            prepared.append((c, dec, qc, grid))
+            if item is not None:
+                prepared.append(item)
         if not prepared:
             return len(claimed)
         t0 = time.perf_counter()
-        try:
-            probs = score_batches(model.engine, [g.tiles if g is not None else _empty(meta) for _, _, _, g in prepared],
-                                  self.settings.batch_size)
-        except (EngineError, RuntimeError, ValueError) as exc:
-            log.error("engine %s failed on a batch: %s; the batch goes back to the queue", model.engine.name, exc)
-            self.store.event("engine_error", str(exc), level="error")
-            self.store.release(c.id for c, *_ in prepared)
-            self.stop_event.wait(self.retry_base_s)
+        probs = self._score(prepared)
+        if probs is None:
             return len(claimed)
         t1 = time.perf_counter()
         results = []
+        stored = []
         for (c, dec, qc, grid), p in zip(prepared, probs):
-            score = image_score(p) if grid is not None and len(p) else None
-            results.append(Scored(
-                image_id=c.id, content_hash=dec.sha256, qc=qc, width=dec.pixels.shape[1], height=dec.pixels.shape[0],
-                score=score, tiles_blob=pack_tiles(p, grid.rows, grid.cols, grid.kept) if grid is not None else None,
-                model_version=model.version, classes=meta.classes, engine=model.engine.name,
-            ))
-        try:
-            self.store.complete(results)
-        except Exception as exc:  # a database hiccup must not stop the daemon; retry later
-            log.exception("could not store the results of %d images", len(results))
-            for c, *_ in prepared:
-                self._fail(c, f"could not store the result: {exc}", False)
-            return len(claimed)
+            if p is None:
+                continue
+            try:
+                score = image_score(p) if grid is not None and len(p) else None
+                results.append(Scored(
+                    image_id=c.id, content_hash=dec.sha256, qc=qc, width=dec.pixels.shape[1],
+                    height=dec.pixels.shape[0], score=score,
+                    tiles_blob=pack_tiles(p, grid.rows, grid.cols, grid.kept) if grid is not None else None,
+                    model_version=model.version, classes=meta.classes, engine=model.engine.name,
+                ))
+                stored.append(c)
+            except Exception as exc:  # the same boundary for packing one image's result
+                log.exception("%s: unexpected error while packing the result", shown(c.path))
+                self._fail(c, f"unexpected error while packing the result: {why(exc)}", False)
+        stored = self._complete(results, stored)
         t2 = time.perf_counter()
         self.timings.inference += t1 - t0
         self.timings.store += t2 - t1
-        self.timings.images += len(results)
+        self.timings.images += len(stored)
         now = self.clock()
-        for c, *_ in prepared:
+        for c in stored:
             started = self.ready_at.pop(c.path, None)
             if started is not None:
                 self.timings.latencies.append(now - started)
             self._done_times.append(now)
-        if self.on_batch:
-            self.on_batch(len(results))
+        if self.on_batch and stored:
+            self.on_batch(len(stored))
         return len(claimed)
+
+    def _prepare(self, c: Claimed, meta) -> tuple[Claimed, object, object, object] | None:  # noqa: ANN001
+        """Decode, QC and tile one claimed image; None when it needs no scoring."""
+        norm = meta.normalization
+        t0 = time.perf_counter()
+        dec = decode(c.path, max_pixels=self.settings.max_pixels)
+        t1 = time.perf_counter()
+        if c.scored and dec.sha256 == c.previous_hash:
+            self.store.unchanged(c.id)
+            return None
+        qc = qc_metrics(dec.pixels, p_low=norm["p_low"], p_high=norm["p_high"])
+        grid = None
+        if not qc.blank and not qc.nonfinite:
+            pre = Preprocess.from_metadata(meta)
+            factor = pre.factor(dec.pixel_size_um)
+            refusal = resample_refusal(dec.pixels.shape, factor, self.settings.max_pixels, meta.input_size)
+            if refusal:
+                raise DecodeError(refusal, permanent=True)
+            grid = pre.tiles(dec.pixels, factor=factor, lohi=(qc.p_low, qc.p_high))
+        t2 = time.perf_counter()
+        self.timings.decode += t1 - t0
+        self.timings.preprocess += t2 - t1
+        return c, dec, qc, grid
+
+    def _score(self, prepared: list) -> list | None:
+        """Tile probabilities per prepared image, None for an image the engine failed on.
+        When a whole batch fails, each image is tried alone: one image the engine cannot
+        take is failed on its own (its attempts count), while an engine that fails on
+        every image hands the batch back untouched (returns None)."""
+        model = self.model
+        meta = model.engine.metadata
+        tiles = [g.tiles if g is not None else _empty(meta) for _, _, _, g in prepared]
+        try:
+            return score_batches(model.engine, tiles, self.settings.batch_size)
+        except (EngineError, RuntimeError, ValueError) as exc:
+            first = exc
+        out: list = []
+        errors: list[tuple[Claimed, Exception]] = []
+        if len(prepared) > 1:
+            for (c, *_), t in zip(prepared, tiles):
+                try:
+                    out.extend(score_batches(model.engine, [t], self.settings.batch_size))
+                except (EngineError, RuntimeError, ValueError) as exc:
+                    out.append(None)
+                    errors.append((c, exc))
+        if len(prepared) == 1 or len(errors) == len(prepared):
+            log.error("engine %s failed on a batch: %s; the batch goes back to the queue", model.engine.name, first)
+            self.store.event("engine_error", str(first), level="error")
+            self.store.release(c.id for c, *_ in prepared)
+            self.stop_event.wait(self.retry_base_s)
+            return None
+        for c, exc in errors:
+            self._fail(c, f"the engine failed on this image: {why(exc)}", False)
+        return out
+
+    def _complete(self, results: list[Scored], claimed: list[Claimed]) -> list[Claimed]:
+        """Store the batch in one transaction; if that fails, each image alone, so one row
+        the database refuses cannot fail the others. Returns the images stored."""
+        if not results:
+            return []
+        try:
+            self.store.complete(results)
+            return claimed
+        except Exception as exc:  # a database hiccup must not stop the daemon; retry later
+            log.exception("could not store the results of %d images", len(results))
+            if len(results) == 1:
+                self._fail(claimed[0], f"could not store the result: {why(exc)}", False)
+                return []
+        done = []
+        for r, c in zip(results, claimed):
+            try:
+                self.store.complete([r])
+                done.append(c)
+            except Exception as exc:  # this image's row is the problem: fail it alone
+                log.exception("%s: could not store the result", shown(c.path))
+                self._fail(c, f"could not store the result: {why(exc)}", False)
+        return done
 
     def _fail(self, c: Claimed, reason: str, permanent: bool) -> None:
         retry_at = self.wall() + self.retry_base_s * (2 ** (c.attempts - 1))
         state = self.store.fail(c.id, reason, permanent=permanent, retry_at=retry_at, max_attempts=self.max_attempts)
-        log.warning("%s: %s (%s)", c.path, reason, state)
+        log.warning("%s: %s (%s)", shown(c.path), reason, state)
 
     def images_per_s(self, window: float = 300.0) -> float:
         now = self.clock()

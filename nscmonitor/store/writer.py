@@ -16,6 +16,7 @@ from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from nscmonitor.domain import ImageKey, QCMetrics
+from nscmonitor.names import clean, from_db, to_db
 from nscmonitor.pipeline.aggregate import ImageScore, well_aggregate
 from nscmonitor.store import models as m
 
@@ -128,15 +129,20 @@ class Store:
     # --- the queue ------------------------------------------------------------------
     def known_files(self) -> dict[str, tuple[int, float]]:
         with self.Session() as s:
-            return {p: (sz, mt) for p, sz, mt in s.execute(select(m.Image.path, m.Image.size, m.Image.mtime))}
+            return {from_db(p): (sz, mt) for p, sz, mt in s.execute(select(m.Image.path, m.Image.size, m.Image.mtime))}
 
     def enqueue(self, files: Iterable[Discovered]) -> tuple[int, int]:
         """Insert new files; re-queue known ones whose size or mtime changed (the hash
-        decides later whether the content really changed). Returns (new, changed)."""
+        decides later whether the content really changed). Returns (new, changed).
+
+        Paths go in in their stored form (``names.to_db``) and every other text through
+        ``names.clean``: a name that is not valid UTF-8 is kept, never allowed to fail the
+        insert for the whole batch."""
         new = changed = 0
         now = utcnow()
         with self.Session.begin() as s:
             for f in files:
+                f = _storable(f)
                 row = s.scalar(select(m.Image).where(m.Image.path == f.path))
                 if row is not None and row.size == f.size and row.mtime == f.mtime:
                     continue
@@ -165,19 +171,67 @@ class Store:
                     s.add(m.Event(at=now, kind="quarantined", level="warning", message=f.error, path=f.path))
         return new, changed
 
+    def requeue(self, ids: Iterable[int]) -> int:
+        """Quarantined (or failed) images back to the queue with fresh attempts: the
+        operator fixed the cause (``nscmonitor requeue``, the dashboard), or the file became
+        readable again."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        now = utcnow()
+        n = 0
+        with self.Session.begin() as s:
+            for chunk in range(0, len(ids), 500):
+                res = s.execute(update(m.Image).where(m.Image.id.in_(ids[chunk:chunk + 500]),
+                                                      m.Image.status.in_(("quarantined", "failed")))
+                                .values(status="pending", attempts=0, next_attempt_at=0.0, error=None, updated_at=now))
+                n += res.rowcount or 0
+            if n:
+                s.add(m.Event(at=now, kind="requeued", level="info", message=f"{n} image(s) back in the queue"))
+        return n
+
+    def unreadable_quarantined(self) -> dict[int, str]:
+        """Images quarantined because they could not be opened (permissions, a lock):
+        id -> file-system path, so the runner can retry them once they can be read."""
+        from nscmonitor.pipeline.decode import UNREADABLE
+
+        with self.Session() as s:
+            rows = s.execute(select(m.Image.id, m.Image.path).where(
+                m.Image.status == "quarantined", m.Image.error.like(UNREADABLE + "%")))
+            return {i: from_db(p) for i, p in rows}
+
     def requeue_stale(self) -> int:
         """Rows a crashed daemon left 'processing' go back to the queue."""
         with self.Session.begin() as s:
             res = s.execute(update(m.Image).where(m.Image.status == "processing").values(status="pending"))
             return res.rowcount or 0
 
-    def claim(self, n: int, now_ts: float, model_version: str = "") -> list[Claimed]:
+    def claim(self, n: int, now_ts: float, model_version: str = "", *,
+              max_attempts: int = m.MAX_ATTEMPTS) -> list[Claimed]:
+        """Take up to ``n`` due images. A row whose attempts are used up is quarantined here
+        instead of being handed out: attempts count claims, so an image during which the
+        daemon dies every time (a crash in a native library, the OOM killer) stops after
+        ``max_attempts`` starts instead of looping for ever."""
+        now = utcnow()
         with self.Session.begin() as s:
-            rows = list(s.scalars(
-                select(m.Image)
-                .where(m.Image.status.in_(("pending", "failed")), m.Image.next_attempt_at <= now_ts)
-                .order_by(m.Image.id).limit(n)
-            ).all())
+            while True:
+                rows = list(s.scalars(
+                    select(m.Image)
+                    .where(m.Image.status.in_(("pending", "failed")), m.Image.next_attempt_at <= now_ts)
+                    .order_by(m.Image.id).limit(n)
+                ).all())
+                spent = [r for r in rows if r.attempts >= max_attempts]
+                for r in spent:
+                    r.status = "quarantined"
+                    last = f" (last error: {r.error})" if r.error else ""
+                    r.error = (f"gave up after {r.attempts} attempts: processing this image never finished, "
+                               f"the daemon stopped during it{last}")
+                    r.updated_at = now
+                    s.add(m.Event(at=now, kind="quarantined", level="warning", message=r.error, path=r.path))
+                    log.warning("%s: %s", r.path, r.error)
+                if not spent:
+                    break
+                s.flush()
             if not rows:  # rescoring for a newly promoted model only when nothing new waits
                 rows = list(s.scalars(select(m.Image).where(m.Image.status == "rescore")
                                       .order_by(m.Image.id.desc()).limit(n)).all())
@@ -187,7 +241,7 @@ class Store:
             for r in rows:
                 r.status = "processing"
                 r.attempts += 1
-                out.append(Claimed(r.id, r.path, r.relpath, r.experiment_id, r.well_id, r.time_key, r.attempts,
+                out.append(Claimed(r.id, from_db(r.path), r.relpath, r.experiment_id, r.well_id, r.time_key, r.attempts,
                                    r.content_hash, r.channel, r.id in scored))
             return out
 
@@ -213,6 +267,7 @@ class Store:
             row = s.get(m.Image, image_id)
             if row is None:
                 return "missing"
+            reason = clean(reason)
             if permanent or row.attempts >= max_attempts:
                 row.status = "quarantined"
                 row.error = reason if permanent else f"{reason} (gave up after {row.attempts} attempts)"
@@ -248,7 +303,7 @@ class Store:
                 row.error = None
                 row.qc = {"focus": r.qc.focus, "saturation": r.qc.saturation, "blank": r.qc.blank, "dtype": r.qc.dtype,
                           "min": r.qc.min, "max": r.qc.max, "p_low": r.qc.p_low, "p_high": r.qc.p_high,
-                          "reason": r.qc.reason}
+                          "reason": r.qc.reason, **({"nonfinite": r.qc.nonfinite} if r.qc.nonfinite else {})}
                 row.qc_passed = r.qc.passed
                 row.width, row.height = r.width, r.height
                 row.scored_at = now
@@ -337,5 +392,22 @@ class Store:
     def event(self, kind: str, message: str, *, level: str = "info", path: str | None = None,
               data: dict | None = None) -> None:
         with self.Session.begin() as s:
-            s.add(m.Event(at=utcnow(), kind=kind, level=level, message=message, path=path,
+            s.add(m.Event(at=utcnow(), kind=kind, level=level, message=clean(message),
+                          path=to_db(path) if path is not None else None,
                           data=json.loads(json.dumps(data, default=str)) if data else None))
+
+
+def _storable(f: Discovered) -> Discovered:
+    """``f`` with its path in the stored form and every other text clean (``names``)."""
+    from dataclasses import replace
+
+    key = f.key
+    if key is not None:
+        key = replace(key, plate=clean(key.plate) if key.plate else key.plate,
+                      channel=clean(key.channel) if key.channel else key.channel)
+    return replace(f, path=to_db(f.path), relpath=to_db(f.relpath), key=key,
+                   plate=clean(f.plate) if f.plate else f.plate,
+                   profile=clean(f.profile) if f.profile else f.profile,
+                   condition=clean(f.condition) if f.condition else f.condition,
+                   error=clean(f.error) if f.error else f.error,
+                   skip_reason=clean(f.skip_reason) if f.skip_reason else f.skip_reason)

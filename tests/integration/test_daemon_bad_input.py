@@ -48,7 +48,7 @@ def test_bad_files_are_quarantined_with_reasons_and_good_files_still_scored(tmp_
     assert by_name[good_before.name].status == "done" and by_name[good_after.name].status == "done"
     expected = {
         "VID1_A2_1_00d00h00m.tif": "empty file",
-        "VID1_A3_1_00d00h00m.tif": "truncated or corrupt",
+        "VID1_A3_1_00d00h00m.tif": "file is incomplete",
         "VID1_A4_1_00d00h00m.tif": "not a readable TIFF",
         "VID1_A5_1_00d00h00m.tif": "above the cap",
         "IMG_0001.tif": "does not match",
