@@ -34,9 +34,21 @@ bench: $(STAMP)
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/inference.py
 
-# On a machine with an NVIDIA GPU and `pip install -e ".[gpu]"`: TensorRT build, gpu tests, GPU benchmark.
-gpu-check: $(STAMP)
-	benchmarks/gpu_check.sh gpu-check-out
+# On a machine with an NVIDIA GPU: its own venv with the `gpu` extra (onnxruntime-gpu, TensorRT,
+# CUDA torch), because `.[all]` brings the CPU onnxruntime and the two must never share one
+# environment; then gpu tests, build on register, GPU benchmark (benchmarks/gpu_check.sh).
+GPU_VENV  ?= .venv-gpu
+GPU_PY    := $(GPU_VENV)/bin/python
+GPU_STAMP := $(GPU_VENV)/.installed-gpu
+
+$(GPU_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_PY) -m pip install --upgrade pip setuptools wheel
+	$(GPU_PY) -m pip install -e ".[gpu,train,dev]"
+	touch $(GPU_STAMP)
+
+gpu-check: $(GPU_STAMP)
+	PYTHON=$(abspath $(GPU_PY)) benchmarks/gpu_check.sh gpu-check-out
 
 clean:
-	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache
+	rm -rf $(DEMO_DIR) build dist *.egg-info .pytest_cache gpu-check-out

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 CPU_BACKENDS = ("torch-eager", "torch-cl", "ort-fp32", "ort-int8", "ov-int8", "ov-int8-2s")
-GPU_BACKENDS = ("torch-cuda-fp16", "tensorrt-fp16", "tensorrt-int8")
+GPU_BACKENDS = ("ort-cuda", "torch-cuda-fp16", "tensorrt-fp16", "tensorrt-int8")
 ORDER = CPU_BACKENDS + GPU_BACKENDS
 
 
@@ -116,6 +116,10 @@ def make_engine(backend: str, model: Path, threads: int, work: Path):
         return _TorchCudaHalf(model, meta)
     if backend == "ort-fp32":
         return OrtCpuEngine(model, meta, threads=threads)
+    if backend == "ort-cuda":
+        from nscmonitor.engines.ort import OrtCudaEngine
+
+        return OrtCudaEngine(model, meta)
     if backend == "ort-int8":
         engine = OrtCpuEngine(work / f"{model.parent.name}-{meta.input_size}.int8.onnx", meta, threads=threads)
         engine.name = "ort-cpu-int8"
@@ -179,31 +183,47 @@ def prepare(model: Path, tiles: Path, args: argparse.Namespace, work: Path, back
 
     meta = read_onnx_metadata(model)
     calib, held = calibration_and_heldout(tiles, meta, n_calib=args.n_calib, n_heldout=args.n_heldout)
-    notes = {}
-    if any(b in backends for b in ("ort-int8", "ov-int8", "ov-int8-2s")):
-        from nscmonitor.engines.quantize import build_ort_int8, quantize_static_qdq
-
+    notes: dict[str, dict] = {}
+    int8_users = [b for b in backends if b in ("ort-int8", "ov-int8", "ov-int8-2s")]
+    if int8_users:
         t0 = time.perf_counter()
-        int8 = work / f"{model.parent.name}-{meta.input_size}.int8.onnx"
-        path, report = build_ort_int8(model, calib, held, out_path=int8, threads=args.threads)
-        notes["ort-int8"] = {"build_s": time.perf_counter() - t0, "gate": report.to_dict(),
-                             "published": path is not None, "path": str(int8)}
-        if path is None:
-            # the gate refused it for serving; its speed is still worth knowing, and it stays in the work dir
-            quantize_static_qdq(model, int8, calib.x)
-        else:
-            ov_gate = read_onnx_metadata(int8).extra["int8"].get("openvino_gate")
-            notes["ov-int8"] = {"gate": ov_gate, "published": bool(ov_gate and ov_gate["passed"])}
+        try:
+            from nscmonitor.engines.quantize import build_ort_int8, quantize_static_qdq
+
+            int8 = work / f"{model.parent.name}-{meta.input_size}.int8.onnx"
+            path, report = build_ort_int8(model, calib, held, out_path=int8, threads=args.threads)
+            notes["ort-int8"] = {"build_s": time.perf_counter() - t0, "gate": report.to_dict(),
+                                 "published": path is not None, "path": str(int8)}
+            if path is None:
+                # the gate refused it for serving; its speed is still worth knowing, and it stays in the work dir
+                quantize_static_qdq(model, int8, calib.x)
+            else:
+                ov_gate = read_onnx_metadata(int8).extra["int8"].get("openvino_gate")
+                notes["ov-int8"] = {"gate": ov_gate, "published": bool(ov_gate and ov_gate["passed"])}
+        except Exception as exc:  # one backend's failure must not cost the other rows
+            for b in int8_users:
+                notes.setdefault(b, {})["error"] = f"int8 model not built: {_one_line(exc)}"
     for b in backends:
         if b.startswith("tensorrt-"):
-            from nscmonitor.engines.build import BuildOptions, build_trt_engine
-
             t0 = time.perf_counter()
-            path, report = build_trt_engine(model, held, opts=BuildOptions(precision=b.split("-")[1]),
-                                            cache_dir=work / "trt-cache", calib=calib)
+            try:
+                from nscmonitor.engines.build import BuildOptions, build_trt_engine
+
+                path, report = build_trt_engine(model, held, opts=BuildOptions(precision=b.split("-")[1]),
+                                                cache_dir=work / "trt-cache", calib=calib)
+            except Exception as exc:  # TensorRT raises many types; keep the reason in this row only
+                notes[b] = {"build_s": time.perf_counter() - t0, "error": f"build failed: {_one_line(exc)}"}
+                continue
             notes[b] = {"build_s": time.perf_counter() - t0, "gate": report.to_dict() if report else None,
                         "published": path is not None}
+            if path is None:
+                notes[b]["error"] = "failed its gate: " + "; ".join(report.reasons if report else ())
     return meta, held, notes
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 def run_size(model: Path, tiles: Path, args: argparse.Namespace, work: Path, random_model: bool) -> dict:
@@ -214,6 +234,10 @@ def run_size(model: Path, tiles: Path, args: argparse.Namespace, work: Path, ran
     runs: dict[str, list[dict]] = {b: [] for b in backends}
     errors: dict[str, str] = {}
     probs = {}
+    for b in backends:
+        if notes.get(b, {}).get("error"):
+            errors[b] = notes[b]["error"]
+            print(f"[{meta.input_size}px] {b} skipped: {errors[b]}", flush=True)
     for rnd in range(args.rounds):
         for b in backends:
             if b in errors:
@@ -226,7 +250,7 @@ def run_size(model: Path, tiles: Path, args: argparse.Namespace, work: Path, ran
                   flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
-                errors[b] = proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"
+                errors[b] = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
                 print(f"  skipped: {errors[b]}", flush=True)
                 continue
             r = json.loads(out_json.read_text())
@@ -284,7 +308,7 @@ def markdown(report: dict) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for r in block["results"]:
             if "error" in r:
-                lines.append(f"| {r['backend']} | - | - | - | - | - | skipped: {r['error'][:60]} |")
+                lines.append(f"| {r['backend']} | - | - | - | - | - | skipped: {r['error'][:160]} |")
                 continue
             ag = r.get("agreement", {})
             for t in r["timings"]:

@@ -21,7 +21,7 @@ param(
     [Parameter(ParameterSetName = 'Wheel')] [string]$Wheel,
     [Parameter(ParameterSetName = 'Wheel')] [string]$WheelDir,
     [Parameter(ParameterSetName = 'Wheel')] [string]$Python = 'py',
-    [Parameter(ParameterSetName = 'Wheel')] [string]$Extras = 'gui',
+    [Parameter(ParameterSetName = 'Wheel')] [string]$Extras = 'cpu,gui',
     [Parameter(ParameterSetName = 'Frozen')] [string]$FrozenDir,
     [string]$InstallDir = (Join-Path $env:ProgramFiles 'nscmonitor'),
     [string]$ServiceAccount = 'NT AUTHORITY\NETWORK SERVICE',
