@@ -548,18 +548,22 @@ def start(model_path: str | Path, *, threads: int = 0) -> subprocess.Popen | Non
     return spawn(model_path, wait=False, calibration_dir=cal, threads=threads)
 
 
-def ensure(model_path: str | Path, *, calibration_dir: str | Path | None = None,
-           threads: int = 0) -> EngineStatus | None:
-    """The command line's trigger: build in a child process whose progress bar shows in this
-    terminal (or wait for a build already running), then return the recorded outcome."""
+def ensure(model_path: str | Path, *, calibration_dir: str | Path | None = None, threads: int = 0,
+           quiet: bool = False) -> EngineStatus | None:
+    """Build and wait: the command line's trigger (the child's progress bar shows in this
+    terminal) and scheduled retraining's (``quiet``: output to ``engine-build.log``). Waits
+    for a build already running instead of starting a second; returns the recorded outcome."""
     model_path = Path(model_path)
     action, cal = needed(model_path, calibration_dir)
     if action == "wait":
-        print(f"an engine build for {model_path} is already running; waiting for it", flush=True)
+        log.info("an engine build for %s is already running; waiting for it", model_path)
         while build_running(model_path):
             time.sleep(0.5)
     elif action == "build":
-        spawn(model_path, wait=True, calibration_dir=cal, threads=threads)
+        if quiet:
+            spawn(model_path, wait=False, calibration_dir=cal, threads=threads).wait()
+        else:
+            spawn(model_path, wait=True, calibration_dir=cal, threads=threads)
     return read_status(model_path)
 
 
@@ -607,3 +611,24 @@ def token(model_path: str | Path) -> str | None:
     if st is None or st.state != "ready":
         return None
     return f"{st.engine}@{st.finished_at}:{hashlib.sha1(json.dumps(st.fingerprint, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def copy_artefacts(src_model: str | Path, dest_dir: str | Path) -> bool:
+    """Copy an engine built beside a training run's ``model.onnx`` (and its status) into the
+    registry's version folder, so registering what ``nscmonitor train`` just built does not
+    build it again; the copied status is checked against the copy's fingerprint as usual.
+    Only for run folders (``model.onnx``): other names would not match the files' names."""
+    from nscmonitor.engines.build import default_cache_dir
+    from nscmonitor.engines.ort import int8_path_for
+
+    src_model, dest_dir = Path(src_model), Path(dest_dir)
+    if src_model.name != "model.onnx" or not status_path(src_model).is_file():
+        return False
+    int8 = int8_path_for(src_model)
+    for p in (int8, int8.with_name(int8.name + ".gate.json"), status_path(src_model)):
+        if p.is_file():
+            shutil.copy2(p, dest_dir / p.name)
+    if default_cache_dir(src_model).is_dir():
+        shutil.copytree(default_cache_dir(src_model), dest_dir / default_cache_dir(src_model).name,
+                        dirs_exist_ok=True)
+    return True

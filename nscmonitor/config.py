@@ -68,6 +68,9 @@ class RetrainSettings:
     epochs: int = 10
     rescore: bool = False
     hook: str | None = None
+    #: a candidate whose engine (int8 / TensorRT) fails its gate here is not promoted; false lets
+    #: it be promoted all the same and served in fp32
+    require_engine: bool = True
     #: extra training settings (arch, image_size, lr, ...), checked by the trainer
     train: dict = field(default_factory=dict)
 
@@ -238,6 +241,7 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
         schedule=sched, threads=_expect(rt, "threads", int, "retrain.", 1),
         device=_expect(rt, "device", str, "retrain.", "cpu"), epochs=_expect(rt, "epochs", int, "retrain.", 10),
         rescore=_expect(rt, "rescore", bool, "retrain.", False), hook=_expect(rt, "hook", str, "retrain.", None),
+        require_engine=_expect(rt, "require_engine", bool, "retrain.", True),
         train=_expect(rt, "train", dict, "retrain.", {}),
     )
     model = _expect(data, "model", str, "")

@@ -26,6 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from RUN_DIR/last.pt")
     p.add_argument("--no-export", dest="export", action="store_false", default=None)
+    p.add_argument("--no-engine", action="store_true",
+                   help="do not build this machine's engine (int8 / TensorRT, gated against fp32) beside model.onnx")
     p.add_argument("--label-mode", choices=("well", "tile"),
                    help="simulator tiles: label each tile with its well's fate (well) or its cells' majority (tile)")
     p.add_argument("--min-train-h", type=float, help="train only on tiles at or after this many hours")
@@ -78,6 +80,11 @@ def _train(args: argparse.Namespace) -> int:
         main(cfg)
     except FileNotFoundError as exc:
         raise UserFacingError(str(exc)) from exc
+    model = Path(cfg.out) / "model.onnx"
+    if cfg.export is not False and not args.no_engine and model.is_file():
+        from nscmonitor.engines import autobuild
+
+        print(f"engine: {autobuild.describe(autobuild.ensure(model, threads=cfg.threads or 0))}")
     return 0
 
 

@@ -4,8 +4,11 @@ labels changed? -> dataset from the store (every earlier image of a labelled wel
 its end-point label; test wells held out by plate where there are several plates) ->
 ``python -m nscmonitor.training.train`` in a subprocess with a thread budget and lower
 priority (a crash or out-of-memory there never takes the daemon down) -> candidate and
-active model evaluated on the same held-out images with ONNX Runtime -> gates -> engine
-for this machine selected and validated -> register, promote or reject, with the numbers.
+active model evaluated on the same held-out images with ONNX Runtime -> gates -> candidate
+registered -> this machine's engine built and gated for it (``engines.autobuild``, in a
+lower-priority subprocess) -> promote (model and engine together) or reject, with the numbers.
+A candidate whose engine fails its gate is rejected unless ``retrain.require_engine`` is
+false, in which case it is promoted and served in fp32 with the reason recorded.
 """
 
 from __future__ import annotations
@@ -317,17 +320,9 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
     decision: Decision = decide(cand_eval, act_eval)
     numbers = {"candidate": asdict(cand_eval), "active": asdict(act_eval) if act_eval else None,
                "n_test_images": len(test), "n_images": len(samples), "rules": decision.reasons}
-    if decision.promote:
-        try:
-            from nscmonitor.engines.select import select as select_engine
-
-            sel = select_engine(candidate_path, settings.engine, batch_size=settings.batch_size, threads=1,
-                                cache_dir=settings.models_dir / "engines")
-            numbers["engine"] = sel.engine.name
-            sel.engine.close()
-        except Exception as exc:  # no engine can serve it here: do not promote
-            decision = Decision(False, decision.reasons + [f"no validated engine on this machine: {exc}"])
     info = reg.register(run_dir / "train", labels_version=lv, activate_if_first=False)
+    if decision.promote:
+        decision = _engine_gate(settings, Path(info.path), info.version, decision, numbers)
     if not decision.promote:
         return finish("rejected", "; ".join(decision.reasons), candidate_version=info.version, numbers=numbers,
                       run_dir=str(run_dir))
@@ -337,6 +332,30 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
         numbers["rescore_queued"] = n
     return finish("promoted", "; ".join(decision.reasons), candidate_version=info.version, numbers=numbers,
                   run_dir=str(run_dir))
+
+
+def _engine_gate(settings: Settings, model_path: Path, version: str, decision: Decision, numbers: dict) -> Decision:
+    """Build and gate the candidate's engine before it may take over, so promotion switches
+    model and engine together; then check which engine would serve it here."""
+    from nscmonitor.engines import autobuild
+    from nscmonitor.engines.select import select as select_engine
+
+    if autobuild.wants_build(settings.engine):
+        status = autobuild.ensure(model_path, threads=settings.retrain.threads, quiet=True)
+        numbers["engine_build"] = autobuild.summary(model_path, version)
+        if status is None or status.state != "ready":
+            why = autobuild.describe(status, version)
+            if settings.retrain.require_engine:
+                return Decision(False, decision.reasons + [f"{why} (retrain.require_engine is on)"])
+            decision = Decision(True, decision.reasons + [f"promoted for fp32 serving: {why}"])
+    try:
+        sel = select_engine(model_path, settings.engine, batch_size=settings.batch_size, threads=1,
+                            cache_dir=settings.models_dir / "engines")
+        numbers["engine"] = sel.engine.name
+        sel.engine.close()
+    except Exception as exc:  # no engine can serve it here: do not promote
+        return Decision(False, decision.reasons + [f"no validated engine on this machine: {exc}"])
+    return decision
 
 
 def mark_for_rescore(engine) -> int:  # noqa: ANN001

@@ -47,6 +47,7 @@ channel = "phase"
     ({"batch_size": 0}, "batch_size"),
     ({"database_url": "nscmonitor.db"}, "database_url"),
     ({"retrain": {"schedule": "nightly"}}, "retrain.schedule"),
+    ({"retrain": {"require_engine": "yes"}}, "retrain.require_engine"),
     ({"custom_profiles": [{"name": "lab", "regex": "(?P<plate>\\w+).tif"}]}, "custom_profiles[0]"),
     ({"colour": "blue"}, "colour"),
 ])
@@ -69,3 +70,8 @@ def test_missing_explicit_config_file(tmp_path: Path) -> None:
 def test_unc_paths_poll_by_default() -> None:
     s = parse_settings({"watch": [{"path": "\\\\server\\share\\incucyte"}]}, env={})
     assert s.watch[0].use_polling()
+
+
+def test_retrain_requires_a_gated_engine_unless_told_otherwise() -> None:
+    assert parse_settings({}, env={}).retrain.require_engine is True
+    assert parse_settings({"retrain": {"require_engine": False}}, env={}).retrain.require_engine is False
