@@ -4,6 +4,13 @@ SQLite gets WAL (readers such as the dashboard never block the daemon's writes),
 keys, a busy timeout and NORMAL sync on every connection (house rule 6). The schema is
 owned by Alembic; the daemon refuses to run on an outdated schema rather than writing rows
 an older layout cannot hold, and ``db upgrade`` backs the file up first.
+
+Schema creation and migrations run in one transaction (on SQLite through a separate engine
+that emits its own ``BEGIN IMMEDIATE``: pysqlite otherwise commits before every DDL
+statement), so a kill during the first start leaves an empty database, never half a schema.
+A half-built schema left by an older version is repaired by ``db upgrade``: tables, columns
+and indexes that the recorded revision does not have, and that hold no data, are removed
+before migrating, in the same transaction.
 """
 
 from __future__ import annotations
@@ -11,11 +18,13 @@ from __future__ import annotations
 import logging
 import shutil
 import sqlite3
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from nscmonitor.errors import UserFacingError
 
@@ -93,11 +102,159 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(engine: Engine) -> None:
+#: tables that are not part of any revision's schema and are left alone by the repair
+#: (``apscheduler_jobs`` is dropped by migration 0004, whatever it holds)
+NOT_SCHEMA = frozenset({"alembic_version", "sqlite_sequence", "apscheduler_jobs"})
+
+
+def migration_engine(url: str) -> Engine:
+    """Engine whose transactions really enclose DDL. On SQLite the pysqlite driver's own
+    transaction handling is switched off and ``BEGIN IMMEDIATE`` is emitted instead
+    (SQLAlchemy's documented recipe): the write lock is taken before the revision is read, so
+    two processes starting on a new database at once migrate one after the other."""
+    if sqlite_path(url) is None:
+        return create_engine(url, pool_pre_ping=True, poolclass=NullPool)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, poolclass=NullPool)
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API objects
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _url(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def upgrade(engine: Engine) -> list[str]:
+    """Repair what an interrupted older version left, then migrate to head, all in one
+    transaction. Returns what the repair removed."""
     from alembic import command
 
-    with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "head")
+    meng = migration_engine(_url(engine))
+    try:
+        with meng.begin() as conn:
+            removed = repair_half_built(conn)
+            command.upgrade(_alembic_config(conn), "head")
+    finally:
+        meng.dispose()
+    for what in removed:
+        log.warning("removed %s left by an interrupted schema creation or migration", what)
+    return removed
+
+
+@dataclass(frozen=True)
+class _Layout:
+    columns: dict[str, set[str]]
+    indexes: dict[str, set[str]]
+
+
+def _layout(conn: Connection) -> _Layout:
+    insp = inspect(conn)
+    tables = [t for t in insp.get_table_names() if t not in NOT_SCHEMA]
+    return _Layout({t: {c["name"] for c in insp.get_columns(t)} for t in tables},
+                   {t: {i["name"] for i in insp.get_indexes(t) if i.get("name")} for t in tables})
+
+
+def _layout_at(revision: str | None) -> _Layout:
+    """The schema as Alembic builds it up to ``revision``, on a scratch in-memory database."""
+    from alembic import command
+
+    if revision is None:
+        return _Layout({}, {})
+    scratch = create_engine("sqlite://")
+    try:
+        with scratch.begin() as conn:
+            command.upgrade(_alembic_config(conn), revision)
+            return _layout(conn)
+    finally:
+        scratch.dispose()
+
+
+def _has_rows(conn: Connection, table: str, where: str = "") -> bool:
+    q = conn.dialect.identifier_preparer.quote(table)
+    return conn.execute(text(f"SELECT 1 FROM {q} {where} LIMIT 1")).first() is not None
+
+
+def half_built(conn: Connection) -> list[str]:
+    """What the database holds beyond the schema of its recorded revision: tables, columns
+    and indexes an interrupted creation or migration left behind."""
+    from alembic.runtime.migration import MigrationContext
+
+    want = _layout_at(MigrationContext.configure(conn).get_current_revision())
+    have = _layout(conn)
+    extra = [f"table {t}" for t in have.columns if t not in want.columns]
+    for t, cols in have.columns.items():
+        if t in want.columns:
+            extra += [f"column {t}.{c}" for c in sorted(cols - want.columns[t])]
+            extra += [f"index {i}" for i in sorted(have.indexes[t] - want.indexes[t])]
+    return extra
+
+
+def repair_half_built(conn: Connection) -> list[str]:
+    """Remove what :func:`half_built` finds, provided it holds no data; anything holding data
+    is refused with a one-line reason (that is not a half-built schema, it is something else)."""
+    from alembic.runtime.migration import MigrationContext
+
+    cur = MigrationContext.configure(conn).get_current_revision()
+    want = _layout_at(cur)
+    have = _layout(conn)
+    missing = [t for t in want.columns if t not in have.columns]
+    if missing:
+        raise SchemaError(f"the database is recorded at schema revision {cur} but lacks its table(s) "
+                          f"{', '.join(missing)}; restore a backup ('nscmonitor db backup' writes them)")
+    prep = conn.dialect.identifier_preparer
+    removed: list[str] = []
+    extra_tables = [t for t in have.columns if t not in want.columns]
+    for t in extra_tables:
+        if _has_rows(conn, t):
+            raise SchemaError(f"table {t} holds rows but is not part of schema revision {cur or '(none)'}: this "
+                              "is not a half-built nscmonitor schema; move the database aside or restore a backup")
+    for t, cols in have.columns.items():
+        if t in extra_tables:
+            continue
+        for c in sorted(cols - want.columns[t]):
+            if _has_rows(conn, t, f"WHERE {prep.quote(c)} IS NOT NULL"):
+                raise SchemaError(f"column {t}.{c} holds values but is not part of schema revision {cur}; "
+                                  "move the database aside or restore a backup")
+    for t, idx in have.indexes.items():
+        if t not in extra_tables:
+            for i in sorted(idx - want.indexes[t]):
+                conn.execute(text(f"DROP INDEX {prep.quote(i)}"))
+                removed.append(f"index {i}")
+    for t, cols in have.columns.items():
+        if t not in extra_tables:
+            for c in sorted(cols - want.columns[t]):
+                conn.execute(text(f"ALTER TABLE {prep.quote(t)} DROP COLUMN {prep.quote(c)}"))
+                removed.append(f"column {t}.{c}")
+    for t in _drop_order(conn, extra_tables):
+        conn.execute(text(f"DROP TABLE {prep.quote(t)}"))
+        removed.append(f"table {t}")
+    return removed
+
+
+def _drop_order(conn: Connection, tables: list[str]) -> list[str]:
+    """Referencing tables before the tables they reference."""
+    insp = inspect(conn)
+    refs = {t: {fk["referred_table"] for fk in insp.get_foreign_keys(t)} & set(tables) for t in tables}
+    order: list[str] = []
+    while refs:
+        leaves = sorted(t for t in refs if not any(t in r for u, r in refs.items() if u != t))
+        if not leaves:
+            leaves = sorted(refs)
+        for t in leaves:
+            order.append(t)
+            refs.pop(t)
+    return order
 
 
 def ensure_schema(engine: Engine, *, create: bool = True) -> None:
@@ -106,13 +263,18 @@ def ensure_schema(engine: Engine, *, create: bool = True) -> None:
     head = head_revision()
     if cur == head:
         return
-    if cur is None and not inspect(engine).get_table_names():
+    tables = [t for t in inspect(engine).get_table_names() if t not in NOT_SCHEMA]
+    if cur is None and not tables:
         if not create:
             raise SchemaError("the database is empty; start the daemon once or run 'nscmonitor db upgrade'")
         upgrade(engine)
         return
+    if cur is None:
+        raise SchemaError(
+            f"the database holds a half-built schema ({len(tables)} tables, no schema revision), left by an "
+            "interrupted first start; run 'nscmonitor db upgrade' to repair it (it backs the database up first)")
     raise SchemaError(
-        f"the database schema is at revision {cur or 'unknown'} but this nscmonitor needs {head}; "
+        f"the database schema is at revision {cur} but this nscmonitor needs {head}; "
         "run 'nscmonitor db upgrade' (it backs the database up first)"
     )
 
@@ -156,7 +318,7 @@ def upgrade_with_backup(url: str) -> tuple[str | None, str, Path | None]:
     engine = make_engine(url)
     before = current_revision(engine)
     saved = None
-    if before is not None and before != head_revision() and sqlite_path(url) is not None:
+    if before != head_revision() and sqlite_path(url) is not None and inspect(engine).get_table_names():
         saved = backup(url)
         log.info("backed up %s to %s before migrating", sqlite_path(url), saved)
     upgrade(engine)
