@@ -49,17 +49,47 @@ def cmd_models(args: argparse.Namespace) -> int:
         r = reg.get(args.version)
         print(json.dumps({"version": r.version, "state": r.state, "path": r.path, "sha256": r.sha256,
                           "scheme": r.scheme, "classes": r.classes, "labels_version": r.labels_version,
-                          "metrics": r.metrics}, indent=2, default=str))
+                          "metrics": r.metrics, "engine": engine_summary(r)}, indent=2, default=str))
     elif args.models_command == "register":
-        r = reg.register(Path(args.source), activate_if_first=not args.candidate)
+        r = reg.register(Path(args.source), activate_if_first=not args.candidate,
+                         calibration=Path(args.calibration) if args.calibration else None)
         print(f"registered {r.version} as {r.state}")
+        if not args.no_engine:
+            build_engine(s, engine, r)
     elif args.models_command == "promote":
         r = reg.promote(args.version, reason="promoted by hand")
         print(f"{r.version} is now active (a running daemon switches between batches)")
+        build_engine(s, engine, r)
     elif args.models_command == "rollback":
         r = reg.rollback()
         print(f"rolled back: {r.version} is active again")
+        build_engine(s, engine, r)
     return 0
+
+
+def engine_summary(info) -> dict:  # noqa: ANN001
+    """This machine's engine for a registered version (engine-status.json beside it)."""
+    from nscmonitor.engines.autobuild import summary
+
+    return summary(Path(info.path), info.version)
+
+
+def build_engine(s, db, info) -> None:  # noqa: ANN001
+    """Build on arrival from the command line: the best engine this machine has for the
+    version, unless it already has one (or failed to get one under the same model,
+    calibration set, runtimes and machine); the child's progress bar shows here. A failure
+    keeps fp32 serving and is reported like the daemon reports it."""
+    from nscmonitor.engines import autobuild
+    from nscmonitor.hooks import emit
+
+    if not autobuild.wants_build(s.engine):
+        return
+    status = autobuild.ensure(Path(info.path), threads=s.threads)
+    message = autobuild.describe(status, info.version)
+    print(f"engine: {message}")
+    if status is None or status.state in ("failed", "no-calibration"):
+        emit(db, "engine_build_failed", message, level="warning", hook=s.retrain.hook,
+             data={"version": info.version, "state": status.state if status else None})
 
 
 def cmd_retrain_now(args: argparse.Namespace) -> int:
@@ -89,6 +119,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     reg = msub.add_parser("register", help="add a run dir (or model.onnx) to the registry")
     reg.add_argument("source")
     reg.add_argument("--candidate", action="store_true", help="register as candidate even if none is active")
+    reg.add_argument("--no-engine", action="store_true",
+                     help="do not build this machine's engine now (the daemon builds it when it serves the version)")
+    reg.add_argument("--calibration", metavar="DIR",
+                     help="calibration and held-out tiles for a model whose training run wrote none: a labelled "
+                          "tiles folder (tiles.csv with path and split columns) or a calibration.npz; without "
+                          "one such a model is served in fp32")
     msub.add_parser("promote", help="make a version active").add_argument("version")
     msub.add_parser("rollback", help="re-activate the previously active version")
     p.set_defaults(func=cmd_models)

@@ -299,6 +299,45 @@ def image_tiles(path: str | Path, tile_size: int | None, image_size: int, *,
     return pre.tiles(img, factor=pre.factor(tile_px=tile_size or max(img.shape))).tiles[:, 0]
 
 
+def raw_tiles(records: Sequence[TileRecord], tile_size: int | None, limit: int, *, seed: int = 0,
+              p_low: float = P_LOW, p_high: float = P_HIGH) -> tuple[list[np.ndarray], list[str], list[str], np.ndarray]:
+    """A seeded sample of RAW tiles (file intensities) for the calibration set that travels
+    with the model: one tile per chosen image. A tiles-export file is one tile and its own
+    image; from a larger image one grid cell of ``tile_size`` pixels is cut and the image's
+    percentiles come along (the contract scales per image). Returns (tiles, wells, labels,
+    lohi as N x 2)."""
+    from nscmonitor.pipeline.preprocess import percentiles
+
+    unique = list(dict.fromkeys(records))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(unique))
+    tiles, wells, labels, lohi = [], [], [], []
+    shape = None
+    for i in order:
+        if len(tiles) >= limit:
+            break
+        r = unique[i]
+        img = read_image(r.path)
+        t = tile_size or min(img.shape)
+        h, w = img.shape
+        if h < t or w < t:
+            continue
+        rows, cols = h // t, w // t
+        cell = int(rng.integers(rows * cols))
+        y = (h - rows * t) // 2 + cell // cols * t
+        x = (w - cols * t) // 2 + cell % cols * t
+        crop = img[y:y + t, x:x + t]
+        if shape is None:
+            shape = crop.shape
+        if crop.shape != shape:
+            continue
+        tiles.append(np.ascontiguousarray(crop))
+        wells.append("/".join(p for p in r.well_key if p))
+        labels.append(r.label)
+        lohi.append(percentiles(img, (p_low, p_high)))
+    return tiles, wells, labels, np.asarray(lohi, np.float64).reshape(-1, 2)
+
+
 def load_arrays(records: Sequence[TileRecord], classes: Sequence[str], *, tile_size: int | None,
                 image_size: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[TileRecord]]:
     """Decode, scale and tile every record once (float16 in memory): (x, y, tile_records)."""

@@ -36,7 +36,7 @@ def model_metadata(meta: dict[str, Any], *, name: str, version: str) -> ModelMet
         name=name, version=version, scheme=meta["scheme"], classes=tuple(meta["classes"]),
         input_size=int(meta["image_size"]), input_channels=1, pixel_size_um=meta.get("pixel_size_um"),
         normalization=norm, output="logits", temperature=float(meta.get("temperature", 1.0)),
-        data_hash=meta.get("data_hash"), metrics=meta.get("metrics", {}), arch=meta["arch"],
+        data_hash=meta.get("data_hash"), calibration_sha256=meta.get("calibration_sha256"), metrics=meta.get("metrics", {}), arch=meta["arch"],
         extra={"stem": meta.get("stem"), "tile_size_px": meta.get("tile_size"), "opset": OPSET,
                "label_mode": meta.get("label_mode", "tile")},
     )

@@ -379,6 +379,7 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
     metrics = {"split": held, "temperature": temperature, "best_epoch": ck["epoch"], "data_hash": meta["data_hash"],
                "classes": classes, "scheme": meta["scheme"], **report}
     meta["metrics"] = summary(metrics)
+    meta["calibration_sha256"] = write_calibration_set(cfg, splits, out, meta)
     ck["metadata"] = json.dumps(meta)
     save_atomic(ck, out / "best.pt")
     E.write_metrics(out, metrics)
@@ -394,6 +395,24 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
                     version=out.name)
         print(f"exported {out / 'model.onnx'}")
     return metrics
+
+
+def write_calibration_set(cfg: TrainConfig, splits: dict[str, Split], out: Path, meta: dict) -> str:
+    """RAW tiles that travel with the model (calibration.npz + calibration.json): train tiles
+    calibrate an int8 engine, val/test tiles gate it, both read through the model's input
+    contract when the engine is built. Returns the set's sha256 for the ONNX metadata."""
+    from nscmonitor.engines.calibration import N_CALIB, N_HELDOUT, read_manifest, write_model_tiles
+
+    tile = cfg.tile_size
+    ci, cw, _, clohi = D.raw_tiles(splits["train"].records, tile, N_CALIB, seed=cfg.seed)
+    held = splits["test"].records + splits["val"].records
+    hi, hw, hl, hlohi = D.raw_tiles(held, tile, N_HELDOUT, seed=cfg.seed + 1)
+    px = meta.get("source_pixel_size_um") if tile else None
+    path = write_model_tiles(out, ci, cw, hi, hw, hl, source=f"{meta.get('source', '')}:{cfg.data}",
+                             pixel_size_um=px, calib_lohi=clohi, heldout_lohi=hlohi)
+    manifest = read_manifest(path)
+    print(f"calibration set: {len(ci)} train + {len(hi)} held-out raw tiles -> {path.name}")
+    return manifest["sha256"]
 
 
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -74,8 +74,10 @@ class Registry:
             return _info(r) if r else None
 
     def register(self, source: Path, *, version: str | None = None, labels_version: int | None = None,
-                 activate_if_first: bool = True) -> ModelInfo:
-        """Copy a run dir's model (or a bare .onnx) into the registry as a candidate."""
+                 activate_if_first: bool = True, calibration: Path | None = None) -> ModelInfo:
+        """Copy a run dir's model (or a bare .onnx) into the registry as a candidate, with the
+        calibration set its training run wrote beside it (hash verified), or the one given
+        as ``calibration`` (a tiles folder or a calibration.npz) for a model from elsewhere."""
         source = Path(source)
         onnx_path = source / "model.onnx" if source.is_dir() else source
         if not onnx_path.is_file():
@@ -98,6 +100,12 @@ class Registry:
             for name in RUN_FILES:
                 if (source / name).is_file():
                     shutil.copy2(source / name, part / name)
+        try:
+            _copy_calibration(onnx_path, meta, part, calibration)
+        except UserFacingError:
+            shutil.rmtree(part, ignore_errors=True)
+            raise
+        _copy_engine(onnx_path, part)
         if dest.exists():
             shutil.rmtree(dest)
         part.rename(dest)
@@ -151,6 +159,43 @@ class Registry:
                           data={"from": act.version if act else None, "to": prev.version}))
             version = prev.version
         return self.get(version)
+
+
+def _copy_calibration(onnx_path: Path, meta, part: Path, given: Path | None) -> None:
+    """The version folder gets the model's calibration set, verified: a corrupt or foreign
+    set would calibrate and certify an engine on the wrong tiles."""
+    from nscmonitor.engines.base import EngineError
+    from nscmonitor.engines.calibration import MANIFEST_FILE, TILES_FILE, read_manifest, tiles_from_folder
+
+    try:
+        if given is not None:
+            tiles_from_folder(Path(given), part)
+            return
+        src = onnx_path.parent / TILES_FILE
+        if not src.is_file():
+            return
+        sha = read_manifest(src)["sha256"]
+        if meta.calibration_sha256 and meta.calibration_sha256 != sha:
+            raise EngineError(f"{src} (sha256 {sha[:12]}) is not the set the model records "
+                              f"({meta.calibration_sha256[:12]})")
+        shutil.copy2(src, part / TILES_FILE)
+        shutil.copy2(src.with_name(MANIFEST_FILE), part / MANIFEST_FILE)
+        if read_manifest(part / TILES_FILE)["sha256"] != sha:
+            raise EngineError(f"{src} changed while it was copied")
+    except EngineError as exc:
+        raise UserFacingError(f"refusing to register {onnx_path}: calibration set: {exc}") from exc
+
+
+def _copy_engine(onnx_path: Path, part: Path) -> None:
+    """An engine ``nscmonitor train`` already built beside the run's model comes along (its
+    status is re-checked against the copy, so nothing stale is served); a copy that fails
+    only means a rebuild."""
+    from nscmonitor.engines.autobuild import copy_artefacts
+
+    try:
+        copy_artefacts(onnx_path, part)
+    except OSError as exc:
+        log.warning("engine built beside %s not copied (it will be rebuilt): %s", onnx_path, exc)
 
 
 def _slug(s: str) -> str:

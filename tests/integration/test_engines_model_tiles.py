@@ -4,6 +4,7 @@ through the model's input contract, refused when corrupt or foreign."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +106,48 @@ def test_attach_from_a_tiles_folder(tmp_path):
     assert manifest["origin"] == "attached" and manifest["counts"] == {"calib": 5, "heldout": 3}
     tiles = load_model_tiles(model_dir / "model.onnx")
     assert tiles.calib.x.shape == (5, 1, 16, 16) and set(tiles.heldout.groups) == {"P/A3", "P/A1", "P/A2"}
+
+
+def _store(tmp_path):
+    from nscmonitor.store.db import ensure_schema, make_engine
+
+    e = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    ensure_schema(e)
+    return e
+
+
+def test_registry_copies_the_set_and_refuses_a_tampered_one(tmp_path):
+    from nscmonitor.errors import UserFacingError
+    from nscmonitor.registry.registry import Registry
+
+    reg = Registry(tmp_path / "models", _store(tmp_path))
+    run = tmp_path / "run"
+    build_tiny_classifier(run / "model.onnx", input_size=32, version="v1")
+    write_model_tiles(run, raw_tiles(3), ["a"] * 3, raw_tiles(2), ["b"] * 2, ["x"] * 2, source="t")
+    info = reg.register(run)
+    folder = Path(info.path).parent
+    assert (folder / "calibration.npz").read_bytes() == (run / "calibration.npz").read_bytes()
+    assert load_model_tiles(Path(info.path)).sha256 == read_manifest(run / "calibration.npz")["sha256"]
+
+    run2 = tmp_path / "run2"
+    build_tiny_classifier(run2 / "model.onnx", input_size=32, version="v2", seed=3)
+    write_model_tiles(run2, raw_tiles(3), ["a"] * 3, raw_tiles(2), ["b"] * 2, ["x"] * 2, source="t")
+    (run2 / "calibration.npz").write_bytes((run2 / "calibration.npz").read_bytes() + b"x")
+    with pytest.raises(UserFacingError, match="calibration set"):
+        reg.register(run2)
+    assert [v.version for v in reg.list()] == [info.version]
+    assert not list((tmp_path / "models" / "versions").glob("*.part"))
+
+
+def test_registry_gives_a_foreign_model_a_set(tmp_path):
+    from nscmonitor.registry.registry import Registry
+
+    reg = Registry(tmp_path / "models", _store(tmp_path))
+    onnx_path = tmp_path / "elsewhere.onnx"
+    build_tiny_classifier(onnx_path, input_size=32)
+    donor = tmp_path / "donor"
+    write_model_tiles(donor, raw_tiles(4), ["a"] * 4, raw_tiles(3), ["b"] * 3, ["x"] * 3, source="t")
+    info = reg.register(onnx_path, calibration=donor / "calibration.npz")
+    tiles = load_model_tiles(Path(info.path))
+    assert len(tiles.calib) == 4 and len(tiles.heldout) == 3
+    assert read_manifest(Path(info.path).parent / "calibration.npz")["origin"] == "attached"

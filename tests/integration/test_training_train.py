@@ -70,6 +70,13 @@ def test_export_loads_in_the_daemon_engine_with_parity(run, tiles_dir):
     assert md.temperature == pytest.approx(metrics["temperature"])
     assert md.pixel_size_um == pytest.approx(1.24) and md.data_hash == metrics["data_hash"]
     assert md.metrics["well_accuracy"] == pytest.approx(metrics["well"]["accuracy"])
+    from nscmonitor.engines.calibration import load_model_tiles, read_manifest
+
+    manifest = read_manifest(out / "calibration.npz")
+    assert md.calibration_sha256 == manifest["sha256"] and manifest["origin"] == "training"
+    assert manifest["counts"]["calib"] > 0 and manifest["counts"]["heldout"] > 0
+    own = load_model_tiles(out / "model.onnx", md)
+    assert own.heldout.x.shape[1:] == (1, 32, 32) and all("/" in g for g in own.heldout.groups)
     recs, _ = D.read_tiles_export(tiles_dir)
     x, _, _ = D.load_arrays(recs[:24], D.MULTICLASS, tile_size=32, image_size=32)
     engine = OrtCpuEngine(out / "model.onnx", md)
