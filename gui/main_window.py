@@ -24,7 +24,7 @@ from nscmonitor.gui.widgets.browser import ExperimentBrowser, first_plate
 from nscmonitor.gui.widgets.image_view import ImageView
 from nscmonitor.gui.widgets.models_panel import ModelsPanel, label_action, registry_actions
 from nscmonitor.gui.widgets.plate_map import PlateMap
-from nscmonitor.gui.widgets.status_panel import StatusPanel, StatusSnapshot, read_status
+from nscmonitor.gui.widgets.status_panel import StatusPanel, StatusSnapshot, read_status, requeue_action
 from nscmonitor.gui.widgets.time_course import TimeCourse
 from nscmonitor.gui.workers import Reader
 from nscmonitor.store import dashboard as db
@@ -197,7 +197,8 @@ class MainWindow(QMainWindow):
 
         self.time_course = TimeCourse()
         self.image_view = ImageView(self.reader)
-        self.status_panel = StatusPanel()
+        self.status_panel = StatusPanel(requeue=requeue_action(self.settings))
+        self.status_panel.on_changed = self.refresh
         self.models_panel = ModelsPanel(actions=registry_actions(self.settings), labeller=label_action(self.settings))
         self.models_panel.on_changed = self.refresh
         self.models_panel.label_target = self._label_target

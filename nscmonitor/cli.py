@@ -21,6 +21,7 @@ log = logging.getLogger("nscmonitor")
 PLUGIN_MODULES = (
     "nscmonitor.commands",
     "nscmonitor.commands_models",
+    "nscmonitor.commands_queue",
     "nscmonitor.demo",
     "nscmonitor.simulate.cli",
     "nscmonitor.training.cli",

@@ -122,7 +122,7 @@ def health(repo, *, now: datetime | None = None) -> dict:  # noqa: ANN001
         },
         "queue": counts,
         "scored_last_5_min": repo.scored_since(300),
-        "errors": [{"path": e.path, "status": e.status, "reason": e.error, "at": e.updated_at.isoformat()}
+        "errors": [{"id": e.id, "path": e.path, "status": e.status, "reason": e.error, "at": e.updated_at.isoformat()}
                    for e in repo.errors(10)],
     }
 
@@ -155,9 +155,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     con.print("queue: " + (", ".join(f"{k} {v}" for k, v in sorted(h["queue"].items())) or "empty")
               + f"; scored in the last 5 min: {h['scored_last_5_min']}")
     if h["errors"]:
-        t = Table("state", "file", "reason", title="last errors")
+        t = Table("id", "state", "file", "reason", title="last errors ('nscmonitor requeue ID' retries a quarantined one)")
         for e in h["errors"]:
-            t.add_row(e["status"], e["path"], e["reason"])
+            t.add_row(str(e["id"]), e["status"], e["path"], e["reason"])
         con.print(t)
     return h["exit_code"]
 

@@ -39,10 +39,11 @@ class LoadedImage:
 
 def load_image(img: WellImage, p_low: float = 1.0, p_high: float = 99.8) -> LoadedImage:
     from nscmonitor.pipeline.aggregate import unpack_tiles
+    from nscmonitor.names import from_db
     from nscmonitor.pipeline.decode import decode
     from nscmonitor.pipeline.preprocess import percentiles
 
-    dec = decode(img.path)
+    dec = decode(from_db(img.path))  # the stored form of a name that is not valid UTF-8 is escaped
     lo, hi = percentiles(dec.pixels, (p_low, p_high))
     rows = cols = 0
     kept = np.zeros(0, bool)

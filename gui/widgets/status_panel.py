@@ -3,18 +3,39 @@ and model, and the last errors with the file and the reason (the facility engine
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QHeaderView, QLabel, QPlainTextEdit, QTableWidget,
-                               QTableWidgetItem, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QPlainTextEdit,
+                               QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from nscmonitor.gui.state.status import daemon_alive, heartbeat_text
 from nscmonitor.store.repo import DaemonInfo, ImageError
 
 QUEUE_STATES = ("pending", "processing", "failed", "done", "quarantined")
+
+#: requeue(ids) -> message; ids None means every quarantined image
+RequeueAction = Callable[[list[int] | None], str]
+
+
+def requeue_action(settings) -> RequeueAction:  # noqa: ANN001
+    """Requeueing through the same function as ``nscmonitor requeue``, on its own writable
+    connection (the dashboard otherwise only reads the store)."""
+    from nscmonitor.store.db import make_engine
+    from nscmonitor.store.requeue import requeue, select_quarantined
+
+    def run(ids: list[int] | None) -> str:
+        engine = make_engine(settings.database_url)
+        chosen = select_quarantined(engine, ids=ids or (), everything=ids is None)
+        if not chosen:
+            return "no quarantined image selected (failed images are retried by the daemon on their own)"
+        n = requeue(engine, chosen)
+        return f"{n} quarantined image(s) back in the queue; the daemon scores them next."
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -35,9 +56,11 @@ def read_status(engine) -> StatusSnapshot:  # noqa: ANN001 - SQLAlchemy engine
 
 
 class StatusPanel(QWidget):
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, parent: QWidget | None = None, *, requeue: RequeueAction | None = None) -> None:
         super().__init__(parent)
         self.snapshot: StatusSnapshot | None = None
+        self.requeue = requeue
+        self.on_changed: Callable[[], None] | None = None
         lay = QVBoxLayout(self)
         self.daemon = QLabel("No status read yet.")
         self.daemon.setWordWrap(True)
@@ -59,7 +82,7 @@ class StatusPanel(QWidget):
         self.errors.setHorizontalHeaderLabels(["state", "file", "reason", "when (UTC)"])
         self.errors.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.errors.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.errors.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.errors.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.errors.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         self.errors.verticalHeader().hide()
         self.errors.itemSelectionChanged.connect(self._show_error)
@@ -71,6 +94,21 @@ class StatusPanel(QWidget):
         el = QVBoxLayout(ebox)
         el.addWidget(self.errors, 1)
         el.addWidget(self.detail)
+        buttons = QHBoxLayout()
+        self.requeue_selected = QPushButton("Requeue selected")
+        self.requeue_selected.setToolTip("Put the selected quarantined files back in the queue (after fixing the cause)")
+        self.requeue_selected.clicked.connect(lambda: self._requeue(self.selected_ids()))
+        self.requeue_all = QPushButton("Requeue all quarantined")
+        self.requeue_all.clicked.connect(lambda: self._requeue(None))
+        for b in (self.requeue_selected, self.requeue_all):
+            b.setEnabled(requeue is not None)
+            if requeue is None:
+                b.setToolTip("Requeueing needs a database this dashboard can write to.")
+            buttons.addWidget(b)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        buttons.addWidget(self.message, 1)
+        el.addLayout(buttons)
         lay.addWidget(ebox, 1)
 
     def set_snapshot(self, snap: StatusSnapshot) -> None:
@@ -110,6 +148,26 @@ class StatusPanel(QWidget):
             return
         e = self.snapshot.errors[min(rows)]
         self.detail.setPlainText(f"{e.status}: {e.path}\nreason: {e.error}")
+
+    def selected_ids(self) -> list[int]:
+        if self.snapshot is None:
+            return []
+        rows = sorted({i.row() for i in self.errors.selectedIndexes()})
+        return [self.snapshot.errors[r].id for r in rows if r < len(self.snapshot.errors)]
+
+    def _requeue(self, ids: list[int] | None) -> None:
+        if self.requeue is None:
+            return
+        if ids is not None and not ids:
+            self.message.setText("select quarantined files in the table first")
+            return
+        try:
+            self.message.setText(self.requeue(ids))
+        except Exception as exc:  # shown to the user; the dashboard keeps running
+            self.message.setText(f"requeue failed: {exc}")
+            return
+        if self.on_changed is not None:
+            self.on_changed()
 
     def error_reasons(self) -> dict[str, str]:
         """file name -> reason as shown (for tests and the docs)."""

@@ -55,8 +55,8 @@ def scan(root: Path) -> Iterator[str]:
                         if e.is_dir(follow_symlinks=False):
                             if e.name not in JUNK_DIRS:
                                 stack.append(e.path)
-                        elif e.is_file(follow_symlinks=False):
-                            yield e.path
+                        elif e.is_file(follow_symlinks=False) or e.is_symlink():
+                            yield e.path  # links are yielded to be recorded as skipped, never followed
                     except OSError as exc:
                         log.warning("cannot stat %s: %s", e.path, exc)
         except OSError as exc:

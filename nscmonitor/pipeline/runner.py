@@ -193,32 +193,64 @@ class Runner:
     # --- discovery ----------------------------------------------------------------------
     def _discover(self) -> None:
         for f in self.folders:
-            tracker = self.trackers[f.root]
-            w = f.watcher
-            w.supervise()
-            for p in w.drain():
-                if self.known.get(p) is None or self._changed(p):
+            try:
+                self._discover_folder(f)
+            except Exception:  # one folder's trouble (a share, a database hiccup) must not stop the others
+                log.exception("%s: discovery failed; retried at the next pass", shown(f.root))
+
+    def _discover_folder(self, f: _Folder) -> None:
+        """Symbolic links follow one rule, at start-up, at every rescan and live: they are
+        never followed (a link's target is scored under its own path when it lies in a
+        watched folder; one that points out of the folder is not ours to read) and each is
+        recorded as skipped with that reason, so nothing is silently dropped."""
+        tracker = self.trackers[f.root]
+        w = f.watcher
+        w.supervise()
+        links = []
+        for p in w.drain():
+            if self.known.get(p) is None or self._changed(p):
+                st = _stat(p)
+                if st is not None and _is_link(p):
+                    links.append((p, *st))
+                else:
                     tracker.touch(p, event=True)
-            if w.due_for_scan():
-                paths = w.full_scan()
-                if f.profile == "auto" and paths:
-                    rel = [self._rel(f, p) for p in paths[:200]]
-                    detected = detect_profile(rel)
-                    if detected:
-                        f.profile = BY_NAME[detected]
-                        log.info("%s: detected the %s file-name profile", f.root, detected)
-                now = self.wall()
-                for p in paths:
-                    st = _stat(p)
-                    if st is None or self.known.get(p) == st:
-                        continue
-                    if now - st[1] >= f.cfg.quiet_seconds:
-                        tracker.add_settled(p, *st)
-                    else:
-                        tracker.touch(p, event=False)
-            ready = tracker.ready()
-            if ready:
-                self._enqueue(f, ready)
+        if w.due_for_scan():
+            paths = w.full_scan()
+            self._retry_unreadable()
+            if f.profile == "auto" and paths:
+                rel = [self._rel(f, p) for p in paths[:200]]
+                detected = detect_profile(rel)
+                if detected:
+                    f.profile = BY_NAME[detected]
+                    log.info("%s: detected the %s file-name profile", f.root, detected)
+            now = self.wall()
+            for p in paths:
+                st = _stat(p)
+                if st is None or self.known.get(p) == st:
+                    continue
+                if _is_link(p):
+                    links.append((p, *st))
+                elif now - st[1] >= f.cfg.quiet_seconds:
+                    tracker.add_settled(p, *st)
+                else:
+                    tracker.touch(p, event=False)
+        ready = tracker.ready() + list(dict.fromkeys(links))
+        if ready:
+            self._enqueue(f, ready)
+
+    def _retry_unreadable(self) -> None:
+        """Files quarantined because they could not be opened go back to the queue as soon
+        as they can be: fixing permissions changes neither size nor mtime, so the usual
+        changed-file rule would never notice."""
+        back = []
+        for image_id, path in self.store.unreadable_quarantined().items():
+            try:
+                with open(path, "rb"):
+                    back.append(image_id)
+            except OSError:
+                continue
+        if back and self.store.requeue(back):
+            log.info("%d file(s) quarantined as unreadable can be read now; queued again", len(back))
 
     def _changed(self, p: str) -> bool:
         return _stat(p) != self.known.get(p)
@@ -234,7 +266,7 @@ class Runner:
             try:
                 res = parse_path(rel, f.profile, plate_format=f.cfg.plate_format)
             except ValueError as exc:
-                log.warning("%s: cannot parse: %s", path, exc)
+                log.warning("%s: cannot parse: %s", shown(path), exc)
                 continue
             self.known[path] = (size, mtime)
             if res.kind in ("ignore", "sidecar"):
@@ -245,6 +277,8 @@ class Runner:
             if key is not None and f.cfg.channel is not None and key.channel is not None \
                     and _norm_channel(key.channel) != _norm_channel(f.cfg.channel):
                 skip = f"channel {key.channel} is not the scored channel ({f.cfg.channel})"
+            if _is_link(path):
+                error, skip = None, LINK_SKIP
             acquired = key.acquired_at if key is not None else None
             acquired_utc = acquired.astimezone(timezone.utc) if acquired else datetime.fromtimestamp(mtime, timezone.utc)
             items.append(Discovered(
@@ -255,10 +289,20 @@ class Runner:
                 error=error, skip_reason=skip,
             ))
             if error:
-                log.warning("%s: quarantined: %s", path, error)
+                log.warning("%s: quarantined: %s", shown(path), error)
             self.ready_at[path] = self.clock()
         if items:
-            new, changed = self.store.enqueue(items)
+            try:
+                new, changed = self.store.enqueue(items)
+            except Exception:  # one row the database refuses must not keep the rest out of the queue
+                log.exception("%s: queueing %d files failed; queueing them one by one", shown(f.root), len(items))
+                new = changed = 0
+                for item in items:
+                    try:
+                        n, c = self.store.enqueue([item])
+                        new, changed = new + n, changed + c
+                    except Exception as exc:  # logged with the file; retried when the file changes
+                        log.error("%s: cannot be queued: %s", shown(item.path), why(exc))
             log.debug("%s: %d new, %d changed files queued", f.root, new, changed)
 
     # --- scoring ------------------------------------------------------------------------
@@ -485,14 +529,24 @@ class Runner:
             notify.default().watchdog()  # only after the heartbeat is written: a hung database trips it too
 
 
+LINK_SKIP = "symbolic link: not followed (a target inside a watched folder is scored under its own path)"
+
+
 def _stat(p: str) -> tuple[int, float] | None:
+    """Size and mtime of the path itself (a symbolic link's own, never its target's)."""
     import os
 
     try:
-        st = os.stat(p)
+        st = os.lstat(p)
     except OSError:
         return None
     return st.st_size, st.st_mtime
+
+
+def _is_link(p: str) -> bool:
+    import os
+
+    return os.path.islink(p)
 
 
 def _norm_channel(ch: str) -> str:

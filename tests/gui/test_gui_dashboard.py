@@ -255,3 +255,20 @@ def test_cli_screenshot_renders_offscreen(lab: Lab, tmp_path: Path, qtbot) -> No
     assert main(["gui", "--db", lab.url, "--experiment", "E1", "--screenshot", str(out)]) == 0
     img = QImage(str(out))
     assert img.width() >= 1200 and img.height() >= 800
+
+
+def test_status_panel_requeues_a_quarantined_file(window, lab: Lab, qtbot) -> None:  # noqa: ANN001
+    bad = lab.images / "VID1_C2_1_00d04h00m.tif"
+    bad.write_bytes(np.random.default_rng(2).bytes(5000))
+    lab.score()
+    panel = window.status_panel
+    qtbot.waitUntil(lambda: bad.name in panel.error_reasons(), timeout=10000)
+    assert panel.requeue_selected.isEnabled()
+    row = next(r for r in range(panel.errors.rowCount()) if panel.errors.item(r, 1).text() == bad.name)
+    panel.errors.selectRow(row)
+    qtbot.mouseClick(panel.requeue_selected, Qt.MouseButton.LeftButton)
+    assert "1 quarantined image(s) back in the queue" in panel.message.text()
+    with sqlite3.connect(lab.db) as c:
+        assert c.execute("SELECT status, attempts, error FROM images WHERE path = ?", (str(bad),)).fetchone() \
+            == ("pending", 0, None)
+    qtbot.waitUntil(lambda: bad.name not in panel.error_reasons(), timeout=10000)
