@@ -21,6 +21,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nscmonitor.engines.base import EngineError
 from nscmonitor.engines.calibration import TileSet
@@ -206,17 +207,21 @@ def build_trt_engine(onnx_path: str | Path, heldout: TileSet, *, opts: BuildOpti
     return final, report
 
 
-def find_engine(onnx_path: str | Path, *, cache_dir: str | Path | None = None, batch_size: int = 1,
-                precision: str | None = None) -> Path:
-    """The best cached engine valid on this machine for this ONNX (int8 > fp16 > fp32 unless a
-    precision is asked for). Engines of other GPUs may share the folder and are left alone."""
-    onnx_path = Path(onnx_path)
-    trt, torch = import_tensorrt(), import_cuda_torch()
-    here = machine_key(trt, torch, file_sha256(onnx_path), "fp32", 1, 1, 1)
-    qdq_sha = quantized_sha_for(onnx_path, "int8")
-    cache = EngineCache(cache_dir or default_cache_dir(onnx_path))
+def cache_roots(onnx_path: str | Path, cache_dir: str | Path | None) -> list[Path]:
+    """Where engines for a model may be: the folder asked for, then beside the model (where
+    builds put them by default, e.g. build on arrival), without duplicates."""
+    roots = [Path(cache_dir)] if cache_dir else []
+    roots.append(default_cache_dir(onnx_path))
+    return list(dict.fromkeys(roots))
+
+
+def pick_engine(entries: list[tuple[Path, Any, str]], here: EngineKey, quantized_sha256: str, *,
+                batch_size: int = 1, precision: str | None = None) -> Path | None:
+    """The best usable engine among cache entries (int8 > fp16 > fp32 unless ``precision``):
+    built on this GPU model and compute capability, by this TensorRT, from this ONNX (and for
+    int8 from the quantised model beside it now), covering ``batch_size``, with a passed gate."""
     usable = []
-    for path, ef, reason in cache.entries():
+    for path, ef, reason in entries:
         if ef is None:
             log.warning("engine cache: unusable file %s: %s", path, reason)
             continue
@@ -228,11 +233,25 @@ def find_engine(onnx_path: str | Path, *, cache_dir: str | Path | None = None, b
             continue
         if precision and k.precision != precision:
             continue
-        if k.precision == "int8" and k.quantized_sha256 != qdq_sha:
+        if k.precision == "int8" and k.quantized_sha256 != quantized_sha256:
             continue  # built from a quantised model that has since been replaced
-        usable.append((PRECISIONS.index(k.precision), path))
-    if not usable:
+        usable.append((PRECISIONS.index(k.precision), str(path), path))
+    return max(usable)[2] if usable else None
+
+
+def find_engine(onnx_path: str | Path, *, cache_dir: str | Path | None = None, batch_size: int = 1,
+                precision: str | None = None) -> Path:
+    """The best cached engine valid on this machine for this ONNX (int8 > fp16 > fp32 unless a
+    precision is asked for). Engines of other GPUs may share the folder and are left alone."""
+    onnx_path = Path(onnx_path)
+    trt, torch = import_tensorrt(), import_cuda_torch()
+    here = machine_key(trt, torch, file_sha256(onnx_path), "fp32", 1, 1, 1)
+    roots = cache_roots(onnx_path, cache_dir)
+    entries = [e for root in roots for e in EngineCache(root).entries()]
+    found = pick_engine(entries, here, quantized_sha_for(onnx_path, "int8"), batch_size=batch_size,
+                        precision=precision)
+    if found is None:
         raise EngineError(f"no validated TensorRT engine for this GPU ({here.gpu_name}, TensorRT "
-                          f"{here.trt_version}) and this model in {cache.root}; run "
+                          f"{here.trt_version}) and this model in {' or '.join(map(str, roots))}; run "
                           f"'nscmonitor engine build {onnx_path} --backend trt --calibration DIR'")
-    return max(usable)[1]
+    return found

@@ -17,7 +17,7 @@ from onnx import TensorProto
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from nscmonitor.engines.base import EngineError
-from nscmonitor.engines.build import require_qdq_model
+from nscmonitor.engines.build import cache_roots, pick_engine, require_qdq_model
 from nscmonitor.engines.enginefile import MAGIC, EngineKey, file_sha256, read_engine_file, write_engine_file
 from nscmonitor.engines.metadata import read_onnx_metadata, write_onnx_metadata
 from nscmonitor.engines.ort import INT8_KEY, int8_path_for
@@ -163,3 +163,36 @@ def test_engine_file_written_before_the_quantised_hash_existed_still_reads(tmp_p
     new = json.dumps(header, sort_keys=True).encode()
     path.write_bytes(MAGIC + struct.pack("<I", len(new)) + new + data[len(MAGIC) + 4 + n:])
     assert read_engine_file(path, expected=key).key.quantized_sha256 == ""
+
+
+def test_engines_built_beside_the_model_are_found_from_the_daemon_cache_folder_too(tmp_path):
+    model = tmp_path / "versions" / "3" / "model.onnx"
+    roots = cache_roots(model, tmp_path / "engines")
+    assert roots == [tmp_path / "engines", model.parent / "trt-cache"]
+    assert cache_roots(model, None) == [model.parent / "trt-cache"]
+    assert cache_roots(model, model.parent / "trt-cache") == [model.parent / "trt-cache"]
+
+
+def test_pick_engine_prefers_int8_and_skips_foreign_stale_ungated_or_too_small(tmp_path):
+    meta = build_tiny_classifier(tmp_path / "m.onnx")
+    here = EngineKey("NVIDIA H200", "9.0", "11.0.0", "ab" * 32, "fp32", 1, 1, 1)
+    qdq = "cd" * 32
+
+    def entry(name, gate=True, **kw):
+        key = replace(here, **{"opt_batch": 8, "max_batch": 32, **kw})
+        path = write_engine_file(tmp_path / f"{name}.engine", key, meta, b"plan", {"passed": gate})
+        return path, read_engine_file(path), "ok"
+
+    fp16 = entry("fp16", precision="fp16")
+    int8 = entry("int8", precision="int8", quantized_sha256=qdq)
+    stale = entry("stale", precision="int8", quantized_sha256="ef" * 32)
+    other_gpu = entry("a100", precision="int8", quantized_sha256=qdq, gpu_name="NVIDIA A100", compute_capability="8.0")
+    other_trt = entry("trt10", precision="int8", quantized_sha256=qdq, trt_version="10.13.0")
+    ungated = entry("ungated", gate=False, precision="fp32")
+    broken = (tmp_path / "broken.engine", None, "bad magic")
+    everything = [broken, stale, other_gpu, other_trt, ungated, fp16, int8]
+    assert pick_engine(everything, here, qdq) == int8[0]
+    assert pick_engine(everything, here, qdq, precision="fp16") == fp16[0]
+    assert pick_engine(everything, here, "99" * 32) == fp16[0]  # the quantised model was replaced
+    assert pick_engine(everything, here, qdq, batch_size=64) is None
+    assert pick_engine([broken, stale, ungated], here, qdq) is None
