@@ -62,3 +62,29 @@ def test_nan_or_wrong_shape_never_passes():
 def test_report_round_trips_through_a_dict():
     r = compare(_probs(), _probs(seed=1), None, backend="x")
     assert GateReport.from_dict(r.to_dict()) == r
+
+
+def test_near_tied_flips_are_reported_but_gated_on_clear_tiles_only():
+    clear = np.tile(np.array([[0.8, 0.1, 0.05, 0.05]], np.float32), (90, 1))
+    tied = np.tile(np.array([[0.46, 0.44, 0.05, 0.05]], np.float32), (10, 1))
+    ref = np.concatenate([clear, tied])
+    cand = ref.copy()
+    cand[90:93] = [0.445, 0.455, 0.05, 0.05]  # three near-ties flip: 97 % agreement on all tiles
+    r = compare(ref, cand, ["A01"] * 50 + ["A02"] * 50, backend="int8")
+    assert r.top1_agreement == 0.97 and r.top1_agreement_clear == 1.0 and r.n_clear == 90
+    assert r.passed and "90 clear tiles" in r.summary()
+    cand[0] = [0.1, 0.8, 0.05, 0.05]  # one clear tile flips
+    r = compare(ref, cand, ["A01"] * 50 + ["A02"] * 50, backend="int8",
+                tolerance={"well_readout_pp": 100.0})
+    assert not r.passed and r.top1_agreement_clear == 89 / 90
+    assert "on the 90 tiles the reference calls clearly (margin >= 0.10)" in r.reasons[0]
+
+
+def test_margin_rule_follows_the_tolerance():
+    ref = np.tile(np.array([[0.6, 0.4]], np.float32), (40, 1))
+    cand = ref.copy()
+    cand[0] = [0.4, 0.6]
+    assert compare(ref, cand, None, backend="x", tolerance={"well_readout_pp": 100.0}).n_clear == 40
+    r = compare(ref, cand, None, backend="x", tolerance={"well_readout_pp": 100.0, "clear_margin": 0.3})
+    assert r.n_clear == 0 and r.top1_agreement_clear is None and not r.passed
+    assert "too few to gate on" in r.reasons[0]
