@@ -9,6 +9,18 @@ Two phases on this machine, in one run:
   (median, p95), with the configured quiet period (readiness) set to 0 s and 1 s.
 
 Prints a table and writes JSON (benchmarks/results/ingest.json).
+
+``--side-by-side`` measures what a lab gets from a trained model, all in one run: a ResNet50
+from the project's training (96 px tiles, like docs/training.md; trained here for a few
+epochs unless ``--model`` is given: speed does not depend on accuracy, the int8 gate does)
+on 1408x1040 16-bit frames at its full tiling; backlog frames/s with the fp32 ONNX and with
+the engine built automatically for this machine (``nscmonitor engine autobuild``, as register
+and train do); the engine alone on the same tiles (so the pipeline's share and where the time
+goes are visible); the engine's share of this machine's int8 bound (``--int8-peak-gops`` or
+``--cpu-peak FILE``, the output of ../shared/tools/cpu_peak.sh or a JSON with ``int8_gops``;
+ResNet50 is 8.2 GFLOP per 224 px image, scaled by tile area); and the p95 latency from file
+complete to stored prediction with frames arriving at 1 per 2 s. JSON goes to
+benchmarks/results/ingest-side-by-side.json.
 """
 
 from __future__ import annotations
@@ -17,8 +29,11 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -69,36 +84,39 @@ def latencies(db: Path) -> list[float]:
     return out
 
 
-def settings(tmp: Path, watch: Path, quiet: float, db_name: str):  # noqa: ANN201
+def settings(tmp: Path, watch: Path, quiet: float, db_name: str, engine: str = "auto"):  # noqa: ANN201
     return parse_settings({"database_url": f"sqlite:///{tmp / db_name}", "models_dir": str(tmp / "models"),
+                           "engine": engine,
                            "watch": [{"path": str(watch), "experiment": "bench", "quiet_seconds": quiet,
                                       "profile": "incucyte"}]}, env={})
 
 
-def backlog(tmp: Path, model: Path, n: int, shape: tuple[int, int]) -> dict:
-    watch = tmp / "backlog"
+def backlog(tmp: Path, model: Path, n: int, shape: tuple[int, int], *, engine: str = "auto",
+            name: str = "backlog") -> dict:
+    watch = tmp / name
     watch.mkdir()
     write_frames(watch, n, shape)
-    runner = build_runner(settings(tmp, watch, 0.0, "backlog.db"), model=model)
+    runner = build_runner(settings(tmp, watch, 0.0, f"{name}.db", engine), model=model)
     t0 = time.perf_counter()
     runner.run(once=True)
     wall = time.perf_counter() - t0
     t = runner.timings
     stages = {"decode": t.decode, "preprocess": t.preprocess, "inference": t.inference, "store": t.store}
     total = sum(stages.values())
-    lat = latencies(tmp / "backlog.db")
+    lat = latencies(tmp / f"{name}.db")
     return {"frames": n, "wall_s": wall, "files_per_s": n / wall, "engine": runner.model.engine.name,
             "share": {k: v / total for k, v in stages.items()}, "stage_s": stages,
             "latency_median_s": statistics.median(lat), "latency_p95_s": float(np.percentile(lat, 95))}
 
 
-def live(tmp: Path, model: Path, n: int, shape: tuple[int, int], rate: float, quiet: float) -> dict:
+def live(tmp: Path, model: Path, n: int, shape: tuple[int, int], rate: float, quiet: float, *,
+         engine: str = "auto") -> dict:
     watch = tmp / f"live{quiet}"
     watch.mkdir()
     stage = tmp / f"stage{quiet}"
     stage.mkdir()
     files = write_frames(stage, n, shape, seed=1, start=1000)
-    runner = build_runner(settings(tmp, watch, quiet, f"live{quiet}.db"), model=model, poll_interval=0.1)
+    runner = build_runner(settings(tmp, watch, quiet, f"live{quiet}.db", engine), model=model, poll_interval=0.1)
     runner.setup()
     th = threading.Thread(target=runner.run, daemon=True)
     th.start()
@@ -112,8 +130,179 @@ def live(tmp: Path, model: Path, n: int, shape: tuple[int, int], rate: float, qu
     runner.stop_event.set()
     th.join(30)
     lat = latencies(tmp / f"live{quiet}.db")
-    return {"frames": n, "rate_per_s": rate, "quiet_s": quiet, "scored": len(lat),
+    if not lat:
+        return {"frames": n, "rate_per_s": rate, "quiet_s": quiet, "scored": 0,
+                "latency_median_s": float("nan"), "latency_p95_s": float("nan")}
+    return {"frames": n, "rate_per_s": rate, "quiet_s": quiet, "scored": len(lat), "engine": runner.model.engine.name,
             "latency_median_s": statistics.median(lat), "latency_p95_s": float(np.percentile(lat, 95))}
+
+
+RESNET50_GFLOP_224 = 8.2  # per 224 x 224 image (2 x 4.1 GMAC)
+
+
+def int8_peak_gops(args: argparse.Namespace) -> tuple[float | None, str]:
+    """This machine's int8 bound (GOP/s) from the command line or the CPU peak tool's output."""
+    if args.int8_peak_gops:
+        return float(args.int8_peak_gops), "--int8-peak-gops"
+    if not args.cpu_peak:
+        return None, "not given (pass --int8-peak-gops or --cpu-peak FILE)"
+    text = Path(args.cpu_peak).read_text()
+    try:
+        data = json.loads(text)
+        return float(data["int8_gops"]), args.cpu_peak
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        pass
+    m = re.search(r"int8 \S+: ([0-9.]+) GOP/s", text)
+    if not m:
+        raise SystemExit(f"{args.cpu_peak}: no int8 line ('int8 ...: N GOP/s') and no JSON int8_gops")
+    return float(m.group(1)), args.cpu_peak
+
+
+def train_model(work: Path, args: argparse.Namespace) -> Path:
+    """A short run of the project's own training (same tile export, tile size and pixel size as
+    docs/training.md's ResNet50), in a subprocess so torch never enters the measured process."""
+    from nscmonitor.simulate.tiles import export_tiles
+
+    data = work / "sim"
+    print(f"rendering a small tiles export for a short {args.arch} run ...", flush=True)
+    export_tiles(data, plates=3, hours=(24, 48, 72, 96), tile_size=224, wells_per_condition=args.train_wells,
+                 fields=1, grid=(2, 2), seed=7)
+    run = work / "run"
+    cmd = [sys.executable, "-m", "nscmonitor", "train", "--data", str(data), "--scheme", "multiclass", "--out", str(run),
+           "--arch", args.arch, "--image-size", str(args.image_size), "--epochs", str(args.train_epochs),
+           "--batch-size", "32", "--label-mode", "well"]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    print("training:", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True)
+    return run / "model.onnx"
+
+
+def autobuild(model: Path, threads: int) -> dict:
+    """What register/train do on their own: build, gate and record the best engine here."""
+    cmd = [sys.executable, "-m", "nscmonitor", "engine", "autobuild", str(model), "--force"]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd)
+    seconds = time.perf_counter() - t0
+    status_file = model.parent / "engine-status.json"
+    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    return {"seconds": seconds, "exit": proc.returncode, "state": status.get("state"), "engine": status.get("engine"),
+            "gate": status.get("gate"), "reason": status.get("reason"), "attempts": status.get("attempts")}
+
+
+def engine_alone(model: Path, frames: list[Path], backend: str, batch_size: int, threads: int,
+                 cache_dir: Path) -> dict:
+    """The engine on exactly the tiles the pipeline makes of these frames, nothing else."""
+    from nscmonitor.engines.metadata import read_onnx_metadata
+    from nscmonitor.engines.select import select
+    from nscmonitor.pipeline.preprocess import Preprocess
+
+    meta = read_onnx_metadata(model)
+    pre = Preprocess.from_metadata(meta)
+    t0 = time.perf_counter()
+    tiles = [pre.tiles(tifffile.imread(p), factor=pre.factor(None)).tiles for p in frames]
+    prep_s = time.perf_counter() - t0
+    x = np.concatenate(tiles)
+    sel = select(model, backend, batch_size=batch_size, threads=threads, cache_dir=cache_dir)
+    engine = sel.engine
+    try:
+        engine.infer(x[:batch_size])  # warm-up
+        t0 = time.perf_counter()
+        for i in range(0, len(x), batch_size):
+            engine.infer(x[i:i + batch_size])
+        infer_s = time.perf_counter() - t0
+    finally:
+        engine.close()
+    return {"engine": engine.name, "frames": len(frames), "tiles": len(x), "tiles_per_frame": len(x) / len(frames),
+            "tile_px": meta.input_size, "arch": meta.arch, "batch": batch_size, "seconds": infer_s,
+            "tiles_per_s": len(x) / infer_s, "frames_per_s": len(frames) / infer_s,
+            "preprocess_frames_per_s": len(frames) / prep_s}
+
+
+def side_by_side(args: argparse.Namespace, shape: tuple[int, int]) -> int:
+    peak, peak_source = int8_peak_gops(args)
+    with tempfile.TemporaryDirectory(prefix="nscm-ingest-") as d:
+        tmp = Path(d)
+        source = Path(args.model) if args.model else train_model(tmp / "train", args)
+        # a private copy: the engine, its status and its int8 model are written beside it
+        model_dir = tmp / "model"
+        model_dir.mkdir()
+        for f in source.parent.iterdir():
+            if f.is_file() and (f.name == source.name or f.name.startswith("calibration")):
+                shutil.copy2(f, model_dir / ("model.onnx" if f == source else f.name))
+        model = model_dir / "model.onnx"
+        print(f"backlog with the fp32 ONNX ({args.frames} frames) ...", flush=True)
+        fp32 = backlog(tmp, model, args.frames, shape, engine="ort-cpu", name="backlog-fp32")
+        print("building this machine's engine (nscmonitor engine autobuild) ...", flush=True)
+        build = autobuild(model, args.threads)
+        print(f"backlog with the built engine ({args.frames} frames) ...", flush=True)
+        built = backlog(tmp, model, args.frames, shape, engine="auto", name="backlog-engine")
+        frames = sorted((tmp / "backlog-engine").glob("*.tif"))[:args.engine_alone_frames]
+        backend = "tensorrt" if built["engine"].startswith("tensorrt") else built["engine"]
+        alone = engine_alone(model, frames, backend, parse_settings({}, env={}).batch_size, args.threads,
+                             tmp / "models" / "engines")
+        print(f"live: {args.live_frames} frames at 1 per {1 / args.live_rate:g} s, quiet period {args.quiet:g} s ...",
+              flush=True)
+        lv = live(tmp, model, args.live_frames, shape, args.live_rate, args.quiet, engine="auto")
+    gflop = RESNET50_GFLOP_224 * (alone["tile_px"] / 224) ** 2 if alone["arch"] == "resnet50" else None
+    achieved = alone["tiles_per_s"] * gflop if gflop else None
+    bound = {"int8_peak_gops": peak, "source": peak_source, "gflop_per_tile": gflop,
+             "engine_gops": achieved, "share": achieved / peak if achieved and peak else None}
+    result = {
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
+        "model": str(args.model) if args.model else f"{args.arch} trained here for {args.train_epochs} epochs",
+        "frame": f"{shape[1]}x{shape[0]} uint16", "build": build, "backlog_fp32": fp32, "backlog_engine": built,
+        "engine_alone": alone, "int8_bound": bound, "live": lv,
+        "goals": {
+            "engine_vs_fp32": built["files_per_s"] / fp32["files_per_s"],
+            "engine_frames_per_s": built["files_per_s"],
+            "pipeline_share_of_engine_alone": built["files_per_s"] / alone["frames_per_s"],
+            "engine_share_of_int8_bound": bound["share"],
+            "live_p95_s": lv["latency_p95_s"], "live_p95_limit_s": args.quiet + 2.0,
+        },
+    }
+    out = Path(args.out if args.out_given else Path(args.out).with_name("ingest-side-by-side.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print_side_by_side(result)
+    print(f"wrote {out}")
+    return 0
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
+def print_side_by_side(r: dict) -> None:
+    a, b, e, g, lv = r["backlog_fp32"], r["backlog_engine"], r["engine_alone"], r["goals"], r["live"]
+    build = r["build"]
+    print(f"model: {r['model']}; {e['tiles_per_frame']:.0f} tiles of {e['tile_px']} px per {r['frame']} frame")
+    verdict = build["state"] or "no status"
+    gate = build.get("gate") or {}
+    print(f"engine build: {build['seconds']:.0f} s -> {verdict} {build.get('engine') or ''}"
+          + (f" (gate: top-1 {gate.get('top1_agreement', float('nan')):.2%}, readout "
+             f"{gate.get('well_readout_pp', float('nan')):.2f} pp)" if gate else "")
+          + (f"; {build['reason']}" if build.get("reason") else ""))
+    print(f"{'run':<28}{'engine':<16}{'frames/s':>10}{'decode':>9}{'prep':>8}{'infer':>8}{'store':>8}")
+    for name, x in (("backlog, fp32 ONNX", a), ("backlog, built engine", b)):
+        sh = x["share"]
+        print(f"{name:<28}{x['engine']:<16}{x['files_per_s']:>10.2f}{sh['decode']:>9.0%}{sh['preprocess']:>8.0%}"
+              f"{sh['inference']:>8.0%}{sh['store']:>8.0%}")
+    print(f"{'engine alone, same tiles':<28}{e['engine']:<16}{e['frames_per_s']:>10.2f}"
+          f"   ({e['tiles_per_s']:.0f} tiles/s, batch {e['batch']}; preprocessing alone {e['preprocess_frames_per_s']:.1f} frames/s)")
+    bd = r["int8_bound"]
+    print(f"int8 bound: {bd['source']}" + (f", {bd['int8_peak_gops']:.0f} GOP/s; engine {bd['engine_gops']:.0f} GOP/s"
+                                          if bd["engine_gops"] and bd["int8_peak_gops"] else ""))
+    print(f"live at {lv['rate_per_s']:g} frames/s, quiet {lv['quiet_s']:g} s: {lv['scored']}/{lv['frames']} scored, "
+          f"latency median {lv['latency_median_s']:.2f} s, p95 {lv['latency_p95_s']:.2f} s")
+    print("goals: " + "; ".join([
+        f"engine/fp32 {g['engine_vs_fp32']:.2f}x (>= 3x)",
+        f"engine {g['engine_frames_per_s']:.2f} frames/s (>= 3)",
+        f"pipeline keeps {_pct(g['pipeline_share_of_engine_alone'])} of the engine alone (>= 70%)",
+        f"engine at {_pct(g['engine_share_of_int8_bound'])} of the int8 bound (>= 80%)",
+        f"live p95 {g['live_p95_s']:.2f} s (<= {g['live_p95_limit_s']:g} s)"]))
 
 
 def main() -> int:
@@ -121,10 +310,29 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=500)
     ap.add_argument("--live-frames", type=int, default=40)
     ap.add_argument("--shape", default="1040x1408", help="HxW")
-    ap.add_argument("--model", help="ONNX model (default: a tiny 64 px classifier, i.e. pipeline overhead)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "ingest.json"))
+    ap.add_argument("--model", help="ONNX model (default: a tiny 64 px classifier, i.e. pipeline overhead; "
+                                    "with --side-by-side: a ResNet50 trained here)")
+    ap.add_argument("--out", help="JSON result (default benchmarks/results/ingest.json, "
+                                  "ingest-side-by-side.json with --side-by-side)")
+    sbs = ap.add_argument_group("side-by-side mode")
+    sbs.add_argument("--side-by-side", action="store_true",
+                     help="fp32 ONNX vs the automatically built engine, engine alone, int8 bound, live p95")
+    sbs.add_argument("--arch", default="resnet50", help="architecture of the model trained here")
+    sbs.add_argument("--image-size", type=int, default=96, help="tile size of the model trained here")
+    sbs.add_argument("--train-epochs", type=int, default=6)
+    sbs.add_argument("--train-wells", type=int, default=4, help="wells per condition in the training export")
+    sbs.add_argument("--threads", type=int, default=0, help="threads for training, the build and the engine (0: all)")
+    sbs.add_argument("--int8-peak-gops", type=float, help="this machine's int8 peak, GOP/s")
+    sbs.add_argument("--cpu-peak", metavar="FILE", help="output of ../shared/tools/cpu_peak.sh (or JSON int8_gops)")
+    sbs.add_argument("--engine-alone-frames", type=int, default=20)
+    sbs.add_argument("--live-rate", type=float, default=0.5, help="live arrival rate, frames/s")
+    sbs.add_argument("--quiet", type=float, default=1.0, help="quiet period of the live watch, s")
     args = ap.parse_args()
+    args.out_given = args.out is not None
+    args.out = args.out or str(Path(__file__).parent / "results" / "ingest.json")
     shape = tuple(int(v) for v in args.shape.split("x"))
+    if args.side_by_side:
+        return side_by_side(args, shape)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         model = Path(args.model) if args.model else tmp / "tiny.onnx"
