@@ -33,7 +33,8 @@ def _cpu_id() -> str:
 
 
 class OrtCpuEngine(Engine):
-    name = "ort-cpu-fp32"
+    #: engine names say backend and precision; they are stored with every prediction
+    name = "ort-fp32"
 
     def __init__(self, model_path: str | Path, metadata: ModelMetadata, *, threads: int = 0,
                  optimized_cache: str | Path | None = None) -> None:
@@ -141,7 +142,7 @@ class OrtInt8Engine(OrtCpuEngine):
     passed gate against fp32, and, when the caller knows it, only if it was quantized from
     the fp32 model that is active now (a stale int8 file would silently serve an old model)."""
 
-    name = "ort-cpu-int8"
+    name = "ort-int8"
 
     def __init__(self, model_path: str | Path, metadata: ModelMetadata, *, threads: int = 0,
                  optimized_cache: str | Path | None = None, source_sha256: str | None = None) -> None:
@@ -192,7 +193,7 @@ def preload_cuda_libraries(ort) -> str:
 class OrtCudaEngine(OrtCpuEngine):
     """fp32 on the GPU through ONNX Runtime: the GPU path when TensorRT itself is missing."""
 
-    name = "ort-cuda"
+    name = "ort-cuda-fp32"
     provider = "CUDAExecutionProvider"
 
     def _providers(self) -> list[str]:
@@ -228,6 +229,7 @@ class OrtTensorrtEpEngine(OrtCudaEngine):
         super().__init__(model_path, metadata, threads=threads, optimized_cache=optimized_cache)
         self.cache_dir = Path(cache_dir) if cache_dir else self.model_path.parent / "ort-trt-cache"
         self.fp16 = fp16
+        self.name = "ort-tensorrt-fp16" if fp16 else "ort-tensorrt-fp32"
 
     def _providers(self) -> list:
         opts = {"trt_fp16_enable": self.fp16, "trt_engine_cache_enable": True,

@@ -24,7 +24,8 @@ ORDER = ("tensorrt", "ort-cuda", "openvino-int8", "ort-int8", "ort-cpu", "torch"
 OPTIONAL = ("openvino-fp32",)
 ALIASES = {"trt": "tensorrt", "ort-cpu-fp32": "ort-cpu", "ort-fp32": "ort-cpu", "ort-cpu-int8": "ort-int8",
            "int8": "ort-int8", "cuda": "ort-cuda", "torch-cl": "torch", "openvino": "openvino-fp32",
-           "ov-int8": "openvino-int8"}
+           "ov-int8": "openvino-int8", "ort-cuda-fp32": "ort-cuda", "torch-fp32": "torch",
+           "tensorrt-fp16": "tensorrt", "tensorrt-int8": "tensorrt"}
 SELF_CERTIFIED = ("tensorrt", "openvino-int8", "ort-int8")
 
 

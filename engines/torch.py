@@ -202,7 +202,7 @@ class TorchEngine(Engine):
         self.threads = threads
         self.channels_last = channels_last
         self.device = device
-        self.name = "torch-cl" if channels_last else "torch-eager"
+        self.name = "torch-fp32"  # channels-last or not is a memory layout, not a precision
         self._model = None
         self._torch = None
 

@@ -135,6 +135,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     engine = make_engine(s.database_url)
     ensure_schema(engine, create=False)
     h = health(Repo(engine))
+    h["engine_build"] = engine_build_state(s, (h["daemon"] or {}).get("model_version"))
     if args.json:
         print(json.dumps(h, indent=2, default=str))
         return h["exit_code"]
@@ -149,6 +150,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if d:
         con.print(f"daemon {d['host']}:{d['pid']} {d['state']}, heartbeat {d['heartbeat_at']}, "
                   f"engine {d['engine']}, model {d['model_version']}, {d['images_per_s'] or 0:.2f} images/s")
+        build = h["engine_build"]
+        if build is not None:
+            colour = "yellow" if build["state"] in ("failed", "no-calibration", "interrupted") else "default"
+            con.print(f"  engine build: [{colour}]{build['message']}[/{colour}]")
         for w in d["watched"]:
             con.print(f"  watching {w['path']} ({'polling' if w.get('polling') else 'events'})"
                       + ("" if w.get("reachable", True) else f" [red]UNREACHABLE: {w.get('error')}[/red]"))
@@ -160,6 +165,34 @@ def cmd_status(args: argparse.Namespace) -> int:
             t.add_row(str(e["id"]), e["status"], e["path"], e["reason"])
         con.print(t)
     return h["exit_code"]
+
+
+def served_model_path(s: Settings, version: str | None) -> Path | None:
+    """The model file behind a served version: the registry's version folder, else the
+    configured model file (served as ``<version>-<sha8>``)."""
+    if version is None:
+        return None
+    try:
+        from nscmonitor.registry.registry import Registry
+        from nscmonitor.store.db import open_readonly
+
+        for info in Registry(s.models_dir, open_readonly(s.database_url)).list():
+            if info.version == version:
+                return Path(info.path)
+    except Exception as exc:  # status reports; a registry it cannot read is not fatal here
+        log.info("registry not readable for the engine build state: %s", exc)
+    return s.model if s.model is not None and Path(s.model).is_file() else None
+
+
+def engine_build_state(s: Settings, version: str | None) -> dict | None:
+    """This machine's engine build for the served version (engine-status.json beside the
+    model): building since when, ready with its gate, or why fp32 serves."""
+    path = served_model_path(s, version)
+    if path is None:
+        return None
+    from nscmonitor.engines.autobuild import summary
+
+    return summary(path, version)
 
 
 # --- export ---------------------------------------------------------------------------
@@ -276,6 +309,13 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
         except Exception as exc:  # report any model problem as a failed check
             checks.append(("model", False, f"{s.model}: {exc}"))
         try:
+            from nscmonitor.engines.autobuild import summary
+
+            build = summary(s.model)
+            checks.append(("engine build", build["state"] in ("ready", "building"), build["message"]))
+        except Exception as exc:  # report, never crash
+            checks.append(("engine build", False, str(exc)))
+        try:
             from nscmonitor.engines.select import select
 
             sel = select(s.model, s.engine, batch_size=s.batch_size, threads=s.threads,
@@ -283,7 +323,27 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
             checks.append(("engine in use", True, sel.engine.name + "".join(f"; skipped {b}: {w}" for b, w in sel.skipped)))
         except Exception as exc:  # report, never crash
             checks.append(("engine in use", False, str(exc)))
+    else:
+        checks.extend(_active_engine_check(s))
     return checks
+
+
+def _active_engine_check(s: Settings) -> list[tuple[str, bool, str]]:
+    """The registry's active version and this machine's engine build for it."""
+    try:
+        from nscmonitor.registry.registry import Registry
+        from nscmonitor.store.db import make_engine
+
+        act = Registry(s.models_dir, make_engine(s.database_url)).active()
+        if act is None:
+            return []
+        from nscmonitor.engines.autobuild import summary
+
+        build = summary(Path(act.path), act.version)
+        return [("active model", Path(act.path).is_file(), f"{act.version} ({act.path})"),
+                ("engine build", build["state"] in ("ready", "building"), build["message"])]
+    except Exception as exc:  # doctor reports, it does not crash
+        return [("active model", False, str(exc))]
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -1,0 +1,235 @@
+"""Build on arrival with real parts: a tiny real ONNX model with its own calibration set, real
+ONNX Runtime / OpenVINO int8 builds in a real subprocess, a real SQLite store and registry,
+a real watcher. Registering a model yields a gated int8 engine the daemon serves with no
+manual step; a failing gate keeps fp32 and says why in ``status --json``; a daemon started
+without an engine serves fp32 and swaps to int8 in the middle of a backlog without losing
+or double-scoring an image."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cells_image, write_tiff
+from sqlalchemy import func, select
+from test_engines_int8_select import confident_tiny, write_tiles
+
+from nscmonitor.cli import main
+from nscmonitor.config import load_settings
+from nscmonitor.daemon import build_runner
+from nscmonitor.engines import autobuild
+from nscmonitor.engines.calibration import tiles_from_folder
+from nscmonitor.registry.registry import Registry
+from nscmonitor.store import models as m
+from nscmonitor.store.db import make_engine
+
+
+def wait_until(cond, timeout: float, what: str) -> None:  # noqa: ANN001
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_dir_with_calibration(tmp_path: Path, *, strict: bool = False) -> Path:
+    """A training run's folder: model.onnx plus the calibration set that travels with it."""
+    run = tmp_path / "run"
+    meta = confident_tiny(run / "model.onnx")
+    if strict:  # a gate no int8 model can pass: every probability must match exactly
+        import onnx
+
+        from nscmonitor.engines.metadata import write_onnx_metadata
+
+        proto = onnx.load(str(run / "model.onnx"))
+        write_onnx_metadata(proto, replace(meta, int8_tolerance={"top1_agreement": 1.0, "well_readout_pp": 0.0}))
+        onnx.save(proto, str(run / "model.onnx"))
+    tiles_from_folder(write_tiles(tmp_path / "tiles"), run)
+    return run
+
+
+def config(tmp_path: Path, watch: Path) -> Path:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'''
+database_url = "sqlite:///{tmp_path / 'nsc.db'}"
+models_dir = "{tmp_path / 'models'}"
+log_dir = "{tmp_path / 'logs'}"
+[[watch]]
+path = "{watch}"
+experiment = "E1"
+quiet_seconds = 0.0
+''')
+    return cfg
+
+
+def frames(watch: Path, n: int) -> None:
+    for i in range(n):
+        write_tiff(watch / f"VID1_A{i % 12 + 1}_{i // 12 + 1}_00d00h00m.tif", cells_image(i, shape=(64, 128)))
+
+
+def engines_by_image(db_url: str) -> dict[int, list[str]]:
+    with make_engine(db_url).connect() as c:
+        rows = c.execute(select(m.Prediction.image_id, m.Prediction.engine)).all()
+    out: dict[int, list[str]] = {}
+    for image_id, engine in rows:
+        out.setdefault(image_id, []).append(engine)
+    return out
+
+
+def test_registering_a_model_builds_a_gated_int8_engine_the_daemon_serves(tmp_path: Path, capsys) -> None:
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    cfg = config(tmp_path, watch)
+    run = run_dir_with_calibration(tmp_path)
+    assert main(["--config", str(cfg), "models", "register", str(run)]) == 0
+    assert "int8 for" in capsys.readouterr().out
+    settings = load_settings(cfg, env={})
+    active = Registry(settings.models_dir, make_engine(settings.database_url)).active()
+    status = autobuild.read_status(active.path)
+    assert status.state == "ready" and status.engine.endswith("-int8"), status
+    assert status.gate["passed"] and status.gate["top1_agreement"] >= 0.99
+    assert (Path(active.path).parent / status.artefact).is_file() and status.build_seconds > 0
+    assert status.fingerprint["model_sha256"] == active.sha256
+
+    assert main(["--config", str(cfg), "models", "show", active.version]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["engine"]["state"] == "ready" and shown["engine"]["engine"] == status.engine
+
+    frames(watch, 6)
+    runner = build_runner(settings, retry_base_s=0.05, poll_interval=0.1)
+    runner.setup()
+    assert runner.model.engine.name == status.engine
+    runner.run(once=True)
+    used = engines_by_image(settings.database_url)
+    assert len(used) == 6 and all(v == [status.engine] for v in used.values())
+
+    # nothing changed, so no second build: the recorded outcome stands
+    before = autobuild.status_path(active.path).stat().st_mtime_ns
+    assert main(["--config", str(cfg), "models", "promote", active.version]) == 0
+    assert autobuild.status_path(active.path).stat().st_mtime_ns == before
+
+
+def test_a_failing_gate_keeps_fp32_and_status_json_says_why(tmp_path: Path, capsys) -> None:
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    cfg = config(tmp_path, watch)
+    run = run_dir_with_calibration(tmp_path, strict=True)
+    assert main(["--config", str(cfg), "models", "register", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "no int8 engine" in out and "gate" in out
+    settings = load_settings(cfg, env={})
+    active = Registry(settings.models_dir, make_engine(settings.database_url)).active()
+    status = autobuild.read_status(active.path)
+    assert status.state == "failed" and "well readout differs" in status.reason and status.attempts
+    assert not any(a["passed"] for a in status.attempts)
+
+    frames(watch, 3)
+    runner = build_runner(settings, retry_base_s=0.05, poll_interval=0.1, heartbeat_s=0.0)
+    runner.setup()
+    assert runner.model.engine.name == "ort-fp32"
+    runner.run(once=True)
+    assert all(v == ["ort-fp32"] for v in engines_by_image(settings.database_url).values())
+    # the daemon does not rebuild a build that failed under the same fingerprint
+    assert autobuild.read_status(active.path).finished_at == status.finished_at
+
+    code = main(["--config", str(cfg), "status", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 3  # the once-run daemon has stopped
+    build = report["engine_build"]
+    assert build["state"] == "failed" and "well readout differs" in build["reason"]
+    assert "fp32" in build["message"]
+    with make_engine(settings.database_url).connect() as c:
+        kinds = [k for (k,) in c.execute(select(m.Event.kind))]
+    assert "engine_build_failed" in kinds
+
+
+def test_daemon_without_an_engine_serves_fp32_and_swaps_to_int8_mid_backlog(tmp_path: Path) -> None:
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    cfg = config(tmp_path, watch)
+    run = run_dir_with_calibration(tmp_path)
+    assert main(["--config", str(cfg), "models", "register", str(run), "--no-engine"]) == 0
+    settings = load_settings(cfg, env={})
+    active = Registry(settings.models_dir, make_engine(settings.database_url)).active()
+    assert autobuild.read_status(active.path) is None
+    n = 40
+    frames(watch, n)
+    runner = build_runner(settings, retry_base_s=0.05, poll_interval=0.1, heartbeat_s=0.1, claim_size=2)
+    done = {"n": 0}
+
+    def slow_until_built(k: int) -> None:
+        """Half the backlog is scored while the build runs; then the loop waits for the build
+        (standing in for a slow fp32 engine on a big model) so the swap lands mid-backlog."""
+        done["n"] += k
+        if done["n"] >= n // 2:
+            wait_until(lambda: autobuild.token(active.path) is not None, 120, "the background build")
+
+    runner.on_batch = slow_until_built
+    runner.setup()
+    assert runner.model.engine.name == "ort-fp32" and runner.model.engine_token is None
+    daemon = threading.Thread(target=runner.run, daemon=True)
+    daemon.start()
+    try:
+        wait_until(lambda: len(engines_by_image(settings.database_url)) == n, 120, "the backlog to be scored")
+    finally:
+        runner.stop_event.set()
+        daemon.join(30)
+    status = autobuild.read_status(active.path)
+    assert status.state == "ready" and runner.model.engine.name == status.engine
+    used = engines_by_image(settings.database_url)
+    with make_engine(settings.database_url).connect() as c:
+        n_images = c.scalar(select(func.count()).select_from(m.Image))
+        swaps = c.execute(select(m.Event.message).where(m.Event.kind == "engine_swapped")).all()
+    assert n_images == n and len(used) == n, "an image was lost"
+    assert all(len(v) == 1 for v in used.values()), "an image was scored twice"
+    names = [v[0] for v in used.values()]
+    assert names.count("ort-fp32") >= n // 2 and names.count(status.engine) >= 1
+    assert len(swaps) == 1 and status.engine in swaps[0][0]
+
+
+def test_decide_retries_only_when_something_changes() -> None:
+    fp = autobuild.Fingerprint("m" * 64, "c" * 64, {"onnxruntime": "onnxruntime 1.0"}, "cpu")
+    failed = autobuild.EngineStatus("failed", {**fp.__dict__}, reason="gate")
+    ready = autobuild.EngineStatus("ready", {**fp.__dict__}, engine="ort-int8", artefact="model.int8.onnx")
+    assert autobuild.decide(None, fp, artefact_present=False, build_running=False) == "build"
+    assert autobuild.decide(failed, fp, artefact_present=False, build_running=False) == "keep"
+    assert autobuild.decide(ready, fp, artefact_present=True, build_running=False) == "ready"
+    assert autobuild.decide(ready, fp, artefact_present=False, build_running=False) == "build"
+    assert autobuild.decide(ready, fp, artefact_present=True, build_running=True) == "wait"
+    for changed in (replace(fp, model_sha256="n" * 64), replace(fp, calibration_sha256=None),
+                    replace(fp, runtimes={"onnxruntime": "onnxruntime 2.0"}), replace(fp, machine="other cpu")):
+        assert autobuild.decide(failed, changed, artefact_present=False, build_running=False) == "build"
+    assert fp.changes(failed.fingerprint) == []
+    assert replace(fp, machine="x").changes(failed.fingerprint) == ["machine"]
+    interrupted = replace(ready, state="building")
+    assert autobuild.decide(interrupted, fp, artefact_present=False, build_running=False) == "build"
+
+
+def test_plan_follows_the_selection_order() -> None:
+    assert autobuild.plan(tensorrt_gpu=True, openvino=True) == ("tensorrt-int8", "tensorrt-fp16", "openvino-int8")
+    assert autobuild.plan(tensorrt_gpu=False, openvino=False) == ("ort-int8",)
+
+
+def test_build_lock_excludes_a_second_builder_and_is_released(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x")
+    first = autobuild.BuildLock(autobuild.lock_path(model))
+    assert first.acquire() and autobuild.build_running(model)
+    assert not autobuild.BuildLock(autobuild.lock_path(model)).acquire()
+    first.release()
+    assert not autobuild.build_running(model)
+
+
+def test_a_torn_status_file_means_rebuild_not_crash(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x")
+    autobuild.status_path(model).write_text('{"state": "ready", "fingerp')
+    assert autobuild.read_status(model) is None
+    assert autobuild.summary(model)["state"] == "none"
+    np.testing.assert_equal(autobuild.token(model), None)
