@@ -5,14 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from nscmonitor.config import Settings, WatchFolder, load_settings, with_overrides
+from nscmonitor.config import ENGINES, MAX_QUIET_S, Settings, WatchFolder, load_settings, with_overrides
+from nscmonitor.domain import PLATE_SHAPES
 from nscmonitor.errors import UserFacingError
 
 log = logging.getLogger(__name__)
+
+
+def _number(kind: type, lo: float, hi: float, what: str):  # noqa: ANN202
+    """argparse type for a bounded, finite number: 'nan', 'inf' and out-of-range values are
+    refused with the allowed range instead of being accepted and silently misbehaving."""
+    def parse(text: str):  # noqa: ANN202
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} ({lo:g}..{hi:g}), got {text!r}") from None
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise argparse.ArgumentTypeError(f"expected {what} ({lo:g}..{hi:g}), got {text!r}")
+        return v
+
+    return parse
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -128,13 +145,11 @@ def health(repo, *, now: datetime | None = None) -> dict:  # noqa: ANN001
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from nscmonitor.store.db import ensure_schema, make_engine
+    from nscmonitor.store.db import open_readonly
     from nscmonitor.store.repo import Repo
 
     s = settings_from(args)
-    engine = make_engine(s.database_url)
-    ensure_schema(engine, create=False)
-    h = health(Repo(engine))
+    h = health(Repo(open_readonly(s.database_url)))
     h["engine_build"] = engine_build_state(s, (h["daemon"] or {}).get("model_version"))
     if args.json:
         print(json.dumps(h, indent=2, default=str))
@@ -198,13 +213,11 @@ def engine_build_state(s: Settings, version: str | None) -> dict | None:
 # --- export ---------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
     from nscmonitor.report.export import default_images_path, export_images, export_readouts
-    from nscmonitor.store.db import ensure_schema, make_engine
+    from nscmonitor.store.db import open_readonly
     from nscmonitor.store.repo import Repo
 
     s = settings_from(args)
-    engine = make_engine(s.database_url)
-    ensure_schema(engine, create=False)
-    repo = Repo(engine)
+    repo = Repo(open_readonly(s.database_url))
     out = Path(args.output)
     n, version = export_readouts(repo, args.experiment, out, model_version=args.model_version,
                                  active=active_version(s))
@@ -222,7 +235,7 @@ def active_version(s: Settings):  # noqa: ANN202
             from nscmonitor.store.db import make_engine
         except ImportError:
             return None
-        act = Registry(s.models_dir, make_engine(s.database_url)).active()
+        act = Registry(s.models_dir, make_engine(s.database_url, readonly=True)).active()
         return act.version if act else None
 
     return active
@@ -264,16 +277,19 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
     import shutil
 
     from nscmonitor.service_checks import database_disk, drive_letter_warning
-    from nscmonitor.store.db import current_revision, head_revision, make_engine
+    from nscmonitor.store.db import current_revision, head_revision, make_engine, sqlite_path
 
     checks: list[tuple[str, bool, str]] = []
     for mod, what in (("onnxruntime", "ONNX Runtime (CPU engine)"), ("torch", "PyTorch (training, reference engine)"),
                       ("tensorrt", "TensorRT (GPU engine)"), ("PySide6", "PySide6 (dashboard)")):
         ok = importlib.util.find_spec(mod) is not None
         checks.append((what, ok, "installed" if ok else "not installed"))
-    from nscmonitor.runtime_packages import installed_versions, ort_flavour_check
+    from nscmonitor.runtime_packages import TENSORRT_DISTRIBUTIONS, installed_versions, ort_flavour_check, tensorrt_check
 
     checks.append(("ONNX Runtime packages", *ort_flavour_check(installed_versions())))
+    trt = tensorrt_check(installed_versions(TENSORRT_DISTRIBUTIONS))
+    if trt is not None:
+        checks.append(("TensorRT version", *trt))
     try:
         import onnxruntime as ort
 
@@ -283,7 +299,10 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
     gpu = shutil.which("nvidia-smi") is not None
     checks.append(("NVIDIA GPU", gpu, "nvidia-smi found" if gpu else "no NVIDIA driver found (CPU engines serve)"))
     try:
-        eng = make_engine(s.database_url)
+        db_file = sqlite_path(s.database_url)
+        if db_file is not None and not db_file.exists():
+            raise FileNotFoundError(f"{db_file} does not exist (yet): 'nscmonitor run' or 'db upgrade' creates it")
+        eng = make_engine(s.database_url, readonly=True)
         cur = current_revision(eng)
         head = head_revision()
         checks.append(("database", cur == head or cur is None,
@@ -392,14 +411,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--watch", action="append", metavar="DIR", help="watch this folder too (repeatable)")
     p.add_argument("--profile", default="auto", help="file-name profile of --watch folders (default: auto)")
     p.add_argument("--experiment", help="experiment name for --watch folders (default: folder name)")
-    p.add_argument("--plate-format", type=int, default=96, help="plate format of --watch folders (default 96)")
+    p.add_argument("--plate-format", type=int, default=96, choices=sorted(PLATE_SHAPES), metavar="WELLS",
+                   help=f"plate format of --watch folders: {', '.join(map(str, sorted(PLATE_SHAPES)))} (default 96)")
     p.add_argument("--plate-map", help="plate map CSV (well,condition,...) for --watch folders")
     p.add_argument("--channel", help="score only this channel of --watch folders")
-    p.add_argument("--quiet", type=float, help="seconds a file must stay unchanged before it is read (default 5)")
+    p.add_argument("--quiet", type=_number(float, 0, MAX_QUIET_S, "seconds"),
+                   help="seconds a file must stay unchanged before it is read (default 5)")
     p.add_argument("--polling", action="store_true", help="poll --watch folders instead of native events")
     p.add_argument("--model", help="ONNX model to serve (default: the config's, or the registry's active model)")
-    p.add_argument("--engine", help="engine preference: auto, trt, ort-cuda, ort-int8, ort-cpu, torch")
-    p.add_argument("--batch-size", type=int, help="tiles per engine call")
+    p.add_argument("--engine", choices=ENGINES, help="engine preference: auto, trt, ort-cuda, ort-int8, ort-cpu, torch")
+    p.add_argument("--batch-size", type=_number(int, 1, 1024, "a whole number of tiles"), help="tiles per engine call")
     p.add_argument("--once", action="store_true", help="score what is there, then exit")
     p.add_argument("--progress", action="store_true", help="show a progress bar even without a terminal")
     p.add_argument("--no-schedule", action="store_true", help="do not run the scheduled retraining in this daemon")
@@ -421,7 +442,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("parse", help="show how file names parse (the daemon's own parser)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="paths relative to the watched folder")
     p.add_argument("--profile", default="auto")
-    p.add_argument("--plate-format", type=int, help="needed for names with sequential well numbers")
+    p.add_argument("--plate-format", type=int, choices=sorted(PLATE_SHAPES), metavar="WELLS",
+                   help="needed for names with sequential well numbers: "
+                   f"{', '.join(map(str, sorted(PLATE_SHAPES)))}")
     p.add_argument("--json", action="store_true", help="one JSON object per path")
     p.set_defaults(func=cmd_parse)
 

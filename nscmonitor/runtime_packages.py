@@ -38,3 +38,24 @@ def ort_flavour_check(installed: dict[str, str]) -> tuple[bool, str]:
     return False, (f"{found} are installed together: they overwrite each other's 'onnxruntime' package "
                    f"(the CUDA provider can silently disappear). Fix: pip uninstall -y {drop} {keep} && "
                    f"pip install {keep}")
+
+
+TENSORRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11")
+
+
+def tensorrt_check(installed: dict[str, str]) -> tuple[bool, str] | None:
+    """(ok, message) for the TensorRT found by package metadata (without importing it: the
+    import loads CUDA), or None when none is installed."""
+    if not installed:
+        return None
+    from nscmonitor.engines.base import EngineError
+    from nscmonitor.engines.tensorrt import trt_major
+
+    name, version = next(iter(installed.items()))
+    try:
+        major = trt_major(version)
+    except EngineError as exc:
+        return False, str(exc)
+    how = "strongly typed: fp16 from a converted graph, int8 from Q/DQ" if major >= 11 else \
+        "fp16 by builder flag, int8 from Q/DQ"
+    return True, f"{name} {version} ({how})"

@@ -48,3 +48,17 @@ def test_cuda_libraries_are_preloaded_through_onnxruntime_when_it_can():
         raise OSError("libcudnn.so.9: cannot open shared object file")
 
     assert "libcudnn.so.9" in preload_cuda_libraries(SimpleNamespace(__version__="1.22.0", preload_dlls=broken))
+
+
+def test_tensorrt_version_is_judged_from_package_metadata():
+    from nscmonitor.runtime_packages import tensorrt_check
+
+    assert tensorrt_check({}) is None
+    ok, msg = tensorrt_check({"tensorrt": "11.1.0.6"})
+    assert ok and "strongly typed" in msg
+    ok, msg = tensorrt_check({"tensorrt-cu12": "10.13.3.9"})
+    assert ok and "builder flag" in msg
+    ok, msg = tensorrt_check({"tensorrt": "12.0.0"})
+    assert not ok and "newer than this nscmonitor supports" in msg
+    ok, msg = tensorrt_check({"tensorrt": "8.6.1"})
+    assert not ok and "too old" in msg
