@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
@@ -103,6 +104,22 @@ def _metric_text(meta: dict) -> str:
     return "; ".join(parts) or ", ".join(sorted(m))[:120]
 
 
+def engine_here(path: str, version: str) -> tuple[str, bool]:
+    """This machine's engine for a version (its engine-status.json) and whether it is a
+    problem worth colouring: a failed gate or a missing calibration set means fp32 serves."""
+    from pathlib import Path
+
+    from nscmonitor.engines.autobuild import summary
+
+    try:
+        info = summary(Path(path))
+    except OSError as exc:  # a version folder on an unreachable share
+        return f"unknown: {exc}", True
+    if info["state"] == "ready":
+        return info["message"], False
+    return info["message"], info["state"] in ("failed", "no-calibration", "interrupted")
+
+
 class ModelsPanel(QWidget):
     def __init__(self, parent: QWidget | None = None, actions: dict[str, ModelAction] | None = None,
                  labeller: Callable[[LabelTarget | None, str], str] | None = None) -> None:
@@ -116,9 +133,9 @@ class ModelsPanel(QWidget):
         self.serving = QLabel("The daemon's model is not known yet.")
         self.serving.setWordWrap(True)
         lay.addWidget(self.serving)
-        self.table = QTableWidget(0, 6)
+        self.table = QTableWidget(0, 7)
         self.table.setHorizontalHeaderLabels(["version", "state", "scheme", "classes", "created (UTC)",
-                                              "validation (our data)"])
+                                              "validation (our data)", "engine on this machine"])
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.horizontalHeader().setSectionResizeMode(5, QHeaderView.ResizeMode.Stretch)
@@ -205,14 +222,19 @@ class ModelsPanel(QWidget):
         self.table.setRowCount(len(versions))
         for r, v in enumerate(versions):
             active = v.state == "active"
+            engine, problem = engine_here(v.path, v.version)
             cells = (v.version + ("  ◀ active" if active else ""), v.state, v.scheme, ", ".join(v.classes),
-                     v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "", _metric_text(v.meta))
+                     v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "", _metric_text(v.meta), engine)
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if active:
                     f = item.font()
                     f.setBold(True)
                     item.setFont(f)
+                if c == 6:
+                    item.setToolTip(text)
+                    if problem:
+                        item.setForeground(QColor("#b00020"))
                 self.table.setItem(r, c, item)
         self.table.resizeColumnsToContents()
         self._refresh_buttons()

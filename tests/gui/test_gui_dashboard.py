@@ -206,11 +206,18 @@ def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: L
         build_tiny_classifier(tmp_path / f"{v}.onnx", input_size=32, version=v, seed=len(v))
     first = reg.register(tmp_path / "v1.onnx")
     second = reg.register(tmp_path / "v2.onnx")
+    from nscmonitor.engines import autobuild
+
+    assert autobuild.start(Path(first.path)) is None  # no calibration set: recorded at once, no build
     win = MainWindow(open_store(lab.url), settings, poll_s=0.2)
     qtbot.addWidget(win)
     win.show()
     panel = win.models_panel
     qtbot.waitUntil(lambda: len(panel.versions) == 2, timeout=15000)
+    engine_cells = {v.version: panel.table.item(r, 6) for r, v in enumerate(panel.versions)}
+    assert "no calibration set" in engine_cells[first.version].text()
+    assert engine_cells[first.version].foreground().color().name() == "#b00020"
+    assert "no engine built" in engine_cells[second.version].text()
     assert all(b.isEnabled() for b in panel.buttons.values())
     panel.buttons["promote"].click()  # nothing selected: the reason is shown, nothing changes
     assert "select the model version" in panel.message.text() and reg.active().version == first.version
