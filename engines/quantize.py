@@ -32,9 +32,38 @@ from nscmonitor.engines.validate import GateReport, compare, predict, write_repo
 log = logging.getLogger(__name__)
 
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "quant_format": "QDQ", "activation_type": "QUInt8", "weight_type": "QInt8",
-    "per_channel": True, "calibrate_method": "MinMax", "preprocess": True,
+    "quant_format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8",
+    "activation_symmetric": True, "weight_symmetric": True, "per_channel": True,
+    "calibrate_method": "Percentile", "percentile": 99.999, "moving_average": False,
+    "keep_fp32": ["stem", "head"], "exclude_nodes": [], "preprocess": True,
 }
+SENSITIVE = ("stem", "head")
+
+
+def sensitive_nodes(model: Any, which: list[str] | tuple[str, ...] = SENSITIVE) -> list[str]:
+    """Names of the layers kept in fp32: the stem (the first convolution, which sees the raw
+    scaled intensities and, in our exports, carries the folded grey-to-RGB replication and
+    normalisation: few MACs, wide input range) and the head (the last Gemm/MatMul, whose
+    logits decide the class directly). Both are a few percent of the compute. A graph with
+    no more than two such layers keeps none (nothing would be left to quantise)."""
+    nodes = list(model.graph.node)
+    names: list[str] = []
+    if sum(n.op_type in ("Conv", "Gemm", "MatMul") for n in nodes) <= 2:
+        return names
+    if "stem" in which:
+        names += [n.name for n in nodes if n.op_type == "Conv"][:1]
+    if "head" in which:
+        names += [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:]
+    return names
+
+
+def _name_nodes(model: Any) -> None:
+    """The quantizer excludes nodes by name; exported graphs may leave some unnamed."""
+    seen = set()
+    for i, n in enumerate(model.graph.node):
+        if not n.name or n.name in seen:
+            n.name = f"{n.op_type}_{i}"
+        seen.add(n.name)
 
 
 class _Reader(CalibrationDataReader):
@@ -61,18 +90,30 @@ def quantize_static_qdq(model_path: str | Path, out_path: str | Path, calib_x: n
     model_path, out_path = Path(model_path), Path(out_path)
     input_name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
     reader = _Reader(input_name, calib_x, batch_size)
+    extra: dict[str, Any] = {"ActivationSymmetric": bool(cfg["activation_symmetric"]),
+                             "WeightSymmetric": bool(cfg["weight_symmetric"]),
+                             "CalibMovingAverage": bool(cfg["moving_average"])}
+    if cfg["calibrate_method"] == "Percentile":
+        extra["CalibPercentile"] = float(cfg["percentile"])
     with tempfile.TemporaryDirectory(prefix="nscm-quant-") as tmp:
         source = model_path
         if cfg["preprocess"]:
             source = Path(tmp) / "pre.onnx"
             quant_pre_process(str(model_path), str(source), skip_symbolic_shape=False)
+        graph = onnx.load(str(source))
+        _name_nodes(graph)
+        named = Path(tmp) / "named.onnx"
+        onnx.save(graph, str(named))
+        exclude = sensitive_nodes(graph, cfg["keep_fp32"]) + list(cfg["exclude_nodes"])
         quantize_static(
-            str(source), str(out_path), reader,
+            str(named), str(out_path), reader,
             quant_format=QuantFormat[cfg["quant_format"]],
             activation_type=QuantType[cfg["activation_type"]],
             weight_type=QuantType[cfg["weight_type"]],
             per_channel=bool(cfg["per_channel"]),
             calibrate_method=CalibrationMethod[cfg["calibrate_method"]],
+            nodes_to_exclude=exclude,
+            extra_options=extra,
         )
     return out_path
 

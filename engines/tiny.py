@@ -16,8 +16,11 @@ from nscmonitor.engines.metadata import ModelMetadata, write_onnx_metadata
 def build_tiny_classifier(path: str | Path, *, classes: tuple[str, ...] = ("neuron", "astrocyte", "oligodendrocyte", "undifferentiated"),
                           input_size: int = 64, pixel_size_um: float | None = None, seed: int = 0,
                           version: str = "tiny-untrained", scheme: str | None = None,
-                          weights: dict[str, np.ndarray] | None = None) -> ModelMetadata:
+                          weights: dict[str, np.ndarray] | None = None, depth: int = 0) -> ModelMetadata:
     """Conv(1->8, 3x3, stride 2) -> ReLU -> global average pool -> dense -> logits.
+
+    ``depth`` inserts that many Conv(8->8, 3x3) -> ReLU blocks after the first, so a test can
+    have a stem, a body and a head as a ResNet has.
 
     ``weights`` may override ``conv_w`` (8x1x3x3), ``conv_b`` (8), ``fc_w`` (8xK), ``fc_b`` (K)
     so tests can build a model whose answer they know.
@@ -33,13 +36,21 @@ def build_tiny_classifier(path: str | Path, *, classes: tuple[str, ...] = ("neur
         "fc_w": rng.normal(0, 1.0, (8, k)).astype(np.float32),
         "fc_b": np.zeros((k,), np.float32),
     }
+    for i in range(depth):
+        w[f"body{i}_w"] = rng.normal(0, 0.4, (8, 8, 3, 3)).astype(np.float32)
+        w[f"body{i}_b"] = rng.normal(0, 0.1, (8,)).astype(np.float32)
     if weights:
         w.update({name: np.asarray(v, np.float32) for name, v in weights.items()})
     inits = [numpy_helper.from_array(v, name) for name, v in w.items()]
     nodes = [
         helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r"]),
-        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Relu", ["c"], ["r0"]),
+    ]
+    for i in range(depth):
+        nodes += [helper.make_node("Conv", [f"r{i}", f"body{i}_w", f"body{i}_b"], [f"c{i + 1}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i + 1}"], [f"r{i + 1}"])]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [f"r{depth}"], ["g"]),
         helper.make_node("Flatten", ["g"], ["f"], axis=1),
         helper.make_node("MatMul", ["f", "fc_w"], ["m"]),
         helper.make_node("Add", ["m", "fc_b"], ["logits"]),

@@ -1,0 +1,90 @@
+"""The int8 recipe on a real (tiny, stem + body + head) ONNX model: signed symmetric QDQ
+that passes the gate, the stem and head kept in fp32, and a bad calibration set refused with
+a readable reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nscmonitor.engines.calibration import TileSet
+from nscmonitor.engines.metadata import read_onnx_metadata
+from nscmonitor.engines.ort import int8_path_for
+from nscmonitor.engines.quantize import build_ort_int8, sensitive_nodes
+from nscmonitor.engines.tiny import build_tiny_classifier
+from nscmonitor.pipeline.preprocess import Preprocess
+
+SIZE = 32
+
+
+def blobs(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Raw 12-bit tiles whose blob density and size grow with the class (4 classes)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    out, wells = [], []
+    for i in range(n):
+        cls = i % 4
+        img = rng.normal(300, 20, (SIZE, SIZE))
+        for _ in range(2 + 3 * cls):
+            cy, cx = rng.uniform(0, SIZE, 2)
+            r = rng.uniform(1.5, 2 + 1.5 * cls)
+            img += (800 + 400 * cls) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        out.append(img.clip(0, 4095).astype(np.uint16))
+        wells.append(f"P1/A{cls + 1:02d}")
+    return np.stack(out), wells
+
+
+def tileset(meta, raw, wells, source):
+    pre = Preprocess.from_metadata(meta)
+    x = np.concatenate([pre.tiles(t).tiles for t in raw])
+    return TileSet(x, tuple(wells), tuple("" for _ in wells), source)
+
+
+@pytest.fixture()
+def model(tmp_path):
+    path = tmp_path / "model.onnx"
+    meta = build_tiny_classifier(path, input_size=SIZE, depth=2, seed=4)
+    return path, meta
+
+
+def test_recipe_passes_the_gate_with_signed_symmetric_qdq_and_fp32_stem_and_head(model):
+    import onnx
+    from onnx import numpy_helper
+
+    path, meta = model
+    calib = tileset(meta, *blobs(64, 1), "calib")
+    held = tileset(meta, *blobs(160, 2), "held")
+    out, report = build_ort_int8(path, calib, held, threads=1)
+    assert out == int8_path_for(path) and out.is_file(), report.summary()
+    assert report.passed and report.well_readout_pp <= 1.0
+    q = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in q.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # signed, symmetric
+    quantized = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 3
+    assert convs[0].input[1] not in quantized and convs[1].input[1] in quantized  # stem fp32, body int8
+    head = [n for n in q.graph.node if n.op_type in ("Gemm", "MatMul")][-1]
+    assert head.input[1] not in quantized
+    rec = read_onnx_metadata(out).extra["int8"]
+    assert rec["settings"]["activation_type"] == "QInt8" and rec["settings"]["activation_symmetric"] is True
+    assert rec["gate"]["passed"] and "top1_agreement_clear" in rec["gate"]
+
+
+def test_all_zero_calibration_tiles_fail_the_gate_with_a_reason(model):
+    path, meta = model
+    raw, wells = blobs(32, 1)
+    bad = TileSet(np.zeros((32, 1, SIZE, SIZE), np.float32), tuple(wells), ("",) * 32, "all-zero tiles")
+    held = tileset(meta, *blobs(160, 2), "held")
+    out, report = build_ort_int8(path, bad, held, threads=1)
+    assert out is None and not report.passed and not int8_path_for(path).exists()
+    assert report.reasons and ("top-1 agreement" in report.reasons[0] or "well readout" in report.reasons[0])
+    assert "FAILED" in report.summary(), report.summary()
+
+
+def test_small_graphs_keep_nothing_in_fp32(tmp_path):
+    import onnx
+
+    build_tiny_classifier(tmp_path / "m.onnx", input_size=SIZE)
+    assert sensitive_nodes(onnx.load(str(tmp_path / "m.onnx"))) == []
