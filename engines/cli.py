@@ -22,8 +22,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     prec.add_argument("--fp32", dest="precision", action="store_const", const="fp32")
     prec.add_argument("--fp16", dest="precision", action="store_const", const="fp16")
     prec.add_argument("--int8", dest="precision", action="store_const", const="int8")
-    build.add_argument("--calibration", required=True, metavar="DIR",
-                       help="tiles folder (tiles.csv: train split calibrates, val/test split validates)")
+    build.add_argument("--calibration", metavar="DIR",
+                       help="tiles folder (tiles.csv: train split calibrates, val/test split validates); default: "
+                            "the calibration set that travels with the model (calibration.npz beside it)")
     build.add_argument("--cache", metavar="DIR", help="TensorRT engine cache (default: beside the model)")
     build.add_argument("--max-batch", type=int, default=32)
     build.add_argument("--n-calib", type=int, default=128, help="calibration tiles (default 128)")
@@ -72,12 +73,20 @@ def _ints(text: str) -> list[int]:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from nscmonitor.engines.base import EngineError
-    from nscmonitor.engines.calibration import calibration_and_heldout
+    from nscmonitor.engines.calibration import calibration_and_heldout, load_model_tiles
     from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
 
     try:
         meta = read_onnx_metadata(args.model)
-        calib, held = calibration_and_heldout(args.calibration, meta, n_calib=args.n_calib, n_heldout=args.n_heldout)
+        if args.calibration:
+            calib, held = calibration_and_heldout(args.calibration, meta, n_calib=args.n_calib,
+                                                  n_heldout=args.n_heldout)
+        else:
+            own = load_model_tiles(Path(args.model), meta)
+            if own is None:
+                raise UserFacingError(f"{args.model} has no calibration set beside it (calibration.npz); "
+                                      "pass --calibration DIR (a labelled tiles folder)")
+            calib, held = own.calib, own.heldout
         if args.backend == "ort-int8":
             if args.precision not in (None, "int8"):
                 raise UserFacingError("--backend ort-int8 builds int8 only")

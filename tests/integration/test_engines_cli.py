@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from test_engines_int8_select import confident_tiny, write_tiles
 
 from nscmonitor.cli import main
@@ -27,3 +29,16 @@ def test_missing_metadata_is_a_user_error(tmp_path, capsys):
     (tmp_path / "x.onnx").write_bytes(b"not onnx")
     assert main(["engine", "bench", str(tmp_path / "x.onnx")]) == 2
     assert "not a readable ONNX model" in capsys.readouterr().err
+
+
+def test_build_uses_the_calibration_set_that_travels_with_the_model(tmp_path, capsys):
+    from nscmonitor.engines.calibration import tiles_from_folder
+
+    model = tmp_path / "run" / "model.onnx"
+    confident_tiny(model)
+    assert main(["engine", "build", str(model), "--backend", "ort-int8"]) == 2
+    assert "no calibration set beside it" in capsys.readouterr().err
+    tiles_from_folder(write_tiles(tmp_path / "tiles"), model.parent)
+    assert main(["engine", "build", str(model), "--backend", "ort-int8"]) == 0
+    gate = json.loads(int8_path_for(model).with_name("model.int8.onnx.gate.json").read_text())
+    assert int8_path_for(model).is_file() and gate["tiles_source"].endswith("calibration.npz:heldout")
