@@ -4,7 +4,7 @@
 #   1. versions, and whether onnxruntime and onnxruntime-gpu are (wrongly) installed together;
 #   2. the gpu-marked tests (TensorRT build -> gate -> cache -> serve, fp16 and int8);
 #   3. build on register: a model registered in a fresh data folder gets its TensorRT engine
-#      (build time, gate, engine) with no further command;
+#      (build time, gate, engine) with no further command, then the daemon's frames/s with it;
 #   4. the inference benchmark: ONNX Runtime CPU fp32, ONNX Runtime CUDA, torch CUDA fp16 and
 #      TensorRT fp16/int8 side by side (a backend that fails keeps its row, with the reason).
 # Everything lands in OUT_DIR. Budget: < 10 minutes.
@@ -65,17 +65,18 @@ data="$WORK/data"
 rm -rf "$data"
 mkdir -p "$data"
 export NSCMONITOR_DATABASE_URL="sqlite:///$data/nscmonitor.db" NSCMONITOR_MODELS_DIR="$data/models"
+cal=()
+[ -n "$reg_tiles" ] && [ -n "${MODEL:-}" ] && cal=(--calibration "$reg_tiles")  # a trained run carries its own
 t0=$(date +%s.%N)
-timeout 300 "${NSC[@]}" models register "$reg_model" >> "$OUT/register.txt" 2>&1 || status=1
+timeout 300 "${NSC[@]}" models register "$reg_model" "${cal[@]}" >> "$OUT/register.txt" 2>&1 || status=1
+t1=$(date +%s.%N)
 version_model=$(find "$data/models/versions" -name model.onnx 2>/dev/null | head -n 1)
 if [ -n "$version_model" ] && [ ! -f "$(dirname "$version_model")/engine-status.json" ]; then
-    echo "register started no build here: running 'nscmonitor engine autobuild' on the registered version" \
+    echo "register built nothing: running 'nscmonitor engine autobuild' on the registered version" \
         | tee -a "$OUT/register.txt"
-    cal=()
-    [ -n "$reg_tiles" ] && cal=(--calibration "$reg_tiles")
     timeout 300 "${NSC[@]}" engine autobuild "$version_model" "${cal[@]}" >> "$OUT/register.txt" 2>&1 || status=1
+    t1=$(date +%s.%N)
 fi
-t1=$(date +%s.%N)
 "$PY" - "$version_model" "$t0" "$t1" <<'PYEOF' | tee -a "$OUT/register.txt"
 import json, sys
 from pathlib import Path
@@ -97,6 +98,12 @@ if s.get("reason"):
 PYEOF
 "${NSC[@]}" engine list "$version_model" >> "$OUT/register.txt" 2>&1
 unset NSCMONITOR_DATABASE_URL NSCMONITOR_MODELS_DIR
+if [ -n "$version_model" ]; then
+    echo "frames/s of the daemon's pipeline with the registered version (1408x1040 frames, engine chosen as the daemon does):"
+    timeout 240 "$PY" benchmarks/ingest.py --model "$version_model" --frames 60 --live-frames 0 \
+        --out "$OUT/ingest-registered.json" > "$OUT/ingest-registered.txt" 2>&1 || status=1
+    grep -E "^(model|backlog)" "$OUT/ingest-registered.txt"
+fi
 
 echo "== benchmark"
 args=(--batches 1,8,32 --seconds 2 --n-heldout 256 --n-calib 256 --threads "$(nproc)"
