@@ -20,8 +20,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--backend", choices=("trt", "ort-int8"), default="ort-int8")
     prec = build.add_mutually_exclusive_group()
     prec.add_argument("--fp32", dest="precision", action="store_const", const="fp32")
-    prec.add_argument("--fp16", dest="precision", action="store_const", const="fp16")
-    prec.add_argument("--int8", dest="precision", action="store_const", const="int8")
+    prec.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
+                      help="TensorRT fp16 (the default for --backend trt; on TensorRT 11 from an fp16 copy of MODEL)")
+    prec.add_argument("--int8", dest="precision", action="store_const", const="int8",
+                      help="int8; for --backend trt parsed from the signed symmetric Q/DQ model beside MODEL "
+                           "(MODEL.int8.onnx), which is quantised from the calibration tiles first when missing")
     build.add_argument("--calibration", metavar="DIR",
                        help="tiles folder (tiles.csv: train split calibrates, val/test split validates); default: "
                             "the calibration set that travels with the model (calibration.npz beside it)")
@@ -151,8 +154,12 @@ def cmd_autobuild(args: argparse.Namespace) -> int:
 
 def _backend_status() -> list[tuple[str, str]]:
     rows = []
+    from nscmonitor.runtime_packages import TENSORRT_DISTRIBUTIONS, installed_versions, tensorrt_check
+
     trt = importlib.util.find_spec("tensorrt") is not None
-    rows.append(("tensorrt", "installed" if trt else "not installed (pip install 'nscmonitor[gpu]')"))
+    trt_state = tensorrt_check(installed_versions(TENSORRT_DISTRIBUTIONS))
+    rows.append(("tensorrt", "not installed (pip install 'nscmonitor[gpu]')" if not trt else
+                 "installed" if trt_state is None else trt_state[1] if trt_state[0] else f"unusable: {trt_state[1]}"))
     try:
         import onnxruntime as ort
 
