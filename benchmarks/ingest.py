@@ -221,6 +221,20 @@ def engine_alone(model: Path, frames: list[Path], backend: str, batch_size: int,
             "preprocess_frames_per_s": len(frames) / prep_s}
 
 
+def backend_of(engine_name: str) -> str:
+    """The selector's backend for an engine's display name (``tensorrt-int8`` -> ``tensorrt``,
+    ``ort-cuda-fp32`` -> ``ort-cuda``)."""
+    from nscmonitor.engines.base import EngineError
+    from nscmonitor.engines.select import canonical
+
+    for name in (engine_name, engine_name.rsplit("-", 1)[0]):
+        try:
+            return canonical(name)
+        except EngineError:
+            continue
+    raise SystemExit(f"cannot tell which backend serves as {engine_name!r}")
+
+
 def side_by_side(args: argparse.Namespace, shape: tuple[int, int]) -> int:
     peak, peak_source = int8_peak_gops(args)
     with tempfile.TemporaryDirectory(prefix="nscm-ingest-") as d:
@@ -240,7 +254,7 @@ def side_by_side(args: argparse.Namespace, shape: tuple[int, int]) -> int:
         print(f"backlog with the built engine ({args.frames} frames) ...", flush=True)
         built = backlog(tmp, model, args.frames, shape, engine="auto", name="backlog-engine")
         frames = sorted((tmp / "backlog-engine").glob("*.tif"))[:args.engine_alone_frames]
-        backend = "tensorrt" if built["engine"].startswith("tensorrt") else built["engine"]
+        backend = backend_of(built["engine"])
         alone = engine_alone(model, frames, backend, parse_settings({}, env={}).batch_size, args.threads,
                              tmp / "models" / "engines")
         print(f"live: {args.live_frames} frames at 1 per {1 / args.live_rate:g} s, quiet period {args.quiet:g} s ...",
