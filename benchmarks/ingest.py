@@ -170,7 +170,7 @@ def train_model(work: Path, args: argparse.Namespace) -> Path:
     run = work / "run"
     cmd = [sys.executable, "-m", "nscmonitor", "train", "--data", str(data), "--scheme", "multiclass", "--out", str(run),
            "--arch", args.arch, "--image-size", str(args.image_size), "--epochs", str(args.train_epochs),
-           "--batch-size", "32", "--label-mode", "well"]
+           "--batch-size", "32", "--label-mode", "well", "--no-engine"]  # the engine is built (and timed) below
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     print("training:", " ".join(cmd[1:]), flush=True)
