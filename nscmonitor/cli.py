@@ -83,6 +83,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserFacingError as exc:
         print(f"nscmonitor: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        line = database_error_line(exc)
+        if line is None:
+            raise
+        log.debug("database error", exc_info=True)
+        print(f"nscmonitor: error: {line}", file=sys.stderr)
+        return 2
+
+
+def database_error_line(exc: BaseException) -> str | None:
+    """A database that cannot be opened or read (not a database file, disk I/O error, locked
+    for too long, server down) is the user's to fix: one line with the driver's reason and
+    the URL's setting, not a traceback. Other exceptions are bugs and keep their traceback."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return None
+    return f"database: {str(exc.orig).splitlines()[0] if exc.orig is not None else exc} (check database_url)"
 
 
 if __name__ == "__main__":

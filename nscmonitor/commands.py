@@ -10,7 +10,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from nscmonitor.config import ENGINES, MAX_QUIET_S, Settings, WatchFolder, load_settings, with_overrides
+from nscmonitor.config import (ENGINES, MAX_QUIET_S, Settings, WatchFolder, check_database_url, load_settings,
+                               with_overrides)
 from nscmonitor.domain import PLATE_SHAPES
 from nscmonitor.errors import UserFacingError
 
@@ -34,7 +35,8 @@ def _number(kind: type, lo: float, hi: float, what: str):  # noqa: ANN202
 
 def settings_from(args: argparse.Namespace) -> Settings:
     s = load_settings(getattr(args, "config", None))
-    return with_overrides(s, database_url=getattr(args, "db", None))
+    db = getattr(args, "db", None)
+    return with_overrides(s, database_url=None if db is None else check_database_url(db))
 
 
 # --- run ------------------------------------------------------------------------------
@@ -353,7 +355,7 @@ def _active_engine_check(s: Settings) -> list[tuple[str, bool, str]]:
         from nscmonitor.registry.registry import Registry
         from nscmonitor.store.db import make_engine
 
-        act = Registry(s.models_dir, make_engine(s.database_url)).active()
+        act = Registry(s.models_dir, make_engine(s.database_url, readonly=True)).active()
         if act is None:
             return []
         from nscmonitor.engines.autobuild import summary

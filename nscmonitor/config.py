@@ -7,6 +7,7 @@ is a facility engineer editing a file, not a developer reading a traceback.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -119,7 +120,43 @@ def _expect(d: dict, key: str, typ: type | tuple[type, ...], where: str, default
     if not isinstance(v, typ) or (isinstance(v, bool) and typ in (int, float)):
         names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
         raise ConfigError(f"{where}{key}: expected {names}, got {v!r}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"{where}{key}: expected a finite number, got {v!r}")
     return v
+
+
+def _finite_everywhere(v: Any, where: str) -> None:
+    """nan/inf slip through every comparison (nan < 0 and nan > 0 are both false), so a
+    non-finite number anywhere in the file is refused, nested tables included."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"{where}: expected a finite number, got {v!r}")
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _finite_everywhere(x, f"{where}.{k}" if where else str(k))
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _finite_everywhere(x, f"{where}[{i}]")
+
+
+DIALECTS = ("sqlite", "postgresql")
+
+
+def check_database_url(db: str) -> str:
+    """The dialect is checked here, once; whether its driver is installed is checked when the
+    engine is made (``store.db.make_engine``), where the import happens."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if "://" not in db:
+        raise ConfigError(f"database_url: expected an SQLAlchemy URL like sqlite:///path.db, got {db!r}")
+    try:
+        backend = make_url(db).get_backend_name()
+    except ArgumentError as exc:
+        raise ConfigError(f"database_url: not a database URL ({exc}); expected e.g. sqlite:///path.db") from exc
+    if backend not in DIALECTS:
+        raise ConfigError(f"database_url: unsupported database {backend!r} (allowed: {', '.join(DIALECTS)}, "
+                          "e.g. sqlite:///path.db or postgresql+psycopg://user@host/db)")
+    return db
 
 
 def _time(v: Any, where: str) -> datetime | None:
@@ -133,6 +170,38 @@ def _time(v: Any, where: str) -> datetime | None:
         except ValueError as exc:
             raise ConfigError(f"{where}induction_time: not an ISO date-time: {v!r}") from exc
     return dt if dt.tzinfo else dt.astimezone(timezone.utc)
+
+
+MAX_QUIET_S = 86400.0
+MAX_RESCAN_S = 86400.0
+CUSTOM_KEYS = ("name", "regex", "target", "index_base", "sidecars")
+
+
+def _custom_profile(i: int, c: Any) -> CustomProfileSpec:
+    where = f"custom_profiles[{i}]."
+    if not isinstance(c, dict):
+        raise ConfigError(f"custom_profiles[{i}]: expected a table ([[custom_profiles]])")
+    for k in c:
+        if k not in CUSTOM_KEYS:
+            raise ConfigError(f"{where}{k}: unknown key (known: {', '.join(CUSTOM_KEYS)})")
+    name = _expect(c, "name", str, where)
+    regex = _expect(c, "regex", str, where)
+    if not name or not regex:
+        raise ConfigError(f"{where}: needs 'name' and 'regex' (text)")
+    target = _expect(c, "target", str, where, "name")
+    if target not in ("name", "path"):
+        raise ConfigError(f"{where}target: must be \"name\" or \"path\", got {target!r}")
+    sidecars = _expect(c, "sidecars", list, where, [])
+    if not all(isinstance(x, str) for x in sidecars):
+        raise ConfigError(f"{where}sidecars: expected a list of texts, got {sidecars!r}")
+    spec = CustomProfileSpec(name, regex, target, _expect(c, "index_base", int, where, 1), tuple(sidecars))
+    try:
+        from nscmonitor.ingest.profiles import custom_profile
+
+        custom_profile(spec)
+    except ValueError as exc:
+        raise ConfigError(f"{where}regex: {exc}") from exc
+    return spec
 
 
 def _watch(i: int, d: dict, base: Path) -> WatchFolder:
@@ -158,9 +227,11 @@ def _watch(i: int, d: dict, base: Path) -> WatchFolder:
     if polling not in ("auto", True, False):
         raise ConfigError(f"{where}polling: must be true, false or \"auto\", got {polling!r}")
     quiet = _expect(d, "quiet_seconds", float, where, 5.0)
+    if not 0 <= quiet <= MAX_QUIET_S:
+        raise ConfigError(f"{where}quiet_seconds: must be 0..{MAX_QUIET_S:.0f} seconds, got {quiet}")
     rescan = _expect(d, "rescan_interval", float, where, 60.0)
-    if quiet < 0 or rescan <= 0:
-        raise ConfigError(f"{where}quiet_seconds must be >= 0 and rescan_interval > 0")
+    if not 0 < rescan <= MAX_RESCAN_S:
+        raise ConfigError(f"{where}rescan_interval: must be > 0 and <= {MAX_RESCAN_S:.0f} seconds, got {rescan}")
     ch = d.get("channel")
     return WatchFolder(
         path=(base / path) if not Path(path).is_absolute() and not path.startswith("\\\\") else Path(path),
@@ -197,10 +268,9 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
                 except ValueError as exc:
                     raise ConfigError(f"{var} (= {key}): expected an integer, got {env[var]!r}") from exc
             data[key] = v
+    _finite_everywhere(data, "")
     data_dir = default_data_dir()
-    db = _expect(data, "database_url", str, "", f"sqlite:///{data_dir / 'nscmonitor.db'}")
-    if "://" not in db:
-        raise ConfigError(f"database_url: expected an SQLAlchemy URL like sqlite:///path.db, got {db!r}")
+    db = check_database_url(_expect(data, "database_url", str, "", f"sqlite:///{data_dir / 'nscmonitor.db'}"))
     engine = _expect(data, "engine", str, "", "auto")
     if engine not in ENGINES:
         raise ConfigError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -211,23 +281,15 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
     if threads < 0:
         raise ConfigError("threads: must be >= 0 (0 = all cores)")
     max_px = _expect(data, "max_pixels", int, "", 200_000_000)
+    if max_px <= 0:
+        raise ConfigError(f"max_pixels: must be a positive number of pixels, got {max_px}")
     watch = data.get("watch", [])
     if not isinstance(watch, list):
         raise ConfigError("watch: expected an array of tables ([[watch]])")
-    customs = []
-    for i, c in enumerate(data.get("custom_profiles", [])):
-        where = f"custom_profiles[{i}]."
-        if not isinstance(c, dict) or "name" not in c or "regex" not in c:
-            raise ConfigError(f"{where}: needs 'name' and 'regex'")
-        spec = CustomProfileSpec(str(c["name"]), str(c["regex"]), str(c.get("target", "name")),
-                                 int(c.get("index_base", 1)), tuple(c.get("sidecars", ())))
-        try:
-            from nscmonitor.ingest.profiles import custom_profile
-
-            custom_profile(spec)
-        except ValueError as exc:
-            raise ConfigError(f"{where}regex: {exc}") from exc
-        customs.append(spec)
+    cps = data.get("custom_profiles", [])
+    if not isinstance(cps, list):
+        raise ConfigError("custom_profiles: expected an array of tables ([[custom_profiles]])")
+    customs = [_custom_profile(i, c) for i, c in enumerate(cps)]
     rt = data.get("retrain", {})
     if not isinstance(rt, dict):
         raise ConfigError("retrain: expected a table")
@@ -237,20 +299,32 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
     sched = _expect(rt, "schedule", str, "retrain.", RetrainSettings.schedule)
     if not re.match(r"^(cron:\S+( \S+){4}|interval:\d+(\.\d+)?[smhd])$", sched):
         raise ConfigError(f"retrain.schedule: expected 'cron:M H DOM MON DOW' or 'interval:<n>[smhd]', got {sched!r}")
+    rthreads = _expect(rt, "threads", int, "retrain.", 1)
+    epochs = _expect(rt, "epochs", int, "retrain.", 10)
+    if rthreads < 0 or epochs < 1:
+        raise ConfigError(f"retrain.threads must be >= 0 and retrain.epochs >= 1, got {rthreads} and {epochs}")
     retrain = RetrainSettings(
-        schedule=sched, threads=_expect(rt, "threads", int, "retrain.", 1),
-        device=_expect(rt, "device", str, "retrain.", "cpu"), epochs=_expect(rt, "epochs", int, "retrain.", 10),
+        schedule=sched, threads=rthreads,
+        device=_expect(rt, "device", str, "retrain.", "cpu"), epochs=epochs,
         rescore=_expect(rt, "rescore", bool, "retrain.", False), hook=_expect(rt, "hook", str, "retrain.", None),
         require_engine=_expect(rt, "require_engine", bool, "retrain.", True),
         train=_expect(rt, "train", dict, "retrain.", {}),
     )
     model = _expect(data, "model", str, "")
+    folders = tuple(_watch(i, w, base) for i, w in enumerate(watch))
+    defined = {c.name for c in customs}
+    for i, w in enumerate(folders):
+        name = w.profile.split(":", 1)[1] if w.profile.startswith("custom:") else None
+        if name is not None and name not in defined:
+            raise ConfigError(f"watch[{i}].profile: custom profile {name!r} is not defined (defined: "
+                              f"{', '.join(sorted(defined)) or 'none'}; add a [[custom_profiles]] table with "
+                              f"name = {name!r})")
     return Settings(
         database_url=db,
         models_dir=Path(_expect(data, "models_dir", str, "", str(data_dir / "models"))),
         log_dir=Path(_expect(data, "log_dir", str, "", str(default_log_dir()))),
         model=Path(model) if model else None, engine=engine, batch_size=bs, threads=threads, max_pixels=max_px,
-        watch=tuple(_watch(i, w, base) for i, w in enumerate(watch)), custom_profiles=tuple(customs),
+        watch=folders, custom_profiles=tuple(customs),
         retrain=retrain, source=source,
     )
 
@@ -265,6 +339,13 @@ def load_settings(path: str | Path | None = None, *, env: dict[str, str] | None 
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                              "save the file as UTF-8") from exc
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read the configuration file: {exc.strerror or exc}") from exc
+    elif p.exists():
+        raise ConfigError(f"{p}: the configuration must be a TOML file, not a folder")
     elif explicit or required:
         raise ConfigError(f"configuration file not found: {p}")
     return parse_settings(data, base=p.parent if p.is_file() else Path.cwd(), env=env,

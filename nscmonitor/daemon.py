@@ -5,6 +5,7 @@ Kept apart from the CLI so tests and benchmarks start the same daemon in-process
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -127,12 +128,28 @@ class DaemonEngineBuilds:
         return summary(model_path, version)
 
 
+def check_models_dir(path: Path) -> None:
+    """At start, not at the first engine build hours later: the daemon writes the engines it
+    builds and the registry's versions there."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserFacingError(f"models_dir: {path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserFacingError(f"models_dir: cannot create the folder {path}: {exc.strerror or exc}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserFacingError(f"models_dir: the folder {path} is not writable for this user; the daemon keeps the "
+                              "engines it builds and the registry's model versions there")
+
+
 def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) -> Runner:  # noqa: ANN003
     if not settings.watch:
         raise UserFacingError("nothing to watch: add [[watch]] folders to the config or pass --watch DIR")
     for w in settings.watch:
         if not w.path.is_dir():
             log.warning("watch folder %s is not reachable now; it will be retried", w.path)
+    check_models_dir(settings.models_dir)
     engine = make_engine(settings.database_url)
     ensure_schema(engine)
     model = model or settings.model

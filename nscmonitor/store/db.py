@@ -16,6 +16,7 @@ before migrating, in the same transaction.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import NoSuchModuleError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from nscmonitor.errors import UserFacingError
@@ -43,16 +45,62 @@ def sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
+def check_database_path(path: Path) -> None:
+    """One line naming ``database_url`` instead of SQLite's 'unable to open database file'
+    several calls later. The folder must be writable too: SQLite creates the -wal and -shm
+    files (and the daemon's lock file) beside the database."""
+    if path.is_dir():
+        raise UserFacingError(f"database_url: {path} is a folder; give a file, e.g. sqlite:///{path / 'nscmonitor.db'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserFacingError(f"database_url: cannot create the folder {path.parent}: {exc.strerror or exc}") from exc
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise UserFacingError(f"database_url: {path} is read-only for this user; the daemon needs to write it "
+                              "(readers such as status and export do not)")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UserFacingError(f"database_url: the folder {path.parent} is not writable for this user; SQLite "
+                              "writes its -wal and -shm files beside the database")
+
+
+def _create_engine(url: str, **kw) -> Engine:  # noqa: ANN003
+    """A URL whose driver is not installed fails here with the package to install."""
+    try:
+        return create_engine(url, **kw)
+    except ModuleNotFoundError as exc:
+        name = make_url(url).drivername
+        raise UserFacingError(f"database_url: the driver for {name!r} is not installed ({exc.name} missing); "
+                              "for PostgreSQL install psycopg (pip install 'psycopg[binary]') and use "
+                              "postgresql+psycopg://") from exc
+    except NoSuchModuleError as exc:
+        raise UserFacingError(f"database_url: unknown database dialect in {make_url(url).drivername!r} "
+                              "(allowed: sqlite, postgresql)") from exc
+
+
+def _readonly_connect(path: Path):  # noqa: ANN202
+    """Connections opened with SQLite's ``mode=ro``: a reader never creates a missing database
+    (a mistyped path is an error, not a new empty file) and never needs write access to it.
+    The URI is built by pathlib (exact percent-encoding), not passed through an SQLAlchemy URL."""
+    uri = path.resolve().as_uri() + "?mode=ro"
+    return lambda: sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+
+
 def make_engine(url: str, *, readonly: bool = False) -> Engine:
     path = sqlite_path(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        if readonly:
+            if path.is_dir():
+                raise UserFacingError(f"database_url: {path} is a folder, not a database file")
+            engine = _create_engine(url, creator=_readonly_connect(path))  # the URL names the file for messages
+        else:
+            check_database_path(path)
+            engine = _create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API objects
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            if not readonly:
+                cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA synchronous=NORMAL")
@@ -61,7 +109,7 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return _create_engine(url, pool_pre_ping=True)
 
 
 def open_readonly(url: str) -> Engine:
@@ -69,10 +117,19 @@ def open_readonly(url: str) -> Engine:
     readers (the dashboard, training from the store): a reader never holds the write lock the
     daemon needs, and a missing SQLite file is an error, not a new empty database."""
     path = sqlite_path(url)
+    if path is not None and path.is_dir():
+        raise UserFacingError(f"database_url: {path} is a folder, not a database file")
     if path is not None and not path.is_file():
         raise UserFacingError(f"database not found: {path}. Start 'nscmonitor run' first, or pass --db URL")
     engine = make_engine(url, readonly=True)
-    ensure_schema(engine, create=False)
+    try:
+        ensure_schema(engine, create=False)
+    except OperationalError as exc:
+        hint = ""
+        if path is not None and not os.access(path.parent, os.W_OK) and not path.with_name(path.name + "-shm").exists():
+            hint = ("; its folder is read-only for this user and the daemon is not running (SQLite reads a WAL "
+                    "database through the -shm file the daemon keeps beside it)")
+        raise UserFacingError(f"cannot read the database {path or url}: {exc.orig}{hint}") from exc
     return engine
 
 
@@ -307,6 +364,8 @@ def integrity_check(url: str) -> list[str]:
     src = sqlite_path(url)
     if src is None:
         return ["ok"]
+    if not src.is_file():
+        raise UserFacingError(f"database not found: {src}")
     c = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30)
     try:
         return [r[0] for r in c.execute("PRAGMA integrity_check").fetchall()]
