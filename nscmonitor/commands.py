@@ -41,9 +41,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 # --- run ------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from nscmonitor.daemon import build_runner, install_signal_handlers
-    from nscmonitor.store.repo import Repo
-
     s = settings_from(args)
     if args.watch:
         extra = tuple(WatchFolder(path=Path(d).resolve(), experiment=args.experiment or Path(d).resolve().name,
@@ -54,6 +51,19 @@ def cmd_run(args: argparse.Namespace) -> int:
                       for d in args.watch)
         s = with_overrides(s, watch=s.watch + extra)
     s = with_overrides(s, engine=args.engine, batch_size=args.batch_size)
+    from nscmonitor.store.instance import acquire
+
+    lock = acquire(s.database_url)  # one daemon per database: a second one refuses, naming the first
+    try:
+        return _serve(args, s)
+    finally:
+        lock.release()
+
+
+def _serve(args: argparse.Namespace, s: Settings) -> int:
+    from nscmonitor.daemon import build_runner, install_signal_handlers
+    from nscmonitor.store.repo import Repo
+
     runner = build_runner(s, model=Path(args.model) if args.model else None)
     install_signal_handlers(runner.stop_event)
     runner.setup()
