@@ -162,7 +162,8 @@ class ImageView(QWidget):
             f"{r.pixels.shape[1]}×{r.pixels.shape[0]} px, contrast {r.levels[0]:.0f}–{r.levels[1]:.0f} "
             f"(1st–99.8th percentile); {verdict}; focus {qc.get('focus', float('nan')):.3g}, "
             f"saturation {qc.get('saturation', 0.0):.1%}<br>"
-            f"prediction: {preds}; {img.n_tiles} tiles{note}")
+            f"prediction: {preds}; {img.n_tiles} tiles{note}"
+            + (f"; engine {img.engine}" if img.engine else ""))
 
     def _draw_overlay(self, img: WellImage | None = None) -> None:
         r = self.loaded

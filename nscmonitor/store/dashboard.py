@@ -278,13 +278,14 @@ class WellImage:
     n_tiles: int
     confidence: float | None
     tiles: bytes | None
+    engine: str | None = None  # backend and precision that scored it, e.g. openvino-int8
 
 
 def well_images(engine: Engine, well_id: int, time_key: int, version: str | None) -> list[WellImage]:
     with engine.connect() as c:
         rows = c.execute(text(
             "SELECT i.id, i.path, i.field, i.channel, i.status, i.error, i.elapsed_h, i.width, i.height, i.qc,"
-            " i.qc_passed, p.classes, p.prob_mean, p.n_tiles, p.confidence, p.tiles FROM images i"
+            " i.qc_passed, p.classes, p.prob_mean, p.n_tiles, p.confidence, p.tiles, p.engine FROM images i"
             " LEFT JOIN predictions p ON p.image_id = i.id AND p.model_version = :v"
             " WHERE i.well_id = :w AND i.time_key = :t ORDER BY i.field, i.id"),
             {"w": int(well_id), "t": int(time_key), "v": version or ""}).all()
@@ -294,7 +295,7 @@ def well_images(engine: Engine, well_id: int, time_key: int, version: str | None
             return json.loads(v) if isinstance(v, str) else (v or [])
         out.append(WellImage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], dict(js(r[9]) or {}),
                              None if r[10] is None else bool(r[10]), tuple(js(r[11])), tuple(js(r[12])),
-                             int(r[13] or 0), r[14], r[15]))
+                             int(r[13] or 0), r[14], r[15], r[16]))
     return out
 
 

@@ -188,6 +188,7 @@ def test_image_view_overlays_the_stored_tiles_on_the_grid(window, lab: Lab, qtbo
     rect = view.overlay.mapRectToParent(view.overlay.boundingRect())
     assert (rect.width(), rect.height()) == (128.0, 96.0)
     assert "QC passed" in view.info.text() and "VID1_B1_" in view.info.text()
+    assert "engine ort-fp32" in view.info.text()  # provenance: which backend and precision scored it
     assert not view.explain_btn.isEnabled() and view.explain_btn.toolTip()
 
 
