@@ -108,6 +108,11 @@ def test_registering_a_model_builds_a_gated_int8_engine_the_daemon_serves(tmp_pa
     runner.run(once=True)
     used = engines_by_image(settings.database_url)
     assert len(used) == 6 and all(v == [status.engine] for v in used.values())
+    assert main(["--config", str(cfg), "export", "--experiment", "E1", "-o", str(tmp_path / "report.csv")]) == 0
+    import csv
+
+    with open(tmp_path / "report_images.csv", newline="") as fh:
+        assert {row["engine"] for row in csv.DictReader(fh)} == {status.engine}
 
     # nothing changed, so no second build: the recorded outcome stands
     before = autobuild.status_path(active.path).stat().st_mtime_ns
