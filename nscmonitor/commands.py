@@ -72,6 +72,8 @@ def _serve(args: argparse.Namespace, s: Settings) -> int:
           + ", ".join(str(f.cfg.path) for f in runner.folders), file=sys.stderr)
     if m.version.startswith("tiny-untrained"):
         print("nscmonitor: WARNING: this is an untrained demo model; its predictions mean nothing.", file=sys.stderr)
+    if runner.engine_builds is not None:
+        print(f"nscmonitor: engine: {runner.engine_builds.summary(m.path, m.version)['message']}", file=sys.stderr)
     sched = None
     if not args.once and not args.no_schedule:
         from nscmonitor.schedule.scheduler import make_scheduler

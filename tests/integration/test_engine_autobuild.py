@@ -54,7 +54,7 @@ def run_dir_with_calibration(tmp_path: Path, *, strict: bool = False) -> Path:
     return run
 
 
-def config(tmp_path: Path, watch: Path) -> Path:
+def config(tmp_path: Path, watch: Path, hook: str | None = None) -> Path:
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'''
 database_url = "sqlite:///{tmp_path / 'nsc.db'}"
@@ -64,7 +64,7 @@ log_dir = "{tmp_path / 'logs'}"
 path = "{watch}"
 experiment = "E1"
 quiet_seconds = 0.0
-''')
+''' + (f"[retrain]\nhook = {json.dumps(hook)}\n" if hook else ""))
     return cfg
 
 
@@ -121,9 +121,14 @@ def test_registering_a_model_builds_a_gated_int8_engine_the_daemon_serves(tmp_pa
 
 
 def test_a_failing_gate_keeps_fp32_and_status_json_says_why(tmp_path: Path, capsys) -> None:
+    import sys
+
     watch = tmp_path / "watch"
     watch.mkdir()
-    cfg = config(tmp_path, watch)
+    received = tmp_path / "hook.jsonl"
+    script = tmp_path / "hook.py"
+    script.write_text(f"import sys\nopen({str(received)!r}, 'a').write(sys.stdin.read() + '\\n')\n")
+    cfg = config(tmp_path, watch, hook=f"{sys.executable} {script}")
     run = run_dir_with_calibration(tmp_path, strict=True)
     assert main(["--config", str(cfg), "models", "register", str(run)]) == 0
     out = capsys.readouterr().out
@@ -152,6 +157,10 @@ def test_a_failing_gate_keeps_fp32_and_status_json_says_why(tmp_path: Path, caps
     with make_engine(settings.database_url).connect() as c:
         kinds = [k for (k,) in c.execute(select(m.Event.kind))]
     assert "engine_build_failed" in kinds
+    # the notification hook heard it from the register command and from the daemon
+    notes = [json.loads(line) for line in received.read_text().splitlines() if line.strip()]
+    assert len(notes) >= 2 and all(n["kind"] == "engine_build_failed" for n in notes)
+    assert all("well readout differs" in n["message"] for n in notes)
 
 
 def test_daemon_without_an_engine_serves_fp32_and_swaps_to_int8_mid_backlog(tmp_path: Path) -> None:
