@@ -164,6 +164,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     s = settings_from(args)
     h = health(Repo(open_readonly(s.database_url)))
+    h["model_integrity"] = model_integrity(s)
+    if h["model_integrity"] and not h["model_integrity"]["ok"]:
+        h["warnings"].append(f"model refused: {h['model_integrity']['problem']}")
     h["engine_build"] = engine_build_state(s, (h["daemon"] or {}).get("model_version"))
     if args.json:
         print(json.dumps(h, indent=2, default=str))
@@ -233,12 +236,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     s = settings_from(args)
     repo = Repo(open_readonly(s.database_url))
     out = Path(args.output)
+    if args.format != "tidy":
+        return _export_sheets(args, s, repo, out)
     n, version = export_readouts(repo, args.experiment, out, model_version=args.model_version,
                                  active=active_version(s))
     per_image = Path(args.per_image) if args.per_image else default_images_path(out)
     k = export_images(repo, args.experiment, per_image)
     print(f"wrote {n} readout rows (model {version or 'none'}) to {out}")
     print(f"wrote {k} image rows to {per_image}")
+    return 0
+
+
+def _export_sheets(args: argparse.Namespace, s: Settings, repo, out: Path) -> int:  # noqa: ANN001
+    from nscmonitor.report.prism import export_prism
+    from nscmonitor.report.wide import export_wide
+
+    readouts = args.readout or None
+    sep = args.sep or ("tab" if args.format == "wide" else "comma")
+    if args.format == "wide":
+        paths, version = export_wide(repo, args.experiment, out, readouts=readouts, sep=sep, with_sd=args.sd,
+                                     with_n=args.n, model_version=args.model_version, active=active_version(s))
+    else:
+        paths, version = export_prism(repo, args.experiment, out, readouts=readouts, sep=sep,
+                                      model_version=args.model_version, active=active_version(s))
+    for p in paths:
+        print(f"wrote {p}")
+    print(f"{len(paths)} {args.format} sheet(s), model {version or 'none'}")
     return 0
 
 
@@ -358,7 +381,28 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
             checks.append(("engine in use", False, str(exc)))
     else:
         checks.extend(_active_engine_check(s))
+    integrity = model_integrity(s)
+    if integrity is not None:
+        checks.append(("active model file", integrity["ok"],
+                       integrity["problem"] or f"{integrity['version']}: SHA-256 matches the registry"))
     return checks
+
+
+def model_integrity(s: Settings) -> dict | None:
+    """The registry's active version checked against its registered SHA-256, as the daemon
+    checks it before serving: a replaced file is named here with the reason the daemon refuses it."""
+    try:
+        from nscmonitor.registry.registry import Registry, integrity_problem
+        from nscmonitor.store.db import make_engine
+
+        act = Registry(s.models_dir, make_engine(s.database_url, readonly=True)).active()
+    except Exception as exc:  # a database doctor cannot read is reported by its own check
+        log.info("registry not readable for the model check: %s", exc)
+        return None
+    if act is None:
+        return None
+    problem = integrity_problem(act.version, Path(act.path), act.sha256)
+    return {"version": act.version, "path": act.path, "ok": problem is None, "problem": problem}
 
 
 def _active_engine_check(s: Settings) -> list[tuple[str, bool, str]]:
@@ -445,10 +489,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("export", help="write the experiment's tidy CSV report (and the per-image CSV)")
+    p = sub.add_parser("export", help="write the experiment's readouts: tidy CSV (and the per-image CSV), "
+                       "Incucyte-style wide sheets or Prism tables",
+                       description="tidy: one row per well x timepoint x class, plus the per-image CSV. "
+                       "wide: Incucyte-style sheets, one per plate and readout (rows = time points with date/time "
+                       "and elapsed hours, columns = wells), written as <output stem>_<readout><suffix>. "
+                       "prism: per-condition tables with the replicate wells side by side, one per plate and "
+                       "readout. Every format carries the plate map's extra columns; strings are formula-escaped.")
     _common(p)
     p.add_argument("--experiment", required=True)
-    p.add_argument("-o", "--output", required=True, help="report CSV (one row per well x timepoint x class)")
+    p.add_argument("-o", "--output", required=True, help="report file (tidy) or the name the sheets are derived from")
+    p.add_argument("--format", choices=("tidy", "wide", "prism"), default="tidy", help="default: tidy")
+    p.add_argument("--sep", choices=("tab", "comma"),
+                   help="separator of wide/prism sheets (default: tab for wide, comma for prism; tidy is always comma)")
+    p.add_argument("--readout", action="append", metavar="KIND:CLASS",
+                   help="wide/prism: only this readout, e.g. prob:neuron or fraction:astrocyte (repeatable; "
+                   "default: all)")
+    p.add_argument("--sd", action="store_true", help="wide: an sd column (across fields) after each well")
+    p.add_argument("--n", action="store_true", help="wide: an n column (images scored) after each well")
     p.add_argument("--per-image", help="per-image CSV (default: <report>_images.csv)")
     p.add_argument("--model-version", help="readouts of this model version (default: the active one)")
     p.set_defaults(func=cmd_export)

@@ -149,6 +149,15 @@ class Repo:
                     n_tiles=ro.n_tiles, n_qc_failed=ro.n_qc_failed, confidence=ro.confidence,
                 )
 
+    def well_attributes(self, experiment_id: int) -> dict[tuple[str, str], dict[str, str]]:
+        """(plate, well) -> the plate map's extra columns (dose, cell line, ...) stored with the well."""
+        with self.session() as s:
+            rows = s.execute(select(m.Plate.name, m.Well.name, m.Well.attributes)
+                             .join(m.Well, m.Well.plate_id == m.Plate.id)
+                             .where(m.Plate.experiment_id == experiment_id)).all()
+            return {(p, w): {str(k): "" if v is None else str(v) for k, v in (a or {}).items()}
+                    for p, w, a in rows}
+
     def images(self, experiment_id: int) -> Iterator[tuple[ImageRecord, list[dict]]]:
         """Images with their predictions (all model versions), for the per-image report."""
         with self.session() as s:
