@@ -36,6 +36,25 @@ class EngineMismatchError(EngineError):
     """The engine file is intact but was built for another GPU, TensorRT or model."""
 
 
+def move_aside(path: str | Path, reason: str) -> Path | None:
+    """A cache file or folder that fails to load is renamed ``<name>.corrupt-<UTC time>``,
+    never deleted silently: the daemon rebuilds it and goes on, and whoever investigates
+    still has the bad copy. Returns the new name, or None when it could not be moved."""
+    from datetime import datetime, timezone
+
+    path = Path(path)
+    dest = path.with_name(f"{path.name}.corrupt-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}")
+    try:
+        os.replace(path, dest)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.error("%s failed to load (%s) and cannot be moved aside: %s", path, reason, exc)
+        return None
+    log.warning("%s failed to load (%s); moved aside to %s, it is rebuilt", path, reason, dest.name)
+    return dest
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

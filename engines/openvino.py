@@ -56,6 +56,22 @@ class OpenVinoEngine(Engine):
                                   f"({gate.get('reasons') or 'rebuild the int8 model with OpenVINO installed'})")
             if self.source_sha256 and int8.get("source_sha256") != self.source_sha256:
                 raise EngineError(f"{self.model_path} was quantized from another fp32 model; rebuild it")
+        try:
+            compiled = self._compile(ov)
+        except RuntimeError as exc:
+            from nscmonitor.engines.enginefile import move_aside
+
+            # A corrupt compiled-model cache must not stop the daemon at every start: moved
+            # aside, compiled anew (and cached again) once; a second failure is the model's.
+            if self.cache_dir is None or not self.cache_dir.exists() or move_aside(self.cache_dir, str(exc)) is None:
+                raise EngineError(f"{self.name}: cannot compile {self.model_path}: {exc}") from exc
+            try:
+                compiled = self._compile(ov)
+            except RuntimeError as exc2:
+                raise EngineError(f"{self.name}: cannot compile {self.model_path}: {exc2}") from exc2
+        self._requests = [compiled.create_infer_request() for _ in range(self.streams)]
+
+    def _compile(self, ov):  # noqa: ANN001, ANN202
         core = ov.Core()
         if self.cache_dir is not None:
             core.set_property({"CACHE_DIR": str(self.cache_dir)})
@@ -66,11 +82,7 @@ class OpenVinoEngine(Engine):
         }
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
-        try:
-            compiled = core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
-        except RuntimeError as exc:
-            raise EngineError(f"{self.name}: cannot compile {self.model_path}: {exc}") from exc
-        self._requests = [compiled.create_infer_request() for _ in range(self.streams)]
+        return core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
 
     def _run(self, tiles: np.ndarray) -> np.ndarray:
         if not self._requests:

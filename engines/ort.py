@@ -67,7 +67,9 @@ class OrtCpuEngine(Engine):
             self._session = ort.InferenceSession(str(source), sess_options=opts,
                                                  providers=self._providers())
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise EngineError(f"{self.name}: cannot load {self.model_path}: {exc}") from exc
+            if source != self.model_path and self._discard_cache(f"{type(exc).__name__}: {exc}"):
+                return self.load()  # the cache is gone: optimise the model anew, once
+            raise SessionLoadError(f"{self.name}: cannot load {self.model_path}: {exc}") from exc
         if fresh_cache is not None:
             self._commit_optimized(fresh_cache, ort)
         inp = self._session.get_inputs()[0]
@@ -84,6 +86,16 @@ class OrtCpuEngine(Engine):
                 f"{self.model_path}: graph has {n_out} outputs but metadata lists "
                 f"{len(self.metadata.classes)} classes"
             )
+
+    def _discard_cache(self, reason: str) -> bool:
+        """An optimised-graph cache whose stamp is intact but which ONNX Runtime cannot load
+        (a torn write, a disk error) must not stop the daemon at every start."""
+        from nscmonitor.engines.enginefile import move_aside
+
+        stamp = self.optimized_cache.with_name(self.optimized_cache.name + ".stamp")
+        moved = move_aside(self.optimized_cache, reason)
+        move_aside(stamp, reason)
+        return moved is not None
 
     def _cache_stamp(self, ort) -> str:
         from nscmonitor.engines.enginefile import file_sha256
@@ -126,6 +138,10 @@ class OrtCpuEngine(Engine):
 INT8_KEY = "int8"
 
 
+class SessionLoadError(EngineError):
+    """ONNX Runtime could not load the graph file itself (corrupt or not a model)."""
+
+
 def int8_path_for(model_path: str | Path) -> Path:
     """Where the int8 variant of a model lives: beside it, so a registry copying a model
     version's folder moves both together."""
@@ -158,7 +174,13 @@ class OrtInt8Engine(OrtCpuEngine):
             raise EngineError(f"{self.model_path}: int8 model did not pass its gate: {gate.get('reasons')}")
         if self.source_sha256 and info.get("source_sha256") != self.source_sha256:
             raise EngineError(f"{self.model_path} was quantized from another fp32 model; rebuild it")
-        super().load()
+        try:
+            super().load()
+        except SessionLoadError as exc:
+            from nscmonitor.engines.enginefile import move_aside
+
+            moved = move_aside(self.model_path, str(exc))
+            raise EngineError(f"{exc}" + (f"; moved aside to {moved.name}, it is rebuilt" if moved else "")) from exc
 
 
 def _require_provider(provider: str, engine: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.calibration import TileSet
-from nscmonitor.engines.metadata import ModelMetadata, read_onnx_metadata
+from nscmonitor.engines.metadata import MetadataError, ModelMetadata, read_onnx_metadata
 from nscmonitor.engines.validate import GateReport, validate_engine
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
         if not path.is_file():
             raise EngineError(f"no int8 model at {path} (build it with 'nscmonitor engine build "
                               f"{model_path} --backend ort-int8 --calibration DIR')")
-        return OrtInt8Engine(path, read_onnx_metadata(path), threads=threads, source_sha256=file_sha256(model_path))
+        return OrtInt8Engine(path, _int8_metadata(path), threads=threads, source_sha256=file_sha256(model_path))
     if backend.startswith("openvino-"):
         from nscmonitor.engines.openvino import OpenVinoEngine
 
@@ -77,7 +77,9 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
             path, source = int8_path_for(model_path), file_sha256(model_path)
             if not path.is_file():
                 raise EngineError(f"no int8 model at {path} to run on OpenVINO")
-        return OpenVinoEngine(path, read_onnx_metadata(path), threads=threads, source_sha256=source,
+            meta = _int8_metadata(path)
+        return OpenVinoEngine(path, meta if path != model_path else read_onnx_metadata(path), threads=threads,
+                              source_sha256=source,
                               cache_dir=Path(cache_dir) / "openvino" if cache_dir else None)
     if backend == "ort-cpu":
         from nscmonitor.engines.ort import OrtCpuEngine
@@ -87,6 +89,19 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
     from nscmonitor.engines.torch import TorchEngine
 
     return TorchEngine(model_path, meta, threads=threads)
+
+
+def _int8_metadata(path: Path) -> ModelMetadata:
+    """An int8 file is a derived cache: one that cannot even be read is moved aside (to be
+    rebuilt) and skipped, instead of stopping the selection and with it the daemon."""
+    from nscmonitor.engines.enginefile import move_aside
+
+    try:
+        return read_onnx_metadata(path)
+    except MetadataError as exc:
+        moved = move_aside(path, str(exc))
+        raise EngineError(f"unreadable int8 model {path}: {exc}"
+                          + (f"; moved aside to {moved.name}, it is rebuilt" if moved else "")) from exc
 
 
 def _reference(model_path: Path, meta: ModelMetadata, threads: int) -> Engine | None:

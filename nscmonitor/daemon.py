@@ -44,7 +44,19 @@ def static_model_source(path: Path) -> ModelSource:
         version = file_version(path)
     except MetadataError as exc:
         raise UserFacingError(f"refusing model {path}: {exc}") from exc
-    return lambda: (path, version)
+    from nscmonitor.registry.registry import FileHashCache, ModelIntegrityError, integrity_problem
+
+    cache = FileHashCache()
+    sha = cache.sha256(path)
+
+    def source() -> tuple[Path, str]:
+        """The file as it was at start: changed later, it is refused (the engine loaded keeps serving)."""
+        problem = integrity_problem(version, path, sha, cache)
+        if problem is not None:
+            raise ModelIntegrityError(f"refusing to serve model {version}: {problem}")
+        return path, version
+
+    return source
 
 
 def registry_model_source(settings: Settings) -> ModelSource | None:
@@ -52,12 +64,25 @@ def registry_model_source(settings: Settings) -> ModelSource | None:
         from nscmonitor.registry.registry import Registry
     except ImportError:
         return None
+    from nscmonitor.registry.registry import FileHashCache, ModelIntegrityError
+
     reg = Registry(settings.models_dir, make_engine(settings.database_url))
     if reg.active() is None:
         return None
+    cache = FileHashCache()
+    reported: set[str] = set()
 
     def source() -> tuple[Path, str]:
-        act = reg.active()
+        """The active version, its file checked against the registered SHA-256 before every
+        (re)load; a refusal is recorded once as an event, not at every heartbeat."""
+        try:
+            act = reg.active_verified(cache)
+        except ModelIntegrityError as exc:
+            if str(exc) not in reported:
+                reported.add(str(exc))
+                bad = reg.active()
+                reg.record_refusal(bad.version if bad else "?", str(exc))
+            raise
         if act is None:
             raise UserFacingError("the active model was retired and none replaced it")
         return Path(act.path), act.version

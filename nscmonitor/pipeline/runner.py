@@ -119,6 +119,7 @@ class Runner:
         self.on_batch: Callable[[int], None] | None = None
         self.engine_builds = engine_builds
         self.build_note: str | None = None
+        self.load_error: str | None = None  # why the last (re)load was refused, reported once
 
     # --- set-up -----------------------------------------------------------------------
     def _profile(self, cfg: WatchFolder) -> Profile | str:
@@ -498,11 +499,15 @@ class Runner:
 
     def load_model_safely(self) -> bool:
         try:
-            return self.load_model()
+            loaded = self.load_model()
         except Exception as exc:  # keep serving the old model if the new one cannot load
-            log.error("cannot load the new model: %s; still serving %s", exc, self.model and self.model.version)
-            self.store.event("model_load_failed", str(exc), level="error")
+            if str(exc) != self.load_error:  # once per reason, not at every heartbeat
+                log.error("cannot load the new model: %s; still serving %s", exc, self.model and self.model.version)
+                self.store.event("model_load_failed", str(exc), level="error")
+                self.load_error = str(exc)
             return False
+        self.load_error = None
+        return loaded
 
     def _backlog(self) -> int:
         from sqlalchemy import func, select

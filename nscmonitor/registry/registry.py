@@ -46,6 +46,41 @@ class ModelInfo:
     activated_at: datetime | None
 
 
+class ModelIntegrityError(UserFacingError):
+    """A registered version's file no longer has the content it was registered with."""
+
+
+class FileHashCache:
+    """SHA-256 of model files, recomputed only when the file's inode, size, mtime or ctime
+    changed: the daemon checks before every (re)load without re-reading a large model each
+    time, and ctime cannot be set back by whoever replaced the file."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[tuple[int, int, int, int], str]] = {}
+
+    def sha256(self, path: Path) -> str:
+        st = path.stat()
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        hit = self._seen.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        sha = file_sha256(path)
+        self._seen[path] = (key, sha)
+        return sha
+
+
+def integrity_problem(version: str, path: Path, sha256: str, cache: FileHashCache | None = None) -> str | None:
+    """Why the file must not be served as ``version``, or None when it is the registered one."""
+    path = Path(path)
+    if not path.is_file():
+        return f"the model file of {version} is missing: {path}"
+    actual = (cache or FileHashCache()).sha256(path)
+    if actual != sha256:
+        return (f"the model file of {version} changed on disk since it was registered (sha256 {actual[:12]}..., "
+                f"registered {sha256[:12]}...): {path}; restore the file or register it as a new version")
+    return None
+
+
 def _info(r: m.ModelVersion) -> ModelInfo:
     return ModelInfo(r.version, r.name, r.path, r.sha256, r.scheme, tuple(r.classes), r.state, r.labels_version,
                      dict((r.meta or {}).get("metrics", {})), _aware(r.created_at), _aware(r.activated_at))
@@ -72,6 +107,22 @@ class Registry:
         with self.Session() as s:
             r = s.scalar(select(m.ModelVersion).where(m.ModelVersion.state == "active"))
             return _info(r) if r else None
+
+    def active_verified(self, cache: FileHashCache | None = None) -> ModelInfo | None:
+        """The active version, provided its file still has the registered SHA-256: a file
+        replaced on disk is never served under the old version's name."""
+        act = self.active()
+        if act is None:
+            return None
+        problem = integrity_problem(act.version, Path(act.path), act.sha256, cache)
+        if problem is not None:
+            raise ModelIntegrityError(f"refusing to serve model {act.version}: {problem}")
+        return act
+
+    def record_refusal(self, version: str, reason: str) -> None:
+        with self.Session.begin() as s:
+            s.add(m.Event(at=datetime.now(timezone.utc), kind="model_refused", level="error", message=reason,
+                          data={"version": version}))
 
     def register(self, source: Path, *, version: str | None = None, labels_version: int | None = None,
                  activate_if_first: bool = True, calibration: Path | None = None) -> ModelInfo:
@@ -130,8 +181,9 @@ class Registry:
                 raise UserFacingError(f"no model version {version!r}")
             if row.state == "active":
                 return _info(row)
-            if not Path(row.path).is_file():
-                raise UserFacingError(f"model file of {version} is missing: {row.path}")
+            problem = integrity_problem(version, Path(row.path), row.sha256)
+            if problem is not None:
+                raise ModelIntegrityError(f"refusing to promote {version}: {problem}")
             for act in s.scalars(select(m.ModelVersion).where(m.ModelVersion.state == "active")):
                 act.state = "retired"
             row.state, row.activated_at = "active", now

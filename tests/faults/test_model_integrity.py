@@ -1,0 +1,190 @@
+"""Class 5: a model file replaced on disk is never served under the old version's name, and
+an engine cache that fails to load is moved aside and rebuilt instead of stopping the
+daemon. Real daemon processes, real registry, real ONNX Runtime / OpenVINO sessions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cells_image, write_tiff
+
+from nscmonitor.engines.tiny import build_tiny_classifier
+from nscmonitor.store.db import ensure_schema, make_engine
+
+
+def _rows(db: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+        return c.execute(sql).fetchall()
+
+
+def _wait(cond, what: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:  # noqa: ANN001
+    end = time.monotonic() + timeout
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"daemon exited ({proc.returncode}) waiting for {what}: {proc.stderr.read()}")
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_replaced_model_file_is_refused_and_the_loaded_engine_keeps_serving(tmp_path: Path, tiny_model: Path) -> None:
+    from nscmonitor.registry.registry import Registry
+
+    db, models, watch = tmp_path / "nsc.db", tmp_path / "registry", tmp_path / "w"
+    watch.mkdir()
+    url = f"sqlite:///{db}"
+    engine = make_engine(url)
+    ensure_schema(engine)
+    info = Registry(models, engine).register(tiny_model)
+    assert info.state == "active"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'database_url = "{url}"\nmodels_dir = "{models}"\nlog_dir = "{tmp_path / "logs"}"\n'
+                   'engine = "ort-cpu"\n', encoding="utf-8")
+    base = [sys.executable, "-m", "nscmonitor"]
+    proc = subprocess.Popen([*base, "run", "--config", str(cfg), "--watch", str(watch), "--experiment", "E",
+                             "--quiet", "0", "--polling", "--no-schedule"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        write_tiff(watch / "P1_A01_s1.tif", cells_image(1))
+        _wait(lambda: _rows(db, "select count(*) from images where status='done'")[0][0] == 1, "first image", proc)
+
+        other = tmp_path / "other.onnx"
+        build_tiny_classifier(other, input_size=32, seed=7, version=info.version.rsplit("-", 1)[0])
+        shutil.copyfile(other, info.path)  # same name, same declared version, other weights
+        _wait(lambda: _rows(db, "select count(*) from events where kind='model_refused'")[0][0] >= 1,
+              "the refusal event", proc, timeout=30)
+
+        write_tiff(watch / "P1_A02_s1.tif", cells_image(2))
+        _wait(lambda: _rows(db, "select count(*) from images where status='done'")[0][0] == 2, "second image", proc)
+        served = {r[0] for r in _rows(db, "select distinct model_version from predictions")}
+        assert served == {info.version}
+        time.sleep(6)  # at least one more heartbeat: the refusal is reported once, not every time
+        assert _rows(db, "select count(*) from events where kind='model_refused'")[0][0] == 1
+        msg = _rows(db, "select message from events where kind='model_refused'")[0][0]
+        assert "changed on disk" in msg and info.version in msg and str(info.path) in msg
+
+        status = subprocess.run([*base, "status", "--config", str(cfg), "--json"], capture_output=True, text=True,
+                                timeout=60)
+        h = json.loads(status.stdout)
+        assert h["model_integrity"]["ok"] is False and "changed on disk" in h["model_integrity"]["problem"]
+        assert any("model refused" in w for w in h["warnings"])
+        assert h["daemon"]["model_version"] == info.version
+        text = subprocess.run([*base, "status", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+        assert "model refused" in text.stdout
+        doctor = subprocess.run([*base, "doctor", "--config", str(cfg)], capture_output=True, text=True, timeout=120)
+        line = next(x for x in doctor.stdout.splitlines() if "active model file" in x)
+        assert line.startswith("--") and "changed on disk" in line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        proc.stderr.close()
+    restart = subprocess.run([*base, "run", "--config", str(cfg), "--watch", str(watch), "--once"],
+                             capture_output=True, text=True, timeout=120)
+    assert restart.returncode == 2 and "Traceback" not in restart.stderr
+    assert restart.stderr.count("\n") == 1 and "refusing to serve model" in restart.stderr
+
+
+def test_promoting_a_changed_file_is_refused(tmp_path: Path, tiny_model: Path) -> None:
+    from nscmonitor.errors import UserFacingError
+    from nscmonitor.registry.registry import Registry
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'nsc.db'}")
+    ensure_schema(engine)
+    reg = Registry(tmp_path / "registry", engine)
+    first = reg.register(tiny_model)
+    second_src = tmp_path / "second.onnx"
+    build_tiny_classifier(second_src, input_size=32, seed=3, version="second")
+    second = reg.register(second_src)
+    assert second.state == "candidate"
+    Path(second.path).write_bytes(Path(second.path).read_bytes() + b"\0")
+    with pytest.raises(UserFacingError, match="changed on disk"):
+        reg.promote(second.version)
+    assert reg.active().version == first.version
+
+
+def test_static_model_changed_after_start_is_refused(tmp_path: Path, tiny_model: Path) -> None:
+    from nscmonitor.daemon import static_model_source
+    from nscmonitor.registry.registry import ModelIntegrityError
+
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(tiny_model, model)
+    source = static_model_source(model)
+    path, version = source()
+    assert path == model
+    build_tiny_classifier(model, input_size=32, seed=9)
+    with pytest.raises(ModelIntegrityError, match="changed on disk"):
+        source()
+
+
+def test_corrupt_optimised_graph_cache_with_intact_stamp_is_moved_aside(tmp_path: Path, tiny_model: Path) -> None:
+    """The daemon used to stop on every start; now both starts score."""
+    db, models, watch = tmp_path / "nsc.db", tmp_path / "registry", tmp_path / "w"
+    write_tiff(watch / "P1_A01_s1.tif", cells_image(1))
+    cmd = [sys.executable, "-m", "nscmonitor", "run", "--db", f"sqlite:///{db}", "--watch", str(watch),
+           "--model", str(tiny_model), "--engine", "ort-cpu", "--quiet", "0", "--once"]
+    env_cfg = tmp_path / "c.toml"
+    env_cfg.write_text(f'models_dir = "{models}"\nlog_dir = "{tmp_path / "logs"}"\n', encoding="utf-8")
+    first = subprocess.run([*cmd, "--config", str(env_cfg)], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    cache = models / "engines" / "tiny.optimized.onnx"
+    stamp = cache.with_name(cache.name + ".stamp")
+    assert cache.is_file() and stamp.is_file()
+    stamp_text = stamp.read_text()
+    cache.write_bytes(b"\x08\x07torn write" * 10)
+    write_tiff(watch / "P1_A02_s1.tif", cells_image(2))
+    second = subprocess.run([*cmd, "--config", str(env_cfg)], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    aside = sorted(p.name for p in cache.parent.iterdir() if ".corrupt-" in p.name)
+    assert len(aside) == 2 and any(n.startswith("tiny.optimized.onnx.corrupt-") for n in aside)
+    assert (cache.parent / next(n for n in aside if ".stamp" not in n)).read_bytes().startswith(b"\x08\x07torn")
+    assert cache.read_bytes() != b"\x08\x07torn write" * 10 and stamp.read_text() == stamp_text
+    assert _rows(db, "select count(*) from images where status='done'")[0][0] == 2
+
+
+def test_unreadable_int8_file_is_moved_aside_and_fp32_serves(tmp_path: Path, tiny_model: Path) -> None:
+    from nscmonitor.engines.ort import int8_path_for
+    from nscmonitor.engines.select import select
+
+    int8 = int8_path_for(tiny_model)
+    int8.write_bytes(b"not an onnx model")
+    sel = select(tiny_model, "ort-int8", batch_size=2, threads=1)
+    try:
+        assert sel.engine.name == "ort-fp32"
+        reason = dict(sel.skipped)["ort-int8"]
+        assert "moved aside" in reason
+    finally:
+        sel.engine.close()
+    assert not int8.exists()
+    aside = [p for p in int8.parent.iterdir() if p.name.startswith(int8.name + ".corrupt-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == b"not an onnx model"
+
+
+def test_corrupt_openvino_cache_does_not_stop_loading(tmp_path: Path, tiny_model: Path) -> None:
+    pytest.importorskip("openvino")
+    from nscmonitor.engines.metadata import read_onnx_metadata
+    from nscmonitor.engines.openvino import OpenVinoEngine
+
+    meta = read_onnx_metadata(tiny_model)
+    cache = tmp_path / "ov-cache"
+    x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
+    eng = OpenVinoEngine(tiny_model, meta, cache_dir=cache)
+    eng.load()
+    want = eng._run(x)
+    eng.close()
+    blobs = [p for p in cache.rglob("*") if p.is_file()]
+    assert blobs, "OpenVINO wrote no cache"
+    for b in blobs:
+        b.write_bytes(b"\x00garbage" * 8)
+    again = OpenVinoEngine(tiny_model, meta, cache_dir=cache)
+    again.load()
+    np.testing.assert_allclose(again._run(x), want, rtol=1e-5, atol=1e-6)
+    again.close()
