@@ -265,6 +265,37 @@ def _export_sheets(args: argparse.Namespace, s: Settings, repo, out: Path) -> in
     return 0
 
 
+def _hours_list(text: str) -> list[float]:
+    try:
+        hours = [float(h) for h in text.replace(" ", "").split(",") if h]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--times wants hours since induction separated by commas, e.g. 24,48,72; "
+                                         f"got {text!r}") from None
+    if not hours or not all(math.isfinite(h) for h in hours):
+        raise argparse.ArgumentTypeError(f"--times wants finite hours, e.g. 24,48,72; got {text!r}")
+    return hours
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nscmonitor.report.browser import NO_BROWSER, find_browser, print_pdf
+    from nscmonitor.report.html import write_report
+    from nscmonitor.store.db import open_readonly
+    from nscmonitor.store.repo import Repo
+
+    s = settings_from(args)
+    repo = Repo(open_readonly(s.database_url))
+    out = Path(args.output)
+    write_report(repo, args.experiment, out, times=args.times, model_version=args.model_version,
+                 active=active_version(s), threshold=args.threshold)
+    print(f"wrote {out}")
+    if args.pdf:
+        if find_browser() is None:
+            print(f"nscmonitor: {NO_BROWSER}", file=sys.stderr)
+            return 1
+        print(f"wrote {print_pdf(out, out.with_suffix('.pdf'))}")
+    return 0
+
+
 def active_version(s: Settings):  # noqa: ANN202
     def active() -> str | None:
         try:
@@ -510,6 +541,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-image", help="per-image CSV (default: <report>_images.csv)")
     p.add_argument("--model-version", help="readouts of this model version (default: the active one)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="write the experiment's report: one self-contained HTML file (and its PDF)",
+                       description="One HTML file to send: plate maps at chosen times, time courses per condition "
+                       "(mean ± sd across replicate wells) with the earliest confident calls, the calls per well, "
+                       "QC and quarantine, and the provenance (model version, its validation numbers by hours since "
+                       "induction, engines). Figures are inline SVG, each with a save link. --pdf prints it with a "
+                       "headless Chromium (apt-get install chromium) to the same name with .pdf.")
+    _common(p)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    p.add_argument("--pdf", action="store_true", help="also write <output>.pdf (needs Chromium or Chrome)")
+    p.add_argument("--times", type=_hours_list, metavar="H1,H2,...",
+                   help="plate maps at these hours since induction (nearest time point; default: first, middle, last)")
+    p.add_argument("--threshold", type=_number(float, 0.0, 1.0, "a probability"), default=0.6,
+                   help="top-class probability a confident call needs (default 0.6)")
+    p.add_argument("--model-version", help="readouts of this model version (default: the active one)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("parse", help="show how file names parse (the daemon's own parser)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="paths relative to the watched folder")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from nscmonitor.domain import GLIA
+from nscmonitor.report.calls import EARLY_H, ConfidentCall, confident_call  # noqa: F401 - the rule the report shares
 
 
 @dataclass(frozen=True)
@@ -278,45 +279,6 @@ def condition_series(cube: PlateCube, values: np.ndarray) -> list[ConditionSerie
             sd = np.where(n > 1, np.sqrt((dev ** 2).sum(axis=0) / np.maximum(n - 1, 1)), np.where(n == 1, 0.0, np.nan))
         out.append(ConditionSeries(cond, tuple(cube.wells[i].name for i in idx), mean, sd, n))
     return out
-
-
-# --- the confident call --------------------------------------------------------------------
-@dataclass(frozen=True)
-class ConfidentCall:
-    index: int  # time index of the call
-    elapsed_h: float
-    cls: str
-    probability: float  # the top class's probability at the call
-    early: bool  # made before EARLY_H: science reference §2.2 says treat such calls with caution
-
-
-EARLY_H = 24.0
-
-
-def confident_call(probs: np.ndarray, elapsed_h: np.ndarray, classes: tuple[str, ...], *,
-                   threshold: float = 0.6, min_points: int = 2) -> ConfidentCall | None:
-    """The earliest time from which the call holds: the first time point i such that at i
-    and at *every* later time point with data the top class is the same class and its
-    probability is at least ``threshold``, with at least ``min_points`` such time points
-    (one last point alone is not yet 'stable'). ``probs`` is T x K (NaN rows = no data).
-    None when the latest data do not support a confident call."""
-    ok = np.isfinite(probs).all(axis=1)
-    idx = np.flatnonzero(ok)
-    if len(idx) < min_points:
-        return None
-    top = probs[idx].argmax(axis=1)
-    pmax = probs[idx, top]
-    last = top[-1]
-    good = (top == last) & (pmax >= threshold)
-    if not good[-1]:
-        return None
-    bad = np.flatnonzero(~good)
-    start = bad[-1] + 1 if len(bad) else 0
-    if len(idx) - start < min_points:
-        return None
-    i = int(idx[start])
-    h = float(elapsed_h[i]) if np.isfinite(elapsed_h[i]) else float("nan")
-    return ConfidentCall(i, h, classes[int(last)], float(pmax[start]), bool(np.isfinite(h) and h < EARLY_H))
 
 
 def nearest_time(cube: PlateCube, hours: float) -> int:

@@ -1,0 +1,58 @@
+"""When a well or a condition becomes a confident call, and the across-replicate statistics
+behind a condition's curve. Pure numpy: the dashboard and the HTML report use the same rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ConfidentCall:
+    index: int  # time index of the call
+    elapsed_h: float
+    cls: str
+    probability: float  # the top class's probability at the call
+    early: bool  # made before EARLY_H: science reference §2.2 says treat such calls with caution
+
+
+EARLY_H = 24.0
+
+
+def confident_call(probs: np.ndarray, elapsed_h: np.ndarray, classes: tuple[str, ...], *,
+                   threshold: float = 0.6, min_points: int = 2) -> ConfidentCall | None:
+    """The earliest time from which the call holds: the first time point i such that at i
+    and at *every* later time point with data the top class is the same class and its
+    probability is at least ``threshold``, with at least ``min_points`` such time points
+    (one last point alone is not yet 'stable'). ``probs`` is T x K (NaN rows = no data).
+    None when the latest data do not support a confident call."""
+    ok = np.isfinite(probs).all(axis=1)
+    idx = np.flatnonzero(ok)
+    if len(idx) < min_points:
+        return None
+    top = probs[idx].argmax(axis=1)
+    pmax = probs[idx, top]
+    last = top[-1]
+    good = (top == last) & (pmax >= threshold)
+    if not good[-1]:
+        return None
+    bad = np.flatnonzero(~good)
+    start = bad[-1] + 1 if len(bad) else 0
+    if len(idx) - start < min_points:
+        return None
+    i = int(idx[start])
+    h = float(elapsed_h[i]) if np.isfinite(elapsed_h[i]) else float("nan")
+    return ConfidentCall(i, h, classes[int(last)], float(pmax[start]), bool(np.isfinite(h) and h < EARLY_H))
+
+
+def replicate_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, sample sd (0 with one replicate) and n across the last axis, ignoring NaN;
+    ``values`` is T x R (time points x replicate wells), or T x R x K."""
+    v = np.moveaxis(values, 1, -1)
+    n = np.isfinite(v).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, np.nansum(v, axis=-1) / np.maximum(n, 1), np.nan)
+        dev = np.where(np.isfinite(v), v - mean[..., None], 0.0)
+        sd = np.where(n > 1, np.sqrt((dev ** 2).sum(axis=-1) / np.maximum(n - 1, 1)), np.where(n == 1, 0.0, np.nan))
+    return mean, sd, n
