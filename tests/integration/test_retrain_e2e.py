@@ -21,6 +21,7 @@ pytest.importorskip("torch")
 
 from nscmonitor.config import load_settings  # noqa: E402
 from nscmonitor.daemon import build_runner  # noqa: E402
+from nscmonitor.engines import autobuild  # noqa: E402
 from nscmonitor.engines.tiny import build_tiny_classifier  # noqa: E402
 from nscmonitor.labels import import_labels  # noqa: E402
 from nscmonitor.registry.registry import Registry  # noqa: E402
@@ -116,6 +117,9 @@ def test_lifecycle_weak_model_retrained_promoted_rejected_failed_rolled_back(tmp
 
         wait_until(lambda: n_done() == len(early), 60, "the early images to be scored by the weak model")
         assert runner.model.version == weak_info.version
+        weak_engine = runner.model.engine.name  # fp32: the weak model came without a calibration set
+        assert weak_engine == "ort-fp32"
+        assert autobuild.read_status(weak_info.path).state == "no-calibration"
         version, n = import_labels(engine, labels_csv(tmp_path, engine))
         assert n == len(WELLS)
 
@@ -156,7 +160,11 @@ def test_lifecycle_weak_model_retrained_promoted_rejected_failed_rolled_back(tmp
         status, reason, candidate = outcome()
         assert status == "promoted", reason
         assert reg.active().version == candidate and reg.active().labels_version == version
+        # the candidate's engine was built and gated before promotion: model and engine switch together
+        built = autobuild.read_status(reg.active().path)
+        assert built.state == "ready" and built.engine.endswith("-int8") and built.gate["passed"], built
         wait_until(lambda: runner.model.version == candidate, 30, "the daemon to switch models")
+        assert runner.model.engine.name == built.engine
         wait_until(lambda: n_done() == len(frames), 60, "every image to be scored")
         with engine.connect() as c:
             per = c.execute(select(m.Prediction.image_id, m.Prediction.model_version, func.count())
@@ -171,6 +179,10 @@ def test_lifecycle_weak_model_retrained_promoted_rejected_failed_rolled_back(tmp
         assert all(len(vs) == 1 for vs in scored.values()), "without rescore, each image has one version"
         versions = [next(iter(v)) for v in scored.values()]
         assert versions.count(candidate) >= 1 and versions.count(weak_info.version) >= len(early)
+        with engine.connect() as c:
+            engines = dict(c.execute(select(m.Prediction.model_version, func.group_concat(m.Prediction.engine.distinct()))
+                                     .group_by(m.Prediction.model_version)).all())
+        assert engines == {weak_info.version: weak_engine, candidate: built.engine}
 
         # A retrain that makes the model worse (learning rate 0: an untrained candidate) is
         # rejected with its numbers; one that is killed is recorded; the daemon runs on.
@@ -193,6 +205,7 @@ def test_lifecycle_weak_model_retrained_promoted_rejected_failed_rolled_back(tmp
         assert out.returncode == 0, out.stderr
         assert reg.active().version == weak_info.version
         wait_until(lambda: runner.model.version == weak_info.version, 30, "the daemon to roll back")
+        assert runner.model.engine.name == weak_engine  # the previous pair: model and its engine
     finally:
         runner.stop_event.set()
         daemon.join(30)
