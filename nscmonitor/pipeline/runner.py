@@ -287,6 +287,7 @@ class Runner:
                 key=key, plate=f.cfg.plate or (key.plate if key else None) or f.cfg.path.name,
                 plate_format=f.cfg.plate_format, elapsed_h=_elapsed(key, acquired_utc, f.cfg.induction_time),
                 acquired_at=acquired_utc, condition=f.plate_map.condition(key.well) if key else None,
+                attributes=f.plate_map.attributes.get(key.well) if key else None,
                 error=error, skip_reason=skip,
             ))
             if error:

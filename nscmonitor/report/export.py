@@ -2,6 +2,10 @@
 
 Strings that a spreadsheet would execute (cells starting with = + - @) get a leading
 apostrophe: plate maps and file names come from outside and end up in Excel.
+
+The plate map's extra columns (dose, cell line, passage, ...) follow the fixed columns in
+both files, named as in the plate map (``map_<name>`` where a name is already a fixed
+column), empty for wells the map does not list.
 """
 
 from __future__ import annotations
@@ -55,6 +59,14 @@ def choose_version(repo: Repo, experiment_id: int, requested: str | None,
     return used[-1] if used else None
 
 
+def attribute_columns(attrs: dict[tuple[str, str], dict[str, str]], fixed: list[str]) -> list[tuple[str, str]]:
+    """(attribute name, column header) in order of first appearance."""
+    names: list[str] = []
+    for a in attrs.values():
+        names.extend(k for k in a if k not in names)
+    return [(n, f"map_{n}" if n in fixed else n) for n in names]
+
+
 def _atomic_writer(path: Path):  # noqa: ANN202
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
@@ -69,20 +81,24 @@ def export_readouts(repo: Repo, experiment: str, out: Path, *, model_version: st
         names = ", ".join(e.name for e in repo.experiments()) or "none"
         raise UserFacingError(f"no experiment named {experiment!r} in the database (have: {names})")
     version = choose_version(repo, exp_id, model_version, active)
+    attrs = repo.well_attributes(exp_id)
+    extra = attribute_columns(attrs, READOUT_COLUMNS)
     tmp, fh = _atomic_writer(out)
     n = 0
     with fh:
         w = csv.writer(fh)
-        w.writerow(READOUT_COLUMNS)
+        w.writerow(READOUT_COLUMNS + [escape(h) for _, h in extra])
         if version is not None:
             for ro in repo.readouts(exp_id, version):
+                a = attrs.get((ro.plate, ro.well), {})
+                tail = [escape(a.get(name, "")) for name, _ in extra]
                 for i, cls in enumerate(ro.classes):
                     has = ro.n_images > 0 and i < len(ro.prob_mean)
                     w.writerow([escape(ro.experiment), escape(ro.plate), ro.well, row_letters(ro.row), ro.col + 1,
                                 escape(ro.condition or ""), ro.timepoint, _num(ro.elapsed_h), _iso(ro.acquired_at),
                                 ro.n_images, ro.n_tiles, ro.n_qc_failed, escape(cls),
                                 _num(ro.prob_mean[i]) if has else "", _num(ro.prob_sd[i]) if has else "",
-                                _num(ro.fraction[i]) if has else "", escape(ro.model_version)])
+                                _num(ro.fraction[i]) if has else "", escape(ro.model_version)] + tail)
                     n += 1
                 if progress:
                     progress(1)
@@ -104,6 +120,9 @@ def export_images(repo: Repo, experiment: str, out: Path) -> int:
     cols = ["experiment", "plate", "well", "field", "channel", "z", "timepoint", "elapsed_h", "acquired_at", "path",
             "status", "error", "rewritten", "qc_passed", "qc_reason", "focus", "saturation", "blank", "model_version",
             "engine", "n_tiles", "confidence"] + [f"prob_{c}" for c in classes] + [f"fraction_{c}" for c in classes]
+    attrs = repo.well_attributes(exp_id)
+    extra = attribute_columns(attrs, cols)
+    cols = cols + [escape(h) for _, h in extra]
     tmp, fh = _atomic_writer(out)
     n = 0
     with fh:
@@ -124,7 +143,8 @@ def export_images(repo: Repo, experiment: str, out: Path) -> int:
                     fr = dict(zip(p["classes"], p["fraction"]))
                     tail = [escape(p["model_version"]), p["engine"] or "", p["n_tiles"], _num(p["confidence"])] + \
                         [_num(pm.get(c)) for c in classes] + [_num(fr.get(c)) for c in classes]
-                w.writerow(base + tail)
+                a = attrs.get((img.plate, img.well), {})
+                w.writerow(base + tail + [escape(a.get(name, "")) for name, _ in extra])
                 n += 1
     os.replace(tmp, out)
     return n

@@ -43,6 +43,8 @@ class Discovered:
     elapsed_h: float | None
     acquired_at: datetime | None
     condition: str | None = None
+    #: the plate map's other columns for this well (dose, cell line, ...), exported beside it
+    attributes: dict[str, str] | None = None
     error: str | None = None  # set for names that cannot be placed: quarantined at once
     skip_reason: str | None = None  # e.g. a channel that is not scored
 
@@ -106,7 +108,7 @@ class Store:
             return exp.id
 
     def _ensure_well(self, s: Session, experiment_id: int, plate: str, plate_format: int, key: ImageKey,
-                     condition: str | None) -> tuple[int, int]:
+                     condition: str | None, attributes: dict[str, str] | None = None) -> tuple[int, int]:
         ck = (experiment_id, plate, key.well)
         hit = self._wells.get(ck)
         if hit is not None:
@@ -118,11 +120,15 @@ class Store:
             s.flush()
         w = s.scalar(select(m.Well).where(m.Well.plate_id == p.id, m.Well.name == key.well))
         if w is None:
-            w = m.Well(plate_id=p.id, name=key.well, row=key.row, col=key.col, condition=condition)
+            w = m.Well(plate_id=p.id, name=key.well, row=key.row, col=key.col, condition=condition,
+                       attributes=attributes or None)
             s.add(w)
             s.flush()
-        elif condition and w.condition != condition:
-            w.condition = condition
+        else:
+            if condition and w.condition != condition:
+                w.condition = condition
+            if attributes and w.attributes != attributes:
+                w.attributes = attributes
         self._wells[ck] = (p.id, w.id)
         return p.id, w.id
 
@@ -149,7 +155,7 @@ class Store:
                 well_id = None
                 if f.key is not None and f.error is None:
                     _, well_id = self._ensure_well(s, f.experiment_id, f.plate or "plate", f.plate_format, f.key,
-                                                   f.condition)
+                                                   f.condition, f.attributes)
                 status = "quarantined" if f.error else ("skipped" if f.skip_reason else "pending")
                 fields = dict(
                     size=f.size, mtime=f.mtime, status=status, error=f.error or f.skip_reason, attempts=0,
@@ -409,5 +415,6 @@ def _storable(f: Discovered) -> Discovered:
                    plate=clean(f.plate) if f.plate else f.plate,
                    profile=clean(f.profile) if f.profile else f.profile,
                    condition=clean(f.condition) if f.condition else f.condition,
+                   attributes={clean(k): clean(v) for k, v in f.attributes.items()} if f.attributes else None,
                    error=clean(f.error) if f.error else f.error,
                    skip_reason=clean(f.skip_reason) if f.skip_reason else f.skip_reason)
