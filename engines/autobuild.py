@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -377,7 +377,6 @@ class Attempt:
     gate: dict[str, Any] | None = None
     reason: str | None = None
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _cpu_int8(model_path: Path, tiles: _Tiles, want_openvino: bool, threads: int) -> list[Attempt]:
