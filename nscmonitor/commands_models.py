@@ -10,13 +10,17 @@ from pathlib import Path
 from nscmonitor.commands import _common, settings_from
 
 
-def _registry(args: argparse.Namespace):  # noqa: ANN202
+def _registry(args: argparse.Namespace, *, readonly: bool = False):  # noqa: ANN202
+    """Listing and showing only read: a mistyped database path is an error, not a new database."""
     from nscmonitor.registry.registry import Registry
-    from nscmonitor.store.db import ensure_schema, make_engine
+    from nscmonitor.store.db import ensure_schema, make_engine, open_readonly
 
     s = settings_from(args)
-    engine = make_engine(s.database_url)
-    ensure_schema(engine)
+    if readonly:
+        engine = open_readonly(s.database_url)
+    else:
+        engine = make_engine(s.database_url)
+        ensure_schema(engine)
     return s, engine, Registry(s.models_dir, engine)
 
 
@@ -30,7 +34,7 @@ def cmd_labels_import(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    s, engine, reg = _registry(args)
+    s, engine, reg = _registry(args, readonly=args.models_command in ("list", "show"))
     if args.models_command == "list":
         rows = reg.list()
         if args.json:

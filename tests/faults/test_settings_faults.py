@@ -142,7 +142,8 @@ def test_run_flags_refuse_nonsense(tmp_path: Path, flag: list[str]) -> None:
 
 
 @pytest.mark.parametrize("command", [["status"], ["status", "--json"], ["export", "--experiment", "E", "-o", "x.csv"],
-                                     ["doctor"], ["db", "check"], ["db", "backup"]])
+                                     ["doctor"], ["db", "check"], ["db", "backup"], ["models", "list"],
+                                     ["models", "show", "v1"]])
 def test_read_only_commands_never_create_a_database(tmp_path: Path, command: list[str]) -> None:
     typo = tmp_path / "typo" / "nscmonitr.db"
     p = _cli(*command, "--db", f"sqlite:///{typo}", cwd=tmp_path)
