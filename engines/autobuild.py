@@ -277,13 +277,15 @@ class BuildLock:
     """An OS-level exclusive lock on a file: released by the OS when the holder exits or dies,
     so a killed build never blocks the next one (a pid in a file would be reused)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, probe: bool = False) -> None:
         self.path = Path(path)
+        self.probe = probe  # only asking whether someone holds it: read access is enough (the dashboard's)
         self._fh = None
 
     def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")
+        if not self.probe:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "r" if self.probe else "a+")
         try:
             if sys.platform == "win32":
                 import msvcrt
@@ -325,12 +327,14 @@ class BuildLock:
 
 
 def build_running(model_path: str | Path) -> bool:
-    """True while some process (this one or another) holds the model's build lock."""
-    lock = BuildLock(lock_path(model_path))
-    if not lock_path(model_path).exists():
-        return False
-    if lock.acquire():
-        lock.release()
+    """True while some process (this one or another) holds the model's build lock. Needs only
+    read access, so a dashboard on a read-only data folder can ask too."""
+    lock = BuildLock(lock_path(model_path), probe=True)
+    try:
+        if lock.acquire():
+            lock.release()
+            return False
+    except FileNotFoundError:
         return False
     return True
 
