@@ -67,12 +67,12 @@ def plate_map_svg(cells: list[WellCell], classes: Sequence[str], title: str) -> 
     """Each well filled with its top class's colour, stronger the surer the call (opacity =
     top probability); wells without data are outlined only. A legend names the classes."""
     nrows, ncols = plate_shape(max((c.row for c in cells), default=0) + 1, max((c.col for c in cells), default=0) + 1)
-    pitch = max(9.0, min(34.0, 560.0 / ncols))
+    pitch = max(7.0, min(26.0, 300.0 / ncols))
     r = pitch * 0.42
     left, top = 30.0, 38.0
     width = left + ncols * pitch + 10
     legend_y = top + nrows * pitch + 18
-    height = legend_y + 18
+    height = legend_y + 32
     body = [f'<text x="{left}" y="16" font-size="13" font-weight="bold">{_esc(title)}</text>']
     step = 1 if ncols <= 24 else 4
     for c in range(0, ncols, step):
@@ -102,8 +102,9 @@ def plate_map_svg(cells: list[WellCell], classes: Sequence[str], title: str) -> 
         body.append(f'<circle cx="{x + 5}" cy="{legend_y - 4}" r="5" fill="{rgb(class_color(cls, k))}"/>'
                     f'<text x="{x + 13}" y="{legend_y}" font-size="11">{_esc(cls)}</text>')
         x += 20 + 7 * len(cls)
-    body.append(f'<text x="{x + 6}" y="{legend_y}" font-size="10" fill="#555">fill: top class; opacity: its probability</text>')
-    return _svg(max(width, x + 230), height, body, title)
+    body.append(f'<text x="{left}" y="{legend_y + 16}" font-size="10" fill="#555">fill: top class; '
+                f'opacity: its probability; empty: no data</text>')
+    return _svg(max(width, x, left + 260), height, body, title)
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,14 @@ class Series:
     call_index: int | None = None  # time index of the confident call (a star)
 
 
-def _nice_max(v: float) -> float:
+def hour_ticks(v: float) -> tuple[float, float]:
+    """(axis end, tick step) in hours: steps a time-lapse reader counts in (6, 12, 24 h ...)."""
     if not math.isfinite(v) or v <= 0:
-        return 1.0
-    mag = 10 ** math.floor(math.log10(v))
-    for f in (1, 2, 2.5, 5, 10):
-        if v <= f * mag:
-            return f * mag
-    return 10 * mag
+        return 1.0, 0.2
+    for step in (0.25, 0.5, 1, 2, 3, 6, 12, 24, 48, 72, 168, 336, 720):
+        if v / step <= 7:
+            return step * max(1, math.ceil(v / step - 1e-9)), step
+    return v, v / 5
 
 
 def _star(cx: float, cy: float, r: float) -> str:
@@ -136,10 +137,10 @@ def _star(cx: float, cy: float, r: float) -> str:
 
 def time_course_svg(x: np.ndarray, series: list[Series], title: str, ylabel: str, *, ymax: float = 1.0) -> str:
     """Curves with their sd bands (shaded mean ± sd) and a star at each confident call."""
-    width, height = 640.0, 300.0
-    ml, mr, mt, mb = 52.0, 190.0, 30.0, 40.0
+    width, height = 530.0, 280.0
+    ml, mr, mt, mb = 52.0, 150.0, 30.0, 40.0
     pw, ph = width - ml - mr, height - mt - mb
-    xmax = _nice_max(float(np.nanmax(x)) if np.isfinite(x).any() else 1.0)
+    xmax, xstep = hour_ticks(float(np.nanmax(x)) if np.isfinite(x).any() else 1.0)
 
     def px(v: float) -> float:
         return ml + pw * (v / xmax)
@@ -153,8 +154,8 @@ def time_course_svg(x: np.ndarray, series: list[Series], title: str, ylabel: str
         yv = ymax * i / 5
         body.append(f'<line x1="{ml}" x2="{ml + pw}" y1="{py(yv):.1f}" y2="{py(yv):.1f}" stroke="#eee"/>'
                     f'<text x="{ml - 5}" y="{py(yv) + 3:.1f}" font-size="10" text-anchor="end">{yv:g}</text>')
-    for i in range(6):
-        xv = xmax * i / 5
+    for i in range(int(round(xmax / xstep)) + 1):
+        xv = xstep * i
         body.append(f'<line x1="{px(xv):.1f}" x2="{px(xv):.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="#888"/>'
                     f'<text x="{px(xv):.1f}" y="{mt + ph + 16}" font-size="10" text-anchor="middle">{xv:g}</text>')
     body.append(f'<text x="{ml + pw / 2}" y="{height - 6}" font-size="11" text-anchor="middle">'
@@ -183,7 +184,7 @@ def time_course_svg(x: np.ndarray, series: list[Series], title: str, ylabel: str
     ly = mt + 6
     for s in series:
         body.append(f'<rect x="{ml + pw + 12}" y="{ly}" width="14" height="8" fill="{rgb(s.color)}" fill-opacity="0.5"/>'
-                    f'<text x="{ml + pw + 30}" y="{ly + 8}" font-size="10">{_esc(s.label[:30])}</text>')
+                    f'<text x="{ml + pw + 30}" y="{ly + 8}" font-size="10">{_esc(s.label[:22])}</text>')
         ly += 15
     body.append(f'<text x="{ml + pw + 12}" y="{ly + 10}" font-size="9" fill="#555">band: mean ± sd; '
                 f'★ confident call</text>')

@@ -41,9 +41,6 @@ def store(tmp_path: Path, make_runner) -> tuple[str, dict]:
     return runner.settings.database_url, expected_from_images(runner.settings.database_url.removeprefix("sqlite:///"))
 
 
-ATTRS_PENDING = "the daemon does not store the plate map's extra columns with the wells yet"
-
-
 def expected_from_images(db: str) -> dict:
     """Per (well, time key): mean and sd over fields of each class probability, tile-weighted
     fraction, images scored, mean elapsed hours; per time key the earliest acquisition."""
@@ -52,12 +49,10 @@ def expected_from_images(db: str) -> dict:
                             p.n_tiles from predictions p join images i on i.id = p.image_id
                             join wells w on w.id = i.well_id where i.qc_passed = 1""").fetchall()
         acquired = c.execute("select time_key, min(acquired_at) from images group by time_key").fetchall()
-        stored_attrs = c.execute("select count(*) from wells where attributes is not null and attributes != '{}'"
-                                 " and attributes != 'null'").fetchone()[0]
     groups: dict[tuple[str, int], list] = {}
     for well, key, elapsed, _acq, classes, pm, fr, n_tiles in rows:
         groups.setdefault((well, key), []).append((json.loads(classes), json.loads(pm), json.loads(fr), n_tiles, elapsed))
-    out: dict = {"cells": {}, "elapsed": {}, "acquired": {}, "attrs": bool(stored_attrs)}
+    out: dict = {"cells": {}, "elapsed": {}, "acquired": {}}
     for (well, key), items in groups.items():
         classes = items[0][0]
         means = np.array([it[1] for it in items])
@@ -95,13 +90,12 @@ def test_wide_sheets_match_images(tmp_path: Path, store) -> None:
         start = next(i for i, line in enumerate(lines) if line.startswith("Date Time\t"))
         plate_map = pd.read_csv(StringIO("\n".join(lines[7:start - 1])), sep="\t", header=None, dtype=str,
                                 keep_default_na=False)
-        assert list(plate_map[0]) == ["Plate Map", "condition"] + (["dose"] if exp["attrs"] else [])
+        assert list(plate_map[0]) == ["Plate Map", "condition", "dose"]
         cond = dict(zip(plate_map.iloc[0, 2:], plate_map.iloc[1, 2:]))
         assert cond["A01"] == "'=HYPERLINK(\"x\")", "formula injection must be escaped"
         assert cond["A02"] == cond["B01"] == "BDNF" and cond["B02"] == "control"
-        if exp["attrs"]:
-            dose = dict(zip(plate_map.iloc[0, 2:], plate_map.iloc[2, 2:]))
-            assert {w: dose[f"{w[0]}0{w[1]}"] for w in DOSE} == DOSE, "plate-map extra columns go into the sheet"
+        dose = dict(zip(plate_map.iloc[0, 2:], plate_map.iloc[2, 2:]))
+        assert {w: dose[f"{w[0]}0{w[1]}"] for w in DOSE} == DOSE, "plate-map extra columns go into the sheet"
         df = pd.read_csv(path, sep="\t", skiprows=start)
         has_sd = readout.startswith("prob:")
         wells = ["A01", "A02", "B01", "B02"]
@@ -120,8 +114,6 @@ def test_wide_sheets_match_images(tmp_path: Path, store) -> None:
                 assert df[f"{w} (n)"][t] == n
                 if has_sd:
                     assert df[f"{w} (SD)"][t] == pytest.approx(sd, rel=1e-5, abs=1e-7)
-    if not exp["attrs"]:
-        pytest.xfail(ATTRS_PENDING)
 
 
 def test_prism_tables_match_images(tmp_path: Path, store) -> None:
@@ -132,22 +124,19 @@ def test_prism_tables_match_images(tmp_path: Path, store) -> None:
                                        f"prism_fraction_{exp['classes'][-1]}.csv"]
     keys = sorted(exp["elapsed"])
     for path, readout in zip(paths, (f"prob:{exp['classes'][0]}", f"fraction:{exp['classes'][-1]}")):
-        head = ["condition"] + (["dose"] if exp["attrs"] else []) + ["Elapsed (h)"]
+        head = ["condition", "dose", "Elapsed (h)"]
         df = pd.read_csv(path, header=list(range(len(head))))
         assert df.columns[0] == tuple(head)
         cols = list(df.columns[1:])
         # replicates side by side: each condition's wells are adjacent columns
         assert [c[0] for c in cols] == ["'=HYPERLINK(\"x\")", "BDNF", "BDNF", "control"]
         assert [c[-1] for c in cols] == ["A01", "A02", "B01", "B02"]
-        if exp["attrs"]:
-            assert [str(c[1]) for c in cols] == ["1", "10", "10", "0"]
+        assert [str(c[1]) for c in cols] == ["1", "10", "10", "0"], "plate-map extra columns go into the table"
         assert len(df) == 3
         for t, key in enumerate(keys):
             assert df[df.columns[0]][t] == pytest.approx(exp["elapsed"][key], rel=1e-5)
             for col in cols:
                 assert df[col][t] == pytest.approx(exp["cells"][(col[-1], key, readout)][0], rel=1e-5)
-    if not exp["attrs"]:
-        pytest.xfail(ATTRS_PENDING)
 
 
 def test_unknown_readout_is_one_line(tmp_path: Path, store) -> None:
