@@ -171,9 +171,11 @@ def _dist_version(*names: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=1)
 def runtime_versions() -> dict[str, str | None]:
     """Installed runtime versions, read from package metadata (importing them would cost
-    seconds and, for TensorRT, a CUDA context)."""
+    seconds and, for TensorRT, a CUDA context). Read once per process: a runtime upgraded
+    under a running daemon only takes effect at its restart anyway."""
     return {"onnxruntime": _dist_version("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
             "openvino": _dist_version("openvino"), "tensorrt": _dist_version("tensorrt", "tensorrt-cu12",
                                                                              "tensorrt-cu13")}
@@ -224,8 +226,8 @@ def _model_tiles_path(model_path: str | Path) -> Path | None:
 
 
 def fingerprint(model_path: str | Path, *, calibration_dir: str | Path | None = None) -> Fingerprint:
-    return Fingerprint(cached_sha256(model_path), calibration_sha256(model_path, calibration_dir), runtime_versions(),
-                       machine_id())
+    return Fingerprint(cached_sha256(model_path), calibration_sha256(model_path, calibration_dir),
+                       dict(runtime_versions()), machine_id())
 
 
 # --- what to build ------------------------------------------------------------------------
