@@ -217,6 +217,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             arts.add_row(str(path), f"tensorrt {k.precision} batch {k.min_batch}-{k.max_batch}",
                          f"{k.gpu_name} sm{k.compute_capability} TensorRT {k.trt_version}", _gate_text(ef.gate or {}))
     console.print(arts)
+    from nscmonitor.engines.autobuild import summary
+
+    console.print(f"engine on this machine (engine-status.json): {escape(summary(Path(args.model))['message'])}")
     return 0
 
 

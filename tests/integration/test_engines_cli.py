@@ -19,6 +19,10 @@ def test_build_list_and_bench(tmp_path, capsys):
     assert main(["engine", "list", str(model)]) == 0
     out = capsys.readouterr().out
     assert "ort int8" in out and "passed" in out and "nscmonitor[gpu]" in out
+    assert "no engine built" in out  # a hand build does not record an automatic one
+    assert main(["engine", "autobuild", str(model), "--calibration", str(tiles)]) == 0
+    assert main(["engine", "list", str(model)]) == 0
+    assert "-int8 ready (top-1 agreement" in capsys.readouterr().out
     assert main(["engine", "bench", str(model), "--backends", "ort-cpu,ort-int8,trt", "--batch", "1,4",
                  "--seconds", "0.2", "--tiles", str(tiles)]) == 0
     out = capsys.readouterr().out
