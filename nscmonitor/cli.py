@@ -96,9 +96,11 @@ def database_error_line(exc: BaseException) -> str | None:
     """A database that cannot be opened or read (not a database file, disk I/O error, locked
     for too long, server down) is the user's to fix: one line with the driver's reason and
     the URL's setting, not a traceback. Other exceptions are bugs and keep their traceback."""
-    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import DatabaseError, OperationalError
 
-    if not isinstance(exc, DBAPIError):
+    # OperationalError: cannot open, disk I/O, locked, server gone; a bare DatabaseError: the
+    # file is not a database. Integrity or programming errors are bugs and keep the traceback.
+    if not (isinstance(exc, OperationalError) or type(exc) is DatabaseError):
         return None
     return f"database: {str(exc.orig).splitlines()[0] if exc.orig is not None else exc} (check database_url)"
 

@@ -242,24 +242,11 @@ def _has_rows(conn: Connection, table: str, where: str = "") -> bool:
     return conn.execute(text(f"SELECT 1 FROM {q} {where} LIMIT 1")).first() is not None
 
 
-def half_built(conn: Connection) -> list[str]:
-    """What the database holds beyond the schema of its recorded revision: tables, columns
-    and indexes an interrupted creation or migration left behind."""
-    from alembic.runtime.migration import MigrationContext
-
-    want = _layout_at(MigrationContext.configure(conn).get_current_revision())
-    have = _layout(conn)
-    extra = [f"table {t}" for t in have.columns if t not in want.columns]
-    for t, cols in have.columns.items():
-        if t in want.columns:
-            extra += [f"column {t}.{c}" for c in sorted(cols - want.columns[t])]
-            extra += [f"index {i}" for i in sorted(have.indexes[t] - want.indexes[t])]
-    return extra
-
-
 def repair_half_built(conn: Connection) -> list[str]:
-    """Remove what :func:`half_built` finds, provided it holds no data; anything holding data
-    is refused with a one-line reason (that is not a half-built schema, it is something else)."""
+    """Remove the tables, columns and indexes beyond the schema of the recorded revision (what
+    an interrupted creation or migration left), provided they hold no data; anything holding
+    data is refused with a one-line reason (that is not a half-built schema, it is something
+    else)."""
     from alembic.runtime.migration import MigrationContext
 
     cur = MigrationContext.configure(conn).get_current_revision()

@@ -246,3 +246,14 @@ def _models_config(tmp_path: Path, models: Path) -> Path:
     cfg.write_text(f'database_url = "sqlite:///{tmp_path / "nsc.db"}"\nmodels_dir = "{models}"\n'
                    f'log_dir = "{tmp_path / "logs"}"\n', encoding="utf-8")
     return cfg
+
+
+def test_file_that_is_not_a_database(tmp_path: Path, tiny_model: Path) -> None:
+    db = tmp_path / "nsc.db"
+    db.write_bytes(b"these are not the pages you are looking for" * 100)
+    before = db.read_bytes()
+    (tmp_path / "w").mkdir()
+    _one_line(_cli("status", "--db", f"sqlite:///{db}"), "file is not a database", "database_url")
+    _one_line(_cli("run", "--db", f"sqlite:///{db}", "--watch", str(tmp_path / "w"), "--model", str(tiny_model),
+                   "--once"), "file is not a database")
+    assert db.read_bytes() == before
