@@ -67,6 +67,11 @@ def run(settings, *, experiment: str | None = None, screenshot_to: str | None = 
         poll_s: float = 2.0) -> int:
     if screenshot_to and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from nscmonitor.gui.system_libs import check_qt_platform
+
+    problem = check_qt_platform()
+    if problem:
+        raise UserFacingError(problem)
     engine = open_store(settings.database_url)
     app = qt_app()
     from nscmonitor.gui.main_window import MainWindow

@@ -1,5 +1,6 @@
-"""Export the experiment's CSV reports with the very code behind ``nscmonitor export``, in a
-worker thread with progress, plus the plate map and plots as PNG or SVG."""
+"""Export the experiment's readouts with the very code behind ``nscmonitor export`` and
+``nscmonitor report`` (tidy CSV, Incucyte-style wide sheets, Prism tables, the HTML report and
+its PDF), in a worker thread with progress, plus the plate map and plots as PNG or SVG."""
 
 from __future__ import annotations
 
@@ -38,11 +39,44 @@ def export_csv(engine, settings, experiment: str, out: Path, per_image: bool, *,
     return n, k, version, img_path
 
 
+FORMATS = (("tidy", "Tidy CSV (one row per well × time point × class)", ".csv"),
+           ("wide", "Incucyte-style wide sheets (one per readout: time points × wells)", ".txt"),
+           ("prism", "Prism tables (one per readout: replicate wells side by side per condition)", ".csv"),
+           ("report", "HTML report (plate maps, time courses, calls, QC, provenance)", ".html"))
+
+
+def export_sheets(engine, settings, experiment: str, out: Path, kind: str, *, sep: str | None = None,  # noqa: ANN001
+                  with_sd: bool = False, with_n: bool = False, pdf: bool = False) -> tuple[list[Path], str | None]:
+    """The CLI's wide/prism export and report: (files written, model version)."""
+    from nscmonitor.commands import active_version
+    from nscmonitor.store.repo import Repo
+
+    repo = Repo(engine)
+    active = active_version(settings)
+    if kind == "wide":
+        from nscmonitor.report.wide import export_wide
+
+        return export_wide(repo, experiment, out, sep=sep or "tab", with_sd=with_sd, with_n=with_n, active=active)
+    if kind == "prism":
+        from nscmonitor.report.prism import export_prism
+
+        return export_prism(repo, experiment, out, sep=sep or "comma", active=active)
+    from nscmonitor.report.browser import print_pdf
+    from nscmonitor.report.html import write_report
+    from nscmonitor.report.tables import experiment_grids
+
+    _, version, _ = experiment_grids(repo, experiment, None, active)
+    paths = [write_report(repo, experiment, out, active=active)]
+    if pdf:
+        paths.append(print_pdf(out, out.with_suffix(".pdf")))
+    return paths, version
+
+
 class ExportDialog(QDialog):
     def __init__(self, reader: Reader, engine, settings, experiments: list[str], current: str | None,  # noqa: ANN001
                  readout_counts: dict[str, int], parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setWindowTitle("Export CSV reports")
+        self.setWindowTitle("Export readouts and reports")
         self.reader, self.engine, self.settings = reader, engine, settings
         self.counts = readout_counts
         self.result: tuple | None = None
@@ -53,16 +87,30 @@ class ExportDialog(QDialog):
         if current in experiments:
             self.experiment.setCurrentText(current)
         form.addRow("Experiment", self.experiment)
+        self.kind = QComboBox()
+        for _, label, _ in FORMATS:
+            self.kind.addItem(label)
+        self.kind.currentIndexChanged.connect(self._kind_changed)
+        form.addRow("Format", self.kind)
         row = QHBoxLayout()
         self.path = QLineEdit(str(Path.cwd() / f"{current or 'experiment'}_readouts.csv"))
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
         row.addWidget(self.path, 1)
         row.addWidget(browse)
-        form.addRow("Readouts CSV", row)
+        form.addRow("File", row)
         self.per_image = QCheckBox("also the per-image CSV beside it (…_images.csv)")
         self.per_image.setChecked(True)
         form.addRow("", self.per_image)
+        self.sep = QComboBox()
+        self.sep.addItems(["tab", "comma"])
+        form.addRow("Separator", self.sep)
+        self.with_sd = QCheckBox("sd column (across fields) after each well")
+        self.with_n = QCheckBox("n column (images scored) after each well")
+        form.addRow("", self.with_sd)
+        form.addRow("", self.with_n)
+        self.pdf = QCheckBox("also the PDF (needs Chromium or Chrome)")
+        form.addRow("", self.pdf)
         lay.addLayout(form)
         self.progress = QProgressBar()
         self.progress.setVisible(False)
@@ -75,9 +123,29 @@ class ExportDialog(QDialog):
         self.export_btn.clicked.connect(self.start)
         self.buttons.rejected.connect(self.reject)
         lay.addWidget(self.buttons)
+        self._kind_changed()
+
+    def format(self) -> str:
+        return FORMATS[max(0, self.kind.currentIndex())][0]
+
+    def set_format(self, kind: str) -> None:
+        self.kind.setCurrentIndex([k for k, _, _ in FORMATS].index(kind))
+
+    def _kind_changed(self) -> None:
+        kind = self.format()
+        suffix = next(s for k, _, s in FORMATS if k == kind)
+        self.path.setText(str(Path(self.path.text()).with_suffix(suffix)))
+        self.sep.setCurrentText("tab" if kind == "wide" else "comma")
+        for w, on in ((self.per_image, kind == "tidy"), (self.sep, kind in ("wide", "prism")),
+                      (self.with_sd, kind == "wide"), (self.with_n, kind == "wide"), (self.pdf, kind == "report")):
+            w.setEnabled(on)
+        self.message.setText({"tidy": "One row per well × time point × class, as 'nscmonitor export' writes it.",
+                              "wide": "One sheet per plate and readout, named after the file: <name>_prob_neuron.txt …",
+                              "prism": "One table per plate and readout, named after the file: <name>_prob_neuron.csv …",
+                              "report": "One self-contained HTML file, as 'nscmonitor report' writes it."}[kind])
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Readouts CSV", self.path.text(), "CSV (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(self, "Export to", self.path.text())
         if path:
             self.path.setText(path)
 
@@ -90,6 +158,13 @@ class ExportDialog(QDialog):
         self.progress.setRange(0, total)
         self.progress.setValue(0)
         self.message.setText(f"Exporting {exp} …")
+        kind = self.format()
+        if kind != "tidy":
+            self.progress.setRange(0, 0)
+            self.reader.submit(export_sheets, self.engine, self.settings, exp, out, kind, sep=self.sep.currentText(),
+                               with_sd=self.with_sd.isChecked(), with_n=self.with_n.isChecked(),
+                               pdf=self.pdf.isChecked(), done=self._done_files, failed=self._failed)
+            return
         self.reader.submit(export_csv, self.engine, self.settings, exp, out, self.per_image.isChecked(), total=total,
                            progress=lambda d, t: self.progress.setValue(min(d, t)), done=self._done,
                            failed=self._failed)
@@ -101,6 +176,15 @@ class ExportDialog(QDialog):
         self.progress.setValue(self.progress.maximum())
         self.message.setText(f"Wrote {n} readout rows (model {version or 'none'}) to {self.path.text()}"
                              + (f" and {k} image rows to {img_path}" if img_path else "") + ".")
+
+    def _done_files(self, result: tuple[list[Path], str | None]) -> None:
+        self.result = result
+        paths, version = result
+        self.export_btn.setEnabled(True)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        names = ", ".join(p.name for p in paths[:4]) + (f" … ({len(paths)} files)" if len(paths) > 4 else "")
+        self.message.setText(f"Wrote {names} (model {version or 'none'}) in {paths[0].parent if paths else '-'}.")
 
     def _failed(self, msg: str) -> None:
         self.export_btn.setEnabled(True)

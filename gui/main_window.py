@@ -232,7 +232,7 @@ class MainWindow(QMainWindow):
         self.reader.busy_changed.connect(lambda n: self.busy.setVisible(n > 0))
 
         menu = self.menuBar().addMenu("&File")
-        for text, slot, key in (("Export CSV reports…", self.open_export, "Ctrl+E"),
+        for text, slot, key in (("Export readouts and reports…", self.open_export, "Ctrl+E"),
                                 ("Save plate map as PNG/SVG…", self._save_map, None),
                                 ("Save time courses as PNG/SVG…", self._save_plots, None),
                                 ("Refresh now", self.refresh, "F5"), ("Quit", self.close, "Ctrl+Q")):

@@ -1,5 +1,5 @@
-"""Pure verdicts for the browser and status panel: is an experiment still acquiring, is the
-daemon alive. Time is passed in so tests drive it."""
+"""Pure verdicts for the browser and status panel: is an experiment acquiring, idle, finished
+or left without a running daemon, is the daemon alive. Time is passed in so tests drive it."""
 
 from __future__ import annotations
 
@@ -32,14 +32,23 @@ def _same_folder(a: str, b: str) -> bool:
 
 
 def experiment_state(last_image_at: datetime | None, now: datetime, *, watch_path: str | None,
-                     watched_by_live_daemon: list[str], recent_min: float = RECENT_MIN) -> str:
-    """'acquiring' when an image arrived in the last ``recent_min`` minutes or a live daemon
-    watches the experiment's folder (a slow time-lapse can go hours between scans);
-    otherwise 'finished'. 'empty' before the first image."""
-    if watch_path and any(_same_folder(watch_path, p) for p in watched_by_live_daemon):
-        return "acquiring"
+                     watched_by_live_daemon: list[str], pending: int = 0, recent_min: float = RECENT_MIN) -> str:
+    """What the plate list says, following the daemon so it never contradicts the status bar:
+
+    - 'acquiring': a live daemon watches the experiment's folder and an image arrived in the
+      last ``recent_min`` minutes;
+    - 'idle': a live daemon watches it but nothing arrived lately (between the scans of a slow
+      time-lapse);
+    - 'daemon stopped': no live daemon watches it while images are waiting to be scored or
+      arrived lately (acquisition may go on with nobody scoring);
+    - 'finished': no live daemon, nothing waiting, nothing recent;
+    - 'empty': no image yet and no live daemon watching."""
+    watched = bool(watch_path) and any(_same_folder(watch_path, p) for p in watched_by_live_daemon)
+    recent = last_image_at is not None and (now - last_image_at).total_seconds() <= recent_min * 60
+    if watched:
+        return "acquiring" if recent else "idle"
     if last_image_at is None:
         return "empty"
-    if (now - last_image_at).total_seconds() <= recent_min * 60:
-        return "acquiring"
+    if pending > 0 or recent:
+        return "daemon stopped"
     return "finished"

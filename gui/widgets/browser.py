@@ -1,4 +1,4 @@
-"""Experiments and plates in the store, with whether each is still acquiring."""
+"""Experiments and plates in the store, with each one's state: acquiring, idle, finished or daemon stopped."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from nscmonitor.gui.state.status import experiment_state
 from nscmonitor.store.dashboard import ExperimentOverview, PlateInfo
 
 COLUMNS = ["experiment / plate", "status", "last image (UTC)", "images", "scored", "QC failed", "quarantined"]
-STATE_COLORS = {"acquiring": QColor(0, 120, 0), "finished": QColor(60, 60, 60), "empty": QColor(150, 150, 150)}
+STATE_COLORS = {"acquiring": QColor(0, 120, 0), "idle": QColor(0, 90, 160), "finished": QColor(60, 60, 60),
+                "daemon stopped": QColor(180, 0, 30), "empty": QColor(150, 150, 150)}
 
 
 class ExperimentBrowser(QWidget):
@@ -42,7 +43,8 @@ class ExperimentBrowser(QWidget):
         self.tree.clear()
         self._items = {}
         for e in exps:
-            state = experiment_state(e.last_image_at, now, watch_path=e.watch_path, watched_by_live_daemon=live_watched)
+            state = experiment_state(e.last_image_at, now, watch_path=e.watch_path, watched_by_live_daemon=live_watched,
+                                     pending=e.n_pending)
             self.states[e.name] = state
             last = e.last_image_at.strftime("%Y-%m-%d %H:%M") if e.last_image_at else "—"
             item = QTreeWidgetItem([e.name, state, last, str(e.n_images), str(e.n_done), str(e.n_qc_failed),

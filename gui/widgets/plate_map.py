@@ -12,10 +12,11 @@ from collections.abc import Callable
 
 import numpy as np
 from PySide6.QtCore import QPoint, QPointF, QRect, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QFont, QLinearGradient, QMouseEvent, QPainter, QPen
-from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
+from PySide6.QtGui import QBrush, QColor, QContextMenuEvent, QFont, QLinearGradient, QMouseEvent, QPainter, QPen
+from PySide6.QtWidgets import QMenu, QSizePolicy, QToolTip, QWidget
 
 from nscmonitor.domain import PLATE_SHAPES, well_name
+from nscmonitor.gui.widgets.chart_menu import add_save_actions
 from nscmonitor.gui.widgets.colors import ValueColormap, condition_color
 
 
@@ -266,6 +267,19 @@ class PlateMap(QWidget):
             p.drawText(QRectF(x + 22, y, col_w - 26, 17), Qt.AlignmentFlag.AlignVCenter, cond)
 
     # --- interaction ----------------------------------------------------------------------------
+    def context_menu(self) -> QMenu:
+        """Save the plate map as PNG or SVG (the chart's own context menu, like the time courses)."""
+        from nscmonitor.gui.export_dialog import save_widget
+
+        menu = QMenu(self)
+        add_save_actions(menu, self, lambda p: save_widget(self, p), lambda: "plate_map")
+        return menu
+
+    def contextMenuEvent(self, e: QContextMenuEvent) -> None:  # noqa: N802 - Qt API
+        menu = self.context_menu()
+        menu.exec(e.globalPos())
+        menu.deleteLater()
+
     def mousePressEvent(self, e: QMouseEvent) -> None:  # noqa: N802 - Qt API
         if e.button() == Qt.MouseButton.LeftButton:
             self._drag_from = e.position().toPoint()

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidg
 
 from nscmonitor.gui.state.readouts import (PlateCube, class_series, condition_series, confident_call, mean_over_wells,
                                            metric_series, metrics_for)
+from nscmonitor.gui.widgets.chart_menu import add_save_actions
 from nscmonitor.gui.widgets.colors import class_color, condition_color
 
 pg.setConfigOptions(antialias=True, background="w", foreground="k")
@@ -32,6 +33,7 @@ class TimeCourse(QWidget):
         self.threshold = 0.6
         self.curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.calls: dict[str, object] = {}
+        self.bands: dict[str, pg.FillBetweenItem] = {}  # same keys as curves: the sd band drawn
         self.cond_keys: list[str] = []  # combo values kept in Python (see MainWindow._metrics)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
@@ -52,6 +54,7 @@ class TimeCourse(QWidget):
         self.cond_plot = pg.PlotWidget()
         for plot, title in ((self.well_plot, "Selected wells"), (self.cond_plot, "Conditions")):
             pi = plot.getPlotItem()
+            self._save_menu(plot, "time_course_wells" if plot is self.well_plot else "time_course_conditions")
             pi.setTitle(title)
             pi.setLabel("bottom", "Time since induction", units="h")
             pi.showGrid(x=True, y=True, alpha=0.2)
@@ -61,6 +64,12 @@ class TimeCourse(QWidget):
         self.call_label.setWordWrap(True)
         self.call_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay.addWidget(self.call_label)
+
+    def _save_menu(self, plot: pg.PlotWidget, name: str) -> None:
+        """Save actions in the plot's own context menu (pyqtgraph's ViewBox menu)."""
+        from nscmonitor.gui.export_dialog import save_plot
+
+        add_save_actions(plot.getPlotItem().getViewBox().menu, self, lambda p: save_plot(plot, p), lambda: name)
 
     # --- inputs --------------------------------------------------------------------------
     def condition_metric(self) -> str | None:
@@ -97,6 +106,7 @@ class TimeCourse(QWidget):
     def redraw(self) -> None:
         self.curves.clear()
         self.calls.clear()
+        self.bands.clear()
         for plot in (self.well_plot, self.cond_plot):
             plot.clear()
         cube = self.cube
@@ -139,7 +149,7 @@ class TimeCourse(QWidget):
             color = class_color(cls, k)
             xs, ys = _nan_break(x, y)
             self.curves[cls] = (xs, ys)
-            self._band(pi, x, y, band, color)
+            self._band(pi, x, y, band, color, cls)
             pi.plot(xs, ys, pen=pg.mkPen(color, width=2), symbol="o", symbolSize=4, symbolBrush=color,
                     symbolPen=None, name=cls)
         if which != "prob":
@@ -169,7 +179,7 @@ class TimeCourse(QWidget):
             color = condition_color(i)
             xs, ys = _nan_break(x, s.mean)
             self.curves[f"condition:{s.condition}"] = (xs, ys)
-            self._band(pi, x, s.mean, s.sd, color)
+            self._band(pi, x, s.mean, s.sd, color, f"condition:{s.condition}")
             label = f"{i + 1}. {s.condition}" if s.condition in order else s.condition
             pi.plot(xs, ys, pen=pg.mkPen(color, width=2), name=f"{label} (n={len(s.wells)})")
             probs = mean_over_wells(cube, s.wells)
@@ -182,14 +192,18 @@ class TimeCourse(QWidget):
                 calls.append(f"{s.condition} → {call.cls} from {call.elapsed_h:.0f} h")
         return ("Condition calls (★): " + "; ".join(calls) + ".") if calls else ""
 
-    @staticmethod
-    def _band(pi: pg.PlotItem, x: np.ndarray, y: np.ndarray, sd: np.ndarray, color: tuple[int, int, int]) -> None:
+    def _band(self, pi: pg.PlotItem, x: np.ndarray, y: np.ndarray, sd: np.ndarray, color: tuple[int, int, int],
+              name: str) -> None:
+        """Shaded mean ± sd. The edges are PlotCurveItems: a PlotDataItem drawn without a pen
+        keeps no path, so a FillBetweenItem between two of them filled nothing."""
         ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(sd)
         if ok.sum() < 2:
             return
-        lo = pg.PlotDataItem(x[ok], (y - sd)[ok], pen=None)
-        hi = pg.PlotDataItem(x[ok], (y + sd)[ok], pen=None)
-        pi.addItem(pg.FillBetweenItem(lo, hi, brush=pg.mkBrush(*color, 50)))
+        lo = pg.PlotCurveItem(x[ok], (y - sd)[ok])
+        hi = pg.PlotCurveItem(x[ok], (y + sd)[ok])
+        fill = pg.FillBetweenItem(lo, hi, brush=pg.mkBrush(*color, 60))
+        self.bands[name] = fill
+        pi.addItem(fill)
 
     def _call_marker(self, pi: pg.PlotItem, call, color: tuple[int, int, int]) -> None:  # noqa: ANN001
         line = pg.InfiniteLine(pos=call.elapsed_h, angle=90, pen=pg.mkPen(color, width=1.5, style=Qt.PenStyle.DashLine),

@@ -172,7 +172,7 @@ def test_status_panel_shows_a_quarantined_files_reason(window, lab: Lab, qtbot) 
     panel.errors.selectRow(row)
     assert str(bad) in panel.detail.toPlainText() and "quarantined" in panel.detail.toPlainText()
     assert "not running" in panel.daemon.text()  # the runner stopped: its heartbeat says so
-    assert window.browser.state_of("E1") == "acquiring"  # images arrived minutes ago
+    assert window.browser.state_of("E1") == "daemon stopped"  # images arrived minutes ago, nobody scores now
 
 
 def test_image_view_overlays_the_stored_tiles_on_the_grid(window, lab: Lab, qtbot) -> None:  # noqa: ANN001

@@ -98,11 +98,19 @@ def test_nearest_time_keeps_the_slider_on_the_same_hour() -> None:
 
 def test_experiment_state_and_daemon_alive() -> None:
     now = datetime(2025, 1, 1, 12, tzinfo=timezone.utc)
-    assert experiment_state(now - timedelta(minutes=5), now, watch_path="/d/x", watched_by_live_daemon=[]) == "acquiring"
+    live = ["/d/x/"]
+    # the state follows the daemon: never 'acquiring' while no daemon runs
+    assert experiment_state(now - timedelta(minutes=5), now, watch_path="/d/x", watched_by_live_daemon=live) == "acquiring"
+    assert experiment_state(now - timedelta(hours=5), now, watch_path="/d/x", watched_by_live_daemon=live) == "idle"
+    assert experiment_state(now - timedelta(minutes=5), now, watch_path="/d/x",
+                            watched_by_live_daemon=[]) == "daemon stopped"
+    assert experiment_state(now - timedelta(hours=5), now, watch_path="/d/x", watched_by_live_daemon=[],
+                            pending=3) == "daemon stopped"
     assert experiment_state(now - timedelta(hours=5), now, watch_path="/d/x", watched_by_live_daemon=[]) == "finished"
-    assert experiment_state(now - timedelta(hours=5), now, watch_path="/d/x",
-                            watched_by_live_daemon=["/d/x/"]) == "acquiring"
+    assert experiment_state(now - timedelta(minutes=5), now, watch_path="/d/y", watched_by_live_daemon=live) == \
+        "daemon stopped", "a daemon watching another folder does not count"
     assert experiment_state(None, now, watch_path=None, watched_by_live_daemon=[]) == "empty"
+    assert experiment_state(None, now, watch_path="/d/x", watched_by_live_daemon=live) == "idle"
     assert daemon_alive(now - timedelta(seconds=30), "running", now)
     assert not daemon_alive(now - timedelta(seconds=600), "running", now)
     assert not daemon_alive(now, "stopped", now)
