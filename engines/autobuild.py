@@ -536,17 +536,22 @@ def needed(model_path: str | Path, calibration_dir: str | Path | None = None) ->
     return action, cal
 
 
+def _recorded_no_calibration(model_path: Path, cal: str | Path | None) -> bool:
+    """A model with nothing to calibrate with gets its record at once, without a child."""
+    fp = fingerprint(model_path, calibration_dir=cal)
+    if fp.calibration_sha256 is not None:
+        return False
+    write_status(model_path, EngineStatus("no-calibration", asdict(fp), target=plan(
+        tensorrt_gpu=has_tensorrt_gpu(), openvino=has_openvino())[0], reason=NO_CALIBRATION,
+        started_at=_now(), finished_at=_now(), build_seconds=0.0))
+    return True
+
+
 def start(model_path: str | Path, *, threads: int = 0) -> subprocess.Popen | None:
     """Start a background build when this model has no current engine outcome here; returns
     the process (for the caller to reap) or None when nothing had to start."""
     action, cal = needed(model_path)
-    if action != "build":
-        return None
-    fp = fingerprint(model_path, calibration_dir=cal)
-    if fp.calibration_sha256 is None:  # nothing to calibrate with: say so without a child process
-        write_status(model_path, EngineStatus("no-calibration", asdict(fp), target=plan(
-            tensorrt_gpu=has_tensorrt_gpu(), openvino=has_openvino())[0], reason=NO_CALIBRATION,
-            started_at=_now(), finished_at=_now(), build_seconds=0.0))
+    if action != "build" or _recorded_no_calibration(model_path, cal):
         return None
     log.info("no engine for %s on this machine: building one in the background (log: %s)", model_path,
              log_path(model_path))
@@ -564,7 +569,7 @@ def ensure(model_path: str | Path, *, calibration_dir: str | Path | None = None,
         log.info("an engine build for %s is already running; waiting for it", model_path)
         while build_running(model_path):
             time.sleep(0.5)
-    elif action == "build":
+    elif action == "build" and not _recorded_no_calibration(model_path, cal):
         if quiet:
             spawn(model_path, wait=False, calibration_dir=cal, threads=threads).wait()
         else:

@@ -247,3 +247,30 @@ def test_a_torn_status_file_means_rebuild_not_crash(tmp_path: Path) -> None:
     assert autobuild.read_status(model) is None
     assert autobuild.summary(model)["state"] == "none"
     np.testing.assert_equal(autobuild.token(model), None)
+
+
+
+def test_a_model_from_elsewhere_is_served_fp32_until_given_a_calibration_set(tmp_path: Path, capsys) -> None:
+    from nscmonitor.engines.tiny import build_tiny_classifier
+
+    cfg = config(tmp_path, tmp_path / "watch")
+    bare = tmp_path / "elsewhere" / "model.onnx"
+    confident_tiny(bare)
+    assert main(["--config", str(cfg), "models", "register", str(bare)]) == 0
+    assert "no calibration set" in capsys.readouterr().out
+    settings = load_settings(cfg, env={})
+    first = Registry(settings.models_dir, make_engine(settings.database_url)).active()
+    assert autobuild.read_status(first.path).state == "no-calibration"
+    assert not autobuild.log_path(first.path).exists(), "no build process was needed to say so"
+
+    other = tmp_path / "elsewhere2" / "model.onnx"
+    build_tiny_classifier(other, weights={"fc_w": np.random.default_rng(100).normal(0, 3.0, (8, 4))},
+                          version="from-elsewhere")  # confident_tiny's weights under another version
+    assert main(["--config", str(cfg), "models", "register", str(other), "--calibration",
+                 str(write_tiles(tmp_path / "tiles"))]) == 0
+    assert "int8 for" in capsys.readouterr().out
+    second = next(v for v in Registry(settings.models_dir, make_engine(settings.database_url)).list()
+                  if v.version != first.version)
+    status = autobuild.read_status(second.path)
+    assert status.state == "ready" and status.engine.endswith("-int8")
+    assert status.calibration_source.endswith("calibration.npz")
