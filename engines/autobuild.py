@@ -590,7 +590,7 @@ def describe(status: EngineStatus | None, version: str | None = None) -> str:
     if status is None:
         return f"no engine built{of} on this machine yet"
     if status.state == "building":
-        return f"building {status.target}{of} since {status.started_at}; fp32 serves meanwhile"
+        return f"building {status.target}{of} since {status.started_at}; scoring goes on with the engine in use"
     if status.state == "ready":
         secs = f", built in {status.build_seconds:.0f} s" if status.build_seconds is not None else ""
         gate = gate_text(status.gate)
@@ -604,6 +604,9 @@ def summary(model_path: str | Path, version: str | None = None) -> dict[str, Any
     running = build_running(model_path)
     out: dict[str, Any] = {"state": "building" if running else (st.state if st else "none"),
                            "message": describe(st, version)}
+    if running and (st is None or st.state != "building"):  # started, its record not written yet
+        out["message"] = f"building an engine{' for ' + version if version else ''} on this machine; scoring " \
+                         "goes on with the engine in use"
     if st is not None:
         out.update({k: v for k, v in st.to_dict().items() if k in (
             "engine", "precision", "gate", "reason", "build_seconds", "started_at", "finished_at", "target")})

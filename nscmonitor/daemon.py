@@ -155,7 +155,7 @@ class DaemonEngineBuilds:
         if info["state"] in ("none", "interrupted") and proc is not None and proc.poll() is None:
             # the build just started and has not written its record yet
             info = {"state": "building", "message": f"building an engine for {version} in the background; "
-                                                    "fp32 serves meanwhile"}
+                                                    "scoring goes on with the engine in use"}
         return info
 
 
