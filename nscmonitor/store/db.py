@@ -63,7 +63,7 @@ def check_database_path(path: Path) -> None:
                               "writes its -wal and -shm files beside the database")
 
 
-def _create_engine(url: str, **kw) -> Engine:  # noqa: ANN003
+def create_engine_checked(url: str, **kw) -> Engine:  # noqa: ANN003
     """A URL whose driver is not installed fails here with the package to install."""
     try:
         return create_engine(url, **kw)
@@ -91,10 +91,10 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
         if readonly:
             if path.is_dir():
                 raise UserFacingError(f"database_url: {path} is a folder, not a database file")
-            engine = _create_engine(url, creator=_readonly_connect(path))  # the URL names the file for messages
+            engine = create_engine_checked(url, creator=_readonly_connect(path))  # the URL names the file for messages
         else:
             check_database_path(path)
-            engine = _create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            engine = create_engine_checked(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API objects
@@ -109,7 +109,7 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
             cur.close()
 
         return engine
-    return _create_engine(url, pool_pre_ping=True)
+    return create_engine_checked(url, pool_pre_ping=True)
 
 
 def open_readonly(url: str) -> Engine:

@@ -130,10 +130,12 @@ def acquire_file_lock(db_file: Path) -> InstanceLock:
 
 
 def acquire_pg_lock(url: str) -> InstanceLock:
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
     from sqlalchemy.pool import NullPool
 
-    engine = create_engine(url, poolclass=NullPool)
+    from nscmonitor.store.db import create_engine_checked
+
+    engine = create_engine_checked(url, poolclass=NullPool)
     conn = engine.connect()
     got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PG_LOCK_KEY}).scalar()
     conn.commit()

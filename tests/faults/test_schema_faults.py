@@ -53,7 +53,6 @@ def _at_head_matching_models(url: str) -> None:
 
 
 @pytest.mark.parametrize(("command_line", "kill_at"), [("db upgrade", "CREATE TABLE wells"),
-                                                       ("run --once", "CREATE INDEX ix_images_updated"),
                                                        ("run --once", "CREATE TABLE schedule_state")])
 def test_sigkill_during_first_schema_creation_leaves_nothing_half_built(
         tmp_path: Path, tiny_model: Path, command_line: str, kill_at: str) -> None:
