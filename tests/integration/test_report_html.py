@@ -5,6 +5,7 @@ The browser tests skip with the reason where no Chromium is installed; CI instal
 from __future__ import annotations
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import pytest
 from conftest import cells_image, write_tiff
 
 WELLS = {"A1": "BDNF", "A2": "BDNF", "B1": "control", "B2": "control", "C1": "<b>CNTF</b> & co"}
+VALIDATION = {"0-24h": {"n": 40, "accuracy": 0.6125, "balanced_accuracy": 0.5375},
+              "48-72h": {"n": 38, "accuracy": 0.9737, "balanced_accuracy": 0.9712}}
 
 
 class _Page(HTMLParser):
@@ -73,9 +76,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     from conftest import settings_for
 
+    from nscmonitor.registry.registry import Registry
+    from nscmonitor.store.db import ensure_schema, make_engine
+
     tmp = tmp_path_factory.mktemp("report")
-    model = tmp / "models" / "tiny.onnx"
-    build_tiny_classifier(model, input_size=32)
+    run = tmp / "run"
+    build_tiny_classifier(run / "model.onnx", input_size=32)
+    (run / "metrics.json").write_text(json.dumps({"well": {"by_time": VALIDATION}}))
     watch = tmp / "watch"
     for well in WELLS:
         for field in (1, 2):
@@ -85,8 +92,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     pm = tmp / "map.csv"
     with pm.open("w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([["well", "condition"], *WELLS.items()])
-    runner = build_runner(settings_for(tmp, watch, plate_map=str(pm)), model=model, retry_base_s=0.05,
-                          poll_interval=0.2)
+    settings = settings_for(tmp, watch, plate_map=str(pm))
+    engine = make_engine(settings.database_url)
+    ensure_schema(engine)
+    Registry(settings.models_dir, engine).register(run)  # the first version becomes the active one
+    engine.dispose()
+    runner = build_runner(settings, retry_base_s=0.05, poll_interval=0.2)  # serves the registry's active model
     try:
         runner.run(once=True)
     finally:
@@ -139,6 +150,23 @@ def test_report_numbers_match_the_csv(store: str, report: Path, tmp_path: Path) 
     assert cond["C01"] == "<b>CNTF</b> & co", "conditions are shown as text, never as markup"
 
 
+def test_report_provenance(store: str, report: Path) -> None:
+    import sqlite3
+
+    html = report.read_text(encoding="utf-8")
+    prov = html[html.index('<section id="provenance">'):]
+    with sqlite3.connect(store.removeprefix("sqlite:///")) as c:
+        version, = c.execute("select version from model_versions where state = 'active'").fetchone()
+        engines = dict(c.execute("select engine, count(*) from predictions where model_version = ? group by engine",
+                                 (version,)).fetchall())
+    assert f"<td>{version}</td>" in prov
+    for engine, n in engines.items():
+        assert f"{engine} ({n} images)" in prov
+    for hours, row in VALIDATION.items():
+        assert f"<td>{hours}</td><td class=num>{row['n']}</td><td class=num>{row['accuracy']:.3f}</td>" in prov
+
+
+@pytest.mark.slow
 def test_report_in_headless_chromium(report: Path, tmp_path: Path) -> None:
     from PIL import Image
 
@@ -179,6 +207,7 @@ def test_console_check_catches_a_broken_page(tmp_path: Path) -> None:
     assert any("boom" in line for line in console_errors(r.stderr)), r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_report_pdf(store: str, tmp_path: Path) -> None:
     from nscmonitor.report.browser import find_browser
 
