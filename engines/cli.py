@@ -127,7 +127,12 @@ def cmd_autobuild(args: argparse.Namespace) -> int:
         raise UserFacingError(f"model file not found: {model}")
     console = Console(stderr=True)
     lock = ab.BuildLock(ab.lock_path(model))
-    if not lock.acquire():
+    try:
+        got = lock.acquire()
+    except OSError as exc:
+        raise UserFacingError(f"cannot build beside {model}: {exc} (the engine lives in the model's folder, "
+                              "which must be writable)") from exc
+    if not got:
         console.print(f"another build of {model} is running; waiting for it")
         while not lock.acquire():
             time.sleep(0.5)
