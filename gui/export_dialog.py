@@ -63,10 +63,9 @@ def export_sheets(engine, settings, experiment: str, out: Path, kind: str, *, se
         return export_prism(repo, experiment, out, sep=sep or "comma", active=active)
     from nscmonitor.report.browser import print_pdf
     from nscmonitor.report.html import write_report
-    from nscmonitor.report.tables import experiment_grids
 
-    _, version, _ = experiment_grids(repo, experiment, None, active)
-    paths = [write_report(repo, experiment, out, active=active)]
+    html, version = write_report(repo, experiment, out, active=active)
+    paths = [html]
     if pdf:
         paths.append(print_pdf(out, out.with_suffix(".pdf")))
     return paths, version

@@ -285,9 +285,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     s = settings_from(args)
     repo = Repo(open_readonly(s.database_url))
     out = Path(args.output)
-    write_report(repo, args.experiment, out, times=args.times, model_version=args.model_version,
-                 active=active_version(s), threshold=args.threshold)
-    print(f"wrote {out}")
+    _, version = write_report(repo, args.experiment, out, times=args.times, model_version=args.model_version,
+                              active=active_version(s), threshold=args.threshold)
+    print(f"wrote {out} (model {version or 'none'})")
     if args.pdf:
         if find_browser() is None:
             print(f"nscmonitor: {NO_BROWSER}", file=sys.stderr)

@@ -264,7 +264,8 @@ def _provenance(version: str | None, meta: dict, by_time: dict, source: str, sum
 
 def build_report(repo: Repo, experiment: str, *, times: Sequence[float] | None = None,
                  model_version: str | None = None, active: Callable[[], str | None] | None = None,
-                 threshold: float = 0.6, generated_at: datetime | None = None) -> str:
+                 threshold: float = 0.6, generated_at: datetime | None = None) -> tuple[str, str | None]:
+    """(the page, the model version it shows)."""
     exp_id, version, grids = experiment_grids(repo, experiment, model_version, active)
     summary = image_summary(repo, exp_id, version)
     meta, by_time, source = _validation(repo, version)
@@ -298,13 +299,13 @@ def build_report(repo: Repo, experiment: str, *, times: Sequence[float] | None =
                 + "</section>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{escape(experiment)}: nscmonitor report</title><style>{CSS}</style></head><body>"
-            + "\n".join(body) + "</body></html>\n")
+            + "\n".join(body) + "</body></html>\n"), version
 
 
-def write_report(repo: Repo, experiment: str, out: Path, **kw) -> Path:  # noqa: ANN003
-    html = build_report(repo, experiment, **kw)
+def write_report(repo: Repo, experiment: str, out: Path, **kw) -> tuple[Path, str | None]:  # noqa: ANN003
+    html, version = build_report(repo, experiment, **kw)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     tmp.write_text(html, encoding="utf-8")
     os.replace(tmp, out)
-    return out
+    return out, version

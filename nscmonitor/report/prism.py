@@ -4,7 +4,7 @@ table with replicate sub-columns, pasted as it is).
 
 Header rows above the numbers: the condition of each column, one row per extra plate-map
 column (dose, cell line, ...), then ``Elapsed (h)`` and the well names. Reading back with
-pandas: ``header=list(range(n_header_rows))``. Strings are formula-escaped.
+pandas: ``header=list(range(header_rows(grid)))``. Strings are formula-escaped.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from nscmonitor.report.export import _num, escape
+from nscmonitor.report.export import _num, attribute_columns, escape
 from nscmonitor.report.tables import PlateGrid, experiment_grids
 from nscmonitor.report.wide import wide_path, write_rows
 from nscmonitor.store.repo import Repo
@@ -34,8 +34,9 @@ def prism_rows(grid: PlateGrid, readout: str) -> list[list[object]]:
     groups = condition_columns(grid)
     order = [i for _, idx in groups for i in idx]
     rows: list[list[object]] = [["condition"] + [escape(c) for c, idx in groups for _ in idx]]
-    for a in grid.attribute_names:
-        rows.append([escape(a)] + [escape(grid.wells[i].attributes.get(a, "")) for i in order])
+    attrs = {(grid.plate, w.name): w.attributes for w in grid.wells}
+    for a, header in attribute_columns(attrs, ["condition", X_LABEL]):
+        rows.append([escape(header)] + [escape(grid.wells[i].attributes.get(a, "")) for i in order])
     rows.append([X_LABEL] + [grid.wells[i].name for i in order])
     for t in range(len(grid.time_keys)):
         rows.append([_num(float(grid.elapsed_h[t]))] + [_num(float(values[t, i])) for i in order])

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from nscmonitor.report.export import _atomic_writer, _num, escape
+from nscmonitor.report.export import _atomic_writer, _num, attribute_columns, escape
 from nscmonitor.report.tables import PlateGrid, experiment_grids, readout_label, readout_slug
 from nscmonitor.store.repo import Repo
 
@@ -60,8 +60,9 @@ def sheet_rows(grid: PlateGrid, readout: str, *, with_sd: bool = False, with_n: 
         ["Plate Map", ""] + spread(names),
         ["condition", ""] + spread([w.condition or "" for w in grid.wells]),
     ]
-    for a in grid.attribute_names:
-        rows.append([escape(a), ""] + spread([w.attributes.get(a, "") for w in grid.wells]))
+    attrs = {(grid.plate, w.name): w.attributes for w in grid.wells}
+    for a, header in attribute_columns(attrs, ["Plate Map", "condition"]):
+        rows.append([escape(header), ""] + spread([w.attributes.get(a, "") for w in grid.wells]))
     rows.append([])
     rows.append([TABLE_START, "Elapsed"] + cols)
     for t in range(len(grid.time_keys)):
