@@ -54,5 +54,5 @@ def export_prism(repo: Repo, experiment: str, out: Path, *, readouts: list[str] 
     written = []
     for g in grids:
         for r in readouts or g.readouts():
-            written.append(write_rows(prism_rows(g, r), wide_path(out, g.plate, r, len(grids)), sep))
+            written.append(write_rows(prism_rows(g, r), wide_path(out, g.plate, r, len(grids), ".csv"), sep))
     return written, version

@@ -77,11 +77,11 @@ def sheet_rows(grid: PlateGrid, readout: str, *, with_sd: bool = False, with_n: 
     return rows
 
 
-def wide_path(out: Path, plate: str, readout: str, n_plates: int) -> Path:
+def wide_path(out: Path, plate: str, readout: str, n_plates: int, default_suffix: str = ".txt") -> Path:
     """``report.txt`` -> ``report_prob_neuron.txt`` (``report_<plate>_prob_neuron.txt`` for several plates)."""
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in plate)
     mid = f"_{safe}" if n_plates > 1 else ""
-    return out.with_name(f"{out.stem}{mid}_{readout_slug(readout)}{out.suffix or '.txt'}")
+    return out.with_name(f"{out.stem}{mid}_{readout_slug(readout)}{out.suffix or default_suffix}")
 
 
 def write_rows(rows: list[list[object]], path: Path, sep: str) -> Path:
