@@ -17,7 +17,7 @@ from nscmonitor.errors import UserFacingError
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome", "msedge")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars", "--allow-file-access-from-files")
+         "--disable-dev-shm-usage", "--hide-scrollbars")
 NO_BROWSER = ("no Chromium/Chrome found on PATH for the PDF (Debian/Ubuntu: sudo apt-get install chromium); "
               "the HTML report is written and can be printed to PDF from any browser")
 
