@@ -15,6 +15,7 @@ from datetime import datetime
 import numpy as np
 
 from nscmonitor.errors import UserFacingError
+from nscmonitor.report.export import choose_version
 from nscmonitor.store.repo import Repo
 
 
@@ -118,8 +119,6 @@ def experiment_grids(repo: Repo, experiment: str, model_version: str | None = No
                      active=None) -> tuple[int, str | None, list[PlateGrid]]:  # noqa: ANN001
     """(experiment id, version used, grids): the same experiment lookup and version choice as
     the tidy export."""
-    from nscmonitor.report.export import choose_version
-
     exp_id = repo.experiment_id(experiment)
     if exp_id is None:
         names = ", ".join(e.name for e in repo.experiments()) or "none"
