@@ -4,12 +4,14 @@ its PDF), in a worker thread with progress, plus the plate map and plots as PNG 
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from pathlib import Path
 
 from PySide6.QtCore import QRectF, QSize
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
                                QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
+from nscmonitor.commands import hours_list
 from nscmonitor.gui.workers import Reader
 
 
@@ -46,7 +48,8 @@ FORMATS = (("tidy", "Tidy CSV (one row per well × time point × class)", ".csv"
 
 
 def export_sheets(engine, settings, experiment: str, out: Path, kind: str, *, sep: str | None = None,  # noqa: ANN001
-                  with_sd: bool = False, with_n: bool = False, pdf: bool = False) -> tuple[list[Path], str | None]:
+                  with_sd: bool = False, with_n: bool = False, pdf: bool = False,
+                  times: list[float] | None = None) -> tuple[list[Path], str | None]:
     """The CLI's wide/prism export and report: (files written, model version)."""
     from nscmonitor.commands import active_version
     from nscmonitor.store.repo import Repo
@@ -64,7 +67,7 @@ def export_sheets(engine, settings, experiment: str, out: Path, kind: str, *, se
     from nscmonitor.report.browser import print_pdf
     from nscmonitor.report.html import write_report
 
-    html, version = write_report(repo, experiment, out, active=active)
+    html, version = write_report(repo, experiment, out, active=active, times=times)
     paths = [html]
     if pdf:
         paths.append(print_pdf(out, out.with_suffix(".pdf")))
@@ -110,6 +113,9 @@ class ExportDialog(QDialog):
         form.addRow("", self.with_n)
         self.pdf = QCheckBox("also the PDF (needs Chromium or Chrome)")
         form.addRow("", self.pdf)
+        self.times = QLineEdit()
+        self.times.setPlaceholderText("e.g. 24, 48, 72 (default: first, middle and last time point)")
+        form.addRow("Plate maps at (h)", self.times)
         lay.addLayout(form)
         self.progress = QProgressBar()
         self.progress.setVisible(False)
@@ -136,7 +142,8 @@ class ExportDialog(QDialog):
         self.path.setText(str(Path(self.path.text()).with_suffix(suffix)))
         self.sep.setCurrentText("tab" if kind == "wide" else "comma")
         for w, on in ((self.per_image, kind == "tidy"), (self.sep, kind in ("wide", "prism")),
-                      (self.with_sd, kind == "wide"), (self.with_n, kind == "wide"), (self.pdf, kind == "report")):
+                      (self.with_sd, kind == "wide"), (self.with_n, kind == "wide"), (self.pdf, kind == "report"),
+                      (self.times, kind == "report")):
             w.setEnabled(on)
         self.message.setText({"tidy": "One row per well × time point × class, as 'nscmonitor export' writes it.",
                               "wide": "One sheet per plate and readout, named after the file: <name>_prob_neuron.txt …",
@@ -159,10 +166,15 @@ class ExportDialog(QDialog):
         self.message.setText(f"Exporting {exp} …")
         kind = self.format()
         if kind != "tidy":
+            try:
+                times = hours_list(self.times.text()) if kind == "report" and self.times.text().strip() else None
+            except ArgumentTypeError as exc:
+                self._failed(str(exc))
+                return
             self.progress.setRange(0, 0)
             self.reader.submit(export_sheets, self.engine, self.settings, exp, out, kind, sep=self.sep.currentText(),
                                with_sd=self.with_sd.isChecked(), with_n=self.with_n.isChecked(),
-                               pdf=self.pdf.isChecked(), done=self._done_files, failed=self._failed)
+                               pdf=self.pdf.isChecked(), times=times, done=self._done_files, failed=self._failed)
             return
         self.reader.submit(export_csv, self.engine, self.settings, exp, out, self.per_image.isChecked(), total=total,
                            progress=lambda d, t: self.progress.setValue(min(d, t)), done=self._done,

@@ -265,14 +265,15 @@ def _export_sheets(args: argparse.Namespace, s: Settings, repo, out: Path) -> in
     return 0
 
 
-def _hours_list(text: str) -> list[float]:
+def hours_list(text: str) -> list[float]:
+    """``24,48,72`` -> hours since induction (the report's --times and the export dialog's field)."""
     try:
         hours = [float(h) for h in text.replace(" ", "").split(",") if h]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--times wants hours since induction separated by commas, e.g. 24,48,72; "
+        raise argparse.ArgumentTypeError(f"times: hours since induction separated by commas, e.g. 24,48,72; "
                                          f"got {text!r}") from None
     if not hours or not all(math.isfinite(h) for h in hours):
-        raise argparse.ArgumentTypeError(f"--times wants finite hours, e.g. 24,48,72; got {text!r}")
+        raise argparse.ArgumentTypeError(f"times: finite hours since induction, e.g. 24,48,72; got {text!r}")
     return hours
 
 
@@ -552,7 +553,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", required=True)
     p.add_argument("-o", "--output", required=True, help="the HTML file to write")
     p.add_argument("--pdf", action="store_true", help="also write <output>.pdf (needs Chromium or Chrome)")
-    p.add_argument("--times", type=_hours_list, metavar="H1,H2,...",
+    p.add_argument("--times", type=hours_list, metavar="H1,H2,...",
                    help="plate maps at these hours since induction (nearest time point; default: first, middle, last)")
     p.add_argument("--threshold", type=_number(float, 0.0, 1.0, "a probability"), default=0.6,
                    help="top-class probability a confident call needs (default 0.6)")

@@ -101,9 +101,14 @@ def test_export_dialog_writes_wide_sheets_and_the_report(window, lab: Lab, qtbot
     dlg.result = None
     dlg.set_format("report")
     assert dlg.path.text().endswith("sheet.html")
+    dlg.times.setText("24, soon")
+    qtbot.mouseClick(dlg.export_btn, Qt.MouseButton.LeftButton)
+    assert "Export failed: times:" in dlg.message.text() and dlg.export_btn.isEnabled()
+    dlg.times.setText("30")
     qtbot.mouseClick(dlg.export_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: dlg.result is not None, timeout=15000)
     html = (tmp_path / "gui" / "sheet.html").read_text(encoding="utf-8")
     for sec in ("summary", "plate-maps", "time-courses", "calls", "qc", "provenance"):
         assert f'<section id="{sec}">' in html
+    assert "<title>VID1 at 28.0 h</title>" in html and "VID1 at 4.0 h" not in html, "the plate map nearest 30 h only"
     assert "sheet.html" in dlg.message.text()
