@@ -242,3 +242,17 @@ def test_an_unreadable_file_is_scored_once_its_permissions_are_fixed(tmp_path: P
         runner.stop_event.set()
         t.join(timeout=30)
     assert query(db, "select count(*) from predictions")[0][0] == 1
+
+
+def test_the_largest_frame_the_cap_allows_is_scored_within_the_memory_bound(tmp_path: Path, tiny_model: Path) -> None:
+    """The bound is a function of max_pixels, not of the file: a float64 frame (the widest
+    pixel type) at exactly the cap is the worst case the daemon accepts."""
+    side = int(MAX_PIXELS ** 0.5)
+    watch = tmp_path / "watch"
+    rng = np.random.default_rng(0)
+    write_tiff(watch / _name("A1"), rng.normal(1000.0, 50.0, (side, side)))
+    db = tmp_path / "nsc.db"
+    d = Daemon(watch, db, tiny_model, "--profile", "incucyte", once=True)
+    d.run_once(timeout=300)
+    assert count(db, "status = 'done'") == 1
+    assert d.peak_rss < RSS_BOUND, f"peak RSS {d.peak_rss / 2**20:.0f} MiB"
