@@ -60,7 +60,7 @@ def setup_logging(log_dir: Path | str | None, verbose: int = 0, *, console: bool
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups,
-                                                  encoding="utf-8", delay=False)
+                                                  encoding="utf-8", errors="backslashreplace", delay=False)
     except OSError as exc:
         logging.getLogger(__name__).warning("cannot write the log file %s: %s; logging to the console only",
                                             path, exc)

@@ -96,6 +96,8 @@ class Store:
     # --- experiments, plates, wells -------------------------------------------------
     def ensure_experiment(self, name: str, *, watch_path: str | None = None,
                           induction_time: datetime | None = None) -> int:
+        name = clean(name)
+        watch_path = to_db(watch_path) if watch_path is not None else None
         with self.Session.begin() as s:
             exp = s.scalar(select(m.Experiment).where(m.Experiment.name == name))
             if exp is None:

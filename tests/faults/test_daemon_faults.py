@@ -256,3 +256,19 @@ def test_the_largest_frame_the_cap_allows_is_scored_within_the_memory_bound(tmp_
     d.run_once(timeout=300)
     assert count(db, "status = 'done'") == 1
     assert d.peak_rss < RSS_BOUND, f"peak RSS {d.peak_rss / 2**20:.0f} MiB"
+
+
+def test_a_watched_folder_whose_own_name_is_not_utf8(tmp_path: Path, tiny_model: Path) -> None:
+    watch = Path(os.fsdecode(bytes(tmp_path) + b"/run-\xe9\xff"))
+    frame = write_tiff(watch / _name("A1"), cells_image(1))
+    db = tmp_path / "nsc.db"
+    Daemon(watch, db, tiny_model, "--profile", "incucyte", once=True).run_once()
+    from nscmonitor.names import from_db
+
+    (path, status), = query(db, "select path, status from images")
+    assert status == "done" and from_db(path) == str(frame)
+    (watch_path,), = query(db, "select watch_path from experiments")
+    assert from_db(watch_path) == str(watch)
+    st = subprocess.run([sys.executable, "-m", "nscmonitor", "status", "--json", "--db", f"sqlite:///{db}"],
+                        capture_output=True, text=True, timeout=60)
+    assert st.returncode in (0, 3), st.stderr
