@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".c01", ".dib")
+IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".c01", ".dib", ".nd2", ".czi")
 
 #: Directory names anywhere in the path whose contents are never plate images.
 JUNK_DIRS = frozenset({

@@ -137,6 +137,11 @@ BUILTIN: tuple[Profile, ...] = (
         sidecars=_s(r"^NDTiff\.index$", r"^metadata\.txt$", r"^display_and_comments\.txt$"),
     ),
     Profile(
+        "nikon", "Nikon NIS-Elements ND2 (JOBS / well-plate acquisitions; positions named by well are read "
+                 "from the file)",
+        (_p(r"Wells?(?P<row>[A-Z]{1,2})(?P<col>\d{1,2})(?=[_.\-c])[^/]*\.nd2$", defaults=(("field", "1"),)),),
+    ),
+    Profile(
         "incell", "GE/Cytiva IN Cell Analyzer",
         (_p(r"^(?P<row>[A-Z]) - (?P<col>\d{2})\(fld (?P<field>\d+) wv (?P<channel>[^)]+)\)\.tif$"),),
         sidecars=_s(r"\.xdce$"),

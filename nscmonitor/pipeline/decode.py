@@ -91,7 +91,7 @@ def _plane_index(series, page_axes: str, channel_index: int | None) -> tuple[int
 
 
 def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
-          max_pixels: int) -> tuple[np.ndarray, float | None]:
+          max_pixels: int, channel: str | None = None) -> tuple[np.ndarray, float | None]:
     """Decode the one page that holds the scored plane; every limit is checked from the
     header first, so memory is bounded by ``max_pixels``, never by the file."""
     import tifffile
@@ -112,6 +112,10 @@ def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
             if not tf.series:
                 raise DecodeError("TIFF holds no image series", permanent=True)
             series = tf.series[0]
+            if channel is not None:
+                from nscmonitor.pipeline.formats.ometiff import channel_index as stack_channel
+
+                channel_index = stack_channel(tf, series, channel)
             key = series.keyframe
             page_axes = str(key.axes)
             index, inner_channel = _plane_index(series, page_axes, channel_index)
@@ -211,11 +215,17 @@ def _pillow(fh: BinaryIO, max_pixels: int) -> np.ndarray:
 
 
 def decode(path: str | Path, *, channel_index: int | None = None, max_pixels: int = 200_000_000,
-           max_bytes: int = 4 << 30) -> Decoded:
+           max_bytes: int = 4 << 30, channel: str | None = None) -> Decoded:
     """Decode the scored plane, then hash the file, through one read-only handle. Memory is
     the plane plus a 1 MiB hashing buffer, whatever the file's size. If the file's size or
     mtime changed while it was read, the hash may not be of the decoded pixels: that is a
-    transient error and the file is read again later."""
+    transient error and the file is read again later. ``channel`` is the watch folder's
+    setting: the channel scored inside a multi-channel stack or container (by name or
+    1-based number). ND2, CZI and OME-Zarr images go to their readers (``formats``)."""
+    from nscmonitor.pipeline import formats
+
+    if formats.format_of(str(path)) is not None:
+        return formats.decode_native(str(path), channel=channel, max_pixels=max_pixels, max_bytes=max_bytes)
     path = Path(path)
     try:
         before = os.stat(path)
@@ -236,7 +246,7 @@ def decode(path: str | Path, *, channel_index: int | None = None, max_pixels: in
             suffix = path.suffix.lower()
             pixel_size = None
             if suffix in (".tif", ".tiff") or head in TIFF_MAGIC:
-                arr, pixel_size = _tiff(fh, path, before.st_size, channel_index, max_pixels)
+                arr, pixel_size = _tiff(fh, path, before.st_size, channel_index, max_pixels, channel)
             elif suffix in (".c01", ".dib"):
                 raise DecodeError("Cellomics .C01/.DIB files need Bio-Formats; export TIFF from HCS Studio",
                                   permanent=True)

@@ -8,6 +8,7 @@ the queue if the engine is mid-failure, so no image is lost or scored twice.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -22,13 +23,17 @@ import numpy as np
 from nscmonitor import notify
 from nscmonitor.config import Settings, WatchFolder
 from nscmonitor.engines.base import Engine, EngineError
+from nscmonitor.domain import ParseResult
 from nscmonitor.ingest.filenames import detect_profile, parse_path
+from nscmonitor.ingest.filters import junk_reason
 from nscmonitor.ingest.profiles import BY_NAME, Profile, custom_profile
 from nscmonitor.ingest.readiness import ReadinessTracker
 from nscmonitor.ingest.watcher import FolderWatcher, stop_all
+from nscmonitor.ingest.zarr_plates import ZarrPlates
 from nscmonitor.pipeline.aggregate import image_score, pack_tiles
 from nscmonitor.pipeline.classify import score_batches
 from nscmonitor.names import shown
+from nscmonitor.pipeline import formats
 from nscmonitor.pipeline.decode import DecodeError, decode, why
 from nscmonitor.pipeline.limits import resample_refusal
 from nscmonitor.pipeline.qc import qc_metrics
@@ -111,6 +116,7 @@ class Runner:
         self.model: LoadedModel | None = None
         self.folders: list[_Folder] = []
         self.trackers: dict[str, ReadinessTracker] = {}
+        self.zarr: dict[str, ZarrPlates] = {}  # OME-Zarr plates: one unit per field (ingest/zarr_plates.py)
         self.known: dict[str, tuple[int, float]] = {}
         self.ready_at: dict[str, float] = {}
         self._done_times: deque[float] = deque(maxlen=2000)
@@ -142,6 +148,7 @@ class Runner:
             folder = _Folder(cfg, exp_id, load_plate_map(cfg.plate_map), self._profile(cfg), watcher)
             self.folders.append(folder)
             self.trackers[folder.root] = ReadinessTracker(cfg.quiet_seconds, clock=self.clock)
+            self.zarr[folder.root] = ZarrPlates(cfg.quiet_seconds, clock=self.clock, wall=self.wall)
         self.load_model()
         self.daemon_id = self.store.start_daemon(self._watched())
 
@@ -208,7 +215,7 @@ class Runner:
         w = f.watcher
         w.supervise()
         links = []
-        for p in w.drain():
+        for p in self.zarr[f.root].claim(w.drain()):
             if self.known.get(p) is None or self._changed(p):
                 st = _stat(p)
                 if st is not None and _is_link(p):
@@ -216,7 +223,7 @@ class Runner:
                 else:
                     tracker.touch(p, event=True)
         if w.due_for_scan():
-            paths = w.full_scan()
+            paths = self.zarr[f.root].claim(w.full_scan())
             self._retry_unreadable()
             if f.profile == "auto" and paths:
                 rel = [self._rel(f, p) for p in paths[:200]]
@@ -235,7 +242,7 @@ class Runner:
                     tracker.add_settled(p, *st)
                 else:
                     tracker.touch(p, event=False)
-        ready = tracker.ready() + list(dict.fromkeys(links))
+        ready = tracker.ready() + list(dict.fromkeys(links)) + self.zarr[f.root].ready()
         if ready:
             self._enqueue(f, ready)
 
@@ -262,13 +269,15 @@ class Runner:
 
     def _enqueue(self, f: _Folder, ready: list[tuple[str, int, float]]) -> None:
         items = []
-        for path, size, mtime in ready:
+        for path, size, mtime, unit in self._units(f, ready):
             rel = self._rel(f, path)
             try:
-                res = parse_path(rel, f.profile, plate_format=f.cfg.plate_format)
+                res = parse_path(self._rel(f, formats.split_ref(path)[0]), f.profile, plate_format=f.cfg.plate_format)
             except ValueError as exc:
                 log.warning("%s: cannot parse: %s", shown(path), exc)
                 continue
+            if unit is not None and (unit.key is not None or unit.error is not None):
+                res = ParseResult(rel, "error" if unit.error else "image", unit.profile, unit.key, unit.error)
             self.known[path] = (size, mtime)
             if res.kind in ("ignore", "sidecar"):
                 continue
@@ -306,6 +315,31 @@ class Runner:
                     except Exception as exc:  # logged with the file; retried when the file changes
                         log.error("%s: cannot be queued: %s", shown(item.path), why(exc))
             log.debug("%s: %d new, %d changed files queued", f.root, new, changed)
+
+    def _units(self, f: _Folder, ready: list[tuple[str, int, float]]):  # noqa: ANN202 - generator
+        """The images in the ready paths: an OME-Zarr field placed by its plate's metadata, the
+        positions or scenes of an ND2/CZI file that name wells, else the path itself (placed
+        by its name). A symbolic link is never opened to look inside."""
+        zp = self.zarr[f.root]
+        for path, size, mtime in ready:
+            key = zp.key(path)
+            if key is not None:
+                yield path, size, mtime, formats.Unit(path, key, "ome-zarr")
+                continue
+            found = None if _is_link(path) or junk_reason(self._rel(f, path)) else formats.units(path)
+            if not found:
+                yield path, size, mtime, None
+                continue
+            self.known[path] = (size, mtime)
+            for unit in found:
+                yield unit.ref, size, mtime, unit
+
+    def _channel(self, path: str) -> str | None:
+        """The watch folder's ``channel`` setting for an image: scored inside stacks and containers."""
+        for f in self.folders:
+            if path.startswith(f.root.rstrip("/\\") + os.sep):
+                return f.cfg.channel
+        return None
 
     # --- scoring ------------------------------------------------------------------------
     def process_batch(self) -> int:
@@ -374,7 +408,7 @@ class Runner:
         """Decode, QC and tile one claimed image; None when it needs no scoring."""
         norm = meta.normalization
         t0 = time.perf_counter()
-        dec = decode(c.path, max_pixels=self.settings.max_pixels)
+        dec = decode(c.path, max_pixels=self.settings.max_pixels, channel=self._channel(c.path))
         t1 = time.perf_counter()
         if c.scored and dec.sha256 == c.previous_hash:
             self.store.unchanged(c.id)
@@ -461,7 +495,7 @@ class Runner:
 
     # --- the loop -----------------------------------------------------------------------
     def idle(self) -> bool:
-        return not any(len(t) for t in self.trackers.values()) and self._backlog() == 0
+        return not any(len(t) for t in (*self.trackers.values(), *self.zarr.values())) and self._backlog() == 0
 
     def run(self, *, once: bool = False, progress: Callable[[int, int], None] | None = None) -> None:
         if self.daemon_id is None:

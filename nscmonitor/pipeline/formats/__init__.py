@@ -1,0 +1,231 @@
+"""Container formats read natively: Nikon ND2, Zeiss CZI and OME-Zarr HCS plates.
+
+Each reader is an optional extra, imported only when a file of its format arrives, and
+follows one contract: open lazily, learn the plane's size from the metadata, check it
+against the same pixel cap ``decode`` uses before reading, read only the plane that is
+scored, and return what ``decode`` returns (``Decoded``). A container may hold several
+images (ND2 positions, CZI scenes, the fields of a Zarr plate): each becomes one image row,
+addressed by a reference (the file's path, ``|``, the unit inside it), so the queue,
+retries and rescoring work per image as for single files. OME-TIFF stacks go through the
+TIFF path of ``decode`` with the channel chosen by ``ometiff``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nscmonitor.domain import ImageKey
+from nscmonitor.pipeline.decode import HASH_CHUNK, DecodeError, Decoded, why
+
+log = logging.getLogger(__name__)
+
+#: separates a container file's path from the image inside it in an image's stored path;
+#: Windows forbids it in file names, and a real file of that name is always read as a file
+REF_SEP = "|"
+
+#: suffix -> (format, importable module, extra that installs it)
+FORMATS: dict[str, tuple[str, str, str]] = {
+    ".nd2": ("ND2", "nd2", "nd2"),
+    ".czi": ("CZI", "pylibCZIrw", "czi"),
+}
+ZARR = ("OME-Zarr", "zarr", "zarr")
+
+
+@dataclass(frozen=True)
+class Plane:
+    """The scored plane of a container image, before hashing."""
+
+    pixels: object  # np.ndarray
+    pixel_size_um: float | None
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One image inside a container. ``key`` is its place from the container's own metadata
+    (None: placed by the file name, as a single file); ``error`` says why it cannot be read."""
+
+    ref: str
+    key: ImageKey | None = None
+    profile: str | None = None
+    error: str | None = None
+
+
+def split_ref(ref: str) -> tuple[str, dict[str, int]]:
+    """A stored image path -> the file (or Zarr field folder) and the unit inside it."""
+    if REF_SEP not in ref or os.path.lexists(ref):
+        return ref, {}
+    path, _, spec = ref.rpartition(REF_SEP)
+    out = {}
+    for part in spec.split(","):
+        k, _, v = part.partition("=")
+        if not v.isdigit():
+            return ref, {}
+        out[k] = int(v)
+    return path, out
+
+
+def make_ref(path: str, **unit: int) -> str:
+    return path + REF_SEP + ",".join(f"{k}={v}" for k, v in unit.items()) if unit else path
+
+
+def zarr_root(path: str | Path) -> Path | None:
+    """The ``*.zarr`` folder a path lies in (the plate), or None."""
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        if part.lower().endswith(".zarr"):
+            return Path(*parts[: i + 1])
+    return None
+
+
+def format_of(ref: str) -> tuple[str, str, str] | None:
+    """(format, module, extra) of a stored image path, or None for files ``decode`` reads."""
+    path, _ = split_ref(ref)
+    spec = FORMATS.get(Path(path).suffix.lower())
+    if spec is not None:
+        return spec
+    if zarr_root(path) is not None and os.path.isdir(path):
+        return ZARR
+    return None
+
+
+def missing_reader(fmt: str, module: str, extra: str) -> str | None:
+    """Why files of this format cannot be read here (the reader is not installed), or None."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return f"{fmt} files need the optional reader {module}: pip install 'nscmonitor[{extra}]'"
+    return None
+
+
+def units(path: str) -> list[Unit] | None:
+    """The images inside a container file, from its metadata; None for a file that is not a
+    container. Positions and scenes become wells and fields only when the metadata names
+    the wells; otherwise the file is one image placed by its name, as a single file is."""
+    spec = FORMATS.get(Path(path).suffix.lower())
+    if spec is None:
+        return None
+    missing = missing_reader(*spec)
+    if missing:
+        return [Unit(path, error=missing)]
+    try:
+        if spec[0] == "ND2":
+            from nscmonitor.pipeline.formats import nd2 as reader
+        else:
+            from nscmonitor.pipeline.formats import czi as reader
+        found = reader.units(path)
+    except Exception as exc:  # noqa: BLE001 - a half-written container: placed by name, decode decides
+        log.debug("%s: cannot list the images inside yet: %s", path, why(exc))
+        found = []
+    return found or [Unit(path)]
+
+
+def decode_native(ref: str, *, channel: str | None, max_pixels: int, max_bytes: int) -> Decoded:
+    """``decode`` for a container image: the scored plane, then the hash of its bytes (the
+    whole file, or the Zarr field folder's files), and the same check that nothing changed
+    while it was read."""
+    fmt, module, extra = format_of(ref)  # type: ignore[misc] - only called for containers
+    path, unit = split_ref(ref)
+    missing = missing_reader(fmt, module, extra)
+    if missing:
+        raise DecodeError(missing, permanent=True)
+    before = fingerprint(path)
+    if before is None:
+        raise DecodeError("file disappeared before it could be read", permanent=False)
+    if before[1] == 0:
+        raise DecodeError("empty file (0 bytes)", permanent=True)
+    if before[1] > max_bytes:
+        raise DecodeError(f"{fmt} data of {before[1]} bytes is above the {max_bytes}-byte cap", permanent=True)
+    reader = _reader(fmt)
+    try:
+        plane = reader(path, unit, channel=channel, max_pixels=max_pixels)
+        digest = _hash(path)
+    except DecodeError:
+        raise
+    except PermissionError as exc:
+        raise DecodeError(f"file is locked or not readable: {why(exc)}", permanent=False) from exc
+    except OSError as exc:
+        raise DecodeError(f"cannot read {fmt} data: {why(exc)}", permanent=False) from exc
+    except Exception as exc:  # readers raise many types for truncated or odd files
+        raise DecodeError(f"{fmt} data cannot be read (incomplete or corrupt): {why(exc)}", permanent=False) from exc
+    if fingerprint(path) != before:
+        raise DecodeError("file changed while it was read; read again later", permanent=False)
+    import numpy as np
+
+    arr = np.asarray(plane.pixels)
+    if arr.ndim != 2 or min(arr.shape) < 8:
+        raise DecodeError(f"decoded plane has shape {arr.shape}; expected a 2-D image of at least 8 x 8", permanent=True)
+    if arr.dtype.kind not in "uif" or arr.dtype == np.bool_:
+        raise DecodeError(f"unsupported pixel type {arr.dtype}", permanent=True)
+    return Decoded(arr, str(arr.dtype), plane.pixel_size_um, digest)
+
+
+def _reader(fmt: str) -> Callable[..., Plane]:
+    if fmt == "ND2":
+        from nscmonitor.pipeline.formats.nd2 import read
+    elif fmt == "CZI":
+        from nscmonitor.pipeline.formats.czi import read
+    else:
+        from nscmonitor.pipeline.formats.omezarr import read
+    return read
+
+
+def _files(path: str) -> list[Path]:
+    p = Path(path)
+    if not p.is_dir():
+        return [p]
+    return sorted(q for q in p.rglob("*") if q.is_file() and not q.is_symlink())
+
+
+def fingerprint(path: str) -> tuple[int, int, int] | None:
+    """(files, bytes, newest mtime in ns) of a file or of a Zarr field folder."""
+    try:
+        stats = [os.stat(q) for q in _files(path)]
+    except FileNotFoundError:
+        return None
+    return len(stats), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+
+
+def _hash(path: str) -> str:
+    """sha256 of the file, or of a folder's files in name order (names included), read in
+    1 MiB chunks."""
+    h = hashlib.sha256()
+    root = Path(path)
+    for q in _files(path):
+        if root.is_dir():
+            h.update(q.relative_to(root).as_posix().encode() + b"\0")
+        with open(q, "rb") as fh:
+            while chunk := fh.read(HASH_CHUNK):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """The pixel cap of ``decode``, applied to a container's plane before it is read."""
+    if width * height > max_pixels:
+        raise DecodeError(f"frame of {width} x {height} pixels is above the cap of {max_pixels} pixels",
+                          permanent=True)
+
+
+def pick_channel(names: list[str], count: int, channel: str | None, fmt: str) -> int:
+    """Which channel to score: by name (case-insensitive), or by its 1-based number as in
+    vendors' file names; the first when the setting is empty or the image has one channel.
+    A name or number the image does not have is a permanent error listing the channels, so
+    a wrong setting never scores the wrong plane silently."""
+    if count <= 1 or channel is None:
+        return 0
+    wanted = channel.strip().lower()
+    for i, name in enumerate(names[:count]):
+        if name is not None and name.strip().lower() == wanted:
+            return i
+    if wanted.isdigit() and 1 <= int(wanted) <= count:
+        return int(wanted) - 1
+    present = ", ".join(f"{i + 1}={n}" if n else str(i + 1) for i, n in enumerate(
+        (names + [None] * count)[:count]))
+    raise DecodeError(f"channel {channel!r} is not in this {fmt}; channels present: {present}", permanent=True)

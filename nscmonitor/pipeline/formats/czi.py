@@ -1,0 +1,106 @@
+"""Zeiss CZI through pylibCZIrw (the ``czi`` extra), Zeiss's own maintained reader.
+
+Scenes become wells and fields when ZEN's scene metadata names the well (a well-plate
+carrier writes ``Scene Name="B3-1"`` with ``Shape Name="B3"``); a file without such names is
+one image, its first scene, placed by its file name. The scored plane is the first T and Z
+of the chosen channel, read for the scene's own rectangle only.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from nscmonitor.domain import ImageKey, parse_well
+from nscmonitor.pipeline.formats import Plane, Unit, check_pixels, make_ref, pick_channel
+
+WELL_NAME = re.compile(r"^([A-Za-z]{1,2})0?(\d{1,2})(?![0-9])")
+
+
+def _list(value) -> list:  # noqa: ANN001 - xmltodict gives a dict for one element, a list for several
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _image_info(md: dict) -> dict:
+    return (((md or {}).get("ImageDocument") or {}).get("Metadata") or {}).get("Information", {}).get("Image") or {}
+
+
+def scene_wells(md: dict) -> dict[int, str]:
+    """Scene index -> well name, for the scenes whose metadata names a well."""
+    dims = _image_info(md).get("Dimensions") or {}
+    scenes = _list(((dims.get("S") or {}).get("Scenes") or {}).get("Scene"))
+    out = {}
+    for sc in scenes:
+        if not isinstance(sc, dict) or not str(sc.get("@Index", "")).isdigit():
+            continue
+        shape = sc.get("Shape") if isinstance(sc.get("Shape"), dict) else {}
+        for name in (shape.get("@Name"), sc.get("ArrayName"), sc.get("@Name")):
+            m = WELL_NAME.match(str(name or ""))
+            if m:
+                out[int(sc["@Index"])] = f"{m.group(1).upper()}{int(m.group(2)):02d}"
+                break
+    return out
+
+
+def channel_names(md: dict) -> list[str]:
+    chans = _list(((_image_info(md).get("Dimensions") or {}).get("Channels") or {}).get("Channel"))
+    return [str(c.get("@Name") or "") if isinstance(c, dict) else "" for c in chans]
+
+
+def pixel_size_um(md: dict) -> float | None:
+    scaling = (((md or {}).get("ImageDocument") or {}).get("Metadata") or {}).get("Scaling") or {}
+    for d in _list((scaling.get("Items") or {}).get("Distance")):
+        if isinstance(d, dict) and d.get("@Id") == "X":
+            try:
+                metres = float(d.get("Value"))
+            except (TypeError, ValueError):
+                return None
+            return metres * 1e6 if metres > 0 else None
+    return None
+
+
+def units(path: str) -> list[Unit]:
+    """One unit per scene when the scenes name wells; field = order of the scene in its well."""
+    from pylibCZIrw import czi
+
+    with czi.open_czi(path) as r:
+        wells = scene_wells(r.metadata)
+        scenes = sorted(r.scenes_bounding_rectangle)
+    placed = [s for s in scenes if s in wells]
+    if not placed:
+        return []
+    out, seen = [], {}
+    for s in placed:
+        well = wells[s]
+        seen[well] = seen.get(well, 0) + 1
+        row, col = parse_well(well)
+        out.append(Unit(make_ref(path, scene=s), ImageKey(plate=None, well=well, row=row, col=col, field=seen[well]),
+                        profile="czi"))
+    return out
+
+
+def read(path: str, unit: dict[str, int], *, channel: str | None, max_pixels: int) -> Plane:
+    from pylibCZIrw import czi
+
+    with czi.open_czi(path) as r:
+        md = r.metadata
+        box = r.total_bounding_box
+        scenes = r.scenes_bounding_rectangle
+        scene = unit.get("scene", min(scenes) if scenes else None)
+        if scene is not None and scene not in scenes:
+            from nscmonitor.pipeline.decode import DecodeError
+
+            raise DecodeError(f"scene {scene} is not in this CZI file (scenes: {sorted(scenes)})", permanent=True)
+        rect = scenes[scene] if scene is not None else r.total_bounding_rectangle
+        check_pixels(rect.w, rect.h, max_pixels)
+        c0, c1 = box.get("C", (0, 1))
+        c = pick_channel(channel_names(md), c1 - c0, channel, "CZI file")
+        plane = {"C": c0 + c, "T": box.get("T", (0, 1))[0], "Z": box.get("Z", (0, 1))[0]}
+        arr = r.read(plane=plane, scene=scene)
+    arr = np.asarray(arr)
+    if arr.ndim == 3:
+        arr = arr[..., 0] if arr.shape[-1] == 1 else arr[..., :3].mean(axis=-1).astype(np.float32)
+    return Plane(arr, pixel_size_um(md))
