@@ -128,10 +128,11 @@ class DaemonEngineBuilds:
 
         if not self.enabled:
             return
-        proc = self._procs.get(model_path)
-        if proc is not None and proc.poll() is None:
+        for path, proc in list(self._procs.items()):  # reap finished builds, of this model or an earlier one
+            if proc.poll() is not None:
+                del self._procs[path]
+        if model_path in self._procs:
             return
-        self._procs.pop(model_path, None)
         try:
             started = autobuild.start(model_path, threads=self.threads)
         except Exception as exc:  # an engine is an optimisation: whatever goes wrong, fp32 keeps serving
