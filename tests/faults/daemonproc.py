@@ -82,7 +82,7 @@ class Daemon:
         """All n images in a final state (done, quarantined, skipped)."""
         return lambda: count(self.db, "status in ('done', 'quarantined', 'skipped')") >= n
 
-    def run_once(self, timeout: float = 120.0) -> str:
+    def run_once(self, timeout: float = 300.0) -> str:
         self.start()
         try:
             _, err = self.proc.communicate(timeout=timeout)
