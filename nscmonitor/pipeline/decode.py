@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -214,6 +215,19 @@ def _pillow(fh: BinaryIO, max_pixels: int) -> np.ndarray:
         raise DecodeError(f"image data cannot be decoded (truncated or corrupt): {why(exc)}", permanent=False) from exc
 
 
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open read-only, refusing anything but a regular file without blocking: a FIFO put
+    where an image was would otherwise hang the daemon in ``open`` until someone writes."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DecodeError("not a regular file", permanent=True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def decode(path: str | Path, *, channel_index: int | None = None, max_pixels: int = 200_000_000,
            max_bytes: int = 4 << 30, channel: str | None = None) -> Decoded:
     """Decode the scored plane, then hash the file, through one read-only handle. Memory is
@@ -233,7 +247,7 @@ def decode(path: str | Path, *, channel_index: int | None = None, max_pixels: in
             raise DecodeError("empty file (0 bytes)", permanent=True)
         if before.st_size > max_bytes:
             raise DecodeError(f"file of {before.st_size} bytes is above the {max_bytes}-byte cap", permanent=True)
-        fh = open(path, "rb")  # noqa: SIM115 - closed below, after decoding and hashing
+        fh = open_regular(path)
     except FileNotFoundError as exc:
         raise DecodeError("file disappeared before it could be read", permanent=False) from exc
     except PermissionError as exc:

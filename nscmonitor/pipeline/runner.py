@@ -8,7 +8,6 @@ the queue if the engine is mid-failure, so no image is lost or scored twice.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -34,7 +33,7 @@ from nscmonitor.pipeline.aggregate import image_score, pack_tiles
 from nscmonitor.pipeline.classify import score_batches
 from nscmonitor.names import shown
 from nscmonitor.pipeline import formats
-from nscmonitor.pipeline.decode import DecodeError, decode, why
+from nscmonitor.pipeline.decode import DecodeError, decode, open_regular, why
 from nscmonitor.pipeline.limits import resample_refusal
 from nscmonitor.pipeline.qc import qc_metrics
 from nscmonitor.pipeline.preprocess import Preprocess
@@ -253,9 +252,9 @@ class Runner:
         back = []
         for image_id, path in self.store.unreadable_quarantined().items():
             try:
-                with open(path, "rb"):
+                with open_regular(path):
                     back.append(image_id)
-            except OSError:
+            except (OSError, DecodeError):
                 continue
         if back and self.store.requeue(back):
             log.info("%d file(s) quarantined as unreadable can be read now; queued again", len(back))
@@ -336,10 +335,7 @@ class Runner:
 
     def _channel(self, path: str) -> str | None:
         """The watch folder's ``channel`` setting for an image: scored inside stacks and containers."""
-        for f in self.folders:
-            if path.startswith(f.root.rstrip("/\\") + os.sep):
-                return f.cfg.channel
-        return None
+        return formats.channel_for((f.cfg for f in self.folders), path)
 
     # --- scoring ------------------------------------------------------------------------
     def process_batch(self) -> int:
