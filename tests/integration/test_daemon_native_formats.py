@@ -250,3 +250,50 @@ def test_a_format_without_its_reader_is_quarantined_naming_the_extra(tmp_path: P
     for img, _, _ in rows.values():
         assert img.status == "quarantined"
         assert f"pip install 'nscmonitor[{extra}]'" in img.error and "\n" not in img.error
+
+
+# --- Nikon ND2 ---------------------------------------------------------------------------
+
+def test_nd2_positions_named_by_well_become_wells_and_fields(tmp_path: Path, make_runner) -> None:
+    nd2 = pytest.importorskip("nd2")
+    from nd2_file import write_nd2
+
+    frames = np.stack([np.stack(_planes(3, s)) for s in (200, 210, 220)])  # P x C x Y x X
+    watch = tmp_path / "nis"
+    f = write_nd2(watch / "20260101_run.nd2", frames, ["DAPI", "BF", "GFP"], ["B3", "WellB03", "C4"])
+    with nd2.ND2File(str(f)) as check:  # the file is what the nd2 package reads as ND2
+        assert dict(check.sizes) == {"P": 3, "C": 3, "Y": 64, "X": 80}
+    runner = make_runner(watch, experiment="nis", channel="BF", induction_time="2026-01-01T00:00:00+00:00")
+    runner.run(once=True)
+    got = {p: (img.status, w.name, img.field, img.qc["max"], img.error) for p, (img, w, _) in _images(runner).items()}
+    assert got == {
+        f"{f}|position=0": ("done", "B03", 1, float(frames[0, 1].max()), None),
+        f"{f}|position=1": ("done", "B03", 2, float(frames[1, 1].max()), None),
+        f"{f}|position=2": ("done", "C04", 1, float(frames[2, 1].max()), None),
+    }
+    assert {w for _, w, _ in _readouts(runner)} == {"B03", "C04"}
+
+
+def test_nd2_without_well_names_is_placed_by_its_name_and_a_wrong_channel_is_refused(tmp_path: Path,
+                                                                                    make_runner) -> None:
+    pytest.importorskip("nd2")
+    from nd2_file import write_nd2
+
+    frames = np.stack([np.stack(_planes(2, 300))])
+    watch = tmp_path / "nis"
+    good = write_nd2(watch / "20260101_WellD05_Seq0000.nd2", frames, ["DAPI", "BF"])
+    runner = make_runner(watch, experiment="nis", channel="2")
+    runner.run(once=True)
+    img, well, _ = _images(runner)[str(good)]
+    assert img.status == "done", img.error
+    assert (img.profile, well.name, img.field) == ("nikon", "D05", 1)
+    assert img.qc["max"] == float(frames[0, 1].max())
+    assert img.width == 80 and img.height == 64
+
+    other = tmp_path / "nis2"
+    bad = write_nd2(other / "20260101_WellD06_Seq0000.nd2", frames, ["DAPI", "BF"])
+    runner2 = make_runner(other, experiment="nis2", channel="GFP")
+    runner2.run(once=True)
+    img, _, _ = _images(runner2)[str(bad)]
+    assert img.status == "quarantined"
+    assert img.error == "channel 'GFP' is not in this ND2 file; channels present: 1=DAPI, 2=BF"

@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,8 +110,8 @@ def units(path: str) -> list[Unit] | None:
     container. Positions and scenes become wells and fields only when the metadata names
     the wells; otherwise the file is one image placed by its name, as a single file is."""
     spec = FORMATS.get(Path(path).suffix.lower())
-    if spec is None:
-        return None
+    if spec is None or not _regular(path):
+        return None  # a FIFO or device named like a container would block its reader
     missing = missing_reader(*spec)
     if missing:
         return [Unit(path, error=missing)]
@@ -135,6 +136,8 @@ def decode_native(ref: str, *, channel: str | None, max_pixels: int, max_bytes: 
     missing = missing_reader(fmt, module, extra)
     if missing:
         raise DecodeError(missing, permanent=True)
+    if not os.path.isdir(path) and os.path.lexists(path) and not _regular(path):
+        raise DecodeError("not a regular file", permanent=True)
     before = fingerprint(path)
     if before is None:
         raise DecodeError("file disappeared before it could be read", permanent=False)
@@ -164,6 +167,23 @@ def decode_native(ref: str, *, channel: str | None, max_pixels: int, max_bytes: 
     if arr.dtype.kind not in "uif" or arr.dtype == np.bool_:
         raise DecodeError(f"unsupported pixel type {arr.dtype}", permanent=True)
     return Decoded(arr, str(arr.dtype), plane.pixel_size_um, digest)
+
+
+def channel_for(watch: Iterable, path: str) -> str | None:  # Iterable[config.WatchFolder]
+    """The ``channel`` setting of the watch folder an image lies in: the daemon scores that
+    channel inside stacks and containers, and retraining must read the same plane."""
+    for w in watch:
+        root = str(w.path).rstrip("/\\")
+        if path.startswith(root + os.sep) or path.startswith(root + "/"):
+            return w.channel
+    return None
+
+
+def _regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _reader(fmt: str) -> Callable[..., Plane]:

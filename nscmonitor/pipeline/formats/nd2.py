@@ -74,11 +74,11 @@ def read(path: str, unit: dict[str, int], *, channel: str | None, max_pixels: in
                       if all(v == want.get(k, 0) for k, v in loop.items())), None)
         if index is None:
             raise DecodeError("the ND2 file holds no frame for the first time point and z plane", permanent=False)
-        frame = np.asarray(f.read_frame(index))
+        frame = f.read_frame(index)  # a view on the file's memory map: only the scored plane is copied
         in_loop = any("C" in loop for loop in f.loop_indices[:1])
         if frame.ndim == 3 and not in_loop and "C" in sizes and frame.shape[0] == sizes["C"]:
             frame = frame[c]
-        if frame.ndim == 3:  # RGB components last
-            frame = frame[..., :3].mean(axis=-1).astype(np.float32)
+        # copied before the file closes: a view would outlive its memory map
+        frame = frame[..., :3].mean(axis=-1).astype(np.float32) if frame.ndim == 3 else np.array(frame, copy=True)
         px = f.voxel_size().x
     return Plane(frame, float(px) if px and 0 < px < 1e3 else None)
