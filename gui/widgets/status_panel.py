@@ -3,6 +3,7 @@ and model, and the last errors with the file and the reason (the facility engine
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -45,14 +46,22 @@ class StatusSnapshot:
     errors: list[ImageError]
     scored_5min: int
     at: datetime
+    #: the daemon's last word on its engine build (building, ready, swapped, or why fp32 serves)
+    engine_note: str | None = None
+    engine_note_level: str = "info"
+
+
+ENGINE_EVENTS = ("engine_build", "engine_build_failed", "engine_swapped")
 
 
 def read_status(engine) -> StatusSnapshot:  # noqa: ANN001 - SQLAlchemy engine
     from nscmonitor.store.repo import Repo
 
     repo = Repo(engine)
+    note = next((e for e in repo.events(200) if e.kind in ENGINE_EVENTS), None)
     return StatusSnapshot(repo.daemons(3), repo.queue_counts(), repo.errors(30), repo.scored_since(300),
-                          datetime.now(timezone.utc))
+                          datetime.now(timezone.utc), note.message if note else None,
+                          note.level if note else "info")
 
 
 class StatusPanel(QWidget):
@@ -130,7 +139,9 @@ class StatusPanel(QWidget):
                 f"{head} — {d.host} pid {d.pid}, heartbeat {heartbeat_text(d.heartbeat_at, snap.at)}<br>"
                 f"engine <b>{d.engine or '?'}</b>, model <b>{d.model_version or '?'}</b>, "
                 f"{(d.images_per_s or 0.0):.2f} images/s; {snap.scored_5min} scored in the last 5 min<br>"
-                f"watching:{watched or ' nothing'}")
+                + (f"engine build: <span style='color:{'#b00' if snap.engine_note_level != 'info' else '#333'}'>"
+                   f"{html.escape(snap.engine_note)}</span><br>" if snap.engine_note else "")
+                + f"watching:{watched or ' nothing'}")
         for i, s in enumerate(QUEUE_STATES):
             self.queue.setItem(0, i, QTableWidgetItem(str(snap.queue.get(s, 0))))
         self.errors.setRowCount(len(snap.errors))

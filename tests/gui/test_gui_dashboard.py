@@ -172,6 +172,7 @@ def test_status_panel_shows_a_quarantined_files_reason(window, lab: Lab, qtbot) 
     panel.errors.selectRow(row)
     assert str(bad) in panel.detail.toPlainText() and "quarantined" in panel.detail.toPlainText()
     assert "not running" in panel.daemon.text()  # the runner stopped: its heartbeat says so
+    assert "engine build" in panel.daemon.text() and "no calibration set" in panel.daemon.text()
     assert window.browser.state_of("E1") == "daemon stopped"  # images arrived minutes ago, nobody scores now
 
 
