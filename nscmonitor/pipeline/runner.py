@@ -21,7 +21,7 @@ import numpy as np
 
 from nscmonitor import notify
 from nscmonitor.config import Settings, WatchFolder
-from nscmonitor.engines.base import Engine, EngineError
+from nscmonitor.engines.base import Engine
 from nscmonitor.domain import ParseResult
 from nscmonitor.ingest.filenames import detect_profile, parse_path
 from nscmonitor.ingest.filters import junk_reason
@@ -433,7 +433,7 @@ class Runner:
         tiles = [g.tiles if g is not None else _empty(meta) for _, _, _, g in prepared]
         try:
             return score_batches(model.engine, tiles, self.settings.batch_size)
-        except (EngineError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # any engine error type: which image (or the engine) is at fault is decided below
             first = exc
         out: list = []
         errors: list[tuple[Claimed, Exception]] = []
@@ -441,7 +441,7 @@ class Runner:
             for (c, *_), t in zip(prepared, tiles):
                 try:
                     out.extend(score_batches(model.engine, [t], self.settings.batch_size))
-                except (EngineError, RuntimeError, ValueError) as exc:
+                except Exception as exc:  # this image's failure, counted against its attempts
                     out.append(None)
                     errors.append((c, exc))
         if len(prepared) == 1 or len(errors) == len(prepared):
