@@ -116,6 +116,7 @@ class Runner:
         self.folders: list[_Folder] = []
         self.trackers: dict[str, ReadinessTracker] = {}
         self.zarr: dict[str, ZarrPlates] = {}  # OME-Zarr plates: one unit per field (ingest/zarr_plates.py)
+        self.unopened: dict[str, tuple[int, float, int]] = {}  # container -> size, mtime, looks (formats.NotReady)
         self.known: dict[str, tuple[int, float]] = {}
         self.ready_at: dict[str, float] = {}
         self._done_times: deque[float] = deque(maxlen=2000)
@@ -325,13 +326,31 @@ class Runner:
             if key is not None:
                 yield path, size, mtime, formats.Unit(path, key, "ome-zarr")
                 continue
-            found = None if _is_link(path) or junk_reason(self._rel(f, path)) else formats.units(path)
+            try:
+                found = None if _is_link(path) or junk_reason(self._rel(f, path)) else formats.units(path)
+            except formats.NotReady as exc:
+                if not self._wait_for_container(path, size, mtime, str(exc)):
+                    continue
+                found = None  # unreadable however long it waits: decoding records why
             if not found:
                 yield path, size, mtime, None
                 continue
             self.known[path] = (size, mtime)
             for unit in found:
                 yield unit.ref, size, mtime, unit
+
+    def _wait_for_container(self, path: str, size: int, mtime: float, reason: str) -> bool:
+        """An ND2/CZI file that cannot be opened is not queued but looked at again at later
+        rescans (it is not marked known); after ``MAX_LOOKS`` looks at the same size and
+        mtime it is queued as it is. Returns True when it should be queued now."""
+        seen = self.unopened.get(path)
+        looks = seen[2] + 1 if seen is not None and seen[:2] == (size, mtime) else 1
+        if looks >= formats.MAX_LOOKS:
+            self.unopened.pop(path, None)
+            return True
+        self.unopened[path] = (size, mtime, looks)
+        log.info("%s: cannot be opened yet (%s); looked at again at the next rescan", shown(path), reason)
+        return False
 
     def _channel(self, path: str) -> str | None:
         """The watch folder's ``channel`` setting for an image: scored inside stacks and containers."""

@@ -297,3 +297,41 @@ def test_nd2_without_well_names_is_placed_by_its_name_and_a_wrong_channel_is_ref
     img, _, _ = _images(runner2)[str(bad)]
     assert img.status == "quarantined"
     assert img.error == "channel 'GFP' is not in this ND2 file; channels present: 1=DAPI, 2=BF"
+
+
+def test_a_container_still_being_written_waits_and_is_expanded_once_complete(tmp_path: Path, make_runner) -> None:
+    pytest.importorskip("pylibCZIrw")
+    scenes = [_planes(1, 400), _planes(1, 410)]
+    full = _write_czi(tmp_path / "staging" / "p.czi", scenes, ["BF"], ["E5", "E6"]).read_bytes()
+    watch = tmp_path / "zen"
+    watch.mkdir()
+    target = watch / "p.czi"
+    target.write_bytes(full[: len(full) // 2])  # the directory a CZI writes last is not there yet
+    runner = make_runner(watch, rescan_interval=0.001, induction_time="2026-01-01T00:00:00+00:00")
+    runner.setup()
+    runner._discover()
+    assert _images(runner) == {}  # not queued, not marked known: looked at again
+    target.write_bytes(full)
+    runner._discover()
+    runner.run(once=True)
+    got = {p: (img.status, w.name) for p, (img, w, _) in _images(runner).items()}
+    assert got == {f"{target}|scene=0": ("done", "E05"), f"{target}|scene=1": ("done", "E06")}
+
+
+def test_a_container_that_never_opens_is_queued_after_a_few_looks_with_the_reason(tmp_path: Path, make_runner) -> None:
+    pytest.importorskip("nd2")
+    watch = tmp_path / "nis"
+    watch.mkdir()
+    broken = watch / "P1_WellB02_Seq0000.nd2"
+    broken.write_bytes(b"\xda\xce\xbe\x0a" + b"\0" * 500)
+    runner = make_runner(watch, rescan_interval=0.001, max_attempts=1)
+    runner.setup()
+    runner._discover()
+    runner._discover()
+    assert _images(runner) == {}
+    runner._discover()  # the third look at the same size and mtime: queued as it is
+    runner.run(once=True)
+    (img, _, _), = _images(runner).values()
+    assert img.status in ("failed", "quarantined")
+    assert img.error.startswith("ND2 data cannot be read") and "\n" not in img.error
+    assert broken.read_bytes().startswith(b"\xda\xce\xbe\x0a")  # left as it was

@@ -45,6 +45,16 @@ class Plane:
     pixel_size_um: float | None
 
 
+#: an unreadable container is looked at this many times (same size and mtime) before it is
+#: queued anyway, so that decoding records why it cannot be read
+MAX_LOOKS = 3
+
+
+class NotReady(Exception):
+    """The container cannot be opened yet: ND2 and CZI write their directory last, so a file
+    still being acquired (with pauses longer than the quiet period) has none."""
+
+
 @dataclass(frozen=True)
 class Unit:
     """One image inside a container. ``key`` is its place from the container's own metadata
@@ -108,7 +118,8 @@ def missing_reader(fmt: str, module: str, extra: str) -> str | None:
 def units(path: str) -> list[Unit] | None:
     """The images inside a container file, from its metadata; None for a file that is not a
     container. Positions and scenes become wells and fields only when the metadata names
-    the wells; otherwise the file is one image placed by its name, as a single file is."""
+    the wells; otherwise the file is one image placed by its name, as a single file is.
+    Raises ``NotReady`` when the container cannot be opened (yet)."""
     spec = FORMATS.get(Path(path).suffix.lower())
     if spec is None or not _regular(path):
         return None  # a FIFO or device named like a container would block its reader
@@ -121,9 +132,8 @@ def units(path: str) -> list[Unit] | None:
         else:
             from nscmonitor.pipeline.formats import czi as reader
         found = reader.units(path)
-    except Exception as exc:  # noqa: BLE001 - a half-written container: placed by name, decode decides
-        log.debug("%s: cannot list the images inside yet: %s", path, why(exc))
-        found = []
+    except Exception as exc:  # readers raise many types for a container without its directory
+        raise NotReady(why(exc)) from exc
     return found or [Unit(path)]
 
 
