@@ -140,7 +140,9 @@ def units(path: str) -> list[Unit] | None:
 def decode_native(ref: str, *, channel: str | None, max_pixels: int, max_bytes: int) -> Decoded:
     """``decode`` for a container image: the scored plane, then the hash of its bytes (the
     whole file, or the Zarr field folder's files), and the same check that nothing changed
-    while it was read."""
+    while it was read. The byte cap applies to a Zarr field; an ND2 or CZI file holds a
+    whole plate (often many GB) of which one plane is read, so its size is not capped and
+    its hash is computed once per version of the file for all the images inside it."""
     fmt, module, extra = format_of(ref)  # type: ignore[misc] - only called for containers
     path, unit = split_ref(ref)
     missing = missing_reader(fmt, module, extra)
@@ -153,12 +155,12 @@ def decode_native(ref: str, *, channel: str | None, max_pixels: int, max_bytes: 
         raise DecodeError("file disappeared before it could be read", permanent=False)
     if before[1] == 0:
         raise DecodeError("empty file (0 bytes)", permanent=True)
-    if before[1] > max_bytes:
+    if fmt == ZARR[0] and before[1] > max_bytes:
         raise DecodeError(f"{fmt} data of {before[1]} bytes is above the {max_bytes}-byte cap", permanent=True)
     reader = _reader(fmt)
     try:
         plane = reader(path, unit, channel=channel, max_pixels=max_pixels)
-        digest = _hash(path)
+        digest = _hash_once(path, before)
     except DecodeError:
         raise
     except PermissionError as exc:
@@ -220,6 +222,21 @@ def fingerprint(path: str) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return len(stats), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
+
+
+_HASHES: dict[tuple[str, tuple[int, int, int]], str] = {}
+_HASHES_KEPT = 256
+
+
+def _hash_once(path: str, fp: tuple[int, int, int]) -> str:
+    """The hash of a container file, remembered for its (files, bytes, mtime): the positions
+    or scenes of one file would otherwise each read all of it again."""
+    key = (path, fp)
+    if key not in _HASHES:
+        if len(_HASHES) >= _HASHES_KEPT:
+            _HASHES.pop(next(iter(_HASHES)))
+        _HASHES[key] = _hash(path)
+    return _HASHES[key]
 
 
 def _hash(path: str) -> str:
