@@ -105,9 +105,13 @@ class ZarrPlates:
             if fp != seen.fingerprint:
                 self._pending[path] = _Seen(fp, now, seen.field)
                 continue
-            if now - seen.since >= self.quiet and attrs(Path(path)).get("multiscales"):
-                out.append((path, fp[1], fp[2] / 1e9))
+            if now - seen.since >= self.quiet:
+                if attrs(Path(path)).get("multiscales"):
+                    out.append((path, fp[1], fp[2] / 1e9))
+                    self._keys[path] = seen.field.key
+                else:  # listed by its well, quiet, yet no image metadata: wait for a change, not forever
+                    log.warning("%s: listed as a field but holds no multiscales metadata; looked at again "
+                                "when its files change", path)
                 self._done[path] = fp
-                self._keys[path] = seen.field.key
                 del self._pending[path]
         return out

@@ -335,3 +335,19 @@ def test_a_container_that_never_opens_is_queued_after_a_few_looks_with_the_reaso
     assert img.status in ("failed", "quarantined")
     assert img.error.startswith("ND2 data cannot be read") and "\n" not in img.error
     assert broken.read_bytes().startswith(b"\xda\xce\xbe\x0a")  # left as it was
+
+
+def test_a_listed_field_without_image_metadata_does_not_hold_the_daemon(tmp_path: Path, make_runner) -> None:
+    pytest.importorskip("ome_zarr")
+    watch = tmp_path / "zarr"
+    plate = watch / "p.zarr"
+    planes = _write_plate(plate, {"B/3": 2}, acquisitions=1)
+    field = plate / "B" / "3" / "1"
+    for meta in ("zarr.json", ".zattrs"):
+        if (field / meta).exists():
+            (field / meta).unlink()  # an image group the converter has not described (yet)
+    runner = make_runner(watch, channel="BF")
+    runner.run(once=True)  # returns: the undescribed field is not waited for forever
+    rows = _images(runner)
+    assert [(w.name, img.field, img.status) for img, w, _ in rows.values()] == [("B03", 1, "done")]
+    assert len(planes) == 2
