@@ -45,6 +45,7 @@ class ZarrPlates:
         self._done: dict[str, tuple[int, int, int]] = {}
         self._keys: dict[str, ImageKey] = {}
         self._not_plates: set[Path] = set()
+        self._touched: set[str] = set()  # fields below which the watcher reported a path
         self._last_check = float("-inf")
 
     def __len__(self) -> int:
@@ -60,6 +61,9 @@ class ZarrPlates:
                 rest.append(p)
             else:
                 self._dirty.add(root)
+                parts = Path(p).relative_to(root).parts
+                if len(parts) >= 4:  # <row>/<col>/<field>/...: only this field needs a new fingerprint
+                    self._touched.add(str(root.joinpath(*parts[:3])))
         return rest
 
     def key(self, field_path: str) -> ImageKey | None:
@@ -67,6 +71,10 @@ class ZarrPlates:
         return self._keys.get(field_path)
 
     def _refresh(self, root: Path) -> None:
+        """Read the plate's metadata again: new fields become pending; a field already
+        pending is left to ``ready``; a field already queued is fingerprinted again only when
+        the watcher reported a path below it, so a plate being written is not walked whole
+        at every pass."""
         if not attrs(root).get("plate"):
             if root.is_dir() and root not in self._not_plates:
                 self._not_plates.add(root)
@@ -77,6 +85,9 @@ class ZarrPlates:
         now, wall = self.clock(), self.wall()
         for fld in plate_fields(root):
             path = str(fld.path)
+            if path in self._pending or (path in self._done and path not in self._touched):
+                continue
+            self._touched.discard(path)
             fp = fingerprint(path)
             if fp is None or fp[0] == 0 or fp == self._done.get(path):
                 continue

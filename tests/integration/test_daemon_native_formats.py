@@ -220,7 +220,7 @@ def test_zarr_field_is_ready_only_when_quiet_and_later_fields_are_found(tmp_path
     _write_plate(plate, {"B/3": 2}, acquisitions=1)
     now[0] = 11.0
     wall[0] = max(q.stat().st_mtime for q in plate.rglob("*") if q.is_file()) + 1.0
-    zp.claim([str(plate / "B" / "3" / "1" / "zarr.json")])
+    zp.claim([str(plate / "B" / "3" / f / "zarr.json") for f in ("0", "1")])  # as the watcher reports them
     assert zp.ready() == []
     extra = plate / "B" / "3" / "1" / "notes.bin"
     extra.write_bytes(b"x" * 10)
