@@ -59,12 +59,13 @@ def cells_image(seed: int, shape: tuple[int, int] = (96, 128), dtype: str = "uin
     return np.clip(img, 0, 4095).astype(dtype)
 
 
-def settings_for(tmp_path: Path, watch: Path, **watch_kw):  # noqa: ANN001, ANN201
+def settings_for(tmp_path: Path, watch: Path, db_url: str | None = None, **watch_kw):  # noqa: ANN001, ANN201
     from nscmonitor.config import parse_settings
 
+    db_url = db_url or f"sqlite:///{tmp_path / 'nsc.db'}"
     w = {"path": str(watch), "experiment": watch_kw.pop("experiment", "E1"), "quiet_seconds": 0.0,
          "rescan_interval": watch_kw.pop("rescan_interval", 60.0), **watch_kw}
-    return parse_settings({"database_url": f"sqlite:///{tmp_path / 'nsc.db'}", "models_dir": str(tmp_path / "models"),
+    return parse_settings({"database_url": db_url, "models_dir": str(tmp_path / "models"),
                            "log_dir": str(tmp_path / "logs"), "watch": [w]}, env={})
 
 
@@ -75,15 +76,76 @@ def make_runner(tmp_path: Path, tiny_model: Path):  # noqa: ANN201
 
     runners = []
 
-    def make(watch: Path, *, model: Path | None = None, **kw):  # noqa: ANN003, ANN202
+    def make(watch: Path, *, model: Path | None = None, db_url: str | None = None, **kw):  # noqa: ANN003, ANN202
         runner_kw = {k: kw.pop(k) for k in ("retry_base_s", "max_attempts", "poll_interval", "heartbeat_s",
                                             "claim_size") if k in kw}
         runner_kw.setdefault("retry_base_s", 0.05)
         runner_kw.setdefault("poll_interval", 0.2)
-        r = build_runner(settings_for(tmp_path, watch, **kw), model=model or tiny_model, **runner_kw)
+        r = build_runner(settings_for(tmp_path, watch, db_url, **kw), model=model or tiny_model, **runner_kw)
         runners.append(r)
         return r
 
     yield make
     for r in runners:
         r.stop_event.set()
+
+
+#: URL of a PostgreSQL role allowed to create databases and roles (``.ci/postgres.sh`` sets it)
+PG_ENV = "NSCMONITOR_TEST_PG_URL"
+
+
+def _libpq(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    """The PostgreSQL leg needs a real server; without one it skips and says why."""
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(f"PostgreSQL leg: no server ({PG_ENV} is not set; .ci/run starts one with .ci/postgres.sh)")
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("PostgreSQL leg: psycopg is not installed (pip install 'nscmonitor[postgres]')")
+    from sqlalchemy.engine import make_url
+
+    try:
+        psycopg.connect(_libpq(url), connect_timeout=5).close()
+    except psycopg.Error as exc:
+        pytest.skip(f"PostgreSQL leg: no server reachable at {make_url(url).render_as_string(hide_password=True)}: "
+                    f"{str(exc).strip().splitlines()[0]}")
+    return url
+
+
+def pg_admin_exec(admin_url: str, *sql: str) -> None:
+    """Statements that cannot run in a transaction (CREATE/DROP DATABASE), as the admin role."""
+    import psycopg
+
+    with psycopg.connect(_libpq(admin_url), autocommit=True) as c:
+        for s in sql:
+            c.execute(s)
+
+
+@pytest.fixture()
+def pg_url(pg_admin_url: str):  # noqa: ANN201
+    """A fresh, empty PostgreSQL database for this test alone, dropped afterwards."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    name = f"nsct_{uuid.uuid4().hex[:16]}"
+    pg_admin_exec(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE template0')
+    yield make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    pg_admin_exec(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store's URL on both backends: a SQLite file in the test's folder, or a fresh database
+    on the real PostgreSQL server (that leg skips with the reason when none is reachable)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'nsc.db'}"
+    return request.getfixturevalue("pg_url")

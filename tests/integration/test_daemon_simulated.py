@@ -1,5 +1,5 @@
 """The daemon against the simulated microscope writing at (compressed) real pace: every
-frame scored exactly once, none before it was complete."""
+frame scored exactly once, none before it was complete; on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ from nscmonitor.store.repo import Repo
 
 
 @pytest.mark.parametrize("vendor", ["imagexpress", "incucyte"])  # growing files; temp name then rename
-def test_daemon_scores_each_simulated_frame_once_after_completion(tmp_path: Path, make_runner, vendor: str) -> None:
+def test_daemon_scores_each_simulated_frame_once_after_completion(tmp_path: Path, make_runner, vendor: str,
+                                                                  db_url: str) -> None:
     out = tmp_path / "scope"
     out.mkdir()
     scope = Microscope(vendor=vendor, plate_format=96, fields=2, hours=4, interval_h=2, seed=5,
                        wells=["A01", "B02", "C03"], camera=Camera(shape=(192, 256)),
                        seconds_per_image=360.0)  # at speed 3600: 0.1 s per image, 2 s per interval
-    runner = make_runner(out, quiet_seconds=0.5, rescan_interval=1.0, profile=vendor)
+    runner = make_runner(out, quiet_seconds=0.5, rescan_interval=1.0, profile=vendor, db_url=db_url)
     runner.setup()
     th = threading.Thread(target=runner.run, daemon=True)
     th.start()

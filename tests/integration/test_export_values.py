@@ -1,21 +1,28 @@
 """The CSV export, checked value by value against numbers computed here from the stored
-per-image predictions (not from the readout table the export reads)."""
+per-image predictions (not from the readout table the export reads), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import csv
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from conftest import cells_image, write_tiff
 
 
-def test_export_matches_predictions(tmp_path: Path, make_runner) -> None:
+def _json(v):  # noqa: ANN001, ANN202
+    """A JSON column read with plain SQL: text on SQLite, already decoded by psycopg on PostgreSQL."""
+    import json
+
+    return json.loads(v) if isinstance(v, str) else v
+
+
+def test_export_matches_predictions(tmp_path: Path, make_runner, db_url: str) -> None:
     watch = tmp_path / "watch"
     for well in ("A1", "A2", "B1"):
         for field in (1, 2, 3):
@@ -24,23 +31,20 @@ def test_export_matches_predictions(tmp_path: Path, make_runner) -> None:
                            cells_image(hash((well, field, hours)) % 10_000, (128, 160)))
     pm = tmp_path / "map.csv"
     pm.write_text("well,condition,dose\nA1,=HYPERLINK(\"x\"),1\nA2,BDNF 10 ng/ml,10\nB1,control,0\n")
-    runner = make_runner(watch, plate_map=str(pm))
+    runner = make_runner(watch, plate_map=str(pm), db_url=db_url)
     runner.run(once=True)
-    db = runner.settings.database_url.removeprefix("sqlite:///")
     out = tmp_path / "report.csv"
     subprocess.run([sys.executable, "-m", "nscmonitor", "export", "--db", runner.settings.database_url,
                     "--experiment", "E1", "-o", str(out)], check=True, capture_output=True)
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
-    with sqlite3.connect(db) as c:
-        preds = c.execute("""select w.name, i.elapsed_h, p.classes, p.prob_mean, p.fraction, p.n_tiles, p.model_version
+    with runner.store.engine.connect() as c:
+        preds = c.execute(text("""select w.name, i.elapsed_h, p.classes, p.prob_mean, p.fraction, p.n_tiles, p.model_version
                              from predictions p join images i on i.id = p.image_id join wells w on w.id = i.well_id
-                             where i.qc_passed = 1""").fetchall()
-    import json
-
+                             where i.qc_passed = :passed"""), {"passed": True}).fetchall()
     expected: dict[tuple[str, float, str], dict] = {}
     groups: dict[tuple[str, float], list] = {}
     for well, elapsed, classes, pmean, frac, n_tiles, version in preds:
-        groups.setdefault((well, elapsed), []).append((json.loads(classes), json.loads(pmean), json.loads(frac), n_tiles, version))
+        groups.setdefault((well, elapsed), []).append((_json(classes), _json(pmean), _json(frac), n_tiles, version))
     for (well, elapsed), items in groups.items():
         classes = items[0][0]
         means = np.array([it[1] for it in items])

@@ -1,4 +1,5 @@
-"""Registry, label import and the scheduler on a real SQLite store."""
+"""Registry, label import and the scheduler on a real store: a SQLite file and a real PostgreSQL
+server (``db_url``)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from nscmonitor.errors import UserFacingError
 
 
 @pytest.fixture()
-def engine(tmp_path: Path):  # noqa: ANN201
-    e = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def engine(db_url: str):  # noqa: ANN201
+    e = make_engine(db_url)
     ensure_schema(e)
     store = Store(e)
     exp = store.ensure_experiment("E1")
@@ -91,7 +92,7 @@ def _runs(url: str) -> list:
 def test_schedule_persists_and_coalesces_missed_runs(tmp_path: Path, engine) -> None:  # noqa: ANN001
     from nscmonitor.schedule.scheduler import JOB_ID, make_scheduler
 
-    url = str(engine.url)
+    url = engine.url.render_as_string(hide_password=False)
     settings = parse_settings({"database_url": url, "models_dir": str(tmp_path / "models"),
                                "retrain": {"schedule": "interval:1h"}}, env={})
     sched = make_scheduler(settings)

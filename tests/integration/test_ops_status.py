@@ -1,4 +1,4 @@
-"""``nscmonitor status`` exit codes on a real SQLite store, with the clock injected:
+"""``nscmonitor status`` exit codes on a real store (SQLite and PostgreSQL), with the clock injected:
 0 healthy, 1 stalled, 2 watched folder unreachable, 3 no daemon."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from nscmonitor.store.writer import Discovered, Store
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> Store:
-    engine = make_engine(f"sqlite:///{tmp_path / 'nsc.db'}")
+def store(db_url: str) -> Store:
+    engine = make_engine(db_url)
     ensure_schema(engine)
     yield Store(engine)
     engine.dispose()
@@ -66,7 +66,7 @@ def test_stopped_daemon_is_exit_3(store: Store, tmp_path: Path) -> None:
 
 def test_status_command_returns_the_code(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _daemon(store, tmp_path, reachable=False)
-    url = str(store.engine.url)
+    url = store.engine.url.render_as_string(hide_password=False)
     assert main(["status", "--db", url, "--json"]) == 2
     assert '"exit_code": 2' in capsys.readouterr().out
 
