@@ -394,7 +394,7 @@ def _cpu_int8(model_path: Path, tiles: _Tiles, want_openvino: bool, threads: int
     t0 = time.monotonic()
     path, report = build_ort_int8(model_path, tiles.calib, tiles.heldout, threads=threads)
     seconds = time.monotonic() - t0
-    ort = Attempt("ort-int8", path is not None, path.name if path else None, report.to_dict(),
+    ort = Attempt("ort-int8", path is not None and report.passed, path.name if path else None, report.to_dict(),
                   None if report.passed else "; ".join(report.reasons), seconds)
     if path is None or not want_openvino:
         return [ort]

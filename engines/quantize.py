@@ -120,10 +120,14 @@ def quantize_static_qdq(model_path: str | Path, out_path: str | Path, calib_x: n
 
 def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, out_path: str | Path | None = None,
                    settings: dict[str, Any] | None = None, threads: int = 0) -> tuple[Path | None, GateReport]:
-    """Quantize, gate against fp32 on held-out tiles, and publish only a passing model.
+    """Quantize, gate against fp32 on held-out tiles, and publish a model that passed on at
+    least one runtime that serves it.
 
-    Returns (path of the int8 model or None, gate report); the report is also written beside
-    the target as ``*.gate.json`` either way.
+    ONNX Runtime and OpenVINO round int8 differently, so each gets its own gate (both stored
+    in the model's metadata) and each engine serves the file only if its own gate passed: a
+    model that OpenVINO runs within the tolerance but ONNX Runtime does not is kept, for
+    OpenVINO only. Returns (path of the int8 model or None, ONNX Runtime's gate report); the
+    report is also written beside the target as ``*.gate.json`` either way.
     """
     model_path = Path(model_path)
     meta = read_onnx_metadata(model_path)
@@ -140,16 +144,19 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
                      tolerance=tol, tiles_source=heldout.source)
     (log.info if report.passed else log.warning)("validation gate: %s", report.summary())
     write_report(report, out.with_name(out.name + ".gate.json"))
-    if not report.passed:
-        part.unlink(missing_ok=True)
-        log.warning("int8 model discarded: %s", report.summary())
-        return None, report
     ov_report = None
     ov_probs = _openvino_probs(part, meta, heldout, threads)
     if ov_probs is not None:
         ov_report = compare(reference, ov_probs, heldout.groups, backend="openvino-int8", tolerance=tol,
                             tiles_source=heldout.source)
         (log.info if ov_report.passed else log.warning)("validation gate: %s", ov_report.summary())
+    if not report.passed and not (ov_report is not None and ov_report.passed):
+        part.unlink(missing_ok=True)
+        log.warning("int8 model discarded: %s", report.summary())
+        return None, report
+    if not report.passed:
+        log.warning("int8 model kept for OpenVINO only (its gate passed there; ONNX Runtime refuses it): %s",
+                    report.summary())
     _stamp_metadata(part, meta, report, file_sha256(model_path), cfg, len(calib), calib.source, ov_report)
     os.replace(part, out)
     log.info("int8 model written to %s", out)
