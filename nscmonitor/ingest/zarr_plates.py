@@ -101,12 +101,12 @@ class ZarrPlates:
     def ready(self) -> list[tuple[str, int, float]]:
         """Fields quiet for long enough, as (field folder, bytes, newest mtime)."""
         now = self.clock()
+        if now - self._last_check < self.check_every:
+            return []
+        self._last_check = now
         for root in list(self._dirty):
             self._dirty.discard(root)
             self._refresh(root)
-        if not self._pending or now - self._last_check < self.check_every:
-            return []
-        self._last_check = now
         out = []
         for path, seen in list(self._pending.items()):
             fp = fingerprint(path)
