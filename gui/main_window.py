@@ -196,7 +196,7 @@ class MainWindow(QMainWindow):
         cl.addLayout(timeline)
 
         self.time_course = TimeCourse()
-        self.image_view = ImageView(self.reader)
+        self.image_view = ImageView(self.reader, watch=getattr(self.settings, "watch", None) or ())
         self.status_panel = StatusPanel(requeue=requeue_action(self.settings))
         self.status_panel.on_changed = self.refresh
         self.models_panel = ModelsPanel(actions=registry_actions(self.settings), labeller=label_action(self.settings))

@@ -37,13 +37,15 @@ class LoadedImage:
     probs: np.ndarray
 
 
-def load_image(img: WellImage, p_low: float = 1.0, p_high: float = 99.8) -> LoadedImage:
+def load_image(img: WellImage, p_low: float = 1.0, p_high: float = 99.8, *, channel: str | None = None) -> LoadedImage:
+    """The image as it was scored: ``channel`` is its watch folder's setting, so a stack or
+    container shows the plane the tiles were computed on."""
     from nscmonitor.pipeline.aggregate import unpack_tiles
     from nscmonitor.names import from_db
     from nscmonitor.pipeline.decode import decode
     from nscmonitor.pipeline.preprocess import percentiles
 
-    dec = decode(from_db(img.path))  # the stored form of a name that is not valid UTF-8 is escaped
+    dec = decode(from_db(img.path), channel=channel)  # the stored form of a name that is not valid UTF-8 is escaped
     lo, hi = percentiles(dec.pixels, (p_low, p_high))
     rows = cols = 0
     kept = np.zeros(0, bool)
@@ -66,9 +68,10 @@ def explain_available(model_path: str | None) -> tuple[bool, str]:
 
 
 class ImageView(QWidget):
-    def __init__(self, reader: Reader, parent: QWidget | None = None) -> None:
+    def __init__(self, reader: Reader, parent: QWidget | None = None, *, watch: tuple = ()) -> None:
         super().__init__(parent)
         self.reader = reader
+        self.watch = tuple(watch)  # the configured watch folders: their ``channel`` is the plane shown
         self.images: list[WellImage] = []
         self.model_meta: dict | None = None
         self.model_path: str | None = None
@@ -141,7 +144,13 @@ class ImageView(QWidget):
             return
         img = self.images[i]
         self.info.setText(f"Loading {img.path} …")
-        self.reader.submit(load_image, img, done=lambda r, img=img: self._loaded(img, r),
+        from functools import partial
+
+        from nscmonitor.names import from_db
+        from nscmonitor.pipeline.formats import channel_for
+
+        scored = channel_for(self.watch, from_db(img.path))
+        self.reader.submit(partial(load_image, channel=scored), img, done=lambda r, img=img: self._loaded(img, r),
                            failed=lambda msg, img=img: self.info.setText(f"{img.path}: cannot show the image: {msg}"),
                            channel="image")
 
