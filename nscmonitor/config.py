@@ -72,6 +72,8 @@ class RetrainSettings:
     #: a candidate whose engine (int8 / TensorRT) fails its gate here is not promoted; false lets
     #: it be promoted all the same and served in fp32
     require_engine: bool = True
+    #: training processes (DistributedDataParallel through torchrun); they share ``threads``
+    nproc: int = 1
     #: extra training settings (arch, image_size, lr, ...), checked by the trainer
     train: dict = field(default_factory=dict)
 
@@ -303,8 +305,11 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
     epochs = _expect(rt, "epochs", int, "retrain.", 10)
     if rthreads < 0 or epochs < 1:
         raise ConfigError(f"retrain.threads must be >= 0 and retrain.epochs >= 1, got {rthreads} and {epochs}")
+    nproc = _expect(rt, "nproc", int, "retrain.", 1)
+    if nproc < 1:
+        raise ConfigError(f"retrain.nproc must be 1 or more training processes, got {nproc}")
     retrain = RetrainSettings(
-        schedule=sched, threads=rthreads,
+        schedule=sched, threads=rthreads, nproc=nproc,
         device=_expect(rt, "device", str, "retrain.", "cpu"), epochs=epochs,
         rescore=_expect(rt, "rescore", bool, "retrain.", False), hook=_expect(rt, "hook", str, "retrain.", None),
         require_engine=_expect(rt, "require_engine", bool, "retrain.", True),

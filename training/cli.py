@@ -23,7 +23,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--weights", help="local .pth state dict to start from (never downloaded)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads of the run, shared by its --nproc processes (default: all cores)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train on N processes with DistributedDataParallel (torchrun on this machine: gloo on "
+                        "the CPU, one GPU per process with --device cuda); rank 0 writes checkpoints and model.onnx")
     p.add_argument("--resume", action="store_true", default=None, help="continue from RUN_DIR/last.pt")
     p.add_argument("--no-export", dest="export", action="store_false", default=None)
     p.add_argument("--no-engine", action="store_true",
@@ -76,16 +80,44 @@ def _train(args: argparse.Namespace) -> int:
         cfg.data = str(_store_data(args, Path(cfg.out) / "data", cfg.tile_size))
     if not cfg.data or not cfg.out:
         raise UserFacingError("train needs --data and --out (or both in --config), or --from-store/--labels")
-    try:
-        main(cfg)
-    except FileNotFoundError as exc:
-        raise UserFacingError(str(exc)) from exc
+    if args.nproc < 1:
+        raise UserFacingError(f"--nproc must be 1 or more, not {args.nproc}")
+    if args.nproc > 1:
+        _launch(cfg, args.nproc)
+    else:
+        try:
+            main(cfg)
+        except FileNotFoundError as exc:
+            raise UserFacingError(str(exc)) from exc
     model = Path(cfg.out) / "model.onnx"
     if cfg.export is not False and not args.no_engine and model.is_file():
         from nscmonitor.engines import autobuild
 
         print(f"engine: {autobuild.describe(autobuild.ensure(model, threads=cfg.threads or 0))}")
     return 0
+
+
+def _launch(cfg, nproc: int) -> None:  # noqa: ANN001
+    """torchrun as a child process rather than ``torch.multiprocessing.spawn`` here: the
+    documented ``torchrun ... -m nscmonitor.training.train`` and this command then run one
+    code path, torchrun finds a free rendezvous port, and it stops every worker when one
+    fails (a spawned worker that dies can leave the others blocked in a collective). The
+    resolved settings travel as ``RUN_DIR/launch.toml``, which also resumes the run by hand."""
+    import dataclasses
+    import os
+
+    from nscmonitor.training.launch import command, run, thread_env, write_toml
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "launch.toml"
+    write_toml(cfg_path, dataclasses.asdict(cfg))
+    argv = command(cfg_path, nproc)
+    print(f"training on {nproc} processes: {' '.join(argv[1:])}")
+    rc = run(argv, env={**os.environ, **thread_env(cfg.threads, nproc)})
+    if rc != 0:
+        raise UserFacingError(f"training on {nproc} processes failed (exit code {rc}); the messages above say why"
+                              + ("; continue with --resume" if (out / "last.pt").is_file() else ""))
 
 
 def _store_data(args: argparse.Namespace, data_dir: Path, tile_size: int | None) -> Path:

@@ -4,6 +4,9 @@ references shape), runnable unattended as ``python -m nscmonitor.training.train 
 One run directory holds everything: ``config.json`` (resolved), ``last.pt`` / ``best.pt``
 (atomic), ``metrics.json``, ``evaluation.png`` and ``model.onnx``. Interrupt it and run again
 with ``resume`` to continue from the last finished epoch.
+
+``torchrun --nproc-per-node N -m nscmonitor.training.train --config F`` runs the same code on
+N processes with DistributedDataParallel (see ``distributed.py``); rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 
 from nscmonitor.errors import UserFacingError
 from nscmonitor.training import data as D
+from nscmonitor.training import distributed as dd
 from nscmonitor.training.model import GREY_MEAN, GREY_STD, build_model, load_weights
 from nscmonitor.training.transforms import AugmentConfig, augment
 
@@ -117,17 +121,20 @@ def prepare_data(cfg: TrainConfig) -> tuple[dict[str, Split], D.DataInfo, list[s
     return splits, info, classes, dhash
 
 
-def batches(split: Split, batch_size: int, *, shuffle: bool, weights: np.ndarray | None = None, seed: int = 0):
+def batches(split: Split, batch_size: int, *, shuffle: bool, weights: np.ndarray | None = None, seed: int = 0,
+            order: np.ndarray | None = None):
     """In-memory batches: the tiles are small and decoded once, so a DataLoader's worker
-    processes would cost more than they save on a 2-core machine."""
+    processes would cost more than they save on a 2-core machine. ``order`` (a rank's share
+    from ``BalancedDistributedSampler``) replaces the order drawn from ``seed``."""
     n = len(split.y)
-    rng = np.random.default_rng(seed)
-    if weights is not None:
-        p = weights[split.y]
-        order = rng.choice(n, size=n, replace=True, p=p / p.sum())
-    else:
-        order = rng.permutation(n) if shuffle else np.arange(n)
-    for i in range(0, n, batch_size):
+    if order is None:
+        rng = np.random.default_rng(seed)
+        if weights is not None:
+            p = weights[split.y]
+            order = rng.choice(n, size=n, replace=True, p=p / p.sum())
+        else:
+            order = rng.permutation(n) if shuffle else np.arange(n)
+    for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         if shuffle and len(idx) < 2 < n:
             break  # a lone sample breaks BatchNorm's training statistics
@@ -170,14 +177,20 @@ def _to_model_layout(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
 
 def train_one_epoch(model, criterion, optimizer, scheduler, split: Split, device, epoch: int,
                     cfg: TrainConfig, scaler=None, sample_weights=None, progress=None,
-                    dtype: torch.dtype | None = None) -> dict[str, float]:
+                    dtype: torch.dtype | None = None, world: dd.World = dd.World()) -> dict[str, float]:
+    """One pass over this rank's share of the epoch's order; loss and accuracy are summed
+    over all ranks, so every rank returns the whole epoch's numbers."""
     model.train()
     aug = AugmentConfig(**cfg.augment)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-    n_batches = math.ceil(len(split.y) / cfg.batch_size)
+    gen = torch.Generator().manual_seed(dd.rank_seed(cfg.seed * 1000 + epoch, world.rank))
+    sampler = dd.BalancedDistributedSampler(split.y, world, weights=sample_weights, seed=cfg.seed)
+    sampler.set_epoch(epoch)
+    order = sampler.indices()
+    batch_size = dd.per_rank_batch(cfg.batch_size, world)
+    n_batches = math.ceil(len(order) / batch_size)
     task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches, loss=float("nan")) if progress else None
     total, seen, correct = 0.0, 0, 0
-    for x, y in batches(split, cfg.batch_size, shuffle=True, weights=sample_weights, seed=cfg.seed * 1000 + epoch):
+    for x, y in batches(split, batch_size, shuffle=True, order=order):
         x = _to_model_layout(augment(x, aug, gen).to(device, non_blocking=True), cfg)
         y = y.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -199,7 +212,8 @@ def train_one_epoch(model, criterion, optimizer, scheduler, split: Split, device
             progress.update(task, advance=1, loss=total / seen)
     if progress:
         progress.remove_task(task)
-    return {"loss": total / max(seen, 1), "accuracy": correct / max(seen, 1)}
+    total, seen, correct = dd.all_reduce_sum(np.array([total, seen, correct]), world, device)
+    return {"loss": float(total / max(seen, 1)), "accuracy": float(correct / max(seen, 1))}
 
 
 @torch.no_grad()
@@ -217,16 +231,29 @@ def predict_logits(model, x: np.ndarray, device, batch_size: int = 128, dtype: t
 
 
 def evaluate(model, criterion, split: Split, device, batch_size: int = 128, dtype: torch.dtype | None = None,
-             channels_last: bool = False) -> dict[str, float]:
-    """Validation loss, accuracy and balanced accuracy (the early-stopping score)."""
-    from nscmonitor.training.evaluate import balanced_accuracy
-
-    logits = predict_logits(model, split.x, device, batch_size, dtype, channels_last)
-    y = split.y
-    loss = float(criterion(torch.from_numpy(logits).to(device), torch.from_numpy(y).to(device)).item())
-    pred = logits.argmax(1)
-    return {"loss": loss, "accuracy": float((pred == y).mean()),
-            "balanced_accuracy": balanced_accuracy(y, pred, logits.shape[1])}
+             channels_last: bool = False, world: dd.World = dd.World(),
+             num_classes: int | None = None) -> dict[str, float]:
+    """Validation loss, accuracy and balanced accuracy (the early-stopping score). Each rank
+    scores its share of the set; the loss sum and the confusion matrix are summed over the
+    ranks, so every rank gets the whole set's numbers and takes the same early-stopping
+    decision. ``criterion`` must average (its sum is rebuilt from the mean)."""
+    idx = dd.shard(len(split.y), world)
+    k = num_classes or int(split.y.max()) + 1
+    logits = predict_logits(model, split.x[idx], device, batch_size, dtype, channels_last)
+    y = split.y[idx]
+    loss_sum = float(criterion(torch.from_numpy(logits).to(device), torch.from_numpy(y).to(device)).item()) * len(y) \
+        if len(y) else 0.0
+    confusion = np.zeros((k, k), np.float64)
+    if len(y):
+        np.add.at(confusion, (y, logits.argmax(1)), 1)
+    sums = dd.all_reduce_sum(np.concatenate([[loss_sum], confusion.ravel()]), world, device)
+    loss_sum, confusion = sums[0], sums[1:].reshape(k, k)
+    n = confusion.sum()
+    support = confusion.sum(1)
+    present = support > 0
+    return {"loss": float(loss_sum / max(n, 1)), "accuracy": float(np.trace(confusion) / max(n, 1)),
+            "balanced_accuracy": float(np.mean(np.diag(confusion)[present] / support[present])) if present.any()
+            else None}
 
 
 def build_optim(model, cfg: TrainConfig, steps_per_epoch: int):
@@ -274,15 +301,22 @@ def checkpoint(model, optimizer, scheduler, scaler, epoch: int, meta: dict, stat
             "metadata": json.dumps(meta), "state": state}
 
 
-def _setup(cfg: TrainConfig):
-    if cfg.threads:
+def _setup(cfg: TrainConfig, world: dd.World = dd.World()):
+    """Threads, device (one GPU per local rank) and the process group. ``threads`` is the
+    run's budget: N processes on one machine share it (all cores when 0)."""
+    from nscmonitor.training.launch import threads_per_process
+
+    if world.distributed:
+        torch.set_num_threads(threads_per_process(cfg.threads, world.local_size))
+    elif cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserFacingError("--device cuda asked for, but torch sees no CUDA GPU here")
+    device = dd.init(cfg.device, world)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    return torch.device(cfg.device), out
+    return device, out
 
 
 def _resume(out: Path, model, optimizer, scheduler, scaler, dhash: str) -> dict:
@@ -308,8 +342,11 @@ def _progress(enabled: bool):
                     disable=not (enabled and sys.stdout.isatty()), transient=True)
 
 
-def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, device) -> dict:
-    """The epoch loop with early stopping; returns the run state (history, best epoch)."""
+def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, device,
+        world: dd.World = dd.World()) -> dict:
+    """The epoch loop with early stopping; returns the run state (history, best epoch).
+    On several processes the model is wrapped in DistributedDataParallel; checkpoints hold
+    the unwrapped model's state_dict and only rank 0 writes them."""
     classes = meta["classes"]
     model = build_model(cfg.arch, len(classes))
     if cfg.weights and not cfg.resume:
@@ -318,12 +355,16 @@ def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, devic
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    if world.distributed and device.type == "cuda":
+        # BatchNorm statistics over the global batch where torch can (SyncBatchNorm is CUDA
+        # only); on the CPU each process normalises over its own share of the batch
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     cw = class_weights(splits["train"].y, len(classes))
     use_w = cfg.balance == "weights"
     criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32, device=device) if use_w else None,
                                           label_smoothing=cfg.label_smoothing)
     val_criterion = torch.nn.CrossEntropyLoss()
-    steps = math.ceil(len(splits["train"].y) / cfg.batch_size)
+    steps = math.ceil(math.ceil(len(splits["train"].y) / world.size) / dd.per_rank_batch(cfg.batch_size, world))
     optimizer, scheduler = build_optim(model, cfg, steps)
     dtype = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
@@ -333,15 +374,21 @@ def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, devic
     if cfg.resume and (out / "last.pt").is_file():
         state = _resume(out, model, optimizer, scheduler, scaler, meta["data_hash"])
         print(f"resuming after epoch {state['start_epoch']} from {out / 'last.pt'}")
+    net = model
+    if world.distributed:
+        model = _wrap_ddp(model, device)
+        print(f"DistributedDataParallel: {world.size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+              f"batch {dd.per_rank_batch(cfg.batch_size, world)} per process, {torch.get_num_threads()} threads each")
     sw = cw if cfg.balance == "sampler" else None
-    with _progress(cfg.progress) as progress:
+    with _progress(cfg.progress and world.main) as progress:
         for epoch in range(state["start_epoch"], cfg.epochs):
             if state["bad_epochs"] >= cfg.patience:
                 break
             t0 = time.perf_counter()
             tr = train_one_epoch(model, criterion, optimizer, scheduler, splits["train"], device, epoch, cfg,
-                                 scaler, sw, progress, dtype)
-            va = evaluate(model, val_criterion, splits["val"], device, dtype=dtype, channels_last=cfg.channels_last)
+                                 scaler, sw, progress, dtype, world)
+            va = evaluate(net, val_criterion, splits["val"], device, dtype=dtype, channels_last=cfg.channels_last,
+                          world=world, num_classes=len(classes))
             secs = time.perf_counter() - t0
             state["history"].append({"epoch": epoch, "train": tr, "val": va, "seconds": secs})
             score = va["balanced_accuracy"] - 1e-3 * va["loss"]
@@ -349,7 +396,9 @@ def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, devic
             state.update(best_score=max(score, state["best_score"]), bad_epochs=0 if improved else state["bad_epochs"] + 1)
             if improved:
                 state["best_epoch"] = epoch
-            ck = checkpoint(model, optimizer, scheduler, scaler, epoch, meta, state)
+            if not world.main:
+                continue
+            ck = checkpoint(net, optimizer, scheduler, scaler, epoch, meta, state)
             if improved:
                 save_atomic(ck, out / "best.pt")
             save_atomic(ck, out / "last.pt")
@@ -358,6 +407,14 @@ def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, devic
                 f"val loss {va['loss']:.4f} acc {va['accuracy']:.3f} bal {va['balanced_accuracy']:.3f}"
                 + ("  *best" if improved else ""), soft_wrap=True)
     return state
+
+
+def _wrap_ddp(model, device):
+    from torch.nn.parallel import DistributedDataParallel
+
+    if device.type == "cuda":
+        return DistributedDataParallel(model, device_ids=[device.index], output_device=device.index)
+    return DistributedDataParallel(model)
 
 
 def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dict[str, Any]:
@@ -423,10 +480,23 @@ def summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
-    """Run a whole training job from a config (what the scheduler calls); returns metrics."""
+    """Run a whole training job from a config (what the scheduler calls); returns metrics.
+    Started by torchrun, this is one rank of a DistributedDataParallel run: rank 0 returns
+    the metrics, the others an empty dict once rank 0 has exported."""
     if isinstance(cfg, dict):
         cfg = TrainConfig(**cfg)
-    device, out = _setup(cfg)
+    world = dd.world_from_env()
+    if not world.main:
+        cfg = dataclasses.replace(cfg, progress=False)
+    try:
+        with dd.quiet_unless_main(world):
+            return _run(cfg, world)
+    finally:
+        dd.close(world)
+
+
+def _run(cfg: TrainConfig, world: dd.World) -> dict[str, Any]:
+    device, out = _setup(cfg, world)
     t0 = time.perf_counter()
     splits, info, classes, dhash = prepare_data(cfg)
     counts = {s: np.bincount(v.y, minlength=len(classes)).tolist() for s, v in splits.items()}
@@ -437,16 +507,21 @@ def main(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     resolved = {**dataclasses.asdict(cfg), "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
                 "data_hash": dhash, "classes": classes, "pixel_size_um": meta["pixel_size_um"],
                 "torch": torch.__version__, "counts": counts}
-    tmp = out / "config.json.part"
-    tmp.write_text(json.dumps(resolved, indent=2))
-    os.replace(tmp, out / "config.json")
-    state = fit(cfg, splits, meta, out, device)
+    if world.main:
+        resolved["nproc"] = world.size
+        tmp = out / "config.json.part"
+        tmp.write_text(json.dumps(resolved, indent=2))
+        os.replace(tmp, out / "config.json")
+    state = fit(cfg, splits, meta, out, device, world)
+    dd.barrier(world)  # rank 0's last checkpoint is on disk before anyone looks for best.pt
     if state["best_epoch"] < 0 and not (out / "best.pt").is_file():
         raise UserFacingError("training ran no epoch (already finished or stopped early?)")
     secs = [h["seconds"] for h in state["history"]]
     if secs:
         print(f"time per epoch: {np.mean(secs):.1f} s (median {np.median(secs):.1f} s over {len(secs)} epochs)")
-    return finish(cfg, splits, out, device)
+    metrics = finish(cfg, splits, out, device) if world.main else {}
+    dd.barrier(world)  # the other ranks wait until rank 0 has written metrics and model.onnx
+    return metrics
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -456,7 +531,8 @@ def cli(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     try:
-        main(TrainConfig.from_sources(args.config, resume=args.resume, progress=False))
+        # the progress bar shows only on a terminal (and on rank 0); a log file gets lines
+        main(TrainConfig.from_sources(args.config, resume=args.resume))
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

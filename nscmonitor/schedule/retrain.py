@@ -2,8 +2,8 @@
 
 labels changed? -> dataset from the store (every earlier image of a labelled well inherits
 its end-point label; test wells held out by plate where there are several plates) ->
-``python -m nscmonitor.training.train`` in a subprocess with a thread budget and lower
-priority (a crash or out-of-memory there never takes the daemon down) -> candidate and
+``python -m nscmonitor.training.train`` in a subprocess (torchrun with ``retrain.nproc``
+processes when more than one) with a thread budget and lower priority (a crash or out-of-memory there never takes the daemon down) -> candidate and
 active model evaluated on the same held-out images with ONNX Runtime -> gates -> candidate
 registered -> this machine's engine built and gated for it (``engines.autobuild``, in a
 lower-priority subprocess) -> promote (model and engine together) or reject, with the numbers.
@@ -36,7 +36,7 @@ from nscmonitor.labels import WellLabel, current_labels, labels_version, read_la
 from nscmonitor.registry.registry import Registry
 from nscmonitor.schedule.gates import Decision, EvalResult, decide, evaluate_predictions
 from nscmonitor.store import models as m
-from nscmonitor.store.db import ensure_schema, make_engine, open_readonly
+from nscmonitor.store.db import ensure_schema, make_engine, masked, open_readonly
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def store_dataset(settings: Settings, out_dir: Path, *, labels_file: Path | None
                               "'nscmonitor labels import FILE.csv' first")
     samples = collect_samples(engine, up_to=None, labels=labels)
     if not samples:
-        raise UserFacingError(f"no scored, QC-passed images of labelled wells in {settings.database_url}")
+        raise UserFacingError(f"no scored, QC-passed images of labelled wells in {masked(settings.database_url)}")
     active = Registry(settings.models_dir, engine).active()
     base_meta = read_onnx_metadata(active.path) if active and tile_size is None else None
     tile, px = _tile_geometry(settings, [smp.path for smp in samples], base_meta)
@@ -236,22 +236,21 @@ def _train_toml(path: Path, values: dict) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def train_subprocess(cfg_path: Path, *, threads: int, timeout: float | None, log_path: Path) -> tuple[int, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(threads, 1)), "MKL_NUM_THREADS": str(max(threads, 1))}
+def train_subprocess(cfg_path: Path, *, threads: int, timeout: float | None, log_path: Path,
+                     nproc: int = 1) -> tuple[int, str]:
+    """The trainer in a lower-priority child (``nproc`` > 1: torchrun with that many
+    DistributedDataParallel workers sharing the ``threads`` budget); a time limit stops
+    every worker, not only the launcher."""
+    from nscmonitor.training.launch import command, run, thread_env
+
+    env = {**os.environ, **thread_env(max(threads, 1), nproc)}
     kw: dict = {}
     if sys.platform == "win32":
         kw["creationflags"] = subprocess.BELOW_NORMAL_PRIORITY_CLASS
     else:
         kw["preexec_fn"] = lambda: os.nice(10)
     with open(log_path, "w") as logf:
-        proc = subprocess.Popen([sys.executable, "-m", "nscmonitor.training.train", "--config", str(cfg_path)],
-                                stdout=logf, stderr=subprocess.STDOUT, env=env, **kw)
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            rc = -9
+        rc = run(command(cfg_path, nproc), env=env, timeout=timeout, stdout=logf, stderr=subprocess.STDOUT, **kw)
     tail = log_path.read_text(errors="replace")[-2000:]
     return rc, tail
 
@@ -309,7 +308,7 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
     cfg_path = run_dir / "train.toml"
     _train_toml(cfg_path, values)
     rc, tail = train_subprocess(cfg_path, threads=settings.retrain.threads, timeout=timeout,
-                                log_path=run_dir / "train.log")
+                                log_path=run_dir / "train.log", nproc=settings.retrain.nproc)
     candidate_path = run_dir / "train" / "model.onnx"
     if rc != 0 or not candidate_path.is_file():
         why = "killed (time limit or signal)" if rc < 0 else f"exited with code {rc}"

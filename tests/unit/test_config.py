@@ -48,6 +48,8 @@ channel = "phase"
     ({"database_url": "nscmonitor.db"}, "database_url"),
     ({"retrain": {"schedule": "nightly"}}, "retrain.schedule"),
     ({"retrain": {"require_engine": "yes"}}, "retrain.require_engine"),
+    ({"retrain": {"nproc": 0}}, "retrain.nproc"),
+    ({"retrain": {"nproc": "2"}}, "retrain.nproc"),
     ({"custom_profiles": [{"name": "lab", "regex": "(?P<plate>\\w+).tif"}]}, "custom_profiles[0]"),
     ({"colour": "blue"}, "colour"),
 ])
@@ -75,3 +77,8 @@ def test_unc_paths_poll_by_default() -> None:
 def test_retrain_requires_a_gated_engine_unless_told_otherwise() -> None:
     assert parse_settings({}, env={}).retrain.require_engine is True
     assert parse_settings({"retrain": {"require_engine": False}}, env={}).retrain.require_engine is False
+
+
+def test_retrain_trains_on_one_process_unless_told_otherwise() -> None:
+    assert parse_settings({}, env={}).retrain.nproc == 1
+    assert parse_settings({"retrain": {"nproc": 2}}, env={}).retrain.nproc == 2
