@@ -346,7 +346,7 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
     import shutil
 
     from nscmonitor.service_checks import database_disk, drive_letter_warning
-    from nscmonitor.store.db import current_revision, head_revision, make_engine, sqlite_path
+    from nscmonitor.store.db import current_revision, head_revision, make_engine, masked, sqlite_path
 
     checks: list[tuple[str, bool, str]] = []
     for mod, what in (("onnxruntime", "ONNX Runtime (CPU engine)"), ("torch", "PyTorch (training, reference engine)"),
@@ -375,12 +375,12 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
         cur = current_revision(eng)
         head = head_revision()
         checks.append(("database", cur == head or cur is None,
-                       f"{s.database_url} schema {cur or 'new'} (this version needs {head})"))
+                       f"{masked(s.database_url)} schema {cur or 'new'} (this version needs {head})"))
         disk = database_disk(s.database_url)
         if disk is not None:
             checks.append(("database disk space", disk.ok, disk.message))
     except Exception as exc:  # doctor reports, it does not crash
-        checks.append(("database", False, f"{s.database_url}: {exc}"))
+        checks.append(("database", False, f"{masked(s.database_url)}: {exc}"))
     for w in s.watch:
         ok = w.path.is_dir()
         note = f"{w.path} ({'polling' if w.use_polling() else 'native events'})"
@@ -471,6 +471,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_db(args: argparse.Namespace) -> int:
     from nscmonitor.store import db
 
+    if args.db_command == "roles":
+        from nscmonitor.store.roles import RoleNames, psql_script
+
+        print(psql_script(RoleNames(database=args.database, owner=args.owner, daemon=args.daemon,
+                                    reader=args.reader)), end="")
+        return 0
+    if args.db_command == "copy":
+        from nscmonitor.store.copy import copy_database
+
+        checks = copy_database(args.source, args.target, batch=args.batch, progress=sys.stderr.isatty())
+        for c in checks:
+            print(f"{c.table:<16} {c.target_rows:>9} rows  ({c.copied_now} copied now)  verified")
+        print(f"copied into {db.masked(args.target)}: {sum(c.target_rows for c in checks)} rows in "
+              f"{len(checks)} tables, counts and checksums match the source")
+        return 0
     s = settings_from(args)
     if args.db_command == "upgrade":
         before, after, saved = db.upgrade_with_backup(s.database_url)
@@ -574,7 +589,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="also check this model")
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("db", help="database maintenance: upgrade (backs up first), backup, check")
+    p = sub.add_parser("db", help="database maintenance: upgrade (backs up first), backup, check, roles, copy")
     _common(p)
     dsub = p.add_subparsers(dest="db_command", required=True)
     _common(dsub.add_parser("upgrade", help="migrate the schema to this version (after a backup)"))
@@ -582,4 +597,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _common(b)
     b.add_argument("-o", "--output", help="backup file (default: beside the database, time-stamped)")
     _common(dsub.add_parser("check", help="SQLite integrity check (exit 1 on problems)"))
+    r = dsub.add_parser("roles", help="print the SQL that creates least-privilege PostgreSQL roles "
+                                      "(owner: migrations; daemon: rows only; reader: read-only)")
+    r.add_argument("--print", action="store_true", required=True, help="print the psql script (nothing is run)")
+    r.add_argument("--database", default="nscmonitor", help="database name (default: nscmonitor)")
+    r.add_argument("--owner", default="nsc_owner", help="role that owns the schema and runs 'db upgrade'")
+    r.add_argument("--daemon", default="nsc_daemon", help="role of 'nscmonitor run': reads and writes rows")
+    r.add_argument("--reader", default="nsc_reader", help="read-only role: dashboard, export, status, report")
+    c = dsub.add_parser("copy", help="copy a SQLite database into an upgraded PostgreSQL database (resumable; "
+                                     "verified by per-table counts and checksums)")
+    c.add_argument("source", help="SQLite URL, e.g. sqlite:///C:/nscmonitor/nscmonitor.db (stop its daemon first)")
+    c.add_argument("target", help="PostgreSQL URL at the same schema revision ('db upgrade' it first); the "
+                                  "password from PGPASSWORD or .pgpass, not the URL")
+    c.add_argument("--batch", type=int, default=1000, help="rows per committed batch (default 1000)")
     p.set_defaults(func=cmd_db)

@@ -161,6 +161,31 @@ def check_database_url(db: str) -> str:
     return db
 
 
+def with_password_file(db: str, pw_file: Path) -> str:
+    """The PostgreSQL password read from a file the config names, so it lives neither in the
+    config nor in the process's arguments; the file must be private to its owner (as libpq
+    demands of ``.pgpass``). The password only ever travels inside the URL, which is masked
+    wherever it is printed (``store.db.masked``)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db)
+    if url.get_backend_name() != "postgresql":
+        raise ConfigError("database_password_file: only for postgresql URLs (SQLite has no password)")
+    if url.password is not None:
+        raise ConfigError("database_password_file: database_url already holds a password; keep it in one place")
+    try:
+        st = pw_file.stat()
+        lines = pw_file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"database_password_file: cannot read {pw_file}: {exc.strerror or exc}") from exc
+    if os.name == "posix" and st.st_mode & 0o077:
+        raise ConfigError(f"database_password_file: {pw_file} is readable by other users; chmod 600 it")
+    pw = lines[0].strip() if lines else ""
+    if not pw:
+        raise ConfigError(f"database_password_file: {pw_file} is empty (the first line is the password)")
+    return url.set(password=pw).render_as_string(hide_password=False)
+
+
 def _time(v: Any, where: str) -> datetime | None:
     if v is None:
         return None
@@ -245,11 +270,12 @@ def _watch(i: int, d: dict, base: Path) -> WatchFolder:
 
 
 ENV_KEYS = {
-    "NSCMONITOR_DATABASE_URL": "database_url", "NSCMONITOR_MODELS_DIR": "models_dir",
+    "NSCMONITOR_DATABASE_URL": "database_url", "NSCMONITOR_DATABASE_PASSWORD_FILE": "database_password_file",
+    "NSCMONITOR_MODELS_DIR": "models_dir",
     "NSCMONITOR_MODEL": "model", "NSCMONITOR_ENGINE": "engine", "NSCMONITOR_BATCH_SIZE": "batch_size",
     "NSCMONITOR_THREADS": "threads", "NSCMONITOR_LOG_DIR": "log_dir", "NSCMONITOR_MAX_PIXELS": "max_pixels",
 }
-TOP_KEYS = {"database_url", "models_dir", "log_dir", "model", "engine", "batch_size", "threads", "max_pixels",
+TOP_KEYS = {"database_url", "database_password_file", "models_dir", "log_dir", "model", "engine", "batch_size", "threads", "max_pixels",
             "watch", "custom_profiles", "retrain"}
 
 
@@ -273,6 +299,9 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
     _finite_everywhere(data, "")
     data_dir = default_data_dir()
     db = check_database_url(_expect(data, "database_url", str, "", f"sqlite:///{data_dir / 'nscmonitor.db'}"))
+    pw_file = _expect(data, "database_password_file", str, "", None)
+    if pw_file:
+        db = with_password_file(db, Path(pw_file) if Path(pw_file).is_absolute() else base / pw_file)
     engine = _expect(data, "engine", str, "", "auto")
     if engine not in ENGINES:
         raise ConfigError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")

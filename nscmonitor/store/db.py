@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from nscmonitor.errors import UserFacingError
@@ -36,6 +36,14 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 class SchemaError(UserFacingError):
     pass
+
+
+def masked(url: str) -> str:
+    """The URL as it may be printed or logged: the password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # unparsable: print only what follows the credentials
+        return url.split("@")[-1] if "@" in url else url
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -109,11 +117,16 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
             cur.close()
 
         return engine
+    if readonly:
+        # every transaction read-only on the server: a reader cannot write even with a writable role
+        return create_engine_checked(url, pool_pre_ping=True,
+                                     connect_args={"options": "-c default_transaction_read_only=on"})
     return create_engine_checked(url, pool_pre_ping=True)
 
 
 def open_readonly(url: str) -> Engine:
-    """Read-only engine (``query_only``) on an existing database at the current schema, for
+    """Read-only engine (SQLite's ``query_only``; on PostgreSQL every transaction is read-only,
+    ``default_transaction_read_only``) on an existing database at the current schema, for
     readers (the dashboard, training from the store): a reader never holds the write lock the
     daemon needs, and a missing SQLite file is an error, not a new empty database."""
     path = sqlite_path(url)
@@ -129,7 +142,7 @@ def open_readonly(url: str) -> Engine:
         if path is not None and not os.access(path.parent, os.W_OK) and not path.with_name(path.name + "-shm").exists():
             hint = ("; its folder is read-only for this user and the daemon is not running (SQLite reads a WAL "
                     "database through the -shm file the daemon keeps beside it)")
-        raise UserFacingError(f"cannot read the database {path or url}: {exc.orig}{hint}") from exc
+        raise UserFacingError(f"cannot read the database {path or masked(url)}: {exc.orig}{hint}") from exc
     return engine
 
 
@@ -158,6 +171,9 @@ def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
+
+#: 64-bit key of the PostgreSQL advisory lock that serialises schema creation and migrations ("nscmigr8")
+MIGRATION_LOCK_KEY = 0x6E73636D69677238
 
 #: tables that are not part of any revision's schema and are left alone by the repair
 #: (``apscheduler_jobs`` is dropped by migration 0004, whatever it holds)
@@ -200,8 +216,18 @@ def upgrade(engine: Engine) -> list[str]:
     meng = migration_engine(_url(engine))
     try:
         with meng.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # two first starts at once: the second waits here, then finds the schema at head
+                # (without it one dies on a UniqueViolation in pg_type when both create a table)
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
             removed = repair_half_built(conn)
             command.upgrade(_alembic_config(conn), "head")
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "42501":  # insufficient_privilege: a daemon or reader role
+            raise SchemaError(f"the role {engine.url.username!r} may not create or change the schema of "
+                              f"{masked(_url(engine))}: run 'nscmonitor db upgrade' as the owner role "
+                              "(see docs/scale.md)") from exc
+        raise
     finally:
         meng.dispose()
     for what in removed:
@@ -219,7 +245,10 @@ def _layout(conn: Connection) -> _Layout:
     insp = inspect(conn)
     tables = [t for t in insp.get_table_names() if t not in NOT_SCHEMA]
     return _Layout({t: {c["name"] for c in insp.get_columns(t)} for t in tables},
-                   {t: {i["name"] for i in insp.get_indexes(t) if i.get("name")} for t in tables})
+                   {t: {i["name"] for i in insp.get_indexes(t)
+                        # PostgreSQL reports the index behind each unique constraint too; the
+                        # constraint is part of its table, not an index a migration added
+                        if i.get("name") and not i.get("duplicates_constraint")} for t in tables})
 
 
 def _layout_at(revision: str | None) -> _Layout:
