@@ -95,8 +95,10 @@ def overview(engine: Engine) -> list[ExperimentOverview]:
     with engine.connect() as c:
         exps = c.execute(text("SELECT id, name, watch_path FROM experiments ORDER BY name")).all()
         counts = {r[0]: r[1:] for r in c.execute(text(
-            "SELECT experiment_id, COUNT(*), SUM(status = 'done'), SUM(qc_passed = 0), SUM(status = 'quarantined'),"
-            " SUM(status IN ('pending', 'processing', 'failed')), MAX(discovered_at)"
+            # CASE, not SUM(condition): PostgreSQL does not sum booleans
+            "SELECT experiment_id, COUNT(*), SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN NOT qc_passed THEN 1 ELSE 0 END), SUM(CASE WHEN status = 'quarantined' THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN status IN ('pending', 'processing', 'failed') THEN 1 ELSE 0 END), MAX(discovered_at)"
             " FROM images GROUP BY experiment_id"))}
         plates: dict[int, list[PlateInfo]] = {}
         for r in c.execute(text(
@@ -173,7 +175,7 @@ _RO_COLS = ("SELECT well_id, time_key, elapsed_h, prob_mean, prob_sd, fraction, 
 
 def _classes(engine: Engine, version: str, plate_id: int | None = None) -> tuple[str, ...]:
     """A version's class list, read once: repeating it on 46,000 rows doubled the transfer."""
-    q = "SELECT classes FROM well_readouts WHERE model_version = :v AND classes != '[]'"
+    q = "SELECT classes FROM well_readouts WHERE model_version = :v AND CAST(classes AS TEXT) != '[]'"  # json has no !=
     params: dict = {"v": version}
     if plate_id is not None:
         q += " AND plate_id = :p"
@@ -236,8 +238,10 @@ def marks(engine: Engine) -> Marks:
     with engine.connect() as c:
         r = c.execute(text(
             "SELECT (SELECT COALESCE(MAX(id), 0) FROM predictions), (SELECT COALESCE(MAX(id), 0) FROM images),"
-            " (SELECT COALESCE(MAX(updated_at), '') FROM images), (SELECT COALESCE(MAX(id), 0) FROM events),"
-            " (SELECT COALESCE(MAX(heartbeat_at), '') FROM daemon_status)")).one()
+            # times as text on both databases (PostgreSQL will not COALESCE a timestamp with '')
+            " (SELECT COALESCE(CAST(MAX(updated_at) AS TEXT), '') FROM images),"
+            " (SELECT COALESCE(MAX(id), 0) FROM events),"
+            " (SELECT COALESCE(CAST(MAX(heartbeat_at) AS TEXT), '') FROM daemon_status)")).one()
     return Marks(int(r[0]), int(r[1]), str(r[2]), int(r[3]), str(r[4]))
 
 
