@@ -93,6 +93,9 @@ class EngineStatus:
     calibration_source: str | None = None
     calibration_dir: str | None = None
     pid: int | None = None
+    #: ONNX Runtime fp32 and int8 tiles/s here, measured when ort-int8 would serve: slower than
+    #: fp32, it does not (ONNX Runtime's x86 kernels can be slow on signed int8 activations)
+    ort_speed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -477,8 +480,59 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         return _finish(model_path, replace(base, state="failed", attempts=records,
                                            reason=f"no engine passed its gate, fp32 serves ({why})"), t0)
     best = passed[0]
+    if best.engine == "ort-int8":
+        say("timing ONNX Runtime int8 against fp32 on this machine")
+        speed = _ort_speeds(model_path, model_path.parent / best.artefact, tiles.heldout.x, threads)
+        base = replace(base, ort_speed=speed)
+        if slower_than_fp32(speed):
+            note = (f"ort-int8 passed its gate but runs slower than fp32 here ({speed['int8_tiles_per_s']:.1f} vs "
+                    f"{speed['fp32_tiles_per_s']:.1f} tiles/s)")
+            return _finish(model_path, replace(base, state="failed", attempts=records,
+                                               reason=f"{note}, so fp32 serves"), t0)
     return _finish(model_path, replace(base, state="ready", engine=best.engine, precision=best.engine.rsplit("-", 1)[1],
                                        artefact=best.artefact, gate=best.gate, attempts=records), t0)
+
+
+def slower_than_fp32(speed: dict[str, float], margin: float = 0.9) -> bool:
+    """int8 only serves if it is at least about as fast as fp32: below ``margin`` of fp32's
+    throughput it would make the daemon slower for no gain (differences under ~10 % are
+    noise on a shared machine, DESIGN §6)."""
+    return speed["int8_tiles_per_s"] < margin * speed["fp32_tiles_per_s"]
+
+
+def _ort_speeds(model_path: Path, int8_path: Path, x: Any, threads: int, min_seconds: float = 1.5) -> dict[str, float]:
+    """Tiles/s of the fp32 and the int8 model on ONNX Runtime, sessions loaded and warmed up
+    first (session start is not what the daemon pays per batch)."""
+    from nscmonitor.engines.metadata import read_onnx_metadata
+    from nscmonitor.engines.ort import OrtCpuEngine
+
+    out = {}
+    for key, path in (("fp32_tiles_per_s", model_path), ("int8_tiles_per_s", int8_path)):
+        engine = OrtCpuEngine(path, read_onnx_metadata(path), threads=threads)
+        engine.load()
+        try:
+            engine.infer(x[:8])
+            n, t0 = 0, time.perf_counter()
+            while n < len(x) or time.perf_counter() - t0 < min_seconds:
+                batch = x[n % len(x):n % len(x) + 8]
+                engine.infer(batch)
+                n += len(batch)
+            out[key] = round(n / (time.perf_counter() - t0), 1)
+        finally:
+            engine.close()
+    return out
+
+
+def ort_int8_refusal(model_path: str | Path) -> str | None:
+    """Why ONNX Runtime's int8 model should not serve this model here, from the build's own
+    timing (None when it was not found slower, or no build recorded it)."""
+    st = read_status(model_path)
+    if st is None or not st.ort_speed or st.fingerprint.get("model_sha256") != cached_sha256(model_path) \
+            or not slower_than_fp32(st.ort_speed):
+        return None
+    s = st.ort_speed
+    return (f"ONNX Runtime int8 runs slower than fp32 on this machine ({s['int8_tiles_per_s']:.1f} vs "
+            f"{s['fp32_tiles_per_s']:.1f} tiles/s, measured by its build)")
 
 
 def _finish(model_path: Path, status: EngineStatus, t0: float) -> EngineStatus:

@@ -148,14 +148,15 @@ def cmd_autobuild(args: argparse.Namespace) -> int:
             targets = ab.plan(tensorrt_gpu=ab.has_tensorrt_gpu(), openvino=ab.has_openvino())
             with Progress(SpinnerColumn(), TextColumn("[bold]engine[/bold] {task.description}"), BarColumn(),
                           MofNCompleteColumn(), TimeElapsedColumn(), console=console) as prog:
-                task = prog.add_task(f"for {model.parent.name}: {' > '.join(targets)}", total=len(targets) + 1)
+                steps = len(targets) + 1 + (targets[-1] == "ort-int8")  # + timing ort-int8 against fp32
+                task = prog.add_task(f"for {model.parent.name}: {' > '.join(targets)}", total=steps)
 
                 def step(msg: str) -> None:
                     prog.update(task, description=msg, advance=1)
 
                 status = ab.run_build(model, calibration_dir=cal, threads=args.threads, progress=step,
                                       targets=targets)
-                prog.update(task, completed=len(targets) + 1, description="done")
+                prog.update(task, completed=steps, description="done")
     print(ab.describe(status))
     return 0 if status is not None and status.state == "ready" else 1
 

@@ -58,8 +58,12 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
 
         return OrtCudaEngine(model_path, meta)
     if backend == "ort-int8":
+        from nscmonitor.engines.autobuild import ort_int8_refusal
         from nscmonitor.engines.enginefile import file_sha256
         from nscmonitor.engines.ort import OrtInt8Engine, int8_path_for
+
+        if (slower := ort_int8_refusal(model_path)) is not None:
+            raise EngineError(slower)
 
         path = int8_path_for(model_path)
         if not path.is_file():

@@ -274,3 +274,27 @@ def test_a_model_from_elsewhere_is_served_fp32_until_given_a_calibration_set(tmp
     status = autobuild.read_status(second.path)
     assert status.state == "ready" and status.engine.endswith("-int8")
     assert status.calibration_source.endswith("calibration.npz")
+
+
+def test_ort_int8_serves_only_when_it_is_not_slower_than_fp32_here(tmp_path: Path, monkeypatch) -> None:
+    from nscmonitor.engines.select import select
+
+    monkeypatch.setenv("NSCMONITOR_DISABLE_OPENVINO", "1")  # ONNX Runtime's int8 is the CPU engine then
+    model = tmp_path / "run" / "model.onnx"
+    confident_tiny(model)
+    tiles = write_tiles(tmp_path / "tiles")
+    status = autobuild.run_build(model, calibration_dir=tiles, targets=("ort-int8",))
+    speed = status.ort_speed
+    assert speed["fp32_tiles_per_s"] > 0 and speed["int8_tiles_per_s"] > 0  # timed on this machine
+    assert (status.state == "failed") == autobuild.slower_than_fp32(speed), status
+    assert (select(model).backend == "ort-int8") == (status.state == "ready")
+
+    # the selector follows the build's measurement, whichever way it went
+    for fp32, int8, expected in ((100.0, 50.0, "ort-cpu"), (100.0, 120.0, "ort-int8")):
+        autobuild.write_status(model, replace(status, ort_speed={"fp32_tiles_per_s": fp32, "int8_tiles_per_s": int8}))
+        sel = select(model)
+        assert sel.backend == expected
+        if expected == "ort-cpu":
+            assert "slower than fp32" in dict(sel.skipped)["ort-int8"]
+    assert autobuild.slower_than_fp32({"fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 89.0})
+    assert not autobuild.slower_than_fp32({"fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 91.0})
