@@ -132,3 +132,31 @@ def test_explain_sees_the_daemons_tiles(tmp_path):
     with torch.no_grad():
         probs = torch.softmax(model(torch.from_numpy(g.tiles)), 1).numpy().mean(axis=0)
     np.testing.assert_array_equal(np.asarray(out["probabilities"], np.float32), probs.astype(np.float32))
+
+
+def test_calibration_tiles_cut_from_frames_keep_the_frames_scaling(tmp_path):
+    """Frames larger than a tile (store or image-folder sources): a calibration tile is one
+    grid cell cut from the raw frame with the frame's percentiles, so without resampling it is
+    exactly the tile the daemon scores in that cell."""
+    from nscmonitor.engines.tiny import build_tiny_classifier
+
+    frames = [culture((100, 130), seed) for seed in range(6)]
+    (tmp_path / "f").mkdir()
+    records = []
+    for i, img in enumerate(frames):
+        p = tmp_path / "f" / f"{i}.tif"
+        tifffile.imwrite(p, img)
+        records.append(D.TileRecord(path=str(p), label="neuron", plate="P1", well=f"A0{i + 1}"))
+    raw, wells, labels, lohi = D.raw_tiles(records, 32, 6, seed=3)
+    assert len(raw) == 6 and all(t.shape == (32, 32) and t.dtype == np.uint16 for t in raw)
+    model_dir = tmp_path / "m"
+    meta = build_tiny_classifier(model_dir / "model.onnx", input_size=32)
+    write_model_tiles(model_dir, raw[:3], wells[:3], raw[3:], wells[3:], labels[3:], source="frames",
+                      calib_lohi=lohi[:3], heldout_lohi=lohi[3:])
+    own = load_model_tiles(model_dir / "model.onnx")
+    pre = Preprocess.from_metadata(meta)
+    for x, well, lh in zip(own.heldout.x, own.heldout.groups, lohi[3:]):
+        frame = frames[int(well.split("A0")[1]) - 1]
+        assert tuple(lh) == pre.lohi(frame)
+        served = pre.tiles(frame).tiles  # factor 1: the daemon's cells of this frame
+        assert any(np.array_equal(x, t) for t in served)
