@@ -22,7 +22,7 @@ from nscmonitor.cli import main as cli_main
 from nscmonitor.engines import read_onnx_metadata
 from nscmonitor.training import data as D
 from nscmonitor.training.export import check_parity, load_checkpoint
-from nscmonitor.training.launch import command, stop, thread_env
+from nscmonitor.training.launch import command, stop, thread_env, write_toml
 from nscmonitor.training.synthetic import write_synthetic_tiles
 from nscmonitor.training.train import TrainConfig, main
 
@@ -159,3 +159,18 @@ def test_interrupted_run_stops_every_worker_and_the_documented_torchrun_resumes_
     assert hist[: killed["epoch"] + 1] == killed["state"]["history"]
     assert (run / "metrics.json").is_file() and set(final["state_dict"]) == set(killed["state_dict"])
     assert not any(k.startswith("module.") for k in final["state_dict"])  # the unwrapped model's weights
+
+
+def test_scheduled_retraining_launches_its_trainer_on_two_processes(tiles_dir, tmp_path):
+    """``retrain.nproc`` reaches the trainer: the retraining's own subprocess launch runs
+    torchrun with two gloo workers sharing the thread budget, at lower priority, logged."""
+    from nscmonitor.schedule.retrain import train_subprocess
+
+    cfg = tmp_path / "train.toml"
+    write_toml(cfg, {"data": str(tiles_dir), "out": str(tmp_path / "train"), "scheme": "binary", "arch": "tiny",
+                     "epochs": 1, "threads": 2, "progress": False, "export": False})
+    rc, tail = train_subprocess(cfg, threads=2, timeout=300, log_path=tmp_path / "train.log", nproc=2)
+    assert rc == 0, tail
+    assert "DistributedDataParallel: 2 processes (gloo), batch 32 per process, 1 threads each" in tail
+    assert json.loads((tmp_path / "train" / "config.json").read_text())["nproc"] == 2
+    assert torch.load(tmp_path / "train" / "last.pt", weights_only=True)["epoch"] == 0

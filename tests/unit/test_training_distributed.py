@@ -101,3 +101,20 @@ def test_launch_command_and_config_round_trip(tmp_path) -> None:
                       augment={"flips": False, "noise": 0.5})
     write_toml(tmp_path / "c.toml", dataclasses.asdict(cfg))
     assert TrainConfig.from_sources(str(tmp_path / "c.toml")) == cfg
+
+
+def test_a_time_limit_stops_the_launch_with_sigterm_then_sigkill() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from nscmonitor.training.launch import run, stop
+
+    assert run([sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5) == -9
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint(flush=True)\ntime.sleep(60)"],
+                                stdout=subprocess.PIPE)
+    stubborn.stdout.readline()  # SIGTERM is ignored from here on
+    assert stop(stubborn, grace_s=0.5) == -signal.SIGKILL
+    polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert stop(polite, grace_s=30) == -signal.SIGTERM
