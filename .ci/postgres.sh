@@ -6,6 +6,8 @@
 # The server runs as an unprivileged account: the `postgres` system user when started as root
 # (PostgreSQL refuses to run as root), else the calling user. Durability is switched off
 # (fsync, full_page_writes): the data is thrown away at the end and per-test databases are cheap.
+# The server's time zone is deliberately far from UTC (UTC+14), so a time stored or read in the
+# session's zone instead of UTC shows up as a failing test.
 set -euo pipefail
 
 PGBIN="${PGBIN:-}"
@@ -34,7 +36,7 @@ start() {
   port="$(free_port)"
   as_server "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o \
     "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=off \
-     -c full_page_writes=off -c synchronous_commit=off -c max_connections=200" >/dev/null \
+     -c full_page_writes=off -c synchronous_commit=off -c max_connections=200 -c TimeZone=Pacific/Kiritimati" >/dev/null \
     || { cat "$dir/server.log" >&2; exit 1; }
   echo "export PGDATA_CI='$dir'"
   echo "export NSCMONITOR_TEST_PG_URL='postgresql+psycopg://nscadmin:$pw@127.0.0.1:$port/postgres'"

@@ -1,4 +1,5 @@
-"""Source (c) from the command line: images in a hand-made store (real SQLite, real writer)
+"""Source (c) from the command line: images in a hand-made store (real SQLite and a real
+PostgreSQL server, real writer)
 joined with an end-point label CSV, split by well, trained and exported by
 ``nscmonitor train --labels`` / ``--from-store``."""
 
@@ -32,10 +33,23 @@ def _qc(passed: bool) -> QCMetrics:
     return QCMetrics(10.0, 0.0, False, "uint8", 0.0, 255.0, 5.0, 200.0, passed, None if passed else "out of focus")
 
 
-@pytest.fixture(scope="module")
-def store_dir(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store_dir(request, tmp_path_factory) -> Path:
+    """The hand-made store on SQLite and on a database of the real PostgreSQL server."""
     tmp = tmp_path_factory.mktemp("store")
-    engine = make_engine(f"sqlite:///{tmp / 'nsc.db'}")
+    url = f"sqlite:///{tmp / 'nsc.db'}"
+    if request.param == "postgresql":
+        from sqlalchemy.engine import make_url
+
+        from conftest import pg_admin_exec
+
+        admin = request.getfixturevalue("pg_admin_url")
+        name = f"nsct_train_{tmp.name.replace('-', '_').lower()}"[:60]
+        pg_admin_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"')
+        request.addfinalizer(lambda: pg_admin_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    (tmp / "db_url").write_text(url)
+    engine = make_engine(url)
     ensure_schema(engine)
     store = Store(engine)
     exp = store.ensure_experiment("E1")
@@ -71,9 +85,13 @@ def store_dir(tmp_path_factory) -> Path:
         w.writerow(["experiment", "plate", "well", "label"])
         for plate in ("P1", "P2"):
             w.writerows(["E1", plate, well, fate] for well, fate in FATES.items() if well != "C01")
-    (tmp / "config.toml").write_text(f'database_url = "sqlite:///{tmp / "nsc.db"}"\n'
+    (tmp / "config.toml").write_text(f'database_url = "{url}"\n'
                                      f'models_dir = "{tmp / "models"}"\nlog_dir = "{tmp / "logs"}"\n')
     return tmp
+
+
+def _db(store_dir: Path) -> str:
+    return (store_dir / "db_url").read_text()
 
 
 def _rows(run: Path) -> list[dict]:
@@ -105,7 +123,7 @@ def test_train_with_a_label_csv_joins_store_images_by_well_and_exports(store_dir
     assert "store data: 94 images of 12 labelled wells" in out
     # the file was only read: the store holds no label set afterwards
     from nscmonitor.labels import labels_version
-    assert labels_version(make_engine(f"sqlite:///{store_dir / 'nsc.db'}")) is None
+    assert labels_version(make_engine(_db(store_dir))) is None
 
 
 def test_from_store_uses_imported_labels_and_refuses_without(store_dir, tmp_path, capsys):
@@ -114,7 +132,7 @@ def test_from_store_uses_imported_labels_and_refuses_without(store_dir, tmp_path
             "--tile-size", "32", "--image-size", "32", "--threads", "1"]
     assert cli_main(["--config", cfg, *args]) != 0
     assert "holds no labels" in capsys.readouterr().err
-    engine = make_engine(f"sqlite:///{store_dir / 'nsc.db'}")
+    engine = make_engine(_db(store_dir))
     only_p1 = store_dir / "p1.csv"
     only_p1.write_text("experiment,plate,well,frac_neuron,frac_astrocyte\n"
                        "E1,P1,A01,0.8,0.2\nE1,P1,A02,0.7,0.3\nE1,P1,B01,0.1,0.9\nE1,P1,B02,0.2,0.8\n"
@@ -131,7 +149,7 @@ def test_from_store_uses_imported_labels_and_refuses_without(store_dir, tmp_path
 def test_bad_label_file_is_refused_with_line_numbers(store_dir, tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("experiment,plate,well,label\nE1,P1,A01,neuron\nE1,P1,Z99,neuron\nE1,P9,A01,glia\n")
-    rc = cli_main(["train", "--db", f"sqlite:///{store_dir / 'nsc.db'}", "--labels", str(bad), "--out",
+    rc = cli_main(["train", "--db", _db(store_dir), "--labels", str(bad), "--out",
                    str(tmp_path / "r"), "--arch", "tiny"])
     err = capsys.readouterr().err
     assert rc != 0 and "line 3" in err and "line 4" in err and "line 2" not in err
