@@ -1,7 +1,8 @@
 """Least privilege on a real PostgreSQL server: the roles ``nscmonitor db roles --print``
 creates, connected to one by one. The owner migrates; the daemon writes rows but cannot
 create, alter or drop a table; the reader reads (status, export) and cannot write. Passwords
-reach nscmonitor through PGPASSWORD, a .pgpass file or the config's database_password_file,
+reach nscmonitor through PGPASSWORD, a .pgpass file, a service file or the config's
+database_password_file,
 and appear in no output or log."""
 
 from __future__ import annotations
@@ -118,6 +119,15 @@ def test_passwords_from_environment_pgpass_and_file_never_printed(roles, tmp_pat
     r = _nsc(["export", "--db", urls["reader"], "--experiment", "watch", "-o", str(out)],
              {"PGPASSFILE": str(pgpass)}, tmp_path)
     assert r.returncode == 0 and out.read_text().count("\n") > 1, r.stderr
+    outputs += [r.stdout, r.stderr]
+    # a libpq service file names host, port, database, user and password
+    svc = tmp_path / "pg_service.conf"
+    svc.write_text(f"[nsc]\nhost={host.host}\nport={host.port}\ndbname={names.database}\nuser={names.reader}\n"
+                   f"password={pw['reader']}\n")
+    svc.chmod(0o600)
+    r = _nsc(["status", "--db", "postgresql+psycopg://@/?service=nsc", "--json"], {"PGSERVICEFILE": str(svc)},
+             tmp_path)
+    assert r.returncode in (0, 3) and '"exit_code"' in r.stdout, r.stderr
     outputs += [r.stdout, r.stderr]
     # the config's password file: doctor prints the URL, masked
     pwfile = tmp_path / "db.password"
