@@ -82,3 +82,32 @@ def test_retrain_requires_a_gated_engine_unless_told_otherwise() -> None:
 def test_retrain_trains_on_one_process_unless_told_otherwise() -> None:
     assert parse_settings({}, env={}).retrain.nproc == 1
     assert parse_settings({"retrain": {"nproc": 2}}, env={}).retrain.nproc == 2
+
+
+def test_database_password_file_is_read_private_and_masked(tmp_path: Path) -> None:
+    from nscmonitor.store.db import masked
+
+    pw = tmp_path / "db.password"
+    pw.write_text("s3cret-pw\n")
+    pw.chmod(0o600)
+    url = "postgresql+psycopg://nsc_daemon@dbhost/nscmonitor"
+    s = parse_settings({"database_url": url, "database_password_file": "db.password"}, base=tmp_path, env={})
+    assert s.database_url == "postgresql+psycopg://nsc_daemon:s3cret-pw@dbhost/nscmonitor"
+    assert "s3cret-pw" not in masked(s.database_url) and "nsc_daemon:***@dbhost" in masked(s.database_url)
+    s = parse_settings({"database_url": url}, env={"NSCMONITOR_DATABASE_PASSWORD_FILE": str(pw)})
+    assert s.database_url.endswith(":s3cret-pw@dbhost/nscmonitor")
+    pw.chmod(0o640)
+    with pytest.raises(ConfigError, match="readable by other users; chmod 600"):
+        parse_settings({"database_url": url, "database_password_file": str(pw)}, env={})
+    pw.chmod(0o600)
+    for data, msg in (({"database_url": "sqlite:///x.db"}, "only for postgresql"),
+                      ({"database_url": "postgresql+psycopg://u:inline@h/d"}, "already holds a password")):
+        with pytest.raises(ConfigError, match=msg) as exc:
+            parse_settings({**data, "database_password_file": str(pw)}, env={})
+        assert "inline" not in str(exc.value) and "s3cret" not in str(exc.value)
+    with pytest.raises(ConfigError, match="cannot read"):
+        parse_settings({"database_url": url, "database_password_file": str(tmp_path / "missing")}, env={})
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "empty").chmod(0o600)
+    with pytest.raises(ConfigError, match="is empty"):
+        parse_settings({"database_url": url, "database_password_file": str(tmp_path / "empty")}, env={})
