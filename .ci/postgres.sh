@@ -17,8 +17,13 @@ if [ -z "$PGBIN" ]; then
 fi
 [ -x "$PGBIN/initdb" ] || { echo "postgres.sh: initdb not found (install PostgreSQL or set PGBIN)" >&2; exit 1; }
 
+# The account the server runs as when started by root: postgres, else nobody (PG_CI_USER overrides).
+if [ -z "${PG_CI_USER:-}" ]; then
+  if id -u postgres >/dev/null 2>&1; then PG_CI_USER=postgres; else PG_CI_USER=nobody; fi
+fi
+
 as_server() {
-  if [ "$(id -u)" = 0 ]; then runuser -u "${PG_CI_USER:-postgres}" -- "$@"; else "$@"; fi
+  if [ "$(id -u)" = 0 ]; then runuser -u "$PG_CI_USER" -- "$@"; else "$@"; fi
 }
 
 free_port() {
@@ -29,7 +34,7 @@ start() {
   local dir port pw
   dir="$(mktemp -d "${TMPDIR:-/tmp}/nsc-pg.XXXXXX")"
   pw="$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
-  if [ "$(id -u)" = 0 ]; then chown "${PG_CI_USER:-postgres}" "$dir"; fi
+  if [ "$(id -u)" = 0 ]; then chown "$PG_CI_USER" "$dir"; fi
   as_server sh -c "umask 077; printf '%s\n' '$pw' > '$dir/pw'"
   as_server "$PGBIN/initdb" -D "$dir/data" -U nscadmin --pwfile="$dir/pw" --auth=scram-sha-256 \
     -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
