@@ -122,7 +122,7 @@ def make_engine(backend: str, model: Path, threads: int, work: Path):
         return OrtCudaEngine(model, meta)
     if backend == "ort-int8":
         engine = OrtCpuEngine(work / f"{model.parent.name}-{meta.input_size}.int8.onnx", meta, threads=threads)
-        engine.name = "ort-cpu-int8"
+        engine.name = "ort-int8"
         return engine
     if backend.startswith("ov-int8"):
         from nscmonitor.engines.openvino import OpenVinoEngine

@@ -71,6 +71,10 @@ def test_recipe_passes_the_gate_with_signed_symmetric_qdq_and_fp32_stem_and_head
     assert rec["settings"]["activation_type"] == "QInt8" and rec["settings"]["activation_symmetric"] is True
     assert rec["gate"]["passed"] and "top1_agreement_clear" in rec["gate"]
     assert rec["ort_gate_speed"]["fp32_tiles_per_s"] > 0 and rec["ort_gate_speed"]["int8_tiles_per_s"] > 0
+    # One file for every runtime: TensorRT's explicit quantisation refuses INT32 bias Q/DQ.
+    from nscmonitor.engines.precision_graphs import qdq_problems
+
+    assert qdq_problems(out) == []
 
 
 def test_all_zero_calibration_tiles_fail_the_gate_with_a_reason(model):
