@@ -145,11 +145,17 @@ def _reset_sequences(dst: Engine) -> None:
             c.execute(text("SELECT setval(:s, :v, :called)"), {"s": seq, "v": top or 1, "called": top is not None})
 
 
-def _check_ends(src_url: str, dst_url: str) -> tuple[Engine, Engine]:
-    if sqlite_path(src_url) is None:
+def _check_kinds(src_url: str, dst_url: str) -> None:
+    src = sqlite_path(src_url)
+    if src is None:
         raise CopyError(f"db copy: the source must be a SQLite database, got {masked(src_url)}")
+    if not src.is_file():
+        raise CopyError(f"db copy: the source {src} does not exist")
     if not dst_url.startswith("postgresql"):
         raise CopyError(f"db copy: the target must be a PostgreSQL database, got {masked(dst_url)}")
+
+
+def _check_ends(src_url: str, dst_url: str) -> tuple[Engine, Engine]:
     src = open_readonly(src_url)  # refuses a missing file or one not at this version's schema
     dst = make_engine(dst_url)
     want, have = current_revision(src), current_revision(dst)
@@ -185,6 +191,7 @@ def copy_database(src_url: str, dst_url: str, *, batch: int = 1000, progress: bo
 
     if batch < 1:
         raise CopyError("db copy: --batch must be at least 1")
+    _check_kinds(src_url, dst_url)
     src_lock = acquire(src_url)  # no daemon may write the source during the copy
     try:
         dst_lock = acquire(dst_url)

@@ -123,6 +123,16 @@ def test_a_changed_row_fails_verification(lab: str, pg_url: str) -> None:
         dbcopy.copy_database(lab, pg_url, progress=False)
 
 
+def test_copy_refuses_wrong_ends_in_one_line(tmp_path: Path, lab: str, pg_url: str) -> None:
+    missing = f"sqlite:///{tmp_path / 'typo.db'}"
+    for src, dst, msg in ((missing, pg_url, "does not exist"), (pg_url, pg_url, "source must be a SQLite"),
+                          (lab, lab, "target must be a PostgreSQL")):
+        with pytest.raises(dbcopy.CopyError, match=msg) as exc:
+            dbcopy.copy_database(src, dst, progress=False)
+        assert make_engine(pg_url).url.password not in str(exc.value)
+    assert not (tmp_path / "typo.db").exists() and not (tmp_path / "typo.db.daemon.lock").exists()
+
+
 def test_copy_refuses_while_the_source_daemon_runs(lab: str, pg_url: str) -> None:
     from nscmonitor.store.instance import AlreadyRunning, acquire
 
