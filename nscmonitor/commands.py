@@ -365,6 +365,9 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
         checks.append(("ONNX Runtime providers", True, ", ".join(ort.get_available_providers())))
     except ImportError:
         pass
+    from nscmonitor.pipeline.formats import reader_status
+
+    checks.extend((f"{fmt} reader", ver is not None, note) for fmt, ver, note in reader_status())
     gpu = shutil.which("nvidia-smi") is not None
     checks.append(("NVIDIA GPU", gpu, "nvidia-smi found" if gpu else "no NVIDIA driver found (CPU engines serve)"))
     try:

@@ -115,6 +115,32 @@ def missing_reader(fmt: str, module: str, extra: str) -> str | None:
     return None
 
 
+def reader_status() -> list[tuple[str, str | None, str]]:
+    """(format, installed version or None, what to do) for each optional reader, so an
+    operator sees which container formats this installation reads before a file arrives
+    and is quarantined. The module is found, not imported (importing a reader costs
+    seconds and is only done when a file of its format arrives); the version comes from the
+    installed distribution."""
+    import importlib.util
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for fmt, module, extra in (*FORMATS.values(), ZARR):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            out.append((fmt, None, f"not installed: pip install 'nscmonitor[{extra}]'"))
+            continue
+        try:
+            ver = version(module)
+        except PackageNotFoundError:  # importable but not installed as a distribution (a source tree)
+            ver = "unknown version"
+        out.append((fmt, ver, f"{module} {ver}"))
+    return out
+
+
 def units(path: str) -> list[Unit] | None:
     """The images inside a container file, from its metadata; None for a file that is not a
     container. Positions and scenes become wells and fields only when the metadata names

@@ -1,0 +1,46 @@
+"""``nscmonitor doctor`` names the native-format readers this installation has, with their
+versions, and the extra to install for each one that is missing."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from nscmonitor.cli import main as cli_main
+
+READERS = (("ND2", "nd2", "nd2"), ("CZI", "pylibCZIrw", "czi"), ("OME-Zarr", "zarr", "zarr"))
+
+
+def _doctor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'database_url = "sqlite:///{(tmp_path / "nsc.db").as_posix()}"\n'
+                   f'models_dir = "{(tmp_path / "models").as_posix()}"\nlog_dir = "{(tmp_path / "logs").as_posix()}"\n')
+    assert cli_main(["--config", str(cfg), "doctor"]) == 0
+    lines = {}
+    for line in capsys.readouterr().out.splitlines():
+        for fmt, _, _ in READERS:
+            if line[4:].startswith(f"{fmt} reader "):
+                lines[fmt] = line
+    return lines
+
+
+@pytest.mark.parametrize(("fmt", "module", "extra"), READERS)
+def test_doctor_lists_each_reader_with_its_version_or_the_extra(tmp_path: Path, capsys, monkeypatch,
+                                                                 fmt: str, module: str, extra: str) -> None:
+    pytest.importorskip(module)
+    lines = _doctor(tmp_path, capsys)
+    assert set(lines) == {f for f, _, _ in READERS}  # one line per format
+    assert lines[fmt].startswith("ok ") and lines[fmt].endswith(f"{module} {version(module)}")
+
+    monkeypatch.setitem(sys.modules, module, None)  # the package is not installed (an import then fails)
+    lines = _doctor(tmp_path, capsys)
+    assert lines[fmt].startswith("-- ")
+    assert lines[fmt].endswith(f"not installed: pip install 'nscmonitor[{extra}]'")
+    import importlib.util
+
+    for other, mod, _ in READERS:
+        if other != fmt and importlib.util.find_spec(mod) is not None:
+            assert lines[other].startswith("ok "), lines[other]  # only the missing one is reported missing
