@@ -28,6 +28,7 @@ class ModelAction:
 
 def registry_actions(settings) -> dict[str, ModelAction]:  # noqa: ANN001
     """The three actions wired to the registry of ``settings`` (database URL, models dir)."""
+    import os
     import subprocess
     import sys
 
@@ -51,8 +52,16 @@ def registry_actions(settings) -> dict[str, ModelAction]:  # noqa: ANN001
         cmd = [sys.executable, "-m", "nscmonitor"]
         if settings.source is not None:
             cmd += ["--config", str(settings.source)]
-        subprocess.Popen(cmd + ["retrain-now", "--db", settings.database_url], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+        # a password (database_password_file) goes to libpq through PGPASSWORD, never on the
+        # command line, where every local user can read it
+        from sqlalchemy.engine import URL, make_url
+
+        url, env = make_url(settings.database_url), dict(os.environ)
+        if url.password is not None:
+            env["PGPASSWORD"] = str(url.password)
+            url = URL.create(url.drivername, url.username, None, url.host, url.port, url.database, url.query)
+        subprocess.Popen(cmd + ["retrain-now", "--db", url.render_as_string(hide_password=False)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
         return ("retraining started in the background; it runs only if the labels changed since the active "
                 "model, and its decision appears here and under Status.")
 
