@@ -3,9 +3,11 @@
 Sources: (a) the simulator's ``tiles.json`` + ``tiles.csv`` export, (b) an ImageFolder tree
 ``class_name/*.tif``, (c) images from nscmonitor's store joined with an end-point label CSV.
 All three become ``TileRecord`` lists; ``load_arrays`` turns them into the exact tiles the
-daemon would feed the model (``nscmonitor.pipeline.preprocess``: per-image percentile scaling,
-resampling, grid tiling, the empty-tile rule), so training and serving never disagree on
-preprocessing. This module needs numpy only; torch stays in
+daemon would feed the model: every image is read by the daemon's own reader
+(``nscmonitor.pipeline.decode``: the scored channel of a stack, a scene or position of an
+ND2/CZI file, an OME-Zarr field) and cut by its preprocessing
+(``nscmonitor.pipeline.preprocess``: per-image percentile scaling, resampling, grid tiling,
+the empty-tile rule), so training and serving never disagree on the plane or its tiles. This module needs numpy only; torch stays in
 ``train.py``.
 """
 
@@ -56,6 +58,9 @@ class TileRecord:
     #: the well's neuron-vs-glia answer when its fate mixture is known (well label mode):
     #: a mixed well whose 4-class winner is "neuron" can still be glia-majority
     binary: str | None = dc_field(default=None, compare=False, hash=False)
+    #: the channel scored inside a multi-channel stack or container (the watch folder's
+    #: ``channel`` setting, by name or 1-based number); None: a file's only or first plane
+    channel: str | None = None
 
     @property
     def well_key(self) -> tuple[str, str, str]:
@@ -118,7 +123,8 @@ def read_tiles_export(root: str | Path, label_mode: str = "tile") -> tuple[list[
                 path=str(root / row["path"]), label=row["label"], experiment=row.get("experiment", ""),
                 plate=row.get("plate", ""), well=row["well"], field=_int(row.get("field")),
                 timepoint=_int(row.get("timepoint")), elapsed_h=_float(row.get("elapsed_h")),
-                condition=row.get("condition", "") or "", split=(row.get("split") or None), fractions=fr))
+                condition=row.get("condition", "") or "", split=(row.get("split") or None), fractions=fr,
+                channel=(row.get("channel") or "").strip() or None))
     info = DataInfo("tiles", meta.get("pixel_size_um"), meta.get("tile_size"),
                     tuple(meta.get("classes", MULTICLASS)))
     if label_mode == "well":
@@ -175,19 +181,21 @@ def read_label_csv(path: str | Path) -> dict[tuple[str, str, str], tuple[str, di
     return out
 
 
-def join_store_records(images: Iterable[tuple[str, str, str | None, str, float | None]],
+def join_store_records(images: Iterable[tuple],
                        labels: dict[tuple[str, str, str], tuple[str, dict[str, float]]]) -> list[TileRecord]:
-    """Source (c): (path, experiment, plate, well, elapsed_h) records from the store joined
-    with end-point labels. Every earlier image of a well inherits the well's fate, because
-    the stain that defines the label can only be taken at the end. Unlabelled wells drop out."""
+    """Source (c): (path, experiment, plate, well, elapsed_h[, channel]) records from the
+    store joined with end-point labels. Every earlier image of a well inherits the well's
+    fate, because the stain that defines the label can only be taken at the end. Unlabelled
+    wells drop out."""
     records = []
-    for path, experiment, plate, well, elapsed_h in images:
+    for path, experiment, plate, well, elapsed_h, *channel in images:
         key = (experiment or "", plate or "", _norm_well(well))
         if key not in labels:
             continue
         label, fr = labels[key]
         records.append(TileRecord(path=str(path), label=label, experiment=key[0], plate=key[1],
-                                  well=key[2], elapsed_h=elapsed_h, fractions=fr))
+                                  well=key[2], elapsed_h=elapsed_h, fractions=fr,
+                                  channel=channel[0] if channel else None))
     return records
 
 
@@ -262,39 +270,46 @@ def check_splits(records: Sequence[TileRecord]) -> None:
 
 
 def data_hash(records: Sequence[TileRecord]) -> str:
-    """Content + labels + splits, so two runs with the same hash saw exactly the same data."""
+    """Content + labels + splits (+ the scored channel where one is set), so two runs with the
+    same hash saw exactly the same data. A container's content is the whole file (or Zarr
+    field folder), hashed once for all the images inside it."""
+    from nscmonitor.pipeline.formats import content_hash
+
     h = hashlib.sha256()
     for r in sorted(records, key=lambda r: r.path):
         h.update(Path(r.path).name.encode())
         h.update(f"|{r.label}|{r.split}|{r.well_key}|{r.elapsed_h}|".encode())
-        h.update(hashlib.sha256(Path(r.path).read_bytes()).digest())
+        if r.channel is not None:
+            h.update(f"channel={r.channel}|".encode())
+        digest = content_hash(r.path)
+        if digest is None:
+            raise DataError(f"{r.path}: image not found")
+        h.update(bytes.fromhex(digest))
     return "sha256:" + h.hexdigest()
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """2-D intensities in the file's own dtype (the daemon's histogram percentiles depend on
-    integer data staying integer); multi-page or RGB files take the first plane / mean."""
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-        img = np.asarray(tifffile.imread(str(path)))
-    else:
-        from PIL import Image
-        with Image.open(path) as im:
-            img = np.asarray(im)
-    while img.ndim > 2:
-        img = img.mean(axis=-1) if img.shape[-1] in (3, 4) else img[0]
-    return img
+def read_image(path: str | Path, *, channel: str | None = None) -> np.ndarray:
+    """The plane the daemon scores, read by the daemon's own ``decode``: 2-D intensities in
+    the file's own dtype (the histogram percentiles depend on integer data staying integer),
+    the ``channel`` of a multi-channel stack or container (its first plane when None), RGB
+    as the daemon sees it. A file the daemon could not read is a ``DataError`` naming it."""
+    from nscmonitor.pipeline.decode import DecodeError, decode
+
+    try:
+        return decode(path, channel=channel).pixels
+    except DecodeError as exc:
+        raise DataError(f"{path}: {exc.reason}") from exc
 
 
-def image_tiles(path: str | Path, tile_size: int | None, image_size: int, *,
+def image_tiles(path: str | Path, tile_size: int | None, image_size: int, *, channel: str | None = None,
                 p_low: float = P_LOW, p_high: float = P_HIGH) -> np.ndarray:
-    """One file -> N x image_size x image_size model inputs through the daemon's own
-    preprocessing (``pipeline.preprocess``): ``tile_size`` source pixels make one tile (the
-    whole image when None), which is the model's pixel size relative to the source's."""
+    """One image -> N x image_size x image_size model inputs through the daemon's own
+    reader and preprocessing (``pipeline.preprocess``): ``tile_size`` source pixels make one
+    tile (the whole image when None), which is the model's pixel size relative to the
+    source's."""
     from nscmonitor.pipeline.preprocess import Preprocess
 
-    img = read_image(path)
+    img = read_image(path, channel=channel)
     pre = Preprocess(input_size=image_size, p_low=p_low, p_high=p_high)
     return pre.tiles(img, factor=pre.factor(tile_px=tile_size or max(img.shape))).tiles[:, 0]
 
@@ -317,7 +332,7 @@ def raw_tiles(records: Sequence[TileRecord], tile_size: int | None, limit: int, 
         if len(tiles) >= limit:
             break
         r = unique[i]
-        img = read_image(r.path)
+        img = read_image(r.path, channel=r.channel)
         t = tile_size or min(img.shape)
         h, w = img.shape
         if h < t or w < t:
@@ -348,7 +363,7 @@ def load_arrays(records: Sequence[TileRecord], classes: Sequence[str], *, tile_s
         from rich.progress import track
         it = track(records, description="loading tiles", transient=True, disable=not sys.stdout.isatty())
     for r in it:
-        t = image_tiles(r.path, tile_size, image_size)
+        t = image_tiles(r.path, tile_size, image_size, channel=r.channel)
         xs.append(t.astype(np.float16))
         ys.extend([index[r.label]] * len(t))
         recs.extend([r] * len(t))

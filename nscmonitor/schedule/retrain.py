@@ -19,6 +19,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +34,7 @@ from nscmonitor.engines.metadata import read_onnx_metadata
 from nscmonitor.errors import UserFacingError
 from nscmonitor.hooks import emit
 from nscmonitor.labels import WellLabel, current_labels, labels_version, read_label_file
+from nscmonitor.pipeline.formats import channel_for
 from nscmonitor.registry.registry import Registry
 from nscmonitor.schedule.gates import Decision, EvalResult, decide, evaluate_predictions
 from nscmonitor.store import models as m
@@ -62,6 +64,8 @@ class Sample:
     label: str
     fractions: dict | None
     split: str
+    #: the channel the daemon scored inside a stack or container; training reads that plane
+    channel: str | None = None
 
 
 def _now() -> datetime:
@@ -98,9 +102,14 @@ def assign_well_splits(wells: list[tuple[str, str, str, str]]) -> dict[tuple[str
 
 
 def collect_samples(engine, *, up_to: int | None, channel: str | None = None,  # noqa: ANN001
-                    labels: list[WellLabel] | None = None) -> list[Sample]:
-    """Every scored, QC-passed image of a labelled well, with the well's label and split.
-    ``labels`` default to the store's current ones (up to label set ``up_to``)."""
+                    labels: list[WellLabel] | None = None, watch: Iterable = ()) -> list[Sample]:
+    """Every scored, QC-passed image of a labelled well, with the well's label, split and
+    scored channel. ``labels`` default to the store's current ones (up to label set
+    ``up_to``). The scored channel is the ``channel`` setting of the ``watch`` folder
+    (``config.WatchFolder``) the image lies in, which is what the daemon passes to
+    ``decode``; for an image outside every configured folder it is the channel its file
+    name gave (stored on the image row; where the daemon had a setting, only images of that
+    channel were scored), else None (a file's only or first plane)."""
     labels = current_labels(engine, up_to) if labels is None else labels
     by_well = {(lab.experiment, lab.plate, lab.well): lab for lab in labels}
     splits = assign_well_splits([(lab.experiment, lab.plate, lab.well, lab.label) for lab in labels])
@@ -117,14 +126,16 @@ def collect_samples(engine, *, up_to: int | None, channel: str | None = None,  #
         if lab is None or (channel is not None and ch is not None and ch != channel):
             continue
         split = splits[(exp, plate, well)]
-        samples.append(Sample(path, exp, plate, well, field, tp, eh, lab.label, lab.fractions, split))
+        scored = channel_for(watch, path, default=ch)
+        samples.append(Sample(path, exp, plate, well, field, tp, eh, lab.label, lab.fractions, split, scored))
     return samples
 
 
 def write_dataset(samples: list[Sample], out_dir: Path, *, tile_size: int | None, pixel_size_um: float | None) -> None:
     """``out_dir/tiles.csv`` + ``tiles.json`` in the training's tiles-export format, pointing
-    at the original images (read-only, never copied); the trainer cuts them into
-    ``tile_size`` tiles as the daemon does."""
+    at the original images (read-only, never copied), each with the channel the daemon
+    scored in it; the trainer reads that plane and cuts it into ``tile_size`` tiles as the
+    daemon does."""
     import csv
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,12 +143,12 @@ def write_dataset(samples: list[Sample], out_dir: Path, *, tile_size: int | None
     with open(out_dir / "tiles.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "plate", "well", "field", "timepoint", "elapsed_h", "condition", "label",
-                    *[f"frac_{c}" for c in classes], "split"])
+                    *[f"frac_{c}" for c in classes], "split", "channel"])
         for smp in samples:
             fr = smp.fractions or {}
             w.writerow([smp.path, f"{smp.experiment}/{smp.plate}", smp.well, smp.field or "", smp.timepoint or "",
                         "" if smp.elapsed_h is None else smp.elapsed_h, "", smp.label,
-                        *[fr.get(c, "") for c in classes], smp.split])
+                        *[fr.get(c, "") for c in classes], smp.split, smp.channel or ""])
     (out_dir / "tiles.json").write_text(json.dumps({"pixel_size_um": pixel_size_um, "tile_size": tile_size,
                                                     "classes": list(classes), "source": "store"}))
 
@@ -156,7 +167,7 @@ def store_dataset(settings: Settings, out_dir: Path, *, labels_file: Path | None
     if labels is None and labels_version(engine) is None:
         raise UserFacingError("the database holds no labels: pass --labels FILE.csv or run "
                               "'nscmonitor labels import FILE.csv' first")
-    samples = collect_samples(engine, up_to=None, labels=labels)
+    samples = collect_samples(engine, up_to=None, labels=labels, watch=settings.watch)
     if not samples:
         raise UserFacingError(f"no scored, QC-passed images of labelled wells in {masked(settings.database_url)}")
     active = Registry(settings.models_dir, engine).active()
@@ -211,7 +222,7 @@ def evaluate_model(model_path: Path, samples: list[Sample], *, threads: int = 1)
         if lab is None:
             continue
         try:
-            dec = decode(smp.path)
+            dec = decode(smp.path, channel=smp.channel)
         except DecodeError as exc:
             log.warning("%s: left out of the evaluation: %s", smp.path, exc.reason)
             continue
@@ -291,7 +302,7 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
     run_dir = settings.models_dir / "retrain" / f"run-{run_id:04d}"
     data_dir = run_dir / "data"
     base_meta = read_onnx_metadata(active.path) if active else None
-    samples = collect_samples(engine, up_to=lv)
+    samples = collect_samples(engine, up_to=lv, watch=settings.watch)
     try:
         tile, px = _tile_geometry(settings, [smp.path for smp in samples], base_meta)
         write_dataset(samples, data_dir, tile_size=tile, pixel_size_um=px)

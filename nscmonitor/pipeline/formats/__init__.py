@@ -207,14 +207,15 @@ def decode_native(ref: str, *, channel: str | None, max_pixels: int, max_bytes: 
     return Decoded(arr, str(arr.dtype), plane.pixel_size_um, digest)
 
 
-def channel_for(watch: Iterable, path: str) -> str | None:  # Iterable[config.WatchFolder]
+def channel_for(watch: Iterable, path: str, default: str | None = None) -> str | None:  # Iterable[config.WatchFolder]
     """The ``channel`` setting of the watch folder an image lies in: the daemon scores that
-    channel inside stacks and containers, and retraining must read the same plane."""
+    channel inside stacks and containers, and retraining must read the same plane.
+    ``default`` for an image outside every folder."""
     for w in watch:
         root = str(w.path).rstrip("/\\")
         if path.startswith(root + os.sep) or path.startswith(root + "/"):
             return w.channel
-    return None
+    return default
 
 
 def _regular(path: str) -> bool:
@@ -263,6 +264,18 @@ def _hash_once(path: str, fp: tuple[int, int, int]) -> str:
             _HASHES.pop(next(iter(_HASHES)))
         _HASHES[key] = _hash(path)
     return _HASHES[key]
+
+
+def content_hash(ref: str) -> str | None:
+    """sha256 of what a stored image path reads: the file, the ND2/CZI file holding the
+    image, or the Zarr field folder; None when it is gone. A container's hash is the one
+    ``decode`` computes and is remembered per version of the file, so hashing a training
+    set and then decoding its scenes reads a multi-GB container once, not once per scene."""
+    path, _ = split_ref(ref)
+    fp = fingerprint(path)
+    if fp is None:
+        return None
+    return _hash(path) if format_of(ref) is None else _hash_once(path, fp)
 
 
 def _hash(path: str) -> str:

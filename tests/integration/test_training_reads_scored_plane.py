@@ -1,0 +1,146 @@
+"""Training reads the plane the daemon scored: images scored by the real daemon (real
+watcher, SQLite, ONNX Runtime on a tiny model) from a 3-channel OME-TIFF stack, the scenes
+of a Zeiss CZI and the fields of an OME-Zarr plate, then gathered from the store as
+``nscmonitor train --labels`` does, give training exactly the daemon's tiles of the
+configured channel, not the file's first plane."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from conftest import cells_image, settings_for, write_tiff
+from nscmonitor.schedule.retrain import store_dataset
+from nscmonitor.store import models as m
+from nscmonitor.store.writer import Claimed
+from nscmonitor.training import data as D
+
+SIZE = 32  # the tiny model's input; no pixel sizes in these files, so 32 source px make a tile
+
+
+def _planes(n: int, seed: int) -> list[np.ndarray]:
+    """Channels with different textures and ranges: each gives different tiles."""
+    return [(cells_image(seed + 7 * i, (64, 80)) // (i + 1)).astype(np.uint16) for i in range(n)]
+
+
+def _scored(runner) -> list[tuple[m.Image, str, str, str]]:  # noqa: ANN001
+    with runner.store.Session() as s:
+        return s.execute(select(m.Image, m.Experiment.name, m.Plate.name, m.Well.name)
+                         .join(m.Well, m.Well.id == m.Image.well_id).join(m.Plate, m.Plate.id == m.Well.plate_id)
+                         .join(m.Experiment, m.Experiment.id == m.Plate.experiment_id)).all()
+
+
+def _daemon_tiles(runner, img: m.Image) -> np.ndarray:  # noqa: ANN001
+    """The tiles the daemon feeds its engine for this image (its own decode, QC, Preprocess)."""
+    c = Claimed(img.id, img.path, img.path, img.experiment_id, img.well_id, None, 0, None, img.channel, False)
+    _, _, _, grid = runner._prepare(c, runner.model.engine.metadata)
+    return grid.tiles[:, 0]
+
+
+def _train_records(runner, tmp_path: Path, watch: Path, channel: str) -> tuple[list[D.TileRecord], dict]:  # noqa: ANN001
+    """Score the watch folder, label its wells, and build the training data from the store."""
+    runner.run(once=True)
+    rows = _scored(runner)
+    assert rows and all(img.status == "done" for img, *_ in rows), [(i.path, i.error) for i, *_ in rows]
+    wells = sorted({(e, p, w) for _, e, p, w in rows})
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["experiment", "plate", "well", "label"])
+        out.writerows([e, p, w, ("neuron", "astrocyte")[i % 2]] for i, (e, p, w) in enumerate(wells))
+    settings = settings_for(tmp_path, watch, channel=channel, experiment=rows[0][1])
+    samples = store_dataset(settings, tmp_path / "data", labels_file=labels, tile_size=SIZE)
+    assert len(samples) == len(rows)
+    records, info = D.read_tiles_export(tmp_path / "data")
+    assert info.tile_size == SIZE
+    return records, {img.path: img for img, *_ in rows}
+
+
+def test_stack_channel_goes_from_the_store_to_the_training_tiles(tmp_path: Path, make_runner) -> None:
+    watch = tmp_path / "mm"
+    stacks = {}
+    for i, well in enumerate(("A1", "A2", "B1", "B2")):
+        planes = _planes(3, 10 * i)
+        stacks[well] = (write_tiff(watch / "run_1" / f"run_MMStack_{well}-Site_0.ome.tif", np.stack(planes),
+                                   metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "BF", "GFP"]}}), planes)
+    runner = make_runner(watch, channel="BF")
+    records, images = _train_records(runner, tmp_path, watch, "BF")
+    assert sorted(Path(r.path) for r in records) == sorted(p for p, _ in stacks.values())
+    assert {r.channel for r in records} == {"BF"}
+    for r in records:
+        served = _daemon_tiles(runner, images[r.path])
+        assert len(served) >= 1
+        np.testing.assert_array_equal(D.image_tiles(r.path, SIZE, SIZE, channel=r.channel), served)
+        first_plane = D.image_tiles(r.path, SIZE, SIZE)  # what the old reader trained on
+        assert first_plane.shape != served.shape or not np.array_equal(first_plane, served)
+    x, y, tile_records = D.load_arrays(records, ("neuron", "astrocyte"), tile_size=SIZE, image_size=SIZE)
+    np.testing.assert_array_equal(x, np.concatenate([_daemon_tiles(runner, images[r.path])
+                                                     for r in records]).astype(np.float16))
+    # the calibration set that travels with the model is cut from the same plane
+    raw, _, _, _ = D.raw_tiles(records, SIZE, len(records))
+    bf_values = {float(v) for _, planes in stacks.values() for v in np.unique(planes[1])}
+    assert raw and all(set(np.unique(t).astype(float)) <= bf_values for t in raw)
+
+
+def test_a_wrong_channel_in_the_data_is_a_clear_error(tmp_path: Path) -> None:
+    stack = write_tiff(tmp_path / "s.ome.tif", np.stack(_planes(3, 1)),
+                       metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "BF", "GFP"]}})
+    with pytest.raises(D.DataError) as e:
+        D.image_tiles(stack, SIZE, SIZE, channel="Cy5")
+    assert str(stack) in str(e.value) and "'Cy5'" in str(e.value) and "GFP" in str(e.value)
+
+
+def test_old_exports_without_a_channel_column_read_the_first_plane(tmp_path: Path) -> None:
+    planes = _planes(2, 3)
+    write_tiff(tmp_path / "img" / "a.tif", planes[0])
+    (tmp_path / "tiles.csv").write_text("path,plate,well,label,split\nimg/a.tif,P1,A01,neuron,train\n")
+    records, _ = D.read_tiles_export(tmp_path)
+    assert records[0].channel is None
+    # the data hash of a run without channels is the one earlier versions wrote (resume checks it)
+    r = records[0]
+    h = hashlib.sha256(b"a.tif" + f"|neuron|train|{r.well_key}|None|".encode()
+                       + hashlib.sha256((tmp_path / "img" / "a.tif").read_bytes()).digest())
+    assert D.data_hash(records) == "sha256:" + h.hexdigest()
+    assert D.data_hash([dataclasses.replace(r, channel="2")]) != D.data_hash(records)
+    np.testing.assert_array_equal(D.read_image(records[0].path), planes[0])
+
+
+def test_czi_scenes_reach_the_training_loader(tmp_path: Path, make_runner) -> None:
+    pytest.importorskip("pylibCZIrw")
+    from test_daemon_native_formats import _write_czi
+
+    scenes = [_planes(2, 30), _planes(2, 40), _planes(2, 50), _planes(2, 60)]
+    watch = tmp_path / "zen"
+    f = _write_czi(watch / "plate7.czi", scenes, ["DAPI", "TL Brightfield"], ["B3", "B3", "C4", "C5"])
+    runner = make_runner(watch, experiment="zen", channel="TL Brightfield")
+    records, images = _train_records(runner, tmp_path, watch, "TL Brightfield")
+    assert sorted(r.path for r in records) == [f"{f}|scene={i}" for i in range(4)]
+    assert D.data_hash(records).startswith("sha256:")
+    x, _, _ = D.load_arrays(records, ("neuron", "astrocyte"), tile_size=SIZE, image_size=SIZE)
+    np.testing.assert_array_equal(x, np.concatenate([_daemon_tiles(runner, images[r.path])
+                                                     for r in records]).astype(np.float16))
+    for r in records:
+        scene = int(r.path.rsplit("=", 1)[1])
+        np.testing.assert_array_equal(D.read_image(r.path, channel=r.channel), scenes[scene][1])
+
+
+def test_ome_zarr_fields_reach_the_training_loader(tmp_path: Path, make_runner) -> None:
+    pytest.importorskip("ome_zarr")
+    from test_daemon_native_formats import _write_plate
+
+    watch = tmp_path / "zarr"
+    planes = _write_plate(watch / "p.zarr", {"B/3": 1, "D/11": 1}, acquisitions=1)
+    runner = make_runner(watch, experiment="hcs", channel="BF")
+    records, images = _train_records(runner, tmp_path, watch, "BF")
+    assert len(records) == len(planes) == 2 and all(Path(r.path).is_dir() for r in records)
+    x, _, _ = D.load_arrays(records, ("neuron", "astrocyte"), tile_size=SIZE, image_size=SIZE)
+    np.testing.assert_array_equal(x, np.concatenate([_daemon_tiles(runner, images[r.path])
+                                                     for r in records]).astype(np.float16))
+    assert sorted(D.read_image(r.path, channel=r.channel).max() for r in records) == \
+        sorted(v.max() for v in planes.values())
