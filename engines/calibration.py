@@ -44,15 +44,17 @@ class TileSet:
 
 def folder_factor(folder: Path, pre: Preprocess, tile_px: int) -> float:
     """How a tiles folder's images map to model tiles: by pixel size when the folder
-    (tiles.json) and the model both know theirs, else each image is one model tile."""
+    (tiles.json) and the model both know theirs, else by the folder's ``tile_size`` (source
+    pixels per tile, as training cuts a store's frames), else each image is one model tile."""
     info = folder / "tiles.json"
-    src_um = None
+    src_um = tile = None
     if info.is_file():
         try:
-            src_um = json.loads(info.read_text()).get("pixel_size_um")
+            meta = json.loads(info.read_text())
+            src_um, tile = meta.get("pixel_size_um"), meta.get("tile_size")
         except (OSError, ValueError, AttributeError):
-            src_um = None
-    return pre.factor(src_um, tile_px=tile_px)
+            src_um = tile = None
+    return pre.factor(src_um, tile_px=tile or tile_px)
 
 
 def _read_rows(folder: Path) -> list[dict[str, str]]:
@@ -66,6 +68,18 @@ def _read_rows(folder: Path) -> list[dict[str, str]]:
     return rows
 
 
+def _read_tile(path: Path, row: dict[str, str]) -> np.ndarray:
+    """A tiles folder's image read as the daemon and training read it (``decode``), in the
+    row's ``channel`` where the folder comes from the store: a multi-channel stack or a
+    container's scene calibrates on the plane that is scored, not on its first plane."""
+    from nscmonitor.pipeline.decode import DecodeError, decode
+
+    try:
+        return decode(path, channel=(row.get("channel") or "").strip() or None).pixels
+    except DecodeError as exc:
+        raise EngineError(f"cannot read calibration tile {path}: {exc.reason}") from exc
+
+
 def load_tiles(folder: str | Path, meta: ModelMetadata, *, splits: tuple[str, ...] | None = None,
                limit: int | None = None, seed: int = 0) -> TileSet:
     """Load tiles of the given splits (all when None), a seeded random subset if ``limit``.
@@ -73,8 +87,6 @@ def load_tiles(folder: str | Path, meta: ModelMetadata, *, splits: tuple[str, ..
     The subset is stratified by nothing on purpose: calibration wants the data's own class
     mix, and a fixed seed makes a rebuilt int8 model reproducible.
     """
-    import tifffile
-
     folder = Path(folder)
     rows = _read_rows(folder)
     if splits is not None:
@@ -89,12 +101,7 @@ def load_tiles(folder: str | Path, meta: ModelMetadata, *, splits: tuple[str, ..
     xs, groups, labels = [], [], []
     for r in rows:
         path = folder / r["path"]
-        try:
-            img = np.squeeze(tifffile.imread(path))
-        except (OSError, ValueError) as exc:
-            raise EngineError(f"cannot read calibration tile {path}: {exc}") from exc
-        if img.ndim != 2:
-            raise EngineError(f"calibration tile {path} must be a 2-D image, got shape {img.shape}")
+        img = _read_tile(path, r)
         tiles = pre.tiles(img, factor=folder_factor(folder, pre, max(img.shape))).tiles
         well = r.get("well") or ""
         xs.append(tiles)
@@ -280,8 +287,6 @@ def tiles_from_folder(folder: str | Path, model_dir: Path, *, n_calib: int = N_C
     """Give a model a calibration set from elsewhere: a calibration.npz (with or without its
     manifest) or a labelled tiles folder (``tiles.csv``: train tiles calibrate, val/test
     tiles certify). Written into ``model_dir`` as an attached set."""
-    import tifffile
-
     folder = Path(folder)
     if folder.is_file() and folder.suffix == ".npz" or (folder / TILES_FILE).is_file():
         npz = folder if folder.is_file() else folder / TILES_FILE
@@ -308,10 +313,7 @@ def tiles_from_folder(folder: str | Path, model_dir: Path, *, n_calib: int = N_C
         chosen = [split_rows[i] for i in pick(len(split_rows), limit, s)]
         imgs, wells, labels = [], [], []
         for r in chosen:
-            try:
-                imgs.append(np.squeeze(tifffile.imread(folder / r["path"])))
-            except (OSError, ValueError) as exc:
-                raise EngineError(f"cannot read calibration tile {folder / r['path']}: {exc}") from exc
+            imgs.append(_read_tile(folder / r["path"], r))
             wells.append(f"{r.get('plate') or ''}/{r.get('well') or ''}")
             labels.append(r.get("label") or "")
         return imgs, wells, labels

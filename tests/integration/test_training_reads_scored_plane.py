@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import cells_image, settings_for, write_tiff
+from nscmonitor.engines.calibration import load_tiles
 from nscmonitor.schedule.retrain import store_dataset
 from nscmonitor.store import models as m
 from nscmonitor.store.writer import Claimed
@@ -82,6 +83,10 @@ def test_stack_channel_goes_from_the_store_to_the_training_tiles(tmp_path: Path,
     x, y, tile_records = D.load_arrays(records, ("neuron", "astrocyte"), tile_size=SIZE, image_size=SIZE)
     np.testing.assert_array_equal(x, np.concatenate([_daemon_tiles(runner, images[r.path])
                                                      for r in records]).astype(np.float16))
+    # int8 calibration from this data folder reads the same plane
+    calib = load_tiles(tmp_path / "data", runner.model.engine.metadata)
+    np.testing.assert_array_equal(calib.x[:, 0], np.concatenate([_daemon_tiles(runner, images[r.path])
+                                                                 for r in records]))
     # the calibration set that travels with the model is cut from the same plane
     raw, _, _, _ = D.raw_tiles(records, SIZE, len(records))
     bf_values = {float(v) for _, planes in stacks.values() for v in np.unique(planes[1])}
