@@ -149,3 +149,17 @@ def test_ome_zarr_fields_reach_the_training_loader(tmp_path: Path, make_runner) 
                                                      for r in records]).astype(np.float16))
     assert sorted(D.read_image(r.path, channel=r.channel).max() for r in records) == \
         sorted(v.max() for v in planes.values())
+
+
+def test_the_retrain_gate_evaluates_the_scored_channel(tmp_path: Path, tiny_model: Path, caplog) -> None:
+    """The gate's held-out images are read in their channel: a channel the stack lacks leaves
+    that image out with the reason, instead of judging the model on the first plane."""
+    from nscmonitor.schedule.retrain import Sample, evaluate_model
+
+    names = {"axes": "CYX", "Channel": {"Name": ["DAPI", "BF", "GFP"]}}
+    paths = [write_tiff(tmp_path / f"s{i}.ome.tif", np.stack(_planes(3, i)), metadata=names) for i in range(3)]
+    samples = [Sample(str(p), "E", "P", f"A0{i + 1}", 1, 1, 48.0, "neuron", None, "test", ch)
+               for i, (p, ch) in enumerate(zip(paths, ("BF", "2", "Cy5")))]
+    result = evaluate_model(tiny_model, samples)
+    assert result.n == 2
+    assert any(str(paths[2]) in r.getMessage() and "'Cy5'" in r.getMessage() for r in caplog.records)
