@@ -292,11 +292,12 @@ def read_image(path: str | Path, *, channel: str | None = None) -> np.ndarray:
     """The plane the daemon scores, read by the daemon's own ``decode``: 2-D intensities in
     the file's own dtype (the histogram percentiles depend on integer data staying integer),
     the ``channel`` of a multi-channel stack or container (its first plane when None), RGB
-    as the daemon sees it. A file the daemon could not read is a ``DataError`` naming it."""
+    as the daemon sees it. A file the daemon could not read is a ``DataError`` naming it.
+    The content hash is skipped: ``data_hash`` hashes every file once before loading."""
     from nscmonitor.pipeline.decode import DecodeError, decode
 
     try:
-        return decode(path, channel=channel).pixels
+        return decode(path, channel=channel, content_hash=False).pixels
     except DecodeError as exc:
         raise DataError(f"{path}: {exc.reason}") from exc
 

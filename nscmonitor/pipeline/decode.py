@@ -229,17 +229,21 @@ def open_regular(path: str | Path) -> BinaryIO:
 
 
 def decode(path: str | Path, *, channel_index: int | None = None, max_pixels: int = 200_000_000,
-           max_bytes: int = 4 << 30, channel: str | None = None) -> Decoded:
+           max_bytes: int = 4 << 30, channel: str | None = None, content_hash: bool = True) -> Decoded:
     """Decode the scored plane, then hash the file, through one read-only handle. Memory is
     the plane plus a 1 MiB hashing buffer, whatever the file's size. If the file's size or
     mtime changed while it was read, the hash may not be of the decoded pixels: that is a
     transient error and the file is read again later. ``channel`` is the watch folder's
     setting: the channel scored inside a multi-channel stack or container (by name or
-    1-based number). ND2, CZI and OME-Zarr images go to their readers (``formats``)."""
+    1-based number). ND2, CZI and OME-Zarr images go to their readers (``formats``).
+    ``content_hash=False`` (training, which hashes its whole data set once beforehand)
+    leaves ``sha256`` empty: hashing is about 7 % of training's per-tile load time on a
+    simulator export (benchmarks/training_reader.py)."""
     from nscmonitor.pipeline import formats
 
     if formats.format_of(str(path)) is not None:
-        return formats.decode_native(str(path), channel=channel, max_pixels=max_pixels, max_bytes=max_bytes)
+        return formats.decode_native(str(path), channel=channel, max_pixels=max_pixels, max_bytes=max_bytes,
+                                     content_hash=content_hash)
     path = Path(path)
     try:
         before = os.stat(path)
@@ -266,7 +270,7 @@ def decode(path: str | Path, *, channel_index: int | None = None, max_pixels: in
                                   permanent=True)
             else:
                 arr = _pillow(fh, max_pixels)
-            digest = _hash(fh)
+            digest = _hash(fh) if content_hash else ""
         except OSError as exc:  # e.g. a network share dropped mid-read
             raise DecodeError(f"cannot read file: {why(exc)}", permanent=False) from exc
     try:

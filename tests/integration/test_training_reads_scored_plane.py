@@ -163,3 +163,14 @@ def test_the_retrain_gate_evaluates_the_scored_channel(tmp_path: Path, tiny_mode
     result = evaluate_model(tiny_model, samples)
     assert result.n == 2
     assert any(str(paths[2]) in r.getMessage() and "'Cy5'" in r.getMessage() for r in caplog.records)
+
+
+def test_training_reads_without_hashing_the_same_pixels(tmp_path: Path) -> None:
+    from nscmonitor.pipeline.decode import decode
+
+    stack = write_tiff(tmp_path / "s.ome.tif", np.stack(_planes(3, 5)),
+                       metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "BF", "GFP"]}})
+    full, bare = decode(stack, channel="GFP"), decode(stack, channel="GFP", content_hash=False)
+    assert full.sha256 == hashlib.sha256(stack.read_bytes()).hexdigest() and bare.sha256 == ""
+    np.testing.assert_array_equal(bare.pixels, full.pixels)
+    np.testing.assert_array_equal(D.read_image(stack, channel="GFP"), full.pixels)

@@ -163,7 +163,8 @@ def units(path: str) -> list[Unit] | None:
     return found or [Unit(path)]
 
 
-def decode_native(ref: str, *, channel: str | None, max_pixels: int, max_bytes: int) -> Decoded:
+def decode_native(ref: str, *, channel: str | None, max_pixels: int, max_bytes: int,
+                  content_hash: bool = True) -> Decoded:
     """``decode`` for a container image: the scored plane, then the hash of its bytes (the
     whole file, or the Zarr field folder's files), and the same check that nothing changed
     while it was read. The byte cap applies to a Zarr field; an ND2 or CZI file holds a
@@ -186,7 +187,7 @@ def decode_native(ref: str, *, channel: str | None, max_pixels: int, max_bytes: 
     reader = _reader(fmt)
     try:
         plane = reader(path, unit, channel=channel, max_pixels=max_pixels)
-        digest = _hash_once(path, before)
+        digest = _hash_once(path, before) if content_hash else ""
     except DecodeError:
         raise
     except PermissionError as exc:
