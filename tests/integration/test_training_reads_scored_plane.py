@@ -1,6 +1,6 @@
 """Training reads the plane the daemon scored: images scored by the real daemon (real
 watcher, SQLite, ONNX Runtime on a tiny model) from a 3-channel OME-TIFF stack, the scenes
-of a Zeiss CZI and the fields of an OME-Zarr plate, then gathered from the store as
+of a Zeiss CZI, the positions of a Nikon ND2 and the fields of an OME-Zarr plate, then gathered from the store as
 ``nscmonitor train --labels`` does, give training exactly the daemon's tiles of the
 configured channel, not the file's first plane."""
 
@@ -174,3 +174,21 @@ def test_training_reads_without_hashing_the_same_pixels(tmp_path: Path) -> None:
     assert full.sha256 == hashlib.sha256(stack.read_bytes()).hexdigest() and bare.sha256 == ""
     np.testing.assert_array_equal(bare.pixels, full.pixels)
     np.testing.assert_array_equal(D.read_image(stack, channel="GFP"), full.pixels)
+
+
+def test_nd2_positions_reach_the_training_loader(tmp_path: Path, make_runner) -> None:
+    pytest.importorskip("nd2")
+    from nd2_file import write_nd2
+
+    frames = np.stack([np.stack(_planes(3, s)) for s in (200, 210, 220)])  # P x C x Y x X
+    watch = tmp_path / "nis"
+    f = write_nd2(watch / "20260101_run.nd2", frames, ["DAPI", "BF", "GFP"], ["B3", "C4", "C5"])
+    runner = make_runner(watch, experiment="nis", channel="GFP")
+    records, images = _train_records(runner, tmp_path, watch, "GFP")
+    assert sorted(r.path for r in records) == [f"{f}|position={i}" for i in range(3)]
+    x, _, _ = D.load_arrays(records, ("neuron", "astrocyte"), tile_size=SIZE, image_size=SIZE)
+    np.testing.assert_array_equal(x, np.concatenate([_daemon_tiles(runner, images[r.path])
+                                                     for r in records]).astype(np.float16))
+    for r in records:
+        np.testing.assert_array_equal(D.read_image(r.path, channel=r.channel),
+                                      frames[int(r.path.rsplit("=", 1)[1]), 2])
