@@ -185,7 +185,7 @@ def _tile_geometry(settings: Settings, samples_paths: list[str], base_meta) -> t
     px = None
     for p in samples_paths[:5]:
         try:
-            px = decode(p).pixel_size_um
+            px = decode(p, content_hash=False).pixel_size_um
             break
         except DecodeError:
             continue
@@ -222,7 +222,7 @@ def evaluate_model(model_path: Path, samples: list[Sample], *, threads: int = 1)
         if lab is None:
             continue
         try:
-            dec = decode(smp.path, channel=smp.channel)
+            dec = decode(smp.path, channel=smp.channel, content_hash=False)
         except DecodeError as exc:
             log.warning("%s: left out of the evaluation: %s", smp.path, exc.reason)
             continue
