@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import random
 import sys
 from collections import Counter, defaultdict
@@ -120,7 +121,7 @@ def read_tiles_export(root: str | Path, label_mode: str = "tile") -> tuple[list[
         for row in csv.DictReader(fh):
             fr = {k[5:]: float(v) for k, v in row.items() if k.startswith("frac_") and v not in ("", None)}
             records.append(TileRecord(
-                path=str(root / row["path"]), label=row["label"], experiment=row.get("experiment", ""),
+                path=_resolve(root, row["path"]), label=row["label"], experiment=row.get("experiment", ""),
                 plate=row.get("plate", ""), well=row["well"], field=_int(row.get("field")),
                 timepoint=_int(row.get("timepoint")), elapsed_h=_float(row.get("elapsed_h")),
                 condition=row.get("condition", "") or "", split=(row.get("split") or None), fractions=fr,
@@ -130,6 +131,15 @@ def read_tiles_export(root: str | Path, label_mode: str = "tile") -> tuple[list[
     if label_mode == "well":
         records = well_labels(records, meta.get("conditions") or {})
     return records, info
+
+
+def _resolve(root: Path, text: str) -> str:
+    """A path of tiles.csv: relative to the export, or absolute (a store dataset points at the
+    originals); a name that is not valid UTF-8 is written in the store's escaped form
+    (``names.to_db``) so the CSV stays text, and is turned back into the file's real name here."""
+    from nscmonitor.names import MARK, from_db
+
+    return from_db(text) if text.startswith(MARK) else str(root / text)
 
 
 def well_labels(records: Sequence[TileRecord], conditions: dict[str, dict]) -> list[TileRecord]:
@@ -277,7 +287,7 @@ def data_hash(records: Sequence[TileRecord]) -> str:
 
     h = hashlib.sha256()
     for r in sorted(records, key=lambda r: r.path):
-        h.update(Path(r.path).name.encode())
+        h.update(os.fsencode(Path(r.path).name))
         h.update(f"|{r.label}|{r.split}|{r.well_key}|{r.elapsed_h}|".encode())
         if r.channel is not None:
             h.update(f"channel={r.channel}|".encode())

@@ -34,6 +34,7 @@ from nscmonitor.engines.metadata import read_onnx_metadata
 from nscmonitor.errors import UserFacingError
 from nscmonitor.hooks import emit
 from nscmonitor.labels import WellLabel, current_labels, labels_version, read_label_file
+from nscmonitor.names import from_db, to_db
 from nscmonitor.pipeline.formats import channel_for
 from nscmonitor.registry.registry import Registry
 from nscmonitor.schedule.gates import Decision, EvalResult, decide, evaluate_predictions
@@ -121,7 +122,8 @@ def collect_samples(engine, *, up_to: int | None, channel: str | None = None,  #
             .join(m.Well, m.Well.id == m.Image.well_id).join(m.Plate, m.Plate.id == m.Well.plate_id)
             .join(m.Experiment, m.Experiment.id == m.Plate.experiment_id)
             .where(m.Image.status == "done", m.Image.qc_passed.is_(True)).order_by(m.Image.id)).all()
-    for path, field, tp, eh, ch, well, plate, exp in rows:
+    for stored, field, tp, eh, ch, well, plate, exp in rows:
+        path = from_db(stored)
         lab = by_well.get((exp, plate, well))
         if lab is None or (channel is not None and ch is not None and ch != channel):
             continue
@@ -146,7 +148,7 @@ def write_dataset(samples: list[Sample], out_dir: Path, *, tile_size: int | None
                     *[f"frac_{c}" for c in classes], "split", "channel"])
         for smp in samples:
             fr = smp.fractions or {}
-            w.writerow([smp.path, f"{smp.experiment}/{smp.plate}", smp.well, smp.field or "", smp.timepoint or "",
+            w.writerow([to_db(smp.path), f"{smp.experiment}/{smp.plate}", smp.well, smp.field or "", smp.timepoint or "",
                         "" if smp.elapsed_h is None else smp.elapsed_h, "", smp.label,
                         *[fr.get(c, "") for c in classes], smp.split, smp.channel or ""])
     (out_dir / "tiles.json").write_text(json.dumps({"pixel_size_um": pixel_size_um, "tile_size": tile_size,

@@ -192,3 +192,23 @@ def test_nd2_positions_reach_the_training_loader(tmp_path: Path, make_runner) ->
     for r in records:
         np.testing.assert_array_equal(D.read_image(r.path, channel=r.channel),
                                       frames[int(r.path.rsplit("=", 1)[1]), 2])
+
+
+def test_names_that_are_not_utf8_go_from_the_store_to_the_training_loader(tmp_path: Path, make_runner) -> None:
+    """The store keeps such a name in its escaped form; the dataset CSV must stay text and the
+    trainer must still open the original file under its real (undecodable) name."""
+    import os
+
+    watch = tmp_path / "mm"
+    folder = watch / os.fsdecode(b"run\xe9_1")  # Latin-1 e-acute: not valid UTF-8
+    for i, well in enumerate(("A1", "A2")):
+        write_tiff(folder / f"run_MMStack_{well}-Site_0.ome.tif", np.stack(_planes(3, 20 + i)),
+                   metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "BF", "GFP"]}})
+    runner = make_runner(watch, channel="BF")
+    records, _ = _train_records(runner, tmp_path, watch, "BF")
+    assert sorted(os.fsencode(r.path) for r in records) == sorted(
+        os.fsencode(folder / f"run_MMStack_{w}-Site_0.ome.tif") for w in ("A1", "A2"))
+    (tmp_path / "data" / "tiles.csv").read_text(encoding="utf-8")  # plain text, the escaped form
+    assert D.data_hash(records).startswith("sha256:")
+    x, _, _ = D.load_arrays(records, ("neuron", "astrocyte"), tile_size=SIZE, image_size=SIZE)
+    assert len(x) >= len(records)
