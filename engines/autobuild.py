@@ -577,7 +577,9 @@ def spawn(model_path: str | Path, *, wait: bool, calibration_dir: str | Path | N
 
 
 def wants_build(preference: str) -> bool:
-    return preference not in NO_BUILD_PREFERENCES
+    from nscmonitor.engines.select import ALIASES
+
+    return ALIASES.get(preference, preference) not in NO_BUILD_PREFERENCES
 
 
 def needed(model_path: str | Path, calibration_dir: str | Path | None = None) -> tuple[str, str | Path | None]:

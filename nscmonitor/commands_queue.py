@@ -24,6 +24,10 @@ def cmd_requeue(args: argparse.Namespace) -> int:
         return 0
     n = requeue(engine, ids)
     print(f"{n} quarantined image(s) back in the queue; the running daemon scores them next")
+    missed = sorted(set(args.ids or ()) - set(ids))
+    if missed:
+        print(f"not requeued: ids {', '.join(map(str, missed))} are not quarantined (failed images are retried by "
+              "the daemon on their own) or do not exist")
     return 0
 
 

@@ -21,6 +21,7 @@ import platformdirs
 from nscmonitor.domain import PLATE_SHAPES
 from nscmonitor.errors import ConfigError
 from nscmonitor.ingest.profiles import BY_NAME, CustomProfileSpec
+from nscmonitor.pipeline.limits import DEFAULT_MAX_PIXELS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,7 +88,7 @@ class Settings:
     engine: str = "auto"
     batch_size: int = 8
     threads: int = 0
-    max_pixels: int = 64_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     watch: tuple[WatchFolder, ...] = ()
     custom_profiles: tuple[CustomProfileSpec, ...] = ()
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
@@ -311,7 +312,7 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
     threads = _expect(data, "threads", int, "", 0)
     if threads < 0:
         raise ConfigError("threads: must be >= 0 (0 = all cores)")
-    max_px = _expect(data, "max_pixels", int, "", 64_000_000)
+    max_px = _expect(data, "max_pixels", int, "", DEFAULT_MAX_PIXELS)
     if max_px <= 0:
         raise ConfigError(f"max_pixels: must be a positive number of pixels, got {max_px}")
     watch = data.get("watch", [])

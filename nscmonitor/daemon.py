@@ -122,6 +122,10 @@ class DaemonEngineBuilds:
         self.enabled = wants_build(settings.engine)
         self.threads = settings.threads
         self._procs: dict[Path, object] = {}
+        #: builds that ended without recording an outcome (killed, out of memory, a runtime crash)
+        #: or could not start, with the fingerprint they had: retried only when it changes, not
+        #: at every heartbeat for weeks
+        self._gave_up: dict[Path, object] = {}
 
     def ensure(self, model_path: Path) -> None:
         from nscmonitor.engines import autobuild
@@ -131,15 +135,30 @@ class DaemonEngineBuilds:
         for path, proc in list(self._procs.items()):  # reap finished builds, of this model or an earlier one
             if proc.poll() is not None:
                 del self._procs[path]
+                if autobuild.needed(path)[0] == "build":
+                    self._give_up(path, f"the build process ended (exit code {proc.returncode}) without recording "
+                                        f"an outcome; see {autobuild.log_path(path)}")
         if model_path in self._procs:
+            return
+        if model_path in self._gave_up and self._gave_up[model_path] == autobuild.fingerprint(model_path):
             return
         try:
             started = autobuild.start(model_path, threads=self.threads)
         except Exception as exc:  # an engine is an optimisation: whatever goes wrong, fp32 keeps serving
-            log.warning("cannot start an engine build for %s: %s", model_path, exc)
+            self._give_up(model_path, f"cannot start an engine build: {exc}")
             return
         if started is not None:
             self._procs[model_path] = started
+
+    def _give_up(self, model_path: Path, reason: str) -> None:
+        from nscmonitor.engines import autobuild
+
+        log.warning("%s: %s; fp32 keeps serving, and the build is retried when the model, its calibration set or "
+                    "the runtimes change, or at the next daemon start", model_path, reason)
+        try:
+            self._gave_up[model_path] = autobuild.fingerprint(model_path)
+        except OSError as exc:
+            log.warning("%s: cannot fingerprint the model: %s", model_path, exc)
 
     def token(self, model_path: Path) -> str | None:
         from nscmonitor.engines.autobuild import token

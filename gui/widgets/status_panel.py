@@ -30,10 +30,13 @@ def requeue_action(settings) -> RequeueAction:  # noqa: ANN001
 
     def run(ids: list[int] | None) -> str:
         engine = make_engine(settings.database_url)
-        chosen = select_quarantined(engine, ids=ids or (), everything=ids is None)
-        if not chosen:
-            return "no quarantined image selected (failed images are retried by the daemon on their own)"
-        n = requeue(engine, chosen)
+        try:
+            chosen = select_quarantined(engine, ids=ids or (), everything=ids is None)
+            if not chosen:
+                return "no quarantined image selected (failed images are retried by the daemon on their own)"
+            n = requeue(engine, chosen)
+        finally:
+            engine.dispose()
         return f"{n} quarantined image(s) back in the queue; the daemon scores them next."
 
     return run

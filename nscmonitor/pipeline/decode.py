@@ -21,6 +21,7 @@ from typing import BinaryIO
 import numpy as np
 
 from nscmonitor.names import shown
+from nscmonitor.pipeline.limits import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,12 @@ def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
             page_axes = str(key.axes)
             index, inner_channel = _plane_index(series, page_axes, channel_index)
             pages = series.pages
-            page = pages[index] if index < len(pages) and pages[index] is not None else key
+            if index < len(pages) and pages[index] is not None:
+                page = pages[index]
+            elif index == 0:
+                page = key
+            else:  # a stack still being written, or one missing planes: never score another plane instead
+                raise DecodeError(f"file is incomplete: plane {index + 1} of the stack is missing", permanent=False)
             shape = tuple(int(v) for v in key.shape)
             dtype = key.dtype
             offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
@@ -228,7 +234,7 @@ def open_regular(path: str | Path) -> BinaryIO:
         raise
 
 
-def decode(path: str | Path, *, channel_index: int | None = None, max_pixels: int = 200_000_000,
+def decode(path: str | Path, *, channel_index: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
            max_bytes: int = 4 << 30, channel: str | None = None, content_hash: bool = True) -> Decoded:
     """Decode the scored plane, then hash the file, through one read-only handle. Memory is
     the plane plus a 1 MiB hashing buffer, whatever the file's size. If the file's size or

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import math
 
+#: the default cap on a decoded frame (``max_pixels``): an 8000 x 8000 frame, far above any single
+#: field of the supported imagers; it bounds the daemon at about 1.0-1.4 GiB (docs/reliability.md)
+DEFAULT_MAX_PIXELS = 64_000_000
+
 
 def resample_refusal(shape: tuple[int, ...], factor: float, max_pixels: int, tile: int) -> str | None:
     """Why resampling a frame of ``shape`` by ``factor`` must not happen, or None."""

@@ -312,8 +312,10 @@ class Runner:
                     try:
                         n, c = self.store.enqueue([item])
                         new, changed = new + n, changed + c
-                    except Exception as exc:  # logged with the file; retried when the file changes
+                    except Exception as exc:  # logged with the file; looked at again at the next rescan
                         log.error("%s: cannot be queued: %s", shown(item.path), why(exc))
+                        self.known.pop(item.path, None)
+                        self.ready_at.pop(item.path, None)
             log.debug("%s: %d new, %d changed files queued", f.root, new, changed)
 
     def _units(self, f: _Folder, ready: list[tuple[str, int, float]]):  # noqa: ANN202 - generator

@@ -46,6 +46,7 @@ def run_headless(html: Path, args: list[str], *, timeout_s: float = 120.0) -> su
 
 def print_pdf(html: Path, pdf: Path) -> Path:
     pdf.parent.mkdir(parents=True, exist_ok=True)
+    pdf.unlink(missing_ok=True)  # a PDF left by an earlier run must not pass for this one
     r = run_headless(html, [f"--print-to-pdf={pdf.resolve()}", "--no-pdf-header-footer"])
     if not pdf.is_file() or pdf.stat().st_size == 0:
         tail = (r.stderr or "").strip().splitlines()[-1:] or ["no output"]

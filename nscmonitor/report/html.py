@@ -147,9 +147,11 @@ def _plate_maps(grid: PlateGrid, times: list[int]) -> str:
         cells = [WellCell(w.row, w.col, None if grid.n_images[t, i] == 0 else grid.prob_mean[t, i], w.condition)
                  for i, w in enumerate(grid.wells)]
         h = grid.elapsed_h[t]
+        when = f"{h:.1f} h since induction" if np.isfinite(h) else f"time point {grid.time_keys[t]}"
         title = f"{grid.plate} at {h:.1f} h" if np.isfinite(h) else f"{grid.plate}, time point {grid.time_keys[t]}"
-        parts.append(_figure(plate_map_svg(cells, grid.classes, title), _slug(grid.plate, "plate", f"{h:g}h"),
-                             f"Plate {grid.plate}, {h:.1f} h since induction"))
+        slug = f"{h:g}h" if np.isfinite(h) else f"t{grid.time_keys[t]}"
+        parts.append(_figure(plate_map_svg(cells, grid.classes, title), _slug(grid.plate, "plate", slug),
+                             f"Plate {grid.plate}, {when}"))
     return "".join(parts)
 
 

@@ -382,7 +382,8 @@ def mark_for_rescore(engine) -> int:  # noqa: ANN001
         running = select(m.Image.experiment_id).group_by(m.Image.experiment_id) \
             .having(func.max(m.Image.discovered_at) >= recent)
         res = s.execute(update(m.Image).where(m.Image.status == "done", m.Image.qc_passed.is_(True),
-                                              m.Image.experiment_id.in_(running)).values(status="rescore"))
+                                              m.Image.experiment_id.in_(running))
+                        .values(status="rescore", attempts=0))  # a new piece of work: fresh attempts
         return res.rowcount or 0
 
 

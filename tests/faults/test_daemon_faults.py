@@ -204,6 +204,8 @@ def test_requeue_cli_puts_quarantined_images_back(tmp_path: Path, tiny_model: Pa
     first = query(db, "select id from images where path = ?", (str(bad[0]),))[0][0]
     assert "1 quarantined" in requeue(str(first))
     assert count(db, "status = 'pending' and attempts = 0 and error is null") == 1
+    again = requeue(str(first), "999999")  # now pending, and an id that does not exist: named, not dropped
+    assert "0 quarantined" in again and f"ids {first}, 999999 are not quarantined" in again
     # the instrument's software fixed the files in place: same size, same mtime
     fixed = write_tiff(tmp_path / "fixed.tif", cells_image(2)).read_bytes()
     for p in bad:
@@ -275,3 +277,26 @@ def test_a_watched_folder_whose_own_name_is_not_utf8(tmp_path: Path, tiny_model:
     st = subprocess.run([sys.executable, "-m", "nscmonitor", "status", "--json", "--db", f"sqlite:///{db}"],
                         capture_output=True, text=True, timeout=60)
     assert st.returncode in (0, 3), st.stderr
+
+
+def test_rescoring_after_promotions_starts_with_fresh_attempts(tmp_path: Path, make_runner) -> None:
+    """Claims count attempts and a spent count quarantines at claim time; rescoring for a newly
+    promoted model is new work, so images rescored several times must not be taken for ones
+    the daemon keeps dying on."""
+    from sqlalchemy import select, update
+
+    from nscmonitor.schedule.retrain import mark_for_rescore
+    from nscmonitor.store import models as m
+
+    watch = tmp_path / "watch"
+    write_tiff(watch / _name("A1"), cells_image(1))
+    runner = make_runner(watch, profile="incucyte", max_attempts=3)
+    runner.run(once=True)
+    for _ in range(4):  # four promotions, each rescoring the plate
+        assert mark_for_rescore(runner.store.engine) == 1
+        claimed = runner.store.claim(4, 1e12, "another-model", max_attempts=3)
+        assert [c.attempts for c in claimed] == [1]
+        with runner.store.Session.begin() as s:
+            s.execute(update(m.Image).values(status="done"))
+    with runner.store.Session() as s:
+        assert s.scalars(select(m.Image.status)).all() == ["done"]

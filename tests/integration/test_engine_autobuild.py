@@ -298,3 +298,24 @@ def test_ort_int8_serves_only_when_it_is_not_slower_than_fp32_here(tmp_path: Pat
             assert "slower than fp32" in dict(sel.skipped)["ort-int8"]
     assert autobuild.slower_than_fp32({"fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 89.0})
     assert not autobuild.slower_than_fp32({"fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 91.0})
+
+
+def test_a_build_that_dies_without_an_outcome_is_not_restarted_at_every_heartbeat(tmp_path: Path) -> None:
+    """A build killed by the OOM killer (or a runtime crash) records nothing; the daemon must
+    not start it again every few seconds for weeks, only when the model or runtimes change."""
+    from nscmonitor.daemon import DaemonEngineBuilds
+
+    run = run_dir_with_calibration(tmp_path)
+    model = run / "model.onnx"
+    builds = DaemonEngineBuilds(load_settings(config(tmp_path, tmp_path / "watch")))
+    builds.ensure(model)
+    proc = builds._procs[model]
+    proc.kill()  # what the OOM killer does
+    proc.wait(timeout=30)
+    assert autobuild.needed(model)[0] == "build"  # nothing was recorded
+    builds.ensure(model)  # reaps it and gives up for this fingerprint
+    assert model not in builds._procs
+    builds.ensure(model)
+    assert model not in builds._procs, "restarted although nothing changed"
+    # aliases of backends that need no build turn building off like their canonical names
+    assert not autobuild.wants_build("openvino") and not autobuild.wants_build("torch-fp32")
