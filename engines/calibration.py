@@ -297,8 +297,10 @@ def tiles_from_folder(folder: str | Path, model_dir: Path, *, n_calib: int = N_C
                 d = {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError) as exc:
             raise EngineError(f"{npz} is not a readable calibration set: {exc}") from exc
-        if "calib_raw" not in d or "heldout_raw" not in d:
-            raise EngineError(f"{npz} lacks calib_raw/heldout_raw arrays")
+        missing = [k for k in ("calib_raw", "calib_wells", "heldout_raw", "heldout_wells", "heldout_labels")
+                   if k not in d]
+        if missing:
+            raise EngineError(f"{npz} is not a calibration set: it lacks the arrays {', '.join(missing)}")
         px = None
         if npz.with_name(MANIFEST_FILE).is_file():
             px = json.loads(npz.with_name(MANIFEST_FILE).read_text()).get("pixel_size_um")

@@ -219,6 +219,7 @@ def evaluate_model(model_path: Path, samples: list[Sample], *, threads: int = 1)
     eng = OrtCpuEngine(model_path, meta, threads=threads)
     eng.load()
     y_true, y_pred, hours = [], [], []
+    pre = Preprocess.from_metadata(meta)
     for smp in samples:
         lab = _scheme_label(smp.label, meta.classes)
         if lab is None:
@@ -228,7 +229,6 @@ def evaluate_model(model_path: Path, samples: list[Sample], *, threads: int = 1)
         except DecodeError as exc:
             log.warning("%s: left out of the evaluation: %s", smp.path, exc.reason)
             continue
-        pre = Preprocess.from_metadata(meta)
         grid = pre.tiles(dec.pixels, factor=pre.factor(dec.pixel_size_um))
         if len(grid.tiles) == 0:
             continue
@@ -238,15 +238,6 @@ def evaluate_model(model_path: Path, samples: list[Sample], *, threads: int = 1)
         hours.append(smp.elapsed_h)
     eng.close()
     return evaluate_predictions(y_true, y_pred, hours, meta.classes)
-
-
-def _train_toml(path: Path, values: dict) -> None:
-    lines = ["[train]"]
-    for k, v in values.items():
-        if v is None:
-            continue
-        lines.append(f"{k} = {json.dumps(v)}")
-    path.write_text("\n".join(lines) + "\n")
 
 
 def train_subprocess(cfg_path: Path, *, threads: int, timeout: float | None, log_path: Path,
@@ -318,8 +309,10 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
               base_meta.scheme in ("binary", "multiclass") else "multiclass",
               "epochs": settings.retrain.epochs, "device": settings.retrain.device, "threads": settings.retrain.threads,
               "progress": False, **settings.retrain.train, **(train_overrides or {})}
+    from nscmonitor.training.launch import write_toml
+
     cfg_path = run_dir / "train.toml"
-    _train_toml(cfg_path, values)
+    write_toml(cfg_path, values)
     rc, tail = train_subprocess(cfg_path, threads=settings.retrain.threads, timeout=timeout,
                                 log_path=run_dir / "train.log", nproc=settings.retrain.nproc)
     candidate_path = run_dir / "train" / "model.onnx"

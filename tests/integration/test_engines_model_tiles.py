@@ -151,3 +151,13 @@ def test_registry_gives_a_foreign_model_a_set(tmp_path):
     tiles = load_model_tiles(Path(info.path))
     assert len(tiles.calib) == 4 and len(tiles.heldout) == 3
     assert read_manifest(Path(info.path).parent / "calibration.npz")["origin"] == "attached"
+
+
+def test_an_npz_without_wells_or_labels_is_refused_with_a_reason(tmp_path):
+    """``models register M --calibration set.npz`` with a hand-made file: a clear refusal
+    naming what is missing, not a KeyError half-way through the copy."""
+    raw = np.zeros((4, 32, 32), np.uint16)
+    npz = tmp_path / "set.npz"
+    np.savez(npz, calib_raw=raw, heldout_raw=raw)
+    with pytest.raises(EngineError, match="calib_wells, heldout_wells, heldout_labels"):
+        tiles_from_folder(npz, tmp_path / "model")
