@@ -615,19 +615,35 @@ def start(model_path: str | Path, *, threads: int = 0) -> subprocess.Popen | Non
 
 
 def ensure(model_path: str | Path, *, calibration_dir: str | Path | None = None, threads: int = 0,
-           quiet: bool = False) -> EngineStatus | None:
+           quiet: bool = False, timeout: float | None = None) -> EngineStatus | None:
     """Build and wait: the command line's trigger (the child's progress bar shows in this
-    terminal) and scheduled retraining's (``quiet``: output to ``engine-build.log``). Waits
-    for a build already running instead of starting a second; returns the recorded outcome."""
+    terminal) and scheduled retraining's (``quiet``: output to ``engine-build.log``; with a
+    ``timeout``, after which the build is stopped, so a hung build cannot hold the retrain
+    job, and with it every later retrain, for ever). Waits for a build already running
+    instead of starting a second; returns the recorded outcome."""
     model_path = Path(model_path)
     action, cal = needed(model_path, calibration_dir)
+    deadline = None if timeout is None else time.monotonic() + timeout
     if action == "wait":
         log.info("an engine build for %s is already running; waiting for it", model_path)
         while build_running(model_path):
+            if deadline is not None and time.monotonic() > deadline:
+                log.warning("the engine build for %s still runs after %.0f s; not waiting longer", model_path, timeout)
+                break
             time.sleep(0.5)
     elif action == "build" and not _recorded_no_calibration(model_path, cal):
         if quiet:
-            spawn(model_path, wait=False, calibration_dir=cal, threads=threads).wait()
+            proc = spawn(model_path, wait=False, calibration_dir=cal, threads=threads)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("the engine build for %s took longer than %.0f s; stopped", model_path, timeout)
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         else:
             spawn(model_path, wait=True, calibration_dir=cal, threads=threads)
     return read_status(model_path)

@@ -346,7 +346,8 @@ def _engine_gate(settings: Settings, model_path: Path, version: str, decision: D
     from nscmonitor.engines.select import select as select_engine
 
     if autobuild.wants_build(settings.engine):
-        status = autobuild.ensure(model_path, threads=settings.retrain.threads, quiet=True)
+        status = autobuild.ensure(model_path, threads=settings.retrain.threads, quiet=True,
+                                  timeout=ENGINE_BUILD_TIMEOUT_S)
         numbers["engine_build"] = autobuild.summary(model_path, version)
         if status is None or status.state != "ready":
             why = autobuild.describe(status, version)
@@ -379,6 +380,10 @@ def mark_for_rescore(engine) -> int:  # noqa: ANN001
                         .values(status="rescore", attempts=0))  # a new piece of work: fresh attempts
         return res.rowcount or 0
 
+
+#: a candidate's engine build that takes longer is stopped (builds take seconds to minutes; a
+#: hung one would otherwise hold the retrain job, and with it every later retrain, for ever)
+ENGINE_BUILD_TIMEOUT_S = 3600.0
 
 #: an experiment counts as running (worth rescoring) if an image arrived this recently
 RUNNING_DAYS = 7

@@ -319,3 +319,15 @@ def test_a_build_that_dies_without_an_outcome_is_not_restarted_at_every_heartbea
     assert model not in builds._procs, "restarted although nothing changed"
     # aliases of backends that need no build turn building off like their canonical names
     assert not autobuild.wants_build("openvino") and not autobuild.wants_build("torch-fp32")
+
+
+def test_a_waited_for_build_is_stopped_at_its_time_limit(tmp_path: Path) -> None:
+    """Scheduled retraining waits for its candidate's build with a limit: past it the build
+    process is stopped and no engine is reported ready."""
+    model = run_dir_with_calibration(tmp_path) / "model.onnx"
+    t0 = time.monotonic()
+    status = autobuild.ensure(model, quiet=True, timeout=0.2)
+    assert time.monotonic() - t0 < 30
+    assert status is None or status.state != "ready"
+    assert not autobuild.build_running(model)
+    assert autobuild.ensure(model, quiet=True).state == "ready"  # with time, the same build passes
