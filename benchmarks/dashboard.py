@@ -37,8 +37,8 @@ def _ts(dt: datetime) -> str:
 
 
 def build(db: Path, *, fields: int, times: int, interval_h: float = 1.0, seed: int = 0) -> dict:
-    from nscmonitor.domain import well_name
-    from nscmonitor.pipeline.aggregate import pack_tiles
+    from nscmonitor.core.domain import well_name
+    from nscmonitor.core.aggregate import pack_tiles
     from nscmonitor.store.db import ensure_schema, make_engine
 
     t0 = time.perf_counter()

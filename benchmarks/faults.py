@@ -46,7 +46,7 @@ import psutil
 import tifffile
 
 from nscmonitor.engines.tiny import build_tiny_classifier
-from nscmonitor.names import from_db
+from nscmonitor.core.names import from_db
 
 HERE = Path(__file__).resolve().parent
 

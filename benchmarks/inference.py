@@ -57,7 +57,7 @@ def make_random_model(work: Path, size: int) -> Path:
     import torch
     import torchvision
 
-    from nscmonitor.domain import MULTICLASS
+    from nscmonitor.core.domain import MULTICLASS
     from nscmonitor.engines.metadata import ModelMetadata
     from nscmonitor.engines.torch import export_onnx, save_checkpoint, with_prelude
 

@@ -7,7 +7,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 
 
 def open_store(url: str):  # noqa: ANN201

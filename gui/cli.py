@@ -24,7 +24,7 @@ def _gui(args: argparse.Namespace) -> int:
     try:
         from nscmonitor.gui.app import run
     except ImportError as exc:
-        from nscmonitor.errors import UserFacingError
+        from nscmonitor.core.errors import UserFacingError
 
         raise UserFacingError(f"the dashboard needs the gui extra (pip install 'nscmonitor[gui]'): {exc}") from exc
     return run(settings, experiment=args.experiment, screenshot_to=args.screenshot, poll_s=args.poll)

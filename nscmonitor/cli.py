@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from nscmonitor import __version__
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 
 log = logging.getLogger("nscmonitor")
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _logging(args: argparse.Namespace) -> None:
     """Long-lived processes keep a rotating file in the log dir; one file per process kind,
     because Windows cannot rotate a file that another process holds open."""
-    from nscmonitor.logs import setup_logging
+    from nscmonitor.core.logs import setup_logging
 
     cmd = getattr(args, "command", None)
     log_dir = None

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from nscmonitor.config import (ENGINES, MAX_QUIET_S, Settings, WatchFolder, check_database_url, load_settings,
                                with_overrides)
-from nscmonitor.domain import PLATE_SHAPES
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.domain import PLATE_SHAPES
+from nscmonitor.core.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 

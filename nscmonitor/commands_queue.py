@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:

@@ -18,10 +18,10 @@ from typing import Any
 
 import platformdirs
 
-from nscmonitor.domain import PLATE_SHAPES
-from nscmonitor.errors import ConfigError
+from nscmonitor.core.domain import PLATE_SHAPES
+from nscmonitor.core.errors import ConfigError
 from nscmonitor.ingest.profiles import BY_NAME, CustomProfileSpec
-from nscmonitor.pipeline.limits import DEFAULT_MAX_PIXELS
+from nscmonitor.core.limits import DEFAULT_MAX_PIXELS
 
 if sys.version_info >= (3, 11):
     import tomllib

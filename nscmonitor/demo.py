@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 

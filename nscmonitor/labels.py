@@ -16,8 +16,8 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import sessionmaker
 
-from nscmonitor.domain import BINARY, MULTICLASS, parse_well, well_name
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.domain import BINARY, MULTICLASS, parse_well, well_name
+from nscmonitor.core.errors import UserFacingError
 from nscmonitor.store import models as m
 
 KNOWN_CLASSES = tuple(dict.fromkeys(MULTICLASS + BINARY))

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from nscmonitor.config import default_config_path, default_data_dir, default_log_dir
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nscmonitor.domain import BINARY, GLIA, MULTICLASS
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.domain import BINARY, GLIA, MULTICLASS
+from nscmonitor.core.errors import UserFacingError
 
 SPLITS = ("train", "val", "test")
 LABEL_MODES = ("well", "tile")
@@ -137,7 +137,7 @@ def _resolve(root: Path, text: str) -> str:
     """A path of tiles.csv: relative to the export, or absolute (a store dataset points at the
     originals); a name that is not valid UTF-8 is written in the store's escaped form
     (``names.to_db``) so the CSV stays text, and is turned back into the file's real name here."""
-    from nscmonitor.names import MARK, from_db
+    from nscmonitor.core.names import MARK, from_db
 
     return from_db(text) if text.startswith(MARK) else str(root / text)
 
@@ -398,7 +398,7 @@ def _float(v: str | None) -> float | None:
 
 def _norm_well(well: str) -> str:
     """A1 and A01 name the same well in label CSVs typed by hand."""
-    from nscmonitor.domain import parse_well, well_name
+    from nscmonitor.core.domain import parse_well, well_name
     try:
         return well_name(*parse_well(well))
     except ValueError:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 
 #: a collective that waits longer than this (rank 0 still exporting a large model while the
 #: others wait at the final barrier) fails instead of hanging for ever

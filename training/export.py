@@ -98,7 +98,7 @@ def load_checkpoint(path: str | Path) -> tuple[GreyClassifier, dict[str, Any]]:
     if path.is_dir():
         path = path / "best.pt"
     if not path.is_file():
-        from nscmonitor.errors import UserFacingError
+        from nscmonitor.core.errors import UserFacingError
         raise UserFacingError(f"no checkpoint at {path}")
     ck = torch.load(str(path), map_location="cpu", weights_only=True)
     model = build_model(ck["arch"], ck["num_classes"])

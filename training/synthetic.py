@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from nscmonitor.domain import MULTICLASS, well_name
+from nscmonitor.core.domain import MULTICLASS, well_name
 
 FATES = MULTICLASS
 T50 = {"neuron": 30.0, "astrocyte": 40.0, "oligodendrocyte": 48.0}

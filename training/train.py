@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 from nscmonitor.training import data as D
 from nscmonitor.training import distributed as dd
 from nscmonitor.training.model import GREY_MEAN, GREY_STD, build_model, load_weights

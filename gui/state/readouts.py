@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from nscmonitor.domain import GLIA
+from nscmonitor.core.domain import GLIA
 from nscmonitor.report.calls import EARLY_H, ConfidentCall, confident_call  # noqa: F401 - the rule the report shares
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtGui import QColor
 
-from nscmonitor.palette import class_color, condition_color  # noqa: F401  (re-exported for the widgets)
+from nscmonitor.core.palette import class_color, condition_color  # noqa: F401  (re-exported for the widgets)
 
 
 class ValueColormap:

@@ -40,8 +40,8 @@ class LoadedImage:
 def load_image(img: WellImage, p_low: float = 1.0, p_high: float = 99.8, *, channel: str | None = None) -> LoadedImage:
     """The image as it was scored: ``channel`` is its watch folder's setting, so a stack or
     container shows the plane the tiles were computed on."""
-    from nscmonitor.pipeline.aggregate import unpack_tiles
-    from nscmonitor.names import from_db
+    from nscmonitor.core.aggregate import unpack_tiles
+    from nscmonitor.core.names import from_db
     from nscmonitor.pipeline.decode import decode
     from nscmonitor.pipeline.preprocess import percentiles
 
@@ -146,7 +146,7 @@ class ImageView(QWidget):
         self.info.setText(f"Loading {img.path} …")
         from functools import partial
 
-        from nscmonitor.names import from_db
+        from nscmonitor.core.names import from_db
         from nscmonitor.pipeline.formats import channel_for
 
         scored = channel_for(self.watch, from_db(img.path))

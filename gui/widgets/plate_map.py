@@ -15,7 +15,7 @@ from PySide6.QtCore import QPoint, QPointF, QRect, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QContextMenuEvent, QFont, QLinearGradient, QMouseEvent, QPainter, QPen
 from PySide6.QtWidgets import QMenu, QSizePolicy, QToolTip, QWidget
 
-from nscmonitor.domain import PLATE_SHAPES, well_name
+from nscmonitor.core.domain import PLATE_SHAPES, well_name
 from nscmonitor.gui.widgets.chart_menu import add_save_actions
 from nscmonitor.gui.widgets.colors import ValueColormap, condition_color
 
@@ -320,6 +320,6 @@ class PlateMap(QWidget):
 
 
 def _parse(well: str) -> tuple[int, int]:
-    from nscmonitor.domain import parse_well
+    from nscmonitor.core.domain import parse_well
 
     return parse_well(well)

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from nscmonitor.domain import PLATE_SHAPES, ImageKey, ParseResult, well_name
+from nscmonitor.core.domain import PLATE_SHAPES, ImageKey, ParseResult, well_name
 from nscmonitor.ingest.filters import is_image_name, junk_reason
 from nscmonitor.ingest.profiles import BUILTIN, BY_NAME, Pattern, Profile
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nscmonitor.domain import ImageKey
+from nscmonitor.core.domain import ImageKey
 from nscmonitor.pipeline.formats import fingerprint, zarr_root
 from nscmonitor.pipeline.formats.omezarr import Field, attrs, plate_fields
 

@@ -20,8 +20,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from nscmonitor.names import shown
-from nscmonitor.pipeline.limits import DEFAULT_MAX_PIXELS
+from nscmonitor.core.names import shown
+from nscmonitor.core.limits import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from nscmonitor.domain import QCMetrics
+from nscmonitor.core.domain import QCMetrics
 from nscmonitor.pipeline.preprocess import percentiles
 
 

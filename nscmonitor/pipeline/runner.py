@@ -22,22 +22,22 @@ import numpy as np
 from nscmonitor import notify
 from nscmonitor.config import Settings, WatchFolder
 from nscmonitor.engines.base import Engine
-from nscmonitor.domain import ParseResult
+from nscmonitor.core.domain import ParseResult
 from nscmonitor.ingest.filenames import detect_profile, parse_path
 from nscmonitor.ingest.filters import junk_reason
 from nscmonitor.ingest.profiles import BY_NAME, Profile, custom_profile
 from nscmonitor.ingest.readiness import ReadinessTracker
 from nscmonitor.ingest.watcher import FolderWatcher, stop_all
 from nscmonitor.ingest.zarr_plates import ZarrPlates
-from nscmonitor.pipeline.aggregate import image_score, pack_tiles
+from nscmonitor.core.aggregate import image_score, pack_tiles
 from nscmonitor.pipeline.classify import score_batches
-from nscmonitor.names import shown
+from nscmonitor.core.names import shown
 from nscmonitor.pipeline import formats
 from nscmonitor.pipeline.decode import DecodeError, decode, open_regular, why
-from nscmonitor.pipeline.limits import resample_refusal
+from nscmonitor.core.limits import resample_refusal
 from nscmonitor.pipeline.qc import qc_metrics
 from nscmonitor.pipeline.preprocess import Preprocess
-from nscmonitor.platemap import PlateMap, load_plate_map
+from nscmonitor.core.platemap import PlateMap, load_plate_map
 from nscmonitor.store.models import MAX_ATTEMPTS
 from nscmonitor.store.writer import Claimed, Discovered, Scored, Store
 

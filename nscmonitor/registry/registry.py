@@ -22,7 +22,7 @@ from sqlalchemy.orm import sessionmaker
 
 from nscmonitor.engines.enginefile import file_sha256
 from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 from nscmonitor.store import models as m
 from nscmonitor.store.repo import _aware
 

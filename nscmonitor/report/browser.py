@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome", "msedge")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

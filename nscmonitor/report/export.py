@@ -17,8 +17,8 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from nscmonitor.domain import well_name
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.domain import well_name
+from nscmonitor.core.errors import UserFacingError
 from nscmonitor.store.repo import Repo
 
 READOUT_COLUMNS = ["experiment", "plate", "well", "row", "col", "condition", "timepoint", "elapsed_h", "acquired_at",

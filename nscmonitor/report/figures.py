@@ -14,8 +14,8 @@ from html import escape as _esc
 
 import numpy as np
 
-from nscmonitor.domain import PLATE_SHAPES, well_name
-from nscmonitor.palette import class_color, condition_color
+from nscmonitor.core.domain import PLATE_SHAPES, well_name
+from nscmonitor.core.palette import class_color, condition_color
 
 FONT = "font-family:Helvetica,Arial,sans-serif"
 

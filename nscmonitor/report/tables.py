@@ -14,7 +14,7 @@ from datetime import datetime
 
 import numpy as np
 
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 from nscmonitor.report.export import choose_version
 from nscmonitor.store.repo import Repo
 

@@ -29,12 +29,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from nscmonitor.config import Settings
-from nscmonitor.domain import GLIA
+from nscmonitor.core.domain import GLIA
 from nscmonitor.engines.metadata import read_onnx_metadata
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 from nscmonitor.hooks import emit
 from nscmonitor.labels import WellLabel, current_labels, labels_version, read_label_file
-from nscmonitor.names import from_db, to_db
+from nscmonitor.core.names import from_db, to_db
 from nscmonitor.pipeline.formats import channel_for
 from nscmonitor.registry.registry import Registry
 from nscmonitor.schedule.gates import Decision, EvalResult, decide, evaluate_predictions

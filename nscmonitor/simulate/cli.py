@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import threading
 
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 
 FRAMES = {"1408x1040": (1040, 1408), "704x520": (520, 704), "2048x2048": (2048, 2048)}
 VENDOR_CHOICES = ("incucyte", "imagexpress", "harmony", "cytation", "yokogawa", "micromanager")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nscmonitor.domain import MULTICLASS, PLATE_SHAPES, parse_well, well_name
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.domain import MULTICLASS, PLATE_SHAPES, parse_well, well_name
+from nscmonitor.core.errors import UserFacingError
 from nscmonitor.simulate.seeds import rng_for
 
 NEURON, ASTROCYTE, OLIGODENDROCYTE, UNDIFFERENTIATED = range(4)

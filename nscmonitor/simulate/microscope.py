@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from nscmonitor.domain import MULTICLASS, parse_well, well_name
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.domain import MULTICLASS, parse_well, well_name
+from nscmonitor.core.errors import UserFacingError
 from nscmonitor.simulate.artefacts import Artefacts, image_artefacts, plate_optics
 from nscmonitor.simulate.culture import (
     WELL_RADIUS_UM, Cells, PlateMap, class_counts, default_plate_map, seed_field, state_at,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nscmonitor.domain import MULTICLASS
+from nscmonitor.core.domain import MULTICLASS
 from nscmonitor.simulate.artefacts import Artefacts
 from nscmonitor.simulate.culture import DEFAULT_CONDITIONS, class_counts, default_plate_map, state_at
 from nscmonitor.simulate.microscope import Microscope

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from xml.sax.saxutils import escape
 
-from nscmonitor.domain import PLATE_SHAPES, parse_well
+from nscmonitor.core.domain import PLATE_SHAPES, parse_well
 from nscmonitor.simulate.seeds import rng_for
 
 VENDORS = ("incucyte", "imagexpress", "harmony", "cytation", "yokogawa", "micromanager")

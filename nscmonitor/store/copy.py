@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, func, insert, select, text
 
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 from nscmonitor.store import models as m
 from nscmonitor.store.db import current_revision, make_engine, masked, open_readonly, sqlite_path
 

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import numpy as np
 from sqlalchemy import Engine, text
 
-from nscmonitor.domain import PLATE_SHAPES
+from nscmonitor.core.domain import PLATE_SHAPES
 
 
 def _dt(v: object) -> datetime | None:

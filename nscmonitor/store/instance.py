@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 
 #: 64-bit key of the PostgreSQL advisory lock ("nscmonit" in ASCII)
 PG_LOCK_KEY = 0x6E73636D6F6E6974

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from nscmonitor.domain import ImageRecord, WellReadout
+from nscmonitor.core.domain import ImageRecord, WellReadout
 from nscmonitor.store import models as m
 
 

@@ -15,9 +15,9 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from nscmonitor.domain import ImageKey, QCMetrics
-from nscmonitor.names import clean, from_db, to_db
-from nscmonitor.pipeline.aggregate import ImageScore, well_aggregate
+from nscmonitor.core.domain import ImageKey, QCMetrics
+from nscmonitor.core.names import clean, from_db, to_db
+from nscmonitor.core.aggregate import ImageScore, well_aggregate
 from nscmonitor.store import models as m
 
 log = logging.getLogger(__name__)

@@ -137,7 +137,7 @@ def test_hostile_files_end_done_or_quarantined_with_reasons_in_bounded_memory(tm
     assert not any("SECRET" in t for t in texts) and "SECRET" not in logs
     # the odd name is stored losslessly and shown escaped
     stored = next(p for (p,) in query(db, "select path from images") if p.startswith("bytes:"))
-    from nscmonitor.names import from_db
+    from nscmonitor.core.names import from_db
 
     assert from_db(stored) == str(odd) and "plate-\\xff\\xfe-run" in stored
     assert d.peak_rss < RSS_BOUND, f"peak RSS {d.peak_rss / 2**20:.0f} MiB"
@@ -268,7 +268,7 @@ def test_a_watched_folder_whose_own_name_is_not_utf8(tmp_path: Path, tiny_model:
     frame = write_tiff(watch / _name("A1"), cells_image(1))
     db = tmp_path / "nsc.db"
     Daemon(watch, db, tiny_model, "--profile", "incucyte", once=True).run_once()
-    from nscmonitor.names import from_db
+    from nscmonitor.core.names import from_db
 
     (path, status), = query(db, "select path, status from images")
     assert status == "done" and from_db(path) == str(frame)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from conftest import cells_image, write_tiff
 from daemonproc import Daemon, count, query, raw_tiff
 from nscmonitor.ingest.filenames import parse_path
-from nscmonitor.names import MARK, from_db, shown, to_db
+from nscmonitor.core.names import MARK, from_db, shown, to_db
 from nscmonitor.pipeline.decode import DecodeError, Decoded, decode
 
 FAST = settings(max_examples=150, deadline=None, database=None,

@@ -94,7 +94,7 @@ def test_replaced_model_file_is_refused_and_the_loaded_engine_keeps_serving(tmp_
 
 
 def test_promoting_a_changed_file_is_refused(tmp_path: Path, tiny_model: Path) -> None:
-    from nscmonitor.errors import UserFacingError
+    from nscmonitor.core.errors import UserFacingError
     from nscmonitor.registry.registry import Registry
 
     engine = make_engine(f"sqlite:///{tmp_path / 'nsc.db'}")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import cells_image, write_tiff
 
-from nscmonitor.errors import ConfigError
-from nscmonitor.platemap import load_plate_map
+from nscmonitor.core.errors import ConfigError
+from nscmonitor.core.platemap import load_plate_map
 
 MAP = ('\ufeffwell,condition,dose,cell line,plate\r\n'
        'A1,"BDNF 10 ng/ml,\nthen RA",=1+1,"hNSC ""line 7""",P-east\r\n'

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from nscmonitor.config import parse_settings
-from nscmonitor.errors import ConfigError
+from nscmonitor.core.errors import ConfigError
 
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

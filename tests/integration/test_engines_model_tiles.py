@@ -117,7 +117,7 @@ def _store(tmp_path):
 
 
 def test_registry_copies_the_set_and_refuses_a_tampered_one(tmp_path):
-    from nscmonitor.errors import UserFacingError
+    from nscmonitor.core.errors import UserFacingError
     from nscmonitor.registry.registry import Registry
 
     reg = Registry(tmp_path / "models", _store(tmp_path))

@@ -17,8 +17,8 @@ from nscmonitor.registry.registry import Registry
 from nscmonitor.store import models as m
 from nscmonitor.store.db import ensure_schema, make_engine
 from nscmonitor.store.writer import Store
-from nscmonitor.domain import ImageKey
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.domain import ImageKey
+from nscmonitor.core.errors import UserFacingError
 
 
 @pytest.fixture()

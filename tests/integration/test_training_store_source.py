@@ -16,9 +16,9 @@ import tifffile
 pytest.importorskip("torch")
 
 from nscmonitor.cli import main as cli_main  # noqa: E402
-from nscmonitor.domain import ImageKey, QCMetrics, parse_well  # noqa: E402
+from nscmonitor.core.domain import ImageKey, QCMetrics, parse_well  # noqa: E402
 from nscmonitor.labels import import_labels  # noqa: E402
-from nscmonitor.pipeline.aggregate import image_score  # noqa: E402
+from nscmonitor.core.aggregate import image_score  # noqa: E402
 from nscmonitor.store.db import ensure_schema, make_engine  # noqa: E402
 from nscmonitor.store.writer import Discovered, Scored, Store  # noqa: E402
 from nscmonitor.training.synthetic import render_tile  # noqa: E402

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from nscmonitor.config import load_settings, parse_settings
-from nscmonitor.errors import ConfigError
+from nscmonitor.core.errors import ConfigError
 
 
 def test_defaults_and_env_override(tmp_path: Path) -> None:

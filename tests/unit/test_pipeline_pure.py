@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nscmonitor.domain import parse_well, well_name
-from nscmonitor.pipeline.aggregate import image_score, pack_tiles, unpack_tiles, well_aggregate
+from nscmonitor.core.domain import parse_well, well_name
+from nscmonitor.core.aggregate import image_score, pack_tiles, unpack_tiles, well_aggregate
 from nscmonitor.pipeline.qc import qc_metrics
 from nscmonitor.pipeline.preprocess import Preprocess, grid, percentiles, scale
 

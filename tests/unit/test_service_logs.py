@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nscmonitor.logs import LOG_FILE, setup_logging
+from nscmonitor.core.logs import LOG_FILE, setup_logging
 
 
 @pytest.fixture()

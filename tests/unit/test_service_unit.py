@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nscmonitor.cli import main
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 from nscmonitor.service import (
     LinuxLayout,
     fill,

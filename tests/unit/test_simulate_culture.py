@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nscmonitor.errors import UserFacingError
+from nscmonitor.core.errors import UserFacingError
 from nscmonitor.simulate.culture import (
     ASTROCYTE, DEFAULT_CONDITIONS, NEURON, OLIGODENDROCYTE, UNDIFFERENTIATED, commitment, default_plate_map,
     load_plate_map, seed_field, state_at,

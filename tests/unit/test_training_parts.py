@@ -133,7 +133,7 @@ def test_models_with_bad_or_missing_metadata_are_refused(tmp_path, value, match)
 
 
 def test_config_file_layers_under_flags_and_rejects_unknown_keys(tmp_path):
-    from nscmonitor.errors import UserFacingError
+    from nscmonitor.core.errors import UserFacingError
     from nscmonitor.training.train import TrainConfig
 
     f = tmp_path / "t.toml"

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nscmonitor.domain import ImageKey
+from nscmonitor.core.domain import ImageKey
 from nscmonitor.pipeline.decode import HASH_CHUNK, DecodeError, Decoded, why
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from nscmonitor.domain import ImageKey, parse_well
+from nscmonitor.core.domain import ImageKey, parse_well
 from nscmonitor.pipeline.formats import Plane, Unit, check_pixels, make_ref, pick_channel
 
 WELL_NAME = re.compile(r"^(?:Wells?_?)?([A-Za-z]{1,2})0?(\d{1,2})(?![0-9])")

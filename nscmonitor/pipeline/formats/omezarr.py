@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from nscmonitor.domain import ImageKey, parse_well, well_name
+from nscmonitor.core.domain import ImageKey, parse_well, well_name
 from nscmonitor.pipeline.formats import Plane, check_pixels, pick_channel
 
 #: length units of NGFF axes -> micrometres

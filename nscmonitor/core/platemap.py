@@ -11,8 +11,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from nscmonitor.domain import parse_well, well_name
-from nscmonitor.errors import ConfigError
+from nscmonitor.core.domain import parse_well, well_name
+from nscmonitor.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
