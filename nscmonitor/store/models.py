@@ -16,6 +16,8 @@ The ``images`` table is also the daemon's durable queue. Its state machine:
 * Idempotency: the row is unique on path; the same path with the same size+mtime is a
   no-op, and a changed file whose content hash equals the stored one is a no-op too.
 * ``failed`` rows are retried up to ``MAX_ATTEMPTS`` then quarantined with the last reason.
+
+The states are ``nscmonitor.core.queue.QueueState`` (stored as their plain words).
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integ
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-STATES = ("pending", "processing", "done", "failed", "quarantined", "skipped", "rescore")
-MAX_ATTEMPTS = 5
+from nscmonitor.core.queue import MAX_ATTEMPTS, QueueState  # noqa: F401 - MAX_ATTEMPTS: callers move to core.queue
 
 
 class Base(DeclarativeBase):
@@ -81,7 +82,7 @@ class Image(Base):
     size: Mapped[int] = mapped_column(Integer)
     mtime: Mapped[float] = mapped_column(Float)
     content_hash: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=QueueState.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
