@@ -200,7 +200,7 @@ def engine_alone(model: Path, frames: list[Path], backend: str, batch_size: int,
     """The engine on exactly the tiles the pipeline makes of these frames, nothing else."""
     from nscmonitor.engines.metadata import read_onnx_metadata
     from nscmonitor.engines.select import select
-    from nscmonitor.pipeline.preprocess import Preprocess
+    from nscmonitor.scoring.preprocess import Preprocess
 
     meta = read_onnx_metadata(model)
     pre = Preprocess.from_metadata(meta)

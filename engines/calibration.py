@@ -2,7 +2,7 @@
 
 Int8 calibration and every validation gate must see tiles exactly as the daemon feeds them,
 otherwise the quantization ranges (and the agreement we certify) belong to a different input
-distribution: every image here goes through ``pipeline.preprocess.Preprocess``. The folder format is the simulator's / training set's: ``DIR/tiles.csv`` with at
+distribution: every image here goes through ``scoring.preprocess.Preprocess``. The folder format is the simulator's / training set's: ``DIR/tiles.csv`` with at
 least ``path`` and ``split`` columns (paths relative to DIR, 2-D TIFF raw intensities), and
 optionally ``label``, ``plate``, ``well``; ``DIR/tiles.json`` describes the set and is not needed
 here.
@@ -23,7 +23,7 @@ import numpy as np
 from nscmonitor.engines.base import EngineError
 from nscmonitor.engines.enginefile import file_sha256
 from nscmonitor.engines.metadata import MetadataError, ModelMetadata, read_onnx_metadata
-from nscmonitor.pipeline.preprocess import Preprocess
+from nscmonitor.scoring.preprocess import Preprocess
 
 HELD_OUT_SPLITS = ("val", "valid", "validation", "test", "holdout", "heldout")
 
@@ -72,7 +72,7 @@ def _read_tile(path: Path, row: dict[str, str]) -> np.ndarray:
     """A tiles folder's image read as the daemon and training read it (``decode``), in the
     row's ``channel`` where the folder comes from the store: a multi-channel stack or a
     container's scene calibrates on the plane that is scored, not on its first plane."""
-    from nscmonitor.pipeline.decode import DecodeError, decode
+    from nscmonitor.scoring.decode import DecodeError, decode
 
     try:
         return decode(path, channel=(row.get("channel") or "").strip() or None).pixels

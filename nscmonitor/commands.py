@@ -312,7 +312,7 @@ def active_version(s: Settings):  # noqa: ANN202
 
 # --- parse ----------------------------------------------------------------------------
 def parse_record(path: str, profile: str, plate_format: int | None) -> dict:
-    from nscmonitor.ingest.filenames import parse_path
+    from nscmonitor.intake.filenames import parse_path
 
     r = parse_path(path, profile, plate_format=plate_format)
     k = r.key
@@ -365,7 +365,7 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
         checks.append(("ONNX Runtime providers", True, ", ".join(ort.get_available_providers())))
     except ImportError:
         pass
-    from nscmonitor.pipeline.formats import reader_status
+    from nscmonitor.scoring.formats import reader_status
 
     checks.extend((f"{fmt} reader", ver is not None, note) for fmt, ver, note in reader_status())
     gpu = shutil.which("nvidia-smi") is not None

@@ -20,7 +20,7 @@ import platformdirs
 
 from nscmonitor.core.domain import PLATE_SHAPES
 from nscmonitor.core.errors import ConfigError
-from nscmonitor.ingest.profiles import BY_NAME, CustomProfileSpec
+from nscmonitor.intake.profiles import BY_NAME, CustomProfileSpec
 from nscmonitor.core.limits import DEFAULT_MAX_PIXELS
 
 if sys.version_info >= (3, 11):
@@ -224,7 +224,7 @@ def _custom_profile(i: int, c: Any) -> CustomProfileSpec:
         raise ConfigError(f"{where}sidecars: expected a list of texts, got {sidecars!r}")
     spec = CustomProfileSpec(name, regex, target, _expect(c, "index_base", int, where, 1), tuple(sidecars))
     try:
-        from nscmonitor.ingest.profiles import custom_profile
+        from nscmonitor.intake.profiles import custom_profile
 
         custom_profile(spec)
     except ValueError as exc:

@@ -14,7 +14,7 @@ from nscmonitor.config import Settings
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
 from nscmonitor.core.errors import UserFacingError
-from nscmonitor.pipeline.runner import ModelSource, Runner
+from nscmonitor.scoring.runner import ModelSource, Runner
 from nscmonitor.store.db import ensure_schema, make_engine
 from nscmonitor.store.writer import Store
 

@@ -87,8 +87,8 @@ def _engine(model: Path, tiles: Path | None) -> None:
 def frames_per_s(engine, paths: list[Path], *, batch_size: int, min_seconds: float = 3.0) -> float:  # noqa: ANN001
     """Frames per second through decode, the model's preprocessing and ``engine``: the part
     of the daemon's work an engine changes, on the plate's own frames."""
-    from nscmonitor.pipeline.decode import decode
-    from nscmonitor.pipeline.preprocess import Preprocess
+    from nscmonitor.scoring.decode import decode
+    from nscmonitor.scoring.preprocess import Preprocess
 
     pre = Preprocess.from_metadata(engine.metadata)
     n, t0 = 0, time.perf_counter()

@@ -4,9 +4,9 @@ Sources: (a) the simulator's ``tiles.json`` + ``tiles.csv`` export, (b) an Image
 ``class_name/*.tif``, (c) images from nscmonitor's store joined with an end-point label CSV.
 All three become ``TileRecord`` lists; ``load_arrays`` turns them into the exact tiles the
 daemon would feed the model: every image is read by the daemon's own reader
-(``nscmonitor.pipeline.decode``: the scored channel of a stack, a scene or position of an
+(``nscmonitor.scoring.decode``: the scored channel of a stack, a scene or position of an
 ND2/CZI file, an OME-Zarr field) and cut by its preprocessing
-(``nscmonitor.pipeline.preprocess``: per-image percentile scaling, resampling, grid tiling,
+(``nscmonitor.scoring.preprocess``: per-image percentile scaling, resampling, grid tiling,
 the empty-tile rule), so training and serving never disagree on the plane or its tiles. This module needs numpy only; torch stays in
 ``train.py``.
 """
@@ -283,7 +283,7 @@ def data_hash(records: Sequence[TileRecord]) -> str:
     """Content + labels + splits (+ the scored channel where one is set), so two runs with the
     same hash saw exactly the same data. A container's content is the whole file (or Zarr
     field folder), hashed once for all the images inside it."""
-    from nscmonitor.pipeline.formats import content_hash
+    from nscmonitor.scoring.formats import content_hash
 
     h = hashlib.sha256()
     for r in sorted(records, key=lambda r: r.path):
@@ -304,7 +304,7 @@ def read_image(path: str | Path, *, channel: str | None = None) -> np.ndarray:
     the ``channel`` of a multi-channel stack or container (its first plane when None), RGB
     as the daemon sees it. A file the daemon could not read is a ``DataError`` naming it.
     The content hash is skipped: ``data_hash`` hashes every file once before loading."""
-    from nscmonitor.pipeline.decode import DecodeError, decode
+    from nscmonitor.scoring.decode import DecodeError, decode
 
     try:
         return decode(path, channel=channel, content_hash=False).pixels
@@ -315,10 +315,10 @@ def read_image(path: str | Path, *, channel: str | None = None) -> np.ndarray:
 def image_tiles(path: str | Path, tile_size: int | None, image_size: int, *, channel: str | None = None,
                 p_low: float = P_LOW, p_high: float = P_HIGH) -> np.ndarray:
     """One image -> N x image_size x image_size model inputs through the daemon's own
-    reader and preprocessing (``pipeline.preprocess``): ``tile_size`` source pixels make one
+    reader and preprocessing (``scoring.preprocess``): ``tile_size`` source pixels make one
     tile (the whole image when None), which is the model's pixel size relative to the
     source's."""
-    from nscmonitor.pipeline.preprocess import Preprocess
+    from nscmonitor.scoring.preprocess import Preprocess
 
     img = read_image(path, channel=channel)
     pre = Preprocess(input_size=image_size, p_low=p_low, p_high=p_high)
@@ -332,7 +332,7 @@ def raw_tiles(records: Sequence[TileRecord], tile_size: int | None, limit: int, 
     image; from a larger image one grid cell of ``tile_size`` pixels is cut and the image's
     percentiles come along (the contract scales per image). Returns (tiles, wells, labels,
     lohi as N x 2)."""
-    from nscmonitor.pipeline.preprocess import percentiles
+    from nscmonitor.scoring.preprocess import percentiles
 
     unique = list(dict.fromkeys(records))
     rng = np.random.default_rng(seed)

@@ -49,7 +49,7 @@ def gradcam(model: GreyClassifier, x: torch.Tensor, class_index: int) -> tuple[n
 def explain_image(model_path: str | Path, image: str | Path) -> dict[str, Any]:
     """Returns the scaled, resampled image, the stitched CAM (same shape; 0 where the daemon
     would drop an empty tile), the image's class and mean tile probabilities."""
-    from nscmonitor.pipeline.preprocess import Preprocess
+    from nscmonitor.scoring.preprocess import Preprocess
 
     model, meta = load_checkpoint(model_path)
     size = int(meta["image_size"])

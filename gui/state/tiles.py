@@ -1,7 +1,7 @@
 """Where the stored tile probabilities sit on the original frame, and their overlay colours.
 
 The daemon stores per-tile probabilities with the grid's rows, cols and kept mask but not
-the grid's origin and tile size. They are recomputed here the way ``pipeline.preprocess.Preprocess``
+the grid's origin and tile size. They are recomputed here the way ``scoring.preprocess.Preprocess``
 made them: the frame is resampled by ``src_um / dst_um`` (model pixel size), cut into tiles of
 the model's input size on a grid centred in the resampled frame. Without the model's
 metadata the grid is inferred from rows/cols and the frame size, and flagged as approximate.

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from nscmonitor.core.domain import PLATE_SHAPES, ImageKey, ParseResult, well_name
-from nscmonitor.ingest.filters import is_image_name, junk_reason
-from nscmonitor.ingest.profiles import BUILTIN, BY_NAME, Pattern, Profile
+from nscmonitor.intake.filters import is_image_name, junk_reason
+from nscmonitor.intake.profiles import BUILTIN, BY_NAME, Pattern, Profile
 
 
 class NameError_(ValueError):

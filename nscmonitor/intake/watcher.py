@@ -21,7 +21,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from nscmonitor.ingest.filters import JUNK_DIRS
+from nscmonitor.intake.filters import JUNK_DIRS
 
 log = logging.getLogger(__name__)
 

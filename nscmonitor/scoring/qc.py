@@ -8,7 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from nscmonitor.core.domain import QCMetrics
-from nscmonitor.pipeline.preprocess import percentiles
+from nscmonitor.scoring.preprocess import percentiles
 
 
 def qc_metrics(img: np.ndarray, *, p_low: float = 1.0, p_high: float = 99.8, min_focus: float = 0.0,

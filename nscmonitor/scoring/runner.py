@@ -23,20 +23,20 @@ from nscmonitor import notify
 from nscmonitor.config import Settings, WatchFolder
 from nscmonitor.engines.base import Engine
 from nscmonitor.core.domain import ParseResult
-from nscmonitor.ingest.filenames import detect_profile, parse_path
-from nscmonitor.ingest.filters import junk_reason
-from nscmonitor.ingest.profiles import BY_NAME, Profile, custom_profile
-from nscmonitor.ingest.readiness import ReadinessTracker
-from nscmonitor.ingest.watcher import FolderWatcher, stop_all
-from nscmonitor.ingest.zarr_plates import ZarrPlates
+from nscmonitor.intake.filenames import detect_profile, parse_path
+from nscmonitor.intake.filters import junk_reason
+from nscmonitor.intake.profiles import BY_NAME, Profile, custom_profile
+from nscmonitor.intake.readiness import ReadinessTracker
+from nscmonitor.intake.watcher import FolderWatcher, stop_all
+from nscmonitor.intake.zarr_plates import ZarrPlates
 from nscmonitor.core.aggregate import image_score, pack_tiles
-from nscmonitor.pipeline.classify import score_batches
+from nscmonitor.scoring.classify import score_batches
 from nscmonitor.core.names import shown
-from nscmonitor.pipeline import formats
-from nscmonitor.pipeline.decode import DecodeError, decode, open_regular, why
+from nscmonitor.scoring import formats
+from nscmonitor.scoring.decode import DecodeError, decode, open_regular, why
 from nscmonitor.core.limits import resample_refusal
-from nscmonitor.pipeline.qc import qc_metrics
-from nscmonitor.pipeline.preprocess import Preprocess
+from nscmonitor.scoring.qc import qc_metrics
+from nscmonitor.scoring.preprocess import Preprocess
 from nscmonitor.core.platemap import PlateMap, load_plate_map
 from nscmonitor.store.models import MAX_ATTEMPTS
 from nscmonitor.store.writer import Claimed, Discovered, Scored, Store
@@ -115,7 +115,7 @@ class Runner:
         self.model: LoadedModel | None = None
         self.folders: list[_Folder] = []
         self.trackers: dict[str, ReadinessTracker] = {}
-        self.zarr: dict[str, ZarrPlates] = {}  # OME-Zarr plates: one unit per field (ingest/zarr_plates.py)
+        self.zarr: dict[str, ZarrPlates] = {}  # OME-Zarr plates: one unit per field (intake/zarr_plates.py)
         self.unopened: dict[str, tuple[int, float, int]] = {}  # container -> size, mtime, looks (formats.NotReady)
         self.known: dict[str, tuple[int, float]] = {}
         self.ready_at: dict[str, float] = {}

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from conftest import cells_image, write_tiff
 from daemonproc import Daemon, count, query, raw_tiff
-from nscmonitor.ingest.filenames import parse_path
+from nscmonitor.intake.filenames import parse_path
 from nscmonitor.core.names import MARK, from_db, shown, to_db
-from nscmonitor.pipeline.decode import DecodeError, Decoded, decode
+from nscmonitor.scoring.decode import DecodeError, Decoded, decode
 
 FAST = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -31,7 +31,8 @@ SLOW = settings(max_examples=3, deadline=None, database=None,
 #: one path component as the kernel allows it: any bytes but '/' and NUL, at most 255
 NAME_BYTES = st.binary(min_size=1, max_size=255).filter(
     lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b".."))
-NAME_TEXT = st.text(st.characters(exclude_characters="/\0"), min_size=1, max_size=60).filter(
+#: text names as a user types them; lone surrogates are not text (undecodable bytes are NAME_BYTES' job)
+NAME_TEXT = st.text(st.characters(exclude_characters="/\0", exclude_categories=("Cs",)), min_size=1, max_size=60).filter(
     lambda s: s not in (".", "..") and len(os.fsencode(s)) <= 255)
 INSTRUMENT = st.tuples(st.sampled_from(["A", "B", "H", "P"]), st.integers(1, 24), st.integers(1, 9)).map(
     lambda t: f"VID1_{t[0]}{t[1]}_{t[2]}_00d04h00m".encode())

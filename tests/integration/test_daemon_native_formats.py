@@ -198,7 +198,7 @@ def test_ome_zarr_plate_fields_are_placed_by_the_plate_metadata(tmp_path: Path, 
 
 def test_zarr_field_is_ready_only_when_quiet_and_later_fields_are_found(tmp_path: Path) -> None:
     pytest.importorskip("ome_zarr")
-    from nscmonitor.ingest.zarr_plates import ZarrPlates
+    from nscmonitor.intake.zarr_plates import ZarrPlates
 
     now = [0.0]
     wall = [1e12]  # far from the files' mtimes is not wanted: set from them below

@@ -12,7 +12,7 @@ from nscmonitor.engines.metadata import read_onnx_metadata
 from nscmonitor.engines.ort import int8_path_for
 from nscmonitor.engines.quantize import build_ort_int8, sensitive_nodes
 from nscmonitor.engines.tiny import build_tiny_classifier
-from nscmonitor.pipeline.preprocess import Preprocess
+from nscmonitor.scoring.preprocess import Preprocess
 
 SIZE = 32
 

@@ -19,7 +19,7 @@ from nscmonitor.engines.calibration import (
 )
 from nscmonitor.engines.metadata import read_onnx_metadata
 from nscmonitor.engines.tiny import build_tiny_classifier
-from nscmonitor.pipeline.preprocess import Preprocess
+from nscmonitor.scoring.preprocess import Preprocess
 
 
 def raw_tiles(n: int, size: int = 64, seed: int = 0) -> np.ndarray:

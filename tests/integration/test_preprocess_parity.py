@@ -13,9 +13,9 @@ import tifffile
 
 from nscmonitor.engines.calibration import load_model_tiles, load_tiles, write_model_tiles
 from nscmonitor.engines.metadata import ModelMetadata
-from nscmonitor.pipeline.decode import decode
-from nscmonitor.pipeline.preprocess import Preprocess
-from nscmonitor.pipeline.qc import qc_metrics
+from nscmonitor.scoring.decode import decode
+from nscmonitor.scoring.preprocess import Preprocess
+from nscmonitor.scoring.qc import qc_metrics
 from nscmonitor.training import data as D
 
 SRC_UM, TILE, SIZE = 1.24, 224, 96

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from nscmonitor.ingest.filenames import detect_profile, parse_path
+from nscmonitor.intake.filenames import detect_profile, parse_path
 
 from conftest import SHARED
 
@@ -99,7 +99,7 @@ def test_detect_profile_votes_over_folder() -> None:
 
 
 def test_custom_profile() -> None:
-    from nscmonitor.ingest.profiles import CustomProfileSpec, custom_profile
+    from nscmonitor.intake.profiles import CustomProfileSpec, custom_profile
 
     prof = custom_profile(CustomProfileSpec("lab", r"^(?P<plate>\w+)-(?P<well>[A-H]\d{1,2})-f(?P<field>\d+)-t(?P<timepoint>\d+)\.tif$", index_base=0))
     r = parse_path("exp7-C3-f0-t4.tif", prof)

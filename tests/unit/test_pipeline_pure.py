@@ -5,8 +5,8 @@ import pytest
 
 from nscmonitor.core.domain import parse_well, well_name
 from nscmonitor.core.aggregate import image_score, pack_tiles, unpack_tiles, well_aggregate
-from nscmonitor.pipeline.qc import qc_metrics
-from nscmonitor.pipeline.preprocess import Preprocess, grid, percentiles, scale
+from nscmonitor.scoring.qc import qc_metrics
+from nscmonitor.scoring.preprocess import Preprocess, grid, percentiles, scale
 
 
 def test_histogram_percentiles_match_numpy() -> None:

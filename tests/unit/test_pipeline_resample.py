@@ -10,7 +10,7 @@ def test_shrinking_averages_instead_of_aliasing_fine_texture():
     it turns grey; sampled without averaging it would survive as false texture."""
     from scipy import ndimage
 
-    from nscmonitor.pipeline.preprocess import resample
+    from nscmonitor.scoring.preprocess import resample
 
     y, x = np.mgrid[:448, :448]
     board = ((x + y) % 2).astype(np.float32)
@@ -22,7 +22,7 @@ def test_shrinking_averages_instead_of_aliasing_fine_texture():
 
 def test_exact_two_fold_shrink_averages_blocks():
     """1 / factor computed as 1.999... must still average 2 x 2 blocks, not sample."""
-    from nscmonitor.pipeline.preprocess import resample
+    from nscmonitor.scoring.preprocess import resample
 
     y, x = np.mgrid[:64, :64]
     board = ((x + y) % 2).astype(np.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from nscmonitor.ingest.readiness import ReadinessTracker
+from nscmonitor.intake.readiness import ReadinessTracker
 
 
 class FakeFS:

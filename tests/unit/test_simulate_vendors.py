@@ -6,7 +6,7 @@ import pytest
 
 from nscmonitor.simulate import VENDORS, Camera, Microscope
 
-filenames = pytest.importorskip("nscmonitor.ingest.filenames", reason="the file-name parser is not in the tree yet")
+filenames = pytest.importorskip("nscmonitor.intake.filenames", reason="the file-name parser is not in the tree yet")
 
 # Which key the name itself carries: vendors that encode elapsed time are checked on elapsed_h,
 # the others on the 1-based scan index. Cytation's field/seq tokens are not asserted by the

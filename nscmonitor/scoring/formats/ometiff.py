@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from nscmonitor.pipeline.formats import pick_channel
+from nscmonitor.scoring.formats import pick_channel
 
 
 def channel_names(tf, image: int = 0) -> list[str]:  # noqa: ANN001 - tifffile.TiffFile
