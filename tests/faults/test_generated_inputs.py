@@ -72,11 +72,11 @@ _ids = itertools.count()
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):  # noqa: ANN001, ANN201
     from nscmonitor.store.db import ensure_schema, make_engine
-    from nscmonitor.store.writer import Store
+    from nscmonitor.store.writer import Writer
 
     engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('names') / 'nsc.db'}")
     ensure_schema(engine)
-    s = Store(engine)
+    s = Writer(engine)
     return s, s.ensure_experiment("names", watch_path="/data")
 
 
@@ -195,11 +195,11 @@ def test_an_image_the_daemon_dies_on_every_time_is_quarantined_at_claim(tmp_path
     (requeue_stale) with its attempt counted; the claim after the last allowed one
     quarantines it with the reason instead of handing it out again."""
     from nscmonitor.store.db import ensure_schema, make_engine
-    from nscmonitor.store.writer import Discovered, Store
+    from nscmonitor.store.writer import Discovered, Writer
 
     engine = make_engine(f"sqlite:///{tmp_path / 'nsc.db'}")
     ensure_schema(engine)
-    s = Store(engine)
+    s = Writer(engine)
     exp = s.ensure_experiment("e")
     res = parse_path("VID1_A1_1_00d00h00m.tif", "incucyte")
     s.enqueue([Discovered(path="/data/VID1_A1_1_00d00h00m.tif", relpath="VID1_A1_1_00d00h00m.tif", size=1, mtime=1.0,
