@@ -16,7 +16,7 @@ from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.scoring.runner import ModelSource, Runner
 from nscmonitor.store.db import ensure_schema, make_engine
-from nscmonitor.store.writer import Store
+from nscmonitor.store.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) 
     if source is None:
         raise UserFacingError(NO_MODEL)
     runner_kw.setdefault("engine_builds", DaemonEngineBuilds(settings))
-    return Runner(settings, Store(engine), source, engine_factory(settings), **runner_kw)
+    return Runner(settings, Writer(engine), source, engine_factory(settings), **runner_kw)
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

@@ -39,7 +39,7 @@ from nscmonitor.scoring.qc import qc_metrics
 from nscmonitor.scoring.preprocess import Preprocess
 from nscmonitor.core.platemap import PlateMap, load_plate_map
 from nscmonitor.store.models import MAX_ATTEMPTS
-from nscmonitor.store.writer import Claimed, Discovered, Scored, Store
+from nscmonitor.store.writer import Claimed, Discovered, Scored, Writer
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class _Folder:
 
 
 class Runner:
-    def __init__(self, settings: Settings, store: Store, model_source: ModelSource, engine_factory: EngineFactory, *,
+    def __init__(self, settings: Settings, store: Writer, model_source: ModelSource, engine_factory: EngineFactory, *,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  retry_base_s: float = 5.0, max_attempts: int = MAX_ATTEMPTS, claim_size: int = 4,
                  poll_interval: float = 2.0, heartbeat_s: float = 5.0,

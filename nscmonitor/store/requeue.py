@@ -14,14 +14,14 @@ from collections.abc import Iterable
 from sqlalchemy import Engine, select
 
 from nscmonitor.store import models as m
-from nscmonitor.store.writer import Store
+from nscmonitor.store.writer import Writer
 
 
 def select_quarantined(engine: Engine, *, ids: Iterable[int] = (), path_glob: str | None = None,
                        plate: str | None = None, everything: bool = False) -> list[int]:
     """Ids of quarantined images matching any of the given criteria."""
     ids = {int(i) for i in ids}
-    with Store(engine).Session() as s:
+    with Writer(engine).Session() as s:
         q = (select(m.Image.id, m.Image.path, m.Plate.name)
              .outerjoin(m.Well, m.Well.id == m.Image.well_id).outerjoin(m.Plate, m.Plate.id == m.Well.plate_id)
              .where(m.Image.status == "quarantined").order_by(m.Image.id))
@@ -35,4 +35,4 @@ def select_quarantined(engine: Engine, *, ids: Iterable[int] = (), path_glob: st
 
 def requeue(engine: Engine, ids: Iterable[int]) -> int:
     """Back to the queue; returns how many images were quarantined (or failed) and now wait."""
-    return Store(engine).requeue(ids)
+    return Writer(engine).requeue(ids)

@@ -1,5 +1,5 @@
 """The daemon's single writer. All inserts and updates of the ingest flow go through one
-``Store`` owned by the runner thread: SQLite allows one writer, and one owner makes the
+``Writer`` owned by the runner thread: SQLite allows one writer, and one owner makes the
 order of state changes obvious."""
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def time_key(key: ImageKey | None, elapsed_h: float | None) -> int | None:
     return None
 
 
-class Store:
+class Writer:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.Session = sessionmaker(engine, expire_on_commit=False)

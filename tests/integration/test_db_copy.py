@@ -20,7 +20,7 @@ from nscmonitor.labels import import_labels
 from nscmonitor.registry.registry import Registry
 from nscmonitor.store import copy as dbcopy
 from nscmonitor.store.db import make_engine
-from nscmonitor.store.writer import Store
+from nscmonitor.store.writer import Writer
 
 KILL_AFTER = '''
 import os, signal
@@ -59,7 +59,7 @@ def lab(tmp_path: Path, make_runner) -> str:  # noqa: ANN001
 
     from nscmonitor.store import models as m
 
-    with Store(engine).Session.begin() as s:  # what the scheduler keeps across restarts
+    with Writer(engine).Session.begin() as s:  # what the scheduler keeps across restarts
         s.add(m.ScheduleState(job_id="retrain", schedule="interval:1h",
                               next_run_at=datetime(2026, 7, 1, 3, 0, 0, 123456, tzinfo=timezone.utc)))
     with engine.connect() as c:
@@ -83,7 +83,7 @@ def test_copy_refuses_an_empty_target_then_copies_and_verifies(lab: str, pg_url:
     again = dbcopy.copy_database(lab, pg_url, progress=False)  # nothing left to copy; still verified
     assert sum(c.copied_now for c in again) == 0
     # the copy is a working store: sequences continue after the copied keys
-    store = Store(make_engine(pg_url))
+    store = Writer(make_engine(pg_url))
     new = store.ensure_experiment("after-the-move")
     assert new > max(c.source_rows for c in checks if c.table == "experiments")
     with pytest.raises(dbcopy.CopyError, match="experiments holds rows that are not the source's"):

@@ -16,7 +16,7 @@ from nscmonitor.labels import LabelFileError, current_labels, import_labels, lab
 from nscmonitor.registry.registry import Registry
 from nscmonitor.store import models as m
 from nscmonitor.store.db import ensure_schema, make_engine
-from nscmonitor.store.writer import Store
+from nscmonitor.store.writer import Writer
 from nscmonitor.core.domain import ImageKey
 from nscmonitor.core.errors import UserFacingError
 
@@ -25,7 +25,7 @@ from nscmonitor.core.errors import UserFacingError
 def engine(db_url: str):  # noqa: ANN201
     e = make_engine(db_url)
     ensure_schema(e)
-    store = Store(e)
+    store = Writer(e)
     exp = store.ensure_experiment("E1")
     with store.Session.begin() as s:
         for w in ("A01", "A02", "B01"):

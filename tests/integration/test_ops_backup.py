@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nscmonitor.cli import main
 from nscmonitor.store.db import ensure_schema, integrity_check, make_engine
-from nscmonitor.store.writer import Discovered, Store
+from nscmonitor.store.writer import Discovered, Writer
 
 
 def _rows(db: Path) -> dict[int, tuple]:
@@ -24,7 +24,7 @@ def test_backup_while_a_writer_commits(tmp_path: Path) -> None:
     url = f"sqlite:///{db}"
     engine = make_engine(url)
     ensure_schema(engine)
-    store = Store(engine)
+    store = Writer(engine)
     exp = store.ensure_experiment("e1", watch_path=str(tmp_path))
     stop = threading.Event()
     written = [0]
@@ -77,7 +77,7 @@ def test_db_check_reports_ok_and_exit_1_on_a_damaged_file(tmp_path: Path, capsys
     url = f"sqlite:///{db}"
     engine = make_engine(url)
     ensure_schema(engine)
-    store = Store(engine)
+    store = Writer(engine)
     exp = store.ensure_experiment("e1")
     store.enqueue([Discovered(path=f"/p/{i}.tif", relpath=f"{i}.tif", size=i, mtime=1.0, experiment_id=exp,
                               profile=None, key=None, plate=None, plate_format=96, elapsed_h=None, acquired_at=None)

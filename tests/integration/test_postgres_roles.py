@@ -22,7 +22,7 @@ from conftest import cells_image, pg_admin_exec, write_tiff
 from nscmonitor.cli import main
 from nscmonitor.store.db import SchemaError, ensure_schema, make_engine
 from nscmonitor.store.roles import RoleNames, cluster_statements, database_statements, psql_script
-from nscmonitor.store.writer import Store
+from nscmonitor.store.writer import Writer
 
 
 @pytest.fixture()
@@ -70,7 +70,7 @@ def test_each_role_can_do_its_part_and_no_more(roles, tmp_path: Path) -> None:  
         ensure_schema(daemon)  # an empty database: only the owner may create the schema
     assert main(["db", "upgrade", "--db", _with(urls["owner"], pw["owner"])]) == 0
 
-    store = Store(daemon)
+    store = Writer(daemon)
     ensure_schema(daemon)
     exp = store.ensure_experiment("E1")
     with daemon.begin() as c:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nscmonitor.service import Supervisor, heartbeat_age
 from nscmonitor.store.db import ensure_schema, make_engine
-from nscmonitor.store.writer import Store
+from nscmonitor.store.writer import Writer
 
 FAST = dict(base_delay_s=0.01, max_delay_s=0.05, poll_s=0.05, healthy_after_s=3600)
 
@@ -54,7 +54,7 @@ def test_heartbeat_age_reads_the_daemon_row_of_that_pid(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'nsc.db'}"
     engine = make_engine(url)
     ensure_schema(engine)
-    Store(engine).start_daemon([str(tmp_path)])
+    Writer(engine).start_daemon([str(tmp_path)])
     later = datetime.now(timezone.utc) + timedelta(seconds=700)
     age = heartbeat_age(url, os.getpid(), now=later)
     assert age is not None and 690 < age < 760

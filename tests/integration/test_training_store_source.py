@@ -51,7 +51,7 @@ def store_dir(request, tmp_path_factory) -> Path:
     (tmp / "db_url").write_text(url)
     engine = make_engine(url)
     ensure_schema(engine)
-    store = Store(engine)
+    store = Writer(engine)
     exp = store.ensure_experiment("E1")
     rng = np.random.default_rng(4)
     found = []
