@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 from conftest import cells_image, write_tiff
@@ -59,13 +60,20 @@ def test_sigterm_finishes_or_requeues_the_batch_in_hand(tmp_path: Path, tiny_mod
     proc = subprocess.Popen([sys.executable, "-m", "nscmonitor", "run", "--db", f"sqlite:///{db}", "--watch", str(watch),
                              "--model", str(tiny_model), "--quiet", "0"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    end = time.monotonic() + 60
-    while _count(db, "select count(*) from images where status='done'") < 5:
-        assert time.monotonic() < end and proc.poll() is None
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        end = time.monotonic() + 60
+        while _count(db, "select count(*) from images where status='done'") < 5:
+            assert time.monotonic() < end and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failed wait above must not leave the daemon running
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err
     assert _count(db, "select count(*) from images where status='processing'") == 0
-    assert _count(db, "select state from daemon_status") == 0 or \
-        _count(db, "select count(*) from daemon_status where state='stopped'") == 1
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
+        daemons = c.execute("select pid, state, stopped_at from daemon_status").fetchall()
+    assert len(daemons) == 1 and daemons[0][0] == proc.pid, daemons
+    assert daemons[0][1] == "stopped" and daemons[0][2] is not None, "the daemon did not record its stop"
