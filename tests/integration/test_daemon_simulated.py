@@ -56,4 +56,9 @@ def test_daemon_scores_each_simulated_frame_once_after_completion(tmp_path: Path
     by_path = {str(out / r["path"]): r for r in rows}
     for path, img in images.items():
         r = by_path[path]
-        assert img.field == int(r["field"]) and img.timepoint in (int(r["timepoint"]), None)
+        assert img.field == int(r["field"]), (path, img.field)
+        if vendor == "imagexpress":  # TimePoint_<t> folders carry the scan index
+            assert img.timepoint == int(r["timepoint"]), (path, img.timepoint)
+        else:  # Incucyte names carry the elapsed time, never a scan index
+            assert img.timepoint is None, (path, img.timepoint)
+            assert img.elapsed_h == pytest.approx(float(r["elapsed_h"]), abs=1 / 60), (path, img.elapsed_h)
