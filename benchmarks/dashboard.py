@@ -39,10 +39,10 @@ def _ts(dt: datetime) -> str:
 def build(db: Path, *, fields: int, times: int, interval_h: float = 1.0, seed: int = 0) -> dict:
     from nscmonitor.core.domain import well_name
     from nscmonitor.core.aggregate import pack_tiles
-    from nscmonitor.store.db import ensure_schema, make_engine
+    from nscmonitor.store.db import ensure_schema, open_engine
 
     t0 = time.perf_counter()
-    ensure_schema(make_engine(f"sqlite:///{db}"))
+    ensure_schema(open_engine(f"sqlite:///{db}"))
     rng = np.random.default_rng(seed)
     start = datetime(2025, 3, 1, tzinfo=timezone.utc)
     con = sqlite3.connect(db)

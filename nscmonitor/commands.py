@@ -301,10 +301,10 @@ def active_version(s: Settings):  # noqa: ANN202
     def active() -> str | None:
         try:
             from nscmonitor.registry.registry import Registry
-            from nscmonitor.store.db import make_engine
+            from nscmonitor.store.db import open_engine
         except ImportError:
             return None
-        act = Registry(s.models_dir, make_engine(s.database_url, readonly=True)).active()
+        act = Registry(s.models_dir, open_engine(s.database_url, readonly=True)).active()
         return act.version if act else None
 
     return active
@@ -346,7 +346,7 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
     import shutil
 
     from nscmonitor.service_checks import database_disk, drive_letter_warning
-    from nscmonitor.store.db import current_revision, head_revision, make_engine, masked, sqlite_path
+    from nscmonitor.store.db import current_revision, head_revision, open_engine, masked, sqlite_path
 
     checks: list[tuple[str, bool, str]] = []
     for mod, what in (("onnxruntime", "ONNX Runtime (CPU engine)"), ("torch", "PyTorch (training, reference engine)"),
@@ -374,7 +374,7 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
         db_file = sqlite_path(s.database_url)
         if db_file is not None and not db_file.exists():
             raise FileNotFoundError(f"{db_file} does not exist (yet): 'nscmonitor run' or 'db upgrade' creates it")
-        eng = make_engine(s.database_url, readonly=True)
+        eng = open_engine(s.database_url, readonly=True)
         cur = current_revision(eng)
         head = head_revision()
         checks.append(("database", cur == head or cur is None,
@@ -428,9 +428,9 @@ def model_integrity(s: Settings) -> dict | None:
     checks it before serving: a replaced file is named here with the reason the daemon refuses it."""
     try:
         from nscmonitor.registry.registry import Registry, integrity_problem
-        from nscmonitor.store.db import make_engine
+        from nscmonitor.store.db import open_engine
 
-        act = Registry(s.models_dir, make_engine(s.database_url, readonly=True)).active()
+        act = Registry(s.models_dir, open_engine(s.database_url, readonly=True)).active()
     except Exception as exc:  # a database doctor cannot read is reported by its own check
         log.info("registry not readable for the model check: %s", exc)
         return None
@@ -444,9 +444,9 @@ def _active_engine_check(s: Settings) -> list[tuple[str, bool, str]]:
     """The registry's active version and this machine's engine build for it."""
     try:
         from nscmonitor.registry.registry import Registry
-        from nscmonitor.store.db import make_engine
+        from nscmonitor.store.db import open_engine
 
-        act = Registry(s.models_dir, make_engine(s.database_url, readonly=True)).active()
+        act = Registry(s.models_dir, open_engine(s.database_url, readonly=True)).active()
         if act is None:
             return []
         from nscmonitor.engines.autobuild import summary

@@ -13,13 +13,13 @@ from nscmonitor.commands import _common, settings_from
 def _registry(args: argparse.Namespace, *, readonly: bool = False):  # noqa: ANN202
     """Listing and showing only read: a mistyped database path is an error, not a new database."""
     from nscmonitor.registry.registry import Registry
-    from nscmonitor.store.db import ensure_schema, make_engine, open_readonly
+    from nscmonitor.store.db import ensure_schema, open_engine, open_readonly
 
     s = settings_from(args)
     if readonly:
         engine = open_readonly(s.database_url)
     else:
-        engine = make_engine(s.database_url)
+        engine = open_engine(s.database_url)
         ensure_schema(engine)
     return s, engine, Registry(s.models_dir, engine)
 

@@ -9,14 +9,14 @@ from nscmonitor.core.errors import UserFacingError
 
 def cmd_requeue(args: argparse.Namespace) -> int:
     from nscmonitor.commands import settings_from
-    from nscmonitor.store.db import make_engine, open_readonly
+    from nscmonitor.store.db import open_engine, open_readonly
     from nscmonitor.store.requeue import requeue, select_quarantined
 
     if not (args.ids or args.path or args.plate or args.all_quarantined):
         raise UserFacingError("requeue: name the images: IMAGE_ID..., --path GLOB, --plate NAME or --all-quarantined")
     s = settings_from(args)
     open_readonly(s.database_url).dispose()  # an existing database at this version: a typo never creates one
-    engine = make_engine(s.database_url)
+    engine = open_engine(s.database_url)
     ids = select_quarantined(engine, ids=args.ids, path_glob=args.path, plate=args.plate,
                              everything=args.all_quarantined)
     if args.dry_run:

@@ -146,7 +146,7 @@ DIALECTS = ("sqlite", "postgresql")
 
 def check_database_url(db: str) -> str:
     """The dialect is checked here, once; whether its driver is installed is checked when the
-    engine is made (``store.db.make_engine``), where the import happens."""
+    engine is made (``store.db.open_engine``), where the import happens."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 

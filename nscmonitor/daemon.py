@@ -15,7 +15,7 @@ from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.scoring.runner import ModelSource, Runner
-from nscmonitor.store.db import ensure_schema, make_engine
+from nscmonitor.store.db import ensure_schema, open_engine
 from nscmonitor.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def registry_model_source(settings: Settings) -> ModelSource | None:
         return None
     from nscmonitor.registry.registry import FileHashCache, ModelIntegrityError
 
-    reg = Registry(settings.models_dir, make_engine(settings.database_url))
+    reg = Registry(settings.models_dir, open_engine(settings.database_url))
     if reg.active() is None:
         return None
     cache = FileHashCache()
@@ -201,7 +201,7 @@ def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) 
         if not w.path.is_dir():
             log.warning("watch folder %s is not reachable now; it will be retried", w.path)
     check_models_dir(settings.models_dir)
-    engine = make_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     ensure_schema(engine)
     model = model or settings.model
     source = static_model_source(model) if model else registry_model_source(settings)

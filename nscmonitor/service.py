@@ -313,10 +313,10 @@ def heartbeat_age(database_url: str, pid: int, *, host: str | None = None, now: 
     from sqlalchemy import select
 
     from nscmonitor.store import models as m
-    from nscmonitor.store.db import make_engine
+    from nscmonitor.store.db import open_engine
 
     host = host or socket.gethostname()
-    engine = make_engine(database_url, readonly=True)
+    engine = open_engine(database_url, readonly=True)
     try:
         with engine.connect() as conn:
             beat = conn.scalar(select(m.DaemonStatus.heartbeat_at).where(

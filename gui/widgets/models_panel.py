@@ -33,10 +33,10 @@ def registry_actions(settings) -> dict[str, ModelAction]:  # noqa: ANN001
     import sys
 
     from nscmonitor.registry.registry import Registry
-    from nscmonitor.store.db import make_engine
+    from nscmonitor.store.db import open_engine
 
     def registry() -> Registry:
-        return Registry(settings.models_dir, make_engine(settings.database_url))
+        return Registry(settings.models_dir, open_engine(settings.database_url))
 
     def promote(version: str | None) -> str:
         if not version:
@@ -78,13 +78,13 @@ LabelTarget = tuple[str, str, list[str]]  # experiment, plate, wells
 def label_action(settings) -> Callable[[LabelTarget | None, str], str]:  # noqa: ANN001
     """Labelling selected wells by hand: a new label set, checked like an imported file."""
     from nscmonitor.labels import label_wells
-    from nscmonitor.store.db import make_engine
+    from nscmonitor.store.db import open_engine
 
     def label(target: LabelTarget | None, cls: str) -> str:
         if target is None or not target[2]:
             raise ValueError("open a plate and select wells in the plate map first")
         experiment, plate, wells = target
-        version, n = label_wells(make_engine(settings.database_url), experiment, plate, wells, cls)
+        version, n = label_wells(open_engine(settings.database_url), experiment, plate, wells, cls)
         return f"label set {version}: {n} well(s) of {plate} labelled {cls}; the next retrain uses them."
 
     return label

@@ -25,11 +25,11 @@ RequeueAction = Callable[[list[int] | None], str]
 def requeue_action(settings) -> RequeueAction:  # noqa: ANN001
     """Requeueing through the same function as ``nscmonitor requeue``, on its own writable
     connection (the dashboard otherwise only reads the store)."""
-    from nscmonitor.store.db import make_engine
+    from nscmonitor.store.db import open_engine
     from nscmonitor.store.requeue import requeue, select_quarantined
 
     def run(ids: list[int] | None) -> str:
-        engine = make_engine(settings.database_url)
+        engine = open_engine(settings.database_url)
         try:
             chosen = select_quarantined(engine, ids=ids or (), everything=ids is None)
             if not chosen:

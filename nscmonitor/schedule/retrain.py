@@ -39,7 +39,7 @@ from nscmonitor.scoring.formats import channel_for
 from nscmonitor.registry.registry import Registry
 from nscmonitor.schedule.gates import Decision, EvalResult, decide, evaluate_predictions
 from nscmonitor.store import models as m
-from nscmonitor.store.db import ensure_schema, make_engine, masked, open_readonly
+from nscmonitor.store.db import ensure_schema, open_engine, masked, open_readonly
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def train_subprocess(cfg_path: Path, *, threads: int, timeout: float | None, log
 
 def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = False,
                 train_overrides: dict | None = None, timeout: float | None = None) -> RetrainOutcome:
-    engine = make_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     ensure_schema(engine)
     reg = Registry(settings.models_dir, engine)
     Session = sessionmaker(engine, expire_on_commit=False)

@@ -23,7 +23,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from nscmonitor.config import Settings
-from nscmonitor.store.db import make_engine
+from nscmonitor.store.db import open_engine
 from nscmonitor.store.schedule import load_schedule_state, save_schedule_state
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def make_scheduler(settings: Settings, *, config_path: str | None = None) -> Bac
     """A paused scheduler holding the retrain job. An unchanged schedule keeps the next run
     time planned before the restart, so restarting the daemon neither skips nor repeats a
     retrain; a changed schedule plans afresh."""
-    engine = make_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     sched = BackgroundScheduler(
         jobstores={"default": MemoryJobStore()},
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE_S},

@@ -28,7 +28,7 @@ from sqlalchemy import Engine, Table, func, insert, select, text
 
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.store import models as m
-from nscmonitor.store.db import current_revision, make_engine, masked, open_readonly, sqlite_path
+from nscmonitor.store.db import current_revision, open_engine, masked, open_readonly, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def _check_kinds(src_url: str, dst_url: str) -> None:
 
 def _check_ends(src_url: str, dst_url: str) -> tuple[Engine, Engine]:
     src = open_readonly(src_url)  # refuses a missing file or one not at this version's schema
-    dst = make_engine(dst_url)
+    dst = open_engine(dst_url)
     want, have = current_revision(src), current_revision(dst)
     if have != want:
         raise CopyError(f"db copy: the target {masked(dst_url)} is at schema revision {have or '(none: empty)'} but "

@@ -93,7 +93,7 @@ def _readonly_connect(path: Path):  # noqa: ANN202
     return lambda: sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
 
 
-def make_engine(url: str, *, readonly: bool = False) -> Engine:
+def open_engine(url: str, *, readonly: bool = False) -> Engine:
     path = sqlite_path(url)
     if path is not None:
         if readonly:
@@ -134,7 +134,7 @@ def open_readonly(url: str) -> Engine:
         raise UserFacingError(f"database_url: {path} is a folder, not a database file")
     if path is not None and not path.is_file():
         raise UserFacingError(f"database not found: {path}. Start 'nscmonitor run' first, or pass --db URL")
-    engine = make_engine(url, readonly=True)
+    engine = open_engine(url, readonly=True)
     try:
         ensure_schema(engine, create=False)
     except OperationalError as exc:
@@ -390,7 +390,7 @@ def integrity_check(url: str) -> list[str]:
 
 
 def upgrade_with_backup(url: str) -> tuple[str | None, str, Path | None]:
-    engine = make_engine(url)
+    engine = open_engine(url)
     before = current_revision(engine)
     saved = None
     if before != head_revision() and sqlite_path(url) is not None and inspect(engine).get_table_names():

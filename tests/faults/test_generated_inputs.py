@@ -71,10 +71,10 @@ _ids = itertools.count()
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):  # noqa: ANN001, ANN201
-    from nscmonitor.store.db import ensure_schema, make_engine
+    from nscmonitor.store.db import ensure_schema, open_engine
     from nscmonitor.store.writer import Writer
 
-    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('names') / 'nsc.db'}")
+    engine = open_engine(f"sqlite:///{tmp_path_factory.mktemp('names') / 'nsc.db'}")
     ensure_schema(engine)
     s = Writer(engine)
     return s, s.ensure_experiment("names", watch_path="/data")
@@ -194,10 +194,10 @@ def test_an_image_the_daemon_dies_on_every_time_is_quarantined_at_claim(tmp_path
     """Attempts count claims: after each kill, start-up puts the row back to pending
     (requeue_stale) with its attempt counted; the claim after the last allowed one
     quarantines it with the reason instead of handing it out again."""
-    from nscmonitor.store.db import ensure_schema, make_engine
+    from nscmonitor.store.db import ensure_schema, open_engine
     from nscmonitor.store.writer import Discovered, Writer
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'nsc.db'}")
+    engine = open_engine(f"sqlite:///{tmp_path / 'nsc.db'}")
     ensure_schema(engine)
     s = Writer(engine)
     exp = s.ensure_experiment("e")

@@ -18,7 +18,7 @@ import pytest
 from conftest import cells_image, write_tiff
 
 from nscmonitor.engines.tiny import build_tiny_classifier
-from nscmonitor.store.db import ensure_schema, make_engine
+from nscmonitor.store.db import ensure_schema, open_engine
 
 
 def _rows(db: Path, sql: str) -> list[tuple]:
@@ -42,7 +42,7 @@ def test_replaced_model_file_is_refused_and_the_loaded_engine_keeps_serving(tmp_
     db, models, watch = tmp_path / "nsc.db", tmp_path / "registry", tmp_path / "w"
     watch.mkdir()
     url = f"sqlite:///{db}"
-    engine = make_engine(url)
+    engine = open_engine(url)
     ensure_schema(engine)
     info = Registry(models, engine).register(tiny_model)
     assert info.state == "active"
@@ -97,7 +97,7 @@ def test_promoting_a_changed_file_is_refused(tmp_path: Path, tiny_model: Path) -
     from nscmonitor.core.errors import UserFacingError
     from nscmonitor.registry.registry import Registry
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'nsc.db'}")
+    engine = open_engine(f"sqlite:///{tmp_path / 'nsc.db'}")
     ensure_schema(engine)
     reg = Registry(tmp_path / "registry", engine)
     first = reg.register(tiny_model)

@@ -17,7 +17,7 @@ from pathlib import Path
 from alembic import command
 
 from nscmonitor.config import parse_settings
-from nscmonitor.store.db import _alembic_config, current_revision, head_revision, make_engine
+from nscmonitor.store.db import _alembic_config, current_revision, head_revision, open_engine
 from nscmonitor.store.schedule import load_schedule_state
 
 
@@ -61,13 +61,13 @@ def _run_until(args: list[str], needle: str, timeout: float = 60.0) -> tuple[int
 def test_upgrade_drops_pickled_job_table_without_reading_it(tmp_path: Path) -> None:
     db, marker = tmp_path / "old.db", tmp_path / "pwned"
     url = f"sqlite:///{db}"
-    with make_engine(url).begin() as conn:
+    with open_engine(url).begin() as conn:
         command.upgrade(_alembic_config(conn), "0003")
     _plant_job_table(db, marker)
     up = subprocess.run([sys.executable, "-m", "nscmonitor", "db", "upgrade", "--db", url],
                         capture_output=True, text=True, timeout=120)
     assert up.returncode == 0, up.stderr
-    assert current_revision(make_engine(url)) == head_revision()
+    assert current_revision(open_engine(url)) == head_revision()
     with sqlite3.connect(db) as c:
         tables = {r[0] for r in c.execute("select name from sqlite_master where type='table'")}
     assert "apscheduler_jobs" not in tables and "schedule_state" in tables
@@ -91,7 +91,7 @@ def test_daemon_with_planted_job_rows_starts_and_never_unpickles(tmp_path: Path,
     assert rc == 0, err
     assert "Traceback" not in err
     assert not marker.exists()
-    state = load_schedule_state(make_engine(url), "nscmonitor-retrain")
+    state = load_schedule_state(open_engine(url), "nscmonitor-retrain")
     assert state is not None and state.schedule == "interval:1h"
     assert timedelta(minutes=50) < state.next_run_at - datetime.now(timezone.utc) <= timedelta(hours=1)
 
@@ -118,4 +118,4 @@ def test_planned_time_survives_restart_and_changed_schedule_replans(tmp_path: Pa
     replanned = s3.get_job(JOB_ID).next_run_time
     s3.shutdown(wait=False)
     assert replanned - planned > timedelta(hours=7)
-    assert load_schedule_state(make_engine(url), JOB_ID).schedule == "interval:10h"
+    assert load_schedule_state(open_engine(url), JOB_ID).schedule == "interval:10h"

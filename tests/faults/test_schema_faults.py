@@ -18,7 +18,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from nscmonitor.store.db import _alembic_config, current_revision, head_revision, make_engine
+from nscmonitor.store.db import _alembic_config, current_revision, head_revision, open_engine
 from nscmonitor.store.models import Base
 
 KILLER = '''
@@ -46,7 +46,7 @@ def _tables(db: Path) -> set[str]:
 
 
 def _at_head_matching_models(url: str) -> None:
-    engine = make_engine(url)
+    engine = open_engine(url)
     assert current_revision(engine) == head_revision()
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
@@ -82,13 +82,13 @@ def _half_schema_by_hand(db: Path, revision: str | None, extra_tables: int) -> N
     """What an older version (DDL committed statement by statement) left when killed: the
     tables of ``revision`` stamped, then some tables of the next revision, unstamped."""
     scratch = tmp_db = db.with_name("scratch.db")
-    with make_engine(f"sqlite:///{tmp_db}").begin() as conn:
+    with open_engine(f"sqlite:///{tmp_db}").begin() as conn:
         command.upgrade(_alembic_config(conn), "head")
     with sqlite3.connect(scratch) as c:
         ddl = dict(c.execute("select name, sql from sqlite_master where type='table' and name != 'alembic_version'"
                              " order by rowid"))
     if revision is not None:
-        with make_engine(f"sqlite:///{db}").begin() as conn:
+        with open_engine(f"sqlite:///{db}").begin() as conn:
             command.upgrade(_alembic_config(conn), revision)
     have = _tables(db) if db.exists() else set()
     with sqlite3.connect(db) as c:

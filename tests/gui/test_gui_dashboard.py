@@ -200,10 +200,10 @@ def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: L
     from nscmonitor.gui.app import open_store
     from nscmonitor.gui.main_window import MainWindow
     from nscmonitor.registry.registry import Registry
-    from nscmonitor.store.db import make_engine
+    from nscmonitor.store.db import open_engine
 
     settings = replace(lab.settings, models_dir=tmp_path / "models")
-    reg = Registry(settings.models_dir, make_engine(lab.url))
+    reg = Registry(settings.models_dir, open_engine(lab.url))
     for v in ("v1", "v2"):
         build_tiny_classifier(tmp_path / f"{v}.onnx", input_size=32, version=v, seed=len(v))
     first = reg.register(tmp_path / "v1.onnx")
@@ -231,13 +231,13 @@ def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: L
     from nscmonitor.labels import current_labels
 
     panel.label_btn.click()  # no wells selected yet: refused with the reason
-    assert "select wells" in panel.message.text() and current_labels(make_engine(lab.url)) == []
+    assert "select wells" in panel.message.text() and current_labels(open_engine(lab.url)) == []
     qtbot.waitUntil(lambda: win.cube is not None and win.cube.n_times == 2, timeout=15000)
     win.plate_map.set_selection(["A01", "A02"])
     qtbot.waitUntil(lambda: win.selection == ["A01", "A02"], timeout=5000)
     panel.label_box.setCurrentText("neuron")
     panel.label_btn.click()
-    labs = {x.well: x.label for x in current_labels(make_engine(lab.url))}
+    labs = {x.well: x.label for x in current_labels(open_engine(lab.url))}
     assert labs == {"A01": "neuron", "A02": "neuron"} and "label set" in panel.message.text()
     qtbot.waitUntil(lambda: any(v.state == "active" and v.version == first.version for v in panel.versions),
                     timeout=15000)

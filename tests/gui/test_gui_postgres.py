@@ -25,9 +25,9 @@ class PgLab(Lab):
     def readout(self, well: str, hours: float) -> dict:
         from sqlalchemy import text
 
-        from nscmonitor.store.db import make_engine
+        from nscmonitor.store.db import open_engine
 
-        engine = make_engine(self.url)
+        engine = open_engine(self.url)
         with engine.connect() as c:
             r = c.execute(text("SELECT r.classes, r.prob_mean, r.fraction, r.n_images FROM well_readouts r"
                                " JOIN wells w ON w.id = r.well_id WHERE w.name = :w AND abs(r.elapsed_h - :h) < 0.01"),

@@ -19,7 +19,7 @@ from nscmonitor.engines.tiny import build_tiny_classifier
 from nscmonitor.labels import import_labels
 from nscmonitor.registry.registry import Registry
 from nscmonitor.store import copy as dbcopy
-from nscmonitor.store.db import make_engine
+from nscmonitor.store.db import open_engine
 from nscmonitor.store.writer import Writer
 
 KILL_AFTER = '''
@@ -48,7 +48,7 @@ def lab(tmp_path: Path, make_runner) -> str:  # noqa: ANN001
     runner = make_runner(watch)
     runner.run(once=True)
     url = runner.settings.database_url
-    engine = make_engine(url)
+    engine = open_engine(url)
     reg = Registry(tmp_path / "models", engine)
     build_tiny_classifier(tmp_path / "v2.onnx", seed=3, version="v2")
     reg.register(tmp_path / "v2.onnx")
@@ -68,7 +68,7 @@ def lab(tmp_path: Path, make_runner) -> str:  # noqa: ANN001
 
 
 def _counts(url: str) -> dict[str, int]:
-    e = make_engine(url)
+    e = open_engine(url)
     with e.connect() as c:
         return {t.name: c.execute(select(func.count()).select_from(t)).scalar() for t in dbcopy.tables()}
 
@@ -83,7 +83,7 @@ def test_copy_refuses_an_empty_target_then_copies_and_verifies(lab: str, pg_url:
     again = dbcopy.copy_database(lab, pg_url, progress=False)  # nothing left to copy; still verified
     assert sum(c.copied_now for c in again) == 0
     # the copy is a working store: sequences continue after the copied keys
-    store = Writer(make_engine(pg_url))
+    store = Writer(open_engine(pg_url))
     new = store.ensure_experiment("after-the-move")
     assert new > max(c.source_rows for c in checks if c.table == "experiments")
     with pytest.raises(dbcopy.CopyError, match="experiments holds rows that are not the source's"):
@@ -109,14 +109,14 @@ def test_killed_copy_resumes_where_it_stopped(lab: str, pg_url: str, tmp_path: P
     assert re.search(r"^predictions +9 rows +\(6 copied now\)", done.stdout, re.M), done.stdout
     assert re.search(r"^images +9 rows +\(0 copied now\)", done.stdout, re.M), done.stdout
     assert _counts(pg_url) == _counts(lab)
-    password = make_engine(pg_url).url.password
+    password = open_engine(pg_url).url.password
     assert password not in done.stdout + done.stderr + killed.stderr
 
 
 def test_a_changed_row_fails_verification(lab: str, pg_url: str) -> None:
     assert main(["db", "upgrade", "--db", pg_url]) == 0
     dbcopy.copy_database(lab, pg_url, progress=False)
-    with make_engine(pg_url).begin() as c:
+    with open_engine(pg_url).begin() as c:
         c.execute(text("update predictions set confidence = confidence + 1e-9 where id = (select min(id) + 1 from "
                        "predictions)"))
     with pytest.raises(dbcopy.CopyError, match=r"predictions \(9 rows in the source, 9 in the target, checksums differ"):
@@ -129,7 +129,7 @@ def test_copy_refuses_wrong_ends_in_one_line(tmp_path: Path, lab: str, pg_url: s
                           (lab, lab, "target must be a PostgreSQL")):
         with pytest.raises(dbcopy.CopyError, match=msg) as exc:
             dbcopy.copy_database(src, dst, progress=False)
-        assert make_engine(pg_url).url.password not in str(exc.value)
+        assert open_engine(pg_url).url.password not in str(exc.value)
     assert not (tmp_path / "typo.db").exists() and not (tmp_path / "typo.db.daemon.lock").exists()
 
 

@@ -26,7 +26,7 @@ from nscmonitor.engines import autobuild
 from nscmonitor.engines.calibration import tiles_from_folder
 from nscmonitor.registry.registry import Registry
 from nscmonitor.store import models as m
-from nscmonitor.store.db import make_engine
+from nscmonitor.store.db import open_engine
 
 
 def wait_until(cond, timeout: float, what: str) -> None:  # noqa: ANN001
@@ -74,7 +74,7 @@ def frames(watch: Path, n: int) -> None:
 
 
 def engines_by_image(db_url: str) -> dict[int, list[str]]:
-    with make_engine(db_url).connect() as c:
+    with open_engine(db_url).connect() as c:
         rows = c.execute(select(m.Prediction.image_id, m.Prediction.engine)).all()
     out: dict[int, list[str]] = {}
     for image_id, engine in rows:
@@ -90,7 +90,7 @@ def test_registering_a_model_builds_a_gated_int8_engine_the_daemon_serves(tmp_pa
     assert main(["--config", str(cfg), "models", "register", str(run)]) == 0
     assert "int8 for" in capsys.readouterr().out
     settings = load_settings(cfg, env={})
-    active = Registry(settings.models_dir, make_engine(settings.database_url)).active()
+    active = Registry(settings.models_dir, open_engine(settings.database_url)).active()
     status = autobuild.read_status(active.path)
     assert status.state == "ready" and status.engine.endswith("-int8"), status
     assert status.gate["passed"] and status.gate["top1_agreement"] >= 0.99
@@ -134,7 +134,7 @@ def test_a_failing_gate_keeps_fp32_and_status_json_says_why(tmp_path: Path, caps
     out = capsys.readouterr().out
     assert "no int8 engine" in out and "gate" in out
     settings = load_settings(cfg, env={})
-    active = Registry(settings.models_dir, make_engine(settings.database_url)).active()
+    active = Registry(settings.models_dir, open_engine(settings.database_url)).active()
     status = autobuild.read_status(active.path)
     assert status.state == "failed" and "well readout differs" in status.reason and status.attempts
     assert not any(a["passed"] for a in status.attempts)
@@ -154,7 +154,7 @@ def test_a_failing_gate_keeps_fp32_and_status_json_says_why(tmp_path: Path, caps
     build = report["engine_build"]
     assert build["state"] == "failed" and "well readout differs" in build["reason"]
     assert "fp32" in build["message"]
-    with make_engine(settings.database_url).connect() as c:
+    with open_engine(settings.database_url).connect() as c:
         kinds = [k for (k,) in c.execute(select(m.Event.kind))]
     assert "engine_build_failed" in kinds
     # the notification hook heard it from the register command and from the daemon
@@ -170,7 +170,7 @@ def test_daemon_without_an_engine_serves_fp32_and_swaps_to_int8_mid_backlog(tmp_
     run = run_dir_with_calibration(tmp_path)
     assert main(["--config", str(cfg), "models", "register", str(run), "--no-engine"]) == 0
     settings = load_settings(cfg, env={})
-    active = Registry(settings.models_dir, make_engine(settings.database_url)).active()
+    active = Registry(settings.models_dir, open_engine(settings.database_url)).active()
     assert autobuild.read_status(active.path) is None
     n = 40
     frames(watch, n)
@@ -197,7 +197,7 @@ def test_daemon_without_an_engine_serves_fp32_and_swaps_to_int8_mid_backlog(tmp_
     status = autobuild.read_status(active.path)
     assert status.state == "ready" and runner.model.engine.name == status.engine
     used = engines_by_image(settings.database_url)
-    with make_engine(settings.database_url).connect() as c:
+    with open_engine(settings.database_url).connect() as c:
         n_images = c.scalar(select(func.count()).select_from(m.Image))
         swaps = c.execute(select(m.Event.message).where(m.Event.kind == "engine_swapped")).all()
     assert n_images == n and len(used) == n, "an image was lost"
@@ -259,7 +259,7 @@ def test_a_model_from_elsewhere_is_served_fp32_until_given_a_calibration_set(tmp
     assert main(["--config", str(cfg), "models", "register", str(bare)]) == 0
     assert "no calibration set" in capsys.readouterr().out
     settings = load_settings(cfg, env={})
-    first = Registry(settings.models_dir, make_engine(settings.database_url)).active()
+    first = Registry(settings.models_dir, open_engine(settings.database_url)).active()
     assert autobuild.read_status(first.path).state == "no-calibration"
     assert not autobuild.log_path(first.path).exists(), "no build process was needed to say so"
 
@@ -269,7 +269,7 @@ def test_a_model_from_elsewhere_is_served_fp32_until_given_a_calibration_set(tmp
     assert main(["--config", str(cfg), "models", "register", str(other), "--calibration",
                  str(write_tiles(tmp_path / "tiles"))]) == 0
     assert "int8 for" in capsys.readouterr().out
-    second = next(v for v in Registry(settings.models_dir, make_engine(settings.database_url)).list()
+    second = next(v for v in Registry(settings.models_dir, open_engine(settings.database_url)).list()
                   if v.version != first.version)
     status = autobuild.read_status(second.path)
     assert status.state == "ready" and status.engine.endswith("-int8")

@@ -109,9 +109,9 @@ def test_attach_from_a_tiles_folder(tmp_path):
 
 
 def _store(tmp_path):
-    from nscmonitor.store.db import ensure_schema, make_engine
+    from nscmonitor.store.db import ensure_schema, open_engine
 
-    e = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    e = open_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     ensure_schema(e)
     return e
 

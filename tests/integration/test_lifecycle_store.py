@@ -15,7 +15,7 @@ from nscmonitor.engines.tiny import build_tiny_classifier
 from nscmonitor.labels import LabelFileError, current_labels, import_labels, labels_version
 from nscmonitor.registry.registry import Registry
 from nscmonitor.store import models as m
-from nscmonitor.store.db import ensure_schema, make_engine
+from nscmonitor.store.db import ensure_schema, open_engine
 from nscmonitor.store.writer import Writer
 from nscmonitor.core.domain import ImageKey
 from nscmonitor.core.errors import UserFacingError
@@ -23,7 +23,7 @@ from nscmonitor.core.errors import UserFacingError
 
 @pytest.fixture()
 def engine(db_url: str):  # noqa: ANN201
-    e = make_engine(db_url)
+    e = open_engine(db_url)
     ensure_schema(e)
     store = Writer(e)
     exp = store.ensure_experiment("E1")
@@ -84,7 +84,7 @@ def test_label_import_all_or_nothing_with_line_numbers(tmp_path: Path, engine) -
 
 
 def _runs(url: str) -> list:
-    e = make_engine(url)
+    e = open_engine(url)
     with e.connect() as c:
         return list(c.execute(select(m.RetrainRun.trigger, m.RetrainRun.status)))
 

@@ -12,14 +12,14 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from nscmonitor.store.db import _alembic_config, current_revision, head_revision, make_engine
+from nscmonitor.store.db import _alembic_config, current_revision, head_revision, open_engine
 from nscmonitor.store.models import Base
 
 
 def test_old_schema_refused_then_upgraded_with_backup(tmp_path: Path, tiny_model: Path) -> None:
     db = tmp_path / "old.db"
     url = f"sqlite:///{db}"
-    engine = make_engine(url)
+    engine = open_engine(url)
     with engine.begin() as conn:
         command.upgrade(_alembic_config(conn), "0001")
     with sqlite3.connect(db) as c:

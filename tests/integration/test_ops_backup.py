@@ -10,7 +10,7 @@ from contextlib import closing
 from pathlib import Path
 
 from nscmonitor.cli import main
-from nscmonitor.store.db import ensure_schema, integrity_check, make_engine
+from nscmonitor.store.db import ensure_schema, integrity_check, open_engine
 from nscmonitor.store.writer import Discovered, Writer
 
 
@@ -22,7 +22,7 @@ def _rows(db: Path) -> dict[int, tuple]:
 def test_backup_while_a_writer_commits(tmp_path: Path) -> None:
     db = tmp_path / "nsc.db"
     url = f"sqlite:///{db}"
-    engine = make_engine(url)
+    engine = open_engine(url)
     ensure_schema(engine)
     store = Writer(engine)
     exp = store.ensure_experiment("e1", watch_path=str(tmp_path))
@@ -75,7 +75,7 @@ def test_backup_while_a_writer_commits(tmp_path: Path) -> None:
 def test_db_check_reports_ok_and_exit_1_on_a_damaged_file(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     db = tmp_path / "nsc.db"
     url = f"sqlite:///{db}"
-    engine = make_engine(url)
+    engine = open_engine(url)
     ensure_schema(engine)
     store = Writer(engine)
     exp = store.ensure_experiment("e1")

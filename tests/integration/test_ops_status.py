@@ -11,14 +11,14 @@ import pytest
 from nscmonitor.cli import main
 from nscmonitor.commands import STALE_S, health
 from nscmonitor.service_checks import backlog_facts, backlog_stall
-from nscmonitor.store.db import ensure_schema, make_engine
+from nscmonitor.store.db import ensure_schema, open_engine
 from nscmonitor.store.repo import Repo
 from nscmonitor.store.writer import Discovered, Writer
 
 
 @pytest.fixture()
 def store(db_url: str) -> Writer:
-    engine = make_engine(db_url)
+    engine = open_engine(db_url)
     ensure_schema(engine)
     yield Writer(engine)
     engine.dispose()

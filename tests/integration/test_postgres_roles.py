@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from conftest import cells_image, pg_admin_exec, write_tiff
 from nscmonitor.cli import main
-from nscmonitor.store.db import SchemaError, ensure_schema, make_engine
+from nscmonitor.store.db import SchemaError, ensure_schema, open_engine
 from nscmonitor.store.roles import RoleNames, cluster_statements, database_statements, psql_script
 from nscmonitor.store.writer import Writer
 
@@ -65,7 +65,7 @@ def test_script_is_printed_without_passwords() -> None:
 
 def test_each_role_can_do_its_part_and_no_more(roles, tmp_path: Path) -> None:  # noqa: ANN001
     names, urls, pw = roles
-    daemon = make_engine(_with(urls["daemon"], pw["daemon"]))
+    daemon = open_engine(_with(urls["daemon"], pw["daemon"]))
     with pytest.raises(SchemaError, match="run 'nscmonitor db upgrade' as the owner role"):
         ensure_schema(daemon)  # an empty database: only the owner may create the schema
     assert main(["db", "upgrade", "--db", _with(urls["owner"], pw["owner"])]) == 0
@@ -81,7 +81,7 @@ def test_each_role_can_do_its_part_and_no_more(roles, tmp_path: Path) -> None:  
         with pytest.raises(DBAPIError, match="must be owner|permission denied"), daemon.begin() as c:
             c.execute(text(ddl))
 
-    reader = make_engine(_with(urls["reader"], pw["reader"]))
+    reader = open_engine(_with(urls["reader"], pw["reader"]))
     with reader.connect() as c:
         assert c.execute(text("select name from experiments")).scalars().all() == ["E1"]
     for dml in ("insert into experiments (name, created_at) values ('x', now())", "delete from experiments",

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from nscmonitor.cli import main
 from nscmonitor.store.db import (SchemaError, _alembic_config, current_revision, ensure_schema, head_revision,
-                                 make_engine, open_readonly, upgrade)
+                                 open_engine, open_readonly, upgrade)
 from nscmonitor.store.instance import AlreadyRunning, acquire
 from nscmonitor.store.models import Base
 
@@ -46,7 +46,7 @@ GENERIC = {"Double": "Float"}
 def _shape(url: str) -> dict:
     """Tables, columns (generic type, nullability), primary keys, indexes, unique constraints and
     foreign keys, in a form that does not depend on the dialect."""
-    engine = make_engine(url)
+    engine = open_engine(url)
     insp = inspect(engine)
     out = {}
     for t in sorted(set(insp.get_table_names()) - {"sqlite_sequence"}):
@@ -71,17 +71,17 @@ def test_upgraded_schema_is_the_same_on_sqlite_and_postgresql(tmp_path: Path, pg
     lite = f"sqlite:///{tmp_path / 'nsc.db'}"
     for url in (lite, pg_url):
         assert main(["db", "upgrade", "--db", url]) == 0
-        assert current_revision(make_engine(url)) == head_revision()
+        assert current_revision(open_engine(url)) == head_revision()
     a, b = _shape(lite), _shape(pg_url)
     assert set(a) == set(b) and len(a) >= 14
     for t in a:
         assert a[t] == b[t], (t, a[t], b[t])
-    with make_engine(pg_url).connect() as conn:
+    with open_engine(pg_url).connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
 
 
 def test_migration_keeps_rows_on_postgresql(pg_url: str) -> None:
-    engine = make_engine(pg_url)
+    engine = open_engine(pg_url)
     with engine.begin() as conn:
         command.upgrade(_alembic_config(conn), "0001")
         conn.execute(text("insert into experiments (name, created_at) values ('kept', now())"))
@@ -97,7 +97,7 @@ def test_three_first_starts_at_once_create_one_schema(pg_url: str) -> None:
     procs = [_nsc("db", "upgrade", "--db", pg_url) for _ in range(3)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1] for o in outs]
-    assert current_revision(make_engine(pg_url)) == head_revision()
+    assert current_revision(open_engine(pg_url)) == head_revision()
 
 
 def test_kill_during_creation_leaves_an_empty_database(tmp_path: Path, pg_url: str) -> None:
@@ -109,13 +109,13 @@ def test_kill_during_creation_leaves_an_empty_database(tmp_path: Path, pg_url: s
     p = _nsc("db", "upgrade", "--db", pg_url, env=env)
     p.communicate(timeout=120)
     assert p.returncode == -9
-    assert inspect(make_engine(pg_url)).get_table_names() == []
+    assert inspect(open_engine(pg_url)).get_table_names() == []
     assert main(["db", "upgrade", "--db", pg_url]) == 0
-    assert current_revision(make_engine(pg_url)) == head_revision()
+    assert current_revision(open_engine(pg_url)) == head_revision()
 
 
 def test_half_built_schema_is_repaired_and_data_is_refused(pg_url: str) -> None:
-    engine = make_engine(pg_url)
+    engine = open_engine(pg_url)
     with engine.begin() as conn:
         command.upgrade(_alembic_config(conn), "0001")
         conn.execute(text("create table label_sets (id integer primary key)"))  # 0002's, half made
@@ -133,11 +133,11 @@ def test_half_built_schema_is_repaired_and_data_is_refused(pg_url: str) -> None:
 
 
 def test_advisory_lock_admits_one_daemon(pg_url: str) -> None:
-    ensure_schema(make_engine(pg_url))
+    ensure_schema(open_engine(pg_url))
     first = acquire(pg_url)
     with pytest.raises(AlreadyRunning, match="already running") as exc:
         acquire(pg_url)
-    password = make_engine(pg_url).url.password
+    password = open_engine(pg_url).url.password
     assert password and password not in str(exc.value)
     first.release()
     acquire(pg_url).release()
@@ -146,7 +146,7 @@ def test_advisory_lock_admits_one_daemon(pg_url: str) -> None:
 def test_readonly_open_refuses_writes_and_empty_databases(pg_url: str) -> None:
     with pytest.raises(SchemaError, match="database is empty"):
         open_readonly(pg_url)
-    ensure_schema(make_engine(pg_url))
+    ensure_schema(open_engine(pg_url))
     ro = open_readonly(pg_url)
     with ro.connect() as conn:
         assert conn.execute(text("select count(*) from experiments")).scalar() == 0

@@ -77,7 +77,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     from conftest import settings_for
 
     from nscmonitor.registry.registry import Registry
-    from nscmonitor.store.db import ensure_schema, make_engine
+    from nscmonitor.store.db import ensure_schema, open_engine
 
     tmp = tmp_path_factory.mktemp("report")
     run = tmp / "run"
@@ -93,7 +93,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     with pm.open("w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([["well", "condition"], *WELLS.items()])
     settings = settings_for(tmp, watch, plate_map=str(pm))
-    engine = make_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     ensure_schema(engine)
     Registry(settings.models_dir, engine).register(run)  # the first version becomes the active one
     engine.dispose()

@@ -30,7 +30,7 @@ from nscmonitor.simulate.culture import default_plate_map  # noqa: E402
 from nscmonitor.simulate.microscope import Microscope  # noqa: E402
 from nscmonitor.simulate.render import Camera  # noqa: E402
 from nscmonitor.store import models as m  # noqa: E402
-from nscmonitor.store.db import make_engine  # noqa: E402
+from nscmonitor.store.db import open_engine  # noqa: E402
 
 WELLS = [f"{r}{c:02d}" for r in "ABCD" for c in (1, 3, 5, 9)]  # 4 wells each of 4 fates
 
@@ -80,7 +80,7 @@ def test_lifecycle_weak_model_retrained_promoted_rejected_failed_rolled_back(tmp
     watch.mkdir()
     cfg = write_config(tmp_path, watch, epochs=12)
     settings = load_settings(cfg, env={})
-    engine = make_engine(settings.database_url)
+    engine = open_engine(settings.database_url)
     reg = Registry(settings.models_dir, engine)
     from nscmonitor.store.db import ensure_schema
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from nscmonitor.service import Supervisor, heartbeat_age
-from nscmonitor.store.db import ensure_schema, make_engine
+from nscmonitor.store.db import ensure_schema, open_engine
 from nscmonitor.store.writer import Writer
 
 FAST = dict(base_delay_s=0.01, max_delay_s=0.05, poll_s=0.05, healthy_after_s=3600)
@@ -52,7 +52,7 @@ def test_stop_event_ends_the_child(tmp_path: Path) -> None:
 
 def test_heartbeat_age_reads_the_daemon_row_of_that_pid(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'nsc.db'}"
-    engine = make_engine(url)
+    engine = open_engine(url)
     ensure_schema(engine)
     Writer(engine).start_daemon([str(tmp_path)])
     later = datetime.now(timezone.utc) + timedelta(seconds=700)

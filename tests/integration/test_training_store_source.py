@@ -19,7 +19,7 @@ from nscmonitor.cli import main as cli_main  # noqa: E402
 from nscmonitor.core.domain import ImageKey, QCMetrics, parse_well  # noqa: E402
 from nscmonitor.labels import import_labels  # noqa: E402
 from nscmonitor.core.aggregate import image_score  # noqa: E402
-from nscmonitor.store.db import ensure_schema, make_engine  # noqa: E402
+from nscmonitor.store.db import ensure_schema, open_engine  # noqa: E402
 from nscmonitor.store.writer import Discovered, Scored, Store  # noqa: E402
 from nscmonitor.training.synthetic import render_tile  # noqa: E402
 
@@ -49,7 +49,7 @@ def store_dir(request, tmp_path_factory) -> Path:
         request.addfinalizer(lambda: pg_admin_exec(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         url = make_url(admin).set(database=name).render_as_string(hide_password=False)
     (tmp / "db_url").write_text(url)
-    engine = make_engine(url)
+    engine = open_engine(url)
     ensure_schema(engine)
     store = Writer(engine)
     exp = store.ensure_experiment("E1")
@@ -123,7 +123,7 @@ def test_train_with_a_label_csv_joins_store_images_by_well_and_exports(store_dir
     assert "store data: 94 images of 12 labelled wells" in out
     # the file was only read: the store holds no label set afterwards
     from nscmonitor.labels import labels_version
-    assert labels_version(make_engine(_db(store_dir))) is None
+    assert labels_version(open_engine(_db(store_dir))) is None
 
 
 def test_from_store_uses_imported_labels_and_refuses_without(store_dir, tmp_path, capsys):
@@ -132,7 +132,7 @@ def test_from_store_uses_imported_labels_and_refuses_without(store_dir, tmp_path
             "--tile-size", "32", "--image-size", "32", "--threads", "1"]
     assert cli_main(["--config", cfg, *args]) != 0
     assert "holds no labels" in capsys.readouterr().err
-    engine = make_engine(_db(store_dir))
+    engine = open_engine(_db(store_dir))
     only_p1 = store_dir / "p1.csv"
     only_p1.write_text("experiment,plate,well,frac_neuron,frac_astrocyte\n"
                        "E1,P1,A01,0.8,0.2\nE1,P1,A02,0.7,0.3\nE1,P1,B01,0.1,0.9\nE1,P1,B02,0.2,0.8\n"
