@@ -24,7 +24,7 @@ echo "== versions"
 { nvidia-smi || echo "nvidia-smi not found"; } > "$OUT/nvidia-smi.txt" 2>&1
 "$PY" - > "$OUT/versions.txt" 2>&1 <<'PYEOF'
 import torch
-from nscmonitor.runtime_packages import installed_versions, ort_flavour_check
+from nscmonitor.ops.runtime_packages import installed_versions, ort_flavour_check
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
 if torch.cuda.is_available():
     print("gpu", torch.cuda.get_device_name(0), "sm", torch.cuda.get_device_capability(0))

@@ -163,7 +163,7 @@ def cmd_autobuild(args: argparse.Namespace) -> int:
 
 def _backend_status() -> list[tuple[str, str]]:
     rows = []
-    from nscmonitor.runtime_packages import TENSORRT_DISTRIBUTIONS, installed_versions, tensorrt_check
+    from nscmonitor.ops.runtime_packages import TENSORRT_DISTRIBUTIONS, installed_versions, tensorrt_check
 
     trt = importlib.util.find_spec("tensorrt") is not None
     trt_state = tensorrt_check(installed_versions(TENSORRT_DISTRIBUTIONS))

@@ -11,14 +11,14 @@ from PySide6.QtCore import QRectF, QSize
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
                                QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
-from nscmonitor.commands import hours_list
+from nscmonitor.cli.commands import hours_list
 from nscmonitor.gui.workers import Reader
 
 
 def export_csv(engine, settings, experiment: str, out: Path, per_image: bool, *, total: int = 0,  # noqa: ANN001
                progress=None) -> tuple[int, int, str | None, Path | None]:  # noqa: ANN001
     """The CLI's export: same functions, same version choice (the registry's active model)."""
-    from nscmonitor.commands import active_version
+    from nscmonitor.cli.commands import active_version
     from nscmonitor.report.export import default_images_path, export_images, export_readouts
     from nscmonitor.store.repo import Repo
 
@@ -51,7 +51,7 @@ def export_sheets(engine, settings, experiment: str, out: Path, kind: str, *, se
                   with_sd: bool = False, with_n: bool = False, pdf: bool = False,
                   times: list[float] | None = None) -> tuple[list[Path], str | None]:
     """The CLI's wide/prism export and report: (files written, model version)."""
-    from nscmonitor.commands import active_version
+    from nscmonitor.cli.commands import active_version
     from nscmonitor.store.repo import Repo
 
     repo = Repo(engine)

@@ -23,7 +23,7 @@ from nscmonitor.gui.state.status import daemon_alive
 from nscmonitor.gui.widgets.browser import ExperimentBrowser, first_plate
 from nscmonitor.gui.widgets.image_view import ImageView
 from nscmonitor.gui.widgets.models_panel import ModelsPanel, label_action, registry_actions
-from nscmonitor.gui.widgets.plate_map import PlateMap
+from nscmonitor.gui.widgets.plate_map_view import PlateMapView
 from nscmonitor.gui.widgets.status_panel import StatusPanel, StatusSnapshot, read_status, requeue_action
 from nscmonitor.gui.widgets.time_course import TimeCourse
 from nscmonitor.gui.workers import Reader
@@ -163,7 +163,7 @@ class MainWindow(QMainWindow):
     def _build(self) -> None:
         self.browser = ExperimentBrowser()
         self.browser.plate_chosen.connect(self.choose_plate)
-        self.plate_map = PlateMap()
+        self.plate_map = PlateMapView()
         self.plate_map.tooltip_fn = self.well_tooltip
         self.plate_map.selection_changed.connect(self.set_selection)
         self.metric_box = QComboBox()

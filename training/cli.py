@@ -121,7 +121,7 @@ def _launch(cfg, nproc: int) -> None:  # noqa: ANN001
 
 
 def _store_data(args: argparse.Namespace, data_dir: Path, tile_size: int | None) -> Path:
-    from nscmonitor.commands import settings_from
+    from nscmonitor.cli.commands import settings_from
     from nscmonitor.schedule.retrain import store_dataset
 
     samples = store_dataset(settings_from(args), data_dir, labels_file=Path(args.labels) if args.labels else None,

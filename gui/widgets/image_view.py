@@ -20,7 +20,7 @@ from PySide6.QtCore import QProcess, QRectF, Qt
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout,
                                QWidget)
 
-from nscmonitor.gui.state.tiles import OverlayGeometry, overlay_geometry, tile_rgba
+from nscmonitor.gui.state.tile_overlay import OverlayGeometry, overlay_geometry, tile_rgba
 from nscmonitor.gui.widgets.colors import class_color
 from nscmonitor.gui.workers import Reader
 from nscmonitor.store.dashboard import WellImage

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from nscmonitor import notify
+from nscmonitor.ops import notify
 from nscmonitor.config import Settings, WatchFolder
 from nscmonitor.engines.base import Engine
 from nscmonitor.core.domain import ParseResult

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from nscmonitor.simulate.artefacts import Artefacts
 from nscmonitor.simulate.culture import DEFAULT_CONDITIONS, Condition, PlateMap, default_plate_map, load_plate_map
-from nscmonitor.simulate.demo import demo_plate
+from nscmonitor.simulate.demo_experiment import demo_plate
 from nscmonitor.simulate.microscope import Frame, Microscope
 from nscmonitor.simulate.render import Camera
 from nscmonitor.simulate.tiles import export_tiles

@@ -20,7 +20,7 @@ if shutil.which("nvidia-smi") is None:
 
 from nscmonitor.engines.ort import OrtCpuEngine, OrtCudaEngine, preload_cuda_libraries  # noqa: E402
 from nscmonitor.engines.tiny import build_tiny_classifier  # noqa: E402
-from nscmonitor.runtime_packages import installed_versions, ort_flavour_check  # noqa: E402
+from nscmonitor.ops.runtime_packages import installed_versions, ort_flavour_check  # noqa: E402
 
 
 def test_one_onnxruntime_flavour_is_installed():

@@ -180,7 +180,7 @@ def test_simulator_export_trains_and_exports(tmp_path):
 
 
 def test_demo_scores_with_a_given_model_and_refuses_a_bad_one(run, tmp_path, capsys):
-    from nscmonitor.demo import _model
+    from nscmonitor.cli.demo import _model
 
     out, _ = run
     assert _model(tmp_path, retrain=False, given=out / "model.onnx") == out / "model.onnx"

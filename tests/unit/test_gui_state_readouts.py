@@ -12,7 +12,7 @@ from nscmonitor.gui.state.readouts import (ReadoutRows, Well, build_cube, condit
                                            mean_over_wells, merge, metric_at, metric_series, metrics_for,
                                            nearest_time)
 from nscmonitor.gui.state.status import daemon_alive, experiment_state, heartbeat_text
-from nscmonitor.gui.state.tiles import overlay_geometry, tile_rgba
+from nscmonitor.gui.state.tile_overlay import overlay_geometry, tile_rgba
 
 CLASSES = ("neuron", "astrocyte", "oligodendrocyte", "undifferentiated")
 WELLS = [Well(10, "A01", 0, 0, "BDNF"), Well(11, "A02", 0, 1, "BDNF"), Well(12, "B01", 1, 0, "ctrl")]

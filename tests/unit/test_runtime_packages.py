@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from nscmonitor.runtime_packages import ORT_DISTRIBUTIONS, installed_versions, ort_flavour_check
+from nscmonitor.ops.runtime_packages import ORT_DISTRIBUTIONS, installed_versions, ort_flavour_check
 
 
 def test_one_flavour_is_fine():
@@ -51,7 +51,7 @@ def test_cuda_libraries_are_preloaded_through_onnxruntime_when_it_can():
 
 
 def test_tensorrt_version_is_judged_from_package_metadata():
-    from nscmonitor.runtime_packages import tensorrt_check
+    from nscmonitor.ops.runtime_packages import tensorrt_check
 
     assert tensorrt_check({}) is None
     ok, msg = tensorrt_check({"tensorrt": "11.1.0.6"})

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nscmonitor.notify import Notifier, WatchdogPinger, watchdog_interval_s
+from nscmonitor.ops.notify import Notifier, WatchdogPinger, watchdog_interval_s
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX") or sys.platform == "win32",
                                 reason="sd_notify needs AF_UNIX datagram sockets (Linux)")
@@ -64,7 +64,7 @@ def test_without_notify_socket_every_call_is_a_no_op(monkeypatch: pytest.MonkeyP
 
 def test_a_vanished_socket_is_logged_once_and_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     n = Notifier(str(tmp_path / "gone.sock"))
-    with caplog.at_level(logging.WARNING, logger="nscmonitor.notify"):
+    with caplog.at_level(logging.WARNING, logger="nscmonitor.ops.notify"):
         assert n.watchdog() is False
         assert n.watchdog() is False
     assert len([r for r in caplog.records if "cannot notify systemd" in r.message]) == 1

@@ -15,7 +15,7 @@ import pytest
 
 from nscmonitor.cli import main
 from nscmonitor.core.errors import UserFacingError
-from nscmonitor.service import (
+from nscmonitor.cli.service import (
     LinuxLayout,
     fill,
     linux_layout,
@@ -106,7 +106,7 @@ def test_a_leftover_field_is_refused() -> None:
 @pytest.mark.parametrize("system", [False, True], ids=["user", "system"])
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path, system: bool) -> None:
     """systemd's own parser; exit 0 alone is not enough: unknown keys are only warnings."""
-    from nscmonitor.service import executable, systemd_version
+    from nscmonitor.cli.service import executable, systemd_version
 
     lay = _layout(tmp_path, system=system)
     if system:

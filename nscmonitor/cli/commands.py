@@ -353,7 +353,7 @@ def doctor_report(s: Settings) -> list[tuple[str, bool, str]]:
                       ("tensorrt", "TensorRT (GPU engine)"), ("PySide6", "PySide6 (dashboard)")):
         ok = importlib.util.find_spec(mod) is not None
         checks.append((what, ok, "installed" if ok else "not installed"))
-    from nscmonitor.runtime_packages import TENSORRT_DISTRIBUTIONS, installed_versions, ort_flavour_check, tensorrt_check
+    from nscmonitor.ops.runtime_packages import TENSORRT_DISTRIBUTIONS, installed_versions, ort_flavour_check, tensorrt_check
 
     checks.append(("ONNX Runtime packages", *ort_flavour_check(installed_versions())))
     trt = tensorrt_check(installed_versions(TENSORRT_DISTRIBUTIONS))

@@ -158,7 +158,7 @@ def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain:
     from nscmonitor.config import parse_settings
     from nscmonitor.daemon import build_runner
     from nscmonitor.report.export import default_images_path, export_images, export_readouts
-    from nscmonitor.simulate.demo import demo_plate
+    from nscmonitor.simulate.demo_experiment import demo_plate
     from nscmonitor.store.repo import Repo
 
     out.mkdir(parents=True, exist_ok=True)

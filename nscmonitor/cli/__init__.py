@@ -19,15 +19,15 @@ from nscmonitor.core.errors import UserFacingError
 log = logging.getLogger("nscmonitor")
 
 PLUGIN_MODULES = (
-    "nscmonitor.commands",
-    "nscmonitor.commands_models",
-    "nscmonitor.commands_queue",
-    "nscmonitor.demo",
+    "nscmonitor.cli.commands",
+    "nscmonitor.cli.models",
+    "nscmonitor.cli.requeue",
+    "nscmonitor.cli.demo",
     "nscmonitor.simulate.cli",
     "nscmonitor.training.cli",
     "nscmonitor.engines.cli",
     "nscmonitor.gui.cli",
-    "nscmonitor.service",
+    "nscmonitor.cli.service",
 )
 
 

@@ -58,7 +58,7 @@ def template_path(relative: str) -> Path:
         pass
     if getattr(sys, "frozen", False):
         candidates.append(Path(getattr(sys, "_MEIPASS", Path(sys.executable).parent)) / "installer" / relative)
-    candidates.append(Path(__file__).resolve().parents[1] / "installer" / relative)
+    candidates.append(Path(__file__).resolve().parents[2] / "installer" / relative)
     for c in candidates:
         if c.is_file():
             return c
@@ -408,7 +408,7 @@ class Supervisor:
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
-    from nscmonitor.commands import settings_from
+    from nscmonitor.cli.commands import settings_from
 
     s = settings_from(args)
     config = getattr(args, "config", None)

@@ -20,7 +20,7 @@ from nscmonitor.gui.widgets.chart_menu import add_save_actions
 from nscmonitor.gui.widgets.colors import ValueColormap, condition_color
 
 
-class PlateMap(QWidget):
+class PlateMapView(QWidget):
     selection_changed = Signal(list)  # well names
     hovered = Signal(str)
 

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nscmonitor.commands import _common, settings_from
+from nscmonitor.cli.commands import _common, settings_from
 
 
 def _registry(args: argparse.Namespace, *, readonly: bool = False):  # noqa: ANN202

@@ -1,0 +1,5 @@
+import sys
+
+from nscmonitor.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Running the instrument: health and doctor checks, systemd notifications, runtime packages."""
