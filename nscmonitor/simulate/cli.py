@@ -7,6 +7,7 @@ import threading
 
 from nscmonitor.core.errors import UserFacingError
 
+CONDITION_SETS = ("recipes", "dose", "mixtures")  # nscmonitor.simulate.biology, without importing numpy here
 FRAMES = {"1408x1040": (1040, 1408), "704x520": (520, 704), "2048x2048": (2048, 2048)}
 VENDOR_CHOICES = ("incucyte", "imagexpress", "harmony", "cytation", "yokogawa", "micromanager")
 
@@ -43,6 +44,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", choices=("phase", "brightfield"), default="phase")
     p.add_argument("--pixel-size", type=float, default=1.24, help="um per pixel (10x: 1.24)")
     p.add_argument("--no-artefacts", action="store_true", help="clean images: no noise, drift, debris, ...")
+    _biology_args(p)
     p.set_defaults(func=run_simulate)
 
     t = subparsers.add_parser(
@@ -57,7 +59,16 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--wells-per-condition", type=int, default=4)
     t.add_argument("--bit-depth", type=int, choices=(8, 12), default=12)
+    _biology_args(t)
     t.set_defaults(func=run_tiles)
+
+
+def _biology_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conditions", choices=CONDITION_SETS, default="recipes",
+                   help="recipes: the fixed recipes on every plate; dose: each plate's own doses of a neuronal "
+                   "inducer; mixtures: each plate's own random fate mixtures (default recipes; a --plate-map wins)")
+    p.add_argument("--fixed-biology", action="store_true",
+                   help="no plate-to-plate or well-to-well biology (timing, efficiency, density, deaths)")
 
 
 def _progress():
@@ -83,6 +94,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             camera=Camera(shape=FRAMES[args.frame], px_um=args.pixel_size, bit_depth=args.bit_depth,
                           modality=args.modality),
             artefacts=Artefacts.none() if args.no_artefacts else Artefacts(),
+            condition_set=args.conditions, vary_biology=not args.fixed_biology,
         )
     except ValueError as exc:
         raise UserFacingError(str(exc)) from exc
@@ -109,6 +121,7 @@ def run_tiles(args: argparse.Namespace) -> int:
         task = bar.add_task("tiles", total=None)
         path = export_tiles(args.out_dir, plates=args.plates, hours=args.hours, tile_size=args.tile_size,
                             seed=args.seed, wells_per_condition=args.wells_per_condition, bit_depth=args.bit_depth,
+                            condition_set=args.conditions, vary_biology=not args.fixed_biology,
                             progress=lambda done, total: bar.update(task, completed=done, total=total))
     print(f"wrote {path}")
     return 0

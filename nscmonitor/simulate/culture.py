@@ -25,6 +25,7 @@ import numpy as np
 
 from nscmonitor.core.domain import MULTICLASS, PLATE_SHAPES, parse_well, well_name
 from nscmonitor.core.errors import UserFacingError
+from nscmonitor.simulate.biology import WellBiology, condition_set, plate_biology, well_biology
 from nscmonitor.simulate.seeds import rng_for
 
 NEURON, ASTROCYTE, OLIGODENDROCYTE, UNDIFFERENTIATED = range(4)
@@ -33,6 +34,7 @@ NEURON, ASTROCYTE, OLIGODENDROCYTE, UNDIFFERENTIATED = range(4)
 # 72-96 h oligodendrocytes) and its spread between cells.
 T50_MEAN = np.array([48.0, 60.0, 84.0, np.inf])
 T50_SD = 14.0
+T50_MIN_H = 6.0  # no cell's midpoint before the first neurites could show (science.md §3.4)
 DEAD_VISIBLE_H = 18.0  # a dead cell stays as phase-bright debris this long, then detaches
 MITOSIS_H = 1.0  # mother and daughter are rounded up (phase-bright) this long around division
 MARGIN_UM = 70.0  # cells are seeded beyond the frame so processes enter from outside
@@ -86,8 +88,20 @@ def export_conditions(entries: dict[str, dict] | None) -> dict[str, Condition]:
     out = dict(DEFAULT_CONDITIONS)
     for name, c in (entries or {}).items():
         if c.get("fractions") is not None:
-            out[name] = Condition(name, tuple(float(v) for v in c["fractions"]), bool(c.get("induced", True)))
+            out[name] = Condition(name, tuple(float(v) for v in c["fractions"]), bool(c.get("induced", True)),
+                                  float(c.get("t50_scale", 1.0)))
     return out
+
+
+def plate_conditions(name: str = "recipes", *, seed: int = 0, plate: int = 0, n: int = 5,
+                     recipes: tuple[str, ...] | None = None) -> dict[str, Condition]:
+    """The conditions of one plate in condition set ``name`` (biology.CONDITION_SETS):
+    ``recipes`` are the fixed recipes (all of DEFAULT_CONDITIONS, or the names given), the
+    same on every plate; ``dose`` and ``mixtures`` are drawn per plate."""
+    if name == "recipes":
+        return {c: DEFAULT_CONDITIONS[c] for c in (recipes or DEFAULT_CONDITIONS)}
+    drawn = condition_set(name, seed=seed, plate=plate, n=n)
+    return {k: Condition(k, fr, induced, scale) for k, (fr, induced, scale) in drawn.items()}
 
 
 @dataclass(frozen=True)
@@ -217,26 +231,31 @@ def seed_field(
     well: str,
     field_index: int,
     horizon_h: float = 336.0,
+    biology: WellBiology | None = None,
 ) -> Cells:
     """Draw one field's cells and their whole future. Seeding density and clustering do not
-    depend on the condition, so nothing but differentiation separates wells."""
+    depend on the condition, so nothing but differentiation separates wells. ``biology`` is
+    the well's draw (fate shares, timing, density, deaths); by default the plate's and
+    well's own draw from the seed (biology.py)."""
+    if biology is None:
+        biology = well_biology(condition.fractions, condition.induced, plate_biology(seed, plate),
+                               seed=seed, plate_index=plate, well=well)
     rng = rng_for(seed, plate, well, field_index, "culture")
     wx, wy = width_um + 2 * MARGIN_UM, height_um + 2 * MARGIN_UM
     area_mm2 = wx * wy * 1e-6
-    density = rng_for(seed, plate, well, "density").uniform(220.0, 380.0)  # cells / mm², per well
-    n0 = max(1, rng.poisson(density * area_mm2))
+    n0 = max(1, rng.poisson(biology.density_mm2 * area_mm2))
     clustered = rng.random(n0) < 0.4
     n_clusters = max(1, int(area_mm2 * 6))
     centres = rng.uniform((0, 0), (wx, wy), size=(n_clusters, 2))
     pick = centres[rng.integers(0, n_clusters, n0)] + rng.normal(0, 28.0, (n0, 2))
     xy = np.where(clustered[:, None], pick, rng.uniform((0, 0), (wx, wy), size=(n0, 2)))
-    fractions = np.asarray(condition.fractions, dtype=float)
+    fractions = np.asarray(biology.fractions, dtype=float)
     fate0 = (
         rng.choice(4, size=n0, p=fractions / fractions.sum())
         if condition.induced
         else np.full(n0, UNDIFFERENTIATED)
     )
-    t50_0 = rng.normal(T50_MEAN[fate0] * condition.t50_scale, T50_SD)
+    t50_0 = np.maximum(rng.normal(T50_MEAN[fate0] * condition.t50_scale + biology.t50_shift_h, T50_SD), T50_MIN_H)
 
     # Growth groups: (fate, doubling rate 1/h, confluence cap per mm²). Control NSCs keep
     # growth factors and double daily; after withdrawal division slows (science.md §3.2).
@@ -283,7 +302,7 @@ def seed_field(
 
     death = np.full(n, np.inf)
     if condition.induced:
-        dies = rng.random(n) < rng.uniform(0.05, 0.20)
+        dies = rng.random(n) < biology.death_fraction
         death[dies] = rng.uniform(4.0, 72.0, dies.sum())
     else:
         dies = rng.random(n) < 0.03
@@ -304,11 +323,17 @@ def seed_field(
     )
 
 
+def _logistic(hours: float, cells: Cells) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip((hours - cells.t50) / cells.tau, -50, 50)))
+
+
 def commitment(cells: Cells, hours: float) -> np.ndarray:
-    """s(t) = 1 / (1 + exp(-(t - t50) / tau)) for committing cells; 0 for the others and
-    before induction (no fate signal at t < 0)."""
-    z = np.clip((hours - cells.t50) / cells.tau, -50, 50)
-    s = 1.0 / (1.0 + np.exp(-z))
+    """s(t) = (L(t) - L(0)) / (1 - L(0)) with L(t) = 1 / (1 + exp(-(t - t50) / tau)) for
+    committing cells; 0 for the others. Taking L(0) off makes s exactly 0 at induction: a
+    plain logistic with t50 ~ N(48, 14) h already had a fifth of neuron-fated cells
+    visibly committed at 0 h, a fate signal before the inducer was given."""
+    l0 = _logistic(0.0, cells)
+    s = np.clip((_logistic(hours, cells) - l0) / (1.0 - l0), 0.0, 1.0)
     return np.where(cells.commits & (hours >= 0), s, 0.0)
 
 

@@ -26,8 +26,9 @@ import tifffile
 from nscmonitor.core.domain import MULTICLASS, parse_well, well_name
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.simulate.artefacts import Artefacts, image_artefacts, plate_optics
+from nscmonitor.simulate.biology import PlateBiology, WellBiology, plate_biology, well_biology
 from nscmonitor.simulate.culture import (
-    WELL_RADIUS_UM, Cells, PlateMap, class_counts, default_plate_map, seed_field, state_at,
+    WELL_RADIUS_UM, Cells, PlateMap, class_counts, default_plate_map, plate_conditions, seed_field, state_at,
 )
 from nscmonitor.simulate.render import Camera, edge_distance_um, field_origins_um, render
 from nscmonitor.simulate.vendors import Run, Shot, acquired_at, vendor
@@ -38,6 +39,7 @@ MANIFEST_FIELDS = (
     "well_label", *(f"frac_{c}" for c in MULTICLASS), *(f"n_{c}" for c in MULTICLASS), "n_cells",
     "mean_commitment", "modality", "um_per_px", "bit_depth", "width", "height", "seed", "defocus_um",
     "autofocus_fail", "drift_gain", "jitter_px", "edge_field", "edge_drop", "bubble", "debris_n", "haze",
+    "condition_set", *PlateBiology().record(), *WellBiology((0, 0, 0, 1), 0, 0, 0).record(),
 )
 
 
@@ -72,13 +74,16 @@ class Microscope:
     artefacts: Artefacts = field(default_factory=Artefacts)
     plate_name: str | None = None
     plate_index: int = 0
+    condition_set: str = "recipes"  # without a plate map: recipes, dose or mixtures (biology.py)
+    vary_biology: bool = True  # False: every plate and well exactly as its recipe says
     start: datetime = datetime(2025, 1, 6, 9, 0, 0)
     seconds_per_image: float = 1.5  # real stage move + autofocus + exposure per image
 
     def __post_init__(self) -> None:
         self._vendor = vendor(self.vendor)
         if self.plate_map is None:
-            self.plate_map = default_plate_map(self.plate_format)
+            conds = plate_conditions(self.condition_set, seed=self.seed, plate=self.plate_index, n=6)
+            self.plate_map = default_plate_map(self.plate_format, conds)
         if self.plate_map.plate_format != self.plate_format:
             raise UserFacingError(f"plate map is for {self.plate_map.plate_format} wells, plate has {self.plate_format}")
         if self.wells is None:
@@ -95,6 +100,8 @@ class Microscope:
         self._run = Run(self.plate_name, self.start, self.seed, self.plate_format, channel)
         self._optics = plate_optics(self.seed, self.plate_index, self.camera.bit_depth, self.artefacts)
         self._origins = field_origins_um(self.fields, self.camera.shape, self.camera.px_um)
+        self.biology = plate_biology(self.seed, self.plate_index, self.vary_biology)
+        self._wells_bio: dict[str, WellBiology] = {}
 
     @property
     def timepoints_h(self) -> list[float]:
@@ -114,9 +121,18 @@ class Microscope:
     def relpath(self, shot: Shot) -> str:
         return self._vendor.image_path(self._run, shot)
 
+    def well_biology(self, well: str) -> WellBiology:
+        """The well's draw on top of the plate's (fate shares, timing, density, deaths)."""
+        if well not in self._wells_bio:
+            cond = self.plate_map.condition(well)
+            self._wells_bio[well] = well_biology(cond.fractions, cond.induced, self.biology, seed=self.seed,
+                                                 plate_index=self.plate_index, well=well, vary=self.vary_biology)
+        return self._wells_bio[well]
+
     def cells(self, well: str, field_index: int) -> Cells:
         return _seed_cached(self.plate_map.condition(well), self.camera.shape, self.camera.px_um, self.seed,
-                            self.plate_index, well, field_index, max(336.0, self.hours + 1))
+                            self.plate_index, well, field_index, max(336.0, self.hours + 1),
+                            self.well_biology(well))
 
     def render(self, shot: Shot) -> Frame:
         cam = self.camera
@@ -147,6 +163,7 @@ class Microscope:
             "mean_commitment": round(float(st.s[inside].mean()) if inside.any() else 0.0, 4),
             "modality": cam.modality, "um_per_px": cam.px_um, "bit_depth": cam.bit_depth,
             "width": cam.shape[1], "height": cam.shape[0], "seed": self.seed, **art.flags(),
+            "condition_set": self.condition_set, **self.biology.record(), **self.well_biology(shot.well).record(),
         }
         return Frame(rel, image, truth, shot)
 
@@ -200,9 +217,9 @@ class Microscope:
 
 
 @lru_cache(maxsize=48)
-def _seed_cached(condition, shape, px_um, seed, plate, well, field_index, horizon) -> Cells:
+def _seed_cached(condition, shape, px_um, seed, plate, well, field_index, horizon, biology) -> Cells:
     return seed_field(condition, width_um=shape[1] * px_um, height_um=shape[0] * px_um, seed=seed,
-                      plate=plate, well=well, field_index=field_index, horizon_h=horizon)
+                      plate=plate, well=well, field_index=field_index, horizon_h=horizon, biology=biology)
 
 
 def _sleep_until(due: float, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:

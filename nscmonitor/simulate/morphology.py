@@ -54,10 +54,11 @@ def branch_lengths(cells: Cells, st: CellState, hours: float) -> tuple[np.ndarra
     l_nsc = np.where(b < n_nsc, 5.0 + 25.0 * u, 0.0) * size
 
     # Neuron: axon + 2-5 dendrites from the soma, four side branches; total length grows
-    # ~6 µm/h from 2 tau before t50 (d3 ~ 100-300 µm, d7 up to 1 mm, science.md §3.3).
+    # ~6 µm/h from 2 tau before t50 but never before induction (d3 ~ 100-300 µm, d7 up to
+    # 1 mm, science.md §3.3).
     t50 = cells.t50[st.index][:, None]
     tau = cells.tau[st.index][:, None]
-    total = np.minimum(1000.0, 25.0 + 6.0 * np.maximum(0.0, hours - (t50 - 2 * tau))) * size
+    total = np.minimum(1000.0, 25.0 + 6.0 * np.maximum(0.0, hours - np.maximum(t50 - 2 * tau, 0.0))) * size
     n_den = 2 + np.floor(_h(uid, 3) * 4)[:, None]
     share = np.where(b == 0, 0.45, np.where((b >= 1) & (b <= n_den), 0.40 / n_den, 0.0))
     side = (b >= 6) & (b < 10) & (s > 0.35 + 0.12 * (b - 6))

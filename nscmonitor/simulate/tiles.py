@@ -8,7 +8,10 @@ relative to ``out_dir`` and names a 2-D TIFF of raw camera counts (not normalise
 fractions are their shares, so at 0 h a tile already carries the fate its cells will take:
 that is what makes early accuracy measurable (near chance at 0 h by construction).
 Splits are assigned by well (and a whole plate is held out for test when there are
-several), so no well is in two splits.
+several), so no well is in two splits. ``condition_set`` chooses the conditions
+(biology.py): the fixed recipes, or doses and mixtures drawn per plate, so the held-out
+plate can carry conditions no training plate had. tiles.json records every condition
+(by name) and each plate's and well's biological draw (``biology``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 from nscmonitor.core.domain import MULTICLASS
 from nscmonitor.simulate.artefacts import Artefacts
-from nscmonitor.simulate.culture import DEFAULT_CONDITIONS, class_counts, default_plate_map, state_at
+from nscmonitor.simulate.culture import class_counts, default_plate_map, plate_conditions, state_at
 from nscmonitor.simulate.microscope import Microscope
 from nscmonitor.simulate.render import Camera
 from nscmonitor.simulate.seeds import rng_for
@@ -35,12 +38,15 @@ DEFAULT_HOURS = (0, 24, 48, 72, 96, 120)
 TILE_CONDITIONS = ("neuron-directed", "astrocyte-directed", "oligodendrocyte-directed", "mixed", "undifferentiated")
 
 
-def assign_splits(plates: int, wells_by_condition: dict[str, list[str]], seed: int) -> dict[tuple[int, str], str]:
+def assign_splits(plates: int, wells_by_condition: dict[str, list[str]] | list[dict[str, list[str]]],
+                  seed: int) -> dict[tuple[int, str], str]:
     """(plate, well) -> train/val/test, stratified by condition so every split sees every
-    condition. With >= 2 plates the last plate is the test set; otherwise wells are split."""
+    condition. With >= 2 plates the last plate is the test set; otherwise wells are split.
+    ``wells_by_condition`` is one mapping for every plate, or one per plate."""
     out: dict[tuple[int, str], str] = {}
     for p in range(plates):
-        for cond, wells in wells_by_condition.items():
+        per_plate = wells_by_condition[p] if isinstance(wells_by_condition, list) else wells_by_condition
+        for cond, wells in per_plate.items():
             order = list(rng_for(seed, p, cond, "split").permutation(len(wells)))
             ws = [wells[i] for i in order]
             if plates >= 2 and p == plates - 1:
@@ -65,6 +71,8 @@ def export_tiles(
     fields: int = 1,
     grid: tuple[int, int] = (2, 2),
     conditions: Sequence[str] = TILE_CONDITIONS,
+    condition_set: str = "recipes",
+    vary_biology: bool = True,
     pixel_size_um: float = 1.24,
     bit_depth: int = 12,
     modality: str = "phase",
@@ -72,25 +80,32 @@ def export_tiles(
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Render ``plates`` plates and cut each field into a ``grid`` (rows, cols) of tiles;
-    returns the path of tiles.csv. Empty tiles (no live cell) are skipped."""
+    returns the path of tiles.csv. Empty tiles (no live cell) are skipped. ``conditions``
+    names the recipes used with ``condition_set="recipes"``; the other sets draw as many
+    conditions per plate."""
     import tifffile
 
     out = Path(out_dir)
     (out / "tiles").mkdir(parents=True, exist_ok=True)
     cam = Camera(shape=(grid[0] * tile_size, grid[1] * tile_size), px_um=pixel_size_um, bit_depth=bit_depth,
                  modality=modality)
-    conds = {c: DEFAULT_CONDITIONS[c] for c in conditions}
-    base = default_plate_map(plate_format, conds)
-    wells_by_condition = {c: base.wells_of(c)[:wells_per_condition] for c in conds}
-    chosen = [w for ws in wells_by_condition.values() for w in ws]
-    splits = assign_splits(plates, wells_by_condition, seed)
+    maps = [default_plate_map(plate_format, plate_conditions(condition_set, seed=seed, plate=p, n=len(conditions),
+                                                             recipes=tuple(conditions)))
+            for p in range(plates)]
+    by_plate = [{c: pm.wells_of(c)[:wells_per_condition] for c in pm.conditions} for pm in maps]
+    splits = assign_splits(plates, by_plate, seed)
+    conds = {name: c for pm in maps for name, c in pm.conditions.items()}
     rows: list[dict] = []
-    total = plates * len(chosen) * fields * len(hours)
+    biology: dict[str, dict] = {}
+    total = sum(len(ws) for wbc in by_plate for ws in wbc.values()) * fields * len(hours)
     done = 0
     for p in range(plates):
+        chosen = [w for ws in by_plate[p].values() for w in ws]
         scope = Microscope(vendor="incucyte", plate_format=plate_format, fields=fields, hours=max(hours), seed=seed,
-                           plate_map=base, wells=chosen, camera=cam,
-                           artefacts=artefacts or Artefacts(), plate_index=p, plate_name=f"sim-plate-{p + 1}")
+                           plate_map=maps[p], wells=chosen, camera=cam, artefacts=artefacts or Artefacts(),
+                           plate_index=p, plate_name=f"sim-plate-{p + 1}", vary_biology=vary_biology)
+        biology[scope.plate_name] = {"plate": scope.biology.record(),
+                                     "wells": {w: scope.well_biology(w).record() for w in chosen}}
         for well in chosen:
             for f in range(1, fields + 1):
                 for t, h in enumerate(hours, start=1):
@@ -115,7 +130,7 @@ def export_tiles(
                             frac = counts / counts.sum()
                             rows.append({
                                 "path": rel, "plate": scope.plate_name, "well": well, "field": f, "timepoint": t,
-                                "elapsed_h": float(h), "condition": base.wells[well],
+                                "elapsed_h": float(h), "condition": maps[p].wells[well],
                                 "label": MULTICLASS[int(np.argmax(counts))],
                                 **{f"frac_{c}": round(float(v), 4) for c, v in zip(MULTICLASS, frac)},
                                 "split": splits[(p, well)],
@@ -132,7 +147,8 @@ def export_tiles(
         "seed": int(seed), "plates": plates, "plate_format": plate_format, "hours": [float(h) for h in hours],
         "bit_depth": bit_depth, "dtype": "uint8" if bit_depth == 8 else "uint16", "modality": modality,
         "grid": list(grid), "fields": fields, "wells_per_condition": wells_per_condition,
-        "conditions": {c: asdict(conds[c]) for c in conds}, "n_tiles": len(rows),
+        "conditions": {c: asdict(conds[c]) for c in conds}, "condition_set": condition_set,
+        "vary_biology": vary_biology, "biology": biology, "n_tiles": len(rows),
         "split_counts": {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")},
         "label_rule": "majority fate of live cells whose centre lies in the tile",
         "generator": "nscmonitor.simulate",

@@ -44,7 +44,10 @@ def test_cells_are_visible_and_grow_in_number():
 
 
 def test_neurons_commit_and_the_manifest_says_so():
-    f0, f5 = _frame(well="A01", t_index=0), _frame(well="A01", t_index=5)
+    # A 384 x 512 frame (~100 cells): with plate-to-plate efficiency and well noise, the ~20
+    # cells of a 192 x 256 frame no longer say which fate dominates.
+    big = Camera(shape=(384, 512))
+    f0, f5 = _frame(well="A01", t_index=0, camera=big), _frame(well="A01", t_index=5, camera=big)
     assert f0.truth["condition"] == "neuron-directed" and f0.truth["well_label"] == "neuron"
     assert f0.truth["mean_commitment"] < 0.1 < 0.5 < f5.truth["mean_commitment"]
     assert f5.truth["n_neuron"] > f5.truth["n_astrocyte"]
