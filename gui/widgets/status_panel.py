@@ -13,10 +13,12 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QPlainTextEdit,
                                QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from nscmonitor.core.queue import QueueState
 from nscmonitor.gui.state.status import daemon_alive, heartbeat_text
 from nscmonitor.store.repo import DaemonInfo, ImageError
 
-QUEUE_STATES = ("pending", "processing", "failed", "done", "quarantined")
+QUEUE_STATES = tuple(s.value for s in (QueueState.PENDING, QueueState.PROCESSING, QueueState.FAILED, QueueState.DONE,
+                                         QueueState.QUARANTINED))
 
 #: requeue(ids) -> message; ids None means every quarantined image
 RequeueAction = Callable[[list[int] | None], str]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from nscmonitor import __version__
+from nscmonitor.core.queue import PROBLEMS, QueueState
 from nscmonitor.report.calls import ConfidentCall, confident_call, replicate_stats
 from nscmonitor.report.figures import Series, WellCell, condition_color, plate_map_svg, time_course_svg
 from nscmonitor.report.prism import condition_columns
@@ -68,7 +69,7 @@ def image_summary(repo: Repo, experiment_id: int, version: str | None) -> ImageS
         if img.qc.get("passed") is False:
             qc_failed += 1
             reasons[str(img.qc.get("reason") or "unspecified")] += 1
-        if img.status in ("quarantined", "failed"):
+        if img.status in PROBLEMS:
             problems.append((img.path, img.status, img.error or ""))
         for p in preds:
             if p["model_version"] == version:
@@ -280,8 +281,8 @@ def build_report(repo: Repo, experiment: str, *, times: Sequence[float] | None =
             '<section id="summary"><h2>Summary</h2>',
             f"<p>{len(grids)} plate(s), {n_wells} wells with readouts, {n_times} time points"
             + (f" up to {last_h:.1f} h since induction" if np.isfinite(last_h) else "") + "; "
-            f"{sum(summary.by_status.values())} images, {summary.by_status.get('done', 0)} scored, "
-            f"{summary.qc_failed} failed QC, {summary.by_status.get('quarantined', 0)} quarantined. "
+            f"{sum(summary.by_status.values())} images, {summary.by_status.get(QueueState.DONE, 0)} scored, "
+            f"{summary.qc_failed} failed QC, {summary.by_status.get(QueueState.QUARANTINED, 0)} quarantined. "
             f"A call is confident from the first time point after which the top class stays the same at "
             f"P ≥ {threshold:.2f} (at least two time points).</p></section>",
             '<section id="plate-maps"><h2>Plate maps</h2>']

@@ -18,6 +18,7 @@ import numpy as np
 from sqlalchemy import Engine, text
 
 from nscmonitor.core.domain import PLATE_SHAPES
+from nscmonitor.core.queue import QueueState
 
 
 def _dt(v: object) -> datetime | None:
@@ -96,10 +97,10 @@ def overview(engine: Engine) -> list[ExperimentOverview]:
         exps = c.execute(text("SELECT id, name, watch_path FROM experiments ORDER BY name")).all()
         counts = {r[0]: r[1:] for r in c.execute(text(
             # CASE, not SUM(condition): PostgreSQL does not sum booleans
-            "SELECT experiment_id, COUNT(*), SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN NOT qc_passed THEN 1 ELSE 0 END), SUM(CASE WHEN status = 'quarantined' THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN status IN ('pending', 'processing', 'failed') THEN 1 ELSE 0 END), MAX(discovered_at)"
-            " FROM images GROUP BY experiment_id"))}
+            "SELECT experiment_id, COUNT(*), SUM(CASE WHEN status = :done THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN NOT qc_passed THEN 1 ELSE 0 END), SUM(CASE WHEN status = :quarantined THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN status IN (:pending, :processing, :failed) THEN 1 ELSE 0 END), MAX(discovered_at)"
+            " FROM images GROUP BY experiment_id"), {s.name.lower(): s.value for s in QueueState})}
         plates: dict[int, list[PlateInfo]] = {}
         for r in c.execute(text(
                 "SELECT p.experiment_id, p.id, p.name, p.plate_format, COUNT(w.id) FROM plates p"

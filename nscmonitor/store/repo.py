@@ -10,6 +10,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from nscmonitor.core.domain import ImageRecord, WellReadout
+from nscmonitor.core.queue import PROBLEMS, QueueState
 from nscmonitor.store import models as m
 
 
@@ -87,7 +88,7 @@ class Repo:
                 plates = tuple(s.scalars(select(m.Plate.name).where(m.Plate.experiment_id == e.id)
                                          .order_by(m.Plate.name)).all())
                 out.append(ExperimentInfo(e.id, e.name, e.watch_path, _aware(e.induction_time), sum(counts.values()),
-                                          counts.get("done", 0), qc_failed, counts.get("quarantined", 0),
+                                          counts.get(QueueState.DONE, 0), qc_failed, counts.get(QueueState.QUARANTINED, 0),
                                           _aware(last), plates))
             return out
 
@@ -102,7 +103,7 @@ class Repo:
     def errors(self, limit: int = 20) -> list[ImageError]:
         with self.session() as s:
             rows = s.execute(select(m.Image.id, m.Image.path, m.Image.status, m.Image.error, m.Image.updated_at)
-                             .where(m.Image.status.in_(("quarantined", "failed")))
+                             .where(m.Image.status.in_(PROBLEMS))
                              .order_by(m.Image.updated_at.desc(), m.Image.id.desc()).limit(limit)).all()
             return [ImageError(r.id, r.path, r.status, r.error or "", _aware(r.updated_at)) for r in rows]
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import Engine, select
 
+from nscmonitor.core.queue import QueueState
 from nscmonitor.store import models as m
 from nscmonitor.store.writer import Writer
 
@@ -24,7 +25,7 @@ def select_quarantined(engine: Engine, *, ids: Iterable[int] = (), path_glob: st
     with Writer(engine).Session() as s:
         q = (select(m.Image.id, m.Image.path, m.Plate.name)
              .outerjoin(m.Well, m.Well.id == m.Image.well_id).outerjoin(m.Plate, m.Plate.id == m.Well.plate_id)
-             .where(m.Image.status == "quarantined").order_by(m.Image.id))
+             .where(m.Image.status == QueueState.QUARANTINED).order_by(m.Image.id))
         out = []
         for image_id, path, plate_name in s.execute(q):
             if everything or image_id in ids or (plate is not None and plate_name == plate) \

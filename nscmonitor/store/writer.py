@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from nscmonitor.core.domain import ImageKey, QCMetrics
 from nscmonitor.core.names import clean, from_db, to_db
 from nscmonitor.core.aggregate import ImageScore, well_aggregate
+from nscmonitor.core.queue import MAX_ATTEMPTS, PROBLEMS, QueueState
 from nscmonitor.store import models as m
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class Writer:
                 if f.key is not None and f.error is None:
                     _, well_id = self._ensure_well(s, f.experiment_id, f.plate or "plate", f.plate_format, f.key,
                                                    f.condition, f.attributes)
-                status = "quarantined" if f.error else ("skipped" if f.skip_reason else "pending")
+                status = (QueueState.QUARANTINED if f.error else QueueState.SKIPPED if f.skip_reason else QueueState.PENDING)
                 fields = dict(
                     size=f.size, mtime=f.mtime, status=status, error=f.error or f.skip_reason, attempts=0,
                     next_attempt_at=0.0, profile=f.profile, well_id=well_id,
@@ -191,8 +192,8 @@ class Writer:
         with self.Session.begin() as s:
             for chunk in range(0, len(ids), 500):
                 res = s.execute(update(m.Image).where(m.Image.id.in_(ids[chunk:chunk + 500]),
-                                                      m.Image.status.in_(("quarantined", "failed")))
-                                .values(status="pending", attempts=0, next_attempt_at=0.0, error=None, updated_at=now))
+                                                      m.Image.status.in_(PROBLEMS))
+                                .values(status=QueueState.PENDING, attempts=0, next_attempt_at=0.0, error=None, updated_at=now))
                 n += res.rowcount or 0
             if n:
                 s.add(m.Event(at=now, kind="requeued", level="info", message=f"{n} image(s) back in the queue"))
@@ -205,17 +206,17 @@ class Writer:
 
         with self.Session() as s:
             rows = s.execute(select(m.Image.id, m.Image.path).where(
-                m.Image.status == "quarantined", m.Image.error.like(UNREADABLE + "%")))
+                m.Image.status == QueueState.QUARANTINED, m.Image.error.like(UNREADABLE + "%")))
             return {i: from_db(p) for i, p in rows}
 
     def requeue_stale(self) -> int:
         """Rows a crashed daemon left 'processing' go back to the queue."""
         with self.Session.begin() as s:
-            res = s.execute(update(m.Image).where(m.Image.status == "processing").values(status="pending"))
+            res = s.execute(update(m.Image).where(m.Image.status == QueueState.PROCESSING).values(status=QueueState.PENDING))
             return res.rowcount or 0
 
     def claim(self, n: int, now_ts: float, model_version: str = "", *,
-              max_attempts: int = m.MAX_ATTEMPTS) -> list[Claimed]:
+              max_attempts: int = MAX_ATTEMPTS) -> list[Claimed]:
         """Take up to ``n`` due images. A row whose attempts are used up is quarantined here
         instead of being handed out: attempts count claims, so an image during which the
         daemon dies every time (a crash in a native library, the OOM killer) stops after
@@ -225,12 +226,12 @@ class Writer:
             while True:
                 rows = list(s.scalars(
                     select(m.Image)
-                    .where(m.Image.status.in_(("pending", "failed")), m.Image.next_attempt_at <= now_ts)
+                    .where(m.Image.status.in_((QueueState.PENDING, QueueState.FAILED)), m.Image.next_attempt_at <= now_ts)
                     .order_by(m.Image.id).limit(n)
                 ).all())
                 spent = [r for r in rows if r.attempts >= max_attempts]
                 for r in spent:
-                    r.status = "quarantined"
+                    r.status = QueueState.QUARANTINED
                     last = f" (last error: {r.error})" if r.error else ""
                     r.error = (f"gave up after {r.attempts} attempts: processing this image never finished, "
                                f"the daemon stopped during it{last}")
@@ -241,13 +242,13 @@ class Writer:
                     break
                 s.flush()
             if not rows:  # rescoring for a newly promoted model only when nothing new waits
-                rows = list(s.scalars(select(m.Image).where(m.Image.status == "rescore")
+                rows = list(s.scalars(select(m.Image).where(m.Image.status == QueueState.RESCORE)
                                       .order_by(m.Image.id.desc()).limit(n)).all())
             scored = set(s.scalars(select(m.Prediction.image_id).where(
                 m.Prediction.image_id.in_([r.id for r in rows]), m.Prediction.model_version == model_version)))
             out = []
             for r in rows:
-                r.status = "processing"
+                r.status = QueueState.PROCESSING
                 r.attempts += 1
                 out.append(Claimed(r.id, from_db(r.path), r.relpath, r.experiment_id, r.well_id, r.time_key, r.attempts,
                                    r.content_hash, r.channel, r.id in scored))
@@ -258,7 +259,7 @@ class Writer:
         with self.Session.begin() as s:
             row = s.get(m.Image, image_id)
             if row is not None:
-                row.status, row.error, row.updated_at = "done", None, utcnow()
+                row.status, row.error, row.updated_at = QueueState.DONE, None, utcnow()
 
     def release(self, ids: Iterable[int]) -> None:
         """Graceful stop: the batch in hand goes back to pending, attempts not counted."""
@@ -266,8 +267,8 @@ class Writer:
         if not ids:
             return
         with self.Session.begin() as s:
-            s.execute(update(m.Image).where(m.Image.id.in_(ids), m.Image.status == "processing")
-                      .values(status="pending", attempts=m.Image.attempts - 1))
+            s.execute(update(m.Image).where(m.Image.id.in_(ids), m.Image.status == QueueState.PROCESSING)
+                      .values(status=QueueState.PENDING, attempts=m.Image.attempts - 1))
 
     def fail(self, image_id: int, reason: str, *, permanent: bool, retry_at: float, max_attempts: int) -> str:
         now = utcnow()
@@ -277,11 +278,11 @@ class Writer:
                 return "missing"
             reason = clean(reason)
             if permanent or row.attempts >= max_attempts:
-                row.status = "quarantined"
+                row.status = QueueState.QUARANTINED
                 row.error = reason if permanent else f"{reason} (gave up after {row.attempts} attempts)"
                 s.add(m.Event(at=now, kind="quarantined", level="warning", message=row.error, path=row.path))
             else:
-                row.status = "failed"
+                row.status = QueueState.FAILED
                 row.error = reason
                 row.next_attempt_at = retry_at
             row.updated_at = now
@@ -307,7 +308,7 @@ class Writer:
                     s.add(m.Event(at=now, kind="rewritten", level="warning", path=row.path,
                                   message="file was rewritten with new content; scored again"))
                 row.content_hash = r.content_hash
-                row.status = "done"
+                row.status = QueueState.DONE
                 row.error = None
                 row.qc = {"focus": r.qc.focus, "saturation": r.qc.saturation, "blank": r.qc.blank, "dtype": r.qc.dtype,
                           "min": r.qc.min, "max": r.qc.max, "p_low": r.qc.p_low, "p_high": r.qc.p_high,
@@ -335,7 +336,7 @@ class Writer:
                    m.Prediction.prob_mean, m.Prediction.prob_sd, m.Prediction.fraction, m.Prediction.n_tiles,
                    m.Prediction.confidence, m.Prediction.classes)
             .outerjoin(m.Prediction, (m.Prediction.image_id == m.Image.id) & (m.Prediction.model_version == version))
-            .where(m.Image.well_id == well_id, m.Image.time_key == tk, m.Image.status == "done")
+            .where(m.Image.well_id == well_id, m.Image.time_key == tk, m.Image.status == QueueState.DONE)
         ).all()
         import numpy as np
 
