@@ -11,9 +11,8 @@ import subprocess
 from datetime import datetime, timezone
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import sessionmaker
 
-from nscmonitor.store import models as m
+from nscmonitor.store.events import record_event
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +22,7 @@ def emit(engine: Engine, kind: str, message: str, *, level: str = "info", data: 
     now = datetime.now(timezone.utc)
     payload = json.loads(json.dumps({"kind": kind, "level": level, "message": message, "at": now.isoformat(),
                                      "path": path, "data": data or {}}, default=str))
-    with sessionmaker(engine).begin() as s:
-        s.add(m.Event(at=now, kind=kind, level=level, message=message, path=path, data=payload["data"] or None))
+    record_event(engine, kind, message, level=level, path=path, data=payload["data"] or None, at=now)
     if hook:
         run_hook(hook, payload)
 

@@ -33,12 +33,13 @@ from nscmonitor.core.domain import GLIA
 from nscmonitor.engines.metadata import read_onnx_metadata
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.hooks import emit
-from nscmonitor.labels import WellLabel, current_labels, labels_version, read_label_file
+from nscmonitor.labels import read_label_file
 from nscmonitor.core.names import from_db, to_db
 from nscmonitor.scoring.formats import channel_for
 from nscmonitor.registry.registry import Registry
 from nscmonitor.schedule.gates import Decision, EvalResult, decide, evaluate_predictions
 from nscmonitor.store import models as m
+from nscmonitor.store.labels import WellLabel, current_labels, labels_version
 from nscmonitor.store.db import ensure_schema, open_engine, masked, open_readonly
 
 log = logging.getLogger(__name__)

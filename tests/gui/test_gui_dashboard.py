@@ -228,7 +228,7 @@ def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: L
     assert reg.active().version == second.version and second.version in panel.message.text()
     panel.buttons["rollback"].click()
     assert reg.active().version == first.version and "rolled back" in panel.message.text()
-    from nscmonitor.labels import current_labels
+    from nscmonitor.store.labels import current_labels
 
     panel.label_btn.click()  # no wells selected yet: refused with the reason
     assert "select wells" in panel.message.text() and current_labels(open_engine(lab.url)) == []

@@ -12,10 +12,11 @@ from sqlalchemy import select
 
 from nscmonitor.config import parse_settings
 from nscmonitor.engines.tiny import build_tiny_classifier
-from nscmonitor.labels import LabelFileError, current_labels, import_labels, labels_version
+from nscmonitor.labels import LabelFileError, import_labels
 from nscmonitor.registry.registry import Registry
 from nscmonitor.store import models as m
 from nscmonitor.store.db import ensure_schema, open_engine
+from nscmonitor.store.labels import current_labels, labels_version
 from nscmonitor.store.writer import Writer
 from nscmonitor.core.domain import ImageKey
 from nscmonitor.core.errors import UserFacingError

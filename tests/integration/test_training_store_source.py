@@ -20,7 +20,7 @@ from nscmonitor.core.domain import ImageKey, QCMetrics, parse_well  # noqa: E402
 from nscmonitor.labels import import_labels  # noqa: E402
 from nscmonitor.core.aggregate import image_score  # noqa: E402
 from nscmonitor.store.db import ensure_schema, open_engine  # noqa: E402
-from nscmonitor.store.writer import Discovered, Scored, Store  # noqa: E402
+from nscmonitor.store.writer import Discovered, Scored, Writer  # noqa: E402
 from nscmonitor.training.synthetic import render_tile  # noqa: E402
 
 FATES = {"A01": "neuron", "A02": "neuron", "A03": "neuron", "B01": "astrocyte", "B02": "astrocyte",
@@ -122,7 +122,7 @@ def test_train_with_a_label_csv_joins_store_images_by_well_and_exports(store_dir
     out = capsys.readouterr().out
     assert "store data: 94 images of 12 labelled wells" in out
     # the file was only read: the store holds no label set afterwards
-    from nscmonitor.labels import labels_version
+    from nscmonitor.store.labels import labels_version
     assert labels_version(open_engine(_db(store_dir))) is None
 
 
