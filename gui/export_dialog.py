@@ -4,21 +4,20 @@ its PDF), in a worker thread with progress, plus the plate map and plots as PNG 
 
 from __future__ import annotations
 
-from argparse import ArgumentTypeError
 from pathlib import Path
 
 from PySide6.QtCore import QRectF, QSize
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
                                QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
-from nscmonitor.cli.commands import hours_list
 from nscmonitor.gui.workers import Reader
+from nscmonitor.ops.health import active_version
+from nscmonitor.report.times import parse_hours
 
 
 def export_csv(engine, settings, experiment: str, out: Path, per_image: bool, *, total: int = 0,  # noqa: ANN001
                progress=None) -> tuple[int, int, str | None, Path | None]:  # noqa: ANN001
     """The CLI's export: same functions, same version choice (the registry's active model)."""
-    from nscmonitor.cli.commands import active_version
     from nscmonitor.report.export import default_images_path, export_images, export_readouts
     from nscmonitor.store.repo import Repo
 
@@ -51,7 +50,6 @@ def export_sheets(engine, settings, experiment: str, out: Path, kind: str, *, se
                   with_sd: bool = False, with_n: bool = False, pdf: bool = False,
                   times: list[float] | None = None) -> tuple[list[Path], str | None]:
     """The CLI's wide/prism export and report: (files written, model version)."""
-    from nscmonitor.cli.commands import active_version
     from nscmonitor.store.repo import Repo
 
     repo = Repo(engine)
@@ -167,8 +165,8 @@ class ExportDialog(QDialog):
         kind = self.format()
         if kind != "tidy":
             try:
-                times = hours_list(self.times.text()) if kind == "report" and self.times.text().strip() else None
-            except ArgumentTypeError as exc:
+                times = parse_hours(self.times.text()) if kind == "report" and self.times.text().strip() else None
+            except ValueError as exc:
                 self._failed(str(exc))
                 return
             self.progress.setRange(0, 0)

@@ -47,11 +47,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "[retrain.train] tile_size, else the active model's field of view, else 224)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="metrics of a run dir, checkpoint or model.onnx on labelled data")
-    p.add_argument("model", help="RUN_DIR (best.pt, torch), a .pt checkpoint, or model.onnx (ONNX Runtime)")
-    p.add_argument("--data", required=True)
+    p = sub.add_parser(
+        "evaluate", help="well-level figures with 95 % intervals of one or more runs on labelled data",
+        description="Evaluate one run, or several runs (one per training seed), on labelled test data: "
+        "accuracy, balanced accuracy and well-level calibration error (ECE) with 95 % intervals, by time "
+        "bin, counting wells (not tiles or time points) as the independent units; per test plate and "
+        "pooled; conditions the training never saw apart; with several runs, each seed and the spread. "
+        "Writes evaluation.json, evaluation.md (the printed tables) and evaluation.png; a run's own "
+        "metrics.json is left alone unless --write-metrics.")
+    p.add_argument("model", nargs="+",
+                   help="RUN_DIR (best.pt, torch), a .pt checkpoint, or model.onnx (ONNX Runtime); several: one per seed")
+    p.add_argument("--data", required=True, action="append",
+                   help="labelled test data (repeat for several exports, e.g. one per test plate)")
     p.add_argument("--split", default="test", help="test | val | train | all (data without splits: all)")
-    p.add_argument("-o", "--out", help="folder for metrics.json and evaluation.png (default: beside the model)")
+    p.add_argument("-o", "--out", help="folder for evaluation.json/.md/.png (default: RUN_DIR/evaluation; "
+                   "required with several models)")
+    p.add_argument("--write-metrics", action="store_true",
+                   help="also replace each run's own metrics.json with this evaluation")
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the well bootstrap (default 0)")
+    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 2000)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--label-mode", choices=("well", "tile"),
                    help="truth for simulator tiles (default: what the model was trained with)")
@@ -121,7 +135,7 @@ def _launch(cfg, nproc: int) -> None:  # noqa: ANN001
 
 
 def _store_data(args: argparse.Namespace, data_dir: Path, tile_size: int | None) -> Path:
-    from nscmonitor.cli.commands import settings_from
+    from nscmonitor.cli.args import settings_from
     from nscmonitor.schedule.retrain import store_dataset
 
     samples = store_dataset(settings_from(args), data_dir, labels_file=Path(args.labels) if args.labels else None,
@@ -135,18 +149,22 @@ def _store_data(args: argparse.Namespace, data_dir: Path, tile_size: int | None)
 
 def _evaluate(args: argparse.Namespace) -> int:
     from nscmonitor.engines.metadata import MetadataError
-    from nscmonitor.training.evaluate import condition_table, evaluate_model, time_table
+    from nscmonitor.training.evaluate_runs import evaluate_runs, tables
 
+    if args.resamples is not None and args.resamples < 100:
+        raise UserFacingError(f"--resamples must be 100 or more, not {args.resamples}")
     try:
-        m = evaluate_model(args.model, args.data, split=args.split, out_dir=args.out, device=args.device,
-                           label_mode=args.label_mode)
+        res = evaluate_runs(args.model, args.data, out_dir=args.out, split=args.split, device=args.device,
+                            label_mode=args.label_mode, write_run_metrics=args.write_metrics,
+                            seed=args.bootstrap_seed, n_boot=args.resamples)
     except MetadataError as exc:
         raise UserFacingError(str(exc)) from exc
-    print(f"{m['scheme']} model on {m['split']} tiles: accuracy tile {m['tile']['accuracy']:.3f}, "
-          f"image {m['image']['accuracy']:.3f}, well {m['well']['accuracy']:.3f}")
-    print(time_table(m))
-    if condition_table(m):
-        print(condition_table(m))
+    for m in res["runs"]:
+        print(f"{m['model']}: {m['scheme']} on {m['split']} tiles: accuracy tile {m['tile']['accuracy']:.3f}, "
+              f"image {m['image']['accuracy']:.3f}, well x time {m['well']['accuracy']:.3f}")
+    print(tables(res))
+    print(f"wrote {res['out']}/evaluation.json and evaluation.md"
+          + ("; and each run's metrics.json" if args.write_metrics else ""))
     return 0
 
 

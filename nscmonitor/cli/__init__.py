@@ -19,7 +19,12 @@ from nscmonitor.core.errors import UserFacingError
 log = logging.getLogger("nscmonitor")
 
 PLUGIN_MODULES = (
-    "nscmonitor.cli.commands",
+    "nscmonitor.cli.run",
+    "nscmonitor.cli.status",
+    "nscmonitor.cli.export",
+    "nscmonitor.cli.parse",
+    "nscmonitor.cli.doctor",
+    "nscmonitor.cli.db",
     "nscmonitor.cli.models",
     "nscmonitor.cli.requeue",
     "nscmonitor.cli.demo",

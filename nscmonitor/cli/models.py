@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nscmonitor.cli.commands import _common, settings_from
+from nscmonitor.cli.args import add_db_options, settings_from
 
 
 def _registry(args: argparse.Namespace, *, readonly: bool = False):  # noqa: ANN202
@@ -107,7 +107,7 @@ def cmd_retrain_now(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("labels", help="end-point labels (e.g. from Tuj1/GFAP/O4 stains) for retraining")
-    _common(p)
+    add_db_options(p)
     lsub = p.add_subparsers(dest="labels_command", required=True)
     imp = lsub.add_parser("import", help="import a CSV: experiment, plate, well, label or frac_<class> columns "
                           "(all rows valid or nothing is imported)")
@@ -115,7 +115,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_labels_import)
 
     p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback")
-    _common(p)
+    add_db_options(p)
     msub = p.add_subparsers(dest="models_command", required=True)
     ml = msub.add_parser("list")
     ml.add_argument("--json", action="store_true")
@@ -134,6 +134,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("retrain-now", help="retrain on the current labels now (as the schedule would)")
-    _common(p)
+    add_db_options(p)
     p.add_argument("--force", action="store_true", help="retrain even if the labels did not change")
     p.set_defaults(func=cmd_retrain_now)

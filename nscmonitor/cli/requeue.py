@@ -8,7 +8,7 @@ from nscmonitor.core.errors import UserFacingError
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
-    from nscmonitor.cli.commands import settings_from
+    from nscmonitor.cli.args import settings_from
     from nscmonitor.store.db import open_engine, open_readonly
     from nscmonitor.store.requeue import requeue, select_quarantined
 

@@ -408,7 +408,7 @@ class Supervisor:
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
-    from nscmonitor.cli.commands import settings_from
+    from nscmonitor.cli.args import settings_from
 
     s = settings_from(args)
     config = getattr(args, "config", None)

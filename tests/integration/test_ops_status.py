@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nscmonitor.cli import main
-from nscmonitor.cli.commands import STALE_S, health
+from nscmonitor.ops.health import STALE_S, health
 from nscmonitor.service_checks import backlog_facts, backlog_stall
 from nscmonitor.store.db import ensure_schema, open_engine
 from nscmonitor.store.repo import Repo

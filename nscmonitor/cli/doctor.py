@@ -1,0 +1,29 @@
+"""``nscmonitor doctor``: this machine's checks (``ops.health.doctor_report``), one line each."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nscmonitor.cli.args import add_db_options, settings_from
+from nscmonitor.config import with_overrides
+from nscmonitor.ops.health import doctor_report
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    s = settings_from(args)
+    if args.model:
+        s = with_overrides(s, model=Path(args.model))
+    checks = doctor_report(s)
+    width = max(len(c[0]) for c in checks)
+    for name, ok, note in checks:
+        print(f"{'ok ' if ok else '-- '} {name:<{width}}  {note}")
+    print(f"config: {s.source or 'defaults (no config file)'}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check backends, GPU, database, folders and model")
+    add_db_options(p)
+    p.add_argument("--model", help="also check this model")
+    p.set_defaults(func=cmd_doctor)

@@ -1,0 +1,110 @@
+"""``nscmonitor run``: the daemon in the foreground (the service runs the same command)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from nscmonitor.cli.args import add_db_options, bounded, settings_from
+from nscmonitor.config import ENGINES, MAX_QUIET_S, Settings, WatchFolder, with_overrides
+from nscmonitor.core.domain import PLATE_SHAPES
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    s = settings_from(args)
+    if args.watch:
+        extra = tuple(WatchFolder(path=Path(d).resolve(), experiment=args.experiment or Path(d).resolve().name,
+                                  profile=args.profile, plate_format=args.plate_format,
+                                  plate_map=Path(args.plate_map) if args.plate_map else None,
+                                  quiet_seconds=args.quiet if args.quiet is not None else 5.0,
+                                  polling=True if args.polling else None, channel=args.channel)
+                      for d in args.watch)
+        s = with_overrides(s, watch=s.watch + extra)
+    s = with_overrides(s, engine=args.engine, batch_size=args.batch_size)
+    from nscmonitor.store.instance import acquire
+
+    lock = acquire(s.database_url)  # one daemon per database: a second one refuses, naming the first
+    try:
+        return _serve(args, s)
+    finally:
+        lock.release()
+
+
+def _serve(args: argparse.Namespace, s: Settings) -> int:
+    from nscmonitor.daemon import build_runner, install_signal_handlers
+    from nscmonitor.store.repo import Repo
+
+    runner = build_runner(s, model=Path(args.model) if args.model else None)
+    install_signal_handlers(runner.stop_event)
+    runner.setup()
+    m = runner.model
+    print(f"nscmonitor: serving model {m.version} with {m.engine.name}; watching "
+          + ", ".join(str(f.cfg.path) for f in runner.folders), file=sys.stderr)
+    if m.version.startswith("tiny-untrained"):
+        print("nscmonitor: WARNING: this is an untrained demo model; its predictions mean nothing.", file=sys.stderr)
+    if runner.engine_builds is not None:
+        print(f"nscmonitor: engine: {runner.engine_builds.summary(m.path, m.version)['message']}", file=sys.stderr)
+    sched = None
+    if not args.once and not args.no_schedule:
+        from nscmonitor.schedule.scheduler import make_scheduler
+
+        sched = make_scheduler(s, config_path=getattr(args, "config", None))
+        sched.resume()
+        job = sched.get_job("nscmonitor-retrain")
+        print(f"nscmonitor: retrain schedule {s.retrain.schedule}; next run {job.next_run_time if job else 'none'}",
+              file=sys.stderr)
+    try:
+        _run_loop(args, runner)
+    finally:
+        if sched is not None:
+            sched.shutdown(wait=False)
+    counts = Repo(runner.store.engine).queue_counts()
+    print("nscmonitor: stopped; images by state: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+          file=sys.stderr)
+    return 0
+
+
+def _run_loop(args: argparse.Namespace, runner: Any) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if args.once and (sys.stderr.isatty() or args.progress):
+        with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      transient=False) as prog:
+            task = prog.add_task("scoring", total=None)
+            done = 0
+
+            def update(n: int, backlog: int) -> None:
+                nonlocal done
+                done += n
+                prog.update(task, completed=done, total=done + backlog)
+
+            runner.run(once=True, progress=update)
+    else:
+        runner.run(once=args.once)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="watch folders and score images (the daemon)",
+                       description="Watch the configured folders (and any --watch DIR), wait until each image is "
+                       "completely written, score it and store the predictions. Runs until SIGINT/SIGTERM, or with "
+                       "--once until what is there now is scored.")
+    add_db_options(p)
+    p.add_argument("--watch", action="append", metavar="DIR", help="watch this folder too (repeatable)")
+    p.add_argument("--profile", default="auto", help="file-name profile of --watch folders (default: auto)")
+    p.add_argument("--experiment", help="experiment name for --watch folders (default: folder name)")
+    p.add_argument("--plate-format", type=int, default=96, choices=sorted(PLATE_SHAPES), metavar="WELLS",
+                   help=f"plate format of --watch folders: {', '.join(map(str, sorted(PLATE_SHAPES)))} (default 96)")
+    p.add_argument("--plate-map", help="plate map CSV (well,condition,...) for --watch folders")
+    p.add_argument("--channel", help="score only this channel of --watch folders")
+    p.add_argument("--quiet", type=bounded(float, 0, MAX_QUIET_S, "seconds"),
+                   help="seconds a file must stay unchanged before it is read (default 5)")
+    p.add_argument("--polling", action="store_true", help="poll --watch folders instead of native events")
+    p.add_argument("--model", help="ONNX model to serve (default: the config's, or the registry's active model)")
+    p.add_argument("--engine", choices=ENGINES, help="engine preference: auto, trt, ort-cuda, ort-int8, ort-cpu, torch")
+    p.add_argument("--batch-size", type=bounded(int, 1, 1024, "a whole number of tiles"), help="tiles per engine call")
+    p.add_argument("--once", action="store_true", help="score what is there, then exit")
+    p.add_argument("--progress", action="store_true", help="show a progress bar even without a terminal")
+    p.add_argument("--no-schedule", action="store_true", help="do not run the scheduled retraining in this daemon")
+    p.set_defaults(func=cmd_run)

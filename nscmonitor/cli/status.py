@@ -1,0 +1,57 @@
+"""``nscmonitor status``: the health verdict (``ops.health``) printed, its code as the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from nscmonitor.cli.args import add_db_options, settings_from
+from nscmonitor.ops.health import engine_build_state, health, model_integrity
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nscmonitor.store.db import open_readonly
+    from nscmonitor.store.repo import Repo
+
+    s = settings_from(args)
+    h = health(Repo(open_readonly(s.database_url)))
+    h["model_integrity"] = model_integrity(s)
+    if h["model_integrity"] and not h["model_integrity"]["ok"]:
+        h["warnings"].append(f"model refused: {h['model_integrity']['problem']}")
+    h["engine_build"] = engine_build_state(s, (h["daemon"] or {}).get("model_version"))
+    if args.json:
+        print(json.dumps(h, indent=2, default=str))
+        return h["exit_code"]
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    d = h["daemon"]
+    con.print(f"[bold]{h['verdict']}[/bold]")
+    for w in h["warnings"]:
+        con.print(f"[yellow]warning: {w}[/yellow]")
+    if d:
+        con.print(f"daemon {d['host']}:{d['pid']} {d['state']}, heartbeat {d['heartbeat_at']}, "
+                  f"engine {d['engine']}, model {d['model_version']}, {d['images_per_s'] or 0:.2f} images/s")
+        build = h["engine_build"]
+        if build is not None:
+            colour = "yellow" if build["state"] in ("failed", "no-calibration", "interrupted") else "default"
+            con.print(f"  engine build: [{colour}]{build['message']}[/{colour}]")
+        for w in d["watched"]:
+            con.print(f"  watching {w['path']} ({'polling' if w.get('polling') else 'events'})"
+                      + ("" if w.get("reachable", True) else f" [red]UNREACHABLE: {w.get('error')}[/red]"))
+    con.print("queue: " + (", ".join(f"{k} {v}" for k, v in sorted(h["queue"].items())) or "empty")
+              + f"; scored in the last 5 min: {h['scored_last_5_min']}")
+    if h["errors"]:
+        t = Table("id", "state", "file", "reason", title="last errors ('nscmonitor requeue ID' retries a quarantined one)")
+        for e in h["errors"]:
+            t.add_row(str(e["id"]), e["status"], e["path"], e["reason"])
+        con.print(t)
+    return h["exit_code"]
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="daemon health, queue and last errors (exit code != 0 when unhealthy)")
+    add_db_options(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)

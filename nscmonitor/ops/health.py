@@ -1,0 +1,249 @@
+"""Is the instrument working: the daemon's health verdict, the served model's integrity and
+engine build, and the doctor's checks of this machine.
+
+One module for the command line (``status``, ``doctor``, ``service status``) and the
+dashboard, so the window and the terminal never give two answers to the same question.
+Everything here reads; nothing prints.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from nscmonitor.config import Settings
+
+log = logging.getLogger(__name__)
+
+STALE_S = 120.0
+"""A heartbeat older than this is a stalled daemon (the daemon beats every 5 s)."""
+
+Check = tuple[str, bool, str]  # name, ok, note
+
+
+def health(repo: Any, *, now: datetime | None = None) -> dict:
+    """The health verdict behind ``status``'s exit code: 0 healthy, 1 stalled (no heartbeat,
+    or work waiting with nothing scored), 2 a watched folder is unreachable, 3 no daemon is
+    running, 4 the database disk is almost full. ``repo`` is a ``store.repo.Repo``."""
+    from nscmonitor.service_checks import database_disk
+
+    now = now or datetime.now(timezone.utc)
+    daemons = repo.daemons(1)
+    d = daemons[0] if daemons else None
+    verdict, code = _daemon_verdict(repo, d, now)
+    disk = database_disk(repo.engine.url.render_as_string(hide_password=False))
+    warnings = [disk.message] if disk and not disk.ok else []
+    if disk and disk.level == "critical" and code == 0:
+        verdict, code = f"database disk almost full: {disk.message}", 4
+    return {
+        "verdict": verdict, "exit_code": code, "warnings": warnings,
+        "daemon": None if d is None else {
+            "host": d.host, "pid": d.pid, "state": d.state, "heartbeat_at": d.heartbeat_at.isoformat(),
+            "engine": d.engine, "model_version": d.model_version, "images_per_s": d.images_per_s, "watched": d.watched,
+        },
+        "queue": repo.queue_counts(),
+        "scored_last_5_min": repo.scored_since(300),
+        "errors": [{"id": e.id, "path": e.path, "status": e.status, "reason": e.error, "at": e.updated_at.isoformat()}
+                   for e in repo.errors(10)],
+    }
+
+
+def _daemon_verdict(repo: Any, d: Any, now: datetime) -> tuple[str, int]:
+    from nscmonitor.service_checks import backlog_facts, backlog_stall
+
+    if d is None or d.state == "stopped":
+        return "no daemon running", 3
+    age = (now - d.heartbeat_at).total_seconds()
+    if age > STALE_S:
+        return f"stalled: no heartbeat for {age:.0f} s", 1
+    bad = [w["path"] for w in d.watched if not w.get("reachable", True)]
+    if bad:
+        return f"watched folder unreachable: {', '.join(bad)}", 2
+    stall = backlog_stall(*backlog_facts(repo.engine, now), now)
+    return (stall, 1) if stall else ("healthy", 0)
+
+
+def served_model_path(s: Settings, version: str | None) -> Path | None:
+    """The model file behind a served version: the registry's version folder, else the
+    configured model file (served as ``<version>-<sha8>``)."""
+    if version is None:
+        return None
+    try:
+        from nscmonitor.registry.registry import Registry
+        from nscmonitor.store.db import open_readonly
+
+        for info in Registry(s.models_dir, open_readonly(s.database_url)).list():
+            if info.version == version:
+                return Path(info.path)
+    except Exception as exc:  # status reports; a registry it cannot read is not fatal here
+        log.info("registry not readable for the engine build state: %s", exc)
+    return s.model if s.model is not None and Path(s.model).is_file() else None
+
+
+def engine_build_state(s: Settings, version: str | None) -> dict | None:
+    """This machine's engine build for the served version (engine-status.json beside the
+    model): building since when, ready with its gate, or why fp32 serves."""
+    path = served_model_path(s, version)
+    if path is None:
+        return None
+    from nscmonitor.engines.autobuild import summary
+
+    return summary(path, version)
+
+
+def active_version(s: Settings) -> Callable[[], str | None]:
+    """A deferred read of the registry's active version: exports call it only when no
+    version was asked for, and a store without the registry answers None."""
+    def active() -> str | None:
+        try:
+            from nscmonitor.registry.registry import Registry
+            from nscmonitor.store.db import open_engine
+        except ImportError:
+            return None
+        act = Registry(s.models_dir, open_engine(s.database_url, readonly=True)).active()
+        return act.version if act else None
+
+    return active
+
+
+def model_integrity(s: Settings) -> dict | None:
+    """The registry's active version checked against its registered SHA-256, as the daemon
+    checks it before serving: a replaced file is named here with the reason the daemon refuses it."""
+    try:
+        from nscmonitor.registry.registry import Registry, integrity_problem
+        from nscmonitor.store.db import open_engine
+
+        act = Registry(s.models_dir, open_engine(s.database_url, readonly=True)).active()
+    except Exception as exc:  # a database doctor cannot read is reported by its own check
+        log.info("registry not readable for the model check: %s", exc)
+        return None
+    if act is None:
+        return None
+    problem = integrity_problem(act.version, Path(act.path), act.sha256)
+    return {"version": act.version, "path": act.path, "ok": problem is None, "problem": problem}
+
+
+# --- doctor ---------------------------------------------------------------------------------
+def doctor_report(s: Settings) -> list[Check]:
+    """Every check ``nscmonitor doctor`` prints, in order; each one reports, none raises."""
+    checks = _runtime_checks() + _database_checks(s) + _watch_checks(s)
+    checks += _model_file_checks(s) if s.model is not None else _active_engine_check(s)
+    integrity = model_integrity(s)
+    if integrity is not None:
+        checks.append(("active model file", integrity["ok"],
+                       integrity["problem"] or f"{integrity['version']}: SHA-256 matches the registry"))
+    return checks
+
+
+def _runtime_checks() -> list[Check]:
+    from nscmonitor.ops.runtime_packages import (TENSORRT_DISTRIBUTIONS, installed_versions, ort_flavour_check,
+                                                 tensorrt_check)
+    from nscmonitor.scoring.formats import reader_status
+
+    checks: list[Check] = []
+    for mod, what in (("onnxruntime", "ONNX Runtime (CPU engine)"), ("torch", "PyTorch (training, reference engine)"),
+                      ("tensorrt", "TensorRT (GPU engine)"), ("PySide6", "PySide6 (dashboard)")):
+        ok = importlib.util.find_spec(mod) is not None
+        checks.append((what, ok, "installed" if ok else "not installed"))
+    checks.append(("ONNX Runtime packages", *ort_flavour_check(installed_versions())))
+    trt = tensorrt_check(installed_versions(TENSORRT_DISTRIBUTIONS))
+    if trt is not None:
+        checks.append(("TensorRT version", *trt))
+    try:
+        import onnxruntime as ort
+
+        checks.append(("ONNX Runtime providers", True, ", ".join(ort.get_available_providers())))
+    except ImportError:
+        pass
+    checks.extend((f"{fmt} reader", ver is not None, note) for fmt, ver, note in reader_status())
+    gpu = shutil.which("nvidia-smi") is not None
+    checks.append(("NVIDIA GPU", gpu, "nvidia-smi found" if gpu else "no NVIDIA driver found (CPU engines serve)"))
+    return checks
+
+
+def _database_checks(s: Settings) -> list[Check]:
+    from nscmonitor.service_checks import database_disk
+    from nscmonitor.store.db import current_revision, head_revision, masked, open_engine, sqlite_path
+
+    checks: list[Check] = []
+    try:
+        db_file = sqlite_path(s.database_url)
+        if db_file is not None and not db_file.exists():
+            raise FileNotFoundError(f"{db_file} does not exist (yet): 'nscmonitor run' or 'db upgrade' creates it")
+        eng = open_engine(s.database_url, readonly=True)
+        cur = current_revision(eng)
+        head = head_revision()
+        checks.append(("database", cur == head or cur is None,
+                       f"{masked(s.database_url)} schema {cur or 'new'} (this version needs {head})"))
+        disk = database_disk(s.database_url)
+        if disk is not None:
+            checks.append(("database disk space", disk.ok, disk.message))
+    except Exception as exc:  # doctor reports, it does not crash
+        checks.append(("database", False, f"{masked(s.database_url)}: {exc}"))
+    return checks
+
+
+def _watch_checks(s: Settings) -> list[Check]:
+    from nscmonitor.service_checks import drive_letter_warning
+
+    checks: list[Check] = []
+    for w in s.watch:
+        ok = w.path.is_dir()
+        note = f"{w.path} ({'polling' if w.use_polling() else 'native events'})"
+        checks.append((f"watch {w.experiment}", ok, note if ok else f"{note}: not reachable"))
+        msg = drive_letter_warning(w.path, is_windows=sys.platform == "win32")
+        if msg:
+            checks.append((f"watch {w.experiment} path", False, msg))
+    return checks
+
+
+def _model_file_checks(s: Settings) -> list[Check]:
+    """The configured model file: its metadata, this machine's engine build and the engine
+    that would serve it."""
+    checks: list[Check] = []
+    try:
+        from nscmonitor.engines.metadata import read_onnx_metadata
+
+        meta = read_onnx_metadata(s.model)
+        checks.append(("model", True, f"{s.model}: {meta.name} {meta.version}, classes {', '.join(meta.classes)}"))
+    except Exception as exc:  # report any model problem as a failed check
+        checks.append(("model", False, f"{s.model}: {exc}"))
+    try:
+        from nscmonitor.engines.autobuild import summary
+
+        build = summary(s.model)
+        checks.append(("engine build", build["state"] in ("ready", "building"), build["message"]))
+    except Exception as exc:  # report, never crash
+        checks.append(("engine build", False, str(exc)))
+    try:
+        from nscmonitor.engines.select import select
+
+        sel = select(s.model, s.engine, batch_size=s.batch_size, threads=s.threads, cache_dir=s.models_dir / "engines")
+        checks.append(("engine in use", True, sel.engine.name + "".join(f"; skipped {b}: {w}" for b, w in sel.skipped)))
+    except Exception as exc:  # report, never crash
+        checks.append(("engine in use", False, str(exc)))
+    return checks
+
+
+def _active_engine_check(s: Settings) -> list[Check]:
+    """The registry's active version and this machine's engine build for it."""
+    try:
+        from nscmonitor.registry.registry import Registry
+        from nscmonitor.store.db import open_engine
+
+        act = Registry(s.models_dir, open_engine(s.database_url, readonly=True)).active()
+        if act is None:
+            return []
+        from nscmonitor.engines.autobuild import summary
+
+        build = summary(Path(act.path), act.version)
+        return [("active model", Path(act.path).is_file(), f"{act.version} ({act.path})"),
+                ("engine build", build["state"] in ("ready", "building"), build["message"])]
+    except Exception as exc:  # doctor reports, it does not crash
+        return [("active model", False, str(exc))]
