@@ -13,37 +13,20 @@ import json
 import logging
 import re
 import shutil
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import Engine
 
+from nscmonitor.core.errors import UserFacingError
 from nscmonitor.engines.enginefile import file_sha256
 from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
-from nscmonitor.core.errors import UserFacingError
-from nscmonitor.store import models as m
-from nscmonitor.store.repo import _aware
+from nscmonitor.store.events import record_event
+from nscmonitor.store.registry import (ModelInfo, NewVersion, active_version, add_version, find_version,
+                                       list_versions, promote_version, rollback_version)
 
 log = logging.getLogger(__name__)
 
 RUN_FILES = ("metrics.json", "config.json", "evaluation.png", "tiles.json")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    version: str
-    name: str
-    path: str
-    sha256: str
-    scheme: str
-    classes: tuple[str, ...]
-    state: str
-    labels_version: int | None
-    metrics: dict
-    created_at: datetime
-    activated_at: datetime | None
 
 
 class ModelIntegrityError(UserFacingError):
@@ -81,32 +64,22 @@ def integrity_problem(version: str, path: Path, sha256: str, cache: FileHashCach
     return None
 
 
-def _info(r: m.ModelVersion) -> ModelInfo:
-    return ModelInfo(r.version, r.name, r.path, r.sha256, r.scheme, tuple(r.classes), r.state, r.labels_version,
-                     dict((r.meta or {}).get("metrics", {})), _aware(r.created_at), _aware(r.activated_at))
-
-
 class Registry:
     def __init__(self, models_dir: Path, engine: Engine) -> None:
         self.models_dir = Path(models_dir)
-        self.Session = sessionmaker(engine, expire_on_commit=False)
         self.engine = engine
 
     def list(self) -> list[ModelInfo]:
-        with self.Session() as s:
-            return [_info(r) for r in s.scalars(select(m.ModelVersion).order_by(m.ModelVersion.created_at))]
+        return list_versions(self.engine)
 
     def get(self, version: str) -> ModelInfo:
-        with self.Session() as s:
-            r = s.scalar(select(m.ModelVersion).where(m.ModelVersion.version == version))
-            if r is None:
-                raise UserFacingError(f"no model version {version!r} (see 'nscmonitor models list')")
-            return _info(r)
+        info = find_version(self.engine, version)
+        if info is None:
+            raise UserFacingError(f"no model version {version!r} (see 'nscmonitor models list')")
+        return info
 
     def active(self) -> ModelInfo | None:
-        with self.Session() as s:
-            r = s.scalar(select(m.ModelVersion).where(m.ModelVersion.state == "active"))
-            return _info(r) if r else None
+        return active_version(self.engine)
 
     def active_verified(self, cache: FileHashCache | None = None) -> ModelInfo | None:
         """The active version, provided its file still has the registered SHA-256: a file
@@ -120,9 +93,7 @@ class Registry:
         return act
 
     def record_refusal(self, version: str, reason: str) -> None:
-        with self.Session.begin() as s:
-            s.add(m.Event(at=datetime.now(timezone.utc), kind="model_refused", level="error", message=reason,
-                          data={"version": version}))
+        record_event(self.engine, "model_refused", reason, level="error", data={"version": version})
 
     def register(self, source: Path, *, version: str | None = None, labels_version: int | None = None,
                  activate_if_first: bool = True, calibration: Path | None = None) -> ModelInfo:
@@ -139,9 +110,8 @@ class Registry:
             raise UserFacingError(f"refusing to register {onnx_path}: {exc}") from exc
         sha = file_sha256(onnx_path)
         version = version or f"{_slug(meta.version)}-{sha[:8]}"
-        with self.Session() as s:
-            if s.scalar(select(m.ModelVersion).where(m.ModelVersion.version == version)):
-                raise UserFacingError(f"model version {version!r} is already registered")
+        if find_version(self.engine, version) is not None:
+            raise UserFacingError(f"model version {version!r} is already registered")
         dest = self.models_dir / "versions" / version
         part = dest.with_name(dest.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
@@ -160,57 +130,25 @@ class Registry:
         if dest.exists():
             shutil.rmtree(dest)
         part.rename(dest)
-        now = datetime.now(timezone.utc)
-        with self.Session.begin() as s:
-            first = s.scalar(select(m.ModelVersion).where(m.ModelVersion.state == "active")) is None
-            row = m.ModelVersion(version=version, name=meta.name, path=str(dest / "model.onnx"), sha256=sha,
-                                 scheme=meta.scheme, classes=list(meta.classes), meta=json.loads(meta.to_json()),
-                                 state="active" if first and activate_if_first else "candidate",
-                                 labels_version=labels_version, created_at=now,
-                                 activated_at=now if first and activate_if_first else None)
-            s.add(row)
-            s.add(m.Event(at=now, kind="model_registered", message=f"registered {version} as {row.state}",
-                          data={"version": version, "state": row.state}))
+        add_version(self.engine, NewVersion(version, meta.name, str(dest / "model.onnx"), sha, meta.scheme,
+                                            tuple(meta.classes), json.loads(meta.to_json()), labels_version),
+                    activate_if_first=activate_if_first)
         return self.get(version)
 
     def promote(self, version: str, *, reason: str = "promoted by hand") -> ModelInfo:
-        now = datetime.now(timezone.utc)
-        with self.Session.begin() as s:
-            row = s.scalar(select(m.ModelVersion).where(m.ModelVersion.version == version))
-            if row is None:
-                raise UserFacingError(f"no model version {version!r}")
-            if row.state == "active":
-                return _info(row)
-            problem = integrity_problem(version, Path(row.path), row.sha256)
-            if problem is not None:
-                raise ModelIntegrityError(f"refusing to promote {version}: {problem}")
-            for act in s.scalars(select(m.ModelVersion).where(m.ModelVersion.state == "active")):
-                act.state = "retired"
-            row.state, row.activated_at = "active", now
-            s.add(m.Event(at=now, kind="promoted", message=f"{version} is now active: {reason}",
-                          data={"version": version, "reason": reason}))
-        log.info("model %s promoted: %s", version, reason)
+        if promote_version(self.engine, version, reason=reason, check=_refuse_changed_file):
+            log.info("model %s promoted: %s", version, reason)
         return self.get(version)
 
     def rollback(self) -> ModelInfo:
         """Retire the active version and re-activate the one that was active before it."""
-        now = datetime.now(timezone.utc)
-        with self.Session.begin() as s:
-            act = s.scalar(select(m.ModelVersion).where(m.ModelVersion.state == "active"))
-            prev = s.scalar(select(m.ModelVersion).where(m.ModelVersion.state == "retired",
-                                                         m.ModelVersion.activated_at.is_not(None))
-                            .order_by(m.ModelVersion.activated_at.desc()))
-            if prev is None:
-                raise UserFacingError("nothing to roll back to: no earlier active version")
-            if act is not None:
-                act.state = "retired"
-                act.activated_at = None  # so a second rollback goes further back, not forth
-            prev.state, prev.activated_at = "active", now
-            s.add(m.Event(at=now, kind="rolled_back", level="warning",
-                          message=f"rolled back from {act.version if act else 'none'} to {prev.version}",
-                          data={"from": act.version if act else None, "to": prev.version}))
-            version = prev.version
-        return self.get(version)
+        return self.get(rollback_version(self.engine))
+
+
+def _refuse_changed_file(info: ModelInfo) -> None:
+    problem = integrity_problem(info.version, Path(info.path), info.sha256)
+    if problem is not None:
+        raise ModelIntegrityError(f"refusing to promote {info.version}: {problem}")
 
 
 def _copy_calibration(onnx_path: Path, meta, part: Path, given: Path | None) -> None:

@@ -1,0 +1,132 @@
+"""Model versions (``model_versions``): the store side of ``nscmonitor.registry``.
+
+The registry decides what to copy and check on disk; here are its rows and the state changes
+(exactly one ``active`` version; promotion retires the previous one; rollback re-activates
+the most recently retired one), each in one transaction with the event that reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from nscmonitor.core.errors import UserFacingError
+from nscmonitor.store import models as m
+from nscmonitor.store.events import add_event
+from nscmonitor.store.times import aware
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    version: str
+    name: str
+    path: str
+    sha256: str
+    scheme: str
+    classes: tuple[str, ...]
+    state: str
+    labels_version: int | None
+    metrics: dict
+    created_at: datetime
+    activated_at: datetime | None
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    version: str
+    name: str
+    path: str
+    sha256: str
+    scheme: str
+    classes: tuple[str, ...]
+    meta: dict
+    labels_version: int | None
+
+
+def _info(r: m.ModelVersion) -> ModelInfo:
+    return ModelInfo(r.version, r.name, r.path, r.sha256, r.scheme, tuple(r.classes), r.state, r.labels_version,
+                     dict((r.meta or {}).get("metrics", {})), aware(r.created_at), aware(r.activated_at))
+
+
+def _row(s: Session, version: str) -> m.ModelVersion | None:
+    return s.scalar(select(m.ModelVersion).where(m.ModelVersion.version == version))
+
+
+def _active(s: Session) -> m.ModelVersion | None:
+    return s.scalar(select(m.ModelVersion).where(m.ModelVersion.state == "active"))
+
+
+def list_versions(engine: Engine) -> list[ModelInfo]:
+    with sessionmaker(engine)() as s:
+        return [_info(r) for r in s.scalars(select(m.ModelVersion).order_by(m.ModelVersion.created_at))]
+
+
+def find_version(engine: Engine, version: str) -> ModelInfo | None:
+    with sessionmaker(engine)() as s:
+        r = _row(s, version)
+        return _info(r) if r is not None else None
+
+
+def active_version(engine: Engine) -> ModelInfo | None:
+    with sessionmaker(engine)() as s:
+        r = _active(s)
+        return _info(r) if r else None
+
+
+def add_version(engine: Engine, new: NewVersion, *, activate_if_first: bool) -> None:
+    """A registered version: a candidate, or active when it is the first and may be."""
+    now = datetime.now(timezone.utc)
+    with sessionmaker(engine).begin() as s:
+        first = _active(s) is None
+        activate = first and activate_if_first
+        row = m.ModelVersion(version=new.version, name=new.name, path=new.path, sha256=new.sha256,
+                             scheme=new.scheme, classes=list(new.classes), meta=new.meta,
+                             state="active" if activate else "candidate", labels_version=new.labels_version,
+                             created_at=now, activated_at=now if activate else None)
+        s.add(row)
+        add_event(s, "model_registered", f"registered {new.version} as {row.state}", at=now,
+                  data={"version": new.version, "state": row.state})
+
+
+def promote_version(engine: Engine, version: str, *, reason: str, check: Callable[[ModelInfo], None]) -> bool:
+    """Make ``version`` the active one (retiring the active one). ``check`` may raise to refuse
+    (e.g. the file changed on disk); it runs inside the transaction, so nothing changes then.
+    Returns False when the version was already active."""
+    now = datetime.now(timezone.utc)
+    with sessionmaker(engine, expire_on_commit=False).begin() as s:
+        row = _row(s, version)
+        if row is None:
+            raise UserFacingError(f"no model version {version!r}")
+        if row.state == "active":
+            return False
+        check(_info(row))
+        for act in s.scalars(select(m.ModelVersion).where(m.ModelVersion.state == "active")):
+            act.state = "retired"
+        row.state, row.activated_at = "active", now
+        add_event(s, "promoted", f"{version} is now active: {reason}", at=now,
+                  data={"version": version, "reason": reason})
+    return True
+
+
+def rollback_version(engine: Engine) -> str:
+    """Retire the active version and re-activate the one that was active before it; returns
+    the version now active."""
+    now = datetime.now(timezone.utc)
+    with sessionmaker(engine, expire_on_commit=False).begin() as s:
+        act = _active(s)
+        prev = s.scalar(select(m.ModelVersion).where(m.ModelVersion.state == "retired",
+                                                     m.ModelVersion.activated_at.is_not(None))
+                        .order_by(m.ModelVersion.activated_at.desc()))
+        if prev is None:
+            raise UserFacingError("nothing to roll back to: no earlier active version")
+        if act is not None:
+            act.state = "retired"
+            act.activated_at = None  # so a second rollback goes further back, not forth
+        prev.state, prev.activated_at = "active", now
+        add_event(s, "rolled_back", f"rolled back from {act.version if act else 'none'} to {prev.version}",
+                  level="warning", at=now, data={"from": act.version if act else None, "to": prev.version})
+        return prev.version
