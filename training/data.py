@@ -1,4 +1,4 @@
-"""Labelled tiles from three sources behind one record type, split by well, hashed.
+"""Labelled tiles from three sources behind one record type, hashed (``splits`` assigns train/val/test).
 
 Sources: (a) the simulator's ``tiles.json`` + ``tiles.csv`` export, (b) an ImageFolder tree
 ``class_name/*.tif``, (c) images from nscmonitor's store joined with an end-point label CSV.
@@ -17,7 +17,6 @@ import csv
 import hashlib
 import json
 import os
-import random
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -231,52 +230,6 @@ def for_scheme(records: Sequence[TileRecord], scheme: str) -> tuple[list[TileRec
             kept.append(replace(r, label=lab))
     notes = [f"{n} tiles labelled {lab!r} left out of the {scheme} scheme" for lab, n in sorted(dropped.items())]
     return kept, notes
-
-
-def assign_splits(records: Sequence[TileRecord], *, val_frac: float = 0.15, test_frac: float = 0.15,
-                  seed: int = 0, respect_given: bool = True) -> list[TileRecord]:
-    """Split by well, never by tile, so tiles of one well never sit on both sides. With three
-    or more plates whole plates are held out (plate effects: illumination, halo, seeding) and
-    the model is judged on plates it never saw. A split column in the data wins if it is
-    complete and consistent; if it has no val split, val wells are taken from train."""
-    if respect_given and records and all(r.split in SPLITS for r in records):
-        check_splits(records)
-        if val_frac > 0 and not any(r.split == "val" for r in records):
-            train = assign_splits([r for r in records if r.split == "train"], val_frac=val_frac, test_frac=0,
-                                  seed=seed, respect_given=False)
-            return train + [r for r in records if r.split != "train"]
-        return list(records)
-    plates = sorted({(r.experiment, r.plate) for r in records})
-    by_plate = len(plates) >= 3
-    group_of = (lambda r: (r.experiment, r.plate)) if by_plate else (lambda r: r.well_key)
-    groups: dict[tuple, str] = {}
-    for r in records:
-        groups.setdefault(group_of(r), r.label)
-    rng = random.Random(seed)
-    strata: dict[str, list] = defaultdict(list)
-    for g, lab in sorted(groups.items()):
-        strata["all" if by_plate else lab].append(g)
-    split_of = {}
-    for members in strata.values():
-        rng.shuffle(members)
-        n = len(members)
-        n_test = max(1, round(n * test_frac)) if test_frac > 0 and n >= 3 else 0
-        n_val = max(1, round(n * val_frac)) if val_frac > 0 and n >= 2 else 0
-        for i, g in enumerate(members):
-            split_of[g] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    out = [replace(r, split=split_of[group_of(r)]) for r in records]
-    check_splits(out)
-    return out
-
-
-def check_splits(records: Sequence[TileRecord]) -> None:
-    where: dict[tuple, set] = defaultdict(set)
-    for r in records:
-        where[r.well_key].add(r.split)
-    leaks = [k for k, s in where.items() if len(s) > 1]
-    if leaks:
-        raise DataError(f"{len(leaks)} wells appear in more than one split (e.g. {leaks[0]}); "
-                        "splits must be by well")
 
 
 def data_hash(records: Sequence[TileRecord]) -> str:

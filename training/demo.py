@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nscmonitor.training import data as D
+from nscmonitor.training import splits as S
 
 
 def demo_model(out_dir: str | Path, tiles_dir: str | Path, *, scheme: str = "multiclass", arch: str = "resnet18",
@@ -32,7 +33,7 @@ def demo_model(out_dir: str | Path, tiles_dir: str | Path, *, scheme: str = "mul
     if onnx_path.is_file() and not force:
         records, _ = D.discover(tiles_dir, label_mode)
         records, _ = D.for_scheme(records, scheme)
-        dhash = D.data_hash(D.assign_splits(records, seed=0))
+        dhash = D.data_hash(S.assign_splits(records, seed=0))
         try:
             md = read_onnx_metadata(onnx_path)
             if (md.data_hash == dhash and md.scheme == scheme and md.arch == arch

@@ -78,7 +78,8 @@ def write_synthetic_tiles(out_dir: str | Path, *, plates: int = 2, wells_per_cla
                           classes: tuple[str, ...] = FATES, split: bool = True) -> Path:
     """Write ``tiles.json`` + ``tiles.csv`` + TIFF tiles. With ``split`` and three or more
     plates the last plate is test, the one before val (held-out plates, as in the docs run);
-    otherwise wells are split in turn."""
+    with two, the first trains and the second's wells alternate between val and test (no
+    validation on a training plate); with one, wells are split in turn."""
     import tifffile
 
     out = Path(out_dir)
@@ -112,4 +113,6 @@ def write_synthetic_tiles(out_dir: str | Path, *, plates: int = 2, wells_per_cla
 def _split(plate: int, plates: int, k: int) -> str:
     if plates >= 3:
         return "test" if plate == plates - 1 else "val" if plate == plates - 2 else "train"
-    return ("train", "val", "test")[k % 3] if plate == 0 else ("train", "train", "test")[k % 3]
+    if plates == 2:
+        return "train" if plate == 0 else ("val", "test")[k % 2]
+    return ("train", "val", "test")[k % 3]

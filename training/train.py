@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.training import data as D
 from nscmonitor.training import distributed as dd
+from nscmonitor.training import splits as S
 from nscmonitor.training.model import GREY_MEAN, GREY_STD, build_model, load_weights
 from nscmonitor.training.transforms import AugmentConfig, augment
 
@@ -97,6 +98,12 @@ class Split:
     records: list
 
 
+def validation_of(splits: dict[str, Split]) -> dict[str, Any]:
+    """Where validation sits (its own plate or the training plates, with the warning) and
+    the conditions training saw, for config.json and metrics.json."""
+    return S.split_summary({name: s.records for name, s in splits.items()})
+
+
 def prepare_data(cfg: TrainConfig) -> tuple[dict[str, Split], D.DataInfo, list[str], str]:
     records, info = D.discover(cfg.data, cfg.label_mode)
     classes = list(D.scheme_classes(cfg.scheme))
@@ -104,7 +111,11 @@ def prepare_data(cfg: TrainConfig) -> tuple[dict[str, Split], D.DataInfo, list[s
     for n in notes:
         log.warning("%s", n)
         print(f"note: {n}")
-    records = D.assign_splits(records, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed)
+    records = S.assign_splits(records, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed)
+    validation = S.split_summary({s: [r for r in records if r.split == s] for s in D.SPLITS})
+    if validation["warning"]:
+        log.warning("%s", validation["warning"])
+        print(f"warning: {validation['warning']}")
     dhash = D.data_hash(records)
     tile = cfg.tile_size or info.tile_size
     size = cfg.image_size or tile or 64
@@ -434,7 +445,7 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
     test_logits = val_logits if held == "val" else predict_logits(model, splits[held].x, device)
     report = E.full_report(test_logits, splits[held].y, splits[held].records, classes, temperature)
     metrics = {"split": held, "temperature": temperature, "best_epoch": ck["epoch"], "data_hash": meta["data_hash"],
-               "classes": classes, "scheme": meta["scheme"], **report}
+               "classes": classes, "scheme": meta["scheme"], "validation": validation_of(splits), **report}
     meta["metrics"] = summary(metrics)
     meta["calibration_sha256"] = write_calibration_set(cfg, splits, out, meta)
     ck["metadata"] = json.dumps(meta)
@@ -506,7 +517,7 @@ def _run(cfg: TrainConfig, world: dd.World) -> dict[str, Any]:
     dtype = amp_dtype(cfg, device)
     resolved = {**dataclasses.asdict(cfg), "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
                 "data_hash": dhash, "classes": classes, "pixel_size_um": meta["pixel_size_um"],
-                "torch": torch.__version__, "counts": counts}
+                "torch": torch.__version__, "counts": counts, "validation": validation_of(splits)}
     if world.main:
         resolved["nproc"] = world.size
         tmp = out / "config.json.part"

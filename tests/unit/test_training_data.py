@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
 import tifffile
 
 from nscmonitor.training import data as D
+from nscmonitor.training import splits as S
 from nscmonitor.training.synthetic import write_synthetic_tiles
 
 
@@ -21,7 +23,7 @@ def _records(plates: int, wells: int, tiles_per_well: int = 3) -> list[D.TileRec
 
 @pytest.mark.parametrize("plates", [1, 2, 4])
 def test_splits_never_share_a_well(plates):
-    out = D.assign_splits(_records(plates, 24), seed=3)
+    out = S.assign_splits(_records(plates, 24), seed=3)
     where = {}
     for r in out:
         where.setdefault(r.well_key, set()).add(r.split)
@@ -30,7 +32,7 @@ def test_splits_never_share_a_well(plates):
 
 
 def test_three_or_more_plates_are_split_by_plate():
-    out = D.assign_splits(_records(5, 8), seed=1)
+    out = S.assign_splits(_records(5, 8), seed=1)
     per_plate = {}
     for r in out:
         per_plate.setdefault(r.plate, set()).add(r.split)
@@ -41,7 +43,7 @@ def test_given_split_column_with_a_leaking_well_is_refused():
     recs = [D.TileRecord("a.tif", "neuron", plate="P1", well="A01", split="train"),
             D.TileRecord("b.tif", "neuron", plate="P1", well="A01", split="test")]
     with pytest.raises(D.DataError, match="more than one split"):
-        D.assign_splits(recs)
+        S.assign_splits(recs)
 
 
 def test_store_records_inherit_the_end_point_label_of_their_well(tmp_path):
@@ -112,7 +114,43 @@ def test_image_folder_tree_and_frame_tiling(tmp_path):
 def test_data_without_a_val_split_gets_val_wells_from_train():
     recs = [D.TileRecord(f"{w}_{t}.tif", "neuron" if w % 2 else "astrocyte", plate="P1", well=f"W{w}",
                          split="test" if w >= 8 else "train") for w in range(10) for t in range(2)]
-    out = D.assign_splits(recs, val_frac=0.25)
+    out = S.assign_splits(recs, val_frac=0.25)
     assert {r.split for r in out} == {"train", "val", "test"}
     assert {r.well for r in out if r.split == "test"} == {"W8", "W9"}
-    D.check_splits(out)
+    S.check_splits(out)
+
+
+def _plates_of(out, split):
+    return {r.plate for r in out if r.split == split}
+
+
+@pytest.mark.parametrize("plates", [2, 3, 4, 6])
+def test_validation_never_shares_a_plate_with_training(plates):
+    for seed in range(4):
+        out = S.assign_splits(_records(plates, 12), seed=seed)
+        assert _plates_of(out, "val") and _plates_of(out, "train")
+        assert not _plates_of(out, "val") & _plates_of(out, "train")
+        assert not _plates_of(out, "test") & _plates_of(out, "train")
+        assert S.split_summary({s: [r for r in out if r.split == s] for s in D.SPLITS})["val_held_out_plate"]
+
+
+def test_a_given_val_on_a_training_plate_is_redrawn_as_a_whole_plate(tmp_path):
+    # val wells on a training plate (the simulator's export does so on every plate but the test one)
+    recs = [dataclasses.replace(r, split=("train", "val", "test")[int(r.well[1:]) % 3] if r.plate == "P0" else
+                                ("train", "train", "test")[int(r.well[1:]) % 3]) for r in _records(2, 12)]
+    given = {r.path: r.split for r in recs}
+    out = S.assign_splits(recs, seed=1)
+    assert _plates_of(out, "val") == {"P0"} and _plates_of(out, "train") == {"P1"}
+    assert {r.path for r in out if r.split == "test"} == {p for p, s in given.items() if s == "test"}
+    # held-out plates already (three plates): left as given
+    three = D.read_tiles_export(write_synthetic_tiles(tmp_path / "d", plates=3, wells_per_class=2,
+                                                      timepoints=(0,), fields=1, tile_size=16))[0]
+    assert S.assign_splits(three, seed=1) == three
+
+
+def test_one_plate_falls_back_to_val_wells_with_a_warning():
+    out = S.assign_splits(_records(1, 24), seed=0)
+    summary = S.split_summary({s: [r for r in out if r.split == s] for s in D.SPLITS})
+    assert not summary["val_held_out_plate"]
+    assert "share plate(s) P0 with training" in summary["warning"]
+    assert {r.split for r in out} == {"train", "val", "test"}
