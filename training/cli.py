@@ -48,7 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
-        "evaluate", help="well-level figures with 95 % intervals of one or more runs on labelled data",
+        "evaluate", help="well-level figures with 95 %% intervals of one or more runs on labelled data",
         description="Evaluate one run, or several runs (one per training seed), on labelled test data: "
         "accuracy, balanced accuracy and well-level calibration error (ECE) with 95 % intervals, by time "
         "bin, counting wells (not tiles or time points) as the independent units; per test plate and "

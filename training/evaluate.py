@@ -280,34 +280,54 @@ def _model_logits(model_path: Path, records: list[TileRecord], device: str):
     return logits, y, recs, meta, float(meta.get("temperature", 1.0))
 
 
-def evaluate_model(model: str | Path, data: str | Path, *, split: str = "test", out_dir: str | Path | None = None,
-                   device: str = "cpu", label_mode: str | None = None) -> dict[str, Any]:
-    """``nscmonitor evaluate``: a run dir / checkpoint (torch) or model.onnx (ONNX Runtime) on
-    labelled data. Data with a complete split column is evaluated on ``split``; data without
-    one is taken whole (it is assumed to be held out, e.g. a new plate)."""
+def test_records(data: Sequence[str | Path], label_mode: str, scheme: str, split: str) -> tuple[list[TileRecord], str]:
+    """Labelled tiles of one or more exports in the model's scheme; (records, split used).
+    Data with a complete split column gives its ``split``; data without one is taken whole
+    (assumed held out, e.g. a new plate). With several exports each one's folder name is put
+    before plate names that would otherwise collide (every export numbers its plates from 1)."""
+    from dataclasses import replace
+
     from nscmonitor.training import data as D
 
+    out, used = [], set()
+    for d in data:
+        records, _ = D.discover(d, label_mode)
+        records, _ = D.for_scheme(records, scheme)
+        if split != "all" and records and all(r.split in D.SPLITS for r in records):
+            records = [r for r in records if r.split == split]
+            used.add(split)
+        else:
+            used.add("all")
+        if len(data) > 1:
+            records = [replace(r, experiment="/".join(p for p in (Path(d).name, r.experiment) if p)) for r in records]
+        out.extend(records)
+    if not out:
+        raise D.DataError(f"no labelled tiles in split {split!r} of {', '.join(map(str, data))}")
+    return out, "+".join(sorted(used))
+
+
+def evaluate_model(model: str | Path, data: str | Path | Sequence[str | Path], *, split: str = "test",
+                   device: str = "cpu", label_mode: str | None = None, train_conditions: Sequence[str] | None = None,
+                   plate_draws: dict[str, dict] | None = None, seed: int = 0, n_boot: int | None = None
+                   ) -> dict[str, Any]:
+    """A run dir / checkpoint (torch) or model.onnx (ONNX Runtime) on labelled data: the
+    tile / image / well report training writes, plus ``protocol`` (wells as the unit, 95 %
+    intervals, per plate and pooled, held-out conditions). Writes nothing."""
+    from nscmonitor.training.intervals import N_BOOT
+    from nscmonitor.training.protocol import protocol_report
+
     model = Path(model)
+    data = [data] if isinstance(data, (str, Path)) else list(data)
     scheme, trained_mode = _scheme_of(model)
     label_mode = label_mode or trained_mode
-    records, _ = D.discover(data, label_mode)
-    records, _ = D.for_scheme(records, scheme)
-    if split != "all" and records and all(r.split in D.SPLITS for r in records):
-        records = [r for r in records if r.split == split]
-    else:
-        split = "all"
-    if not records:
-        raise D.DataError(f"no labelled tiles in split {split!r} of {data}")
+    records, split = test_records(data, label_mode, scheme, split)
     logits, y, recs, meta, temperature = _model_logits(model, records, device)
     report = full_report(logits, y, recs, meta["classes"], temperature)
-    metrics = {"split": split, "data": str(data), "model": str(model), "temperature": temperature,
-               "label_mode": label_mode,
-               "classes": list(meta["classes"]), "scheme": meta["scheme"], **report}
-    out = Path(out_dir) if out_dir else (model if model.is_dir() else model.parent)
-    out.mkdir(parents=True, exist_ok=True)
-    write_metrics(out, metrics)
-    write_figure(out / "evaluation.png", report, meta["classes"], f"{meta.get('arch')} {meta['scheme']} ({split})")
-    return metrics
+    report["protocol"] = protocol_report(softmax(logits, temperature), y, recs, meta["classes"],
+                                         train_conditions=train_conditions, plate_draws=plate_draws, seed=seed,
+                                         n_boot=n_boot or N_BOOT)
+    return {"split": split, "data": [str(d) for d in data], "model": str(model), "temperature": temperature,
+            "label_mode": label_mode, "classes": list(meta["classes"]), "scheme": meta["scheme"], **report}
 
 
 def _scheme_of(model: Path) -> tuple[str, str]:

@@ -104,7 +104,7 @@ def test_resume_continues_from_the_saved_epoch(tiles_dir, tmp_path, capsys):
 def test_cli_evaluate_onnx_and_explain(run, tiles_dir, tmp_path, capsys):
     out, metrics = run
     assert cli_main(["evaluate", str(out / "model.onnx"), "--data", str(tiles_dir), "-o", str(tmp_path)]) == 0
-    onnx_metrics = json.loads((tmp_path / "metrics.json").read_text())
+    onnx_metrics = json.loads((tmp_path / "evaluation.json").read_text())
     assert onnx_metrics["tile"]["accuracy"] == pytest.approx(metrics["tile"]["accuracy"], abs=0.02)
     assert (tmp_path / "evaluation.png").stat().st_size > 10_000
     rng = np.random.default_rng(1)
@@ -114,6 +114,31 @@ def test_cli_evaluate_onnx_and_explain(run, tiles_dir, tmp_path, capsys):
     assert "over 6 tiles" in capsys.readouterr().out
     assert (tmp_path / "cam.png").stat().st_size > 10_000
     assert cli_main(["explain", str(out / "model.onnx"), str(tmp_path / "frame.tif"), "-o", "x.png"]) == 2
+
+
+def test_evaluate_leaves_the_runs_metrics_alone_unless_asked(run, tiles_dir, tmp_path, capsys):
+    out, _ = run
+    own = (out / "metrics.json").read_bytes()
+    stamp = (out / "metrics.json").stat().st_mtime_ns
+    assert cli_main(["evaluate", str(out), "--data", str(tiles_dir), "--resamples", "200"]) == 0
+    assert (out / "metrics.json").read_bytes() == own and (out / "metrics.json").stat().st_mtime_ns == stamp
+    ev = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    late = ev["protocol"]["groups"]["pooled"]["from 48 h"]
+    assert late["wells"] == 8 and late["accuracy_interval"] == "wilson"  # 2 test wells per class, one readout each
+    assert ev["seed"] == 0 and ev["training_validation"]["val_held_out_plate"] is True
+    printed = capsys.readouterr().out
+    assert "| from 48 h | 8 |" in printed and (out / "evaluation" / "evaluation.md").read_text() in printed
+    # several runs (here the same run through torch and ONNX Runtime): each, then the spread
+    assert cli_main(["evaluate", str(out), str(out / "model.onnx"), "--data", str(tiles_dir)]) == 2
+    assert cli_main(["evaluate", str(out), str(out / "model.onnx"), "--data", str(tiles_dir), "-o", str(tmp_path),
+                     "--resamples", "200"]) == 0
+    both = json.loads((tmp_path / "evaluation.json").read_text())
+    assert len(both["runs"]) == 2 and both["seed_spread"]["pooled"]["from 48 h"]["accuracy"]["n"] == 2
+    assert "2 runs (training seeds)" in capsys.readouterr().out
+    assert (out / "metrics.json").read_bytes() == own
+    assert cli_main(["evaluate", str(out), "--data", str(tiles_dir), "--resamples", "200", "--write-metrics"]) == 0
+    replaced = json.loads((out / "metrics.json").read_text())
+    assert "protocol" in replaced and replaced["data_hash"] == json.loads(own)["data_hash"]
 
 
 def test_gradcam_points_at_the_cell(run):
