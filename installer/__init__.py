@@ -1,3 +1,4 @@
-"""Installer templates (systemd unit, desktop entry, Task Scheduler XML, install.ps1),
-shipped in the wheel as ``nscmonitor.installer`` so ``nscmonitor service install`` works from
-any installation, not only from a source checkout."""
+"""Installing the daemon as a service: the systemd unit (``systemd.py``) and the Windows
+Task Scheduler task (``task_scheduler.py``), rendered from the templates beside them
+(``linux/``, ``windows/``, plus ``install.ps1`` and the PyInstaller spec). Shipped in the wheel
+as ``nscmonitor.installer`` so ``nscmonitor service install`` works from any installation."""

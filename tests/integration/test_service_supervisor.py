@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from nscmonitor.cli.service import Supervisor, heartbeat_age
+from nscmonitor.ops.supervisor import Supervisor, heartbeat_age
 from nscmonitor.store.db import ensure_schema, open_engine
 from nscmonitor.store.writer import Writer
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nscmonitor.cli import main
-from nscmonitor.cli.service import linux_layout
+from nscmonitor.installer.systemd import linux_layout
 
 
 def _user_systemd() -> str | None:

@@ -15,15 +15,9 @@ import pytest
 
 from nscmonitor.cli import main
 from nscmonitor.core.errors import UserFacingError
-from nscmonitor.cli.service import (
-    LinuxLayout,
-    fill,
-    linux_layout,
-    render_desktop,
-    render_task_xml,
-    render_unit,
-    template_path,
-)
+from nscmonitor.installer.common import fill, template_path
+from nscmonitor.installer.systemd import LinuxLayout, linux_layout, render_desktop, render_unit
+from nscmonitor.installer.task_scheduler import render_task_xml
 
 TASK_NS = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
 REPO = Path(__file__).resolve().parents[2]
@@ -106,7 +100,8 @@ def test_a_leftover_field_is_refused() -> None:
 @pytest.mark.parametrize("system", [False, True], ids=["user", "system"])
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path, system: bool) -> None:
     """systemd's own parser; exit 0 alone is not enough: unknown keys are only warnings."""
-    from nscmonitor.cli.service import executable, systemd_version
+    from nscmonitor.installer.common import executable
+    from nscmonitor.installer.systemd import systemd_version
 
     lay = _layout(tmp_path, system=system)
     if system:
