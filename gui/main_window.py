@@ -541,7 +541,7 @@ def model_meta(engine, settings, version: str | None) -> tuple[dict | None, str 
     path = next((v.path for v in db.model_versions(engine) if v.version == version), None)
     if meta is None and settings is not None and getattr(settings, "model", None):
         try:
-            from nscmonitor.daemon import file_version
+            from nscmonitor.scoring.serving import file_version
             from nscmonitor.engines.metadata import read_onnx_metadata
 
             if file_version(Path(settings.model)) == version:

@@ -1,4 +1,11 @@
-"""Wiring for ``nscmonitor run``: settings -> store -> model source -> engine -> runner.
+"""The daemon: intake -> queue -> scoring, wired together, and the loop that drives them.
+
+One thread owns the loop and the database writes; watchdog observers only feed queues.
+Each pass: intake yields the images that became ready and they enter the queue; the
+scorer takes one batch from the queue; on the heartbeat's rhythm the status row is
+written and a promoted model or a newly built engine takes over (between batches only).
+Stopping (SIGINT/SIGTERM or ``stop_event``) finishes the batch in hand, or hands it back to
+the queue if the engine is mid-failure, so no image is lost or scored twice.
 
 Kept apart from the CLI so tests and benchmarks start the same daemon in-process."""
 
@@ -8,175 +15,140 @@ import logging
 import os
 import signal
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from nscmonitor.config import Settings
-from nscmonitor.engines.base import Engine, EngineError
-from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
 from nscmonitor.core.errors import UserFacingError
-from nscmonitor.scoring.runner import ModelSource, Runner
+from nscmonitor.core.queue import MAX_ATTEMPTS, WAITING
+from nscmonitor.intake.enqueue import enqueue
+from nscmonitor.intake.folder import WatchedFolder
+from nscmonitor.intake.intake import Intake
+from nscmonitor.intake.known import KnownFiles
+from nscmonitor.ops import notify
+from nscmonitor.ops.heartbeat import Heartbeat
+from nscmonitor.scoring import formats
+from nscmonitor.scoring.engine_builds import DaemonEngineBuilds
+from nscmonitor.scoring.hot_swap import EngineBuilds, EngineFactory, LoadedModel, ModelSlot, ModelSource
+from nscmonitor.scoring.metrics import Metrics, Timings
+from nscmonitor.scoring.scorer import Scorer, requeue_readable
+from nscmonitor.scoring.serving import NO_MODEL, engine_factory, registry_model_source, static_model_source
 from nscmonitor.store.db import ensure_schema, open_engine
+from nscmonitor.store.repo import Repo
 from nscmonitor.store.writer import Writer
 
 log = logging.getLogger(__name__)
 
-NO_MODEL = (
-    "no model to score with. Give one with --model PATH.onnx or 'model = \"...\"' in the config, "
-    "train one with 'nscmonitor train' (see docs/training.md), or register one with 'nscmonitor models'. "
-    "'make demo' trains a small demo model."
-)
 
+class Daemon:
+    def __init__(self, settings: Settings, store: Writer, model_source: ModelSource, engine_factory: EngineFactory, *,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 retry_base_s: float = 5.0, max_attempts: int = MAX_ATTEMPTS, claim_size: int = 4,
+                 poll_interval: float = 2.0, heartbeat_s: float = 5.0,
+                 engine_builds: EngineBuilds | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.wall = wall
+        self.poll_interval = poll_interval
+        self.stop_event = threading.Event()
+        self.on_batch: Callable[[int], None] | None = None  # told how many images each batch stored
+        self.metrics = Metrics(clock)
+        self.slot = ModelSlot(store, model_source, engine_factory, engine_builds=engine_builds,
+                              hook=settings.retrain.hook)
+        self.scorer = Scorer(settings, store, self.slot, self.metrics, channel=self._channel,
+                             stop_event=self.stop_event, wall=wall, retry_base_s=retry_base_s,
+                             max_attempts=max_attempts, claim_size=claim_size)
+        self.heartbeat = Heartbeat(store, heartbeat_s, clock)
+        self.intake: Intake | None = None
+        self._repo = Repo(store.engine)
 
-def file_version(path: Path) -> str:
-    """Version string of a model file used directly (not through the registry): its
-    declared version plus a content hash, so two files that both say 'v1' stay apart."""
-    from nscmonitor.engines.enginefile import file_sha256
+    @property
+    def model(self) -> LoadedModel | None:
+        return self.slot.model
 
-    meta = read_onnx_metadata(path)
-    return f"{meta.version}-{file_sha256(path)[:8]}"
+    @property
+    def engine_builds(self) -> EngineBuilds | None:
+        return self.slot.engine_builds
 
+    @property
+    def timings(self) -> Timings:
+        return self.metrics.timings
 
-def static_model_source(path: Path) -> ModelSource:
-    path = Path(path)
-    if not path.is_file():
-        raise UserFacingError(f"model file not found: {path}. {NO_MODEL}")
-    try:
-        version = file_version(path)
-    except MetadataError as exc:
-        raise UserFacingError(f"refusing model {path}: {exc}") from exc
-    from nscmonitor.registry.registry import FileHashCache, ModelIntegrityError, integrity_problem
+    @property
+    def folders(self) -> list[WatchedFolder]:
+        return self.intake.folders if self.intake is not None else []
 
-    cache = FileHashCache()
-    sha = cache.sha256(path)
+    def setup(self) -> None:
+        """Database, folders, model and engine: a daemon start."""
+        self.store.requeue_stale()
+        known = KnownFiles(self.store.known_files())
+        folders = []
+        for cfg in self.settings.watch:
+            exp_id = self.store.ensure_experiment(cfg.experiment, watch_path=str(cfg.path),
+                                                  induction_time=cfg.induction_time)
+            folders.append(WatchedFolder.open(cfg, exp_id, self.settings.custom_profiles,
+                                              poll_interval=self.poll_interval, clock=self.clock, wall=self.wall))
+        self.intake = Intake(folders, known, wall=self.wall, on_rescan=lambda: requeue_readable(self.store))
+        self.slot.load()
+        self.heartbeat.start(self._watched())
 
-    def source() -> tuple[Path, str]:
-        """The file as it was at start: changed later, it is refused (the engine loaded keeps serving)."""
-        problem = integrity_problem(version, path, sha, cache)
-        if problem is not None:
-            raise ModelIntegrityError(f"refusing to serve model {version}: {problem}")
-        return path, version
+    def discover(self) -> None:
+        """The images intake found ready since the last pass into the queue."""
+        for folder, items in self.intake.discover():
+            refused = enqueue(self.store, folder.root, items)
+            self.metrics.ready(i.path for i in items)
+            for path in refused:
+                self.intake.forget(path)
+                self.metrics.dropped(path)
 
-    return source
+    def idle(self) -> bool:
+        return self.intake.pending() == 0 and self._backlog() == 0
 
-
-def registry_model_source(settings: Settings) -> ModelSource | None:
-    try:
-        from nscmonitor.registry.registry import Registry
-    except ImportError:
-        return None
-    from nscmonitor.registry.registry import FileHashCache, ModelIntegrityError
-
-    reg = Registry(settings.models_dir, open_engine(settings.database_url))
-    if reg.active() is None:
-        return None
-    cache = FileHashCache()
-    reported: set[str] = set()
-
-    def source() -> tuple[Path, str]:
-        """The active version, its file checked against the registered SHA-256 before every
-        (re)load; a refusal is recorded once as an event, not at every heartbeat."""
+    def run(self, *, once: bool = False, progress: Callable[[int, int], None] | None = None) -> None:
+        if self.intake is None:
+            self.setup()
+        notify.default().ready(f"watching {len(self.folders)} folder(s)")
+        if not once:
+            self.intake.start()
         try:
-            act = reg.active_verified(cache)
-        except ModelIntegrityError as exc:
-            if str(exc) not in reported:
-                reported.add(str(exc))
-                bad = reg.active()
-                reg.record_refusal(bad.version if bad else "?", str(exc))
-            raise
-        if act is None:
-            raise UserFacingError("the active model was retired and none replaced it")
-        return Path(act.path), act.version
+            while not self.stop_event.is_set():
+                self.discover()
+                batch = self.scorer.process_batch()
+                if self.on_batch and batch.stored:
+                    self.on_batch(batch.stored)
+                if self.heartbeat.due():
+                    self._beat("running")
+                    self.slot.load_safely()  # between batches: a promoted model or a new engine takes over here
+                    self.slot.report_build_safely()
+                if batch.claimed and progress is not None:
+                    progress(batch.claimed, self._backlog())
+                if once and not batch.claimed and self.idle():
+                    break
+                if not batch.claimed:
+                    self.stop_event.wait(0.2 if once else min(self.poll_interval, 0.5))
+        finally:
+            notify.default().stopping()
+            self.intake.stop()
+            self._beat("stopped")
 
-    return source
+    def _channel(self, path: str) -> str | None:
+        """The watch folder's ``channel`` setting for an image: scored inside stacks and containers."""
+        return formats.channel_for(self.settings.watch, path)
 
+    def _backlog(self) -> int:
+        counts = self._repo.queue_counts()
+        return sum(counts.get(state, 0) for state in WAITING)
 
-def engine_factory(settings: Settings):  # noqa: ANN201
-    def factory(path: Path) -> Engine:
-        from nscmonitor.engines.select import select
+    def _watched(self) -> list[dict]:
+        return [f.status() for f in self.folders]
 
-        try:
-            sel = select(path, settings.engine, batch_size=settings.batch_size, threads=settings.threads,
-                         cache_dir=settings.models_dir / "engines")
-        except MetadataError as exc:
-            raise UserFacingError(f"refusing model {path}: {exc}") from exc
-        except EngineError as exc:
-            raise UserFacingError(f"no engine can serve {path}: {exc}") from exc
-        for backend, why in sel.skipped:
-            log.info("engine %s not used: %s", backend, why)
-        log.info("serving %s with %s", path, sel.engine.name)
-        return sel.engine
-
-    return factory
-
-
-class DaemonEngineBuilds:
-    """The daemon's side of build on arrival: it starts a background build (lower priority,
-    ``engines.autobuild``) when the served model has no engine for this machine, reaps it,
-    and tells the runner when a new engine has passed its gate so it can swap between
-    batches. A preference for a backend that needs no build (``engine = "ort-cpu"``) turns
-    building off."""
-
-    def __init__(self, settings: Settings) -> None:
-        from nscmonitor.engines.autobuild import wants_build
-
-        self.enabled = wants_build(settings.engine)
-        self.threads = settings.threads
-        self._procs: dict[Path, object] = {}
-        #: builds that ended without recording an outcome (killed, out of memory, a runtime crash)
-        #: or could not start, with the fingerprint they had: retried only when it changes, not
-        #: at every heartbeat for weeks
-        self._gave_up: dict[Path, object] = {}
-
-    def ensure(self, model_path: Path) -> None:
-        from nscmonitor.engines import autobuild
-
-        if not self.enabled:
-            return
-        for path, proc in list(self._procs.items()):  # reap finished builds, of this model or an earlier one
-            if proc.poll() is not None:
-                del self._procs[path]
-                if autobuild.needed(path)[0] == "build":
-                    self._give_up(path, f"the build process ended (exit code {proc.returncode}) without recording "
-                                        f"an outcome; see {autobuild.log_path(path)}")
-        if model_path in self._procs:
-            return
-        if model_path in self._gave_up and self._gave_up[model_path] == autobuild.fingerprint(model_path):
-            return
-        try:
-            started = autobuild.start(model_path, threads=self.threads)
-        except Exception as exc:  # an engine is an optimisation: whatever goes wrong, fp32 keeps serving
-            self._give_up(model_path, f"cannot start an engine build: {exc}")
-            return
-        if started is not None:
-            self._procs[model_path] = started
-
-    def _give_up(self, model_path: Path, reason: str) -> None:
-        from nscmonitor.engines import autobuild
-
-        log.warning("%s: %s; fp32 keeps serving, and the build is retried when the model, its calibration set or "
-                    "the runtimes change, or at the next daemon start", model_path, reason)
-        try:
-            self._gave_up[model_path] = autobuild.fingerprint(model_path)
-        except OSError as exc:
-            log.warning("%s: cannot fingerprint the model: %s", model_path, exc)
-
-    def token(self, model_path: Path) -> str | None:
-        from nscmonitor.engines.autobuild import token
-
-        return token(model_path) if self.enabled else None
-
-    def summary(self, model_path: Path, version: str) -> dict:
-        from nscmonitor.engines.autobuild import summary
-
-        if not self.enabled:
-            return {"state": "off", "message": "engine builds are off (engine preference set in the configuration)"}
-        info = summary(model_path, version)
-        proc = self._procs.get(model_path)
-        if info["state"] in ("none", "interrupted") and proc is not None and proc.poll() is None:
-            # the build just started and has not written its record yet
-            info = {"state": "building", "message": f"building an engine for {version} in the background; "
-                                                    "scoring goes on with the engine in use"}
-        return info
+    def _beat(self, state: str) -> None:
+        model = self.model
+        self.heartbeat.beat(state, engine=model.engine.name if model else None,
+                            model_version=model.version if model else None,
+                            images_per_s=self.metrics.images_per_s(), watched=self._watched())
 
 
 def check_models_dir(path: Path) -> None:
@@ -194,7 +166,8 @@ def check_models_dir(path: Path) -> None:
                               "engines it builds and the registry's model versions there")
 
 
-def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) -> Runner:  # noqa: ANN003
+def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) -> Daemon:  # noqa: ANN003
+    """The daemon ``nscmonitor run`` starts, from validated settings; ``runner_kw`` go to ``Daemon``."""
     if not settings.watch:
         raise UserFacingError("nothing to watch: add [[watch]] folders to the config or pass --watch DIR")
     for w in settings.watch:
@@ -208,7 +181,7 @@ def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) 
     if source is None:
         raise UserFacingError(NO_MODEL)
     runner_kw.setdefault("engine_builds", DaemonEngineBuilds(settings))
-    return Runner(settings, Writer(engine), source, engine_factory(settings), **runner_kw)
+    return Daemon(settings, Writer(engine), source, engine_factory(settings), **runner_kw)
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

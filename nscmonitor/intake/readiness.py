@@ -34,14 +34,19 @@ class ReadinessTracker:
         self.clock = clock
         self.stat = stat
         self._pending: dict[str, _Seen] = {}
+        self._settled: dict[str, tuple[int, float]] = {}
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._settled)
 
     def touch(self, path: str, *, event: bool = True) -> None:
         """A watch event (``event=True``) restarts the quiet period; a rescan only does so
         when size or mtime changed, so a slow rescan cycle cannot starve a file."""
-        st = self._stat(path)
+        self.observe(path, self._stat(path), event=event)
+
+    def observe(self, path: str, st: tuple[int, float] | None, *, event: bool = True) -> None:
+        """``touch`` with the caller's own look at the file (size, mtime; None when it is gone
+        or not a regular file), so a file just stat'ed is not stat'ed again."""
         if st is None:
             self._pending.pop(path, None)
             return
@@ -53,9 +58,11 @@ class ReadinessTracker:
             seen.since = self.clock()
 
     def add_settled(self, path: str, size: int, mtime: float) -> None:
-        """A file found by a scan whose mtime is already older than the quiet period: it
-        only has to show the same size and mtime once more to be ready."""
-        self._pending[path] = _Seen(size, mtime, self.clock() - self.quiet)
+        """A file found by a scan whose mtime is already older than the quiet period is ready
+        at the next ``ready()`` as the scan saw it: the scan's look is the second look (a
+        further stat microseconds later, in the same pass, would tell nothing new)."""
+        self._pending.pop(path, None)
+        self._settled[path] = (size, mtime)
 
     def _stat(self, path: str) -> tuple[int, float] | None:
         try:
@@ -81,4 +88,6 @@ class ReadinessTracker:
             if now - seen.since >= self.quiet:
                 out.append((path, seen.size, seen.mtime))
                 del self._pending[path]
+        out.extend((path, size, mtime) for path, (size, mtime) in self._settled.items())
+        self._settled.clear()
         return out

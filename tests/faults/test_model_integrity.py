@@ -112,7 +112,7 @@ def test_promoting_a_changed_file_is_refused(tmp_path: Path, tiny_model: Path) -
 
 
 def test_static_model_changed_after_start_is_refused(tmp_path: Path, tiny_model: Path) -> None:
-    from nscmonitor.daemon import static_model_source
+    from nscmonitor.scoring.serving import static_model_source
     from nscmonitor.registry.registry import ModelIntegrityError
 
     model = tmp_path / "m.onnx"

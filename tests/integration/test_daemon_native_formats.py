@@ -309,10 +309,10 @@ def test_a_container_still_being_written_waits_and_is_expanded_once_complete(tmp
     target.write_bytes(full[: len(full) // 2])  # the directory a CZI writes last is not there yet
     runner = make_runner(watch, rescan_interval=0.001, induction_time="2026-01-01T00:00:00+00:00")
     runner.setup()
-    runner._discover()
+    runner.discover()
     assert _images(runner) == {}  # not queued, not marked known: looked at again
     target.write_bytes(full)
-    runner._discover()
+    runner.discover()
     runner.run(once=True)
     got = {p: (img.status, w.name) for p, (img, w, _) in _images(runner).items()}
     assert got == {f"{target}|scene=0": ("done", "E05"), f"{target}|scene=1": ("done", "E06")}
@@ -326,10 +326,10 @@ def test_a_container_that_never_opens_is_queued_after_a_few_looks_with_the_reaso
     broken.write_bytes(b"\xda\xce\xbe\x0a" + b"\0" * 500)
     runner = make_runner(watch, rescan_interval=0.001, max_attempts=1)
     runner.setup()
-    runner._discover()
-    runner._discover()
+    runner.discover()
+    runner.discover()
     assert _images(runner) == {}
-    runner._discover()  # the third look at the same size and mtime: queued as it is
+    runner.discover()  # the third look at the same size and mtime: queued as it is
     runner.run(once=True)
     (img, _, _), = _images(runner).values()
     assert img.status in ("failed", "quarantined")

@@ -303,7 +303,7 @@ def test_ort_int8_serves_only_when_it_is_not_slower_than_fp32_here(tmp_path: Pat
 def test_a_build_that_dies_without_an_outcome_is_not_restarted_at_every_heartbeat(tmp_path: Path) -> None:
     """A build killed by the OOM killer (or a runtime crash) records nothing; the daemon must
     not start it again every few seconds for weeks, only when the model or runtimes change."""
-    from nscmonitor.daemon import DaemonEngineBuilds
+    from nscmonitor.scoring.engine_builds import DaemonEngineBuilds
 
     run = run_dir_with_calibration(tmp_path)
     model = run / "model.onnx"

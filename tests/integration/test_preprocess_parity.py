@@ -44,7 +44,7 @@ def meta():
 
 
 def daemon_tiles(path):
-    """What Runner.process_batch does with a frame (decode, QC percentiles, Preprocess)."""
+    """What the scorer's stages (scoring.stages.prepare) do with a frame (decode, QC percentiles, Preprocess)."""
     md = meta()
     dec = decode(path)
     norm = md.normalization

@@ -40,7 +40,7 @@ def _scored(runner) -> list[tuple[m.Image, str, str, str]]:  # noqa: ANN001
 def _daemon_tiles(runner, img: m.Image) -> np.ndarray:  # noqa: ANN001
     """The tiles the daemon feeds its engine for this image (its own decode, QC, Preprocess)."""
     c = Claimed(img.id, img.path, img.path, img.experiment_id, img.well_id, None, 0, None, img.channel, False)
-    _, _, _, grid = runner._prepare(c, runner.model.engine.metadata)
+    grid = runner.scorer.prepare(c).grid
     return grid.tiles[:, 0]
 
 

@@ -1,0 +1,66 @@
+"""What intake knows about a ready image before it enters the queue: its place (from the
+name, or from the container's or OME-Zarr plate's metadata), the channel rule, the
+elapsed-time rule, the plate map's condition, and why it is quarantined or skipped.
+Pure functions of the folder's settings and the ready file."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from nscmonitor.core.domain import ImageKey, ParseResult
+from nscmonitor.intake.filenames import parse_path
+from nscmonitor.intake.folder import WatchedFolder
+from nscmonitor.scoring import formats
+from nscmonitor.store.writer import Discovered
+
+LINK_SKIP = "symbolic link: not followed (a target inside a watched folder is scored under its own path)"
+
+
+def parse(folder: WatchedFolder, path: str, unit: formats.Unit | None) -> ParseResult:
+    """The file's name parsed by the folder's profile; a container unit or OME-Zarr field
+    that its metadata placed (or refused) wins over the name. Raises ValueError for a
+    profile that cannot parse at all."""
+    res = parse_path(folder.rel(formats.split_ref(path)[0]), folder.profile, plate_format=folder.cfg.plate_format)
+    if unit is not None and (unit.key is not None or unit.error is not None):
+        res = ParseResult(folder.rel(path), "error" if unit.error else "image", unit.profile, unit.key, unit.error)
+    return res
+
+
+def describe(folder: WatchedFolder, res: ParseResult, path: str, size: int, mtime: float, link: bool) -> Discovered:
+    """A parsed image as the queue takes it. A channel other than the folder's ``channel``
+    is skipped with the reason; a symbolic link is skipped (never quarantined: the name
+    is not at fault)."""
+    cfg = folder.cfg
+    key = res.key
+    error = res.reason if res.kind == "error" else None
+    skip = None
+    if key is not None and cfg.channel is not None and key.channel is not None \
+            and norm_channel(key.channel) != norm_channel(cfg.channel):
+        skip = f"channel {key.channel} is not the scored channel ({cfg.channel})"
+    if link:
+        error, skip = None, LINK_SKIP
+    acquired = key.acquired_at if key is not None else None
+    acquired_utc = acquired.astimezone(timezone.utc) if acquired else datetime.fromtimestamp(mtime, timezone.utc)
+    return Discovered(
+        path=path, relpath=folder.rel(path), size=size, mtime=mtime, experiment_id=folder.experiment_id,
+        profile=res.profile, key=key, plate=cfg.plate or (key.plate if key else None) or cfg.path.name,
+        plate_format=cfg.plate_format, elapsed_h=elapsed_hours(key, acquired_utc, cfg.induction_time),
+        acquired_at=acquired_utc, condition=folder.plate_map.condition(key.well) if key else None,
+        attributes=folder.plate_map.attributes.get(key.well) if key else None,
+        error=error, skip_reason=skip,
+    )
+
+
+def norm_channel(ch: str) -> str:
+    """``"02"`` and ``"2"`` name the same channel number; names compare case-blind."""
+    return str(int(ch)) if ch.isdigit() else ch.strip().lower()
+
+
+def elapsed_hours(key: ImageKey | None, acquired_utc: datetime, induction: datetime | None) -> float | None:
+    """Hours since induction: the name's own elapsed time first (Incucyte ``00d12h00m``),
+    else acquisition time minus the folder's ``induction_time``, else unknown."""
+    if key is not None and key.elapsed_h is not None:
+        return key.elapsed_h
+    if induction is not None:
+        return (acquired_utc - induction).total_seconds() / 3600.0
+    return None

@@ -1,0 +1,81 @@
+"""Build on arrival, the daemon's side: a background engine build for a served model that
+has no engine for this machine."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from nscmonitor.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class DaemonEngineBuilds:
+    """The daemon's side of build on arrival: it starts a background build (lower priority,
+    ``engines.autobuild``) when the served model has no engine for this machine, reaps it,
+    and tells the model slot when a new engine has passed its gate so it can swap between
+    batches. A preference for a backend that needs no build (``engine = "ort-cpu"``) turns
+    building off."""
+
+    def __init__(self, settings: Settings) -> None:
+        from nscmonitor.engines.autobuild import wants_build
+
+        self.enabled = wants_build(settings.engine)
+        self.threads = settings.threads
+        self._procs: dict[Path, object] = {}
+        #: builds that ended without recording an outcome (killed, out of memory, a runtime crash)
+        #: or could not start, with the fingerprint they had: retried only when it changes, not
+        #: at every heartbeat for weeks
+        self._gave_up: dict[Path, object] = {}
+
+    def ensure(self, model_path: Path) -> None:
+        from nscmonitor.engines import autobuild
+
+        if not self.enabled:
+            return
+        for path, proc in list(self._procs.items()):  # reap finished builds, of this model or an earlier one
+            if proc.poll() is not None:
+                del self._procs[path]
+                if autobuild.needed(path)[0] == "build":
+                    self._give_up(path, f"the build process ended (exit code {proc.returncode}) without recording "
+                                        f"an outcome; see {autobuild.log_path(path)}")
+        if model_path in self._procs:
+            return
+        if model_path in self._gave_up and self._gave_up[model_path] == autobuild.fingerprint(model_path):
+            return
+        try:
+            started = autobuild.start(model_path, threads=self.threads)
+        except Exception as exc:  # an engine is an optimisation: whatever goes wrong, fp32 keeps serving
+            self._give_up(model_path, f"cannot start an engine build: {exc}")
+            return
+        if started is not None:
+            self._procs[model_path] = started
+
+    def _give_up(self, model_path: Path, reason: str) -> None:
+        from nscmonitor.engines import autobuild
+
+        log.warning("%s: %s; fp32 keeps serving, and the build is retried when the model, its calibration set or "
+                    "the runtimes change, or at the next daemon start", model_path, reason)
+        try:
+            self._gave_up[model_path] = autobuild.fingerprint(model_path)
+        except OSError as exc:
+            log.warning("%s: cannot fingerprint the model: %s", model_path, exc)
+
+    def token(self, model_path: Path) -> str | None:
+        from nscmonitor.engines.autobuild import token
+
+        return token(model_path) if self.enabled else None
+
+    def summary(self, model_path: Path, version: str) -> dict:
+        from nscmonitor.engines.autobuild import summary
+
+        if not self.enabled:
+            return {"state": "off", "message": "engine builds are off (engine preference set in the configuration)"}
+        info = summary(model_path, version)
+        proc = self._procs.get(model_path)
+        if info["state"] in ("none", "interrupted") and proc is not None and proc.poll() is None:
+            # the build just started and has not written its record yet
+            info = {"state": "building", "message": f"building an engine for {version} in the background; "
+                                                    "scoring goes on with the engine in use"}
+        return info

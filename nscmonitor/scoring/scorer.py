@@ -1,0 +1,171 @@
+"""Scoring: claim -> stages -> complete, for one batch of queued images at a time.
+
+The scorer claims due images, runs each through the stages (``scoring.stages``) inside
+one error boundary per image, scores the tiles of all of them in engine-sized batches,
+and stores the batch in one transaction. Whatever one image does (a codec bug, an absurd
+tag, a resampler refusing, a row the database refuses), that image is failed or
+quarantined with the reason and the others go on. An engine that fails on every image
+hands the batch back to the queue untouched, so no image is lost or scored twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import NamedTuple, TypeVar
+
+from nscmonitor.config import Settings
+from nscmonitor.core.names import shown
+from nscmonitor.core.queue import MAX_ATTEMPTS
+from nscmonitor.scoring.decode import DecodeError, open_regular, why
+from nscmonitor.scoring.hot_swap import LoadedModel, ModelSlot
+from nscmonitor.scoring.metrics import Metrics
+from nscmonitor.scoring.preprocess import Preprocess
+from nscmonitor.scoring.stages import Prepared, infer, prepare, result
+from nscmonitor.store.writer import Claimed, Scored, Writer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batch(NamedTuple):
+    claimed: int
+    stored: int
+
+
+class Scorer:
+    def __init__(self, settings: Settings, writer: Writer, slot: ModelSlot, metrics: Metrics, *,
+                 channel: Callable[[str], str | None], stop_event: threading.Event,
+                 wall: Callable[[], float] = time.time, retry_base_s: float = 5.0,
+                 max_attempts: int = MAX_ATTEMPTS, claim_size: int = 4) -> None:
+        """``channel``: the watch folder's scored channel for an image path."""
+        self.settings = settings
+        self.writer = writer
+        self.slot = slot
+        self.metrics = metrics
+        self.channel = channel
+        self.stop_event = stop_event
+        self.wall = wall
+        self.retry_base_s = retry_base_s
+        self.max_attempts = max_attempts
+        self.claim_size = claim_size
+        self._pre: tuple[object, Preprocess] | None = None
+
+    def process_batch(self) -> Batch:
+        model = self.slot.model
+        assert model is not None
+        claimed = self.writer.claim(self.claim_size, self.wall(), model.version, max_attempts=self.max_attempts)
+        if not claimed:
+            return Batch(0, 0)
+        prepared = [p for _, p in self._each(((c, c) for c in claimed), "preparing the image", self.prepare)
+                    if p is not None]
+        if not prepared:
+            return Batch(len(claimed), 0)
+        t0 = time.perf_counter()
+        probs = self._infer(model, prepared)
+        if probs is None:
+            return Batch(len(claimed), 0)
+        t1 = time.perf_counter()
+        pairs = [(p.claimed, (p, pr)) for p, pr in zip(prepared, probs) if pr is not None]
+        results = self._each(pairs, "packing the result",
+                             lambda pp: result(pp[0], pp[1], model_version=model.version, engine=model.engine))
+        stored = self._complete(results)
+        self.metrics.timings.inference += t1 - t0
+        self.metrics.timings.store += time.perf_counter() - t1
+        self.metrics.stored(c.path for c in stored)
+        return Batch(len(claimed), len(stored))
+
+    def prepare(self, c: Claimed) -> Prepared | None:
+        """The stages before inference for one image; an image whose content was scored
+        already is marked done here (None)."""
+        meta = self.slot.model.engine.metadata
+        out = prepare(c, self._preprocess(meta), meta, max_pixels=self.settings.max_pixels,
+                      channel=self.channel(c.path), timings=self.metrics.timings)
+        if out is None:
+            self.writer.unchanged(c.id)
+        return out
+
+    def _preprocess(self, meta) -> Preprocess:  # noqa: ANN001
+        """One ``Preprocess`` per served model, built inside the per-image boundary: metadata
+        it refuses fails the images, never the daemon."""
+        if self._pre is None or self._pre[0] is not meta:
+            self._pre = (meta, Preprocess.from_metadata(meta))
+        return self._pre[1]
+
+    def _each(self, items: Iterable[tuple[Claimed, T]], what: str,
+              stage: Callable[[T], R]) -> list[tuple[Claimed, R]]:
+        """The per-image error boundary: ``stage`` on each image's item; an image it raises
+        for is failed (or quarantined) with the reason, and the others go on."""
+        out = []
+        for c, arg in items:
+            try:
+                out.append((c, stage(arg)))
+            except DecodeError as exc:
+                self.fail(c, exc.reason, exc.permanent)
+            except Exception as exc:  # a bug or an odd file must not stop the daemon
+                log.exception("%s: unexpected error while %s", shown(c.path), what)
+                self.fail(c, f"unexpected error while {what}: {why(exc)}", False)
+        return out
+
+    def _infer(self, model: LoadedModel, prepared: list[Prepared]) -> list | None:
+        """Probabilities per image (None for one the engine failed on, which is failed here);
+        None when the engine failed on the whole batch, which goes back to the queue."""
+        try:
+            probs, errors = infer(model.engine, prepared, self.settings.batch_size)
+        except Exception as exc:  # the engine, not an image, is at fault
+            log.error("engine %s failed on a batch: %s; the batch goes back to the queue", model.engine.name, exc)
+            self.writer.event("engine_error", str(exc), level="error")
+            self.writer.release(p.claimed.id for p in prepared)
+            self.stop_event.wait(self.retry_base_s)
+            return None
+        for c, exc in errors:
+            self.fail(c, f"the engine failed on this image: {why(exc)}", False)
+        return probs
+
+    def _complete(self, results: list[tuple[Claimed, Scored]]) -> list[Claimed]:
+        """Store the batch in one transaction; if that fails, each image alone, so one row
+        the database refuses cannot fail the others. Returns the images stored."""
+        if not results:
+            return []
+        try:
+            self.writer.complete([r for _, r in results])
+            return [c for c, _ in results]
+        except Exception as exc:  # a database hiccup must not stop the daemon; retry later
+            log.exception("could not store the results of %d images", len(results))
+            if len(results) == 1:
+                self.fail(results[0][0], f"could not store the result: {why(exc)}", False)
+                return []
+        done = []
+        for c, r in results:
+            try:
+                self.writer.complete([r])
+                done.append(c)
+            except Exception as exc:  # this image's row is the problem: fail it alone
+                log.exception("%s: could not store the result", shown(c.path))
+                self.fail(c, f"could not store the result: {why(exc)}", False)
+        return done
+
+    def fail(self, c: Claimed, reason: str, permanent: bool) -> None:
+        """Failed with exponential backoff, or quarantined (permanent, or attempts used up)."""
+        retry_at = self.wall() + self.retry_base_s * (2 ** (c.attempts - 1))
+        state = self.writer.fail(c.id, reason, permanent=permanent, retry_at=retry_at, max_attempts=self.max_attempts)
+        log.warning("%s: %s (%s)", shown(c.path), reason, state)
+
+
+def requeue_readable(writer: Writer) -> None:
+    """Files quarantined because they could not be opened go back to the queue as soon as
+    they can be: fixing permissions changes neither size nor mtime, so intake's
+    changed-file rule would never notice."""
+    back = []
+    for image_id, path in writer.unreadable_quarantined().items():
+        try:
+            with open_regular(path):
+                back.append(image_id)
+        except (OSError, DecodeError):
+            continue
+    if back and writer.requeue(back):
+        log.info("%d file(s) quarantined as unreadable can be read now; queued again", len(back))

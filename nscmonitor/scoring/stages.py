@@ -1,0 +1,108 @@
+"""The stages one claimed image goes through: decode -> is the content new -> QC -> tiles ->
+(inference, over the whole batch) -> result.
+
+The contract: a stage takes what the stages before it made and returns its own part, or
+raises ``DecodeError`` when the image itself is at fault (``permanent``: quarantine at
+once; else retry with backoff). Any other exception is a bug or an odd file; the scorer's
+one boundary per image (``scorer.Scorer._each``) fails that image with the reason and the
+others go on. No stage writes to the database: the scorer does, after the stages.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from nscmonitor.core.aggregate import image_score, pack_tiles
+from nscmonitor.core.domain import QCMetrics
+from nscmonitor.core.limits import resample_refusal
+from nscmonitor.engines.base import Engine
+from nscmonitor.scoring.classify import score_batches
+from nscmonitor.scoring.decode import DecodeError, Decoded, decode
+from nscmonitor.scoring.metrics import Timings
+from nscmonitor.scoring.preprocess import Preprocess, TileGrid
+from nscmonitor.scoring.qc import qc_metrics
+from nscmonitor.store.writer import Claimed, Scored
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded image with new content (or not yet scored by this model), checked and tiled."""
+
+    claimed: Claimed
+    decoded: Decoded
+    qc: QCMetrics
+    grid: TileGrid | None  # None: QC found nothing to score (blank or non-finite frame)
+
+
+def already_scored(c: Claimed, dec: Decoded) -> bool:
+    """The one place that decides whether the content is new: identical bytes to those this
+    image was scored from, and a prediction by the serving model exists (the file was only
+    touched, or the daemon was restarted mid-batch)."""
+    return c.scored and dec.sha256 == c.previous_hash
+
+
+def prepare(c: Claimed, pre: Preprocess, meta, *, max_pixels: int, channel: str | None,  # noqa: ANN001
+            timings: Timings) -> Prepared | None:
+    """Decode, QC and tile one claimed image; None when its content was scored already
+    (nothing to redo)."""
+    t0 = time.perf_counter()
+    dec = decode(c.path, max_pixels=max_pixels, channel=channel)
+    t1 = time.perf_counter()
+    timings.decode += t1 - t0
+    if already_scored(c, dec):
+        return None
+    norm = meta.normalization
+    qc = qc_metrics(dec.pixels, p_low=norm["p_low"], p_high=norm["p_high"])
+    grid = None
+    if not qc.blank and not qc.nonfinite:
+        factor = pre.factor(dec.pixel_size_um)
+        refusal = resample_refusal(dec.pixels.shape, factor, max_pixels, meta.input_size)
+        if refusal:
+            raise DecodeError(refusal, permanent=True)
+        grid = pre.tiles(dec.pixels, factor=factor, lohi=(qc.p_low, qc.p_high))
+    timings.preprocess += time.perf_counter() - t1
+    return Prepared(c, dec, qc, grid)
+
+
+def infer(engine: Engine, prepared: list[Prepared], batch_size: int) -> tuple[list, list[tuple[Claimed, Exception]]]:
+    """Tile probabilities per prepared image (tiles of all images in engine-sized batches).
+    When the whole batch fails, each image is tried alone: returns the probabilities (None
+    for an image the engine failed on) and those images with their errors. Raises the
+    batch's error when the engine failed on every image (the engine is at fault, not an
+    image: the batch goes back to the queue untouched)."""
+    tiles = [p.grid.tiles if p.grid is not None else empty_tiles(engine.metadata) for p in prepared]
+    try:
+        return score_batches(engine, tiles, batch_size), []
+    except Exception as exc:  # any engine error type: which image (or the engine) is at fault is decided below
+        first = exc
+    out: list = []
+    errors: list[tuple[Claimed, Exception]] = []
+    if len(prepared) > 1:
+        for p, t in zip(prepared, tiles):
+            try:
+                out.extend(score_batches(engine, [t], batch_size))
+            except Exception as exc:  # this image's failure, counted against its attempts
+                out.append(None)
+                errors.append((p.claimed, exc))
+    if len(prepared) == 1 or len(errors) == len(prepared):
+        raise first
+    return out, errors
+
+
+def result(p: Prepared, probs: np.ndarray, *, model_version: str, engine: Engine) -> Scored:
+    """What the store keeps of one scored image."""
+    grid = p.grid
+    score = image_score(probs) if grid is not None and len(probs) else None
+    return Scored(
+        image_id=p.claimed.id, content_hash=p.decoded.sha256, qc=p.qc, width=p.decoded.pixels.shape[1],
+        height=p.decoded.pixels.shape[0], score=score,
+        tiles_blob=pack_tiles(probs, grid.rows, grid.cols, grid.kept) if grid is not None else None,
+        model_version=model_version, classes=engine.metadata.classes, engine=engine.name,
+    )
+
+
+def empty_tiles(meta) -> np.ndarray:  # noqa: ANN001
+    return np.zeros((0, meta.input_channels, meta.input_size, meta.input_size), np.float32)
