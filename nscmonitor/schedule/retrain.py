@@ -21,12 +21,10 @@ import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.orm import sessionmaker
 
 from nscmonitor.config import Settings
 from nscmonitor.core.domain import GLIA
@@ -34,11 +32,11 @@ from nscmonitor.engines.metadata import read_onnx_metadata
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.hooks import emit
 from nscmonitor.labels import read_label_file
-from nscmonitor.core.names import from_db, to_db
+from nscmonitor.core.names import to_db
 from nscmonitor.scoring.formats import channel_for
 from nscmonitor.registry.registry import Registry
 from nscmonitor.schedule.gates import Decision, EvalResult, decide, evaluate_predictions
-from nscmonitor.store import models as m
+from nscmonitor.store import retrain as runs
 from nscmonitor.store.labels import WellLabel, current_labels, labels_version
 from nscmonitor.store.db import ensure_schema, open_engine, masked, open_readonly
 
@@ -116,21 +114,14 @@ def collect_samples(engine, *, up_to: int | None, channel: str | None = None,  #
     by_well = {(lab.experiment, lab.plate, lab.well): lab for lab in labels}
     splits = assign_well_splits([(lab.experiment, lab.plate, lab.well, lab.label) for lab in labels])
     samples: list[Sample] = []
-    with sessionmaker(engine)() as s:
-        rows = s.execute(
-            select(m.Image.path, m.Image.field, m.Image.timepoint, m.Image.elapsed_h, m.Image.channel, m.Well.name,
-                   m.Plate.name, m.Experiment.name)
-            .join(m.Well, m.Well.id == m.Image.well_id).join(m.Plate, m.Plate.id == m.Well.plate_id)
-            .join(m.Experiment, m.Experiment.id == m.Plate.experiment_id)
-            .where(m.Image.status == "done", m.Image.qc_passed.is_(True)).order_by(m.Image.id)).all()
-    for stored, field, tp, eh, ch, well, plate, exp in rows:
-        path = from_db(stored)
-        lab = by_well.get((exp, plate, well))
-        if lab is None or (channel is not None and ch is not None and ch != channel):
+    for img in runs.scored_images(engine):
+        lab = by_well.get((img.experiment, img.plate, img.well))
+        if lab is None or (channel is not None and img.channel is not None and img.channel != channel):
             continue
-        split = splits[(exp, plate, well)]
-        scored = channel_for(watch, path, default=ch)
-        samples.append(Sample(path, exp, plate, well, field, tp, eh, lab.label, lab.fractions, split, scored))
+        split = splits[(img.experiment, img.plate, img.well)]
+        scored = channel_for(watch, img.path, default=img.channel)
+        samples.append(Sample(img.path, img.experiment, img.plate, img.well, img.field, img.timepoint, img.elapsed_h,
+                              lab.label, lab.fractions, split, scored))
     return samples
 
 
@@ -265,23 +256,14 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
     engine = open_engine(settings.database_url)
     ensure_schema(engine)
     reg = Registry(settings.models_dir, engine)
-    Session = sessionmaker(engine, expire_on_commit=False)
     lv = labels_version(engine)
     active = reg.active()
     hook = settings.retrain.hook
-    with Session.begin() as s:
-        run = m.RetrainRun(started_at=_now(), trigger=trigger, labels_version=lv, status="running",
-                           baseline_version=active.version if active else None)
-        s.add(run)
-        s.flush()
-        run_id = run.id
+    run_id = runs.start_run(engine, trigger=trigger, labels_version=lv,
+                            baseline_version=active.version if active else None)
 
-    def finish(status: str, reason: str, **kw) -> RetrainOutcome:  # noqa: ANN003
-        with Session.begin() as s:
-            r = s.get(m.RetrainRun, run_id)
-            r.status, r.reason, r.finished_at = status, reason, _now()
-            for k, v in kw.items():
-                setattr(r, k, v)
+    def finish(status: str, reason: str, **kw) -> RetrainOutcome:  # noqa: ANN003 - runs.finish_run's columns
+        runs.finish_run(engine, run_id, status=status, reason=reason, **kw)
         level = {"failed": "error", "rejected": "warning"}.get(status, "info")
         if status != "skipped":
             emit(engine, f"retrain_{status}", reason, level=level, hook=hook,
@@ -368,18 +350,7 @@ def _engine_gate(settings: Settings, model_path: Path, version: str, decision: D
 def mark_for_rescore(engine) -> int:  # noqa: ANN001
     """Queue earlier images of experiments still acquiring for the new model, at low
     priority: the runner takes them only when nothing new waits."""
-    from datetime import timedelta
-
-    from sqlalchemy import func, update
-
-    recent = _now() - timedelta(days=RUNNING_DAYS)
-    with sessionmaker(engine).begin() as s:
-        running = select(m.Image.experiment_id).group_by(m.Image.experiment_id) \
-            .having(func.max(m.Image.discovered_at) >= recent)
-        res = s.execute(update(m.Image).where(m.Image.status == "done", m.Image.qc_passed.is_(True),
-                                              m.Image.experiment_id.in_(running))
-                        .values(status="rescore", attempts=0))  # a new piece of work: fresh attempts
-        return res.rowcount or 0
+    return runs.mark_for_rescore(engine, acquiring_since=_now() - timedelta(days=RUNNING_DAYS))
 
 
 #: a candidate's engine build that takes longer is stopped (builds take seconds to minutes; a
