@@ -136,7 +136,8 @@ def measure(db: Path, times: int, fields: int) -> dict:
 
     from nscmonitor.config import parse_settings
     from nscmonitor.gui.app import open_store, qt_app
-    from nscmonitor.gui.main_window import MainWindow, load_plate, poll
+    from nscmonitor.gui.main_window import MainWindow
+    from nscmonitor.gui.state.presenter import load_plate, poll
     from nscmonitor.store import dashboard as dash
 
     app = qt_app()

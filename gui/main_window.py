@@ -4,9 +4,6 @@ indexes arrays and paints."""
 
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,107 +14,18 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QMai
                                QPushButton, QSlider, QSplitter, QTabWidget, QVBoxLayout, QWidget)
 
 from nscmonitor.gui.export_dialog import ExportDialog, save_plot, save_widget
-from nscmonitor.gui.state.readouts import (Metric, PlateCube, ReadoutRows, Well, build_cube, merge, metric_at,
-                                           metrics_for, nearest_time)
+from nscmonitor.gui.state.presenter import (ModelMetaCache, Overview, PlateLoad, PollResult, WellImages, load_plate,
+                                            poll, read_overview)
+from nscmonitor.gui.state.readouts import Metric, PlateCube, ReadoutRows, merge, metric_at, metrics_for, nearest_time
 from nscmonitor.gui.state.status import daemon_alive
 from nscmonitor.gui.widgets.browser import ExperimentBrowser, first_plate
 from nscmonitor.gui.widgets.image_view import ImageView
 from nscmonitor.gui.widgets.models_panel import ModelsPanel, label_action, registry_actions
 from nscmonitor.gui.widgets.plate_map_view import PlateMapView
-from nscmonitor.gui.widgets.status_panel import StatusPanel, StatusSnapshot, read_status, requeue_action
+from nscmonitor.gui.widgets.status_panel import StatusPanel, requeue_action
 from nscmonitor.gui.widgets.time_course import TimeCourse
 from nscmonitor.gui.workers import Reader
 from nscmonitor.store import dashboard as db
-
-log = logging.getLogger(__name__)
-
-FULL_RELOAD_PAIRS = 2000  # past this many changed (well, time) pairs one plate query is cheaper
-
-
-# --- reads that run in worker threads --------------------------------------------------------
-@dataclass(frozen=True)
-class Overview:
-    experiments: list[db.ExperimentOverview]
-    status: StatusSnapshot
-    versions: list[db.ModelVersionInfo]
-    marks: db.Marks
-
-
-def read_overview(engine) -> Overview:  # noqa: ANN001
-    return Overview(db.overview(engine), read_status(engine), db.model_versions(engine), db.marks(engine))
-
-
-@dataclass(frozen=True)
-class PlateLoad:
-    plate: db.PlateInfo
-    plate_format: int
-    wells: list[Well]
-    versions: list[db.VersionUse]
-    version: str | None
-    cube: PlateCube
-    marks: db.Marks
-    seconds: float
-    partial: bool = False  # only the newest time point: the full load follows
-
-
-def _wells(engine, plate_id: int) -> list[Well]:  # noqa: ANN001
-    return [Well(w.id, w.name, w.row, w.col, w.condition) for w in db.plate_wells(engine, plate_id)]
-
-
-def _rows(c: db.ReadoutColumns) -> ReadoutRows:
-    return ReadoutRows(c.well_id, c.time_key, c.elapsed_h, c.classes, c.prob_mean, c.prob_sd, c.fraction, c.n_images,
-                       c.n_tiles, c.n_qc_failed, c.confidence)
-
-
-def load_plate(engine, plate: db.PlateInfo, preferred: str | None, wanted: str | None = None, *,  # noqa: ANN001
-               latest_only: bool = False) -> PlateLoad:
-    """Everything the plate view needs in one go: wells, the model version to show (the one
-    asked for, else the daemon's, else the newest with readouts) and its readouts: all of
-    them, or with ``latest_only`` just the newest time point for a fast first paint."""
-    t0 = time.perf_counter()
-    mk = db.marks(engine)
-    rows = db.plate_wells(engine, plate.id)
-    wells = [Well(w.id, w.name, w.row, w.col, w.condition) for w in rows]
-    versions = db.plate_versions(engine, plate.id)
-    names = [v.version for v in versions]
-    version = wanted if wanted in names else preferred if preferred in names else (names[-1] if names else None)
-    cols = db.plate_readouts(engine, plate.id, version, latest_only=latest_only) if version else None
-    fmt = db.plate_format_for(plate.plate_format, rows)
-    cube = build_cube(wells, fmt, _rows(cols) if cols is not None else ReadoutRows.empty())
-    return PlateLoad(plate, fmt, wells, versions, version, cube, mk, time.perf_counter() - t0,
-                     partial=latest_only and version is not None)
-
-
-@dataclass(frozen=True)
-class PollResult:
-    marks: db.Marks
-    rows: ReadoutRows | None
-    wells: list[Well] | None
-    full: PlateLoad | None
-    overview: Overview | None
-
-
-def poll(engine, plate: db.PlateInfo | None, version: str | None, last: db.Marks | None,  # noqa: ANN001
-         preferred: str | None) -> PollResult:
-    """What changed since ``last``: the readouts of (well, time) pairs with new predictions or
-    changed images, new wells, and the overview and status when anything moved."""
-    mk = db.marks(engine)
-    if last is not None and mk == last:
-        return PollResult(mk, None, None, None, None)
-    overview = read_overview(engine)
-    if plate is None or last is None:
-        return PollResult(mk, None, None, None, overview)
-    if version is None:
-        if mk.prediction_id != last.prediction_id:
-            return PollResult(mk, None, None, load_plate(engine, plate, preferred), overview)
-        return PollResult(mk, None, None, None, overview)
-    pairs = db.touched_since(engine, plate.id, version, last.prediction_id,
-                             last.image_updated if mk.image_updated != last.image_updated else None)
-    if len(pairs) > FULL_RELOAD_PAIRS:
-        return PollResult(mk, None, None, load_plate(engine, plate, preferred, version), overview)
-    wells = _wells(engine, plate.id) if mk.image_id != last.image_id else None
-    rows = _rows(db.readouts_for(engine, plate.id, version, pairs)) if pairs else None
-    return PollResult(mk, rows, wells, None, overview)
 
 
 class MainWindow(QMainWindow):
@@ -129,6 +37,7 @@ class MainWindow(QMainWindow):
         self.engine, self.settings = engine, settings
         self.want_experiment = experiment
         self.reader = Reader(self)
+        self.meta_cache = ModelMetaCache(engine, settings)
         self.overview: Overview | None = None
         self.experiment: db.ExperimentOverview | None = None
         self.plate: db.PlateInfo | None = None
@@ -471,13 +380,12 @@ class MainWindow(QMainWindow):
         w = cube.wells[cube.well_index(self.selection[0])]
         tk = int(cube.time_keys[self.t_index])
         title = f"{w.name} ({w.condition or 'no condition'}) at {cube.time_label(self.t_index)}"
-        self.reader.submit(_images_with_meta, self.engine, self.settings, w.id, tk, self.version,
+        self.reader.submit(self.meta_cache.well_images, w.id, tk, self.version,
                            done=lambda r, title=title: self._images(r, title), failed=self._failed, channel="images")
 
-    def _images(self, r: tuple, title: str) -> None:
-        images, meta, path = r
-        self.image_view.set_model(meta, path)
-        self.image_view.set_images(images, title)
+    def _images(self, r: WellImages, title: str) -> None:
+        self.image_view.set_model(r.model_meta, r.model_path)
+        self.image_view.set_images(r.images, title)
 
     # --- export --------------------------------------------------------------------------------
     def open_export(self) -> ExportDialog:
@@ -519,35 +427,3 @@ class MainWindow(QMainWindow):
         self.play_timer.stop()
         self.reader.shutdown(5000)
         super().closeEvent(e)
-
-
-def _images_with_meta(engine, settings, well_id: int, time_key: int, version: str | None):  # noqa: ANN001, ANN202
-    images = db.well_images(engine, well_id, time_key, version)
-    meta, path = model_meta(engine, settings, version)
-    return images, meta, path
-
-
-_META_CACHE: dict[str, tuple[dict | None, str | None]] = {}
-
-
-def model_meta(engine, settings, version: str | None) -> tuple[dict | None, str | None]:  # noqa: ANN001
-    """The model's metadata (input size, pixel size) for the tile overlay: the registry's row
-    when the version is registered, else the configured model file when it is that version."""
-    if version is None:
-        return None, None
-    if version in _META_CACHE:
-        return _META_CACHE[version]
-    meta = db.version_meta(engine, version)
-    path = next((v.path for v in db.model_versions(engine) if v.version == version), None)
-    if meta is None and settings is not None and getattr(settings, "model", None):
-        try:
-            from nscmonitor.scoring.serving import file_version
-            from nscmonitor.engines.metadata import read_onnx_metadata
-
-            if file_version(Path(settings.model)) == version:
-                m = read_onnx_metadata(settings.model)
-                meta, path = {"input_size": m.input_size, "pixel_size_um": m.pixel_size_um}, str(settings.model)
-        except Exception as exc:  # an unreadable model file only costs the exact overlay geometry
-            log.info("model metadata for %s unavailable: %s", version, exc)
-    _META_CACHE[version] = (meta, path)
-    return meta, path

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -14,8 +12,8 @@ from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QHBoxLayout, QHeade
                                QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from nscmonitor.core.queue import QueueState
+from nscmonitor.gui.state.presenter import StatusSnapshot
 from nscmonitor.gui.state.status import daemon_alive, heartbeat_text
-from nscmonitor.store.repo import DaemonInfo, ImageError
 
 QUEUE_STATES = tuple(s.value for s in (QueueState.PENDING, QueueState.PROCESSING, QueueState.FAILED, QueueState.DONE,
                                          QueueState.QUARANTINED))
@@ -42,31 +40,6 @@ def requeue_action(settings) -> RequeueAction:  # noqa: ANN001
         return f"{n} quarantined image(s) back in the queue; the daemon scores them next."
 
     return run
-
-
-@dataclass(frozen=True)
-class StatusSnapshot:
-    daemons: list[DaemonInfo]
-    queue: dict[str, int]
-    errors: list[ImageError]
-    scored_5min: int
-    at: datetime
-    #: the daemon's last word on its engine build (building, ready, swapped, or why fp32 serves)
-    engine_note: str | None = None
-    engine_note_level: str = "info"
-
-
-ENGINE_EVENTS = ("engine_build", "engine_build_failed", "engine_swapped")
-
-
-def read_status(engine) -> StatusSnapshot:  # noqa: ANN001 - SQLAlchemy engine
-    from nscmonitor.store.repo import Repo
-
-    repo = Repo(engine)
-    note = next((e for e in repo.events(200) if e.kind in ENGINE_EVENTS), None)
-    return StatusSnapshot(repo.daemons(3), repo.queue_counts(), repo.errors(30), repo.scored_since(300),
-                          datetime.now(timezone.utc), note.message if note else None,
-                          note.level if note else "info")
 
 
 class StatusPanel(QWidget):
