@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import QRectF, QSize
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout,
-                               QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
+                               QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QVBoxLayout, QWidget)
 
 from nscmonitor.gui.workers import Reader
 from nscmonitor.ops.health import active_version
@@ -19,7 +19,7 @@ def export_csv(engine, settings, experiment: str, out: Path, per_image: bool, *,
                progress=None) -> tuple[int, int, str | None, Path | None]:  # noqa: ANN001
     """The CLI's export: same functions, same version choice (the registry's active model)."""
     from nscmonitor.report.export import default_images_path, export_images, export_readouts
-    from nscmonitor.store.repo import Repo
+    from nscmonitor.store.reads import Repo
 
     repo = Repo(engine)
     done = 0
@@ -50,7 +50,7 @@ def export_sheets(engine, settings, experiment: str, out: Path, kind: str, *, se
                   with_sd: bool = False, with_n: bool = False, pdf: bool = False,
                   times: list[float] | None = None) -> tuple[list[Path], str | None]:
     """The CLI's wide/prism export and report: (files written, model version)."""
-    from nscmonitor.store.repo import Repo
+    from nscmonitor.store.reads import Repo
 
     repo = Repo(engine)
     active = active_version(settings)
@@ -235,3 +235,30 @@ def save_plot(plot_widget, path: str | Path) -> Path:  # noqa: ANN001 - pyqtgrap
     e.parameters()["width"] = max(800, int(item.width() * 2))
     e.export(str(path))
     return path
+
+
+def save_map_as(parent: QWidget, plate_map: QWidget) -> str | None:
+    """Asks where, saves the plate map there; the status line to show, or None when cancelled."""
+    path, _ = QFileDialog.getSaveFileName(parent, "Save plate map", str(Path.cwd() / "plate_map.png"),
+                                          "PNG (*.png);;SVG (*.svg)")
+    if not path:
+        return None
+    save_widget(plate_map, path)
+    return f"Saved {path}"
+
+
+def save_time_courses_as(parent: QWidget, well_plot: QWidget, cond_plot: QWidget) -> str | None:
+    """Asks for one name, saves the wells' and the conditions' plots beside each other under it;
+    the status line to show, or None when cancelled or refused (the reason in a message box)."""
+    path, _ = QFileDialog.getSaveFileName(parent, "Save time courses", str(Path.cwd() / "time_course.png"),
+                                          "PNG (*.png);;SVG (*.svg)")
+    if not path:
+        return None
+    p = Path(path)
+    try:
+        save_plot(well_plot, p.with_name(p.stem + "_wells" + p.suffix))
+        save_plot(cond_plot, p.with_name(p.stem + "_conditions" + p.suffix))
+    except OSError as exc:
+        QMessageBox.warning(parent, "Save time courses", str(exc))
+        return None
+    return f"Saved {p.stem}_wells{p.suffix} and {p.stem}_conditions{p.suffix}"

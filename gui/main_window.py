@@ -5,19 +5,20 @@ indexes arrays and paints."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QKeySequence
-from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox, QProgressBar,
-                               QPushButton, QSlider, QSplitter, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from sqlalchemy.engine import Engine
+from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMainWindow, QProgressBar, QPushButton, QSlider, QSplitter,
+                               QTabWidget, QVBoxLayout, QWidget)
 
-from nscmonitor.gui.export_dialog import ExportDialog, save_plot, save_widget
-from nscmonitor.gui.state.presenter import (ModelMetaCache, Overview, PlateLoad, PollResult, WellImages, load_plate,
-                                            poll, read_overview)
-from nscmonitor.gui.state.readouts import Metric, PlateCube, ReadoutRows, merge, metric_at, metrics_for, nearest_time
-from nscmonitor.gui.state.status import daemon_alive
+from nscmonitor.config import Settings
+from nscmonitor.gui.export_dialog import ExportDialog, save_map_as, save_time_courses_as
+from nscmonitor.gui.state.presenter import (ModelMetaCache, Overview, PlateLoad, PollResult, WellImages, daemon_line,
+                                            load_plate, poll, read_overview)
+from nscmonitor.gui.state.readouts import (Metric, PlateCube, ReadoutRows, merge, metric_at, metrics_for, nearest_time,
+                                           well_tooltip)
 from nscmonitor.gui.widgets.browser import ExperimentBrowser, first_plate
 from nscmonitor.gui.widgets.image_view import ImageView
 from nscmonitor.gui.widgets.models_panel import ModelsPanel, label_action, registry_actions
@@ -25,22 +26,24 @@ from nscmonitor.gui.widgets.plate_map_view import PlateMapView
 from nscmonitor.gui.widgets.status_panel import StatusPanel, requeue_action
 from nscmonitor.gui.widgets.time_course import TimeCourse
 from nscmonitor.gui.workers import Reader
-from nscmonitor.store import dashboard as db
+from nscmonitor.store import plate_reads as db
+from nscmonitor.store import reads
 
 
 class MainWindow(QMainWindow):
     plate_loaded = Signal()
     polled = Signal()
 
-    def __init__(self, engine, settings, *, experiment: str | None = None, poll_s: float = 2.0) -> None:  # noqa: ANN001
+    def __init__(self, engine: Engine, settings: Settings, *, experiment: str | None = None,
+                 poll_s: float = 2.0) -> None:
         super().__init__()
         self.engine, self.settings = engine, settings
         self.want_experiment = experiment
         self.reader = Reader(self)
         self.meta_cache = ModelMetaCache(engine, settings)
         self.overview: Overview | None = None
-        self.experiment: db.ExperimentOverview | None = None
-        self.plate: db.PlateInfo | None = None
+        self.experiment: reads.ExperimentOverview | None = None
+        self.plate: reads.PlateInfo | None = None
         self.load: PlateLoad | None = None
         self.cube: PlateCube | None = None
         self.version: str | None = None
@@ -63,7 +66,7 @@ class MainWindow(QMainWindow):
         self.play_timer = QTimer(self)
         self.play_timer.setInterval(400)
         self.play_timer.timeout.connect(self._play_step)
-        self.reader.submit(db.first_plate, engine, experiment, done=self._first_plate, failed=self._failed,
+        self.reader.submit(reads.first_plate, engine, experiment, done=self._first_plate, failed=self._failed,
                            channel="first")
         self.refresh()
         self.poll_timer.start()
@@ -159,17 +162,13 @@ class MainWindow(QMainWindow):
     def _overview(self, ov: Overview) -> None:
         self.overview = ov
         now = datetime.now(timezone.utc)
-        d = ov.status.daemons[0] if ov.status.daemons else None
-        live = [w.get("path", "") if isinstance(w, dict) else str(w) for w in (d.watched if d else [])] \
-            if d is not None and daemon_alive(d.heartbeat_at, d.state, now) else []
-        self.browser.set_experiments(ov.experiments, now, live, self.plate.id if self.plate else None)
+        daemon = daemon_line(ov.status, now)
+        self.browser.set_experiments(ov.experiments, now, daemon.watched, self.plate.id if self.plate else None)
         if self.experiment is not None:
             self.experiment = next((e for e in ov.experiments if e.id == self.experiment.id), self.experiment)
         self.status_panel.set_snapshot(ov.status)
-        alive = d is not None and daemon_alive(d.heartbeat_at, d.state, now)
-        self.daemon_label.setText(("● daemon running" if alive else "● no daemon running")
-                                  + (f" — {d.engine}, {d.model_version}" if d is not None and alive else ""))
-        self.daemon_label.setStyleSheet("color: #070" if alive else "color: #b00")
+        self.daemon_label.setText(daemon.text)
+        self.daemon_label.setStyleSheet("color: #070" if daemon.alive else "color: #b00")
         self._models()
         if self.plate is None:
             picked = first_plate(ov.experiments, self.want_experiment)
@@ -231,7 +230,7 @@ class MainWindow(QMainWindow):
         self.message.setText(f"Read failed (will retry): {msg}")
 
     # --- plate ---------------------------------------------------------------------------------
-    def choose_plate(self, exp: db.ExperimentOverview, plate: db.PlateInfo, version: str | None = None) -> None:
+    def choose_plate(self, exp: reads.ExperimentOverview, plate: reads.PlateInfo, version: str | None = None) -> None:
         self.experiment, self.plate = exp, plate
         self.message.setText(f"Loading {exp.name} / {plate.name} …")
         self.reader.submit(load_plate, self.engine, plate, self.serving_version(), version, latest_only=True,
@@ -355,22 +354,9 @@ class MainWindow(QMainWindow):
         self._load_images()
 
     def well_tooltip(self, well: str) -> str:
-        cube = self.cube
-        cond = self.plate_map.conditions.get(well) or "no condition in the plate map"
-        if cube is None or cube.n_times == 0:
-            return f"<b>{well}</b> — {cond}<br>no readouts yet"
-        i = cube.well_index(well)
-        t = self.t_index
-        if not cube.has[i, t]:
-            return f"<b>{well}</b> — {cond}<br>no readout at {cube.time_label(t)}"
-        probs = " ".join(f"{c} {cube.prob_mean[i, t, k]:.2f}" for k, c in enumerate(cube.classes))
-        frac = " ".join(f"{c} {cube.fraction[i, t, k]:.2f}" for k, c in enumerate(cube.classes))
         m = self.current_metric()
-        v = self.plate_map.value_of(well)
-        return (f"<b>{well}</b> — {cond}<br>{cube.time_label(t)}: {m.label} = "
-                f"{'no data' if v is None else f'{v:.3g}'}<br>P: {probs}<br>fraction of tiles: {frac}<br>"
-                f"{cube.n_images[i, t]} images, {cube.n_tiles[i, t]} tiles, {cube.n_qc_failed[i, t]} QC failed, "
-                f"confidence {cube.confidence[i, t]:.2f}")
+        return well_tooltip(self.cube, well, self.t_index, self.plate_map.conditions.get(well),
+                            m.label if m is not None else "", self.plate_map.value_of(well))
 
     def _load_images(self) -> None:
         cube = self.cube
@@ -402,27 +388,16 @@ class MainWindow(QMainWindow):
         return dlg
 
     def _save_map(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save plate map", str(Path.cwd() / "plate_map.png"),
-                                              "PNG (*.png);;SVG (*.svg)")
-        if path:
-            save_widget(self.plate_map, path)
-            self.message.setText(f"Saved {path}")
+        saved = save_map_as(self, self.plate_map)
+        if saved:
+            self.message.setText(saved)
 
     def _save_plots(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save time courses", str(Path.cwd() / "time_course.png"),
-                                              "PNG (*.png);;SVG (*.svg)")
-        if not path:
-            return
-        p = Path(path)
-        try:
-            save_plot(self.time_course.well_plot, p.with_name(p.stem + "_wells" + p.suffix))
-            save_plot(self.time_course.cond_plot, p.with_name(p.stem + "_conditions" + p.suffix))
-        except OSError as exc:
-            QMessageBox.warning(self, "Save time courses", str(exc))
-            return
-        self.message.setText(f"Saved {p.stem}_wells{p.suffix} and {p.stem}_conditions{p.suffix}")
+        saved = save_time_courses_as(self, self.time_course.well_plot, self.time_course.cond_plot)
+        if saved:
+            self.message.setText(saved)
 
-    def closeEvent(self, e) -> None:  # noqa: N802, ANN001 - Qt API
+    def closeEvent(self, e: QCloseEvent) -> None:  # noqa: N802 - Qt API
         self.poll_timer.stop()
         self.play_timer.stop()
         self.reader.shutdown(5000)

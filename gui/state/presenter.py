@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from nscmonitor.gui.state.readouts import PlateCube, ReadoutRows, Well, build_cube
-from nscmonitor.store import dashboard as db
-from nscmonitor.store.repo import DaemonInfo, ImageError
+from nscmonitor.store import plate_reads as db
+from nscmonitor.store import reads
+from nscmonitor.store import registry
+from nscmonitor.store.reads import DaemonInfo, ImageError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class StatusSnapshot:
 
 def read_status(engine: Any) -> StatusSnapshot:
     """``engine``: the dashboard's read-only SQLAlchemy engine."""
-    from nscmonitor.store.repo import Repo
+    from nscmonitor.store.reads import Repo
 
     repo = Repo(engine)
     note = next((e for e in repo.events(200) if e.kind in ENGINE_EVENTS), None)
@@ -50,19 +52,19 @@ def read_status(engine: Any) -> StatusSnapshot:
 
 @dataclass(frozen=True)
 class Overview:
-    experiments: list[db.ExperimentOverview]
+    experiments: list[reads.ExperimentOverview]
     status: StatusSnapshot
-    versions: list[db.ModelVersionInfo]
+    versions: list[registry.ModelInfo]
     marks: db.Marks
 
 
 def read_overview(engine: Any) -> Overview:
-    return Overview(db.overview(engine), read_status(engine), db.model_versions(engine), db.marks(engine))
+    return Overview(reads.overview(engine), read_status(engine), registry.model_versions(engine), db.marks(engine))
 
 
 @dataclass(frozen=True)
 class PlateLoad:
-    plate: db.PlateInfo
+    plate: reads.PlateInfo
     plate_format: int
     wells: list[Well]
     versions: list[db.VersionUse]
@@ -82,7 +84,7 @@ def readout_rows(c: db.ReadoutColumns) -> ReadoutRows:
                        c.n_tiles, c.n_qc_failed, c.confidence)
 
 
-def load_plate(engine: Any, plate: db.PlateInfo, preferred: str | None, wanted: str | None = None, *,
+def load_plate(engine: Any, plate: reads.PlateInfo, preferred: str | None, wanted: str | None = None, *,
                latest_only: bool = False) -> PlateLoad:
     """Everything the plate view needs in one go: wells, the model version to show (the one
     asked for, else the daemon's, else the newest with readouts) and its readouts: all of
@@ -110,7 +112,7 @@ class PollResult:
     overview: Overview | None
 
 
-def poll(engine: Any, plate: db.PlateInfo | None, version: str | None, last: db.Marks | None,
+def poll(engine: Any, plate: reads.PlateInfo | None, version: str | None, last: db.Marks | None,
          preferred: str | None) -> PollResult:
     """What changed since ``last``: the readouts of (well, time) pairs with new predictions or
     changed images, new wells, and the overview and status when anything moved."""
@@ -159,8 +161,8 @@ class ModelMetaCache:
         return self._known[version]
 
     def _read(self, version: str) -> tuple[dict | None, str | None]:
-        meta = db.version_meta(self.engine, version)
-        path = next((v.path for v in db.model_versions(self.engine) if v.version == version), None)
+        meta = registry.version_meta(self.engine, version)
+        path = next((v.path for v in registry.model_versions(self.engine) if v.version == version), None)
         model = getattr(self.settings, "model", None) if self.settings is not None else None
         if meta is None and model:
             try:
@@ -177,3 +179,22 @@ class ModelMetaCache:
     def well_images(self, well_id: int, time_key: int, version: str | None) -> WellImages:
         meta, path = self.get(version)
         return WellImages(db.well_images(self.engine, well_id, time_key, version), meta, path)
+
+
+@dataclass(frozen=True)
+class DaemonLine:
+    alive: bool
+    text: str
+    watched: list[str]  # the folders a live daemon watches (empty when none is alive)
+
+
+def daemon_line(status: StatusSnapshot, now: datetime) -> DaemonLine:
+    """The status bar's verdict on the newest daemon and the folders it watches, which the
+    experiment browser needs to tell acquiring from stopped."""
+    from nscmonitor.gui.state.status import daemon_alive
+
+    d = status.daemons[0] if status.daemons else None
+    if d is None or not daemon_alive(d.heartbeat_at, d.state, now):
+        return DaemonLine(False, "● no daemon running", [])
+    watched = [w.get("path", "") if isinstance(w, dict) else str(w) for w in d.watched]
+    return DaemonLine(True, f"● daemon running — {d.engine}, {d.model_version}", watched)

@@ -297,3 +297,21 @@ def mean_over_wells(cube: PlateCube, wells: list[str] | tuple[str, ...], which: 
     n = np.isfinite(v).sum(axis=0)
     with np.errstate(invalid="ignore"):
         return np.where(n > 0, np.nansum(v, axis=0) / np.maximum(n, 1), np.nan)
+
+
+def well_tooltip(cube: PlateCube | None, well: str, t: int, condition: str | None, metric_label: str,
+                 value: float | None) -> str:
+    """The plate map's hover text for ``well`` at time index ``t``: the coloured metric's
+    value, every class's probability and tile fraction, and what the readout rests on."""
+    cond = condition or "no condition in the plate map"
+    if cube is None or cube.n_times == 0:
+        return f"<b>{well}</b> — {cond}<br>no readouts yet"
+    i = cube.well_index(well)
+    if not cube.has[i, t]:
+        return f"<b>{well}</b> — {cond}<br>no readout at {cube.time_label(t)}"
+    probs = " ".join(f"{c} {cube.prob_mean[i, t, k]:.2f}" for k, c in enumerate(cube.classes))
+    frac = " ".join(f"{c} {cube.fraction[i, t, k]:.2f}" for k, c in enumerate(cube.classes))
+    return (f"<b>{well}</b> — {cond}<br>{cube.time_label(t)}: {metric_label} = "
+            f"{'no data' if value is None else f'{value:.3g}'}<br>P: {probs}<br>fraction of tiles: {frac}<br>"
+            f"{cube.n_images[i, t]} images, {cube.n_tiles[i, t]} tiles, {cube.n_qc_failed[i, t]} QC failed, "
+            f"confidence {cube.confidence[i, t]:.2f}")

@@ -10,7 +10,7 @@ import pytest
 
 from nscmonitor.gui.state.readouts import (ReadoutRows, Well, build_cube, condition_series, confident_call,
                                            mean_over_wells, merge, metric_at, metric_series, metrics_for,
-                                           nearest_time)
+                                           nearest_time, well_tooltip)
 from nscmonitor.gui.state.status import daemon_alive, experiment_state, heartbeat_text
 from nscmonitor.gui.state.tile_overlay import overlay_geometry, tile_rgba
 
@@ -40,6 +40,17 @@ def test_cube_places_rows_and_marks_missing_as_nan() -> None:
     assert metric_at(cube, "qc_failed", 1)[2] == 1
     assert np.isnan(metric_at(cube, "n_images", 1)[0])
     assert metric_at(cube, "n_images", 0)[0] == 2
+
+
+def test_well_tooltip_names_the_readout_or_why_there_is_none() -> None:
+    cube = build_cube(WELLS, 96, rows([(10, 240, 4.0, [0.7, 0.1, 0.1, 0.1]), (12, 480, 8.1, [0.1, 0.6, 0.2, 0.1])]))
+    text = well_tooltip(cube, "A01", 0, "BDNF", "P(neuron)", 0.7)
+    assert "<b>A01</b> — BDNF" in text and "P(neuron) = 0.7<br>" in text
+    assert "neuron 0.70 astrocyte 0.10" in text and "neuron 0.35" in text  # probabilities, then tile fractions
+    assert "2 images, 20 tiles, 0 QC failed, confidence 0.70" in text
+    assert "no readout at" in well_tooltip(cube, "A01", 1, "BDNF", "P(neuron)", None)
+    assert "no condition in the plate map" in well_tooltip(cube, "A02", 0, None, "P(neuron)", None)
+    assert well_tooltip(None, "A01", 0, "BDNF", "", None).endswith("no readouts yet")
 
 
 def test_merge_replaces_grows_times_and_wells() -> None:
