@@ -4,6 +4,7 @@ folder sits beside the repository and is optional (tests that need it skip with 
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,12 @@ def write_tiff(path: Path, arr, **kw) -> Path:  # noqa: ANN001
     path.parent.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(path, arr, **kw)
     return path
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from names and numbers that is the same in every run (``hash()`` of a string is
+    salted per process, so images seeded with it change from run to run)."""
+    return zlib.crc32(repr(parts).encode())
 
 
 def cells_image(seed: int, shape: tuple[int, int] = (96, 128), dtype: str = "uint16"):  # noqa: ANN201

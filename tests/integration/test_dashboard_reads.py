@@ -1,4 +1,4 @@
-"""The dashboard's reads (``store.dashboard``) on a store the real daemon filled, on SQLite and
+"""The dashboard's reads (``store.plate_reads``) on a store the real daemon filled, on SQLite and
 on PostgreSQL: overview counts, wells, versions, a plate's readouts against the stored rows,
 live-update marks and the image viewer's rows."""
 
@@ -9,8 +9,10 @@ from datetime import timedelta
 import numpy as np
 from sqlalchemy import select
 
-from conftest import cells_image, write_tiff
-from nscmonitor.store import dashboard as dash
+from conftest import cells_image, stable_seed, write_tiff
+from nscmonitor.store import plate_reads as dash
+from nscmonitor.store import reads
+from nscmonitor.store import registry
 from nscmonitor.store import models as m
 from nscmonitor.store.db import open_readonly
 
@@ -19,12 +21,12 @@ def test_dashboard_reads_match_the_stored_rows(tmp_path, make_runner, db_url: st
     watch = tmp_path / "watch"
     for well in ("A1", "A2", "B1"):
         for hours in (0, 24):
-            write_tiff(watch / f"P1_{well}_1_{hours // 24:02d}d00h00m.tif", cells_image(hash((well, hours)) % 9999))
+            write_tiff(watch / f"P1_{well}_1_{hours // 24:02d}d00h00m.tif", cells_image(stable_seed(well, hours)))
     runner = make_runner(watch, db_url=db_url)
     runner.run(once=True)
     engine = open_readonly(db_url)  # what the dashboard opens
 
-    (exp,) = dash.overview(engine)
+    (exp,) = reads.overview(engine)
     assert (exp.name, exp.n_images, exp.n_done, exp.n_pending, exp.n_quarantined) == ("E1", 6, 6, 0, 0)
     assert exp.last_image_at is not None and exp.last_image_at.tzinfo is not None
     (plate,) = exp.plates
@@ -59,7 +61,6 @@ def test_dashboard_reads_match_the_stored_rows(tmp_path, make_runner, db_url: st
     t0 = int(cols.time_key.min())
     images = dash.well_images(engine, w0.id, t0, version)
     assert len(images) == 1 and images[0].path.endswith("P1_A1_1_00d00h00m.tif")
-    assert images[0].qc_passed is True and images[0].status == "done" and images[0].qc
-    assert dash.image_error(engine, images[0].image_id) == (images[0].path, "done", None)
-    assert [v.version for v in dash.model_versions(engine)] == [] or version in {v.version for v in
-                                                                                dash.model_versions(engine)}
+    assert images[0].qc_passed is True and images[0].status == "done" and images[0].error is None and images[0].qc
+    assert [v.version for v in registry.model_versions(engine)] == [] or version in {v.version for v in
+                                                                                registry.model_versions(engine)}

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import cells_image, write_tiff
+from conftest import cells_image, stable_seed, write_tiff
 
 WELLS = {"A1": "=HYPERLINK(\"x\")", "A2": "BDNF", "B1": "BDNF", "B2": "control"}
 DOSE = {"A1": "1", "A2": "10", "B1": "10", "B2": "0"}
@@ -30,7 +30,7 @@ def store(tmp_path: Path, make_runner) -> tuple[str, dict]:
         for field in (1, 2):
             for hours in (0, 12, 24):
                 write_tiff(watch / f"VID7_{well}_{field}_{hours // 24:02d}d{hours % 24:02d}h00m.tif",
-                           cells_image(hash((well, field, hours)) % 10_000, (96, 128)))
+                           cells_image(stable_seed(well, field, hours), (96, 128)))
     pm = tmp_path / "map.csv"
     with pm.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from conftest import cells_image, write_tiff
+from conftest import cells_image, stable_seed, write_tiff
 
 
 def _json(v):  # noqa: ANN001, ANN202
@@ -28,7 +28,7 @@ def test_export_matches_predictions(tmp_path: Path, make_runner, db_url: str) ->
         for field in (1, 2, 3):
             for hours in (0, 24):
                 write_tiff(watch / f"VID7_{well}_{field}_{hours // 24:02d}d{hours % 24:02d}h00m.tif",
-                           cells_image(hash((well, field, hours)) % 10_000, (128, 160)))
+                           cells_image(stable_seed(well, field, hours), (128, 160)))
     pm = tmp_path / "map.csv"
     pm.write_text("well,condition,dose\nA1,=HYPERLINK(\"x\"),1\nA2,BDNF 10 ng/ml,10\nB1,control,0\n")
     runner = make_runner(watch, plate_map=str(pm), db_url=db_url)
