@@ -164,7 +164,7 @@ def int8_peak_gops(args: argparse.Namespace) -> tuple[float | None, str]:
 def train_model(work: Path, args: argparse.Namespace) -> Path:
     """A short run of the project's own training (same tile export, tile size and pixel size as
     docs/training.md's ResNet50), in a subprocess so torch never enters the measured process."""
-    from nscmonitor.simulate.tiles import export_tiles
+    from nscmonitor.simulate.labelled_tiles import export_tiles
 
     data = work / "sim"
     print(f"rendering a small tiles export for a short {args.arch} run ...", flush=True)

@@ -11,8 +11,8 @@ from typing import Any
 
 
 def demo_model(out_dir: str | Path, tiles_dir: str | Path, **kwargs: Any) -> Path:
-    """Train, export and cache a small model for the demo; see ``training.demo``."""
-    from nscmonitor.training.demo import demo_model as _demo_model
+    """Train, export and cache a small model for the demo; see ``training.demo_training``."""
+    from nscmonitor.training.demo_training import demo_model as _demo_model
 
     return _demo_model(out_dir, tiles_dir, **kwargs)
 

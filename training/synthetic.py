@@ -4,7 +4,7 @@ format), so training can be tested and demonstrated before or without ``nscmonit
 The tiles are crude phase-contrast-like cultures whose fate cues grow with hours since
 induction (a logistic commitment curve, science.md §3.4): at 0 h every class looks like
 undifferentiated NSCs, so accuracy by time is meaningful. They are not the simulator:
-prefer ``nscmonitor.simulate.tiles.export_tiles`` when it exists.
+prefer ``nscmonitor.simulate.labelled_tiles.export_tiles`` when it exists.
 """
 
 from __future__ import annotations

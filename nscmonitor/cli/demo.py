@@ -53,7 +53,7 @@ def _model(out: Path, retrain: bool, given: Path | None = None) -> Path:
     if not (tiles / "tiles.csv").is_file():
         from rich.progress import Progress
 
-        from nscmonitor.simulate.tiles import export_tiles
+        from nscmonitor.simulate.labelled_tiles import export_tiles
 
         _say("rendering labelled training tiles from the simulator (once)")
         with Progress() as prog:
@@ -61,7 +61,7 @@ def _model(out: Path, retrain: bool, given: Path | None = None) -> Path:
             export_tiles(tiles, plates=2, tile_size=224, seed=0, fields=4,
                          progress=lambda done, total: prog.update(task, completed=done, total=total))
     try:
-        from nscmonitor.training.demo import demo_model
+        from nscmonitor.training.demo_training import demo_model
     except ImportError as exc:
         raise SystemExit(f"the demo trains its model with torch: install the train extra ({exc})") from exc
     _say("training the demo model (cached after the first run)")

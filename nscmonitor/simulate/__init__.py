@@ -11,7 +11,7 @@ from nscmonitor.simulate.culture import DEFAULT_CONDITIONS, Condition, PlateMap,
 from nscmonitor.simulate.demo_experiment import demo_plate
 from nscmonitor.simulate.microscope import Frame, Microscope
 from nscmonitor.simulate.render import Camera
-from nscmonitor.simulate.tiles import export_tiles
+from nscmonitor.simulate.labelled_tiles import export_tiles
 from nscmonitor.simulate.vendors import VENDORS
 
 __all__ = [

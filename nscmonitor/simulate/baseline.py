@@ -153,7 +153,7 @@ def markdown(rows: list[dict], command: str, params: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nscmonitor.simulate.tiles import export_tiles
+    from nscmonitor.simulate.labelled_tiles import export_tiles
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="docs/baseline.md")

@@ -113,7 +113,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def run_tiles(args: argparse.Namespace) -> int:
-    from nscmonitor.simulate.tiles import export_tiles
+    from nscmonitor.simulate.labelled_tiles import export_tiles
 
     if args.plates < 1 or args.tile_size < 16:
         raise UserFacingError("need --plates >= 1 and --tile-size >= 16")

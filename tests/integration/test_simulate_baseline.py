@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("sklearn", reason="scikit-learn (dev extra) runs the baseline")
 
 from nscmonitor.simulate.baseline import evaluate  # noqa: E402
-from nscmonitor.simulate.tiles import export_tiles  # noqa: E402
+from nscmonitor.simulate.labelled_tiles import export_tiles  # noqa: E402
 
 
 @pytest.mark.parametrize("seed", [21])

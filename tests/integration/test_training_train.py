@@ -186,7 +186,7 @@ def test_demo_model_trains_once_and_then_comes_from_the_cache(tiles_dir, tmp_pat
 
 
 def test_simulator_export_trains_and_exports(tmp_path):
-    tiles = pytest.importorskip("nscmonitor.simulate.tiles")
+    tiles = pytest.importorskip("nscmonitor.simulate.labelled_tiles")
     tiles.export_tiles(tmp_path / "sim", plates=2, hours=(0, 96), tile_size=32, wells_per_condition=2,
                        grid=(2, 2), seed=0)
     metrics = main(TrainConfig(data=str(tmp_path / "sim"), out=str(tmp_path / "r"), scheme="multiclass", arch="tiny",

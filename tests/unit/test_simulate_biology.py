@@ -14,7 +14,7 @@ from nscmonitor.simulate.biology import T50_SHIFT_MAX_H, plate_biology, well_bio
 from nscmonitor.simulate.culture import (
     DEFAULT_CONDITIONS, NEURON, UNDIFFERENTIATED, commitment, plate_conditions, seed_field,
 )
-from nscmonitor.simulate.tiles import export_tiles
+from nscmonitor.simulate.labelled_tiles import export_tiles
 
 TINY = Camera(shape=(48, 64))
 
