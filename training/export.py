@@ -100,7 +100,7 @@ def load_checkpoint(path: str | Path) -> tuple[GreyClassifier, dict[str, Any]]:
     if not path.is_file():
         from nscmonitor.core.errors import UserFacingError
         raise UserFacingError(f"no checkpoint at {path}")
-    ck = torch.load(str(path), map_location="cpu", weights_only=True)
-    model = build_model(ck["arch"], ck["num_classes"])
-    model.load_state_dict(ck["state_dict"])
-    return model.eval(), json.loads(ck["metadata"])
+    checkpoint_data = torch.load(str(path), map_location="cpu", weights_only=True)
+    model = build_model(checkpoint_data["arch"], checkpoint_data["num_classes"])
+    model.load_state_dict(checkpoint_data["state_dict"])
+    return model.eval(), json.loads(checkpoint_data["metadata"])

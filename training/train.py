@@ -331,17 +331,17 @@ def _setup(cfg: TrainConfig, world: dd.World = dd.World()):
 
 
 def _resume(out: Path, model, optimizer, scheduler, scaler, dhash: str) -> dict:
-    ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-    if json.loads(ck["metadata"])["data_hash"] != dhash:
+    saved = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    if json.loads(saved["metadata"])["data_hash"] != dhash:
         raise UserFacingError(f"{out}/last.pt was trained on other data (hash differs); "
                               "start a new run directory instead of --resume")
-    model.load_state_dict(ck["state_dict"])
-    optimizer.load_state_dict(ck["optimizer"])
-    scheduler.load_state_dict(ck["scheduler"])
-    if scaler and ck.get("scaler"):
-        scaler.load_state_dict(ck["scaler"])
-    state = dict(ck["state"])
-    state["start_epoch"] = ck["epoch"] + 1
+    model.load_state_dict(saved["state_dict"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if scaler and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    state = dict(saved["state"])
+    state["start_epoch"] = saved["epoch"] + 1
     return state
 
 
@@ -409,10 +409,10 @@ def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, devic
                 state["best_epoch"] = epoch
             if not world.main:
                 continue
-            ck = checkpoint(net, optimizer, scheduler, scaler, epoch, meta, state)
+            saved = checkpoint(net, optimizer, scheduler, scaler, epoch, meta, state)
             if improved:
-                save_atomic(ck, out / "best.pt")
-            save_atomic(ck, out / "last.pt")
+                save_atomic(saved, out / "best.pt")
+            save_atomic(saved, out / "last.pt")
             progress.console.print(
                 f"epoch {epoch + 1}/{cfg.epochs}  {secs:.1f} s  train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}  "
                 f"val loss {va['loss']:.4f} acc {va['accuracy']:.3f} bal {va['balanced_accuracy']:.3f}"
@@ -432,10 +432,10 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
     """Best checkpoint -> temperature on val -> test report -> metrics, figure, ONNX."""
     from nscmonitor.training import evaluate as E
 
-    ck = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
-    meta = json.loads(ck["metadata"])
-    model = build_model(ck["arch"], ck["num_classes"])
-    model.load_state_dict(ck["state_dict"])
+    saved = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    meta = json.loads(saved["metadata"])
+    model = build_model(saved["arch"], saved["num_classes"])
+    model.load_state_dict(saved["state_dict"])
     model.to(device).eval()
     classes = meta["classes"]
     val_logits = predict_logits(model, splits["val"].x, device)
@@ -444,12 +444,12 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
     held = "test" if len(splits["test"].y) else "val"
     test_logits = val_logits if held == "val" else predict_logits(model, splits[held].x, device)
     report = E.full_report(test_logits, splits[held].y, splits[held].records, classes, temperature)
-    metrics = {"split": held, "temperature": temperature, "best_epoch": ck["epoch"], "data_hash": meta["data_hash"],
+    metrics = {"split": held, "temperature": temperature, "best_epoch": saved["epoch"], "data_hash": meta["data_hash"],
                "classes": classes, "scheme": meta["scheme"], "validation": validation_of(splits), **report}
     meta["metrics"] = summary(metrics)
     meta["calibration_sha256"] = write_calibration_set(cfg, splits, out, meta)
-    ck["metadata"] = json.dumps(meta)
-    save_atomic(ck, out / "best.pt")
+    saved["metadata"] = json.dumps(meta)
+    save_atomic(saved, out / "best.pt")
     E.write_metrics(out, metrics)
     E.write_figure(out / "evaluation.png", report, classes, f"{meta['arch']} {meta['scheme']} ({held} split)")
     print(E.time_table(report))

@@ -72,7 +72,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _h(key: str) -> int:
+def _stable_hash(key: str) -> int:
     return int(hashlib.sha1(key.encode()).hexdigest(), 16)
 
 
@@ -92,7 +92,7 @@ def assign_well_splits(wells: list[tuple[str, str, str, str]]) -> dict[tuple[str
         else:
             by_label.setdefault(lab, []).append((e, p, w))
     for keys in by_label.values():
-        keys.sort(key=lambda k: _h("/".join(k)))
+        keys.sort(key=lambda k: _stable_hash("/".join(k)))
         n = len(keys)
         n_test = 0 if len(plates) > 1 else (max(1, round(n * 0.25)) if n >= 2 else 0)
         n_val = max(1, round(n * 0.2)) if n - n_test >= 2 else 0
@@ -256,10 +256,10 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
     engine = open_engine(settings.database_url)
     ensure_schema(engine)
     reg = Registry(settings.models_dir, engine)
-    lv = labels_version(engine)
+    labels_ver = labels_version(engine)
     active = reg.active()
     hook = settings.retrain.hook
-    run_id = runs.start_run(engine, trigger=trigger, labels_version=lv,
+    run_id = runs.start_run(engine, trigger=trigger, labels_version=labels_ver,
                             baseline_version=active.version if active else None)
 
     def finish(status: str, reason: str, **kw) -> RetrainOutcome:  # noqa: ANN003 - runs.finish_run's columns
@@ -271,14 +271,14 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
         log.info("retrain %d %s: %s", run_id, status, reason)
         return RetrainOutcome(run_id, status, reason, kw.get("candidate_version"), kw.get("numbers"))
 
-    if lv is None:
+    if labels_ver is None:
         return finish("skipped", "no labels imported yet ('nscmonitor labels import FILE.csv')")
-    if not force and active is not None and active.labels_version == lv:
-        return finish("skipped", f"labels unchanged since the active model (label set {lv})")
+    if not force and active is not None and active.labels_version == labels_ver:
+        return finish("skipped", f"labels unchanged since the active model (label set {labels_ver})")
     run_dir = settings.models_dir / "retrain" / f"run-{run_id:04d}"
     data_dir = run_dir / "data"
     base_meta = read_onnx_metadata(active.path) if active else None
-    samples = collect_samples(engine, up_to=lv, watch=settings.watch)
+    samples = collect_samples(engine, up_to=labels_ver, watch=settings.watch)
     try:
         tile, px = _tile_geometry(settings, [smp.path for smp in samples], base_meta)
         write_dataset(samples, data_dir, tile_size=tile, pixel_size_um=px)
@@ -308,7 +308,7 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
     decision: Decision = decide(cand_eval, act_eval)
     numbers = {"candidate": asdict(cand_eval), "active": asdict(act_eval) if act_eval else None,
                "n_test_images": len(test), "n_images": len(samples), "rules": decision.reasons}
-    info = reg.register(run_dir / "train", labels_version=lv, activate_if_first=False)
+    info = reg.register(run_dir / "train", labels_version=labels_ver, activate_if_first=False)
     if decision.promote:
         decision = _engine_gate(settings, Path(info.path), info.version, decision, numbers)
     if not decision.promote:

@@ -34,9 +34,6 @@ TURN_SD = np.array([0.17, 0.20, 0.60, 0.25])  # rad per step: neurites run strai
 LINE_PHI = np.array([0.55, 0.0, 0.55, 0.85])  # per px of length; neurites are sub-pixel wide
 
 
-def _h(uid: np.ndarray, *k: int | np.ndarray) -> np.ndarray:
-    return hash_uniform(uid, *k)
-
 
 def branch_lengths(cells: Cells, st: CellState, hours: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Length (µm) of each branch (n, B), the branch each one starts on (-1: soma) and where
@@ -44,13 +41,13 @@ def branch_lengths(cells: Cells, st: CellState, hours: float) -> tuple[np.ndarra
     uid = cells.uid[st.index]
     n = len(uid)
     b = np.arange(B)[None, :]
-    u = _h(uid[:, None], b, 1)
+    u = hash_uniform(uid[:, None], b, 1)
     size = cells.size[st.index][:, None]
     s = st.s[:, None]
     fate = st.fate[:, None]
 
     # Undifferentiated: 0-2 short processes, bipolar when two (spindle-shaped NSCs).
-    n_nsc = np.floor(_h(uid, 2) * 3)[:, None]
+    n_nsc = np.floor(hash_uniform(uid, 2) * 3)[:, None]
     l_nsc = np.where(b < n_nsc, 5.0 + 25.0 * u, 0.0) * size
 
     # Neuron: axon + 2-5 dendrites from the soma, four side branches; total length grows
@@ -59,14 +56,14 @@ def branch_lengths(cells: Cells, st: CellState, hours: float) -> tuple[np.ndarra
     t50 = cells.t50[st.index][:, None]
     tau = cells.tau[st.index][:, None]
     total = np.minimum(1000.0, 25.0 + 6.0 * np.maximum(0.0, hours - np.maximum(t50 - 2 * tau, 0.0))) * size
-    n_den = 2 + np.floor(_h(uid, 3) * 4)[:, None]
+    n_den = 2 + np.floor(hash_uniform(uid, 3) * 4)[:, None]
     share = np.where(b == 0, 0.45, np.where((b >= 1) & (b <= n_den), 0.40 / n_den, 0.0))
     side = (b >= 6) & (b < 10) & (s > 0.35 + 0.12 * (b - 6))
     share = share + np.where(side, 0.15 / 4, 0.0)
     l_neuron = total * share * (0.7 + 0.6 * u)
 
     # Oligodendrocyte: 4-6 primary processes of 20-50 µm, ten secondaries: a fine web.
-    n_pri = 4 + np.floor(_h(uid, 4) * 3)[:, None]
+    n_pri = 4 + np.floor(hash_uniform(uid, 4) * 3)[:, None]
     l_oligo = np.where(b < n_pri, 22.0 + 28.0 * u, np.where(b >= 6, 12.0 + 14.0 * u, 0.0)) * size
 
     l_fate = np.select([fate == NEURON, fate == OLIGODENDROCYTE], [l_neuron, l_oligo], 0.0)
@@ -75,7 +72,7 @@ def branch_lengths(cells: Cells, st: CellState, hours: float) -> tuple[np.ndarra
 
     parent = np.where(b >= 6, np.where(fate == OLIGODENDROCYTE, (b - 6) % n_pri, (b - 6) % (1 + n_den)), -1)
     parent = np.broadcast_to(parent, (n, B)).astype(np.int64)
-    along = 0.25 + 0.55 * _h(uid[:, None], b, 5)
+    along = 0.25 + 0.55 * hash_uniform(uid[:, None], b, 5)
     return length, parent, along
 
 
@@ -84,9 +81,10 @@ def _branch_vertices(cells: Cells, st: CellState, length_px: np.ndarray, parent:
     uid = cells.uid[st.index]
     n = len(uid)
     b = np.arange(B)[None, :]
-    base = 2 * np.pi * _h(uid[:, None], b, 6)
+    base = 2 * np.pi * hash_uniform(uid[:, None], b, 6)
     # Bipolar NSCs and neurons: the second primary leaves opposite the first.
-    base[:, 1] = np.where(st.fate != OLIGODENDROCYTE, base[:, 0] + np.pi + 0.4 * (_h(uid, 7) - 0.5), base[:, 1])
+    base[:, 1] = np.where(st.fate != OLIGODENDROCYTE, base[:, 0] + np.pi + 0.4 * (hash_uniform(uid, 7) - 0.5),
+                          base[:, 1])
     turns = hash_normal(uid[:, None, None], b[:, :, None], np.arange(S)[None, None, :])
     theta = base[:, :, None] + np.cumsum(turns * TURN_SD[st.fate][:, None, None], axis=2)
     step = (length_px / S)[:, :, None]
@@ -137,11 +135,12 @@ def draw_cells(cells: Cells, st: CellState, hours: float, shape: tuple[int, int]
     oligo = (f == OLIGODENDROCYTE) & (s > 0.5) & ~st.dead & ~st.mitotic
     sheet = astro | oligo
     ua = uid[sheet]
-    stellate = _h(ua, 8) < 0.45
+    stellate = hash_uniform(ua, 8) < 0.45
     k = np.arange(5)[None, :]
     amp = np.where(stellate[:, None], np.where(k >= 2, 0.22, 0.04), np.where(k < 2, 0.14, 0.03))
-    lobes = np.stack([amp * (0.5 + _h(ua[:, None], k, 9)), 2 * np.pi * _h(ua[:, None], k, 10)], axis=2)
-    r_astro = size[sheet] * (6.0 + s[sheet] * (22.0 + 28.0 * _h(ua, 11))) / px_um
+    lobes = np.stack([amp * (0.5 + hash_uniform(ua[:, None], k, 9)), 2 * np.pi * hash_uniform(ua[:, None], k, 10)],
+                     axis=2)
+    r_astro = size[sheet] * (6.0 + s[sheet] * (22.0 + 28.0 * hash_uniform(ua, 11))) / px_um
     r_oligo = size[sheet] * 30.0 * s[sheet] / px_um
     is_astro = astro[sheet]
     # Sheets are smooth and faint: drawn on a grid SHEET_BIN times coarser and upsampled, which
