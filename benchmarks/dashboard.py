@@ -138,7 +138,8 @@ def measure(db: Path, times: int, fields: int) -> dict:
     from nscmonitor.gui.app import open_store, qt_app
     from nscmonitor.gui.main_window import MainWindow
     from nscmonitor.gui.state.presenter import load_plate, poll
-    from nscmonitor.store import dashboard as dash
+    from nscmonitor.store import plate_reads as dash
+    from nscmonitor.store import reads
 
     app = qt_app()
     url = f"sqlite:///{db}"
@@ -147,7 +148,7 @@ def measure(db: Path, times: int, fields: int) -> dict:
     out: dict = {}
 
     t0 = time.perf_counter()
-    ov = dash.overview(engine)
+    ov = reads.overview(engine)
     out["overview_query_s"] = time.perf_counter() - t0
     plate = ov[0].plates[0]
     loads = []

@@ -35,7 +35,7 @@ from nscmonitor.scoring.metrics import Metrics, Timings
 from nscmonitor.scoring.scorer import Scorer, requeue_readable
 from nscmonitor.scoring.serving import NO_MODEL, engine_factory, registry_model_source, static_model_source
 from nscmonitor.store.db import ensure_schema, open_engine
-from nscmonitor.store.repo import Repo
+from nscmonitor.store.reads import Repo
 from nscmonitor.store.writer import Writer
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 GIB = 1 << 30
@@ -82,28 +82,6 @@ def backlog_stall(waiting: int, oldest_waiting: datetime | None, last_scored: da
     since = f"since {last_scored.isoformat(timespec='seconds')}" if last_scored else "ever"
     return (f"stalled: {waiting} images waiting (oldest for {(now - oldest_waiting).total_seconds() / 60:.0f} min) "
             f"and none scored {since}")
-
-
-def backlog_facts(engine, now: datetime) -> tuple[int, datetime | None, datetime | None]:  # noqa: ANN001
-    """(images waiting now, oldest discovery among them, last scoring) from the store.
-    'Waiting' excludes failed images whose retry is not due yet: back-off is not a stall."""
-    from sqlalchemy import func, or_, select
-
-    from nscmonitor.store import models as m
-
-    ts = now.timestamp()
-    due = or_(m.Image.status.in_(("pending", "processing")),
-              (m.Image.status == "failed") & (m.Image.next_attempt_at <= ts))
-    with engine.connect() as c:
-        n, oldest = c.execute(select(func.count(), func.min(m.Image.discovered_at)).where(due)).one()
-        last = c.scalar(select(func.max(m.Image.scored_at)))
-    return int(n or 0), _aware(oldest), _aware(last)
-
-
-def _aware(dt: datetime | None) -> datetime | None:
-    if dt is not None and dt.tzinfo is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt
 
 
 def drive_letter_warning(path: str | Path, *, is_windows: bool) -> str | None:

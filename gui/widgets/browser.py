@@ -9,7 +9,7 @@ from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import QHeaderView, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget
 
 from nscmonitor.gui.state.status import experiment_state
-from nscmonitor.store.dashboard import ExperimentOverview, PlateInfo
+from nscmonitor.store.reads import ExperimentOverview, PlateInfo
 
 COLUMNS = ["experiment / plate", "status", "last image (UTC)", "images", "scored", "QC failed", "quarantined"]
 STATE_COLORS = {"acquiring": QColor(0, 120, 0), "idle": QColor(0, 90, 160), "finished": QColor(60, 60, 60),

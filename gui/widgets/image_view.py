@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushB
 from nscmonitor.gui.state.tile_overlay import OverlayGeometry, overlay_geometry, tile_rgba
 from nscmonitor.gui.widgets.colors import class_color
 from nscmonitor.gui.workers import Reader
-from nscmonitor.store.dashboard import WellImage
+from nscmonitor.store.plate_reads import WellImage
 
 
 @dataclass(frozen=True)

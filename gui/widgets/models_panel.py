@@ -16,7 +16,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from nscmonitor.store.dashboard import ModelVersionInfo
+from nscmonitor.store.registry import ModelInfo
 
 
 @dataclass
@@ -137,7 +137,7 @@ class ModelsPanel(QWidget):
         self.labeller = labeller
         self.label_target: Callable[[], LabelTarget | None] = lambda: None
         self.on_changed: Callable[[], None] | None = None
-        self.versions: list[ModelVersionInfo] = []
+        self.versions: list[ModelInfo] = []
         lay = QVBoxLayout(self)
         self.serving = QLabel("The daemon's model is not known yet.")
         self.serving.setWordWrap(True)
@@ -221,7 +221,7 @@ class ModelsPanel(QWidget):
         self.message.setStyleSheet("color: #1b5e20")
         self.message.setText(msg)
 
-    def set_versions(self, versions: list[ModelVersionInfo], serving: str | None, used: list[str]) -> None:
+    def set_versions(self, versions: list[ModelInfo], serving: str | None, used: list[str]) -> None:
         self.versions = versions
         self.serving.setText(
             f"The daemon serves <b>{serving or 'unknown'}</b>. Readouts in this plate come from: "

@@ -159,7 +159,7 @@ def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain:
     from nscmonitor.daemon import build_runner
     from nscmonitor.report.export import default_images_path, export_images, export_readouts
     from nscmonitor.simulate.demo_experiment import demo_plate
-    from nscmonitor.store.repo import Repo
+    from nscmonitor.store.reads import Repo
 
     out.mkdir(parents=True, exist_ok=True)
     given = model

@@ -15,7 +15,7 @@ from nscmonitor.ops.health import active_version
 def cmd_export(args: argparse.Namespace) -> int:
     from nscmonitor.report.export import default_images_path, export_images, export_readouts
     from nscmonitor.store.db import open_readonly
-    from nscmonitor.store.repo import Repo
+    from nscmonitor.store.reads import Repo
 
     s = settings_from(args)
     repo = Repo(open_readonly(s.database_url))
@@ -53,7 +53,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from nscmonitor.report.browser import NO_BROWSER, find_browser, print_pdf
     from nscmonitor.report.html import write_report
     from nscmonitor.store.db import open_readonly
-    from nscmonitor.store.repo import Repo
+    from nscmonitor.store.reads import Repo
 
     s = settings_from(args)
     repo = Repo(open_readonly(s.database_url))

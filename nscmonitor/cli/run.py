@@ -34,7 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, s: Settings) -> int:
     from nscmonitor.daemon import build_runner, install_signal_handlers
-    from nscmonitor.store.repo import Repo
+    from nscmonitor.store.reads import Repo
 
     runner = build_runner(s, model=Path(args.model) if args.model else None)
     install_signal_handlers(runner.stop_event)

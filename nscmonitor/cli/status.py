@@ -11,7 +11,7 @@ from nscmonitor.ops.health import engine_build_state, health, model_integrity
 
 def cmd_status(args: argparse.Namespace) -> int:
     from nscmonitor.store.db import open_readonly
-    from nscmonitor.store.repo import Repo
+    from nscmonitor.store.reads import Repo
 
     s = settings_from(args)
     h = health(Repo(open_readonly(s.database_url)))

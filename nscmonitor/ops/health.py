@@ -30,7 +30,7 @@ Check = tuple[str, bool, str]  # name, ok, note
 def health(repo: Any, *, now: datetime | None = None) -> dict:
     """The health verdict behind ``status``'s exit code: 0 healthy, 1 stalled (no heartbeat,
     or work waiting with nothing scored), 2 a watched folder is unreachable, 3 no daemon is
-    running, 4 the database disk is almost full. ``repo`` is a ``store.repo.Repo``."""
+    running, 4 the database disk is almost full. ``repo`` is a ``store.reads.Repo``."""
     from nscmonitor.service_checks import database_disk
 
     now = now or datetime.now(timezone.utc)
@@ -55,7 +55,8 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
 
 
 def _daemon_verdict(repo: Any, d: Any, now: datetime) -> tuple[str, int]:
-    from nscmonitor.service_checks import backlog_facts, backlog_stall
+    from nscmonitor.service_checks import backlog_stall
+    from nscmonitor.store.reads import backlog_facts
 
     if d is None or d.state == "stopped":
         return "no daemon running", 3

@@ -22,23 +22,16 @@ log = logging.getLogger(__name__)
 def heartbeat_age(database_url: str, pid: int, *, host: str | None = None, now: datetime | None = None) -> float | None:
     """Seconds since the daemon with this pid last beat; None until it has written its row
     (set-up, e.g. a TensorRT build, may take minutes and must not count as a hang)."""
-    from sqlalchemy import select
-
-    from nscmonitor.store import models as m
     from nscmonitor.store.db import open_engine
+    from nscmonitor.store.reads import last_heartbeat
 
-    host = host or socket.gethostname()
     engine = open_engine(database_url, readonly=True)
     try:
-        with engine.connect() as conn:
-            beat = conn.scalar(select(m.DaemonStatus.heartbeat_at).where(
-                m.DaemonStatus.pid == pid, m.DaemonStatus.host == host).order_by(m.DaemonStatus.id.desc()).limit(1))
+        beat = last_heartbeat(engine, pid, host or socket.gethostname())
     finally:
         engine.dispose()
     if beat is None:
         return None
-    if beat.tzinfo is None:
-        beat = beat.replace(tzinfo=timezone.utc)
     return ((now or datetime.now(timezone.utc)) - beat).total_seconds()
 
 

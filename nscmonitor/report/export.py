@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nscmonitor.core.domain import well_name
 from nscmonitor.core.errors import UserFacingError
-from nscmonitor.store.repo import Repo
+from nscmonitor.store.reads import Repo
 
 READOUT_COLUMNS = ["experiment", "plate", "well", "row", "col", "condition", "timepoint", "elapsed_h", "acquired_at",
                    "n_images", "n_tiles", "n_qc_failed", "class", "prob_mean", "prob_sd", "fraction_predicted",

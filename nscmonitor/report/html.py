@@ -31,7 +31,7 @@ from nscmonitor.report.calls import ConfidentCall, confident_call, replicate_sta
 from nscmonitor.report.figures import Series, WellCell, condition_color, plate_map_svg, time_course_svg
 from nscmonitor.report.prism import condition_columns
 from nscmonitor.report.tables import PlateGrid, experiment_grids
-from nscmonitor.store.repo import Repo
+from nscmonitor.store.reads import Repo
 
 log = logging.getLogger(__name__)
 SECTIONS = ("summary", "plate-maps", "time-courses", "calls", "qc", "provenance")
@@ -83,7 +83,7 @@ def _validation(repo: Repo, version: str | None) -> tuple[dict, dict, str]:
     or unreadable file leaves the summary carried inside the model."""
     if version is None:
         return {}, {}, ""
-    from nscmonitor.store.dashboard import model_versions
+    from nscmonitor.store.registry import model_versions
 
     info = next((v for v in model_versions(repo.engine) if v.version == version), None)
     if info is None:

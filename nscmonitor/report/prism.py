@@ -15,7 +15,7 @@ from pathlib import Path
 from nscmonitor.report.export import _num, attribute_columns, escape
 from nscmonitor.report.tables import PlateGrid, experiment_grids
 from nscmonitor.report.wide import wide_path, write_rows
-from nscmonitor.store.repo import Repo
+from nscmonitor.store.reads import Repo
 
 NO_CONDITION = "(no condition)"
 X_LABEL = "Elapsed (h)"

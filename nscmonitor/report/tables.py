@@ -16,7 +16,7 @@ import numpy as np
 
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.report.export import choose_version
-from nscmonitor.store.repo import Repo
+from nscmonitor.store.reads import Repo
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from nscmonitor.report.export import _atomic_writer, _num, attribute_columns, escape
 from nscmonitor.report.tables import PlateGrid, experiment_grids, readout_label, readout_slug
-from nscmonitor.store.repo import Repo
+from nscmonitor.store.reads import Repo
 
 SEPARATORS = {"tab": "\t", "comma": ","}
 TABLE_START = "Date Time"

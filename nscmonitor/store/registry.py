@@ -33,6 +33,7 @@ class ModelInfo:
     metrics: dict
     created_at: datetime
     activated_at: datetime | None
+    meta: dict  # the model's metadata as registered (``engines.metadata``), metrics included
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ class NewVersion:
 
 def _info(r: m.ModelVersion) -> ModelInfo:
     return ModelInfo(r.version, r.name, r.path, r.sha256, r.scheme, tuple(r.classes), r.state, r.labels_version,
-                     dict((r.meta or {}).get("metrics", {})), aware(r.created_at), aware(r.activated_at))
+                     dict((r.meta or {}).get("metrics", {})), aware(r.created_at), aware(r.activated_at),
+                     dict(r.meta or {}))
 
 
 def _row(s: Session, version: str) -> m.ModelVersion | None:
@@ -63,6 +65,19 @@ def _active(s: Session) -> m.ModelVersion | None:
 def list_versions(engine: Engine) -> list[ModelInfo]:
     with sessionmaker(engine)() as s:
         return [_info(r) for r in s.scalars(select(m.ModelVersion).order_by(m.ModelVersion.created_at))]
+
+
+def model_versions(engine: Engine) -> list[ModelInfo]:
+    """Newest first, as the dashboard lists them."""
+    with sessionmaker(engine)() as s:
+        return [_info(r) for r in s.scalars(select(m.ModelVersion).order_by(m.ModelVersion.created_at.desc(),
+                                                                            m.ModelVersion.id.desc()))]
+
+
+def version_meta(engine: Engine, version: str) -> dict | None:
+    """The registered metadata of one version (its preprocessing, classes, tile size)."""
+    with sessionmaker(engine)() as s:
+        return s.scalar(select(m.ModelVersion.meta).where(m.ModelVersion.version == version))
 
 
 def find_version(engine: Engine, version: str) -> ModelInfo | None:

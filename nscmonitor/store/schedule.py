@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from nscmonitor.store import models as m
-from nscmonitor.store.repo import _aware
+from nscmonitor.store.times import aware
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ def load_schedule_state(engine: Engine, job_id: str) -> ScheduleStateInfo | None
         r = s.get(m.ScheduleState, job_id)
         if r is None:
             return None
-        return ScheduleStateInfo(r.job_id, r.schedule, _aware(r.next_run_at), _aware(r.last_run_at), r.last_status)
+        return ScheduleStateInfo(r.job_id, r.schedule, aware(r.next_run_at), aware(r.last_run_at), r.last_status)
 
 
 _KEEP = object()

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nscmonitor.store.repo import Repo
+from nscmonitor.store.reads import Repo
 
 from conftest import cells_image, write_tiff
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from nscmonitor.simulate.microscope import Microscope
 from nscmonitor.simulate.render import Camera
 from nscmonitor.store import models as m
-from nscmonitor.store.repo import Repo
+from nscmonitor.store.reads import Repo
 
 
 @pytest.mark.parametrize("vendor", ["imagexpress", "incucyte"])  # growing files; temp name then rename

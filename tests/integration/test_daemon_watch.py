@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from nscmonitor.store import models as m
-from nscmonitor.store.repo import Repo
+from nscmonitor.store.reads import Repo
 
 from conftest import cells_image, write_tiff
 

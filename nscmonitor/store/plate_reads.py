@@ -1,10 +1,14 @@
-"""Reads shaped for the dashboard: few round trips, column arrays instead of objects.
+"""One plate's reads for the dashboard: few round trips, column arrays instead of objects.
 
-The plate view loads every readout of one plate and model version in one indexed query
-(``ix_readouts_plate_time``) straight from the driver, and parses each JSON column in one
-numpy call instead of one ``json.loads`` per row; the first paint reads only the newest time
-point. Live updates ask only for what changed since the last prediction id they saw. Everything here is read-only (the GUI opens the database with
-``query_only``) and returns frozen dataclasses or numpy arrays; Qt never appears here.
+The experiments, plates, model versions and the queue come from ``store.reads`` (the one
+read model, shared with the command line and the reports); here is only the plate view's
+hot path, where one object per row would be too slow. It loads every readout of one plate
+and model version in one indexed query (``ix_readouts_plate_time``) straight from the
+driver, and parses each JSON column in one numpy call instead of one ``json.loads`` per
+row; the first paint reads only the newest time point. Live updates ask only for what
+changed since the last prediction id they saw. Everything here is read-only (the GUI opens
+the database with ``query_only``) and returns frozen dataclasses or numpy arrays; Qt never
+appears here.
 """
 
 from __future__ import annotations
@@ -12,24 +16,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import numpy as np
 from sqlalchemy import Engine, text
 
 from nscmonitor.core.domain import PLATE_SHAPES
-from nscmonitor.core.queue import QueueState
-
-
-def _dt(v: object) -> datetime | None:
-    """SQLite returns timestamps as text through raw SQL; PostgreSQL as datetimes. All are UTC."""
-    if v is None:
-        return None
-    if isinstance(v, str):
-        v = datetime.fromisoformat(v)
-    if isinstance(v, datetime) and v.tzinfo is None:
-        return v.replace(tzinfo=timezone.utc)
-    return v  # type: ignore[return-value]
 
 
 def _lists(values: list, k: int) -> np.ndarray:
@@ -69,51 +60,7 @@ def _fetch(engine: Engine, sql: str, params: dict) -> list:
         return [tuple(r) for r in c.execute(text(sql), params).all()]
 
 
-# --- experiments and plates -----------------------------------------------------------------
-@dataclass(frozen=True)
-class PlateInfo:
-    id: int
-    name: str
-    plate_format: int
-    n_wells: int
-
-
-@dataclass(frozen=True)
-class ExperimentOverview:
-    id: int
-    name: str
-    watch_path: str | None
-    n_images: int
-    n_done: int
-    n_qc_failed: int
-    n_quarantined: int
-    n_pending: int
-    last_image_at: datetime | None
-    plates: tuple[PlateInfo, ...]
-
-
-def overview(engine: Engine) -> list[ExperimentOverview]:
-    with engine.connect() as c:
-        exps = c.execute(text("SELECT id, name, watch_path FROM experiments ORDER BY name")).all()
-        counts = {r[0]: r[1:] for r in c.execute(text(
-            # CASE, not SUM(condition): PostgreSQL does not sum booleans
-            "SELECT experiment_id, COUNT(*), SUM(CASE WHEN status = :done THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN NOT qc_passed THEN 1 ELSE 0 END), SUM(CASE WHEN status = :quarantined THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN status IN (:pending, :processing, :failed) THEN 1 ELSE 0 END), MAX(discovered_at)"
-            " FROM images GROUP BY experiment_id"), {s.name.lower(): s.value for s in QueueState})}
-        plates: dict[int, list[PlateInfo]] = {}
-        for r in c.execute(text(
-                "SELECT p.experiment_id, p.id, p.name, p.plate_format, COUNT(w.id) FROM plates p"
-                " LEFT JOIN wells w ON w.plate_id = p.id GROUP BY p.id ORDER BY p.name")):
-            plates.setdefault(r[0], []).append(PlateInfo(r[1], r[2], r[3] or 96, r[4]))
-    out = []
-    for eid, name, watch in exps:
-        n, done, qcf, quar, pend, last = counts.get(eid, (0, 0, 0, 0, 0, None))
-        out.append(ExperimentOverview(eid, name, watch, int(n or 0), int(done or 0), int(qcf or 0), int(quar or 0),
-                                      int(pend or 0), _dt(last), tuple(plates.get(eid, ()))))
-    return out
-
-
+# --- one plate ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class WellRow:
     id: int
@@ -302,59 +249,3 @@ def well_images(engine: Engine, well_id: int, time_key: int, version: str | None
                              None if r[10] is None else bool(r[10]), tuple(js(r[11])), tuple(js(r[12])),
                              int(r[13] or 0), r[14], r[15], r[16]))
     return out
-
-
-# --- models ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelVersionInfo:
-    version: str
-    name: str
-    path: str
-    scheme: str
-    classes: tuple[str, ...]
-    state: str
-    created_at: datetime | None
-    activated_at: datetime | None
-    meta: dict
-
-
-def model_versions(engine: Engine) -> list[ModelVersionInfo]:
-    with engine.connect() as c:
-        rows = c.execute(text("SELECT version, name, path, scheme, classes, state, created_at, activated_at, meta"
-                              " FROM model_versions ORDER BY created_at DESC, id DESC")).all()
-    out = []
-    for r in rows:
-        classes = json.loads(r[4]) if isinstance(r[4], str) else (r[4] or [])
-        meta = json.loads(r[8]) if isinstance(r[8], str) else (r[8] or {})
-        out.append(ModelVersionInfo(r[0], r[1], r[2], r[3], tuple(classes), r[5], _dt(r[6]), _dt(r[7]), meta))
-    return out
-
-
-def version_meta(engine: Engine, version: str) -> dict | None:
-    with engine.connect() as c:
-        v = c.execute(text("SELECT meta FROM model_versions WHERE version = :v"), {"v": version}).scalar()
-    if v is None:
-        return None
-    return json.loads(v) if isinstance(v, str) else v
-
-
-def image_error(engine: Engine, image_id: int) -> tuple[str, str, str | None] | None:
-    """(path, status, reason) of one image, for the status panel's detail."""
-    with engine.connect() as c:
-        r = c.execute(text("SELECT path, status, error FROM images WHERE id = :i"), {"i": image_id}).first()
-    return None if r is None else (r[0], r[1], r[2])
-
-
-
-def first_plate(engine: Engine, experiment: str | None) -> tuple[ExperimentOverview, PlateInfo] | None:
-    """The plate to open first, without the image counts: a cheap query, so the plate's load
-    starts while the (slower) overview is still counting images."""
-    q = ("SELECT e.id, e.name, e.watch_path, p.id, p.name, p.plate_format FROM experiments e"
-         " JOIN plates p ON p.experiment_id = e.id" + (" WHERE e.name = :n" if experiment else "")
-         + " ORDER BY e.name, p.name LIMIT 1")
-    with engine.connect() as c:
-        r = c.execute(text(q), {"n": experiment} if experiment else {}).first()
-    if r is None:
-        return None
-    plate = PlateInfo(r[3], r[4], r[5] or 96, 0)
-    return ExperimentOverview(r[0], r[1], r[2], 0, 0, 0, 0, 0, None, (plate,)), plate

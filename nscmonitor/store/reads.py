@@ -1,4 +1,10 @@
-"""Reads. Every function returns frozen dataclasses or plain values, never ORM rows."""
+"""The store's read model: what the command line, the exports and reports and the
+dashboard read, as frozen dataclasses or plain values, never ORM rows.
+
+``Repo`` reads records (experiments, the queue, errors, daemons, readouts, images);
+``plate_reads`` reads one plate's readouts as numpy columns for the dashboard's plate view,
+where one object per row would be too slow. Both share the dataclasses defined here.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +12,37 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from nscmonitor.core.domain import ImageRecord, WellReadout
 from nscmonitor.core.queue import PROBLEMS, QueueState
 from nscmonitor.store import models as m
+from nscmonitor.store.times import aware, from_sql
 
 
 @dataclass(frozen=True)
-class ExperimentInfo:
+class PlateInfo:
+    id: int
+    name: str
+    plate_format: int
+    n_wells: int
+
+
+@dataclass(frozen=True)
+class ExperimentOverview:
     id: int
     name: str
     watch_path: str | None
-    induction_time: datetime | None
     n_images: int
     n_done: int
     n_qc_failed: int
     n_quarantined: int
+    n_pending: int
     last_image_at: datetime | None
-    plates: tuple[str, ...]
+    plates: tuple[PlateInfo, ...]
+
+
 
 
 @dataclass(frozen=True)
@@ -61,11 +78,59 @@ class ImageError:
     updated_at: datetime
 
 
-def _aware(dt: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes even for timezone columns; all ours are UTC."""
-    if dt is not None and dt.tzinfo is None:
-        return dt.replace(tzinfo=timezone.utc)
-    return dt
+def overview(engine: Engine) -> list[ExperimentOverview]:
+    """Every experiment with its image counts and plates, in three queries whatever their number."""
+    with engine.connect() as c:
+        exps = c.execute(text("SELECT id, name, watch_path FROM experiments ORDER BY name")).all()
+        counts = {r[0]: r[1:] for r in c.execute(text(
+            # CASE, not SUM(condition): PostgreSQL does not sum booleans
+            "SELECT experiment_id, COUNT(*), SUM(CASE WHEN status = :done THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN NOT qc_passed THEN 1 ELSE 0 END), SUM(CASE WHEN status = :quarantined THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN status IN (:pending, :processing, :failed) THEN 1 ELSE 0 END), MAX(discovered_at)"
+            " FROM images GROUP BY experiment_id"), {s.name.lower(): s.value for s in QueueState})}
+        plates: dict[int, list[PlateInfo]] = {}
+        for r in c.execute(text(
+                "SELECT p.experiment_id, p.id, p.name, p.plate_format, COUNT(w.id) FROM plates p"
+                " LEFT JOIN wells w ON w.plate_id = p.id GROUP BY p.id ORDER BY p.name")):
+            plates.setdefault(r[0], []).append(PlateInfo(r[1], r[2], r[3] or 96, r[4]))
+    out = []
+    for eid, name, watch in exps:
+        n, done, qcf, quar, pend, last = counts.get(eid, (0, 0, 0, 0, 0, None))
+        out.append(ExperimentOverview(eid, name, watch, int(n or 0), int(done or 0), int(qcf or 0), int(quar or 0),
+                                      int(pend or 0), from_sql(last), tuple(plates.get(eid, ()))))
+    return out
+
+
+def first_plate(engine: Engine, experiment: str | None) -> tuple[ExperimentOverview, PlateInfo] | None:
+    """The plate to open first, without the image counts: a cheap query, so the plate's load
+    starts while the (slower) overview is still counting images."""
+    q = ("SELECT e.id, e.name, e.watch_path, p.id, p.name, p.plate_format FROM experiments e"
+         " JOIN plates p ON p.experiment_id = e.id" + (" WHERE e.name = :n" if experiment else "")
+         + " ORDER BY e.name, p.name LIMIT 1")
+    with engine.connect() as c:
+        r = c.execute(text(q), {"n": experiment} if experiment else {}).first()
+    if r is None:
+        return None
+    plate = PlateInfo(r[3], r[4], r[5] or 96, 0)
+    return ExperimentOverview(r[0], r[1], r[2], 0, 0, 0, 0, 0, None, (plate,)), plate
+
+
+def backlog_facts(engine: Engine, now: datetime) -> tuple[int, datetime | None, datetime | None]:
+    """(images waiting now, oldest discovery among them, last scoring), for the stall check.
+    'Waiting' excludes failed images whose retry is not due yet: back-off is not a stall."""
+    due = or_(m.Image.status.in_((QueueState.PENDING, QueueState.PROCESSING)),
+              (m.Image.status == QueueState.FAILED) & (m.Image.next_attempt_at <= now.timestamp()))
+    with engine.connect() as c:
+        n, oldest = c.execute(select(func.count(), func.min(m.Image.discovered_at)).where(due)).one()
+        last = c.scalar(select(func.max(m.Image.scored_at)))
+    return int(n or 0), aware(oldest), aware(last)
+
+
+def last_heartbeat(engine: Engine, pid: int, host: str) -> datetime | None:
+    """When the newest daemon row of this host and pid last beat; None before it wrote one."""
+    with engine.connect() as conn:
+        return aware(conn.scalar(select(m.DaemonStatus.heartbeat_at).where(
+            m.DaemonStatus.pid == pid, m.DaemonStatus.host == host).order_by(m.DaemonStatus.id.desc()).limit(1)))
 
 
 class Repo:
@@ -75,22 +140,8 @@ class Repo:
     def session(self) -> Session:
         return Session(self.engine)
 
-    def experiments(self) -> list[ExperimentInfo]:
-        with self.session() as s:
-            exps = s.scalars(select(m.Experiment).order_by(m.Experiment.name)).all()
-            out = []
-            for e in exps:
-                counts = dict(s.execute(select(m.Image.status, func.count()).where(m.Image.experiment_id == e.id)
-                                        .group_by(m.Image.status)).all())
-                qc_failed = s.scalar(select(func.count()).select_from(m.Image).where(
-                    m.Image.experiment_id == e.id, m.Image.qc_passed.is_(False))) or 0
-                last = s.scalar(select(func.max(m.Image.discovered_at)).where(m.Image.experiment_id == e.id))
-                plates = tuple(s.scalars(select(m.Plate.name).where(m.Plate.experiment_id == e.id)
-                                         .order_by(m.Plate.name)).all())
-                out.append(ExperimentInfo(e.id, e.name, e.watch_path, _aware(e.induction_time), sum(counts.values()),
-                                          counts.get(QueueState.DONE, 0), qc_failed, counts.get(QueueState.QUARANTINED, 0),
-                                          _aware(last), plates))
-            return out
+    def experiments(self) -> list[ExperimentOverview]:
+        return overview(self.engine)
 
     def experiment_id(self, name: str) -> int | None:
         with self.session() as s:
@@ -105,17 +156,17 @@ class Repo:
             rows = s.execute(select(m.Image.id, m.Image.path, m.Image.status, m.Image.error, m.Image.updated_at)
                              .where(m.Image.status.in_(PROBLEMS))
                              .order_by(m.Image.updated_at.desc(), m.Image.id.desc()).limit(limit)).all()
-            return [ImageError(r.id, r.path, r.status, r.error or "", _aware(r.updated_at)) for r in rows]
+            return [ImageError(r.id, r.path, r.status, r.error or "", aware(r.updated_at)) for r in rows]
 
     def events(self, limit: int = 50, since_id: int = 0) -> list[EventInfo]:
         with self.session() as s:
             rows = s.scalars(select(m.Event).where(m.Event.id > since_id).order_by(m.Event.id.desc()).limit(limit)).all()
-            return [EventInfo(e.id, _aware(e.at), e.kind, e.level, e.message, e.path) for e in rows]
+            return [EventInfo(e.id, aware(e.at), e.kind, e.level, e.message, e.path) for e in rows]
 
     def daemons(self, limit: int = 5) -> list[DaemonInfo]:
         with self.session() as s:
             rows = s.scalars(select(m.DaemonStatus).order_by(m.DaemonStatus.heartbeat_at.desc()).limit(limit)).all()
-            return [DaemonInfo(d.id, d.host, d.pid, _aware(d.started_at), _aware(d.heartbeat_at), d.state, d.engine,
+            return [DaemonInfo(d.id, d.host, d.pid, aware(d.started_at), aware(d.heartbeat_at), d.state, d.engine,
                                d.model_version, d.watched or [], d.images_per_s) for d in rows]
 
     def scored_since(self, seconds: float) -> int:
@@ -144,7 +195,7 @@ class Repo:
             for ro, w, p in s.execute(q):
                 yield WellReadout(
                     experiment=exp.name, plate=p.name, well=w.name, row=w.row, col=w.col, condition=w.condition,
-                    timepoint=ro.time_key, elapsed_h=ro.elapsed_h, acquired_at=_aware(ro.acquired_at),
+                    timepoint=ro.time_key, elapsed_h=ro.elapsed_h, acquired_at=aware(ro.acquired_at),
                     model_version=ro.model_version, classes=tuple(ro.classes), prob_mean=tuple(ro.prob_mean),
                     prob_sd=tuple(ro.prob_sd), fraction=tuple(ro.fraction), n_images=ro.n_images,
                     n_tiles=ro.n_tiles, n_qc_failed=ro.n_qc_failed, confidence=ro.confidence,
@@ -179,7 +230,7 @@ class Repo:
                 yield ImageRecord(
                     id=img.id, experiment=exp.name, path=img.path, status=img.status, error=img.error,
                     plate=p.name if p else None, well=w.name if w else None, field=img.field, channel=img.channel,
-                    z=img.z, timepoint=img.timepoint, elapsed_h=img.elapsed_h, acquired_at=_aware(img.acquired_at),
+                    z=img.z, timepoint=img.timepoint, elapsed_h=img.elapsed_h, acquired_at=aware(img.acquired_at),
                     size=img.size, mtime=img.mtime, content_hash=img.content_hash,
                     qc=dict(img.qc or {}, passed=img.qc_passed), attempts=img.attempts, rewritten=img.rewritten,
                 ), preds.get(img.id, [])
