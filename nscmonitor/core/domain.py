@@ -92,21 +92,6 @@ class QCMetrics:
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """One image scored by one model version: per-class tile-mean probabilities and the
-    fraction of tiles whose top class is each class."""
-
-    image_id: int
-    model_version: str
-    classes: tuple[str, ...]
-    prob_mean: tuple[float, ...]
-    prob_sd: tuple[float, ...]
-    fraction: tuple[float, ...]
-    n_tiles: int
-    confidence: float
-
-
-@dataclass(frozen=True)
 class WellReadout:
     experiment: str
     plate: str
