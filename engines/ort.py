@@ -236,24 +236,3 @@ class OrtCudaEngine(OrtCpuEngine):
         if self.provider not in used:
             raise EngineError(f"{self.name}: session fell back to {used} (no usable GPU?"
                               + (f"; {note}" if note else "") + ")")
-
-
-class OrtTensorrtEpEngine(OrtCudaEngine):
-    """ONNX Runtime's TensorRT execution provider (fp16, its own engine cache), for hosts with
-    onnxruntime-gpu and TensorRT libraries but without the TensorRT Python package."""
-
-    name = "ort-tensorrt"
-    provider = "TensorrtExecutionProvider"
-
-    def __init__(self, model_path: str | Path, metadata: ModelMetadata, *, threads: int = 0,
-                 optimized_cache: str | Path | None = None, cache_dir: str | Path | None = None,
-                 fp16: bool = True) -> None:
-        super().__init__(model_path, metadata, threads=threads, optimized_cache=optimized_cache)
-        self.cache_dir = Path(cache_dir) if cache_dir else self.model_path.parent / "ort-trt-cache"
-        self.fp16 = fp16
-        self.name = "ort-tensorrt-fp16" if fp16 else "ort-tensorrt-fp32"
-
-    def _providers(self) -> list:
-        opts = {"trt_fp16_enable": self.fp16, "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(self.cache_dir), "trt_timing_cache_enable": True}
-        return [(self.provider, opts), "CUDAExecutionProvider", "CPUExecutionProvider"]
