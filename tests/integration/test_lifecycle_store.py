@@ -3,11 +3,12 @@ server (``db_url``)."""
 
 from __future__ import annotations
 
-import time
+import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_SUBMITTED
 from sqlalchemy import select
 
 from nscmonitor.config import parse_settings
@@ -103,14 +104,25 @@ def test_schedule_persists_and_coalesces_missed_runs(tmp_path: Path, engine) -> 
     assert sched.get_job(JOB_ID).next_run_time == first
     # The PC was off for three scheduled runs: inject the time by moving the job's due time
     # three intervals into the past, then let the scheduler run.
+    # The scheduler's own events say what it submitted and ran, so nothing waits on a clock:
+    # every run it will ever start is submitted at the wake-up that found the job overdue,
+    # and shutdown(wait=True) returns only after the runs it started have finished.
+    submitted, executed, first_done = [], [], threading.Event()
+
+    def record(event) -> None:  # noqa: ANN001
+        if event.code == EVENT_JOB_SUBMITTED:
+            submitted.append(list(event.scheduled_run_times))
+        else:
+            executed.append(event.code)
+            first_done.set()
+
+    sched.add_listener(record, EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
     sched.get_job(JOB_ID).modify(next_run_time=datetime.now(timezone.utc) - timedelta(hours=3, minutes=1))
     sched.resume()
-    end = time.monotonic() + 30
-    while len(_runs(url)) < 1 and time.monotonic() < end:
-        time.sleep(0.1)
-    time.sleep(0.5)
-    runs = _runs(url)
+    assert first_done.wait(30), "the overdue job never ran"
     nxt = sched.get_job(JOB_ID).next_run_time
     sched.shutdown(wait=True)
-    assert runs == [("schedule", "skipped")], runs  # once, not three times; no labels: skipped
+    assert len(submitted) == 1 and len(submitted[0]) == 1, submitted  # three missed runs coalesced into one
+    assert executed == [EVENT_JOB_EXECUTED]
+    assert _runs(url) == [("schedule", "skipped")]  # once, not three times; no labels: skipped
     assert nxt > datetime.now(timezone.utc)
