@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 
@@ -27,21 +28,30 @@ from nscmonitor.scoring.qc import qc_metrics
 from nscmonitor.store.writer import Claimed, Scored
 
 
+class Content(Enum):
+    SCORED = "scored"  # the bytes this image was scored from, and the serving model scored them: nothing to do
+    NEW = "new"  # first content seen, or the same content not yet scored by the serving model
+    REWRITTEN = "rewritten"  # other bytes than those scored before: earlier predictions are void
+
+
+def content_of(c: Claimed, sha256: str) -> Content:
+    """The one place that decides whether an image's content is new, from what the claim
+    knew (the hash it was scored from, whether the serving model scored it) and the bytes
+    just decoded; the store acts on the verdict instead of deciding again."""
+    if c.previous_hash is not None and sha256 != c.previous_hash:
+        return Content.REWRITTEN
+    return Content.SCORED if c.scored else Content.NEW
+
+
 @dataclass(frozen=True)
 class Prepared:
-    """A decoded image with new content (or not yet scored by this model), checked and tiled."""
+    """A decoded image that needs scoring, checked and tiled."""
 
     claimed: Claimed
     decoded: Decoded
+    content: Content
     qc: QCMetrics
     grid: TileGrid | None  # None: QC found nothing to score (blank or non-finite frame)
-
-
-def already_scored(c: Claimed, dec: Decoded) -> bool:
-    """The one place that decides whether the content is new: identical bytes to those this
-    image was scored from, and a prediction by the serving model exists (the file was only
-    touched, or the daemon was restarted mid-batch)."""
-    return c.scored and dec.sha256 == c.previous_hash
 
 
 def prepare(c: Claimed, pre: Preprocess, meta, *, max_pixels: int, channel: str | None,  # noqa: ANN001
@@ -52,7 +62,8 @@ def prepare(c: Claimed, pre: Preprocess, meta, *, max_pixels: int, channel: str 
     dec = decode(c.path, max_pixels=max_pixels, channel=channel)
     t1 = time.perf_counter()
     timings.decode += t1 - t0
-    if already_scored(c, dec):
+    content = content_of(c, dec.sha256)
+    if content is Content.SCORED:
         return None
     norm = meta.normalization
     qc = qc_metrics(dec.pixels, p_low=norm["p_low"], p_high=norm["p_high"])
@@ -64,7 +75,7 @@ def prepare(c: Claimed, pre: Preprocess, meta, *, max_pixels: int, channel: str 
             raise DecodeError(refusal, permanent=True)
         grid = pre.tiles(dec.pixels, factor=factor, lohi=(qc.p_low, qc.p_high))
     timings.preprocess += time.perf_counter() - t1
-    return Prepared(c, dec, qc, grid)
+    return Prepared(c, dec, content, qc, grid)
 
 
 def infer(engine: Engine, prepared: list[Prepared], batch_size: int) -> tuple[list, list[tuple[Claimed, Exception]]]:
@@ -101,6 +112,7 @@ def result(p: Prepared, probs: np.ndarray, *, model_version: str, engine: Engine
         height=p.decoded.pixels.shape[0], score=score,
         tiles_blob=pack_tiles(probs, grid.rows, grid.cols, grid.kept) if grid is not None else None,
         model_version=model_version, classes=engine.metadata.classes, engine=engine.name,
+        rewritten=p.content is Content.REWRITTEN,
     )
 
 

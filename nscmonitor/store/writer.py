@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from nscmonitor.core.domain import ImageKey, QCMetrics
@@ -76,6 +76,11 @@ class Scored:
     model_version: str
     classes: tuple[str, ...]
     engine: str
+    #: decided by the scorer from the claim (``Claimed.previous_hash``, ``Claimed.scored``) and
+    #: the decoded bytes, once: the content differs from what this image was scored from, so
+    #: its earlier predictions are void. Not rewritten and reaching ``complete`` means no
+    #: prediction by this model exists yet (an unchanged, scored image never gets here).
+    rewritten: bool = False
 
 
 def time_key(key: ImageKey | None, elapsed_h: float | None) -> int | None:
@@ -298,13 +303,9 @@ class Writer:
                 row = s.get(m.Image, r.image_id)
                 if row is None:
                     continue
-                same_content = row.content_hash == r.content_hash
-                exists = s.scalar(select(func.count()).select_from(m.Prediction).where(
-                    m.Prediction.image_id == row.id, m.Prediction.model_version == r.model_version))
-                if row.content_hash is not None and not same_content:
+                if r.rewritten:
                     s.execute(delete(m.Prediction).where(m.Prediction.image_id == row.id))
                     row.rewritten = True
-                    exists = 0
                     s.add(m.Event(at=now, kind="rewritten", level="warning", path=row.path,
                                   message="file was rewritten with new content; scored again"))
                 row.content_hash = r.content_hash
@@ -317,7 +318,7 @@ class Writer:
                 row.width, row.height = r.width, r.height
                 row.scored_at = now
                 row.updated_at = now
-                if r.score is not None and not exists:
+                if r.score is not None:
                     s.add(m.Prediction(
                         image_id=row.id, model_version=r.model_version, classes=list(r.classes),
                         prob_mean=[float(v) for v in r.score.prob_mean], prob_sd=[float(v) for v in r.score.prob_sd],
