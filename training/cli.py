@@ -23,6 +23,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--weights", help="local .pth state dict to start from (never downloaded)")
+    p.add_argument("--seed", type=int, help="seed of the split, the initial weights and the batches (default 0)")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads of the run, shared by its --nproc processes (default: all cores)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
@@ -85,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
         args.train_config, data=args.data, scheme=args.scheme, out=args.out, epochs=args.epochs,
         image_size=args.image_size, arch=args.arch, batch_size=args.batch_size, lr=args.lr, device=args.device,
         weights=args.weights, threads=args.threads, resume=args.resume, export=args.export,
-        label_mode=args.label_mode, min_train_h=args.min_train_h, tile_size=args.tile_size)
+        label_mode=args.label_mode, min_train_h=args.min_train_h, tile_size=args.tile_size, seed=args.seed)
     if args.from_store or args.labels:
         if not cfg.out:
             raise UserFacingError("train needs --out")

@@ -84,12 +84,16 @@ def _per_plate(meta: dict[str, Any], plates: set[str]) -> dict[str, dict[str, An
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested draws as dotted keys; the per-well draws (``wells``) stay in the export, and a
+    plate's own record (``plate``: ``plate_t50_shift_h``, ...) loses the repeated prefix."""
     out: dict[str, Any] = {}
     for k, v in d.items():
+        if k == "wells" and isinstance(v, dict):
+            continue
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(_flat(v, "" if k == "plate" else f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = v
+            out[f"{prefix}{k.removeprefix('plate_') if k != 'plate_name' else k}"] = v
     return out
 
 

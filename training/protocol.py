@@ -254,7 +254,8 @@ def group_table(report: dict[str, Any], row: str = LATE) -> str:
 
 def describe_draws(draws: dict[str, Any]) -> str:
     """A plate's recorded draws in a table cell: its scalar numbers and names, short."""
-    parts = [f"{k} {v:+.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(draws.items())
+    parts = [f"{k} {v:+.3g}" if isinstance(v, float) and "shift" in k else
+             f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(draws.items())
              if isinstance(v, (int, float, str)) and not isinstance(v, bool) and k not in ("plate", "plate_name")]
     return ", ".join(parts[:6]) or "-"
 

@@ -144,6 +144,11 @@ def test_plate_draws_are_read_from_the_manifest_when_it_records_them(tmp_path):
         {"plate": "sim-plate-2", "t50_shift_h": -4.0}]})
     keyed = export("b", {"plates": 2, "draws": {"sim-plate-2": {"timing": {"t50_shift_h": 12.0}}}})
     bare = export("c", {"tile_size": 32})
+    # the simulator's record: tiles.json "biology", per plate its own draw and its wells'
+    sim = export("d", {"biology": {"sim-plate-1": {
+        "plate": {"plate_t50_shift_h": -7.25, "plate_efficiency": 0.91},
+        "wells": {"B02": {"well_t50_shift_h": 1.5}}}}})
+    assert plate_draws([sim]) == {"sim-plate-1": {"t50_shift_h": -7.25, "efficiency": 0.91}}
     assert plate_draws([listed]) == {"sim-plate-1": {"plate": "sim-plate-1", "t50_shift_h": 9.5, "efficiency": 0.8},
                                      "sim-plate-2": {"plate": "sim-plate-2", "t50_shift_h": -4.0}}
     both = plate_draws([keyed, bare])
