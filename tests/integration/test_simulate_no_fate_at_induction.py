@@ -73,7 +73,8 @@ def _null(x, y, plates, rng) -> np.ndarray:
 
 def test_conditions_cannot_be_told_apart_at_induction_but_can_at_36_h(tmp_path):
     export_tiles(tmp_path, plates=3, hours=(0, 36), seed=5, wells_per_condition=6, tile_size=128)
-    rows = list(csv.DictReader(open(tmp_path / "tiles.csv", encoding="utf-8")))
+    with open(tmp_path / "tiles.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
 
     rng = np.random.default_rng(0)
     verdict = {}
