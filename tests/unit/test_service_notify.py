@@ -48,10 +48,12 @@ def test_abstract_namespace_address() -> None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     s.bind("\0" + name)
     s.settimeout(5)
+    n = Notifier("@" + name)
     try:
-        assert Notifier("@" + name).watchdog()
+        assert n.watchdog()
         assert s.recv(100) == b"WATCHDOG=1"
     finally:
+        n.close()
         s.close()
 
 

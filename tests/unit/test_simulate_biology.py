@@ -114,6 +114,7 @@ def test_cli_chooses_the_condition_set(tmp_path):
     rc = main(["simulate", str(tmp_path / "run"), "--plate", "24", "--fields", "1", "--hours", "0", "--speed", "0",
                "--wells", "A1,A6", "--frame", "704x520", "--conditions", "dose", "--fixed-biology"])
     assert rc == 0
-    rows = list(csv.DictReader(open(tmp_path / "run" / "simulation-manifest.csv", encoding="utf-8")))
+    with open(tmp_path / "run" / "simulation-manifest.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["condition"] for r in rows] == ["neuron-dose-0.03", "neuron-dose-30"]
     assert {r["condition_set"] for r in rows} == {"dose"} and {r["plate_t50_shift_h"] for r in rows} == {"0.0"}
