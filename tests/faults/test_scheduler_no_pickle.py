@@ -17,7 +17,8 @@ from pathlib import Path
 from alembic import command
 
 from nscmonitor.config import parse_settings
-from nscmonitor.store.db import _alembic_config, current_revision, head_revision, open_engine
+from nscmonitor.store.db import open_engine
+from nscmonitor.store.schema import alembic_config, current_revision, head_revision
 from nscmonitor.store.schedule import load_schedule_state
 
 
@@ -62,7 +63,7 @@ def test_upgrade_drops_pickled_job_table_without_reading_it(tmp_path: Path) -> N
     db, marker = tmp_path / "old.db", tmp_path / "pwned"
     url = f"sqlite:///{db}"
     with open_engine(url).begin() as conn:
-        command.upgrade(_alembic_config(conn), "0003")
+        command.upgrade(alembic_config(conn), "0003")
     _plant_job_table(db, marker)
     up = subprocess.run([sys.executable, "-m", "nscmonitor", "db", "upgrade", "--db", url],
                         capture_output=True, text=True, timeout=120)

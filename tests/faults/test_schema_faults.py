@@ -18,7 +18,8 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from nscmonitor.store.db import _alembic_config, current_revision, head_revision, open_engine
+from nscmonitor.store.db import open_engine
+from nscmonitor.store.schema import alembic_config, current_revision, head_revision
 from nscmonitor.store.models import Base
 
 KILLER = '''
@@ -83,13 +84,13 @@ def _half_schema_by_hand(db: Path, revision: str | None, extra_tables: int) -> N
     tables of ``revision`` stamped, then some tables of the next revision, unstamped."""
     scratch = tmp_db = db.with_name("scratch.db")
     with open_engine(f"sqlite:///{tmp_db}").begin() as conn:
-        command.upgrade(_alembic_config(conn), "head")
+        command.upgrade(alembic_config(conn), "head")
     with sqlite3.connect(scratch) as c:
         ddl = dict(c.execute("select name, sql from sqlite_master where type='table' and name != 'alembic_version'"
                              " order by rowid"))
     if revision is not None:
         with open_engine(f"sqlite:///{db}").begin() as conn:
-            command.upgrade(_alembic_config(conn), revision)
+            command.upgrade(alembic_config(conn), revision)
     have = _tables(db) if db.exists() else set()
     with sqlite3.connect(db) as c:
         c.execute("create table if not exists alembic_version (version_num varchar(32) not null primary key)")

@@ -12,7 +12,8 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from nscmonitor.store.db import _alembic_config, current_revision, head_revision, open_engine
+from nscmonitor.store.db import open_engine
+from nscmonitor.store.schema import alembic_config, current_revision, head_revision
 from nscmonitor.store.models import Base
 
 
@@ -21,7 +22,7 @@ def test_old_schema_refused_then_upgraded_with_backup(tmp_path: Path, tiny_model
     url = f"sqlite:///{db}"
     engine = open_engine(url)
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "0001")
+        command.upgrade(alembic_config(conn), "0001")
     with sqlite3.connect(db) as c:
         c.execute("insert into experiments (name, created_at) values ('kept', '2026-01-01 00:00:00')")
     (tmp_path / "w").mkdir()

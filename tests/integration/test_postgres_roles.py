@@ -20,7 +20,8 @@ from sqlalchemy.exc import DBAPIError
 
 from conftest import cells_image, pg_admin_exec, write_tiff
 from nscmonitor.cli import main
-from nscmonitor.store.db import SchemaError, ensure_schema, open_engine
+from nscmonitor.store.db import open_engine
+from nscmonitor.store.schema import SchemaError, ensure_schema
 from nscmonitor.store.roles import RoleNames, cluster_statements, database_statements, psql_script
 from nscmonitor.store.writer import Writer
 

@@ -18,8 +18,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from nscmonitor.cli import main
-from nscmonitor.store.db import (SchemaError, _alembic_config, current_revision, ensure_schema, head_revision,
-                                 open_engine, open_readonly, upgrade)
+from nscmonitor.store.db import open_engine, open_readonly
+from nscmonitor.store.schema import SchemaError, alembic_config, current_revision, ensure_schema, head_revision, upgrade
 from nscmonitor.store.instance import AlreadyRunning, acquire
 from nscmonitor.store.models import Base
 
@@ -83,7 +83,7 @@ def test_upgraded_schema_is_the_same_on_sqlite_and_postgresql(tmp_path: Path, pg
 def test_migration_keeps_rows_on_postgresql(pg_url: str) -> None:
     engine = open_engine(pg_url)
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "0001")
+        command.upgrade(alembic_config(conn), "0001")
         conn.execute(text("insert into experiments (name, created_at) values ('kept', now())"))
     with pytest.raises(SchemaError, match="0001"):
         ensure_schema(engine)
@@ -117,7 +117,7 @@ def test_kill_during_creation_leaves_an_empty_database(tmp_path: Path, pg_url: s
 def test_half_built_schema_is_repaired_and_data_is_refused(pg_url: str) -> None:
     engine = open_engine(pg_url)
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "0001")
+        command.upgrade(alembic_config(conn), "0001")
         conn.execute(text("create table label_sets (id integer primary key)"))  # 0002's, half made
         conn.execute(text("alter table experiments add column half_done integer"))
         conn.execute(text("create index ix_half on experiments (half_done)"))

@@ -33,7 +33,7 @@ def test_every_package_folder_is_declared() -> None:
 
 
 def test_migrations_ship_with_the_package() -> None:
-    import nscmonitor.store.db as db
+    from nscmonitor.store.schema import MIGRATIONS
 
-    assert (db.MIGRATIONS / "env.py").is_file()
-    assert list((db.MIGRATIONS / "versions").glob("0001_*.py"))
+    assert (MIGRATIONS / "env.py").is_file()
+    assert list((MIGRATIONS / "versions").glob("0001_*.py"))

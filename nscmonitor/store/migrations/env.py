@@ -1,4 +1,4 @@
-"""Alembic environment: the connection is handed in by ``nscmonitor.store.db`` so the
+"""Alembic environment: the connection is handed in by ``nscmonitor.store.schema`` so the
 same code migrates SQLite and PostgreSQL, with no alembic.ini to keep in step."""
 
 from alembic import context
