@@ -24,6 +24,12 @@ from nscmonitor.store.urls import masked, sqlite_path
 
 log = logging.getLogger(__name__)
 
+#: what callers open a database with; the schema check and the URL helpers come along from
+#: ``store.schema`` and ``store.urls``, since opening a database means both
+__all__ = ["backup", "check_database_path", "create_engine_checked", "current_revision", "ensure_schema",
+           "head_revision", "integrity_check", "masked", "open_engine", "open_readonly", "sqlite_path",
+           "upgrade_with_backup"]
+
 
 def check_database_path(path: Path) -> None:
     """One line naming ``database_url`` instead of SQLite's 'unable to open database file'
