@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nscmonitor.core.errors import UserFacingError
 
+if TYPE_CHECKING:
+    from PySide6.QtWidgets import QApplication
+    from sqlalchemy.engine import Engine
 
-def open_store(url: str):  # noqa: ANN201
+    from nscmonitor.config import Settings
+    from nscmonitor.gui.main_window import MainWindow
+
+
+def open_store(url: str) -> Engine:
     """The dashboard only reads: ``store.db.open_readonly`` (missing file or old schema = error)."""
     from nscmonitor.store.db import open_readonly
 
     return open_readonly(url)
 
 
-def qt_app():  # noqa: ANN201
+def qt_app() -> QApplication:
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance()
@@ -27,14 +36,14 @@ def qt_app():  # noqa: ANN201
     return app
 
 
-def screenshot(window, out: Path, *, timeout_s: float = 60.0, select: bool = True) -> Path:  # noqa: ANN001
+def screenshot(window: MainWindow, out: Path, *, timeout_s: float = 60.0, select: bool = True) -> Path:
     """Wait for the first plate (and its images) to load, select a well with data, then grab
     the window. Works offscreen: ``make demo`` runs it on machines without a display."""
     import time
 
     from PySide6.QtCore import QCoreApplication, QEventLoop
 
-    def pump(until, limit: float) -> bool:  # noqa: ANN001
+    def pump(until: Callable[[], bool], limit: float) -> bool:
         end = time.monotonic() + limit
         while time.monotonic() < end:
             QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
@@ -63,7 +72,7 @@ def screenshot(window, out: Path, *, timeout_s: float = 60.0, select: bool = Tru
     return out
 
 
-def run(settings, *, experiment: str | None = None, screenshot_to: str | None = None,  # noqa: ANN001
+def run(settings: Settings, *, experiment: str | None = None, screenshot_to: str | None = None,
         poll_s: float = 2.0) -> int:
     if screenshot_to and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

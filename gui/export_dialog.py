@@ -4,7 +4,9 @@ its PDF), in a worker thread with progress, plus the plate map and plots as PNG 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QRectF, QSize
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
@@ -14,9 +16,15 @@ from nscmonitor.gui.workers import Reader
 from nscmonitor.ops.health import active_version
 from nscmonitor.report.times import parse_hours
 
+if TYPE_CHECKING:
+    from pyqtgraph import PlotWidget
+    from sqlalchemy.engine import Engine
 
-def export_csv(engine, settings, experiment: str, out: Path, per_image: bool, *, total: int = 0,  # noqa: ANN001
-               progress=None) -> tuple[int, int, str | None, Path | None]:  # noqa: ANN001
+    from nscmonitor.config import Settings
+
+
+def export_csv(engine: Engine, settings: Settings, experiment: str, out: Path, per_image: bool, *, total: int = 0,
+               progress: Callable[[int, int], None] | None = None) -> tuple[int, int, str | None, Path | None]:
     """The CLI's export: same functions, same version choice (the registry's active model)."""
     from nscmonitor.report.export import default_images_path, export_images, export_readouts
     from nscmonitor.store.reads import Repo
@@ -46,7 +54,7 @@ FORMATS = (("tidy", "Tidy CSV (one row per well × time point × class)", ".csv"
            ("report", "HTML report (plate maps, time courses, calls, QC, provenance)", ".html"))
 
 
-def export_sheets(engine, settings, experiment: str, out: Path, kind: str, *, sep: str | None = None,  # noqa: ANN001
+def export_sheets(engine: Engine, settings: Settings, experiment: str, out: Path, kind: str, *, sep: str | None = None,
                   with_sd: bool = False, with_n: bool = False, pdf: bool = False,
                   times: list[float] | None = None) -> tuple[list[Path], str | None]:
     """The CLI's wide/prism export and report: (files written, model version)."""
@@ -73,7 +81,7 @@ def export_sheets(engine, settings, experiment: str, out: Path, kind: str, *, se
 
 
 class ExportDialog(QDialog):
-    def __init__(self, reader: Reader, engine, settings, experiments: list[str], current: str | None,  # noqa: ANN001
+    def __init__(self, reader: Reader, engine: Engine, settings: Settings, experiments: list[str], current: str | None,
                  readout_counts: dict[str, int], parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Export readouts and reports")
@@ -220,7 +228,7 @@ def save_widget(widget: QWidget, path: str | Path) -> Path:
     return path
 
 
-def save_plot(plot_widget, path: str | Path) -> Path:  # noqa: ANN001 - pyqtgraph PlotWidget
+def save_plot(plot_widget: PlotWidget, path: str | Path) -> Path:
     """A time-course plot: PNG through pyqtgraph's ImageExporter (at twice the on-screen width);
     SVG through Qt's SVG generator, because pyqtgraph 0.14's SVGExporter fails on the path
     data Qt 6.12 writes (ValueError while unpacking coordinates)."""

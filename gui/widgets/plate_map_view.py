@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 from PySide6.QtCore import QPoint, QPointF, QRect, QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QContextMenuEvent, QFont, QLinearGradient, QMouseEvent, QPainter, QPen
+from PySide6.QtGui import (QBrush, QColor, QContextMenuEvent, QFont, QLinearGradient, QMouseEvent, QPainter, QPaintEvent,
+                           QPen)
 from PySide6.QtWidgets import QMenu, QSizePolicy, QToolTip, QWidget
 
 from nscmonitor.core.domain import PLATE_SHAPES, well_name
@@ -120,7 +121,7 @@ class PlateMapView(QWidget):
         return QSize(640, 460)
 
     # --- painting ----------------------------------------------------------------------------
-    def paintEvent(self, _event) -> None:  # noqa: N802, ANN001 - Qt API
+    def paintEvent(self, _event: QPaintEvent) -> None:  # noqa: N802 - Qt API
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         p.fillRect(self.rect(), self.palette().window())

@@ -11,6 +11,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QPlainTextEdit,
                                QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from nscmonitor.config import Settings
 from nscmonitor.core.queue import QueueState
 from nscmonitor.gui.state.presenter import StatusSnapshot
 from nscmonitor.gui.state.status import daemon_alive, heartbeat_text
@@ -22,7 +23,7 @@ QUEUE_STATES = tuple(s.value for s in (QueueState.PENDING, QueueState.PROCESSING
 RequeueAction = Callable[[list[int] | None], str]
 
 
-def requeue_action(settings) -> RequeueAction:  # noqa: ANN001
+def requeue_action(settings: Settings) -> RequeueAction:
     """Requeueing through the same function as ``nscmonitor requeue``, on its own writable
     connection (the dashboard otherwise only reads the store)."""
     from nscmonitor.store.db import open_engine

@@ -11,8 +11,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from nscmonitor.gui.state.readouts import (PlateCube, class_series, condition_series, confident_call, mean_over_wells,
-                                           metric_series, metrics_for)
+from nscmonitor.gui.state.readouts import (ConfidentCall, PlateCube, class_series, condition_series, confident_call,
+                                           mean_over_wells, metric_series, metrics_for)
 from nscmonitor.gui.widgets.chart_menu import add_save_actions
 from nscmonitor.gui.widgets.colors import class_color, condition_color
 
@@ -205,7 +205,7 @@ class TimeCourse(QWidget):
         self.bands[name] = fill
         pi.addItem(fill)
 
-    def _call_marker(self, pi: pg.PlotItem, call, color: tuple[int, int, int]) -> None:  # noqa: ANN001
+    def _call_marker(self, pi: pg.PlotItem, call: ConfidentCall, color: tuple[int, int, int]) -> None:
         line = pg.InfiniteLine(pos=call.elapsed_h, angle=90, pen=pg.mkPen(color, width=1.5, style=Qt.PenStyle.DashLine),
                                label=f"call: {call.cls} @ {call.elapsed_h:.0f} h",
                                labelOpts={"position": 0.08, "color": (40, 40, 40), "fill": (255, 255, 255, 200)})

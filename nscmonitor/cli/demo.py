@@ -25,8 +25,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nscmonitor.core.errors import UserFacingError
+
+if TYPE_CHECKING:
+    from nscmonitor.config import Settings
+    from nscmonitor.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,7 @@ def _engine(model: Path, tiles: Path | None) -> None:
     _say(f"engine: {autobuild.describe(status)}")
 
 
-def frames_per_s(engine, paths: list[Path], *, batch_size: int, min_seconds: float = 3.0) -> float:  # noqa: ANN001
+def frames_per_s(engine: Engine, paths: list[Path], *, batch_size: int, min_seconds: float = 3.0) -> float:
     """Frames per second through decode, the model's preprocessing and ``engine``: the part
     of the daemon's work an engine changes, on the plate's own frames."""
     from nscmonitor.scoring.decode import decode
@@ -101,7 +106,7 @@ def frames_per_s(engine, paths: list[Path], *, batch_size: int, min_seconds: flo
     return n / (time.perf_counter() - t0)
 
 
-def _speeds(model: Path, plate: Path, settings) -> None:  # noqa: ANN001
+def _speeds(model: Path, plate: Path, settings: Settings) -> None:
     """fp32 and the engine the daemon served, side by side on the same frames."""
     from nscmonitor.engines.base import EngineError
     from nscmonitor.engines.metadata import read_onnx_metadata

@@ -6,11 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nscmonitor.cli.args import add_db_options, settings_from
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
-def _registry(args: argparse.Namespace, *, readonly: bool = False):  # noqa: ANN202
+    from nscmonitor.config import Settings
+    from nscmonitor.registry.registry import Registry
+    from nscmonitor.store.registry import ModelInfo
+
+
+def _registry(args: argparse.Namespace, *, readonly: bool = False) -> tuple[Settings, Engine, Registry]:
     """Listing and showing only read: a mistyped database path is an error, not a new database."""
     from nscmonitor.registry.registry import Registry
     from nscmonitor.store.db import ensure_schema, open_engine, open_readonly
@@ -71,14 +79,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def engine_summary(info) -> dict:  # noqa: ANN001
+def engine_summary(info: ModelInfo) -> dict:
     """This machine's engine for a registered version (engine-status.json beside it)."""
     from nscmonitor.engines.autobuild import summary
 
     return summary(Path(info.path), info.version)
 
 
-def build_engine(s, db, info) -> None:  # noqa: ANN001
+def build_engine(s: Settings, db: Engine, info: ModelInfo) -> None:
     """Build on arrival from the command line: the best engine this machine has for the
     version, unless it already has one (or failed to get one under the same model,
     calibration set, runtimes and machine); the child's progress bar shows here. A failure

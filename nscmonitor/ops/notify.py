@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ class WatchdogPinger:
     with each heartbeat keeps a wide margin. The clock is injectable for tests.
     """
 
-    def __init__(self, notifier: Notifier, *, min_interval_s: float = 1.0, clock=time.monotonic) -> None:  # noqa: ANN001
+    def __init__(self, notifier: Notifier, *, min_interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.notifier = notifier
         self.min_interval_s = min_interval_s
         self.clock = clock
