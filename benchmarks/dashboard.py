@@ -159,7 +159,7 @@ def measure(db: Path, times: int, fields: int) -> dict:
     out["plate_load_s"] = min(loads)
     assert pl.cube.n_times == times and len(pl.cube.wells) == ROWS * COLS
 
-    def pump_until(cond, limit: float = 60.0) -> None:  # noqa: ANN001
+    def pump_until(cond, limit: float = 60.0) -> None:
         end = time.monotonic() + limit
         while not cond():
             if time.monotonic() > end:

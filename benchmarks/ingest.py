@@ -84,7 +84,7 @@ def latencies(db: Path) -> list[float]:
     return out
 
 
-def settings(tmp: Path, watch: Path, quiet: float, db_name: str, engine: str = "auto"):  # noqa: ANN201
+def settings(tmp: Path, watch: Path, quiet: float, db_name: str, engine: str = "auto"):
     return parse_settings({"database_url": f"sqlite:///{tmp / db_name}", "models_dir": str(tmp / "models"),
                            "engine": engine,
                            "watch": [{"path": str(watch), "experiment": "bench", "quiet_seconds": quiet,

@@ -71,7 +71,7 @@ class OpenVinoEngine(Engine):
                 raise EngineError(f"{self.name}: cannot compile {self.model_path}: {exc2}") from exc2
         self._requests = [compiled.create_infer_request() for _ in range(self.streams)]
 
-    def _compile(self, ov):  # noqa: ANN001, ANN202
+    def _compile(self, ov):
         core = ov.Core()
         if self.cache_dir is not None:
             core.set_property({"CACHE_DIR": str(self.cache_dir)})

@@ -166,7 +166,7 @@ def check_models_dir(path: Path) -> None:
                               "engines it builds and the registry's model versions there")
 
 
-def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) -> Daemon:  # noqa: ANN003
+def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) -> Daemon:
     """The daemon ``nscmonitor run`` starts, from validated settings; ``runner_kw`` go to ``Daemon``."""
     if not settings.watch:
         raise UserFacingError("nothing to watch: add [[watch]] folders to the config or pass --watch DIR")
@@ -185,7 +185,7 @@ def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) 
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
-    def handler(signum, _frame) -> None:  # noqa: ANN001
+    def handler(signum, _frame) -> None:
         log.info("signal %s: finishing the batch in hand, then stopping", signum)
         stop.set()
 

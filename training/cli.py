@@ -112,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _launch(cfg, nproc: int) -> None:  # noqa: ANN001
+def _launch(cfg, nproc: int) -> None:
     """torchrun as a child process rather than ``torch.multiprocessing.spawn`` here: the
     documented ``torchrun ... -m nscmonitor.training.train`` and this command then run one
     code path, torchrun finds a free rendezvous port, and it stops every worker when one

@@ -26,7 +26,7 @@ class ModelAction:
     run: Callable[[str | None], str] | None = None
 
 
-def registry_actions(settings) -> dict[str, ModelAction]:  # noqa: ANN001
+def registry_actions(settings) -> dict[str, ModelAction]:
     """The three actions wired to the registry of ``settings`` (database URL, models dir)."""
     import os
     import subprocess
@@ -75,7 +75,7 @@ def registry_actions(settings) -> dict[str, ModelAction]:  # noqa: ANN001
 LabelTarget = tuple[str, str, list[str]]  # experiment, plate, wells
 
 
-def label_action(settings) -> Callable[[LabelTarget | None, str], str]:  # noqa: ANN001
+def label_action(settings) -> Callable[[LabelTarget | None, str], str]:
     """Labelling selected wells by hand: a new label set, checked like an imported file."""
     from nscmonitor.labels import label_wells
     from nscmonitor.store.db import open_engine

@@ -67,7 +67,7 @@ def attribute_columns(attrs: dict[tuple[str, str], dict[str, str]], fixed: list[
     return [(n, f"map_{n}" if n in fixed else n) for n in names]
 
 
-def _atomic_writer(path: Path):  # noqa: ANN202
+def _atomic_writer(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     return tmp, open(tmp, "w", newline="", encoding="utf-8")

@@ -305,7 +305,7 @@ def build_report(repo: Repo, experiment: str, *, times: Sequence[float] | None =
             + "\n".join(body) + "</body></html>\n"), version
 
 
-def write_report(repo: Repo, experiment: str, out: Path, **kw) -> tuple[Path, str | None]:  # noqa: ANN003
+def write_report(repo: Repo, experiment: str, out: Path, **kw) -> tuple[Path, str | None]:
     html, version = build_report(repo, experiment, **kw)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")

@@ -116,7 +116,7 @@ def plate_grids(repo: Repo, experiment_id: int, version: str) -> list[PlateGrid]
 
 
 def experiment_grids(repo: Repo, experiment: str, model_version: str | None = None,
-                     active=None) -> tuple[int, str | None, list[PlateGrid]]:  # noqa: ANN001
+                     active=None) -> tuple[int, str | None, list[PlateGrid]]:
     """(experiment id, version used, grids): the same experiment lookup and version choice as
     the tidy export."""
     exp_id = repo.experiment_id(experiment)

@@ -101,7 +101,7 @@ def assign_well_splits(wells: list[tuple[str, str, str, str]]) -> dict[tuple[str
     return out
 
 
-def collect_samples(engine, *, up_to: int | None, channel: str | None = None,  # noqa: ANN001
+def collect_samples(engine, *, up_to: int | None, channel: str | None = None,
                     labels: list[WellLabel] | None = None, watch: Iterable = ()) -> list[Sample]:
     """Every scored, QC-passed image of a labelled well, with the well's label, split and
     scored channel. ``labels`` default to the store's current ones (up to label set
@@ -171,7 +171,7 @@ def store_dataset(settings: Settings, out_dir: Path, *, labels_file: Path | None
     return samples
 
 
-def _tile_geometry(settings: Settings, samples_paths: list[str], base_meta) -> tuple[int, float | None]:  # noqa: ANN001
+def _tile_geometry(settings: Settings, samples_paths: list[str], base_meta) -> tuple[int, float | None]:
     """Tile size in image pixels that covers what the active model sees, and the images'
     pixel size (from the first readable file), so the candidate learns at the same scale."""
     from nscmonitor.scoring.decode import DecodeError, decode
@@ -262,7 +262,7 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
     run_id = runs.start_run(engine, trigger=trigger, labels_version=labels_ver,
                             baseline_version=active.version if active else None)
 
-    def finish(status: str, reason: str, **kw) -> RetrainOutcome:  # noqa: ANN003 - runs.finish_run's columns
+    def finish(status: str, reason: str, **kw) -> RetrainOutcome:  # runs.finish_run's columns
         runs.finish_run(engine, run_id, status=status, reason=reason, **kw)
         level = {"failed": "error", "rejected": "warning"}.get(status, "info")
         if status != "skipped":
@@ -347,7 +347,7 @@ def _engine_gate(settings: Settings, model_path: Path, version: str, decision: D
     return decision
 
 
-def mark_for_rescore(engine) -> int:  # noqa: ANN001
+def mark_for_rescore(engine) -> int:
     """Queue earlier images of experiments still acquiring for the new model, at low
     priority: the runner takes them only when nothing new waits."""
     return runs.mark_for_rescore(engine, acquiring_since=_now() - timedelta(days=RUNNING_DAYS))

@@ -31,7 +31,7 @@ JOB_ID = "nscmonitor-retrain"
 MISFIRE_GRACE_S = 6 * 3600
 
 
-def trigger_for(schedule: str):  # noqa: ANN201
+def trigger_for(schedule: str):
     kind, _, spec = schedule.partition(":")
     if kind == "cron":
         return CronTrigger.from_crontab(spec, timezone=datetime.now().astimezone().tzinfo)

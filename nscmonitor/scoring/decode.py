@@ -77,7 +77,7 @@ def _hash(fh: BinaryIO) -> str:
     return h.hexdigest()
 
 
-def _plane_index(series, page_axes: str, channel_index: int | None) -> tuple[int, int | None]:  # noqa: ANN001
+def _plane_index(series, page_axes: str, channel_index: int | None) -> tuple[int, int | None]:
     """Which page holds the scored plane: the first of every leading axis except C, where
     ``channel_index`` is taken. Returns the page index and the channel index still to pick
     inside the page (when C is a page axis)."""
@@ -161,7 +161,7 @@ def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
     return _pick_plane(arr, page_axes, inner_channel), pixel_size
 
 
-def _tiff_pixel_size(page, path: Path) -> float | None:  # noqa: ANN001 - tifffile page
+def _tiff_pixel_size(page, path: Path) -> float | None:  # tifffile page
     """Micrometres per pixel from the resolution tags (centimetre unit only: inch-based
     tags are almost always a 72-dpi default). Out-of-range values are ignored with a
     warning; the frame is then scored at its own scale."""

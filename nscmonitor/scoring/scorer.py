@@ -89,7 +89,7 @@ class Scorer:
             self.writer.unchanged(c.id)
         return out
 
-    def _preprocess(self, meta) -> Preprocess:  # noqa: ANN001
+    def _preprocess(self, meta) -> Preprocess:
         """One ``Preprocess`` per served model, built inside the per-image boundary: metadata
         it refuses fails the images, never the daemon."""
         if self._pre is None or self._pre[0] is not meta:

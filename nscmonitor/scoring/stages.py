@@ -54,7 +54,7 @@ class Prepared:
     grid: TileGrid | None  # None: QC found nothing to score (blank or non-finite frame)
 
 
-def prepare(c: Claimed, pre: Preprocess, meta, *, max_pixels: int, channel: str | None,  # noqa: ANN001
+def prepare(c: Claimed, pre: Preprocess, meta, *, max_pixels: int, channel: str | None,
             timings: Timings) -> Prepared | None:
     """Decode, QC and tile one claimed image; None when its content was scored already
     (nothing to redo)."""
@@ -116,5 +116,5 @@ def result(p: Prepared, probs: np.ndarray, *, model_version: str, engine: Engine
     )
 
 
-def empty_tiles(meta) -> np.ndarray:  # noqa: ANN001
+def empty_tiles(meta) -> np.ndarray:
     return np.zeros((0, meta.input_channels, meta.input_size, meta.input_size), np.float32)

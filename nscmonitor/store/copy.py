@@ -56,12 +56,12 @@ def tables() -> list[Table]:
     return list(m.Base.metadata.sorted_tables)
 
 
-def _key(t: Table):  # noqa: ANN202
+def _key(t: Table):
     (pk,) = t.primary_key.columns  # every table has a one-column key (checked by the tests)
     return pk
 
 
-def normalise(v: Any) -> Any:  # noqa: ANN401 - any column value
+def normalise(v: Any) -> Any:  # any column value
     """One form for a value read from either database: SQLite hands back naive UTC datetimes,
     PostgreSQL aware ones; JSON objects compare with sorted keys."""
     if isinstance(v, datetime):

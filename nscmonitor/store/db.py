@@ -49,7 +49,7 @@ def check_database_path(path: Path) -> None:
                               "writes its -wal and -shm files beside the database")
 
 
-def create_engine_checked(url: str, **kw) -> Engine:  # noqa: ANN003
+def create_engine_checked(url: str, **kw) -> Engine:
     """A URL whose driver is not installed fails here with the package to install."""
     try:
         return create_engine(url, **kw)
@@ -63,7 +63,7 @@ def create_engine_checked(url: str, **kw) -> Engine:  # noqa: ANN003
                               "(allowed: sqlite, postgresql)") from exc
 
 
-def _readonly_connect(path: Path):  # noqa: ANN202
+def _readonly_connect(path: Path):
     """Connections opened with SQLite's ``mode=ro``: a reader never creates a missing database
     (a mistyped path is an error, not a new empty file) and never needs write access to it.
     The URI is built by pathlib (exact percent-encoding), not passed through an SQLAlchemy URL."""
@@ -83,7 +83,7 @@ def open_engine(url: str, *, readonly: bool = False) -> Engine:
             engine = create_engine_checked(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API objects
+        def _pragmas(dbapi_conn, _record) -> None:  # DB-API objects
             cur = dbapi_conn.cursor()
             if not readonly:
                 cur.execute("PRAGMA journal_mode=WAL")

@@ -20,7 +20,7 @@ def event_row(kind: str, message: str, *, level: str = "info", path: str | None 
     return m.Event(at=at or datetime.now(timezone.utc), kind=kind, level=level, message=message, path=path, data=data)
 
 
-def add_event(session: Session, kind: str, message: str, **kw) -> None:  # noqa: ANN003 - event_row's options
+def add_event(session: Session, kind: str, message: str, **kw) -> None:  # event_row's options
     session.add(event_row(kind, message, **kw))
 
 

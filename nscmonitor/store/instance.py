@@ -74,7 +74,7 @@ def refusal(owner: dict | None, where: str) -> str:
             "would score images twice), or give this one another database with --db")
 
 
-def _try_lock_file(f) -> bool:  # noqa: ANN001
+def _try_lock_file(f) -> bool:
     if sys.platform == "win32":
         import msvcrt
 
@@ -93,7 +93,7 @@ def _try_lock_file(f) -> bool:  # noqa: ANN001
     return True
 
 
-def _unlock_file(f) -> None:  # noqa: ANN001
+def _unlock_file(f) -> None:
     if sys.platform == "win32":
         import msvcrt
 

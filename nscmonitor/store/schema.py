@@ -33,7 +33,7 @@ class SchemaError(UserFacingError):
     pass
 
 
-def alembic_config(engine_conn):  # noqa: ANN001
+def alembic_config(engine_conn):
     from alembic.config import Config
 
     cfg = Config()
@@ -77,7 +77,7 @@ def migration_engine(url: str) -> Engine:
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, poolclass=NullPool)
 
     @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API objects
+    def _connect(dbapi_conn, _record) -> None:  # DB-API objects
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")

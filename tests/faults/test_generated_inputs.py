@@ -70,7 +70,7 @@ _ids = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):  # noqa: ANN001, ANN201
+def store(tmp_path_factory):
     from nscmonitor.store.db import ensure_schema, open_engine
     from nscmonitor.store.writer import Writer
 
@@ -82,7 +82,7 @@ def store(tmp_path_factory):  # noqa: ANN001, ANN201
 
 @FAST
 @given(name=NAMES)
-def test_any_name_enters_the_queue_and_comes_back_byte_for_byte(store, name: bytes) -> None:  # noqa: ANN001
+def test_any_name_enters_the_queue_and_comes_back_byte_for_byte(store, name: bytes) -> None:
     from nscmonitor.store.writer import Discovered
 
     s, exp = store
@@ -171,12 +171,12 @@ def test_fuzzed_tiff_headers_decode_or_are_refused_with_a_reason_in_bounded_memo
 
 @SLOW
 @given(st.lists(TIFFS, min_size=8, max_size=16))
-def test_the_runner_settles_every_fuzzed_tiff_and_keeps_scoring(make_runner, specs: list[dict]) -> None:  # noqa: ANN001
+def test_the_runner_settles_every_fuzzed_tiff_and_keeps_scoring(make_runner, specs: list[dict]) -> None:
     with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
         _runner_settles(Path(tmp), make_runner, specs)
 
 
-def _runner_settles(watch: Path, make_runner, specs: list[dict]) -> None:  # noqa: ANN001
+def _runner_settles(watch: Path, make_runner, specs: list[dict]) -> None:
     for i, spec in enumerate(specs):
         raw_tiff(watch / f"VID1_A{i % 12 + 1}_{i // 12 + 1}_00d00h00m.tif", **spec)
     good = write_tiff(watch / "VID1_H12_9_00d00h00m.tif", cells_image(3))

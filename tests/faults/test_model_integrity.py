@@ -26,7 +26,7 @@ def _rows(db: Path, sql: str) -> list[tuple]:
         return c.execute(sql).fetchall()
 
 
-def _wait(cond, what: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:  # noqa: ANN001
+def _wait(cond, what: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while not cond():
         if proc is not None and proc.poll() is not None:

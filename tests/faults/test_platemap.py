@@ -58,7 +58,7 @@ def test_not_utf8_plate_map(tmp_path: Path) -> None:
         load_plate_map(p)
 
 
-def test_extra_columns_reach_both_exports_value_by_value(tmp_path: Path, make_runner) -> None:  # noqa: ANN001
+def test_extra_columns_reach_both_exports_value_by_value(tmp_path: Path, make_runner) -> None:
     watch = tmp_path / "watch"
     for i, well in enumerate(("A1", "A2", "B1", "B2")):
         write_tiff(watch / f"VID7_{well}_1_00d00h00m.tif", cells_image(100 + i, (96, 128)))

@@ -26,7 +26,7 @@ class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = str(marker)
 
-    def __reduce__(self):  # noqa: ANN204 - what an attacker would store
+    def __reduce__(self):  # what an attacker would store
         return (open, (self.marker, "w"))
 
 
@@ -104,7 +104,7 @@ def test_planned_time_survives_restart_and_changed_schedule_replans(tmp_path: Pa
     subprocess.run([sys.executable, "-m", "nscmonitor", "db", "upgrade", "--db", url], check=True,
                    capture_output=True, timeout=120)
 
-    def settings(schedule: str):  # noqa: ANN202
+    def settings(schedule: str):
         return parse_settings({"database_url": url, "models_dir": str(tmp_path / "m"),
                                "retrain": {"schedule": schedule}}, env={})
 

@@ -169,7 +169,7 @@ def test_values_refused_at_the_edge() -> None:
 
 
 @contextmanager
-def read_only(folder: Path):  # noqa: ANN201
+def read_only(folder: Path):
     """The folder (and what is in it) made read-only for the CLI: by permissions for an
     ordinary user, by a read-only bind mount for root (root ignores permissions)."""
     if os.geteuid() != 0:

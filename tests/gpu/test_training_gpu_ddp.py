@@ -27,7 +27,7 @@ def tiles_dir(tmp_path_factory):
                                  timepoints=(0, 48, 96), fields=4, tile_size=32, seed=5)
 
 
-def _train(tiles_dir, out, nproc: int) -> int:  # noqa: ANN001
+def _train(tiles_dir, out, nproc: int) -> int:
     return cli_main(["train", "--data", str(tiles_dir), "--scheme", "multiclass", "--arch", "tiny", "--epochs", "2",
                      "--batch-size", "32", "--out", str(out), "--device", "cuda", "--nproc", str(nproc),
                      "--no-engine"])

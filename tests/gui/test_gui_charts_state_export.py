@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QFileDialog  # noqa: E402
 from test_gui_dashboard import Lab, lab, window  # noqa: E402, F401 - the dashboard's fixtures
 
 
-def test_condition_chart_draws_the_sd_band_its_title_promises(window, lab: Lab) -> None:  # noqa: ANN001, F811
+def test_condition_chart_draws_the_sd_band_its_title_promises(window, lab: Lab) -> None:  # noqa: F811
     tc = window.time_course
     tc.set_condition_metric("prob:neuron")
     assert "mean ± sd across replicate wells" in tc.cond_plot.getPlotItem().titleLabel.text
@@ -37,14 +37,14 @@ def test_condition_chart_draws_the_sd_band_its_title_promises(window, lab: Lab) 
     assert band in tc.cond_plot.getPlotItem().items
 
 
-def _save_from_menu(menu, suffix: str, out: Path, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: ANN001
+def _save_from_menu(menu, suffix: str, out: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     action = next(a for a in menu.actions() if a.objectName() == f"save_chart_{suffix}")
     monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(out), "")))
     action.trigger()
     return out
 
 
-def test_every_chart_saves_png_and_svg_from_its_context_menu(window, tmp_path: Path,  # noqa: ANN001, F811
+def test_every_chart_saves_png_and_svg_from_its_context_menu(window, tmp_path: Path,  # noqa: F811
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     menus = {"wells": window.time_course.well_plot.getPlotItem().getViewBox().menu,
              "conditions": window.time_course.cond_plot.getPlotItem().getViewBox().menu,
@@ -57,7 +57,7 @@ def test_every_chart_saves_png_and_svg_from_its_context_menu(window, tmp_path: P
         assert "<svg" in text and len(text) > 2000, name
 
 
-def test_plate_state_follows_the_daemon(window, lab: Lab, qtbot) -> None:  # noqa: ANN001, F811
+def test_plate_state_follows_the_daemon(window, lab: Lab, qtbot) -> None:  # noqa: F811
     from nscmonitor.daemon import build_runner
 
     window.refresh()
@@ -77,7 +77,7 @@ def test_plate_state_follows_the_daemon(window, lab: Lab, qtbot) -> None:  # noq
     assert "no daemon running" in window.daemon_label.text()
 
 
-def test_export_dialog_writes_wide_sheets_and_the_report(window, lab: Lab, qtbot, tmp_path: Path) -> None:  # noqa: ANN001, F811
+def test_export_dialog_writes_wide_sheets_and_the_report(window, lab: Lab, qtbot, tmp_path: Path) -> None:  # noqa: F811
     from nscmonitor.cli import main
 
     qtbot.waitUntil(lambda: window.overview is not None, timeout=5000)

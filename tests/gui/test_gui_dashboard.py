@@ -70,7 +70,7 @@ def lab(tmp_path: Path, tiny_model: Path) -> Lab:
 
 
 @pytest.fixture()
-def window(qtbot, lab: Lab):  # noqa: ANN001, ANN201
+def window(qtbot, lab: Lab):
     from nscmonitor.gui.app import open_store
     from nscmonitor.gui.main_window import MainWindow
 
@@ -83,7 +83,7 @@ def window(qtbot, lab: Lab):  # noqa: ANN001, ANN201
     win.close()
 
 
-def drag(widget, a: QPointF, b: QPointF) -> None:  # noqa: ANN001
+def drag(widget, a: QPointF, b: QPointF) -> None:
     """A real press-move-release sequence (QTest's mouseMove carries no buttons)."""
     left, none = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton
     mods = Qt.KeyboardModifier.NoModifier
@@ -92,7 +92,7 @@ def drag(widget, a: QPointF, b: QPointF) -> None:  # noqa: ANN001
     QApplication.sendEvent(widget, QMouseEvent(QEvent.Type.MouseButtonRelease, b, b, left, none, mods))
 
 
-def test_plate_map_shows_stored_values_for_readout_and_time(window, lab: Lab) -> None:  # noqa: ANN001
+def test_plate_map_shows_stored_values_for_readout_and_time(window, lab: Lab) -> None:
     pm = window.plate_map
     assert window.cube.elapsed_h.tolist() == [4.0, 28.0]
     for key, hours in (("prob:neuron", 28.0), ("fraction:astrocyte", 4.0), ("prob:glia", 4.0), ("n_images", 28.0)):
@@ -112,7 +112,7 @@ def test_plate_map_shows_stored_values_for_readout_and_time(window, lab: Lab) ->
     assert window.time_label.text().startswith("4.0 h") and window.slider.value() == 0
 
 
-def test_click_and_drag_select_wells_and_show_their_stored_curves(window, lab: Lab, qtbot) -> None:  # noqa: ANN001
+def test_click_and_drag_select_wells_and_show_their_stored_curves(window, lab: Lab, qtbot) -> None:
     pm = window.plate_map
     qtbot.mouseClick(pm, Qt.MouseButton.LeftButton, pos=pm.well_center("A02"))
     assert window.selection == ["A02"]
@@ -132,7 +132,7 @@ def test_click_and_drag_select_wells_and_show_their_stored_curves(window, lab: L
     qtbot.waitUntil(lambda: "4 wells" in tc.well_plot.getPlotItem().titleLabel.text, timeout=5000)
 
 
-def test_new_predictions_appear_while_the_window_is_open(window, lab: Lab, qtbot) -> None:  # noqa: ANN001
+def test_new_predictions_appear_while_the_window_is_open(window, lab: Lab, qtbot) -> None:
     lab.write((52,), wells=("A1", "B1", "C3"))
     lab.score()
     qtbot.waitUntil(lambda: window.cube.n_times == 3 and "C03" in window.plate_map.names, timeout=10000)
@@ -143,7 +143,7 @@ def test_new_predictions_appear_while_the_window_is_open(window, lab: Lab, qtbot
     assert window.plate_map.value_of("A02") is None  # not imaged at 52 h yet
 
 
-def test_export_dialog_writes_the_same_files_as_the_cli(window, lab: Lab, qtbot, tmp_path: Path) -> None:  # noqa: ANN001
+def test_export_dialog_writes_the_same_files_as_the_cli(window, lab: Lab, qtbot, tmp_path: Path) -> None:
     from nscmonitor.cli import main
 
     qtbot.waitUntil(lambda: window.overview is not None, timeout=5000)
@@ -161,7 +161,7 @@ def test_export_dialog_writes_the_same_files_as_the_cli(window, lab: Lab, qtbot,
     assert "Wrote 32 readout rows" in dlg.message.text()
 
 
-def test_status_panel_shows_a_quarantined_files_reason(window, lab: Lab, qtbot) -> None:  # noqa: ANN001
+def test_status_panel_shows_a_quarantined_files_reason(window, lab: Lab, qtbot) -> None:
     bad = lab.images / "VID1_C1_1_00d04h00m.tif"
     bad.write_bytes(np.random.default_rng(1).bytes(5000))
     lab.score()
@@ -176,7 +176,7 @@ def test_status_panel_shows_a_quarantined_files_reason(window, lab: Lab, qtbot) 
     assert window.browser.state_of("E1") == "daemon stopped"  # images arrived minutes ago, nobody scores now
 
 
-def test_image_view_overlays_the_stored_tiles_on_the_grid(window, lab: Lab, qtbot) -> None:  # noqa: ANN001
+def test_image_view_overlays_the_stored_tiles_on_the_grid(window, lab: Lab, qtbot) -> None:
     window.plate_map.set_selection(["B01"])
     window.tabs.setCurrentWidget(window.image_view)
     view = window.image_view
@@ -193,7 +193,7 @@ def test_image_view_overlays_the_stored_tiles_on_the_grid(window, lab: Lab, qtbo
     assert not view.explain_btn.isEnabled() and view.explain_btn.toolTip()
 
 
-def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: Lab, tmp_path: Path) -> None:  # noqa: ANN001
+def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: Lab, tmp_path: Path) -> None:
     from dataclasses import replace
 
     from nscmonitor.engines.tiny import build_tiny_classifier
@@ -244,7 +244,7 @@ def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: L
     win.close()
 
 
-def test_plot_and_plate_map_export(window, tmp_path: Path) -> None:  # noqa: ANN001
+def test_plot_and_plate_map_export(window, tmp_path: Path) -> None:
     from nscmonitor.gui.export_dialog import save_plot, save_widget
 
     png = save_widget(window.plate_map, tmp_path / "map.png")
@@ -255,7 +255,7 @@ def test_plot_and_plate_map_export(window, tmp_path: Path) -> None:  # noqa: ANN
     assert "<svg" in svg.read_text() and "<svg" in plot.read_text()
 
 
-def test_cli_screenshot_renders_offscreen(lab: Lab, tmp_path: Path, qtbot) -> None:  # noqa: ANN001
+def test_cli_screenshot_renders_offscreen(lab: Lab, tmp_path: Path, qtbot) -> None:
     from PySide6.QtGui import QImage
 
     from nscmonitor.cli import main
@@ -266,7 +266,7 @@ def test_cli_screenshot_renders_offscreen(lab: Lab, tmp_path: Path, qtbot) -> No
     assert img.width() >= 1200 and img.height() >= 800
 
 
-def test_status_panel_requeues_a_quarantined_file(window, lab: Lab, qtbot) -> None:  # noqa: ANN001
+def test_status_panel_requeues_a_quarantined_file(window, lab: Lab, qtbot) -> None:
     bad = lab.images / "VID1_C2_1_00d04h00m.tif"
     bad.write_bytes(np.random.default_rng(2).bytes(5000))
     lab.score()

@@ -13,7 +13,7 @@ pytest.importorskip("pyqtgraph")
 tifffile = pytest.importorskip("tifffile")
 
 
-def test_image_view_shows_the_scored_channel_of_a_stack(qtbot, tmp_path: Path, tiny_model: Path) -> None:  # noqa: ANN001
+def test_image_view_shows_the_scored_channel_of_a_stack(qtbot, tmp_path: Path, tiny_model: Path) -> None:
     from nscmonitor.config import parse_settings
     from nscmonitor.daemon import build_runner
     from nscmonitor.gui.app import open_store

@@ -36,7 +36,7 @@ class PgLab(Lab):
         return {"classes": r[0], "prob": r[1], "fraction": r[2], "n_images": r[3]}
 
 
-def test_dashboard_reads_a_postgresql_store_live(qtbot, tmp_path: Path, tiny_model: Path, pg_url: str) -> None:  # noqa: ANN001
+def test_dashboard_reads_a_postgresql_store_live(qtbot, tmp_path: Path, tiny_model: Path, pg_url: str) -> None:
     from nscmonitor.gui.app import open_store
     from nscmonitor.gui.main_window import MainWindow
 

@@ -16,14 +16,14 @@ from nscmonitor.store import models as m
 from conftest import cells_image, write_tiff
 
 
-def _images(runner) -> dict[str, tuple]:  # noqa: ANN001
+def _images(runner) -> dict[str, tuple]:
     with runner.store.Session() as s:
         rows = s.execute(select(m.Image, m.Well, m.Plate).outerjoin(m.Well, m.Well.id == m.Image.well_id)
                          .outerjoin(m.Plate, m.Plate.id == m.Well.plate_id)).all()
     return {img.path: (img, w, p) for img, w, p in rows}
 
 
-def _readouts(runner) -> set[tuple[str, str, int]]:  # noqa: ANN001
+def _readouts(runner) -> set[tuple[str, str, int]]:
     with runner.store.Session() as s:
         rows = s.execute(select(m.Plate.name, m.Well.name, m.WellReadout.time_key, m.WellReadout.n_images)
                          .join(m.Well, m.Well.id == m.WellReadout.well_id)
@@ -144,7 +144,7 @@ def test_czi_without_well_names_is_one_image_placed_by_its_name(tmp_path: Path, 
 
 # --- OME-Zarr HCS plates -----------------------------------------------------------------
 
-def _write_plate(root: Path, wells: dict[str, int], acquisitions: int, channels=("DAPI", "BF")):  # noqa: ANN001, ANN202
+def _write_plate(root: Path, wells: dict[str, int], acquisitions: int, channels=("DAPI", "BF")):
     """An HCS plate written with ome-zarr: wells {"B/3": fields per acquisition}; returns
     {(well, field, acquisition): scored plane}."""
     import zarr

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from nscmonitor.store import models as m
 
 
-def _rows(runner):  # noqa: ANN001, ANN202
+def _rows(runner):
     with runner.store.Session() as s:
         return s.execute(select(m.Image, m.Well, m.Plate).outerjoin(m.Well, m.Well.id == m.Image.well_id)
                          .outerjoin(m.Plate, m.Plate.id == m.Well.plate_id)).all()

@@ -27,22 +27,22 @@ def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "con
 
 
 class Running:
-    def __init__(self, runner) -> None:  # noqa: ANN001
+    def __init__(self, runner) -> None:
         self.runner = runner
         self.thread = threading.Thread(target=runner.run, daemon=True)
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self):
         self.runner.setup()
         self.thread.start()
         return self.runner
 
-    def __exit__(self, *exc) -> None:  # noqa: ANN002
+    def __exit__(self, *exc) -> None:
         self.runner.stop_event.set()
         self.thread.join(timeout=30)
         assert not self.thread.is_alive(), "runner did not stop"
 
 
-def n_done(runner) -> int:  # noqa: ANN001
+def n_done(runner) -> int:
     with runner.store.Session() as s:
         return s.scalar(select(func.count()).select_from(m.Image).where(m.Image.status == "done")) or 0
 
@@ -117,7 +117,7 @@ def test_rewritten_file_is_scored_again_and_flagged(tmp_path: Path, make_runner)
     f = write_tiff(watch / name(1), cells_image(1))
     runner = make_runner(watch, rescan_interval=0.3)
 
-    def image():  # noqa: ANN202
+    def image():
         with runner.store.Session() as s:
             return s.scalars(select(m.Image)).one(), s.scalars(select(m.Prediction)).all()
 

@@ -17,7 +17,7 @@ from nscmonitor.store import models as m
 from nscmonitor.store.db import open_readonly
 
 
-def test_dashboard_reads_match_the_stored_rows(tmp_path, make_runner, db_url: str) -> None:  # noqa: ANN001
+def test_dashboard_reads_match_the_stored_rows(tmp_path, make_runner, db_url: str) -> None:
     watch = tmp_path / "watch"
     for well in ("A1", "A2", "B1"):
         for hours in (0, 24):

@@ -39,7 +39,7 @@ def _kill(conn, cursor, statement, parameters, context, executemany):
 
 
 @pytest.fixture()
-def lab(tmp_path: Path, make_runner) -> str:  # noqa: ANN001
+def lab(tmp_path: Path, make_runner) -> str:
     """A lab's SQLite history written by the real daemon, registry, label import and scheduler state."""
     watch = tmp_path / "watch"
     for well in ("A1", "A2", "B1"):

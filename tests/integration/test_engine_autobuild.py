@@ -29,7 +29,7 @@ from nscmonitor.store import models as m
 from nscmonitor.store.db import open_engine
 
 
-def wait_until(cond, timeout: float, what: str) -> None:  # noqa: ANN001
+def wait_until(cond, timeout: float, what: str) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if cond():

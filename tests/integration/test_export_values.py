@@ -15,7 +15,7 @@ from sqlalchemy import text
 from conftest import cells_image, stable_seed, write_tiff
 
 
-def _json(v):  # noqa: ANN001, ANN202
+def _json(v):
     """A JSON column read with plain SQL: text on SQLite, already decoded by psycopg on PostgreSQL."""
     import json
 

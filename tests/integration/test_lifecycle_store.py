@@ -24,7 +24,7 @@ from nscmonitor.core.errors import UserFacingError
 
 
 @pytest.fixture()
-def engine(db_url: str):  # noqa: ANN201
+def engine(db_url: str):
     e = open_engine(db_url)
     ensure_schema(e)
     store = Writer(e)
@@ -35,7 +35,7 @@ def engine(db_url: str):  # noqa: ANN201
     return e
 
 
-def test_registry_register_promote_rollback(tmp_path: Path, engine) -> None:  # noqa: ANN001
+def test_registry_register_promote_rollback(tmp_path: Path, engine) -> None:
     reg = Registry(tmp_path / "models", engine)
     a = tmp_path / "a.onnx"
     b = tmp_path / "b.onnx"
@@ -58,7 +58,7 @@ def test_registry_register_promote_rollback(tmp_path: Path, engine) -> None:  # 
     assert kinds.count("promoted") == 1 and kinds.count("rolled_back") == 1
 
 
-def test_label_import_all_or_nothing_with_line_numbers(tmp_path: Path, engine) -> None:  # noqa: ANN001
+def test_label_import_all_or_nothing_with_line_numbers(tmp_path: Path, engine) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("experiment,plate,well,label,frac_neuron,frac_astrocyte\n"
                    "E1,P1,A01,neuron,,\n"
@@ -91,7 +91,7 @@ def _runs(url: str) -> list:
         return list(c.execute(select(m.RetrainRun.trigger, m.RetrainRun.status)))
 
 
-def test_schedule_persists_and_coalesces_missed_runs(tmp_path: Path, engine) -> None:  # noqa: ANN001
+def test_schedule_persists_and_coalesces_missed_runs(tmp_path: Path, engine) -> None:
     from nscmonitor.schedule.scheduler import JOB_ID, make_scheduler
 
     url = engine.url.render_as_string(hide_password=False)
@@ -109,7 +109,7 @@ def test_schedule_persists_and_coalesces_missed_runs(tmp_path: Path, engine) -> 
     # and shutdown(wait=True) returns only after the runs it started have finished.
     submitted, executed, first_done = [], [], threading.Event()
 
-    def record(event) -> None:  # noqa: ANN001
+    def record(event) -> None:
         if event.code == EVENT_JOB_SUBMITTED:
             submitted.append(list(event.scheduled_run_times))
         else:

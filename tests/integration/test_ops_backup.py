@@ -72,7 +72,7 @@ def test_backup_while_a_writer_commits(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.part"))
 
 
-def test_db_check_reports_ok_and_exit_1_on_a_damaged_file(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_db_check_reports_ok_and_exit_1_on_a_damaged_file(tmp_path: Path, capsys) -> None:
     db = tmp_path / "nsc.db"
     url = f"sqlite:///{db}"
     engine = open_engine(url)

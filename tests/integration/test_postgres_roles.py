@@ -27,7 +27,7 @@ from nscmonitor.store.writer import Writer
 
 
 @pytest.fixture()
-def roles(pg_admin_url: str, pg_url: str):  # noqa: ANN201
+def roles(pg_admin_url: str, pg_url: str):
     """Roles named for this test, set up with the printed statements, with fresh passwords."""
     sfx = uuid.uuid4().hex[:8]
     names = RoleNames(database=make_url(pg_url).database, owner=f"o_{sfx}", daemon=f"d_{sfx}", reader=f"r_{sfx}")
@@ -64,7 +64,7 @@ def test_script_is_printed_without_passwords() -> None:
         RoleNames(daemon="Robert'); DROP TABLE x;--")
 
 
-def test_each_role_can_do_its_part_and_no_more(roles, tmp_path: Path) -> None:  # noqa: ANN001
+def test_each_role_can_do_its_part_and_no_more(roles, tmp_path: Path) -> None:
     names, urls, pw = roles
     daemon = open_engine(_with(urls["daemon"], pw["daemon"]))
     with pytest.raises(SchemaError, match="run 'nscmonitor db upgrade' as the owner role"):
@@ -92,7 +92,7 @@ def test_each_role_can_do_its_part_and_no_more(roles, tmp_path: Path) -> None:  
             c.execute(text(dml))
 
 
-def test_passwords_from_environment_pgpass_and_file_never_printed(roles, tmp_path: Path) -> None:  # noqa: ANN001
+def test_passwords_from_environment_pgpass_and_file_never_printed(roles, tmp_path: Path) -> None:
     names, urls, pw = roles
     assert main(["db", "upgrade", "--db", _with(urls["owner"], pw["owner"])]) == 0
     watch = tmp_path / "watch"

@@ -35,7 +35,7 @@ from nscmonitor.store.db import open_engine  # noqa: E402
 WELLS = [f"{r}{c:02d}" for r in "ABCD" for c in (1, 3, 5, 9)]  # 4 wells each of 4 fates
 
 
-def wait_until(cond, timeout: float, what: str) -> None:  # noqa: ANN001
+def wait_until(cond, timeout: float, what: str) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if cond():
@@ -97,7 +97,7 @@ def test_lifecycle_weak_model_retrained_promoted_rejected_failed_rolled_back(tmp
     late = [f for f in frames if f.shot.elapsed_h > 96]
     from nscmonitor.simulate.microscope import tiff_bytes
 
-    def drop(fs) -> None:  # noqa: ANN001
+    def drop(fs) -> None:
         for f in fs:
             p = watch / f.relpath
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ def test_lifecycle_weak_model_retrained_promoted_rejected_failed_rolled_back(tmp
         feeder = threading.Thread(target=feed)
         feeder.start()
         try:
-            def outcome():  # noqa: ANN202
+            def outcome():
                 with engine.connect() as c:
                     return c.execute(select(m.RetrainRun.status, m.RetrainRun.reason, m.RetrainRun.candidate_version)
                                      .where(m.RetrainRun.status != "running")).first()
@@ -211,14 +211,14 @@ def test_lifecycle_weak_model_retrained_promoted_rejected_failed_rolled_back(tmp
         daemon.join(30)
 
 
-def _with(settings, **train):  # noqa: ANN001, ANN003, ANN202
+def _with(settings, **train):
     from dataclasses import replace
 
     epochs = train.pop("epochs", settings.retrain.epochs)
     return replace(settings, retrain=replace(settings.retrain, epochs=epochs, train={**settings.retrain.train, **train}))
 
 
-def labels_csv(tmp: Path, engine) -> Path:  # noqa: ANN001
+def labels_csv(tmp: Path, engine) -> Path:
     """End-point labels of the simulated wells, under the plate name the store knows."""
     with engine.connect() as c:
         plate = c.scalar(select(m.Plate.name))

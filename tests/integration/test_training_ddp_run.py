@@ -97,7 +97,7 @@ def _evaluate_rank(rank: int, size: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _eval_case(build_model, split_type):  # noqa: ANN001, ANN202
+def _eval_case(build_model, split_type):
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     y = rng.integers(0, 3, 37)  # 37 tiles (odd, not a multiple of the world), class 3 absent

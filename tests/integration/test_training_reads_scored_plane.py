@@ -30,21 +30,21 @@ def _planes(n: int, seed: int) -> list[np.ndarray]:
     return [(cells_image(seed + 7 * i, (64, 80)) // (i + 1)).astype(np.uint16) for i in range(n)]
 
 
-def _scored(runner) -> list[tuple[m.Image, str, str, str]]:  # noqa: ANN001
+def _scored(runner) -> list[tuple[m.Image, str, str, str]]:
     with runner.store.Session() as s:
         return s.execute(select(m.Image, m.Experiment.name, m.Plate.name, m.Well.name)
                          .join(m.Well, m.Well.id == m.Image.well_id).join(m.Plate, m.Plate.id == m.Well.plate_id)
                          .join(m.Experiment, m.Experiment.id == m.Plate.experiment_id)).all()
 
 
-def _daemon_tiles(runner, img: m.Image) -> np.ndarray:  # noqa: ANN001
+def _daemon_tiles(runner, img: m.Image) -> np.ndarray:
     """The tiles the daemon feeds its engine for this image (its own decode, QC, Preprocess)."""
     c = Claimed(img.id, img.path, img.path, img.experiment_id, img.well_id, None, 0, None, img.channel, False)
     grid = runner.scorer.prepare(c).grid
     return grid.tiles[:, 0]
 
 
-def _train_records(runner, tmp_path: Path, watch: Path, channel: str) -> tuple[list[D.TileRecord], dict]:  # noqa: ANN001
+def _train_records(runner, tmp_path: Path, watch: Path, channel: str) -> tuple[list[D.TileRecord], dict]:
     """Score the watch folder, label its wells, and build the training data from the store."""
     runner.run(once=True)
     rows = _scored(runner)

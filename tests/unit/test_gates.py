@@ -5,7 +5,7 @@ from nscmonitor.schedule.gates import decide, evaluate_predictions
 C = ("neuron", "astrocyte", "oligodendrocyte", "undifferentiated")
 
 
-def ev(true: list[str], pred: list[str], hours: list[float]):  # noqa: ANN201
+def ev(true: list[str], pred: list[str], hours: list[float]):
     return evaluate_predictions(true, pred, hours, C)
 
 

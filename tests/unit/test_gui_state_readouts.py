@@ -18,7 +18,7 @@ CLASSES = ("neuron", "astrocyte", "oligodendrocyte", "undifferentiated")
 WELLS = [Well(10, "A01", 0, 0, "BDNF"), Well(11, "A02", 0, 1, "BDNF"), Well(12, "B01", 1, 0, "ctrl")]
 
 
-def rows(entries: list[tuple[int, int, float, list[float]]], classes=CLASSES) -> ReadoutRows:  # noqa: ANN001
+def rows(entries: list[tuple[int, int, float, list[float]]], classes=CLASSES) -> ReadoutRows:
     n = len(entries)
     p = np.array([e[3] for e in entries], np.float32).reshape(n, len(classes))
     return ReadoutRows(

@@ -27,7 +27,7 @@ def test_disk_space_levels(free: int, total: int, level: str) -> None:
     assert "/data" in c.message and "GiB free" in c.message
 
 
-def test_database_disk_reads_the_volume_of_the_sqlite_file(tmp_path) -> None:  # noqa: ANN001
+def test_database_disk_reads_the_volume_of_the_sqlite_file(tmp_path) -> None:
     c = database_disk(f"sqlite:///{tmp_path / 'not-yet' / 'nsc.db'}")
     assert c is not None and str(tmp_path) in c.message
     assert database_disk("postgresql://db.lab/nsc") is None

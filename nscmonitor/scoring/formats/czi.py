@@ -18,7 +18,7 @@ from nscmonitor.scoring.formats import Plane, Unit, check_pixels, make_ref, pick
 WELL_NAME = re.compile(r"^([A-Za-z]{1,2})0?(\d{1,2})(?![0-9])")
 
 
-def _list(value) -> list:  # noqa: ANN001 - xmltodict gives a dict for one element, a list for several
+def _list(value) -> list:  # xmltodict gives a dict for one element, a list for several
     if value is None:
         return []
     return value if isinstance(value, list) else [value]

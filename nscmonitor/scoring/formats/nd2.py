@@ -29,7 +29,7 @@ def position_wells(names: list[str | None]) -> dict[int, str]:
     return out
 
 
-def _position_names(f) -> list[str | None]:  # noqa: ANN001 - nd2.ND2File
+def _position_names(f) -> list[str | None]:  # nd2.ND2File
     for loop in f.experiment:
         if getattr(loop, "type", None) == "XYPosLoop":
             return [p.name for p in loop.parameters.points]

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from nscmonitor.scoring.formats import pick_channel
 
 
-def channel_names(tf, image: int = 0) -> list[str]:  # noqa: ANN001 - tifffile.TiffFile
+def channel_names(tf, image: int = 0) -> list[str]:  # tifffile.TiffFile
     """The channel names of the first OME image (empty when the file has no OME-XML)."""
     xml = tf.ome_metadata if tf.is_ome else None
     if not xml:
@@ -32,7 +32,7 @@ def channel_names(tf, image: int = 0) -> list[str]:  # noqa: ANN001 - tifffile.T
     return names
 
 
-def channel_index(tf, series, channel: str | None) -> int | None:  # noqa: ANN001 - tifffile objects
+def channel_index(tf, series, channel: str | None) -> int | None:  # tifffile objects
     """The index on the stack's C axis to score, or None when there is nothing to choose
     (no setting, or one channel)."""
     if channel is None:
