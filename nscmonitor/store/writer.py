@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from nscmonitor.core.domain import ImageKey, QCMetrics
 from nscmonitor.core.names import clean, from_db, to_db
-from nscmonitor.core.aggregate import ImageScore, well_aggregate
+from nscmonitor.core.aggregate import ImageScore
 from nscmonitor.core.queue import MAX_ATTEMPTS, PROBLEMS, QueueState
 from nscmonitor.store import models as m
+from nscmonitor.store.readouts import recompute_readout
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,8 @@ class Writer:
 
     def _ensure_well(self, s: Session, experiment_id: int, plate: str, plate_format: int, key: ImageKey,
                      condition: str | None, attributes: dict[str, str] | None = None) -> tuple[int, int]:
-        ck = (experiment_id, plate, key.well)
-        hit = self._wells.get(ck)
+        cache_key = (experiment_id, plate, key.well)
+        hit = self._wells.get(cache_key)
         if hit is not None:
             return hit
         p = s.scalar(select(m.Plate).where(m.Plate.experiment_id == experiment_id, m.Plate.name == plate))
@@ -137,7 +138,7 @@ class Writer:
                 w.condition = condition
             if attributes and w.attributes != attributes:
                 w.attributes = attributes
-        self._wells[ck] = (p.id, w.id)
+        self._wells[cache_key] = (p.id, w.id)
         return p.id, w.id
 
     # --- the queue ------------------------------------------------------------------
@@ -328,47 +329,8 @@ class Writer:
                 if row.well_id is not None and row.time_key is not None:
                     touched.add((row.well_id, row.time_key, r.model_version))
             s.flush()
-            for well_id, tk, version in touched:
-                self._recompute_readout(s, well_id, tk, version, now)
-
-    def _recompute_readout(self, s: Session, well_id: int, tk: int, version: str, now: datetime) -> None:
-        imgs = s.execute(
-            select(m.Image.id, m.Image.qc_passed, m.Image.elapsed_h, m.Image.acquired_at, m.Image.timepoint,
-                   m.Prediction.prob_mean, m.Prediction.prob_sd, m.Prediction.fraction, m.Prediction.n_tiles,
-                   m.Prediction.confidence, m.Prediction.classes)
-            .outerjoin(m.Prediction, (m.Prediction.image_id == m.Image.id) & (m.Prediction.model_version == version))
-            .where(m.Image.well_id == well_id, m.Image.time_key == tk, m.Image.status == QueueState.DONE)
-        ).all()
-        import numpy as np
-
-        classes = next((r.classes for r in imgs if r.classes), None)
-        if classes is None and not any(r.qc_passed is False for r in imgs):
-            return
-        k = len(classes or [])
-        entries = []
-        for r in imgs:
-            score = None
-            if r.prob_mean is not None:
-                score = ImageScore(np.asarray(r.prob_mean), np.asarray(r.prob_sd), np.asarray(r.fraction),
-                                   r.n_tiles, r.confidence)
-            entries.append((score, bool(r.qc_passed)))
-        agg = well_aggregate(entries, k)
-        elapsed = [r.elapsed_h for r in imgs if r.elapsed_h is not None]
-        acquired = [r.acquired_at for r in imgs if r.acquired_at is not None]
-        plate_id = s.scalar(select(m.Well.plate_id).where(m.Well.id == well_id))
-        ro = s.scalar(select(m.WellReadout).where(m.WellReadout.well_id == well_id, m.WellReadout.time_key == tk,
-                                                  m.WellReadout.model_version == version))
-        if ro is None:
-            ro = m.WellReadout(well_id=well_id, plate_id=plate_id, time_key=tk, model_version=version)
-            s.add(ro)
-        ro.timepoint = next((r.timepoint for r in imgs if r.timepoint is not None), None)
-        ro.elapsed_h = float(np.mean(elapsed)) if elapsed else None
-        ro.acquired_at = min(acquired) if acquired else None
-        ro.classes = list(classes or [])
-        ro.prob_mean, ro.prob_sd, ro.fraction = agg.prob_mean, agg.prob_sd, agg.fraction
-        ro.n_images, ro.n_tiles, ro.n_qc_failed = agg.n_images, agg.n_tiles, agg.n_qc_failed
-        ro.confidence = agg.confidence if agg.n_images else None
-        ro.updated_at = now
+            for well_id, scan_key, version in touched:
+                recompute_readout(s, well_id, scan_key, version, now)
 
     # --- health ---------------------------------------------------------------------
     def start_daemon(self, watched: list[dict]) -> int:

@@ -1,0 +1,55 @@
+"""Well readouts (``well_readouts``): one row per well, time and model version, aggregated
+from the well's scored images by ``core.aggregate`` whenever one of them is stored."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from nscmonitor.core.aggregate import ImageScore, well_aggregate
+from nscmonitor.core.queue import QueueState
+from nscmonitor.store import models as m
+
+
+def recompute_readout(s: Session, well_id: int, time_key: int, version: str, now: datetime) -> None:
+    """The readout of one well at one time for one model version, from all its scored images
+    (called inside the transaction that stored them, so readout and images never disagree).
+    A well with neither a prediction nor a QC failure gets no readout."""
+    imgs = s.execute(
+        select(m.Image.id, m.Image.qc_passed, m.Image.elapsed_h, m.Image.acquired_at, m.Image.timepoint,
+               m.Prediction.prob_mean, m.Prediction.prob_sd, m.Prediction.fraction, m.Prediction.n_tiles,
+               m.Prediction.confidence, m.Prediction.classes)
+        .outerjoin(m.Prediction, (m.Prediction.image_id == m.Image.id) & (m.Prediction.model_version == version))
+        .where(m.Image.well_id == well_id, m.Image.time_key == time_key, m.Image.status == QueueState.DONE)
+    ).all()
+    classes = next((r.classes for r in imgs if r.classes), None)
+    if classes is None and not any(r.qc_passed is False for r in imgs):
+        return
+    k = len(classes or [])
+    entries = []
+    for r in imgs:
+        score = None
+        if r.prob_mean is not None:
+            score = ImageScore(np.asarray(r.prob_mean), np.asarray(r.prob_sd), np.asarray(r.fraction),
+                               r.n_tiles, r.confidence)
+        entries.append((score, bool(r.qc_passed)))
+    agg = well_aggregate(entries, k)
+    elapsed = [r.elapsed_h for r in imgs if r.elapsed_h is not None]
+    acquired = [r.acquired_at for r in imgs if r.acquired_at is not None]
+    plate_id = s.scalar(select(m.Well.plate_id).where(m.Well.id == well_id))
+    ro = s.scalar(select(m.WellReadout).where(m.WellReadout.well_id == well_id, m.WellReadout.time_key == time_key,
+                                              m.WellReadout.model_version == version))
+    if ro is None:
+        ro = m.WellReadout(well_id=well_id, plate_id=plate_id, time_key=time_key, model_version=version)
+        s.add(ro)
+    ro.timepoint = next((r.timepoint for r in imgs if r.timepoint is not None), None)
+    ro.elapsed_h = float(np.mean(elapsed)) if elapsed else None
+    ro.acquired_at = min(acquired) if acquired else None
+    ro.classes = list(classes or [])
+    ro.prob_mean, ro.prob_sd, ro.fraction = agg.prob_mean, agg.prob_sd, agg.fraction
+    ro.n_images, ro.n_tiles, ro.n_qc_failed = agg.n_images, agg.n_tiles, agg.n_qc_failed
+    ro.confidence = agg.confidence if agg.n_images else None
+    ro.updated_at = now
