@@ -28,7 +28,7 @@ class LabelFileError(UserFacingError):
         super().__init__(f"{path}: {len(problems)} problem(s); nothing was imported:\n  " + "\n  ".join(problems))
 
 
-def _cls(name: str) -> str:
+def _class_name(name: str) -> str:
     n = name.strip().lower()
     return ALIASES.get(n, n)
 
@@ -48,6 +48,15 @@ def read_label_file(engine: Engine, path: Path, *, tolerance: float = 0.02) -> l
     return [WellLabel(e, p, w, label, fr, 0) for _, label, fr, (e, p, w) in rows]
 
 
+def _header_problems(cols: list[str], frac_cols: list[str]) -> list[str]:
+    problems = [f"line 1: missing column {need!r}" for need in ("experiment", "plate", "well") if need not in cols]
+    if "label" not in cols and not frac_cols:
+        problems.append("line 1: needs a 'label' column or frac_<class> columns")
+    problems += [f"line 1: unknown class in column {c!r} (known: {', '.join(KNOWN_CLASSES)})"
+                 for c in frac_cols if _class_name(c[5:]) not in KNOWN_CLASSES]
+    return problems
+
+
 def _parse(engine: Engine, path: Path, tolerance: float
            ) -> tuple[bytes, list[tuple[int, str, dict[str, float] | None, tuple[str, str, str]]]]:
     try:
@@ -57,16 +66,8 @@ def _parse(engine: Engine, path: Path, tolerance: float
     text = raw.decode("utf-8-sig", errors="replace")
     reader = csv.DictReader(text.splitlines())
     cols = [c.strip().lower() for c in (reader.fieldnames or [])]
-    problems: list[str] = []
-    for need in ("experiment", "plate", "well"):
-        if need not in cols:
-            problems.append(f"line 1: missing column {need!r}")
     frac_cols = [c for c in cols if c.startswith("frac_")]
-    if "label" not in cols and not frac_cols:
-        problems.append("line 1: needs a 'label' column or frac_<class> columns")
-    for c in frac_cols:
-        if _cls(c[5:]) not in KNOWN_CLASSES:
-            problems.append(f"line 1: unknown class in column {c!r} (known: {', '.join(KNOWN_CLASSES)})")
+    problems = _header_problems(cols, frac_cols)
     if problems:
         raise LabelFileError(path, problems)
     rows: list[tuple[int, str, dict[str, float] | None, tuple[str, str, str]]] = []
@@ -94,14 +95,14 @@ def _parse(engine: Engine, path: Path, tolerance: float
         fr = None
         if frac_cols and any(r.get(c) for c in frac_cols):
             try:
-                fr = {_cls(c[5:]): float(r[c]) if r.get(c) else 0.0 for c in frac_cols}
+                fr = {_class_name(c[5:]): float(r[c]) if r.get(c) else 0.0 for c in frac_cols}
             except ValueError:
                 problems.append(f"line {line}: fractions must be numbers")
                 continue
             if any(v < 0 for v in fr.values()) or abs(sum(fr.values()) - 1.0) > tolerance:
                 problems.append(f"line {line}: fractions sum to {sum(fr.values()):.3f}, not 1")
                 continue
-        label = _cls(r.get("label", "")) if r.get("label") else (max(fr, key=fr.get) if fr else "")
+        label = _class_name(r.get("label", "")) if r.get("label") else (max(fr, key=fr.get) if fr else "")
         if label not in KNOWN_CLASSES:
             problems.append(f"line {line}: unknown class {r.get('label')!r} (known: {', '.join(KNOWN_CLASSES)})")
             continue
@@ -116,7 +117,7 @@ def _parse(engine: Engine, path: Path, tolerance: float
 def label_wells(engine: Engine, experiment: str, plate: str, wells: list[str], label: str,
                 *, source: str = "dashboard") -> tuple[int, int]:
     """Label single wells by hand (the dashboard): one new label set, same rules as a file."""
-    label = _cls(label)
+    label = _class_name(label)
     if label not in KNOWN_CLASSES:
         raise UserFacingError(f"unknown class {label!r} (known: {', '.join(KNOWN_CLASSES)})")
     if not wells:
