@@ -28,7 +28,7 @@ from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integ
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from nscmonitor.core.queue import MAX_ATTEMPTS, QueueState  # noqa: F401 - MAX_ATTEMPTS: callers move to core.queue
+from nscmonitor.core.queue import QueueState
 
 
 class Base(DeclarativeBase):

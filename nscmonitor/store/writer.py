@@ -20,6 +20,7 @@ from nscmonitor.core.names import clean, from_db, to_db
 from nscmonitor.core.aggregate import ImageScore
 from nscmonitor.core.queue import MAX_ATTEMPTS, PROBLEMS, QueueState
 from nscmonitor.store import models as m
+from nscmonitor.store.events import add_event, record_event
 from nscmonitor.store.readouts import recompute_readout
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ class Writer:
                         setattr(row, k, v)
                     changed += 1
                 if f.error:
-                    s.add(m.Event(at=now, kind="quarantined", level="warning", message=f.error, path=f.path))
+                    add_event(s, "quarantined", f.error, level="warning", path=f.path, at=now)
         return new, changed
 
     def requeue(self, ids: Iterable[int]) -> int:
@@ -202,7 +203,7 @@ class Writer:
                                 .values(status=QueueState.PENDING, attempts=0, next_attempt_at=0.0, error=None, updated_at=now))
                 n += res.rowcount or 0
             if n:
-                s.add(m.Event(at=now, kind="requeued", level="info", message=f"{n} image(s) back in the queue"))
+                add_event(s, "requeued", f"{n} image(s) back in the queue", at=now)
         return n
 
     def unreadable_quarantined(self) -> dict[int, str]:
@@ -242,7 +243,7 @@ class Writer:
                     r.error = (f"gave up after {r.attempts} attempts: processing this image never finished, "
                                f"the daemon stopped during it{last}")
                     r.updated_at = now
-                    s.add(m.Event(at=now, kind="quarantined", level="warning", message=r.error, path=r.path))
+                    add_event(s, "quarantined", r.error, level="warning", path=r.path, at=now)
                     log.warning("%s: %s", r.path, r.error)
                 if not spent:
                     break
@@ -286,7 +287,7 @@ class Writer:
             if permanent or row.attempts >= max_attempts:
                 row.status = QueueState.QUARANTINED
                 row.error = reason if permanent else f"{reason} (gave up after {row.attempts} attempts)"
-                s.add(m.Event(at=now, kind="quarantined", level="warning", message=row.error, path=row.path))
+                add_event(s, "quarantined", row.error, level="warning", path=row.path, at=now)
             else:
                 row.status = QueueState.FAILED
                 row.error = reason
@@ -307,8 +308,8 @@ class Writer:
                 if r.rewritten:
                     s.execute(delete(m.Prediction).where(m.Prediction.image_id == row.id))
                     row.rewritten = True
-                    s.add(m.Event(at=now, kind="rewritten", level="warning", path=row.path,
-                                  message="file was rewritten with new content; scored again"))
+                    add_event(s, "rewritten", "file was rewritten with new content; scored again", level="warning",
+                              path=row.path, at=now)
                 row.content_hash = r.content_hash
                 row.status = QueueState.DONE
                 row.error = None
@@ -363,10 +364,8 @@ class Writer:
 
     def event(self, kind: str, message: str, *, level: str = "info", path: str | None = None,
               data: dict | None = None) -> None:
-        with self.Session.begin() as s:
-            s.add(m.Event(at=utcnow(), kind=kind, level=level, message=clean(message),
-                          path=to_db(path) if path is not None else None,
-                          data=json.loads(json.dumps(data, default=str)) if data else None))
+        record_event(self.engine, kind, clean(message), level=level, path=to_db(path) if path is not None else None,
+                     data=json.loads(json.dumps(data, default=str)) if data else None)
 
 
 def _storable(f: Discovered) -> Discovered:
