@@ -149,7 +149,8 @@ def test_hostile_files_end_done_or_quarantined_with_reasons_in_bounded_memory(tm
     out = tmp_path / "report.csv"
     subprocess.run([sys.executable, "-m", "nscmonitor", "export", "--db", f"sqlite:///{db}", "--experiment", "faults",
                     "-o", str(out)], check=True, capture_output=True, timeout=60)
-    exported = [r["path"] for r in csv.DictReader((tmp_path / "report_images.csv").open(encoding="utf-8"))]
+    with (tmp_path / "report_images.csv").open(encoding="utf-8") as fh:
+        exported = [r["path"] for r in csv.DictReader(fh)]
     assert stored in exported
 
 
