@@ -75,6 +75,23 @@ class MainWindow(QMainWindow):
     def _build(self) -> None:
         self.browser = ExperimentBrowser()
         self.browser.plate_chosen.connect(self.choose_plate)
+        right = QSplitter(Qt.Orientation.Horizontal)
+        right.addWidget(self._build_plate())
+        right.addWidget(self._build_tabs())
+        right.setStretchFactor(0, 5)
+        right.setStretchFactor(1, 5)
+        outer = QSplitter(Qt.Orientation.Vertical)
+        outer.addWidget(self.browser)
+        outer.addWidget(right)
+        outer.setStretchFactor(0, 1)
+        outer.setStretchFactor(1, 6)
+        self.setCentralWidget(outer)
+        self._build_status_bar()
+        self._build_menu()
+        self.resize(1500, 940)
+
+    def _build_plate(self) -> QWidget:
+        """The centre: colour and model choice, the plate map, the time slider."""
         self.plate_map = PlateMapView()
         self.plate_map.tooltip_fn = self.well_tooltip
         self.plate_map.selection_changed.connect(self.set_selection)
@@ -106,7 +123,9 @@ class MainWindow(QMainWindow):
         cl.addLayout(top)
         cl.addWidget(self.plate_map, 1)
         cl.addLayout(timeline)
+        return center
 
+    def _build_tabs(self) -> QTabWidget:
         self.time_course = TimeCourse()
         self.image_view = ImageView(self.reader, watch=getattr(self.settings, "watch", None) or ())
         self.status_panel = StatusPanel(requeue=requeue_action(self.settings))
@@ -119,19 +138,9 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.image_view, "Images")
         self.tabs.addTab(self.status_panel, "Status")
         self.tabs.addTab(self.models_panel, "Models")
+        return self.tabs
 
-        right = QSplitter(Qt.Orientation.Horizontal)
-        right.addWidget(center)
-        right.addWidget(self.tabs)
-        right.setStretchFactor(0, 5)
-        right.setStretchFactor(1, 5)
-        outer = QSplitter(Qt.Orientation.Vertical)
-        outer.addWidget(self.browser)
-        outer.addWidget(right)
-        outer.setStretchFactor(0, 1)
-        outer.setStretchFactor(1, 6)
-        self.setCentralWidget(outer)
-
+    def _build_status_bar(self) -> None:
         self.busy = QProgressBar()
         self.busy.setRange(0, 0)
         self.busy.setMaximumWidth(120)
@@ -143,6 +152,7 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.busy)
         self.reader.busy_changed.connect(lambda n: self.busy.setVisible(n > 0))
 
+    def _build_menu(self) -> None:
         menu = self.menuBar().addMenu("&File")
         for text, slot, key in (("Export readouts and reports…", self.open_export, "Ctrl+E"),
                                 ("Save plate map as PNG/SVG…", self._save_map, None),
@@ -153,7 +163,6 @@ class MainWindow(QMainWindow):
                 a.setShortcut(QKeySequence(key))
             a.triggered.connect(slot)
             menu.addAction(a)
-        self.resize(1500, 940)
 
     # --- overview, status, polling -----------------------------------------------------------
     def refresh(self) -> None:

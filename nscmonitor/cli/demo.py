@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nscmonitor.core.errors import UserFacingError
 
@@ -92,7 +92,7 @@ def _engine(model: Path, tiles: Path | None) -> None:
 def frames_per_s(engine: Engine, paths: list[Path], *, batch_size: int, min_seconds: float = 3.0) -> float:
     """Frames per second through decode, the model's preprocessing and ``engine``: the part
     of the daemon's work an engine changes, on the plate's own frames."""
-    from nscmonitor.scoring.decode import decode
+    from nscmonitor.readers.decode import decode
     from nscmonitor.scoring.preprocess import Preprocess
 
     pre = Preprocess.from_metadata(engine.metadata)
@@ -160,10 +160,8 @@ def _gui_available() -> bool:
 
 def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain: bool, gui: str,
              model: Path | None = None) -> int:
-    from nscmonitor.config import parse_settings
     from nscmonitor.daemon import build_runner
     from nscmonitor.report.export import default_images_path, export_images, export_readouts
-    from nscmonitor.simulate.demo_experiment import demo_plate
     from nscmonitor.store.reads import Repo
 
     out.mkdir(parents=True, exist_ok=True)
@@ -176,17 +174,8 @@ def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain:
     _say(f"model: {model} ({meta.arch}, {meta.scheme}, {meta.input_size} px tiles); its validation numbers are "
          f"demo numbers from a few epochs on simulated data, not a claim about real cultures")
     plate = out / "plate"
-    db = out / "nscmonitor.db"
-    shutil.rmtree(plate, ignore_errors=True)
-    for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-        p.unlink(missing_ok=True)
-    plate.mkdir(parents=True)
-    url = f"sqlite:///{db}"
-    settings = parse_settings({
-        "database_url": url, "models_dir": str(out / "models"), "log_dir": str(out / "logs"),
-        "watch": [{"path": str(plate), "experiment": EXPERIMENT, "profile": "incucyte", "quiet_seconds": 1.0,
-                   "rescan_interval": 30.0, "plate_map": str(_plate_map_csv(out / "platemap.csv"))}],
-    }, env={})
+    settings = _fresh_settings(out, plate)
+    url = settings.database_url
     runner = build_runner(settings, model=model)
     runner.setup()
     daemon = threading.Thread(target=runner.run, name="daemon", daemon=True)
@@ -196,11 +185,49 @@ def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain:
     if gui == "window" or (gui == "auto" and _display() and _gui_available()):
         viewer = subprocess.Popen([sys.executable, "-m", "nscmonitor", "gui", "--db", url, "--experiment", EXPERIMENT])
         _say("dashboard opened; it updates while the plate is acquired")
+    t0 = time.monotonic()
+    _acquire(runner, daemon, plate, speed=speed, hours=hours, interval=interval)
+    runner.stop_event.set()
+    daemon.join(60)
+    repo = Repo(runner.store.engine)
+    report = out / "report.csv"
+    n, version = export_readouts(repo, EXPERIMENT, report)
+    export_images(repo, EXPERIMENT, default_images_path(report))
+    _say(f"scored {runner.timings.images} frames in {time.monotonic() - t0:.0f} s")
+    _say(f"report: {report} ({n} rows, model {version}); per image: {default_images_path(report)}")
+    _speeds(model, plate, settings)
+    _show_dashboard(out, url, viewer, gui)
+    return 0
+
+
+def _fresh_settings(out: Path, plate: Path) -> Settings:
+    """An empty plate folder and database for each run, so the demo shows acquisition from
+    the first frame; models (and their engines) stay cached under ``out``."""
+    from nscmonitor.config import parse_settings
+
+    db = out / "nscmonitor.db"
+    shutil.rmtree(plate, ignore_errors=True)
+    for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        p.unlink(missing_ok=True)
+    plate.mkdir(parents=True)
+    return parse_settings({
+        "database_url": f"sqlite:///{db}", "models_dir": str(out / "models"), "log_dir": str(out / "logs"),
+        "watch": [{"path": str(plate), "experiment": EXPERIMENT, "profile": "incucyte", "quiet_seconds": 1.0,
+                   "rescan_interval": 30.0, "plate_map": str(_plate_map_csv(out / "platemap.csv"))}],
+    }, env={})
+
+
+def _acquire(runner: Any, daemon: threading.Thread, plate: Path, *, speed: float, hours: float,
+             interval: float) -> None:
+    """The simulated microscope writes the plate while the daemon scores it; returns when
+    every frame is scored (at most an hour), or the daemon thread ended."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nscmonitor.simulate.demo_experiment import demo_plate
+
     n_frames = len(WELLS) * 2 * (int(hours // interval) + 1)
     _say(f"simulated microscope: {len(WELLS)} wells x 2 fields x {int(hours // interval) + 1} scans "
          f"({n_frames} frames, {hours:g} h every {interval:g} h, {speed:g}x real time)")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     t0 = time.monotonic()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as prog:
         acq = prog.add_task("acquired", total=n_frames)
@@ -218,15 +245,10 @@ def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain:
             if not daemon.is_alive():
                 break
             time.sleep(0.5)
-    runner.stop_event.set()
-    daemon.join(60)
-    repo = Repo(runner.store.engine)
-    report = out / "report.csv"
-    n, version = export_readouts(repo, EXPERIMENT, report)
-    export_images(repo, EXPERIMENT, default_images_path(report))
-    _say(f"scored {runner.timings.images} frames in {time.monotonic() - t0:.0f} s")
-    _say(f"report: {report} ({n} rows, model {version}); per image: {default_images_path(report)}")
-    _speeds(model, plate, settings)
+
+
+def _show_dashboard(out: Path, url: str, viewer: subprocess.Popen | None, gui: str) -> None:
+    """Wait for the open dashboard window, or render it to a PNG where there is no display."""
     if viewer is None and gui != "none" and _gui_available():
         shot = out / "dashboard.png"
         res = subprocess.run([sys.executable, "-m", "nscmonitor", "gui", "--db", url, "--experiment", EXPERIMENT,
@@ -239,7 +261,6 @@ def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain:
     elif viewer is not None:
         _say("close the dashboard window to finish")
         viewer.wait()
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
