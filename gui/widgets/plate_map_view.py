@@ -137,13 +137,7 @@ class PlateMapView(QWidget):
         p.setFont(tf)
         p.drawText(QRectF(0, 2, self.width(), 18), Qt.AlignmentFlag.AlignHCenter, self.title)
         p.setFont(font)
-        step = 1 if pitch >= 14 else (2 if pitch >= 8 else 4)
-        for c in range(0, cols, step):
-            p.drawText(QRectF(grid.left() + c * pitch, grid.top() - 18, pitch * step if step > 1 else pitch, 16),
-                       Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom, str(c + 1))
-        for r in range(0, rows, step):
-            p.drawText(QRectF(2, grid.top() + r * pitch, 24, pitch), Qt.AlignmentFlag.AlignVCenter
-                       | Qt.AlignmentFlag.AlignRight, well_name(r, 0)[:-2])
+        self._paint_axis_labels(p, grid, pitch)
         plate_outline = QRectF(grid).adjusted(-3, -3, 3, 3)
         p.setPen(QPen(fg, 1.2))
         p.setBrush(Qt.BrushStyle.NoBrush)
@@ -183,6 +177,18 @@ class PlateMapView(QWidget):
         self._paint_colorbar(p, grid, fg)
         self._paint_legend(p, grid, fg)
         p.end()
+
+    def _paint_axis_labels(self, p: QPainter, grid: QRectF, pitch: float) -> None:
+        """Column numbers above and row letters left of the plate; every 2nd or 4th when
+        the wells are too small for all of them."""
+        rows, cols = self.shape
+        step = 1 if pitch >= 14 else (2 if pitch >= 8 else 4)
+        for c in range(0, cols, step):
+            p.drawText(QRectF(grid.left() + c * pitch, grid.top() - 18, pitch * step if step > 1 else pitch, 16),
+                       Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignBottom, str(c + 1))
+        for r in range(0, rows, step):
+            p.drawText(QRectF(2, grid.top() + r * pitch, 24, pitch), Qt.AlignmentFlag.AlignVCenter
+                       | Qt.AlignmentFlag.AlignRight, well_name(r, 0)[:-2])
 
     def _paint_conditions(self, p: QPainter, grid: QRectF, pitch: float) -> None:
         """Thick lines where neighbouring wells hold different conditions, and each well's
