@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from nscmonitor.scoring.decode import decode
+from nscmonitor.readers.decode import decode
 from nscmonitor.training import data as D
 
 

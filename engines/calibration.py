@@ -72,7 +72,7 @@ def _read_tile(path: Path, row: dict[str, str]) -> np.ndarray:
     """A tiles folder's image read as the daemon and training read it (``decode``), in the
     row's ``channel`` where the folder comes from the store: a multi-channel stack or a
     container's scene calibrates on the plane that is scored, not on its first plane."""
-    from nscmonitor.scoring.decode import DecodeError, decode
+    from nscmonitor.readers.decode import DecodeError, decode
 
     try:
         return decode(path, channel=(row.get("channel") or "").strip() or None).pixels

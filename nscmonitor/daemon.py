@@ -28,7 +28,7 @@ from nscmonitor.intake.intake import Intake
 from nscmonitor.intake.known import KnownFiles
 from nscmonitor.ops import notify
 from nscmonitor.ops.heartbeat import Heartbeat
-from nscmonitor.scoring import formats
+from nscmonitor.readers import formats
 from nscmonitor.scoring.engine_builds import DaemonEngineBuilds
 from nscmonitor.scoring.hot_swap import EngineBuilds, EngineFactory, LoadedModel, ModelSlot, ModelSource
 from nscmonitor.scoring.metrics import Metrics, Timings

@@ -4,7 +4,7 @@ Sources: (a) the simulator's ``tiles.json`` + ``tiles.csv`` export, (b) an Image
 ``class_name/*.tif``, (c) images from nscmonitor's store joined with an end-point label CSV.
 All three become ``TileRecord`` lists; ``load_arrays`` turns them into the exact tiles the
 daemon would feed the model: every image is read by the daemon's own reader
-(``nscmonitor.scoring.decode``: the scored channel of a stack, a scene or position of an
+(``nscmonitor.readers.decode``: the scored channel of a stack, a scene or position of an
 ND2/CZI file, an OME-Zarr field) and cut by its preprocessing
 (``nscmonitor.scoring.preprocess``: per-image percentile scaling, resampling, grid tiling,
 the empty-tile rule), so training and serving never disagree on the plane or its tiles. This module needs numpy only; torch stays in
@@ -236,7 +236,7 @@ def data_hash(records: Sequence[TileRecord]) -> str:
     """Content + labels + splits (+ the scored channel where one is set), so two runs with the
     same hash saw exactly the same data. A container's content is the whole file (or Zarr
     field folder), hashed once for all the images inside it."""
-    from nscmonitor.scoring.formats import content_hash
+    from nscmonitor.readers.formats import content_hash
 
     h = hashlib.sha256()
     for r in sorted(records, key=lambda r: r.path):
@@ -257,7 +257,7 @@ def read_image(path: str | Path, *, channel: str | None = None) -> np.ndarray:
     the ``channel`` of a multi-channel stack or container (its first plane when None), RGB
     as the daemon sees it. A file the daemon could not read is a ``DataError`` naming it.
     The content hash is skipped: ``data_hash`` hashes every file once before loading."""
-    from nscmonitor.scoring.decode import DecodeError, decode
+    from nscmonitor.readers.decode import DecodeError, decode
 
     try:
         return decode(path, channel=channel, content_hash=False).pixels

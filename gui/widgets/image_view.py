@@ -1,6 +1,6 @@
 """The images of the selected well at the selected time, with the tile predictions on top.
 
-Pixels are read from the original file read-only (``scoring.decode``) in a worker thread;
+Pixels are read from the original file read-only (``readers.decode``) in a worker thread;
 contrast comes from the same percentiles the daemon used. The overlay is one small RGBA image
 (rows x cols) stretched over the tile grid, so zooming and panning cost nothing extra.
 The Grad-CAM button runs ``nscmonitor explain`` as a subprocess: torch never enters the GUI.
@@ -42,7 +42,7 @@ def load_image(img: WellImage, p_low: float = 1.0, p_high: float = 99.8, *, chan
     container shows the plane the tiles were computed on."""
     from nscmonitor.core.aggregate import unpack_tiles
     from nscmonitor.core.names import from_db
-    from nscmonitor.scoring.decode import decode
+    from nscmonitor.readers.decode import decode
     from nscmonitor.scoring.preprocess import percentiles
 
     dec = decode(from_db(img.path), channel=channel)  # the stored form of a name that is not valid UTF-8 is escaped
@@ -147,7 +147,7 @@ class ImageView(QWidget):
         from functools import partial
 
         from nscmonitor.core.names import from_db
-        from nscmonitor.scoring.formats import channel_for
+        from nscmonitor.readers.formats import channel_for
 
         scored = channel_for(self.watch, from_db(img.path))
         self.reader.submit(partial(load_image, channel=scored), img, done=lambda r, img=img: self._loaded(img, r),

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from nscmonitor.core.names import shown
 from nscmonitor.intake.folder import WatchedFolder
 from nscmonitor.intake.known import KnownFiles, Ready
-from nscmonitor.scoring import formats
+from nscmonitor.readers import formats
 
 log = logging.getLogger(__name__)
 

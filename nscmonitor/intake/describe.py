@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from nscmonitor.core.domain import ImageKey, ParseResult
 from nscmonitor.intake.filenames import parse_path
 from nscmonitor.intake.folder import WatchedFolder
-from nscmonitor.scoring import formats
+from nscmonitor.readers import formats
 from nscmonitor.store.writer import Discovered
 
 LINK_SKIP = "symbolic link: not followed (a target inside a watched folder is scored under its own path)"

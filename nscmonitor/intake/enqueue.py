@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from nscmonitor.core.names import shown
-from nscmonitor.scoring.decode import why
+from nscmonitor.readers.decode import why
 from nscmonitor.store.writer import Discovered, Writer
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nscmonitor.core.domain import ImageKey
-from nscmonitor.scoring.formats import fingerprint, zarr_root
-from nscmonitor.scoring.formats.omezarr import Field, attrs, plate_fields
+from nscmonitor.readers.formats import fingerprint, zarr_root
+from nscmonitor.readers.formats.omezarr import Field, attrs, plate_fields
 
 log = logging.getLogger(__name__)
 

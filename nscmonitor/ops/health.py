@@ -145,7 +145,7 @@ def doctor_report(s: Settings) -> list[Check]:
 def _runtime_checks() -> list[Check]:
     from nscmonitor.ops.runtime_packages import (TENSORRT_DISTRIBUTIONS, installed_versions, ort_flavour_check,
                                                  tensorrt_check)
-    from nscmonitor.scoring.formats import reader_status
+    from nscmonitor.readers.formats import reader_status
 
     checks: list[Check] = []
     for mod, what in (("onnxruntime", "ONNX Runtime (CPU engine)"), ("torch", "PyTorch (training, reference engine)"),

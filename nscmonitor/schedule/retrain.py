@@ -33,7 +33,7 @@ from nscmonitor.core.errors import UserFacingError
 from nscmonitor.hooks import emit
 from nscmonitor.labels import read_label_file
 from nscmonitor.core.names import to_db
-from nscmonitor.scoring.formats import channel_for
+from nscmonitor.readers.formats import channel_for
 from nscmonitor.registry.registry import Registry
 from nscmonitor.schedule.gates import Decision, EvalResult, decide, evaluate_predictions
 from nscmonitor.store import retrain as runs
@@ -174,7 +174,7 @@ def store_dataset(settings: Settings, out_dir: Path, *, labels_file: Path | None
 def _tile_geometry(settings: Settings, samples_paths: list[str], base_meta) -> tuple[int, float | None]:
     """Tile size in image pixels that covers what the active model sees, and the images'
     pixel size (from the first readable file), so the candidate learns at the same scale."""
-    from nscmonitor.scoring.decode import DecodeError, decode
+    from nscmonitor.readers.decode import DecodeError, decode
 
     px = None
     for p in samples_paths[:5]:
@@ -204,7 +204,7 @@ def evaluate_model(model_path: Path, samples: list[Sample], *, threads: int = 1)
     """Image-level accuracy of an ONNX model on held-out images, through the daemon's own
     preprocessing, so the gate measures what the daemon would serve."""
     from nscmonitor.engines.ort import OrtCpuEngine
-    from nscmonitor.scoring.decode import DecodeError, decode
+    from nscmonitor.readers.decode import DecodeError, decode
     from nscmonitor.scoring.preprocess import Preprocess
 
     meta = read_onnx_metadata(model_path)

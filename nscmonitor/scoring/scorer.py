@@ -19,7 +19,7 @@ from typing import NamedTuple, TypeVar
 from nscmonitor.config import Settings
 from nscmonitor.core.names import shown
 from nscmonitor.core.queue import MAX_ATTEMPTS
-from nscmonitor.scoring.decode import DecodeError, open_regular, why
+from nscmonitor.readers.decode import DecodeError, open_regular, why
 from nscmonitor.scoring.hot_swap import LoadedModel, ModelSlot
 from nscmonitor.scoring.metrics import Metrics
 from nscmonitor.scoring.preprocess import Preprocess

@@ -21,7 +21,7 @@ from nscmonitor.core.domain import QCMetrics
 from nscmonitor.core.limits import resample_refusal
 from nscmonitor.engines.base import Engine
 from nscmonitor.scoring.classify import score_batches
-from nscmonitor.scoring.decode import DecodeError, Decoded, decode
+from nscmonitor.readers.decode import DecodeError, Decoded, decode
 from nscmonitor.scoring.metrics import Timings
 from nscmonitor.scoring.preprocess import Preprocess, TileGrid
 from nscmonitor.scoring.qc import qc_metrics

@@ -209,7 +209,7 @@ class Writer:
     def unreadable_quarantined(self) -> dict[int, str]:
         """Images quarantined because they could not be opened (permissions, a lock):
         id -> file-system path, so the runner can retry them once they can be read."""
-        from nscmonitor.scoring.decode import UNREADABLE
+        from nscmonitor.readers.decode import UNREADABLE
 
         with self.Session() as s:
             rows = s.execute(select(m.Image.id, m.Image.path).where(

@@ -21,7 +21,7 @@ from conftest import cells_image, write_tiff
 from daemonproc import Daemon, count, query, raw_tiff
 from nscmonitor.intake.filenames import parse_path
 from nscmonitor.core.names import MARK, from_db, shown, to_db
-from nscmonitor.scoring.decode import DecodeError, Decoded, decode
+from nscmonitor.readers.decode import DecodeError, Decoded, decode
 
 FAST = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

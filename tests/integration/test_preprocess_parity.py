@@ -13,7 +13,7 @@ import tifffile
 
 from nscmonitor.engines.calibration import load_model_tiles, load_tiles, write_model_tiles
 from nscmonitor.engines.metadata import ModelMetadata
-from nscmonitor.scoring.decode import decode
+from nscmonitor.readers.decode import decode
 from nscmonitor.scoring.preprocess import Preprocess
 from nscmonitor.scoring.qc import qc_metrics
 from nscmonitor.training import data as D

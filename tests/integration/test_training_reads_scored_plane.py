@@ -166,7 +166,7 @@ def test_the_retrain_gate_evaluates_the_scored_channel(tmp_path: Path, tiny_mode
 
 
 def test_training_reads_without_hashing_the_same_pixels(tmp_path: Path) -> None:
-    from nscmonitor.scoring.decode import decode
+    from nscmonitor.readers.decode import decode
 
     stack = write_tiff(tmp_path / "s.ome.tif", np.stack(_planes(3, 5)),
                        metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "BF", "GFP"]}})

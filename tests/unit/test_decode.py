@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from nscmonitor.scoring.decode import DecodeError, decode
+from nscmonitor.readers.decode import DecodeError, decode
 
 
 def test_bit_depths_and_signed_int16(tmp_path: Path) -> None:

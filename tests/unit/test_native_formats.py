@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nscmonitor.scoring.decode import DecodeError, decode
-from nscmonitor.scoring.formats import format_of, make_ref, pick_channel, split_ref
-from nscmonitor.scoring.formats.czi import scene_wells
-from nscmonitor.scoring.formats.nd2 import position_wells
+from nscmonitor.readers.decode import DecodeError, decode
+from nscmonitor.readers.formats import format_of, make_ref, pick_channel, split_ref
+from nscmonitor.readers.formats.czi import scene_wells
+from nscmonitor.readers.formats.nd2 import position_wells
 
 
 def test_pick_channel_by_name_number_or_refusal() -> None:
@@ -52,7 +52,7 @@ def test_ome_zarr_04_plate_is_placed_and_read(tmp_path: Path) -> None:
     from ome_zarr.format import FormatV04
     from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
 
-    from nscmonitor.scoring.formats.omezarr import plate_fields
+    from nscmonitor.readers.formats.omezarr import plate_fields
 
     root = zarr.open_group(str(tmp_path / "p.zarr"), mode="w", zarr_format=2)
     write_plate_metadata(root, ["A", "B"], ["1", "2"], ["B/2"], fmt=FormatV04(), name="v04")
@@ -74,7 +74,7 @@ def test_zarr_plane_above_the_pixel_cap_is_refused_before_reading(tmp_path: Path
     import zarr
     from ome_zarr.writer import write_plate_metadata, write_well_metadata
 
-    from nscmonitor.scoring.formats.omezarr import plate_fields
+    from nscmonitor.readers.formats.omezarr import plate_fields
 
     root = zarr.open_group(str(tmp_path / "big.zarr"), mode="w")
     write_plate_metadata(root, ["A"], ["1"], ["A/1"], name="big")

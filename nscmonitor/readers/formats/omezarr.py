@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from nscmonitor.core.domain import ImageKey, parse_well, well_name
-from nscmonitor.scoring.formats import Plane, check_pixels, pick_channel
+from nscmonitor.readers.formats import Plane, check_pixels, pick_channel
 
 #: length units of NGFF axes -> micrometres
 UNITS_UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "angstrom": 1e-4, "meter": 1e6}

@@ -14,7 +14,7 @@ import re
 import numpy as np
 
 from nscmonitor.core.domain import ImageKey, parse_well
-from nscmonitor.scoring.formats import Plane, Unit, check_pixels, make_ref, pick_channel
+from nscmonitor.readers.formats import Plane, Unit, check_pixels, make_ref, pick_channel
 
 WELL_NAME = re.compile(r"^(?:Wells?_?)?([A-Za-z]{1,2})0?(\d{1,2})(?![0-9])")
 
@@ -58,7 +58,7 @@ def units(path: str) -> list[Unit]:
 def read(path: str, unit: dict[str, int], *, channel: str | None, max_pixels: int) -> Plane:
     import nd2
 
-    from nscmonitor.scoring.decode import DecodeError
+    from nscmonitor.readers.decode import DecodeError
 
     with nd2.ND2File(path) as f:
         sizes = dict(f.sizes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from nscmonitor.scoring.formats import pick_channel
+from nscmonitor.readers.formats import pick_channel
 
 
 def channel_names(tf, image: int = 0) -> list[str]:  # tifffile.TiffFile

@@ -13,7 +13,7 @@ import re
 import numpy as np
 
 from nscmonitor.core.domain import ImageKey, parse_well
-from nscmonitor.scoring.formats import Plane, Unit, check_pixels, make_ref, pick_channel
+from nscmonitor.readers.formats import Plane, Unit, check_pixels, make_ref, pick_channel
 
 WELL_NAME = re.compile(r"^([A-Za-z]{1,2})0?(\d{1,2})(?![0-9])")
 
@@ -91,7 +91,7 @@ def read(path: str, unit: dict[str, int], *, channel: str | None, max_pixels: in
         scenes = r.scenes_bounding_rectangle
         scene = unit.get("scene", min(scenes) if scenes else None)
         if scene is not None and scene not in scenes:
-            from nscmonitor.scoring.decode import DecodeError
+            from nscmonitor.readers.decode import DecodeError
 
             raise DecodeError(f"scene {scene} is not in this CZI file (scenes: {sorted(scenes)})", permanent=True)
         rect = scenes[scene] if scene is not None else r.total_bounding_rectangle

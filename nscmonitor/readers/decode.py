@@ -115,7 +115,7 @@ def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
                 raise DecodeError("TIFF holds no image series", permanent=True)
             series = tf.series[0]
             if channel is not None:
-                from nscmonitor.scoring.formats.ometiff import channel_index as stack_channel
+                from nscmonitor.readers.formats.ometiff import channel_index as stack_channel
 
                 channel_index = stack_channel(tf, series, channel)
             key = series.keyframe
@@ -245,7 +245,7 @@ def decode(path: str | Path, *, channel_index: int | None = None, max_pixels: in
     ``content_hash=False`` (training, which hashes its whole data set once beforehand)
     leaves ``sha256`` empty: hashing is about 7 % of training's per-tile load time on a
     simulator export (benchmarks/training_reader.py)."""
-    from nscmonitor.scoring import formats
+    from nscmonitor.readers import formats
 
     if formats.format_of(str(path)) is not None:
         return formats.decode_native(str(path), channel=channel, max_pixels=max_pixels, max_bytes=max_bytes,

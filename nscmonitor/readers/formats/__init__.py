@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nscmonitor.core.domain import ImageKey
-from nscmonitor.scoring.decode import HASH_CHUNK, DecodeError, Decoded, why
+from nscmonitor.readers.decode import HASH_CHUNK, DecodeError, Decoded, why
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,9 @@ def units(path: str) -> list[Unit] | None:
         return [Unit(path, error=missing)]
     try:
         if spec[0] == "ND2":
-            from nscmonitor.scoring.formats import nd2 as reader
+            from nscmonitor.readers.formats import nd2 as reader
         else:
-            from nscmonitor.scoring.formats import czi as reader
+            from nscmonitor.readers.formats import czi as reader
         found = reader.units(path)
     except Exception as exc:  # readers raise many types for a container without its directory
         raise NotReady(why(exc)) from exc
@@ -228,11 +228,11 @@ def _regular(path: str) -> bool:
 
 def _reader(fmt: str) -> Callable[..., Plane]:
     if fmt == "ND2":
-        from nscmonitor.scoring.formats.nd2 import read
+        from nscmonitor.readers.formats.nd2 import read
     elif fmt == "CZI":
-        from nscmonitor.scoring.formats.czi import read
+        from nscmonitor.readers.formats.czi import read
     else:
-        from nscmonitor.scoring.formats.omezarr import read
+        from nscmonitor.readers.formats.omezarr import read
     return read
 
 
