@@ -31,7 +31,7 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
     """The health verdict behind ``status``'s exit code: 0 healthy, 1 stalled (no heartbeat,
     or work waiting with nothing scored), 2 a watched folder is unreachable, 3 no daemon is
     running, 4 the database disk is almost full. ``repo`` is a ``store.reads.Repo``."""
-    from nscmonitor.service_checks import database_disk
+    from nscmonitor.ops.checks import database_disk
 
     now = now or datetime.now(timezone.utc)
     daemons = repo.daemons(1)
@@ -55,7 +55,7 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
 
 
 def _daemon_verdict(repo: Any, d: Any, now: datetime) -> tuple[str, int]:
-    from nscmonitor.service_checks import backlog_stall
+    from nscmonitor.ops.checks import backlog_stall
     from nscmonitor.store.reads import backlog_facts
 
     if d is None or d.state == "stopped":
@@ -169,7 +169,7 @@ def _runtime_checks() -> list[Check]:
 
 
 def _database_checks(s: Settings) -> list[Check]:
-    from nscmonitor.service_checks import database_disk
+    from nscmonitor.ops.checks import database_disk
     from nscmonitor.store.db import current_revision, head_revision, masked, open_engine, sqlite_path
 
     checks: list[Check] = []
@@ -191,7 +191,7 @@ def _database_checks(s: Settings) -> list[Check]:
 
 
 def _watch_checks(s: Settings) -> list[Check]:
-    from nscmonitor.service_checks import drive_letter_warning
+    from nscmonitor.ops.checks import drive_letter_warning
 
     checks: list[Check] = []
     for w in s.watch:

@@ -10,7 +10,7 @@ import pytest
 
 from nscmonitor.cli import main
 from nscmonitor.ops.health import STALE_S, health
-from nscmonitor.service_checks import backlog_stall
+from nscmonitor.ops.checks import backlog_stall
 from nscmonitor.store.db import ensure_schema, open_engine
 from nscmonitor.store.reads import Repo, backlog_facts
 from nscmonitor.store.writer import Discovered, Writer

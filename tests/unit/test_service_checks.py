@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from nscmonitor.service_checks import GIB, backlog_stall, database_disk, disk_space, drive_letter_warning
+from nscmonitor.ops.checks import GIB, backlog_stall, database_disk, disk_space, drive_letter_warning
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
 
