@@ -98,7 +98,7 @@ class Daemon:
         """The images intake found ready since the last pass into the queue."""
         for folder, items in self.intake.discover():
             refused = enqueue(self.store, folder.root, items)
-            self.metrics.ready(i.path for i in items)
+            self.metrics.ready(i.path for i in items if i.error is None and i.skip_reason is None)
             for path in refused:
                 self.intake.forget(path)
                 self.metrics.dropped(path)

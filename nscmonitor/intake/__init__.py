@@ -1,1 +1,3 @@
-"""Getting files from the microscope's folders into the durable queue."""
+"""From the microscope's folders to the durable queue: watch, wait until a file is written,
+drop junk, remember what is known, place each image (see ``intake.py``). Independent of
+scoring: the images table is the only seam between them."""

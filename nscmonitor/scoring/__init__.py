@@ -1,1 +1,3 @@
-"""Decode -> QC -> tiles -> classify -> aggregate: one module per step (see DESIGN §2)."""
+"""From the durable queue to stored predictions: claim -> stages (decode, is the content new,
+QC, tiles, inference) -> complete, one module per concern (see ``scorer.py``). Independent of
+intake: the images table is the only seam between them."""
