@@ -21,8 +21,8 @@ from nscmonitor.core.errors import UserFacingError
 from nscmonitor.engines.enginefile import file_sha256
 from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
 from nscmonitor.store.events import record_event
-from nscmonitor.store.registry import (ModelInfo, NewVersion, active_version, add_version, find_version,
-                                       list_versions, promote_version, rollback_version)
+from nscmonitor.store.registry import (ModelInfo, active_version, add_version, find_version, list_versions,
+                                       promote_version, rollback_version)
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +130,9 @@ class Registry:
         if dest.exists():
             shutil.rmtree(dest)
         part.rename(dest)
-        add_version(self.engine, NewVersion(version, meta.name, str(dest / "model.onnx"), sha, meta.scheme,
-                                            tuple(meta.classes), json.loads(meta.to_json()), labels_version),
-                    activate_if_first=activate_if_first)
+        add_version(self.engine, version, name=meta.name, path=str(dest / "model.onnx"), sha256=sha,
+                    scheme=meta.scheme, classes=tuple(meta.classes), meta=json.loads(meta.to_json()),
+                    labels_version=labels_version, activate_if_first=activate_if_first)
         return self.get(version)
 
     def promote(self, version: str, *, reason: str = "promoted by hand") -> ModelInfo:

@@ -36,18 +36,6 @@ class ModelInfo:
     meta: dict  # the model's metadata as registered (``engines.metadata``), metrics included
 
 
-@dataclass(frozen=True)
-class NewVersion:
-    version: str
-    name: str
-    path: str
-    sha256: str
-    scheme: str
-    classes: tuple[str, ...]
-    meta: dict
-    labels_version: int | None
-
-
 def _info(r: m.ModelVersion) -> ModelInfo:
     return ModelInfo(r.version, r.name, r.path, r.sha256, r.scheme, tuple(r.classes), r.state, r.labels_version,
                      dict((r.meta or {}).get("metrics", {})), aware(r.created_at), aware(r.activated_at),
@@ -92,19 +80,18 @@ def active_version(engine: Engine) -> ModelInfo | None:
         return _info(r) if r else None
 
 
-def add_version(engine: Engine, new: NewVersion, *, activate_if_first: bool) -> None:
+def add_version(engine: Engine, version: str, *, name: str, path: str, sha256: str, scheme: str,
+                classes: tuple[str, ...], meta: dict, labels_version: int | None, activate_if_first: bool) -> None:
     """A registered version: a candidate, or active when it is the first and may be."""
     now = datetime.now(timezone.utc)
     with sessionmaker(engine).begin() as s:
-        first = _active(s) is None
-        activate = first and activate_if_first
-        row = m.ModelVersion(version=new.version, name=new.name, path=new.path, sha256=new.sha256,
-                             scheme=new.scheme, classes=list(new.classes), meta=new.meta,
-                             state="active" if activate else "candidate", labels_version=new.labels_version,
-                             created_at=now, activated_at=now if activate else None)
+        activate = activate_if_first and _active(s) is None
+        row = m.ModelVersion(version=version, name=name, path=path, sha256=sha256, scheme=scheme,
+                             classes=list(classes), meta=meta, state="active" if activate else "candidate",
+                             labels_version=labels_version, created_at=now, activated_at=now if activate else None)
         s.add(row)
-        add_event(s, "model_registered", f"registered {new.version} as {row.state}", at=now,
-                  data={"version": new.version, "state": row.state})
+        add_event(s, "model_registered", f"registered {version} as {row.state}", at=now,
+                  data={"version": version, "state": row.state})
 
 
 def promote_version(engine: Engine, version: str, *, reason: str, check: Callable[[ModelInfo], None]) -> bool:
