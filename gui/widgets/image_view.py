@@ -20,6 +20,7 @@ from PySide6.QtCore import QProcess, QRectF, Qt
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout,
                                QWidget)
 
+from nscmonitor.core.queue import QueueState
 from nscmonitor.gui.state.tile_overlay import OverlayGeometry, overlay_geometry, tile_rgba
 from nscmonitor.gui.widgets.colors import class_color
 from nscmonitor.gui.workers import Reader
@@ -128,7 +129,7 @@ class ImageView(QWidget):
         self.field.blockSignals(True)
         self.field.clear()
         for im in images:
-            self.field.addItem(f"{im.field if im.field is not None else '?'}" + ("" if im.status == "done" else
+            self.field.addItem(f"{im.field if im.field is not None else '?'}" + ("" if im.status == QueueState.DONE else
                                                                                   f" ({im.status})"))
         self.field.blockSignals(False)
         if not images:
