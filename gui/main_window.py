@@ -15,15 +15,16 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMainWindow, QPro
 
 from nscmonitor.config import Settings
 from nscmonitor.gui.export_dialog import ExportDialog, save_map_as, save_time_courses_as
+from nscmonitor.gui.state.actions import label_action, registry_actions, requeue_action
 from nscmonitor.gui.state.presenter import (ModelMetaCache, Overview, PlateLoad, PollResult, WellImages, daemon_line,
                                             load_plate, poll, read_overview)
 from nscmonitor.gui.state.readouts import (Metric, PlateCube, ReadoutRows, merge, metric_at, metrics_for, nearest_time,
                                            well_tooltip)
 from nscmonitor.gui.widgets.browser import ExperimentBrowser, first_plate
 from nscmonitor.gui.widgets.image_view import ImageView
-from nscmonitor.gui.widgets.models_panel import ModelsPanel, label_action, registry_actions
+from nscmonitor.gui.widgets.models_panel import ModelsPanel
 from nscmonitor.gui.widgets.plate_map_view import PlateMapView
-from nscmonitor.gui.widgets.status_panel import StatusPanel, requeue_action
+from nscmonitor.gui.widgets.status_panel import StatusPanel
 from nscmonitor.gui.widgets.time_course import TimeCourse
 from nscmonitor.gui.workers import Reader
 from nscmonitor.store import plate_reads as db

@@ -1,94 +1,19 @@
 """Model versions with their validation metrics, which one the daemon serves, and the
-registry actions (promote, roll back, retrain now).
-
-The dashboard otherwise only reads the store; these three are the exceptions a scientist
-expects, and they go through the same functions as ``nscmonitor models`` and
-``nscmonitor retrain-now`` (the registry writes through its own connection; the retrain
-runs in a background process so the window never waits for training).
+registry actions (promote, roll back, retrain now) and hand labelling, as buttons over the
+callables of ``gui.state.actions`` (the retrain runs in a background process so the window
+never waits for training).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from nscmonitor.gui.state.actions import LabelTarget, ModelAction
 from nscmonitor.store.registry import ModelInfo
-
-
-@dataclass
-class ModelAction:
-    label: str
-    missing: str  # tooltip while ``run`` is None
-    run: Callable[[str | None], str] | None = None
-
-
-def registry_actions(settings) -> dict[str, ModelAction]:
-    """The three actions wired to the registry of ``settings`` (database URL, models dir)."""
-    import os
-    import subprocess
-    import sys
-
-    from nscmonitor.registry.registry import Registry
-    from nscmonitor.store.db import open_engine
-
-    def registry() -> Registry:
-        return Registry(settings.models_dir, open_engine(settings.database_url))
-
-    def promote(version: str | None) -> str:
-        if not version:
-            raise ValueError("select the model version to promote in the table first")
-        info = registry().promote(version, reason="promoted from the dashboard")
-        return f"{info.version} is now active; the daemon switches to it between batches."
-
-    def rollback(_version: str | None) -> str:
-        info = registry().rollback()
-        return f"rolled back: {info.version} is active again; the daemon switches between batches."
-
-    def retrain(_version: str | None) -> str:
-        cmd = [sys.executable, "-m", "nscmonitor"]
-        if settings.source is not None:
-            cmd += ["--config", str(settings.source)]
-        # a password (database_password_file) goes to libpq through PGPASSWORD, never on the
-        # command line, where every local user can read it
-        from sqlalchemy.engine import URL, make_url
-
-        url, env = make_url(settings.database_url), dict(os.environ)
-        if url.password is not None:
-            env["PGPASSWORD"] = str(url.password)
-            url = URL.create(url.drivername, url.username, None, url.host, url.port, url.database, url.query)
-        subprocess.Popen(cmd + ["retrain-now", "--db", url.render_as_string(hide_password=False)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
-        return ("retraining started in the background; it runs only if the labels changed since the active "
-                "model, and its decision appears here and under Status.")
-
-    return {
-        "promote": ModelAction("Promote", "", promote),
-        "rollback": ModelAction("Roll back", "", rollback),
-        "retrain": ModelAction("Retrain now", "", retrain),
-    }
-
-
-LabelTarget = tuple[str, str, list[str]]  # experiment, plate, wells
-
-
-def label_action(settings) -> Callable[[LabelTarget | None, str], str]:
-    """Labelling selected wells by hand: a new label set, checked like an imported file."""
-    from nscmonitor.labels import label_wells
-    from nscmonitor.store.db import open_engine
-
-    def label(target: LabelTarget | None, cls: str) -> str:
-        if target is None or not target[2]:
-            raise ValueError("open a plate and select wells in the plate map first")
-        experiment, plate, wells = target
-        version, n = label_wells(open_engine(settings.database_url), experiment, plate, wells, cls)
-        return f"label set {version}: {n} well(s) of {plate} labelled {cls}; the next retrain uses them."
-
-    return label
-
 
 ACTIONS: dict[str, ModelAction] = {
     "promote": ModelAction("Promote", "Promoting needs a database the registry can write to."),

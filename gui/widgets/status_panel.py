@@ -11,36 +11,13 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QAbstractItemView, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QPlainTextEdit,
                                QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from nscmonitor.config import Settings
 from nscmonitor.core.queue import QueueState
+from nscmonitor.gui.state.actions import RequeueAction
 from nscmonitor.gui.state.presenter import StatusSnapshot
 from nscmonitor.gui.state.status import daemon_alive, heartbeat_text
 
 QUEUE_STATES = tuple(s.value for s in (QueueState.PENDING, QueueState.PROCESSING, QueueState.FAILED, QueueState.DONE,
                                          QueueState.QUARANTINED))
-
-#: requeue(ids) -> message; ids None means every quarantined image
-RequeueAction = Callable[[list[int] | None], str]
-
-
-def requeue_action(settings: Settings) -> RequeueAction:
-    """Requeueing through the same function as ``nscmonitor requeue``, on its own writable
-    connection (the dashboard otherwise only reads the store)."""
-    from nscmonitor.store.db import open_engine
-    from nscmonitor.store.requeue import requeue, select_quarantined
-
-    def run(ids: list[int] | None) -> str:
-        engine = open_engine(settings.database_url)
-        try:
-            chosen = select_quarantined(engine, ids=ids or (), everything=ids is None)
-            if not chosen:
-                return "no quarantined image selected (failed images are retried by the daemon on their own)"
-            n = requeue(engine, chosen)
-        finally:
-            engine.dispose()
-        return f"{n} quarantined image(s) back in the queue; the daemon scores them next."
-
-    return run
 
 
 class StatusPanel(QWidget):
