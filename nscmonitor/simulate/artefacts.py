@@ -20,6 +20,10 @@ import numpy as np
 from nscmonitor.simulate.seeds import rng_for
 
 
+ALPHA, BETA, TEXTURE = 0.6, 0.78, 0.8  # phase strength, phase-bright term, granule amplitude (tuned:
+# image_stats.REAL_RANGES)
+
+
 @dataclass(frozen=True)
 class Artefacts:
     vignetting: bool = True
@@ -32,6 +36,8 @@ class Artefacts:
     bubbles: bool = True
     haze: bool = True
     noise: bool = True
+    flat_field: bool = True  # the instrument divides by its flat field and takes off the dark offset
+    compression: bool = True  # JPEG round trip (8-bit frames), as an export would
 
     @classmethod
     def none(cls) -> Artefacts:
@@ -44,13 +50,18 @@ class PlateOptics:
 
     alpha: float  # phase contrast strength
     beta: float  # phase-bright term
-    halo_um: float  # shade-off kernel sigma
+    halo_um: float  # sigma of the kernel's narrow core: the width of the bright halo
+    shade_um: float  # sigma of its wide apodisation tail: shade-off in large flat cells
+    shade_weight: float  # the tail's share of the kernel
+    texture: float  # fine intracellular texture (granules), relative to the optical path
     psf_px: float
     background: float  # fraction of full scale
     vignetting_v: float
     tilt: tuple[float, float]
     dark_offset: float  # fraction of full scale
     read_noise_dn: float
+    jpeg_quality: int  # 0: no compression
+    flat_field: bool  # the instrument corrects vignetting and dark offset
 
 
 @dataclass(frozen=True)
@@ -64,13 +75,14 @@ class ImageArtefacts:
     bubble: bool
     debris_n: int
     haze: float
+    flat_error: float  # relative error of the instrument's flat-field estimate
 
     def flags(self) -> dict[str, object]:
         return {
             "defocus_um": round(self.defocus_um, 3), "autofocus_fail": self.autofocus_fail,
             "drift_gain": round(self.drift_gain, 4), "jitter_px": f"{self.jitter_px[0]:.1f};{self.jitter_px[1]:.1f}",
             "edge_field": self.edge_field, "edge_drop": round(self.edge_drop, 3), "bubble": self.bubble,
-            "debris_n": self.debris_n, "haze": round(self.haze, 4),
+            "debris_n": self.debris_n, "haze": round(self.haze, 4), "flat_error": round(self.flat_error, 5),
         }
 
 
@@ -78,12 +90,15 @@ def plate_optics(seed: int, plate: int, bit_depth: int, sw: Artefacts) -> PlateO
     rng = rng_for(seed, plate, "optics")
     vary = rng.uniform(0.8, 1.2)  # halo strength varies +-20 % between plates
     return PlateOptics(
-        alpha=0.28 * vary, beta=0.42 * vary, halo_um=rng.uniform(4.0, 6.0), psf_px=rng.uniform(0.6, 0.9),
+        alpha=ALPHA * vary, beta=BETA * vary, halo_um=rng.uniform(1.3, 1.9), shade_um=rng.uniform(8.0, 14.0),
+        shade_weight=rng.uniform(0.05, 0.15), texture=rng.uniform(0.8, 1.2) * TEXTURE, psf_px=rng.uniform(0.35, 0.45),
         background=rng.uniform(0.55, 0.70),
         vignetting_v=rng.uniform(0.03, 0.20) if sw.vignetting else 0.0,
         tilt=tuple(rng.uniform(-0.05, 0.05, 2)) if sw.vignetting else (0.0, 0.0),
         dark_offset=rng.uniform(0.01, 0.05) if sw.dark_offset else 0.0,
         read_noise_dn=(rng.uniform(0.5, 2.0) if bit_depth == 8 else rng.uniform(2.0, 10.0)) if sw.noise else 0.0,
+        jpeg_quality=int(rng.integers(85, 96)) if (sw.compression and bit_depth == 8) else 0,
+        flat_field=sw.flat_field,
     )
 
 
@@ -121,5 +136,8 @@ def image_artefacts(sw: Artefacts, *, seed: int, plate: int, well: str, field: i
         edge_drop=float(rng_for(seed, plate, well, "edge").uniform(0.10, 0.40)) if sw.well_edge else 0.0,
         bubble=sw.bubbles and bool(well_rng.random() < 0.02),
         debris_n=0,  # filled in by the renderer from the frame area
-        haze=float(rng.uniform(0.0, 0.025)) if sw.haze else 0.0,
+        # Condensation is an event, not the rule: a flattened real frame has ~0.04 % of slow
+        # illumination variation left, so most frames get none.
+        haze=float(rng.uniform(0.005, 0.025)) if (sw.haze and rng.random() < 0.05) else 0.0,
+        flat_error=float(rng.normal(0.0, 0.0003)) if sw.flat_field else 0.0,
     )

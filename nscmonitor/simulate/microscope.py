@@ -39,7 +39,7 @@ MANIFEST_FIELDS = (
     "well_label", *(f"frac_{c}" for c in MULTICLASS), *(f"n_{c}" for c in MULTICLASS), "n_cells",
     "mean_commitment", "modality", "um_per_px", "bit_depth", "width", "height", "seed", "defocus_um",
     "autofocus_fail", "drift_gain", "jitter_px", "edge_field", "edge_drop", "bubble", "debris_n", "haze",
-    "condition_set", *PlateBiology().record(), *WellBiology((0, 0, 0, 1), 0, 0, 0).record(),
+    "flat_error", "jpeg_quality", "condition_set", *PlateBiology().record(), *WellBiology((0, 0, 0, 1), 0, 0, 0).record(),
 )
 
 
@@ -163,6 +163,7 @@ class Microscope:
             "mean_commitment": round(float(st.s[inside].mean()) if inside.any() else 0.0, 4),
             "modality": cam.modality, "um_per_px": cam.px_um, "bit_depth": cam.bit_depth,
             "width": cam.shape[1], "height": cam.shape[0], "seed": self.seed, **art.flags(),
+            "jpeg_quality": self._optics.jpeg_quality,
             "condition_set": self.condition_set, **self.biology.record(), **self.well_biology(shot.well).record(),
         }
         return Frame(rel, image, truth, shot)

@@ -28,7 +28,9 @@ SHEET_BIN = 3
 # Index by fate: neuron, astrocyte, oligodendrocyte, undifferentiated (µm or relative units).
 SOMA_R = np.array([4.6, 8.0, 5.0, 5.6])
 SOMA_PHI = np.array([0.95, 0.40, 0.85, 1.0])
-SOMA_BRIGHT = np.array([1.15, 0.0, 0.10, 0.0])
+SOMA_BRIGHT = np.array([1.15, 0.0, 0.10, 0.3])  # NSCs are rounded: some are phase-bright
+CURVE_SD = 0.08  # rad per step: a branch's steady bend
+FASCICLE_PULL = 0.5  # how hard a committed neurite turns to the field's flow per step
 SOMA_ASPECT = np.array([0.35, 0.15, 0.0, 0.0])  # added to the cell's own aspect at s = 1
 TURN_SD = np.array([0.17, 0.20, 0.60, 0.25])  # rad per step: neurites run straight, OL webs wind
 LINE_PHI = np.array([0.55, 0.0, 0.55, 0.85])  # per px of length; neurites are sub-pixel wide
@@ -85,13 +87,22 @@ def _branch_vertices(cells: Cells, st: CellState, length_px: np.ndarray, parent:
     # Bipolar NSCs and neurons: the second primary leaves opposite the first.
     base[:, 1] = np.where(st.fate != OLIGODENDROCYTE, base[:, 0] + np.pi + 0.4 * (hash_uniform(uid, 7) - 0.5),
                           base[:, 1])
-    turns = hash_normal(uid[:, None, None], b[:, :, None], np.arange(S)[None, None, :])
-    theta = base[:, :, None] + np.cumsum(turns * TURN_SD[st.fate][:, None, None], axis=2)
-    step = (length_px / S)[:, :, None]
-    dx = np.cumsum(step * np.cos(theta), axis=2)
-    dy = np.cumsum(step * np.sin(theta), axis=2)
+    turns = hash_normal(uid[:, None, None], b[:, :, None], np.arange(S)[None, None, :]) * TURN_SD[st.fate][:, None, None]
+    # Neurites curve (a steady bend per branch) and fasciculate: each step turns towards the
+    # local orientation of a field-wide flow, so neurites of neighbouring cells run side by
+    # side in bundles. The pull grows with commitment; OL webs and NSC processes ignore it.
+    bend = (CURVE_SD * hash_normal(uid[:, None], b, 12))[:, :, None] * np.ones(S)
+    pull = np.where(st.fate == NEURON, FASCICLE_PULL * st.s, 0.0)[:, None]
+    flow = _flow(uid)
+    step = length_px / S
     v = np.zeros((n, B, S + 1, 2))
-    v[:, :, 1:, 0], v[:, :, 1:, 1] = dx, dy
+    theta = base.copy()
+    for k in range(S):
+        ax, ay = cx[:, None] + v[:, :, k, 0], cy[:, None] + v[:, :, k, 1]
+        psi = flow[0] * np.sin(ax / flow[1] + flow[2]) + flow[3] * np.sin(ay / flow[4] + flow[5]) + flow[6]
+        theta = theta + turns[:, :, k] + bend[:, :, k] + pull * 0.5 * np.sin(2.0 * (psi - theta))
+        v[:, :, k + 1, 0] = v[:, :, k, 0] + step * np.cos(theta)
+        v[:, :, k + 1, 1] = v[:, :, k, 1] + step * np.sin(theta)
     rows = np.arange(n)[:, None]
     k = np.round(along * S).astype(np.int64)
     origin = v[rows, np.maximum(parent, 0), k]  # parents are primaries, already relative
@@ -99,6 +110,15 @@ def _branch_vertices(cells: Cells, st: CellState, length_px: np.ndarray, parent:
     v[..., 0] += cx[:, None, None]
     v[..., 1] += cy[:, None, None]
     return v
+
+
+def _flow(uid: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Parameters of one field's neurite flow: orientation psi(x, y) = a sin(x / Lx + p) +
+    b sin(y / Ly + q) + psi0 (px). A field's cells share the high bits of their uid."""
+    key = (uid >> 20)[:, None]
+    u = [hash_uniform(key, 99, j) for j in range(7)]
+    return (1.2 * u[0], 120.0 + 250.0 * u[1], 2 * np.pi * u[2], 1.2 * u[3], 120.0 + 250.0 * u[4],
+            2 * np.pi * u[5], np.pi * u[6])
 
 
 def draw_cells(cells: Cells, st: CellState, hours: float, shape: tuple[int, int], px_um: float,
@@ -115,7 +135,9 @@ def draw_cells(cells: Cells, st: CellState, hours: float, shape: tuple[int, int]
     rad = size * (SOMA_R[nsc] + s * (SOMA_R[f] - SOMA_R[nsc])) / px_um
     aspect = cells.aspect[st.index] + s * SOMA_ASPECT[f]
     phi_s = SOMA_PHI[nsc] + s * (SOMA_PHI[f] - SOMA_PHI[nsc])
-    bright = s * SOMA_BRIGHT[f]
+    uid = cells.uid[st.index]
+    # How rounded (thick, so phase-bright) a cell is varies from cell to cell.
+    bright = (SOMA_BRIGHT[nsc] + s * (SOMA_BRIGHT[f] - SOMA_BRIGHT[nsc])) * (0.3 + 1.4 * hash_uniform(uid, 13))
     # Mitotic cells round up into phase-bright spheres; dead cells shrink to bright debris.
     rad = np.where(st.mitotic, 6.0 / px_um, np.where(st.dead, 3.5 * size / px_um, rad))
     aspect = np.where(st.mitotic | st.dead, 1.0, aspect)
@@ -124,13 +146,13 @@ def draw_cells(cells: Cells, st: CellState, hours: float, shape: tuple[int, int]
     theta = cells.angle[st.index]
     phi_parts = [extra[0]]
     phi_parts.append(raster.ellipses(shape, cx, cy, rad * np.sqrt(aspect), rad / np.sqrt(aspect), theta, phi_s))
+    phi_parts.append(_blebs(shape, uid, cx, cy, rad, phi_s, ~(st.mitotic | st.dead)))
     lit = bright > 0.02
     br_splat = raster.ellipses(shape, cx[lit], cy[lit], 0.8 * rad[lit] * np.sqrt(aspect[lit]),
                          0.8 * rad[lit] / np.sqrt(aspect[lit]), theta[lit], bright[lit], power=1.0)
 
     # Flat sheets: astrocytes spread into large low sheets (stellate or polygonal); mature
     # oligodendrocytes add faint veils. Both are near background after shade-off.
-    uid = cells.uid[st.index]
     astro = (f == ASTROCYTE) & (s > 0.03) & ~st.dead & ~st.mitotic
     oligo = (f == OLIGODENDROCYTE) & (s > 0.5) & ~st.dead & ~st.mitotic
     sheet = astro | oligo
@@ -164,6 +186,21 @@ def draw_cells(cells: Cells, st: CellState, hours: float, shape: tuple[int, int]
     phi = raster.paint(shape, *phi_parts)
     phi += sheet_map
     return phi, raster.paint(shape, br_splat, extra[1])
+
+
+def _blebs(shape: tuple[int, int], uid: np.ndarray, cx: np.ndarray, cy: np.ndarray, rad: np.ndarray,
+           height: np.ndarray, live: np.ndarray) -> raster.Splat:
+    """Two lobes per spread cell, off-centre by 0.5-0.9 of the radius: somata that are not
+    ellipses (lamellipodia, a nucleus pushed aside) and that merge where cells touch."""
+    idx = np.flatnonzero(live)
+    k = np.arange(2)[None, :]
+    u = uid[idx, None]
+    ang = 2 * np.pi * hash_uniform(u, k, 14)
+    dist = rad[idx, None] * (0.5 + 0.4 * hash_uniform(u, k, 15))
+    r = rad[idx, None] * (0.45 + 0.3 * hash_uniform(u, k, 16))
+    h = height[idx, None] * (0.5 + 0.4 * hash_uniform(u, k, 17))
+    return raster.ellipses(shape, (cx[idx, None] + dist * np.cos(ang)).ravel(), (cy[idx, None] + dist * np.sin(ang)).ravel(),
+                           r.ravel(), (0.8 * r).ravel(), ang.ravel(), h.ravel())
 
 
 def _subset(st: CellState, sel: np.ndarray) -> CellState:

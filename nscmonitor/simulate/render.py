@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -15,6 +16,7 @@ from nscmonitor.simulate.seeds import rng_for
 
 FULL_WELL_E = 16000.0  # electrons at full scale: sets shot noise relative to signal
 DEBRIS_PER_MM2 = 30.0
+DEFOCUS_BLUR = 0.3  # geometric blur radius per µm of defocus at NA ~0.3 (tan asin 0.3)
 
 
 @dataclass(frozen=True)
@@ -134,15 +136,20 @@ def render(cells: Cells, hours: float, *, cam: Camera, po: PlateOptics, art: Ima
         extra = (dphi, dbr)
     phi, br = draw_cells(cells, st, hours, cam.shape, cam.px_um, art.jitter_px, extra)
     phi, br = phi.astype(np.float32), br.astype(np.float32)  # half the memory traffic from here on
+    # Fine intracellular texture: the optical path of every structure carries granules.
+    tex = optics.granules(cam.shape, *_grain_offset(key)) * np.float32(po.texture)
+    tex += 1.0
+    np.maximum(tex, 0.0, out=tex)
+    phi *= tex
+    transfer = optics.otf(cam.shape, round(po.psf_px, 2), round(DEFOCUS_BLUR * abs(art.defocus_um) / cam.px_um, 1))
     if cam.modality == "phase":
-        ratio = optics.phase_contrast(phi, br, alpha=po.alpha, beta=po.beta, halo_px=po.halo_um / cam.px_um)
-        sigma = po.psf_px + 0.25 * abs(art.defocus_um) / cam.px_um
+        halo = optics.halo_transfer(cam.shape, round(po.halo_um / cam.px_um, 2), round(po.shade_um / cam.px_um, 1),
+                                    round(po.shade_weight, 3))
+        ratio = optics.phase_image(phi, br, alpha=po.alpha, beta=po.beta, halo=halo, transfer=transfer)
     elif cam.modality == "brightfield":
-        ratio = optics.bright_field(phi, defocus_um=cam.bf_defocus_um + art.defocus_um)
-        sigma = po.psf_px + 0.15 * abs(art.defocus_um) / cam.px_um
+        ratio = optics.bright_field_image(phi, defocus_um=cam.bf_defocus_um + art.defocus_um, transfer=transfer)
     else:
         raise ValueError(f"unknown modality {cam.modality!r}")
-    ratio = optics.blur(ratio, sigma)
     if art.bubble:
         ring = _bubble(cam, key[:3], origin_um, well_radius_um)
         if ring is not None:
@@ -155,6 +162,33 @@ def render(cells: Cells, hours: float, *, cam: Camera, po: PlateOptics, art: Ima
         sd = np.sqrt(signal * np.float32(fs / FULL_WELL_E) + np.float32(po.read_noise_dn**2))
         signal += sd * rng.standard_normal(cam.shape, dtype=np.float32)
     if po.dark_offset > 0:
-        signal += np.float32(fs) * (np.float32(po.dark_offset) + _fixed_pattern(key[0], cam.shape))
+        # With flat-field correction the instrument takes the mean dark offset off again; its
+        # fixed pattern stays.
+        signal += np.float32(fs) * (np.float32(0.0 if po.flat_field else po.dark_offset)
+                                    + _fixed_pattern(key[0], cam.shape))
+    if po.flat_field:
+        # ...and divides by its (nearly exact) estimate of the plate's flat field. Meniscus,
+        # haze and gain drift are not in that estimate.
+        signal /= _flat_field(cam.shape, po.vignetting_v, po.tilt) * np.float32(1.0 + art.flat_error)
     out = np.clip(np.rint(signal), 0, fs).astype(cam.dtype)
+    if po.jpeg_quality and cam.bit_depth == 8:
+        out = _jpeg(out, po.jpeg_quality)
     return out, replace(art, debris_n=n_debris)
+
+
+def _grain_offset(key: tuple) -> tuple[int, int]:
+    """Where a field's window into the granule field starts: fixed per (seed, plate, well,
+    field), so the texture stays with the field across time points."""
+    rng = rng_for(*key[:4], "grain")
+    return int(rng.integers(0, 1 << 16)), int(rng.integers(0, 1 << 16))
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """A JPEG round trip (baseline, no chroma): the blocking and loss of the finest texture an
+    exported frame carries."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    return np.asarray(Image.open(buf), dtype=np.uint8)
