@@ -262,7 +262,7 @@ def side_by_side(args: argparse.Namespace, shape: tuple[int, int]) -> int:
                              tmp / "models" / "engines")
         print(f"live: {args.live_frames} frames at 1 per {1 / args.live_rate:g} s, quiet period {args.quiet:g} s ...",
               flush=True)
-        lv = live(tmp, model, args.live_frames, shape, args.live_rate, args.quiet, engine="auto")
+        live_run = live(tmp, model, args.live_frames, shape, args.live_rate, args.quiet, engine="auto")
     gflop = RESNET50_GFLOP_224 * (alone["tile_px"] / 224) ** 2 if alone["arch"] == "resnet50" else None
     achieved = alone["tiles_per_s"] * gflop if gflop else None
     bound = {"int8_peak_gops": peak, "source": peak_source, "gflop_per_tile": gflop,
@@ -271,13 +271,13 @@ def side_by_side(args: argparse.Namespace, shape: tuple[int, int]) -> int:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
         "model": str(args.model) if args.model else f"{args.arch} trained here for {args.train_epochs} epochs",
         "frame": f"{shape[1]}x{shape[0]} uint16", "build": build, "backlog_fp32": fp32, "backlog_engine": built,
-        "engine_alone": alone, "int8_bound": bound, "live": lv,
+        "engine_alone": alone, "int8_bound": bound, "live": live_run,
         "goals": {
             "engine_vs_fp32": built["files_per_s"] / fp32["files_per_s"],
             "engine_frames_per_s": built["files_per_s"],
             "pipeline_share_of_engine_alone": built["files_per_s"] / alone["frames_per_s"],
             "engine_share_of_int8_bound": bound["share"],
-            "live_p95_s": lv["latency_p95_s"], "live_p95_limit_s": args.quiet + 2.0,
+            "live_p95_s": live_run["latency_p95_s"], "live_p95_limit_s": args.quiet + 2.0,
         },
     }
     out = Path(args.out if args.out_given else Path(args.out).with_name("ingest-side-by-side.json"))
@@ -293,7 +293,7 @@ def _pct(v: float | None) -> str:
 
 
 def print_side_by_side(r: dict) -> None:
-    a, b, e, g, lv = r["backlog_fp32"], r["backlog_engine"], r["engine_alone"], r["goals"], r["live"]
+    a, b, e, g, live_run = r["backlog_fp32"], r["backlog_engine"], r["engine_alone"], r["goals"], r["live"]
     build = r["build"]
     print(f"model: {r['model']}; {e['tiles_per_frame']:.0f} tiles of {e['tile_px']} px per {r['frame']} frame")
     verdict = build["state"] or "no status"
@@ -312,8 +312,9 @@ def print_side_by_side(r: dict) -> None:
     bd = r["int8_bound"]
     print(f"int8 bound: {bd['source']}" + (f", {bd['int8_peak_gops']:.0f} GOP/s; engine {bd['engine_gops']:.0f} GOP/s"
                                           if bd["engine_gops"] and bd["int8_peak_gops"] else ""))
-    print(f"live at {lv['rate_per_s']:g} frames/s, quiet {lv['quiet_s']:g} s: {lv['scored']}/{lv['frames']} scored, "
-          f"latency median {lv['latency_median_s']:.2f} s, p95 {lv['latency_p95_s']:.2f} s")
+    print(f"live at {live_run['rate_per_s']:g} frames/s, quiet {live_run['quiet_s']:g} s: "
+          f"{live_run['scored']}/{live_run['frames']} scored, "
+          f"latency median {live_run['latency_median_s']:.2f} s, p95 {live_run['latency_p95_s']:.2f} s")
     print("goals: " + "; ".join([
         f"engine/fp32 {g['engine_vs_fp32']:.2f}x (>= 3x)",
         f"engine {g['engine_frames_per_s']:.2f} frames/s (>= 3)",
@@ -366,9 +367,10 @@ def main() -> int:
     print(f"model: {result['model']}; engine {b['engine']}; frames {result['frame']}")
     print(f"{'phase':<22}{'frames':>7}{'files/s':>10}{'lat med s':>11}{'lat p95 s':>11}")
     print(f"{'backlog':<22}{b['frames']:>7}{b['files_per_s']:>10.2f}{b['latency_median_s']:>11.2f}{b['latency_p95_s']:>11.2f}")
-    for lv in lives:
-        print(f"{'live q=' + str(lv['quiet_s']) + ' @' + format(lv['rate_per_s'], '.1f') + '/s':<22}{lv['scored']:>7}"
-              f"{'':>10}{lv['latency_median_s']:>11.2f}{lv['latency_p95_s']:>11.2f}")
+    for live_run in lives:
+        label = f"live q={live_run['quiet_s']} @{live_run['rate_per_s']:.1f}/s"
+        print(f"{label:<22}{live_run['scored']:>7}"
+              f"{'':>10}{live_run['latency_median_s']:>11.2f}{live_run['latency_p95_s']:>11.2f}")
     print("backlog time share: " + ", ".join(f"{k} {v:.0%}" for k, v in b["share"].items()))
     print(f"wrote {args.out}")
     return 0

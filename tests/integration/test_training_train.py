@@ -39,8 +39,8 @@ def run(tiles_dir, tmp_path_factory):
 
 def test_short_training_reduces_loss_and_beats_chance(run):
     out, metrics = run
-    ck = torch.load(out / "last.pt", weights_only=True)
-    hist = ck["state"]["history"]
+    saved = torch.load(out / "last.pt", weights_only=True)
+    hist = saved["state"]["history"]
     assert hist[-1]["train"]["loss"] < 0.85 * hist[0]["train"]["loss"]
     assert max(h["val"]["balanced_accuracy"] for h in hist) > 0.45
     assert metrics["split"] == "test"
@@ -57,9 +57,9 @@ def test_run_dir_holds_atomic_artefacts_and_resolved_config(run):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["arch"] == "tiny" and cfg["image_size"] == 32 and cfg["data_hash"].startswith("sha256:")
     assert cfg["precision"] == ("bfloat16" if cpu_bf16_supported() else "float32")
-    ck = torch.load(out / "best.pt", weights_only=True)
-    assert ck.keys() >= {"state_dict", "arch", "num_classes", "classes", "epoch", "optimizer", "scheduler", "metadata"}
-    assert json.loads(ck["metadata"])["temperature"] > 0
+    saved = torch.load(out / "best.pt", weights_only=True)
+    assert saved.keys() >= {"state_dict", "arch", "num_classes", "classes", "epoch", "optimizer", "scheduler", "metadata"}
+    assert json.loads(saved["metadata"])["temperature"] > 0
 
 
 def test_export_loads_in_the_daemon_engine_with_parity(run, tiles_dir):
