@@ -40,16 +40,17 @@ def recompute_readout(s: Session, well_id: int, time_key: int, version: str, now
     elapsed = [r.elapsed_h for r in imgs if r.elapsed_h is not None]
     acquired = [r.acquired_at for r in imgs if r.acquired_at is not None]
     plate_id = s.scalar(select(m.Well.plate_id).where(m.Well.id == well_id))
-    ro = s.scalar(select(m.WellReadout).where(m.WellReadout.well_id == well_id, m.WellReadout.time_key == time_key,
-                                              m.WellReadout.model_version == version))
-    if ro is None:
-        ro = m.WellReadout(well_id=well_id, plate_id=plate_id, time_key=time_key, model_version=version)
-        s.add(ro)
-    ro.timepoint = next((r.timepoint for r in imgs if r.timepoint is not None), None)
-    ro.elapsed_h = float(np.mean(elapsed)) if elapsed else None
-    ro.acquired_at = min(acquired) if acquired else None
-    ro.classes = list(classes or [])
-    ro.prob_mean, ro.prob_sd, ro.fraction = agg.prob_mean, agg.prob_sd, agg.fraction
-    ro.n_images, ro.n_tiles, ro.n_qc_failed = agg.n_images, agg.n_tiles, agg.n_qc_failed
-    ro.confidence = agg.confidence if agg.n_images else None
-    ro.updated_at = now
+    readout = s.scalar(select(m.WellReadout).where(m.WellReadout.well_id == well_id,
+                                                   m.WellReadout.time_key == time_key,
+                                                   m.WellReadout.model_version == version))
+    if readout is None:
+        readout = m.WellReadout(well_id=well_id, plate_id=plate_id, time_key=time_key, model_version=version)
+        s.add(readout)
+    readout.timepoint = next((r.timepoint for r in imgs if r.timepoint is not None), None)
+    readout.elapsed_h = float(np.mean(elapsed)) if elapsed else None
+    readout.acquired_at = min(acquired) if acquired else None
+    readout.classes = list(classes or [])
+    readout.prob_mean, readout.prob_sd, readout.fraction = agg.prob_mean, agg.prob_sd, agg.fraction
+    readout.n_images, readout.n_tiles, readout.n_qc_failed = agg.n_images, agg.n_tiles, agg.n_qc_failed
+    readout.confidence = agg.confidence if agg.n_images else None
+    readout.updated_at = now

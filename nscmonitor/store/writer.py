@@ -166,7 +166,8 @@ class Writer:
                 if f.key is not None and f.error is None:
                     _, well_id = self._ensure_well(s, f.experiment_id, f.plate or "plate", f.plate_format, f.key,
                                                    f.condition, f.attributes)
-                status = (QueueState.QUARANTINED if f.error else QueueState.SKIPPED if f.skip_reason else QueueState.PENDING)
+                status = (QueueState.QUARANTINED if f.error
+                          else QueueState.SKIPPED if f.skip_reason else QueueState.PENDING)
                 fields = dict(
                     size=f.size, mtime=f.mtime, status=status, error=f.error or f.skip_reason, attempts=0,
                     next_attempt_at=0.0, profile=f.profile, well_id=well_id,
@@ -200,7 +201,8 @@ class Writer:
             for chunk in range(0, len(ids), 500):
                 res = s.execute(update(m.Image).where(m.Image.id.in_(ids[chunk:chunk + 500]),
                                                       m.Image.status.in_(PROBLEMS))
-                                .values(status=QueueState.PENDING, attempts=0, next_attempt_at=0.0, error=None, updated_at=now))
+                                .values(status=QueueState.PENDING, attempts=0, next_attempt_at=0.0, error=None,
+                                        updated_at=now))
                 n += res.rowcount or 0
             if n:
                 add_event(s, "requeued", f"{n} image(s) back in the queue", at=now)
@@ -219,7 +221,8 @@ class Writer:
     def requeue_stale(self) -> int:
         """Rows a crashed daemon left 'processing' go back to the queue."""
         with self.Session.begin() as s:
-            res = s.execute(update(m.Image).where(m.Image.status == QueueState.PROCESSING).values(status=QueueState.PENDING))
+            res = s.execute(update(m.Image).where(m.Image.status == QueueState.PROCESSING)
+                            .values(status=QueueState.PENDING))
             return res.rowcount or 0
 
     def claim(self, n: int, now_ts: float, model_version: str = "", *,
@@ -233,7 +236,8 @@ class Writer:
             while True:
                 rows = list(s.scalars(
                     select(m.Image)
-                    .where(m.Image.status.in_((QueueState.PENDING, QueueState.FAILED)), m.Image.next_attempt_at <= now_ts)
+                    .where(m.Image.status.in_((QueueState.PENDING, QueueState.FAILED)),
+                           m.Image.next_attempt_at <= now_ts)
                     .order_by(m.Image.id).limit(n)
                 ).all())
                 spent = [r for r in rows if r.attempts >= max_attempts]

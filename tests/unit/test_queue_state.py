@@ -35,7 +35,8 @@ def test_rows_hold_the_plain_word_and_old_rows_compare_equal(tmp_path: Path) -> 
         stored = dict(c.execute(text("SELECT relpath, status FROM images")).all())
         assert stored == {"good.tif": "pending", "bad.tif": "quarantined"}
         assert all(type(v) is str for v in stored.values())
-        c.execute(text("UPDATE images SET status = 'failed' WHERE relpath = 'good.tif'"))  # as an older version wrote it
+        # a state as an older version wrote it
+        c.execute(text("UPDATE images SET status = 'failed' WHERE relpath = 'good.tif'"))
     claimed = writer.claim(5, now_ts=1e12)
     assert [c.relpath for c in claimed] == ["good.tif"]
     with engine.connect() as c:
