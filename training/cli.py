@@ -57,7 +57,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "Writes evaluation.json, evaluation.md (the printed tables) and evaluation.png; a run's own "
         "metrics.json is left alone unless --write-metrics.")
     p.add_argument("model", nargs="+",
-                   help="RUN_DIR (best.pt, torch), a .pt checkpoint, or model.onnx (ONNX Runtime); several: one per seed")
+                   help="RUN_DIR (best.pt, torch), a .pt checkpoint, or model.onnx (ONNX Runtime); "
+                   "several: one per training seed")
     p.add_argument("--data", required=True, action="append",
                    help="labelled test data (repeat for several exports, e.g. one per test plate)")
     p.add_argument("--split", default="test", help="test | val | train | all (data without splits: all)")

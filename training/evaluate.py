@@ -280,7 +280,8 @@ def _model_logits(model_path: Path, records: list[TileRecord], device: str):
     return logits, y, recs, meta, float(meta.get("temperature", 1.0))
 
 
-def test_records(data: Sequence[str | Path], label_mode: str, scheme: str, split: str) -> tuple[list[TileRecord], str]:
+def held_out_records(data: Sequence[str | Path], label_mode: str, scheme: str,
+                     split: str) -> tuple[list[TileRecord], str]:
     """Labelled tiles of one or more exports in the model's scheme; (records, split used).
     Data with a complete split column gives its ``split``; data without one is taken whole
     (assumed held out, e.g. a new plate). With several exports each one's folder name is put
@@ -320,7 +321,7 @@ def evaluate_model(model: str | Path, data: str | Path | Sequence[str | Path], *
     data = [data] if isinstance(data, (str, Path)) else list(data)
     scheme, trained_mode = _scheme_of(model)
     label_mode = label_mode or trained_mode
-    records, split = test_records(data, label_mode, scheme, split)
+    records, split = held_out_records(data, label_mode, scheme, split)
     logits, y, recs, meta, temperature = _model_logits(model, records, device)
     report = full_report(logits, y, recs, meta["classes"], temperature)
     report["protocol"] = protocol_report(softmax(logits, temperature), y, recs, meta["classes"],
