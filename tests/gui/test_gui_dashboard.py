@@ -255,15 +255,46 @@ def test_plot_and_plate_map_export(window, tmp_path: Path) -> None:
     assert "<svg" in svg.read_text() and "<svg" in plot.read_text()
 
 
-def test_cli_screenshot_renders_offscreen(lab: Lab, tmp_path: Path, qtbot) -> None:
+def _pixels(png: Path) -> np.ndarray:
+    """The PNG as an (h, w, 3) uint8 array."""
     from PySide6.QtGui import QImage
 
+    img = QImage(str(png)).convertToFormat(QImage.Format.Format_RGB888)
+    row = img.bytesPerLine()
+    buf = np.frombuffer(img.constBits(), np.uint8, count=row * img.height()).reshape(img.height(), row)
+    return buf[:, : img.width() * 3].reshape(img.height(), img.width(), 3).copy()
+
+
+def _count(px: np.ndarray, rgb, tol: int = 2) -> int:
+    return int((np.abs(px.astype(int) - np.asarray(rgb, int)).max(axis=2) <= tol).sum())
+
+
+def test_cli_screenshot_renders_offscreen(window, lab: Lab, tmp_path: Path, qtbot) -> None:
+    """The picture must show the plate, not only have a window's size: each imaged well is
+    filled with the colour of its value, as the dashboard computes it for the readout and time
+    the screenshot shows (the window opened on the same store picks the same defaults); a well
+    without a readout at that time (C03, imaged at 4 h only) is drawn as no data, in another
+    colour; and the window is not blank."""
     from nscmonitor.cli import main
 
+    lab.write((4,), wells=("C3",))
+    lab.score()
     out = tmp_path / "shot.png"
     assert main(["gui", "--db", lab.url, "--experiment", "E1", "--screenshot", str(out)]) == 0
-    img = QImage(str(out))
-    assert img.width() >= 1200 and img.height() >= 800
+    px = _pixels(out)
+    assert px.shape[1] >= 1200 and px.shape[0] >= 800
+    qtbot.waitUntil(lambda: "C03" in window.plate_map.names, timeout=10000)
+    pm = window.plate_map
+    assert window.t_index == window.cube.n_times - 1 and pm.value_of("C03") is None
+    values = np.array([pm.value_of(w) for w in ("A01", "A02", "B01", "B02")], float)
+    fills = {tuple(int(v) for v in rgb) for rgb in pm.cmap.rgb(values, *pm.range)}
+    no_data = (235, 235, 235)  # the plate map's fill of a well without a value, under its hatching
+    assert no_data not in fills
+    well_area = 400  # pixels inside one drawn well at this window size (measured: about 1500)
+    for rgb in fills:
+        assert _count(px, rgb) >= well_area, f"no well drawn in {rgb}"
+    assert _count(px, no_data, tol=0) >= well_area // 2, "the well without a readout is not drawn as no data"
+    assert len(np.unique(px.reshape(-1, 3), axis=0)) > 200, "the window is (nearly) blank"
 
 
 def test_status_panel_requeues_a_quarantined_file(window, lab: Lab, qtbot) -> None:
