@@ -3,7 +3,9 @@ folder sits beside the repository and is optional (tests that need it skip with 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import zlib
 from pathlib import Path
 
@@ -13,6 +15,104 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+#: Seconds a test's threads and child processes get to finish after its teardown.
+LEAK_GRACE_S = 2.0
+
+
+def _child_pids() -> set[int]:
+    """Living (not zombie) descendants of this process: psutil when installed, else /proc."""
+    try:
+        import psutil
+    except ImportError:
+        return _proc_children(os.getpid())
+    out = set()
+    for c in psutil.Process().children(recursive=True):
+        try:
+            if c.status() != psutil.STATUS_ZOMBIE:
+                out.add(c.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _proc_children(pid: int) -> set[int]:
+    out: set[int] = set()
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:  # no /proc (not Linux): process leaks go unchecked there
+        return out
+    for e in entries:
+        try:
+            fields = Path(f"/proc/{e}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            out.add(int(e))
+            out |= _proc_children(int(e))
+    return out
+
+
+def _describe_pid(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmd = "?"
+    return f"pid {pid}: {cmd[:200]}"
+
+
+def _library_singletons() -> set:
+    """Threads that third-party libraries start once and keep for the whole process (not a
+    test's leak): zarr's I/O loop thread and its executors, dask's default thread pool,
+    OpenVINO's telemetry sender."""
+    import sys
+
+    keep: set = set()
+    executors = []
+    zsync = sys.modules.get("zarr.core.sync")
+    if zsync is not None:
+        keep.update(t for t in zsync.iothread if t is not None)
+        executors.append(zsync._executor)
+        executors.extend(getattr(lp, "_default_executor", None) for lp in zsync.loop if lp is not None)
+    dthreaded = sys.modules.get("dask.threaded")
+    if dthreaded is not None:
+        executors.append(dthreaded.default_pool)
+    telemetry = sys.modules.get("openvino_telemetry.main")  # started by ``import openvino``
+    if telemetry is not None:
+        single = getattr(telemetry.Telemetry, "_SingletonMetaClass__single_instance", None)
+        executors.append(getattr(getattr(single, "sender", None), "executor", None))
+    for ex in executors:
+        keep.update(getattr(ex, "_threads", ()))
+    return keep
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads_or_processes():  # noqa: ANN201
+    """A test must stop what it starts: a thread or child process still alive a moment after
+    its teardown would go on touching files, databases and the CPU under later tests. The
+    leftovers are named (and child processes killed, so they cannot spoil the next test)."""
+    import threading
+    import time
+
+    threads = set(threading.enumerate())
+    children = _child_pids()
+    yield
+    end = time.monotonic() + LEAK_GRACE_S
+    for t in [t for t in threading.enumerate() if t not in threads and t not in _library_singletons()]:
+        t.join(max(0.0, end - time.monotonic()))
+    left = [t for t in threading.enumerate() if t not in threads and t.is_alive() and t not in _library_singletons()]
+    procs = _child_pids() - children
+    while procs and time.monotonic() < end:
+        time.sleep(0.05)
+        procs &= _child_pids()
+    problems = [f"thread {t.name!r} (daemon={t.daemon})" for t in left]
+    for pid in sorted(procs):
+        problems.append(f"child process {_describe_pid(pid)}")
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            os.kill(pid, signal.SIGKILL)
+    if problems:
+        pytest.fail("the test left running: " + "; ".join(problems), pytrace=False)
 
 
 @pytest.fixture(scope="session")
