@@ -1,8 +1,10 @@
-"""Command line: ``nscmonitor <command>``.
+"""Command line: ``nscmonitor <command>``, one module per command in this package.
 
-Core commands live here; the commands of the optional parts (simulate, train, engine, gui,
-service) are registered by their own packages through ``add_parsers(subparsers)`` so that
-their heavy imports (torch, Qt) happen only when such a command runs.
+The commands of the optional parts (simulate, train, engine, gui) are registered by their
+own packages through ``add_parsers(subparsers)``, imported by name so that a part that is not
+installed only loses its commands, and their heavy imports (torch, Qt) happen only when such a
+command runs. The core commands are imported directly: a broken one is an error, not a
+command that silently disappears.
 """
 
 from __future__ import annotations
@@ -18,21 +20,11 @@ from nscmonitor.core.errors import UserFacingError
 
 log = logging.getLogger("nscmonitor")
 
-PLUGIN_MODULES = (
-    "nscmonitor.cli.run",
-    "nscmonitor.cli.status",
-    "nscmonitor.cli.export",
-    "nscmonitor.cli.parse",
-    "nscmonitor.cli.doctor",
-    "nscmonitor.cli.db",
-    "nscmonitor.cli.models",
-    "nscmonitor.cli.requeue",
-    "nscmonitor.cli.demo",
+OPTIONAL_MODULES = (
     "nscmonitor.simulate.cli",
     "nscmonitor.training.cli",
     "nscmonitor.engines.cli",
     "nscmonitor.gui.cli",
-    "nscmonitor.cli.service",
 )
 
 
@@ -46,13 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="configuration TOML file (default: the user config dir)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in PLUGIN_MODULES:
+    from nscmonitor.cli import db, demo, doctor, export, models, parse, requeue, run, service, status
+
+    for module in (run, status, export, parse, doctor, db, models, requeue, demo):
+        module.add_parsers(sub)
+    for name in OPTIONAL_MODULES:
         try:
-            module = importlib.import_module(name)
+            optional = importlib.import_module(name)
         except ImportError as exc:
             log.debug("commands of %s unavailable: %s", name, exc)
             continue
-        module.add_parsers(sub)
+        optional.add_parsers(sub)
+    service.add_parsers(sub)
     return parser
 
 
