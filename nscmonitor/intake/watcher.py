@@ -82,6 +82,12 @@ class FolderWatcher:
         self.last_error: str | None = None
         self.restarts = 0
 
+    @property
+    def observer(self) -> Observer | PollingObserver | None:
+        """The running observer (native or polling); None while stopped or unreachable. For
+        status reports and tests: only the watcher starts, restarts and stops it."""
+        return self._observer
+
     def start(self) -> None:
         self._start_observer()
 

@@ -174,7 +174,7 @@ def test_polling_observer_for_network_shares(tmp_path: Path, make_runner) -> Non
     with Running(runner):
         from watchdog.observers.polling import PollingObserver
 
-        wait_until(lambda: runner.folders[0].watcher._observer is not None, what="the observer to start")
-        assert isinstance(runner.folders[0].watcher._observer, PollingObserver)
+        wait_until(lambda: runner.folders[0].watcher.observer is not None, what="the observer to start")
+        assert isinstance(runner.folders[0].watcher.observer, PollingObserver)
         write_tiff(watch / name(1), cells_image(1))
         wait_until(lambda: n_done(runner) == 1, what="the polled file")
