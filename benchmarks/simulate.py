@@ -58,11 +58,25 @@ def main() -> int:
     mean_cpu = sum(r["ms_cpu"] for r in results) / len(results)
     summary = {"frame": "1408x1040", "bit_depth": 8, "mean_ms_cpu": round(mean_cpu, 1),
                "mean_fps_cpu": round(1000 / mean_cpu, 2), "worst_ms_cpu": max(r["ms_cpu"] for r in results),
-               "python": platform.python_version(), "machine": platform.machine(), "cases": results}
+               "python": platform.python_version(), "machine": platform.machine(), "cpu": _cpu_model(),
+               "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+               "cases": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    print(f"mean {summary['mean_ms_cpu']} ms cpu per frame = {summary['mean_fps_cpu']} frames/s on one core")
+    print(f"mean {summary['mean_ms_cpu']} ms cpu per frame = {summary['mean_fps_cpu']} frames/s on one core "
+          f"({summary['cpu']}, load {summary['load_avg_1m']})")
     return 0
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

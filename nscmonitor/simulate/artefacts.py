@@ -74,6 +74,7 @@ class ImageArtefacts:
     edge_drop: float
     bubble: bool
     debris_n: int
+    spheres_n: int
     haze: float
     flat_error: float  # relative error of the instrument's flat-field estimate
 
@@ -82,7 +83,7 @@ class ImageArtefacts:
             "defocus_um": round(self.defocus_um, 3), "autofocus_fail": self.autofocus_fail,
             "drift_gain": round(self.drift_gain, 4), "jitter_px": f"{self.jitter_px[0]:.1f};{self.jitter_px[1]:.1f}",
             "edge_field": self.edge_field, "edge_drop": round(self.edge_drop, 3), "bubble": self.bubble,
-            "debris_n": self.debris_n, "haze": round(self.haze, 4), "flat_error": round(self.flat_error, 5),
+            "debris_n": self.debris_n, "spheres_n": self.spheres_n, "haze": round(self.haze, 4), "flat_error": round(self.flat_error, 5),
         }
 
 
@@ -136,6 +137,7 @@ def image_artefacts(sw: Artefacts, *, seed: int, plate: int, well: str, field: i
         edge_drop=float(rng_for(seed, plate, well, "edge").uniform(0.10, 0.40)) if sw.well_edge else 0.0,
         bubble=sw.bubbles and bool(well_rng.random() < 0.02),
         debris_n=0,  # filled in by the renderer from the frame area
+        spheres_n=0,  # likewise
         # Condensation is an event, not the rule: a flattened real frame has ~0.04 % of slow
         # illumination variation left, so most frames get none.
         haze=float(rng.uniform(0.005, 0.025)) if (sw.haze and rng.random() < 0.05) else 0.0,

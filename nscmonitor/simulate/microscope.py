@@ -38,8 +38,8 @@ MANIFEST_FIELDS = (
     "path", "plate", "plate_format", "well", "field", "timepoint", "elapsed_h", "acquired_at", "condition",
     "well_label", *(f"frac_{c}" for c in MULTICLASS), *(f"n_{c}" for c in MULTICLASS), "n_cells",
     "mean_commitment", "modality", "um_per_px", "bit_depth", "width", "height", "seed", "defocus_um",
-    "autofocus_fail", "drift_gain", "jitter_px", "edge_field", "edge_drop", "bubble", "debris_n", "haze",
-    "flat_error", "jpeg_quality", "condition_set", *PlateBiology().record(), *WellBiology((0, 0, 0, 1), 0, 0, 0).record(),
+    "autofocus_fail", "drift_gain", "jitter_px", "edge_field", "edge_drop", "bubble", "debris_n", "spheres_n",
+    "haze", "flat_error", "jpeg_quality", "condition_set", *PlateBiology().record(), *WellBiology((0, 0, 0, 1), 0, 0, 0).record(),
 )
 
 

@@ -32,6 +32,11 @@ def paint(shape: tuple[int, int], *splats: Splat) -> np.ndarray:
     return np.bincount(idx, weights=w, minlength=shape[0] * shape[1]).astype(np.float64, copy=False).reshape(shape)
 
 
+def merge(*splats: Splat) -> Splat:
+    """One splat from several (to hand a map's extra objects over as one)."""
+    return _join(list(splats))
+
+
 def _join(parts: list[Splat]) -> Splat:
     if not parts:
         return EMPTY

@@ -8,14 +8,13 @@ from functools import lru_cache
 
 import numpy as np
 
-from nscmonitor.simulate import optics, raster
+from nscmonitor.simulate import optics, raster, well_objects
 from nscmonitor.simulate.artefacts import ImageArtefacts, PlateOptics
 from nscmonitor.simulate.culture import Cells, CellState, state_at
 from nscmonitor.simulate.morphology import draw_cells
 from nscmonitor.simulate.seeds import rng_for
 
 FULL_WELL_E = 16000.0  # electrons at full scale: sets shot noise relative to signal
-DEBRIS_PER_MM2 = 30.0
 DEFOCUS_BLUR = 0.3  # geometric blur radius per µm of defocus at NA ~0.3 (tan asin 0.3)
 
 
@@ -77,18 +76,6 @@ def _fixed_pattern(seed: int, shape: tuple[int, int]) -> np.ndarray:
     return rng_for(seed, "sensor", *shape).normal(0.0, 0.003, shape).astype(np.float32)
 
 
-def _debris(key: tuple, cam: Camera) -> tuple[raster.Splat, raster.Splat, int]:
-    """Phase-bright specks 1-5 µm stuck to the plate or floating: new ones every frame."""
-    rng = rng_for(*key, "debris")
-    h, w = cam.shape
-    n = int(rng.poisson(DEBRIS_PER_MM2 * h * w * cam.px_um**2 * 1e-6))
-    x, y = rng.uniform(0, w, n), rng.uniform(0, h, n)
-    r = rng.uniform(0.5, 2.5, n) / cam.px_um + 0.5
-    phi = raster.ellipses(cam.shape, x, y, r, r, np.zeros(n), np.full(n, 1.0))
-    br = raster.ellipses(cam.shape, x, y, r, r, np.zeros(n), np.full(n, 1.4), power=1.0)
-    return phi, br, n
-
-
 def _illumination(cam: Camera, po: PlateOptics, art: ImageArtefacts, origin_um: tuple[float, float],
                   well_radius_um: float, key: tuple) -> np.ndarray:
     flat = _flat_field(cam.shape, po.vignetting_v, po.tilt) * np.float32(art.drift_gain)
@@ -130,10 +117,12 @@ def render(cells: Cells, hours: float, *, cam: Camera, po: PlateOptics, art: Ima
     names the noise streams; the returned ImageArtefacts carries the debris count."""
     st = state if state is not None else state_at(cells, hours)
     n_debris = 0
-    extra = (raster.EMPTY, raster.EMPTY)
+    sphi, sbr, n_spheres = well_objects.neurospheres(key[:4], cam.shape, cam.px_um, art.jitter_px, hours,
+                                                     bool(cells.commits.any()))
+    extra = (sphi, sbr)
     if debris:
-        dphi, dbr, n_debris = _debris(key, cam)
-        extra = (dphi, dbr)
+        dphi, dbr, n_debris = well_objects.debris(key, cam.shape, cam.px_um)
+        extra = (raster.merge(sphi, dphi), raster.merge(sbr, dbr))
     phi, br = draw_cells(cells, st, hours, cam.shape, cam.px_um, art.jitter_px, extra)
     phi, br = phi.astype(np.float32), br.astype(np.float32)  # half the memory traffic from here on
     # Fine intracellular texture: the optical path of every structure carries granules.
@@ -173,7 +162,7 @@ def render(cells: Cells, hours: float, *, cam: Camera, po: PlateOptics, art: Ima
     out = np.clip(np.rint(signal), 0, fs).astype(cam.dtype)
     if po.jpeg_quality and cam.bit_depth == 8:
         out = _jpeg(out, po.jpeg_quality)
-    return out, replace(art, debris_n=n_debris)
+    return out, replace(art, debris_n=n_debris, spheres_n=n_spheres)
 
 
 def _grain_offset(key: tuple) -> tuple[int, int]:
