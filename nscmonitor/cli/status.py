@@ -14,40 +14,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     from nscmonitor.store.reads import Repo
 
     s = settings_from(args)
-    h = health(Repo(open_readonly(s.database_url)))
-    h["model_integrity"] = model_integrity(s)
-    if h["model_integrity"] and not h["model_integrity"]["ok"]:
-        h["warnings"].append(f"model refused: {h['model_integrity']['problem']}")
-    h["engine_build"] = engine_build_state(s, (h["daemon"] or {}).get("model_version"))
+    report = health(Repo(open_readonly(s.database_url)))
+    report["model_integrity"] = model_integrity(s)
+    if report["model_integrity"] and not report["model_integrity"]["ok"]:
+        report["warnings"].append(f"model refused: {report['model_integrity']['problem']}")
+    report["engine_build"] = engine_build_state(s, (report["daemon"] or {}).get("model_version"))
     if args.json:
-        print(json.dumps(h, indent=2, default=str))
-        return h["exit_code"]
+        print(json.dumps(report, indent=2, default=str))
+        return report["exit_code"]
     from rich.console import Console
     from rich.table import Table
 
     con = Console()
-    d = h["daemon"]
-    con.print(f"[bold]{h['verdict']}[/bold]")
-    for w in h["warnings"]:
+    d = report["daemon"]
+    con.print(f"[bold]{report['verdict']}[/bold]")
+    for w in report["warnings"]:
         con.print(f"[yellow]warning: {w}[/yellow]")
     if d:
         con.print(f"daemon {d['host']}:{d['pid']} {d['state']}, heartbeat {d['heartbeat_at']}, "
                   f"engine {d['engine']}, model {d['model_version']}, {d['images_per_s'] or 0:.2f} images/s")
-        build = h["engine_build"]
+        build = report["engine_build"]
         if build is not None:
             colour = "yellow" if build["state"] in ("failed", "no-calibration", "interrupted") else "default"
             con.print(f"  engine build: [{colour}]{build['message']}[/{colour}]")
         for w in d["watched"]:
             con.print(f"  watching {w['path']} ({'polling' if w.get('polling') else 'events'})"
                       + ("" if w.get("reachable", True) else f" [red]UNREACHABLE: {w.get('error')}[/red]"))
-    con.print("queue: " + (", ".join(f"{k} {v}" for k, v in sorted(h["queue"].items())) or "empty")
-              + f"; scored in the last 5 min: {h['scored_last_5_min']}")
-    if h["errors"]:
+    con.print("queue: " + (", ".join(f"{k} {v}" for k, v in sorted(report["queue"].items())) or "empty")
+              + f"; scored in the last 5 min: {report['scored_last_5_min']}")
+    if report["errors"]:
         t = Table("id", "state", "file", "reason", title="last errors ('nscmonitor requeue ID' retries a quarantined one)")
-        for e in h["errors"]:
+        for e in report["errors"]:
             t.add_row(str(e["id"]), e["status"], e["path"], e["reason"])
         con.print(t)
-    return h["exit_code"]
+    return report["exit_code"]
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
