@@ -10,7 +10,8 @@ What a reported figure rests on (docs/training.md, "Evaluation protocol"):
    three hold conditions no training plate had;
 3. ``--seeds`` trainings per scheme (binary and multiclass) through ``nscmonitor train``;
 4. ``nscmonitor evaluate`` of all seeds of a scheme on all test plates at once: wells as the
-   unit, 95 % intervals, per plate and pooled, each seed and the spread.
+   unit, 95 % intervals, per plate and pooled, each seed and the spread, and the classical
+   baseline fitted on the same training plates (``--baseline-from``).
 
 Every step is the documented command line (run as a child process), so the recipe in the
 docs and this script cannot drift apart. The defaults are a smoke configuration (a tiny CNN,
@@ -97,7 +98,7 @@ def main() -> None:
         ev = out / f"eval-{scheme}"
         data = [x for d in tests for x in ("--data", str(d))]
         printed = nscmonitor("evaluate", *runs, *data, "--split", "all", "-o", str(ev), "--resamples",
-                             str(a.resamples), log=log)
+                             str(a.resamples), "--baseline-from", str(train), log=log)
         print(f"## {scheme}\n\n{printed}")
         evaluations[scheme] = str(ev / "evaluation.json")
     (out / "protocol.json").write_text(json.dumps(

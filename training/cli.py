@@ -66,6 +66,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "required with several models)")
     p.add_argument("--write-metrics", action="store_true",
                    help="also replace each run's own metrics.json with this evaluation")
+    p.add_argument("--baseline-from", metavar="TRAIN_DATA",
+                   help="also fit the classical baseline (logistic regression on tile texture features) on this "
+                   "data's training split, drawn as training draws it with the first run's seed, and report it "
+                   "the same way")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the well bootstrap (default 0)")
     p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 2000)")
     p.add_argument("--device", default="cpu")
@@ -158,7 +162,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     try:
         res = evaluate_runs(args.model, args.data, out_dir=args.out, split=args.split, device=args.device,
                             label_mode=args.label_mode, write_run_metrics=args.write_metrics,
-                            seed=args.bootstrap_seed, n_boot=args.resamples)
+                            seed=args.bootstrap_seed, n_boot=args.resamples, baseline_from=args.baseline_from)
     except MetadataError as exc:
         raise UserFacingError(str(exc)) from exc
     for m in res["runs"]:

@@ -99,11 +99,13 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def evaluate_runs(models: Sequence[str | Path], data: Sequence[str | Path], *, out_dir: str | Path | None = None,
                   split: str = "test", device: str = "cpu", label_mode: str | None = None,
-                  write_run_metrics: bool = False, seed: int = 0, n_boot: int | None = None) -> dict[str, Any]:
+                  write_run_metrics: bool = False, seed: int = 0, n_boot: int | None = None,
+                  baseline_from: str | Path | None = None) -> dict[str, Any]:
     """Evaluate every run on the same test data; write evaluation.json and evaluation.md
     (the tables) into ``out_dir`` (one run: RUN_DIR/evaluation by default; several runs:
     required), evaluation.png for one run, and each run's metrics.json only when
-    ``write_run_metrics``."""
+    ``write_run_metrics``. ``baseline_from``: also fit the classical baseline on that
+    training data's training split and report it the same way."""
     models = [Path(m) for m in models]
     if not models:
         raise UserFacingError("evaluate needs at least one model")
@@ -124,6 +126,14 @@ def evaluate_runs(models: Sequence[str | Path], data: Sequence[str | Path], *, o
     result: dict[str, Any] = {"runs": runs}
     if len(runs) > 1:
         result["seed_spread"] = P.seed_spread([r["protocol"] for r in runs])
+    if baseline_from:
+        from nscmonitor.training.baseline import baseline_evaluation
+
+        first = runs[0]
+        result["baseline"] = baseline_evaluation(
+            baseline_from, data, scheme=first["scheme"], label_mode=first["label_mode"], split=split,
+            seed=first.get("seed") or 0, train_conditions_from=run_context(models[0])["train_conditions"],
+            plate_draws=draws, bootstrap_seed=seed, n_boot=n_boot)
     out.mkdir(parents=True, exist_ok=True)
     write_metrics(out, runs[0] if len(runs) == 1 else result, name="evaluation.json")
     (out / "evaluation.md").write_text(tables(result) + "\n", encoding="utf-8")
@@ -151,4 +161,8 @@ def tables(result: dict[str, Any]) -> str:
         parts += [f"### {len(runs)} runs (training seeds)", "", P.seed_table(
             [{"seed": r.get("seed"), "protocol": r["protocol"]} for r in runs], result["seed_spread"]), "",
             P.seed_group_table(result["seed_spread"]), ""]
+    if "baseline" in result:
+        b = result["baseline"]
+        parts += [f"### Classical baseline ({b['model']}; {b['train_tiles']} training tiles of {b['train_data']}, "
+                  f"split seed {b['seed']})", "", P.run_table(b["protocol"]), "", P.group_table(b["protocol"]), ""]
     return "\n".join(parts).rstrip()

@@ -154,3 +154,20 @@ def test_plate_draws_are_read_from_the_manifest_when_it_records_them(tmp_path):
     both = plate_draws([keyed, bare])
     assert both == {"b/sim-plate-2": {"timing.t50_shift_h": 12.0}}
     assert P.describe_draws(both["b/sim-plate-2"]) == "timing.t50_shift_h +12"
+
+
+def test_baseline_is_fitted_on_the_training_plates_and_judged_by_the_protocol(tmp_path):
+    pytest.importorskip("sklearn")
+    from nscmonitor.training.baseline import baseline_evaluation
+    from nscmonitor.training.synthetic import write_synthetic_tiles
+
+    train = write_synthetic_tiles(tmp_path / "train", plates=3, wells_per_class=3, timepoints=(0, 96), fields=2,
+                                  tile_size=32, seed=1)
+    test = write_synthetic_tiles(tmp_path / "test", plates=1, wells_per_class=3, timepoints=(0, 96), fields=2,
+                                 tile_size=32, seed=2, split=False)
+    ev = baseline_evaluation(train, [test], scheme="multiclass", split="all", n_boot=200)
+    assert ev["train_tiles"] == 4 * 3 * 2 * 2  # plate 1 only: plate 2 validates, plate 3 tests
+    late = ev["protocol"]["groups"]["pooled"]["from 48 h"]
+    assert late["wells"] == 12 and late["accuracy_interval"] == "wilson"
+    assert late["balanced_accuracy"] > 0.5  # chance 0.25: the texture of committed cells is there
+    assert ev["protocol"]["held_out_conditions"] == []
