@@ -17,7 +17,7 @@ from nscmonitor.config import Settings
 from nscmonitor.gui.export_dialog import ExportDialog, save_map_as, save_time_courses_as
 from nscmonitor.gui.state.actions import label_action, registry_actions, requeue_action
 from nscmonitor.gui.state.presenter import (ModelMetaCache, Overview, PlateLoad, PollResult, WellImages, daemon_line,
-                                            load_plate, poll, read_overview)
+                                            export_counts, load_plate, poll, read_overview)
 from nscmonitor.gui.state.readouts import (Metric, PlateCube, ReadoutRows, merge, metric_at, metrics_for, nearest_time,
                                            well_tooltip)
 from nscmonitor.gui.widgets.browser import ExperimentBrowser, first_plate
@@ -386,12 +386,8 @@ class MainWindow(QMainWindow):
     # --- export --------------------------------------------------------------------------------
     def open_export(self) -> ExportDialog:
         exps = [e.name for e in self.overview.experiments] if self.overview else []
-        counts = {}
-        if self.overview is not None:
-            for e in self.overview.experiments:
-                counts[e.name] = e.n_done
-        if self.load is not None and self.experiment is not None:
-            counts[self.experiment.name] = sum(v.n_readouts for v in self.load.versions if v.version == self.version)
+        counts = export_counts(self.overview, self.load, self.experiment.name if self.experiment else None,
+                               self.version)
         dlg = ExportDialog(self.reader, self.engine, self.settings, exps,
                            self.experiment.name if self.experiment else None, counts, self)
         dlg.show()

@@ -198,3 +198,14 @@ def daemon_line(status: StatusSnapshot, now: datetime) -> DaemonLine:
         return DaemonLine(False, "● no daemon running", [])
     watched = [w.get("path", "") if isinstance(w, dict) else str(w) for w in d.watched]
     return DaemonLine(True, f"● daemon running — {d.engine}, {d.model_version}", watched)
+
+
+def export_counts(overview: Overview | None, load: PlateLoad | None, experiment: str | None,
+                  version: str | None) -> dict[str, int]:
+    """Experiment name -> how many rows an export would hold, for the export dialog's choice
+    and its progress bar: images scored per experiment, and for the experiment on screen its
+    readouts of the version shown."""
+    counts = {e.name: e.n_done for e in overview.experiments} if overview is not None else {}
+    if load is not None and experiment is not None:
+        counts[experiment] = sum(v.n_readouts for v in load.versions if v.version == version)
+    return counts
