@@ -185,7 +185,7 @@ def make_runner(tmp_path: Path, tiny_model: Path):  # noqa: ANN201
 
     def make(watch: Path, *, model: Path | None = None, db_url: str | None = None, **kw):  # noqa: ANN003, ANN202
         runner_kw = {k: kw.pop(k) for k in ("retry_base_s", "max_attempts", "poll_interval", "heartbeat_s",
-                                            "claim_size") if k in kw}
+                                            "claim_size", "clock", "wall") if k in kw}
         runner_kw.setdefault("retry_base_s", 0.05)
         runner_kw.setdefault("poll_interval", 0.2)
         r = build_runner(settings_for(tmp_path, watch, db_url, **kw), model=model or tiny_model, **runner_kw)

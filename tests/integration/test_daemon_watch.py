@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -51,10 +52,44 @@ def name(i: int, well: str = "A1", hours: int = 0) -> str:
     return f"VID1_{well}_{i}_{hours // 24:02d}d{hours % 24:02d}h00m.tif"
 
 
+class FakeTime:
+    """The daemon's two clocks, moved only by the test: ``clock`` (monotonic: quiet periods,
+    rescans) and ``wall`` (compared with file mtimes), advancing together."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.epoch = time.time()
+        self.lock = threading.Lock()
+
+    def clock(self) -> float:
+        with self.lock:
+            return self.now
+
+    def wall(self) -> float:
+        with self.lock:
+            return self.epoch + self.now
+
+    def advance(self, seconds: float) -> None:
+        with self.lock:
+            self.now += seconds
+
+
+def image_status(runner, path: Path) -> str | None:
+    with runner.store.Session() as s:
+        return s.scalar(select(m.Image.status).where(m.Image.path == str(path)))
+
+
 def test_slow_chunked_write_is_scored_once_after_completion(tmp_path: Path, make_runner) -> None:
+    """The instrument writes in chunks, pausing less than the quiet period between them but
+    longer than it in all: time is injected, so the pauses are exact however slow the machine.
+    After each chunk a complete file with an old mtime is dropped in; once it is scored, a
+    full discovery pass (with a rescan) has run since the chunk and must have left the
+    growing file alone."""
     watch = tmp_path / "watch"
     watch.mkdir()
-    runner = make_runner(watch, quiet_seconds=1.0)
+    t = FakeTime()
+    quiet, pause = 1.0, 0.6
+    runner = make_runner(watch, quiet_seconds=quiet, rescan_interval=pause - 0.1, clock=t.clock, wall=t.wall)
     target = watch / name(1)
     buf = tmp_path / "full.tif"
     write_tiff(buf, cells_image(1, (200, 240)))
@@ -65,13 +100,21 @@ def test_slow_chunked_write_is_scored_once_after_completion(tmp_path: Path, make
             for i, c in enumerate(chunks):
                 fh.write(c.tobytes())
                 fh.flush()
-                time.sleep(0.5)  # the instrument pauses mid-write; less than the quiet period
-                if i < len(chunks) - 1:
-                    assert n_done(runner) == 0, "scored before the file was complete"
-        wait_until(lambda: n_done(runner) == 1, what="the slow file to be scored")
+                os.utime(target, (t.wall(), t.wall()))  # written now, in the daemon's time
+                if i == len(chunks) - 1:
+                    break
+                # settled at once, but only a rescan can say so, and none is due before the pause
+                probe = write_tiff(tmp_path / "probes" / name(1, f"B{i + 1}"), cells_image(100 + i))
+                os.utime(probe, (t.wall() - 100, t.wall() - 100))
+                probe = probe.rename(watch / probe.name)
+                t.advance(pause)  # the instrument pauses mid-write; less than the quiet period
+                wait_until(lambda p=probe: image_status(runner, p) == "done", what=f"probe {i + 1} to be scored")
+                assert image_status(runner, target) is None, f"queued after chunk {i + 1} of {len(chunks)}"
+        t.advance(quiet)
+        wait_until(lambda: image_status(runner, target) == "done", what="the slow file to be scored")
     with runner.store.Session() as s:
-        img = s.scalars(select(m.Image)).one()
-        preds = s.scalar(select(func.count()).select_from(m.Prediction))
+        img = s.scalars(select(m.Image).where(m.Image.path == str(target))).one()
+        preds = s.scalar(select(func.count()).select_from(m.Prediction).where(m.Prediction.image_id == img.id))
     assert img.size == len(payload)
     assert img.content_hash == hashlib.sha256(payload).hexdigest()
     assert img.attempts == 1 and preds == 1
@@ -111,8 +154,6 @@ def test_start_scan_and_rescan_find_files_without_events(tmp_path: Path, make_ru
 
 
 def test_rewritten_file_is_scored_again_and_flagged(tmp_path: Path, make_runner) -> None:
-    import os
-
     watch = tmp_path / "watch"
     f = write_tiff(watch / name(1), cells_image(1))
     runner = make_runner(watch, rescan_interval=0.3)
