@@ -88,7 +88,7 @@ def _library_singletons() -> set:
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_threads_or_processes():  # noqa: ANN201
+def no_leaked_threads_or_processes():
     """A test must stop what it starts: a thread or child process still alive a moment after
     its teardown would go on touching files, databases and the CPU under later tests. The
     leftovers are named (and child processes killed, so they cannot spoil the next test)."""
@@ -139,7 +139,7 @@ def tiny_model(tmp_path: Path) -> Path:
     return path
 
 
-def write_tiff(path: Path, arr, **kw) -> Path:  # noqa: ANN001
+def write_tiff(path: Path, arr, **kw) -> Path:
     import tifffile
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,7 @@ def stable_seed(*parts: object) -> int:
     return zlib.crc32(repr(parts).encode())
 
 
-def cells_image(seed: int, shape: tuple[int, int] = (96, 128), dtype: str = "uint16"):  # noqa: ANN201
+def cells_image(seed: int, shape: tuple[int, int] = (96, 128), dtype: str = "uint16"):
     """A cheap textured frame (blobs on a background) so tiles are not dropped as empty."""
     import numpy as np
 
@@ -166,7 +166,7 @@ def cells_image(seed: int, shape: tuple[int, int] = (96, 128), dtype: str = "uin
     return np.clip(img, 0, 4095).astype(dtype)
 
 
-def settings_for(tmp_path: Path, watch: Path, db_url: str | None = None, **watch_kw):  # noqa: ANN001, ANN201
+def settings_for(tmp_path: Path, watch: Path, db_url: str | None = None, **watch_kw):
     from nscmonitor.config import parse_settings
 
     db_url = db_url or f"sqlite:///{tmp_path / 'nsc.db'}"
@@ -177,13 +177,13 @@ def settings_for(tmp_path: Path, watch: Path, db_url: str | None = None, **watch
 
 
 @pytest.fixture()
-def make_runner(tmp_path: Path, tiny_model: Path):  # noqa: ANN201
+def make_runner(tmp_path: Path, tiny_model: Path):
     """A real runner (real watchdog, real SQLite, real ONNX Runtime on a tiny model)."""
     from nscmonitor.daemon import build_runner
 
     runners = []
 
-    def make(watch: Path, *, model: Path | None = None, db_url: str | None = None, **kw):  # noqa: ANN003, ANN202
+    def make(watch: Path, *, model: Path | None = None, db_url: str | None = None, **kw):
         runner_kw = {k: kw.pop(k) for k in ("retry_base_s", "max_attempts", "poll_interval", "heartbeat_s",
                                             "claim_size", "clock", "wall") if k in kw}
         runner_kw.setdefault("retry_base_s", 0.05)
@@ -237,7 +237,7 @@ def pg_admin_exec(admin_url: str, *sql: str) -> None:
 
 
 @pytest.fixture()
-def pg_url(pg_admin_url: str):  # noqa: ANN201
+def pg_url(pg_admin_url: str):
     """A fresh, empty PostgreSQL database for this test alone, dropped afterwards."""
     import uuid
 
