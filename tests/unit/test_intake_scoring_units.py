@@ -23,7 +23,7 @@ OLD = 1_700_000_000.0  # an mtime long past: found settled by the first scan
 
 
 @pytest.fixture()
-def make_intake():  # noqa: ANN201
+def make_intake():
     """A real intake on a real folder (its watcher supervised by each pass), stopped after the test."""
     made: list[Intake] = []
 
@@ -49,7 +49,7 @@ def _old_file(path: Path, data: bytes = b"x") -> Path:
     return path
 
 
-def test_a_pass_hands_on_images_and_links_and_never_tracks_junk(tmp_path: Path, make_intake) -> None:  # noqa: ANN001
+def test_a_pass_hands_on_images_and_links_and_never_tracks_junk(tmp_path: Path, make_intake) -> None:
     watch = tmp_path / "plate"
     watch.mkdir()
     img = write_tiff(watch / "VID1_A1_1_00d12h00m.tif", cells_image(1))
@@ -69,7 +69,7 @@ def test_a_pass_hands_on_images_and_links_and_never_tracks_junk(tmp_path: Path, 
     assert len(intake.known) == 2  # nor the record of known files
 
 
-def test_the_record_of_known_files_decides_what_is_looked_at_again(tmp_path: Path, make_intake) -> None:  # noqa: ANN001
+def test_the_record_of_known_files_decides_what_is_looked_at_again(tmp_path: Path, make_intake) -> None:
     watch = tmp_path / "plate"
     watch.mkdir()
     img = write_tiff(watch / "VID1_B2_1_01d00h00m.tif", cells_image(2))
@@ -86,7 +86,7 @@ def test_the_record_of_known_files_decides_what_is_looked_at_again(tmp_path: Pat
     assert list(_discovered(intake)) == ["VID1_B2_1_01d00h00m.tif"]
 
 
-def test_a_channel_other_than_the_folders_is_skipped_with_the_reason(tmp_path: Path, make_intake) -> None:  # noqa: ANN001
+def test_a_channel_other_than_the_folders_is_skipped_with_the_reason(tmp_path: Path, make_intake) -> None:
     watch = tmp_path / "plate"
     watch.mkdir()
     for name in ("P1_A01_s1_w1.tif", "P1_A01_s1_w2.tif"):
@@ -108,7 +108,7 @@ def _claimed(previous_hash: str | None, scored: bool) -> Claimed:
     ("a", True, "b", Content.REWRITTEN),
     ("a", False, "b", Content.REWRITTEN),
 ])
-def test_whether_the_content_is_new_is_decided_from_the_claim_and_the_bytes(previous, scored, sha, verdict) -> None:  # noqa: ANN001
+def test_whether_the_content_is_new_is_decided_from_the_claim_and_the_bytes(previous, scored, sha, verdict) -> None:
     assert content_of(_claimed(previous, scored), sha) is verdict
 
 
