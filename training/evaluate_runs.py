@@ -6,6 +6,7 @@ own folder."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,8 +60,6 @@ def plate_draws(data: Sequence[str | Path]) -> dict[str, dict[str, Any]]:
 
 
 def _plate_names(data: Path) -> set[str]:
-    import csv
-
     path = data / "tiles.csv"
     if not path.is_file():
         return set()

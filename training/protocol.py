@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from nscmonitor.training.evaluate import balanced_accuracy, bin_names, time_bin
-from nscmonitor.training.intervals import N_BOOT, cluster_weights, percentile_interval, wilson
+from nscmonitor.training.intervals import N_BOOT, cluster_weights, percentile_interval, spread, wilson
 
 ECE_BINS = 15
 LATE_H = 48.0
@@ -199,8 +199,6 @@ def protocol_report(probs: np.ndarray, y: np.ndarray, records: Sequence, classes
 
 def seed_spread(reports: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """Per group, time row and figure: mean, sd, min and max over the runs (training seeds)."""
-    from nscmonitor.training.intervals import spread
-
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for g in reports[0]["groups"]:
         out[g] = {}
