@@ -137,13 +137,16 @@ def figures(ro: Readouts, k: int, *, seed: int = 0, n_boot: int = N_BOOT) -> dic
 
 def by_time(ro: Readouts, k: int, *, seed: int = 0, n_boot: int = N_BOOT,
             tile_ece: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
-    """Rows per time bin (one readout per well), from 48 h (one per well) and all times."""
+    """Rows per time bin and per hour (one readout per well), from 48 h (one per well) and
+    all times."""
     bins = np.asarray([time_bin(None if math.isnan(h) else h) for h in ro.hours])
     rows: dict[str, dict[str, Any]] = {}
     for b in [*bin_names(), "<0", "unknown"]:
         m = bins == b
         if m.any():
             rows[b] = figures(per_well(ro.take(m)), k, seed=seed, n_boot=n_boot)
+    for h in sorted(set(ro.hours[~np.isnan(ro.hours)].tolist())):  # evaluation.json only, not the tables
+        rows[f"{h:g} h"] = figures(per_well(ro.take(ro.hours == h)), k, seed=seed, n_boot=n_boot)
     late = ro.hours >= LATE_H
     if late.any():
         rows[LATE] = figures(per_well(ro.take(late)), k, seed=seed, n_boot=n_boot)

@@ -98,6 +98,7 @@ def test_wells_are_the_unit_per_time_bin_and_plate():
     assert late["wells"] == late["readouts"] == 12 and late["correct"] == 11
     assert late["accuracy_interval"] == "wilson" and late["accuracy_ci"] == pytest.approx(wilson(11, 12))
     assert pooled["all"]["wells"] == 12 and pooled["all"]["readouts"] == 60
+    assert pooled["96 h"]["correct"] == 11 and pooled["48 h"]["correct"] == 12 and pooled["96 h"]["wells"] == 12
     assert pooled["all"]["accuracy_interval"] == "well bootstrap"
     assert rep["groups"]["plate P3"]["72+"]["correct"] == 3 and rep["groups"]["plate P1"]["72+"]["accuracy"] == 1
     assert pooled["72+"]["ece"] == pytest.approx(abs(11 / 12 - 0.8))  # every readout 0.8 confident
