@@ -134,56 +134,59 @@ def last_heartbeat(engine: Engine, pid: int, host: str) -> datetime | None:
 
 
 class Repo:
+    """Record-shaped reads of one database, for the command line, the exports and reports and
+    the dashboard's status panel."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def session(self) -> Session:
+    def _session(self) -> Session:
         return Session(self.engine)
 
     def experiments(self) -> list[ExperimentOverview]:
         return overview(self.engine)
 
     def experiment_id(self, name: str) -> int | None:
-        with self.session() as s:
+        with self._session() as s:
             return s.scalar(select(m.Experiment.id).where(m.Experiment.name == name))
 
     def queue_counts(self) -> dict[str, int]:
-        with self.session() as s:
+        with self._session() as s:
             return dict(s.execute(select(m.Image.status, func.count()).group_by(m.Image.status)).all())
 
     def errors(self, limit: int = 20) -> list[ImageError]:
-        with self.session() as s:
+        with self._session() as s:
             rows = s.execute(select(m.Image.id, m.Image.path, m.Image.status, m.Image.error, m.Image.updated_at)
                              .where(m.Image.status.in_(PROBLEMS))
                              .order_by(m.Image.updated_at.desc(), m.Image.id.desc()).limit(limit)).all()
             return [ImageError(r.id, r.path, r.status, r.error or "", aware(r.updated_at)) for r in rows]
 
     def events(self, limit: int = 50, since_id: int = 0) -> list[EventInfo]:
-        with self.session() as s:
+        with self._session() as s:
             rows = s.scalars(select(m.Event).where(m.Event.id > since_id).order_by(m.Event.id.desc()).limit(limit)).all()
             return [EventInfo(e.id, aware(e.at), e.kind, e.level, e.message, e.path) for e in rows]
 
     def daemons(self, limit: int = 5) -> list[DaemonInfo]:
-        with self.session() as s:
+        with self._session() as s:
             rows = s.scalars(select(m.DaemonStatus).order_by(m.DaemonStatus.heartbeat_at.desc()).limit(limit)).all()
             return [DaemonInfo(d.id, d.host, d.pid, aware(d.started_at), aware(d.heartbeat_at), d.state, d.engine,
                                d.model_version, d.watched or [], d.images_per_s) for d in rows]
 
     def scored_since(self, seconds: float) -> int:
         since = datetime.now(timezone.utc).timestamp() - seconds
-        with self.session() as s:
+        with self._session() as s:
             n = s.scalar(select(func.count()).select_from(m.Image).where(
                 m.Image.scored_at >= datetime.fromtimestamp(since, timezone.utc)))
             return n or 0
 
     def model_versions_used(self, experiment_id: int) -> list[str]:
-        with self.session() as s:
+        with self._session() as s:
             return list(s.scalars(
                 select(m.WellReadout.model_version).join(m.Plate, m.Plate.id == m.WellReadout.plate_id)
                 .where(m.Plate.experiment_id == experiment_id).distinct()).all())
 
     def readouts(self, experiment_id: int, model_version: str | None = None) -> Iterator[WellReadout]:
-        with self.session() as s:
+        with self._session() as s:
             exp = s.get(m.Experiment, experiment_id)
             q = (select(m.WellReadout, m.Well, m.Plate)
                  .join(m.Well, m.Well.id == m.WellReadout.well_id)
@@ -203,7 +206,7 @@ class Repo:
 
     def well_attributes(self, experiment_id: int) -> dict[tuple[str, str], dict[str, str]]:
         """(plate, well) -> the plate map's extra columns (dose, cell line, ...) stored with the well."""
-        with self.session() as s:
+        with self._session() as s:
             rows = s.execute(select(m.Plate.name, m.Well.name, m.Well.attributes)
                              .join(m.Well, m.Well.plate_id == m.Plate.id)
                              .where(m.Plate.experiment_id == experiment_id)).all()
@@ -212,7 +215,7 @@ class Repo:
 
     def images(self, experiment_id: int) -> Iterator[tuple[ImageRecord, list[dict]]]:
         """Images with their predictions (all model versions), for the per-image report."""
-        with self.session() as s:
+        with self._session() as s:
             exp = s.get(m.Experiment, experiment_id)
             q = (select(m.Image, m.Well, m.Plate)
                  .outerjoin(m.Well, m.Well.id == m.Image.well_id)
@@ -237,7 +240,7 @@ class Repo:
 
     def prediction_counts(self) -> dict[tuple[str, str], int]:
         """(path, model_version) -> number of prediction rows: must never exceed 1."""
-        with self.session() as s:
+        with self._session() as s:
             rows = s.execute(select(m.Image.path, m.Prediction.model_version, func.count())
                              .join(m.Prediction, m.Prediction.image_id == m.Image.id)
                              .group_by(m.Image.path, m.Prediction.model_version)).all()
