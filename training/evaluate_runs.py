@@ -139,6 +139,11 @@ def evaluate_runs(models: Sequence[str | Path], data: Sequence[str | Path], *, o
     if len(runs) == 1:
         m = runs[0]
         write_figure(out / "evaluation.png", m, m["classes"], f"{m.get('arch') or ''} {m['scheme']} ({m['split']})")
+    shown = [{**r, "label": f"seed {r.get('seed')}"} for r in runs]
+    if "baseline" in result:
+        shown.append({**result["baseline"], "label": "baseline"})
+    P.write_figure(out / "protocol.png", shown, f"{runs[0].get('arch') or ''} {runs[0]['scheme']}: {len(runs)} run(s), "
+                   f"{result['runs'][0]['protocol']['wells']} test wells on {len(runs[0]['protocol']['plates'])} plate(s)")
     result["out"] = str(out)
     return result
 

@@ -295,3 +295,42 @@ def seed_group_table(spread_: dict[str, Any], row: str = LATE) -> str:
             lines.append(f"| {g} | {s['wells']} | {_spread(s['accuracy'])} | {_spread(s['balanced_accuracy'])} | "
                          f"{_spread(s['ece'])} |")
     return "\n".join(lines)
+
+
+def write_figure(path, runs: Sequence[dict[str, Any]], title: str):  # noqa: ANN001, ANN201
+    """Well accuracy and balanced accuracy by time bin with their 95 % intervals, one line per
+    run (seed), pooled (left), and accuracy per test plate and condition group (right)."""
+    import os
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [b for b in bin_names() if any(b in r["protocol"]["groups"]["pooled"] for r in runs)]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
+    for i, r in enumerate(runs):
+        rows = r["protocol"]["groups"]["pooled"]
+        for fig_key, marker in (("accuracy", "o-"), ("balanced_accuracy", "s--")):
+            v = np.array([rows.get(b, {}).get(fig_key, np.nan) for b in names], float)
+            ci = [rows.get(b, {}).get(f"{fig_key}_ci") or (np.nan, np.nan) for b in names]
+            err = np.abs(np.array(ci, float).T - v)
+            ax[0].errorbar(x + 0.06 * i, v, yerr=err, fmt=marker, capsize=3, color=f"C{i}",
+                           label=f"{r.get('label', r.get('seed'))} {fig_key.replace('_', ' ')}")
+    groups = [g for g in runs[0]["protocol"]["groups"] if g != "pooled"]
+    for g in groups:
+        v = np.nanmean([[r["protocol"]["groups"].get(g, {}).get(b, {}).get("accuracy", np.nan) for b in names]
+                        for r in runs], axis=0)
+        ax[1].plot(x, v, "o-", label=g)
+    for a, t in zip(ax, ("pooled wells (95 % intervals)", "accuracy per group (mean over runs)")):
+        a.set(xticks=x, ylim=(0, 1.02), xlabel="hours since induction", title=t)
+        a.set_xticklabels(names)
+        a.legend(fontsize=7)
+    ax[0].set_ylabel("share of wells")
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = str(path) + ".part"
+    fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -134,6 +134,7 @@ def test_evaluate_leaves_the_runs_metrics_alone_unless_asked(run, tiles_dir, tmp
                      "--resamples", "200"]) == 0
     both = json.loads((tmp_path / "evaluation.json").read_text())
     assert len(both["runs"]) == 2 and both["seed_spread"]["pooled"]["from 48 h"]["accuracy"]["n"] == 2
+    assert (tmp_path / "protocol.png").stat().st_size > 10_000
     assert "2 runs (training seeds)" in capsys.readouterr().out
     assert (out / "metrics.json").read_bytes() == own
     assert cli_main(["evaluate", str(out), "--data", str(tiles_dir), "--resamples", "200", "--write-metrics"]) == 0
