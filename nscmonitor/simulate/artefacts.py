@@ -7,8 +7,11 @@ field and time point, so they do not depend on which other frames were rendered.
 
 Departures: stage jitter is a translation only (no < 0.2 degree rotation, which would cost a
 full-frame resampling for an effect below a pixel at the frame edge); shot noise is Gaussian
-with Poisson variance (indistinguishable at these counts, four times faster); debris fibres
-are not drawn, only specks.
+with Poisson variance (indistinguishable at these counts, four times faster).
+
+The instrument's own processing is modelled too (``flat_field``, ``compression``): real
+exports are flat-field corrected, so a flattened real frame keeps ~0.04 % of slow
+illumination variation, not the few per cent of raw vignetting.
 """
 
 from __future__ import annotations
