@@ -220,3 +220,30 @@ def test_install_ps1_users_read_only_service_account_writes() -> None:
     assert re.search(r"\$\(\$ServiceAccount\):\(OI\)\(CI\)M", code)
     assert "'/grant:r'" in code and "'/inheritance:r'" in code and "'/remove:g', '*S-1-5-32-545', '/T'" in code
     assert code.index("'/remove:g'") < code.index("'/grant:r'") < code.index("'/inheritance:r'")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the Linux branch: systemctl")
+def test_service_status_shows_the_unit_then_the_daemon_with_status_exit_code(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """The service manager's view first, then the same health verdict and exit code as
+    ``nscmonitor status`` (capfd: the unit's status comes from a child process). systemctl is the
+    one thing faked: a script on PATH."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "systemctl"
+    fake.write_text("#!/bin/sh\necho \"fake systemctl $*\"\nexit 3\n", encoding="utf-8")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'database_url = "sqlite:///{(tmp_path / "nsc.db").as_posix()}"\n', encoding="utf-8")
+    assert main(["--config", str(cfg), "db", "upgrade"]) == 0
+    capfd.readouterr()
+    status_code = main(["--config", str(cfg), "status"])
+    status_out = capfd.readouterr().out
+
+    code = main(["service", "status", "--config", str(cfg)])
+    out = capfd.readouterr().out
+    assert code == status_code == 3  # no daemon has run on this database
+    assert out.index("fake systemctl --user status --no-pager --lines 20 nscmonitor.service") < out.index(
+        "no daemon running")
+    assert out.endswith(status_out)
