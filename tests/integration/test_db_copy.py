@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from conftest import cells_image, write_tiff
+from conftest import cells_image, stable_seed, write_tiff
 from nscmonitor.cli import main
 from nscmonitor.engines.tiny import build_tiny_classifier
 from nscmonitor.labels import import_labels
@@ -44,7 +44,7 @@ def lab(tmp_path: Path, make_runner) -> str:
     watch = tmp_path / "watch"
     for well in ("A1", "A2", "B1"):
         for hours in (0, 24, 48):
-            write_tiff(watch / f"P1_{well}_1_{hours // 24:02d}d00h00m.tif", cells_image(hash((well, hours)) % 9999))
+            write_tiff(watch / f"P1_{well}_1_{hours // 24:02d}d00h00m.tif", cells_image(stable_seed(well, hours)))
     runner = make_runner(watch)
     runner.run(once=True)
     url = runner.settings.database_url

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cells_image, write_tiff
+from conftest import cells_image, stable_seed, write_tiff
 
 WELLS = {"A1": "BDNF", "A2": "BDNF", "B1": "control", "B2": "control", "C1": "<b>CNTF</b> & co"}
 VALIDATION = {"0-24h": {"n": 40, "accuracy": 0.6125, "balanced_accuracy": 0.5375},
@@ -88,7 +88,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
         for field in (1, 2):
             for hours in (0, 12, 24, 48):
                 write_tiff(watch / f"VID7_{well}_{field}_{hours // 24:02d}d{hours % 24:02d}h00m.tif",
-                           cells_image(hash((well, field, hours)) % 10_000, (96, 128)))
+                           cells_image(stable_seed(well, field, hours), (96, 128)))
     pm = tmp / "map.csv"
     with pm.open("w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([["well", "condition"], *WELLS.items()])
