@@ -62,6 +62,21 @@ def _describe_pid(pid: int) -> str:
     return f"pid {pid}: {cmd[:200]}"
 
 
+def _helper_processes() -> set[int]:
+    """multiprocessing's resource tracker and fork server: started once (by a spawn) and kept
+    for the whole process by the standard library, not a test's leak."""
+    import sys
+
+    pids = set()
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    if tracker is not None:
+        pids.add(getattr(tracker._resource_tracker, "_pid", None))
+    server = sys.modules.get("multiprocessing.forkserver")
+    if server is not None:
+        pids.add(getattr(server._forkserver, "_forkserver_pid", None))
+    return {p for p in pids if p is not None}
+
+
 def _library_singletons() -> set:
     """Threads that third-party libraries start once and keep for the whole process (not a
     test's leak): zarr's I/O loop thread and its executors, dask's default thread pool,
@@ -102,7 +117,7 @@ def no_leaked_threads_or_processes():
     for t in [t for t in threading.enumerate() if t not in threads and t not in _library_singletons()]:
         t.join(max(0.0, end - time.monotonic()))
     left = [t for t in threading.enumerate() if t not in threads and t.is_alive() and t not in _library_singletons()]
-    procs = _child_pids() - children
+    procs = _child_pids() - children - _helper_processes()
     while procs and time.monotonic() < end:
         time.sleep(0.05)
         procs &= _child_pids()
