@@ -12,6 +12,7 @@ import fnmatch
 from collections.abc import Iterable
 
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from nscmonitor.core.queue import QueueState
 from nscmonitor.store import models as m
@@ -22,7 +23,7 @@ def select_quarantined(engine: Engine, *, ids: Iterable[int] = (), path_glob: st
                        plate: str | None = None, everything: bool = False) -> list[int]:
     """Ids of quarantined images matching any of the given criteria."""
     ids = {int(i) for i in ids}
-    with Writer(engine).Session() as s:
+    with Session(engine) as s:
         q = (select(m.Image.id, m.Image.path, m.Plate.name)
              .outerjoin(m.Well, m.Well.id == m.Image.well_id).outerjoin(m.Plate, m.Plate.id == m.Well.plate_id)
              .where(m.Image.status == QueueState.QUARANTINED).order_by(m.Image.id))
