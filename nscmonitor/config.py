@@ -89,6 +89,9 @@ class Settings:
     batch_size: int = 8
     threads: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: how long a daemon's claim on an image holds without renewal, on a PostgreSQL database
+    #: shared by several daemons (a killed daemon's images go back to the queue after it)
+    lease_seconds: float = 60.0
     watch: tuple[WatchFolder, ...] = ()
     custom_profiles: tuple[CustomProfileSpec, ...] = ()
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
@@ -277,7 +280,7 @@ ENV_KEYS = {
     "NSCMONITOR_THREADS": "threads", "NSCMONITOR_LOG_DIR": "log_dir", "NSCMONITOR_MAX_PIXELS": "max_pixels",
 }
 TOP_KEYS = {"database_url", "database_password_file", "models_dir", "log_dir", "model", "engine", "batch_size", "threads", "max_pixels",
-            "watch", "custom_profiles", "retrain"}
+            "lease_seconds", "watch", "custom_profiles", "retrain"}
 
 
 def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[str, str] | None = None,
@@ -315,6 +318,9 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
     max_px = _expect(data, "max_pixels", int, "", DEFAULT_MAX_PIXELS)
     if max_px <= 0:
         raise ConfigError(f"max_pixels: must be a positive number of pixels, got {max_px}")
+    lease_s = _expect(data, "lease_seconds", float, "", 60.0)
+    if not 2.0 <= lease_s <= 86400.0:
+        raise ConfigError(f"lease_seconds: must be 2..86400 seconds, got {lease_s}")
     watch = data.get("watch", [])
     if not isinstance(watch, list):
         raise ConfigError("watch: expected an array of tables ([[watch]])")
@@ -359,7 +365,7 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
         models_dir=Path(_expect(data, "models_dir", str, "", str(data_dir / "models"))),
         log_dir=Path(_expect(data, "log_dir", str, "", str(default_log_dir()))),
         model=Path(model) if model else None, engine=engine, batch_size=bs, threads=threads, max_pixels=max_px,
-        watch=folders, custom_profiles=tuple(customs),
+        lease_seconds=lease_s, watch=folders, custom_profiles=tuple(customs),
         retrain=retrain, source=source,
     )
 

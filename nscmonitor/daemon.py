@@ -7,6 +7,11 @@ written and a promoted model or a newly built engine takes over (between batches
 Stopping (SIGINT/SIGTERM or ``stop_event``) finishes the batch in hand, or hands it back to
 the queue if the engine is mid-failure, so no image is lost or scored twice.
 
+Several daemons may share one PostgreSQL database: each watches its own folders and all of
+them score from the one queue (a daemon may also only score, ``score=False``/``watch=False``
+being ``run --watch-only``/``--score-only``); their claims are leased and kept alive by
+``scoring.lease_keeper``.
+
 Kept apart from the CLI so tests and benchmarks start the same daemon in-process."""
 
 from __future__ import annotations
@@ -32,9 +37,10 @@ from nscmonitor.readers import formats
 from nscmonitor.scoring.engine_builds import DaemonEngineBuilds
 from nscmonitor.scoring.hot_swap import EngineBuilds, EngineFactory, LoadedModel, ModelSlot, ModelSource
 from nscmonitor.scoring.metrics import Metrics, Timings
-from nscmonitor.scoring.scorer import Scorer, requeue_readable
+from nscmonitor.scoring.lease_keeper import LeaseKeeper
+from nscmonitor.scoring.scorer import Batch, Scorer, requeue_readable
 from nscmonitor.scoring.serving import NO_MODEL, engine_factory, registry_model_source, static_model_source
-from nscmonitor.store.db import ensure_schema, open_engine
+from nscmonitor.store.db import ensure_schema, open_engine, sqlite_path
 from nscmonitor.store.reads import Repo
 from nscmonitor.store.writer import Writer
 
@@ -46,8 +52,12 @@ class Daemon:
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  retry_base_s: float = 5.0, max_attempts: int = MAX_ATTEMPTS, claim_size: int = 4,
                  poll_interval: float = 2.0, heartbeat_s: float = 5.0,
-                 engine_builds: EngineBuilds | None = None) -> None:
+                 engine_builds: EngineBuilds | None = None, watch: bool = True, score: bool = True) -> None:
+        """``watch``/``score``: this daemon's parts (both by default; one alone only on a
+        database shared with daemons doing the other)."""
         self.settings = settings
+        self.watch = watch
+        self.score = score
         self.store = store
         self.clock = clock
         self.wall = wall
@@ -61,6 +71,7 @@ class Daemon:
                              stop_event=self.stop_event, wall=wall, retry_base_s=retry_base_s,
                              max_attempts=max_attempts, claim_size=claim_size)
         self.heartbeat = Heartbeat(store, heartbeat_s, clock)
+        self.leases = LeaseKeeper(store, wall) if store.shared and score else None
         self.intake: Intake | None = None
         self._repo = Repo(store.engine)
 
@@ -82,16 +93,17 @@ class Daemon:
 
     def setup(self) -> None:
         """Database, folders, model and engine: a daemon start."""
-        self.store.requeue_stale()
-        known = KnownFiles(self.store.known_files())
+        self.store.requeue_stale(self.wall())
+        known = KnownFiles(self.store.known_files() if self.watch else {})
         folders = []
-        for cfg in self.settings.watch:
+        for cfg in self.settings.watch if self.watch else ():
             exp_id = self.store.ensure_experiment(cfg.experiment, watch_path=str(cfg.path),
                                                   induction_time=cfg.induction_time)
             folders.append(WatchedFolder.open(cfg, exp_id, self.settings.custom_profiles,
                                               poll_interval=self.poll_interval, clock=self.clock, wall=self.wall))
         self.intake = Intake(folders, known, wall=self.wall, on_rescan=lambda: requeue_readable(self.store))
-        self.slot.load()
+        if self.score:
+            self.slot.load()
         self.heartbeat.start(self._watched())
 
     def discover(self) -> None:
@@ -104,7 +116,7 @@ class Daemon:
                 self.metrics.dropped(path)
 
     def idle(self) -> bool:
-        return self.intake.pending() == 0 and self._backlog() == 0
+        return self.intake.pending() == 0 and (not self.score or self._backlog() == 0)
 
     def run(self, *, once: bool = False, progress: Callable[[int, int], None] | None = None) -> None:
         if self.intake is None:
@@ -112,16 +124,19 @@ class Daemon:
         notify.default().ready(f"watching {len(self.folders)} folder(s)")
         if not once:
             self.intake.start()
+        if self.leases is not None:
+            self.leases.start()
         try:
             while not self.stop_event.is_set():
                 self.discover()
-                batch = self.scorer.process_batch()
+                batch = self.scorer.process_batch() if self.score else Batch(0, 0)
                 if self.on_batch and batch.stored:
                     self.on_batch(batch.stored)
                 if self.heartbeat.due():
                     self._beat("running")
-                    self.slot.load_safely()  # between batches: a promoted model or a new engine takes over here
-                    self.slot.report_build_safely()
+                    if self.score:
+                        self.slot.load_safely()  # between batches: a promoted model or a new engine takes over here
+                        self.slot.report_build_safely()
                 if batch.claimed and progress is not None:
                     progress(batch.claimed, self._backlog())
                 if once and not batch.claimed and self.idle():
@@ -131,6 +146,8 @@ class Daemon:
         finally:
             notify.default().stopping()
             self.intake.stop()
+            if self.leases is not None:
+                self.leases.stop()
             self._beat("stopped")
 
     def _channel(self, path: str) -> str | None:
@@ -166,9 +183,16 @@ def check_models_dir(path: Path) -> None:
                               "engines it builds and the registry's model versions there")
 
 
-def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) -> Daemon:
-    """The daemon ``nscmonitor run`` starts, from validated settings; ``runner_kw`` go to ``Daemon``."""
-    if not settings.watch:
+def build_runner(settings: Settings, *, model: Path | None = None, watch: bool = True, score: bool = True,
+                 **runner_kw) -> Daemon:
+    """The daemon ``nscmonitor run`` starts, from validated settings; ``runner_kw`` go to ``Daemon``.
+    ``watch``/``score`` False: ``run --score-only``/``--watch-only``, refused on SQLite (its
+    single daemon both watches and scores, so an image would never be scored or never found)."""
+    if not (watch and score) and sqlite_path(settings.database_url) is not None:
+        raise UserFacingError(f"{'--score-only' if watch is False else '--watch-only'} needs a PostgreSQL database "
+                              "shared with daemons that " + ("watch" if watch is False else "score")
+                              + " (see docs/scale.md); on SQLite one daemon watches and scores: drop the option")
+    if watch and not settings.watch:
         raise UserFacingError("nothing to watch: add [[watch]] folders to the config or pass --watch DIR")
     for w in settings.watch:
         if not w.path.is_dir():
@@ -178,10 +202,11 @@ def build_runner(settings: Settings, *, model: Path | None = None, **runner_kw) 
     ensure_schema(engine)
     model = model or settings.model
     source = static_model_source(model) if model else registry_model_source(settings)
-    if source is None:
+    if source is None and score:
         raise UserFacingError(NO_MODEL)
-    runner_kw.setdefault("engine_builds", DaemonEngineBuilds(settings))
-    return Daemon(settings, Writer(engine), source, engine_factory(settings), **runner_kw)
+    runner_kw.setdefault("engine_builds", DaemonEngineBuilds(settings) if score else None)
+    return Daemon(settings, Writer(engine, lease_s=settings.lease_seconds), source, engine_factory(settings),
+                  watch=watch, score=score, **runner_kw)
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

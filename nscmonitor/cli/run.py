@@ -23,9 +23,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                       for d in args.watch)
         s = with_overrides(s, watch=s.watch + extra)
     s = with_overrides(s, engine=args.engine, batch_size=args.batch_size)
-    from nscmonitor.store.instance import acquire
+    from nscmonitor.store.instance import acquire_daemon
 
-    lock = acquire(s.database_url)  # one daemon per database: a second one refuses, naming the first
+    lock = acquire_daemon(s.database_url)  # SQLite: one daemon per database, a second refuses naming the first
     try:
         return _serve(args, s)
     finally:
@@ -36,15 +36,20 @@ def _serve(args: argparse.Namespace, s: Settings) -> int:
     from nscmonitor.daemon import build_runner, install_signal_handlers
     from nscmonitor.store.reads import Repo
 
-    runner = build_runner(s, model=Path(args.model) if args.model else None)
+    runner = build_runner(s, model=Path(args.model) if args.model else None, watch=not args.score_only,
+                          score=not args.watch_only)
     install_signal_handlers(runner.stop_event)
     runner.setup()
     m = runner.model
-    print(f"nscmonitor: serving model {m.version} with {m.engine.name}; watching "
-          + ", ".join(str(f.cfg.path) for f in runner.folders), file=sys.stderr)
-    if m.version.startswith("tiny-untrained"):
+    watching = ("watching " + ", ".join(str(f.cfg.path) for f in runner.folders) if runner.watch
+                else "scoring only (no folders watched here)")
+    if m is None:
+        print(f"nscmonitor: {watching} (intake only: the daemons sharing this database score)", file=sys.stderr)
+    else:
+        print(f"nscmonitor: serving model {m.version} with {m.engine.name}; {watching}", file=sys.stderr)
+    if m is not None and m.version.startswith("tiny-untrained"):
         print("nscmonitor: WARNING: this is an untrained demo model; its predictions mean nothing.", file=sys.stderr)
-    if runner.engine_builds is not None:
+    if m is not None and runner.engine_builds is not None:
         print(f"nscmonitor: engine: {runner.engine_builds.summary(m.path, m.version)['message']}", file=sys.stderr)
     sched = None
     if not args.once and not args.no_schedule:
@@ -89,7 +94,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="watch folders and score images (the daemon)",
                        description="Watch the configured folders (and any --watch DIR), wait until each image is "
                        "completely written, score it and store the predictions. Runs until SIGINT/SIGTERM, or with "
-                       "--once until what is there now is scored.")
+                       "--once until what is there now is scored. Several daemons may share one PostgreSQL "
+                       "database (each watching its own folders, all scoring from one queue with leases; "
+                       "--score-only, --watch-only); on SQLite one daemon runs per database.")
     add_db_options(p)
     p.add_argument("--watch", action="append", metavar="DIR", help="watch this folder too (repeatable)")
     p.add_argument("--profile", default="auto", help="file-name profile of --watch folders (default: auto)")
@@ -107,4 +114,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--once", action="store_true", help="score what is there, then exit")
     p.add_argument("--progress", action="store_true", help="show a progress bar even without a terminal")
     p.add_argument("--no-schedule", action="store_true", help="do not run the scheduled retraining in this daemon")
+    part = p.add_mutually_exclusive_group()
+    part.add_argument("--score-only", action="store_true",
+                      help="only score from the shared queue, watch no folders (e.g. on a GPU server); needs a "
+                      "PostgreSQL database that other daemons fill (see docs/scale.md)")
+    part.add_argument("--watch-only", action="store_true",
+                      help="only watch folders and queue their images; other daemons on the same PostgreSQL "
+                      "database score them")
     p.set_defaults(func=cmd_run)

@@ -8,8 +8,11 @@ lock that blocks the restart, and there is no heartbeat to expire or PID to gues
 * SQLite: an exclusive lock on ``<database>.daemon.lock`` beside the database file
   (``flock`` on POSIX, ``msvcrt.locking`` on Windows). The file holds the owner's host, PID and
   start time, for the message the second daemon prints; its content is informative only.
-* PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) held on a connection
-  kept open for the daemon's lifetime; the server drops it when that connection dies. The
+* PostgreSQL: several daemons may share one database (they claim from one queue with leases,
+  ``store.leases``), so ``nscmonitor run`` takes the advisory lock *shared*
+  (``pg_try_advisory_lock_shared``, ``acquire_daemon``) on a connection kept open for its
+  lifetime; the server drops it when that connection dies. What needs the database to itself
+  (``db copy``) takes it exclusively (``acquire``) and is refused while any daemon runs. The
   owner named in the message is the newest running daemon in ``daemon_status``.
 """
 
@@ -129,7 +132,7 @@ def acquire_file_lock(db_file: Path) -> InstanceLock:
     return InstanceLock("file", f)
 
 
-def acquire_pg_lock(url: str) -> InstanceLock:
+def acquire_pg_lock(url: str, *, shared: bool = False) -> InstanceLock:
     from sqlalchemy import text
     from sqlalchemy.pool import NullPool
 
@@ -137,7 +140,8 @@ def acquire_pg_lock(url: str) -> InstanceLock:
 
     engine = create_engine_checked(url, poolclass=NullPool)
     conn = engine.connect()
-    got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PG_LOCK_KEY}).scalar()
+    fn = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+    got = conn.execute(text(f"SELECT {fn}(:k)"), {"k": PG_LOCK_KEY}).scalar()
     conn.commit()
     if got:
         return InstanceLock("pg", conn)
@@ -153,6 +157,7 @@ def acquire_pg_lock(url: str) -> InstanceLock:
 
 
 def acquire(url: str) -> InstanceLock:
+    """The database to this process alone: no daemon and no other holder (``db copy``)."""
     from nscmonitor.store.db import check_database_path, sqlite_path
 
     db_file = sqlite_path(url)
@@ -160,3 +165,12 @@ def acquire(url: str) -> InstanceLock:
         check_database_path(db_file)
         return acquire_file_lock(db_file)
     return acquire_pg_lock(url)
+
+
+def acquire_daemon(url: str) -> InstanceLock:
+    """A daemon's lock: alone on SQLite; shared with the other daemons on PostgreSQL."""
+    from nscmonitor.store.db import sqlite_path
+
+    if sqlite_path(url) is not None:
+        return acquire(url)
+    return acquire_pg_lock(url, shared=True)

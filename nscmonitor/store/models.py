@@ -13,6 +13,10 @@ The ``images`` table is also the daemon's durable queue. Its state machine:
 * A row is created ``pending`` when a ready file is first seen (or ``quarantined`` straight
   away when its name cannot be placed on a plate: recorded with the reason, never dropped).
 * Rows left ``processing`` by a crash go back to ``pending`` at start (``requeue_stale``).
+  Daemons sharing one PostgreSQL database hold a lease on what they claim (``lease_owner``,
+  ``lease_expires_at``), renewed while they live; any of them puts an image whose lease ran
+  out back to ``pending`` (``Writer.reap_expired``), and a result for an image whose lease
+  was lost is dropped (``Writer.complete``).
 * Idempotency: the row is unique on path; the same path with the same size+mtime is a
   no-op, and a changed file whose content hash equals the stored one is a no-op too.
 * ``failed`` rows are retried up to ``MAX_ATTEMPTS`` then quarantined with the last reason.
@@ -85,6 +89,10 @@ class Image(Base):
     status: Mapped[str] = mapped_column(String(16), default=QueueState.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    #: who holds a ``processing`` image (``Writer.owner``) and until when (wall-clock seconds):
+    #: daemons sharing one database put an image whose lease ran out back in the queue
+    lease_owner: Mapped[str | None] = mapped_column(String(120))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     rewritten: Mapped[bool] = mapped_column(Boolean, default=False)
     profile: Mapped[str | None] = mapped_column(String(40))

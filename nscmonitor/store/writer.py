@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from nscmonitor.core.aggregate import ImageScore
 from nscmonitor.core.queue import MAX_ATTEMPTS, PROBLEMS, QueueState
 from nscmonitor.store import models as m
 from nscmonitor.store.events import add_event, record_event
+from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner, reap_expired
 from nscmonitor.store.readouts import recompute_readout
 
 log = logging.getLogger(__name__)
@@ -96,8 +98,13 @@ def time_key(key: ImageKey | None, elapsed_h: float | None) -> int | None:
 
 
 class Writer:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, lease_s: float = DEFAULT_LEASE_S, owner: str | None = None) -> None:
+        """``owner``: this daemon's name on the images it claims (``leases.new_owner``);
+        ``lease_s``: how long a claim holds without renewal (``store.leases``)."""
         self.engine = engine
+        self.owner = owner or new_owner()
+        self.lease_s = lease_s
+        self.shared = is_shared(engine)
         self.Session = sessionmaker(engine, expire_on_commit=False)
         self._wells: dict[tuple[int, str, str], tuple[int, int]] = {}
 
@@ -218,11 +225,19 @@ class Writer:
                 m.Image.status == QueueState.QUARANTINED, m.Image.error.like(UNREADABLE + "%")))
             return {i: from_db(p) for i, p in rows}
 
-    def requeue_stale(self) -> int:
-        """Rows a crashed daemon left 'processing' go back to the queue."""
+    def requeue_stale(self, now_ts: float | None = None) -> int:
+        """Rows a crashed daemon left 'processing' go back to the queue. On a shared
+        (PostgreSQL) database the other daemons' claims are live: only leases that ran out
+        are taken back (and claims without a lease, from before leases existed)."""
+        if self.shared:
+            with self.Session.begin() as s:
+                res = s.execute(update(m.Image).where(m.Image.status == QueueState.PROCESSING,
+                                                      m.Image.lease_expires_at.is_(None))
+                                .values(status=QueueState.PENDING, lease_owner=None))
+            return (res.rowcount or 0) + reap_expired(self.engine, time.time() if now_ts is None else now_ts)
         with self.Session.begin() as s:
             res = s.execute(update(m.Image).where(m.Image.status == QueueState.PROCESSING)
-                            .values(status=QueueState.PENDING))
+                            .values(status=QueueState.PENDING, lease_owner=None, lease_expires_at=None))
             return res.rowcount or 0
 
     def claim(self, n: int, now_ts: float, model_version: str = "", *,
@@ -230,7 +245,11 @@ class Writer:
         """Take up to ``n`` due images. A row whose attempts are used up is quarantined here
         instead of being handed out: attempts count claims, so an image during which the
         daemon dies every time (a crash in a native library, the OOM killer) stops after
-        ``max_attempts`` starts instead of looping for ever."""
+        ``max_attempts`` starts instead of looping for ever.
+
+        Several daemons may claim at once on PostgreSQL: rows another claim has locked are
+        skipped (``FOR UPDATE SKIP LOCKED``), so no image is handed out twice, and each
+        claimed row carries this writer's lease until ``now_ts + lease_s``."""
         now = utcnow()
         with self.Session.begin() as s:
             while True:
@@ -238,7 +257,7 @@ class Writer:
                     select(m.Image)
                     .where(m.Image.status.in_((QueueState.PENDING, QueueState.FAILED)),
                            m.Image.next_attempt_at <= now_ts)
-                    .order_by(m.Image.id).limit(n)
+                    .order_by(m.Image.id).limit(n).with_for_update(skip_locked=True)
                 ).all())
                 spent = [r for r in rows if r.attempts >= max_attempts]
                 for r in spent:
@@ -254,13 +273,15 @@ class Writer:
                 s.flush()
             if not rows:  # rescoring for a newly promoted model only when nothing new waits
                 rows = list(s.scalars(select(m.Image).where(m.Image.status == QueueState.RESCORE)
-                                      .order_by(m.Image.id.desc()).limit(n)).all())
+                                      .order_by(m.Image.id.desc()).limit(n)
+                                      .with_for_update(skip_locked=True)).all())
             scored = set(s.scalars(select(m.Prediction.image_id).where(
                 m.Prediction.image_id.in_([r.id for r in rows]), m.Prediction.model_version == model_version)))
             out = []
             for r in rows:
                 r.status = QueueState.PROCESSING
                 r.attempts += 1
+                r.lease_owner, r.lease_expires_at = self.owner, now_ts + self.lease_s
                 out.append(Claimed(r.id, from_db(r.path), r.relpath, r.experiment_id, r.well_id, r.time_key, r.attempts,
                                    r.content_hash, r.channel, r.id in scored))
             return out
@@ -268,9 +289,10 @@ class Writer:
     def unchanged(self, image_id: int) -> None:
         """Touched but identical content, already scored by this model: nothing to redo."""
         with self.Session.begin() as s:
-            row = s.get(m.Image, image_id)
-            if row is not None:
+            row = s.get(m.Image, image_id, with_for_update=True)
+            if row is not None and self._holds(row, "marking it unchanged"):
                 row.status, row.error, row.updated_at = QueueState.DONE, None, utcnow()
+                row.lease_owner = row.lease_expires_at = None
 
     def release(self, ids: Iterable[int]) -> None:
         """Graceful stop: the batch in hand goes back to pending, attempts not counted."""
@@ -278,15 +300,20 @@ class Writer:
         if not ids:
             return
         with self.Session.begin() as s:
-            s.execute(update(m.Image).where(m.Image.id.in_(ids), m.Image.status == QueueState.PROCESSING)
-                      .values(status=QueueState.PENDING, attempts=m.Image.attempts - 1))
+            s.execute(update(m.Image).where(m.Image.id.in_(ids), m.Image.status == QueueState.PROCESSING,
+                                            m.Image.lease_owner == self.owner)
+                      .values(status=QueueState.PENDING, attempts=m.Image.attempts - 1, lease_owner=None,
+                              lease_expires_at=None))
 
     def fail(self, image_id: int, reason: str, *, permanent: bool, retry_at: float, max_attempts: int) -> str:
         now = utcnow()
         with self.Session.begin() as s:
-            row = s.get(m.Image, image_id)
+            row = s.get(m.Image, image_id, with_for_update=True)
             if row is None:
                 return "missing"
+            if not self._holds(row, "recording its failure"):
+                return "lease lost"
+            row.lease_owner = row.lease_expires_at = None
             reason = clean(reason)
             if permanent or row.attempts >= max_attempts:
                 row.status = QueueState.QUARANTINED
@@ -301,14 +328,25 @@ class Writer:
 
     def complete(self, results: Iterable[Scored]) -> None:
         """Image row, prediction and the well readout it changes: one transaction, so a
-        crash leaves either all of them or none."""
+        crash leaves either all of them or none.
+
+        Only images this writer still holds are stored (their rows are locked first, so a
+        daemon reaping an expired lease waits, then finds them done); a result for an image
+        whose lease was lost is dropped and logged, and a prediction is stored at most once
+        per image and model version (the unique constraint holds it whatever the races)."""
+        results = list(results)
         now = utcnow()
         touched: set[tuple[int, int, str]] = set()
         with self.Session.begin() as s:
+            rows = {r.id: r for r in s.scalars(select(m.Image).where(m.Image.id.in_([x.image_id for x in results]))
+                                               .order_by(m.Image.id).with_for_update())}
+            have = {(i, v) for i, v in s.execute(select(m.Prediction.image_id, m.Prediction.model_version)
+                                                 .where(m.Prediction.image_id.in_(list(rows))))}
             for r in results:
-                row = s.get(m.Image, r.image_id)
-                if row is None:
+                row = rows.get(r.image_id)
+                if row is None or not self._holds(row, "storing its result"):
                     continue
+                row.lease_owner = row.lease_expires_at = None
                 if r.rewritten:
                     s.execute(delete(m.Prediction).where(m.Prediction.image_id == row.id))
                     row.rewritten = True
@@ -324,7 +362,7 @@ class Writer:
                 row.width, row.height = r.width, r.height
                 row.scored_at = now
                 row.updated_at = now
-                if r.score is not None:
+                if r.score is not None and (r.rewritten or (row.id, r.model_version) not in have):
                     s.add(m.Prediction(
                         image_id=row.id, model_version=r.model_version, classes=list(r.classes),
                         prob_mean=[float(v) for v in r.score.prob_mean], prob_sd=[float(v) for v in r.score.prob_sd],
@@ -336,6 +374,15 @@ class Writer:
             s.flush()
             for well_id, scan_key, version in touched:
                 recompute_readout(s, well_id, scan_key, version, now)
+
+    def _holds(self, row: m.Image, doing: str) -> bool:
+        """The image is still this writer's claim; if not (its lease ran out and it went back
+        to the queue, maybe to another daemon), what this writer did with it is dropped."""
+        if row.status == QueueState.PROCESSING and row.lease_owner == self.owner:
+            return True
+        log.warning("%s: dropped %s: this daemon's claim on it was lost (its lease ran out; now %s, held by %s)",
+                    from_db(row.path), doing, row.status, row.lease_owner or "nobody")
+        return False
 
     # --- health ---------------------------------------------------------------------
     def start_daemon(self, watched: list[dict]) -> int:
