@@ -168,6 +168,15 @@ def stable_seed(*parts: object) -> int:
     return zlib.crc32(repr(parts).encode())
 
 
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """A CSV file's rows as dicts, the file closed again (a reader over an unclosed file
+    leaves a ResourceWarning at garbage collection)."""
+    import csv
+
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def cells_image(seed: int, shape: tuple[int, int] = (96, 128), dtype: str = "uint16"):
     """A cheap textured frame (blobs on a background) so tiles are not dropped as empty."""
     import numpy as np

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import struct
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from nscmonitor.store.reads import Repo
 
-from conftest import cells_image, write_tiff
+from conftest import cells_image, csv_rows, write_tiff
 
 
 def huge_header_tiff(path: Path, width: int = 100_000, height: int = 100_000) -> Path:
@@ -71,7 +70,7 @@ def test_bad_files_are_quarantined_with_reasons_and_good_files_still_scored(tmp_
     report = tmp_path / "report.csv"
     subprocess.run([sys.executable, "-m", "nscmonitor", "export", "--db", db, "--experiment", "E1", "-o", str(report)],
                    check=True, capture_output=True)
-    rows = list(csv.DictReader((tmp_path / "report_images.csv").open()))
+    rows = csv_rows(tmp_path / "report_images.csv")
     per_image = {Path(r["path"]).name: r for r in rows}
     for fname, reason in expected.items():
         assert per_image[fname]["status"] == "quarantined" and reason in per_image[fname]["error"]

@@ -3,7 +3,6 @@ frame scored exactly once, none before it was complete; on SQLite and on Postgre
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import threading
 import time
@@ -16,6 +15,8 @@ from nscmonitor.simulate.microscope import Microscope
 from nscmonitor.simulate.render import Camera
 from nscmonitor.store import models as m
 from nscmonitor.store.reads import Repo
+
+from conftest import csv_rows
 
 
 @pytest.mark.parametrize("vendor", ["imagexpress", "incucyte"])  # growing files; temp name then rename
@@ -32,7 +33,7 @@ def test_daemon_scores_each_simulated_frame_once_after_completion(tmp_path: Path
     th.start()
     try:
         manifest = scope.run(out, speed=3600.0)
-        rows = list(csv.DictReader(manifest.open()))
+        rows = csv_rows(manifest)
         expected = {str(out / r["path"]) for r in rows}
         end = time.monotonic() + 60
         while time.monotonic() < end:

@@ -3,7 +3,6 @@ per-image predictions (not from the readout table the export reads), on SQLite a
 
 from __future__ import annotations
 
-import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from conftest import cells_image, stable_seed, write_tiff
+from conftest import cells_image, csv_rows, stable_seed, write_tiff
 
 
 def _json(v):
@@ -36,7 +35,7 @@ def test_export_matches_predictions(tmp_path: Path, make_runner, db_url: str) ->
     out = tmp_path / "report.csv"
     subprocess.run([sys.executable, "-m", "nscmonitor", "export", "--db", runner.settings.database_url,
                     "--experiment", "E1", "-o", str(out)], check=True, capture_output=True)
-    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    rows = csv_rows(out)
     with runner.store.engine.connect() as c:
         preds = c.execute(text("""select w.name, i.elapsed_h, p.classes, p.prob_mean, p.fraction, p.n_tiles, p.model_version
                              from predictions p join images i on i.id = p.image_id join wells w on w.id = i.well_id

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cells_image, stable_seed, write_tiff
+from conftest import cells_image, csv_rows, stable_seed, write_tiff
 
 WELLS = {"A1": "BDNF", "A2": "BDNF", "B1": "control", "B2": "control", "C1": "<b>CNTF</b> & co"}
 VALIDATION = {"0-24h": {"n": 40, "accuracy": 0.6125, "balanced_accuracy": 0.5375},
@@ -128,7 +128,7 @@ def test_report_numbers_match_the_csv(store: str, report: Path, tmp_path: Path) 
     assert page.bands >= 2 * len(classes), "the conditions with replicates draw their sd band"
     csv_path = tmp_path / "tidy.csv"
     assert _cli("export", "--db", store, "--experiment", "E1", "-o", str(csv_path)).returncode == 0
-    tidy = list(csv.DictReader(csv_path.open(encoding="utf-8")))
+    tidy = csv_rows(csv_path)
     last: dict[str, dict[str, tuple[float, float, int]]] = {}
     for r in tidy:
         if r["prob_mean"] == "":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import threading
 
 import numpy as np
@@ -11,6 +10,8 @@ import tifffile
 
 from nscmonitor.cli import main
 from nscmonitor.simulate import Camera, Microscope
+
+from conftest import csv_rows
 
 CAM = Camera(shape=(48, 64))
 
@@ -54,7 +55,7 @@ def test_growing_files_are_partial_during_the_write_and_sidecars_come_at_scan_en
     assert len(list(tmp_path.rglob("*.HTD"))) == 1
     # 3 scans 2 h apart at speed 600: the last image is due 2 * 2 h / 600 = 24 s after the start.
     assert 24.0 <= ft.now < 26.0
-    rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
+    rows = csv_rows(manifest)
     assert len(rows) == 12 and {r["timepoint"] for r in rows} == {"1", "2", "3"}
     for r in rows:
         img = tifffile.imread(tmp_path / r["path"])
@@ -97,7 +98,7 @@ def test_stop_event_ends_the_run_with_a_consistent_manifest(tmp_path):
             stop.set()
 
     manifest = _scope("yokogawa").run(tmp_path, speed=0, stop_event=stop, on_frame=on_frame)
-    rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
+    rows = csv_rows(manifest)
     assert len(rows) == 5 == len(list(tmp_path.rglob("*.tif")))
     assert (tmp_path / "NSC-P1-3" / "MeasurementData.mlf").read_text(encoding="utf-8").count("<bts:MeasurementRecord") == 5
 
@@ -116,13 +117,13 @@ def test_cli_simulate_and_tiles(tmp_path, capsys):
     rc = main(["simulate-tiles", str(tmp_path / "tiles"), "--plates", "1", "--tile-size", "32", "--hours", "0,48",
                "--wells-per-condition", "3", "--seed", "2"])
     assert rc == 0
-    rows = list(csv.DictReader(open(tmp_path / "tiles" / "tiles.csv", encoding="utf-8")))
+    rows = csv_rows(tmp_path / "tiles" / "tiles.csv")
     assert rows and {r["elapsed_h"] for r in rows} == {"0.0", "48.0"}
 
 
 @pytest.mark.parametrize("vendor", ["micromanager", "cytation"])
 def test_every_vendor_writes_readable_images(tmp_path, vendor):
     manifest = _scope(vendor).run(tmp_path, speed=0)
-    rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
+    rows = csv_rows(manifest)
     assert len(rows) == 12
     assert all(tifffile.imread(tmp_path / r["path"]).shape == (48, 64) for r in rows)
