@@ -372,7 +372,13 @@ class Writer:
                 if row.well_id is not None and row.time_key is not None:
                     touched.add((row.well_id, row.time_key, r.model_version))
             s.flush()
-            for well_id, scan_key, version in touched:
+            if self.shared and touched:
+                # daemons storing images of one well at once: each recomputes its readout after the
+                # other committed (waiting here), so neither misses the other's images nor inserts
+                # the readout row twice; in key order, so two batches never wait on each other
+                s.execute(select(m.Well.id).where(m.Well.id.in_({w for w, _, _ in touched}))
+                          .order_by(m.Well.id).with_for_update())
+            for well_id, scan_key, version in sorted(touched):
                 recompute_readout(s, well_id, scan_key, version, now)
 
     def _holds(self, row: m.Image, doing: str) -> bool:
