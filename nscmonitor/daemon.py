@@ -148,6 +148,8 @@ class Daemon:
             self.intake.stop()
             if self.leases is not None:
                 self.leases.stop()
+            if self.engine_builds is not None:
+                self.engine_builds.close()
             self._beat("stopped")
 
     def _channel(self, path: str) -> str | None:

@@ -4,6 +4,7 @@ has no engine for this machine."""
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 
 from nscmonitor.config import Settings
@@ -51,6 +52,24 @@ class DaemonEngineBuilds:
             return
         if started is not None:
             self._procs[model_path] = started
+
+    def close(self, grace_s: float = 2.0) -> None:
+        """At daemon stop. A build that has just recorded its outcome gets a moment to exit;
+        one still building is stopped rather than left behind the daemon (a service manager
+        stopping the daemon would kill it anyway). With no outcome recorded, the next start
+        builds again, so nothing is lost but the build's time."""
+        for path, proc in list(self._procs.items()):
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                log.info("%s: stopping the engine build still running; the next daemon start builds again", path)
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            del self._procs[path]
 
     def _give_up(self, model_path: Path, reason: str) -> None:
         from nscmonitor.engines import autobuild

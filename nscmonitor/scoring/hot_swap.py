@@ -44,6 +44,9 @@ class EngineBuilds(Protocol):
     def summary(self, model_path: Path, version: str) -> dict:
         """``state`` and a one-line ``message`` for the heartbeat's event and ``status``."""
 
+    def close(self) -> None:
+        """At daemon stop: no build outlives the daemon."""
+
 
 class ModelSlot:
     def __init__(self, writer: Writer, model_source: ModelSource, engine_factory: EngineFactory, *,
