@@ -23,7 +23,9 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 class Engine(ABC):
     """Backends take float32 tiles ``N x C x S x S`` (see metadata.py for the scaling) and
-    return class probabilities ``N x K`` in ``metadata.classes`` order."""
+    return class probabilities ``N x K`` in ``metadata.classes`` order. A graph with an
+    out-of-distribution output (``metadata.ood``) has ``_run`` return ``(main, ood)``;
+    ``infer_with_ood`` hands that score on, None where the model has none."""
 
     name: str = "engine"
 
@@ -36,18 +38,31 @@ class Engine(ABC):
         """Import the runtime and build the session; raise EngineError if impossible."""
 
     @abstractmethod
-    def _run(self, tiles: np.ndarray) -> np.ndarray:
-        """Raw graph output for one batch."""
+    def _run(self, tiles: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Raw graph output for one batch; ``(main, ood)`` when the graph scores OOD too."""
+
+    @property
+    def ood_output(self) -> str | None:
+        """The graph output holding the OOD score, None when the model has no such score."""
+        return str(self.metadata.ood["output"]) if self.metadata.ood else None
 
     def infer(self, tiles: np.ndarray) -> np.ndarray:
+        return self.infer_with_ood(tiles)[0]
+
+    def infer_with_ood(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities N x K, OOD score per tile N or None when unavailable)."""
         if tiles.ndim != 4 or tiles.shape[1:] != self.input_shape:
             raise EngineError(f"{self.name}: expected tiles of shape N x {self.input_shape}, got {tiles.shape}")
         if len(tiles) == 0:
-            return np.zeros((0, len(self.metadata.classes)), np.float32)
+            empty = np.zeros(0, np.float32) if self.ood_output else None
+            return np.zeros((0, len(self.metadata.classes)), np.float32), empty
         out = self._run(np.ascontiguousarray(tiles, dtype=np.float32))
+        out, ood = out if isinstance(out, tuple) else (out, None)
+        if ood is not None:
+            ood = np.asarray(ood, np.float32).reshape(len(tiles))
         if self.metadata.output == "logits":
-            return softmax(out, self.metadata.temperature)
-        return out.astype(np.float32)
+            return softmax(out, self.metadata.temperature), ood
+        return out.astype(np.float32), ood
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -12,7 +12,10 @@ tile was scaled per image so that the ``p_low`` percentile maps to 0 and ``p_hig
 ``calibration_sha256`` names the calibration/held-out tile set the training run wrote beside
 the model (``engines.calibration``); older files without it stay loadable.
 Output: ``output`` is ``"logits"`` (softmax with ``temperature`` applied by the engine)
-or ``"probabilities"``.
+or ``"probabilities"``. ``ood`` (None for older models and models from elsewhere: the flag is
+then unavailable, never an error) describes the out-of-distribution score the graph computes as
+its second output: ``{"output": "ood", "method", "threshold", "quantile", ...}``; an image whose
+mean tile score exceeds ``threshold`` is flagged (``training.ood``).
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class ModelMetadata:
     int8_tolerance: dict[str, float] = field(
         default_factory=lambda: {"top1_agreement": 0.99, "well_readout_pp": 1.0}
     )
+    #: the out-of-distribution score's graph output and flag threshold (see the module docstring)
+    ood: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -123,6 +128,10 @@ def validate(m: ModelMetadata) -> None:
     if m.calibration_sha256 is not None and not (isinstance(m.calibration_sha256, str)
                                                  and len(m.calibration_sha256) == 64):
         raise MetadataError(f"calibration_sha256 must be a sha256 hex digest, got {m.calibration_sha256!r}")
+    if m.ood is not None:
+        thr = m.ood.get("threshold") if isinstance(m.ood, dict) else None
+        if not (isinstance(thr, (int, float)) and thr == thr and isinstance(m.ood.get("output"), str)):
+            raise MetadataError(f"ood must name its graph output and a numeric threshold, got {m.ood!r}")
     if not norm.get("in_graph", False) and not norm.get("std", 1.0) > 0:
         raise MetadataError("normalization std must be positive")
 

@@ -39,6 +39,7 @@ class OpenVinoEngine(Engine):
         self.streams = max(1, streams)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._requests: list = []
+        self._ood_index: int | None = None
         self.name = "openvino-int8" if "int8" in metadata.extra else "openvino-fp32"
 
     def load(self) -> None:
@@ -70,6 +71,9 @@ class OpenVinoEngine(Engine):
             except RuntimeError as exc2:
                 raise EngineError(f"{self.name}: cannot compile {self.model_path}: {exc2}") from exc2
         self._requests = [compiled.create_infer_request() for _ in range(self.streams)]
+        # the OOD score's output index, None when the graph lacks the output its metadata names
+        self._ood_index = next((i for i, o in enumerate(compiled.outputs)
+                                if i > 0 and self.ood_output in o.get_names()), None)
 
     def _compile(self, ov):
         core = ov.Core()
@@ -90,11 +94,13 @@ class OpenVinoEngine(Engine):
         chunks = np.array_split(tiles, min(len(self._requests), len(tiles)))
         for req, chunk in zip(self._requests, chunks):
             req.start_async({0: chunk})
-        outs = []
+        outs, oods = [], []
         for req, _ in zip(self._requests, chunks):
             req.wait()
             outs.append(np.array(req.get_output_tensor(0).data, copy=True))
-        return np.concatenate(outs)
+            if self._ood_index is not None:
+                oods.append(np.array(req.get_output_tensor(self._ood_index).data, copy=True))
+        return (np.concatenate(outs), np.concatenate(oods)) if oods else np.concatenate(outs)
 
     def close(self) -> None:
         self._requests = []

@@ -43,6 +43,7 @@ class OrtCpuEngine(Engine):
         self.optimized_cache = Path(optimized_cache) if optimized_cache else None
         self._session = None
         self._input_name = ""
+        self._outputs: list[str] = []
 
     def _providers(self) -> list[str]:
         return ["CPUExecutionProvider"]
@@ -80,6 +81,9 @@ class OrtCpuEngine(Engine):
                 f"{self.model_path}: graph input {shape} does not match metadata "
                 f"(channels={self.metadata.input_channels}, size={self.metadata.input_size})"
             )
+        names = [o.name for o in self._session.get_outputs()]
+        # a graph without the OOD output its metadata names serves without the flag
+        self._outputs = [names[0], self.ood_output] if self.ood_output in names[1:] else [names[0]]
         n_out = self._session.get_outputs()[0].shape[-1]
         if isinstance(n_out, int) and n_out != len(self.metadata.classes):
             raise EngineError(
@@ -129,7 +133,8 @@ class OrtCpuEngine(Engine):
     def _run(self, tiles: np.ndarray) -> np.ndarray:
         if self._session is None:
             raise EngineError(f"{self.name}: load() was not called")
-        return np.asarray(self._session.run(None, {self._input_name: tiles})[0])
+        outs = self._session.run(self._outputs, {self._input_name: tiles})
+        return (np.asarray(outs[0]), np.asarray(outs[1])) if len(outs) > 1 else np.asarray(outs[0])
 
     def close(self) -> None:
         self._session = None

@@ -54,6 +54,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "keep_fp32": ["stem", "head"], "exclude_nodes": [], "preprocess": True, "quantize_bias": False,
 }
 SENSITIVE = ("stem", "head")
+#: the out-of-distribution head's nodes (``training.ood``): always fp32, since its squared
+#: distances span orders of magnitude an int8 scale cannot hold, and never the "head"
+OOD_SCOPE = "/ood/"
 
 
 def sensitive_nodes(model: Any, which: list[str] | tuple[str, ...] = SENSITIVE) -> list[str]:
@@ -62,8 +65,9 @@ def sensitive_nodes(model: Any, which: list[str] | tuple[str, ...] = SENSITIVE) 
     normalisation: few MACs, wide input range) and the head (the last Gemm/MatMul, whose
     logits decide the class directly). Both are a few percent of the compute. A graph with
     no more than two such layers keeps none (nothing would be left to quantise)."""
-    nodes = list(model.graph.node)
-    names: list[str] = []
+    ood = [n.name for n in model.graph.node if n.name.startswith(OOD_SCOPE)]
+    nodes = [n for n in model.graph.node if not n.name.startswith(OOD_SCOPE)]
+    names: list[str] = ood
     if sum(n.op_type in ("Conv", "Gemm", "MatMul") for n in nodes) <= 2:
         return names
     if "stem" in which:

@@ -154,6 +154,9 @@ class _Slot:
     dev_in: Any
     dev_out: Any
     host_out: Any
+    #: the OOD score's buffers (None when the engine has no such output)
+    dev_ood: Any = None
+    host_ood: Any = None
 
 
 class TrtEngine(Engine):
@@ -168,6 +171,7 @@ class TrtEngine(Engine):
         self.key: EngineKey | None = None
         self._engine = None
         self._slots: list[_Slot] = []
+        self._ood_name: str | None = None
         self._torch = None
 
     def load(self) -> None:
@@ -197,9 +201,11 @@ class TrtEngine(Engine):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise EngineError(f"expected one input and one output tensor, got {inputs} / {outputs}")
-        self._in_name, self._out_name = inputs[0], outputs[0]
+        ood = self.ood_output if self.ood_output in outputs else None
+        main = [n for n in outputs if n != ood]
+        if len(inputs) != 1 or len(main) != 1:
+            raise EngineError(f"expected one input and one output tensor (+ the OOD score), got {inputs} / {outputs}")
+        self._in_name, self._out_name, self._ood_name = inputs[0], main[0], ood
         in_dtype = torch.from_numpy(np.empty(0, trt.nptype(engine.get_tensor_dtype(self._in_name)))).dtype
         out_dtype = torch.from_numpy(np.empty(0, trt.nptype(engine.get_tensor_dtype(self._out_name)))).dtype
         in_shape = (max_batch, *self.input_shape)
@@ -221,6 +227,10 @@ class TrtEngine(Engine):
                 raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
             slot.context.set_tensor_address(self._in_name, slot.dev_in.data_ptr())
             slot.context.set_tensor_address(self._out_name, slot.dev_out.data_ptr())
+            if self._ood_name is not None:
+                slot.dev_ood = torch.empty((max_batch,), dtype=torch.float32, device=dev)
+                slot.host_ood = torch.empty((max_batch,), dtype=torch.float32, pin_memory=True)
+                slot.context.set_tensor_address(self._ood_name, slot.dev_ood.data_ptr())
             self._slots.append(slot)
 
     def _enqueue(self, slot: _Slot, chunk: np.ndarray) -> None:
@@ -234,18 +244,23 @@ class TrtEngine(Engine):
             if not slot.context.execute_async_v3(slot.stream.cuda_stream):
                 raise EngineError("TensorRT execute_async_v3 failed (see its log above)")
             slot.host_out[:n].copy_(slot.dev_out[:n], non_blocking=True)
+            if slot.dev_ood is not None:
+                slot.host_ood[:n].copy_(slot.dev_ood[:n], non_blocking=True)
             slot.event.record(slot.stream)
 
     def _run(self, tiles: np.ndarray) -> np.ndarray:
         if self._engine is None:
             raise EngineError(f"{self.name}: load() was not called")
         out = np.empty((len(tiles), len(self.metadata.classes)), np.float32)
+        ood = np.empty(len(tiles), np.float32) if self._ood_name is not None else None
         pending: list[tuple[_Slot, int, int] | None] = [None, None]
 
         def finish(p: tuple[_Slot, int, int]) -> None:
             slot, start, n = p
             slot.event.synchronize()
             out[start:start + n] = slot.host_out[:n].numpy()
+            if ood is not None:
+                ood[start:start + n] = slot.host_ood[:n].numpy()
 
         for j, start in enumerate(range(0, len(tiles), self._max_batch)):
             i = j % 2
@@ -257,7 +272,7 @@ class TrtEngine(Engine):
         for p in pending:
             if p is not None:
                 finish(p)
-        return out
+        return out if ood is None else (out, ood)
 
     def close(self) -> None:
         for slot in self._slots:

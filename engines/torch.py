@@ -74,6 +74,7 @@ def build_network(ckpt: dict[str, Any], meta: ModelMetadata) -> Any:
             raise EngineError(f"this checkpoint needs nscmonitor.training ({exc})") from exc
         net = build_model(arch, k)
         wrap = False
+        ood_state = ckpt.get("ood_head") if meta.ood else None
     else:
         import torchvision
 
@@ -86,7 +87,13 @@ def build_network(ckpt: dict[str, Any], meta: ModelMetadata) -> Any:
         net.load_state_dict(state)
     except RuntimeError as exc:
         raise EngineError(f"checkpoint does not fit {arch}: {exc}") from exc
-    return with_prelude(net, meta) if wrap else net
+    if wrap:
+        return with_prelude(net, meta)
+    if ood_state is not None:  # the same (logits, ood) outputs as the exported graph
+        from nscmonitor.training.ood import ScoredNet, head_from_state
+
+        return ScoredNet(net, head_from_state(ood_state))
+    return net
 
 
 def with_prelude(net: Any, meta: ModelMetadata) -> Any:
@@ -229,7 +236,10 @@ class TorchEngine(Engine):
             x = torch.from_numpy(tiles).to(self.device)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return self._model(x).float().cpu().numpy()
+            out = self._model(x)
+            if isinstance(out, tuple):
+                return out[0].float().cpu().numpy(), out[1].float().cpu().numpy()
+            return out.float().cpu().numpy()
 
     def close(self) -> None:
         self._model = None

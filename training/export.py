@@ -30,7 +30,8 @@ class ExportError(RuntimeError):
     """The exported graph failed a check; nothing was moved into place."""
 
 
-def model_metadata(meta: dict[str, Any], *, name: str, version: str) -> ModelMetadata:
+def model_metadata(meta: dict[str, Any], *, name: str, version: str,
+                   ood: dict[str, Any] | None = None) -> ModelMetadata:
     norm = {**meta["normalization"], "in_graph": True}
     return ModelMetadata(
         name=name, version=version, scheme=meta["scheme"], classes=tuple(meta["classes"]),
@@ -39,33 +40,42 @@ def model_metadata(meta: dict[str, Any], *, name: str, version: str) -> ModelMet
         data_hash=meta.get("data_hash"), calibration_sha256=meta.get("calibration_sha256"), metrics=meta.get("metrics", {}), arch=meta["arch"],
         extra={"stem": meta.get("stem"), "tile_size_px": meta.get("tile_size"), "opset": OPSET,
                "label_mode": meta.get("label_mode", "tile")},
+        ood=ood,
     )
 
 
 def export_onnx(model: GreyClassifier, meta: dict[str, Any], path: str | Path, x_check: np.ndarray, *,
-                name: str = "nscmonitor", version: str = "1") -> ModelMetadata:
-    """Write ``path`` (via ``path.part``) after checker, engine load and parity pass."""
+                name: str = "nscmonitor", version: str = "1", ood: tuple[Any, dict[str, Any]] | None = None,
+                ) -> ModelMetadata:
+    """Write ``path`` (via ``path.part``) after checker, engine load and parity pass. ``ood``
+    (``training.ood.fit``'s head and record) adds the OOD score as the graph's second output."""
     import onnx
 
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
     model = model.cpu().eval()
     folded = fold_stem(model).eval()
+    names = ["logits"]
+    if ood is not None:
+        from nscmonitor.training.ood import ScoredNet
+
+        folded = ScoredNet(folded, ood[0]).eval()
+        names.append(str(ood[1]["output"]))
     size = int(meta["image_size"])
     dummy = torch.zeros(2, 1, size, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(folded, (dummy,), str(tmp), dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+                          input_names=["input"], output_names=names,
+                          dynamic_axes={"input": {0: "N"}, **{n: {0: "N"} for n in names}})
     proto = onnx.load(str(tmp))
-    md = model_metadata(meta, name=name, version=version)
+    md = model_metadata(meta, name=name, version=version, ood=ood[1] if ood else None)
     write_onnx_metadata(proto, md)
     proto.producer_name = "nscmonitor.training"
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(tmp))
     try:
-        check_parity(model, tmp, x_check, md)
+        check_parity(model, tmp, x_check, md, ood_head=ood[0] if ood else None)
     except Exception:
         tmp.unlink(missing_ok=True)
         raise
@@ -74,13 +84,14 @@ def export_onnx(model: GreyClassifier, meta: dict[str, Any], path: str | Path, x
 
 
 def check_parity(model: GreyClassifier, onnx_path: Path, x: np.ndarray, md: ModelMetadata,
-                 tol: float = PARITY_TOL) -> float:
-    """Max |p_torch - p_ort| over a real batch, through the daemon's engine; raises above tol."""
+                 tol: float = PARITY_TOL, ood_head: Any = None) -> float:
+    """Max |p_torch - p_ort| over a real batch, through the daemon's engine; raises above tol.
+    With ``ood_head`` the graph's OOD score must match torch's to 1e-3 relative."""
     x = np.asarray(x, np.float32)[:, None] if np.asarray(x).ndim == 3 else np.asarray(x, np.float32)
     engine = OrtCpuEngine(onnx_path, read_onnx_metadata(onnx_path))
     engine.load()
     try:
-        p_ort = engine.infer(x)
+        p_ort, ood_ort = engine.infer_with_ood(x)
     finally:
         engine.close()
     with torch.no_grad():
@@ -89,6 +100,13 @@ def check_parity(model: GreyClassifier, onnx_path: Path, x: np.ndarray, md: Mode
     diff = float(np.abs(p_ort - p_torch).max())
     if not diff <= tol:
         raise ExportError(f"torch vs ONNX Runtime probabilities differ by {diff:.2e} (> {tol:.0e})")
+    if ood_head is not None:
+        from nscmonitor.training.ood import features
+
+        with torch.no_grad():
+            want = ood_head(torch.from_numpy(features(model, x[:, 0]))).numpy()
+        if ood_ort is None or not np.allclose(ood_ort, want, rtol=1e-3, atol=1e-3):
+            raise ExportError("the graph's OOD score differs from torch's (or is missing)")
     return diff
 
 

@@ -448,6 +448,12 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
                "classes": classes, "scheme": meta["scheme"], "validation": validation_of(splits), **report}
     meta["metrics"] = summary(metrics)
     meta["calibration_sha256"] = write_calibration_set(cfg, splits, out, meta)
+    from nscmonitor.training import ood as O
+
+    ood_head, meta["ood"] = O.fit(model, splits, device, len(classes))
+    saved["ood_head"] = O.head_state(ood_head)
+    print(f"OOD threshold {meta['ood']['threshold']:.4g} ({meta['ood']['method']}, "
+          f"{1 - meta['ood']['quantile']:.0%} of {meta['ood']['val_images']} validation images above it)")
     saved["metadata"] = json.dumps(meta)
     save_atomic(saved, out / "best.pt")
     E.write_metrics(out, metrics)
@@ -460,7 +466,7 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
 
         x_check = splits["val"].x[:16]
         export_onnx(model.cpu(), meta, out / "model.onnx", x_check, name=f"{meta['arch']}-{meta['scheme']}",
-                    version=out.name)
+                    version=out.name, ood=(ood_head.cpu(), meta["ood"]))
         print(f"exported {out / 'model.onnx'}")
     return metrics
 

@@ -1,0 +1,110 @@
+"""Out-of-distribution flag: the flagged share of in-domain and out-of-domain images.
+
+Renders a small simulated phase-contrast training set, trains the small model the training
+tests use (``arch="tiny"``), and scores through the exported ONNX and the daemon's own engine
+(``OrtCpuEngine.infer_with_ood``) with the threshold read from the model's metadata:
+- in-domain: the model's validation images (where the threshold was set) and its held-out
+  test plate;
+- each kind of ``nscmonitor.simulate.out_of_domain`` (bright field, 40x, inverted, blank
+  fields, natural-texture-like patterns), images of 3 x 3 tiles like a field of the export.
+Beside the served Mahalanobis score it prints what the energy score and the top softmax
+probability would flag at the same in-domain rate (the measurement behind the choice).
+An image is a field; its score is the mean of its tiles' scores, as in the daemon.
+
+    nice -n 10 python benchmarks/ood.py --out /tmp/ood  [--epochs 6] [--json benchmarks/results/ood.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def tiles_of(images: list[np.ndarray], size: int, pre) -> tuple[np.ndarray, np.ndarray]:
+    """Raw square images -> model tiles (each cut scaled alone, as a tiles-export file is) and
+    each tile's image index."""
+    xs, idx = [], []
+    for i, img in enumerate(images):
+        for y in range(0, img.shape[0] - size + 1, size):
+            for x in range(0, img.shape[1] - size + 1, size):
+                cut = img[y:y + size, x:x + size]
+                xs.append(pre.tiles(cut, factor=pre.factor(tile_px=size)).tiles[0, 0])
+                idx.append(i)
+    return np.stack(xs)[:, None].astype(np.float32), np.asarray(idx)
+
+
+def scores(engine, session, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The served score and, from the graph's raw logits, the two logit-only candidates."""
+    _, ood = engine.infer_with_ood(x)
+    logits = session.run(["logits"], {"input": x})[0].astype(np.float64)
+    top = logits.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return {"mahalanobis": ood.astype(np.float64), "energy": -lse, "msp": -np.exp(top[:, 0] - lse)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--tile", type=int, default=32)
+    ap.add_argument("--images", type=int, default=60, help="images per out-of-domain kind")
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+
+    import torch
+
+    from nscmonitor.engines import read_onnx_metadata
+    from nscmonitor.engines.ort import OrtCpuEngine
+    from nscmonitor.scoring.preprocess import Preprocess
+    from nscmonitor.simulate import out_of_domain as O
+    from nscmonitor.simulate.labelled_tiles import export_tiles
+    from nscmonitor.training import ood as T
+    from nscmonitor.training.train import TrainConfig, main as train, prepare_data
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    data, run = a.out / "sim", a.out / "run"
+    if not (data / "tiles.csv").is_file():
+        export_tiles(data, plates=3, hours=(0, 48, 96), tile_size=a.tile, wells_per_condition=3, grid=(3, 3), seed=0)
+    cfg = dict(data=str(data), out=str(run), scheme="multiclass", arch="tiny", threads=1, progress=False)
+    if not (run / "model.onnx").is_file():
+        train(TrainConfig(epochs=a.epochs, **cfg))
+    md = read_onnx_metadata(run / "model.onnx")
+    engine = OrtCpuEngine(run / "model.onnx", md)
+    engine.load()
+    splits = prepare_data(TrainConfig(**cfg))[0]
+    pre = Preprocess(input_size=md.input_size, p_low=md.normalization["p_low"], p_high=md.normalization["p_high"])
+    sets = {name: (splits[name].x[:, None].astype(np.float32), T.image_keys(splits[name].records))
+            for name in ("val", "test")}
+    whole = O.whole_fields([r.path for r in splits["test"].records], a.tile)
+    for kind in O.KINDS:
+        sets[kind] = tiles_of(O.images(kind, a.images, 3 * a.tile, in_domain=whole, seed=11), a.tile, pre)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    per_image = {name: {m: T.image_scores(s, idx) for m, s in scores(engine, session, x).items()}
+                 for name, (x, idx) in sets.items()}
+    engine.close()
+    rows = []
+    for method in ("mahalanobis", "energy", "msp"):
+        thr = md.ood["threshold"] if method == "mahalanobis" else np.quantile(per_image["val"][method], md.ood["quantile"])
+        rows.append({"method": method, "threshold": float(thr),
+                     **{name: float(np.mean(s[method] > thr)) for name, s in per_image.items()}})
+    counts = {name: int(len(s["msp"])) for name, s in per_image.items()}
+    cols = ["val", "test", *O.KINDS]
+    print("| score | " + " | ".join(f"{c} (n={counts[c]})" for c in cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for r in rows:
+        print(f"| {r['method']} | " + " | ".join(f"{100 * r[c]:.0f} %" for c in cols) + " |")
+    print(f"({time.perf_counter() - t0:.0f} s; served: mahalanobis, threshold {md.ood['threshold']:.4g} from the metadata)")
+    if a.json:
+        a.json.write_text(json.dumps({"rows": rows, "images": counts, "ood": md.ood, "epochs": a.epochs,
+                                      "tile": a.tile}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Images a phase-contrast NSC model never saw, of other kinds than noise, to measure its
+out-of-distribution flag (docs/training.md "Out-of-distribution flag").
+
+Each kind returns raw camera-count images (uint16, like the instrument's) so they go through
+the daemon's own preprocessing (per-image percentile scaling) exactly as a real file would:
+- ``brightfield``: the simulator's bright-field optics instead of phase contrast, same cultures;
+- ``magnification``: phase contrast at 0.31 um/px (a 40x objective) instead of 1.24 (10x);
+- ``inverted``: in-domain images with their intensities reversed;
+- ``blank``: empty fields (flat illumination, vignetting, shot and read noise);
+- ``texture``: natural-texture-like procedural patterns (fractal 1/f clouds, wood-like
+  grain, cobblestone cells of a Voronoi tessellation).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+KINDS = ("brightfield", "magnification", "inverted", "blank", "texture")
+FULL_SCALE = 4095.0
+
+
+def _counts(img: np.ndarray, rng: np.random.Generator, level: float = 1800.0, span: float = 600.0) -> np.ndarray:
+    """[0, 1] pattern -> 12-bit counts with shot and read noise."""
+    mean = level + span * (img - 0.5)
+    noisy = rng.poisson(np.clip(mean, 1, None)) + rng.normal(0, 3.0, img.shape)
+    return np.clip(noisy, 0, FULL_SCALE).astype(np.uint16)
+
+
+def _fractal(rng: np.random.Generator, size: int, beta: float) -> np.ndarray:
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.fftfreq(size)[None, :]
+    f = np.hypot(fy, fx)
+    f[0, 0] = 1.0
+    spectrum = (rng.normal(size=(size, size)) + 1j * rng.normal(size=(size, size))) / f ** (beta / 2)
+    img = np.real(np.fft.ifft2(spectrum))
+    return (img - img.min()) / (np.ptp(img) + 1e-12)
+
+
+def _grain(rng: np.random.Generator, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    angle = rng.uniform(0, np.pi)
+    warp = 6.0 * _fractal(rng, size, 3.0)
+    u = xx * np.cos(angle) + yy * np.sin(angle) + warp * rng.uniform(2, 6)
+    return 0.5 + 0.5 * np.sin(2 * np.pi * u / rng.uniform(3, 9))
+
+
+def _cobblestone(rng: np.random.Generator, size: int) -> np.ndarray:
+    n = int(rng.integers(6, 30))
+    seeds = rng.uniform(0, size, (n, 2))
+    yy, xx = np.mgrid[:size, :size]
+    d = np.sort(np.hypot(yy[..., None] - seeds[:, 0], xx[..., None] - seeds[:, 1]), axis=-1)
+    edge = d[..., 1] - d[..., 0]
+    return np.clip(edge / (edge.max() + 1e-12), 0, 1) ** 0.5
+
+
+def textures(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    makers = (lambda: _fractal(rng, size, rng.uniform(1.5, 3.0)), lambda: _grain(rng, size),
+              lambda: _cobblestone(rng, size))
+    return [_counts(makers[i % 3](), rng) for i in range(n)]
+
+
+def blanks(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / max(size - 1, 1) - 0.5
+    out = []
+    for _ in range(n):
+        cy, cx = rng.uniform(-0.5, 0.5, 2)
+        vignette = 1.0 - rng.uniform(0.0, 0.3) * ((yy - cy) ** 2 + (xx - cx) ** 2)
+        out.append(_counts(vignette * rng.uniform(0.6, 1.0), rng, level=rng.uniform(800, 2500), span=400.0))
+    return out
+
+
+def inverted(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [(int(img.max()) + int(img.min()) - img.astype(np.int64)).astype(img.dtype) for img in images]
+
+
+def whole_fields(paths: Sequence[str | Path], tile_size: int, grid: tuple[int, int] = (3, 3)) -> list[np.ndarray]:
+    """Reassemble the labelled-tiles export's cuts (``.../WELL/fF_tHHHh_YX.tif``) into whole
+    fields; a field with an empty (unwritten) cut is left out."""
+    import tifffile
+
+    cuts: dict[tuple[str, str], dict[str, Path]] = {}
+    for p in map(Path, paths):
+        stem, _, yx = p.stem.rpartition("_")
+        cuts.setdefault((str(p.parent), stem), {})[yx] = p
+    fields = []
+    for (_, _), parts in sorted(cuts.items()):
+        if len(parts) < grid[0] * grid[1]:
+            continue
+        img = np.zeros((grid[0] * tile_size, grid[1] * tile_size), np.uint16)
+        for yx, p in parts.items():
+            y, x = int(yx[0]), int(yx[1])
+            img[y * tile_size:(y + 1) * tile_size, x * tile_size:(x + 1) * tile_size] = tifffile.imread(p)
+        fields.append(img)
+    return fields
+
+
+def rendered_fields(kind: str, n: int, tile_size: int, seed: int = 0) -> list[np.ndarray]:
+    """Up to ``n`` whole fields (3 x 3 tiles) of the simulator's cultures under another optic
+    (``brightfield``) or pixel size (``magnification``: 0.31 um/px, a 40x objective)."""
+    from nscmonitor.simulate.labelled_tiles import export_tiles
+
+    kw = {"modality": "brightfield"} if kind == "brightfield" else {"pixel_size_um": 0.31}
+    with tempfile.TemporaryDirectory(prefix="nscm-ood-") as tmp:
+        export_tiles(tmp, plates=1, hours=(24, 96), tile_size=tile_size, wells_per_condition=2, grid=(3, 3),
+                     seed=seed, **kw)
+        return whole_fields(sorted(Path(tmp, "tiles").rglob("*.tif")), tile_size)[:n]
+
+
+def images(kind: str, n: int, size: int, *, in_domain: Sequence[np.ndarray] = (), seed: int = 0) -> list[np.ndarray]:
+    """``n`` raw images of one of ``KINDS`` (``inverted`` reverses ``in_domain``; rendered
+    kinds are fields of 3 x 3 tiles of ``size // 3``)."""
+    if kind in ("brightfield", "magnification"):
+        return rendered_fields(kind, n, size // 3, seed)
+    if kind == "inverted":
+        return inverted(list(in_domain)[:n])
+    if kind == "blank":
+        return blanks(n, size, seed)
+    if kind == "texture":
+        return textures(n, size, seed)
+    raise ValueError(f"unknown out-of-domain kind {kind!r}; choose from {', '.join(KINDS)}")
