@@ -272,16 +272,19 @@ def _count(px: np.ndarray, rgb, tol: int = 2) -> int:
 def test_cli_screenshot_renders_offscreen(window, lab: Lab, tmp_path: Path, qtbot) -> None:
     """The picture must show the plate, not only have a window's size: each imaged well is
     filled with the colour of its value, as the dashboard computes it for the readout and time
-    the screenshot shows (the window opened on the same store picks the same defaults); a well
-    without a readout at that time (C03, imaged at 4 h only) is drawn as no data, in another
-    colour; and the window is not blank."""
+    the screenshot shows (the window opened on the same store picks the same defaults), and a
+    well without a readout at that time (C03, imaged at 4 h only) adds a well drawn as no data."""
     from nscmonitor.cli import main
 
+    def shot(name: str) -> np.ndarray:
+        out = tmp_path / name
+        assert main(["gui", "--db", lab.url, "--experiment", "E1", "--screenshot", str(out)]) == 0
+        return _pixels(out)
+
+    before = shot("before.png")
     lab.write((4,), wells=("C3",))
     lab.score()
-    out = tmp_path / "shot.png"
-    assert main(["gui", "--db", lab.url, "--experiment", "E1", "--screenshot", str(out)]) == 0
-    px = _pixels(out)
+    px = shot("shot.png")
     assert px.shape[1] >= 1200 and px.shape[0] >= 800
     qtbot.waitUntil(lambda: "C03" in window.plate_map.names, timeout=10000)
     pm = window.plate_map
@@ -290,11 +293,12 @@ def test_cli_screenshot_renders_offscreen(window, lab: Lab, tmp_path: Path, qtbo
     fills = {tuple(int(v) for v in rgb) for rgb in pm.cmap.rgb(values, *pm.range)}
     no_data = (235, 235, 235)  # the plate map's fill of a well without a value, under its hatching
     assert no_data not in fills
-    well_area = 400  # pixels inside one drawn well at this window size (measured: about 1500)
+    well_area = 400  # pixels inside one drawn well at this window size (measured: about 1400)
     for rgb in fills:
         assert _count(px, rgb) >= well_area, f"no well drawn in {rgb}"
-    assert _count(px, no_data, tol=0) >= well_area // 2, "the well without a readout is not drawn as no data"
-    assert len(np.unique(px.reshape(-1, 3), axis=0)) > 200, "the window is (nearly) blank"
+    # the UI has that grey elsewhere too: what counts is the well the new plate position added
+    assert _count(px, no_data, tol=0) - _count(before, no_data, tol=0) >= well_area, \
+        "the well without a readout is not drawn as no data"
 
 
 def test_status_panel_requeues_a_quarantined_file(window, lab: Lab, qtbot) -> None:
