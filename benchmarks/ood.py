@@ -5,8 +5,8 @@ tests use (``arch="tiny"``), and scores through the exported ONNX and the daemon
 (``OrtCpuEngine.infer_with_ood``) with the threshold read from the model's metadata:
 - in-domain: the model's validation images (where the threshold was set) and its held-out
   test plate;
-- each kind of ``nscmonitor.simulate.out_of_domain`` (bright field, 40x, inverted, blank
-  fields, natural-texture-like patterns), images of 3 x 3 tiles like a field of the export.
+- each kind of ``nscmonitor.simulate.out_of_domain`` (bright field, 5x, inverted, blank
+  fields, natural-texture-like patterns), at most ``--images`` each, an image being a field
 Beside the served Mahalanobis score it prints what the energy score and the top softmax
 probability would flag at the same in-domain rate (the measurement behind the choice).
 An image is a field; its score is the mean of its tiles' scores, as in the daemon.
@@ -24,16 +24,14 @@ from pathlib import Path
 import numpy as np
 
 
-def tiles_of(images: list[np.ndarray], size: int, pre) -> tuple[np.ndarray, np.ndarray]:
-    """Raw square images -> model tiles (each cut scaled alone, as a tiles-export file is) and
-    each tile's image index."""
+def tiles_of(images: list[list[np.ndarray]], pre) -> tuple[np.ndarray, np.ndarray]:
+    """Images as their raw cuts -> model tiles (each cut scaled alone, as a tiles-export file
+    is) and each tile's image index."""
     xs, idx = [], []
-    for i, img in enumerate(images):
-        for y in range(0, img.shape[0] - size + 1, size):
-            for x in range(0, img.shape[1] - size + 1, size):
-                cut = img[y:y + size, x:x + size]
-                xs.append(pre.tiles(cut, factor=pre.factor(tile_px=size)).tiles[0, 0])
-                idx.append(i)
+    for i, cuts in enumerate(images):
+        for c in cuts:
+            xs.append(pre.tiles(c, factor=pre.factor(tile_px=c.shape[0])).tiles[0, 0])
+            idx.append(i)
     return np.stack(xs)[:, None].astype(np.float32), np.asarray(idx)
 
 
@@ -80,9 +78,9 @@ def main() -> None:
     pre = Preprocess(input_size=md.input_size, p_low=md.normalization["p_low"], p_high=md.normalization["p_high"])
     sets = {name: (splits[name].x[:, None].astype(np.float32), T.image_keys(splits[name].records))
             for name in ("val", "test")}
-    whole = O.whole_fields([r.path for r in splits["test"].records], a.tile)
+    whole = O.field_cuts([r.path for r in splits["test"].records])
     for kind in O.KINDS:
-        sets[kind] = tiles_of(O.images(kind, a.images, 3 * a.tile, in_domain=whole, seed=11), a.tile, pre)
+        sets[kind] = tiles_of(O.images(kind, a.images, a.tile, in_domain=whole, seed=11), pre)
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])

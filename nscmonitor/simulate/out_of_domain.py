@@ -4,7 +4,7 @@ out-of-distribution flag (docs/training.md "Out-of-distribution flag").
 Each kind returns raw camera-count images (uint16, like the instrument's) so they go through
 the daemon's own preprocessing (per-image percentile scaling) exactly as a real file would:
 - ``brightfield``: the simulator's bright-field optics instead of phase contrast, same cultures;
-- ``magnification``: phase contrast at 0.31 um/px (a 40x objective) instead of 1.24 (10x);
+- ``magnification``: phase contrast at 2.48 um/px (a 5x objective) instead of 1.24 (10x);
 - ``inverted``: in-domain images with their intensities reversed;
 - ``blank``: empty fields (flat illumination, vignetting, shot and read noise);
 - ``texture``: natural-texture-like procedural patterns (fractal 1/f clouds, wood-like
@@ -79,48 +79,45 @@ def inverted(images: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [(int(img.max()) + int(img.min()) - img.astype(np.int64)).astype(img.dtype) for img in images]
 
 
-def whole_fields(paths: Sequence[str | Path], tile_size: int, grid: tuple[int, int] = (3, 3)) -> list[np.ndarray]:
-    """Reassemble the labelled-tiles export's cuts (``.../WELL/fF_tHHHh_YX.tif``) into whole
-    fields; a field with an empty (unwritten) cut is left out."""
+def field_cuts(paths: Sequence[str | Path]) -> list[list[np.ndarray]]:
+    """The labelled-tiles export's cuts (``.../WELL/fF_tHHHh_YX.tif``) grouped by the field
+    they were cut from (a cut without a live cell was never written), in path order."""
     import tifffile
 
-    cuts: dict[tuple[str, str], dict[str, Path]] = {}
+    cuts: dict[tuple[str, str], list[Path]] = {}
     for p in map(Path, paths):
-        stem, _, yx = p.stem.rpartition("_")
-        cuts.setdefault((str(p.parent), stem), {})[yx] = p
-    fields = []
-    for (_, _), parts in sorted(cuts.items()):
-        if len(parts) < grid[0] * grid[1]:
-            continue
-        img = np.zeros((grid[0] * tile_size, grid[1] * tile_size), np.uint16)
-        for yx, p in parts.items():
-            y, x = int(yx[0]), int(yx[1])
-            img[y * tile_size:(y + 1) * tile_size, x * tile_size:(x + 1) * tile_size] = tifffile.imread(p)
-        fields.append(img)
-    return fields
+        cuts.setdefault((str(p.parent), p.stem.rpartition("_")[0]), []).append(p)
+    return [[tifffile.imread(p) for p in parts] for _, parts in sorted(cuts.items())]
 
 
-def rendered_fields(kind: str, n: int, tile_size: int, seed: int = 0) -> list[np.ndarray]:
-    """Up to ``n`` whole fields (3 x 3 tiles) of the simulator's cultures under another optic
-    (``brightfield``) or pixel size (``magnification``: 0.31 um/px, a 40x objective)."""
+def cut(images: Sequence[np.ndarray], size: int) -> list[list[np.ndarray]]:
+    """Whole images -> their grid of ``size`` cuts, per image."""
+    return [[img[y:y + size, x:x + size] for y in range(0, img.shape[0] - size + 1, size)
+             for x in range(0, img.shape[1] - size + 1, size)] for img in images]
+
+
+def rendered_fields(kind: str, n: int, tile_size: int, seed: int = 0) -> list[list[np.ndarray]]:
+    """Up to ``n`` fields (their cuts of ``tile_size``) of the simulator's cultures under another
+    optic (``brightfield``) or pixel size (``magnification``: 2.48 um/px, a 5x objective)."""
     from nscmonitor.simulate.labelled_tiles import export_tiles
 
-    kw = {"modality": "brightfield"} if kind == "brightfield" else {"pixel_size_um": 0.31}
+    kw = {"modality": "brightfield"} if kind == "brightfield" else {"pixel_size_um": 2.48}
     with tempfile.TemporaryDirectory(prefix="nscm-ood-") as tmp:
         export_tiles(tmp, plates=1, hours=(24, 96), tile_size=tile_size, wells_per_condition=2, grid=(3, 3),
                      seed=seed, **kw)
-        return whole_fields(sorted(Path(tmp, "tiles").rglob("*.tif")), tile_size)[:n]
+        return field_cuts(sorted(Path(tmp, "tiles").rglob("*.tif")))[:n]
 
 
-def images(kind: str, n: int, size: int, *, in_domain: Sequence[np.ndarray] = (), seed: int = 0) -> list[np.ndarray]:
-    """``n`` raw images of one of ``KINDS`` (``inverted`` reverses ``in_domain``; rendered
-    kinds are fields of 3 x 3 tiles of ``size // 3``)."""
+def images(kind: str, n: int, tile_size: int, *, in_domain: Sequence[Sequence[np.ndarray]] = (),
+           seed: int = 0) -> list[list[np.ndarray]]:
+    """``n`` raw images of one of ``KINDS``, each as its cuts of ``tile_size`` (3 x 3 for the
+    generated kinds); ``inverted`` reverses the cuts of ``in_domain`` images."""
     if kind in ("brightfield", "magnification"):
-        return rendered_fields(kind, n, size // 3, seed)
+        return rendered_fields(kind, n, tile_size, seed)
     if kind == "inverted":
-        return inverted(list(in_domain)[:n])
+        return [inverted(cuts) for cuts in list(in_domain)[:n]]
     if kind == "blank":
-        return blanks(n, size, seed)
+        return cut(blanks(n, 3 * tile_size, seed), tile_size)
     if kind == "texture":
-        return textures(n, size, seed)
+        return cut(textures(n, 3 * tile_size, seed), tile_size)
     raise ValueError(f"unknown out-of-domain kind {kind!r}; choose from {', '.join(KINDS)}")

@@ -1,0 +1,126 @@
+"""The out-of-distribution score: its threshold travels in the model metadata, a model without
+it still serves (flag unavailable), and a small trained model flags unlike images while
+leaving its own validation images alone. Real parts: the simulator, training, the exported
+ONNX and the daemon's ONNX Runtime engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from nscmonitor.engines import read_onnx_metadata
+from nscmonitor.engines.metadata import MetadataError, ModelMetadata, write_onnx_metadata
+from nscmonitor.engines.ort import OrtCpuEngine
+from nscmonitor.engines.tiny import build_tiny_classifier
+
+torch.set_num_threads(1)
+OOD = {"method": "mahalanobis", "output": "ood", "aggregate": "mean", "quantile": 0.96, "threshold": 12.5}
+
+
+def _engine(path):
+    engine = OrtCpuEngine(path, read_onnx_metadata(path))
+    engine.load()
+    return engine
+
+
+def test_a_model_without_the_ood_score_loads_and_reports_it_unavailable(tmp_path):
+    path = tmp_path / "m.onnx"
+    build_tiny_classifier(path, input_size=32)
+    engine = _engine(path)
+    try:
+        probs, ood = engine.infer_with_ood(np.random.default_rng(0).random((3, 1, 32, 32), np.float32))
+    finally:
+        engine.close()
+    assert engine.metadata.ood is None and ood is None
+    assert probs.shape == (3, 4) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+def test_metadata_naming_an_output_the_graph_lacks_still_serves_without_the_flag(tmp_path):
+    path = tmp_path / "m.onnx"
+    meta = build_tiny_classifier(path, input_size=32)
+    proto = onnx.load(str(path))
+    write_onnx_metadata(proto, ModelMetadata.from_dict({**_meta_dict(meta), "ood": OOD}))
+    onnx.save(proto, str(path))
+    engine = _engine(path)
+    try:
+        probs, ood = engine.infer_with_ood(np.zeros((2, 1, 32, 32), np.float32))
+    finally:
+        engine.close()
+    assert engine.metadata.ood["threshold"] == 12.5  # read back from the file
+    assert ood is None and probs.shape == (2, 4)
+
+
+def _meta_dict(meta: ModelMetadata) -> dict:
+    import json
+
+    return json.loads(meta.to_json())
+
+
+@pytest.mark.parametrize("bad", [{"output": "ood"}, {"threshold": 1.0}, {"output": "ood", "threshold": "high"}])
+def test_malformed_ood_metadata_is_refused_with_a_clear_error(bad):
+    meta = ModelMetadata(
+        name="t", version="1", scheme="binary", classes=("neuron", "glia"), input_size=32)
+    with pytest.raises(MetadataError, match="ood must name"):
+        ModelMetadata.from_dict({**_meta_dict(meta), "ood": bad})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from nscmonitor.simulate.labelled_tiles import export_tiles
+    from nscmonitor.training.train import TrainConfig, main, prepare_data
+
+    root = tmp_path_factory.mktemp("ood")
+    export_tiles(root / "sim", plates=3, hours=(0, 48, 96), tile_size=32, wells_per_condition=3, grid=(3, 3), seed=0)
+    cfg = dict(data=str(root / "sim"), out=str(root / "run"), scheme="multiclass", arch="tiny", threads=1,
+               progress=False)
+    main(TrainConfig(epochs=6, **cfg))
+    return root / "run" / "model.onnx", prepare_data(TrainConfig(**cfg))[0]
+
+
+def _flagged(engine, images: list[list[np.ndarray]]) -> float:
+    """Share of images (each its raw cuts) whose mean tile score exceeds the stored threshold."""
+    from nscmonitor.scoring.preprocess import Preprocess
+
+    md = engine.metadata
+    pre = Preprocess(input_size=md.input_size, p_low=md.normalization["p_low"], p_high=md.normalization["p_high"])
+    flags = []
+    for cuts in images:
+        x = np.stack([pre.tiles(c, factor=pre.factor(tile_px=32)).tiles[0] for c in cuts]).astype(np.float32)
+        flags.append(float(engine.infer_with_ood(x)[1].mean()) > md.ood["threshold"])
+    return float(np.mean(flags))
+
+
+def test_training_stores_the_threshold_and_the_engine_scores_with_it(trained):
+    from nscmonitor.training.ood import image_keys, image_scores
+
+    path, splits = trained
+    engine = _engine(path)
+    try:
+        md = engine.metadata
+        assert md.ood["output"] == "ood" and md.ood["quantile"] == pytest.approx(0.96)
+        val = splits["val"]
+        _, ood = engine.infer_with_ood(val.x[:, None].astype(np.float32))
+    finally:
+        engine.close()
+    per_image = image_scores(ood.astype(np.float64), image_keys(val.records))
+    # the threshold read from the file reproduces the training run's own validation rate
+    assert np.mean(per_image > md.ood["threshold"]) <= 0.05
+    assert md.ood["val_images"] == len(per_image)
+
+
+def test_blank_fields_are_flagged_and_in_domain_test_fields_mostly_not(trained):
+    from nscmonitor.simulate import out_of_domain as O
+
+    path, splits = trained
+    engine = _engine(path)
+    try:
+        in_domain = O.field_cuts([r.path for r in splits["test"].records])
+        blank = _flagged(engine, O.images("blank", 40, 32, seed=5))
+        test = _flagged(engine, in_domain)
+    finally:
+        engine.close()
+    assert len(in_domain) >= 20
+    assert blank >= 0.95
+    assert test <= 0.10  # a held-out plate: close to the 4 % set on validation
