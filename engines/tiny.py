@@ -16,7 +16,8 @@ from nscmonitor.engines.metadata import ModelMetadata, write_onnx_metadata
 def build_tiny_classifier(path: str | Path, *, classes: tuple[str, ...] = ("neuron", "astrocyte", "oligodendrocyte", "undifferentiated"),
                           input_size: int = 64, pixel_size_um: float | None = None, seed: int = 0,
                           version: str = "tiny-untrained", scheme: str | None = None,
-                          weights: dict[str, np.ndarray] | None = None, depth: int = 0) -> ModelMetadata:
+                          weights: dict[str, np.ndarray] | None = None, depth: int = 0,
+                          ood_threshold: float | None = None) -> ModelMetadata:
     """Conv(1->8, 3x3, stride 2) -> ReLU -> global average pool -> dense -> logits.
 
     ``depth`` inserts that many Conv(8->8, 3x3) -> ReLU blocks after the first, so a test can
@@ -24,6 +25,9 @@ def build_tiny_classifier(path: str | Path, *, classes: tuple[str, ...] = ("neur
 
     ``weights`` may override ``conv_w`` (8x1x3x3), ``conv_b`` (8), ``fc_w`` (8xK), ``fc_b`` (K)
     so tests can build a model whose answer they know.
+
+    ``ood_threshold`` adds an out-of-distribution output ``ood`` (the squared norm of the pooled
+    features, under ``/ood/`` like a trained model's head) and its threshold in the metadata.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -55,10 +59,15 @@ def build_tiny_classifier(path: str | Path, *, classes: tuple[str, ...] = ("neur
         helper.make_node("MatMul", ["f", "fc_w"], ["m"]),
         helper.make_node("Add", ["m", "fc_b"], ["logits"]),
     ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", k])]
+    if ood_threshold is not None:
+        nodes.append(helper.make_node("ReduceSumSquare", ["f"], ["ood"], axes=[1], keepdims=0,
+                                      name="/ood/ReduceSumSquare"))
+        outputs.append(helper.make_tensor_value_info("ood", TensorProto.FLOAT, ["N"]))
     graph = helper.make_graph(
         nodes, "nscmonitor_tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, input_size, input_size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", k])],
+        outputs,
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="nscmonitor")
@@ -71,6 +80,8 @@ def build_tiny_classifier(path: str | Path, *, classes: tuple[str, ...] = ("neur
         name="tiny", version=version, scheme=scheme, classes=tuple(classes), input_size=input_size,
         input_channels=1, pixel_size_um=pixel_size_um, arch="tiny-conv",
         normalization={"p_low": 1.0, "p_high": 99.8, "mean": 0.0, "std": 1.0, "in_graph": True},
+        ood=None if ood_threshold is None else {"method": "feature-norm", "output": "ood", "aggregate": "mean",
+                                                 "threshold": float(ood_threshold)},
     )
     write_onnx_metadata(model, meta)
     path = Path(path)

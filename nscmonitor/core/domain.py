@@ -111,6 +111,8 @@ class WellReadout:
     n_tiles: int
     n_qc_failed: int
     confidence: float
+    #: images flagged out of distribution; None: the model gives no flag
+    n_ood: int | None = None
 
 
 @dataclass(frozen=True)

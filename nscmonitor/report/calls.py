@@ -21,13 +21,18 @@ EARLY_H = 24.0
 
 
 def confident_call(probs: np.ndarray, elapsed_h: np.ndarray, classes: tuple[str, ...], *,
-                   threshold: float = 0.6, min_points: int = 2) -> ConfidentCall | None:
+                   threshold: float = 0.6, min_points: int = 2,
+                   flagged: np.ndarray | None = None) -> ConfidentCall | None:
     """The earliest time from which the call holds: the first time point i such that at i
     and at *every* later time point with data the top class is the same class and its
     probability is at least ``threshold``, with at least ``min_points`` such time points
     (one last point alone is not yet 'stable'). ``probs`` is T x K (NaN rows = no data).
-    None when the latest data do not support a confident call."""
+    None when the latest data do not support a confident call. ``flagged`` (T, counts or
+    booleans) marks time points with images flagged out of distribution: their readouts mean
+    nothing, so they count as no data (NaN or 0 for the flag unavailable: used as is)."""
     ok = np.isfinite(probs).all(axis=1)
+    if flagged is not None:
+        ok &= ~(np.nan_to_num(np.asarray(flagged, np.float64), nan=0.0) > 0)
     idx = np.flatnonzero(ok)
     if len(idx) < min_points:
         return None

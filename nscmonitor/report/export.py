@@ -1,5 +1,9 @@
 """Tidy CSV export: one row per well x timepoint x class, and a per-image file beside it.
 
+Out-of-distribution flag: ``n_ood`` (readouts) counts a well's images flagged at that time,
+``ood_score``/``ood`` (images) are each image's score and flag (1/0); all empty where the
+model gives no flag (unavailable, not "in distribution").
+
 Strings that a spreadsheet would execute (cells starting with = + - @) get a leading
 apostrophe: plate maps and file names come from outside and end up in Excel.
 
@@ -23,7 +27,7 @@ from nscmonitor.store.reads import Repo
 
 READOUT_COLUMNS = ["experiment", "plate", "well", "row", "col", "condition", "timepoint", "elapsed_h", "acquired_at",
                    "n_images", "n_tiles", "n_qc_failed", "class", "prob_mean", "prob_sd", "fraction_predicted",
-                   "model_version"]
+                   "model_version", "n_ood"]
 
 
 def escape(v: object) -> object:
@@ -98,7 +102,8 @@ def export_readouts(repo: Repo, experiment: str, out: Path, *, model_version: st
                                 escape(ro.condition or ""), ro.timepoint, _num(ro.elapsed_h), _iso(ro.acquired_at),
                                 ro.n_images, ro.n_tiles, ro.n_qc_failed, escape(cls),
                                 _num(ro.prob_mean[i]) if has else "", _num(ro.prob_sd[i]) if has else "",
-                                _num(ro.fraction[i]) if has else "", escape(ro.model_version)] + tail)
+                                _num(ro.fraction[i]) if has else "", escape(ro.model_version),
+                                _num(ro.n_ood)] + tail)
                     n += 1
                 if progress:
                     progress(1)
@@ -119,7 +124,8 @@ def export_images(repo: Repo, experiment: str, out: Path) -> int:
                     classes.append(c)
     cols = ["experiment", "plate", "well", "field", "channel", "z", "timepoint", "elapsed_h", "acquired_at", "path",
             "status", "error", "rewritten", "qc_passed", "qc_reason", "focus", "saturation", "blank", "model_version",
-            "engine", "n_tiles", "confidence"] + [f"prob_{c}" for c in classes] + [f"fraction_{c}" for c in classes]
+            "engine", "n_tiles", "confidence"] + [f"prob_{c}" for c in classes] + [f"fraction_{c}" for c in classes] + \
+        ["ood_score", "ood"]
     attrs = repo.well_attributes(exp_id)
     extra = attribute_columns(attrs, cols)
     cols = cols + [escape(h) for _, h in extra]
@@ -137,12 +143,13 @@ def export_images(repo: Repo, experiment: str, out: Path) -> int:
                     _num(qc.get("focus")), _num(qc.get("saturation")), "" if "blank" not in qc else int(bool(qc["blank"]))]
             for p in preds or [None]:
                 if p is None:
-                    tail = ["", "", "", ""] + [""] * (2 * len(classes))
+                    tail = ["", "", "", ""] + [""] * (2 * len(classes)) + ["", ""]
                 else:
                     pm = dict(zip(p["classes"], p["prob_mean"]))
                     fr = dict(zip(p["classes"], p["fraction"]))
                     tail = [escape(p["model_version"]), p["engine"] or "", p["n_tiles"], _num(p["confidence"])] + \
-                        [_num(pm.get(c)) for c in classes] + [_num(fr.get(c)) for c in classes]
+                        [_num(pm.get(c)) for c in classes] + [_num(fr.get(c)) for c in classes] + \
+                        [_num(p.get("ood_score")), "" if p.get("ood") is None else int(p["ood"])]
                 a = attrs.get((img.plate, img.well), {})
                 w.writerow(base + tail + [escape(a.get(name, "")) for name, _ in extra])
                 n += 1

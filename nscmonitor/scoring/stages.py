@@ -20,7 +20,7 @@ from nscmonitor.core.aggregate import image_score, pack_tiles
 from nscmonitor.core.domain import QCMetrics
 from nscmonitor.core.limits import resample_refusal
 from nscmonitor.engines.base import Engine
-from nscmonitor.scoring.classify import score_batches
+from nscmonitor.scoring.classify import TileScores, score_batches
 from nscmonitor.readers.decode import DecodeError, Decoded, decode
 from nscmonitor.scoring.metrics import Timings
 from nscmonitor.scoring.preprocess import Preprocess, TileGrid
@@ -79,7 +79,7 @@ def prepare(c: Claimed, pre: Preprocess, meta, *, max_pixels: int, channel: str 
 
 
 def infer(engine: Engine, prepared: list[Prepared], batch_size: int) -> tuple[list, list[tuple[Claimed, Exception]]]:
-    """Tile probabilities per prepared image (tiles of all images in engine-sized batches).
+    """Tile scores per prepared image (tiles of all images in engine-sized batches).
     When the whole batch fails, each image is tried alone: returns the probabilities (None
     for an image the engine failed on) and those images with their errors. Raises the
     batch's error when the engine failed on every image (the engine is at fault, not an
@@ -103,16 +103,27 @@ def infer(engine: Engine, prepared: list[Prepared], batch_size: int) -> tuple[li
     return out, errors
 
 
-def result(p: Prepared, probs: np.ndarray, *, model_version: str, engine: Engine) -> Scored:
+def ood_of(tiles: TileScores, meta) -> tuple[float | None, bool | None]:
+    """The image's out-of-distribution score (its tiles' mean, as the threshold was set in
+    training) and flag; (None, None) when the model has no score or no tile was scored."""
+    if tiles.ood is None or not len(tiles.ood) or not meta.ood:
+        return None, None
+    score = float(np.mean(tiles.ood))
+    return score, bool(score > float(meta.ood["threshold"]))
+
+
+def result(p: Prepared, tiles: TileScores, *, model_version: str, engine: Engine) -> Scored:
     """What the store keeps of one scored image."""
     grid = p.grid
+    probs = tiles.probs
     score = image_score(probs) if grid is not None and len(probs) else None
+    ood_score, ood = ood_of(tiles, engine.metadata) if score is not None else (None, None)
     return Scored(
         image_id=p.claimed.id, content_hash=p.decoded.sha256, qc=p.qc, width=p.decoded.pixels.shape[1],
         height=p.decoded.pixels.shape[0], score=score,
         tiles_blob=pack_tiles(probs, grid.rows, grid.cols, grid.kept) if grid is not None else None,
         model_version=model_version, classes=engine.metadata.classes, engine=engine.name,
-        rewritten=p.content is Content.REWRITTEN,
+        rewritten=p.content is Content.REWRITTEN, ood_score=ood_score, ood=ood,
     )
 
 

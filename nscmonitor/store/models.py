@@ -144,6 +144,9 @@ class Prediction(Base):
     tiles: Mapped[bytes | None] = mapped_column(LargeBinary)
     engine: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: out-of-distribution score (mean over tiles) and flag; NULL: the model has none
+    ood_score: Mapped[float | None] = mapped_column(Float)
+    ood: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class WellReadout(Base):
@@ -169,6 +172,8 @@ class WellReadout(Base):
     n_qc_failed: Mapped[int] = mapped_column(Integer)
     confidence: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: scored images flagged out of distribution; NULL: the model gives no flag
+    n_ood: Mapped[int | None] = mapped_column(Integer)
 
 
 class DaemonStatus(Base):

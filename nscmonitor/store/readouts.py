@@ -21,7 +21,7 @@ def recompute_readout(s: Session, well_id: int, time_key: int, version: str, now
     imgs = s.execute(
         select(m.Image.id, m.Image.qc_passed, m.Image.elapsed_h, m.Image.acquired_at, m.Image.timepoint,
                m.Prediction.prob_mean, m.Prediction.prob_sd, m.Prediction.fraction, m.Prediction.n_tiles,
-               m.Prediction.confidence, m.Prediction.classes)
+               m.Prediction.confidence, m.Prediction.classes, m.Prediction.ood)
         .outerjoin(m.Prediction, (m.Prediction.image_id == m.Image.id) & (m.Prediction.model_version == version))
         .where(m.Image.well_id == well_id, m.Image.time_key == time_key, m.Image.status == QueueState.DONE)
     ).all()
@@ -53,4 +53,11 @@ def recompute_readout(s: Session, well_id: int, time_key: int, version: str, now
     readout.prob_mean, readout.prob_sd, readout.fraction = agg.prob_mean, agg.prob_sd, agg.fraction
     readout.n_images, readout.n_tiles, readout.n_qc_failed = agg.n_images, agg.n_tiles, agg.n_qc_failed
     readout.confidence = agg.confidence if agg.n_images else None
+    readout.n_ood = flagged_images(r.ood for r in imgs if r.prob_mean is not None)
     readout.updated_at = now
+
+
+def flagged_images(flags) -> int | None:
+    """Images flagged out of distribution; None when no image has a flag (the model gives none)."""
+    known = [bool(f) for f in flags if f is not None]
+    return sum(known) if known else None

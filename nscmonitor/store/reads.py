@@ -201,7 +201,7 @@ class Repo:
                     timepoint=ro.time_key, elapsed_h=ro.elapsed_h, acquired_at=aware(ro.acquired_at),
                     model_version=ro.model_version, classes=tuple(ro.classes), prob_mean=tuple(ro.prob_mean),
                     prob_sd=tuple(ro.prob_sd), fraction=tuple(ro.fraction), n_images=ro.n_images,
-                    n_tiles=ro.n_tiles, n_qc_failed=ro.n_qc_failed, confidence=ro.confidence,
+                    n_tiles=ro.n_tiles, n_qc_failed=ro.n_qc_failed, confidence=ro.confidence, n_ood=ro.n_ood,
                 )
 
     def well_attributes(self, experiment_id: int) -> dict[tuple[str, str], dict[str, str]]:
@@ -227,7 +227,7 @@ class Repo:
                 preds.setdefault(p.image_id, []).append({
                     "model_version": p.model_version, "classes": p.classes, "prob_mean": p.prob_mean,
                     "prob_sd": p.prob_sd, "fraction": p.fraction, "n_tiles": p.n_tiles, "confidence": p.confidence,
-                    "engine": p.engine,
+                    "engine": p.engine, "ood_score": p.ood_score, "ood": p.ood,
                 })
             for img, w, p in rows:
                 yield ImageRecord(

@@ -85,6 +85,10 @@ class Scored:
     #: its earlier predictions are void. Not rewritten and reaching ``complete`` means no
     #: prediction by this model exists yet (an unchanged, scored image never gets here).
     rewritten: bool = False
+    #: mean tile out-of-distribution score and whether it passed the model's threshold; None
+    #: when the model has no such score (the flag is unavailable)
+    ood_score: float | None = None
+    ood: bool | None = None
 
 
 def time_key(key: ImageKey | None, elapsed_h: float | None) -> int | None:
@@ -368,6 +372,7 @@ class Writer:
                         prob_mean=[float(v) for v in r.score.prob_mean], prob_sd=[float(v) for v in r.score.prob_sd],
                         fraction=[float(v) for v in r.score.fraction], n_tiles=r.score.n_tiles,
                         confidence=r.score.confidence, tiles=r.tiles_blob, engine=r.engine, created_at=now,
+                        ood_score=r.ood_score, ood=r.ood,
                     ))
                 if row.well_id is not None and row.time_key is not None:
                     touched.add((row.well_id, row.time_key, r.model_version))
