@@ -80,6 +80,14 @@ def test_folder_never_imports(folder: str, forbidden: set[str]) -> None:
     assert not {k: v for k, v in bad.items() if v}
 
 
+def test_only_the_store_imports_the_orm_models() -> None:
+    """Everyone else, the GUI and training included, gets plain dataclasses from the store."""
+    files = [p for folder in LAYERS for p in modules(folder)
+             if not module_name(p).startswith("nscmonitor.store.") and module_name(p) != "nscmonitor.store"]
+    bad = {str(p.relative_to(REPO)): hits(imported_modules(p), {"nscmonitor.store.models"}) for p in files}
+    assert not {k: v for k, v in bad.items() if v}
+
+
 def test_imports_are_read_with_full_names() -> None:
     src = ("from . import colors\nfrom ..state.presenter import Presenter\nimport torch.nn as tnn\n"
            "def f():\n    from nscmonitor.daemon import Daemon\n")
