@@ -122,6 +122,11 @@ class MainWindow(QMainWindow):
         cl = QVBoxLayout(center)
         cl.setContentsMargins(4, 4, 4, 4)
         cl.addLayout(top)
+        self.ood_banner = QLabel()
+        self.ood_banner.setWordWrap(True)
+        self.ood_banner.setStyleSheet("background: #fde2d4; color: #7a2800; padding: 4px; border: 1px solid #eb5014;")
+        self.ood_banner.setVisible(False)
+        cl.addWidget(self.ood_banner)
         cl.addWidget(self.plate_map, 1)
         cl.addLayout(timeline)
         return center
@@ -336,6 +341,16 @@ class MainWindow(QMainWindow):
         title = f"{self.experiment.name if self.experiment else ''} / {self.plate.name if self.plate else ''} — " \
                 f"{m.label} at {when}"
         self.plate_map.set_values(values, label=m.label, unit=m.unit, fixed_range=m.fixed_range, title=title)
+        self.plate_map.set_flagged([w.name for w, f in zip(cube.wells, cube.flagged_at(self.t_index)) if f])
+        self._show_ood_banner(cube)
+
+    def _show_ood_banner(self, cube: PlateCube) -> None:
+        """A banner above the map while the shown plate has images flagged out of distribution."""
+        n = cube.flagged_images()
+        self.ood_banner.setVisible(n > 0)
+        if n:
+            self.ood_banner.setText(f"⚠ {n} image(s) on this plate are unlike the model's training data "
+                                    "(cross-hatched wells): their readouts mean little and are left out of calls.")
 
     def _toggle_play(self, on: bool) -> None:
         self.play.setText("⏸ Pause" if on else "▶ Play")

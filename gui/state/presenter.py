@@ -81,7 +81,7 @@ def plate_wells(engine: Any, plate_id: int) -> list[Well]:
 
 def readout_rows(c: db.ReadoutColumns) -> ReadoutRows:
     return ReadoutRows(c.well_id, c.time_key, c.elapsed_h, c.classes, c.prob_mean, c.prob_sd, c.fraction, c.n_images,
-                       c.n_tiles, c.n_qc_failed, c.confidence)
+                       c.n_tiles, c.n_qc_failed, c.confidence, c.n_ood)
 
 
 def load_plate(engine: Any, plate: reads.PlateInfo, preferred: str | None, wanted: str | None = None, *,

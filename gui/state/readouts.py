@@ -39,6 +39,8 @@ class ReadoutRows:
     n_tiles: np.ndarray  # N int32
     n_qc_failed: np.ndarray  # N int32
     confidence: np.ndarray  # N float32
+    #: N float32: images flagged out of distribution, NaN where the model gives no flag
+    n_ood: np.ndarray | None = None
 
     @staticmethod
     def empty(classes: tuple[str, ...] = ()) -> ReadoutRows:
@@ -46,7 +48,7 @@ class ReadoutRows:
         z = np.zeros(0, np.int64)
         return ReadoutRows(z, z, np.zeros(0), classes, np.zeros((0, k), np.float32), np.zeros((0, k), np.float32),
                            np.zeros((0, k), np.float32), z.astype(np.int32), z.astype(np.int32), z.astype(np.int32),
-                           np.zeros(0, np.float32))
+                           np.zeros(0, np.float32), np.zeros(0, np.float32))
 
     def __len__(self) -> int:
         return len(self.well_id)
@@ -67,6 +69,8 @@ class PlateCube:
     n_tiles: np.ndarray
     n_qc_failed: np.ndarray
     confidence: np.ndarray  # W x T float32
+    #: W x T float32: images flagged out of distribution (NaN: no flag from the model or no data)
+    n_ood: np.ndarray | None = None
 
     @property
     def n_times(self) -> int:
@@ -77,6 +81,16 @@ class PlateCube:
             if w.name == name:
                 return i
         raise KeyError(name)
+
+    def flagged_at(self, t: int) -> np.ndarray:
+        """W bool: wells with an image flagged out of distribution at time index ``t``."""
+        if self.n_ood is None or not 0 <= t < self.n_times:
+            return np.zeros(len(self.wells), bool)
+        return np.nan_to_num(self.n_ood[:, t], nan=0.0) > 0
+
+    def flagged_images(self) -> int:
+        """Images flagged out of distribution on the whole plate (what the banner counts)."""
+        return 0 if self.n_ood is None else int(np.nansum(self.n_ood))
 
     def time_label(self, t: int) -> str:
         h = self.elapsed_h[t] if 0 <= t < self.n_times else np.nan
@@ -93,7 +107,7 @@ def empty_cube(wells: list[Well], plate_format: int, classes: tuple[str, ...]) -
                      np.zeros((w, 0), bool), np.full((w, 0, k), np.nan, np.float32),
                      np.full((w, 0, k), np.nan, np.float32), np.full((w, 0, k), np.nan, np.float32),
                      np.zeros((w, 0), np.int32), np.zeros((w, 0), np.int32), np.zeros((w, 0), np.int32),
-                     np.full((w, 0), np.nan, np.float32))
+                     np.full((w, 0), np.nan, np.float32), np.full((w, 0), np.nan, np.float32))
 
 
 def merge(cube: PlateCube, rows: ReadoutRows, wells: list[Well] | None = None) -> PlateCube:
@@ -122,11 +136,13 @@ def merge(cube: PlateCube, rows: ReadoutRows, wells: list[Well] | None = None) -
     ti = np.searchsorted(cube.time_keys, rows.time_key[ok])
     arrays = {name: getattr(cube, name).copy() for name in
               ("has", "prob_mean", "prob_sd", "fraction", "n_images", "n_tiles", "n_qc_failed", "confidence")}
+    arrays["n_ood"] = _ood(cube).copy()
     arrays["has"][wi, ti] = True
     for name in ("prob_mean", "prob_sd", "fraction"):
         arrays[name][wi, ti] = getattr(rows, name)[ok]
     for name in ("n_images", "n_tiles", "n_qc_failed", "confidence"):
         arrays[name][wi, ti] = getattr(rows, name)[ok]
+    arrays["n_ood"][wi, ti] = rows.n_ood[ok] if rows.n_ood is not None else np.nan
     elapsed = _elapsed_per_key(cube.time_keys, cube.elapsed_h, rows.time_key[ok], rows.elapsed_h[ok])
     return replace(cube, elapsed_h=elapsed, **arrays)
 
@@ -161,7 +177,12 @@ def _grow_times(cube: PlateCube, keys: np.ndarray) -> PlateCube:
                    prob_mean=grown(cube.prob_mean, np.nan), prob_sd=grown(cube.prob_sd, np.nan),
                    fraction=grown(cube.fraction, np.nan), n_images=grown(cube.n_images, 0),
                    n_tiles=grown(cube.n_tiles, 0), n_qc_failed=grown(cube.n_qc_failed, 0),
-                   confidence=grown(cube.confidence, np.nan))
+                   confidence=grown(cube.confidence, np.nan), n_ood=grown(_ood(cube), np.nan))
+
+
+def _ood(cube: PlateCube) -> np.ndarray:
+    """The cube's flag counts, NaN (no flag) for a cube built before they existed."""
+    return cube.n_ood if cube.n_ood is not None else np.full(cube.has.shape, np.nan, np.float32)
 
 
 def _grow_wells(cube: PlateCube, extra: list[Well]) -> PlateCube:
@@ -174,7 +195,7 @@ def _grow_wells(cube: PlateCube, extra: list[Well]) -> PlateCube:
                    prob_mean=grown(cube.prob_mean, np.nan), prob_sd=grown(cube.prob_sd, np.nan),
                    fraction=grown(cube.fraction, np.nan), n_images=grown(cube.n_images, 0),
                    n_tiles=grown(cube.n_tiles, 0), n_qc_failed=grown(cube.n_qc_failed, 0),
-                   confidence=grown(cube.confidence, np.nan))
+                   confidence=grown(cube.confidence, np.nan), n_ood=grown(_ood(cube), np.nan))
 
 
 # --- readouts the plate map can colour by -----------------------------------------------
@@ -289,6 +310,14 @@ def nearest_time(cube: PlateCube, hours: float) -> int:
     return int(np.argmin(np.abs(e - hours)))
 
 
+def flagged_over(cube: PlateCube, idx: list[int]) -> np.ndarray | None:
+    """T: images flagged out of distribution in these wells at each time point (what a call
+    over them leaves out); None when the model gives no flag."""
+    if cube.n_ood is None or not np.isfinite(cube.n_ood[idx]).any():
+        return None
+    return np.nansum(cube.n_ood[idx], axis=0)
+
+
 def mean_over_wells(cube: PlateCube, wells: list[str] | tuple[str, ...], which: str = "prob") -> np.ndarray:
     """T x K class probabilities (or fractions) averaged over some wells, ignoring wells
     without data at a time point: the input of a condition's confident call."""
@@ -314,4 +343,12 @@ def well_tooltip(cube: PlateCube | None, well: str, t: int, condition: str | Non
     return (f"<b>{well}</b> — {cond}<br>{cube.time_label(t)}: {metric_label} = "
             f"{'no data' if value is None else f'{value:.3g}'}<br>P: {probs}<br>fraction of tiles: {frac}<br>"
             f"{cube.n_images[i, t]} images, {cube.n_tiles[i, t]} tiles, {cube.n_qc_failed[i, t]} QC failed, "
-            f"confidence {cube.confidence[i, t]:.2f}")
+            f"confidence {cube.confidence[i, t]:.2f}{_ood_note(cube, i, t)}")
+
+
+def _ood_note(cube: PlateCube, i: int, t: int) -> str:
+    if cube.n_ood is None or not np.isfinite(cube.n_ood[i, t]):
+        return "<br>out-of-distribution flag unavailable for this model"
+    n = int(cube.n_ood[i, t])
+    return (f"<br><b>{n} of {cube.n_images[i, t]} images unlike the training data: this readout means "
+            "little and is left out of calls</b>") if n else ""

@@ -21,6 +21,11 @@ from nscmonitor.gui.widgets.chart_menu import add_save_actions
 from nscmonitor.gui.widgets.colors import ValueColormap, condition_color
 
 
+#: the out-of-distribution flag's hatch and outline (orange-red: apart from viridis and the
+#: grey of 'no data')
+OOD_COLOR = QColor(235, 80, 20)
+
+
 class PlateMapView(QWidget):
     selection_changed = Signal(list)  # well names
     hovered = Signal(str)
@@ -46,6 +51,8 @@ class PlateMapView(QWidget):
         self._drag_from: QPoint | None = None
         self._drag_to: QPoint | None = None
         self._cond_index: dict[str, int] = {}
+        #: wells whose readout rests on images flagged out of distribution: cross-hatched
+        self.flagged: set[str] = set()
 
     # --- model ----------------------------------------------------------------------------
     def set_plate(self, plate_format: int, wells: list[tuple[str, int, int, str | None]]) -> None:
@@ -70,6 +77,12 @@ class PlateMapView(QWidget):
             finite = self.values[np.isfinite(self.values)]
             hi = float(finite.max()) if finite.size else 1.0
             self.range = (0.0, max(hi, 1.0))
+        self.update()
+
+    def set_flagged(self, wells: list[str]) -> None:
+        """Wells to cross-hatch in the flag colour over their value (their images are unlike
+        the model's training data, so the colour underneath means little)."""
+        self.flagged = {w for w in wells if w in self.rowcol}
         self.update()
 
     def value_of(self, well: str) -> float | None:
@@ -147,6 +160,7 @@ class PlateMapView(QWidget):
         index = {n: i for i, n in enumerate(self.names)}
         empty_pen = QPen(QColor(170, 170, 170), 1)
         hatch = QBrush(QColor(150, 150, 150), Qt.BrushStyle.BDiagPattern)
+        ood_hatch = QBrush(OOD_COLOR, Qt.BrushStyle.DiagCrossPattern)
         inset = max(1.0, pitch * 0.08)
         for r in range(rows):
             for c in range(cols):
@@ -164,6 +178,10 @@ class PlateMapView(QWidget):
                     if i is not None:
                         p.setBrush(hatch)
                         p.drawEllipse(rect)
+                if name in self.flagged:
+                    p.setPen(QPen(OOD_COLOR, max(1.5, pitch * 0.06)))
+                    p.setBrush(ood_hatch)
+                    p.drawEllipse(rect)
         self._paint_conditions(p, grid, pitch)
         sel_pen = QPen(QColor(220, 20, 60), max(2.0, pitch * 0.1))
         p.setBrush(Qt.BrushStyle.NoBrush)

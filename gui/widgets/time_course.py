@@ -12,7 +12,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from nscmonitor.gui.state.readouts import (ConfidentCall, PlateCube, class_series, condition_series, confident_call,
-                                           mean_over_wells, metric_series, metrics_for)
+                                           flagged_over, mean_over_wells, metric_series, metrics_for)
 from nscmonitor.gui.widgets.chart_menu import add_save_actions
 from nscmonitor.gui.widgets.colors import class_color, condition_color
 
@@ -154,7 +154,8 @@ class TimeCourse(QWidget):
                     symbolPen=None, name=cls)
         if which != "prob":
             return ""
-        call = confident_call(np.stack(means, axis=1), x, cube.classes, threshold=self.threshold)
+        call = confident_call(np.stack(means, axis=1), x, cube.classes, threshold=self.threshold,
+                              flagged=flagged_over(cube, idx))
         self.calls["wells"] = call
         if call is None:
             return f"Selected wells: no confident, stable call yet (top class ≥ {self.threshold:.0%} until the last time point)."
@@ -183,7 +184,8 @@ class TimeCourse(QWidget):
             label = f"{i + 1}. {s.condition}" if s.condition in order else s.condition
             pi.plot(xs, ys, pen=pg.mkPen(color, width=2), name=f"{label} (n={len(s.wells)})")
             probs = mean_over_wells(cube, s.wells)
-            call = confident_call(probs, x, cube.classes, threshold=self.threshold)
+            call = confident_call(probs, x, cube.classes, threshold=self.threshold,
+                                  flagged=flagged_over(cube, [cube.well_index(w) for w in s.wells]))
             self.calls[f"condition:{s.condition}"] = call
             if call is not None:
                 y = s.mean[call.index]

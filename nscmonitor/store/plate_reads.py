@@ -115,10 +115,11 @@ class ReadoutColumns:
     n_tiles: np.ndarray
     n_qc_failed: np.ndarray
     confidence: np.ndarray
+    n_ood: np.ndarray  # images flagged out of distribution, NaN where the model gives no flag
 
 
 _RO_COLS = ("SELECT well_id, time_key, elapsed_h, prob_mean, prob_sd, fraction, n_images, n_tiles, n_qc_failed,"
-            " confidence FROM well_readouts")
+            " confidence, n_ood FROM well_readouts")
 
 
 def _classes(engine: Engine, version: str, plate_id: int | None = None) -> tuple[str, ...]:
@@ -137,7 +138,7 @@ def _classes(engine: Engine, version: str, plate_id: int | None = None) -> tuple
 
 def _columns(rows: list, classes: tuple[str, ...]) -> ReadoutColumns:
     k = len(classes)
-    cols = list(zip(*rows)) if rows else [()] * 10
+    cols = list(zip(*rows)) if rows else [()] * 11
 
     def num(i: int, dtype: type) -> np.ndarray:
         return np.array([np.nan if v is None else v for v in cols[i]], dtype=dtype)
@@ -146,7 +147,7 @@ def _columns(rows: list, classes: tuple[str, ...]) -> ReadoutColumns:
         well_id=np.array(cols[0], np.int64), time_key=np.array(cols[1], np.int64), elapsed_h=num(2, np.float64),
         classes=classes, prob_mean=_lists(list(cols[3]), k), prob_sd=_lists(list(cols[4]), k),
         fraction=_lists(list(cols[5]), k), n_images=np.array(cols[6], np.int32), n_tiles=np.array(cols[7], np.int32),
-        n_qc_failed=np.array(cols[8], np.int32), confidence=num(9, np.float32))
+        n_qc_failed=np.array(cols[8], np.int32), confidence=num(9, np.float32), n_ood=num(10, np.float32))
 
 
 def plate_readouts(engine: Engine, plate_id: int, version: str, *, latest_only: bool = False) -> ReadoutColumns:
