@@ -124,3 +124,31 @@ def test_blank_fields_are_flagged_and_in_domain_test_fields_mostly_not(trained):
     assert len(in_domain) >= 20
     assert blank >= 0.95
     assert test <= 0.10  # a held-out plate: close to the 4 % set on validation
+
+
+def test_the_int8_recipe_keeps_the_ood_head_fp32_and_the_flag(trained, tmp_path):
+    from nscmonitor.engines.calibration import load_model_tiles
+    from nscmonitor.engines.quantize import quantize_static_qdq, sensitive_nodes
+
+    path, _ = trained
+    tiles = load_model_tiles(path)
+    out = quantize_static_qdq(path, tmp_path / "int8.onnx", tiles.calib.x)
+    graph = onnx.load(str(out)).graph
+    assert [o.name for o in graph.output] == ["logits", "ood"]
+    ood_nodes = [n for n in graph.node if n.name.startswith("/ood/")]
+    assert ood_nodes and not any("Quantize" in n.op_type for n in ood_nodes)
+    # the head kept fp32 is still the classifier's last layer, not the OOD head's MatMul
+    kept = sensitive_nodes(onnx.load(str(path)))
+    assert "fc" in [n for n in kept if not n.startswith("/ood/")][-1]
+    md = read_onnx_metadata(path)
+    fp32, int8 = OrtCpuEngine(path, md), OrtCpuEngine(out, md)
+    fp32.load()
+    int8.load()
+    try:
+        a, b = fp32.infer_with_ood(tiles.heldout.x)[1], int8.infer_with_ood(tiles.heldout.x)[1]
+    finally:
+        fp32.close()
+        int8.close()
+    thr = md.ood["threshold"]
+    assert np.median(np.abs(a - b) / a) < 0.1
+    assert np.mean((a > thr) == (b > thr)) >= 0.95
