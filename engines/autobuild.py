@@ -388,20 +388,27 @@ class Attempt:
     seconds: float = 0.0
 
 
-def _cpu_int8(model_path: Path, tiles: _Tiles, want_openvino: bool, threads: int) -> list[Attempt]:
+def _cpu_int8(model_path: Path, tiles: _Tiles, want_openvino: bool, threads: int,
+              detail: Any = None) -> list[Attempt]:
     """The int8 Q/DQ model, gated on ONNX Runtime and (when installed) on OpenVINO, whose int8
-    kernels round differently and so need their own pass."""
+    kernels round differently and so need their own pass. When the plain recipe fails the
+    gate of the runtime that would serve it, ``engines.mixed_precision`` keeps the most
+    sensitive layer groups in fp32 (``detail`` gets its steps) and the model is gated again;
+    the groups kept are part of both gate records."""
     from nscmonitor.engines.metadata import read_onnx_metadata
-    from nscmonitor.engines.quantize import build_ort_int8
+    from nscmonitor.engines.mixed_precision import build_int8
 
     t0 = time.monotonic()
-    path, report = build_ort_int8(model_path, tiles.calib, tiles.heldout, threads=threads)
+    path, report, search = build_int8(model_path, tiles.calib, tiles.heldout, want_openvino=want_openvino,
+                                      threads=threads, progress=detail)
     seconds = time.monotonic() - t0
+    kept = {"kept_fp32": list(report.kept_fp32)} if report.kept_fp32 else {}
     ort = Attempt("ort-int8", path is not None and report.passed, path.name if path else None, report.to_dict(),
                   None if report.passed else "; ".join(report.reasons), seconds)
     if path is None or not want_openvino:
         return [ort]
     ov_gate = (read_onnx_metadata(path).extra.get("int8") or {}).get("openvino_gate")
+    ov_gate = {**ov_gate, **kept} if ov_gate else ov_gate
     ov = Attempt("openvino-int8", bool(ov_gate and ov_gate.get("passed")), path.name, ov_gate,
                  None if ov_gate and ov_gate.get("passed") else
                  ("; ".join(ov_gate.get("reasons") or ()) if ov_gate else "OpenVINO could not run the int8 model"),
@@ -426,13 +433,15 @@ def _tensorrt(model_path: Path, tiles: _Tiles, precision: str) -> Attempt:
 
 
 def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = None, threads: int = 0,
-              progress: Progress | None = None, targets: tuple[str, ...] | None = None) -> EngineStatus:
+              progress: Progress | None = None, targets: tuple[str, ...] | None = None,
+              detail: Callable[[int, int, str], None] | None = None) -> EngineStatus:
     """Build, gate and record the best engine for this machine; returns the recorded status.
 
     Every engine in :func:`plan` is tried, best first, until one passes; each attempt's gate
     (or failure) is kept in the status so ``status``/``doctor`` can say why the GPU or int8 is
     not used. Errors of a backend (a TensorRT that cannot parse the graph, a quantizer bug)
-    are recorded as that attempt's reason and the next backend is tried."""
+    are recorded as that attempt's reason and the next backend is tried. ``detail`` gets the
+    steps of a mixed-precision search (done, total, what), when one runs."""
     from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
 
     model_path = Path(model_path)
@@ -456,7 +465,7 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
     cpu_target = targets[-1]
     say(f"quantising to int8 and gating against fp32 on {len(tiles.heldout)} held-out tiles")
     try:
-        attempts += _cpu_int8(model_path, tiles, cpu_target == "openvino-int8", threads)
+        attempts += _cpu_int8(model_path, tiles, cpu_target == "openvino-int8", threads, detail)
     except Exception as exc:  # a backend's failure is this attempt's outcome, not the build's end
         log.exception("int8 build of %s failed", model_path)
         attempts.append(Attempt(cpu_target, False, reason=f"int8 build failed: {exc}"))
@@ -651,9 +660,12 @@ def ensure(model_path: str | Path, *, calibration_dir: str | Path | None = None,
 
 # --- saying what happened ----------------------------------------------------------------
 def gate_text(gate: dict[str, Any] | None) -> str:
+    from nscmonitor.engines.validate import kept_text
+
     if not gate or "top1_agreement" not in gate:
         return ""
-    return f"top-1 agreement {gate['top1_agreement']:.2%}, well readout within {gate.get('well_readout_pp', 0):.2f} pp"
+    return (f"top-1 agreement {gate['top1_agreement']:.2%}, well readout within {gate.get('well_readout_pp', 0):.2f} pp"
+            + kept_text(gate.get("kept_fp32")))
 
 
 def describe(status: EngineStatus | None, version: str | None = None) -> str:

@@ -154,8 +154,15 @@ def cmd_autobuild(args: argparse.Namespace) -> int:
                 def step(msg: str) -> None:
                     prog.update(task, description=msg, advance=1)
 
+                search: list = []  # the mixed-precision search's own bar, added when a search starts
+
+                def detail(done: int, total: int, msg: str) -> None:
+                    if not search:
+                        search.append(prog.add_task(msg, total=total))
+                    prog.update(search[0], description=msg, completed=done, total=total)
+
                 status = ab.run_build(model, calibration_dir=cal, threads=args.threads, progress=step,
-                                      targets=targets)
+                                      targets=targets, detail=detail)
                 prog.update(task, completed=steps, description="done")
     print(ab.describe(status))
     return 0 if status is not None and status.state == "ready" else 1
@@ -236,7 +243,10 @@ def _gate_text(gate: dict) -> str:
     if not gate:
         return "not validated"
     verdict = "passed" if gate.get("passed") else "FAILED"
-    return f"{verdict}: top-1 {gate.get('top1_agreement', 0):.2%}, readout {gate.get('well_readout_pp', 0):.2f} pp"
+    from nscmonitor.engines.validate import kept_text
+
+    return (f"{verdict}: top-1 {gate.get('top1_agreement', 0):.2%}, readout {gate.get('well_readout_pp', 0):.2f} pp"
+            + kept_text(gate.get("kept_fp32")))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

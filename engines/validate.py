@@ -58,15 +58,19 @@ class GateReport:
     #: gated figure; None when too few tiles were clear and all tiles were gated instead
     top1_agreement_clear: float | None = None
     n_clear: int = 0
+    #: layer groups the int8 model keeps in fp32 beyond the recipe's stem and head (chosen by
+    #: ``engines.mixed_precision`` when the plain recipe failed its gate)
+    kept_fp32: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["reasons"] = list(self.reasons)
+        d["kept_fp32"] = list(self.kept_fp32)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GateReport":
-        return cls(**{**d, "reasons": tuple(d.get("reasons", ()))})
+        return cls(**{**d, "reasons": tuple(d.get("reasons", ())), "kept_fp32": tuple(d.get("kept_fp32", ()))})
 
     def summary(self) -> str:
         verdict = "passed" if self.passed else "FAILED: " + "; ".join(self.reasons)
@@ -75,7 +79,15 @@ class GateReport:
                  if self.top1_agreement_clear is not None else "")
         return (f"{self.backend}: {clear}top-1 agreement {self.top1_agreement:.2%} on all {self.n_tiles} tiles, "
                 f"well readout diff {self.well_readout_pp:.2f} pp over {self.n_groups} wells, "
-                f"max |dp| {self.max_abs_prob_diff:.4f} -> {verdict}")
+                f"max |dp| {self.max_abs_prob_diff:.4f}{kept_text(self.kept_fp32)} -> {verdict}")
+
+
+def kept_text(kept: tuple[str, ...] | list[str] | None) -> str:
+    """How a gate line names the layer groups kept in fp32 (empty when none were)."""
+    if not kept:
+        return ""
+    shown = ", ".join(list(kept)[:4]) + (f" and {len(kept) - 4} more" if len(kept) > 4 else "")
+    return f", {len(kept)} layer group(s) kept fp32 ({shown})"
 
 
 def well_readouts(probs: np.ndarray, groups: tuple[str, ...] | list[str]) -> tuple[np.ndarray, np.ndarray]:

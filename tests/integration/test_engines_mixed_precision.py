@@ -1,0 +1,107 @@
+"""Accuracy-aware mixed precision on a real tiny ONNX model with one layer made deliberately
+int8-hostile: the plain recipe fails its gate, the search (on the calibration tiles only)
+keeps exactly that layer in fp32, and the rebuilt model passes the held-out gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nscmonitor.engines.calibration import TileSet
+from nscmonitor.engines.metadata import read_onnx_metadata
+from nscmonitor.engines.mixed_precision import build_int8, group_of, search
+from nscmonitor.engines.ort import int8_path_for
+from nscmonitor.engines.quantize import build_ort_int8
+from nscmonitor.engines.tiny import build_tiny_classifier
+from nscmonitor.scoring.preprocess import Preprocess
+
+SIZE = 32
+DEAD = 3  # the channel of body0's output that ReLU always zeroes
+
+
+def blobs(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Raw 12-bit tiles whose blob density and size grow with the class (4 classes), two
+    wells per class."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    out, wells = [], []
+    for i in range(n):
+        cls = i % 4
+        img = rng.normal(300, 20, (SIZE, SIZE))
+        for _ in range(2 + 3 * cls):
+            cy, cx = rng.uniform(0, SIZE, 2)
+            r = rng.uniform(1.5, 2 + 1.5 * cls)
+            img += (800 + 400 * cls) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        out.append(img.clip(0, 4095).astype(np.uint16))
+        wells.append(f"P1/A{cls + 1:02d}" if i % 8 < 4 else f"P1/B{cls + 1:02d}")
+    return np.stack(out), wells
+
+
+def tileset(meta, raw, wells, source) -> TileSet:
+    pre = Preprocess.from_metadata(meta)
+    x = np.concatenate([pre.tiles(t).tiles for t in raw])
+    return TileSet(x, tuple(wells), tuple("" for _ in wells), source)
+
+
+@pytest.fixture()
+def hostile(tmp_path):
+    """stem -> body0 -> body1 -> head, where body1 has one enormous weight on an input
+    channel that is always zero: harmless in fp32, but its per-channel int8 scale rounds every
+    other weight of body1 to zero."""
+    rng = np.random.default_rng(7)
+    w0 = rng.normal(0, 0.4, (8, 8, 3, 3)).astype(np.float32)
+    b0 = rng.normal(0, 0.1, 8).astype(np.float32)
+    w0[DEAD], b0[DEAD] = 0.0, -0.05
+    w1 = rng.normal(0, 0.4, (8, 8, 3, 3)).astype(np.float32)
+    w1[:, DEAD, 1, 1] = 1e4
+    path = tmp_path / "model.onnx"
+    meta = build_tiny_classifier(path, input_size=SIZE, depth=2, seed=4,
+                                 weights={"body0_w": w0, "body0_b": b0, "body1_w": w1})
+    calib = tileset(meta, *blobs(64, 1), "calib")
+    held = tileset(meta, *blobs(160, 2), "held")
+    return path, meta, calib, held
+
+
+def _consumer_of(model_path, weight: str) -> str:
+    """Name the int8 file gives the node that reads ``weight`` in fp32 (unquantised)."""
+    import onnx
+
+    q = onnx.load(str(model_path))
+    return next(n.name for n in q.graph.node if weight in n.input)
+
+
+def test_plain_recipe_fails_and_the_search_keeps_exactly_the_hostile_layer(hostile):
+    path, meta, calib, held = hostile
+    out, plain = build_ort_int8(path, calib, held, threads=1)
+    assert out is None and not plain.passed, plain.summary()
+    steps = []
+    result = search(path, calib.x, calib.groups, threads=1, progress=lambda d, t, m: steps.append((d, t)))
+    assert result.passed and len(result.groups) == 1 and len(result.nodes) == 1, result.to_dict()
+    assert result.groups == [group_of(result.nodes[0])] and len(result.int8_groups) == 1  # body0 stays int8
+    assert max(result.sensitivity, key=result.sensitivity.get) == result.groups[0]
+    assert steps and all(d <= t for d, t in steps) and result.steps <= 40
+
+
+def test_build_int8_gates_the_mixed_model_and_records_the_fp32_layers(hostile):
+    path, meta, calib, held = hostile
+    out, report, result = build_int8(path, calib, held, want_openvino=False, threads=1)
+    assert out == int8_path_for(path) and out.is_file() and report.passed, report.summary()
+    assert result is not None and report.kept_fp32 == tuple(result.groups)
+    # the layer kept fp32 is the one reading the hostile weights, still in fp32 in the file
+    assert result.nodes == [_consumer_of(out, "body1_w")]
+    assert "kept fp32" in report.summary()
+    on_disk = json.loads(out.with_name(out.name + ".gate.json").read_text())
+    assert on_disk["passed"] and on_disk["kept_fp32"] == list(result.groups)
+    rec = read_onnx_metadata(out).extra["int8"]
+    assert rec["settings"]["exclude_nodes"] == result.nodes
+    assert rec["settings"]["mixed_precision"]["kept_fp32_groups"] == list(result.groups)
+
+
+def test_a_model_the_plain_recipe_passes_runs_no_search(tmp_path):
+    path = tmp_path / "model.onnx"
+    meta = build_tiny_classifier(path, input_size=SIZE, depth=2, seed=4)
+    out, report, result = build_int8(path, tileset(meta, *blobs(64, 1), "calib"),
+                                     tileset(meta, *blobs(160, 2), "held"), want_openvino=False, threads=1)
+    assert out is not None and report.passed and result is None and report.kept_fp32 == ()
