@@ -26,6 +26,14 @@ from nscmonitor.engines.base import EngineError
 FP16_KEEP_FP32 = ("ReduceSum", "ReduceMean", "ReduceL2", "ReduceSumSquare")
 
 
+def ood_nodes(model) -> list[str]:
+    """The out-of-distribution head's nodes (``training.ood``): kept fp32, since its squared
+    distances of whitened features leave fp16's range (as ``engines.quantize`` keeps them)."""
+    from nscmonitor.engines.quantize import OOD_SCOPE
+
+    return [n.name for n in model.graph.node if n.name.startswith(OOD_SCOPE)]
+
+
 def convert_to_fp16(src: str | Path, dst: str | Path) -> Path:
     """Write an fp16 copy of ``src`` with fp32 graph inputs/outputs and the same metadata."""
     import onnx
@@ -40,7 +48,8 @@ def convert_to_fp16(src: str | Path, dst: str | Path) -> Path:
     try:
         converted = float16.convert_float_to_float16(
             model, keep_io_types=True,
-            op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32))
+            op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FP32),
+            node_block_list=ood_nodes(model))
     except Exception as exc:  # the converter raises plain ValueError/RuntimeError on odd graphs
         raise EngineError(f"cannot convert {src} to fp16: {exc}") from exc
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -152,3 +152,24 @@ def test_the_int8_recipe_keeps_the_ood_head_fp32_and_the_flag(trained, tmp_path)
     thr = md.ood["threshold"]
     assert np.median(np.abs(a - b) / a) < 0.1
     assert np.mean((a > thr) == (b > thr)) >= 0.95
+
+
+def test_the_fp16_graph_for_tensorrt_keeps_the_ood_head_fp32(trained, tmp_path):
+    pytest.importorskip("onnxconverter_common")
+    from nscmonitor.engines.precision_graphs import convert_to_fp16, ood_nodes
+
+    path, splits = trained
+    out = convert_to_fp16(path, tmp_path / "fp16.onnx")
+    blocked = set(ood_nodes(onnx.load(str(path))))
+    assert blocked
+    md = read_onnx_metadata(path)
+    x = splits["val"].x[:64, None].astype(np.float32)
+    fp32, fp16 = OrtCpuEngine(path, md), OrtCpuEngine(out, md)
+    fp32.load()
+    fp16.load()
+    try:
+        a, b = fp32.infer_with_ood(x)[1], fp16.infer_with_ood(x)[1]
+    finally:
+        fp32.close()
+        fp16.close()
+    assert np.all(np.isfinite(b)) and np.max(np.abs(a - b) / a) < 0.02
