@@ -1,0 +1,214 @@
+"""Scoring throughput of the shared queue: 1, 2 and 3 scorer processes on one PostgreSQL
+database, and one daemon on PostgreSQL against one on SQLite.
+
+The tiny model on small frames, so what is measured is the queue and the store (claims with
+``FOR UPDATE SKIP LOCKED``, leases, results, readouts), not the network. Every run scores the
+same frames into a fresh database:
+
+* ``pg xN``: N ``nscmonitor run --score-only`` processes are started on an empty database and
+  have loaded their model; then a watch-only pass queues all the frames at once.
+* ``pg x1 daemon`` / ``sqlite x1 daemon``: one ``nscmonitor run --once`` process watching the
+  frames (it queues and scores).
+
+Throughput is images / (last prediction - first prediction), read from the predictions'
+``created_at``: process start-up and model loading are left out, and every process runs the
+whole time. Prints a table and writes JSON (``benchmarks/results/scale.json``). Needs a
+PostgreSQL role allowed to create databases (``--pg-url``; default
+``$NSCMONITOR_TEST_PG_URL``, which ``.ci/postgres.sh start`` prints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from nscmonitor.config import parse_settings
+from nscmonitor.daemon import build_runner
+from nscmonitor.engines.tiny import build_tiny_classifier
+from nscmonitor.store.db import ensure_schema, masked, open_engine
+
+WELLS = [f"{r}{c:02d}" for r in "ABCDEFGH" for c in range(1, 13)]
+
+
+def write_frames(folder: Path, n: int, size: int) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = np.clip(rng.normal(1200, 60, (size, size)) + 800 * (rng.random((size, size)) > 0.99), 0, 4095)
+        name = f"VID1_{WELLS[i % 96]}_{1 + (i // 96) % 9}_{i // 864:02d}d00h00m.tif"
+        tifffile.imwrite(folder / name, img.astype(np.uint16))
+
+
+def _admin(url: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+                         autocommit=True) as c:
+        c.execute(sql)
+
+
+class Database:
+    """A fresh database for one run: a PostgreSQL database or a SQLite file."""
+
+    def __init__(self, backend: str, pg_url: str, work: Path) -> None:
+        self.name = f"nscbench_{uuid.uuid4().hex[:12]}"
+        if backend == "sqlite":
+            self.url, self.pg = f"sqlite:///{work / (self.name + '.db')}", None
+        else:
+            _admin(pg_url, f'CREATE DATABASE "{self.name}"')
+            self.url, self.pg = make_url(pg_url).set(database=self.name).render_as_string(hide_password=False), pg_url
+        self.engine = open_engine(self.url)
+        ensure_schema(self.engine)
+
+    def count(self, sql: str) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(text(sql)).scalar() or 0)
+
+    def span_s(self) -> float:
+        """Seconds from the first stored prediction to the last."""
+        with self.engine.connect() as c:
+            lo, hi = c.execute(text("SELECT MIN(created_at), MAX(created_at) FROM predictions")).one()
+        if isinstance(lo, str):  # SQLite hands back text
+            from datetime import datetime
+
+            lo, hi = datetime.fromisoformat(lo), datetime.fromisoformat(hi)
+        return (hi - lo).total_seconds()
+
+    def drop(self) -> None:
+        self.engine.dispose()
+        if self.pg:
+            _admin(self.pg, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def _start(url: str, model: Path, work: Path, *args: str) -> subprocess.Popen:
+    """``nscmonitor run``; its stderr goes to a file (``p.err``), never a pipe nobody drains."""
+    env = {**os.environ, "NSCMONITOR_THREADS": "1", "NSCMONITOR_LOG_DIR": str(work / "logs"),
+           "NSCMONITOR_MODELS_DIR": str(work / "models")}
+    err = work / f"run-{uuid.uuid4().hex[:8]}.err"
+    with open(err, "w") as fh:
+        p = subprocess.Popen([sys.executable, "-m", "nscmonitor", "run", "--db", url, "--model", str(model),
+                              "--engine", "ort-cpu", "--no-schedule", "--quiet", "0", *args],
+                             stdout=subprocess.DEVNULL, stderr=fh, env=env)
+    p.err = err  # type: ignore[attr-defined]
+    return p
+
+
+def _wait_serving(p: subprocess.Popen) -> None:
+    while "serving model" not in p.err.read_text():
+        if p.poll() is not None:
+            raise RuntimeError(f"scorer exited before serving (exit {p.returncode}): {p.err.read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
+def _wait_done(db: Database, n: int, procs: list[subprocess.Popen], timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while db.count("SELECT COUNT(*) FROM predictions") < n:
+        if time.monotonic() > end or any(p.poll() not in (None, 0) for p in procs):
+            raise RuntimeError(f"scored {db.count('SELECT COUNT(*) FROM predictions')} of {n}")
+        time.sleep(0.2)
+
+
+def scorers_run(k: int, pg_url: str, frames: Path, model: Path, work: Path, n: int) -> float:
+    db = Database("postgresql", pg_url, work)
+    procs = [_start(db.url, model, work, "--score-only") for _ in range(k)]
+    try:
+        for p in procs:
+            _wait_serving(p)
+        settings = parse_settings({"database_url": db.url, "models_dir": str(work / "models"),
+                                   "log_dir": str(work / "logs"), "watch": [{"path": str(frames),
+                                   "experiment": "bench", "quiet_seconds": 0.0}]}, env={})
+        watcher = build_runner(settings, model=model, score=False)
+        watcher.run(once=True)  # queues every frame, scores none
+        watcher.store.engine.dispose()
+        _wait_done(db, n, procs, timeout=600)
+        return n / db.span_s()
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=60)
+        db.drop()
+
+
+def daemon_run(backend: str, pg_url: str, frames: Path, model: Path, work: Path, n: int) -> float:
+    db = Database(backend, pg_url, work)
+    try:
+        p = _start(db.url, model, work, "--watch", str(frames), "--experiment", "bench", "--once")
+        p.wait(timeout=600)
+        if db.count("SELECT COUNT(*) FROM predictions") != n:
+            raise RuntimeError(f"{backend}: scored {db.count('SELECT COUNT(*) FROM predictions')} of {n}")
+        return n / db.span_s()
+    finally:
+        db.drop()
+
+
+def cpu_name() -> str:
+    try:
+        return next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=1500)
+    ap.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64: one call of the tiny model)")
+    ap.add_argument("--scorers", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--pg-url", default=os.environ.get("NSCMONITOR_TEST_PG_URL"))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "scale.json"))
+    args = ap.parse_args()
+    if not args.pg_url:
+        print("no PostgreSQL server: pass --pg-url or start one with .ci/postgres.sh start", file=sys.stderr)
+        return 2
+    rates: dict[str, float] = {}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        frames = work / "frames"
+        frames.mkdir()
+        write_frames(frames, args.images, args.size)
+        model = work / "tiny.onnx"
+        build_tiny_classifier(model, input_size=32)
+        for k in args.scorers:
+            rates[f"pg x{k} scorers"] = scorers_run(k, args.pg_url, frames, model, work, args.images)
+            print(f"  pg, {k} scorer process(es): {rates[f'pg x{k} scorers']:7.1f} images/s", flush=True)
+        for backend in ("sqlite", "postgresql"):
+            rates[f"{backend} x1 daemon"] = daemon_run(backend, args.pg_url, frames, model, work, args.images)
+            print(f"  {backend}, one daemon: {rates[f'{backend} x1 daemon']:7.1f} images/s", flush=True)
+    load_after = os.getloadavg()
+    base = rates.get("pg x1 scorers")
+    ratios = {k: v / base for k, v in rates.items() if base and k.endswith("scorers")}
+    pg_over_sqlite = rates["postgresql x1 daemon"] / rates["sqlite x1 daemon"]
+    print(f"\n{'run':<22}{'images/s':>10}{'x one scorer':>14}")
+    for k, v in rates.items():
+        print(f"{k:<22}{v:>10.1f}{ratios[k] if k in ratios else float('nan'):>14.2f}")
+    print(f"PostgreSQL / SQLite (one daemon): {pg_over_sqlite:.2f}")
+    print(f"{args.images} frames {args.size}x{args.size}, tiny model, 1 thread per process; {cpu_name()}, "
+          f"{os.cpu_count()} logical CPUs; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"images": args.images, "size": args.size, "images_per_s": rates,
+                               "over_one_scorer": ratios, "postgresql_over_sqlite": pg_over_sqlite,
+                               "cpu": cpu_name(), "logical_cpus": os.cpu_count(),
+                               "load_average_before": load_before, "load_average_after": load_after,
+                               "pg": masked(args.pg_url)}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
