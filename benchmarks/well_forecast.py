@@ -1,0 +1,190 @@
+"""Plate-aware early reading and the time-aware well model, measured under the evaluation
+protocol: wells as the unit, 95 % intervals, held-out test plates (one export each).
+
+Compares, per scheme, at every hour (one readout per well):
+
+- the per-hour classical baseline (``nscmonitor.simulate.baseline``: logistic regression on
+  tile texture features, one classifier per hour, well = mean tile probability), raw;
+- the same features pooled per well and time point, one classifier per hour, under each
+  normalisation: none, the plate's induction scan (``plate0``), that and the well's own
+  change since induction (``plate0+well0``), and (reference, not servable) a same-hour
+  z-score over the plate's wells;
+- the GRU well model (``training.temporal``) on ``plate0+well0`` sequences, one line per
+  training seed, forecasting at each hour from the frames up to it.
+
+Per-hour classifiers fit on the training export's train and val wells; the GRU trains on
+train wells and stops and calibrates on the validation plate. Writes OUT/well_forecast.json
+and prints markdown tables; with ``--export`` also writes OUT/forecast-SCHEME.onnx (seed 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nscmonitor.training import data as D
+from nscmonitor.training import splits as S
+from nscmonitor.training import well_frames as WF
+from nscmonitor.training.evaluate import held_out_records
+from nscmonitor.training.protocol import protocol_report
+
+N_TEXTURE = 15  # the simulator baseline's features come first in the model's vector
+ROWS = ("12 h", "24 h", "36 h", "48 h", "72 h", "from 48 h")
+
+
+def features(records, cache: Path) -> np.ndarray:
+    if cache.is_file():
+        z = np.load(cache, allow_pickle=False)
+        if list(z["paths"]) == [r.path for r in records]:
+            return z["feats"]
+    f = WF.tile_feature_table(records)
+    np.savez(cache, feats=f, paths=np.asarray([r.path for r in records]))
+    return f
+
+
+def per_hour_lr(train_x: list[np.ndarray], train_y, test_x: list[np.ndarray], k: int) -> list[np.ndarray]:
+    """One logistic regression per time step index-free: rows are matched by hours (last column)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rows = [(s[t, :-1], s[t, -1], y) for s, y in zip(train_x, train_y) for t in range(len(s))]
+    out = [np.zeros((len(s), k)) for s in test_x]
+    for h in sorted({round(float(r[1]), 6) for r in rows}):
+        tr = [(f, y) for f, hh, y in rows if round(float(hh), 6) == h]
+        if len({y for _, y in tr}) < 2:
+            continue
+        m = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000, class_weight="balanced"))
+        m.fit(np.array([f for f, _ in tr]), [y for _, y in tr])
+        for s, o in zip(test_x, out):
+            for t in range(len(s)):
+                if round(float(s[t, -1]), 6) == h:
+                    o[t, m.classes_] = m.predict_proba(s[t:t + 1, :-1])[0]
+    return out
+
+
+def tile_baseline(tr_recs, tr_feats, te_recs, te_feats, classes) -> np.ndarray:
+    """The simulator's per-hour baseline on tiles (probabilities per test tile)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    out = np.zeros((len(te_recs), len(classes)))
+    ytr = np.array([classes.index(r.label) for r in tr_recs])
+    htr, hte = np.array([r.elapsed_h for r in tr_recs]), np.array([r.elapsed_h for r in te_recs])
+    for h in sorted(set(hte.tolist())):
+        a, b = htr == h, hte == h
+        if len(set(ytr[a].tolist())) < 2:
+            continue
+        m = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000, class_weight="balanced"))
+        m.fit(tr_feats[a], ytr[a])
+        out[np.ix_(b, m.classes_)] = m.predict_proba(te_feats[b])
+    return out
+
+
+def well_report(probs: list[np.ndarray], wells, classes, train_conditions, n_boot: int) -> dict:
+    p = np.concatenate(probs)
+    recs = [r for w in wells for r in w.records]
+    y = np.array([classes.index(r.label) for r in recs])
+    return protocol_report(p, y, recs, classes, train_conditions=train_conditions, n_boot=n_boot)
+
+
+def summary(rep: dict) -> dict:
+    """Pooled rows, and the same rows for the wells whose conditions training had."""
+    keys = ("wells", "accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "ece")
+    out = {}
+    for group, prefix in (("pooled", ""), ("training conditions", "training conditions ")):
+        g = rep["groups"].get(group, {})
+        out.update({prefix + r: {k: g[r].get(k) for k in keys} for r in ROWS if r in g})
+    return out
+
+
+def run_scheme(a, scheme: str, out: Path) -> dict:
+    from nscmonitor.training import temporal as T
+
+    classes = list(D.scheme_classes(scheme))
+    recs, info = D.discover(a.train, "well")
+    recs, _ = D.for_scheme(recs, scheme)
+    recs = [r for r in S.assign_splits(recs, seed=0) if r.split in ("train", "val")]
+    te, _ = held_out_records(a.test, "well", scheme, "all")
+    ftr = features(recs, out / f"feats-train-{scheme}.npz")
+    fte = features(te, out / f"feats-test-{scheme}.npz")
+    w_tr, w_te = WF.wells_of(recs, ftr), WF.wells_of(te, fte)
+    y_tr = [classes.index(w.label) for w in w_tr]
+    conds = sorted({w.condition for w in w_tr})
+    res: dict = {"scheme": scheme, "train_wells": len(w_tr), "test_wells": len(w_te), "methods": {}}
+    tile_p = tile_baseline(recs, ftr[:, :N_TEXTURE], te, fte[:, :N_TEXTURE], classes)
+    yte = np.array([classes.index(r.label) for r in te])
+    res["methods"]["per-hour baseline (tiles, raw)"] = summary(
+        protocol_report(tile_p, yte, te, classes, train_conditions=conds, n_boot=a.resamples))
+    for norm in ("none", "plate0", "plate0+well0", "same-hour"):
+        seq = WF.same_hour_plate_z if norm == "same-hour" else (lambda ws, n=norm: WF.sequences(ws, n))
+        p = per_hour_lr(seq(w_tr), y_tr, seq(w_te), len(classes))
+        res["methods"][f"per-hour LR, wells, {norm}"] = summary(well_report(p, w_te, classes, conds, a.resamples))
+    norm = "plate0+well0"
+    tr_s, te_s = WF.sequences(w_tr, norm), WF.sequences(w_te, norm)
+    fit = [i for i, w in enumerate(w_tr) if w.split == "train"]
+    val = [i for i, w in enumerate(w_tr) if w.split == "val"]
+    for seed in a.seeds:
+        model, info_fit = T.train_gru([tr_s[i] for i in fit], [y_tr[i] for i in fit], [tr_s[i] for i in val],
+                                      [y_tr[i] for i in val], len(classes), seed=seed, epochs=a.epochs)
+        p = T.step_probs(model, te_s, info_fit["temperature"])
+        res["methods"][f"GRU {norm}, seed {seed}"] = summary(well_report(p, w_te, classes, conds, a.resamples))
+        res["methods"][f"GRU {norm}, seed {seed}"]["fit"] = info_fit
+        if a.export and seed == a.seeds[0]:
+            meta = T.forecast_metadata(classes=classes, scheme=scheme, normalisation=norm, tile_px=info.tile_size,
+                                       pixel_size_um=info.pixel_size_um, temperature=info_fit["temperature"],
+                                       n_features=ftr.shape[1], version=f"forecast-{scheme}-s{seed}",
+                                       data_hash=D.data_hash(recs), metrics=summary(well_report(
+                                           p, w_te, classes, conds, 200)))
+            T.export_forecast(model, meta, out / f"forecast-{scheme}.onnx", te_s[:4])
+    return res
+
+
+def table(res: dict, row: str) -> str:
+    def cell(d, k):
+        v = d.get(row, {})
+        if v.get(k) is None:
+            return "-"
+        ci = v.get(f"{k}_ci")
+        return f"{v[k]:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v[k]:.2f}"
+    lines = [f"| method ({res['scheme']}, {row}) | wells | accuracy [95 % CI] | balanced accuracy [95 % CI] |",
+             "|---|---|---|---|"]
+    for name, d in res["methods"].items():
+        lines.append(f"| {name} | {d.get(row, {}).get('wells', '-')} | {cell(d, 'accuracy')} | "
+                     f"{cell(d, 'balanced_accuracy')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", required=True, help="training tiles export (several plates)")
+    ap.add_argument("--test", action="append", required=True, help="held-out test export (repeat)")
+    ap.add_argument("--out", default="well-forecast")
+    ap.add_argument("--schemes", default="multiclass,binary")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--epochs", type=int, default=400)
+    ap.add_argument("--resamples", type=int, default=2000)
+    ap.add_argument("--export", action="store_true", help="write forecast-SCHEME.onnx (first seed)")
+    a = ap.parse_args(argv)
+    a.seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results = [run_scheme(a, s.strip(), out) for s in a.schemes.split(",") if s.strip()]
+    (out / "well_forecast.json").write_text(json.dumps({"argv": sys.argv[1:], "seconds": time.perf_counter() - t0,
+                                                        "results": results}, indent=1, default=float) + "\n")
+    for res in results:
+        for row in [*ROWS, *(f"training conditions {r}" for r in ("24 h", "48 h"))]:
+            print(table(res, row) + "\n")
+    print(f"{time.perf_counter() - t0:.0f} s; wrote {out / 'well_forecast.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""The time-aware well model's parts: plate normalisation, the causal GRU (a forecast at t
+never sees a later frame), and its ONNX export with metadata."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nscmonitor.scoring import well_sequence as WS
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from nscmonitor.training import temporal as T  # noqa: E402
+
+
+def _plate(rng, offset, n_wells=6, hours=(0.0, 12.0, 24.0, 48.0)):
+    """Wells whose features drift per well over time, plus a plate-wide offset and gain."""
+    wells = []
+    for _ in range(n_wells):
+        start = rng.normal(size=4)
+        drift = rng.normal(size=4)
+        wells.append([(h, offset + 2.0 * (start + drift * h / 48.0)) for h in hours])
+    return wells
+
+
+def _seqs(wells, norm):
+    ref = WS.plate_reference([w[0][1] for w in wells])
+    return [WS.sequence(w, ref, w[0][1], norm) for w in wells]
+
+
+def test_plate_normalisation_removes_a_plate_wide_shift():
+    a = _plate(np.random.default_rng(1), offset=0.0)
+    b = [[(h, f + np.array([3.0, -1.0, 0.5, 7.0])) for h, f in w] for w in a]  # same cells, another plate's optics
+    for norm in ("plate0", "plate0+well0"):
+        for sa, sb in zip(_seqs(a, norm), _seqs(b, norm)):
+            np.testing.assert_allclose(sa, sb, atol=1e-5)
+    raw_a, raw_b = _seqs(a, "none"), _seqs(b, "none")
+    assert not np.allclose(raw_a[0], raw_b[0])
+    assert _seqs(a, "plate0+well0")[0].shape == (4, WS.feature_width(4, "plate0+well0"))
+    np.testing.assert_allclose(_seqs(a, "plate0")[0][:, -1], np.array([0, 12, 24, 48]) / WS.HOURS_SCALE)
+
+
+def test_normalisation_refuses_without_an_induction_scan():
+    f = np.ones(4)
+    with pytest.raises(ValueError, match="induction scan"):
+        WS.normalise(f, None, None, "plate0")
+    ref = WS.plate_reference([np.zeros(4), np.ones(4)])
+    with pytest.raises(ValueError, match="induction frame of this well"):
+        WS.normalise(f, ref, None, "plate0+well0")
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        WS.normalise(f, ref, f, "same-hour")
+
+
+def test_sequence_up_to_t_leaves_later_frames_out():
+    frames = [(48.0, np.full(3, 4.0)), (0.0, np.zeros(3)), (24.0, np.ones(3))]
+    s = WS.sequence(frames, None, None, "none", up_to_h=24.0)
+    np.testing.assert_allclose(s[:, -1], [0.0, 24.0 / WS.HOURS_SCALE])
+    assert s[:, :-1].max() == 1.0
+
+
+def test_frame_features_pool_the_tiles_of_a_frame():
+    rng = np.random.default_rng(0)
+    tiles = [rng.normal(1000, s, (32, 32)) for s in (5.0, 50.0)]
+    frame = np.concatenate(tiles, axis=1)
+    got = WS.frame_features(frame, 32)
+    np.testing.assert_allclose(got, (WS.tile_vector(tiles[0]) + WS.tile_vector(tiles[1])) / 2)
+
+
+def _trained(seed=0):
+    rng = np.random.default_rng(seed)
+    seqs, ys = [], []
+    for i in range(24):
+        y = i % 3
+        n = int(rng.integers(3, 7))
+        h = np.sort(rng.choice(np.arange(0, 120, 12), n, replace=False)).astype(float)
+        f = rng.normal(size=(n, 4)) + y * (h[:, None] / 120.0)
+        seqs.append(np.column_stack([f, h / WS.HOURS_SCALE]).astype(np.float32))
+        ys.append(y)
+    model, info = T.train_gru(seqs[:18], ys[:18], seqs[18:], ys[18:], 3, epochs=40, seed=seed)
+    return model, info, seqs
+
+
+def test_forecast_at_t_never_sees_a_later_frame():
+    model, info, seqs = _trained()
+    s = seqs[0]
+    full = T.step_probs(model, [s], info["temperature"])[0]
+    for t in range(len(s)):
+        changed = s.copy()
+        changed[t + 1:, :-1] += 50.0  # later frames as different as can be
+        cut = T.step_probs(model, [s[:t + 1]], info["temperature"])[0]
+        again = T.step_probs(model, [changed], info["temperature"])[0]
+        np.testing.assert_allclose(cut[-1], full[t], atol=1e-6)
+        np.testing.assert_allclose(again[t], full[t], atol=1e-6)
+        if t + 1 < len(s):
+            assert not np.allclose(again[-1], full[-1], atol=1e-3)  # the change is seen where it is allowed
+
+
+def test_onnx_export_carries_metadata_and_matches_torch(tmp_path):
+    model, info, seqs = _trained(1)
+    meta = T.forecast_metadata(classes=("a", "b", "c"), scheme="multiclass", normalisation="plate0",
+                               tile_px=128, pixel_size_um=1.24, temperature=info["temperature"], n_features=4,
+                               version="forecast-test")
+    path = T.export_forecast(model, meta, tmp_path / "forecast.onnx", seqs[:3])
+    assert not (tmp_path / "forecast.onnx.part").exists()
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    back = json.loads(props[T.FORECAST_KEY])
+    assert back["classes"] == ["a", "b", "c"] and back["input_width"] == 5
+    assert back["temperature"] == pytest.approx(info["temperature"])
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for s in seqs[3:6]:  # other lengths than the export's example
+        got = sess.run(None, {"sequence": s[None]})[0][0]
+        with torch.no_grad():
+            want = model(torch.from_numpy(s[None]))[0].numpy()
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        cut = sess.run(None, {"sequence": s[None, :2]})[0][0]
+        np.testing.assert_allclose(cut[-1], got[1], atol=1e-5)
