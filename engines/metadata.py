@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nscmonitor.core.calibration import call_rule_of, well_calibration_of
+from nscmonitor.core.errors import UserFacingError
+
 FORMAT_VERSION = 1
 METADATA_KEY = "nscmonitor"
 SCHEMES = ("binary", "multiclass", "custom")
@@ -134,6 +137,11 @@ def validate(m: ModelMetadata) -> None:
             raise MetadataError(f"ood must name its graph output and a numeric threshold, got {m.ood!r}")
     if not norm.get("in_graph", False) and not norm.get("std", 1.0) > 0:
         raise MetadataError("normalization std must be positive")
+    try:
+        well_calibration_of(m.extra)
+        call_rule_of(m.extra)
+    except UserFacingError as exc:
+        raise MetadataError(str(exc)) from exc
 
 
 def read_onnx_metadata(path: str | Path) -> ModelMetadata:

@@ -17,7 +17,7 @@ def build_tiny_classifier(path: str | Path, *, classes: tuple[str, ...] = ("neur
                           input_size: int = 64, pixel_size_um: float | None = None, seed: int = 0,
                           version: str = "tiny-untrained", scheme: str | None = None,
                           weights: dict[str, np.ndarray] | None = None, depth: int = 0,
-                          ood_threshold: float | None = None) -> ModelMetadata:
+                          ood_threshold: float | None = None, extra: dict | None = None) -> ModelMetadata:
     """Conv(1->8, 3x3, stride 2) -> ReLU -> global average pool -> dense -> logits.
 
     ``depth`` inserts that many Conv(8->8, 3x3) -> ReLU blocks after the first, so a test can
@@ -28,6 +28,7 @@ def build_tiny_classifier(path: str | Path, *, classes: tuple[str, ...] = ("neur
 
     ``ood_threshold`` adds an out-of-distribution output ``ood`` (the squared norm of the pooled
     features, under ``/ood/`` like a trained model's head) and its threshold in the metadata.
+    ``extra`` goes into the metadata's ``extra`` (e.g. a well calibration or call rule).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -82,6 +83,7 @@ def build_tiny_classifier(path: str | Path, *, classes: tuple[str, ...] = ("neur
         normalization={"p_low": 1.0, "p_high": 99.8, "mean": 0.0, "std": 1.0, "in_graph": True},
         ood=None if ood_threshold is None else {"method": "feature-norm", "output": "ood", "aggregate": "mean",
                                                  "threshold": float(ood_threshold)},
+        extra=dict(extra or {}),
     )
     write_onnx_metadata(model, meta)
     path = Path(path)

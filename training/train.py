@@ -446,6 +446,7 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
     report = E.full_report(test_logits, splits[held].y, splits[held].records, classes, temperature)
     metrics = {"split": held, "temperature": temperature, "best_epoch": saved["epoch"], "data_hash": meta["data_hash"],
                "classes": classes, "scheme": meta["scheme"], "validation": validation_of(splits), **report}
+    metrics.update(well_calls(splits, val_logits, test_logits, held, temperature, classes, meta))
     meta["metrics"] = summary(metrics)
     meta["calibration_sha256"] = write_calibration_set(cfg, splits, out, meta)
     from nscmonitor.training import ood as O
@@ -469,6 +470,28 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
                     version=out.name, ood=(ood_head.cpu(), meta["ood"]))
         print(f"exported {out / 'model.onnx'}")
     return metrics
+
+
+def well_calls(splits: dict[str, Split], val_logits: np.ndarray, test_logits: np.ndarray, held: str,
+               temperature: float, classes: list[str], meta: dict) -> dict[str, Any]:
+    """Well calibration and call rule fitted on the validation wells (into ``meta``, so the
+    model carries them), then the held-out wells' ECE and earliest confident calls."""
+    from nscmonitor.training import calls as C
+    from nscmonitor.training import evaluate as E
+
+    cal, rule, on_val = C.fit_on_validation(E.softmax(val_logits, temperature), splits["val"].y,
+                                            splits["val"].records, classes)
+    meta["well_calibration"] = cal.record(fitted_on=f"{on_val['wells']} validation wells")
+    meta["call_rule"] = rule.record(chosen_on="validation", validation=on_val["calls"])
+    probs = E.softmax(test_logits, temperature)
+    report = {"well_calibration": meta["well_calibration"], "call_rule": meta["call_rule"],
+              "ece_by_time": C.ece_by_time(probs, splits[held].y, splits[held].records, cal),
+              "calls": C.held_out_calls(probs, splits[held].y, splits[held].records, classes, cal, rule)}
+    print(f"well temperature {cal.temperature:.3g}; call rule p >= {rule.threshold:g} over >= {rule.min_points} "
+          f"time points (chosen on validation)")
+    print(C.ece_table(report["ece_by_time"]))
+    print(C.calls_table(report["calls"]))
+    return report
 
 
 def write_calibration_set(cfg: TrainConfig, splits: dict[str, Split], out: Path, meta: dict) -> str:

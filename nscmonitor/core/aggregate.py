@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nscmonitor.core.calibration import WellCalibration
+
 
 @dataclass(frozen=True)
 class ImageScore:
@@ -40,10 +42,13 @@ class WellAggregate:
     confidence: float
 
 
-def well_aggregate(images: list[tuple[ImageScore | None, bool]], k: int) -> WellAggregate:
+def well_aggregate(images: list[tuple[ImageScore | None, bool]], k: int,
+                   calibration: WellCalibration | None = None) -> WellAggregate:
     """``images``: (score or None when unscored, QC passed) for every image of the well at
     one time point. Probabilities: mean and sd across fields (the band the dashboard
-    draws); fractions: pooled over all tiles, so a field with more cells weighs more."""
+    draws); fractions: pooled over all tiles, so a field with more cells weighs more.
+    With the model's well ``calibration`` the mean is calibrated and the sd is that of the
+    fields' calibrated means, so the band stays around the line it is drawn with."""
     used = [s for s, ok in images if ok and s is not None and s.n_tiles > 0]
     n_failed = sum(1 for _, ok in images if not ok)
     if not used:
@@ -51,8 +56,11 @@ def well_aggregate(images: list[tuple[ImageScore | None, bool]], k: int) -> Well
     means = np.stack([s.prob_mean for s in used])
     n_tiles = np.array([s.n_tiles for s in used], dtype=np.float64)
     frac = (np.stack([s.fraction for s in used]) * n_tiles[:, None]).sum(axis=0) / n_tiles.sum()
+    mean = means.mean(axis=0)
+    if calibration is not None:
+        mean, means = calibration.apply(mean), calibration.apply(means)
     return WellAggregate(
-        prob_mean=[float(v) for v in means.mean(axis=0)],
+        prob_mean=[float(v) for v in mean],
         prob_sd=[float(v) for v in (means.std(axis=0, ddof=1) if len(used) > 1 else np.zeros(k))],
         fraction=[float(v) for v in frac],
         n_images=len(used), n_tiles=int(n_tiles.sum()), n_qc_failed=n_failed,

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nscmonitor.core.aggregate import ImageScore, well_aggregate
+from nscmonitor.core.calibration import WellCalibration, well_calibration_of
 from nscmonitor.core.queue import QueueState
 from nscmonitor.store import models as m
 
@@ -36,7 +37,7 @@ def recompute_readout(s: Session, well_id: int, time_key: int, version: str, now
             score = ImageScore(np.asarray(r.prob_mean), np.asarray(r.prob_sd), np.asarray(r.fraction),
                                r.n_tiles, r.confidence)
         entries.append((score, bool(r.qc_passed)))
-    agg = well_aggregate(entries, k)
+    agg = well_aggregate(entries, k, model_calibration(s, version))
     elapsed = [r.elapsed_h for r in imgs if r.elapsed_h is not None]
     acquired = [r.acquired_at for r in imgs if r.acquired_at is not None]
     plate_id = s.scalar(select(m.Well.plate_id).where(m.Well.id == well_id))
@@ -55,6 +56,13 @@ def recompute_readout(s: Session, well_id: int, time_key: int, version: str, now
     readout.confidence = agg.confidence if agg.n_images else None
     readout.n_ood = flagged_images(r.ood for r in imgs if r.prob_mean is not None)
     readout.updated_at = now
+
+
+def model_calibration(s: Session, version: str) -> WellCalibration | None:
+    """The registered model's well calibration (None for a model without one, or one not
+    registered: its readouts stay the plain mean, as before calibration existed)."""
+    meta = s.scalar(select(m.ModelVersion.meta).where(m.ModelVersion.version == version))
+    return well_calibration_of((meta or {}).get("extra"))
 
 
 def flagged_images(flags) -> int | None:
