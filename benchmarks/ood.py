@@ -11,7 +11,7 @@ Beside the served Mahalanobis score it prints what the energy score and the top 
 probability would flag at the same in-domain rate (the measurement behind the choice).
 An image is a field; its score is the mean of its tiles' scores, as in the daemon.
 
-    nice -n 10 python benchmarks/ood.py --out /tmp/ood  [--epochs 6] [--json benchmarks/results/ood.json]
+    nice -n 10 python benchmarks/ood.py --out /tmp/ood  [--arch tiny] [--epochs 6] [--json benchmarks/results/ood.json]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--arch", default="tiny", help="tiny (the training tests' model) or a resnet")
     ap.add_argument("--tile", type=int, default=32)
     ap.add_argument("--images", type=int, default=60, help="images per out-of-domain kind")
     ap.add_argument("--json", type=Path, default=None)
@@ -65,10 +66,10 @@ def main() -> None:
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    data, run = a.out / "sim", a.out / "run"
+    data, run = a.out / "sim", a.out / f"run-{a.arch}"
     if not (data / "tiles.csv").is_file():
         export_tiles(data, plates=3, hours=(0, 48, 96), tile_size=a.tile, wells_per_condition=3, grid=(3, 3), seed=0)
-    cfg = dict(data=str(data), out=str(run), scheme="multiclass", arch="tiny", threads=1, progress=False)
+    cfg = dict(data=str(data), out=str(run), scheme="multiclass", arch=a.arch, threads=1, progress=False)
     if not (run / "model.onnx").is_file():
         train(TrainConfig(epochs=a.epochs, **cfg))
     md = read_onnx_metadata(run / "model.onnx")
@@ -100,7 +101,7 @@ def main() -> None:
         print(f"| {r['method']} | " + " | ".join(f"{100 * r[c]:.0f} %" for c in cols) + " |")
     print(f"({time.perf_counter() - t0:.0f} s; served: mahalanobis, threshold {md.ood['threshold']:.4g} from the metadata)")
     if a.json:
-        a.json.write_text(json.dumps({"rows": rows, "images": counts, "ood": md.ood, "epochs": a.epochs,
+        a.json.write_text(json.dumps({"rows": rows, "images": counts, "ood": md.ood, "epochs": a.epochs, "arch": a.arch,
                                       "tile": a.tile}, indent=2) + "\n")
 
 
