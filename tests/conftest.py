@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,11 +103,10 @@ def _library_singletons() -> set:
     return keep
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads_or_processes():
-    """A test must stop what it starts: a thread or child process still alive a moment after
-    its teardown would go on touching files, databases and the CPU under later tests. The
-    leftovers are named (and child processes killed, so they cannot spoil the next test)."""
+def _leftovers(what: str) -> Iterator[None]:
+    """Fail ``what`` (a test, or a module's fixtures) if it leaves threads or child processes
+    running a moment after its teardown; the processes are killed so they cannot spoil what
+    runs next."""
     import threading
     import time
 
@@ -127,7 +127,20 @@ def no_leaked_threads_or_processes():
         with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
             os.kill(pid, signal.SIGKILL)
     if problems:
-        pytest.fail("the test left running: " + "; ".join(problems), pytrace=False)
+        pytest.fail(f"{what} left running: " + "; ".join(problems), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads_or_processes() -> Iterator[None]:
+    """A test must stop what it starts: a thread or child process still alive after its
+    teardown would go on touching files, databases and the CPU under later tests."""
+    yield from _leftovers("the test")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_leaked_threads_or_processes_per_module() -> Iterator[None]:
+    """The same for what a module's shared fixtures start (a daemon kept for several tests)."""
+    yield from _leftovers("the module's fixtures")
 
 
 @pytest.fixture(scope="session")
