@@ -130,7 +130,8 @@ def _slug(*parts: str) -> str:
 
 
 def well_calls(grid: PlateGrid, threshold: float) -> list[ConfidentCall | None]:
-    return [confident_call(grid.prob_mean[:, w, :], grid.elapsed_h, grid.classes, threshold=threshold)
+    return [confident_call(grid.prob_mean[:, w, :], grid.elapsed_h, grid.classes, threshold=threshold,
+                           flagged=None if grid.n_ood is None else grid.n_ood[:, w])
             for w in range(len(grid.wells))]
 
 
@@ -138,7 +139,8 @@ def condition_calls(grid: PlateGrid, threshold: float) -> dict[str, ConfidentCal
     out = {}
     for cond, idx in condition_columns(grid):
         mean, _, _ = replicate_stats(grid.prob_mean[:, idx, :])
-        out[cond] = confident_call(mean, grid.elapsed_h, grid.classes, threshold=threshold)
+        flagged = None if grid.n_ood is None else np.nansum(grid.n_ood[:, idx], axis=1)
+        out[cond] = confident_call(mean, grid.elapsed_h, grid.classes, threshold=threshold, flagged=flagged)
     return out
 
 

@@ -45,6 +45,8 @@ class PlateGrid:
     fraction: np.ndarray  # T x W x K
     n_images: np.ndarray  # T x W (0 = no readout)
     n_qc_failed: np.ndarray  # T x W
+    #: T x W images flagged out of distribution (NaN: no flag from the model, or no readout)
+    n_ood: np.ndarray | None = None
 
     @property
     def attribute_names(self) -> list[str]:
@@ -97,11 +99,13 @@ def plate_grids(repo: Repo, experiment_id: int, version: str) -> list[PlateGrid]
         pm, ps, fr = (np.full((T, W, K), np.nan) for _ in range(3))
         n_img = np.zeros((T, W), np.int64)
         n_qc = np.zeros((T, W), np.int64)
+        n_ood = np.full((T, W), np.nan)
         elapsed = np.full(T, np.nan)
         acquired: list[datetime | None] = [None] * T
         for ro in ros:
             t, w = t_of[ro.timepoint], w_of[ro.well]
             n_img[t, w], n_qc[t, w] = ro.n_images, ro.n_qc_failed
+            n_ood[t, w] = np.nan if ro.n_ood is None else ro.n_ood
             if ro.elapsed_h is not None and not (elapsed[t] <= ro.elapsed_h):
                 elapsed[t] = ro.elapsed_h
             if ro.acquired_at is not None and (acquired[t] is None or ro.acquired_at < acquired[t]):
@@ -111,7 +115,7 @@ def plate_grids(repo: Repo, experiment_id: int, version: str) -> list[PlateGrid]
                 if len(ro.prob_sd) == K:
                     ps[t, w] = [np.nan if v is None else v for v in ro.prob_sd]
         grids.append(PlateGrid(ros[0].experiment, plate, version, tuple(classes), tuple(wells.values()), keys, elapsed,
-                               tuple(acquired), pm, ps, fr, n_img, n_qc))
+                               tuple(acquired), pm, ps, fr, n_img, n_qc, n_ood))
     return grids
 
 

@@ -41,3 +41,20 @@ def test_cube_keeps_flag_counts_through_merges() -> None:
     assert flagged_over(cube, [0, 1]).tolist() == [2, 1]
     plain = build_cube(wells, 96, _rows([1, 2], [0, 0], None))  # a model without the flag
     assert plain.flagged_images() == 0 and flagged_over(plain, [0, 1]) is None
+
+
+def test_the_html_report_leaves_flagged_time_points_out_of_its_calls() -> None:
+    from nscmonitor.report.html import condition_calls, well_calls
+    from nscmonitor.report.tables import PlateGrid, WellInfo
+
+    t, w = 4, 2
+    probs = np.tile(np.array([0.9, 0.1]), (t, w, 1))
+    probs[0] = [0.3, 0.7]
+    n_ood = np.zeros((t, w))
+    n_ood[1, 0] = 2  # A01's 24 h images are unlike the training data
+    grid = PlateGrid("E", "P", "v1", CLASSES, (WellInfo("A01", 0, 0, "c", {}), WellInfo("A02", 0, 1, "c", {})),
+                     np.arange(t), np.array([0.0, 24.0, 48.0, 72.0]), (None,) * t, probs, probs * 0.1, probs,
+                     np.full((t, w), 3), np.zeros((t, w)), n_ood)
+    a01, a02 = well_calls(grid, 0.6)
+    assert (a01.elapsed_h, a02.elapsed_h) == (48.0, 24.0)
+    assert condition_calls(grid, 0.6)["c"].elapsed_h == 48.0
