@@ -173,3 +173,29 @@ def test_the_fp16_graph_for_tensorrt_keeps_the_ood_head_fp32(trained, tmp_path):
         fp32.close()
         fp16.close()
     assert np.all(np.isfinite(b)) and np.max(np.abs(a - b) / a) < 0.02
+
+
+@pytest.mark.parametrize("backend", ["openvino", "torch"])
+def test_every_cpu_backend_gives_the_same_ood_score(trained, backend):
+    path, splits = trained
+    md = read_onnx_metadata(path)
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+        from nscmonitor.engines.openvino import OpenVinoEngine
+
+        other = OpenVinoEngine(path, md, streams=2)
+    else:
+        from nscmonitor.engines.torch import TorchEngine
+
+        other = TorchEngine(path, md, channels_last=False)
+    x = splits["val"].x[:37, None].astype(np.float32)
+    ref = OrtCpuEngine(path, md)
+    ref.load()
+    other.load()
+    try:
+        (p_ref, s_ref), (p_other, s_other) = ref.infer_with_ood(x), other.infer_with_ood(x)
+    finally:
+        ref.close()
+        other.close()
+    assert s_other is not None and s_other.shape == (37,)
+    assert np.allclose(s_other, s_ref, rtol=1e-3) and np.allclose(p_other, p_ref, atol=1e-4)
