@@ -85,6 +85,9 @@ class Settings:
     models_dir: Path
     log_dir: Path
     model: Path | None = None
+    #: the time-aware well model (ONNX, ``nscmonitor.training.temporal``): a second scoring
+    #: stage that stores a forecast per well and time beside the readouts; None: not run
+    forecast_model: Path | None = None
     engine: str = "auto"
     batch_size: int = 8
     threads: int = 0
@@ -279,7 +282,7 @@ ENV_KEYS = {
     "NSCMONITOR_MODEL": "model", "NSCMONITOR_ENGINE": "engine", "NSCMONITOR_BATCH_SIZE": "batch_size",
     "NSCMONITOR_THREADS": "threads", "NSCMONITOR_LOG_DIR": "log_dir", "NSCMONITOR_MAX_PIXELS": "max_pixels",
 }
-TOP_KEYS = {"database_url", "database_password_file", "models_dir", "log_dir", "model", "engine", "batch_size", "threads", "max_pixels",
+TOP_KEYS = {"database_url", "database_password_file", "models_dir", "log_dir", "model", "forecast_model", "engine", "batch_size", "threads", "max_pixels",
             "lease_seconds", "watch", "custom_profiles", "retrain"}
 
 
@@ -352,6 +355,7 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
         train=_expect(rt, "train", dict, "retrain.", {}),
     )
     model = _expect(data, "model", str, "")
+    forecast = _expect(data, "forecast_model", str, "")
     folders = tuple(_watch(i, w, base) for i, w in enumerate(watch))
     defined = {c.name for c in customs}
     for i, w in enumerate(folders):
@@ -364,7 +368,7 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
         database_url=db,
         models_dir=Path(_expect(data, "models_dir", str, "", str(data_dir / "models"))),
         log_dir=Path(_expect(data, "log_dir", str, "", str(default_log_dir()))),
-        model=Path(model) if model else None, engine=engine, batch_size=bs, threads=threads, max_pixels=max_px,
+        model=Path(model) if model else None, forecast_model=Path(forecast) if forecast else None, engine=engine, batch_size=bs, threads=threads, max_pixels=max_px,
         lease_seconds=lease_s, watch=folders, custom_profiles=tuple(customs),
         retrain=retrain, source=source,
     )

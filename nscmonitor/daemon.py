@@ -37,6 +37,7 @@ from nscmonitor.readers import formats
 from nscmonitor.scoring.engine_builds import DaemonEngineBuilds
 from nscmonitor.scoring.hot_swap import EngineBuilds, EngineFactory, LoadedModel, ModelSlot, ModelSource
 from nscmonitor.scoring.metrics import Metrics, Timings
+from nscmonitor.scoring.forecast import ForecastStage, load_forecast_model
 from nscmonitor.scoring.lease_keeper import LeaseKeeper
 from nscmonitor.scoring.scorer import Batch, Scorer, requeue_readable
 from nscmonitor.scoring.serving import NO_MODEL, engine_factory, registry_model_source, static_model_source
@@ -67,9 +68,11 @@ class Daemon:
         self.metrics = Metrics(clock)
         self.slot = ModelSlot(store, model_source, engine_factory, engine_builds=engine_builds,
                               hook=settings.retrain.hook)
+        forecast = (ForecastStage(load_forecast_model(settings.forecast_model), store.Session)
+                    if settings.forecast_model and score else None)
         self.scorer = Scorer(settings, store, self.slot, self.metrics, channel=self._channel,
                              stop_event=self.stop_event, wall=wall, retry_base_s=retry_base_s,
-                             max_attempts=max_attempts, claim_size=claim_size)
+                             max_attempts=max_attempts, claim_size=claim_size, forecast=forecast)
         self.heartbeat = Heartbeat(store, heartbeat_s, clock)
         self.leases = LeaseKeeper(store, wall) if store.shared and score else None
         self.intake: Intake | None = None

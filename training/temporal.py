@@ -29,8 +29,8 @@ from torch import nn
 
 from nscmonitor.scoring import well_sequence as WS
 
-FORECAST_KEY = "nscmonitor_forecast"
-FEATURES = "texture-15+blobs-12"
+FORECAST_KEY = WS.FORECAST_KEY
+FEATURES = WS.EXTRACTOR
 
 
 class WellGRU(nn.Module):

@@ -28,6 +28,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     k = export_images(repo, args.experiment, per_image)
     print(f"wrote {n} readout rows (model {version or 'none'}) to {out}")
     print(f"wrote {k} image rows to {per_image}")
+    from nscmonitor.report.forecasts_csv import default_forecasts_path, export_forecasts
+
+    forecasts = default_forecasts_path(out)
+    f = export_forecasts(repo.engine, args.experiment, forecasts)
+    if f is not None:
+        print(f"wrote {f} well forecast rows to {forecasts}")
     return 0
 
 

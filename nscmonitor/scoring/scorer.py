@@ -20,6 +20,7 @@ from nscmonitor.config import Settings
 from nscmonitor.core.names import shown
 from nscmonitor.core.queue import MAX_ATTEMPTS
 from nscmonitor.readers.decode import DecodeError, open_regular, why
+from nscmonitor.scoring.forecast import ForecastStage
 from nscmonitor.scoring.hot_swap import LoadedModel, ModelSlot
 from nscmonitor.scoring.metrics import Metrics
 from nscmonitor.scoring.preprocess import Preprocess
@@ -41,8 +42,10 @@ class Scorer:
     def __init__(self, settings: Settings, writer: Writer, slot: ModelSlot, metrics: Metrics, *,
                  channel: Callable[[str], str | None], stop_event: threading.Event,
                  wall: Callable[[], float] = time.time, retry_base_s: float = 5.0,
-                 max_attempts: int = MAX_ATTEMPTS, claim_size: int = 4) -> None:
-        """``channel``: the watch folder's scored channel for an image path."""
+                 max_attempts: int = MAX_ATTEMPTS, claim_size: int = 4,
+                 forecast: ForecastStage | None = None) -> None:
+        """``channel``: the watch folder's scored channel for an image path; ``forecast``: the
+        time-aware well model's stage after each stored batch (None: per-image scoring only)."""
         self.settings = settings
         self.writer = writer
         self.slot = slot
@@ -54,6 +57,7 @@ class Scorer:
         self.max_attempts = max_attempts
         self.claim_size = claim_size
         self._pre: tuple[object, Preprocess] | None = None
+        self.forecast = forecast
 
     def process_batch(self) -> Batch:
         model = self.slot.model
@@ -74,6 +78,8 @@ class Scorer:
         results = self._each(pairs, "packing the result",
                              lambda pp: result(pp[0], pp[1], model_version=model.version, engine=model.engine))
         stored = self._complete(results)
+        if self.forecast is not None and stored:
+            self._forecast(prepared, stored)
         self.metrics.timings.inference += t1 - t0
         self.metrics.timings.store += time.perf_counter() - t1
         self.metrics.stored(c.path for c in stored)
@@ -148,6 +154,19 @@ class Scorer:
                 log.exception("%s: could not store the result", shown(c.path))
                 self.fail(c, f"could not store the result: {why(exc)}", False)
         return done
+
+    def _forecast(self, prepared: list[Prepared], stored: list[Claimed]) -> None:
+        """The second stage on the stored images that passed QC. Its failure is logged and
+        recorded as an event; the batch's readouts are already stored and the forecasts
+        follow with the well's next image."""
+        ids = {c.id for c in stored}
+        images = [(p.claimed.id, p.decoded.pixels, p.decoded.pixel_size_um) for p in prepared
+                  if p.claimed.id in ids and p.grid is not None]
+        try:
+            self.forecast.after_batch(images)
+        except Exception as exc:  # the forecast must never stop per-image scoring
+            log.exception("well forecast failed for a batch of %d images", len(images))
+            self.writer.event("forecast_error", f"well forecast failed: {why(exc)}", level="error")
 
     def fail(self, c: Claimed, reason: str, permanent: bool) -> None:
         """Failed with exponential backoff, or quarantined (permanent, or attempts used up)."""

@@ -176,6 +176,44 @@ class WellReadout(Base):
     n_ood: Mapped[int | None] = mapped_column(Integer)
 
 
+class FrameFeatures(Base):
+    """The well model's features of one scored image (``scoring.well_sequence``), kept so a
+    well's forecast can be recomputed from its earlier frames without decoding them again."""
+
+    __tablename__ = "frame_features"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    extractor: Mapped[str] = mapped_column(String(60))
+    values: Mapped[list] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WellForecast(Base):
+    """The time-aware well model's forecast of a well's fate at one time, from its frames up
+    to that time; its own model version and inputs (provenance), beside the per-image readouts."""
+
+    __tablename__ = "well_forecasts"
+    __table_args__ = (
+        UniqueConstraint("well_id", "time_key", "model_version"),
+        Index("ix_forecasts_plate_time", "plate_id", "model_version", "time_key"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    well_id: Mapped[int] = mapped_column(ForeignKey("wells.id"))
+    plate_id: Mapped[int] = mapped_column(ForeignKey("plates.id"))
+    time_key: Mapped[int] = mapped_column(Integer)
+    elapsed_h: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[str] = mapped_column(String(120))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    normalisation: Mapped[str] = mapped_column(String(40))
+    classes: Mapped[list] = mapped_column(JSON)
+    probs: Mapped[list] = mapped_column(JSON)
+    #: time points of the well the forecast read (all at or before ``elapsed_h``) and its images
+    n_timepoints: Mapped[int] = mapped_column(Integer)
+    n_images: Mapped[int] = mapped_column(Integer)
+    #: the plate's wells whose induction frames made the reference
+    n_reference_wells: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class DaemonStatus(Base):
     """One row per daemon (host + pid): its heartbeat and health, for the GUI and status."""
 

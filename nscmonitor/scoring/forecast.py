@@ -1,0 +1,152 @@
+"""The daemon's second stage: after a batch of images is stored, their well-model features
+are kept and the forecasts of their wells are recomputed by the time-aware well model
+(``nscmonitor.training.temporal``), from each well's frames up to each time and the plate's
+induction scan, normalised exactly as in training (``well_sequence``).
+
+Per-image predictions and well readouts are the first stage's and stay as they are; the
+forecast is added beside them in ``well_forecasts`` with its own model version and hash. A
+forecast at time t reads only frames at or before t: a frame that arrives late (an earlier
+time, or the induction scan) recomputes the forecasts it can change. A plate without an
+induction scan gets no forecast (the normalisation needs one); nothing is guessed.
+The stage runs after the batch's own transaction: if it fails, the readouts are stored
+and the forecasts follow with the well's next image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from nscmonitor.core.errors import UserFacingError
+from nscmonitor.scoring import well_sequence as WS
+from nscmonitor.store import forecasts as F
+
+log = logging.getLogger(__name__)
+FORECAST_KEY = WS.FORECAST_KEY
+
+
+class ForecastModelError(UserFacingError):
+    """The file is not a usable well forecast model; the message says why."""
+
+
+@dataclass(frozen=True)
+class ForecastModel:
+    path: Path
+    meta: dict
+    sha256: str
+    session: object
+
+    @property
+    def version(self) -> str:
+        return str(self.meta["version"])
+
+    def probs(self, seq: np.ndarray) -> np.ndarray:
+        """Class probabilities at the last step of one well's ``T x D`` sequence."""
+        logits = self.session.run(None, {"sequence": seq[None].astype(np.float32)})[0][0, -1]
+        z = logits / float(self.meta.get("temperature", 1.0))
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+
+def load_forecast_model(path: str | Path) -> ForecastModel:
+    """Load and check the model's metadata against what this daemon computes; refuses (one
+    line) a file from another feature set or normalisation rather than forecasting wrongly."""
+    import onnx
+    import onnxruntime as ort
+
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # any parse error: the file is not a model
+        raise ForecastModelError(f"{path}: not an ONNX model ({exc})") from exc
+    props = {p.key: p.value for p in proto.metadata_props}
+    if FORECAST_KEY not in props:
+        raise ForecastModelError(f"{path}: no {FORECAST_KEY} metadata (not a well forecast model)")
+    meta = json.loads(props[FORECAST_KEY])
+    if meta.get("features") != WS.EXTRACTOR:
+        raise ForecastModelError(f"{path}: trained on features {meta.get('features')!r}, this daemon computes "
+                                 f"{WS.EXTRACTOR!r}")
+    if meta.get("normalisation") not in WS.NORMALISATIONS or meta.get("hours_scale") != WS.HOURS_SCALE:
+        raise ForecastModelError(f"{path}: normalisation {meta.get('normalisation')!r} / hours scale "
+                                 f"{meta.get('hours_scale')!r} not what this daemon applies")
+    if int(meta.get("input_width", -1)) != WS.feature_width(int(meta["n_features"]), meta["normalisation"]):
+        raise ForecastModelError(f"{path}: input_width does not match its features and normalisation")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ForecastModel(path, meta, hashlib.sha256(path.read_bytes()).hexdigest(), sess)
+
+
+def tile_px_for(meta: dict, pixel_size_um: float | None) -> int:
+    """The training tile size in this image's pixels (same physical size when both are known)."""
+    px, trained = int(meta.get("tile_px") or 128), meta.get("pixel_size_um")
+    if pixel_size_um and trained:
+        return max(8, int(round(px * float(trained) / float(pixel_size_um))))
+    return px
+
+
+def forecasts_for(model: ForecastModel, touched: Sequence[F.Frame], frames: Sequence[F.Frame]) -> list[F.Forecast]:
+    """The forecasts the touched frames can change: their wells at their times and later; all
+    wells of a plate whose induction scan changed."""
+    norm = model.meta["normalisation"]
+    by_well: dict[int, dict[int, list[F.Frame]]] = defaultdict(lambda: defaultdict(list))
+    for f in frames:
+        if f.elapsed_h is not None:
+            by_well[f.well_id][f.time_key].append(f)
+    points = {w: sorted(((float(np.mean([f.elapsed_h for f in fs])), t, np.mean([f.values for f in fs], axis=0),
+                          len(fs)) for t, fs in ts.items()), key=lambda p: p[0]) for w, ts in by_well.items()}
+    plate_of = {f.well_id: f.plate_id for f in frames}
+    starts = {w: next((v for h, _, v, _ in ps if WS.is_induction(h)), None) for w, ps in points.items()}
+    refs = {}
+    for p in set(plate_of.values()):
+        ind = [v for w, v in starts.items() if plate_of[w] == p and v is not None]
+        refs[p] = WS.plate_reference(ind) if ind else None
+    since: dict[int, float] = {}
+    for f in touched:
+        if f.elapsed_h is None:
+            continue
+        wells = [w for w in points if plate_of[w] == f.plate_id] if WS.is_induction(f.elapsed_h) else [f.well_id]
+        for w in wells:
+            since[w] = min(since.get(w, np.inf), -np.inf if WS.is_induction(f.elapsed_h) else f.elapsed_h)
+    out = []
+    for w, first in since.items():
+        ps = points.get(w, [])
+        for i, (h, t, _, _) in enumerate(ps):
+            if h < first:
+                continue
+            try:
+                seq = WS.sequence([(hh, v) for hh, _, v, _ in ps[:i + 1]], refs[plate_of[w]], starts[w], norm)
+            except ValueError as exc:
+                log.debug("well %s at %.1f h: no forecast (%s)", w, h, exc)
+                continue
+            ref = refs[plate_of[w]]
+            out.append(F.Forecast(well_id=w, plate_id=plate_of[w], time_key=t, elapsed_h=h,
+                                  model_version=model.version, model_sha256=model.sha256, normalisation=norm,
+                                  classes=tuple(model.meta["classes"]), probs=tuple(model.probs(seq).tolist()),
+                                  n_timepoints=i + 1, n_images=sum(n for *_, n in ps[:i + 1]),
+                                  n_reference_wells=ref.n_wells if ref else None))
+    return out
+
+
+class ForecastStage:
+    """Features of each stored image, then its wells' forecasts (both in the store)."""
+
+    def __init__(self, model: ForecastModel, Session) -> None:  # noqa: N803 (the writer's sessionmaker)
+        self.model = model
+        self.Session = Session
+
+    def after_batch(self, images: Sequence[tuple[int, np.ndarray, float | None]]) -> int:
+        """(image_id, pixels, pixel size in µm) of the images just stored; returns forecasts written."""
+        now = datetime.now(timezone.utc)
+        feats = [(i, WS.EXTRACTOR, WS.frame_features(px, tile_px_for(self.model.meta, um))) for i, px, um in images]
+        if not feats:
+            return 0
+        F.save_features(self.Session, feats, now)
+        touched, frames = F.plate_frames(self.Session, [i for i, *_ in feats], WS.EXTRACTOR)
+        return F.store_forecasts(self.Session, forecasts_for(self.model, touched, frames), now)

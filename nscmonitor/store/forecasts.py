@@ -1,0 +1,124 @@
+"""The time-aware well model's rows: each scored image's features (``frame_features``) and
+the well forecasts (``well_forecasts``). Plain dataclasses in and out; the ORM stays here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from nscmonitor.core.queue import QueueState
+from nscmonitor.store import models as m
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One stored image's features with where and when it was taken."""
+
+    image_id: int
+    plate_id: int
+    well_id: int
+    time_key: int
+    elapsed_h: float | None
+    values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Forecast:
+    well_id: int
+    plate_id: int
+    time_key: int
+    elapsed_h: float | None
+    model_version: str
+    model_sha256: str
+    normalisation: str
+    classes: tuple[str, ...]
+    probs: tuple[float, ...]
+    n_timepoints: int
+    n_images: int
+    n_reference_wells: int | None
+
+
+@dataclass(frozen=True)
+class ForecastRow:
+    """A stored forecast as the export and the dashboard read it."""
+
+    experiment: str
+    plate: str
+    well: str
+    elapsed_h: float | None
+    model_version: str
+    normalisation: str
+    classes: tuple[str, ...]
+    probs: tuple[float, ...]
+    n_timepoints: int
+    n_images: int
+
+
+def save_features(Session: sessionmaker, items: Iterable[tuple[int, str, Sequence[float]]], now: datetime) -> None:
+    """(image_id, extractor, values); an image scored again (rewritten) gets its new values."""
+    with Session.begin() as s:
+        for image_id, extractor, values in items:
+            row = s.get(m.FrameFeatures, image_id)
+            if row is None:
+                row = m.FrameFeatures(image_id=image_id)
+                s.add(row)
+            row.extractor, row.values, row.created_at = extractor, [float(v) for v in values], now
+
+
+def plate_frames(Session: sessionmaker, image_ids: Sequence[int], extractor: str) -> tuple[list[Frame], list[Frame]]:
+    """(the given images' frames, every stored frame of the plates they are on) with
+    ``extractor``'s features, done images only."""
+    with Session() as s:
+        plates = {p for p, in s.execute(select(m.Well.plate_id).join(m.Image, m.Image.well_id == m.Well.id)
+                                        .where(m.Image.id.in_(list(image_ids))))}
+        rows = s.execute(
+            select(m.Image.id, m.Well.plate_id, m.Image.well_id, m.Image.time_key, m.Image.elapsed_h,
+                   m.FrameFeatures.values)
+            .join(m.Well, m.Image.well_id == m.Well.id).join(m.FrameFeatures, m.FrameFeatures.image_id == m.Image.id)
+            .where(m.Well.plate_id.in_(plates), m.Image.status == QueueState.DONE,
+                   m.FrameFeatures.extractor == extractor, m.Image.time_key.is_not(None))).all()
+    frames = [Frame(i, p, w, t, h, tuple(v)) for i, p, w, t, h, v in rows]
+    wanted = set(image_ids)
+    return [f for f in frames if f.image_id in wanted], frames
+
+
+def store_forecasts(Session: sessionmaker, forecasts: Iterable[Forecast], now: datetime) -> int:
+    """Insert or update one row per (well, time, forecast model version)."""
+    n = 0
+    with Session.begin() as s:
+        for f in forecasts:
+            row = s.scalar(select(m.WellForecast).where(m.WellForecast.well_id == f.well_id,
+                                                        m.WellForecast.time_key == f.time_key,
+                                                        m.WellForecast.model_version == f.model_version))
+            if row is None:
+                row = m.WellForecast(well_id=f.well_id, time_key=f.time_key, model_version=f.model_version)
+                s.add(row)
+            row.plate_id, row.elapsed_h, row.model_sha256 = f.plate_id, f.elapsed_h, f.model_sha256
+            row.normalisation, row.classes, row.probs = f.normalisation, list(f.classes), [float(p) for p in f.probs]
+            row.n_timepoints, row.n_images, row.n_reference_wells = f.n_timepoints, f.n_images, f.n_reference_wells
+            row.updated_at = now
+            n += 1
+    return n
+
+
+def read_forecasts(session: Session, experiment: str | None = None) -> list[ForecastRow]:
+    """Every stored forecast (of one experiment), by plate, well and time."""
+    q = (select(m.Experiment.name, m.Plate.name, m.Well.name, m.WellForecast.elapsed_h, m.WellForecast.model_version,
+                m.WellForecast.normalisation, m.WellForecast.classes, m.WellForecast.probs,
+                m.WellForecast.n_timepoints, m.WellForecast.n_images)
+         .join(m.Well, m.WellForecast.well_id == m.Well.id).join(m.Plate, m.Well.plate_id == m.Plate.id)
+         .join(m.Experiment, m.Plate.experiment_id == m.Experiment.id)
+         .order_by(m.Experiment.name, m.Plate.name, m.Well.row, m.Well.col, m.WellForecast.time_key))
+    if experiment is not None:
+        q = q.where(m.Experiment.name == experiment)
+    return [ForecastRow(e, p, w, h, v, n, tuple(c), tuple(pr), nt, ni) for e, p, w, h, v, n, c, pr, nt, ni
+            in session.execute(q)]
+
+
+def forecasts_of(engine, experiment: str | None = None) -> list[ForecastRow]:  # noqa: ANN001 (an SQLAlchemy engine)
+    with Session(engine) as s:
+        return read_forecasts(s, experiment)

@@ -1,0 +1,117 @@
+"""The daemon's second stage: a real daemon on real files stores each image's well-model
+features and one forecast per well and time from the time-aware well model (real ONNX
+Runtime on a small GRU exported by training), normalised against the plate's induction scan,
+reading only the well's frames up to that time; per-image readouts are unchanged; SQLite
+and PostgreSQL; the CSV export carries the forecasts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from conftest import cells_image, csv_rows, settings_for, stable_seed, write_tiff
+
+torch = pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime")
+
+TILE = 32
+HOURS = (0, 24, 48)
+WELLS = ("A01", "B02", "C03")  # as the store names them
+
+
+def _forecast_model(path: Path) -> Path:
+    from nscmonitor.scoring import well_sequence as WS
+    from nscmonitor.training import temporal as T
+
+    torch.manual_seed(3)
+    n = len(WS.tile_vector(np.ones((TILE, TILE))))
+    norm = "plate0+well0"
+    model = T.WellGRU(WS.feature_width(n, norm), 3, hidden=8)
+    meta = T.forecast_metadata(classes=("neuron", "astrocyte", "oligodendrocyte"), scheme="multiclass",
+                               normalisation=norm, tile_px=TILE, pixel_size_um=None, temperature=1.0, n_features=n,
+                               version="forecast-test")
+    rng = np.random.default_rng(0)
+    return T.export_forecast(model, meta, path, [rng.normal(size=(3, WS.feature_width(n, norm))).astype(np.float32)])
+
+
+def test_daemon_stores_forecasts_from_frames_up_to_each_time(tmp_path: Path, db_url: str) -> None:
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.readers.decode import decode
+    from nscmonitor.scoring import well_sequence as WS
+
+    fmodel = _forecast_model(tmp_path / "forecast.onnx")
+    watch = tmp_path / "watch"
+    paths = {}
+    for well in WELLS:
+        for h in HOURS:
+            paths[(well, h)] = write_tiff(watch / f"VID3_{well[0]}{int(well[1:])}_1_{h // 24:02d}d{h % 24:02d}h00m.tif",
+                                          cells_image(stable_seed("forecast", well, h), (96, 128)))
+    from nscmonitor.engines.tiny import build_tiny_classifier
+
+    model = tmp_path / "models" / "tiny.onnx"
+    build_tiny_classifier(model, input_size=32)
+    settings = dataclasses.replace(settings_for(tmp_path, watch, db_url), forecast_model=fmodel)
+    runner = build_runner(settings, model=model, retry_base_s=0.05, poll_interval=0.2)
+    try:
+        runner.run(once=True)
+    finally:
+        runner.stop_event.set()
+    with runner.store.engine.connect() as c:
+        rows = c.execute(text("select w.name, f.elapsed_h, f.probs, f.n_timepoints, f.n_images, f.model_version, "
+                              "f.n_reference_wells, f.normalisation from well_forecasts f join wells w "
+                              "on w.id = f.well_id")).fetchall()
+        n_readouts = c.execute(text("select count(*) from well_readouts")).scalar()
+        n_feats = c.execute(text("select count(*) from frame_features")).scalar()
+    assert n_readouts == len(WELLS) * len(HOURS) and n_feats == len(WELLS) * len(HOURS)
+    assert len(rows) == len(WELLS) * len(HOURS)
+
+    feats = {k: WS.frame_features(decode(p).pixels, TILE) for k, p in paths.items()}
+    ref = WS.plate_reference([feats[(w, 0)] for w in WELLS])
+    sess = ort.InferenceSession(str(fmodel), providers=["CPUExecutionProvider"])
+
+    def probs(seq):
+        z = sess.run(None, {"sequence": seq[None]})[0][0, -1]
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+    for name, h, p, n_t, n_img, version, n_ref, norm in rows:
+        p = json.loads(p) if isinstance(p, str) else p
+        frames = [(hh, feats[(name, hh)]) for hh in HOURS]
+        upto = WS.sequence(frames, ref, feats[(name, 0)], norm, up_to_h=h)
+        full = WS.sequence(frames, ref, feats[(name, 0)], norm)
+        assert n_t == len(upto) == n_img and n_ref == len(WELLS) and version == "forecast-test"
+        np.testing.assert_allclose(p, probs(upto), atol=1e-5)
+        if h < HOURS[-1]:  # the stored forecast is not the one that later frames would give
+            assert not np.allclose(p, probs(full), atol=1e-6)
+
+    out = tmp_path / "report.csv"
+    subprocess.run([sys.executable, "-m", "nscmonitor", "export", "--db", settings.database_url,
+                    "--experiment", "E1", "-o", str(out)], check=True, capture_output=True)
+    fc = csv_rows(out.with_name("report_forecasts.csv"))
+    assert len(fc) == len(rows)
+    assert {r["forecast_model"] for r in fc} == {"forecast-test"}
+    got = {(r["well"], float(r["elapsed_h"])): float(r["p_neuron"]) for r in fc}
+    want = {(name, float(h)): (json.loads(p) if isinstance(p, str) else p)[0] for name, h, p, *_ in rows}
+    assert got.keys() == want.keys()
+    assert all(abs(got[k] - want[k]) < 1e-4 for k in got)
+
+
+def test_a_file_that_is_not_a_forecast_model_is_refused_in_one_line(tmp_path: Path) -> None:
+    from nscmonitor.engines.tiny import build_tiny_classifier
+    from nscmonitor.scoring.forecast import ForecastModelError, load_forecast_model
+
+    tile_model = tmp_path / "tiny.onnx"
+    build_tiny_classifier(tile_model, input_size=32)
+    with pytest.raises(ForecastModelError, match="not a well forecast model"):
+        load_forecast_model(tile_model)
+    bad = tmp_path / "junk.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(ForecastModelError, match="not an ONNX model"):
+        load_forecast_model(bad)
