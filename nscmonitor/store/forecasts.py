@@ -66,7 +66,7 @@ def save_features(Session: sessionmaker, items: Iterable[tuple[int, str, Sequenc
             if row is None:
                 row = m.FrameFeatures(image_id=image_id)
                 s.add(row)
-            row.extractor, row.values, row.created_at = extractor, [float(v) for v in values], now
+            row.extractor, row.feature_values, row.created_at = extractor, [float(v) for v in values], now
 
 
 def plate_frames(Session: sessionmaker, image_ids: Sequence[int], extractor: str) -> tuple[list[Frame], list[Frame]]:
@@ -77,7 +77,7 @@ def plate_frames(Session: sessionmaker, image_ids: Sequence[int], extractor: str
                                         .where(m.Image.id.in_(list(image_ids))))}
         rows = s.execute(
             select(m.Image.id, m.Well.plate_id, m.Image.well_id, m.Image.time_key, m.Image.elapsed_h,
-                   m.FrameFeatures.values)
+                   m.FrameFeatures.feature_values)
             .join(m.Well, m.Image.well_id == m.Well.id).join(m.FrameFeatures, m.FrameFeatures.image_id == m.Image.id)
             .where(m.Well.plate_id.in_(plates), m.Image.status == QueueState.DONE,
                    m.FrameFeatures.extractor == extractor, m.Image.time_key.is_not(None))).all()

@@ -183,7 +183,7 @@ class FrameFeatures(Base):
     __tablename__ = "frame_features"
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     extractor: Mapped[str] = mapped_column(String(60))
-    values: Mapped[list] = mapped_column(JSON)
+    feature_values: Mapped[list] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

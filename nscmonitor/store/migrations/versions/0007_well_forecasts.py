@@ -26,7 +26,7 @@ def upgrade() -> None:
         'frame_features',
         sa.Column('image_id', sa.Integer(), sa.ForeignKey('images.id', ondelete='CASCADE'), primary_key=True),
         sa.Column('extractor', sa.String(60), nullable=False),
-        sa.Column('values', sa.JSON(), nullable=False),
+        sa.Column('feature_values', sa.JSON(), nullable=False),
         sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
