@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
 from sqlalchemy import func, select
 
 pytest.importorskip("torch")
@@ -178,6 +179,10 @@ def promoted(served: Lifecycle) -> Promotion:
     version, n = import_labels(lc.engine, labels_csv(lc.tmp, lc.engine))
     assert n == len(WELLS)
     sched = make_scheduler(lc.settings, config_path=str(lc.cfg))
+    # Registered after the scheduler's own listener (which records the run's state): once this
+    # one has fired, the job and its bookkeeping are over and shutdown(wait=True) cannot block.
+    job_over = threading.Event()
+    sched.add_listener(lambda _e: job_over.set(), EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
     sched.get_job(JOB_ID).modify(next_run_time=datetime.now(timezone.utc) - timedelta(seconds=1))
     sched.resume()
 
@@ -208,9 +213,9 @@ def promoted(served: Lifecycle) -> Promotion:
     feeder = threading.Thread(target=feed)
     feeder.start()
     try:
-        wait_until(lambda: outcome() is not None, 240, "the scheduled retrain to finish")
+        assert job_over.wait(240), "the scheduled retrain did not finish"
     finally:
-        sched.shutdown(wait=outcome() is not None)  # a run that overran the wait is not waited for
+        sched.shutdown(wait=job_over.is_set())  # a run that overran the wait is not waited for
         feeder.join()
     return Promotion(*outcome(), labels_version=version)
 
