@@ -12,7 +12,9 @@ same frames into a fresh database:
 
 Throughput is images / (last prediction - first prediction), read from the predictions'
 ``created_at``: process start-up and model loading are left out, and every process runs the
-whole time. Prints a table and writes JSON (``benchmarks/results/scale.json``). Needs a
+whole time. With ``--repeats`` the runs are interleaved (all settings once, then again) and
+the median is reported, so a change of the machine's load hits every setting alike. Prints a
+table and writes JSON (``benchmarks/results/scale.json``). Needs a
 PostgreSQL role allowed to create databases (``--pg-url``; default
 ``$NSCMONITOR_TEST_PG_URL``, which ``.ci/postgres.sh start`` prints).
 """
@@ -24,6 +26,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -168,13 +171,14 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=1500)
     ap.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64: one call of the tiny model)")
     ap.add_argument("--scorers", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--pg-url", default=os.environ.get("NSCMONITOR_TEST_PG_URL"))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "scale.json"))
     args = ap.parse_args()
     if not args.pg_url:
         print("no PostgreSQL server: pass --pg-url or start one with .ci/postgres.sh start", file=sys.stderr)
         return 2
-    rates: dict[str, float] = {}
+    runs: dict[str, list[float]] = {}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -183,25 +187,30 @@ def main() -> int:
         write_frames(frames, args.images, args.size)
         model = work / "tiny.onnx"
         build_tiny_classifier(model, input_size=32)
-        for k in args.scorers:
-            rates[f"pg x{k} scorers"] = scorers_run(k, args.pg_url, frames, model, work, args.images)
-            print(f"  pg, {k} scorer process(es): {rates[f'pg x{k} scorers']:7.1f} images/s", flush=True)
-        for backend in ("sqlite", "postgresql"):
-            rates[f"{backend} x1 daemon"] = daemon_run(backend, args.pg_url, frames, model, work, args.images)
-            print(f"  {backend}, one daemon: {rates[f'{backend} x1 daemon']:7.1f} images/s", flush=True)
+        for rep in range(args.repeats):
+            for k in args.scorers:
+                r = scorers_run(k, args.pg_url, frames, model, work, args.images)
+                runs.setdefault(f"pg x{k} scorers", []).append(r)
+                print(f"  run {rep + 1}: pg, {k} scorer process(es): {r:7.1f} images/s", flush=True)
+            for backend in ("sqlite", "postgresql"):
+                r = daemon_run(backend, args.pg_url, frames, model, work, args.images)
+                runs.setdefault(f"{backend} x1 daemon", []).append(r)
+                print(f"  run {rep + 1}: {backend}, one daemon: {r:7.1f} images/s", flush=True)
     load_after = os.getloadavg()
+    rates = {k: statistics.median(v) for k, v in runs.items()}
     base = rates.get("pg x1 scorers")
     ratios = {k: v / base for k, v in rates.items() if base and k.endswith("scorers")}
     pg_over_sqlite = rates["postgresql x1 daemon"] / rates["sqlite x1 daemon"]
-    print(f"\n{'run':<22}{'images/s':>10}{'x one scorer':>14}")
+    print(f"\n{'run':<22}{'images/s':>10}{'x one scorer':>14}  runs")
     for k, v in rates.items():
-        print(f"{k:<22}{v:>10.1f}{ratios[k] if k in ratios else float('nan'):>14.2f}")
+        print(f"{k:<22}{v:>10.1f}{ratios[k] if k in ratios else float('nan'):>14.2f}  "
+              + ", ".join(f"{x:.1f}" for x in runs[k]))
     print(f"PostgreSQL / SQLite (one daemon): {pg_over_sqlite:.2f}")
     print(f"{args.images} frames {args.size}x{args.size}, tiny model, 1 thread per process; {cpu_name()}, "
           f"{os.cpu_count()} logical CPUs; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"images": args.images, "size": args.size, "images_per_s": rates,
+    out.write_text(json.dumps({"images": args.images, "size": args.size, "images_per_s": rates, "runs": runs, "repeats": args.repeats,
                                "over_one_scorer": ratios, "postgresql_over_sqlite": pg_over_sqlite,
                                "cpu": cpu_name(), "logical_cpus": os.cpu_count(),
                                "load_average_before": load_before, "load_average_after": load_after,
