@@ -156,3 +156,31 @@ def test_score_only_and_watch_only_are_refused_on_sqlite(tmp_path: Path, tiny_mo
         err = capsys.readouterr().err
         assert rc == 2 and f"{opt} needs a PostgreSQL database" in err and "Traceback" not in err, err
         assert len(err.strip().splitlines()) == 1
+
+
+def test_the_lease_keeper_renews_its_own_and_takes_back_the_dead(pg_url: str) -> None:
+    from nscmonitor.scoring.lease_keeper import LeaseKeeper
+
+    alive = _store(pg_url, 4, lease_s=6.0)
+    dead = Writer(open_engine(pg_url), lease_s=6.0)
+    mine = alive.claim(2, NOW, "v1")
+    lost = dead.claim(2, NOW, "v1")
+    clock = [NOW + 5.0]
+    keeper = LeaseKeeper(alive, wall=lambda: clock[0])
+    assert keeper.every_s == 2.0  # three rounds per lease
+    assert keeper.tick() == 0  # at +5 s nothing has expired; its own leases now run to +11 s
+    clock[0] = NOW + 7.0
+    assert keeper.tick() == 2  # the other writer stopped renewing at +6 s
+    assert {_row(alive, c.id) for c in mine} == {("processing", alive.owner, NOW + 13.0)}
+    assert {_row(alive, c.id) for c in lost} == {("pending", None, None)}
+    keeper.start()
+    keeper.stop()  # the thread ends when told, however long its wait
+
+
+def test_lease_seconds_is_checked_once_at_the_edge() -> None:
+    from nscmonitor.config import ConfigError, parse_settings
+
+    assert parse_settings({"lease_seconds": 5}, env={}).lease_seconds == 5.0
+    assert parse_settings({}, env={}).lease_seconds == 60.0
+    with pytest.raises(ConfigError, match=r"lease_seconds: must be 2\.\.86400 seconds, got 1\.0"):
+        parse_settings({"lease_seconds": 1}, env={})
