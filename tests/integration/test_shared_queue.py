@@ -5,6 +5,9 @@ where several daemons may share a database."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -184,3 +187,32 @@ def test_lease_seconds_is_checked_once_at_the_edge() -> None:
     assert parse_settings({}, env={}).lease_seconds == 60.0
     with pytest.raises(ConfigError, match=r"lease_seconds: must be 2\.\.86400 seconds, got 1\.0"):
         parse_settings({"lease_seconds": 1}, env={})
+
+
+def test_watch_only_queues_and_score_only_scores(tmp_path: Path, pg_url: str, tiny_model: Path) -> None:
+    from conftest import cells_image, write_tiff
+
+    folder = tmp_path / "imager"
+    for i, well in enumerate(("A01", "A02", "B01")):
+        write_tiff(folder / f"VID1_{well}_1_00d01h00m.tif", cells_image(i, (64, 64)))
+
+    def run(*opts: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "nscmonitor", "run", "--db", pg_url, "--model", str(tiny_model),
+                            "--engine", "ort-cpu", "--quiet", "0", "--no-schedule", "--once", *opts],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "NSCMONITOR_LOG_DIR": str(tmp_path / "logs"),
+                                "NSCMONITOR_MODELS_DIR": str(tmp_path / "models")})
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        return r.stderr
+
+    err = run("--watch-only", "--watch", str(folder))
+    assert "intake only" in err
+    engine = open_engine(pg_url)
+    with engine.connect() as c:
+        assert c.execute(text("SELECT status, count(*) FROM images GROUP BY status")).all() == [("pending", 3)]
+        assert c.execute(text("SELECT count(*) FROM predictions")).scalar() == 0
+    assert "scoring only (no folders watched here)" in run("--score-only")
+    with engine.connect() as c:
+        assert c.execute(text("SELECT status, count(*) FROM images GROUP BY status")).all() == [("done", 3)]
+        assert c.execute(text("SELECT count(*) FROM predictions")).scalar() == 3
+    engine.dispose()
