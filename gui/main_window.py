@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QLabel, QMainWindow, QPro
 from nscmonitor.config import Settings
 from nscmonitor.gui.export_dialog import ExportDialog, save_map_as, save_time_courses_as
 from nscmonitor.gui.state.actions import label_action, registry_actions, requeue_action
+from nscmonitor.gui.state.forecasts import forecast_note
 from nscmonitor.gui.state.presenter import (ModelMetaCache, Overview, PlateLoad, PollResult, WellImages, daemon_line,
                                             export_counts, load_plate, poll, read_overview)
 from nscmonitor.gui.state.readouts import (Metric, PlateCube, ReadoutRows, merge, metric_at, metrics_for, nearest_time,
@@ -46,6 +47,7 @@ class MainWindow(QMainWindow):
         self.experiment: reads.ExperimentOverview | None = None
         self.plate: reads.PlateInfo | None = None
         self.load: PlateLoad | None = None
+        self.forecasts: dict = {}
         self.cube: PlateCube | None = None
         self.version: str | None = None
         self.marks: db.Marks | None = None
@@ -226,6 +228,8 @@ class MainWindow(QMainWindow):
         self._polling = False
         if r.overview is not None:
             self._overview(r.overview)
+        if r.forecasts is not None:
+            self.forecasts = r.forecasts
         if r.full is not None:
             self._plate_loaded(r.full, keep_time=True)
         elif self.cube is not None and (r.rows is not None or r.wells is not None):
@@ -259,6 +263,7 @@ class MainWindow(QMainWindow):
 
     def _plate_loaded(self, pl: PlateLoad, keep_time: bool = False) -> None:
         self.load, self.version, self.last_load_s = pl, pl.version, pl.seconds
+        self.forecasts = pl.forecasts
         if self.marks is None or pl.marks.prediction_id < self.marks.prediction_id or not keep_time:
             self.marks = pl.marks
         self.version_box.blockSignals(True)
@@ -380,8 +385,11 @@ class MainWindow(QMainWindow):
 
     def well_tooltip(self, well: str) -> str:
         m = self.current_metric()
-        return well_tooltip(self.cube, well, self.t_index, self.plate_map.conditions.get(well),
-                            m.label if m is not None else "", self.plate_map.value_of(well))
+        cube = self.cube
+        key = int(cube.time_keys[self.t_index]) if cube is not None and 0 <= self.t_index < cube.n_times else None
+        return well_tooltip(cube, well, self.t_index, self.plate_map.conditions.get(well),
+                            m.label if m is not None else "", self.plate_map.value_of(well)) + \
+            forecast_note(self.forecasts, well, key)
 
     def _load_images(self) -> None:
         cube = self.cube

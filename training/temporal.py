@@ -156,3 +156,19 @@ def export_forecast(model: WellGRU, meta: dict[str, Any], path: str | Path, chec
             raise RuntimeError(f"ONNX and torch disagree on a well sequence (max {np.abs(got - want).max():.2g})")
     part.replace(path)
     return path
+
+
+def build_tiny_forecast(path: str | Path, *, classes: Sequence[str] = ("neuron", "astrocyte", "oligodendrocyte"),
+                        normalisation: str = "plate0+well0", tile_px: int = 32, seed: int = 3,
+                        version: str = "forecast-test") -> Path:
+    """An untrained (seeded) forecast model with valid metadata: the daemon's and dashboard's
+    tests run the real second stage on it without a training run."""
+    torch.manual_seed(seed)
+    n = len(WS.tile_vector(np.ones((tile_px, tile_px))))
+    width = WS.feature_width(n, normalisation)
+    model = WellGRU(width, len(classes), hidden=8)
+    meta = forecast_metadata(classes=classes, scheme="multiclass" if len(classes) > 2 else "binary",
+                             normalisation=normalisation, tile_px=tile_px, pixel_size_um=None, temperature=1.0,
+                             n_features=n, version=version)
+    check = [np.random.default_rng(seed).normal(size=(3, width)).astype(np.float32)]
+    return export_forecast(model, meta, path, check)

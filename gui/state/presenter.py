@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from nscmonitor.gui.state.readouts import PlateCube, ReadoutRows, Well, build_cu
 from nscmonitor.store import plate_reads as db
 from nscmonitor.store import reads
 from nscmonitor.store import registry
+from nscmonitor.store.forecasts import plate_forecasts
 from nscmonitor.store.reads import DaemonInfo, ImageError
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class PlateLoad:
     marks: db.Marks
     seconds: float
     partial: bool = False  # only the newest time point: the full load follows
+    #: (well name, time key) -> the time-aware well model's forecast (empty: none stored)
+    forecasts: dict = field(default_factory=dict)
 
 
 def plate_wells(engine: Any, plate_id: int) -> list[Well]:
@@ -100,7 +103,7 @@ def load_plate(engine: Any, plate: reads.PlateInfo, preferred: str | None, wante
     fmt = db.plate_format_for(plate.plate_format, rows)
     cube = build_cube(wells, fmt, readout_rows(cols) if cols is not None else ReadoutRows.empty())
     return PlateLoad(plate, fmt, wells, versions, version, cube, marks, time.perf_counter() - t0,
-                     partial=latest_only and version is not None)
+                     partial=latest_only and version is not None, forecasts=plate_forecasts(engine, plate.id))
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class PollResult:
     wells: list[Well] | None
     full: PlateLoad | None
     overview: Overview | None
+    forecasts: dict | None = None  # the plate's forecasts when anything moved on it
 
 
 def poll(engine: Any, plate: reads.PlateInfo | None, version: str | None, last: db.Marks | None,
@@ -132,7 +136,7 @@ def poll(engine: Any, plate: reads.PlateInfo | None, version: str | None, last: 
         return PollResult(marks, None, None, load_plate(engine, plate, preferred, version), overview)
     wells = plate_wells(engine, plate.id) if marks.image_id != last.image_id else None
     rows = readout_rows(db.readouts_for(engine, plate.id, version, pairs)) if pairs else None
-    return PollResult(marks, rows, wells, None, overview)
+    return PollResult(marks, rows, wells, None, overview, plate_forecasts(engine, plate.id))
 
 
 @dataclass(frozen=True)

@@ -122,3 +122,28 @@ def read_forecasts(session: Session, experiment: str | None = None) -> list[Fore
 def forecasts_of(engine, experiment: str | None = None) -> list[ForecastRow]:  # noqa: ANN001 (an SQLAlchemy engine)
     with Session(engine) as s:
         return read_forecasts(s, experiment)
+
+
+@dataclass(frozen=True)
+class ForecastCell:
+    """One well's forecast at one time, as the dashboard shows it."""
+
+    model_version: str
+    classes: tuple[str, ...]
+    probs: tuple[float, ...]
+    n_timepoints: int
+    elapsed_h: float | None
+
+
+def plate_forecasts(engine, plate_id: int) -> dict[tuple[str, int], ForecastCell]:  # noqa: ANN001 (an SQLAlchemy engine)
+    """(well name, time key) -> forecast of the plate's most recently updated forecast model."""
+    with Session(engine) as s:
+        newest = s.execute(select(m.WellForecast.model_version).where(m.WellForecast.plate_id == plate_id)
+                           .order_by(m.WellForecast.updated_at.desc()).limit(1)).scalar()
+        if newest is None:
+            return {}
+        rows = s.execute(select(m.Well.name, m.WellForecast.time_key, m.WellForecast.classes, m.WellForecast.probs,
+                                m.WellForecast.n_timepoints, m.WellForecast.elapsed_h)
+                         .join(m.Well, m.WellForecast.well_id == m.Well.id)
+                         .where(m.WellForecast.plate_id == plate_id, m.WellForecast.model_version == newest)).all()
+    return {(w, t): ForecastCell(newest, tuple(c), tuple(p), n, h) for w, t, c, p, n, h in rows}

@@ -27,18 +27,9 @@ WELLS = ("A01", "B02", "C03")  # as the store names them
 
 
 def _forecast_model(path: Path) -> Path:
-    from nscmonitor.scoring import well_sequence as WS
-    from nscmonitor.training import temporal as T
+    from nscmonitor.training.temporal import build_tiny_forecast
 
-    torch.manual_seed(3)
-    n = len(WS.tile_vector(np.ones((TILE, TILE))))
-    norm = "plate0+well0"
-    model = T.WellGRU(WS.feature_width(n, norm), 3, hidden=8)
-    meta = T.forecast_metadata(classes=("neuron", "astrocyte", "oligodendrocyte"), scheme="multiclass",
-                               normalisation=norm, tile_px=TILE, pixel_size_um=None, temperature=1.0, n_features=n,
-                               version="forecast-test")
-    rng = np.random.default_rng(0)
-    return T.export_forecast(model, meta, path, [rng.normal(size=(3, WS.feature_width(n, norm))).astype(np.float32)])
+    return build_tiny_forecast(path, tile_px=TILE)
 
 
 def test_daemon_stores_forecasts_from_frames_up_to_each_time(tmp_path: Path, db_url: str) -> None:

@@ -1,0 +1,51 @@
+"""The well forecast on the dashboard: a window on a store where the daemon's second stage
+wrote forecasts shows, in a well's hover text, the forecast stored for that well and time;
+a store without forecasts shows none."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pyqtgraph")
+pytest.importorskip("torch")
+
+from test_gui_dashboard import WELLS, Lab  # noqa: E402
+
+
+@pytest.mark.parametrize("with_forecast", [True, False])
+def test_hover_text_shows_the_stored_forecast(tmp_path: Path, qtbot, tiny_model: Path, with_forecast: bool) -> None:
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.gui.app import open_store
+    from nscmonitor.gui.main_window import MainWindow
+    from nscmonitor.training.temporal import build_tiny_forecast
+
+    lab = Lab(tmp_path, tiny_model)
+    lab.write((0, 24), wells=WELLS[:3], fields=1)
+    settings = lab.settings
+    if with_forecast:
+        settings = dataclasses.replace(settings, forecast_model=build_tiny_forecast(tmp_path / "forecast.onnx"))
+    build_runner(settings, model=lab.model, retry_base_s=0.1).run(once=True)
+    win = MainWindow(open_store(lab.url), lab.settings, poll_s=0.2)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.cube is not None and win.cube.n_times == 2, timeout=15000)
+    win.t_index = 1
+    text = win.well_tooltip("A01")
+    if not with_forecast:
+        assert "well forecast" not in text
+        return
+    with sqlite3.connect(lab.db) as c:
+        classes, probs, n_t = c.execute(
+            "SELECT f.classes, f.probs, f.n_timepoints FROM well_forecasts f JOIN wells w ON w.id = f.well_id "
+            "WHERE w.name = 'A01' AND abs(f.elapsed_h - 24) < 0.01").fetchone()
+    classes, probs = json.loads(classes), json.loads(probs)
+    assert n_t == 2
+    assert "well forecast (forecast-test, from 2 time points" in text
+    assert f"<b>{classes[max(range(3), key=lambda k: probs[k])]}</b>" in text
+    assert all(f"{c} {p:.2f}" in text for c, p in zip(classes, probs))
