@@ -48,7 +48,8 @@ def features(records, cache: Path) -> np.ndarray:
 
 
 def per_hour_lr(train_x: list[np.ndarray], train_y, test_x: list[np.ndarray], k: int) -> list[np.ndarray]:
-    """One logistic regression per time step index-free: rows are matched by hours (last column)."""
+    """One logistic regression per hour (the sequences' last column) fitted on the training
+    wells' frames at that hour; each test frame is scored by its hour's classifier."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
