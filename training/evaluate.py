@@ -262,7 +262,8 @@ def _model_logits(model_path: Path, records: list[TileRecord], device: str):
 
         md = read_onnx_metadata(model_path)
         meta = {"scheme": md.scheme, "classes": list(md.classes), "image_size": md.input_size,
-                "tile_size": md.extra.get("tile_size_px"), "arch": md.arch}
+                "tile_size": md.extra.get("tile_size_px"), "arch": md.arch,
+                **{k: md.extra[k] for k in ("well_calibration", "call_rule") if md.extra.get(k)}}
         x, y, recs = load_arrays(records, md.classes, tile_size=meta["tile_size"], image_size=md.input_size)
         engine = OrtCpuEngine(model_path, md)
         engine.load()
@@ -327,8 +328,25 @@ def evaluate_model(model: str | Path, data: str | Path | Sequence[str | Path], *
     report["protocol"] = protocol_report(softmax(logits, temperature), y, recs, meta["classes"],
                                          train_conditions=train_conditions, plate_draws=plate_draws, seed=seed,
                                          n_boot=n_boot or N_BOOT)
+    report.update(stored_calls(softmax(logits, temperature), y, recs, meta))
     return {"split": split, "data": [str(d) for d in data], "model": str(model), "temperature": temperature,
             "label_mode": label_mode, "classes": list(meta["classes"]), "scheme": meta["scheme"], **report}
+
+
+def stored_calls(probs: np.ndarray, y: np.ndarray, records: Sequence[TileRecord], meta: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """ECE per time bin before and after the model's own well calibration, and the earliest
+    confident calls under its own call rule (both fitted on its validation wells in
+    training); nothing for a model that carries neither."""
+    from nscmonitor.core.calibration import call_rule_of, well_calibration_of
+    from nscmonitor.training import calls as C
+
+    stored = {k: meta[k] for k in ("well_calibration", "call_rule") if meta.get(k)}
+    if not stored:
+        return {}
+    cal, rule = well_calibration_of(stored), call_rule_of(stored)
+    return {"well_calibration": stored.get("well_calibration"), "ece_by_time": C.ece_by_time(probs, y, records, cal),
+            "calls": C.held_out_calls(probs, y, records, meta["classes"], cal, rule)}
 
 
 def _scheme_of(model: Path) -> tuple[str, str]:

@@ -161,6 +161,14 @@ def tables(result: dict[str, Any]) -> str:
         if warn:
             notes.append(f"warning (training): {warn}")
         parts += [head, "", "; ".join(notes), "", P.run_table(r["protocol"]), "", P.group_table(r["protocol"]), ""]
+        if "calls" in r:
+            from nscmonitor.training import calls as C
+
+            rule = r["calls"]["rule"]
+            parts += [f"ECE by time bin, well temperature {(r.get('well_calibration') or {}).get('temperature', 1.0):.3g} "
+                      "(fitted on the validation wells):", "", C.ece_table(r["ece_by_time"]), "",
+                      f"Earliest confident call (p >= {rule['threshold']:g} over >= {rule['min_points']} time points, "
+                      "chosen on validation):", "", C.calls_table(r["calls"]), ""]
     if "seed_spread" in result:
         parts += [f"### {len(runs)} runs (training seeds)", "", P.seed_table(
             [{"seed": r.get("seed"), "protocol": r["protocol"]} for r in runs], result["seed_spread"]), "",

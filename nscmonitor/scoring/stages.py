@@ -17,6 +17,7 @@ from enum import Enum
 import numpy as np
 
 from nscmonitor.core.aggregate import image_score, pack_tiles
+from nscmonitor.core.calibration import well_calibration_of
 from nscmonitor.core.domain import QCMetrics
 from nscmonitor.core.limits import resample_refusal
 from nscmonitor.engines.base import Engine
@@ -124,6 +125,7 @@ def result(p: Prepared, tiles: TileScores, *, model_version: str, engine: Engine
         tiles_blob=pack_tiles(probs, grid.rows, grid.cols, grid.kept) if grid is not None else None,
         model_version=model_version, classes=engine.metadata.classes, engine=engine.name,
         rewritten=p.content is Content.REWRITTEN, ood_score=ood_score, ood=ood,
+        well_calibration=well_calibration_of(engine.metadata.extra),
     )
 
 

@@ -10,15 +10,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nscmonitor.core.aggregate import ImageScore, well_aggregate
-from nscmonitor.core.calibration import WellCalibration, well_calibration_of
+from nscmonitor.core.calibration import WellCalibration
 from nscmonitor.core.queue import QueueState
 from nscmonitor.store import models as m
 
 
-def recompute_readout(s: Session, well_id: int, time_key: int, version: str, now: datetime) -> None:
+def recompute_readout(s: Session, well_id: int, time_key: int, version: str, now: datetime,
+                      calibration: WellCalibration | None = None) -> None:
     """The readout of one well at one time for one model version, from all its scored images
     (called inside the transaction that stored them, so readout and images never disagree).
-    A well with neither a prediction nor a QC failure gets no readout."""
+    A well with neither a prediction nor a QC failure gets no readout. ``calibration``: the
+    serving model's well calibration (None: the plain mean, as for models without one)."""
     imgs = s.execute(
         select(m.Image.id, m.Image.qc_passed, m.Image.elapsed_h, m.Image.acquired_at, m.Image.timepoint,
                m.Prediction.prob_mean, m.Prediction.prob_sd, m.Prediction.fraction, m.Prediction.n_tiles,
@@ -37,7 +39,7 @@ def recompute_readout(s: Session, well_id: int, time_key: int, version: str, now
             score = ImageScore(np.asarray(r.prob_mean), np.asarray(r.prob_sd), np.asarray(r.fraction),
                                r.n_tiles, r.confidence)
         entries.append((score, bool(r.qc_passed)))
-    agg = well_aggregate(entries, k, model_calibration(s, version))
+    agg = well_aggregate(entries, k, calibration)
     elapsed = [r.elapsed_h for r in imgs if r.elapsed_h is not None]
     acquired = [r.acquired_at for r in imgs if r.acquired_at is not None]
     plate_id = s.scalar(select(m.Well.plate_id).where(m.Well.id == well_id))
@@ -56,13 +58,6 @@ def recompute_readout(s: Session, well_id: int, time_key: int, version: str, now
     readout.confidence = agg.confidence if agg.n_images else None
     readout.n_ood = flagged_images(r.ood for r in imgs if r.prob_mean is not None)
     readout.updated_at = now
-
-
-def model_calibration(s: Session, version: str) -> WellCalibration | None:
-    """The registered model's well calibration (None for a model without one, or one not
-    registered: its readouts stay the plain mean, as before calibration existed)."""
-    meta = s.scalar(select(m.ModelVersion.meta).where(m.ModelVersion.version == version))
-    return well_calibration_of((meta or {}).get("extra"))
 
 
 def flagged_images(flags) -> int | None:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from nscmonitor.core.domain import ImageKey, QCMetrics
 from nscmonitor.core.names import clean, from_db, to_db
 from nscmonitor.core.aggregate import ImageScore
+from nscmonitor.core.calibration import WellCalibration
 from nscmonitor.core.queue import MAX_ATTEMPTS, PROBLEMS, QueueState
 from nscmonitor.store import models as m
 from nscmonitor.store.events import add_event, record_event
@@ -89,6 +90,8 @@ class Scored:
     #: when the model has no such score (the flag is unavailable)
     ood_score: float | None = None
     ood: bool | None = None
+    #: the serving model's well calibration, applied to the well readouts it recomputes
+    well_calibration: WellCalibration | None = None
 
 
 def time_key(key: ImageKey | None, elapsed_h: float | None) -> int | None:
@@ -383,8 +386,9 @@ class Writer:
                 # the readout row twice; in key order, so two batches never wait on each other
                 s.execute(select(m.Well.id).where(m.Well.id.in_({w for w, _, _ in touched}))
                           .order_by(m.Well.id).with_for_update())
+            calibration = {r.model_version: r.well_calibration for r in results}
             for well_id, scan_key, version in sorted(touched):
-                recompute_readout(s, well_id, scan_key, version, now)
+                recompute_readout(s, well_id, scan_key, version, now, calibration.get(version))
 
     def _holds(self, row: m.Image, doing: str) -> bool:
         """The image is still this writer's claim; if not (its lease ran out and it went back
