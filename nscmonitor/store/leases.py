@@ -20,7 +20,7 @@ import socket
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, select, update
 
 from nscmonitor.core.queue import QueueState
 from nscmonitor.store import models as m
@@ -42,11 +42,20 @@ def is_shared(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+def _locked_in_key_order(*where):
+    """The ids of the images matching ``where``, locked in key order: storing a batch locks its
+    rows in that order too, so a renewal or a reap running at the same moment waits for it
+    instead of deadlocking with it."""
+    return m.Image.id.in_(select(m.Image.id).where(*where).order_by(m.Image.id).with_for_update()
+                          .scalar_subquery())
+
+
 def renew(engine: Engine, owner: str, now_ts: float, lease_s: float) -> int:
     """Push the expiry of every image ``owner`` holds to ``now_ts + lease_s``."""
     with engine.begin() as conn:
         res = conn.execute(update(m.Image.__table__)
-                           .where(m.Image.lease_owner == owner, m.Image.status == QueueState.PROCESSING)
+                           .where(_locked_in_key_order(m.Image.lease_owner == owner,
+                                                       m.Image.status == QueueState.PROCESSING))
                            .values(lease_expires_at=now_ts + lease_s))
         return res.rowcount or 0
 
@@ -58,7 +67,8 @@ def reap_expired(engine: Engine, now_ts: float) -> int:
 
     with Session(engine) as s, s.begin():
         res = s.execute(update(m.Image)
-                        .where(m.Image.status == QueueState.PROCESSING, m.Image.lease_expires_at < now_ts)
+                        .where(_locked_in_key_order(m.Image.status == QueueState.PROCESSING,
+                                                    m.Image.lease_expires_at < now_ts))
                         .values(status=QueueState.PENDING, lease_owner=None, lease_expires_at=None,
                                 updated_at=datetime.now(timezone.utc)))
         n = res.rowcount or 0
