@@ -198,7 +198,11 @@ def search(fp32_path: str | Path, calib_x: np.ndarray, calib_groups: tuple[str, 
     from nscmonitor.engines.quantize import DEFAULT_SETTINGS, _name_nodes, quantize_static_qdq
 
     tol = {**DEFAULT_TOLERANCE, **(tolerance or {})}
-    say = progress or (lambda done, total, msg: None)
+    def say(done: int, total: int, msg: str) -> None:
+        log.info("mixed precision %d/%d: %s", done, total, msg)  # a background build's log shows it too
+        if progress is not None:
+            progress(done, total, msg)
+
     cfg = {**DEFAULT_SETTINGS, **(settings or {})}
     with tempfile.TemporaryDirectory(prefix="nscm-mixed-") as tmp:
         named = Path(tmp) / "fp32.onnx"
