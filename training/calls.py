@@ -27,18 +27,11 @@ MAX_WRONG = 0.02
 
 
 def fit_well_temperature(ro: Readouts) -> WellCalibration:
-    """Minimise the NLL of the well readouts' truth under softmax(log p / T)."""
-    from scipy.optimize import minimize_scalar
+    """Minimise the NLL of the well readouts' truth under softmax(log p / T): the tile
+    temperature fit with the log well means standing in for logits."""
+    from nscmonitor.training.evaluate import fit_temperature
 
-    if len(ro.y) == 0:
-        return WellCalibration(1.0)
-
-    def nll(log_t: float) -> float:
-        p = WellCalibration(math.exp(log_t)).apply(ro.probs)
-        return float(-np.log(np.clip(p[np.arange(len(ro.y)), ro.y], 1e-12, None)).mean())
-
-    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
-    return WellCalibration(float(math.exp(res.x)))
+    return WellCalibration(fit_temperature(np.log(np.clip(ro.probs, 1e-12, None)), ro.y))
 
 
 def calibrated(ro: Readouts, cal: WellCalibration | None) -> Readouts:
