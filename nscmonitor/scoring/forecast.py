@@ -148,5 +148,5 @@ class ForecastStage:
         if not feats:
             return 0
         F.save_features(self.Session, feats, now)
-        touched, frames = F.plate_frames(self.Session, [i for i, *_ in feats], WS.EXTRACTOR)
+        touched, frames = F.plate_frames(self.Session, [i for i, *_ in feats], WS.EXTRACTOR, WS.BASELINE_MAX_H)
         return F.store_forecasts(self.Session, forecasts_for(self.model, touched, frames), now)

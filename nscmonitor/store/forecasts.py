@@ -69,17 +69,26 @@ def save_features(Session: sessionmaker, items: Iterable[tuple[int, str, Sequenc
             row.extractor, row.feature_values, row.created_at = extractor, [float(v) for v in values], now
 
 
-def plate_frames(Session: sessionmaker, image_ids: Sequence[int], extractor: str) -> tuple[list[Frame], list[Frame]]:
-    """(the given images' frames, every stored frame of the plates they are on) with
-    ``extractor``'s features, done images only."""
+def plate_frames(Session: sessionmaker, image_ids: Sequence[int], extractor: str,
+                 induction_max_h: float) -> tuple[list[Frame], list[Frame]]:
+    """(the given images' frames, the frames a forecast of their wells needs) with
+    ``extractor``'s features, done images only. Needed: every frame of the given images'
+    wells and the induction frames (at most ``induction_max_h``) of their plates; when a given
+    image is itself an induction frame, every frame of its plate (all its wells' forecasts
+    change). A batch on a large plate so reads its wells, not the whole plate."""
     with Session() as s:
-        plates = {p for p, in s.execute(select(m.Well.plate_id).join(m.Image, m.Image.well_id == m.Well.id)
-                                        .where(m.Image.id.in_(list(image_ids))))}
+        given = s.execute(select(m.Well.plate_id, m.Image.well_id, m.Image.elapsed_h)
+                          .join(m.Image, m.Image.well_id == m.Well.id).where(m.Image.id.in_(list(image_ids)))).all()
+        plates = {p for p, _, _ in given}
+        whole = {p for p, _, h in given if h is not None and h <= induction_max_h}
+        wells = {w for _, w, _ in given}
+        needed = (m.Well.plate_id.in_(whole) | m.Image.well_id.in_(wells)
+                  | (m.Image.elapsed_h <= induction_max_h))
         rows = s.execute(
             select(m.Image.id, m.Well.plate_id, m.Image.well_id, m.Image.time_key, m.Image.elapsed_h,
                    m.FrameFeatures.feature_values)
             .join(m.Well, m.Image.well_id == m.Well.id).join(m.FrameFeatures, m.FrameFeatures.image_id == m.Image.id)
-            .where(m.Well.plate_id.in_(plates), m.Image.status == QueueState.DONE,
+            .where(m.Well.plate_id.in_(plates), needed, m.Image.status == QueueState.DONE,
                    m.FrameFeatures.extractor == extractor, m.Image.time_key.is_not(None))).all()
     frames = [Frame(i, p, w, t, h, tuple(v)) for i, p, w, t, h, v in rows]
     wanted = set(image_ids)
