@@ -1,6 +1,7 @@
 """The daemon's single writer. All inserts and updates of the ingest flow go through one
 ``Writer`` owned by the runner thread: SQLite allows one writer, and one owner makes the
-order of state changes obvious."""
+order of state changes obvious. Its claim side (claim, release, fail, unchanged, leases) is
+``store.claims``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import logging
 import os
 import socket
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,10 +20,11 @@ from nscmonitor.core.domain import ImageKey, QCMetrics
 from nscmonitor.core.names import clean, from_db, to_db
 from nscmonitor.core.aggregate import ImageScore
 from nscmonitor.core.calibration import WellCalibration
-from nscmonitor.core.queue import MAX_ATTEMPTS, PROBLEMS, QueueState
+from nscmonitor.core.queue import PROBLEMS, QueueState
 from nscmonitor.store import models as m
+from nscmonitor.store.claims import Claimed as Claimed, Claims  # Claimed: what the scorer gets back
 from nscmonitor.store.events import add_event, record_event
-from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner, reap_expired
+from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner
 from nscmonitor.store.readouts import recompute_readout
 
 log = logging.getLogger(__name__)
@@ -53,20 +54,6 @@ class Discovered:
     attributes: dict[str, str] | None = None
     error: str | None = None  # set for names that cannot be placed: quarantined at once
     skip_reason: str | None = None  # e.g. a channel that is not scored
-
-
-@dataclass(frozen=True)
-class Claimed:
-    id: int
-    path: str
-    relpath: str
-    experiment_id: int
-    well_id: int | None
-    time_key: int | None
-    attempts: int
-    previous_hash: str | None
-    channel: str | None
-    scored: bool  # a prediction by the serving model version exists already
 
 
 @dataclass(frozen=True)
@@ -104,7 +91,7 @@ def time_key(key: ImageKey | None, elapsed_h: float | None) -> int | None:
     return None
 
 
-class Writer:
+class Writer(Claims):
     def __init__(self, engine: Engine, *, lease_s: float = DEFAULT_LEASE_S, owner: str | None = None) -> None:
         """``owner``: this daemon's name on the images it claims (``leases.new_owner``);
         ``lease_s``: how long a claim holds without renewal (``store.leases``)."""
@@ -232,107 +219,6 @@ class Writer:
                 m.Image.status == QueueState.QUARANTINED, m.Image.error.like(UNREADABLE + "%")))
             return {i: from_db(p) for i, p in rows}
 
-    def requeue_stale(self, now_ts: float | None = None) -> int:
-        """Rows a crashed daemon left 'processing' go back to the queue. On a shared
-        (PostgreSQL) database the other daemons' claims are live: only leases that ran out
-        are taken back (and claims without a lease, from before leases existed)."""
-        if self.shared:
-            with self.Session.begin() as s:
-                res = s.execute(update(m.Image).where(m.Image.status == QueueState.PROCESSING,
-                                                      m.Image.lease_expires_at.is_(None))
-                                .values(status=QueueState.PENDING, lease_owner=None))
-            return (res.rowcount or 0) + reap_expired(self.engine, time.time() if now_ts is None else now_ts)
-        with self.Session.begin() as s:
-            res = s.execute(update(m.Image).where(m.Image.status == QueueState.PROCESSING)
-                            .values(status=QueueState.PENDING, lease_owner=None, lease_expires_at=None))
-            return res.rowcount or 0
-
-    def claim(self, n: int, now_ts: float, model_version: str = "", *,
-              max_attempts: int = MAX_ATTEMPTS) -> list[Claimed]:
-        """Take up to ``n`` due images. A row whose attempts are used up is quarantined here
-        instead of being handed out: attempts count claims, so an image during which the
-        daemon dies every time (a crash in a native library, the OOM killer) stops after
-        ``max_attempts`` starts instead of looping for ever.
-
-        Several daemons may claim at once on PostgreSQL: rows another claim has locked are
-        skipped (``FOR UPDATE SKIP LOCKED``), so no image is handed out twice, and each
-        claimed row carries this writer's lease until ``now_ts + lease_s``."""
-        now = utcnow()
-        with self.Session.begin() as s:
-            while True:
-                rows = list(s.scalars(
-                    select(m.Image)
-                    .where(m.Image.status.in_((QueueState.PENDING, QueueState.FAILED)),
-                           m.Image.next_attempt_at <= now_ts)
-                    .order_by(m.Image.id).limit(n).with_for_update(skip_locked=True)
-                ).all())
-                spent = [r for r in rows if r.attempts >= max_attempts]
-                for r in spent:
-                    r.status = QueueState.QUARANTINED
-                    last = f" (last error: {r.error})" if r.error else ""
-                    r.error = (f"gave up after {r.attempts} attempts: processing this image never finished, "
-                               f"the daemon stopped during it{last}")
-                    r.updated_at = now
-                    add_event(s, "quarantined", r.error, level="warning", path=r.path, at=now)
-                    log.warning("%s: %s", r.path, r.error)
-                if not spent:
-                    break
-                s.flush()
-            if not rows:  # rescoring for a newly promoted model only when nothing new waits
-                rows = list(s.scalars(select(m.Image).where(m.Image.status == QueueState.RESCORE)
-                                      .order_by(m.Image.id.desc()).limit(n)
-                                      .with_for_update(skip_locked=True)).all())
-            scored = set(s.scalars(select(m.Prediction.image_id).where(
-                m.Prediction.image_id.in_([r.id for r in rows]), m.Prediction.model_version == model_version)))
-            out = []
-            for r in rows:
-                r.status = QueueState.PROCESSING
-                r.attempts += 1
-                r.lease_owner, r.lease_expires_at = self.owner, now_ts + self.lease_s
-                out.append(Claimed(r.id, from_db(r.path), r.relpath, r.experiment_id, r.well_id, r.time_key, r.attempts,
-                                   r.content_hash, r.channel, r.id in scored))
-            return out
-
-    def unchanged(self, image_id: int) -> None:
-        """Touched but identical content, already scored by this model: nothing to redo."""
-        with self.Session.begin() as s:
-            row = s.get(m.Image, image_id, with_for_update=True)
-            if row is not None and self._holds(row, "marking it unchanged"):
-                row.status, row.error, row.updated_at = QueueState.DONE, None, utcnow()
-                row.lease_owner = row.lease_expires_at = None
-
-    def release(self, ids: Iterable[int]) -> None:
-        """Graceful stop: the batch in hand goes back to pending, attempts not counted."""
-        ids = list(ids)
-        if not ids:
-            return
-        with self.Session.begin() as s:
-            s.execute(update(m.Image).where(m.Image.id.in_(ids), m.Image.status == QueueState.PROCESSING,
-                                            m.Image.lease_owner == self.owner)
-                      .values(status=QueueState.PENDING, attempts=m.Image.attempts - 1, lease_owner=None,
-                              lease_expires_at=None))
-
-    def fail(self, image_id: int, reason: str, *, permanent: bool, retry_at: float, max_attempts: int) -> str:
-        now = utcnow()
-        with self.Session.begin() as s:
-            row = s.get(m.Image, image_id, with_for_update=True)
-            if row is None:
-                return "missing"
-            if not self._holds(row, "recording its failure"):
-                return "lease lost"
-            row.lease_owner = row.lease_expires_at = None
-            reason = clean(reason)
-            if permanent or row.attempts >= max_attempts:
-                row.status = QueueState.QUARANTINED
-                row.error = reason if permanent else f"{reason} (gave up after {row.attempts} attempts)"
-                add_event(s, "quarantined", row.error, level="warning", path=row.path, at=now)
-            else:
-                row.status = QueueState.FAILED
-                row.error = reason
-                row.next_attempt_at = retry_at
-            row.updated_at = now
-            return row.status
-
     def complete(self, results: Iterable[Scored]) -> None:
         """Image row, prediction and the well readout it changes: one transaction, so a
         crash leaves either all of them or none.
@@ -389,15 +275,6 @@ class Writer:
             calibration = {r.model_version: r.well_calibration for r in results}
             for well_id, scan_key, version in sorted(touched):
                 recompute_readout(s, well_id, scan_key, version, now, calibration.get(version))
-
-    def _holds(self, row: m.Image, doing: str) -> bool:
-        """The image is still this writer's claim; if not (its lease ran out and it went back
-        to the queue, maybe to another daemon), what this writer did with it is dropped."""
-        if row.status == QueueState.PROCESSING and row.lease_owner == self.owner:
-            return True
-        log.warning("%s: dropped %s: this daemon's claim on it was lost (its lease ran out; now %s, held by %s)",
-                    from_db(row.path), doing, row.status, row.lease_owner or "nobody")
-        return False
 
     # --- health ---------------------------------------------------------------------
     def start_daemon(self, watched: list[dict]) -> int:
