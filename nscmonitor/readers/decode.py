@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from nscmonitor.core.errors import UNREADABLE
 from nscmonitor.core.names import shown
 from nscmonitor.core.limits import DEFAULT_MAX_PIXELS
 
@@ -55,7 +56,6 @@ MAX_PAGES = 100_000
 #: compressed data read for a page may exceed its decoded size by at most this factor (plus
 #: 1 MiB): no codec expands data this much, so more is a bomb or a broken header
 MAX_COMPRESSED_RATIO = 2
-UNREADABLE = "file is locked or not readable"
 HASH_CHUNK = 1 << 20
 
 _BYTES_LITERAL = re.compile(r"""b(['"]).*?(?<!\\)\1""")

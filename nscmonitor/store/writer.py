@@ -212,7 +212,7 @@ class Writer(Claims):
     def unreadable_quarantined(self) -> dict[int, str]:
         """Images quarantined because they could not be opened (permissions, a lock):
         id -> file-system path, so the runner can retry them once they can be read."""
-        from nscmonitor.readers.decode import UNREADABLE
+        from nscmonitor.core.errors import UNREADABLE
 
         with self.Session() as s:
             rows = s.execute(select(m.Image.id, m.Image.path).where(
