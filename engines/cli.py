@@ -17,7 +17,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     build = esub.add_parser("build", help="build a TensorRT engine or an int8 ONNX model, gated against fp32")
     build.add_argument("model", help="the fp32 ONNX model")
-    build.add_argument("--backend", choices=("trt", "ort-int8"), default="ort-int8")
+    build.add_argument("--backend", choices=("trt", "ort-int8"), default="ort-int8",
+                       help="ort-int8: the signed symmetric Q/DQ model for OpenVINO and ONNX Runtime; when the plain "
+                            "recipe fails its gate, the layer groups that need it are kept fp32 and it is gated again")
     prec = build.add_mutually_exclusive_group()
     prec.add_argument("--fp32", dest="precision", action="store_const", const="fp32")
     prec.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
@@ -93,9 +95,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         if args.backend == "ort-int8":
             if args.precision not in (None, "int8"):
                 raise UserFacingError("--backend ort-int8 builds int8 only")
-            from nscmonitor.engines.quantize import build_ort_int8
-
-            path, report = build_ort_int8(args.model, calib, held)
+            path, report = _build_int8(Path(args.model), calib, held)
         else:
             from nscmonitor.engines.build import BuildOptions, build_trt_engine
 
@@ -115,6 +115,26 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 0
     print(f"engine ready: {path}")
     return 0
+
+
+def _build_int8(model: Path, calib, held):
+    """The int8 build as on arrival: the plain recipe, then, when it fails, the mixed-precision
+    search, whose steps show as a progress bar."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nscmonitor.engines.autobuild import has_openvino
+    from nscmonitor.engines.mixed_precision import build_int8
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as prog:
+        task = prog.add_task("quantising to int8 and gating against fp32", total=None)
+
+        def detail(done: int, total: int, msg: str) -> None:
+            prog.update(task, description=msg, completed=done, total=total)
+
+        path, report, _ = build_int8(model, calib, held, want_openvino=has_openvino(), progress=detail)
+    return path, report
 
 
 def cmd_autobuild(args: argparse.Namespace) -> int:
