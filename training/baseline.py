@@ -23,7 +23,7 @@ from nscmonitor.training import splits as S
 def tile_features_of(records: Sequence[D.TileRecord]) -> np.ndarray:
     """Texture features of each record's image, read once per file through the daemon's
     reader (a tiles export: one tile per file)."""
-    from nscmonitor.simulate.baseline import tile_features
+    from nscmonitor.core.texture import tile_features
 
     cache: dict[tuple, np.ndarray] = {}
     out = []

@@ -57,14 +57,14 @@ def blob_features(tile: np.ndarray) -> np.ndarray:
         size = 2 * int(round(2 * sigma)) + 1
         peaks = s == ndimage.maximum_filter(s, size)
         pits = s == ndimage.minimum_filter(s, size)
-        out += [float((peaks & (s > lv)).sum()) * per for lv in BLOB_LEVELS]
-        out += [float((pits & (s < -lv)).sum()) * per for lv in BLOB_LEVELS]
+        out += [float((peaks & (s > level)).sum()) * per for level in BLOB_LEVELS]
+        out += [float((pits & (s < -level)).sum()) * per for level in BLOB_LEVELS]
     return np.asarray(out, np.float64)
 
 
 def tile_vector(tile: np.ndarray) -> np.ndarray:
     """What the well model reads of one tile: 15 texture features and 12 blob counts."""
-    from nscmonitor.simulate.baseline import tile_features
+    from nscmonitor.core.texture import tile_features
 
     return np.concatenate([tile_features(tile), blob_features(tile)])
 

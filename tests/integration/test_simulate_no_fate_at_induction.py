@@ -16,7 +16,7 @@ import csv
 import numpy as np
 import tifffile
 
-from nscmonitor.simulate.baseline import tile_features
+from nscmonitor.core.texture import tile_features
 from nscmonitor.simulate.labelled_tiles import export_tiles
 
 N_PERM = 200
