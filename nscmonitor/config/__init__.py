@@ -7,17 +7,20 @@ is a facility engineer editing a file, not a developer reading a traceback.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
+from nscmonitor.config.database import check_database_url, with_password_file
+from nscmonitor.config.values import expect as _expect
+from nscmonitor.config.values import finite_everywhere as _finite_everywhere
+from nscmonitor.config.values import induction_time as _time
 from nscmonitor.core.domain import PLATE_SHAPES
 from nscmonitor.core.errors import ConfigError
 from nscmonitor.intake.profiles import BY_NAME, CustomProfileSpec
@@ -120,92 +123,6 @@ def is_network_path(path: Path) -> bool:
     return fstype in {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "davfs"}
 
 
-def _expect(d: dict, key: str, typ: type | tuple[type, ...], where: str, default: Any = None) -> Any:
-    if key not in d:
-        return default
-    v = d[key]
-    if typ is float and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
-    if not isinstance(v, typ) or (isinstance(v, bool) and typ in (int, float)):
-        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
-        raise ConfigError(f"{where}{key}: expected {names}, got {v!r}")
-    if isinstance(v, float) and not math.isfinite(v):
-        raise ConfigError(f"{where}{key}: expected a finite number, got {v!r}")
-    return v
-
-
-def _finite_everywhere(v: Any, where: str) -> None:
-    """nan/inf slip through every comparison (nan < 0 and nan > 0 are both false), so a
-    non-finite number anywhere in the file is refused, nested tables included."""
-    if isinstance(v, float) and not math.isfinite(v):
-        raise ConfigError(f"{where}: expected a finite number, got {v!r}")
-    if isinstance(v, dict):
-        for k, x in v.items():
-            _finite_everywhere(x, f"{where}.{k}" if where else str(k))
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            _finite_everywhere(x, f"{where}[{i}]")
-
-
-DIALECTS = ("sqlite", "postgresql")
-
-
-def check_database_url(db: str) -> str:
-    """The dialect is checked here, once; whether its driver is installed is checked when the
-    engine is made (``store.db.open_engine``), where the import happens."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    if "://" not in db:
-        raise ConfigError(f"database_url: expected an SQLAlchemy URL like sqlite:///path.db, got {db!r}")
-    try:
-        backend = make_url(db).get_backend_name()
-    except ArgumentError as exc:
-        raise ConfigError(f"database_url: not a database URL ({exc}); expected e.g. sqlite:///path.db") from exc
-    if backend not in DIALECTS:
-        raise ConfigError(f"database_url: unsupported database {backend!r} (allowed: {', '.join(DIALECTS)}, "
-                          "e.g. sqlite:///path.db or postgresql+psycopg://user@host/db)")
-    return db
-
-
-def with_password_file(db: str, pw_file: Path) -> str:
-    """The PostgreSQL password read from a file the config names, so it lives neither in the
-    config nor in the process's arguments; the file must be private to its owner (as libpq
-    demands of ``.pgpass``). The password only ever travels inside the URL, which is masked
-    wherever it is printed (``store.db.masked``)."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(db)
-    if url.get_backend_name() != "postgresql":
-        raise ConfigError("database_password_file: only for postgresql URLs (SQLite has no password)")
-    if url.password is not None:
-        raise ConfigError("database_password_file: database_url already holds a password; keep it in one place")
-    try:
-        st = pw_file.stat()
-        lines = pw_file.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"database_password_file: cannot read {pw_file}: {exc.strerror or exc}") from exc
-    if os.name == "posix" and st.st_mode & 0o077:
-        raise ConfigError(f"database_password_file: {pw_file} is readable by other users; chmod 600 it")
-    pw = lines[0].strip() if lines else ""
-    if not pw:
-        raise ConfigError(f"database_password_file: {pw_file} is empty (the first line is the password)")
-    return url.set(password=pw).render_as_string(hide_password=False)
-
-
-def _time(v: Any, where: str) -> datetime | None:
-    if v is None:
-        return None
-    if isinstance(v, datetime):
-        dt = v
-    else:
-        try:
-            dt = datetime.fromisoformat(str(v))
-        except ValueError as exc:
-            raise ConfigError(f"{where}induction_time: not an ISO date-time: {v!r}") from exc
-    return dt if dt.tzinfo else dt.astimezone(timezone.utc)
-
-
 MAX_QUIET_S = 86400.0
 MAX_RESCAN_S = 86400.0
 CUSTOM_KEYS = ("name", "regex", "target", "index_base", "sidecars")
@@ -286,10 +203,8 @@ TOP_KEYS = {"database_url", "database_password_file", "models_dir", "log_dir", "
             "lease_seconds", "watch", "custom_profiles", "retrain"}
 
 
-def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[str, str] | None = None,
-                   source: Path | None = None) -> Settings:
-    base = base or Path.cwd()
-    env = dict(os.environ) if env is None else env
+def _with_env(data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """The file's top-level keys checked, then the ``NSCMONITOR_*`` variables laid over them."""
     data = dict(data)
     for k in data:
         if k not in TOP_KEYS:
@@ -303,12 +218,19 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
                 except ValueError as exc:
                     raise ConfigError(f"{var} (= {key}): expected an integer, got {env[var]!r}") from exc
             data[key] = v
-    _finite_everywhere(data, "")
-    data_dir = default_data_dir()
+    return data
+
+
+def _database_url(data: dict[str, Any], base: Path, data_dir: Path) -> str:
     db = check_database_url(_expect(data, "database_url", str, "", f"sqlite:///{data_dir / 'nscmonitor.db'}"))
     pw_file = _expect(data, "database_password_file", str, "", None)
     if pw_file:
         db = with_password_file(db, Path(pw_file) if Path(pw_file).is_absolute() else base / pw_file)
+    return db
+
+
+def _scoring_values(data: dict[str, Any]) -> dict[str, Any]:
+    """The engine, batch, thread, image-size and lease settings, as keyword arguments of Settings."""
     engine = _expect(data, "engine", str, "", "auto")
     if engine not in ENGINES:
         raise ConfigError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -324,14 +246,10 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
     lease_s = _expect(data, "lease_seconds", float, "", 60.0)
     if not 2.0 <= lease_s <= 86400.0:
         raise ConfigError(f"lease_seconds: must be 2..86400 seconds, got {lease_s}")
-    watch = data.get("watch", [])
-    if not isinstance(watch, list):
-        raise ConfigError("watch: expected an array of tables ([[watch]])")
-    cps = data.get("custom_profiles", [])
-    if not isinstance(cps, list):
-        raise ConfigError("custom_profiles: expected an array of tables ([[custom_profiles]])")
-    customs = [_custom_profile(i, c) for i, c in enumerate(cps)]
-    rt = data.get("retrain", {})
+    return {"engine": engine, "batch_size": bs, "threads": threads, "max_pixels": max_px, "lease_seconds": lease_s}
+
+
+def _retrain(rt: Any) -> RetrainSettings:
     if not isinstance(rt, dict):
         raise ConfigError("retrain: expected a table")
     unknown = set(rt) - set(RetrainSettings.__dataclass_fields__)
@@ -347,16 +265,16 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
     nproc = _expect(rt, "nproc", int, "retrain.", 1)
     if nproc < 1:
         raise ConfigError(f"retrain.nproc must be 1 or more training processes, got {nproc}")
-    retrain = RetrainSettings(
+    return RetrainSettings(
         schedule=sched, threads=rthreads, nproc=nproc,
         device=_expect(rt, "device", str, "retrain.", "cpu"), epochs=epochs,
         rescore=_expect(rt, "rescore", bool, "retrain.", False), hook=_expect(rt, "hook", str, "retrain.", None),
         require_engine=_expect(rt, "require_engine", bool, "retrain.", True),
         train=_expect(rt, "train", dict, "retrain.", {}),
     )
-    model = _expect(data, "model", str, "")
-    forecast = _expect(data, "forecast_model", str, "")
-    folders = tuple(_watch(i, w, base) for i, w in enumerate(watch))
+
+
+def _check_custom_profiles_defined(folders: tuple[WatchFolder, ...], customs: list[CustomProfileSpec]) -> None:
     defined = {c.name for c in customs}
     for i, w in enumerate(folders):
         name = w.profile.split(":", 1)[1] if w.profile.startswith("custom:") else None
@@ -364,13 +282,34 @@ def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[
             raise ConfigError(f"watch[{i}].profile: custom profile {name!r} is not defined (defined: "
                               f"{', '.join(sorted(defined)) or 'none'}; add a [[custom_profiles]] table with "
                               f"name = {name!r})")
+
+
+def parse_settings(data: dict[str, Any], *, base: Path | None = None, env: dict[str, str] | None = None,
+                   source: Path | None = None) -> Settings:
+    base = base or Path.cwd()
+    data = _with_env(data, dict(os.environ) if env is None else env)
+    _finite_everywhere(data, "")
+    data_dir = default_data_dir()
+    db = _database_url(data, base, data_dir)
+    scoring = _scoring_values(data)
+    watch = data.get("watch", [])
+    if not isinstance(watch, list):
+        raise ConfigError("watch: expected an array of tables ([[watch]])")
+    cps = data.get("custom_profiles", [])
+    if not isinstance(cps, list):
+        raise ConfigError("custom_profiles: expected an array of tables ([[custom_profiles]])")
+    customs = [_custom_profile(i, c) for i, c in enumerate(cps)]
+    retrain = _retrain(data.get("retrain", {}))
+    model = _expect(data, "model", str, "")
+    forecast = _expect(data, "forecast_model", str, "")
+    folders = tuple(_watch(i, w, base) for i, w in enumerate(watch))
+    _check_custom_profiles_defined(folders, customs)
     return Settings(
         database_url=db,
         models_dir=Path(_expect(data, "models_dir", str, "", str(data_dir / "models"))),
         log_dir=Path(_expect(data, "log_dir", str, "", str(default_log_dir()))),
-        model=Path(model) if model else None, forecast_model=Path(forecast) if forecast else None, engine=engine, batch_size=bs, threads=threads, max_pixels=max_px,
-        lease_seconds=lease_s, watch=folders, custom_profiles=tuple(customs),
-        retrain=retrain, source=source,
+        model=Path(model) if model else None, forecast_model=Path(forecast) if forecast else None,
+        watch=folders, custom_profiles=tuple(customs), retrain=retrain, source=source, **scoring,
     )
 
 
