@@ -83,16 +83,11 @@ def export_tiles(
     returns the path of tiles.csv. Empty tiles (no live cell) are skipped. ``conditions``
     names the recipes used with ``condition_set="recipes"``; the other sets draw as many
     conditions per plate."""
-    import tifffile
-
     out = Path(out_dir)
     (out / "tiles").mkdir(parents=True, exist_ok=True)
     cam = Camera(shape=(grid[0] * tile_size, grid[1] * tile_size), px_um=pixel_size_um, bit_depth=bit_depth,
                  modality=modality)
-    maps = [default_plate_map(plate_format, plate_conditions(condition_set, seed=seed, plate=p, n=len(conditions),
-                                                             recipes=tuple(conditions)))
-            for p in range(plates)]
-    by_plate = [{c: pm.wells_of(c)[:wells_per_condition] for c in pm.conditions} for pm in maps]
+    maps, by_plate = _plate_maps(plates, plate_format, condition_set, conditions, wells_per_condition, seed)
     splits = assign_splits(plates, by_plate, seed)
     conds = {name: c for pm in maps for name, c in pm.conditions.items()}
     rows: list[dict] = []
@@ -112,46 +107,81 @@ def export_tiles(
                     shot = Shot(scope.plate_name, well, f, t, float(h), scope.start, 0)
                     frame = scope.render(shot)
                     st = state_at(scope.cells(well, f), float(h))
-                    jx, jy = (float(v) for v in frame.truth["jitter_px"].split(";"))
-                    for ty in range(grid[0]):
-                        for tx in range(grid[1]):
-                            x0 = (tx * tile_size - jx) * pixel_size_um
-                            y0 = (ty * tile_size - jy) * pixel_size_um
-                            counts = class_counts(st, x0, y0, x0 + tile_size * pixel_size_um,
-                                                  y0 + tile_size * pixel_size_um)
-                            if counts.sum() == 0:
-                                continue
-                            rel = f"tiles/p{p + 1}/{well}/f{f}_t{int(round(h)):03d}h_{ty}{tx}.tif"
-                            path = out / rel
-                            path.parent.mkdir(parents=True, exist_ok=True)
-                            tile = frame.image[ty * tile_size:(ty + 1) * tile_size, tx * tile_size:(tx + 1) * tile_size]
-                            tifffile.imwrite(path, np.ascontiguousarray(tile), photometric="minisblack",
-                                             metadata=None, software=False)
-                            frac = counts / counts.sum()
-                            rows.append({
-                                "path": rel, "plate": scope.plate_name, "well": well, "field": f, "timepoint": t,
-                                "elapsed_h": float(h), "condition": maps[p].wells[well],
-                                "label": MULTICLASS[int(np.argmax(counts))],
-                                **{f"frac_{c}": round(float(v), 4) for c, v in zip(MULTICLASS, frac)},
-                                "split": splits[(p, well)],
-                            })
+                    for rel, counts in _cut_field(out, frame, st, plate=p, well=well, field=f, hour=float(h),
+                                                  tile_size=tile_size, grid=grid, px_um=pixel_size_um):
+                        rows.append(_tile_row(rel, shot, counts, maps[p].wells[well], splits[(p, well)]))
                     done += 1
                     if progress:
                         progress(done, total)
-    with open(out / "tiles.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=TILES_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    meta = {
+    return _write_index(out, rows, {
         "pixel_size_um": float(pixel_size_um), "tile_size": int(tile_size), "classes": list(MULTICLASS),
         "seed": int(seed), "plates": plates, "plate_format": plate_format, "hours": [float(h) for h in hours],
         "bit_depth": bit_depth, "dtype": "uint8" if bit_depth == 8 else "uint16", "modality": modality,
         "grid": list(grid), "fields": fields, "wells_per_condition": wells_per_condition,
         "conditions": {c: asdict(conds[c]) for c in conds}, "condition_set": condition_set,
-        "vary_biology": vary_biology, "biology": biology, "n_tiles": len(rows),
-        "split_counts": {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")},
-        "label_rule": "majority fate of live cells whose centre lies in the tile",
-        "generator": "nscmonitor.simulate",
+        "vary_biology": vary_biology, "biology": biology,
+    })
+
+
+def _plate_maps(plates: int, plate_format: int, condition_set: str, conditions: Sequence[str],
+                wells_per_condition: int, seed: int) -> tuple[list, list[dict[str, list[str]]]]:
+    """Each plate's map (its conditions drawn from ``condition_set``) and the wells rendered
+    for each of its conditions."""
+    maps = [default_plate_map(plate_format, plate_conditions(condition_set, seed=seed, plate=p, n=len(conditions),
+                                                             recipes=tuple(conditions)))
+            for p in range(plates)]
+    return maps, [{c: pm.wells_of(c)[:wells_per_condition] for c in pm.conditions} for pm in maps]
+
+
+def _cut_field(out: Path, frame, state, *, plate: int, well: str, field: int, hour: float, tile_size: int,
+               grid: tuple[int, int], px_um: float) -> list[tuple[str, np.ndarray]]:
+    """Writes the tiles of one rendered field that hold a live cell, as 2-D TIFFs under
+    ``out``; returns each one's path (relative to ``out``) and its cells' counts per fate. The
+    tiles are placed in stage coordinates through the frame's jitter, so the counts are those of
+    the cells the tile really shows."""
+    import tifffile
+
+    cut: list[tuple[str, np.ndarray]] = []
+    jx, jy = (float(v) for v in frame.truth["jitter_px"].split(";"))
+    for ty in range(grid[0]):
+        for tx in range(grid[1]):
+            x0 = (tx * tile_size - jx) * px_um
+            y0 = (ty * tile_size - jy) * px_um
+            counts = class_counts(state, x0, y0, x0 + tile_size * px_um, y0 + tile_size * px_um)
+            if counts.sum() == 0:
+                continue
+            rel = f"tiles/p{plate + 1}/{well}/f{field}_t{int(round(hour)):03d}h_{ty}{tx}.tif"
+            path = out / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tile = frame.image[ty * tile_size:(ty + 1) * tile_size, tx * tile_size:(tx + 1) * tile_size]
+            tifffile.imwrite(path, np.ascontiguousarray(tile), photometric="minisblack",
+                             metadata=None, software=False)
+            cut.append((rel, counts))
+    return cut
+
+
+def _tile_row(rel: str, shot: Shot, counts: np.ndarray, condition: str, split: str) -> dict:
+    """A tile's row of tiles.csv: its label is the majority fate of its cells."""
+    frac = counts / counts.sum()
+    return {
+        "path": rel, "plate": shot.plate, "well": shot.well, "field": shot.field, "timepoint": shot.timepoint,
+        "elapsed_h": shot.elapsed_h, "condition": condition,
+        "label": MULTICLASS[int(np.argmax(counts))],
+        **{f"frac_{c}": round(float(v), 4) for c, v in zip(MULTICLASS, frac)},
+        "split": split,
     }
+
+
+def _write_index(out: Path, rows: list[dict], meta: dict) -> Path:
+    """tiles.csv (one row a tile) and tiles.json (how they were made, with the tile and split
+    counts); returns the path of tiles.csv."""
+    with open(out / "tiles.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=TILES_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {**meta, "n_tiles": len(rows),
+            "split_counts": {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")},
+            "label_rule": "majority fate of live cells whose centre lies in the tile",
+            "generator": "nscmonitor.simulate"}
     (out / "tiles.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out / "tiles.csv"
