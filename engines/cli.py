@@ -241,7 +241,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     int8 = int8_path_for(args.model)
     if int8.is_file():
         try:
-            gate = int8_gate(read_onnx_metadata(int8)) or {}
+            int8_meta = read_onnx_metadata(int8)
+            gate = int8_gate(int8_meta) or {}
+            mixed = ((int8_meta.extra.get("int8") or {}).get("settings") or {}).get("mixed_precision") or {}
+            if gate and mixed.get("kept_fp32_groups"):
+                gate = {**gate, "kept_fp32": mixed["kept_fp32_groups"]}
             arts.add_row(str(int8), "ort int8", "any CPU", _gate_text(gate))
         except MetadataError as exc:
             arts.add_row(str(int8), "ort int8", "?", f"unreadable: {exc}")

@@ -84,7 +84,9 @@ def test_plain_recipe_fails_and_the_search_keeps_exactly_the_hostile_layer(hosti
     assert steps and all(d <= t for d, t in steps) and result.steps <= 40
 
 
-def test_build_int8_gates_the_mixed_model_and_records_the_fp32_layers(hostile):
+def test_build_int8_gates_the_mixed_model_and_records_the_fp32_layers(hostile, capsys):
+    from nscmonitor.cli import main
+
     path, meta, calib, held = hostile
     out, report, result = build_int8(path, calib, held, want_openvino=False, threads=1)
     assert out == int8_path_for(path) and out.is_file() and report.passed, report.summary()
@@ -97,6 +99,9 @@ def test_build_int8_gates_the_mixed_model_and_records_the_fp32_layers(hostile):
     rec = read_onnx_metadata(out).extra["int8"]
     assert rec["settings"]["exclude_nodes"] == result.nodes
     assert rec["settings"]["mixed_precision"]["kept_fp32_groups"] == list(result.groups)
+    capsys.readouterr()
+    assert main(["engine", "list", str(path)]) == 0
+    assert "1 layer group(s) kept fp32" in " ".join(capsys.readouterr().out.replace("│", " ").split())
 
 
 def test_a_model_the_plain_recipe_passes_runs_no_search(tmp_path):
