@@ -221,6 +221,97 @@ def _logistic_births(n0: int, rate: float, cap: float, horizon: float) -> np.nda
     return np.log(targets / (cap - targets) * (cap - n0) / n0) / rate
 
 
+def _founders(rng: np.random.Generator, condition: Condition, biology: WellBiology, wx: float,
+              wy: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cells seeded at induction: positions (partly in clusters), fates and commitment
+    mid-times. Seeding density and clustering do not depend on the condition."""
+    area_mm2 = wx * wy * 1e-6
+    n0 = max(1, rng.poisson(biology.density_mm2 * area_mm2))
+    clustered = rng.random(n0) < 0.4
+    n_clusters = max(1, int(area_mm2 * 6))
+    centres = rng.uniform((0, 0), (wx, wy), size=(n_clusters, 2))
+    pick = centres[rng.integers(0, n_clusters, n0)] + rng.normal(0, 28.0, (n0, 2))
+    xy = np.where(clustered[:, None], pick, rng.uniform((0, 0), (wx, wy), size=(n0, 2)))
+    fractions = np.asarray(biology.fractions, dtype=float)
+    fate0 = (
+        rng.choice(4, size=n0, p=fractions / fractions.sum())
+        if condition.induced
+        else np.full(n0, UNDIFFERENTIATED)
+    )
+    t50_0 = np.maximum(rng.normal(T50_MEAN[fate0] * condition.t50_scale + biology.t50_shift_h, T50_SD), T50_MIN_H)
+    return xy, fate0, t50_0
+
+
+def _growth_groups(induced: bool) -> list[tuple[int, float, float]]:
+    """Growth groups: (fate, doubling rate 1/h, confluence cap per mm²). Control NSCs keep
+    growth factors and double daily; after withdrawal division slows (science.md §3.2)."""
+    if induced:
+        # Uncommitted cells nearly stop dividing without mitogens; astrocyte precursors and
+        # OPCs keep a slow cycle. (Faster undifferentiated growth would let the 20 % that never
+        # commit outnumber the committed cells by day 5, which no differentiation protocol shows.)
+        return [(UNDIFFERENTIATED, np.log(2) / 110, 450.0), (ASTROCYTE, np.log(2) / 45, 300.0),
+                (OLIGODENDROCYTE, np.log(2) / 70, 300.0)]
+    return [(UNDIFFERENTIATED, np.log(2) / 26, 1700.0)]
+
+
+def _births(rng: np.random.Generator, fate0: np.ndarray, groups: list[tuple[int, float, float]], area_mm2: float,
+            horizon_h: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every cell's birth time, parent (-1 for a founder) and fate, founders first, each
+    group's daughters following its logistic growth."""
+    n0 = len(fate0)
+    births, bfate, bparent = [np.empty(0)], [np.empty(0, int)], [np.empty(0, int)]
+    for fate, rate, cap in groups:
+        members = np.flatnonzero(fate0 == fate)
+        times = _logistic_births(len(members), rate, cap * area_mm2, horizon_h)
+        # Parent k-th daughter on a random cell of the group that already existed; daughters
+        # of daughters are allowed (index into the growing list), so clones form clusters.
+        pool_pos = rng.random(len(times))
+        parents = np.empty(len(times), dtype=int)
+        lineage = list(members)
+        first = n0 + sum(len(b) for b in births[1:])
+        for k in range(len(times)):
+            parents[k] = lineage[int(pool_pos[k] * len(lineage))]
+            lineage.append(first + k)
+        births.append(times)
+        bfate.append(np.full(len(times), fate))
+        bparent.append(parents)
+    birth_t = np.concatenate([np.full(n0, -1e3)] + births[1:])
+    parent = np.concatenate([np.full(n0, -1)] + bparent[1:])
+    return birth_t, parent, np.concatenate([fate0] + bfate[1:])
+
+
+def _place_daughters(rng: np.random.Generator, xy: np.ndarray, t50_0: np.ndarray,
+                     parent: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions and commitment mid-times of all cells: a daughter sits a cell's length from
+    its parent and inherits its timing with a little jitter."""
+    n0, n = len(xy), len(parent)
+    x = np.concatenate([xy[:, 0], np.zeros(n - n0)])
+    y = np.concatenate([xy[:, 1], np.zeros(n - n0)])
+    t50 = np.concatenate([t50_0, np.zeros(n - n0)])
+    offs = rng.normal(0, 1, (n - n0, 2))
+    offs *= (12.0 / np.maximum(np.hypot(offs[:, 0], offs[:, 1]), 1e-6))[:, None]
+    jitter = rng.normal(0, 4.0, n - n0)
+    for k in range(n0, n):  # parents always precede daughters, so one forward pass places all
+        p = parent[k]
+        x[k], y[k] = x[p] + offs[k - n0, 0], y[p] + offs[k - n0, 1]
+        t50[k] = t50[p] + jitter[k - n0]
+    return x, y, t50
+
+
+def _deaths(rng: np.random.Generator, induced: bool, death_fraction: float, birth_t: np.ndarray,
+            horizon_h: float) -> np.ndarray:
+    """Death times (inf: lives on): withdrawal kills a share of the cells in the first days."""
+    n = len(birth_t)
+    death = np.full(n, np.inf)
+    if induced:
+        dies = rng.random(n) < death_fraction
+        death[dies] = rng.uniform(4.0, 72.0, dies.sum())
+    else:
+        dies = rng.random(n) < 0.03
+        death[dies] = rng.uniform(0.0, horizon_h, dies.sum())
+    return np.maximum(death, birth_t + 2.0)
+
+
 def seed_field(
     condition: Condition,
     *,
@@ -243,71 +334,13 @@ def seed_field(
     rng = rng_for(seed, plate, well, field_index, "culture")
     wx, wy = width_um + 2 * MARGIN_UM, height_um + 2 * MARGIN_UM
     area_mm2 = wx * wy * 1e-6
-    n0 = max(1, rng.poisson(biology.density_mm2 * area_mm2))
-    clustered = rng.random(n0) < 0.4
-    n_clusters = max(1, int(area_mm2 * 6))
-    centres = rng.uniform((0, 0), (wx, wy), size=(n_clusters, 2))
-    pick = centres[rng.integers(0, n_clusters, n0)] + rng.normal(0, 28.0, (n0, 2))
-    xy = np.where(clustered[:, None], pick, rng.uniform((0, 0), (wx, wy), size=(n0, 2)))
-    fractions = np.asarray(biology.fractions, dtype=float)
-    fate0 = (
-        rng.choice(4, size=n0, p=fractions / fractions.sum())
-        if condition.induced
-        else np.full(n0, UNDIFFERENTIATED)
-    )
-    t50_0 = np.maximum(rng.normal(T50_MEAN[fate0] * condition.t50_scale + biology.t50_shift_h, T50_SD), T50_MIN_H)
-
-    # Growth groups: (fate, doubling rate 1/h, confluence cap per mm²). Control NSCs keep
-    # growth factors and double daily; after withdrawal division slows (science.md §3.2).
-    if condition.induced:
-        # Uncommitted cells nearly stop dividing without mitogens; astrocyte precursors and
-        # OPCs keep a slow cycle. (Faster undifferentiated growth would let the 20 % that never
-        # commit outnumber the committed cells by day 5, which no differentiation protocol shows.)
-        groups = [(UNDIFFERENTIATED, np.log(2) / 110, 450.0), (ASTROCYTE, np.log(2) / 45, 300.0),
-                  (OLIGODENDROCYTE, np.log(2) / 70, 300.0)]
-    else:
-        groups = [(UNDIFFERENTIATED, np.log(2) / 26, 1700.0)]
-    births, bfate, bparent = [np.empty(0)], [np.empty(0, int)], [np.empty(0, int)]
-    for fate, rate, cap in groups:
-        members = np.flatnonzero(fate0 == fate)
-        times = _logistic_births(len(members), rate, cap * area_mm2, horizon_h)
-        # Parent k-th daughter on a random cell of the group that already existed; daughters
-        # of daughters are allowed (index into the growing list), so clones form clusters.
-        pool_pos = rng.random(len(times))
-        parents = np.empty(len(times), dtype=int)
-        lineage = list(members)
-        first = n0 + sum(len(b) for b in births[1:])
-        for k in range(len(times)):
-            parents[k] = lineage[int(pool_pos[k] * len(lineage))]
-            lineage.append(first + k)
-        births.append(times)
-        bfate.append(np.full(len(times), fate))
-        bparent.append(parents)
-    birth_t = np.concatenate([np.full(n0, -1e3)] + births[1:])
-    parent = np.concatenate([np.full(n0, -1)] + bparent[1:])
-    fate = np.concatenate([fate0] + bfate[1:])
+    xy, fate0, t50_0 = _founders(rng, condition, biology, wx, wy)
+    birth_t, parent, fate = _births(rng, fate0, _growth_groups(condition.induced), area_mm2, horizon_h)
     n = len(birth_t)
-    x = np.concatenate([xy[:, 0], np.zeros(n - n0)])
-    y = np.concatenate([xy[:, 1], np.zeros(n - n0)])
-    t50 = np.concatenate([t50_0, np.zeros(n - n0)])
-    offs = rng.normal(0, 1, (n - n0, 2))
-    offs *= (12.0 / np.maximum(np.hypot(offs[:, 0], offs[:, 1]), 1e-6))[:, None]
-    jitter = rng.normal(0, 4.0, n - n0)
-    for k in range(n0, n):  # parents always precede daughters, so one forward pass places all
-        p = parent[k]
-        x[k], y[k] = x[p] + offs[k - n0, 0], y[p] + offs[k - n0, 1]
-        t50[k] = t50[p] + jitter[k - n0]
+    x, y, t50 = _place_daughters(rng, xy, t50_0, parent)
     x -= MARGIN_UM
     y -= MARGIN_UM
-
-    death = np.full(n, np.inf)
-    if condition.induced:
-        dies = rng.random(n) < biology.death_fraction
-        death[dies] = rng.uniform(4.0, 72.0, dies.sum())
-    else:
-        dies = rng.random(n) < 0.03
-        death[dies] = rng.uniform(0.0, horizon_h, dies.sum())
-    death = np.maximum(death, birth_t + 2.0)
+    death = _deaths(rng, condition.induced, biology.death_fraction, birth_t, horizon_h)
     wobble = np.column_stack([
         rng.uniform(2.0, 7.0, n), 2 * np.pi / rng.uniform(18.0, 60.0, n),
         rng.uniform(0, 2 * np.pi, n), rng.uniform(0, 2 * np.pi, n),
