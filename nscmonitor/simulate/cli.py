@@ -79,13 +79,13 @@ def _progress():
 
 def run_simulate(args: argparse.Namespace) -> int:
     from nscmonitor.simulate.artefacts import Artefacts
-    from nscmonitor.simulate.culture import load_plate_map
+    from nscmonitor.simulate.culture import load_condition_map
     from nscmonitor.simulate.microscope import Microscope
     from nscmonitor.simulate.render import Camera
 
     if args.speed < 0:
         raise UserFacingError("--speed must be >= 0")
-    plate_map = load_plate_map(args.plate_map, args.plate) if args.plate_map else None
+    plate_map = load_condition_map(args.plate_map, args.plate) if args.plate_map else None
     wells = [w.strip() for w in args.wells.split(",") if w.strip()] if args.wells else None
     try:
         scope = Microscope(

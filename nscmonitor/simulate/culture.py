@@ -105,7 +105,10 @@ def plate_conditions(name: str = "recipes", *, seed: int = 0, plate: int = 0, n:
 
 
 @dataclass(frozen=True)
-class PlateMap:
+class ConditionMap:
+    """Which simulated condition each well of a simulated plate holds (the daemon's plate map,
+    ``core.platemap.PlateMap``, is what a lab writes about its own plate)."""
+
     plate_format: int
     wells: dict[str, str]  # canonical well -> condition name
     conditions: dict[str, Condition] = field(default_factory=lambda: dict(DEFAULT_CONDITIONS))
@@ -128,17 +131,17 @@ def _shape(plate_format: int) -> tuple[int, int]:
     return PLATE_SHAPES[plate_format]
 
 
-def default_plate_map(plate_format: int = 96, conditions: dict[str, Condition] | None = None) -> PlateMap:
+def default_plate_map(plate_format: int = 96, conditions: dict[str, Condition] | None = None) -> ConditionMap:
     """Conditions in blocks of adjacent columns, as a bench scientist lays them out."""
     conditions = dict(conditions or DEFAULT_CONDITIONS)
     names = list(conditions)
     rows, cols = _shape(plate_format)
     blocks = min(len(names), cols)
     wells = {well_name(r, c): names[c * blocks // cols] for r in range(rows) for c in range(cols)}
-    return PlateMap(plate_format, wells, conditions)
+    return ConditionMap(plate_format, wells, conditions)
 
 
-def load_plate_map(path: str | Path, plate_format: int = 96) -> PlateMap:
+def load_condition_map(path: str | Path, plate_format: int = 96) -> ConditionMap:
     """Read ``well,condition[,neuron,astrocyte,oligodendrocyte,undifferentiated[,induced]]``.
 
     Condition names known in DEFAULT_CONDITIONS need no fractions; a new name must bring them
@@ -170,7 +173,7 @@ def load_plate_map(path: str | Path, plate_format: int = 96) -> PlateMap:
     if not wells:
         raise UserFacingError(f"{path}: no wells")
     used = {c: conditions[c] for c in dict.fromkeys(wells.values())}
-    return PlateMap(plate_format, wells, used)
+    return ConditionMap(plate_format, wells, used)
 
 
 @dataclass(frozen=True)

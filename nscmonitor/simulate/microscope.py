@@ -28,7 +28,7 @@ from nscmonitor.core.errors import UserFacingError
 from nscmonitor.simulate.artefacts import Artefacts, image_artefacts, plate_optics
 from nscmonitor.simulate.biology import PlateBiology, WellBiology, plate_biology, well_biology
 from nscmonitor.simulate.culture import (
-    WELL_RADIUS_UM, Cells, PlateMap, class_counts, default_plate_map, plate_conditions, seed_field, state_at,
+    WELL_RADIUS_UM, Cells, ConditionMap, class_counts, default_plate_map, plate_conditions, seed_field, state_at,
 )
 from nscmonitor.simulate.render import Camera, edge_distance_um, field_origins_um, render
 from nscmonitor.simulate.vendors import Run, Shot, acquired_at, vendor
@@ -68,7 +68,7 @@ class Microscope:
     hours: float = 120.0
     interval_h: float = 2.0
     seed: int = 0
-    plate_map: PlateMap | None = None
+    plate_map: ConditionMap | None = None
     wells: Sequence[str] | None = None
     camera: Camera = field(default_factory=Camera)
     artefacts: Artefacts = field(default_factory=Artefacts)

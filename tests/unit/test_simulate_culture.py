@@ -8,7 +8,7 @@ import pytest
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.simulate.culture import (
     ASTROCYTE, DEFAULT_CONDITIONS, NEURON, OLIGODENDROCYTE, UNDIFFERENTIATED, commitment, default_plate_map,
-    load_plate_map, seed_field, state_at,
+    load_condition_map, seed_field, state_at,
 )
 
 
@@ -73,13 +73,13 @@ def test_plate_map_csv_with_new_and_known_conditions(tmp_path):
     f = tmp_path / "map.csv"
     f.write_text("well,condition,neuron,astrocyte,oligodendrocyte,undifferentiated\n"
                  "A1,neuron-directed,,,,\nB02,BDNF high,8,1,0,1\n", encoding="utf-8")
-    pm = load_plate_map(f, 96)
+    pm = load_condition_map(f, 96)
     assert pm.wells == {"A01": "neuron-directed", "B02": "BDNF high"}
     assert pm.condition("B02").fractions == pytest.approx((0.8, 0.1, 0.0, 0.1))
     assert pm.condition("B02").label == "neuron"
     f.write_text("well,condition\nA01,mystery\n", encoding="utf-8")
     with pytest.raises(UserFacingError, match="unknown condition"):
-        load_plate_map(f, 96)
+        load_condition_map(f, 96)
     f.write_text("well,condition\nQ01,mixed\n", encoding="utf-8")
     with pytest.raises(UserFacingError, match="not on a 96-well plate"):
-        load_plate_map(f, 96)
+        load_condition_map(f, 96)
