@@ -187,17 +187,17 @@ def measure(db: Path, times: int, fields: int) -> dict:
     out["slider_step_ms_median"] = statistics.median(steps) * 1000
     out["slider_step_ms_p95"] = float(np.percentile(steps, 95) * 1000)
     out["slider_step_ms_max"] = max(steps) * 1000
-    mk = dash.marks(engine)
+    marks = dash.marks(engine)
     t0 = time.perf_counter()
-    poll(engine, plate, pl.version, mk, None)
+    poll(engine, plate, pl.version, marks, None)
     out["idle_poll_s"] = time.perf_counter() - t0
     add_scan(db, times + 1, fields)
     t0 = time.perf_counter()
-    r = poll(engine, plate, pl.version, mk, None)
+    r = poll(engine, plate, pl.version, marks, None)
     out["live_poll_one_scan_s"] = time.perf_counter() - t0
     assert r.rows is not None and len(r.rows) == ROWS * COLS
     t0 = time.perf_counter()
-    win.marks = mk
+    win.marks = marks
     win._polled(r)
     win.plate_map.repaint()
     out["live_merge_and_paint_s"] = time.perf_counter() - t0
