@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import platform
 import shutil
 import sys
 from collections.abc import Callable
@@ -163,9 +165,26 @@ def _runtime_checks() -> list[Check]:
     except ImportError:
         pass
     checks.extend((f"{fmt} reader", ver is not None, note) for fmt, ver, note in reader_status())
+    telemetry = _openvino_telemetry()
+    if telemetry is not None:
+        checks.append(("OpenVINO usage statistics", True, telemetry))
     gpu = shutil.which("nvidia-smi") is not None
     checks.append(("NVIDIA GPU", gpu, "nvidia-smi found" if gpu else "no NVIDIA driver found (CPU engines serve)"))
     return checks
+
+
+def _openvino_telemetry() -> str | None:
+    """None when OpenVINO is not installed (nothing to say)."""
+    from nscmonitor.ops.runtime_packages import openvino_telemetry_check, openvino_telemetry_file
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    path = openvino_telemetry_file(platform.system(), str(Path.home()), os.environ.get("LOCALAPPDATA"))
+    try:
+        decision = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        decision = None
+    return openvino_telemetry_check(decision)
 
 
 def _database_checks(s: Settings) -> list[Check]:

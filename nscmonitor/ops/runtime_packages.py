@@ -10,6 +10,7 @@ see the conflict, so ``doctor`` must.
 from __future__ import annotations
 
 from importlib import metadata
+from pathlib import PurePosixPath, PureWindowsPath
 
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml",
                      "onnxruntime-training", "onnxruntime-qnn")
@@ -59,3 +60,23 @@ def tensorrt_check(installed: dict[str, str]) -> tuple[bool, str] | None:
     how = "strongly typed: fp16 from a converted graph, int8 from Q/DQ" if major >= 11 else \
         "fp16 by builder flag, int8 from Q/DQ"
     return True, f"{name} {version} ({how})"
+
+
+def openvino_telemetry_file(system: str, home: str, local_appdata: str | None) -> str:
+    """Where OpenVINO keeps the telemetry decision of this user (its ``opt_in_out`` writes it)."""
+    if system == "Windows":
+        return str(PureWindowsPath(local_appdata or home, "Intel Corporation", "openvino_telemetry"))
+    return str(PurePosixPath(home, "intel", "openvino_telemetry"))
+
+
+def openvino_telemetry_check(decision: str | None) -> str:
+    """What ``doctor`` says of OpenVINO's usage statistics, from the decision file's text
+    (None: no file). Importing OpenVINO starts its telemetry, which sends anonymous usage
+    data when no decision is recorded; an instrument PC should not do that unnoticed."""
+    text = (decision or "").strip()
+    if text == "0":
+        return "off (opted out)"
+    if text == "1":
+        return "on (opted in); run 'opt_in_out --opt_out' to stop it"
+    return ("on by default: no decision recorded, so OpenVINO may send anonymous usage data; "
+            "run 'opt_in_out --opt_out' to stop it")

@@ -62,3 +62,16 @@ def test_tensorrt_version_is_judged_from_package_metadata():
     assert not ok and "newer than this nscmonitor supports" in msg
     ok, msg = tensorrt_check({"tensorrt": "8.6.1"})
     assert not ok and "too old" in msg
+
+
+def test_openvino_telemetry_decision_is_read_from_its_file_per_platform() -> None:
+    from nscmonitor.ops.runtime_packages import openvino_telemetry_check, openvino_telemetry_file
+
+    assert openvino_telemetry_file("Linux", "/home/lab", None) == "/home/lab/intel/openvino_telemetry"
+    assert openvino_telemetry_file("Windows", "C:\\Users\\lab", "C:\\Users\\lab\\AppData\\Local") == \
+        "C:\\Users\\lab\\AppData\\Local\\Intel Corporation\\openvino_telemetry"
+    assert openvino_telemetry_check("0\n") == "off (opted out)"
+    assert openvino_telemetry_check("1").startswith("on (opted in)")
+    for undecided in (None, "", "maybe"):
+        assert "no decision recorded" in openvino_telemetry_check(undecided)
+        assert "opt_in_out --opt_out" in openvino_telemetry_check(undecided)
