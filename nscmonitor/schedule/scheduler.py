@@ -79,12 +79,17 @@ def make_scheduler(settings: Settings, *, config_path: str | None = None) -> Bac
     def remember(event: JobExecutionEvent) -> None:
         if event.job_id != JOB_ID:
             return
-        current = sched.get_job(JOB_ID)
+        # the next run from the trigger, not sched.get_job(): listeners run in the job's
+        # thread, and get_job waits for the job store's lock, which shutdown(wait=True) holds
+        # while it waits for this very thread
+        now = datetime.now(timezone.utc)
+        next_run = job.trigger.get_next_fire_time(event.scheduled_run_time, now)
+        while next_run is not None and next_run <= now:  # a long run outlasted later fire times
+            next_run = job.trigger.get_next_fire_time(next_run, now)
         status = ("missed" if event.code == EVENT_JOB_MISSED else
                   "failed" if event.exception is not None else str(event.retval or "done"))
         try:
-            save_schedule_state(engine, JOB_ID, schedule=schedule,
-                                next_run_at=current.next_run_time if current else None,
+            save_schedule_state(engine, JOB_ID, schedule=schedule, next_run_at=next_run,
                                 last_run_at=event.scheduled_run_time, last_status=status[:20])
         except Exception:  # the schedule goes on; the next restart plans afresh
             log.exception("could not record the retrain schedule's state in the database")
