@@ -18,7 +18,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", dest="train_config", help="TOML with TrainConfig settings (CLI flags win)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--image-size", type=int, help="model input size in px (tiles are resized to it)")
-    p.add_argument("--arch", help="tiny | resnet18 | resnet34 | resnet50 (default) | resnet101 | resnet152")
+    p.add_argument("--arch", help="tiny | small | resnet18 | resnet34 | resnet50 (default) | resnet101 | resnet152")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--device", help="cpu or cuda")

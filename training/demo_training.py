@@ -20,11 +20,12 @@ from nscmonitor.training import splits as S
 def demo_model(out_dir: str | Path, tiles_dir: str | Path, *, scheme: str = "multiclass", arch: str = "resnet18",
                image_size: int | None = 96, epochs: int = 20, batch_size: int = 32, threads: int = 0,
                force: bool = False, progress: bool = True, lr: float = 1e-3, label_mode: str = "well",
-               min_train_h: float | None = 24.0) -> Path:
+               min_train_h: float | None = 24.0, amp: bool = True, channels_last: bool = True) -> Path:
     """Train ``arch`` on ``tiles_dir`` into ``out_dir`` and return ``out_dir/model.onnx``.
 
     A model already there trained on the same data (same data hash, scheme and arch) is
-    returned without training, so repeated demos start at once.
+    returned without training, so repeated demos start at once. ``amp=False`` trains in fp32
+    (faster than emulated bf16 where oneDNN is held below the CPU's bf16 units).
     """
     from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
 
@@ -45,5 +46,6 @@ def demo_model(out_dir: str | Path, tiles_dir: str | Path, *, scheme: str = "mul
 
     main(TrainConfig(data=str(tiles_dir), out=str(out), scheme=scheme, arch=arch, image_size=image_size,
                      epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=1.0, threads=threads,
-                     patience=epochs, progress=progress, label_mode=label_mode, min_train_h=min_train_h))
+                     patience=epochs, progress=progress, label_mode=label_mode, min_train_h=min_train_h,
+                     amp=amp, channels_last=channels_last))
     return onnx_path

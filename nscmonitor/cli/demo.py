@@ -55,15 +55,16 @@ def _model(out: Path, retrain: bool, given: Path | None = None) -> Path:
             raise UserFacingError(f"--model {given}: not a usable nscmonitor model ({exc})") from exc
         return given
     tiles = out / "tiles"
-    if not (tiles / "tiles.csv").is_file():
+    if not _export_is_current(tiles):
         from rich.progress import Progress
 
         from nscmonitor.simulate.labelled_tiles import export_tiles
 
         _say("rendering labelled training tiles from the simulator (once)")
+        shutil.rmtree(tiles, ignore_errors=True)
         with Progress() as prog:
             task = prog.add_task("tiles", total=None)
-            export_tiles(tiles, plates=2, tile_size=224, seed=0, fields=4,
+            export_tiles(tiles, **_demo_export(),
                          progress=lambda done, total: prog.update(task, completed=done, total=total))
     try:
         from nscmonitor.training.demo_training import demo_model
@@ -71,6 +72,28 @@ def _model(out: Path, retrain: bool, given: Path | None = None) -> Path:
         raise SystemExit(f"the demo trains its model with torch: install the train extra ({exc})") from exc
     _say("training the demo model (cached after the first run)")
     return demo_model(out / "model", tiles, force=retrain)
+
+
+def _demo_export() -> dict[str, Any]:
+    """The demo's training data: two plates (the first trains and validates, the second is
+    the test plate), the five recipes, four fields per well (docs/training.md, "Demo model")."""
+    from nscmonitor.simulate.labelled_tiles import TILE_CONDITIONS
+
+    return {"plates": 2, "tile_size": 224, "seed": 0, "fields": 4, "conditions": TILE_CONDITIONS}
+
+
+def _export_is_current(tiles: Path) -> bool:
+    """An export left by a demo with other export settings (plates, fields, conditions) is
+    rendered again, so its model, cached by data hash, is retrained too."""
+    import json
+
+    try:
+        info = json.loads((tiles / "tiles.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    want = _demo_export()
+    return ((tiles / "tiles.csv").is_file() and info.get("plates") == want["plates"]
+            and info.get("fields") == want["fields"] and sorted(info.get("conditions", {})) == sorted(want["conditions"]))
 
 
 def _engine(model: Path, tiles: Path | None) -> None:
@@ -136,6 +159,27 @@ def _speeds(model: Path, plate: Path, settings: Settings) -> None:
         _say(f"  {name:<16} {fps:7.1f}{ratio}")
 
 
+def plate_summary(report: Path, from_h: float = 72.0) -> list[str]:
+    """How the model read the demo plate, per condition: well readouts from ``from_h`` whose
+    top class is the condition's dominant fate (the truth the simulator rendered)."""
+    from nscmonitor.simulate.culture import DEFAULT_CONDITIONS
+
+    probs: dict[tuple[str, str, str], dict[str, float]] = {}
+    with report.open(newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            if r["elapsed_h"] and float(r["elapsed_h"]) >= from_h and r["prob_mean"]:
+                probs.setdefault((r["condition"], r["well"], r["timepoint"]), {})[r["class"]] = float(r["prob_mean"])
+    right: dict[str, list[int]] = {}
+    for (cond, _, _), p in probs.items():
+        c = DEFAULT_CONDITIONS.get(cond)
+        if c is None or not p:
+            continue
+        right.setdefault(cond, []).append(int(max(p, key=p.get) == c.label))
+    lines = [f"the demo plate's well readouts from {from_h:g} h read right (top class = the condition's dominant fate):"]
+    lines += [f"  {cond:<26} {sum(v)}/{len(v)}" for cond, v in sorted(right.items())]
+    return lines
+
+
 def _plate_map_csv(path: Path) -> Path:
     from nscmonitor.simulate.culture import default_plate_map
 
@@ -195,6 +239,8 @@ def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain:
     export_images(repo, EXPERIMENT, default_images_path(report))
     _say(f"scored {runner.timings.images} frames in {time.monotonic() - t0:.0f} s")
     _say(f"report: {report} ({n} rows, model {version}); per image: {default_images_path(report)}")
+    for line in plate_summary(report):
+        _say(line)
     _speeds(model, plate, settings)
     _show_dashboard(out, url, viewer, gui)
     return 0

@@ -203,6 +203,34 @@ def test_simulator_export_trains_and_exports(tmp_path):
     for r in recs:
         fates.setdefault(r.well_key, set()).add(r.label)
     assert all(len(f) == 1 for f in fates.values())
+    # the well calibration and the call rule fitted on the validation wells travel in the
+    # model, and the held-out wells' calls are reported with the rule stored
+    from nscmonitor.core.calibration import call_rule_of, well_calibration_of
+
+    assert well_calibration_of(md.extra).temperature > 0
+    assert call_rule_of(md.extra).threshold == metrics["calls"]["rule"]["threshold"]
+    assert md.extra["call_rule"]["chosen_on"] == "validation"
+    assert metrics["calls"]["by_condition"]["all"]["wells"] == len({r.well_key for r in recs if r.split == "test"})
+
+
+def test_an_older_demo_export_is_rendered_again(tmp_path):
+    """A demo folder holding an export with other settings (more plates, one field, another
+    condition) is not current, so it is rendered and its model trained again."""
+    import json
+
+    from nscmonitor.cli.demo import _demo_export, _export_is_current
+
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    (tiles / "tiles.csv").write_text("path\n")
+    want = _demo_export()
+    info = {"plates": want["plates"], "fields": want["fields"], "conditions": {c: {} for c in want["conditions"]}}
+    (tiles / "tiles.json").write_text(json.dumps(info))
+    assert _export_is_current(tiles)
+    for other in ({"plates": 6}, {"fields": 1}, {"conditions": {**info["conditions"], "neuron-low-dose": {}}}):
+        (tiles / "tiles.json").write_text(json.dumps({**info, **other}))
+        assert not _export_is_current(tiles)
+    assert not _export_is_current(tmp_path / "missing")
 
 
 def test_demo_scores_with_a_given_model_and_refuses_a_bad_one(run, tmp_path, capsys):
