@@ -151,8 +151,29 @@ def draw_cells(cells: Cells, st: CellState, hours: float, shape: tuple[int, int]
     br_splat = raster.ellipses(shape, cx[lit], cy[lit], 0.8 * rad[lit] * np.sqrt(aspect[lit]),
                          0.8 * rad[lit] / np.sqrt(aspect[lit]), theta[lit], bright[lit], power=1.0)
 
-    # Flat sheets: astrocytes spread into large low sheets (stellate or polygonal); mature
-    # oligodendrocytes add faint veils. Both are near background after shade-off.
+    sheet_map = _sheet_map(st, size, uid, cx, cy, shape, px_um)
+
+    length, parent, along = branch_lengths(cells, st, hours)
+    has = np.flatnonzero((length > 0.5 * px_um).any(axis=1) & (cx > -400) & (cx < w + 400) & (cy > -400) & (cy < h + 400))
+    if len(has):
+        sub = _subset(st, has)
+        v = _branch_vertices(cells, sub, length[has] / px_um, parent[has], along[has], cx[has], cy[has])
+        taper = 1.0 - 0.6 * (np.arange(S) + 0.5)[None, None, :] / S
+        ls = LINE_PHI[nsc] + s[has] * (LINE_PHI[f[has]] - LINE_PHI[nsc])
+        wgt = (ls[:, None, None] * taper) * (length[has] > 0)[:, :, None]
+        phi_parts.append(raster.polylines(shape, v.reshape(-1, S + 1, 2),
+                                          np.broadcast_to(wgt, (len(has), B, S)).reshape(-1, S)))
+    phi = raster.paint(shape, *phi_parts)
+    phi += sheet_map
+    return phi, raster.paint(shape, br_splat, extra[1])
+
+
+def _sheet_map(st: CellState, size: np.ndarray, uid: np.ndarray, cx: np.ndarray, cy: np.ndarray,
+               shape: tuple[int, int], px_um: float) -> np.ndarray:
+    """Flat sheets: astrocytes spread into large low sheets (stellate or polygonal); mature
+    oligodendrocytes add faint veils. Both are near background after shade-off."""
+    h, w = shape
+    f, s = st.fate.astype(int), st.s
     astro = (f == ASTROCYTE) & (s > 0.03) & ~st.dead & ~st.mitotic
     oligo = (f == OLIGODENDROCYTE) & (s > 0.5) & ~st.dead & ~st.mitotic
     sheet = astro | oligo
@@ -171,21 +192,7 @@ def draw_cells(cells: Cells, st: CellState, hours: float, shape: tuple[int, int]
     sheets = raster.stars(small, (cx[sheet] + 0.5) / SHEET_BIN - 0.5, (cy[sheet] + 0.5) / SHEET_BIN - 0.5,
                           np.where(is_astro, r_astro, r_oligo) / SHEET_BIN, lobes,
                           np.where(is_astro, 0.30 * np.minimum(1.0, 3 * s[sheet]), 0.06 * s[sheet] ** 2))
-    sheet_map = upsample(raster.paint(small, sheets), SHEET_BIN, shape)
-
-    length, parent, along = branch_lengths(cells, st, hours)
-    has = np.flatnonzero((length > 0.5 * px_um).any(axis=1) & (cx > -400) & (cx < w + 400) & (cy > -400) & (cy < h + 400))
-    if len(has):
-        sub = _subset(st, has)
-        v = _branch_vertices(cells, sub, length[has] / px_um, parent[has], along[has], cx[has], cy[has])
-        taper = 1.0 - 0.6 * (np.arange(S) + 0.5)[None, None, :] / S
-        ls = LINE_PHI[nsc] + s[has] * (LINE_PHI[f[has]] - LINE_PHI[nsc])
-        wgt = (ls[:, None, None] * taper) * (length[has] > 0)[:, :, None]
-        phi_parts.append(raster.polylines(shape, v.reshape(-1, S + 1, 2),
-                                          np.broadcast_to(wgt, (len(has), B, S)).reshape(-1, S)))
-    phi = raster.paint(shape, *phi_parts)
-    phi += sheet_map
-    return phi, raster.paint(shape, br_splat, extra[1])
+    return upsample(raster.paint(small, sheets), SHEET_BIN, shape)
 
 
 def _blebs(shape: tuple[int, int], uid: np.ndarray, cx: np.ndarray, cy: np.ndarray, rad: np.ndarray,
