@@ -138,7 +138,6 @@ class PlateMapView(QWidget):
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         p.fillRect(self.rect(), self.palette().window())
-        rows, cols = self.shape
         grid, pitch = self._layout()
         fg = self.palette().windowText().color()
         font = QFont(self.font())
@@ -155,13 +154,32 @@ class PlateMapView(QWidget):
         p.setPen(QPen(fg, 1.2))
         p.setBrush(Qt.BrushStyle.NoBrush)
         p.drawRoundedRect(plate_outline, 6, 6)
+        inset = max(1.0, pitch * 0.08)
+        self._paint_wells(p, pitch, inset)
+        self._paint_conditions(p, grid, pitch)
+        sel_pen = QPen(QColor(220, 20, 60), max(2.0, pitch * 0.1))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.setPen(sel_pen)
+        for name in self.selected:
+            r, c = self.rowcol[name]
+            p.drawEllipse(self._well_rect(r, c).adjusted(inset / 2, inset / 2, -inset / 2, -inset / 2))
+        if self._drag_from is not None and self._drag_to is not None:
+            p.setPen(QPen(fg, 1, Qt.PenStyle.DashLine))
+            p.drawRect(QRect(self._drag_from, self._drag_to).normalized())
+        self._paint_colorbar(p, grid, fg)
+        self._paint_legend(p, grid, fg)
+        p.end()
+
+    def _paint_wells(self, p: QPainter, pitch: float, inset: float) -> None:
+        """Each well filled with its value's colour; a well without a value is grey and
+        hatched (empty wells are left clear), a flagged one cross-hatched over its colour."""
+        rows, cols = self.shape
         lo, hi = self.range
         colors = self.cmap.rgb(self.values, lo, hi) if len(self.values) else np.zeros((0, 3))
         index = {n: i for i, n in enumerate(self.names)}
         empty_pen = QPen(QColor(170, 170, 170), 1)
         hatch = QBrush(QColor(150, 150, 150), Qt.BrushStyle.BDiagPattern)
         ood_hatch = QBrush(OOD_COLOR, Qt.BrushStyle.DiagCrossPattern)
-        inset = max(1.0, pitch * 0.08)
         for r in range(rows):
             for c in range(cols):
                 name = well_name(r, c)
@@ -182,19 +200,6 @@ class PlateMapView(QWidget):
                     p.setPen(QPen(OOD_COLOR, max(1.5, pitch * 0.06)))
                     p.setBrush(ood_hatch)
                     p.drawEllipse(rect)
-        self._paint_conditions(p, grid, pitch)
-        sel_pen = QPen(QColor(220, 20, 60), max(2.0, pitch * 0.1))
-        p.setBrush(Qt.BrushStyle.NoBrush)
-        p.setPen(sel_pen)
-        for name in self.selected:
-            r, c = self.rowcol[name]
-            p.drawEllipse(self._well_rect(r, c).adjusted(inset / 2, inset / 2, -inset / 2, -inset / 2))
-        if self._drag_from is not None and self._drag_to is not None:
-            p.setPen(QPen(fg, 1, Qt.PenStyle.DashLine))
-            p.drawRect(QRect(self._drag_from, self._drag_to).normalized())
-        self._paint_colorbar(p, grid, fg)
-        self._paint_legend(p, grid, fg)
-        p.end()
 
     def _paint_axis_labels(self, p: QPainter, grid: QRectF, pitch: float) -> None:
         """Column numbers above and row letters left of the plate; every 2nd or 4th when
