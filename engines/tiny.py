@@ -31,46 +31,10 @@ def build_tiny_classifier(path: str | Path, *, classes: tuple[str, ...] = ("neur
     ``extra`` goes into the metadata's ``extra`` (e.g. a well calibration or call rule).
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
-    rng = np.random.default_rng(seed)
-    k = len(classes)
-    w = {
-        "conv_w": rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32),
-        "conv_b": rng.normal(0, 0.1, (8,)).astype(np.float32),
-        "fc_w": rng.normal(0, 1.0, (8, k)).astype(np.float32),
-        "fc_b": np.zeros((k,), np.float32),
-    }
-    for i in range(depth):
-        w[f"body{i}_w"] = rng.normal(0, 0.4, (8, 8, 3, 3)).astype(np.float32)
-        w[f"body{i}_b"] = rng.normal(0, 0.1, (8,)).astype(np.float32)
-    if weights:
-        w.update({name: np.asarray(v, np.float32) for name, v in weights.items()})
-    inits = [numpy_helper.from_array(v, name) for name, v in w.items()]
-    nodes = [
-        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r0"]),
-    ]
-    for i in range(depth):
-        nodes += [helper.make_node("Conv", [f"r{i}", f"body{i}_w", f"body{i}_b"], [f"c{i + 1}"], pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"c{i + 1}"], [f"r{i + 1}"])]
-    nodes += [
-        helper.make_node("GlobalAveragePool", [f"r{depth}"], ["g"]),
-        helper.make_node("Flatten", ["g"], ["f"], axis=1),
-        helper.make_node("MatMul", ["f", "fc_w"], ["m"]),
-        helper.make_node("Add", ["m", "fc_b"], ["logits"]),
-    ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", k])]
-    if ood_threshold is not None:
-        nodes.append(helper.make_node("ReduceSumSquare", ["f"], ["ood"], axes=[1], keepdims=0,
-                                      name="/ood/ReduceSumSquare"))
-        outputs.append(helper.make_tensor_value_info("ood", TensorProto.FLOAT, ["N"]))
-    graph = helper.make_graph(
-        nodes, "nscmonitor_tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, input_size, input_size])],
-        outputs,
-        inits,
-    )
+    graph = _tiny_graph(_tiny_weights(len(classes), depth, seed, weights), len(classes), depth, input_size,
+                        with_ood=ood_threshold is not None)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="nscmonitor")
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -92,3 +56,53 @@ def build_tiny_classifier(path: str | Path, *, classes: tuple[str, ...] = ("neur
     onnx.save(model, str(tmp))
     tmp.replace(path)
     return meta
+
+
+def _tiny_weights(k: int, depth: int, seed: int, weights: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Random weights from ``seed`` (stem, ``depth`` body blocks, head of ``k`` classes), with
+    the caller's own laid over them."""
+    rng = np.random.default_rng(seed)
+    w = {
+        "conv_w": rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32),
+        "conv_b": rng.normal(0, 0.1, (8,)).astype(np.float32),
+        "fc_w": rng.normal(0, 1.0, (8, k)).astype(np.float32),
+        "fc_b": np.zeros((k,), np.float32),
+    }
+    for i in range(depth):
+        w[f"body{i}_w"] = rng.normal(0, 0.4, (8, 8, 3, 3)).astype(np.float32)
+        w[f"body{i}_b"] = rng.normal(0, 0.1, (8,)).astype(np.float32)
+    if weights:
+        w.update({name: np.asarray(v, np.float32) for name, v in weights.items()})
+    return w
+
+
+def _tiny_graph(w: dict[str, np.ndarray], k: int, depth: int, input_size: int, *, with_ood: bool):
+    """The ONNX graph: stem, body blocks, pooled features, logits, and the optional ``ood``
+    output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(v, name) for name, v in w.items()]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r0"]),
+    ]
+    for i in range(depth):
+        nodes += [helper.make_node("Conv", [f"r{i}", f"body{i}_w", f"body{i}_b"], [f"c{i + 1}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i + 1}"], [f"r{i + 1}"])]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [f"r{depth}"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"], axis=1),
+        helper.make_node("MatMul", ["f", "fc_w"], ["m"]),
+        helper.make_node("Add", ["m", "fc_b"], ["logits"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", k])]
+    if with_ood:
+        nodes.append(helper.make_node("ReduceSumSquare", ["f"], ["ood"], axes=[1], keepdims=0,
+                                      name="/ood/ReduceSumSquare"))
+        outputs.append(helper.make_tensor_value_info("ood", TensorProto.FLOAT, ["N"]))
+    return helper.make_graph(
+        nodes, "nscmonitor_tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, input_size, input_size])],
+        outputs,
+        inits,
+    )
