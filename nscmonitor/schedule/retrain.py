@@ -251,6 +251,32 @@ def train_subprocess(cfg_path: Path, *, threads: int, timeout: float | None, log
     return rc, tail
 
 
+def _write_train_config(settings: Settings, run_dir: Path, data_dir: Path, base_meta,
+                        train_overrides: dict | None) -> Path:
+    """The trainer's TOML: the data just written, the active model's scheme (so a candidate
+    answers the same question), the retrain settings, then the overrides of this run."""
+    values = {"data": str(data_dir), "out": str(run_dir / "train"), "scheme": base_meta.scheme if base_meta and
+              base_meta.scheme in ("binary", "multiclass") else "multiclass",
+              "epochs": settings.retrain.epochs, "device": settings.retrain.device, "threads": settings.retrain.threads,
+              "progress": False, **settings.retrain.train, **(train_overrides or {})}
+    from nscmonitor.training.launch import write_toml
+
+    cfg_path = run_dir / "train.toml"
+    write_toml(cfg_path, values)
+    return cfg_path
+
+
+def _judge(candidate_path: Path, active_path: Path | None, test: list, n_images: int) -> tuple[Decision, dict]:
+    """Candidate and active model scored on the same held-out images; the decision and the
+    numbers the run records."""
+    cand_eval = evaluate_model(candidate_path, test)
+    act_eval = evaluate_model(active_path, test) if active_path is not None else None
+    decision: Decision = decide(cand_eval, act_eval)
+    numbers = {"candidate": asdict(cand_eval), "active": asdict(act_eval) if act_eval else None,
+               "n_test_images": len(test), "n_images": n_images, "rules": decision.reasons}
+    return decision, numbers
+
+
 def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = False,
                 train_overrides: dict | None = None, timeout: float | None = None) -> RetrainOutcome:
     engine = open_engine(settings.database_url)
@@ -288,14 +314,7 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
     if len({smp.label for smp in samples if smp.split == "train"}) < 2 or not test:
         return finish("failed", f"too few labelled images to train and test ({len(samples)} images)",
                       run_dir=str(run_dir))
-    values = {"data": str(data_dir), "out": str(run_dir / "train"), "scheme": base_meta.scheme if base_meta and
-              base_meta.scheme in ("binary", "multiclass") else "multiclass",
-              "epochs": settings.retrain.epochs, "device": settings.retrain.device, "threads": settings.retrain.threads,
-              "progress": False, **settings.retrain.train, **(train_overrides or {})}
-    from nscmonitor.training.launch import write_toml
-
-    cfg_path = run_dir / "train.toml"
-    write_toml(cfg_path, values)
+    cfg_path = _write_train_config(settings, run_dir, data_dir, base_meta, train_overrides)
     rc, tail = train_subprocess(cfg_path, threads=settings.retrain.threads, timeout=timeout,
                                 log_path=run_dir / "train.log", nproc=settings.retrain.nproc)
     candidate_path = run_dir / "train" / "model.onnx"
@@ -303,11 +322,7 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
         why = "killed (time limit or signal)" if rc < 0 else f"exited with code {rc}"
         return finish("failed", f"training {why}; see {run_dir / 'train.log'}: {tail.strip()[-300:]}",
                       run_dir=str(run_dir))
-    cand_eval = evaluate_model(candidate_path, test)
-    act_eval = evaluate_model(Path(active.path), test) if active else None
-    decision: Decision = decide(cand_eval, act_eval)
-    numbers = {"candidate": asdict(cand_eval), "active": asdict(act_eval) if act_eval else None,
-               "n_test_images": len(test), "n_images": len(samples), "rules": decision.reasons}
+    decision, numbers = _judge(candidate_path, Path(active.path) if active else None, test, len(samples))
     info = reg.register(run_dir / "train", labels_version=labels_ver, activate_if_first=False)
     if decision.promote:
         decision = _engine_gate(settings, Path(info.path), info.version, decision, numbers)
