@@ -136,29 +136,36 @@ def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
             raise
         except Exception as exc:  # malformed tags surface as many types
             raise DecodeError(f"TIFF header cannot be read: {why(exc)}", permanent=True) from exc
-        h, w = (shape[page_axes.index("Y")], shape[page_axes.index("X")]) \
-            if "Y" in page_axes and "X" in page_axes else (shape[-2:] if len(shape) >= 2 else (1, shape[0] if shape else 0))
-        if h * w > max_pixels:
-            raise DecodeError(f"frame of {w} x {h} pixels is above the cap of {max_pixels} pixels", permanent=True)
-        values = math.prod(shape)
-        if values > 4 * max_pixels:
-            raise DecodeError(f"page of shape {shape} holds {values} values, above 4 x the pixel cap", permanent=True)
-        if dtype is None:
-            raise DecodeError("TIFF pixel type is not supported", permanent=True)
-        raw = values * np.dtype(dtype).itemsize
-        to_read = sum(int(c) for c in counts)
-        if to_read > MAX_COMPRESSED_RATIO * raw + (1 << 20):
-            raise DecodeError(f"page claims {to_read} bytes of pixel data for {raw} decoded bytes; header is corrupt",
-                              permanent=True)
-        if any(c and o + c > size for o, c in zip(offsets, counts)):
-            raise DecodeError(f"file is incomplete: pixel data ends past the end of the file ({size} bytes); "
-                              "it may still be being written", permanent=False)
+        _check_page_limits(shape, page_axes, dtype, offsets, counts, size, max_pixels)
         try:
             arr = page.asarray()
         except Exception as exc:  # tifffile and imagecodecs raise many types for bad strips
             raise DecodeError(f"TIFF pixel data cannot be decoded (truncated or corrupt): {why(exc)}",
                               permanent=False) from exc
     return _pick_plane(arr, page_axes, inner_channel), pixel_size
+
+
+def _check_page_limits(shape: tuple[int, ...], page_axes: str, dtype, offsets: tuple, counts: tuple, size: int,
+                       max_pixels: int) -> None:
+    """The page's size, pixel type and strip table checked against the caps and the file's
+    length, from the header alone, before any pixel is decoded."""
+    h, w = (shape[page_axes.index("Y")], shape[page_axes.index("X")]) \
+        if "Y" in page_axes and "X" in page_axes else (shape[-2:] if len(shape) >= 2 else (1, shape[0] if shape else 0))
+    if h * w > max_pixels:
+        raise DecodeError(f"frame of {w} x {h} pixels is above the cap of {max_pixels} pixels", permanent=True)
+    values = math.prod(shape)
+    if values > 4 * max_pixels:
+        raise DecodeError(f"page of shape {shape} holds {values} values, above 4 x the pixel cap", permanent=True)
+    if dtype is None:
+        raise DecodeError("TIFF pixel type is not supported", permanent=True)
+    raw = values * np.dtype(dtype).itemsize
+    to_read = sum(int(c) for c in counts)
+    if to_read > MAX_COMPRESSED_RATIO * raw + (1 << 20):
+        raise DecodeError(f"page claims {to_read} bytes of pixel data for {raw} decoded bytes; header is corrupt",
+                          permanent=True)
+    if any(c and o + c > size for o, c in zip(offsets, counts)):
+        raise DecodeError(f"file is incomplete: pixel data ends past the end of the file ({size} bytes); "
+                          "it may still be being written", permanent=False)
 
 
 def _tiff_pixel_size(page, path: Path) -> float | None:  # tifffile page
