@@ -47,6 +47,47 @@ def _truths(root: Path, truth: str, scheme: str):
     return label
 
 
+def _features_by_hour(root: Path, label_of) -> dict[float, list[tuple[np.ndarray, str, str, tuple]]]:
+    """Each labelled tile's features, label, split and (plate, well), grouped by hour; tiles
+    without an answer under the chosen truth are left out."""
+    import tifffile
+
+    by_hour: dict[float, list[tuple[np.ndarray, str, str, tuple]]] = defaultdict(list)
+    with open(root / "tiles.csv", newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            lab = label_of(r)
+            if lab is None:
+                continue
+            by_hour[float(r["elapsed_h"])].append(
+                (tile_features(tifffile.imread(root / r["path"])), lab, r["split"], (r["plate"], r["well"])))
+    return by_hour
+
+
+def _test_scores(model, te: list[tuple[np.ndarray, str, tuple]]) -> dict:
+    """Tile and well scores of a fitted model on one hour's test tiles (features, label,
+    well); a well's call is the mean class probability over its tiles."""
+    from sklearn.metrics import balanced_accuracy_score, recall_score
+
+    xte, yte = np.array([f for f, _, _ in te]), [y for _, y, _ in te]
+    pred = model.predict(xte)
+    classes = sorted(set(yte))
+    rec = recall_score(yte, pred, labels=classes, average=None, zero_division=0)
+    proba = model.predict_proba(xte)
+    wells: dict[tuple, list[int]] = defaultdict(list)
+    for i, (_, _, w) in enumerate(te):
+        wells[w].append(i)
+    w_true = [Counter(yte[i] for i in idx).most_common(1)[0][0] for idx in wells.values()]
+    w_pred = [model.classes_[int(proba[idx].mean(axis=0).argmax())] for idx in wells.values()]
+    return {
+        "n_test": len(te),
+        "accuracy": float(np.mean(pred == np.array(yte))),
+        "balanced_accuracy": float(balanced_accuracy_score(yte, pred)),
+        "chance": 1.0 / len(classes), "recall": dict(zip(classes, (float(v) for v in rec))),
+        "n_test_wells": len(w_true), "well_accuracy": float(np.mean(np.array(w_pred) == np.array(w_true))),
+        "well_balanced_accuracy": float(balanced_accuracy_score(w_true, w_pred)),
+    }
+
+
 def evaluate(tiles_dir: str | Path, *, truth: str = "tile", scheme: str = "multiclass",
              pooled_from: float | None = None) -> list[dict]:
     """Per time point: n_train, n_test, accuracy, balanced accuracy, chance, per-class recall
@@ -59,22 +100,12 @@ def evaluate(tiles_dir: str | Path, *, truth: str = "tile", scheme: str = "multi
     By default one classifier is fitted per time point, so it is told the hour. With
     ``pooled_from`` one classifier is fitted on every train/val tile from that hour on and
     scored per time point: the information a tile classifier without a time input has."""
-    import tifffile
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score, recall_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     root = Path(tiles_dir)
-    label_of = _truths(root, truth, scheme)
-    by_hour: dict[float, list[tuple[np.ndarray, str, str, tuple]]] = defaultdict(list)
-    with open(root / "tiles.csv", newline="", encoding="utf-8") as fh:
-        for r in csv.DictReader(fh):
-            lab = label_of(r)
-            if lab is None:
-                continue
-            by_hour[float(r["elapsed_h"])].append(
-                (tile_features(tifffile.imread(root / r["path"])), lab, r["split"], (r["plate"], r["well"])))
+    by_hour = _features_by_hour(root, _truths(root, truth, scheme))
 
     def fit(items: list) -> object:
         model = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000, class_weight="balanced"))
@@ -91,25 +122,8 @@ def evaluate(tiles_dir: str | Path, *, truth: str = "tile", scheme: str = "multi
         te = [(f, y, w) for f, y, s, w in items if s == "test"]
         if not tr or not te or len({y for _, y in tr}) < 2:
             continue
-        xte, yte = np.array([f for f, _, _ in te]), [y for _, y, _ in te]
         model = pooled or fit([it for it in items if it[2] != "test"])
-        pred = model.predict(xte)
-        classes = sorted(set(yte))
-        rec = recall_score(yte, pred, labels=classes, average=None, zero_division=0)
-        proba = model.predict_proba(xte)
-        wells: dict[tuple, list[int]] = defaultdict(list)
-        for i, (_, _, w) in enumerate(te):
-            wells[w].append(i)
-        w_true = [Counter(yte[i] for i in idx).most_common(1)[0][0] for idx in wells.values()]
-        w_pred = [model.classes_[int(proba[idx].mean(axis=0).argmax())] for idx in wells.values()]
-        rows.append({
-            "elapsed_h": hour, "n_train": n_pooled if pooled else len(tr), "n_test": len(te),
-            "accuracy": float(np.mean(pred == np.array(yte))),
-            "balanced_accuracy": float(balanced_accuracy_score(yte, pred)),
-            "chance": 1.0 / len(classes), "recall": dict(zip(classes, (float(v) for v in rec))),
-            "n_test_wells": len(w_true), "well_accuracy": float(np.mean(np.array(w_pred) == np.array(w_true))),
-            "well_balanced_accuracy": float(balanced_accuracy_score(w_true, w_pred)),
-        })
+        rows.append({"elapsed_h": hour, "n_train": n_pooled if pooled else len(tr), **_test_scores(model, te)})
     return rows
 
 
