@@ -187,21 +187,13 @@ def _score(reference: np.ndarray, probs: np.ndarray, groups: tuple[str, ...], to
     return _Score(r.well_readout_pp, r.top1_agreement_clear, r.top1_agreement, r.mean_abs_prob_diff)
 
 
-def search(fp32_path: str | Path, calib_x: np.ndarray, calib_groups: tuple[str, ...], *,
-           settings: dict[str, Any] | None = None, tolerance: dict[str, float] | None = None,
-           max_steps: int = MAX_STEPS, threads: int = 0, progress: Progress | None = None) -> SearchResult:
-    """Find the fp32 groups (see the module docstring); ``max_steps`` bounds the number of
-    model evaluations (one per sensitivity probe and per greedy step)."""
+def _fp32_and_qdq(fp32_path: str | Path, calib_x: np.ndarray, settings: dict[str, Any] | None) -> tuple[Any, Any]:
+    """The fp32 model with its nodes named (pre-processed as the quantiser's settings say) and
+    its all-int8 Q/DQ copy, so that a node of one can be found by name in the other."""
     import onnx
     from onnxruntime.quantization import quant_pre_process
 
     from nscmonitor.engines.quantize import DEFAULT_SETTINGS, _name_nodes, quantize_static_qdq
-
-    tol = {**DEFAULT_TOLERANCE, **(tolerance or {})}
-    def say(done: int, total: int, msg: str) -> None:
-        log.info("mixed precision %d/%d: %s", done, total, msg)  # a background build's log shows it too
-        if progress is not None:
-            progress(done, total, msg)
 
     cfg = {**DEFAULT_SETTINGS, **(settings or {})}
     with tempfile.TemporaryDirectory(prefix="nscm-mixed-") as tmp:
@@ -213,7 +205,21 @@ def search(fp32_path: str | Path, calib_x: np.ndarray, calib_groups: tuple[str, 
         onnx.save(fp32, str(named))
         qdq_path = Path(tmp) / "qdq.onnx"
         quantize_static_qdq(named, qdq_path, calib_x, settings={**cfg, "preprocess": False})
-        qdq = onnx.load(str(qdq_path))
+        return fp32, onnx.load(str(qdq_path))
+
+
+def search(fp32_path: str | Path, calib_x: np.ndarray, calib_groups: tuple[str, ...], *,
+           settings: dict[str, Any] | None = None, tolerance: dict[str, float] | None = None,
+           max_steps: int = MAX_STEPS, threads: int = 0, progress: Progress | None = None) -> SearchResult:
+    """Find the fp32 groups (see the module docstring); ``max_steps`` bounds the number of
+    model evaluations (one per sensitivity probe and per greedy step)."""
+    tol = {**DEFAULT_TOLERANCE, **(tolerance or {})}
+    def say(done: int, total: int, msg: str) -> None:
+        log.info("mixed precision %d/%d: %s", done, total, msg)  # a background build's log shows it too
+        if progress is not None:
+            progress(done, total, msg)
+
+    fp32, qdq = _fp32_and_qdq(fp32_path, calib_x, settings)
     groups = groups_of(qdq)
     names = list(groups)
     every = [n for g in names for n in groups[g]]

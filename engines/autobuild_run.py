@@ -1,0 +1,261 @@
+"""The engine build itself, run in the child process ``nscmonitor engine autobuild MODEL``:
+quantise to int8, build TensorRT engines where a GPU has them, gate each against fp32 on the
+model's held-out tiles and record the best that passes (``autobuild_status``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from nscmonitor.engines.autobuild_status import (NO_CALIBRATION, EngineStatus, _model_tiles_path, calibration_sha256,
+                                                 cached_sha256, describe, fingerprint, gpu_names, read_status,
+                                                 write_status)
+from nscmonitor.engines.base import EngineError
+
+# the logger of build-on-arrival as a whole, as before the build had a module of its own
+log = logging.getLogger("nscmonitor.engines.autobuild")
+
+
+# --- what to build ------------------------------------------------------------------------
+def has_tensorrt_gpu() -> bool:
+    import importlib.util
+
+    from nscmonitor.engines.tensorrt import trt_disabled
+
+    return bool(gpu_names()) and importlib.util.find_spec("tensorrt") is not None and not trt_disabled()
+
+
+def has_openvino() -> bool:
+    import importlib.util
+
+    from nscmonitor.engines.openvino import openvino_disabled
+
+    return importlib.util.find_spec("openvino") is not None and not openvino_disabled()
+
+
+def plan(*, tensorrt_gpu: bool, openvino: bool) -> tuple[str, ...]:
+    """Engines to try, best first (the selection order of ``engines.select``). The CPU int8
+    model is always built first because TensorRT's int8 engine is parsed from its Q/DQ graph;
+    the best engine that passes its gate is the one served."""
+    cpu = "openvino-int8" if openvino else "ort-int8"
+    return ("tensorrt-int8", "tensorrt-fp16", cpu) if tensorrt_gpu else (cpu,)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class _Tiles:
+    calib: Any
+    heldout: Any
+    source: str
+    sha256: str | None
+    calibration_dir: str | None = None
+
+
+def load_tiles_for(model_path: Path, meta: Any, calibration_dir: str | Path | None) -> _Tiles | None:
+    """The model's own calibration set (part of the version folder), else an explicitly given
+    tiles folder; None when the model has neither (it is then served fp32, and says why)."""
+    from nscmonitor.engines import calibration
+
+    loader = getattr(calibration, "load_model_tiles", None)
+    if loader is not None:
+        own = loader(model_path, meta)
+        if own is not None:
+            return _Tiles(own.calib, own.heldout, str(_model_tiles_path(model_path)), own.sha256)
+    if calibration_dir is not None:
+        calib, held = calibration.calibration_and_heldout(calibration_dir, meta)
+        return _Tiles(calib, held, str(calibration_dir), calibration_sha256(model_path, calibration_dir),
+                      str(Path(calibration_dir).resolve()))
+    return None
+
+
+@dataclass
+class Attempt:
+    engine: str
+    passed: bool
+    artefact: str | None = None
+    gate: dict[str, Any] | None = None
+    reason: str | None = None
+    seconds: float = 0.0
+
+
+def _cpu_int8(model_path: Path, tiles: _Tiles, want_openvino: bool, threads: int,
+              detail: Any = None) -> list[Attempt]:
+    """The int8 Q/DQ model, gated on ONNX Runtime and (when installed) on OpenVINO, whose int8
+    kernels round differently and so need their own pass. When the plain recipe fails the
+    gate of the runtime that would serve it, ``engines.mixed_precision`` keeps the most
+    sensitive layer groups in fp32 (``detail`` gets its steps) and the model is gated again;
+    the groups kept are part of both gate records."""
+    from nscmonitor.engines.metadata import read_onnx_metadata
+    from nscmonitor.engines.mixed_precision import build_int8
+
+    t0 = time.monotonic()
+    path, report, search = build_int8(model_path, tiles.calib, tiles.heldout, want_openvino=want_openvino,
+                                      threads=threads, progress=detail)
+    seconds = time.monotonic() - t0
+    kept = {"kept_fp32": list(report.kept_fp32)} if report.kept_fp32 else {}
+    ort = Attempt("ort-int8", path is not None and report.passed, path.name if path else None, report.to_dict(),
+                  None if report.passed else "; ".join(report.reasons), seconds)
+    if path is None or not want_openvino:
+        return [ort]
+    ov_gate = (read_onnx_metadata(path).extra.get("int8") or {}).get("openvino_gate")
+    ov_gate = {**ov_gate, **kept} if ov_gate else ov_gate
+    ov = Attempt("openvino-int8", bool(ov_gate and ov_gate.get("passed")), path.name, ov_gate,
+                 None if ov_gate and ov_gate.get("passed") else
+                 ("; ".join(ov_gate.get("reasons") or ()) if ov_gate else "OpenVINO could not run the int8 model"),
+                 seconds)
+    return [ov, ort]
+
+
+def _tensorrt(model_path: Path, tiles: _Tiles, precision: str) -> Attempt:
+    from nscmonitor.engines.build import BuildOptions, build_trt_engine, default_cache_dir
+
+    t0 = time.monotonic()
+    path, report = build_trt_engine(model_path, tiles.heldout, opts=BuildOptions(precision=precision),
+                                    cache_dir=default_cache_dir(model_path), calib=tiles.calib)
+    seconds = time.monotonic() - t0
+    name = f"tensorrt-{precision}"
+    if path is None:
+        return Attempt(name, False, None, report.to_dict() if report else None,
+                       "; ".join(report.reasons) if report else "no engine", seconds)
+    rel = os.path.relpath(path, model_path.parent)
+    return Attempt(name, True, rel, report.to_dict() if report else {"passed": True, "note": "from the cache"},
+                   None, seconds)
+
+
+def _attempts(model_path: Path, tiles: _Tiles, targets: tuple[str, ...], threads: int, say: Progress,
+              detail: Callable[[int, int, str], None] | None) -> list[Attempt]:
+    """The CPU int8 model, then the TensorRT engines of ``targets`` until one passes; a
+    backend's failure is recorded as its attempt's reason and the next one is tried."""
+    attempts: list[Attempt] = []
+    cpu_target = targets[-1]
+    say(f"quantising to int8 and gating against fp32 on {len(tiles.heldout)} held-out tiles")
+    try:
+        attempts += _cpu_int8(model_path, tiles, cpu_target == "openvino-int8", threads, detail)
+    except Exception as exc:  # a backend's failure is this attempt's outcome, not the build's end
+        log.exception("int8 build of %s failed", model_path)
+        attempts.append(Attempt(cpu_target, False, reason=f"int8 build failed: {exc}"))
+    for precision in ("int8", "fp16"):
+        if f"tensorrt-{precision}" not in targets:
+            continue
+        say(f"building the TensorRT {precision} engine and gating it")
+        try:
+            attempts.append(_tensorrt(model_path, tiles, precision))
+        except Exception as exc:  # TensorRT errors come in many types; record and go on
+            log.exception("TensorRT %s build of %s failed", precision, model_path)
+            attempts.append(Attempt(f"tensorrt-{precision}", False, reason=f"TensorRT build failed: {exc}"))
+        if attempts[-1].passed:
+            break
+    return attempts
+
+
+def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = None, threads: int = 0,
+              progress: Progress | None = None, targets: tuple[str, ...] | None = None,
+              detail: Callable[[int, int, str], None] | None = None) -> EngineStatus:
+    """Build, gate and record the best engine for this machine; returns the recorded status.
+
+    Every engine in :func:`plan` is tried, best first, until one passes; each attempt's gate
+    (or failure) is kept in the status so ``status``/``doctor`` can say why the GPU or int8 is
+    not used. Errors of a backend (a TensorRT that cannot parse the graph, a quantizer bug)
+    are recorded as that attempt's reason and the next backend is tried. ``detail`` gets the
+    steps of a mixed-precision search (done, total, what), when one runs."""
+    from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
+
+    model_path = Path(model_path)
+    say = progress or (lambda msg: None)
+    fp = fingerprint(model_path, calibration_dir=calibration_dir)
+    targets = targets or plan(tensorrt_gpu=has_tensorrt_gpu(), openvino=has_openvino())
+    started = _now()
+    base = EngineStatus("building", asdict(fp), target=targets[0], started_at=started, pid=os.getpid())
+    write_status(model_path, base)
+    t0 = time.monotonic()
+    try:
+        meta = read_onnx_metadata(model_path)
+        say("loading the calibration and held-out tiles")
+        tiles = load_tiles_for(model_path, meta, calibration_dir)
+    except (EngineError, MetadataError, OSError, ValueError) as exc:
+        return _finish(model_path, replace(base, state="failed", reason=f"cannot read the calibration set: {exc}"), t0)
+    if tiles is None:
+        return _finish(model_path, replace(base, state="no-calibration", reason=NO_CALIBRATION), t0)
+    base = replace(base, calibration_source=tiles.source, calibration_dir=tiles.calibration_dir)
+    attempts = _attempts(model_path, tiles, targets, threads, say, detail)
+    order = {name: i for i, name in enumerate(("tensorrt-int8", "tensorrt-fp16", "openvino-int8", "ort-int8"))}
+    passed = sorted((a for a in attempts if a.passed), key=lambda a: order.get(a.engine, 99))
+    records = tuple({"engine": a.engine, "passed": a.passed, "gate": a.gate, "reason": a.reason,
+                     "seconds": round(a.seconds, 2)} for a in attempts)
+    if not passed:
+        why = "; ".join(f"{a.engine}: {a.reason}" for a in attempts) or "nothing could be built"
+        return _finish(model_path, replace(base, state="failed", attempts=records,
+                                           reason=f"no engine passed its gate, fp32 serves ({why})"), t0)
+    best = passed[0]
+    if best.engine == "ort-int8":
+        say("timing ONNX Runtime int8 against fp32 on this machine")
+        speed = _ort_speeds(model_path, model_path.parent / best.artefact, tiles.heldout.x, threads)
+        base = replace(base, ort_speed=speed)
+        if slower_than_fp32(speed):
+            note = (f"ort-int8 passed its gate but runs slower than fp32 here ({speed['int8_tiles_per_s']:.1f} vs "
+                    f"{speed['fp32_tiles_per_s']:.1f} tiles/s)")
+            return _finish(model_path, replace(base, state="failed", attempts=records,
+                                               reason=f"{note}, so fp32 serves"), t0)
+    return _finish(model_path, replace(base, state="ready", engine=best.engine, precision=best.engine.rsplit("-", 1)[1],
+                                       artefact=best.artefact, gate=best.gate, attempts=records), t0)
+
+
+def slower_than_fp32(speed: dict[str, float], margin: float = 0.9) -> bool:
+    """int8 only serves if it is at least about as fast as fp32: below ``margin`` of fp32's
+    throughput it would make the daemon slower for no gain (differences under ~10 % are
+    noise on a shared machine, DESIGN §6)."""
+    return speed["int8_tiles_per_s"] < margin * speed["fp32_tiles_per_s"]
+
+
+def _ort_speeds(model_path: Path, int8_path: Path, x: Any, threads: int, min_seconds: float = 1.5) -> dict[str, float]:
+    """Tiles/s of the fp32 and the int8 model on ONNX Runtime, sessions loaded and warmed up
+    first (session start is not what the daemon pays per batch)."""
+    from nscmonitor.engines.metadata import read_onnx_metadata
+    from nscmonitor.engines.ort import OrtCpuEngine
+
+    out = {}
+    for key, path in (("fp32_tiles_per_s", model_path), ("int8_tiles_per_s", int8_path)):
+        engine = OrtCpuEngine(path, read_onnx_metadata(path), threads=threads)
+        engine.load()
+        try:
+            engine.infer(x[:8])
+            n, t0 = 0, time.perf_counter()
+            while n < len(x) or time.perf_counter() - t0 < min_seconds:
+                batch = x[n % len(x):n % len(x) + 8]
+                engine.infer(batch)
+                n += len(batch)
+            out[key] = round(n / (time.perf_counter() - t0), 1)
+        finally:
+            engine.close()
+    return out
+
+
+def ort_int8_refusal(model_path: str | Path) -> str | None:
+    """Why ONNX Runtime's int8 model should not serve this model here, from the build's own
+    timing (None when it was not found slower, or no build recorded it)."""
+    st = read_status(model_path)
+    if st is None or not st.ort_speed or st.fingerprint.get("model_sha256") != cached_sha256(model_path) \
+            or not slower_than_fp32(st.ort_speed):
+        return None
+    s = st.ort_speed
+    return (f"ONNX Runtime int8 runs slower than fp32 on this machine ({s['int8_tiles_per_s']:.1f} vs "
+            f"{s['fp32_tiles_per_s']:.1f} tiles/s, measured by its build)")
+
+
+def _finish(model_path: Path, status: EngineStatus, t0: float) -> EngineStatus:
+    status = replace(status, build_seconds=round(time.monotonic() - t0, 2), finished_at=_now(), pid=None)
+    write_status(model_path, status)
+    (log.info if status.state == "ready" else log.warning)("engine build for %s: %s", model_path, describe(status))
+    return status

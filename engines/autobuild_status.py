@@ -1,0 +1,328 @@
+"""The record of an engine build beside its model: ``engine-status.json`` (state, engine,
+gate numbers, the fingerprint it was built under), the build lock that tells a running build
+from a stale record, and the words status, doctor and the dashboard show for it.
+
+Kept apart from the build (``autobuild_run``) and from starting builds (``autobuild``): the
+daemon, the dashboard and the command line read these records at every heartbeat without
+loading any quantiser or runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+# the logger of build-on-arrival as a whole, as before these records had a module of their own
+log = logging.getLogger("nscmonitor.engines.autobuild")
+
+STATUS_NAME = "engine-status.json"
+LOCK_NAME = "engine-build.lock"
+LOG_NAME = "engine-build.log"
+STATES = ("building", "ready", "failed", "no-calibration")
+NO_CALIBRATION = ("the model has no calibration set, so no int8 engine can be certified; it is served in fp32 "
+                  "(give it one: 'nscmonitor models register MODEL --calibration DIR')")
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Everything a build's outcome depends on; a new fingerprint means "try again"."""
+
+    model_sha256: str
+    calibration_sha256: str | None
+    runtimes: dict[str, str | None]
+    machine: str
+
+    def changes(self, other: "Fingerprint | dict | None") -> list[str]:
+        """What differs from ``other`` (an earlier build's fingerprint), in words."""
+        if other is None:
+            return ["no earlier build"]
+        old = other if isinstance(other, dict) else asdict(other)
+        new = asdict(self)
+        names = {"model_sha256": "model", "calibration_sha256": "calibration set", "runtimes": "runtime versions",
+                 "machine": "machine"}
+        return [names[k] for k in new if new[k] != old.get(k)]
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    state: str
+    fingerprint: dict[str, Any]
+    target: str = ""
+    engine: str | None = None
+    precision: str | None = None
+    artefact: str | None = None
+    gate: dict[str, Any] | None = None
+    attempts: tuple[dict[str, Any], ...] = ()
+    reason: str | None = None
+    build_seconds: float | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    calibration_source: str | None = None
+    calibration_dir: str | None = None
+    pid: int | None = None
+    #: ONNX Runtime fp32 and int8 tiles/s here, measured when ort-int8 would serve: slower than
+    #: fp32, it does not (ONNX Runtime's x86 kernels can be slow on signed int8 activations)
+    ort_speed: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["attempts"] = list(self.attempts)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EngineStatus":
+        known = set(cls.__dataclass_fields__)
+        kw = {k: v for k, v in d.items() if k in known}
+        if kw.get("state") not in STATES or not isinstance(kw.get("fingerprint"), dict):
+            raise ValueError(f"not an engine status record: state {kw.get('state')!r}")
+        kw["attempts"] = tuple(kw.get("attempts") or ())
+        return cls(**kw)
+
+
+# --- where things live --------------------------------------------------------------------
+def status_path(model_path: str | Path) -> Path:
+    return Path(model_path).parent / STATUS_NAME
+
+
+def lock_path(model_path: str | Path) -> Path:
+    return Path(model_path).parent / LOCK_NAME
+
+
+def log_path(model_path: str | Path) -> Path:
+    return Path(model_path).parent / LOG_NAME
+
+
+def read_status(model_path: str | Path) -> EngineStatus | None:
+    """The recorded outcome, or None when there is none or it is unreadable (a torn or
+    hand-edited file means "build again", never a crash of the caller)."""
+    path = status_path(model_path)
+    try:
+        return EngineStatus.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("%s: unreadable engine status (%s); it will be rebuilt", path, exc)
+        return None
+
+
+def write_status(model_path: str | Path, status: EngineStatus) -> Path:
+    path = status_path(model_path)
+    tmp = path.with_name(path.name + f".{os.getpid()}.part")
+    tmp.write_text(json.dumps(status.to_dict(), indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+# --- the fingerprint ----------------------------------------------------------------------
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def cached_sha256(path: str | Path) -> str:
+    """File hash, remembered per (path, size, mtime): the daemon asks at every heartbeat and a
+    ResNet50 ONNX is 100 MB."""
+    from nscmonitor.engines.enginefile import file_sha256
+
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = file_sha256(p)
+    return _HASHES[key]
+
+
+def _dist_version(*names: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for n in names:
+        try:
+            return f"{n} {version(n)}"
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+@lru_cache(maxsize=1)
+def runtime_versions() -> dict[str, str | None]:
+    """Installed runtime versions, read from package metadata (importing them would cost
+    seconds and, for TensorRT, a CUDA context). Read once per process: a runtime upgraded
+    under a running daemon only takes effect at its restart anyway."""
+    return {"onnxruntime": _dist_version("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+            "openvino": _dist_version("openvino"), "tensorrt": _dist_version("tensorrt", "tensorrt-cu12",
+                                                                             "tensorrt-cu13")}
+
+
+@lru_cache(maxsize=1)
+def gpu_names() -> tuple[str, ...]:
+    """NVIDIA GPUs as the driver names them; empty without a driver. Asked of nvidia-smi so
+    that no CUDA library is loaded into the daemon."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return ()
+    try:
+        out = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.info("nvidia-smi did not answer (%s); treating this machine as CPU-only", exc)
+        return ()
+    return tuple(line.strip() for line in out.stdout.splitlines() if line.strip()) if out.returncode == 0 else ()
+
+
+@lru_cache(maxsize=1)
+def machine_id() -> str:
+    import platform
+
+    from nscmonitor.engines.ort import _cpu_id
+
+    gpus = gpu_names()
+    return f"{platform.system()} {platform.machine()} | {_cpu_id()}" + (f" | {', '.join(gpus)}" if gpus else "")
+
+
+def calibration_sha256(model_path: str | Path, calibration_dir: str | Path | None = None) -> str | None:
+    """Hash of the model's own calibration set (``calibration.npz`` beside it), else of an
+    explicitly given tiles folder's table; None when there is neither."""
+    own = _model_tiles_path(model_path)
+    if own is not None and own.is_file():
+        return cached_sha256(own)
+    if calibration_dir is not None and (Path(calibration_dir) / "tiles.csv").is_file():
+        return "tiles.csv:" + cached_sha256(Path(calibration_dir) / "tiles.csv")
+    return None
+
+
+def _model_tiles_path(model_path: str | Path) -> Path | None:
+    from nscmonitor.engines import calibration
+
+    fn = getattr(calibration, "model_tiles_path", None)
+    return Path(fn(Path(model_path))) if fn is not None else None
+
+
+def fingerprint(model_path: str | Path, *, calibration_dir: str | Path | None = None) -> Fingerprint:
+    return Fingerprint(cached_sha256(model_path), calibration_sha256(model_path, calibration_dir),
+                       dict(runtime_versions()), machine_id())
+
+
+# --- the lock -----------------------------------------------------------------------------
+class BuildLock:
+    """An OS-level exclusive lock on a file: released by the OS when the holder exits or dies,
+    so a killed build never blocks the next one (a pid in a file would be reused)."""
+
+    def __init__(self, path: str | Path, *, probe: bool = False) -> None:
+        self.path = Path(path)
+        self.probe = probe  # only asking whether someone holds it: read access is enough (the dashboard's)
+        self._fh = None
+
+    def acquire(self) -> bool:
+        if not self.probe:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "r" if self.probe else "a+")
+        try:
+            if sys.platform == "win32":
+                import msvcrt
+
+                fh.seek(0)
+                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            return False
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        if self._fh is None:
+            return
+        try:
+            if sys.platform == "win32":
+                import msvcrt
+
+                self._fh.seek(0)
+                msvcrt.locking(self._fh.fileno(), msvcrt.LK_UNLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+        finally:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "BuildLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def build_running(model_path: str | Path) -> bool:
+    """True while some process (this one or another) holds the model's build lock. Needs only
+    read access, so a dashboard on a read-only data folder can ask too."""
+    lock = BuildLock(lock_path(model_path), probe=True)
+    try:
+        if lock.acquire():
+            lock.release()
+            return False
+    except FileNotFoundError:
+        return False
+    return True
+
+
+# --- saying what happened ----------------------------------------------------------------
+def gate_text(gate: dict[str, Any] | None) -> str:
+    from nscmonitor.engines.validate import kept_text
+
+    if not gate or "top1_agreement" not in gate:
+        return ""
+    return (f"top-1 agreement {gate['top1_agreement']:.2%}, well readout within {gate.get('well_readout_pp', 0):.2f} pp"
+            + kept_text(gate.get("kept_fp32")))
+
+
+def describe(status: EngineStatus | None, version: str | None = None) -> str:
+    """One line for status, doctor, models show and the dashboard."""
+    of = f" for {version}" if version else ""
+    if status is None:
+        return f"no engine built{of} on this machine yet"
+    if status.state == "building":
+        return f"building {status.target}{of} since {status.started_at}; scoring goes on with the engine in use"
+    if status.state == "ready":
+        secs = f", built in {status.build_seconds:.0f} s" if status.build_seconds is not None else ""
+        gate = gate_text(status.gate)
+        return f"{status.engine}{of} ready ({gate}{secs})" if gate else f"{status.engine}{of} ready{secs}"
+    return f"no int8 engine{of}: {status.reason}"
+
+
+def summary(model_path: str | Path, version: str | None = None) -> dict[str, Any]:
+    """The engine build record as plain data for ``status --json`` and ``models show``."""
+    st = read_status(model_path)
+    running = build_running(model_path)
+    out: dict[str, Any] = {"state": "building" if running else (st.state if st else "none"),
+                           "message": describe(st, version)}
+    if running and (st is None or st.state != "building"):  # started, its record not written yet
+        out["message"] = f"building an engine{' for ' + version if version else ''} on this machine; scoring " \
+                         "goes on with the engine in use"
+    if st is not None:
+        out.update({k: v for k, v in st.to_dict().items() if k in (
+            "engine", "precision", "gate", "reason", "build_seconds", "started_at", "finished_at", "target")})
+        if st.state == "building" and not running:
+            out["state"] = "interrupted"
+            out["message"] = f"the build{' for ' + version if version else ''} started {st.started_at} was interrupted; " \
+                             "it is retried at the next trigger"
+    return out
+
+
+def token(model_path: str | Path) -> str | None:
+    """Identity of the engine built here for this model: changes exactly when a new build
+    has passed its gate, which is when the daemon should reselect its engine."""
+    st = read_status(model_path)
+    if st is None or st.state != "ready":
+        return None
+    return f"{st.engine}@{st.finished_at}:{hashlib.sha1(json.dumps(st.fingerprint, sort_keys=True).encode()).hexdigest()[:8]}"
