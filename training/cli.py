@@ -10,6 +10,12 @@ from nscmonitor.core.errors import UserFacingError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_explain(sub)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a tile classifier (torch), evaluate it and export model.onnx",
                        description="Train, evaluate on held-out wells, and export a verified model.onnx into --out.")
     p.add_argument("--data", help="tiles export (tiles.csv + tiles.json) or class_name/*.tif tree")
@@ -48,6 +54,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "[retrain.train] tile_size, else the active model's field of view, else 224)")
     p.set_defaults(func=_train)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="well-level figures with 95 %% intervals of one or more runs on labelled data",
         description="Evaluate one run, or several runs (one per training seed), on labelled test data: "
@@ -77,6 +85,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="truth for simulator tiles (default: what the model was trained with)")
     p.set_defaults(func=_evaluate)
 
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="Grad-CAM heat map of a model's predicted class over an image")
     p.add_argument("model", help="RUN_DIR (needs best.pt) or a .pt checkpoint")
     p.add_argument("image")

@@ -19,8 +19,6 @@ import math
 import os
 import sys
 import time
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,259 +29,19 @@ import torch.nn.functional as F
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.training import data as D
 from nscmonitor.training import distributed as dd
-from nscmonitor.training import splits as S
 from nscmonitor.training.model import GREY_MEAN, GREY_STD, build_model, load_weights
-from nscmonitor.training.transforms import AugmentConfig, augment
+from nscmonitor.training.epochs import (_to_model_layout, amp_dtype, batches, build_optim, class_weights,
+                                        cpu_bf16_supported, evaluate, predict_logits, train_one_epoch)
+from nscmonitor.training.train_data import Split, TrainConfig, prepare_data, validation_of
+
+# batches, cpu_bf16_supported, _to_model_layout and Split are imported for the callers that
+# know them as train's (tests, distributed runs); train_data and epochs hold them.
+__all__ = ["Split", "TrainConfig", "_to_model_layout", "amp_dtype", "batches", "build_optim", "checkpoint",
+           "class_weights", "cli", "cpu_bf16_supported", "evaluate", "finish", "fit", "main", "predict_logits",
+           "prepare_data", "run_metadata", "save_atomic", "summary", "train_one_epoch", "validation_of",
+           "well_calls", "write_calibration_set"]
 
 log = logging.getLogger("nscmonitor.training")
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a run; the resolved copy is saved as RUN_DIR/config.json."""
-
-    data: str = ""
-    out: str = ""
-    scheme: str = "binary"
-    arch: str = "resnet50"
-    image_size: int | None = None
-    tile_size: int | None = None
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.05
-    balance: str = "weights"
-    min_train_h: float | None = None
-    label_mode: str = "well"
-    patience: int = 6
-    device: str = "cpu"
-    amp: bool = True
-    channels_last: bool = True
-    threads: int = 0
-    weights: str | None = None
-    resume: bool = False
-    seed: int = 0
-    val_frac: float = 0.15
-    test_frac: float = 0.15
-    export: bool = True
-    progress: bool = True
-    augment: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_sources(cls, toml_path: str | None = None, **overrides: Any) -> "TrainConfig":
-        """Defaults <- TOML file <- explicit overrides (None means 'not given')."""
-        values: dict[str, Any] = {}
-        if toml_path:
-            try:
-                with open(toml_path, "rb") as fh:
-                    doc = tomllib.load(fh)
-            except (OSError, tomllib.TOMLDecodeError) as exc:
-                raise UserFacingError(f"cannot read training config {toml_path}: {exc}") from exc
-            values.update(doc.get("train", doc))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        unknown |= {f"augment.{k}" for k in values.get("augment", {})} - {
-            f"augment.{f.name}" for f in dataclasses.fields(AugmentConfig)}
-        if unknown:
-            raise UserFacingError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
-        return cls(**values)
-
-
-@dataclass
-class Split:
-    x: np.ndarray
-    y: np.ndarray
-    records: list
-
-
-def validation_of(splits: dict[str, Split]) -> dict[str, Any]:
-    """Where validation sits (its own plate or the training plates, with the warning) and
-    the conditions training saw, for config.json and metrics.json."""
-    return S.split_summary({name: s.records for name, s in splits.items()})
-
-
-def prepare_data(cfg: TrainConfig) -> tuple[dict[str, Split], D.DataInfo, list[str], str]:
-    records, info = D.discover(cfg.data, cfg.label_mode)
-    classes = list(D.scheme_classes(cfg.scheme))
-    records, notes = D.for_scheme(records, cfg.scheme)
-    for n in notes:
-        log.warning("%s", n)
-        print(f"note: {n}")
-    records = S.assign_splits(records, val_frac=cfg.val_frac, test_frac=cfg.test_frac, seed=cfg.seed)
-    validation = S.split_summary({s: [r for r in records if r.split == s] for s in D.SPLITS})
-    if validation["warning"]:
-        log.warning("%s", validation["warning"])
-        print(f"warning: {validation['warning']}")
-    dhash = D.data_hash(records)
-    tile = cfg.tile_size or info.tile_size
-    size = cfg.image_size or tile or 64
-    splits = {}
-    for name in D.SPLITS:
-        recs = [r for r in records if r.split == name]
-        if name == "train" and cfg.min_train_h is not None:
-            recs = [r for r in recs if r.elapsed_h is None or r.elapsed_h >= cfg.min_train_h]
-        x, y, tr = D.load_arrays(recs, classes, tile_size=tile, image_size=size, progress=cfg.progress)
-        splits[name] = Split(x, y, tr)
-    if len(splits["train"].y) == 0 or len(splits["val"].y) == 0:
-        raise D.DataError("need labelled tiles in both the train and val splits")
-    cfg.image_size, cfg.tile_size = size, tile
-    return splits, info, classes, dhash
-
-
-def batches(split: Split, batch_size: int, *, shuffle: bool, weights: np.ndarray | None = None, seed: int = 0,
-            order: np.ndarray | None = None):
-    """In-memory batches: the tiles are small and decoded once, so a DataLoader's worker
-    processes would cost more than they save on a 2-core machine. ``order`` (a rank's share
-    from ``BalancedDistributedSampler``) replaces the order drawn from ``seed``."""
-    n = len(split.y)
-    if order is None:
-        rng = np.random.default_rng(seed)
-        if weights is not None:
-            p = weights[split.y]
-            order = rng.choice(n, size=n, replace=True, p=p / p.sum())
-        else:
-            order = rng.permutation(n) if shuffle else np.arange(n)
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        if shuffle and len(idx) < 2 < n:
-            break  # a lone sample breaks BatchNorm's training statistics
-        yield torch.from_numpy(split.x[idx].astype(np.float32)).unsqueeze(1), torch.from_numpy(split.y[idx])
-
-
-def class_weights(y: np.ndarray, k: int) -> np.ndarray:
-    """Inverse frequency, mean 1: rare oligodendrocytes count as much as common neurons."""
-    counts = np.bincount(y, minlength=k).astype(np.float64)
-    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / k, 0.0)
-    return w / w[counts > 0].mean()
-
-
-def cpu_bf16_supported() -> bool:
-    """bf16 pays on the CPU only with native bf16 units (AVX512-BF16 or AMX); elsewhere oneDNN
-    emulates it and training gets slower, so the answer decides whether ``amp`` uses it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError) as exc:
-        log.info("cannot tell whether this CPU has bf16 units (%s): training in fp32", exc)
-        return False
-
-
-def amp_dtype(cfg: TrainConfig, device) -> torch.dtype | None:
-    """Mixed precision for training and validation: fp16 with a loss scaler on CUDA, bf16 (no
-    scaler needed: fp32's exponent range) on CPUs with bf16 units, else none. Weights, the
-    temperature fit, the test report and the export stay fp32."""
-    if not cfg.amp:
-        return None
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu" and cpu_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def _to_model_layout(x: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
-
-
-def train_one_epoch(model, criterion, optimizer, scheduler, split: Split, device, epoch: int,
-                    cfg: TrainConfig, scaler=None, sample_weights=None, progress=None,
-                    dtype: torch.dtype | None = None, world: dd.World = dd.World()) -> dict[str, float]:
-    """One pass over this rank's share of the epoch's order; loss and accuracy are summed
-    over all ranks, so every rank returns the whole epoch's numbers."""
-    model.train()
-    aug = AugmentConfig(**cfg.augment)
-    gen = torch.Generator().manual_seed(dd.rank_seed(cfg.seed * 1000 + epoch, world.rank))
-    sampler = dd.BalancedDistributedSampler(split.y, world, weights=sample_weights, seed=cfg.seed)
-    sampler.set_epoch(epoch)
-    order = sampler.indices()
-    batch_size = dd.per_rank_batch(cfg.batch_size, world)
-    n_batches = math.ceil(len(order) / batch_size)
-    task = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches, loss=float("nan")) if progress else None
-    total, seen, correct = 0.0, 0, 0
-    for x, y in batches(split, batch_size, shuffle=True, order=order):
-        x = _to_model_layout(augment(x, aug, gen).to(device, non_blocking=True), cfg)
-        y = y.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = model(x)
-            loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        total += loss.item() * len(y)
-        seen += len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        if progress:
-            progress.update(task, advance=1, loss=total / seen)
-    if progress:
-        progress.remove_task(task)
-    total, seen, correct = dd.all_reduce_sum(np.array([total, seen, correct]), world, device)
-    return {"loss": float(total / max(seen, 1)), "accuracy": float(correct / max(seen, 1))}
-
-
-@torch.no_grad()
-def predict_logits(model, x: np.ndarray, device, batch_size: int = 128, dtype: torch.dtype | None = None,
-                   channels_last: bool = False) -> np.ndarray:
-    model.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = torch.from_numpy(x[i:i + batch_size].astype(np.float32)).unsqueeze(1).to(device)
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out.append(model(xb).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def evaluate(model, criterion, split: Split, device, batch_size: int = 128, dtype: torch.dtype | None = None,
-             channels_last: bool = False, world: dd.World = dd.World(),
-             num_classes: int | None = None) -> dict[str, float]:
-    """Validation loss, accuracy and balanced accuracy (the early-stopping score). Each rank
-    scores its share of the set; the loss sum and the confusion matrix are summed over the
-    ranks, so every rank gets the whole set's numbers and takes the same early-stopping
-    decision. ``criterion`` must average (its sum is rebuilt from the mean)."""
-    idx = dd.shard(len(split.y), world)
-    k = num_classes or int(split.y.max()) + 1
-    logits = predict_logits(model, split.x[idx], device, batch_size, dtype, channels_last)
-    y = split.y[idx]
-    loss_sum = float(criterion(torch.from_numpy(logits).to(device), torch.from_numpy(y).to(device)).item()) * len(y) \
-        if len(y) else 0.0
-    confusion = np.zeros((k, k), np.float64)
-    if len(y):
-        np.add.at(confusion, (y, logits.argmax(1)), 1)
-    sums = dd.all_reduce_sum(np.concatenate([[loss_sum], confusion.ravel()]), world, device)
-    loss_sum, confusion = sums[0], sums[1:].reshape(k, k)
-    n = confusion.sum()
-    support = confusion.sum(1)
-    present = support > 0
-    return {"loss": float(loss_sum / max(n, 1)), "accuracy": float(np.trace(confusion) / max(n, 1)),
-            "balanced_accuracy": float(np.mean(np.diag(confusion)[present] / support[present])) if present.any()
-            else None}
-
-
-def build_optim(model, cfg: TrainConfig, steps_per_epoch: int):
-    """AdamW with decoupled weight decay (not on norms and biases) and a per-step cosine
-    schedule after a linear warm-up: robust defaults for training from scratch or fine-tuning."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -359,17 +117,7 @@ def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, devic
     On several processes the model is wrapped in DistributedDataParallel; checkpoints hold
     the unwrapped model's state_dict and only rank 0 writes them."""
     classes = meta["classes"]
-    model = build_model(cfg.arch, len(classes))
-    if cfg.weights and not cfg.resume:
-        skipped = load_weights(model, cfg.weights)
-        print(f"loaded {cfg.weights} (new or reshaped: {', '.join(skipped) or 'none'})")
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if world.distributed and device.type == "cuda":
-        # BatchNorm statistics over the global batch where torch can (SyncBatchNorm is CUDA
-        # only); on the CPU each process normalises over its own share of the batch
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = _new_model(cfg, len(classes), device, world)
     cw = class_weights(splits["train"].y, len(classes))
     use_w = cfg.balance == "weights"
     criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32, device=device) if use_w else None,
@@ -418,6 +166,23 @@ def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, devic
                 f"val loss {va['loss']:.4f} acc {va['accuracy']:.3f} bal {va['balanced_accuracy']:.3f}"
                 + ("  *best" if improved else ""), soft_wrap=True)
     return state
+
+
+def _new_model(cfg: TrainConfig, num_classes: int, device, world: dd.World):
+    """The network on its device, from the given starting weights unless resuming (the
+    checkpoint's then replace them)."""
+    model = build_model(cfg.arch, num_classes)
+    if cfg.weights and not cfg.resume:
+        skipped = load_weights(model, cfg.weights)
+        print(f"loaded {cfg.weights} (new or reshaped: {', '.join(skipped) or 'none'})")
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if world.distributed and device.type == "cuda":
+        # BatchNorm statistics over the global batch where torch can (SyncBatchNorm is CUDA
+        # only); on the CPU each process normalises over its own share of the batch
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 def _wrap_ddp(model, device):
