@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.training import data as D
