@@ -47,7 +47,7 @@ from nscmonitor.engines.autobuild_status import (LOCK_NAME, LOG_NAME, NO_CALIBRA
 
 # The names above are imported for this module's own use and as its public face: callers
 # import them from here, the one entry point of build-on-arrival.
-__all__ = ["Attempt", "BuildLock", "EngineStatus", "Fingerprint", "LOCK_NAME", "LOG_NAME", "NO_BUILD_PREFERENCES",
+__all__ = ["stop_build", "Attempt", "BuildLock", "EngineStatus", "Fingerprint", "LOCK_NAME", "LOG_NAME", "NO_BUILD_PREFERENCES",
            "NO_CALIBRATION", "Progress", "STATES", "STATUS_NAME", "artefact_present", "build_command",
            "build_running", "cached_sha256", "calibration_sha256", "copy_artefacts", "decide", "describe", "ensure",
            "fingerprint", "gate_text", "gpu_names", "has_openvino", "has_tensorrt_gpu", "load_tiles_for", "lock_path",
@@ -141,6 +141,16 @@ def _recorded_no_calibration(model_path: Path, cal: str | Path | None) -> bool:
     return True
 
 
+def stop_build(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """Terminate a build process, and kill it if it has not ended after ``grace_s``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def start(model_path: str | Path, *, threads: int = 0) -> subprocess.Popen | None:
     """Start a background build when this model has no current engine outcome here; returns
     the process (for the caller to reap) or None when nothing had to start."""
@@ -176,12 +186,7 @@ def ensure(model_path: str | Path, *, calibration_dir: str | Path | None = None,
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 log.warning("the engine build for %s took longer than %.0f s; stopped", model_path, timeout)
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_build(proc)
         else:
             spawn(model_path, wait=True, calibration_dir=cal, threads=threads)
     return read_status(model_path)

@@ -63,12 +63,9 @@ class DaemonEngineBuilds:
                 proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 log.info("%s: stopping the engine build still running; the next daemon start builds again", path)
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                from nscmonitor.engines.autobuild import stop_build
+
+                stop_build(proc, grace_s=10)
             del self._procs[path]
 
     def _give_up(self, model_path: Path, reason: str) -> None:

@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import sessionmaker
@@ -19,11 +18,9 @@ from nscmonitor.store import models as m
 from nscmonitor.store.events import add_event
 from nscmonitor.store.leases import reap_expired
 
+from nscmonitor.store.times import utcnow
+
 log = logging.getLogger(__name__)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)

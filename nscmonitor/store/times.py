@@ -23,3 +23,8 @@ def from_sql(value: object) -> datetime | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     return aware(value)  # type: ignore[arg-type]
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC: every time the store writes."""
+    return datetime.now(timezone.utc)

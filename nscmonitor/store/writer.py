@@ -11,7 +11,7 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,11 +27,9 @@ from nscmonitor.store.events import add_event, record_event
 from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner
 from nscmonitor.store.readouts import recompute_readout
 
+from nscmonitor.store.times import utcnow
+
 log = logging.getLogger(__name__)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)
