@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--arch", default="tiny")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--batch-size", type=int, default=None, help="training batch (default: train's own)")
+    ap.add_argument("--min-train-h", type=float, default=None,
+                    help="train on tiles from this hour on (validation and test keep every hour)")
     ap.add_argument("--tile-size", type=int, default=128, help="tile in simulated px (1.24 um/px)")
     ap.add_argument("--image-size", type=int, default=64, help="model input in px (tiles are resized to it)")
     ap.add_argument("--train-plates", type=int, default=4,
@@ -91,9 +94,12 @@ def main() -> None:
         for seed in seeds:
             run = out / "runs" / f"{a.arch}-{scheme}-s{seed}"
             if not (run / "best.pt").is_file() or not (run / "metrics.json").is_file():
+                extra = []
+                for flag, value in (("--batch-size", a.batch_size), ("--min-train-h", a.min_train_h)):
+                    extra += [flag, str(value)] if value is not None else []
                 nscmonitor("train", "--data", str(train), "--scheme", scheme, "--arch", a.arch, "--epochs",
                            str(a.epochs), "--seed", str(seed), "--threads", str(a.threads), "--out", str(run),
-                           "--image-size", str(a.image_size), "--lr", str(a.lr), "--no-export", log=log)
+                           "--image-size", str(a.image_size), "--lr", str(a.lr), "--no-export", *extra, log=log)
             runs.append(str(run))
         ev = out / f"eval-{scheme}"
         data = [x for d in tests for x in ("--data", str(d))]
