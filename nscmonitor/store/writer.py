@@ -25,6 +25,7 @@ from nscmonitor.store import models as m
 from nscmonitor.store.claims import Claimed as Claimed, Claims  # Claimed: what the scorer gets back
 from nscmonitor.store.events import add_event, record_event
 from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner
+from nscmonitor.store.places import ensure_experiment, ensure_well
 from nscmonitor.store.readouts import recompute_readout
 
 from nscmonitor.store.times import utcnow
@@ -103,43 +104,35 @@ class Writer(Claims):
     # --- experiments, plates, wells -------------------------------------------------
     def ensure_experiment(self, name: str, *, watch_path: str | None = None,
                           induction_time: datetime | None = None) -> int:
-        name = clean(name)
-        watch_path = to_db(watch_path) if watch_path is not None else None
         with self.Session.begin() as s:
-            exp = s.scalar(select(m.Experiment).where(m.Experiment.name == name))
-            if exp is None:
-                exp = m.Experiment(name=name, watch_path=watch_path, induction_time=induction_time, created_at=utcnow())
-                s.add(exp)
-                s.flush()
-            else:
-                exp.watch_path = watch_path or exp.watch_path
-                exp.induction_time = induction_time or exp.induction_time
-            return exp.id
+            return ensure_experiment(s, clean(name), watch_path=to_db(watch_path) if watch_path is not None else None,
+                                     induction_time=induction_time)
 
     def _ensure_well(self, s: Session, experiment_id: int, plate: str, plate_format: int, key: ImageKey,
                      condition: str | None, attributes: dict[str, str] | None = None) -> tuple[int, int]:
         cache_key = (experiment_id, plate, key.well)
         hit = self._wells.get(cache_key)
-        if hit is not None:
-            return hit
-        p = s.scalar(select(m.Plate).where(m.Plate.experiment_id == experiment_id, m.Plate.name == plate))
-        if p is None:
-            p = m.Plate(experiment_id=experiment_id, name=plate, plate_format=plate_format)
-            s.add(p)
-            s.flush()
-        w = s.scalar(select(m.Well).where(m.Well.plate_id == p.id, m.Well.name == key.well))
-        if w is None:
-            w = m.Well(plate_id=p.id, name=key.well, row=key.row, col=key.col, condition=condition,
-                       attributes=attributes or None)
-            s.add(w)
-            s.flush()
-        else:
-            if condition and w.condition != condition:
-                w.condition = condition
-            if attributes and w.attributes != attributes:
-                w.attributes = attributes
-        self._wells[cache_key] = (p.id, w.id)
-        return p.id, w.id
+        if hit is None:
+            hit = self._wells[cache_key] = ensure_well(s, experiment_id, plate, plate_format, key, condition,
+                                                       attributes)
+        return hit
+
+    def _ensure_wells(self, files: list[Discovered]) -> None:
+        """The plates and wells of a batch this writer has not met yet, created in a short
+        transaction of their own, in key order: another daemon meeting the same wells waits
+        for it briefly instead of failing on the unique constraint or deadlocking, and the
+        cached ids are of committed rows even when the batch's own transaction fails."""
+        new = {}
+        for f in files:
+            if f.key is not None and f.error is None:
+                new.setdefault((f.experiment_id, f.plate or "plate", f.key.well), f)
+        todo = sorted(k for k in new if k not in self._wells)
+        if not todo:
+            return
+        with self.Session.begin() as s:
+            ids = {k: ensure_well(s, k[0], k[1], new[k].plate_format, new[k].key, new[k].condition,
+                                  new[k].attributes) for k in todo}
+        self._wells.update(ids)
 
     # --- the queue ------------------------------------------------------------------
     def known_files(self) -> dict[str, tuple[int, float]]:
@@ -155,9 +148,10 @@ class Writer(Claims):
         insert for the whole batch."""
         new = changed = 0
         now = utcnow()
+        files = [_storable(f) for f in files]
+        self._ensure_wells(files)
         with self.Session.begin() as s:
             for f in files:
-                f = _storable(f)
                 row = s.scalar(select(m.Image).where(m.Image.path == f.path))
                 if row is not None and row.size == f.size and row.mtime == f.mtime:
                     continue

@@ -1,0 +1,65 @@
+"""Experiments, plates and wells: found or created without racing another daemon.
+
+Two daemons watching folders of the same experiment and plate on one PostgreSQL database may
+meet the same new plate or well at the same moment. A plain "select, insert if missing" lets
+both insert, and the second hits the unique constraint and loses its batch. Here the row is
+inserted with ``ON CONFLICT DO NOTHING`` (PostgreSQL and SQLite both have it): the second
+insert waits for the first transaction, then does nothing, and the ``SELECT`` after it sees
+the committed row. Callers create the rows of a batch in key order, so two daemons never wait
+on each other's rows in opposite orders."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, select
+from sqlalchemy.orm import Session
+
+from nscmonitor.core.domain import ImageKey
+from nscmonitor.store import models as m
+from nscmonitor.store.times import utcnow
+
+
+def insert_missing(s: Session, table: Table, keys: tuple[str, ...], values: dict[str, Any]) -> None:
+    """Insert the row unless one with the same ``keys`` (a unique constraint) exists or is
+    being inserted by another transaction, which is waited for."""
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise ValueError(f"unsupported database {dialect!r}: nscmonitor stores in SQLite or PostgreSQL")
+    s.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=list(keys)))
+
+
+def ensure_experiment(s: Session, name: str, *, watch_path: str | None = None,
+                      induction_time: datetime | None = None) -> int:
+    """The experiment's id; its watch path and induction time are updated when given."""
+    insert_missing(s, m.Experiment.__table__, ("name",),
+                   {"name": name, "watch_path": watch_path, "induction_time": induction_time, "created_at": utcnow()})
+    exp = s.scalar(select(m.Experiment).where(m.Experiment.name == name))
+    if watch_path and exp.watch_path != watch_path:
+        exp.watch_path = watch_path
+    if induction_time and exp.induction_time != induction_time:
+        exp.induction_time = induction_time
+    return exp.id
+
+
+def ensure_well(s: Session, experiment_id: int, plate: str, plate_format: int, key: ImageKey,
+                condition: str | None, attributes: dict[str, str] | None = None) -> tuple[int, int]:
+    """(plate id, well id), both created when missing; the plate map's condition and
+    attributes for the well replace the stored ones when given and different."""
+    insert_missing(s, m.Plate.__table__, ("experiment_id", "name"),
+                   {"experiment_id": experiment_id, "name": plate, "plate_format": plate_format})
+    plate_id = s.scalar(select(m.Plate.id).where(m.Plate.experiment_id == experiment_id, m.Plate.name == plate))
+    insert_missing(s, m.Well.__table__, ("plate_id", "name"),
+                   {"plate_id": plate_id, "name": key.well, "row": key.row, "col": key.col, "condition": condition,
+                    "attributes": attributes or None})
+    w = s.scalar(select(m.Well).where(m.Well.plate_id == plate_id, m.Well.name == key.well))
+    if condition and w.condition != condition:
+        w.condition = condition
+    if attributes and w.attributes != attributes:
+        w.attributes = attributes
+    return plate_id, w.id
