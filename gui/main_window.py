@@ -178,6 +178,7 @@ class MainWindow(WindowLayout):
         self.metric_box.setCurrentIndex(keys.index(prev.key) if prev is not None and prev.key in keys else 0)
         self.metric_box.blockSignals(False)
         self._set_plate_wells(pl.cube)
+        self.time_course.set_call_rule(pl.call_rule)
         self._set_cube(pl.cube, None)
         self._models()
         self.message.setText(f"{self.experiment.name if self.experiment else ''} / {pl.plate.name}: "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nscmonitor.gui.state.readouts import PlateCube, ReadoutRows, Well, build_cube
+from nscmonitor.report.calls import RuleInUse, rule_in_use
 from nscmonitor.store import plate_reads as db
 from nscmonitor.store import reads
 from nscmonitor.store import registry
@@ -76,6 +77,14 @@ class PlateLoad:
     partial: bool = False  # only the newest time point: the full load follows
     #: (well name, time key) -> the time-aware well model's forecast (empty: none stored)
     forecasts: dict = field(default_factory=dict)
+    #: the call rule of the version shown (its metadata), or the default saying why
+    call_rule: RuleInUse = field(default_factory=lambda: rule_in_use(None, None))
+
+
+def call_rule_for(engine: Any, version: str | None) -> RuleInUse:
+    """The call rule the registered model ``version`` carries (the default, saying so, for a
+    version the registry does not know), so the dashboard calls wells as the report does."""
+    return rule_in_use(registry.version_meta(engine, version) if version else None, version)
 
 
 def plate_wells(engine: Any, plate_id: int) -> list[Well]:
@@ -103,7 +112,8 @@ def load_plate(engine: Any, plate: reads.PlateInfo, preferred: str | None, wante
     fmt = db.plate_format_for(plate.plate_format, rows)
     cube = build_cube(wells, fmt, readout_rows(cols) if cols is not None else ReadoutRows.empty())
     return PlateLoad(plate, fmt, wells, versions, version, cube, marks, time.perf_counter() - t0,
-                     partial=latest_only and version is not None, forecasts=plate_forecasts(engine, plate.id))
+                     partial=latest_only and version is not None, forecasts=plate_forecasts(engine, plate.id),
+                     call_rule=call_rule_for(engine, version))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """Time courses: the selected wells (one curve per class, band = sd) and the conditions
-(mean ± sd across replicate wells), each with the time the call became confident and stable.
+(mean ± sd across replicate wells), each with the time the call became confident and stable
+under the call rule of the model whose readouts are shown (``set_call_rule``), the rule the
+report uses too; the label under the plots says which rule that is and where it comes from.
 
 Curves are kept in ``self.curves`` (name -> x, y) so tests compare them with the store.
 """
@@ -15,6 +17,7 @@ from nscmonitor.gui.state.readouts import (ConfidentCall, PlateCube, class_serie
                                            flagged_over, mean_over_wells, metric_series, metrics_for)
 from nscmonitor.gui.widgets.chart_menu import add_save_actions
 from nscmonitor.gui.widgets.colors import class_color, condition_color
+from nscmonitor.report.calls import RuleInUse, rule_in_use
 
 pg.setConfigOptions(antialias=True, background="w", foreground="k")
 
@@ -30,7 +33,7 @@ class TimeCourse(QWidget):
         self.cube: PlateCube | None = None
         self.wells: list[str] = []
         self.t_index = 0
-        self.threshold = 0.6
+        self.rule: RuleInUse = rule_in_use(None, None)
         self.curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.calls: dict[str, object] = {}
         self.bands: dict[str, pg.FillBetweenItem] = {}  # same keys as curves: the sd band drawn
@@ -94,6 +97,12 @@ class TimeCourse(QWidget):
             self.cond_metric.blockSignals(False)
         self.redraw()
 
+    def set_call_rule(self, rule: RuleInUse) -> None:
+        """The rule of the model version shown; redraws when it changes the calls."""
+        if rule != self.rule:
+            self.rule = rule
+            self.redraw()
+
     def set_wells(self, wells: list[str]) -> None:
         self.wells = list(wells)
         self.redraw()
@@ -113,7 +122,7 @@ class TimeCourse(QWidget):
         if cube is None or cube.n_times == 0:
             self.call_label.setText("No readouts yet for this plate.")
             return
-        notes = [self._draw_wells(cube), self._draw_conditions(cube)]
+        notes = [self._draw_wells(cube), self._draw_conditions(cube), f"Call rule: {self.rule.text()}."]
         self.call_label.setText("  ".join(n for n in notes if n))
         self._time_lines()
 
@@ -154,11 +163,12 @@ class TimeCourse(QWidget):
                     symbolPen=None, name=cls)
         if which != "prob":
             return ""
-        call = confident_call(np.stack(means, axis=1), x, cube.classes, threshold=self.threshold,
-                              flagged=flagged_over(cube, idx))
+        call = confident_call(np.stack(means, axis=1), x, cube.classes, threshold=self.rule.rule.threshold,
+                              min_points=self.rule.rule.min_points, flagged=flagged_over(cube, idx))
         self.calls["wells"] = call
         if call is None:
-            return f"Selected wells: no confident, stable call yet (top class ≥ {self.threshold:.0%} until the last time point)."
+            return (f"Selected wells: no confident, stable call yet (top class ≥ {self.rule.rule.threshold:.0%} "
+                    "until the last time point).")
         self._call_marker(pi, call, class_color(call.cls, cube.classes.index(call.cls)))
         return (f"Selected wells: confident call <b>{call.cls}</b> from {call.elapsed_h:.1f} h "
                 f"(P = {call.probability:.2f})" + (" — before 24 h: treat as early" if call.early else "") + ".")
@@ -184,7 +194,8 @@ class TimeCourse(QWidget):
             label = f"{i + 1}. {s.condition}" if s.condition in order else s.condition
             pi.plot(xs, ys, pen=pg.mkPen(color, width=2), name=f"{label} (n={len(s.wells)})")
             probs = mean_over_wells(cube, s.wells)
-            call = confident_call(probs, x, cube.classes, threshold=self.threshold,
+            call = confident_call(probs, x, cube.classes, threshold=self.rule.rule.threshold,
+                                  min_points=self.rule.rule.min_points,
                                   flagged=flagged_over(cube, [cube.well_index(w) for w in s.wells]))
             self.calls[f"condition:{s.condition}"] = call
             if call is not None:

@@ -110,7 +110,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pdf", action="store_true", help="also write <output>.pdf (needs Chromium or Chrome)")
     p.add_argument("--times", type=hours_arg, metavar="H1,H2,...",
                    help="plate maps at these hours since induction (nearest time point; default: first, middle, last)")
-    p.add_argument("--threshold", type=bounded(float, 0.0, 1.0, "a probability"), default=0.6,
-                   help="top-class probability a confident call needs (default 0.6)")
+    p.add_argument("--threshold", type=bounded(float, 0.0, 1.0, "a probability"), default=None,
+                   help="top-class probability a confident call needs (default: the call rule the model "
+                        "carries, chosen on its validation wells; 0.6 over 2 time points for a model without one)")
     p.add_argument("--model-version", help="readouts of this model version (default: the active one)")
     p.set_defaults(func=cmd_report)

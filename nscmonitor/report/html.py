@@ -27,7 +27,8 @@ import numpy as np
 
 from nscmonitor import __version__
 from nscmonitor.core.queue import PROBLEMS, QueueState
-from nscmonitor.report.calls import ConfidentCall, confident_call, replicate_stats
+from nscmonitor.core.calibration import CallRule
+from nscmonitor.report.calls import ConfidentCall, RuleInUse, confident_call, replicate_stats, rule_in_use
 from nscmonitor.report.figures import Series, WellCell, condition_color, plate_map_svg, time_course_svg
 from nscmonitor.report.prism import condition_columns
 from nscmonitor.report.tables import PlateGrid, experiment_grids
@@ -129,18 +130,19 @@ def _slug(*parts: str) -> str:
     return "_".join("".join(ch if ch.isalnum() or ch in "-" else "-" for ch in p) for p in parts)
 
 
-def well_calls(grid: PlateGrid, threshold: float) -> list[ConfidentCall | None]:
-    return [confident_call(grid.prob_mean[:, w, :], grid.elapsed_h, grid.classes, threshold=threshold,
-                           flagged=None if grid.n_ood is None else grid.n_ood[:, w])
+def well_calls(grid: PlateGrid, rule: CallRule) -> list[ConfidentCall | None]:
+    return [confident_call(grid.prob_mean[:, w, :], grid.elapsed_h, grid.classes, threshold=rule.threshold,
+                           min_points=rule.min_points, flagged=None if grid.n_ood is None else grid.n_ood[:, w])
             for w in range(len(grid.wells))]
 
 
-def condition_calls(grid: PlateGrid, threshold: float) -> dict[str, ConfidentCall | None]:
+def condition_calls(grid: PlateGrid, rule: CallRule) -> dict[str, ConfidentCall | None]:
     out = {}
     for cond, idx in condition_columns(grid):
         mean, _, _ = replicate_stats(grid.prob_mean[:, idx, :])
         flagged = None if grid.n_ood is None else np.nansum(grid.n_ood[:, idx], axis=1)
-        out[cond] = confident_call(mean, grid.elapsed_h, grid.classes, threshold=threshold, flagged=flagged)
+        out[cond] = confident_call(mean, grid.elapsed_h, grid.classes, threshold=rule.threshold,
+                                   min_points=rule.min_points, flagged=flagged)
     return out
 
 
@@ -158,9 +160,9 @@ def _plate_maps(grid: PlateGrid, times: list[int]) -> str:
     return "".join(parts)
 
 
-def _time_courses(grid: PlateGrid, threshold: float) -> str:
+def _time_courses(grid: PlateGrid, rule: CallRule) -> str:
     groups = condition_columns(grid)
-    calls = condition_calls(grid, threshold)
+    calls = condition_calls(grid, rule)
     parts = []
     for k, cls in enumerate(grid.classes):
         series = []
@@ -177,7 +179,7 @@ def _time_courses(grid: PlateGrid, threshold: float) -> str:
     for cond, idx in groups:
         call = calls.get(cond)
         if call is None:
-            txt = f"no confident, stable call yet (top class ≥ {threshold:.0%} up to the last time point)"
+            txt = f"no confident, stable call yet (top class ≥ {rule.threshold:.0%} up to the last time point)"
         else:
             txt = (f"<b>{escape(call.cls)}</b> from {call.elapsed_h:.1f} h (P = {call.probability:.2f})"
                    + (' <span class="early">before 24 h: treat as early</span>' if call.early else ""))
@@ -187,8 +189,8 @@ def _time_courses(grid: PlateGrid, threshold: float) -> str:
     return "".join(parts) + table
 
 
-def _calls_table(grid: PlateGrid, threshold: float) -> str:
-    calls = well_calls(grid, threshold)
+def _calls_table(grid: PlateGrid, rule: CallRule) -> str:
+    calls = well_calls(grid, rule)
     attrs = grid.attribute_names
     head = (["plate", "well", "condition"] + attrs + ["call", "from (h)", "P at call", "last time (h)"]
             + [f"P({c}) last" for c in grid.classes] + ["images"])
@@ -269,11 +271,14 @@ def _provenance(version: str | None, meta: dict, by_time: dict, source: str, sum
 
 def build_report(repo: Repo, experiment: str, *, times: Sequence[float] | None = None,
                  model_version: str | None = None, active: Callable[[], str | None] | None = None,
-                 threshold: float = 0.6, generated_at: datetime | None = None) -> tuple[str, str | None]:
-    """(the page, the model version it shows)."""
+                 threshold: float | None = None, generated_at: datetime | None = None) -> tuple[str, str | None]:
+    """(the page, the model version it shows). Calls follow the call rule of that model
+    (``report.calls.rule_in_use``); ``threshold`` overrides its probability threshold."""
     exp_id, version, grids = experiment_grids(repo, experiment, model_version, active)
     summary = image_summary(repo, exp_id, version)
     meta, by_time, source = _validation(repo, version)
+    in_use = _rule(repo, version, threshold)
+    rule = in_use.rule
     now = (generated_at or datetime.now(timezone.utc)).astimezone(timezone.utc)
     n_wells = sum(len(g.wells) for g in grids)
     n_times = max((len(g.time_keys) for g in grids), default=0)
@@ -285,8 +290,8 @@ def build_report(repo: Repo, experiment: str, *, times: Sequence[float] | None =
             + (f" up to {last_h:.1f} h since induction" if np.isfinite(last_h) else "") + "; "
             f"{sum(summary.by_status.values())} images, {summary.by_status.get(QueueState.DONE, 0)} scored, "
             f"{summary.qc_failed} failed QC, {summary.by_status.get(QueueState.QUARANTINED, 0)} quarantined. "
-            f"A call is confident from the first time point after which the top class stays the same at "
-            f"P ≥ {threshold:.2f} (at least two time points).</p></section>",
+            "A call is confident from the first time point after which the top class stays the same at "
+            f"{escape(in_use.text())}.</p></section>",
             '<section id="plate-maps"><h2>Plate maps</h2>']
     if not grids:
         body.append("<p>No readouts yet.</p>")
@@ -294,17 +299,28 @@ def build_report(repo: Repo, experiment: str, *, times: Sequence[float] | None =
         body.append(_plate_maps(g, pick_times(g, times)))
     body.append('</section><section id="time-courses"><h2>Time courses by condition</h2>')
     for g in grids:
-        body.append(_time_courses(g, threshold))
+        body.append(_time_courses(g, rule))
     body.append('</section><section id="calls"><h2>Calls per well</h2>'
                 "<p class=sub>P(class) last: the well's readout at its last time point (the tidy CSV's prob_mean).</p>")
     for g in grids:
-        body.append(_calls_table(g, threshold))
+        body.append(_calls_table(g, rule))
     body.append('</section><section id="qc"><h2>QC and quarantine</h2>' + _qc(summary) + "</section>")
     body.append('<section id="provenance"><h2>Provenance</h2>' + _provenance(version, meta, by_time, source, summary)
                 + "</section>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{escape(experiment)}: nscmonitor report</title><style>{CSS}</style></head><body>"
             + "\n".join(body) + "</body></html>\n"), version
+
+
+def _rule(repo: Repo, version: str | None, threshold: float | None) -> RuleInUse:
+    """The model's call rule (registered metadata), with an asked threshold in its place."""
+    from nscmonitor.store.registry import version_meta
+
+    in_use = rule_in_use(version_meta(repo.engine, version) if version else None, version)
+    if threshold is None:
+        return in_use
+    return RuleInUse(CallRule(float(threshold), in_use.rule.min_points),
+                     f"threshold asked for; persistence: {in_use.source}", False)
 
 
 def write_report(repo: Repo, experiment: str, out: Path, **kw) -> tuple[Path, str | None]:

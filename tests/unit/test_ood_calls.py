@@ -44,6 +44,7 @@ def test_cube_keeps_flag_counts_through_merges() -> None:
 
 
 def test_the_html_report_leaves_flagged_time_points_out_of_its_calls() -> None:
+    from nscmonitor.core.calibration import CallRule
     from nscmonitor.report.html import condition_calls, well_calls
     from nscmonitor.report.tables import PlateGrid, WellInfo
 
@@ -55,6 +56,6 @@ def test_the_html_report_leaves_flagged_time_points_out_of_its_calls() -> None:
     grid = PlateGrid("E", "P", "v1", CLASSES, (WellInfo("A01", 0, 0, "c", {}), WellInfo("A02", 0, 1, "c", {})),
                      np.arange(t), np.array([0.0, 24.0, 48.0, 72.0]), (None,) * t, probs, probs * 0.1, probs,
                      np.full((t, w), 3), np.zeros((t, w)), n_ood)
-    a01, a02 = well_calls(grid, 0.6)
+    a01, a02 = well_calls(grid, CallRule(0.6, 2))
     assert (a01.elapsed_h, a02.elapsed_h) == (48.0, 24.0)
-    assert condition_calls(grid, 0.6)["c"].elapsed_h == 48.0
+    assert condition_calls(grid, CallRule(0.6, 2))["c"].elapsed_h == 48.0

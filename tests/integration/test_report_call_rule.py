@@ -1,0 +1,81 @@
+"""The report calls wells with the call rule the serving model carries (chosen on its
+validation wells, read from its registered metadata), and says which rule that is; a model
+without one gets the default rule, said as such. Real parts: a tiny ONNX model with the rule
+written into its metadata, the registry, the daemon's runner on real TIFFs, a SQLite store."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from call_rule_store import STRICT, build_store
+
+
+@pytest.fixture(scope="module")
+def strict_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    return build_store(tmp_path_factory.mktemp("strict"), STRICT)
+
+
+def _repo(url: str):
+    from nscmonitor.store.db import open_readonly
+    from nscmonitor.store.reads import Repo
+
+    return Repo(open_readonly(url))
+
+
+def _called(page: str) -> dict[str, str]:
+    """Well -> the calls table's call cell."""
+    table = page[page.index('<table class="calls">'):]
+    table = table[:table.index("</table>")]
+    return {m.group(1): re.findall(r"<td[^>]*>(.*?)</td>", m.group(2))[3]
+            for m in re.finditer(r'<tr data-plate="[^"]*" data-well="([^"]+)">(.*?)</tr>', table)}
+
+
+def test_the_report_calls_wells_with_the_models_rule(strict_store: tuple[str, str]) -> None:
+    from nscmonitor.core.calibration import CallRule
+    from nscmonitor.report.html import build_report, well_calls
+    from nscmonitor.report.tables import experiment_grids
+
+    url, version = strict_store
+    repo = _repo(url)
+    (grid,) = experiment_grids(repo, "E1", version)[2]
+    by_default = [c.cls if c else "—" for c in well_calls(grid, CallRule())]
+    assert set(by_default) != {"—"}, "premise: the default rule calls some of these wells"
+
+    page, shown = build_report(repo, "E1")
+    assert shown == version
+    assert set(_called(page).values()) == {"—"}, "none reaches the model's P >= 0.9"
+    assert f"P ≥ 0.90 over at least 2 time points (chosen on the validation wells of model {version})" in page
+
+    asked, _ = build_report(repo, "E1", threshold=0.6)  # the --threshold override, persistence kept
+    assert list(_called(asked).values()) == by_default
+    assert "threshold asked for" in asked
+
+
+def test_a_model_without_a_rule_gets_the_default_said_as_such(tmp_path: Path) -> None:
+    from nscmonitor.core.calibration import CallRule
+    from nscmonitor.report.html import build_report, well_calls
+    from nscmonitor.report.tables import experiment_grids
+
+    url, version = build_store(tmp_path, None)
+    repo = _repo(url)
+    page, _ = build_report(repo, "E1")
+    assert f"P ≥ 0.60 over at least 2 time points (default rule: model {version} carries none)" in page
+    (grid,) = experiment_grids(repo, "E1", version)[2]
+    assert list(_called(page).values()) == [c.cls if c else "—" for c in well_calls(grid, CallRule())]
+
+
+def test_rule_in_use_reads_the_metadata_and_falls_back_with_the_reason() -> None:
+    from nscmonitor.core.calibration import CallRule
+    from nscmonitor.report.calls import rule_in_use
+
+    chosen = rule_in_use({"extra": {"call_rule": {"threshold": 0.75, "min_points": 3}}}, "v7")
+    assert chosen.rule == CallRule(0.75, 3) and chosen.from_model
+    assert "over at least 3 time points (chosen on the validation wells of model v7)" in chosen.text()
+    for meta, version, why in [(None, None, "no model"), (None, "v7", "not in the registry"),
+                               ({"extra": {}}, "v7", "carries none"),
+                               ({"extra": {"call_rule": {"threshold": 2.0, "min_points": 1}}}, "v7", "threshold in")]:
+        got = rule_in_use(meta, version)
+        assert got.rule == CallRule() and not got.from_model and why in got.source
