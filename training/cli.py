@@ -39,8 +39,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-export", dest="export", action="store_false", default=None)
     p.add_argument("--no-engine", action="store_true",
                    help="do not build this machine's engine (int8 / TensorRT, gated against fp32) beside model.onnx")
-    p.add_argument("--label-mode", choices=("well", "tile"),
-                   help="simulator tiles: label each tile with its well's fate (well) or its cells' majority (tile)")
+    p.add_argument("--label-mode", choices=("well", "tile", "endpoint"),
+                   help="simulator tiles: label each tile with its well's recipe fate (well), its well's "
+                        "live-cell majority at its last time point (endpoint) or its own cells' majority (tile)")
     p.add_argument("--min-train-h", type=float, help="train only on tiles at or after this many hours")
     p.add_argument("--from-store", action="store_true",
                    help="train on the database's scored images of the wells labelled with 'nscmonitor labels import' "
@@ -81,7 +82,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the well bootstrap (default 0)")
     p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 2000)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--label-mode", choices=("well", "tile"),
+    p.add_argument("--label-mode", choices=("well", "tile", "endpoint"),
                    help="truth for simulator tiles (default: what the model was trained with)")
     p.set_defaults(func=_evaluate)
 

@@ -30,7 +30,7 @@ from nscmonitor.core.domain import BINARY, GLIA, MULTICLASS
 from nscmonitor.core.errors import UserFacingError
 
 SPLITS = ("train", "val", "test")
-LABEL_MODES = ("well", "tile")
+LABEL_MODES = ("well", "tile", "endpoint")
 P_LOW, P_HIGH = 1.0, 99.8
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
@@ -129,6 +129,8 @@ def read_tiles_export(root: str | Path, label_mode: str = "tile") -> tuple[list[
                     tuple(meta.get("classes", MULTICLASS)))
     if label_mode == "well":
         records = well_labels(records, meta.get("conditions") or {})
+    elif label_mode == "endpoint":
+        records = endpoint_labels(records)
     return records, info
 
 
@@ -158,6 +160,23 @@ def well_labels(records: Sequence[TileRecord], conditions: dict[str, dict]) -> l
         out.append(replace(r, label=cond.label if cond else votes[r.well_key].most_common(1)[0][0],
                            binary=cond.binary if cond else None))
     return out
+
+
+def endpoint_labels(records: Sequence[TileRecord]) -> list[TileRecord]:
+    """Every tile takes the majority fate of its well's live cells at the well's last time
+    point (the mean of those tiles' fractions): what an end-point stain counts. A recipe's
+    nominal fate can differ from it (in a "mixed" well astrocytes outgrow neurons), and a
+    model taught the recipe's fate learns to call astrocyte-rich fields neuron."""
+    last: dict[tuple, float] = {}
+    for r in records:
+        if r.fractions and r.elapsed_h is not None:
+            last[r.well_key] = max(last.get(r.well_key, r.elapsed_h), r.elapsed_h)
+    shares: dict[tuple, Counter] = defaultdict(Counter)
+    for r in records:
+        if r.well_key in last and r.elapsed_h == last[r.well_key]:
+            shares[r.well_key].update(r.fractions)
+    return [replace(r, label=max(shares[r.well_key], key=shares[r.well_key].get)) if shares.get(r.well_key) else r
+            for r in records]
 
 
 def read_image_folder(root: str | Path) -> tuple[list[TileRecord], DataInfo]:

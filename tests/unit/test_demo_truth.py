@@ -1,0 +1,71 @@
+"""What the demo counts as a right well readout, and the end-point labels its model learns from."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from nscmonitor.cli.demo import FATES, plate_summary, right_call
+from nscmonitor.training import data as D
+
+# well -> (condition, live cells per fate at 72 h)
+WELLS = {
+    "A07": ("mixed", (20, 42, 10, 28)),           # a mixed well: astrocytes outgrew the neurons
+    "A11": ("neuron-low-dose", (27, 30, 3, 40)),  # most cells stay undifferentiated
+    "A01": ("neuron-directed", (45, 25, 5, 25)),
+}
+
+
+def _write(tmp_path: Path, calls: dict[str, dict[str, float]]) -> tuple[Path, Path]:
+    manifest, report = tmp_path / "manifest.csv", tmp_path / "report.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["well", "field", "elapsed_h", "condition", *(f"n_{f}" for f in FATES)])
+        for well, (cond, n) in WELLS.items():
+            for field in (1, 2):  # the shares are summed over the fields
+                w.writerow([well, field, 72.0, cond, *(v // 2 for v in n)])
+            w.writerow([well, 1, 64.0, cond, 0, 0, 0, 1])  # before 72 h: not judged
+    with report.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["well", "elapsed_h", "class", "prob_mean"])
+        for well, probs in calls.items():
+            for h in (64.0, 72.0):
+                for cls, p in probs.items():
+                    w.writerow([well, h, cls, p])
+    return manifest, report
+
+
+def _counts(lines: list[str]) -> dict[str, tuple[str, str]]:
+    return {ln.split()[0]: (ln.split()[1], ln.split()[2]) for ln in lines[2:]}
+
+
+def test_wells_are_judged_by_their_live_cells_not_the_recipe(tmp_path):
+    manifest, report = _write(tmp_path, {
+        "A07": {"neuron": 0.2, "astrocyte": 0.5, "oligodendrocyte": 0.1, "undifferentiated": 0.2},
+        "A11": {"neuron": 0.5, "astrocyte": 0.2, "oligodendrocyte": 0.1, "undifferentiated": 0.2},
+        "A01": {"neuron": 0.6, "astrocyte": 0.2, "oligodendrocyte": 0.1, "undifferentiated": 0.1},
+    })
+    got = _counts(plate_summary(report, manifest))
+    assert got["mixed"] == ("1/1", "0/1")            # astrocyte: what the well shows, not the recipe's neuron
+    assert got["neuron-low-dose"] == ("0/1", "1/1")  # neuron: 13 points below the undifferentiated share
+    assert got["neuron-directed"] == ("1/1", "1/1")
+
+
+def test_a_fate_within_the_tie_of_the_majority_is_right_and_one_further_off_is_not():
+    shares = dict(zip(FATES, (0.27, 0.30, 0.03, 0.40)))
+    assert right_call("undifferentiated", shares)
+    assert not right_call("astrocyte", shares)  # 0.10 below
+    assert right_call("astrocyte", shares, tie=0.12)
+    assert not right_call("oligodendrocyte", shares, tie=0.12)
+
+
+def test_endpoint_labels_take_the_majority_of_the_wells_cells_at_its_last_time_point():
+    def rec(well, h, fr, label="neuron"):
+        return D.TileRecord(path=f"{well}_{h}.tif", label=label, plate="P1", well=well, elapsed_h=h,
+                            condition="mixed", fractions=dict(zip(FATES, fr)))
+
+    records = [rec("A07", 24.0, (0.6, 0.2, 0.1, 0.1)),   # early: neuron-rich, not the end point
+               rec("A07", 120.0, (0.3, 0.5, 0.1, 0.1)), rec("A07", 120.0, (0.2, 0.3, 0.1, 0.4)),
+               rec("B07", 120.0, (0.5, 0.1, 0.1, 0.3), label="astrocyte")]
+    out = D.endpoint_labels(records)
+    assert [r.label for r in out] == ["astrocyte", "astrocyte", "astrocyte", "neuron"]
