@@ -47,20 +47,31 @@ def _admin(url: str, sql: str) -> None:
         c.execute(sql)
 
 
-def run_once(url: str, watch: Path, model: Path, work: Path) -> tuple[float, int]:
+def run_once(url: str, watch: Path, model: Path, work: Path) -> tuple[float, int, int]:
+    """Seconds for the backlog, predictions stored, and SQL statements the daemon's engine sent
+    (claims, results, readouts, heartbeats, queue counts: everything of the run)."""
+    from sqlalchemy import event
+
     settings = parse_settings({"database_url": url, "models_dir": str(work / "models"), "log_dir": str(work / "logs"),
                                "threads": 1, "watch": [{"path": str(watch), "experiment": "bench",
                                                         "quiet_seconds": 0.0}]}, env={})
     runner = build_runner(settings, model=model)
+    statements = [0]
+
+    def count(*_args) -> None:
+        statements[0] += 1
+
+    event.listen(runner.store.engine, "before_cursor_execute", count)
     t0 = time.perf_counter()
     runner.run(once=True)
     took = time.perf_counter() - t0
+    event.remove(runner.store.engine, "before_cursor_execute", count)
     with runner.store.engine.connect() as c:
         from sqlalchemy import text
 
         done = c.execute(text("SELECT COUNT(*) FROM predictions")).scalar()
     runner.store.engine.dispose()
-    return took, int(done)
+    return took, int(done), statements[0]
 
 
 def main() -> int:
@@ -75,6 +86,8 @@ def main() -> int:
         print("no PostgreSQL server: pass --pg-url or start one with .ci/postgres.sh start", file=sys.stderr)
         return 2
     results: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
+    per_image: dict[str, list[float]] = {"sqlite": [], "postgresql": []}
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         watch = work / "frames"
@@ -93,7 +106,7 @@ def main() -> int:
                     _admin(args.pg_url, f'CREATE DATABASE "{name}"')
                     url = make_url(args.pg_url).set(database=name).render_as_string(hide_password=False)
                 try:
-                    took, done = run_once(url, watch, model, work / f"{backend}{rep}")
+                    took, done, statements = run_once(url, watch, model, work / f"{backend}{rep}")
                 finally:
                     if backend == "postgresql":
                         _admin(args.pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -101,7 +114,10 @@ def main() -> int:
                     print(f"{backend}: scored {done} of {args.images}", file=sys.stderr)
                     return 1
                 results[backend].append(args.images / took)
-                print(f"  run {rep + 1} {backend:<10} {args.images / took:7.1f} images/s", flush=True)
+                per_image[backend].append(statements / args.images)
+                load.append(os.getloadavg()[0])
+                print(f"  run {rep + 1} {backend:<10} {args.images / took:7.1f} images/s  "
+                      f"{statements / args.images:5.1f} statements/image  load {load[-1]:.1f}", flush=True)
     med = {k: statistics.median(v) for k, v in results.items()}
     ratio = med["postgresql"] / med["sqlite"]
     cpu = platform.processor() or platform.machine()
@@ -110,15 +126,17 @@ def main() -> int:
                    if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    print(f"\n{'backend':<12}{'images/s (median)':>20}{'runs':>30}")
+    print(f"\n{'backend':<12}{'images/s (median)':>20}{'statements/image':>18}{'runs':>30}")
     for k, v in results.items():
-        print(f"{k:<12}{med[k]:>20.1f}{'  '.join(f'{x:.1f}' for x in v):>30}")
+        print(f"{k:<12}{med[k]:>20.1f}{statistics.median(per_image[k]):>18.1f}"
+              f"{'  '.join(f'{x:.1f}' for x in v):>30}")
     print(f"PostgreSQL / SQLite: {ratio:.2f}  ({args.images} frames {args.shape[0]}x{args.shape[1]}, tiny model, "
-          f"1 thread; {cpu}, {os.cpu_count()} logical CPUs)")
+          f"1 thread; {cpu}, {os.cpu_count()} logical CPUs; load average {load[0]:.1f} -> {load[-1]:.1f})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"images": args.images, "shape": list(args.shape), "repeats": args.repeats,
-                               "images_per_s": results, "median": med, "postgresql_over_sqlite": ratio,
+                               "images_per_s": results, "median": med,
+                               "statements_per_image": per_image, "load_average": load, "postgresql_over_sqlite": ratio,
                                "cpu": cpu, "logical_cpus": os.cpu_count(), "pg": masked(args.pg_url)}, indent=2))
     print(f"wrote {out}")
     return 0

@@ -74,40 +74,42 @@ class Claims:
         skipped (``FOR UPDATE SKIP LOCKED``), so no image is handed out twice, and each
         claimed row carries this writer's lease until ``now_ts + lease_s``."""
         now = utcnow()
+        scored = (select(m.Prediction.id).where(m.Prediction.image_id == m.Image.id,
+                                                m.Prediction.model_version == model_version).exists())
+        fields = (m.Image.id, m.Image.path, m.Image.relpath, m.Image.experiment_id, m.Image.well_id,
+                  m.Image.time_key, m.Image.attempts, m.Image.content_hash, m.Image.channel, m.Image.error,
+                  scored.label("scored"))
         with self.Session.begin() as s:
             while True:
-                rows = list(s.scalars(
-                    select(m.Image)
-                    .where(m.Image.status.in_((QueueState.PENDING, QueueState.FAILED)),
-                           m.Image.next_attempt_at <= now_ts)
-                    .order_by(m.Image.id).limit(n).with_for_update(skip_locked=True)
-                ).all())
+                rows = s.execute(
+                    select(*fields).where(m.Image.status.in_((QueueState.PENDING, QueueState.FAILED)),
+                                          m.Image.next_attempt_at <= now_ts)
+                    .order_by(m.Image.id).limit(n).with_for_update(skip_locked=True, of=m.Image)).all()
                 spent = [r for r in rows if r.attempts >= max_attempts]
                 for r in spent:
-                    r.status = QueueState.QUARANTINED
-                    last = f" (last error: {r.error})" if r.error else ""
-                    r.error = (f"gave up after {r.attempts} attempts: processing this image never finished, "
-                               f"the daemon stopped during it{last}")
-                    r.updated_at = now
-                    add_event(s, "quarantined", r.error, level="warning", path=r.path, at=now)
-                    log.warning("%s: %s", r.path, r.error)
+                    self._give_up(s, r, now)
                 if not spent:
                     break
-                s.flush()
             if not rows:  # rescoring for a newly promoted model only when nothing new waits
-                rows = list(s.scalars(select(m.Image).where(m.Image.status == QueueState.RESCORE)
-                                      .order_by(m.Image.id.desc()).limit(n)
-                                      .with_for_update(skip_locked=True)).all())
-            scored = set(s.scalars(select(m.Prediction.image_id).where(
-                m.Prediction.image_id.in_([r.id for r in rows]), m.Prediction.model_version == model_version)))
-            out = []
-            for r in rows:
-                r.status = QueueState.PROCESSING
-                r.attempts += 1
-                r.lease_owner, r.lease_expires_at = self.owner, now_ts + self.lease_s
-                out.append(Claimed(r.id, from_db(r.path), r.relpath, r.experiment_id, r.well_id, r.time_key, r.attempts,
-                                   r.content_hash, r.channel, r.id in scored))
-            return out
+                rows = s.execute(select(*fields).where(m.Image.status == QueueState.RESCORE)
+                                 .order_by(m.Image.id.desc()).limit(n)
+                                 .with_for_update(skip_locked=True, of=m.Image)).all()
+            if rows:
+                s.execute(update(m.Image.__table__).where(m.Image.__table__.c.id.in_([r.id for r in rows]))
+                          .values(status=QueueState.PROCESSING, attempts=m.Image.__table__.c.attempts + 1,
+                                  lease_owner=self.owner, lease_expires_at=now_ts + self.lease_s))
+            return [Claimed(r.id, from_db(r.path), r.relpath, r.experiment_id, r.well_id, r.time_key, r.attempts + 1,
+                            r.content_hash, r.channel, bool(r.scored)) for r in rows]
+
+    def _give_up(self, s, r, now) -> None:
+        """A claimable image whose attempts are used up: quarantined with the reason."""
+        last = f" (last error: {r.error})" if r.error else ""
+        error = (f"gave up after {r.attempts} attempts: processing this image never finished, "
+                 f"the daemon stopped during it{last}")
+        s.execute(update(m.Image.__table__).where(m.Image.__table__.c.id == r.id)
+                  .values(status=QueueState.QUARANTINED, error=error, updated_at=now))
+        add_event(s, "quarantined", error, level="warning", path=r.path, at=now)
+        log.warning("%s: %s", r.path, error)
 
     def unchanged(self, image_id: int) -> None:
         """Touched but identical content, already scored by this model: nothing to redo."""

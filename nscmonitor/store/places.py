@@ -21,9 +21,8 @@ from nscmonitor.store import models as m
 from nscmonitor.store.times import utcnow
 
 
-def insert_missing(s: Session, table: Table, keys: tuple[str, ...], values: dict[str, Any]) -> None:
-    """Insert the row unless one with the same ``keys`` (a unique constraint) exists or is
-    being inserted by another transaction, which is waited for."""
+def _insert_for(s: Session):
+    """The dialect's ``insert`` with ``ON CONFLICT`` (PostgreSQL and SQLite both have it)."""
     dialect = s.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -31,7 +30,22 @@ def insert_missing(s: Session, table: Table, keys: tuple[str, ...], values: dict
         from sqlalchemy.dialects.sqlite import insert
     else:
         raise ValueError(f"unsupported database {dialect!r}: nscmonitor stores in SQLite or PostgreSQL")
-    s.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=list(keys)))
+    return insert
+
+
+def insert_missing(s: Session, table: Table, keys: tuple[str, ...], values: dict[str, Any]) -> None:
+    """Insert the row unless one with the same ``keys`` (a unique constraint) exists or is
+    being inserted by another transaction, which is waited for."""
+    s.execute(_insert_for(s)(table).values(**values).on_conflict_do_nothing(index_elements=list(keys)))
+
+
+def upsert(s: Session, table: Table, keys: tuple[str, ...], rows: list[dict[str, Any]],
+           replace: tuple[str, ...]) -> None:
+    """Insert ``rows`` (one statement per 500), or where a row with the same ``keys`` exists,
+    replace its ``replace`` columns with the new row's."""
+    for start in range(0, len(rows), 500):
+        stmt = _insert_for(s)(table).values(rows[start:start + 500])
+        s.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_={c: stmt.excluded[c] for c in replace}))
 
 
 def ensure_experiment(s: Session, name: str, *, watch_path: str | None = None,

@@ -1,37 +1,70 @@
 """Well readouts (``well_readouts``): one row per well, time and model version, aggregated
-from the well's scored images by ``core.aggregate`` whenever one of them is stored."""
+from the well's scored images by ``core.aggregate`` whenever one of them is stored.
+
+A stored batch touches a few (well, time) keys; all of them are recomputed with one read of
+their images and one upsert, whatever their number: on PostgreSQL each statement is a round
+trip to the server, and one query per key was most of the store's time per image."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from nscmonitor.core.aggregate import ImageScore, well_aggregate
 from nscmonitor.core.calibration import WellCalibration
 from nscmonitor.core.queue import QueueState
 from nscmonitor.store import models as m
+from nscmonitor.store.places import upsert
+
+#: what a readout is computed from: a scored image of the key and its prediction by the version
+_SOURCE = (m.Image.well_id, m.Image.time_key, m.Image.qc_passed, m.Image.elapsed_h, m.Image.acquired_at,
+           m.Image.timepoint, m.Prediction.prob_mean, m.Prediction.prob_sd, m.Prediction.fraction,
+           m.Prediction.n_tiles, m.Prediction.confidence, m.Prediction.classes, m.Prediction.ood)
+#: the readout's columns an upsert replaces (its key stays)
+_VALUES = ("plate_id", "timepoint", "elapsed_h", "acquired_at", "classes", "prob_mean", "prob_sd", "fraction",
+           "n_images", "n_tiles", "n_qc_failed", "confidence", "n_ood", "updated_at")
 
 
-def recompute_readout(s: Session, well_id: int, time_key: int, version: str, now: datetime,
-                      calibration: WellCalibration | None = None) -> None:
-    """The readout of one well at one time for one model version, from all its scored images
-    (called inside the transaction that stored them, so readout and images never disagree).
-    A well with neither a prediction nor a QC failure gets no readout. ``calibration``: the
-    serving model's well calibration (None: the plain mean, as for models without one)."""
-    imgs = s.execute(
-        select(m.Image.id, m.Image.qc_passed, m.Image.elapsed_h, m.Image.acquired_at, m.Image.timepoint,
-               m.Prediction.prob_mean, m.Prediction.prob_sd, m.Prediction.fraction, m.Prediction.n_tiles,
-               m.Prediction.confidence, m.Prediction.classes, m.Prediction.ood)
-        .outerjoin(m.Prediction, (m.Prediction.image_id == m.Image.id) & (m.Prediction.model_version == version))
-        .where(m.Image.well_id == well_id, m.Image.time_key == time_key, m.Image.status == QueueState.DONE)
-    ).all()
+def recompute_readouts(s: Session, keys: Iterable[tuple[int, int, str]], plate_of: Mapping[int, int],
+                       now: datetime, calibration: Mapping[str, WellCalibration | None] | None = None) -> None:
+    """The readouts of the (well id, time key, model version) ``keys``, from all their scored
+    images (called inside the transaction that stored them, so readouts and images never
+    disagree). ``plate_of``: well id -> plate id for the keys' wells. A key with neither a
+    prediction nor a QC failure gets no readout. ``calibration``: model version -> the serving
+    model's well calibration (None or absent: the plain mean, as for models without one)."""
+    by_version: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    for well_id, time_key, version in keys:
+        by_version[version].add((well_id, time_key))
+    rows = []
+    for version, pairs in sorted(by_version.items()):
+        images: dict[tuple[int, int], list] = defaultdict(list)
+        for r in s.execute(select(*_SOURCE)
+                           .outerjoin(m.Prediction, (m.Prediction.image_id == m.Image.id)
+                                      & (m.Prediction.model_version == version))
+                           .where(tuple_(m.Image.well_id, m.Image.time_key).in_(sorted(pairs)),
+                                  m.Image.status == QueueState.DONE)):
+            images[(r.well_id, r.time_key)].append(r)
+        cal = (calibration or {}).get(version)
+        for well_id, time_key in sorted(pairs):
+            values = readout_values(images.get((well_id, time_key), []), cal)
+            if values is not None:
+                rows.append({"well_id": well_id, "time_key": time_key, "model_version": version,
+                             "plate_id": plate_of[well_id], "updated_at": now, **values})
+    if rows:
+        upsert(s, m.WellReadout.__table__, ("well_id", "time_key", "model_version"), rows, _VALUES)
+
+
+def readout_values(imgs: list, calibration: WellCalibration | None) -> dict | None:
+    """One key's readout columns from its scored images (rows of ``_SOURCE``); None when none
+    of them has a prediction or failed QC."""
     classes = next((r.classes for r in imgs if r.classes), None)
     if classes is None and not any(r.qc_passed is False for r in imgs):
-        return
-    k = len(classes or [])
+        return None
     entries = []
     for r in imgs:
         score = None
@@ -39,25 +72,17 @@ def recompute_readout(s: Session, well_id: int, time_key: int, version: str, now
             score = ImageScore(np.asarray(r.prob_mean), np.asarray(r.prob_sd), np.asarray(r.fraction),
                                r.n_tiles, r.confidence)
         entries.append((score, bool(r.qc_passed)))
-    agg = well_aggregate(entries, k, calibration)
+    agg = well_aggregate(entries, len(classes or []), calibration)
     elapsed = [r.elapsed_h for r in imgs if r.elapsed_h is not None]
     acquired = [r.acquired_at for r in imgs if r.acquired_at is not None]
-    plate_id = s.scalar(select(m.Well.plate_id).where(m.Well.id == well_id))
-    readout = s.scalar(select(m.WellReadout).where(m.WellReadout.well_id == well_id,
-                                                   m.WellReadout.time_key == time_key,
-                                                   m.WellReadout.model_version == version))
-    if readout is None:
-        readout = m.WellReadout(well_id=well_id, plate_id=plate_id, time_key=time_key, model_version=version)
-        s.add(readout)
-    readout.timepoint = next((r.timepoint for r in imgs if r.timepoint is not None), None)
-    readout.elapsed_h = float(np.mean(elapsed)) if elapsed else None
-    readout.acquired_at = min(acquired) if acquired else None
-    readout.classes = list(classes or [])
-    readout.prob_mean, readout.prob_sd, readout.fraction = agg.prob_mean, agg.prob_sd, agg.fraction
-    readout.n_images, readout.n_tiles, readout.n_qc_failed = agg.n_images, agg.n_tiles, agg.n_qc_failed
-    readout.confidence = agg.confidence if agg.n_images else None
-    readout.n_ood = flagged_images(r.ood for r in imgs if r.prob_mean is not None)
-    readout.updated_at = now
+    return {"timepoint": next((r.timepoint for r in imgs if r.timepoint is not None), None),
+            "elapsed_h": float(np.mean(elapsed)) if elapsed else None,
+            "acquired_at": min(acquired) if acquired else None,
+            "classes": list(classes or []),
+            "prob_mean": agg.prob_mean, "prob_sd": agg.prob_sd, "fraction": agg.fraction,
+            "n_images": agg.n_images, "n_tiles": agg.n_tiles, "n_qc_failed": agg.n_qc_failed,
+            "confidence": agg.confidence if agg.n_images else None,
+            "n_ood": flagged_images(r.ood for r in imgs if r.prob_mean is not None)}
 
 
 def flagged_images(flags) -> int | None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from nscmonitor.core.domain import ImageKey, QCMetrics
@@ -26,7 +26,7 @@ from nscmonitor.store.claims import Claimed as Claimed, Claims  # Claimed: what 
 from nscmonitor.store.events import add_event, record_event
 from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner
 from nscmonitor.store.places import ensure_experiment, ensure_well
-from nscmonitor.store.readouts import recompute_readout
+from nscmonitor.store.readouts import recompute_readouts
 
 from nscmonitor.store.times import utcnow
 
@@ -212,61 +212,71 @@ class Writer(Claims):
             return {i: from_db(p) for i, p in rows}
 
     def complete(self, results: Iterable[Scored]) -> None:
-        """Image row, prediction and the well readout it changes: one transaction, so a
+        """Image rows, predictions and the well readouts they change: one transaction, so a
         crash leaves either all of them or none.
 
         Only images this writer still holds are stored (their rows are locked first, so a
         daemon reaping an expired lease waits, then finds them done); a result for an image
         whose lease was lost is dropped and logged, and a prediction is stored at most once
-        per image and model version (the unique constraint holds it whatever the races)."""
+        per image and model version (the unique constraint holds it whatever the races).
+
+        A batch costs a handful of statements whatever its size (each one a round trip to a
+        PostgreSQL server): the rows locked and read by one, updated by one, the predictions
+        inserted by one, the readouts of every (well, time) the batch touched recomputed by
+        one read and one upsert (``store.readouts``)."""
         results = list(results)
+        if not results:
+            return
         now = utcnow()
-        touched: set[tuple[int, int, str]] = set()
+        ids = sorted({r.image_id for r in results})
         with self.Session.begin() as s:
-            rows = {r.id: r for r in s.scalars(select(m.Image).where(m.Image.id.in_([x.image_id for x in results]))
-                                               .order_by(m.Image.id).with_for_update())}
+            rows = {row.id: row for row in s.execute(
+                select(m.Image.id, m.Image.path, m.Image.status, m.Image.lease_owner, m.Image.rewritten,
+                       m.Image.well_id, m.Image.time_key)
+                .where(m.Image.id.in_(ids)).order_by(m.Image.id).with_for_update())}
             have = {(i, v) for i, v in s.execute(select(m.Prediction.image_id, m.Prediction.model_version)
-                                                 .where(m.Prediction.image_id.in_(list(rows))))}
+                                                 .where(m.Prediction.image_id.in_(ids)))}
+            stored = []
             for r in results:
-                row = rows.get(r.image_id)
-                if row is None or not self._holds(row, "storing its result"):
-                    continue
-                row.lease_owner = row.lease_expires_at = None
-                if r.rewritten:
-                    s.execute(delete(m.Prediction).where(m.Prediction.image_id == row.id))
-                    row.rewritten = True
-                    add_event(s, "rewritten", "file was rewritten with new content; scored again", level="warning",
-                              path=row.path, at=now)
-                row.content_hash = r.content_hash
-                row.status = QueueState.DONE
-                row.error = None
-                row.qc = {"focus": r.qc.focus, "saturation": r.qc.saturation, "blank": r.qc.blank, "dtype": r.qc.dtype,
-                          "min": r.qc.min, "max": r.qc.max, "p_low": r.qc.p_low, "p_high": r.qc.p_high,
-                          "reason": r.qc.reason, **({"nonfinite": r.qc.nonfinite} if r.qc.nonfinite else {})}
-                row.qc_passed = r.qc.passed
-                row.width, row.height = r.width, r.height
-                row.scored_at = now
-                row.updated_at = now
-                if r.score is not None and (r.rewritten or (row.id, r.model_version) not in have):
-                    s.add(m.Prediction(
-                        image_id=row.id, model_version=r.model_version, classes=list(r.classes),
-                        prob_mean=[float(v) for v in r.score.prob_mean], prob_sd=[float(v) for v in r.score.prob_sd],
-                        fraction=[float(v) for v in r.score.fraction], n_tiles=r.score.n_tiles,
-                        confidence=r.score.confidence, tiles=r.tiles_blob, engine=r.engine, created_at=now,
-                        ood_score=r.ood_score, ood=r.ood,
-                    ))
-                if row.well_id is not None and row.time_key is not None:
-                    touched.add((row.well_id, row.time_key, r.model_version))
-            s.flush()
-            if self.shared and touched:
-                # daemons storing images of one well at once: each recomputes its readout after the
-                # other committed (waiting here), so neither misses the other's images nor inserts
-                # the readout row twice; in key order, so two batches never wait on each other
-                s.execute(select(m.Well.id).where(m.Well.id.in_({w for w, _, _ in touched}))
-                          .order_by(m.Well.id).with_for_update())
-            calibration = {r.model_version: r.well_calibration for r in results}
-            for well_id, scan_key, version in sorted(touched):
-                recompute_readout(s, well_id, scan_key, version, now, calibration.get(version))
+                row = rows.pop(r.image_id, None)  # popped: a second result for one image is not stored twice
+                if row is not None and self._holds(row, "storing its result"):
+                    stored.append((row, r))
+            if stored:
+                self._store(s, stored, have, now)
+
+    def _store(self, s: Session, stored: list[tuple], have: set[tuple[int, str]], now: datetime) -> None:
+        """The held images of a batch (their locked rows and results) written: rows, new
+        predictions (a rewritten file's old ones removed first), then the touched readouts."""
+        rewritten = [row for row, r in stored if r.rewritten]
+        if rewritten:
+            s.execute(delete(m.Prediction).where(m.Prediction.image_id.in_([row.id for row in rewritten])))
+            for row in rewritten:
+                add_event(s, "rewritten", "file was rewritten with new content; scored again", level="warning",
+                          path=row.path, at=now)
+        images = m.Image.__table__
+        s.execute(update(images).where(images.c.id == bindparam("b_id")).values(
+            content_hash=bindparam("b_hash"), status=QueueState.DONE, error=None, qc=bindparam("b_qc"),
+            qc_passed=bindparam("b_passed"), width=bindparam("b_width"), height=bindparam("b_height"),
+            rewritten=bindparam("b_rewritten"), scored_at=now, updated_at=now, lease_owner=None,
+            lease_expires_at=None),
+            [{"b_id": row.id, "b_hash": r.content_hash, "b_qc": qc_record(r.qc), "b_passed": r.qc.passed,
+              "b_width": r.width, "b_height": r.height, "b_rewritten": bool(r.rewritten or row.rewritten)}
+             for row, r in stored])
+        new = [prediction_row(row.id, r, now) for row, r in stored
+               if r.score is not None and (r.rewritten or (row.id, r.model_version) not in have)]
+        if new:
+            s.execute(insert(m.Prediction.__table__), new)
+        touched = {(row.well_id, row.time_key, r.model_version) for row, r in stored
+                   if row.well_id is not None and row.time_key is not None}
+        if not touched:
+            return
+        wells = (select(m.Well.id, m.Well.plate_id).where(m.Well.id.in_({w for w, _, _ in touched}))
+                 .order_by(m.Well.id))
+        # daemons storing images of one well at once: each recomputes its readout after the
+        # other committed (waiting here), so neither misses the other's images nor inserts
+        # the readout row twice; in key order, so two batches never wait on each other
+        plate_of = dict(s.execute(wells.with_for_update() if self.shared else wells).all())
+        recompute_readouts(s, touched, plate_of, now, {r.model_version: r.well_calibration for _, r in stored})
 
     # --- health ---------------------------------------------------------------------
     def start_daemon(self, watched: list[dict]) -> int:
@@ -301,6 +311,22 @@ class Writer(Claims):
               data: dict | None = None) -> None:
         record_event(self.engine, kind, clean(message), level=level, path=to_db(path) if path is not None else None,
                      data=json.loads(json.dumps(data, default=str)) if data else None)
+
+
+def qc_record(qc: QCMetrics) -> dict:
+    """The image's QC as stored (``images.qc``)."""
+    return {"focus": qc.focus, "saturation": qc.saturation, "blank": qc.blank, "dtype": qc.dtype, "min": qc.min,
+            "max": qc.max, "p_low": qc.p_low, "p_high": qc.p_high, "reason": qc.reason,
+            **({"nonfinite": qc.nonfinite} if qc.nonfinite else {})}
+
+
+def prediction_row(image_id: int, r: Scored, now: datetime) -> dict:
+    """A ``predictions`` row of a scored image."""
+    return {"image_id": image_id, "model_version": r.model_version, "classes": list(r.classes),
+            "prob_mean": [float(v) for v in r.score.prob_mean], "prob_sd": [float(v) for v in r.score.prob_sd],
+            "fraction": [float(v) for v in r.score.fraction], "n_tiles": r.score.n_tiles,
+            "confidence": r.score.confidence, "tiles": r.tiles_blob, "engine": r.engine, "created_at": now,
+            "ood_score": r.ood_score, "ood": r.ood}
 
 
 def _storable(f: Discovered) -> Discovered:
