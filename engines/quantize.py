@@ -52,6 +52,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "calibrate_method": "MinMax", "moving_average": False,
     "op_types": ["Conv", "Gemm", "MatMul", "Add"],
     "keep_fp32": ["stem", "head"], "exclude_nodes": [], "preprocess": True, "quantize_bias": False,
+    "bias_correction": True,
 }
 SENSITIVE = ("stem", "head")
 #: the out-of-distribution head's nodes (``training.ood``): always fp32, since its squared
@@ -101,8 +102,11 @@ class _Reader(CalibrationDataReader):
 
 
 def quantize_static_qdq(model_path: str | Path, out_path: str | Path, calib_x: np.ndarray, *,
-                        settings: dict[str, Any] | None = None, batch_size: int = 8) -> Path:
-    """Write a QDQ int8 model (no metadata, no gate: ``build_ort_int8`` adds both)."""
+                        settings: dict[str, Any] | None = None, batch_size: int = 8, threads: int = 0,
+                        notes: dict[str, Any] | None = None) -> Path:
+    """Write a QDQ int8 model (no metadata, no gate: ``build_ort_int8`` adds both), its
+    biases corrected on the calibration tiles unless the settings say otherwise
+    (``engines.bias_correction``); ``notes`` receives that correction's summary."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
@@ -137,6 +141,14 @@ def quantize_static_qdq(model_path: str | Path, out_path: str | Path, calib_x: n
             op_types_to_quantize=list(cfg["op_types"]) if cfg.get("op_types") else None,
             extra_options=extra,
         )
+        if cfg.get("bias_correction"):
+            from nscmonitor.engines.bias_correction import correct_biases
+
+            qdq = onnx.load(str(out_path))
+            summary = correct_biases(qdq, graph, calib_x, threads=threads)
+            onnx.save(qdq, str(out_path))
+            if notes is not None:
+                notes["bias_correction"] = summary
     return out_path
 
 
@@ -157,7 +169,8 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
     # ends in .onnx because OpenVINO picks its reader by file extension
     part = out.with_name(out.name[:-len(".onnx")] + ".part.onnx" if out.name.endswith(".onnx") else out.name + ".part")
     cfg = {**DEFAULT_SETTINGS, **(settings or {})}
-    quantize_static_qdq(model_path, part, calib.x, settings=cfg)
+    notes: dict[str, Any] = {}
+    quantize_static_qdq(model_path, part, calib.x, settings=cfg, threads=threads, notes=notes)
     tol = dict(meta.int8_tolerance)
     t0 = time.perf_counter()
     reference = _probs(OrtCpuEngine(model_path, meta, threads=threads), heldout)
@@ -187,7 +200,8 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
     if not report.passed:
         log.warning("int8 model kept for OpenVINO only (its gate passed there; ONNX Runtime refuses it): %s",
                     report.summary())
-    _stamp_metadata(part, meta, report, file_sha256(model_path), cfg, len(calib), calib.source, ov_report, speed)
+    _stamp_metadata(part, meta, report, file_sha256(model_path), {**cfg, "bias_correction_summary": notes.get("bias_correction")}, len(calib), calib.source,
+                    ov_report, speed)
     os.replace(part, out)
     log.info("int8 model written to %s", out)
     return out, report

@@ -12,32 +12,8 @@ from nscmonitor.engines.metadata import read_onnx_metadata
 from nscmonitor.engines.ort import int8_path_for
 from nscmonitor.engines.quantize import build_ort_int8, sensitive_nodes
 from nscmonitor.engines.tiny import build_tiny_classifier
-from nscmonitor.scoring.preprocess import Preprocess
 
-SIZE = 32
-
-
-def blobs(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Raw 12-bit tiles whose blob density and size grow with the class (4 classes)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    out, wells = [], []
-    for i in range(n):
-        cls = i % 4
-        img = rng.normal(300, 20, (SIZE, SIZE))
-        for _ in range(2 + 3 * cls):
-            cy, cx = rng.uniform(0, SIZE, 2)
-            r = rng.uniform(1.5, 2 + 1.5 * cls)
-            img += (800 + 400 * cls) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-        out.append(img.clip(0, 4095).astype(np.uint16))
-        wells.append(f"P1/A{cls + 1:02d}")
-    return np.stack(out), wells
-
-
-def tileset(meta, raw, wells, source):
-    pre = Preprocess.from_metadata(meta)
-    x = np.concatenate([pre.tiles(t).tiles for t in raw])
-    return TileSet(x, tuple(wells), tuple("" for _ in wells), source)
+from blob_tiles import SIZE, blobs, tileset  # noqa: E402  (tests/ is on the path)
 
 
 @pytest.fixture()

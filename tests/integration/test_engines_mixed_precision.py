@@ -9,40 +9,15 @@ import json
 import numpy as np
 import pytest
 
-from nscmonitor.engines.calibration import TileSet
 from nscmonitor.engines.metadata import read_onnx_metadata
 from nscmonitor.engines.mixed_precision import build_int8, group_of, search
 from nscmonitor.engines.ort import int8_path_for
 from nscmonitor.engines.quantize import build_ort_int8
 from nscmonitor.engines.tiny import build_tiny_classifier
-from nscmonitor.scoring.preprocess import Preprocess
 
-SIZE = 32
+from blob_tiles import SIZE, blobs, tileset  # noqa: E402  (tests/ is on the path)
+
 DEAD = 3  # the channel of body0's output that ReLU always zeroes
-
-
-def blobs(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Raw 12-bit tiles whose blob density and size grow with the class (4 classes), two
-    wells per class."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    out, wells = [], []
-    for i in range(n):
-        cls = i % 4
-        img = rng.normal(300, 20, (SIZE, SIZE))
-        for _ in range(2 + 3 * cls):
-            cy, cx = rng.uniform(0, SIZE, 2)
-            r = rng.uniform(1.5, 2 + 1.5 * cls)
-            img += (800 + 400 * cls) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
-        out.append(img.clip(0, 4095).astype(np.uint16))
-        wells.append(f"P1/A{cls + 1:02d}" if i % 8 < 4 else f"P1/B{cls + 1:02d}")
-    return np.stack(out), wells
-
-
-def tileset(meta, raw, wells, source) -> TileSet:
-    pre = Preprocess.from_metadata(meta)
-    x = np.concatenate([pre.tiles(t).tiles for t in raw])
-    return TileSet(x, tuple(wells), tuple("" for _ in wells), source)
 
 
 @pytest.fixture()
@@ -59,8 +34,8 @@ def hostile(tmp_path):
     path = tmp_path / "model.onnx"
     meta = build_tiny_classifier(path, input_size=SIZE, depth=2, seed=4,
                                  weights={"body0_w": w0, "body0_b": b0, "body1_w": w1})
-    calib = tileset(meta, *blobs(64, 1), "calib")
-    held = tileset(meta, *blobs(160, 2), "held")
+    calib = tileset(meta, *blobs(64, 1, two_wells=True), "calib")
+    held = tileset(meta, *blobs(160, 2, two_wells=True), "held")
     return path, meta, calib, held
 
 
@@ -107,6 +82,6 @@ def test_build_int8_gates_the_mixed_model_and_records_the_fp32_layers(hostile, c
 def test_a_model_the_plain_recipe_passes_runs_no_search(tmp_path):
     path = tmp_path / "model.onnx"
     meta = build_tiny_classifier(path, input_size=SIZE, depth=2, seed=4)
-    out, report, result = build_int8(path, tileset(meta, *blobs(64, 1), "calib"),
-                                     tileset(meta, *blobs(160, 2), "held"), want_openvino=False, threads=1)
+    out, report, result = build_int8(path, tileset(meta, *blobs(64, 1, two_wells=True), "calib"),
+                                     tileset(meta, *blobs(160, 2, two_wells=True), "held"), want_openvino=False, threads=1)
     assert out is not None and report.passed and result is None and report.kept_fp32 == ()

@@ -1,0 +1,70 @@
+"""Bias correction on a real tiny ONNX model whose int8 error is systematic: one layer reads
+only positive activations that sit on an offset (post-ReLU outputs of a layer with a +1 bias,
+a skewed distribution) through weights of which all but one per output channel sit just under
+half an int8 step, so int8 rounds them all to zero and every output channel loses about the
+same positive amount on every tile. Rounding noise would average out over a well;
+this does not, and the correction must remove it without leaving signed symmetric Q/DQ."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from nscmonitor.engines.bias_correction import SUFFIX
+from nscmonitor.engines.mixed_precision import fake_quant_probs
+from nscmonitor.engines.precision_graphs import qdq_problems
+from nscmonitor.engines.quantize import quantize_static_qdq
+from nscmonitor.engines.tiny import build_tiny_classifier
+from nscmonitor.engines.validate import compare
+
+from blob_tiles import SIZE, blobs, tileset  # noqa: E402  (tests/ is on the path)
+
+#: just under half of one int8 step of a channel whose largest weight is 1.0 (1/127 / 2)
+SMALL = 0.0035
+#: body0's bias: its outputs, body1's inputs, are all positive around this offset
+OFFSET = 1.0
+
+
+@pytest.fixture()
+def skewed(tmp_path):
+    w1 = np.full((8, 8, 3, 3), SMALL, np.float32)
+    for o in range(8):
+        w1[o, o, 1, 1] = 1.0
+    path = tmp_path / "model.onnx"
+    meta = build_tiny_classifier(path, input_size=SIZE, depth=2, seed=4,
+                                 weights={"body0_b": np.full(8, OFFSET, np.float32), "body1_w": w1})
+    calib = tileset(meta, *blobs(64, 1, two_wells=True), "calib")
+    held = tileset(meta, *blobs(160, 2, two_wells=True), "held")
+    return path, calib, held
+
+
+def _readout_error(path, q_path, held) -> float:
+    reference = fake_quant_probs(onnx.load(str(path)), held.x, threads=1)
+    candidate = fake_quant_probs(onnx.load(str(q_path)), held.x, threads=1)
+    return compare(reference, candidate, held.groups, backend="t").well_readout_pp
+
+
+def test_bias_correction_removes_a_systematic_int8_shift_and_keeps_symmetric_qdq(skewed, tmp_path):
+    path, calib, held = skewed
+    plain = quantize_static_qdq(path, tmp_path / "plain.onnx", calib.x, settings={"bias_correction": False})
+    notes: dict = {}
+    fixed = quantize_static_qdq(path, tmp_path / "fixed.onnx", calib.x, settings={"bias_correction": True},
+                                notes=notes)
+    before, after = _readout_error(path, plain, held), _readout_error(path, fixed, held)
+    # measured on held-out tiles, not the calibration tiles the correction was computed on
+    assert before > 1.0, f"the constructed model should move its readout in int8 ({before:.2f} pp)"
+    assert after < 0.25 * before, (before, after)
+    summary = notes["bias_correction"]
+    assert summary["layers"] >= 1 and summary["max_rel_shift_after"] < summary["max_rel_shift_before"]
+    assert qdq_problems(fixed) == []  # still what TensorRT's explicit quantisation takes
+    p, f = onnx.load(str(plain)), onnx.load(str(fixed))
+    p_init = {i.name: numpy_helper.to_array(i) for i in p.graph.initializer}
+    f_init = {i.name: numpy_helper.to_array(i) for i in f.graph.initializer}
+    int8_weights = [n for n, a in p_init.items() if a.dtype == np.int8]
+    assert int8_weights and all(np.array_equal(p_init[n], f_init[n]) for n in int8_weights)  # weights untouched
+    corrected = [n for n in f_init if n.endswith(SUFFIX)]
+    assert corrected and all(f_init[n].dtype == np.float32 for n in corrected)  # biases stay float
+    conv_biases = [n.input[2] for n in f.graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    assert set(corrected) <= set(conv_biases)
