@@ -7,11 +7,14 @@ tests use (``arch="tiny"``), and scores through the exported ONNX and the daemon
   test plate;
 - each kind of ``nscmonitor.simulate.out_of_domain`` (bright field, 5x, inverted, blank
   fields, natural-texture-like patterns), at most ``--images`` each, an image being a field
-Beside the served Mahalanobis score it prints what the energy score and the top softmax
-probability would flag at the same in-domain rate (the measurement behind the choice).
+Beside the served score (Mahalanobis over the input statistics, the stages and the pooled
+features, ``training.ood``) it prints, on the same trained weights and at the same in-domain
+rate: the score served before (Mahalanobis on the pooled features alone), each layer alone,
+the energy score and the top softmax probability (the measurements behind the choice).
 An image is a field; its score is the mean of its tiles' scores, as in the daemon.
+``--refit`` fits the OOD head again on a run trained before (same weights, new head).
 
-    nice -n 10 python benchmarks/ood.py --out /tmp/ood  [--arch tiny] [--epochs 6] [--json benchmarks/results/ood.json]
+    nice -n 10 python benchmarks/ood.py --out /tmp/ood  [--arch tiny] [--epochs 6] [--refit] [--json benchmarks/results/ood.json]
 """
 
 from __future__ import annotations
@@ -41,7 +44,45 @@ def scores(engine, session, x: np.ndarray) -> dict[str, np.ndarray]:
     logits = session.run(["logits"], {"input": x})[0].astype(np.float64)
     top = logits.max(axis=1, keepdims=True)
     lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-    return {"mahalanobis": ood.astype(np.float64), "energy": -lse, "msp": -np.exp(top[:, 0] - lse)}
+    return {"served": ood.astype(np.float64), "energy": -lse, "msp": -np.exp(top[:, 0] - lse)}
+
+
+def layer_scores(model, splits, sets: dict, k: int) -> dict[str, dict[str, np.ndarray]]:
+    """Per set, each layer's own Mahalanobis distance (fitted on the training split as the
+    served head fits it) and the pooled features' with the ridge served before."""
+    from nscmonitor.training import ood as T
+
+    names = T.layer_names(model)
+    train = T.features(model, splits["train"].x)
+    fitted = [T.fit_mahalanobis(f, splits["train"].y, k) for f in train]
+    ridge, T.RIDGE = T.RIDGE, 1e-3
+    try:
+        before = T.fit_mahalanobis(train[-1], splits["train"].y, k)
+    finally:
+        T.RIDGE = ridge
+
+    def dist(f: np.ndarray, means: np.ndarray, whiten: np.ndarray) -> np.ndarray:
+        return np.min([(((f - m) @ whiten) ** 2).sum(axis=1) for m in means.astype(np.float64)], axis=0)
+
+    out = {}
+    for name, (x, _) in sets.items():
+        feats = T.features(model, x[:, 0])
+        out[name] = {"before: pooled only": dist(feats[-1], *before),
+                     **{f"layer: {n}": dist(f, *g) for n, f, g in zip(names, feats, fitted)}}
+    return out
+
+
+def refit(run: Path, cfg: dict) -> None:
+    """The OOD head fitted again on the run's trained weights, exported over its model.onnx."""
+    from nscmonitor.training import ood as T
+    from nscmonitor.training.export import export_onnx, load_checkpoint
+    from nscmonitor.training.train import TrainConfig, prepare_data
+
+    model, meta = load_checkpoint(run)
+    splits = prepare_data(TrainConfig(**cfg))[0]
+    head, meta["ood"] = T.fit(model, splits, "cpu", len(meta["classes"]))
+    export_onnx(model, meta, run / "model.onnx", splits["val"].x[:16], name=f"{meta['arch']}-{meta['scheme']}",
+                version=run.name, ood=(head, meta["ood"]))
 
 
 def main() -> None:
@@ -52,6 +93,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=32)
     ap.add_argument("--images", type=int, default=60, help="images per out-of-domain kind")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--refit", action="store_true", help="fit the OOD head again on a run already trained")
     a = ap.parse_args()
 
     import torch
@@ -72,6 +114,8 @@ def main() -> None:
     cfg = dict(data=str(data), out=str(run), scheme="multiclass", arch=a.arch, threads=1, progress=False)
     if not (run / "model.onnx").is_file():
         train(TrainConfig(epochs=a.epochs, **cfg))
+    elif a.refit:
+        refit(run, cfg)
     md = read_onnx_metadata(run / "model.onnx")
     engine = OrtCpuEngine(run / "model.onnx", md)
     engine.load()
@@ -85,12 +129,15 @@ def main() -> None:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
-    per_image = {name: {m: T.image_scores(s, idx) for m, s in scores(engine, session, x).items()}
+    from nscmonitor.training.export import load_checkpoint
+
+    layers = layer_scores(load_checkpoint(run)[0], splits, sets, len(md.classes))
+    per_image = {name: {m: T.image_scores(s, idx) for m, s in {**scores(engine, session, x), **layers[name]}.items()}
                  for name, (x, idx) in sets.items()}
     engine.close()
     rows = []
-    for method in ("mahalanobis", "energy", "msp"):
-        thr = md.ood["threshold"] if method == "mahalanobis" else np.quantile(per_image["val"][method], md.ood["quantile"])
+    for method in per_image["val"]:
+        thr = md.ood["threshold"] if method == "served" else np.quantile(per_image["val"][method], md.ood["quantile"])
         rows.append({"method": method, "threshold": float(thr),
                      **{name: float(np.mean(s[method] > thr)) for name, s in per_image.items()}})
     counts = {name: int(len(s["msp"])) for name, s in per_image.items()}
@@ -99,7 +146,8 @@ def main() -> None:
     print("|---" * (len(cols) + 1) + "|")
     for r in rows:
         print(f"| {r['method']} | " + " | ".join(f"{100 * r[c]:.0f} %" for c in cols) + " |")
-    print(f"({time.perf_counter() - t0:.0f} s; served: mahalanobis, threshold {md.ood['threshold']:.4g} from the metadata)")
+    print(f"({time.perf_counter() - t0:.0f} s; served: {md.ood['method']}, threshold {md.ood['threshold']:.4g} "
+          "from the metadata)")
     if a.json:
         a.json.write_text(json.dumps({"rows": rows, "images": counts, "ood": md.ood, "epochs": a.epochs, "arch": a.arch,
                                       "tile": a.tile}, indent=2) + "\n")

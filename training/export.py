@@ -9,6 +9,7 @@ parity on real tiles. A failed check leaves no model.onnx behind.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -102,10 +103,10 @@ def check_parity(model: GreyClassifier, onnx_path: Path, x: np.ndarray, md: Mode
     if not diff <= tol:
         raise ExportError(f"torch vs ONNX Runtime probabilities differ by {diff:.2e} (> {tol:.0e})")
     if ood_head is not None:
-        from nscmonitor.training.ood import features
+        from nscmonitor.training.ood import ScoredNet
 
         with torch.no_grad():
-            want = ood_head(torch.from_numpy(features(model, x[:, 0]))).numpy()
+            want = ScoredNet(copy.deepcopy(model).eval(), ood_head)(torch.from_numpy(x))[1].numpy()
         if ood_ort is None or not np.allclose(ood_ort, want, rtol=1e-3, atol=1e-3):
             raise ExportError("the graph's OOD score differs from torch's (or is missing)")
     return diff

@@ -1,22 +1,35 @@
 """Out-of-distribution score fitted at the end of training and carried inside the ONNX graph.
 
-The score of a tile is its Mahalanobis distance (squared, shared covariance, nearest class
-mean; Lee et al. 2018) on the pooled penultimate features, the input of the classifier's last
-layer. The choice against the energy score and the top softmax probability is measured in
-``benchmarks/ood.py`` (docs/training.md "Out-of-distribution flag"): those read only the
-logits, which a tile unlike anything in training can push anywhere, including to a confident
-class; the features keep the evidence that the tile is unlike every class.
+A tile's score is how far it lies from the training tiles at several depths of the network
+at once (Lee et al. 2018, "feature ensemble"), plus one layer of cheap input statistics:
+- ``input statistics``: mean, log standard deviation, skewness and log kurtosis of the scaled
+  tile and its gradient energy at 1, 2 and 4 px over its variance (how its intensity is
+  spread and at which scale its texture sits);
+- each stage of the backbone, global-average pooled (``stage_names``);
+- the pooled penultimate features, the classifier's input (the score served before).
+Per layer: the squared Mahalanobis distance to the nearest class mean (shared covariance),
+fitted on the training split, divided by its median over the validation tiles, so that
+layers of any width speak in the same unit; the tile's score is their sum. (Their maximum
+flagged more of other kinds but also more of a held-out plate of our own: any one layer's
+plate-to-plate shift then decides; measured in docs/training.md.) The last layer alone
+misses what this is for: it is trained to ignore exactly the low-level
+statistics (optics, pixel size, contrast sign) that make another kind of image unlike ours,
+which the early stages and the input statistics still carry. The measured effect of each
+layer and of the combination is in ``benchmarks/ood.py`` (docs/training.md
+"Out-of-distribution flag").
 
-The means and the whitening matrix are fitted on the training split's features and appended
-to the exported graph as a second output ``ood`` (float32, one number per tile), so every
-backend computes it with no parameter outside the model file and the int8 recipe keeps these
-nodes fp32 (``engines.quantize``: nodes under ``/ood/``). The flag threshold is the
-``quantile`` of the model's own validation images and is written into the metadata
-(``ModelMetadata.ood``); the daemon averages tile scores per image.
+The whole score is appended to the exported graph as its second output ``ood`` (float32, one
+number per tile), all of it under the ``/ood/`` scope, so every backend computes it with no
+parameter outside the model file and the int8 recipe keeps these nodes fp32
+(``engines.quantize``). The flag threshold is the ``quantile`` of the model's own validation
+images (the mean of their tiles' scores, as the daemon aggregates) and is written into the
+metadata (``ModelMetadata.ood``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,34 +38,113 @@ from torch import nn
 
 #: share of the model's own validation images flagged: the threshold's quantile is 1 - this
 FLAGGED_IN_DOMAIN = 0.04
-RIDGE = 1e-3
+RIDGE = 1e-2
+METHOD = "mahalanobis over layers"
+INPUT_STATISTICS = ("mean", "log sd", "skewness", "log kurtosis", "gradient energy 1 px", "gradient energy 2 px",
+                    "gradient energy 4 px")
+GRADIENT_STEPS = (1, 2, 4)
+EPS = 1e-6
 
 
-class _Tap(nn.Module):
-    """The classifier's last layer, keeping its input (the pooled features) for the OOD head."""
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 without a Cast node in the exported graph when it already is (the fp16 converter
+    turns an fp32 Cast into a round trip through fp16)."""
+    return t if t.dtype == torch.float32 else t.float()
 
-    def __init__(self, fc: nn.Module) -> None:
-        super().__init__()
-        self.fc = fc
-        self.last: torch.Tensor | None = None
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        self.last = f
-        return self.fc(f)
+def input_statistics(x: torch.Tensor) -> torch.Tensor:
+    """N x 1 x S x S scaled tiles -> N x 7 (``INPUT_STATISTICS``)."""
+    x = _fp32(x)
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    c = x - m
+    v = (c * c).mean(dim=(1, 2, 3)) + EPS
+    sd = torch.sqrt(v)
+    stats = [m.flatten(), torch.log(sd), (c * c * c).mean(dim=(1, 2, 3)) / (v * sd),
+             torch.log((c * c * c * c).mean(dim=(1, 2, 3)) / (v * v) + EPS)]
+    for s in GRADIENT_STEPS:
+        gx = x[:, :, :, s:] - x[:, :, :, :-s]
+        gy = x[:, :, s:, :] - x[:, :, :-s, :]
+        stats.append(torch.log(((gx * gx).mean(dim=(1, 2, 3)) + (gy * gy).mean(dim=(1, 2, 3))) / v + EPS))
+    return torch.stack(stats, dim=1)
+
+
+def stage_names(backbone: nn.Module) -> list[str]:
+    """The modules whose outputs are the backbone's stages, shallow to deep, without the last
+    (whose pooled output is the classifier's input, a layer of its own): a torchvision ResNet's
+    stem and layer1-3, our small CNNs' stem and every ReLU of ``features`` but the last."""
+    names = dict(backbone.named_modules())
+    if "layer1" in names:
+        return ["relu", "layer1", "layer2", "layer3"]
+    relus = [f"features.{i}" for i, m in enumerate(getattr(backbone, "features", [])) if isinstance(m, nn.ReLU)]
+    return ["bn1", *relus[:-1]]
+
+
+class _Taps:
+    """Keeps the stages' outputs and the classifier's input of each forward pass (hooks, so
+    the backbone's own modules and their ONNX node names stay as they are)."""
+
+    def __init__(self, backbone: nn.Module, n_stages: int) -> None:
+        names = stage_names(backbone)[:n_stages]
+        if len(names) != n_stages:
+            raise ValueError(f"the OOD head reads {n_stages} stages; this backbone has {len(names)}")
+        modules = dict(backbone.named_modules())
+        self.maps: dict[int, torch.Tensor] = {}
+        self.pooled: torch.Tensor | None = None
+        self.handles = [modules[n].register_forward_hook(partial(self._keep, i)) for i, n in enumerate(names)]
+        self.handles.append(backbone.fc.register_forward_pre_hook(self._keep_pooled))
+
+    def _keep(self, i: int, _module: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+        self.maps[i] = out
+
+    def _keep_pooled(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        self.pooled = inputs[0]
+
+    def stages(self) -> list[torch.Tensor]:
+        return [self.maps[i] for i in range(len(self.maps))]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def layer_vectors(x: torch.Tensor, maps: Sequence[torch.Tensor], pooled: torch.Tensor,
+                  has_input: bool) -> list[torch.Tensor]:
+    """One feature vector per layer: input statistics, each stage's channel means, the pooled features."""
+    head = [input_statistics(x)] if has_input else []
+    return head + [_fp32(m).mean(dim=(2, 3)) for m in maps] + [_fp32(pooled)]
 
 
 class OodHead(nn.Module):
-    """min_k ||(f - mu_k) W||^2 with W W^T the inverse shared covariance."""
+    """Per layer i: min_k ||(f_i - mu_ik) W_i||^2 / scale_i with W_i W_i^T the inverse shared
+    covariance; the score is the sum over layers. The class mean is subtracted before the
+    whitening, not after: the fp16 graph for TensorRT rounds every tensor between the head's
+    fp32 nodes to fp16, and f W and mu W are large and close where whitening amplifies a
+    direction of small variance."""
 
-    def __init__(self, means: np.ndarray, whiten: np.ndarray) -> None:
+    def __init__(self, layers: Sequence[tuple[np.ndarray, np.ndarray]], scale: Sequence[float], *,
+                 has_input: bool, n_stages: int) -> None:
         super().__init__()
-        self.register_buffer("w", torch.as_tensor(np.asarray(whiten, np.float32)))
-        self.register_buffer("mw", torch.as_tensor(np.asarray(means, np.float32) @ np.asarray(whiten, np.float32)))
+        if len(layers) != int(has_input) + n_stages + 1 or len(scale) != len(layers):
+            raise ValueError("an OOD head needs one Gaussian and one scale per layer")
+        self.has_input, self.n_stages, self.n_layers = bool(has_input), int(n_stages), len(layers)
+        for i, (means, whiten) in enumerate(layers):
+            w = np.asarray(whiten, np.float32)
+            self.register_buffer(f"w{i}", torch.as_tensor(w))
+            self.register_buffer(f"mu{i}", torch.as_tensor(np.asarray(means, np.float32)))
+        self.register_buffer("scale", torch.as_tensor(np.asarray(scale, np.float32)))
+        self.register_buffer("layout", torch.tensor([int(has_input), int(n_stages)], dtype=torch.int64))
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        z = f.float() @ self.w
-        d = ((z.unsqueeze(1) - self.mw.unsqueeze(0)) ** 2).sum(dim=2)
-        return d.min(dim=1).values
+    def distances(self, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """N x L squared distances, unscaled."""
+        out = []
+        for i, f in enumerate(vectors):
+            z = (f.unsqueeze(1) - getattr(self, f"mu{i}").unsqueeze(0)) @ getattr(self, f"w{i}")
+            out.append((z * z).sum(dim=2).min(dim=1).values)
+        return torch.stack(out, dim=1)
+
+    def forward(self, x: torch.Tensor, maps: Sequence[torch.Tensor], pooled: torch.Tensor) -> torch.Tensor:
+        d = self.distances(layer_vectors(x, maps, pooled, self.has_input)) / self.scale
+        return d.sum(dim=1)
 
 
 class ScoredNet(nn.Module):
@@ -60,30 +152,29 @@ class ScoredNet(nn.Module):
 
     def __init__(self, net: nn.Module, head: OodHead) -> None:
         super().__init__()
-        fc_owner = getattr(net, "backbone", net)
-        self.tap = _Tap(fc_owner.fc)
-        fc_owner.fc = self.tap
         self.net, self.ood = net, head
+        self.taps = _Taps(getattr(net, "backbone", net), head.n_stages)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(x)
-        return logits, self.ood(self.tap.last)
+        return logits, self.ood(x, self.taps.stages(), self.taps.pooled)
 
 
-def features(model: nn.Module, x: np.ndarray, device: Any = "cpu", batch_size: int = 128) -> np.ndarray:
-    """Pooled penultimate features (the last layer's input) of N x S x S tiles."""
-    backbone = getattr(model, "backbone", model)
-    got: list[np.ndarray] = []
-    hook = backbone.fc.register_forward_pre_hook(lambda _m, inp: got.append(inp[0].detach().float().cpu().numpy()))
+def features(model: nn.Module, x: np.ndarray, device: Any = "cpu", batch_size: int = 128, *,
+             has_input: bool = True) -> list[np.ndarray]:
+    """Each layer's feature vectors (``layer_vectors``) of N x S x S tiles."""
+    taps = _Taps(getattr(model, "backbone", model), len(stage_names(getattr(model, "backbone", model))))
+    got: list[list[np.ndarray]] = []
     model.eval()
     try:
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
                 xb = torch.from_numpy(np.asarray(x[i:i + batch_size], np.float32)).unsqueeze(1).to(device)
                 model(xb)
+                got.append([v.cpu().numpy() for v in layer_vectors(xb, taps.stages(), taps.pooled, has_input)])
     finally:
-        hook.remove()
-    return np.concatenate(got) if got else np.zeros((0, 0), np.float32)
+        taps.remove()
+    return [np.concatenate(parts) for parts in zip(*got)]
 
 
 def fit_mahalanobis(feats: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,24 +206,46 @@ def image_scores(tile_scores: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.bincount(index, weights=tile_scores) / np.bincount(index)
 
 
+def layer_names(model: nn.Module, has_input: bool = True) -> list[str]:
+    return (["input statistics"] if has_input else []) + stage_names(getattr(model, "backbone", model)) + ["pooled"]
+
+
 def fit(model: nn.Module, splits: dict, device: Any, k: int) -> tuple[OodHead, dict[str, Any]]:
-    """Head from the training split, threshold from the validation images' own scores."""
-    head = OodHead(*fit_mahalanobis(features(model, splits["train"].x, device), splits["train"].y, k))
+    """Gaussians from the training split, each layer's scale and the threshold from the
+    validation split's own scores."""
+    train = features(model, splits["train"].x, device)
+    layers = [fit_mahalanobis(f, splits["train"].y, k) for f in train]
+    n_stages = len(train) - 2
+    head = OodHead(layers, np.ones(len(layers)), has_input=True, n_stages=n_stages)
     with torch.no_grad():
-        val = head(torch.from_numpy(features(model, splits["val"].x, device))).numpy().astype(np.float64)
+        d_val = head.distances([torch.from_numpy(f) for f in features(model, splits["val"].x, device)]).numpy()
+    scale = np.maximum(np.median(d_val, axis=0), 1e-12)
+    head.scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
+    val = (d_val / scale).sum(axis=1).astype(np.float64)
     per_image = image_scores(val, image_keys(splits["val"].records))
     q = 1.0 - FLAGGED_IN_DOMAIN
-    meta = {"method": "mahalanobis", "output": "ood", "aggregate": "mean", "quantile": q,
-            "threshold": float(np.quantile(per_image, q)), "val_images": int(len(per_image)),
-            "features": int(head.w.shape[0])}
+    meta = {"method": METHOD, "output": "ood", "aggregate": "mean", "combine": "sum over layers",
+            "layers": layer_names(model), "quantile": q, "threshold": float(np.quantile(per_image, q)),
+            "val_images": int(len(per_image)), "features": int(sum(f.shape[1] for f in train))}
     return head, meta
 
 
 def head_state(head: OodHead) -> dict[str, torch.Tensor]:
-    return {"w": head.w.clone(), "mw": head.mw.clone()}
+    return {name: t.clone() for name, t in head.state_dict().items()}
 
 
 def head_from_state(state: dict[str, torch.Tensor]) -> OodHead:
-    head = OodHead(np.zeros((state["mw"].shape[0], state["w"].shape[0]), np.float32), np.eye(state["w"].shape[0]))
+    """The head a checkpoint saved; a checkpoint from before the layers (``w``, ``mw``: the
+    pooled features alone, their means stored whitened) loads as a one-layer head with the
+    same score."""
+    if "layout" not in state:
+        w = state["w"].double()
+        means = torch.linalg.solve(w.T, state["mw"].double().T).T.float()  # mw = mu W
+        state = {"w0": state["w"], "mu0": means, "scale": torch.ones(1), "layout": torch.tensor([0, 0])}
+    has_input, n_stages = (int(v) for v in state["layout"].tolist())
+    n = int(has_input) + n_stages + 1
+    layers = [(np.zeros(tuple(state[f"mu{i}"].shape), np.float32),
+               np.eye(state[f"w{i}"].shape[0], dtype=np.float32)) for i in range(n)]
+    head = OodHead(layers, np.ones(n), has_input=bool(has_input), n_stages=n_stages)
     head.load_state_dict(state)
     return head

@@ -1,0 +1,61 @@
+"""The out-of-distribution head's own arithmetic (``training.ood``): the input statistics it
+reads, a checkpoint saved before the layers loading with the same score, and a head that
+round-trips through its saved state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nscmonitor.training import ood as T
+
+
+def test_input_statistics_read_the_moments_and_the_texture_scale() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.5, 0.1, (1, 1, 64, 64))
+    smooth = np.repeat(np.repeat(rng.normal(0.5, 0.1, (1, 1, 16, 16)), 4, axis=2), 4, axis=3)
+    bright_spots = np.where(rng.random((1, 1, 64, 64)) < 0.05, 1.0, 0.2) + rng.normal(0, 0.01, (1, 1, 64, 64))
+    s = T.input_statistics(torch.as_tensor(np.concatenate([noise, smooth, bright_spots]), dtype=torch.float32)).numpy()
+    assert s.shape == (3, len(T.INPUT_STATISTICS))
+    assert s[0, 0] == pytest.approx(0.5, abs=0.01) and s[0, 1] == pytest.approx(np.log(0.1), abs=0.05)
+    assert abs(s[0, 2]) < 0.2 and s[2, 2] > 3  # a few bright spots: strongly right-skewed
+    inverted = T.input_statistics(torch.as_tensor(1.2 - bright_spots, dtype=torch.float32)).numpy()
+    assert inverted[0, 2] == pytest.approx(-s[2, 2], rel=1e-3)  # the same spots dark: the sign flips
+    # white noise: neighbouring pixels differ by sqrt(2) sd in each direction, log(4) over the variance
+    assert s[0, 4] == pytest.approx(np.log(4), abs=0.1)
+    assert s[1, 4] < s[0, 4] - 1  # a texture at 4 px barely changes from one pixel to the next
+
+
+def _old_score(f: np.ndarray, means: np.ndarray, whiten: np.ndarray) -> np.ndarray:
+    z, mw = f @ whiten, means @ whiten
+    return ((z[:, None, :] - mw[None]) ** 2).sum(axis=2).min(axis=1)
+
+
+def test_a_head_saved_before_the_layers_loads_with_its_old_score() -> None:
+    rng = np.random.default_rng(1)
+    feats, y = rng.normal(size=(200, 12)), rng.integers(0, 3, 200)
+    means, whiten = T.fit_mahalanobis(feats, y, 3)
+    old_state = {"w": torch.as_tensor(whiten), "mw": torch.as_tensor(means @ whiten)}
+    head = T.head_from_state(old_state)
+    assert (head.has_input, head.n_stages, head.n_layers) == (False, 0, 1)
+    probe = rng.normal(size=(9, 12)).astype(np.float32)
+    with torch.no_grad():
+        got = head(torch.zeros(9, 1, 8, 8), [], torch.from_numpy(probe)).numpy()
+    assert np.allclose(got, _old_score(probe, means, whiten), rtol=1e-4)
+
+
+def test_a_layered_head_round_trips_through_its_state() -> None:
+    rng = np.random.default_rng(2)
+    dims = (len(T.INPUT_STATISTICS), 4, 6)
+    layers = [T.fit_mahalanobis(rng.normal(size=(80, d)), rng.integers(0, 2, 80), 2) for d in dims]
+    head = T.OodHead(layers, [2.0, 3.0, 5.0], has_input=True, n_stages=1)
+    again = T.head_from_state(T.head_state(head))
+    x = torch.rand(5, 1, 16, 16)
+    maps, pooled = [torch.rand(5, 4, 3, 3)], torch.rand(5, 6)
+    with torch.no_grad():
+        assert torch.allclose(head(x, maps, pooled), again(x, maps, pooled))
+        d = head.distances(T.layer_vectors(x, maps, pooled, True))
+        assert torch.allclose(head(x, maps, pooled), (d / torch.tensor([2.0, 3.0, 5.0])).sum(dim=1))
+    with pytest.raises(ValueError, match="one Gaussian and one scale per layer"):
+        T.OodHead(layers, [1.0, 1.0, 1.0], has_input=True, n_stages=2)
