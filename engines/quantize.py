@@ -13,6 +13,9 @@ The recipe (``DEFAULT_SETTINGS``; measured on the demo model, docs/performance.m
 - biases stay float (no INT32 bias Q/DQ): TensorRT's parser takes int8/fp8/int4/fp4 Q/DQ only,
   and OpenVINO ran the float-bias file as fast as the INT32-bias one (interleaved runs on the demo
   model, medians within 6 %, identical gate);
+- bias correction (``engines.bias_correction``): each quantised layer's float bias absorbs the
+  mean shift int8 rounding leaves at its output on the calibration tiles; well readouts are
+  means over tiles, so a systematic shift matters where rounding noise averages out;
 - MinMax calibration: percentile (99.99/99.999) clipping moved well readouts by 2.9-3.8 pp on
   the demo model, entropy gave nothing over MinMax; the tails of these activations carry signal.
 Static rather than dynamic: dynamic quantization re-measures activation ranges every batch and
@@ -200,8 +203,8 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
     if not report.passed:
         log.warning("int8 model kept for OpenVINO only (its gate passed there; ONNX Runtime refuses it): %s",
                     report.summary())
-    _stamp_metadata(part, meta, report, file_sha256(model_path), {**cfg, "bias_correction_summary": notes.get("bias_correction")}, len(calib), calib.source,
-                    ov_report, speed)
+    stamped = {**cfg, "bias_correction_summary": notes.get("bias_correction")}
+    _stamp_metadata(part, meta, report, file_sha256(model_path), stamped, len(calib), calib.source, ov_report, speed)
     os.replace(part, out)
     log.info("int8 model written to %s", out)
     return out, report

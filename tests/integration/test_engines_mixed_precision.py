@@ -85,3 +85,21 @@ def test_a_model_the_plain_recipe_passes_runs_no_search(tmp_path):
     out, report, result = build_int8(path, tileset(meta, *blobs(64, 1, two_wells=True), "calib"),
                                      tileset(meta, *blobs(160, 2, two_wells=True), "held"), want_openvino=False, threads=1)
     assert out is not None and report.passed and result is None and report.kept_fp32 == ()
+
+
+def test_a_refused_block_still_takes_its_harmless_layers_in_int8(hostile, tmp_path):
+    """body0 and body1 named as one residual block (the exporter's scopes): the block fails as
+    a whole because of body1, and the finer pass puts body0 alone back into int8."""
+    import onnx
+
+    path, meta, calib, held = hostile
+    model = onnx.load(str(path))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    convs[1].name, convs[2].name = "/layer1/layer1.0/conv1/Conv", "/layer1/layer1.0/conv2/Conv"
+    scoped = tmp_path / "scoped.onnx"
+    onnx.save(model, str(scoped))
+    result = search(scoped, calib.x, calib.groups, threads=1)
+    assert "/layer1/layer1.0" in result.groups and "/layer1/layer1.0" not in result.int8_groups, result.to_dict()
+    assert result.int8_split_nodes == ["/layer1/layer1.0/conv1/Conv"], result.to_dict()
+    assert result.nodes == ["/layer1/layer1.0/conv2/Conv"], result.to_dict()
+    assert result.to_dict()["int8_split_nodes"] == result.int8_split_nodes
