@@ -53,18 +53,17 @@ def _serve(args: argparse.Namespace, s: Settings) -> int:
         print(f"nscmonitor: engine: {runner.engine_builds.summary(m.path, m.version)['message']}", file=sys.stderr)
     sched = None
     if not args.once and not args.no_schedule:
-        from nscmonitor.schedule.scheduler import make_scheduler
+        from nscmonitor.schedule.ownership import OwnedSchedule
 
-        sched = make_scheduler(s, config_path=getattr(args, "config", None))
-        sched.resume()
-        job = sched.get_job("nscmonitor-retrain")
-        print(f"nscmonitor: retrain schedule {s.retrain.schedule}; next run {job.next_run_time if job else 'none'}",
-              file=sys.stderr)
+        # one daemon of those sharing a database runs the schedule; the others take over when it stops
+        sched = OwnedSchedule(s, config_path=getattr(args, "config", None), every_s=s.lease_seconds / 3)
+        sched.start()
+        print(f"nscmonitor: {sched.describe()}", file=sys.stderr)
     try:
         _run_loop(args, runner)
     finally:
         if sched is not None:
-            sched.shutdown(wait=False)
+            sched.stop()
     counts = Repo(runner.store.engine).queue_counts()
     print("nscmonitor: stopped; images by state: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
           file=sys.stderr)
@@ -113,7 +112,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=bounded(int, 1, 1024, "a whole number of tiles"), help="tiles per engine call")
     p.add_argument("--once", action="store_true", help="score what is there, then exit")
     p.add_argument("--progress", action="store_true", help="show a progress bar even without a terminal")
-    p.add_argument("--no-schedule", action="store_true", help="do not run the scheduled retraining in this daemon")
+    p.add_argument("--no-schedule", action="store_true",
+                   help="do not run the scheduled retraining in this daemon (on a shared PostgreSQL database one "
+                   "daemon runs it anyway, the others take over when it stops)")
     part = p.add_mutually_exclusive_group()
     part.add_argument("--score-only", action="store_true",
                       help="only score from the shared queue, watch no folders (e.g. on a GPU server); needs a "

@@ -12,9 +12,12 @@ from nscmonitor.ops.health import engine_build_state, health, model_integrity
 def cmd_status(args: argparse.Namespace) -> int:
     from nscmonitor.store.db import open_readonly
     from nscmonitor.store.reads import Repo
+    from nscmonitor.store.schedule_lock import schedule_owner
 
     s = settings_from(args)
-    report = health(Repo(open_readonly(s.database_url)))
+    engine = open_readonly(s.database_url)
+    report = health(Repo(engine))
+    report["retrain_schedule_owner"] = schedule_owner(engine)  # shared PostgreSQL only; else None
     report["model_integrity"] = model_integrity(s)
     if report["model_integrity"] and not report["model_integrity"]["ok"]:
         report["warnings"].append(f"model refused: {report['model_integrity']['problem']}")
@@ -40,6 +43,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         for w in d["watched"]:
             con.print(f"  watching {w['path']} ({'polling' if w.get('polling') else 'events'})"
                       + ("" if w.get("reachable", True) else f" [red]UNREACHABLE: {w.get('error')}[/red]"))
+    if report["retrain_schedule_owner"]:
+        con.print(f"retrain schedule run by the daemon on {report['retrain_schedule_owner']} (host:PID)")
     con.print("queue: " + (", ".join(f"{k} {v}" for k, v in sorted(report["queue"].items())) or "empty")
               + f"; scored in the last 5 min: {report['scored_last_5_min']}")
     if report["errors"]:
