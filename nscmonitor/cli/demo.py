@@ -71,7 +71,13 @@ def _model(out: Path, retrain: bool, given: Path | None = None) -> Path:
     except ImportError as exc:
         raise SystemExit(f"the demo trains its model with torch: install the train extra ({exc})") from exc
     _say("training the demo model (cached after the first run)")
-    return demo_model(out / "model", tiles, force=retrain)
+    t0, c0 = time.perf_counter(), time.process_time()
+    path = demo_model(out / "model", tiles, force=retrain)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if cpu > 1.0:
+        _say(f"demo model ready in {wall:.0f} s ({cpu:.0f} s of CPU time; load average "
+             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    return path
 
 
 def _demo_export() -> dict[str, Any]:
