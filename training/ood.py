@@ -179,8 +179,10 @@ def features(model: nn.Module, x: np.ndarray, device: Any = "cpu", batch_size: i
 
 def fit_mahalanobis(feats: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Class means (K x D) and a whitening matrix W (D x D, W W^T = inverse covariance). A
-    class absent from training keeps the overall mean; a small ridge keeps the covariance of
-    a few hundred tiles invertible."""
+    class absent from training keeps the overall mean. A ridge of 1 % of the mean variance
+    keeps the covariance of a few hundred tiles invertible and the directions of least
+    variance from dominating: with 0.1 % the fp16 graph's score drifted 2.6 % from fp32's
+    (the backbone's fp16 rounding, whitened) and a held-out plate of our own was flagged more."""
     f = np.asarray(feats, np.float64)
     overall = f.mean(axis=0)
     means = np.stack([f[y == c].mean(axis=0) if np.any(y == c) else overall for c in range(k)])
