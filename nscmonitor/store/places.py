@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, tuple_
 from sqlalchemy.orm import Session
 
 from nscmonitor.core.domain import ImageKey
@@ -33,10 +33,13 @@ def _insert_for(s: Session):
     return insert
 
 
-def insert_missing(s: Session, table: Table, keys: tuple[str, ...], values: dict[str, Any]) -> None:
-    """Insert the row unless one with the same ``keys`` (a unique constraint) exists or is
-    being inserted by another transaction, which is waited for."""
-    s.execute(_insert_for(s)(table).values(**values).on_conflict_do_nothing(index_elements=list(keys)))
+def insert_missing(s: Session, table: Table, keys: tuple[str, ...], values: dict[str, Any] | list[dict]) -> None:
+    """Insert the row (or rows, in their order, 500 to a statement) unless one with the same
+    ``keys`` (a unique constraint) exists or is being inserted by another transaction, which
+    is waited for."""
+    rows = values if isinstance(values, list) else [values]
+    for start in range(0, len(rows), 500):
+        s.execute(_insert_for(s)(table).values(rows[start:start + 500]).on_conflict_do_nothing(index_elements=list(keys)))
 
 
 def upsert(s: Session, table: Table, keys: tuple[str, ...], rows: list[dict[str, Any]],
@@ -65,15 +68,35 @@ def ensure_well(s: Session, experiment_id: int, plate: str, plate_format: int, k
                 condition: str | None, attributes: dict[str, str] | None = None) -> tuple[int, int]:
     """(plate id, well id), both created when missing; the plate map's condition and
     attributes for the well replace the stored ones when given and different."""
+    wells = ensure_wells(s, [(experiment_id, plate, plate_format, key, condition, attributes)])
+    return wells[(experiment_id, plate, key.well)]
+
+
+def ensure_wells(s: Session, wells: list[tuple[int, str, int, ImageKey, str | None, dict | None]]
+                 ) -> dict[tuple[int, str, str], tuple[int, int]]:
+    """``ensure_well`` for many wells ((experiment id, plate, plate format, key, condition,
+    attributes), in key order) with four statements: plates inserted, read, wells inserted,
+    read; then the changed conditions and attributes. Returns (experiment id, plate, well) ->
+    (plate id, well id)."""
+    plates = {}
+    for exp, plate, fmt, _, _, _ in wells:
+        plates.setdefault((exp, plate), fmt)
     insert_missing(s, m.Plate.__table__, ("experiment_id", "name"),
-                   {"experiment_id": experiment_id, "name": plate, "plate_format": plate_format})
-    plate_id = s.scalar(select(m.Plate.id).where(m.Plate.experiment_id == experiment_id, m.Plate.name == plate))
-    insert_missing(s, m.Well.__table__, ("plate_id", "name"),
-                   {"plate_id": plate_id, "name": key.well, "row": key.row, "col": key.col, "condition": condition,
-                    "attributes": attributes or None})
-    w = s.scalar(select(m.Well).where(m.Well.plate_id == plate_id, m.Well.name == key.well))
-    if condition and w.condition != condition:
-        w.condition = condition
-    if attributes and w.attributes != attributes:
-        w.attributes = attributes
-    return plate_id, w.id
+                   [{"experiment_id": e, "name": p, "plate_format": f} for (e, p), f in plates.items()])
+    plate_ids = {(r.experiment_id, r.name): r.id for r in s.execute(
+        select(m.Plate.id, m.Plate.experiment_id, m.Plate.name)
+        .where(tuple_(m.Plate.experiment_id, m.Plate.name).in_(list(plates))))}
+    rows = [{"plate_id": plate_ids[(exp, plate)], "name": key.well, "row": key.row, "col": key.col,
+             "condition": cond, "attributes": attrs or None} for exp, plate, _, key, cond, attrs in wells]
+    insert_missing(s, m.Well.__table__, ("plate_id", "name"), rows)
+    stored = {(w.plate_id, w.name): w for w in s.scalars(
+        select(m.Well).where(tuple_(m.Well.plate_id, m.Well.name).in_([(r["plate_id"], r["name"]) for r in rows])))}
+    out = {}
+    for exp, plate, _, key, cond, attrs in wells:
+        w = stored[(plate_ids[(exp, plate)], key.well)]
+        if cond and w.condition != cond:
+            w.condition = cond
+        if attrs and w.attributes != attrs:
+            w.attributes = attrs
+        out[(exp, plate, key.well)] = (w.plate_id, w.id)
+    return out

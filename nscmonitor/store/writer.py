@@ -25,7 +25,7 @@ from nscmonitor.store import models as m
 from nscmonitor.store.claims import Claimed as Claimed, Claims  # Claimed: what the scorer gets back
 from nscmonitor.store.events import add_event, record_event
 from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner
-from nscmonitor.store.places import ensure_experiment, ensure_well
+from nscmonitor.store.places import ensure_experiment, ensure_well, ensure_wells
 from nscmonitor.store.readouts import recompute_readouts
 
 from nscmonitor.store.times import utcnow
@@ -130,9 +130,8 @@ class Writer(Claims):
         if not todo:
             return
         with self.Session.begin() as s:
-            ids = {k: ensure_well(s, k[0], k[1], new[k].plate_format, new[k].key, new[k].condition,
-                                  new[k].attributes) for k in todo}
-        self._wells.update(ids)
+            self._wells.update(ensure_wells(s, [(k[0], k[1], new[k].plate_format, new[k].key, new[k].condition,
+                                                 new[k].attributes) for k in todo]))
 
     # --- the queue ------------------------------------------------------------------
     def known_files(self) -> dict[str, tuple[int, float]]:
@@ -146,40 +145,51 @@ class Writer(Claims):
         Paths go in in their stored form (``names.to_db``) and every other text through
         ``names.clean``: a name that is not valid UTF-8 is kept, never allowed to fail the
         insert for the whole batch."""
-        new = changed = 0
         now = utcnow()
-        files = [_storable(f) for f in files]
+        latest = {f.path: f for f in map(_storable, files)}  # a path twice in one batch: its latest state
+        files = list(latest.values())
         self._ensure_wells(files)
         with self.Session.begin() as s:
+            known = {}
+            for start in range(0, len(files), 500):
+                known.update((r.path, r) for r in s.execute(
+                    select(m.Image.id, m.Image.path, m.Image.size, m.Image.mtime)
+                    .where(m.Image.path.in_([f.path for f in files[start:start + 500]]))))
+            added, changed = [], []
             for f in files:
-                row = s.scalar(select(m.Image).where(m.Image.path == f.path))
+                row = known.get(f.path)
                 if row is not None and row.size == f.size and row.mtime == f.mtime:
                     continue
-                well_id = None
-                if f.key is not None and f.error is None:
-                    _, well_id = self._ensure_well(s, f.experiment_id, f.plate or "plate", f.plate_format, f.key,
-                                                   f.condition, f.attributes)
-                status = (QueueState.QUARANTINED if f.error
-                          else QueueState.SKIPPED if f.skip_reason else QueueState.PENDING)
-                fields = dict(
-                    size=f.size, mtime=f.mtime, status=status, error=f.error or f.skip_reason, attempts=0,
-                    next_attempt_at=0.0, profile=f.profile, well_id=well_id,
-                    field=f.key.field if f.key else None, channel=f.key.channel if f.key else None,
-                    z=f.key.z if f.key else None, timepoint=f.key.timepoint if f.key else None,
-                    time_key=time_key(f.key, f.elapsed_h), elapsed_h=f.elapsed_h, acquired_at=f.acquired_at,
-                    updated_at=now,
-                )
+                fields = self._queue_fields(f, now)
                 if row is None:
-                    s.add(m.Image(experiment_id=f.experiment_id, path=f.path, relpath=f.relpath, discovered_at=now,
-                                  **fields))
-                    new += 1
+                    added.append({"experiment_id": f.experiment_id, "path": f.path, "relpath": f.relpath,
+                                  "discovered_at": now, **fields})
                 else:
-                    for k, v in fields.items():
-                        setattr(row, k, v)
-                    changed += 1
+                    changed.append({"b_id": row.id, **{f"b_{k}": v for k, v in fields.items()}})
                 if f.error:
                     add_event(s, "quarantined", f.error, level="warning", path=f.path, at=now)
-        return new, changed
+            if added:
+                s.execute(insert(m.Image.__table__), added)
+            if changed:
+                images = m.Image.__table__
+                s.execute(update(images).where(images.c.id == bindparam("b_id"))
+                          .values(**{k[2:]: bindparam(k) for k in changed[0] if k != "b_id"}), changed)
+        return len(added), len(changed)
+
+    def _queue_fields(self, f: Discovered, now: datetime) -> dict:
+        """An image row's queue columns for a file entering (or re-entering) the queue."""
+        well_id = None
+        if f.key is not None and f.error is None:
+            well_id = self._wells[(f.experiment_id, f.plate or "plate", f.key.well)][1]
+        status = (QueueState.QUARANTINED if f.error else QueueState.SKIPPED if f.skip_reason else QueueState.PENDING)
+        return dict(
+            size=f.size, mtime=f.mtime, status=status, error=f.error or f.skip_reason, attempts=0,
+            next_attempt_at=0.0, profile=f.profile, well_id=well_id,
+            field=f.key.field if f.key else None, channel=f.key.channel if f.key else None,
+            z=f.key.z if f.key else None, timepoint=f.key.timepoint if f.key else None,
+            time_key=time_key(f.key, f.elapsed_h), elapsed_h=f.elapsed_h, acquired_at=f.acquired_at,
+            updated_at=now,
+        )
 
     def requeue(self, ids: Iterable[int]) -> int:
         """Quarantined (or failed) images back to the queue with fresh attempts: the
