@@ -118,12 +118,18 @@ def correct_biases(qdq: Any, fp32: Any, calib_x: np.ndarray, *, threads: int = 0
     if not targets:
         return {"layers": 0}
     tensors = list(dict.fromkeys(targets.values()))
-    reference = channel_means(fp32, tensors, calib_x, threads=threads)
+    in_fp32 = _same_tensors(qdq, fp32, tensors)
+    measured = channel_means(fp32, [in_fp32[t] for t in tensors], calib_x, threads=threads)
+    reference = {t: measured[in_fp32[t]] for t in tensors}
     biases = {name: _bias_of(qdq, name) for name in targets}
     before: dict[str, np.ndarray] = {}
     runner = _Segments(qdq, calib_x, threads)
+    left = set(targets)
     for segment in runner:
+        if not left:
+            break  # the pieces after the last corrected layer need not run
         for name in [n for n in segment if n in targets]:
+            left.discard(name)
             t = targets[name]
             delta = reference[t] - runner.mean(t)
             before.setdefault(t, delta)
@@ -142,6 +148,14 @@ def correct_biases(qdq: Any, fp32: Any, calib_x: np.ndarray, *, threads: int = 0
     return summary
 
 
+def _same_tensors(qdq: Any, fp32: Any, tensors: list[str]) -> dict[str, str]:
+    """Each Q/DQ tensor's name in the fp32 graph, found through its producer's node name (the
+    quantiser renames a quantised graph output ``y`` to ``y_QuantizeLinear_Input``)."""
+    producer = {o: n.name for n in qdq.graph.node for o in n.output}
+    fp_out = {n.name: n.output[0] for n in fp32.graph.node}
+    return {t: fp_out.get(producer.get(t, ""), t) for t in tensors}
+
+
 class _Segments:
     """Runs a graph piece by piece on the calibration tiles: pieces end where a single tensor
     carries everything the rest of the graph reads (a residual block's output), so correcting
@@ -152,6 +166,7 @@ class _Segments:
     def __init__(self, model: Any, x: np.ndarray, threads: int) -> None:
         self.model, self.threads = model, threads
         self.pieces = _pieces(model)
+        self.consts = _constant_tensors(model)
         self.current: tuple[list[Any], str] | None = None
         self.feed = (model.graph.input[0].name, x)
 
@@ -175,10 +190,10 @@ class _Segments:
         nodes = self.current[0]
         name, x = self.feed
         inits = {i.name: i for i in self.model.graph.initializer}
-        consts = {o: n for n in self.model.graph.node if n.op_type == "Constant" for o in n.output}
-        reads = {i for n in nodes for i in n.input}
+        const_nodes = _constant_producers(self.model, self.consts, {i for n in nodes for i in n.input})
+        reads = {i for n in const_nodes + list(nodes) for i in n.input}
         graph = helper.make_graph(
-            [consts[r] for r in reads if r in consts] + list(nodes), "piece",
+            const_nodes + list(nodes), "piece",
             [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(x.dtype), None)],
             [helper.make_tensor_value_info(output, _elem_type(self.model, output, inits), None)],
             [inits[r] for r in reads if r in inits])
@@ -191,6 +206,20 @@ class _Segments:
             so.intra_op_num_threads = self.threads
         sess = ort.InferenceSession(piece.SerializeToString(), so, providers=["CPUExecutionProvider"])
         return np.concatenate([sess.run([output], {name: x[i:i + 16]})[0] for i in range(0, len(x), 16)])
+
+
+def _constant_producers(model: Any, consts: set[str], wanted: set[str]) -> list[Any]:
+    """The nodes among those producing ``consts`` that ``wanted`` needs, with what they read
+    in turn, in an order that runs."""
+    by_out = {o: n for n in model.graph.node if set(n.output) <= consts for o in n.output}
+    need: dict[int, Any] = {}
+    todo = [w for w in wanted if w in by_out]
+    while todo:
+        n = by_out[todo.pop()]
+        if id(n) not in need:
+            need[id(n)] = n
+            todo += [i for i in n.input if i in by_out]
+    return _topological(list(need.values()), {i.name for i in model.graph.initializer})
 
 
 def _elem_type(model: Any, tensor: str, inits: dict[str, Any]) -> int:
@@ -206,8 +235,8 @@ def _elem_type(model: Any, tensor: str, inits: dict[str, Any]) -> int:
 def _pieces(model: Any) -> list[tuple[list[Any], str]]:
     """The graph's nodes (Constants aside) in order, cut after every node past which a single
     tensor is all that later nodes and the graph's outputs read; each piece with that tensor."""
-    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    nodes = _topological([n for n in model.graph.node if n.op_type != "Constant"],
+    consts = _constant_tensors(model)
+    nodes = _topological([n for n in model.graph.node if not set(n.output) <= consts],
                          consts | {i.name for i in model.graph.initializer} | {i.name for i in model.graph.input})
     last_read: dict[str, int] = {o.name: len(nodes) for o in model.graph.output}
     for k, n in enumerate(nodes):
@@ -273,6 +302,17 @@ def _drop_unread_initializers(model: Any) -> None:
     keep = [i for i in model.graph.initializer if i.name in read]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
+
+
+def _constant_tensors(model: Any) -> set[str]:
+    """Outputs of nodes that read only initializers and constants (Constant nodes, a weight's
+    DequantizeLinear): not activations, so they never keep a cut from being one."""
+    known = {i.name for i in model.graph.initializer} | {""}
+    consts: set[str] = set()
+    for n in _topological(list(model.graph.node), known | {i.name for i in model.graph.input}):
+        if all(i in known or i in consts for i in n.input):
+            consts.update(n.output)
+    return consts
 
 
 def _topological(nodes: list[Any], available: set[str]) -> list[Any]:
