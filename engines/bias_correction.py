@@ -77,12 +77,25 @@ def _readers_through_qdq(model: Any) -> dict[str, list[Any]]:
     return {t: resolve(t) for t in direct}
 
 
+def literal_session(model: Any, *, threads: int = 0):
+    """An ONNX Runtime CPU session with graph optimisations off: Q/DQ pairs execute as written
+    (fake quantisation in float) instead of being fused into int8 kernels, so what is measured
+    is the rounding the file describes, whichever runtime later serves it."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
 def channel_means(model: Any, tensors: list[str], x: np.ndarray, *, threads: int = 0,
                   batch_size: int = 16) -> dict[str, np.ndarray]:
     """Per-channel (axis 1) mean of each named tensor over the tiles ``x``, run by ONNX
     Runtime with graph optimisations off so Q/DQ execute as written."""
     import onnx
-    import onnxruntime as ort
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -90,12 +103,7 @@ def channel_means(model: Any, tensors: list[str], x: np.ndarray, *, threads: int
     for t in tensors:
         if t not in have:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = literal_session(probe, threads=threads)
     name = sess.get_inputs()[0].name
     sums: dict[str, np.ndarray] = {}
     count = 0
@@ -182,8 +190,6 @@ class _Segments:
         return y.astype(np.float64).mean(axis=axes)
 
     def _run(self, output: str) -> np.ndarray:
-        import onnx
-        import onnxruntime as ort
         from onnx import helper
 
         assert self.current is not None
@@ -199,12 +205,7 @@ class _Segments:
             [inits[r] for r in reads if r in inits])
         piece = helper.make_model(graph, opset_imports=self.model.opset_import)
         piece.ir_version = self.model.ir_version
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 3
-        if self.threads:
-            so.intra_op_num_threads = self.threads
-        sess = ort.InferenceSession(piece.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = literal_session(piece, threads=self.threads)
         return np.concatenate([sess.run([output], {name: x[i:i + 16]})[0] for i in range(0, len(x), 16)])
 
 

@@ -164,14 +164,9 @@ def fake_quant_probs(model: Any, x: np.ndarray, *, threads: int = 0, batch_size:
     """Class probabilities of an ONNX model run with ONNX Runtime's graph optimisations off
     (Q/DQ execute as written, in float), for the first output. Softmax is applied when the
     output is not already a probability vector."""
-    import onnxruntime as ort
+    from nscmonitor.engines.bias_correction import literal_session
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = literal_session(model, threads=threads)
     name, out = sess.get_inputs()[0].name, sess.get_outputs()[0].name
     y = np.concatenate([sess.run([out], {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
     if np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3):
