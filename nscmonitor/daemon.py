@@ -39,7 +39,7 @@ from nscmonitor.scoring.hot_swap import EngineBuilds, EngineFactory, LoadedModel
 from nscmonitor.scoring.metrics import Metrics, Timings
 from nscmonitor.scoring.forecast import ForecastStage, load_forecast_model
 from nscmonitor.scoring.lease_keeper import LeaseKeeper
-from nscmonitor.scoring.scorer import Batch, Scorer, requeue_readable
+from nscmonitor.scoring.scorer import MAX_CLAIM, Batch, Scorer, requeue_readable
 from nscmonitor.scoring.serving import NO_MODEL, engine_factory, registry_model_source, static_model_source
 from nscmonitor.store.db import ensure_schema, open_engine, sqlite_path
 from nscmonitor.store.reads import Repo
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 class Daemon:
     def __init__(self, settings: Settings, store: Writer, model_source: ModelSource, engine_factory: EngineFactory, *,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 retry_base_s: float = 5.0, max_attempts: int = MAX_ATTEMPTS, claim_size: int = 4,
+                 retry_base_s: float = 5.0, max_attempts: int = MAX_ATTEMPTS, claim_size: int = MAX_CLAIM,
                  poll_interval: float = 2.0, heartbeat_s: float = 5.0,
                  engine_builds: EngineBuilds | None = None, watch: bool = True, score: bool = True) -> None:
         """``watch``/``score``: this daemon's parts (both by default; one alone only on a

@@ -23,11 +23,15 @@ from nscmonitor.readers.decode import DecodeError, open_regular, why
 from nscmonitor.scoring.forecast import ForecastStage
 from nscmonitor.scoring.hot_swap import LoadedModel, ModelSlot
 from nscmonitor.scoring.metrics import Metrics
+from nscmonitor.scoring.pacing import next_claim_size
 from nscmonitor.scoring.preprocess import Preprocess
 from nscmonitor.scoring.stages import Prepared, infer, prepare, result
 from nscmonitor.store.writer import Claimed, Scored, Writer
 
 log = logging.getLogger(__name__)
+
+#: the first claim's size, and the most one claim takes by default
+FIRST_CLAIM, MAX_CLAIM = 4, 64
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -42,10 +46,12 @@ class Scorer:
     def __init__(self, settings: Settings, writer: Writer, slot: ModelSlot, metrics: Metrics, *,
                  channel: Callable[[str], str | None], stop_event: threading.Event,
                  wall: Callable[[], float] = time.time, retry_base_s: float = 5.0,
-                 max_attempts: int = MAX_ATTEMPTS, claim_size: int = 4,
+                 max_attempts: int = MAX_ATTEMPTS, claim_size: int = MAX_CLAIM,
                  forecast: ForecastStage | None = None) -> None:
         """``channel``: the watch folder's scored channel for an image path; ``forecast``: the
-        time-aware well model's stage after each stored batch (None: per-image scoring only)."""
+        time-aware well model's stage after each stored batch (None: per-image scoring only);
+        ``claim_size``: the most images one batch claims (``scoring.pacing`` sizes each claim
+        from what the last batches cost, starting small)."""
         self.settings = settings
         self.writer = writer
         self.slot = slot
@@ -56,15 +62,23 @@ class Scorer:
         self.retry_base_s = retry_base_s
         self.max_attempts = max_attempts
         self.claim_size = claim_size
+        self.next_claim = min(FIRST_CLAIM, claim_size)
         self._pre: tuple[object, Preprocess] | None = None
         self.forecast = forecast
 
     def process_batch(self) -> Batch:
         model = self.slot.model
         assert model is not None
-        claimed = self.writer.claim(self.claim_size, self.wall(), model.version, max_attempts=self.max_attempts)
+        started = time.perf_counter()
+        size = self.next_claim
+        claimed = self.writer.claim(size, self.wall(), model.version, max_attempts=self.max_attempts)
         if not claimed:
             return Batch(0, 0)
+        batch = self._score(model, claimed)
+        self.next_claim = next_claim_size(len(claimed), size, time.perf_counter() - started, largest=self.claim_size)
+        return batch
+
+    def _score(self, model: LoadedModel, claimed: list[Claimed]) -> Batch:
         prepared = [p for _, p in self._each(((c, c) for c in claimed), "preparing the image", self.prepare)
                     if p is not None]
         if not prepared:

@@ -1,0 +1,34 @@
+"""How many images the scorer claims at a time.
+
+Every claim and every stored batch costs a handful of statements whatever its size (see
+docs/scale.md), so on a backlog of cheap images (a small model, small frames) a fixed claim of
+a few images spends most of its time in the database, and on PostgreSQL most of it waiting for
+round trips to the server. A large fixed claim would fix that but make a slow model (a
+ResNet50 on full frames, seconds per image) hold many images at once: a promoted model, an
+engine swap or a stop would wait for all of them, and several scorers would share a short
+backlog badly. So the claim grows or shrinks towards a fixed amount of work per batch,
+measured on the batches themselves; live acquisition, where one image is due at a time, is
+not affected (a claim takes what is due, up to the size).
+"""
+
+from __future__ import annotations
+
+#: seconds of work per batch the claim size is steered towards
+TARGET_BATCH_S = 0.5
+#: a batch at most this many times larger than the last one (the cost per image is noisy)
+MAX_GROWTH = 2.0
+
+
+def next_claim_size(claimed: int, size: int, elapsed_s: float, *, largest: int,
+                    target_s: float = TARGET_BATCH_S) -> int:
+    """The next claim's size after a batch of ``claimed`` images (asked for ``size``) took
+    ``elapsed_s`` seconds. A batch smaller than asked says nothing about the cost of a full
+    one unless it already overran the target: the size is kept then, so a queue that runs
+    dry does not shrink it, and a few slow images do."""
+    if claimed <= 0 or elapsed_s <= 0:
+        return size
+    want = claimed * target_s / elapsed_s
+    if claimed < size and want >= size:
+        return size
+    grown = min(want, size * MAX_GROWTH)
+    return max(1, min(largest, int(grown)))

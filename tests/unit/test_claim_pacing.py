@@ -1,0 +1,32 @@
+"""The claim size steers towards a fixed amount of work per batch (``scoring.pacing``)."""
+
+from __future__ import annotations
+
+from nscmonitor.scoring.pacing import MAX_GROWTH, TARGET_BATCH_S, next_claim_size
+
+
+def test_cheap_full_batches_grow_at_most_by_the_growth_factor_up_to_the_largest() -> None:
+    size = 4
+    sizes = []
+    for _ in range(8):  # 1 ms per image: the target alone would ask for 500
+        size = next_claim_size(size, size, size * 0.001, largest=64)
+        sizes.append(size)
+    assert sizes[0] == int(4 * MAX_GROWTH)
+    assert all(b <= a * MAX_GROWTH for a, b in zip([4] + sizes, sizes))
+    assert sizes[-1] == 64
+
+
+def test_slow_images_shrink_the_claim_to_the_target_work() -> None:
+    per_image = 0.2  # seconds: a large model on full frames
+    assert next_claim_size(16, 16, 16 * per_image, largest=64) == int(TARGET_BATCH_S / per_image)
+    assert next_claim_size(2, 2, 2 * 5.0, largest=64) == 1
+
+
+def test_a_queue_that_runs_dry_keeps_the_size_but_a_slow_short_batch_shrinks_it() -> None:
+    assert next_claim_size(1, 32, 0.003, largest=64) == 32
+    assert next_claim_size(3, 32, 3 * 1.0, largest=64) == 1
+
+
+def test_nothing_claimed_or_no_time_measured_changes_nothing() -> None:
+    assert next_claim_size(0, 8, 1.0, largest=64) == 8
+    assert next_claim_size(8, 8, 0.0, largest=64) == 8
