@@ -7,12 +7,20 @@ loses the server, one of them takes over: it plans the next run from what the ow
 in ``schedule_state`` (a run that was due meanwhile happens at once, within the misfire grace)
 and resumes its scheduler. An owner that finds its lock gone pauses its scheduler until it
 holds the lock again. On SQLite the one daemon always owns its schedule.
+
+A retrain started by the schedule takes a ticket (``ticket``): the holding of the lock it
+started under. An owner cut off from the server while its candidate trains loses the lock,
+and another daemon may take the schedule over and retrain too; the cut-off one's candidate is
+then registered but never promoted, because its ticket no longer holds when it asks just
+before promotion (a fencing check: two retrains may overlap, two promotions from the same
+schedule cannot both come from owners that were deposed).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -31,7 +39,7 @@ class OwnedSchedule:
         (and the owner checks that it still holds it)."""
         self.schedule = settings.retrain.schedule
         self.engine = open_engine(settings.database_url)
-        self.sched: BackgroundScheduler = make_scheduler(settings, config_path=config_path)
+        self.sched: BackgroundScheduler = make_scheduler(settings, config_path=config_path, ticket=self.ticket)
         self.lock = ScheduleLock(settings.database_url)
         self.every_s = every_s
         self.owner = False
@@ -61,6 +69,11 @@ class OwnedSchedule:
                          other or "none at this moment")
             self.other = other
         return self.owner
+
+    def ticket(self) -> Callable[[], bool]:
+        """A check that this daemon still holds the schedule as it does now, without a gap."""
+        generation = self.lock.generation
+        return lambda: self.owner and self.lock.holds(generation)
 
     def describe(self) -> str:
         """One line for the daemon's start: the schedule and who runs it."""

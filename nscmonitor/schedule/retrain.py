@@ -19,7 +19,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -278,7 +278,11 @@ def _judge(candidate_path: Path, active_path: Path | None, test: list, n_images:
 
 
 def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = False,
-                train_overrides: dict | None = None, timeout: float | None = None) -> RetrainOutcome:
+                train_overrides: dict | None = None, timeout: float | None = None,
+                still_owner: Callable[[], bool] | None = None) -> RetrainOutcome:
+    """``still_owner``: asked just before promotion, for a run of a schedule shared by several
+    daemons (``ownership.OwnedSchedule.ticket``); False keeps the candidate registered but
+    unpromoted, because another daemon may have taken the schedule over meanwhile."""
     engine = open_engine(settings.database_url)
     ensure_schema(engine)
     reg = Registry(settings.models_dir, engine)
@@ -326,6 +330,10 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
     info = reg.register(run_dir / "train", labels_version=labels_ver, activate_if_first=False)
     if decision.promote:
         decision = _engine_gate(settings, Path(info.path), info.version, decision, numbers)
+    if decision.promote and still_owner is not None and not still_owner():
+        decision = Decision(False, decision.reasons + [
+            "not promoted: this daemon lost the retrain schedule while the candidate trained (its database "
+            "connection ended), so another daemon may run it now"])
     if not decision.promote:
         return finish("rejected", "; ".join(decision.reasons), candidate_version=info.version, numbers=numbers,
                       run_dir=str(run_dir))

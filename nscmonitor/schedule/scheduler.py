@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, JobExecutionEvent
@@ -43,21 +44,29 @@ def trigger_for(schedule: str):
     return IntervalTrigger(**{unit: n})
 
 
-def scheduled_retrain(config_path: str | None, database_url: str) -> str:
-    """Entry point of the scheduled job. Logs and survives its own failures (rule 13)."""
+def scheduled_retrain(config_path: str | None, database_url: str,
+                      ticket: Callable[[], Callable[[], bool]] | None = None) -> str:
+    """Entry point of the scheduled job. Logs and survives its own failures (rule 13).
+    ``ticket``: on a shared database, hands out the check that this daemon still owns the
+    schedule as it did when the run started (``ownership.OwnedSchedule.ticket``)."""
     from nscmonitor.config import load_settings, with_overrides
     from nscmonitor.schedule.retrain import run_retrain
 
     try:
+        owns = ticket() if ticket is not None else None
+        if owns is not None and not owns():
+            log.warning("scheduled retrain not started: this daemon no longer runs the retrain schedule")
+            return "not owner"
         settings = with_overrides(load_settings(config_path), database_url=database_url)
-        out = run_retrain(settings, trigger="schedule")
+        out = run_retrain(settings, trigger="schedule", still_owner=owns)
         return out.status
     except Exception:
         log.exception("scheduled retrain failed")
         return "failed"
 
 
-def make_scheduler(settings: Settings, *, config_path: str | None = None) -> BackgroundScheduler:
+def make_scheduler(settings: Settings, *, config_path: str | None = None,
+                   ticket: Callable[[], Callable[[], bool]] | None = None) -> BackgroundScheduler:
     """A paused scheduler holding the retrain job. An unchanged schedule keeps the next run
     time planned before the restart, so restarting the daemon neither skips nor repeats a
     retrain; a changed schedule plans afresh."""
@@ -73,7 +82,7 @@ def make_scheduler(settings: Settings, *, config_path: str | None = None) -> Bac
     sched.start(paused=True)
     extra = {"next_run_time": planned} if planned is not None else {}
     job = sched.add_job(scheduled_retrain, trigger_for(schedule), id=JOB_ID,
-                        args=[config_path, settings.database_url], name="retrain on new labels", **extra)
+                        args=[config_path, settings.database_url, ticket], name="retrain on new labels", **extra)
     save_schedule_state(engine, JOB_ID, schedule=schedule, next_run_at=job.next_run_time)
 
     def remember(event: JobExecutionEvent) -> None:

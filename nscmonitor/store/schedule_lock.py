@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -41,29 +42,57 @@ class ScheduleLock:
         self.shared = make_url(url).get_backend_name() == "postgresql"
         self._engine: Engine | None = None
         self._conn = None
+        #: how many times this daemon has taken the lock; a holding that began earlier has ended
+        self.generation = 0
+        #: the owner's loop and a running retrain's ticket both ask, on one connection
+        self._mutex = threading.RLock()
 
     def take(self) -> bool:
         """True when this daemon holds the schedule (taken now, or still held)."""
         if not self.shared:
             return True
-        if self._conn is not None:
-            try:
-                self._conn.execute(text("SELECT 1"))
-                self._conn.commit()
-                return True
-            except SQLAlchemyError as exc:  # the connection died, and the lock with it
-                log.warning("lost the connection that held the retrain schedule: %s", str(exc).splitlines()[0])
-                self._drop()
+        with self._mutex:
+            return self._take()
+
+    def _take(self) -> bool:
+        if self._conn is not None and self._alive():
+            return True
         conn = self._connect()
         got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": SCHEDULE_LOCK_KEY}).scalar()
         conn.commit()
         if got:
             self._conn = conn
+            self.generation += 1
             return True
         conn.close()
         return False
 
+    def holds(self, generation: int) -> bool:
+        """True when the lock taken as ``generation`` is held still, without a gap: its own
+        connection answers (the server keeps a session's advisory lock until that connection
+        ends). Taken again meanwhile, on a new connection, is not the same holding: another
+        daemon may have owned the schedule in between."""
+        if not self.shared:
+            return True
+        with self._mutex:
+            return generation == self.generation and self._conn is not None and self._alive()
+
+    def _alive(self) -> bool:
+        """The holding connection answers; if it does not, it and the lock are gone."""
+        try:
+            self._conn.execute(text("SELECT 1"))
+            self._conn.commit()
+            return True
+        except SQLAlchemyError as exc:  # the connection died, and the lock with it
+            log.warning("lost the connection that held the retrain schedule: %s", str(exc).splitlines()[0])
+            self._drop()
+            return False
+
     def release(self) -> None:
+        with self._mutex:
+            self._release()
+
+    def _release(self) -> None:
         if self._conn is not None:
             try:
                 self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEDULE_LOCK_KEY})

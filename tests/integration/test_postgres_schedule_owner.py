@@ -144,3 +144,41 @@ def test_a_killed_owner_daemon_hands_the_schedule_to_another(pg_url: str, tmp_pa
     assert second.proc.returncode == 0, "".join(second.lines)
     assert "Traceback" not in "".join(second.lines)
     engine.dispose()
+
+
+def _cut_off_owner(engine) -> int:
+    """End the schedule owner's lock connection on the server, as a network cut would."""
+    with engine.connect() as c:
+        n = c.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE application_name LIKE 'nscmonitor retrain%' AND datname = current_database()")).scalar()
+        c.commit()
+    return n
+
+
+def test_a_cut_off_owners_ticket_no_longer_holds_even_after_it_takes_the_lock_again(pg_url: str,
+                                                                                      tmp_path: Path) -> None:
+    from nscmonitor.schedule.scheduler import scheduled_retrain
+
+    engine = open_engine(pg_url)
+    ensure_schema(engine)
+    cfg = _config(tmp_path, pg_url, "interval:1h")
+    settings = load_settings(str(cfg))
+    a = OwnedSchedule(settings, config_path=str(cfg), every_s=3600)  # rounds driven by hand below
+    b = OwnedSchedule(settings, config_path=str(cfg), every_s=3600)
+    try:
+        a.start()
+        ticket = a.ticket()
+        assert a.owner and ticket()
+        assert _cut_off_owner(engine) == 1
+        assert not ticket()
+        assert scheduled_retrain(str(cfg), pg_url, a.ticket) == "not owner"
+        b.start()
+        assert b.owner and not a.check()
+        b.stop()
+        assert a.check() and a.ticket()()  # the lock again, but a new holding
+        assert not ticket()
+        assert _scheduled_runs(engine) == 0
+    finally:
+        a.stop()
+        b.stop()
+    engine.dispose()

@@ -1,0 +1,132 @@
+"""A scheduled retrain whose daemon is cut off from the shared PostgreSQL database while the
+candidate trains is not promoted: another daemon has taken the schedule over meanwhile, and
+the candidate of the deposed owner stays registered but unpromoted, with the reason. Real
+server, real daemon scoring, real training subprocess and engine gate."""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+pytest.importorskip("torch")
+
+from nscmonitor.config import load_settings  # noqa: E402
+from nscmonitor.daemon import build_runner  # noqa: E402
+from nscmonitor.engines.tiny import build_tiny_classifier  # noqa: E402
+from nscmonitor.labels import import_labels  # noqa: E402
+from nscmonitor.registry.registry import Registry  # noqa: E402
+from nscmonitor.schedule.ownership import OwnedSchedule  # noqa: E402
+from nscmonitor.schedule.retrain import run_retrain  # noqa: E402
+from nscmonitor.simulate.culture import default_plate_map  # noqa: E402
+from nscmonitor.simulate.microscope import Microscope, tiff_bytes  # noqa: E402
+from nscmonitor.simulate.render import Camera  # noqa: E402
+from nscmonitor.store import models as m  # noqa: E402
+from nscmonitor.store.db import ensure_schema, open_engine  # noqa: E402
+
+WELLS = [f"{r}{c:02d}" for r in "ABCD" for c in (1, 3, 5, 9)]  # 4 wells each of 4 fates
+
+
+def _config(tmp: Path, url: str) -> Path:
+    cfg = tmp / "config.toml"
+    cfg.write_text(f'''
+database_url = "{url}"
+models_dir = "{tmp / 'models'}"
+log_dir = "{tmp / 'logs'}"
+[[watch]]
+path = "{tmp / 'plate'}"
+experiment = "E2E"
+profile = "incucyte"
+quiet_seconds = 0.0
+[retrain]
+schedule = "interval:1h"
+threads = 1
+epochs = 8
+[retrain.train]
+arch = "tiny"
+image_size = 64
+tile_size = 64
+batch_size = 64
+lr = 0.003
+min_train_h = 48.0
+seed = 1
+''')
+    return cfg
+
+
+def _labels(tmp: Path, engine) -> Path:
+    with engine.connect() as c:
+        plate = c.scalar(select(m.Plate.name))
+    pm = default_plate_map(96)
+    out = tmp / "labels.csv"
+    with out.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["experiment", "plate", "well", "label"])
+        w.writerows(["E2E", plate, well, pm.condition(well).label] for well in WELLS)
+    return out
+
+
+@pytest.mark.slow
+def test_candidate_of_an_owner_cut_off_while_it_trains_is_not_promoted(pg_url: str, tmp_path: Path) -> None:
+    cfg = _config(tmp_path, pg_url)
+    settings = load_settings(cfg, env={})
+    engine = open_engine(pg_url)
+    ensure_schema(engine)
+    reg = Registry(settings.models_dir, engine)
+    build_tiny_classifier(tmp_path / "weak.onnx", input_size=32, version="weak", pixel_size_um=2.48)
+    weak = reg.register(tmp_path / "weak.onnx")
+    assert weak.state == "active"
+    scope = Microscope(vendor="incucyte", plate_format=96, fields=2, hours=120, interval_h=24, seed=11,
+                       wells=WELLS, camera=Camera(shape=(256, 320)))
+    for f in scope.frames():
+        p = tmp_path / "plate" / f.relpath
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(tiff_bytes(f.image, scope.camera.px_um))
+    runner = build_runner(settings, retry_base_s=0.1, poll_interval=0.2)
+    runner.run(once=True)
+    runner.store.engine.dispose()
+    import_labels(engine, _labels(tmp_path, engine))
+
+    # the owner asks again only at promotion (a cut-off daemon cannot reconnect); the other
+    # asks every 0.3 s and takes the schedule over once the owner's connection is gone
+    owner = OwnedSchedule(settings, config_path=str(cfg), every_s=3600)
+    other = OwnedSchedule(settings, config_path=str(cfg), every_s=0.3)
+    out = {}
+    try:
+        owner.start()
+        other.start()
+        assert owner.owner and not other.owner
+        ticket = owner.ticket()
+        retrain = threading.Thread(target=lambda: out.setdefault("r", run_retrain(settings, trigger="schedule",
+                                                                                    still_owner=ticket)))
+        retrain.start()
+        train_cfg = settings.models_dir / "retrain" / "run-0001" / "train.toml"
+        end = time.monotonic() + 120
+        while not train_cfg.exists():
+            assert time.monotonic() < end and retrain.is_alive(), "the retrain never started training"
+            time.sleep(0.05)
+        with engine.connect() as c:  # the owner's lock connection ends, as a network cut ends it
+            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE application_name LIKE 'nscmonitor retrain%' AND datname = current_database()"))
+            c.commit()
+        end = time.monotonic() + 30
+        while not other.owner:
+            assert time.monotonic() < end, "the other daemon did not take the schedule over"
+            time.sleep(0.1)
+        retrain.join(timeout=280)
+        assert not retrain.is_alive(), "the retrain did not finish"
+    finally:
+        owner.stop()
+        other.stop()
+    outcome = out["r"]
+    assert outcome.status == "rejected", outcome
+    assert "lost the retrain schedule while the candidate trained" in outcome.reason
+    assert outcome.candidate and outcome.candidate != weak.version
+    assert reg.active().version == weak.version
+    with engine.connect() as c:
+        assert c.scalar(select(m.RetrainRun.status).where(m.RetrainRun.id == outcome.run_id)) == "rejected"
+    engine.dispose()
