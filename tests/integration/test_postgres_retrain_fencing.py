@@ -5,7 +5,6 @@ server, real daemon scoring, real training subprocess and engine gate."""
 
 from __future__ import annotations
 
-import csv
 import threading
 import time
 from pathlib import Path
@@ -22,57 +21,17 @@ from nscmonitor.labels import import_labels  # noqa: E402
 from nscmonitor.registry.registry import Registry  # noqa: E402
 from nscmonitor.schedule.ownership import OwnedSchedule  # noqa: E402
 from nscmonitor.schedule.retrain import run_retrain  # noqa: E402
-from nscmonitor.simulate.culture import default_plate_map  # noqa: E402
 from nscmonitor.simulate.microscope import Microscope, tiff_bytes  # noqa: E402
 from nscmonitor.simulate.render import Camera  # noqa: E402
 from nscmonitor.store import models as m  # noqa: E402
 from nscmonitor.store.db import ensure_schema, open_engine  # noqa: E402
 
-WELLS = [f"{r}{c:02d}" for r in "ABCD" for c in (1, 3, 5, 9)]  # 4 wells each of 4 fates
-
-
-def _config(tmp: Path, url: str) -> Path:
-    cfg = tmp / "config.toml"
-    cfg.write_text(f'''
-database_url = "{url}"
-models_dir = "{tmp / 'models'}"
-log_dir = "{tmp / 'logs'}"
-[[watch]]
-path = "{tmp / 'plate'}"
-experiment = "E2E"
-profile = "incucyte"
-quiet_seconds = 0.0
-[retrain]
-schedule = "interval:1h"
-threads = 1
-epochs = 8
-[retrain.train]
-arch = "tiny"
-image_size = 64
-tile_size = 64
-batch_size = 64
-lr = 0.003
-min_train_h = 48.0
-seed = 1
-''')
-    return cfg
-
-
-def _labels(tmp: Path, engine) -> Path:
-    with engine.connect() as c:
-        plate = c.scalar(select(m.Plate.name))
-    pm = default_plate_map(96)
-    out = tmp / "labels.csv"
-    with out.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["experiment", "plate", "well", "label"])
-        w.writerows(["E2E", plate, well, pm.condition(well).label] for well in WELLS)
-    return out
+from retrain_setup import WELLS, labels_csv, retrain_config  # noqa: E402  (tests/ is on the path)
 
 
 @pytest.mark.slow
 def test_candidate_of_an_owner_cut_off_while_it_trains_is_not_promoted(pg_url: str, tmp_path: Path) -> None:
-    cfg = _config(tmp_path, pg_url)
+    cfg = retrain_config(tmp_path, tmp_path / "plate", database_url=pg_url, epochs=8, quiet_s=0.0)
     settings = load_settings(cfg, env={})
     engine = open_engine(pg_url)
     ensure_schema(engine)
@@ -89,7 +48,7 @@ def test_candidate_of_an_owner_cut_off_while_it_trains_is_not_promoted(pg_url: s
     runner = build_runner(settings, retry_base_s=0.1, poll_interval=0.2)
     runner.run(once=True)
     runner.store.engine.dispose()
-    import_labels(engine, _labels(tmp_path, engine))
+    import_labels(engine, labels_csv(tmp_path, engine))
 
     # the owner asks again only at promotion (a cut-off daemon cannot reconnect); the other
     # asks every 0.3 s and takes the schedule over once the owner's connection is gone

@@ -10,7 +10,6 @@ test. The rollback test changes the active model and runs last."""
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -35,13 +34,13 @@ from nscmonitor.engines.tiny import build_tiny_classifier  # noqa: E402
 from nscmonitor.labels import import_labels  # noqa: E402
 from nscmonitor.registry.registry import Registry  # noqa: E402
 from nscmonitor.schedule.retrain import run_retrain  # noqa: E402
-from nscmonitor.simulate.culture import default_plate_map  # noqa: E402
 from nscmonitor.simulate.microscope import Microscope, tiff_bytes  # noqa: E402
 from nscmonitor.simulate.render import Camera  # noqa: E402
 from nscmonitor.store import models as m  # noqa: E402
 from nscmonitor.store.db import ensure_schema, open_engine  # noqa: E402
 
-WELLS = [f"{r}{c:02d}" for r in "ABCD" for c in (1, 3, 5, 9)]  # 4 wells each of 4 fates
+from retrain_setup import WELLS, labels_csv, retrain_config  # noqa: E402  (tests/ is on the path)
+
 
 
 def wait_until(cond, timeout: float, what: str) -> None:
@@ -54,32 +53,7 @@ def wait_until(cond, timeout: float, what: str) -> None:
 
 
 def write_config(tmp: Path, watch: Path, epochs: int, extra: str = "") -> Path:
-    cfg = tmp / "config.toml"
-    cfg.write_text(f'''
-database_url = "sqlite:///{tmp / 'nsc.db'}"
-models_dir = "{tmp / 'models'}"
-log_dir = "{tmp / 'logs'}"
-[[watch]]
-path = "{watch}"
-experiment = "E2E"
-profile = "incucyte"
-quiet_seconds = 0.2
-rescan_interval = 1.0
-[retrain]
-schedule = "interval:1h"
-threads = 1
-epochs = {epochs}
-[retrain.train]
-arch = "tiny"
-image_size = 64
-tile_size = 64
-batch_size = 64
-lr = 0.003
-min_train_h = 48.0
-seed = 1
-{extra}
-''')
-    return cfg
+    return retrain_config(tmp, watch, database_url=f"sqlite:///{tmp / 'nsc.db'}", epochs=epochs, extra=extra)
 
 
 @dataclass
@@ -341,17 +315,3 @@ def _with(settings, **train):
 
     epochs = train.pop("epochs", settings.retrain.epochs)
     return replace(settings, retrain=replace(settings.retrain, epochs=epochs, train={**settings.retrain.train, **train}))
-
-
-def labels_csv(tmp: Path, engine) -> Path:
-    """End-point labels of the simulated wells, under the plate name the store knows."""
-    with engine.connect() as c:
-        plate = c.scalar(select(m.Plate.name))
-    pm = default_plate_map(96)
-    labels = tmp / "labels.csv"
-    with labels.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["experiment", "plate", "well", "label"])
-        for well in WELLS:
-            w.writerow(["E2E", plate, well, pm.condition(well).label])
-    return labels

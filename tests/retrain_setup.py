@@ -1,0 +1,58 @@
+"""The retraining scenarios' shared set-up: a configuration that retrains the tiny model in
+seconds, and end-point labels of the simulated wells (the tests that train a real candidate
+on simulator plates use both)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from sqlalchemy import select
+
+from nscmonitor.simulate.culture import default_plate_map
+from nscmonitor.store import models as m
+
+WELLS = [f"{r}{c:02d}" for r in "ABCD" for c in (1, 3, 5, 9)]  # 4 wells each of 4 fates
+
+
+def retrain_config(tmp: Path, watch: Path, *, database_url: str, epochs: int, quiet_s: float = 0.2,
+                   extra: str = "") -> Path:
+    cfg = tmp / "config.toml"
+    cfg.write_text(f'''
+database_url = "{database_url}"
+models_dir = "{tmp / 'models'}"
+log_dir = "{tmp / 'logs'}"
+[[watch]]
+path = "{watch}"
+experiment = "E2E"
+profile = "incucyte"
+quiet_seconds = {quiet_s}
+rescan_interval = 1.0
+[retrain]
+schedule = "interval:1h"
+threads = 1
+epochs = {epochs}
+[retrain.train]
+arch = "tiny"
+image_size = 64
+tile_size = 64
+batch_size = 64
+lr = 0.003
+min_train_h = 48.0
+seed = 1
+{extra}
+''')
+    return cfg
+
+
+def labels_csv(tmp: Path, engine) -> Path:
+    """End-point labels of the simulated wells, under the plate name the store knows."""
+    with engine.connect() as c:
+        plate = c.scalar(select(m.Plate.name))
+    pm = default_plate_map(96)
+    labels = tmp / "labels.csv"
+    with labels.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["experiment", "plate", "well", "label"])
+        w.writerows(["E2E", plate, well, pm.condition(well).label] for well in WELLS)
+    return labels
