@@ -3,14 +3,22 @@
 Renders a small simulated phase-contrast training set, trains the small model the training
 tests use (``arch="tiny"``), and scores through the exported ONNX and the daemon's own engine
 (``OrtCpuEngine.infer_with_ood``) with the threshold read from the model's metadata:
-- in-domain: the model's validation images (where the threshold was set) and its held-out
-  test plate;
+- in-domain: the model's validation images (where the threshold was set), its held-out
+  test plate, and ``--held-out-plates`` more plates rendered with another seed (a held-out
+  rate of one plate, some 45 fields, moves by 2 % with each field);
 - each kind of ``nscmonitor.simulate.out_of_domain`` (bright field, 5x, inverted, blank
-  fields, natural-texture-like patterns), at most ``--images`` each, an image being a field
-Beside the served score (Mahalanobis over the input statistics, the stages and the pooled
-features, ``training.ood``) it prints, on the same trained weights and at the same in-domain
-rate: the score served before (Mahalanobis on the pooled features alone), each layer alone,
-the energy score and the top softmax probability (the measurements behind the choice).
+  fields, natural-texture-like patterns), at most ``--images`` each, an image being a field;
+  the 5x fields twice: served at their own scale, as a file without a pixel size is
+  (``magnification``), and resampled to the model's scale by their pixel size, as the daemon
+  serves a file that states it (``5x, pixel size known``; the share the daemon's pixel-size
+  check flags, ``scoring.stages.pixel_size_mismatch``, is printed below the table).
+Beside the served score (Mahalanobis over the input statistics, the contrast sign, the stages
+and the pooled features, ``training.ood``) it prints, on the same trained weights and at the
+same in-domain rate: the sum served before (squared distances, no contrast sign), today's
+layers with their squared distances summed and with each layer's validation mean as its
+unit instead of its median (both tried), the score served before that
+(Mahalanobis on the pooled features alone), each layer alone, the energy score and the top
+softmax probability (the measurements behind the choice).
 An image is a field; its score is the mean of its tiles' scores, as in the daemon.
 ``--refit`` fits the OOD head again on a run trained before (same weights, new head).
 
@@ -21,20 +29,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 
-def tiles_of(images: list[list[np.ndarray]], pre) -> tuple[np.ndarray, np.ndarray]:
+def tiles_of(images: list[list[np.ndarray]], pre, src_um: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images as their raw cuts -> model tiles (each cut scaled alone, as a tiles-export file
-    is) and each tile's image index."""
+    is) and each tile's image index. A cut of a known pixel size ``src_um`` is resampled by
+    it, as the daemon resamples a file that states its pixel size, and gives every tile of
+    its grid; without, it is read as one training tile."""
     xs, idx = [], []
     for i, cuts in enumerate(images):
         for c in cuts:
-            xs.append(pre.tiles(c, factor=pre.factor(tile_px=c.shape[0])).tiles[0, 0])
-            idx.append(i)
+            tiles = pre.tiles(c, factor=pre.factor(src_um, tile_px=c.shape[0])).tiles[:, 0]
+            xs.extend(tiles)
+            idx.extend([i] * len(tiles))
     return np.stack(xs)[:, None].astype(np.float32), np.asarray(idx)
 
 
@@ -49,7 +61,10 @@ def scores(engine, session, x: np.ndarray) -> dict[str, np.ndarray]:
 
 def layer_scores(model, splits, sets: dict, k: int) -> dict[str, dict[str, np.ndarray]]:
     """Per set, each layer's own Mahalanobis distance (fitted on the training split as the
-    served head fits it) and the pooled features' with the ridge served before."""
+    served head fits it), the pooled features' with the ridge served before, and three sums of
+    the layers: the one served before (squared distances in units of their validation
+    median, no contrast sign), today's layers' squared distances, and today's layers' roots
+    with each one's validation mean as its unit instead of its median."""
     from nscmonitor.training import ood as T
 
     names = T.layer_names(model)
@@ -69,6 +84,13 @@ def layer_scores(model, splits, sets: dict, k: int) -> dict[str, dict[str, np.nd
         feats = T.features(model, x[:, 0])
         out[name] = {"before: pooled only": dist(feats[-1], *before),
                      **{f"layer: {n}": dist(f, *g) for n, f, g in zip(names, feats, fitted)}}
+    median = {n: np.median(out["val"][f"layer: {n}"]) for n in names}
+    mean = {n: np.mean(out["val"][f"layer: {n}"]) for n in names}
+    for name, d in out.items():
+        d["before: squares summed, no contrast sign"] = sum(
+            d[f"layer: {n}"] / median[n] for n in names if n != "contrast sign")
+        d["squares summed"] = sum(d[f"layer: {n}"] / median[n] for n in names)
+        d["roots summed, mean as the unit"] = sum(np.sqrt(d[f"layer: {n}"] / mean[n]) for n in names)
     return out
 
 
@@ -92,6 +114,9 @@ def main() -> None:
     ap.add_argument("--arch", default="tiny", help="tiny (the training tests' model) or a resnet")
     ap.add_argument("--tile", type=int, default=32)
     ap.add_argument("--images", type=int, default=60, help="images per out-of-domain kind")
+    ap.add_argument("--plates", type=int, default=3,
+                    help="simulated plates: the last is the test plate, one validates, the others train")
+    ap.add_argument("--held-out-plates", type=int, default=4, help="in-domain plates of another seed, never trained on")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--refit", action="store_true", help="fit the OOD head again on a run already trained")
     a = ap.parse_args()
@@ -102,6 +127,7 @@ def main() -> None:
     from nscmonitor.engines.ort import OrtCpuEngine
     from nscmonitor.scoring.preprocess import Preprocess
     from nscmonitor.simulate import out_of_domain as O
+    from nscmonitor.scoring.stages import pixel_size_mismatch
     from nscmonitor.simulate.labelled_tiles import export_tiles
     from nscmonitor.training import ood as T
     from nscmonitor.training.train import TrainConfig, main as train, prepare_data
@@ -110,7 +136,8 @@ def main() -> None:
     t0 = time.perf_counter()
     data, run = a.out / "sim", a.out / f"run-{a.arch}"
     if not (data / "tiles.csv").is_file():
-        export_tiles(data, plates=3, hours=(0, 48, 96), tile_size=a.tile, wells_per_condition=3, grid=(3, 3), seed=0)
+        export_tiles(data, plates=a.plates, hours=(0, 48, 96), tile_size=a.tile, wells_per_condition=3, grid=(3, 3),
+                     seed=0)
     cfg = dict(data=str(data), out=str(run), scheme="multiclass", arch=a.arch, threads=1, progress=False)
     if not (run / "model.onnx").is_file():
         train(TrainConfig(epochs=a.epochs, **cfg))
@@ -120,12 +147,23 @@ def main() -> None:
     engine = OrtCpuEngine(run / "model.onnx", md)
     engine.load()
     splits = prepare_data(TrainConfig(**cfg))[0]
-    pre = Preprocess(input_size=md.input_size, p_low=md.normalization["p_low"], p_high=md.normalization["p_high"])
+    pre = Preprocess.from_metadata(md)
     sets = {name: (splits[name].x[:, None].astype(np.float32), T.image_keys(splits[name].records))
             for name in ("val", "test")}
     whole = O.field_cuts([r.path for r in splits["test"].records])
+    if a.held_out_plates:
+        more = a.out / "held-out"
+        if not (more / "tiles.csv").is_file():
+            export_tiles(more, plates=a.held_out_plates, hours=(0, 48, 96), tile_size=a.tile, wells_per_condition=3,
+                         grid=(3, 3), seed=7)
+        sets["held-out plates"] = tiles_of(O.field_cuts(sorted((more / "tiles").rglob("*.tif"))), pre)
     for kind in O.KINDS:
         sets[kind] = tiles_of(O.images(kind, a.images, a.tile, in_domain=whole, seed=11), pre)
+        if kind == "magnification":
+            sets["5x, pixel size known"] = tiles_of(O.images(kind, a.images, a.tile, seed=11), pre,
+                                                    src_um=O.MAGNIFICATION_PIXEL_SIZE_UM)
+    by_scale = pixel_size_mismatch(md, O.MAGNIFICATION_PIXEL_SIZE_UM) is not None
+    in_scale = pixel_size_mismatch(md, md.pixel_size_um) is None
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -141,16 +179,22 @@ def main() -> None:
         rows.append({"method": method, "threshold": float(thr),
                      **{name: float(np.mean(s[method] > thr)) for name, s in per_image.items()}})
     counts = {name: int(len(s["msp"])) for name, s in per_image.items()}
-    cols = ["val", "test", *O.KINDS]
+    cols = ["val", "test", *(["held-out plates"] if a.held_out_plates else []), *O.KINDS, "5x, pixel size known"]
     print("| score | " + " | ".join(f"{c} (n={counts[c]})" for c in cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for r in rows:
         print(f"| {r['method']} | " + " | ".join(f"{100 * r[c]:.0f} %" for c in cols) + " |")
+    print(f"pixel-size check (daemon): a {O.MAGNIFICATION_PIXEL_SIZE_UM} um/px file against the model's "
+          f"{md.pixel_size_um} um/px: {'flagged' if by_scale else 'NOT flagged'}; one at the model's own pixel size: "
+          f"{'not flagged' if in_scale else 'FLAGGED'} (max ratio {md.ood.get('max_pixel_size_ratio')})")
     print(f"({time.perf_counter() - t0:.0f} s; served: {md.ood['method']}, threshold {md.ood['threshold']:.4g} "
           "from the metadata)")
     if a.json:
         a.json.write_text(json.dumps({"rows": rows, "images": counts, "ood": md.ood, "epochs": a.epochs, "arch": a.arch,
-                                      "tile": a.tile}, indent=2) + "\n")
+                                      "tile": a.tile, "plates": a.plates,
+                                      "pixel_size_check": {"5x flagged": by_scale, "own pixel size passes": in_scale},
+                                      "seconds": round(time.perf_counter() - t0),
+                                      "load_average": list(os.getloadavg())}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,33 @@
 """Out-of-distribution score fitted at the end of training and carried inside the ONNX graph.
 
 A tile's score is how far it lies from the training tiles at several depths of the network
-at once (Lee et al. 2018, "feature ensemble"), plus one layer of cheap input statistics:
+at once (Lee et al. 2018, "feature ensemble"), plus two layers of cheap input statistics:
 - ``input statistics``: mean, log standard deviation, skewness and log kurtosis of the scaled
   tile and its gradient energy at 1, 2 and 4 px over its variance (how its intensity is
   spread and at which scale its texture sits);
+- ``contrast sign``: the sign of the tile's finest detail, E[b^3] / E[|b|^3] of b, the tile
+  minus its 3 x 3 mean. Every second-order statistic (variance, spectrum, correlation, and so
+  every Gaussian distance of linear features) is blind to an intensity inversion; a third-order
+  one flips its sign. The whole tile's skewness did not separate inverted fields (simulated
+  phase contrast holds dark bodies and bright somata, both signs); the finest scale does: the
+  bright halos and phase-bright rims are sharp, the dark bodies smooth, so the detail of our
+  tiles is skewed one way and an inverted field's the other (tile-level AUC 0.98 on the tiny
+  benchmark);
 - each stage of the backbone, global-average pooled (``stage_names``);
 - the pooled penultimate features, the classifier's input (the score served before).
 Per layer: the squared Mahalanobis distance to the nearest class mean (shared covariance),
 fitted on the training split, divided by its median over the validation tiles, so that
-layers of any width speak in the same unit; the tile's score is their sum. (Their maximum
-flagged more of other kinds but also more of a held-out plate of our own: any one layer's
-plate-to-plate shift then decides; measured in docs/training.md.) The last layer alone
+layers of any width speak in the same unit; the tile's score is the sum over layers of the
+square roots, the distances themselves. Why the roots: a squared distance's tail grows as
+its layer's dimension shrinks (chi-square: the 96th percentile is 9 medians for the
+one-number contrast sign, 1.3 for 64 features), so in a sum of squared distances the
+smallest layers' in-domain tails set the threshold and drown the others; the root evens
+them out (3 and 1.15 medians). Measured on the tiny benchmark at 3 to 6 simulated plates
+(docs/training.md): the sum of squares flagged 93-98 % of inverted and 95-100 % of
+bright-field fields, the sum of roots 98-100 % of both, at the same in-domain rates within a
+field or two. (The mean as the unit instead of the median flagged more of our own held-out
+plates; the maximum over layers flagged more of other kinds but also more of a held-out
+plate of our own: any one layer's plate-to-plate shift then decides.) The last layer alone
 misses what this is for: it is trained to ignore exactly the low-level
 statistics (optics, pixel size, contrast sign) that make another kind of image unlike ours,
 which the early stages and the input statistics still carry. The measured effect of each
@@ -23,7 +39,10 @@ number per tile), all of it under the ``/ood/`` scope, so every backend computes
 parameter outside the model file and the int8 recipe keeps these nodes fp32
 (``engines.quantize``). The flag threshold is the ``quantile`` of the model's own validation
 images (the mean of their tiles' scores, as the daemon aggregates) and is written into the
-metadata (``ModelMetadata.ood``).
+metadata (``ModelMetadata.ood``), with the largest ratio between a file's pixel size and the
+model's (``max_pixel_size_ratio``) beyond which the daemon flags the image whatever its score:
+a file that says it was taken through another objective is another magnification, and its
+pixels, resampled to the model's scale, carry another optical resolution.
 """
 
 from __future__ import annotations
@@ -44,6 +63,9 @@ INPUT_STATISTICS = ("mean", "log sd", "skewness", "log kurtosis", "gradient ener
                     "gradient energy 4 px")
 GRADIENT_STEPS = (1, 2, 4)
 EPS = 1e-6
+#: a file's pixel size this many times the model's, or less than its inverse, is flagged:
+#: another objective is a factor of 2 (5x, 10x, 20x); cameras behind one objective differ less
+MAX_PIXEL_SIZE_RATIO = 1.5
 
 
 def _fp32(t: torch.Tensor) -> torch.Tensor:
@@ -66,6 +88,18 @@ def input_statistics(x: torch.Tensor) -> torch.Tensor:
         gy = x[:, :, s:, :] - x[:, :, :-s, :]
         stats.append(torch.log(((gx * gx).mean(dim=(1, 2, 3)) + (gy * gy).mean(dim=(1, 2, 3))) / v + EPS))
     return torch.stack(stats, dim=1)
+
+
+def contrast_sign(x: torch.Tensor) -> torch.Tensor:
+    """N x 1 x S x S scaled tiles -> N x 1: E[b^3] / E[|b|^3] of b, each pixel minus the mean
+    of its 3 x 3 neighbourhood (inner pixels only, so the graph needs no padding), in [-1, 1].
+    Odd in the intensities: an inverted tile gets the opposite value."""
+    x = _fp32(x)
+    b = x[:, :, 1:-1, 1:-1] - nn.functional.avg_pool2d(x, 3, stride=1)
+    b2 = b * b
+    num = (b2 * b).mean(dim=(1, 2, 3))
+    den = (b2 * torch.abs(b)).mean(dim=(1, 2, 3)) + EPS * EPS
+    return (num / den).unsqueeze(1)
 
 
 def stage_names(backbone: nn.Module) -> list[str]:
@@ -108,31 +142,35 @@ class _Taps:
 
 
 def layer_vectors(x: torch.Tensor, maps: Sequence[torch.Tensor], pooled: torch.Tensor,
-                  has_input: bool) -> list[torch.Tensor]:
-    """One feature vector per layer: input statistics, each stage's channel means, the pooled features."""
-    head = [input_statistics(x)] if has_input else []
+                  has_input: bool, has_sign: bool = False) -> list[torch.Tensor]:
+    """One feature vector per layer: input statistics, contrast sign, each stage's channel
+    means, the pooled features."""
+    head = ([input_statistics(x)] if has_input else []) + ([contrast_sign(x)] if has_sign else [])
     return head + [_fp32(m).mean(dim=(2, 3)) for m in maps] + [_fp32(pooled)]
 
 
 class OodHead(nn.Module):
-    """Per layer i: min_k ||(f_i - mu_ik) W_i||^2 / scale_i with W_i W_i^T the inverse shared
-    covariance; the score is the sum over layers. The class mean is subtracted before the
+    """Per layer i: d_i = min_k ||(f_i - mu_ik) W_i||^2 / scale_i with W_i W_i^T the inverse
+    shared covariance; the score is the sum over layers of sqrt(d_i) (``root``) or, in heads
+    saved before, of d_i. The class mean is subtracted before the
     whitening, not after: the fp16 graph for TensorRT rounds every tensor between the head's
     fp32 nodes to fp16, and f W and mu W are large and close where whitening amplifies a
     direction of small variance."""
 
     def __init__(self, layers: Sequence[tuple[np.ndarray, np.ndarray]], scale: Sequence[float], *,
-                 has_input: bool, n_stages: int) -> None:
+                 has_input: bool, n_stages: int, has_sign: bool = False, root: bool = False) -> None:
         super().__init__()
-        if len(layers) != int(has_input) + n_stages + 1 or len(scale) != len(layers):
+        if len(layers) != int(has_input) + int(has_sign) + n_stages + 1 or len(scale) != len(layers):
             raise ValueError("an OOD head needs one Gaussian and one scale per layer")
-        self.has_input, self.n_stages, self.n_layers = bool(has_input), int(n_stages), len(layers)
+        self.has_input, self.has_sign, self.n_stages = bool(has_input), bool(has_sign), int(n_stages)
+        self.n_layers, self.root = len(layers), bool(root)
         for i, (means, whiten) in enumerate(layers):
             w = np.asarray(whiten, np.float32)
             self.register_buffer(f"w{i}", torch.as_tensor(w))
             self.register_buffer(f"mu{i}", torch.as_tensor(np.asarray(means, np.float32)))
         self.register_buffer("scale", torch.as_tensor(np.asarray(scale, np.float32)))
-        self.register_buffer("layout", torch.tensor([int(has_input), int(n_stages)], dtype=torch.int64))
+        self.register_buffer("layout", torch.tensor([int(has_input), int(n_stages), int(has_sign), int(root)],
+                                                    dtype=torch.int64))
 
     def distances(self, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
         """N x L squared distances, unscaled."""
@@ -143,8 +181,8 @@ class OodHead(nn.Module):
         return torch.stack(out, dim=1)
 
     def forward(self, x: torch.Tensor, maps: Sequence[torch.Tensor], pooled: torch.Tensor) -> torch.Tensor:
-        d = self.distances(layer_vectors(x, maps, pooled, self.has_input)) / self.scale
-        return d.sum(dim=1)
+        d = self.distances(layer_vectors(x, maps, pooled, self.has_input, self.has_sign)) / self.scale
+        return (torch.sqrt(d) if self.root else d).sum(dim=1)
 
 
 class ScoredNet(nn.Module):
@@ -161,7 +199,7 @@ class ScoredNet(nn.Module):
 
 
 def features(model: nn.Module, x: np.ndarray, device: Any = "cpu", batch_size: int = 128, *,
-             has_input: bool = True) -> list[np.ndarray]:
+             has_input: bool = True, has_sign: bool = True) -> list[np.ndarray]:
     """Each layer's feature vectors (``layer_vectors``) of N x S x S tiles."""
     taps = _Taps(getattr(model, "backbone", model), len(stage_names(getattr(model, "backbone", model))))
     got: list[list[np.ndarray]] = []
@@ -171,7 +209,8 @@ def features(model: nn.Module, x: np.ndarray, device: Any = "cpu", batch_size: i
             for i in range(0, len(x), batch_size):
                 xb = torch.from_numpy(np.asarray(x[i:i + batch_size], np.float32)).unsqueeze(1).to(device)
                 model(xb)
-                got.append([v.cpu().numpy() for v in layer_vectors(xb, taps.stages(), taps.pooled, has_input)])
+                vectors = layer_vectors(xb, taps.stages(), taps.pooled, has_input, has_sign)
+                got.append([v.cpu().numpy() for v in vectors])
     finally:
         taps.remove()
     return [np.concatenate(parts) for parts in zip(*got)]
@@ -208,8 +247,9 @@ def image_scores(tile_scores: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.bincount(index, weights=tile_scores) / np.bincount(index)
 
 
-def layer_names(model: nn.Module, has_input: bool = True) -> list[str]:
-    return (["input statistics"] if has_input else []) + stage_names(getattr(model, "backbone", model)) + ["pooled"]
+def layer_names(model: nn.Module, has_input: bool = True, has_sign: bool = True) -> list[str]:
+    return ((["input statistics"] if has_input else []) + (["contrast sign"] if has_sign else [])
+            + stage_names(getattr(model, "backbone", model)) + ["pooled"])
 
 
 def fit(model: nn.Module, splits: dict, device: Any, k: int) -> tuple[OodHead, dict[str, Any]]:
@@ -217,18 +257,19 @@ def fit(model: nn.Module, splits: dict, device: Any, k: int) -> tuple[OodHead, d
     validation split's own scores."""
     train = features(model, splits["train"].x, device)
     layers = [fit_mahalanobis(f, splits["train"].y, k) for f in train]
-    n_stages = len(train) - 2
-    head = OodHead(layers, np.ones(len(layers)), has_input=True, n_stages=n_stages)
+    n_stages = len(train) - 3
+    head = OodHead(layers, np.ones(len(layers)), has_input=True, n_stages=n_stages, has_sign=True, root=True)
     with torch.no_grad():
         d_val = head.distances([torch.from_numpy(f) for f in features(model, splits["val"].x, device)]).numpy()
     scale = np.maximum(np.median(d_val, axis=0), 1e-12)
     head.scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
-    val = (d_val / scale).sum(axis=1).astype(np.float64)
+    val = np.sqrt(d_val / scale).sum(axis=1).astype(np.float64)
     per_image = image_scores(val, image_keys(splits["val"].records))
     q = 1.0 - FLAGGED_IN_DOMAIN
-    meta = {"method": METHOD, "output": "ood", "aggregate": "mean", "combine": "sum over layers",
-            "layers": layer_names(model), "quantile": q, "threshold": float(np.quantile(per_image, q)),
-            "val_images": int(len(per_image)), "features": int(sum(f.shape[1] for f in train))}
+    meta = {"method": METHOD, "output": "ood", "aggregate": "mean", "combine": "sum over layers of the root",
+            "layer_unit": "median over validation tiles", "layers": layer_names(model), "quantile": q,
+            "threshold": float(np.quantile(per_image, q)), "val_images": int(len(per_image)),
+            "features": int(sum(f.shape[1] for f in train)), "max_pixel_size_ratio": MAX_PIXEL_SIZE_RATIO}
     return head, meta
 
 
@@ -239,15 +280,19 @@ def head_state(head: OodHead) -> dict[str, torch.Tensor]:
 def head_from_state(state: dict[str, torch.Tensor]) -> OodHead:
     """The head a checkpoint saved; a checkpoint from before the layers (``w``, ``mw``: the
     pooled features alone, their means stored whitened) loads as a one-layer head with the
-    same score."""
+    same score, and one from before the contrast sign and the roots (a layout of two numbers:
+    input statistics, stages) as the sum of squared distances it was."""
     if "layout" not in state:
         w = state["w"].double()
         means = torch.linalg.solve(w.T, state["mw"].double().T).T.float()  # mw = mu W
         state = {"w0": state["w"], "mu0": means, "scale": torch.ones(1), "layout": torch.tensor([0, 0])}
-    has_input, n_stages = (int(v) for v in state["layout"].tolist())
-    n = int(has_input) + n_stages + 1
+    if len(state["layout"]) == 2:
+        state = {**state, "layout": torch.cat([state["layout"], torch.zeros(2, dtype=state["layout"].dtype)])}
+    has_input, n_stages, has_sign, root = (int(v) for v in state["layout"].tolist())
+    n = int(has_input) + int(has_sign) + n_stages + 1
     layers = [(np.zeros(tuple(state[f"mu{i}"].shape), np.float32),
                np.eye(state[f"w{i}"].shape[0], dtype=np.float32)) for i in range(n)]
-    head = OodHead(layers, np.ones(n), has_input=bool(has_input), n_stages=n_stages)
+    head = OodHead(layers, np.ones(n), has_input=bool(has_input), n_stages=n_stages, has_sign=bool(has_sign),
+                   root=bool(root))
     head.load_state_dict(state)
     return head

@@ -10,6 +10,7 @@ others go on. No stage writes to the database: the scorer does, after the stages
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -20,6 +21,7 @@ from nscmonitor.core.aggregate import image_score, pack_tiles
 from nscmonitor.core.calibration import well_calibration_of
 from nscmonitor.core.domain import QCMetrics
 from nscmonitor.core.limits import resample_refusal
+from nscmonitor.core.names import shown
 from nscmonitor.engines.base import Engine
 from nscmonitor.scoring.classify import TileScores, score_batches
 from nscmonitor.readers.decode import DecodeError, Decoded, decode
@@ -27,6 +29,8 @@ from nscmonitor.scoring.metrics import Timings
 from nscmonitor.scoring.preprocess import Preprocess, TileGrid
 from nscmonitor.scoring.qc import qc_metrics
 from nscmonitor.store.writer import Claimed, Scored
+
+log = logging.getLogger(__name__)
 
 
 class Content(Enum):
@@ -104,13 +108,38 @@ def infer(engine: Engine, prepared: list[Prepared], batch_size: int) -> tuple[li
     return out, errors
 
 
-def ood_of(tiles: TileScores, meta) -> tuple[float | None, bool | None]:
+def trained_pixel_size(meta) -> float | None:
+    """Micrometres per pixel of the images the model was trained on: its input's pixel size
+    times how many input pixels one training tile became (``tile_size_px`` of the export);
+    None when the metadata does not say."""
+    px, tile = meta.pixel_size_um, (meta.extra or {}).get("tile_size_px")
+    if not px:
+        return None
+    return float(px) * meta.input_size / float(tile) if tile else float(px)
+
+
+def pixel_size_mismatch(meta, pixel_size_um: float | None) -> float | None:
+    """The ratio of the file's pixel size to the training images' when it lies beyond the
+    model's ``max_pixel_size_ratio`` (either way): the image was taken through another
+    objective, and resampling it to the model's scale does not give it the training
+    images' optical resolution. None when it lies within, or when the file, the model or
+    its OOD record does not say (models exported before the check)."""
+    limit = (meta.ood or {}).get("max_pixel_size_ratio")
+    trained = trained_pixel_size(meta)
+    if not (limit and trained and pixel_size_um):
+        return None
+    ratio = float(pixel_size_um) / trained
+    return ratio if max(ratio, 1.0 / ratio) > float(limit) else None
+
+
+def ood_of(tiles: TileScores, meta, pixel_size_um: float | None = None) -> tuple[float | None, bool | None]:
     """The image's out-of-distribution score (its tiles' mean, as the threshold was set in
-    training) and flag; (None, None) when the model has no score or no tile was scored."""
+    training) and flag: above the threshold, or taken at another magnification
+    (``pixel_size_mismatch``); (None, None) when the model has no score or no tile was scored."""
     if tiles.ood is None or not len(tiles.ood) or not meta.ood:
         return None, None
     score = float(np.mean(tiles.ood))
-    return score, bool(score > float(meta.ood["threshold"]))
+    return score, bool(score > float(meta.ood["threshold"]) or pixel_size_mismatch(meta, pixel_size_um))
 
 
 def result(p: Prepared, tiles: TileScores, *, model_version: str, engine: Engine) -> Scored:
@@ -118,7 +147,11 @@ def result(p: Prepared, tiles: TileScores, *, model_version: str, engine: Engine
     grid = p.grid
     probs = tiles.probs
     score = image_score(probs) if grid is not None and len(probs) else None
-    ood_score, ood = ood_of(tiles, engine.metadata) if score is not None else (None, None)
+    ood_score, ood = ood_of(tiles, engine.metadata, p.decoded.pixel_size_um) if score is not None else (None, None)
+    ratio = pixel_size_mismatch(engine.metadata, p.decoded.pixel_size_um) if ood is not None else None
+    if ratio is not None:
+        log.info("%s: flagged as unlike the training data: its pixel size (%.3g um) is %.2f times the training "
+                 "images' (another magnification)", shown(p.claimed.path), p.decoded.pixel_size_um, ratio)
     return Scored(
         image_id=p.claimed.id, content_hash=p.decoded.sha256, qc=p.qc, width=p.decoded.pixels.shape[1],
         height=p.decoded.pixels.shape[0], score=score,

@@ -21,6 +21,8 @@ import numpy as np
 
 KINDS = ("brightfield", "magnification", "inverted", "blank", "texture")
 FULL_SCALE = 4095.0
+#: the ``magnification`` kind's pixel size: a 5x objective on the camera that gives 1.24 um/px at 10x
+MAGNIFICATION_PIXEL_SIZE_UM = 2.48
 
 
 def _counts(img: np.ndarray, rng: np.random.Generator, level: float = 1800.0, span: float = 600.0) -> np.ndarray:
@@ -101,7 +103,7 @@ def rendered_fields(kind: str, n: int, tile_size: int, seed: int = 0) -> list[li
     optic (``brightfield``) or pixel size (``magnification``: 2.48 um/px, a 5x objective)."""
     from nscmonitor.simulate.labelled_tiles import export_tiles
 
-    kw = {"modality": "brightfield"} if kind == "brightfield" else {"pixel_size_um": 2.48}
+    kw = {"modality": "brightfield"} if kind == "brightfield" else {"pixel_size_um": MAGNIFICATION_PIXEL_SIZE_UM}
     with tempfile.TemporaryDirectory(prefix="nscm-ood-") as tmp:
         export_tiles(tmp, plates=1, hours=(24, 96), tile_size=tile_size, wells_per_condition=2, grid=(3, 3),
                      seed=seed, **kw)

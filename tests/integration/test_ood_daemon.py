@@ -1,7 +1,9 @@
 """The daemon stores each image's out-of-distribution score and flag, counts a well's flagged
 images in its readout, and the CSV export carries both; on SQLite and PostgreSQL. A real
 runner on a tiny ONNX model whose ``ood`` output is the squared norm of its pooled features,
-so the score is checked against the engine run here on the daemon's own tiles."""
+so the score is checked against the engine run here on the daemon's own tiles. A file whose
+resolution tags say it was taken at another magnification is flagged whatever its score,
+when the model's OOD record carries the pixel-size limit."""
 
 from __future__ import annotations
 
@@ -58,3 +60,53 @@ def test_daemon_stores_the_flag_and_the_export_carries_it(tmp_path: Path, make_r
     images = csv_rows(out.with_name("report_images.csv"))
     assert {r["ood"] for r in images} == {"1" if flagged else "0"}
     assert all(float(r["ood_score"]) > 0 for r in images)
+
+
+def _with_pixel_limit(model: Path, ratio: float | None) -> None:
+    """The model file's OOD record with (or, ``None``, without) ``max_pixel_size_ratio``, as
+    training writes it (or as a model exported before the check has it)."""
+    import json
+
+    import onnx
+
+    from nscmonitor.engines import read_onnx_metadata
+    from nscmonitor.engines.metadata import ModelMetadata, write_onnx_metadata
+
+    meta = json.loads(read_onnx_metadata(model).to_json())
+    meta["ood"] = {k: v for k, v in meta["ood"].items() if k != "max_pixel_size_ratio"}
+    if ratio is not None:
+        meta["ood"]["max_pixel_size_ratio"] = ratio
+    proto = onnx.load(str(model))
+    write_onnx_metadata(proto, ModelMetadata.from_dict(meta))
+    onnx.save(proto, str(model))
+
+
+@pytest.mark.parametrize("limit", [1.5, None])
+def test_a_file_of_another_pixel_size_is_flagged_through_the_daemon(tmp_path: Path, make_runner, db_url: str,
+                                                                    limit: float | None) -> None:
+    """Three real TIFFs of one culture image: at the model's 1.24 um/px, at 2.48 um/px (a 5x
+    objective; the daemon resamples it by its resolution tags) and without tags. The score's
+    threshold is out of reach, so only the pixel-size check can flag; a model without the
+    limit (exported before it) flags none."""
+    from nscmonitor.engines.tiny import build_tiny_classifier
+
+    model = tmp_path / "models" / "ood.onnx"
+    build_tiny_classifier(model, input_size=32, pixel_size_um=1.24, ood_threshold=1e9)
+    _with_pixel_limit(model, limit)
+    watch = tmp_path / "watch"
+    pixels = cells_image(stable_seed("ood-scale"), (96, 128))
+    for well, um in (("A1", 1.24), ("B2", 2.48)):
+        write_tiff(watch / f"VID3_{well}_1_00d00h00m.tif", pixels, resolution=(1e4 / um, 1e4 / um),
+                   resolutionunit="CENTIMETER")
+    write_tiff(watch / "VID3_C3_1_00d00h00m.tif", pixels)
+    runner = make_runner(watch, model=model, db_url=db_url)
+    runner.run(once=True)
+    with runner.store.engine.connect() as c:
+        rows = c.execute(text("select i.path, p.ood_score, p.ood from predictions p "
+                              "join images i on i.id = p.image_id")).fetchall()
+    got = {Path(path).name.split("_")[1]: (score, bool(flag)) for path, score, flag in rows}
+    assert set(got) == {"A1", "B2", "C3"}
+    assert all(score is not None and score < 1e9 for score, _ in got.values())
+    assert got["B2"][0] != pytest.approx(got["A1"][0], rel=1e-3)  # resampled by its tags: other tiles
+    assert got["A1"][1] is False and got["C3"][1] is False
+    assert got["B2"][1] is (limit is not None)

@@ -1,6 +1,6 @@
-"""The out-of-distribution head's own arithmetic (``training.ood``): the input statistics it
-reads, a checkpoint saved before the layers loading with the same score, and a head that
-round-trips through its saved state."""
+"""The out-of-distribution head's own arithmetic (``training.ood``): the input statistics and
+the contrast sign it reads, checkpoints saved before the layers and before the contrast sign
+loading with the same score, and a head that round-trips through its saved state."""
 
 from __future__ import annotations
 
@@ -27,6 +27,23 @@ def test_input_statistics_read_the_moments_and_the_texture_scale() -> None:
     assert s[1, 4] < s[0, 4] - 1  # a texture at 4 px barely changes from one pixel to the next
 
 
+def test_the_contrast_sign_reads_which_way_the_finest_detail_points() -> None:
+    """A sharp one-pixel bright rim on a smooth field points up, the same field inverted
+    points down by exactly as much, and noise has no sign: what an inversion changes and the
+    variance, spectrum and every Gaussian distance of linear features cannot see."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:48, :48]
+    r = np.hypot(yy - 24, xx - 24)
+    rims = 0.3 + 0.5 * (np.abs(r - 12) < 0.5) + 0.1 * np.exp(-r ** 2 / 200) + rng.normal(0, 0.01, (48, 48))
+    noise = rng.normal(0.5, 0.1, (48, 48))
+    x = torch.as_tensor(np.stack([rims, 1.0 - rims, noise])[:, None], dtype=torch.float32)
+    s = T.contrast_sign(x).numpy()
+    assert s.shape == (3, 1)
+    assert s[0, 0] > 0.3 and s[1, 0] == pytest.approx(-s[0, 0], rel=1e-4)
+    assert abs(s[2, 0]) < 0.05
+    assert np.all(np.abs(s) <= 1.0)
+
+
 def _old_score(f: np.ndarray, means: np.ndarray, whiten: np.ndarray) -> np.ndarray:
     z, mw = f @ whiten, means @ whiten
     return ((z[:, None, :] - mw[None]) ** 2).sum(axis=2).min(axis=1)
@@ -47,15 +64,35 @@ def test_a_head_saved_before_the_layers_loads_with_its_old_score() -> None:
 
 def test_a_layered_head_round_trips_through_its_state() -> None:
     rng = np.random.default_rng(2)
-    dims = (len(T.INPUT_STATISTICS), 4, 6)
+    dims = (len(T.INPUT_STATISTICS), 1, 4, 6)
     layers = [T.fit_mahalanobis(rng.normal(size=(80, d)), rng.integers(0, 2, 80), 2) for d in dims]
-    head = T.OodHead(layers, [2.0, 3.0, 5.0], has_input=True, n_stages=1)
+    scale = [2.0, 7.0, 3.0, 5.0]
+    head = T.OodHead(layers, scale, has_input=True, n_stages=1, has_sign=True, root=True)
     again = T.head_from_state(T.head_state(head))
+    assert again.has_sign and again.root and again.n_layers == 4
     x = torch.rand(5, 1, 16, 16)
     maps, pooled = [torch.rand(5, 4, 3, 3)], torch.rand(5, 6)
     with torch.no_grad():
         assert torch.allclose(head(x, maps, pooled), again(x, maps, pooled))
-        d = head.distances(T.layer_vectors(x, maps, pooled, True))
-        assert torch.allclose(head(x, maps, pooled), (d / torch.tensor([2.0, 3.0, 5.0])).sum(dim=1))
+        d = head.distances(T.layer_vectors(x, maps, pooled, True, True))
+        assert torch.allclose(head(x, maps, pooled), torch.sqrt(d / torch.tensor(scale)).sum(dim=1))
     with pytest.raises(ValueError, match="one Gaussian and one scale per layer"):
-        T.OodHead(layers, [1.0, 1.0, 1.0], has_input=True, n_stages=2)
+        T.OodHead(layers, [1.0] * 4, has_input=True, n_stages=1, has_sign=False)
+
+
+def test_a_head_saved_before_the_contrast_sign_loads_with_its_old_score() -> None:
+    """A checkpoint of the layered head without the contrast sign stores a layout of two
+    numbers (input statistics, stages); it loads as that head and scores as it did: the sum
+    of the squared distances, not of their roots."""
+    rng = np.random.default_rng(4)
+    dims = (len(T.INPUT_STATISTICS), 4, 6)
+    layers = [T.fit_mahalanobis(rng.normal(size=(80, d)), rng.integers(0, 2, 80), 2) for d in dims]
+    head = T.OodHead(layers, [2.0, 3.0, 5.0], has_input=True, n_stages=1)
+    old = {**T.head_state(head), "layout": torch.tensor([1, 1])}
+    again = T.head_from_state(old)
+    assert (again.has_input, again.has_sign, again.n_stages, again.root) == (True, False, 1, False)
+    x = torch.rand(5, 1, 16, 16)
+    maps, pooled = [torch.rand(5, 4, 3, 3)], torch.rand(5, 6)
+    with torch.no_grad():
+        d = head.distances(T.layer_vectors(x, maps, pooled, True))
+        assert torch.allclose(again(x, maps, pooled), (d / torch.tensor([2.0, 3.0, 5.0])).sum(dim=1))
