@@ -12,7 +12,10 @@ same frames into a fresh database:
 
 Throughput is images / (last prediction - first prediction), read from the predictions'
 ``created_at``: process start-up and model loading are left out, and every process runs the
-whole time. With ``--repeats`` the runs are interleaved (all settings once, then again) and
+whole time. Beside it, the CPU time per image over the same span (read from /proc, Linux) of
+the daemon processes and, when the server runs on this machine, of the whole PostgreSQL server:
+unlike images/s these hardly move with the machine's load, so they say where the difference
+between the backends lies. With ``--repeats`` the runs are interleaved (all settings once, then again) and
 the median is reported, so a change of the machine's load hits every setting alike. Prints a
 table and writes JSON (``benchmarks/results/scale.json``). Needs a
 PostgreSQL role allowed to create databases (``--pg-url``; default
@@ -96,6 +99,47 @@ class Database:
             _admin(self.pg, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
+def _proc_cpu_s(pid: int, *, reaped: bool = False) -> float:
+    """CPU seconds of a process (with ``reaped``: and of its children that have ended)."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in f[11:15 if reaped else 13]) / os.sysconf("SC_CLK_TCK")
+
+
+def _server_pid(pg_url: str) -> int | None:
+    """The postmaster of the server, when it runs on this machine (else None: no server CPU)."""
+    import psycopg
+
+    with psycopg.connect(make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)) as c:
+        backend = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+    try:
+        return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _server_cpu_s(pid: int | None) -> float:
+    """The whole server's CPU seconds: the postmaster, its backends that have ended and
+    those still running."""
+    if pid is None:
+        return 0.0
+    live = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            f = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(f[1]) == pid:
+            live += sum(int(x) for x in f[11:13]) / os.sysconf("SC_CLK_TCK")
+    return _proc_cpu_s(pid, reaped=True) + live
+
+
+def _cpu_s(procs: list[subprocess.Popen], server_pid: int | None) -> tuple[float, float]:
+    return sum(_proc_cpu_s(p.pid) for p in procs), _server_cpu_s(server_pid)
+
+
 def _start(url: str, model: Path, work: Path, *args: str) -> subprocess.Popen:
     """``nscmonitor run``; its stderr goes to a file (``p.err``), never a pipe nobody drains."""
     env = {**os.environ, "NSCMONITOR_THREADS": "1", "NSCMONITOR_LOG_DIR": str(work / "logs"),
@@ -116,15 +160,32 @@ def _wait_serving(p: subprocess.Popen) -> None:
         time.sleep(0.1)
 
 
-def _wait_done(db: Database, n: int, procs: list[subprocess.Popen], timeout: float) -> None:
+def _wait_done(db: Database, n: int, procs: list[subprocess.Popen], timeout: float,
+               server_pid: int | None) -> tuple[float, float | None]:
+    """Waits until all ``n`` are scored; returns the CPU milliseconds per image the daemon
+    processes and the server spent from the first stored prediction to the last (so
+    start-up and model loading are left out, as in images/s). Polled every 20 ms, so the
+    span's ends are a poll late; the poll's own queries are in the server's figure."""
     end = time.monotonic() + timeout
-    while db.count("SELECT COUNT(*) FROM predictions") < n:
+    first = last = None
+    done = 0
+    while done < n:
         if time.monotonic() > end or any(p.poll() not in (None, 0) for p in procs):
             raise RuntimeError(f"scored {db.count('SELECT COUNT(*) FROM predictions')} of {n}")
-        time.sleep(0.2)
+        done = db.count("SELECT COUNT(*) FROM predictions")
+        if done and first is None:
+            first = (done, _cpu_s(procs, server_pid))
+        if done >= n:
+            last = (done, _cpu_s(procs, server_pid))
+        time.sleep(0.02)
+    images = max(last[0] - first[0], 1)
+    client = (last[1][0] - first[1][0]) * 1000 / images
+    server = (last[1][1] - first[1][1]) * 1000 / images if server_pid is not None and db.pg else None
+    return client, server
 
 
-def scorers_run(k: int, pg_url: str, frames: Path, model: Path, work: Path, n: int) -> float:
+def scorers_run(k: int, pg_url: str, frames: Path, model: Path, work: Path, n: int,
+                cpu: list, server_pid: int | None) -> float:
     db = Database("postgresql", pg_url, work)
     procs = [_start(db.url, model, work, "--score-only") for _ in range(k)]
     try:
@@ -136,7 +197,7 @@ def scorers_run(k: int, pg_url: str, frames: Path, model: Path, work: Path, n: i
         watcher = build_runner(settings, model=model, score=False)
         watcher.run(once=True)  # queues every frame, scores none
         watcher.store.engine.dispose()
-        _wait_done(db, n, procs, timeout=600)
+        cpu.append(_wait_done(db, n, procs, 600, server_pid))
         return n / db.span_s()
     finally:
         for p in procs:
@@ -146,10 +207,12 @@ def scorers_run(k: int, pg_url: str, frames: Path, model: Path, work: Path, n: i
         db.drop()
 
 
-def daemon_run(backend: str, pg_url: str, frames: Path, model: Path, work: Path, n: int) -> float:
+def daemon_run(backend: str, pg_url: str, frames: Path, model: Path, work: Path, n: int,
+               cpu: list, server_pid: int | None) -> float:
     db = Database(backend, pg_url, work)
     try:
         p = _start(db.url, model, work, "--watch", str(frames), "--experiment", "bench", "--once")
+        cpu.append(_wait_done(db, n, [p], 600, server_pid))
         p.wait(timeout=600)
         if db.count("SELECT COUNT(*) FROM predictions") != n:
             raise RuntimeError(f"{backend}: scored {db.count('SELECT COUNT(*) FROM predictions')} of {n}")
@@ -179,6 +242,8 @@ def main() -> int:
         print("no PostgreSQL server: pass --pg-url or start one with .ci/postgres.sh start", file=sys.stderr)
         return 2
     runs: dict[str, list[float]] = {}
+    cpu: dict[str, list[tuple[float, float | None]]] = {}
+    server_pid = _server_pid(args.pg_url)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -189,11 +254,13 @@ def main() -> int:
         build_tiny_classifier(model, input_size=32)
         for rep in range(args.repeats):
             for k in args.scorers:
-                r = scorers_run(k, args.pg_url, frames, model, work, args.images)
+                r = scorers_run(k, args.pg_url, frames, model, work, args.images,
+                                cpu.setdefault(f"pg x{k} scorers", []), server_pid)
                 runs.setdefault(f"pg x{k} scorers", []).append(r)
                 print(f"  run {rep + 1}: pg, {k} scorer process(es): {r:7.1f} images/s", flush=True)
             for backend in ("sqlite", "postgresql"):
-                r = daemon_run(backend, args.pg_url, frames, model, work, args.images)
+                r = daemon_run(backend, args.pg_url, frames, model, work, args.images,
+                               cpu.setdefault(f"{backend} x1 daemon", []), server_pid)
                 runs.setdefault(f"{backend} x1 daemon", []).append(r)
                 print(f"  run {rep + 1}: {backend}, one daemon: {r:7.1f} images/s", flush=True)
     load_after = os.getloadavg()
@@ -201,10 +268,14 @@ def main() -> int:
     base = rates.get("pg x1 scorers")
     ratios = {k: v / base for k, v in rates.items() if base and k.endswith("scorers")}
     pg_over_sqlite = rates["postgresql x1 daemon"] / rates["sqlite x1 daemon"]
-    print(f"\n{'run':<22}{'images/s':>10}{'x one scorer':>14}  runs")
+    cpu_ms = {k: (statistics.median(c for c, _ in v),
+                  statistics.median(sv for _, sv in v) if all(sv is not None for _, sv in v) else None)
+              for k, v in cpu.items()}
+    print(f"\n{'run':<22}{'images/s':>10}{'x one scorer':>14}{'daemon CPU ms/img':>19}{'server CPU ms/img':>19}  runs")
     for k, v in rates.items():
-        print(f"{k:<22}{v:>10.1f}{ratios[k] if k in ratios else float('nan'):>14.2f}  "
-              + ", ".join(f"{x:.1f}" for x in runs[k]))
+        client, server = cpu_ms[k]
+        print(f"{k:<22}{v:>10.1f}{ratios[k] if k in ratios else float('nan'):>14.2f}{client:>19.2f}"
+              f"{server if server is not None else float('nan'):>19.2f}  " + ", ".join(f"{x:.1f}" for x in runs[k]))
     print(f"PostgreSQL / SQLite (one daemon): {pg_over_sqlite:.2f}")
     print(f"{args.images} frames {args.size}x{args.size}, tiny model, 1 thread per process; {cpu_name()}, "
           f"{os.cpu_count()} logical CPUs; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
@@ -212,6 +283,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"images": args.images, "size": args.size, "images_per_s": rates, "runs": runs, "repeats": args.repeats,
                                "over_one_scorer": ratios, "postgresql_over_sqlite": pg_over_sqlite,
+                               "cpu_ms_per_image": {k: {"daemons": c, "server": sv} for k, (c, sv) in cpu_ms.items()},
                                "cpu": cpu_name(), "logical_cpus": os.cpu_count(),
                                "load_average_before": load_before, "load_average_after": load_after,
                                "pg": masked(args.pg_url)}, indent=2))
