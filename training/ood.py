@@ -11,8 +11,8 @@ at once (Lee et al. 2018, "feature ensemble"), plus two layers of cheap input st
   one flips its sign. The whole tile's skewness did not separate inverted fields (simulated
   phase contrast holds dark bodies and bright somata, both signs); the finest scale does: the
   bright halos and phase-bright rims are sharp, the dark bodies smooth, so the detail of our
-  tiles is skewed one way and an inverted field's the other (tile-level AUC 0.98 on the tiny
-  benchmark);
+  tiles is skewed one way and an inverted field's the other (tile-level AUC between validation
+  tiles and inverted test-plate tiles 0.96 at 32 px, 0.98 at 96 px, benchmarks/ood.py's data);
 - each stage of the backbone, global-average pooled (``stage_names``);
 - the pooled penultimate features, the classifier's input (the score served before).
 Per layer: the squared Mahalanobis distance to the nearest class mean (shared covariance),
@@ -24,8 +24,8 @@ one-number contrast sign, 1.3 for 64 features), so in a sum of squared distances
 smallest layers' in-domain tails set the threshold and drown the others; the root evens
 them out (3 and 1.15 medians). Measured on the tiny benchmark at 3 to 6 simulated plates
 (docs/training.md): the sum of squares flagged 93-98 % of inverted and 95-100 % of
-bright-field fields, the sum of roots 98-100 % of both, at the same in-domain rates within a
-field or two. (The mean as the unit instead of the median flagged more of our own held-out
+bright-field fields, the sum of roots 98-100 % of both; our own held-out plates within a few
+fields of each other. (The mean as the unit instead of the median flagged more of our own held-out
 plates; the maximum over layers flagged more of other kinds but also more of a held-out
 plate of our own: any one layer's plate-to-plate shift then decides.) The last layer alone
 misses what this is for: it is trained to ignore exactly the low-level
