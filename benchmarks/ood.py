@@ -10,8 +10,9 @@ tests use (``arch="tiny"``), and scores through the exported ONNX and the daemon
   fields, natural-texture-like patterns), at most ``--images`` each, an image being a field;
   the 5x fields twice: served at their own scale, as a file without a pixel size is
   (``magnification``), and resampled to the model's scale by their pixel size, as the daemon
-  serves a file that states it (``5x, pixel size known``; the share the daemon's pixel-size
-  check flags, ``scoring.stages.pixel_size_mismatch``, is printed below the table).
+  serves a file that states it (``5x, pixel size known``; whether the daemon's pixel-size
+  check, ``scoring.stages.pixel_size_mismatch``, flags such a file besides is printed below
+  the table).
 Beside the served score (Mahalanobis over the input statistics, the contrast sign, the stages
 and the pooled features, ``training.ood``) it prints, on the same trained weights and at the
 same in-domain rate: the sum served before (squared distances, no contrast sign), today's
@@ -22,7 +23,8 @@ softmax probability (the measurements behind the choice).
 An image is a field; its score is the mean of its tiles' scores, as in the daemon.
 ``--refit`` fits the OOD head again on a run trained before (same weights, new head).
 
-    nice -n 10 python benchmarks/ood.py --out /tmp/ood  [--arch tiny] [--epochs 6] [--refit] [--json benchmarks/results/ood.json]
+    nice -n 10 python benchmarks/ood.py --out /tmp/ood  [--arch tiny] [--epochs 6] [--plates 3] [--refit]
+        [--json benchmarks/results/ood.json]
 """
 
 from __future__ import annotations
