@@ -8,7 +8,9 @@ ResNet50 on full frames, seconds per image) hold many images at once: a promoted
 engine swap or a stop would wait for all of them, and several scorers would share a short
 backlog badly. So the claim grows or shrinks towards a fixed amount of work per batch,
 measured on the batches themselves; live acquisition, where one image is due at a time, is
-not affected (a claim takes what is due, up to the size).
+not affected (a claim takes what is due, up to the size). A batch's decoded frames and tiles
+are all in memory at once, so the size is also capped by a memory budget, measured on the
+last batch's images: a fast engine (a GPU) on large frames would otherwise hold gigabytes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,15 @@ from __future__ import annotations
 TARGET_BATCH_S = 0.5
 #: a batch at most this many times larger than the last one (the cost per image is noisy)
 MAX_GROWTH = 2.0
+#: bytes of decoded frames and tiles one batch may hold
+MEMORY_BUDGET = 256 * 2**20
+
+
+def claim_cap(largest: int, bytes_per_image: float, budget: int = MEMORY_BUDGET) -> int:
+    """The most images a claim may take when each holds ``bytes_per_image`` once prepared."""
+    if bytes_per_image <= 0:
+        return largest
+    return max(1, min(largest, int(budget // bytes_per_image)))
 
 
 def next_claim_size(claimed: int, size: int, elapsed_s: float, *, largest: int,

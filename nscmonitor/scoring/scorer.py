@@ -23,7 +23,7 @@ from nscmonitor.readers.decode import DecodeError, open_regular, why
 from nscmonitor.scoring.forecast import ForecastStage
 from nscmonitor.scoring.hot_swap import LoadedModel, ModelSlot
 from nscmonitor.scoring.metrics import Metrics
-from nscmonitor.scoring.pacing import next_claim_size
+from nscmonitor.scoring.pacing import claim_cap, next_claim_size
 from nscmonitor.scoring.preprocess import Preprocess
 from nscmonitor.scoring.stages import Prepared, infer, prepare, result
 from nscmonitor.store.writer import Claimed, Scored, Writer
@@ -51,7 +51,7 @@ class Scorer:
         """``channel``: the watch folder's scored channel for an image path; ``forecast``: the
         time-aware well model's stage after each stored batch (None: per-image scoring only);
         ``claim_size``: the most images one batch claims (``scoring.pacing`` sizes each claim
-        from what the last batches cost, starting small)."""
+        from what the last batches cost, in time and memory, starting small)."""
         self.settings = settings
         self.writer = writer
         self.slot = slot
@@ -63,6 +63,7 @@ class Scorer:
         self.max_attempts = max_attempts
         self.claim_size = claim_size
         self.next_claim = min(FIRST_CLAIM, claim_size)
+        self._bytes_per_image = 0.0  # of the last batch's prepared images (frames and tiles)
         self._pre: tuple[object, Preprocess] | None = None
         self.forecast = forecast
 
@@ -75,7 +76,8 @@ class Scorer:
         if not claimed:
             return Batch(0, 0)
         batch = self._score(model, claimed)
-        self.next_claim = next_claim_size(len(claimed), size, time.perf_counter() - started, largest=self.claim_size)
+        self.next_claim = next_claim_size(len(claimed), size, time.perf_counter() - started,
+                                          largest=claim_cap(self.claim_size, self._bytes_per_image))
         return batch
 
     def _score(self, model: LoadedModel, claimed: list[Claimed]) -> Batch:
@@ -83,6 +85,8 @@ class Scorer:
                     if p is not None]
         if not prepared:
             return Batch(len(claimed), 0)
+        self._bytes_per_image = sum(p.decoded.pixels.nbytes + (p.grid.tiles.nbytes if p.grid is not None else 0)
+                                    for p in prepared) / len(prepared)
         t0 = time.perf_counter()
         probs = self._infer(model, prepared)
         if probs is None:

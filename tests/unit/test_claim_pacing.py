@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nscmonitor.scoring.pacing import MAX_GROWTH, TARGET_BATCH_S, next_claim_size
+from nscmonitor.scoring.pacing import MAX_GROWTH, MEMORY_BUDGET, TARGET_BATCH_S, claim_cap, next_claim_size
 
 
 def test_cheap_full_batches_grow_at_most_by_the_growth_factor_up_to_the_largest() -> None:
@@ -30,3 +30,11 @@ def test_a_queue_that_runs_dry_keeps_the_size_but_a_slow_short_batch_shrinks_it(
 def test_nothing_claimed_or_no_time_measured_changes_nothing() -> None:
     assert next_claim_size(0, 8, 1.0, largest=64) == 8
     assert next_claim_size(8, 8, 0.0, largest=64) == 8
+
+
+def test_the_memory_budget_caps_the_claim_by_what_each_image_holds_once_prepared() -> None:
+    frame_and_tiles = 2.9e6 + 140 * 96 * 96 * 4  # a 1408x1040 uint16 frame and its 96 px tiles
+    assert claim_cap(64, frame_and_tiles) == int(MEMORY_BUDGET // frame_and_tiles) < 64
+    assert claim_cap(64, 64 * 64 * 2 + 4 * 32 * 32 * 4) == 64  # small frames: the largest claim
+    assert claim_cap(64, 10 * MEMORY_BUDGET) == 1  # one huge image still goes
+    assert claim_cap(64, 0.0) == 64  # nothing measured yet
