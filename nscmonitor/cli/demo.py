@@ -81,16 +81,20 @@ def _model(out: Path, retrain: bool, given: Path | None = None) -> Path:
 
 
 def _demo_export() -> dict[str, Any]:
-    """The demo's training data: two plates (the first trains and validates, the second is
-    the test plate), the five recipes, four fields per well (docs/training.md, "Demo model")."""
-    from nscmonitor.simulate.labelled_tiles import TILE_CONDITIONS
+    """The demo's training data (docs/training.md, "Demo model"): sixteen plates of the demo
+    plate's six recipes (15 train and validate, the last is the test plate), eight wells per
+    condition, one 224 px field per well at 48-120 h, from the demo microscope's 8-bit camera:
+    many plates and wells with few images each (variety beats repetition), from the hours the
+    model is trained and judged on."""
+    from nscmonitor.simulate.culture import DEFAULT_CONDITIONS
 
-    return {"plates": 2, "tile_size": 224, "seed": 0, "fields": 4, "conditions": TILE_CONDITIONS}
+    return {"plates": 16, "tile_size": 224, "seed": 0, "fields": 1, "grid": (1, 1), "wells_per_condition": 8,
+            "hours": (48.0, 72.0, 96.0, 120.0), "bit_depth": 8, "conditions": tuple(DEFAULT_CONDITIONS)}
 
 
 def _export_is_current(tiles: Path) -> bool:
-    """An export left by a demo with other export settings (plates, fields, conditions) is
-    rendered again, so its model, cached by data hash, is retrained too."""
+    """An export left by a demo with other export settings (plates, fields, grid, wells, hours,
+    bit depth, conditions) is rendered again, so its model, cached by data hash, is retrained too."""
     import json
 
     try:
@@ -98,8 +102,9 @@ def _export_is_current(tiles: Path) -> bool:
     except (OSError, ValueError):
         return False
     want = _demo_export()
-    return ((tiles / "tiles.csv").is_file() and info.get("plates") == want["plates"]
-            and info.get("fields") == want["fields"] and sorted(info.get("conditions", {})) == sorted(want["conditions"]))
+    same = all(info.get(k) == want[k] for k in ("plates", "fields", "wells_per_condition", "bit_depth"))
+    return ((tiles / "tiles.csv").is_file() and same and info.get("grid") == list(want["grid"])
+            and info.get("hours") == list(want["hours"]) and sorted(info.get("conditions", {})) == sorted(want["conditions"]))
 
 
 def _engine(model: Path, tiles: Path | None) -> None:

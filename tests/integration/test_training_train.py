@@ -179,11 +179,16 @@ def test_resnet50_path_trains_and_exports_on_a_few_tiny_images(tmp_path):
 def test_demo_model_trains_once_and_then_comes_from_the_cache(tiles_dir, tmp_path):
     from nscmonitor.training import demo_model
 
-    path = demo_model(tmp_path / "demo", tiles_dir, arch="tiny", image_size=32, epochs=1, threads=1, progress=False)
+    path = demo_model(tmp_path / "demo", tiles_dir, arch="tiny", image_size=32, tile_size=None, epochs=1, threads=1,
+                      progress=False)
     stamp = path.stat().st_mtime_ns
     assert read_onnx_metadata(path).arch == "tiny"
-    assert demo_model(tmp_path / "demo", tiles_dir, arch="tiny", image_size=32, epochs=1, threads=1) == path
+    assert demo_model(tmp_path / "demo", tiles_dir, arch="tiny", image_size=32, tile_size=None, epochs=1,
+                      threads=1) == path
     assert path.stat().st_mtime_ns == stamp
+    # another input size is another recipe: trained again, not served from the cache
+    assert read_onnx_metadata(demo_model(tmp_path / "demo", tiles_dir, arch="tiny", image_size=24, tile_size=None,
+                                         epochs=1, threads=1, progress=False)).input_size == 24
 
 
 def test_simulator_export_trains_and_exports(tmp_path):
@@ -214,8 +219,9 @@ def test_simulator_export_trains_and_exports(tmp_path):
 
 
 def test_an_older_demo_export_is_rendered_again(tmp_path):
-    """A demo folder holding an export with other settings (more plates, one field, another
-    condition) is not current, so it is rendered and its model trained again."""
+    """A demo folder holding an export with other settings (fewer plates, more fields, another
+    grid, camera, hours or set of conditions) is not current, so it is rendered and its model
+    trained again."""
     import json
 
     from nscmonitor.cli.demo import _demo_export, _export_is_current
@@ -224,10 +230,14 @@ def test_an_older_demo_export_is_rendered_again(tmp_path):
     tiles.mkdir()
     (tiles / "tiles.csv").write_text("path\n")
     want = _demo_export()
-    info = {"plates": want["plates"], "fields": want["fields"], "conditions": {c: {} for c in want["conditions"]}}
+    info = {"plates": want["plates"], "fields": want["fields"], "wells_per_condition": want["wells_per_condition"],
+            "bit_depth": want["bit_depth"], "grid": list(want["grid"]), "hours": list(want["hours"]),
+            "conditions": {c: {} for c in want["conditions"]}}
     (tiles / "tiles.json").write_text(json.dumps(info))
     assert _export_is_current(tiles)
-    for other in ({"plates": 6}, {"fields": 1}, {"conditions": {**info["conditions"], "neuron-low-dose": {}}}):
+    fewer = {c: {} for c in want["conditions"] if c != "neuron-low-dose"}
+    for other in ({"plates": 6}, {"fields": 4}, {"grid": [2, 2]}, {"bit_depth": 12},
+                  {"hours": [0.0, 24.0, 48.0, 72.0, 96.0, 120.0]}, {"conditions": fewer}):
         (tiles / "tiles.json").write_text(json.dumps({**info, **other}))
         assert not _export_is_current(tiles)
     assert not _export_is_current(tmp_path / "missing")
