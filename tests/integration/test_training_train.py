@@ -243,6 +243,26 @@ def test_an_older_demo_export_is_rendered_again(tmp_path):
     assert not _export_is_current(tmp_path / "missing")
 
 
+def test_the_demo_export_settings_render_and_read_back_as_current(tmp_path):
+    """``_demo_export`` is what the demo hands ``export_tiles``: every setting must be one it
+    takes and records, or a fresh machine's ``make demo`` renders its export every time (or
+    fails). Rendered with fewer plates and wells to stay fast; the rest as the demo asks."""
+    import json
+
+    from nscmonitor.cli.demo import _demo_export, _export_is_current
+    from nscmonitor.simulate.labelled_tiles import export_tiles
+
+    want = _demo_export()
+    tiles = tmp_path / "tiles"
+    export_tiles(tiles, **{**want, "plates": 2, "wells_per_condition": 1})
+    info = json.loads((tiles / "tiles.json").read_text(encoding="utf-8"))
+    assert not _export_is_current(tiles)  # two plates, not the demo's
+    (tiles / "tiles.json").write_text(json.dumps({**info, "plates": want["plates"],
+                                                  "wells_per_condition": want["wells_per_condition"]}))
+    assert _export_is_current(tiles)
+    assert info["dtype"] == "uint8" and info["grid"] == [1, 1] and min(info["hours"]) == 48.0
+
+
 def test_demo_scores_with_a_given_model_and_refuses_a_bad_one(run, tmp_path, capsys):
     from nscmonitor.cli.demo import _model
 
