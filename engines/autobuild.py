@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from nscmonitor.engines.autobuild_run import (Attempt, Progress, _now, has_openvino, has_tensorrt_gpu, load_tiles_for,
-                                              int8_refusal, plan, run_build, slower_than_fp32)
+                                              ort_int8_refusal, plan, run_build, slower_than_fp32)
 from nscmonitor.engines.autobuild_status import (LOCK_NAME, LOG_NAME, NO_CALIBRATION, STATES, STATUS_NAME, BuildLock,
                                                  EngineStatus, Fingerprint, build_running, cached_sha256,
                                                  calibration_sha256, describe, fingerprint, gate_text, gpu_names,
@@ -51,7 +51,7 @@ __all__ = ["stop_build", "Attempt", "BuildLock", "EngineStatus", "Fingerprint", 
            "NO_CALIBRATION", "Progress", "STATES", "STATUS_NAME", "artefact_present", "build_command",
            "build_running", "cached_sha256", "calibration_sha256", "copy_artefacts", "decide", "describe", "ensure",
            "fingerprint", "gate_text", "gpu_names", "has_openvino", "has_tensorrt_gpu", "load_tiles_for", "lock_path",
-           "int8_refusal", "log_path", "machine_id", "needed", "plan", "read_status", "run_build",
+           "log_path", "machine_id", "needed", "ort_int8_refusal", "plan", "read_status", "run_build",
            "runtime_versions", "slower_than_fp32", "spawn", "start", "status_path", "summary", "token",
            "wants_build", "write_status"]
 

@@ -198,56 +198,36 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         why = "; ".join(f"{a.engine}: {a.reason}" for a in attempts) or "nothing could be built"
         return _finish(model_path, replace(base, state="failed", attempts=records,
                                            reason=f"no engine passed its gate, fp32 serves ({why})"), t0)
-    best, slower, fp32 = None, [], {}
-    for candidate in passed:
-        field = SPEED_FIELDS.get(candidate.engine)
-        if field is None:  # a GPU engine: the CPU's fp32 is no yardstick for it
-            best = candidate
-            break
-        say(f"timing {candidate.engine} against fp32 on this machine")
-        speed = _cpu_speeds(model_path, candidate.engine, model_path.parent / candidate.artefact,
-                            tiles.heldout.x, threads, fp32)
-        base = replace(base, **{field: speed})
-        if not slower_than_fp32(speed):
-            best = candidate
-            break
-        slower.append(f"{candidate.engine} passed its gate but runs slower than fp32 here "
-                      f"({speed['int8_tiles_per_s']:.1f} vs {speed['fp32_tiles_per_s']:.1f} tiles/s)")
-    if best is None:
-        return _finish(model_path, replace(base, state="failed", attempts=records,
-                                           reason=f"{'; '.join(slower)}, so fp32 serves"), t0)
+    best = passed[0]
+    if best.engine == "ort-int8":
+        say("timing ONNX Runtime int8 against fp32 on this machine")
+        speed = _ort_speeds(model_path, model_path.parent / best.artefact, tiles.heldout.x, threads)
+        base = replace(base, ort_speed=speed)
+        if slower_than_fp32(speed):
+            note = (f"ort-int8 passed its gate but runs slower than fp32 here ({speed['int8_tiles_per_s']:.1f} vs "
+                    f"{speed['fp32_tiles_per_s']:.1f} tiles/s)")
+            return _finish(model_path, replace(base, state="failed", attempts=records,
+                                               reason=f"{note}, so fp32 serves"), t0)
     return _finish(model_path, replace(base, state="ready", engine=best.engine, precision=best.engine.rsplit("-", 1)[1],
                                        artefact=best.artefact, gate=best.gate, attempts=records), t0)
-
-
-#: fp32 tiles/s above which the engine's cost per image is lost beside decoding and storing it
-#: (20 us a tile): there the choice of engine does not change what the daemon does per second
-NEGLIGIBLE_TILES_PER_S = 50_000.0
 
 
 def slower_than_fp32(speed: dict[str, float], margin: float = 0.9) -> bool:
     """int8 only serves if it is at least about as fast as fp32: below ``margin`` of fp32's
     throughput it would make the daemon slower for no gain (differences under ~10 % are
-    noise on a shared machine, DESIGN §6). A model so small that fp32 runs more than
-    ``NEGLIGIBLE_TILES_PER_S`` is not held back: both are far faster than the rest of the
-    pipeline, and such timings are mostly call overhead."""
-    return (speed["int8_tiles_per_s"] < margin * speed["fp32_tiles_per_s"]
-            and speed["fp32_tiles_per_s"] < NEGLIGIBLE_TILES_PER_S)
+    noise on a shared machine, DESIGN §6)."""
+    return speed["int8_tiles_per_s"] < margin * speed["fp32_tiles_per_s"]
 
 
-#: the status field holding each CPU int8 engine's speed against fp32 on this machine
-SPEED_FIELDS = {"openvino-int8": "openvino_speed", "ort-int8": "ort_speed"}
-
-
-def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, threads: int,
-                fp32: dict[str, float], min_seconds: float = 1.5) -> dict[str, float]:
-    """Tiles/s of the int8 model on ``engine_name`` and of the fp32 model on ONNX Runtime (what
-    serves without an int8 engine; timed once per build, kept in ``fp32``), each loaded and
-    warmed up first (loading is not what the daemon pays per batch)."""
+def _ort_speeds(model_path: Path, int8_path: Path, x: Any, threads: int, min_seconds: float = 1.5) -> dict[str, float]:
+    """Tiles/s of the fp32 and the int8 model on ONNX Runtime, sessions loaded and warmed up
+    first (session start is not what the daemon pays per batch)."""
     from nscmonitor.engines.metadata import read_onnx_metadata
     from nscmonitor.engines.ort import OrtCpuEngine
 
-    def timed(engine) -> float:
+    out = {}
+    for key, path in (("fp32_tiles_per_s", model_path), ("int8_tiles_per_s", int8_path)):
+        engine = OrtCpuEngine(path, read_onnx_metadata(path), threads=threads)
         engine.load()
         try:
             engine.infer(x[:8])
@@ -256,30 +236,21 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
                 batch = x[n % len(x):n % len(x) + 8]
                 engine.infer(batch)
                 n += len(batch)
-            return round(n / (time.perf_counter() - t0), 1)
+            out[key] = round(n / (time.perf_counter() - t0), 1)
         finally:
             engine.close()
-
-    if "fp32_tiles_per_s" not in fp32:
-        fp32["fp32_tiles_per_s"] = timed(OrtCpuEngine(model_path, read_onnx_metadata(model_path), threads=threads))
-    meta = read_onnx_metadata(int8_path)
-    if engine_name == "openvino-int8":
-        from nscmonitor.engines.openvino import OpenVinoEngine
-
-        int8 = OpenVinoEngine(int8_path, meta, threads=threads)
-    else:
-        int8 = OrtCpuEngine(int8_path, meta, threads=threads)
-    return {**fp32, "int8_tiles_per_s": timed(int8)}
+    return out
 
 
-def int8_refusal(model_path: str | Path, engine_name: str) -> str | None:
-    """Why ``engine_name`` (a CPU int8 engine) should not serve this model here, from the
-    build's own timing (None when it was not found slower, or no build recorded it)."""
+def ort_int8_refusal(model_path: str | Path) -> str | None:
+    """Why ONNX Runtime's int8 model should not serve this model here, from the build's own
+    timing (None when it was not found slower, or no build recorded it)."""
     st = read_status(model_path)
-    s = getattr(st, SPEED_FIELDS[engine_name], None) if st is not None else None
-    if not s or st.fingerprint.get("model_sha256") != cached_sha256(model_path) or not slower_than_fp32(s):
+    if st is None or not st.ort_speed or st.fingerprint.get("model_sha256") != cached_sha256(model_path) \
+            or not slower_than_fp32(st.ort_speed):
         return None
-    return (f"{engine_name} runs slower than fp32 on this machine ({s['int8_tiles_per_s']:.1f} vs "
+    s = st.ort_speed
+    return (f"ONNX Runtime int8 runs slower than fp32 on this machine ({s['int8_tiles_per_s']:.1f} vs "
             f"{s['fp32_tiles_per_s']:.1f} tiles/s, measured by its build)")
 
 

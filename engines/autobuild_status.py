@@ -72,9 +72,6 @@ class EngineStatus:
     #: ONNX Runtime fp32 and int8 tiles/s here, measured when ort-int8 would serve: slower than
     #: fp32, it does not (ONNX Runtime's x86 kernels can be slow on signed int8 activations)
     ort_speed: dict[str, Any] | None = None
-    #: the same for OpenVINO's int8 (on a CPU without VNNI or AMX, or for a small network whose
-    #: quantise/dequantise steps cost more than its convolutions save, it can lose to fp32)
-    openvino_speed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

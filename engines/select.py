@@ -58,11 +58,11 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
 
         return OrtCudaEngine(model_path, meta)
     if backend == "ort-int8":
-        from nscmonitor.engines.autobuild import int8_refusal
+        from nscmonitor.engines.autobuild import ort_int8_refusal
         from nscmonitor.engines.enginefile import file_sha256
         from nscmonitor.engines.ort import OrtInt8Engine, int8_path_for
 
-        if (slower := int8_refusal(model_path, backend)) is not None:
+        if (slower := ort_int8_refusal(model_path)) is not None:
             raise EngineError(slower)
 
         path = int8_path_for(model_path)
@@ -75,12 +75,9 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
 
         path, source = model_path, None
         if backend == "openvino-int8":
-            from nscmonitor.engines.autobuild import int8_refusal
             from nscmonitor.engines.enginefile import file_sha256
             from nscmonitor.engines.ort import int8_path_for
 
-            if (slower := int8_refusal(model_path, backend)) is not None:
-                raise EngineError(slower)
             path, source = int8_path_for(model_path), file_sha256(model_path)
             if not path.is_file():
                 raise EngineError(f"no int8 model at {path} to run on OpenVINO")
