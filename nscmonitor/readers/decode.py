@@ -158,6 +158,8 @@ def _check_page_limits(shape: tuple[int, ...], page_axes: str, dtype, offsets: t
         raise DecodeError(f"page of shape {shape} holds {values} values, above 4 x the pixel cap", permanent=True)
     if dtype is None:
         raise DecodeError("TIFF pixel type is not supported", permanent=True)
+    if np.dtype(dtype).kind not in "uif":  # complex (SampleFormat 6) or anything else that is no intensity
+        raise DecodeError(f"unsupported pixel type {np.dtype(dtype)}", permanent=True)
     raw = values * np.dtype(dtype).itemsize
     to_read = sum(int(c) for c in counts)
     if to_read > MAX_COMPRESSED_RATIO * raw + (1 << 20):

@@ -58,3 +58,15 @@ def test_hash_is_of_the_bytes_that_were_decoded(tmp_path: Path) -> None:
     p = tmp_path / "h.tif"
     tifffile.imwrite(p, np.ones((16, 16), np.uint8))
     assert decode(p).sha256 == hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (8, 8, 3)])
+def test_complex_pixels_are_refused_from_the_header(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    """SampleFormat 6 (complex floats) is no intensity: refused with the reason before any
+    plane is averaged (found by the fuzzed-header test: averaging RGB samples raised a numpy
+    warning instead)."""
+    p = tmp_path / "complex.tif"
+    tifffile.imwrite(p, np.ones(shape, np.complex64), photometric="rgb" if len(shape) == 3 else "minisblack")
+    with pytest.raises(DecodeError, match="unsupported pixel type complex64") as exc:
+        decode(p, max_pixels=1_000_000)
+    assert exc.value.permanent
