@@ -132,14 +132,15 @@ def pixel_size_mismatch(meta, pixel_size_um: float | None) -> float | None:
     return ratio if max(ratio, 1.0 / ratio) > float(limit) else None
 
 
-def ood_of(tiles: TileScores, meta, pixel_size_um: float | None = None) -> tuple[float | None, bool | None]:
+def ood_of(tiles: TileScores, meta, other_scale: bool = False) -> tuple[float | None, bool | None]:
     """The image's out-of-distribution score (its tiles' mean, as the threshold was set in
-    training) and flag: above the threshold, or taken at another magnification
-    (``pixel_size_mismatch``); (None, None) when the model has no score or no tile was scored."""
+    training) and flag: above the threshold, or ``other_scale`` (taken at another
+    magnification, ``pixel_size_mismatch``); (None, None) when the model has no score or no
+    tile was scored."""
     if tiles.ood is None or not len(tiles.ood) or not meta.ood:
         return None, None
     score = float(np.mean(tiles.ood))
-    return score, bool(score > float(meta.ood["threshold"]) or pixel_size_mismatch(meta, pixel_size_um))
+    return score, bool(score > float(meta.ood["threshold"]) or other_scale)
 
 
 def result(p: Prepared, tiles: TileScores, *, model_version: str, engine: Engine) -> Scored:
@@ -147,9 +148,9 @@ def result(p: Prepared, tiles: TileScores, *, model_version: str, engine: Engine
     grid = p.grid
     probs = tiles.probs
     score = image_score(probs) if grid is not None and len(probs) else None
-    ood_score, ood = ood_of(tiles, engine.metadata, p.decoded.pixel_size_um) if score is not None else (None, None)
-    ratio = pixel_size_mismatch(engine.metadata, p.decoded.pixel_size_um) if ood is not None else None
-    if ratio is not None:
+    ratio = pixel_size_mismatch(engine.metadata, p.decoded.pixel_size_um) if score is not None else None
+    ood_score, ood = ood_of(tiles, engine.metadata, ratio is not None) if score is not None else (None, None)
+    if ood is not None and ratio is not None:
         log.info("%s: flagged as unlike the training data: its pixel size (%.3g um) is %.2f times the training "
                  "images' (another magnification)", shown(p.claimed.path), p.decoded.pixel_size_um, ratio)
     return Scored(
