@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from nscmonitor.engines.autobuild_run import (Attempt, Progress, _now, has_openvino, has_tensorrt_gpu, load_tiles_for,
-                                              ort_int8_refusal, plan, run_build, slower_than_fp32)
-from nscmonitor.engines.autobuild_status import (LOCK_NAME, LOG_NAME, NO_CALIBRATION, STATES, STATUS_NAME, BuildLock,
-                                                 EngineStatus, Fingerprint, build_running, cached_sha256,
+                                              int8_refusal, plan, run_build, slower_than_fp32)
+from nscmonitor.engines.autobuild_status import (LOCK_NAME, LOG_NAME, NO_CALIBRATION, SPEED_FIELDS, STATES, STATUS_NAME,
+                                                 BuildLock, EngineStatus, Fingerprint, build_running, cached_sha256,
                                                  calibration_sha256, describe, fingerprint, gate_text, gpu_names,
                                                  lock_path, log_path, machine_id, read_status, runtime_versions,
                                                  status_path, summary, token, write_status)
@@ -48,10 +48,10 @@ from nscmonitor.engines.autobuild_status import (LOCK_NAME, LOG_NAME, NO_CALIBRA
 # The names above are imported for this module's own use and as its public face: callers
 # import them from here, the one entry point of build-on-arrival.
 __all__ = ["stop_build", "Attempt", "BuildLock", "EngineStatus", "Fingerprint", "LOCK_NAME", "LOG_NAME", "NO_BUILD_PREFERENCES",
-           "NO_CALIBRATION", "Progress", "STATES", "STATUS_NAME", "artefact_present", "build_command",
+           "NO_CALIBRATION", "Progress", "SPEED_FIELDS", "STATES", "STATUS_NAME", "artefact_present", "build_command",
            "build_running", "cached_sha256", "calibration_sha256", "copy_artefacts", "decide", "describe", "ensure",
            "fingerprint", "gate_text", "gpu_names", "has_openvino", "has_tensorrt_gpu", "load_tiles_for", "lock_path",
-           "log_path", "machine_id", "needed", "ort_int8_refusal", "plan", "read_status", "run_build",
+           "int8_refusal", "log_path", "machine_id", "needed", "plan", "read_status", "run_build",
            "runtime_versions", "slower_than_fp32", "spawn", "start", "status_path", "summary", "token",
            "wants_build", "write_status"]
 

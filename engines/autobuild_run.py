@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from nscmonitor.engines.autobuild_status import (NO_CALIBRATION, EngineStatus, _model_tiles_path, calibration_sha256,
-                                                 cached_sha256, describe, fingerprint, gpu_names, read_status,
-                                                 write_status)
+from nscmonitor.engines.autobuild_status import (NO_CALIBRATION, SPEED_FIELDS, EngineStatus, _model_tiles_path,
+                                                 calibration_sha256, cached_sha256, describe, fingerprint, gpu_names,
+                                                 read_status, slower_than_fp32, write_status)
 from nscmonitor.engines.base import EngineError
 
 # the logger of build-on-arrival as a whole, as before the build had a module of its own
@@ -199,35 +199,31 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         return _finish(model_path, replace(base, state="failed", attempts=records,
                                            reason=f"no engine passed its gate, fp32 serves ({why})"), t0)
     best = passed[0]
-    if best.engine == "ort-int8":
-        say("timing ONNX Runtime int8 against fp32 on this machine")
-        speed = _ort_speeds(model_path, model_path.parent / best.artefact, tiles.heldout.x, threads)
-        base = replace(base, ort_speed=speed)
-        if slower_than_fp32(speed):
-            note = (f"ort-int8 passed its gate but runs slower than fp32 here ({speed['int8_tiles_per_s']:.1f} vs "
-                    f"{speed['fp32_tiles_per_s']:.1f} tiles/s)")
-            return _finish(model_path, replace(base, state="failed", attempts=records,
-                                               reason=f"{note}, so fp32 serves"), t0)
+    fp32: dict[str, float] = {}
+    for candidate in passed:
+        field = SPEED_FIELDS.get(candidate.engine)
+        if field is None:  # a GPU engine: the CPU's fp32 is no yardstick for it
+            break
+        say(f"timing {candidate.engine} against fp32 on this machine")
+        speed = _cpu_speeds(model_path, candidate.engine, model_path.parent / candidate.artefact,
+                            tiles.heldout.x, threads, fp32)
+        base = replace(base, **{field: speed})
+        if not slower_than_fp32(speed):
+            best = candidate
+            break
     return _finish(model_path, replace(base, state="ready", engine=best.engine, precision=best.engine.rsplit("-", 1)[1],
                                        artefact=best.artefact, gate=best.gate, attempts=records), t0)
 
 
-def slower_than_fp32(speed: dict[str, float], margin: float = 0.9) -> bool:
-    """int8 only serves if it is at least about as fast as fp32: below ``margin`` of fp32's
-    throughput it would make the daemon slower for no gain (differences under ~10 % are
-    noise on a shared machine, DESIGN §6)."""
-    return speed["int8_tiles_per_s"] < margin * speed["fp32_tiles_per_s"]
-
-
-def _ort_speeds(model_path: Path, int8_path: Path, x: Any, threads: int, min_seconds: float = 1.5) -> dict[str, float]:
-    """Tiles/s of the fp32 and the int8 model on ONNX Runtime, sessions loaded and warmed up
-    first (session start is not what the daemon pays per batch)."""
+def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, threads: int,
+                fp32: dict[str, float], min_seconds: float = 1.5) -> dict[str, float]:
+    """Tiles/s of the int8 model on ``engine_name`` and of the fp32 model on ONNX Runtime
+    (what serves without an int8 engine; timed once per build and kept in ``fp32``), each
+    loaded and warmed up first (loading is not what the daemon pays per batch)."""
     from nscmonitor.engines.metadata import read_onnx_metadata
     from nscmonitor.engines.ort import OrtCpuEngine
 
-    out = {}
-    for key, path in (("fp32_tiles_per_s", model_path), ("int8_tiles_per_s", int8_path)):
-        engine = OrtCpuEngine(path, read_onnx_metadata(path), threads=threads)
+    def timed(engine: Any) -> float:
         engine.load()
         try:
             engine.infer(x[:8])
@@ -236,22 +232,34 @@ def _ort_speeds(model_path: Path, int8_path: Path, x: Any, threads: int, min_sec
                 batch = x[n % len(x):n % len(x) + 8]
                 engine.infer(batch)
                 n += len(batch)
-            out[key] = round(n / (time.perf_counter() - t0), 1)
+            return round(n / (time.perf_counter() - t0), 1)
         finally:
             engine.close()
-    return out
+
+    if "fp32_tiles_per_s" not in fp32:
+        fp32["fp32_tiles_per_s"] = timed(OrtCpuEngine(model_path, read_onnx_metadata(model_path), threads=threads))
+    meta = read_onnx_metadata(int8_path)
+    if engine_name == "openvino-int8":
+        from nscmonitor.engines.openvino import OpenVinoEngine
+
+        int8: Any = OpenVinoEngine(int8_path, meta, threads=threads)
+    else:
+        int8 = OrtCpuEngine(int8_path, meta, threads=threads)
+    return {**fp32, "int8_tiles_per_s": timed(int8)}
 
 
-def ort_int8_refusal(model_path: str | Path) -> str | None:
-    """Why ONNX Runtime's int8 model should not serve this model here, from the build's own
-    timing (None when it was not found slower, or no build recorded it)."""
-    st = read_status(model_path)
-    if st is None or not st.ort_speed or st.fingerprint.get("model_sha256") != cached_sha256(model_path) \
-            or not slower_than_fp32(st.ort_speed):
+def int8_refusal(model_path: str | Path, engine_name: str) -> str | None:
+    """Why ``engine_name`` (a CPU int8 engine that passed its gate) should not serve this model
+    here when the engine is chosen automatically, from the build's own timing (None when it
+    was not found slower, or no build recorded it)."""
+    field = SPEED_FIELDS.get(engine_name)
+    st = read_status(model_path) if field else None
+    s = getattr(st, field, None) if st is not None and field else None
+    if not s or st.fingerprint.get("model_sha256") != cached_sha256(model_path) or not slower_than_fp32(s):
         return None
-    s = st.ort_speed
-    return (f"ONNX Runtime int8 runs slower than fp32 on this machine ({s['int8_tiles_per_s']:.1f} vs "
-            f"{s['fp32_tiles_per_s']:.1f} tiles/s, measured by its build)")
+    return (f"{engine_name} runs slower than fp32 on this machine ({s['int8_tiles_per_s']:.1f} vs "
+            f"{s['fp32_tiles_per_s']:.1f} tiles/s, measured by its build); set engine: {engine_name} to serve "
+            "it anyway")
 
 
 def _finish(model_path: Path, status: EngineStatus, t0: float) -> EngineStatus:

@@ -69,9 +69,13 @@ class EngineStatus:
     calibration_source: str | None = None
     calibration_dir: str | None = None
     pid: int | None = None
-    #: ONNX Runtime fp32 and int8 tiles/s here, measured when ort-int8 would serve: slower than
-    #: fp32, it does not (ONNX Runtime's x86 kernels can be slow on signed int8 activations)
+    #: ONNX Runtime fp32 and int8 tiles/s here, measured when ort-int8 passed its gate: slower
+    #: than fp32, ``select`` in auto mode does not serve it (ONNX Runtime's x86 kernels can be
+    #: slow on signed int8 activations)
     ort_speed: dict[str, Any] | None = None
+    #: the same for OpenVINO's int8 (a small network on a CPU without AMX can lose to fp32: its
+    #: quantise/dequantise steps cost more than its convolutions save)
+    openvino_speed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -286,6 +290,17 @@ def gate_text(gate: dict[str, Any] | None) -> str:
             + kept_text(gate.get("kept_fp32")))
 
 
+def slower_than_fp32(speed: dict[str, float], margin: float = 0.9) -> bool:
+    """int8 only serves on its own if it is at least about as fast as fp32: below ``margin``
+    of fp32's throughput it would make the daemon slower for no gain (differences under ~10 %
+    are noise on a shared machine, DESIGN §6)."""
+    return speed["int8_tiles_per_s"] < margin * speed["fp32_tiles_per_s"]
+
+
+#: the status field holding each CPU int8 engine's speed against fp32 on this machine
+SPEED_FIELDS = {"openvino-int8": "openvino_speed", "ort-int8": "ort_speed"}
+
+
 def describe(status: EngineStatus | None, version: str | None = None) -> str:
     """One line for status, doctor, models show and the dashboard."""
     of = f" for {version}" if version else ""
@@ -296,7 +311,12 @@ def describe(status: EngineStatus | None, version: str | None = None) -> str:
     if status.state == "ready":
         secs = f", built in {status.build_seconds:.0f} s" if status.build_seconds is not None else ""
         gate = gate_text(status.gate)
-        return f"{status.engine}{of} ready ({gate}{secs})" if gate else f"{status.engine}{of} ready{secs}"
+        line = f"{status.engine}{of} ready ({gate}{secs})" if gate else f"{status.engine}{of} ready{secs}"
+        s = getattr(status, SPEED_FIELDS.get(status.engine or "", ""), None)
+        if s and slower_than_fp32(s):
+            line += (f"; slower than fp32 here ({s['int8_tiles_per_s']:.0f} vs {s['fp32_tiles_per_s']:.0f} tiles/s), "
+                     f"so fp32 serves unless engine: {status.engine} is set")
+        return line
     return f"no int8 engine{of}: {status.reason}"
 
 

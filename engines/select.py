@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nscmonitor.engines.autobuild_run import int8_refusal
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.calibration import TileSet
 from nscmonitor.engines.metadata import MetadataError, ModelMetadata, read_onnx_metadata
@@ -58,12 +59,8 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
 
         return OrtCudaEngine(model_path, meta)
     if backend == "ort-int8":
-        from nscmonitor.engines.autobuild import ort_int8_refusal
         from nscmonitor.engines.enginefile import file_sha256
         from nscmonitor.engines.ort import OrtInt8Engine, int8_path_for
-
-        if (slower := ort_int8_refusal(model_path)) is not None:
-            raise EngineError(slower)
 
         path = int8_path_for(model_path)
         if not path.is_file():
@@ -126,6 +123,9 @@ def select(model_path: str | Path, prefer: str = "auto", *, batch_size: int = 8,
 
     ``prefer`` puts one backend first; when it cannot serve, selection continues down the
     usual order (logged), because a daemon that refuses to score is worse than a slower one.
+    A CPU int8 engine its build timed slower than fp32 here is passed over unless it is the
+    one preferred: int8 is a means to speed, and a facility that wants the same engine on
+    every PC whatever its speed names it.
     With ``validation_tiles`` every backend that does not carry its own gate result (the CUDA
     provider, torch) is compared with the ONNX reference before it is accepted.
     """
@@ -138,6 +138,8 @@ def select(model_path: str | Path, prefer: str = "auto", *, batch_size: int = 8,
     for backend in order:
         engine = None
         try:
+            if backend != first and (slower := int8_refusal(model_path, backend)) is not None:
+                raise EngineError(slower)
             engine = make_engine(backend, model_path, meta, batch_size=batch_size, threads=threads,
                                  cache_dir=cache_dir)
             engine.load()

@@ -141,33 +141,48 @@ def frames_per_s(engine: Engine, paths: list[Path], *, batch_size: int, min_seco
 
 
 def _speeds(model: Path, plate: Path, settings: Settings) -> None:
-    """fp32 and the engine the daemon served, side by side on the same frames."""
+    """fp32 and the engine built here, side by side on the same frames, and which of them the
+    daemon serves (in auto mode a built int8 engine slower than fp32 here does not serve)."""
+    from nscmonitor.engines import autobuild
     from nscmonitor.engines.base import EngineError
     from nscmonitor.engines.metadata import read_onnx_metadata
-    from nscmonitor.engines.select import make_engine, select
+    from nscmonitor.engines.select import canonical, make_engine, select
 
     paths = sorted(plate.glob("*.tif"))[:24]
     if not paths:
         return
     meta = read_onnx_metadata(model)
-    fp32 = make_engine("ort-cpu", model, meta, batch_size=settings.batch_size, threads=settings.threads,
-                       cache_dir=None)
+    cache = settings.models_dir / "engines"
     try:
         served = select(model, settings.engine, batch_size=settings.batch_size, threads=settings.threads,
-                        cache_dir=settings.models_dir / "engines").engine
+                        cache_dir=cache).engine
     except EngineError as exc:
         _say(f"speed comparison skipped: {exc}")
         return
-    fp32.load()
-    rows = [(fp32.name, frames_per_s(fp32, paths, batch_size=settings.batch_size))]
-    if served.name != fp32.name:
-        rows.append((served.name, frames_per_s(served, paths, batch_size=settings.batch_size)))
-    fp32.close()
+    engines = [make_engine("ort-cpu", model, meta, batch_size=settings.batch_size, threads=settings.threads,
+                           cache_dir=None)]
+    built = autobuild.read_status(model)
+    if built is not None and built.state == "ready" and built.engine not in (served.name, engines[0].name):
+        try:
+            engines.append(make_engine(canonical(built.engine), model, meta, batch_size=settings.batch_size,
+                                       threads=settings.threads, cache_dir=cache))
+        except EngineError as exc:
+            _say(f"the built engine {built.engine} cannot be timed: {exc}")
     served.close()
+    if served.name != engines[0].name:
+        engines.append(served)
+    rows = []
+    for engine in engines:
+        engine.load()
+        try:
+            rows.append((engine.name, frames_per_s(engine, paths, batch_size=settings.batch_size)))
+        finally:
+            engine.close()
     _say(f"speed on {len(paths)} of the plate's frames (decode + preprocessing + engine, frames/s):")
     for name, fps in rows:
         ratio = f"  ({fps / rows[0][1]:.1f}x fp32)" if name != rows[0][0] else ""
-        _say(f"  {name:<16} {fps:7.1f}{ratio}")
+        mark = "  <- the daemon serves this" if name == served.name else ""
+        _say(f"  {name:<16} {fps:7.1f}{ratio}{mark}")
 
 
 TIE = 0.05  # two fates whose live-cell shares differ by less are co-dominant (see plate_summary)

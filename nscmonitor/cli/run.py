@@ -108,7 +108,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="seconds a file must stay unchanged before it is read (default 5)")
     p.add_argument("--polling", action="store_true", help="poll --watch folders instead of native events")
     p.add_argument("--model", help="ONNX model to serve (default: the config's, or the registry's active model)")
-    p.add_argument("--engine", choices=ENGINES, help="engine preference: auto, trt, ort-cuda, ort-int8, ort-cpu, torch")
+    p.add_argument("--engine", choices=ENGINES,
+                   help="engine preference (default auto: the fastest certified engine here; naming a built int8 "
+                        "engine serves it even where it is slower than fp32)")
     p.add_argument("--batch-size", type=bounded(int, 1, 1024, "a whole number of tiles"), help="tiles per engine call")
     p.add_argument("--once", action="store_true", help="score what is there, then exit")
     p.add_argument("--progress", action="store_true", help="show a progress bar even without a terminal")

@@ -39,7 +39,7 @@ from nscmonitor.simulate.render import Camera  # noqa: E402
 from nscmonitor.store import models as m  # noqa: E402
 from nscmonitor.store.db import ensure_schema, open_engine  # noqa: E402
 
-from retrain_setup import WELLS, labels_csv, retrain_config  # noqa: E402  (tests/ is on the path)
+from retrain_setup import WELLS, cpu_int8, labels_csv, retrain_config  # noqa: E402  (tests/ is on the path)
 
 
 
@@ -53,7 +53,8 @@ def wait_until(cond, timeout: float, what: str) -> None:
 
 
 def write_config(tmp: Path, watch: Path, epochs: int, extra: str = "") -> Path:
-    return retrain_config(tmp, watch, database_url=f"sqlite:///{tmp / 'nsc.db'}", epochs=epochs, extra=extra)
+    return retrain_config(tmp, watch, database_url=f"sqlite:///{tmp / 'nsc.db'}", epochs=epochs, extra=extra,
+                          engine=cpu_int8())
 
 
 @dataclass
