@@ -26,7 +26,7 @@ from nscmonitor.store.reads import DaemonInfo, ImageError
 log = logging.getLogger(__name__)
 
 FULL_RELOAD_PAIRS = 2000  # past this many changed (well, time) pairs one plate query is cheaper
-ENGINE_EVENTS = ("engine_build", "engine_build_failed", "engine_swapped")
+ENGINE_EVENTS = ("engine_build", "engine_build_failed", "engine_swapped", "engine_kept")
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,12 @@ class ModelSlot:
         self.model = LoadedModel(engine, version, path, token)
         if old is not None:
             old.engine.close()
-            if old.version == version and old.path == path:
+            if old.version == version and old.path == path and old.engine.name == engine.name:
+                log.info("engine build for %s finished; %s still serves", version, engine.name)
+                self.writer.event("engine_kept", f"{version} still served with {engine.name} after the engine build "
+                                  "here ('nscmonitor status' says why: e.g. the built engine is slower than fp32 "
+                                  "on this machine)", data={"version": version, "engine": engine.name})
+            elif old.version == version and old.path == path:
                 log.info("engine swapped for %s: %s -> %s", version, old.engine.name, engine.name)
                 self.writer.event("engine_swapped", f"{version} now served with {engine.name} (was {old.engine.name})",
                                   data={"version": version, "from": old.engine.name, "to": engine.name})

@@ -209,6 +209,45 @@ def test_daemon_without_an_engine_serves_fp32_and_swaps_to_int8_mid_backlog(tmp_
     assert len(swaps) == 1 and status.engine in swaps[0][0]
 
 
+def test_a_daemon_in_auto_mode_keeps_fp32_when_the_built_engine_is_slower_and_says_so(tmp_path: Path) -> None:
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    cfg = config(tmp_path, watch)
+    run = run_dir_with_calibration(tmp_path)
+    assert main(["--config", str(cfg), "models", "register", str(run), "--no-engine"]) == 0
+    settings = load_settings(cfg, env={})
+    active = Registry(settings.models_dir, open_engine(settings.database_url)).active()
+    runner = build_runner(settings, retry_base_s=0.05, poll_interval=0.1)
+    runner.setup()  # no engine here yet: serves fp32 and starts the build in the background
+    assert runner.model.engine.name == "ort-fp32"
+    wait_until(lambda: autobuild.token(active.path) is not None, 120, "the background build")
+    runner.engine_builds.close()
+    built = autobuild.read_status(active.path)
+    field = autobuild.SPEED_FIELDS[built.engine]
+
+    def events(kind: str) -> list[str]:
+        with open_engine(settings.database_url).connect() as c:
+            return [msg for (msg,) in c.execute(select(m.Event.message).where(m.Event.kind == kind))]
+
+    # the build's own timing decides, whichever way it went here; then each way on purpose
+    real = autobuild.slower_than_fp32(getattr(built, field))
+    cases = [(None, real), ({"fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 120.0}, False),
+             ({"fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 50.0}, True)]
+    for i, (speed, slower) in enumerate(cases):
+        if speed is not None:
+            autobuild.write_status(active.path, replace(built, **{field: speed}, finished_at=f"{built.finished_at}#{i}"))
+        kept, swapped = len(events("engine_kept")), len(events("engine_swapped"))
+        before = runner.model.engine.name
+        assert runner.slot.load() is True  # a new build outcome: the engine is chosen again
+        if slower:
+            assert runner.model.engine.name == "ort-fp32"
+            stayed = before == "ort-fp32"  # kept, not "swapped" from fp32 to fp32
+            assert (len(events("engine_kept")), len(events("engine_swapped"))) == (kept + stayed, swapped + (not stayed))
+        else:
+            assert runner.model.engine.name == built.engine
+        assert ("slower than fp32 here" in autobuild.describe(autobuild.read_status(active.path))) == slower
+
+
 def test_decide_retries_only_when_something_changes() -> None:
     fp = autobuild.Fingerprint("m" * 64, "c" * 64, {"onnxruntime": "onnxruntime 1.0"}, "cpu")
     failed = autobuild.EngineStatus("failed", {**fp.__dict__}, reason="gate")
