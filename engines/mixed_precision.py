@@ -25,14 +25,15 @@ over-corrects a layer whose upstream a variant keeps fp32 (measured on a ResNet5
 alone in int8 read 10.4 pp with the all-int8 correction against 6.3 pp for the whole model),
 and correcting every variant anew would multiply the search's time; the real build of the
 chosen mix is corrected exactly (``engines.bias_correction``).
-Groups are residual blocks where the exporter's node names say so (``/layer1/layer1.0/...``:
-the first two name scopes), else single layers. The result (node names) feeds
+Groups are residual blocks where the exporter's node names say so (the scope down to the first
+indexed module, ``/net/layer1/layer1.0/...``), else single layers (``group_of``). The result (node names) feeds
 ``quantize_static``'s ``nodes_to_exclude`` for the real build, which is gated as usual.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,11 +82,23 @@ class SearchResult:
                 "sensitivity_pp": {k: round(v, 3) for k, v in self.sensitivity.items()}}
 
 
+_INDEXED = re.compile(r"^[A-Za-z_]\w*\.\d+$")
+
+
 def group_of(node_name: str) -> str:
-    """A residual block's scope from exporter names (``/layer2/layer2.1/conv1/Conv`` ->
-    ``/layer2/layer2.1``); a node outside such a scope is its own group."""
+    """A block's scope from exporter names: the scope down to the first indexed module
+    (``name.N``, a child of a Sequential), so ``/layer2/layer2.1/conv1/Conv`` and, under the
+    exported wrapper that adds the OOD score, ``/net/layer2/layer2.1/downsample/downsample.0/Conv``
+    fall in their residual block (``/layer2/layer2.1``, ``/net/layer2/layer2.1``), and a plain
+    conv stack's ``/net/features/features.3/Conv`` is its own group. A node outside such a
+    scope (the stem, the head) is its own group. (Taking the first two scopes, as before the
+    wrapper existed, made ``/net/layer2`` a whole stage and ``/net/features`` a whole network.)"""
     parts = node_name.strip("/").split("/")
-    return "/" + "/".join(parts[:2]) if node_name.startswith("/") and len(parts) >= 3 else node_name
+    if node_name.startswith("/"):
+        for i, part in enumerate(parts[:-1]):
+            if _INDEXED.match(part):
+                return "/" + "/".join(parts[:i + 1])
+    return node_name
 
 
 def quantised_nodes(qdq: Any) -> list[str]:

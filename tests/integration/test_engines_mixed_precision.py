@@ -103,3 +103,43 @@ def test_a_refused_block_still_takes_its_harmless_layers_in_int8(hostile, tmp_pa
     assert result.int8_split_nodes == ["/layer1/layer1.0/conv1/Conv"], result.to_dict()
     assert result.nodes == ["/layer1/layer1.0/conv2/Conv"], result.to_dict()
     assert result.to_dict()["int8_split_nodes"] == result.int8_split_nodes
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "small"])
+def test_layer_groups_of_an_exported_model_are_its_blocks(tmp_path, arch):
+    """Through the real export wrapper (the network under ``net``, the OOD score beside it):
+    a ResNet's groups are its residual blocks, a plain conv stack's its single layers, so the
+    search can keep one block or layer fp32 rather than a whole stage or network."""
+    import warnings
+    from types import SimpleNamespace
+
+    import onnx
+    import torch
+
+    from nscmonitor.engines.mixed_precision import groups_of
+    from nscmonitor.engines.quantize import quantize_static_qdq
+    from nscmonitor.training import ood as O
+    from nscmonitor.training.export import OPSET
+    from nscmonitor.training.model import build_model, fold_stem
+
+    torch.manual_seed(0)
+    model = build_model(arch, 4).eval()
+    x = np.random.default_rng(0).random((16, 32, 32)).astype(np.float32)
+    split = SimpleNamespace(x=x, y=np.arange(16) % 4,
+                            records=[SimpleNamespace(field=None, path=f"t{i}.tif") for i in range(16)])
+    head, _ = O.fit(model, {"train": split, "val": split}, torch.device("cpu"), 4)
+    path = tmp_path / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(O.ScoredNet(fold_stem(model), head).eval(), (torch.zeros(2, 1, 32, 32),), str(path),
+                          dynamo=False, opset_version=OPSET, input_names=["input"], output_names=["logits", "ood"],
+                          dynamic_axes={"input": {0: "N"}})
+    q = quantize_static_qdq(path, tmp_path / "q.onnx", x[:, None], settings={"keep_fp32": [], "bias_correction": False})
+    groups = {g: v for g, v in groups_of(onnx.load(str(q))).items() if not g.startswith("/ood/")}
+    blocks = {g for g, v in groups.items() if len(v) > 1}
+    if arch == "resnet18":
+        assert blocks == {f"/net/layer{s}/layer{s}.{b}" for s in range(1, 5) for b in range(2)}, sorted(groups)
+        assert all(len(groups[g]) >= 3 for g in blocks)  # two convs and the residual Add (and a downsample)
+    else:
+        assert not blocks and {f"/net/features/features.{i}" for i in (0, 3, 6, 9)} <= set(groups), sorted(groups)
+    assert len(groups) - len(blocks) >= 2  # the stem and the head stand alone
