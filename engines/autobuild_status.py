@@ -341,6 +341,7 @@ def summary(model_path: str | Path, version: str | None = None) -> dict[str, Any
     if st is not None:
         out.update({k: v for k, v in st.to_dict().items() if k in (
             "engine", "precision", "gate", "reason", "build_seconds", "started_at", "finished_at", "target")})
+        out.update({k: v for k, v in st.to_dict().items() if k in ("openvino_speed", "ort_speed") and v})
         if st.state == "building" and not running:
             out["state"] = "interrupted"
             out["message"] = f"the build{' for ' + version if version else ''} started {st.started_at} was interrupted; " \

@@ -340,6 +340,7 @@ def test_auto_serves_a_cpu_int8_engine_only_when_it_is_not_slower_than_fp32_here
     assert status.state == "ready" and status.engine == backend, status
     speed = getattr(status, field)
     assert speed["fp32_tiles_per_s"] > 0 and speed["int8_tiles_per_s"] > 0
+    assert autobuild.summary(model)[field] == speed  # what status --json and models show report
     slower = autobuild.slower_than_fp32(speed)
     assert ("slower than fp32 here" in autobuild.describe(status)) == slower
     assert (select(model).backend == backend) == (not slower)
