@@ -6,7 +6,7 @@
    model's own calibration set, and cached beside the model;
 3. the daemon watches an empty folder while the simulated microscope writes a 96-well
    plate into it (several conditions, five days compressed into minutes), served by that
-   engine (fp32 when the gate refused it, saying why);
+   engine (fp32 when the gate refused it or it is slower than fp32 here, saying why);
 4. the dashboard shows the plate as it is acquired (or, with no display, its main window
    is rendered to a PNG at the end);
 5. the tidy CSV report is written, and the fp32 and built engines' speeds on the plate's
