@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -96,6 +97,12 @@ class EngineStatus:
         kw = {k: v for k, v in d.items() if k in known}
         if kw.get("state") not in STATES or not isinstance(kw.get("fingerprint"), dict):
             raise ValueError(f"not an engine status record: state {kw.get('state')!r}")
+        for name in ("ort_speed", "openvino_speed"):  # selection reads them: a hand-edited one means rebuild
+            speed = kw.get(name)
+            if speed is not None and not (isinstance(speed, dict) and all(
+                    isinstance(speed.get(k), (int, float)) and math.isfinite(speed[k]) and speed[k] > 0
+                    for k in ("fp32_tiles_per_s", "int8_tiles_per_s"))):
+                raise ValueError(f"{name} is not two positive tiles/s figures: {speed!r}")
         kw["attempts"] = tuple(kw.get("attempts") or ())
         return cls(**kw)
 

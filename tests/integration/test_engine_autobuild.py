@@ -293,6 +293,15 @@ def test_a_torn_status_file_means_rebuild_not_crash(tmp_path: Path) -> None:
     assert autobuild.read_status(model) is None
     assert autobuild.summary(model)["state"] == "none"
     np.testing.assert_equal(autobuild.token(model), None)
+    # a hand-edited timing the selector would read is refused the same way
+    record = {"state": "ready", "fingerprint": {}, "engine": "openvino-int8", "artefact": "model.int8.onnx"}
+    for bad in ({"fp32_tiles_per_s": "fast", "int8_tiles_per_s": 3.0}, {"fp32_tiles_per_s": 1.0}, [1, 2],
+                {"fp32_tiles_per_s": float("nan"), "int8_tiles_per_s": 3.0}):
+        autobuild.status_path(model).write_text(json.dumps({**record, "openvino_speed": bad}))
+        assert autobuild.read_status(model) is None and autobuild.int8_refusal(model, "openvino-int8") is None
+    good = {"fp32_tiles_per_s": 10.0, "int8_tiles_per_s": 5.0}
+    autobuild.status_path(model).write_text(json.dumps({**record, "openvino_speed": good}))
+    assert autobuild.read_status(model).openvino_speed == good
 
 
 
