@@ -205,8 +205,12 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         if field is None:  # a GPU engine: the CPU's fp32 is no yardstick for it
             break
         say(f"timing {candidate.engine} against fp32 on this machine")
-        speed = _cpu_speeds(model_path, candidate.engine, model_path.parent / candidate.artefact,
-                            tiles.heldout.x, threads, fp32)
+        try:
+            speed = _cpu_speeds(model_path, candidate.engine, model_path.parent / candidate.artefact,
+                                tiles.heldout.x, threads, fp32)
+        except EngineError as exc:  # it passed its gate moments ago; selection will say why it cannot load
+            log.warning("could not time %s against fp32 for %s: %s", candidate.engine, model_path, exc)
+            continue
         base = replace(base, **{field: speed})
         if not slower_than_fp32(speed):
             best = candidate
