@@ -192,7 +192,8 @@ def autobuild(model: Path, threads: int) -> dict:
     status_file = model.parent / "engine-status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
     return {"seconds": seconds, "exit": proc.returncode, "state": status.get("state"), "engine": status.get("engine"),
-            "gate": status.get("gate"), "reason": status.get("reason"), "attempts": status.get("attempts")}
+            "gate": status.get("gate"), "reason": status.get("reason"), "attempts": status.get("attempts"),
+            "speeds": {k: status[k] for k in ("openvino_speed", "ort_speed") if status.get(k)}}
 
 
 def engine_alone(model: Path, frames: list[Path], backend: str, batch_size: int, threads: int,
@@ -302,6 +303,9 @@ def print_side_by_side(r: dict) -> None:
           + (f" (gate: top-1 {gate.get('top1_agreement', float('nan')):.2%}, readout "
              f"{gate.get('well_readout_pp', float('nan')):.2f} pp)" if gate else "")
           + (f"; {build['reason']}" if build.get("reason") else ""))
+    for field, s in (build.get("speeds") or {}).items():  # auto mode serves int8 only where it is not slower
+        print(f"  timed by the build ({field.removesuffix('_speed')}): int8 {s['int8_tiles_per_s']:.0f} vs fp32 "
+              f"{s['fp32_tiles_per_s']:.0f} tiles/s ({s['int8_tiles_per_s'] / s['fp32_tiles_per_s']:.2f}x)")
     print(f"{'run':<28}{'engine':<16}{'frames/s':>10}{'decode':>9}{'prep':>8}{'infer':>8}{'store':>8}")
     for name, x in (("backlog, fp32 ONNX", a), ("backlog, built engine", b)):
         sh = x["share"]
