@@ -43,7 +43,7 @@ from nscmonitor.engines.autobuild_status import (LOCK_NAME, LOG_NAME, NO_CALIBRA
                                                  BuildLock, EngineStatus, Fingerprint, build_running, cached_sha256,
                                                  calibration_sha256, describe, fingerprint, gate_text, gpu_names,
                                                  lock_path, log_path, machine_id, read_status, runtime_versions,
-                                                 status_path, summary, token, write_status)
+                                                 status_path, summary, token, token_engine, write_status)
 
 # The names above are imported for this module's own use and as its public face: callers
 # import them from here, the one entry point of build-on-arrival.
@@ -53,7 +53,7 @@ __all__ = ["stop_build", "Attempt", "BuildLock", "EngineStatus", "Fingerprint", 
            "fingerprint", "gate_text", "gpu_names", "has_openvino", "has_tensorrt_gpu", "load_tiles_for", "lock_path",
            "int8_refusal", "log_path", "machine_id", "needed", "plan", "read_status", "run_build",
            "runtime_versions", "slower_than_fp32", "spawn", "start", "status_path", "summary", "token",
-           "wants_build", "write_status"]
+           "token_engine", "wants_build", "write_status"]
 
 log = logging.getLogger(__name__)
 

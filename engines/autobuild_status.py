@@ -36,8 +36,8 @@ NO_CALIBRATION = ("the model has no calibration set, so no int8 engine can be ce
 #: the build's own choices (how layers are grouped for mixed precision, which engines are timed
 #: against fp32): raised when they change, so an install upgraded in place builds again instead
 #: of keeping an outcome the new code would not reach. 2: blocks found under the export wrapper,
-#: OpenVINO's int8 timed too.
-RECIPE = "2"
+#: OpenVINO's int8 timed too; 3: int8 and fp32 timed in alternating rounds, medians.
+RECIPE = "3"
 
 
 @dataclass(frozen=True)
@@ -358,8 +358,14 @@ def summary(model_path: str | Path, version: str | None = None) -> dict[str, Any
 
 def token(model_path: str | Path) -> str | None:
     """Identity of the engine built here for this model: changes exactly when a new build
-    has passed its gate, which is when the daemon should reselect its engine."""
+    has passed its gate, which is when the daemon should reselect its engine. It begins with
+    the engine's name (``token_engine``)."""
     st = read_status(model_path)
     if st is None or st.state != "ready":
         return None
     return f"{st.engine}@{st.finished_at}:{hashlib.sha1(json.dumps(st.fingerprint, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def token_engine(tok: str | None) -> str | None:
+    """The name of the engine a ``token`` stands for (None for no token)."""
+    return tok.split("@", 1)[0] if tok else None

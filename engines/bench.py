@@ -3,7 +3,6 @@ the command a facility engineer runs measures exactly what the benchmark reports
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,6 +37,10 @@ def peak_rss_mb() -> float:
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    try:
+        import resource  # Unix only: the engine build times engines with this module on Windows too
+    except ImportError:
+        return float("nan")
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -26,8 +26,9 @@ alone in int8 read 10.4 pp with the all-int8 correction against 6.3 pp for the w
 and correcting every variant anew would multiply the search's time; the real build of the
 chosen mix is corrected exactly (``engines.bias_correction``).
 Groups are residual blocks where the exporter's node names say so (the scope down to the first
-indexed module, ``/net/layer1/layer1.0/...``), else single layers (``group_of``). The result (node names) feeds
-``quantize_static``'s ``nodes_to_exclude`` for the real build, which is gated as usual.
+indexed module, ``/net/layer1/layer1.0/...``), else single layers (``group_of``). The result
+(node names) feeds ``quantize_static``'s ``nodes_to_exclude`` for the real build, which is
+gated as usual.
 """
 
 from __future__ import annotations

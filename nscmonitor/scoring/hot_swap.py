@@ -78,7 +78,9 @@ class ModelSlot:
         self.model = LoadedModel(engine, version, path, token)
         if old is not None:
             old.engine.close()
-            built = token is not None and token.split("@", 1)[0] == engine.name  # the new build's own engine
+            from nscmonitor.engines.autobuild import token_engine
+
+            built = token_engine(token) == engine.name  # the new build's own engine serves
             if old.version == version and old.path == path and old.engine.name == engine.name and not built:
                 log.info("engine build for %s finished; %s still serves", version, engine.name)
                 self.writer.event("engine_kept", f"{version} still served with {engine.name} after the engine build "

@@ -238,7 +238,8 @@ def test_a_daemon_in_auto_mode_keeps_fp32_when_the_built_engine_is_slower_and_sa
     cases = [(None, real), (faster, False), (faster, False), (slower_, True), (slower_, True)]
     for i, (speed, slower) in enumerate(cases):
         if speed is not None:
-            autobuild.write_status(active.path, replace(built, **{field: speed}, finished_at=f"{built.finished_at}#{i}"))
+            autobuild.write_status(active.path,
+                                   replace(built, **{field: speed}, finished_at=f"{built.finished_at}#{i}"))
         kept, swapped = len(events("engine_kept")), len(events("engine_swapped"))
         before = runner.model.engine.name
         assert runner.slot.load() is True  # a new build outcome: the engine is chosen again
@@ -266,7 +267,8 @@ def test_decide_retries_only_when_something_changes() -> None:
     # a record written before the build recipe was part of it: built again by the new code
     older = {k: v for k, v in fp.__dict__.items() if k != "recipe"}
     assert fp.changes(older) == ["engine build recipe"]
-    assert autobuild.decide(replace(ready, fingerprint=older), fp, artefact_present=True, build_running=False) == "build"
+    assert autobuild.decide(replace(ready, fingerprint=older), fp, artefact_present=True,
+                            build_running=False) == "build"
     interrupted = replace(ready, state="building")
     assert autobuild.decide(interrupted, fp, artefact_present=False, build_running=False) == "build"
 
