@@ -17,6 +17,7 @@ from nscmonitor.engines.autobuild_status import (NO_CALIBRATION, SPEED_FIELDS, E
                                                  calibration_sha256, cached_sha256, describe, fingerprint, gpu_names,
                                                  read_status, slower_than_fp32, write_status)
 from nscmonitor.engines.base import EngineError
+from nscmonitor.engines.openvino import GATE_KEYS
 
 # the logger of build-on-arrival as a whole, as before the build had a module of its own
 log = logging.getLogger("nscmonitor.engines.autobuild")
@@ -109,7 +110,10 @@ def _cpu_int8(model_path: Path, tiles: _Tiles, want_openvino: bool, threads: int
                   None if report.passed else "; ".join(report.reasons), seconds)
     if path is None or not want_openvino:
         return [ort]
-    ov_gate = (read_onnx_metadata(path).extra.get("int8") or {}).get("openvino_gate")
+    record = read_onnx_metadata(path).extra.get("int8") or {}
+    gates = [record.get(key) for key in GATE_KEYS.values() if record.get(key)]
+    # the record shown is a passed one (f32 first), else f32's refusal
+    ov_gate = next((g for g in gates if g.get("passed")), gates[0] if gates else None)
     ov_gate = {**ov_gate, **kept} if ov_gate else ov_gate
     ov = Attempt("openvino-int8", bool(ov_gate and ov_gate.get("passed")), path.name, ov_gate,
                  None if ov_gate and ov_gate.get("passed") else
@@ -219,13 +223,18 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
 
 
 def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, threads: int,
-                rounds: int = 5, seconds: float = 0.4) -> dict[str, float]:
+                rounds: int = 5, seconds: float = 0.4) -> dict[str, Any]:
     """Tiles/s of the int8 model on ``engine_name`` and of the fp32 model on ONNX Runtime
     (what serves without an int8 engine), timed as ``nscmonitor engine bench`` times them:
-    both loaded and warmed up first (loading is not what the daemon pays per batch), then in
+    all loaded and warmed up first (loading is not what the daemon pays per batch), then in
     alternating rounds, and each the median of its rounds. One timing of each decided the
     demo model either way on a 2-core VM (int8 0.67-1.06x fp32 in six timings); alternating
-    exposes both to the same load, and the median drops a round another job disturbed."""
+    exposes all to the same load, and the median drops a round another job disturbed.
+
+    On OpenVINO each precision of the non-int8 layers whose gate passed is timed (compiled for
+    the gate's batch, as the daemon compiles for its own), and the faster one is the engine's:
+    ``precision`` in the result, ``int8_tiles_per_s`` its speed, ``int8_<precision>_tiles_per_s``
+    each one's."""
     import statistics
 
     from nscmonitor.engines.bench import time_engine
@@ -233,14 +242,18 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
     from nscmonitor.engines.ort import OrtCpuEngine
 
     meta = read_onnx_metadata(int8_path)
+    engines: dict[str, Any] = {"fp32_tiles_per_s": OrtCpuEngine(model_path, read_onnx_metadata(model_path),
+                                                                threads=threads)}
     if engine_name == "openvino-int8":
-        from nscmonitor.engines.openvino import OpenVinoEngine
+        from nscmonitor.engines.openvino import OpenVinoEngine, has_bf16
 
-        int8: Any = OpenVinoEngine(int8_path, meta, threads=threads)
+        record = meta.extra.get("int8") or {}
+        for precision, key in GATE_KEYS.items():
+            if (record.get(key) or {}).get("passed") and (precision == "f32" or has_bf16()):
+                engines[f"int8_{precision}_tiles_per_s"] = OpenVinoEngine(int8_path, meta, threads=threads,
+                                                                          batch_size=8, precision=precision)
     else:
-        int8 = OrtCpuEngine(int8_path, meta, threads=threads)
-    engines = {"fp32_tiles_per_s": OrtCpuEngine(model_path, read_onnx_metadata(model_path), threads=threads),
-               "int8_tiles_per_s": int8}
+        engines["int8_tiles_per_s"] = OrtCpuEngine(int8_path, meta, threads=threads)
     runs: dict[str, list[float]] = {k: [] for k in engines}
     try:
         for engine in engines.values():
@@ -251,7 +264,25 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
     finally:
         for engine in engines.values():
             engine.close()
-    return {key: round(statistics.median(v), 1) for key, v in runs.items()}
+    out: dict[str, Any] = {key: round(statistics.median(v), 1) for key, v in runs.items()}
+    if engine_name == "openvino-int8":
+        variants = {p: out[f"int8_{p}_tiles_per_s"] for p in GATE_KEYS if f"int8_{p}_tiles_per_s" in out}
+        if not variants:
+            raise EngineError(f"{int8_path}: no OpenVINO gate passed that this CPU can run")
+        out["precision"] = max(variants, key=lambda p: variants[p])
+        out["int8_tiles_per_s"] = variants[out["precision"]]
+    return out
+
+
+def openvino_precision(model_path: str | Path) -> str:
+    """The precision OpenVINO runs the int8 file's non-int8 layers in here: the one the build
+    timed faster among those whose gate passed (``_cpu_speeds``), f32 without such a record."""
+    from nscmonitor.engines.openvino import has_bf16
+
+    st = read_status(model_path)
+    s = st.openvino_speed if st is not None and st.fingerprint.get("model_sha256") == cached_sha256(model_path) else None
+    precision = str((s or {}).get("precision", "f32"))
+    return precision if precision == "f32" or has_bf16() else "f32"
 
 
 def int8_refusal(model_path: str | Path, engine_name: str) -> str | None:

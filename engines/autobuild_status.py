@@ -36,8 +36,9 @@ NO_CALIBRATION = ("the model has no calibration set, so no int8 engine can be ce
 #: the build's own choices (how layers are grouped for mixed precision, which engines are timed
 #: against fp32): raised when they change, so an install upgraded in place builds again instead
 #: of keeping an outcome the new code would not reach. 2: blocks found under the export wrapper,
-#: OpenVINO's int8 timed too; 3: int8 and fp32 timed in alternating rounds, medians.
-RECIPE = "3"
+#: OpenVINO's int8 timed too; 3: int8 and fp32 timed in alternating rounds, medians; 4: OpenVINO
+#: gated and timed at a fixed batch, and in bf16 for the non-int8 layers where the CPU has it.
+RECIPE = "4"
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ class EngineStatus:
                     isinstance(speed.get(k), (int, float)) and math.isfinite(speed[k]) and speed[k] > 0
                     for k in ("fp32_tiles_per_s", "int8_tiles_per_s"))):
                 raise ValueError(f"{name} is not two positive tiles/s figures: {speed!r}")
+            if speed is not None and speed.get("precision", "f32") not in ("f32", "bf16"):
+                raise ValueError(f"{name} names an unknown precision: {speed.get('precision')!r}")
         kw["attempts"] = tuple(kw.get("attempts") or ())
         return cls(**kw)
 
@@ -332,6 +335,10 @@ def describe(status: EngineStatus | None, version: str | None = None) -> str:
         if s and slower_than_fp32(s):
             line += (f"; slower than fp32 here ({s['int8_tiles_per_s']:.0f} vs {s['fp32_tiles_per_s']:.0f} tiles/s), "
                      f"so fp32 serves unless engine: {status.engine} is set")
+        elif s:
+            line += f"; {s['int8_tiles_per_s']:.0f} against {s['fp32_tiles_per_s']:.0f} tiles/s in fp32 here"
+        if s and s.get("precision") == "bf16":
+            line += "; its non-int8 layers run bf16"
         return line
     return f"no int8 engine{of}: {status.reason}"
 

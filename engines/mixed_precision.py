@@ -354,5 +354,7 @@ def _serving_gate_passed(path: Path | None, report: Any, want_openvino: bool) ->
         return bool(report.passed)
     from nscmonitor.engines.metadata import read_onnx_metadata
 
-    ov = (read_onnx_metadata(path).extra.get("int8") or {}).get("openvino_gate") or {}
-    return bool(ov.get("passed"))
+    from nscmonitor.engines.openvino import GATE_KEYS
+
+    record = read_onnx_metadata(path).extra.get("int8") or {}
+    return any((record.get(key) or {}).get("passed") for key in GATE_KEYS.values())

@@ -1,18 +1,32 @@
 """OpenVINO backend (optional extra, ``pip install openvino``): runs the same ONNX files,
-fp32 or the gated int8 QDQ model, on Intel CPUs.
+fp32 or the gated int8 QDQ model, on CPUs.
 
-The precision hint is set explicitly to f32: on CPUs with bf16 support OpenVINO otherwise
-picks bf16 for the non-quantized parts, which is slower on CPUs without AMX and changes the
-numbers the int8 gate certified (DESIGN §6). ``streams`` > 1 splits a batch over parallel
-infer requests, which is how OpenVINO fills several cores with small batches.
+Two compile choices decide its speed, both measured on the project's CPUs
+(docs/performance.md, "OpenVINO: fixed batch and bf16"):
 
-Its int8 kernels round differently from ONNX Runtime's, so an int8 model serves here only if
-its metadata carries a passed ``openvino_gate`` (``engines.quantize.build_ort_int8`` runs that
-gate when OpenVINO is installed at build time) made from the fp32 model active now.
+- **A fixed batch.** With the ONNX file's dynamic batch dimension OpenVINO's CPU plugin runs
+  shape-agnostic kernels and re-plans memory per call; compiled for the daemon's batch size it
+  ran the demo model in bf16 3x faster. So ``batch_size`` fixes the batch (per infer request)
+  and a short last batch is padded with copies of its last tile and sliced off again (every
+  tile is scored on its own, so padding changes nothing). Without ``batch_size`` the batch stays
+  dynamic.
+- **The precision of the layers that are not int8.** ``precision`` is the inference precision
+  hint: ``f32`` by default, so the numbers are the ones the gate certified; ``bf16`` only on a
+  CPU with bf16 units (AVX512-BF16 or AMX) and, for an int8 file, only when its metadata holds
+  a passed ``openvino_bf16_gate`` (``engines.quantize.build_ort_int8`` gates bf16 too where the
+  CPU has it): bf16 rounds the fp32 layers of a mixed-precision file, which the f32 gate did
+  not see. Left to itself OpenVINO would pick bf16 silently on such CPUs.
+
+``streams`` > 1 splits a batch over parallel infer requests, which is how OpenVINO fills
+several cores with small batches. Its int8 kernels round differently from ONNX Runtime's, so an
+int8 model serves here only if its metadata carries a passed gate of its own made from the fp32
+model active now.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from pathlib import Path
 
@@ -21,9 +35,27 @@ import numpy as np
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.metadata import ModelMetadata
 
+PRECISIONS = ("f32", "bf16")
+#: the int8 record's gate for each precision of the layers left fp32
+GATE_KEYS = {"f32": "openvino_gate", "bf16": "openvino_bf16_gate"}
+
 
 def openvino_disabled() -> bool:
     return os.environ.get("NSCMONITOR_DISABLE_OPENVINO", "") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=1)
+def has_bf16() -> bool:
+    """Whether OpenVINO can run bf16 on this CPU (AVX512-BF16 or AMX); False when OpenVINO is
+    absent or disabled."""
+    if openvino_disabled():
+        return False
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except (ImportError, RuntimeError):
+        return False
 
 
 class OpenVinoEngine(Engine):
@@ -31,12 +63,17 @@ class OpenVinoEngine(Engine):
 
     def __init__(self, model_path: str | Path, metadata: ModelMetadata, *, threads: int = 0, streams: int = 1,
                  cache_dir: str | Path | None = None, require_gate: bool = True,
-                 source_sha256: str | None = None) -> None:
+                 source_sha256: str | None = None, batch_size: int = 0, precision: str = "f32") -> None:
         super().__init__(model_path, metadata)
+        if precision not in PRECISIONS:
+            raise EngineError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.require_gate = require_gate
         self.source_sha256 = source_sha256
         self.threads = threads
         self.streams = max(1, streams)
+        self.precision = precision
+        # the fixed batch of each infer request: the caller's batch spread over the streams
+        self.request_batch = math.ceil(batch_size / self.streams) if batch_size > 0 else 0
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._requests: list = []
         self._ood_index: int | None = None
@@ -49,11 +86,14 @@ class OpenVinoEngine(Engine):
             import openvino as ov
         except ImportError as exc:
             raise EngineError(f"OpenVINO is not installed (optional: pip install openvino): {exc}") from exc
+        if self.precision == "bf16" and not has_bf16():
+            raise EngineError(f"{self.name}: this CPU has no bf16 units (AVX512-BF16 or AMX) for OpenVINO's bf16")
         int8 = self.metadata.extra.get("int8")
         if int8 and self.require_gate:
-            gate = int8.get("openvino_gate") or {}
+            gate = int8.get(GATE_KEYS[self.precision]) or {}
             if not gate.get("passed", False):
-                raise EngineError(f"{self.model_path}: no passed OpenVINO gate in its metadata "
+                which = " for bf16" if self.precision == "bf16" else ""
+                raise EngineError(f"{self.model_path}: no passed OpenVINO gate{which} in its metadata "
                                   f"({gate.get('reasons') or 'rebuild the int8 model with OpenVINO installed'})")
             if self.source_sha256 and int8.get("source_sha256") != self.source_sha256:
                 raise EngineError(f"{self.model_path} was quantized from another fp32 model; rebuild it")
@@ -80,27 +120,44 @@ class OpenVinoEngine(Engine):
         if self.cache_dir is not None:
             core.set_property({"CACHE_DIR": str(self.cache_dir)})
         config = {
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": self.precision,
             "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT",
             "NUM_STREAMS": self.streams,
         }
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
-        return core.compile_model(core.read_model(str(self.model_path)), "CPU", config)
+        model = core.read_model(str(self.model_path))
+        if self.request_batch:
+            model.reshape({model.inputs[0].get_any_name(): [self.request_batch, *self.input_shape]})
+        return core.compile_model(model, "CPU", config)
 
     def _run(self, tiles: np.ndarray) -> np.ndarray:
         if not self._requests:
             raise EngineError(f"{self.name}: load() was not called")
-        chunks = np.array_split(tiles, min(len(self._requests), len(tiles)))
-        for req, chunk in zip(self._requests, chunks):
-            req.start_async({0: chunk})
+        if self.request_batch:
+            n = self.request_batch
+            chunks = [tiles[i:i + n] for i in range(0, len(tiles), n)]
+        else:
+            chunks = np.array_split(tiles, min(len(self._requests), len(tiles)))
         outs, oods = [], []
-        for req, _ in zip(self._requests, chunks):
-            req.wait()
-            outs.append(np.array(req.get_output_tensor(0).data, copy=True))
-            if self._ood_index is not None:
-                oods.append(np.array(req.get_output_tensor(self._ood_index).data, copy=True))
+        for start in range(0, len(chunks), len(self._requests)):
+            wave = list(zip(self._requests, chunks[start:start + len(self._requests)]))
+            for req, chunk in wave:
+                req.start_async({0: self._padded(chunk)})
+            for req, chunk in wave:
+                req.wait()
+                outs.append(np.array(req.get_output_tensor(0).data[:len(chunk)], copy=True))
+                if self._ood_index is not None:
+                    oods.append(np.array(req.get_output_tensor(self._ood_index).data[:len(chunk)], copy=True))
         return (np.concatenate(outs), np.concatenate(oods)) if oods else np.concatenate(outs)
+
+    def _padded(self, chunk: np.ndarray) -> np.ndarray:
+        if not self.request_batch or len(chunk) == self.request_batch:
+            return chunk
+        return np.concatenate([chunk, np.repeat(chunk[-1:], self.request_batch - len(chunk), axis=0)])
+
+    def describe(self) -> str:
+        return super().describe() + (" (bf16 for its non-int8 layers)" if self.precision == "bf16" else "")
 
     def close(self) -> None:
         self._requests = []

@@ -44,6 +44,7 @@ from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.calibration import TileSet
 from nscmonitor.engines.enginefile import file_sha256
 from nscmonitor.engines.metadata import ModelMetadata, read_onnx_metadata, write_onnx_metadata
+from nscmonitor.engines.openvino import GATE_KEYS
 from nscmonitor.engines.ort import INT8_KEY, OrtCpuEngine, int8_path_for
 from nscmonitor.engines.validate import GateReport, compare, predict, write_report
 
@@ -190,13 +191,17 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
                      tolerance=tol, tiles_source=heldout.source)
     (log.info if report.passed else log.warning)("validation gate: %s", report.summary())
     write_report(report, out.with_name(out.name + ".gate.json"))
-    ov_report = None
-    ov_probs = _openvino_probs(part, meta, heldout, threads)
-    if ov_probs is not None:
+    ov_reports: dict[str, GateReport | None] = {}
+    for precision in openvino_precisions():
+        ov_probs = _openvino_probs(part, meta, heldout, threads, precision)
+        if ov_probs is None:
+            break
         ov_report = compare(reference, ov_probs, heldout.groups, backend="openvino-int8", tolerance=tol,
                             tiles_source=heldout.source)
-        (log.info if ov_report.passed else log.warning)("validation gate: %s", ov_report.summary())
-    if not report.passed and not (ov_report is not None and ov_report.passed):
+        ov_reports[precision] = ov_report
+        (log.info if ov_report.passed else log.warning)("validation gate (%s for the non-int8 layers): %s",
+                                                         precision, ov_report.summary())
+    if not report.passed and not any(r.passed for r in ov_reports.values() if r is not None):
         part.unlink(missing_ok=True)
         log.warning("int8 model discarded: %s", report.summary())
         return None, report
@@ -204,10 +209,13 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
         log.warning("int8 model kept for OpenVINO only (its gate passed there; ONNX Runtime refuses it): %s",
                     report.summary())
     stamped = {**cfg, "bias_correction_summary": notes.get("bias_correction")}
-    _stamp_metadata(part, meta, report, file_sha256(model_path), stamped, len(calib), calib.source, ov_report, speed)
+    _stamp_metadata(part, meta, report, file_sha256(model_path), stamped, len(calib), calib.source, ov_reports, speed)
     os.replace(part, out)
     log.info("int8 model written to %s", out)
     return out, report
+
+
+GATE_BATCH = 8  # the batch the gates run (validate.predict's)
 
 
 def _probs(engine: Engine, tiles: TileSet) -> np.ndarray:
@@ -218,27 +226,43 @@ def _probs(engine: Engine, tiles: TileSet) -> np.ndarray:
         engine.close()
 
 
-def _openvino_probs(int8_path: Path, meta: ModelMetadata, heldout: TileSet, threads: int) -> np.ndarray | None:
+def openvino_precisions() -> tuple[str, ...]:
+    """The precisions OpenVINO's gate runs for the int8 file's non-int8 layers here: f32,
+    and bf16 where the CPU has bf16 units (a mixed-precision file runs much faster when its
+    fp32 layers run bf16, docs/performance.md), each gated on its own."""
+    from nscmonitor.engines.openvino import has_bf16
+
+    return ("f32", "bf16") if has_bf16() else ("f32",)
+
+
+def _openvino_probs(int8_path: Path, meta: ModelMetadata, heldout: TileSet, threads: int,
+                    precision: str = "f32") -> np.ndarray | None:
     """Run the same int8 file on OpenVINO when it is installed, for its own gate: its int8
-    kernels round differently from ONNX Runtime's, so ONNX Runtime's pass does not certify it."""
+    kernels round differently from ONNX Runtime's, so ONNX Runtime's pass does not certify it.
+    Compiled for the gate's batch, as the daemon compiles it for its own."""
     from nscmonitor.engines.openvino import OpenVinoEngine
 
     try:
-        return _probs(OpenVinoEngine(int8_path, meta, threads=threads, require_gate=False), heldout)
+        return _probs(OpenVinoEngine(int8_path, meta, threads=threads, require_gate=False, batch_size=GATE_BATCH,
+                                     precision=precision), heldout)
     except EngineError as exc:
-        log.info("int8 model not gated on OpenVINO: %s", exc)
+        log.info("int8 model not gated on OpenVINO (%s): %s", precision, exc)
         return None
 
 
 def _stamp_metadata(path: Path, meta: ModelMetadata, report: GateReport, source_sha: str,
-                    cfg: dict[str, Any], n_calib: int, calib_source: str, ov_report: GateReport | None,
+                    cfg: dict[str, Any], n_calib: int, calib_source: str, ov_reports: dict[str, GateReport | None],
                     ort_speed: dict[str, float] | None = None) -> None:
     import onnx
 
     model = onnx.load(str(path))
     record = {"gate": report.to_dict(), "source_sha256": source_sha, "settings": cfg,
               "n_calibration_tiles": n_calib, "calibration_source": calib_source,
-              "openvino_gate": ov_report.to_dict() if ov_report else None, "ort_gate_speed": ort_speed}
+              "ort_gate_speed": ort_speed}
+    for precision, key in GATE_KEYS.items():
+        ov_report = ov_reports.get(precision)
+        if ov_report is not None or precision == "f32":
+            record[key] = ov_report.to_dict() if ov_report else None
     write_onnx_metadata(model, replace(meta, extra={**meta.extra, INT8_KEY: record}))
     onnx.save(model, str(path))
 

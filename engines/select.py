@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nscmonitor.engines.autobuild_run import int8_refusal
+from nscmonitor.engines.autobuild_run import int8_refusal, openvino_precision
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.calibration import TileSet
 from nscmonitor.engines.metadata import MetadataError, ModelMetadata, read_onnx_metadata
@@ -70,8 +70,9 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
     if backend.startswith("openvino-"):
         from nscmonitor.engines.openvino import OpenVinoEngine
 
-        path, source = model_path, None
+        path, source, precision = model_path, None, "f32"
         if backend == "openvino-int8":
+            precision = openvino_precision(model_path)
             from nscmonitor.engines.enginefile import file_sha256
             from nscmonitor.engines.ort import int8_path_for
 
@@ -80,7 +81,7 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
                 raise EngineError(f"no int8 model at {path} to run on OpenVINO")
             meta = _int8_metadata(path)
         return OpenVinoEngine(path, meta if path != model_path else read_onnx_metadata(path), threads=threads,
-                              source_sha256=source,
+                              source_sha256=source, batch_size=batch_size, precision=precision,
                               cache_dir=Path(cache_dir) / "openvino" if cache_dir else None)
     if backend == "ort-cpu":
         from nscmonitor.engines.ort import OrtCpuEngine

@@ -304,6 +304,10 @@ def test_a_torn_status_file_means_rebuild_not_crash(tmp_path: Path) -> None:
     good = {"fp32_tiles_per_s": 10.0, "int8_tiles_per_s": 5.0}
     autobuild.status_path(model).write_text(json.dumps({**record, "openvino_speed": good}))
     assert autobuild.read_status(model).openvino_speed == good
+    # the precision OpenVINO would run the non-int8 layers in is read from the same record
+    for bad in ("fp8", 16, None):
+        autobuild.status_path(model).write_text(json.dumps({**record, "openvino_speed": {**good, "precision": bad}}))
+        assert autobuild.read_status(model) is None
 
 
 
@@ -367,6 +371,30 @@ def test_auto_serves_a_cpu_int8_engine_only_when_it_is_not_slower_than_fp32_here
         assert select(model, backend).backend == backend
     assert autobuild.slower_than_fp32({"fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 99.0})
     assert not autobuild.slower_than_fp32({"fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 100.0})
+
+
+def test_openvino_serves_the_faster_certified_precision_of_the_non_int8_layers(tmp_path: Path) -> None:
+    """Where the CPU has bf16 units the build gates and times the int8 file with its fp32
+    layers in bf16 too, and the daemon's engine runs the faster of the certified precisions."""
+    from nscmonitor.engines.openvino import has_bf16
+    from nscmonitor.engines.select import select
+
+    if not autobuild.has_openvino():
+        pytest.skip("OpenVINO is not installed here")
+    model = tmp_path / "run" / "model.onnx"
+    confident_tiny(model)
+    status = autobuild.run_build(model, calibration_dir=write_tiles(tmp_path / "tiles"), targets=("openvino-int8",))
+    assert status.state == "ready" and status.engine == "openvino-int8", status
+    speed = status.openvino_speed
+    timed = {p: speed[f"int8_{p}_tiles_per_s"] for p in ("f32", "bf16") if f"int8_{p}_tiles_per_s" in speed}
+    assert ("bf16" in timed) == has_bf16(), speed  # bf16 is gated and timed exactly where the CPU runs it
+    assert speed["precision"] == max(timed, key=timed.get) and speed["int8_tiles_per_s"] == max(timed.values())
+    assert ("non-int8 layers run bf16" in autobuild.describe(status)) == (speed["precision"] == "bf16")
+    sel = select(model, "openvino-int8", batch_size=4)
+    assert sel.engine.precision == speed["precision"] and sel.engine.request_batch == 4
+    for precision in timed:  # whichever is not chosen, the status decides what serves
+        autobuild.write_status(model, replace(status, openvino_speed={**speed, "precision": precision}))
+        assert select(model, "openvino-int8").engine.precision == precision
 
 
 def test_a_build_that_dies_without_an_outcome_is_not_restarted_at_every_heartbeat(tmp_path: Path) -> None:

@@ -40,6 +40,57 @@ def test_openvino_matches_onnxruntime_on_fp32_and_int8(built, streams):
         np.testing.assert_allclose(ov.infer(held.x), ref.infer(held.x), atol=2e-3)
 
 
+@pytest.mark.parametrize("streams", [1, 2])
+def test_a_fixed_batch_scores_any_number_of_tiles_as_the_dynamic_one(built, streams):
+    """Compiled for a fixed batch (the daemon's), a short last batch is padded and sliced off:
+    13 tiles through batches of 4 per request score as through the dynamic graph."""
+    model, int8, held = built
+    for path in (model, int8):
+        meta = read_onnx_metadata(path)
+        dynamic, fixed = OpenVinoEngine(path, meta, threads=1), OpenVinoEngine(path, meta, threads=1, streams=streams,
+                                                                              batch_size=4 * streams)
+        dynamic.load()
+        fixed.load()
+        assert fixed.request_batch == 4
+        for n in (1, 4, 13):
+            np.testing.assert_allclose(fixed.infer(held.x[:n]), dynamic.infer(held.x[:n]), atol=1e-5)
+
+
+def test_bf16_is_gated_on_its_own_and_refused_without_its_gate(built, tmp_path):
+    from dataclasses import replace
+
+    import onnx
+
+    from nscmonitor.engines.metadata import write_onnx_metadata
+    from nscmonitor.engines.openvino import has_bf16
+
+    model, int8, held = built
+    record = read_onnx_metadata(int8).extra["int8"]
+    assert ("openvino_bf16_gate" in record) == has_bf16()  # gated exactly where this CPU can run bf16
+    if not has_bf16():
+        with pytest.raises(EngineError, match="no bf16 units"):
+            OpenVinoEngine(int8, read_onnx_metadata(int8), precision="bf16").load()
+        pytest.skip("this CPU has no bf16 units (AVX512-BF16 or AMX): bf16 serving cannot run here")
+    gate = record["openvino_bf16_gate"]
+    assert gate["passed"] and gate["backend"] == "openvino-int8"
+    bf16 = OpenVinoEngine(int8, read_onnx_metadata(int8), precision="bf16", batch_size=8)
+    bf16.load()
+    ref = OrtCpuEngine(model, read_onnx_metadata(model))
+    ref.load()
+    np.testing.assert_allclose(bf16.infer(held.x), ref.infer(held.x), atol=0.05)
+    assert "bf16" in bf16.describe()
+    # a file whose bf16 gate failed (or never ran) does not serve in bf16, but still in f32
+    meta = read_onnx_metadata(int8)
+    unsure = tmp_path / "unsure.int8.onnx"
+    m = onnx.load(str(int8))
+    write_onnx_metadata(m, replace(meta, extra={**meta.extra, "int8": {**record, "openvino_bf16_gate": {
+        **gate, "passed": False}}}))
+    onnx.save(m, str(unsure))
+    with pytest.raises(EngineError, match="no passed OpenVINO gate for bf16"):
+        OpenVinoEngine(unsure, read_onnx_metadata(unsure), precision="bf16").load()
+    OpenVinoEngine(unsure, read_onnx_metadata(unsure)).load()
+
+
 def test_int8_build_gates_openvino_too_and_select_prefers_it(built):
     model, int8, held = built
     ov_gate = read_onnx_metadata(int8).extra["int8"]["openvino_gate"]
