@@ -1,9 +1,10 @@
 """``nscmonitor demo`` (and ``make demo``): the whole product on a simulated plate.
 
 1. labelled tiles from the simulator -> a small real model (trained once, then cached);
-2. this machine's engine is built for it, as after any training run: int8 (OpenVINO or ONNX
+2. this machine's engine is built for it, as after any training run: int8 (OpenVINO, its
+   non-int8 layers in bf16 where the CPU has bf16 units and that passes its own gate, or ONNX
    Runtime; TensorRT on an NVIDIA GPU), calibrated and gated against the fp32 model on the
-   model's own calibration set, and cached beside the model;
+   model's own calibration set, timed against it, and cached beside the model;
 3. the daemon watches an empty folder while the simulated microscope writes a 96-well
    plate into it (several conditions, five days compressed into minutes), served by that
    engine (fp32 when the gate refused it or it is slower than fp32 here, saying why);
