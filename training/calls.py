@@ -114,7 +114,7 @@ def held_out_calls(probs: np.ndarray, y: np.ndarray, records: Sequence, classes:
 def ece_by_time(probs: np.ndarray, y: np.ndarray, records: Sequence, cal: WellCalibration | None) -> dict[str, Any]:
     """ECE per time bin at image level and at well level (one readout per well and time
     point), before and after the well calibration; n is images or well readouts."""
-    from nscmonitor.training.evaluate import aggregate, bin_names, ece, time_bin
+    from nscmonitor.training.evaluate import aggregate, bin_names, ece, ece_if_calibrated, time_bin
 
     out: dict[str, Any] = {}
     ip, iy, ih = aggregate(probs, y, records, "image")
@@ -129,17 +129,24 @@ def ece_by_time(probs: np.ndarray, y: np.ndarray, records: Sequence, cal: WellCa
             continue
         out[b] = {"images": int(mi.sum()), "image_ece": ece(ip[mi], iy[mi])[0] if mi.any() else None,
                   "well_readouts": int(mw.sum()), "well_ece": ece(ro.probs[mw], ro.y[mw])[0],
-                  "well_ece_calibrated": ece(wc[mw], ro.y[mw])[0]}
+                  "well_ece_calibrated": ece(wc[mw], ro.y[mw])[0],
+                  "well_ece_if_calibrated": ece_if_calibrated(wc[mw].max(axis=1))}
     return out
 
 
 def ece_table(rows: dict[str, Any]) -> str:
-    out = ["| time bin | images | image ECE | well readouts | well ECE (mean of tiles) | well ECE (calibrated) |",
-           "|---|---|---|---|---|---|"]
+    """The last column is what a perfectly calibrated model with the same well confidences
+    would score on as many readouts (median, 95th percentile): a calibrated ECE inside it is
+    as good as these readouts can show."""
+    out = ["| time bin | images | image ECE | well readouts | well ECE (mean of tiles) | well ECE (calibrated) | "
+           "well ECE of a perfectly calibrated model, same n (median / 95th pct) |",
+           "|---|---|---|---|---|---|---|"]
     for b, r in rows.items():
         img = "-" if r["image_ece"] is None else f"{r['image_ece']:.3f}"
+        floor = r.get("well_ece_if_calibrated")  # absent in reports written before it existed
+        ref = f"{floor['median']:.3f} / {floor['p95']:.3f}" if floor else "-"
         out.append(f"| {b} | {r['images']} | {img} | {r['well_readouts']} | {r['well_ece']:.3f} | "
-                   f"{r['well_ece_calibrated']:.3f} |")
+                   f"{r['well_ece_calibrated']:.3f} | {ref} |")
     return "\n".join(out)
 
 

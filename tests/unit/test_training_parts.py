@@ -70,6 +70,28 @@ def test_ece_is_zero_for_calibrated_certainty_and_large_for_confident_errors():
     assert E.ece(np.eye(2)[1 - y] * 0.98 + 0.01, y)[0] > 0.9
 
 
+def test_ece_of_a_perfectly_calibrated_model_is_what_its_own_draws_give_and_shrinks_with_n():
+    """The reference printed beside the well ECE: brute force through ece() on labels drawn
+    from the confidences agrees with it, it shrinks with more readouts, and an overconfident
+    model on many readouts lies above it."""
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.3, 0.95, 75)
+    probs = np.stack([conf] + [(1 - conf) / 3] * 3, axis=1)  # class 0 is the top class
+    brute = []
+    for _ in range(400):
+        right = rng.random(75) < conf
+        brute.append(E.ece(probs, np.where(right, 0, 1 + rng.integers(0, 3, 75)))[0])
+    ref = E.ece_if_calibrated(conf)
+    assert abs(ref["median"] - np.median(brute)) < 0.015 and abs(ref["p95"] - np.percentile(brute, 95)) < 0.03
+    assert ref["median"] > 0.08  # on 75 readouts a perfect model is far from an ECE of 0.03
+    big = E.ece_if_calibrated(rng.uniform(0.3, 0.95, 3000))
+    assert big["p95"] < ref["median"] / 3
+    # an overconfident model: right 20 points less often than it says, on 3000 readouts
+    c = rng.uniform(0.5, 0.95, 3000)
+    y = np.where(rng.random(3000) < c - 0.2, 0, 1)
+    assert E.ece(np.stack([c, 1 - c], axis=1), y)[0] > E.ece_if_calibrated(c)["p95"] + 0.1
+
+
 def test_augment_keeps_shape_and_range_and_rotations_only_permute_pixels():
     x = torch.rand(16, 1, 24, 24) * 2 - 0.5
     gen = torch.Generator().manual_seed(0)
