@@ -44,12 +44,14 @@ def openvino_disabled() -> bool:
     return os.environ.get("NSCMONITOR_DISABLE_OPENVINO", "") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=1)
 def has_bf16() -> bool:
     """Whether OpenVINO can run bf16 on this CPU (AVX512-BF16 or AMX); False when OpenVINO is
     absent or disabled."""
-    if openvino_disabled():
-        return False
+    return not openvino_disabled() and _cpu_has_bf16()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_bf16() -> bool:
     try:
         import openvino as ov
 
