@@ -26,6 +26,7 @@ model active now.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from pathlib import Path
@@ -34,6 +35,8 @@ import numpy as np
 
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.metadata import ModelMetadata
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("f32", "bf16")
 #: the int8 record's gate for each precision of the layers left fp32
@@ -47,17 +50,20 @@ def openvino_disabled() -> bool:
 def has_bf16() -> bool:
     """Whether OpenVINO can run bf16 on this CPU (AVX512-BF16 or AMX); False when OpenVINO is
     absent or disabled."""
-    return not openvino_disabled() and _cpu_has_bf16()
+    return not openvino_disabled() and "BF16" in cpu_capabilities()
 
 
 @functools.lru_cache(maxsize=1)
-def _cpu_has_bf16() -> bool:
+def cpu_capabilities() -> tuple[str, ...]:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of this CPU (e.g. FP32, BF16, INT8); empty
+    when OpenVINO is not installed or cannot say."""
     try:
         import openvino as ov
 
-        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    except (ImportError, RuntimeError):
-        return False
+        return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except (ImportError, RuntimeError) as exc:
+        log.info("OpenVINO's CPU capabilities unavailable: %s", exc)
+        return ()
 
 
 class OpenVinoEngine(Engine):

@@ -168,9 +168,22 @@ def _runtime_checks() -> list[Check]:
     telemetry = _openvino_telemetry()
     if telemetry is not None:
         checks.append(("OpenVINO usage statistics", True, telemetry))
+        checks.append(("OpenVINO CPU precisions", True, _openvino_precisions()))
     gpu = shutil.which("nvidia-smi") is not None
     checks.append(("NVIDIA GPU", gpu, "nvidia-smi found" if gpu else "no NVIDIA driver found (CPU engines serve)"))
     return checks
+
+
+def _openvino_precisions() -> str:
+    """What OpenVINO can run on this CPU, and what it means for the engine: with bf16 units the
+    int8 engine's non-int8 layers may run bf16 (gated on their own), the faster variant serves."""
+    from nscmonitor.engines.openvino import cpu_capabilities, has_bf16
+
+    caps = cpu_capabilities()
+    if not caps:
+        return "OpenVINO cannot read this CPU's capabilities"
+    return ", ".join(caps) + ("; bf16 units: an int8 engine's non-int8 layers may run bf16 where that passes its "
+                              "own gate and is faster" if has_bf16() else "; no bf16 units: non-int8 layers run fp32")
 
 
 def _openvino_telemetry() -> str | None:

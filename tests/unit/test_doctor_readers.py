@@ -44,3 +44,19 @@ def test_doctor_lists_each_reader_with_its_version_or_the_extra(tmp_path: Path, 
     for other, mod, _ in READERS:
         if other != fmt and importlib.util.find_spec(mod) is not None:
             assert lines[other].startswith("ok "), lines[other]  # only the missing one is reported missing
+
+
+def test_doctor_says_which_precisions_openvino_has_on_this_cpu(tmp_path: Path, capsys) -> None:
+    """The line a lab manager reads to see why an int8 engine runs some layers in bf16 here."""
+    pytest.importorskip("openvino")
+    import openvino as ov
+
+    from nscmonitor.engines.openvino import has_bf16
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'database_url = "sqlite:///{(tmp_path / "nsc.db").as_posix()}"\n')
+    assert cli_main(["--config", str(cfg), "doctor"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "OpenVINO CPU precisions" in x)
+    for cap in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        assert cap in line
+    assert ("non-int8 layers may run bf16" in line) == has_bf16()
