@@ -216,10 +216,25 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
             continue
         base = replace(base, **{field: speed})
         if not slower_than_fp32(speed):
-            best = candidate
+            best = _with_serving_gate(candidate, speed, model_path)
             break
     return _finish(model_path, replace(base, state="ready", engine=best.engine, precision=best.engine.rsplit("-", 1)[1],
                                        artefact=best.artefact, gate=best.gate, attempts=records), t0)
+
+
+def _with_serving_gate(candidate: Attempt, speed: dict[str, Any], model_path: Path) -> Attempt:
+    """The attempt with the gate of the variant that will serve: on OpenVINO the timing may
+    choose bf16 for the non-int8 layers, whose gate is its own (status and doctor quote it)."""
+    from nscmonitor.engines.metadata import read_onnx_metadata
+
+    precision = speed.get("precision", "f32")
+    if candidate.engine != "openvino-int8" or precision == "f32" or not candidate.artefact:
+        return candidate
+    gate = (read_onnx_metadata(model_path.parent / candidate.artefact).extra.get("int8") or {}).get(GATE_KEYS[precision])
+    if not gate:
+        return candidate
+    kept = {"kept_fp32": candidate.gate["kept_fp32"]} if candidate.gate and candidate.gate.get("kept_fp32") else {}
+    return replace(candidate, gate={**gate, **kept})
 
 
 def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, threads: int,

@@ -390,6 +390,11 @@ def test_openvino_serves_the_faster_certified_precision_of_the_non_int8_layers(t
     assert ("bf16" in timed) == has_bf16(), speed  # bf16 is gated and timed exactly where the CPU runs it
     assert speed["precision"] == max(timed, key=timed.get) and speed["int8_tiles_per_s"] == max(timed.values())
     assert ("non-int8 layers run bf16" in autobuild.describe(status)) == (speed["precision"] == "bf16")
+    from nscmonitor.engines.metadata import read_onnx_metadata
+    from nscmonitor.engines.openvino import GATE_KEYS
+
+    served_gate = read_onnx_metadata(model.parent / status.artefact).extra["int8"][GATE_KEYS[speed["precision"]]]
+    assert status.gate["well_readout_pp"] == served_gate["well_readout_pp"]  # the figures of the variant that serves
     sel = select(model, "openvino-int8", batch_size=4)
     assert sel.engine.precision == speed["precision"] and sel.engine.request_batch == 4
     for precision in timed:  # whichever is not chosen, the status decides what serves
