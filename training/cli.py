@@ -23,6 +23,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (checkpoints, config.json, metrics.json, model.onnx)")
     p.add_argument("--config", dest="train_config", help="TOML with TrainConfig settings (CLI flags win)")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--int8-aware-steps", type=int, metavar="N",
+                   help="after the epochs, N steps of fine-tuning with the int8 engine's rounding simulated, so the "
+                        "int8 engine built from the model passes its check with more of the network in int8 "
+                        "(default 0: none; ResNets trained here needed it, docs/training.md)")
     p.add_argument("--image-size", type=int, help="model input size in px (tiles are resized to it)")
     p.add_argument("--arch", help="tiny | small | resnet18 | resnet34 | resnet50 (default) | resnet101 | resnet152")
     p.add_argument("--batch-size", type=int)
@@ -100,6 +104,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig.from_sources(
         args.train_config, data=args.data, scheme=args.scheme, out=args.out, epochs=args.epochs,
+        int8_aware_steps=args.int8_aware_steps,
         image_size=args.image_size, arch=args.arch, batch_size=args.batch_size, lr=args.lr, device=args.device,
         weights=args.weights, threads=args.threads, resume=args.resume, export=args.export,
         label_mode=args.label_mode, min_train_h=args.min_train_h, tile_size=args.tile_size, seed=args.seed)

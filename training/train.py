@@ -32,6 +32,7 @@ from nscmonitor.training.model import GREY_MEAN, GREY_STD, build_model, load_wei
 from nscmonitor.training.epochs import (_to_model_layout, amp_dtype, batches, build_optim, class_weights,
                                         cpu_bf16_supported, evaluate, predict_logits, train_one_epoch)
 from nscmonitor.training.train_data import Split, TrainConfig, prepare_data, validation_of
+from nscmonitor.training.transforms import AugmentConfig, augment
 
 # batches, cpu_bf16_supported, _to_model_layout and Split are imported for the callers that
 # know them as train's (tests, distributed runs); train_data and epochs hold them.
@@ -192,6 +193,38 @@ def _wrap_ddp(model, device):
     return DistributedDataParallel(model)
 
 
+def int8_aware(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dict[str, Any]:
+    """The best checkpoint fine-tuned with int8 rounding simulated (``training.int8_aware``),
+    written back as the best checkpoint with the fine-tuning's record in its metadata, so the
+    temperature, calibration, OOD head and export that follow see the weights that are served."""
+    from nscmonitor.training.int8_aware import finetune
+
+    saved = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    meta = json.loads(saved["metadata"])
+    model = build_model(saved["arch"], saved["num_classes"])
+    model.load_state_dict(saved["state_dict"])
+    model.to(device)
+    cw = class_weights(splits["train"].y, saved["num_classes"])
+    weight = torch.tensor(cw, dtype=torch.float32, device=device) if cfg.balance == "weights" else None
+    criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    aug, gen = AugmentConfig(**cfg.augment), torch.Generator().manual_seed(cfg.seed + 7)
+
+    def epoch_batches(epoch: int):
+        for x, y in batches(splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch):
+            yield x.to(device), y.to(device)
+
+    print(f"int8-aware fine-tuning: {cfg.int8_aware_steps} steps at lr {cfg.int8_aware_lr:g} (int8 rounding "
+          "simulated where the engine rounds)")
+    with _progress(cfg.progress) as progress:
+        record = finetune(model, epoch_batches, criterion, steps=cfg.int8_aware_steps, lr=cfg.int8_aware_lr,
+                          augment=lambda x: augment(x, aug, gen), progress=progress)
+    print(f"int8-aware fine-tuning: {record['steps']} steps in {record['seconds']:.0f} s, last loss {record['last_loss']:.4f}")
+    meta["int8_aware"] = record
+    saved.update(state_dict={k: v.cpu() for k, v in model.state_dict().items()}, metadata=json.dumps(meta))
+    save_atomic(saved, out / "best.pt")
+    return record
+
+
 def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dict[str, Any]:
     """Best checkpoint -> temperature on val -> test report -> metrics, figure, ONNX."""
     from nscmonitor.training import evaluate as E
@@ -323,6 +356,8 @@ def _run(cfg: TrainConfig, world: dd.World) -> dict[str, Any]:
     secs = [h["seconds"] for h in state["history"]]
     if secs:
         print(f"time per epoch: {np.mean(secs):.1f} s (median {np.median(secs):.1f} s over {len(secs)} epochs)")
+    if world.main and cfg.int8_aware_steps > 0:
+        int8_aware(cfg, splits, out, device)
     metrics = finish(cfg, splits, out, device) if world.main else {}
     dd.barrier(world)  # the other ranks wait until rank 0 has written metrics and model.onnx
     return metrics

@@ -51,6 +51,9 @@ class TrainConfig:
     export: bool = True
     progress: bool = True
     augment: dict[str, Any] = field(default_factory=dict)
+    #: steps of int8-aware fine-tuning after the epochs (``training.int8_aware``; 0: none)
+    int8_aware_steps: int = 0
+    int8_aware_lr: float = 1e-4
 
     @classmethod
     def from_sources(cls, toml_path: str | None = None, **overrides: Any) -> "TrainConfig":

@@ -274,3 +274,17 @@ def test_demo_scores_with_a_given_model_and_refuses_a_bad_one(run, tmp_path, cap
     assert cli_main(["demo", "--out", str(tmp_path / "d"), "--model", str(bad)]) != 0
     assert "not a usable nscmonitor model" in capsys.readouterr().err
     assert not (tmp_path / "d" / "plate").exists()
+
+
+def test_int8_aware_fine_tuning_runs_after_the_epochs_and_is_recorded(tiles_dir, tmp_path, capsys):
+    out = tmp_path / "r"
+    main(TrainConfig(data=str(tiles_dir), out=str(out), scheme="binary", arch="tiny", epochs=1, batch_size=32,
+                     threads=1, progress=False, int8_aware_steps=3))
+    assert "int8-aware fine-tuning: 3 steps" in capsys.readouterr().out
+    saved = torch.load(out / "best.pt", map_location="cpu", weights_only=True)
+    assert json.loads(saved["metadata"])["int8_aware"]["steps"] == 3
+    md = read_onnx_metadata(out / "model.onnx")  # exported from the fine-tuned weights, in their plain forward
+    model, _ = load_checkpoint(out)
+    recs, _ = D.read_tiles_export(tiles_dir)
+    x, _, _ = D.load_arrays(recs[:16], D.BINARY, tile_size=32, image_size=32)
+    assert check_parity(model, out / "model.onnx", x, md) <= 1e-4

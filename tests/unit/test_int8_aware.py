@@ -1,0 +1,55 @@
+"""Int8-aware fine-tuning rounds where the engine's Q/DQ file rounds, trains with BatchNorm
+frozen, and gives the plain model back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nscmonitor.training.int8_aware import fake_quant_weight, finetune, simulate_int8
+from nscmonitor.training.model import build_model
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "small"])
+def test_simulated_rounding_changes_the_output_and_restore_gives_the_plain_model_back(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, 4).eval()
+    x = torch.rand(4, 1, 32, 32)
+    plain = model(x).detach()
+    restore = simulate_int8(model)
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert "forward" not in vars(stem)  # the stem stays fp32, as in the engine
+    rounded = model(x).detach()
+    assert not torch.allclose(rounded, plain) and torch.allclose(rounded, plain, rtol=0.2, atol=0.2)
+    restore()
+    assert all("forward" not in vars(m) for m in model.modules())
+    torch.testing.assert_close(model(x).detach(), plain)
+
+
+def test_weights_round_per_output_channel_to_int8_steps():
+    w = torch.tensor([[1.0, 0.5, -0.26], [100.0, 3.0, -50.0]]).reshape(2, 3, 1, 1)
+    q = fake_quant_weight(w)
+    for row, qrow in zip(w, q):
+        step = row.abs().max() / 127
+        assert torch.allclose(qrow / step, torch.round(qrow / step), atol=1e-4)  # on its own channel's grid
+        assert (qrow - row).abs().max() <= step / 2 + 1e-6
+    assert q[0, 2].item() != 0.0  # a small channel keeps its resolution beside a large one
+
+
+def test_finetune_trains_with_batchnorm_frozen_and_records_the_run():
+    torch.manual_seed(1)
+    model = build_model("resnet18", 2)
+    bn = model.backbone.bn1
+    before = (bn.running_mean.clone(), bn.running_var.clone())
+    head = model.backbone.fc.weight.detach().clone()
+    x, y = torch.rand(16, 1, 32, 32), torch.randint(0, 2, (16,))
+
+    record = finetune(model, lambda epoch: iter([(x[:8], y[:8]), (x[8:], y[8:])]), nn.CrossEntropyLoss(),
+                      steps=3, lr=1e-3, augment=lambda t: t)
+    assert record["steps"] == 3 and record["lr"] == 1e-3 and record["last_loss"] > 0
+    assert not torch.equal(model.backbone.fc.weight, head)  # it trained
+    torch.testing.assert_close((bn.running_mean, bn.running_var), before)  # the export folds these
+    assert not model.training and all("forward" not in vars(m) for m in model.modules())
