@@ -139,6 +139,8 @@ def finetune(model: nn.Module, batches: Callable[[int], Any], criterion: nn.Modu
                 n += 1
                 if task is not None:
                     progress.update(task, advance=1, loss=loss.item())
+                if n % 25 == 0:
+                    log.info("int8-aware fine-tuning: step %d of %d, loss %.4f", n, steps, loss.item())
                 if n >= steps:
                     break
             epoch += 1

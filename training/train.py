@@ -193,6 +193,10 @@ def _wrap_ddp(model, device):
     return DistributedDataParallel(model)
 
 
+#: validation balanced accuracy the int8-aware fine-tuning may cost before its weights are dropped
+INT8_AWARE_MAX_LOSS = 0.03
+
+
 def int8_aware(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dict[str, Any]:
     """The best checkpoint fine-tuned with int8 rounding simulated (``training.int8_aware``),
     written back as the best checkpoint with the fine-tuning's record in its metadata, so the
@@ -213,14 +217,29 @@ def int8_aware(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) ->
         for x, y in batches(splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch):
             yield x.to(device), y.to(device)
 
+    def val_score() -> float:
+        return evaluate(model, torch.nn.CrossEntropyLoss(), splits["val"], device,
+                        num_classes=saved["num_classes"])["balanced_accuracy"]
+
+    before = val_score()
     print(f"int8-aware fine-tuning: {cfg.int8_aware_steps} steps at lr {cfg.int8_aware_lr:g} (int8 rounding "
           "simulated where the engine rounds)")
     with _progress(cfg.progress) as progress:
         record = finetune(model, epoch_batches, criterion, steps=cfg.int8_aware_steps, lr=cfg.int8_aware_lr,
                           augment=lambda x: augment(x, aug, gen), progress=progress)
-    print(f"int8-aware fine-tuning: {record['steps']} steps in {record['seconds']:.0f} s, last loss {record['last_loss']:.4f}")
+    after = val_score()
+    # a fine-tuning that costs the model its accuracy is not worth a faster engine: the
+    # weights before it are kept, and the record says why
+    kept = after >= before - INT8_AWARE_MAX_LOSS
+    record.update(val_balanced_accuracy_before=round(before, 4), val_balanced_accuracy_after=round(after, 4),
+                  kept=kept)
+    print(f"int8-aware fine-tuning: {record['steps']} steps in {record['seconds']:.0f} s, last loss "
+          f"{record['last_loss']:.4f}; validation balanced accuracy {before:.3f} -> {after:.3f}"
+          + ("" if kept else f": more than {INT8_AWARE_MAX_LOSS:g} lower, so the weights before it are kept"))
     meta["int8_aware"] = record
-    saved.update(state_dict={k: v.cpu() for k, v in model.state_dict().items()}, metadata=json.dumps(meta))
+    if kept:
+        saved["state_dict"] = {k: v.cpu() for k, v in model.state_dict().items()}
+    saved["metadata"] = json.dumps(meta)
     save_atomic(saved, out / "best.pt")
     return record
 
