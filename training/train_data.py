@@ -53,7 +53,7 @@ class TrainConfig:
     augment: dict[str, Any] = field(default_factory=dict)
     #: steps of int8-aware fine-tuning after the epochs (``training.int8_aware``; 0: none)
     int8_aware_steps: int = 0
-    int8_aware_lr: float = 1e-4
+    int8_aware_lr: float = 2e-5
 
     @classmethod
     def from_sources(cls, toml_path: str | None = None, **overrides: Any) -> "TrainConfig":
