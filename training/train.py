@@ -213,9 +213,9 @@ def int8_aware(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) ->
     criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     aug, gen = AugmentConfig(**cfg.augment), torch.Generator().manual_seed(cfg.seed + 7)
 
-    def epoch_batches(epoch: int):
+    def epoch_batches(epoch: int):  # augmented on the CPU, as in training, then moved to the device
         for x, y in batches(splits["train"], cfg.batch_size, shuffle=True, seed=cfg.seed + 1000 + epoch):
-            yield x.to(device), y.to(device)
+            yield augment(x, aug, gen).to(device), y.to(device)
 
     def val_score() -> float:
         return evaluate(model, torch.nn.CrossEntropyLoss(), splits["val"], device,
@@ -226,7 +226,7 @@ def int8_aware(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) ->
           "simulated where the engine rounds)")
     with _progress(cfg.progress) as progress:
         record = finetune(model, epoch_batches, criterion, steps=cfg.int8_aware_steps, lr=cfg.int8_aware_lr,
-                          augment=lambda x: augment(x, aug, gen), progress=progress)
+                          augment=lambda x: x, progress=progress)
     after = val_score()
     # a fine-tuning that costs the model its accuracy is not worth a faster engine: the
     # weights before it are kept, and the record says why
