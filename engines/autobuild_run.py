@@ -202,8 +202,8 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         why = "; ".join(f"{a.engine}: {a.reason}" for a in attempts) or "nothing could be built"
         return _finish(model_path, replace(base, state="failed", attempts=records,
                                            reason=f"no engine passed its gate, fp32 serves ({why})"), t0)
-    best = passed[0]
-    for candidate in passed:
+    best = None
+    for i, candidate in enumerate(passed):
         field = SPEED_FIELDS.get(candidate.engine)
         if field is None:  # a GPU engine: the CPU's fp32 is no yardstick for it
             break
@@ -215,9 +215,12 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
             log.warning("could not time %s against fp32 for %s: %s", candidate.engine, model_path, exc)
             continue
         base = replace(base, **{field: speed})
+        # the variant the timing chose serves whenever this engine does (named in the settings too)
+        passed[i] = candidate = _with_serving_gate(candidate, speed, model_path)
         if not slower_than_fp32(speed):
-            best = _with_serving_gate(candidate, speed, model_path)
+            best = candidate
             break
+    best = best or passed[0]
     return _finish(model_path, replace(base, state="ready", engine=best.engine, precision=best.engine.rsplit("-", 1)[1],
                                        artefact=best.artefact, gate=best.gate, attempts=records), t0)
 
@@ -255,6 +258,7 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
     from nscmonitor.engines.bench import time_engine
     from nscmonitor.engines.metadata import read_onnx_metadata
     from nscmonitor.engines.ort import OrtCpuEngine
+    from nscmonitor.engines.validate import GATE_BATCH
 
     meta = read_onnx_metadata(int8_path)
     engines: dict[str, Any] = {"fp32_tiles_per_s": OrtCpuEngine(model_path, read_onnx_metadata(model_path),
@@ -266,7 +270,7 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
         for precision, key in GATE_KEYS.items():
             if (record.get(key) or {}).get("passed") and (precision == "f32" or has_bf16()):
                 engines[f"int8_{precision}_tiles_per_s"] = OpenVinoEngine(int8_path, meta, threads=threads,
-                                                                          batch_size=8, precision=precision)
+                                                                          batch_size=GATE_BATCH, precision=precision)
     else:
         engines["int8_tiles_per_s"] = OrtCpuEngine(int8_path, meta, threads=threads)
     runs: dict[str, list[float]] = {k: [] for k in engines}
@@ -275,7 +279,7 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
             engine.load()
         for _ in range(rounds):
             for key, engine in engines.items():
-                runs[key].append(time_engine(engine, x, 8, min_seconds=seconds).images_per_s)
+                runs[key].append(time_engine(engine, x, GATE_BATCH, min_seconds=seconds).images_per_s)
     finally:
         for engine in engines.values():
             engine.close()

@@ -46,7 +46,7 @@ from nscmonitor.engines.enginefile import file_sha256
 from nscmonitor.engines.metadata import ModelMetadata, read_onnx_metadata, write_onnx_metadata
 from nscmonitor.engines.openvino import GATE_KEYS
 from nscmonitor.engines.ort import INT8_KEY, OrtCpuEngine, int8_path_for
-from nscmonitor.engines.validate import GateReport, compare, predict, write_report
+from nscmonitor.engines.validate import GATE_BATCH, GateReport, compare, predict, write_report
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +213,6 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
     os.replace(part, out)
     log.info("int8 model written to %s", out)
     return out, report
-
-
-GATE_BATCH = 8  # the batch the gates run (validate.predict's)
 
 
 def _probs(engine: Engine, tiles: TileSet) -> np.ndarray:

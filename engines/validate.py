@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE = {"top1_agreement": 0.99, "well_readout_pp": 1.0, "clear_margin": 0.10}
 MIN_CLEAR = 20
+#: the batch gates run at (and build timings time): OpenVINO compiles for it, as for the daemon's
+GATE_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -141,12 +143,12 @@ def compare(reference: np.ndarray, candidate: np.ndarray, groups: tuple[str, ...
                       agree_clear, n_clear)
 
 
-def predict(engine: Engine, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
+def predict(engine: Engine, x: np.ndarray, batch_size: int = GATE_BATCH) -> np.ndarray:
     return np.concatenate([engine.infer(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def validate_engine(candidate: Engine, reference: Engine, x: np.ndarray, groups: tuple[str, ...] | None = None,
-                    *, tolerance: dict[str, float] | None = None, batch_size: int = 8,
+                    *, tolerance: dict[str, float] | None = None, batch_size: int = GATE_BATCH,
                     tiles_source: str = "") -> GateReport:
     """Run both loaded engines on the same tiles and compare. ``tolerance`` defaults to the
     model's own ``int8_tolerance`` so the model's author, not this code, decides the bar."""

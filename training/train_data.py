@@ -55,6 +55,14 @@ class TrainConfig:
     int8_aware_steps: int = 0
     int8_aware_lr: float = 2e-5
 
+    def __post_init__(self) -> None:
+        # read only after the epochs: a bad value would otherwise surface when the run is nearly done
+        steps, lr = self.int8_aware_steps, self.int8_aware_lr
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise UserFacingError(f"int8_aware_steps must be a whole number >= 0, got {steps!r}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
+            raise UserFacingError(f"int8_aware_lr must be a number between 0 and 1, got {lr!r}")
+
     @classmethod
     def from_sources(cls, toml_path: str | None = None, **overrides: Any) -> "TrainConfig":
         """Defaults <- TOML file <- explicit overrides (None means 'not given')."""

@@ -53,3 +53,18 @@ def test_finetune_trains_with_batchnorm_frozen_and_records_the_run():
     assert not torch.equal(model.backbone.fc.weight, head)  # it trained
     torch.testing.assert_close((bn.running_mean, bn.running_var), before)  # the export folds these
     assert not model.training and all("forward" not in vars(m) for m in model.modules())
+
+
+@pytest.mark.parametrize(("field", "value"), [("int8_aware_steps", -1), ("int8_aware_steps", "150"),
+                                              ("int8_aware_steps", 1.5), ("int8_aware_lr", 0.0),
+                                              ("int8_aware_lr", "2e-5"), ("int8_aware_lr", float("nan"))])
+def test_bad_int8_aware_settings_are_refused_before_training_starts(tmp_path, field, value):
+    from nscmonitor.core.errors import UserFacingError
+    from nscmonitor.training.train_data import TrainConfig
+
+    with pytest.raises(UserFacingError, match=field):
+        TrainConfig(data="d", out=str(tmp_path), **{field: value})
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(f"{field} = -1\n")  # and through a config file, as scheduled retraining passes them
+    with pytest.raises(UserFacingError, match=field):
+        TrainConfig.from_sources(str(cfg))
