@@ -47,6 +47,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="simulator tiles: label each tile with its well's recipe fate (well), its well's "
                         "live-cell majority at its last time point (endpoint) or its own cells' majority (tile)")
     p.add_argument("--min-train-h", type=float, help="train only on tiles at or after this many hours")
+    p.add_argument("--soft-labels", action="store_true", default=None,
+                   help="multiclass: learn each well's end-point shares per fate (label mode endpoint, or frac_<class> "
+                        "in --labels) instead of its majority fate, so a well's mean probabilities estimate its "
+                        "composition (docs/training.md)")
     p.add_argument("--from-store", action="store_true",
                    help="train on the database's scored images of the wells labelled with 'nscmonitor labels import' "
                         "(--db, else the database of the global --config); every earlier image inherits its well's label")
@@ -107,7 +111,8 @@ def _train(args: argparse.Namespace) -> int:
         int8_aware_steps=args.int8_aware_steps,
         image_size=args.image_size, arch=args.arch, batch_size=args.batch_size, lr=args.lr, device=args.device,
         weights=args.weights, threads=args.threads, resume=args.resume, export=args.export,
-        label_mode=args.label_mode, min_train_h=args.min_train_h, tile_size=args.tile_size, seed=args.seed)
+        label_mode=args.label_mode, min_train_h=args.min_train_h, tile_size=args.tile_size, seed=args.seed,
+        soft_labels=args.soft_labels)
     if args.from_store or args.labels:
         if not cfg.out:
             raise UserFacingError("train needs --out")

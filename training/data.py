@@ -58,6 +58,9 @@ class TileRecord:
     #: the well's neuron-vs-glia answer when its fate mixture is known (well label mode):
     #: a mixed well whose 4-class winner is "neuron" can still be glia-majority
     binary: str | None = dc_field(default=None, compare=False, hash=False)
+    #: the well's end-point shares per fate (what its stain counted), the target of training
+    #: with soft labels; empty where no end-point count is known
+    target: dict[str, float] = dc_field(default_factory=dict, compare=False, hash=False)
     #: the channel scored inside a multi-channel stack or container (the watch folder's
     #: ``channel`` setting, by name or 1-based number); None: a file's only or first plane
     channel: str | None = None
@@ -175,8 +178,12 @@ def endpoint_labels(records: Sequence[TileRecord]) -> list[TileRecord]:
     for r in records:
         if r.well_key in last and r.elapsed_h == last[r.well_key]:
             shares[r.well_key].update(r.fractions)
-    return [replace(r, label=max(shares[r.well_key], key=shares[r.well_key].get)) if shares.get(r.well_key) else r
-            for r in records]
+    out = []
+    for r in records:
+        s = shares.get(r.well_key)
+        total = sum(s.values()) if s else 0.0
+        out.append(replace(r, label=max(s, key=s.get), target={k: v / total for k, v in s.items()}) if total > 0 else r)
+    return out
 
 
 def read_image_folder(root: str | Path) -> tuple[list[TileRecord], DataInfo]:
@@ -353,6 +360,21 @@ def load_arrays(records: Sequence[TileRecord], classes: Sequence[str], *, tile_s
     if not xs:
         return np.zeros((0, image_size, image_size), np.float16), np.zeros(0, np.int64), []
     return np.concatenate(xs), np.asarray(ys, np.int64), recs
+
+
+def soft_targets(records: Sequence[TileRecord], classes: Sequence[str]) -> np.ndarray:
+    """Per tile, its well's end-point shares over ``classes`` (summing to 1): the target of
+    training with soft labels, so that the mean of a well's tile probabilities estimates what
+    its stain would count, not only which fate wins. Shares of fates outside ``classes`` are
+    left out and the rest renormalised."""
+    out = np.zeros((len(records), len(classes)), np.float32)
+    for i, r in enumerate(records):
+        v = np.array([r.target.get(c, 0.0) for c in classes], np.float64)
+        if not r.target or v.sum() <= 0:
+            raise DataError(f"{r.path}: soft labels need its well's end-point fractions (label mode 'endpoint' of "
+                            "a simulator export, or frac_<class> columns in the labels file), and it has none")
+        out[i] = v / v.sum()
+    return out
 
 
 def class_counts(records: Sequence[TileRecord], classes: Sequence[str]) -> list[int]:

@@ -27,7 +27,7 @@ def demo_model(out_dir: str | Path, tiles_dir: str | Path, *, scheme: str = "mul
                image_size: int | None = 112, tile_size: int | None = 112, epochs: int = 6, batch_size: int = 64,
                threads: int = 0, force: bool = False, progress: bool = True, lr: float = 4e-3,
                label_mode: str = "endpoint", min_train_h: float | None = 48.0, amp: bool = True,
-               channels_last: bool = True, warmup_epochs: float = 1.5) -> Path:
+               channels_last: bool = True, warmup_epochs: float = 1.5, soft_labels: bool = False) -> Path:
     """Train ``arch`` on ``tiles_dir`` into ``out_dir`` and return ``out_dir/model.onnx``.
 
     A model already there trained on the same data with the same recipe (data hash, scheme,
@@ -47,6 +47,7 @@ def demo_model(out_dir: str | Path, tiles_dir: str | Path, *, scheme: str = "mul
             md = read_onnx_metadata(onnx_path)
             if (md.data_hash == dhash and md.scheme == scheme and md.arch == arch
                     and (md.extra or {}).get("label_mode", "tile") == label_mode
+                    and bool((md.extra or {}).get("soft_labels", False)) == soft_labels
                     and (image_size is None or md.input_size == image_size)):
                 return onnx_path
         except MetadataError:
@@ -56,5 +57,5 @@ def demo_model(out_dir: str | Path, tiles_dir: str | Path, *, scheme: str = "mul
     main(TrainConfig(data=str(tiles_dir), out=str(out), scheme=scheme, arch=arch, image_size=image_size,
                      tile_size=tile_size, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
                      threads=threads, patience=epochs, progress=progress, label_mode=label_mode,
-                     min_train_h=min_train_h, amp=amp, channels_last=channels_last))
+                     min_train_h=min_train_h, amp=amp, channels_last=channels_last, soft_labels=soft_labels))
     return onnx_path

@@ -33,7 +33,8 @@ def batches(split: Split, batch_size: int, *, shuffle: bool, weights: np.ndarray
         idx = order[i:i + batch_size]
         if shuffle and len(idx) < 2 < n:
             break  # a lone sample breaks BatchNorm's training statistics
-        yield torch.from_numpy(split.x[idx].astype(np.float32)).unsqueeze(1), torch.from_numpy(split.y[idx])
+        target = split.y[idx] if split.soft is None else split.soft[idx]
+        yield torch.from_numpy(split.x[idx].astype(np.float32)).unsqueeze(1), torch.from_numpy(target)
 
 
 def class_weights(y: np.ndarray, k: int) -> np.ndarray:
@@ -102,7 +103,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, split: Split, device
         scheduler.step()
         total += loss.item() * len(y)
         seen += len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += (logits.argmax(1) == (y.argmax(1) if y.dim() == 2 else y)).sum().item()
         if progress:
             progress.update(task, advance=1, loss=total / seen)
     if progress:

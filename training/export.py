@@ -40,7 +40,7 @@ def model_metadata(meta: dict[str, Any], *, name: str, version: str,
         normalization=norm, output="logits", temperature=float(meta.get("temperature", 1.0)),
         data_hash=meta.get("data_hash"), calibration_sha256=meta.get("calibration_sha256"), metrics=meta.get("metrics", {}), arch=meta["arch"],
         extra={"stem": meta.get("stem"), "tile_size_px": meta.get("tile_size"), "opset": OPSET,
-               "label_mode": meta.get("label_mode", "tile"),
+               "label_mode": meta.get("label_mode", "tile"), "soft_labels": bool(meta.get("soft_labels", False)),
                **{k: meta[k] for k in ("well_calibration", "call_rule") if meta.get(k)}},
         ood=ood,
     )

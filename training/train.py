@@ -60,7 +60,7 @@ def run_metadata(cfg: TrainConfig, info: D.DataInfo, classes: list[str], dhash: 
             "normalization": {"p_low": D.P_LOW, "p_high": D.P_HIGH, "mean": GREY_MEAN, "std": GREY_STD},
             "stem": "grey replicated to 3 channels in training; folded into conv1 at export",
             "temperature": 1.0, "source": info.source, "source_pixel_size_um": info.pixel_size_um,
-            "label_mode": cfg.label_mode}
+            "label_mode": cfg.label_mode, "soft_labels": cfg.soft_labels}
 
 
 def checkpoint(model, optimizer, scheduler, scaler, epoch: int, meta: dict, state: dict) -> dict[str, Any]:
@@ -119,7 +119,9 @@ def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, devic
     classes = meta["classes"]
     model = _new_model(cfg, len(classes), device, world)
     cw = class_weights(splits["train"].y, len(classes))
-    use_w = cfg.balance == "weights"
+    # soft labels are shares to reproduce: class weights would scale each fate's share in
+    # every target and bias the well composition the mean probabilities estimate
+    use_w = cfg.balance == "weights" and not cfg.soft_labels
     criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32, device=device) if use_w else None,
                                           label_smoothing=cfg.label_smoothing)
     val_criterion = torch.nn.CrossEntropyLoss()
@@ -209,7 +211,8 @@ def int8_aware(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) ->
     model.load_state_dict(saved["state_dict"])
     model.to(device)
     cw = class_weights(splits["train"].y, saved["num_classes"])
-    weight = torch.tensor(cw, dtype=torch.float32, device=device) if cfg.balance == "weights" else None
+    use_w = cfg.balance == "weights" and not cfg.soft_labels  # as in fit()
+    weight = torch.tensor(cw, dtype=torch.float32, device=device) if use_w else None
     criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     aug, gen = AugmentConfig(**cfg.augment), torch.Generator().manual_seed(cfg.seed + 7)
 

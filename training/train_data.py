@@ -54,6 +54,8 @@ class TrainConfig:
     #: steps of int8-aware fine-tuning after the epochs (``training.int8_aware``; 0: none)
     int8_aware_steps: int = 0
     int8_aware_lr: float = 2e-5
+    #: train on each well's end-point shares instead of its majority fate (multiclass only)
+    soft_labels: bool = False
 
     def __post_init__(self) -> None:
         # read only after the epochs: a bad value would otherwise surface when the run is nearly done
@@ -62,6 +64,10 @@ class TrainConfig:
             raise UserFacingError(f"int8_aware_steps must be a whole number >= 0, got {steps!r}")
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
             raise UserFacingError(f"int8_aware_lr must be a number between 0 and 1, got {lr!r}")
+        if not isinstance(self.soft_labels, bool):
+            raise UserFacingError(f"soft_labels must be true or false, got {self.soft_labels!r}")
+        if self.soft_labels and self.scheme != "multiclass":
+            raise UserFacingError("soft_labels needs the multiclass scheme: a well's end-point shares are per fate")
 
     @classmethod
     def from_sources(cls, toml_path: str | None = None, **overrides: Any) -> "TrainConfig":
@@ -88,6 +94,8 @@ class Split:
     x: np.ndarray
     y: np.ndarray
     records: list
+    #: per tile, the probabilities to learn (soft labels) instead of ``y``; None: ``y``
+    soft: np.ndarray | None = None
 
 
 def validation_of(splits: dict[str, Split]) -> dict[str, Any]:
@@ -117,7 +125,9 @@ def prepare_data(cfg: TrainConfig) -> tuple[dict[str, Split], D.DataInfo, list[s
         if name == "train" and cfg.min_train_h is not None:
             recs = [r for r in recs if r.elapsed_h is None or r.elapsed_h >= cfg.min_train_h]
         x, y, tr = D.load_arrays(recs, classes, tile_size=tile, image_size=size, progress=cfg.progress)
-        splits[name] = Split(x, y, tr)
+        # validation keeps the hard labels: early stopping and calibration judge the call
+        soft = D.soft_targets(tr, classes) if cfg.soft_labels and name == "train" else None
+        splits[name] = Split(x, y, tr, soft)
     if len(splits["train"].y) == 0 or len(splits["val"].y) == 0:
         raise D.DataError("need labelled tiles in both the train and val splits")
     cfg.image_size, cfg.tile_size = size, tile

@@ -291,3 +291,31 @@ def test_int8_aware_fine_tuning_runs_after_the_epochs_and_is_recorded(tiles_dir,
     recs, _ = D.read_tiles_export(tiles_dir)
     x, _, _ = D.load_arrays(recs[:16], D.BINARY, tile_size=32, image_size=32)
     assert check_parity(model, out / "model.onnx", x, md) <= 1e-4
+
+
+def test_soft_labels_train_on_each_wells_end_point_shares(tmp_path, capsys):
+    tiles = pytest.importorskip("nscmonitor.simulate.labelled_tiles")
+    from nscmonitor.training.train_data import prepare_data
+
+    tiles.export_tiles(tmp_path / "sim", plates=3, hours=(48, 96), tile_size=32, wells_per_condition=2,
+                       grid=(2, 2), seed=0)
+    cfg = TrainConfig(data=str(tmp_path / "sim"), out=str(tmp_path / "r"), scheme="multiclass", arch="tiny", epochs=1,
+                      threads=1, progress=False, label_mode="endpoint", soft_labels=True)
+    splits, _, classes, _ = prepare_data(cfg)
+    train = splits["train"]
+    assert train.soft is not None and train.soft.shape == (len(train.y), len(classes))
+    assert np.allclose(train.soft.sum(1), 1.0)
+    # every tile of a well learns the same shares, and the hard label is their largest
+    by_well = {}
+    for rec, row, y in zip(train.records, train.soft, train.y):
+        assert np.allclose(by_well.setdefault(rec.well_key, row), row) and row.argmax() == y
+    assert len({tuple(np.round(r, 4)) for r in by_well.values()}) > 1 and (train.soft.max(1) < 1).any()
+    assert splits["val"].soft is None  # validation judges the call with hard labels
+    assert cli_main(["train", "--data", str(tmp_path / "sim"), "--out", str(tmp_path / "r"), "--scheme", "multiclass",
+                     "--arch", "tiny", "--epochs", "1", "--threads", "1", "--label-mode", "endpoint",
+                     "--soft-labels", "--no-engine"]) == 0
+    md = read_onnx_metadata(tmp_path / "r" / "model.onnx")
+    assert md.extra["soft_labels"] is True and md.extra["label_mode"] == "endpoint"
+    assert cli_main(["train", "--data", str(tmp_path / "sim"), "--out", str(tmp_path / "b"), "--scheme", "binary",
+                     "--soft-labels"]) != 0
+    assert "multiclass" in capsys.readouterr().err

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from nscmonitor.cli.demo import FATES, plate_summary, right_call
 from nscmonitor.training import data as D
 
@@ -69,3 +72,31 @@ def test_endpoint_labels_take_the_majority_of_the_wells_cells_at_its_last_time_p
                rec("B07", 120.0, (0.5, 0.1, 0.1, 0.3), label="astrocyte")]
     out = D.endpoint_labels(records)
     assert [r.label for r in out] == ["astrocyte", "astrocyte", "astrocyte", "neuron"]
+
+
+def test_soft_labels_are_the_wells_end_point_shares_renormalised_over_the_scheme():
+    def rec(well, h, fr):
+        return D.TileRecord(path=f"{well}_{h}.tif", label="neuron", plate="P1", well=well, elapsed_h=h,
+                            condition="neuron-low-dose", fractions=dict(zip(FATES, fr)))
+
+    out = D.endpoint_labels([rec("A11", 24.0, (0.9, 0.0, 0.0, 0.1)),     # early tiles learn the end point too
+                             rec("A11", 120.0, (0.3, 0.2, 0.0, 0.5)), rec("A11", 120.0, (0.2, 0.4, 0.0, 0.4))])
+    soft = D.soft_targets(out, D.MULTICLASS)
+    assert soft.shape == (3, 4) and np.allclose(soft.sum(1), 1.0)
+    assert np.allclose(soft[0], [0.25, 0.30, 0.0, 0.45]) and np.allclose(soft[0], soft[2])
+    assert [r.label for r in out] == ["undifferentiated"] * 3  # the hard label stays the majority
+    # a fate outside the classes is left out and the rest renormalised
+    assert np.allclose(D.soft_targets(out[:1], ("neuron", "undifferentiated"))[0], [0.25 / 0.70, 0.45 / 0.70])
+    with pytest.raises(D.DataError, match="end-point fractions"):
+        D.soft_targets([rec("B01", 24.0, (0.5, 0.5, 0.0, 0.0))], D.MULTICLASS)  # no end point: no target
+
+
+def test_soft_labels_need_the_multiclass_scheme():
+    from nscmonitor.core.errors import UserFacingError
+    from nscmonitor.training.train_data import TrainConfig
+
+    with pytest.raises(UserFacingError, match="multiclass"):
+        TrainConfig(scheme="binary", soft_labels=True)
+    with pytest.raises(UserFacingError, match="true or false"):
+        TrainConfig(scheme="multiclass", soft_labels="yes")
+    assert TrainConfig(scheme="multiclass", soft_labels=True).soft_labels
