@@ -371,8 +371,8 @@ def soft_targets(records: Sequence[TileRecord], classes: Sequence[str]) -> np.nd
     for i, r in enumerate(records):
         v = np.array([r.target.get(c, 0.0) for c in classes], np.float64)
         if not r.target or v.sum() <= 0:
-            raise DataError(f"{r.path}: soft labels need its well's end-point fractions (label mode 'endpoint' of "
-                            "a simulator export, or frac_<class> columns in the labels file), and it has none")
+            raise DataError(f"{r.path}: soft labels need its well's end-point fractions, and it has none (use label "
+                            "mode 'endpoint' with a simulator export, or with labels that give frac_<class>)")
         out[i] = v / v.sum()
     return out
 
