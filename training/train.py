@@ -63,6 +63,13 @@ def run_metadata(cfg: TrainConfig, info: D.DataInfo, classes: list[str], dhash: 
             "label_mode": cfg.label_mode, "soft_labels": cfg.soft_labels}
 
 
+def class_balance(cfg: TrainConfig) -> str:
+    """``cfg.balance``, except none with soft labels: they are shares to reproduce, and class
+    weights or class-balanced draws would scale each fate's share in every target and bias the
+    well composition the mean probabilities estimate."""
+    return "none" if cfg.soft_labels else cfg.balance
+
+
 def checkpoint(model, optimizer, scheduler, scaler, epoch: int, meta: dict, state: dict) -> dict[str, Any]:
     return {"state_dict": model.state_dict(), "arch": meta["arch"], "num_classes": len(meta["classes"]),
             "classes": meta["classes"], "epoch": epoch, "optimizer": optimizer.state_dict(),
@@ -119,9 +126,7 @@ def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, devic
     classes = meta["classes"]
     model = _new_model(cfg, len(classes), device, world)
     cw = class_weights(splits["train"].y, len(classes))
-    # soft labels are shares to reproduce: class weights would scale each fate's share in
-    # every target and bias the well composition the mean probabilities estimate
-    use_w = cfg.balance == "weights" and not cfg.soft_labels
+    use_w = class_balance(cfg) == "weights"
     criterion = torch.nn.CrossEntropyLoss(weight=torch.tensor(cw, dtype=torch.float32, device=device) if use_w else None,
                                           label_smoothing=cfg.label_smoothing)
     val_criterion = torch.nn.CrossEntropyLoss()
@@ -140,7 +145,7 @@ def fit(cfg: TrainConfig, splits: dict[str, Split], meta: dict, out: Path, devic
         model = _wrap_ddp(model, device)
         print(f"DistributedDataParallel: {world.size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
               f"batch {dd.per_rank_batch(cfg.batch_size, world)} per process, {torch.get_num_threads()} threads each")
-    sw = cw if cfg.balance == "sampler" else None
+    sw = cw if class_balance(cfg) == "sampler" else None
     with _progress(cfg.progress and world.main) as progress:
         for epoch in range(state["start_epoch"], cfg.epochs):
             if state["bad_epochs"] >= cfg.patience:
@@ -211,7 +216,7 @@ def int8_aware(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) ->
     model.load_state_dict(saved["state_dict"])
     model.to(device)
     cw = class_weights(splits["train"].y, saved["num_classes"])
-    use_w = cfg.balance == "weights" and not cfg.soft_labels  # as in fit()
+    use_w = class_balance(cfg) == "weights"
     weight = torch.tensor(cw, dtype=torch.float32, device=device) if use_w else None
     criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     aug, gen = AugmentConfig(**cfg.augment), torch.Generator().manual_seed(cfg.seed + 7)

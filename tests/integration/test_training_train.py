@@ -319,3 +319,12 @@ def test_soft_labels_train_on_each_wells_end_point_shares(tmp_path, capsys):
     assert cli_main(["train", "--data", str(tmp_path / "sim"), "--out", str(tmp_path / "b"), "--scheme", "binary",
                      "--soft-labels"]) != 0
     assert "multiclass" in capsys.readouterr().err
+
+
+def test_soft_labels_train_without_class_balancing():
+    from nscmonitor.training.train import class_balance
+
+    for balance in ("weights", "sampler"):
+        assert class_balance(TrainConfig(scheme="multiclass", balance=balance)) == balance
+        # weighted or resampled classes would bias the shares the model is taught to estimate
+        assert class_balance(TrainConfig(scheme="multiclass", balance=balance, soft_labels=True)) == "none"
