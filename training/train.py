@@ -64,10 +64,28 @@ def run_metadata(cfg: TrainConfig, info: D.DataInfo, classes: list[str], dhash: 
 
 
 def class_balance(cfg: TrainConfig) -> str:
-    """``cfg.balance``, except none with soft labels: they are shares to reproduce, and class
-    weights or class-balanced draws would scale each fate's share in every target and bias the
-    well composition the mean probabilities estimate."""
-    return "none" if cfg.soft_labels else cfg.balance
+    """``cfg.balance``, except none for soft labels drawn class-balanced: they are shares to
+    reproduce, and draws by each tile's majority class bias them in a way nothing undoes
+    exactly. Class weights are kept (rare fates still get their share of the gradient) and
+    undone on the head after training (``undo_class_weights``)."""
+    return "none" if cfg.soft_labels and cfg.balance == "sampler" else cfg.balance
+
+
+def undo_class_weights(path: Path, weights: np.ndarray) -> bool:
+    """Soft labels trained with class weights: the weighted cross-entropy's optimum is
+    ``q_c = w_c p_c / sum_k w_k p_k``, so subtracting ``log w_c`` from the logits (the head's
+    bias) makes the served probabilities estimate the shares ``p`` themselves. Done once per
+    checkpoint (its metadata records it), so a resumed run does not subtract twice."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    meta = json.loads(saved["metadata"])
+    if "class_weights_undone" in meta:
+        return False
+    bias = saved["state_dict"]["backbone.fc.bias"]
+    saved["state_dict"]["backbone.fc.bias"] = bias - torch.log(torch.as_tensor(weights, dtype=bias.dtype))
+    meta["class_weights_undone"] = [round(float(w), 6) for w in weights]
+    saved["metadata"] = json.dumps(meta)
+    save_atomic(saved, path)
+    return True
 
 
 def checkpoint(model, optimizer, scheduler, scaler, epoch: int, meta: dict, state: dict) -> dict[str, Any]:
@@ -385,6 +403,11 @@ def _run(cfg: TrainConfig, world: dd.World) -> dict[str, Any]:
         print(f"time per epoch: {np.mean(secs):.1f} s (median {np.median(secs):.1f} s over {len(secs)} epochs)")
     if world.main and cfg.int8_aware_steps > 0:
         int8_aware(cfg, splits, out, device)
+    if world.main and cfg.soft_labels and class_balance(cfg) == "weights":
+        cw = class_weights(splits["train"].y, len(classes))
+        if undo_class_weights(out / "best.pt", cw):
+            print("soft labels: class weights undone on the head (logits - log w: "
+                  + ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, cw)) + ")")
     metrics = finish(cfg, splits, out, device) if world.main else {}
     dd.barrier(world)  # the other ranks wait until rank 0 has written metrics and model.onnx
     return metrics

@@ -316,15 +316,30 @@ def test_soft_labels_train_on_each_wells_end_point_shares(tmp_path, capsys):
                      "--soft-labels", "--no-engine"]) == 0
     md = read_onnx_metadata(tmp_path / "r" / "model.onnx")
     assert md.extra["soft_labels"] is True and md.extra["label_mode"] == "endpoint"
+    assert "class weights undone on the head" in capsys.readouterr().out
+    saved = torch.load(tmp_path / "r" / "best.pt", map_location="cpu", weights_only=True)
+    assert len(json.loads(saved["metadata"])["class_weights_undone"]) == len(classes)
     assert cli_main(["train", "--data", str(tmp_path / "sim"), "--out", str(tmp_path / "b"), "--scheme", "binary",
                      "--soft-labels"]) != 0
     assert "multiclass" in capsys.readouterr().err
 
 
-def test_soft_labels_train_without_class_balancing():
-    from nscmonitor.training.train import class_balance
+def test_soft_labels_keep_class_weights_and_undo_them_on_the_head(run, tmp_path):
+    from nscmonitor.training.train import class_balance, undo_class_weights
 
-    for balance in ("weights", "sampler"):
-        assert class_balance(TrainConfig(scheme="multiclass", balance=balance)) == balance
-        # weighted or resampled classes would bias the shares the model is taught to estimate
-        assert class_balance(TrainConfig(scheme="multiclass", balance=balance, soft_labels=True)) == "none"
+    assert class_balance(TrainConfig(scheme="multiclass", balance="weights", soft_labels=True)) == "weights"
+    # draws by each tile's majority class would bias the shares in a way nothing undoes
+    assert class_balance(TrainConfig(scheme="multiclass", balance="sampler", soft_labels=True)) == "none"
+    assert class_balance(TrainConfig(scheme="multiclass", balance="sampler")) == "sampler"
+    out, _ = run
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes((out / "best.pt").read_bytes())
+    before = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]["backbone.fc.bias"].clone()
+    w = np.array([2.0, 1.0, 0.5, 1.0])
+    assert undo_class_weights(ckpt, w)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert torch.allclose(saved["state_dict"]["backbone.fc.bias"], before - torch.log(torch.tensor(w, dtype=torch.float32)))
+    assert json.loads(saved["metadata"])["class_weights_undone"] == [2.0, 1.0, 0.5, 1.0]
+    assert not undo_class_weights(ckpt, w)  # once per checkpoint: a resumed run does not subtract twice
+    again = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]["backbone.fc.bias"]
+    assert torch.equal(again, saved["state_dict"]["backbone.fc.bias"])
