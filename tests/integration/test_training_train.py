@@ -338,7 +338,8 @@ def test_soft_labels_keep_class_weights_and_undo_them_on_the_head(run, tmp_path)
     w = np.array([2.0, 1.0, 0.5, 1.0])
     assert undo_class_weights(ckpt, w)
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert torch.allclose(saved["state_dict"]["backbone.fc.bias"], before - torch.log(torch.tensor(w, dtype=torch.float32)))
+    undone = before - torch.log(torch.tensor(w, dtype=torch.float32))
+    assert torch.allclose(saved["state_dict"]["backbone.fc.bias"], undone)
     assert json.loads(saved["metadata"])["class_weights_undone"] == [2.0, 1.0, 0.5, 1.0]
     assert not undo_class_weights(ckpt, w)  # once per checkpoint: a resumed run does not subtract twice
     again = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]["backbone.fc.bias"]
