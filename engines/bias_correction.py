@@ -8,7 +8,7 @@ ReLU no longer averages to zero (E[relu(x + n)] > E[relu(x)]), so every layer ad
 shift that the next layers carry on. Shifting each quantised layer's (float) bias by the mean
 difference between the fp32 model and the int8 model at that layer, measured on the
 calibration tiles, removes that drift without touching a weight or a quantisation scale: the
-file stays the same signed, symmetric Q/DQ model that OpenVINO, ONNX Runtime and TensorRT take.
+file keeps its Q/DQ form (the CPU file's or TensorRT's, ``engines.quantize``).
 
 Which variant: the *global* empirical one. The reference is the fp32 model run on the same tiles
 and compared at the same tensor; the cheaper local variant (the fp32 layer applied to the

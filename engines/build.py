@@ -9,9 +9,9 @@ plan -> candidate engine file -> validation gate against ONNX Runtime fp32 on he
 CUDA GPU are present.
 
 Why int8 is explicit on both majors: TensorRT 11 removed the implicit calibrator
-(``IInt8EntropyCalibrator2``) and deprecated it since 10.1; one Q/DQ model, quantised once
-with signed symmetric int8, serves ONNX Runtime, OpenVINO and TensorRT and is gated the same
-way each time.
+(``IInt8EntropyCalibrator2``) and deprecated it since 10.1. The Q/DQ model is quantised by
+the project's own recipe with signed symmetric activations (``quantize.TENSORRT_SETTINGS``),
+the form explicit quantisation takes, and gated the same way as the CPU int8 file.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from nscmonitor.engines.base import EngineError
 from nscmonitor.engines.calibration import TileSet
 from nscmonitor.engines.enginefile import EngineCache, EngineKey, file_sha256, read_engine_file, write_engine_file
 from nscmonitor.engines.metadata import MetadataError, read_onnx_metadata
-from nscmonitor.engines.ort import INT8_KEY, OrtCpuEngine, int8_path_for
+from nscmonitor.engines.ort import INT8_KEY, OrtCpuEngine
 from nscmonitor.engines.tensorrt import (
     BuildRecipe,
     TrtEngine,
@@ -35,6 +35,7 @@ from nscmonitor.engines.tensorrt import (
     import_cuda_torch,
     import_tensorrt,
     machine_key,
+    qdq_path_for,
     quantized_sha_for,
     trt_logger,
 )
@@ -77,23 +78,25 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def require_qdq_model(onnx_path: Path, calib: TileSet | None, heldout: TileSet | None) -> Path:
     """The explicitly quantised model an int8 plan is parsed from, checked for TensorRT.
 
-    It is the same file the CPU int8 engines serve (``ort.int8_path_for``). When it is missing
-    and calibration tiles are given, the project's int8 recipe writes it (gated on ONNX
-    Runtime, as always); then it must come from this very fp32 model and be signed symmetric
-    int8, which TensorRT's explicit quantisation requires."""
+    It is its own file (``tensorrt.qdq_path_for``), not the CPU engines' int8 file, whose
+    unsigned activations TensorRT does not take. When it is missing and calibration tiles are
+    given, the project's int8 recipe writes it with ``TENSORRT_SETTINGS`` (gated on ONNX
+    Runtime and OpenVINO like the CPU file; the plan built from it is gated again); then it
+    must come from this very fp32 model and be signed symmetric int8, which TensorRT's
+    explicit quantisation requires."""
     from nscmonitor.engines.precision_graphs import qdq_problems
 
-    qdq = int8_path_for(onnx_path)
+    qdq = qdq_path_for(onnx_path)
     if not qdq.is_file() and calib is not None and heldout is not None:
-        from nscmonitor.engines.quantize import build_ort_int8
+        from nscmonitor.engines.quantize import TENSORRT_SETTINGS, build_ort_int8
 
-        path, report = build_ort_int8(onnx_path, calib, heldout)
+        path, report = build_ort_int8(onnx_path, calib, heldout, out_path=qdq, settings=TENSORRT_SETTINGS)
         if path is None:
             raise EngineError(f"int8 needs the quantised model {qdq}, and the int8 recipe's own gate refused "
                               f"it: {report.summary()}")
     if not qdq.is_file():
-        raise EngineError(f"int8 needs the explicitly quantised model {qdq} (build it with 'nscmonitor engine "
-                          f"build {onnx_path} --backend ort-int8 --calibration DIR', or pass --calibration here)")
+        raise EngineError(f"int8 needs the explicitly quantised model {qdq} (pass calibration tiles, "
+                          f"'nscmonitor engine build {onnx_path} --backend trt --int8 --calibration DIR')")
     try:
         record = read_onnx_metadata(qdq).extra.get(INT8_KEY) or {}
     except MetadataError as exc:
@@ -114,7 +117,7 @@ def _graph_for(recipe: BuildRecipe, onnx_path: Path, work: Path) -> Path:
         from nscmonitor.engines.precision_graphs import convert_to_fp16
 
         return convert_to_fp16(onnx_path, work / f"{onnx_path.stem}.fp16.onnx")
-    return int8_path_for(onnx_path)
+    return qdq_path_for(onnx_path)
 
 
 def build_plan(onnx_path: str | Path, opts: BuildOptions, *, cache_dir: Path,

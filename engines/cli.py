@@ -18,7 +18,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     build = esub.add_parser("build", help="build a TensorRT engine or an int8 ONNX model, gated against fp32")
     build.add_argument("model", help="the fp32 ONNX model")
     build.add_argument("--backend", choices=("trt", "ort-int8"), default="ort-int8",
-                       help="ort-int8: the signed symmetric Q/DQ model for OpenVINO and ONNX Runtime; when the plain "
+                       help="ort-int8: the Q/DQ model for OpenVINO and ONNX Runtime (MODEL.int8.onnx); when the plain "
                             "recipe fails its gate, the layer groups that need it are kept fp32 and it is gated again")
     prec = build.add_mutually_exclusive_group()
     prec.add_argument("--fp32", dest="precision", action="store_const", const="fp32")
@@ -26,7 +26,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                       help="TensorRT fp16 (the default for --backend trt; on TensorRT 11 from an fp16 copy of MODEL)")
     prec.add_argument("--int8", dest="precision", action="store_const", const="int8",
                       help="int8; for --backend trt parsed from the signed symmetric Q/DQ model beside MODEL "
-                           "(MODEL.int8.onnx), which is quantised from the calibration tiles first when missing")
+                           "(MODEL.int8-trt.onnx), which is quantised from the calibration tiles first when missing")
     build.add_argument("--calibration", metavar="DIR",
                        help="tiles folder (tiles.csv: train split calibrates, val/test split validates); default: "
                             "the calibration set that travels with the model (calibration.npz beside it)")

@@ -1,9 +1,18 @@
 """Static int8 (QDQ) quantization, gated on agreement with fp32.
 
-The recipe (``DEFAULT_SETTINGS``; measured on the demo model, docs/performance.md "Int8 recipe"):
-- signed, symmetric int8 for activations and weights, per-channel weights, explicit Q/DQ:
-  the one form OpenVINO, ONNX Runtime and TensorRT's explicit quantisation all take, so one
-  file serves every runtime and is gated the same way;
+Two files, one recipe each, because the runtimes take different int8:
+- the **CPU file** (``MODEL.int8.onnx``, ``DEFAULT_SETTINGS``), served by OpenVINO and ONNX
+  Runtime: **unsigned, asymmetric int8 activations** (MinMax ranges, so a tensor after a ReLU
+  gets zero point 0 and all 256 steps over [0, max]) and signed symmetric per-channel weights.
+  Both CPU runtimes' fast int8 convolutions are u8 activations x s8 weights (VNNI
+  ``vpdpbusd``). Measured on a ResNet50 (docs/performance.md, "Unsigned activations for the
+  CPU file"): all-int8 OpenVINO moved the well readout 2.83 pp against 15.1 pp with signed
+  symmetric activations, whose symmetric scale fits the lopsided ranges of the residual
+  branch and its Add badly (unsigned only after ReLUs, signed elsewhere, still read 14.3 pp);
+- the **TensorRT file** (``MODEL.int8-trt.onnx``, ``TENSORRT_SETTINGS``): signed, symmetric
+  int8 activations, the only form TensorRT's explicit quantisation takes
+  (``engines.precision_graphs.qdq_problems``), written only when a TensorRT int8 plan is built.
+Common to both (measured on the demo model, docs/performance.md "Int8 recipe"):
 - Q/DQ only on the inputs of Conv, Gemm/MatMul and the residual Add: a ReLU then runs on the
   convolution's output before the next layer's input is quantised (one rounding per layer
   instead of two, and the pattern TensorRT and OpenVINO fuse);
@@ -22,7 +31,7 @@ Static rather than dynamic: dynamic quantization re-measures activation ranges e
 ends up slower than fp32. ``quant_pre_process`` (shape inference + graph optimisation) runs
 first so the quantizer sees folded BatchNorms and knows every tensor's shape.
 
-The int8 file carries the fp32 metadata plus an ``int8`` record: the gate report, the fp32
+Each int8 file carries the fp32 metadata plus an ``int8`` record: the gate report, the fp32
 model's hash and the quantization settings. Only a passed gate is ever written under the
 serving name; a failed one leaves a report next to where the model would have been.
 """
@@ -51,13 +60,15 @@ from nscmonitor.engines.validate import GATE_BATCH, GateReport, compare, predict
 log = logging.getLogger(__name__)
 
 DEFAULT_SETTINGS: dict[str, Any] = {
-    "quant_format": "QDQ", "activation_type": "QInt8", "weight_type": "QInt8",
-    "activation_symmetric": True, "weight_symmetric": True, "per_channel": True,
+    "quant_format": "QDQ", "activation_type": "QUInt8", "weight_type": "QInt8",
+    "activation_symmetric": False, "weight_symmetric": True, "per_channel": True,
     "calibrate_method": "MinMax", "moving_average": False,
     "op_types": ["Conv", "Gemm", "MatMul", "Add"],
     "keep_fp32": ["stem", "head"], "exclude_nodes": [], "preprocess": True, "quantize_bias": False,
     "bias_correction": True,
 }
+#: what TensorRT's explicit quantisation takes: signed symmetric activations too
+TENSORRT_SETTINGS: dict[str, Any] = {**DEFAULT_SETTINGS, "activation_type": "QInt8", "activation_symmetric": True}
 SENSITIVE = ("stem", "head")
 #: the out-of-distribution head's nodes (``training.ood``): always fp32, since its squared
 #: distances span orders of magnitude an int8 scale cannot hold, and never the "head"

@@ -69,7 +69,7 @@ class BuildRecipe:
 
     ``graph`` is the ONNX the parser reads: ``fp32`` the model itself, ``fp16`` the model
     converted to fp16 with fp32 inputs and outputs (``engines.fp16``), ``int8-qdq`` the
-    explicitly quantised model beside it (signed symmetric int8 Q/DQ). ``network_flags`` and
+    explicitly quantised model beside it (``qdq_path_for``: signed symmetric int8 Q/DQ). ``network_flags`` and
     ``builder_flags`` name members of ``trt.NetworkDefinitionCreationFlag`` / ``trt.BuilderFlag``.
     """
 
@@ -122,15 +122,23 @@ def machine_key(trt: Any, torch: Any, onnx_sha256: str, precision: str, min_batc
                      quantized_sha256)
 
 
+def qdq_path_for(model_path: str | Path) -> Path:
+    """Where the signed symmetric Q/DQ model an int8 plan is parsed from lives: beside the
+    model, like the CPU int8 file, but separate from it, since the CPU runtimes are served
+    unsigned activations that TensorRT's explicit quantisation does not take
+    (``engines.quantize``)."""
+    p = Path(model_path)
+    stem = p.name[:-len(".onnx")] if p.name.endswith(".onnx") else p.name
+    return p.with_name(stem + ".int8-trt.onnx")
+
+
 def quantized_sha_for(model_path: str | Path, precision: str) -> str:
     """The hash of the Q/DQ model an int8 plan is parsed from (it lives beside the fp32 model);
     empty for fp32/fp16, whose graph follows from the fp32 model alone. A requantised model
     thus invalidates the int8 engines built from the old one."""
     if precision != "int8":
         return ""
-    from nscmonitor.engines.ort import int8_path_for
-
-    path = int8_path_for(model_path)
+    path = qdq_path_for(model_path)
     return file_sha256(path) if path.is_file() else "missing"
 
 

@@ -11,8 +11,8 @@ less: 150 steps of this fine-tuning (3.5 minutes on 2 cores, lr 2e-5) brought th
 (docs/performance.md, "Int8-aware fine-tuning"). The engine is still quantised and gated after
 training exactly as before; this only changes the weights it starts from.
 
-Where rounding is simulated (matching the recipe of ``engines.quantize``: signed symmetric int8,
-per-channel weights, per-tensor activations with MinMax ranges): every convolution's input and
+Where rounding is simulated (matching the CPU file of ``engines.quantize``: signed symmetric
+per-channel int8 weights, unsigned per-tensor activations over their MinMax ranges): every convolution's input and
 weights but the stem's, every convolution + BatchNorm output (the Q/DQ the quantiser puts before
 a ReLU), and both inputs and the output of each residual Add of torchvision's ResNet blocks. The
 head and the stem stay fp32, as in the engine. BatchNorm statistics are frozen (the export folds
@@ -34,22 +34,31 @@ from torch import nn
 log = logging.getLogger("nscmonitor.training")
 
 QMAX = 127
+#: activations round to unsigned 8 bits with a zero point, as the CPU int8 file has them
+UMAX = 255
 
 
 class _Ranges:
-    """Running absolute maxima per rounding point (MinMax, as the int8 build calibrates)."""
+    """Running minima and maxima per rounding point (MinMax, as the int8 build calibrates)."""
 
     def __init__(self) -> None:
-        self.amax: dict[Any, torch.Tensor] = {}
+        self.lo: dict[Any, torch.Tensor] = {}
+        self.hi: dict[Any, torch.Tensor] = {}
 
     def fq(self, x: torch.Tensor, key: Any) -> torch.Tensor:
+        """Unsigned asymmetric rounding over [min(lo, 0), max(hi, 0)], ONNX Runtime's
+        quantiser's scale and zero point for a uint8 activation."""
         with torch.no_grad():
-            a = x.detach().abs().amax().float()
-            self.amax[key] = a if key not in self.amax else torch.maximum(self.amax[key], a)
-        scale = float(self.amax[key]) / QMAX
+            lo, hi = x.detach().amin().float(), x.detach().amax().float()
+            if key in self.lo:
+                lo, hi = torch.minimum(self.lo[key], lo), torch.maximum(self.hi[key], hi)
+            self.lo[key], self.hi[key] = lo, hi
+        lo_f, hi_f = min(float(self.lo[key]), 0.0), max(float(self.hi[key]), 0.0)
+        scale = (hi_f - lo_f) / UMAX
         if scale <= 0:
             return x
-        return torch.fake_quantize_per_tensor_affine(x, scale, 0, -QMAX - 1, QMAX)
+        zero_point = int(min(max(round(-lo_f / scale), 0), UMAX))
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, UMAX)
 
 
 def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:

@@ -22,10 +22,10 @@ from nscmonitor.engines.build import BuildOptions, build_trt_engine, find_engine
 from nscmonitor.engines.calibration import calibration_and_heldout  # noqa: E402
 from nscmonitor.engines.enginefile import MAGIC, EngineMismatchError, file_sha256, read_engine_file  # noqa: E402
 from nscmonitor.engines.metadata import read_onnx_metadata  # noqa: E402
-from nscmonitor.engines.ort import OrtCpuEngine, int8_path_for  # noqa: E402
+from nscmonitor.engines.ort import OrtCpuEngine  # noqa: E402
 from nscmonitor.engines.precision_graphs import qdq_problems  # noqa: E402
 from nscmonitor.engines.select import select  # noqa: E402
-from nscmonitor.engines.tensorrt import TrtEngine, build_recipe, trt_major  # noqa: E402
+from nscmonitor.engines.tensorrt import TrtEngine, build_recipe, qdq_path_for, trt_major  # noqa: E402
 from nscmonitor.engines.tiny import build_tiny_classifier  # noqa: E402
 
 
@@ -84,8 +84,8 @@ def test_build_gate_cache_and_serve(setup, precision):
     key = read_engine_file(path).key
     assert key.trt_version == trt.__version__ and key.precision == precision
     if precision == "int8":
-        # parsed from the explicitly quantised model beside the fp32 one, which the build made
-        qdq = int8_path_for(model)
+        # parsed from TensorRT's own signed Q/DQ model beside the fp32 one, which the build made
+        qdq = qdq_path_for(model)
         assert qdq.is_file() and qdq_problems(qdq) == []
         assert key.quantized_sha256 == file_sha256(qdq)
     assert list(cache.glob("timing.*.cache")), "build should leave a timing cache"
@@ -106,7 +106,7 @@ def test_requantised_model_invalidates_the_int8_engine(setup):
     model, meta, calib, held, cache = setup
     opts = BuildOptions(precision="int8", max_batch=16, opt_batch=8)
     path, _ = build_trt_engine(model, held, opts=opts, cache_dir=cache, calib=calib)
-    qdq = int8_path_for(model)
+    qdq = qdq_path_for(model)
     original = qdq.read_bytes()
     try:
         qdq.write_bytes(original + b"\0")  # any change of the quantised file changes its hash

@@ -1,6 +1,7 @@
-"""The int8 recipe on a real (tiny, stem + body + head) ONNX model: signed symmetric QDQ
-that passes the gate, the stem and head kept in fp32, and a bad calibration set refused with
-a readable reason."""
+"""The int8 recipe on a real (tiny, stem + body + head) ONNX model: the CPU file (unsigned
+activations, signed symmetric weights) passes the gate with the stem and head kept in fp32,
+TensorRT's own file is signed symmetric, and a bad calibration set is refused with a readable
+reason."""
 
 from __future__ import annotations
 
@@ -23,20 +24,31 @@ def model(tmp_path):
     return path, meta
 
 
-def test_recipe_passes_the_gate_with_signed_symmetric_qdq_and_fp32_stem_and_head(model):
+def _zero_points(path):
     import onnx
     from onnx import numpy_helper
 
+    q = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    weights = {n.input[0] for n in q.graph.node if n.input and n.input[0] in inits}
+    act = [inits[n.input[2]] for n in q.graph.node
+           if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[0] not in weights]
+    return q, inits, act
+
+
+def test_cpu_recipe_passes_the_gate_with_unsigned_activations_and_fp32_stem_and_head(model):
     path, meta = model
     calib = tileset(meta, *blobs(64, 1), "calib")
     held = tileset(meta, *blobs(160, 2), "held")
     out, report = build_ort_int8(path, calib, held, threads=1)
     assert out == int8_path_for(path) and out.is_file(), report.summary()
     assert report.passed and report.well_readout_pp <= 1.0
-    q = onnx.load(str(out))
-    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
-    zero_points = [inits[n.input[2]] for n in q.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
-    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # signed, symmetric
+    q, inits, act = _zero_points(out)
+    assert act and all(z.dtype == np.uint8 for z in act)  # VNNI's u8 x s8
+    assert any(not z.any() for z in act)  # a tensor after a ReLU starts at 0: all 256 steps over [0, max]
+    weight_scales = [inits[n.input[0]] for n in q.graph.node if n.op_type == "DequantizeLinear"
+                     and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+    assert weight_scales and all(w.dtype == np.int8 for w in weight_scales)  # signed weights
     quantized = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
     convs = [n for n in q.graph.node if n.op_type == "Conv"]
     assert len(convs) == 3
@@ -44,13 +56,28 @@ def test_recipe_passes_the_gate_with_signed_symmetric_qdq_and_fp32_stem_and_head
     head = [n for n in q.graph.node if n.op_type in ("Gemm", "MatMul")][-1]
     assert head.input[1] not in quantized
     rec = read_onnx_metadata(out).extra["int8"]
-    assert rec["settings"]["activation_type"] == "QInt8" and rec["settings"]["activation_symmetric"] is True
+    assert rec["settings"]["activation_type"] == "QUInt8" and rec["settings"]["activation_symmetric"] is False
     assert rec["gate"]["passed"] and "top1_agreement_clear" in rec["gate"]
     assert rec["ort_gate_speed"]["fp32_tiles_per_s"] > 0 and rec["ort_gate_speed"]["int8_tiles_per_s"] > 0
-    # One file for every runtime: TensorRT's explicit quantisation refuses INT32 bias Q/DQ.
-    from nscmonitor.engines.precision_graphs import qdq_problems
 
-    assert qdq_problems(out) == []
+
+def test_tensorrt_gets_its_own_signed_symmetric_file_written_from_the_calibration_tiles(model):
+    from nscmonitor.engines.build import require_qdq_model
+    from nscmonitor.engines.precision_graphs import qdq_problems
+    from nscmonitor.engines.tensorrt import qdq_path_for
+
+    path, meta = model
+    calib = tileset(meta, *blobs(64, 1), "calib")
+    held = tileset(meta, *blobs(160, 2), "held")
+    cpu, _ = build_ort_int8(path, calib, held, threads=1)
+    assert qdq_problems(cpu), "the CPU file's unsigned activations are not what TensorRT takes"
+    trt = require_qdq_model(path, calib, held)
+    assert trt == qdq_path_for(path) and trt != cpu and cpu.is_file()
+    assert qdq_problems(trt) == []  # signed, symmetric, float biases
+    _, _, act = _zero_points(trt)
+    assert act and all(z.dtype == np.int8 and not z.any() for z in act)
+    rec = read_onnx_metadata(trt).extra["int8"]
+    assert rec["settings"]["activation_type"] == "QInt8" and rec["gate"]["passed"]
 
 
 def test_all_zero_calibration_tiles_fail_the_gate_with_a_reason(model):

@@ -22,7 +22,7 @@ from nscmonitor.engines.enginefile import MAGIC, EngineKey, file_sha256, read_en
 from nscmonitor.engines.metadata import read_onnx_metadata, write_onnx_metadata
 from nscmonitor.engines.ort import INT8_KEY, int8_path_for
 from nscmonitor.engines.precision_graphs import convert_to_fp16, qdq_problems
-from nscmonitor.engines.tensorrt import build_recipe, quantized_sha_for, trt_major
+from nscmonitor.engines.tensorrt import build_recipe, qdq_path_for, quantized_sha_for, trt_major
 from nscmonitor.engines.tiny import build_tiny_classifier
 
 TILES = np.random.default_rng(0).uniform(0, 1, (32, 1, 64, 64)).astype(np.float32)
@@ -118,7 +118,8 @@ def test_qdq_check_names_what_tensorrt_would_refuse(tmp_path):
 def test_int8_build_input_must_exist_come_from_this_model_and_be_signed_symmetric(tmp_path):
     model = tmp_path / "model.onnx"
     build_tiny_classifier(model)
-    qdq = int8_path_for(model)
+    qdq = qdq_path_for(model)
+    assert qdq != int8_path_for(model)  # the CPU file has unsigned activations TensorRT refuses
     with pytest.raises(EngineError, match="needs the explicitly quantised model"):
         require_qdq_model(model, None, None)
     _quantize(model, qdq, signed_symmetric=True)
@@ -139,9 +140,11 @@ def test_int8_key_follows_the_quantised_model_and_fp_keys_keep_their_names(tmp_p
     build_tiny_classifier(model)
     assert quantized_sha_for(model, "fp16") == ""
     assert quantized_sha_for(model, "int8") == "missing"
-    _quantize(model, int8_path_for(model), signed_symmetric=True)
+    _quantize(model, int8_path_for(model), signed_symmetric=False)
+    assert quantized_sha_for(model, "int8") == "missing"  # the CPU file is not what a plan is parsed from
+    _quantize(model, qdq_path_for(model), signed_symmetric=True)
     sha = quantized_sha_for(model, "int8")
-    assert sha == file_sha256(int8_path_for(model))
+    assert sha == file_sha256(qdq_path_for(model))
 
     fp16 = EngineKey("NVIDIA H200", "9.0", "11.0.0", "ab" * 32, "fp16", 1, 8, 32)
     legacy = {k: v for k, v in asdict(fp16).items() if k != "quantized_sha256"}

@@ -39,6 +39,26 @@ def test_weights_round_per_output_channel_to_int8_steps():
     assert q[0, 2].item() != 0.0  # a small channel keeps its resolution beside a large one
 
 
+@pytest.mark.parametrize(("lo", "hi"), [(-0.3, 2.0), (0.0, 5.0)])
+def test_activations_round_on_the_cpu_files_unsigned_grid(lo, hi):
+    """The scale and zero point ONNX Runtime's quantiser gives a uint8 activation over the same
+    MinMax range (its own ``compute_scale_zp``), so training sees the engine's rounding."""
+    import numpy as np
+    from onnxruntime.quantization.quant_utils import compute_scale_zp
+
+    from nscmonitor.training.int8_aware import _Ranges
+
+    x = torch.linspace(lo, hi, 1001)
+    q = _Ranges().fq(x, "t")
+    zp, scale = compute_scale_zp(np.float32(lo), np.float32(hi), np.uint8(0), np.uint8(255))
+    levels = q / float(scale) + int(zp)
+    assert torch.allclose(levels, torch.round(levels), atol=1e-3)
+    assert levels.min() >= -1e-3 and levels.max() <= 255 + 1e-3
+    assert (q - x).abs().max() <= float(scale) / 2 + 1e-5
+    if lo == 0.0:  # after a ReLU: zero point 0, so all 256 steps cover [0, max]
+        assert int(zp) == 0 and abs(float(scale) - hi / 255) < 1e-6
+
+
 def test_finetune_trains_with_batchnorm_frozen_and_records_the_run():
     torch.manual_seed(1)
     model = build_model("resnet18", 2)
