@@ -29,14 +29,18 @@ class ScoredImage:
 
 
 def scored_images(engine: Engine) -> list[ScoredImage]:
-    """Every scored, QC-passed image on a well, in the order they were queued."""
+    """Every scored, QC-passed image on a well, in a fixed order (experiment, plate, well, time
+    point, field, path) rather than the order they were queued: the watcher queues files in
+    whatever order the file system reports them, and a training set built in queue order
+    shuffled differently on every run, so the same labels trained a different candidate."""
     with sessionmaker(engine)() as s:
         rows = s.execute(
             select(m.Image.path, m.Image.field, m.Image.timepoint, m.Image.elapsed_h, m.Image.channel, m.Well.name,
                    m.Plate.name, m.Experiment.name)
             .join(m.Well, m.Well.id == m.Image.well_id).join(m.Plate, m.Plate.id == m.Well.plate_id)
             .join(m.Experiment, m.Experiment.id == m.Plate.experiment_id)
-            .where(m.Image.status == QueueState.DONE, m.Image.qc_passed.is_(True)).order_by(m.Image.id)).all()
+            .where(m.Image.status == QueueState.DONE, m.Image.qc_passed.is_(True))
+            .order_by(m.Experiment.name, m.Plate.name, m.Well.name, m.Image.timepoint, m.Image.field, m.Image.path)).all()
     return [ScoredImage(from_db(path), *rest) for path, *rest in rows]
 
 

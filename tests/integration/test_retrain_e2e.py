@@ -238,7 +238,7 @@ def test_daemon_switches_between_batches_while_images_arrive(served: Lifecycle, 
     assert all(len(vs) == 1 for vs in versions.values()), "without rescore, each image has one version"
     by_version = [next(iter(v)) for v in versions.values()]
     assert by_version.count(promoted.candidate) >= 1 and by_version.count(lc.weak.version) >= len(lc.early)
-    assert {(v, e) for _, v, e, _ in per} == {(lc.weak.version, "ort-fp32"), (promoted.candidate, built.engine)}
+    assert {(v, e) for _, v, e, _ in per} == {(lc.weak.version, "ort-fp32"), (promoted.candidate, cpu_int8())}
 
 
 def test_worse_retrain_is_rejected_with_its_numbers(served: Lifecycle, promoted: Promotion) -> None:
