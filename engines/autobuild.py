@@ -205,8 +205,8 @@ def copy_artefacts(src_model: str | Path, dest_dir: str | Path) -> bool:
     if src_model.name != "model.onnx" or not status_path(src_model).is_file():
         return False
     int8, trt_int8 = int8_path_for(src_model), qdq_path_for(src_model)
-    for p in (int8, int8.with_name(int8.name + ".gate.json"), trt_int8, trt_int8.with_name(trt_int8.name + ".gate.json"),
-              status_path(src_model)):
+    for p in (int8, int8.with_name(int8.name + ".gate.json"), trt_int8,
+              trt_int8.with_name(trt_int8.name + ".gate.json"), status_path(src_model)):
         if p.is_file():
             shutil.copy2(p, dest_dir / p.name)
     if default_cache_dir(src_model).is_dir():

@@ -69,8 +69,8 @@ class BuildRecipe:
 
     ``graph`` is the ONNX the parser reads: ``fp32`` the model itself, ``fp16`` the model
     converted to fp16 with fp32 inputs and outputs (``engines.fp16``), ``int8-qdq`` the
-    explicitly quantised model beside it (``qdq_path_for``: signed symmetric int8 Q/DQ). ``network_flags`` and
-    ``builder_flags`` name members of ``trt.NetworkDefinitionCreationFlag`` / ``trt.BuilderFlag``.
+    explicitly quantised model beside it (``qdq_path_for``: signed symmetric int8 Q/DQ).
+    ``network_flags`` and ``builder_flags`` name members of ``trt.NetworkDefinitionCreationFlag`` / ``trt.BuilderFlag``.
     """
 
     precision: str

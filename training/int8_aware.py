@@ -12,8 +12,8 @@ less: 150 steps of this fine-tuning (3.5 minutes on 2 cores, lr 2e-5) brought th
 training exactly as before; this only changes the weights it starts from.
 
 Where rounding is simulated (matching the CPU file of ``engines.quantize``: signed symmetric
-per-channel int8 weights, unsigned per-tensor activations over their MinMax ranges): every convolution's input and
-weights but the stem's, every convolution + BatchNorm output (the Q/DQ the quantiser puts before
+per-channel int8 weights, unsigned per-tensor activations over their MinMax ranges): every
+convolution's input and weights but the stem's, every convolution + BatchNorm output (the Q/DQ the quantiser puts before
 a ReLU), and both inputs and the output of each residual Add of torchvision's ResNet blocks. The
 head and the stem stay fp32, as in the engine. BatchNorm statistics are frozen (the export folds
 them into the convolutions, so they must not move under the simulated rounding). Activation

@@ -40,7 +40,8 @@ def scored_images(engine: Engine) -> list[ScoredImage]:
             .join(m.Well, m.Well.id == m.Image.well_id).join(m.Plate, m.Plate.id == m.Well.plate_id)
             .join(m.Experiment, m.Experiment.id == m.Plate.experiment_id)
             .where(m.Image.status == QueueState.DONE, m.Image.qc_passed.is_(True))
-            .order_by(m.Experiment.name, m.Plate.name, m.Well.name, m.Image.timepoint, m.Image.field, m.Image.path)).all()
+            .order_by(m.Experiment.name, m.Plate.name, m.Well.name, m.Image.timepoint, m.Image.field,
+                      m.Image.path)).all()
     return [ScoredImage(from_db(path), *rest) for path, *rest in rows]
 
 
