@@ -46,9 +46,9 @@ def test_cpu_recipe_passes_the_gate_with_unsigned_activations_and_fp32_stem_and_
     q, inits, act = _zero_points(out)
     assert act and all(z.dtype == np.uint8 for z in act)  # VNNI's u8 x s8
     assert any(not z.any() for z in act)  # a tensor after a ReLU starts at 0: all 256 steps over [0, max]
-    weight_scales = [inits[n.input[0]] for n in q.graph.node if n.op_type == "DequantizeLinear"
-                     and n.input[0] in inits and inits[n.input[0]].ndim == 4]
-    assert weight_scales and all(w.dtype == np.int8 for w in weight_scales)  # signed weights
+    conv_weights = [inits[n.input[0]] for n in q.graph.node if n.op_type == "DequantizeLinear"
+                    and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+    assert conv_weights and all(w.dtype == np.int8 for w in conv_weights)  # signed weights
     quantized = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
     convs = [n for n in q.graph.node if n.op_type == "Conv"]
     assert len(convs) == 3
