@@ -38,8 +38,9 @@ NO_CALIBRATION = ("the model has no calibration set, so no int8 engine can be ce
 #: of keeping an outcome the new code would not reach. 2: blocks found under the export wrapper,
 #: OpenVINO's int8 timed too; 3: int8 and fp32 timed in alternating rounds, medians; 4: OpenVINO
 #: gated and timed at a fixed batch, and in bf16 for the non-int8 layers where the CPU has it;
-#: 5: the CPU int8 file with unsigned activations, TensorRT's signed file apart.
-RECIPE = "5"
+#: 5: the CPU int8 file with unsigned activations, TensorRT's signed file apart; 6: the
+#: mixed-precision search scores pseudo-wells of the gate's well size.
+RECIPE = "6"
 
 
 @dataclass(frozen=True)

@@ -143,3 +143,14 @@ def test_layer_groups_of_an_exported_model_are_its_blocks(tmp_path, arch):
     else:
         assert not blocks and {f"/net/features/features.{i}" for i in (0, 3, 6, 9)} <= set(groups), sorted(groups)
     assert len(groups) - len(blocks) >= 2  # the stem and the head stand alone
+
+
+def test_a_tighter_margin_keeps_no_fewer_groups_and_reuses_the_probes(hostile):
+    """The retry ``build_int8`` makes after a refused mix: the same search with a smaller
+    share of the tolerance, its sensitivity probes taken from the first run."""
+    path, meta, calib, held = hostile
+    wide = search(path, calib.x, calib.groups, threads=1, well_size=8)
+    tight = search(path, calib.x, calib.groups, threads=1, well_size=8, margin=1e-9, sensitivity=wide.sensitivity)
+    assert wide.to_dict()["pseudo_well_size"] == 8 and tight.to_dict()["readout_margin"] == 1e-9
+    assert set(wide.groups) <= set(tight.groups) and len(tight.groups) > len(wide.groups), (wide.groups, tight.groups)
+    assert tight.sensitivity == wide.sensitivity and tight.steps < wide.steps

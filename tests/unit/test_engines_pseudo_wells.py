@@ -1,0 +1,65 @@
+"""The mixed-precision search scores calibration tiles over pseudo-wells of the gate's well size:
+per-tile noise must average as it does over a real held-out well, and a systematic shift must
+survive, or the search judges a different statistic from the gate it prepares for."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from nscmonitor.engines.mixed_precision import pseudo_wells, typical_well_size
+from nscmonitor.engines.validate import compare
+
+
+def _probs(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).dirichlet(np.full(4, 0.7), size=n).astype(np.float32)
+
+
+def _noisy(reference: np.ndarray, sd: float, seed: int, shift: float = 0.0) -> np.ndarray:
+    """The reference with independent per-tile noise (and a shift of class 0), renormalised."""
+    out = reference + np.random.default_rng(seed).normal(0, sd, reference.shape)
+    out[:, 0] += shift
+    out = np.clip(out, 1e-6, None)
+    return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_every_tile_gets_a_pseudo_well_of_one_top_class_and_about_the_size():
+    ref = _probs(400, 0)
+    wells = pseudo_wells(ref, 10)
+    assert len(wells) == len(ref) and all(wells)
+    top = ref.argmax(axis=1)
+    by_well: dict[str, set[int]] = {}
+    for w, k in zip(wells, top):
+        by_well.setdefault(w, set()).add(int(k))
+    assert all(len(classes) == 1 for classes in by_well.values())
+    for k in range(4):
+        sizes = [c for w, c in Counter(wells).items() if by_well[w] == {k}]
+        assert max(sizes) - min(sizes) <= 1 and 5 <= min(sizes) and max(sizes) <= 15, sizes
+    assert pseudo_wells(ref, 10) == wells  # the same tiles always make the same wells
+
+
+def test_per_tile_noise_averages_as_over_real_wells_of_that_size():
+    ref = _probs(400, 1)
+    cand = _noisy(ref, 0.03, 2)
+    real = tuple(f"w{i // 10}" for i in range(len(ref)))  # held-out wells of ten tiles
+    sparse = tuple(f"w{i // 2}" for i in range(len(ref)))  # calibration wells of one or two tiles
+    on_real = compare(ref, cand, real, backend="t").well_readout_pp
+    on_sparse = compare(ref, cand, sparse, backend="t").well_readout_pp
+    on_pseudo = compare(ref, cand, pseudo_wells(ref, typical_well_size(real)), backend="t").well_readout_pp
+    assert on_sparse > 2 * on_real, (on_sparse, on_real)
+    assert abs(on_pseudo - on_real) < 0.5 * on_real, (on_pseudo, on_real)
+
+
+def test_a_systematic_shift_survives_the_averaging():
+    ref = _probs(400, 3)
+    cand = _noisy(ref, 0.0, 4, shift=0.03)
+    assert compare(ref, cand, pseudo_wells(ref, 10), backend="t").well_readout_pp > 1.5
+
+
+def test_typical_well_size_is_the_median_and_size_must_be_positive():
+    assert typical_well_size(["a"] * 6 + ["b"] * 10 + ["c"] * 16) == 10
+    assert typical_well_size(["a"]) == 1 and typical_well_size([]) == 1
+    with pytest.raises(ValueError, match="at least 1"):
+        pseudo_wells(_probs(8, 5), 0)
