@@ -385,34 +385,43 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
         return path, report, None
     meta = read_onnx_metadata(model_path)
     plain = (path, report)
+    # the file now at the target (a later build replaces it only when one runtime's gate passes)
+    on_disk: tuple[Path, Any, SearchResult | None] | None = (path, report, None) if path is not None else None
     result: SearchResult | None = None
+    built: SearchResult | None = None  # the search whose mix was last quantised and gated
     tried: set[tuple[str, ...]] = set()
     for margin in SEARCH_MARGINS:
         result = search(model_path, calib.x, calib.groups, tolerance=dict(meta.int8_tolerance), max_steps=max_steps,
                         threads=threads, progress=progress, well_size=typical_well_size(heldout.groups),
                         margin=margin, sensitivity=result.sensitivity if result else None)
         if not result.nodes or not (result.int8_groups or result.int8_split_nodes):  # nothing fp32, or nothing int8
-            log.warning("mixed precision: %s; the plain recipe's gate stands", "no layer group could stay int8"
-                        if result.nodes else "nothing to keep in fp32")
-            return plain[0], plain[1], result
+            log.warning("mixed precision at %.0f %% of the tolerance: %s", margin * 100,
+                        "no layer group could stay int8" if result.nodes else "nothing to keep in fp32")
+            break
         if tuple(result.nodes) in tried:  # a tighter margin chose the same mix: no point building it again
             continue
         tried.add(tuple(result.nodes))
+        built = result
         path, report = build_ort_int8(model_path, calib, heldout, threads=threads,
                                       settings={"exclude_nodes": result.nodes, "mixed_precision": result.to_dict()})
+        if path is not None:
+            on_disk = (path, report, result)
         if _serving_gate_passed(path, report, want_openvino):
             break
         log.warning("mixed precision: the mix chosen at %.0f %% of the readout tolerance failed its held-out gate; "
                     "searching again with a tighter margin", margin * 100)
-    assert result is not None
-    if path is None and plain[0] is not None:  # the plain file passed one runtime's gate and is still there
+    if built is None:  # no mix was built: the plain recipe's gate stands
         return plain[0], plain[1], result
-    report = replace(report, kept_fp32=tuple(result.groups))
+    chosen: SearchResult | None = built
+    if path is None and on_disk is not None:  # an earlier file passed one runtime's gate and is still there
+        path, report, chosen = on_disk
+    if chosen is not None:
+        report = replace(report, kept_fp32=tuple(chosen.groups))
     from nscmonitor.engines.ort import int8_path_for
 
-    target = int8_path_for(model_path)
+    target = int8_path_for(model_path)  # the report beside the file is the file's own, not the last refused mix's
     write_report(report, target.with_name(target.name + ".gate.json"))
-    return path, report, result
+    return path, report, chosen if chosen is not None else result
 
 
 def _serving_gate_passed(path: Path | None, report: Any, want_openvino: bool) -> bool:
