@@ -48,9 +48,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "live-cell majority at its last time point (endpoint) or its own cells' majority (tile)")
     p.add_argument("--min-train-h", type=float, help="train only on tiles at or after this many hours")
     p.add_argument("--soft-labels", action="store_true", default=None,
-                   help="multiclass, with --label-mode endpoint: learn each well's end-point shares per fate (a "
-                        "simulator export's, or frac_<class> of --labels/--from-store) instead of its majority fate, "
-                        "so a well's mean probabilities estimate its composition (docs/training.md)")
+                   help="multiclass: learn shares per fate instead of one fate per tile, so a well's mean "
+                        "probabilities estimate its composition: with --label-mode endpoint each well's end-point "
+                        "shares (a simulator export's, or frac_<class> of --labels/--from-store), with --label-mode "
+                        "tile each simulator tile's own cells (docs/training.md)")
     p.add_argument("--from-store", action="store_true",
                    help="train on the database's scored images of the wells labelled with 'nscmonitor labels import' "
                         "(--db, else the database of the global --config); every earlier image inherits its well's label")

@@ -108,7 +108,8 @@ def read_tiles_export(root: str | Path, label_mode: str = "tile") -> tuple[list[
     """Source (a): the simulator's labelled-tiles export.
 
     ``label_mode="tile"`` keeps the export's per-tile label (majority fate of the cells in the
-    tile); ``"well"`` gives every tile its well's fate (the condition's dominant class), which
+    tile) and, as the soft-label target, the tile's own cell shares; ``"well"`` gives every
+    tile its well's fate (the condition's dominant class), which
     is what end-point stains give in the product (source c) and what the well readout is
     judged against."""
     if label_mode not in LABEL_MODES:
@@ -127,6 +128,7 @@ def read_tiles_export(root: str | Path, label_mode: str = "tile") -> tuple[list[
                 plate=row.get("plate", ""), well=row["well"], field=_int(row.get("field")),
                 timepoint=_int(row.get("timepoint")), elapsed_h=_float(row.get("elapsed_h")),
                 condition=row.get("condition", "") or "", split=(row.get("split") or None), fractions=fr,
+                target=_shares(fr) if label_mode == "tile" else {},
                 channel=(row.get("channel") or "").strip() or None))
     info = DataInfo("tiles", meta.get("pixel_size_um"), meta.get("tile_size"),
                     tuple(meta.get("classes", MULTICLASS)))
@@ -135,6 +137,12 @@ def read_tiles_export(root: str | Path, label_mode: str = "tile") -> tuple[list[
     elif label_mode == "endpoint":
         records = endpoint_labels(records)
     return records, info
+
+
+def _shares(fractions: dict[str, float]) -> dict[str, float]:
+    """Fractions normalised to sum to 1 (empty when there are none to normalise)."""
+    total = sum(v for v in fractions.values() if v > 0)
+    return {k: max(v, 0.0) / total for k, v in fractions.items()} if total > 0 else {}
 
 
 def _resolve(root: Path, text: str) -> str:
@@ -363,16 +371,18 @@ def load_arrays(records: Sequence[TileRecord], classes: Sequence[str], *, tile_s
 
 
 def soft_targets(records: Sequence[TileRecord], classes: Sequence[str]) -> np.ndarray:
-    """Per tile, its well's end-point shares over ``classes`` (summing to 1): the target of
-    training with soft labels, so that the mean of a well's tile probabilities estimates what
-    its stain would count, not only which fate wins. Shares of fates outside ``classes`` are
-    left out and the rest renormalised."""
+    """Per tile, its target shares over ``classes`` (summing to 1) for training with soft
+    labels: its well's end-point shares (label mode ``endpoint``), so that the mean of a well's
+    tile probabilities estimates what its stain would count, or the tile's own cells (label
+    mode ``tile``, a simulator export), the most local truth there is. Shares of fates outside
+    ``classes`` are left out and the rest renormalised."""
     out = np.zeros((len(records), len(classes)), np.float32)
     for i, r in enumerate(records):
         v = np.array([r.target.get(c, 0.0) for c in classes], np.float64)
         if not r.target or v.sum() <= 0:
-            raise DataError(f"{r.path}: soft labels need its well's end-point fractions, and it has none (use label "
-                            "mode 'endpoint' with a simulator export, or with labels that give frac_<class>)")
+            raise DataError(f"{r.path}: soft labels need fractions per fate, and it has none (use label mode "
+                            "'endpoint' or 'tile' with a simulator export, or 'endpoint' with labels that give "
+                            "frac_<class>)")
         out[i] = v / v.sum()
     return out
 

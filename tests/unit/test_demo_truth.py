@@ -87,8 +87,28 @@ def test_soft_labels_are_the_wells_end_point_shares_renormalised_over_the_scheme
     assert [r.label for r in out] == ["undifferentiated"] * 3  # the hard label stays the majority
     # a fate outside the classes is left out and the rest renormalised
     assert np.allclose(D.soft_targets(out[:1], ("neuron", "undifferentiated"))[0], [0.25 / 0.70, 0.45 / 0.70])
-    with pytest.raises(D.DataError, match="end-point fractions"):
+    with pytest.raises(D.DataError, match="fractions per fate"):
         D.soft_targets([rec("B01", 24.0, (0.5, 0.5, 0.0, 0.0))], D.MULTICLASS)  # no end point: no target
+
+
+def test_tile_label_mode_targets_each_tiles_own_cells(tmp_path):
+    rows = [("p1/A01/a.tif", "A01", 72.0, "neuron", (0.6, 0.2, 0.0, 0.2)),
+            ("p1/A01/b.tif", "A01", 72.0, "astrocyte", (0.1, 0.5, 0.1, 0.3)),
+            ("p1/A02/c.tif", "A02", 72.0, "undifferentiated", (0.0, 0.0, 0.0, 2.0))]  # counts, not shares
+    with (tmp_path / "tiles.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "plate", "well", "elapsed_h", "label", *(f"frac_{f}" for f in FATES)])
+        for path, well, h, label, fr in rows:
+            w.writerow([path, "sim-plate-1", well, h, label, *fr])
+    tile, _ = D.read_tiles_export(tmp_path, "tile")
+    soft = D.soft_targets(tile, D.MULTICLASS)
+    assert np.allclose(soft, [[0.6, 0.2, 0.0, 0.2], [0.1, 0.5, 0.1, 0.3], [0.0, 0.0, 0.0, 1.0]])
+    assert [r.label for r in tile] == ["neuron", "astrocyte", "undifferentiated"]  # hard labels unchanged
+    endpoint, _ = D.read_tiles_export(tmp_path, "endpoint")
+    assert np.allclose(D.soft_targets(endpoint, D.MULTICLASS)[0], [0.35, 0.35, 0.05, 0.25])  # the well's shares
+    well, _ = D.read_tiles_export(tmp_path, "well")
+    with pytest.raises(D.DataError, match="fractions per fate"):  # a recipe's fate carries no shares
+        D.soft_targets(well, D.MULTICLASS)
 
 
 def test_soft_labels_need_the_multiclass_scheme():
