@@ -125,6 +125,7 @@ class MainWindow(WindowLayout):
             self._overview(r.overview)
         if r.forecasts is not None:
             self.forecasts = r.forecasts
+            self.time_course.set_forecasts(self.forecasts)
         if r.full is not None:
             self._plate_loaded(r.full, keep_time=True)
         elif self.cube is not None and (r.rows is not None or r.wells is not None):
@@ -159,6 +160,7 @@ class MainWindow(WindowLayout):
     def _plate_loaded(self, pl: PlateLoad, keep_time: bool = False) -> None:
         self.load, self.version, self.last_load_s = pl, pl.version, pl.seconds
         self.forecasts = pl.forecasts
+        self.time_course.set_forecasts(self.forecasts)
         if self.marks is None or pl.marks.prediction_id < self.marks.prediction_id or not keep_time:
             self.marks = pl.marks
         self.version_box.blockSignals(True)

@@ -1,6 +1,11 @@
-"""The well forecast's line in the plate map's hover text (pure: strings from plain rows)."""
+"""The well forecast as the dashboard shows it (pure: strings and arrays from plain rows): a line
+in the plate map's hover text, and dashed curves in the selected wells' time course."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
 
 from nscmonitor.store.forecasts import ForecastCell
 
@@ -15,3 +20,36 @@ def forecast_note(cells: dict[tuple[str, int], ForecastCell], well: str, time_ke
     probs = " ".join(f"{c} {p:.2f}" for c, p in zip(cell.classes, cell.probs))
     return (f"<br>well forecast ({cell.model_version}, from {cell.n_timepoints} time points up to now): "
             f"<b>{cell.classes[best]}</b> — {probs}")
+
+
+@dataclass(frozen=True)
+class ForecastSeries:
+    """The selected wells' forecast per time point of the plate: ``probs`` is T x K (NaN where
+    none of the wells has a forecast at that time), ``n_wells`` how many wells each mean holds."""
+
+    model_version: str
+    classes: tuple[str, ...]
+    probs: np.ndarray
+    n_wells: np.ndarray
+
+
+def forecast_series(cells: dict[tuple[str, int], ForecastCell], wells: list[str],
+                    time_keys: np.ndarray) -> ForecastSeries | None:
+    """Mean forecast of ``wells`` at each of the plate's time keys, for the time course; None
+    when none of them has any. The forecast's classes are its own (a binary forecast beside a
+    multiclass tile model keeps its two), so the curves are named after them, not the cube's."""
+    found = [cells[(w, int(k))] for w in wells for k in time_keys if (w, int(k)) in cells]
+    if not found:
+        return None
+    classes, version = found[0].classes, found[0].model_version
+    sums = np.zeros((len(time_keys), len(classes)))
+    n = np.zeros(len(time_keys), dtype=int)
+    for t, key in enumerate(time_keys):
+        for w in wells:
+            cell = cells.get((w, int(key)))
+            if cell is not None and cell.classes == classes:
+                sums[t] += cell.probs
+                n[t] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        probs = np.where(n[:, None] > 0, sums / np.maximum(n, 1)[:, None], np.nan)
+    return ForecastSeries(version, classes, probs, n)

@@ -1,4 +1,5 @@
-"""Time courses: the selected wells (one curve per class, band = sd) and the conditions
+"""Time courses: the selected wells (one curve per class, band = sd; dashed, the time-aware well
+model's forecast where one is stored) and the conditions
 (mean ± sd across replicate wells), each with the time the call became confident and stable
 under the call rule of the model whose readouts are shown (``set_call_rule``), the rule the
 report uses too; the label under the plots says which rule that is and where it comes from.
@@ -13,6 +14,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
+from nscmonitor.gui.state.forecasts import forecast_series
 from nscmonitor.gui.state.readouts import (ConfidentCall, PlateCube, class_series, condition_series, confident_call,
                                            flagged_over, mean_over_wells, metric_series, metrics_for)
 from nscmonitor.gui.widgets.chart_menu import add_save_actions
@@ -38,6 +40,7 @@ class TimeCourse(QWidget):
         self.calls: dict[str, object] = {}
         self.bands: dict[str, pg.FillBetweenItem] = {}  # same keys as curves: the sd band drawn
         self.cond_keys: list[str] = []  # combo values kept in Python (see MainWindow._metrics)
+        self.forecasts: dict = {}  # (well, time key) -> ForecastCell, as MainWindow holds them
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
         bar = QHBoxLayout()
@@ -103,6 +106,12 @@ class TimeCourse(QWidget):
             self.rule = rule
             self.redraw()
 
+    def set_forecasts(self, cells: dict) -> None:
+        """The plate's stored well forecasts; redraws only when they changed."""
+        if cells != self.forecasts:
+            self.forecasts = dict(cells)
+            self.redraw()
+
     def set_wells(self, wells: list[str]) -> None:
         self.wells = list(wells)
         self.redraw()
@@ -163,15 +172,33 @@ class TimeCourse(QWidget):
                     symbolPen=None, name=cls)
         if which != "prob":
             return ""
+        forecast = self._draw_forecast(pi, cube, [cube.wells[i].name for i in idx])
         call = confident_call(np.stack(means, axis=1), x, cube.classes, threshold=self.rule.rule.threshold,
                               min_points=self.rule.rule.min_points, flagged=flagged_over(cube, idx))
         self.calls["wells"] = call
         if call is None:
             return (f"Selected wells: no confident, stable call yet (top class ≥ {self.rule.rule.threshold:.0%} "
-                    "until the last time point).")
+                    "until the last time point)." + forecast)
         self._call_marker(pi, call, class_color(call.cls, cube.classes.index(call.cls)))
         return (f"Selected wells: confident call <b>{call.cls}</b> from {call.elapsed_h:.1f} h "
-                f"(P = {call.probability:.2f})" + (" — before 24 h: treat as early" if call.early else "") + ".")
+                f"(P = {call.probability:.2f})" + (" — before 24 h: treat as early" if call.early else "") + "."
+                + forecast)
+
+    def _draw_forecast(self, pi: pg.PlotItem, cube: PlateCube, wells: list[str]) -> str:
+        """Dashed curves of the well forecast (each point from the well's frames up to that time,
+        so the curve is what the forecast said then, not a fit to the whole run); returns the
+        note under the plots."""
+        series = forecast_series(self.forecasts, wells, cube.time_keys)
+        if series is None:
+            return ""
+        for k, cls in enumerate(series.classes):
+            xs, ys = _nan_break(cube.elapsed_h, series.probs[:, k])
+            self.curves[f"forecast:{cls}"] = (xs, ys)
+            slot = cube.classes.index(cls) if cls in cube.classes else k  # the tile curve's colour
+            pi.plot(xs, ys, pen=pg.mkPen(class_color(cls, slot), width=1.5, style=Qt.PenStyle.DashLine),
+                    name=f"forecast: {cls}")
+        return (f" Dashed: the well forecast ({series.model_version}), each point from the well's frames up to "
+                "that time.")
 
     def _draw_conditions(self, cube: PlateCube) -> str:
         pi = self.cond_plot.getPlotItem()

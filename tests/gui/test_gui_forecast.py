@@ -37,8 +37,12 @@ def test_hover_text_shows_the_stored_forecast(tmp_path: Path, qtbot, tiny_model:
     qtbot.waitUntil(lambda: win.cube is not None and win.cube.n_times == 2, timeout=15000)
     win.t_index = 1
     text = win.well_tooltip("A01")
+    win.plate_map.set_selection(["A01"])
+    qtbot.waitUntil(lambda: win.selection == ["A01"], timeout=5000)
+    drawn = {k[len("forecast:"):]: v for k, v in win.time_course.curves.items() if k.startswith("forecast:")}
     if not with_forecast:
         assert "well forecast" not in text
+        assert not drawn and "Dashed" not in win.time_course.call_label.text()
         return
     with sqlite3.connect(lab.db) as c:
         classes, probs, n_t = c.execute(
@@ -49,3 +53,13 @@ def test_hover_text_shows_the_stored_forecast(tmp_path: Path, qtbot, tiny_model:
     assert "well forecast (forecast-test, from 2 time points" in text
     assert f"<b>{classes[max(range(3), key=lambda k: probs[k])]}</b>" in text
     assert all(f"{c} {p:.2f}" in text for c, p in zip(classes, probs))
+    # the time course draws the stored forecast at every time it has one, per class
+    with sqlite3.connect(lab.db) as c:
+        stored = c.execute("SELECT f.elapsed_h, f.probs FROM well_forecasts f JOIN wells w ON w.id = f.well_id "
+                           "WHERE w.name = 'A01' ORDER BY f.elapsed_h").fetchall()
+    assert sorted(drawn) == sorted(classes) and len(stored) == 2
+    for k, cls in enumerate(classes):
+        x, y = drawn[cls]
+        assert list(x) == pytest.approx([h for h, _ in stored])
+        assert list(y) == pytest.approx([json.loads(p)[k] for _, p in stored])
+    assert "Dashed: the well forecast (forecast-test" in win.time_course.call_label.text()

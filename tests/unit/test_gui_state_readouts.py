@@ -148,3 +148,21 @@ def test_tile_colours_follow_top_class_with_probability_as_opacity() -> None:
     assert tuple(rgba[0, 0]) == (255, 0, 0, 229)
     assert rgba[0, 1, 3] == 0
     assert tuple(rgba[0, 2, :3]) == (0, 0, 255) and rgba[0, 2, 3] == 204
+
+
+def test_forecast_series_averages_the_selected_wells_per_time_and_leaves_gaps_as_nan():
+    from nscmonitor.gui.state.forecasts import forecast_series
+    from nscmonitor.store.forecasts import ForecastCell
+
+    cls = ("neuron", "glia")
+
+    def cell(p, n, h, classes=cls):
+        return ForecastCell("fc-1", classes, (p, 1 - p), n, h)
+
+    cells = {("A01", 0): cell(0.5, 1, 0.0), ("A01", 1): cell(0.8, 2, 24.0), ("A02", 1): cell(0.6, 2, 24.0),
+             ("A03", 2): cell(0.1, 3, 48.0, ("x", "y"))}  # another model's classes: not mixed in
+    s = forecast_series(cells, ["A01", "A02"], np.array([0, 1, 2]))
+    assert s.classes == cls and s.model_version == "fc-1"
+    assert s.n_wells.tolist() == [1, 2, 0]
+    assert np.allclose(s.probs[:2], [[0.5, 0.5], [0.7, 0.3]]) and np.isnan(s.probs[2]).all()
+    assert forecast_series(cells, ["B01"], np.array([0, 1])) is None
