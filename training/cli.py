@@ -1,9 +1,10 @@
-"""``nscmonitor train | evaluate | explain``. torch is imported inside the command functions
+"""``nscmonitor train | train-forecast | evaluate | explain``. torch is imported inside the command functions
 so that ``nscmonitor --help`` and the daemon's commands never pay for it."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from nscmonitor.core.errors import UserFacingError
@@ -11,6 +12,7 @@ from nscmonitor.core.errors import UserFacingError
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_train(sub)
+    _add_train_forecast(sub)
     _add_evaluate(sub)
     _add_explain(sub)
 
@@ -94,6 +96,36 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-mode", choices=("well", "tile", "endpoint"),
                    help="truth for simulator tiles (default: what the model was trained with)")
     p.set_defaults(func=_evaluate)
+
+
+def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-forecast", help="train the time-aware well model and export forecast.onnx (the forecast_model setting)",
+        description="Train the well forecast (a small GRU over each well's frames up to each time, on tile "
+        "features normalised against the plate's induction scan) on a labelled tiles export with several plates "
+        "and hours since induction, print the held-out wells' accuracy per hour and write OUT/forecast.onnx for "
+        "the forecast_model setting (docs/training.md).")
+    p.add_argument("--data", required=True, help="tiles export (tiles.csv + tiles.json) with plates and elapsed_h")
+    p.add_argument("--out", required=True, help="folder for forecast.onnx")
+    p.add_argument("--scheme", choices=("binary", "multiclass"), default="multiclass")
+    p.add_argument("--epochs", type=int, default=300, help="full-batch epochs; the best on validation is kept")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split and the weights (default 0)")
+    p.set_defaults(func=_train_forecast)
+
+
+def _train_forecast(args: argparse.Namespace) -> int:
+    from nscmonitor.training.forecast_train import train_forecast
+
+    if args.epochs < 1:
+        raise UserFacingError(f"--epochs must be 1 or more, not {args.epochs}")
+    metrics = train_forecast(args.data, args.out, scheme=args.scheme, epochs=args.epochs, seed=args.seed,
+                             progress=sys.stderr.isatty())
+    print(f"held-out wells ({metrics['split']}, n = {metrics['wells']}), accuracy of the forecast at each hour "
+          "from the frames up to it:")
+    for hour, v in metrics["per_hour"].items():
+        print(f"  {hour:>7}  {v['accuracy']:.2f}  (n = {v['wells']})")
+    print(f"wrote {Path(args.out) / 'forecast.onnx'} (set forecast_model to it)")
+    return 0
 
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:

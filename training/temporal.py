@@ -72,9 +72,11 @@ def _loss(model: WellGRU, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, wei
 
 def train_gru(train: Sequence[np.ndarray], y_train: Sequence[int], val: Sequence[np.ndarray], y_val: Sequence[int],
               n_classes: int, *, seed: int = 0, epochs: int = 400, hidden: int = 32, noise: float = 0.1,
-              lr: float = 3e-3) -> tuple[WellGRU, dict[str, Any]]:
+              lr: float = 3e-3, progress: bool = False) -> tuple[WellGRU, dict[str, Any]]:
     """Full-batch Adam with class weights and feature noise; the epoch with the lowest
     validation loss (a held-out plate) is kept, and a temperature is fitted on it."""
+    from rich.progress import track
+
     torch.manual_seed(seed)
     x, m = _pad(train)
     y = torch.as_tensor(list(y_train))
@@ -85,7 +87,7 @@ def train_gru(train: Sequence[np.ndarray], y_train: Sequence[int], val: Sequence
     model = WellGRU(x.shape[-1], n_classes, hidden)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-3)
     best, best_state, best_epoch = float("inf"), None, 0
-    for epoch in range(epochs):
+    for epoch in track(range(epochs), description="well model", disable=not progress, transient=True):
         model.train()
         jitter = torch.randn_like(x) * noise
         jitter[..., -1] = 0.0  # the hours are exact

@@ -1,0 +1,85 @@
+"""Train the time-aware well model (``temporal``) from a labelled tiles export and export it as
+the ``forecast_model`` the daemon serves: the product's own command for it
+(``nscmonitor train-forecast``), where only the measurement script could before.
+
+The splits are training's (whole plates for validation and test, ``splits.assign_splits``), the
+input is what the daemon computes (``well_frames``: tile features averaged per well and time,
+normalised against the plate's induction scan), and the figures printed at the end are the
+held-out wells' accuracy per hour, each forecast made from the frames up to that hour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nscmonitor.core.errors import UserFacingError
+from nscmonitor.training import data as D
+from nscmonitor.training import splits as S
+from nscmonitor.training import temporal as T
+from nscmonitor.training import well_frames as WF
+
+NORMALISATION = "plate0+well0"
+
+
+def per_hour_accuracy(probs: Sequence[np.ndarray], wells: Sequence[WF.Well], truth: Sequence[int]) -> dict[str, Any]:
+    """Held-out wells right at each hour (the forecast at t reads the frames up to t): one
+    readout per well and hour, so n is wells."""
+    by_h: dict[float, list[bool]] = {}
+    for p, w, y in zip(probs, wells, truth):
+        for t, h in enumerate(w.hours):
+            by_h.setdefault(float(h), []).append(int(np.argmax(p[t])) == y)
+    return {f"{h:g} h": {"accuracy": float(np.mean(v)), "wells": len(v)} for h, v in sorted(by_h.items())}
+
+
+def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multiclass", epochs: int = 300,
+                   seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Train, evaluate on the held-out plate(s) and write ``OUT/forecast.onnx``; returns the
+    figures (also in the file's metadata)."""
+    from rich.progress import track
+
+    out = Path(out)
+    classes = list(D.scheme_classes(scheme))
+    records, info = D.discover(data, "well")
+    records, _ = D.for_scheme(records, scheme)
+    if not info.tile_size:
+        raise UserFacingError(f"{data}: the well model needs a tiles export whose tiles.json gives tile_size "
+                              "(the daemon cuts each frame into tiles of that size for its features)")
+    records = S.assign_splits(records, seed=seed)
+    if any(r.elapsed_h is None for r in records):
+        raise UserFacingError(f"{data}: every tile needs its hours since induction (elapsed_h) for the well model")
+    it = track(records, description="well features", disable=not progress, transient=True)
+    feats = np.asarray([WF.tile_feature_table([r])[0] for r in it], np.float64)
+    wells = WF.wells_of(records, feats)
+    refs = WF.plate_references(wells)
+    usable = [w for w in wells if w.plate_key in refs and WF.well_start(w) is not None]
+    if len(usable) < len(wells):  # as the daemon gives such a well no forecast, training leaves it out
+        print(f"{len(wells) - len(usable)} of {len(wells)} wells have no induction (0 h) frame, or their plate has "
+              "no induction scan: left out")
+    wells = usable
+    seqs = WF.sequences(wells, NORMALISATION)
+    y = [classes.index(w.label) for w in wells]
+    idx = {s: [i for i, w in enumerate(wells) if w.split == s] for s in ("train", "val", "test")}
+    if not idx["train"] or not idx["val"]:
+        raise UserFacingError(f"{data}: the well model needs both training and validation wells with an induction "
+                              f"frame (got {len(idx['train'])} training and {len(idx['val'])} validation wells)")
+    summary = S.split_summary({s: [r for r in records if r.split == s] for s in ("train", "val", "test")})
+    if summary["warning"]:
+        print(f"warning: {summary['warning']}")
+    model, fit = T.train_gru([seqs[i] for i in idx["train"]], [y[i] for i in idx["train"]],
+                             [seqs[i] for i in idx["val"]], [y[i] for i in idx["val"]], len(classes),
+                             seed=seed, epochs=epochs, progress=progress)
+    held = idx["test"] or idx["val"]
+    probs = T.step_probs(model, [seqs[i] for i in held], fit["temperature"])
+    metrics = {"split": "test" if idx["test"] else "val (no test plate)", "wells": len(held),
+               "per_hour": per_hour_accuracy(probs, [wells[i] for i in held], [y[i] for i in held]), "fit": fit}
+    meta = T.forecast_metadata(classes=classes, scheme=scheme, normalisation=NORMALISATION, tile_px=info.tile_size,
+                               pixel_size_um=info.pixel_size_um, temperature=fit["temperature"],
+                               n_features=feats.shape[1], version=f"forecast-{out.resolve().name}",
+                               data_hash=D.data_hash(records), metrics=metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    T.export_forecast(model, meta, out / "forecast.onnx", [seqs[i] for i in held[:4]])
+    return metrics
