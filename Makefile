@@ -6,6 +6,11 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-all
 DEMO_DIR ?= demo-out
 DEMO_ARGS ?=   # e.g. DEMO_ARGS="--model runs/r50-mc/model.onnx" to score with a full training run's model
+# Test files run on two worker processes (pytest-xdist): most tests wait on real watchers, daemons,
+# subprocesses and servers rather than compute, so two share two cores well. A file stays on one
+# worker (`--dist loadfile`) because its module fixtures (a trained model, a served plate) are
+# built once per file. TEST_WORKERS=0 runs everything in this process, one test after another.
+TEST_WORKERS ?= 2
 
 .PHONY: test demo install lint bench gpu-check clean
 
@@ -25,7 +30,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not gpu" --durations=15
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not gpu" --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(STAMP)
 	$(PY) -m nscmonitor demo --out $(DEMO_DIR) $(DEMO_ARGS)
