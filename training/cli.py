@@ -121,9 +121,10 @@ def _train_forecast(args: argparse.Namespace) -> int:
     metrics = train_forecast(args.data, args.out, scheme=args.scheme, epochs=args.epochs, seed=args.seed,
                              progress=sys.stderr.isatty())
     print(f"held-out wells ({metrics['split']}, n = {metrics['wells']}), accuracy of the forecast at each hour "
-          "from the frames up to it:")
+          "from the frames up to it [95 % interval]:")
     for hour, v in metrics["per_hour"].items():
-        print(f"  {hour:>7}  {v['accuracy']:.2f}  (n = {v['wells']})")
+        ci = f" [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]" if v["ci95"] else ""
+        print(f"  {hour:>7}  {v['accuracy']:.2f}{ci}  (n = {v['wells']})")
     print(f"wrote {Path(args.out) / 'forecast.onnx'} (set forecast_model to it)")
     return 0
 

@@ -26,13 +26,16 @@ NORMALISATION = "plate0+well0"
 
 
 def per_hour_accuracy(probs: Sequence[np.ndarray], wells: Sequence[WF.Well], truth: Sequence[int]) -> dict[str, Any]:
-    """Held-out wells right at each hour (the forecast at t reads the frames up to t): one
-    readout per well and hour, so n is wells."""
+    """Held-out wells right at each hour (the forecast at t reads the frames up to t), with the
+    95 % Wilson interval: one readout per well and hour, so n is wells."""
+    from nscmonitor.training.intervals import wilson
+
     by_h: dict[float, list[bool]] = {}
     for p, w, y in zip(probs, wells, truth):
         for t, h in enumerate(w.hours):
             by_h.setdefault(float(h), []).append(int(np.argmax(p[t])) == y)
-    return {f"{h:g} h": {"accuracy": float(np.mean(v)), "wells": len(v)} for h, v in sorted(by_h.items())}
+    return {f"{h:g} h": {"accuracy": float(np.mean(v)), "ci95": list(wilson(int(sum(v)), len(v)) or ()),
+                         "wells": len(v)} for h, v in sorted(by_h.items())}
 
 
 def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multiclass", epochs: int = 300,

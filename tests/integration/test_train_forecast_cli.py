@@ -38,7 +38,9 @@ def test_train_forecast_writes_a_model_the_daemon_loads(export: Path, tmp_path: 
         test_wells = {(r["plate"], r["well"]) for r in csv.DictReader(fh) if r["split"] == "test"}
     assert 0 < per_hour["48 h"]["wells"] <= len(test_wells)
     for hour, v in per_hour.items():
-        assert f"{hour:>7}  {v['accuracy']:.2f}  (n = {v['wells']})" in printed
+        lo, hi = v["ci95"]
+        assert lo <= v["accuracy"] <= hi
+        assert f"{hour:>7}  {v['accuracy']:.2f} [{lo:.2f}, {hi:.2f}]  (n = {v['wells']})" in printed
     seq = np.zeros((3, meta["input_width"]), np.float32)
     p = model.probs(seq)
     assert p.shape == (4,) and abs(float(p.sum()) - 1) < 1e-5
