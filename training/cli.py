@@ -105,7 +105,14 @@ def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
         "features normalised against the plate's induction scan) on a labelled tiles export with several plates "
         "and hours since induction, print the held-out wells' accuracy per hour and write OUT/forecast.onnx for "
         "the forecast_model setting (docs/training.md).")
-    p.add_argument("--data", required=True, help="tiles export (tiles.csv + tiles.json) with plates and elapsed_h")
+    p.add_argument("--data", help="tiles export (tiles.csv + tiles.json) with plates and elapsed_h")
+    p.add_argument("--from-store", action="store_true",
+                   help="train on the database's scored images of the wells labelled with 'nscmonitor labels import' "
+                        "(--db, else the database of the global --config); the plates need their induction (0 h) scan")
+    p.add_argument("--labels", metavar="CSV", help="like --from-store, with end-point labels from this file")
+    p.add_argument("--db", default=argparse.SUPPRESS, help="database URL for --from-store/--labels (overrides the config)")
+    p.add_argument("--tile-size", type=int, help="store data: tile size in image px of the features (default as for "
+                   "train --from-store)")
     p.add_argument("--out", required=True, help="folder for forecast.onnx")
     p.add_argument("--scheme", choices=("binary", "multiclass"), default="multiclass")
     p.add_argument("--epochs", type=int, default=300, help="full-batch epochs; the best on validation is kept")
@@ -118,7 +125,14 @@ def _train_forecast(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise UserFacingError(f"--epochs must be 1 or more, not {args.epochs}")
-    metrics = train_forecast(args.data, args.out, scheme=args.scheme, epochs=args.epochs, seed=args.seed,
+    data = args.data
+    if args.from_store or args.labels:
+        if data:
+            raise UserFacingError("--data and --from-store/--labels are two sources: give one")
+        data = _store_data(args, Path(args.out) / "data", args.tile_size)
+    if not data:
+        raise UserFacingError("train-forecast needs --data, or --from-store/--labels")
+    metrics = train_forecast(data, args.out, scheme=args.scheme, epochs=args.epochs, seed=args.seed,
                              progress=sys.stderr.isatty())
     print(f"held-out wells ({metrics['split']}, n = {metrics['wells']}), accuracy of the forecast at each hour "
           "from the frames up to it [95 % interval]:")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from nscmonitor.core.errors import UserFacingError
+from nscmonitor.scoring import well_sequence as WS
 from nscmonitor.training import data as D
 from nscmonitor.training import splits as S
 from nscmonitor.training import temporal as T
@@ -38,10 +39,18 @@ def per_hour_accuracy(probs: Sequence[np.ndarray], wells: Sequence[WF.Well], tru
                          "wells": len(v)} for h, v in sorted(by_h.items())}
 
 
+def record_features(record: D.TileRecord, tile_px: int) -> np.ndarray:
+    """One image's features as the daemon's second stage computes them: the mean over its
+    ``tile_px`` tiles (a simulator export's file is one such tile; a store export points at
+    whole frames)."""
+    return WS.frame_features(D.read_image(record.path, channel=record.channel), tile_px)
+
+
 def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multiclass", epochs: int = 300,
                    seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """Train, evaluate on the held-out plate(s) and write ``OUT/forecast.onnx``; returns the
-    figures (also in the file's metadata)."""
+    figures (also in the file's metadata). ``data`` is a tiles export: the simulator's, or the
+    store's labelled images written by ``schedule.retrain.store_dataset``."""
     from rich.progress import track
 
     out = Path(out)
@@ -55,7 +64,7 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     if any(r.elapsed_h is None for r in records):
         raise UserFacingError(f"{data}: every tile needs its hours since induction (elapsed_h) for the well model")
     it = track(records, description="well features", disable=not progress, transient=True)
-    feats = np.asarray([WF.tile_feature_table([r])[0] for r in it], np.float64)
+    feats = np.asarray([record_features(r, int(info.tile_size)) for r in it], np.float64)
     wells = WF.wells_of(records, feats)
     refs = WF.plate_references(wells)
     usable = [w for w in wells if w.plate_key in refs and WF.well_start(w) is not None]

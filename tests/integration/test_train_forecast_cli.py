@@ -71,3 +71,59 @@ def test_an_export_with_too_few_wells_is_refused_and_one_plate_is_warned_about(e
     assert main(["train-forecast", "--data", str(one_plate), "--out", str(tmp_path / "b"), "--epochs", "5"]) == 0
     out = capsys.readouterr().out
     assert "warning: validation wells share plate(s)" in out and (tmp_path / "b" / "forecast.onnx").is_file()
+
+
+def test_train_forecast_from_the_store_reads_frames_as_the_daemon_does(tmp_path: Path, capsys) -> None:
+    """A lab's own data: a plate scored by a real daemon (SQLite), end-point labels imported,
+    and the well model trained on the store's images, its features computed per frame over
+    tiles of the given size, as the daemon's second stage computes them."""
+    from nscmonitor.cli import main
+    from nscmonitor.config import load_settings
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.engines.tiny import build_tiny_classifier
+    from nscmonitor.labels import import_labels
+    from nscmonitor.registry.registry import Registry
+    from nscmonitor.scoring import well_sequence as WS
+    from nscmonitor.readers.decode import decode
+    from nscmonitor.scoring.forecast import load_forecast_model, tile_px_for
+    from nscmonitor.simulate.microscope import Microscope, tiff_bytes
+    from nscmonitor.simulate.render import Camera
+    from nscmonitor.store.db import ensure_schema, open_engine
+    from nscmonitor.training import data as D
+    from nscmonitor.training.forecast_train import record_features
+    from retrain_setup import WELLS, labels_csv, retrain_config
+
+    cfg = retrain_config(tmp_path, tmp_path / "plate", database_url=f"sqlite:///{tmp_path / 'nsc.db'}", epochs=1,
+                         quiet_s=0.0, engine="ort-cpu")
+    settings = load_settings(cfg, env={})
+    engine = open_engine(settings.database_url)
+    ensure_schema(engine)
+    build_tiny_classifier(tmp_path / "m.onnx", input_size=32, version="m", pixel_size_um=2.48)
+    Registry(settings.models_dir, engine).register(tmp_path / "m.onnx")
+    scope = Microscope(vendor="incucyte", plate_format=96, fields=1, hours=48, interval_h=24, seed=5, wells=WELLS,
+                       camera=Camera(shape=(192, 256)))
+    for f in scope.frames():
+        p = tmp_path / "plate" / f.relpath
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(tiff_bytes(f.image, scope.camera.px_um))
+    runner = build_runner(settings, retry_base_s=0.1, poll_interval=0.2)
+    runner.run(once=True)
+    runner.store.engine.dispose()
+    import_labels(engine, labels_csv(tmp_path, engine))
+    engine.dispose()
+
+    out = tmp_path / "fc"
+    assert main(["--config", str(cfg), "train-forecast", "--from-store", "--tile-size", "64", "--out", str(out),
+                 "--epochs", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "store data:" in printed and "warning: validation wells share plate(s)" in printed  # one plate
+    meta = load_forecast_model(out / "forecast.onnx").meta
+    assert meta["tile_px"] == 64 and sorted(meta["metrics"]["per_hour"]) == ["0 h", "24 h", "48 h"]
+    # the store export points at the original frames, whose features are the daemon's per-frame mean
+    records, info = D.discover(out / "data", "well")
+    assert info.tile_size == 64 and all(Path(r.path).is_relative_to(tmp_path / "plate") for r in records)
+    decoded = decode(records[0].path)  # what the daemon's second stage reads of the same file
+    daemon = WS.frame_features(decoded.pixels, tile_px_for(meta, decoded.pixel_size_um))
+    assert decoded.pixels.shape == (192, 256)
+    assert np.array_equal(record_features(records[0], info.tile_size), daemon)
+    assert not np.allclose(daemon, WS.tile_vector(decoded.pixels))  # 12 tiles, not the frame as one
