@@ -39,8 +39,10 @@ NO_CALIBRATION = ("the model has no calibration set, so no int8 engine can be ce
 #: OpenVINO's int8 timed too; 3: int8 and fp32 timed in alternating rounds, medians; 4: OpenVINO
 #: gated and timed at a fixed batch, and in bf16 for the non-int8 layers where the CPU has it;
 #: 5: the CPU int8 file with unsigned activations, TensorRT's signed file apart; 6: the
-#: mixed-precision search scores pseudo-wells of the gate's well size.
-RECIPE = "6"
+#: mixed-precision search scores pseudo-wells of the gate's well size; 7: a search that keeps
+#: nothing fp32 after the plain file failed its gate hands over to a tighter margin (6 ended
+#: the ladder there and served fp32).
+RECIPE = "7"
 
 
 @dataclass(frozen=True)

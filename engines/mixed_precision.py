@@ -395,10 +395,14 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
         result = search(model_path, calib.x, calib.groups, tolerance=dict(meta.int8_tolerance), max_steps=max_steps,
                         threads=threads, progress=progress, well_size=typical_well_size(heldout.groups),
                         margin=margin, sensitivity=result.sensitivity if result else None)
-        if not result.nodes or not (result.int8_groups or result.int8_split_nodes):  # nothing fp32, or nothing int8
+        step = ladder_step(result)
+        if step != "build":
             log.warning("mixed precision at %.0f %% of the tolerance: %s", margin * 100,
-                        "no layer group could stay int8" if result.nodes else "nothing to keep in fp32")
-            break
+                        "no layer group could stay int8" if step == "stop" else
+                        "the whole model passed here, but the plain file failed its held-out gate: a tighter margin")
+            if step == "stop":
+                break
+            continue
         if tuple(result.nodes) in tried:  # a tighter margin chose the same mix: no point building it again
             continue
         tried.add(tuple(result.nodes))
@@ -423,6 +427,19 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
     target = int8_path_for(model_path)  # the report beside the file is the file's own, not the last refused mix's
     write_report(report, target.with_name(target.name + ".gate.json"))
     return path, report, chosen if chosen is not None else result
+
+
+def ladder_step(result: SearchResult) -> str:
+    """What ``build_int8`` does with one search of its ladder: "build" the mix; "tighten" when
+    the search kept nothing in fp32 (its all-int8 variant passed at this margin, yet the plain
+    file had failed its held-out gate, so the margin was too generous for this model: pseudo-
+    wells can read better than the held-out wells); "stop" when no layer group could stay
+    int8, which a tighter margin can only confirm."""
+    if not result.nodes:
+        return "tighten"
+    if not (result.int8_groups or result.int8_split_nodes):
+        return "stop"
+    return "build"
 
 
 def _serving_gate_passed(path: Path | None, report: Any, want_openvino: bool) -> bool:

@@ -63,3 +63,21 @@ def test_typical_well_size_is_the_median_and_size_must_be_positive():
     assert typical_well_size(["a"]) == 1 and typical_well_size([]) == 1
     with pytest.raises(ValueError, match="at least 1"):
         pseudo_wells(_probs(8, 5), 0)
+
+
+def test_the_ladder_tightens_when_the_search_keeps_nothing_and_stops_when_nothing_stays_int8():
+    """Pseudo-wells can read better than the held-out wells: a search whose whole model passed
+    at a generous margin (nothing kept fp32), after the plain file had failed its held-out gate,
+    must hand over to a tighter margin rather than end the ladder; a search that kept every
+    group fp32 ends it."""
+    from nscmonitor.engines.mixed_precision import SearchResult, ladder_step
+
+    def result(nodes, int8_groups=(), split=()):
+        return SearchResult(groups=["g"] if nodes else [], nodes=list(nodes), passed=True, steps=1,
+                            calib_readout_pp=0.5, calib_agreement_clear=1.0, int8_groups=list(int8_groups),
+                            int8_split_nodes=list(split))
+
+    assert ladder_step(result([])) == "tighten"
+    assert ladder_step(result(["/b/Conv"])) == "stop"
+    assert ladder_step(result(["/b/Conv"], int8_groups=["/a"])) == "build"
+    assert ladder_step(result(["/b/Conv"], split=["/b/Conv_1"])) == "build"
