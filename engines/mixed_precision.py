@@ -370,8 +370,9 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
     model passes it, and that path stays as fast as before); only when the gate of the runtime
     that would serve it fails, the search picks layers to keep fp32 on the calibration tiles
     and the model is quantised and gated on the held-out tiles once more. When that gate refuses
-    the mix, the search runs again with a tighter margin (``SEARCH_MARGINS``, its sensitivity
-    probes reused), so a search that judged too generously costs a rebuild, not the engine.
+    the mix, or the search kept nothing fp32 at all, the search runs again with a tighter margin
+    (``SEARCH_MARGINS``, its sensitivity probes reused; ``ladder_step``), so a search that judged
+    too generously costs a rebuild, not the engine.
     Returns (int8 path or None, ONNX Runtime's gate report, the last search result or None when
     none ran); the gate report on disk names the layers kept fp32."""
     from dataclasses import replace
