@@ -1,6 +1,7 @@
 """The retraining scenarios' shared set-up: a configuration that retrains the tiny model in
-seconds, and end-point labels of the simulated wells (the tests that train a real candidate
-on simulator plates use both)."""
+seconds, end-point labels of the simulated wells, and a simulated plate scored once by a real
+daemon with those labels imported (the tests that train a real candidate on simulator plates
+use them)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,21 @@ def labels_csv(tmp: Path, engine) -> Path:
         w.writerow(["experiment", "plate", "well", "label"])
         w.writerows(["E2E", plate, well, pm.condition(well).label] for well in WELLS)
     return labels
+
+
+def scored_labelled_plate(settings, engine, scope, tmp: Path) -> None:  # noqa: ANN001 (Settings, engine, Microscope)
+    """Write the microscope's frames into ``tmp/plate`` (the watched folder of
+    ``retrain_config``), score them once with a real daemon and import the wells' end-point
+    labels."""
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.labels import import_labels
+    from nscmonitor.simulate.microscope import tiff_bytes
+
+    for f in scope.frames():
+        p = tmp / "plate" / f.relpath
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(tiff_bytes(f.image, scope.camera.px_um))
+    runner = build_runner(settings, retry_base_s=0.1, poll_interval=0.2)
+    runner.run(once=True)
+    runner.store.engine.dispose()
+    import_labels(engine, labels_csv(tmp, engine))

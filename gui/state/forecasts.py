@@ -38,10 +38,10 @@ def forecast_series(cells: dict[tuple[str, int], ForecastCell], wells: list[str]
     """Mean forecast of ``wells`` at each of the plate's time keys, for the time course; None
     when none of them has any. The forecast's classes are its own (a binary forecast beside a
     multiclass tile model keeps its two), so the curves are named after them, not the cube's."""
-    found = [cells[(w, int(k))] for w in wells for k in time_keys if (w, int(k)) in cells]
-    if not found:
+    first = next((cells[(w, int(k))] for w in wells for k in time_keys if (w, int(k)) in cells), None)
+    if first is None:
         return None
-    classes, version = found[0].classes, found[0].model_version
+    classes, version = first.classes, first.model_version
     sums = np.zeros((len(time_keys), len(classes)))
     n = np.zeros(len(time_keys), dtype=int)
     for t, key in enumerate(time_keys):

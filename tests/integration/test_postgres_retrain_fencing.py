@@ -15,18 +15,16 @@ from sqlalchemy import select, text
 pytest.importorskip("torch")
 
 from nscmonitor.config import load_settings  # noqa: E402
-from nscmonitor.daemon import build_runner  # noqa: E402
 from nscmonitor.engines.tiny import build_tiny_classifier  # noqa: E402
-from nscmonitor.labels import import_labels  # noqa: E402
 from nscmonitor.registry.registry import Registry  # noqa: E402
 from nscmonitor.schedule.ownership import OwnedSchedule  # noqa: E402
 from nscmonitor.schedule.retrain import run_retrain  # noqa: E402
-from nscmonitor.simulate.microscope import Microscope, tiff_bytes  # noqa: E402
+from nscmonitor.simulate.microscope import Microscope  # noqa: E402
 from nscmonitor.simulate.render import Camera  # noqa: E402
 from nscmonitor.store import models as m  # noqa: E402
 from nscmonitor.store.db import ensure_schema, open_engine  # noqa: E402
 
-from retrain_setup import WELLS, labels_csv, retrain_config  # noqa: E402  (tests/ is on the path)
+from retrain_setup import WELLS, retrain_config, scored_labelled_plate  # noqa: E402  (tests/ is on the path)
 
 
 @pytest.mark.slow
@@ -41,14 +39,7 @@ def test_candidate_of_an_owner_cut_off_while_it_trains_is_not_promoted(pg_url: s
     assert weak.state == "active"
     scope = Microscope(vendor="incucyte", plate_format=96, fields=2, hours=120, interval_h=24, seed=11,
                        wells=WELLS, camera=Camera(shape=(256, 320)))
-    for f in scope.frames():
-        p = tmp_path / "plate" / f.relpath
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(tiff_bytes(f.image, scope.camera.px_um))
-    runner = build_runner(settings, retry_base_s=0.1, poll_interval=0.2)
-    runner.run(once=True)
-    runner.store.engine.dispose()
-    import_labels(engine, labels_csv(tmp_path, engine))
+    scored_labelled_plate(settings, engine, scope, tmp_path)
 
     # the owner asks again only at promotion (a cut-off daemon cannot reconnect); the other
     # asks every 0.3 s and takes the schedule over once the owner's connection is gone

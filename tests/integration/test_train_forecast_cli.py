@@ -79,19 +79,17 @@ def test_train_forecast_from_the_store_reads_frames_as_the_daemon_does(tmp_path:
     tiles of the given size, as the daemon's second stage computes them."""
     from nscmonitor.cli import main
     from nscmonitor.config import load_settings
-    from nscmonitor.daemon import build_runner
     from nscmonitor.engines.tiny import build_tiny_classifier
-    from nscmonitor.labels import import_labels
     from nscmonitor.registry.registry import Registry
-    from nscmonitor.scoring import well_sequence as WS
     from nscmonitor.readers.decode import decode
+    from nscmonitor.scoring import well_sequence as WS
     from nscmonitor.scoring.forecast import load_forecast_model, tile_px_for
-    from nscmonitor.simulate.microscope import Microscope, tiff_bytes
+    from nscmonitor.simulate.microscope import Microscope
     from nscmonitor.simulate.render import Camera
     from nscmonitor.store.db import ensure_schema, open_engine
     from nscmonitor.training import data as D
     from nscmonitor.training.forecast_train import record_features
-    from retrain_setup import WELLS, labels_csv, retrain_config
+    from retrain_setup import WELLS, retrain_config, scored_labelled_plate
 
     cfg = retrain_config(tmp_path, tmp_path / "plate", database_url=f"sqlite:///{tmp_path / 'nsc.db'}", epochs=1,
                          quiet_s=0.0, engine="ort-cpu")
@@ -102,14 +100,7 @@ def test_train_forecast_from_the_store_reads_frames_as_the_daemon_does(tmp_path:
     Registry(settings.models_dir, engine).register(tmp_path / "m.onnx")
     scope = Microscope(vendor="incucyte", plate_format=96, fields=1, hours=48, interval_h=24, seed=5, wells=WELLS,
                        camera=Camera(shape=(192, 256)))
-    for f in scope.frames():
-        p = tmp_path / "plate" / f.relpath
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(tiff_bytes(f.image, scope.camera.px_um))
-    runner = build_runner(settings, retry_base_s=0.1, poll_interval=0.2)
-    runner.run(once=True)
-    runner.store.engine.dispose()
-    import_labels(engine, labels_csv(tmp_path, engine))
+    scored_labelled_plate(settings, engine, scope, tmp_path)
     engine.dispose()
 
     out = tmp_path / "fc"
