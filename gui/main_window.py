@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from nscmonitor.config import Settings
 from nscmonitor.gui.export_dialog import ExportDialog, save_map_as, save_time_courses_as
-from nscmonitor.gui.state.forecasts import forecast_note
+from nscmonitor.gui.state.forecasts import FORECAST_KEY, forecast_at, forecast_metrics, forecast_note
 from nscmonitor.gui.state.presenter import (ModelMetaCache, Overview, PlateLoad, PollResult, WellImages, daemon_line,
                                             export_counts, load_plate, poll, read_overview)
 from nscmonitor.gui.state.readouts import (Metric, PlateCube, ReadoutRows, merge, metric_at, metrics_for, nearest_time,
@@ -124,8 +124,7 @@ class MainWindow(WindowLayout):
         if r.overview is not None:
             self._overview(r.overview)
         if r.forecasts is not None:
-            self.forecasts = r.forecasts
-            self.time_course.set_forecasts(self.forecasts)
+            self._set_forecasts(r.forecasts)
         if r.full is not None:
             self._plate_loaded(r.full, keep_time=True)
         elif self.cube is not None and (r.rows is not None or r.wells is not None):
@@ -170,15 +169,7 @@ class MainWindow(WindowLayout):
             self.version_box.addItem(f"{v.version} ({v.n_readouts} readouts)")
         self.version_box.setCurrentIndex(self._versions.index(pl.version) if pl.version in self._versions else 0)
         self.version_box.blockSignals(False)
-        prev = self.current_metric()
-        self.metric_box.blockSignals(True)
-        self.metric_box.clear()
-        self._metrics = metrics_for(pl.cube.classes)
-        for m in self._metrics:
-            self.metric_box.addItem(m.label)
-        keys = [m.key for m in self._metrics]
-        self.metric_box.setCurrentIndex(keys.index(prev.key) if prev is not None and prev.key in keys else 0)
-        self.metric_box.blockSignals(False)
+        self._fill_metrics(pl.cube.classes)
         self._set_plate_wells(pl.cube)
         self.time_course.set_call_rule(pl.call_rule)
         self._set_cube(pl.cube, None)
@@ -195,6 +186,32 @@ class MainWindow(WindowLayout):
             return
         self.slider.setEnabled(True)
         self.plate_loaded.emit()
+
+    def _fill_metrics(self, classes: tuple[str, ...]) -> None:
+        """The map's choices: the tile model's readouts, then the forecast's classes when the
+        plate has forecasts; the chosen one is kept when it is still offered."""
+        prev = self.current_metric()
+        self.metric_box.blockSignals(True)
+        self.metric_box.clear()
+        self._metrics = metrics_for(classes) + forecast_metrics(self.forecasts)
+        for m in self._metrics:
+            self.metric_box.addItem(m.label)
+        keys = [m.key for m in self._metrics]
+        self.metric_box.setCurrentIndex(keys.index(prev.key) if prev is not None and prev.key in keys else 0)
+        self.metric_box.blockSignals(False)
+
+    def _set_forecasts(self, cells: dict) -> None:
+        """New forecasts from a poll: the time course redraws, the map's choices follow the
+        forecast model's classes (the first forecasts of a plate add them), and a map coloured
+        by the forecast is repainted."""
+        offered = [m.key for m in forecast_metrics(self.forecasts)]
+        self.forecasts = cells
+        self.time_course.set_forecasts(cells)
+        if self.cube is not None and [m.key for m in forecast_metrics(cells)] != offered:
+            self._fill_metrics(self.cube.classes)
+        m = self.current_metric()
+        if m is not None and m.key.startswith(FORECAST_KEY):
+            self._paint_map()
 
     def _set_plate_wells(self, cube: PlateCube) -> None:
         self.plate_map.set_plate(self.load.plate_format if self.load else 96,
@@ -238,7 +255,11 @@ class MainWindow(WindowLayout):
         cube, m = self.cube, self.current_metric()
         if cube is None or m is None:
             return
-        values = metric_at(cube, m.key, self.t_index)
+        if m.key.startswith(FORECAST_KEY):
+            key = int(cube.time_keys[self.t_index]) if cube.n_times else None
+            values = forecast_at(self.forecasts, [w.name for w in cube.wells], key, m.key)
+        else:
+            values = metric_at(cube, m.key, self.t_index)
         when = cube.time_label(self.t_index) if cube.n_times else "no data yet"
         self.time_label.setText(f"{when}  ({self.t_index + 1 if cube.n_times else 0}/{cube.n_times})")
         title = f"{self.experiment.name if self.experiment else ''} / {self.plate.name if self.plate else ''} — " \

@@ -1,5 +1,6 @@
 """The well forecast as the dashboard shows it (pure: strings and arrays from plain rows): a line
-in the plate map's hover text, and dashed curves in the selected wells' time course."""
+in the plate map's hover text, the plate map coloured by a forecast class, and dashed curves in
+the selected wells' time course."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nscmonitor.gui.state.readouts import Metric
 from nscmonitor.store.forecasts import ForecastCell
+
+FORECAST_KEY = "forecast:"
 
 
 def forecast_note(cells: dict[tuple[str, int], ForecastCell], well: str, time_key: int | None) -> str:
@@ -53,3 +57,27 @@ def forecast_series(cells: dict[tuple[str, int], ForecastCell], wells: list[str]
     with np.errstate(invalid="ignore", divide="ignore"):
         probs = np.where(n[:, None] > 0, sums / np.maximum(n, 1)[:, None], np.nan)
     return ForecastSeries(version, classes, probs, n)
+
+
+def forecast_metrics(cells: dict[tuple[str, int], ForecastCell]) -> list[Metric]:
+    """The plate map's choices for the forecast: one probability per class of the plate's
+    forecast model (its own classes, which may differ from the tile model's); none without
+    stored forecasts, so the metric list only offers what can be drawn."""
+    classes = next((c.classes for c in cells.values()), ())
+    return [Metric(f"{FORECAST_KEY}{c}", f"Well forecast P({c})", "probability", (0.0, 1.0)) for c in classes]
+
+
+def forecast_at(cells: dict[tuple[str, int], ForecastCell], wells: list[str], time_key: int | None,
+                key: str) -> np.ndarray:
+    """Each well's forecast probability of the metric's class at this time (from the frames up
+    to it); NaN where the well has no forecast then (no induction scan yet, or none stored), so
+    the map shows 'no data' rather than a guess."""
+    cls = key[len(FORECAST_KEY):]
+    out = np.full(len(wells), np.nan)
+    if time_key is None:
+        return out
+    for i, w in enumerate(wells):
+        cell = cells.get((w, int(time_key)))
+        if cell is not None and cls in cell.classes:
+            out[i] = cell.probs[cell.classes.index(cls)]
+    return out

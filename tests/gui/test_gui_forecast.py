@@ -1,6 +1,6 @@
 """The well forecast on the dashboard: a window on a store where the daemon's second stage
-wrote forecasts shows, in a well's hover text, the forecast stored for that well and time;
-a store without forecasts shows none."""
+wrote forecasts shows, in a well's hover text and in the plate map coloured by a forecast class,
+the forecast stored for that well and time; a store without forecasts shows and offers none."""
 
 from __future__ import annotations
 
@@ -40,8 +40,9 @@ def test_hover_text_shows_the_stored_forecast(tmp_path: Path, qtbot, tiny_model:
     win.plate_map.set_selection(["A01"])
     qtbot.waitUntil(lambda: win.selection == ["A01"], timeout=5000)
     drawn = {k[len("forecast:"):]: v for k, v in win.time_course.curves.items() if k.startswith("forecast:")}
+    offered = [m.key for m in win._metrics if m.key.startswith("forecast:")]
     if not with_forecast:
-        assert "well forecast" not in text
+        assert "well forecast" not in text and not offered
         assert not drawn and "Dashed" not in win.time_course.call_label.text()
         return
     with sqlite3.connect(lab.db) as c:
@@ -63,3 +64,47 @@ def test_hover_text_shows_the_stored_forecast(tmp_path: Path, qtbot, tiny_model:
         assert list(x) == pytest.approx([h for h, _ in stored])
         assert list(y) == pytest.approx([json.loads(p)[k] for _, p in stored])
     assert "Dashed: the well forecast (forecast-test" in win.time_course.call_label.text()
+    # the plate map coloured by each forecast class shows each well's stored probability at that time
+    assert offered == [f"forecast:{c}" for c in classes]
+    with sqlite3.connect(lab.db) as c:
+        at24 = dict(c.execute("SELECT w.name, f.probs FROM well_forecasts f JOIN wells w ON w.id = f.well_id "
+                              "WHERE abs(f.elapsed_h - 24) < 0.01").fetchall())
+    assert len(at24) == 3 and "A01" in at24
+    win.set_time(1)
+    for k, cls in enumerate(classes):
+        win.set_metric(f"forecast:{cls}")
+        assert f"Well forecast P({cls})" in win.plate_map.title
+        for well, p in at24.items():
+            assert win.plate_map.value_of(well) == pytest.approx(json.loads(p)[k])
+
+
+def test_forecasts_arriving_while_the_window_is_open_are_offered_on_the_plate_map(
+        tmp_path: Path, qtbot, tiny_model: Path) -> None:
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.gui.app import open_store
+    from nscmonitor.gui.main_window import MainWindow
+    from nscmonitor.training.temporal import build_tiny_forecast
+
+    lab = Lab(tmp_path, tiny_model)
+    settings = dataclasses.replace(lab.settings, forecast_model=build_tiny_forecast(tmp_path / "forecast.onnx"))
+    lab.write((0,), wells=WELLS[:3], fields=1)
+    build_runner(settings, model=lab.model, retry_base_s=0.1).run(once=True)
+    with sqlite3.connect(lab.db) as c:  # the plate as the window first sees it: readouts, no forecast yet
+        c.execute("DELETE FROM well_forecasts")
+    win = MainWindow(open_store(lab.url), lab.settings, poll_s=0.2)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.cube is not None and win.cube.n_times == 1, timeout=15000)
+    assert not any(m.key.startswith("forecast:") for m in win._metrics)
+    win.set_metric("prob:neuron")
+    lab.write((24,), wells=WELLS[:3], fields=1)
+    build_runner(settings, model=lab.model, retry_base_s=0.1).run(once=True)
+    qtbot.waitUntil(lambda: any(m.key.startswith("forecast:") for m in win._metrics), timeout=15000)
+    assert win.current_metric().key == "prob:neuron"  # the user's choice is kept
+    qtbot.waitUntil(lambda: win.cube.n_times == 2 and win.t_index == 1, timeout=15000)
+    with sqlite3.connect(lab.db) as c:
+        classes, probs = c.execute("SELECT f.classes, f.probs FROM well_forecasts f JOIN wells w ON w.id = f.well_id "
+                                   "WHERE w.name = 'A01' AND abs(f.elapsed_h - 24) < 0.01").fetchone()
+    cls = json.loads(classes)[0]
+    win.set_metric(f"forecast:{cls}")
+    assert win.plate_map.value_of("A01") == pytest.approx(json.loads(probs)[0])

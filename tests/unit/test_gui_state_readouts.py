@@ -166,3 +166,22 @@ def test_forecast_series_averages_the_selected_wells_per_time_and_leaves_gaps_as
     assert s.n_wells.tolist() == [1, 2, 0]
     assert np.allclose(s.probs[:2], [[0.5, 0.5], [0.7, 0.3]]) and np.isnan(s.probs[2]).all()
     assert forecast_series(cells, ["B01"], np.array([0, 1])) is None
+
+
+def test_the_plate_map_can_be_coloured_by_each_forecast_class_with_gaps_as_no_data():
+    from nscmonitor.gui.state.forecasts import forecast_at, forecast_metrics
+    from nscmonitor.store.forecasts import ForecastCell
+
+    cls = ("astrocyte", "neuron", "undifferentiated")
+    cells = {("A01", 3): ForecastCell("fc-1", cls, (0.2, 0.7, 0.1), 2, 24.0),
+             ("A02", 3): ForecastCell("fc-1", cls, (0.6, 0.3, 0.1), 2, 24.0),
+             ("A01", 4): ForecastCell("fc-1", cls, (0.1, 0.1, 0.8), 3, 48.0)}
+    metrics = forecast_metrics(cells)
+    assert [m.key for m in metrics] == [f"forecast:{c}" for c in cls]
+    assert all(m.fixed_range == (0.0, 1.0) for m in metrics) and metrics[1].label == "Well forecast P(neuron)"
+    assert forecast_metrics({}) == []
+    v = forecast_at(cells, ["A01", "A02", "B01"], 3, "forecast:neuron")
+    assert v[:2].tolist() == [0.7, 0.3] and np.isnan(v[2])
+    v = forecast_at(cells, ["A01", "A02"], 4, "forecast:undifferentiated")
+    assert v[0] == 0.8 and np.isnan(v[1])
+    assert np.isnan(forecast_at(cells, ["A01"], None, "forecast:neuron")).all()
