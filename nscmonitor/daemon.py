@@ -37,6 +37,7 @@ from nscmonitor.readers import formats
 from nscmonitor.scoring.engine_builds import DaemonEngineBuilds
 from nscmonitor.scoring.hot_swap import EngineBuilds, EngineFactory, LoadedModel, ModelSlot, ModelSource
 from nscmonitor.scoring.metrics import Metrics, Timings
+from nscmonitor.registry.forecasts import served as served_forecast
 from nscmonitor.scoring.forecast import ForecastStage, load_forecast_model
 from nscmonitor.scoring.lease_keeper import LeaseKeeper
 from nscmonitor.scoring.scorer import MAX_CLAIM, Batch, Scorer, requeue_readable
@@ -68,7 +69,9 @@ class Daemon:
         self.metrics = Metrics(clock)
         self.slot = ModelSlot(store, model_source, engine_factory, engine_builds=engine_builds,
                               hook=settings.retrain.hook)
-        forecast = (ForecastStage(load_forecast_model(settings.forecast_model), store.Session)
+        forecast = (ForecastStage(load_forecast_model(served_forecast(settings.models_dir, settings.forecast_model)),
+                                  store.Session,
+                                  source=lambda: served_forecast(settings.models_dir, settings.forecast_model))
                     if settings.forecast_model and score else None)
         self.scorer = Scorer(settings, store, self.slot, self.metrics, channel=self._channel,
                              stop_event=self.stop_event, wall=wall, retry_base_s=retry_base_s,

@@ -117,6 +117,10 @@ def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheme", choices=("binary", "multiclass"), default="multiclass")
     p.add_argument("--epochs", type=int, default=300, help="full-batch epochs; the best on validation is kept")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the weights (default 0)")
+    p.add_argument("--compare", metavar="FORECAST.onnx",
+                   help="also read this forecast model (e.g. the one serving) on the same held-out wells and print both")
+    p.add_argument("--version", help="version name stored in the file and with each forecast "
+                   "(default: forecast-<name of OUT>)")
     p.set_defaults(func=_train_forecast)
 
 
@@ -133,12 +137,21 @@ def _train_forecast(args: argparse.Namespace) -> int:
     if not data:
         raise UserFacingError("train-forecast needs --data, or --from-store/--labels")
     metrics = train_forecast(data, args.out, scheme=args.scheme, epochs=args.epochs, seed=args.seed,
-                             progress=sys.stderr.isatty())
+                             progress=sys.stderr.isatty(), compare=args.compare, version=args.version)
     print(f"held-out wells ({metrics['split']}, n = {metrics['wells']}), accuracy of the forecast at each hour "
           "from the frames up to it [95 % interval]:")
+    other = metrics.get("compared") or {}
     for hour, v in metrics["per_hour"].items():
         ci = f" [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]" if v["ci95"] else ""
-        print(f"  {hour:>7}  {v['accuracy']:.2f}{ci}  (n = {v['wells']})")
+        beside = ""
+        if other.get("usable") and hour in other["per_hour"]:
+            beside = f"   {other['version']}: {other['per_hour'][hour]['accuracy']:.2f}"
+        print(f"  {hour:>7}  {v['accuracy']:.2f}{ci}  (n = {v['wells']}){beside}")
+    mean = metrics["mean_accuracy"]
+    if other.get("usable"):
+        print(f"mean over the hours: {mean:.3f}, {other['version']} {other['mean_accuracy']:.3f} on the same wells")
+    elif other:
+        print(f"compared model {other['path']}: {other['why']}")
     print(f"wrote {Path(args.out) / 'forecast.onnx'} (set forecast_model to it)")
     return 0
 

@@ -10,7 +10,8 @@ held-out wells' accuracy per hour, each forecast made from the frames up to that
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,48 @@ def record_features(record: D.TileRecord, tile_px: int) -> np.ndarray:
     return WS.frame_features(D.read_image(record.path, channel=record.channel), tile_px)
 
 
+def mean_accuracy(per_hour: dict[str, Any]) -> float | None:
+    """One figure for a forecast on held-out wells: its accuracy averaged over the hours (each
+    hour's forecast from the frames up to it), so early hours weigh as much as late ones."""
+    acc = [v["accuracy"] for v in per_hour.values()]
+    return float(np.mean(acc)) if acc else None
+
+
+def compare_with(path: str | Path, wells: Sequence[WF.Well], held: Sequence[int], truth: Sequence[int],
+                 classes: Sequence[str], tile_px: int, wells_at: Callable[[int], list[WF.Well]]) -> dict[str, Any]:
+    """The forecast model serving now, read on the candidate's held-out wells (``held``, indices
+    into ``wells``): the same wells, frames and truth, each input computed as that model's
+    daemon stage would (its normalisation against the same plate references, its tile size:
+    ``wells_at(px)`` recomputes the wells' features when it differs). A model that cannot load,
+    or answers other classes, is reported as such and the candidate has nothing to beat."""
+    from nscmonitor.scoring.forecast import load_forecast_model, tile_px_for
+
+    try:
+        active = load_forecast_model(path)
+    except Exception as exc:  # the serving file may be anything a lab configured
+        return {"path": str(path), "usable": False, "why": f"cannot load: {exc}"}
+    if list(active.meta["classes"]) != list(classes):
+        return {"path": str(path), "version": active.version, "usable": False,
+                "why": f"classes {active.meta['classes']} are not the candidate's {list(classes)}"}
+    own_px = tile_px_for(active.meta, None)
+    if own_px != tile_px:
+        wells = wells_at(own_px)
+    seqs = WF.sequences(wells, active.meta["normalisation"])
+    probs = [np.stack([active.probs(seqs[i][:t + 1]) for t in range(len(seqs[i]))]) for i in held]
+    per_hour = per_hour_accuracy(probs, [wells[i] for i in held], truth)
+    return {"path": str(path), "version": active.version, "usable": True, "per_hour": per_hour,
+            "mean_accuracy": mean_accuracy(per_hour)}
+
+
 def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multiclass", epochs: int = 300,
-                   seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                   seed: int = 0, progress: bool = True, compare: str | Path | None = None,
+                   version: str | None = None) -> dict[str, Any]:
     """Train, evaluate on the held-out plate(s) and write ``OUT/forecast.onnx``; returns the
     figures (also in the file's metadata). ``data`` is a tiles export: the simulator's, or the
-    store's labelled images written by ``schedule.retrain.store_dataset``."""
+    store's labelled images written by ``schedule.retrain.store_dataset``. ``compare``: a
+    forecast model read on the same held-out wells (``metrics["compared"]``), which retraining
+    uses to decide whether the candidate replaces it. The figures are also written to
+    ``OUT/forecast_metrics.json``."""
     from rich.progress import track
 
     out = Path(out)
@@ -63,15 +101,18 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     records = S.assign_splits(records, seed=seed)
     if any(r.elapsed_h is None for r in records):
         raise UserFacingError(f"{data}: every tile needs its hours since induction (elapsed_h) for the well model")
-    it = track(records, description="well features", disable=not progress, transient=True)
-    feats = np.asarray([record_features(r, int(info.tile_size)) for r in it], np.float64)
-    wells = WF.wells_of(records, feats)
-    refs = WF.plate_references(wells)
-    usable = [w for w in wells if w.plate_key in refs and WF.well_start(w) is not None]
-    if len(usable) < len(wells):  # as the daemon gives such a well no forecast, training leaves it out
-        print(f"{len(wells) - len(usable)} of {len(wells)} wells have no induction (0 h) frame, or their plate has "
+
+    def wells_at(px: int) -> list[WF.Well]:
+        it = track(records, description="well features", disable=not progress, transient=True)
+        wells = WF.wells_of(records, np.asarray([record_features(r, px) for r in it], np.float64))
+        refs = WF.plate_references(wells)
+        return [w for w in wells if w.plate_key in refs and WF.well_start(w) is not None]
+
+    wells = wells_at(int(info.tile_size))
+    n_all = len({r.well_key for r in records})
+    if len(wells) < n_all:  # as the daemon gives such a well no forecast, training leaves it out
+        print(f"{n_all - len(wells)} of {n_all} wells have no induction (0 h) frame, or their plate has "
               "no induction scan: left out")
-    wells = usable
     seqs = WF.sequences(wells, NORMALISATION)
     y = [classes.index(w.label) for w in wells]
     idx = {s: [i for i, w in enumerate(wells) if w.split == s] for s in ("train", "val", "test")}
@@ -88,10 +129,16 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     probs = T.step_probs(model, [seqs[i] for i in held], fit["temperature"])
     metrics = {"split": "test" if idx["test"] else "val (no test plate)", "wells": len(held),
                "per_hour": per_hour_accuracy(probs, [wells[i] for i in held], [y[i] for i in held]), "fit": fit}
+    metrics["mean_accuracy"] = mean_accuracy(metrics["per_hour"])
+    if compare is not None:
+        metrics["compared"] = compare_with(compare, wells, held, [y[i] for i in held], classes,
+                                           int(info.tile_size), wells_at)
     meta = T.forecast_metadata(classes=classes, scheme=scheme, normalisation=NORMALISATION, tile_px=info.tile_size,
                                pixel_size_um=info.pixel_size_um, temperature=fit["temperature"],
-                               n_features=feats.shape[1], version=f"forecast-{out.resolve().name}",
+                               n_features=len(wells[0].features[0]),
+                               version=version or f"forecast-{out.resolve().name}",
                                data_hash=D.data_hash(records), metrics=metrics)
     out.mkdir(parents=True, exist_ok=True)
     T.export_forecast(model, meta, out / "forecast.onnx", [seqs[i] for i in held[:4]])
+    (out / "forecast_metrics.json").write_text(json.dumps({"version": meta["version"], **metrics}, indent=2))
     return metrics

@@ -1,4 +1,4 @@
-"""Model lifecycle commands: labels import, models list|show|promote|rollback|register,
+"""Model lifecycle commands: labels import, models list|show|promote|rollback|register|forecast,
 retrain-now."""
 
 from __future__ import annotations
@@ -41,7 +41,34 @@ def cmd_labels_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forecast(args: argparse.Namespace) -> int:
+    """The well forecast serving (the configured file, or a version retraining installed) and
+    the versions it replaced; ``--rollback`` serves the one before."""
+    from nscmonitor.registry import forecasts as FR
+
+    s = settings_from(args)
+    if s.forecast_model is None:
+        print("no forecast_model configured: the daemon runs no well forecast")
+        return 0
+    if args.rollback:
+        back = FR.rollback(s.models_dir)
+        print(f"rolled back: {back.version if back else f'the configured {s.forecast_model}'} serves the well "
+              "forecast again (a running daemon switches between batches)")
+    rows = FR.history(s.models_dir)
+    if args.json:
+        print(json.dumps({"configured": str(s.forecast_model), "serving": str(FR.served(s.models_dir, s.forecast_model)),
+                          "installed": [r.__dict__ for r in rows]}, indent=2))
+        return 0
+    print(f"  configured: {s.forecast_model}" + ("   <- serving" if not rows else ""))
+    for i, r in enumerate(rows):
+        print(f"  {r.version:<24} installed {r.installed_at}  {r.reason}" + ("   <- serving" if i == len(rows) - 1
+                                                                            else ""))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.models_command == "forecast":
+        return cmd_forecast(args)
     s, engine, reg = _registry(args, readonly=args.models_command in ("list", "show"))
     if args.models_command == "list":
         rows = reg.list()
@@ -110,6 +137,9 @@ def cmd_retrain_now(args: argparse.Namespace) -> int:
     s = settings_from(args)
     out = run_retrain(s, trigger="manual", force=args.force)
     print(f"retrain {out.run_id}: {out.status}: {out.reason}")
+    forecast = (out.numbers or {}).get("forecast")
+    if forecast:
+        print(f"well forecast: {forecast['status']}: {forecast['reason']}")
     return 0 if out.status in ("promoted", "rejected", "skipped") else 1
 
 
@@ -122,7 +152,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("file")
     p.set_defaults(func=cmd_labels_import)
 
-    p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback")
+    p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback; the well forecast")
     add_db_options(p)
     msub = p.add_subparsers(dest="models_command", required=True)
     ml = msub.add_parser("list")
@@ -139,6 +169,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           "one such a model is served in fp32")
     msub.add_parser("promote", help="make a version active").add_argument("version")
     msub.add_parser("rollback", help="re-activate the previously active version")
+    fc = msub.add_parser("forecast", help="the well forecast model serving (forecast_model, or a version "
+                         "retraining installed) and the versions it replaced")
+    fc.add_argument("--rollback", action="store_true", help="serve the forecast model before the current one")
+    fc.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("retrain-now", help="retrain on the current labels now (as the schedule would)")

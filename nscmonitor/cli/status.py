@@ -6,7 +6,7 @@ import argparse
 import json
 
 from nscmonitor.cli.args import add_db_options, settings_from
-from nscmonitor.ops.health import engine_build_state, health, model_integrity
+from nscmonitor.ops.health import engine_build_state, forecast_state, health, model_integrity
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -22,6 +22,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if report["model_integrity"] and not report["model_integrity"]["ok"]:
         report["warnings"].append(f"model refused: {report['model_integrity']['problem']}")
     report["engine_build"] = engine_build_state(s, (report["daemon"] or {}).get("model_version"))
+    report["forecast"] = forecast_state(s)
+    if report["forecast"] and report["forecast"].get("problem"):
+        report["warnings"].append(f"well forecast: {report['forecast']['problem']}")
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return report["exit_code"]
@@ -43,6 +46,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         for w in d["watched"]:
             con.print(f"  watching {w['path']} ({'polling' if w.get('polling') else 'events'})"
                       + ("" if w.get("reachable", True) else f" [red]UNREACHABLE: {w.get('error')}[/red]"))
+    fc = report["forecast"]
+    if fc and fc.get("serving"):
+        con.print(f"well forecast: {fc['version'] or 'the configured file'} ({fc['serving']})"
+                  + (f", installed by retraining: {fc['reason']}" if fc["version"] else ""))
     if report["retrain_schedule_owner"]:
         con.print(f"retrain schedule run by the daemon on {report['retrain_schedule_owner']} (host:PID)")
     con.print("queue: " + (", ".join(f"{k} {v}" for k, v in sorted(report["queue"].items())) or "empty")

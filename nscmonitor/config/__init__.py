@@ -80,6 +80,11 @@ class RetrainSettings:
     nproc: int = 1
     #: extra training settings (arch, image_size, lr, ...), checked by the trainer
     train: dict = field(default_factory=dict)
+    #: with a ``forecast_model`` configured, each retrain also retrains the well forecast on
+    #: the same labelled wells and installs it when it reads the held-out wells as well
+    forecast: bool = True
+    #: full-batch epochs of the forecast's training (the best on validation is kept)
+    forecast_epochs: int = 300
 
 
 @dataclass(frozen=True)
@@ -262,6 +267,9 @@ def _retrain(rt: Any) -> RetrainSettings:
     epochs = _expect(rt, "epochs", int, "retrain.", 10)
     if rthreads < 0 or epochs < 1:
         raise ConfigError(f"retrain.threads must be >= 0 and retrain.epochs >= 1, got {rthreads} and {epochs}")
+    forecast_epochs = _expect(rt, "forecast_epochs", int, "retrain.", 300)
+    if forecast_epochs < 1:
+        raise ConfigError(f"retrain.forecast_epochs must be 1 or more, got {forecast_epochs}")
     nproc = _expect(rt, "nproc", int, "retrain.", 1)
     if nproc < 1:
         raise ConfigError(f"retrain.nproc must be 1 or more training processes, got {nproc}")
@@ -271,6 +279,7 @@ def _retrain(rt: Any) -> RetrainSettings:
         rescore=_expect(rt, "rescore", bool, "retrain.", False), hook=_expect(rt, "hook", str, "retrain.", None),
         require_engine=_expect(rt, "require_engine", bool, "retrain.", True),
         train=_expect(rt, "train", dict, "retrain.", {}),
+        forecast=_expect(rt, "forecast", bool, "retrain.", True), forecast_epochs=forecast_epochs,
     )
 
 

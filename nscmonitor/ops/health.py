@@ -133,6 +133,23 @@ def model_integrity(s: Settings) -> dict | None:
 
 
 # --- doctor ---------------------------------------------------------------------------------
+def forecast_state(s: Settings) -> dict | None:
+    """Which well forecast model the daemon serves: the configured file, or the version a
+    retrain installed (``registry.forecasts``); None when none is configured."""
+    from nscmonitor.core.errors import UserFacingError
+    from nscmonitor.registry import forecasts as FR
+
+    if s.forecast_model is None:
+        return None
+    try:
+        rows = FR.history(s.models_dir)
+    except UserFacingError as exc:
+        return {"configured": str(s.forecast_model), "serving": None, "problem": str(exc)}
+    return {"configured": str(s.forecast_model), "serving": rows[-1].path if rows else str(s.forecast_model),
+            "version": rows[-1].version if rows else None, "installed_by_retraining": len(rows),
+            "reason": rows[-1].reason if rows else None}
+
+
 def doctor_report(s: Settings) -> list[Check]:
     """Every check ``nscmonitor doctor`` prints, in order; each one reports, none raises."""
     checks = _runtime_checks() + _database_checks(s) + _watch_checks(s)

@@ -237,7 +237,17 @@ def train_subprocess(cfg_path: Path, *, threads: int, timeout: float | None, log
     """The trainer in a lower-priority child (``nproc`` > 1: torchrun with that many
     DistributedDataParallel workers sharing the ``threads`` budget); a time limit stops
     every worker, not only the launcher."""
-    from nscmonitor.training.launch import command, run, thread_env
+    from nscmonitor.training.launch import command
+
+    return lowered_subprocess(command(cfg_path, nproc), threads=threads, timeout=timeout, log_path=log_path,
+                              nproc=nproc)
+
+
+def lowered_subprocess(argv: list[str], *, threads: int, timeout: float | None, log_path: Path,
+                       nproc: int = 1) -> tuple[int, str]:
+    """``argv`` at lower priority with its thread budget, output to ``log_path``; (exit code,
+    negative when stopped, and the log's tail)."""
+    from nscmonitor.training.launch import run, thread_env
 
     env = {**os.environ, **thread_env(max(threads, 1), nproc)}
     kw: dict = {}
@@ -245,8 +255,9 @@ def train_subprocess(cfg_path: Path, *, threads: int, timeout: float | None, log
         kw["creationflags"] = subprocess.BELOW_NORMAL_PRIORITY_CLASS
     else:
         kw["preexec_fn"] = lambda: os.nice(10)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as logf:
-        rc = run(command(cfg_path, nproc), env=env, timeout=timeout, stdout=logf, stderr=subprocess.STDOUT, **kw)
+        rc = run(argv, env=env, timeout=timeout, stdout=logf, stderr=subprocess.STDOUT, **kw)
     tail = log_path.read_text(errors="replace")[-2000:]
     return rc, tail
 
@@ -318,6 +329,7 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
     if len({smp.label for smp in samples if smp.split == "train"}) < 2 or not test:
         return finish("failed", f"too few labelled images to train and test ({len(samples)} images)",
                       run_dir=str(run_dir))
+    forecast = _forecast_step(settings, engine, data_dir, run_dir, run_id)
     cfg_path = _write_train_config(settings, run_dir, data_dir, base_meta, train_overrides)
     rc, tail = train_subprocess(cfg_path, threads=settings.retrain.threads, timeout=timeout,
                                 log_path=run_dir / "train.log", nproc=settings.retrain.nproc)
@@ -325,8 +337,10 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
     if rc != 0 or not candidate_path.is_file():
         why = "killed (time limit or signal)" if rc < 0 else f"exited with code {rc}"
         return finish("failed", f"training {why}; see {run_dir / 'train.log'}: {tail.strip()[-300:]}",
-                      run_dir=str(run_dir))
+                      run_dir=str(run_dir), numbers={"forecast": forecast} if forecast else None)
     decision, numbers = _judge(candidate_path, Path(active.path) if active else None, test, len(samples))
+    if forecast:
+        numbers["forecast"] = forecast
     info = reg.register(run_dir / "train", labels_version=labels_ver, activate_if_first=False)
     if decision.promote:
         decision = _engine_gate(settings, Path(info.path), info.version, decision, numbers)
@@ -343,6 +357,25 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
         numbers["rescore_queued"] = n
     return finish("promoted", "; ".join(decision.reasons), candidate_version=info.version, numbers=numbers,
                   run_dir=str(run_dir))
+
+
+def _forecast_step(settings: Settings, engine, data_dir: Path, run_dir: Path, run_id: int) -> dict | None:
+    """The well forecast's own retrain (``forecast_retrain``) when the lab serves one and
+    ``retrain.forecast`` is on; its outcome is an event (and the notification hook) of its own."""
+    if settings.forecast_model is None or not settings.retrain.forecast:
+        return None
+    from nscmonitor.schedule.forecast_retrain import retrain_forecast
+
+    try:
+        out = retrain_forecast(settings, data_dir, run_dir, run_id)
+    except Exception as exc:  # the forecast's retrain must never take the tile model's with it
+        log.exception("retrain %d: the forecast step failed", run_id)
+        out = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    level = {"failed": "error", "rejected": "warning"}.get(out["status"], "info")
+    emit(engine, f"forecast_{out['status']}", out["reason"], level=level, hook=settings.retrain.hook,
+         data={"run": run_id, "version": out.get("version")})
+    log.info("retrain %d: well forecast %s: %s", run_id, out["status"], out["reason"])
+    return out
 
 
 def _engine_gate(settings: Settings, model_path: Path, version: str, decision: Decision, numbers: dict) -> Decision:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -91,9 +91,11 @@ def tile_px_for(meta: dict, pixel_size_um: float | None) -> int:
     return px
 
 
-def forecasts_for(model: ForecastModel, touched: Sequence[F.Frame], frames: Sequence[F.Frame]) -> list[F.Forecast]:
+def forecasts_for(model: ForecastModel, touched: Sequence[F.Frame], frames: Sequence[F.Frame],
+                  whole_plates: frozenset[int] = frozenset()) -> list[F.Forecast]:
     """The forecasts the touched frames can change: their wells at their times and later; all
-    wells of a plate whose induction scan changed."""
+    wells of a plate whose induction scan changed, and of ``whole_plates`` (a plate this model
+    has not forecast yet since it took over)."""
     norm = model.meta["normalisation"]
     by_well: dict[int, dict[int, list[F.Frame]]] = defaultdict(lambda: defaultdict(list))
     for f in frames:
@@ -111,9 +113,10 @@ def forecasts_for(model: ForecastModel, touched: Sequence[F.Frame], frames: Sequ
     for f in touched:
         if f.elapsed_h is None:
             continue
-        wells = [w for w in points if plate_of[w] == f.plate_id] if WS.is_induction(f.elapsed_h) else [f.well_id]
+        whole = WS.is_induction(f.elapsed_h) or f.plate_id in whole_plates
+        wells = [w for w in points if plate_of[w] == f.plate_id] if whole else [f.well_id]
         for w in wells:
-            since[w] = min(since.get(w, np.inf), -np.inf if WS.is_induction(f.elapsed_h) else f.elapsed_h)
+            since[w] = min(since.get(w, np.inf), -np.inf if whole else f.elapsed_h)
     out = []
     for w, first in since.items():
         ps = points.get(w, [])
@@ -137,9 +140,50 @@ def forecasts_for(model: ForecastModel, touched: Sequence[F.Frame], frames: Sequ
 class ForecastStage:
     """Features of each stored image, then its wells' forecasts (both in the store)."""
 
-    def __init__(self, model: ForecastModel, Session) -> None:  # noqa: N803 (the writer's sessionmaker)
+    def __init__(self, model: ForecastModel, Session, *,  # noqa: N803 (the writer's sessionmaker)
+                 source: Callable[[], Path | None] | None = None) -> None:
+        """``source``: the file that should serve now (``registry.forecasts.served``), asked
+        before each batch, so a forecast installed by retraining or a rollback takes over
+        between batches, as a promoted tile model does."""
         self.model = model
         self.Session = Session
+        self.source = source
+        self._refused: str | None = None  # the file (or pointer problem) last refused, told once
+        #: plates forecast whole by the model serving since the last switch (None: no switch
+        #: yet); a plate's first batch after a switch recomputes all its wells and times, so
+        #: the dashboard's newest-model view of a running plate is complete, not patchy
+        self._whole_done: set[int] | None = None
+
+    def refresh(self) -> str | None:
+        """Load the file ``source`` names when it is not the one serving; returns why it was
+        refused (once per file: the current model keeps serving) or None."""
+        if self.source is None:
+            return None
+        try:
+            path = self.source()
+        except UserFacingError as exc:
+            return self._refuse(None, str(exc))
+        if path is None or Path(path) == self.model.path:
+            self._refused = None
+            return None
+        if str(path) == self._refused:
+            return None
+        try:
+            model = load_forecast_model(path)
+        except Exception as exc:  # any unloadable file: keep forecasting with the one that works
+            return self._refuse(str(path), f"{exc}")
+        log.info("well forecast: %s (%s) replaces %s", model.version, path, self.model.version)
+        self.model, self._refused, self._whole_done = model, None, set()
+        return None
+
+    def _refuse(self, key: str | None, why: str) -> str | None:
+        key = key or why
+        if key == self._refused:
+            return None
+        self._refused = key
+        msg = f"well forecast model not switched, {self.model.version} keeps serving: {why}"
+        log.error("%s", msg)
+        return msg
 
     def after_batch(self, images: Sequence[tuple[int, np.ndarray, float | None]]) -> int:
         """(image_id, pixels, pixel size in µm) of the images just stored; returns forecasts written."""
@@ -148,5 +192,12 @@ class ForecastStage:
         if not feats:
             return 0
         F.save_features(self.Session, feats, now)
-        touched, frames = F.plate_frames(self.Session, [i for i, *_ in feats], WS.EXTRACTOR, WS.BASELINE_MAX_H)
-        return F.store_forecasts(self.Session, forecasts_for(self.model, touched, frames), now)
+        done = self._whole_done
+        pick = None if done is None else (lambda plates: plates - done)
+        touched, frames = F.plate_frames(self.Session, [i for i, *_ in feats], WS.EXTRACTOR, WS.BASELINE_MAX_H,
+                                         whole_plates=pick)
+        whole = frozenset() if done is None else frozenset({f.plate_id for f in touched} - done)
+        n = F.store_forecasts(self.Session, forecasts_for(self.model, touched, frames, whole), now)
+        if done is not None:
+            done |= whole
+        return n

@@ -180,6 +180,9 @@ class Scorer:
         ids = {c.id for c in stored}
         images = [(p.claimed.id, p.decoded.pixels, p.decoded.pixel_size_um) for p in prepared
                   if p.claimed.id in ids and p.grid is not None]
+        refused = self.forecast.refresh()
+        if refused:
+            self.writer.event("forecast_error", refused, level="error")
         try:
             self.forecast.after_batch(images)
         except Exception as exc:  # the forecast must never stop per-image scoring

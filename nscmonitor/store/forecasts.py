@@ -3,7 +3,7 @@ the well forecasts (``well_forecasts``). Plain dataclasses in and out; the ORM s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -70,17 +70,20 @@ def save_features(Session: sessionmaker, items: Iterable[tuple[int, str, Sequenc
 
 
 def plate_frames(Session: sessionmaker, image_ids: Sequence[int], extractor: str,
-                 induction_max_h: float) -> tuple[list[Frame], list[Frame]]:
+                 induction_max_h: float, whole_plates: Callable[[set[int]], set[int]] | None = None,
+                 ) -> tuple[list[Frame], list[Frame]]:
     """(the given images' frames, the frames a forecast of their wells needs) with
     ``extractor``'s features, done images only. Needed: every frame of the given images'
     wells and the induction frames (at most ``induction_max_h``) of their plates; when a given
     image is itself an induction frame, every frame of its plate (all its wells' forecasts
-    change). A batch on a large plate so reads its wells, not the whole plate."""
+    change), and so for the plates ``whole_plates`` picks from the batch's plates. A batch on a
+    large plate so reads its wells, not the whole plate."""
     with Session() as s:
         given = s.execute(select(m.Well.plate_id, m.Image.well_id, m.Image.elapsed_h)
                           .join(m.Image, m.Image.well_id == m.Well.id).where(m.Image.id.in_(list(image_ids)))).all()
         plates = {p for p, _, _ in given}
         whole = {p for p, _, h in given if h is not None and h <= induction_max_h}
+        whole |= whole_plates(plates) if whole_plates is not None else set()
         wells = {w for _, w, _ in given}
         needed = (m.Well.plate_id.in_(whole) | m.Image.well_id.in_(wells)
                   | (m.Image.elapsed_h <= induction_max_h))

@@ -73,22 +73,15 @@ def test_an_export_with_too_few_wells_is_refused_and_one_plate_is_warned_about(e
     assert "warning: validation wells share plate(s)" in out and (tmp_path / "b" / "forecast.onnx").is_file()
 
 
-def test_train_forecast_from_the_store_reads_frames_as_the_daemon_does(tmp_path: Path, capsys) -> None:
-    """A lab's own data: a plate scored by a real daemon (SQLite), end-point labels imported,
-    and the well model trained on the store's images, its features computed per frame over
-    tiles of the given size, as the daemon's second stage computes them."""
-    from nscmonitor.cli import main
+def _labelled_store(tmp_path: Path) -> Path:
+    """A plate (0, 24, 48 h) scored by a real daemon into SQLite with a registered tiny model,
+    its wells' end-point labels imported; returns the configuration file."""
     from nscmonitor.config import load_settings
     from nscmonitor.engines.tiny import build_tiny_classifier
     from nscmonitor.registry.registry import Registry
-    from nscmonitor.readers.decode import decode
-    from nscmonitor.scoring import well_sequence as WS
-    from nscmonitor.scoring.forecast import load_forecast_model, tile_px_for
     from nscmonitor.simulate.microscope import Microscope
     from nscmonitor.simulate.render import Camera
     from nscmonitor.store.db import ensure_schema, open_engine
-    from nscmonitor.training import data as D
-    from nscmonitor.training.forecast_train import record_features
     from retrain_setup import WELLS, retrain_config, scored_labelled_plate
 
     cfg = retrain_config(tmp_path, tmp_path / "plate", database_url=f"sqlite:///{tmp_path / 'nsc.db'}", epochs=1,
@@ -102,6 +95,21 @@ def test_train_forecast_from_the_store_reads_frames_as_the_daemon_does(tmp_path:
                        camera=Camera(shape=(192, 256)))
     scored_labelled_plate(settings, engine, scope, tmp_path)
     engine.dispose()
+    return cfg
+
+
+def test_train_forecast_from_the_store_reads_frames_as_the_daemon_does(tmp_path: Path, capsys) -> None:
+    """A lab's own data: a plate scored by a real daemon (SQLite), end-point labels imported,
+    and the well model trained on the store's images, its features computed per frame over
+    tiles of the given size, as the daemon's second stage computes them."""
+    from nscmonitor.cli import main
+    from nscmonitor.readers.decode import decode
+    from nscmonitor.scoring import well_sequence as WS
+    from nscmonitor.scoring.forecast import load_forecast_model, tile_px_for
+    from nscmonitor.training import data as D
+    from nscmonitor.training.forecast_train import record_features
+
+    cfg = _labelled_store(tmp_path)
 
     out = tmp_path / "fc"
     assert main(["--config", str(cfg), "train-forecast", "--from-store", "--tile-size", "64", "--out", str(out),
@@ -118,3 +126,61 @@ def test_train_forecast_from_the_store_reads_frames_as_the_daemon_does(tmp_path:
     assert decoded.pixels.shape == (192, 256)
     assert np.array_equal(record_features(records[0], info.tile_size), daemon)
     assert not np.allclose(daemon, WS.tile_vector(decoded.pixels))  # 12 tiles, not the frame as one
+
+
+def test_retraining_retrains_the_served_forecast_and_installs_it_only_when_it_reads_as_well(
+        tmp_path: Path, capsys) -> None:
+    """With a forecast model configured, a retrain run also trains a forecast candidate on the
+    same labelled wells (a real subprocess), reads the serving model on the same held-out wells,
+    and installs the candidate exactly when the rule says so; the run and an event record both
+    figures; ``models forecast --rollback`` serves the configured file again."""
+    import json
+
+    from sqlalchemy import text
+
+    from nscmonitor.cli import main
+    from nscmonitor.config import load_settings
+    from nscmonitor.core.domain import MULTICLASS
+    from nscmonitor.registry import forecasts as FR
+    from nscmonitor.schedule.forecast_retrain import forecast_decision
+    from nscmonitor.schedule.retrain import run_retrain
+    from nscmonitor.scoring.forecast import load_forecast_model
+    from nscmonitor.store.db import open_engine
+    from nscmonitor.training.temporal import build_tiny_forecast
+
+    cfg = _labelled_store(tmp_path)
+    configured = build_tiny_forecast(tmp_path / "forecast.onnx", classes=MULTICLASS, tile_px=64)
+    text_cfg = cfg.read_text().replace("[retrain]", "[retrain]\nforecast_epochs = 40")
+    cfg.write_text(f'forecast_model = "{configured}"\n' + text_cfg)
+    settings = load_settings(cfg, env={})
+    assert settings.retrain.forecast and settings.retrain.forecast_epochs == 40
+    out = run_retrain(settings, trigger="manual", force=True)
+    fc = out.numbers["forecast"]
+    assert fc["status"] in ("installed", "rejected"), fc
+    served = FR.served(settings.models_dir, settings.forecast_model)
+    assert fc["serving"]["usable"] and fc["serving"]["version"] == "forecast-test"
+    assert fc["serving"]["path"] == str(configured)
+    cand = fc["candidate"]
+    assert cand["wells"] >= 1 and sorted(cand["per_hour"]) == ["0 h", "24 h", "48 h"]
+    assert cand["mean_accuracy"] == np.mean([v["accuracy"] for v in cand["per_hour"].values()])
+    ok, reason = forecast_decision(cand, fc["serving"], len(MULTICLASS))
+    assert fc["reason"] == reason and (fc["status"] == "installed") == ok
+    with open_engine(settings.database_url).connect() as c:
+        events = c.execute(text("select kind, message from events where kind like 'forecast_%'")).fetchall()
+        run_numbers = c.execute(text("select numbers from retrain_runs where id = :i"), {"i": out.run_id}).scalar()
+    assert events == [(f"forecast_{fc['status']}", reason)]
+    stored = json.loads(run_numbers) if isinstance(run_numbers, str) else run_numbers
+    assert stored["forecast"]["status"] == fc["status"]
+    if not ok:
+        assert served == configured
+        return
+    model = load_forecast_model(served)
+    assert model.version == fc["version"] == f"forecast-run-{out.run_id:04d}"
+    assert model.meta["metrics"]["mean_accuracy"] == cand["mean_accuracy"] and model.meta["tile_px"] == 64
+    capsys.readouterr()
+    main(["--config", str(cfg), "status", "--json"])  # its exit code is the daemon's health (none runs here)
+    status = json.loads(capsys.readouterr().out)["forecast"]
+    assert status["version"] == model.version and status["serving"] == str(served) and status["reason"] == reason
+    assert main(["--config", str(cfg), "models", "forecast", "--rollback"]) == 0
+    assert "the configured" in capsys.readouterr().out
+    assert FR.served(settings.models_dir, settings.forecast_model) == configured

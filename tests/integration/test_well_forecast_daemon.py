@@ -106,3 +106,69 @@ def test_a_file_that_is_not_a_forecast_model_is_refused_in_one_line(tmp_path: Pa
     bad.write_bytes(b"not onnx")
     with pytest.raises(ForecastModelError, match="not an ONNX model"):
         load_forecast_model(bad)
+
+
+def test_a_forecast_installed_while_the_daemon_runs_takes_over_between_batches(tmp_path: Path) -> None:
+    """Retraining installs a new forecast model (``registry.forecasts``) while a daemon scores
+    a plate: the next batch is forecast by it, and the plate's first batch under it recomputes
+    every well and time of the plate, so its forecasts are complete under the new version; each
+    is what that model gives on the frames up to its time. A file that cannot serve is refused
+    once, with an event, and the model serving keeps forecasting."""
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.engines.tiny import build_tiny_classifier
+    from nscmonitor.readers.decode import decode
+    from nscmonitor.registry import forecasts as FR
+    from nscmonitor.scoring import well_sequence as WS
+    from nscmonitor.training.temporal import build_tiny_forecast
+
+    first = _forecast_model(tmp_path / "forecast.onnx")
+    second = build_tiny_forecast(tmp_path / "forecast-new.onnx", tile_px=TILE, seed=11, version="forecast-new")
+    watch = tmp_path / "watch"
+    paths = {}
+    for well in WELLS:
+        for h in HOURS:
+            paths[(well, h)] = write_tiff(watch / f"VID3_{well[0]}{int(well[1:])}_1_{h // 24:02d}d{h % 24:02d}h00m.tif",
+                                          cells_image(stable_seed("swap", well, h), (96, 128)))
+    model = tmp_path / "models" / "tiny.onnx"
+    build_tiny_classifier(model, input_size=32)
+    settings = dataclasses.replace(settings_for(tmp_path, watch), forecast_model=first, batch_size=2)
+    runner = build_runner(settings, model=model, retry_base_s=0.05, poll_interval=0.2, claim_size=2)
+    batches, switched = [], []
+
+    def after(n: int) -> None:
+        batches.append(n)
+        if len(batches) == 1:  # a broken install first: refused, the configured model keeps serving
+            (tmp_path / "broken.onnx").write_bytes(b"not a model")
+            FR.install(settings.models_dir, tmp_path / "broken.onnx", "forecast-broken", "test")
+            return
+        with runner.store.engine.connect() as c:
+            induction_done = c.execute(text("select count(*) from images where elapsed_h = 0 and status = 'done'")
+                                       ).scalar() == len(WELLS)
+        if induction_done and not switched:  # after the plate's induction scan, so only the switch can
+            switched.append(len(batches))     # make the new model forecast the earlier frames
+            FR.rollback(settings.models_dir)
+            FR.install(settings.models_dir, second, "forecast-new", "test")
+
+    runner.on_batch = after
+    try:
+        runner.run(once=True)
+    finally:
+        runner.stop_event.set()
+    assert switched and switched[0] < len(batches), (switched, batches)
+    with runner.store.engine.connect() as c:
+        rows = c.execute(text("select w.name, f.elapsed_h, f.probs, f.model_version from well_forecasts f "
+                              "join wells w on w.id = f.well_id")).fetchall()
+        events = c.execute(text("select message from events where kind = 'forecast_error'")).scalars().all()
+    assert len(events) == 1 and "forecast-test keeps serving" in events[0] and "broken" in events[0]
+    by_version: dict[str, dict] = {}
+    for name, h, p, version in rows:
+        by_version.setdefault(version, {})[(name, round(h))] = json.loads(p) if isinstance(p, str) else p
+    assert by_version.get("forecast-test"), "the configured model forecast the first batches"
+    assert sorted(by_version["forecast-new"]) == sorted(paths)  # the whole plate, under the new version
+    feats = {k: WS.frame_features(decode(p).pixels, TILE) for k, p in paths.items()}
+    ref = WS.plate_reference([feats[(w, 0)] for w in WELLS])
+    sess = ort.InferenceSession(str(second), providers=["CPUExecutionProvider"])
+    for (name, h), p in by_version["forecast-new"].items():
+        seq = WS.sequence([(hh, feats[(name, hh)]) for hh in HOURS], ref, feats[(name, 0)], "plate0+well0", up_to_h=h)
+        z = sess.run(None, {"sequence": seq[None]})[0][0, -1]
+        assert np.allclose(p, np.exp(z - z.max()) / np.exp(z - z.max()).sum(), atol=1e-5)

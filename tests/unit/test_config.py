@@ -50,6 +50,8 @@ channel = "phase"
     ({"retrain": {"require_engine": "yes"}}, "retrain.require_engine"),
     ({"retrain": {"nproc": 0}}, "retrain.nproc"),
     ({"retrain": {"nproc": "2"}}, "retrain.nproc"),
+    ({"retrain": {"forecast_epochs": 0}}, "retrain.forecast_epochs"),
+    ({"retrain": {"forecast": "yes"}}, "retrain.forecast"),
     ({"custom_profiles": [{"name": "lab", "regex": "(?P<plate>\\w+).tif"}]}, "custom_profiles[0]"),
     ({"colour": "blue"}, "colour"),
 ])
@@ -82,6 +84,9 @@ def test_retrain_requires_a_gated_engine_unless_told_otherwise() -> None:
 def test_retrain_trains_on_one_process_unless_told_otherwise() -> None:
     assert parse_settings({}, env={}).retrain.nproc == 1
     assert parse_settings({"retrain": {"nproc": 2}}, env={}).retrain.nproc == 2
+    rt = parse_settings({"retrain": {"forecast": False, "forecast_epochs": 50}}, env={}).retrain
+    assert (rt.forecast, rt.forecast_epochs) == (False, 50)
+    assert parse_settings({}, env={}).retrain.forecast is True
 
 
 def test_database_password_file_is_read_private_and_masked(tmp_path: Path) -> None:
