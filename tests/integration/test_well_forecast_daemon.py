@@ -32,6 +32,21 @@ def _forecast_model(path: Path) -> Path:
     return build_tiny_forecast(path, tile_px=TILE)
 
 
+def _plate(watch: Path, seed: str) -> dict[tuple[str, int], Path]:
+    """One field per well and hour, as an Incucyte names them; (well, hour) -> file."""
+    return {(well, h): write_tiff(watch / f"VID3_{well[0]}{int(well[1:])}_1_{h // 24:02d}d{h % 24:02d}h00m.tif",
+                                  cells_image(stable_seed(seed, well, h), (96, 128)))
+            for well in WELLS for h in HOURS}
+
+
+def _tile_model(tmp_path: Path) -> Path:
+    from nscmonitor.engines.tiny import build_tiny_classifier
+
+    model = tmp_path / "models" / "tiny.onnx"
+    build_tiny_classifier(model, input_size=32)
+    return model
+
+
 def test_daemon_stores_forecasts_from_frames_up_to_each_time(tmp_path: Path, db_url: str) -> None:
     from nscmonitor.daemon import build_runner
     from nscmonitor.readers.decode import decode
@@ -39,15 +54,8 @@ def test_daemon_stores_forecasts_from_frames_up_to_each_time(tmp_path: Path, db_
 
     fmodel = _forecast_model(tmp_path / "forecast.onnx")
     watch = tmp_path / "watch"
-    paths = {}
-    for well in WELLS:
-        for h in HOURS:
-            paths[(well, h)] = write_tiff(watch / f"VID3_{well[0]}{int(well[1:])}_1_{h // 24:02d}d{h % 24:02d}h00m.tif",
-                                          cells_image(stable_seed("forecast", well, h), (96, 128)))
-    from nscmonitor.engines.tiny import build_tiny_classifier
-
-    model = tmp_path / "models" / "tiny.onnx"
-    build_tiny_classifier(model, input_size=32)
+    paths = _plate(watch, "forecast")
+    model = _tile_model(tmp_path)
     settings = dataclasses.replace(settings_for(tmp_path, watch, db_url), forecast_model=fmodel)
     runner = build_runner(settings, model=model, retry_base_s=0.05, poll_interval=0.2)
     try:
@@ -115,7 +123,6 @@ def test_a_forecast_installed_while_the_daemon_runs_takes_over_between_batches(t
     is what that model gives on the frames up to its time. A file that cannot serve is refused
     once, with an event, and the model serving keeps forecasting."""
     from nscmonitor.daemon import build_runner
-    from nscmonitor.engines.tiny import build_tiny_classifier
     from nscmonitor.readers.decode import decode
     from nscmonitor.registry import forecasts as FR
     from nscmonitor.scoring import well_sequence as WS
@@ -124,13 +131,8 @@ def test_a_forecast_installed_while_the_daemon_runs_takes_over_between_batches(t
     first = _forecast_model(tmp_path / "forecast.onnx")
     second = build_tiny_forecast(tmp_path / "forecast-new.onnx", tile_px=TILE, seed=11, version="forecast-new")
     watch = tmp_path / "watch"
-    paths = {}
-    for well in WELLS:
-        for h in HOURS:
-            paths[(well, h)] = write_tiff(watch / f"VID3_{well[0]}{int(well[1:])}_1_{h // 24:02d}d{h % 24:02d}h00m.tif",
-                                          cells_image(stable_seed("swap", well, h), (96, 128)))
-    model = tmp_path / "models" / "tiny.onnx"
-    build_tiny_classifier(model, input_size=32)
+    paths = _plate(watch, "swap")
+    model = _tile_model(tmp_path)
     settings = dataclasses.replace(settings_for(tmp_path, watch), forecast_model=first, batch_size=2)
     runner = build_runner(settings, model=model, retry_base_s=0.05, poll_interval=0.2, claim_size=2)
     batches, switched = [], []
