@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from nscmonitor.config import Settings
 from nscmonitor.gui.export_dialog import ExportDialog, save_map_as, save_time_courses_as
-from nscmonitor.gui.state.forecasts import FORECAST_KEY, forecast_at, forecast_metrics, forecast_note
+from nscmonitor.gui.state.forecasts import FORECAST_KEY, forecast_at, forecast_metrics, forecast_note, serving_line
 from nscmonitor.gui.state.presenter import (ModelMetaCache, Overview, PlateLoad, PollResult, WellImages, daemon_line,
                                             export_counts, load_plate, poll, read_overview)
 from nscmonitor.gui.state.readouts import (Metric, PlateCube, ReadoutRows, merge, metric_at, metrics_for, nearest_time,
@@ -21,6 +21,7 @@ from nscmonitor.gui.state.readouts import (Metric, PlateCube, ReadoutRows, merge
 from nscmonitor.gui.widgets.browser import first_plate
 from nscmonitor.gui.window_layout import WindowLayout
 from nscmonitor.gui.workers import Reader
+from nscmonitor.ops.health import forecast_state
 from nscmonitor.store import plate_reads as db
 from nscmonitor.store import reads
 
@@ -73,6 +74,10 @@ class MainWindow(WindowLayout):
 
     def _overview(self, ov: Overview) -> None:
         self.overview = ov
+        # which well forecast serves is a file beside the models, read off the GUI thread as well
+        self.reader.submit(forecast_state, self.settings, channel="forecast",
+                           done=lambda st: self.models_panel.set_forecast(serving_line(st)),
+                           failed=lambda msg: self.models_panel.set_forecast(serving_line({"problem": msg})))
         now = datetime.now(timezone.utc)
         daemon = daemon_line(ov.status, now)
         self.browser.set_experiments(ov.experiments, now, daemon.watched, self.plate.id if self.plate else None)

@@ -21,7 +21,8 @@ class ModelAction:
 
 
 def registry_actions(settings: Settings) -> dict[str, ModelAction]:
-    """The three actions wired to the registry of ``settings`` (database URL, models dir)."""
+    """The actions wired to the registry of ``settings`` (database URL, models dir); rolling
+    back the well forecast only where one is configured."""
     import os
     import subprocess
     import sys
@@ -59,10 +60,19 @@ def registry_actions(settings: Settings) -> dict[str, ModelAction]:
         return ("retraining started in the background; it runs only if the labels changed since the active "
                 "model, and its decision appears here and under Status.")
 
+    def rollback_forecast(_version: str | None) -> str:
+        from nscmonitor.registry import forecasts as FR
+
+        back = FR.rollback(settings.models_dir)
+        return (f"rolled back: the well forecast {back.version if back else 'configured in the settings'} serves "
+                "again; the daemon switches between batches.")
+
     return {
         "promote": ModelAction("Promote", "", promote),
         "rollback": ModelAction("Roll back", "", rollback),
         "retrain": ModelAction("Retrain now", "", retrain),
+        "rollback_forecast": ModelAction("Roll back forecast", "no forecast_model in the settings: no well forecast "
+                                         "runs", rollback_forecast if settings.forecast_model else None),
     }
 
 

@@ -81,3 +81,15 @@ def forecast_at(cells: dict[tuple[str, int], ForecastCell], wells: list[str], ti
         if cell is not None and cls in cell.classes:
             out[i] = cell.probs[cell.classes.index(cls)]
     return out
+
+
+def serving_line(state: dict | None) -> str:
+    """The models panel's line on the well forecast (``ops.health.forecast_state``)."""
+    if state is None:
+        return "No well forecast is configured (the forecast_model setting)."
+    if state.get("problem"):
+        return f"Well forecast: <b>{state['problem']}</b>"
+    if state.get("version"):
+        return (f"Well forecast: <b>{state['version']}</b>, installed by retraining ({state['reason']}); "
+                f"{state['installed_by_retraining']} version(s) installed over the configured file.")
+    return f"Well forecast: the configured file {state['configured']}."

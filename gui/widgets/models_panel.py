@@ -75,6 +75,9 @@ class ModelsPanel(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(5, QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().hide()
         lay.addWidget(self.table, 1)
+        self.forecast = QLabel("")
+        self.forecast.setWordWrap(True)
+        lay.addWidget(self.forecast)
         note = QLabel("Accuracy figures are this lab's own validation results. The source paper's reported "
                       "accuracies are not calibrated confidence for your plates.")
         note.setWordWrap(True)
@@ -145,6 +148,9 @@ class ModelsPanel(QWidget):
             return
         self.message.setStyleSheet("color: #1b5e20")
         self.message.setText(msg)
+
+    def set_forecast(self, line: str) -> None:
+        self.forecast.setText(line)
 
     def set_versions(self, versions: list[ModelInfo], serving: str | None, used: list[str]) -> None:
         self.versions = versions

@@ -108,3 +108,37 @@ def test_forecasts_arriving_while_the_window_is_open_are_offered_on_the_plate_ma
     cls = json.loads(classes)[0]
     win.set_metric(f"forecast:{cls}")
     assert win.plate_map.value_of("A01") == pytest.approx(json.loads(probs)[0])
+
+
+def test_the_models_tab_names_the_serving_forecast_and_rolls_an_installed_one_back(
+        tmp_path: Path, qtbot, tiny_model: Path) -> None:
+    from nscmonitor.gui.app import open_store
+    from nscmonitor.gui.main_window import MainWindow
+    from nscmonitor.registry import forecasts as FR
+    from nscmonitor.training.temporal import build_tiny_forecast
+
+    lab = Lab(tmp_path, tiny_model)
+    lab.write((0,), wells=WELLS[:1], fields=1)
+    lab.score()
+    plain = MainWindow(open_store(lab.url), lab.settings, poll_s=0.2)
+    qtbot.addWidget(plain)
+    assert not plain.models_panel.buttons["rollback_forecast"].isEnabled()
+    qtbot.waitUntil(lambda: "No well forecast" in plain.models_panel.forecast.text(), timeout=10000)
+
+    configured = build_tiny_forecast(tmp_path / "forecast.onnx")
+    settings = dataclasses.replace(lab.settings, forecast_model=configured, models_dir=tmp_path / "models")
+    win = MainWindow(open_store(lab.url), settings, poll_s=0.2)
+    qtbot.addWidget(win)
+    qtbot.waitUntil(lambda: f"the configured file {configured}" in win.models_panel.forecast.text(), timeout=10000)
+    FR.install(settings.models_dir, configured, "forecast-run-0007", "0.61 >= forecast-test 0.40")
+    win.refresh()
+    qtbot.waitUntil(lambda: "forecast-run-0007" in win.models_panel.forecast.text(), timeout=10000)
+    assert "0.61 >= forecast-test 0.40" in win.models_panel.forecast.text()
+    button = win.models_panel.buttons["rollback_forecast"]
+    assert button.isEnabled()
+    button.click()
+    assert "configured in the settings serves again" in win.models_panel.message.text()
+    assert FR.served(settings.models_dir, configured) == configured
+    qtbot.waitUntil(lambda: f"the configured file {configured}" in win.models_panel.forecast.text(), timeout=10000)
+    button.click()  # nothing left to roll back: the reason is shown, nothing changes
+    assert "already serves" in win.models_panel.message.text()
