@@ -121,6 +121,8 @@ def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
                    help="also read this forecast model (e.g. the one serving) on the same held-out wells and print both")
     p.add_argument("--version", help="version name stored in the file and with each forecast "
                    "(default: forecast-<name of OUT>)")
+    p.add_argument("--features", metavar="NPZ", help="features the daemon stored for the export's images (paths, "
+                   "values; what scheduled retraining passes), used instead of reading those images again")
     p.set_defaults(func=_train_forecast)
 
 
@@ -137,7 +139,8 @@ def _train_forecast(args: argparse.Namespace) -> int:
     if not data:
         raise UserFacingError("train-forecast needs --data, or --from-store/--labels")
     metrics = train_forecast(data, args.out, scheme=args.scheme, epochs=args.epochs, seed=args.seed,
-                             progress=sys.stderr.isatty(), compare=args.compare, version=args.version)
+                             progress=sys.stderr.isatty(), compare=args.compare, version=args.version,
+                             features=args.features)
     print(f"held-out wells ({metrics['split']}, n = {metrics['wells']}), accuracy of the forecast at each hour "
           "from the frames up to it [95 % interval]:")
     other = metrics.get("compared") or {}

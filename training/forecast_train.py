@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from nscmonitor.core.errors import UserFacingError
+from nscmonitor.core.names import to_db
 from nscmonitor.scoring import well_sequence as WS
 from nscmonitor.training import data as D
 from nscmonitor.training import splits as S
@@ -38,6 +39,12 @@ def per_hour_accuracy(probs: Sequence[np.ndarray], wells: Sequence[WF.Well], tru
             by_h.setdefault(float(h), []).append(int(np.argmax(p[t])) == y)
     return {f"{h:g} h": {"accuracy": float(np.mean(v)), "ci95": list(wilson(int(sum(v)), len(v)) or ()),
                          "wells": len(v)} for h, v in sorted(by_h.items())}
+
+
+def load_stored_features(path: str | Path) -> dict[str, np.ndarray]:
+    """Stored path -> feature vector, as ``schedule.forecast_retrain`` writes them."""
+    with np.load(path, allow_pickle=False) as z:
+        return {str(p): np.asarray(v, np.float64) for p, v in zip(z["paths"], z["values"])}
 
 
 def record_features(record: D.TileRecord, tile_px: int) -> np.ndarray:
@@ -82,12 +89,14 @@ def compare_with(path: str | Path, wells: Sequence[WF.Well], held: Sequence[int]
 
 def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multiclass", epochs: int = 300,
                    seed: int = 0, progress: bool = True, compare: str | Path | None = None,
-                   version: str | None = None) -> dict[str, Any]:
+                   version: str | None = None, features: str | Path | None = None) -> dict[str, Any]:
     """Train, evaluate on the held-out plate(s) and write ``OUT/forecast.onnx``; returns the
     figures (also in the file's metadata). ``data`` is a tiles export: the simulator's, or the
     store's labelled images written by ``schedule.retrain.store_dataset``. ``compare``: a
     forecast model read on the same held-out wells (``metrics["compared"]``), which retraining
-    uses to decide whether the candidate replaces it. The figures are also written to
+    uses to decide whether the candidate replaces it. ``features``: an ``.npz`` of ``paths``
+    (stored form) and ``values``, the features the daemon kept for those images at the
+    export's tile size; such images are not read again. The figures are also written to
     ``OUT/forecast_metrics.json``."""
     from rich.progress import track
 
@@ -101,14 +110,24 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     records = S.assign_splits(records, seed=seed)
     if any(r.elapsed_h is None for r in records):
         raise UserFacingError(f"{data}: every tile needs its hours since induction (elapsed_h) for the well model")
+    stored = load_stored_features(features) if features is not None else {}
+    reused = [0]
+
+    def features_of(r: D.TileRecord, px: int) -> np.ndarray:
+        got = stored.get(to_db(r.path)) if px == int(info.tile_size) else None
+        if got is not None:
+            reused[0] += 1
+            return got
+        return record_features(r, px)
 
     def wells_at(px: int) -> list[WF.Well]:
         it = track(records, description="well features", disable=not progress, transient=True)
-        wells = WF.wells_of(records, np.asarray([record_features(r, px) for r in it], np.float64))
+        wells = WF.wells_of(records, np.asarray([features_of(r, px) for r in it], np.float64))
         refs = WF.plate_references(wells)
         return [w for w in wells if w.plate_key in refs and WF.well_start(w) is not None]
 
     wells = wells_at(int(info.tile_size))
+    n_stored = reused[0]
     n_all = len({r.well_key for r in records})
     if len(wells) < n_all:  # as the daemon gives such a well no forecast, training leaves it out
         print(f"{n_all - len(wells)} of {n_all} wells have no induction (0 h) frame, or their plate has "
@@ -130,6 +149,7 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     metrics = {"split": "test" if idx["test"] else "val (no test plate)", "wells": len(held),
                "per_hour": per_hour_accuracy(probs, [wells[i] for i in held], [y[i] for i in held]), "fit": fit}
     metrics["mean_accuracy"] = mean_accuracy(metrics["per_hour"])
+    metrics["stored_features"] = {"images": len(records), "reused": n_stored}
     if compare is not None:
         metrics["compared"] = compare_with(compare, wells, held, [y[i] for i in held], classes,
                                            int(info.tile_size), wells_at)

@@ -329,7 +329,7 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
     if len({smp.label for smp in samples if smp.split == "train"}) < 2 or not test:
         return finish("failed", f"too few labelled images to train and test ({len(samples)} images)",
                       run_dir=str(run_dir))
-    forecast = _forecast_step(settings, engine, data_dir, run_dir, run_id)
+    forecast = _forecast_step(settings, engine, samples, (tile, px), run_dir, run_id)
     cfg_path = _write_train_config(settings, run_dir, data_dir, base_meta, train_overrides)
     rc, tail = train_subprocess(cfg_path, threads=settings.retrain.threads, timeout=timeout,
                                 log_path=run_dir / "train.log", nproc=settings.retrain.nproc)
@@ -359,7 +359,8 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
                   run_dir=str(run_dir))
 
 
-def _forecast_step(settings: Settings, engine, data_dir: Path, run_dir: Path, run_id: int) -> dict | None:
+def _forecast_step(settings: Settings, engine, samples: list[Sample], geometry: tuple[int, float | None],
+                   run_dir: Path, run_id: int) -> dict | None:
     """The well forecast's own retrain (``forecast_retrain``) when the lab serves one and
     ``retrain.forecast`` is on; its outcome is an event (and the notification hook) of its own."""
     if settings.forecast_model is None or not settings.retrain.forecast:
@@ -367,7 +368,7 @@ def _forecast_step(settings: Settings, engine, data_dir: Path, run_dir: Path, ru
     from nscmonitor.schedule.forecast_retrain import retrain_forecast
 
     try:
-        out = retrain_forecast(settings, data_dir, run_dir, run_id)
+        out = retrain_forecast(settings, engine, samples, run_dir, run_id, fallback=geometry)
     except Exception as exc:  # the forecast's retrain must never take the tile model's with it
         log.exception("retrain %d: the forecast step failed", run_id)
         out = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}

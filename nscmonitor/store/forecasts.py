@@ -98,6 +98,17 @@ def plate_frames(Session: sessionmaker, image_ids: Sequence[int], extractor: str
     return [f for f in frames if f.image_id in wanted], frames
 
 
+def stored_features(engine, paths: Iterable[str], extractor: str) -> dict[str, tuple[float, ...]]:  # noqa: ANN001
+    """Stored path -> the features the daemon kept for that image under ``extractor`` (images
+    scored before a forecast model was configured have none)."""
+    wanted = set(paths)
+    with Session(engine) as s:
+        rows = s.execute(select(m.Image.path, m.FrameFeatures.feature_values)
+                         .join(m.FrameFeatures, m.FrameFeatures.image_id == m.Image.id)
+                         .where(m.FrameFeatures.extractor == extractor, m.Image.status == QueueState.DONE))
+        return {p: tuple(v) for p, v in rows if p in wanted}
+
+
 def store_forecasts(Session: sessionmaker, forecasts: Iterable[Forecast], now: datetime) -> int:
     """Insert or update one row per (well, time, forecast model version)."""
     n = 0

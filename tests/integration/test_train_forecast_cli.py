@@ -73,9 +73,10 @@ def test_an_export_with_too_few_wells_is_refused_and_one_plate_is_warned_about(e
     assert "warning: validation wells share plate(s)" in out and (tmp_path / "b" / "forecast.onnx").is_file()
 
 
-def _labelled_store(tmp_path: Path) -> Path:
-    """A plate (0, 24, 48 h) scored by a real daemon into SQLite with a registered tiny model,
-    its wells' end-point labels imported; returns the configuration file."""
+def _labelled_store(tmp_path: Path, forecast: Path | None = None) -> Path:
+    """A plate (0, 24, 48 h) scored by a real daemon into SQLite with a registered tiny model
+    (and ``forecast`` as its forecast model), its wells' end-point labels imported; returns
+    the configuration file."""
     from nscmonitor.config import load_settings
     from nscmonitor.engines.tiny import build_tiny_classifier
     from nscmonitor.registry.registry import Registry
@@ -86,6 +87,9 @@ def _labelled_store(tmp_path: Path) -> Path:
 
     cfg = retrain_config(tmp_path, tmp_path / "plate", database_url=f"sqlite:///{tmp_path / 'nsc.db'}", epochs=1,
                          quiet_s=0.0, engine="ort-cpu")
+    if forecast is not None:
+        cfg.write_text(f'forecast_model = "{forecast}"\n' + cfg.read_text().replace("[retrain]", "[retrain]\n"
+                                                                                    "forecast_epochs = 40"))
     settings = load_settings(cfg, env={})
     engine = open_engine(settings.database_url)
     ensure_schema(engine)
@@ -131,7 +135,8 @@ def test_train_forecast_from_the_store_reads_frames_as_the_daemon_does(tmp_path:
 def test_retraining_retrains_the_served_forecast_and_installs_it_only_when_it_reads_as_well(
         tmp_path: Path, capsys) -> None:
     """With a forecast model configured, a retrain run also trains a forecast candidate on the
-    same labelled wells (a real subprocess), reads the serving model on the same held-out wells,
+    same labelled wells (a real subprocess) from the features the daemon stored while scoring
+    them, reads the serving model on the same held-out wells,
     and installs the candidate exactly when the rule says so; the run and an event record both
     figures; ``models forecast --rollback`` serves the configured file again."""
     import json
@@ -148,10 +153,8 @@ def test_retraining_retrains_the_served_forecast_and_installs_it_only_when_it_re
     from nscmonitor.store.db import open_engine
     from nscmonitor.training.temporal import build_tiny_forecast
 
-    cfg = _labelled_store(tmp_path)
     configured = build_tiny_forecast(tmp_path / "forecast.onnx", classes=MULTICLASS, tile_px=64)
-    text_cfg = cfg.read_text().replace("[retrain]", "[retrain]\nforecast_epochs = 40")
-    cfg.write_text(f'forecast_model = "{configured}"\n' + text_cfg)
+    cfg = _labelled_store(tmp_path, forecast=configured)
     settings = load_settings(cfg, env={})
     assert settings.retrain.forecast and settings.retrain.forecast_epochs == 40
     out = run_retrain(settings, trigger="manual", force=True)
@@ -160,6 +163,8 @@ def test_retraining_retrains_the_served_forecast_and_installs_it_only_when_it_re
     served = FR.served(settings.models_dir, settings.forecast_model)
     assert fc["serving"]["usable"] and fc["serving"]["version"] == "forecast-test"
     assert fc["serving"]["path"] == str(configured)
+    # every labelled image's features are the ones the daemon stored while scoring: none read again
+    assert fc["stored_features"]["reused"] == fc["stored_features"]["images"] > 0
     cand = fc["candidate"]
     assert cand["wells"] >= 1 and sorted(cand["per_hour"]) == ["0 h", "24 h", "48 h"]
     assert cand["mean_accuracy"] == np.mean([v["accuracy"] for v in cand["per_hour"].values()])
