@@ -172,6 +172,11 @@ class ForecastStage:
             model = load_forecast_model(path)
         except Exception as exc:  # any unloadable file: keep forecasting with the one that works
             return self._refuse(str(path), f"{exc}")
+        geometry = [(m.meta.get("tile_px"), m.meta.get("pixel_size_um")) for m in (model, self.model)]
+        if geometry[0] != geometry[1]:  # earlier frames' stored features were computed for the other
+            return self._refuse(str(path), f"{model.version} reads tiles of {geometry[0][0]} px at "
+                                f"{geometry[0][1]} µm/px, the serving model {geometry[1][0]} px at {geometry[1][1]} "
+                                "µm/px: the features stored for earlier frames would not match")
         log.info("well forecast: %s (%s) replaces %s", model.version, path, self.model.version)
         self.model, self._refused, self._whole_done = model, None, set()
         return None

@@ -174,3 +174,22 @@ def test_a_forecast_installed_while_the_daemon_runs_takes_over_between_batches(t
         seq = WS.sequence([(hh, feats[(name, hh)]) for hh in HOURS], ref, feats[(name, 0)], "plate0+well0", up_to_h=h)
         z = sess.run(None, {"sequence": seq[None]})[0][0, -1]
         assert np.allclose(p, np.exp(z - z.max()) / np.exp(z - z.max()).sum(), atol=1e-5)
+
+
+def test_a_forecast_reading_other_tiles_is_not_switched_to(tmp_path: Path) -> None:
+    """Earlier frames' stored features were computed at the serving model's tile size; a model
+    reading other tiles would forecast from features it was not trained on, so it is refused
+    (once) and the serving model stays."""
+    from nscmonitor.scoring.forecast import ForecastStage, load_forecast_model
+    from nscmonitor.training.temporal import build_tiny_forecast
+
+    serving = load_forecast_model(_forecast_model(tmp_path / "forecast.onnx"))
+    other = build_tiny_forecast(tmp_path / "other.onnx", tile_px=2 * TILE, version="forecast-64")
+    same = build_tiny_forecast(tmp_path / "same.onnx", tile_px=TILE, seed=5, version="forecast-same")
+    offered = [other]
+    stage = ForecastStage(serving, None, source=lambda: offered[0])
+    why = stage.refresh()
+    assert why and "64 px" in why and "would not match" in why and stage.model is serving
+    assert stage.refresh() is None and stage.model is serving  # told once
+    offered[0] = same
+    assert stage.refresh() is None and stage.model.version == "forecast-same"
