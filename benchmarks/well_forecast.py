@@ -15,6 +15,11 @@ Compares, per scheme, at every hour (one readout per well):
 Per-hour classifiers fit on the training export's train and val wells; the GRU trains on
 train wells and stops and calibrates on the validation plate. Writes OUT/well_forecast.json
 and prints markdown tables; with ``--export`` also writes OUT/forecast-SCHEME.onnx (seed 0).
+
+Earliest confident calls (``training.calls``: the rule chosen on the validation wells, each
+test well's first call under it) for the GRU, which reads each well's history, beside the
+per-hour classifier on the same features, which reads only the frame at t (for its rule, a
+copy fitted on the train wells alone scores the validation wells).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from nscmonitor.training import data as D
 from nscmonitor.training import splits as S
 from nscmonitor.training import well_frames as WF
 from nscmonitor.training.evaluate import held_out_records
+from nscmonitor.training.forecast_train import call_wells, earliest_calls
 from nscmonitor.training.protocol import protocol_report
 
 N_TEXTURE = 15  # the simulator baseline's features come first in the model's vector
@@ -131,10 +137,20 @@ def run_scheme(a, scheme: str, out: Path) -> dict:
     tr_s, te_s = WF.sequences(w_tr, norm), WF.sequences(w_te, norm)
     fit = [i for i, w in enumerate(w_tr) if w.split == "train"]
     val = [i for i, w in enumerate(w_tr) if w.split == "val"]
+    y_te, w_val, y_val = [classes.index(w.label) for w in w_te], [w_tr[i] for i in val], [y_tr[i] for i in val]
+
+    def calls(p_val: list[np.ndarray], p_te: list[np.ndarray]) -> dict:
+        return earliest_calls(call_wells(p_val, w_val, y_val), call_wells(p_te, w_te, y_te), classes)
+
+    res["calls"] = {f"per-hour LR, {norm} (frame at t only)": calls(
+        per_hour_lr([tr_s[i] for i in fit], [y_tr[i] for i in fit], [tr_s[i] for i in val], len(classes)),
+        per_hour_lr(tr_s, y_tr, te_s, len(classes)))}
     for seed in a.seeds:
         model, info_fit = T.train_gru([tr_s[i] for i in fit], [y_tr[i] for i in fit], [tr_s[i] for i in val],
                                       [y_tr[i] for i in val], len(classes), seed=seed, epochs=a.epochs)
         p = T.step_probs(model, te_s, info_fit["temperature"])
+        res["calls"][f"GRU {norm}, seed {seed}"] = calls(T.step_probs(model, [tr_s[i] for i in val],
+                                                                      info_fit["temperature"]), p)
         res["methods"][f"GRU {norm}, seed {seed}"] = summary(well_report(p, w_te, classes, conds, a.resamples))
         res["methods"][f"GRU {norm}, seed {seed}"]["fit"] = info_fit
         if a.export and seed == a.seeds[0]:
@@ -162,6 +178,23 @@ def table(res: dict, row: str) -> str:
     return "\n".join(lines)
 
 
+def calls_table(res: dict) -> str:
+    """Per method: wells called, wrong calls (share of all wells), median hours to a call, and
+    the same per condition."""
+    lines = [f"| earliest confident call ({res['scheme']}) | rule | called / wells | wrong | median h | by condition: "
+             "called/wells, wrong, median h |", "|---|---|---|---|---|---|"]
+    for name, c in res.get("calls", {}).items():
+        by = c["by_condition"]
+        a = by["all"]
+        med = "-" if a["median_h_to_call"] is None else f"{a['median_h_to_call']:g}"
+        per = "; ".join(f"{k} {v['called']}/{v['wells']}, {v['wrong']}, "
+                        f"{'-' if v['median_h_to_call'] is None else format(v['median_h_to_call'], 'g')}"
+                        for k, v in by.items() if k != "all")
+        lines.append(f"| {name} | p >= {c['rule']['threshold']:g} x {c['rule']['min_points']} | {a['called']} / "
+                     f"{a['wells']} | {a['wrong']} ({a['wrong_frac']:.2f}) | {med} | {per} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", required=True, help="training tiles export (several plates)")
@@ -183,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         for row in [*ROWS, *(f"training conditions {r}" for r in ("24 h", "48 h"))]:
             print(table(res, row) + "\n")
+        print(calls_table(res) + "\n")
     print(f"{time.perf_counter() - t0:.0f} s; wrote {out / 'well_forecast.json'}")
     return 0
 

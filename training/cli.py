@@ -150,6 +150,12 @@ def _train_forecast(args: argparse.Namespace) -> int:
         if other.get("usable") and hour in other["per_hour"]:
             beside = f"   {other['version']}: {other['per_hour'][hour]['accuracy']:.2f}"
         print(f"  {hour:>7}  {v['accuracy']:.2f}{ci}  (n = {v['wells']}){beside}")
+    calls = metrics["calls"]
+    print(f"earliest confident call on the held-out wells (rule chosen on validation: p >= "
+          f"{calls['rule']['threshold']:g} over >= {calls['rule']['min_points']} time points):")
+    from nscmonitor.training.calls import calls_table
+
+    print(calls_table(calls))
     mean = metrics["mean_accuracy"]
     if other.get("usable"):
         print(f"mean over the hours: {mean:.3f}, {other['version']} {other['mean_accuracy']:.3f} on the same wells")

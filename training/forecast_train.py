@@ -41,6 +41,24 @@ def per_hour_accuracy(probs: Sequence[np.ndarray], wells: Sequence[WF.Well], tru
                          "wells": len(v)} for h, v in sorted(by_h.items())}
 
 
+def call_wells(probs: Sequence[np.ndarray], wells: Sequence[WF.Well], truth: Sequence[int]) -> list[dict[str, Any]]:
+    """Per well its forecast time course (row t: from the frames up to t), as the confident-call
+    rule of the dashboard and report reads one (``training.calls``)."""
+    return [{"well": "/".join(w.key), "probs": np.asarray(p), "hours": np.asarray(w.hours, np.float64), "y": int(y),
+             "condition": w.condition or "-"} for p, w, y in zip(probs, wells, truth)]
+
+
+def earliest_calls(val: list[dict[str, Any]], held: list[dict[str, Any]], classes: Sequence[str]) -> dict[str, Any]:
+    """The confident-call rule (threshold, persistence) chosen on the validation wells' forecast
+    time courses, as for the tile model, then each held-out well's earliest call under it, by
+    condition: wrong calls as a share of wells, and the median hours to a call."""
+    from nscmonitor.training import calls as C
+
+    rule, on_val = C.choose_rule(val, classes)
+    return {"rule": rule.record(chosen_on="validation", validation=on_val),
+            "by_condition": C.by_condition(held, rule, classes)}
+
+
 def load_stored_features(path: str | Path) -> dict[str, np.ndarray]:
     """Stored path -> feature vector, as ``schedule.forecast_retrain`` writes them."""
     with np.load(path, allow_pickle=False) as z:
@@ -149,6 +167,9 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     metrics = {"split": "test" if idx["test"] else "val (no test plate)", "wells": len(held),
                "per_hour": per_hour_accuracy(probs, [wells[i] for i in held], [y[i] for i in held]), "fit": fit}
     metrics["mean_accuracy"] = mean_accuracy(metrics["per_hour"])
+    val_probs = T.step_probs(model, [seqs[i] for i in idx["val"]], fit["temperature"])
+    metrics["calls"] = earliest_calls(call_wells(val_probs, [wells[i] for i in idx["val"]], [y[i] for i in idx["val"]]),
+                                      call_wells(probs, [wells[i] for i in held], [y[i] for i in held]), classes)
     metrics["stored_features"] = {"images": len(records), "reused": n_stored}
     if compare is not None:
         metrics["compared"] = compare_with(compare, wells, held, [y[i] for i in held], classes,

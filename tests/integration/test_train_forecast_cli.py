@@ -44,6 +44,28 @@ def test_train_forecast_writes_a_model_the_daemon_loads(export: Path, tmp_path: 
     seq = np.zeros((3, meta["input_width"]), np.float32)
     p = model.probs(seq)
     assert p.shape == (4,) and abs(float(p.sum()) - 1) < 1e-5
+    # earliest confident calls: the rule chosen on validation, the held-out wells judged under it as the
+    # exported model forecasts them from the frames up to each hour
+    from nscmonitor.core.calibration import CallRule
+    from nscmonitor.training import calls as C
+    from nscmonitor.training import data as D
+    from nscmonitor.training import splits as S
+    from nscmonitor.training import well_frames as WF
+    from nscmonitor.training.forecast_train import call_wells, record_features
+
+    calls = meta["metrics"]["calls"]
+    assert calls["rule"]["chosen_on"] == "validation" and calls["rule"]["threshold"] in C.THRESHOLDS
+    records = S.assign_splits(D.for_scheme(D.discover(export, "well")[0], "multiclass")[0], seed=0)
+    wells = WF.wells_of(records, np.asarray([record_features(r, 64) for r in records]))
+    wells = [w for w in wells if WF.well_start(w) is not None]  # as training (and the daemon) leave them out
+    seqs = WF.sequences(wells, "plate0+well0")
+    held = [i for i, w in enumerate(wells) if w.split == "test"]
+    probs = [np.stack([model.probs(seqs[i][:t + 1]) for t in range(len(seqs[i]))]) for i in held]
+    judged = C.by_condition(call_wells(probs, [wells[i] for i in held], [meta["classes"].index(wells[i].label)
+                                                                         for i in held]),
+                            CallRule(calls["rule"]["threshold"], calls["rule"]["min_points"]), meta["classes"])
+    assert calls["by_condition"] == judged and judged["all"]["wells"] == per_hour["0 h"]["wells"]
+    assert "earliest confident call on the held-out wells" in printed and C.calls_table(calls) in printed
 
 
 def test_an_export_with_too_few_wells_is_refused_and_one_plate_is_warned_about(export: Path, tmp_path: Path,
