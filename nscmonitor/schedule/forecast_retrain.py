@@ -6,12 +6,14 @@ reads the forecast model serving now on the same held-out wells. Each image's fe
 ones the daemon stored when it scored it (``frame_features``): the candidate learns from
 exactly what it will be served, and a months-long store is not read again; only images scored
 before the forecast was configured are read and computed. So the candidate keeps the serving
-model's tile size and pixel size. The candidate is
-installed (``registry.forecasts``) when its held-out accuracy, averaged over the hours, is at
-least the serving model's (the tile gate's tolerance); with nothing comparable serving, it must
-beat chance by the tile gate's first-model margin. Either way the run records both figures;
-the daemon switches between batches, and ``nscmonitor models forecast --rollback`` undoes it.
-The tile model's decision never depends on this step, and a failure here is recorded, not raised.
+model's tile size and pixel size.
+
+The candidate is installed (``registry.forecasts``) when its held-out accuracy, averaged over
+the hours, is at least the serving model's (the tile gate's tolerance); with nothing comparable
+serving, it must beat chance by the tile gate's first-model margin. Either way the run records
+both figures; the daemon switches between batches, and ``nscmonitor models forecast
+--rollback`` undoes it. The tile model's decision never depends on this step, and a failure
+here is recorded, not raised.
 """
 
 from __future__ import annotations
