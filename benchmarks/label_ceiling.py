@@ -26,9 +26,9 @@ from nscmonitor.core.domain import MULTICLASS
 from nscmonitor.training import data as D
 
 
-def wells(export: str, scheme: str) -> list[dict]:
-    """Per well: its protocol label, condition, and its live cells' fate shares per hour."""
-    recs, _ = D.discover(export, "well")
+def wells(export: str, scheme: str, label_mode: str = "well") -> list[dict]:
+    """Per well: its label, condition, and its live cells' fate shares per hour."""
+    recs, _ = D.discover(export, label_mode)
     recs, _ = D.for_scheme(recs, scheme)
     out: dict[tuple, dict] = defaultdict(lambda: {"shares": defaultdict(list)})
     for r in recs:
@@ -48,11 +48,11 @@ def majority(sh: np.ndarray, scheme: str) -> np.ndarray:
     return np.array([MULTICLASS[i] for i in sh.argmax(axis=1)])
 
 
-def ceiling(train: str, tests: list[str], scheme: str) -> dict:
+def ceiling(train: str, tests: list[str], scheme: str, label_mode: str = "well") -> dict:
     from sklearn.linear_model import LogisticRegression
 
-    tr = wells(train, scheme)
-    te = [w for t in tests for w in wells(t, scheme)]
+    tr = wells(train, scheme, label_mode)
+    te = [w for t in tests for w in wells(t, scheme, label_mode)]
     hours = sorted(set.intersection(*(set(w["shares"]) for w in te + tr)))
     rows = {}
     for h in hours:
@@ -81,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test", action="append", required=True, help="held-out test export (repeat)")
     ap.add_argument("--schemes", default="multiclass,binary")
     ap.add_argument("--json", help="write every row here")
+    ap.add_argument("--label-mode", choices=("well", "endpoint"), default="well",
+                    help="the label judged against: the condition's dominant fate (the protocol's, default) or "
+                         "the majority of the well's live cells at its last scan (an end-point stain)")
     a = ap.parse_args(argv)
-    out = {s: ceiling(a.train, a.test, s) for s in a.schemes.split(",") if s}
+    out = {s: ceiling(a.train, a.test, s, a.label_mode) for s in a.schemes.split(",") if s}
     for scheme, rows in out.items():
         print(f"| {scheme}: hour | wells | majority of live cells | regression on true shares (balanced) | "
               "majority by test export |")

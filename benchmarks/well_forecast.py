@@ -115,10 +115,10 @@ def run_scheme(a, scheme: str, out: Path) -> dict:
     from nscmonitor.training import temporal as T
 
     classes = list(D.scheme_classes(scheme))
-    recs, info = D.discover(a.train, "well")
+    recs, info = D.discover(a.train, a.label_mode)
     recs, _ = D.for_scheme(recs, scheme)
     recs = [r for r in S.assign_splits(recs, seed=0) if r.split in ("train", "val")]
-    te, _ = held_out_records(a.test, "well", scheme, "all")
+    te, _ = held_out_records(a.test, a.label_mode, scheme, "all")
     ftr = features(recs, out / f"feats-train-{scheme}.npz")
     fte = features(te, out / f"feats-test-{scheme}.npz")
     w_tr, w_te = WF.wells_of(recs, ftr), WF.wells_of(te, fte)
@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=400)
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--export", action="store_true", help="write forecast-SCHEME.onnx (first seed)")
+    ap.add_argument("--label-mode", choices=("well", "endpoint"), default="well",
+                    help="the truth: the condition's dominant fate (the protocol's, default) or the majority of "
+                         "the well's live cells at its last scan (what an end-point stain counts)")
     a = ap.parse_args(argv)
     a.seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     out = Path(a.out)
