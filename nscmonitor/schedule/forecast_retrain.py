@@ -91,14 +91,14 @@ def retrain_forecast(settings: Settings, engine, samples: list, run_dir: Path, r
     data = run_dir / "forecast-data"
     write_dataset(samples, data, tile_size=tile_px, pixel_size_um=pixel_um)
     stored = stored_features(engine, [to_db(smp.path) for smp in samples], WS.EXTRACTOR)
-    feats = run_dir / "forecast-features.npz"
-    np.savez(feats, paths=np.asarray(list(stored), dtype=str),
-             values=np.asarray(list(stored.values()), np.float64).reshape(len(stored), -1))
     version = f"forecast-run-{run_id:04d}"
     out = run_dir / "forecast"
     argv = [sys.executable, "-m", "nscmonitor", "train-forecast", "--data", str(data), "--out", str(out),
-            "--epochs", str(settings.retrain.forecast_epochs), "--version", version, "--scheme", scheme,
-            "--features", str(feats)]
+            "--epochs", str(settings.retrain.forecast_epochs), "--version", version, "--scheme", scheme]
+    if stored:  # none where every image was scored before the forecast was configured: all are read
+        feats = run_dir / "forecast-features.npz"
+        np.savez(feats, paths=np.asarray(list(stored), dtype=str), values=np.asarray(list(stored.values()), np.float64))
+        argv += ["--features", str(feats)]
     if serving is not None:
         argv += ["--compare", str(serving)]
     rc, tail = lowered_subprocess(argv, threads=settings.retrain.threads, timeout=timeout,

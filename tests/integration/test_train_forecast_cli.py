@@ -95,10 +95,13 @@ def test_an_export_with_too_few_wells_is_refused_and_one_plate_is_warned_about(e
     assert "warning: validation wells share plate(s)" in out and (tmp_path / "b" / "forecast.onnx").is_file()
 
 
-def _labelled_store(tmp_path: Path, forecast: Path | None = None) -> Path:
-    """A plate (0, 24, 48 h) scored by a real daemon into SQLite with a registered tiny model
-    (and ``forecast`` as its forecast model), its wells' end-point labels imported; returns
-    the configuration file."""
+def _labelled_store(tmp_path: Path, forecast: Path | None = None, *, scored_with_forecast: bool = True) -> Path:
+    """A plate (0, 24, 48 h) scored by a real daemon into SQLite with a registered tiny model,
+    its wells' end-point labels imported; returns the configuration file, which names
+    ``forecast`` as the forecast model (configured only after scoring unless
+    ``scored_with_forecast``)."""
+    import dataclasses
+
     from nscmonitor.config import load_settings
     from nscmonitor.engines.tiny import build_tiny_classifier
     from nscmonitor.registry.registry import Registry
@@ -119,7 +122,8 @@ def _labelled_store(tmp_path: Path, forecast: Path | None = None) -> Path:
     Registry(settings.models_dir, engine).register(tmp_path / "m.onnx")
     scope = Microscope(vendor="incucyte", plate_format=96, fields=1, hours=48, interval_h=24, seed=5, wells=WELLS,
                        camera=Camera(shape=(192, 256)))
-    scored_labelled_plate(settings, engine, scope, tmp_path)
+    scored_labelled_plate(settings if scored_with_forecast else dataclasses.replace(settings, forecast_model=None),
+                          engine, scope, tmp_path)
     engine.dispose()
     return cfg
 
@@ -154,8 +158,9 @@ def test_train_forecast_from_the_store_reads_frames_as_the_daemon_does(tmp_path:
     assert not np.allclose(daemon, WS.tile_vector(decoded.pixels))  # 12 tiles, not the frame as one
 
 
+@pytest.mark.parametrize("scored_with_forecast", [True, False])
 def test_retraining_retrains_the_served_forecast_and_installs_it_only_when_it_reads_as_well(
-        tmp_path: Path, capsys) -> None:
+        tmp_path: Path, capsys, scored_with_forecast: bool) -> None:
     """With a forecast model configured, a retrain run also trains a forecast candidate on the
     same labelled wells (a real subprocess) from the features the daemon stored while scoring
     them, reads the serving model on the same held-out wells,
@@ -176,7 +181,8 @@ def test_retraining_retrains_the_served_forecast_and_installs_it_only_when_it_re
     from nscmonitor.training.temporal import build_tiny_forecast
 
     configured = build_tiny_forecast(tmp_path / "forecast.onnx", classes=MULTICLASS, tile_px=64)
-    cfg = _labelled_store(tmp_path, forecast=configured)
+    # configured after the plate was scored: no stored features, and every image is read instead
+    cfg = _labelled_store(tmp_path, forecast=configured, scored_with_forecast=scored_with_forecast)
     settings = load_settings(cfg, env={})
     assert settings.retrain.forecast and settings.retrain.forecast_epochs == 40
     out = run_retrain(settings, trigger="manual", force=True)
@@ -185,8 +191,9 @@ def test_retraining_retrains_the_served_forecast_and_installs_it_only_when_it_re
     served = FR.served(settings.models_dir, settings.forecast_model)
     assert fc["serving"]["usable"] and fc["serving"]["version"] == "forecast-test"
     assert fc["serving"]["path"] == str(configured)
-    # every labelled image's features are the ones the daemon stored while scoring: none read again
-    assert fc["stored_features"]["reused"] == fc["stored_features"]["images"] > 0
+    # scored with the forecast: every labelled image's features are the ones the daemon stored, none read again
+    assert fc["stored_features"]["reused"] == (fc["stored_features"]["images"] if scored_with_forecast else 0)
+    assert fc["stored_features"]["images"] > 0
     cand = fc["candidate"]
     assert cand["wells"] >= 1 and sorted(cand["per_hour"]) == ["0 h", "24 h", "48 h"]
     assert cand["mean_accuracy"] == np.mean([v["accuracy"] for v in cand["per_hour"].values()])
