@@ -100,13 +100,22 @@ def plate_frames(Session: sessionmaker, image_ids: Sequence[int], extractor: str
 
 def stored_features(engine, paths: Iterable[str], extractor: str) -> dict[str, tuple[float, ...]]:  # noqa: ANN001
     """Stored path -> the features the daemon kept for that image under ``extractor`` (images
-    scored before a forecast model was configured have none)."""
-    wanted = set(paths)
+    scored before a forecast model was configured have none). Asked for in chunks of paths, so
+    a store far larger than the labelled set is never read whole."""
+    wanted = list(dict.fromkeys(paths))
+    out: dict[str, tuple[float, ...]] = {}
     with Session(engine) as s:
-        rows = s.execute(select(m.Image.path, m.FrameFeatures.feature_values)
-                         .join(m.FrameFeatures, m.FrameFeatures.image_id == m.Image.id)
-                         .where(m.FrameFeatures.extractor == extractor, m.Image.status == QueueState.DONE))
-        return {p: tuple(v) for p, v in rows if p in wanted}
+        for i in range(0, len(wanted), _CHUNK):
+            rows = s.execute(select(m.Image.path, m.FrameFeatures.feature_values)
+                             .join(m.FrameFeatures, m.FrameFeatures.image_id == m.Image.id)
+                             .where(m.Image.path.in_(wanted[i:i + _CHUNK]), m.FrameFeatures.extractor == extractor,
+                                    m.Image.status == QueueState.DONE))
+            out.update((p, tuple(v)) for p, v in rows)
+    return out
+
+
+#: paths per query of ``stored_features`` (well under SQLite's and PostgreSQL's parameter limits)
+_CHUNK = 500
 
 
 def store_forecasts(Session: sessionmaker, forecasts: Iterable[Forecast], now: datetime) -> int:
