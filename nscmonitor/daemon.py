@@ -71,7 +71,8 @@ class Daemon:
                               hook=settings.retrain.hook)
         forecast = (ForecastStage(load_forecast_model(served_forecast(settings.models_dir, settings.forecast_model)),
                                   store.Session,
-                                  source=lambda: served_forecast(settings.models_dir, settings.forecast_model))
+                                  source=lambda: served_forecast(settings.models_dir, settings.forecast_model),
+                                  workers=settings.threads or None)
                     if settings.forecast_model and score else None)
         self.scorer = Scorer(settings, store, self.slot, self.metrics, channel=self._channel,
                              stop_event=self.stop_event, wall=wall, retry_base_s=retry_base_s,

@@ -123,6 +123,9 @@ def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
                    "(default: forecast-<name of OUT>)")
     p.add_argument("--features", metavar="NPZ", help="features the daemon stored for the export's images (paths, "
                    "values; what scheduled retraining passes), used instead of reading those images again")
+    p.add_argument("--label-mode", choices=("well", "endpoint"), default="well",
+                   help="each well's fate: its condition's (or its labels' majority; default), or 'endpoint', the "
+                        "majority of its live cells at its last scan from the export's or the labels' fractions")
     p.set_defaults(func=_train_forecast)
 
 
@@ -140,7 +143,7 @@ def _train_forecast(args: argparse.Namespace) -> int:
         raise UserFacingError("train-forecast needs --data, or --from-store/--labels")
     metrics = train_forecast(data, args.out, scheme=args.scheme, epochs=args.epochs, seed=args.seed,
                              progress=sys.stderr.isatty(), compare=args.compare, version=args.version,
-                             features=args.features)
+                             features=args.features, label_mode=args.label_mode)
     print(f"held-out wells ({metrics['split']}, n = {metrics['wells']}), accuracy of the forecast at each hour "
           "from the frames up to it [95 % interval]:")
     other = metrics.get("compared") or {}

@@ -59,3 +59,28 @@ def demo_model(out_dir: str | Path, tiles_dir: str | Path, *, scheme: str = "mul
                      threads=threads, patience=epochs, progress=progress, label_mode=label_mode,
                      min_train_h=min_train_h, amp=amp, channels_last=channels_last, soft_labels=soft_labels))
     return onnx_path
+
+
+def demo_forecast(out_dir: str | Path, tiles_dir: str | Path, *, epochs: int = 300, force: bool = False,
+                  progress: bool = True) -> Path:
+    """Train the demo's well forecast on ``tiles_dir`` (a time-lapse export from induction on)
+    into ``out_dir`` and return ``out_dir/forecast.onnx``; one already there from the same data
+    with the same recipe is returned as it is. Labels are the wells' end-point live-cell
+    majority, as for the demo model and as the demo judges its wells."""
+    from nscmonitor.scoring.forecast import ForecastModelError, load_forecast_model
+    from nscmonitor.training.forecast_train import train_forecast
+
+    out = Path(out_dir)
+    path = out / "forecast.onnx"
+    if path.is_file() and not force:
+        records, _ = D.discover(tiles_dir, "endpoint")
+        records, _ = D.for_scheme(records, "multiclass")
+        try:
+            meta = load_forecast_model(path).meta
+        except (ForecastModelError, ValueError, KeyError):  # a damaged cache is trained again
+            meta = {}
+        if (meta.get("data_hash") == D.data_hash(S.assign_splits(records, seed=0))
+                and (meta.get("metrics") or {}).get("label_mode") == "endpoint"):
+            return path
+    train_forecast(tiles_dir, out, epochs=epochs, progress=progress, label_mode="endpoint", version="demo-forecast")
+    return path

@@ -65,13 +65,6 @@ def load_stored_features(path: str | Path) -> dict[str, np.ndarray]:
         return {str(p): np.asarray(v, np.float64) for p, v in zip(z["paths"], z["values"])}
 
 
-def record_features(record: D.TileRecord, tile_px: int) -> np.ndarray:
-    """One image's features as the daemon's second stage computes them: the mean over its
-    ``tile_px`` tiles (a simulator export's file is one such tile; a store export points at
-    whole frames)."""
-    return WS.frame_features(D.read_image(record.path, channel=record.channel), tile_px)
-
-
 def mean_accuracy(per_hour: dict[str, Any]) -> float | None:
     """One figure for a forecast on held-out wells: its accuracy averaged over the hours (each
     hour's forecast from the frames up to it), so early hours weigh as much as late ones."""
@@ -107,20 +100,27 @@ def compare_with(path: str | Path, wells: Sequence[WF.Well], held: Sequence[int]
 
 def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multiclass", epochs: int = 300,
                    seed: int = 0, progress: bool = True, compare: str | Path | None = None,
-                   version: str | None = None, features: str | Path | None = None) -> dict[str, Any]:
+                   version: str | None = None, features: str | Path | None = None,
+                   label_mode: str = "well", workers: int | None = None) -> dict[str, Any]:
     """Train, evaluate on the held-out plate(s) and write ``OUT/forecast.onnx``; returns the
     figures (also in the file's metadata). ``data`` is a tiles export: the simulator's, or the
     store's labelled images written by ``schedule.retrain.store_dataset``. ``compare``: a
     forecast model read on the same held-out wells (``metrics["compared"]``), which retraining
     uses to decide whether the candidate replaces it. ``features``: an ``.npz`` of ``paths``
     (stored form) and ``values``, the features the daemon kept for those images at the
-    export's tile size; such images are not read again. The figures are also written to
+    export's tile size; such images are not read again. ``label_mode``: "well" (the condition's
+    fate, or the majority of a store well's labels) or "endpoint" (the majority of the well's
+    live cells at its last scan, from a simulator export's or the labels' fractions: what an
+    end-point stain counts, and what the demo judges by). ``workers``: processes that read the
+    images (``well_frames.read_features``). The figures are also written to
     ``OUT/forecast_metrics.json``."""
     from rich.progress import track
 
     out = Path(out)
     classes = list(D.scheme_classes(scheme))
-    records, info = D.discover(data, "well")
+    if label_mode not in ("well", "endpoint"):
+        raise UserFacingError(f"label mode {label_mode!r}: the well model learns one fate per well, 'well' or 'endpoint'")
+    records, info = D.discover(data, label_mode)
     records, _ = D.for_scheme(records, scheme)
     if not info.tile_size:
         raise UserFacingError(f"{data}: the well model needs a tiles export whose tiles.json gives tile_size "
@@ -131,16 +131,16 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     stored = load_stored_features(features) if features is not None else {}
     reused = [0]
 
-    def features_of(r: D.TileRecord, px: int) -> np.ndarray:
-        got = stored.get(to_db(r.path)) if px == int(info.tile_size) else None
-        if got is not None:
-            reused[0] += 1
-            return got
-        return record_features(r, px)
-
     def wells_at(px: int) -> list[WF.Well]:
-        it = track(records, description="well features", disable=not progress, transient=True)
-        wells = WF.wells_of(records, np.asarray([features_of(r, px) for r in it], np.float64))
+        feats: list[np.ndarray | None] = [stored.get(to_db(r.path)) if px == int(info.tile_size) else None
+                                          for r in records]
+        reused[0] = sum(f is not None for f in feats)
+        todo = [i for i, f in enumerate(feats) if f is None]
+        it = track(WF.read_features([records[i] for i in todo], px, workers), total=len(todo),
+                   description="well features", disable=not progress, transient=True)
+        for i, f in zip(todo, it):
+            feats[i] = f
+        wells = WF.wells_of(records, np.asarray(feats, np.float64))
         refs = WF.plate_references(wells)
         return [w for w in wells if w.plate_key in refs and WF.well_start(w) is not None]
 
@@ -164,7 +164,7 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
                              seed=seed, epochs=epochs, progress=progress)
     held = idx["test"] or idx["val"]
     probs = T.step_probs(model, [seqs[i] for i in held], fit["temperature"])
-    metrics = {"split": "test" if idx["test"] else "val (no test plate)", "wells": len(held),
+    metrics = {"split": "test" if idx["test"] else "val (no test plate)", "wells": len(held), "label_mode": label_mode,
                "per_hour": per_hour_accuracy(probs, [wells[i] for i in held], [y[i] for i in held]), "fit": fit}
     metrics["mean_accuracy"] = mean_accuracy(metrics["per_hour"])
     val_probs = T.step_probs(model, [seqs[i] for i in idx["val"]], fit["temperature"])

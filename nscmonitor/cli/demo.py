@@ -5,13 +5,17 @@
    non-int8 layers in bf16 where the CPU has bf16 units and that passes its own gate, or ONNX
    Runtime; TensorRT on an NVIDIA GPU), calibrated and gated against the fp32 model on the
    model's own calibration set, timed against it, and cached beside the model;
-3. the daemon watches an empty folder while the simulated microscope writes a 96-well
+3. a well forecast (the time-aware second stage: each well's frames since induction) is
+   trained on a simulated time-lapse export (once, then cached; ``--no-forecast`` skips it);
+4. the daemon watches an empty folder while the simulated microscope writes a 96-well
    plate into it (several conditions, five days compressed into minutes), served by that
-   engine (fp32 when the gate refused it or it is slower than fp32 here, saying why);
-4. the dashboard shows the plate as it is acquired (or, with no display, its main window
+   engine (fp32 when the gate refused it or it is slower than fp32 here, saying why) and
+   forecasting each well as its frames arrive;
+5. the dashboard shows the plate as it is acquired (or, with no display, its main window
    is rendered to a PNG at the end);
-5. the tidy CSV report is written, and the fp32 and built engines' speeds on the plate's
-   frames are printed side by side.
+6. the tidy CSV reports are written (readouts, images, forecasts), the forecast is set beside
+   the per-image readout at 24, 48 and 72 h, and the fp32 and built engines' speeds on the
+   plate's frames are printed side by side.
 """
 
 from __future__ import annotations
@@ -56,17 +60,7 @@ def _model(out: Path, retrain: bool, given: Path | None = None) -> Path:
             raise UserFacingError(f"--model {given}: not a usable nscmonitor model ({exc})") from exc
         return given
     tiles = out / "tiles"
-    if not _export_is_current(tiles):
-        from rich.progress import Progress
-
-        from nscmonitor.simulate.labelled_tiles import export_tiles
-
-        _say("rendering labelled training tiles from the simulator (once)")
-        shutil.rmtree(tiles, ignore_errors=True)
-        with Progress() as prog:
-            task = prog.add_task("tiles", total=None)
-            export_tiles(tiles, **_demo_export(),
-                         progress=lambda done, total: prog.update(task, completed=done, total=total))
+    _render(tiles, _demo_export(), "labelled training tiles")
     try:
         from nscmonitor.training.demo_training import demo_model
     except ImportError as exc:
@@ -93,7 +87,56 @@ def _demo_export() -> dict[str, Any]:
             "hours": (48.0, 72.0, 96.0, 120.0), "bit_depth": 8, "conditions": tuple(DEFAULT_CONDITIONS)}
 
 
-def _export_is_current(tiles: Path) -> bool:
+def _forecast_export() -> dict[str, Any]:
+    """The well forecast's training data: the demo's six recipes on eight plates (six train,
+    one validates, one tests), one 224 px field per well scanned every 8 h from induction to
+    120 h as the demo plate is, from the same 8-bit camera: the forecast reads each well's
+    time-lapse from its induction (0 h) frame on."""
+    from nscmonitor.simulate.culture import DEFAULT_CONDITIONS
+
+    return {"plates": 8, "tile_size": 224, "seed": 0, "fields": 1, "grid": (1, 1), "wells_per_condition": 8,
+            "hours": tuple(float(h) for h in range(0, 121, 8)), "bit_depth": 8,
+            "conditions": tuple(DEFAULT_CONDITIONS)}
+
+
+def _render(tiles: Path, export: dict[str, Any], what: str) -> None:
+    """Render a labelled export from the simulator, unless the one there was made with the
+    same settings."""
+    if _export_is_current(tiles, export):
+        return
+    from rich.progress import Progress
+
+    from nscmonitor.simulate.labelled_tiles import export_tiles
+
+    _say(f"rendering {what} from the simulator (once)")
+    shutil.rmtree(tiles, ignore_errors=True)
+    with Progress() as prog:
+        task = prog.add_task("tiles", total=None)
+        export_tiles(tiles, **export, progress=lambda done, total: prog.update(task, completed=done, total=total))
+
+
+def _forecast(out: Path, retrain: bool) -> Path | None:
+    """The demo's well forecast (docs/training.md, "Plate-aware early reading and the well
+    forecast"), trained once and cached; None when torch is missing (said once)."""
+    try:
+        from nscmonitor.training.demo_training import demo_forecast
+    except ImportError as exc:
+        _say(f"no well forecast: training it needs torch, the train extra ({exc})")
+        return None
+    tiles = out / "forecast-tiles"
+    _render(tiles, _forecast_export(), "a time-lapse export for the well forecast")
+    _say("training the well forecast (cached after the first run)")
+    path = out / "forecast" / "forecast.onnx"
+    before = path.stat().st_mtime_ns if path.is_file() else None
+    t0 = time.perf_counter()
+    demo_forecast(out / "forecast", tiles, force=retrain)
+    if path.stat().st_mtime_ns != before:
+        _say(f"well forecast trained in {time.perf_counter() - t0:.0f} s; its held-out figures are in "
+             f"{path.with_name('forecast_metrics.json')}")
+    return path
+
+
+def _export_is_current(tiles: Path, want: dict[str, Any] | None = None) -> bool:
     """An export left by a demo with other export settings (plates, fields, grid, wells, hours,
     bit depth, conditions) is rendered again, so its model, cached by data hash, is retrained too."""
     import json
@@ -102,7 +145,7 @@ def _export_is_current(tiles: Path) -> bool:
         info = json.loads((tiles / "tiles.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    want = _demo_export()
+    want = want or _demo_export()
     same = all(info.get(k) == want[k] for k in ("plates", "fields", "wells_per_condition", "bit_depth"))
     return ((tiles / "tiles.csv").is_file() and same and info.get("grid") == list(want["grid"])
             and info.get("hours") == list(want["hours"]) and sorted(info.get("conditions", {})) == sorted(want["conditions"]))
@@ -245,6 +288,56 @@ def plate_summary(report: Path, manifest: Path, from_h: float = 72.0) -> list[st
     return lines
 
 
+def _class_probs(path: Path) -> dict[tuple[str, float], dict[str, float]]:
+    """(well, elapsed h) -> class probabilities, from the readouts CSV (``class`` and
+    ``prob_mean`` per row) or the forecasts CSV (``p_<class>`` columns)."""
+    out: dict[tuple[str, float], dict[str, float]] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            if not r.get("elapsed_h"):
+                continue
+            key = (r["well"], round(float(r["elapsed_h"]), 3))
+            if "class" in r:
+                if r.get("prob_mean"):
+                    out.setdefault(key, {})[r["class"]] = float(r["prob_mean"])
+            else:
+                out[key] = {k[2:]: float(v) for k, v in r.items() if k.startswith("p_") and v}
+    return out
+
+
+def forecast_summary(forecasts: Path, report: Path, manifest: Path, hours: tuple[float, ...] = (24.0, 48.0, 72.0)
+                     ) -> list[str]:
+    """The well forecast against the per-image readout at early hours, per condition: a well is
+    right at an hour when its top class is the fate most of its live cells have at the
+    well's *last* scan (within the tie allowance): what the forecast predicts from the frames
+    up to that hour, and what an end-point stain of the well would show."""
+    shares = live_shares(manifest, 0.0)
+    last: dict[str, float] = {}
+    for well, h in shares:
+        last[well] = max(last.get(well, h), h)
+    fc, per_image = _class_probs(forecasts), _class_probs(report)
+    right: dict[str, dict[tuple[str, float], list[int]]] = {}
+    for well, end in last.items():
+        cond, truth = shares[(well, end)]
+        for what, probs in (("forecast", fc), ("image", per_image)):
+            for h in hours:
+                p = probs.get((well, round(h, 3)))
+                if p:
+                    right.setdefault(cond, {}).setdefault((what, h), []).append(
+                        int(right_call(max(p, key=p.get), truth)))
+    head = "".join(f"{f'{h:g} h':>9}" for h in hours)
+    lines = [f"the well forecast (each well's frames from induction up to that hour) beside the per-image readout "
+             f"(that hour's frames alone), right = top class is the fate most of the well's live cells have at "
+             f"its last scan (or one within {TIE:.2f} of its share):",
+             f"  {'':<26}{'forecast':^{9 * len(hours)}}   {'per-image':^{9 * len(hours)}}",
+             f"  {'condition':<26}{head}   {head}"]
+    for cond, v in sorted(right.items()):
+        cells = ["".join(f"{(f'{sum(x)}/{len(x)}' if (x := v.get((what, h))) else '-'):>9}" for h in hours)
+                 for what in ("forecast", "image")]
+        lines.append(f"  {cond:<26}{cells[0]}   {cells[1]}")
+    return lines
+
+
 def _plate_map_csv(path: Path) -> Path:
     from nscmonitor.simulate.culture import default_plate_map
 
@@ -268,9 +361,10 @@ def _gui_available() -> bool:
 
 
 def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain: bool, gui: str,
-             model: Path | None = None) -> int:
+             model: Path | None = None, forecast: bool = True) -> int:
     from nscmonitor.daemon import build_runner
     from nscmonitor.report.export import default_images_path, export_images, export_readouts
+    from nscmonitor.report.forecasts_csv import default_forecasts_path, export_forecasts
     from nscmonitor.simulate.microscope import MANIFEST_NAME
     from nscmonitor.store.reads import Repo
 
@@ -283,8 +377,9 @@ def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain:
     meta = read_onnx_metadata(model)
     _say(f"model: {model} ({meta.arch}, {meta.scheme}, {meta.input_size} px tiles); its validation numbers are "
          f"demo numbers from a few epochs on simulated data, not a claim about real cultures")
+    forecast_model = _forecast(out, retrain) if forecast else None
     plate = out / "plate"
-    settings = _fresh_settings(out, plate)
+    settings = _fresh_settings(out, plate, forecast_model)
     url = settings.database_url
     runner = build_runner(settings, model=model)
     runner.setup()
@@ -307,14 +402,21 @@ def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain:
     _say(f"report: {report} ({n} rows, model {version}); per image: {default_images_path(report)}")
     for line in plate_summary(report, plate / MANIFEST_NAME):
         _say(line)
+    forecasts = default_forecasts_path(report)
+    forecasts.unlink(missing_ok=True)
+    if forecast_model is not None and export_forecasts(runner.store.engine, EXPERIMENT, forecasts):
+        _say(f"well forecasts: {forecasts}")
+        for line in forecast_summary(forecasts, report, plate / MANIFEST_NAME):
+            _say(line)
     _speeds(model, plate, settings)
     _show_dashboard(out, url, viewer, gui)
     return 0
 
 
-def _fresh_settings(out: Path, plate: Path) -> Settings:
+def _fresh_settings(out: Path, plate: Path, forecast: Path | None = None) -> Settings:
     """An empty plate folder and database for each run, so the demo shows acquisition from
-    the first frame; models (and their engines) stay cached under ``out``."""
+    the first frame; models (and their engines) stay cached under ``out``. ``forecast``: the
+    well forecast the daemon's second stage serves."""
     from nscmonitor.config import parse_settings
 
     db = out / "nscmonitor.db"
@@ -326,6 +428,7 @@ def _fresh_settings(out: Path, plate: Path) -> Settings:
         "database_url": f"sqlite:///{db}", "models_dir": str(out / "models"), "log_dir": str(out / "logs"),
         "watch": [{"path": str(plate), "experiment": EXPERIMENT, "profile": "incucyte", "quiet_seconds": 1.0,
                    "rescan_interval": 30.0, "plate_map": str(_plate_map_csv(out / "platemap.csv"))}],
+        **({"forecast_model": str(forecast)} if forecast is not None else {}),
     }, env={})
 
 
@@ -377,7 +480,8 @@ def _show_dashboard(out: Path, url: str, viewer: subprocess.Popen | None, gui: s
 
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), speed=args.speed, hours=args.hours, interval=args.interval,
-                    retrain=args.retrain, gui=args.gui, model=Path(args.model) if args.model else None)
+                    retrain=args.retrain, gui=args.gui, model=Path(args.model) if args.model else None,
+                    forecast=not args.no_forecast)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -387,9 +491,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speed", type=float, default=3600.0, help="simulated seconds per real second (default 3600)")
     p.add_argument("--hours", type=float, default=120.0, help="culture time to simulate (default 120 h)")
     p.add_argument("--interval", type=float, default=8.0, help="hours between scans (default 8)")
-    p.add_argument("--retrain", action="store_true", help="train the demo model again even if one is cached")
+    p.add_argument("--retrain", action="store_true", help="train the demo model (and the well forecast) again even if cached")
     p.add_argument("--model", help="score with this model.onnx (e.g. a full 'nscmonitor train' run's) instead of "
                                    "training the small demo model")
+    p.add_argument("--no-forecast", action="store_true",
+                   help="no well forecast (the time-aware second stage; its first run renders a time-lapse export "
+                        "and trains it, a few minutes)")
     p.add_argument("--gui", choices=("auto", "window", "none"), default="auto",
                    help="open the dashboard (auto: when a display is there, else render a PNG at the end)")
     p.set_defaults(func=cmd_demo)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,6 +84,25 @@ def load_forecast_model(path: str | Path) -> ForecastModel:
     return ForecastModel(path, meta, hashlib.sha256(path.read_bytes()).hexdigest(), sess)
 
 
+def batch_features(images: Sequence[tuple[int, np.ndarray, float | None]], meta: dict,
+                   workers: int | None = None) -> list[tuple[int, str, np.ndarray]]:
+    """(image_id, feature set, features) of a batch's images, in order. The features cost
+    about 0.1 s per 704 x 520 frame (0.7 s at 1408 x 1040), as much as the engine's own work on
+    a small model, and SciPy's filters release the GIL, so the images are measured on
+    ``workers`` threads (default: every CPU; the engine is idle while this stage runs)."""
+    def one(image: tuple[int, np.ndarray, float | None]) -> tuple[int, str, np.ndarray]:
+        i, px, um = image
+        return i, WS.EXTRACTOR, WS.frame_features(px, tile_px_for(meta, um))
+
+    n = min(len(images), workers or os.cpu_count() or 1)
+    if n <= 1:
+        return [one(im) for im in images]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="forecast-features") as pool:
+        return list(pool.map(one, images))
+
+
 def tile_px_for(meta: dict, pixel_size_um: float | None) -> int:
     """The training tile size in this image's pixels (same physical size when both are known)."""
     px, trained = int(meta.get("tile_px") or 128), meta.get("pixel_size_um")
@@ -141,11 +161,13 @@ class ForecastStage:
     """Features of each stored image, then its wells' forecasts (both in the store)."""
 
     def __init__(self, model: ForecastModel, Session, *,  # noqa: N803 (the writer's sessionmaker)
-                 source: Callable[[], Path | None] | None = None) -> None:
+                 source: Callable[[], Path | None] | None = None, workers: int | None = None) -> None:
         """``source``: the file that should serve now (``registry.forecasts.served``), asked
         before each batch, so a forecast installed by retraining or a rollback takes over
-        between batches, as a promoted tile model does."""
+        between batches, as a promoted tile model does. ``workers``: threads measuring a
+        batch's images (the ``threads`` setting; None: every CPU)."""
         self.model = model
+        self.workers = workers
         self.Session = Session
         self.source = source
         self._refused: str | None = None  # the file (or pointer problem) last refused, told once
@@ -193,7 +215,7 @@ class ForecastStage:
     def after_batch(self, images: Sequence[tuple[int, np.ndarray, float | None]]) -> int:
         """(image_id, pixels, pixel size in µm) of the images just stored; returns forecasts written."""
         now = datetime.now(timezone.utc)
-        feats = [(i, WS.EXTRACTOR, WS.frame_features(px, tile_px_for(self.model.meta, um))) for i, px, um in images]
+        feats = batch_features(images, self.model.meta, self.workers)
         if not feats:
             return 0
         F.save_features(self.Session, feats, now)

@@ -51,7 +51,8 @@ def test_train_forecast_writes_a_model_the_daemon_loads(export: Path, tmp_path: 
     from nscmonitor.training import data as D
     from nscmonitor.training import splits as S
     from nscmonitor.training import well_frames as WF
-    from nscmonitor.training.forecast_train import call_wells, record_features
+    from nscmonitor.training.forecast_train import call_wells
+    from nscmonitor.training.well_frames import record_features
 
     calls = meta["metrics"]["calls"]
     assert calls["rule"]["chosen_on"] == "validation" and calls["rule"]["threshold"] in C.THRESHOLDS
@@ -137,7 +138,7 @@ def test_train_forecast_from_the_store_reads_frames_as_the_daemon_does(tmp_path:
     from nscmonitor.scoring import well_sequence as WS
     from nscmonitor.scoring.forecast import load_forecast_model, tile_px_for
     from nscmonitor.training import data as D
-    from nscmonitor.training.forecast_train import record_features
+    from nscmonitor.training.well_frames import record_features
 
     cfg = _labelled_store(tmp_path)
 
@@ -218,3 +219,66 @@ def test_retraining_retrains_the_served_forecast_and_installs_it_only_when_it_re
     assert main(["--config", str(cfg), "models", "forecast", "--rollback"]) == 0
     assert "the configured" in capsys.readouterr().out
     assert FR.served(settings.models_dir, settings.forecast_model) == configured
+
+
+def test_endpoint_labels_judge_each_well_by_its_live_cells_at_its_last_scan(export: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    from nscmonitor.cli import main
+    from nscmonitor.scoring.forecast import load_forecast_model
+    from nscmonitor.training import data as D
+    from nscmonitor.training import splits as S
+    from nscmonitor.training import well_frames as WF
+    from nscmonitor.training.forecast_train import per_hour_accuracy
+
+    assert main(["train-forecast", "--data", str(export), "--out", str(tmp_path / "fc"), "--epochs", "20",
+                 "--label-mode", "endpoint"]) == 0
+    model = load_forecast_model(tmp_path / "fc" / "forecast.onnx")
+    metrics = model.meta["metrics"]
+    assert metrics["label_mode"] == "endpoint"
+    records = S.assign_splits(D.for_scheme(D.discover(export, "endpoint")[0], "multiclass")[0], seed=0)
+    wells = [w for w in WF.wells_of(records, np.asarray([WF.record_features(r, 64) for r in records]))
+             if WF.well_start(w) is not None]
+    held = [w for w in wells if w.split == "test"]
+    by_well = {r.well_key: r.label for r in D.discover(export, "well")[0]}
+    assert any(by_well[w.key] != w.label for w in held), \
+        "the fixture needs a held-out well whose end point differs from its recipe's fate"
+    seqs = WF.sequences(held, "plate0+well0")
+    probs = [np.stack([model.probs(s[:t + 1]) for t in range(len(s))]) for s in seqs]
+    classes = model.meta["classes"]
+    assert metrics["per_hour"] == per_hour_accuracy(probs, held, [classes.index(w.label) for w in held])
+    with pytest.raises(SystemExit):  # a per-tile truth means nothing for a well's fate
+        main(["train-forecast", "--data", str(export), "--out", str(tmp_path / "x"), "--label-mode", "tile"])
+
+
+def test_image_features_read_by_a_process_pool_are_those_read_one_by_one(export: Path) -> None:
+    from nscmonitor.training import data as D
+    from nscmonitor.training import well_frames as WF
+
+    records = D.discover(export, "well")[0]
+    assert len(records) >= WF.POOL_MIN_IMAGES  # else the pool is not used
+    pooled = list(WF.read_features(records, 64, workers=2))
+    assert len(pooled) == len(records)
+    assert all(np.array_equal(p, WF.record_features(r, 64)) for p, r in zip(pooled, records))
+
+
+def test_the_demo_forecast_is_trained_once_and_again_when_its_data_change(export: Path, tmp_path: Path) -> None:
+    from nscmonitor.scoring.forecast import load_forecast_model
+    from nscmonitor.training.demo_training import demo_forecast
+
+    data = tmp_path / "data"
+    shutil.copytree(export, data)
+    path = demo_forecast(tmp_path / "fc", data, epochs=5, progress=False)
+    meta = load_forecast_model(path).meta
+    assert meta["version"] == "demo-forecast" and meta["metrics"]["label_mode"] == "endpoint"
+    stamp = path.stat().st_mtime_ns
+    assert demo_forecast(tmp_path / "fc", data, epochs=5, progress=False) == path
+    assert path.stat().st_mtime_ns == stamp  # cached: same data, same recipe
+    with (data / "tiles.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with (data / "tiles.csv").open("w", newline="") as fh:  # one plate fewer: other data
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if r["plate"] != rows[-1]["plate"])
+    demo_forecast(tmp_path / "fc", data, epochs=5, progress=False)
+    assert path.stat().st_mtime_ns != stamp
+    assert load_forecast_model(path).meta["data_hash"] != meta["data_hash"]

@@ -120,3 +120,43 @@ def test_soft_labels_need_the_multiclass_scheme():
     with pytest.raises(UserFacingError, match="true or false"):
         TrainConfig(scheme="multiclass", soft_labels="yes")
     assert TrainConfig(scheme="multiclass", soft_labels=True).soft_labels
+
+
+def test_the_forecast_is_judged_at_early_hours_by_the_wells_end_point_beside_the_per_image_readout(tmp_path):
+    from nscmonitor.cli.demo import forecast_summary
+
+    # A11 (low dose) is neuron-rich at 24 h but mostly undifferentiated by its last scan (120 h)
+    manifest, report, forecasts = tmp_path / "m.csv", tmp_path / "r.csv", tmp_path / "f.csv"
+    live = {24.0: (50, 20, 0, 30), 48.0: (40, 25, 0, 35), 120.0: (27, 30, 3, 40)}
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["well", "field", "elapsed_h", "condition", *(f"n_{f}" for f in FATES)])
+        for h, n in live.items():
+            w.writerow(["A11", 1, h, "neuron-low-dose", *n])
+            w.writerow(["A01", 1, h, "neuron-directed", 45, 25, 5, 25])
+    one_hot = {f: dict.fromkeys(FATES, 0.1) | {f: 0.7} for f in FATES}
+    with report.open("w", newline="") as fh:  # the per-image readout follows each scan's majority
+        w = csv.writer(fh)
+        w.writerow(["well", "elapsed_h", "class", "prob_mean"])
+        for h in (24.0, 48.0, 72.0):
+            for well, top in (("A11", "neuron"), ("A01", "neuron")):
+                w.writerows([well, h, c, p] for c, p in one_hot[top].items())
+    with forecasts.open("w", newline="") as fh:  # the forecast reads A11's end point from 48 h on
+        w = csv.writer(fh)
+        w.writerow(["experiment", "well", "elapsed_h", "predicted", *(f"p_{f}" for f in FATES)])
+        for h, top in ((24.0, "neuron"), (48.0, "undifferentiated"), (72.0, "undifferentiated")):
+            w.writerow(["E", "A11", h, top, *one_hot[top].values()])
+            w.writerow(["E", "A01", h, "neuron", *one_hot["neuron"].values()])
+    lines = forecast_summary(forecasts, report, manifest)
+    rows = {ln.split()[0]: ln.split()[1:] for ln in lines[3:]}
+    assert rows["neuron-low-dose"] == ["0/1", "1/1", "1/1", "0/1", "0/1", "0/1"]
+    assert rows["neuron-directed"] == ["1/1"] * 6
+    assert lines[2].split() == ["condition", "24", "h", "48", "h", "72", "h", "24", "h", "48", "h", "72", "h"]
+
+
+def test_the_demo_daemon_serves_the_well_forecast_only_when_one_was_trained(tmp_path):
+    from nscmonitor.cli.demo import _fresh_settings
+
+    fc = tmp_path / "forecast" / "forecast.onnx"
+    assert _fresh_settings(tmp_path, tmp_path / "plate", fc).forecast_model == fc
+    assert _fresh_settings(tmp_path, tmp_path / "plate").forecast_model is None
