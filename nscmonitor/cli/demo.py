@@ -112,7 +112,8 @@ def _render(tiles: Path, export: dict[str, Any], what: str) -> None:
     shutil.rmtree(tiles, ignore_errors=True)
     with Progress() as prog:
         task = prog.add_task("tiles", total=None)
-        export_tiles(tiles, **export, progress=lambda done, total: prog.update(task, completed=done, total=total))
+        export_tiles(tiles, **export, progress=lambda done, total: prog.update(task, completed=done, total=total),
+                     workers=os.cpu_count() or 1)
 
 
 def _forecast(out: Path, retrain: bool) -> Path | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 
 from nscmonitor.core.errors import UserFacingError
@@ -59,6 +60,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--wells-per-condition", type=int, default=4)
     t.add_argument("--bit-depth", type=int, choices=(8, 12), default=12)
+    t.add_argument("--workers", type=int, default=0,
+                   help="processes rendering plates at once (default 0: one per CPU; the same files either way)")
     _biology_args(t)
     t.set_defaults(func=run_tiles)
 
@@ -115,13 +118,14 @@ def run_simulate(args: argparse.Namespace) -> int:
 def run_tiles(args: argparse.Namespace) -> int:
     from nscmonitor.simulate.labelled_tiles import export_tiles
 
-    if args.plates < 1 or args.tile_size < 16:
-        raise UserFacingError("need --plates >= 1 and --tile-size >= 16")
+    if args.plates < 1 or args.tile_size < 16 or args.workers < 0:
+        raise UserFacingError("need --plates >= 1, --tile-size >= 16 and --workers >= 0")
     with _progress() as bar:
         task = bar.add_task("tiles", total=None)
         path = export_tiles(args.out_dir, plates=args.plates, hours=args.hours, tile_size=args.tile_size,
                             seed=args.seed, wells_per_condition=args.wells_per_condition, bit_depth=args.bit_depth,
                             condition_set=args.conditions, vary_biology=not args.fixed_biology,
-                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+                            progress=lambda done, total: bar.update(task, completed=done, total=total),
+                            workers=args.workers or os.cpu_count() or 1)
     print(f"wrote {path}")
     return 0

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,11 +79,15 @@ def export_tiles(
     modality: str = "phase",
     artefacts: Artefacts | None = None,
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
 ) -> Path:
     """Render ``plates`` plates and cut each field into a ``grid`` (rows, cols) of tiles;
     returns the path of tiles.csv. Empty tiles (no live cell) are skipped. ``conditions``
     names the recipes used with ``condition_set="recipes"``; the other sets draw as many
-    conditions per plate."""
+    conditions per plate. ``workers`` > 1 renders plates in that many spawned processes (each
+    plate's cultures and optics come from its own seed, so the export is the same file for
+    file; ``progress`` then moves a plate at a time; a script calling this needs the
+    ``if __name__ == "__main__"`` guard)."""
     out = Path(out_dir)
     (out / "tiles").mkdir(parents=True, exist_ok=True)
     cam = Camera(shape=(grid[0] * tile_size, grid[1] * tile_size), px_um=pixel_size_um, bit_depth=bit_depth,
@@ -93,26 +98,17 @@ def export_tiles(
     rows: list[dict] = []
     biology: dict[str, dict] = {}
     total = sum(len(ws) for wbc in by_plate for ws in wbc.values()) * fields * len(hours)
+    jobs = [_PlateJob(out, p, maps[p], [w for ws in by_plate[p].values() for w in ws],
+                      {w: splits[(p, w)] for ws in by_plate[p].values() for w in ws}, tuple(float(h) for h in hours),
+                      fields, tile_size, grid, pixel_size_um, seed, plate_format, cam, artefacts or Artefacts(),
+                      vary_biology) for p in range(plates)]
     done = 0
-    for p in range(plates):
-        chosen = [w for ws in by_plate[p].values() for w in ws]
-        scope = Microscope(vendor="incucyte", plate_format=plate_format, fields=fields, hours=max(hours), seed=seed,
-                           plate_map=maps[p], wells=chosen, camera=cam, artefacts=artefacts or Artefacts(),
-                           plate_index=p, plate_name=f"sim-plate-{p + 1}", vary_biology=vary_biology)
-        biology[scope.plate_name] = {"plate": scope.biology.record(),
-                                     "wells": {w: scope.well_biology(w).record() for w in chosen}}
-        for well in chosen:
-            for f in range(1, fields + 1):
-                for t, h in enumerate(hours, start=1):
-                    shot = Shot(scope.plate_name, well, f, t, float(h), scope.start, 0)
-                    frame = scope.render(shot)
-                    st = state_at(scope.cells(well, f), float(h))
-                    for rel, counts in _cut_field(out, frame, st, plate=p, well=well, field=f, hour=float(h),
-                                                  tile_size=tile_size, grid=grid, px_um=pixel_size_um):
-                        rows.append(_tile_row(rel, shot, counts, maps[p].wells[well], splits[(p, well)]))
-                    done += 1
-                    if progress:
-                        progress(done, total)
+    for name, bio, plate_rows, n in _render_plates(jobs, workers, progress, total):
+        biology[name] = bio
+        rows += plate_rows
+        done += n
+        if progress and n:
+            progress(done, total)
     return _write_index(out, rows, {
         "pixel_size_um": float(pixel_size_um), "tile_size": int(tile_size), "classes": list(MULTICLASS),
         "seed": int(seed), "plates": plates, "plate_format": plate_format, "hours": [float(h) for h in hours],
@@ -121,6 +117,76 @@ def export_tiles(
         "conditions": {c: asdict(conds[c]) for c in conds}, "condition_set": condition_set,
         "vary_biology": vary_biology, "biology": biology,
     })
+
+
+@dataclass(frozen=True)
+class _PlateJob:
+    """Everything one plate's rendering needs, picklable for a worker process."""
+
+    out: Path
+    plate: int
+    plate_map: Any
+    wells: list[str]
+    splits: dict[str, str]
+    hours: tuple[float, ...]
+    fields: int
+    tile_size: int
+    grid: tuple[int, int]
+    px_um: float
+    seed: int
+    plate_format: int
+    camera: Camera
+    artefacts: Artefacts
+    vary_biology: bool
+
+
+def _render_plate(job: _PlateJob, progress: Callable[[int], None] | None = None
+                  ) -> tuple[str, dict, list[dict], int]:
+    """(plate name, its biology record, its tiles' rows, fields rendered) of one plate."""
+    scope = Microscope(vendor="incucyte", plate_format=job.plate_format, fields=job.fields, hours=max(job.hours),
+                       seed=job.seed, plate_map=job.plate_map, wells=job.wells, camera=job.camera,
+                       artefacts=job.artefacts, plate_index=job.plate, plate_name=f"sim-plate-{job.plate + 1}",
+                       vary_biology=job.vary_biology)
+    bio = {"plate": scope.biology.record(), "wells": {w: scope.well_biology(w).record() for w in job.wells}}
+    rows: list[dict] = []
+    n = 0
+    for well in job.wells:
+        for f in range(1, job.fields + 1):
+            for t, h in enumerate(job.hours, start=1):
+                shot = Shot(scope.plate_name, well, f, t, h, scope.start, 0)
+                frame = scope.render(shot)
+                st = state_at(scope.cells(well, f), h)
+                for rel, counts in _cut_field(job.out, frame, st, plate=job.plate, well=well, field=f, hour=h,
+                                              tile_size=job.tile_size, grid=job.grid, px_um=job.px_um):
+                    rows.append(_tile_row(rel, shot, counts, job.plate_map.wells[well], job.splits[well]))
+                n += 1
+                if progress:
+                    progress(1)
+    return scope.plate_name, bio, rows, n
+
+
+def _render_plates(jobs: list[_PlateJob], workers: int, progress: Callable[[int, int], None] | None,
+                   total: int) -> Iterator[tuple[str, dict, list[dict], int]]:
+    """Each plate's result in plate order: rendered here (progress per field) or by a pool of
+    spawned processes (progress per plate)."""
+    if workers <= 1 or len(jobs) <= 1:
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress:
+                progress(done[0], total)
+
+        for job in jobs:
+            name, bio, rows, n = _render_plate(job, tick)
+            yield name, bio, rows, 0  # already counted field by field
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(_render_plate, jobs)
 
 
 def _plate_maps(plates: int, plate_format: int, condition_set: str, conditions: Sequence[str],
