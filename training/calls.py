@@ -3,9 +3,16 @@ judged on held-out plates as a biologist would use them.
 
 The daemon reads wells, so calibration is fitted where users read: one temperature on the
 log of each well's mean tile probability at each time point (``core.calibration``). The
-call rule (threshold, persistence) is chosen on validation wells only: the rule that calls
-fewest wells wrong (<= ``MAX_WRONG`` where any rule reaches it), then the earliest median
-call, then the lowest threshold. Test wells are only ever scored with the rule chosen.
+call rule (threshold, persistence) is chosen on validation wells only: the rule with the
+least risk of wrong calls (<= ``MAX_WRONG`` of the wells where any rule reaches it), then the
+most wells called, the earliest median call, the lowest threshold. A rule's risk is the
+larger of the wrong calls it made on validation and those its calls' own (calibrated)
+probabilities predict, the sum over called wells of 1 - p at the call: one validation plate
+holds a few dozen wells, and the most permissive rule that happens to call none of them
+wrong is the one that fails on the next plate (measured in docs/training.md, "Well
+calibration and confident calls"). Where no rule calls a validation well at that risk, the
+strictest rule is kept: nothing on validation supports an earlier call. Test wells are only
+ever scored with the rule chosen.
 """
 
 from __future__ import annotations
@@ -53,8 +60,10 @@ def series(ro: Readouts) -> list[dict[str, Any]]:
 
 def judge(wells: Sequence[dict[str, Any]], rule: CallRule, classes: Sequence[str]) -> dict[str, Any]:
     """Each well's earliest confident call under ``rule`` on its whole time course:
-    wells, called, wrong (share of all wells), median hours to a call (called wells)."""
-    called, wrong, hours = 0, 0, []
+    wells, called, wrong (share of all wells), the wrong calls the calls' probabilities
+    predict (sum of 1 - p at each call, share of all wells), median hours to a call (called
+    wells)."""
+    called, wrong, expected, hours = 0, 0, 0.0, []
     for w in wells:
         call = confident_call(w["probs"], w["hours"], tuple(classes), threshold=rule.threshold,
                               min_points=rule.min_points)
@@ -62,9 +71,11 @@ def judge(wells: Sequence[dict[str, Any]], rule: CallRule, classes: Sequence[str
             continue
         called += 1
         wrong += int(call.cls != classes[w["y"]])
+        expected += 1.0 - call.probability
         hours.append(call.elapsed_h)
     n = len(wells)
     return {"wells": n, "called": called, "wrong": wrong, "wrong_frac": wrong / n if n else None,
+            "expected_wrong_frac": expected / n if n else None,
             "called_frac": called / n if n else None,
             "median_h_to_call": float(np.median(hours)) if hours else None}
 
@@ -79,7 +90,9 @@ def choose_rule(wells: Sequence[dict[str, Any]], classes: Sequence[str]) -> tupl
             if r["wells"] == 0:
                 continue
             median = r["median_h_to_call"] if r["median_h_to_call"] is not None else math.inf
-            key = (max(r["wrong_frac"], MAX_WRONG), -r["called_frac"], median, thr, mp)
+            risk = max(r["wrong_frac"], r["expected_wrong_frac"], MAX_WRONG)
+            strict = (thr, mp) if r["called"] else (-thr, -mp)  # calls nothing here: the strictest
+            key = (risk, -r["called_frac"], median, *strict)
             if best is None or key < best[0]:
                 best = (key, rule, r)
     if best is None:

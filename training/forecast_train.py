@@ -19,7 +19,6 @@ import numpy as np
 
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.core.names import to_db
-from nscmonitor.scoring import well_sequence as WS
 from nscmonitor.training import data as D
 from nscmonitor.training import splits as S
 from nscmonitor.training import temporal as T

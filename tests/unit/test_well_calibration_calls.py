@@ -88,13 +88,25 @@ def test_the_rule_is_chosen_on_validation_by_hand_countable_calls() -> None:
         _well("misleading", 1, [0.5, 0.62, 0.64, 0.66]),
     ]
     rule, fig = C.choose_rule(val, CLASSES)
-    assert rule.threshold > 0.66
-    assert fig["wrong"] == 0 and fig["called"] == 2
-    # the first rule reaching that, earliest median call then lowest threshold: 0.7 over 1 point
-    # calls right-early at 24 h and right-late at 72 h
-    assert rule == CallRule(0.7, 1) and fig["median_h_to_call"] == 48.0
+    assert rule.threshold > 0.66 and fig["wrong"] == 0
+    # 0.7 over 1 point calls both right wells with no wrong call, but at p 0.7 (24 h) and 0.9
+    # (72 h) its own probabilities predict 0.3 + 0.1 wrong calls in 3 wells (0.13 > 0.02); only
+    # 0.95 over 1 point keeps that risk within 0.02: right-early at 72 h, 0.05 / 3 = 0.017
+    judged = C.judge(val, CallRule(0.7, 1), CLASSES)
+    assert judged["called"] == 2 and judged["wrong"] == 0
+    assert judged["expected_wrong_frac"] == pytest.approx(0.4 / 3)
+    assert rule == CallRule(0.95, 1) and fig["called"] == 1 and fig["median_h_to_call"] == 72.0
+    assert fig["expected_wrong_frac"] == pytest.approx(0.05 / 3)
     judged = C.judge(val, CallRule(0.6, 1), CLASSES)
     assert judged["wrong"] == 1 and judged["wrong_frac"] == pytest.approx(1 / 3)
+
+
+def test_without_a_call_supported_on_validation_the_strictest_rule_is_kept() -> None:
+    # a right call at 0.6 only: it predicts 0.4 wrong calls in 2 wells (0.2), over the limit
+    val = [_well("weak", 0, [0.5, 0.55, 0.6, 0.6]), _well("unsure", 1, [0.5, 0.5, 0.45, 0.45])]
+    rule, fig = C.choose_rule(val, CLASSES)
+    assert fig["called"] == 0
+    assert rule == CallRule(max(C.THRESHOLDS), max(C.MIN_POINTS))
 
 
 def test_the_stored_rule_never_sees_test_wells() -> None:
