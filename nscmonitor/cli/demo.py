@@ -14,8 +14,8 @@
 5. the dashboard shows the plate as it is acquired (or, with no display, its main window
    is rendered to a PNG at the end);
 6. the tidy CSV reports are written (readouts, images, forecasts), the forecast is set beside
-   the per-image readout at 24, 48 and 72 h, and the fp32 and built engines' speeds on the
-   plate's frames are printed side by side.
+   the per-image readout at 24, 48 and 72 h and in each well's earliest confident call, and the
+   fp32 and built engines' speeds on the plate's frames are printed side by side.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from nscmonitor.core.errors import UserFacingError
 
 if TYPE_CHECKING:
     from nscmonitor.config import Settings
+    from nscmonitor.core.calibration import CallRule
     from nscmonitor.engines.base import Engine
 
 log = logging.getLogger(__name__)
@@ -339,6 +340,66 @@ def forecast_summary(forecasts: Path, report: Path, manifest: Path, hours: tuple
     return lines
 
 
+def calls_summary(forecasts: Path, report: Path, manifest: Path, forecast_rule: CallRule,
+                  image_rule: CallRule) -> list[str]:
+    """Each well's earliest confident call (``report.calls.confident_call``) from the forecast's
+    time course and from the per-image readout's, each under its own model's rule, judged
+    against the fate most of the well's live cells have at its last scan: per condition, wells
+    called, wrong calls and the median hours to a call."""
+    import numpy as np
+
+    from nscmonitor.report.calls import confident_call
+
+    shares = live_shares(manifest, 0.0)
+    last: dict[str, float] = {}
+    for well, h in shares:
+        last[well] = max(last.get(well, h), h)
+    stats: dict[str, dict[str, list]] = {}
+    for what, path, rule in (("forecast", forecasts, forecast_rule), ("image", report, image_rule)):
+        courses: dict[str, dict[float, dict[str, float]]] = {}
+        for (well, h), p in _class_probs(path).items():
+            courses.setdefault(well, {})[h] = p
+        for well, end in last.items():
+            cond, truth = shares[(well, end)]
+            cell = stats.setdefault(cond, {}).setdefault(what, [0, 0, 0, []])  # wells, called, wrong, hours
+            cell[0] += 1
+            hours = sorted(courses.get(well, {}))
+            if not hours:
+                continue
+            probs = np.array([[courses[well][h].get(f, np.nan) for f in FATES] for h in hours])
+            call = confident_call(probs, np.array(hours), FATES, threshold=rule.threshold, min_points=rule.min_points)
+            if call is not None:
+                cell[1] += 1
+                cell[2] += int(not right_call(call.cls, truth))
+                cell[3].append(call.elapsed_h)
+
+    def text(cell: list) -> str:
+        wells, called, wrong, hours = cell
+        median = f"{float(np.median(hours)):.0f} h" if hours else "-"
+        return f"{called:>3}/{wells:<3}{wrong:>5}{median:>8}"
+
+    lines = [f"each well's earliest confident call (forecast: p >= {forecast_rule.threshold:g} over "
+             f"{forecast_rule.min_points}; per-image readout: p >= {image_rule.threshold:g} over "
+             f"{image_rule.min_points}; each its model's rule), wrong = not the fate most of its live cells have "
+             f"at its last scan:",
+             f"  {'':<26}{'forecast':^20}   {'per-image':^20}",
+             f"  {'condition':<26}{'called wrong  median':>20}   {'called wrong  median':>20}"]
+    empty = [0, 0, 0, []]
+    lines += [f"  {cond:<26}{text(v.get('forecast', empty)):>20}   {text(v.get('image', empty)):>20}"
+              for cond, v in sorted(stats.items())]
+    return lines
+
+
+def _forecast_rule(path: Path) -> CallRule:
+    """The call rule train-forecast chose on the forecast's validation wells (the default rule
+    for a file that carries none)."""
+    from nscmonitor.core.calibration import CALL_KEY, call_rule_of
+    from nscmonitor.scoring.forecast import load_forecast_model
+
+    rule = ((load_forecast_model(path).meta.get("metrics") or {}).get("calls") or {}).get("rule")
+    return call_rule_of({CALL_KEY: rule} if rule else None)
+
+
 def _plate_map_csv(path: Path) -> Path:
     from nscmonitor.simulate.culture import default_plate_map
 
@@ -408,6 +469,11 @@ def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain:
     if forecast_model is not None and export_forecasts(runner.store.engine, EXPERIMENT, forecasts):
         _say(f"well forecasts: {forecasts}")
         for line in forecast_summary(forecasts, report, plate / MANIFEST_NAME):
+            _say(line)
+        from nscmonitor.core.calibration import call_rule_of
+
+        for line in calls_summary(forecasts, report, plate / MANIFEST_NAME, _forecast_rule(forecast_model),
+                                  call_rule_of(meta.extra)):
             _say(line)
     _speeds(model, plate, settings)
     _show_dashboard(out, url, viewer, gui)

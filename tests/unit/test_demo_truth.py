@@ -160,3 +160,36 @@ def test_the_demo_daemon_serves_the_well_forecast_only_when_one_was_trained(tmp_
     fc = tmp_path / "forecast" / "forecast.onnx"
     assert _fresh_settings(tmp_path, tmp_path / "plate", fc).forecast_model == fc
     assert _fresh_settings(tmp_path, tmp_path / "plate").forecast_model is None
+
+
+def test_each_wells_earliest_call_is_judged_by_its_end_point_under_each_models_rule(tmp_path):
+    from nscmonitor.cli.demo import calls_summary
+    from nscmonitor.core.calibration import CallRule
+
+    manifest, report, forecasts = tmp_path / "m.csv", tmp_path / "r.csv", tmp_path / "f.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["well", "field", "elapsed_h", "condition", *(f"n_{f}" for f in FATES)])
+        for h in (24.0, 48.0, 72.0):
+            w.writerow(["A01", 1, h, "neuron-directed", 45, 25, 5, 25])
+            w.writerow(["A11", 1, h, "neuron-low-dose", 27, 30, 3, 40])  # undifferentiated at the end
+    sure = {f: dict.fromkeys(FATES, 0.02) | {f: 0.94} for f in FATES}
+    unsure = dict(zip(FATES, (0.4, 0.3, 0.1, 0.2)))
+    with forecasts.open("w", newline="") as fh:  # A01 right from 48 h; A11 called neuron (wrong) from 24 h
+        w = csv.writer(fh)
+        w.writerow(["well", "elapsed_h", *(f"p_{f}" for f in FATES)])
+        for h, a01 in ((24.0, unsure), (48.0, sure["neuron"]), (72.0, sure["neuron"])):
+            w.writerow(["A01", h, *a01.values()])
+            w.writerow(["A11", h, *sure["neuron"].values()])
+    with report.open("w", newline="") as fh:  # per image: A01 sure only at 72 h, A11 never sure
+        w = csv.writer(fh)
+        w.writerow(["well", "elapsed_h", "class", "prob_mean"])
+        for h in (24.0, 48.0, 72.0):
+            for well, p in (("A01", sure["neuron"] if h == 72.0 else unsure), ("A11", unsure)):
+                w.writerows([well, h, c, v] for c, v in p.items())
+    lines = calls_summary(forecasts, report, manifest, CallRule(0.9, 1), CallRule(0.9, 1))
+    rows = {ln.split()[0]: ln.split()[1:] for ln in lines[3:]}
+    assert rows["neuron-directed"] == ["1/1", "0", "48", "h", "1/1", "0", "72", "h"]
+    assert rows["neuron-low-dose"] == ["1/1", "1", "24", "h", "0/1", "0", "-"]
+    strict = calls_summary(forecasts, report, manifest, CallRule(0.9, 3), CallRule(0.9, 1))
+    assert {ln.split()[0]: ln.split()[1] for ln in strict[3:]}["neuron-directed"] == "0/1"  # 2 points only
