@@ -87,9 +87,10 @@ def load_forecast_model(path: str | Path) -> ForecastModel:
 def batch_features(images: Sequence[tuple[int, np.ndarray, float | None]], meta: dict,
                    workers: int | None = None) -> list[tuple[int, str, np.ndarray]]:
     """(image_id, feature set, features) of a batch's images, in order. The features cost
-    about 0.1 s per 704 x 520 frame (0.7 s at 1408 x 1040), as much as the engine's own work on
-    a small model, and SciPy's filters release the GIL, so the images are measured on
-    ``workers`` threads (default: every CPU; the engine is idle while this stage runs)."""
+    about 0.1 s per 704 x 520 frame on one core (0.7 s at 1408 x 1040), several times what the
+    demo model's engine spends on it, and SciPy's filters release the GIL, so a batch's images
+    are measured on ``workers`` threads (default: every CPU; the engine is idle while this
+    stage runs)."""
     def one(image: tuple[int, np.ndarray, float | None]) -> tuple[int, str, np.ndarray]:
         i, px, um = image
         return i, WS.EXTRACTOR, WS.frame_features(px, tile_px_for(meta, um))
