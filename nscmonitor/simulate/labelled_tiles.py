@@ -21,13 +21,12 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from nscmonitor.core.domain import MULTICLASS
 from nscmonitor.simulate.artefacts import Artefacts
-from nscmonitor.simulate.culture import class_counts, default_plate_map, plate_conditions, state_at
+from nscmonitor.simulate.culture import ConditionMap, class_counts, default_plate_map, plate_conditions, state_at
 from nscmonitor.simulate.microscope import Microscope
 from nscmonitor.simulate.render import Camera
 from nscmonitor.simulate.seeds import rng_for
@@ -125,7 +124,7 @@ class _PlateJob:
 
     out: Path
     plate: int
-    plate_map: Any
+    plate_map: ConditionMap
     wells: list[str]
     splits: dict[str, str]
     hours: tuple[float, ...]
