@@ -293,3 +293,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'nsc.db'}"
     return request.getfixturevalue("pg_url")
+
+
+def with_pixel_limit(model: Path, ratio: float | None) -> None:
+    """The model file's OOD record with (or, ``None``, without) ``max_pixel_size_ratio``, as
+    training writes it (or as a model exported before the check has it)."""
+    import json
+
+    import onnx
+
+    from nscmonitor.engines import read_onnx_metadata
+    from nscmonitor.engines.metadata import ModelMetadata, write_onnx_metadata
+
+    meta = json.loads(read_onnx_metadata(model).to_json())
+    meta["ood"] = {k: v for k, v in meta["ood"].items() if k != "max_pixel_size_ratio"}
+    if ratio is not None:
+        meta["ood"]["max_pixel_size_ratio"] = ratio
+    proto = onnx.load(str(model))
+    write_onnx_metadata(proto, ModelMetadata.from_dict(meta))
+    onnx.save(proto, str(model))

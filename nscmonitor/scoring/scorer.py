@@ -97,7 +97,7 @@ class Scorer:
                              lambda pp: result(pp[0], pp[1], model_version=model.version, engine=model.engine))
         stored = self._complete(results)
         if self.forecast is not None and stored:
-            self._forecast(prepared, stored)
+            self._forecast(prepared, stored, {r.image_id for _, r in results if r.ood})
         self.metrics.timings.inference += t1 - t0
         self.metrics.timings.store += time.perf_counter() - t1
         self.metrics.stored(c.path for c in stored)
@@ -173,11 +173,13 @@ class Scorer:
                 self.fail(c, f"could not store the result: {why(exc)}", False)
         return done
 
-    def _forecast(self, prepared: list[Prepared], stored: list[Claimed]) -> None:
-        """The second stage on the stored images that passed QC. Its failure is logged and
-        recorded as an event; the batch's readouts are already stored and the forecasts
+    def _forecast(self, prepared: list[Prepared], stored: list[Claimed], flagged: set[int]) -> None:
+        """The second stage on the stored images that passed QC and were not flagged out of
+        distribution: such a frame means nothing to the forecast either, so it is no data for
+        it (no features, no time point), as it is for a confident call. Its failure is logged
+        and recorded as an event; the batch's readouts are already stored and the forecasts
         follow with the well's next image."""
-        ids = {c.id for c in stored}
+        ids = {c.id for c in stored} - flagged
         images = [(p.claimed.id, p.decoded.pixels, p.decoded.pixel_size_um) for p in prepared
                   if p.claimed.id in ids and p.grid is not None]
         refused = self.forecast.refresh()

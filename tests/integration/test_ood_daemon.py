@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from conftest import cells_image, csv_rows, stable_seed, write_tiff
+from conftest import cells_image, csv_rows, stable_seed, with_pixel_limit, write_tiff
 
 
 @pytest.mark.parametrize("threshold,flagged", [(0.0, True), (1e9, False)])
@@ -62,25 +62,6 @@ def test_daemon_stores_the_flag_and_the_export_carries_it(tmp_path: Path, make_r
     assert all(float(r["ood_score"]) > 0 for r in images)
 
 
-def _with_pixel_limit(model: Path, ratio: float | None) -> None:
-    """The model file's OOD record with (or, ``None``, without) ``max_pixel_size_ratio``, as
-    training writes it (or as a model exported before the check has it)."""
-    import json
-
-    import onnx
-
-    from nscmonitor.engines import read_onnx_metadata
-    from nscmonitor.engines.metadata import ModelMetadata, write_onnx_metadata
-
-    meta = json.loads(read_onnx_metadata(model).to_json())
-    meta["ood"] = {k: v for k, v in meta["ood"].items() if k != "max_pixel_size_ratio"}
-    if ratio is not None:
-        meta["ood"]["max_pixel_size_ratio"] = ratio
-    proto = onnx.load(str(model))
-    write_onnx_metadata(proto, ModelMetadata.from_dict(meta))
-    onnx.save(proto, str(model))
-
-
 @pytest.mark.parametrize("limit", [1.5, None])
 def test_a_file_of_another_pixel_size_is_flagged_through_the_daemon(tmp_path: Path, make_runner, db_url: str,
                                                                     limit: float | None) -> None:
@@ -92,7 +73,7 @@ def test_a_file_of_another_pixel_size_is_flagged_through_the_daemon(tmp_path: Pa
 
     model = tmp_path / "models" / "ood.onnx"
     build_tiny_classifier(model, input_size=32, pixel_size_um=1.24, ood_threshold=1e9)
-    _with_pixel_limit(model, limit)
+    with_pixel_limit(model, limit)
     watch = tmp_path / "watch"
     pixels = cells_image(stable_seed("ood-scale"), (96, 128))
     for well, um in (("A1", 1.24), ("B2", 2.48)):

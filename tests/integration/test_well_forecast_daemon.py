@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from conftest import cells_image, csv_rows, settings_for, stable_seed, write_tiff
+from conftest import cells_image, csv_rows, settings_for, stable_seed, with_pixel_limit, write_tiff
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
@@ -193,3 +193,43 @@ def test_a_forecast_reading_other_tiles_is_not_switched_to(tmp_path: Path) -> No
     assert stage.refresh() is None and stage.model is serving  # told once
     offered[0] = same
     assert stage.refresh() is None and stage.model.version == "forecast-same"
+
+
+def test_a_frame_flagged_out_of_distribution_is_no_data_for_the_forecast(tmp_path: Path) -> None:
+    """One frame of a plate was taken at another magnification (its resolution tags say 2.48
+    um/px, the model's images 1.24): the tile model flags it, and the forecast neither keeps
+    its features nor gives its well a time point there; the well's later forecast reads its
+    other frames only, and every other well is forecast as usual."""
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.engines.tiny import build_tiny_classifier
+
+    tags = {"resolutionunit": "CENTIMETER"}
+    watch = tmp_path / "watch"
+    for well in WELLS:
+        for h in HOURS:
+            um = 2.48 if (well, h) == ("B02", 24) else 1.24
+            write_tiff(watch / f"VID3_{well[0]}{int(well[1:])}_1_{h // 24:02d}d{h % 24:02d}h00m.tif",
+                       cells_image(stable_seed("ood-forecast", well, h), (96, 128)),
+                       resolution=(1e4 / um, 1e4 / um), **tags)
+    model = tmp_path / "models" / "tiny.onnx"
+    build_tiny_classifier(model, input_size=32, pixel_size_um=1.24, ood_threshold=1e9)
+    with_pixel_limit(model, 1.5)
+    settings = dataclasses.replace(settings_for(tmp_path, watch), forecast_model=_forecast_model(
+        tmp_path / "forecast.onnx"))
+    runner = build_runner(settings, model=model, retry_base_s=0.05, poll_interval=0.2)
+    try:
+        runner.run(once=True)
+    finally:
+        runner.stop_event.set()
+    with runner.store.engine.connect() as c:
+        images = c.execute(text("select i.path, p.ood, f.image_id is not null from images i join predictions p "
+                                "on p.image_id = i.id left join frame_features f on f.image_id = i.id")).fetchall()
+        forecasts = c.execute(text("select w.name, f.elapsed_h, f.n_timepoints, f.n_images from well_forecasts f "
+                                   "join wells w on w.id = f.well_id")).fetchall()
+    flagged = {Path(p).name for p, ood, _ in images if ood}
+    assert flagged == {"VID3_B2_1_01d00h00m.tif"} and len(images) == len(WELLS) * len(HOURS)
+    assert all(bool(has_features) is not bool(ood) for _, ood, has_features in images)
+    got = {(name, h): (n_t, n_img) for name, h, n_t, n_img in forecasts}
+    assert ("B02", 24.0) not in got and got[("B02", 48.0)] == (2, 2)
+    assert got[("A01", 48.0)] == (3, 3) and got[("C03", 24.0)] == (2, 2)
+    assert len(got) == len(WELLS) * len(HOURS) - 1
