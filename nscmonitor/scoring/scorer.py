@@ -25,7 +25,7 @@ from nscmonitor.scoring.hot_swap import LoadedModel, ModelSlot
 from nscmonitor.scoring.metrics import Metrics
 from nscmonitor.scoring.pacing import claim_cap, next_claim_size
 from nscmonitor.scoring.preprocess import Preprocess
-from nscmonitor.scoring.stages import Prepared, infer, prepare, result
+from nscmonitor.scoring.stages import Prepared, infer, pixel_size_mismatch, prepare, result
 from nscmonitor.store.writer import Claimed, Scored, Writer
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class Scorer:
                              lambda pp: result(pp[0], pp[1], model_version=model.version, engine=model.engine))
         stored = self._complete(results)
         if self.forecast is not None and stored:
-            self._forecast(prepared, stored, {r.image_id for _, r in results if r.ood})
+            self._forecast(prepared, stored, {p.claimed.id for p in prepared
+                                              if pixel_size_mismatch(model.engine.metadata, p.decoded.pixel_size_um)})
         self.metrics.timings.inference += t1 - t0
         self.metrics.timings.store += time.perf_counter() - t1
         self.metrics.stored(c.path for c in stored)
@@ -173,13 +174,17 @@ class Scorer:
                 self.fail(c, f"could not store the result: {why(exc)}", False)
         return done
 
-    def _forecast(self, prepared: list[Prepared], stored: list[Claimed], flagged: set[int]) -> None:
-        """The second stage on the stored images that passed QC and were not flagged out of
-        distribution: such a frame means nothing to the forecast either, so it is no data for
-        it (no features, no time point), as it is for a confident call. Its failure is logged
-        and recorded as an event; the batch's readouts are already stored and the forecasts
-        follow with the well's next image."""
-        ids = {c.id for c in stored} - flagged
+    def _forecast(self, prepared: list[Prepared], stored: list[Claimed], other_scale: set[int]) -> None:
+        """The second stage on the stored images that passed QC, except those whose file says
+        they were taken through another objective (``other_scale``: the pixel-size check of
+        the out-of-distribution flag): such a frame is another kind of image for the forecast
+        too, so it is no data for it (no features, no time point), as for a confident call.
+        The tile model's OOD *score* does not leave frames out: it measures distance from the
+        tile model's own training data, and a tile model trained from 48 h on (the demo's)
+        flags a third of the induction frames, which the forecast was trained on. Its failure
+        is logged and recorded as an event; the batch's readouts are already stored and the
+        forecasts follow with the well's next image."""
+        ids = {c.id for c in stored} - other_scale
         images = [(p.claimed.id, p.decoded.pixels, p.decoded.pixel_size_um) for p in prepared
                   if p.claimed.id in ids and p.grid is not None]
         refused = self.forecast.refresh()

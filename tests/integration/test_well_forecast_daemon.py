@@ -195,11 +195,14 @@ def test_a_forecast_reading_other_tiles_is_not_switched_to(tmp_path: Path) -> No
     assert stage.refresh() is None and stage.model.version == "forecast-same"
 
 
-def test_a_frame_flagged_out_of_distribution_is_no_data_for_the_forecast(tmp_path: Path) -> None:
+@pytest.mark.parametrize("score_threshold", [1e9, 0.0])
+def test_a_frame_of_another_magnification_is_no_data_for_the_forecast(tmp_path: Path, score_threshold: float) -> None:
     """One frame of a plate was taken at another magnification (its resolution tags say 2.48
     um/px, the model's images 1.24): the tile model flags it, and the forecast neither keeps
     its features nor gives its well a time point there; the well's later forecast reads its
-    other frames only, and every other well is forecast as usual."""
+    other frames only, and every other well is forecast as usual. Frames the tile model's
+    score flags (threshold 0: all of them) still feed the forecast: the score measures
+    distance from the tile model's training data, not the forecast's."""
     from nscmonitor.daemon import build_runner
     from nscmonitor.engines.tiny import build_tiny_classifier
 
@@ -212,7 +215,7 @@ def test_a_frame_flagged_out_of_distribution_is_no_data_for_the_forecast(tmp_pat
                        cells_image(stable_seed("ood-forecast", well, h), (96, 128)),
                        resolution=(1e4 / um, 1e4 / um), **tags)
     model = tmp_path / "models" / "tiny.onnx"
-    build_tiny_classifier(model, input_size=32, pixel_size_um=1.24, ood_threshold=1e9)
+    build_tiny_classifier(model, input_size=32, pixel_size_um=1.24, ood_threshold=score_threshold)
     with_pixel_limit(model, 1.5)
     settings = dataclasses.replace(settings_for(tmp_path, watch), forecast_model=_forecast_model(
         tmp_path / "forecast.onnx"))
@@ -226,9 +229,11 @@ def test_a_frame_flagged_out_of_distribution_is_no_data_for_the_forecast(tmp_pat
                                 "on p.image_id = i.id left join frame_features f on f.image_id = i.id")).fetchall()
         forecasts = c.execute(text("select w.name, f.elapsed_h, f.n_timepoints, f.n_images from well_forecasts f "
                                    "join wells w on w.id = f.well_id")).fetchall()
+    other_scale = "VID3_B2_1_01d00h00m.tif"
     flagged = {Path(p).name for p, ood, _ in images if ood}
-    assert flagged == {"VID3_B2_1_01d00h00m.tif"} and len(images) == len(WELLS) * len(HOURS)
-    assert all(bool(has_features) is not bool(ood) for _, ood, has_features in images)
+    assert len(images) == len(WELLS) * len(HOURS) and other_scale in flagged
+    assert len(flagged) == (1 if score_threshold else len(images))
+    assert all(bool(has_features) is (Path(p).name != other_scale) for p, _, has_features in images)
     got = {(name, h): (n_t, n_img) for name, h, n_t, n_img in forecasts}
     assert ("B02", 24.0) not in got and got[("B02", 48.0)] == (2, 2)
     assert got[("A01", 48.0)] == (3, 3) and got[("C03", 24.0)] == (2, 2)
