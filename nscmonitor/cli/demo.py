@@ -290,6 +290,16 @@ def plate_summary(report: Path, manifest: Path, from_h: float = 72.0) -> list[st
     return lines
 
 
+def end_points(manifest: Path) -> dict[str, tuple[str, dict[str, float]]]:
+    """well -> (condition, share of its live cells per fate at its last scan): what an
+    end-point stain of the well would count."""
+    shares = live_shares(manifest, 0.0)
+    last: dict[str, float] = {}
+    for well, h in shares:
+        last[well] = max(last.get(well, h), h)
+    return {well: shares[(well, h)] for well, h in last.items()}
+
+
 def _class_probs(path: Path) -> dict[tuple[str, float], dict[str, float]]:
     """(well, elapsed h) -> class probabilities, from the readouts CSV (``class`` and
     ``prob_mean`` per row) or the forecasts CSV (``p_<class>`` columns)."""
@@ -313,14 +323,10 @@ def forecast_summary(forecasts: Path, report: Path, manifest: Path, hours: tuple
     right at an hour when its top class is the fate most of its live cells have at the
     well's *last* scan (within the tie allowance): what the forecast predicts from the frames
     up to that hour, and what an end-point stain of the well would show."""
-    shares = live_shares(manifest, 0.0)
-    last: dict[str, float] = {}
-    for well, h in shares:
-        last[well] = max(last.get(well, h), h)
+    ends = end_points(manifest)
     fc, per_image = _class_probs(forecasts), _class_probs(report)
     right: dict[str, dict[tuple[str, float], list[int]]] = {}
-    for well, end in last.items():
-        cond, truth = shares[(well, end)]
+    for well, (cond, truth) in ends.items():
         for what, probs in (("forecast", fc), ("image", per_image)):
             for h in hours:
                 p = probs.get((well, round(h, 3)))
@@ -350,17 +356,13 @@ def calls_summary(forecasts: Path, report: Path, manifest: Path, forecast_rule: 
 
     from nscmonitor.report.calls import confident_call
 
-    shares = live_shares(manifest, 0.0)
-    last: dict[str, float] = {}
-    for well, h in shares:
-        last[well] = max(last.get(well, h), h)
+    ends = end_points(manifest)
     stats: dict[str, dict[str, list]] = {}
     for what, path, rule in (("forecast", forecasts, forecast_rule), ("image", report, image_rule)):
         courses: dict[str, dict[float, dict[str, float]]] = {}
         for (well, h), p in _class_probs(path).items():
             courses.setdefault(well, {})[h] = p
-        for well, end in last.items():
-            cond, truth = shares[(well, end)]
+        for well, (cond, truth) in ends.items():
             cell = stats.setdefault(cond, {}).setdefault(what, [0, 0, 0, []])  # wells, called, wrong, hours
             cell[0] += 1
             hours = sorted(courses.get(well, {}))

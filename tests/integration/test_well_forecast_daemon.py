@@ -32,11 +32,28 @@ def _forecast_model(path: Path) -> Path:
     return build_tiny_forecast(path, tile_px=TILE)
 
 
-def _plate(watch: Path, seed: str) -> dict[tuple[str, int], Path]:
-    """One field per well and hour, as an Incucyte names them; (well, hour) -> file."""
+def _plate(watch: Path, seed: str, um=None) -> dict[tuple[str, int], Path]:
+    """One field per well and hour, as an Incucyte names them; (well, hour) -> file.
+    ``um(well, hour)``: the pixel size its resolution tags state (None: no tags)."""
+    def tags(well: str, h: int) -> dict:
+        size = um(well, h) if um else None
+        return {} if size is None else {"resolution": (1e4 / size, 1e4 / size), "resolutionunit": "CENTIMETER"}
+
     return {(well, h): write_tiff(watch / f"VID3_{well[0]}{int(well[1:])}_1_{h // 24:02d}d{h % 24:02d}h00m.tif",
-                                  cells_image(stable_seed(seed, well, h), (96, 128)))
+                                  cells_image(stable_seed(seed, well, h), (96, 128)), **tags(well, h))
             for well in WELLS for h in HOURS}
+
+
+def _run_once(settings, model: Path, **kw):  # noqa: ANN001, ANN202 (Settings; the runner)
+    """A real daemon scores what the watch folder holds, then stops; returns the runner."""
+    from nscmonitor.daemon import build_runner
+
+    runner = build_runner(settings, model=model, retry_base_s=0.05, poll_interval=0.2, **kw)
+    try:
+        runner.run(once=True)
+    finally:
+        runner.stop_event.set()
+    return runner
 
 
 def _tile_model(tmp_path: Path) -> Path:
@@ -48,7 +65,6 @@ def _tile_model(tmp_path: Path) -> Path:
 
 
 def test_daemon_stores_forecasts_from_frames_up_to_each_time(tmp_path: Path, db_url: str) -> None:
-    from nscmonitor.daemon import build_runner
     from nscmonitor.readers.decode import decode
     from nscmonitor.scoring import well_sequence as WS
 
@@ -57,11 +73,7 @@ def test_daemon_stores_forecasts_from_frames_up_to_each_time(tmp_path: Path, db_
     paths = _plate(watch, "forecast")
     model = _tile_model(tmp_path)
     settings = dataclasses.replace(settings_for(tmp_path, watch, db_url), forecast_model=fmodel)
-    runner = build_runner(settings, model=model, retry_base_s=0.05, poll_interval=0.2)
-    try:
-        runner.run(once=True)
-    finally:
-        runner.stop_event.set()
+    runner = _run_once(settings, model)
     with runner.store.engine.connect() as c:
         rows = c.execute(text("select w.name, f.elapsed_h, f.probs, f.n_timepoints, f.n_images, f.model_version, "
                               "f.n_reference_wells, f.normalisation from well_forecasts f join wells w "
@@ -203,27 +215,16 @@ def test_a_frame_of_another_magnification_is_no_data_for_the_forecast(tmp_path: 
     other frames only, and every other well is forecast as usual. Frames the tile model's
     score flags (threshold 0: all of them) still feed the forecast: the score measures
     distance from the tile model's training data, not the forecast's."""
-    from nscmonitor.daemon import build_runner
     from nscmonitor.engines.tiny import build_tiny_classifier
 
-    tags = {"resolutionunit": "CENTIMETER"}
     watch = tmp_path / "watch"
-    for well in WELLS:
-        for h in HOURS:
-            um = 2.48 if (well, h) == ("B02", 24) else 1.24
-            write_tiff(watch / f"VID3_{well[0]}{int(well[1:])}_1_{h // 24:02d}d{h % 24:02d}h00m.tif",
-                       cells_image(stable_seed("ood-forecast", well, h), (96, 128)),
-                       resolution=(1e4 / um, 1e4 / um), **tags)
+    _plate(watch, "ood-forecast", um=lambda well, h: 2.48 if (well, h) == ("B02", 24) else 1.24)
     model = tmp_path / "models" / "tiny.onnx"
     build_tiny_classifier(model, input_size=32, pixel_size_um=1.24, ood_threshold=score_threshold)
     with_pixel_limit(model, 1.5)
     settings = dataclasses.replace(settings_for(tmp_path, watch), forecast_model=_forecast_model(
         tmp_path / "forecast.onnx"))
-    runner = build_runner(settings, model=model, retry_base_s=0.05, poll_interval=0.2)
-    try:
-        runner.run(once=True)
-    finally:
-        runner.stop_event.set()
+    runner = _run_once(settings, model)
     with runner.store.engine.connect() as c:
         images = c.execute(text("select i.path, p.ood, f.image_id is not null from images i join predictions p "
                                 "on p.image_id = i.id left join frame_features f on f.image_id = i.id")).fetchall()
