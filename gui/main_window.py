@@ -13,7 +13,8 @@ from sqlalchemy.engine import Engine
 
 from nscmonitor.config import Settings
 from nscmonitor.gui.export_dialog import ExportDialog, save_map_as, save_time_courses_as
-from nscmonitor.gui.state.forecasts import FORECAST_KEY, forecast_at, forecast_metrics, forecast_note, serving_line
+from nscmonitor.gui.state.forecasts import (FORECAST_KEY, flagged_forecasts, forecast_at, forecast_flagged,
+                                            forecast_metrics, forecast_note, serving_line)
 from nscmonitor.gui.state.presenter import (ModelMetaCache, Overview, PlateLoad, PollResult, WellImages, daemon_line,
                                             export_counts, load_plate, poll, read_overview)
 from nscmonitor.gui.state.readouts import (Metric, PlateCube, ReadoutRows, merge, metric_at, metrics_for, nearest_time,
@@ -270,8 +271,12 @@ class MainWindow(WindowLayout):
         title = f"{self.experiment.name if self.experiment else ''} / {self.plate.name if self.plate else ''} — " \
                 f"{m.label} at {when}"
         self.plate_map.set_values(values, label=m.label, unit=m.unit, fixed_range=m.fixed_range, title=title)
-        self.plate_map.set_flagged([w.name for w, f in zip(cube.wells, cube.flagged_at(self.t_index)) if f])
-        self._show_ood_banner(cube)
+        if m.key.startswith(FORECAST_KEY):
+            self.plate_map.set_flagged(forecast_flagged(self.forecasts, [w.name for w in cube.wells], key))
+            self._show_forecast_banner()
+        else:
+            self.plate_map.set_flagged([w.name for w, f in zip(cube.wells, cube.flagged_at(self.t_index)) if f])
+            self._show_ood_banner(cube)
 
     def _show_ood_banner(self, cube: PlateCube) -> None:
         """A banner above the map while the shown plate has images flagged out of distribution."""
@@ -280,6 +285,15 @@ class MainWindow(WindowLayout):
         if n:
             self.ood_banner.setText(f"⚠ {n} image(s) on this plate are unlike the model's training data "
                                     "(cross-hatched wells): their readouts mean little and are left out of calls.")
+
+    def _show_forecast_banner(self) -> None:
+        """The banner while the map shows the forecast: the forecast model's own flag, which
+        judges frames against its training images, not the tile model's."""
+        n = flagged_forecasts(self.forecasts)
+        self.ood_banner.setVisible(n > 0)
+        if n:
+            self.ood_banner.setText(f"⚠ {n} well forecast(s) on this plate rest on frames unlike the forecast model's "
+                                    "training images (cross-hatched wells): they mean little and are left out of calls.")
 
     def _toggle_play(self, on: bool) -> None:
         self.play.setText("⏸ Pause" if on else "▶ Play")

@@ -66,7 +66,8 @@ def demo_forecast(out_dir: str | Path, tiles_dir: str | Path, *, epochs: int = 3
     """Train the demo's well forecast on ``tiles_dir`` (a time-lapse export from induction on)
     into ``out_dir`` and return ``out_dir/forecast.onnx``; one already there from the same data
     with the same recipe is returned as it is. Labels are the wells' end-point live-cell
-    majority, as for the demo model and as the demo judges its wells."""
+    majority, as for the demo model and as the demo judges its wells. A cached model from
+    before the forecast had its own out-of-distribution score is trained again."""
     from nscmonitor.scoring.forecast import ForecastModelError, load_forecast_model
     from nscmonitor.training.forecast_train import train_forecast
 
@@ -80,7 +81,7 @@ def demo_forecast(out_dir: str | Path, tiles_dir: str | Path, *, epochs: int = 3
         except (ForecastModelError, ValueError, KeyError):  # a damaged cache is trained again
             meta = {}
         if (meta.get("data_hash") == D.data_hash(S.assign_splits(records, seed=0))
-                and (meta.get("metrics") or {}).get("label_mode") == "endpoint"):
+                and (meta.get("metrics") or {}).get("label_mode") == "endpoint" and meta.get("ood")):
             return path
     train_forecast(tiles_dir, out, epochs=epochs, progress=progress, label_mode="endpoint", version="demo-forecast")
     return path

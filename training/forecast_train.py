@@ -19,6 +19,7 @@ import numpy as np
 
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.core.names import to_db
+from nscmonitor.scoring import forecast_ood as FO
 from nscmonitor.training import data as D
 from nscmonitor.training import splits as S
 from nscmonitor.training import temporal as T
@@ -97,6 +98,18 @@ def compare_with(path: str | Path, wells: Sequence[WF.Well], held: Sequence[int]
             "mean_accuracy": mean_accuracy(per_hour)}
 
 
+def fit_frame_ood(records: Sequence[D.TileRecord], features: np.ndarray) -> tuple[FO.FrameOOD, dict[str, Any]]:
+    """The forecast's own out-of-distribution score (``scoring.forecast_ood``), fitted on the
+    training and validation plates' images (threshold: leave one plate out) and reported on
+    the test plate's, which it never saw."""
+    fit_idx = [i for i, r in enumerate(records) if r.split in ("train", "val")]
+    ood, info = FO.fit(features[fit_idx], [records[i].well_key[:2] for i in fit_idx])
+    test = [i for i, r in enumerate(records) if r.split == "test"]
+    if test:
+        info["flagged_test_plate"] = float(np.mean(ood.flags(features[test])))
+    return ood, info
+
+
 def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multiclass", epochs: int = 300,
                    seed: int = 0, progress: bool = True, compare: str | Path | None = None,
                    version: str | None = None, features: str | Path | None = None,
@@ -129,6 +142,7 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
         raise UserFacingError(f"{data}: every tile needs its hours since induction (elapsed_h) for the well model")
     stored = load_stored_features(features) if features is not None else {}
     reused = [0]
+    image_features: list[np.ndarray] = []  # per record, at the export's tile size (the OOD fit)
 
     def wells_at(px: int) -> list[WF.Well]:
         feats: list[np.ndarray | None] = [stored.get(to_db(r.path)) if px == int(info.tile_size) else None
@@ -139,6 +153,8 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
                    description="well features", disable=not progress, transient=True)
         for i, f in zip(todo, it):
             feats[i] = f
+        if px == int(info.tile_size):
+            image_features[:] = feats
         wells = WF.wells_of(records, np.asarray(feats, np.float64))
         refs = WF.plate_references(wells)
         return [w for w in wells if w.plate_key in refs and WF.well_start(w) is not None]
@@ -170,6 +186,7 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     metrics["calls"] = earliest_calls(call_wells(val_probs, [wells[i] for i in idx["val"]], [y[i] for i in idx["val"]]),
                                       call_wells(probs, [wells[i] for i in held], [y[i] for i in held]), classes)
     metrics["stored_features"] = {"images": len(records), "reused": n_stored}
+    ood, metrics["ood"] = fit_frame_ood(records, np.asarray(image_features, np.float64))
     if compare is not None:
         metrics["compared"] = compare_with(compare, wells, held, [y[i] for i in held], classes,
                                            int(info.tile_size), wells_at)
@@ -177,7 +194,8 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
                                pixel_size_um=info.pixel_size_um, temperature=fit["temperature"],
                                n_features=len(wells[0].features[0]),
                                version=version or f"forecast-{out.resolve().name}",
-                               data_hash=D.data_hash(records), metrics=metrics)
+                               data_hash=D.data_hash(records), metrics=metrics,
+                               ood=ood.record(**metrics["ood"]))
     out.mkdir(parents=True, exist_ok=True)
     T.export_forecast(model, meta, out / "forecast.onnx", [seqs[i] for i in held[:4]])
     (out / "forecast_metrics.json").write_text(json.dumps({"version": meta["version"], **metrics}, indent=2))

@@ -12,7 +12,9 @@ exports to ONNX as one small graph the daemon runs on CPU in microseconds.
 ONNX contract: input ``sequence`` ``1 x T x D`` float32 (one well, any number of time points),
 output ``logits`` ``1 x T x K`` (the daemon reads the last step of the frames it has); metadata key ``nscmonitor_forecast``
 (``forecast_metadata``): kind, classes, scheme, normalisation, feature set and tile size,
-hours scale, temperature, data hash, training figures.
+hours scale, temperature, data hash, training figures, and the forecast's own
+out-of-distribution record (``ood``, ``nscmonitor.scoring.forecast_ood``; absent in models
+exported before it, which serve with the flag unavailable).
 """
 
 from __future__ import annotations
@@ -121,13 +123,16 @@ def fit_temperature(model: WellGRU, x: torch.Tensor, m: torch.Tensor, y: torch.T
 
 def forecast_metadata(*, classes: Sequence[str], scheme: str, normalisation: str, tile_px: int,
                       pixel_size_um: float | None, temperature: float, n_features: int, version: str,
-                      data_hash: str | None = None, metrics: dict | None = None) -> dict[str, Any]:
+                      data_hash: str | None = None, metrics: dict | None = None,
+                      ood: dict | None = None) -> dict[str, Any]:
+    """``ood``: the forecast's own out-of-distribution record (``scoring.forecast_ood``); a
+    model without one loads and forecasts, with its flag unavailable."""
     return {"kind": "well-forecast", "format_version": 1, "version": version, "scheme": scheme,
             "classes": list(classes), "normalisation": normalisation, "features": FEATURES,
             "n_features": n_features, "input_width": WS.feature_width(n_features, normalisation),
             "tile_px": tile_px, "pixel_size_um": pixel_size_um, "hours_scale": WS.HOURS_SCALE,
             "baseline_max_h": WS.BASELINE_MAX_H, "temperature": temperature, "data_hash": data_hash,
-            "input": "sequence", "output": "logits", "metrics": metrics or {}}
+            "input": "sequence", "output": "logits", "metrics": metrics or {}, **({"ood": ood} if ood else {})}
 
 
 def export_forecast(model: WellGRU, meta: dict[str, Any], path: str | Path, check: Sequence[np.ndarray]) -> Path:
@@ -162,15 +167,16 @@ def export_forecast(model: WellGRU, meta: dict[str, Any], path: str | Path, chec
 
 def build_tiny_forecast(path: str | Path, *, classes: Sequence[str] = ("neuron", "astrocyte", "oligodendrocyte"),
                         normalisation: str = "plate0+well0", tile_px: int = 32, seed: int = 3,
-                        version: str = "forecast-test") -> Path:
+                        version: str = "forecast-test", ood: dict | None = None) -> Path:
     """An untrained (seeded) forecast model with valid metadata: the daemon's and dashboard's
-    tests run the real second stage on it without a training run."""
+    tests run the real second stage on it without a training run. ``ood``: its
+    out-of-distribution record (``scoring.forecast_ood``), none by default."""
     torch.manual_seed(seed)
     n = len(WS.tile_vector(np.ones((tile_px, tile_px))))
     width = WS.feature_width(n, normalisation)
     model = WellGRU(width, len(classes), hidden=8)
     meta = forecast_metadata(classes=classes, scheme="multiclass" if len(classes) > 2 else "binary",
                              normalisation=normalisation, tile_px=tile_px, pixel_size_um=None, temperature=1.0,
-                             n_features=n, version=version)
+                             n_features=n, version=version, ood=ood)
     check = [np.random.default_rng(seed).normal(size=(3, width)).astype(np.float32)]
     return export_forecast(model, meta, path, check)

@@ -22,8 +22,10 @@ def forecast_note(cells: dict[tuple[str, int], ForecastCell], well: str, time_ke
         return ""
     best = max(range(len(cell.probs)), key=lambda k: cell.probs[k])
     probs = " ".join(f"{c} {p:.2f}" for c, p in zip(cell.classes, cell.probs))
+    flag = (f"<br><b>⚠ forecast flagged</b>: it rests on frames unlike the forecast model's training images "
+            f"({cell.n_ood} frame(s) flagged up to now); left out of calls" if cell.ood else "")
     return (f"<br>well forecast ({cell.model_version}, from {cell.n_timepoints} time points up to now): "
-            f"<b>{cell.classes[best]}</b> — {probs}")
+            f"<b>{cell.classes[best]}</b> — {probs}{flag}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,19 @@ def forecast_at(cells: dict[tuple[str, int], ForecastCell], wells: list[str], ti
         if cell is not None and cls in cell.classes:
             out[i] = cell.probs[cell.classes.index(cls)]
     return out
+
+
+def forecast_flagged(cells: dict[tuple[str, int], ForecastCell], wells: list[str], time_key: int | None) -> list[str]:
+    """The wells whose forecast at this time is flagged by the forecast model's own
+    out-of-distribution score (cross-hatched while the map is coloured by the forecast)."""
+    if time_key is None:
+        return []
+    return [w for w in wells if (cell := cells.get((w, int(time_key)))) is not None and cell.ood]
+
+
+def flagged_forecasts(cells: dict[tuple[str, int], ForecastCell]) -> int:
+    """Forecasts of the plate (wells x times) that are flagged, for the banner."""
+    return sum(bool(c.ood) for c in cells.values())
 
 
 def serving_line(state: dict | None) -> str:

@@ -317,6 +317,19 @@ def _class_probs(path: Path) -> dict[tuple[str, float], dict[str, float]]:
     return out
 
 
+def _flagged(path: Path) -> set[tuple[str, float]]:
+    """(well, elapsed h) whose readout rests on flagged images (readouts CSV: ``n_ood`` > 0)
+    or whose forecast is flagged (forecasts CSV: ``ood`` 1): left out of calls, as the
+    dashboard and the report leave them out."""
+    out: set[tuple[str, float]] = set()
+    with path.open(newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            if r.get("elapsed_h") and ((r.get("n_ood") or "0") not in ("0", "") if "class" in r
+                                       else r.get("ood") == "1"):
+                out.add((r["well"], round(float(r["elapsed_h"]), 3)))
+    return out
+
+
 def forecast_summary(forecasts: Path, report: Path, manifest: Path, hours: tuple[float, ...] = (24.0, 48.0, 72.0)
                      ) -> list[str]:
     """The well forecast against the per-image readout at early hours, per condition: a well is
@@ -349,9 +362,10 @@ def forecast_summary(forecasts: Path, report: Path, manifest: Path, hours: tuple
 def calls_summary(forecasts: Path, report: Path, manifest: Path, forecast_rule: CallRule,
                   image_rule: CallRule) -> list[str]:
     """Each well's earliest confident call (``report.calls.confident_call``) from the forecast's
-    time course and from the per-image readout's, each under its own model's rule, judged
-    against the fate most of the well's live cells have at its last scan: per condition, wells
-    called, wrong calls and the median hours to a call."""
+    time course and from the per-image readout's, each under its own model's rule and without
+    the time points each model's own out-of-distribution score flags, judged against the fate
+    most of the well's live cells have at its last scan: per condition, wells called, wrong
+    calls and the median hours to a call."""
     import numpy as np
 
     from nscmonitor.report.calls import confident_call
@@ -360,6 +374,7 @@ def calls_summary(forecasts: Path, report: Path, manifest: Path, forecast_rule: 
     stats: dict[str, dict[str, list]] = {}
     for what, path, rule in (("forecast", forecasts, forecast_rule), ("image", report, image_rule)):
         courses: dict[str, dict[float, dict[str, float]]] = {}
+        flagged = _flagged(path)
         for (well, h), p in _class_probs(path).items():
             courses.setdefault(well, {})[h] = p
         for well, (cond, truth) in ends.items():
@@ -369,7 +384,8 @@ def calls_summary(forecasts: Path, report: Path, manifest: Path, forecast_rule: 
             if not hours:
                 continue
             probs = np.array([[courses[well][h].get(f, np.nan) for f in FATES] for h in hours])
-            call = confident_call(probs, np.array(hours), FATES, threshold=rule.threshold, min_points=rule.min_points)
+            call = confident_call(probs, np.array(hours), FATES, threshold=rule.threshold, min_points=rule.min_points,
+                                  flagged=np.array([(well, h) in flagged for h in hours]))
             if call is not None:
                 cell[1] += 1
                 cell[2] += int(not right_call(call.cls, truth))

@@ -1,7 +1,10 @@
 """CSV of the time-aware well model's forecasts: one row per well, time and forecast model,
 one probability column per class (``p_<class>``), the predicted class, and what the forecast
-read (time points and images up to that time, the plate normalisation). Written beside the
-readouts by ``nscmonitor export`` when the database holds forecasts."""
+read (time points and images up to that time, the plate normalisation), and the forecast's
+own out-of-distribution flag: ``ood`` 1 when the forecast rests on frames unlike its
+training images (left out of confident calls), ``n_ood`` the well's frames up to that time it
+flagged; both empty where the forecast model has no such score. Written beside the readouts
+by ``nscmonitor export`` when the database holds forecasts."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ def write_forecasts(rows: list[ForecastRow], out: Path) -> int:
     for r in rows:
         classes += [c for c in r.classes if c not in classes]
     cols = ["experiment", "plate", "well", "elapsed_h", "forecast_model", "normalisation", "n_timepoints",
-            "n_images", "predicted"] + [f"p_{c}" for c in classes]
+            "n_images", "ood", "n_ood", "predicted"] + [f"p_{c}" for c in classes]
     tmp = out.with_name(out.name + ".part")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -31,7 +34,8 @@ def write_forecasts(rows: list[ForecastRow], out: Path) -> int:
             p = dict(zip(r.classes, r.probs))
             w.writerow([escape(r.experiment), escape(r.plate), r.well,
                         "" if r.elapsed_h is None else f"{r.elapsed_h:g}", escape(r.model_version), r.normalisation,
-                        r.n_timepoints, r.n_images, escape(max(p, key=p.get)) if p else ""]
+                        r.n_timepoints, r.n_images, "" if r.ood is None else int(r.ood),
+                        "" if r.n_ood is None else r.n_ood, escape(max(p, key=p.get)) if p else ""]
                        + ["" if c not in p else f"{p[c]:.6f}" for c in classes])
     os.replace(tmp, out)
     return len(rows)

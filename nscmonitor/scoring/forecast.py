@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from nscmonitor.core.errors import UserFacingError
+from nscmonitor.scoring import forecast_ood as FO
 from nscmonitor.scoring import well_sequence as WS
 from nscmonitor.store import forecasts as F
 
@@ -44,6 +45,8 @@ class ForecastModel:
     meta: dict
     sha256: str
     session: object
+    #: the forecast's own out-of-distribution score (None: the model has none, flag unavailable)
+    ood: FO.FrameOOD | None = None
 
     @property
     def version(self) -> str:
@@ -80,8 +83,12 @@ def load_forecast_model(path: str | Path) -> ForecastModel:
                                  f"{meta.get('hours_scale')!r} not what this daemon applies")
     if int(meta.get("input_width", -1)) != WS.feature_width(int(meta["n_features"]), meta["normalisation"]):
         raise ForecastModelError(f"{path}: input_width does not match its features and normalisation")
+    try:
+        ood = FO.FrameOOD.from_record(meta.get("ood"), int(meta["n_features"]))
+    except ValueError as exc:
+        raise ForecastModelError(f"{path}: {exc}") from exc
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return ForecastModel(path, meta, hashlib.sha256(path.read_bytes()).hexdigest(), sess)
+    return ForecastModel(path, meta, hashlib.sha256(path.read_bytes()).hexdigest(), sess, ood)
 
 
 def batch_features(images: Sequence[tuple[int, np.ndarray, float | None]], meta: dict,
@@ -112,24 +119,67 @@ def tile_px_for(meta: dict, pixel_size_um: float | None) -> int:
     return px
 
 
+@dataclass(frozen=True)
+class _Point:
+    """One time point of a well as the forecast reads it: its frames' mean features, less the
+    frames the forecast's own score flags (all of them when every frame there is flagged)."""
+
+    h: float
+    t: int
+    values: np.ndarray
+    n_images: int
+    flagged: bool  # every frame at this time is unlike the forecast's training images
+    n_ood: int  # frames at this time the score flags
+
+
+def _frame_flags(model: ForecastModel, frames: Sequence[F.Frame]) -> dict[int, bool]:
+    """image id -> flagged by the forecast's own score (empty without one). A stored row of
+    the wrong length (a damaged or foreign row) is flagged, not trusted."""
+    if model.ood is None or not frames:
+        return {}
+    n = len(model.ood.mean)
+    fit = [f for f in frames if len(f.values) == n]
+    flags = {f.image_id: True for f in frames if len(f.values) != n}
+    if fit:
+        flags.update(zip((f.image_id for f in fit), model.ood.flags(np.array([f.values for f in fit])).tolist()))
+    return flags
+
+
+def _point(t: int, fs: list[F.Frame], flags: dict[int, bool]) -> _Point:
+    clean = [f for f in fs if not flags.get(f.image_id, False)]
+    used = clean or fs
+    return _Point(float(np.mean([f.elapsed_h for f in used])), t, np.mean([f.values for f in used], axis=0),
+                  len(used), not clean, len(fs) - len(clean))
+
+
 def forecasts_for(model: ForecastModel, touched: Sequence[F.Frame], frames: Sequence[F.Frame],
                   whole_plates: frozenset[int] = frozenset()) -> list[F.Forecast]:
     """The forecasts the touched frames can change: their wells at their times and later; all
     wells of a plate whose induction scan changed, and of ``whole_plates`` (a plate this model
-    has not forecast yet since it took over)."""
+    has not forecast yet since it took over).
+
+    Frames the forecast's own score flags (``forecast_ood``) are no data: a time point reads
+    its other frames, and a time point whose frames are all flagged is read only by the
+    forecast at that time, which is flagged (``ood``), so one bad scan does not steer the
+    well's later forecasts. Induction frames are the reference and are always read; a well
+    whose induction frames are all flagged, or a plate whose wells' all are, has every
+    forecast flagged. ``n_ood`` counts the flagged frames up to each time."""
     norm = model.meta["normalisation"]
+    flags = _frame_flags(model, frames)
     by_well: dict[int, dict[int, list[F.Frame]]] = defaultdict(lambda: defaultdict(list))
     for f in frames:
         if f.elapsed_h is not None:
             by_well[f.well_id][f.time_key].append(f)
-    points = {w: sorted(((float(np.mean([f.elapsed_h for f in fs])), t, np.mean([f.values for f in fs], axis=0),
-                          len(fs)) for t, fs in ts.items()), key=lambda p: p[0]) for w, ts in by_well.items()}
+    points = {w: sorted((_point(t, fs, flags) for t, fs in ts.items()), key=lambda p: p.h)
+              for w, ts in by_well.items()}
     plate_of = {f.well_id: f.plate_id for f in frames}
-    starts = {w: next((v for h, _, v, _ in ps if WS.is_induction(h)), None) for w, ps in points.items()}
-    refs = {}
-    for p in set(plate_of.values()):
-        ind = [v for w, v in starts.items() if plate_of[w] == p and v is not None]
-        refs[p] = WS.plate_reference(ind) if ind else None
+    starts = {w: next((p for p in ps if WS.is_induction(p.h)), None) for w, ps in points.items()}
+    refs, plate_flagged = {}, {}
+    for plate in set(plate_of.values()):
+        ind = [p for w, p in starts.items() if plate_of[w] == plate and p is not None]
+        clean = [p.values for p in ind if not p.flagged]
+        plate_flagged[plate] = bool(ind) and not clean
+        refs[plate] = WS.plate_reference(clean or [p.values for p in ind]) if ind else None
     since: dict[int, float] = {}
     for f in touched:
         if f.elapsed_h is None:
@@ -140,21 +190,26 @@ def forecasts_for(model: ForecastModel, touched: Sequence[F.Frame], frames: Sequ
             since[w] = min(since.get(w, np.inf), -np.inf if whole else f.elapsed_h)
     out = []
     for w, first in since.items():
-        ps = points.get(w, [])
-        for i, (h, t, _, _) in enumerate(ps):
-            if h < first:
+        ps, start, plate = points.get(w, []), starts.get(w), plate_of[w]
+        for i, point in enumerate(ps):
+            if point.h < first:
                 continue
+            read = [p for p in ps[:i] if not p.flagged or p is start] + [point]
             try:
-                seq = WS.sequence([(hh, v) for hh, _, v, _ in ps[:i + 1]], refs[plate_of[w]], starts[w], norm)
+                seq = WS.sequence([(p.h, p.values) for p in read], refs[plate],
+                                  None if start is None else start.values, norm)
             except ValueError as exc:
-                log.debug("well %s at %.1f h: no forecast (%s)", w, h, exc)
+                log.debug("well %s at %.1f h: no forecast (%s)", w, point.h, exc)
                 continue
-            ref = refs[plate_of[w]]
-            out.append(F.Forecast(well_id=w, plate_id=plate_of[w], time_key=t, elapsed_h=h,
+            ref = refs[plate]
+            ood = None if model.ood is None else bool(point.flagged or (start is not None and start.flagged)
+                                                        or plate_flagged[plate])
+            out.append(F.Forecast(well_id=w, plate_id=plate, time_key=point.t, elapsed_h=point.h,
                                   model_version=model.version, model_sha256=model.sha256, normalisation=norm,
                                   classes=tuple(model.meta["classes"]), probs=tuple(model.probs(seq).tolist()),
-                                  n_timepoints=i + 1, n_images=sum(n for *_, n in ps[:i + 1]),
-                                  n_reference_wells=ref.n_wells if ref else None))
+                                  n_timepoints=len(read), n_images=sum(p.n_images for p in read),
+                                  n_reference_wells=ref.n_wells if ref else None, ood=ood,
+                                  n_ood=None if model.ood is None else sum(p.n_ood for p in ps[:i + 1])))
     return out
 
 

@@ -40,6 +40,10 @@ class Forecast:
     n_timepoints: int
     n_images: int
     n_reference_wells: int | None
+    #: flagged by the forecast's own out-of-distribution score; None: the model has none
+    ood: bool | None = None
+    #: the well's frames up to this time that the score flags (None: no score)
+    n_ood: int | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,8 @@ class ForecastRow:
     probs: tuple[float, ...]
     n_timepoints: int
     n_images: int
+    ood: bool | None = None
+    n_ood: int | None = None
 
 
 def save_features(Session: sessionmaker, items: Iterable[tuple[int, str, Sequence[float]]], now: datetime) -> None:
@@ -132,6 +138,7 @@ def store_forecasts(Session: sessionmaker, forecasts: Iterable[Forecast], now: d
             row.plate_id, row.elapsed_h, row.model_sha256 = f.plate_id, f.elapsed_h, f.model_sha256
             row.normalisation, row.classes, row.probs = f.normalisation, list(f.classes), [float(p) for p in f.probs]
             row.n_timepoints, row.n_images, row.n_reference_wells = f.n_timepoints, f.n_images, f.n_reference_wells
+            row.ood, row.n_ood = f.ood, f.n_ood
             row.updated_at = now
             n += 1
     return n
@@ -141,14 +148,14 @@ def read_forecasts(session: Session, experiment: str | None = None) -> list[Fore
     """Every stored forecast (of one experiment), by plate, well and time."""
     q = (select(m.Experiment.name, m.Plate.name, m.Well.name, m.WellForecast.elapsed_h, m.WellForecast.model_version,
                 m.WellForecast.normalisation, m.WellForecast.classes, m.WellForecast.probs,
-                m.WellForecast.n_timepoints, m.WellForecast.n_images)
+                m.WellForecast.n_timepoints, m.WellForecast.n_images, m.WellForecast.ood, m.WellForecast.n_ood)
          .join(m.Well, m.WellForecast.well_id == m.Well.id).join(m.Plate, m.Well.plate_id == m.Plate.id)
          .join(m.Experiment, m.Plate.experiment_id == m.Experiment.id)
          .order_by(m.Experiment.name, m.Plate.name, m.Well.row, m.Well.col, m.WellForecast.time_key))
     if experiment is not None:
         q = q.where(m.Experiment.name == experiment)
-    return [ForecastRow(e, p, w, h, v, n, tuple(c), tuple(pr), nt, ni) for e, p, w, h, v, n, c, pr, nt, ni
-            in session.execute(q)]
+    return [ForecastRow(e, p, w, h, v, n, tuple(c), tuple(pr), nt, ni, ood, no)
+            for e, p, w, h, v, n, c, pr, nt, ni, ood, no in session.execute(q)]
 
 
 def forecasts_of(engine, experiment: str | None = None) -> list[ForecastRow]:  # noqa: ANN001 (an SQLAlchemy engine)
@@ -165,6 +172,8 @@ class ForecastCell:
     probs: tuple[float, ...]
     n_timepoints: int
     elapsed_h: float | None
+    ood: bool | None = None
+    n_ood: int | None = None
 
 
 def plate_forecasts(engine, plate_id: int) -> dict[tuple[str, int], ForecastCell]:  # noqa: ANN001 (an SQLAlchemy engine)
@@ -175,7 +184,8 @@ def plate_forecasts(engine, plate_id: int) -> dict[tuple[str, int], ForecastCell
         if newest is None:
             return {}
         rows = s.execute(select(m.Well.name, m.WellForecast.time_key, m.WellForecast.classes, m.WellForecast.probs,
-                                m.WellForecast.n_timepoints, m.WellForecast.elapsed_h)
+                                m.WellForecast.n_timepoints, m.WellForecast.elapsed_h, m.WellForecast.ood,
+                                m.WellForecast.n_ood)
                          .join(m.Well, m.WellForecast.well_id == m.Well.id)
                          .where(m.WellForecast.plate_id == plate_id, m.WellForecast.model_version == newest)).all()
-    return {(w, t): ForecastCell(newest, tuple(c), tuple(p), n, h) for w, t, c, p, n, h in rows}
+    return {(w, t): ForecastCell(newest, tuple(c), tuple(p), n, h, ood, no) for w, t, c, p, n, h, ood, no in rows}

@@ -211,6 +211,10 @@ class WellForecast(Base):
     n_images: Mapped[int] = mapped_column(Integer)
     #: the plate's wells whose induction frames made the reference
     n_reference_wells: Mapped[int | None] = mapped_column(Integer)
+    #: flagged by the forecast model's own out-of-distribution score, and the well's frames up
+    #: to this time it flags; NULL where the model has no such score (flag unavailable)
+    ood: Mapped[bool | None] = mapped_column(Boolean)
+    n_ood: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

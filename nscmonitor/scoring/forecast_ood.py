@@ -1,0 +1,121 @@
+"""The well forecast's own out-of-distribution score: how unlike the forecast's training images
+a frame is, from the features the forecast reads of it (``well_sequence.frame_features``).
+
+Why its own, not the tile model's flag: the two models are trained on different data (the
+demo's tile model from 48 h on, the forecast from induction), so the tile model's score flags
+induction frames the forecast was trained on (docs/training.md, "Out-of-distribution flag").
+Why these features: they are what the forecast reads, they are stored for every frame (a
+forecast is recomputed from the store without decoding an image again), and they are cheap
+to score (a 27-number Gaussian distance).
+
+The score: each feature is log-compressed (``transform``: the blob counts and texture
+energies have long right tails) and standardised, and the frame's squared Mahalanobis distance
+to the training images' mean (1 % ridge on the correlation matrix) is taken; its square root
+is the score. The threshold is a quantile of scores of whole plates the fit never saw: each
+plate of the fitting set is scored by a fit on the others (leave one plate out), so the
+plate-to-plate variation a new plate brings is inside the threshold, not flagged (a
+threshold from one validation plate flagged 12-24 % of the next plate's images; measured in
+docs/training.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+METHOD = "mahalanobis-log-features"
+#: share of in-domain images (of plates the fit did not see) left under the threshold
+QUANTILE = 0.96
+#: ridge added to the standardised features' correlation matrix before it is inverted
+RIDGE = 0.01
+_MIN_SD = 1e-9
+
+
+def transform(features: np.ndarray) -> np.ndarray:
+    """Signed log compression: near-linear for small values, logarithmic for the long tails."""
+    x = np.asarray(features, np.float64)
+    return np.sign(x) * np.log1p(10.0 * np.abs(x))
+
+
+@dataclass(frozen=True)
+class FrameOOD:
+    """A fitted score and its threshold, as stored in the forecast model's metadata."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    precision: np.ndarray
+    threshold: float
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """Score of each row of ``features`` (N x D, the frame features the forecast reads)."""
+        z = (transform(np.atleast_2d(features)) - self.mean) / self.scale
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, self.precision, z), 0.0))
+
+    def flags(self, features: np.ndarray) -> np.ndarray:
+        """True where a frame is unlike the training images; a frame whose features are not
+        finite (a damaged stored row) is flagged rather than trusted."""
+        s = self.scores(features)
+        return ~np.isfinite(s) | (s > self.threshold)
+
+    def record(self, **extra: object) -> dict:
+        return {"method": METHOD, "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "precision": self.precision.tolist(), "threshold": float(self.threshold), **extra}
+
+    @classmethod
+    def from_record(cls, rec: dict | None, n_features: int) -> FrameOOD | None:
+        """None when the model has no record (the flag is unavailable); ``ValueError`` with the
+        reason when the record is there but unusable (another method, wrong sizes, not finite)."""
+        if not rec:
+            return None
+        if rec.get("method") != METHOD:
+            raise ValueError(f"out-of-distribution method {rec.get('method')!r}, this daemon scores {METHOD!r}")
+        try:
+            mean, scale = np.asarray(rec["mean"], np.float64), np.asarray(rec["scale"], np.float64)
+            precision, threshold = np.asarray(rec["precision"], np.float64), float(rec["threshold"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"out-of-distribution record unreadable ({exc})") from exc
+        if mean.shape != (n_features,) or scale.shape != (n_features,) or precision.shape != (n_features,) * 2:
+            raise ValueError(f"out-of-distribution record is not for {n_features} features")
+        if not (np.isfinite(mean).all() and np.isfinite(precision).all() and np.isfinite(threshold)
+                and (scale > 0).all()):
+            raise ValueError("out-of-distribution record holds values that are not finite")
+        return cls(mean, scale, precision, threshold)
+
+
+def fit_gaussian(features: np.ndarray, ridge: float = RIDGE) -> FrameOOD:
+    """The score fitted on ``features`` (N x D, N > 1), threshold not set (inf)."""
+    x = transform(features)
+    mean = x.mean(axis=0)
+    scale = np.maximum(x.std(axis=0), _MIN_SD)
+    z = (x - mean) / scale
+    corr = np.atleast_2d(np.cov(z, rowvar=False)) + ridge * np.eye(x.shape[1])
+    return FrameOOD(mean, scale, np.linalg.inv(corr), float("inf"))
+
+
+def fit(features: np.ndarray, plates: Sequence[object], *, quantile: float = QUANTILE,
+        ridge: float = RIDGE) -> tuple[FrameOOD, dict]:
+    """The score on every image of ``features`` and its threshold: the ``quantile`` of
+    leave-one-plate-out scores (each plate scored by a fit on the others). With one plate the
+    threshold is the quantile of the images' own in-sample scores, which a new plate will
+    exceed more often: the record says which (``threshold_from``)."""
+    x = np.asarray(features, np.float64)
+    plates = np.asarray([str(p) for p in plates])
+    if x.ndim != 2 or len(x) < 2 or len(plates) != len(x):
+        raise ValueError("the forecast's out-of-distribution score needs at least two images' features")
+    names = sorted(set(plates))
+    held: list[np.ndarray] = []
+    if len(names) > 1:
+        for p in names:
+            rest = plates != p
+            if rest.sum() > 1:
+                held.append(fit_gaussian(x[rest], ridge).scores(x[~rest]))
+    out = fit_gaussian(x, ridge)
+    scores = np.concatenate(held) if held else out.scores(x)
+    threshold = float(np.quantile(scores[np.isfinite(scores)], quantile))
+    fitted = FrameOOD(out.mean, out.scale, out.precision, threshold)
+    info = {"threshold": threshold, "quantile": quantile, "ridge": ridge, "n_images": int(len(x)), "n_plates": len(names),
+            "threshold_from": "leave-one-plate-out" if held else "in-sample (one plate)",
+            "flagged_held_out_plates": float(np.mean(scores > threshold))}
+    return fitted, info
