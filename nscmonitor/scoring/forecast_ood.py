@@ -30,7 +30,12 @@ METHOD = "mahalanobis-log-features"
 QUANTILE = 0.96
 #: ridge added to the standardised features' correlation matrix before it is inverted
 RIDGE = 0.01
-_MIN_SD = 1e-9
+#: a feature whose fitted spread (transformed units) is below this carries no model of its
+#: variation and is left out of the score (a blob count that is always 0 on small tiles)
+MIN_SPREAD = 1e-3
+#: each standardised feature is clipped to this many spreads, so a rare count (one blob where
+#: the fitted images had none) cannot outweigh the other 26 features by itself
+Z_CLIP = 8.0
 
 
 def transform(features: np.ndarray) -> np.ndarray:
@@ -45,12 +50,13 @@ class FrameOOD:
 
     mean: np.ndarray
     scale: np.ndarray
-    precision: np.ndarray
+    precision: np.ndarray  # rows and columns of features left out are 0
     threshold: float
+    z_clip: float = Z_CLIP
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """Score of each row of ``features`` (N x D, the frame features the forecast reads)."""
-        z = (transform(np.atleast_2d(features)) - self.mean) / self.scale
+        z = standardise(features, self.mean, self.scale, self.z_clip)
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, self.precision, z), 0.0))
 
     def flags(self, features: np.ndarray) -> np.ndarray:
@@ -61,7 +67,8 @@ class FrameOOD:
 
     def record(self, **extra: object) -> dict:
         return {"method": METHOD, "mean": self.mean.tolist(), "scale": self.scale.tolist(),
-                "precision": self.precision.tolist(), "threshold": float(self.threshold), **extra}
+                "precision": self.precision.tolist(), "threshold": float(self.threshold), "z_clip": self.z_clip,
+                **extra}
 
     @classmethod
     def from_record(cls, rec: dict | None, n_features: int) -> FrameOOD | None:
@@ -74,24 +81,34 @@ class FrameOOD:
         try:
             mean, scale = np.asarray(rec["mean"], np.float64), np.asarray(rec["scale"], np.float64)
             precision, threshold = np.asarray(rec["precision"], np.float64), float(rec["threshold"])
+            z_clip = float(rec.get("z_clip", Z_CLIP))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"out-of-distribution record unreadable ({exc})") from exc
         if mean.shape != (n_features,) or scale.shape != (n_features,) or precision.shape != (n_features,) * 2:
             raise ValueError(f"out-of-distribution record is not for {n_features} features")
         if not (np.isfinite(mean).all() and np.isfinite(precision).all() and np.isfinite(threshold)
-                and (scale > 0).all()):
+                and (scale > 0).all() and z_clip > 0):
             raise ValueError("out-of-distribution record holds values that are not finite")
-        return cls(mean, scale, precision, threshold)
+        return cls(mean, scale, precision, threshold, z_clip)
+
+
+def standardise(features: np.ndarray, mean: np.ndarray, scale: np.ndarray, z_clip: float = Z_CLIP) -> np.ndarray:
+    """Transformed, centred, scaled and clipped features (N x D); NaN stays NaN."""
+    z = (transform(np.atleast_2d(features)) - mean) / scale
+    return np.where(np.isnan(z), z, np.clip(z, -z_clip, z_clip))
 
 
 def fit_gaussian(features: np.ndarray, ridge: float = RIDGE) -> FrameOOD:
     """The score fitted on ``features`` (N x D, N > 1), threshold not set (inf)."""
     x = transform(features)
-    mean = x.mean(axis=0)
-    scale = np.maximum(x.std(axis=0), _MIN_SD)
-    z = (x - mean) / scale
-    corr = np.atleast_2d(np.cov(z, rowvar=False)) + ridge * np.eye(x.shape[1])
-    return FrameOOD(mean, scale, np.linalg.inv(corr), float("inf"))
+    mean, spread = x.mean(axis=0), x.std(axis=0)
+    keep = spread >= MIN_SPREAD
+    scale = np.where(keep, spread, 1.0)
+    z = standardise(features, mean, scale)[:, keep]
+    corr = np.atleast_2d(np.cov(z, rowvar=False)) + ridge * np.eye(int(keep.sum()))
+    precision = np.zeros((x.shape[1], x.shape[1]))
+    precision[np.ix_(keep, keep)] = np.linalg.inv(corr)
+    return FrameOOD(mean, scale, precision, float("inf"))
 
 
 def fit(features: np.ndarray, plates: Sequence[object], *, quantile: float = QUANTILE,

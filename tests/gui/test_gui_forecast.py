@@ -142,3 +142,38 @@ def test_the_models_tab_names_the_serving_forecast_and_rolls_an_installed_one_ba
     qtbot.waitUntil(lambda: f"the configured file {configured}" in win.models_panel.forecast.text(), timeout=10000)
     button.click()  # nothing left to roll back: the reason is shown, nothing changes
     assert "already serves" in win.models_panel.message.text()
+
+
+def test_forecasts_flagged_by_their_own_ood_score_are_hatched_with_a_banner(tmp_path: Path, qtbot,
+                                                                          tiny_model: Path) -> None:
+    """A forecast model whose own OOD threshold every frame exceeds: coloured by the forecast, each
+    well is cross-hatched and the banner speaks of the forecasts; coloured by the tile model's
+    readout (which has no OOD score here) nothing is hatched and no banner shows."""
+    import numpy as np
+
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.gui.app import open_store
+    from nscmonitor.gui.main_window import MainWindow
+    from nscmonitor.scoring import forecast_ood as FO
+    from nscmonitor.training.temporal import build_tiny_forecast
+
+    fitted = FO.fit_gaussian(np.random.default_rng(0).normal(size=(50, 27)))
+    record = dataclasses.replace(fitted, threshold=-1.0).record()
+    lab = Lab(tmp_path, tiny_model)
+    lab.write((0, 24), wells=WELLS[:3], fields=1)
+    settings = dataclasses.replace(lab.settings, forecast_model=build_tiny_forecast(tmp_path / "fc.onnx", ood=record))
+    build_runner(settings, model=lab.model, retry_base_s=0.1).run(once=True)
+    with sqlite3.connect(lab.db) as c:
+        assert c.execute("SELECT count(*), sum(ood) FROM well_forecasts").fetchone() == (6, 6)
+    win = MainWindow(open_store(lab.url), lab.settings, poll_s=0.2)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.cube is not None and win.cube.n_times == 2
+                    and any(m.key.startswith("forecast:") for m in win._metrics), timeout=15000)
+    win.set_time(1)
+    win.set_metric("prob:neuron")
+    assert not win.plate_map.flagged and win.ood_banner.isHidden()
+    win.set_metric(next(m.key for m in win._metrics if m.key.startswith("forecast:")))
+    assert win.plate_map.flagged == {"A01", "A02", "B01"}  # as the store names WELLS[:3]
+    assert not win.ood_banner.isHidden() and "6 well forecast(s)" in win.ood_banner.text()
+    assert "forecast flagged" in win.well_tooltip("A01") and "2 frame(s) flagged" in win.well_tooltip("A01")

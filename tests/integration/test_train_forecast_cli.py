@@ -67,6 +67,28 @@ def test_train_forecast_writes_a_model_the_daemon_loads(export: Path, tmp_path: 
                             CallRule(calls["rule"]["threshold"], calls["rule"]["min_points"]), meta["classes"])
     assert calls["by_condition"] == judged and judged["all"]["wells"] == per_hour["0 h"]["wells"]
     assert "earliest confident call on the held-out wells" in printed and C.calls_table(calls) in printed
+    # the forecast's own OOD score: fitted on the training and validation plates' images, stored in the
+    # file, read back by the daemon's loader; its test-plate figure is what the stored score gives there
+    from nscmonitor.simulate.out_of_domain import blanks, textures
+
+    ood = meta["metrics"]["ood"]
+    assert model.ood is not None and model.ood.threshold == meta["ood"]["threshold"] == ood["threshold"]
+    assert ood["threshold_from"] == "leave-one-plate-out" and ood["n_plates"] == 2
+    assert ood["n_images"] == sum(r.split in ("train", "val") for r in records)
+    test_feats = np.array([record_features(r, 64) for r in records if r.split == "test"])
+    assert ood["flagged_test_plate"] == pytest.approx(float(model.ood.flags(test_feats).mean()))
+    assert f"{ood['flagged_held_out_plates']:.1%} of plates it was not fitted on" in printed
+    # blank fields and textures score above every image of the test plate (with two fitting plates of
+    # 64 px tiles the leave-one-plate-out threshold is loose, so flagging them is not asked of this data)
+    for other in (blanks(10, 64, seed=2), textures(10, 64, seed=2)):
+        assert np.median(model.ood.scores(np.array([record_features_of(im) for im in other]))) > \
+            model.ood.scores(test_feats).max()
+
+
+def record_features_of(image: np.ndarray) -> np.ndarray:
+    from nscmonitor.scoring.well_sequence import frame_features
+
+    return frame_features(image, 64)
 
 
 def test_an_export_with_too_few_wells_is_refused_and_one_plate_is_warned_about(export: Path, tmp_path: Path,

@@ -78,10 +78,12 @@ def test_daemon_stores_forecasts_from_frames_up_to_each_time(tmp_path: Path, db_
         rows = c.execute(text("select w.name, f.elapsed_h, f.probs, f.n_timepoints, f.n_images, f.model_version, "
                               "f.n_reference_wells, f.normalisation from well_forecasts f join wells w "
                               "on w.id = f.well_id")).fetchall()
+        flags = c.execute(text("select distinct ood, n_ood from well_forecasts")).fetchall()
         n_readouts = c.execute(text("select count(*) from well_readouts")).scalar()
         n_feats = c.execute(text("select count(*) from frame_features")).scalar()
     assert n_readouts == len(WELLS) * len(HOURS) and n_feats == len(WELLS) * len(HOURS)
     assert len(rows) == len(WELLS) * len(HOURS)
+    assert flags == [(None, None)]  # a model without its own OOD score: the flag is unavailable, not "in domain"
 
     feats = {k: WS.frame_features(decode(p).pixels, TILE) for k, p in paths.items()}
     ref = WS.plate_reference([feats[(w, 0)] for w in WELLS])
@@ -108,6 +110,7 @@ def test_daemon_stores_forecasts_from_frames_up_to_each_time(tmp_path: Path, db_
     fc = csv_rows(out.with_name("report_forecasts.csv"))
     assert len(fc) == len(rows)
     assert {r["forecast_model"] for r in fc} == {"forecast-test"}
+    assert {(r["ood"], r["n_ood"]) for r in fc} == {("", "")}
     got = {(r["well"], float(r["elapsed_h"])): float(r["p_neuron"]) for r in fc}
     want = {(name, float(h)): (json.loads(p) if isinstance(p, str) else p)[0] for name, h, p, *_ in rows}
     assert got.keys() == want.keys()
@@ -239,3 +242,73 @@ def test_a_frame_of_another_magnification_is_no_data_for_the_forecast(tmp_path: 
     assert ("B02", 24.0) not in got and got[("B02", 48.0)] == (2, 2)
     assert got[("A01", 48.0)] == (3, 3) and got[("C03", 24.0)] == (2, 2)
     assert len(got) == len(WELLS) * len(HOURS) - 1
+
+
+def _ood_record() -> dict:
+    """The forecast's own OOD score fitted on frames of the kind ``_plate`` writes (four plates
+    of twenty), threshold at the largest held-out score."""
+    from nscmonitor.scoring import forecast_ood as FO
+    from nscmonitor.scoring import well_sequence as WS
+
+    frames = {(p, i): cells_image(stable_seed("fit", p, i), (96, 128)) for p in range(4) for i in range(20)}
+    ood, info = FO.fit(np.array([WS.frame_features(f, TILE) for f in frames.values()]), [p for p, _ in frames],
+                       quantile=1.0)
+    return ood.record(**info)
+
+
+def test_frames_unlike_the_forecasts_training_are_marked_and_left_out_of_later_forecasts(tmp_path: Path) -> None:
+    """A forecast model with its own OOD score: well B02's 24 h frame is a texture, well C03's
+    induction frame a texture. B02's forecast at 24 h is flagged (it had nothing else to read
+    then), its 48 h forecast reads 0 and 48 h only and is not flagged; every forecast of C03
+    is flagged (its reference is unlike training), and the plate reference is made of the
+    other two wells. The tile model knows nothing of this (no OOD score of its own here)."""
+    from nscmonitor.readers.decode import decode
+    from nscmonitor.scoring import forecast_ood as FO
+    from nscmonitor.scoring import well_sequence as WS
+    from nscmonitor.simulate.out_of_domain import textures
+
+    record = _ood_record()
+    fmodel = build_tiny_forecast_with(tmp_path / "forecast.onnx", record)
+    watch = tmp_path / "watch"
+    paths = _plate(watch, "ood-own")
+    odd = textures(2, 128, seed=4)
+    for k, (well, h) in enumerate((("B02", 24), ("C03", 0))):
+        write_tiff(paths[(well, h)], odd[k][:96])
+    score = FO.FrameOOD.from_record(record, len(record["mean"]))
+    flagged = {k for k, p in paths.items() if score.flags(WS.frame_features(decode(p).pixels, TILE))[0]}
+    assert flagged == {("B02", 24), ("C03", 0)}  # the fixture: only the two textures are unlike training
+    settings = dataclasses.replace(settings_for(tmp_path, watch), forecast_model=fmodel)
+    runner = _run_once(settings, _tile_model(tmp_path))
+    with runner.store.engine.connect() as c:
+        rows = c.execute(text("select w.name, f.elapsed_h, f.ood, f.n_ood, f.n_timepoints, f.n_images, "
+                              "f.n_reference_wells from well_forecasts f join wells w on w.id = f.well_id")).fetchall()
+    got = {(name, h): (bool(ood), n_ood, n_t, n_img, n_ref) for name, h, ood, n_ood, n_t, n_img, n_ref in rows}
+    assert len(got) == len(WELLS) * len(HOURS)
+    assert got[("B02", 0.0)] == (False, 0, 1, 1, 2)
+    assert got[("B02", 24.0)] == (True, 1, 2, 2, 2)
+    assert got[("B02", 48.0)] == (False, 1, 2, 2, 2)
+    assert all(got[("C03", float(h))][:2] == (True, 1) for h in HOURS)
+    assert all(got[("A01", float(h))] == (False, 0, i + 1, i + 1, 2) for i, h in enumerate(HOURS))
+
+    out = tmp_path / "report.csv"
+    subprocess.run([sys.executable, "-m", "nscmonitor", "export", "--db", settings.database_url,
+                    "--experiment", "E1", "-o", str(out)], check=True, capture_output=True)
+    csv_flags = {(r["well"], float(r["elapsed_h"])): (r["ood"], r["n_ood"])
+                 for r in csv_rows(out.with_name("report_forecasts.csv"))}
+    assert csv_flags == {k: (str(int(v[0])), str(v[1])) for k, v in got.items()}
+
+
+def build_tiny_forecast_with(path: Path, record: dict) -> Path:
+    from nscmonitor.training.temporal import build_tiny_forecast
+
+    return build_tiny_forecast(path, tile_px=TILE, ood=record)
+
+
+def test_a_forecast_model_with_a_damaged_ood_record_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from nscmonitor.scoring.forecast import ForecastModelError, load_forecast_model
+
+    record = _ood_record()
+    good = load_forecast_model(build_tiny_forecast_with(tmp_path / "good.onnx", record))
+    assert good.ood is not None and good.ood.threshold == record["threshold"]
+    with pytest.raises(ForecastModelError, match="not for 27 features"):
+        load_forecast_model(build_tiny_forecast_with(tmp_path / "bad.onnx", record | {"mean": [0.0, 1.0]}))

@@ -193,3 +193,31 @@ def test_each_wells_earliest_call_is_judged_by_its_end_point_under_each_models_r
     assert rows["neuron-low-dose"] == ["1/1", "1", "24", "h", "0/1", "0", "-"]
     strict = calls_summary(forecasts, report, manifest, CallRule(0.9, 3), CallRule(0.9, 1))
     assert {ln.split()[0]: ln.split()[1] for ln in strict[3:]}["neuron-directed"] == "0/1"  # 2 points only
+
+
+def test_time_points_each_models_ood_score_flags_are_no_data_for_the_calls(tmp_path):
+    """As the dashboard and report do: a forecast flagged by its own score (``ood`` 1) and a
+    readout resting on flagged images (``n_ood`` > 0) are left out of the calls."""
+    from nscmonitor.cli.demo import calls_summary
+    from nscmonitor.core.calibration import CallRule
+
+    manifest, report, forecasts = tmp_path / "m.csv", tmp_path / "r.csv", tmp_path / "f.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["well", "field", "elapsed_h", "condition", *(f"n_{f}" for f in FATES)])
+        for h in (24.0, 48.0):
+            w.writerow(["A01", 1, h, "neuron-directed", 45, 25, 5, 25])
+    sure = dict.fromkeys(FATES, 0.02) | {"neuron": 0.94}
+    with forecasts.open("w", newline="") as fh:  # sure at both hours, the 24 h forecast flagged
+        w = csv.writer(fh)
+        w.writerow(["well", "elapsed_h", "ood", "n_ood", *(f"p_{f}" for f in FATES)])
+        w.writerow(["A01", 24.0, 1, 1, *sure.values()])
+        w.writerow(["A01", 48.0, 0, 1, *sure.values()])
+    with report.open("w", newline="") as fh:  # sure at both hours, every readout on flagged images
+        w = csv.writer(fh)
+        w.writerow(["well", "elapsed_h", "class", "prob_mean", "n_ood"])
+        for h in (24.0, 48.0):
+            w.writerows(["A01", h, c, v, 1] for c, v in sure.items())
+    rows = {ln.split()[0]: ln.split()[1:] for ln in calls_summary(forecasts, report, manifest, CallRule(0.9, 1),
+                                                                    CallRule(0.9, 1))[3:]}
+    assert rows["neuron-directed"] == ["1/1", "0", "48", "h", "0/1", "0", "-"]
