@@ -103,7 +103,7 @@ def well_report(probs: list[np.ndarray], wells, classes, train_conditions, n_boo
 
 def summary(rep: dict) -> dict:
     """Pooled rows, and the same rows for the wells whose conditions training had."""
-    keys = ("wells", "accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "ece")
+    keys = ("wells", "accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "ece", "ece_ci")
     out = {}
     for group, prefix in (("pooled", ""), ("training conditions", "training conditions ")):
         g = rep["groups"].get(group, {})
@@ -153,6 +153,7 @@ def run_scheme(a, scheme: str, out: Path) -> dict:
                                                                       info_fit["temperature"]), p)
         res["methods"][f"GRU {norm}, seed {seed}"] = summary(well_report(p, w_te, classes, conds, a.resamples))
         res["methods"][f"GRU {norm}, seed {seed}"]["fit"] = info_fit
+        add_calibrated_reference(res["methods"][f"GRU {norm}, seed {seed}"], p, w_te)
         if a.export and seed == a.seeds[0]:
             meta = T.forecast_metadata(classes=classes, scheme=scheme, normalisation=norm, tile_px=info.tile_size,
                                        pixel_size_um=info.pixel_size_um, temperature=info_fit["temperature"],
@@ -175,6 +176,36 @@ def table(res: dict, row: str) -> str:
     for name, d in res["methods"].items():
         lines.append(f"| {name} | {d.get(row, {}).get('wells', '-')} | {cell(d, 'accuracy')} | "
                      f"{cell(d, 'balanced_accuracy')} |")
+    return "\n".join(lines)
+
+
+def add_calibrated_reference(rows: dict, probs: list[np.ndarray], wells) -> None:
+    """Beside each hour's ECE, the ECE a perfectly calibrated model with the same top-class
+    confidences would show on as many wells (``evaluate.ece_if_calibrated``: median and 95th
+    percentile), so a measured ECE can be read against its own noise floor."""
+    from nscmonitor.training.evaluate import ece_if_calibrated
+
+    conf = np.concatenate([q.max(axis=1) for q in probs])
+    hours = np.concatenate([np.asarray(w.hours, np.float64) for w in wells])
+    for row in ROWS:
+        if row.endswith(" h") and row in rows and not row.startswith("from"):
+            rows[row]["ece_if_calibrated"] = ece_if_calibrated(conf[hours == float(row.split()[0])])
+
+
+def ece_table(res: dict) -> str:
+    """Well-level ECE (15 confidence bins, one readout per well and hour) per method and row,
+    with its 95 % well-bootstrap interval; the GRU's probabilities are after its temperature."""
+    lines = [f"| well ECE ({res['scheme']}) | " + " | ".join(ROWS) + " |", "|---" * (len(ROWS) + 1) + "|"]
+    for name, d in res["methods"].items():
+        cells = []
+        for row in ROWS:
+            v = d.get(row, {})
+            ci = v.get("ece_ci")
+            ref = v.get("ece_if_calibrated")
+            cells.append("-" if v.get("ece") is None else
+                         f"{v['ece']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f" (n = {v['wells']})"
+                         + (f"; calibrated model {ref['median']:.3f} (p95 {ref['p95']:.3f})" if ref else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -219,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         for row in [*ROWS, *(f"training conditions {r}" for r in ("24 h", "48 h"))]:
             print(table(res, row) + "\n")
+        print(ece_table(res) + "\n")
         print(calls_table(res) + "\n")
     print(f"{time.perf_counter() - t0:.0f} s; wrote {out / 'well_forecast.json'}")
     return 0

@@ -185,3 +185,19 @@ def test_the_plate_map_can_be_coloured_by_each_forecast_class_with_gaps_as_no_da
     v = forecast_at(cells, ["A01", "A02"], 4, "forecast:undifferentiated")
     assert v[0] == 0.8 and np.isnan(v[1])
     assert np.isnan(forecast_at(cells, ["A01"], None, "forecast:neuron")).all()
+
+
+def test_flagged_forecasts_are_listed_per_time_counted_for_the_banner_and_named_in_the_hover_text():
+    from nscmonitor.gui.state.forecasts import flagged_forecasts, forecast_flagged, forecast_note
+    from nscmonitor.store.forecasts import ForecastCell
+
+    cls = ("neuron", "glia")
+    cells = {("A01", 1): ForecastCell("fc-1", cls, (0.9, 0.1), 2, 24.0, True, 1),
+             ("A02", 1): ForecastCell("fc-1", cls, (0.4, 0.6), 2, 24.0, False, 0),
+             ("A03", 1): ForecastCell("fc-1", cls, (0.4, 0.6), 2, 24.0),  # a model without the score
+             ("A02", 2): ForecastCell("fc-1", cls, (0.4, 0.6), 3, 48.0, True, 2)}
+    assert forecast_flagged(cells, ["A01", "A02", "A03", "B01"], 1) == ["A01"]
+    assert forecast_flagged(cells, ["A01", "A02"], 2) == ["A02"] and forecast_flagged(cells, ["A01"], None) == []
+    assert flagged_forecasts(cells) == 2
+    assert "forecast flagged" in forecast_note(cells, "A01", 1) and "1 frame(s) flagged" in forecast_note(cells, "A01", 1)
+    assert "flagged" not in forecast_note(cells, "A02", 1) and "flagged" not in forecast_note(cells, "A03", 1)
