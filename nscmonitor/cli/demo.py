@@ -324,8 +324,8 @@ def _flagged(path: Path) -> set[tuple[str, float]]:
     out: set[tuple[str, float]] = set()
     with path.open(newline="", encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
-            if r.get("elapsed_h") and ((r.get("n_ood") or "0") not in ("0", "") if "class" in r
-                                       else r.get("ood") == "1"):
+            flagged = float(r.get("n_ood") or 0) > 0 if "class" in r else r.get("ood") == "1"
+            if r.get("elapsed_h") and flagged:
                 out.add((r["well"], round(float(r["elapsed_h"]), 3)))
     return out
 

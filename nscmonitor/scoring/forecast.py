@@ -161,9 +161,10 @@ def forecasts_for(model: ForecastModel, touched: Sequence[F.Frame], frames: Sequ
     Frames the forecast's own score flags (``forecast_ood``) are no data: a time point reads
     its other frames, and a time point whose frames are all flagged is read only by the
     forecast at that time, which is flagged (``ood``), so one bad scan does not steer the
-    well's later forecasts. Induction frames are the reference and are always read; a well
-    whose induction frames are all flagged, or a plate whose wells' all are, has every
-    forecast flagged. ``n_ood`` counts the flagged frames up to each time."""
+    well's later forecasts. Induction frames are the reference and are always read: a well
+    whose induction frames are all flagged has every forecast flagged, the plate reference is
+    made of the other wells' induction frames, and when every well's are flagged, every
+    forecast on the plate is flagged. ``n_ood`` counts the flagged frames up to each time."""
     norm = model.meta["normalisation"]
     flags = _frame_flags(model, frames)
     by_well: dict[int, dict[int, list[F.Frame]]] = defaultdict(lambda: defaultdict(list))
