@@ -22,8 +22,13 @@ def forecast_note(cells: dict[tuple[str, int], ForecastCell], well: str, time_ke
         return ""
     best = max(range(len(cell.probs)), key=lambda k: cell.probs[k])
     probs = " ".join(f"{c} {p:.2f}" for c, p in zip(cell.classes, cell.probs))
-    flag = (f"<br><b>⚠ forecast flagged</b>: it rests on frames unlike the forecast model's training images "
-            f"({cell.n_ood} frame(s) flagged up to now); left out of calls" if cell.ood else "")
+    if cell.ood is None:
+        flag = "<br>out-of-distribution flag unavailable for this forecast model"
+    elif cell.ood:
+        flag = (f"<br><b>⚠ forecast flagged</b>: it rests on frames unlike the forecast model's training images "
+                f"({cell.n_ood} frame(s) flagged up to now); left out of calls")
+    else:
+        flag = ""
     return (f"<br>well forecast ({cell.model_version}, from {cell.n_timepoints} time points up to now): "
             f"<b>{cell.classes[best]}</b> — {probs}{flag}")
 

@@ -200,4 +200,5 @@ def test_flagged_forecasts_are_listed_per_time_counted_for_the_banner_and_named_
     assert forecast_flagged(cells, ["A01", "A02"], 2) == ["A02"] and forecast_flagged(cells, ["A01"], None) == []
     assert flagged_forecasts(cells) == 2
     assert "forecast flagged" in forecast_note(cells, "A01", 1) and "1 frame(s) flagged" in forecast_note(cells, "A01", 1)
-    assert "flagged" not in forecast_note(cells, "A02", 1) and "flagged" not in forecast_note(cells, "A03", 1)
+    assert "flag" not in forecast_note(cells, "A02", 1)
+    assert "flagged" not in forecast_note(cells, "A03", 1) and "flag unavailable" in forecast_note(cells, "A03", 1)
