@@ -110,6 +110,13 @@ def serving_line(state: dict | None) -> str:
     if state.get("problem"):
         return f"Well forecast: <b>{state['problem']}</b>"
     if state.get("version"):
-        return (f"Well forecast: <b>{state['version']}</b>, installed by retraining ({state['reason']}); "
+        line = (f"Well forecast: <b>{state['version']}</b>, installed by retraining ({state['reason']}); "
                 f"{state['installed_by_retraining']} version(s) installed over the configured file.")
-    return f"Well forecast: the configured file {state['configured']}."
+    else:
+        line = f"Well forecast: the configured file {state['configured']}."
+    ood = state.get("ood") or {}
+    if ood.get("available"):
+        return line + f" Its out-of-distribution flag: threshold {ood['threshold']:.3g}."
+    if ood:
+        return line + f" Its out-of-distribution flag is <b>unavailable</b>: {ood['why']}."
+    return line

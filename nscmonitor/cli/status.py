@@ -50,6 +50,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if fc and fc.get("serving"):
         con.print(f"well forecast: {fc['version'] or 'the configured file'} ({fc['serving']})"
                   + (f", installed by retraining: {fc['reason']}" if fc["version"] else ""))
+        ood = fc["ood"]
+        con.print("  its out-of-distribution flag: " + (
+            f"threshold {ood['threshold']:.3g} ({ood['threshold_from']}; flagged "
+            f"{ood['flagged_held_out_plates']:.1%} of plates it was not fitted on)" if ood["available"]
+            else f"[yellow]unavailable[/yellow]: {ood['why']}"))
     if report["retrain_schedule_owner"]:
         con.print(f"retrain schedule run by the daemon on {report['retrain_schedule_owner']} (host:PID)")
     con.print("queue: " + (", ".join(f"{k} {v}" for k, v in sorted(report["queue"].items())) or "empty")

@@ -145,9 +145,10 @@ def forecast_state(s: Settings) -> dict | None:
         rows = FR.history(s.models_dir)
     except UserFacingError as exc:
         return {"configured": str(s.forecast_model), "serving": None, "problem": str(exc)}
-    return {"configured": str(s.forecast_model), "serving": rows[-1].path if rows else str(s.forecast_model),
+    serving = rows[-1].path if rows else str(s.forecast_model)
+    return {"configured": str(s.forecast_model), "serving": serving,
             "version": rows[-1].version if rows else None, "installed_by_retraining": len(rows),
-            "reason": rows[-1].reason if rows else None}
+            "reason": rows[-1].reason if rows else None, "ood": FR.ood_state(Path(serving))}
 
 
 def doctor_report(s: Settings) -> list[Check]:

@@ -12,6 +12,7 @@ folder, as their registered paths require.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -22,6 +23,55 @@ from pathlib import Path
 from nscmonitor.core.errors import UserFacingError
 
 ACTIVE = "active.json"
+#: the ONNX metadata key of a well forecast model (beside the tile model's ``nscmonitor``)
+METADATA_KEY = "nscmonitor_forecast"
+
+
+class ForecastFileError(UserFacingError):
+    """The file is not a well forecast model; the message says why."""
+
+
+def read_meta(path: str | Path) -> dict:
+    """A forecast model file's metadata, without starting a session (status and the dashboard
+    ask for it, the daemon's loader checks it)."""
+    import onnx
+
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # any parse error: the file is not a model
+        raise ForecastFileError(f"{path}: not an ONNX model ({exc})") from exc
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise ForecastFileError(f"{path}: no {METADATA_KEY} metadata (not a well forecast model)")
+    try:
+        return json.loads(props[METADATA_KEY])
+    except ValueError as exc:
+        raise ForecastFileError(f"{path}: unreadable {METADATA_KEY} metadata ({exc})") from exc
+
+
+def ood_state(path: Path) -> dict:
+    """Whether a forecast model flags frames unlike its training images: its threshold and
+    the share of held-out plates it flagged in training, or why not. Cached by the file's
+    size and time, as the dashboard asks on every refresh."""
+    try:
+        st = Path(path).stat()
+    except OSError as exc:
+        return {"available": False, "why": f"cannot read {path} ({exc.strerror or exc})"}
+    return _ood_state(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _ood_state(path: str, size: int, mtime_ns: int) -> dict:  # noqa: ARG001 (size and time: the cache key)
+    try:
+        rec = read_meta(path).get("ood")
+    except ForecastFileError as exc:
+        return {"available": False, "why": str(exc)}
+    if not rec:
+        return {"available": False, "why": "the forecast model has no out-of-distribution record (trained before "
+                                           "it had one): its forecasts are never flagged"}
+    return {"available": True, "threshold": rec.get("threshold"),
+            "flagged_held_out_plates": rec.get("flagged_held_out_plates"), "threshold_from": rec.get("threshold_from")}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ and the forecasts follow with the well's next image.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections import defaultdict
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from nscmonitor.core.errors import UserFacingError
+from nscmonitor.registry import forecasts as FR
 from nscmonitor.scoring import forecast_ood as FO
 from nscmonitor.scoring import well_sequence as WS
 from nscmonitor.store import forecasts as F
@@ -63,18 +63,13 @@ class ForecastModel:
 def load_forecast_model(path: str | Path) -> ForecastModel:
     """Load and check the model's metadata against what this daemon computes; refuses (one
     line) a file from another feature set or normalisation rather than forecasting wrongly."""
-    import onnx
     import onnxruntime as ort
 
     path = Path(path)
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # any parse error: the file is not a model
-        raise ForecastModelError(f"{path}: not an ONNX model ({exc})") from exc
-    props = {p.key: p.value for p in proto.metadata_props}
-    if FORECAST_KEY not in props:
-        raise ForecastModelError(f"{path}: no {FORECAST_KEY} metadata (not a well forecast model)")
-    meta = json.loads(props[FORECAST_KEY])
+        meta = FR.read_meta(path)
+    except FR.ForecastFileError as exc:
+        raise ForecastModelError(str(exc)) from exc
     if meta.get("features") != WS.EXTRACTOR:
         raise ForecastModelError(f"{path}: trained on features {meta.get('features')!r}, this daemon computes "
                                  f"{WS.EXTRACTOR!r}")

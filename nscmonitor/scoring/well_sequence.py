@@ -23,8 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nscmonitor.registry.forecasts import METADATA_KEY
+
 #: the ONNX metadata key of a well forecast model (beside the tile model's ``nscmonitor``)
-FORECAST_KEY = "nscmonitor_forecast"
+FORECAST_KEY = METADATA_KEY
 #: the feature set's name, stored with each image's features and in the model's metadata
 EXTRACTOR = "texture-15+blobs-12"
 #: frames at or before this many hours after induction are the induction (reference) scan

@@ -130,6 +130,7 @@ def test_the_models_tab_names_the_serving_forecast_and_rolls_an_installed_one_ba
     win = MainWindow(open_store(lab.url), settings, poll_s=0.2)
     qtbot.addWidget(win)
     qtbot.waitUntil(lambda: f"the configured file {configured}" in win.models_panel.forecast.text(), timeout=10000)
+    assert "out-of-distribution flag is <b>unavailable</b>" in win.models_panel.forecast.text()
     FR.install(settings.models_dir, configured, "forecast-run-0007", "0.61 >= forecast-test 0.40")
     win.refresh()
     qtbot.waitUntil(lambda: "forecast-run-0007" in win.models_panel.forecast.text(), timeout=10000)

@@ -238,9 +238,14 @@ def test_retraining_retrains_the_served_forecast_and_installs_it_only_when_it_re
     main(["--config", str(cfg), "status", "--json"])  # its exit code is the daemon's health (none runs here)
     status = json.loads(capsys.readouterr().out)["forecast"]
     assert status["version"] == model.version and status["serving"] == str(served) and status["reason"] == reason
+    # the retrained forecast flags frames unlike its training images; the configured tiny one cannot
+    assert status["ood"]["available"] and status["ood"]["threshold"] == model.ood.threshold
     assert main(["--config", str(cfg), "models", "forecast", "--rollback"]) == 0
     assert "the configured" in capsys.readouterr().out
     assert FR.served(settings.models_dir, settings.forecast_model) == configured
+    main(["--config", str(cfg), "status", "--json"])
+    status = json.loads(capsys.readouterr().out)["forecast"]
+    assert not status["ood"]["available"] and "no out-of-distribution record" in status["ood"]["why"]
 
 
 def test_endpoint_labels_judge_each_well_by_its_live_cells_at_its_last_scan(export: Path, tmp_path: Path,
