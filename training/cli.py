@@ -166,10 +166,13 @@ def _train_forecast(args: argparse.Namespace) -> int:
         print(f"compared model {other['path']}: {other['why']}")
     ood = metrics["ood"]
     test = ood.get("flagged_test_plate")
-    print(f"out-of-distribution flag (the forecast's own, on its {ood['n_images']} training and validation images, "
-          f"threshold {ood['threshold']:.3g} from {ood['threshold_from']}): flags "
-          f"{ood['flagged_held_out_plates']:.1%} of plates it was not fitted on"
-          + ("" if test is None else f", {test:.1%} of the test plate's images"))
+    if "unavailable" in ood:
+        print(f"out-of-distribution flag: not fitted ({ood['unavailable']}); the model serves without it")
+    else:
+        print(f"out-of-distribution flag (the forecast's own, on its {ood['n_images']} training and validation "
+              f"images, threshold {ood['threshold']:.3g} from {ood['threshold_from']}): flags "
+              f"{ood['flagged_held_out_plates']:.1%} of plates it was not fitted on"
+              + ("" if test is None else f", {test:.1%} of the test plate's images"))
     print(f"wrote {Path(args.out) / 'forecast.onnx'} (set forecast_model to it)")
     return 0
 

@@ -98,12 +98,18 @@ def compare_with(path: str | Path, wells: Sequence[WF.Well], held: Sequence[int]
             "mean_accuracy": mean_accuracy(per_hour)}
 
 
-def fit_frame_ood(records: Sequence[D.TileRecord], features: np.ndarray) -> tuple[FO.FrameOOD, dict[str, Any]]:
+def fit_frame_ood(records: Sequence[D.TileRecord], features: np.ndarray
+                  ) -> tuple[FO.FrameOOD | None, dict[str, Any]]:
     """The forecast's own out-of-distribution score (``scoring.forecast_ood``), fitted on the
     training and validation plates' images (threshold: leave one plate out) and reported on
-    the test plate's, which it never saw."""
+    the test plate's, which it never saw. When it cannot be fitted (fewer than two images
+    with measurable features) the model is exported without it, and the figures say why: a
+    forecast without the flag still serves (flag unavailable)."""
     fit_idx = [i for i, r in enumerate(records) if r.split in ("train", "val")]
-    ood, info = FO.fit(features[fit_idx], [records[i].well_key[:2] for i in fit_idx])
+    try:
+        ood, info = FO.fit(features[fit_idx], [records[i].well_key[:2] for i in fit_idx])
+    except ValueError as exc:
+        return None, {"unavailable": str(exc)}
     test = [i for i, r in enumerate(records) if r.split == "test"]
     if test:
         info["flagged_test_plate"] = float(np.mean(ood.flags(features[test])))
@@ -195,7 +201,7 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
                                n_features=len(wells[0].features[0]),
                                version=version or f"forecast-{out.resolve().name}",
                                data_hash=D.data_hash(records), metrics=metrics,
-                               ood=ood.record(**metrics["ood"]))
+                               ood=ood.record(**metrics["ood"]) if ood is not None else None)
     out.mkdir(parents=True, exist_ok=True)
     T.export_forecast(model, meta, out / "forecast.onnx", [seqs[i] for i in held[:4]])
     (out / "forecast_metrics.json").write_text(json.dumps({"version": meta["version"], **metrics}, indent=2))

@@ -119,7 +119,11 @@ def fit(features: np.ndarray, plates: Sequence[object], *, quantile: float = QUA
     exceed more often: the record says which (``threshold_from``)."""
     x = np.asarray(features, np.float64)
     plates = np.asarray([str(p) for p in plates])
-    if x.ndim != 2 or len(x) < 2 or len(plates) != len(x):
+    if x.ndim != 2 or len(plates) != len(x):
+        raise ValueError("the forecast's out-of-distribution score needs one feature row per image")
+    finite = np.isfinite(x).all(axis=1)  # an image whose features could not be measured is left out
+    x, plates = x[finite], plates[finite]
+    if len(x) < 2:
         raise ValueError("the forecast's out-of-distribution score needs at least two images' features")
     names = sorted(set(plates))
     held: list[np.ndarray] = []
@@ -132,7 +136,8 @@ def fit(features: np.ndarray, plates: Sequence[object], *, quantile: float = QUA
     scores = np.concatenate(held) if held else out.scores(x)
     threshold = float(np.quantile(scores[np.isfinite(scores)], quantile))
     fitted = FrameOOD(out.mean, out.scale, out.precision, threshold)
-    info = {"threshold": threshold, "quantile": quantile, "ridge": ridge, "n_images": int(len(x)), "n_plates": len(names),
+    info = {"threshold": threshold, "quantile": quantile, "ridge": ridge, "n_images": int(len(x)),
+            "n_left_out": int((~finite).sum()), "n_plates": len(names),
             "threshold_from": "leave-one-plate-out" if held else "in-sample (one plate)",
             "flagged_held_out_plates": float(np.mean(scores > threshold))}
     return fitted, info

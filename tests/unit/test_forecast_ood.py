@@ -93,3 +93,18 @@ def test_a_feature_that_never_varied_is_left_out_and_one_feature_alone_is_bounde
     fitted_ood = FO.fit_gaussian(x)
     np.testing.assert_allclose(fitted_ood.scores(wild), fitted_ood.scores(far))
     assert (fitted_ood.scores(far) > fitted_ood.scores(x[:5])).all()
+
+
+def test_images_whose_features_are_not_finite_are_left_out_of_the_fit_and_too_few_leave_no_score() -> None:
+    from nscmonitor.training.data import TileRecord
+    from nscmonitor.training.forecast_train import fit_frame_ood
+
+    x = _plate("some", n=12)
+    x[3, 0] = np.nan
+    ood, info = FO.fit(x, ["a"] * 6 + ["b"] * 6)
+    assert info["n_images"] == 11 and info["n_left_out"] == 1 and np.isfinite(ood.threshold)
+    recs = [TileRecord(path=f"{i}.tif", label="neuron", experiment="E", plate="P1", well=f"A{i}", split="train")
+            for i in range(2)]
+    feats = np.full((2, x.shape[1]), np.nan)
+    none, why = fit_frame_ood(recs, feats)
+    assert none is None and "at least two" in why["unavailable"]
