@@ -312,3 +312,24 @@ def test_a_forecast_model_with_a_damaged_ood_record_is_refused_with_the_reason(t
     assert good.ood is not None and good.ood.threshold == record["threshold"]
     with pytest.raises(ForecastModelError, match="not for 27 features"):
         load_forecast_model(build_tiny_forecast_with(tmp_path / "bad.onnx", record | {"mean": [0.0, 1.0]}))
+
+
+def test_doctor_checks_the_forecast_file_and_says_whether_it_has_its_flag(tmp_path: Path) -> None:
+    from nscmonitor.ops.health import doctor_report, forecast_checks
+
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    plain = dataclasses.replace(settings_for(tmp_path, watch), forecast_model=_forecast_model(tmp_path / "plain.onnx"))
+    flagged = dataclasses.replace(plain, forecast_model=build_tiny_forecast_with(tmp_path / "ood.onnx", _ood_record()))
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not onnx")
+    got = {name: {check: (ok, note) for check, ok, note in forecast_checks(dataclasses.replace(plain, forecast_model=f))}
+           for name, f in (("plain", plain.forecast_model), ("flagged", flagged.forecast_model), ("broken", broken))}
+    assert got["plain"]["well forecast model"][0] and got["plain"]["well forecast model"][1].startswith("forecast-test")
+    assert got["plain"]["well forecast OOD flag"][1].startswith("unavailable: the forecast model has no")
+    assert got["flagged"]["well forecast OOD flag"] == (True, f"threshold {_ood_record()['threshold']:.3g} "
+                                                              "(leave-one-plate-out)")
+    ok, note = got["broken"]["well forecast model"]
+    assert not ok and note.startswith(f"{broken}: not an ONNX model") and len(got["broken"]) == 1
+    assert forecast_checks(dataclasses.replace(plain, forecast_model=None)) == []
+    assert [c for c in doctor_report(flagged) if c[0].startswith("well forecast")] == forecast_checks(flagged)
