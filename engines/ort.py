@@ -3,6 +3,7 @@ model, the CUDA and the TensorRT execution providers are used where present and 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import numpy as np
 
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.metadata import ModelMetadata
+
+log = logging.getLogger(__name__)
 
 
 def ort_disabled() -> bool:
@@ -117,18 +120,28 @@ class OrtCpuEngine(Engine):
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             return self.optimized_cache, None
         self.optimized_cache.parent.mkdir(parents=True, exist_ok=True)
-        part = self.optimized_cache.with_name(self.optimized_cache.name + ".part")
+        part = _own_part(self.optimized_cache)
         opts.optimized_model_filepath = str(part)
         return self.model_path, part
 
     def _commit_optimized(self, part: Path, ort) -> None:
+        """Move this load's optimised graph into the cache. Daemons sharing a models folder
+        start at once, so each writes its own part files (a shared name let one daemon's
+        move take the file from under another's, which then failed to start); the copies are
+        the same graph, and the last move wins. The cache only saves start-up time, so a
+        failure to write it is logged and the daemon serves on."""
         if not part.is_file():
             return
-        os.replace(part, self.optimized_cache)
         stamp = self.optimized_cache.with_name(self.optimized_cache.name + ".stamp")
-        tmp = stamp.with_name(stamp.name + ".part")
-        tmp.write_text(self._cache_stamp(ort))
-        os.replace(tmp, stamp)
+        tmp = _own_part(stamp)
+        try:
+            os.replace(part, self.optimized_cache)
+            tmp.write_text(self._cache_stamp(ort))
+            os.replace(tmp, stamp)
+        except OSError as exc:
+            log.warning("%s: optimised graph not cached at %s (%s); serving on", self.name, self.optimized_cache, exc)
+            for leftover in (part, tmp):
+                leftover.unlink(missing_ok=True)
 
     def _run(self, tiles: np.ndarray) -> np.ndarray:
         if self._session is None:
@@ -241,3 +254,10 @@ class OrtCudaEngine(OrtCpuEngine):
         if self.provider not in used:
             raise EngineError(f"{self.name}: session fell back to {used} (no usable GPU?"
                               + (f"; {note}" if note else "") + ")")
+
+
+def _own_part(target: Path) -> Path:
+    """A part file for ``target`` that no other process or load writes."""
+    import uuid
+
+    return target.with_name(f"{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")

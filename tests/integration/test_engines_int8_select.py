@@ -169,3 +169,29 @@ def test_optimized_graph_is_cached_and_reused_only_for_the_same_model(model_and_
     third.load()
     assert cache.with_name(cache.name + ".stamp").read_text() != stamp
     assert not np.allclose(third.infer(x), first.infer(x))
+
+
+def test_two_loads_optimising_at_once_each_write_their_own_part_and_both_start(model_and_tiles, tmp_path):
+    """Daemons sharing a models folder start at once: each optimises the model into its own
+    part file, so one's move into the cache cannot take the other's file (a shared part name
+    crashed a daemon's start in the shared-queue test). Both commit, in either order, and one
+    cache with its stamp is left, no part file."""
+    import onnxruntime as ort
+
+    model, meta, _ = model_and_tiles
+    cache = tmp_path / "opt" / "model.opt.onnx"
+    engines = [OrtCpuEngine(model, meta, optimized_cache=cache) for _ in range(2)]
+    parts = []
+    for e in engines:  # both reach the optimiser before either commits
+        opts = ort.SessionOptions()
+        _, part = e._optimized_source(ort, opts)
+        ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+        parts.append(part)
+    assert parts[0] != parts[1] and all(p.is_file() for p in parts)
+    for e, part in zip(reversed(engines), reversed(parts)):
+        e._commit_optimized(part, ort)
+    assert cache.is_file() and cache.with_name(cache.name + ".stamp").is_file()
+    assert not list(cache.parent.glob("*.part"))
+    again = OrtCpuEngine(model, meta, optimized_cache=cache)
+    again.load()  # the committed cache serves
+    assert again._optimized_source(ort, ort.SessionOptions())[1] is None
