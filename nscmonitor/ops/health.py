@@ -166,20 +166,15 @@ def forecast_checks(s: Settings) -> list[Check]:
     """The well forecast the daemon would serve: whether its file is a forecast model, and
     whether it flags frames unlike its training images (a model without the flag serves, so
     that line is not a failure, but it says so)."""
-    from nscmonitor.core.errors import UserFacingError
-    from nscmonitor.registry import forecasts as FR
-
     state = forecast_state(s)
     if state is None:
         return []
     if state.get("problem"):
         return [("well forecast model", False, state["problem"])]
-    try:
-        version = FR.read_meta(state["serving"]).get("version", "?")
-    except UserFacingError as exc:
-        return [("well forecast model", False, str(exc))]
     ood = state["ood"]
-    return [("well forecast model", True, f"{version} ({state['serving']})"),
+    if ood.get("not_a_forecast_model") or "version" not in ood:  # unreadable, or not a forecast model
+        return [("well forecast model", False, ood["why"])]
+    return [("well forecast model", True, f"{ood['version']} ({state['serving']})"),
             ("well forecast OOD flag", True,
              f"threshold {ood['threshold']:.3g} ({ood['threshold_from']})" if ood["available"]
              else f"unavailable: {ood['why']}")]

@@ -64,13 +64,15 @@ def ood_state(path: Path) -> dict:
 @functools.lru_cache(maxsize=8)
 def _ood_state(path: str, size: int, mtime_ns: int) -> dict:  # noqa: ARG001 (size and time: the cache key)
     try:
-        rec = read_meta(path).get("ood")
+        meta = read_meta(path)
     except ForecastFileError as exc:
-        return {"available": False, "why": str(exc)}
+        return {"available": False, "why": str(exc), "not_a_forecast_model": True}
+    rec, version = meta.get("ood"), meta.get("version")
     if not rec:
-        return {"available": False, "why": "the forecast model has no out-of-distribution record (trained before "
-                                           "it had one): its forecasts are never flagged"}
-    return {"available": True, "threshold": rec.get("threshold"),
+        return {"available": False, "version": version,
+                "why": "the forecast model has no out-of-distribution record (trained before it had one): its "
+                       "forecasts are never flagged"}
+    return {"available": True, "version": version, "threshold": rec.get("threshold"),
             "flagged_held_out_plates": rec.get("flagged_held_out_plates"), "threshold_from": rec.get("threshold_from")}
 
 
