@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nscmonitor.scoring import well_sequence as WS
 from nscmonitor.training import data as D
 from nscmonitor.training import splits as S
 from nscmonitor.training import well_frames as WF
@@ -157,7 +158,7 @@ def run_scheme(a, scheme: str, out: Path) -> dict:
         if a.export and seed == a.seeds[0]:
             meta = T.forecast_metadata(classes=classes, scheme=scheme, normalisation=norm, tile_px=info.tile_size,
                                        pixel_size_um=info.pixel_size_um, temperature=info_fit["temperature"],
-                                       n_features=ftr.shape[1], version=f"forecast-{scheme}-s{seed}",
+                                       n_features=WS.MODEL_FEATURES, version=f"forecast-{scheme}-s{seed}",
                                        data_hash=D.data_hash(recs), metrics=summary(well_report(
                                            p, w_te, classes, conds, 200)))
             T.export_forecast(model, meta, out / f"forecast-{scheme}.onnx", te_s[:4])

@@ -67,7 +67,9 @@ def demo_forecast(out_dir: str | Path, tiles_dir: str | Path, *, epochs: int = 3
     into ``out_dir`` and return ``out_dir/forecast.onnx``; one already there from the same data
     with the same recipe is returned as it is. Labels are the wells' end-point live-cell
     majority, as for the demo model and as the demo judges its wells. A cached model from
-    before the forecast had its own out-of-distribution score is trained again."""
+    before the forecast had its own out-of-distribution score, or from before that score read
+    the optics features, is trained again."""
+    from nscmonitor.scoring import well_sequence as WS
     from nscmonitor.scoring.forecast import ForecastModelError, load_forecast_model
     from nscmonitor.training.forecast_train import train_forecast
 
@@ -81,7 +83,8 @@ def demo_forecast(out_dir: str | Path, tiles_dir: str | Path, *, epochs: int = 3
         except (ForecastModelError, ValueError, KeyError):  # a damaged cache is trained again
             meta = {}
         if (meta.get("data_hash") == D.data_hash(S.assign_splits(records, seed=0))
-                and (meta.get("metrics") or {}).get("label_mode") == "endpoint" and meta.get("ood")):
+                and (meta.get("metrics") or {}).get("label_mode") == "endpoint"
+                and len((meta.get("ood") or {}).get("mean", ())) == WS.STORED_FEATURES):
             return path
     train_forecast(tiles_dir, out, epochs=epochs, progress=progress, label_mode="endpoint", version="demo-forecast")
     return path

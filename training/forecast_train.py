@@ -20,6 +20,7 @@ import numpy as np
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.core.names import to_db
 from nscmonitor.scoring import forecast_ood as FO
+from nscmonitor.scoring import well_sequence as WS
 from nscmonitor.training import data as D
 from nscmonitor.training import splits as S
 from nscmonitor.training import temporal as T
@@ -60,9 +61,13 @@ def earliest_calls(val: list[dict[str, Any]], held: list[dict[str, Any]], classe
 
 
 def load_stored_features(path: str | Path) -> dict[str, np.ndarray]:
-    """Stored path -> feature vector, as ``schedule.forecast_retrain`` writes them."""
+    """Stored path -> feature vector, as ``schedule.forecast_retrain`` writes them. Vectors
+    of another length (stored before the optics features were measured) are left out: those
+    images are read again, so every image gives the same features to the model and its
+    out-of-distribution fit."""
     with np.load(path, allow_pickle=False) as z:
-        return {str(p): np.asarray(v, np.float64) for p, v in zip(z["paths"], z["values"])}
+        return {str(p): np.asarray(v, np.float64) for p, v in zip(z["paths"], z["values"])
+                if len(v) == WS.STORED_FEATURES}
 
 
 def mean_accuracy(per_hour: dict[str, Any]) -> float | None:
@@ -198,7 +203,7 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
                                            int(info.tile_size), wells_at)
     meta = T.forecast_metadata(classes=classes, scheme=scheme, normalisation=NORMALISATION, tile_px=info.tile_size,
                                pixel_size_um=info.pixel_size_um, temperature=fit["temperature"],
-                               n_features=len(wells[0].features[0]),
+                               n_features=WS.MODEL_FEATURES,
                                version=version or f"forecast-{out.resolve().name}",
                                data_hash=D.data_hash(records), metrics=metrics,
                                ood=ood.record(**metrics["ood"]) if ood is not None else None)

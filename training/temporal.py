@@ -172,7 +172,7 @@ def build_tiny_forecast(path: str | Path, *, classes: Sequence[str] = ("neuron",
     tests run the real second stage on it without a training run. ``ood``: its
     out-of-distribution record (``scoring.forecast_ood``), none by default."""
     torch.manual_seed(seed)
-    n = len(WS.tile_vector(np.ones((tile_px, tile_px))))
+    n = WS.MODEL_FEATURES
     width = WS.feature_width(n, normalisation)
     model = WellGRU(width, len(classes), hidden=8)
     meta = forecast_metadata(classes=classes, scheme="multiclass" if len(classes) > 2 else "binary",

@@ -90,10 +90,10 @@ def same_hour_plate_z(wells: Sequence[Well]) -> list[np.ndarray]:
     by: dict[tuple, list[np.ndarray]] = defaultdict(list)
     for w in wells:
         for h, f in zip(w.hours, w.features):
-            by[(w.plate_key, h)].append(f)
+            by[(w.plate_key, h)].append(WS.model_part(f))
     stats = {k: (np.mean(v, axis=0), np.maximum(np.std(v, axis=0), 1e-6)) for k, v in by.items()}
     return [np.stack([np.append((f - stats[(w.plate_key, h)][0]) / stats[(w.plate_key, h)][1], h / WS.HOURS_SCALE)
-                      for h, f in zip(w.hours, w.features)]).astype(np.float32) for w in wells]
+                      for h, f in zip(w.hours, map(WS.model_part, w.features))]).astype(np.float32) for w in wells]
 
 
 def record_features(record: TileRecord, tile_px: int) -> np.ndarray:

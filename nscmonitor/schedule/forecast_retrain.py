@@ -90,7 +90,7 @@ def retrain_forecast(settings: Settings, engine, samples: list, run_dir: Path, r
     scheme, tile_px, pixel_um = serving_geometry(serving, fallback)
     data = run_dir / "forecast-data"
     write_dataset(samples, data, tile_size=tile_px, pixel_size_um=pixel_um)
-    stored = stored_features(engine, [to_db(smp.path) for smp in samples], WS.EXTRACTOR)
+    stored = stored_features(engine, [to_db(smp.path) for smp in samples], WS.STORED)
     version = f"forecast-run-{run_id:04d}"
     out = run_dir / "forecast"
     argv = [sys.executable, "-m", "nscmonitor", "train-forecast", "--data", str(data), "--out", str(out),

@@ -79,7 +79,7 @@ def load_forecast_model(path: str | Path) -> ForecastModel:
     if int(meta.get("input_width", -1)) != WS.feature_width(int(meta["n_features"]), meta["normalisation"]):
         raise ForecastModelError(f"{path}: input_width does not match its features and normalisation")
     try:
-        ood = FO.FrameOOD.from_record(meta.get("ood"), int(meta["n_features"]))
+        ood = FO.FrameOOD.from_record(meta.get("ood"), (int(meta["n_features"]), WS.STORED_FEATURES))
     except ValueError as exc:
         raise ForecastModelError(f"{path}: {exc}") from exc
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -95,7 +95,7 @@ def batch_features(images: Sequence[tuple[int, np.ndarray, float | None]], meta:
     stage runs)."""
     def one(image: tuple[int, np.ndarray, float | None]) -> tuple[int, str, np.ndarray]:
         i, px, um = image
-        return i, WS.EXTRACTOR, WS.frame_features(px, tile_px_for(meta, um))
+        return i, WS.STORED, WS.frame_features(px, tile_px_for(meta, um))
 
     n = min(len(images), workers or os.cpu_count() or 1)
     if n <= 1:
@@ -128,22 +128,32 @@ class _Point:
 
 
 def _frame_flags(model: ForecastModel, frames: Sequence[F.Frame]) -> dict[int, bool]:
-    """image id -> flagged by the forecast's own score (empty without one). A stored row of
-    the wrong length (a damaged or foreign row) is flagged, not trusted."""
+    """image id -> flagged by the forecast's own score (empty without one). A row is scored on
+    the features the score was fitted on; a row stored before the optics features were
+    measured (the model's 27 only) is scored on those (``FrameOOD.scores`` takes the marginal).
+    A stored row shorter than that (a damaged or foreign row) is flagged, not trusted."""
     if model.ood is None or not frames:
         return {}
     n = len(model.ood.mean)
-    fit = [f for f in frames if len(f.values) == n]
-    flags = {f.image_id: True for f in frames if len(f.values) != n}
-    if fit:
-        flags.update(zip((f.image_id for f in fit), model.ood.flags(np.array([f.values for f in fit])).tolist()))
+    by_len: dict[int, list[F.Frame]] = defaultdict(list)
+    flags: dict[int, bool] = {}
+    for f in frames:
+        d = min(len(f.values), n)
+        if d < min(n, WS.MODEL_FEATURES):
+            flags[f.image_id] = True
+        else:
+            by_len[d].append(f)
+    for d, fs in by_len.items():
+        x = np.array([f.values[:d] for f in fs], np.float64)
+        flags.update(zip((f.image_id for f in fs), model.ood.flags(x).tolist()))
     return flags
 
 
 def _point(t: int, fs: list[F.Frame], flags: dict[int, bool]) -> _Point:
     clean = [f for f in fs if not flags.get(f.image_id, False)]
     used = clean or fs
-    return _Point(float(np.mean([f.elapsed_h for f in used])), t, np.mean([f.values for f in used], axis=0),
+    return _Point(float(np.mean([f.elapsed_h for f in used])), t,
+                  np.mean([WS.model_part(f.values) for f in used], axis=0),
                   len(used), not clean, len(fs) - len(clean))
 
 
@@ -273,7 +283,7 @@ class ForecastStage:
         F.save_features(self.Session, feats, now)
         done = self._whole_done
         pick = None if done is None else (lambda plates: plates - done)
-        touched, frames = F.plate_frames(self.Session, [i for i, *_ in feats], WS.EXTRACTOR, WS.BASELINE_MAX_H,
+        touched, frames = F.plate_frames(self.Session, [i for i, *_ in feats], WS.STORED_SETS, WS.BASELINE_MAX_H,
                                          whole_plates=pick)
         whole = frozenset() if done is None else frozenset({f.plate_id for f in touched} - done)
         n = F.store_forecasts(self.Session, forecasts_for(self.model, touched, frames, whole), now)

@@ -4,9 +4,12 @@ a frame is, from the features the forecast reads of it (``well_sequence.frame_fe
 Why its own, not the tile model's flag: the two models are trained on different data (the
 demo's tile model from 48 h on, the forecast from induction), so the tile model's score flags
 induction frames the forecast was trained on (docs/training.md, "Out-of-distribution flag").
-Why these features: they are what the forecast reads, they are stored for every frame (a
-forecast is recomputed from the store without decoding an image again), and they are cheap
-to score (a 27-number Gaussian distance).
+Why these features: the 27 the forecast reads and two optics features measured beside them
+(``well_sequence.optics_features``: how the intensities spread about the background, which
+tells phase contrast from bright field); all are stored for every frame (a forecast is
+recomputed from the store without decoding an image again), and they are cheap to score (a
+29-number Gaussian distance). A model fitted before the optics features existed has a
+27-number record and scores the stored vectors' first 27.
 
 The score: each feature is log-compressed (``transform``: the blob counts and texture
 energies have long right tails) and standardised, and the frame's squared Mahalanobis distance
@@ -55,9 +58,27 @@ class FrameOOD:
     z_clip: float = Z_CLIP
 
     def scores(self, features: np.ndarray) -> np.ndarray:
-        """Score of each row of ``features`` (N x D, the frame features the forecast reads)."""
-        z = standardise(features, self.mean, self.scale, self.z_clip)
-        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, self.precision, z), 0.0))
+        """Score of each row of ``features`` (N x D, the measured frame features). Rows of the
+        first d < D features only (stored before the later ones were measured) are scored by
+        the fitted Gaussian's marginal over those d: never larger than the full score, so such
+        a frame is flagged less readily, not more."""
+        x = np.atleast_2d(np.asarray(features, np.float64))
+        d = x.shape[1]
+        if d > len(self.mean):
+            raise ValueError(f"{d} features for a score fitted on {len(self.mean)}")
+        z = standardise(x, self.mean[:d], self.scale[:d], self.z_clip)
+        precision = self.precision if d == len(self.mean) else self._marginal(d)
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, precision, z), 0.0))
+
+    def _marginal(self, d: int) -> np.ndarray:
+        keep = np.flatnonzero(np.abs(self.precision).sum(axis=0) > 0)  # features the fit did not leave out
+        cov = np.linalg.inv(self.precision[np.ix_(keep, keep)])
+        sub = keep[keep < d]
+        out = np.zeros((d, d))
+        if len(sub):
+            pos = np.searchsorted(keep, sub)
+            out[np.ix_(sub, sub)] = np.linalg.inv(cov[np.ix_(pos, pos)])
+        return out
 
     def flags(self, features: np.ndarray) -> np.ndarray:
         """True where a frame is unlike the training images; a frame whose features are not
@@ -71,9 +92,10 @@ class FrameOOD:
                 **extra}
 
     @classmethod
-    def from_record(cls, rec: dict | None, n_features: int) -> FrameOOD | None:
+    def from_record(cls, rec: dict | None, n_features: int | Sequence[int]) -> FrameOOD | None:
         """None when the model has no record (the flag is unavailable); ``ValueError`` with the
-        reason when the record is there but unusable (another method, wrong sizes, not finite)."""
+        reason when the record is there but unusable (another method, not for one of the
+        feature counts ``n_features`` allows, not finite)."""
         if not rec:
             return None
         if rec.get("method") != METHOD:
@@ -84,8 +106,10 @@ class FrameOOD:
             z_clip = float(rec.get("z_clip", Z_CLIP))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"out-of-distribution record unreadable ({exc})") from exc
-        if mean.shape != (n_features,) or scale.shape != (n_features,) or precision.shape != (n_features,) * 2:
-            raise ValueError(f"out-of-distribution record is not for {n_features} features")
+        allowed = (n_features,) if isinstance(n_features, int) else tuple(n_features)
+        n = mean.shape[0] if mean.ndim == 1 else -1
+        if n not in allowed or scale.shape != (n,) or precision.shape != (n, n):
+            raise ValueError(f"out-of-distribution record is not for {' or '.join(map(str, allowed))} features")
         if not (np.isfinite(mean).all() and np.isfinite(precision).all() and np.isfinite(threshold)
                 and (scale > 0).all() and z_clip > 0):
             raise ValueError("out-of-distribution record holds values that are not finite")

@@ -101,12 +101,14 @@ def cut(images: Sequence[np.ndarray], size: int) -> list[list[np.ndarray]]:
 def rendered_fields(kind: str, n: int, tile_size: int, seed: int = 0) -> list[list[np.ndarray]]:
     """Up to ``n`` fields (their cuts of ``tile_size``) of the simulator's cultures under another
     optic (``brightfield``) or pixel size (``magnification``: 2.48 um/px, a 5x objective)."""
-    from nscmonitor.simulate.labelled_tiles import export_tiles
+    from nscmonitor.simulate.labelled_tiles import TILE_CONDITIONS, export_tiles
 
     kw = {"modality": "brightfield"} if kind == "brightfield" else {"pixel_size_um": MAGNIFICATION_PIXEL_SIZE_UM}
+    hours = (24, 96)
+    per_plate = 2 * len(hours) * len(TILE_CONDITIONS)  # two wells per condition
     with tempfile.TemporaryDirectory(prefix="nscm-ood-") as tmp:
-        export_tiles(tmp, plates=1, hours=(24, 96), tile_size=tile_size, wells_per_condition=2, grid=(3, 3),
-                     seed=seed, **kw)
+        export_tiles(tmp, plates=max(1, -(-n // per_plate)), hours=hours, tile_size=tile_size, wells_per_condition=2,
+                     grid=(3, 3), seed=seed, **kw)
         return field_cuts(sorted(Path(tmp, "tiles").rglob("*.tif")))[:n]
 
 

@@ -75,12 +75,12 @@ def save_features(Session: sessionmaker, items: Iterable[tuple[int, str, Sequenc
             row.extractor, row.feature_values, row.created_at = extractor, [float(v) for v in values], now
 
 
-def plate_frames(Session: sessionmaker, image_ids: Sequence[int], extractor: str,
+def plate_frames(Session: sessionmaker, image_ids: Sequence[int], extractors: Sequence[str],
                  induction_max_h: float, whole_plates: Callable[[set[int]], set[int]] | None = None,
                  ) -> tuple[list[Frame], list[Frame]]:
-    """(the given images' frames, the frames a forecast of their wells needs) with
-    ``extractor``'s features, done images only. Needed: every frame of the given images'
-    wells and the induction frames (at most ``induction_max_h``) of their plates; when a given
+    """(the given images' frames, the frames a forecast of their wells needs) with features
+    of one of ``extractors`` (the feature sets the caller reads), done images only. Needed:
+    every frame of the given images' wells and the induction frames (at most ``induction_max_h``) of their plates; when a given
     image is itself an induction frame, every frame of its plate (all its wells' forecasts
     change), and so for the plates ``whole_plates`` picks from the batch's plates. A batch on a
     large plate so reads its wells, not the whole plate."""
@@ -98,7 +98,7 @@ def plate_frames(Session: sessionmaker, image_ids: Sequence[int], extractor: str
                    m.FrameFeatures.feature_values)
             .join(m.Well, m.Image.well_id == m.Well.id).join(m.FrameFeatures, m.FrameFeatures.image_id == m.Image.id)
             .where(m.Well.plate_id.in_(plates), needed, m.Image.status == QueueState.DONE,
-                   m.FrameFeatures.extractor == extractor, m.Image.time_key.is_not(None))).all()
+                   m.FrameFeatures.extractor.in_(list(extractors)), m.Image.time_key.is_not(None))).all()
     frames = [Frame(i, p, w, t, h, tuple(v)) for i, p, w, t, h, v in rows]
     wanted = set(image_ids)
     return [f for f in frames if f.image_id in wanted], frames

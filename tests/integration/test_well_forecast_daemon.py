@@ -298,6 +298,39 @@ def test_frames_unlike_the_forecasts_training_are_marked_and_left_out_of_later_f
     assert csv_flags == {k: (str(int(v[0])), str(v[1])) for k, v in got.items()}
 
 
+def test_frames_stored_before_the_optics_features_are_still_read_and_flagged(tmp_path: Path) -> None:
+    """A store from before the optics features (rows of the model's 27 features under the old
+    feature set's name): a later frame's forecast still reads the earlier frames, and the
+    texture frame among them is still flagged (scored on the model's 27 by the marginal of
+    the fitted score) and left out."""
+    from nscmonitor.scoring import well_sequence as WS
+    from nscmonitor.simulate.out_of_domain import textures
+
+    fmodel = build_tiny_forecast_with(tmp_path / "forecast.onnx", _ood_record())
+    watch = tmp_path / "watch"
+    paths = _plate(watch, "ood-own")
+    write_tiff(paths[("B02", 24)], textures(1, 128, seed=4)[0][:96])
+    settings = dataclasses.replace(settings_for(tmp_path, watch), forecast_model=fmodel)
+    runner = _run_once(settings, _tile_model(tmp_path))
+    with runner.store.engine.begin() as c:
+        rows = c.execute(text("select image_id, extractor, feature_values from frame_features")).fetchall()
+        assert len(rows) == len(paths) and {r[1] for r in rows} == {WS.STORED}
+        for image_id, _, values in rows:
+            values = json.loads(values) if isinstance(values, str) else values
+            assert len(values) == WS.STORED_FEATURES
+            c.execute(text("update frame_features set extractor = :e, feature_values = :v where image_id = :i"),
+                      {"e": WS.EXTRACTOR, "v": json.dumps(values[:WS.MODEL_FEATURES]), "i": image_id})
+    write_tiff(watch / "VID3_B2_1_03d00h00m.tif", cells_image(stable_seed("ood-own", "B02", 72), (96, 128)))
+    runner = _run_once(settings, _tile_model(tmp_path))
+    with runner.store.engine.connect() as c:
+        got = c.execute(text("select f.ood, f.n_ood, f.n_timepoints, f.n_images, f.n_reference_wells "
+                             "from well_forecasts f join wells w on w.id = f.well_id "
+                             "where w.name = 'B02' and f.elapsed_h = 72")).fetchall()
+        kinds = c.execute(text("select extractor, count(*) from frame_features group by extractor")).fetchall()
+    assert [tuple(r) for r in got] == [(False, 1, 3, 3, 3)]  # 0, 48 and 72 h read; the 24 h texture left out
+    assert sorted(kinds) == sorted([(WS.EXTRACTOR, len(paths)), (WS.STORED, 1)])
+
+
 def build_tiny_forecast_with(path: Path, record: dict) -> Path:
     from nscmonitor.training.temporal import build_tiny_forecast
 
@@ -310,7 +343,7 @@ def test_a_forecast_model_with_a_damaged_ood_record_is_refused_with_the_reason(t
     record = _ood_record()
     good = load_forecast_model(build_tiny_forecast_with(tmp_path / "good.onnx", record))
     assert good.ood is not None and good.ood.threshold == record["threshold"]
-    with pytest.raises(ForecastModelError, match="not for 27 features"):
+    with pytest.raises(ForecastModelError, match="not for 27 or 29 features"):
         load_forecast_model(build_tiny_forecast_with(tmp_path / "bad.onnx", record | {"mean": [0.0, 1.0]}))
 
 

@@ -108,3 +108,46 @@ def test_images_whose_features_are_not_finite_are_left_out_of_the_fit_and_too_fe
     feats = np.full((2, x.shape[1]), np.nan)
     none, why = fit_frame_ood(recs, feats)
     assert none is None and "at least two" in why["unavailable"]
+
+
+def _simulated_tiles(tmp_path, modality: str, plates: int, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Measured vectors of the simulator's 64 px tiles (0, 24 and 72 h) and their plates."""
+    from nscmonitor.simulate.labelled_tiles import export_tiles
+    from nscmonitor.training.data import read_image
+
+    out = tmp_path / f"{modality}-{seed}"
+    export_tiles(out, plates=plates, hours=(0, 24, 72), tile_size=64, wells_per_condition=1, grid=(2, 2),
+                 seed=seed, modality=modality)
+    paths = sorted((out / "tiles").rglob("*.tif"))
+    return np.array([WS.tile_vector(read_image(p)) for p in paths]), [p.parent.parent.name for p in paths]
+
+
+def test_bright_field_is_flagged_by_the_optics_features_the_forecast_does_not_read(tmp_path) -> None:
+    """Fitted on six phase-contrast plates of the simulator (small tiles, few images: on the
+    demo's forecast export the share is 100 %, docs/training.md), the score flags far more
+    bright-field tiles of the same cultures with the optics features than the forecast's own
+    27 features do; a new phase-contrast plate stays mostly unflagged."""
+    x, plates = _simulated_tiles(tmp_path, "phase", 6, seed=1)
+    bright, _ = _simulated_tiles(tmp_path, "brightfield", 2, seed=2)
+    new, _ = _simulated_tiles(tmp_path, "phase", 1, seed=3)
+    assert x.shape[1] == WS.STORED_FEATURES
+    full, _ = FO.fit(x, plates)
+    model_only, _ = FO.fit(WS.model_part(x), plates)
+    assert full.flags(bright).mean() >= 0.8
+    assert full.flags(bright).mean() >= model_only.flags(WS.model_part(bright)).mean() + 0.2
+    assert full.flags(new).mean() <= 0.15
+
+
+def test_rows_of_the_first_features_only_are_scored_by_the_marginal(fitted) -> None:
+    """A stored row from before the optics features (the first 27): its score is the fitted
+    Gaussian's marginal over those, which is what a fit on those columns alone gives (the
+    ridge sits on the diagonal), and never above the full row's score."""
+    ood, _, x = fitted
+    d = WS.MODEL_FEATURES
+    alone = FO.fit_gaussian(x[:, :d])
+    np.testing.assert_allclose(ood.scores(x[:, :d]), alone.scores(x[:, :d]), rtol=1e-6)
+    assert (ood.scores(x[:, :d]) <= ood.scores(x) + 1e-9).all()
+    back = FO.FrameOOD.from_record(ood.record(), (d, x.shape[1]))
+    np.testing.assert_allclose(back.scores(x), ood.scores(x))
+    with pytest.raises(ValueError, match="features for a score fitted on"):
+        ood.scores(np.hstack([x, x[:, :1]]))

@@ -77,7 +77,7 @@ def test_a_batch_measured_on_threads_gives_each_image_its_own_features_in_order(
     images = [(i, rng.normal(1000, 5.0 * (i + 1), (64, 96)), um) for i, um in enumerate((None, 1.24, 2.48, 1.24))]
     meta = {"tile_px": 32, "pixel_size_um": 1.24}
     threaded = batch_features(images, meta, workers=3)
-    assert [i for i, _, _ in threaded] == [0, 1, 2, 3] and {name for _, name, _ in threaded} == {WS.EXTRACTOR}
+    assert [i for i, _, _ in threaded] == [0, 1, 2, 3] and {name for _, name, _ in threaded} == {WS.STORED}
     for (_, px, um), (_, _, got) in zip(images, threaded):  # 2.48 µm/px: the same 40 µm as 16 px tiles
         assert np.array_equal(got, WS.frame_features(px, 16 if um == 2.48 else 32))
     assert all(np.array_equal(a[2], b[2]) for a, b in zip(threaded, batch_features(images, meta, workers=1)))
