@@ -79,13 +79,25 @@ def optics_features(tile: np.ndarray) -> np.ndarray:
     spread otherwise. The texture and blob features barely see that difference (the forecast's
     out-of-distribution score flagged 60-73 % of bright-field frames on them, 100 % with these
     two added: docs/training.md), and the forecast does not read them: they only serve its
-    out-of-distribution score."""
-    x = tile.astype(np.float64)
-    x = x / max(float(np.median(x)), 1.0) - 1.0
-    lo, mid, hi = np.quantile(x, (0.01, 0.5, 0.99))
-    sd = float(x.std())
-    skew = float(((x - x.mean()) ** 3).mean() / sd ** 3) if sd > 1e-9 else 0.0
+    out-of-distribution score. One partition gives the three percentiles and float32 dot
+    products the moments: a tenth of the time ``np.quantile`` and float64 powers took, which
+    had added 40 % to a frame's feature time."""
+    v = np.asarray(tile).ravel()
+    pos = np.array(_OPTICS_QUANTILES) * (v.size - 1)  # np.quantile's linear interpolation, from one partition
+    below, above = np.floor(pos).astype(int), np.ceil(pos).astype(int)
+    part = np.partition(v, np.unique(np.concatenate([below, above]))).astype(np.float64)
+    q = part[below] + (pos - below) * (part[above] - part[below])
+    scale = max(float(q[1]), 1.0)
+    lo, mid, hi = q / scale - 1.0
+    d = v.astype(np.float32) / np.float32(scale)
+    d = d - np.float32(d.mean(dtype=np.float64))
+    m2, m3 = float(np.dot(d, d)) / d.size, float(np.dot(d * d, d)) / d.size
+    skew = m3 / m2 ** 1.5 if m2 > 1e-18 else 0.0
     return np.asarray([(hi - mid) / max(mid - lo, 1e-6), skew], np.float64)
+
+
+#: the optics features' percentiles: the dark tail, the median (background), the bright tail
+_OPTICS_QUANTILES = (0.01, 0.5, 0.99)
 
 
 def tile_vector(tile: np.ndarray) -> np.ndarray:
