@@ -131,3 +131,15 @@ def test_onnx_export_carries_metadata_and_matches_torch(tmp_path):
         np.testing.assert_allclose(got, want, atol=1e-4)
         cut = sess.run(None, {"sequence": s[None, :2]})[0][0]
         np.testing.assert_allclose(cut[-1], got[1], atol=1e-5)
+
+
+def test_stored_features_without_the_optics_are_not_reused_for_training(tmp_path) -> None:
+    """Rows stored before the optics features (the model's 27) are left out of a features file,
+    so train-forecast reads those images again and every image gives the OOD fit all 29."""
+    from nscmonitor.training.forecast_train import load_stored_features
+
+    for n, kept in ((WS.MODEL_FEATURES, 0), (WS.STORED_FEATURES, 2)):
+        path = tmp_path / f"f{n}.npz"
+        np.savez(path, paths=np.asarray(["a.tif", "b.tif"]), values=np.ones((2, n)))
+        got = load_stored_features(path)
+        assert len(got) == kept and all(len(v) == WS.STORED_FEATURES for v in got.values())
