@@ -76,7 +76,8 @@ class Daemon:
                     if settings.forecast_model and score else None)
         self.scorer = Scorer(settings, store, self.slot, self.metrics, channel=self._channel,
                              stop_event=self.stop_event, wall=wall, retry_base_s=retry_base_s,
-                             max_attempts=max_attempts, claim_size=claim_size, forecast=forecast)
+                             max_attempts=max_attempts, claim_size=claim_size, forecast=forecast,
+                             pixel_size=lambda path: formats.pixel_size_for(self.settings.watch, path))
         self.heartbeat = Heartbeat(store, heartbeat_s, clock)
         self.leases = LeaseKeeper(store, wall) if store.shared and score else None
         self.intake: Intake | None = None

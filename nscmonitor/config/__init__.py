@@ -18,6 +18,7 @@ from typing import Any
 import platformdirs
 
 from nscmonitor.config.database import check_database_url, with_password_file
+from nscmonitor.readers.decode import PIXEL_SIZE_RANGE_UM
 from nscmonitor.config.values import expect as _expect
 from nscmonitor.config.values import finite_everywhere as _finite_everywhere
 from nscmonitor.config.values import induction_time as _time
@@ -60,6 +61,10 @@ class WatchFolder:
     quiet_seconds: float = 5.0
     rescan_interval: float = 60.0
     channel: str | None = None
+    #: micrometres per pixel of this folder's files where a file does not state its own (many
+    #: instruments write TIFFs without resolution tags): with it the daemon resamples to the
+    #: model's pixel size and flags another magnification, as for a file that states it
+    pixel_size_um: float | None = None
 
     def use_polling(self) -> bool:
         return self.polling if self.polling is not None else is_network_path(self.path)
@@ -189,12 +194,16 @@ def _watch(i: int, d: dict, base: Path) -> WatchFolder:
     if not 0 < rescan <= MAX_RESCAN_S:
         raise ConfigError(f"{where}rescan_interval: must be > 0 and <= {MAX_RESCAN_S:.0f} seconds, got {rescan}")
     ch = d.get("channel")
+    um = _expect(d, "pixel_size_um", float, where)
+    if um is not None and not PIXEL_SIZE_RANGE_UM[0] <= um <= PIXEL_SIZE_RANGE_UM[1]:
+        raise ConfigError(f"{where}pixel_size_um: must be {PIXEL_SIZE_RANGE_UM[0]:g}..{PIXEL_SIZE_RANGE_UM[1]:g} "
+                          f"micrometres per pixel, got {um}")
     return WatchFolder(
         path=(base / path) if not Path(path).is_absolute() and not path.startswith("\\\\") else Path(path),
         experiment=exp, profile=profile, plate=_expect(d, "plate", str, where), plate_format=fmt,
         plate_map=(base / pm) if pm else None, induction_time=_time(d.get("induction_time"), where),
         polling=None if polling == "auto" else bool(polling), quiet_seconds=quiet, rescan_interval=rescan,
-        channel=None if ch is None else str(ch),
+        channel=None if ch is None else str(ch), pixel_size_um=um,
     )
 
 

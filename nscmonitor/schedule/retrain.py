@@ -33,7 +33,7 @@ from nscmonitor.core.errors import UserFacingError
 from nscmonitor.hooks import emit
 from nscmonitor.labels import read_label_file
 from nscmonitor.core.names import to_db
-from nscmonitor.readers.formats import channel_for
+from nscmonitor.readers.formats import channel_for, pixel_size_for
 from nscmonitor.registry.registry import Registry
 from nscmonitor.schedule.gates import Decision, EvalResult, decide, evaluate_predictions
 from nscmonitor.store import retrain as runs
@@ -66,6 +66,8 @@ class Sample:
     split: str
     #: the channel the daemon scored inside a stack or container; training reads that plane
     channel: str | None = None
+    #: the watch folder's pixel size for files that state none (as the daemon scored them)
+    pixel_size_um: float | None = None
 
 
 def _now() -> datetime:
@@ -121,7 +123,7 @@ def collect_samples(engine, *, up_to: int | None, channel: str | None = None,
         split = splits[(img.experiment, img.plate, img.well)]
         scored = channel_for(watch, img.path, default=img.channel)
         samples.append(Sample(img.path, img.experiment, img.plate, img.well, img.field, img.timepoint, img.elapsed_h,
-                              lab.label, lab.fractions, split, scored))
+                              lab.label, lab.fractions, split, scored, pixel_size_for(watch, img.path)))
     return samples
 
 
@@ -166,20 +168,21 @@ def store_dataset(settings: Settings, out_dir: Path, *, labels_file: Path | None
         raise UserFacingError(f"no scored, QC-passed images of labelled wells in {masked(settings.database_url)}")
     active = Registry(settings.models_dir, engine).active()
     base_meta = read_onnx_metadata(active.path) if active and tile_size is None else None
-    tile, px = _tile_geometry(settings, [smp.path for smp in samples], base_meta)
+    tile, px = _tile_geometry(settings, samples, base_meta)
     write_dataset(samples, Path(out_dir), tile_size=tile_size or tile, pixel_size_um=px)
     return samples
 
 
-def _tile_geometry(settings: Settings, samples_paths: list[str], base_meta) -> tuple[int, float | None]:
+def _tile_geometry(settings: Settings, samples: list[Sample], base_meta) -> tuple[int, float | None]:
     """Tile size in image pixels that covers what the active model sees, and the images'
-    pixel size (from the first readable file), so the candidate learns at the same scale."""
+    pixel size (from the first readable file, else its watch folder's setting, as the daemon
+    scored it), so the candidate learns at the same scale."""
     from nscmonitor.readers.decode import DecodeError, decode
 
     px = None
-    for p in samples_paths[:5]:
+    for smp in samples[:5]:
         try:
-            px = decode(p, content_hash=False).pixel_size_um
+            px = decode(smp.path, content_hash=False).pixel_size_um or smp.pixel_size_um
             break
         except DecodeError:
             continue
@@ -221,7 +224,7 @@ def evaluate_model(model_path: Path, samples: list[Sample], *, threads: int = 1)
         except DecodeError as exc:
             log.warning("%s: left out of the evaluation: %s", smp.path, exc.reason)
             continue
-        grid = pre.tiles(dec.pixels, factor=pre.factor(dec.pixel_size_um))
+        grid = pre.tiles(dec.pixels, factor=pre.factor(dec.pixel_size_um or smp.pixel_size_um))
         if len(grid.tiles) == 0:
             continue
         probs = np.concatenate([eng.infer(grid.tiles[i:i + 32]) for i in range(0, len(grid.tiles), 32)])
@@ -321,7 +324,7 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
     base_meta = read_onnx_metadata(active.path) if active else None
     samples = collect_samples(engine, up_to=labels_ver, watch=settings.watch)
     try:
-        tile, px = _tile_geometry(settings, [smp.path for smp in samples], base_meta)
+        tile, px = _tile_geometry(settings, samples, base_meta)
         write_dataset(samples, data_dir, tile_size=tile, pixel_size_um=px)
     except OSError as exc:
         return finish("failed", f"cannot write the training data: {exc}")

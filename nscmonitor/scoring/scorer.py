@@ -47,8 +47,10 @@ class Scorer:
                  channel: Callable[[str], str | None], stop_event: threading.Event,
                  wall: Callable[[], float] = time.time, retry_base_s: float = 5.0,
                  max_attempts: int = MAX_ATTEMPTS, claim_size: int = MAX_CLAIM,
-                 forecast: ForecastStage | None = None) -> None:
-        """``channel``: the watch folder's scored channel for an image path; ``forecast``: the
+                 forecast: ForecastStage | None = None,
+                 pixel_size: Callable[[str], float | None] = lambda path: None) -> None:
+        """``channel``: the watch folder's scored channel for an image path; ``pixel_size``:
+        its pixel size for files that state none (``config.WatchFolder.pixel_size_um``); ``forecast``: the
         time-aware well model's stage after each stored batch (None: per-image scoring only);
         ``claim_size``: the most images one batch claims (``scoring.pacing`` sizes each claim
         from what the last batches cost, in time and memory, starting small)."""
@@ -57,6 +59,7 @@ class Scorer:
         self.slot = slot
         self.metrics = metrics
         self.channel = channel
+        self.pixel_size = pixel_size
         self.stop_event = stop_event
         self.wall = wall
         self.retry_base_s = retry_base_s
@@ -109,7 +112,8 @@ class Scorer:
         already is marked done here (None)."""
         meta = self.slot.model.engine.metadata
         out = prepare(c, self._preprocess(meta), meta, max_pixels=self.settings.max_pixels,
-                      channel=self.channel(c.path), timings=self.metrics.timings)
+                      channel=self.channel(c.path), timings=self.metrics.timings,
+                      pixel_size_um=self.pixel_size(c.path))
         if out is None:
             self.writer.unchanged(c.id)
         return out

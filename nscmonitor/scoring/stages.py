@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import numpy as np
@@ -60,11 +60,14 @@ class Prepared:
 
 
 def prepare(c: Claimed, pre: Preprocess, meta, *, max_pixels: int, channel: str | None,
-            timings: Timings) -> Prepared | None:
+            timings: Timings, pixel_size_um: float | None = None) -> Prepared | None:
     """Decode, QC and tile one claimed image; None when its content was scored already
-    (nothing to redo)."""
+    (nothing to redo). ``pixel_size_um``: the watch folder's pixel size, for a file that
+    states none (what the file states wins)."""
     t0 = time.perf_counter()
     dec = decode(c.path, max_pixels=max_pixels, channel=channel)
+    if dec.pixel_size_um is None and pixel_size_um is not None:
+        dec = replace(dec, pixel_size_um=float(pixel_size_um))
     t1 = time.perf_counter()
     timings.decode += t1 - t0
     content = content_of(c, dec.sha256)

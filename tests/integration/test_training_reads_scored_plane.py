@@ -212,3 +212,25 @@ def test_names_that_are_not_utf8_go_from_the_store_to_the_training_loader(tmp_pa
     assert D.data_hash(records).startswith("sha256:")
     x, _, _ = D.load_arrays(records, ("neuron", "astrocyte"), tile_size=SIZE, image_size=SIZE)
     assert len(x) >= len(records)
+
+
+def test_a_folder_pixel_size_goes_from_the_store_to_the_training_data(tmp_path: Path, make_runner) -> None:
+    """Files without resolution tags in a folder set to 2.48 um/px: the daemon scored them at
+    that pixel size, and the training data gathered from the store records it (retraining
+    learns at the scale the daemon serves); a folder without the setting records none."""
+    for um in (2.48, None):
+        root = tmp_path / f"at-{um}"
+        watch = root / "plain"
+        for i, well in enumerate(("A01", "A02")):
+            write_tiff(watch / f"VID1_{well[0]}{int(well[1:])}_1_02d00h00m.tif", cells_image(40 + i, (64, 80)))
+        kw = {} if um is None else {"pixel_size_um": um}
+        runner = make_runner(watch, db_url=f"sqlite:///{root / 'nsc.db'}", **kw)
+        runner.run(once=True)
+        rows = _scored(runner)
+        assert len(rows) == 2 and all(img.status == "done" for img, *_ in rows)
+        labels = root / "labels.csv"
+        labels.write_text("experiment,plate,well,label\n" + "".join(f"{e},{p},{w},neuron\n" for _, e, p, w in rows))
+        settings = settings_for(root, watch, experiment=rows[0][1], **kw)
+        samples = store_dataset(settings, root / "data", labels_file=labels, tile_size=SIZE)
+        assert {s.pixel_size_um for s in samples} == {um}
+        assert D.discover(root / "data", "well")[1].pixel_size_um == um

@@ -244,6 +244,35 @@ def test_a_frame_of_another_magnification_is_no_data_for_the_forecast(tmp_path: 
     assert len(got) == len(WELLS) * len(HOURS) - 1
 
 
+def test_a_folder_pixel_size_stands_in_for_files_that_state_none(tmp_path: Path) -> None:
+    """A watch folder set to 2.48 um/px (a 5x objective) whose files carry no resolution tags,
+    but one that states 1.24 um/px itself: the tile model (trained at 1.24, at most 1.5x)
+    flags every untagged frame as another magnification and the forecast keeps no features of
+    them; the tagged frame is read at its own pixel size. The same files in a folder set to
+    1.24 are all in scale."""
+    from nscmonitor.engines.tiny import build_tiny_classifier
+
+    model = tmp_path / "models" / "tiny.onnx"
+    build_tiny_classifier(model, input_size=32, pixel_size_um=1.24, ood_threshold=1e9)
+    with_pixel_limit(model, 1.5)
+    tagged = "VID3_B2_1_01d00h00m.tif"
+    for folder_um, want_flagged in ((2.48, True), (1.24, False)):
+        root = tmp_path / f"at-{folder_um}"
+        watch = root / "watch"
+        _plate(watch, "folder-scale", um=lambda well, h: 1.24 if (well, h) == ("B02", 24) else None)
+        settings = dataclasses.replace(settings_for(root, watch, pixel_size_um=folder_um),
+                                       forecast_model=_forecast_model(root / "forecast.onnx"))
+        assert settings.watch[0].pixel_size_um == folder_um
+        runner = _run_once(settings, model)
+        with runner.store.engine.connect() as c:
+            images = c.execute(text("select i.path, p.ood, f.image_id is not null from images i join predictions p "
+                                    "on p.image_id = i.id left join frame_features f on f.image_id = i.id")).fetchall()
+        assert len(images) == len(WELLS) * len(HOURS)
+        for path, ood, has_features in images:
+            other_scale = want_flagged and Path(path).name != tagged
+            assert (bool(ood), bool(has_features)) == (other_scale, not other_scale), path
+
+
 def _ood_record() -> dict:
     """The forecast's own OOD score fitted on frames of the kind ``_plate`` writes (four plates
     of twenty), threshold at the largest held-out score."""

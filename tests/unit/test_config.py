@@ -28,11 +28,12 @@ induction_time = 2026-11-01T09:00:00Z
 polling = true
 quiet_seconds = 2
 channel = "phase"
+pixel_size_um = 2.48
 ''')
     s = load_settings(cfg, env={})
     w = s.watch[0]
     assert w.path == tmp_path / "plates/run1" and w.plate_map == tmp_path / "map.csv"
-    assert w.plate_format == 384 and w.use_polling() and w.channel == "phase"
+    assert w.plate_format == 384 and w.use_polling() and w.channel == "phase" and w.pixel_size_um == 2.48
     assert w.induction_time is not None and w.induction_time.tzinfo is not None
     assert s.engine == "ort-cpu" and s.source == cfg
 
@@ -43,6 +44,9 @@ channel = "phase"
     ({"watch": [{"path": "x", "polling": "sometimes"}]}, "watch[0].polling"),
     ({"watch": [{"path": "x", "bogus": 1}]}, "watch[0].bogus"),
     ({"watch": [{"path": "x", "quiet_seconds": "5"}]}, "watch[0].quiet_seconds"),
+    ({"watch": [{"path": "x", "pixel_size_um": 0}]}, "watch[0].pixel_size_um"),
+    ({"watch": [{"path": "x", "pixel_size_um": "1.24"}]}, "watch[0].pixel_size_um"),
+    ({"watch": [{"path": "x", "pixel_size_um": 1e6}]}, "watch[0].pixel_size_um"),
     ({"engine": "fast"}, "engine"),
     ({"batch_size": 0}, "batch_size"),
     ({"database_url": "nscmonitor.db"}, "database_url"),

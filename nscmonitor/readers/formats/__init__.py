@@ -212,11 +212,23 @@ def channel_for(watch: Iterable, path: str, default: str | None = None) -> str |
     """The ``channel`` setting of the watch folder an image lies in: the daemon scores that
     channel inside stacks and containers, and retraining must read the same plane.
     ``default`` for an image outside every folder."""
+    folder = _folder_of(watch, path)
+    return default if folder is None else folder.channel
+
+
+def pixel_size_for(watch: Iterable, path: str) -> float | None:  # Iterable[config.WatchFolder]
+    """The ``pixel_size_um`` setting of the watch folder an image lies in: the pixel size of
+    its files that state none (None outside every folder, or where the folder sets none)."""
+    folder = _folder_of(watch, path)
+    return None if folder is None else folder.pixel_size_um
+
+
+def _folder_of(watch: Iterable, path: str):  # noqa: ANN202 (config.WatchFolder | None)
     for w in watch:
         root = str(w.path).rstrip("/\\")
         if path.startswith(root + os.sep) or path.startswith(root + "/"):
-            return w.channel
-    return default
+            return w
+    return None
 
 
 def _regular(path: str) -> bool:
