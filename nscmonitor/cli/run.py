@@ -10,6 +10,7 @@ from typing import Any
 from nscmonitor.cli.args import add_db_options, bounded, settings_from
 from nscmonitor.config import ENGINES, MAX_QUIET_S, Settings, WatchFolder, with_overrides
 from nscmonitor.core.domain import PLATE_SHAPES
+from nscmonitor.readers.decode import PIXEL_SIZE_RANGE_UM
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -19,7 +20,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   profile=args.profile, plate_format=args.plate_format,
                                   plate_map=Path(args.plate_map) if args.plate_map else None,
                                   quiet_seconds=args.quiet if args.quiet is not None else 5.0,
-                                  polling=True if args.polling else None, channel=args.channel)
+                                  polling=True if args.polling else None, channel=args.channel,
+                                  pixel_size_um=args.pixel_size)
                       for d in args.watch)
         s = with_overrides(s, watch=s.watch + extra)
     s = with_overrides(s, engine=args.engine, batch_size=args.batch_size)
@@ -104,6 +106,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help=f"plate format of --watch folders: {', '.join(map(str, sorted(PLATE_SHAPES)))} (default 96)")
     p.add_argument("--plate-map", help="plate map CSV (well,condition,...) for --watch folders")
     p.add_argument("--channel", help="score only this channel of --watch folders")
+    p.add_argument("--pixel-size", type=bounded(float, *PIXEL_SIZE_RANGE_UM, "micrometres per pixel"), metavar="UM",
+                   help="pixel size of --watch folders' files that state none (many TIFF exports carry no "
+                        "resolution tags): they are resampled to the model's scale and another "
+                        "magnification is flagged, as for files that state it")
     p.add_argument("--quiet", type=bounded(float, 0, MAX_QUIET_S, "seconds"),
                    help="seconds a file must stay unchanged before it is read (default 5)")
     p.add_argument("--polling", action="store_true", help="poll --watch folders instead of native events")

@@ -133,7 +133,8 @@ def test_plate_format_flag(tmp_path: Path, plate_format: str, ok: bool) -> None:
 
 
 @pytest.mark.parametrize("flag", [["--quiet", "nan"], ["--quiet", "inf"], ["--quiet", "-1"],
-                                  ["--batch-size", "0"], ["--engine", "gpu9"]])
+                                  ["--batch-size", "0"], ["--engine", "gpu9"], ["--pixel-size", "0"],
+                                  ["--pixel-size", "nan"], ["--pixel-size", "1e6"]])
 def test_run_flags_refuse_nonsense(tmp_path: Path, flag: list[str]) -> None:
     p = _cli("run", "--db", f"sqlite:///{tmp_path / 'nsc.db'}", "--watch", str(tmp_path), *flag, "--once")
     assert p.returncode == 2 and "Traceback" not in p.stderr

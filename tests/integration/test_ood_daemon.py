@@ -91,3 +91,27 @@ def test_a_file_of_another_pixel_size_is_flagged_through_the_daemon(tmp_path: Pa
     assert got["B2"][0] != pytest.approx(got["A1"][0], rel=1e-3)  # resampled by its tags: other tiles
     assert got["A1"][1] is False and got["C3"][1] is False
     assert got["B2"][1] is (limit is not None)
+
+
+def test_run_pixel_size_flag_gives_untagged_files_their_folders_pixel_size(tmp_path: Path) -> None:
+    """``nscmonitor run --watch DIR --pixel-size 2.48``: an untagged file of that folder is read
+    as 2.48 um/px, so a model trained at 1.24 (at most 1.5x) flags it as another
+    magnification; without the flag the same file is served at its own scale, unflagged."""
+    from nscmonitor.engines.tiny import build_tiny_classifier
+
+    model = tmp_path / "models" / "ood.onnx"
+    build_tiny_classifier(model, input_size=32, pixel_size_um=1.24, ood_threshold=1e9)
+    with_pixel_limit(model, 1.5)
+    for flag, want in (([], False), (["--pixel-size", "2.48"], True)):
+        root = tmp_path / ("set" if flag else "unset")
+        write_tiff(root / "watch" / "VID3_C3_1_00d00h00m.tif", cells_image(stable_seed("ood-flag"), (96, 128)))
+        db = f"sqlite:///{root / 'nsc.db'}"
+        p = subprocess.run([sys.executable, "-m", "nscmonitor", "run", "--db", db, "--watch", str(root / "watch"),
+                            "--model", str(model), "--quiet", "0", "--no-schedule", "--once", *flag],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        from nscmonitor.store.db import open_engine
+
+        with open_engine(db).connect() as c:
+            flags = c.execute(text("select p.ood from predictions p")).fetchall()
+        assert [bool(f) for f, in flags] == [want]
