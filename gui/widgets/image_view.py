@@ -38,9 +38,12 @@ class LoadedImage:
     probs: np.ndarray
 
 
-def load_image(img: WellImage, p_low: float = 1.0, p_high: float = 99.8, *, channel: str | None = None) -> LoadedImage:
+def load_image(img: WellImage, p_low: float = 1.0, p_high: float = 99.8, *, channel: str | None = None,
+               pixel_size_um: float | None = None) -> LoadedImage:
     """The image as it was scored: ``channel`` is its watch folder's setting, so a stack or
-    container shows the plane the tiles were computed on."""
+    container shows the plane the tiles were computed on, and ``pixel_size_um`` the folder's
+    pixel size for a file that states none, so the tile overlay has the geometry the daemon
+    cut."""
     from nscmonitor.core.aggregate import unpack_tiles
     from nscmonitor.core.names import from_db
     from nscmonitor.readers.decode import decode
@@ -53,7 +56,8 @@ def load_image(img: WellImage, p_low: float = 1.0, p_high: float = 99.8, *, chan
     probs = np.zeros((0, 0), np.float32)
     if img.tiles:
         rows, cols, kept, probs = unpack_tiles(img.tiles)
-    return LoadedImage(dec.pixels, (lo, hi if hi > lo else lo + 1), dec.pixel_size_um, rows, cols, kept, probs)
+    return LoadedImage(dec.pixels, (lo, hi if hi > lo else lo + 1), dec.pixel_size_um or pixel_size_um, rows, cols,
+                       kept, probs)
 
 
 def explain_available(model_path: str | None) -> tuple[bool, str]:
@@ -148,10 +152,11 @@ class ImageView(QWidget):
         from functools import partial
 
         from nscmonitor.core.names import from_db
-        from nscmonitor.readers.formats import channel_for
+        from nscmonitor.readers.formats import channel_for, pixel_size_for
 
         scored = channel_for(self.watch, from_db(img.path))
-        self.reader.submit(partial(load_image, channel=scored), img, done=lambda r, img=img: self._loaded(img, r),
+        folder_um = pixel_size_for(self.watch, from_db(img.path))
+        self.reader.submit(partial(load_image, channel=scored, pixel_size_um=folder_um), img, done=lambda r, img=img: self._loaded(img, r),
                            failed=lambda msg, img=img: self.info.setText(f"{img.path}: cannot show the image: {msg}"),
                            channel="image")
 

@@ -18,10 +18,10 @@ from typing import Any
 import platformdirs
 
 from nscmonitor.config.database import check_database_url, with_password_file
-from nscmonitor.readers.decode import PIXEL_SIZE_RANGE_UM
 from nscmonitor.config.values import expect as _expect
 from nscmonitor.config.values import finite_everywhere as _finite_everywhere
 from nscmonitor.config.values import induction_time as _time
+from nscmonitor.readers.decode import PIXEL_SIZE_RANGE_UM
 from nscmonitor.core.domain import PLATE_SHAPES
 from nscmonitor.core.errors import ConfigError
 from nscmonitor.intake.profiles import BY_NAME, CustomProfileSpec

@@ -41,3 +41,40 @@ def test_image_view_shows_the_scored_channel_of_a_stack(qtbot, tmp_path: Path, t
     qtbot.waitUntil(lambda: view.loaded is not None, timeout=10000)
     assert np.array_equal(view.loaded.pixels, planes[2])
     win.close()
+
+
+def test_image_view_overlays_tiles_at_the_folders_pixel_size(qtbot, tmp_path: Path) -> None:
+    """A file without resolution tags in a folder set to 2.48 um/px, a model at 1.24 um/px:
+    the daemon resampled it 2x (a 6 x 8 grid of 32 px tiles on 96 x 128 px), and the image
+    view lays that grid over the file's own pixels (16 px per tile), as it was cut."""
+    from nscmonitor.config import parse_settings
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.engines.tiny import build_tiny_classifier
+    from nscmonitor.gui.app import open_store
+    from nscmonitor.gui.main_window import MainWindow
+
+    model = tmp_path / "models" / "tiny.onnx"
+    build_tiny_classifier(model, input_size=32, pixel_size_um=1.24)
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    tifffile.imwrite(folder / "VID1_B2_1_00d04h00m.tif",
+                     np.random.default_rng(4).gamma(2.0, 300.0, (96, 128)).astype(np.uint16))
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = parse_settings({"database_url": url, "model": str(model), "models_dir": str(tmp_path / "models"),
+                               "watch": [{"path": str(folder), "experiment": "E1", "quiet_seconds": 0,
+                                          "pixel_size_um": 2.48}]})
+    build_runner(settings, model=model, retry_base_s=0.1).run(once=True)
+
+    win = MainWindow(open_store(url), settings, poll_s=0.2)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.cube is not None and win.cube.n_times == 1, timeout=15000)
+    win.plate_map.set_selection(["B02"])
+    win.tabs.setCurrentWidget(win.image_view)
+    view = win.image_view
+    qtbot.waitUntil(lambda: view.loaded is not None and view.geometry_used is not None, timeout=10000)
+    assert view.loaded.pixel_size_um == 2.48 and (view.loaded.rows, view.loaded.cols) == (6, 8)
+    assert view.geometry_used.exact and view.geometry_used.tile_w == 16.0
+    rect = view.overlay.mapRectToParent(view.overlay.boundingRect())
+    assert (rect.width(), rect.height()) == (128.0, 96.0)
+    win.close()
