@@ -16,8 +16,6 @@ tifffile = pytest.importorskip("tifffile")
 def test_image_view_shows_the_scored_channel_of_a_stack(qtbot, tmp_path: Path, tiny_model: Path) -> None:
     from nscmonitor.config import parse_settings
     from nscmonitor.daemon import build_runner
-    from nscmonitor.gui.app import open_store
-    from nscmonitor.gui.main_window import MainWindow
 
     rng = np.random.default_rng(3)
     planes = [rng.gamma(2.0, 300.0 * (i + 1), (96, 128)).astype(np.uint16) for i in range(3)]
@@ -31,16 +29,25 @@ def test_image_view_shows_the_scored_channel_of_a_stack(qtbot, tmp_path: Path, t
         "induction_time": "2026-01-01T00:00:00+00:00"}]})
     build_runner(settings, model=tiny_model, retry_base_s=0.1).run(once=True)
 
+    win, view = _image_view_of(qtbot, url, settings, "B02")
+    assert np.array_equal(view.loaded.pixels, planes[2])
+    win.close()
+
+
+def _image_view_of(qtbot, url: str, settings, well: str):  # noqa: ANN001, ANN202 (Settings; window and view)
+    """A real main window on the store, its image view showing ``well``'s first image."""
+    from nscmonitor.gui.app import open_store
+    from nscmonitor.gui.main_window import MainWindow
+
     win = MainWindow(open_store(url), settings, poll_s=0.2)
     qtbot.addWidget(win)
     win.show()
     qtbot.waitUntil(lambda: win.cube is not None and win.cube.n_times == 1, timeout=15000)
-    win.plate_map.set_selection(["B02"])
+    win.plate_map.set_selection([well])
     win.tabs.setCurrentWidget(win.image_view)
     view = win.image_view
-    qtbot.waitUntil(lambda: view.loaded is not None, timeout=10000)
-    assert np.array_equal(view.loaded.pixels, planes[2])
-    win.close()
+    qtbot.waitUntil(lambda: view.loaded is not None and view.geometry_used is not None, timeout=10000)
+    return win, view
 
 
 def test_image_view_overlays_tiles_at_the_folders_pixel_size(qtbot, tmp_path: Path) -> None:
@@ -50,8 +57,6 @@ def test_image_view_overlays_tiles_at_the_folders_pixel_size(qtbot, tmp_path: Pa
     from nscmonitor.config import parse_settings
     from nscmonitor.daemon import build_runner
     from nscmonitor.engines.tiny import build_tiny_classifier
-    from nscmonitor.gui.app import open_store
-    from nscmonitor.gui.main_window import MainWindow
 
     model = tmp_path / "models" / "tiny.onnx"
     build_tiny_classifier(model, input_size=32, pixel_size_um=1.24)
@@ -65,14 +70,7 @@ def test_image_view_overlays_tiles_at_the_folders_pixel_size(qtbot, tmp_path: Pa
                                           "pixel_size_um": 2.48}]})
     build_runner(settings, model=model, retry_base_s=0.1).run(once=True)
 
-    win = MainWindow(open_store(url), settings, poll_s=0.2)
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitUntil(lambda: win.cube is not None and win.cube.n_times == 1, timeout=15000)
-    win.plate_map.set_selection(["B02"])
-    win.tabs.setCurrentWidget(win.image_view)
-    view = win.image_view
-    qtbot.waitUntil(lambda: view.loaded is not None and view.geometry_used is not None, timeout=10000)
+    win, view = _image_view_of(qtbot, url, settings, "B02")
     assert view.loaded.pixel_size_um == 2.48 and (view.loaded.rows, view.loaded.cols) == (6, 8)
     assert view.geometry_used.exact and view.geometry_used.tile_w == 16.0
     rect = view.overlay.mapRectToParent(view.overlay.boundingRect())
