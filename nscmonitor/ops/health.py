@@ -269,7 +269,51 @@ def _watch_checks(s: Settings) -> list[Check]:
         msg = drive_letter_warning(w.path, is_windows=sys.platform == "win32")
         if msg:
             checks.append((f"watch {w.experiment} path", False, msg))
+        if ok:
+            checks.append(_pixel_size_check(w))
     return checks
+
+
+#: directory entries the pixel-size check looks through for an image (a network share can hold millions)
+_SAMPLE_ENTRIES = 2000
+
+
+def _pixel_size_check(w: Any) -> Check:  # config.WatchFolder
+    """Where the folder's pixel size comes from: without one (the file states none and the
+    folder sets none) the daemon serves a frame at its own scale, and an image of another
+    magnification is not caught (docs/training.md). Advice, not a failure: many instruments
+    write no resolution tags."""
+    from nscmonitor.readers.decode import DecodeError, decode
+
+    name = f"watch {w.experiment} pixel size"
+    if w.pixel_size_um is not None:
+        return name, True, f"{w.pixel_size_um:g} um/px for files that state none (the folder's pixel_size_um)"
+    sample = _an_image(w.path)
+    if sample is None:
+        return name, True, "no image in the folder yet to read it from"
+    try:
+        um = decode(str(sample), content_hash=False, channel=w.channel).pixel_size_um
+    except DecodeError as exc:
+        return name, True, f"{sample.name}: not read ({exc.reason})"
+    if um is not None:
+        return name, True, f"the files state it ({sample.name}: {um:.3g} um/px)"
+    return name, True, (f"{sample.name} states none: an image of another magnification cannot be caught; "
+                        "set pixel_size_um for this folder")
+
+
+def _an_image(root: Path) -> Path | None:
+    """A TIFF of the folder: TIFF exports are where resolution tags go missing (the native
+    formats carry their pixel size in their metadata)."""
+    seen = 0
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            if f.lower().endswith((".tif", ".tiff")) and not f.startswith("."):
+                return Path(folder) / f
+        seen += len(files) + len(dirs)
+        if seen > _SAMPLE_ENTRIES:
+            return None
+    return None
 
 
 def _model_file_checks(s: Settings) -> list[Check]:

@@ -60,3 +60,32 @@ def test_doctor_says_which_precisions_openvino_has_on_this_cpu(tmp_path: Path, c
     for cap in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         assert cap in line
     assert ("non-int8 layers may run bf16" in line) == has_bf16()
+
+
+def test_doctor_says_where_each_watch_folders_pixel_size_comes_from(tmp_path: Path, capsys) -> None:
+    """Real TIFFs: a folder whose files state their pixel size, one whose files state none
+    (advice to set ``pixel_size_um``), one that sets it, and one with no image yet."""
+    import numpy as np
+    import tifffile
+
+    img = np.full((16, 16), 100, np.uint16)
+    for name in ("tagged", "plain", "set", "empty"):
+        (tmp_path / name / "sub").mkdir(parents=True)
+    tifffile.imwrite(tmp_path / "tagged" / "sub" / "A01.tif", img, resolution=(1e4 / 1.24, 1e4 / 1.24),
+                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(tmp_path / "plain" / "A01.tif", img)
+    tifffile.imwrite(tmp_path / "set" / "A01.tif", img)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'database_url = "sqlite:///{(tmp_path / "nsc.db").as_posix()}"\n'
+                   f'models_dir = "{(tmp_path / "models").as_posix()}"\nlog_dir = "{(tmp_path / "logs").as_posix()}"\n'
+                   + "".join(f'[[watch]]\npath = "{(tmp_path / n).as_posix()}"\nexperiment = "{n}"\n'
+                             + ("pixel_size_um = 2.48\n" if n == "set" else "")
+                             for n in ("tagged", "plain", "set", "empty")))
+    assert cli_main(["--config", str(cfg), "doctor"]) == 0
+    lines = {line[4:].split(" pixel size")[0].removeprefix("watch "): line
+             for line in capsys.readouterr().out.splitlines() if " pixel size" in line and "watch " in line}
+    assert set(lines) == {"tagged", "plain", "set", "empty"}
+    assert "the files state it (A01.tif: 1.24 um/px)" in lines["tagged"]
+    assert "A01.tif states none" in lines["plain"] and "set pixel_size_um" in lines["plain"]
+    assert "2.48 um/px for files that state none" in lines["set"]
+    assert "no image in the folder yet" in lines["empty"]
