@@ -270,7 +270,7 @@ def _watch_checks(s: Settings) -> list[Check]:
         if msg:
             checks.append((f"watch {w.experiment} path", False, msg))
         if ok:
-            checks.append(_pixel_size_check(w))
+            checks.append(_pixel_size_check(w, s.max_pixels))
     return checks
 
 
@@ -278,7 +278,7 @@ def _watch_checks(s: Settings) -> list[Check]:
 _SAMPLE_ENTRIES = 2000
 
 
-def _pixel_size_check(w: Any) -> Check:  # config.WatchFolder
+def _pixel_size_check(w: Any, max_pixels: int) -> Check:  # config.WatchFolder
     """Where the folder's pixel size comes from: without one (the file states none and the
     folder sets none) the daemon serves a frame at its own scale, and an image of another
     magnification is not caught (docs/training.md). Advice, not a failure: many instruments
@@ -292,7 +292,7 @@ def _pixel_size_check(w: Any) -> Check:  # config.WatchFolder
     if sample is None:
         return name, True, "no image in the folder yet to read it from"
     try:
-        um = decode(str(sample), content_hash=False, channel=w.channel).pixel_size_um
+        um = decode(str(sample), max_pixels=max_pixels, content_hash=False, channel=w.channel).pixel_size_um
     except DecodeError as exc:
         return name, True, f"{sample.name}: not read ({exc.reason})"
     if um is not None:
