@@ -64,6 +64,10 @@ class TileRecord:
     #: the channel scored inside a multi-channel stack or container (the watch folder's
     #: ``channel`` setting, by name or 1-based number); None: a file's only or first plane
     channel: str | None = None
+    #: the pixel size assumed for a file that states none (its watch folder's ``pixel_size_um``,
+    #: as the daemon scored it); a store export gives it, so that images of another
+    #: magnification are cut at the same physical tile as the rest
+    pixel_size_um: float | None = dc_field(default=None, compare=False, hash=False)
 
     @property
     def well_key(self) -> tuple[str, str, str]:
@@ -129,7 +133,8 @@ def read_tiles_export(root: str | Path, label_mode: str = "tile") -> tuple[list[
                 timepoint=_int(row.get("timepoint")), elapsed_h=_float(row.get("elapsed_h")),
                 condition=row.get("condition", "") or "", split=(row.get("split") or None), fractions=fr,
                 target=_shares(fr) if label_mode == "tile" else {},
-                channel=(row.get("channel") or "").strip() or None))
+                channel=(row.get("channel") or "").strip() or None,
+                pixel_size_um=_float(row.get("pixel_size_um"))))
     info = DataInfo("tiles", meta.get("pixel_size_um"), meta.get("tile_size"),
                     tuple(meta.get("classes", MULTICLASS)))
     if label_mode == "well":
@@ -291,34 +296,55 @@ def read_image(path: str | Path, *, channel: str | None = None) -> np.ndarray:
     the ``channel`` of a multi-channel stack or container (its first plane when None), RGB
     as the daemon sees it. A file the daemon could not read is a ``DataError`` naming it.
     The content hash is skipped: ``data_hash`` hashes every file once before loading."""
+    return read_plane(path, channel=channel)[0]
+
+
+def read_plane(path: str | Path, *, channel: str | None = None,
+               fallback_um: float | None = None) -> tuple[np.ndarray, float | None]:
+    """``read_image`` and the pixel size the daemon assumes for it: the file's own, else
+    ``fallback_um`` (its watch folder's setting)."""
     from nscmonitor.readers.decode import DecodeError, decode
 
     try:
-        return decode(path, channel=channel, content_hash=False).pixels
+        dec = decode(path, channel=channel, content_hash=False)
     except DecodeError as exc:
         raise DataError(f"{path}: {exc.reason}") from exc
+    return dec.pixels, dec.pixel_size_um or fallback_um
+
+
+def model_pixel_um(source_um: float | None, tile_size: int | None, image_size: int) -> float | None:
+    """The model's pixel size: ``tile_size`` source pixels of ``source_um`` (the export's
+    pixel size) resampled to ``image_size``; None where either is unknown."""
+    if not source_um or not tile_size:
+        return None
+    return float(source_um) * tile_size / image_size
 
 
 def image_tiles(path: str | Path, tile_size: int | None, image_size: int, *, channel: str | None = None,
-                p_low: float = P_LOW, p_high: float = P_HIGH) -> np.ndarray:
+                p_low: float = P_LOW, p_high: float = P_HIGH, model_um: float | None = None,
+                fallback_um: float | None = None) -> np.ndarray:
     """One image -> N x image_size x image_size model inputs through the daemon's own
-    reader and preprocessing (``scoring.preprocess``): ``tile_size`` source pixels make one
-    tile (the whole image when None), which is the model's pixel size relative to the
-    source's."""
+    reader and preprocessing (``scoring.preprocess``). Where the model's pixel size
+    (``model_um``) and the image's (the file's own, else ``fallback_um``) are both known,
+    the image is resampled between them, as the daemon does, so images of several
+    magnifications train at one scale; else ``tile_size`` source pixels make one tile (the
+    whole image when None)."""
     from nscmonitor.scoring.preprocess import Preprocess
 
-    img = read_image(path, channel=channel)
-    pre = Preprocess(input_size=image_size, p_low=p_low, p_high=p_high)
-    return pre.tiles(img, factor=pre.factor(tile_px=tile_size or max(img.shape))).tiles[:, 0]
+    img, image_um = read_plane(path, channel=channel, fallback_um=fallback_um)
+    pre = Preprocess(input_size=image_size, p_low=p_low, p_high=p_high, pixel_size_um=model_um)
+    return pre.tiles(img, factor=pre.factor(image_um, tile_px=tile_size or max(img.shape))).tiles[:, 0]
 
 
 def raw_tiles(records: Sequence[TileRecord], tile_size: int | None, limit: int, *, seed: int = 0,
-              p_low: float = P_LOW, p_high: float = P_HIGH) -> tuple[list[np.ndarray], list[str], list[str], np.ndarray]:
+              p_low: float = P_LOW, p_high: float = P_HIGH,
+              source_um: float | None = None) -> tuple[list[np.ndarray], list[str], list[str], np.ndarray]:
     """A seeded sample of RAW tiles (file intensities) for the calibration set that travels
     with the model: one tile per chosen image. A tiles-export file is one tile and its own
     image; from a larger image one grid cell of ``tile_size`` pixels is cut and the image's
-    percentiles come along (the contract scales per image). Returns (tiles, wells, labels,
-    lohi as N x 2)."""
+    percentiles come along (the contract scales per image). The set has one pixel size, the
+    export's (``source_um``): an image of another magnification gives a cell of another size,
+    and is passed over. Returns (tiles, wells, labels, lohi as N x 2)."""
     from nscmonitor.scoring.preprocess import percentiles
 
     unique = list(dict.fromkeys(records))
@@ -330,10 +356,11 @@ def raw_tiles(records: Sequence[TileRecord], tile_size: int | None, limit: int, 
         if len(tiles) >= limit:
             break
         r = unique[i]
-        img = read_image(r.path, channel=r.channel)
+        img, image_um = read_plane(r.path, channel=r.channel, fallback_um=r.pixel_size_um)
         t = tile_size or min(img.shape)
         h, w = img.shape
-        if h < t or w < t:
+        other_scale = bool(tile_size and source_um and image_um and round(tile_size * source_um / image_um) != tile_size)
+        if h < t or w < t or other_scale:
             continue
         rows, cols = h // t, w // t
         cell = int(rng.integers(rows * cols))
@@ -352,8 +379,11 @@ def raw_tiles(records: Sequence[TileRecord], tile_size: int | None, limit: int, 
 
 
 def load_arrays(records: Sequence[TileRecord], classes: Sequence[str], *, tile_size: int | None,
-                image_size: int, progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[TileRecord]]:
-    """Decode, scale and tile every record once (float16 in memory): (x, y, tile_records)."""
+                image_size: int, progress: bool = False,
+                model_um: float | None = None) -> tuple[np.ndarray, np.ndarray, list[TileRecord]]:
+    """Decode, scale and tile every record once (float16 in memory): (x, y, tile_records).
+    ``model_um``: the model's pixel size, to which each image is resampled from its own
+    (``image_tiles``)."""
     index = {c: i for i, c in enumerate(classes)}
     xs, ys, recs = [], [], []
     it = records
@@ -361,7 +391,8 @@ def load_arrays(records: Sequence[TileRecord], classes: Sequence[str], *, tile_s
         from rich.progress import track
         it = track(records, description="loading tiles", transient=True, disable=not sys.stdout.isatty())
     for r in it:
-        t = image_tiles(r.path, tile_size, image_size, channel=r.channel)
+        t = image_tiles(r.path, tile_size, image_size, channel=r.channel, model_um=model_um,
+                        fallback_um=r.pixel_size_um)
         xs.append(t.astype(np.float16))
         ys.extend([index[r.label]] * len(t))
         recs.extend([r] * len(t))

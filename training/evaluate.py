@@ -285,7 +285,8 @@ def _model_logits(model_path: Path, records: list[TileRecord], device: str):
         meta = {"scheme": md.scheme, "classes": list(md.classes), "image_size": md.input_size,
                 "tile_size": md.extra.get("tile_size_px"), "arch": md.arch,
                 **{k: md.extra[k] for k in ("well_calibration", "call_rule") if md.extra.get(k)}}
-        x, y, recs = load_arrays(records, md.classes, tile_size=meta["tile_size"], image_size=md.input_size)
+        x, y, recs = load_arrays(records, md.classes, tile_size=meta["tile_size"], image_size=md.input_size,
+                                 model_um=md.pixel_size_um)
         engine = OrtCpuEngine(model_path, md)
         engine.load()
         probs = np.concatenate([engine.infer(x[i:i + 64, None].astype(np.float32)) for i in range(0, len(x), 64)])
@@ -297,7 +298,8 @@ def _model_logits(model_path: Path, records: list[TileRecord], device: str):
     from nscmonitor.training.train import predict_logits
 
     model, meta = load_checkpoint(model_path)
-    x, y, recs = load_arrays(records, meta["classes"], tile_size=meta["tile_size"], image_size=meta["image_size"])
+    x, y, recs = load_arrays(records, meta["classes"], tile_size=meta["tile_size"], image_size=meta["image_size"],
+                             model_um=meta.get("pixel_size_um"))
     logits = predict_logits(model.to(device), x, torch.device(device))
     return logits, y, recs, meta, float(meta.get("temperature", 1.0))
 

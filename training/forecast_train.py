@@ -160,7 +160,7 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
                                           for r in records]
         reused[0] = sum(f is not None for f in feats)
         todo = [i for i, f in enumerate(feats) if f is None]
-        it = track(WF.read_features([records[i] for i in todo], px, workers), total=len(todo),
+        it = track(WF.read_features([records[i] for i in todo], px, workers, info.pixel_size_um), total=len(todo),
                    description="well features", disable=not progress, transient=True)
         for i, f in zip(todo, it):
             feats[i] = f

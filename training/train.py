@@ -52,9 +52,7 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 def run_metadata(cfg: TrainConfig, info: D.DataInfo, classes: list[str], dhash: str) -> dict[str, Any]:
     """What export and explain need to rebuild the daemon's preprocessing from a checkpoint."""
-    px = info.pixel_size_um
-    if px is not None and cfg.tile_size:
-        px = px * cfg.tile_size / cfg.image_size
+    px = D.model_pixel_um(info.pixel_size_um, cfg.tile_size, cfg.image_size) if cfg.tile_size else info.pixel_size_um
     return {"scheme": cfg.scheme, "classes": classes, "arch": cfg.arch, "image_size": cfg.image_size,
             "tile_size": cfg.tile_size, "pixel_size_um": px, "data_hash": dhash,
             "normalization": {"p_low": D.P_LOW, "p_high": D.P_HIGH, "mean": GREY_MEAN, "std": GREY_STD},
@@ -343,10 +341,10 @@ def write_calibration_set(cfg: TrainConfig, splits: dict[str, Split], out: Path,
     from nscmonitor.engines.calibration import N_CALIB, N_HELDOUT, read_manifest, write_model_tiles
 
     tile = cfg.tile_size
-    ci, cw, _, clohi = D.raw_tiles(splits["train"].records, tile, N_CALIB, seed=cfg.seed)
-    held = splits["test"].records + splits["val"].records
-    hi, hw, hl, hlohi = D.raw_tiles(held, tile, N_HELDOUT, seed=cfg.seed + 1)
     px = meta.get("source_pixel_size_um") if tile else None
+    ci, cw, _, clohi = D.raw_tiles(splits["train"].records, tile, N_CALIB, seed=cfg.seed, source_um=px)
+    held = splits["test"].records + splits["val"].records
+    hi, hw, hl, hlohi = D.raw_tiles(held, tile, N_HELDOUT, seed=cfg.seed + 1, source_um=px)
     path = write_model_tiles(out, ci, cw, hi, hw, hl, source=f"{meta.get('source', '')}:{cfg.data}",
                              pixel_size_um=px, calib_lohi=clohi, heldout_lohi=hlohi)
     manifest = read_manifest(path)

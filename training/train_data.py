@@ -124,7 +124,8 @@ def prepare_data(cfg: TrainConfig) -> tuple[dict[str, Split], D.DataInfo, list[s
         recs = [r for r in records if r.split == name]
         if name == "train" and cfg.min_train_h is not None:
             recs = [r for r in recs if r.elapsed_h is None or r.elapsed_h >= cfg.min_train_h]
-        x, y, tr = D.load_arrays(recs, classes, tile_size=tile, image_size=size, progress=cfg.progress)
+        x, y, tr = D.load_arrays(recs, classes, tile_size=tile, image_size=size, progress=cfg.progress,
+                                 model_um=D.model_pixel_um(info.pixel_size_um, tile, size))
         # validation keeps the hard labels: early stopping and calibration judge the call
         soft = D.soft_targets(tr, classes) if cfg.soft_labels and name == "train" else None
         splits[name] = Split(x, y, tr, soft)

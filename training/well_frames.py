@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nscmonitor.scoring import well_sequence as WS
-from nscmonitor.training.data import TileRecord, read_image
+from nscmonitor.scoring.preprocess import tile_px_at
+from nscmonitor.training.data import TileRecord, read_image, read_plane
 
 
 @dataclass
@@ -96,18 +97,21 @@ def same_hour_plate_z(wells: Sequence[Well]) -> list[np.ndarray]:
                       for h, f in zip(w.hours, map(WS.model_part, w.features))]).astype(np.float32) for w in wells]
 
 
-def record_features(record: TileRecord, tile_px: int) -> np.ndarray:
+def record_features(record: TileRecord, tile_px: int, source_um: float | None = None) -> np.ndarray:
     """One image's features as the daemon's second stage computes them: the mean over its
-    ``tile_px`` tiles (a simulator export's file is one such tile; a store export points at
-    whole frames)."""
-    return WS.frame_features(read_image(record.path, channel=record.channel), tile_px)
+    tiles (a simulator export's file is one such tile; a store export points at whole
+    frames) of ``tile_px`` pixels of the export's ``source_um``, i.e. the same physical field
+    in an image of another magnification, as the daemon cuts it (``forecast.tile_px_for``)."""
+    img, image_um = read_plane(record.path, channel=record.channel, fallback_um=record.pixel_size_um)
+    return WS.frame_features(img, tile_px_at(tile_px, source_um, image_um))
 
 
 #: below this many images a process pool costs more to start than it saves
 POOL_MIN_IMAGES = 256
 
 
-def read_features(records: Sequence[TileRecord], tile_px: int, workers: int | None = None) -> Iterator[np.ndarray]:
+def read_features(records: Sequence[TileRecord], tile_px: int, workers: int | None = None,
+                  source_um: float | None = None) -> Iterator[np.ndarray]:
     """``record_features`` of each record, in order. Reading and measuring the images is most of
     a forecast training's time (some 20 ms per 224 px field, 0.7 s per 1408 x 1040 frame), and
     each image stands alone, so many images are spread over ``workers`` processes (default:
@@ -116,11 +120,11 @@ def read_features(records: Sequence[TileRecord], tile_px: int, workers: int | No
     guard, as for any spawned pool)."""
     n = workers if workers is not None else (os.cpu_count() or 1)
     if n <= 1 or len(records) < POOL_MIN_IMAGES:
-        yield from (record_features(r, tile_px) for r in records)
+        yield from (record_features(r, tile_px, source_um) for r in records)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(record_features, records, [tile_px] * len(records),
+        yield from pool.map(record_features, records, [tile_px] * len(records), [source_um] * len(records),
                             chunksize=max(1, min(64, len(records) // (8 * n))))

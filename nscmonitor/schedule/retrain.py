@@ -130,8 +130,10 @@ def collect_samples(engine, *, up_to: int | None, channel: str | None = None,
 def write_dataset(samples: list[Sample], out_dir: Path, *, tile_size: int | None, pixel_size_um: float | None) -> None:
     """``out_dir/tiles.csv`` + ``tiles.json`` in the training's tiles-export format, pointing
     at the original images (read-only, never copied), each with the channel the daemon
-    scored in it; the trainer reads that plane and cuts it into ``tile_size`` tiles as the
-    daemon does."""
+    scored in it and the pixel size it assumed where the file states none (the watch
+    folder's setting); the trainer reads that plane and cuts it into tiles of ``tile_size``
+    pixels of ``pixel_size_um`` (the same physical field in an image of another
+    magnification) as the daemon does."""
     import csv
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -139,12 +141,13 @@ def write_dataset(samples: list[Sample], out_dir: Path, *, tile_size: int | None
     with open(out_dir / "tiles.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "plate", "well", "field", "timepoint", "elapsed_h", "condition", "label",
-                    *[f"frac_{c}" for c in classes], "split", "channel"])
+                    *[f"frac_{c}" for c in classes], "split", "channel", "pixel_size_um"])
         for smp in samples:
             fr = smp.fractions or {}
             w.writerow([to_db(smp.path), f"{smp.experiment}/{smp.plate}", smp.well, smp.field or "", smp.timepoint or "",
                         "" if smp.elapsed_h is None else smp.elapsed_h, "", smp.label,
-                        *[fr.get(c, "") for c in classes], smp.split, smp.channel or ""])
+                        *[fr.get(c, "") for c in classes], smp.split, smp.channel or "",
+                        "" if smp.pixel_size_um is None else smp.pixel_size_um])
     (out_dir / "tiles.json").write_text(json.dumps({"pixel_size_um": pixel_size_um, "tile_size": tile_size,
                                                     "classes": list(classes), "source": "store"}))
 
@@ -182,7 +185,7 @@ def _tile_geometry(settings: Settings, samples: list[Sample], base_meta) -> tupl
     px = None
     for smp in samples[:5]:
         try:
-            px = decode(smp.path, content_hash=False).pixel_size_um or smp.pixel_size_um
+            px = decode(smp.path, channel=smp.channel, content_hash=False).pixel_size_um or smp.pixel_size_um
             break
         except DecodeError:
             continue

@@ -29,6 +29,7 @@ from nscmonitor.core.errors import UserFacingError
 from nscmonitor.registry import forecasts as FR
 from nscmonitor.scoring import forecast_ood as FO
 from nscmonitor.scoring import well_sequence as WS
+from nscmonitor.scoring.preprocess import tile_px_at
 from nscmonitor.store import forecasts as F
 
 log = logging.getLogger(__name__)
@@ -108,10 +109,7 @@ def batch_features(images: Sequence[tuple[int, np.ndarray, float | None]], meta:
 
 def tile_px_for(meta: dict, pixel_size_um: float | None) -> int:
     """The training tile size in this image's pixels (same physical size when both are known)."""
-    px, trained = int(meta.get("tile_px") or 128), meta.get("pixel_size_um")
-    if pixel_size_um and trained:
-        return max(8, int(round(px * float(trained) / float(pixel_size_um))))
-    return px
+    return tile_px_at(int(meta.get("tile_px") or 128), meta.get("pixel_size_um"), pixel_size_um)
 
 
 @dataclass(frozen=True)

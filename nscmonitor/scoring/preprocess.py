@@ -76,6 +76,15 @@ def resample(img: np.ndarray, factor: float) -> np.ndarray:
     return ndimage.zoom(img, factor, order=1, prefilter=False)
 
 
+def tile_px_at(tile_px: int, ref_um: float | None, image_um: float | None) -> int:
+    """A tile of ``tile_px`` pixels of ``ref_um`` in pixels of ``image_um``: the same physical
+    field where both pixel sizes are known, else ``tile_px`` as it is. Training and the
+    daemon's feature stage cut their tiles by this one rule."""
+    if ref_um and image_um:
+        return max(8, int(round(tile_px * float(ref_um) / float(image_um))))
+    return int(tile_px)
+
+
 @dataclass(frozen=True)
 class TileGrid:
     tiles: np.ndarray  # N x C x S x S float32, kept tiles only, row-major

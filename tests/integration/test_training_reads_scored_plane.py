@@ -234,3 +234,44 @@ def test_a_folder_pixel_size_goes_from_the_store_to_the_training_data(tmp_path: 
         samples = store_dataset(settings, root / "data", labels_file=labels, tile_size=SIZE)
         assert {s.pixel_size_um for s in samples} == {um}
         assert D.discover(root / "data", "well")[1].pixel_size_um == um
+
+
+def test_frames_of_two_magnifications_train_at_one_physical_scale(tmp_path: Path, make_runner) -> None:
+    """One watch folder holds a frame at 1.0 um/px (stated in the file) and the same kind of
+    frame at 2.0 um/px (no resolution tags; the folder's setting): the data gathered from the
+    store cuts both into tiles of the same physical field, as the daemon does, for the tile
+    model, for the well forecast's features and for the calibration set (one pixel size)."""
+    from nscmonitor.scoring import well_sequence as WS
+    from nscmonitor.scoring.forecast import tile_px_for
+    from nscmonitor.scoring.preprocess import block_mean
+    from nscmonitor.training.well_frames import record_features
+
+    watch = tmp_path / "plain"
+    fine = cells_image(70, (128, 160))
+    coarse = block_mean(cells_image(71, (128, 160)).astype(np.float32), 2).astype(np.uint16)
+    write_tiff(watch / "VID1_A1_1_02d00h00m.tif", fine, resolution=(1e4, 1e4), resolutionunit="CENTIMETER")
+    write_tiff(watch / "VID1_A2_1_02d00h00m.tif", coarse)
+    runner = make_runner(watch, pixel_size_um=2.0)
+    runner.run(once=True)
+    rows = _scored(runner)
+    assert len(rows) == 2 and all(img.status == "done" for img, *_ in rows)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("experiment,plate,well,label\n" + "".join(f"{e},{p},{w},neuron\n" for _, e, p, w in rows))
+    settings = settings_for(tmp_path, watch, experiment=rows[0][1], pixel_size_um=2.0)
+    store_dataset(settings, tmp_path / "data", labels_file=labels, tile_size=SIZE)
+    records, info = D.read_tiles_export(tmp_path / "data")
+    ref = info.pixel_size_um
+    assert ref in (1.0, 2.0) and {r.pixel_size_um for r in records} == {2.0}
+    own_um = {r.path: (1.0 if r.well == "A01" else 2.0) for r in records}
+    per_record = [D.load_arrays([r], ("neuron",), tile_size=SIZE, image_size=SIZE,
+                                model_um=D.model_pixel_um(ref, SIZE, SIZE))[0] for r in records]
+    # 128 x 160 px at 1.0 um and 64 x 80 px at 2.0 um show the same field: as many tiles each
+    assert len(per_record[0]) == len(per_record[1]) == (20 if ref == 1.0 else 4)
+    other = next(r for r in records if own_um[r.path] != ref)
+    pixels = D.read_image(other.path)
+    features = record_features(other, SIZE, ref)
+    np.testing.assert_array_equal(features, WS.frame_features(pixels, tile_px_for({"tile_px": SIZE, "pixel_size_um": ref},
+                                                                                  own_um[other.path])))
+    assert not np.array_equal(features, WS.frame_features(pixels, SIZE))  # what a fixed pixel count would give
+    raw, _, _, _ = D.raw_tiles(records, SIZE, 10, source_um=ref)
+    assert len(raw) == 1 and raw[0].shape == (SIZE, SIZE)
