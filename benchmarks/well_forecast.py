@@ -10,7 +10,10 @@ Compares, per scheme, at every hour (one readout per well):
   change since induction (``plate0+well0``), and (reference, not servable) a same-hour
   z-score over the plate's wells;
 - the GRU well model (``training.temporal``) on ``plate0+well0`` sequences, one line per
-  training seed, forecasting at each hour from the frames up to it.
+  training seed, forecasting at each hour from the frames up to it;
+- for the binary question, beside the GRU trained on the binary labels, the multiclass GRU
+  read as neuron vs glia (``temporal.BinaryFromMulticlass``: what ``train-forecast --scheme
+  binary`` exports where the labels name the four fates).
 
 Per-hour classifiers fit on the training export's train and val wells; the GRU trains on
 train wells and stops and calibrates on the validation plate. Writes OUT/well_forecast.json
@@ -157,8 +160,9 @@ def run_scheme(a, scheme: str, out: Path) -> dict:
         res["methods"][f"GRU {norm}, seed {seed}"]["fit"] = info_fit
         add_calibrated_reference(res["methods"][f"GRU {norm}, seed {seed}"], p, w_te)
         if scheme == "multiclass":
-            val_p = T.step_probs(model, [tr_s[i] for i in val], info_fit["temperature"])
-            collapsed.update(collapsed_binary(a, seed, norm, val_p, w_val, p, w_te, conds))
+            read = T.BinaryFromMulticlass(model, info_fit["temperature"], classes)
+            collapsed.update(collapsed_binary(a, seed, norm, T.step_probs(read, [tr_s[i] for i in val]), w_val,
+                                              T.step_probs(read, te_s), w_te, conds))
         if a.export and seed == a.seeds[0]:
             meta = T.forecast_metadata(classes=classes, scheme=scheme, normalisation=norm, tile_px=info.tile_size,
                                        pixel_size_um=info.pixel_size_um, temperature=info_fit["temperature"],
@@ -171,42 +175,29 @@ def run_scheme(a, scheme: str, out: Path) -> dict:
     return res
 
 
-def binary_truth(w) -> str | None:
-    """A multiclass well's neuron-vs-glia answer (its mixture's, else its label's); None for
-    undifferentiated wells, which the binary scheme leaves out."""
-    r = w.records[0]
-    return r.binary if r.binary is not None else D.scheme_label(w.label, "binary")
-
-
-def collapse(p: np.ndarray) -> np.ndarray:
-    """Multiclass forecast rows (neuron, astrocyte, oligodendrocyte, undifferentiated) as the
-    binary question: P(neuron) against P(astrocyte) + P(oligodendrocyte), renormalised over the
-    committed fates (the binary scheme has no undifferentiated answer)."""
-    q = np.stack([p[:, 0], p[:, 1] + p[:, 2]], axis=1)
-    return q / np.clip(q.sum(axis=1, keepdims=True), 1e-12, None)
-
-
-def collapsed_binary(a, seed: int, norm: str, val_p, w_val, te_p, w_te, conds: list[str]) -> dict:
-    """The binary answer read off the multiclass GRU (``collapse``) on the wells that have
-    one: its well report under the protocol, and its earliest confident calls with the rule
-    chosen on the validation wells' collapsed time courses, as for any forecast."""
+def collapsed_binary(a, seed: int, norm: str, val_q, w_val, te_q, w_te, conds: list[str]) -> dict:
+    """The binary answer read off the multiclass GRU (``temporal.BinaryFromMulticlass``, what
+    ``train-forecast --scheme binary`` serves) on the wells that have one: its well report under
+    the protocol, and its earliest confident calls with the rule chosen on the validation
+    wells' time courses, as for any forecast."""
     from dataclasses import replace
+
+    from nscmonitor.training.forecast_train import answer_index
 
     bin_classes = list(D.BINARY)
 
-    def keep(ps, ws):
-        pairs = [(collapse(q), w, binary_truth(w)) for q, w in zip(ps, ws)]
-        pairs = [(q, w, bin_classes.index(t)) for q, w, t in pairs if t is not None]
-        return [q for q, _, _ in pairs], [w for _, w, _ in pairs], [y for _, _, y in pairs]
+    def keep(qs, ws):
+        pairs = [(q, w, answer_index(w, bin_classes)) for q, w in zip(qs, ws)]
+        return [(q, w, y) for q, w, y in pairs if y is not None]
 
-    qv, wv, yv = keep(val_p, w_val)
-    qt, wt, yt = keep(te_p, w_te)
-    wt_bin = [replace(w, records=[replace(r, label=bin_classes[y]) for r in w.records]) for w, y in zip(wt, yt)]
-    name = f"multiclass GRU {norm} collapsed, seed {seed}"
+    v, t = keep(val_q, w_val), keep(te_q, w_te)
+    wt_bin = [replace(w, records=[replace(r, label=bin_classes[y]) for r in w.records]) for _, w, y in t]
+    qt = [q for q, _, _ in t]
     rows = summary(well_report(qt, wt_bin, bin_classes, conds, a.resamples))
     add_calibrated_reference(rows, qt, wt_bin)
-    return {name: {"rows": rows, "calls": earliest_calls(call_wells(qv, wv, yv), call_wells(qt, wt, yt),
-                                                          bin_classes)}}
+    calls = earliest_calls(call_wells([q for q, _, _ in v], [w for _, w, _ in v], [y for _, _, y in v]),
+                           call_wells(qt, [w for _, w, _ in t], [y for _, _, y in t]), bin_classes)
+    return {f"multiclass GRU {norm} read as binary, seed {seed}": {"rows": rows, "calls": calls}}
 
 
 def table(res: dict, row: str) -> str:

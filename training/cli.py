@@ -114,7 +114,9 @@ def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-size", type=int, help="store data: tile size in image px of the features (default as for "
                    "train --from-store)")
     p.add_argument("--out", required=True, help="folder for forecast.onnx")
-    p.add_argument("--scheme", choices=("binary", "multiclass"), default="multiclass")
+    p.add_argument("--scheme", choices=("binary", "multiclass"), default="multiclass",
+                   help="multiclass (default) or binary: neuron vs glia, read off the four-fate model where every "
+                        "label names a fate, else learned from the binary labels")
     p.add_argument("--epochs", type=int, default=300, help="full-batch epochs; the best on validation is kept")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the weights (default 0)")
     p.add_argument("--compare", metavar="FORECAST.onnx",

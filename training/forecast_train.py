@@ -29,6 +29,32 @@ from nscmonitor.training import well_frames as WF
 NORMALISATION = "plate0+well0"
 
 
+def learning_labels(records: Sequence[D.TileRecord], scheme: str) -> tuple[list[D.TileRecord], list[str]]:
+    """The records the well model learns from and its classes. A binary forecast learns the
+    four fates wherever every label names one (``temporal.BinaryFromMulticlass`` reads it as
+    neuron vs glia; measured better than learning the binary labels), and the binary labels
+    themselves where some label is only "glia" (a lab whose stains tell no more)."""
+    if scheme == "binary":
+        four, _ = D.for_scheme(records, "multiclass")
+        if four and len(four) == len(records):
+            return four, list(D.MULTICLASS)
+    kept, notes = D.for_scheme(records, scheme)
+    for n in notes:
+        print(f"note: {n}")
+    return kept, list(D.scheme_classes(scheme))
+
+
+def answer_index(well: WF.Well, classes: Sequence[str]) -> int | None:
+    """A well's truth in ``classes``: its label, or for the binary question its mixture's
+    neuron-vs-glia answer where known (else its label's); None where the scheme has no answer
+    for it (an undifferentiated well in the binary scheme)."""
+    lab = well.label
+    if "glia" in classes:
+        r = well.records[0] if well.records else None
+        lab = r.binary if r is not None and r.binary is not None else D.scheme_label(well.label, "binary")
+    return list(classes).index(lab) if lab in classes else None
+
+
 def per_hour_accuracy(probs: Sequence[np.ndarray], wells: Sequence[WF.Well], truth: Sequence[int]) -> dict[str, Any]:
     """Held-out wells right at each hour (the forecast at t reads the frames up to t), with the
     95 % Wilson interval: one readout per well and hour, so n is wells."""
@@ -136,7 +162,8 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     live cells at its last scan, from a simulator export's or the labels' fractions: what an
     end-point stain counts, and what the demo judges by). ``workers``: processes that read the
     images (``well_frames.read_features``). The figures are also written to
-    ``OUT/forecast_metrics.json``."""
+    ``OUT/forecast_metrics.json``. A binary forecast is the multiclass model read as neuron vs
+    glia wherever the labels name the four fates (``learning_labels``)."""
     from rich.progress import track
 
     out = Path(out)
@@ -144,7 +171,7 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     if label_mode not in ("well", "endpoint"):
         raise UserFacingError(f"label mode {label_mode!r}: the well model learns one fate per well, 'well' or 'endpoint'")
     records, info = D.discover(data, label_mode)
-    records, _ = D.for_scheme(records, scheme)
+    records, learn_classes = learning_labels(records, scheme)
     if not info.tile_size:
         raise UserFacingError(f"{data}: the well model needs a tiles export whose tiles.json gives tile_size "
                               "(the daemon cuts each frame into tiles of that size for its features)")
@@ -177,7 +204,8 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
         print(f"{n_all - len(wells)} of {n_all} wells have no induction (0 h) frame, or their plate has "
               "no induction scan: left out")
     seqs = WF.sequences(wells, NORMALISATION)
-    y = [classes.index(w.label) for w in wells]
+    learn_y = [learn_classes.index(w.label) for w in wells]
+    y = [answer_index(w, classes) for w in wells]  # None: no answer in the scheme (left out of the figures)
     idx = {s: [i for i, w in enumerate(wells) if w.split == s] for s in ("train", "val", "test")}
     if not idx["train"] or not idx["val"]:
         raise UserFacingError(f"{data}: the well model needs both training and validation wells with an induction "
@@ -185,16 +213,25 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     summary = S.split_summary({s: [r for r in records if r.split == s] for s in ("train", "val", "test")})
     if summary["warning"]:
         print(f"warning: {summary['warning']}")
-    model, fit = T.train_gru([seqs[i] for i in idx["train"]], [y[i] for i in idx["train"]],
-                             [seqs[i] for i in idx["val"]], [y[i] for i in idx["val"]], len(classes),
-                             seed=seed, epochs=epochs, progress=progress)
-    held = idx["test"] or idx["val"]
-    probs = T.step_probs(model, [seqs[i] for i in held], fit["temperature"])
+    net, fit = T.train_gru([seqs[i] for i in idx["train"]], [learn_y[i] for i in idx["train"]],
+                           [seqs[i] for i in idx["val"]], [learn_y[i] for i in idx["val"]], len(learn_classes),
+                           seed=seed, epochs=epochs, progress=progress)
+    read_from = None
+    model, temperature = net, fit["temperature"]
+    if learn_classes != classes:  # a binary forecast read off the multiclass model
+        model, temperature = T.BinaryFromMulticlass(net, fit["temperature"], learn_classes), 1.0
+        read_from = {"scheme": "multiclass", "classes": list(learn_classes), "temperature": fit["temperature"]}
+        print("binary forecast: the multiclass model read as neuron vs astrocyte + oligodendrocyte")
+    held = [i for i in (idx["test"] or idx["val"]) if y[i] is not None]
+    val = [i for i in idx["val"] if y[i] is not None]
+    probs = T.step_probs(model, [seqs[i] for i in held], temperature)
     metrics = {"split": "test" if idx["test"] else "val (no test plate)", "wells": len(held), "label_mode": label_mode,
                "per_hour": per_hour_accuracy(probs, [wells[i] for i in held], [y[i] for i in held]), "fit": fit}
+    if read_from:
+        metrics["read_from"] = read_from
     metrics["mean_accuracy"] = mean_accuracy(metrics["per_hour"])
-    val_probs = T.step_probs(model, [seqs[i] for i in idx["val"]], fit["temperature"])
-    metrics["calls"] = earliest_calls(call_wells(val_probs, [wells[i] for i in idx["val"]], [y[i] for i in idx["val"]]),
+    val_probs = T.step_probs(model, [seqs[i] for i in val], temperature)
+    metrics["calls"] = earliest_calls(call_wells(val_probs, [wells[i] for i in val], [y[i] for i in val]),
                                       call_wells(probs, [wells[i] for i in held], [y[i] for i in held]), classes)
     metrics["stored_features"] = {"images": len(records), "reused": n_stored}
     ood, metrics["ood"] = fit_frame_ood(records, np.asarray(image_features, np.float64))
@@ -202,7 +239,7 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
         metrics["compared"] = compare_with(compare, wells, held, [y[i] for i in held], classes,
                                            int(info.tile_size), wells_at)
     meta = T.forecast_metadata(classes=classes, scheme=scheme, normalisation=NORMALISATION, tile_px=info.tile_size,
-                               pixel_size_um=info.pixel_size_um, temperature=fit["temperature"],
+                               pixel_size_um=info.pixel_size_um, temperature=temperature, read_from=read_from,
                                n_features=WS.MODEL_FEATURES,
                                version=version or f"forecast-{out.resolve().name}",
                                data_hash=D.data_hash(records), metrics=metrics,

@@ -277,6 +277,53 @@ def test_endpoint_labels_judge_each_well_by_its_live_cells_at_its_last_scan(expo
         main(["train-forecast", "--data", str(export), "--out", str(tmp_path / "x"), "--label-mode", "tile"])
 
 
+def test_a_binary_forecast_learns_the_four_fates_and_answers_neuron_or_glia(export: Path, tmp_path: Path,
+                                                                           capsys) -> None:
+    """Where every label names a fate, --scheme binary trains the multiclass model (the
+    undifferentiated wells included) and exports it read as neuron vs glia; its figures are
+    the held-out wells that have a binary answer, as the exported file forecasts them. Where
+    some label is only "glia", it learns the binary labels as before."""
+    from nscmonitor.cli import main
+    from nscmonitor.scoring.forecast import load_forecast_model
+    from nscmonitor.training import data as D
+    from nscmonitor.training import splits as S
+    from nscmonitor.training import well_frames as WF
+    from nscmonitor.training.forecast_train import answer_index, per_hour_accuracy
+
+    assert main(["train-forecast", "--data", str(export), "--out", str(tmp_path / "fc"), "--epochs", "20",
+                 "--scheme", "binary"]) == 0
+    assert "the multiclass model read as neuron vs astrocyte + oligodendrocyte" in capsys.readouterr().out
+    model = load_forecast_model(tmp_path / "fc" / "forecast.onnx")
+    meta = model.meta
+    assert meta["scheme"] == "binary" and meta["classes"] == ["neuron", "glia"] and meta["temperature"] == 1.0
+    assert meta["read_from"]["classes"] == list(D.MULTICLASS) and meta["read_from"]["temperature"] > 0
+    records = S.assign_splits(D.for_scheme(D.discover(export, "well")[0], "multiclass")[0], seed=0)
+    wells = [w for w in WF.wells_of(records, np.asarray([WF.record_features(r, 64) for r in records]))
+             if WF.well_start(w) is not None and w.split == "test"]
+    keep = [i for i, w in enumerate(wells) if answer_index(w, ["neuron", "glia"]) is not None]
+    held = [wells[i] for i in keep]
+    assert any(w.label == "undifferentiated" for w in wells) and len(held) < len(wells)
+    seqs = WF.sequences(wells, "plate0+well0")  # the plate reference holds every well, answered or not
+    probs = [np.stack([model.probs(seqs[i][:t + 1]) for t in range(len(seqs[i]))]) for i in keep]
+    assert meta["metrics"]["per_hour"] == per_hour_accuracy(probs, held, [answer_index(w, ["neuron", "glia"])
+                                                                          for w in held])
+    # labels that only say "glia": the binary labels are learned
+    glia = tmp_path / "glia"
+    shutil.copytree(export, glia)
+    rows = list(csv.DictReader((glia / "tiles.csv").open()))
+    for r in rows:
+        r["condition"] = ""
+        r["label"] = "glia" if r["label"] in ("astrocyte", "oligodendrocyte") else r["label"]
+    with (glia / "tiles.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["train-forecast", "--data", str(glia), "--out", str(tmp_path / "fc2"), "--epochs", "20",
+                 "--scheme", "binary"]) == 0
+    plain = load_forecast_model(tmp_path / "fc2" / "forecast.onnx").meta
+    assert "read_from" not in plain and plain["classes"] == ["neuron", "glia"] and plain["temperature"] != 1.0
+
+
 def test_image_features_read_by_a_process_pool_are_those_read_one_by_one(export: Path) -> None:
     from nscmonitor.training import data as D
     from nscmonitor.training import well_frames as WF

@@ -133,6 +133,29 @@ def test_onnx_export_carries_metadata_and_matches_torch(tmp_path):
         np.testing.assert_allclose(cut[-1], got[1], atol=1e-5)
 
 
+def test_the_binary_forecast_read_off_a_multiclass_model_is_its_neuron_against_glia_share(tmp_path):
+    """P(neuron) against P(astrocyte) + P(oligodendrocyte), renormalised over the committed fates,
+    after the multiclass temperature, in torch and in the exported ONNX graph."""
+    from nscmonitor.scoring.forecast import load_forecast_model
+
+    rng = np.random.default_rng(5)
+    classes = ("neuron", "astrocyte", "oligodendrocyte", "undifferentiated")
+    torch.manual_seed(5)
+    net = T.WellGRU(5, 4)
+    seqs = [rng.normal(size=(n, 5)).astype(np.float32) for n in (3, 4, 6)]
+    read = T.BinaryFromMulticlass(net, 1.7, classes)
+    for s in seqs:
+        p = T.step_probs(net, [s], 1.7)[0]
+        want = np.stack([p[:, 0], p[:, 1] + p[:, 2]], 1) / (1.0 - p[:, 3:4])
+        np.testing.assert_allclose(T.step_probs(read, [s])[0], want, rtol=1e-5)
+    meta = T.forecast_metadata(classes=("neuron", "glia"), scheme="binary", normalisation="plate0", tile_px=64,
+                               pixel_size_um=None, temperature=1.0, n_features=4, version="forecast-binary",
+                               read_from={"scheme": "multiclass", "classes": list(classes), "temperature": 1.7})
+    model = load_forecast_model(T.export_forecast(read, meta, tmp_path / "forecast.onnx", seqs[:1]))
+    assert model.meta["read_from"]["temperature"] == 1.7 and model.meta["classes"] == ["neuron", "glia"]
+    np.testing.assert_allclose(model.probs(seqs[2]), T.step_probs(read, [seqs[2]])[0][-1], atol=1e-5)
+
+
 def test_stored_features_without_the_optics_are_not_reused_for_training(tmp_path) -> None:
     """Rows stored before the optics features (the model's 27) are left out of a features file,
     so train-forecast reads those images again and every image gives the OOD fit all 29."""
