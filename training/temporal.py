@@ -50,11 +50,11 @@ class BinaryFromMulticlass(nn.Module):
     """The neuron-vs-glia forecast read off a multiclass well model: after the multiclass
     temperature, logits log P(neuron) and log(P(astrocyte) + P(oligodendrocyte)), whose softmax
     renormalises over the committed fates (undifferentiated has no binary answer). On 624
-    held-out binary wells (docs/training.md, "The binary forecast: the multiclass model read as
-    neuron vs glia") it called 0-1.8 % of wells
-    wrong over three seeds where a GRU trained on the binary labels called 1.3-13 % wrong, and
-    was better calibrated before 48 h; it also learns from the undifferentiated wells, which
-    the binary labels leave out."""
+    held-out binary wells (docs/training.md, "The binary forecast: the multiclass model read
+    as neuron vs glia") it called at most 2 % of wells wrong for five of six seeds (0-4.8 %)
+    where a GRU trained on the binary labels did so for one (1.3-13 %), and was better
+    calibrated before 48 h; it also learns from the undifferentiated wells, which the binary
+    labels leave out."""
 
     def __init__(self, model: nn.Module, temperature: float, classes: Sequence[str]) -> None:
         super().__init__()
