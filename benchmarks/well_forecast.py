@@ -11,7 +11,9 @@ Compares, per scheme, at every hour (one readout per well):
   z-score over the plate's wells;
 - the GRU well model (``training.temporal``) on ``plate0+well0`` sequences, one line per
   training seed, forecasting at each hour from the frames up to it;
-- for the binary question, beside the GRU trained on the binary labels, the multiclass GRU
+- the mean of each three consecutive seeds' GRUs (``temporal.MeanLogits`` with one temperature
+  on the validation wells: what ``train-forecast`` exports);
+- for the binary question, beside the GRU trained on the binary labels, the multiclass GRUs
   read as neuron vs glia (``temporal.BinaryFromMulticlass``: what ``train-forecast --scheme
   binary`` exports where the labels name the four fates).
 
@@ -116,7 +118,10 @@ def summary(rep: dict) -> dict:
 
 
 def run_scheme(a, scheme: str, out: Path) -> dict:
+    import torch
+
     from nscmonitor.training import temporal as T
+    from nscmonitor.training.forecast_train import MEMBERS
 
     classes = list(D.scheme_classes(scheme))
     recs, info = D.discover(a.train, a.label_mode)
@@ -150,9 +155,11 @@ def run_scheme(a, scheme: str, out: Path) -> dict:
     res["calls"] = {f"per-hour LR, {norm} (frame at t only)": calls(
         per_hour_lr([tr_s[i] for i in fit], [y_tr[i] for i in fit], [tr_s[i] for i in val], len(classes)),
         per_hour_lr(tr_s, y_tr, te_s, len(classes)))}
+    trained = []
     for seed in a.seeds:
         model, info_fit = T.train_gru([tr_s[i] for i in fit], [y_tr[i] for i in fit], [tr_s[i] for i in val],
                                       [y_tr[i] for i in val], len(classes), seed=seed, epochs=a.epochs)
+        trained.append((seed, model, info_fit))
         p = T.step_probs(model, te_s, info_fit["temperature"])
         res["calls"][f"GRU {norm}, seed {seed}"] = calls(T.step_probs(model, [tr_s[i] for i in val],
                                                                       info_fit["temperature"]), p)
@@ -170,12 +177,26 @@ def run_scheme(a, scheme: str, out: Path) -> dict:
                                        data_hash=D.data_hash(recs), metrics=summary(well_report(
                                            p, w_te, classes, conds, 200)))
             T.export_forecast(model, meta, out / f"forecast-{scheme}.onnx", te_s[:4])
+    for k in range(0, len(trained) - MEMBERS + 1, MEMBERS):  # what train-forecast exports: seeds averaged
+        group = trained[k:k + MEMBERS]
+        ens = T.MeanLogits([m for _, m, _ in group])
+        xv, mv = T._pad([tr_s[i] for i in val])
+        t_ens = T.fit_temperature(ens, xv, mv, torch.as_tensor(y_val))
+        name = f"mean of GRUs {norm}, seeds {'+'.join(str(sd) for sd, _, _ in group)}"
+        p = T.step_probs(ens, te_s, t_ens)
+        res["calls"][name] = calls(T.step_probs(ens, [tr_s[i] for i in val], t_ens), p)
+        res["methods"][name] = summary(well_report(p, w_te, classes, conds, a.resamples))
+        add_calibrated_reference(res["methods"][name], p, w_te)
+        if scheme == "multiclass":
+            read = T.BinaryFromMulticlass(ens, t_ens, classes)
+            collapsed.update(collapsed_binary(a, name.removeprefix("mean of GRUs "), norm, T.step_probs(
+                read, [tr_s[i] for i in val]), w_val, T.step_probs(read, te_s), w_te, conds))
     if collapsed:
         res["binary from multiclass"] = collapsed
     return res
 
 
-def collapsed_binary(a, seed: int, norm: str, val_q, w_val, te_q, w_te, conds: list[str]) -> dict:
+def collapsed_binary(a, seed: int | str, norm: str, val_q, w_val, te_q, w_te, conds: list[str]) -> dict:
     """The binary answer read off the multiclass GRU (``temporal.BinaryFromMulticlass``, what
     ``train-forecast --scheme binary`` serves) on the wells that have one: its well report under
     the protocol, and its earliest confident calls with the rule chosen on the validation
@@ -197,7 +218,8 @@ def collapsed_binary(a, seed: int, norm: str, val_q, w_val, te_q, w_te, conds: l
     add_calibrated_reference(rows, qt, wt_bin)
     calls = earliest_calls(call_wells([q for q, _, _ in v], [w for _, w, _ in v], [y for _, _, y in v]),
                            call_wells(qt, [w for _, w, _ in t], [y for _, _, y in t]), bin_classes)
-    return {f"multiclass GRU {norm} read as binary, seed {seed}": {"rows": rows, "calls": calls}}
+    label = seed if isinstance(seed, str) else f"GRU {norm}, seed {seed}"
+    return {f"multiclass {label} read as binary": {"rows": rows, "calls": calls}}
 
 
 def table(res: dict, row: str) -> str:

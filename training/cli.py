@@ -119,6 +119,9 @@ def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
                         "label names a fate, else learned from the binary labels")
     p.add_argument("--epochs", type=int, default=300, help="full-batch epochs; the best on validation is kept")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the weights (default 0)")
+    p.add_argument("--members", type=int, default=3,
+                   help="models trained from seeds SEED, SEED+1, ... and served as one, their logits averaged "
+                        "(default 3; 1: a single model)")
     p.add_argument("--compare", metavar="FORECAST.onnx",
                    help="also read this forecast model (e.g. the one serving) on the same held-out wells and print both")
     p.add_argument("--version", help="version name stored in the file and with each forecast "
@@ -136,6 +139,8 @@ def _train_forecast(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise UserFacingError(f"--epochs must be 1 or more, not {args.epochs}")
+    if args.members < 1:
+        raise UserFacingError(f"--members must be 1 or more, not {args.members}")
     data = args.data
     if args.from_store or args.labels:
         if data:
@@ -145,7 +150,7 @@ def _train_forecast(args: argparse.Namespace) -> int:
         raise UserFacingError("train-forecast needs --data, or --from-store/--labels")
     metrics = train_forecast(data, args.out, scheme=args.scheme, epochs=args.epochs, seed=args.seed,
                              progress=sys.stderr.isatty(), compare=args.compare, version=args.version,
-                             features=args.features, label_mode=args.label_mode)
+                             features=args.features, label_mode=args.label_mode, members=args.members)
     print(f"held-out wells ({metrics['split']}, n = {metrics['wells']}), accuracy of the forecast at each hour "
           "from the frames up to it [95 % interval]:")
     other = metrics.get("compared") or {}

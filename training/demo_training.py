@@ -68,10 +68,10 @@ def demo_forecast(out_dir: str | Path, tiles_dir: str | Path, *, epochs: int = 3
     with the same recipe is returned as it is. Labels are the wells' end-point live-cell
     majority, as for the demo model and as the demo judges its wells. A cached model from
     before the forecast had its own out-of-distribution score, or from before that score read
-    the optics features, is trained again."""
+    the optics features, or from before it averaged several seeds, is trained again."""
     from nscmonitor.scoring import well_sequence as WS
     from nscmonitor.scoring.forecast import ForecastModelError, load_forecast_model
-    from nscmonitor.training.forecast_train import train_forecast
+    from nscmonitor.training.forecast_train import MEMBERS, train_forecast
 
     out = Path(out_dir)
     path = out / "forecast.onnx"
@@ -84,7 +84,8 @@ def demo_forecast(out_dir: str | Path, tiles_dir: str | Path, *, epochs: int = 3
             meta = {}
         if (meta.get("data_hash") == D.data_hash(S.assign_splits(records, seed=0))
                 and (meta.get("metrics") or {}).get("label_mode") == "endpoint"
-                and len((meta.get("ood") or {}).get("mean", ())) == WS.STORED_FEATURES):
+                and len((meta.get("ood") or {}).get("mean", ())) == WS.STORED_FEATURES
+                and len(((meta.get("metrics") or {}).get("fit") or {}).get("members", [None])) == MEMBERS):
             return path
     train_forecast(tiles_dir, out, epochs=epochs, progress=progress, label_mode="endpoint", version="demo-forecast")
     return path

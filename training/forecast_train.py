@@ -27,6 +27,9 @@ from nscmonitor.training import temporal as T
 from nscmonitor.training import well_frames as WF
 
 NORMALISATION = "plate0+well0"
+#: GRUs per forecast (``temporal.MeanLogits``): over six seeds on 624 held-out wells single
+#: models called 0-4.8 % of wells wrong, means of three 0.2-0.5 % (docs/training.md)
+MEMBERS = 3
 
 
 def learning_labels(records: Sequence[D.TileRecord], scheme: str) -> tuple[list[D.TileRecord], list[str]]:
@@ -150,7 +153,7 @@ def fit_frame_ood(records: Sequence[D.TileRecord], features: np.ndarray
 def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multiclass", epochs: int = 300,
                    seed: int = 0, progress: bool = True, compare: str | Path | None = None,
                    version: str | None = None, features: str | Path | None = None,
-                   label_mode: str = "well", workers: int | None = None) -> dict[str, Any]:
+                   label_mode: str = "well", workers: int | None = None, members: int = MEMBERS) -> dict[str, Any]:
     """Train, evaluate on the held-out plate(s) and write ``OUT/forecast.onnx``; returns the
     figures (also in the file's metadata). ``data`` is a tiles export: the simulator's, or the
     store's labelled images written by ``schedule.retrain.store_dataset``. ``compare``: a
@@ -163,7 +166,8 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     end-point stain counts, and what the demo judges by). ``workers``: processes that read the
     images (``well_frames.read_features``). The figures are also written to
     ``OUT/forecast_metrics.json``. A binary forecast is the multiclass model read as neuron vs
-    glia wherever the labels name the four fates (``learning_labels``)."""
+    glia wherever the labels name the four fates (``learning_labels``). ``members``: GRUs
+    trained from seeds ``seed``, ``seed + 1``, ..., served as one model (their mean logits)."""
     from rich.progress import track
 
     out = Path(out)
@@ -213,9 +217,9 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     summary = S.split_summary({s: [r for r in records if r.split == s] for s in ("train", "val", "test")})
     if summary["warning"]:
         print(f"warning: {summary['warning']}")
-    net, fit = T.train_gru([seqs[i] for i in idx["train"]], [learn_y[i] for i in idx["train"]],
-                           [seqs[i] for i in idx["val"]], [learn_y[i] for i in idx["val"]], len(learn_classes),
-                           seed=seed, epochs=epochs, progress=progress)
+    net, fit = T.train_ensemble([seqs[i] for i in idx["train"]], [learn_y[i] for i in idx["train"]],
+                                [seqs[i] for i in idx["val"]], [learn_y[i] for i in idx["val"]], len(learn_classes),
+                                seeds=[seed + k for k in range(members)], epochs=epochs, progress=progress)
     read_from = None
     model, temperature = net, fit["temperature"]
     if learn_classes != classes:  # a binary forecast read off the multiclass model

@@ -132,7 +132,38 @@ def train_gru(train: Sequence[np.ndarray], y_train: Sequence[int], val: Sequence
                    "hidden": hidden, "seed": seed}
 
 
-def fit_temperature(model: WellGRU, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor) -> float:
+class MeanLogits(nn.Module):
+    """Well models trained from different seeds, their logits averaged: one seed's forecast
+    can be confidently wrong on conditions training never had where another's is not
+    (docs/training.md, "The binary forecast"), and the mean keeps the calls of either kind
+    that the seeds agree on."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(dim=0)
+
+
+def train_ensemble(train: Sequence[np.ndarray], y_train: Sequence[int], val: Sequence[np.ndarray],
+                   y_val: Sequence[int], n_classes: int, *, seeds: Sequence[int], epochs: int = 400,
+                   progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """``train_gru`` once per seed; with several, their mean logits (``MeanLogits``) with one
+    temperature fitted on the validation wells, as for a single model."""
+    fitted = [train_gru(train, y_train, val, y_val, n_classes, seed=s, epochs=epochs, progress=progress)
+              for s in seeds]
+    if len(fitted) == 1:
+        return fitted[0]
+    model = MeanLogits([m for m, _ in fitted])
+    xv, mv = _pad(val)
+    temperature = fit_temperature(model, xv, mv, torch.as_tensor(list(y_val)))
+    members = [{k: f[k] for k in ("seed", "best_epoch", "val_loss", "temperature")} for _, f in fitted]
+    return model, {"temperature": temperature, "members": members, "epochs": epochs,
+                   "hidden": fitted[0][1]["hidden"], "seed": seeds[0]}
+
+
+def fit_temperature(model: nn.Module, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor) -> float:
     """One temperature over every step of the validation wells (grid search, robust on few wells)."""
     model.eval()
     with torch.no_grad():

@@ -31,6 +31,9 @@ def test_train_forecast_writes_a_model_the_daemon_loads(export: Path, tmp_path: 
     model = load_forecast_model(tmp_path / "fc" / "forecast.onnx")
     meta = model.meta
     assert meta["tile_px"] == 64 and meta["normalisation"] == "plate0+well0" and meta["scheme"] == "multiclass"
+    from nscmonitor.training.forecast_train import MEMBERS
+
+    assert [m["seed"] for m in meta["metrics"]["fit"]["members"]] == list(range(MEMBERS))  # three seeds, one model
     assert meta["classes"] == ["neuron", "astrocyte", "oligodendrocyte", "undifferentiated"]
     per_hour = meta["metrics"]["per_hour"]
     assert sorted(per_hour) == ["0 h", "24 h", "48 h"] and meta["metrics"]["split"] == "test"
@@ -310,7 +313,8 @@ def test_a_binary_forecast_learns_the_four_fates_and_answers_neuron_or_glia(expo
     # labels that only say "glia": the binary labels are learned
     glia = tmp_path / "glia"
     shutil.copytree(export, glia)
-    rows = list(csv.DictReader((glia / "tiles.csv").open()))
+    with (glia / "tiles.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
     for r in rows:
         r["condition"] = ""
         r["label"] = "glia" if r["label"] in ("astrocyte", "oligodendrocyte") else r["label"]

@@ -133,6 +133,37 @@ def test_onnx_export_carries_metadata_and_matches_torch(tmp_path):
         np.testing.assert_allclose(cut[-1], got[1], atol=1e-5)
 
 
+def test_an_ensemble_averages_its_members_logits_stays_causal_and_exports(tmp_path):
+    rng = np.random.default_rng(2)
+    seqs, ys = [], []
+    for i in range(24):
+        n = int(rng.integers(3, 7))
+        h = np.sort(rng.choice(np.arange(0, 120, 12), n, replace=False)).astype(float)
+        seqs.append(np.column_stack([rng.normal(size=(n, 4)) + (i % 3) * h[:, None] / 120.0,
+                                     h / WS.HOURS_SCALE]).astype(np.float32))
+        ys.append(i % 3)
+    model, info = T.train_ensemble(seqs[:18], ys[:18], seqs[18:], ys[18:], 3, seeds=[4, 5], epochs=30)
+    assert isinstance(model, T.MeanLogits) and [m["seed"] for m in info["members"]] == [4, 5]
+    single, single_info = T.train_gru(seqs[:18], ys[:18], seqs[18:], ys[18:], 3, seed=4, epochs=30)
+    assert info["members"][0]["best_epoch"] == single_info["best_epoch"]  # each member is that seed's model
+    x = torch.from_numpy(seqs[0][None])
+    with torch.no_grad():
+        want = (model.members[0](x) + model.members[1](x)) / 2
+        np.testing.assert_allclose(model(x).numpy(), want.numpy(), atol=1e-6)
+        np.testing.assert_allclose(model.members[0](x).numpy(), single(x).numpy(), atol=1e-6)
+    s = seqs[1]
+    full = T.step_probs(model, [s], info["temperature"])[0]
+    changed = s.copy()
+    changed[2:, :-1] += 50.0
+    np.testing.assert_allclose(T.step_probs(model, [changed], info["temperature"])[0][1], full[1], atol=1e-6)
+    meta = T.forecast_metadata(classes=("a", "b", "c"), scheme="multiclass", normalisation="plate0", tile_px=64,
+                               pixel_size_um=None, temperature=info["temperature"], n_features=4, version="ens")
+    path = T.export_forecast(model, meta, tmp_path / "forecast.onnx", seqs[:2])
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"sequence": seqs[5][None]})[0][0],
+                               model(torch.from_numpy(seqs[5][None]))[0].detach().numpy(), atol=1e-4)
+
+
 def test_the_binary_forecast_read_off_a_multiclass_model_is_its_neuron_against_glia_share(tmp_path):
     """P(neuron) against P(astrocyte) + P(oligodendrocyte), renormalised over the committed fates,
     after the multiclass temperature, in torch and in the exported ONNX graph."""
