@@ -27,8 +27,8 @@ from nscmonitor.training import temporal as T
 from nscmonitor.training import well_frames as WF
 
 NORMALISATION = "plate0+well0"
-#: GRUs per forecast (``temporal.MeanLogits``): over six seeds on 624 held-out wells single
-#: models called 0-4.8 % of wells wrong, means of three 0.2-0.5 % (docs/training.md)
+#: GRUs per forecast (``temporal.MeanLogits``): read as binary on 624 held-out wells, single
+#: seeds called 0-4.8 % of wells wrong, means of three 0.2-0.3 % (docs/training.md)
 MEMBERS = 3
 
 
