@@ -28,7 +28,7 @@ from nscmonitor.training import well_frames as WF
 
 NORMALISATION = "plate0+well0"
 #: GRUs per forecast (``temporal.MeanLogits``): read as binary on 624 held-out wells, single
-#: seeds called 0-4.8 % of wells wrong, means of three 0.2-0.3 % (docs/training.md)
+#: seeds called 0-4.8 % of wells wrong, means of three 0.2-0.3 % (0.1-0.4 % on 1,456; docs/training.md)
 MEMBERS = 3
 
 
