@@ -49,13 +49,12 @@ class WellGRU(nn.Module):
 class BinaryFromMulticlass(nn.Module):
     """The neuron-vs-glia forecast read off a multiclass well model: after the multiclass
     temperature, logits log P(neuron) and log(P(astrocyte) + P(oligodendrocyte)), whose softmax
-    renormalises over the committed fates (undifferentiated has no binary answer). On 624
-    held-out binary wells (docs/training.md, "The binary forecast") it called at most 2 % of
-    wells wrong for five of six seeds (0-4.8 %; means of three seeds 0.1-0.4 % here and on
-    1,456 wells) where a GRU trained on the binary labels did so for one (1.3-14.5 %; means
-    4.3-11.7 %), and was better
-    calibrated before 48 h; it also learns from the undifferentiated wells, which the binary
-    labels leave out."""
+    renormalises over the committed fates (undifferentiated has no binary answer). On 624 and
+    on 1,456 held-out binary wells (docs/training.md, "The binary forecast") it called at most
+    2 % of wells wrong for five of six seeds (0-4.8 %; means of three seeds 0.1-0.4 %) where a
+    GRU trained on the binary labels did so for one (1.3-14.5 %; means 4.3-11.7 %), and was
+    better calibrated before 48 h; it also learns from the undifferentiated wells, which the
+    binary labels leave out."""
 
     def __init__(self, model: nn.Module, temperature: float, classes: Sequence[str]) -> None:
         super().__init__()
