@@ -168,8 +168,8 @@ def run_scheme(a, scheme: str, out: Path) -> dict:
         add_calibrated_reference(res["methods"][f"GRU {norm}, seed {seed}"], p, w_te)
         if scheme == "multiclass":
             read = T.BinaryFromMulticlass(model, info_fit["temperature"], classes)
-            collapsed.update(collapsed_binary(a, seed, norm, T.step_probs(read, [tr_s[i] for i in val]), w_val,
-                                              T.step_probs(read, te_s), w_te, conds))
+            collapsed.update(collapsed_binary(a, f"GRU {norm}, seed {seed}", T.step_probs(read, [tr_s[i] for i in val]),
+                                              w_val, T.step_probs(read, te_s), w_te, conds))
         if a.export and seed == a.seeds[0]:
             meta = T.forecast_metadata(classes=classes, scheme=scheme, normalisation=norm, tile_px=info.tile_size,
                                        pixel_size_um=info.pixel_size_um, temperature=info_fit["temperature"],
@@ -189,14 +189,14 @@ def run_scheme(a, scheme: str, out: Path) -> dict:
         add_calibrated_reference(res["methods"][name], p, w_te)
         if scheme == "multiclass":
             read = T.BinaryFromMulticlass(ens, t_ens, classes)
-            collapsed.update(collapsed_binary(a, name.removeprefix("mean of GRUs "), norm, T.step_probs(
+            collapsed.update(collapsed_binary(a, name.removeprefix("mean of GRUs "), T.step_probs(
                 read, [tr_s[i] for i in val]), w_val, T.step_probs(read, te_s), w_te, conds))
     if collapsed:
         res["binary from multiclass"] = collapsed
     return res
 
 
-def collapsed_binary(a, seed: int | str, norm: str, val_q, w_val, te_q, w_te, conds: list[str]) -> dict:
+def collapsed_binary(a, label: str, val_q, w_val, te_q, w_te, conds: list[str]) -> dict:
     """The binary answer read off the multiclass GRU (``temporal.BinaryFromMulticlass``, what
     ``train-forecast --scheme binary`` serves) on the wells that have one: its well report under
     the protocol, and its earliest confident calls with the rule chosen on the validation
@@ -218,7 +218,6 @@ def collapsed_binary(a, seed: int | str, norm: str, val_q, w_val, te_q, w_te, co
     add_calibrated_reference(rows, qt, wt_bin)
     calls = earliest_calls(call_wells([q for q, _, _ in v], [w for _, w, _ in v], [y for _, _, y in v]),
                            call_wells(qt, [w for _, w, _ in t], [y for _, _, y in t]), bin_classes)
-    label = seed if isinstance(seed, str) else f"GRU {norm}, seed {seed}"
     return {f"multiclass {label} read as binary": {"rows": rows, "calls": calls}}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import sys
 from collections import Counter, defaultdict
@@ -125,7 +126,7 @@ def read_tiles_export(root: str | Path, label_mode: str = "tile") -> tuple[list[
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     records = []
     with csv_path.open(newline="") as fh:
-        for row in csv.DictReader(fh):
+        for n, row in enumerate(csv.DictReader(fh), start=2):
             fr = {k[5:]: float(v) for k, v in row.items() if k.startswith("frac_") and v not in ("", None)}
             records.append(TileRecord(
                 path=_resolve(root, row["path"]), label=row["label"], experiment=row.get("experiment", ""),
@@ -134,7 +135,7 @@ def read_tiles_export(root: str | Path, label_mode: str = "tile") -> tuple[list[
                 condition=row.get("condition", "") or "", split=(row.get("split") or None), fractions=fr,
                 target=_shares(fr) if label_mode == "tile" else {},
                 channel=(row.get("channel") or "").strip() or None,
-                pixel_size_um=_float(row.get("pixel_size_um"))))
+                pixel_size_um=_pixel_size(row.get("pixel_size_um"), csv_path, n)))
     info = DataInfo("tiles", meta.get("pixel_size_um"), meta.get("tile_size"),
                     tuple(meta.get("classes", MULTICLASS)))
     if label_mode == "well":
@@ -218,7 +219,7 @@ def read_label_csv(path: str | Path) -> dict[tuple[str, str, str], tuple[str, di
     """End-point labels per well: ``experiment, plate, well`` and ``label`` or ``frac_<class>``."""
     out = {}
     with Path(path).open(newline="") as fh:
-        for row in csv.DictReader(fh):
+        for n, row in enumerate(csv.DictReader(fh), start=2):
             fr = {k[5:]: float(v) for k, v in row.items() if k.startswith("frac_") and v not in ("", None)}
             label = (row.get("label") or "").strip()
             if not label and fr:
@@ -345,7 +346,7 @@ def raw_tiles(records: Sequence[TileRecord], tile_size: int | None, limit: int, 
     percentiles come along (the contract scales per image). The set has one pixel size, the
     export's (``source_um``): an image of another magnification gives a cell of another size,
     and is passed over. Returns (tiles, wells, labels, lohi as N x 2)."""
-    from nscmonitor.scoring.preprocess import percentiles
+    from nscmonitor.scoring.preprocess import percentiles, tile_px_at
 
     unique = list(dict.fromkeys(records))
     rng = np.random.default_rng(seed)
@@ -359,8 +360,7 @@ def raw_tiles(records: Sequence[TileRecord], tile_size: int | None, limit: int, 
         img, image_um = read_plane(r.path, channel=r.channel, fallback_um=r.pixel_size_um)
         t = tile_size or min(img.shape)
         h, w = img.shape
-        other_scale = bool(tile_size and source_um and image_um and round(tile_size * source_um / image_um) != tile_size)
-        if h < t or w < t or other_scale:
+        if h < t or w < t or (tile_size and tile_px_at(tile_size, source_um, image_um) != tile_size):
             continue
         rows, cols = h // t, w // t
         cell = int(rng.integers(rows * cols))
@@ -425,6 +425,23 @@ def class_counts(records: Sequence[TileRecord], classes: Sequence[str]) -> list[
 
 def _int(v: str | None) -> int | None:
     return int(float(v)) if v not in (None, "") else None
+
+
+def _pixel_size(v: str | None, path: Path, line: int) -> float | None:
+    """A row's fallback pixel size: empty, or a number in the range the readers accept; a
+    hand-edited export with anything else is refused at its line, not trained at a wrong scale."""
+    from nscmonitor.readers.decode import PIXEL_SIZE_RANGE_UM
+
+    if v in (None, ""):
+        return None
+    lo, hi = PIXEL_SIZE_RANGE_UM
+    try:
+        um = float(v)
+    except ValueError:
+        um = math.nan
+    if not lo <= um <= hi:
+        raise DataError(f"{path}, line {line}: pixel_size_um {v!r} is not a pixel size in um ({lo:g}..{hi:g})")
+    return um
 
 
 def _float(v: str | None) -> float | None:

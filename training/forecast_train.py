@@ -107,11 +107,13 @@ def mean_accuracy(per_hour: dict[str, Any]) -> float | None:
 
 
 def compare_with(path: str | Path, wells: Sequence[WF.Well], held: Sequence[int], truth: Sequence[int],
-                 classes: Sequence[str], tile_px: int, wells_at: Callable[[int], list[WF.Well]]) -> dict[str, Any]:
+                 classes: Sequence[str], geometry: tuple[int, float | None],
+                 wells_at: Callable[[int, float | None], list[WF.Well]]) -> dict[str, Any]:
     """The forecast model serving now, read on the candidate's held-out wells (``held``, indices
     into ``wells``): the same wells, frames and truth, each input computed as that model's
-    daemon stage would (its normalisation against the same plate references, its tile size:
-    ``wells_at(px)`` recomputes the wells' features when it differs). A model that cannot load,
+    daemon stage would (its normalisation against the same plate references, its tile size in
+    pixels of its pixel size: ``wells_at(px, um)`` recomputes the wells' features when that
+    differs from the candidate's ``geometry``). A model that cannot load,
     or answers other classes, is reported as such and the candidate has nothing to beat."""
     from nscmonitor.scoring.forecast import load_forecast_model, tile_px_for
 
@@ -122,9 +124,9 @@ def compare_with(path: str | Path, wells: Sequence[WF.Well], held: Sequence[int]
     if list(active.meta["classes"]) != list(classes):
         return {"path": str(path), "version": active.version, "usable": False,
                 "why": f"classes {active.meta['classes']} are not the candidate's {list(classes)}"}
-    own_px = tile_px_for(active.meta, None)
-    if own_px != tile_px:
-        wells = wells_at(own_px)
+    own = (tile_px_for(active.meta, None), active.meta.get("pixel_size_um"))
+    if own != tuple(geometry):
+        wells = wells_at(*own)
     seqs = WF.sequences(wells, active.meta["normalisation"])
     probs = [np.stack([active.probs(seqs[i][:t + 1]) for t in range(len(seqs[i]))]) for i in held]
     per_hour = per_hour_accuracy(probs, [wells[i] for i in held], truth)
@@ -186,22 +188,24 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     reused = [0]
     image_features: list[np.ndarray] = []  # per record, at the export's tile size (the OOD fit)
 
-    def wells_at(px: int) -> list[WF.Well]:
-        feats: list[np.ndarray | None] = [stored.get(to_db(r.path)) if px == int(info.tile_size) else None
-                                          for r in records]
+    geometry = (int(info.tile_size), info.pixel_size_um)  # the export's, as the stored features were measured
+
+    def wells_at(px: int, um: float | None) -> list[WF.Well]:
+        ours = (px, um) == geometry
+        feats: list[np.ndarray | None] = [stored.get(to_db(r.path)) if ours else None for r in records]
         reused[0] = sum(f is not None for f in feats)
         todo = [i for i, f in enumerate(feats) if f is None]
-        it = track(WF.read_features([records[i] for i in todo], px, workers, info.pixel_size_um), total=len(todo),
+        it = track(WF.read_features([records[i] for i in todo], px, workers, um), total=len(todo),
                    description="well features", disable=not progress, transient=True)
         for i, f in zip(todo, it):
             feats[i] = f
-        if px == int(info.tile_size):
+        if ours:
             image_features[:] = feats
         wells = WF.wells_of(records, np.asarray(feats, np.float64))
         refs = WF.plate_references(wells)
         return [w for w in wells if w.plate_key in refs and WF.well_start(w) is not None]
 
-    wells = wells_at(int(info.tile_size))
+    wells = wells_at(*geometry)
     n_stored = reused[0]
     n_all = len({r.well_key for r in records})
     if len(wells) < n_all:  # as the daemon gives such a well no forecast, training leaves it out
@@ -240,8 +244,7 @@ def train_forecast(data: str | Path, out: str | Path, *, scheme: str = "multicla
     metrics["stored_features"] = {"images": len(records), "reused": n_stored}
     ood, metrics["ood"] = fit_frame_ood(records, np.asarray(image_features, np.float64))
     if compare is not None:
-        metrics["compared"] = compare_with(compare, wells, held, [y[i] for i in held], classes,
-                                           int(info.tile_size), wells_at)
+        metrics["compared"] = compare_with(compare, wells, held, [y[i] for i in held], classes, geometry, wells_at)
     meta = T.forecast_metadata(classes=classes, scheme=scheme, normalisation=NORMALISATION, tile_px=info.tile_size,
                                pixel_size_um=info.pixel_size_um, temperature=temperature, read_from=read_from,
                                n_features=WS.MODEL_FEATURES,

@@ -7,7 +7,9 @@ t is a function of steps 0..t only, so the forecast at t never sees a later fram
 Every step is trained against the well's end-point fate, so one model forecasts at every
 hour. A GRU rather than attention or a per-hour classifier: it carries the well's history in
 a few dozen numbers, handles uneven and missing time points through the hours input, and
-exports to ONNX as one small graph the daemon runs on CPU in microseconds.
+exports to ONNX as one small graph the daemon runs on CPU in microseconds. ``train-forecast``
+serves three of them from consecutive seeds as one graph (``MeanLogits``), and a binary
+forecast as the four-fate model read as neuron vs glia (``BinaryFromMulticlass``).
 
 ONNX contract: input ``sequence`` ``1 x T x D`` float32 (one well, any number of time points),
 output ``logits`` ``1 x T x K`` (the daemon reads the last step of the frames it has); metadata key ``nscmonitor_forecast``

@@ -116,6 +116,20 @@ def test_old_exports_without_a_channel_column_read_the_first_plane(tmp_path: Pat
     np.testing.assert_array_equal(D.read_image(records[0].path), planes[0])
 
 
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "nan", "1e9"])
+def test_a_pixel_size_in_the_export_that_is_no_pixel_size_is_refused_at_its_line(tmp_path: Path, value: str) -> None:
+    write_tiff(tmp_path / "img" / "a.tif", _planes(1, 3)[0])
+    (tmp_path / "tiles.csv").write_text("path,plate,well,label,split,pixel_size_um\n"
+                                        "img/a.tif,P1,A01,neuron,train,2.5\n"
+                                        f"img/a.tif,P1,A02,neuron,train,{value}\n")
+    with pytest.raises(D.DataError) as e:
+        D.read_tiles_export(tmp_path)
+    assert "line 3" in str(e.value) and repr(value) in str(e.value)
+    (tmp_path / "tiles.csv").write_text("path,plate,well,label,split,pixel_size_um\n"
+                                        "img/a.tif,P1,A01,neuron,train,2.5\nimg/a.tif,P1,A02,neuron,train,\n")
+    assert [r.pixel_size_um for r in D.read_tiles_export(tmp_path)[0]] == [2.5, None]
+
+
 def test_czi_scenes_reach_the_training_loader(tmp_path: Path, make_runner) -> None:
     pytest.importorskip("pylibCZIrw")
     from test_daemon_native_formats import _write_czi
