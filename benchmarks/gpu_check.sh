@@ -5,9 +5,13 @@
 #   2. the gpu-marked tests (TensorRT build -> gate -> cache -> serve, fp16 and int8);
 #   3. build on register: a model registered in a fresh data folder gets its TensorRT engine
 #      (build time, gate, engine) with no further command, then the daemon's frames/s with it;
-#   4. the inference benchmark: ONNX Runtime CPU fp32, ONNX Runtime CUDA, torch CUDA fp16 and
-#      TensorRT fp16/int8 side by side (a backend that fails keeps its row, with the reason).
-# Everything lands in OUT_DIR. Budget: < 10 minutes.
+#   4. the inference benchmark: ONNX Runtime CPU fp32, ONNX Runtime CUDA, torch CUDA fp16 (eager
+#      and CUDA graphs) and TensorRT fp16/int8 side by side (a backend that fails keeps its row,
+#      with the reason);
+#   5. (SIDE_BY_SIDE=1, the default) benchmarks/ingest.py --side-by-side: a ResNet50 trained here
+#      on the GPU, the daemon's frames/s with the fp32 ONNX and with the engine built for this
+#      machine, the engine alone, and live latency.
+# Everything lands in OUT_DIR. Budget: about 10 minutes (5 without step 5).
 #
 #   benchmarks/gpu_check.sh [OUT_DIR]
 #   MODEL=RUN_DIR/model.onnx TILES=TILES_DIR benchmarks/gpu_check.sh   # a trained model + real tiles
@@ -106,13 +110,20 @@ if [ -n "$version_model" ]; then
 fi
 
 echo "== benchmark"
-args=(--batches 1,8,32 --seconds 2 --n-heldout 256 --n-calib 256 --threads "$(nproc)"
-      --backends ort-fp32,ort-cuda,torch-cuda-fp16,tensorrt-fp16,tensorrt-int8 --work "$WORK/bench" --out "$OUT")
+args=(--batches 1,8,32,128 --seconds 2 --n-heldout 256 --n-calib 256 --threads "$(nproc)"
+      --backends ort-fp32,ort-cuda,torch-cuda-fp16-eager,torch-cuda-fp16,tensorrt-fp16,tensorrt-int8 --work "$WORK/bench" --out "$OUT")
 [ -n "${MODEL:-}" ] && args+=(--model "$MODEL")
 [ -n "${TILES:-}" ] && args+=(--tiles "$TILES")
 [ -z "${MODEL:-}" ] && args+=(--sizes 224)
 timeout 270 "$PY" benchmarks/inference.py "${args[@]}" > "$OUT/benchmark.txt" 2>&1 || status=1
 tail -n 20 "$OUT/benchmark.txt"
+if [ "${SIDE_BY_SIDE:-1}" = 1 ]; then
+    echo "== ingest side by side (ResNet50, 96 px tiles, 1408x1040 frames)"
+    timeout 420 "$PY" benchmarks/ingest.py --side-by-side --train-device cuda --threads "$(nproc)" \
+        --frames "${SBS_FRAMES:-120}" --live-frames "${SBS_LIVE:-20}" --out "$OUT/ingest-side-by-side.json" \
+        > "$OUT/ingest-side-by-side.txt" 2>&1 || status=1
+    tail -n 14 "$OUT/ingest-side-by-side.txt"
+fi
 find "$WORK" \( -name '*.npy' -o -name '*.npz' -o -name '*.onnx' -o -name '*.engine' -o -name '*.pt' \
     -o -name '*.tif' -o -name '*.db' \) -delete 2>/dev/null
 echo "results in $OUT (exit $status)"

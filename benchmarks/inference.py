@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 CPU_BACKENDS = ("torch-eager", "torch-cl", "ort-fp32", "ort-int8", "ov-int8", "ov-int8-2s", "ov-int8-bf16")
-GPU_BACKENDS = ("ort-cuda", "torch-cuda-fp16", "tensorrt-fp16", "tensorrt-int8")
+GPU_BACKENDS = ("ort-cuda", "torch-cuda-fp16-eager", "torch-cuda-fp16", "tensorrt-fp16", "tensorrt-int8")
 ORDER = CPU_BACKENDS + GPU_BACKENDS
 
 
@@ -112,8 +112,14 @@ def make_engine(backend: str, model: Path, threads: int, work: Path, batch: int 
         return TorchEngine(model, meta, threads=threads, channels_last=False)
     if backend == "torch-cl":
         return TorchEngine(model, meta, threads=threads, channels_last=True)
-    if backend == "torch-cuda-fp16":
-        return _TorchCudaHalf(model, meta)
+    if backend.startswith("torch-cuda-fp16"):
+        from nscmonitor.engines.torch_cuda import TorchCudaEngine
+
+        # the daemon's engine: one CUDA graph captured for the batch timed (-eager: the same
+        # fp16 network launched kernel by kernel, to show what the graph saves)
+        engine = TorchCudaEngine(model, meta, batch_size=batch or 8, graphs=not backend.endswith("-eager"))
+        engine.name = backend
+        return engine
     if backend == "ort-fp32":
         return OrtCpuEngine(model, meta, threads=threads)
     if backend == "ort-cuda":
@@ -143,26 +149,6 @@ def make_engine(backend: str, model: Path, threads: int, work: Path, batch: int 
     raise SystemExit(f"unknown backend {backend}")
 
 
-def _TorchCudaHalf(model: Path, meta):
-    """The torch GPU path measured for comparison with TensorRT: fp16 weights, channels-last."""
-    from nscmonitor.engines.torch import TorchEngine
-
-    class TorchCudaHalf(TorchEngine):
-        def load(self) -> None:
-            super().load()
-            self._model = self._model.half()
-
-        def _run(self, tiles):
-            torch = self._torch
-            with torch.inference_mode():
-                x = torch.from_numpy(tiles).to("cuda", non_blocking=True).half()
-                return self._model(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
-
-    e = TorchCudaHalf(model, meta, device="cuda")
-    e.name = "torch-cuda-fp16"
-    return e
-
-
 def worker(backend: str, model: str, heldout_npy: str, out_json: str, batches: list[int], seconds: float,
            threads: int, work: Path) -> None:
     from nscmonitor.engines.bench import peak_rss_mb, time_engine
@@ -177,7 +163,7 @@ def worker(backend: str, model: str, heldout_npy: str, out_json: str, batches: l
     np.save(Path(out_json).with_suffix(".probs.npy"), probs)
     timings = []
     for b in batches:
-        if backend.startswith("ov-"):  # OpenVINO compiles for a fixed batch: one engine per batch timed
+        if backend.startswith(("ov-", "torch-cuda-fp16")):  # compiled/captured for a fixed batch: one per batch
             engine.close()
             engine = make_engine(backend, Path(model), threads, work, batch=b)
             engine.load()

@@ -173,7 +173,8 @@ def train_model(work: Path, args: argparse.Namespace) -> Path:
     run = work / "run"
     cmd = [sys.executable, "-m", "nscmonitor", "train", "--data", str(data), "--scheme", "multiclass", "--out", str(run),
            "--arch", args.arch, "--image-size", str(args.image_size), "--epochs", str(args.train_epochs),
-           "--batch-size", "32", "--label-mode", "well", "--no-engine"]  # the engine is built (and timed) below
+           "--batch-size", "32", "--label-mode", "well", "--device", args.train_device,
+           "--no-engine"]  # the engine is built (and timed) below
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     print("training:", " ".join(cmd[1:]), flush=True)
@@ -248,7 +249,7 @@ def side_by_side(args: argparse.Namespace, shape: tuple[int, int]) -> int:
         model_dir = tmp / "model"
         model_dir.mkdir()
         for f in source.parent.iterdir():
-            if f.is_file() and (f.name == source.name or f.name.startswith("calibration")):
+            if f.is_file() and (f.name in (source.name, "best.pt") or f.name.startswith("calibration")):
                 shutil.copy2(f, model_dir / ("model.onnx" if f == source else f.name))
         model = model_dir / "model.onnx"
         print(f"backlog with the fp32 ONNX ({args.frames} frames) ...", flush=True)
@@ -342,6 +343,7 @@ def main() -> int:
     sbs.add_argument("--arch", default="resnet50", help="architecture of the model trained here")
     sbs.add_argument("--image-size", type=int, default=96, help="tile size of the model trained here")
     sbs.add_argument("--train-epochs", type=int, default=6)
+    sbs.add_argument("--train-device", default="cpu", help="device of that training run (cuda on a GPU machine)")
     sbs.add_argument("--train-wells", type=int, default=4, help="wells per condition in the training export")
     sbs.add_argument("--threads", type=int, default=0, help="threads for training, the build and the engine (0: all)")
     sbs.add_argument("--int8-peak-gops", type=float, help="this machine's int8 peak, GOP/s")

@@ -40,12 +40,30 @@ def has_openvino() -> bool:
     return importlib.util.find_spec("openvino") is not None and not openvino_disabled()
 
 
-def plan(*, tensorrt_gpu: bool, openvino: bool) -> tuple[str, ...]:
+def has_torch_cuda() -> bool:
+    """An NVIDIA GPU and torch are here (whether torch is a CUDA build is found out by the
+    attempt itself: importing torch here would cost the daemon seconds)."""
+    import importlib.util
+
+    from nscmonitor.engines.torch import torch_disabled
+
+    return bool(gpu_names()) and importlib.util.find_spec("torch") is not None and not torch_disabled()
+
+
+def plan(*, tensorrt_gpu: bool, openvino: bool, torch_cuda: bool = False) -> tuple[str, ...]:
     """Engines to try, best first (the selection order of ``engines.select``). The CPU int8
-    model is always built first because TensorRT's int8 engine is parsed from its Q/DQ graph;
-    the best engine that passes its gate is the one served."""
+    model is always built first because TensorRT's int8 engine is parsed from its Q/DQ graph
+    (and it is the fallback should the GPU go); the best engine that passes its gate is the
+    one served."""
     cpu = "openvino-int8" if openvino else "ort-int8"
-    return ("tensorrt-int8", "tensorrt-fp16", cpu) if tensorrt_gpu else (cpu,)
+    gpu = (("tensorrt-int8", "tensorrt-fp16") if tensorrt_gpu else ()) + (("torch-cuda-fp16",) if torch_cuda else ())
+    return (*gpu, cpu)
+
+
+def targets_here() -> tuple[str, ...]:
+    """The plan for this machine, as every caller (the build, the command line, a model
+    without a calibration set) must see it."""
+    return plan(tensorrt_gpu=has_tensorrt_gpu(), openvino=has_openvino(), torch_cuda=has_torch_cuda())
 
 
 def _now() -> str:
@@ -138,11 +156,32 @@ def _tensorrt(model_path: Path, tiles: _Tiles, precision: str) -> Attempt:
                    None, seconds)
 
 
+def _torch_cuda(model_path: Path, tiles: _Tiles, threads: int) -> Attempt:
+    from nscmonitor.engines.torch import checkpoint_for
+    from nscmonitor.engines.torch_cuda import NAME, gate
+
+    t0 = time.monotonic()
+    ckpt = checkpoint_for(model_path)
+    if not ckpt.is_file():
+        return Attempt(NAME, False, reason=f"no {ckpt.name} beside the model (it serves the training checkpoint)")
+    record = gate(model_path, tiles.heldout, threads=threads)
+    return Attempt(NAME, bool(record["passed"]), ckpt.name, record,
+                   None if record["passed"] else "; ".join(record.get("reasons") or ()), time.monotonic() - t0)
+
+
 def _attempts(model_path: Path, tiles: _Tiles, targets: tuple[str, ...], threads: int, say: Progress,
               detail: Callable[[int, int, str], None] | None) -> list[Attempt]:
-    """The CPU int8 model, then the TensorRT engines of ``targets`` until one passes; a
-    backend's failure is recorded as its attempt's reason and the next one is tried."""
+    """The CPU int8 model, then the GPU engines of ``targets`` until one passes; a backend's
+    failure is recorded as its attempt's reason and the next one is tried. Without TensorRT
+    (whose int8 engine is parsed from the CPU int8 model) the torch GPU engine is gated first
+    and, when it passes, the CPU build is skipped: it would cost minutes of a GPU box's CPU for
+    a fallback that is only wanted if the GPU goes, and then the machine's fingerprint changes
+    and the next build makes it."""
     attempts: list[Attempt] = []
+    if "torch-cuda-fp16" in targets and not any(t.startswith("tensorrt") for t in targets):
+        attempts.append(_try_torch_cuda(model_path, tiles, threads, say))
+        if attempts[-1].passed:
+            return attempts
     cpu_target = targets[-1]
     say(f"quantising to int8 and gating against fp32 on {len(tiles.heldout)} held-out tiles")
     try:
@@ -161,7 +200,19 @@ def _attempts(model_path: Path, tiles: _Tiles, targets: tuple[str, ...], threads
             attempts.append(Attempt(f"tensorrt-{precision}", False, reason=f"TensorRT build failed: {exc}"))
         if attempts[-1].passed:
             break
+    if ("torch-cuda-fp16" in targets and not any(a.engine == "torch-cuda-fp16" for a in attempts)
+            and not any(a.passed and a.engine.startswith("tensorrt") for a in attempts)):
+        attempts.append(_try_torch_cuda(model_path, tiles, threads, say))
     return attempts
+
+
+def _try_torch_cuda(model_path: Path, tiles: _Tiles, threads: int, say: Progress) -> Attempt:
+    say("gating the torch CUDA fp16 engine against fp32")
+    try:
+        return _torch_cuda(model_path, tiles, threads)
+    except Exception as exc:  # a CPU-only torch, a CUDA error: this attempt's outcome, not the build's end
+        log.exception("torch CUDA gate of %s failed", model_path)
+        return Attempt("torch-cuda-fp16", False, reason=f"torch CUDA engine failed: {exc}")
 
 
 def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = None, threads: int = 0,
@@ -179,7 +230,7 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
     model_path = Path(model_path)
     say = progress or (lambda msg: None)
     fp = fingerprint(model_path, calibration_dir=calibration_dir)
-    targets = targets or plan(tensorrt_gpu=has_tensorrt_gpu(), openvino=has_openvino())
+    targets = targets or targets_here()
     started = _now()
     base = EngineStatus("building", asdict(fp), target=targets[0], started_at=started, pid=os.getpid())
     write_status(model_path, base)
@@ -194,7 +245,7 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         return _finish(model_path, replace(base, state="no-calibration", reason=NO_CALIBRATION), t0)
     base = replace(base, calibration_source=tiles.source, calibration_dir=tiles.calibration_dir)
     attempts = _attempts(model_path, tiles, targets, threads, say, detail)
-    order = {name: i for i, name in enumerate(("tensorrt-int8", "tensorrt-fp16", "openvino-int8", "ort-int8"))}
+    order = {name: i for i, name in enumerate(("tensorrt-int8", "tensorrt-fp16", "torch-cuda-fp16", "openvino-int8", "ort-int8"))}
     passed = sorted((a for a in attempts if a.passed), key=lambda a: order.get(a.engine, 99))
     records = tuple({"engine": a.engine, "passed": a.passed, "gate": a.gate, "reason": a.reason,
                      "seconds": round(a.seconds, 2)} for a in attempts)

@@ -181,9 +181,12 @@ def runtime_versions() -> dict[str, str | None]:
     """Installed runtime versions, read from package metadata (importing them would cost
     seconds and, for TensorRT, a CUDA context). Read once per process: a runtime upgraded
     under a running daemon only takes effect at its restart anyway."""
-    return {"onnxruntime": _dist_version("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
-            "openvino": _dist_version("openvino"), "tensorrt": _dist_version("tensorrt", "tensorrt-cu12",
-                                                                             "tensorrt-cu13")}
+    versions = {"onnxruntime": _dist_version("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"),
+                "openvino": _dist_version("openvino"), "tensorrt": _dist_version("tensorrt", "tensorrt-cu12",
+                                                                                 "tensorrt-cu13")}
+    if gpu_names():  # torch serves the GPU where TensorRT is missing (engines.torch_cuda); CPUs never build with it
+        versions["torch"] = _dist_version("torch")
+    return versions
 
 
 @lru_cache(maxsize=1)

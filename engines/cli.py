@@ -165,7 +165,7 @@ def cmd_autobuild(args: argparse.Namespace) -> int:
         action = ab.decide(status, ab.fingerprint(model, calibration_dir=cal),
                            artefact_present=ab.artefact_present(model, status), build_running=False)
         if args.force or action == "build":
-            targets = ab.plan(tensorrt_gpu=ab.has_tensorrt_gpu(), openvino=ab.has_openvino())
+            targets = ab.targets_here()
             with Progress(SpinnerColumn(), TextColumn("[bold]engine[/bold] {task.description}"), BarColumn(),
                           MofNCompleteColumn(), TimeElapsedColumn(), console=console) as prog:
                 steps = len(targets) + 1 + (targets[-1] == "ort-int8")  # + timing ort-int8 against fp32

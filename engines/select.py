@@ -1,6 +1,6 @@
 """Pick the fastest backend that is installed here and certified for this model.
 
-Order: TensorRT -> ONNX Runtime CUDA -> OpenVINO int8 (optional extra) -> ONNX Runtime CPU
+Order: TensorRT -> torch CUDA fp16 -> ONNX Runtime CUDA -> OpenVINO int8 (optional extra) -> ONNX Runtime CPU
 int8 -> ONNX Runtime CPU fp32 -> torch. OpenVINO runs the same gated int8 file 2.5-3.7x
 faster than ONNX Runtime on the project's CPUs (docs/performance.md). Every step down is
 logged with its reason and returned to the caller, so the daemon's health record and
@@ -21,13 +21,13 @@ from nscmonitor.engines.validate import GateReport, validate_engine
 
 log = logging.getLogger(__name__)
 
-ORDER = ("tensorrt", "ort-cuda", "openvino-int8", "ort-int8", "ort-cpu", "torch")
+ORDER = ("tensorrt", "torch-cuda", "ort-cuda", "openvino-int8", "ort-int8", "ort-cpu", "torch")
 OPTIONAL = ("openvino-fp32",)
 ALIASES = {"trt": "tensorrt", "ort-cpu-fp32": "ort-cpu", "ort-fp32": "ort-cpu", "ort-cpu-int8": "ort-int8",
            "int8": "ort-int8", "cuda": "ort-cuda", "torch-cl": "torch", "openvino": "openvino-fp32",
            "ov-int8": "openvino-int8", "ort-cuda-fp32": "ort-cuda", "torch-fp32": "torch",
-           "tensorrt-fp16": "tensorrt", "tensorrt-int8": "tensorrt"}
-SELF_CERTIFIED = ("tensorrt", "openvino-int8", "ort-int8")
+           "tensorrt-fp16": "tensorrt", "tensorrt-int8": "tensorrt", "torch-cuda-fp16": "torch-cuda"}
+SELF_CERTIFIED = ("tensorrt", "torch-cuda", "openvino-int8", "ort-int8")
 
 
 @dataclass
@@ -54,6 +54,13 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
 
         return TrtEngine(model_path, meta, engine_path=find_engine(model_path, cache_dir=cache_dir,
                                                                    batch_size=batch_size))
+    if backend == "torch-cuda":
+        from nscmonitor.engines.torch_cuda import TorchCudaEngine, certified
+
+        why = certified(model_path)
+        if why is not None:
+            raise EngineError(why)
+        return TorchCudaEngine(model_path, meta, batch_size=batch_size)
     if backend == "ort-cuda":
         from nscmonitor.engines.ort import OrtCudaEngine
 

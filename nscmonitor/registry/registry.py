@@ -26,7 +26,9 @@ from nscmonitor.store.registry import (ModelInfo, active_version, add_version, f
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("metrics.json", "config.json", "evaluation.png", "tiles.json")
+# best.pt: the torch engines serve the checkpoint (no ONNX -> torch converter is trusted), the
+# GPU's among them where TensorRT is missing (engines.torch_cuda)
+RUN_FILES = ("metrics.json", "config.json", "evaluation.png", "tiles.json", "best.pt")
 
 
 class ModelIntegrityError(UserFacingError):

@@ -276,6 +276,9 @@ def test_decide_retries_only_when_something_changes() -> None:
 def test_plan_follows_the_selection_order() -> None:
     assert autobuild.plan(tensorrt_gpu=True, openvino=True) == ("tensorrt-int8", "tensorrt-fp16", "openvino-int8")
     assert autobuild.plan(tensorrt_gpu=False, openvino=False) == ("ort-int8",)
+    assert autobuild.plan(tensorrt_gpu=False, openvino=True, torch_cuda=True) == ("torch-cuda-fp16", "openvino-int8")
+    assert autobuild.plan(tensorrt_gpu=True, openvino=False, torch_cuda=True) == (
+        "tensorrt-int8", "tensorrt-fp16", "torch-cuda-fp16", "ort-int8")
 
 
 def test_build_lock_excludes_a_second_builder_and_is_released(tmp_path: Path) -> None:

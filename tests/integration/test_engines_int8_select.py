@@ -123,7 +123,7 @@ def test_select_prefers_certified_int8_and_logs_what_it_skipped(model_and_tiles,
     monkeypatch.setenv("NSCMONITOR_DISABLE_OPENVINO", "1")
     model, meta, tiles = model_and_tiles
     sel = select(model)
-    assert sel.backend == "ort-cpu" and [b for b, _ in sel.skipped][:2] == ["tensorrt", "ort-cuda"]
+    assert sel.backend == "ort-cpu" and [b for b, _ in sel.skipped][:3] == ["tensorrt", "torch-cuda", "ort-cuda"]
     calib, held = calibration_and_heldout(tiles, meta)
     build_ort_int8(model, calib, held)
     sel = select(model, threads=1)

@@ -66,8 +66,21 @@ def test_selector_falls_back_to_torch_when_onnxruntime_is_disabled(run_dir, monk
     monkeypatch.setenv("NSCMONITOR_DISABLE_ORT", "1")
     sel = select(run_dir / "model.onnx", threads=1)
     assert sel.backend == "torch"
-    assert [b for b, _ in sel.skipped] == ["tensorrt", "ort-cuda", "openvino-int8", "ort-int8", "ort-cpu"]
+    assert [b for b, _ in sel.skipped] == ["tensorrt", "torch-cuda", "ort-cuda", "openvino-int8", "ort-int8",
+                                           "ort-cpu"]
     assert sel.engine.infer(X).shape == (6, 4)
+
+
+def test_torch_cuda_is_passed_over_with_the_reason_where_there_is_no_gpu(run_dir):
+    from nscmonitor.engines.autobuild import gpu_names
+    from nscmonitor.engines.torch_cuda import TorchCudaEngine
+
+    if gpu_names() or torch.cuda.is_available():
+        pytest.skip("this machine has an NVIDIA GPU (tests/gpu covers the engine there)")
+    sel = select(run_dir / "model.onnx", threads=1)
+    assert dict(sel.skipped)["torch-cuda"] == "no NVIDIA GPU on this machine"
+    with pytest.raises(EngineError, match="sees no CUDA GPU"):
+        TorchCudaEngine(run_dir / "model.onnx", META).load()
 
 
 def test_disabled_torch_is_a_clean_engine_error(run_dir, monkeypatch):

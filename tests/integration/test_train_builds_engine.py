@@ -47,6 +47,8 @@ def test_train_builds_and_records_the_engine_and_register_carries_it(tmp_path: P
     cfg.write_text(f'database_url = "sqlite:///{tmp_path / "nsc.db"}"\nmodels_dir = "{tmp_path / "models"}"\n')
     assert main(["--config", str(cfg), "models", "register", str(run)]) == 0
     version_dir = next((tmp_path / "models" / "versions").iterdir())
+    # the torch engines (the GPU's without TensorRT) serve the checkpoint: it travels with the version
+    assert (version_dir / "best.pt").read_bytes() == (run / "best.pt").read_bytes()
     copied = autobuild.read_status(version_dir / "model.onnx")
     assert copied.finished_at == status.finished_at, "the engine was built again instead of carried over"
     assert autobuild.summary(version_dir / "model.onnx")["state"] == status.state
