@@ -72,7 +72,10 @@ export NSCMONITOR_DATABASE_URL="sqlite:///$data/nscmonitor.db" NSCMONITOR_MODELS
 cal=()
 [ -n "$reg_tiles" ] && [ -n "${MODEL:-}" ] && cal=(--calibration "$reg_tiles")  # a trained run carries its own
 t0=$(date +%s.%N)
-timeout 300 "${NSC[@]}" models register "$reg_model" "${cal[@]}" >> "$OUT/register.txt" 2>&1 || status=1
+# a run directory is registered whole (its best.pt is what the torch GPU engine serves)
+reg_source=$reg_model
+[ "$(basename "$reg_model")" = model.onnx ] && reg_source=$(dirname "$reg_model")
+timeout 300 "${NSC[@]}" models register "$reg_source" "${cal[@]}" >> "$OUT/register.txt" 2>&1 || status=1
 t1=$(date +%s.%N)
 version_model=$(find "$data/models/versions" -name model.onnx 2>/dev/null | head -n 1)
 if [ -n "$version_model" ] && [ ! -f "$(dirname "$version_model")/engine-status.json" ]; then

@@ -212,6 +212,7 @@ def engine_alone(model: Path, frames: list[Path], backend: str, batch_size: int,
     x = np.concatenate(tiles)
     sel = select(model, backend, batch_size=batch_size, threads=threads, cache_dir=cache_dir)
     engine = sel.engine
+    batch_size = max(batch_size, engine.preferred_batch or 0)  # as the daemon chunks for it
     try:
         engine.infer(x[:batch_size])  # warm-up
         t0 = time.perf_counter()

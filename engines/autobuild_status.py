@@ -347,7 +347,7 @@ def describe(status: EngineStatus | None, version: str | None = None) -> str:
         if s and s.get("precision") == "bf16":
             line += "; its non-int8 layers run bf16"
         return line
-    return f"no int8 engine{of}: {status.reason}"
+    return f"no built engine{of}: {status.reason}"
 
 
 def summary(model_path: str | Path, version: str | None = None) -> dict[str, Any]:

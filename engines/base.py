@@ -28,6 +28,9 @@ class Engine(ABC):
     ``infer_with_ood`` hands that score on, None where the model has none."""
 
     name: str = "engine"
+    #: the batch this backend runs best at when larger than the daemon's ``batch_size`` (a GPU
+    #: is idle between small batches); callers chunk tiles by the larger of the two
+    preferred_batch: int | None = None
 
     def __init__(self, model_path: str | Path, metadata: ModelMetadata) -> None:
         self.model_path = Path(model_path)

@@ -196,6 +196,12 @@ def _backend_status() -> list[tuple[str, str]]:
     trt_state = tensorrt_check(installed_versions(TENSORRT_DISTRIBUTIONS))
     rows.append(("tensorrt", "not installed (pip install 'nscmonitor[gpu]')" if not trt else
                  "installed" if trt_state is None else trt_state[1] if trt_state[0] else f"unusable: {trt_state[1]}"))
+    from nscmonitor.engines.autobuild import gpu_names
+
+    gpus = gpu_names()
+    torch_here = importlib.util.find_spec("torch") is not None
+    rows.append(("torch-cuda", "no NVIDIA GPU" if not gpus else "torch not installed" if not torch_here else
+                 f"{gpus[0]} (serves RUN_DIR/best.pt in fp16 once build on arrival has gated it)"))
     try:
         import onnxruntime as ort
 

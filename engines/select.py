@@ -55,12 +55,12 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
         return TrtEngine(model_path, meta, engine_path=find_engine(model_path, cache_dir=cache_dir,
                                                                    batch_size=batch_size))
     if backend == "torch-cuda":
-        from nscmonitor.engines.torch_cuda import TorchCudaEngine, certified
+        from nscmonitor.engines.torch_cuda import SERVING_BATCH, TorchCudaEngine, certified
 
         why = certified(model_path)
         if why is not None:
             raise EngineError(why)
-        return TorchCudaEngine(model_path, meta, batch_size=batch_size)
+        return TorchCudaEngine(model_path, meta, batch_size=max(batch_size, SERVING_BATCH))
     if backend == "ort-cuda":
         from nscmonitor.engines.ort import OrtCudaEngine
 

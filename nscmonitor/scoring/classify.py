@@ -27,6 +27,7 @@ def score_batches(engine: Engine, tile_sets: list[np.ndarray], batch_size: int) 
     if sum(counts) == 0:
         return [TileScores(np.zeros((0, k), np.float32), np.zeros(0, np.float32) if has_ood else None)
                 for _ in tile_sets]
+    batch_size = max(batch_size, engine.preferred_batch or 0)
     allt = np.concatenate([t for t in tile_sets if len(t)], axis=0)
     out = np.empty((len(allt), k), np.float32)
     ood: np.ndarray | None = np.empty(len(allt), np.float32) if has_ood else None

@@ -104,6 +104,7 @@ experiment = "E1"
         sel = select(model, "auto", batch_size=8)
         try:
             assert sel.backend == "torch-cuda" and sel.engine.name == NAME
+            assert sel.engine.preferred_batch >= 64 and sel.engine._graph is not None
             assert sel.engine.infer(_x(sel.engine.metadata, 3)).shape == (3, len(sel.engine.metadata.classes))
         finally:
             sel.engine.close()

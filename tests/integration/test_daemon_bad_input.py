@@ -77,3 +77,29 @@ def test_bad_files_are_quarantined_with_reasons_and_good_files_still_scored(tmp_
     for p in (good_before, good_after):
         assert p.exists()
     assert (watch / "VID1_A2_1_00d00h00m.tif").stat().st_size == 0, "originals are never modified"
+
+
+def test_images_prepared_on_several_threads_keep_their_outcomes_and_the_time_adds_up(tmp_path: Path,
+                                                                                       make_runner) -> None:
+    import time
+
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    good = [write_tiff(watch / f"VID1_A{i}_1_00d00h00m.tif", cells_image(i, (512, 512))) for i in range(1, 7)]
+    (watch / "VID1_B1_1_00d00h00m.tif").write_bytes(b"II*\x00garbage")
+    (watch / "VID1_B2_1_00d00h00m.tif").write_bytes(b"")
+    runner = make_runner(watch, profile="incucyte", max_attempts=1)
+    runner.scorer.prepare_workers = 4
+    runner.scorer.next_claim = 8  # one claim: all eight prepared side by side
+    t0 = time.perf_counter()
+    runner.run(once=True)
+    wall = time.perf_counter() - t0
+
+    by_name = {Path(r.path).name: r for r, _ in Repo(runner.store.engine).images(1)}
+    assert all(by_name[p.name].status == "done" for p in good)
+    assert by_name["VID1_B1_1_00d00h00m.tif"].status == "quarantined"
+    assert "empty file" in by_name["VID1_B2_1_00d00h00m.tif"].error
+    t = runner.timings
+    assert t.decode > 0 and t.preprocess > 0
+    # booked as shares of the step's wall time, not the threads' sum: never more than the run took
+    assert t.decode + t.preprocess + t.inference + t.store <= wall

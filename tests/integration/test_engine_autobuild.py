@@ -134,7 +134,7 @@ def test_a_failing_gate_keeps_fp32_and_status_json_says_why(tmp_path: Path, caps
     run = run_dir_with_calibration(tmp_path, strict=True)
     assert main(["--config", str(cfg), "models", "register", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "no int8 engine" in out and "gate" in out
+    assert "no built engine" in out and "gate" in out
     settings = load_settings(cfg, env={})
     active = Registry(settings.models_dir, open_engine(settings.database_url)).active()
     status = autobuild.read_status(active.path)
