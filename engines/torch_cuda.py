@@ -184,7 +184,8 @@ def certified(model_path: str | Path) -> str | None:
     if attempt is None:
         return "its last engine build did not try it (no CUDA GPU or torch then)"
     if not attempt.get("passed"):
-        return f"failed its gate: {attempt.get('reason') or 'see engine-status.json'}"
+        why = attempt.get("reason") or "see engine-status.json"
+        return f"failed its gate: {why}" if attempt.get("gate") else f"could not be gated: {why}"
     if fingerprint(model_path).changes(st.fingerprint):
         return "gated under another model, runtime or machine; it is gated again by the next build"
     if (attempt.get("gate") or {}).get("checkpoint_sha256") != checkpoint_sha256(model_path):
