@@ -31,6 +31,9 @@ class Engine(ABC):
     #: the batch this backend runs best at when larger than the daemon's ``batch_size`` (a GPU
     #: is idle between small batches); callers chunk tiles by the larger of the two
     preferred_batch: int | None = None
+    #: inference runs elsewhere (a GPU) and leaves the CPU free: the scorer prepares the next
+    #: images meanwhile. False for CPU engines, whose own threads already use every core.
+    overlaps_cpu: bool = False
 
     def __init__(self, model_path: str | Path, metadata: ModelMetadata) -> None:
         self.model_path = Path(model_path)

@@ -235,6 +235,7 @@ class OrtCudaEngine(OrtCpuEngine):
 
     name = "ort-cuda-fp32"
     provider = "CUDAExecutionProvider"
+    overlaps_cpu = True
 
     def _providers(self) -> list[str]:
         return [self.provider, "CPUExecutionProvider"]

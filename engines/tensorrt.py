@@ -169,6 +169,7 @@ class _Slot:
 
 class TrtEngine(Engine):
     name = "tensorrt"
+    overlaps_cpu = True
 
     def __init__(self, model_path: str | Path, metadata: ModelMetadata, *, engine_path: str | Path,
                  require_gate: bool = True, device: int = 0) -> None:

@@ -45,6 +45,8 @@ class TorchCudaEngine(TorchEngine):
     """``batch_size`` is the captured graph's batch (the daemon's own); ``graphs=False`` runs
     the same fp16 network eagerly (benchmarks compare the two)."""
 
+    overlaps_cpu = True
+
     def __init__(self, model_path: str | Path, metadata: ModelMetadata, *, batch_size: int = 8,
                  graphs: bool = True, device: str = "cuda") -> None:
         super().__init__(model_path, metadata, channels_last=True, device=device)

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import NamedTuple, TypeVar
 
 from nscmonitor.config import Settings
@@ -37,6 +37,9 @@ FIRST_CLAIM, MAX_CLAIM = 4, 64
 #: more threads than this add little: past it a claim's images are prepared faster than any
 #: engine here scores them
 MAX_PREPARE_WORKERS = 8
+#: the fewest images in one chunk of a pipelined claim, so that each engine call still batches
+#: the tiles of several images
+MIN_CHUNK = 4
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -91,15 +94,14 @@ class Scorer:
         return batch
 
     def _score(self, model: LoadedModel, claimed: list[Claimed]) -> Batch:
-        prepared = [p for _, p in self._prepare_all(claimed) if p is not None]
+        scored = self._prepare_and_infer(model, claimed)
+        if scored is None:  # the engine failed: the claim went back to the queue untouched
+            return Batch(len(claimed), 0)
+        prepared, probs = scored
         if not prepared:
             return Batch(len(claimed), 0)
         self._bytes_per_image = sum(p.decoded.pixels.nbytes + (p.grid.tiles.nbytes if p.grid is not None else 0)
                                     for p in prepared) / len(prepared)
-        t0 = time.perf_counter()
-        probs = self._infer(model, prepared)
-        if probs is None:
-            return Batch(len(claimed), 0)
         t1 = time.perf_counter()
         pairs = [(p.claimed, (p, pr)) for p, pr in zip(prepared, probs) if pr is not None]
         results = self._each(pairs, "packing the result",
@@ -108,10 +110,73 @@ class Scorer:
         if self.forecast is not None and stored:
             self._forecast(prepared, stored, {p.claimed.id for p in prepared
                                               if pixel_size_mismatch(model.engine.metadata, p.decoded.pixel_size_um)})
-        self.metrics.timings.inference += t1 - t0
         self.metrics.timings.store += time.perf_counter() - t1
         self.metrics.stored(c.path for c in stored)
         return Batch(len(claimed), len(stored))
+
+    def _prepare_and_infer(self, model: LoadedModel,
+                           claimed: list[Claimed]) -> tuple[list[Prepared], list] | None:
+        """Decode, check and tile the claimed images on ``prepare_workers`` threads, and score
+        them; None when the engine failed (everything claimed is then released).
+
+        Why threads: decoding (file reads, codecs) and numpy's percentiles and resampling
+        release the GIL, and done one image after another they took as long as a GPU engine's
+        inference. The stages write nothing, so the threads only compute; each image's outcome
+        (a failure, content scored already) is handled on this thread, in claim order, by the
+        same per-image boundary. Where inference leaves the CPU free (``Engine.overlaps_cpu``,
+        the GPU engines), the claim is also cut into chunks and the threads prepare the next
+        chunk while the engine scores this one; on a CPU engine the claim is one chunk, since
+        the engine's own threads already use every core. Decode and preprocess are booked as
+        the time this thread waited for them (shared between the two by the threads' own
+        times), so the pipeline's shares still add up to its wall time."""
+        meta = model.engine.metadata
+        try:
+            pre: Preprocess | Exception = self._preprocess(meta)
+        except Exception as exc:  # metadata it refuses fails the images (in _outcome), never the daemon
+            pre = exc
+        workers = max(1, min(len(claimed), self.prepare_workers))
+        size = max(workers, MIN_CHUNK) if getattr(model.engine, "overlaps_cpu", False) else len(claimed)
+        chunks = [claimed[i:i + size] for i in range(0, len(claimed), size)]
+        prepared: list[Prepared] = []
+        probs: list = []
+        timings = self.metrics.timings
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare") as pool:
+            pending = self._submit(pool, chunks[0], pre, meta)
+            for k in range(len(chunks)):
+                current = pending
+                t0 = time.perf_counter()
+                wait([f for _, f, _ in current])
+                self._book_prepare(current, time.perf_counter() - t0)
+                pending = self._submit(pool, chunks[k + 1], pre, meta) if k + 1 < len(chunks) else []
+                ready = [p for _, p in self._each(((c, (c, f)) for c, f, _ in current), "preparing the image",
+                                                   self._outcome) if p is not None]
+                if not ready:
+                    continue
+                t0 = time.perf_counter()
+                out = self._infer(model, ready)
+                timings.inference += time.perf_counter() - t0
+                if out is None:
+                    later = [c.id for chunk in chunks[k + 1:] for c in chunk]
+                    self.writer.release([p.claimed.id for p in prepared + ready] + later)
+                    self.stop_event.wait(self.retry_base_s)
+                    return None
+                prepared += ready
+                probs += out
+        return prepared, probs
+
+    def _submit(self, pool: ThreadPoolExecutor, chunk: list[Claimed], pre: Preprocess | Exception,
+                meta) -> list[tuple[Claimed, Future, Timings]]:
+        out = []
+        for c in chunk:
+            own = Timings()
+            out.append((c, pool.submit(self._compute, c, pre, meta, own), own))
+        return out
+
+    def _book_prepare(self, done: list[tuple[Claimed, Future, Timings]], waited: float) -> None:
+        decode, prep = sum(t.decode for _, _, t in done), sum(t.preprocess for _, _, t in done)
+        if decode + prep > 0:
+            self.metrics.timings.decode += waited * decode / (decode + prep)
+            self.metrics.timings.preprocess += waited * prep / (decode + prep)
 
     def prepare(self, c: Claimed) -> Prepared | None:
         """The stages before inference for one image; an image whose content was scored
@@ -123,34 +188,6 @@ class Scorer:
         if out is None:
             self.writer.unchanged(c.id)
         return out
-
-    def _prepare_all(self, claimed: list[Claimed]) -> list[tuple[Claimed, Prepared | None]]:
-        """``prepare`` for every claimed image, on several threads when there are several
-        images: decoding (file reads, codecs) and numpy's percentiles and resampling release
-        the GIL, and done one after another they were as long as the GPU engine's inference
-        (a ResNet50 on 1408x1040 frames: 44 % of the pipeline's time). The stages write
-        nothing, so the threads only compute; each image's outcome (a failure, content
-        scored already) is then handled here, in claim order, by the same per-image boundary.
-        The threads' decode and preprocess times are booked as shares of the wall time the
-        step took, so the pipeline's shares still add up to its time."""
-        n = min(len(claimed), self.prepare_workers)
-        if n <= 1:
-            return self._each(((c, c) for c in claimed), "preparing the image", self.prepare)
-        meta = self.slot.model.engine.metadata
-        try:
-            pre: Preprocess | Exception = self._preprocess(meta)
-        except Exception as exc:  # metadata it refuses fails the images (below), never the daemon
-            pre = exc
-        own = [Timings() for _ in claimed]
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="prepare") as pool:
-            futures = [pool.submit(self._compute, c, pre, meta, t) for c, t in zip(claimed, own)]
-        wall = time.perf_counter() - t0
-        decode, prep = sum(t.decode for t in own), sum(t.preprocess for t in own)
-        if decode + prep > 0:
-            self.metrics.timings.decode += wall * decode / (decode + prep)
-            self.metrics.timings.preprocess += wall * prep / (decode + prep)
-        return self._each(((c, (c, f)) for c, f in zip(claimed, futures)), "preparing the image", self._outcome)
 
     def _compute(self, c: Claimed, pre: Preprocess | Exception, meta, timings: Timings) -> Prepared | None:
         if isinstance(pre, Exception):
@@ -189,14 +226,12 @@ class Scorer:
 
     def _infer(self, model: LoadedModel, prepared: list[Prepared]) -> list | None:
         """Probabilities per image (None for one the engine failed on, which is failed here);
-        None when the engine failed on the whole batch, which goes back to the queue."""
+        None when the engine failed on the whole batch (the caller hands the claim back)."""
         try:
             probs, errors = infer(model.engine, prepared, self.settings.batch_size)
         except Exception as exc:  # the engine, not an image, is at fault
             log.error("engine %s failed on a batch: %s; the batch goes back to the queue", model.engine.name, exc)
             self.writer.event("engine_error", str(exc), level="error")
-            self.writer.release(p.claimed.id for p in prepared)
-            self.stop_event.wait(self.retry_base_s)
             return None
         for c, exc in errors:
             self.fail(c, f"the engine failed on this image: {why(exc)}", False)
