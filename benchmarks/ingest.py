@@ -228,17 +228,13 @@ def engine_alone(model: Path, frames: list[Path], backend: str, batch_size: int,
 
 
 def backend_of(engine_name: str) -> str:
-    """The selector's backend for an engine's display name (``tensorrt-int8`` -> ``tensorrt``,
-    ``ort-cuda-fp32`` -> ``ort-cuda``)."""
     from nscmonitor.engines.base import EngineError
-    from nscmonitor.engines.select import canonical
+    from nscmonitor.engines.select import backend_of as of
 
-    for name in (engine_name, engine_name.rsplit("-", 1)[0]):
-        try:
-            return canonical(name)
-        except EngineError:
-            continue
-    raise SystemExit(f"cannot tell which backend serves as {engine_name!r}")
+    try:
+        return of(engine_name)
+    except EngineError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def side_by_side(args: argparse.Namespace, shape: tuple[int, int]) -> int:

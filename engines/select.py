@@ -10,6 +10,7 @@ logged with its reason and returned to the caller, so the daemon's health record
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,17 @@ def canonical(name: str) -> str:
     if name not in ORDER + OPTIONAL and name != "auto":
         raise EngineError(f"unknown backend {name!r}; choose auto or one of {', '.join(ORDER + OPTIONAL)}")
     return name
+
+
+def backend_of(engine_name: str) -> str:
+    """The selector's backend for an engine's name (``tensorrt-int8`` -> ``tensorrt``,
+    ``ort-cuda-fp32`` -> ``ort-cuda``, ``torch-cuda-fp16`` -> ``torch-cuda``)."""
+    for name in (engine_name, engine_name.rsplit("-", 1)[0]):
+        try:
+            return canonical(name)
+        except EngineError:
+            continue
+    raise EngineError(f"no backend serves as {engine_name!r}")
 
 
 def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_size: int, threads: int,
@@ -126,7 +138,8 @@ def _reference(model_path: Path, meta: ModelMetadata, threads: int) -> Engine | 
 
 
 def select(model_path: str | Path, prefer: str = "auto", *, batch_size: int = 8, threads: int = 0,
-           cache_dir: str | Path | None = None, validation_tiles: TileSet | None = None) -> Selection:
+           cache_dir: str | Path | None = None, validation_tiles: TileSet | None = None,
+           exclude: Mapping[str, str] | None = None) -> Selection:
     """Return the chosen, loaded engine and the backends skipped on the way, with reasons.
 
     ``prefer`` puts one backend first; when it cannot serve, selection continues down the
@@ -136,6 +149,8 @@ def select(model_path: str | Path, prefer: str = "auto", *, batch_size: int = 8,
     every PC whatever its speed names it.
     With ``validation_tiles`` every backend that does not carry its own gate result (the CUDA
     provider, torch) is compared with the ONNX reference before it is accepted.
+    ``exclude``: backends not to use, each with the reason (the daemon's, for one that kept
+    failing while it served: a GPU whose driver was reset stays unusable in this process).
     """
     model_path = Path(model_path)
     meta = read_onnx_metadata(model_path)
@@ -146,6 +161,8 @@ def select(model_path: str | Path, prefer: str = "auto", *, batch_size: int = 8,
     for backend in order:
         engine = None
         try:
+            if exclude and backend in exclude:
+                raise EngineError(exclude[backend])
             if backend != first and (slower := int8_refusal(model_path, backend)) is not None:
                 raise EngineError(slower)
             engine = make_engine(backend, model_path, meta, batch_size=batch_size, threads=threads,

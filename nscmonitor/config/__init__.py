@@ -33,7 +33,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 APP = "nscmonitor"
-ENGINES = ("auto", "trt", "ort-cuda", "openvino-int8", "ort-int8", "ort-cpu", "torch")
+ENGINES = ("auto", "trt", "torch-cuda", "ort-cuda", "openvino-int8", "ort-int8", "ort-cpu", "torch")
 
 
 def default_config_path() -> Path:

@@ -3,12 +3,14 @@
 A promoted model (a new version from the model source) or a new engine for the served
 model (built in the background and gated here) takes over between batches only, so every
 image is scored by exactly one engine. A model that cannot load leaves the old one
-serving."""
+serving. An engine that keeps failing while it serves (a GPU whose driver was reset, which
+stays unusable in this process) is replaced by the next one the selector offers
+(``fail_over``), and its backend stays excluded until the daemon restarts."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,7 +21,9 @@ from nscmonitor.store.writer import Writer
 log = logging.getLogger(__name__)
 
 ModelSource = Callable[[], tuple[Path, str]]
-EngineFactory = Callable[[Path], Engine]
+class EngineFactory(Protocol):
+    def __call__(self, path: Path, exclude: Mapping[str, str] | None = None) -> Engine:
+        """The engine to serve ``path`` with, passing over the backends in ``exclude``."""
 
 
 @dataclass
@@ -60,6 +64,8 @@ class ModelSlot:
         self.model: LoadedModel | None = None
         self.build_note: str | None = None
         self.load_error: str | None = None  # why the last (re)load was refused, reported once
+        #: backends that failed while serving here, with the reason (until the daemon restarts)
+        self.excluded: dict[str, str] = {}
 
     def load(self) -> bool:
         """(Re)load when the model source names a new version, or when a new engine for the
@@ -73,7 +79,7 @@ class ModelSlot:
         if self.model is not None and self.model.version == version and self.model.path == path \
                 and self.model.engine_token == token:
             return False
-        engine = self.engine_factory(path)
+        engine = self.engine_factory(path, exclude=self.excluded)
         old = self.model
         self.model = LoadedModel(engine, version, path, token)
         if old is not None:
@@ -94,6 +100,38 @@ class ModelSlot:
                 log.info("model swapped: %s -> %s (%s)", old.version, version, engine.name)
                 self.writer.event("model_swapped", f"now serving {version} with {engine.name}",
                                   data={"from": old.version, "to": version})
+        return True
+
+    def fail_over(self, reason: str) -> bool:
+        """Serve the model with the next engine the selector offers, leaving out the one in
+        use (which failed ``reason``) until the daemon restarts; say so (log, event, the
+        notification hook). False, keeping the current engine, when no other can serve."""
+        from nscmonitor.engines.select import backend_of
+        from nscmonitor.hooks import emit
+
+        old = self.model
+        if old is None:
+            return False
+        try:
+            backend = backend_of(old.engine.name)
+        except Exception:  # an engine of no known backend: nothing to leave out
+            log.exception("cannot tell which backend %s is", old.engine.name)
+            return False
+        self.excluded[backend] = f"failed while serving here ({reason}); left out until the daemon restarts"
+        try:
+            engine = self.engine_factory(old.path, exclude=self.excluded)
+        except Exception as exc:  # no other backend: keep the one that fails, retrying
+            log.error("engine %s keeps failing (%s) and no other can serve %s: %s", old.engine.name, reason,
+                      old.version, exc)
+            del self.excluded[backend]
+            return False
+        self.model = LoadedModel(engine, old.version, old.path, old.engine_token)
+        old.engine.close()
+        msg = (f"{old.version}: engine {old.engine.name} kept failing ({reason}); now served with {engine.name} "
+               "until the daemon restarts")
+        log.error("%s", msg)
+        emit(self.writer.engine, "engine_failed_over", msg, level="error", hook=self.hook,
+             data={"version": old.version, "from": old.engine.name, "to": engine.name, "reason": reason})
         return True
 
     def load_safely(self) -> bool:

@@ -40,6 +40,9 @@ MAX_PREPARE_WORKERS = 8
 #: the fewest images in one chunk of a pipelined claim, so that each engine call still batches
 #: the tiles of several images
 MIN_CHUNK = 4
+#: whole batches the served engine may fail in a row before the next engine takes over
+#: (``ModelSlot.fail_over``): one failure can be a passing fault, three in a row is the engine
+ENGINE_FAILURES_BEFORE_FAIL_OVER = 3
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,7 +77,9 @@ class Scorer:
         self.max_attempts = max_attempts
         self.claim_size = claim_size
         self.next_claim = min(FIRST_CLAIM, claim_size)
+        self.engine_failures = 0  # whole batches the served engine failed in a row
         self._bytes_per_image = 0.0  # of the last batch's prepared images (frames and tiles)
+        self._engine_error = ""  # the served engine's last failure, for the fail-over's reason
         self._pre: tuple[object, Preprocess] | None = None
         self.forecast = forecast
         #: threads that decode and tile the images of one claim (the engine waits meanwhile)
@@ -158,11 +163,22 @@ class Scorer:
                 if out is None:
                     later = [c.id for chunk in chunks[k + 1:] for c in chunk]
                     self.writer.release([p.claimed.id for p in prepared + ready] + later)
-                    self.stop_event.wait(self.retry_base_s)
+                    if not self._fail_over_after_repeated_failures():
+                        self.stop_event.wait(self.retry_base_s)
                     return None
                 prepared += ready
                 probs += out
         return prepared, probs
+
+    def _fail_over_after_repeated_failures(self) -> bool:
+        """After ``ENGINE_FAILURES_BEFORE_FAIL_OVER`` failed batches in a row, the next engine
+        the selector offers serves (True); the images were handed back and are scored by it."""
+        if self.engine_failures < ENGINE_FAILURES_BEFORE_FAIL_OVER:
+            return False
+        if not self.slot.fail_over(f"{self.engine_failures} batches in a row: {self._engine_error}"):
+            return False
+        self.engine_failures = 0
+        return True
 
     def _submit(self, pool: ThreadPoolExecutor, chunk: list[Claimed], pre: Preprocess | Exception,
                 meta) -> list[tuple[Claimed, Future, Timings]]:
@@ -232,7 +248,10 @@ class Scorer:
         except Exception as exc:  # the engine, not an image, is at fault
             log.error("engine %s failed on a batch: %s; the batch goes back to the queue", model.engine.name, exc)
             self.writer.event("engine_error", str(exc), level="error")
+            self.engine_failures += 1
+            self._engine_error = why(exc)
             return None
+        self.engine_failures = 0
         for c, exc in errors:
             self.fail(c, f"the engine failed on this image: {why(exc)}", False)
         return probs

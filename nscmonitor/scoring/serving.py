@@ -5,6 +5,7 @@ active version, and the inference backend chosen for this machine."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from nscmonitor.config import Settings
@@ -87,12 +88,12 @@ def registry_model_source(settings: Settings) -> ModelSource | None:
 
 
 def engine_factory(settings: Settings) -> EngineFactory:
-    def factory(path: Path) -> Engine:
+    def factory(path: Path, exclude: Mapping[str, str] | None = None) -> Engine:
         from nscmonitor.engines.select import select
 
         try:
             sel = select(path, settings.engine, batch_size=settings.batch_size, threads=settings.threads,
-                         cache_dir=settings.models_dir / "engines")
+                         cache_dir=settings.models_dir / "engines", exclude=exclude)
         except MetadataError as exc:
             raise UserFacingError(f"refusing model {path}: {exc}") from exc
         except EngineError as exc:

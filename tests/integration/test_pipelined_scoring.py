@@ -90,3 +90,59 @@ def test_an_engine_that_dies_mid_claim_hands_the_whole_claim_back(tmp_path: Path
     engine._run = real_run
     runner.run(once=True)  # the engine works again: everything scored, once
     assert sorted(_predictions_per_image(runner).values()) == [1] * len(good)
+
+
+def test_an_engine_that_keeps_failing_is_replaced_by_the_next_and_nothing_is_lost(tmp_path: Path) -> None:
+    """Three failed batches in a row: the next engine the selector offers serves, the failing
+    backend stays out (until a restart), the event names both, and every image is scored once."""
+    import pytest
+
+    torch = pytest.importorskip("torch", reason="the torch engine is the first one here (the train extra)")
+    torchvision = pytest.importorskip("torchvision")
+    from nscmonitor.config import parse_settings
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.engines.metadata import ModelMetadata
+    from nscmonitor.engines.torch import export_onnx, save_checkpoint, with_prelude
+
+    watch = tmp_path / "watch"
+    good = _plate(watch, 10)
+    meta = ModelMetadata(name="r18", version="t", scheme="multiclass",
+                         classes=("neuron", "astrocyte", "oligodendrocyte", "undifferentiated"), input_size=32,
+                         arch="resnet18", normalization={"p_low": 1.0, "p_high": 99.8, "mean": [0.4], "std": [0.2],
+                                                         "in_graph": True})
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=4).eval()
+    save_checkpoint(tmp_path / "run" / "best.pt", net, "resnet18", meta)
+    export_onnx(with_prelude(net, meta), meta, tmp_path / "run" / "model.onnx")
+    settings = parse_settings({"database_url": f"sqlite:///{tmp_path / 'nsc.db'}", "models_dir": str(tmp_path / "models"),
+                               "log_dir": str(tmp_path / "logs"), "engine": "torch", "threads": 1,
+                               "watch": [{"path": str(watch), "experiment": "E1", "quiet_seconds": 0.0,
+                                          "profile": "incucyte"}]}, env={})
+    runner = build_runner(settings, model=tmp_path / "run" / "model.onnx", retry_base_s=0.01)
+    try:
+        runner.setup()
+        first = runner.model.engine
+        assert first.name == "torch-fp32", first.name
+
+        def device_lost(tiles):  # the runtime failing for good, as a GPU does after a driver reset
+            raise RuntimeError("device lost")
+
+        first._run = device_lost
+        runner.scorer.next_claim = 2
+        runner.discover()
+        for _ in range(3):
+            assert runner.scorer.process_batch().stored == 0
+        assert runner.model.engine is not first and runner.model.engine.name == "ort-fp32"
+        assert "torch" in runner.slot.excluded
+        runner.run(once=True)
+        assert sorted(_predictions_per_image(runner).values()) == [1] * len(good)
+        with runner.store.engine.connect() as c:
+            engines = set(c.scalars(select(m.Prediction.engine)).all())
+            events = c.execute(select(m.Event.kind, m.Event.message)).all()
+            attempts = set(c.scalars(select(m.Image.attempts)).all())
+        assert engines == {"ort-fp32"}
+        assert attempts == {1}, "the engine's failures were not counted against the images"
+        failover = [msg for kind, msg in events if kind == "engine_failed_over"]
+        assert len(failover) == 1 and "device lost" in failover[0] and "ort-fp32" in failover[0]
+    finally:
+        runner.stop_event.set()
