@@ -205,9 +205,26 @@ def _runtime_checks() -> list[Check]:
     if telemetry is not None:
         checks.append(("OpenVINO usage statistics", True, telemetry))
         checks.append(("OpenVINO CPU precisions", True, _openvino_precisions()))
-    gpu = shutil.which("nvidia-smi") is not None
-    checks.append(("NVIDIA GPU", gpu, "nvidia-smi found" if gpu else "no NVIDIA driver found (CPU engines serve)"))
+    checks.append(_gpu_check())
     return checks
+
+
+def _gpu_check() -> Check:
+    """Which GPU engine this PC can have: TensorRT, else the trained network in fp16 on CUDA
+    torch, else none (a GPU the daemon cannot use is worth saying)."""
+    from nscmonitor.engines.autobuild_status import gpu_names
+
+    if shutil.which("nvidia-smi") is None:
+        return ("NVIDIA GPU", False, "no NVIDIA driver found (CPU engines serve)")
+    gpus = gpu_names()
+    named = ", ".join(gpus) if gpus else "nvidia-smi found but names no GPU"
+    if importlib.util.find_spec("tensorrt") is not None:
+        return ("NVIDIA GPU", True, f"{named}; TensorRT engines are built here")
+    if importlib.util.find_spec("torch") is not None:
+        return ("NVIDIA GPU", True, f"{named}; no TensorRT: the trained network serves in fp16 on CUDA torch "
+                                    "(torch-cuda-fp16) once its build has gated it")
+    return ("NVIDIA GPU", bool(gpus), f"{named}; neither TensorRT nor torch is installed, so CPU engines serve "
+                                      "(pip install 'nscmonitor[gpu]')")
 
 
 def _openvino_precisions() -> str:
