@@ -43,3 +43,13 @@ def next_claim_size(claimed: int, size: int, elapsed_s: float, *, largest: int,
         return size
     grown = min(want, size * MAX_GROWTH)
     return max(1, min(largest, int(grown)))
+
+
+def parallel_prepares(workers: int, bytes_per_image: float, budget: int = MEMORY_BUDGET) -> int:
+    """How many images may be decoded and tiled at once: each holds its frame, float copies
+    of it and its tiles while it is prepared, so a handful of frames near ``max_pixels``
+    prepared side by side would hold gigabytes; ``bytes_per_image`` is the larger of the last
+    batch's measure and the claim's largest file."""
+    if bytes_per_image <= 0:
+        return max(1, workers)
+    return max(1, min(workers, int(budget // bytes_per_image)))

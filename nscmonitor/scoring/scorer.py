@@ -25,7 +25,7 @@ from nscmonitor.readers.decode import DecodeError, open_regular, why
 from nscmonitor.scoring.forecast import ForecastStage
 from nscmonitor.scoring.hot_swap import LoadedModel, ModelSlot
 from nscmonitor.scoring.metrics import Metrics, Timings
-from nscmonitor.scoring.pacing import claim_cap, next_claim_size
+from nscmonitor.scoring.pacing import claim_cap, next_claim_size, parallel_prepares
 from nscmonitor.scoring.preprocess import Preprocess
 from nscmonitor.scoring.stages import Prepared, infer, pixel_size_mismatch, prepare, result
 from nscmonitor.store.writer import Claimed, Scored, Writer
@@ -139,7 +139,8 @@ class Scorer:
             pre: Preprocess | Exception = self._preprocess(meta)
         except Exception as exc:  # metadata it refuses fails the images (in _outcome), never the daemon
             pre = exc
-        workers = max(1, min(len(claimed), self.prepare_workers))
+        workers = parallel_prepares(min(len(claimed), self.prepare_workers),
+                                    max(self._bytes_per_image, max(_file_size(c.path) for c in claimed)))
         size = max(workers, MIN_CHUNK) if getattr(model.engine, "overlaps_cpu", False) else len(claimed)
         chunks = [claimed[i:i + size] for i in range(0, len(claimed), size)]
         prepared: list[Prepared] = []
@@ -321,3 +322,12 @@ def requeue_readable(writer: Writer) -> None:
             continue
     if back and writer.requeue(back):
         log.info("%d file(s) quarantined as unreadable can be read now; queued again", len(back))
+
+
+def _file_size(path: str) -> int:
+    """A claimed file's size, a lower bound of what decoding it holds (0 when it cannot be
+    read: its stage will say why)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

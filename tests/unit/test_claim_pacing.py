@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from nscmonitor.scoring.pacing import MAX_GROWTH, MEMORY_BUDGET, TARGET_BATCH_S, claim_cap, next_claim_size
+from nscmonitor.scoring.pacing import (MAX_GROWTH, MEMORY_BUDGET, TARGET_BATCH_S, claim_cap, next_claim_size,
+                                       parallel_prepares)
 
 
 def test_cheap_full_batches_grow_at_most_by_the_growth_factor_up_to_the_largest() -> None:
@@ -38,3 +39,10 @@ def test_the_memory_budget_caps_the_claim_by_what_each_image_holds_once_prepared
     assert claim_cap(64, 64 * 64 * 2 + 4 * 32 * 32 * 4) == 64  # small frames: the largest claim
     assert claim_cap(64, 10 * MEMORY_BUDGET) == 1  # one huge image still goes
     assert claim_cap(64, 0.0) == 64  # nothing measured yet
+
+
+def test_frames_near_the_pixel_cap_are_prepared_one_at_a_time() -> None:
+    assert parallel_prepares(8, 8 * 2**20) == 8  # 1408x1040 frames and their tiles: every thread
+    assert parallel_prepares(8, MEMORY_BUDGET / 3) == 3
+    assert parallel_prepares(8, 512 * 2**20) == 1  # a 64-Mpx float64 frame: one at a time
+    assert parallel_prepares(4, 0) == 4 and parallel_prepares(0, 0) == 1  # nothing known yet
