@@ -51,9 +51,9 @@ from nscmonitor.engines.autobuild_status import (LOCK_NAME, LOG_NAME, NO_CALIBRA
 __all__ = ["stop_build", "Attempt", "BuildLock", "EngineStatus", "Fingerprint", "LOCK_NAME", "LOG_NAME", "NO_BUILD_PREFERENCES",
            "NO_CALIBRATION", "Progress", "SPEED_FIELDS", "STATES", "STATUS_NAME", "artefact_present", "build_command",
            "build_running", "cached_sha256", "calibration_sha256", "copy_artefacts", "decide", "describe", "ensure",
-           "fingerprint", "gate_text", "gpu_names", "has_openvino", "has_tensorrt_gpu", "has_torch_cuda", "load_tiles_for",
-           "lock_path",
-           "int8_refusal", "log_path", "machine_id", "needed", "plan", "read_status", "run_build",
+           "fingerprint", "gate_text", "gpu_names", "has_openvino", "has_tensorrt_gpu", "has_torch_cuda",
+           "load_tiles_for", "lock_path", "int8_refusal", "log_path", "machine_id", "needed", "plan", "read_status",
+           "run_build",
            "runtime_versions", "slower_than_fp32", "spawn", "start", "status_path", "summary", "targets_here", "token",
            "token_engine", "wants_build", "write_status"]
 
@@ -138,8 +138,8 @@ def _recorded_no_calibration(model_path: Path, cal: str | Path | None) -> bool:
     if fp.calibration_sha256 is not None:
         return False
     write_status(model_path, EngineStatus("no-calibration", asdict(fp), target=targets_here()[0],
-        reason=NO_CALIBRATION,
-        started_at=_now(), finished_at=_now(), build_seconds=0.0))
+                                          reason=NO_CALIBRATION, started_at=_now(), finished_at=_now(),
+                                          build_seconds=0.0))
     return True
 
 

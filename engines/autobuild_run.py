@@ -245,7 +245,8 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         return _finish(model_path, replace(base, state="no-calibration", reason=NO_CALIBRATION), t0)
     base = replace(base, calibration_source=tiles.source, calibration_dir=tiles.calibration_dir)
     attempts = _attempts(model_path, tiles, targets, threads, say, detail)
-    order = {name: i for i, name in enumerate(("tensorrt-int8", "tensorrt-fp16", "torch-cuda-fp16", "openvino-int8", "ort-int8"))}
+    order = {name: i for i, name in enumerate(("tensorrt-int8", "tensorrt-fp16", "torch-cuda-fp16", "openvino-int8",
+                                                "ort-int8"))}
     passed = sorted((a for a in attempts if a.passed), key=lambda a: order.get(a.engine, 99))
     records = tuple({"engine": a.engine, "passed": a.passed, "gate": a.gate, "reason": a.reason,
                      "seconds": round(a.seconds, 2)} for a in attempts)

@@ -188,7 +188,7 @@ def certified(model_path: str | Path) -> str | None:
     if not attempt.get("passed"):
         why = attempt.get("reason") or "see engine-status.json"
         return f"failed its gate: {why}" if attempt.get("gate") else f"could not be gated: {why}"
-    if fingerprint(model_path).changes(st.fingerprint):
+    if fingerprint(model_path, calibration_dir=st.calibration_dir).changes(st.fingerprint):
         return "gated under another model, runtime or machine; it is gated again by the next build"
     if (attempt.get("gate") or {}).get("checkpoint_sha256") != checkpoint_sha256(model_path):
         return f"{checkpoint_for(model_path).name} changed since its gate"

@@ -21,6 +21,8 @@ from nscmonitor.store.writer import Writer
 log = logging.getLogger(__name__)
 
 ModelSource = Callable[[], tuple[Path, str]]
+
+
 class EngineFactory(Protocol):
     def __call__(self, path: Path, exclude: Mapping[str, str] | None = None) -> Engine:
         """The engine to serve ``path`` with, passing over the backends in ``exclude``."""
