@@ -66,14 +66,18 @@ class TorchCudaEngine(TorchEngine):
         if not torch.cuda.is_available():
             raise EngineError(f"torch {torch.__version__} sees no CUDA GPU (built for CUDA "
                               f"{torch.version.cuda or 'none'})")
-        super().load()
+        try:
+            super().load()
+        except RuntimeError as exc:  # out of GPU memory, a driver that fails: the next backend serves
+            self.close()
+            raise EngineError(f"cannot put the network on the GPU: {exc}") from exc
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
         if self.graphs:
             try:
                 self._capture()
             except RuntimeError as exc:  # capture refused (an op that syncs): serve eagerly
                 log.warning("%s: CUDA graph capture failed (%s); running the network eagerly", self.model_path, exc)
-                self._graph = self._static_in = self._static_out = None
+                self._graph = self._static_in = self._static_out = self._host = None
 
     def _forward(self, x):
         """(logits, ood or None) in fp32: the network under fp16 autocast, the OOD head without."""

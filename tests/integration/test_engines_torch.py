@@ -83,6 +83,20 @@ def test_torch_cuda_is_passed_over_with_the_reason_where_there_is_no_gpu(run_dir
         TorchCudaEngine(run_dir / "model.onnx", META).load()
 
 
+def test_a_gpu_that_fails_when_the_network_is_put_on_it_is_a_clean_engine_error(run_dir, monkeypatch):
+    """torch says a GPU is there (the one fake: the GPU), moving the network onto it fails as
+    an absent driver or a full card does: selection must be able to go on to the next backend."""
+    from nscmonitor.engines.torch_cuda import TorchCudaEngine
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a working CUDA GPU")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    engine = TorchCudaEngine(run_dir / "model.onnx", META)
+    with pytest.raises(EngineError, match="cannot put the network on the GPU"):
+        engine.load()
+    assert engine._model is None
+
+
 def test_disabled_torch_is_a_clean_engine_error(run_dir, monkeypatch):
     monkeypatch.setenv("NSCMONITOR_DISABLE_TORCH", "1")
     with pytest.raises(EngineError, match="NSCMONITOR_DISABLE_TORCH"):
