@@ -33,7 +33,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", help="tiny | small | resnet18 | resnet34 | resnet50 (default) | resnet101 | resnet152")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--device", help="auto (the default: cuda when torch sees a GPU, else cpu), cpu or cuda")
     p.add_argument("--weights", help="local .pth state dict to start from (never downloaded)")
     p.add_argument("--seed", type=int, help="seed of the split, the initial weights and the batches (default 0)")
     p.add_argument("--threads", type=int,

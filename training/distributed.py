@@ -53,6 +53,14 @@ def world_from_env(env: dict[str, str] | None = None) -> World:
                  local_size=int(env.get("LOCAL_WORLD_SIZE", str(size))))
 
 
+def resolve_device(device: str) -> str:
+    """``auto``: the GPU when torch sees one, else the CPU (a lab's GPU PC retrains on its GPU
+    without anyone setting it); anything else as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def init(device: str, world: World) -> torch.device:
     """Join the process group torchrun set up and return this rank's device."""
     if not world.distributed:

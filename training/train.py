@@ -365,6 +365,7 @@ def main(cfg: TrainConfig | dict[str, Any]) -> dict[str, Any]:
     the metrics, the others an empty dict once rank 0 has exported."""
     if isinstance(cfg, dict):
         cfg = TrainConfig(**cfg)
+    cfg = dataclasses.replace(cfg, device=dd.resolve_device(cfg.device))  # config.json records the device used
     world = dd.world_from_env()
     if not world.main:
         cfg = dataclasses.replace(cfg, progress=False)

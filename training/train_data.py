@@ -39,7 +39,7 @@ class TrainConfig:
     min_train_h: float | None = None
     label_mode: str = "well"
     patience: int = 6
-    device: str = "cpu"
+    device: str = "auto"  # cuda when torch sees a GPU (distributed.resolve_device)
     amp: bool = True
     channels_last: bool = True
     threads: int = 0

@@ -74,7 +74,7 @@ class WatchFolder:
 class RetrainSettings:
     schedule: str = "cron:0 2 * * *"
     threads: int = 1
-    device: str = "cpu"
+    device: str = "auto"  # training's: cuda when torch sees a GPU, else cpu
     epochs: int = 10
     rescore: bool = False
     hook: str | None = None
@@ -284,7 +284,7 @@ def _retrain(rt: Any) -> RetrainSettings:
         raise ConfigError(f"retrain.nproc must be 1 or more training processes, got {nproc}")
     return RetrainSettings(
         schedule=sched, threads=rthreads, nproc=nproc,
-        device=_expect(rt, "device", str, "retrain.", "cpu"), epochs=epochs,
+        device=_expect(rt, "device", str, "retrain.", "auto"), epochs=epochs,
         rescore=_expect(rt, "rescore", bool, "retrain.", False), hook=_expect(rt, "hook", str, "retrain.", None),
         require_engine=_expect(rt, "require_engine", bool, "retrain.", True),
         train=_expect(rt, "train", dict, "retrain.", {}),

@@ -118,3 +118,12 @@ def test_a_time_limit_stops_the_launch_with_sigterm_then_sigkill() -> None:
     assert stop(stubborn, grace_s=0.5) == -signal.SIGKILL
     polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     assert stop(polite, grace_s=30) == -signal.SIGTERM
+
+
+def test_auto_trains_on_the_gpu_when_torch_sees_one_and_on_the_cpu_otherwise(monkeypatch):
+    assert TrainConfig(data="d", out="o").device == "auto"
+    assert dd.resolve_device("cpu") == "cpu" and dd.resolve_device("cuda") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the one fake: whether a GPU is there
+    assert dd.resolve_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dd.resolve_device("auto") == "cuda"
