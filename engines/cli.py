@@ -60,7 +60,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bench = esub.add_parser("bench", help="images/s and latency per backend, side by side")
     bench.add_argument("model")
     bench.add_argument("--backends", default="ort-cpu,ort-int8,torch",
-                       help="comma-separated (tensorrt, ort-cuda, ort-int8, ort-cpu, torch, openvino-int8, openvino-fp32)")
+                       help="comma-separated (tensorrt, torch-cuda, ort-cuda, ort-int8, ort-cpu, torch, "
+                            "openvino-int8, openvino-fp32)")
     bench.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes")
     bench.add_argument("--tiles", metavar="DIR", help="real tiles for agreement with fp32 (else timing only)")
     bench.add_argument("--threads", type=int, default=0)
