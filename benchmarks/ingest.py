@@ -340,7 +340,8 @@ def main() -> int:
     sbs.add_argument("--arch", default="resnet50", help="architecture of the model trained here")
     sbs.add_argument("--image-size", type=int, default=96, help="tile size of the model trained here")
     sbs.add_argument("--train-epochs", type=int, default=6)
-    sbs.add_argument("--train-device", default="cpu", help="device of that training run (cuda on a GPU machine)")
+    sbs.add_argument("--train-device", default="auto", help="device of that training run (auto: the GPU when torch "
+                                                            "sees one)")
     sbs.add_argument("--train-wells", type=int, default=4, help="wells per condition in the training export")
     sbs.add_argument("--threads", type=int, default=0, help="threads for training, the build and the engine (0: all)")
     sbs.add_argument("--int8-peak-gops", type=float, help="this machine's int8 peak, GOP/s")
