@@ -38,6 +38,9 @@ FIRST_CLAIM, MAX_CLAIM = 4, 64
 #: 1408x1040 frame in 11 ms of wall time, one thread in 34: part of the work holds it), and
 #: each holds a frame while it works
 MAX_PREPARE_WORKERS = 8
+#: what a file may grow to once decoded and tiled, as a multiple of its size (compressed
+#: frames; the last batch's own measure takes over where it is larger)
+DECODE_EXPANSION = 4
 #: the fewest images in one chunk of a pipelined claim, so that each engine call still batches
 #: the tiles of several images
 MIN_CHUNK = 4
@@ -140,8 +143,8 @@ class Scorer:
             pre: Preprocess | Exception = self._preprocess(meta)
         except Exception as exc:  # metadata it refuses fails the images (in _outcome), never the daemon
             pre = exc
-        workers = parallel_prepares(min(len(claimed), self.prepare_workers),
-                                    max(self._bytes_per_image, max(_file_size(c.path) for c in claimed)))
+        largest = max(_file_size(c.path) for c in claimed) * DECODE_EXPANSION
+        workers = parallel_prepares(min(len(claimed), self.prepare_workers), max(self._bytes_per_image, largest))
         size = max(workers, MIN_CHUNK) if getattr(model.engine, "overlaps_cpu", False) else len(claimed)
         chunks = [claimed[i:i + size] for i in range(0, len(claimed), size)]
         prepared: list[Prepared] = []
