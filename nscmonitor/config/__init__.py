@@ -280,11 +280,14 @@ def _retrain(rt: Any) -> RetrainSettings:
     if forecast_epochs < 1:
         raise ConfigError(f"retrain.forecast_epochs must be 1 or more, got {forecast_epochs}")
     nproc = _expect(rt, "nproc", int, "retrain.", 1)
+    device = _expect(rt, "device", str, "retrain.", "auto")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"retrain.device must be auto, cpu or cuda (cuda:N for one GPU), got {device!r}")
     if nproc < 1:
         raise ConfigError(f"retrain.nproc must be 1 or more training processes, got {nproc}")
     return RetrainSettings(
         schedule=sched, threads=rthreads, nproc=nproc,
-        device=_expect(rt, "device", str, "retrain.", "auto"), epochs=epochs,
+        device=device, epochs=epochs,
         rescore=_expect(rt, "rescore", bool, "retrain.", False), hook=_expect(rt, "hook", str, "retrain.", None),
         require_engine=_expect(rt, "require_engine", bool, "retrain.", True),
         train=_expect(rt, "train", dict, "retrain.", {}),

@@ -145,7 +145,7 @@ class Scorer:
             pre = exc
         largest = max(_file_size(c.path) for c in claimed) * DECODE_EXPANSION
         workers = parallel_prepares(min(len(claimed), self.prepare_workers), max(self._bytes_per_image, largest))
-        size = max(workers, MIN_CHUNK) if getattr(model.engine, "overlaps_cpu", False) else len(claimed)
+        size = max(workers, MIN_CHUNK) if model.engine.overlaps_cpu else len(claimed)
         chunks = [claimed[i:i + size] for i in range(0, len(claimed), size)]
         prepared: list[Prepared] = []
         probs: list = []
@@ -203,9 +203,7 @@ class Scorer:
         """The stages before inference for one image; an image whose content was scored
         already is marked done here (None)."""
         meta = self.slot.model.engine.metadata
-        out = prepare(c, self._preprocess(meta), meta, max_pixels=self.settings.max_pixels,
-                      channel=self.channel(c.path), timings=self.metrics.timings,
-                      pixel_size_um=self.pixel_size(c.path))
+        out = self._compute(c, self._preprocess(meta), meta, self.metrics.timings)
         if out is None:
             self.writer.unchanged(c.id)
         return out

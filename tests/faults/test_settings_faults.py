@@ -161,12 +161,15 @@ def test_values_refused_at_the_edge() -> None:
                 {"watch": [{"path": "/x", "quiet_seconds": 1e9}]},
                 {"watch": [{"path": "/x", "rescan_interval": float("inf")}]},
                 {"retrain": {"epochs": 0}}, {"retrain": {"train": {"dropout": [0.1, float("inf")]}}},
+                {"retrain": {"device": "gpu"}}, {"retrain": {"device": "cuda:x"}},
                 {"database_url": "oracle://u@h/db"}):
         with pytest.raises(ConfigError):
             parse_settings(bad, env={})
     ok = parse_settings({"max_pixels": 1, "watch": [{"path": "/x", "quiet_seconds": 0, "rescan_interval": 0.5}]},
                         env={})
     assert ok.max_pixels == 1 and ok.watch[0].rescan_interval == 0.5
+    assert ok.retrain.device == "auto"
+    assert parse_settings({"retrain": {"device": "cuda:1"}}, env={}).retrain.device == "cuda:1"
 
 
 @contextmanager
