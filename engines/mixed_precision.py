@@ -373,10 +373,9 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
     the mix, or the search kept nothing fp32 at all, the search runs again with a tighter margin
     (``SEARCH_MARGINS``, its sensitivity probes reused; ``ladder_step``), so a search that judged
     too generously costs a rebuild, not the engine.
-    Returns (int8 path or None, ONNX Runtime's gate report, the last search result or None when
-    none ran); the gate report on disk names the layers kept fp32."""
-    from dataclasses import replace
-
+    Returns (int8 path or None, ONNX Runtime's gate report, the search that chose the file, else
+    the last search result, or None when none ran); the gate report on disk names the layers
+    kept fp32."""
     from nscmonitor.engines.metadata import read_onnx_metadata
     from nscmonitor.engines.quantize import build_ort_int8
     from nscmonitor.engines.validate import write_report
@@ -416,18 +415,37 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
             break
         log.warning("mixed precision: the mix chosen at %.0f %% of the readout tolerance failed its held-out gate; "
                     "searching again with a tighter margin", margin * 100)
-    if built is None:  # no mix was built: the plain recipe's gate stands
-        return plain[0], plain[1], result
-    chosen: SearchResult | None = built
-    if path is None and on_disk is not None:  # an earlier file passed one runtime's gate and is still there
-        path, report, chosen = on_disk
-    if chosen is not None:
-        report = replace(report, kept_fp32=tuple(chosen.groups))
-    from nscmonitor.engines.ort import int8_path_for
+    path, report, chosen, rewrite = ladder_outcome(plain, (path, report), on_disk, built)
+    if rewrite:
+        from nscmonitor.engines.ort import int8_path_for
 
-    target = int8_path_for(model_path)  # the report beside the file is the file's own, not the last refused mix's
-    write_report(report, target.with_name(target.name + ".gate.json"))
+        target = int8_path_for(model_path)  # the report beside the file is the file's own, not the last refused mix's
+        write_report(report, target.with_name(target.name + ".gate.json"))
     return path, report, chosen if chosen is not None else result
+
+
+def ladder_outcome(plain: tuple[Path | None, Any], last: tuple[Path | None, Any],
+                   on_disk: tuple[Path, Any, SearchResult | None] | None,
+                   built: SearchResult | None) -> tuple[Path | None, Any, SearchResult | None, bool]:
+    """Which int8 file the ladder leaves behind, with the gate report that belongs to it.
+
+    A refused build deletes only its own part file but writes its report beside the target,
+    so after a refused retry the report there describes a mix that is not on disk, while the
+    file an earlier rung published (or the plain recipe's, when one runtime passed it) is
+    still there and still serves under its own gate. Returns (path, report with the groups
+    that file keeps fp32, the search that chose that file or None for the plain file,
+    whether the report beside the target must be written again)."""
+    from dataclasses import replace
+
+    if built is None:  # no mix was built: the plain recipe's gate stands, its report already on disk
+        return plain[0], plain[1], None, False
+    path, report = last
+    if path is not None:
+        return path, replace(report, kept_fp32=tuple(built.groups)), built, True
+    if on_disk is not None:
+        path, report, chosen = on_disk
+        return path, (replace(report, kept_fp32=tuple(chosen.groups)) if chosen else report), chosen, True
+    return None, replace(report, kept_fp32=tuple(built.groups)), built, True
 
 
 def ladder_step(result: SearchResult) -> str:

@@ -5,12 +5,13 @@ survive, or the search judges a different statistic from the gate it prepares fo
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nscmonitor.engines.mixed_precision import pseudo_wells, typical_well_size
-from nscmonitor.engines.validate import compare
+from nscmonitor.engines.validate import DEFAULT_TOLERANCE, compare
 
 
 def _probs(n: int, seed: int) -> np.ndarray:
@@ -81,3 +82,64 @@ def test_the_ladder_tightens_when_the_search_keeps_nothing_and_stops_when_nothin
     assert ladder_step(result(["/b/Conv"])) == "stop"
     assert ladder_step(result(["/b/Conv"], int8_groups=["/a"])) == "build"
     assert ladder_step(result(["/b/Conv"], split=["/b/Conv_1"])) == "build"
+
+
+def _gate(passed: bool, pp: float):
+    from nscmonitor.engines.validate import GateReport
+
+    return GateReport(backend="ort-int8", n_tiles=64, n_groups=8, top1_agreement=1.0 if passed else 0.9,
+                      well_readout_pp=pp, max_abs_prob_diff=0.01, mean_abs_prob_diff=0.001,
+                      tolerance=dict(DEFAULT_TOLERANCE), passed=passed,
+                      reasons=() if passed else (f"well readout {pp} pp > 1 pp",))
+
+
+def _search(groups):
+    from nscmonitor.engines.mixed_precision import SearchResult
+
+    return SearchResult(groups=list(groups), nodes=[f"{g}/Conv" for g in groups], passed=True, steps=3,
+                        calib_readout_pp=0.4, calib_agreement_clear=1.0, int8_groups=["/other"])
+
+
+def test_a_refused_retry_leaves_the_file_an_earlier_rung_published_with_its_own_report(tmp_path):
+    """The ladder's refused retry: the mix of the first margin was published (one runtime
+    passed it, not the one that serves), the tighter margin's mix was refused and deleted.
+    What stays is the first mix's file, with its report and the groups it keeps fp32, not the
+    refused mix's report, and the report beside the target is written again."""
+    from nscmonitor.engines.mixed_precision import ladder_outcome
+
+    first, second = _search(["/l1"]), _search(["/l1", "/l2"])
+    published = tmp_path / "model.int8.onnx"
+    plain = (None, _gate(False, 3.0))
+    path, report, chosen, rewrite = ladder_outcome(plain, (None, _gate(False, 1.4)),
+                                                   (published, _gate(True, 0.6), first), second)
+    assert path == published and chosen is first and rewrite
+    assert report.well_readout_pp == 0.6 and report.passed and report.kept_fp32 == ("/l1",)
+
+
+def test_a_refused_retry_after_a_plain_file_one_runtime_passed_keeps_that_file():
+    """The plain file passed ONNX Runtime but not OpenVINO (which would serve); every mix
+    after it was refused: the plain file is still on disk and its report, with nothing kept
+    fp32, goes back beside it."""
+    from nscmonitor.engines.mixed_precision import ladder_outcome
+
+    plain_path = Path("model.int8.onnx")
+    plain = (plain_path, _gate(True, 0.8))
+    path, report, chosen, rewrite = ladder_outcome(plain, (None, _gate(False, 2.0)), (plain_path, plain[1], None),
+                                                   _search(["/l1"]))
+    assert path == plain_path and chosen is None and rewrite
+    assert report.well_readout_pp == 0.8 and report.kept_fp32 == ()
+
+
+def test_the_ladder_outcome_of_a_passing_mix_nothing_built_and_everything_refused():
+    from nscmonitor.engines.mixed_precision import ladder_outcome
+
+    mix = _search(["/l1"])
+    out = Path("model.int8.onnx")
+    path, report, chosen, rewrite = ladder_outcome((None, _gate(False, 3.0)), (out, _gate(True, 0.5)), (out, _gate(True, 0.5), mix), mix)
+    assert (path, chosen, rewrite, report.kept_fp32) == (out, mix, True, ("/l1",))
+    # no mix built (the search stopped at once): the plain outcome stands and its report is already there
+    plain = (None, _gate(False, 3.0))
+    assert ladder_outcome(plain, plain, None, None) == (None, plain[1], None, False)
+    # every build refused, nothing on disk: the last refusal is reported, naming what its mix kept fp32
+    path, report, chosen, rewrite = ladder_outcome(plain, (None, _gate(False, 1.2)), None, mix)
+    assert path is None and chosen is mix and rewrite and report.well_readout_pp == 1.2 and report.kept_fp32 == ("/l1",)
