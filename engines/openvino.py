@@ -17,6 +17,15 @@ Two compile choices decide its speed, both measured on the project's CPUs
   CPU has it): bf16 rounds the fp32 layers of a mixed-precision file, which the f32 gate did
   not see. Left to itself OpenVINO would pick bf16 silently on such CPUs.
 
+- **A second, larger batch for frames of many tiles.** A fixed batch of 8 leaves OpenVINO's
+  int8 kernels short of work at small tiles: a ResNet50 at 96 px ran 782 (int8) and 817 (bf16
+  rest) tiles/s at batch 8, 899 and 933 at 32, 905 and 969 at 64 (2-core AMD EPYC,
+  docs/performance.md), while the daemon's batch stays small so a frame of six tiles is not
+  padded to 64. So where a tile is small enough (``large_batch_for``), a second request is
+  compiled for ``large_batch`` tiles, the engine asks its callers for chunks of that size
+  (``preferred_batch``), and ``batch_plan`` runs each chunk as full large requests and the rest
+  in small ones.
+
 ``streams`` > 1 splits a batch over parallel infer requests, which is how OpenVINO fills
 several cores with small batches. Its int8 kernels round differently from ONNX Runtime's, so an
 int8 model serves here only if its metadata carries a passed gate of its own made from the fp32
@@ -41,6 +50,36 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("f32", "bf16")
 #: the int8 record's gate for each precision of the layers left fp32
 GATE_KEYS = {"f32": "openvino_gate", "bf16": "openvino_bf16_gate"}
+#: input pixels of one large request: 64 tiles of 96 px, 40 of 112 px, none beyond 192 px
+#: (where a batch of 8 already keeps the kernels busy and a large one would cost memory)
+LARGE_BATCH_PIXELS = 64 * 96 * 96
+LARGE_BATCH_MAX = 64
+
+
+def large_batch_for(batch_size: int, tile_pixels: int) -> int:
+    """The large request's batch for tiles of ``tile_pixels`` pixels, a multiple of the
+    daemon's ``batch_size``; 0 when it would not be larger than that batch."""
+    if batch_size <= 0 or tile_pixels <= 0:
+        return 0
+    large = min(LARGE_BATCH_MAX, LARGE_BATCH_PIXELS // tile_pixels) // batch_size * batch_size
+    return large if large > batch_size else 0
+
+
+def batch_plan(n: int, small: int, large: int) -> list[tuple[int, int, bool]]:
+    """(start, stop, large?) per request for ``n`` tiles: full large requests first; a rest
+    that fills a large request but for less than one small batch is padded into one more
+    (cheaper than several small ones); any other rest goes in small requests (or one
+    dynamic-size chunk when ``small`` is 0)."""
+    plan: list[tuple[int, int, bool]] = []
+    start = 0
+    if large > 0:
+        while n - start >= large or (n - start > large - max(small, 1) and n - start > 0):
+            stop = min(start + large, n)
+            plan.append((start, stop, True))
+            start = stop
+    step = small if small > 0 else max(n - start, 1)
+    plan.extend((i, min(i + step, n), False) for i in range(start, n, step))
+    return plan
 
 
 def openvino_disabled() -> bool:
@@ -71,7 +110,8 @@ class OpenVinoEngine(Engine):
 
     def __init__(self, model_path: str | Path, metadata: ModelMetadata, *, threads: int = 0, streams: int = 1,
                  cache_dir: str | Path | None = None, require_gate: bool = True,
-                 source_sha256: str | None = None, batch_size: int = 0, precision: str = "f32") -> None:
+                 source_sha256: str | None = None, batch_size: int = 0, precision: str = "f32",
+                 large_batch: int = 0) -> None:
         super().__init__(model_path, metadata)
         if precision not in PRECISIONS:
             raise EngineError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -82,8 +122,12 @@ class OpenVinoEngine(Engine):
         self.precision = precision
         # the fixed batch of each infer request: the caller's batch spread over the streams
         self.request_batch = math.ceil(batch_size / self.streams) if batch_size > 0 else 0
+        # the large request's batch (per stream); only beside a fixed small batch
+        self.large_batch = large_batch if self.request_batch and large_batch > batch_size else 0
+        self.preferred_batch = self.large_batch * self.streams if self.large_batch else None
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._requests: list = []
+        self._large_requests: list = []
         self._ood_index: int | None = None
         self.name = "openvino-int8" if "int8" in metadata.extra else "openvino-fp32"
 
@@ -105,8 +149,18 @@ class OpenVinoEngine(Engine):
                                   f"({gate.get('reasons') or 'rebuild the int8 model with OpenVINO installed'})")
             if self.source_sha256 and int8.get("source_sha256") != self.source_sha256:
                 raise EngineError(f"{self.model_path} was quantized from another fp32 model; rebuild it")
+        compiled = self._compile_or_retry(ov, self.request_batch)
+        self._requests = [compiled.create_infer_request() for _ in range(self.streams)]
+        if self.large_batch:
+            self._large_requests = [self._compile_or_retry(ov, self.large_batch).create_infer_request()
+                                    for _ in range(self.streams)]
+        # the OOD score's output index, None when the graph lacks the output its metadata names
+        self._ood_index = next((i for i, o in enumerate(compiled.outputs)
+                                if i > 0 and self.ood_output in o.get_names()), None)
+
+    def _compile_or_retry(self, ov, batch: int):
         try:
-            compiled = self._compile(ov)
+            return self._compile(ov, batch)
         except RuntimeError as exc:
             from nscmonitor.engines.enginefile import move_aside
 
@@ -115,15 +169,11 @@ class OpenVinoEngine(Engine):
             if self.cache_dir is None or not self.cache_dir.exists() or move_aside(self.cache_dir, str(exc)) is None:
                 raise EngineError(f"{self.name}: cannot compile {self.model_path}: {exc}") from exc
             try:
-                compiled = self._compile(ov)
+                return self._compile(ov, batch)
             except RuntimeError as exc2:
                 raise EngineError(f"{self.name}: cannot compile {self.model_path}: {exc2}") from exc2
-        self._requests = [compiled.create_infer_request() for _ in range(self.streams)]
-        # the OOD score's output index, None when the graph lacks the output its metadata names
-        self._ood_index = next((i for i, o in enumerate(compiled.outputs)
-                                if i > 0 and self.ood_output in o.get_names()), None)
 
-    def _compile(self, ov):
+    def _compile(self, ov, batch: int):
         core = ov.Core()
         if self.cache_dir is not None:
             core.set_property({"CACHE_DIR": str(self.cache_dir)})
@@ -135,37 +185,50 @@ class OpenVinoEngine(Engine):
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         model = core.read_model(str(self.model_path))
-        if self.request_batch:
-            model.reshape({model.inputs[0].get_any_name(): [self.request_batch, *self.input_shape]})
+        if batch:
+            model.reshape({model.inputs[0].get_any_name(): [batch, *self.input_shape]})
         return core.compile_model(model, "CPU", config)
 
     def _run(self, tiles: np.ndarray) -> np.ndarray:
         if not self._requests:
             raise EngineError(f"{self.name}: load() was not called")
         if self.request_batch:
-            n = self.request_batch
-            chunks = [tiles[i:i + n] for i in range(0, len(tiles), n)]
+            plan = batch_plan(len(tiles), self.request_batch, self.large_batch)
         else:
-            chunks = np.array_split(tiles, min(len(self._requests), len(tiles)))
-        outs, oods = [], []
-        for start in range(0, len(chunks), len(self._requests)):
-            wave = list(zip(self._requests, chunks[start:start + len(self._requests)]))
-            for req, chunk in wave:
-                req.start_async({0: self._padded(chunk)})
-            for req, chunk in wave:
-                req.wait()
-                outs.append(np.array(req.get_output_tensor(0).data[:len(chunk)], copy=True))
-                if self._ood_index is not None:
-                    oods.append(np.array(req.get_output_tensor(self._ood_index).data[:len(chunk)], copy=True))
-        return (np.concatenate(outs), np.concatenate(oods)) if oods else np.concatenate(outs)
-
-    def _padded(self, chunk: np.ndarray) -> np.ndarray:
-        if not self.request_batch or len(chunk) == self.request_batch:
-            return chunk
-        return np.concatenate([chunk, np.repeat(chunk[-1:], self.request_batch - len(chunk), axis=0)])
+            bounds = np.cumsum([0] + [len(c) for c in np.array_split(np.arange(len(tiles)),
+                                                                      min(len(self._requests), len(tiles)))])
+            plan = [(int(a), int(b), False) for a, b in zip(bounds[:-1], bounds[1:])]
+        outs: dict[int, np.ndarray] = {}
+        oods: dict[int, np.ndarray] = {}
+        for large in (True, False):
+            requests = self._large_requests if large else self._requests
+            batch = self.large_batch if large else self.request_batch
+            chunks = [(a, b) for a, b, is_large in plan if is_large == large]
+            if not chunks:
+                continue
+            for first in range(0, len(chunks), len(requests)):
+                wave = list(zip(requests, chunks[first:first + len(requests)]))
+                for req, (a, b) in wave:
+                    req.start_async({0: _padded(tiles[a:b], batch)})
+                for req, (a, b) in wave:
+                    req.wait()
+                    outs[a] = np.array(req.get_output_tensor(0).data[:b - a], copy=True)
+                    if self._ood_index is not None:
+                        oods[a] = np.array(req.get_output_tensor(self._ood_index).data[:b - a], copy=True)
+        probs = np.concatenate([outs[a] for a in sorted(outs)])
+        return (probs, np.concatenate([oods[a] for a in sorted(oods)])) if oods else probs
 
     def describe(self) -> str:
         return super().describe() + (" (bf16 for its non-int8 layers)" if self.precision == "bf16" else "")
 
     def close(self) -> None:
         self._requests = []
+        self._large_requests = []
+
+
+def _padded(chunk: np.ndarray, batch: int) -> np.ndarray:
+    """A short chunk padded to the compiled batch with copies of its last tile (every tile is
+    scored on its own, so the copies change nothing and are sliced off)."""
+    if not batch or len(chunk) == batch:
+        return chunk
+    return np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])

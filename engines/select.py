@@ -87,7 +87,7 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
                               f"{model_path} --backend ort-int8 --calibration DIR')")
         return OrtInt8Engine(path, _int8_metadata(path), threads=threads, source_sha256=file_sha256(model_path))
     if backend.startswith("openvino-"):
-        from nscmonitor.engines.openvino import OpenVinoEngine
+        from nscmonitor.engines.openvino import OpenVinoEngine, large_batch_for
 
         path, source, precision = model_path, None, "f32"
         if backend == "openvino-int8":
@@ -101,6 +101,7 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
             meta = _int8_metadata(path)
         return OpenVinoEngine(path, meta if path != model_path else read_onnx_metadata(path), threads=threads,
                               source_sha256=source, batch_size=batch_size, precision=precision,
+                              large_batch=large_batch_for(batch_size, meta.input_size ** 2),
                               cache_dir=Path(cache_dir) / "openvino" if cache_dir else None)
     if backend == "ort-cpu":
         from nscmonitor.engines.ort import OrtCpuEngine

@@ -117,3 +117,38 @@ def test_disabled_openvino_is_a_clean_engine_error(built, monkeypatch):
     monkeypatch.setenv("NSCMONITOR_DISABLE_OPENVINO", "1")
     with pytest.raises(EngineError, match="NSCMONITOR_DISABLE_OPENVINO"):
         OpenVinoEngine(model, read_onnx_metadata(model)).load()
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_a_large_request_beside_the_small_one_scores_as_the_dynamic_graph(built, streams):
+    """Chunks of the engine's preferred size run as full large requests, the rest as small
+    ones or one padded large one: every count of tiles scores as through the dynamic graph,
+    in order, OOD scores included."""
+    model, int8, held = built
+    for path in (model, int8):
+        meta = read_onnx_metadata(path)
+        dynamic = OpenVinoEngine(path, meta, threads=1)
+        both = OpenVinoEngine(path, meta, threads=1, streams=streams, batch_size=2 * streams, large_batch=8)
+        dynamic.load()
+        both.load()
+        assert both.preferred_batch == 8 * streams and len(both._large_requests) == streams
+        x = np.concatenate([held.x] * 3)
+        for n in (1, 3, 7, 8, 9, 16, 19, len(x)):
+            np.testing.assert_allclose(both.infer(x[:n]), dynamic.infer(x[:n]), atol=1e-5)
+            p_both, ood_both = both.infer_with_ood(x[:n])
+            p_dyn, ood_dyn = dynamic.infer_with_ood(x[:n])
+            assert (ood_both is None) == (ood_dyn is None)
+            if ood_dyn is not None:
+                np.testing.assert_allclose(ood_both, ood_dyn, rtol=1e-4, atol=1e-4)
+
+
+def test_select_gives_openvino_a_large_batch_only_for_small_tiles(built):
+    from nscmonitor.engines.openvino import large_batch_for
+
+    model, int8, held = built
+    size = read_onnx_metadata(model).input_size
+    sel = select(model, "openvino-int8", batch_size=4, threads=1)
+    assert sel.engine.large_batch == large_batch_for(4, size * size) > 4
+    assert sel.engine.preferred_batch == sel.engine.large_batch
+    assert large_batch_for(8, 96 * 96) == 64 and large_batch_for(8, 112 * 112) == 40
+    assert large_batch_for(8, 224 * 224) == 0 and large_batch_for(0, 96 * 96) == 0
