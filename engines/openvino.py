@@ -122,8 +122,8 @@ class OpenVinoEngine(Engine):
         self.precision = precision
         # the fixed batch of each infer request: the caller's batch spread over the streams
         self.request_batch = math.ceil(batch_size / self.streams) if batch_size > 0 else 0
-        # the large request's batch (per stream); only beside a fixed small batch
-        self.large_batch = large_batch if self.request_batch and large_batch > batch_size else 0
+        # the large request's batch (per stream, as ``request_batch``); only beside a fixed small batch
+        self.large_batch = large_batch if self.request_batch and large_batch > self.request_batch else 0
         self.preferred_batch = self.large_batch * self.streams if self.large_batch else None
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._requests: list = []
