@@ -1,0 +1,74 @@
+"""The OpenVINO engine's large request through the whole daemon: frames of 64 tiles, claimed two
+at a time, reach the engine in chunks of its preferred 64 and are scored as full large requests;
+every image is stored once, with the probabilities the same tiles get through OpenVINO's dynamic
+graph (a real watcher, real SQLite, real int8 build and OpenVINO)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cells_image, write_tiff
+from sqlalchemy import select
+from test_engine_autobuild import config, engines_by_image, run_dir_with_calibration, wait_until
+
+from nscmonitor.cli import main
+from nscmonitor.config import load_settings
+from nscmonitor.daemon import build_runner
+from nscmonitor.engines.metadata import read_onnx_metadata
+from nscmonitor.engines.ort import int8_path_for
+from nscmonitor.readers.decode import decode
+from nscmonitor.registry.registry import Registry
+from nscmonitor.scoring.preprocess import Preprocess
+from nscmonitor.store import models as m
+from nscmonitor.store.db import open_engine
+
+pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+
+from nscmonitor.engines.openvino import OpenVinoEngine  # noqa: E402
+
+
+def test_frames_of_many_tiles_are_scored_through_the_large_request_once_and_as_the_dynamic_graph(tmp_path: Path):
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    cfg = config(tmp_path, watch, engine="openvino-int8")
+    run = run_dir_with_calibration(tmp_path)
+    assert main(["--config", str(cfg), "models", "register", str(run)]) == 0
+    settings = load_settings(cfg, env={})
+    active = Registry(settings.models_dir, open_engine(settings.database_url)).active()
+    n = 5
+    paths = []
+    for i in range(n):
+        paths.append(watch / f"VID1_A{i + 1}_1_00d00h00m.tif")
+        write_tiff(paths[-1], cells_image(i, shape=(512, 512)))
+    runner = build_runner(settings, retry_base_s=0.05, poll_interval=0.1, claim_size=2)
+    runner.setup()
+    engine = runner.model.engine
+    assert engine.name == "openvino-int8" and engine.large_batch == 64 and engine.preferred_batch == 64
+    daemon = threading.Thread(target=runner.run, daemon=True)
+    daemon.start()
+    try:
+        wait_until(lambda: len(engines_by_image(settings.database_url)) == n, 120, "the frames to be scored")
+    finally:
+        runner.stop_event.set()
+        daemon.join(30)
+    used = engines_by_image(settings.database_url)
+    assert all(v == ["openvino-int8"] for v in used.values()), used
+
+    int8 = int8_path_for(Path(active.path))
+    meta = read_onnx_metadata(int8)
+    dynamic = OpenVinoEngine(int8, meta, threads=1, precision=engine.precision)  # bf16 where the build chose it
+    dynamic.load()
+    pre = Preprocess.from_metadata(meta)
+    with open_engine(settings.database_url).connect() as c:
+        stored = dict(c.execute(select(m.Image.path, m.Prediction.prob_mean)
+                                .join(m.Prediction, m.Prediction.image_id == m.Image.id)).all())
+    for path in paths:
+        dec = decode(path, content_hash=False)
+        tiles = pre.tiles(dec.pixels, factor=pre.factor(dec.pixel_size_um)).tiles
+        assert len(tiles) == 64  # two frames per claim: one large request each
+        want = dynamic.infer(tiles).mean(axis=0)
+        got = next(v for k, v in stored.items() if Path(k).name == path.name)
+        np.testing.assert_allclose(got, want, atol=1e-4)
