@@ -301,8 +301,10 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
     demo model either way on a 2-core VM (int8 0.67-1.06x fp32 in six timings); alternating
     exposes all to the same load, and the median drops a round another job disturbed.
 
-    On OpenVINO each precision of the non-int8 layers whose gate passed is timed (compiled for
-    the gate's batch, as the daemon compiles for its own), and the faster one is the engine's:
+    On OpenVINO each precision of the non-int8 layers whose gate passed is timed as the daemon
+    runs it (compiled for the gate's batch, which is the daemon's default, beside the large
+    request where tiles are small, and handed chunks of its preferred size; ONNX Runtime fp32
+    at the gate's batch), and the faster one is the engine's:
     ``precision`` in the result, ``int8_tiles_per_s`` its speed, ``int8_<precision>_tiles_per_s``
     each one's."""
     import statistics
@@ -316,26 +318,31 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
     engines: dict[str, Any] = {"fp32_tiles_per_s": OrtCpuEngine(model_path, read_onnx_metadata(model_path),
                                                                 threads=threads)}
     if engine_name == "openvino-int8":
-        from nscmonitor.engines.openvino import OpenVinoEngine, has_bf16
+        from nscmonitor.engines.openvino import OpenVinoEngine, has_bf16, large_batch_for
 
         record = meta.extra.get("int8") or {}
+        large = large_batch_for(GATE_BATCH, meta.input_size ** 2)
         for precision, key in GATE_KEYS.items():
             if (record.get(key) or {}).get("passed") and (precision == "f32" or has_bf16()):
                 engines[f"int8_{precision}_tiles_per_s"] = OpenVinoEngine(int8_path, meta, threads=threads,
-                                                                          batch_size=GATE_BATCH, precision=precision)
+                                                                          batch_size=GATE_BATCH, precision=precision,
+                                                                          large_batch=large)
     else:
         engines["int8_tiles_per_s"] = OrtCpuEngine(int8_path, meta, threads=threads)
     runs: dict[str, list[float]] = {k: [] for k in engines}
+    batches: dict[str, int] = {}
     try:
-        for engine in engines.values():
+        for key, engine in engines.items():
             engine.load()
+            batches[key] = max(GATE_BATCH, engine.preferred_batch or 0)  # as the daemon chunks for it
         for _ in range(rounds):
             for key, engine in engines.items():
-                runs[key].append(time_engine(engine, x, GATE_BATCH, min_seconds=seconds).images_per_s)
+                runs[key].append(time_engine(engine, x, batches[key], min_seconds=seconds).images_per_s)
     finally:
         for engine in engines.values():
             engine.close()
     out: dict[str, Any] = {key: round(statistics.median(v), 1) for key, v in runs.items()}
+    out["timed_batches"] = batches
     if engine_name == "openvino-int8":
         variants = {p: out[f"int8_{p}_tiles_per_s"] for p in GATE_KEYS if f"int8_{p}_tiles_per_s" in out}
         if not variants:

@@ -392,6 +392,8 @@ def test_openvino_serves_the_faster_certified_precision_of_the_non_int8_layers(t
     timed = {p: speed[f"int8_{p}_tiles_per_s"] for p in ("f32", "bf16") if f"int8_{p}_tiles_per_s" in speed}
     assert ("bf16" in timed) == has_bf16(), speed  # bf16 is gated and timed exactly where the CPU runs it
     assert speed["precision"] == max(timed, key=timed.get) and speed["int8_tiles_per_s"] == max(timed.values())
+    # timed as the daemon runs each: fp32 at the daemon's batch, OpenVINO in its large request (64 px tiles)
+    assert speed["timed_batches"] == {"fp32_tiles_per_s": 8, **{f"int8_{p}_tiles_per_s": 64 for p in timed}}
     assert ("non-int8 layers run bf16" in autobuild.describe(status)) == (speed["precision"] == "bf16")
     from nscmonitor.engines.metadata import read_onnx_metadata
     from nscmonitor.engines.openvino import GATE_KEYS
