@@ -301,12 +301,13 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
     demo model either way on a 2-core VM (int8 0.67-1.06x fp32 in six timings); alternating
     exposes all to the same load, and the median drops a round another job disturbed.
 
-    On OpenVINO each precision of the non-int8 layers whose gate passed is timed as the daemon
-    runs it (compiled for the gate's batch, which is the daemon's default, beside the large
-    request where tiles are small, and handed chunks of its preferred size; ONNX Runtime fp32
-    at the gate's batch), and the faster one is the engine's:
+    On OpenVINO each precision of the non-int8 layers whose gate passed is timed (compiled for
+    the gate's batch, as the daemon compiles for its own), and the faster one is the engine's:
     ``precision`` in the result, ``int8_tiles_per_s`` its speed, ``int8_<precision>_tiles_per_s``
-    each one's."""
+    each one's. The decision is taken at the gate's batch, the daemon's default and what a frame
+    of few tiles gets; where the engine also has a large request (``OpenVinoEngine``, small
+    tiles), that is timed too, in chunks of its size, and recorded beside it
+    (``int8_<precision>_large_tiles_per_s``, ``large_batch``) as what frames of many tiles get."""
     import statistics
 
     from nscmonitor.engines.bench import time_engine
@@ -330,19 +331,25 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
     else:
         engines["int8_tiles_per_s"] = OrtCpuEngine(int8_path, meta, threads=threads)
     runs: dict[str, list[float]] = {k: [] for k in engines}
-    batches: dict[str, int] = {}
+    large: dict[str, int] = {}
     try:
         for key, engine in engines.items():
             engine.load()
-            batches[key] = max(GATE_BATCH, engine.preferred_batch or 0)  # as the daemon chunks for it
+            if engine.preferred_batch and engine.preferred_batch > GATE_BATCH:
+                large[key] = engine.preferred_batch
+                runs[key.replace("_tiles_per_s", "_large_tiles_per_s")] = []
         for _ in range(rounds):
             for key, engine in engines.items():
-                runs[key].append(time_engine(engine, x, batches[key], min_seconds=seconds).images_per_s)
+                runs[key].append(time_engine(engine, x, GATE_BATCH, min_seconds=seconds).images_per_s)
+                if key in large:
+                    runs[key.replace("_tiles_per_s", "_large_tiles_per_s")].append(
+                        time_engine(engine, x, large[key], min_seconds=seconds).images_per_s)
     finally:
         for engine in engines.values():
             engine.close()
     out: dict[str, Any] = {key: round(statistics.median(v), 1) for key, v in runs.items()}
-    out["timed_batches"] = batches
+    if large:
+        out["large_batch"] = max(large.values())
     if engine_name == "openvino-int8":
         variants = {p: out[f"int8_{p}_tiles_per_s"] for p in GATE_KEYS if f"int8_{p}_tiles_per_s" in out}
         if not variants:

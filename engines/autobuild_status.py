@@ -344,6 +344,9 @@ def describe(status: EngineStatus | None, version: str | None = None) -> str:
                      f"so fp32 serves unless engine: {status.engine} is set")
         elif s:
             line += f"; {s['int8_tiles_per_s']:.0f} against {s['fp32_tiles_per_s']:.0f} tiles/s in fp32 here"
+        large = s.get(f"int8_{s.get('precision', 'f32')}_large_tiles_per_s") if s else None
+        if isinstance(large, (int, float)) and s.get("large_batch"):
+            line += f" ({large:.0f} tiles/s in chunks of {s['large_batch']}, frames of many tiles)"
         if s and s.get("precision") == "bf16":
             line += "; its non-int8 layers run bf16"
         return line
