@@ -322,12 +322,12 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
         from nscmonitor.engines.openvino import OpenVinoEngine, has_bf16, large_batch_for
 
         record = meta.extra.get("int8") or {}
-        large = large_batch_for(GATE_BATCH, meta.input_size ** 2)
+        large_request = large_batch_for(GATE_BATCH, meta.input_size ** 2)
         for precision, key in GATE_KEYS.items():
             if (record.get(key) or {}).get("passed") and (precision == "f32" or has_bf16()):
                 engines[f"int8_{precision}_tiles_per_s"] = OpenVinoEngine(int8_path, meta, threads=threads,
                                                                           batch_size=GATE_BATCH, precision=precision,
-                                                                          large_batch=large)
+                                                                          large_batch=large_request)
     else:
         engines["int8_tiles_per_s"] = OrtCpuEngine(int8_path, meta, threads=threads)
     runs: dict[str, list[float]] = {k: [] for k in engines}
