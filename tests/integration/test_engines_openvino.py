@@ -120,12 +120,16 @@ def test_disabled_openvino_is_a_clean_engine_error(built, monkeypatch):
 
 
 @pytest.mark.parametrize("streams", [1, 2])
-def test_a_large_request_beside_the_small_one_scores_as_the_dynamic_graph(built, streams):
+def test_a_large_request_beside_the_small_one_scores_as_the_dynamic_graph(built, streams, tmp_path):
     """Chunks of the engine's preferred size run as full large requests, the rest as small
     ones or one padded large one: every count of tiles scores as through the dynamic graph,
-    in order, OOD scores included."""
+    in order, OOD scores included (a model with an OOD output beside the two without)."""
+    from nscmonitor.engines.tiny import build_tiny_classifier
+
     model, int8, held = built
-    for path in (model, int8):
+    with_ood = tmp_path / "ood.onnx"
+    build_tiny_classifier(with_ood, seed=3, ood_threshold=1.0)
+    for path in (model, int8, with_ood):
         meta = read_onnx_metadata(path)
         dynamic = OpenVinoEngine(path, meta, threads=1)
         both = OpenVinoEngine(path, meta, threads=1, streams=streams, batch_size=2 * streams, large_batch=8)
@@ -137,8 +141,9 @@ def test_a_large_request_beside_the_small_one_scores_as_the_dynamic_graph(built,
             np.testing.assert_allclose(both.infer(x[:n]), dynamic.infer(x[:n]), atol=1e-5)
             p_both, ood_both = both.infer_with_ood(x[:n])
             p_dyn, ood_dyn = dynamic.infer_with_ood(x[:n])
-            assert (ood_both is None) == (ood_dyn is None)
+            assert (ood_dyn is not None) == (path == with_ood) and (ood_both is None) == (ood_dyn is None)
             if ood_dyn is not None:
+                assert len(ood_both) == n
                 np.testing.assert_allclose(ood_both, ood_dyn, rtol=1e-4, atol=1e-4)
 
 
