@@ -204,11 +204,15 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
     write_report(report, out.with_name(out.name + ".gate.json"))
     ov_reports: dict[str, GateReport | None] = {}
     for precision in openvino_precisions():
-        ov_probs = _openvino_probs(part, meta, heldout, threads, precision)
-        if ov_probs is None:
+        ov_runs = _openvino_probs(part, meta, heldout, threads, precision)
+        if ov_runs is None:
             break
-        ov_report = compare(reference, ov_probs, heldout.groups, backend="openvino-int8", tolerance=tol,
-                            tiles_source=heldout.source)
+        # each request the daemon will use (the small one, and the large one where tiles are
+        # small) is gated; the record is the worse of them
+        requests = " and ".join(str(b) for b, _ in ov_runs)
+        ov_report = max((compare(reference, probs, heldout.groups, backend="openvino-int8", tolerance=tol,
+                                 tiles_source=f"{heldout.source} (OpenVINO requests of {requests} tiles)")
+                         for _, probs in ov_runs), key=lambda r: (not r.passed, r.well_readout_pp))
         ov_reports[precision] = ov_report
         (log.info if ov_report.passed else log.warning)("validation gate (%s for the non-int8 layers): %s",
                                                          precision, ov_report.summary())
@@ -244,18 +248,28 @@ def openvino_precisions() -> tuple[str, ...]:
 
 
 def _openvino_probs(int8_path: Path, meta: ModelMetadata, heldout: TileSet, threads: int,
-                    precision: str = "f32") -> np.ndarray | None:
+                    precision: str = "f32") -> list[tuple[int, np.ndarray]] | None:
     """Run the same int8 file on OpenVINO when it is installed, for its own gate: its int8
     kernels round differently from ONNX Runtime's, so ONNX Runtime's pass does not certify it.
-    Compiled for the gate's batch, as the daemon compiles it for its own."""
-    from nscmonitor.engines.openvino import OpenVinoEngine
+    Compiled as the daemon compiles it (for the gate's batch, the daemon's default, with the
+    large request beside it where tiles are small) and run once through each request: the
+    held-out tiles in chunks of the small batch, then of the large one. Returns (batch,
+    probabilities) per request."""
+    from nscmonitor.engines.openvino import OpenVinoEngine, large_batch_for
 
+    engine = OpenVinoEngine(int8_path, meta, threads=threads, require_gate=False, batch_size=GATE_BATCH,
+                            precision=precision, large_batch=large_batch_for(GATE_BATCH, meta.input_size ** 2))
     try:
-        return _probs(OpenVinoEngine(int8_path, meta, threads=threads, require_gate=False, batch_size=GATE_BATCH,
-                                     precision=precision), heldout)
+        engine.load()
+        runs = [(GATE_BATCH, predict(engine, heldout.x))]
+        if engine.preferred_batch:
+            runs.append((engine.preferred_batch, predict(engine, heldout.x, engine.preferred_batch)))
+        return runs
     except EngineError as exc:
         log.info("int8 model not gated on OpenVINO (%s): %s", precision, exc)
         return None
+    finally:
+        engine.close()
 
 
 def _stamp_metadata(path: Path, meta: ModelMetadata, report: GateReport, source_sha: str,

@@ -95,6 +95,8 @@ def test_int8_build_gates_openvino_too_and_select_prefers_it(built):
     model, int8, held = built
     ov_gate = read_onnx_metadata(int8).extra["int8"]["openvino_gate"]
     assert ov_gate["passed"] and ov_gate["backend"] == "openvino-int8"
+    # both requests the daemon will use were gated: the small batch and the large one (64 px tiles)
+    assert ov_gate["tiles_source"].endswith("(OpenVINO requests of 8 and 64 tiles)"), ov_gate["tiles_source"]
     sel = select(model, threads=1)
     assert sel.backend == "openvino-int8" and sel.engine.infer(held.x[:3]).shape == (3, 4)
 
