@@ -135,11 +135,13 @@ def test_the_ladder_outcome_of_a_passing_mix_nothing_built_and_everything_refuse
 
     mix = _search(["/l1"])
     out = Path("model.int8.onnx")
-    path, report, chosen, rewrite = ladder_outcome((None, _gate(False, 3.0)), (out, _gate(True, 0.5)), (out, _gate(True, 0.5), mix), mix)
+    passed = _gate(True, 0.5)
+    path, report, chosen, rewrite = ladder_outcome((None, _gate(False, 3.0)), (out, passed), (out, passed, mix), mix)
     assert (path, chosen, rewrite, report.kept_fp32) == (out, mix, True, ("/l1",))
     # no mix built (the search stopped at once): the plain outcome stands and its report is already there
     plain = (None, _gate(False, 3.0))
     assert ladder_outcome(plain, plain, None, None) == (None, plain[1], None, False)
     # every build refused, nothing on disk: the last refusal is reported, naming what its mix kept fp32
     path, report, chosen, rewrite = ladder_outcome(plain, (None, _gate(False, 1.2)), None, mix)
-    assert path is None and chosen is mix and rewrite and report.well_readout_pp == 1.2 and report.kept_fp32 == ("/l1",)
+    assert path is None and chosen is mix and rewrite
+    assert report.well_readout_pp == 1.2 and report.kept_fp32 == ("/l1",)
