@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nscmonitor.engines.autobuild_run import int8_refusal, openvino_precision
+from nscmonitor.engines.autobuild_run import int8_refusal, openvino_large_batch, openvino_precision
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.calibration import TileSet
 from nscmonitor.engines.metadata import MetadataError, ModelMetadata, read_onnx_metadata
@@ -90,8 +90,10 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
         from nscmonitor.engines.openvino import OpenVinoEngine, large_batch_for
 
         path, source, precision = model_path, None, "f32"
+        large = large_batch_for(batch_size, meta.input_size ** 2)
         if backend == "openvino-int8":
             precision = openvino_precision(model_path)
+            large = openvino_large_batch(model_path, batch_size, meta.input_size)
             from nscmonitor.engines.enginefile import file_sha256
             from nscmonitor.engines.ort import int8_path_for
 
@@ -101,7 +103,7 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
             meta = _int8_metadata(path)
         return OpenVinoEngine(path, meta if path != model_path else read_onnx_metadata(path), threads=threads,
                               source_sha256=source, batch_size=batch_size, precision=precision,
-                              large_batch=large_batch_for(batch_size, meta.input_size ** 2),
+                              large_batch=large,
                               cache_dir=Path(cache_dir) / "openvino" if cache_dir else None)
     if backend == "ort-cpu":
         from nscmonitor.engines.ort import OrtCpuEngine

@@ -407,6 +407,11 @@ def test_openvino_serves_the_faster_certified_precision_of_the_non_int8_layers(t
     for precision in timed:  # whichever is not chosen, the status decides what serves
         autobuild.write_status(model, replace(status, openvino_speed={**speed, "precision": precision}))
         assert select(model, "openvino-int8").engine.precision == precision
+    # the large request serves only where the build did not time it slower than the small one
+    p = speed["precision"]
+    for large, want in ((speed[f"int8_{p}_tiles_per_s"] * 0.9, 0), (speed[f"int8_{p}_tiles_per_s"] * 1.1, 64)):
+        autobuild.write_status(model, replace(status, openvino_speed={**speed, f"int8_{p}_large_tiles_per_s": large}))
+        assert select(model, "openvino-int8", batch_size=8).engine.large_batch == want
 
 
 def test_a_build_that_dies_without_an_outcome_is_not_restarted_at_every_heartbeat(tmp_path: Path) -> None:
