@@ -370,11 +370,17 @@ def openvino_precision(model_path: str | Path) -> str:
     return precision if precision == "f32" or has_bf16() else "f32"
 
 
+#: how much slower than the small request the build must time the large one to leave it unused
+LARGE_SLOWER = 0.05
+
+
 def openvino_large_batch(model_path: str | Path, batch_size: int, input_size: int) -> int:
     """The large request's batch for the int8 file (``openvino.large_batch_for``), or 0 where
-    the build timed that request slower than the small one in the precision that serves: for a
-    file whose int8 layers are few, larger batches buy nothing (a ResNet50 with 9 of 16 blocks
-    kept fp32: 401 against 410 tiles/s), and a frame need not wait for a batch that is slower."""
+    the build timed that request clearly slower (by more than ``LARGE_SLOWER``, beyond the
+    few per cent two timings of one engine differ by) than the small one in the precision that
+    serves: for a file whose int8 layers are few, larger batches buy nothing (a ResNet50 with 9
+    of 16 blocks kept fp32: 401 against 410 tiles/s), and frames need not wait for a batch
+    that is slower."""
     from nscmonitor.engines.openvino import large_batch_for
 
     large = large_batch_for(batch_size, input_size ** 2)
@@ -383,7 +389,7 @@ def openvino_large_batch(model_path: str | Path, batch_size: int, input_size: in
     if s:
         precision = str(s.get("precision", "f32"))
         small, big = s.get(f"int8_{precision}_tiles_per_s"), s.get(f"int8_{precision}_large_tiles_per_s")
-        if isinstance(small, (int, float)) and isinstance(big, (int, float)) and big < small:
+        if isinstance(small, (int, float)) and isinstance(big, (int, float)) and big < small * (1 - LARGE_SLOWER):
             return 0
     return large
 

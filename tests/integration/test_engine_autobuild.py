@@ -409,7 +409,8 @@ def test_openvino_serves_the_faster_certified_precision_of_the_non_int8_layers(t
         assert select(model, "openvino-int8").engine.precision == precision
     # the large request serves only where the build did not time it slower than the small one
     p = speed["precision"]
-    for large, want in ((speed[f"int8_{p}_tiles_per_s"] * 0.9, 0), (speed[f"int8_{p}_tiles_per_s"] * 1.1, 64)):
+    small = speed[f"int8_{p}_tiles_per_s"]
+    for large, want in ((small * 0.9, 0), (small * 0.98, 64), (small * 1.1, 64)):  # 2 % is timing noise
         autobuild.write_status(model, replace(status, openvino_speed={**speed, f"int8_{p}_large_tiles_per_s": large}))
         assert select(model, "openvino-int8", batch_size=8).engine.large_batch == want
 
