@@ -39,6 +39,17 @@ def wait_until(cond, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def score_backlog(runner, db_url: str, n: int, what: str) -> None:
+    """Run the set-up daemon on its own thread until ``n`` images have predictions, then stop it."""
+    daemon = threading.Thread(target=runner.run, daemon=True)
+    daemon.start()
+    try:
+        wait_until(lambda: len(engines_by_image(db_url)) == n, 120, what)
+    finally:
+        runner.stop_event.set()
+        daemon.join(30)
+
+
 def run_dir_with_calibration(tmp_path: Path, *, strict: bool = False) -> Path:
     """A training run's folder: model.onnx plus the calibration set that travels with it."""
     run = tmp_path / "run"
@@ -189,13 +200,7 @@ def test_daemon_without_an_engine_serves_fp32_and_swaps_to_int8_mid_backlog(tmp_
     runner.on_batch = slow_until_built
     runner.setup()
     assert runner.model.engine.name == "ort-fp32" and runner.model.engine_token is None
-    daemon = threading.Thread(target=runner.run, daemon=True)
-    daemon.start()
-    try:
-        wait_until(lambda: len(engines_by_image(settings.database_url)) == n, 120, "the backlog to be scored")
-    finally:
-        runner.stop_event.set()
-        daemon.join(30)
+    score_backlog(runner, settings.database_url, n, "the backlog to be scored")
     status = autobuild.read_status(active.path)
     assert status.state == "ready" and runner.model.engine.name == status.engine
     used = engines_by_image(settings.database_url)

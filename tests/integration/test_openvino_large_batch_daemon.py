@@ -5,14 +5,13 @@ graph (a real watcher, real SQLite, real int8 build and OpenVINO)."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import cells_image, write_tiff
 from sqlalchemy import select
-from test_engine_autobuild import config, engines_by_image, run_dir_with_calibration, wait_until
+from test_engine_autobuild import config, engines_by_image, run_dir_with_calibration, score_backlog
 
 from nscmonitor.cli import main
 from nscmonitor.config import load_settings
@@ -47,13 +46,7 @@ def test_frames_of_many_tiles_are_scored_through_the_large_request_once_and_as_t
     runner.setup()
     engine = runner.model.engine
     assert engine.name == "openvino-int8" and engine.large_batch == 64 and engine.preferred_batch == 64
-    daemon = threading.Thread(target=runner.run, daemon=True)
-    daemon.start()
-    try:
-        wait_until(lambda: len(engines_by_image(settings.database_url)) == n, 120, "the frames to be scored")
-    finally:
-        runner.stop_event.set()
-        daemon.join(30)
+    score_backlog(runner, settings.database_url, n, "the frames to be scored")
     used = engines_by_image(settings.database_url)
     assert all(v == ["openvino-int8"] for v in used.values()), used
 
