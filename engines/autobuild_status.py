@@ -110,6 +110,10 @@ class EngineStatus:
                 raise ValueError(f"{name} is not two positive tiles/s figures: {speed!r}")
             if speed is not None and speed.get("precision", "f32") not in ("f32", "bf16"):
                 raise ValueError(f"{name} names an unknown precision: {speed.get('precision')!r}")
+            if speed is not None and not all(  # the large request's timing and size, read by selection too
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                    for k, v in speed.items() if k.endswith("_tiles_per_s") or k == "large_batch"):
+                raise ValueError(f"{name} holds a timing or batch that is not a positive number: {speed!r}")
         kw["attempts"] = tuple(kw.get("attempts") or ())
         return cls(**kw)
 

@@ -316,6 +316,14 @@ def test_a_torn_status_file_means_rebuild_not_crash(tmp_path: Path) -> None:
     for bad in ("fp8", 16, None):
         autobuild.status_path(model).write_text(json.dumps({**record, "openvino_speed": {**good, "precision": bad}}))
         assert autobuild.read_status(model) is None
+    # and so are the large request's timing and batch, which selection reads as well
+    for bad in ({"int8_f32_large_tiles_per_s": "fast"}, {"int8_f32_large_tiles_per_s": -1.0},
+                {"large_batch": 0}, {"large_batch": "64"}, {"large_batch": True}):
+        autobuild.status_path(model).write_text(json.dumps({**record, "openvino_speed": {**good, **bad}}))
+        assert autobuild.read_status(model) is None, bad
+    large = {**good, "int8_f32_tiles_per_s": 5.0, "int8_f32_large_tiles_per_s": 6.0, "large_batch": 64}
+    autobuild.status_path(model).write_text(json.dumps({**record, "openvino_speed": large}))
+    assert autobuild.read_status(model).openvino_speed == large
 
 
 

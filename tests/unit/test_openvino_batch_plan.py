@@ -40,6 +40,7 @@ def test_without_a_large_batch_the_plan_is_the_small_batch_alone():
 def test_the_large_batch_is_a_multiple_of_the_daemons_and_bounded_by_pixels():
     assert large_batch_for(8, 96 * 96) == 64
     assert large_batch_for(16, 96 * 96) == 64 and large_batch_for(12, 96 * 96) == 60
-    assert large_batch_for(8, 128 * 128) == 32
+    assert large_batch_for(8, 112 * 112) == 40 and large_batch_for(8, 128 * 128) == 32
     assert large_batch_for(32, 128 * 128) == 0  # no larger than the daemon's own batch
     assert large_batch_for(8, 224 * 224) == 0
+    assert large_batch_for(0, 96 * 96) == 0 and large_batch_for(8, 0) == 0  # no fixed batch, no tile
