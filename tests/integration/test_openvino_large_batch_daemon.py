@@ -5,6 +5,7 @@ graph (a real watcher, real SQLite, real int8 build and OpenVINO)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from test_engine_autobuild import config, engines_by_image, run_dir_with_calibra
 from nscmonitor.cli import main
 from nscmonitor.config import load_settings
 from nscmonitor.daemon import build_runner
+from nscmonitor.engines import autobuild
 from nscmonitor.engines.metadata import read_onnx_metadata
 from nscmonitor.engines.ort import int8_path_for
 from nscmonitor.readers.decode import decode
@@ -37,6 +39,12 @@ def test_frames_of_many_tiles_are_scored_through_the_large_request_once_and_as_t
     assert main(["--config", str(cfg), "models", "register", str(run)]) == 0
     settings = load_settings(cfg, env={})
     active = Registry(settings.models_dir, open_engine(settings.database_url)).active()
+    # whether the large request serves follows the build's timing of it (test_engine_autobuild);
+    # a tiny model's timing on a loaded machine can go either way, so the record says it is not slower
+    status = autobuild.read_status(active.path)
+    speed = dict(status.openvino_speed)
+    speed[f"int8_{speed['precision']}_large_tiles_per_s"] = speed[f"int8_{speed['precision']}_tiles_per_s"]
+    autobuild.write_status(active.path, replace(status, openvino_speed=speed))
     n = 5
     paths = []
     for i in range(n):
