@@ -163,9 +163,12 @@ def restore_fp32(qdq: Any, fp32: Any, nodes: set[str] | list[str]) -> Any:
 def _unround_outputs(model: Any, restored: set[str]) -> None:
     """The quantiser also rounds a quantised node's output where a non-quantised op (a ReLU)
     reads it; a node kept fp32 has no such rounding, so those readers get the raw output
-    back. Readers that are still quantised keep their Q/DQ pair."""
+    back. Readers that are still quantised keep their Q/DQ pair. Where the node's ReLU was
+    folded into that rounding (``unfold_relus`` put it back), the rounding sits after the ReLU,
+    and is undone there."""
     still_int8 = set(quantised_nodes(model)) - restored
     outputs = {o for n in model.graph.node if n.name in restored for o in n.output}
+    outputs |= {n.output[0] for n in model.graph.node if n.op_type == "Relu" and n.input[0] in outputs}
     q_of = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in outputs}
     raw = {n.output[0]: q_of[n.input[0]] for n in model.graph.node
            if n.op_type == "DequantizeLinear" and n.input[0] in q_of}
@@ -243,7 +246,41 @@ def _fp32_and_qdq(fp32_path: str | Path, calib_x: np.ndarray, settings: dict[str
         onnx.save(fp32, str(named))
         qdq_path = Path(tmp) / "qdq.onnx"
         quantize_static_qdq(named, qdq_path, calib_x, settings={**cfg, "preprocess": False, "bias_correction": False})
-        return fp32, onnx.load(str(qdq_path))
+        qdq = onnx.load(str(qdq_path))
+        unfold_relus(qdq, fp32)
+        return fp32, qdq
+
+
+def unfold_relus(qdq: Any, fp32: Any) -> int:
+    """Give back, in place, the ReLUs the quantiser folded into their input's rounding
+    (``engines.quantize``: with ``Relu`` among its op types a node's output takes the ReLU's
+    name and its uint8 zero point of 0 does the clamping). Folded, a layer the search keeps in
+    fp32 would hand its raw, unclamped output to readers that are fp32 too. The ReLU is put back
+    between the node and the rounding, which rounds exactly the same values (a ReLU before a
+    rounding whose zero point is 0 changes nothing), so the all-int8 variant still scores what
+    the real file computes. Returns how many were put back."""
+    import onnx
+
+    fp_nodes = {n.name: n for n in fp32.graph.node}
+    relu_of = {n.input[0]: n for n in fp32.graph.node if n.op_type == "Relu"}
+    nodes = list(qdq.graph.node)
+    out: list[Any] = []
+    count = 0
+    for n in nodes:
+        out.append(n)
+        src = fp_nodes.get(n.name)
+        if src is None or n.op_type in ("QuantizeLinear", "DequantizeLinear") or not n.output or not src.output:
+            continue
+        relu = relu_of.get(src.output[0])
+        if n.output[0] != src.output[0] and relu is not None and relu.output[0] == n.output[0]:
+            n.output[0] = src.output[0]
+            back = onnx.NodeProto()
+            back.CopyFrom(relu)
+            out.append(back)
+            count += 1
+    del qdq.graph.node[:]
+    qdq.graph.node.extend(out)
+    return count
 
 
 def pseudo_wells(reference: np.ndarray, size: int) -> tuple[str, ...]:

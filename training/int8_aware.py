@@ -13,9 +13,11 @@ training exactly as before; this only changes the weights it starts from.
 
 Where rounding is simulated (matching the CPU file of ``engines.quantize``: signed symmetric
 per-channel int8 weights, unsigned per-tensor activations over their MinMax ranges): every
-convolution's input and weights but the stem's, every convolution + BatchNorm output (the Q/DQ the quantiser puts before
-a ReLU), and both inputs and the output of each residual Add of torchvision's ResNet blocks. The
-head and the stem stay fp32, as in the engine. BatchNorm statistics are frozen (the export folds
+convolution's input and weights but the stem's, every convolution + BatchNorm output, and both
+inputs and the output of each residual Add of torchvision's ResNet blocks. An output a ReLU
+follows is rounded after the ReLU, over [0, max]: the CPU file folds that ReLU into the
+rounding (recipe 8; before it, the file rounded over the pre-ReLU range and again after the
+ReLU, and so did this simulation). The head and the stem stay fp32, as in the engine. BatchNorm statistics are frozen (the export folds
 them into the convolutions, so they must not move under the simulated rounding). Activation
 ranges are running maxima over the fine-tuning batches, as MinMax calibration takes them.
 """
@@ -84,10 +86,14 @@ def simulate_int8(model: nn.Module) -> Callable[[], None]:
 
     def bn_forward(bn: nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Tensor]:
         plain = type(bn).forward
+        relu_next = id(bn) in followed
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            return ranges.fq(plain(bn, x), (id(bn), "out"))
+            y = plain(bn, x)
+            return ranges.fq(torch.relu(y) if relu_next else y, (id(bn), "out"))
         return forward
+
+    followed = _followed_by_relu(model)
 
     for conv in convs:
         if conv is not stem:
@@ -120,9 +126,27 @@ def _residual_forward(ranges: _Ranges) -> Callable[..., torch.Tensor]:
             out = self.bn2(self.conv2(out))
         identity = self.downsample(x) if self.downsample is not None else x
         key = id(self)
-        return self.relu(ranges.fq(ranges.fq(out, (key, "add_a")) + ranges.fq(identity, (key, "add_b")),
-                                   (key, "add_out")))
+        return ranges.fq(self.relu(ranges.fq(out, (key, "add_a")) + ranges.fq(identity, (key, "add_b"))),
+                         (key, "add_out"))
     return forward
+
+
+def _followed_by_relu(model: nn.Module) -> set[int]:
+    """The BatchNorms whose output goes straight into a ReLU (ids): in a Sequential (the small
+    CNNs' conv, BatchNorm, ReLU), and inside torchvision's residual blocks (a Bottleneck's bn1
+    and bn2, a BasicBlock's bn1; the last BatchNorm feeds the residual Add)."""
+    ids: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, nn.Sequential):
+            kids = list(m)
+            ids |= {id(a) for a, b in zip(kids, kids[1:])
+                    if isinstance(a, nn.modules.batchnorm._BatchNorm) and isinstance(b, nn.ReLU)}
+        name = type(m).__name__
+        if name == "Bottleneck":
+            ids |= {id(m.bn1), id(m.bn2)}
+        elif name == "BasicBlock":
+            ids.add(id(m.bn1))
+    return ids
 
 
 def finetune(model: nn.Module, batches: Callable[[int], Any], criterion: nn.Module, *, steps: int, lr: float,

@@ -154,3 +154,40 @@ def test_a_tighter_margin_keeps_no_fewer_groups_and_reuses_the_probes(hostile):
     assert wide.to_dict()["pseudo_well_size"] == 8 and tight.to_dict()["readout_margin"] == 1e-9
     assert set(wide.groups) <= set(tight.groups) and len(tight.groups) > len(wide.groups), (wide.groups, tight.groups)
     assert tight.sensitivity == wide.sensitivity and tight.steps < wide.steps
+
+
+def test_the_cpu_file_rounds_once_per_layer_and_the_search_keeps_each_fp32_layers_relu(tmp_path):
+    """The CPU recipe folds each ReLU after a quantised layer into that layer's rounding (the
+    quantiser rounds every quantised node's output; without the fold it rounded the pre-ReLU
+    range and then again after the ReLU). The search's graph surgery puts the ReLUs back, so a
+    layer kept fp32 still clamps: with every layer restored the variant is the fp32 model."""
+    import onnx
+
+    from nscmonitor.engines.mixed_precision import _fp32_and_qdq, fake_quant_probs, groups_of, restore_fp32
+    from nscmonitor.engines.quantize import TENSORRT_SETTINGS, quantize_static_qdq
+
+    path = tmp_path / "model.onnx"
+    meta = build_tiny_classifier(path, input_size=SIZE, depth=3, seed=5)
+    calib = tileset(meta, *blobs(64, 1), "calib")
+    relus = lambda m: sum(n.op_type == "Relu" for n in m.graph.node)  # noqa: E731
+    cpu = onnx.load(str(quantize_static_qdq(path, tmp_path / "cpu.onnx", calib.x, threads=1)))
+    trt = onnx.load(str(quantize_static_qdq(path, tmp_path / "trt.onnx", calib.x, threads=1,
+                                            settings=TENSORRT_SETTINGS)))
+    assert relus(onnx.load(str(path))) == 4
+    assert relus(cpu) == 1  # the stem's: the stem stays fp32, so its output is not rounded
+    assert relus(trt) == 4  # a signed zero point cannot clamp: TensorRT's file keeps them
+
+    fp32, qdq = _fp32_and_qdq(path, calib.x, None)
+    assert relus(qdq) == 4
+    every = [n for nodes in groups_of(qdq).values() for n in nodes]
+    assert len(every) == 3
+    ref = fake_quant_probs(fp32, calib.x, threads=1)
+    restored = restore_fp32(qdq, fp32, every)
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in restored.graph.node
+                   if not n.input[0].endswith("_w"))
+    np.testing.assert_allclose(fake_quant_probs(restored, calib.x, threads=1), ref, atol=1e-6)
+    # the middle layer alone kept fp32 between two int8 ones: its output still clamps
+    one = restore_fp32(qdq, fp32, [every[1]])
+    assert relus(one) == 4
+    np.testing.assert_allclose(fake_quant_probs(one, calib.x, threads=1),
+                               fake_quant_probs(qdq, calib.x, threads=1), atol=0.05)

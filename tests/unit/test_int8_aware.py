@@ -29,6 +29,32 @@ def test_simulated_rounding_changes_the_output_and_restore_gives_the_plain_model
     torch.testing.assert_close(model(x).detach(), plain)
 
 
+
+@pytest.mark.parametrize("arch", ["resnet18", "small"])
+def test_an_output_a_relu_follows_rounds_once_over_the_relus_range(arch):
+    """As the CPU file folds a ReLU into its input's rounding: a BatchNorm output that goes
+    into a ReLU is rounded after it, on 256 steps over [0, max]; the BatchNorm before a
+    residual Add keeps its signed range."""
+    torch.manual_seed(0)
+    model = build_model(arch, 4).eval()
+    simulate_int8(model)
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=name: seen.__setitem__(k, o.detach()))
+             for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    model(torch.rand(4, 1, 32, 32))
+    for h in hooks:
+        h.remove()
+    relu_fed = [k for k in seen if ".features." in k or ".layer" in k and k.endswith(".bn1")]
+    assert len(relu_fed) >= 4
+    for k in relu_fed:
+        y = seen[k]
+        step = float(y.max()) / 255
+        assert float(y.min()) >= 0.0, k
+        assert torch.allclose(y / step, torch.round(y / step), atol=2e-3), k
+    if arch == "resnet18":
+        last = seen["backbone.layer1.0.bn2"]  # feeds the residual Add
+        assert float(last.min()) < 0.0
+
 def test_weights_round_per_output_channel_to_int8_steps():
     w = torch.tensor([[1.0, 0.5, -0.26], [100.0, 3.0, -50.0]]).reshape(2, 3, 1, 1)
     q = fake_quant_weight(w)
