@@ -17,9 +17,10 @@ convolution's input and weights but the stem's, every convolution + BatchNorm ou
 inputs and the output of each residual Add of torchvision's ResNet blocks. An output a ReLU
 follows is rounded after the ReLU, over [0, max]: the CPU file folds that ReLU into the
 rounding (recipe 8; before it, the file rounded over the pre-ReLU range and again after the
-ReLU, and so did this simulation). The head and the stem stay fp32, as in the engine. BatchNorm statistics are frozen (the export folds
-them into the convolutions, so they must not move under the simulated rounding). Activation
-ranges are running maxima over the fine-tuning batches, as MinMax calibration takes them.
+ReLU, and so did this simulation). The head and the stem stay fp32, as in the engine.
+BatchNorm statistics are frozen (the export folds them into the convolutions, so they must not
+move under the simulated rounding). Activation ranges are running maxima over the fine-tuning
+batches, as MinMax calibration takes them.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def simulate_int8(model: nn.Module) -> Callable[[], None]:
             return conv._conv_forward(ranges.fq(x, (id(conv), "in")), fake_quant_weight(conv.weight), conv.bias)
         return forward
 
+    followed = _followed_by_relu(model)
+
     def bn_forward(bn: nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Tensor]:
         plain = type(bn).forward
         relu_next = id(bn) in followed
@@ -92,8 +95,6 @@ def simulate_int8(model: nn.Module) -> Callable[[], None]:
             y = plain(bn, x)
             return ranges.fq(torch.relu(y) if relu_next else y, (id(bn), "out"))
         return forward
-
-    followed = _followed_by_relu(model)
 
     for conv in convs:
         if conv is not stem:
