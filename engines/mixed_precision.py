@@ -251,6 +251,18 @@ def _fp32_and_qdq(fp32_path: str | Path, calib_x: np.ndarray, settings: dict[str
         return fp32, qdq
 
 
+def surgery_restores_fp32(qdq: Any, fp32: Any, x: np.ndarray, reference: np.ndarray | None = None, *,
+                          threads: int = 0) -> bool:
+    """Whether the Q/DQ model with every quantised layer given back its fp32 inputs computes
+    the fp32 model: the check that the search's graph surgery (``restore_fp32``) understands
+    what the quantiser wrote, before any variant is trusted (a ReLU it folded away and nobody
+    put back, for one, would leave fp32 layers unclamped)."""
+    every = [n for nodes in groups_of(qdq).values() for n in nodes]
+    ref = fake_quant_probs(fp32, x, threads=threads) if reference is None else reference
+    back = fake_quant_probs(restore_fp32(qdq, fp32, every), x, threads=threads)
+    return bool(np.allclose(back, ref, atol=1e-4))
+
+
 def unfold_relus(qdq: Any, fp32: Any) -> int:
     """Give back, in place, the ReLUs the quantiser folded into their input's rounding
     (``engines.quantize``: with ``Relu`` among its op types a node's output takes the ReLU's
@@ -330,6 +342,12 @@ def search(fp32_path: str | Path, calib_x: np.ndarray, calib_groups: tuple[str, 
     total = min(max_steps, 1 + 2 * len(names) + sum(len(v) for v in groups.values() if len(v) > 1))
     say(0, total, f"mixed precision: {len(names)} layer groups, evaluating on {len(calib_x)} calibration tiles")
     reference = fake_quant_probs(fp32, calib_x, threads=threads)
+    if not surgery_restores_fp32(qdq, fp32, calib_x, reference, threads=threads):
+        log.error("mixed precision: %s with every layer restored does not compute the fp32 model (the quantiser "
+                  "rewrote the graph in a way the search cannot undo); no mix is searched, every group stays fp32",
+                  fp32_path)
+        return SearchResult(names, every, False, 1, float("nan"), None, {}, len(names), [],
+                            well_size=well_size, margin=margin)
     if well_size is not None:
         calib_groups = pseudo_wells(reference, well_size)
 

@@ -191,3 +191,25 @@ def test_the_cpu_file_rounds_once_per_layer_and_the_search_keeps_each_fp32_layer
     assert relus(one) == 4
     np.testing.assert_allclose(fake_quant_probs(one, calib.x, threads=1),
                                fake_quant_probs(qdq, calib.x, threads=1), atol=0.05)
+
+
+def test_the_search_checks_its_surgery_gives_the_fp32_model_back(tmp_path):
+    """Left folded, the quantiser's ReLUs would make every layer the search keeps fp32 run
+    unclamped; the check before the search sees that on the real Q/DQ file, and passes once
+    the ReLUs are put back (what ``search`` works on)."""
+    import onnx
+
+    from nscmonitor.engines.mixed_precision import _fp32_and_qdq, surgery_restores_fp32, unfold_relus
+    from nscmonitor.engines.quantize import quantize_static_qdq
+
+    path = tmp_path / "model.onnx"
+    meta = build_tiny_classifier(path, input_size=SIZE, depth=3, seed=5)
+    calib = tileset(meta, *blobs(64, 1), "calib")
+    fp32, qdq = _fp32_and_qdq(path, calib.x, None)
+    assert surgery_restores_fp32(qdq, fp32, calib.x)
+    folded = onnx.load(str(quantize_static_qdq(path, tmp_path / "q.onnx", calib.x, threads=1,
+                                               settings={"bias_correction": False, "keep_fp32": ["stem", "head"]})))
+    named = {n.name for n in fp32.graph.node}
+    assert {n.name for n in folded.graph.node if n.op_type == "Conv"} <= named
+    assert not surgery_restores_fp32(folded, fp32, calib.x)
+    assert unfold_relus(folded, fp32) == 3 and surgery_restores_fp32(folded, fp32, calib.x)
