@@ -212,3 +212,29 @@ def test_the_search_checks_its_surgery_gives_the_fp32_model_back(tmp_path):
     assert {n.name for n in folded.graph.node if n.op_type == "Conv"} <= named
     assert not surgery_restores_fp32(folded, fp32, calib.x)
     assert unfold_relus(folded, fp32) == 3 and surgery_restores_fp32(folded, fp32, calib.x)
+
+
+def test_the_tensorrt_file_rounds_layer_inputs_only(tmp_path):
+    """TensorRT's signed file cannot fold a ReLU into its rounding, so it rounds no
+    convolution's or Add's output, only each layer's input after the ReLU; still signed
+    symmetric Q/DQ that TensorRT's explicit quantisation takes."""
+    import onnx
+
+    from nscmonitor.engines.precision_graphs import qdq_problems
+    from nscmonitor.engines.quantize import TENSORRT_SETTINGS, quantize_static_qdq
+
+    path = tmp_path / "model.onnx"
+    meta = build_tiny_classifier(path, input_size=SIZE, depth=3, seed=5)
+    calib = tileset(meta, *blobs(64, 1), "calib")
+    out = quantize_static_qdq(path, tmp_path / "trt.onnx", calib.x, threads=1, settings=TENSORRT_SETTINGS)
+    trt = onnx.load(str(out))
+    produced_by = {o: n.op_type for n in trt.graph.node for o in n.output}
+    rounded = [produced_by.get(n.input[0]) for n in trt.graph.node if n.op_type == "QuantizeLinear"]
+    assert rounded and "Relu" in rounded
+    assert not {"Conv", "Add"} & set(rounded), rounded
+    assert qdq_problems(out) == []
+    both = quantize_static_qdq(path, tmp_path / "both.onnx", calib.x, threads=1,
+                               settings={**TENSORRT_SETTINGS, "exclude_output_quantization": []})
+    produced_by = {o: n.op_type for n in onnx.load(str(both)).graph.node for o in n.output}
+    assert "Conv" in {produced_by.get(n.input[0]) for n in onnx.load(str(both)).graph.node
+                      if n.op_type == "QuantizeLinear"}  # the quantiser's default: outputs rounded too
