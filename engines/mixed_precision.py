@@ -67,6 +67,11 @@ SEARCH_MARGINS = (READOUT_MARGIN, 0.4, 0.2)
 #: evaluations at most: a ResNet50 (16 blocks) needs 33 for the block pass, the rest go to
 #: single layers of refused blocks (about 10 s each for 96 px tiles on a quiet 2-core machine)
 MAX_STEPS = 60
+#: the ladder's first rungs keep only the 1, 2, ... this many groups most sensitive on their own
+#: fp32: on a ResNet50 whose whole int8 file just missed the gate (1.05-1.15 pp), the greedy
+#: mixes read no closer (1.04-1.60 pp) until 11 of 16 blocks stayed fp32 (1.5x fp32), while
+#: layer1.0 alone kept fp32 passed OpenVINO at 0.92 pp and ran 2.9x (docs/performance.md)
+MOST_SENSITIVE = 3
 QUANTISED_OPS = ("Conv", "Gemm", "MatMul", "Add")
 
 Progress = Callable[[int, int, str], None]
@@ -81,7 +86,7 @@ class SearchResult:
     nodes: list[str]
     passed: bool
     steps: int
-    calib_readout_pp: float
+    calib_readout_pp: float | None
     calib_agreement_clear: float | None
     sensitivity: dict[str, float] = field(default_factory=dict)
     n_groups: int = 0
@@ -92,10 +97,15 @@ class SearchResult:
     well_size: int | None = None
     #: the share of the readout tolerance variants were allowed on the calibration tiles
     margin: float = READOUT_MARGIN
+    #: how the fp32 groups were chosen: "greedy" (the search above) or "most sensitive K"
+    rule: str = "greedy"
+    #: each group's nodes (what ``most_sensitive`` builds from; not recorded in the file)
+    group_nodes: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kept_fp32_groups": self.groups, "kept_fp32_nodes": self.nodes, "passed_on_calibration": self.passed,
-                "steps": self.steps, "calibration_readout_pp": round(self.calib_readout_pp, 3),
+        readout = None if self.calib_readout_pp is None else round(self.calib_readout_pp, 3)
+        return {"rule": self.rule, "kept_fp32_groups": self.groups, "kept_fp32_nodes": self.nodes,
+                "passed_on_calibration": self.passed, "steps": self.steps, "calibration_readout_pp": readout,
                 "calibration_agreement_clear": self.calib_agreement_clear, "n_groups": self.n_groups, "int8_groups": self.int8_groups,
                 "int8_split_nodes": self.int8_split_nodes, "pseudo_well_size": self.well_size,
                 "readout_margin": self.margin,
@@ -346,8 +356,8 @@ def search(fp32_path: str | Path, calib_x: np.ndarray, calib_groups: tuple[str, 
         log.error("mixed precision: %s with every layer restored does not compute the fp32 model (the quantiser "
                   "rewrote the graph in a way the search cannot undo); no mix is searched, every group stays fp32",
                   fp32_path)
-        return SearchResult(names, every, False, 1, float("nan"), None, {}, len(names), [],
-                            well_size=well_size, margin=margin)
+        return SearchResult(names, every, False, 1, None, None, {}, len(names), [],
+                            well_size=well_size, margin=margin, group_nodes=groups)
     if well_size is not None:
         calib_groups = pseudo_wells(reference, well_size)
 
@@ -361,7 +371,7 @@ def search(fp32_path: str | Path, calib_x: np.ndarray, calib_groups: tuple[str, 
     say(steps, total, f"all int8: calibration readout {full.readout_pp:.2f} pp")
     if full.passes(tol, margin):
         return SearchResult([], [], True, steps, full.readout_pp, full.agreement_clear, {}, len(names), names,
-                            well_size=well_size, margin=margin)
+                            well_size=well_size, margin=margin, group_nodes=groups)
     alone: dict[str, float] = {g: v for g, v in (sensitivity or {}).items() if g in groups}
     for g in names:
         if g in alone:
@@ -393,7 +403,24 @@ def search(fp32_path: str | Path, calib_x: np.ndarray, calib_groups: tuple[str, 
     log.info("mixed precision: %d of %d layer groups kept fp32 (%s; %d of their layers int8), calibration readout "
              "%.2f pp", len(kept), len(names), ", ".join(kept), len(split), readout)
     return SearchResult(kept, nodes, True, steps, readout, clear, alone, len(names), int8, split,
-                        well_size=well_size, margin=margin)
+                        well_size=well_size, margin=margin, group_nodes=groups)
+
+
+def most_sensitive(result: SearchResult, k: int) -> SearchResult | None:
+    """The mix that keeps only the ``k`` groups most sensitive on their own (the search's
+    probes on the calibration tiles) fp32 and everything else int8, or None when the probes
+    do not cover more than ``k`` groups. Its calibration score is not measured (``passed`` is
+    False, the readout None): the held-out gate alone decides."""
+    ranked = sorted(result.sensitivity, key=lambda g: -result.sensitivity[g])
+    if k < 1 or k >= len(ranked) or not result.group_nodes:
+        return None
+    keep = set(ranked[:k])
+    order = list(result.group_nodes)
+    groups = [g for g in order if g in keep]
+    return SearchResult(groups, [n for g in groups for n in result.group_nodes[g]], False, result.steps, None, None,
+                        dict(result.sensitivity), len(order), [g for g in order if g not in keep],
+                        well_size=result.well_size, margin=result.margin, rule=f"most sensitive {k}",
+                        group_nodes=result.group_nodes)
 
 
 def _split_refused(run: Callable[[list[str]], _Score], groups: dict[str, list[str]], alone: dict[str, float],
@@ -424,8 +451,10 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
     """The int8 build with mixed precision as its fallback: the plain recipe first (the demo
     model passes it, and that path stays as fast as before); only when the gate of the runtime
     that would serve it fails, the search picks layers to keep fp32 on the calibration tiles
-    and the model is quantised and gated on the held-out tiles once more. When that gate refuses
-    the mix, or the search kept nothing fp32 at all, the search runs again with a tighter margin
+    and the model is quantised and gated on the held-out tiles once more. First it keeps only
+    the one, two, three groups most sensitive on their own fp32 (``most_sensitive``, ranked by
+    the search's calibration probes; each gated in turn), then the search's greedy mix. When
+    the gate refuses the mix, or the search kept nothing fp32 at all, the search runs again with a tighter margin
     (``SEARCH_MARGINS``, its sensitivity probes reused; ``ladder_step``), so a search that judged
     too generously costs a rebuild, not the engine.
     Returns (int8 path or None, ONNX Runtime's gate report, the search that chose the file, else
@@ -446,10 +475,26 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
     result: SearchResult | None = None
     built: SearchResult | None = None  # the search whose mix was last quantised and gated
     tried: set[tuple[str, ...]] = set()
+    ranked_tried = False
+
+    def build(mix: SearchResult) -> bool:
+        nonlocal path, report, on_disk, built
+        tried.add(tuple(mix.nodes))
+        built = mix
+        path, report = build_ort_int8(model_path, calib, heldout, threads=threads,
+                                      settings={"exclude_nodes": mix.nodes, "mixed_precision": mix.to_dict()})
+        if path is not None:
+            on_disk = (path, report, mix)
+        return _serving_gate_passed(path, report, want_openvino)
+
     for margin in SEARCH_MARGINS:
         result = search(model_path, calib.x, calib.groups, tolerance=dict(meta.int8_tolerance), max_steps=max_steps,
                         threads=threads, progress=progress, well_size=typical_well_size(heldout.groups),
                         margin=margin, sensitivity=result.sensitivity if result else None)
+        if not ranked_tried and result.sensitivity:
+            ranked_tried = True
+            if any(build(mix) for mix in _most_sensitive_rungs(result, tried)):
+                break
         step = ladder_step(result)
         if step != "build":
             log.warning("mixed precision at %.0f %% of the tolerance: %s", margin * 100,
@@ -460,13 +505,7 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
             continue
         if tuple(result.nodes) in tried:  # a tighter margin chose the same mix: no point building it again
             continue
-        tried.add(tuple(result.nodes))
-        built = result
-        path, report = build_ort_int8(model_path, calib, heldout, threads=threads,
-                                      settings={"exclude_nodes": result.nodes, "mixed_precision": result.to_dict()})
-        if path is not None:
-            on_disk = (path, report, result)
-        if _serving_gate_passed(path, report, want_openvino):
+        if build(result):
             break
         log.warning("mixed precision: the mix chosen at %.0f %% of the readout tolerance failed its held-out gate; "
                     "searching again with a tighter margin", margin * 100)
@@ -477,6 +516,20 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
         target = int8_path_for(model_path)  # the report beside the file is the file's own, not the last refused mix's
         write_report(report, target.with_name(target.name + ".gate.json"))
     return path, report, chosen if chosen is not None else result
+
+
+def _most_sensitive_rungs(result: SearchResult, tried: set[tuple[str, ...]]):
+    """The ladder's first rungs, lazily: the 1, 2, ... ``MOST_SENSITIVE`` groups most
+    sensitive on their own kept fp32, each built and gated only if the one before was refused."""
+    for k in range(1, MOST_SENSITIVE + 1):
+        mix = most_sensitive(result, k)
+        if mix is None:
+            return
+        if tuple(mix.nodes) in tried:
+            continue
+        log.warning("mixed precision: trying the %d most sensitive layer group(s) in fp32 (%s)", k,
+                    ", ".join(mix.groups))
+        yield mix
 
 
 def ladder_outcome(plain: tuple[Path | None, Any], last: tuple[Path | None, Any],

@@ -74,6 +74,9 @@ def test_build_int8_gates_the_mixed_model_and_records_the_fp32_layers(hostile, c
     rec = read_onnx_metadata(out).extra["int8"]
     assert rec["settings"]["exclude_nodes"] == result.nodes
     assert rec["settings"]["mixed_precision"]["kept_fp32_groups"] == list(result.groups)
+    # the ladder's first rung: only the group most sensitive on its own kept fp32, and it passed
+    assert result.rule == "most sensitive 1" and rec["settings"]["mixed_precision"]["rule"] == result.rule
+    assert rec["settings"]["mixed_precision"]["calibration_readout_pp"] is None
     capsys.readouterr()
     assert main(["engine", "list", str(path)]) == 0
     assert "1 layer group(s) kept fp32" in " ".join(capsys.readouterr().out.replace("│", " ").split())

@@ -145,3 +145,21 @@ def test_the_ladder_outcome_of_a_passing_mix_nothing_built_and_everything_refuse
     path, report, chosen, rewrite = ladder_outcome(plain, (None, _gate(False, 1.2)), None, mix)
     assert path is None and chosen is mix and rewrite
     assert report.well_readout_pp == 1.2 and report.kept_fp32 == ("/l1",)
+
+
+def test_most_sensitive_keeps_the_k_groups_whose_probes_read_worst_in_graph_order():
+    from nscmonitor.engines.mixed_precision import SearchResult, most_sensitive
+
+    nodes = {"/b1": ["c1", "c2"], "/b2": ["c3"], "/b3": ["c4", "c5"], "/b4": ["c6"]}
+    greedy = SearchResult(["/b1", "/b2"], ["c1", "c2", "c3"], True, 9, 0.7, 1.0,
+                          {"/b1": 0.3, "/b2": 2.5, "/b3": 0.9, "/b4": 0.1}, 4, ["/b3", "/b4"],
+                          well_size=10, margin=0.8, group_nodes=nodes)
+    one = most_sensitive(greedy, 1)
+    assert one.groups == ["/b2"] and one.nodes == ["c3"] and one.int8_groups == ["/b1", "/b3", "/b4"]
+    two = most_sensitive(greedy, 2)
+    assert two.groups == ["/b2", "/b3"] and two.nodes == ["c3", "c4", "c5"]  # in graph order
+    assert two.rule == "most sensitive 2" and not two.passed and two.calib_readout_pp is None
+    assert two.to_dict()["calibration_readout_pp"] is None and two.to_dict()["rule"] == "most sensitive 2"
+    assert "group_nodes" not in two.to_dict()
+    assert most_sensitive(greedy, 4) is None and most_sensitive(greedy, 0) is None  # nothing would stay int8
+    assert most_sensitive(SearchResult([], [], True, 1, 0.5, 1.0, {}, 4, []), 1) is None  # no probes ran
