@@ -35,6 +35,10 @@ over-corrects a layer whose upstream a variant keeps fp32 (measured on a ResNet5
 alone in int8 read 10.4 pp with the all-int8 correction against 6.3 pp for the whole model),
 and correcting every variant anew would multiply the search's time; the real build of the
 chosen mix is corrected exactly (``engines.bias_correction``).
+``build_int8`` uses the probes twice: its first rungs keep only the one, two, three groups
+most sensitive on their own fp32 (``most_sensitive``), since near the gate the greedy mixes
+read no closer than the whole model while one sensitive block kept fp32 can pass; then the
+greedy mix above.
 Groups are residual blocks where the exporter's node names say so (the scope down to the first
 indexed module, ``/net/layer1/layer1.0/...``), else single layers (``group_of``). The result
 (node names) feeds ``quantize_static``'s ``nodes_to_exclude`` for the real build, which is
@@ -46,7 +50,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -518,7 +522,7 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
     return path, report, chosen if chosen is not None else result
 
 
-def _most_sensitive_rungs(result: SearchResult, tried: set[tuple[str, ...]]):
+def _most_sensitive_rungs(result: SearchResult, tried: set[tuple[str, ...]]) -> Iterator[SearchResult]:
     """The ladder's first rungs, lazily: the 1, 2, ... ``MOST_SENSITIVE`` groups most
     sensitive on their own kept fp32, each built and gated only if the one before was refused."""
     for k in range(1, MOST_SENSITIVE + 1):
