@@ -427,5 +427,21 @@ def cli(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_worker(code: int) -> None:
+    """End a torchrun worker once its work and the process group are done, without running
+    C++ static destructors. A rank that had finished cleanly (rank 0's export on disk, the
+    group destroyed) was seen once in CI to abort in interpreter teardown ("terminate called
+    without an active exception", a gloo thread still being joined), and torchrun then
+    reports the whole run failed; everything the run writes is written and flushed before
+    this point, so skipping the teardown loses nothing. A process outside torchrun exits as
+    usual."""
+    if dd.world_from_env().distributed:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_worker(cli())
