@@ -68,7 +68,8 @@ from nscmonitor.engines.enginefile import file_sha256
 from nscmonitor.engines.metadata import ModelMetadata, read_onnx_metadata, write_onnx_metadata
 from nscmonitor.engines.openvino import GATE_KEYS
 from nscmonitor.engines.ort import INT8_KEY, OrtCpuEngine, int8_path_for
-from nscmonitor.engines.validate import GATE_BATCH, GateReport, compare, predict, write_report
+from nscmonitor.engines.validate import (GATE_BATCH, GateReport, compare, ood_of_gate, predict_with_ood,
+                                          write_report)
 
 log = logging.getLogger(__name__)
 
@@ -205,18 +206,18 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
     quantize_static_qdq(model_path, part, calib.x, settings=cfg, threads=threads, notes=notes)
     tol = dict(meta.int8_tolerance)
     t0 = time.perf_counter()
-    reference = _probs(OrtCpuEngine(model_path, meta, threads=threads), heldout)
+    reference, ref_ood = _probs(OrtCpuEngine(model_path, meta, threads=threads), heldout)
     t1 = time.perf_counter()
     candidate = OrtCpuEngine(part, meta, threads=threads)
     candidate.name = "ort-int8"
-    cand_probs = _probs(candidate, heldout)
+    cand_probs, cand_ood = _probs(candidate, heldout)
     t2 = time.perf_counter()
     # what the gate runs took here (session start included): ONNX Runtime's x86 kernels run
     # signed int8 activations slower than fp32, which selection should know about
     speed = {"fp32_tiles_per_s": round(len(heldout) / (t1 - t0), 1),
              "int8_tiles_per_s": round(len(heldout) / (t2 - t1), 1)}
     report = compare(reference, cand_probs, heldout.groups, backend=candidate.name,
-                     tolerance=tol, tiles_source=heldout.source)
+                     tolerance=tol, tiles_source=heldout.source, ood=ood_of_gate(meta, ref_ood, cand_ood))
     (log.info if report.passed else log.warning)("validation gate: %s", report.summary())
     write_report(report, out.with_name(out.name + ".gate.json"))
     ov_reports: dict[str, GateReport | None] = {}
@@ -226,10 +227,13 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
             break
         # each request the daemon will use (the small one, and the large one where tiles are
         # small) is gated; the record is the worse of them
-        requests = " and ".join(str(b) for b, _ in ov_runs)
+        requests = " and ".join(str(b) for b, *_ in ov_runs)
+        # the small request's scores fit the OOD threshold: it is the one a frame of few tiles,
+        # and the gate's record, go through
         ov_report = max((compare(reference, probs, heldout.groups, backend="openvino-int8", tolerance=tol,
-                                 tiles_source=f"{heldout.source} (OpenVINO requests of {requests} tiles)")
-                         for _, probs in ov_runs), key=lambda r: (not r.passed, r.well_readout_pp))
+                                 tiles_source=f"{heldout.source} (OpenVINO requests of {requests} tiles)",
+                                 ood=ood_of_gate(meta, ref_ood, ov_runs[0][2]))
+                         for _, probs, _ in ov_runs), key=lambda r: (not r.passed, r.well_readout_pp))
         ov_reports[precision] = ov_report
         (log.info if ov_report.passed else log.warning)("validation gate (%s for the non-int8 layers): %s",
                                                          precision, ov_report.summary())
@@ -247,10 +251,10 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
     return out, report
 
 
-def _probs(engine: Engine, tiles: TileSet) -> np.ndarray:
+def _probs(engine: Engine, tiles: TileSet) -> tuple[np.ndarray, np.ndarray | None]:
     engine.load()
     try:
-        return predict(engine, tiles.x)
+        return predict_with_ood(engine, tiles.x)
     finally:
         engine.close()
 
@@ -265,22 +269,22 @@ def openvino_precisions() -> tuple[str, ...]:
 
 
 def _openvino_probs(int8_path: Path, meta: ModelMetadata, heldout: TileSet, threads: int,
-                    precision: str = "f32") -> list[tuple[int, np.ndarray]] | None:
+                    precision: str = "f32") -> list[tuple[int, np.ndarray, np.ndarray | None]] | None:
     """Run the same int8 file on OpenVINO when it is installed, for its own gate: its int8
     kernels round differently from ONNX Runtime's, so ONNX Runtime's pass does not certify it.
     Compiled as the daemon compiles it (for the gate's batch, the daemon's default, with the
     large request beside it where tiles are small) and run once through each request: the
     held-out tiles in chunks of the small batch, then of the large one. Returns (batch,
-    probabilities) per request."""
+    probabilities, OOD scores) per request."""
     from nscmonitor.engines.openvino import OpenVinoEngine, large_batch_for
 
     engine = OpenVinoEngine(int8_path, meta, threads=threads, require_gate=False, batch_size=GATE_BATCH,
                             precision=precision, large_batch=large_batch_for(GATE_BATCH, meta.input_size ** 2))
     try:
         engine.load()
-        runs = [(GATE_BATCH, predict(engine, heldout.x))]
+        runs = [(GATE_BATCH, *predict_with_ood(engine, heldout.x))]
         if engine.preferred_batch:
-            runs.append((engine.preferred_batch, predict(engine, heldout.x, engine.preferred_batch)))
+            runs.append((engine.preferred_batch, *predict_with_ood(engine, heldout.x, engine.preferred_batch)))
         return runs
     except EngineError as exc:
         log.info("int8 model not gated on OpenVINO (%s): %s", precision, exc)

@@ -18,7 +18,8 @@ from nscmonitor.engines.autobuild_run import int8_refusal, openvino_large_batch,
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.calibration import TileSet
 from nscmonitor.engines.metadata import MetadataError, ModelMetadata, read_onnx_metadata
-from nscmonitor.engines.validate import GateReport, validate_engine
+from nscmonitor.engines.ort import INT8_KEY
+from nscmonitor.engines.validate import GateReport, serving_metadata, validate_engine
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,10 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
         why = certified(model_path)
         if why is not None:
             raise EngineError(why)
-        return TorchCudaEngine(model_path, meta, batch_size=max(batch_size, SERVING_BATCH))
+        from nscmonitor.engines.torch_cuda import gate_record
+
+        return TorchCudaEngine(model_path, serving_metadata(meta, gate_record(model_path)),
+                               batch_size=max(batch_size, SERVING_BATCH))
     if backend == "ort-cuda":
         from nscmonitor.engines.ort import OrtCudaEngine
 
@@ -85,7 +89,9 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
         if not path.is_file():
             raise EngineError(f"no int8 model at {path} (build it with 'nscmonitor engine build "
                               f"{model_path} --backend ort-int8 --calibration DIR')")
-        return OrtInt8Engine(path, _int8_metadata(path), threads=threads, source_sha256=file_sha256(model_path))
+        int8_meta = _int8_metadata(path)
+        return OrtInt8Engine(path, serving_metadata(int8_meta, _int8_gate(int8_meta, "gate")), threads=threads,
+                             source_sha256=file_sha256(model_path))
     if backend.startswith("openvino-"):
         from nscmonitor.engines.openvino import OpenVinoEngine, large_batch_for
 
@@ -100,7 +106,10 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
             path, source = int8_path_for(model_path), file_sha256(model_path)
             if not path.is_file():
                 raise EngineError(f"no int8 model at {path} to run on OpenVINO")
+            from nscmonitor.engines.openvino import GATE_KEYS
+
             meta = _int8_metadata(path)
+            meta = serving_metadata(meta, _int8_gate(meta, GATE_KEYS.get(precision, GATE_KEYS["f32"])))
         return OpenVinoEngine(path, meta if path != model_path else read_onnx_metadata(path), threads=threads,
                               source_sha256=source, batch_size=batch_size, precision=precision,
                               large_batch=large,
@@ -113,6 +122,11 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
     from nscmonitor.engines.torch import TorchEngine
 
     return TorchEngine(model_path, meta, threads=threads)
+
+
+def _int8_gate(meta: ModelMetadata, key: str) -> dict | None:
+    """One runtime's gate record inside an int8 file's metadata (None in files from before)."""
+    return ((meta.extra or {}).get(INT8_KEY) or {}).get(key)
 
 
 def _int8_metadata(path: Path) -> ModelMetadata:
@@ -180,6 +194,7 @@ def select(model_path: str | Path, prefer: str = "auto", *, batch_size: int = 8,
                                            tiles_source=validation_tiles.source)
                     if not gate.passed:
                         raise EngineError("failed the validation gate: " + "; ".join(gate.reasons))
+                    engine.metadata = serving_metadata(engine.metadata, gate)
         except EngineError as exc:
             if engine is not None:
                 engine.close()

@@ -23,6 +23,7 @@ import numpy as np
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.enginefile import EngineKey, EngineMismatchError, file_sha256, read_engine_file
 from nscmonitor.engines.metadata import ModelMetadata
+from nscmonitor.engines.validate import serving_metadata
 
 
 def trt_disabled() -> bool:
@@ -174,6 +175,9 @@ class TrtEngine(Engine):
     def __init__(self, model_path: str | Path, metadata: ModelMetadata, *, engine_path: str | Path,
                  require_gate: bool = True, device: int = 0) -> None:
         super().__init__(model_path, metadata)
+        #: the model's own metadata, which the engine file must carry; ``metadata`` becomes
+        #: what the engine serves with (its gate's OOD threshold) once loaded
+        self.model_metadata = metadata
         self.engine_path = Path(engine_path)
         self.require_gate = require_gate
         self.device = device
@@ -192,10 +196,11 @@ class TrtEngine(Engine):
                                quantized_sha_for(self.model_path, ef.key.precision))
         if ef.key != expected:
             raise EngineMismatchError(f"{self.engine_path} does not fit here: " + "; ".join(expected.mismatches(ef.key)))
-        if ef.metadata != self.metadata:
+        if ef.metadata != self.model_metadata:
             raise EngineMismatchError(f"{self.engine_path} carries other model metadata than {self.model_path}")
         if self.require_gate and not (ef.gate or {}).get("passed", False):
             raise EngineError(f"{self.engine_path} has not passed the validation gate")
+        self.metadata = serving_metadata(self.model_metadata, ef.gate)
         self.name = f"tensorrt-{ef.key.precision}"
         torch.cuda.set_device(self.device)
         runtime = trt.Runtime(trt_logger(trt))

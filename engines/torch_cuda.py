@@ -172,6 +172,16 @@ def gate(model_path: str | Path, heldout: Any, *, batch_size: int = SERVING_BATC
             "cuda_graphs": graphs}
 
 
+def gate_record(model_path: str | Path) -> dict[str, Any] | None:
+    """The gate this model's torch GPU engine passed in its last build (its OOD threshold
+    among them), None when there is none."""
+    from nscmonitor.engines.autobuild_status import read_status
+
+    st = read_status(model_path)
+    attempt = next((a for a in st.attempts if a.get("engine") == NAME), None) if st else None
+    return (attempt or {}).get("gate")
+
+
 def certified(model_path: str | Path) -> str | None:
     """None when this model's checkpoint passed its fp16 gate on this machine under the
     current fingerprint; else why not (selection passes the engine over with that reason)."""

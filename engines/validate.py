@@ -19,6 +19,15 @@ error. So the gate is: agreement >= 99 % on clear tiles AND every well's mean-pr
 readout within 1 pp; agreement on all tiles is reported beside it. When fewer than
 ``MIN_CLEAR`` tiles (or under a fifth of them) are clear, the model is too uncertain for the
 split to mean much and agreement is gated on all tiles instead.
+
+The same run also reads both engines' out-of-distribution scores. The threshold in the
+model's metadata was set on fp32 scores, and a reduced-precision backbone gives every tile a
+slightly different score: on the demo model the OpenVINO int8 engine scored the demo plate's
+frames 10 % higher than fp32, so at the fp32 threshold it flagged 9.8 % of them against
+fp32's 6.0 %. The gate fits the engine's score as a line of the reference's over the same
+tiles and records where the fp32 threshold lands on it (``ood_threshold``); the engine
+serves with that threshold (``engines.select``), so it flags the images fp32 would (5.3 %,
+98 % of the frames' flags the same as fp32's, against 96 % at the fp32 threshold).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +49,8 @@ DEFAULT_TOLERANCE = {"top1_agreement": 0.99, "well_readout_pp": 1.0, "clear_marg
 MIN_CLEAR = 20
 #: the batch gates run at (and build timings time): OpenVINO compiles for it, as for the daemon's
 GATE_BATCH = 8
+#: fewest tiles with both engines' OOD scores for a threshold of the candidate's own
+MIN_OOD_TILES = 20
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,12 @@ class GateReport:
     #: layer groups the int8 model keeps in fp32 beyond the recipe's stem and head (chosen by
     #: ``engines.mixed_precision`` when the plain recipe failed its gate)
     kept_fp32: tuple[str, ...] = ()
+    #: the OOD threshold this engine serves with: where the model's fp32 threshold
+    #: (``ood_threshold_reference``) lands on the line fitted through both engines' scores of
+    #: the gate's tiles; None for a model without the score or too few tiles (the engine then
+    #: keeps the model's threshold)
+    ood_threshold: float | None = None
+    ood_threshold_reference: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -81,7 +98,12 @@ class GateReport:
                  if self.top1_agreement_clear is not None else "")
         return (f"{self.backend}: {clear}top-1 agreement {self.top1_agreement:.2%} on all {self.n_tiles} tiles, "
                 f"well readout diff {self.well_readout_pp:.2f} pp over {self.n_groups} wells, "
-                f"max |dp| {self.max_abs_prob_diff:.4f}{kept_text(self.kept_fp32)} -> {verdict}")
+                f"max |dp| {self.max_abs_prob_diff:.4f}{kept_text(self.kept_fp32)}{self._ood_text()} -> {verdict}")
+
+    def _ood_text(self) -> str:
+        if self.ood_threshold is None or self.ood_threshold_reference is None:
+            return ""
+        return f", OOD threshold {self.ood_threshold_reference:.4g} (fp32) -> {self.ood_threshold:.4g} here"
 
 
 def kept_text(kept: tuple[str, ...] | list[str] | None) -> str:
@@ -105,10 +127,39 @@ def well_readouts(probs: np.ndarray, groups: tuple[str, ...] | list[str]) -> tup
     return np.asarray(means), np.asarray(fracs)
 
 
+def ood_threshold_for(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> float | None:
+    """The candidate engine's OOD threshold that flags what ``threshold`` flags on the
+    reference's scores: the least-squares line of the candidate's tile scores on the
+    reference's, evaluated at the threshold (a line maps a tile mean as it maps each tile, and
+    an image's score is its tiles' mean). None when fewer than ``MIN_OOD_TILES`` tiles have both
+    scores finite, the reference's scores do not vary, or the line does not rise."""
+    ref, cand = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    ok = np.isfinite(ref) & np.isfinite(cand)
+    if ref.shape != cand.shape or int(ok.sum()) < MIN_OOD_TILES or np.ptp(ref[ok]) <= 0:
+        return None
+    slope, intercept = np.polyfit(ref[ok], cand[ok], 1)
+    if not slope > 0:
+        return None
+    mapped = float(slope * float(threshold) + intercept)
+    return mapped if np.isfinite(mapped) else None
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray, groups: tuple[str, ...] | list[str] | None,
-            *, backend: str, tolerance: dict[str, float] | None = None, tiles_source: str = "") -> GateReport:
+            *, backend: str, tolerance: dict[str, float] | None = None, tiles_source: str = "",
+            ood: tuple[np.ndarray | None, np.ndarray | None, float | None] | None = None) -> GateReport:
     """Compare two probability arrays for the same tiles. Without groups all tiles form one
-    well."""
+    well. ``ood``: (reference OOD scores, candidate OOD scores, the model's threshold) of the
+    same tiles, for the threshold the candidate serves with."""
+    report = _compare(reference, candidate, groups, backend=backend, tolerance=tolerance, tiles_source=tiles_source)
+    if ood is None or any(v is None for v in ood):
+        return report
+    ref_ood, cand_ood, threshold = ood
+    return replace(report, ood_threshold=ood_threshold_for(ref_ood, cand_ood, threshold),
+                   ood_threshold_reference=float(threshold))
+
+
+def _compare(reference: np.ndarray, candidate: np.ndarray, groups: tuple[str, ...] | list[str] | None,
+             *, backend: str, tolerance: dict[str, float] | None = None, tiles_source: str = "") -> GateReport:
     tol = {**DEFAULT_TOLERANCE, **(tolerance or {})}
     if reference.shape != candidate.shape or reference.ndim != 2 or len(reference) == 0:
         return GateReport(backend, len(candidate), 0, 0.0, 100.0, 1.0, 1.0, tol, False,
@@ -144,7 +195,35 @@ def compare(reference: np.ndarray, candidate: np.ndarray, groups: tuple[str, ...
 
 
 def predict(engine: Engine, x: np.ndarray, batch_size: int = GATE_BATCH) -> np.ndarray:
-    return np.concatenate([engine.infer(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return predict_with_ood(engine, x, batch_size)[0]
+
+
+def predict_with_ood(engine: Engine, x: np.ndarray,
+                     batch_size: int = GATE_BATCH) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities and, when the graph has the score, OOD scores of ``x`` in chunks."""
+    runs = [engine.infer_with_ood(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    probs = np.concatenate([p for p, _ in runs])
+    scores = [s for _, s in runs]
+    return probs, (np.concatenate(scores) if runs and all(s is not None for s in scores) else None)
+
+
+def ood_of_gate(meta: Any, ref_ood: np.ndarray | None,
+                cand_ood: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None, float | None] | None:
+    """``compare``'s ``ood`` argument for a model whose metadata carries a threshold."""
+    threshold = (getattr(meta, "ood", None) or {}).get("threshold")
+    return None if threshold is None else (ref_ood, cand_ood, float(threshold))
+
+
+def serving_metadata(meta: Any, gate: dict[str, Any] | GateReport | None) -> Any:
+    """The metadata an engine serves with: the model's, with the OOD threshold its gate fitted
+    for this engine (the model's own kept as ``threshold_fp32``). A gate without one (a model
+    without the score, an engine gated before the threshold was fitted) changes nothing."""
+    rec = gate.to_dict() if isinstance(gate, GateReport) else (gate or {})
+    mapped = rec.get("ood_threshold")
+    if not getattr(meta, "ood", None) or mapped is None or not np.isfinite(float(mapped)):
+        return meta
+    own = float(meta.ood.get("threshold_fp32", meta.ood["threshold"]))
+    return replace(meta, ood={**meta.ood, "threshold": float(mapped), "threshold_fp32": own})
 
 
 def validate_engine(candidate: Engine, reference: Engine, x: np.ndarray, groups: tuple[str, ...] | None = None,
@@ -153,8 +232,10 @@ def validate_engine(candidate: Engine, reference: Engine, x: np.ndarray, groups:
     """Run both loaded engines on the same tiles and compare. ``tolerance`` defaults to the
     model's own ``int8_tolerance`` so the model's author, not this code, decides the bar."""
     tol = tolerance if tolerance is not None else dict(reference.metadata.int8_tolerance)
-    report = compare(predict(reference, x, batch_size), predict(candidate, x, batch_size), groups,
-                     backend=candidate.name, tolerance=tol, tiles_source=tiles_source)
+    ref, ref_ood = predict_with_ood(reference, x, batch_size)
+    cand, cand_ood = predict_with_ood(candidate, x, batch_size)
+    report = compare(ref, cand, groups, backend=candidate.name, tolerance=tol, tiles_source=tiles_source,
+                     ood=ood_of_gate(reference.metadata, ref_ood, cand_ood))
     (log.info if report.passed else log.warning)("validation gate: %s", report.summary())
     return report
 

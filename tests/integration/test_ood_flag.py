@@ -232,3 +232,63 @@ def test_every_cpu_backend_gives_the_same_ood_score(trained, backend):
         other.close()
     assert s_other is not None and s_other.shape == (37,)
     assert np.allclose(s_other, s_ref, rtol=1e-3) and np.allclose(p_other, p_ref, atol=1e-4)
+
+
+def test_an_int8_engine_serves_with_the_ood_threshold_its_gate_fitted(trained, tmp_path):
+    """The int8 backbone moves every tile's OOD score a little (the demo model's 10 % higher,
+    so it flagged 9.8 % of the demo plate at fp32's threshold against fp32's 6.0 %). The build's
+    gate fits where fp32's threshold lands for each runtime, and selection serves the int8 file
+    with it: the engine flags the validation images fp32 flags."""
+    import shutil
+    from dataclasses import replace
+
+    from nscmonitor.engines.calibration import load_model_tiles
+    from nscmonitor.engines.openvino import GATE_KEYS
+    from nscmonitor.engines.ort import INT8_KEY
+    from nscmonitor.engines.quantize import build_ort_int8
+    from nscmonitor.engines.select import make_engine
+    from nscmonitor.training.ood import image_keys, image_scores
+
+    path, splits = trained
+    model = tmp_path / "model.onnx"
+    shutil.copy(path, model)
+    # this barely trained model calls no tile clearly, so its int8 agreement is gated on every
+    # near-tied tile; its author's looser bar lets both runtimes' gates pass
+    proto = onnx.load(str(model))
+    meta = read_onnx_metadata(model)
+    write_onnx_metadata(proto, replace(meta, int8_tolerance={**meta.int8_tolerance, "top1_agreement": 0.95}))
+    onnx.save(proto, str(model))
+    tiles = load_model_tiles(path)
+    out, report = build_ort_int8(model, tiles.calib, tiles.heldout, threads=1)
+    md = read_onnx_metadata(model)
+    thr = md.ood["threshold"]
+    assert out is not None, report.summary()
+    assert report.ood_threshold_reference == thr and report.ood_threshold is not None
+    record = read_onnx_metadata(out).extra[INT8_KEY]
+    backends = {"ort-int8": record["gate"]["ood_threshold"]}
+    try:
+        import openvino  # noqa: F401
+
+        backends["openvino-int8"] = record[GATE_KEYS["f32"]]["ood_threshold"]
+    except ImportError:
+        pass
+    val = splits["val"]
+    x = val.x[:, None].astype(np.float32)
+    keys = image_keys(val.records)
+    fp32 = _engine(model)
+    try:
+        ref = image_scores(fp32.infer_with_ood(x)[1].astype(np.float64), keys)
+    finally:
+        fp32.close()
+    for backend, fitted in backends.items():
+        engine = make_engine(backend, model, md, batch_size=8, threads=1, cache_dir=None)
+        engine.load()
+        try:
+            assert engine.metadata.ood["threshold"] == pytest.approx(fitted)
+            assert engine.metadata.ood["threshold_fp32"] == thr
+            score = image_scores(engine.infer_with_ood(x)[1].astype(np.float64), keys)
+        finally:
+            engine.close()
+        same_fitted = np.mean((score > fitted) == (ref > thr))
+        same_fp32 = np.mean((score > thr) == (ref > thr))
+        assert same_fitted >= 0.95 and same_fitted >= same_fp32 - 1 / len(ref), (backend, same_fitted, same_fp32)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from nscmonitor.engines.validate import GateReport, compare, well_readouts
+from nscmonitor.engines.validate import GateReport, compare, ood_threshold_for, serving_metadata, well_readouts
 
 
 def _probs(n=200, k=4, seed=0):
@@ -88,3 +89,44 @@ def test_margin_rule_follows_the_tolerance():
     r = compare(ref, cand, None, backend="x", tolerance={"well_readout_pp": 100.0, "clear_margin": 0.3})
     assert r.n_clear == 0 and r.top1_agreement_clear is None and not r.passed
     assert "too few to gate on" in r.reasons[0]
+
+
+def test_the_ood_threshold_follows_a_shifted_engine_score_and_flags_what_fp32_flags():
+    """An int8 backbone scores every tile a little higher (the demo model: 10 %); the gate's
+    line through both engines' scores puts the threshold where fp32's flags stay the same."""
+    rng = np.random.default_rng(3)
+    ref = rng.gamma(9.0, 1.0, 600)
+    cand = 1.1 * ref + 0.4 + rng.normal(0, 0.05, ref.size)
+    thr = float(np.quantile(ref, 0.96))
+    mapped = ood_threshold_for(ref, cand, thr)
+    assert mapped == pytest.approx(1.1 * thr + 0.4, rel=0.01)
+    assert np.mean((cand > mapped) == (ref > thr)) >= 0.99
+    assert np.mean((cand > thr) == (ref > thr)) < 0.97  # at fp32's threshold it flags more
+    r = compare(_probs(600), _probs(600), None, backend="int8", ood=(ref, cand, thr))
+    assert r.ood_threshold == pytest.approx(mapped) and r.ood_threshold_reference == thr
+    assert "OOD threshold" in r.summary()
+    assert GateReport.from_dict(r.to_dict()) == r
+
+
+def test_too_few_scores_or_a_falling_line_leave_the_model_threshold():
+    ref = np.linspace(5, 15, 100)
+    assert ood_threshold_for(ref[:10], ref[:10] * 1.1, 10.0) is None
+    assert ood_threshold_for(ref, 20 - ref, 10.0) is None
+    assert ood_threshold_for(np.full(100, 7.0), ref, 10.0) is None
+    assert ood_threshold_for(ref, np.where(ref > 6, ref, np.nan), 10.0) == pytest.approx(10.0)
+    r = compare(_probs(100), _probs(100), None, backend="x", ood=(ref, None, 10.0))
+    assert r.ood_threshold is None and r.ood_threshold_reference is None
+
+
+def test_an_engine_serves_with_its_gate_threshold_and_keeps_the_model_own():
+    from nscmonitor.engines.metadata import ModelMetadata
+
+    meta = ModelMetadata(name="m", version="1", scheme="binary", classes=("neuron", "glia"), input_size=32,
+                         ood={"output": "ood", "threshold": 10.0, "quantile": 0.96})
+    served = serving_metadata(meta, {"passed": True, "ood_threshold": 11.5})
+    assert served.ood["threshold"] == 11.5 and served.ood["threshold_fp32"] == 10.0
+    assert served.ood["quantile"] == 0.96 and meta.ood["threshold"] == 10.0
+    assert serving_metadata(served, {"ood_threshold": 12.0}).ood["threshold_fp32"] == 10.0
+    assert serving_metadata(meta, {"passed": True}) is meta and serving_metadata(meta, None) is meta
+    plain = ModelMetadata(name="m", version="1", scheme="binary", classes=("neuron", "glia"), input_size=32)
+    assert serving_metadata(plain, {"ood_threshold": 11.5}) is plain
