@@ -293,8 +293,12 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
 
     ood_head, meta["ood"] = O.fit(model, splits, device, len(classes))
     saved["ood_head"] = O.head_state(ood_head)
-    print(f"OOD threshold {meta['ood']['threshold']:.4g} ({meta['ood']['method']}, "
-          f"{1 - meta['ood']['quantile']:.0%} of {meta['ood']['val_images']} validation images above it)")
+    o = meta["ood"]
+    left_out = o.get("flagged_training_plates_left_out")
+    print(f"OOD threshold {o['threshold']:.4g} ({o['method']}; the {o['quantile']:.0%} quantile of "
+          f"{o['held_out_images']} images from {o['threshold_from']}): flags {o['flagged_val']:.1%} of the "
+          f"{o['val_images']} validation images"
+          + (f" and {left_out:.1%} of the training plates' images left out of the fit" if left_out is not None else ""))
     saved["metadata"] = json.dumps(meta)
     save_atomic(saved, out / "best.pt")
     E.write_metrics(out, metrics)

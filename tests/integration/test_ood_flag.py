@@ -292,3 +292,20 @@ def test_an_int8_engine_serves_with_the_ood_threshold_its_gate_fitted(trained, t
         same_fitted = np.mean((score > fitted) == (ref > thr))
         same_fp32 = np.mean((score > thr) == (ref > thr))
         assert same_fitted >= 0.95 and same_fitted >= same_fp32 - 1 / len(ref), (backend, same_fitted, same_fp32)
+
+
+def test_with_several_training_plates_the_threshold_holds_each_plate_left_out(tmp_path):
+    """One validation plate is one plate's optics and density; the threshold also reads each
+    training plate scored by Gaussians fitted without it, and the record says so."""
+    from nscmonitor.simulate.labelled_tiles import export_tiles
+    from nscmonitor.training.train import TrainConfig, main
+
+    export_tiles(tmp_path / "sim", plates=4, hours=(0, 96), tile_size=32, wells_per_condition=2, grid=(2, 2), seed=2)
+    main(TrainConfig(data=str(tmp_path / "sim"), out=str(tmp_path / "run"), scheme="multiclass", arch="tiny",
+                     threads=1, progress=False, epochs=2))
+    ood = read_onnx_metadata(tmp_path / "run" / "model.onnx").ood
+    assert ood["threshold_from"] == "validation images and each training plate's, left out of the fit"
+    n_val, n_all = ood["val_images"], ood["held_out_images"]
+    assert n_all >= 2 * n_val  # two training plates beside the validation plate
+    pooled = (ood["flagged_val"] * n_val + ood["flagged_training_plates_left_out"] * (n_all - n_val)) / n_all
+    assert pooled == pytest.approx(1 - ood["quantile"], abs=1.5 / n_all + 0.01)

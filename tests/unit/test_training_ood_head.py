@@ -96,3 +96,42 @@ def test_a_head_saved_before_the_contrast_sign_loads_with_its_old_score() -> Non
     with torch.no_grad():
         d = head.distances(T.layer_vectors(x, maps, pooled, True))
         assert torch.allclose(again(x, maps, pooled), (d / torch.tensor([2.0, 3.0, 5.0])).sum(dim=1))
+
+
+def _records(plates: list[str], fields_per_plate: int):
+    from nscmonitor.training.data import TileRecord
+
+    return [TileRecord(path=f"{p}-{i}.tif", label="neuron", experiment="e", plate=p, well="A01", field=i,
+                       timepoint=0) for p in plates for i in range(fields_per_plate)]
+
+
+def test_each_training_plate_is_scored_by_gaussians_fitted_without_it() -> None:
+    """Plate b's features sit off plate a's: scored by the Gaussians of a alone (left out of
+    the fit) it is far, where a fit that included it would call it near."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, (200, 3)), rng.normal(0, 1, (200, 3)) + np.array([4.0, 0, 0])
+    layers = [np.concatenate([a, b]).astype(np.float32)] * 4  # input stats, sign, one stage, pooled
+    y = np.zeros(400, np.int64)
+    records = _records(["a", "b"], 200)
+    held = T.leave_one_plate_out(layers, y, records, 1, np.ones(4))
+    assert held is not None and held.shape == (400,)  # one image per record here
+    inside = T.OodHead([T.fit_mahalanobis(layers[0], y, 1)] * 4, np.ones(4), has_input=True, n_stages=1,
+                       has_sign=True, root=True)
+    in_sample = T._scored(inside, layers)
+    assert np.median(held[200:]) > 2 * np.median(in_sample[200:])
+    assert T.leave_one_plate_out(layers, y, _records(["a"], 400), 1, np.ones(4)) is None
+
+
+def test_more_plates_than_folds_are_left_out_in_groups(monkeypatch) -> None:
+    """Seven plates, three folds: plates 0, 3, 6 leave together, then 1, 4 and 2, 5."""
+    monkeypatch.setattr(T, "MAX_FOLDS", 3)
+    rng = np.random.default_rng(1)
+    layers = [rng.normal(0, 1, (70, 2)).astype(np.float32) + np.repeat(np.arange(7), 10)[:, None] * 0.3] * 4
+    y = np.zeros(70, np.int64)
+    held = T.leave_one_plate_out(layers, y, _records([f"p{i}" for i in range(7)], 10), 1, np.ones(4))
+    fold = np.repeat(np.arange(7) % 3, 10)
+    for f in range(3):
+        out = fold == f
+        head = T.OodHead([T.fit_mahalanobis(v[~out], y[~out], 1) for v in layers], np.ones(4), has_input=True,
+                         n_stages=1, has_sign=True, root=True)
+        assert np.allclose(held[out], T._scored(head, [v[out] for v in layers]))
