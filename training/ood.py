@@ -300,7 +300,7 @@ def leave_one_plate_out(train: Sequence[np.ndarray], y: np.ndarray, records: lis
     The backbone did see these tiles, but what the threshold must hold is plate-to-plate
     variation, which this keeps: on the demo model the training plates scored this way were
     flagged more often than the validation plate at its own threshold, not less."""
-    plates = [(r.experiment, r.plate) for r in records]
+    plates = [(getattr(r, "experiment", None), getattr(r, "plate", None)) for r in records]
     names = list(dict.fromkeys(plates))
     if len(names) < 2:
         return None
