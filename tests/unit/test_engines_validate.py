@@ -130,3 +130,12 @@ def test_an_engine_serves_with_its_gate_threshold_and_keeps_the_model_own():
     assert serving_metadata(meta, {"passed": True}) is meta and serving_metadata(meta, None) is meta
     plain = ModelMetadata(name="m", version="1", scheme="binary", classes=("neuron", "glia"), input_size=32)
     assert serving_metadata(plain, {"ood_threshold": 11.5}) is plain
+
+
+def test_the_status_line_names_the_engine_own_ood_threshold():
+    from nscmonitor.engines.autobuild_status import gate_text
+
+    gate = {"top1_agreement": 0.9974, "well_readout_pp": 0.38}
+    assert "OOD" not in gate_text(gate)
+    line = gate_text({**gate, "ood_threshold": 13.8938, "ood_threshold_reference": 13.8233})
+    assert line.endswith("OOD threshold 13.89 (fp32 13.82)"), line
