@@ -19,7 +19,11 @@ same in-domain rate: the sum served before (squared distances, no contrast sign)
 layers with their squared distances summed and with each layer's validation mean as its
 unit instead of its median (both tried), the score served before that
 (Mahalanobis on the pooled features alone), each layer alone, the energy score and the top
-softmax probability (the measurements behind the choice).
+softmax probability (the measurements behind the choice). The served score is judged at the
+threshold its model stores (since 2026-12-05 the 96th percentile over the validation plate and
+each training plate left out of the fit, so its validation rate is not exactly 4 %); the others
+at the 96th percentile of the validation images alone, the rule the served score had when they
+were measured.
 An image is a field; its score is the mean of its tiles' scores, as in the daemon.
 ``--refit`` fits the OOD head again on a run trained before (same weights, new head).
 
