@@ -317,7 +317,7 @@ def gate_text(gate: dict[str, Any] | None) -> str:
     if not gate or "top1_agreement" not in gate:
         return ""
     ood = ""
-    if gate.get("ood_threshold") is not None and gate.get("ood_threshold_reference") is not None:
+    if all(isinstance(gate.get(k), (int, float)) for k in ("ood_threshold", "ood_threshold_reference")):
         ood = f", OOD threshold {gate['ood_threshold']:.4g} (fp32 {gate['ood_threshold_reference']:.4g})"
     return (f"top-1 agreement {gate['top1_agreement']:.2%}, well readout within {gate.get('well_readout_pp', 0):.2f} pp"
             + kept_text(gate.get("kept_fp32")) + ood)

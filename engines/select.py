@@ -93,7 +93,7 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
         return OrtInt8Engine(path, serving_metadata(int8_meta, _int8_gate(int8_meta, "gate")), threads=threads,
                              source_sha256=file_sha256(model_path))
     if backend.startswith("openvino-"):
-        from nscmonitor.engines.openvino import OpenVinoEngine, large_batch_for
+        from nscmonitor.engines.openvino import GATE_KEYS, OpenVinoEngine, large_batch_for
 
         path, source, precision = model_path, None, "f32"
         large = large_batch_for(batch_size, meta.input_size ** 2)
@@ -106,8 +106,6 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
             path, source = int8_path_for(model_path), file_sha256(model_path)
             if not path.is_file():
                 raise EngineError(f"no int8 model at {path} to run on OpenVINO")
-            from nscmonitor.engines.openvino import GATE_KEYS
-
             meta = _int8_metadata(path)
             meta = serving_metadata(meta, _int8_gate(meta, GATE_KEYS.get(precision, GATE_KEYS["f32"])))
         return OpenVinoEngine(path, meta if path != model_path else read_onnx_metadata(path), threads=threads,

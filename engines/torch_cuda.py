@@ -177,9 +177,12 @@ def gate_record(model_path: str | Path) -> dict[str, Any] | None:
     among them), None when there is none."""
     from nscmonitor.engines.autobuild_status import read_status
 
-    st = read_status(model_path)
-    attempt = next((a for a in st.attempts if a.get("engine") == NAME), None) if st else None
-    return (attempt or {}).get("gate")
+    return (_attempt(read_status(model_path)) or {}).get("gate")
+
+
+def _attempt(status: Any) -> dict[str, Any] | None:
+    """This engine's attempt in a build status (None: no status, or the build did not try it)."""
+    return next((a for a in status.attempts if a.get("engine") == NAME), None) if status else None
 
 
 def certified(model_path: str | Path) -> str | None:
@@ -196,7 +199,7 @@ def certified(model_path: str | Path) -> str | None:
     st = read_status(model_path)
     if st is None:
         return "not gated on this machine yet (build on arrival gates it; 'nscmonitor engine autobuild MODEL')"
-    attempt = next((a for a in st.attempts if a.get("engine") == NAME), None)
+    attempt = _attempt(st)
     if attempt is None:
         return "its last engine build did not try it (no CUDA GPU or torch then)"
     if not attempt.get("passed"):

@@ -217,10 +217,19 @@ def ood_of_gate(meta: Any, ref_ood: np.ndarray | None,
 def serving_metadata(meta: Any, gate: dict[str, Any] | GateReport | None) -> Any:
     """The metadata an engine serves with: the model's, with the OOD threshold its gate fitted
     for this engine (the model's own kept as ``threshold_fp32``). A gate without one (a model
-    without the score, an engine gated before the threshold was fitted) changes nothing."""
+    without the score, an engine gated before the threshold was fitted) changes nothing; nor
+    does a damaged one (not a finite number), which is logged: the model's threshold still holds."""
     rec = gate.to_dict() if isinstance(gate, GateReport) else (gate or {})
     mapped = rec.get("ood_threshold")
-    if not getattr(meta, "ood", None) or mapped is None or not np.isfinite(float(mapped)):
+    if not getattr(meta, "ood", None) or mapped is None:
+        return meta
+    try:
+        mapped = float(mapped)
+    except (TypeError, ValueError):
+        mapped = float("nan")
+    if not np.isfinite(mapped):
+        log.warning("gate record of %s holds an unusable OOD threshold %r; the model's own serves",
+                    rec.get("backend", "an engine"), rec.get("ood_threshold"))
         return meta
     own = float(meta.ood.get("threshold_fp32", meta.ood["threshold"]))
     return replace(meta, ood={**meta.ood, "threshold": float(mapped), "threshold_fp32": own})

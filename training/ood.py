@@ -183,7 +183,11 @@ class OodHead(nn.Module):
         return torch.stack(out, dim=1)
 
     def forward(self, x: torch.Tensor, maps: Sequence[torch.Tensor], pooled: torch.Tensor) -> torch.Tensor:
-        d = self.distances(layer_vectors(x, maps, pooled, self.has_input, self.has_sign)) / self.scale
+        return self.score(layer_vectors(x, maps, pooled, self.has_input, self.has_sign))
+
+    def score(self, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The served score of each layer's feature vectors (``layer_vectors``)."""
+        d = self.distances(vectors) / self.scale
         return (torch.sqrt(d) if self.root else d).sum(dim=1)
 
 
@@ -311,15 +315,9 @@ def leave_one_plate_out(train: Sequence[np.ndarray], y: np.ndarray, records: lis
         out = which == i
         head = OodHead([fit_mahalanobis(f[~out], y[~out], k) for f in train], scale, has_input=True,
                        n_stages=len(train) - 3, has_sign=True, root=True)
-        scores[out] = _scored(head, [f[out] for f in train])
+        with torch.no_grad():
+            scores[out] = head.score([torch.from_numpy(np.asarray(f[out], np.float32)) for f in train]).numpy()
     return image_scores(scores, image_keys(records))
-
-
-def _scored(head: OodHead, vectors: Sequence[np.ndarray]) -> np.ndarray:
-    """The served score of feature vectors already computed (``forward`` computes them)."""
-    with torch.no_grad():
-        d = head.distances([torch.from_numpy(np.asarray(v, np.float32)) for v in vectors]) / head.scale
-    return (torch.sqrt(d) if head.root else d).sum(dim=1).numpy().astype(np.float64)
 
 
 def head_state(head: OodHead) -> dict[str, torch.Tensor]:

@@ -128,6 +128,8 @@ def test_an_engine_serves_with_its_gate_threshold_and_keeps_the_model_own():
     assert served.ood["quantile"] == 0.96 and meta.ood["threshold"] == 10.0
     assert serving_metadata(served, {"ood_threshold": 12.0}).ood["threshold_fp32"] == 10.0
     assert serving_metadata(meta, {"passed": True}) is meta and serving_metadata(meta, None) is meta
+    for damaged in ("high", float("nan"), [1.0]):
+        assert serving_metadata(meta, {"ood_threshold": damaged}) is meta
     plain = ModelMetadata(name="m", version="1", scheme="binary", classes=("neuron", "glia"), input_size=32)
     assert serving_metadata(plain, {"ood_threshold": 11.5}) is plain
 
@@ -139,3 +141,4 @@ def test_the_status_line_names_the_engine_own_ood_threshold():
     assert "OOD" not in gate_text(gate)
     line = gate_text({**gate, "ood_threshold": 13.8938, "ood_threshold_reference": 13.8233})
     assert line.endswith("OOD threshold 13.89 (fp32 13.82)"), line
+    assert "OOD" not in gate_text({**gate, "ood_threshold": "high", "ood_threshold_reference": 13.8})

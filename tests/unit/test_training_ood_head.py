@@ -105,6 +105,11 @@ def _records(plates: list[str], fields_per_plate: int):
                        timepoint=0) for p in plates for i in range(fields_per_plate)]
 
 
+def _score(head, vectors) -> np.ndarray:
+    with torch.no_grad():
+        return head.score([torch.from_numpy(np.asarray(v, np.float32)) for v in vectors]).numpy()
+
+
 def test_each_training_plate_is_scored_by_gaussians_fitted_without_it() -> None:
     """Plate b's features sit off plate a's: scored by the Gaussians of a alone (left out of
     the fit) it is far, where a fit that included it would call it near."""
@@ -117,7 +122,7 @@ def test_each_training_plate_is_scored_by_gaussians_fitted_without_it() -> None:
     assert held is not None and held.shape == (400,)  # one image per record here
     inside = T.OodHead([T.fit_mahalanobis(layers[0], y, 1)] * 4, np.ones(4), has_input=True, n_stages=1,
                        has_sign=True, root=True)
-    in_sample = T._scored(inside, layers)
+    in_sample = _score(inside, layers)
     assert np.median(held[200:]) > 2 * np.median(in_sample[200:])
     assert T.leave_one_plate_out(layers, y, _records(["a"], 400), 1, np.ones(4)) is None
 
@@ -134,4 +139,4 @@ def test_more_plates_than_folds_are_left_out_in_groups(monkeypatch) -> None:
         out = fold == f
         head = T.OodHead([T.fit_mahalanobis(v[~out], y[~out], 1) for v in layers], np.ones(4), has_input=True,
                          n_stages=1, has_sign=True, root=True)
-        assert np.allclose(held[out], T._scored(head, [v[out] for v in layers]))
+        assert np.allclose(held[out], _score(head, [v[out] for v in layers]))
