@@ -62,7 +62,7 @@ class WatchFolder:
     rescan_interval: float = 60.0
     channel: str | None = None
     #: micrometres per pixel of this folder's files where a file does not state its own (many
-    #: instruments write TIFFs without resolution tags): with it the daemon resamples to the
+    #: exports carry none, ``readers.decode.PIXEL_SIZE_SOURCES``): with it the daemon resamples to the
     #: model's pixel size and flags another magnification, as for a file that states it
     pixel_size_um: float | None = None
 

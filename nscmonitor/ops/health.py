@@ -298,8 +298,8 @@ _SAMPLE_ENTRIES = 2000
 def _pixel_size_check(w: Any, max_pixels: int) -> Check:  # config.WatchFolder
     """Where the folder's pixel size comes from: without one (the file states none and the
     folder sets none) the daemon serves a frame at its own scale, and an image of another
-    magnification is not caught (docs/training.md). Advice, not a failure: many instruments
-    write no resolution tags."""
+    magnification is not caught (docs/training.md). Advice, not a failure: many exports
+    state none (``readers.decode.PIXEL_SIZE_SOURCES`` lists where a TIFF is read)."""
     from nscmonitor.readers.decode import DecodeError, decode
 
     name = f"watch {w.experiment} pixel size"
@@ -319,8 +319,8 @@ def _pixel_size_check(w: Any, max_pixels: int) -> Check:  # config.WatchFolder
 
 
 def _an_image(root: Path) -> Path | None:
-    """A TIFF of the folder: TIFF exports are where resolution tags go missing (the native
-    formats carry their pixel size in their metadata)."""
+    """A TIFF of the folder: TIFF exports are where the pixel size goes missing (the native
+    formats carry theirs in their metadata)."""
     seen = 0
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))

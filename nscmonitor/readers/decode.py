@@ -131,7 +131,7 @@ def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
             shape = tuple(int(v) for v in key.shape)
             dtype = key.dtype
             offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
-            pixel_size = _tiff_pixel_size(key, path)
+            pixel_size = _tiff_pixel_size(tf, key, path)
         except DecodeError:
             raise
         except Exception as exc:  # malformed tags surface as many types
@@ -170,27 +170,110 @@ def _check_page_limits(shape: tuple[int, ...], page_axes: str, dtype, offsets: t
                           "it may still be being written", permanent=False)
 
 
-def _tiff_pixel_size(page, path: Path) -> float | None:  # tifffile page
-    """Micrometres per pixel from the resolution tags (centimetre unit only: inch-based
-    tags are almost always a 72-dpi default). Out-of-range values are ignored with a
-    warning; the frame is then scored at its own scale."""
-    try:
-        tag = page.tags.get("XResolution")
-        unit = page.tags.get("ResolutionUnit")
-        if tag is None or unit is None or int(unit.value) != 3:
-            return None
-        num, den = tag.value
-        if not num:
-            return None
-        um = den / num * 1e4
-    except (AttributeError, TypeError, ValueError, ZeroDivisionError, OverflowError):
+#: length units the acquisition software writes, in micrometres: OME-XML's UnitsLength symbols,
+#: MetaSeries' spatial-calibration-units, ImageJ's unit (the micro sign as U+00B5 or U+03BC).
+#: Pixels, inches and the rest say nothing usable and leave the frame at its own scale.
+UM_PER_SYMBOL = {"pm": 1e-6, "\u00c5": 1e-4, "nm": 1e-3, "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0, "mm": 1e3,
+                 "cm": 1e4, "m": 1e6}
+#: the same as words, any case (ImageJ writes "micron", or the escape "\\u00B5m" as six characters)
+UM_PER_WORD = {"micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0, "\\u00b5m": 1.0,
+               "nanometer": 1e-3, "nanometre": 1e-3, "millimeter": 1e3, "millimetre": 1e3}
+#: OME-XML is read in chunks of this many characters until the first image's Pixels element
+OME_CHUNK = 1 << 16
+
+
+def _um_per(unit: object) -> float | None:
+    if unit is None:
         return None
+    u = str(unit).strip()
+    return UM_PER_SYMBOL.get(u, UM_PER_WORD.get(u.lower()))
+
+
+def _ome_um(tf, page) -> float | None:
+    """PhysicalSizeX of the first image's Pixels (OME-TIFF: Micro-Manager, scanR, Bio-Formats
+    and most converters); the unit defaults to micrometres, as the schema says. The XML is
+    parsed only up to that element: a long acquisition's plane list makes it megabytes long."""
+    import xml.etree.ElementTree as ET
+
+    xml = tf.ome_metadata if tf.is_ome else None
+    if not xml:
+        return None
+    parser = ET.XMLPullParser(events=("start",))
+    for i in range(0, len(xml), OME_CHUNK):
+        parser.feed(xml[i:i + OME_CHUNK])
+        for _, el in parser.read_events():
+            if el.tag.rsplit("}", 1)[-1] == "Pixels":
+                if el.get("PhysicalSizeX") is None:
+                    return None
+                factor = _um_per(el.get("PhysicalSizeXUnit", "\u00b5m"))
+                return None if factor is None else float(el.get("PhysicalSizeX")) * factor
+    return None
+
+
+def _metaseries_um(tf, page) -> float | None:
+    """MetaXpress/MetaMorph (ImageXpress): ``spatial-calibration-x`` of the plane, binning
+    included, only while ``spatial-calibration-state`` says the image is calibrated (an
+    uncalibrated image carries 1 per pixel)."""
+    if not tf.is_metaseries:
+        return None
+    info = (tf.metaseries_metadata or {}).get("PlaneInfo") or {}
+    if str(info.get("spatial-calibration-state")).lower() not in ("true", "on", "1"):
+        return None
+    factor = _um_per(info.get("spatial-calibration-units", "um"))
+    return None if factor is None else float(info["spatial-calibration-x"]) * factor
+
+
+def _imagej_um(tf, page) -> float | None:
+    """ImageJ/Fiji: the XResolution tag counts pixels per the description's ``unit``, whatever
+    the ResolutionUnit tag says (ImageJ writes none for micrometres)."""
+    if not tf.is_imagej:
+        return None
+    factor = _um_per((tf.imagej_metadata or {}).get("unit"))
+    tag = page.tags.get("XResolution")
+    if factor is None or tag is None:
+        return None
+    num, den = tag.value
+    return den / num * factor if num else None
+
+
+def _resolution_um(tf, page) -> float | None:
+    """The TIFF resolution tags in centimetres (inch-based tags are almost always a 72-dpi
+    default, not a measurement)."""
+    tag = page.tags.get("XResolution")
+    unit = page.tags.get("ResolutionUnit")
+    if tag is None or unit is None or int(unit.value) != 3:
+        return None
+    num, den = tag.value
+    return den / num * 1e4 if num else None
+
+
+#: where a TIFF states its pixel size, most specific first: what the acquisition software
+#: recorded in its own metadata, then the generic tags
+PIXEL_SIZE_SOURCES = (("OME-XML", _ome_um), ("MetaSeries", _metaseries_um), ("ImageJ", _imagej_um),
+                      ("resolution tag", _resolution_um))
+
+
+def _tiff_pixel_size(tf, page, path: Path) -> float | None:  # tifffile TiffFile and page
+    """Micrometres per pixel from the first source in ``PIXEL_SIZE_SOURCES`` that states a
+    believable one. Many instruments write it only in their own metadata: ImageXpress files
+    carry it in the MetaSeries XML with no resolution tags, so until 2026-12-05 they were
+    served at their own scale, a 4x frame (13.6 um/px) read like a 10x one and never flagged
+    (docs/training.md, "Out-of-distribution flag"). A malformed or out-of-range value is logged
+    with the file and skipped; with none left the frame is scored at its own scale."""
     lo, hi = PIXEL_SIZE_RANGE_UM
-    if not (math.isfinite(um) and lo <= um <= hi):
-        log.warning("%s: ignoring the resolution tag: %.3g um per pixel is outside %g-%g; scored at its own scale",
-                    shown(str(path)), um, lo, hi)
-        return None
-    return um
+    for source, read in PIXEL_SIZE_SOURCES:
+        try:
+            um = read(tf, page)
+        except Exception as exc:  # other software's metadata is malformed in many ways
+            log.warning("%s: ignoring the pixel size in its %s: %s", shown(str(path)), source, why(exc))
+            continue
+        if um is None:
+            continue
+        if math.isfinite(um) and lo <= um <= hi:
+            return float(um)
+        log.warning("%s: ignoring the pixel size in its %s: %.3g um per pixel is outside %g-%g",
+                    shown(str(path)), source, um, lo, hi)
+    return None
 
 
 def _pick_plane(arr: np.ndarray, axes: str, channel_index: int | None) -> np.ndarray:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 
+from conftest import with_pixel_limit
 from nscmonitor.store import models as m
 
 
@@ -67,3 +69,36 @@ def test_cv8000_blank_frames_are_flagged_and_left_out(real_fixtures: Path, make_
         readouts = s.scalars(select(m.WellReadout)).all()
     assert readouts
     assert all(r.n_images == 0 and r.n_qc_failed > 0 and r.prob_mean == [] for r in readouts)
+
+
+def test_imagexpress_pixel_sizes_are_read_and_a_4x_frame_is_flagged(real_fixtures: Path, make_runner,
+                                                                     tmp_path: Path) -> None:
+    """MetaXpress writes the pixel size only in its MetaSeries XML (binning included), not in
+    resolution tags. Read from there, the 20x frames (1.37 um/px) are resampled to a model
+    trained at 1.24 and served, and the 4x frames (13.55 um/px) are flagged as another
+    magnification by the daemon's pixel-size check (the score's threshold is out of reach, so
+    only that check can flag); until 2026-12-05 both were served at their own scale, unflagged."""
+    from nscmonitor.engines.tiny import build_tiny_classifier
+    from nscmonitor.readers.decode import decode
+
+    root = real_fixtures / "ImageXpress"
+    frames = [p for p in root.rglob("*.tif") if "_thumb" not in p.name]
+    by_folder = {p.relative_to(root).parts[0]: decode(p).pixel_size_um for p in frames}
+    assert by_folder["1well-3C-2S-Zmix-T"] == pytest.approx(13.5504)  # 4X Plan Apo, binning 8
+    assert by_folder["Projection-Mix"] == pytest.approx(1.3668)  # 20X Plan Apo Lambda, binning 4
+    exported = next((real_fixtures / "ImageXpress_exported").rglob("*.TIF"))
+    assert decode(exported).pixel_size_um == pytest.approx(1.3672)
+
+    model = tmp_path / "models" / "scale.onnx"
+    build_tiny_classifier(model, input_size=32, pixel_size_um=1.24, ood_threshold=1e9)
+    with_pixel_limit(model, 1.5)
+    runner = make_runner(root, model=model, experiment="imx")
+    runner.run(once=True)
+    with runner.store.engine.connect() as c:
+        rows = c.execute(text("select i.path, i.width, p.ood from predictions p join images i on i.id = p.image_id")
+                         ).fetchall()
+    assert len(rows) == len(frames)
+    for path, width, flag in rows:
+        four_x = Path(path).relative_to(root).parts[0] == "1well-3C-2S-Zmix-T"
+        assert bool(flag) is four_x, path
+        assert width in (256, 512)  # the original frame is what is stored, not the resampled one

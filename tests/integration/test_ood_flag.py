@@ -309,3 +309,31 @@ def test_with_several_training_plates_the_threshold_holds_each_plate_left_out(tm
     assert n_all >= 2 * n_val  # two training plates beside the validation plate
     pooled = (ood["flagged_val"] * n_val + ood["flagged_training_plates_left_out"] * (n_all - n_val)) / n_all
     assert pooled == pytest.approx(1 - ood["quantile"], abs=1.5 / n_all + 0.01)
+
+
+def test_real_instrument_frames_of_another_kind_are_flagged_by_the_score(trained, real_fixtures):
+    """Real ImageXpress output (third-party fluorescence frames of other cells: nuclei and
+    cytoplasm stains at 20x) scored as the daemon scores them, resampled to the model's pixel
+    size by the pixel size their MetaSeries XML states (within the 1.5x the pixel-size check
+    allows, so only the score can flag them)."""
+    from nscmonitor.readers.decode import decode
+    from nscmonitor.scoring.preprocess import Preprocess
+    from nscmonitor.scoring.stages import pixel_size_mismatch
+
+    path, _ = trained
+    engine = _engine(path)
+    md = engine.metadata
+    pre = Preprocess.from_metadata(md)
+    frames = [p for p in (real_fixtures / "ImageXpress").rglob("*.tif")
+              if "_thumb" not in p.name and "Projection-Mix" in str(p)]
+    flags = []
+    try:
+        for p in frames:
+            dec = decode(p)
+            assert pixel_size_mismatch(md, dec.pixel_size_um) is None, p
+            tiles = pre.tiles(dec.pixels, factor=pre.factor(dec.pixel_size_um)).tiles
+            flags.append(float(engine.infer_with_ood(tiles)[1].mean()) > md.ood["threshold"])
+    finally:
+        engine.close()
+    assert len(frames) >= 10
+    assert np.mean(flags) >= 0.95, flags

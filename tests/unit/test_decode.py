@@ -37,6 +37,55 @@ def test_pixel_size_from_resolution_tags(tmp_path: Path) -> None:
     assert decode(p).pixel_size_um == pytest.approx(1.24)
 
 
+def _metaseries(state: str = "on", x: str = "1.3668", units: str = "um") -> str:
+    """A MetaXpress plane description, as ImageXpress writes it (the real ones hold some fifty
+    more properties)."""
+    return ("<MetaData>\n<prop id=\"Description\" type=\"string\" value=\"\"/>\n<PlaneInfo>\n"
+            f"<prop id=\"spatial-calibration-state\" type=\"bool\" value=\"{state}\"/>\n"
+            f"<prop id=\"spatial-calibration-x\" type=\"float\" value=\"{x}\"/>\n"
+            f"<prop id=\"spatial-calibration-units\" type=\"string\" value=\"{units}\"/>\n</PlaneInfo>\n</MetaData>")
+
+
+@pytest.mark.parametrize("write,um", [
+    (dict(description=_metaseries(), software="MetaSeries", metadata=None), 1.3668),
+    (dict(description=_metaseries(x="650", units="nm"), software="MetaSeries", metadata=None), 0.65),
+    (dict(description=_metaseries(state="off"), software="MetaSeries", metadata=None), None),
+    (dict(imagej=True, resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "micron"}), 0.65),
+    (dict(imagej=True, resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "\\u00B5m"}), 0.65),
+    (dict(imagej=True, resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "pixel"}), None),
+    (dict(ome=True, metadata={"PhysicalSizeX": 0.325}), 0.325),
+    (dict(ome=True, metadata={"PhysicalSizeX": 325, "PhysicalSizeXUnit": "nm"}), 0.325),
+    (dict(ome=True, metadata={"PhysicalSizeX": 1, "PhysicalSizeXUnit": "pixel"}), None),
+    (dict(ome=True, metadata={"axes": "YX"}), None),
+    (dict(resolution=(1.0, 1.0), resolutionunit="INCH"), None),
+], ids=["metaseries", "metaseries-nm", "metaseries-uncalibrated", "imagej-micron", "imagej-escaped-mu",
+        "imagej-pixel", "ome-default-unit", "ome-nm", "ome-pixel", "ome-without", "inch-tag"])
+def test_pixel_size_from_what_the_acquisition_software_writes(tmp_path: Path, write: dict, um) -> None:
+    """MetaXpress (ImageXpress), Fiji and OME-TIFF writers state the pixel size in their own
+    metadata and often write no centimetre resolution tags: read from there, a 4x frame is
+    resampled and flagged as another magnification instead of served at its own scale."""
+    p = tmp_path / "px.tif"
+    tifffile.imwrite(p, np.zeros((16, 16), np.uint16), **write)
+    got = decode(p).pixel_size_um
+    assert got == (None if um is None else pytest.approx(um))
+
+
+def test_the_software_s_own_pixel_size_wins_and_a_bad_one_is_logged_and_skipped(tmp_path: Path, caplog) -> None:
+    tags = dict(resolution=(1e4 / 1.24, 1e4 / 1.24), resolutionunit="CENTIMETER", software="MetaSeries", metadata=None)
+    p = tmp_path / "both.tif"
+    tifffile.imwrite(p, np.zeros((16, 16), np.uint16), description=_metaseries(x="2.48"), **tags)
+    assert decode(p).pixel_size_um == pytest.approx(2.48)
+    for bad, why in (("abc", "could not convert"), ("1e9", "outside")):
+        q = tmp_path / f"bad-{bad}.tif"
+        tifffile.imwrite(q, np.zeros((16, 16), np.uint16), description=_metaseries(x=bad), **tags)
+        with caplog.at_level("WARNING", logger="nscmonitor.readers.decode"):
+            caplog.clear()
+            d = decode(q)
+        assert d.pixel_size_um == pytest.approx(1.24) and d.pixels.shape == (16, 16)
+        assert any(q.name in r.getMessage() and "MetaSeries" in r.getMessage() and why in r.getMessage()
+                   for r in caplog.records), caplog.text
+
+
 def test_png_and_rgb_jpeg(tmp_path: Path) -> None:
     Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)).save(tmp_path / "a.png")
     assert decode(tmp_path / "a.png").pixels.shape == (64, 64)
@@ -70,3 +119,19 @@ def test_complex_pixels_are_refused_from_the_header(tmp_path: Path, shape: tuple
     with pytest.raises(DecodeError, match="unsupported pixel type complex64") as exc:
         decode(p, max_pixels=1_000_000)
     assert exc.value.permanent
+
+
+def test_an_entity_bomb_in_the_ome_xml_is_refused_and_the_frame_still_decodes(tmp_path: Path, caplog) -> None:
+    """A hostile OME-XML (a billion-laughs entity chain in the pixel size): the parser's
+    amplification limit stops it, the warning names the file, and the pixels are served."""
+    chain = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
+    xml = ('<?xml version="1.0"?><!DOCTYPE OME [<!ENTITY l0 "lol">' + chain + ']>'
+           '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0">'
+           '<Pixels ID="Pixels:0" PhysicalSizeX="&l9;" DimensionOrder="XYCZT" Type="uint16" SizeX="16" SizeY="16" '
+           'SizeC="1" SizeZ="1" SizeT="1"/></Image></OME>')
+    p = tmp_path / "bomb.tif"
+    tifffile.imwrite(p, np.full((16, 16), 7, np.uint16), description=xml, metadata=None)
+    with caplog.at_level("WARNING", logger="nscmonitor.readers.decode"):
+        d = decode(p)
+    assert d.pixel_size_um is None and int(d.pixels[0, 0]) == 7
+    assert any("bomb.tif" in r.getMessage() and "OME-XML" in r.getMessage() for r in caplog.records), caplog.text
