@@ -314,6 +314,13 @@ def _pixel_size_check(w: Any, max_pixels: int) -> Check:  # config.WatchFolder
         return name, True, f"{sample.name}: not read ({exc.reason})"
     if um is not None:
         return name, True, f"the files state it ({sample.name}: {um:.3g} um/px)"
+    from nscmonitor.readers.sidecars import stated_pixel_size
+
+    beside = stated_pixel_size(sample, Path(w.path))
+    if beside is not None:
+        return name, True, (f"{sample.name} states none, but its acquisition's {beside[1].name} says {beside[0]:.4g} "
+                            f"um/px: set pixel_size_um = {beside[0]:.4g} for this folder, or its images are served "
+                            "at their own scale and another magnification is not caught")
     return name, True, (f"{sample.name} states none: an image of another magnification cannot be caught; "
                         "set pixel_size_um for this folder")
 
