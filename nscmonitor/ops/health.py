@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 STALE_S = 120.0
 """A heartbeat older than this is a stalled daemon (the daemon beats every 5 s)."""
+#: the newest scored images judged for the out-of-distribution warning, at least this many of them,
+#: and the flagged share that raises it: a model flags about 4 % of its own kind of images (2-10 %
+#: of plates it never saw, docs/training.md), so a quarter or more says the folder holds another
+#: kind (a fluorescence channel, another objective or modality, another culture), not a bad plate
+OOD_WINDOW, OOD_MIN_IMAGES, OOD_WARN_SHARE = 200, 20, 0.25
 
 Check = tuple[str, bool, str]  # name, ok, note
 
@@ -41,6 +46,10 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
     verdict, code = _daemon_verdict(repo, d, now)
     disk = database_disk(repo.engine.url.render_as_string(hide_password=False))
     warnings = [disk.message] if disk and not disk.ok else []
+    flagged, judged = repo.recent_ood(OOD_WINDOW)
+    ood_warning = ood_share_warning(flagged, judged)
+    if ood_warning:
+        warnings.append(ood_warning)
     if disk and disk.level == "critical" and code == 0:
         verdict, code = f"database disk almost full: {disk.message}", 4
     return {
@@ -51,9 +60,22 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
         },
         "queue": repo.queue_counts(),
         "scored_last_5_min": repo.scored_since(300),
+        "unlike_training_data": {"flagged": flagged, "of_newest_scored": judged},
         "errors": [{"id": e.id, "path": e.path, "status": e.status, "reason": e.error, "at": e.updated_at.isoformat()}
                    for e in repo.errors(10)],
     }
+
+
+def ood_share_warning(flagged: int, judged: int) -> str | None:
+    """The warning when most of the newest scored images are flagged as unlike the model's
+    training data: the daemon is healthy, but its readouts of that folder mean little, and the
+    dashboard's banner only shows it to whoever opens the plate."""
+    if judged < OOD_MIN_IMAGES or flagged < OOD_WARN_SHARE * judged:
+        return None
+    return (f"{flagged} of the newest {judged} scored images ({flagged / judged:.0%}) are unlike the model's "
+            "training data (out-of-distribution flag): is a folder another channel, objective, modality or "
+            "culture than the model was trained on? Their readouts are marked and left out of calls; "
+            "'nscmonitor doctor' shows each folder's channel and pixel size")
 
 
 def _daemon_verdict(repo: Any, d: Any, now: datetime) -> tuple[str, int]:

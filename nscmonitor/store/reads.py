@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Engine, func, or_, select, text
+from sqlalchemy import Engine, case, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from nscmonitor.core.domain import ImageRecord, WellReadout
@@ -178,6 +178,16 @@ class Repo:
             n = s.scalar(select(func.count()).select_from(m.Image).where(
                 m.Image.scored_at >= datetime.fromtimestamp(since, timezone.utc)))
             return n or 0
+
+    def recent_ood(self, limit: int = 200) -> tuple[int, int]:
+        """(flagged, judged) among the newest ``limit`` predictions that carry an
+        out-of-distribution flag (a model without the score gives none)."""
+        with self._session() as s:
+            newest = (select(m.Prediction.ood).where(m.Prediction.ood.is_not(None))
+                      .order_by(m.Prediction.id.desc()).limit(limit).subquery())
+            judged, flagged = s.execute(select(func.count(), func.sum(case((newest.c.ood.is_(True), 1), else_=0)))
+                                        .select_from(newest)).one()
+            return int(flagged or 0), int(judged or 0)
 
     def model_versions_used(self, experiment_id: int) -> list[str]:
         with self._session() as s:
