@@ -317,3 +317,34 @@ def test_status_panel_requeues_a_quarantined_file(window, lab: Lab, qtbot) -> No
         assert c.execute("SELECT status, attempts, error FROM images WHERE path = ?", (str(bad),)).fetchone() \
             == ("pending", 0, None)
     qtbot.waitUntil(lambda: bad.name not in panel.error_reasons(), timeout=10000)
+
+
+def test_status_panel_warns_as_status_does_when_the_images_are_unlike_the_training_data(
+        qtbot, tmp_path: Path) -> None:
+    """A model whose every image is flagged (threshold 0): after 24 images the status tab says
+    what ``nscmonitor status`` says, in the same words (``ops.health.ood_share_warning``)."""
+    from nscmonitor.engines.tiny import build_tiny_classifier
+    from nscmonitor.gui.app import open_store
+    from nscmonitor.gui.main_window import MainWindow
+    from nscmonitor.ops.health import OOD_WINDOW, ood_share_warning
+    from nscmonitor.store.db import open_engine
+    from nscmonitor.store.reads import Repo
+
+    model = tmp_path / "models" / "ood.onnx"
+    build_tiny_classifier(model, input_size=32, ood_threshold=0.0)
+    (tmp_path / "lab").mkdir()
+    lab = Lab(tmp_path / "lab", model)
+    lab.write((4, 28, 52), fields=2)
+    lab.score()
+    store = open_engine(lab.url)
+    want = ood_share_warning(*Repo(store).recent_ood(OOD_WINDOW))
+    store.dispose()
+    assert want is not None and want.startswith("24 of the newest 24 scored images")
+    win = MainWindow(open_store(lab.url), lab.settings, poll_s=0.2)
+    qtbot.addWidget(win)
+    win.show()
+    try:
+        qtbot.waitUntil(lambda: "unlike the model" in win.status_panel.daemon.text(), timeout=15000)
+        assert want.replace("'", "&#x27;") in win.status_panel.daemon.text()
+    finally:
+        win.close()
