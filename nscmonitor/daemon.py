@@ -82,6 +82,7 @@ class Daemon:
         self.leases = LeaseKeeper(store, wall) if store.shared and score else None
         self.intake: Intake | None = None
         self._repo = Repo(store.engine)
+        self._ood_warning: str | None = None
 
     @property
     def model(self) -> LoadedModel | None:
@@ -145,6 +146,7 @@ class Daemon:
                     if self.score:
                         self.slot.load_safely()  # between batches: a promoted model or a new engine takes over here
                         self.slot.report_build_safely()
+                        self._notice_unlike_images()
                 if batch.claimed and progress is not None:
                     progress(batch.claimed, self._backlog())
                 if once and not batch.claimed and self.idle():
@@ -153,12 +155,41 @@ class Daemon:
                     self.stop_event.wait(0.2 if once else min(self.poll_interval, 0.5))
         finally:
             notify.default().stopping()
+            if self.score:
+                self._notice_unlike_images()  # a --once backfill of another kind of images says so too
             self.intake.stop()
             if self.leases is not None:
                 self.leases.stop()
             if self.engine_builds is not None:
                 self.engine_builds.close()
             self._beat("stopped")
+
+    def _notice_unlike_images(self) -> None:
+        """Tell the notification hook once when most of the newest scored images become unlike
+        the model's training data (``status``'s warning), and once when they no longer are: an
+        unattended run learns of a folder of another channel or objective from its hook, not
+        from a dashboard nobody opens."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from nscmonitor.hooks import emit
+        from nscmonitor.ops.health import OOD_WINDOW, ood_share_warning
+
+        try:
+            flagged, judged = self._repo.recent_ood(OOD_WINDOW)
+            warning = ood_share_warning(flagged, judged)
+            if (warning is None) == (self._ood_warning is None):
+                return
+            data = {"flagged": flagged, "of_newest_scored": judged}
+            if warning is not None:
+                emit(self.store.engine, "images_unlike_training", warning, level="warning", data=data,
+                     hook=self.settings.retrain.hook)
+            else:
+                emit(self.store.engine, "images_like_training", f"{flagged} of the newest {judged} scored images are "
+                     "unlike the model's training data: back to its usual rate", data=data,
+                     hook=self.settings.retrain.hook)
+            self._ood_warning = warning
+        except SQLAlchemyError as exc:
+            log.warning("cannot count the newest out-of-distribution flags: %s", exc)
 
     def _channel(self, path: str) -> str | None:
         """The watch folder's ``channel`` setting for an image: scored inside stacks and containers."""

@@ -5,6 +5,8 @@ tiny ONNX model with an ``ood`` output, a real store (SQLite and PostgreSQL), th
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,82 @@ def test_the_warning_needs_enough_images_and_a_share_far_above_the_models_own_ra
     judged = 200
     assert ood_share_warning(int(OOD_WARN_SHARE * judged) - 1, judged) is None  # e.g. a bad plate's 10-20 %
     assert ood_share_warning(int(OOD_WARN_SHARE * judged), judged).startswith(f"50 of the newest {judged} ")
+
+
+def test_the_daemon_tells_the_hook_once_when_images_turn_unlike_and_once_when_they_no_longer_are(
+        tmp_path: Path) -> None:
+    """A real daemon with a notification hook: frames of stripes (which this tiny model's
+    score puts far from frames of cells, threshold between the two measured here) arrive
+    first, then frames of cells dilute them below a quarter of the newest 200; the hook hears
+    one warning and one all-clear, however many batches and heartbeats pass."""
+    import sys
+
+    import numpy as np
+
+    from nscmonitor.config import parse_settings
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.engines.ort import OrtCpuEngine
+    from nscmonitor.engines.tiny import build_tiny_classifier
+    from nscmonitor.scoring.preprocess import Preprocess
+
+    def stripes(i: int):
+        rng = np.random.default_rng(i)
+        xx = np.mgrid[:64, :64][1]
+        return (1000 + 500 * np.sin(xx / 3.0 + rng.uniform(0, 6.28)) + rng.normal(0, 20, (64, 64))).astype(np.uint16)
+
+    def cells(i: int):
+        return cells_image(stable_seed("status-ood-hook", i), (64, 64))
+
+    model = tmp_path / "models" / "ood.onnx"
+    meta = build_tiny_classifier(model, input_size=32, ood_threshold=0.0)
+    engine = OrtCpuEngine(model, meta)
+    engine.load()
+    pre = Preprocess.from_metadata(meta)
+    try:
+        def score(img) -> float:
+            return float(engine.infer_with_ood(pre.tiles(img).tiles)[1].mean())
+        low, high = max(score(cells(i)) for i in range(80)), min(score(stripes(i)) for i in range(24))
+    finally:
+        engine.close()
+    assert low < high  # the premise: this model's score tells the two kinds apart
+    build_tiny_classifier(model, input_size=32, ood_threshold=(low + high) / 2)  # same seed, same weights
+
+    received = tmp_path / "hook.jsonl"
+    script = tmp_path / "hook.py"
+    script.write_text(f"import sys\nopen({str(received)!r}, 'a').write(sys.stdin.read() + '\\n')\n")
+    watch = tmp_path / "watch"
+    settings = parse_settings({
+        "database_url": f"sqlite:///{tmp_path / 'nsc.db'}", "models_dir": str(tmp_path / "models"),
+        "log_dir": str(tmp_path / "logs"), "retrain": {"hook": f"{sys.executable} {script}"},
+        "watch": [{"path": str(watch), "experiment": "E1", "quiet_seconds": 0.0}]}, env={})
+    runner = build_runner(settings, model=model, retry_base_s=0.05, poll_interval=0.2, heartbeat_s=0.05)
+
+    def events() -> list[dict]:
+        return [json.loads(line) for line in received.read_text().splitlines()
+                if line.strip() and json.loads(line)["kind"].startswith("images_")] if received.exists() else []
+
+    def wait_for(n: int) -> list[dict]:
+        deadline = time.monotonic() + 60
+        while len(events()) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return events()
+
+    daemon = threading.Thread(target=runner.run, daemon=True)
+    daemon.start()
+    try:
+        for i in range(24):
+            write_tiff(watch / f"VID3_{'ABCDEFGH'[i % 8]}{i // 8 + 1}_1_00d00h00m.tif", stripes(i))
+        got = wait_for(1)
+        assert [e["kind"] for e in got] == ["images_unlike_training"]
+        first = got[0]["data"]  # heard at a heartbeat once 20 or more were scored, all of them flagged
+        assert got[0]["level"] == "warning" and first["flagged"] == first["of_newest_scored"] >= OOD_MIN_IMAGES
+        for i in range(80):
+            write_tiff(watch / f"VID3_{'ABCDEFGH'[i % 8]}{i // 8 + 1}_1_01d00h00m.tif", cells(i))
+        got = wait_for(2)
+        assert [e["kind"] for e in got] == ["images_unlike_training", "images_like_training"]
+        assert got[1]["data"]["flagged"] == 24 and 4 * 24 < got[1]["data"]["of_newest_scored"] <= 104
+        time.sleep(1.0)  # many more heartbeats: the hook hears nothing more
+        assert len(events()) == 2
+    finally:
+        runner.stop_event.set()
+        daemon.join(30)
