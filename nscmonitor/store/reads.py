@@ -180,12 +180,14 @@ class Repo:
             return n or 0
 
     def recent_ood(self, limit: int = 200) -> tuple[int, int]:
-        """(flagged, judged) among the newest ``limit`` predictions that carry an
-        out-of-distribution flag (a model without the score gives none)."""
+        """(flagged, judged): of the newest ``limit`` predictions, how many carry an
+        out-of-distribution flag (a model without the score gives none) and how many of those
+        are flagged. The newest by primary key, whatever their flag, so the daemon's heartbeat
+        reads ``limit`` rows, never the whole table."""
         with self._session() as s:
-            newest = (select(m.Prediction.ood).where(m.Prediction.ood.is_not(None))
-                      .order_by(m.Prediction.id.desc()).limit(limit).subquery())
-            judged, flagged = s.execute(select(func.count(), func.sum(case((newest.c.ood.is_(True), 1), else_=0)))
+            newest = select(m.Prediction.ood).order_by(m.Prediction.id.desc()).limit(limit).subquery()
+            judged, flagged = s.execute(select(func.count(newest.c.ood),
+                                               func.sum(case((newest.c.ood.is_(True), 1), else_=0)))
                                         .select_from(newest)).one()
             return int(flagged or 0), int(judged or 0)
 

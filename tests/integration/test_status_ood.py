@@ -16,7 +16,7 @@ from nscmonitor.cli import main
 from nscmonitor.ops.health import OOD_MIN_IMAGES, OOD_WARN_SHARE, ood_share_warning
 
 
-@pytest.mark.parametrize("threshold,warned", [(0.0, True), (1e9, False)])
+@pytest.mark.parametrize("threshold,warned", [(0.0, True), (1e9, False), (None, False)])
 def test_status_warns_when_the_newest_images_are_unlike_the_training_data(
         tmp_path: Path, make_runner, db_url: str, capsys: pytest.CaptureFixture[str], threshold: float,
         warned: bool) -> None:
@@ -33,7 +33,8 @@ def test_status_warns_when_the_newest_images_are_unlike_the_training_data(
     runner.run(once=True)
     main(["status", "--db", db_url, "--json"])
     report = json.loads(capsys.readouterr().out)
-    assert report["unlike_training_data"] == {"flagged": n if warned else 0, "of_newest_scored": n}
+    judged = 0 if threshold is None else n  # a model without the score flags nothing and is not judged
+    assert report["unlike_training_data"] == {"flagged": n if warned else 0, "of_newest_scored": judged}
     hits = [w for w in report["warnings"] if "unlike the model's training data" in w]
     assert hits == ([f"{n} of the newest {n} scored images (100%) are unlike the model's training data "
                      "(out-of-distribution flag): is a folder another channel, objective, modality or culture than "
