@@ -203,6 +203,40 @@ def cells_image(seed: int, shape: tuple[int, int] = (96, 128), dtype: str = "uin
     return np.clip(img, 0, 4095).astype(dtype)
 
 
+def stripes_image(seed: int, shape: tuple[int, int] = (64, 64), dtype: str = "uint16"):
+    """A frame of vertical stripes: nothing like ``cells_image`` to a model's OOD score."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    xx = np.mgrid[: shape[0], : shape[1]][1]
+    return (1000 + 500 * np.sin(xx / 10.0 + rng.uniform(0, 6.28)) + rng.normal(0, 20, shape)).astype(dtype)
+
+
+def tiny_model_flagging_stripes(path: Path, shape: tuple[int, int] = (64, 64), n: int = 80) -> Path:
+    """A tiny ONNX model (input 32) whose OOD threshold lies between the scores it gives
+    ``cells_image`` frames and ``stripes_image`` frames of ``shape`` (seeds 0..n-1), measured
+    here through the daemon's engine and preprocessing: cells are its own kind, stripes are
+    flagged."""
+    from nscmonitor.engines.ort import OrtCpuEngine
+    from nscmonitor.engines.tiny import build_tiny_classifier
+    from nscmonitor.scoring.preprocess import Preprocess
+
+    meta = build_tiny_classifier(path, input_size=32, ood_threshold=0.0)
+    engine = OrtCpuEngine(path, meta)
+    engine.load()
+    pre = Preprocess.from_metadata(meta)
+    try:
+        def score(img) -> float:
+            return float(engine.infer_with_ood(pre.tiles(img).tiles)[1].mean())
+        low = max(score(cells_image(stable_seed("cells", i), shape)) for i in range(n))
+        high = min(score(stripes_image(i, shape)) for i in range(n))
+    finally:
+        engine.close()
+    assert low < high, (low, high)  # the premise: this model's score tells the two kinds apart
+    build_tiny_classifier(path, input_size=32, ood_threshold=(low + high) / 2)  # same seed, same weights
+    return path
+
+
 def settings_for(tmp_path: Path, watch: Path, db_url: str | None = None, **watch_kw):
     from nscmonitor.config import parse_settings
 

@@ -17,13 +17,13 @@ from PySide6.QtGui import (QBrush, QColor, QContextMenuEvent, QFont, QLinearGrad
 from PySide6.QtWidgets import QMenu, QSizePolicy, QToolTip, QWidget
 
 from nscmonitor.core.domain import PLATE_SHAPES, well_name
+from nscmonitor.core.palette import OOD_RGB
 from nscmonitor.gui.widgets.chart_menu import add_save_actions
 from nscmonitor.gui.widgets.colors import ValueColormap, condition_color
 
 
-#: the out-of-distribution flag's hatch and outline (orange-red: apart from viridis and the
-#: grey of 'no data')
-OOD_COLOR = QColor(235, 80, 20)
+#: the out-of-distribution flag's hatch and outline, as the report draws it
+OOD_COLOR = QColor(*OOD_RGB)
 
 
 class PlateMapView(QWidget):

@@ -12,6 +12,9 @@ CLASS_COLORS = {
     "undifferentiated": (150, 150, 150),
     "glia": (0, 114, 178),
 }
+#: the out-of-distribution flag's cross-hatch and outline (orange-red: apart from the class
+#: colours, viridis and the grey of 'no data')
+OOD_RGB = (235, 80, 20)
 _EXTRA = [(204, 121, 167), (213, 94, 0), (240, 228, 66), (0, 114, 178)]
 CONDITION_COLORS = [(0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233),
                     (120, 120, 120), (240, 228, 66), (100, 60, 160), (160, 80, 40)]

@@ -7,6 +7,7 @@ Colours are the dashboard's (Okabe-Ito, readable with the common colour-vision d
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from html import escape as _esc
 import numpy as np
 
 from nscmonitor.core.domain import PLATE_SHAPES, well_name
-from nscmonitor.core.palette import class_color, condition_color
+from nscmonitor.core.palette import OOD_RGB, class_color, condition_color
 
 FONT = "font-family:Helvetica,Arial,sans-serif"
 
@@ -44,6 +45,8 @@ class WellCell:
     col: int
     probs: Sequence[float] | None  # class probabilities, None = no readout at this time
     condition: str | None
+    #: images of this readout flagged as unlike the model's training data (cross-hatched)
+    flagged: int = 0
 
 
 def plate_map_svg(cells: list[WellCell], classes: Sequence[str], title: str) -> str:
@@ -64,6 +67,11 @@ def plate_map_svg(cells: list[WellCell], classes: Sequence[str], title: str) -> 
         body.append(f'<text x="{left - 6}" y="{top + (rr + 0.5) * pitch + 3:.1f}" font-size="9" '
                     f'text-anchor="end">{well_name(rr, 0)[:-2]}</text>')
     by_pos = {(c.row, c.col): c for c in cells}
+    hatch = "hatch-" + hashlib.sha1(title.encode("utf-8")).hexdigest()[:10]  # unique among a report's maps
+    if any(c.flagged and c.probs is not None for c in cells):
+        body.append(f'<defs><pattern id="{hatch}" width="4" height="4" patternUnits="userSpaceOnUse" '
+                    f'patternTransform="rotate(45)"><path d="M0 0V4M0 0H4" stroke="{rgb(OOD_RGB)}" '
+                    'stroke-width="1.2"/></pattern></defs>')
     for rr in range(nrows):
         for cc in range(ncols):
             cx, cy = left + (cc + 0.5) * pitch, top + (rr + 0.5) * pitch
@@ -77,17 +85,25 @@ def plate_map_svg(cells: list[WellCell], classes: Sequence[str], title: str) -> 
             k = int(np.argmax(cell.probs))
             p = float(cell.probs[k])
             tip = f"{name}: {classes[k]} P={p:.2f}" + (f" ({cell.condition})" if cell.condition else "")
+            if cell.flagged:
+                tip += f"; {cell.flagged} image(s) unlike the training data: this readout means little"
             body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{r:.1f}" fill="{rgb(class_color(classes[k], k))}" '
                         f'fill-opacity="{0.15 + 0.85 * max(0.0, min(1.0, p)):.2f}" stroke="#555" stroke-width="0.6">'
                         f'<title>{_esc(tip)}</title></circle>')
+            if cell.flagged:
+                body.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{r:.1f}" fill="url(#{hatch})" class="ood" '
+                            f'stroke="{rgb(OOD_RGB)}" stroke-width="{max(1.5, pitch * 0.06):.1f}">'
+                            f'<title>{_esc(tip)}</title></circle>')
     x = left
     for k, cls in enumerate(classes):
         body.append(f'<circle cx="{x + 5}" cy="{legend_y - 4}" r="5" fill="{rgb(class_color(cls, k))}"/>'
                     f'<text x="{x + 13}" y="{legend_y}" font-size="11">{_esc(cls)}</text>')
         x += 20 + 7 * len(cls)
-    body.append(f'<text x="{left}" y="{legend_y + 16}" font-size="10" fill="#555">fill: top class; '
-                f'opacity: its probability; empty: no data</text>')
-    return _svg(max(width, x, left + 260), height, body, title)
+    hatched = "; hatched: images unlike the training data" if any(c.flagged and c.probs is not None
+                                                                      for c in cells) else ""
+    key = f"fill: top class; opacity: its probability; empty: no data{hatched}"
+    body.append(f'<text x="{left}" y="{legend_y + 16}" font-size="10" fill="#555">{key}</text>')
+    return _svg(max(width, x, left + 5.3 * len(key)), height, body, title)
 
 
 @dataclass(frozen=True)

@@ -146,11 +146,24 @@ def condition_calls(grid: PlateGrid, rule: CallRule) -> dict[str, ConfidentCall 
     return out
 
 
+def ood_notice(grid: PlateGrid) -> str:
+    """What the dashboard's banner says, for the plate's report: how many of its scored images
+    the model flagged as unlike its training data; empty when none (or no flag)."""
+    if grid.n_ood is None or not np.nansum(grid.n_ood):
+        return ""
+    n, of = int(np.nansum(grid.n_ood)), int(grid.n_images.sum())
+    wells = int((np.nan_to_num(grid.n_ood) > 0).any(axis=0).sum())
+    return (f'<p class="warn">⚠ {n} of the {of} scored images of plate {escape(grid.plate)} ({n / max(of, 1):.0%}, '
+            f"in {wells} well(s)) are unlike the model's training data (out-of-distribution flag): their "
+            "readouts mean little, are hatched in the plate maps and are left out of the calls.</p>")
+
+
 def _plate_maps(grid: PlateGrid, times: list[int]) -> str:
-    parts = []
+    parts = [ood_notice(grid)]
     for t in times:
-        cells = [WellCell(w.row, w.col, None if grid.n_images[t, i] == 0 else grid.prob_mean[t, i], w.condition)
-                 for i, w in enumerate(grid.wells)]
+        flagged = np.zeros(len(grid.wells)) if grid.n_ood is None else np.nan_to_num(grid.n_ood[t])
+        cells = [WellCell(w.row, w.col, None if grid.n_images[t, i] == 0 else grid.prob_mean[t, i], w.condition,
+                          int(flagged[i])) for i, w in enumerate(grid.wells)]
         h = grid.elapsed_h[t]
         when = f"{h:.1f} h since induction" if np.isfinite(h) else f"time point {grid.time_keys[t]}"
         title = f"{grid.plate} at {h:.1f} h" if np.isfinite(h) else f"{grid.plate}, time point {grid.time_keys[t]}"
@@ -283,13 +296,16 @@ def build_report(repo: Repo, experiment: str, *, times: Sequence[float] | None =
     n_wells = sum(len(g.wells) for g in grids)
     n_times = max((len(g.time_keys) for g in grids), default=0)
     last_h = max((float(np.nanmax(g.elapsed_h)) for g in grids if np.isfinite(g.elapsed_h).any()), default=float("nan"))
+    n_ood = sum(int(np.nansum(g.n_ood)) for g in grids if g.n_ood is not None)
     body = [f"<h1>{escape(experiment)}</h1>",
             f'<p class=sub>nscmonitor report · generated {now:%Y-%m-%d %H:%M} UTC · model {escape(version or "none")}</p>',
             '<section id="summary"><h2>Summary</h2>',
             f"<p>{len(grids)} plate(s), {n_wells} wells with readouts, {n_times} time points"
             + (f" up to {last_h:.1f} h since induction" if np.isfinite(last_h) else "") + "; "
             f"{sum(summary.by_status.values())} images, {summary.by_status.get(QueueState.DONE, 0)} scored, "
-            f"{summary.qc_failed} failed QC, {summary.by_status.get(QueueState.QUARANTINED, 0)} quarantined. "
+            f"{summary.qc_failed} failed QC, {summary.by_status.get(QueueState.QUARANTINED, 0)} quarantined"
+            + (f", <span class=warn>{n_ood} unlike the model's training data</span> (hatched in the plate maps, "
+               "left out of the calls)" if n_ood else "") + ". "
             "A call is confident from the first time point after which the top class stays the same at "
             f"{escape(in_use.text())}.</p></section>",
             '<section id="plate-maps"><h2>Plate maps</h2>']

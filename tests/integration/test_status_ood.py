@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cells_image, stable_seed, write_tiff
+from conftest import cells_image, stable_seed, stripes_image, tiny_model_flagging_stripes, write_tiff
 from nscmonitor.cli import main
 from nscmonitor.ops.health import OOD_MIN_IMAGES, OOD_WARN_SHARE, ood_share_warning
 
@@ -59,35 +59,13 @@ def test_the_daemon_tells_the_hook_once_when_images_turn_unlike_and_once_when_th
     one warning and one all-clear, however many batches and heartbeats pass."""
     import sys
 
-    import numpy as np
-
     from nscmonitor.config import parse_settings
     from nscmonitor.daemon import build_runner
-    from nscmonitor.engines.ort import OrtCpuEngine
-    from nscmonitor.engines.tiny import build_tiny_classifier
-    from nscmonitor.scoring.preprocess import Preprocess
-
-    def stripes(i: int):
-        rng = np.random.default_rng(i)
-        xx = np.mgrid[:64, :64][1]
-        return (1000 + 500 * np.sin(xx / 3.0 + rng.uniform(0, 6.28)) + rng.normal(0, 20, (64, 64))).astype(np.uint16)
 
     def cells(i: int):
-        return cells_image(stable_seed("status-ood-hook", i), (64, 64))
+        return cells_image(stable_seed("cells", i), (64, 64))
 
-    model = tmp_path / "models" / "ood.onnx"
-    meta = build_tiny_classifier(model, input_size=32, ood_threshold=0.0)
-    engine = OrtCpuEngine(model, meta)
-    engine.load()
-    pre = Preprocess.from_metadata(meta)
-    try:
-        def score(img) -> float:
-            return float(engine.infer_with_ood(pre.tiles(img).tiles)[1].mean())
-        low, high = max(score(cells(i)) for i in range(80)), min(score(stripes(i)) for i in range(24))
-    finally:
-        engine.close()
-    assert low < high  # the premise: this model's score tells the two kinds apart
-    build_tiny_classifier(model, input_size=32, ood_threshold=(low + high) / 2)  # same seed, same weights
+    model = tiny_model_flagging_stripes(tmp_path / "models" / "ood.onnx")
 
     received = tmp_path / "hook.jsonl"
     script = tmp_path / "hook.py"
@@ -113,7 +91,7 @@ def test_the_daemon_tells_the_hook_once_when_images_turn_unlike_and_once_when_th
     daemon.start()
     try:
         for i in range(24):
-            write_tiff(watch / f"VID3_{'ABCDEFGH'[i % 8]}{i // 8 + 1}_1_00d00h00m.tif", stripes(i))
+            write_tiff(watch / f"VID3_{'ABCDEFGH'[i % 8]}{i // 8 + 1}_1_00d00h00m.tif", stripes_image(i))
         got = wait_for(1)
         assert [e["kind"] for e in got] == ["images_unlike_training"]
         first = got[0]["data"]  # heard at a heartbeat once 20 or more were scored, all of them flagged
