@@ -108,8 +108,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channel", help="score only this channel of --watch folders")
     p.add_argument("--pixel-size", type=bounded(float, *PIXEL_SIZE_RANGE_UM, "micrometres per pixel"), metavar="UM",
                    help="pixel size of --watch folders' files that state none (many TIFF exports carry "
-                        "none in their metadata or resolution tags): they are resampled to the model's scale and another "
-                        "magnification is flagged, as for files that state it")
+                        "none in their metadata or resolution tags): they are resampled to the model's scale "
+                        "and another magnification is flagged, as for files that state it")
     p.add_argument("--quiet", type=bounded(float, 0, MAX_QUIET_S, "seconds"),
                    help="seconds a file must stay unchanged before it is read (default 5)")
     p.add_argument("--polling", action="store_true", help="poll --watch folders instead of native events")

@@ -25,8 +25,9 @@ def _mrf(*channels: tuple[int, str]) -> str:
 def _index(*values: str, unit: str = "m") -> str:
     images = "".join(f'<Image Version="1"><id>{i}</id><ImageResolutionX Unit="{unit}">{v}</ImageResolutionX></Image>'
                      for i, v in enumerate(values))
-    return ('<?xml version="1.0" encoding="utf-8"?><EvaluationInputData xmlns="http://www.perkinelmer.com/PEHH/HarmonyV5"'
-            f' Version="2"><Images>{images}</Images></EvaluationInputData>')
+    return ('<?xml version="1.0" encoding="utf-8"?><EvaluationInputData '
+            f'xmlns="http://www.perkinelmer.com/PEHH/HarmonyV5" Version="2"><Images>{images}</Images>'
+            "</EvaluationInputData>")
 
 
 def test_cellvoyager_channel_of_the_image_or_the_one_all_channels_share(tmp_path: Path) -> None:
