@@ -53,6 +53,13 @@ def _serve(args: argparse.Namespace, s: Settings) -> int:
         print("nscmonitor: WARNING: this is an untrained demo model; its predictions mean nothing.", file=sys.stderr)
     if m is not None and runner.engine_builds is not None:
         print(f"nscmonitor: engine: {runner.engine_builds.summary(m.path, m.version)['message']}", file=sys.stderr)
+    if m is not None and m.engine.metadata.pixel_size_um and runner.watch:
+        from nscmonitor.ops.health import pixel_size_source
+
+        for f in runner.folders:
+            note, advise = pixel_size_source(f.cfg, s.max_pixels)
+            if advise:
+                print(f"nscmonitor: WARNING: watch {f.cfg.path}: {note}", file=sys.stderr)
     sched = None
     if not args.once and not args.no_schedule:
         from nscmonitor.schedule.ownership import OwnedSchedule
@@ -66,9 +73,15 @@ def _serve(args: argparse.Namespace, s: Settings) -> int:
     finally:
         if sched is not None:
             sched.stop()
-    counts = Repo(runner.store.engine).queue_counts()
+    repo = Repo(runner.store.engine)
+    counts = repo.queue_counts()
     print("nscmonitor: stopped; images by state: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
           file=sys.stderr)
+    from nscmonitor.ops.health import OOD_WINDOW, ood_share_warning
+
+    unlike = ood_share_warning(*repo.recent_ood(OOD_WINDOW))
+    if unlike:
+        print(f"nscmonitor: WARNING: {unlike}", file=sys.stderr)
     return 0
 
 

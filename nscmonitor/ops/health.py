@@ -322,29 +322,36 @@ def _pixel_size_check(w: Any, max_pixels: int) -> Check:  # config.WatchFolder
     folder sets none) the daemon serves a frame at its own scale, and an image of another
     magnification is not caught (docs/training.md). Advice, not a failure: many exports
     state none (``readers.decode.PIXEL_SIZE_SOURCES`` lists where a TIFF is read)."""
+    return f"watch {w.experiment} pixel size", True, pixel_size_source(w, max_pixels)[0]
+
+
+def pixel_size_source(w: Any, max_pixels: int) -> tuple[str, bool]:  # config.WatchFolder
+    """(where the folder's pixel size comes from, whether the folder should set one): the
+    doctor's check, and the warning ``nscmonitor run`` prints at its start, since a lab that
+    never runs the doctor would otherwise not learn that its frames are served at their own
+    scale."""
     from nscmonitor.readers.decode import DecodeError, decode
 
-    name = f"watch {w.experiment} pixel size"
     if w.pixel_size_um is not None:
-        return name, True, f"{w.pixel_size_um:g} um/px for files that state none (the folder's pixel_size_um)"
+        return f"{w.pixel_size_um:g} um/px for files that state none (the folder's pixel_size_um)", False
     sample = _an_image(w.path)
     if sample is None:
-        return name, True, "no image in the folder yet to read it from"
+        return "no image in the folder yet to read it from", False
     try:
         um = decode(str(sample), max_pixels=max_pixels, content_hash=False, channel=w.channel).pixel_size_um
     except DecodeError as exc:
-        return name, True, f"{sample.name}: not read ({exc.reason})"
+        return f"{sample.name}: not read ({exc.reason})", False
     if um is not None:
-        return name, True, f"the files state it ({sample.name}: {um:.3g} um/px)"
+        return f"the files state it ({sample.name}: {um:.3g} um/px)", False
     from nscmonitor.readers.sidecars import stated_pixel_size
 
     beside = stated_pixel_size(sample, Path(w.path))
     if beside is not None:
-        return name, True, (f"{sample.name} states none, but its acquisition's {beside[1].name} says {beside[0]:.4g} "
-                            f"um/px: set pixel_size_um = {beside[0]:.4g} for this folder, or its images are served "
-                            "at their own scale and another magnification is not caught")
-    return name, True, (f"{sample.name} states none: an image of another magnification cannot be caught; "
-                        "set pixel_size_um for this folder")
+        return (f"{sample.name} states none, but its acquisition's {beside[1].name} says {beside[0]:.4g} um/px: "
+                f"set pixel_size_um = {beside[0]:.4g} for this folder, or its images are served at their own scale "
+                "and another magnification is not caught"), True
+    return (f"{sample.name} states none: an image of another magnification cannot be caught; "
+            "set pixel_size_um for this folder"), True
 
 
 def _an_image(root: Path) -> Path | None:

@@ -106,3 +106,35 @@ def test_the_daemon_tells_the_hook_once_when_images_turn_unlike_and_once_when_th
     finally:
         runner.stop_event.set()
         daemon.join(30)
+
+
+@pytest.mark.parametrize("pixel_flag", [[], ["--pixel-size", "1.24"]])
+def test_run_says_at_its_start_that_a_folder_states_no_pixel_size_and_at_its_end_what_status_warns(
+        tmp_path: Path, pixel_flag: list[str]) -> None:
+    """``nscmonitor run --once`` through the real CLI: a model with a pixel size, a folder of
+    TIFFs without one (the doctor's advice, printed where every user sees it) unless the
+    folder is given one; every image flagged (threshold 0), so the run ends with status's
+    warning."""
+    import subprocess
+    import sys
+
+    from nscmonitor.engines.tiny import build_tiny_classifier
+
+    model = tmp_path / "models" / "px.onnx"
+    build_tiny_classifier(model, input_size=32, pixel_size_um=1.24, ood_threshold=0.0)
+    watch = tmp_path / "watch"
+    for i in range(OOD_MIN_IMAGES):
+        write_tiff(watch / f"VID3_{'ABCDEFGH'[i % 8]}{i // 8 + 1}_1_00d00h00m.tif",
+                   cells_image(stable_seed("run-px", i), (64, 64)))
+    p = subprocess.run([sys.executable, "-m", "nscmonitor", "run", "--db", f"sqlite:///{tmp_path / 'nsc.db'}",
+                        "--watch", str(watch), "--model", str(model), "--quiet", "0", "--no-schedule", "--once",
+                        *pixel_flag], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    start = [line for line in p.stderr.splitlines() if "states none" in line]
+    if pixel_flag:
+        assert start == []
+    else:
+        assert len(start) == 1 and start[0].startswith(f"nscmonitor: WARNING: watch {watch}: ")
+        assert "set pixel_size_um for this folder" in start[0]
+    end = p.stderr.splitlines()[-1]
+    assert end.startswith(f"nscmonitor: WARNING: {OOD_MIN_IMAGES} of the newest {OOD_MIN_IMAGES} scored images")
