@@ -20,6 +20,7 @@ from nscmonitor.gui.state.readouts import (ConfidentCall, PlateCube, class_serie
 from nscmonitor.gui.widgets.chart_menu import add_save_actions
 from nscmonitor.gui.widgets.colors import class_color, condition_color
 from nscmonitor.report.calls import RuleInUse, rule_in_use
+from nscmonitor.report.times import TimeAxis, time_axis
 
 pg.setConfigOptions(antialias=True, background="w", foreground="k")
 
@@ -36,6 +37,7 @@ class TimeCourse(QWidget):
         self.wells: list[str] = []
         self.t_index = 0
         self.rule: RuleInUse = rule_in_use(None, None)
+        self.axis: TimeAxis = time_axis(np.zeros(0), np.zeros(0))
         self.curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.calls: dict[str, object] = {}
         self.bands: dict[str, pg.FillBetweenItem] = {}  # same keys as curves: the sd band drawn
@@ -131,6 +133,11 @@ class TimeCourse(QWidget):
         if cube is None or cube.n_times == 0:
             self.call_label.setText("No readouts yet for this plate.")
             return
+        self.axis = time_axis(cube.elapsed_h, cube.time_keys)
+        for plot in (self.well_plot, self.cond_plot):
+            plot.getPlotItem().setLabel("bottom", "Time since induction" if self.axis.hours else
+                                        "Time point (set the folder's induction_time for hours since induction)",
+                                        units="h" if self.axis.hours else None)
         notes = [self._draw_wells(cube), self._draw_conditions(cube), f"Call rule: {self.rule.text()}."]
         self.call_label.setText("  ".join(n for n in notes if n))
         self._time_lines()
@@ -150,7 +157,7 @@ class TimeCourse(QWidget):
         pi.setTitle(f"{names}" + (f" — {cond}" if cond else "") +
                     (" (band: sd across fields)" if single and which == "prob" else
                      "" if single else f" (mean of {len(idx)} wells; band: sd across wells)"))
-        x = cube.elapsed_h
+        x = self.axis.x
         means = []
         for k, cls in enumerate(cube.classes):
             v, sd = class_series(cube, which, cls)
@@ -173,14 +180,14 @@ class TimeCourse(QWidget):
         if which != "prob":
             return ""
         forecast = self._draw_forecast(pi, cube, [cube.wells[i].name for i in idx])
-        call = confident_call(np.stack(means, axis=1), x, cube.classes, threshold=self.rule.rule.threshold,
+        call = confident_call(np.stack(means, axis=1), cube.elapsed_h, cube.classes, threshold=self.rule.rule.threshold,
                               min_points=self.rule.rule.min_points, flagged=flagged_over(cube, idx))
         self.calls["wells"] = call
         if call is None:
             return (f"Selected wells: no confident, stable call yet (top class ≥ {self.rule.rule.threshold:.0%} "
                     "until the last time point)." + forecast)
         self._call_marker(pi, call, class_color(call.cls, cube.classes.index(call.cls)))
-        return (f"Selected wells: confident call <b>{call.cls}</b> from {call.elapsed_h:.1f} h "
+        return (f"Selected wells: confident call <b>{call.cls}</b> from {self.axis.at(call.index)} "
                 f"(P = {call.probability:.2f})" + (" — before 24 h: treat as early" if call.early else "") + "."
                 + forecast)
 
@@ -192,7 +199,7 @@ class TimeCourse(QWidget):
         if series is None:
             return ""
         for k, cls in enumerate(series.classes):
-            xs, ys = _nan_break(cube.elapsed_h, series.probs[:, k])
+            xs, ys = _nan_break(self.axis.x, series.probs[:, k])
             self.curves[f"forecast:{cls}"] = (xs, ys)
             slot = cube.classes.index(cls) if cls in cube.classes else k  # the tile curve's colour
             pi.plot(xs, ys, pen=pg.mkPen(class_color(cls, slot), width=1.5, style=Qt.PenStyle.DashLine),
@@ -210,7 +217,7 @@ class TimeCourse(QWidget):
         series = condition_series(cube, metric_series(cube, key))
         named = sorted({w.condition for w in cube.wells if w.condition})
         order = {c: i for i, c in enumerate(named)}
-        x = cube.elapsed_h
+        x = self.axis.x
         calls = []
         for s in series:
             i = order.get(s.condition, len(order))
@@ -221,15 +228,15 @@ class TimeCourse(QWidget):
             label = f"{i + 1}. {s.condition}" if s.condition in order else s.condition
             pi.plot(xs, ys, pen=pg.mkPen(color, width=2), name=f"{label} (n={len(s.wells)})")
             probs = mean_over_wells(cube, s.wells)
-            call = confident_call(probs, x, cube.classes, threshold=self.rule.rule.threshold,
+            call = confident_call(probs, cube.elapsed_h, cube.classes, threshold=self.rule.rule.threshold,
                                   min_points=self.rule.rule.min_points,
                                   flagged=flagged_over(cube, [cube.well_index(w) for w in s.wells]))
             self.calls[f"condition:{s.condition}"] = call
             if call is not None:
                 y = s.mean[call.index]
-                pi.plot([call.elapsed_h], [y], pen=None, symbol="star", symbolSize=14, symbolBrush=color,
+                pi.plot([x[call.index]], [y], pen=None, symbol="star", symbolSize=14, symbolBrush=color,
                         symbolPen=pg.mkPen("k", width=0.8))
-                calls.append(f"{s.condition} → {call.cls} from {call.elapsed_h:.0f} h")
+                calls.append(f"{s.condition} → {call.cls} from {self.axis.at(call.index)}")
         return ("Condition calls (★): " + "; ".join(calls) + ".") if calls else ""
 
     def _band(self, pi: pg.PlotItem, x: np.ndarray, y: np.ndarray, sd: np.ndarray, color: tuple[int, int, int],
@@ -246,8 +253,9 @@ class TimeCourse(QWidget):
         pi.addItem(fill)
 
     def _call_marker(self, pi: pg.PlotItem, call: ConfidentCall, color: tuple[int, int, int]) -> None:
-        line = pg.InfiniteLine(pos=call.elapsed_h, angle=90, pen=pg.mkPen(color, width=1.5, style=Qt.PenStyle.DashLine),
-                               label=f"call: {call.cls} @ {call.elapsed_h:.0f} h",
+        line = pg.InfiniteLine(pos=self.axis.x[call.index], angle=90,
+                               pen=pg.mkPen(color, width=1.5, style=Qt.PenStyle.DashLine),
+                               label=f"call: {call.cls} @ {self.axis.at(call.index)}",
                                labelOpts={"position": 0.08, "color": (40, 40, 40), "fill": (255, 255, 255, 200)})
         pi.addItem(line)
 
@@ -255,7 +263,7 @@ class TimeCourse(QWidget):
         cube = self.cube
         if cube is None or not (0 <= self.t_index < cube.n_times):
             return
-        h = cube.elapsed_h[self.t_index]
+        h = time_axis(cube.elapsed_h, cube.time_keys).x[self.t_index]
         if not np.isfinite(h):
             return
         for plot in (self.well_plot, self.cond_plot):

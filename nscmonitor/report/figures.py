@@ -134,8 +134,10 @@ def _star(cx: float, cy: float, r: float) -> str:
     return " ".join(pts)
 
 
-def time_course_svg(x: np.ndarray, series: list[Series], title: str, ylabel: str, *, ymax: float = 1.0) -> str:
-    """Curves with their sd bands (shaded mean ± sd) and a star at each confident call."""
+def time_course_svg(x: np.ndarray, series: list[Series], title: str, ylabel: str, *, ymax: float = 1.0,
+                    hours: bool = True, xlabel: str = "hours since induction") -> str:
+    """Curves with their sd bands (shaded mean ± sd) and a star at each confident call; ``x``
+    in hours, or (``hours`` False) the scans' time points."""
     width, height = 530.0, 280.0
     ml, mr, mt, mb = 52.0, 150.0, 30.0, 40.0
     pw, ph = width - ml - mr, height - mt - mb
@@ -158,7 +160,7 @@ def time_course_svg(x: np.ndarray, series: list[Series], title: str, ylabel: str
         body.append(f'<line x1="{px(xv):.1f}" x2="{px(xv):.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" stroke="#888"/>'
                     f'<text x="{px(xv):.1f}" y="{mt + ph + 16}" font-size="10" text-anchor="middle">{xv:g}</text>')
     body.append(f'<text x="{ml + pw / 2}" y="{height - 6}" font-size="11" text-anchor="middle">'
-                f'hours since induction</text>')
+                f'{_esc(xlabel)}</text>')
     body.append(f'<text transform="translate(14,{mt + ph / 2}) rotate(-90)" font-size="11" text-anchor="middle">'
                 f'{_esc(ylabel)}</text>')
     for s in series:
@@ -179,7 +181,8 @@ def time_course_svg(x: np.ndarray, series: list[Series], title: str, ylabel: str
             cx, cy = px(float(x[s.call_index])), py(float(s.mean[s.call_index]))
             body.append(f'<polygon class="call" points="{_star(cx, cy, 8)}" fill="{rgb(s.color)}" stroke="#000" '
                         f'stroke-width="0.7"><title>{_esc(s.label)}: confident call from '
-                        f'{float(x[s.call_index]):.1f} h</title></polygon>')
+                        + (f'{float(x[s.call_index]):.1f} h' if hours else f'time point {float(x[s.call_index]):g}')
+                        + '</title></polygon>')
     ly = mt + 6
     for s in series:
         body.append(f'<rect x="{ml + pw + 12}" y="{ly}" width="14" height="8" fill="{rgb(s.color)}" fill-opacity="0.5"/>'

@@ -32,6 +32,7 @@ from nscmonitor.report.calls import ConfidentCall, RuleInUse, confident_call, re
 from nscmonitor.report.figures import Series, WellCell, condition_color, plate_map_svg, time_course_svg
 from nscmonitor.report.prism import condition_columns
 from nscmonitor.report.tables import PlateGrid, experiment_grids
+from nscmonitor.report.times import time_axis
 from nscmonitor.store.reads import Repo
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,7 @@ def _plate_maps(grid: PlateGrid, times: list[int]) -> str:
 def _time_courses(grid: PlateGrid, rule: CallRule) -> str:
     groups = condition_columns(grid)
     calls = condition_calls(grid, rule)
+    axis = time_axis(grid.elapsed_h, grid.time_keys)
     parts = []
     for k, cls in enumerate(grid.classes):
         series = []
@@ -184,8 +186,8 @@ def _time_courses(grid: PlateGrid, rule: CallRule) -> str:
             call = calls.get(cond)
             series.append(Series(f"{cond} (n={len(idx)})", mean, sd, condition_color(i),
                                  call.index if call is not None and call.cls == cls else None))
-        svg = time_course_svg(grid.elapsed_h, series, f"{grid.plate}: P({cls}) by condition",
-                              f"P({cls}), mean ± sd of wells")
+        svg = time_course_svg(axis.x, series, f"{grid.plate}: P({cls}) by condition",
+                              f"P({cls}), mean ± sd of wells", hours=axis.hours, xlabel=axis.label)
         parts.append(_figure(svg, _slug(grid.plate, "time-course", cls),
                              f"P({cls}): mean ± sd across replicate wells per condition"))
     rows = []
@@ -194,7 +196,7 @@ def _time_courses(grid: PlateGrid, rule: CallRule) -> str:
         if call is None:
             txt = f"no confident, stable call yet (top class ≥ {rule.threshold:.0%} up to the last time point)"
         else:
-            txt = (f"<b>{escape(call.cls)}</b> from {call.elapsed_h:.1f} h (P = {call.probability:.2f})"
+            txt = (f"<b>{escape(call.cls)}</b> from {axis.at(call.index)} (P = {call.probability:.2f})"
                    + (' <span class="early">before 24 h: treat as early</span>' if call.early else ""))
         rows.append(f"<tr><td>{escape(cond)}</td><td class=num>{len(idx)}</td><td>{txt}</td></tr>")
     table = ("<h3>Earliest confident call per condition</h3><table><tr><th>condition</th><th>wells</th>"

@@ -1,9 +1,13 @@
 """Hours since induction as a person types them (``24,48,72``): the report's ``--times`` and
-the dashboard's export field read them with the same rule and the same message."""
+the dashboard's export field read them with the same rule and the same message; and the
+time axis the report's and the dashboard's time courses share."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+import numpy as np
 
 
 def parse_hours(text: str) -> list[float]:
@@ -16,3 +20,32 @@ def parse_hours(text: str) -> list[float]:
     if not hours or not all(math.isfinite(h) for h in hours):
         raise ValueError(f"times: finite hours since induction, e.g. 24,48,72; got {text!r}")
     return hours
+
+
+@dataclass(frozen=True)
+class TimeAxis:
+    """The x of a plate's time courses: hours since induction where they are known, else the
+    scan's time point."""
+
+    x: np.ndarray  # T
+    hours: bool
+
+    @property
+    def label(self) -> str:
+        return ("hours since induction" if self.hours
+                else "time point (set the folder's induction_time for hours since induction)")
+
+    def at(self, i: int) -> str:
+        """Time point ``i`` as the call texts write it."""
+        return f"{self.x[i]:.1f} h" if self.hours else f"time point {self.x[i]:g}"
+
+
+def time_axis(elapsed_h: np.ndarray, time_keys: np.ndarray) -> TimeAxis:
+    """Hours since induction when any time point knows them; otherwise the time points
+    themselves (the scan index). ImageXpress, CellVoyager and Harmony names carry a scan index
+    and no time, so a folder without ``induction_time`` has no hours at all: its time courses
+    were empty until 2026-12-05; now they run over the scans."""
+    e = np.asarray(elapsed_h, np.float64)
+    if np.isfinite(e).any():
+        return TimeAxis(e, True)
+    return TimeAxis(np.asarray(time_keys, np.float64), False)

@@ -348,3 +348,40 @@ def test_status_panel_warns_as_status_does_when_the_images_are_unlike_the_traini
         assert want.replace("'", "&#x27;") in win.status_panel.daemon.text()
     finally:
         win.close()
+
+
+def test_time_courses_of_scans_without_hours_run_over_the_time_points(qtbot, tmp_path: Path, tiny_model: Path) -> None:
+    """ImageXpress-style names carry a scan index (``TimePoint_n``) and no time; with no
+    ``induction_time`` set the readouts have no hours. The curves run over the time points,
+    the axis says so and how to get hours, instead of an empty plot."""
+    from nscmonitor.config import parse_settings
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.gui.app import open_store
+    from nscmonitor.gui.main_window import MainWindow
+
+    watch = tmp_path / "PLATE1"
+    rng = np.random.default_rng(3)
+    for t in (1, 2, 3):
+        for well in ("A01", "B02"):
+            img = rng.gamma(2.0, 600.0, (96, 128)).astype(np.uint16)
+            (watch / f"TimePoint_{t}").mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(watch / f"TimePoint_{t}" / f"PLATE1_{well}_s1_w1.tif", img)
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = parse_settings({"database_url": url, "model": str(tiny_model),
+                               "watch": [{"path": str(watch), "experiment": "IMX", "quiet_seconds": 0}]})
+    build_runner(settings, model=tiny_model, retry_base_s=0.1).run(once=True)
+    win = MainWindow(open_store(url), settings, poll_s=0.2)
+    qtbot.addWidget(win)
+    win.show()
+    try:
+        qtbot.waitUntil(lambda: win.cube is not None and win.cube.n_times == 3, timeout=15000)
+        assert not np.isfinite(win.cube.elapsed_h).any()
+        pm = win.plate_map
+        qtbot.mouseClick(pm, Qt.MouseButton.LeftButton, pos=pm.well_center("B02"))
+        tc = win.time_course
+        qtbot.waitUntil(lambda: "neuron" in tc.curves, timeout=5000)
+        x, y = tc.curves["neuron"]
+        assert x.tolist() == [1.0, 2.0, 3.0] and np.isfinite(y).all()
+        assert "Time point" in tc.well_plot.getPlotItem().getAxis("bottom").labelText
+    finally:
+        win.close()
