@@ -24,6 +24,10 @@ threshold its model stores (since 2026-12-05 the 96th percentile over the valida
 each training plate left out of the fit, so its validation rate is not exactly 4 %); the others
 at the 96th percentile of the validation images alone, the rule the served score had when they
 were measured.
+- real instrument frames of another kind (``--real``, by default the shared reference's
+  third-party ImageXpress output when it lies beside the repository: fluorescence of other
+  cells at 4x and 20x), decoded and resampled by the pixel size their files state, as the
+  daemon serves them; the pixel-size check flags the 4x ones besides (printed below the table).
 An image is a field; its score is the mean of its tiles' scores, as in the daemon.
 ``--refit`` fits the OOD head again on a run trained before (same weights, new head).
 
@@ -127,6 +131,9 @@ def main() -> None:
     ap.add_argument("--held-out-plates", type=int, default=4, help="in-domain plates of another seed, never trained on")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--refit", action="store_true", help="fit the OOD head again on a run already trained")
+    ap.add_argument("--real", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real",
+                    help="folder of real instrument output scored as one more kind (ImageXpress TIFFs under it); "
+                         "left out when absent")
     a = ap.parse_args()
 
     import torch
@@ -170,6 +177,18 @@ def main() -> None:
         if kind == "magnification":
             sets["5x, pixel size known"] = tiles_of(O.images(kind, a.images, a.tile, seed=11), pre,
                                                     src_um=O.MAGNIFICATION_PIXEL_SIZE_UM)
+    real_other_scale = None
+    if (a.real / "ImageXpress").is_dir():
+        from nscmonitor.readers.decode import decode
+
+        frames = [decode(p) for p in sorted((a.real / "ImageXpress").rglob("*.tif")) if "_thumb" not in p.name]
+        xs, idx = [], []
+        for i, d in enumerate(frames):
+            tiles = pre.tiles(d.pixels, factor=pre.factor(d.pixel_size_um)).tiles
+            xs.append(tiles)
+            idx.extend([i] * len(tiles))
+        sets["real ImageXpress"] = (np.concatenate(xs).astype(np.float32), np.asarray(idx))
+        real_other_scale = sum(pixel_size_mismatch(md, d.pixel_size_um) is not None for d in frames)
     by_scale = pixel_size_mismatch(md, O.MAGNIFICATION_PIXEL_SIZE_UM) is not None
     in_scale = pixel_size_mismatch(md, md.pixel_size_um) is None
     import onnxruntime as ort
@@ -187,7 +206,8 @@ def main() -> None:
         rows.append({"method": method, "threshold": float(thr),
                      **{name: float(np.mean(s[method] > thr)) for name, s in per_image.items()}})
     counts = {name: int(len(s["msp"])) for name, s in per_image.items()}
-    cols = ["val", "test", *(["held-out plates"] if a.held_out_plates else []), *O.KINDS, "5x, pixel size known"]
+    cols = ["val", "test", *(["held-out plates"] if a.held_out_plates else []), *O.KINDS, "5x, pixel size known",
+            *(["real ImageXpress"] if "real ImageXpress" in sets else [])]
     print("| score | " + " | ".join(f"{c} (n={counts[c]})" for c in cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for r in rows:
@@ -195,12 +215,16 @@ def main() -> None:
     print(f"pixel-size check (daemon): a {O.MAGNIFICATION_PIXEL_SIZE_UM} um/px file against the model's "
           f"{md.pixel_size_um} um/px: {'flagged' if by_scale else 'NOT flagged'}; one at the model's own pixel size: "
           f"{'not flagged' if in_scale else 'FLAGGED'} (max ratio {md.ood.get('max_pixel_size_ratio')})")
+    if real_other_scale is not None:
+        print(f"real ImageXpress frames flagged by the pixel-size check as well: {real_other_scale} of "
+              f"{counts['real ImageXpress']} (the 4x ones)")
     print(f"({time.perf_counter() - t0:.0f} s; served: {md.ood['method']}, threshold {md.ood['threshold']:.4g} "
           "from the metadata)")
     if a.json:
         a.json.write_text(json.dumps({"rows": rows, "images": counts, "ood": md.ood, "epochs": a.epochs, "arch": a.arch,
                                       "tile": a.tile, "plates": a.plates, "seed": a.seed,
-                                      "pixel_size_check": {"5x flagged": by_scale, "own pixel size passes": in_scale},
+                                      "pixel_size_check": {"5x flagged": by_scale, "own pixel size passes": in_scale,
+                                                           "real frames flagged": real_other_scale},
                                       "seconds": round(time.perf_counter() - t0),
                                       "load_average": list(os.getloadavg())}, indent=2) + "\n")
 
