@@ -59,6 +59,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         con.print(f"retrain schedule run by the daemon on {report['retrain_schedule_owner']} (host:PID)")
     con.print("queue: " + (", ".join(f"{k} {v}" for k, v in sorted(report["queue"].items())) or "empty")
               + f"; scored in the last 5 min: {report['scored_last_5_min']}")
+    unlike = report["unlike_training_data"]
+    if unlike["of_newest_scored"]:
+        con.print(f"unlike the model's training data: {unlike['flagged']} of the newest {unlike['of_newest_scored']} "
+                  "scored images (the out-of-distribution flag; about 4 % is the model's own rate)")
     if report["errors"]:
         t = Table("id", "state", "file", "reason", title="last errors ('nscmonitor requeue ID' retries a quarantined one)")
         for e in report["errors"]:

@@ -41,7 +41,10 @@ def test_status_warns_when_the_newest_images_are_unlike_the_training_data(
                      "the model was trained on? Their readouts are marked and left out of calls; 'nscmonitor "
                      "doctor' shows each folder's channel and pixel size"] if warned else [])
     main(["status", "--db", db_url])
-    assert ("unlike the model" in capsys.readouterr().out) is warned
+    text = capsys.readouterr().out
+    assert ("warning: " + hits[0][:40] in text) if warned else "warning: " not in text
+    counts = f"unlike the model's training data: {n if warned else 0} of the newest {n} scored images"
+    assert (counts in " ".join(text.split())) is (threshold is not None)
 
 
 def test_the_warning_needs_enough_images_and_a_share_far_above_the_models_own_rate() -> None:
