@@ -82,7 +82,8 @@ class Daemon:
         self.leases = LeaseKeeper(store, wall) if store.shared and score else None
         self.intake: Intake | None = None
         self._repo = Repo(store.engine)
-        self._ood_warning: str | None = None
+        #: what the hook was last told about the newest images (None: not yet read from the log)
+        self._ood_told: str | None = None
 
     @property
     def model(self) -> LoadedModel | None:
@@ -168,26 +169,30 @@ class Daemon:
         """Tell the notification hook once when most of the newest scored images become unlike
         the model's training data (``status``'s warning), and once when they no longer are: an
         unattended run learns of a folder of another channel or objective from its hook, not
-        from a dashboard nobody opens."""
+        from a dashboard nobody opens. What was last told is read from the event log at the
+        first check, so a restarted daemon does not tell it again."""
         from sqlalchemy.exc import SQLAlchemyError
 
         from nscmonitor.hooks import emit
         from nscmonitor.ops.health import OOD_WINDOW, ood_share_warning
 
+        kinds = ("images_unlike_training", "images_like_training")
         try:
+            if self._ood_told is None:  # once per daemon: a restart does not tell the hook again
+                last = self._repo.last_event_of(kinds)
+                self._ood_told = last.kind if last is not None else kinds[1]
             flagged, judged = self._repo.recent_ood(OOD_WINDOW)
             warning = ood_share_warning(flagged, judged)
-            if (warning is None) == (self._ood_warning is None):
+            kind = kinds[0] if warning is not None else kinds[1]
+            if kind == self._ood_told:
                 return
             data = {"flagged": flagged, "of_newest_scored": judged}
             if warning is not None:
-                emit(self.store.engine, "images_unlike_training", warning, level="warning", data=data,
-                     hook=self.settings.retrain.hook)
+                emit(self.store.engine, kind, warning, level="warning", data=data, hook=self.settings.retrain.hook)
             else:
-                emit(self.store.engine, "images_like_training", f"{flagged} of the newest {judged} scored images are "
-                     "unlike the model's training data: back to its usual rate", data=data,
-                     hook=self.settings.retrain.hook)
-            self._ood_warning = warning
+                emit(self.store.engine, kind, f"{flagged} of the newest {judged} scored images are unlike the model's "
+                     "training data: back to its usual rate", data=data, hook=self.settings.retrain.hook)
+            self._ood_told = kind
         except SQLAlchemyError as exc:
             log.warning("cannot count the newest out-of-distribution flags: %s", exc)
 

@@ -166,6 +166,12 @@ class Repo:
             rows = s.scalars(select(m.Event).where(m.Event.id > since_id).order_by(m.Event.id.desc()).limit(limit)).all()
             return [EventInfo(e.id, aware(e.at), e.kind, e.level, e.message, e.path) for e in rows]
 
+    def last_event_of(self, kinds: tuple[str, ...]) -> EventInfo | None:
+        """The newest event of one of ``kinds``, or None."""
+        with self._session() as s:
+            e = s.scalars(select(m.Event).where(m.Event.kind.in_(kinds)).order_by(m.Event.id.desc()).limit(1)).first()
+            return None if e is None else EventInfo(e.id, aware(e.at), e.kind, e.level, e.message, e.path)
+
     def daemons(self, limit: int = 5) -> list[DaemonInfo]:
         with self._session() as s:
             rows = s.scalars(select(m.DaemonStatus).order_by(m.DaemonStatus.heartbeat_at.desc()).limit(limit)).all()

@@ -141,3 +141,32 @@ def test_run_says_at_its_start_that_a_folder_states_no_pixel_size_and_at_its_end
         assert "set pixel_size_um for this folder" in start[0]
     end = p.stderr.splitlines()[-1]
     assert end.startswith(f"nscmonitor: WARNING: {OOD_MIN_IMAGES} of the newest {OOD_MIN_IMAGES} scored images")
+
+
+def test_a_restarted_daemon_does_not_tell_the_hook_again(tmp_path: Path) -> None:
+    """The warning is told once per episode, not once per daemon: a second daemon on the same
+    database, with the newest images still unlike the training data, stays quiet."""
+    import sys
+
+    from nscmonitor.config import parse_settings
+    from nscmonitor.daemon import build_runner
+
+    model = tiny_model_flagging_stripes(tmp_path / "models" / "ood.onnx")
+    received = tmp_path / "hook.jsonl"
+    script = tmp_path / "hook.py"
+    script.write_text(f"import sys\nopen({str(received)!r}, 'a').write(sys.stdin.read() + '\\n')\n")
+    watch = tmp_path / "watch"
+    for i in range(OOD_MIN_IMAGES):
+        write_tiff(watch / f"VID3_{'ABCDEFGH'[i % 8]}{i // 8 + 1}_1_00d00h00m.tif", stripes_image(i))
+    settings = parse_settings({
+        "database_url": f"sqlite:///{tmp_path / 'nsc.db'}", "models_dir": str(tmp_path / "models"),
+        "log_dir": str(tmp_path / "logs"), "retrain": {"hook": f"{sys.executable} {script}"},
+        "watch": [{"path": str(watch), "experiment": "E1", "quiet_seconds": 0.0}]}, env={})
+    for _ in range(2):
+        runner = build_runner(settings, model=model, retry_base_s=0.05, poll_interval=0.2)
+        try:
+            runner.run(once=True)
+        finally:
+            runner.stop_event.set()
+    kinds = [json.loads(line)["kind"] for line in received.read_text().splitlines() if line.strip()]
+    assert [k for k in kinds if k.startswith("images_")] == ["images_unlike_training"]
