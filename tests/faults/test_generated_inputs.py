@@ -169,6 +169,53 @@ def test_fuzzed_tiff_headers_decode_or_are_refused_with_a_reason_in_bounded_memo
     assert peak < 128 << 20, f"decode allocated {peak / 2**20:.0f} MiB for {spec}"
 
 
+# --- fuzzed pixel-size metadata: what other software writes in the description ---------------
+VALUES = st.one_of(st.text(max_size=12), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                   st.sampled_from(["1.24", "0", "-3", "1e308", "1e-300", "nan", "inf", "", "0x10", "1,5"]))
+UNITS = st.one_of(st.text(max_size=6), st.sampled_from(["um", "\u00b5m", "nm", "m", "pixel", "inch", "Å", "", "micron"]))
+
+
+def _description(kind: str, value: str, unit: str, state: str) -> tuple[str, dict]:
+    esc = value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+    uesc = unit.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+    if kind == "metaseries":
+        return ("<MetaData>\n<PlaneInfo>\n"
+                f'<prop id="spatial-calibration-state" type="bool" value="{state}"/>\n'
+                f'<prop id="spatial-calibration-x" type="float" value="{esc}"/>\n'
+                f'<prop id="spatial-calibration-units" type="string" value="{uesc}"/>\n</PlaneInfo>\n</MetaData>',
+                {"software": "MetaSeries"})
+    if kind == "imagej":
+        return f"ImageJ=1.54f\nimages=1\nunit={unit.replace(chr(10), ' ')}\n", {"resolution": (3, 7)}
+    return ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+            f'<Image ID="Image:0"><Pixels ID="Pixels:0" PhysicalSizeX="{esc}" PhysicalSizeXUnit="{uesc}" '
+            'DimensionOrder="XYCZT" Type="uint16" SizeX="16" SizeY="16" SizeC="1" SizeZ="1" SizeT="1"/></Image></OME>', {})
+
+
+@FAST
+@given(st.sampled_from(["metaseries", "imagej", "ome"]), VALUES, UNITS, st.sampled_from(["on", "off", "1", "x"]))
+def test_fuzzed_pixel_size_metadata_never_stops_a_decode(tmp_path: Path, kind: str, value: str, unit: str,
+                                                         state: str) -> None:
+    """Whatever the acquisition software's description says about the pixel size, the frame
+    decodes, and the pixel size is either None or a believable one."""
+    import math
+
+    import numpy as np
+    import tifffile
+
+    from nscmonitor.readers.decode import PIXEL_SIZE_RANGE_UM
+
+    text, extra = _description(kind, value, unit, state)
+    p = tmp_path / "meta.tif"
+    try:
+        tifffile.imwrite(p, np.full((16, 16), 5, np.uint16), description=text, metadata=None, **extra)
+    except (ValueError, UnicodeEncodeError):
+        return  # tifffile will not write this description (not ASCII): no file to decode
+    out = decode(p)
+    assert int(out.pixels[0, 0]) == 5
+    um = out.pixel_size_um
+    assert um is None or (math.isfinite(um) and PIXEL_SIZE_RANGE_UM[0] <= um <= PIXEL_SIZE_RANGE_UM[1])
+
+
 @SLOW
 @given(st.lists(TIFFS, min_size=8, max_size=16))
 def test_the_runner_settles_every_fuzzed_tiff_and_keeps_scoring(make_runner, specs: list[dict]) -> None:
