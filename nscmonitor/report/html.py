@@ -154,9 +154,10 @@ def ood_notice(grid: PlateGrid) -> str:
         return ""
     n, of = int(np.nansum(grid.n_ood)), int(grid.n_images.sum())
     wells = int((np.nan_to_num(grid.n_ood) > 0).any(axis=0).sum())
-    return (f'<p class="warn">⚠ {n} of the {of} scored images of plate {escape(grid.plate)} ({n / max(of, 1):.0%}, '
-            f"in {wells} well(s)) are unlike the model's training data (out-of-distribution flag): their "
-            "readouts mean little, are hatched in the plate maps and are left out of the calls.</p>")
+    share = (f"all {of} scored images" if n >= of else f"{n} of the {of} scored images ({n / max(of, 1):.0%})")
+    return (f'<p class="warn">⚠ {share} of plate {escape(grid.plate)}, in {wells} '
+            f"well{'s' if wells != 1 else ''}, are unlike the model's training data (out-of-distribution flag): "
+            "their readouts mean little, are hatched in the plate maps and are left out of the calls.</p>")
 
 
 def _plate_maps(grid: PlateGrid, times: list[int]) -> str:

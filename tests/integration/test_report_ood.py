@@ -43,7 +43,7 @@ def _report(tmp_path: Path, model: Path) -> str:
 def test_the_report_counts_and_hatches_the_wells_of_unlike_images(tmp_path: Path) -> None:
     model = tiny_model_flagging_stripes(tmp_path / "models" / "ood.onnx", n=16)
     page = _report(tmp_path, model)
-    assert "4 of the 16 scored images of plate" in page and "(25%, in 1 well(s))" in page
+    assert "4 of the 16 scored images (25%) of plate VID7, in 1 well, are unlike" in page
     assert "<span class=warn>4 unlike the model's training data</span>" in page  # the summary
     hatched = re.findall(r'<circle[^>]*class="ood"[^>]*><title>([^<]*)</title>', page)
     assert len(hatched) == 2  # two plate maps (0 and 24 h), the one well each
