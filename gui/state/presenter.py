@@ -39,21 +39,21 @@ class StatusSnapshot:
     #: the daemon's last word on its engine build (building, ready, swapped, or why fp32 serves)
     engine_note: str | None = None
     engine_note_level: str = "info"
-    #: ``nscmonitor status``'s warning when most of the newest images are unlike the model's
-    #: training data (``ops.health.ood_share_warning``), so window and terminal say the same
-    ood_warning: str | None = None
+    #: ``nscmonitor status``'s warnings about what is being scored (most of the newest images
+    #: unlike the model's training data, several channels scored together), in its words
+    warnings: tuple[str, ...] = ()
 
 
 def read_status(engine: Any) -> StatusSnapshot:
     """``engine``: the dashboard's read-only SQLAlchemy engine."""
-    from nscmonitor.ops.health import OOD_WINDOW, ood_share_warning
+    from nscmonitor.ops.health import scoring_warnings
     from nscmonitor.store.reads import Repo
 
     repo = Repo(engine)
     note = next((e for e in repo.events(200) if e.kind in ENGINE_EVENTS), None)
     return StatusSnapshot(repo.daemons(3), repo.queue_counts(), repo.errors(30), repo.scored_since(300),
                           datetime.now(timezone.utc), note.message if note else None,
-                          note.level if note else "info", ood_share_warning(*repo.recent_ood(OOD_WINDOW)))
+                          note.level if note else "info", tuple(scoring_warnings(repo)))
 
 
 @dataclass(frozen=True)

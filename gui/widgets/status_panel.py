@@ -97,7 +97,7 @@ class StatusPanel(QWidget):
                 f"{(d.images_per_s or 0.0):.2f} images/s; {snap.scored_5min} scored in the last 5 min<br>"
                 + (f"engine build: <span style='color:{'#b00' if snap.engine_note_level != 'info' else '#333'}'>"
                    f"{html.escape(snap.engine_note)}</span><br>" if snap.engine_note else "")
-                + (f"<b style='color:#b60'>⚠ {html.escape(snap.ood_warning)}</b><br>" if snap.ood_warning else "")
+                + "".join(f"<b style='color:#b60'>⚠ {html.escape(w)}</b><br>" for w in snap.warnings)
                 + f"watching:{watched or ' nothing'}")
         for i, s in enumerate(QUEUE_STATES):
             self.queue.setItem(0, i, QTableWidgetItem(str(snap.queue.get(s, 0))))

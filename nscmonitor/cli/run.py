@@ -77,11 +77,10 @@ def _serve(args: argparse.Namespace, s: Settings) -> int:
     counts = repo.queue_counts()
     print("nscmonitor: stopped; images by state: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
           file=sys.stderr)
-    from nscmonitor.ops.health import OOD_WINDOW, ood_share_warning
+    from nscmonitor.ops.health import scoring_warnings
 
-    unlike = ood_share_warning(*repo.recent_ood(OOD_WINDOW))
-    if unlike:
-        print(f"nscmonitor: WARNING: {unlike}", file=sys.stderr)
+    for warning in scoring_warnings(repo):
+        print(f"nscmonitor: WARNING: {warning}", file=sys.stderr)
     return 0
 
 

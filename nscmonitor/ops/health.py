@@ -30,6 +30,8 @@ STALE_S = 120.0
 #: of plates it never saw, docs/training.md), so a quarter or more says the folder holds another
 #: kind (a fluorescence channel, another objective or modality, another culture), not a bad plate
 OOD_WINDOW, OOD_MIN_IMAGES, OOD_WARN_SHARE = 200, 20, 0.25
+#: the newest scored images looked at for channels scored together
+CHANNEL_WINDOW = 500
 
 Check = tuple[str, bool, str]  # name, ok, note
 
@@ -47,9 +49,7 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
     disk = database_disk(repo.engine.url.render_as_string(hide_password=False))
     warnings = [disk.message] if disk and not disk.ok else []
     flagged, judged = repo.recent_ood(OOD_WINDOW)
-    ood_warning = ood_share_warning(flagged, judged)
-    if ood_warning:
-        warnings.append(ood_warning)
+    warnings += scoring_warnings(repo, (flagged, judged))
     if disk and disk.level == "critical" and code == 0:
         verdict, code = f"database disk almost full: {disk.message}", 4
     return {
@@ -66,6 +66,15 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
     }
 
 
+def scoring_warnings(repo: Any, ood: tuple[int, int] | None = None) -> list[str]:
+    """What is being scored that makes readouts mean little, for ``status`` and the dashboard's
+    status tab alike: most of the newest images unlike the model's training data, several
+    channels averaged into the same readouts. ``ood``: the (flagged, judged) counts when the
+    caller has them already."""
+    ood_warning = ood_share_warning(*(ood if ood is not None else repo.recent_ood(OOD_WINDOW)))
+    return ([ood_warning] if ood_warning else []) + mixed_channel_warnings(repo.recent_channels(CHANNEL_WINDOW))
+
+
 def ood_share_warning(flagged: int, judged: int) -> str | None:
     """The warning when most of the newest scored images are flagged as unlike the model's
     training data: the daemon is healthy, but its readouts of that folder mean little, and the
@@ -76,6 +85,17 @@ def ood_share_warning(flagged: int, judged: int) -> str | None:
             "training data (out-of-distribution flag): is a folder another channel, objective, modality or "
             "culture than the model was trained on? Their readouts are marked and left out of calls; "
             "'nscmonitor doctor' shows each folder's channel and pixel size")
+
+
+def mixed_channel_warnings(channels: dict[str, list[str]]) -> list[str]:
+    """A warning per experiment whose newest scored images are of several channels: a folder
+    without a ``channel`` setting scores every channel an instrument writes (an ImageXpress
+    writes each site once per wavelength), and a well's readout then averages the label-free
+    frames with the stains'."""
+    return [f"experiment {name}: its newest scored images are of {len(chs)} channels ({', '.join(chs[:6])}"
+            f"{', ...' if len(chs) > 6 else ''}), all averaged into the same well readouts; set the folder's "
+            "channel to the label-free one the model was trained on (the others are then skipped)"
+            for name, chs in sorted(channels.items()) if len(chs) > 1]
 
 
 def _daemon_verdict(repo: Any, d: Any, now: datetime) -> tuple[str, int]:
@@ -303,7 +323,8 @@ def _watch_checks(s: Settings) -> list[Check]:
     checks: list[Check] = []
     for w in s.watch:
         ok = w.path.is_dir()
-        note = f"{w.path} ({'polling' if w.use_polling() else 'native events'})"
+        note = (f"{w.path} ({'polling' if w.use_polling() else 'native events'}; "
+                f"{f'channel {w.channel}' if w.channel else 'every channel scored'})")
         checks.append((f"watch {w.experiment}", ok, note if ok else f"{note}: not reachable"))
         msg = drive_letter_warning(w.path, is_windows=sys.platform == "win32")
         if msg:

@@ -166,6 +166,20 @@ class Repo:
             rows = s.scalars(select(m.Event).where(m.Event.id > since_id).order_by(m.Event.id.desc()).limit(limit)).all()
             return [EventInfo(e.id, aware(e.at), e.kind, e.level, e.message, e.path) for e in rows]
 
+    def recent_channels(self, limit: int = 500) -> dict[str, list[str]]:
+        """Experiment name -> the channels among its images of the newest ``limit`` scored ones
+        (by key, so the read is bounded whatever the table's size)."""
+        with self._session() as s:
+            newest = (select(m.Image.experiment_id, m.Image.channel)
+                      .where(m.Image.status == QueueState.DONE.value, m.Image.channel.is_not(None))
+                      .order_by(m.Image.id.desc()).limit(limit).subquery())
+            rows = s.execute(select(m.Experiment.name, newest.c.channel).distinct()
+                             .join(m.Experiment, m.Experiment.id == newest.c.experiment_id)).all()
+        out: dict[str, list[str]] = {}
+        for name, channel in rows:
+            out.setdefault(name, []).append(channel)
+        return {k: sorted(v) for k, v in out.items()}
+
     def last_event_of(self, kinds: tuple[str, ...]) -> EventInfo | None:
         """The newest event of one of ``kinds``, or None."""
         with self._session() as s:

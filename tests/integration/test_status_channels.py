@@ -1,0 +1,49 @@
+"""``nscmonitor status`` warns when a folder's newest scored images are of several channels
+(no ``channel`` setting: every wavelength an instrument writes is scored into the same well
+readouts), and not once the folder names its channel; ``doctor`` says which. A real daemon on
+ImageXpress-style names (one file per site and wavelength), a real store, the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import cells_image, stable_seed, write_tiff
+from nscmonitor.cli import main
+
+
+@pytest.mark.parametrize("channel", [None, "1"])
+def test_status_warns_of_channels_scored_together_until_the_folder_names_one(
+        tmp_path: Path, make_runner, db_url: str, capsys: pytest.CaptureFixture[str], channel: str | None) -> None:
+    watch = tmp_path / "PLATE1"
+    for well in ("A01", "B02"):
+        for w in (1, 2):
+            write_tiff(watch / "TimePoint_1" / f"PLATE1_{well}_s1_w{w}.tif",
+                       cells_image(stable_seed("channels", well, w), (64, 64)))
+    kw = {"channel": channel} if channel else {}
+    runner = make_runner(watch, db_url=db_url, experiment="IMX", **kw)
+    runner.run(once=True)
+    main(["status", "--db", db_url, "--json"])
+    warnings = [w for w in json.loads(capsys.readouterr().out)["warnings"] if "channels" in w]
+    if channel is None:
+        assert warnings == ["experiment IMX: its newest scored images are of 2 channels (1, 2), all averaged into "
+                            "the same well readouts; set the folder's channel to the label-free one the model was "
+                            "trained on (the others are then skipped)"]
+    else:
+        assert warnings == []
+
+
+def test_doctor_says_which_channel_each_folder_scores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("all", "one"):
+        (tmp_path / name).mkdir()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'database_url = "sqlite:///{(tmp_path / "nsc.db").as_posix()}"\n'
+                   f'models_dir = "{(tmp_path / "models").as_posix()}"\nlog_dir = "{(tmp_path / "logs").as_posix()}"\n'
+                   f'[[watch]]\npath = "{(tmp_path / "all").as_posix()}"\nexperiment = "all"\n'
+                   f'[[watch]]\npath = "{(tmp_path / "one").as_posix()}"\nexperiment = "one"\nchannel = "phase"\n')
+    assert main(["--config", str(cfg), "doctor"]) == 0
+    out = capsys.readouterr().out
+    line = {n: next(x for x in out.splitlines() if f"watch {n} " in x and "pixel size" not in x) for n in ("all", "one")}
+    assert "every channel scored" in line["all"] and "channel phase" in line["one"]
