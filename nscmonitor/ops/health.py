@@ -72,7 +72,18 @@ def scoring_warnings(repo: Any, ood: tuple[int, int] | None = None) -> list[str]
     channels averaged into the same readouts. ``ood``: the (flagged, judged) counts when the
     caller has them already."""
     ood_warning = ood_share_warning(*(ood if ood is not None else repo.recent_ood(OOD_WINDOW)))
-    return ([ood_warning] if ood_warning else []) + mixed_channel_warnings(repo.recent_channels(CHANNEL_WINDOW))
+    return (([ood_warning] if ood_warning else []) + mixed_channel_warnings(repo.recent_channels(CHANNEL_WINDOW))
+            + all_skipped_warnings(repo.recent_outcomes(CHANNEL_WINDOW)))
+
+
+def all_skipped_warnings(outcomes: dict[str, tuple[int, int, str | None]]) -> list[str]:
+    """A warning per experiment whose newest images were all skipped (at least
+    ``OOD_MIN_IMAGES`` of them, none scored): a ``channel`` setting no file of the folder has
+    (ImageXpress names give the wavelength's number, w1 = 1, not its name) leaves the daemon
+    healthy and the readouts empty."""
+    return [f"experiment {name}: its newest {skipped} images were all skipped, none scored (e.g. {reason}); "
+            "check the folder's channel setting against what its file names carry"
+            for name, (done, skipped, reason) in sorted(outcomes.items()) if done == 0 and skipped >= OOD_MIN_IMAGES]
 
 
 def ood_share_warning(flagged: int, judged: int) -> str | None:

@@ -180,6 +180,26 @@ class Repo:
             out.setdefault(name, []).append(channel)
         return {k: sorted(v) for k, v in out.items()}
 
+    def recent_outcomes(self, limit: int = 500) -> dict[str, tuple[int, int, str | None]]:
+        """Experiment name -> (scored, skipped, the newest skip reason) among the newest
+        ``limit`` images that were scored or skipped (by key: a bounded read)."""
+        states = (QueueState.DONE.value, QueueState.SKIPPED.value)
+        with self._session() as s:
+            newest = (select(m.Image.id, m.Image.experiment_id, m.Image.status, m.Image.error)
+                      .where(m.Image.status.in_(states)).order_by(m.Image.id.desc()).limit(limit).subquery())
+            rows = s.execute(select(m.Experiment.name, newest.c.status, newest.c.error)
+                             .join(m.Experiment, m.Experiment.id == newest.c.experiment_id)
+                             .order_by(newest.c.id.desc())).all()
+        out: dict[str, tuple[int, int, str | None]] = {}
+        for name, status, error in rows:
+            done, skipped, reason = out.get(name, (0, 0, None))
+            if status == QueueState.DONE.value:
+                done += 1
+            else:
+                skipped, reason = skipped + 1, reason or error
+            out[name] = (done, skipped, reason)
+        return out
+
     def last_event_of(self, kinds: tuple[str, ...]) -> EventInfo | None:
         """The newest event of one of ``kinds``, or None."""
         with self._session() as s:

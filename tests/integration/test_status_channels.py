@@ -47,3 +47,26 @@ def test_doctor_says_which_channel_each_folder_scores(tmp_path: Path, capsys: py
     out = capsys.readouterr().out
     line = {n: next(x for x in out.splitlines() if f"watch {n} " in x and "pixel size" not in x) for n in ("all", "one")}
     assert "every channel scored" in line["all"] and "channel phase" in line["one"]
+
+
+@pytest.mark.parametrize("channel,warned", [("phase", True), ("1", False)])
+def test_status_warns_when_a_channel_setting_skips_every_image(
+        tmp_path: Path, make_runner, db_url: str, capsys: pytest.CaptureFixture[str], channel: str,
+        warned: bool) -> None:
+    """ImageXpress names give the wavelength's number: ``channel = "phase"`` matches none of
+    them, every image is skipped with its reason, the daemon is healthy and the plate empty.
+    ``status`` says so; the number that is in the names leaves it quiet."""
+    watch = tmp_path / "PLATE1"
+    for i in range(24):
+        well = f"{'ABCDEFGH'[i % 8]}{i // 8 + 1:02d}"
+        write_tiff(watch / "TimePoint_1" / f"PLATE1_{well}_s1_w1.tif", cells_image(stable_seed("skip", i), (64, 64)))
+    runner = make_runner(watch, db_url=db_url, experiment="IMX", channel=channel)
+    runner.run(once=True)
+    main(["status", "--db", db_url, "--json"])
+    warnings = [w for w in json.loads(capsys.readouterr().out)["warnings"] if "skipped" in w]
+    if warned:
+        assert warnings == ["experiment IMX: its newest 24 images were all skipped, none scored (e.g. channel 1 is "
+                            "not the scored channel (phase)); check the folder's channel setting against what its "
+                            "file names carry"]
+    else:
+        assert warnings == []
