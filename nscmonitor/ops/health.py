@@ -76,14 +76,22 @@ def scoring_warnings(repo: Any, ood: tuple[int, int] | None = None) -> list[str]
             + all_skipped_warnings(repo.recent_outcomes(CHANNEL_WINDOW)))
 
 
-def all_skipped_warnings(outcomes: dict[str, tuple[int, int, str | None]]) -> list[str]:
-    """A warning per experiment whose newest images were all skipped (at least
-    ``OOD_MIN_IMAGES`` of them, none scored): a ``channel`` setting no file of the folder has
-    (ImageXpress names give the wavelength's number, w1 = 1, not its name) leaves the daemon
-    healthy and the readouts empty."""
-    return [f"experiment {name}: its newest {skipped} images were all skipped, none scored (e.g. {reason}); "
-            "check the folder's channel setting against what its file names carry"
-            for name, (done, skipped, reason) in sorted(outcomes.items()) if done == 0 and skipped >= OOD_MIN_IMAGES]
+def all_skipped_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.reads.Outcomes]
+    """A warning per experiment none of whose newest images (at least ``OOD_MIN_IMAGES``) gave a
+    readout: all skipped (a ``channel`` setting no file of the folder has: ImageXpress names give
+    the wavelength's number, w1 = 1, not its name), or all failed QC (blank or saturated frames:
+    an empty channel, a lamp off). The daemon is healthy and the plate stays empty."""
+    out = []
+    for name, o in sorted(outcomes.items()):
+        if o.scored or o.skipped + o.qc_failed < OOD_MIN_IMAGES:
+            continue
+        if o.skipped >= o.qc_failed:
+            out.append(f"experiment {name}: its newest {o.skipped} images were all skipped, none scored (e.g. "
+                       f"{o.skip_reason}); check the folder's channel setting against what its file names carry")
+        else:
+            out.append(f"experiment {name}: its newest {o.qc_failed} scored images all failed QC (e.g. "
+                       f"{o.qc_reason}), so none gives a readout; check the instrument and the folder's channel")
+    return out
 
 
 def ood_share_warning(flagged: int, judged: int) -> str | None:

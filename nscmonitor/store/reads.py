@@ -133,6 +133,17 @@ def last_heartbeat(engine: Engine, pid: int, host: str) -> datetime | None:
             m.DaemonStatus.pid == pid, m.DaemonStatus.host == host).order_by(m.DaemonStatus.id.desc()).limit(1)))
 
 
+@dataclass(frozen=True)
+class Outcomes:
+    """What became of an experiment's newest images (``Repo.recent_outcomes``)."""
+
+    scored: int  # scored with QC passed
+    qc_failed: int
+    skipped: int
+    skip_reason: str | None  # the newest
+    qc_reason: str | None  # the newest
+
+
 class Repo:
     """Record-shaped reads of one database, for the command line, the exports and reports and
     the dashboard's status panel."""
@@ -180,25 +191,30 @@ class Repo:
             out.setdefault(name, []).append(channel)
         return {k: sorted(v) for k, v in out.items()}
 
-    def recent_outcomes(self, limit: int = 500) -> dict[str, tuple[int, int, str | None]]:
-        """Experiment name -> (scored, skipped, the newest skip reason) among the newest
-        ``limit`` images that were scored or skipped (by key: a bounded read)."""
+    def recent_outcomes(self, limit: int = 500) -> dict[str, Outcomes]:
+        """Experiment name -> what became of its images among the newest ``limit`` that were
+        scored or skipped (by key: a bounded read)."""
         states = (QueueState.DONE.value, QueueState.SKIPPED.value)
         with self._session() as s:
-            newest = (select(m.Image.id, m.Image.experiment_id, m.Image.status, m.Image.error)
+            newest = (select(m.Image.id, m.Image.experiment_id, m.Image.status, m.Image.error, m.Image.qc_passed,
+                             m.Image.qc)
                       .where(m.Image.status.in_(states)).order_by(m.Image.id.desc()).limit(limit).subquery())
-            rows = s.execute(select(m.Experiment.name, newest.c.status, newest.c.error)
+            rows = s.execute(select(m.Experiment.name, newest.c.status, newest.c.error, newest.c.qc_passed,
+                                    newest.c.qc)
                              .join(m.Experiment, m.Experiment.id == newest.c.experiment_id)
                              .order_by(newest.c.id.desc())).all()
-        out: dict[str, tuple[int, int, str | None]] = {}
-        for name, status, error in rows:
-            done, skipped, reason = out.get(name, (0, 0, None))
-            if status == QueueState.DONE.value:
-                done += 1
+        counts: dict[str, list] = {}  # scored, QC failed, skipped, newest skip reason, newest QC reason
+        for name, status, error, qc_passed, qc in rows:
+            c = counts.setdefault(name, [0, 0, 0, None, None])
+            if status != QueueState.DONE.value:
+                c[2] += 1
+                c[3] = c[3] or error
+            elif qc_passed is False:
+                c[1] += 1
+                c[4] = c[4] or (qc.get("reason") if isinstance(qc, dict) else None)
             else:
-                skipped, reason = skipped + 1, reason or error
-            out[name] = (done, skipped, reason)
-        return out
+                c[0] += 1
+        return {name: Outcomes(*c) for name, c in counts.items()}
 
     def last_event_of(self, kinds: tuple[str, ...]) -> EventInfo | None:
         """The newest event of one of ``kinds``, or None."""

@@ -70,3 +70,21 @@ def test_status_warns_when_a_channel_setting_skips_every_image(
                             "file names carry"]
     else:
         assert warnings == []
+
+
+def test_status_warns_when_every_newest_image_fails_qc(tmp_path: Path, make_runner, db_url: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Blank frames (an empty channel, a lamp off): each fails QC, none gives a readout, the
+    daemon is healthy; ``status`` says why the plate stays empty."""
+    import numpy as np
+
+    watch = tmp_path / "PLATE1"
+    for i in range(24):
+        well = f"{'ABCDEFGH'[i % 8]}{i // 8 + 1:02d}"
+        write_tiff(watch / "TimePoint_1" / f"PLATE1_{well}_s1_w1.tif", np.zeros((64, 64), np.uint16))
+    runner = make_runner(watch, db_url=db_url, experiment="IMX")
+    runner.run(once=True)
+    main(["status", "--db", db_url, "--json"])
+    warnings = [w for w in json.loads(capsys.readouterr().out)["warnings"] if "QC" in w]
+    assert warnings == ["experiment IMX: its newest 24 scored images all failed QC (e.g. blank frame (no signal)), "
+                        "so none gives a readout; check the instrument and the folder's channel"]
