@@ -30,7 +30,8 @@ STALE_S = 120.0
 #: of plates it never saw, docs/training.md), so a quarter or more says the folder holds another
 #: kind (a fluorescence channel, another objective or modality, another culture), not a bad plate
 OOD_WINDOW, OOD_MIN_IMAGES, OOD_WARN_SHARE = 200, 20, 0.25
-#: the newest scored images looked at for channels scored together
+#: the newest scored (or skipped) images looked at for channels scored together and for
+#: folders that give no readout at all
 CHANNEL_WINDOW = 500
 
 Check = tuple[str, bool, str]  # name, ok, note
@@ -67,10 +68,11 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
 
 
 def scoring_warnings(repo: Any, ood: tuple[int, int] | None = None) -> list[str]:
-    """What is being scored that makes readouts mean little, for ``status`` and the dashboard's
-    status tab alike: most of the newest images unlike the model's training data, several
-    channels averaged into the same readouts. ``ood``: the (flagged, judged) counts when the
-    caller has them already."""
+    """What is being scored that makes readouts mean little or leaves them empty, for ``status``,
+    the dashboard's status tab and the end of ``run`` alike: most of the newest images unlike
+    the model's training data, several channels averaged into the same readouts, a folder whose
+    newest images were all skipped or all failed QC. ``ood``: the (flagged, judged) counts when
+    the caller has them already."""
     ood_warning = ood_share_warning(*(ood if ood is not None else repo.recent_ood(OOD_WINDOW)))
     return (([ood_warning] if ood_warning else []) + mixed_channel_warnings(repo.recent_channels(CHANNEL_WINDOW))
             + all_skipped_warnings(repo.recent_outcomes(CHANNEL_WINDOW)))
