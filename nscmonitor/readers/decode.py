@@ -15,6 +15,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,6 +44,9 @@ class Decoded:
     dtype: str
     pixel_size_um: float | None
     sha256: str
+    #: when the file says the image was taken (UTC), from its own metadata; None when it does not
+    #: say (``acquisition_time``)
+    acquired_at: datetime | None = None
 
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -93,7 +97,7 @@ def _plane_index(series, page_axes: str, channel_index: int | None) -> tuple[int
 
 
 def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
-          max_pixels: int, channel: str | None = None) -> tuple[np.ndarray, float | None]:
+          max_pixels: int, channel: str | None = None) -> tuple[np.ndarray, float | None, datetime | None]:
     """Decode the one page that holds the scored plane; every limit is checked from the
     header first, so memory is bounded by ``max_pixels``, never by the file."""
     import tifffile
@@ -132,6 +136,7 @@ def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
             dtype = key.dtype
             offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
             pixel_size = _tiff_pixel_size(tf, key, path)
+            acquired = acquisition_time(tf, key, path)
         except DecodeError:
             raise
         except Exception as exc:  # malformed tags surface as many types
@@ -142,7 +147,7 @@ def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
         except Exception as exc:  # tifffile and imagecodecs raise many types for bad strips
             raise DecodeError(f"TIFF pixel data cannot be decoded (truncated or corrupt): {why(exc)}",
                               permanent=False) from exc
-    return _pick_plane(arr, page_axes, inner_channel), pixel_size
+    return _pick_plane(arr, page_axes, inner_channel), pixel_size, acquired
 
 
 def _check_page_limits(shape: tuple[int, ...], page_axes: str, dtype, offsets: tuple, counts: tuple, size: int,
@@ -276,6 +281,87 @@ def _tiff_pixel_size(tf, page, path: Path) -> float | None:  # tifffile TiffFile
     return None
 
 
+#: acquisition times before this are a camera's unset clock, not a measurement
+EARLIEST_ACQUISITION = datetime(2000, 1, 1, tzinfo=timezone.utc)
+#: the TIFF DateTime tag as the standard writes it, and as MetaXpress does
+_DATETIME_FORMATS = ("%Y:%m:%d %H:%M:%S", "%Y%m%d %H:%M:%S.%f", "%Y%m%d %H:%M:%S")
+
+
+def _utc(dt: datetime) -> datetime:
+    """A time the file gives without a zone is the instrument PC's local time, taken as this
+    machine's (the daemon runs beside the instrument)."""
+    return (dt if dt.tzinfo is not None else dt.astimezone()).astimezone(timezone.utc)
+
+
+def _ome_acquired(tf, page) -> datetime | None:
+    """``AcquisitionDate`` of the first image (OME-XML puts it before the image's Pixels)."""
+    import xml.etree.ElementTree as ET
+
+    xml = tf.ome_metadata if tf.is_ome else None
+    if not xml:
+        return None
+    parser = ET.XMLPullParser(events=("start", "end"))
+    for i in range(0, len(xml), OME_CHUNK):
+        parser.feed(xml[i:i + OME_CHUNK])
+        for event, el in parser.read_events():
+            tag = el.tag.rsplit("}", 1)[-1]
+            if event == "end" and tag == "AcquisitionDate" and el.text:
+                return datetime.fromisoformat(el.text.strip())
+            if event == "start" and tag == "Pixels":
+                return None
+    return None
+
+
+def _metaseries_acquired(tf, page) -> datetime | None:
+    """MetaXpress: the plane's ``acquisition-time-local``."""
+    if not tf.is_metaseries:
+        return None
+    value = ((tf.metaseries_metadata or {}).get("PlaneInfo") or {}).get("acquisition-time-local")
+    return value if isinstance(value, datetime) else None
+
+
+def _datetime_tag(tf, page) -> datetime | None:
+    """The TIFF DateTime tag (most instruments write it when they save the file)."""
+    tag = page.tags.get("DateTime")
+    if tag is None or not isinstance(tag.value, str):
+        return None
+    text = tag.value.strip()
+    for fmt in _DATETIME_FORMATS:
+        try:
+            return datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+    raise ValueError(f"unrecognised DateTime {text[:40]!r}")
+
+
+ACQUISITION_TIME_SOURCES = (("OME-XML", _ome_acquired), ("MetaSeries", _metaseries_acquired),
+                            ("DateTime tag", _datetime_tag))
+
+
+def acquisition_time(tf, page, path: Path) -> datetime | None:  # tifffile TiffFile and page
+    """When the file says its image was taken, in UTC, from the first of
+    ``ACQUISITION_TIME_SOURCES`` that says it believably (after 2000 and not in the future).
+    Intake times an image by its name, else by the file's mtime, and a copy that does not keep
+    times makes that the copy's time; the store corrects a scan-indexed image's time from this
+    when the two lie further apart than any time-zone difference (``store.writer``). A
+    malformed value is logged with the file and skipped."""
+    latest = datetime.now(timezone.utc) + timedelta(days=1)
+    for source, read in ACQUISITION_TIME_SOURCES:
+        try:
+            dt = read(tf, page)
+            if dt is None:
+                continue
+            dt = _utc(dt)
+        except Exception as exc:  # other software's metadata is malformed in many ways
+            log.warning("%s: ignoring the acquisition time in its %s: %s", shown(str(path)), source, why(exc))
+            continue
+        if EARLIEST_ACQUISITION <= dt <= latest:
+            return dt
+        log.warning("%s: ignoring the acquisition time in its %s: %s is not a believable time",
+                    shown(str(path)), source, dt.isoformat())
+    return None
+
+
 def _pick_plane(arr: np.ndarray, axes: str, channel_index: int | None) -> np.ndarray:
     """Reduce a page (RGB, planar samples) to the plane we score."""
     arr = np.asarray(arr)
@@ -360,9 +446,9 @@ def decode(path: str | Path, *, channel_index: int | None = None, max_pixels: in
         try:
             head = fh.read(4)
             suffix = path.suffix.lower()
-            pixel_size = None
+            pixel_size, acquired = None, None
             if suffix in (".tif", ".tiff") or head in TIFF_MAGIC:
-                arr, pixel_size = _tiff(fh, path, before.st_size, channel_index, max_pixels, channel)
+                arr, pixel_size, acquired = _tiff(fh, path, before.st_size, channel_index, max_pixels, channel)
             elif suffix in (".c01", ".dib"):
                 raise DecodeError("Cellomics .C01/.DIB files need Bio-Formats; export TIFF from HCS Studio",
                                   permanent=True)
@@ -381,4 +467,4 @@ def decode(path: str | Path, *, channel_index: int | None = None, max_pixels: in
         raise DecodeError(f"decoded plane has shape {arr.shape}; expected a 2-D image of at least 8 x 8", permanent=True)
     if arr.dtype.kind not in "uif" or arr.dtype == np.bool_:
         raise DecodeError(f"unsupported pixel type {arr.dtype}", permanent=True)
-    return Decoded(arr, str(arr.dtype), pixel_size, digest)
+    return Decoded(arr, str(arr.dtype), pixel_size, digest, acquired)

@@ -162,7 +162,7 @@ def result(p: Prepared, tiles: TileScores, *, model_version: str, engine: Engine
         tiles_blob=pack_tiles(probs, grid.rows, grid.cols, grid.kept) if grid is not None else None,
         model_version=model_version, classes=engine.metadata.classes, engine=engine.name,
         rewritten=p.content is Content.REWRITTEN, ood_score=ood_score, ood=ood,
-        well_calibration=well_calibration_of(engine.metadata.extra),
+        well_calibration=well_calibration_of(engine.metadata.extra), acquired_at=p.decoded.acquired_at,
     )
 
 

@@ -11,7 +11,7 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy import Engine, bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,7 +28,7 @@ from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner
 from nscmonitor.store.places import ensure_experiment, ensure_well, ensure_wells
 from nscmonitor.store.readouts import recompute_readouts
 
-from nscmonitor.store.times import utcnow
+from nscmonitor.store.times import aware, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,13 @@ class Scored:
     ood: bool | None = None
     #: the serving model's well calibration, applied to the well readouts it recomputes
     well_calibration: WellCalibration | None = None
+    #: when the file's own metadata says the image was taken (``readers.decode.acquisition_time``)
+    acquired_at: datetime | None = None
+
+
+#: a file's stated acquisition time replaces its mtime only this far from it: beyond any time
+#: zone difference between the instrument PC and this machine (at most 14 h)
+COPIED_AFTER_S = 15 * 3600.0
 
 
 def time_key(key: ImageKey | None, elapsed_h: float | None) -> int | None:
@@ -242,7 +249,8 @@ class Writer(Claims):
         with self.Session.begin() as s:
             rows = {row.id: row for row in s.execute(
                 select(m.Image.id, m.Image.path, m.Image.status, m.Image.lease_owner, m.Image.rewritten,
-                       m.Image.well_id, m.Image.time_key)
+                       m.Image.well_id, m.Image.time_key, m.Image.timepoint, m.Image.mtime, m.Image.acquired_at,
+                       m.Image.elapsed_h, m.Image.experiment_id)
                 .where(m.Image.id.in_(ids)).order_by(m.Image.id).with_for_update())}
             have = {(i, v) for i, v in s.execute(select(m.Prediction.image_id, m.Prediction.model_version)
                                                  .where(m.Prediction.image_id.in_(ids)))}
@@ -272,6 +280,7 @@ class Writer(Claims):
             [{"b_id": row.id, "b_hash": r.content_hash, "b_qc": qc_record(r.qc), "b_passed": r.qc.passed,
               "b_width": r.width, "b_height": r.height, "b_rewritten": bool(r.rewritten or row.rewritten)}
              for row, r in stored])
+        self._times_from_files(s, stored)
         new = [prediction_row(row.id, r, now) for row, r in stored
                if r.score is not None and (r.rewritten or (row.id, r.model_version) not in have)]
         if new:
@@ -287,6 +296,37 @@ class Writer(Claims):
         # the readout row twice; in key order, so two batches never wait on each other
         plate_of = dict(s.execute(wells.with_for_update() if self.shared else wells).all())
         recompute_readouts(s, touched, plate_of, now, {r.model_version: r.well_calibration for _, r in stored})
+
+    def _times_from_files(self, s: Session, stored: list[tuple]) -> None:
+        """An image intake could only time by its file's mtime takes the acquisition time its
+        file states instead (``Scored.acquired_at``), with the hours since induction that follow
+        from it, before its readout is recomputed, when the two lie more than
+        ``COPIED_AFTER_S`` apart: a copy that does not keep times made the mtime the copy's. A
+        smaller difference is the same moment seen through two clocks (a file's time is the
+        instrument PC's local wall-clock, read in this machine's zone, which may differ by up to
+        14 h), and the mtime, an absolute instant, stays. Only images placed by a scan index
+        (ImageXpress ``TimePoint_n``, CellVoyager ``T``, Harmony ``sk``), whose readout key does
+        not depend on the time; an image timed by its name keeps the name's time."""
+        fixes = [(row, r) for row, r in stored
+                 if r.acquired_at is not None and row.timepoint is not None and row.acquired_at is not None
+                 and abs((aware(row.acquired_at) - datetime.fromtimestamp(row.mtime, timezone.utc)).total_seconds()) < 1e-3
+                 and abs((r.acquired_at - aware(row.acquired_at)).total_seconds()) > COPIED_AFTER_S]
+        if not fixes:
+            return
+        induction = dict(s.execute(select(m.Experiment.id, m.Experiment.induction_time)
+                                   .where(m.Experiment.id.in_({row.experiment_id for row, _ in fixes}))).all())
+        values = []
+        for row, r in fixes:
+            start = induction.get(row.experiment_id)
+            elapsed = row.elapsed_h
+            derived = start is not None and (elapsed is None or abs(
+                elapsed - (aware(row.acquired_at) - aware(start)).total_seconds() / 3600.0) < 1e-6)
+            if derived:  # hours a name gave stay the name's
+                elapsed = (r.acquired_at - aware(start)).total_seconds() / 3600.0
+            values.append({"b_id": row.id, "b_acq": r.acquired_at, "b_elapsed": elapsed})
+        images = m.Image.__table__
+        s.execute(update(images).where(images.c.id == bindparam("b_id"))
+                  .values(acquired_at=bindparam("b_acq"), elapsed_h=bindparam("b_elapsed")), values)
 
     # --- health ---------------------------------------------------------------------
     def start_daemon(self, watched: list[dict]) -> int:

@@ -97,6 +97,11 @@ def test_imagexpress_pixel_sizes_are_read_and_a_4x_frame_is_flagged(real_fixture
     with runner.store.engine.connect() as c:
         rows = c.execute(text("select i.path, i.width, p.ood from predictions p join images i on i.id = p.image_id")
                          ).fetchall()
+    with runner.store.Session() as s:
+        acquired = {Path(p).relative_to(root).parts[0]: a
+                    for p, a in s.execute(select(m.Image.path, m.Image.acquired_at)).all()}
+    # the files were copied long after they were taken: their MetaSeries times, not their mtimes
+    assert acquired["1well-3C-2S-Zmix-T"].date().isoformat() == "2024-04-22"
     assert len(rows) == len(frames)
     from nscmonitor.ops.health import CHANNEL_WINDOW, mixed_channel_warnings
     from nscmonitor.store.reads import Repo

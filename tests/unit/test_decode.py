@@ -135,3 +135,32 @@ def test_an_entity_bomb_in_the_ome_xml_is_refused_and_the_frame_still_decodes(tm
         d = decode(p)
     assert d.pixel_size_um is None and int(d.pixels[0, 0]) == 7
     assert any("bomb.tif" in r.getMessage() and "OME-XML" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def _local_naive(dt):
+    return dt.astimezone().replace(tzinfo=None)
+
+
+@pytest.mark.parametrize("write,want", [
+    (lambda p, t: tifffile.imwrite(p, np.zeros((16, 16), np.uint16), datetime=_local_naive(t)), True),
+    (lambda p, t: tifffile.imwrite(p, np.zeros((16, 16), np.uint16), metadata=None, software="MetaSeries",
+                                   description="<MetaData>\n<PlaneInfo>\n<prop id=\"acquisition-time-local\" "
+                                   f"type=\"time\" value=\"{_local_naive(t):%Y%m%d %H:%M:%S.%f}\"/>\n</PlaneInfo>\n"
+                                   "</MetaData>"), True),
+    (lambda p, t: tifffile.imwrite(p, np.zeros((16, 16), np.uint16), ome=True,
+                                   metadata={"AcquisitionDate": t.isoformat()}), True),
+    (lambda p, t: tifffile.imwrite(p, np.zeros((16, 16), np.uint16), datetime="1970:01:01 00:00:00"), False),
+    (lambda p, t: tifffile.imwrite(p, np.zeros((16, 16), np.uint16), extratags=[(306, "s", 0, "not a time", True)]),
+     False),
+    (lambda p, t: tifffile.imwrite(p, np.zeros((16, 16), np.uint16)), False),
+], ids=["datetime-tag", "metaseries", "ome", "unset-clock", "malformed", "none"])
+def test_acquisition_time_from_the_file(tmp_path: Path, write, want: bool) -> None:
+    """When the file says its image was taken, in UTC (a time without a zone is this
+    machine's local time); an unset camera clock or an unreadable value says nothing."""
+    from datetime import datetime, timezone
+
+    taken = datetime(2026, 3, 2, 11, 30, 5, tzinfo=timezone.utc)
+    p = tmp_path / "t.tif"
+    write(p, taken)
+    got = decode(p).acquired_at
+    assert got == (taken if want else None)
