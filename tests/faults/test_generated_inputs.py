@@ -260,3 +260,25 @@ def test_an_image_the_daemon_dies_on_every_time_is_quarantined_at_claim(tmp_path
     with engine.connect() as c:
         status, error = c.exec_driver_sql("select status, error from images").one()
     assert status == "quarantined" and "gave up after 3 attempts" in error and "daemon stopped during it" in error
+
+
+@FAST
+@given(st.one_of(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30),
+                 st.datetimes().map(lambda d: d.strftime("%Y:%m:%d %H:%M:%S")),
+                 st.datetimes().map(lambda d: d.strftime("%Y%m%d %H:%M:%S.%f"))))
+def test_fuzzed_datetime_tags_never_stop_a_decode(tmp_path: Path, value: str) -> None:
+    """Whatever the DateTime tag says, the frame decodes, and an acquisition time read is a
+    believable one (after 2000, not in the future)."""
+    from datetime import datetime, timedelta, timezone
+
+    import numpy as np
+    import tifffile
+
+    from nscmonitor.readers.decode import EARLIEST_ACQUISITION
+
+    p = tmp_path / "dt.tif"
+    tifffile.imwrite(p, np.full((16, 16), 5, np.uint16), extratags=[(306, "s", 0, value, True)])
+    out = decode(p)
+    assert int(out.pixels[0, 0]) == 5
+    at = out.acquired_at
+    assert at is None or EARLIEST_ACQUISITION <= at <= datetime.now(timezone.utc) + timedelta(days=1)
