@@ -344,7 +344,9 @@ def acquisition_time(tf, page, path: Path) -> datetime | None:  # tifffile TiffF
     Intake times an image by its name, else by the file's mtime, and a copy that does not keep
     times makes that the copy's time; the store corrects a scan-indexed image's time from this
     when the two lie further apart than any time-zone difference (``store.writer``). A
-    malformed value is logged with the file and skipped."""
+    malformed or unbelievable value (a camera's unset clock) is logged with the file at info
+    level, not as a warning: the image is served all the same, timed by its mtime, and such a
+    clock would repeat it for every file."""
     latest = datetime.now(timezone.utc) + timedelta(days=1)
     for source, read in ACQUISITION_TIME_SOURCES:
         try:
@@ -353,12 +355,12 @@ def acquisition_time(tf, page, path: Path) -> datetime | None:  # tifffile TiffF
                 continue
             dt = _utc(dt)
         except Exception as exc:  # other software's metadata is malformed in many ways
-            log.warning("%s: ignoring the acquisition time in its %s: %s", shown(str(path)), source, why(exc))
+            log.info("%s: ignoring the acquisition time in its %s: %s", shown(str(path)), source, why(exc))
             continue
         if EARLIEST_ACQUISITION <= dt <= latest:
             return dt
-        log.warning("%s: ignoring the acquisition time in its %s: %s is not a believable time",
-                    shown(str(path)), source, dt.isoformat())
+        log.info("%s: ignoring the acquisition time in its %s: %s is not a believable time",
+                 shown(str(path)), source, dt.isoformat())
     return None
 
 
