@@ -169,8 +169,9 @@ class Daemon:
         """Tell the notification hook once when most of the newest scored images become unlike
         the model's training data (``status``'s warning), and once when they no longer are: an
         unattended run learns of a folder of another channel or objective from its hook, not
-        from a dashboard nobody opens. What was last told is read from the event log at the
-        first check, so a restarted daemon does not tell it again."""
+        from a dashboard nobody opens. What was last told is read from the event log, at the
+        first check and before each telling, so neither a restarted daemon nor the other daemons
+        sharing its database tell it again."""
         from sqlalchemy.exc import SQLAlchemyError
 
         from nscmonitor.hooks import emit
@@ -185,6 +186,10 @@ class Daemon:
             warning = ood_share_warning(flagged, judged)
             kind = kinds[0] if warning is not None else kinds[1]
             if kind == self._ood_told:
+                return
+            last = self._repo.last_event_of(kinds)
+            if last is not None and last.kind == kind:  # another daemon on this database told it already
+                self._ood_told = kind
                 return
             data = {"flagged": flagged, "of_newest_scored": judged}
             if warning is not None:

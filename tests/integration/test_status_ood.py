@@ -170,3 +170,38 @@ def test_a_restarted_daemon_does_not_tell_the_hook_again(tmp_path: Path) -> None
             runner.stop_event.set()
     kinds = [json.loads(line)["kind"] for line in received.read_text().splitlines() if line.strip()]
     assert [k for k in kinds if k.startswith("images_")] == ["images_unlike_training"]
+
+
+def test_a_second_daemon_on_the_same_database_does_not_tell_the_hook_again(tmp_path: Path) -> None:
+    """Two daemons sharing a database, each with its own folder: the second starts first (its
+    folder still empty, nothing to tell), then the first scores a folder unlike the training
+    data and tells the hook; the second's next check sees the same newest images, finds the
+    episode already told in the event log and stays quiet."""
+    import sys
+
+    from nscmonitor.config import parse_settings
+    from nscmonitor.daemon import build_runner
+
+    model = tiny_model_flagging_stripes(tmp_path / "models" / "ood.onnx")
+    received = tmp_path / "hook.jsonl"
+    script = tmp_path / "hook.py"
+    script.write_text(f"import sys\nopen({str(received)!r}, 'a').write(sys.stdin.read() + '\\n')\n")
+    for i in range(OOD_MIN_IMAGES):
+        write_tiff(tmp_path / "one" / f"VID3_{'ABCDEFGH'[i % 8]}{i // 8 + 1}_1_00d00h00m.tif", stripes_image(i))
+    (tmp_path / "two").mkdir()
+    runners = {}
+    for name in ("one", "two"):
+        settings = parse_settings({
+            "database_url": f"sqlite:///{tmp_path / 'nsc.db'}", "models_dir": str(tmp_path / "models"),
+            "log_dir": str(tmp_path / "logs"), "retrain": {"hook": f"{sys.executable} {script}"},
+            "watch": [{"path": str(tmp_path / name), "experiment": name, "quiet_seconds": 0.0}]}, env={})
+        runners[name] = build_runner(settings, model=model, retry_base_s=0.05, poll_interval=0.2)
+    try:
+        runners["two"].run(once=True)  # nothing scored yet: nothing to tell
+        runners["one"].run(once=True)  # tells the episode
+        runners["two"].run(once=True)  # its check at the end of the run: the same episode
+    finally:
+        for r in runners.values():
+            r.stop_event.set()
+    kinds = [json.loads(line)["kind"] for line in received.read_text().splitlines() if line.strip()]
+    assert [k for k in kinds if k.startswith("images_")] == ["images_unlike_training"]
