@@ -263,7 +263,7 @@ class TimeCourse(QWidget):
         cube = self.cube
         if cube is None or not (0 <= self.t_index < cube.n_times):
             return
-        h = time_axis(cube.elapsed_h, cube.time_keys).x[self.t_index]
+        h = self.axis.x[self.t_index]  # set by redraw, which every new cube goes through
         if not np.isfinite(h):
             return
         for plot in (self.well_plot, self.cond_plot):

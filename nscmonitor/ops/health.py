@@ -74,8 +74,8 @@ def scoring_warnings(repo: Any, ood: tuple[int, int] | None = None) -> list[str]
     newest images were all skipped or all failed QC. ``ood``: the (flagged, judged) counts when
     the caller has them already."""
     ood_warning = ood_share_warning(*(ood if ood is not None else repo.recent_ood(OOD_WINDOW)))
-    return (([ood_warning] if ood_warning else []) + mixed_channel_warnings(repo.recent_channels(CHANNEL_WINDOW))
-            + all_skipped_warnings(repo.recent_outcomes(CHANNEL_WINDOW)))
+    outcomes = repo.recent_outcomes(CHANNEL_WINDOW)  # one bounded read for both
+    return ([ood_warning] if ood_warning else []) + mixed_channel_warnings(outcomes) + all_skipped_warnings(outcomes)
 
 
 def all_skipped_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.reads.Outcomes]
@@ -108,15 +108,15 @@ def ood_share_warning(flagged: int, judged: int) -> str | None:
             "'nscmonitor doctor' shows each folder's channel and pixel size")
 
 
-def mixed_channel_warnings(channels: dict[str, list[str]]) -> list[str]:
+def mixed_channel_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.reads.Outcomes]
     """A warning per experiment whose newest scored images are of several channels: a folder
     without a ``channel`` setting scores every channel an instrument writes (an ImageXpress
     writes each site once per wavelength), and a well's readout then averages the label-free
     frames with the stains'."""
-    return [f"experiment {name}: its newest scored images are of {len(chs)} channels ({', '.join(chs[:6])}"
-            f"{', ...' if len(chs) > 6 else ''}), all averaged into the same well readouts; set the folder's "
-            "channel to the label-free one the model was trained on (the others are then skipped)"
-            for name, chs in sorted(channels.items()) if len(chs) > 1]
+    return [f"experiment {name}: its newest scored images are of {len(o.channels)} channels "
+            f"({', '.join(o.channels[:6])}{', ...' if len(o.channels) > 6 else ''}), all averaged into the same "
+            "well readouts; set the folder's channel to the label-free one the model was trained on (the others "
+            "are then skipped)" for name, o in sorted(outcomes.items()) if len(o.channels) > 1]
 
 
 def _daemon_verdict(repo: Any, d: Any, now: datetime) -> tuple[str, int]:

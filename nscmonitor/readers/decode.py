@@ -8,6 +8,7 @@ stack is refused or read in bounded memory instead of exhausting it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -194,25 +195,38 @@ def _um_per(unit: object) -> float | None:
     return UM_PER_SYMBOL.get(u, UM_PER_WORD.get(u.lower()))
 
 
-def _ome_um(tf, page) -> float | None:
-    """PhysicalSizeX of the first image's Pixels (OME-TIFF: Micro-Manager, scanR, Bio-Formats
-    and most converters); the unit defaults to micrometres, as the schema says. The XML is
-    parsed only up to that element: a long acquisition's plane list makes it megabytes long."""
+@functools.lru_cache(maxsize=2)
+def _ome_first_image(xml: str) -> tuple[dict[str, str], str | None]:
+    """The first image's Pixels attributes and its AcquisitionDate (which the schema puts before
+    its Pixels), from the OME-XML parsed only up to that Pixels element: a long acquisition's
+    plane list makes the XML megabytes long. Cached, so the pixel size and the acquisition time
+    of one decode parse it once."""
     import xml.etree.ElementTree as ET
 
+    parser = ET.XMLPullParser(events=("start", "end"))
+    acquired = None
+    for i in range(0, len(xml), OME_CHUNK):
+        parser.feed(xml[i:i + OME_CHUNK])
+        for event, el in parser.read_events():
+            tag = el.tag.rsplit("}", 1)[-1]
+            if event == "end" and tag == "AcquisitionDate" and el.text and acquired is None:
+                acquired = el.text.strip()
+            elif event == "start" and tag == "Pixels":
+                return dict(el.attrib), acquired
+    return {}, acquired
+
+
+def _ome_um(tf, page) -> float | None:
+    """PhysicalSizeX of the first image's Pixels (OME-TIFF: Micro-Manager, scanR, Bio-Formats
+    and most converters); the unit defaults to micrometres, as the schema says."""
     xml = tf.ome_metadata if tf.is_ome else None
     if not xml:
         return None
-    parser = ET.XMLPullParser(events=("start",))
-    for i in range(0, len(xml), OME_CHUNK):
-        parser.feed(xml[i:i + OME_CHUNK])
-        for _, el in parser.read_events():
-            if el.tag.rsplit("}", 1)[-1] == "Pixels":
-                if el.get("PhysicalSizeX") is None:
-                    return None
-                factor = _um_per(el.get("PhysicalSizeXUnit", "\u00b5m"))
-                return None if factor is None else float(el.get("PhysicalSizeX")) * factor
-    return None
+    pixels = _ome_first_image(xml)[0]
+    if pixels.get("PhysicalSizeX") is None:
+        return None
+    factor = _um_per(pixels.get("PhysicalSizeXUnit", "\u00b5m"))
+    return None if factor is None else float(pixels["PhysicalSizeX"]) * factor
 
 
 def _metaseries_um(tf, page) -> float | None:
@@ -294,22 +308,12 @@ def _utc(dt: datetime) -> datetime:
 
 
 def _ome_acquired(tf, page) -> datetime | None:
-    """``AcquisitionDate`` of the first image (OME-XML puts it before the image's Pixels)."""
-    import xml.etree.ElementTree as ET
-
+    """``AcquisitionDate`` of the first image."""
     xml = tf.ome_metadata if tf.is_ome else None
     if not xml:
         return None
-    parser = ET.XMLPullParser(events=("start", "end"))
-    for i in range(0, len(xml), OME_CHUNK):
-        parser.feed(xml[i:i + OME_CHUNK])
-        for event, el in parser.read_events():
-            tag = el.tag.rsplit("}", 1)[-1]
-            if event == "end" and tag == "AcquisitionDate" and el.text:
-                return datetime.fromisoformat(el.text.strip())
-            if event == "start" and tag == "Pixels":
-                return None
-    return None
+    text = _ome_first_image(xml)[1]
+    return datetime.fromisoformat(text) if text else None
 
 
 def _metaseries_acquired(tf, page) -> datetime | None:

@@ -142,6 +142,7 @@ class Outcomes:
     skipped: int
     skip_reason: str | None  # the newest
     qc_reason: str | None  # the newest
+    channels: tuple[str, ...]  # of its scored images, sorted
 
 
 class Repo:
@@ -177,44 +178,34 @@ class Repo:
             rows = s.scalars(select(m.Event).where(m.Event.id > since_id).order_by(m.Event.id.desc()).limit(limit)).all()
             return [EventInfo(e.id, aware(e.at), e.kind, e.level, e.message, e.path) for e in rows]
 
-    def recent_channels(self, limit: int = 500) -> dict[str, list[str]]:
-        """Experiment name -> the channels among its images of the newest ``limit`` scored ones
-        (by key, so the read is bounded whatever the table's size)."""
-        with self._session() as s:
-            newest = (select(m.Image.experiment_id, m.Image.channel)
-                      .where(m.Image.status == QueueState.DONE.value, m.Image.channel.is_not(None))
-                      .order_by(m.Image.id.desc()).limit(limit).subquery())
-            rows = s.execute(select(m.Experiment.name, newest.c.channel).distinct()
-                             .join(m.Experiment, m.Experiment.id == newest.c.experiment_id)).all()
-        out: dict[str, list[str]] = {}
-        for name, channel in rows:
-            out.setdefault(name, []).append(channel)
-        return {k: sorted(v) for k, v in out.items()}
-
     def recent_outcomes(self, limit: int = 500) -> dict[str, Outcomes]:
         """Experiment name -> what became of its images among the newest ``limit`` that were
         scored or skipped (by key: a bounded read)."""
         states = (QueueState.DONE.value, QueueState.SKIPPED.value)
         with self._session() as s:
             newest = (select(m.Image.id, m.Image.experiment_id, m.Image.status, m.Image.error, m.Image.qc_passed,
-                             m.Image.qc)
+                             m.Image.qc, m.Image.channel)
                       .where(m.Image.status.in_(states)).order_by(m.Image.id.desc()).limit(limit).subquery())
             rows = s.execute(select(m.Experiment.name, newest.c.status, newest.c.error, newest.c.qc_passed,
-                                    newest.c.qc)
+                                    newest.c.qc, newest.c.channel)
                              .join(m.Experiment, m.Experiment.id == newest.c.experiment_id)
                              .order_by(newest.c.id.desc())).all()
-        counts: dict[str, list] = {}  # scored, QC failed, skipped, newest skip reason, newest QC reason
-        for name, status, error, qc_passed, qc in rows:
-            c = counts.setdefault(name, [0, 0, 0, None, None])
+        # scored, QC failed, skipped, newest skip reason, newest QC reason, channels scored
+        counts: dict[str, list] = {}
+        for name, status, error, qc_passed, qc, channel in rows:
+            c = counts.setdefault(name, [0, 0, 0, None, None, set()])
             if status != QueueState.DONE.value:
                 c[2] += 1
                 c[3] = c[3] or error
-            elif qc_passed is False:
+                continue
+            if channel is not None:
+                c[5].add(channel)
+            if qc_passed is False:
                 c[1] += 1
                 c[4] = c[4] or (qc.get("reason") if isinstance(qc, dict) else None)
             else:
                 c[0] += 1
-        return {name: Outcomes(*c) for name, c in counts.items()}
+        return {name: Outcomes(*c[:5], tuple(sorted(c[5]))) for name, c in counts.items()}
 
     def last_event_of(self, kinds: tuple[str, ...]) -> EventInfo | None:
         """The newest event of one of ``kinds``, or None."""

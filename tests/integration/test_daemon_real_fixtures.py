@@ -107,7 +107,7 @@ def test_imagexpress_pixel_sizes_are_read_and_a_4x_frame_is_flagged(real_fixture
     from nscmonitor.store.reads import Repo
 
     # no channel setting: every wavelength of every site is scored into the same readouts, and status says so
-    (warning,) = mixed_channel_warnings(Repo(runner.store.engine).recent_channels(CHANNEL_WINDOW))
+    (warning,) = mixed_channel_warnings(Repo(runner.store.engine).recent_outcomes(CHANNEL_WINDOW))
     assert warning.startswith("experiment imx: its newest scored images are of 4 channels (1, 2, 3, 4)")
     for path, width, flag in rows:
         four_x = Path(path).relative_to(root).parts[0] == "1well-3C-2S-Zmix-T"
