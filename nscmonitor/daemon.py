@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nscmonitor.config import Settings
+from nscmonitor.core.calibration import well_calibration_of
 from nscmonitor.core.errors import UserFacingError
 from nscmonitor.core.queue import MAX_ATTEMPTS, WAITING
 from nscmonitor.intake.enqueue import enqueue
@@ -114,7 +115,27 @@ class Daemon:
         self.intake = Intake(folders, known, wall=self.wall, on_rescan=lambda: requeue_readable(self.store))
         if self.score:
             self.slot.load()
+        self._apply_channel_settings(folders)
         self.heartbeat.start(self._watched())
+
+    def _apply_channel_settings(self, folders: list[WatchedFolder]) -> None:
+        """Each folder's ``channel`` setting applied to the images it already holds, so a
+        setting changed on the advice of ``status`` reaches the backlog and the readouts, not
+        only new files (``store.channel_rule``). A failure is logged and recorded: the daemon
+        still starts, and the next start tries again."""
+        served = self.slot.model if self.score else None
+        calibrations = ({served.version: well_calibration_of(served.engine.metadata.extra)}
+                        if served is not None else None)
+        for folder in folders:
+            try:
+                applied = self.store.apply_channel_rule(folder.experiment_id, str(folder.cfg.path),
+                                                        folder.cfg.channel, calibrations=calibrations)
+            except Exception as exc:  # the database refused: scoring new images matters more
+                log.exception("could not apply the channel setting of %s to the images already seen", folder.cfg.path)
+                self.store.event("channel_setting_error", f"{folder.cfg.path}: {exc}", level="error")
+                continue
+            if applied.changed:
+                log.warning("%s", applied.summary())
 
     def discover(self) -> None:
         """The images intake found ready since the last pass into the queue."""

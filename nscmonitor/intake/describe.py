@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from nscmonitor.core.channels import channel_skip
 from nscmonitor.core.domain import ImageKey, ParseResult
 from nscmonitor.intake.filenames import parse_path
 from nscmonitor.intake.folder import WatchedFolder
@@ -34,9 +35,8 @@ def describe(folder: WatchedFolder, res: ParseResult, path: str, size: int, mtim
     key = res.key
     error = res.reason if res.kind == "error" else None
     skip = None
-    if key is not None and cfg.channel is not None and key.channel is not None \
-            and norm_channel(key.channel) != norm_channel(cfg.channel):
-        skip = f"channel {key.channel} is not the scored channel ({cfg.channel})"
+    if key is not None:
+        skip = channel_skip(cfg.channel, key.channel)
     if link:
         error, skip = None, LINK_SKIP
     acquired = key.acquired_at if key is not None else None
@@ -49,11 +49,6 @@ def describe(folder: WatchedFolder, res: ParseResult, path: str, size: int, mtim
         attributes=folder.plate_map.attributes.get(key.well) if key else None,
         error=error, skip_reason=skip,
     )
-
-
-def norm_channel(ch: str) -> str:
-    """``"02"`` and ``"2"`` name the same channel number; names compare case-blind."""
-    return str(int(ch)) if ch.isdigit() else ch.strip().lower()
 
 
 def elapsed_hours(key: ImageKey | None, acquired_utc: datetime, induction: datetime | None) -> float | None:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import select, tuple_
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
 
 from nscmonitor.core.aggregate import ImageScore, well_aggregate
@@ -35,12 +35,12 @@ def recompute_readouts(s: Session, keys: Iterable[tuple[int, int, str]], plate_o
     """The readouts of the (well id, time key, model version) ``keys``, from all their scored
     images (called inside the transaction that stored them, so readouts and images never
     disagree). ``plate_of``: well id -> plate id for the keys' wells. A key with neither a
-    prediction nor a QC failure gets no readout. ``calibration``: model version -> the serving
+    prediction nor a QC failure gets no readout (and loses the one it had). ``calibration``: model version -> the serving
     model's well calibration (None or absent: the plain mean, as for models without one)."""
     by_version: dict[str, set[tuple[int, int]]] = defaultdict(set)
     for well_id, time_key, version in keys:
         by_version[version].add((well_id, time_key))
-    rows = []
+    rows, empty = [], []
     for version, pairs in sorted(by_version.items()):
         images: dict[tuple[int, int], list] = defaultdict(list)
         for r in s.execute(select(*_SOURCE)
@@ -55,8 +55,15 @@ def recompute_readouts(s: Session, keys: Iterable[tuple[int, int, str]], plate_o
             if values is not None:
                 rows.append({"well_id": well_id, "time_key": time_key, "model_version": version,
                              "plate_id": plate_of[well_id], "updated_at": now, **values})
+            else:
+                empty.append((well_id, time_key, version))
     if rows:
         upsert(s, m.WellReadout.__table__, ("well_id", "time_key", "model_version"), rows, _VALUES)
+    # a key none of whose images counts any more (its channel is no longer scored) keeps no
+    # readout: the one it had would disagree with the images
+    r = m.WellReadout
+    for i in range(0, len(empty), 300):
+        s.execute(delete(r).where(tuple_(r.well_id, r.time_key, r.model_version).in_(empty[i:i + 300])))
 
 
 def readout_values(imgs: list, calibration: WellCalibration | None) -> dict | None:

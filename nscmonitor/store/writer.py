@@ -22,6 +22,7 @@ from nscmonitor.core.aggregate import ImageScore
 from nscmonitor.core.calibration import WellCalibration
 from nscmonitor.core.queue import PROBLEMS, QueueState
 from nscmonitor.store import models as m
+from nscmonitor.store.channel_rule import ChannelRuleApplied, apply_channel_rule
 from nscmonitor.store.claims import Claimed as Claimed, Claims  # Claimed: what the scorer gets back
 from nscmonitor.store.events import add_event, record_event
 from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner
@@ -182,6 +183,11 @@ class Writer(Claims):
                 s.execute(update(images).where(images.c.id == bindparam("b_id"))
                           .values(**{k[2:]: bindparam(k) for k in changed[0] if k != "b_id"}), changed)
         return len(added), len(changed)
+
+    def apply_channel_rule(self, experiment_id: int, root: str, setting: str | None, *,
+                           calibrations: dict[str, WellCalibration | None] | None = None) -> ChannelRuleApplied:
+        """A folder's ``channel`` setting applied to the images already seen (``store.channel_rule``)."""
+        return apply_channel_rule(self.engine, experiment_id, root, setting, calibrations=calibrations)
 
     def _queue_fields(self, f: Discovered, now: datetime) -> dict:
         """An image row's queue columns for a file entering (or re-entering) the queue."""

@@ -1,0 +1,163 @@
+"""A watch folder's ``channel`` setting applied again to the images the store already holds.
+
+Intake decides an image's channel once, when the file is new, and never looks at a known file
+again. So when an operator follows the advice of ``status`` (set the folder's channel to the
+label-free one; or correct a channel setting that skipped every image) and restarts the
+daemon, the images already seen kept the old decision: a plate whose whole backlog was
+skipped stayed empty, and the readouts kept averaging the stains' frames scored before. At
+each start the daemon hands every folder's setting to ``apply_channel_rule``:
+
+* images of a channel the folder no longer scores (scored, waiting or failed) are skipped
+  with the reason, and the readouts of their wells and times recomputed without them (a
+  readout left with no image is removed);
+* images skipped for their channel that the folder now scores go back to the queue, or, when
+  they were scored before (a setting changed and changed back), straight back into their
+  readouts with the predictions they have.
+
+Images skipped for another reason (a symbolic link), quarantined, or held by a daemon are
+left as they are. Predictions are never deleted: the images keep them, only the readouts
+change. Well forecasts already made stay as made; the next ones read only scored images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, bindparam, select, tuple_, update
+from sqlalchemy.orm import sessionmaker
+
+from nscmonitor.core.calibration import WellCalibration, well_calibration_of
+from nscmonitor.core.channels import CHANNEL_SKIP_PREFIX, channel_skip
+from nscmonitor.core.names import from_db
+from nscmonitor.core.queue import QueueState
+from nscmonitor.store import models as m
+from nscmonitor.store.events import add_event
+from nscmonitor.store.readouts import recompute_readouts
+from nscmonitor.store.times import utcnow
+
+#: states an image leaves for ``skipped`` when its channel is no longer scored
+_LEAVES = (QueueState.DONE, QueueState.PENDING, QueueState.FAILED, QueueState.RESCORE)
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class ChannelRuleApplied:
+    experiment: str
+    setting: str | None
+    #: images of channels the folder no longer scores, now skipped
+    set_aside: int = 0
+    #: channel-skipped images the folder now scores: queued, or back in their readouts
+    queued: int = 0
+    restored: int = 0
+    #: readouts recomputed or removed
+    readouts: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.set_aside or self.queued or self.restored)
+
+    def summary(self) -> str:
+        parts = []
+        if self.set_aside:
+            parts.append(f"{self.set_aside} images of other channels skipped and taken out of the readouts")
+        if self.queued:
+            parts.append(f"{self.queued} images skipped before for their channel queued to be scored")
+        if self.restored:
+            parts.append(f"{self.restored} images scored before put back into the readouts")
+        return (f"experiment {self.experiment}: channel setting {self.setting or '(none: every channel)'} "
+                f"applied to the images already seen: {'; '.join(parts)} ({self.readouts} readouts recomputed)")
+
+
+def apply_channel_rule(engine: Engine, experiment_id: int, root: str, setting: str | None, *,
+                       calibrations: Mapping[str, WellCalibration | None] | None = None) -> ChannelRuleApplied:
+    """Apply ``setting`` (the folder's ``channel``) to the images of ``experiment_id`` under
+    ``root``, in one transaction. ``calibrations``: model version -> well calibration, for
+    versions the registry does not hold (the served model file); registered versions' come
+    from their metadata."""
+    Session = sessionmaker(engine)
+    prefix = root.rstrip("/\\")
+    now = utcnow()
+    with Session.begin() as s:
+        name = s.scalar(select(m.Experiment.name).where(m.Experiment.id == experiment_id)) or str(experiment_id)
+        rows = s.execute(select(m.Image.id, m.Image.path, m.Image.channel, m.Image.status, m.Image.error,
+                                m.Image.well_id, m.Image.time_key)
+                         .where(m.Image.experiment_id == experiment_id, m.Image.channel.is_not(None),
+                                m.Image.status.in_([*_LEAVES, QueueState.SKIPPED]))).all()
+        aside, back, reworded = [], [], []
+        for r in rows:
+            path = from_db(r.path)
+            if not (path.startswith(prefix + os.sep) or path.startswith(prefix + "/")):
+                continue
+            reason = channel_skip(setting, r.channel)
+            channel_skipped = r.status == QueueState.SKIPPED and (r.error or "").startswith(CHANNEL_SKIP_PREFIX)
+            if reason is not None and r.status != QueueState.SKIPPED:
+                aside.append((r, reason))
+            elif reason is not None and channel_skipped and r.error != reason:
+                reworded.append((r, reason))
+            elif reason is None and channel_skipped:
+                back.append(r)
+        if not (aside or back or reworded):
+            return ChannelRuleApplied(name, setting)
+        images = m.Image.__table__
+        for chunk in _chunks(aside + reworded):
+            s.execute(update(images).where(images.c.id == bindparam("b_id"))
+                      .values(status=QueueState.SKIPPED, error=bindparam("b_error"), updated_at=now),
+                      [{"b_id": r.id, "b_error": reason} for r, reason in chunk])
+        scored_before = set()
+        back_ids = [r.id for r in back]
+        for i in range(0, len(back_ids), _CHUNK):
+            scored_before |= set(s.scalars(select(m.Prediction.image_id)
+                                           .where(m.Prediction.image_id.in_(back_ids[i:i + _CHUNK]))))
+        restored = [r for r in back if r.id in scored_before]
+        queued = [r for r in back if r.id not in scored_before]
+        for ids, values in (([r.id for r in restored], {"status": QueueState.DONE}),
+                            ([r.id for r in queued], {"status": QueueState.PENDING, "attempts": 0,
+                                                      "next_attempt_at": 0.0})):
+            for i in range(0, len(ids), _CHUNK):
+                s.execute(update(m.Image).where(m.Image.id.in_(ids[i:i + _CHUNK]))
+                          .values(error=None, updated_at=now, **values))
+        was_done = [r for r, _ in aside if r.status == QueueState.DONE] + restored
+        n_readouts = _recompute(s, was_done, now, calibrations or {})
+        result = ChannelRuleApplied(name, setting, set_aside=len(aside), queued=len(queued),
+                                    restored=len(restored), readouts=n_readouts)
+        if result.changed:
+            add_event(s, "channel_setting_applied", result.summary(), level="warning", at=now,
+                      data={"experiment": name, "setting": setting, "set_aside": result.set_aside,
+                            "queued": result.queued, "restored": result.restored, "readouts": n_readouts})
+        return result
+
+
+def _recompute(s, images: list, now, calibrations: Mapping[str, WellCalibration | None]) -> int:  # noqa: ANN001
+    """The readouts of every (well, time, version) the images count in: each version that has
+    a readout of their wells and times, or a prediction of them."""
+    pairs = sorted({(r.well_id, r.time_key) for r in images if r.well_id is not None and r.time_key is not None})
+    if not pairs:
+        return 0
+    keys: set[tuple[int, int, str]] = set()
+    wr = m.WellReadout
+    for i in range(0, len(pairs), _CHUNK):
+        keys |= set(s.execute(select(wr.well_id, wr.time_key, wr.model_version)
+                              .where(tuple_(wr.well_id, wr.time_key).in_(pairs[i:i + _CHUNK]))).all())
+    ids = [r.id for r in images]
+    place = {r.id: (r.well_id, r.time_key) for r in images if r.well_id is not None and r.time_key is not None}
+    for i in range(0, len(ids), _CHUNK):
+        for image_id, version in s.execute(select(m.Prediction.image_id, m.Prediction.model_version)
+                                           .where(m.Prediction.image_id.in_(ids[i:i + _CHUNK]))):
+            if image_id in place:
+                keys.add((*place[image_id], version))
+    if not keys:
+        return 0
+    versions = sorted({v for _, _, v in keys})
+    cal = {v: well_calibration_of((meta or {}).get("extra")) for v, meta in
+           s.execute(select(m.ModelVersion.version, m.ModelVersion.meta).where(m.ModelVersion.version.in_(versions)))}
+    cal.update(calibrations)
+    wells = sorted({w for w, _, _ in keys})
+    plate_of = dict(s.execute(select(m.Well.id, m.Well.plate_id).where(m.Well.id.in_(wells))).all())
+    recompute_readouts(s, keys, plate_of, now, cal)
+    return len(keys)
+
+
+def _chunks(items: list) -> list[list]:
+    return [items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK)]

@@ -1,0 +1,129 @@
+"""A folder's ``channel`` setting changed between two daemon starts reaches the images the
+store already holds, not only new files: ``status`` tells an operator to set the channel, and
+following that advice must change the plate. A real daemon (real watcher, real ONNX Runtime on
+the tiny model) on ImageXpress-style names, one file per site and wavelength, on SQLite and on
+PostgreSQL; the store read back through its own plain records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import cells_image, stable_seed, write_tiff
+from nscmonitor.cli import main
+from nscmonitor.store.db import open_engine
+from nscmonitor.store.reads import Repo
+
+WELLS = ("A01", "B02")
+
+
+def _plate(tmp_path: Path) -> Path:
+    watch = tmp_path / "PLATE1"
+    for well in WELLS:
+        for w in (1, 2):
+            # the two wavelengths look different, so a readout shows which of them it averages
+            img = cells_image(stable_seed("chg", well, w), (64, 64))
+            write_tiff(watch / "TimePoint_1" / f"PLATE1_{well}_s1_w{w}.tif", img if w == 1 else img[::-1, ::-1] // 3)
+    return watch
+
+
+def _state(db_url: str) -> tuple[dict, dict, dict]:
+    """(file name -> (status, error)), (file name -> probabilities of its one prediction), (well ->
+    (n_images, prob_mean)) of experiment IMX."""
+    engine = open_engine(db_url)
+    try:
+        repo = Repo(engine)
+        exp = repo.experiment_id("IMX")
+        images, preds = {}, {}
+        for rec, p in repo.images(exp):
+            name = Path(rec.path).name
+            images[name] = (rec.status, rec.error)
+            if p:
+                preds[name] = np.asarray(p[0]["prob_mean"])
+        readouts = {r.well: (r.n_images, np.asarray(r.prob_mean)) for r in repo.readouts(exp)}
+        return images, preds, readouts
+    finally:
+        engine.dispose()
+
+
+def _run(make_runner, watch: Path, db_url: str, channel: str | None) -> None:
+    kw = {"channel": channel} if channel is not None else {}
+    runner = make_runner(watch, db_url=db_url, experiment="IMX", **kw)
+    runner.run(once=True)
+    runner.stop_event.set()
+
+
+def test_a_changed_channel_setting_takes_other_channels_out_of_the_readouts_and_back(
+        tmp_path: Path, make_runner, db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    watch = _plate(tmp_path)
+    _run(make_runner, watch, db_url, None)  # no setting: both wavelengths scored, averaged
+    images, preds, readouts = _state(db_url)
+    assert {s for s, _ in images.values()} == {"done"} and len(preds) == 4
+    for well in WELLS:
+        n, p = readouts[well]
+        both = (preds[f"PLATE1_{well}_s1_w1.tif"] + preds[f"PLATE1_{well}_s1_w2.tif"]) / 2
+        assert n == 2 and np.allclose(p, both, atol=1e-6)
+
+    _run(make_runner, watch, db_url, "2")  # the operator names the channel, as status advises
+    images, preds2, readouts = _state(db_url)
+    for well in WELLS:
+        assert images[f"PLATE1_{well}_s1_w1.tif"] == ("skipped", "channel 1 is not the scored channel (2)")
+        assert images[f"PLATE1_{well}_s1_w2.tif"][0] == "done"
+        n, p = readouts[well]
+        assert n == 1 and np.allclose(p, preds[f"PLATE1_{well}_s1_w2.tif"], atol=1e-6)
+    assert preds2.keys() == preds.keys()  # predictions are kept; only the readouts change
+    main(["status", "--db", db_url, "--json"])
+    assert not [w for w in json.loads(capsys.readouterr().out)["warnings"] if "channels" in w]
+
+    _run(make_runner, watch, db_url, "1")  # and changed again: w1's predictions count once more
+    images, preds3, readouts = _state(db_url)
+    for well in WELLS:
+        assert images[f"PLATE1_{well}_s1_w1.tif"] == ("done", None)
+        assert images[f"PLATE1_{well}_s1_w2.tif"] == ("skipped", "channel 2 is not the scored channel (1)")
+        n, p = readouts[well]
+        assert n == 1 and np.allclose(p, preds[f"PLATE1_{well}_s1_w1.tif"], atol=1e-6)
+    assert {k: v.tolist() for k, v in preds3.items()} == {k: v.tolist() for k, v in preds.items()}  # not scored again
+
+    engine = open_engine(db_url)
+    try:
+        applied = [e for e in Repo(engine).events(50) if e.kind == "channel_setting_applied"]
+    finally:
+        engine.dispose()
+    assert len(applied) == 2 and "2 images of other channels skipped" in applied[0].message
+
+
+def test_a_backlog_skipped_by_a_wrong_channel_setting_is_scored_once_the_setting_is_right(
+        tmp_path: Path, make_runner, db_url: str) -> None:
+    """``channel = "phase"`` on ImageXpress names (which give the wavelength's number) skipped
+    every image; the plate stayed empty. Set to the number, the next start scores them all,
+    and the wavelength not chosen stays skipped with the new reason."""
+    watch = _plate(tmp_path)
+    _run(make_runner, watch, db_url, "phase")
+    images, preds, readouts = _state(db_url)
+    assert {s for s, _ in images.values()} == {"skipped"} and not preds and not readouts
+
+    _run(make_runner, watch, db_url, "1")
+    images, preds, readouts = _state(db_url)
+    for well in WELLS:
+        assert images[f"PLATE1_{well}_s1_w1.tif"] == ("done", None)
+        assert images[f"PLATE1_{well}_s1_w2.tif"] == ("skipped", "channel 2 is not the scored channel (1)")
+        n, p = readouts[well]
+        assert n == 1 and np.allclose(p, preds[f"PLATE1_{well}_s1_w1.tif"], atol=1e-6)
+    assert set(preds) == {f"PLATE1_{w}_s1_w1.tif" for w in WELLS}
+
+
+def test_a_start_with_the_same_setting_changes_nothing(tmp_path: Path, make_runner, db_url: str) -> None:
+    watch = _plate(tmp_path)
+    _run(make_runner, watch, db_url, "1")
+    before = _state(db_url)
+    _run(make_runner, watch, db_url, "1")
+    after = _state(db_url)
+    assert before[0] == after[0]
+    engine = open_engine(db_url)
+    try:
+        assert not [e for e in Repo(engine).events(50) if e.kind == "channel_setting_applied"]
+    finally:
+        engine.dispose()
