@@ -89,7 +89,8 @@ def all_skipped_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, st
             continue
         if o.skipped >= o.qc_failed:
             out.append(f"experiment {name}: its newest {o.skipped} images were all skipped, none scored (e.g. "
-                       f"{o.skip_reason}); check the folder's channel setting against what its file names carry")
+                       f"{o.skip_reason}); check the folder's channel setting against what its file names carry "
+                       "(a corrected setting scores these images from the daemon's next start)")
         else:
             out.append(f"experiment {name}: its newest {o.qc_failed} scored images all failed QC (e.g. "
                        f"{o.qc_reason}), so none gives a readout; check the instrument and the folder's channel")
@@ -115,8 +116,8 @@ def mixed_channel_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, 
     frames with the stains'."""
     return [f"experiment {name}: its newest scored images are of {len(o.channels)} channels "
             f"({', '.join(o.channels[:6])}{', ...' if len(o.channels) > 6 else ''}), all averaged into the same "
-            "well readouts; set the folder's channel to the label-free one the model was trained on (the others "
-            "are then skipped)" for name, o in sorted(outcomes.items()) if len(o.channels) > 1]
+            "well readouts; set the folder's channel to the label-free one the model was trained on (from the "
+            "daemon's next start the others are skipped, those scored already taken out of the readouts)" for name, o in sorted(outcomes.items()) if len(o.channels) > 1]
 
 
 def _daemon_verdict(repo: Any, d: Any, now: datetime) -> tuple[str, int]:

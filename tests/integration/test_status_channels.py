@@ -30,7 +30,8 @@ def test_status_warns_of_channels_scored_together_until_the_folder_names_one(
     if channel is None:
         assert warnings == ["experiment IMX: its newest scored images are of 2 channels (1, 2), all averaged into "
                             "the same well readouts; set the folder's channel to the label-free one the model was "
-                            "trained on (the others are then skipped)"]
+                            "trained on (from the daemon's next start the others are skipped, those scored already "
+                            "taken out of the readouts)"]
     else:
         assert warnings == []
 
@@ -67,7 +68,7 @@ def test_status_warns_when_a_channel_setting_skips_every_image(
     if warned:
         assert warnings == ["experiment IMX: its newest 24 images were all skipped, none scored (e.g. channel 1 is "
                             "not the scored channel (phase)); check the folder's channel setting against what its "
-                            "file names carry"]
+                            "file names carry (a corrected setting scores these images from the daemon's next start)"]
     else:
         assert warnings == []
 
