@@ -14,12 +14,30 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     s = settings_from(args)
     if args.model:
         s = with_overrides(s, model=Path(args.model))
-    checks = doctor_report(s)
+    checks = doctor_report(s) + _channel_checks(s)
     width = max(len(c[0]) for c in checks)
     for name, ok, note in checks:
         print(f"{'ok ' if ok else '-- '} {name:<{width}}  {note}")
     print(f"config: {s.source or 'defaults (no config file)'}")
     return 0
+
+
+def _channel_checks(s) -> list[tuple[str, bool, str]]:  # config.Settings
+    """Per reachable watch folder, the channels its names carry and what the setting scores
+    (``intake.channel_survey``): a setting that matches none fails the check."""
+    from nscmonitor.intake.channel_survey import survey
+
+    out = []
+    for w in s.watch:
+        if not w.path.is_dir():
+            continue
+        try:
+            found = survey(w, s.custom_profiles)
+        except Exception as exc:  # doctor reports, it does not crash
+            out.append((f"watch {w.experiment} channels", False, f"not surveyed: {exc}"))
+            continue
+        out.append((f"watch {w.experiment} channels", not found.mismatch, found.note()))
+    return out
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

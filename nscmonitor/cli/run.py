@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from nscmonitor.cli.args import add_db_options, bounded, settings_from
 from nscmonitor.config import ENGINES, MAX_QUIET_S, Settings, WatchFolder, with_overrides
 from nscmonitor.core.domain import PLATE_SHAPES
 from nscmonitor.readers.decode import PIXEL_SIZE_RANGE_UM
+
+log = logging.getLogger("nscmonitor.cli")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -60,6 +63,17 @@ def _serve(args: argparse.Namespace, s: Settings) -> int:
             note, advise = pixel_size_source(f.cfg, s.max_pixels)
             if advise:
                 print(f"nscmonitor: WARNING: watch {f.cfg.path}: {note}", file=sys.stderr)
+    if runner.watch:
+        from nscmonitor.intake.channel_survey import survey
+
+        for f in runner.folders:
+            try:
+                found = survey(f.cfg, s.custom_profiles)
+            except Exception as exc:  # advice only: the daemon starts all the same
+                log.warning("channels of %s not surveyed: %s", f.cfg.path, exc)
+                continue
+            if found.mismatch or found.mixed:
+                print(f"nscmonitor: WARNING: watch {f.cfg.path}: {found.note()}", file=sys.stderr)
     sched = None
     if not args.once and not args.no_schedule:
         from nscmonitor.schedule.ownership import OwnedSchedule

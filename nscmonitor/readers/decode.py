@@ -368,6 +368,29 @@ def acquisition_time(tf, page, path: Path) -> datetime | None:  # tifffile TiffF
     return None
 
 
+def stated_channel_name(path: str | Path) -> str | None:
+    """The channel's name as a single-channel TIFF states it, from its header only: MetaXpress
+    writes the illumination setting (``_IllumSetting_``, what its HTD calls the wavelength's
+    name) into each plane, while its file names carry only the wavelength's number (``_w2``);
+    an OME-TIFF of one channel names it in ``Channel/@Name``. None when the file states none
+    or cannot be read: this only explains a folder's channels to the operator (``doctor``,
+    ``nscmonitor run``), it never decides what is scored."""
+    import tifffile
+
+    try:
+        with open_regular(Path(path)) as fh, tifffile.TiffFile(fh, name=Path(path).name, _multifile=False) as tf:
+            if tf.is_metaseries:
+                info = (tf.metaseries_metadata or {}).get("PlaneInfo") or {}
+                name = info.get("_IllumSetting_") or info.get("image-name")
+                return str(name).strip() or None if name is not None else None
+            if tf.is_ome and tf.ome_metadata:
+                names = re.findall(r"<(?:\w+:)?Channel\b[^>]*?\bName=\"([^\"]*)\"", tf.ome_metadata[:200_000])
+                return names[0].strip() or None if len(names) == 1 else None
+    except Exception as exc:  # other software's files are malformed in many ways
+        log.info("%s: no channel name read: %s", shown(str(path)), why(exc))
+    return None
+
+
 def _pick_plane(arr: np.ndarray, axes: str, channel_index: int | None) -> np.ndarray:
     """Reduce a page (RGB, planar samples) to the plane we score."""
     arr = np.asarray(arr)

@@ -89,3 +89,47 @@ def test_status_warns_when_every_newest_image_fails_qc(tmp_path: Path, make_runn
     warnings = [w for w in json.loads(capsys.readouterr().out)["warnings"] if "QC" in w]
     assert warnings == ["experiment IMX: its newest 24 scored images all failed QC (e.g. blank frame (no signal)), "
                         "so none gives a readout; check the instrument and the folder's channel"]
+
+
+def _metaxpress_plate(root: Path) -> Path:
+    """ImageXpress names (the wavelength's number) over TIFFs that state the illumination's name."""
+    import numpy as np
+    import tifffile
+
+    for well in ("A01", "B02"):
+        for w, illum in ((1, "TL-20"), (2, "FITC")):
+            p = root / "PLATE1" / "TimePoint_1" / f"PLATE1_{well}_s1_w{w}.tif"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            desc = ("<MetaData>\n<PlaneInfo>\n"
+                    f"<prop id=\"_IllumSetting_\" type=\"string\" value=\"{illum}\"/>\n</PlaneInfo>\n</MetaData>")
+            img = cells_image(stable_seed("mx", well, w), (64, 64))
+            tifffile.imwrite(p, img, description=desc, software="MetaSeries", metadata=None)
+    return root / "PLATE1"
+
+
+def test_doctor_and_run_say_which_number_a_channel_name_has(tmp_path: Path, tiny_model: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``channel = "TL-20"`` on ImageXpress names would skip every image: the doctor fails the
+    folder's channel check naming the number to set, and ``nscmonitor run`` warns at its start,
+    before the first image is skipped."""
+    import subprocess
+    import sys
+
+    watch = _metaxpress_plate(tmp_path)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'database_url = "sqlite:///{(tmp_path / "nsc.db").as_posix()}"\n'
+                   f'models_dir = "{(tmp_path / "models").as_posix()}"\nlog_dir = "{(tmp_path / "logs").as_posix()}"\n'
+                   f'[[watch]]\npath = "{watch.as_posix()}"\nexperiment = "IMX"\nchannel = "TL-20"\n')
+    assert main(["--config", str(cfg), "doctor"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "watch IMX channels" in x)
+    assert line.startswith("--") and "1 (TL-20), 2 (FITC)" in line and 'set channel = "1"' in line
+
+    run = subprocess.run([sys.executable, "-m", "nscmonitor", "--config", str(cfg), "run", "--model", str(tiny_model),
+                          "--once"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "WARNING: watch" in run.stderr and "so every image is skipped: set channel = \"1\"" in run.stderr
+
+    cfg.write_text(cfg.read_text().replace('channel = "TL-20"', 'channel = "1"'))
+    assert main(["--config", str(cfg), "doctor"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "watch IMX channels" in x)
+    assert line.startswith("ok") and "scored: 1 (TL-20)" in line

@@ -1,0 +1,109 @@
+"""Which channels a watch folder's file names carry, each with the name its files state, and
+whether the folder's ``channel`` setting scores one of them: told by ``doctor`` and at the
+start of ``nscmonitor run``.
+
+Why: names and settings speak different languages. An ImageXpress name carries the
+wavelength's number (``_w2``) while its TIFF, and the biologist, call it "FITC"; a setting of
+``channel = "FITC"`` then skips every image, and no setting at all averages every wavelength
+into the same readouts. ``status`` warns of both once images have been scored; this says it
+before the first image, with the number to set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nscmonitor.config import CustomProfileSpec, WatchFolder
+from nscmonitor.core.channels import norm_channel
+from nscmonitor.intake.filenames import parse_path
+from nscmonitor.intake.folder import folder_profile
+from nscmonitor.readers.decode import stated_channel_name
+
+log = logging.getLogger("nscmonitor.intake")
+
+#: directory entries looked through (a network share can hold millions)
+SURVEY_ENTRIES = 2000
+#: distinct channels listed at most
+MAX_CHANNELS = 12
+
+
+@dataclass(frozen=True)
+class ChannelSurvey:
+    setting: str | None
+    #: (the channel as the names carry it, the name its files state or None), in name order
+    channels: tuple[tuple[str, str | None], ...]
+
+    @property
+    def scored(self) -> tuple[str, str | None] | None:
+        """The channel the setting scores, when the names carry it."""
+        if self.setting is None:
+            return None
+        return next((c for c in self.channels if norm_channel(c[0]) == norm_channel(self.setting)), None)
+
+    @property
+    def mismatch(self) -> bool:
+        """The setting matches none of the channels the names carry: every image is skipped."""
+        return self.setting is not None and bool(self.channels) and self.scored is None
+
+    @property
+    def mixed(self) -> bool:
+        """No setting, and the names carry several channels: all are averaged into the readouts."""
+        return self.setting is None and len(self.channels) > 1
+
+    def note(self) -> str:
+        if not self.channels:
+            return ("its file names carry no channel" + (f" (channel {self.setting} is read inside stacks and "
+                                                        "containers)" if self.setting else ""))
+        listed = ", ".join(_shown(c) for c in self.channels)
+        head = f"its file names carry channel{'s' if len(self.channels) > 1 else ''} {listed}"
+        if self.mixed:
+            return (f"{head}; every channel is scored into the same readouts: set channel to the label-free one "
+                    "the model was trained on")
+        if self.setting is None:
+            return f"{head}; scored: every channel"
+        if not self.mismatch:
+            return f"{head}; scored: {_shown(self.scored)}"
+        by_name = next((c for c in self.channels if c[1] and norm_channel(c[1]) == norm_channel(self.setting)), None)
+        advice = (f'set channel = "{by_name[0]}" (the names give {self.setting} as {by_name[0]})' if by_name
+                  else "set channel to one of them as the names give it")
+        return f"{head}; the setting channel = {self.setting!r} matches none of them, so every image is skipped: {advice}"
+
+
+def _shown(c: tuple[str, str | None]) -> str:
+    token, name = c
+    return f"{token} ({name})" if name and norm_channel(name) != norm_channel(token) else token
+
+
+def survey(cfg: WatchFolder, custom: Sequence[CustomProfileSpec] = (), *,
+           limit: int = SURVEY_ENTRIES) -> ChannelSurvey:
+    """The channels of the first ``limit`` directory entries' image names (one sample file each,
+    whose stated name is read from its header). A folder that cannot be read gives none."""
+    profile = folder_profile(cfg, custom)
+    root = Path(cfg.path)
+    found: dict[str, tuple[str, Path]] = {}
+    seen = 0
+    try:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for f in sorted(files):
+                seen += 1
+                if f.startswith("."):
+                    continue
+                path = Path(folder) / f
+                res = parse_path(path.relative_to(root).as_posix(), profile, plate_format=cfg.plate_format)
+                token = res.key.channel if res.kind == "image" and res.key is not None else None
+                if token is not None:
+                    found.setdefault(norm_channel(token), (token, path))
+                if seen >= limit or len(found) >= MAX_CHANNELS:
+                    break
+            seen += len(dirs)
+            if seen >= limit or len(found) >= MAX_CHANNELS:
+                break
+    except OSError as exc:  # a share that went away: what was seen so far is what is told
+        log.info("channel survey of %s stopped: %s", root, exc)
+    ordered = sorted(found.values(), key=lambda t: (not t[0].isdigit(), int(t[0]) if t[0].isdigit() else 0, t[0]))
+    return ChannelSurvey(cfg.channel, tuple((token, stated_channel_name(p)) for token, p in ordered))

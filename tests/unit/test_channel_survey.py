@@ -1,0 +1,80 @@
+"""What a folder's names and files say about its channels, told before the first image:
+MetaXpress names carry the wavelength's number and its TIFFs the illumination's name, so a
+setting by name skips every image and no setting averages them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from nscmonitor.config import WatchFolder
+from nscmonitor.core.channels import channel_skip
+from nscmonitor.intake.channel_survey import survey
+from nscmonitor.readers.decode import stated_channel_name
+
+def _metaxpress(path: Path, illum: str) -> None:
+    desc = ("<MetaData>\n<prop id=\"Description\" type=\"string\" value=\"\"/>\n<PlaneInfo>\n"
+            f"<prop id=\"image-name\" type=\"string\" value=\"Copy of {illum}\"/>\n"
+            f"<prop id=\"_IllumSetting_\" type=\"string\" value=\"{illum}\"/>\n</PlaneInfo>\n</MetaData>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint16), description=desc, software="MetaSeries", metadata=None)
+
+
+def test_the_channel_name_a_tiff_states(tmp_path: Path) -> None:
+    _metaxpress(tmp_path / "m.tif", "FITC")
+    tifffile.imwrite(tmp_path / "o.tif", np.zeros((1, 16, 16), np.uint16), ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["Phase"]}})
+    tifffile.imwrite(tmp_path / "o2.tif", np.zeros((2, 16, 16), np.uint16), ome=True,
+                     metadata={"axes": "CYX", "Channel": {"Name": ["Phase", "GFP"]}})
+    tifffile.imwrite(tmp_path / "plain.tif", np.zeros((16, 16), np.uint16))
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    assert stated_channel_name(tmp_path / "m.tif") == "FITC"
+    assert stated_channel_name(tmp_path / "o.tif") == "Phase"
+    assert stated_channel_name(tmp_path / "o2.tif") is None  # a stack of two: no one name for the file
+    assert stated_channel_name(tmp_path / "plain.tif") is None
+    assert stated_channel_name(tmp_path / "broken.tif") is None
+
+
+def _plate(root: Path) -> Path:
+    for well in ("A01", "B02"):
+        for w, illum in ((1, "TL-20"), (2, "FITC"), (3, "Texas Red")):
+            _metaxpress(root / "PLATE1" / "TimePoint_1" / f"PLATE1_{well}_s1_w{w}.tif", illum)
+    return root / "PLATE1"
+
+
+@pytest.mark.parametrize("setting,mismatch,mixed,says", [
+    (None, False, True, "channels 1 (TL-20), 2 (FITC), 3 (Texas Red); every channel is scored into the same "
+                        "readouts"),
+    ("1", False, False, "; scored: 1 (TL-20)"),
+    ("01", False, False, "; scored: 1 (TL-20)"),
+    ("fitc", True, False, "the setting channel = 'fitc' matches none of them, so every image is skipped: set "
+                          "channel = \"2\" (the names give fitc as 2)"),
+    ("phase", True, False, "matches none of them, so every image is skipped: set channel to one of them as the "
+                           "names give it"),
+])
+def test_the_survey_says_which_channel_to_set(tmp_path: Path, setting, mismatch, mixed, says) -> None:
+    folder = _plate(tmp_path)
+    found = survey(WatchFolder(path=folder, experiment="IMX", channel=setting))
+    assert [c[0] for c in found.channels] == ["1", "2", "3"]
+    assert (found.mismatch, found.mixed) == (mismatch, mixed)
+    assert says in found.note()
+    # the survey and intake agree: a mismatch is exactly a setting that skips every channel
+    assert found.mismatch == (setting is not None and all(channel_skip(setting, c) for c, _ in found.channels))
+
+
+def test_names_without_a_channel_and_an_empty_folder(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "scan_0001.tif", np.zeros((16, 16), np.uint16))
+    found = survey(WatchFolder(path=tmp_path, experiment="x", channel="phase"))
+    assert found.channels == () and not found.mismatch
+    assert found.note() == "its file names carry no channel (channel phase is read inside stacks and containers)"
+    assert survey(WatchFolder(path=tmp_path / "missing", experiment="x")).channels == ()
+
+
+def test_the_real_imagexpress_output(real_fixtures: Path) -> None:
+    found = survey(WatchFolder(path=real_fixtures / "ImageXpress" / "1well-3C-2S-Zmix-T", experiment="x",
+                               channel="Cy3"))
+    assert found.channels == (("1", "FITC"), ("2", "Cy3"), ("3", "Texas Red"))
+    assert found.mismatch and 'set channel = "2"' in found.note()
