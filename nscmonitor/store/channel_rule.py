@@ -40,6 +40,9 @@ from nscmonitor.store.times import utcnow
 #: states an image leaves for ``skipped`` when its channel is no longer scored
 _LEAVES = (QueueState.DONE, QueueState.PENDING, QueueState.FAILED, QueueState.RESCORE)
 _CHUNK = 500
+#: images whose predictions count in a recomputed readout: scored, and scored but waiting for
+#: (or in) a rescore by a newer model, whose older versions' readouts still hold them
+_COUNTED = (QueueState.DONE, QueueState.RESCORE, QueueState.PROCESSING)
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,7 @@ def apply_channel_rule(engine: Engine, experiment_id: int, root: str, setting: s
             for i in range(0, len(ids), _CHUNK):
                 s.execute(update(m.Image).where(m.Image.id.in_(ids[i:i + _CHUNK]))
                           .values(error=None, updated_at=now, **values))
-        was_done = [r for r, _ in aside if r.status == QueueState.DONE] + restored
-        n_readouts = _recompute(s, was_done, now, calibrations or {})
+        n_readouts = _recompute(s, [r for r, _ in aside] + restored, now, calibrations or {})
         result = ChannelRuleApplied(name, setting, set_aside=len(aside), queued=len(queued),
                                     restored=len(restored), readouts=n_readouts)
         if result.changed:
@@ -155,7 +157,7 @@ def _recompute(s, images: list, now, calibrations: Mapping[str, WellCalibration 
     cal.update(calibrations)
     wells = sorted({w for w, _, _ in keys})
     plate_of = dict(s.execute(select(m.Well.id, m.Well.plate_id).where(m.Well.id.in_(wells))).all())
-    recompute_readouts(s, keys, plate_of, now, cal)
+    recompute_readouts(s, keys, plate_of, now, cal, counted=_COUNTED)
     return len(keys)
 
 

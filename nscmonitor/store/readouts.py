@@ -31,12 +31,15 @@ _VALUES = ("plate_id", "timepoint", "elapsed_h", "acquired_at", "classes", "prob
 
 
 def recompute_readouts(s: Session, keys: Iterable[tuple[int, int, str]], plate_of: Mapping[int, int],
-                       now: datetime, calibration: Mapping[str, WellCalibration | None] | None = None) -> None:
+                       now: datetime, calibration: Mapping[str, WellCalibration | None] | None = None, *,
+                       counted: tuple[QueueState, ...] = (QueueState.DONE,)) -> None:
     """The readouts of the (well id, time key, model version) ``keys``, from all their scored
     images (called inside the transaction that stored them, so readouts and images never
     disagree). ``plate_of``: well id -> plate id for the keys' wells. A key with neither a
-    prediction nor a QC failure gets no readout (and loses the one it had). ``calibration``: model version -> the serving
-    model's well calibration (None or absent: the plain mean, as for models without one)."""
+    prediction nor a QC failure gets no readout (and loses the one it had). ``calibration``:
+    model version -> the serving model's well calibration (None or absent: the plain mean, as
+    for models without one). ``counted``: the states whose images count (one waiting to be
+    rescored by a new model, or being rescored, still counts in the older versions' readouts)."""
     by_version: dict[str, set[tuple[int, int]]] = defaultdict(set)
     for well_id, time_key, version in keys:
         by_version[version].add((well_id, time_key))
@@ -47,7 +50,7 @@ def recompute_readouts(s: Session, keys: Iterable[tuple[int, int, str]], plate_o
                            .outerjoin(m.Prediction, (m.Prediction.image_id == m.Image.id)
                                       & (m.Prediction.model_version == version))
                            .where(tuple_(m.Image.well_id, m.Image.time_key).in_(sorted(pairs)),
-                                  m.Image.status == QueueState.DONE)):
+                                  m.Image.status.in_(list(counted)))):
             images[(r.well_id, r.time_key)].append(r)
         cal = (calibration or {}).get(version)
         for well_id, time_key in sorted(pairs):

@@ -127,3 +127,31 @@ def test_a_start_with_the_same_setting_changes_nothing(tmp_path: Path, make_runn
         assert not [e for e in Repo(engine).events(50) if e.kind == "channel_setting_applied"]
     finally:
         engine.dispose()
+
+
+def test_images_waiting_for_a_rescore_keep_counting_in_the_readouts_they_are_in(
+        tmp_path: Path, make_runner, db_url: str) -> None:
+    """A promoted model queues the scored images for rescoring; until each is rescored the
+    older version's readouts hold it. Setting one channel aside then must recompute those
+    readouts from the images still in them, not drop them for not being ``done``."""
+    from datetime import datetime, timezone
+
+    from nscmonitor.store.retrain import mark_for_rescore
+    from nscmonitor.store.writer import Writer
+
+    watch = _plate(tmp_path)
+    _run(make_runner, watch, db_url, None)
+    _, preds, _ = _state(db_url)
+    engine = open_engine(db_url)
+    try:
+        assert mark_for_rescore(engine, acquiring_since=datetime(2000, 1, 1, tzinfo=timezone.utc)) == 4
+        exp = Repo(engine).experiment_id("IMX")
+        applied = Writer(engine).apply_channel_rule(exp, str(watch), "2")
+        assert (applied.set_aside, applied.queued, applied.restored) == (2, 0, 0)
+    finally:
+        engine.dispose()
+    images, _, readouts = _state(db_url)
+    for well in WELLS:
+        assert images[f"PLATE1_{well}_s1_w2.tif"][0] == "rescore"
+        n, p = readouts[well]
+        assert n == 1 and np.allclose(p, preds[f"PLATE1_{well}_s1_w2.tif"], atol=1e-6)
