@@ -115,24 +115,25 @@ class Daemon:
         self.intake = Intake(folders, known, wall=self.wall, on_rescan=lambda: requeue_readable(self.store))
         if self.score:
             self.slot.load()
-        self._apply_channel_settings(folders)
+        self._apply_selection(folders)
         self.heartbeat.start(self._watched())
 
-    def _apply_channel_settings(self, folders: list[WatchedFolder]) -> None:
-        """Each folder's ``channel`` setting applied to the images it already holds, so a
-        setting changed on the advice of ``status`` reaches the backlog and the readouts, not
-        only new files (``store.channel_rule``). A failure is logged and recorded: the daemon
-        still starts, and the next start tries again."""
+    def _apply_selection(self, folders: list[WatchedFolder]) -> None:
+        """Each folder's ``channel`` and ``z`` settings applied to the images it already holds,
+        so a setting changed on the advice of ``status`` or ``doctor`` reaches the backlog and
+        the readouts, not only new files (``store.selection_rule``). A failure is logged and
+        recorded: the daemon still starts, and the next start tries again."""
         served = self.slot.model if self.score else None
         calibrations = ({served.version: well_calibration_of(served.engine.metadata.extra)}
                         if served is not None else None)
         for folder in folders:
             try:
-                applied = self.store.apply_channel_rule(folder.experiment_id, str(folder.cfg.path),
-                                                        folder.cfg.channel, calibrations=calibrations)
+                applied = self.store.apply_selection(folder.experiment_id, str(folder.cfg.path), folder.cfg.channel,
+                                                     folder.cfg.z, calibrations=calibrations)
             except Exception as exc:  # the database refused: scoring new images matters more
-                log.exception("could not apply the channel setting of %s to the images already seen", folder.cfg.path)
-                self.store.event("channel_setting_error", f"{folder.cfg.path}: {exc}", level="error")
+                log.exception("could not apply the channel and z settings of %s to the images already seen",
+                              folder.cfg.path)
+                self.store.event("selection_error", f"{folder.cfg.path}: {exc}", level="error")
                 continue
             if applied.changed:
                 log.warning("%s", applied.summary())

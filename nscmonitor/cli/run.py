@@ -16,6 +16,15 @@ from nscmonitor.readers.decode import PIXEL_SIZE_RANGE_UM
 log = logging.getLogger("nscmonitor.cli")
 
 
+def _z_setting(value: str) -> str:
+    from nscmonitor.core.selection import norm_z
+
+    try:
+        return norm_z(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     s = settings_from(args)
     if args.watch:
@@ -23,7 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   profile=args.profile, plate_format=args.plate_format,
                                   plate_map=Path(args.plate_map) if args.plate_map else None,
                                   quiet_seconds=args.quiet if args.quiet is not None else 5.0,
-                                  polling=True if args.polling else None, channel=args.channel,
+                                  polling=True if args.polling else None, channel=args.channel, z=args.z,
                                   pixel_size_um=args.pixel_size)
                       for d in args.watch)
         s = with_overrides(s, watch=s.watch + extra)
@@ -132,6 +141,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help=f"plate format of --watch folders: {', '.join(map(str, sorted(PLATE_SHAPES)))} (default 96)")
     p.add_argument("--plate-map", help="plate map CSV (well,condition,...) for --watch folders")
     p.add_argument("--channel", help="score only this channel of --watch folders")
+    p.add_argument("--z", type=_z_setting, default="all", metavar="all|projection|N",
+                   help="which z planes of --watch folders are scored: all (the default), projection (images whose "
+                        "name gives no z index, e.g. ImageXpress's projection beside its ZStep folders) or plane N")
     p.add_argument("--pixel-size", type=bounded(float, *PIXEL_SIZE_RANGE_UM, "micrometres per pixel"), metavar="UM",
                    help="pixel size of --watch folders' files that state none (many TIFF exports carry "
                         "none in their metadata or resolution tags): they are resampled to the model's scale "

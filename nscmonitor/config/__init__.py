@@ -22,6 +22,7 @@ from nscmonitor.config.values import expect as _expect
 from nscmonitor.config.values import finite_everywhere as _finite_everywhere
 from nscmonitor.config.values import induction_time as _time
 from nscmonitor.readers.decode import PIXEL_SIZE_RANGE_UM
+from nscmonitor.core.selection import Z_ALL, norm_z
 from nscmonitor.core.domain import PLATE_SHAPES
 from nscmonitor.core.errors import ConfigError
 from nscmonitor.intake.profiles import BY_NAME, CustomProfileSpec
@@ -61,6 +62,9 @@ class WatchFolder:
     quiet_seconds: float = 5.0
     rescan_interval: float = 60.0
     channel: str | None = None
+    #: which z planes are scored: ``all``, ``projection`` (images whose name gives no z index:
+    #: ImageXpress's projection beside its ZStep folders) or a plane number (``core.selection``)
+    z: str = "all"
     #: micrometres per pixel of this folder's files where a file does not state its own (many
     #: exports carry none, ``readers.decode.PIXEL_SIZE_SOURCES``): with it the daemon resamples to the
     #: model's pixel size and flags another magnification, as for a file that states it
@@ -194,6 +198,10 @@ def _watch(i: int, d: dict, base: Path) -> WatchFolder:
     if not 0 < rescan <= MAX_RESCAN_S:
         raise ConfigError(f"{where}rescan_interval: must be > 0 and <= {MAX_RESCAN_S:.0f} seconds, got {rescan}")
     ch = d.get("channel")
+    try:
+        z = norm_z(d.get("z", Z_ALL))
+    except ValueError as exc:
+        raise ConfigError(f"{where}z: {exc}") from None
     um = _expect(d, "pixel_size_um", float, where)
     if um is not None and not PIXEL_SIZE_RANGE_UM[0] <= um <= PIXEL_SIZE_RANGE_UM[1]:
         raise ConfigError(f"{where}pixel_size_um: must be {PIXEL_SIZE_RANGE_UM[0]:g}..{PIXEL_SIZE_RANGE_UM[1]:g} "
@@ -203,7 +211,7 @@ def _watch(i: int, d: dict, base: Path) -> WatchFolder:
         experiment=exp, profile=profile, plate=_expect(d, "plate", str, where), plate_format=fmt,
         plate_map=(base / pm) if pm else None, induction_time=_time(d.get("induction_time"), where),
         polling=None if polling == "auto" else bool(polling), quiet_seconds=quiet, rescan_interval=rescan,
-        channel=None if ch is None else str(ch), pixel_size_um=um,
+        channel=None if ch is None else str(ch), z=z, pixel_size_um=um,
     )
 
 

@@ -1,6 +1,6 @@
-"""Which channels a watch folder's file names carry, each with the name its files state, and
-whether the folder's ``channel`` setting scores one of them: told by ``doctor`` and at the
-start of ``nscmonitor run``.
+"""Which channels (and z planes) a watch folder's file names carry, each channel with the name
+its files state, and whether the folder's ``channel`` and ``z`` settings score one of them:
+told by ``doctor`` and at the start of ``nscmonitor run``.
 
 Why: names and settings speak different languages. An ImageXpress name carries the
 wavelength's number (``_w2``) while its TIFF, and the biologist, call it "FITC"; a setting of
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nscmonitor.config import CustomProfileSpec, WatchFolder
-from nscmonitor.core.channels import norm_channel
+from nscmonitor.core.selection import Z_ALL, norm_channel, z_skip
 from nscmonitor.intake.filenames import parse_path
 from nscmonitor.intake.folder import folder_profile
 from nscmonitor.readers.decode import stated_channel_name
@@ -36,6 +36,37 @@ class ChannelSurvey:
     setting: str | None
     #: (the channel as the names carry it, the name its files state or None), in name order
     channels: tuple[tuple[str, str | None], ...]
+    #: the folder's ``z`` setting, the z planes the names give, and whether some image gives none
+    z: str = Z_ALL
+    planes: tuple[int, ...] = ()
+    unplaned: bool = False
+
+    @property
+    def z_mixed(self) -> bool:
+        """``z = all`` and the names give several planes (or planes beside projections): all
+        averaged into the same readouts."""
+        return self.z == Z_ALL and len(self.planes) + self.unplaned > 1
+
+    @property
+    def z_mismatch(self) -> bool:
+        """The ``z`` setting scores none of the images the names describe."""
+        if self.z == Z_ALL or not (self.planes or self.unplaned):
+            return False
+        return all(z_skip(self.z, p) for p in self.planes) and (not self.unplaned or z_skip(self.z, None) is not None)
+
+    def z_note(self) -> str:
+        if not self.planes:
+            return ""
+        span = (f"{self.planes[0]}-{self.planes[-1]}" if len(self.planes) > 2 else
+                " and ".join(str(p) for p in self.planes))
+        head = f"z plane{'s' if len(self.planes) > 1 else ''} {span}" + (
+            " beside images without one (projections)" if self.unplaned else "")
+        if self.z_mixed:
+            return (f"{head}: every plane is scored into the same readouts: set z = \"projection\" or the plane "
+                    "to score")
+        if self.z_mismatch:
+            return f"{head}: the setting z = {self.z!r} matches none of them, so every image is skipped"
+        return f"{head}; scored: {'every plane' if self.z == Z_ALL else self.z}"
 
     @property
     def scored(self) -> tuple[str, str | None] | None:
@@ -45,27 +76,36 @@ class ChannelSurvey:
         return next((c for c in self.channels if norm_channel(c[0]) == norm_channel(self.setting)), None)
 
     @property
-    def mismatch(self) -> bool:
+    def channel_mismatch(self) -> bool:
         """The setting matches none of the channels the names carry: every image is skipped."""
         return self.setting is not None and bool(self.channels) and self.scored is None
 
     @property
+    def mismatch(self) -> bool:
+        return self.channel_mismatch or self.z_mismatch
+
+    @property
     def mixed(self) -> bool:
-        """No setting, and the names carry several channels: all are averaged into the readouts."""
-        return self.setting is None and len(self.channels) > 1
+        """No setting, and the names carry several channels (or z planes): all are averaged
+        into the same readouts."""
+        return (self.setting is None and len(self.channels) > 1) or self.z_mixed
 
     def note(self) -> str:
+        z = self.z_note()
+        return self.channel_note() + (f"; its names give {z}" if z else "")
+
+    def channel_note(self) -> str:
         if not self.channels:
             return ("its file names carry no channel" + (f" (channel {self.setting} is read inside stacks and "
                                                         "containers)" if self.setting else ""))
         listed = ", ".join(_shown(c) for c in self.channels)
         head = f"its file names carry channel{'s' if len(self.channels) > 1 else ''} {listed}"
-        if self.mixed:
+        if self.setting is None and len(self.channels) > 1:
             return (f"{head}; every channel is scored into the same readouts: set channel to the label-free one "
                     "the model was trained on")
         if self.setting is None:
             return f"{head}; scored: every channel"
-        if not self.mismatch:
+        if not self.channel_mismatch:
             return f"{head}; scored: {_shown(self.scored)}"
         by_name = next((c for c in self.channels if c[1] and norm_channel(c[1]) == norm_channel(self.setting)), None)
         advice = (f'set channel = "{by_name[0]}" (the names give {self.setting} as {by_name[0]})' if by_name
@@ -85,6 +125,8 @@ def survey(cfg: WatchFolder, custom: Sequence[CustomProfileSpec] = (), *,
     profile = folder_profile(cfg, custom)
     root = Path(cfg.path)
     found: dict[str, tuple[str, Path]] = {}
+    planes: set[int] = set()
+    unplaned = False
     seen = 0
     try:
         for folder, dirs, files in os.walk(root):
@@ -95,9 +137,13 @@ def survey(cfg: WatchFolder, custom: Sequence[CustomProfileSpec] = (), *,
                     continue
                 path = Path(folder) / f
                 res = parse_path(path.relative_to(root).as_posix(), profile, plate_format=cfg.plate_format)
-                token = res.key.channel if res.kind == "image" and res.key is not None else None
-                if token is not None:
-                    found.setdefault(norm_channel(token), (token, path))
+                key = res.key if res.kind == "image" else None
+                if key is not None and key.channel is not None:
+                    found.setdefault(norm_channel(key.channel), (key.channel, path))
+                if key is not None and key.z is not None:
+                    planes.add(key.z)
+                elif key is not None:
+                    unplaned = True
                 if seen >= limit or len(found) >= MAX_CHANNELS:
                     break
             seen += len(dirs)
@@ -106,4 +152,5 @@ def survey(cfg: WatchFolder, custom: Sequence[CustomProfileSpec] = (), *,
     except OSError as exc:  # a share that went away: what was seen so far is what is told
         log.info("channel survey of %s stopped: %s", root, exc)
     ordered = sorted(found.values(), key=lambda t: (not t[0].isdigit(), int(t[0]) if t[0].isdigit() else 0, t[0]))
-    return ChannelSurvey(cfg.channel, tuple((token, stated_channel_name(p)) for token, p in ordered))
+    return ChannelSurvey(cfg.channel, tuple((token, stated_channel_name(p)) for token, p in ordered), cfg.z,
+                         tuple(sorted(planes)), unplaned)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from nscmonitor.core.channels import channel_skip
+from nscmonitor.core.selection import skip_reason
 from nscmonitor.core.domain import ImageKey, ParseResult
 from nscmonitor.intake.filenames import parse_path
 from nscmonitor.intake.folder import WatchedFolder
@@ -28,15 +28,15 @@ def parse(folder: WatchedFolder, path: str, unit: formats.Unit | None) -> ParseR
 
 
 def describe(folder: WatchedFolder, res: ParseResult, path: str, size: int, mtime: float, link: bool) -> Discovered:
-    """A parsed image as the queue takes it. A channel other than the folder's ``channel``
-    is skipped with the reason; a symbolic link is skipped (never quarantined: the name
-    is not at fault)."""
+    """A parsed image as the queue takes it. A channel other than the folder's ``channel``,
+    or a z plane its ``z`` does not score, is skipped with the reason; a symbolic link is
+    skipped (never quarantined: the name is not at fault)."""
     cfg = folder.cfg
     key = res.key
     error = res.reason if res.kind == "error" else None
     skip = None
     if key is not None:
-        skip = channel_skip(cfg.channel, key.channel)
+        skip = skip_reason(cfg.channel, cfg.z, key.channel, key.z)
     if link:
         error, skip = None, LINK_SKIP
     acquired = key.acquired_at if key is not None else None

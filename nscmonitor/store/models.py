@@ -9,8 +9,8 @@ The ``images`` table is also the daemon's durable queue. Its state machine:
     done --file rewritten with new content (new size/mtime and hash)--> pending (rewritten=1)
     done --a new model was promoted (retrain.rescore)--> rescore --claimed when no pending--> processing
     (a channel that is not scored, or a file that is not ours to score) --> skipped
-    done | pending | failed | rescore --the folder's channel setting changed (store.channel_rule)--> skipped
-    skipped for its channel --the setting now scores it--> pending (or done, when scored before)
+    done | pending | failed | rescore --the folder's channel or z setting changed (store.selection_rule)--> skipped
+    skipped for its channel or plane --the settings now score it--> pending (or done, when scored before)
 
 * A row is created ``pending`` when a ready file is first seen (or ``quarantined`` straight
   away when its name cannot be placed on a plate: recorded with the reason, never dropped).

@@ -22,7 +22,7 @@ from nscmonitor.core.aggregate import ImageScore
 from nscmonitor.core.calibration import WellCalibration
 from nscmonitor.core.queue import PROBLEMS, QueueState
 from nscmonitor.store import models as m
-from nscmonitor.store.channel_rule import ChannelRuleApplied, apply_channel_rule
+from nscmonitor.store.selection_rule import SelectionApplied, apply_selection
 from nscmonitor.store.claims import Claimed as Claimed, Claims  # Claimed: what the scorer gets back
 from nscmonitor.store.events import add_event, record_event
 from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner
@@ -184,10 +184,11 @@ class Writer(Claims):
                           .values(**{k[2:]: bindparam(k) for k in changed[0] if k != "b_id"}), changed)
         return len(added), len(changed)
 
-    def apply_channel_rule(self, experiment_id: int, root: str, setting: str | None, *,
-                           calibrations: dict[str, WellCalibration | None] | None = None) -> ChannelRuleApplied:
-        """A folder's ``channel`` setting applied to the images already seen (``store.channel_rule``)."""
-        return apply_channel_rule(self.engine, experiment_id, root, setting, calibrations=calibrations)
+    def apply_selection(self, experiment_id: int, root: str, channel: str | None, z: str = "all", *,
+                        calibrations: dict[str, WellCalibration | None] | None = None) -> SelectionApplied:
+        """A folder's ``channel`` and ``z`` settings applied to the images already seen
+        (``store.selection_rule``)."""
+        return apply_selection(self.engine, experiment_id, root, channel, z, calibrations=calibrations)
 
     def _queue_fields(self, f: Discovered, now: datetime) -> dict:
         """An image row's queue columns for a file entering (or re-entering) the queue."""

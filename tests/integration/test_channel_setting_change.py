@@ -89,10 +89,10 @@ def test_a_changed_channel_setting_takes_other_channels_out_of_the_readouts_and_
 
     engine = open_engine(db_url)
     try:
-        applied = [e for e in Repo(engine).events(50) if e.kind == "channel_setting_applied"]
+        applied = [e for e in Repo(engine).events(50) if e.kind == "selection_applied"]
     finally:
         engine.dispose()
-    assert len(applied) == 2 and "2 images of other channels skipped" in applied[0].message
+    assert len(applied) == 2 and "2 images of other channels or planes skipped" in applied[0].message
 
 
 def test_a_backlog_skipped_by_a_wrong_channel_setting_is_scored_once_the_setting_is_right(
@@ -124,7 +124,7 @@ def test_a_start_with_the_same_setting_changes_nothing(tmp_path: Path, make_runn
     assert before[0] == after[0]
     engine = open_engine(db_url)
     try:
-        assert not [e for e in Repo(engine).events(50) if e.kind == "channel_setting_applied"]
+        assert not [e for e in Repo(engine).events(50) if e.kind == "selection_applied"]
     finally:
         engine.dispose()
 
@@ -146,7 +146,7 @@ def test_images_waiting_for_a_rescore_keep_counting_in_the_readouts_they_are_in(
     try:
         assert mark_for_rescore(engine, acquiring_since=datetime(2000, 1, 1, tzinfo=timezone.utc)) == 4
         exp = Repo(engine).experiment_id("IMX")
-        applied = Writer(engine).apply_channel_rule(exp, str(watch), "2")
+        applied = Writer(engine).apply_selection(exp, str(watch), "2")
         assert (applied.set_aside, applied.queued, applied.restored) == (2, 0, 0)
     finally:
         engine.dispose()
@@ -155,3 +155,57 @@ def test_images_waiting_for_a_rescore_keep_counting_in_the_readouts_they_are_in(
         assert images[f"PLATE1_{well}_s1_w2.tif"][0] == "rescore"
         n, p = readouts[well]
         assert n == 1 and np.allclose(p, preds[f"PLATE1_{well}_s1_w2.tif"], atol=1e-6)
+
+
+def test_z_planes_beside_a_projection_leave_the_readouts_when_the_folder_scores_the_projection(
+        tmp_path: Path, make_runner, db_url: str) -> None:
+    """An ImageXpress writes each z plane into ``ZStep_N`` and the projection beside them; with
+    ``z = all`` (the default) a well's readout averages them all. ``z = "projection"`` and a
+    plane number, set later, reach the images already scored."""
+    watch = tmp_path / "PLATE1"
+    for well in WELLS:
+        base = cells_image(stable_seed("z", well), (64, 64))
+        write_tiff(watch / "TimePoint_1" / f"PLATE1_{well}_s1_w1.tif", base)
+        for z in (1, 2):
+            write_tiff(watch / "TimePoint_1" / f"ZStep_{z}" / f"PLATE1_{well}_s1_w1.tif", base[:, ::-1] // (z + 1))
+
+    def runner(z: str) -> None:
+        r = make_runner(watch, db_url=db_url, experiment="IMX", z=z)
+        r.run(once=True)
+        r.stop_event.set()
+
+    def by_plane() -> tuple[dict, dict, dict]:
+        engine = open_engine(db_url)
+        try:
+            repo = Repo(engine)
+            exp = repo.experiment_id("IMX")
+            status, preds = {}, {}
+            for rec, p in repo.images(exp):
+                key = (rec.well, rec.z)
+                status[key] = (rec.status, rec.error)
+                if p:
+                    preds[key] = np.asarray(p[0]["prob_mean"])
+            return status, preds, {r.well: (r.n_images, np.asarray(r.prob_mean)) for r in repo.readouts(exp)}
+        finally:
+            engine.dispose()
+
+    runner("all")
+    status, preds, readouts = by_plane()
+    assert len(preds) == 6 and all(n == 3 for n, _ in readouts.values())
+
+    runner("projection")
+    status, _, readouts = by_plane()
+    for well in WELLS:
+        assert status[(well, 1)] == ("skipped", "z plane 1 is not scored (z = projection: only images without a z "
+                                                "index)")
+        n, p = readouts[well]
+        assert n == 1 and np.allclose(p, preds[(well, None)], atol=1e-6)
+
+    runner("2")
+    status, _, readouts = by_plane()
+    for well in WELLS:
+        assert status[(well, 2)] == ("done", None)
+        assert status[(well, None)] == ("skipped", "z plane (none: a projection or 2-D image) is not the scored "
+                                                   "plane (2)")
+        n, p = readouts[well]
+        assert n == 1 and np.allclose(p, preds[(well, 2)], atol=1e-6)

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from nscmonitor.config import WatchFolder
-from nscmonitor.core.channels import channel_skip
+from nscmonitor.core.selection import channel_skip
 from nscmonitor.intake.channel_survey import survey
 from nscmonitor.readers.decode import stated_channel_name
 
@@ -78,3 +78,26 @@ def test_the_real_imagexpress_output(real_fixtures: Path) -> None:
                                channel="Cy3"))
     assert found.channels == (("1", "FITC"), ("2", "Cy3"), ("3", "Texas Red"))
     assert found.mismatch and 'set channel = "2"' in found.note()
+
+
+@pytest.mark.parametrize("z,mixed,mismatch,says", [
+    ("all", True, False, "z planes 1 and 2 beside images without one (projections): every plane is scored into the "
+                         "same readouts: set z = \"projection\" or the plane to score"),
+    ("projection", False, False, "; scored: projection"),
+    ("2", False, False, "; scored: 2"),
+    ("7", False, True, "the setting z = '7' matches none of them, so every image is skipped"),
+])
+def test_the_survey_tells_z_planes_beside_a_projection(tmp_path: Path, z, mixed, mismatch, says) -> None:
+    root = tmp_path / "PLATE1" / "TimePoint_1"
+    _metaxpress(root / "PLATE1_A01_s1_w1.tif", "TL-20")
+    for plane in (1, 2):
+        _metaxpress(root / f"ZStep_{plane}" / "PLATE1_A01_s1_w1.tif", "TL-20")
+    found = survey(WatchFolder(path=tmp_path / "PLATE1", experiment="IMX", channel="1", z=z))
+    assert found.planes == (1, 2) and found.unplaned
+    assert (found.mixed, found.mismatch) == (mixed, mismatch)
+    assert says in found.note()
+
+
+def test_the_real_projection_beside_its_zsteps(real_fixtures: Path) -> None:
+    found = survey(WatchFolder(path=real_fixtures / "ImageXpress" / "Projection-Mix", experiment="x", channel="1"))
+    assert found.planes == tuple(range(1, 11)) and found.unplaned and found.z_mixed

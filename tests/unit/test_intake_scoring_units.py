@@ -11,7 +11,7 @@ import pytest
 
 from nscmonitor.config import WatchFolder
 from nscmonitor.core.domain import ImageKey
-from nscmonitor.core.channels import norm_channel
+from nscmonitor.core.selection import norm_channel
 from nscmonitor.intake.describe import LINK_SKIP, elapsed_hours
 from nscmonitor.intake.folder import WatchedFolder
 from nscmonitor.intake.intake import Intake

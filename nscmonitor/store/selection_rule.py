@@ -1,18 +1,20 @@
-"""A watch folder's ``channel`` setting applied again to the images the store already holds.
+"""A watch folder's ``channel`` and ``z`` settings applied again to the images the store
+already holds.
 
-Intake decides an image's channel once, when the file is new, and never looks at a known file
-again. So when an operator follows the advice of ``status`` (set the folder's channel to the
+Intake decides whether an image is scored once, when the file is new, and never looks at a
+known file again. So when an operator follows the advice of ``status`` (set the folder's channel to the
 label-free one; or correct a channel setting that skipped every image) and restarts the
 daemon, the images already seen kept the old decision: a plate whose whole backlog was
-skipped stayed empty, and the readouts kept averaging the stains' frames scored before. At
-each start the daemon hands every folder's setting to ``apply_channel_rule``:
+skipped stayed empty, and the readouts kept averaging the stains' frames (or every z plane
+with the projection) scored before. At each start the daemon hands every folder's settings to
+``apply_selection``:
 
-* images of a channel the folder no longer scores (scored, waiting or failed) are skipped
-  with the reason, and the readouts of their wells and times recomputed without them (a
-  readout left with no image is removed);
-* images skipped for their channel that the folder now scores go back to the queue, or, when
-  they were scored before (a setting changed and changed back), straight back into their
-  readouts with the predictions they have.
+* images of a channel or z plane the folder no longer scores (scored, waiting or failed) are
+  skipped with the reason, and the readouts of their wells and times recomputed without them
+  (a readout left with no image is removed);
+* images skipped for their channel or plane that the folder now scores go back to the queue,
+  or, when they were scored before (a setting changed and changed back), straight back into
+  their readouts with the predictions they have.
 
 Images skipped for another reason (a symbolic link), quarantined, or held by a daemon are
 left as they are. Predictions are never deleted: the images keep them, only the readouts
@@ -29,7 +31,7 @@ from sqlalchemy import Engine, bindparam, select, tuple_, update
 from sqlalchemy.orm import sessionmaker
 
 from nscmonitor.core.calibration import WellCalibration, well_calibration_of
-from nscmonitor.core.channels import CHANNEL_SKIP_PREFIX, channel_skip
+from nscmonitor.core.selection import Z_ALL, is_selection_skip, skip_reason
 from nscmonitor.core.names import from_db
 from nscmonitor.core.queue import QueueState
 from nscmonitor.store import models as m
@@ -46,12 +48,14 @@ _COUNTED = (QueueState.DONE, QueueState.RESCORE, QueueState.PROCESSING)
 
 
 @dataclass(frozen=True)
-class ChannelRuleApplied:
+class SelectionApplied:
     experiment: str
-    setting: str | None
-    #: images of channels the folder no longer scores, now skipped
+    channel: str | None
+    z: str = Z_ALL
+    #: images of channels or planes the folder no longer scores, now skipped
     set_aside: int = 0
-    #: channel-skipped images the folder now scores: queued, or back in their readouts
+    #: images skipped for their channel or plane that the folder now scores: queued, or back
+    #: in their readouts
     queued: int = 0
     restored: int = 0
     #: readouts recomputed or removed
@@ -64,19 +68,19 @@ class ChannelRuleApplied:
     def summary(self) -> str:
         parts = []
         if self.set_aside:
-            parts.append(f"{self.set_aside} images of other channels skipped and taken out of the readouts")
+            parts.append(f"{self.set_aside} images of other channels or planes skipped and taken out of the readouts")
         if self.queued:
-            parts.append(f"{self.queued} images skipped before for their channel queued to be scored")
+            parts.append(f"{self.queued} images skipped before for their channel or plane queued to be scored")
         if self.restored:
             parts.append(f"{self.restored} images scored before put back into the readouts")
-        return (f"experiment {self.experiment}: channel setting {self.setting or '(none: every channel)'} "
-                f"applied to the images already seen: {'; '.join(parts)} ({self.readouts} readouts recomputed)")
+        return (f"experiment {self.experiment}: channel {self.channel or '(every channel)'}, z {self.z} applied to "
+                f"the images already seen: {'; '.join(parts)} ({self.readouts} readouts recomputed)")
 
 
-def apply_channel_rule(engine: Engine, experiment_id: int, root: str, setting: str | None, *,
-                       calibrations: Mapping[str, WellCalibration | None] | None = None) -> ChannelRuleApplied:
-    """Apply ``setting`` (the folder's ``channel``) to the images of ``experiment_id`` under
-    ``root``, in one transaction. ``calibrations``: model version -> well calibration, for
+def apply_selection(engine: Engine, experiment_id: int, root: str, channel: str | None, z: str = Z_ALL, *,
+                    calibrations: Mapping[str, WellCalibration | None] | None = None) -> SelectionApplied:
+    """Apply the folder's ``channel`` and ``z`` settings to the images of ``experiment_id``
+    under ``root``, in one transaction. ``calibrations``: model version -> well calibration, for
     versions the registry does not hold (the served model file); registered versions' come
     from their metadata."""
     Session = sessionmaker(engine)
@@ -84,25 +88,25 @@ def apply_channel_rule(engine: Engine, experiment_id: int, root: str, setting: s
     now = utcnow()
     with Session.begin() as s:
         name = s.scalar(select(m.Experiment.name).where(m.Experiment.id == experiment_id)) or str(experiment_id)
-        rows = s.execute(select(m.Image.id, m.Image.path, m.Image.channel, m.Image.status, m.Image.error,
+        rows = s.execute(select(m.Image.id, m.Image.path, m.Image.channel, m.Image.z, m.Image.status, m.Image.error,
                                 m.Image.well_id, m.Image.time_key)
-                         .where(m.Image.experiment_id == experiment_id, m.Image.channel.is_not(None),
+                         .where(m.Image.experiment_id == experiment_id,
                                 m.Image.status.in_([*_LEAVES, QueueState.SKIPPED]))).all()
         aside, back, reworded = [], [], []
         for r in rows:
             path = from_db(r.path)
             if not (path.startswith(prefix + os.sep) or path.startswith(prefix + "/")):
                 continue
-            reason = channel_skip(setting, r.channel)
-            channel_skipped = r.status == QueueState.SKIPPED and (r.error or "").startswith(CHANNEL_SKIP_PREFIX)
+            reason = skip_reason(channel, z, r.channel, r.z)
+            rule_skipped = r.status == QueueState.SKIPPED and is_selection_skip(r.error)
             if reason is not None and r.status != QueueState.SKIPPED:
                 aside.append((r, reason))
-            elif reason is not None and channel_skipped and r.error != reason:
+            elif reason is not None and rule_skipped and r.error != reason:
                 reworded.append((r, reason))
-            elif reason is None and channel_skipped:
+            elif reason is None and rule_skipped:
                 back.append(r)
         if not (aside or back or reworded):
-            return ChannelRuleApplied(name, setting)
+            return SelectionApplied(name, channel, z)
         images = m.Image.__table__
         for chunk in _chunks(aside + reworded):
             s.execute(update(images).where(images.c.id == bindparam("b_id"))
@@ -122,11 +126,11 @@ def apply_channel_rule(engine: Engine, experiment_id: int, root: str, setting: s
                 s.execute(update(m.Image).where(m.Image.id.in_(ids[i:i + _CHUNK]))
                           .values(error=None, updated_at=now, **values))
         n_readouts = _recompute(s, [r for r, _ in aside] + restored, now, calibrations or {})
-        result = ChannelRuleApplied(name, setting, set_aside=len(aside), queued=len(queued),
-                                    restored=len(restored), readouts=n_readouts)
+        result = SelectionApplied(name, channel, z, set_aside=len(aside), queued=len(queued),
+                                  restored=len(restored), readouts=n_readouts)
         if result.changed:
-            add_event(s, "channel_setting_applied", result.summary(), level="warning", at=now,
-                      data={"experiment": name, "setting": setting, "set_aside": result.set_aside,
+            add_event(s, "selection_applied", result.summary(), level="warning", at=now,
+                      data={"experiment": name, "channel": channel, "z": z, "set_aside": result.set_aside,
                             "queued": result.queued, "restored": result.restored, "readouts": n_readouts})
         return result
 
