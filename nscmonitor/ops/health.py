@@ -75,7 +75,8 @@ def scoring_warnings(repo: Any, ood: tuple[int, int] | None = None) -> list[str]
     the caller has them already."""
     ood_warning = ood_share_warning(*(ood if ood is not None else repo.recent_ood(OOD_WINDOW)))
     outcomes = repo.recent_outcomes(CHANNEL_WINDOW)  # one bounded read for both
-    return ([ood_warning] if ood_warning else []) + mixed_channel_warnings(outcomes) + all_skipped_warnings(outcomes)
+    return (([ood_warning] if ood_warning else []) + mixed_channel_warnings(outcomes) + mixed_plane_warnings(outcomes)
+            + all_skipped_warnings(outcomes))
 
 
 def all_skipped_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.reads.Outcomes]
@@ -118,6 +119,22 @@ def mixed_channel_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, 
             f"({', '.join(o.channels[:6])}{', ...' if len(o.channels) > 6 else ''}), all averaged into the same "
             "well readouts; set the folder's channel to the label-free one the model was trained on (from the "
             "daemon's next start the others are skipped, those scored already taken out of the readouts)" for name, o in sorted(outcomes.items()) if len(o.channels) > 1]
+
+
+def mixed_plane_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.reads.Outcomes]
+    """A warning per experiment whose newest scored images are of several z planes (or planes
+    beside projections): with ``z = all`` a well's readout averages the projection with every
+    out-of-focus plane (an ImageXpress writes each plane into its own ZStep folder)."""
+    out = []
+    for name, o in sorted(outcomes.items()):
+        if len(o.planes) < 2:
+            continue
+        shown = ["projection" if p < 0 else str(p) for p in o.planes]
+        out.append(f"experiment {name}: its newest scored images are of {len(o.planes)} z planes "
+                   f"({', '.join(shown[:6])}{', ...' if len(shown) > 6 else ''}), all averaged into the same well "
+                   "readouts; set the folder's z to \"projection\" or the plane to score (from the daemon's next "
+                   "start the others are skipped, those scored already taken out of the readouts)")
+    return out
 
 
 def _daemon_verdict(repo: Any, d: Any, now: datetime) -> tuple[str, int]:

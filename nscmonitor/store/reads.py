@@ -143,6 +143,8 @@ class Outcomes:
     skip_reason: str | None  # the newest
     qc_reason: str | None  # the newest
     channels: tuple[str, ...]  # of its scored images, sorted
+    #: z planes of its scored images, sorted, -1 for images whose name gives none (a projection)
+    planes: tuple[int, ...] = ()
 
 
 class Repo:
@@ -184,28 +186,29 @@ class Repo:
         states = (QueueState.DONE.value, QueueState.SKIPPED.value)
         with self._session() as s:
             newest = (select(m.Image.id, m.Image.experiment_id, m.Image.status, m.Image.error, m.Image.qc_passed,
-                             m.Image.qc, m.Image.channel)
+                             m.Image.qc, m.Image.channel, m.Image.z)
                       .where(m.Image.status.in_(states)).order_by(m.Image.id.desc()).limit(limit).subquery())
             rows = s.execute(select(m.Experiment.name, newest.c.status, newest.c.error, newest.c.qc_passed,
-                                    newest.c.qc, newest.c.channel)
+                                    newest.c.qc, newest.c.channel, newest.c.z)
                              .join(m.Experiment, m.Experiment.id == newest.c.experiment_id)
                              .order_by(newest.c.id.desc())).all()
-        # scored, QC failed, skipped, newest skip reason, newest QC reason, channels scored
+        # scored, QC failed, skipped, newest skip reason, newest QC reason, channels scored, planes scored
         counts: dict[str, list] = {}
-        for name, status, error, qc_passed, qc, channel in rows:
-            c = counts.setdefault(name, [0, 0, 0, None, None, set()])
+        for name, status, error, qc_passed, qc, channel, z in rows:
+            c = counts.setdefault(name, [0, 0, 0, None, None, set(), set()])
             if status != QueueState.DONE.value:
                 c[2] += 1
                 c[3] = c[3] or error
                 continue
             if channel is not None:
                 c[5].add(channel)
+            c[6].add(-1 if z is None else z)
             if qc_passed is False:
                 c[1] += 1
                 c[4] = c[4] or (qc.get("reason") if isinstance(qc, dict) else None)
             else:
                 c[0] += 1
-        return {name: Outcomes(*c[:5], tuple(sorted(c[5]))) for name, c in counts.items()}
+        return {name: Outcomes(*c[:5], tuple(sorted(c[5])), tuple(sorted(c[6]))) for name, c in counts.items()}
 
     def last_event_of(self, kinds: tuple[str, ...]) -> EventInfo | None:
         """The newest event of one of ``kinds``, or None."""

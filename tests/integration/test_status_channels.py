@@ -133,3 +133,25 @@ def test_doctor_and_run_say_which_number_a_channel_name_has(tmp_path: Path, tiny
     assert main(["--config", str(cfg), "doctor"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "watch IMX channels" in x)
     assert line.startswith("ok") and "scored: 1 (TL-20)" in line
+
+
+@pytest.mark.parametrize("z", ["all", "projection"])
+def test_status_warns_of_z_planes_scored_together_until_the_folder_scores_one(
+        tmp_path: Path, make_runner, db_url: str, capsys: pytest.CaptureFixture[str], z: str) -> None:
+    watch = tmp_path / "PLATE1"
+    for well in ("A01", "B02"):
+        img = cells_image(stable_seed("planes", well), (64, 64))
+        write_tiff(watch / "TimePoint_1" / f"PLATE1_{well}_s1_w1.tif", img)
+        for plane in (1, 2):
+            write_tiff(watch / "TimePoint_1" / f"ZStep_{plane}" / f"PLATE1_{well}_s1_w1.tif", img // (plane + 1))
+    runner = make_runner(watch, db_url=db_url, experiment="IMX", z=z)
+    runner.run(once=True)
+    main(["status", "--db", db_url, "--json"])
+    warnings = [w for w in json.loads(capsys.readouterr().out)["warnings"] if "z planes" in w]
+    if z == "all":
+        assert warnings == ["experiment IMX: its newest scored images are of 3 z planes (projection, 1, 2), all "
+                            "averaged into the same well readouts; set the folder's z to \"projection\" or the plane "
+                            "to score (from the daemon's next start the others are skipped, those scored already "
+                            "taken out of the readouts)"]
+    else:
+        assert warnings == []
