@@ -129,7 +129,8 @@ class Daemon:
         for folder in folders:
             try:
                 applied = self.store.apply_selection(folder.experiment_id, str(folder.cfg.path), folder.cfg.channel,
-                                                     folder.cfg.z, calibrations=calibrations)
+                                                     folder.cfg.z, calibrations=calibrations,
+                                                     served_version=served.version if served is not None else None)
             except Exception as exc:  # the database refused: scoring new images matters more
                 log.exception("could not apply the channel and z settings of %s to the images already seen",
                               folder.cfg.path)

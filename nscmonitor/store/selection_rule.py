@@ -14,7 +14,8 @@ with the projection) scored before. At each start the daemon hands every folder'
   (a readout left with no image is removed);
 * images skipped for their channel or plane that the folder now scores go back to the queue,
   or, when they were scored before (a setting changed and changed back), straight back into
-  their readouts with the predictions they have.
+  their readouts with the predictions they have (and, scored by an older model than the one
+  served, into the rescore queue as after a promotion).
 
 Images skipped for another reason (a symbolic link), quarantined, or held by a daemon are
 left as they are. Predictions are never deleted: the images keep them, only the readouts
@@ -78,11 +79,14 @@ class SelectionApplied:
 
 
 def apply_selection(engine: Engine, experiment_id: int, root: str, channel: str | None, z: str = Z_ALL, *,
-                    calibrations: Mapping[str, WellCalibration | None] | None = None) -> SelectionApplied:
+                    calibrations: Mapping[str, WellCalibration | None] | None = None,
+                    served_version: str | None = None) -> SelectionApplied:
     """Apply the folder's ``channel`` and ``z`` settings to the images of ``experiment_id``
     under ``root``, in one transaction. ``calibrations``: model version -> well calibration, for
     versions the registry does not hold (the served model file); registered versions' come
-    from their metadata."""
+    from their metadata. ``served_version``: an image put back that this version has not
+    scored (only an older one) waits for a rescore, as after a promotion; None: any
+    prediction will do (a daemon that does not score)."""
     Session = sessionmaker(engine)
     prefix = root.rstrip("/\\")
     now = utcnow()
@@ -112,14 +116,18 @@ def apply_selection(engine: Engine, experiment_id: int, root: str, channel: str 
             s.execute(update(images).where(images.c.id == bindparam("b_id"))
                       .values(status=QueueState.SKIPPED, error=bindparam("b_error"), updated_at=now),
                       [{"b_id": r.id, "b_error": reason} for r, reason in chunk])
-        scored_before = set()
+        versions_of: dict[int, set[str]] = {}
         back_ids = [r.id for r in back]
         for i in range(0, len(back_ids), _CHUNK):
-            scored_before |= set(s.scalars(select(m.Prediction.image_id)
-                                           .where(m.Prediction.image_id.in_(back_ids[i:i + _CHUNK]))))
-        restored = [r for r in back if r.id in scored_before]
-        queued = [r for r in back if r.id not in scored_before]
-        for ids, values in (([r.id for r in restored], {"status": QueueState.DONE}),
+            for image_id, version in s.execute(select(m.Prediction.image_id, m.Prediction.model_version)
+                                               .where(m.Prediction.image_id.in_(back_ids[i:i + _CHUNK]))):
+                versions_of.setdefault(image_id, set()).add(version)
+        restored = [r for r in back if r.id in versions_of]
+        queued = [r for r in back if r.id not in versions_of]
+        current = [r.id for r in restored if served_version is None or served_version in versions_of[r.id]]
+        older = [r.id for r in restored if not (served_version is None or served_version in versions_of[r.id])]
+        for ids, values in ((current, {"status": QueueState.DONE}),
+                            (older, {"status": QueueState.RESCORE, "attempts": 0}),
                             ([r.id for r in queued], {"status": QueueState.PENDING, "attempts": 0,
                                                       "next_attempt_at": 0.0})):
             for i in range(0, len(ids), _CHUNK):

@@ -185,10 +185,12 @@ class Writer(Claims):
         return len(added), len(changed)
 
     def apply_selection(self, experiment_id: int, root: str, channel: str | None, z: str = "all", *,
-                        calibrations: dict[str, WellCalibration | None] | None = None) -> SelectionApplied:
+                        calibrations: dict[str, WellCalibration | None] | None = None,
+                        served_version: str | None = None) -> SelectionApplied:
         """A folder's ``channel`` and ``z`` settings applied to the images already seen
         (``store.selection_rule``)."""
-        return apply_selection(self.engine, experiment_id, root, channel, z, calibrations=calibrations)
+        return apply_selection(self.engine, experiment_id, root, channel, z, calibrations=calibrations,
+                               served_version=served_version)
 
     def _queue_fields(self, f: Discovered, now: datetime) -> dict:
         """An image row's queue columns for a file entering (or re-entering) the queue."""

@@ -209,3 +209,27 @@ def test_z_planes_beside_a_projection_leave_the_readouts_when_the_folder_scores_
                                                    "plane (2)")
         n, p = readouts[well]
         assert n == 1 and np.allclose(p, preds[(well, 2)], atol=1e-6)
+
+
+def test_images_put_back_that_the_served_model_never_scored_wait_for_a_rescore(
+        tmp_path: Path, make_runner, db_url: str) -> None:
+    """Skipped while an older model served: put back, they count again in that model's
+    readouts at once and wait for the served model in the rescore queue, as after a promotion."""
+    from nscmonitor.store.writer import Writer
+
+    watch = _plate(tmp_path)
+    _run(make_runner, watch, db_url, None)
+    _run(make_runner, watch, db_url, "2")
+    _, preds, _ = _state(db_url)
+    engine = open_engine(db_url)
+    try:
+        exp = Repo(engine).experiment_id("IMX")
+        applied = Writer(engine).apply_selection(exp, str(watch), "1", served_version="a-newer-model")
+        assert (applied.set_aside, applied.queued, applied.restored) == (2, 0, 2)
+    finally:
+        engine.dispose()
+    images, _, readouts = _state(db_url)
+    for well in WELLS:
+        assert images[f"PLATE1_{well}_s1_w1.tif"] == ("rescore", None)
+        n, p = readouts[well]
+        assert n == 1 and np.allclose(p, preds[f"PLATE1_{well}_s1_w1.tif"], atol=1e-6)
