@@ -30,16 +30,16 @@ def _plate(tmp_path: Path) -> Path:
     return watch
 
 
-def _state(db_url: str) -> tuple[dict, dict, dict]:
-    """(file name -> (status, error)), (file name -> probabilities of its one prediction), (well ->
-    (n_images, prob_mean)) of experiment IMX."""
+def _state(db_url: str, key=lambda rec: Path(rec.path).name) -> tuple[dict, dict, dict]:  # noqa: ANN001
+    """(image key -> (status, error)), (image key -> probabilities of its one prediction), (well
+    -> (n_images, prob_mean)) of experiment IMX; an image's key is its file name unless given."""
     engine = open_engine(db_url)
     try:
         repo = Repo(engine)
         exp = repo.experiment_id("IMX")
         images, preds = {}, {}
         for rec, p in repo.images(exp):
-            name = Path(rec.path).name
+            name = key(rec)
             images[name] = (rec.status, rec.error)
             if p:
                 preds[name] = np.asarray(p[0]["prob_mean"])
@@ -49,11 +49,22 @@ def _state(db_url: str) -> tuple[dict, dict, dict]:
         engine.dispose()
 
 
-def _run(make_runner, watch: Path, db_url: str, channel: str | None) -> None:
+def _run(make_runner, watch: Path, db_url: str, channel: str | None, z: str = "all") -> None:
     kw = {"channel": channel} if channel is not None else {}
-    runner = make_runner(watch, db_url=db_url, experiment="IMX", **kw)
+    runner = make_runner(watch, db_url=db_url, experiment="IMX", z=z, **kw)
     runner.run(once=True)
     runner.stop_event.set()
+
+
+def _scored_only(images: dict, readouts: dict, expected: dict, kept: int, other: int) -> None:
+    """Per well, w``kept`` is scored and counted alone in its readout (matching its prediction
+    in ``expected``), and w``other`` is skipped for its channel."""
+    for well in WELLS:
+        assert images[f"PLATE1_{well}_s1_w{kept}.tif"] == ("done", None)
+        assert images[f"PLATE1_{well}_s1_w{other}.tif"] == (
+            "skipped", f"channel {other} is not the scored channel ({kept})")
+        n, p = readouts[well]
+        assert n == 1 and np.allclose(p, expected[f"PLATE1_{well}_s1_w{kept}.tif"], atol=1e-6)
 
 
 def test_a_changed_channel_setting_takes_other_channels_out_of_the_readouts_and_back(
@@ -69,22 +80,14 @@ def test_a_changed_channel_setting_takes_other_channels_out_of_the_readouts_and_
 
     _run(make_runner, watch, db_url, "2")  # the operator names the channel, as status advises
     images, preds2, readouts = _state(db_url)
-    for well in WELLS:
-        assert images[f"PLATE1_{well}_s1_w1.tif"] == ("skipped", "channel 1 is not the scored channel (2)")
-        assert images[f"PLATE1_{well}_s1_w2.tif"][0] == "done"
-        n, p = readouts[well]
-        assert n == 1 and np.allclose(p, preds[f"PLATE1_{well}_s1_w2.tif"], atol=1e-6)
+    _scored_only(images, readouts, preds, kept=2, other=1)
     assert preds2.keys() == preds.keys()  # predictions are kept; only the readouts change
     main(["status", "--db", db_url, "--json"])
     assert not [w for w in json.loads(capsys.readouterr().out)["warnings"] if "channels" in w]
 
     _run(make_runner, watch, db_url, "1")  # and changed again: w1's predictions count once more
     images, preds3, readouts = _state(db_url)
-    for well in WELLS:
-        assert images[f"PLATE1_{well}_s1_w1.tif"] == ("done", None)
-        assert images[f"PLATE1_{well}_s1_w2.tif"] == ("skipped", "channel 2 is not the scored channel (1)")
-        n, p = readouts[well]
-        assert n == 1 and np.allclose(p, preds[f"PLATE1_{well}_s1_w1.tif"], atol=1e-6)
+    _scored_only(images, readouts, preds, kept=1, other=2)
     assert {k: v.tolist() for k, v in preds3.items()} == {k: v.tolist() for k, v in preds.items()}  # not scored again
 
     engine = open_engine(db_url)
@@ -107,11 +110,7 @@ def test_a_backlog_skipped_by_a_wrong_channel_setting_is_scored_once_the_setting
 
     _run(make_runner, watch, db_url, "1")
     images, preds, readouts = _state(db_url)
-    for well in WELLS:
-        assert images[f"PLATE1_{well}_s1_w1.tif"] == ("done", None)
-        assert images[f"PLATE1_{well}_s1_w2.tif"] == ("skipped", "channel 2 is not the scored channel (1)")
-        n, p = readouts[well]
-        assert n == 1 and np.allclose(p, preds[f"PLATE1_{well}_s1_w1.tif"], atol=1e-6)
+    _scored_only(images, readouts, preds, kept=1, other=2)
     assert set(preds) == {f"PLATE1_{w}_s1_w1.tif" for w in WELLS}
 
 
@@ -170,24 +169,10 @@ def test_z_planes_beside_a_projection_leave_the_readouts_when_the_folder_scores_
             write_tiff(watch / "TimePoint_1" / f"ZStep_{z}" / f"PLATE1_{well}_s1_w1.tif", base[:, ::-1] // (z + 1))
 
     def runner(z: str) -> None:
-        r = make_runner(watch, db_url=db_url, experiment="IMX", z=z)
-        r.run(once=True)
-        r.stop_event.set()
+        _run(make_runner, watch, db_url, None, z)
 
     def by_plane() -> tuple[dict, dict, dict]:
-        engine = open_engine(db_url)
-        try:
-            repo = Repo(engine)
-            exp = repo.experiment_id("IMX")
-            status, preds = {}, {}
-            for rec, p in repo.images(exp):
-                key = (rec.well, rec.z)
-                status[key] = (rec.status, rec.error)
-                if p:
-                    preds[key] = np.asarray(p[0]["prob_mean"])
-            return status, preds, {r.well: (r.n_images, np.asarray(r.prob_mean)) for r in repo.readouts(exp)}
-        finally:
-            engine.dispose()
+        return _state(db_url, key=lambda rec: (rec.well, rec.z))
 
     runner("all")
     status, preds, readouts = by_plane()

@@ -36,14 +36,20 @@ def test_status_warns_of_channels_scored_together_until_the_folder_names_one(
         assert warnings == []
 
 
-def test_doctor_says_which_channel_each_folder_scores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for name in ("all", "one"):
-        (tmp_path / name).mkdir()
+def _config(tmp_path: Path, watch_tables: str) -> Path:
+    """A config file with the test's own database, models and log folders and these watch tables."""
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'database_url = "sqlite:///{(tmp_path / "nsc.db").as_posix()}"\n'
                    f'models_dir = "{(tmp_path / "models").as_posix()}"\nlog_dir = "{(tmp_path / "logs").as_posix()}"\n'
-                   f'[[watch]]\npath = "{(tmp_path / "all").as_posix()}"\nexperiment = "all"\n'
-                   f'[[watch]]\npath = "{(tmp_path / "one").as_posix()}"\nexperiment = "one"\nchannel = "phase"\n')
+                   + watch_tables)
+    return cfg
+
+
+def test_doctor_says_which_channel_each_folder_scores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("all", "one"):
+        (tmp_path / name).mkdir()
+    cfg = _config(tmp_path, f'[[watch]]\npath = "{(tmp_path / "all").as_posix()}"\nexperiment = "all"\n'
+                            f'[[watch]]\npath = "{(tmp_path / "one").as_posix()}"\nexperiment = "one"\nchannel = "phase"\n')
     assert main(["--config", str(cfg), "doctor"]) == 0
     out = capsys.readouterr().out
     line = {n: next(x for x in out.splitlines() if f"watch {n} " in x and "pixel size" not in x) for n in ("all", "one")}
@@ -116,10 +122,7 @@ def test_doctor_and_run_say_which_number_a_channel_name_has(tmp_path: Path, tiny
     import sys
 
     watch = _metaxpress_plate(tmp_path)
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f'database_url = "sqlite:///{(tmp_path / "nsc.db").as_posix()}"\n'
-                   f'models_dir = "{(tmp_path / "models").as_posix()}"\nlog_dir = "{(tmp_path / "logs").as_posix()}"\n'
-                   f'[[watch]]\npath = "{watch.as_posix()}"\nexperiment = "IMX"\nchannel = "TL-20"\n')
+    cfg = _config(tmp_path, f'[[watch]]\npath = "{watch.as_posix()}"\nexperiment = "IMX"\nchannel = "TL-20"\n')
     assert main(["--config", str(cfg), "doctor"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "watch IMX channels" in x)
     assert line.startswith("--") and "1 (TL-20), 2 (FITC)" in line and 'set channel = "1"' in line
