@@ -112,10 +112,12 @@ def apply_selection(engine: Engine, experiment_id: int, root: str, channel: str 
         if not (aside or back or reworded):
             return SelectionApplied(name, channel, z)
         images = m.Image.__table__
+        # each row only if it is still in the state read above: on a shared database another
+        # daemon may have claimed a waiting image since (its claim then stands)
         for chunk in _chunks(aside + reworded):
-            s.execute(update(images).where(images.c.id == bindparam("b_id"))
+            s.execute(update(images).where(images.c.id == bindparam("b_id"), images.c.status == bindparam("b_status"))
                       .values(status=QueueState.SKIPPED, error=bindparam("b_error"), updated_at=now),
-                      [{"b_id": r.id, "b_error": reason} for r, reason in chunk])
+                      [{"b_id": r.id, "b_status": r.status, "b_error": reason} for r, reason in chunk])
         versions_of: dict[int, set[str]] = {}
         back_ids = [r.id for r in back]
         for i in range(0, len(back_ids), _CHUNK):
@@ -131,7 +133,8 @@ def apply_selection(engine: Engine, experiment_id: int, root: str, channel: str 
                             ([r.id for r in queued], {"status": QueueState.PENDING, "attempts": 0,
                                                       "next_attempt_at": 0.0})):
             for i in range(0, len(ids), _CHUNK):
-                s.execute(update(m.Image).where(m.Image.id.in_(ids[i:i + _CHUNK]))
+                s.execute(update(m.Image).where(m.Image.id.in_(ids[i:i + _CHUNK]),
+                                                m.Image.status == QueueState.SKIPPED)
                           .values(error=None, updated_at=now, **values))
         n_readouts = _recompute(s, [r for r, _ in aside] + restored, now, calibrations or {})
         result = SelectionApplied(name, channel, z, set_aside=len(aside), queued=len(queued),
