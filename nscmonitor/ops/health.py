@@ -76,7 +76,7 @@ def scoring_warnings(repo: Any, ood: tuple[int, int] | None = None) -> list[str]
     ood_warning = ood_share_warning(*(ood if ood is not None else repo.recent_ood(OOD_WINDOW)))
     outcomes = repo.recent_outcomes(CHANNEL_WINDOW)  # one bounded read for both
     return (([ood_warning] if ood_warning else []) + mixed_channel_warnings(outcomes) + mixed_plane_warnings(outcomes)
-            + all_skipped_warnings(outcomes))
+            + all_skipped_warnings(outcomes) + untimed_warnings(outcomes))
 
 
 def all_skipped_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.reads.Outcomes]
@@ -119,6 +119,21 @@ def mixed_channel_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, 
             f"({', '.join(o.channels[:6])}{', ...' if len(o.channels) > 6 else ''}), all averaged into the same "
             "well readouts; set the folder's channel to the label-free one the model was trained on (from the "
             "daemon's next start the others are skipped, those scored already taken out of the readouts)" for name, o in sorted(outcomes.items()) if len(o.channels) > 1]
+
+
+def untimed_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.reads.Outcomes]
+    """A warning per experiment none of whose newest scored images has a time: a readout is
+    keyed by the scan (a scan index in the name or folders, else the hours since induction),
+    and an image with neither gives none, so the plate stays empty while the daemon is healthy
+    (an ImageXpress acquisition of one time point writes no ``TimePoint_N`` folder)."""
+    out = []
+    for name, o in sorted(outcomes.items()):
+        n = o.scored + o.qc_failed
+        if n and o.untimed >= n:
+            out.append(f"experiment {name}: its newest {n} scored images carry no time (no scan index in their names "
+                       "or folders, and the folder sets no induction_time), so they give no well readouts; set the "
+                       "folder's induction_time (each image is then timed by its file)")
+    return out
 
 
 def mixed_plane_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.reads.Outcomes]

@@ -145,6 +145,8 @@ class Outcomes:
     channels: tuple[str, ...]  # of its scored images, sorted
     #: z planes of its scored images, sorted, -1 for images whose name gives none (a projection)
     planes: tuple[int, ...] = ()
+    #: scored images with no time key (no scan index, no hours): they give no readout
+    untimed: int = 0
 
 
 class Repo:
@@ -186,16 +188,16 @@ class Repo:
         states = (QueueState.DONE.value, QueueState.SKIPPED.value)
         with self._session() as s:
             newest = (select(m.Image.id, m.Image.experiment_id, m.Image.status, m.Image.error, m.Image.qc_passed,
-                             m.Image.qc, m.Image.channel, m.Image.z)
+                             m.Image.qc, m.Image.channel, m.Image.z, m.Image.time_key)
                       .where(m.Image.status.in_(states)).order_by(m.Image.id.desc()).limit(limit).subquery())
             rows = s.execute(select(m.Experiment.name, newest.c.status, newest.c.error, newest.c.qc_passed,
-                                    newest.c.qc, newest.c.channel, newest.c.z)
+                                    newest.c.qc, newest.c.channel, newest.c.z, newest.c.time_key)
                              .join(m.Experiment, m.Experiment.id == newest.c.experiment_id)
                              .order_by(newest.c.id.desc())).all()
-        # scored, QC failed, skipped, newest skip reason, newest QC reason, channels scored, planes scored
+        # scored, QC failed, skipped, newest skip reason, newest QC reason, channels, planes, untimed
         counts: dict[str, list] = {}
-        for name, status, error, qc_passed, qc, channel, z in rows:
-            c = counts.setdefault(name, [0, 0, 0, None, None, set(), set()])
+        for name, status, error, qc_passed, qc, channel, z, tkey in rows:
+            c = counts.setdefault(name, [0, 0, 0, None, None, set(), set(), 0])
             if status != QueueState.DONE.value:
                 c[2] += 1
                 c[3] = c[3] or error
@@ -203,12 +205,13 @@ class Repo:
             if channel is not None:
                 c[5].add(channel)
             c[6].add(-1 if z is None else z)
+            c[7] += tkey is None
             if qc_passed is False:
                 c[1] += 1
                 c[4] = c[4] or (qc.get("reason") if isinstance(qc, dict) else None)
             else:
                 c[0] += 1
-        return {name: Outcomes(*c[:5], tuple(sorted(c[5])), tuple(sorted(c[6]))) for name, c in counts.items()}
+        return {name: Outcomes(*c[:5], tuple(sorted(c[5])), tuple(sorted(c[6])), c[7]) for name, c in counts.items()}
 
     def last_event_of(self, kinds: tuple[str, ...]) -> EventInfo | None:
         """The newest event of one of ``kinds``, or None."""
@@ -235,10 +238,14 @@ class Repo:
         are flagged. The newest by primary key, whatever their flag, so the daemon's heartbeat
         reads ``limit`` rows, never the whole table."""
         with self._session() as s:
-            newest = select(m.Prediction.ood).order_by(m.Prediction.id.desc()).limit(limit).subquery()
+            newest = (select(m.Prediction.ood, m.Prediction.image_id).order_by(m.Prediction.id.desc())
+                      .limit(limit).subquery())
+            # an image set aside since (its channel or plane no longer scored) keeps its
+            # prediction but no longer counts, as in the readouts
             judged, flagged = s.execute(select(func.count(newest.c.ood),
                                                func.sum(case((newest.c.ood.is_(True), 1), else_=0)))
-                                        .select_from(newest)).one()
+                                        .select_from(newest).join(m.Image, m.Image.id == newest.c.image_id)
+                                        .where(m.Image.status != QueueState.SKIPPED.value)).one()
             return int(flagged or 0), int(judged or 0)
 
     def model_versions_used(self, experiment_id: int) -> list[str]:

@@ -218,3 +218,31 @@ def test_images_put_back_that_the_served_model_never_scored_wait_for_a_rescore(
         assert images[f"PLATE1_{well}_s1_w1.tif"] == ("rescore", None)
         n, p = readouts[well]
         assert n == 1 and np.allclose(p, preds[f"PLATE1_{well}_s1_w1.tif"], atol=1e-6)
+
+
+def test_images_set_aside_no_longer_count_in_the_out_of_distribution_share(tmp_path: Path, make_runner,
+                                                                          db_url: str) -> None:
+    """A stain channel unlike the training data, scored while the folder had no channel
+    setting, flagged every one of its frames; once the setting takes it out, ``status``'s share
+    of flagged images is the scored channel's, not the skipped one's."""
+    from conftest import stripes_image, tiny_model_flagging_stripes
+
+    model = tiny_model_flagging_stripes(tmp_path / "flagging.onnx")
+    watch = tmp_path / "PLATE1"
+    for i, well in enumerate(WELLS):
+        write_tiff(watch / "TimePoint_1" / f"PLATE1_{well}_s1_w1.tif", stripes_image(i))
+        write_tiff(watch / "TimePoint_1" / f"PLATE1_{well}_s1_w2.tif", cells_image(i))
+
+    def flagged_judged(channel: str | None) -> tuple[int, int]:
+        kw = {"channel": channel} if channel else {}
+        runner = make_runner(watch, model=model, db_url=db_url, experiment="IMX", **kw)
+        runner.run(once=True)
+        runner.stop_event.set()
+        engine = open_engine(db_url)
+        try:
+            return Repo(engine).recent_ood()
+        finally:
+            engine.dispose()
+
+    assert flagged_judged(None) == (2, 4)
+    assert flagged_judged("2") == (0, 2)

@@ -158,3 +158,38 @@ def test_status_warns_of_z_planes_scored_together_until_the_folder_scores_one(
                             "taken out of the readouts)"]
     else:
         assert warnings == []
+
+
+@pytest.mark.parametrize("induction", [False, True])
+def test_status_warns_when_scored_images_carry_no_time_and_so_give_no_readouts(
+        tmp_path: Path, make_runner, db_url: str, capsys: pytest.CaptureFixture[str], induction: bool) -> None:
+    """An ImageXpress acquisition of one time point writes no ``TimePoint_N`` folder: without a
+    scan index or an induction time its images are scored but keyed to no scan, so no readout
+    and an empty plate. ``status`` says so; with ``induction_time`` the readouts come."""
+    from datetime import datetime, timezone
+
+    from nscmonitor.store.db import open_engine
+    from nscmonitor.store.reads import Repo
+
+    watch = tmp_path / "PLATE1"
+    for well in ("A01", "B02"):
+        write_tiff(watch / "2026-12-01" / "1334" / f"PLATE1_{well}_s1_w1.tif",
+                   cells_image(stable_seed("untimed", well), (64, 64)))
+    kw = {"induction_time": datetime(2026, 1, 1, tzinfo=timezone.utc).isoformat()} if induction else {}
+    runner = make_runner(watch, db_url=db_url, experiment="IMX", **kw)
+    runner.run(once=True)
+    main(["status", "--db", db_url, "--json"])
+    warnings = [w for w in json.loads(capsys.readouterr().out)["warnings"] if "carry no time" in w]
+    engine = open_engine(db_url)
+    try:
+        repo = Repo(engine)
+        readouts = list(repo.readouts(repo.experiment_id("IMX")))
+    finally:
+        engine.dispose()
+    if induction:
+        assert warnings == [] and len(readouts) == 2
+    else:
+        assert readouts == [] and warnings == [
+            "experiment IMX: its newest 2 scored images carry no time (no scan index in their names or folders, and "
+            "the folder sets no induction_time), so they give no well readouts; set the folder's induction_time "
+            "(each image is then timed by its file)"]
