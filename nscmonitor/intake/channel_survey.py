@@ -56,7 +56,8 @@ class ChannelSurvey:
 
     def z_note(self) -> str:
         if not self.planes:
-            return ""
+            return (f"no z plane: the setting z = {self.z!r} matches none of them, so every image is skipped"
+                    if self.z_mismatch else "")
         span = (f"{self.planes[0]}-{self.planes[-1]}" if len(self.planes) > 2 else
                 " and ".join(str(p) for p in self.planes))
         head = f"z plane{'s' if len(self.planes) > 1 else ''} {span}" + (

@@ -71,6 +71,9 @@ def test_names_without_a_channel_and_an_empty_folder(tmp_path: Path) -> None:
     assert found.channels == () and not found.mismatch
     assert found.note() == "its file names carry no channel (channel phase is read inside stacks and containers)"
     assert survey(WatchFolder(path=tmp_path / "missing", experiment="x")).channels == ()
+    _metaxpress(tmp_path / "flat" / "PLATE1_A01_s1_w1.tif", "TL-20")  # a 2-D name, and a plane asked for
+    planar = survey(WatchFolder(path=tmp_path / "flat", experiment="x", z="2"))
+    assert planar.mismatch and "no z plane: the setting z = '2' matches none of them" in planar.note()
 
 
 def test_the_real_imagexpress_output(real_fixtures: Path) -> None:
