@@ -33,7 +33,9 @@ def z_skip(setting: str, z: int | None) -> str | None:
     if setting == Z_ALL:
         return None
     if setting == Z_PROJECTION:
-        return None if z is None else f"{Z_SKIP_PREFIX}{z} is not scored (z = projection: only images without a z index)"
+        if z is None:
+            return None
+        return f"{Z_SKIP_PREFIX}{z} is not scored (z = projection: only images without a z index)"
     if z is not None and z == int(setting):
         return None
     shown = "(none: a projection or 2-D image)" if z is None else str(z)

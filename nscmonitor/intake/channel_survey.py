@@ -111,7 +111,8 @@ class ChannelSurvey:
         by_name = next((c for c in self.channels if c[1] and norm_channel(c[1]) == norm_channel(self.setting)), None)
         advice = (f'set channel = "{by_name[0]}" (the names give {self.setting} as {by_name[0]})' if by_name
                   else "set channel to one of them as the names give it")
-        return f"{head}; the setting channel = {self.setting!r} matches none of them, so every image is skipped: {advice}"
+        return (f"{head}; the setting channel = {self.setting!r} matches none of them, so every image is "
+                f"skipped: {advice}")
 
 
 def _shown(c: tuple[str, str | None]) -> str:

@@ -118,7 +118,8 @@ def mixed_channel_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, 
     return [f"experiment {name}: its newest scored images are of {len(o.channels)} channels "
             f"({', '.join(o.channels[:6])}{', ...' if len(o.channels) > 6 else ''}), all averaged into the same "
             "well readouts; set the folder's channel to the label-free one the model was trained on (from the "
-            "daemon's next start the others are skipped, those scored already taken out of the readouts)" for name, o in sorted(outcomes.items()) if len(o.channels) > 1]
+            "daemon's next start the others are skipped, those scored already taken out of the readouts)"
+            for name, o in sorted(outcomes.items()) if len(o.channels) > 1]
 
 
 def untimed_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.reads.Outcomes]

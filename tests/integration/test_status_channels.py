@@ -49,7 +49,8 @@ def test_doctor_says_which_channel_each_folder_scores(tmp_path: Path, capsys: py
     for name in ("all", "one"):
         (tmp_path / name).mkdir()
     cfg = _config(tmp_path, f'[[watch]]\npath = "{(tmp_path / "all").as_posix()}"\nexperiment = "all"\n'
-                            f'[[watch]]\npath = "{(tmp_path / "one").as_posix()}"\nexperiment = "one"\nchannel = "phase"\n')
+                            f'[[watch]]\npath = "{(tmp_path / "one").as_posix()}"\nexperiment = "one"\n'
+                            'channel = "phase"\n')
     assert main(["--config", str(cfg), "doctor"]) == 0
     out = capsys.readouterr().out
     line = {n: next(x for x in out.splitlines() if f"watch {n} " in x and "pixel size" not in x) for n in ("all", "one")}
