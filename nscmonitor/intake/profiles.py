@@ -116,6 +116,9 @@ BUILTIN: tuple[Profile, ...] = (
         ),
         path_tokens=(
             _p(r"(?:^|/)TimePoint_(?P<t>\d+)(?:/ZStep_\d+)?/[^/]+$", target="path"),
+            # an acquisition of one time point writes no TimePoint_n folder (the real Projection-Mix
+            # output): its acquisition folder is the scan, numbered by MetaXpress in the order taken
+            _p(r"(?:^|/)\d{4}-\d{2}-\d{2}/(?P<t>\d+)/(?:ZStep_\d+/)?[^/]+$", target="path"),
             _p(r"(?:^|/)ZStep_(?P<z>\d+)/[^/]+$", target="path"),
             # The plate folder sits above TimePoint_n (exported) or above <date>/<acq>/ (native);
             # exports of several plates share the name token, so the folder is the better id.

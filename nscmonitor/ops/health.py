@@ -126,7 +126,7 @@ def untimed_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.
     """A warning per experiment none of whose newest scored images has a time: a readout is
     keyed by the scan (a scan index in the name or folders, else the hours since induction),
     and an image with neither gives none, so the plate stays empty while the daemon is healthy
-    (an ImageXpress acquisition of one time point writes no ``TimePoint_N`` folder)."""
+    (files copied out of the instrument's TimePoint or acquisition folders, say)."""
     out = []
     for name, o in sorted(outcomes.items()):
         n = o.scored + o.qc_failed

@@ -45,7 +45,8 @@ def test_imagexpress_folders_are_placed_and_decoded(real_fixtures: Path, make_ru
         assert img.field == (int(site.group(1)) if site else 1)
         ch = re.search(r"_w(\d)", name)
         assert img.channel == (ch.group(1) if ch else None)
-        tp = re.search(r"TimePoint_(\d+)", str(path))
+        # the scan: TimePoint_n, else (an acquisition of one time point) the acquisition folder
+        tp = re.search(r"TimePoint_(\d+)", str(path)) or re.search(r"/\d{4}-\d{2}-\d{2}/(\d+)/", str(path))
         assert img.timepoint == (int(tp.group(1)) if tp else None)
         rel = path.relative_to(root).parts
         if rel[0] == "ImageXpress_exported":

@@ -164,9 +164,10 @@ def test_status_warns_of_z_planes_scored_together_until_the_folder_scores_one(
 @pytest.mark.parametrize("induction", [False, True])
 def test_status_warns_when_scored_images_carry_no_time_and_so_give_no_readouts(
         tmp_path: Path, make_runner, db_url: str, capsys: pytest.CaptureFixture[str], induction: bool) -> None:
-    """An ImageXpress acquisition of one time point writes no ``TimePoint_N`` folder: without a
-    scan index or an induction time its images are scored but keyed to no scan, so no readout
-    and an empty plate. ``status`` says so; with ``induction_time`` the readouts come."""
+    """Images copied out of their acquisition folders (ImageXpress names, no ``TimePoint_N`` or
+    acquisition folder above them): without a scan index or an induction time they are scored
+    but keyed to no scan, so no readout and an empty plate. ``status`` says so; with
+    ``induction_time`` the readouts come."""
     from datetime import datetime, timezone
 
     from nscmonitor.store.db import open_engine
@@ -174,7 +175,7 @@ def test_status_warns_when_scored_images_carry_no_time_and_so_give_no_readouts(
 
     watch = tmp_path / "PLATE1"
     for well in ("A01", "B02"):
-        write_tiff(watch / "2026-12-01" / "1334" / f"PLATE1_{well}_s1_w1.tif",
+        write_tiff(watch / f"PLATE1_{well}_s1_w1.tif",
                    cells_image(stable_seed("untimed", well), (64, 64)))
     kw = {"induction_time": datetime(2026, 1, 1, tzinfo=timezone.utc).isoformat()} if induction else {}
     runner = make_runner(watch, db_url=db_url, experiment="IMX", **kw)
@@ -194,3 +195,29 @@ def test_status_warns_when_scored_images_carry_no_time_and_so_give_no_readouts(
             "experiment IMX: its newest 2 scored images carry no time (no scan index in their names or folders, and "
             "the folder sets no induction_time), so they give no well readouts; set the folder's induction_time "
             "(each image is then timed by its file)"]
+
+
+def test_an_acquisition_of_one_time_point_is_its_own_scan(tmp_path: Path, make_runner, db_url: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """MetaXpress writes no ``TimePoint_N`` folder for an acquisition of one time point (the
+    real Projection-Mix output): its acquisition folder, numbered in the order taken, is the
+    scan, so each plate read gives its readouts and two reads stay two time points."""
+    from nscmonitor.store.db import open_engine
+    from nscmonitor.store.reads import Repo
+
+    watch = tmp_path / "PLATE1"
+    for day, acq in (("2026-12-01", "1334"), ("2026-12-02", "1340")):
+        for well in ("A01", "B02"):
+            write_tiff(watch / day / acq / f"PLATE1_{well}_s1_w1.tif",
+                       cells_image(stable_seed("acq", acq, well), (64, 64)))
+    runner = make_runner(watch, db_url=db_url, experiment="IMX")
+    runner.run(once=True)
+    main(["status", "--db", db_url, "--json"])
+    assert not [w for w in json.loads(capsys.readouterr().out)["warnings"] if "carry no time" in w]
+    engine = open_engine(db_url)
+    try:
+        repo = Repo(engine)
+        readouts = sorted((r.well, r.timepoint, r.n_images) for r in repo.readouts(repo.experiment_id("IMX")))
+    finally:
+        engine.dispose()
+    assert readouts == [("A01", 1334, 1), ("A01", 1340, 1), ("B02", 1334, 1), ("B02", 1340, 1)]
