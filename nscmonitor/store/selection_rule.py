@@ -28,7 +28,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, bindparam, select, tuple_, update
+from sqlalchemy import Engine, and_, bindparam, case, or_, select, true, tuple_, update
 from sqlalchemy.orm import sessionmaker
 
 from nscmonitor.core.calibration import WellCalibration, well_calibration_of
@@ -92,22 +92,18 @@ def apply_selection(engine: Engine, experiment_id: int, root: str, channel: str 
     now = utcnow()
     with Session.begin() as s:
         name = s.scalar(select(m.Experiment.name).where(m.Experiment.id == experiment_id)) or str(experiment_id)
-        rows = s.execute(select(m.Image.id, m.Image.path, m.Image.channel, m.Image.z, m.Image.status, m.Image.error,
-                                m.Image.well_id, m.Image.time_key)
-                         .where(m.Image.experiment_id == experiment_id,
-                                m.Image.status.in_([*_LEAVES, QueueState.SKIPPED]))).all()
+        rows = _changing_rows(s, experiment_id, channel, z)
         aside, back, reworded = [], [], []
         for r in rows:
             path = from_db(r.path)
             if not (path.startswith(prefix + os.sep) or path.startswith(prefix + "/")):
                 continue
             reason = skip_reason(channel, z, r.channel, r.z)
-            rule_skipped = r.status == QueueState.SKIPPED and is_selection_skip(r.error)
-            if reason is not None and r.status != QueueState.SKIPPED:
+            if r.status != QueueState.SKIPPED:
                 aside.append((r, reason))
-            elif reason is not None and rule_skipped and r.error != reason:
+            elif reason is not None:
                 reworded.append((r, reason))
-            elif reason is None and rule_skipped:
+            else:
                 back.append(r)
         if not (aside or back or reworded):
             return SelectionApplied(name, channel, z)
@@ -144,6 +140,32 @@ def apply_selection(engine: Engine, experiment_id: int, root: str, channel: str 
                       data={"experiment": name, "channel": channel, "z": z, "set_aside": result.set_aside,
                             "queued": result.queued, "restored": result.restored, "readouts": n_readouts})
         return result
+
+
+def _changing_rows(s, experiment_id: int, channel: str | None, z: str) -> list:  # noqa: ANN001
+    """The experiment's images the settings move: first one grouped read (channel, plane,
+    state and, for a skip, its reason: a few rows whatever the experiment's size, since most
+    starts change nothing), then the rows of the groups that change only."""
+    img = m.Image
+    reason_col = case((img.status == QueueState.SKIPPED.value, img.error), else_=None)
+    groups = s.execute(select(img.channel, img.z, img.status, reason_col).distinct()
+                       .where(img.experiment_id == experiment_id,
+                              img.status.in_([*_LEAVES, QueueState.SKIPPED]))).all()
+    wanted = []
+    for ch, plane, status, error in groups:
+        reason = skip_reason(channel, z, ch, plane)
+        if status != QueueState.SKIPPED:
+            changes = reason is not None
+        else:  # only this rule's own skips move (to their new reason, or back)
+            changes = is_selection_skip(error) and error != reason
+        if changes:
+            wanted.append(and_(img.channel.is_(None) if ch is None else img.channel == ch,
+                               img.z.is_(None) if plane is None else img.z == plane, img.status == status,
+                               img.error == error if status == QueueState.SKIPPED else true()))
+    if not wanted:
+        return []
+    return s.execute(select(img.id, img.path, img.channel, img.z, img.status, img.error, img.well_id, img.time_key)
+                     .where(img.experiment_id == experiment_id, or_(*wanted))).all()
 
 
 def _recompute(s, images: list, now, calibrations: Mapping[str, WellCalibration | None]) -> int:  # noqa: ANN001
