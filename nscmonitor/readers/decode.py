@@ -368,6 +368,10 @@ def acquisition_time(tf, page, path: Path) -> datetime | None:  # tifffile TiffF
     return None
 
 
+#: characters of a stated channel name kept for display
+CHANNEL_NAME_MAX = 64
+
+
 def stated_channel_name(path: str | Path) -> str | None:
     """The channel's name as a single-channel TIFF states it, from its header only: MetaXpress
     writes the illumination setting (``_IllumSetting_``, what its HTD calls the wavelength's
@@ -379,13 +383,16 @@ def stated_channel_name(path: str | Path) -> str | None:
 
     try:
         with open_regular(Path(path)) as fh, tifffile.TiffFile(fh, name=Path(path).name, _multifile=False) as tf:
+            name = None
             if tf.is_metaseries:
                 info = (tf.metaseries_metadata or {}).get("PlaneInfo") or {}
                 name = info.get("_IllumSetting_") or info.get("image-name")
-                return str(name).strip() or None if name is not None else None
-            if tf.is_ome and tf.ome_metadata:
+            elif tf.is_ome and tf.ome_metadata:
                 names = re.findall(r"<(?:\w+:)?Channel\b[^>]*?\bName=\"([^\"]*)\"", tf.ome_metadata[:200_000])
-                return names[0].strip() or None if len(names) == 1 else None
+                name = names[0] if len(names) == 1 else None
+            # shown on a terminal: printable characters only, and a name's length
+            shown_name = "".join(c for c in str(name) if c.isprintable()).strip()[:CHANNEL_NAME_MAX]
+            return shown_name or None if name is not None else None
     except Exception as exc:  # other software's files are malformed in many ways
         log.info("%s: no channel name read: %s", shown(str(path)), why(exc))
     return None

@@ -36,6 +36,12 @@ def test_the_channel_name_a_tiff_states(tmp_path: Path) -> None:
     assert stated_channel_name(tmp_path / "o2.tif") is None  # a stack of two: no one name for the file
     assert stated_channel_name(tmp_path / "plain.tif") is None
     assert stated_channel_name(tmp_path / "broken.tif") is None
+    _metaxpress(tmp_path / "long.tif", "TL-20" + "x" * 500)  # an endless name
+    assert stated_channel_name(tmp_path / "long.tif") == ("TL-20" + "x" * 500)[:64]
+    _metaxpress(tmp_path / "sep.tif", "TL&#x2028;&#x200B;20")  # a line separator, a zero-width space
+    assert stated_channel_name(tmp_path / "sep.tif") == "TL20"
+    _metaxpress(tmp_path / "escape.tif", "TL\x1b[2J")  # not XML at all: nothing read, nothing raised
+    assert stated_channel_name(tmp_path / "escape.tif") in (None, "TL[2J")
 
 
 def _plate(root: Path) -> Path:
