@@ -54,7 +54,7 @@ def is_selection_skip(reason: str | None) -> bool:
 
 def norm_channel(ch: str) -> str:
     """``"02"`` and ``"2"`` name the same channel number; names compare case-blind."""
-    return str(int(ch)) if ch.isdigit() else ch.strip().lower()
+    return str(int(ch)) if ch.isdecimal() else ch.strip().lower()
 
 
 def norm_z(value: object) -> str:
@@ -68,6 +68,6 @@ def norm_z(value: object) -> str:
         v = value.strip().lower()
         if v in (Z_ALL, Z_PROJECTION):
             return v
-        if v.isdigit():
+        if v.isdecimal():
             return str(int(v))
     raise ValueError(f'must be "all", "projection" or a plane number, got {value!r}')

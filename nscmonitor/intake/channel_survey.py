@@ -153,6 +153,6 @@ def survey(cfg: WatchFolder, custom: Sequence[CustomProfileSpec] = (), *,
                 break
     except OSError as exc:  # a share that went away: what was seen so far is what is told
         log.info("channel survey of %s stopped: %s", root, exc)
-    ordered = sorted(found.values(), key=lambda t: (not t[0].isdigit(), int(t[0]) if t[0].isdigit() else 0, t[0]))
+    ordered = sorted(found.values(), key=lambda t: (not t[0].isdecimal(), int(t[0]) if t[0].isdecimal() else 0, t[0]))
     return ChannelSurvey(cfg.channel, tuple((token, stated_channel_name(p)) for token, p in ordered), cfg.z,
                          tuple(sorted(planes)), unplaned)

@@ -52,3 +52,12 @@ def test_z_defaults_to_every_plane(tmp_path: Path) -> None:
     assert load_settings(cfg).watch[0].z == "all"
     cfg.write_text(f'[[watch]]\npath = "{tmp_path.as_posix()}"\nz = "projection"\n')
     assert load_settings(cfg).watch[0].z == "projection"
+
+
+def test_a_channel_token_of_digit_like_characters_is_a_name_not_a_crash() -> None:
+    """``str.isdigit`` is true for superscripts, which ``int`` refuses: a profile whose channel
+    token takes any characters must not make intake (or a start) raise on such a name."""
+    assert skip_reason("2", "all", "²", None) == "channel ² is not the scored channel (2)"
+    assert skip_reason("02", "all", "٢", None) is None  # an Arabic-Indic two is a decimal two
+    with pytest.raises(ValueError, match="must be"):
+        norm_z("²")
