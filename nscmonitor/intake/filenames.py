@@ -48,9 +48,9 @@ def _times(g: dict[str, str | None]) -> tuple[float | None, datetime | None]:
     elapsed = None
     if g.get("days") is not None:
         elapsed = int(g["days"]) * 24 + int(g["hours"] or 0) + int(g["minutes"] or 0) / 60.0
-    for k in ("elapsed_d", "elapsed_h", "elapsed_m"):
+    for k, hours in (("elapsed_d", 24.0), ("elapsed_h", 1.0), ("elapsed_m", 1 / 60), ("elapsed_ms", 1 / 3.6e6)):
         if g.get(k):
-            elapsed = (elapsed or 0.0) + float(g[k]) * {"elapsed_d": 24.0, "elapsed_h": 1.0, "elapsed_m": 1 / 60}[k]
+            elapsed = (elapsed or 0.0) + float(g[k]) * hours
     acquired = None
     if g.get("year"):
         acquired = datetime(int(g["year"]), int(g["month"]), int(g["day"]), int(g["hh"]), int(g["mm"]))

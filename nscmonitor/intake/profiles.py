@@ -7,7 +7,7 @@ ones: well A01, field/z/timepoint 1-based.
 
 Group names understood by ``filenames.parse_path``: plate, row (letters or digits, see
 ``numeric_rows``), col, well (e.g. B2), well_idx (sequential, needs the plate format),
-field/site/pos, channel, z, t/timepoint, elapsed tokens (days/hours/minutes), wall-clock
+field/site/pos, channel, z, t/timepoint, elapsed tokens (days/hours/minutes, elapsed_ms), wall-clock
 tokens (year, month, day, hh, mm; or yymm, dd, hhmm for Incucyte archives).
 """
 
@@ -146,7 +146,11 @@ BUILTIN: tuple[Profile, ...] = (
     ),
     Profile(
         "incell", "GE/Cytiva IN Cell Analyzer",
-        (_p(r"^(?P<row>[A-Z]) - (?P<col>\d{2})\(fld (?P<field>\d+) wv (?P<channel>[^)]+)\)\.tif$"),),
+        # <row> - <col>(fld F[ wv EX - EM][ z Z][- time T - MS ms]).tif: the column is written
+        # with or without its leading zero, single-channel runs leave out the wave, and a
+        # time-lapse run adds its time point and the milliseconds since the run began
+        (_p(r"^(?P<row>[A-Z]{1,2}) - (?P<col>\d{1,2})\(fld (?P<field>\d+)(?: wv (?P<channel>[^()]+?))?"
+            r"(?: z (?P<z>\d+))?(?:\s*-\s*time (?P<t>\d+) - (?P<elapsed_ms>\d+) ms)?\)\.tiff?$"),),
         sidecars=_s(r"\.xdce$"),
     ),
     Profile(

@@ -134,3 +134,36 @@ def test_custom_profile() -> None:
 def test_harmony_plate_barcode_from_the_measurement_folder() -> None:
     r = parse_path("PLATE-0042__2026-11-02T09_00_00-Measurement 1/Images/r02c03f01p01-ch1sk5fk1fl1.tiff")
     assert r.kind == "image" and r.key.plate == "PLATE-0042" and r.key.well == "B03" and r.key.timepoint == 5
+
+
+#: IN Cell Analyzer names as public code that reads this instrument's output writes them: the
+#: column with or without its zero, runs of one channel without a wave, z planes, and the
+#: time-lapse form whose time point and milliseconds since the run began close the brackets.
+INCELL = [
+    ("B - 03(fld 1 wv DAPI - DAPI).tif", "B03", 1, "DAPI - DAPI", None, None, None),
+    ("A - 1(fld 1 wv Cy5 - Cy5).tif", "A01", 1, "Cy5 - Cy5", None, None, None),
+    ("A - 01(fld 1 wv Green - dsRed z 3).tif", "A01", 1, "Green - dsRed", 3, None, None),
+    ("B - 2(fld 1 wv Cy3 - Cy3 wix 1).tif", "B02", 1, "Cy3 - Cy3 wix 1", None, None, None),
+    ("N - 6(fld 1- time 1 - 22858 ms).tif", "N06", 1, None, None, 1, 22858 / 3.6e6),
+    ("H - 12(fld 4 z 3- time 50 - 1470000 ms).tif", "H12", 4, None, 3, 50, 1470000 / 3.6e6),
+    ("D - 1(fld 2 wv UV - DAPI- time 3 - 7200000 ms).tif", "D01", 2, "UV - DAPI", None, 3, 2.0),
+]
+
+
+@pytest.mark.parametrize("name,well,field,channel,z,t,elapsed", INCELL, ids=[r[0] for r in INCELL])
+def test_incell_names(name, well, field, channel, z, t, elapsed) -> None:
+    r = parse_path(name)
+    assert r.kind == "image" and r.profile == "incell", (name, r.reason)
+    k = r.key
+    assert (k.well, k.field, k.channel, k.z, k.timepoint) == (well, field, channel, z, t)
+    assert k.elapsed_h == (None if elapsed is None else pytest.approx(elapsed))
+
+
+def test_incell_time_points_are_one_channel_not_one_each() -> None:
+    """Before, the time token was read as part of the wave, so each time point of a run became a
+    channel of its own and the channel rule skipped all but one."""
+    keys = [parse_path(f"A - 1(fld 1 wv TL-Brightfield - Cy3- time {t} - {t * 3600000} ms).tif").key
+            for t in (1, 2, 3)]
+    assert {k.channel for k in keys} == {"TL-Brightfield - Cy3"}
+    assert [k.timepoint for k in keys] == [1, 2, 3]
+    assert [k.elapsed_h for k in keys] == pytest.approx([1.0, 2.0, 3.0])
