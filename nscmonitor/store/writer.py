@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ from nscmonitor.core.names import clean, from_db, to_db
 from nscmonitor.core.aggregate import ImageScore
 from nscmonitor.core.calibration import WellCalibration
 from nscmonitor.core.queue import PROBLEMS, QueueState
+from nscmonitor.core.scans import MAX_READ_MIN, SCAN_GAP_MIN, Placed, scan_keys
 from nscmonitor.store import models as m
 from nscmonitor.store.selection_rule import SelectionApplied, apply_selection
 from nscmonitor.store.claims import Claimed as Claimed, Claims  # Claimed: what the scorer gets back
@@ -90,7 +92,8 @@ COPIED_AFTER_S = 15 * 3600.0
 
 def time_key(key: ImageKey | None, elapsed_h: float | None) -> int | None:
     """Images of one scan share a key: the scan index when the name has one, else elapsed
-    minutes (Incucyte names carry only a time stamp)."""
+    minutes (Incucyte names carry the scan's time stamp). An image timed by its file's clock
+    gets its minute here and its plate read's key from ``Writer._key_clock_timed``."""
     if key is not None and key.timepoint is not None:
         return key.timepoint
     if elapsed_h is not None:
@@ -163,17 +166,18 @@ class Writer(Claims):
                 known.update((r.path, r) for r in s.execute(
                     select(m.Image.id, m.Image.path, m.Image.size, m.Image.mtime)
                     .where(m.Image.path.in_([f.path for f in files[start:start + 500]]))))
+            queued = [(f, known.get(f.path)) for f in files]
+            queued = [(f, row) for f, row in queued
+                      if row is None or row.size != f.size or row.mtime != f.mtime]
+            fields = [self._queue_fields(f, now) for f, _ in queued]
+            self._key_clock_timed(s, [f for f, _ in queued], fields)
             added, changed = [], []
-            for f in files:
-                row = known.get(f.path)
-                if row is not None and row.size == f.size and row.mtime == f.mtime:
-                    continue
-                fields = self._queue_fields(f, now)
+            for (f, row), fs in zip(queued, fields):
                 if row is None:
                     added.append({"experiment_id": f.experiment_id, "path": f.path, "relpath": f.relpath,
-                                  "discovered_at": now, **fields})
+                                  "discovered_at": now, **fs})
                 else:
-                    changed.append({"b_id": row.id, **{f"b_{k}": v for k, v in fields.items()}})
+                    changed.append({"b_id": row.id, **{f"b_{k}": v for k, v in fs.items()}})
                 if f.error:
                     add_event(s, "quarantined", f.error, level="warning", path=f.path, at=now)
             if added:
@@ -206,6 +210,39 @@ class Writer(Claims):
             time_key=time_key(f.key, f.elapsed_h), elapsed_h=f.elapsed_h, acquired_at=f.acquired_at,
             updated_at=now,
         )
+
+    def _key_clock_timed(self, s: Session, files: list[Discovered], fields: list[dict]) -> None:
+        """Images timed only by their file's clock keyed by the plate read they belong to
+        (``core.scans``) instead of each by its own minute: the plate's images within the
+        scan gap of the batch are read (the batch's own rows left out: a changed file is
+        placed anew) and the keys in ``fields`` replaced."""
+        by_plate: dict[int, list[int]] = {}
+        for i, f in enumerate(files):
+            k = f.key
+            if (k is not None and f.error is None and f.elapsed_h is not None and k.timepoint is None
+                    and k.elapsed_h is None and k.acquired_at is None):
+                by_plate.setdefault(self._wells[(f.experiment_id, f.plate or "plate", k.well)][0], []).append(i)
+        if not by_plate:
+            return
+        paths = {f.path for f in files}
+        img, well = m.Image, m.Well
+        for plate_id, idx in by_plate.items():
+            lo = min(fields[i]["elapsed_h"] for i in idx) - SCAN_GAP_MIN / 60
+            hi = max(fields[i]["elapsed_h"] for i in idx) + SCAN_GAP_MIN / 60
+            near = s.execute(
+                select(img.path, img.elapsed_h, img.time_key, img.well_id, img.field, img.channel, img.z)
+                .join(well, well.id == img.well_id)
+                .where(well.plate_id == plate_id, img.timepoint.is_(None),
+                       img.time_key.between(math.floor(lo * 60) - MAX_READ_MIN, math.ceil(hi * 60) + MAX_READ_MIN),
+                       img.elapsed_h.between(lo, hi))).all()
+            placed = [Placed(r.elapsed_h * 60, r.time_key, (r.well_id, r.field, r.channel, r.z))
+                      for r in near if r.path not in paths]
+            taken = set(s.scalars(select(img.time_key).distinct().join(well, well.id == img.well_id)
+                                  .where(well.plate_id == plate_id, img.time_key >= math.floor(lo * 60))))
+            new = [(fields[i]["elapsed_h"] * 60,
+                    (fields[i]["well_id"], fields[i]["field"], fields[i]["channel"], fields[i]["z"])) for i in idx]
+            for i, key in zip(idx, scan_keys(placed, new, taken=taken)):
+                fields[i]["time_key"] = key
 
     def requeue(self, ids: Iterable[int]) -> int:
         """Quarantined (or failed) images back to the queue with fresh attempts: the
