@@ -1,12 +1,13 @@
 """Which scan (plate read) an image belongs to when nothing in its name says so.
 
 An image whose name carries a scan index (ImageXpress ``TimePoint_n``, Harmony ``sk``) or the
-scan's own time stamp (Incucyte) is keyed by it. One with neither (IN Cell runs without a time
-token, Cellomics, bare ImageXpress names, Micro-Manager stacks) is timed by its file's clock,
-so every image of one plate read has a time of its own: keyed by its minute, the fields of a
-well split across minute boundaries into readouts of one or two fields each, and the plate's
-wells never share a time point (the plate map's latest time point held the few wells imaged
-in its last minute). A read is a run of images close in time in which each position (well,
+time since the first scan (Incucyte ``00d04h00m``) is keyed by it. One with neither (IN Cell
+runs without a time token, Cellomics, bare ImageXpress names, Micro-Manager stacks) is timed
+by its file's clock, so every image of one plate read has a time of its own: keyed by its
+minute, the fields of a well split across minute boundaries into readouts of one or two fields
+each, and the plate's wells never share a time point (the plate map's latest time point held
+the few wells imaged in its last minute). A wall-clock stamp in the name (Incucyte's, a Nikon
+JOBS run's start) is keyed the same way: one scan's images share its minute and so its read. A read is a run of images close in time in which each position (well,
 field, channel, plane) appears once, so an image joins the nearest read within ``gap``
 minutes that does not hold its position yet, else it starts a read of its own, keyed by its
 minute. The position rule tells apart reads with no pause between them (a plate imaged

@@ -38,7 +38,7 @@ def _int(groups: dict[str, str | None], name: str, zero_based: frozenset[str]) -
 
 
 def _channel(groups: dict[str, str | None]) -> str | None:
-    ch = groups.get("channel")
+    ch = groups.get("channel") or groups.get("channel2") or groups.get("channel3")
     if ch is None:
         return None
     return str(int(ch)) if ch.isdigit() else ch
@@ -86,7 +86,7 @@ def _key(g: dict[str, str | None], pat: Pattern, plate_format: int | None) -> Im
         rows, cols = PLATE_SHAPES[plate_format]
         if row >= rows or col >= cols:
             raise NameError_(f"well {well_name(row, col)} is outside a {plate_format}-well plate")
-    field = _int(g, "field", zb) or _int(g, "site", zb) or _int(g, "pos", zb)
+    field = _int(g, "field", zb) or _int(g, "site", zb) or _int(g, "pos", zb) or _int(g, "xy", zb)
     t = _int(g, "t", zb) or _int(g, "timepoint", zb)
     elapsed, acquired = _times(g)
     return ImageKey(

@@ -7,7 +7,7 @@ ones: well A01, field/z/timepoint 1-based.
 
 Group names understood by ``filenames.parse_path``: plate, row (letters or digits, see
 ``numeric_rows``), col, well (e.g. B2), well_idx (sequential, needs the plate format),
-field/site/pos, channel, z, t/timepoint, elapsed tokens (days/hours/minutes, elapsed_ms), wall-clock
+field/site/pos/xy, channel (or channel2, channel3: other forms of it in one regex), z, t/timepoint, elapsed tokens (days/hours/minutes, elapsed_ms), wall-clock
 tokens (year, month, day, hh, mm; or yymm, dd, hhmm for Incucyte archives).
 """
 
@@ -140,9 +140,26 @@ BUILTIN: tuple[Profile, ...] = (
         sidecars=_s(r"^NDTiff\.index$", r"^metadata\.txt$", r"^display_and_comments\.txt$"),
     ),
     Profile(
-        "nikon", "Nikon NIS-Elements ND2 (JOBS / well-plate acquisitions; positions named by well are read "
-                 "from the file)",
-        (_p(r"Wells?(?P<row>[A-Z]{1,2})(?P<col>\d{1,2})(?=[_.\-c])[^/]*\.nd2$", defaults=(("field", "1"),)),),
+        "nikon", "Nikon NIS-Elements: ND2 (JOBS / well-plate acquisitions; positions named by well are read "
+                 "from the file) and TIFF exports named by well",
+        (
+            _p(r"Wells?(?P<row>[A-Z]{1,2})(?P<col>\d{1,2})(?=[_.\-c])[^/]*\.nd2$", defaults=(("field", "1"),)),
+            # TIFF exports: the user chooses which tokens the name carries and in what order
+            # (JOBS: <start>__WellI02_PointI02_0002_ChannelFar Red_Seq8699; ND export:
+            # ..._WellsD8_Points01c5, WellB03_t005xy2z3c1; Well-J18-z1-CONC.ome.tiff), so each
+            # token is looked for on its own; a JOBS run's start stamp is its time
+            _p(r"^(?=.*?(?<![A-Za-z])Wells?-?(?P<row>[A-Z]{1,2})0?(?P<col>\d{1,2})(?![0-9]))"
+               r"(?=(?:.*?(?<![A-Za-z])xy(?P<xy>\d+))?)"
+               r"(?=(?:.*?(?<![A-Za-z])Points(?P<pos>\d+))?)"
+               r"(?=(?:.*?(?<![A-Za-z])Point[A-Z]{1,2}\d{1,2}_(?P<site>\d+))?)"
+               r"(?=(?:.*?(?<![A-Za-z])t(?P<t>\d+)(?=[xyzc_.\-]))?)"
+               r"(?=(?:.*?(?<![A-Za-z])z(?P<z>\d+)(?=[c_.\-]))?)"
+               r"(?=(?:.*?(?<![A-Za-z])c(?P<channel>\d+)\.)?)"
+               r"(?=(?:.*?_Channel(?P<channel2>[^_,]+)_)?)"
+               r"(?=(?:.*?-z\d+-(?P<channel3>[^.]+)\.)?)"
+               r"(?=(?:(?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})_(?P<hh>\d{2})(?P<mm>\d{2})\d{2}_\d{3}_)?)"
+               r".*\.(?:ome\.)?(?:tiff?|TIFF?)$", zero_based=("pos",)),
+        ),
     ),
     Profile(
         "incell", "GE/Cytiva IN Cell Analyzer",

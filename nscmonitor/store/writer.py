@@ -212,15 +212,18 @@ class Writer(Claims):
         )
 
     def _key_clock_timed(self, s: Session, files: list[Discovered], fields: list[dict]) -> None:
-        """Images timed only by their file's clock keyed by the plate read they belong to
-        (``core.scans``) instead of each by its own minute: the plate's images within the
-        scan gap of the batch are read (the batch's own rows left out: a changed file is
-        placed anew) and the keys in ``fields`` replaced."""
+        """Images whose name gives neither a scan index nor the time since the first scan,
+        timed by a clock (the file's, or a wall-clock stamp in the name), keyed by the plate
+        read they belong to (``core.scans``) instead of each by its own minute: the plate's
+        images within the scan gap of the batch are read (the batch's own rows left out: a
+        changed file is placed anew) and the keys in ``fields`` replaced. Images of one
+        stamped scan (Incucyte) share a minute, so they keep sharing a key; two scans under
+        one stamp (a run that loops over its time points) are told apart by position."""
         by_plate: dict[int, list[int]] = {}
         for i, f in enumerate(files):
             k = f.key
-            if (k is not None and f.error is None and f.elapsed_h is not None and k.timepoint is None
-                    and k.elapsed_h is None and k.acquired_at is None):
+            if k is not None and f.error is None and f.elapsed_h is not None and k.timepoint is None \
+                    and k.elapsed_h is None:
                 by_plate.setdefault(self._wells[(f.experiment_id, f.plate or "plate", k.well)][0], []).append(i)
         if not by_plate:
             return

@@ -63,3 +63,25 @@ def test_each_read_is_one_time_point_of_every_well(tmp_path: Path, make_runner, 
     with runner.store.Session() as s:
         minutes = {round(e * 60) for (e,) in s.execute(select(m.Image.elapsed_h))}
     assert len(minutes) > 4  # the images' own minutes differ: the reads, not the minutes, are the keys
+
+
+def test_a_run_stamped_once_that_images_its_plate_twice_gives_two_time_points(tmp_path: Path, make_runner) -> None:
+    """A Nikon JOBS run's names carry the run's start stamp; a run that loops over its time
+    points gives every image of both reads that one stamp. Keyed by the stamp's minute, the two
+    reads of a well were one readout of twice its fields; a position seen again starts a read."""
+    watch = tmp_path / "jobs"
+    stamp = INDUCTION + timedelta(hours=24)
+    seq = 0
+    for loop in range(2):
+        for row, col in WELLS:
+            for point in (1, 2):
+                seq += 1
+                write_tiff(watch / (f"{stamp:%Y%m%d_%H%M%S}_000__Well{row}{col:02d}_Point{row}{col:02d}_{point:04d}"
+                                    f"_ChannelBF_Seq{seq:04d}.tif"),
+                           cells_image(stable_seed("jobs", loop, row, col, point), (64, 64)))
+    runner = make_runner(watch, induction_time=INDUCTION.isoformat(), profile="nikon")
+    runner.run(once=True)
+    got = _readouts(runner)
+    assert len(got) == 2 * len(WELLS), got
+    assert {n for _, _, n in got} == {2}
+    assert len({k for _, k, _ in got}) == 2

@@ -167,3 +167,33 @@ def test_incell_time_points_are_one_channel_not_one_each() -> None:
     assert {k.channel for k in keys} == {"TL-Brightfield - Cy3"}
     assert [k.timepoint for k in keys] == [1, 2, 3]
     assert [k.elapsed_h for k in keys] == pytest.approx([1.0, 2.0, 3.0])
+
+
+#: Nikon NIS-Elements TIFF exports as public code that reads them names them: JOBS runs (the
+#: run's start stamp, point and channel by name), ND exports (Wells/Points, xy, t, z, c
+#: indices in the order the user chose) and OME-TIFF exports named by well.
+NIKON = [
+    ("20230223_183729_719__WellI02_PointI02_0002_ChannelFar Red Single_Seq8699.tiff",
+     "I02", 2, "Far Red Single", None, None, "2023-02-23T18:37:00"),
+    ("20230303_200618_678__WellP24_ChannelMITO,PHAandWGA,SYTO,CONC,HOECHST_Seq0360xy9c5.tif",
+     "P24", 9, "5", None, None, "2023-03-03T20:06:00"),
+    ("RMS-P01_WellsD8_Points01c5.tif", "D08", 2, "5", None, None, None),
+    ("RMS-P01_Points00_WellsJ6c5.tif", "J06", 1, "5", None, None, None),
+    ("Well-J18-z1-CONC.ome.tiff", "J18", None, "CONC", 1, None, None),
+    ("WellB03_t005xy2z3c1.tif", "B03", 2, "1", 3, 5, None),
+]
+
+
+@pytest.mark.parametrize("name,well,field,channel,z,t,acquired", NIKON, ids=[r[0] for r in NIKON])
+def test_nikon_tiff_exports(name, well, field, channel, z, t, acquired) -> None:
+    r = parse_path(name)
+    assert r.kind == "image" and r.profile == "nikon", (name, r.reason)
+    k = r.key
+    assert (k.well, k.field, k.channel, k.z, k.timepoint) == (well, field, channel, z, t)
+    assert (k.acquired_at.isoformat() if k.acquired_at else None) == acquired
+
+
+def test_names_of_other_vendors_are_not_taken_for_nikon() -> None:
+    for name in ("MyPlate_B11_w2.tif", "r01c01f01p01-ch1sk1fk1fl1.tiff", "B2--W00014--P00001--Z00000--T00000--DAPi.tif",
+                 "Wellplate_notes.tif"):
+        assert parse_path(name).profile != "nikon", name
