@@ -24,7 +24,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _channel_checks(s) -> list[tuple[str, bool, str]]:  # config.Settings
     """Per reachable watch folder, the channels its names carry and what the setting scores
-    (``intake.channel_survey``): a setting that matches none fails the check."""
+    (``intake.channel_survey``): a setting that matches none fails the check; and how its names
+    are timed: names with no scan index or elapsed time in a folder without ``induction_time``
+    fail it (their images would give no readout)."""
     from nscmonitor.intake.channel_survey import survey
 
     out = []
@@ -37,6 +39,8 @@ def _channel_checks(s) -> list[tuple[str, bool, str]]:  # config.Settings
             out.append((f"watch {w.experiment} channels", False, f"not surveyed: {exc}"))
             continue
         out.append((f"watch {w.experiment} channels", not found.mismatch, found.note()))
+        if found.time_note():
+            out.append((f"watch {w.experiment} time", not found.untimed, found.time_note()))
     return out
 
 

@@ -83,6 +83,8 @@ def _serve(args: argparse.Namespace, s: Settings) -> int:
                 continue
             if found.mismatch or found.mixed:
                 print(f"nscmonitor: WARNING: watch {f.cfg.path}: {found.note()}", file=sys.stderr)
+            if found.untimed:
+                print(f"nscmonitor: WARNING: watch {f.cfg.path}: {found.time_note()}", file=sys.stderr)
     sched = None
     if not args.once and not args.no_schedule:
         from nscmonitor.schedule.ownership import OwnedSchedule

@@ -1,6 +1,7 @@
 """Which channels (and z planes) a watch folder's file names carry, each channel with the name
-its files state, and whether the folder's ``channel`` and ``z`` settings score one of them:
-told by ``doctor`` and at the start of ``nscmonitor run``.
+its files state, whether the folder's ``channel`` and ``z`` settings score one of them, and
+whether the names give a time the readouts can be keyed by: told by ``doctor`` and at the start
+of ``nscmonitor run``.
 
 Why: names and settings speak different languages. An ImageXpress name carries the
 wavelength's number (``_w2``) while its TIFF, and the biologist, call it "FITC"; a setting of
@@ -40,6 +41,33 @@ class ChannelSurvey:
     z: str = Z_ALL
     planes: tuple[int, ...] = ()
     unplaned: bool = False
+    #: how the sampled names give time: a scan index or the time since the first scan
+    #: (``indexed``), a wall-clock stamp (``stamped``), nothing (``clocked``: the file's mtime);
+    #: and whether the folder has an ``induction_time``, which the last two need for hours
+    indexed: int = 0
+    stamped: int = 0
+    clocked: int = 0
+    induction: bool = False
+
+    @property
+    def untimed(self) -> bool:
+        """Names that give no scan index and no elapsed time, in a folder without an induction
+        time: their images are scored but have no time, so they give no readout."""
+        return not self.induction and (self.stamped + self.clocked) > 0
+
+    def time_note(self) -> str:
+        if not (self.indexed or self.stamped or self.clocked):
+            return ""
+        if self.untimed:
+            what = ("a wall-clock time only" if self.clocked == 0
+                    else "no time (no scan index, no time stamp)")
+            return (f"{self.stamped + self.clocked} of the names looked at give {what}, and the folder has no "
+                    "induction_time: their images are scored but give no readout; set induction_time (when "
+                    "differentiation was induced) for hours since induction")
+        if self.clocked:
+            return (f"{self.clocked} of the names looked at give no time: each image is timed by its file's "
+                    "modification time (keep file times when copying) and grouped into plate reads")
+        return "time from the names" + (" and the folder's induction_time" if self.stamped else "")
 
     @property
     def z_mixed(self) -> bool:
@@ -129,6 +157,7 @@ def survey(cfg: WatchFolder, custom: Sequence[CustomProfileSpec] = (), *,
     found: dict[str, tuple[str, Path]] = {}
     planes: set[int] = set()
     unplaned = False
+    timing = {"indexed": 0, "stamped": 0, "clocked": 0}
     seen = 0
     try:
         for folder, dirs, files in os.walk(root):
@@ -146,6 +175,9 @@ def survey(cfg: WatchFolder, custom: Sequence[CustomProfileSpec] = (), *,
                     planes.add(key.z)
                 elif key is not None:
                     unplaned = True
+                if key is not None:
+                    timing["indexed" if key.timepoint is not None or key.elapsed_h is not None
+                           else "stamped" if key.acquired_at is not None else "clocked"] += 1
                 if seen >= limit or len(found) >= MAX_CHANNELS:
                     break
             seen += len(dirs)
@@ -155,4 +187,4 @@ def survey(cfg: WatchFolder, custom: Sequence[CustomProfileSpec] = (), *,
         log.info("channel survey of %s stopped: %s", root, exc)
     ordered = sorted(found.values(), key=lambda t: (not t[0].isdecimal(), int(t[0]) if t[0].isdecimal() else 0, t[0]))
     return ChannelSurvey(cfg.channel, tuple((token, stated_channel_name(p)) for token, p in ordered), cfg.z,
-                         tuple(sorted(planes)), unplaned)
+                         tuple(sorted(planes)), unplaned, induction=cfg.induction_time is not None, **timing)

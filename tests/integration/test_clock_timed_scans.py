@@ -85,3 +85,34 @@ def test_a_run_stamped_once_that_images_its_plate_twice_gives_two_time_points(tm
     assert len(got) == 2 * len(WELLS), got
     assert {n for _, _, n in got} == {2}
     assert len({k for _, k, _ in got}) == 2
+
+
+def test_doctor_and_run_say_when_names_give_no_time(tmp_path: Path, tiny_model: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Names without a time in a folder without ``induction_time``: the doctor fails the
+    folder's time check and ``run`` warns at its start, before images are scored that give
+    no readout; with the induction time set both are quiet about it and the readouts come."""
+    import subprocess
+    import sys
+
+    from nscmonitor.cli import main
+
+    watch = tmp_path / "plate7"
+    _write_read(watch, "plate7_1", INDUCTION + timedelta(hours=24))
+    cfg = tmp_path / "config.toml"
+    head = (f'database_url = "sqlite:///{(tmp_path / "nsc.db").as_posix()}"\n'
+            f'models_dir = "{(tmp_path / "models").as_posix()}"\nlog_dir = "{(tmp_path / "logs").as_posix()}"\n'
+            f'[[watch]]\npath = "{watch.as_posix()}"\nexperiment = "IC"\nquiet_seconds = 0\n')
+    cfg.write_text(head)
+    assert main(["--config", str(cfg), "doctor"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "watch IC time" in x)
+    assert line.startswith("--") and "give no readout; set induction_time" in line
+    run = subprocess.run([sys.executable, "-m", "nscmonitor", "--config", str(cfg), "run", "--model", str(tiny_model),
+                          "--once"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "WARNING: watch" in run.stderr and "set induction_time" in run.stderr
+
+    cfg.write_text(head + f'induction_time = "{INDUCTION.isoformat()}"\n')
+    assert main(["--config", str(cfg), "doctor"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "watch IC time" in x)
+    assert line.startswith("ok") and "modification time" in line

@@ -110,3 +110,30 @@ def test_the_survey_tells_z_planes_beside_a_projection(tmp_path: Path, z, mixed,
 def test_the_real_projection_beside_its_zsteps(real_fixtures: Path) -> None:
     found = survey(WatchFolder(path=real_fixtures / "ImageXpress" / "Projection-Mix", experiment="x", channel="1"))
     assert found.planes == tuple(range(1, 11)) and found.unplaned and found.z_mixed
+
+
+def test_the_survey_says_when_names_give_no_time(tmp_path: Path) -> None:
+    """An IN Cell run without a time-lapse names no time: without an induction time its images
+    would be scored and give no readout, which doctor and run's start now say first."""
+    run = tmp_path / "plate7" / "run1"
+    run.mkdir(parents=True)
+    for well in ("A - 1", "B - 2"):
+        tifffile.imwrite(run / f"{well}(fld 1 wv TL-Brightfield - Cy3).tif", np.zeros((16, 16), np.uint16))
+    bare = survey(WatchFolder(path=tmp_path / "plate7", experiment="x"))
+    assert (bare.clocked, bare.indexed, bare.untimed) == (2, 0, True)
+    assert "give no readout; set induction_time" in bare.time_note()
+    from datetime import datetime, timezone
+
+    timed = survey(WatchFolder(path=tmp_path / "plate7", experiment="x",
+                               induction_time=datetime(2026, 3, 2, tzinfo=timezone.utc)))
+    assert not timed.untimed and "timed by its file's modification time" in timed.time_note()
+    stamped = tmp_path / "inc"
+    stamped.mkdir()
+    tifffile.imwrite(stamped / "VID1_A1_1_2026y03m02d_09h00m.tif", np.zeros((16, 16), np.uint16))
+    found = survey(WatchFolder(path=stamped, experiment="x"))
+    assert found.stamped == 1 and found.untimed and "a wall-clock time only" in found.time_note()
+
+
+def test_names_with_a_scan_index_need_no_induction_time(tmp_path: Path) -> None:
+    found = survey(WatchFolder(path=_plate(tmp_path), experiment="IMX", channel="1"))
+    assert found.indexed > 0 and not found.untimed and found.time_note() == "time from the names"
