@@ -5,6 +5,7 @@ Pure functions of the folder's settings and the ready file."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from nscmonitor.core.selection import skip_reason
@@ -24,6 +25,11 @@ def parse(folder: WatchedFolder, path: str, unit: formats.Unit | None) -> ParseR
     res = parse_path(folder.rel(formats.split_ref(path)[0]), folder.profile, plate_format=folder.cfg.plate_format)
     if unit is not None and (unit.key is not None or unit.error is not None):
         res = ParseResult(folder.rel(path), "error" if unit.error else "image", unit.profile, unit.key, unit.error)
+    elif unit is not None and unit.timepoint is not None and res.key is not None:
+        # a time point of a stack placed by its file's name: the name's place, the stack's time
+        res = ParseResult(folder.rel(path), res.kind, res.profile,
+                          replace(res.key, timepoint=unit.timepoint, elapsed_h=unit.elapsed_h,
+                                  acquired_at=unit.acquired_at), res.reason)
     return res
 
 

@@ -82,23 +82,30 @@ def _hash(fh: BinaryIO) -> str:
     return h.hexdigest()
 
 
-def _plane_index(series, page_axes: str, channel_index: int | None) -> tuple[int, int | None]:
+def _plane_index(series, page_axes: str, channel_index: int | None,
+                 time_index: int | None = None) -> tuple[int, int | None]:
     """Which page holds the scored plane: the first of every leading axis except C, where
-    ``channel_index`` is taken. Returns the page index and the channel index still to pick
-    inside the page (when C is a page axis)."""
+    ``channel_index`` is taken, and T, where ``time_index`` is (a time point of a series).
+    Returns the page index and the channel index still to pick inside the page (when C is a
+    page axis)."""
     axes, shape = series.axes, series.shape
     n_lead = len(axes) - len(page_axes)
+    if time_index and ("T" not in axes[:max(n_lead, 0)] or time_index >= shape[axes.index("T")]):
+        raise DecodeError(f"the stack holds no time point {time_index + 1} (axes {axes}, shape {tuple(shape)})",
+                          permanent=True)
     if n_lead <= 0 or not axes.endswith(page_axes):
         return 0, channel_index
     lead_axes, lead_shape = axes[:n_lead], shape[:n_lead]
-    idx = [channel_index if ax == "C" and channel_index is not None and channel_index < n else 0
+    idx = [channel_index if ax == "C" and channel_index is not None and channel_index < n else
+           time_index if ax == "T" and time_index else 0
            for ax, n in zip(lead_axes, lead_shape)]
     inner = None if "C" in lead_axes else channel_index
     return int(np.ravel_multi_index(idx, lead_shape)), inner
 
 
 def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
-          max_pixels: int, channel: str | None = None) -> tuple[np.ndarray, float | None, datetime | None]:
+          max_pixels: int, channel: str | None = None,
+          time_index: int | None = None) -> tuple[np.ndarray, float | None, datetime | None]:
     """Decode the one page that holds the scored plane; every limit is checked from the
     header first, so memory is bounded by ``max_pixels``, never by the file."""
     import tifffile
@@ -125,7 +132,7 @@ def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
                 channel_index = stack_channel(tf, series, channel)
             key = series.keyframe
             page_axes = str(key.axes)
-            index, inner_channel = _plane_index(series, page_axes, channel_index)
+            index, inner_channel = _plane_index(series, page_axes, channel_index, time_index)
             pages = series.pages
             if index < len(pages) and pages[index] is not None:
                 page = pages[index]

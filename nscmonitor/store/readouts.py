@@ -16,7 +16,7 @@ from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
 
 from nscmonitor.core.aggregate import ImageScore, well_aggregate
-from nscmonitor.core.calibration import WellCalibration
+from nscmonitor.core.calibration import WellCalibration, well_calibration_of
 from nscmonitor.core.queue import QueueState
 from nscmonitor.store import models as m
 from nscmonitor.store.places import upsert
@@ -99,3 +99,35 @@ def flagged_images(flags) -> int | None:
     """Images flagged out of distribution; None when no image has a flag (the model gives none)."""
     known = [bool(f) for f in flags if f is not None]
     return sum(known) if known else None
+
+
+def recompute_for_images(s: Session, images: list, now: datetime, calibrations: Mapping[str, WellCalibration | None],
+                         *, counted: tuple[QueueState, ...]) -> int:
+    """The readouts of every (well, time, version) the images (rows with ``id``, ``well_id``,
+    ``time_key``) count in: each version that has a readout of their wells and times, or a
+    prediction of them; for images whose state just changed. Returns how many were recomputed."""
+    pairs = sorted({(r.well_id, r.time_key) for r in images if r.well_id is not None and r.time_key is not None})
+    if not pairs:
+        return 0
+    keys: set[tuple[int, int, str]] = set()
+    wr = m.WellReadout
+    for i in range(0, len(pairs), 500):
+        keys |= set(s.execute(select(wr.well_id, wr.time_key, wr.model_version)
+                              .where(tuple_(wr.well_id, wr.time_key).in_(pairs[i:i + 500]))).all())
+    ids = [r.id for r in images]
+    place = {r.id: (r.well_id, r.time_key) for r in images if r.well_id is not None and r.time_key is not None}
+    for i in range(0, len(ids), 500):
+        for image_id, version in s.execute(select(m.Prediction.image_id, m.Prediction.model_version)
+                                           .where(m.Prediction.image_id.in_(ids[i:i + 500]))):
+            if image_id in place:
+                keys.add((*place[image_id], version))
+    if not keys:
+        return 0
+    versions = sorted({v for _, _, v in keys})
+    cal = {v: well_calibration_of((meta or {}).get("extra")) for v, meta in
+           s.execute(select(m.ModelVersion.version, m.ModelVersion.meta).where(m.ModelVersion.version.in_(versions)))}
+    cal.update(calibrations)
+    wells = sorted({w for w, _, _ in keys})
+    plate_of = dict(s.execute(select(m.Well.id, m.Well.plate_id).where(m.Well.id.in_(wells))).all())
+    recompute_readouts(s, keys, plate_of, now, cal, counted=counted)
+    return len(keys)

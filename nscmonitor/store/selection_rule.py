@@ -28,16 +28,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, bindparam, case, or_, select, true, tuple_, update
+from sqlalchemy import Engine, and_, bindparam, case, or_, select, true, update
 from sqlalchemy.orm import sessionmaker
 
-from nscmonitor.core.calibration import WellCalibration, well_calibration_of
+from nscmonitor.core.calibration import WellCalibration
 from nscmonitor.core.selection import Z_ALL, is_selection_skip, skip_reason
 from nscmonitor.core.names import from_db
 from nscmonitor.core.queue import QueueState
 from nscmonitor.store import models as m
 from nscmonitor.store.events import add_event
-from nscmonitor.store.readouts import recompute_readouts
+from nscmonitor.store.readouts import recompute_for_images
 from nscmonitor.store.times import utcnow
 
 #: states an image leaves for ``skipped`` when its channel is no longer scored
@@ -132,7 +132,7 @@ def apply_selection(engine: Engine, experiment_id: int, root: str, channel: str 
                 s.execute(update(m.Image).where(m.Image.id.in_(ids[i:i + _CHUNK]),
                                                 m.Image.status == QueueState.SKIPPED)
                           .values(error=None, updated_at=now, **values))
-        n_readouts = _recompute(s, [r for r, _ in aside] + restored, now, calibrations or {})
+        n_readouts = recompute_for_images(s, [r for r, _ in aside] + restored, now, calibrations or {}, counted=_COUNTED)
         result = SelectionApplied(name, channel, z, set_aside=len(aside), queued=len(queued),
                                   restored=len(restored), readouts=n_readouts)
         if result.changed:
@@ -166,36 +166,6 @@ def _changing_rows(s, experiment_id: int, channel: str | None, z: str) -> list: 
         return []
     return s.execute(select(img.id, img.path, img.channel, img.z, img.status, img.error, img.well_id, img.time_key)
                      .where(img.experiment_id == experiment_id, or_(*wanted))).all()
-
-
-def _recompute(s, images: list, now, calibrations: Mapping[str, WellCalibration | None]) -> int:  # noqa: ANN001
-    """The readouts of every (well, time, version) the images count in: each version that has
-    a readout of their wells and times, or a prediction of them."""
-    pairs = sorted({(r.well_id, r.time_key) for r in images if r.well_id is not None and r.time_key is not None})
-    if not pairs:
-        return 0
-    keys: set[tuple[int, int, str]] = set()
-    wr = m.WellReadout
-    for i in range(0, len(pairs), _CHUNK):
-        keys |= set(s.execute(select(wr.well_id, wr.time_key, wr.model_version)
-                              .where(tuple_(wr.well_id, wr.time_key).in_(pairs[i:i + _CHUNK]))).all())
-    ids = [r.id for r in images]
-    place = {r.id: (r.well_id, r.time_key) for r in images if r.well_id is not None and r.time_key is not None}
-    for i in range(0, len(ids), _CHUNK):
-        for image_id, version in s.execute(select(m.Prediction.image_id, m.Prediction.model_version)
-                                           .where(m.Prediction.image_id.in_(ids[i:i + _CHUNK]))):
-            if image_id in place:
-                keys.add((*place[image_id], version))
-    if not keys:
-        return 0
-    versions = sorted({v for _, _, v in keys})
-    cal = {v: well_calibration_of((meta or {}).get("extra")) for v, meta in
-           s.execute(select(m.ModelVersion.version, m.ModelVersion.meta).where(m.ModelVersion.version.in_(versions)))}
-    cal.update(calibrations)
-    wells = sorted({w for w, _, _ in keys})
-    plate_of = dict(s.execute(select(m.Well.id, m.Well.plate_id).where(m.Well.id.in_(wells))).all())
-    recompute_readouts(s, keys, plate_of, now, cal, counted=_COUNTED)
-    return len(keys)
 
 
 def _chunks(items: list) -> list[list]:

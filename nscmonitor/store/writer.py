@@ -23,13 +23,14 @@ from nscmonitor.core.aggregate import ImageScore
 from nscmonitor.core.calibration import WellCalibration
 from nscmonitor.core.queue import PROBLEMS, QueueState
 from nscmonitor.core.scans import MAX_READ_MIN, SCAN_GAP_MIN, Placed, scan_keys
+from nscmonitor.readers.formats import REF_SEP
 from nscmonitor.store import models as m
 from nscmonitor.store.selection_rule import SelectionApplied, apply_selection
 from nscmonitor.store.claims import Claimed as Claimed, Claims  # Claimed: what the scorer gets back
 from nscmonitor.store.events import add_event, record_event
 from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner
 from nscmonitor.store.places import ensure_experiment, ensure_well, ensure_wells
-from nscmonitor.store.readouts import recompute_readouts
+from nscmonitor.store.readouts import recompute_for_images, recompute_readouts
 
 from nscmonitor.store.times import aware, utcnow
 
@@ -84,6 +85,9 @@ class Scored:
     #: when the file's own metadata says the image was taken (``readers.decode.acquisition_time``)
     acquired_at: datetime | None = None
 
+
+#: why the row of a file read whole before is set aside once the images inside it are queued
+EXPANDED = "the file now opens as several images (time points, positions or scenes), each scored on its own"
 
 #: a file's stated acquisition time replaces its mtime only this far from it: beyond any time
 #: zone difference between the instrument PC and this machine (at most 14 h)
@@ -186,7 +190,30 @@ class Writer(Claims):
                 images = m.Image.__table__
                 s.execute(update(images).where(images.c.id == bindparam("b_id"))
                           .values(**{k[2:]: bindparam(k) for k in changed[0] if k != "b_id"}), changed)
+            self._retire_expanded(s, [f.path for f in files], now)
         return len(added), len(changed)
+
+    def _retire_expanded(self, s: Session, paths: list[str], now: datetime) -> None:
+        """A file queued as one image before it could be opened as a container (an ND2 whose
+        directory was not written after several looks; an OME-TIFF time series whose OME-XML
+        Micro-Manager writes when the acquisition ends) that now arrives as the images inside
+        it (``FILE|unit``): its own row is set aside with the reason and taken out of its
+        readouts, so no plane counts twice."""
+        containers = sorted({p.rpartition(REF_SEP)[0] for p in paths if REF_SEP in p} - set(paths))
+        if not containers:
+            return
+        img = m.Image
+        rows = []
+        for i in range(0, len(containers), 500):
+            rows += s.execute(select(img.id, img.path, img.status, img.well_id, img.time_key)
+                              .where(img.path.in_(containers[i:i + 500]), img.status != QueueState.SKIPPED)).all()
+        if not rows:
+            return
+        s.execute(update(img).where(img.id.in_([r.id for r in rows])).values(
+            status=QueueState.SKIPPED, error=EXPANDED, updated_at=now, lease_owner=None, lease_expires_at=None))
+        recompute_for_images(s, rows, now, {}, counted=(QueueState.DONE, QueueState.RESCORE, QueueState.PROCESSING))
+        for r in rows:
+            add_event(s, "expanded", EXPANDED, path=r.path, at=now)
 
     def apply_selection(self, experiment_id: int, root: str, channel: str | None, z: str = "all", *,
                         calibrations: dict[str, WellCalibration | None] | None = None,

@@ -64,16 +64,18 @@ def test_ome_tiff_stack_scores_the_named_channel_and_refuses_a_wrong_one(tmp_pat
 
 def test_ome_tiff_time_stack_picks_the_channel_by_number(tmp_path: Path, make_runner) -> None:
     planes = _planes(2, 20)
-    data = np.stack([np.stack(planes), np.stack(planes[::-1])])  # T x C x Y x X: first T is scored
+    data = np.stack([np.stack(planes), np.stack(planes[::-1])])  # T x C x Y x X: each T is an image
     watch = tmp_path / "mm"
     stack = write_tiff(watch / "r" / "r_MMStack_A1-Site_2.ome.tif", data,
                        metadata={"axes": "TCYX", "Channel": {"Name": ["DAPI", "BF"]}})
     runner = make_runner(watch, channel="2")
     runner.run(once=True)
-    img, well, _ = _images(runner)[str(stack)]
-    assert img.status == "done", img.error
-    assert (well.name, img.field) == ("A01", 3)
-    assert img.qc["max"] == float(planes[1].max())
+    images = _images(runner)
+    for t, expected in ((0, planes[1]), (1, planes[0])):
+        img, well, _ = images[f"{stack}|t={t}"]
+        assert img.status == "done", img.error
+        assert (well.name, img.field, img.timepoint) == ("A01", 3, t + 1)
+        assert img.qc["max"] == float(expected.max())
 
 
 # --- Zeiss CZI ---------------------------------------------------------------------------

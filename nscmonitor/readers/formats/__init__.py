@@ -18,6 +18,7 @@ import os
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from nscmonitor.core.domain import ImageKey
@@ -35,6 +36,8 @@ FORMATS: dict[str, tuple[str, str, str]] = {
     ".czi": ("CZI", "pylibCZIrw", "czi"),
 }
 ZARR = ("OME-Zarr", "zarr", "zarr")
+#: a time point of an OME-TIFF time series (``FILE.ome.tif|t=N``); tifffile is always installed
+OME_TIFF = ("OME-TIFF time series", "tifffile", "cpu")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,12 @@ class Unit:
     key: ImageKey | None = None
     profile: str | None = None
     error: str | None = None
+    #: for a time point of a stack placed by its file name: its 1-based index and when it was
+    #: taken (the stack's acquisition date plus the plane's offset), or, without a date, the
+    #: hours since the stack's first plane
+    timepoint: int | None = None
+    acquired_at: datetime | None = None
+    elapsed_h: float | None = None
 
 
 def split_ref(ref: str) -> tuple[str, dict[str, int]]:
@@ -95,13 +104,19 @@ def zarr_root(path: str | Path) -> Path | None:
 
 def format_of(ref: str) -> tuple[str, str, str] | None:
     """(format, module, extra) of a stored image path, or None for files ``decode`` reads."""
-    path, _ = split_ref(ref)
+    path, unit = split_ref(ref)
     spec = FORMATS.get(Path(path).suffix.lower())
     if spec is not None:
         return spec
     if zarr_root(path) is not None and os.path.isdir(path):
         return ZARR
+    if "t" in unit and is_ome_tiff(path):
+        return OME_TIFF
     return None
+
+
+def is_ome_tiff(path: str) -> bool:
+    return path.lower().endswith((".ome.tif", ".ome.tiff"))
 
 
 def missing_reader(fmt: str, module: str, extra: str) -> str | None:
@@ -144,8 +159,16 @@ def reader_status() -> list[tuple[str, str | None, str]]:
 def units(path: str) -> list[Unit] | None:
     """The images inside a container file, from its metadata; None for a file that is not a
     container. Positions and scenes become wells and fields only when the metadata names
-    the wells; otherwise the file is one image placed by its name, as a single file is.
+    the wells; otherwise the file is one image placed by its name, as a single file is. An
+    OME-TIFF time series gives one image per time point, each placed by the file's name.
     Raises ``NotReady`` when the container cannot be opened (yet)."""
+    if is_ome_tiff(path) and _regular(path):
+        from nscmonitor.readers.formats import ometiff
+
+        try:
+            return ometiff.time_units(path)
+        except Exception as exc:  # tifffile raises many types for a file still being written
+            raise NotReady(why(exc)) from exc
     spec = FORMATS.get(Path(path).suffix.lower())
     if spec is None or not _regular(path):
         return None  # a FIFO or device named like a container would block its reader
@@ -243,6 +266,8 @@ def _reader(fmt: str) -> Callable[..., Plane]:
         from nscmonitor.readers.formats.nd2 import read
     elif fmt == "CZI":
         from nscmonitor.readers.formats.czi import read
+    elif fmt == OME_TIFF[0]:
+        from nscmonitor.readers.formats.ometiff import read
     else:
         from nscmonitor.readers.formats.omezarr import read
     return read
