@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from nscmonitor.core.domain import GLIA
+from nscmonitor.core.scans import time_point_name
 from nscmonitor.report.calls import EARLY_H, ConfidentCall, confident_call  # noqa: F401 - the rule the report shares
 
 
@@ -94,7 +95,7 @@ class PlateCube:
 
     def time_label(self, t: int) -> str:
         h = self.elapsed_h[t] if 0 <= t < self.n_times else np.nan
-        return f"{h:.1f} h" if np.isfinite(h) else f"time key {self.time_keys[t]}"
+        return f"{h:.1f} h" if np.isfinite(h) else f"time point {time_point_name(self.time_keys[t])}"
 
 
 def build_cube(wells: list[Well], plate_format: int, rows: ReadoutRows) -> PlateCube:

@@ -65,6 +65,9 @@ class ImageKey:
     timepoint: int | None = None
     elapsed_h: float | None = None
     acquired_at: datetime | None = None
+    #: the acquisition (measurement) the scan index counts in, where the vendor restarts it for
+    #: each: a Harmony measurement folder, a CellVoyager measurement, a MetaXpress acquisition
+    acquisition: str | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,25 @@ SCAN_GAP_MIN = 10.0
 MAX_READ_MIN = 24 * 60
 
 
+#: a plate's acquisitions are this many scan indexes apart in the time keys: the first keeps
+#: its scan index as its key, the second counts from 100001
+ACQUISITION_SPAN = 100_000
+
+
+def acquisition_time_key(ordinal: int, scan: int) -> int:
+    """The time key of scan ``scan`` (1-based) of a plate's acquisition ``ordinal`` (0 for its
+    first): vendors that count scans from 1 in each measurement would otherwise give every
+    measurement of a plate read daily the same key."""
+    return ordinal * ACQUISITION_SPAN + scan
+
+
+def time_point_name(key: int) -> str:
+    """A time key as people read it: the scan index, and for a plate's later acquisitions
+    which acquisition it counts in."""
+    key = int(key)
+    return str(key) if key < ACQUISITION_SPAN else f"{key % ACQUISITION_SPAN} of acquisition {key // ACQUISITION_SPAN + 1}"
+
+
 @dataclass(frozen=True)
 class Placed:
     """An image already in a read: its minute since induction, its read's key, its position."""

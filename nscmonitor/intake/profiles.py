@@ -62,6 +62,9 @@ BUILTIN: tuple[Profile, ...] = (
                r"A(?P<action>\d{2})Z(?P<z>\d{2})C(?P<channel>\d{2})\.(?:tif|png)$"),
             _p(r"^W(?P<well_idx>\d{4})F(?P<field>\d{4})T(?P<t>\d{4})Z(?P<z>\d{3})C(?P<channel>\d)\.tif$"),
         ),
+        # a measurement's folder is stamped when it starts (<name>_<yyyymmdd>_<hhmmss>, the real
+        # CV8000 output); each measurement counts its time points (T) from 1
+        path_tokens=(_p(r"(?:^|/)(?P<acq>[^/]*_\d{8}_\d{6})/(?:[^/]+/)?[^/]+$", target="path"),),
         sidecars=_s(r"\.mlf$", r"\.mrf$", r"\.mes$", r"\.wpi$", r"\.wpp$", r"^(?:DC|SC)_.*\.tif$",
                     r"_parameter\.xml$", r"^TRACE.*\.log$"),
     ),
@@ -71,8 +74,10 @@ BUILTIN: tuple[Profile, ...] = (
             _p(r"^r(?P<row>\d{2})c(?P<col>\d{2})f(?P<field>\d{2,3})p(?P<z>\d{2})-ch(?P<channel>\d+)"
                r"sk(?P<t>\d+)fk(?P<fk>\d+)fl(?P<fl>\d+)\.tiff?$", numeric_rows=True),
         ),
-        # The plate barcode is the measurement folder's prefix: <barcode>__<date>-Measurement N/Images/
-        path_tokens=(_p(r"(?:^|/)(?P<plate>[^/]+?)__\d{4}-\d{2}-\d{2}T[^/]*-Measurement \d+/Images/[^/]+$",
+        # The plate barcode is the measurement folder's prefix: <barcode>__<date>-Measurement N/Images/;
+        # each measurement counts its time points (sk) from 1: a plate read daily is one
+        # measurement a day, so the folder is the acquisition the scan index belongs to
+        path_tokens=(_p(r"(?:^|/)(?P<acq>(?P<plate>[^/]+?)__\d{4}-\d{2}-\d{2}T[^/]*-Measurement \d+)/Images/[^/]+$",
                         target="path"),),
         sidecars=_s(r"^Index(?:\.idx)?\.xml$", r"^indexfile\.txt$"),
         ignored_dirs=("Evaluation",),
@@ -120,6 +125,8 @@ BUILTIN: tuple[Profile, ...] = (
             # output): its acquisition folder is the scan, numbered by MetaXpress in the order taken
             _p(r"(?:^|/)\d{4}-\d{2}-\d{2}/(?P<t>\d+)/(?:ZStep_\d+/)?[^/]+$", target="path"),
             _p(r"(?:^|/)ZStep_(?P<z>\d+)/[^/]+$", target="path"),
+            # each acquisition of a time-lapse journal counts its TimePoint_n from 1
+            _p(r"(?:^|/)(?P<acq>\d{4}-\d{2}-\d{2}/\d+)/TimePoint_\d+/(?:ZStep_\d+/)?[^/]+$", target="path"),
             # The plate folder sits above TimePoint_n (exported) or above <date>/<acq>/ (native);
             # exports of several plates share the name token, so the folder is the better id.
             _p(r"(?:^|/)(?P<plate>[^/]+)/(?:\d{4}-\d{2}-\d{2}/\d+/)?(?:TimePoint_\d+/)(?:ZStep_\d+/)?[^/]+$",

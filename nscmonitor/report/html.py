@@ -32,6 +32,7 @@ from nscmonitor.report.calls import ConfidentCall, RuleInUse, confident_call, re
 from nscmonitor.report.figures import Series, WellCell, condition_color, plate_map_svg, time_course_svg
 from nscmonitor.report.prism import condition_columns
 from nscmonitor.report.tables import PlateGrid, experiment_grids
+from nscmonitor.core.scans import time_point_name
 from nscmonitor.report.times import time_axis
 from nscmonitor.store.reads import Repo
 
@@ -167,8 +168,9 @@ def _plate_maps(grid: PlateGrid, times: list[int]) -> str:
         cells = [WellCell(w.row, w.col, None if grid.n_images[t, i] == 0 else grid.prob_mean[t, i], w.condition,
                           int(flagged[i])) for i, w in enumerate(grid.wells)]
         h = grid.elapsed_h[t]
-        when = f"{h:.1f} h since induction" if np.isfinite(h) else f"time point {grid.time_keys[t]}"
-        title = f"{grid.plate} at {h:.1f} h" if np.isfinite(h) else f"{grid.plate}, time point {grid.time_keys[t]}"
+        point = time_point_name(grid.time_keys[t])
+        when = f"{h:.1f} h since induction" if np.isfinite(h) else f"time point {point}"
+        title = f"{grid.plate} at {h:.1f} h" if np.isfinite(h) else f"{grid.plate}, time point {point}"
         slug = f"{h:g}h" if np.isfinite(h) else f"t{grid.time_keys[t]}"
         parts.append(_figure(plate_map_svg(cells, grid.classes, title), _slug(grid.plate, "plate", slug),
                              f"Plate {grid.plate}, {when}"))

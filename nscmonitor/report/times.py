@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nscmonitor.core.scans import ACQUISITION_SPAN, time_point_name
+
 
 def parse_hours(text: str) -> list[float]:
     """``"24, 48,72"`` -> ``[24.0, 48.0, 72.0]``; anything else is a ValueError whose message
@@ -35,9 +37,14 @@ class TimeAxis:
         return ("hours since induction" if self.hours
                 else "time point (set the folder's induction_time for hours since induction)")
 
+    #: the time keys, where ``x`` is not them (a plate of several acquisitions, without hours)
+    keys: np.ndarray | None = None
+
     def at(self, i: int) -> str:
         """Time point ``i`` as the call texts write it."""
-        return f"{self.x[i]:.1f} h" if self.hours else f"time point {self.x[i]:g}"
+        if self.hours:
+            return f"{self.x[i]:.1f} h"
+        return f"time point {time_point_name(self.keys[i]) if self.keys is not None else f'{self.x[i]:g}'}"
 
 
 def time_axis(elapsed_h: np.ndarray, time_keys: np.ndarray) -> TimeAxis:
@@ -48,4 +55,7 @@ def time_axis(elapsed_h: np.ndarray, time_keys: np.ndarray) -> TimeAxis:
     e = np.asarray(elapsed_h, np.float64)
     if np.isfinite(e).any():
         return TimeAxis(e, True)
-    return TimeAxis(np.asarray(time_keys, np.float64), False)
+    keys = np.asarray(time_keys, np.int64)
+    if keys.size and keys.max() >= ACQUISITION_SPAN:  # several acquisitions: their scans in order
+        return TimeAxis(np.arange(1, keys.size + 1, dtype=np.float64), False, keys)
+    return TimeAxis(keys.astype(np.float64), False)

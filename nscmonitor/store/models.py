@@ -61,6 +61,21 @@ class Plate(Base):
     experiment: Mapped[Experiment] = relationship(back_populates="plates")
 
 
+class Acquisition(Base):
+    """An acquisition (measurement) of a plate whose vendor counts scan indexes from 1 in each:
+    a plate read daily as one Harmony measurement a day gives ``sk1`` every day. Its
+    ``ordinal`` (0 for the plate's first, in the order first seen) places its scans apart from
+    the others' in the images' and readouts' time keys (``core.scans.acquisition_time_key``)."""
+
+    __tablename__ = "acquisitions"
+    __table_args__ = (UniqueConstraint("plate_id", "name"), UniqueConstraint("plate_id", "ordinal"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plate_id: Mapped[int] = mapped_column(ForeignKey("plates.id"))
+    name: Mapped[str] = mapped_column(String(500))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Well(Base):
     __tablename__ = "wells"
     __table_args__ = (UniqueConstraint("plate_id", "name"),)

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,14 +23,14 @@ from nscmonitor.core.names import clean, from_db, to_db
 from nscmonitor.core.aggregate import ImageScore
 from nscmonitor.core.calibration import WellCalibration
 from nscmonitor.core.queue import PROBLEMS, QueueState
-from nscmonitor.core.scans import MAX_READ_MIN, SCAN_GAP_MIN, Placed, scan_keys
+from nscmonitor.core.scans import MAX_READ_MIN, SCAN_GAP_MIN, Placed, acquisition_time_key, scan_keys
 from nscmonitor.readers.formats import REF_SEP
 from nscmonitor.store import models as m
 from nscmonitor.store.selection_rule import SelectionApplied, apply_selection
 from nscmonitor.store.claims import Claimed as Claimed, Claims  # Claimed: what the scorer gets back
 from nscmonitor.store.events import add_event, record_event
 from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner
-from nscmonitor.store.places import ensure_experiment, ensure_well, ensure_wells
+from nscmonitor.store.places import ensure_experiment, ensure_well, ensure_wells, insert_missing
 from nscmonitor.store.readouts import recompute_for_images, recompute_readouts
 
 from nscmonitor.store.times import aware, utcnow
@@ -94,6 +95,11 @@ EXPANDED = "the file now opens as several images (time points, positions or scen
 COPIED_AFTER_S = 15 * 3600.0
 
 
+def _natural(name: str) -> list:
+    """Sort key that orders the numbers in names by value (acquisition 84 before 1697)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def time_key(key: ImageKey | None, elapsed_h: float | None) -> int | None:
     """Images of one scan share a key: the scan index when the name has one, else elapsed
     minutes (Incucyte names carry the scan's time stamp). An image timed by its file's clock
@@ -115,6 +121,7 @@ class Writer(Claims):
         self.shared = is_shared(engine)
         self.Session = sessionmaker(engine, expire_on_commit=False)
         self._wells: dict[tuple[int, str, str], tuple[int, int]] = {}
+        self._acquisitions: dict[tuple[int, str], int] = {}  # (plate id, acquisition) -> ordinal
 
     # --- experiments, plates, wells -------------------------------------------------
     def ensure_experiment(self, name: str, *, watch_path: str | None = None,
@@ -148,6 +155,34 @@ class Writer(Claims):
             self._wells.update(ensure_wells(s, [(k[0], k[1], new[k].plate_format, new[k].key, new[k].condition,
                                                  new[k].attributes) for k in todo]))
 
+    def _ensure_acquisitions(self, files: list[Discovered]) -> None:
+        """The ordinals of the batch's acquisitions this writer has not met yet: a plate's new
+        acquisitions get the next ordinals, in name order (the vendors' acquisition names sort
+        by when they were taken), in a short transaction of their own as wells do. Another
+        daemon's ordinal for the same acquisition wins (the row is read back)."""
+        new: dict[int, set[str]] = {}
+        for f in files:
+            k = f.key
+            if k is not None and f.error is None and k.acquisition and k.timepoint is not None:
+                plate_id = self._wells[(f.experiment_id, f.plate or "plate", k.well)][0]
+                if (plate_id, k.acquisition) not in self._acquisitions:
+                    new.setdefault(plate_id, set()).add(k.acquisition)
+        if not new:
+            return
+        acq = m.Acquisition
+        with self.Session.begin() as s:
+            for plate_id, names in sorted(new.items()):
+                known = dict(s.execute(select(acq.name, acq.ordinal).where(acq.plate_id == plate_id)).all())
+                ordinal = max(known.values(), default=-1) + 1
+                rows = []
+                for name in sorted(names - set(known), key=_natural):
+                    rows.append({"plate_id": plate_id, "name": name, "ordinal": ordinal, "first_seen": utcnow()})
+                    ordinal += 1
+                insert_missing(s, acq.__table__, ("plate_id", "name"), rows)
+                self._acquisitions.update(
+                    ((plate_id, n), o) for n, o in s.execute(select(acq.name, acq.ordinal)
+                                                             .where(acq.plate_id == plate_id)).all())
+
     # --- the queue ------------------------------------------------------------------
     def known_files(self) -> dict[str, tuple[int, float]]:
         with self.Session() as s:
@@ -164,6 +199,7 @@ class Writer(Claims):
         latest = {f.path: f for f in map(_storable, files)}  # a path twice in one batch: its latest state
         files = list(latest.values())
         self._ensure_wells(files)
+        self._ensure_acquisitions(files)
         with self.Session.begin() as s:
             known = {}
             for start in range(0, len(files), 500):
@@ -225,16 +261,18 @@ class Writer(Claims):
 
     def _queue_fields(self, f: Discovered, now: datetime) -> dict:
         """An image row's queue columns for a file entering (or re-entering) the queue."""
-        well_id = None
+        well_id, key = None, time_key(f.key, f.elapsed_h)
         if f.key is not None and f.error is None:
-            well_id = self._wells[(f.experiment_id, f.plate or "plate", f.key.well)][1]
+            plate_id, well_id = self._wells[(f.experiment_id, f.plate or "plate", f.key.well)]
+            if f.key.acquisition and f.key.timepoint is not None:
+                key = acquisition_time_key(self._acquisitions[(plate_id, f.key.acquisition)], f.key.timepoint)
         status = (QueueState.QUARANTINED if f.error else QueueState.SKIPPED if f.skip_reason else QueueState.PENDING)
         return dict(
             size=f.size, mtime=f.mtime, status=status, error=f.error or f.skip_reason, attempts=0,
             next_attempt_at=0.0, profile=f.profile, well_id=well_id,
             field=f.key.field if f.key else None, channel=f.key.channel if f.key else None,
             z=f.key.z if f.key else None, timepoint=f.key.timepoint if f.key else None,
-            time_key=time_key(f.key, f.elapsed_h), elapsed_h=f.elapsed_h, acquired_at=f.acquired_at,
+            time_key=key, elapsed_h=f.elapsed_h, acquired_at=f.acquired_at,
             updated_at=now,
         )
 
@@ -462,7 +500,8 @@ def _storable(f: Discovered) -> Discovered:
     key = f.key
     if key is not None:
         key = replace(key, plate=clean(key.plate) if key.plate else key.plate,
-                      channel=clean(key.channel) if key.channel else key.channel)
+                      channel=clean(key.channel) if key.channel else key.channel,
+                      acquisition=clean(key.acquisition)[:500] if key.acquisition else key.acquisition)
     return replace(f, path=to_db(f.path), relpath=to_db(f.relpath), key=key,
                    plate=clean(f.plate) if f.plate else f.plate,
                    profile=clean(f.profile) if f.profile else f.profile,
