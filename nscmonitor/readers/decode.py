@@ -103,6 +103,34 @@ def _plane_index(series, page_axes: str, channel_index: int | None,
     return int(np.ravel_multi_index(idx, lead_shape)), inner
 
 
+_OME_PIXELS = re.compile(r"<(?:\w+:)?Pixels\b[^>]*>")
+_OME_SIZE = re.compile(r'\bSize([ZCT])\s*=\s*"(\d+)"')
+
+
+def declared_planes(tf) -> int:  # tifffile.TiffFile
+    """The planes a TIFF's metadata says its series hold (every OME image's SizeZ x SizeC x
+    SizeT, or ImageJ's ``images``): tifffile sizes its series by them before reading a page,
+    so a stated count far beyond the file's pages would take the memory of the count."""
+    total = 0
+    if tf.is_ome:
+        for tag in _OME_PIXELS.findall(tf.ome_metadata or ""):
+            sizes = {k: int(v) for k, v in _OME_SIZE.findall(tag)}
+            total += sizes.get("Z", 1) * sizes.get("C", 1) * sizes.get("T", 1)
+    if tf.is_imagej:
+        try:
+            total = max(total, int((tf.imagej_metadata or {}).get("images", 0)))
+        except (TypeError, ValueError):
+            pass
+    return total
+
+
+def check_declared_planes(tf) -> None:  # tifffile.TiffFile
+    planes = declared_planes(tf)
+    if planes > MAX_PAGES:
+        raise DecodeError(f"the TIFF's metadata declares {planes} planes, above the cap of {MAX_PAGES} "
+                          f"(the file holds {len(tf.pages)} pages)", permanent=True)
+
+
 def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
           max_pixels: int, channel: str | None = None,
           time_index: int | None = None) -> tuple[np.ndarray, float | None, datetime | None]:
@@ -123,6 +151,7 @@ def _tiff(fh: BinaryIO, path: Path, size: int, channel_index: int | None,
             n_pages = len(tf.pages)
             if n_pages > MAX_PAGES:
                 raise DecodeError(f"TIFF has {n_pages} pages, above the cap of {MAX_PAGES}", permanent=True)
+            check_declared_planes(tf)
             if not tf.series:
                 raise DecodeError("TIFF holds no image series", permanent=True)
             series = tf.series[0]

@@ -102,6 +102,11 @@ def test_hostile_files_end_done_or_quarantined_with_reasons_in_bounded_memory(tm
     (watch / _name("F4")).write_bytes(SECRET)
     # a 100 001-page chain of tiny IFDs
     raw_tiff(watch / _name("G1"), width=8, height=8, data=bytes(64), pages=100_001)
+    # OME-XML that declares 400 million planes in a two-page file: tifffile sized its series by it
+    ome = tifffile.TiffFile(write_tiff(tmp_path / "two.ome.tif", np.zeros((2, 16, 16), np.uint16),
+                                       ome=True, metadata={"axes": "TYX"})).ome_metadata
+    write_tiff(watch / _name("G2"), np.zeros((2, 16, 16), np.uint16),
+               description=ome.replace('SizeT="2"', 'SizeT="400000000"'), metadata=None)
     before = _digests(watch)
     db = tmp_path / "nsc.db"
 
@@ -110,13 +115,13 @@ def test_hostile_files_end_done_or_quarantined_with_reasons_in_bounded_memory(tm
 
     rows = query(db, "select path, status, error, qc_passed from images")
     by_name = {"E1" if p.startswith("bytes:") else Path(p).name: (s, e, q) for p, s, e, q in rows}
-    assert len(rows) == 19, sorted(by_name)
+    assert len(rows) == 20, sorted(by_name)
     for f in ("A1", "A2", "A3", "B1", "B2", "C1", "C4"):
         assert by_name[_name(f)][0] == "done", (f, by_name[_name(f)])
     assert by_name["E1"][0] == "done"
     expected = {
         "B3": "above the cap", "B4": "less than one pixel", "C2": "above the cap", "C3": "bytes of pixel data",
-        "F4": "not a readable TIFF", "G1": "pages, above the cap",
+        "F4": "not a readable TIFF", "G1": "pages, above the cap", "G2": "declares 400000000 planes",
     }
     for f, reason in expected.items():
         status, error, _ = by_name[_name(f)]

@@ -97,3 +97,28 @@ def test_a_channel_at_each_time_point_and_offsets_without_a_date(tmp_path: Path)
         assert np.array_equal(got.pixels, data[t, 1])
     with pytest.raises(Exception, match="no time point 3"):
         decode_native(f"{path}|t=2", channel="GFP", max_pixels=1 << 24, max_bytes=1 << 30)
+
+
+def test_a_stack_declaring_more_planes_than_it_holds_is_not_expanded(tmp_path: Path) -> None:
+    """OME-XML stating 400 million time points in a two-page file: neither intake nor decoding
+    sizes anything by the claim (checked in a process whose memory is capped, where sizing by it
+    fails at once); decoding refuses the file with the reason."""
+    import subprocess
+    import sys
+
+    ome = tifffile.TiffFile(_write_two(tmp_path / "two.ome.tif")).ome_metadata
+    path = tmp_path / "claims.ome.tif"
+    tifffile.imwrite(path, np.zeros((2, 16, 16), np.uint16), description=ome.replace('SizeT="2"', 'SizeT="400000000"'),
+                     metadata=None)
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))\n"
+            "from nscmonitor.readers.formats import units\nfrom nscmonitor.readers.decode import DecodeError, decode\n"
+            "assert units(sys.argv[1]) is None\n"
+            "try:\n    decode(sys.argv[1])\nexcept DecodeError as e:\n    print(e.permanent, e)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("True") and "declares 400000000 planes" in out.stdout
+
+
+def _write_two(path: Path) -> Path:
+    tifffile.imwrite(path, np.zeros((2, 16, 16), np.uint16), ome=True, metadata={"axes": "TYX"})
+    return path

@@ -88,18 +88,19 @@ def time_units(path: str) -> list[Unit] | None:
     description, and the series only when it states more than one time point."""
     import tifffile
 
-    from nscmonitor.readers.decode import MAX_PAGES, _ome_acquired, _utc
+    from nscmonitor.readers.decode import MAX_PAGES, _ome_acquired, _utc, declared_planes
 
     with tifffile.TiffFile(path, _multifile=False) as tf:
         xml = tf.ome_metadata if tf.is_ome else None
         m = _SIZE_T.search(xml or "")
-        if not xml or m is None or int(m.group(1)) <= 1 or len(tf.pages) > MAX_PAGES:
-            return None  # a stack over the page cap is refused with the reason when decoded
+        if not xml or m is None or int(m.group(1)) <= 1 or len(tf.pages) > MAX_PAGES \
+                or declared_planes(tf) > MAX_PAGES:
+            return None  # a stack over the caps is refused with the reason when decoded
         series = tf.series[0]
         axes, shape = str(series.axes), tuple(series.shape)
         if "T" not in axes or shape[axes.index("T")] <= 1:
             return None
-        n_t = shape[axes.index("T")]
+        n_t = min(shape[axes.index("T")], len(tf.pages))  # never more time points than planes
         try:
             start = _ome_acquired(tf, tf.pages.first)
         except ValueError:  # an AcquisitionDate that is not a date: the offsets alone
