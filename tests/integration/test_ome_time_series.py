@@ -122,3 +122,13 @@ def test_a_stack_declaring_more_planes_than_it_holds_is_not_expanded(tmp_path: P
 def _write_two(path: Path) -> Path:
     tifffile.imwrite(path, np.zeros((2, 16, 16), np.uint16), ome=True, metadata={"axes": "TYX"})
     return path
+
+
+def test_offsets_and_dates_no_clock_gives_are_not_believed(tmp_path: Path) -> None:
+    path = tmp_path / "odd.ome.tif"
+    tifffile.imwrite(path, np.zeros((3, 16, 16), np.uint16), ome=True, metadata={
+        "axes": "TYX", "AcquisitionDate": "1970-01-01T00:00:00",
+        "Plane": {"DeltaT": [float("nan"), 1e300, 7200.0], "DeltaTUnit": ["s"] * 3}})
+    found = units(str(path))
+    assert [(u.timepoint, u.acquired_at, u.elapsed_h) for u in found] == [(1, None, None), (2, None, None),
+                                                                          (3, None, 2.0)]

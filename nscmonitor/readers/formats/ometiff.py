@@ -16,16 +16,21 @@ image (its first plane) until then.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from nscmonitor.readers.formats import Plane, Unit, make_ref, pick_channel
 
 _SIZE_T = re.compile(r'\bSizeT\s*=\s*"(\d+)"')
 #: seconds per OME time unit (``DeltaTUnit``; seconds when not given)
+#: acquisition dates from this on are not believed (a date a year's offsets cannot be added to)
+LATEST_ACQUISITION = datetime(9000, 1, 1, tzinfo=timezone.utc)
+#: plane offsets beyond a year are not believed (an unset or corrupt DeltaT)
+MAX_OFFSET_S = 366 * 86400.0
 _TIME_UNITS = {"s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
 
 
@@ -77,6 +82,8 @@ def _plane_offsets(xml: str, n_t: int) -> list[float | None]:
             dt = float(el.get("DeltaT")) * _TIME_UNITS.get(el.get("DeltaTUnit", "s"), 1.0)
         except ValueError:
             continue
+        if not math.isfinite(dt) or not 0 <= dt < MAX_OFFSET_S:  # not a time a plate was imaged at
+            continue
         if 0 <= t < n_t and (out[t] is None or dt < out[t]):
             out[t] = dt
     return out
@@ -88,7 +95,7 @@ def time_units(path: str) -> list[Unit] | None:
     description, and the series only when it states more than one time point."""
     import tifffile
 
-    from nscmonitor.readers.decode import MAX_PAGES, _ome_acquired, _utc, declared_planes
+    from nscmonitor.readers.decode import EARLIEST_ACQUISITION, MAX_PAGES, _ome_acquired, _utc, declared_planes
 
     with tifffile.TiffFile(path, _multifile=False) as tf:
         xml = tf.ome_metadata if tf.is_ome else None
@@ -105,7 +112,12 @@ def time_units(path: str) -> list[Unit] | None:
             start = _ome_acquired(tf, tf.pages.first)
         except ValueError:  # an AcquisitionDate that is not a date: the offsets alone
             start = None
-    start = _utc(start) if start is not None else None
+    try:
+        start = _utc(start) if start is not None else None
+    except (ValueError, OverflowError):  # a date no clock gives: the offsets alone
+        start = None
+    if start is not None and not EARLIEST_ACQUISITION <= start < LATEST_ACQUISITION:
+        start = None
     offsets = _plane_offsets(xml, n_t)
     return [Unit(make_ref(path, t=i), timepoint=i + 1,
                  acquired_at=start + timedelta(seconds=dt) if start is not None and dt is not None else None,
