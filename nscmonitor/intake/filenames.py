@@ -92,8 +92,17 @@ def _key(g: dict[str, str | None], pat: Pattern, plate_format: int | None) -> Im
     return ImageKey(
         plate=g.get("plate") or None, well=well_name(row, col), row=row, col=col, field=field,
         channel=_channel(g), z=_int(g, "z", zb), timepoint=t, elapsed_h=elapsed, acquired_at=acquired,
-        acquisition=(g.get("acq") or None) if t is not None else None,
+        acquisition=_acquisition(g) if t is not None else None,
     )
+
+
+def _acquisition(g: dict[str, str | None]) -> str | None:
+    """The acquisition a scan index counts in: the folder the profile names, and a
+    CellVoyager timeline within it (each timeline of a measurement counts its T from 1)."""
+    acq = g.get("acq") or None
+    if g.get("timeline"):
+        acq = f"{acq or ''} timeline {int(g['timeline'])}".strip()
+    return acq
 
 
 def _match(profile: Profile, relpath: str, name: str) -> tuple[Pattern, dict[str, str | None]] | None:

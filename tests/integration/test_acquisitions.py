@@ -62,7 +62,7 @@ def test_metaxpress_acquisitions_and_cellvoyager_measurements_name_theirs(tmp_pa
     assert [k for _, k, _ in _readouts(runner)] == [1, 2, ACQUISITION_SPAN + 1, ACQUISITION_SPAN + 2]
     cv = parse_path("CV8000-Minimal-DataSet-2C-3W-4S-FP2-stack_20230918_135839/CV8000-Minimal-DataSet-2C-3W-4S-FP2-stack/"
                     "CV8000-Minimal-DataSet-2C-3W-4S-FP2-stack_D08_T0001F001L01A01Z01C01.tif").key
-    assert (cv.timepoint, cv.acquisition) == (1, "CV8000-Minimal-DataSet-2C-3W-4S-FP2-stack_20230918_135839")
+    assert (cv.timepoint, cv.acquisition) == (1, "CV8000-Minimal-DataSet-2C-3W-4S-FP2-stack_20230918_135839 timeline 1")
     assert parse_path("9987_Plate_3435/TimePoint_2/9987_B02_s1_w1.TIF").key.acquisition is None  # one acquisition
 
 
@@ -72,3 +72,15 @@ def test_time_points_of_later_acquisitions_read_as_such() -> None:
     axis = time_axis(np.full(3, np.nan), np.array([1, 2, ACQUISITION_SPAN + 1]))
     assert list(axis.x) == [1.0, 2.0, 3.0] and axis.at(2) == "time point 1 of acquisition 2"
     assert time_axis(np.full(2, np.nan), np.array([4, 9])).at(1) == "time point 9"
+
+
+def test_cellvoyager_timelines_count_their_own_time_points(tmp_path: Path, make_runner) -> None:
+    """A CellVoyager measurement may run several timelines (L01, L02), each counting T from 1."""
+    watch = tmp_path / "cv"
+    for line in (1, 2):
+        for t in (1, 2):
+            write_tiff(watch / "P1" / f"P1_B03_T{t:04d}F001L{line:02d}A01Z01C01.tif",
+                       cells_image(stable_seed("cv", line, t), (64, 64)))
+    runner = make_runner(watch, profile="yokogawa")
+    runner.run(once=True)
+    assert [k for _, k, _ in _readouts(runner)] == [1, 2, ACQUISITION_SPAN + 1, ACQUISITION_SPAN + 2]
