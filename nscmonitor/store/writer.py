@@ -95,6 +95,27 @@ EXPANDED = "the file now opens as several images (time points, positions or scen
 COPIED_AFTER_S = 15 * 3600.0
 
 
+def _scan_keyed(s: Session, plate_id: int) -> bool:
+    """Whether the plate holds images keyed by a scan index (stored before its acquisitions
+    were told apart, when it has no acquisition rows yet)."""
+    return s.execute(select(m.Image.id).join(m.Well, m.Well.id == m.Image.well_id)
+                     .where(m.Well.plate_id == plate_id, m.Image.timepoint.is_not(None),
+                            m.Image.time_key.is_not(None)).limit(1)).first() is not None
+
+
+def _stored_before(s: Session, plate_id: int, names: list[str]) -> str | None:
+    """Of a plate's first acquisitions met, the one whose images were stored before
+    acquisitions were told apart (its folder is in their paths): it keeps ordinal 0, so a
+    measurement running across the upgrade goes on with its keys."""
+    for name in names:
+        folder = name.split(" timeline ")[0]
+        if folder and s.execute(select(m.Image.id).join(m.Well, m.Well.id == m.Image.well_id)
+                                .where(m.Well.plate_id == plate_id, m.Image.timepoint.is_not(None),
+                                       m.Image.relpath.contains(folder, autoescape=True)).limit(1)).first():
+            return name
+    return None
+
+
 def _natural(name: str) -> list:
     """Sort key that orders the numbers in names by value (acquisition 84 before 1697)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
@@ -173,9 +194,15 @@ class Writer(Claims):
         with self.Session.begin() as s:
             for plate_id, names in sorted(new.items()):
                 known = dict(s.execute(select(acq.name, acq.ordinal).where(acq.plate_id == plate_id)).all())
+                todo = sorted(names - set(known), key=_natural)
                 ordinal = max(known.values(), default=-1) + 1
+                first = _stored_before(s, plate_id, todo) if not known else None
+                if first is not None:  # keys stored before acquisitions were told apart are the first's
+                    todo = [first] + [n for n in todo if n != first]
+                elif not known and _scan_keyed(s, plate_id):
+                    ordinal = 1  # ... and belong to none of these: they keep ordinal 0's keys to themselves
                 rows = []
-                for name in sorted(names - set(known), key=_natural):
+                for name in todo:
                     rows.append({"plate_id": plate_id, "name": name, "ordinal": ordinal, "first_seen": utcnow()})
                     ordinal += 1
                 insert_missing(s, acq.__table__, ("plate_id", "name"), rows)

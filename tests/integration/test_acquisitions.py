@@ -84,3 +84,40 @@ def test_cellvoyager_timelines_count_their_own_time_points(tmp_path: Path, make_
     runner = make_runner(watch, profile="yokogawa")
     runner.run(once=True)
     assert [k for _, k, _ in _readouts(runner)] == [1, 2, ACQUISITION_SPAN + 1, ACQUISITION_SPAN + 2]
+
+
+def test_a_database_from_before_keeps_its_keys_and_the_next_measurement_gets_its_own(tmp_path: Path,
+                                                                                  make_runner) -> None:
+    """Images stored before acquisitions were told apart have no acquisition rows: the
+    measurement they came from goes on with their keys, and a new measurement does not fall
+    into them (it would, as the plate's first acquisition met, with ordinal 0)."""
+    watch = tmp_path / "operetta"
+    _harmony(watch, 1, "2026-11-03T09_00_00", scans=1)
+    make_runner(watch, profile="harmony").run(once=True)
+    runner = make_runner(watch, profile="harmony")
+    with runner.store.Session.begin() as s:
+        s.execute(m.Acquisition.__table__.delete())  # as a database migrated from 0008 has it
+    for rc in WELLS:  # the same measurement's next scan, and the next day's measurement
+        write_tiff(watch / "PLATE-0042__2026-11-03T09_00_00-Measurement 1" / "Images" / f"{rc}f01p01-ch1sk2fk1fl1.tiff",
+                   cells_image(stable_seed("acq-up", rc), (64, 64)))
+    _harmony(watch, 2, "2026-11-04T09_00_00", scans=1)
+    runner.run(once=True)
+    assert [k for w, k, _ in _readouts(runner) if w == "B03"] == [1, 2, ACQUISITION_SPAN + 1]
+    fresh = tmp_path / "other"  # a plate with nothing stored before: its first measurement is ordinal 0
+    _harmony(fresh, 5, "2026-11-05T09_00_00", scans=1)
+    other = make_runner(fresh, profile="harmony", db_url=f"sqlite:///{tmp_path / 'other.db'}")
+    other.run(once=True)
+    assert {k for _, k, _ in _readouts(other)} == {1}
+
+
+def test_after_the_upgrade_a_new_measurement_alone_does_not_fall_into_the_old_keys(tmp_path: Path,
+                                                                                   make_runner) -> None:
+    watch = tmp_path / "operetta"
+    _harmony(watch, 1, "2026-11-03T09_00_00", scans=2)
+    make_runner(watch, profile="harmony").run(once=True)
+    runner = make_runner(watch, profile="harmony")
+    with runner.store.Session.begin() as s:
+        s.execute(m.Acquisition.__table__.delete())
+    _harmony(watch, 2, "2026-11-04T09_00_00", scans=1)
+    runner.run(once=True)
+    assert [k for w, k, n in _readouts(runner) if w == "B03"] == [1, 2, ACQUISITION_SPAN + 1]

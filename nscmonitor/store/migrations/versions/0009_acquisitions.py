@@ -9,7 +9,8 @@ Harmony, CellVoyager and MetaXpress count a plate's scan indexes from 1 in each 
 same time key and each well one readout of all days. Each acquisition of a plate gets an
 ordinal in the order first seen; a scan's time key is its index plus 100000 times that
 ordinal, so the plate's first acquisition keeps the keys it had. Rows stored before this
-revision keep theirs.
+revision keep theirs; the writer gives ordinal 0 to the acquisition they came from, when it is
+met again, and ordinal 1 on to any other.
 """
 
 from alembic import op
