@@ -19,7 +19,8 @@ def parse_record(path: str, profile: str, plate_format: int | None) -> dict:
         "plate": k.plate if k else None, "well": k.well if k else None, "field": k.field if k else None,
         "channel": k.channel if k else None, "z": k.z if k else None, "timepoint": k.timepoint if k else None,
         "elapsed_h": k.elapsed_h if k else None,
-        "acquired_at": k.acquired_at.isoformat() if k and k.acquired_at else None, "reason": r.reason,
+        "acquired_at": k.acquired_at.isoformat() if k and k.acquired_at else None,
+        "acquisition": k.acquisition if k else None, "reason": r.reason,
     }
 
 
@@ -33,7 +34,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
             print(json.dumps(rec))
         else:
             where = " ".join(f"{k}={rec[k]}" for k in ("plate", "well", "field", "channel", "z", "timepoint",
-                                                         "elapsed_h", "acquired_at") if rec[k] is not None)
+                                                         "elapsed_h", "acquired_at", "acquisition") if rec[k] is not None)
             print(f"{rec['kind']:8} {rec['profile'] or '-':12} {p}  {where}{'  ' + rec['reason'] if rec['reason'] else ''}")
     return 0
 

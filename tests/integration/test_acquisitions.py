@@ -121,3 +121,13 @@ def test_after_the_upgrade_a_new_measurement_alone_does_not_fall_into_the_old_ke
     _harmony(watch, 2, "2026-11-04T09_00_00", scans=1)
     runner.run(once=True)
     assert [k for w, k, n in _readouts(runner) if w == "B03"] == [1, 2, ACQUISITION_SPAN + 1]
+
+
+def test_parse_shows_the_acquisition(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from nscmonitor.cli import main
+
+    assert main(["parse", "--json", "P1/2026-11-03/84/TimePoint_2/P1_B03_s1_w1.tif"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert (rec["timepoint"], rec["acquisition"]) == (2, "2026-11-03/84")
