@@ -76,7 +76,7 @@ def scoring_warnings(repo: Any, ood: tuple[int, int] | None = None) -> list[str]
     ood_warning = ood_share_warning(*(ood if ood is not None else repo.recent_ood(OOD_WINDOW)))
     outcomes = repo.recent_outcomes(CHANNEL_WINDOW)  # one bounded read for both
     return (([ood_warning] if ood_warning else []) + mixed_channel_warnings(outcomes) + mixed_plane_warnings(outcomes)
-            + all_skipped_warnings(outcomes) + untimed_warnings(outcomes))
+            + all_skipped_warnings(outcomes) + untimed_warnings(outcomes) + repeated_position_warnings(outcomes))
 
 
 def all_skipped_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.reads.Outcomes]
@@ -134,6 +134,23 @@ def untimed_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.
             out.append(f"experiment {name}: its newest {n} scored images carry no time (no scan index in their names "
                        "or folders, and the folder sets no induction_time), so they give no well readouts; set the "
                        "folder's induction_time (each image is then timed by its file)")
+    return out
+
+
+def repeated_position_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.reads.Outcomes]
+    """A warning per experiment some of whose newest scored images share well, field, channel,
+    plane and time point with another scored image: the readout averages both, which is two
+    reads of the plate under one time point (a folder copied in twice, two measurements of a
+    layout whose scan index restarts and that nscmonitor does not tell apart), never one."""
+    out = []
+    for name, o in sorted(outcomes.items()):
+        if not o.repeated:
+            continue
+        a, b = o.repeated_example
+        out.append(f"experiment {name}: {o.repeated} of its newest scored images share well, field, channel, plane "
+                   f"and time point with another image (e.g. {a} and {b}), and each pair is averaged into one "
+                   "readout: two reads of the plate under one time point; remove the copy, or give each read's "
+                   "folder its own plate or time (custom_profiles)")
     return out
 
 

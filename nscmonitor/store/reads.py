@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Engine, case, func, or_, select, text
+from sqlalchemy import Engine, case, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from nscmonitor.core.domain import ImageRecord, WellReadout
+from nscmonitor.core.names import from_db, shown
 from nscmonitor.core.queue import PROBLEMS, QueueState
 from nscmonitor.store import models as m
 from nscmonitor.store.times import aware, from_sql
@@ -147,6 +148,33 @@ class Outcomes:
     planes: tuple[int, ...] = ()
     #: scored images with no time key (no scan index, no hours): they give no readout
     untimed: int = 0
+    #: newest scored images whose well, field, channel, plane and time point another scored
+    #: image has too (two reads of a plate under one time point), and one such pair's paths
+    repeated: int = 0
+    repeated_example: tuple[str, str] | None = None
+
+
+def _repeated_positions(s: Session, scored: list) -> list[tuple[object, tuple[str, str]]]:
+    """Of the newest scored images (rows with well, time key, field, channel, z, path, id), those
+    another scored image shares all five with, each with the pair's paths (shown form): a bounded
+    read of the stored images of their wells and time points."""
+    pairs = sorted({(r.well_id, r.time_key) for r in scored if r.well_id is not None and r.time_key is not None})
+    if not pairs:
+        return []
+    by_place: dict[tuple, list[tuple[int, str]]] = {}
+    for i in range(0, len(pairs), 500):
+        for r in s.execute(select(m.Image.id, m.Image.path, m.Image.well_id, m.Image.time_key, m.Image.field,
+                                  m.Image.channel, m.Image.z)
+                           .where(tuple_(m.Image.well_id, m.Image.time_key).in_(pairs[i:i + 500]),
+                                  m.Image.status == QueueState.DONE)):
+            by_place.setdefault((r.well_id, r.time_key, r.field, r.channel, r.z), []).append((r.id, r.path))
+    out = []
+    for r in scored:
+        same = by_place.get((r.well_id, r.time_key, r.field, r.channel, r.z), [])
+        other = next((p for i, p in same if i != r.id), None)
+        if other is not None:
+            out.append((r, (shown(from_db(r.path)), shown(from_db(other)))))
+    return out
 
 
 class Repo:
@@ -188,15 +216,18 @@ class Repo:
         states = (QueueState.DONE.value, QueueState.SKIPPED.value)
         with self._session() as s:
             newest = (select(m.Image.id, m.Image.experiment_id, m.Image.status, m.Image.error, m.Image.qc_passed,
-                             m.Image.qc, m.Image.channel, m.Image.z, m.Image.time_key)
+                             m.Image.qc, m.Image.channel, m.Image.z, m.Image.time_key, m.Image.well_id,
+                             m.Image.field, m.Image.path)
                       .where(m.Image.status.in_(states)).order_by(m.Image.id.desc()).limit(limit).subquery())
             rows = s.execute(select(m.Experiment.name, newest.c.status, newest.c.error, newest.c.qc_passed,
-                                    newest.c.qc, newest.c.channel, newest.c.z, newest.c.time_key)
+                                    newest.c.qc, newest.c.channel, newest.c.z, newest.c.time_key, newest.c.well_id,
+                                    newest.c.field, newest.c.path, newest.c.id)
                              .join(m.Experiment, m.Experiment.id == newest.c.experiment_id)
                              .order_by(newest.c.id.desc())).all()
+            repeats = _repeated_positions(s, [r for r in rows if r.status == QueueState.DONE.value])
         # scored, QC failed, skipped, newest skip reason, newest QC reason, channels, planes, untimed
         counts: dict[str, list] = {}
-        for name, status, error, qc_passed, qc, channel, z, tkey in rows:
+        for name, status, error, qc_passed, qc, channel, z, tkey, *_ in rows:
             c = counts.setdefault(name, [0, 0, 0, None, None, set(), set(), 0])
             if status != QueueState.DONE.value:
                 c[2] += 1
@@ -211,7 +242,12 @@ class Repo:
                 c[4] = c[4] or (qc.get("reason") if isinstance(qc, dict) else None)
             else:
                 c[0] += 1
-        return {name: Outcomes(*c[:5], tuple(sorted(c[5])), tuple(sorted(c[6])), c[7]) for name, c in counts.items()}
+        out = {}
+        for name, c in counts.items():
+            mine = [pair for r, pair in repeats if r.name == name]
+            out[name] = Outcomes(*c[:5], tuple(sorted(c[5])), tuple(sorted(c[6])), c[7], len(mine),
+                                 mine[0] if mine else None)
+        return out
 
     def last_event_of(self, kinds: tuple[str, ...]) -> EventInfo | None:
         """The newest event of one of ``kinds``, or None."""

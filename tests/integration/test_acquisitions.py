@@ -131,3 +131,32 @@ def test_parse_shows_the_acquisition(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["parse", "--json", "P1/2026-11-03/84/TimePoint_2/P1_B03_s1_w1.tif"]) == 0
     rec = json.loads(capsys.readouterr().out)
     assert (rec["timepoint"], rec["acquisition"]) == (2, "2026-11-03/84")
+
+
+def test_status_warns_when_two_reads_fall_into_one_time_point(tmp_path: Path, make_runner, db_url: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A plate folder copied into the watched folder twice (or any layout whose reads share a
+    scan index nscmonitor cannot tell apart): every readout averages two images of one
+    position, and ``status`` says so with an example pair; one copy alone is quiet."""
+    import json
+
+    from nscmonitor.cli import main
+
+    watch = tmp_path / "imx"
+    for copy in ("PLATE1", "PLATE1 - Copy"):
+        for well in ("A01", "B02"):
+            write_tiff(watch / copy / "TimePoint_1" / f"PLATE1_{well}_s1_w1.tif",
+                       cells_image(stable_seed("copy", copy, well), (64, 64)))
+    runner = make_runner(watch, db_url=db_url, profile="imagexpress", plate="PLATE1")
+    runner.run(once=True)
+    main(["status", "--db", db_url, "--json"])
+    warnings = [w for w in json.loads(capsys.readouterr().out)["warnings"] if "share well" in w]
+    assert len(warnings) == 1 and warnings[0].startswith("experiment E1: 4 of its newest scored images share")
+    assert "PLATE1 - Copy" in warnings[0]
+    quiet = tmp_path / "one"
+    for well in ("A01", "B02"):
+        write_tiff(quiet / "PLATE1" / "TimePoint_1" / f"PLATE1_{well}_s1_w1.tif", cells_image(stable_seed("one", well), (64, 64)))
+    url = f"sqlite:///{tmp_path / 'one.db'}"  # a database of its own
+    make_runner(quiet, db_url=url, profile="imagexpress").run(once=True)
+    main(["status", "--db", url, "--json"])
+    assert not [w for w in json.loads(capsys.readouterr().out)["warnings"] if "share well" in w]
