@@ -70,8 +70,9 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
 def scoring_warnings(repo: Any, ood: tuple[int, int] | None = None) -> list[str]:
     """What is being scored that makes readouts mean little or leaves them empty, for ``status``,
     the dashboard's status tab and the end of ``run`` alike: most of the newest images unlike
-    the model's training data, several channels averaged into the same readouts, a folder whose
-    newest images were all skipped or all failed QC. ``ood``: the (flagged, judged) counts when
+    the model's training data, several channels or planes averaged into the same readouts, a
+    folder whose newest images were all skipped or all failed QC, or carry no time, two reads of
+    a plate under one time point. ``ood``: the (flagged, judged) counts when
     the caller has them already."""
     ood_warning = ood_share_warning(*(ood if ood is not None else repo.recent_ood(OOD_WINDOW)))
     outcomes = repo.recent_outcomes(CHANNEL_WINDOW)  # one bounded read for both
