@@ -22,6 +22,7 @@ from nscmonitor.config import CustomProfileSpec, WatchFolder
 from nscmonitor.core.selection import Z_ALL, norm_channel, z_skip
 from nscmonitor.intake.filenames import parse_path
 from nscmonitor.intake.folder import folder_profile
+from nscmonitor.readers import formats
 from nscmonitor.readers.decode import stated_channel_name
 
 log = logging.getLogger("nscmonitor.intake")
@@ -143,6 +144,16 @@ class ChannelSurvey:
                 f"skipped: {advice}")
 
 
+def _time_series(path: Path) -> bool:
+    """An OME-TIFF whose time points are images of their own, each keyed by its index."""
+    if not formats.is_ome_tiff(str(path)):
+        return False
+    try:
+        return bool(formats.units(str(path)))
+    except formats.NotReady:
+        return False
+
+
 def _shown(c: tuple[str, str | None]) -> str:
     token, name = c
     return f"{token} ({name})" if name and norm_channel(name) != norm_channel(token) else token
@@ -177,7 +188,8 @@ def survey(cfg: WatchFolder, custom: Sequence[CustomProfileSpec] = (), *,
                     unplaned = True
                 if key is not None:
                     timing["indexed" if key.timepoint is not None or key.elapsed_h is not None
-                           else "stamped" if key.acquired_at is not None else "clocked"] += 1
+                           or _time_series(path) else "stamped" if key.acquired_at is not None
+                           else "clocked"] += 1
                 if seen >= limit or len(found) >= MAX_CHANNELS:
                     break
             seen += len(dirs)

@@ -132,3 +132,15 @@ def test_offsets_and_dates_no_clock_gives_are_not_believed(tmp_path: Path) -> No
     found = units(str(path))
     assert [(u.timepoint, u.acquired_at, u.elapsed_h) for u in found] == [(1, None, None), (2, None, None),
                                                                           (3, None, 2.0)]
+
+
+def test_doctor_counts_a_time_series_as_timed(tmp_path: Path) -> None:
+    """A Micro-Manager stack's name gives no time, its time points do: no induction_time needed."""
+    from nscmonitor.config import WatchFolder
+    from nscmonitor.intake.channel_survey import survey
+
+    _stack(tmp_path / "exp_1" / "exp_1_MMStack_A1-Site_0.ome.tif", "survey")
+    found = survey(WatchFolder(path=tmp_path / "exp_1", experiment="x", profile="micromanager"))
+    assert found.indexed == 1 and not found.untimed
+    _stack(tmp_path / "exp_2" / "exp_2_MMStack_A1-Site_0.ome.tif", "survey", ome=False)  # still being written
+    assert survey(WatchFolder(path=tmp_path / "exp_2", experiment="x", profile="micromanager")).untimed
