@@ -33,8 +33,8 @@ def cmd_parse(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rec))
         else:
-            where = " ".join(f"{k}={rec[k]}" for k in ("plate", "well", "field", "channel", "z", "timepoint",
-                                                         "elapsed_h", "acquired_at", "acquisition") if rec[k] is not None)
+            fields = ("plate", "well", "field", "channel", "z", "timepoint", "elapsed_h", "acquired_at", "acquisition")
+            where = " ".join(f"{k}={rec[k]}" for k in fields if rec[k] is not None)
             print(f"{rec['kind']:8} {rec['profile'] or '-':12} {p}  {where}{'  ' + rec['reason'] if rec['reason'] else ''}")
     return 0
 

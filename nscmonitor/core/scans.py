@@ -1,17 +1,22 @@
-"""Which scan (plate read) an image belongs to when nothing in its name says so.
+"""Which scan (plate read) an image belongs to: its time key.
 
 An image whose name carries a scan index (ImageXpress ``TimePoint_n``, Harmony ``sk``) or the
-time since the first scan (Incucyte ``00d04h00m``) is keyed by it. One with neither (IN Cell
-runs without a time token, Cellomics, bare ImageXpress names, Micro-Manager stacks) is timed
-by its file's clock, so every image of one plate read has a time of its own: keyed by its
-minute, the fields of a well split across minute boundaries into readouts of one or two fields
-each, and the plate's wells never share a time point (the plate map's latest time point held
-the few wells imaged in its last minute). A wall-clock stamp in the name (Incucyte's, a Nikon
-JOBS run's start) is keyed the same way: one scan's images share its minute and so its read. A read is a run of images close in time in which each position (well,
-field, channel, plane) appears once, so an image joins the nearest read within ``gap``
-minutes that does not hold its position yet, else it starts a read of its own, keyed by its
-minute. The position rule tells apart reads with no pause between them (a plate imaged
-continuously); the gap, reads that repeat a position only after a pause.
+time since the first scan (Incucyte ``00d04h00m``) is keyed by it. Harmony, CellVoyager and
+MetaXpress count scan indexes from 1 in each measurement (acquisition): a plate's acquisitions,
+numbered in the order met, are ``ACQUISITION_SPAN`` keys apart, so the plate read daily as one
+measurement a day gets a time point per day (``acquisition_time_key``).
+
+One with neither (IN Cell runs without a time token, Cellomics, bare ImageXpress names) is
+timed by its file's clock, so every image of one plate read has a time of its own: keyed by
+its minute, the fields of a well split across minute boundaries into readouts of one or two
+fields each, and the plate's wells never share a time point (the plate map's latest time point
+held the few wells imaged in its last minute). A wall-clock stamp in the name (Incucyte's, a
+Nikon JOBS run's start) is keyed the same way: one scan's images share its minute and so its
+read. A read is a run of images close in time in which each position (well, field, channel,
+plane) appears once, so an image joins the nearest read within ``gap`` minutes that does not
+hold its position yet, else it starts a read of its own, keyed by its minute. The position
+rule tells apart reads with no pause between them (a plate imaged continuously); the gap,
+reads that repeat a position only after a pause.
 
 Pure: the writer reads the plate's images near a batch and stores what this returns."""
 
@@ -46,7 +51,9 @@ def time_point_name(key: int) -> str:
     """A time key as people read it: the scan index, and for a plate's later acquisitions
     which acquisition it counts in."""
     key = int(key)
-    return str(key) if key < ACQUISITION_SPAN else f"{key % ACQUISITION_SPAN} of acquisition {key // ACQUISITION_SPAN + 1}"
+    if key < ACQUISITION_SPAN:
+        return str(key)
+    return f"{key % ACQUISITION_SPAN} of acquisition {key // ACQUISITION_SPAN + 1}"
 
 
 @dataclass(frozen=True)
