@@ -150,8 +150,9 @@ def repeated_position_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[s
         a, b = o.repeated_example
         out.append(f"experiment {name}: {o.repeated} of its newest scored images share well, field, channel, plane "
                    f"and time point with another image (e.g. {a} and {b}), and each pair is averaged into one "
-                   "readout: two reads of the plate under one time point; remove the copy, or give each read's "
-                   "folder its own plate or time (custom_profiles)")
+                   "readout: two reads of the plate under one time point (remove the copy, or give each read's "
+                   "folder its own plate or time with custom_profiles), or fields whose names give no field "
+                   "number (then nothing is wrong)")
     return out
 
 
