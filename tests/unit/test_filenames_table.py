@@ -150,12 +150,19 @@ INCELL = [
 ]
 
 
+def _placed(name: str, profile: str, place: tuple):
+    """The key of ``name``, asserted to be an image of ``profile`` at (well, field, channel, z,
+    time point) ``place``."""
+    r = parse_path(name)
+    assert r.kind == "image" and r.profile == profile, (name, r.reason)
+    k = r.key
+    assert (k.well, k.field, k.channel, k.z, k.timepoint) == place
+    return k
+
+
 @pytest.mark.parametrize("name,well,field,channel,z,t,elapsed", INCELL, ids=[r[0] for r in INCELL])
 def test_incell_names(name, well, field, channel, z, t, elapsed) -> None:
-    r = parse_path(name)
-    assert r.kind == "image" and r.profile == "incell", (name, r.reason)
-    k = r.key
-    assert (k.well, k.field, k.channel, k.z, k.timepoint) == (well, field, channel, z, t)
+    k = _placed(name, "incell", (well, field, channel, z, t))
     assert k.elapsed_h == (None if elapsed is None else pytest.approx(elapsed))
 
 
@@ -186,10 +193,7 @@ NIKON = [
 
 @pytest.mark.parametrize("name,well,field,channel,z,t,acquired", NIKON, ids=[r[0] for r in NIKON])
 def test_nikon_tiff_exports(name, well, field, channel, z, t, acquired) -> None:
-    r = parse_path(name)
-    assert r.kind == "image" and r.profile == "nikon", (name, r.reason)
-    k = r.key
-    assert (k.well, k.field, k.channel, k.z, k.timepoint) == (well, field, channel, z, t)
+    k = _placed(name, "nikon", (well, field, channel, z, t))
     assert (k.acquired_at.isoformat() if k.acquired_at else None) == acquired
 
 
