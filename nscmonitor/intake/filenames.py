@@ -86,7 +86,8 @@ def _key(g: dict[str, str | None], pat: Pattern, plate_format: int | None) -> Im
         rows, cols = PLATE_SHAPES[plate_format]
         if row >= rows or col >= cols:
             raise NameError_(f"well {well_name(row, col)} is outside a {plate_format}-well plate")
-    field = _int(g, "field", zb) or _int(g, "site", zb) or _int(g, "pos", zb) or _int(g, "xy", zb)
+    field = (_int(g, "field", zb) or _int(g, "site", zb) or _int(g, "pos", zb) or _int(g, "xy", zb)
+             or _grid_field(g))
     t = _int(g, "t", zb) or _int(g, "timepoint", zb)
     elapsed, acquired = _times(g)
     return ImageKey(
@@ -94,6 +95,14 @@ def _key(g: dict[str, str | None], pat: Pattern, plate_format: int | None) -> Im
         channel=_channel(g), z=_int(g, "z", zb), timepoint=t, elapsed_h=elapsed, acquired_at=acquired,
         acquisition=_acquisition(g) if t is not None else None,
     )
+
+
+def _grid_field(g: dict[str, str | None]) -> int | None:
+    """A field given as its place in the well's grid (Leica's 0-based ``X``/``Y``): numbered
+    row by row, 100 to a row, so every field of a well has its own number."""
+    if g.get("fx") is None or g.get("fy") is None:
+        return None
+    return int(g["fy"]) * 100 + int(g["fx"]) + 1
 
 
 def _acquisition(g: dict[str, str | None]) -> str | None:

@@ -7,10 +7,10 @@ ones: well A01, field/z/timepoint 1-based.
 
 Group names understood by ``filenames.parse_path``: plate, row (letters or digits, see
 ``numeric_rows``), col, well (e.g. B2), well_idx (sequential, needs the plate format),
-field/site/pos/xy, channel (or channel2, channel3: other forms of it in one regex), z,
-t/timepoint, acq (the acquisition a scan index counts in) and timeline, elapsed tokens
-(days/hours/minutes, elapsed_ms), wall-clock tokens (year, month, day, hh, mm; or yymm, dd,
-hhmm for Incucyte archives).
+field/site/pos/xy (or fx and fy, a place in the well's grid), channel (or channel2, channel3:
+other forms of it in one regex), z, t/timepoint, acq (the acquisition a scan index counts in)
+and timeline, elapsed tokens (days/hours/minutes, elapsed_ms), wall-clock tokens (year, month,
+day, hh, mm; or yymm, dd, hhmm for Incucyte archives).
 """
 
 from __future__ import annotations

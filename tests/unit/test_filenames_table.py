@@ -201,3 +201,12 @@ def test_names_of_other_vendors_are_not_taken_for_nikon() -> None:
     for name in ("MyPlate_B11_w2.tif", "r01c01f01p01-ch1sk1fk1fl1.tiff", "B2--W00014--P00001--Z00000--T00000--DAPi.tif",
                  "Wellplate_notes.tif"):
         assert parse_path(name).profile != "nikon", name
+
+
+def test_leica_fields_of_a_well_are_told_apart() -> None:
+    """Leica names give a field as its X/Y place in the well's grid; before, every field of a
+    well had no number, so nothing told them apart (and status took them for repeated reads)."""
+    name = "image--L0000--S00--U01--V02--J08--E00--O00--X{x:02d}--Y{y:02d}--T0003--Z00--C00.ome.tif"
+    fields = [parse_path(name.format(x=x, y=y)).key.field for y in range(2) for x in range(3)]
+    assert fields == [1, 2, 3, 101, 102, 103]
+    assert parse_path(name.format(x=0, y=0)).key.well == "C02"
