@@ -66,7 +66,9 @@ BUILTIN: tuple[Profile, ...] = (
         ),
         # a measurement's folder is stamped when it starts (<name>_<yyyymmdd>_<hhmmss>, the real
         # CV8000 output); each measurement counts its time points (T) from 1
-        path_tokens=(_p(r"(?:^|/)(?P<acq>[^/]*_\d{8}_\d{6})/(?:[^/]+/)?[^/]+$", target="path"),),
+        path_tokens=(_p(r"(?:^|/)(?P<acq>[^/]*_\d{8}_\d{6})/(?:[^/]+/)?[^/]+$", target="path"),
+                     # CQ1 names carry no plate: it is the folder they are written into
+                     _p(r"(?:^|/)(?P<plate>[^/]+)/W\d{4}F\d{4}T\d{4}Z\d{3}C\d\.tif$", target="path")),
         sidecars=_s(r"\.mlf$", r"\.mrf$", r"\.mes$", r"\.wpi$", r"\.wpp$", r"^(?:DC|SC)_.*\.tif$",
                     r"_parameter\.xml$", r"^TRACE.*\.log$"),
     ),

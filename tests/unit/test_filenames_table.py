@@ -210,3 +210,10 @@ def test_leica_fields_of_a_well_are_told_apart() -> None:
     fields = [parse_path(name.format(x=x, y=y)).key.field for y in range(2) for x in range(3)]
     assert fields == [1, 2, 3, 101, 102, 103]
     assert parse_path(name.format(x=0, y=0)).key.well == "C02"
+
+
+def test_cq1_plate_is_the_folder_its_images_are_written_into() -> None:
+    """CQ1 names carry a well number and no plate: two plates' folders under one watched folder
+    were one plate, their wells merged."""
+    a, b = (parse_path(f"{p}/W0013F0002T0003Z001C1.tif", plate_format=96).key for p in ("PlateA", "PlateB"))
+    assert (a.plate, b.plate, a.well, a.field, a.timepoint) == ("PlateA", "PlateB", "B01", 2, 3)
