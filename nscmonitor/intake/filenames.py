@@ -93,7 +93,7 @@ def _key(g: dict[str, str | None], pat: Pattern, plate_format: int | None) -> Im
     return ImageKey(
         plate=g.get("plate") or None, well=well_name(row, col), row=row, col=col, field=field,
         channel=_channel(g), z=_int(g, "z", zb), timepoint=t, elapsed_h=elapsed, acquired_at=acquired,
-        acquisition=_acquisition(g) if t is not None else None,
+        acquisition=_acquisition(g),
     )
 
 

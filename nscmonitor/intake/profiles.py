@@ -148,6 +148,10 @@ BUILTIN: tuple[Profile, ...] = (
             _p(r"_MMStack_(?P<row>[A-Z]{1,2})(?P<col>\d{1,2})-Site_(?P<field>\d+)(?:_\d+)?\.ome\.tif$",
                zero_based=("field",)),
         ),
+        # Micro-Manager writes each acquisition into <name>_<n>/ (n counting up when the name is
+        # used again) and counts its time points from 0 in each: the folder is the acquisition
+        path_tokens=(_p(r"(?:^|/)(?P<acq>(?![A-Z]{1,2}\d{1,2}-Site_\d+/)[^/]+_\d+)/(?:[A-Z]{1,2}\d{1,2}-Site_\d+/)?"
+                        r"[^/]+$", target="path"),),
         sidecars=_s(r"^NDTiff\.index$", r"^metadata\.txt$", r"^display_and_comments\.txt$"),
     ),
     Profile(

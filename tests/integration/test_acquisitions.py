@@ -160,3 +160,24 @@ def test_status_warns_when_two_reads_fall_into_one_time_point(tmp_path: Path, ma
     make_runner(quiet, db_url=url, profile="imagexpress").run(once=True)
     main(["status", "--db", url, "--json"])
     assert not [w for w in json.loads(capsys.readouterr().out)["warnings"] if "share well" in w]
+
+
+def test_micromanager_acquisitions_count_their_own_time_points(tmp_path: Path, make_runner) -> None:
+    """Micro-Manager writes each acquisition into <name>_<n>/ and counts time from 0 in each: a
+    plate imaged again under the same name (exp_1, then exp_2) gets time points of its own, for
+    separate files and for position stacks alike."""
+    import tifffile
+
+    watch = tmp_path / "mm"
+    for acq in ("exp_1", "exp_2"):
+        for t in (0, 1):
+            write_tiff(watch / acq / "B3-Site_0" / f"img_channel000_position000_time{t:09d}_z000.tif",
+                       cells_image(stable_seed("mm", acq, t), (64, 64)))
+        stack = watch / acq / f"{acq}_MMStack_C4-Site_0.ome.tif"
+        tifffile.imwrite(stack, np.stack([cells_image(stable_seed("mms", acq, t), (64, 64)) for t in (0, 1)]),
+                         ome=True, metadata={"axes": "TYX"})
+    runner = make_runner(watch, profile="micromanager")
+    runner.run(once=True)
+    got = _readouts(runner)
+    keys = [1, 2, ACQUISITION_SPAN + 1, ACQUISITION_SPAN + 2]
+    assert got == [(w, k, 1) for w in ("B03", "C04") for k in keys]
