@@ -26,6 +26,8 @@ import bisect
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
+from nscmonitor.core.domain import ImageKey
+
 #: images of one read are written seconds apart, a minute or two at most between fields while
 #: the instrument refocuses or changes plates; reads of a differentiation time-lapse are
 #: hours apart
@@ -45,6 +47,15 @@ def acquisition_time_key(ordinal: int, scan: int) -> int:
     first): vendors that count scans from 1 in each measurement would otherwise give every
     measurement of a plate read daily the same key."""
     return ordinal * ACQUISITION_SPAN + scan
+
+
+def time_source(key: ImageKey) -> str:
+    """How an image's name times it: ``"index"`` (a scan index or the time since the first
+    scan: keyed by it), ``"stamp"`` (a wall-clock stamp) or ``"clock"`` (nothing: its file's
+    clock). The last two need the folder's induction time, and are grouped into reads."""
+    if key.timepoint is not None or key.elapsed_h is not None:
+        return "index"
+    return "stamp" if key.acquired_at is not None else "clock"
 
 
 def time_point_name(key: int) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nscmonitor.config import CustomProfileSpec, WatchFolder
+from nscmonitor.core.scans import time_source
 from nscmonitor.core.selection import Z_ALL, norm_channel, z_skip
 from nscmonitor.intake.filenames import parse_path
 from nscmonitor.intake.folder import folder_profile
@@ -187,9 +188,10 @@ def survey(cfg: WatchFolder, custom: Sequence[CustomProfileSpec] = (), *,
                 elif key is not None:
                     unplaned = True
                 if key is not None:
-                    timing["indexed" if key.timepoint is not None or key.elapsed_h is not None
-                           or _time_series(path) else "stamped" if key.acquired_at is not None
-                           else "clocked"] += 1
+                    source = time_source(key)
+                    if source != "index" and _time_series(path):  # opened only when the name gives no index
+                        source = "index"
+                    timing[{"index": "indexed", "stamp": "stamped", "clock": "clocked"}[source]] += 1
                 if seen >= limit or len(found) >= MAX_CHANNELS:
                     break
             seen += len(dirs)

@@ -23,7 +23,7 @@ from nscmonitor.core.names import clean, from_db, to_db
 from nscmonitor.core.aggregate import ImageScore
 from nscmonitor.core.calibration import WellCalibration
 from nscmonitor.core.queue import PROBLEMS, QueueState
-from nscmonitor.core.scans import MAX_READ_MIN, SCAN_GAP_MIN, Placed, acquisition_time_key, scan_keys
+from nscmonitor.core.scans import MAX_READ_MIN, SCAN_GAP_MIN, Placed, acquisition_time_key, scan_keys, time_source
 from nscmonitor.readers.formats import REF_SEP
 from nscmonitor.store import models as m
 from nscmonitor.store.selection_rule import SelectionApplied, apply_selection
@@ -314,8 +314,7 @@ class Writer(Claims):
         by_plate: dict[int, list[int]] = {}
         for i, f in enumerate(files):
             k = f.key
-            if k is not None and f.error is None and f.elapsed_h is not None and k.timepoint is None \
-                    and k.elapsed_h is None:
+            if k is not None and f.error is None and f.elapsed_h is not None and time_source(k) != "index":
                 by_plate.setdefault(self._wells[(f.experiment_id, f.plate or "plate", k.well)][0], []).append(i)
         if not by_plate:
             return
