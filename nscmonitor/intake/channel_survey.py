@@ -146,13 +146,15 @@ class ChannelSurvey:
 
 
 def _time_series(path: Path) -> bool:
-    """An OME-TIFF whose time points are images of their own, each keyed by its index."""
-    if not formats.is_ome_tiff(str(path)):
+    """A file whose time points are images of their own, each keyed by its index (an OME-TIFF,
+    ND2 or CZI time-lapse)."""
+    if not formats.is_ome_tiff(str(path)) and path.suffix.lower() not in formats.FORMATS:
         return False
     try:
-        return bool(formats.units(str(path)))
+        found = formats.units(str(path)) or ()
     except formats.NotReady:
         return False
+    return any(u.timepoint is not None or (u.key is not None and u.key.timepoint is not None) for u in found)
 
 
 def _shown(c: tuple[str, str | None]) -> str:

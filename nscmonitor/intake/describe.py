@@ -47,14 +47,25 @@ def describe(folder: WatchedFolder, res: ParseResult, path: str, size: int, mtim
         error, skip = None, LINK_SKIP
     acquired = key.acquired_at if key is not None else None
     acquired_utc = acquired.astimezone(timezone.utc) if acquired else datetime.fromtimestamp(mtime, timezone.utc)
+    elapsed = elapsed_hours(key, acquired_utc, cfg.induction_time)
+    if untimed_time_point(path, key):
+        acquired_utc, elapsed = None, None
     return Discovered(
         path=path, relpath=folder.rel(path), size=size, mtime=mtime, experiment_id=folder.experiment_id,
         profile=res.profile, key=key, plate=cfg.plate or (key.plate if key else None) or cfg.path.name,
-        plate_format=cfg.plate_format, elapsed_h=elapsed_hours(key, acquired_utc, cfg.induction_time),
-        acquired_at=acquired_utc, condition=folder.plate_map.condition(key.well) if key else None,
+        plate_format=cfg.plate_format, elapsed_h=elapsed, acquired_at=acquired_utc,
+        condition=folder.plate_map.condition(key.well) if key else None,
         attributes=folder.plate_map.attributes.get(key.well) if key else None,
         error=error, skip_reason=skip,
     )
+
+
+def untimed_time_point(path: str, key: ImageKey | None) -> bool:
+    """A time point inside a file (``FILE|...t=N``) whose file states no time for it: the
+    file's clock is when the last one was written, so every time point would get the same
+    hours. It is keyed by its index and given no hours instead."""
+    return (key is not None and key.acquired_at is None and key.elapsed_h is None
+            and "t" in formats.split_ref(path)[1])
 
 
 def elapsed_hours(key: ImageKey | None, acquired_utc: datetime, induction: datetime | None) -> float | None:

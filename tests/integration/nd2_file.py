@@ -6,7 +6,10 @@ container the ``nd2`` package parses: the file-signature chunk, ``ImageAttribute
 ``ImageMetadataSeqLV|0!`` (channel names, calibration) and ``ImageMetadataLV!`` (an XY position
 loop with named points) as CLx XML variants, one ``ImageDataSeq|N!`` chunk per position whose
 pixels start 4096 bytes after the chunk (channels interleaved per pixel), and the chunk map at
-the end. It is checked against the ``nd2`` package's own reader in the tests that use it.
+the end. A time-lapse adds a time loop around the position loop, NIS-Elements' frame-time record
+(``CustomData|AcqTimesCache!``, milliseconds per frame) and the start as a Julian day
+(``dTimeAbsolute``). It is checked against the ``nd2`` package's own reader in the tests that
+use it.
 """
 
 from __future__ import annotations
@@ -42,10 +45,16 @@ def _variant(name: str, value: object) -> bytes:
 
 
 def write_nd2(path: Path, frames: np.ndarray, channel_names: list[str], position_names: list[str] | None = None,
-              pixel_um: float = 0.65) -> Path:
-    """``frames``: positions x channels x Y x X, written as uint16."""
+              pixel_um: float = 0.65, times_ms: list[float] | None = None, start_jdn: float = 0.0) -> Path:
+    """``frames``: positions x channels x Y x X, or time points x positions x channels x Y x X
+    (a time loop around the position loop), written as uint16. ``times_ms``: each frame's
+    offset from the start in acquisition order (time points outer), as NIS-Elements records it;
+    ``start_jdn``: the start as a Julian day (0: a file without one)."""
     frames = np.asarray(frames, np.uint16)
-    n_p, n_c, h, w = frames.shape
+    n_t = frames.shape[0] if frames.ndim == 5 else 1
+    frames = frames.reshape(-1, *frames.shape[-3:])  # acquisition order: time points outer, positions inner
+    n_p = frames.shape[0] // n_t
+    n_c, h, w = frames.shape[1:]
     out = bytearray()
     chunkmap = []
 
@@ -59,7 +68,7 @@ def write_nd2(path: Path, frames: np.ndarray, channel_names: list[str], position
 
     out.extend(CHUNK_HEADER.pack(MAGIC, 32, 64) + b"ND2 FILE SIGNATURE CHUNK NAME01!" + b"Ver3.0".ljust(64, b"\0"))
     attrs = {"uiWidth": w, "uiHeight": h, "uiWidthBytes": w * 2 * n_c, "uiBpcInMemory": 16, "uiBpcSignificant": 16,
-             "uiComp": n_c, "uiSequenceCount": n_p, "eCompression": 2}
+             "uiComp": n_c, "uiSequenceCount": n_t * n_p, "eCompression": 2}
     chunk(b"ImageAttributesLV!", _variant("SLxImageAttributes", attrs))
     def spectrum(nm: float) -> dict:
         return {"pPoint": [{"dTValue": 1.0, "dWavelength": float(nm), "eType": 1}]}
@@ -68,18 +77,27 @@ def write_nd2(path: Path, frames: np.ndarray, channel_names: list[str], position
                         "pFluorescentProbe": {"m_ExcitationSpectrum": spectrum(400 + 50 * i),
                                               "m_EmissionSpectrum": spectrum(450 + 50 * i)}}
               for i, n in enumerate(channel_names)}
-    meta = {"bCalibrated": True, "dCalibration": float(pixel_um),
+    meta = {"bCalibrated": True, "dCalibration": float(pixel_um), "dTimeAbsolute": float(start_jdn),
             "sPicturePlanes": {"uiCount": n_c, "sPlaneNew": planes}}
     chunk(b"ImageMetadataSeqLV|0!", _variant("SLxPictureMetadata", meta))
+    exp = None
     if n_p > 1 or position_names:
         names = position_names or [f"#{i + 1}" for i in range(n_p)]
         exp = {"eType": 2, "uLoopPars": {"Points": [{"dPosX": float(i), "dPosY": 0.0, "dPosZ": 0.0, "dPosName": nm}
                                                     for i, nm in enumerate(names)]}}
+    if n_t > 1:
+        period = float(times_ms[n_p] - times_ms[0]) if times_ms is not None else 1000.0
+        loop = {"eType": 1, "uLoopPars": {"uiCount": n_t, "dStart": 0.0, "dPeriod": period, "dDuration": 0.0}}
+        exp = {**loop, "ppNextLevelEx": {"i0000000000": exp}} if exp else loop
+    if exp is not None:
         chunk(b"ImageMetadataLV!", _variant("SLxExperiment", exp))
-    for p in range(n_p):
-        pix = np.ascontiguousarray(frames[p].transpose(1, 2, 0)).tobytes()
+    if times_ms is not None:
+        chunk(b"CustomData|AcqTimesCache!", np.asarray(times_ms, "<f8").tobytes())
+    for i in range(len(frames)):
+        pix = np.ascontiguousarray(frames[i].transpose(1, 2, 0)).tobytes()
         # frame data starts 4096 bytes after the chunk: 16-byte header, name padded, 8-byte time stamp
-        chunk(f"ImageDataSeq|{p}!".encode(), struct.pack("<d", 0.0) + pix, name_len=4096 - 16 - 8)
+        stamp = float(times_ms[i]) if times_ms is not None else 0.0
+        chunk(f"ImageDataSeq|{i}!".encode(), struct.pack("<d", stamp) + pix, name_len=4096 - 16 - 8)
     loc = len(out)
     body = b"".join(name + struct.pack("<QQ", off, size) for name, off, size in chunkmap)
     sig = b"ND2 CHUNK MAP SIGNATURE 0000001!"

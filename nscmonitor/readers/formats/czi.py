@@ -2,13 +2,19 @@
 
 Scenes become wells and fields when ZEN's scene metadata names the well (a well-plate
 carrier writes ``Scene Name="B3-1"`` with ``Shape Name="B3"``); a file without such names is
-one image, its first scene, placed by its file name. The scored plane is the first T and Z
-of the chosen channel, read for the scene's own rectangle only.
+one image, its first scene, placed by its file name. A time series (ZEN writes a whole
+time-lapse into one file) gives one image per time point and scene (for a file placed by its
+name, per time point of its first scene), keyed by the time point's index; as for ND2, a file
+whose scenes name the plate's wells is one run of the plate, the acquisition its time points
+count in. pylibCZIrw does not expose the sub-blocks' acquisition times, so a time point's hours
+are not known from the file (its index orders the time course). The scored plane is the first
+Z of the chosen channel at the unit's time point, read for the scene's own rectangle only.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -63,22 +69,31 @@ def pixel_size_um(md: dict) -> float | None:
 
 
 def units(path: str) -> list[Unit]:
-    """One unit per scene when the scenes name wells; field = order of the scene in its well."""
+    """One unit per scene (and time point) when the scenes name wells, field = order of the
+    scene in its well; per time point of a file placed by its name; none for a file of one
+    time point whose scenes name no wells (it is then one image)."""
     from pylibCZIrw import czi
 
     with czi.open_czi(path) as r:
         wells = scene_wells(r.metadata)
         scenes = sorted(r.scenes_bounding_rectangle)
+        t0, t1 = r.total_bounding_box.get("T", (0, 1))
+    n_t = max(t1 - t0, 1)
     placed = [s for s in scenes if s in wells]
     if not placed:
-        return []
-    out, seen = [], {}
+        return [Unit(make_ref(path, t=t), timepoint=t + 1) for t in range(n_t)] if n_t > 1 else []
+    field_of, seen = {}, {}
     for s in placed:
-        well = wells[s]
-        seen[well] = seen.get(well, 0) + 1
-        row, col = parse_well(well)
-        out.append(Unit(make_ref(path, scene=s), ImageKey(plate=None, well=well, row=row, col=col, field=seen[well]),
-                        profile="czi"))
+        seen[wells[s]] = seen.get(wells[s], 0) + 1
+        field_of[s] = seen[wells[s]]
+    acquisition = Path(path).name
+    out = []
+    for t in range(n_t):
+        for s in placed:
+            row, col = parse_well(wells[s])
+            timed = {"timepoint": t + 1, "acquisition": acquisition} if n_t > 1 else {}
+            key = ImageKey(plate=None, well=wells[s], row=row, col=col, field=field_of[s], **timed)
+            out.append(Unit(make_ref(path, scene=s, t=t) if n_t > 1 else make_ref(path, scene=s), key, profile="czi"))
     return out
 
 
@@ -98,7 +113,14 @@ def read(path: str, unit: dict[str, int], *, channel: str | None, max_pixels: in
         check_pixels(rect.w, rect.h, max_pixels)
         c0, c1 = box.get("C", (0, 1))
         c = pick_channel(channel_names(md), c1 - c0, channel, "CZI file")
-        plane = {"C": c0 + c, "T": box.get("T", (0, 1))[0], "Z": box.get("Z", (0, 1))[0]}
+        t0, t1 = box.get("T", (0, 1))
+        t = unit.get("t", 0)
+        if t >= max(t1 - t0, 1):
+            from nscmonitor.readers.decode import DecodeError
+
+            raise DecodeError(f"time point {t + 1} is not in this CZI file ({max(t1 - t0, 1)} time points)",
+                              permanent=True)
+        plane = {"C": c0 + c, "T": t0 + t, "Z": box.get("Z", (0, 1))[0]}
         arr = r.read(plane=plane, scene=scene)
     arr = np.asarray(arr)
     if arr.ndim == 3:

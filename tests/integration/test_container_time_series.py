@@ -1,0 +1,171 @@
+"""A time-lapse written into one ND2 or CZI file, through the real daemon (real watcher, SQLite,
+ONNX Runtime on a tiny model): every time point of every position is an image of its own, read
+from its own plane, timed by the frame's own acquisition time where the file records it; a
+second file holding the same plate's wells is a second acquisition, so its time points do not
+fall into the first file's; a time point whose file states no time gets no hours (the file's
+clock is when the last one was written)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from conftest import cells_image
+from nscmonitor.core.scans import ACQUISITION_SPAN
+from nscmonitor.store import models as m
+
+INDUCTION = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def _jdn(when: datetime) -> float:
+    return 2440587.5 + when.timestamp() / 86400.0
+
+
+def _frames(n_t: int, n_p: int, n_c: int, seed: int) -> np.ndarray:
+    """T x P x C x Y x X, each plane told apart by its maximum (the stored QC maximum names it)."""
+    out = np.zeros((n_t, n_p, n_c, 48, 64), np.uint16)
+    for t in range(n_t):
+        for p in range(n_p):
+            for c in range(n_c):
+                out[t, p, c] = cells_image(seed + 100 * t + 10 * p + c, (48, 64)) // (1 + c + 2 * t + 3 * p)
+    return out
+
+
+def _images(runner) -> dict[str, tuple]:
+    with runner.store.Session() as s:
+        rows = s.execute(select(m.Image, m.Well).outerjoin(m.Well, m.Well.id == m.Image.well_id)).all()
+    return {img.path: (img, w) for img, w in rows}
+
+
+def _readouts(runner) -> dict[tuple[str, int], tuple[int, float | None]]:
+    with runner.store.Session() as s:
+        rows = s.execute(select(m.Well.name, m.WellReadout.time_key, m.WellReadout.n_images, m.WellReadout.elapsed_h)
+                         .join(m.Well, m.Well.id == m.WellReadout.well_id)).all()
+    return {(w, t): (n, h) for w, t, n, h in rows if n > 0}
+
+
+def test_an_nd2_time_lapse_gives_every_time_point_of_every_well_its_time(tmp_path: Path, make_runner) -> None:
+    pytest.importorskip("nd2")
+    from nd2_file import write_nd2
+
+    watch = tmp_path / "nis"
+    first = _frames(3, 2, 2, 500)
+    # time points 2 h apart from 24 h after induction; positions 30 s apart within each
+    times = [t * 7_200_000.0 + p * 30_000.0 for t in range(3) for p in range(2)]
+    run1 = write_nd2(watch / "plate1_run1.nd2", first, ["DAPI", "BF"], ["B3", "C4"], times_ms=times,
+                     start_jdn=_jdn(INDUCTION + timedelta(hours=24)))
+    second = _frames(2, 2, 2, 900)  # the plate imaged again the next day into a file of its own
+    run2 = write_nd2(watch / "plate1_run2.nd2", second, ["DAPI", "BF"], ["B3", "C4"],
+                     times_ms=[t * 7_200_000.0 + p * 30_000.0 for t in range(2) for p in range(2)],
+                     start_jdn=_jdn(INDUCTION + timedelta(hours=48)))
+    runner = make_runner(watch, experiment="nis", channel="BF", induction_time=INDUCTION.isoformat())
+    runner.run(once=True)
+    images = _images(runner)
+    assert len(images) == 6 + 4, sorted(images)
+    for path, frames, ordinal, start_h in ((run1, first, 0, 24.0), (run2, second, 1, 48.0)):
+        for t in range(len(frames)):
+            for p, well in enumerate(("B03", "C04")):
+                img, w = images[f"{path}|position={p},t={t}"]
+                assert img.status == "done", img.error
+                assert (w.name, img.field, img.timepoint) == (well, 1, t + 1)
+                assert img.qc["max"] == float(frames[t, p, 1].max())  # its own plane, channel BF
+                assert img.time_key == ordinal * ACQUISITION_SPAN + t + 1
+                assert img.elapsed_h == pytest.approx(start_h + 2 * t + p * 30 / 3600)
+    readouts = _readouts(runner)
+    assert sorted(k for k in readouts if k[0] == "B03") == [
+        ("B03", 1), ("B03", 2), ("B03", 3), ("B03", ACQUISITION_SPAN + 1), ("B03", ACQUISITION_SPAN + 2)]
+    assert readouts[("C04", ACQUISITION_SPAN + 2)] == (1, pytest.approx(50 + 30 / 3600))
+    assert run1.stat().st_size > 0 and run2.exists()  # the instrument's files are left as they were
+
+
+def test_an_nd2_time_lapse_placed_by_its_name_with_and_without_frame_times(tmp_path: Path, make_runner) -> None:
+    pytest.importorskip("nd2")
+    from nd2_file import write_nd2
+
+    watch = tmp_path / "nis"
+    frames = _frames(3, 1, 1, 300)
+    # frame times but no start date: hours since the file's first frame
+    timed = write_nd2(watch / "20260101_WellD05_Seq0000.nd2", frames, ["BF"], times_ms=[0.0, 3_600_000.0, 9_000_000.0])
+    untimed = write_nd2(watch / "20260101_WellD06_Seq0000.nd2", frames, ["BF"])  # no frame-time record
+    runner = make_runner(watch, experiment="nis", induction_time=INDUCTION.isoformat())
+    runner.run(once=True)
+    images = _images(runner)
+    assert len(images) == 6, sorted(images)
+    for t, hours in enumerate((0.0, 1.0, 2.5)):
+        img, w = images[f"{timed}|t={t}"]
+        assert img.status == "done", img.error
+        assert (w.name, img.timepoint, img.time_key) == ("D05", t + 1, t + 1)
+        assert img.elapsed_h == pytest.approx(hours)
+        assert img.qc["max"] == float(frames[t, 0, 0].max())
+        img, w = images[f"{untimed}|t={t}"]
+        assert img.status == "done", img.error
+        assert (w.name, img.timepoint, img.time_key) == ("D06", t + 1, t + 1)
+        # the file's clock would give every time point the same hours: it gives none
+        assert img.elapsed_h is None and img.acquired_at is None
+    assert {k: n for k, (n, _) in _readouts(runner).items()} == {
+        (w, t): 1 for w in ("D05", "D06") for t in (1, 2, 3)}
+
+
+def test_a_czi_time_series_gives_every_time_point_of_every_scene(tmp_path: Path, make_runner) -> None:
+    pytest.importorskip("pylibCZIrw")
+    from pylibCZIrw import czi
+
+    frames = _frames(2, 2, 2, 700)
+    path = tmp_path / "zen" / "plate9.czi"
+    path.parent.mkdir(parents=True)
+    with czi.create_czi(str(path), exist_ok=True) as w:
+        for t in range(2):
+            for s in range(2):
+                for c in range(2):
+                    w.write(frames[t, s, c], plane={"C": c, "T": t, "Z": 0}, scene=s, location=(s * 1000, 0))
+        w.write_metadata(document_name="plate9", channel_names={0: "DAPI", 1: "BF"})
+    scenes_xml = "".join(f'<Scene Index="{i}" Name="{well}-1"><Shape Name="{well}"/></Scene>'
+                         for i, well in enumerate(("E5", "E6")))
+    with czi.edit_czi(str(path)) as ed, ed.edit_session() as b:
+        b.set_xml(b.get_xml().replace("<Channels>", f"<S><Scenes>{scenes_xml}</Scenes></S><Channels>", 1))
+    runner = make_runner(path.parent, experiment="zen", channel="BF", induction_time=INDUCTION.isoformat())
+    runner.run(once=True)
+    images = _images(runner)
+    assert len(images) == 4, sorted(images)
+    for t in range(2):
+        for s, well in enumerate(("E05", "E06")):
+            img, w = images[f"{path}|scene={s},t={t}"]
+            assert img.status == "done", img.error
+            assert (w.name, img.timepoint, img.time_key) == (well, t + 1, t + 1)
+            assert img.qc["max"] == float(frames[t, s, 1].max())
+            assert img.elapsed_h is None  # pylibCZIrw gives no time point's time: none is made up
+    assert {k: n for k, (n, _) in _readouts(runner).items()} == {(w, t): 1 for w in ("E05", "E06") for t in (1, 2)}
+
+
+def test_frame_times_no_clock_gives_are_not_believed() -> None:
+    from nscmonitor.readers.formats.nd2 import frame_time, start_date
+
+    start = start_date(_jdn(INDUCTION))
+    assert start == INDUCTION
+    assert start_date(0.0) is None and start_date(-1.0) is None and start_date(float("nan")) is None
+    assert start_date(1e12) is None
+    assert frame_time(start, 3_600_000.0) == (INDUCTION + timedelta(hours=1), None)
+    assert frame_time(None, 5_400_000.0) == (None, 1.5)
+    for bad in (float("nan"), float("inf"), -1.0, 1e15, None):
+        assert frame_time(start, bad) == (None, None)
+
+
+def test_doctor_counts_an_nd2_time_lapse_as_timed(tmp_path: Path) -> None:
+    """A file name that gives no time, whose file holds a time loop: its time points are keyed
+    by their index, so the folder needs no induction_time; a file of one time point does."""
+    pytest.importorskip("nd2")
+    from nd2_file import write_nd2
+
+    from nscmonitor.config import WatchFolder
+    from nscmonitor.intake.channel_survey import survey
+
+    write_nd2(tmp_path / "lapse" / "20260101_WellD05_Seq0000.nd2", _frames(2, 1, 1, 10), ["BF"])
+    found = survey(WatchFolder(path=tmp_path / "lapse", experiment="x", profile="nikon"))
+    assert (found.indexed, found.clocked) == (1, 0) and not found.untimed
+    write_nd2(tmp_path / "once" / "20260101_WellD05_Seq0000.nd2", _frames(1, 1, 1, 10)[0], ["BF"])
+    found = survey(WatchFolder(path=tmp_path / "once", experiment="x", profile="nikon"))
+    assert (found.indexed, found.clocked) == (0, 1) and found.untimed
