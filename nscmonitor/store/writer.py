@@ -132,6 +132,18 @@ def time_key(key: ImageKey | None, elapsed_h: float | None) -> int | None:
     return None
 
 
+def _before_expansion(ref: str) -> tuple[str, ...]:
+    """The stored paths a container image's reference replaces: the whole file, and for a
+    time point the same position or scene without it (``F|position=2,t=5`` -> ``F``,
+    ``F|position=2``)."""
+    path, _, spec = ref.rpartition(REF_SEP)
+    parts = spec.split(",")
+    kept = [p for p in parts if not p.startswith("t=")]
+    if len(kept) == len(parts) or not kept:
+        return (path,)
+    return path, path + REF_SEP + ",".join(kept)
+
+
 class Writer(Claims):
     def __init__(self, engine: Engine, *, lease_s: float = DEFAULT_LEASE_S, owner: str | None = None) -> None:
         """``owner``: this daemon's name on the images it claims (``leases.new_owner``);
@@ -261,8 +273,10 @@ class Writer(Claims):
         directory was not written after several looks; an OME-TIFF time series whose OME-XML
         Micro-Manager writes when the acquisition ends) that now arrives as the images inside
         it (``FILE|unit``): its own row is set aside with the reason and taken out of its
-        readouts, so no plane counts twice."""
-        containers = sorted({p.rpartition(REF_SEP)[0] for p in paths if REF_SEP in p} - set(paths))
+        readouts, so no plane counts twice. So is a position or scene stored before its time
+        points were images of their own (``FILE|position=2``, scored at its first time point
+        by versions before 2026-12-05) once ``FILE|position=2,t=0`` arrives."""
+        containers = sorted({legacy for p in paths if REF_SEP in p for legacy in _before_expansion(p)} - set(paths))
         if not containers:
             return
         img = m.Image

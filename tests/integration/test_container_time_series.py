@@ -169,3 +169,30 @@ def test_doctor_counts_an_nd2_time_lapse_as_timed(tmp_path: Path) -> None:
     write_nd2(tmp_path / "once" / "20260101_WellD05_Seq0000.nd2", _frames(1, 1, 1, 10)[0], ["BF"])
     found = survey(WatchFolder(path=tmp_path / "once", experiment="x", profile="nikon"))
     assert (found.indexed, found.clocked) == (0, 1) and found.untimed
+
+
+def test_a_position_stored_before_its_time_points_were_images_is_set_aside(tmp_path: Path, make_runner) -> None:
+    """Versions before 2026-12-05 stored an ND2 position as ``FILE|position=N`` scored at its
+    first time point. When the same file arrives as time points (here: a daemon started on a
+    file that now holds a time loop), that row is set aside with the reason and leaves the
+    readouts, so the first time point is not counted twice."""
+    pytest.importorskip("nd2")
+    from nd2_file import write_nd2
+
+    watch = tmp_path / "nis"
+    path = watch / "plate1_run1.nd2"
+    frames = _frames(2, 2, 1, 40)
+    write_nd2(path, frames[0], ["BF"], ["B3", "C4"])  # positions without a time loop: FILE|position=N
+    make_runner(watch, experiment="nis", induction_time=INDUCTION.isoformat()).run(once=True)
+    write_nd2(path, frames, ["BF"], ["B3", "C4"], times_ms=[0.0, 10.0, 3_600_000.0, 3_600_010.0],
+              start_jdn=_jdn(INDUCTION + timedelta(hours=24)))
+    runner = make_runner(watch, experiment="nis", induction_time=INDUCTION.isoformat())
+    runner.run(once=True)
+    images = _images(runner)
+    for p in (0, 1):
+        legacy, _ = images[f"{path}|position={p}"]
+        assert legacy.status == "skipped" and "several images" in legacy.error
+        for t in (0, 1):
+            assert images[f"{path}|position={p},t={t}"][0].status == "done"
+    readouts = _readouts(runner)
+    assert readouts == {(w, t): (1, pytest.approx(23.0 + t, abs=1e-3)) for w in ("B03", "C04") for t in (1, 2)}
