@@ -208,14 +208,19 @@ def test_share_that_disappears_and_comes_back(tmp_path: Path, make_runner) -> No
 
 
 def test_polling_observer_for_network_shares(tmp_path: Path, make_runner) -> None:
-    """Shares deliver no change events: with polling on, the polling observer finds files."""
+    """Shares deliver no change events: with polling on, the listing poller finds files, in a
+    folder that exists at start and in one made later (the full rescan is 60 s away)."""
     watch = tmp_path / "share"
-    watch.mkdir()
-    runner = make_runner(watch, polling=True, quiet_seconds=0.2)
+    (watch / "TimePoint_1").mkdir(parents=True)
+    runner = make_runner(watch, polling=True, quiet_seconds=0.2, poll_interval=0.2)
     with Running(runner):
-        from watchdog.observers.polling import PollingObserver
+        from nscmonitor.intake.watcher import ListingPoller
 
         wait_until(lambda: runner.folders[0].watcher.observer is not None, what="the observer to start")
-        assert isinstance(runner.folders[0].watcher.observer, PollingObserver)
-        write_tiff(watch / name(1), cells_image(1))
+        poller = runner.folders[0].watcher.observer
+        assert isinstance(poller, ListingPoller)
+        wait_until(lambda: poller.passes >= 1, what="the poller's first pass")
+        write_tiff(watch / "TimePoint_1" / name(1), cells_image(1))
         wait_until(lambda: n_done(runner) == 1, what="the polled file")
+        write_tiff(watch / "TimePoint_2" / name(2), cells_image(2))
+        wait_until(lambda: n_done(runner) == 2, what="the polled file in a new folder")
