@@ -17,6 +17,7 @@ with that reason, so nothing is silently dropped.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -90,6 +91,9 @@ class Intake:
                 self.on_rescan()
             f.detect_profile(paths)
             now = self.wall()
+            if w.unchanged:  # a polled folder between deep rescans: known files of unchanged
+                # directories are not looked at
+                paths = [p for p in paths if not (p.rpartition(os.sep)[0] in w.unchanged and self.known.has(p))]
             for p in self._files(f, paths):
                 seen = look(p)
                 if seen is None or not self.known.is_new(p, seen):

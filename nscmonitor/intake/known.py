@@ -58,6 +58,9 @@ class KnownFiles:
         known path that vanished counts too, so the tracker forgets it)."""
         return self._files.get(path) != (None if seen is None else (seen.size, seen.mtime))
 
+    def has(self, path: str) -> bool:
+        return path in self._files
+
     def remember(self, path: str, size: int, mtime: float) -> None:
         self._files[path] = (size, mtime)
 

@@ -31,6 +31,11 @@ from nscmonitor.intake.filters import JUNK_DIRS
 
 log = logging.getLogger(__name__)
 
+#: a polled folder's full rescan looks at every known file again this often: in between, only
+#: the known files of directories whose mtime changed are looked at (a new, removed or renamed
+#: file changes it; a file rewritten in place does not, and waits for this)
+DEEP_RESCAN_S = 3600.0
+
 
 class _Enqueue(FileSystemEventHandler):
     def __init__(self, q: queue.Queue[str]) -> None:
@@ -48,13 +53,16 @@ class _Enqueue(FileSystemEventHandler):
             log.exception("watch event handler failed for %r", event)
 
 
-def scan(root: Path) -> Iterator[str]:
+def scan(root: Path, dirs: dict[str, float] | None = None) -> Iterator[str]:
     """Every regular file below root (junk folders pruned), newest folders first is not
-    needed: the readiness tracker orders nothing, the queue scores by discovery order."""
+    needed: the readiness tracker orders nothing, the queue scores by discovery order.
+    ``dirs`` gets each listed directory's mtime (one look per directory)."""
     stack = [str(root)]
     while stack:
         d = stack.pop()
         try:
+            if dirs is not None:
+                dirs[d] = os.stat(d).st_mtime
             with os.scandir(d) as it:
                 for e in it:
                     try:
@@ -78,16 +86,20 @@ class ListingPoller(threading.Thread):
     lists those whose mtime differs from the last pass, plus those that changed in the last
     pass: a file created in the same mtime tick as the change the pass saw (filesystems with
     coarse clocks) leaves the mtime as it was. Names not in the last listing of their
-    directory are put on the queue. The first pass puts every file on it, so nothing written
-    between the start-up scan and the poller's first look is missed. A pass that fails (a
+    directory are put on the queue. The first pass only learns the tree and then calls
+    ``on_first_pass`` (the watcher makes its next full rescan due), so a file written between
+    the start-up scan and the poller's first look is found by that rescan, without putting
+    every file of the tree on the queue to be looked at again. A pass that fails (a
     share gone, a directory removed while listed) is logged and the next one is tried: the
     thread never dies of it (watchdog#1065), and the periodic full rescan remains the truth."""
 
-    def __init__(self, root: Path, q: queue.Queue[str], interval: float) -> None:
+    def __init__(self, root: Path, q: queue.Queue[str], interval: float,
+                 on_first_pass: Callable[[], None] | None = None) -> None:
         super().__init__(daemon=True, name=f"poll {root}")
         self.root = str(root)
         self.q = q
         self.interval = interval
+        self.on_first_pass = on_first_pass
         self.passes = 0
         self._halt = threading.Event()
         #: directory -> (its mtime at the last listing, its files' names' hashes, its
@@ -137,8 +149,9 @@ class ListingPoller(threading.Thread):
                 stack.extend(known[2])
                 continue
             names, subdirs = self._list(d)
-            before = known[1] if known is not None and not first else frozenset()
-            new.extend(os.path.join(d, n) for n in sorted(names) if hash(n) not in before)
+            if not first:
+                before = known[1] if known is not None else frozenset()
+                new.extend(os.path.join(d, n) for n in sorted(names) if hash(n) not in before)
             if known is None or known[0] != mtime:
                 changed.add(d)
             self._dirs[d] = (mtime, frozenset(map(hash, names)), subdirs)
@@ -149,6 +162,8 @@ class ListingPoller(threading.Thread):
         self.passes += 1
         for p in new:
             self.q.put(p)
+        if first and self.on_first_pass is not None:
+            self.on_first_pass()
         return new
 
     @staticmethod
@@ -180,6 +195,11 @@ class FolderWatcher:
         self.events: queue.Queue[str] = queue.Queue()
         self._observer: Observer | ListingPoller | None = None
         self._next_scan = 0.0
+        self._next_deep = 0.0
+        #: directory -> its mtime at the last full scan
+        self._dirs: dict[str, float] = {}
+        #: directories whose mtime the last full scan found as the one before it did
+        self.unchanged: frozenset[str] = frozenset()
         self.reachable = True
         self.last_error: str | None = None
         self.restarts = 0
@@ -199,7 +219,7 @@ class FolderWatcher:
             self.last_error = f"folder not reachable: {self.root}"
             return
         if self.polling:
-            poller = ListingPoller(self.root, self.events, self.poll_interval)
+            poller = ListingPoller(self.root, self.events, self.poll_interval, on_first_pass=self.rescan_soon)
             poller.start()
             self._observer = poller
             self.reachable = True
@@ -244,18 +264,37 @@ class FolderWatcher:
                 log.info("watched folder is back: %s; rescanning", self.root)
                 self._next_scan = 0.0
 
+    def rescan_soon(self) -> None:
+        """Make the next full rescan due now (called from the poller's thread: one float
+        assignment)."""
+        self._next_scan = 0.0
+
     def due_for_scan(self) -> bool:
         return self.clock() >= self._next_scan
 
     def full_scan(self) -> list[str]:
-        self._next_scan = self.clock() + self.rescan_interval
+        """Every file of the folder. Also decides which directories' known files the rescan
+        looks at again (``unchanged``): on a share (``polling``), where each look is a network
+        round trip, all of them at the first scan and every ``DEEP_RESCAN_S`` (a file
+        rewritten in place leaves its directory's mtime alone), otherwise only those of
+        directories whose mtime changed since the last scan; on a local folder, where looks are
+        cheap, all of them at every scan."""
+        now = self.clock()
+        self._next_scan = now + self.rescan_interval
+        dirs: dict[str, float] = {}
         try:
-            return list(scan(self.root))
+            paths = list(scan(self.root, dirs))
         except OSError as exc:
             self.reachable = False
             self.last_error = f"cannot list {self.root}: {exc}"
             log.warning("%s", self.last_error)
             return []
+        deep = not self.polling or now >= self._next_deep
+        if deep:
+            self._next_deep = now + max(DEEP_RESCAN_S, self.rescan_interval)
+        self.unchanged = frozenset() if deep else frozenset(d for d, t in dirs.items() if self._dirs.get(d) == t)
+        self._dirs = dirs
+        return paths
 
     def drain(self) -> list[str]:
         out = []

@@ -16,6 +16,7 @@ from nscmonitor.intake.describe import LINK_SKIP, elapsed_hours
 from nscmonitor.intake.folder import WatchedFolder
 from nscmonitor.intake.intake import Intake
 from nscmonitor.intake.known import KnownFiles
+from nscmonitor.intake.watcher import DEEP_RESCAN_S
 from nscmonitor.scoring.stages import Content, content_of
 from nscmonitor.store.writer import Claimed
 from conftest import cells_image, write_tiff
@@ -29,10 +30,11 @@ def make_intake():
     made: list[Intake] = []
 
     def make(watch: Path, known: KnownFiles | None = None, *, profile: str = "incucyte",
-             channel: str | None = None) -> Intake:
+             channel: str | None = None, clock=None) -> Intake:
         cfg = WatchFolder(path=watch, experiment="E1", profile=profile, quiet_seconds=5.0, polling=True,
                           channel=channel, rescan_interval=0.0)  # every pass rescans
-        made.append(Intake([WatchedFolder.open(cfg, 1, (), poll_interval=0.1)], known or KnownFiles()))
+        kw = {"clock": clock} if clock is not None else {}
+        made.append(Intake([WatchedFolder.open(cfg, 1, (), poll_interval=0.1, **kw)], known or KnownFiles()))
         return made[-1]
 
     yield make
@@ -76,10 +78,15 @@ def test_the_record_of_known_files_decides_what_is_looked_at_again(tmp_path: Pat
     img = write_tiff(watch / "VID1_B2_1_01d00h00m.tif", cells_image(2))
     os.utime(img, (OLD, OLD))
     st = img.stat()
-    intake = make_intake(watch, KnownFiles({str(img): (st.st_size, st.st_mtime)}))  # as the database seeds it
+    now = [0.0]
+    # as the database seeds it; a polled folder (a share): its rescans look at a known file only
+    # when its directory changed, or at the hourly deep rescan
+    intake = make_intake(watch, KnownFiles({str(img): (st.st_size, st.st_mtime)}), clock=lambda: now[0])
     assert _discovered(intake) == {}
 
-    os.utime(img, (OLD + 60, OLD + 60))  # rewritten in place: a new mtime
+    os.utime(img, (OLD + 60, OLD + 60))  # rewritten in place: a new mtime, the directory's unchanged
+    assert _discovered(intake) == {}
+    now[0] += DEEP_RESCAN_S
     assert list(_discovered(intake)) == ["VID1_B2_1_01d00h00m.tif"]
 
     assert _discovered(intake) == {}  # handed on once, not at every rescan

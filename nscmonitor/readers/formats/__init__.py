@@ -95,6 +95,8 @@ def make_ref(path: str, **unit: int) -> str:
 
 def zarr_root(path: str | Path) -> Path | None:
     """The ``*.zarr`` folder a path lies in (the plate), or None."""
+    if ".zarr" not in str(path).lower():  # no part can end with it: the common case, without a parse
+        return None
     parts = Path(path).parts
     for i, part in enumerate(parts):
         if part.lower().endswith(".zarr"):
