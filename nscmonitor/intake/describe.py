@@ -25,12 +25,23 @@ def parse(folder: WatchedFolder, path: str, unit: formats.Unit | None) -> ParseR
     res = parse_path(folder.rel(formats.split_ref(path)[0]), folder.profile, plate_format=folder.cfg.plate_format)
     if unit is not None and (unit.key is not None or unit.error is not None):
         res = ParseResult(folder.rel(path), "error" if unit.error else "image", unit.profile, unit.key, unit.error)
-    elif unit is not None and unit.timepoint is not None and res.key is not None:
-        # a time point of a stack placed by its file's name: the name's place, the stack's time
-        res = ParseResult(folder.rel(path), res.kind, res.profile,
-                          replace(res.key, timepoint=unit.timepoint, elapsed_h=unit.elapsed_h,
-                                  acquired_at=unit.acquired_at), res.reason)
+    elif unit is not None and res.key is not None and (unit.timepoint is not None or unit.position is not None):
+        # a time point or position of a file placed by its name: the name's place, the file's time
+        key = res.key
+        if unit.timepoint is not None:
+            key = replace(key, timepoint=unit.timepoint, elapsed_h=unit.elapsed_h, acquired_at=unit.acquired_at)
+        if unit.position is not None:
+            key = replace(key, field=subfield(key.field, unit.position, unit.positions))
+        res = ParseResult(folder.rel(path), res.kind, res.profile, key, res.reason)
     return res
+
+
+def subfield(named: int | None, position: int, positions: int) -> int:
+    """The field of one of a file's ``positions`` positions that name no well: the name's
+    field divided among them (``s2`` with 3 positions: fields 4, 5, 6), or, where the name
+    gives none, the position's number. Files named by site each holding several positions
+    never share a field."""
+    return (named - 1) * positions + position + 1 if named is not None else position + 1
 
 
 def describe(folder: WatchedFolder, res: ParseResult, path: str, size: int, mtime: float, link: bool) -> Discovered:

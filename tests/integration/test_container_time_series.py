@@ -196,3 +196,36 @@ def test_a_position_stored_before_its_time_points_were_images_is_set_aside(tmp_p
             assert images[f"{path}|position={p},t={t}"][0].status == "done"
     readouts = _readouts(runner)
     assert readouts == {(w, t): (1, pytest.approx(23.0 + t, abs=1e-3)) for w in ("B03", "C04") for t in (1, 2)}
+
+
+def test_an_nd2_of_unnamed_points_in_one_well_gives_each_point_as_a_field(tmp_path: Path, make_runner) -> None:
+    """NIS-Elements' multipoint in one well: points that name no well are fields of the well the
+    file's name gives, each at each time point (before, only the first point was scored)."""
+    pytest.importorskip("nd2")
+    from nd2_file import write_nd2
+
+    watch = tmp_path / "nis"
+    frames = _frames(2, 3, 1, 600)
+    path = write_nd2(watch / "20260101_WellD05_Seq0000.nd2", frames, ["BF"],
+                     times_ms=[t * 3_600_000.0 + p * 1000.0 for t in range(2) for p in range(3)],
+                     start_jdn=_jdn(INDUCTION + timedelta(hours=12)))
+    runner = make_runner(watch, experiment="nis", induction_time=INDUCTION.isoformat())
+    runner.run(once=True)
+    images = _images(runner)
+    assert len(images) == 6, sorted(images)
+    for t in range(2):
+        for p in range(3):
+            img, w = images[f"{path}|position={p},t={t}"]
+            assert img.status == "done", img.error
+            assert (w.name, img.field, img.timepoint) == ("D05", p + 1, t + 1)
+            assert img.qc["max"] == float(frames[t, p, 0].max())
+            assert img.elapsed_h == pytest.approx(12 + t + p / 3600)
+    assert {k: n for k, (n, _) in _readouts(runner).items()} == {("D05", 1): 3, ("D05", 2): 3}
+
+
+def test_the_name_s_field_is_divided_among_a_file_s_points() -> None:
+    from nscmonitor.intake.describe import subfield
+
+    assert [subfield(None, p, 3) for p in range(3)] == [1, 2, 3]
+    assert [subfield(2, p, 3) for p in range(3)] == [4, 5, 6]
+    assert {subfield(s, p, 2) for s in (1, 2, 3) for p in range(2)} == {1, 2, 3, 4, 5, 6}

@@ -117,11 +117,15 @@ def test_czi_scenes_named_by_well_become_wells_and_fields(tmp_path: Path, make_r
     assert {w for _, w, _ in _readouts(runner)} == {"B03", "C04"}
 
 
-def test_czi_without_well_names_is_one_image_placed_by_its_name(tmp_path: Path, tiny_model: Path) -> None:
+def test_czi_without_well_names_is_placed_by_its_name_its_scenes_fields(tmp_path: Path, tiny_model: Path) -> None:
+    """Scenes that name no well are fields of the well the file's name gives; the name's field
+    is divided among them (site 2 of two scenes each: fields 3 and 4), so files named by site
+    never share a field. A file of one scene is one image, as it was."""
     pytest.importorskip("pylibCZIrw")
-    planes = _planes(2, 60)
+    planes, second = _planes(2, 60), _planes(2, 70)
     watch = tmp_path / "zen"
-    f = _write_czi(watch / "P1_D05_s2.czi", [planes, _planes(2, 70)], ["DAPI", "BF"], None)
+    f = _write_czi(watch / "P1_D05_s2.czi", [planes, second], ["DAPI", "BF"], None)
+    one = _write_czi(watch / "P1_D06_s1.czi", [_planes(2, 80)], ["DAPI", "BF"], None)
     from nscmonitor.config import parse_settings
     from nscmonitor.daemon import build_runner
 
@@ -137,11 +141,14 @@ def test_czi_without_well_names_is_one_image_placed_by_its_name(tmp_path: Path, 
     finally:
         runner.stop_event.set()
     rows = _images(runner)
-    assert list(rows) == [str(f)]
-    img, well, plate = rows[str(f)]
-    assert img.status == "done", img.error
-    assert (plate.name, well.name, img.field) == ("P1", "D05", 2)
-    assert img.qc["max"] == float(planes[1].max())  # first scene, channel BF
+    assert sorted(rows) == sorted([f"{f}|scene=0", f"{f}|scene=1", str(one)])
+    for s, (scene, field) in enumerate(((planes, 3), (second, 4))):
+        img, well, plate = rows[f"{f}|scene={s}"]
+        assert img.status == "done", img.error
+        assert (plate.name, well.name, img.field) == ("P1", "D05", field)
+        assert img.qc["max"] == float(scene[1].max())  # its own scene, channel BF
+    img, well, _ = rows[str(one)]
+    assert (img.status, well.name, img.field) == ("done", "D06", 1)
 
 
 # --- OME-Zarr HCS plates -----------------------------------------------------------------

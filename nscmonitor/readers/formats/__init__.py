@@ -73,6 +73,11 @@ class Unit:
     timepoint: int | None = None
     acquired_at: datetime | None = None
     elapsed_h: float | None = None
+    #: for one of several positions or scenes that name no well, in a file placed by its name:
+    #: its 0-based order and how many there are (the name's field, or the well, is divided
+    #: among them: ``intake.describe.subfield``)
+    position: int | None = None
+    positions: int = 1
 
 
 def split_ref(ref: str) -> tuple[str, dict[str, int]]:

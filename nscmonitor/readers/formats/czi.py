@@ -2,7 +2,7 @@
 
 Scenes become wells and fields when ZEN's scene metadata names the well (a well-plate
 carrier writes ``Scene Name="B3-1"`` with ``Shape Name="B3"``); a file without such names is
-one image, its first scene, placed by its file name. A time series (ZEN writes a whole
+placed by its file name, its scenes fields of that well. A time series (ZEN writes a whole
 time-lapse into one file) gives one image per time point and scene (for a file placed by its
 name, per time point of its first scene), keyed by the time point's index; as for ND2, a file
 whose scenes name the plate's wells is one run of the plate, the acquisition its time points
@@ -70,8 +70,8 @@ def pixel_size_um(md: dict) -> float | None:
 
 def units(path: str) -> list[Unit]:
     """One unit per scene (and time point) when the scenes name wells, field = order of the
-    scene in its well; per time point of a file placed by its name; none for a file of one
-    time point whose scenes name no wells (it is then one image)."""
+    scene in its well; per scene and time point of a file placed by its name; none for a file
+    of one scene and time point (it is then one image)."""
     from pylibCZIrw import czi
 
     with czi.open_czi(path) as r:
@@ -80,8 +80,14 @@ def units(path: str) -> list[Unit]:
         t0, t1 = r.total_bounding_box.get("T", (0, 1))
     n_t = max(t1 - t0, 1)
     placed = [s for s in scenes if s in wells]
-    if not placed:
-        return [Unit(make_ref(path, t=t), timepoint=t + 1) for t in range(n_t)] if n_t > 1 else []
+    if not placed:  # placed by the file's name: its scenes are fields of the name's well
+        if n_t <= 1 and len(scenes) <= 1:
+            return []
+        several = len(scenes) > 1
+        return [Unit(make_ref(path, **({"scene": sc} if several else {}), **({"t": t} if n_t > 1 else {})),
+                     timepoint=t + 1 if n_t > 1 else None,
+                     **({"position": i, "positions": len(scenes)} if several else {}))
+                for t in range(n_t) for i, sc in enumerate(scenes)]
     field_of, seen = {}, {}
     for s in placed:
         seen[wells[s]] = seen.get(wells[s], 0) + 1

@@ -2,7 +2,8 @@
 
 Positions of an XY loop become wells and fields when NIS-Elements named them by well
 (JOBS and the well-plate dialog name points ``B3``, ``B03`` or ``WellB03``); otherwise the
-file is one image, its first position, placed by its file name (``{prefix}WellA01{suffix}.nd2``).
+file is placed by its file name (``{prefix}WellA01{suffix}.nd2``) and its positions are fields
+of that well (several points in one well).
 
 A time loop (NIS-Elements writes a whole time-lapse into one file) gives one image per time
 point and position, timed by the frame's own acquisition time (the file's start date plus the
@@ -104,8 +105,8 @@ def _frame_times(f, points: list[tuple[int, int]]) -> list[tuple[datetime | None
 
 def units(path: str) -> list[Unit]:
     """One unit per named position and time point; for a file whose positions name no wells,
-    one unit per time point of its first position (placed by the file's name), or none when
-    it holds one time point (the file is then one image)."""
+    one per position and time point, placed by the file's name (none for a file of one
+    position and time point: the file is then one image)."""
     import nd2
 
     with nd2.ND2File(path) as f:
@@ -113,13 +114,18 @@ def units(path: str) -> list[Unit]:
         n_pos = int(f.sizes.get("P", 1))
         n_t = int(f.sizes.get("T", 1))
         placed = [p for p in range(n_pos) if p in wells]
-        if not placed and n_t <= 1:
+        if not placed and n_t <= 1 and n_pos <= 1:
             return []
-        points = [(p, t) for t in range(n_t) for p in (placed or [0])]
+        points = [(p, t) for t in range(n_t) for p in (placed or range(n_pos))]
         times = _frame_times(f, points) if n_t > 1 else [(None, None)] * len(points)
-    if not placed:
-        return [Unit(make_ref(path, t=t), timepoint=t + 1, acquired_at=at, elapsed_h=h)
-                for (_, t), (at, h) in zip(points, times)]
+    if not placed:  # placed by the file's name: its positions are fields of the name's well
+        out = []
+        for (p, t), (at, h) in zip(points, times):
+            unit = {"position": p} if n_pos > 1 else {}
+            timed = {"timepoint": t + 1, "acquired_at": at, "elapsed_h": h} if n_t > 1 else {}
+            out.append(Unit(make_ref(path, **unit, **({"t": t} if n_t > 1 else {})), **timed,
+                            **({"position": p, "positions": n_pos} if n_pos > 1 else {})))
+        return out
     field_of, seen = {}, {}
     for p in placed:
         seen[wells[p]] = seen.get(wells[p], 0) + 1
