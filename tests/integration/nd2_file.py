@@ -45,11 +45,13 @@ def _variant(name: str, value: object) -> bytes:
 
 
 def write_nd2(path: Path, frames: np.ndarray, channel_names: list[str], position_names: list[str] | None = None,
-              pixel_um: float = 0.65, times_ms: list[float] | None = None, start_jdn: float = 0.0) -> Path:
+              pixel_um: float = 0.65, times_ms: list[float] | None = None, start_jdn: float = 0.0,
+              declared_t: int | None = None) -> Path:
     """``frames``: positions x channels x Y x X, or time points x positions x channels x Y x X
     (a time loop around the position loop), written as uint16. ``times_ms``: each frame's
     offset from the start in acquisition order (time points outer), as NIS-Elements records it;
-    ``start_jdn``: the start as a Julian day (0: a file without one)."""
+    ``start_jdn``: the start as a Julian day (0: a file without one); ``declared_t``: a time loop
+    count to state instead of the true one (a corrupt or hostile file)."""
     frames = np.asarray(frames, np.uint16)
     n_t = frames.shape[0] if frames.ndim == 5 else 1
     frames = frames.reshape(-1, *frames.shape[-3:])  # acquisition order: time points outer, positions inner
@@ -87,7 +89,8 @@ def write_nd2(path: Path, frames: np.ndarray, channel_names: list[str], position
                                                     for i, nm in enumerate(names)]}}
     if n_t > 1:
         period = float(times_ms[n_p] - times_ms[0]) if times_ms is not None else 1000.0
-        loop = {"eType": 1, "uLoopPars": {"uiCount": n_t, "dStart": 0.0, "dPeriod": period, "dDuration": 0.0}}
+        loop = {"eType": 1, "uLoopPars": {"uiCount": declared_t or n_t, "dStart": 0.0, "dPeriod": period,
+                                          "dDuration": 0.0}}
         exp = {**loop, "ppNextLevelEx": {"i0000000000": exp}} if exp else loop
     if exp is not None:
         chunk(b"ImageMetadataLV!", _variant("SLxExperiment", exp))

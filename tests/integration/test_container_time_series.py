@@ -229,3 +229,64 @@ def test_the_name_s_field_is_divided_among_a_file_s_points() -> None:
     assert [subfield(None, p, 3) for p in range(3)] == [1, 2, 3]
     assert [subfield(2, p, 3) for p in range(3)] == [4, 5, 6]
     assert {subfield(s, p, 2) for s in (1, 2, 3) for p in range(2)} == {1, 2, 3, 4, 5, 6}
+
+
+def test_a_loop_count_no_file_can_hold_is_refused_without_sizing_anything_by_it(tmp_path: Path,
+                                                                               make_runner) -> None:
+    """An ND2 whose time loop claims 400 million time points in a 12 kB file, and a CZI with one
+    sub-block at time point 400 million: the readers would build an entry per declared frame
+    (checked in a process whose memory is capped, where that fails at once). Both are
+    quarantined with the reason by the daemon; the others in the folder are scored."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("nd2")
+    pytest.importorskip("pylibCZIrw")
+    from nd2_file import write_nd2
+    from pylibCZIrw import czi
+
+    watch = tmp_path / "hostile"
+    nd2_path = write_nd2(watch / "20260101_WellB02_Seq0000.nd2", _frames(2, 1, 1, 5), ["BF"], declared_t=400_000_000)
+    czi_path = watch / "P1_B03_s1.czi"
+    with czi.create_czi(str(czi_path), exist_ok=True) as w:
+        for t in (0, 400_000_000):
+            w.write(np.zeros((16, 16), np.uint16), plane={"C": 0, "T": t, "Z": 0}, scene=0, location=(0, 0))
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))\n"
+            "from nscmonitor.readers.formats import DecodeError, decode_native, units\n"
+            "for path in sys.argv[1:]:\n"
+            "    (u,) = units(path)\n    print(u.error)\n"
+            "try:\n    decode_native(sys.argv[1] + '|t=1', channel=None, max_pixels=10**7, max_bytes=10**9)\n"
+            "except DecodeError as e:\n    print(e.permanent, e)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(nd2_path), str(czi_path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "declares 400000000 frames" in lines[0] and "declares 400000001 frames" in lines[1]
+    assert lines[2].startswith("True") and "declares 400000000 frames" in lines[2]
+
+    fine = write_nd2(watch / "20260101_WellB04_Seq0000.nd2", _frames(1, 1, 1, 6)[0], ["BF"])
+    runner = make_runner(watch, experiment="hostile", profile="nikon")
+    runner.run(once=True)
+    images = _images(runner)
+    assert images[str(nd2_path)][0].status == "quarantined" and "corrupt metadata" in images[str(nd2_path)][0].error
+    assert images[str(czi_path)][0].status == "quarantined" and "corrupt metadata" in images[str(czi_path)][0].error
+    assert images[str(fine)][0].status == "done"
+
+
+def test_a_czi_scene_missing_at_the_last_time_point_is_not_made_up(tmp_path: Path) -> None:
+    """An acquisition stopped part-way through a time point: the scene it did not reach has no
+    image there (it would read as the blank background)."""
+    pytest.importorskip("pylibCZIrw")
+    from pylibCZIrw import czi
+
+    from nscmonitor.readers.formats import units
+
+    path = tmp_path / "P1_C03.czi"
+    with czi.create_czi(str(path), exist_ok=True) as w:
+        for t in range(2):
+            for s in range(2):
+                if (t, s) != (1, 1):
+                    w.write(np.full((16, 16), 10 * t + s, np.uint16), plane={"C": 0, "T": t, "Z": 0}, scene=s,
+                            location=(100 * s, 0))
+    assert [(u.ref.rpartition("|")[2], u.timepoint, u.position) for u in units(str(path))] == [
+        ("scene=0,t=0", 1, 0), ("scene=1,t=0", 1, 1), ("scene=0,t=1", 2, 0)]

@@ -337,6 +337,26 @@ def _hash(path: str) -> str:
     return h.hexdigest()
 
 
+#: no container stores a frame in fewer bytes than this (an ND2 frame's chunk alone is 4 KiB,
+#: a CZI sub-block's headers 288 bytes): a file whose metadata declares more frames than its
+#: size can hold is corrupt or hostile, and nothing may be sized by the declaration
+MIN_BYTES_PER_FRAME = 256
+
+
+def declared_frames_error(declared: int, path: str, fmt: str) -> str | None:
+    """Why a container's declared frame count cannot be believed (None when it can): the
+    readers would otherwise build a list entry per declared frame, and a corrupt loop count of
+    400 million exhausts the machine's memory before a frame is read."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return None  # the reader finds out why
+    if declared > max(1, size // MIN_BYTES_PER_FRAME):
+        return (f"the {fmt} file declares {declared} frames, more than its {size} bytes can hold: "
+                "corrupt metadata (not read)")
+    return None
+
+
 def check_pixels(width: int, height: int, max_pixels: int) -> None:
     """The pixel cap of ``decode``, applied to a container's plane before it is read."""
     if width * height > max_pixels:

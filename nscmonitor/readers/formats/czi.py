@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nscmonitor.core.domain import ImageKey, parse_well
-from nscmonitor.readers.formats import Plane, Unit, check_pixels, make_ref, pick_channel
+from nscmonitor.readers.formats import Plane, Unit, check_pixels, declared_frames_error, make_ref, pick_channel
 
 WELL_NAME = re.compile(r"^([A-Za-z]{1,2})0?(\d{1,2})(?![0-9])")
 
@@ -68,6 +68,21 @@ def pixel_size_um(md: dict) -> float | None:
     return None
 
 
+def _present(r, t0: int) -> set[tuple[int | None, int]]:  # czi.CziReader
+    """The (scene, time point) pairs the file holds sub-blocks for: an acquisition stopped
+    part-way through a time point has some scenes' frames only, and a missing one would read
+    as the blank background."""
+    found: set[tuple[int | None, int]] = set()
+
+    def seen(_index: int, info) -> bool:
+        at = info.coordinate.to_dict()
+        found.add((at.get("S"), at.get("T", t0) - t0))
+        return True
+
+    r.enumerate_subblocks(seen)
+    return found
+
+
 def units(path: str) -> list[Unit]:
     """One unit per scene (and time point) when the scenes name wells, field = order of the
     scene in its well; per scene and time point of a file placed by its name; none for a file
@@ -78,7 +93,11 @@ def units(path: str) -> list[Unit]:
         wells = scene_wells(r.metadata)
         scenes = sorted(r.scenes_bounding_rectangle)
         t0, t1 = r.total_bounding_box.get("T", (0, 1))
-    n_t = max(t1 - t0, 1)
+        n_t = max(t1 - t0, 1)
+        refused = declared_frames_error(n_t * max(len(scenes), 1), path, "CZI")
+        if refused:
+            return [Unit(path, error=refused)]
+        present = _present(r, t0) if n_t > 1 else None
     placed = [s for s in scenes if s in wells]
     if not placed:  # placed by the file's name: its scenes are fields of the name's well
         if n_t <= 1 and len(scenes) <= 1:
@@ -87,7 +106,8 @@ def units(path: str) -> list[Unit]:
         return [Unit(make_ref(path, **({"scene": sc} if several else {}), **({"t": t} if n_t > 1 else {})),
                      timepoint=t + 1 if n_t > 1 else None,
                      **({"position": i, "positions": len(scenes)} if several else {}))
-                for t in range(n_t) for i, sc in enumerate(scenes)]
+                for t in range(n_t) for i, sc in enumerate(scenes or [None])
+                if present is None or (sc, t) in present]
     field_of, seen = {}, {}
     for s in placed:
         seen[wells[s]] = seen.get(wells[s], 0) + 1
@@ -96,6 +116,8 @@ def units(path: str) -> list[Unit]:
     out = []
     for t in range(n_t):
         for s in placed:
+            if present is not None and (s, t) not in present:
+                continue
             row, col = parse_well(wells[s])
             timed = {"timepoint": t + 1, "acquisition": acquisition} if n_t > 1 else {}
             key = ImageKey(plate=None, well=wells[s], row=row, col=col, field=field_of[s], **timed)

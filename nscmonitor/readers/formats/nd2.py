@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from nscmonitor.core.domain import ImageKey, parse_well
-from nscmonitor.readers.formats import Plane, Unit, check_pixels, make_ref, pick_channel
+from nscmonitor.readers.formats import Plane, Unit, check_pixels, declared_frames_error, make_ref, pick_channel
 
 WELL_NAME = re.compile(r"^(?:Wells?_?)?([A-Za-z]{1,2})0?(\d{1,2})(?![0-9])")
 #: Julian day number of 1970-01-01T00:00Z; NIS-Elements stores the start as a Julian day (UTC)
@@ -54,6 +54,12 @@ def _position_names(f) -> list[str | None]:  # nd2.ND2File
         if getattr(loop, "type", None) == "XYPosLoop":
             return [p.name for p in loop.parameters.points]
     return []
+
+
+def _declared(f) -> int:  # nd2.ND2File
+    """The frames the file's loops declare (time points x positions x z planes ...): the
+    package builds an index entry per declared frame when asked for ``loop_indices``."""
+    return math.prod(int(v) for k, v in f.sizes.items() if k not in ("X", "Y", "C", "S"))
 
 
 def start_date(jdn: float) -> datetime | None:
@@ -110,6 +116,9 @@ def units(path: str) -> list[Unit]:
     import nd2
 
     with nd2.ND2File(path) as f:
+        refused = declared_frames_error(_declared(f), path, "ND2")
+        if refused:
+            return [Unit(path, error=refused)]
         wells = position_wells(_position_names(f))
         n_pos = int(f.sizes.get("P", 1))
         n_t = int(f.sizes.get("T", 1))
@@ -148,6 +157,9 @@ def read(path: str, unit: dict[str, int], *, channel: str | None, max_pixels: in
 
     with nd2.ND2File(path) as f:
         sizes = dict(f.sizes)
+        refused = declared_frames_error(_declared(f), path, "ND2")
+        if refused:
+            raise DecodeError(refused, permanent=True)
         check_pixels(int(sizes.get("X", 0)), int(sizes.get("Y", 0)), max_pixels)
         names = [ch.channel.name for ch in (f.metadata.channels or [])]
         c = pick_channel(names, int(sizes.get("C", 1)), channel, "ND2 file")
