@@ -12,7 +12,28 @@ from nscmonitor.core.errors import UserFacingError
 def parse_record(path: str, profile: str, plate_format: int | None) -> dict:
     from nscmonitor.intake.filenames import parse_path
 
-    r = parse_path(path, profile, plate_format=plate_format)
+    return record(path, parse_path(path, profile, plate_format=plate_format))
+
+
+def contents(path: str, profile: str, plate_format: int | None) -> list[dict] | None:
+    """The images the daemon finds inside an existing file (an ND2's positions and time
+    points, a CZI's scenes, an OME-TIFF's time points), each placed as the daemon places it;
+    None for a file that is one image."""
+    from nscmonitor.intake.describe import place
+    from nscmonitor.intake.filenames import parse_path
+    from nscmonitor.readers import formats
+
+    try:
+        found = formats.units(path)
+    except formats.NotReady as exc:
+        raise UserFacingError(f"{path}: cannot be opened (yet): {exc}") from exc
+    if not found or (len(found) == 1 and found[0].ref == path and found[0].error is None):
+        return None
+    named = parse_path(path, profile, plate_format=plate_format)
+    return [record(u.ref, place(named, u.ref, u)) for u in found]
+
+
+def record(path: str, r) -> dict:  # r: core.domain.ParseResult
     k = r.key
     return {
         "path": path, "kind": r.kind, "profile": r.profile,
@@ -27,15 +48,19 @@ def parse_record(path: str, profile: str, plate_format: int | None) -> dict:
 def cmd_parse(args: argparse.Namespace) -> int:
     for p in args.paths:
         try:
-            rec = parse_record(p, args.profile, args.plate_format)
+            recs = (contents(p, args.profile, args.plate_format) if args.contents else None) \
+                or [parse_record(p, args.profile, args.plate_format)]
         except ValueError as exc:
             raise UserFacingError(str(exc)) from exc
-        if args.json:
-            print(json.dumps(rec))
-        else:
-            fields = ("plate", "well", "field", "channel", "z", "timepoint", "elapsed_h", "acquired_at", "acquisition")
-            where = " ".join(f"{k}={rec[k]}" for k in fields if rec[k] is not None)
-            print(f"{rec['kind']:8} {rec['profile'] or '-':12} {p}  {where}{'  ' + rec['reason'] if rec['reason'] else ''}")
+        for rec in recs:
+            if args.json:
+                print(json.dumps(rec))
+            else:
+                fields = ("plate", "well", "field", "channel", "z", "timepoint", "elapsed_h", "acquired_at",
+                          "acquisition")
+                where = " ".join(f"{k}={rec[k]}" for k in fields if rec[k] is not None)
+                reason = "  " + rec["reason"] if rec["reason"] else ""
+                print(f"{rec['kind']:8} {rec['profile'] or '-':12} {rec['path']}  {where}{reason}")
     return 0
 
 
@@ -47,4 +72,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="needed for names with sequential well numbers: "
                    f"{', '.join(map(str, sorted(PLATE_SHAPES)))}")
     p.add_argument("--json", action="store_true", help="one JSON object per path")
+    p.add_argument("--contents", action="store_true",
+                   help="open each existing file and show the images the daemon finds inside it (ND2 "
+                   "positions and time points, CZI scenes, OME-TIFF time points), placed as it places them")
     p.set_defaults(func=cmd_parse)

@@ -23,16 +23,24 @@ def parse(folder: WatchedFolder, path: str, unit: formats.Unit | None) -> ParseR
     that its metadata placed (or refused) wins over the name. Raises ValueError for a
     profile that cannot parse at all."""
     res = parse_path(folder.rel(formats.split_ref(path)[0]), folder.profile, plate_format=folder.cfg.plate_format)
+    return place(res, folder.rel(path), unit)
+
+
+def place(res: ParseResult, rel: str, unit: formats.Unit | None) -> ParseResult:
+    """An image inside a file (``rel``: its reference below the folder), from its file name's
+    parse ``res`` and the ``unit`` the file's metadata describes: a unit the metadata placed
+    (or refused) wins over the name; a time point or position of a file placed by its name has
+    the name's place and the file's time and field. ``nscmonitor parse --contents`` shows the
+    same."""
     if unit is not None and (unit.key is not None or unit.error is not None):
-        res = ParseResult(folder.rel(path), "error" if unit.error else "image", unit.profile, unit.key, unit.error)
-    elif unit is not None and res.key is not None and (unit.timepoint is not None or unit.position is not None):
-        # a time point or position of a file placed by its name: the name's place, the file's time
+        return ParseResult(rel, "error" if unit.error else "image", unit.profile, unit.key, unit.error)
+    if unit is not None and res.key is not None and (unit.timepoint is not None or unit.position is not None):
         key = res.key
         if unit.timepoint is not None:
             key = replace(key, timepoint=unit.timepoint, elapsed_h=unit.elapsed_h, acquired_at=unit.acquired_at)
         if unit.position is not None:
             key = replace(key, field=subfield(key.field, unit.position, unit.positions))
-        res = ParseResult(folder.rel(path), res.kind, res.profile, key, res.reason)
+        return ParseResult(rel, res.kind, res.profile, key, res.reason)
     return res
 
 

@@ -290,3 +290,27 @@ def test_a_czi_scene_missing_at_the_last_time_point_is_not_made_up(tmp_path: Pat
                             location=(100 * s, 0))
     assert [(u.ref.rpartition("|")[2], u.timepoint, u.position) for u in units(str(path))] == [
         ("scene=0,t=0", 1, 0), ("scene=1,t=0", 1, 1), ("scene=0,t=1", 2, 0)]
+
+
+def test_parse_contents_shows_the_images_inside_a_file_as_the_daemon_places_them(tmp_path: Path, capsys,
+                                                                                  make_runner) -> None:
+    pytest.importorskip("nd2")
+    import json
+
+    from nd2_file import write_nd2
+
+    from nscmonitor.cli import main
+
+    watch = tmp_path / "nis"
+    path = write_nd2(watch / "20260101_WellD05_Seq0000.nd2", _frames(2, 2, 1, 70), ["BF"],
+                     times_ms=[0.0, 1000.0, 3_600_000.0, 3_601_000.0], start_jdn=_jdn(INDUCTION))
+    assert main(["parse", "--contents", "--json", "--profile", "nikon", str(path)]) == 0
+    shown = {r["path"]: (r["well"], r["field"], r["timepoint"], r["acquired_at"])
+             for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    runner = make_runner(watch, experiment="nis", profile="nikon")
+    runner.run(once=True)
+    stored = {p: (w.name, img.field, img.timepoint, img.acquired_at.replace(tzinfo=timezone.utc).isoformat())
+              for p, (img, w) in _images(runner).items()}
+    assert shown == stored and len(shown) == 4
+    assert main(["parse", "--contents", "--profile", "nikon", str(path.with_name("x_WellD06_Seq0000.nd2"))]) == 0
+    assert "D06" in capsys.readouterr().out  # a name without a file: the name's parse, as without --contents
