@@ -94,6 +94,9 @@ class Intake:
             if w.unchanged:  # a polled folder between deep rescans: known files of unchanged
                 # directories are not looked at
                 paths = [p for p in paths if not (p.rpartition(os.sep)[0] in w.unchanged and self.known.has(p))]
+            if w.listed:  # the listing said a known file is as it was: no look of its own (on a
+                # share a round trip per file); anything new or changed is looked at
+                paths = [p for p in paths if not (self.known.has(p) and not self.known.is_new_stat(p, w.listed.get(p)))]
             for p in self._files(f, paths):
                 seen = look(p)
                 if seen is None or not self.known.is_new(p, seen):

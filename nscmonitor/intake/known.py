@@ -61,6 +61,10 @@ class KnownFiles:
     def has(self, path: str) -> bool:
         return path in self._files
 
+    def is_new_stat(self, path: str, stat: tuple[int, float] | None) -> bool:
+        """``is_new`` for a (size, mtime) another look gave (None: not given, so new)."""
+        return stat is None or self._files.get(path) != stat
+
     def remember(self, path: str, size: int, mtime: float) -> None:
         self._files[path] = (size, mtime)
 

@@ -53,10 +53,18 @@ class _Enqueue(FileSystemEventHandler):
             log.exception("watch event handler failed for %r", event)
 
 
-def scan(root: Path, dirs: dict[str, float] | None = None) -> Iterator[str]:
+#: Windows' directory listing carries each file's size and times, so ``DirEntry.stat`` costs
+#: no call to the file system there (on a share: no round trip per file); elsewhere it is an
+#: ``lstat`` of its own
+LISTING_HAS_STATS = os.name == "nt"
+
+
+def scan(root: Path, dirs: dict[str, float] | None = None,
+         listed: dict[str, tuple[int, float]] | None = None) -> Iterator[str]:
     """Every regular file below root (junk folders pruned), newest folders first is not
     needed: the readiness tracker orders nothing, the queue scores by discovery order.
-    ``dirs`` gets each listed directory's mtime (one look per directory)."""
+    ``dirs`` gets each listed directory's mtime (one look per directory); ``listed`` each
+    regular file's (size, mtime) as the listing gives it."""
     stack = [str(root)]
     while stack:
         d = stack.pop()
@@ -70,6 +78,9 @@ def scan(root: Path, dirs: dict[str, float] | None = None) -> Iterator[str]:
                             if e.name not in JUNK_DIRS:
                                 stack.append(e.path)
                         elif e.is_file(follow_symlinks=False) or e.is_symlink():
+                            if listed is not None and not e.is_symlink():
+                                st = e.stat(follow_symlinks=False)
+                                listed[e.path] = (st.st_size, st.st_mtime)
                             yield e.path  # links are yielded to be recorded as skipped, never followed
                     except OSError as exc:
                         log.warning("cannot stat %s: %s", e.path, exc)
@@ -186,7 +197,7 @@ class FolderWatcher:
     """One watched folder: observer + periodic rescan + supervision."""
 
     def __init__(self, root: Path, *, polling: bool, rescan_interval: float, poll_interval: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, listing_stats: bool = LISTING_HAS_STATS) -> None:
         self.root = Path(root)
         self.polling = polling
         self.rescan_interval = rescan_interval
@@ -200,6 +211,10 @@ class FolderWatcher:
         self._dirs: dict[str, float] = {}
         #: directories whose mtime the last full scan found as the one before it did
         self.unchanged: frozenset[str] = frozenset()
+        #: each file's (size, mtime) as the last full scan's listing gave it, where the listing
+        #: gives them without a look per file (``LISTING_HAS_STATS``); empty elsewhere
+        self.listing_stats = listing_stats
+        self.listed: dict[str, tuple[int, float]] = {}
         self.reachable = True
         self.last_error: str | None = None
         self.restarts = 0
@@ -282,8 +297,9 @@ class FolderWatcher:
         now = self.clock()
         self._next_scan = now + self.rescan_interval
         dirs: dict[str, float] = {}
+        self.listed = {}
         try:
-            paths = list(scan(self.root, dirs))
+            paths = list(scan(self.root, dirs, self.listed if self.listing_stats else None))
         except OSError as exc:
             self.reachable = False
             self.last_error = f"cannot list {self.root}: {exc}"

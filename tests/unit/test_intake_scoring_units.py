@@ -134,3 +134,33 @@ def test_elapsed_time_comes_from_the_name_first_then_the_induction_time() -> Non
     assert elapsed_hours(named, acquired, induction) == 12.0
     assert elapsed_hours(unnamed, acquired, induction) == 30.0
     assert elapsed_hours(unnamed, acquired, None) is None
+
+
+def test_where_the_listing_gives_sizes_known_files_get_no_look_of_their_own(tmp_path: Path, make_intake,
+                                                                          monkeypatch) -> None:
+    """On Windows a directory listing carries each file's size and mtime (``DirEntry.stat``
+    makes no call): a rescan then looks only at files the listing shows new or changed, instead
+    of one ``lstat`` (on a share, a round trip) per file. Forced on here to test the rule."""
+    watch = tmp_path / "plate"
+    watch.mkdir()
+    files = [write_tiff(watch / f"VID1_B{i}_1_01d00h00m.tif", cells_image(i)) for i in range(1, 4)]
+    for f in files:
+        os.utime(f, (OLD, OLD))
+    known = KnownFiles({str(f): (f.stat().st_size, f.stat().st_mtime) for f in files})
+    intake = make_intake(watch, known)
+    intake.folders[0].watcher.listing_stats = True
+    looked: list[str] = []
+    real = os.lstat
+
+    def counting(path, *a, **kw):
+        looked.append(os.fspath(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(os, "lstat", counting)
+    assert _discovered(intake) == {}
+    assert not set(looked) & {str(f) for f in files}  # the known, unchanged files: no look of their own
+    files[1].write_bytes(files[1].read_bytes() + b"\0" * 16)  # rewritten in place: the listing shows it
+    os.utime(files[1], (OLD + 60, OLD + 60))
+    new = write_tiff(watch / "VID1_C1_1_01d00h00m.tif", cells_image(9))
+    os.utime(new, (OLD, OLD))
+    assert sorted(_discovered(intake)) == ["VID1_B2_1_01d00h00m.tif", "VID1_C1_1_01d00h00m.tif"]
