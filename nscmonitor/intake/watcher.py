@@ -71,23 +71,38 @@ def scan(root: Path, dirs: dict[str, float] | None = None,
         try:
             if dirs is not None:
                 dirs[d] = os.stat(d).st_mtime
-            with os.scandir(d) as it:
-                for e in it:
-                    try:
-                        if e.is_dir(follow_symlinks=False):
-                            if e.name not in JUNK_DIRS:
-                                stack.append(e.path)
-                        elif e.is_file(follow_symlinks=False) or e.is_symlink():
-                            if listed is not None and not e.is_symlink():
-                                st = e.stat(follow_symlinks=False)
-                                listed[e.path] = (st.st_size, st.st_mtime)
-                            yield e.path  # links are yielded to be recorded as skipped, never followed
-                    except OSError as exc:
-                        log.warning("cannot stat %s: %s", e.path, exc)
+            files, subdirs = list_dir(d)
         except OSError as exc:
             if d == str(root):
                 raise
             log.warning("cannot list %s: %s", d, exc)
+            continue
+        stack.extend(subdirs)
+        for e in files:
+            if listed is not None and not e.is_symlink():
+                try:
+                    st = e.stat(follow_symlinks=False)
+                    listed[e.path] = (st.st_size, st.st_mtime)
+                except OSError as exc:  # gone since listed: the look that follows says so
+                    log.debug("cannot stat %s: %s", e.path, exc)
+            yield e.path  # links are yielded to be recorded as skipped, never followed
+
+
+def list_dir(d: str) -> tuple[list[os.DirEntry], list[str]]:
+    """A directory's files and symbolic links, and its subdirectories other than junk ones
+    (never following a link): the one listing rule of the rescan and the poller."""
+    files, subdirs = [], []
+    with os.scandir(d) as it:
+        for e in it:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if e.name not in JUNK_DIRS:
+                        subdirs.append(e.path)
+                elif e.is_file(follow_symlinks=False) or e.is_symlink():
+                    files.append(e)
+            except OSError as exc:
+                log.warning("cannot stat %s: %s", e.path, exc)
+    return files, subdirs
 
 
 class ListingPoller(threading.Thread):
@@ -179,18 +194,8 @@ class ListingPoller(threading.Thread):
 
     @staticmethod
     def _list(d: str) -> tuple[frozenset[str], tuple[str, ...]]:
-        names, subdirs = [], []
-        with os.scandir(d) as it:
-            for e in it:
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        if e.name not in JUNK_DIRS:
-                            subdirs.append(e.path)
-                    elif e.is_file(follow_symlinks=False) or e.is_symlink():
-                        names.append(e.name)
-                except OSError as exc:
-                    log.warning("cannot stat %s: %s", e.path, exc)
-        return frozenset(names), tuple(subdirs)
+        files, subdirs = list_dir(d)
+        return frozenset(e.name for e in files), tuple(subdirs)
 
 
 class FolderWatcher:
