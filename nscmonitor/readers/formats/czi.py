@@ -3,8 +3,8 @@
 Scenes become wells and fields when ZEN's scene metadata names the well (a well-plate
 carrier writes ``Scene Name="B3-1"`` with ``Shape Name="B3"``); a file without such names is
 placed by its file name, its scenes fields of that well. A time series (ZEN writes a whole
-time-lapse into one file) gives one image per time point and scene (for a file placed by its
-name, per time point of its first scene), keyed by the time point's index; as for ND2, a file
+time-lapse into one file) gives one image per time point and scene that holds sub-blocks,
+keyed by the time point's index; as for ND2, a file
 whose scenes name the plate's wells is one run of the plate, the acquisition its time points
 count in. pylibCZIrw does not expose the sub-blocks' acquisition times, so a time point's hours
 are not known from the file (its index orders the time course). The scored plane is the first
