@@ -44,7 +44,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             colour = "yellow" if build["state"] in ("failed", "no-calibration", "interrupted") else "default"
             con.print(f"  engine build: [{colour}]{build['message']}[/{colour}]")
         for w in d["watched"]:
-            con.print(f"  watching {w['path']} ({'polling' if w.get('polling') else 'events'})"
+            scan = (f"; {w['files']:,} files, last rescan {w['rescan_s']:.1f} s"
+                    if w.get("files") is not None and w.get("rescan_s") is not None else "")
+            con.print(f"  watching {w['path']} ({'polling' if w.get('polling') else 'events'}{scan})"
                       + ("" if w.get("reachable", True) else f" [red]UNREACHABLE: {w.get('error')}[/red]"))
     fc = report["forecast"]
     if fc and fc.get("serving"):

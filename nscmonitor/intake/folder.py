@@ -84,5 +84,8 @@ class WatchedFolder:
 
     def status(self) -> dict:
         """The folder's line in the heartbeat's ``watched`` list."""
+        scan = self.watcher.last_scan or {}
         return {"path": str(self.cfg.path), "experiment": self.cfg.experiment, "reachable": self.watcher.reachable,
-                "polling": self.cfg.use_polling(), "error": self.watcher.last_error}
+                "polling": self.cfg.use_polling(), "error": self.watcher.last_error,
+                "files": scan.get("files"), "rescan_s": scan.get("seconds"), "rescan_deep": scan.get("deep"),
+                "rescan_interval": self.cfg.rescan_interval}

@@ -86,7 +86,9 @@ class Intake:
             else:
                 f.tracker.observe(p, (seen.size, seen.mtime) if seen is not None and seen.regular else None)
         if w.due_for_scan():
+            t0 = time.monotonic()
             paths = f.zarr.claim(w.full_scan())
+            n_files, deep = len(paths), not w.unchanged
             if self.on_rescan is not None:
                 self.on_rescan()
             f.detect_profile(paths)
@@ -107,6 +109,7 @@ class Intake:
                     f.tracker.add_settled(p, seen.size, seen.mtime)
                 else:
                     f.tracker.observe(p, (seen.size, seen.mtime) if seen.regular else None, event=False)
+            w.last_scan = {"files": n_files, "seconds": round(time.monotonic() - t0, 3), "deep": deep}
         return ([Ready(*r) for r in f.tracker.ready()] + list(dict.fromkeys(links))
                 + [Ready(*r) for r in f.zarr.ready()])
 

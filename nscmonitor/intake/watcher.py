@@ -220,6 +220,8 @@ class FolderWatcher:
         #: gives them without a look per file (``LISTING_HAS_STATS``); empty elsewhere
         self.listing_stats = listing_stats
         self.listed: dict[str, tuple[int, float]] = {}
+        #: the last full rescan: files found, seconds it took intake (listing and looks), deep
+        self.last_scan: dict | None = None
         self.reachable = True
         self.last_error: str | None = None
         self.restarts = 0

@@ -49,6 +49,7 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
     verdict, code = _daemon_verdict(repo, d, now)
     disk = database_disk(repo.engine.url.render_as_string(hide_password=False))
     warnings = [disk.message] if disk and not disk.ok else []
+    warnings += slow_rescan_warnings(d.watched if d is not None and d.state != "stopped" else [])
     flagged, judged = repo.recent_ood(OOD_WINDOW)
     warnings += scoring_warnings(repo, (flagged, judged))
     if disk and disk.level == "critical" and code == 0:
@@ -65,6 +66,26 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
         "errors": [{"id": e.id, "path": e.path, "status": e.status, "reason": e.error, "at": e.updated_at.isoformat()}
                    for e in repo.errors(10)],
     }
+
+
+#: a rescan that takes more than this share of its interval holds up the daemon's loop (it
+#: scores nothing meanwhile)
+SLOW_RESCAN_SHARE = 0.25
+
+
+def slow_rescan_warnings(watched: list[dict]) -> list[str]:
+    """A warning per watched folder whose last full rescan took more than a quarter of its
+    ``rescan_interval``: a folder that has gathered months of images, on a share where each
+    look is a round trip. The daemon scores nothing while it rescans."""
+    out = []
+    for w in watched:
+        took, every = w.get("rescan_s"), w.get("rescan_interval")
+        if took is None or not every or took <= SLOW_RESCAN_SHARE * every:
+            continue
+        out.append(f"watch folder {w.get('path')}: its last full rescan took {took:.0f} s of every {every:g} s "
+                   f"({w.get('files') or 0:,} files), time in which nothing is scored; give each experiment its "
+                   "own watch folder and take finished ones out of the configuration, or raise rescan_interval")
+    return out
 
 
 def scoring_warnings(repo: Any, ood: tuple[int, int] | None = None) -> list[str]:

@@ -224,3 +224,28 @@ def test_polling_observer_for_network_shares(tmp_path: Path, make_runner) -> Non
         wait_until(lambda: n_done(runner) == 1, what="the polled file")
         write_tiff(watch / "TimePoint_2" / name(2), cells_image(2))
         wait_until(lambda: n_done(runner) == 2, what="the polled file in a new folder")
+
+
+def test_status_shows_each_folder_s_files_and_rescan_and_warns_when_rescans_hold_up_scoring(
+        tmp_path: Path, make_runner, capsys) -> None:
+    """A real daemon's heartbeat carries each folder's file count and how long its last full
+    rescan took; ``status`` prints them, and warns about a folder whose rescan takes more than a
+    quarter of its interval (the daemon scores nothing meanwhile)."""
+    from nscmonitor.cli import main
+    from nscmonitor.ops.health import slow_rescan_warnings
+
+    watch = tmp_path / "watch"
+    for i in range(3):
+        write_tiff(watch / name(i), cells_image(i))
+    runner = make_runner(watch)
+    runner.run(once=True)
+    assert main(["status", "--db", runner.store.engine.url.render_as_string(hide_password=False), "--json"]) == 3
+    import json
+
+    (w,) = json.loads(capsys.readouterr().out)["daemon"]["watched"]
+    assert w["files"] == 3 and 0 <= w["rescan_s"] < 30 and w["rescan_deep"] is True and w["rescan_interval"] == 60.0
+    assert slow_rescan_warnings([w]) == []
+    slow = {**w, "files": 250_000, "rescan_s": 21.0}
+    (warning,) = slow_rescan_warnings([slow])
+    assert "took 21 s of every 60 s" in warning and "250,000 files" in warning
+    assert slow_rescan_warnings([{**w, "rescan_s": 14.0}]) == []
