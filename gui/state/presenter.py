@@ -46,14 +46,17 @@ class StatusSnapshot:
 
 def read_status(engine: Any) -> StatusSnapshot:
     """``engine``: the dashboard's read-only SQLAlchemy engine."""
-    from nscmonitor.ops.health import scoring_warnings
+    from nscmonitor.ops.health import scoring_warnings, slow_rescan_warnings
     from nscmonitor.store.reads import Repo
 
     repo = Repo(engine)
     note = next((e for e in repo.events(200) if e.kind in ENGINE_EVENTS), None)
-    return StatusSnapshot(repo.daemons(3), repo.queue_counts(), repo.errors(30), repo.scored_since(300),
+    daemons = repo.daemons(3)
+    live = daemons[0].watched if daemons and daemons[0].state != "stopped" else []
+    return StatusSnapshot(daemons, repo.queue_counts(), repo.errors(30), repo.scored_since(300),
                           datetime.now(timezone.utc), note.message if note else None,
-                          note.level if note else "info", tuple(scoring_warnings(repo)))
+                          note.level if note else "info",
+                          tuple(slow_rescan_warnings([w for w in live if isinstance(w, dict)]) + scoring_warnings(repo)))
 
 
 @dataclass(frozen=True)

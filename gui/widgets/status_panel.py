@@ -20,6 +20,13 @@ QUEUE_STATES = tuple(s.value for s in (QueueState.PENDING, QueueState.PROCESSING
                                          QueueState.QUARANTINED))
 
 
+def _rescan(w: dict) -> str:
+    """A watch folder's file count and last full rescan, as ``status`` prints them."""
+    if w.get("files") is None or w.get("rescan_s") is None:
+        return ""
+    return f"; {w['files']:,} files, last rescan {w['rescan_s']:.1f} s"
+
+
 class StatusPanel(QWidget):
     def __init__(self, parent: QWidget | None = None, *, requeue: RequeueAction | None = None) -> None:
         super().__init__(parent)
@@ -87,10 +94,11 @@ class StatusPanel(QWidget):
             head = ("<b style='color:#070'>● running</b>" if alive else
                     f"<b style='color:#b00'>● not running</b> (last state: {d.state})")
             watched = "".join(
-                f"<br>&nbsp;&nbsp;{w.get('path')} ({w.get('experiment', '')}; "
-                f"{'polling' if w.get('polling') else 'events'})"
-                + ("" if w.get("reachable", True) else f" <b style='color:#b00'>UNREACHABLE: {w.get('error')}</b>")
-                if isinstance(w, dict) else f"<br>&nbsp;&nbsp;{w}" for w in d.watched)
+                f"<br>&nbsp;&nbsp;{html.escape(str(w.get('path')))} ({html.escape(str(w.get('experiment', '')))}; "
+                f"{'polling' if w.get('polling') else 'events'}{_rescan(w)})"
+                + ("" if w.get("reachable", True)
+                   else f" <b style='color:#b00'>UNREACHABLE: {html.escape(str(w.get('error')))}</b>")
+                if isinstance(w, dict) else f"<br>&nbsp;&nbsp;{html.escape(str(w))}" for w in d.watched)
             self.daemon.setText(
                 f"{head} — {d.host} pid {d.pid}, heartbeat {heartbeat_text(d.heartbeat_at, snap.at)}<br>"
                 f"engine <b>{d.engine or '?'}</b>, model <b>{d.model_version or '?'}</b>, "

@@ -4,6 +4,7 @@ TIFFs, the daemon's runner), driven through real Qt widgets with pytest-qt."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -173,6 +174,7 @@ def test_status_panel_shows_a_quarantined_files_reason(window, lab: Lab, qtbot) 
     assert str(bad) in panel.detail.toPlainText() and "quarantined" in panel.detail.toPlainText()
     assert "not running" in panel.daemon.text()  # the runner stopped: its heartbeat says so
     assert "engine build" in panel.daemon.text() and "no calibration set" in panel.daemon.text()
+    assert re.search(r"\d+ files, last rescan \d+\.\d s", panel.daemon.text())  # what status prints
     assert window.browser.state_of("E1") == "daemon stopped"  # images arrived minutes ago, nobody scores now
 
 
