@@ -101,6 +101,8 @@ def polled_rescans(root: Path, paths: list[str]) -> list[dict]:
                 (root / "plate0" / "TimePoint_1" / "P_A01_s1_w1_new.tif").touch()
             c0, t0 = time.process_time(), time.perf_counter()
             found = [d for _, items in intake.discover() for d in items]
+            while folder.watcher.scanning is not None:  # the rest of its slices
+                found += [d for _, items in intake.discover() for d in items]
             rows.append({"poller": f"polled folder, {what} rescan", "files": len(paths), "found": len(found),
                          "seconds": round(time.perf_counter() - t0, 3), "cpu_s": round(time.process_time() - c0, 3)})
     finally:

@@ -32,6 +32,11 @@ from nscmonitor.store.writer import Discovered
 
 log = logging.getLogger(__name__)
 
+#: work a pass spends on a rescan in progress before the daemon scores again, and the files
+#: it takes from the walk at a time
+RESCAN_SLICE_S = 0.25
+RESCAN_CHUNK = 2000
+
 
 class Intake:
     def __init__(self, folders: list[WatchedFolder], known: KnownFiles, *,
@@ -43,6 +48,8 @@ class Intake:
         self.wall = wall
         self.on_rescan = on_rescan
         self.containers = Containers(known)
+        self.rescan_slice_s = RESCAN_SLICE_S
+        self.rescan_chunk = RESCAN_CHUNK
 
     def start(self) -> None:
         for f in self.folders:
@@ -52,8 +59,9 @@ class Intake:
         stop_all([f.watcher for f in self.folders])
 
     def pending(self) -> int:
-        """Files and fields seen but not ready yet, in all folders."""
-        return sum(f.pending() for f in self.folders)
+        """Files and fields seen but not ready yet, and rescans still in progress, in all
+        folders (a ``--once`` run is not done before its rescans are)."""
+        return sum(f.pending() + (f.watcher.scanning is not None) for f in self.folders)
 
     def discover(self) -> Iterator[tuple[WatchedFolder, list[Discovered]]]:
         """The images that became ready since the last pass, per folder (folders with none
@@ -85,20 +93,37 @@ class Intake:
                 links.append(Ready(p, seen.size, seen.mtime, True))
             else:
                 f.tracker.observe(p, (seen.size, seen.mtime) if seen is not None and seen.regular else None)
-        if w.due_for_scan():
-            t0 = time.monotonic()
-            paths = f.zarr.claim(w.full_scan())
-            n_files, deep = len(paths), not w.unchanged
+        if w.scanning is None and w.due_for_scan():
+            w.start_scan()
             if self.on_rescan is not None:
                 self.on_rescan()
+        if w.scanning is not None:
+            links += self._rescan_slice(f)
+        return ([Ready(*r) for r in f.tracker.ready()] + list(dict.fromkeys(links))
+                + [Ready(*r) for r in f.zarr.ready()])
+
+    def _rescan_slice(self, f: WatchedFolder) -> list[Ready]:
+        """Files of the folder's rescan in progress, for up to ``RESCAN_SLICE_S`` of work: a
+        rescan of a share holding months of images takes minutes, and the daemon scores
+        between slices. Each file is looked at unless it is known and either its directory is
+        unchanged on a shallow rescan or the listing shows it as it was; a new one settles or
+        waits in the readiness tracker. Returns the symbolic links found (recorded as skipped)."""
+        w = f.watcher
+        sc = w.scanning
+        links: list[Ready] = []
+        t0 = time.monotonic()
+        while True:
+            part = w.scan_slice(self.rescan_chunk)
+            if part is None:
+                w.last_scan = {"files": sc.files, "seconds": round(sc.seconds + time.monotonic() - t0, 3),
+                               "deep": sc.deep}
+                break
+            paths = f.zarr.claim(part)
             f.detect_profile(paths)
             now = self.wall()
-            if w.unchanged:  # a polled folder between deep rescans: known files of unchanged
-                # directories are not looked at
-                paths = [p for p in paths if not (p.rpartition(os.sep)[0] in w.unchanged and self.known.has(p))]
-            if w.listed:  # the listing said a known file is as it was: no look of its own (on a
-                # share a round trip per file); anything new or changed is looked at
-                paths = [p for p in paths if not (self.known.has(p) and not self.known.is_new_stat(p, w.listed.get(p)))]
+            # known, and nothing says it changed: no look of its own (known files are never junk)
+            paths = [p for p in paths if not (self.known.has(p) and (
+                w.unchanged_dir(p.rpartition(os.sep)[0]) or not self.known.is_new_stat(p, w.listed(p))))]
             for p in self._files(f, paths):
                 seen = look(p)
                 if seen is None or not self.known.is_new(p, seen):
@@ -109,9 +134,10 @@ class Intake:
                     f.tracker.add_settled(p, seen.size, seen.mtime)
                 else:
                     f.tracker.observe(p, (seen.size, seen.mtime) if seen.regular else None, event=False)
-            w.last_scan = {"files": n_files, "seconds": round(time.monotonic() - t0, 3), "deep": deep}
-        return ([Ready(*r) for r in f.tracker.ready()] + list(dict.fromkeys(links))
-                + [Ready(*r) for r in f.zarr.ready()])
+            if time.monotonic() - t0 >= self.rescan_slice_s:
+                sc.seconds += time.monotonic() - t0
+                break
+        return links
 
     @staticmethod
     def _files(f: WatchedFolder, paths: Iterable[str]) -> Iterator[str]:

@@ -16,12 +16,14 @@ go on the queue, and the readiness tracker follows their growth from there.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -198,6 +200,20 @@ class ListingPoller(threading.Thread):
         return frozenset(e.name for e in files), tuple(subdirs)
 
 
+@dataclass
+class _Scan:
+    """A full rescan in progress: the walk, each listed directory's mtime, each file's listed
+    (size, mtime) where listings give them, whether every known file is looked at again, and
+    how many files and seconds of intake's work it has taken so far."""
+
+    paths: Iterator[str]
+    dirs: dict[str, float]
+    listed: dict[str, tuple[int, float]] | None
+    deep: bool
+    files: int = 0
+    seconds: float = 0.0
+
+
 class FolderWatcher:
     """One watched folder: observer + periodic rescan + supervision."""
 
@@ -214,12 +230,10 @@ class FolderWatcher:
         self._next_deep = 0.0
         #: directory -> its mtime at the last full scan
         self._dirs: dict[str, float] = {}
-        #: directories whose mtime the last full scan found as the one before it did
-        self.unchanged: frozenset[str] = frozenset()
-        #: each file's (size, mtime) as the last full scan's listing gave it, where the listing
-        #: gives them without a look per file (``LISTING_HAS_STATS``); empty elsewhere
+        #: whether listings give each file's size and mtime without a look of its own
         self.listing_stats = listing_stats
-        self.listed: dict[str, tuple[int, float]] = {}
+        #: the full rescan in progress, None between rescans
+        self.scanning: _Scan | None = None
         #: the last full rescan: files found, seconds it took intake (listing and looks), deep
         self.last_scan: dict | None = None
         self.reachable = True
@@ -294,30 +308,54 @@ class FolderWatcher:
     def due_for_scan(self) -> bool:
         return self.clock() >= self._next_scan
 
-    def full_scan(self) -> list[str]:
-        """Every file of the folder. Also decides which directories' known files the rescan
-        looks at again (``unchanged``): on a share (``polling``), where each look is a network
-        round trip, all of them at the first scan and every ``DEEP_RESCAN_S`` (a file
-        rewritten in place leaves its directory's mtime alone), otherwise only those of
-        directories whose mtime changed since the last scan; on a local folder, where looks are
-        cheap, all of them at every scan."""
+    def start_scan(self) -> None:
+        """Begin a full rescan, walked a slice at a time (``scan_slice``) so that the daemon
+        scores between slices instead of waiting for a whole share's listing. Whether it looks
+        at every known file again (``deep``): on a share (``polling``), where each look is a
+        network round trip, at the first scan and every ``DEEP_RESCAN_S`` (a file rewritten in
+        place leaves its directory's mtime alone), otherwise only at the known files of
+        directories whose mtime changed since the last scan (``unchanged_dir``); on a local
+        folder, where looks are cheap, at every scan."""
         now = self.clock()
         self._next_scan = now + self.rescan_interval
+        deep = not self.polling or now >= self._next_deep
+        if deep:
+            self._next_deep = now + max(DEEP_RESCAN_S, self.rescan_interval)
         dirs: dict[str, float] = {}
-        self.listed = {}
+        listed: dict[str, tuple[int, float]] | None = {} if self.listing_stats else None
+        self.scanning = _Scan(scan(self.root, dirs, listed), dirs, listed, deep)
+
+    def scan_slice(self, n: int) -> list[str] | None:
+        """Up to ``n`` more files of the rescan in progress; None when it has ended (a folder
+        that cannot be listed ends it at once, reported unreachable)."""
+        sc = self.scanning
+        if sc is None:
+            return None
         try:
-            paths = list(scan(self.root, dirs, self.listed if self.listing_stats else None))
+            out = list(itertools.islice(sc.paths, n))
         except OSError as exc:
             self.reachable = False
             self.last_error = f"cannot list {self.root}: {exc}"
             log.warning("%s", self.last_error)
-            return []
-        deep = not self.polling or now >= self._next_deep
-        if deep:
-            self._next_deep = now + max(DEEP_RESCAN_S, self.rescan_interval)
-        self.unchanged = frozenset() if deep else frozenset(d for d, t in dirs.items() if self._dirs.get(d) == t)
-        self._dirs = dirs
-        return paths
+            out = []
+        if out:
+            sc.files += len(out)
+            return out
+        self._dirs = sc.dirs
+        self.scanning = None
+        return None
+
+    def unchanged_dir(self, d: str) -> bool:
+        """Whether the rescan in progress may leave the known files of directory ``d`` alone:
+        not a deep one, and ``d``'s mtime is what the last rescan found."""
+        sc = self.scanning
+        return sc is not None and not sc.deep and d in sc.dirs and self._dirs.get(d) == sc.dirs[d]
+
+    def listed(self, path: str) -> tuple[int, float] | None:
+        """(size, mtime) of a file as the rescan in progress listed it, where listings give
+        them (``LISTING_HAS_STATS``); else None."""
+        sc = self.scanning
+        return sc.listed.get(path) if sc is not None and sc.listed is not None else None
 
     def drain(self) -> list[str]:
         out = []

@@ -164,3 +164,29 @@ def test_where_the_listing_gives_sizes_known_files_get_no_look_of_their_own(tmp_
     new = write_tiff(watch / "VID1_C1_1_01d00h00m.tif", cells_image(9))
     os.utime(new, (OLD, OLD))
     assert sorted(_discovered(intake)) == ["VID1_B2_1_01d00h00m.tif", "VID1_C1_1_01d00h00m.tif"]
+
+
+def test_a_long_rescan_is_walked_in_slices_and_every_file_is_handed_on_once(tmp_path: Path, make_intake) -> None:
+    """A rescan of a folder holding months of images takes minutes on a share; the daemon scores
+    between its slices. Here each pass walks 100 files: the folder's 450 are handed on over five
+    passes, each once, and the intake counts the rescan as pending until it has ended (so a
+    ``--once`` run does not stop half-way)."""
+    watch = tmp_path / "plate"
+    for d in range(3):
+        (watch / f"day{d}").mkdir(parents=True)
+        for i in range(150):
+            _old_file(watch / f"day{d}" / f"VID1_A{i % 12 + 1}_{i + 1}_0{d}d00h00m.tif")
+    intake = make_intake(watch)
+    intake.rescan_slice_s, intake.rescan_chunk = 0.0, 100
+    seen: list[str] = []
+    passes = 0
+    while True:
+        found = [d.path for _, items in intake.discover() for d in items]
+        seen += found
+        passes += 1
+        if intake.pending() == 0:
+            break
+        assert passes < 20
+    assert len(seen) == len(set(seen)) == 450 and passes == 6  # five slices, and the pass that ends the walk
+    watcher = intake.folders[0].watcher
+    assert watcher.last_scan["files"] == 450 and watcher.last_scan["deep"]
