@@ -68,23 +68,24 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
     }
 
 
-#: a rescan that takes more than this share of its interval holds up the daemon's loop (it
-#: scores nothing meanwhile)
+#: a rescan whose work takes more than this share of its interval takes that share of the
+#: daemon's loop from scoring
 SLOW_RESCAN_SHARE = 0.25
 
 
 def slow_rescan_warnings(watched: list[dict]) -> list[str]:
     """A warning per watched folder whose last full rescan took more than a quarter of its
     ``rescan_interval``: a folder that has gathered months of images, on a share where each
-    look is a round trip. The daemon scores nothing while it rescans."""
+    look is a round trip. The daemon's loop scores between a rescan's slices, not during them."""
     out = []
     for w in watched:
         took, every = w.get("rescan_s"), w.get("rescan_interval")
         if took is None or not every or took <= SLOW_RESCAN_SHARE * every:
             continue
         out.append(f"watch folder {w.get('path')}: its last full rescan took {took:.0f} s of every {every:g} s "
-                   f"({w.get('files') or 0:,} files), time in which nothing is scored; give each experiment its "
-                   "own watch folder and take finished ones out of the configuration, or raise rescan_interval")
+                   f"({w.get('files') or 0:,} files), time the daemon spends looking at files instead of scoring; "
+                   "give each experiment its own watch folder and take finished ones out of the configuration, "
+                   "or raise rescan_interval")
     return out
 
 

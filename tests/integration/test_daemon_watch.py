@@ -230,7 +230,7 @@ def test_status_shows_each_folder_s_files_and_rescan_and_warns_when_rescans_hold
         tmp_path: Path, make_runner, capsys) -> None:
     """A real daemon's heartbeat carries each folder's file count and how long its last full
     rescan took; ``status`` prints them, and warns about a folder whose rescan takes more than a
-    quarter of its interval (the daemon scores nothing meanwhile)."""
+    quarter of its interval (time its loop spends looking at files instead of scoring)."""
     from nscmonitor.cli import main
     from nscmonitor.ops.health import slow_rescan_warnings
 
