@@ -18,6 +18,7 @@ one frame is read from the file after its size has been checked against the pixe
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import warnings
@@ -28,6 +29,8 @@ import numpy as np
 
 from nscmonitor.core.domain import ImageKey, parse_well
 from nscmonitor.readers.formats import Plane, Unit, check_pixels, declared_frames_error, make_ref, pick_channel
+
+log = logging.getLogger(__name__)
 
 WELL_NAME = re.compile(r"^(?:Wells?_?)?([A-Za-z]{1,2})0?(\d{1,2})(?![0-9])")
 #: Julian day number of 1970-01-01T00:00Z; NIS-Elements stores the start as a Julian day (UTC)
@@ -103,7 +106,9 @@ def _frame_times(f, points: list[tuple[int, int]]) -> list[tuple[datetime | None
                 offset = float(t.relativeTimeMs)
                 if start is None:
                     start = start_date(float(t.absoluteJulianDayNumber) - offset / 86_400_000)
-            except Exception:  # noqa: BLE001 - the package raises many types for a file without frame times
+            except Exception as exc:  # noqa: BLE001 - the package raises many types for a file without frame times
+                log.info("%s records no frame times (%s): its time points are keyed by index, without hours",
+                         f.path, exc)
                 untimed = True
         out.append(frame_time(start, offset))
     return out
