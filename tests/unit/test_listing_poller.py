@@ -1,6 +1,7 @@
 """The share poller on a real folder: it lists only directories whose mtime changed, puts each
-new file on the queue once (after a first pass that learns the tree and asks for a rescan), finds files in folders made after it started, survives a folder
-that disappears, and catches a file created in the same mtime tick as a change it saw."""
+new file on the queue once (after a first pass that learns the tree and asks for a rescan),
+finds files in folders made after it started, survives a folder that disappears, and catches
+a file created in the same mtime tick as a change it saw."""
 
 from __future__ import annotations
 
