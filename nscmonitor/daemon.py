@@ -105,7 +105,7 @@ class Daemon:
     def setup(self) -> None:
         """Database, folders, model and engine: a daemon start."""
         self.store.requeue_stale(self.wall())
-        known = KnownFiles(self.store.known_files() if self.watch else {})
+        known = KnownFiles(self.store.known_files([str(c.path) for c in self.settings.watch]) if self.watch else {})
         folders = []
         for cfg in self.settings.watch if self.watch else ():
             exp_id = self.store.ensure_experiment(cfg.experiment, watch_path=str(cfg.path),

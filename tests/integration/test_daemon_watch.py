@@ -249,3 +249,29 @@ def test_status_shows_each_folder_s_files_and_rescan_and_warns_when_rescans_hold
     (warning,) = slow_rescan_warnings([slow])
     assert "took 21 s of every 60 s" in warning and "250,000 files" in warning
     assert slow_rescan_warnings([{**w, "rescan_s": 14.0}]) == []
+
+
+def test_a_daemon_reads_only_its_own_folders_known_files_at_start(tmp_path: Path, make_runner) -> None:
+    """A database that kept a year of finished experiments: a daemon watching one folder
+    seeds its record of known files with that folder's images only (and paths stored escaped,
+    which cannot be told apart by their stored form), not with every image ever stored. A
+    folder whose name begins with the watched one's, or holds LIKE's wildcards, is told apart."""
+    import os
+
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    old, watched, sibling = tmp_path / "old_100%", tmp_path / "plate_1", tmp_path / "plate_10"
+    for folder, n in ((old, 2), (watched, 3), (sibling, 1)):
+        for i in range(n):
+            write_tiff(folder / name(i), cells_image(i))
+    odd = watched / os.fsdecode(b"VID1_A2_9_00d00h00m_\xff.tif")  # a name that is not valid UTF-8
+    write_tiff(odd, cells_image(7))
+    for folder in (old, sibling):
+        make_runner(folder, db_url=db, experiment=folder.name).run(once=True)
+    first = make_runner(watched, db_url=db, experiment="now")
+    first.run(once=True)
+    runner = make_runner(watched, db_url=db, experiment="now")
+    runner.setup()
+    known = set(runner.intake.known._files)
+    assert known == {str(watched / name(i)) for i in range(3)} | {str(odd)}
+    with runner.store.Session() as s:
+        assert s.scalar(select(func.count()).select_from(m.Image)) == 2 + 4 + 1
