@@ -175,7 +175,7 @@ class Daemon:
                     progress(batch.claimed, self._backlog())
                 if once and not batch.claimed and self.idle():
                     break
-                if not batch.claimed:
+                if not batch.claimed and not self.intake.rescanning():
                     self.stop_event.wait(0.2 if once else min(self.poll_interval, 0.5))
         finally:
             notify.default().stopping()

@@ -58,6 +58,11 @@ class Intake:
     def stop(self) -> None:
         stop_all([f.watcher for f in self.folders])
 
+    def rescanning(self) -> bool:
+        """A full rescan is in progress in some folder: the daemon's loop goes on to its next
+        slice at once instead of waiting for the poll interval."""
+        return any(f.watcher.scanning is not None for f in self.folders)
+
     def pending(self) -> int:
         """Files and fields seen but not ready yet, and rescans still in progress, in all
         folders (a ``--once`` run is not done before its rescans are)."""

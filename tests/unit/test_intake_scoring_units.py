@@ -184,6 +184,8 @@ def test_a_long_rescan_is_walked_in_slices_and_every_file_is_handed_on_once(tmp_
         found = [d.path for _, items in intake.discover() for d in items]
         seen += found
         passes += 1
+        # the daemon's loop goes on to the next slice at once while a rescan is in progress
+        assert intake.rescanning() == (intake.pending() > 0)
         if intake.pending() == 0:
             break
         assert passes < 20
