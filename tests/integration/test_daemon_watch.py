@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sqlalchemy import func, select
 
 from nscmonitor.store import models as m
@@ -181,12 +182,14 @@ def test_rewritten_file_is_scored_again_and_flagged(tmp_path: Path, make_runner)
     assert len(preds) == 1 and preds[0].created_at > first[0].created_at and ev.count("rewritten") == 1
 
 
-def test_share_that_disappears_and_comes_back(tmp_path: Path, make_runner) -> None:
+@pytest.mark.parametrize("polling", [False, True], ids=["events", "polling"])
+def test_share_that_disappears_and_comes_back(tmp_path: Path, make_runner, polling: bool) -> None:
     """The folder vanishes (share outage): reported unreachable, nothing is lost or marked
-    deleted; when it is back the watcher restarts and new files are scored."""
+    deleted; when it is back the watcher restarts and new files are scored. Polled, with the
+    periodic rescan a minute away: the poller started anew finds what came after."""
     watch = tmp_path / "share"
     write_tiff(watch / name(1), cells_image(1))
-    runner = make_runner(watch, rescan_interval=0.5, heartbeat_s=0.2)
+    runner = make_runner(watch, rescan_interval=60.0 if polling else 0.5, heartbeat_s=0.2, polling=polling)
     with Running(runner):
         wait_until(lambda: n_done(runner) == 1)
         away = tmp_path / "share-offline"
