@@ -1,6 +1,7 @@
-"""The images inside the ready paths: an OME-Zarr field placed by its plate's metadata, the
-positions or scenes of an ND2/CZI file that name wells, else the path itself (placed by
-its name). A container that cannot be opened yet is looked at again at later rescans."""
+"""The images inside the ready paths: an OME-Zarr field placed by its plate's metadata (each
+of its time points, where its array has a time axis), the positions or scenes of an ND2/CZI
+file that name wells, else the path itself (placed by its name). A container that cannot be
+opened yet is looked at again at later rescans."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from nscmonitor.core.names import shown
 from nscmonitor.intake.folder import WatchedFolder
 from nscmonitor.intake.known import KnownFiles, Ready
 from nscmonitor.readers import formats
+from nscmonitor.readers.formats import omezarr
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,9 @@ class Containers:
         for item in ready:
             key = folder.zarr.key(item.path)
             if key is not None:
-                yield item, formats.Unit(item.path, key, "ome-zarr")
+                times = omezarr.time_units(item.path, key)  # a field whose array has a time axis
+                for unit in times or [formats.Unit(item.path, key, "ome-zarr")]:
+                    yield item._replace(path=unit.ref), unit
                 continue
             try:
                 found = None if item.link else formats.units(item.path)

@@ -7,6 +7,7 @@ clock is when the last one was written)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -314,3 +315,67 @@ def test_parse_contents_shows_the_images_inside_a_file_as_the_daemon_places_them
     assert shown == stored and len(shown) == 4
     assert main(["parse", "--contents", "--profile", "nikon", str(path.with_name("x_WellD06_Seq0000.nd2"))]) == 0
     assert "D06" in capsys.readouterr().out  # a name without a file: the name's parse, as without --contents
+
+
+def test_an_ome_zarr_field_with_a_time_axis_gives_every_time_point(tmp_path: Path, make_runner) -> None:
+    """A time-lapse converted into an OME-Zarr plate (the field's array is t, c, z, y, x): each
+    time point an image, timed by the acquisition's start plus the axis's scale (2 h here),
+    read from its own plane (before, only the first)."""
+    pytest.importorskip("ome_zarr")
+    import zarr
+    from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
+
+    plate = tmp_path / "zarr" / "lapse.zarr"
+    group = zarr.open_group(str(plate), mode="w")
+    start = INDUCTION + timedelta(hours=24)
+    write_plate_metadata(group, ["B"], ["3"], ["B/3"], name="LAPSE",
+                         acquisitions=[{"id": 0, "starttime": int(start.timestamp())}])
+    wg = group.require_group("B").require_group("3")
+    write_well_metadata(wg, [{"path": "0", "acquisition": 0}])
+    frames = _frames(3, 1, 2, 800)[:, 0][:, :, None]  # t, c, z, y, x
+    window = {"min": 0, "max": 65535, "start": 0, "end": 4095}
+    write_image(frames, wg.require_group("0"), axes="tczyx", scale_factors=[],
+                scale={"t": 2.0, "c": 1.0, "z": 1.0, "y": 0.65, "x": 0.65},
+                axes_units={"t": "hour", "z": "micrometer", "y": "micrometer", "x": "micrometer"},
+                omero={"channels": [{"label": c, "color": "FFFFFF", "window": window} for c in ("DAPI", "BF")]})
+    runner = make_runner(plate.parent, experiment="zarr", channel="BF", induction_time=INDUCTION.isoformat())
+    runner.run(once=True)
+    images = _images(runner)
+    field = plate / "B" / "3" / "0"
+    assert sorted(images) == [f"{field}|t={t}" for t in range(3)]
+    for t in range(3):
+        img, w = images[f"{field}|t={t}"]
+        assert img.status == "done", img.error
+        assert (w.name, img.field, img.timepoint, img.time_key) == ("B03", 1, t + 1, t + 1)
+        assert img.qc["max"] == float(frames[t, 1, 0].max())
+        assert img.elapsed_h == pytest.approx(24 + 2 * t)
+    assert {k: n for k, (n, _) in _readouts(runner).items()} == {("B03", t): 1 for t in (1, 2, 3)}
+
+
+def test_an_ome_zarr_time_axis_is_read_from_metadata_and_a_claim_no_plate_has_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from nscmonitor.core.domain import ImageKey
+    from nscmonitor.readers.formats.omezarr import time_units
+
+    def field(shape: list[int], unit: str | None, scale_t: float) -> Path:
+        f = tmp_path / f"f{len(list(tmp_path.iterdir()))}"
+        (f / "s0").mkdir(parents=True)
+        axes = [{"name": "t", "type": "time", **({"unit": unit} if unit else {})}, {"name": "y"}, {"name": "x"}]
+        ms = [{"axes": axes, "datasets": [{"path": "s0", "coordinateTransformations": [
+            {"type": "scale", "scale": [scale_t, 1.0, 1.0]}]}]}]
+        (f / "zarr.json").write_text(json.dumps({"attributes": {"ome": {"multiscales": ms}}}))
+        (f / "s0" / "zarr.json").write_text(json.dumps({"node_type": "array", "shape": shape}))
+        return f
+
+    key = ImageKey(plate="P", well="B03", row=1, col=2, field=1, timepoint=2, acquired_at=INDUCTION)
+    units = time_units(str(field([3, 16, 16], "minute", 30.0)), key)
+    assert [(u.key.timepoint, u.key.acquisition, u.key.acquired_at) for u in units] == [
+        (t + 1, "acquisition 2", INDUCTION + timedelta(minutes=30 * t)) for t in range(3)]
+    no_start = time_units(str(field([2, 16, 16], "hour", 6.0)), replace(key, acquired_at=None))
+    assert [u.key.elapsed_h for u in no_start] == [0.0, 6.0]
+    no_unit = time_units(str(field([2, 16, 16], None, 6.0)), key)  # a step without a unit says no time
+    assert [(u.key.acquired_at, u.key.elapsed_h) for u in no_unit] == [(None, None), (None, None)]
+    assert time_units(str(field([1, 16, 16], "hour", 1.0)), key) is None
+    (refused,) = time_units(str(field([400_000_000, 16, 16], "hour", 1.0)), key)
+    assert "400000000 time points" in refused.error

@@ -7,20 +7,26 @@ well, field and time come from the plate's metadata, never from folder names: th
 among the well's images of the same acquisition, and the acquisition's position in the
 plate's ``acquisitions`` (with its ``starttime``) as the time point. The metadata is plain
 JSON, so plates are discovered and placed without the reader; ``read`` needs ``zarr`` and
-reads only the chunks of the scored plane of the full-resolution array (first T and Z of
-the chosen channel).
+reads only the chunks of the scored plane of the full-resolution array (first Z of the
+chosen channel, at the unit's time point).
+
+A field whose array has a time axis longer than one (a time-lapse converted into OME-Zarr,
+``bioformats2raw`` of an ND2 or CZI) gives one image per time point (``FIELD|t=N``), keyed by
+its index within the field's acquisition and timed by the acquisition's ``starttime`` plus N
+times the axis's scale (in its unit; without a start time, hours from the axis alone). Before
+2026-12-05 only its first time point was scored.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from nscmonitor.core.domain import ImageKey, parse_well, well_name
-from nscmonitor.readers.formats import Plane, check_pixels, pick_channel
+from nscmonitor.readers.formats import Plane, Unit, check_pixels, make_ref, pick_channel
 
 #: length units of NGFF axes -> micrometres
 UNITS_UM = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "angstrom": 1e-4, "meter": 1e6}
@@ -150,6 +156,75 @@ def _multiscale(folder: Path) -> tuple[list[str], str, list[float] | None, dict]
     return names, str(ds["path"]), px, a
 
 
+#: seconds per NGFF time unit
+TIME_UNITS_S = {"second": 1.0, "millisecond": 1e-3, "microsecond": 1e-6, "minute": 60.0, "hour": 3600.0,
+                "day": 86400.0}
+#: a field declaring more time points than this is refused (nothing is sized by its claim)
+MAX_TIME_POINTS = 100_000
+
+
+def _array_shape(folder: Path) -> tuple[int, ...] | None:
+    """The full-resolution array's shape, from its plain JSON (v2 ``.zarray``, v3 ``zarr.json``)."""
+    for name in ("zarr.json", ".zarray"):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        shape = data.get("shape") if isinstance(data, dict) else None
+        if isinstance(shape, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape):
+            return tuple(shape)
+    return None
+
+
+def time_points(field: Path) -> tuple[int, float | None]:
+    """(time points, seconds between them or None) of a field's full-resolution array, from
+    its metadata alone; (1, None) for a field without a time axis or whose metadata cannot be
+    read yet. Raises ValueError for a count no plate is imaged at."""
+    try:
+        names, ds_path, _, a = _multiscale(field)
+    except ValueError:
+        return 1, None
+    shape = _array_shape(field / ds_path)
+    if "t" not in names or shape is None or len(shape) != len(names):
+        return 1, None
+    n_t = shape[names.index("t")]
+    if n_t > MAX_TIME_POINTS:
+        raise ValueError(f"the field's array declares {n_t} time points (more than {MAX_TIME_POINTS}): "
+                         "corrupt metadata (not read)")
+    step = None
+    ms = a["multiscales"][0]
+    axes = ms.get("axes") if isinstance(ms.get("axes"), list) else []
+    unit = axes[names.index("t")].get("unit") if len(axes) == len(names) and isinstance(
+        axes[names.index("t")], dict) else None
+    for t in (ms["datasets"][0].get("coordinateTransformations") or []):
+        if isinstance(t, dict) and t.get("type") == "scale" and isinstance(t.get("scale"), list) \
+                and len(t["scale"]) == len(names):
+            v = t["scale"][names.index("t")]
+            factor = TIME_UNITS_S.get(str(unit).lower()) if unit else None
+            if factor and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+                step = float(v) * factor
+    return max(n_t, 1), step
+
+
+def time_units(path: str, key: ImageKey) -> list[Unit] | None:
+    """The time points of a field placed by its plate's metadata (``key``), each an image of
+    its own, counted within the field's acquisition; None for a field of one time point."""
+    try:
+        n_t, step = time_points(Path(path))
+    except ValueError as exc:
+        return [Unit(path, error=str(exc))]
+    if n_t <= 1:
+        return None
+    acquisition = f"acquisition {key.timepoint}" if key.timepoint is not None else "acquisition"
+    out = []
+    for t in range(n_t):
+        at = key.acquired_at + timedelta(seconds=t * step) if key.acquired_at is not None and step else None
+        hours = t * step / 3600.0 if key.acquired_at is None and step else None
+        out.append(Unit(make_ref(path, t=t), replace(key, timepoint=t + 1, acquisition=acquisition, acquired_at=at,
+                                                     elapsed_h=hours), "ome-zarr"))
+    return out
+
+
 def read(path: str, unit: dict[str, int], *, channel: str | None, max_pixels: int) -> Plane:
     import zarr
 
@@ -166,6 +241,11 @@ def read(path: str, unit: dict[str, int], *, channel: str | None, max_pixels: in
               for c in ((a.get("omero") or {}).get("channels") or [])]
     n_c = shape[names.index("c")] if "c" in names else 1
     c = pick_channel(labels, n_c, channel, "OME-Zarr image")
-    index = tuple(slice(None) if ax in ("y", "x") else (c if ax == "c" else 0) for ax in names)
+    t = unit.get("t", 0)
+    if t >= (shape[names.index("t")] if "t" in names else 1):
+        from nscmonitor.readers.decode import DecodeError
+
+        raise DecodeError(f"time point {t + 1} is not in this OME-Zarr image", permanent=True)
+    index = tuple(slice(None) if ax in ("y", "x") else c if ax == "c" else t if ax == "t" else 0 for ax in names)
     plane = arr[index]
     return Plane(plane, px if px and 0.01 <= px <= 100 else None)
