@@ -145,16 +145,25 @@ class ChannelSurvey:
                 f"skipped: {advice}")
 
 
-def _time_series(path: Path) -> bool:
+#: stacks and containers opened per survey to learn whether they hold time series; the rest of
+#: the folder's are taken to be like them (opening 2,000 ND2 files would hold up a daemon's start)
+TIME_SERIES_OPENED = 10
+
+
+def _time_series(path: Path, opened: list[bool]) -> bool:
     """A file whose time points are images of their own, each keyed by its index (an OME-TIFF,
-    ND2 or CZI time-lapse)."""
+    ND2 or CZI time-lapse). ``opened``: what the survey's earlier opens found; past
+    ``TIME_SERIES_OPENED`` of them the answer is theirs (the majority) without opening."""
     if not formats.is_ome_tiff(str(path)) and path.suffix.lower() not in formats.FORMATS:
         return False
+    if len(opened) >= TIME_SERIES_OPENED:
+        return sum(opened) * 2 > len(opened)
     try:
         found = formats.units(str(path)) or ()
     except formats.NotReady:
         return False
-    return any(u.timepoint is not None or (u.key is not None and u.key.timepoint is not None) for u in found)
+    opened.append(any(u.timepoint is not None or (u.key is not None and u.key.timepoint is not None) for u in found))
+    return opened[-1]
 
 
 def _shown(c: tuple[str, str | None]) -> str:
@@ -172,6 +181,7 @@ def survey(cfg: WatchFolder, custom: Sequence[CustomProfileSpec] = (), *,
     planes: set[int] = set()
     unplaned = False
     timing = {"indexed": 0, "stamped": 0, "clocked": 0}
+    opened: list[bool] = []
     seen = 0
     try:
         for folder, dirs, files in os.walk(root):
@@ -191,7 +201,7 @@ def survey(cfg: WatchFolder, custom: Sequence[CustomProfileSpec] = (), *,
                     unplaned = True
                 if key is not None:
                     source = time_source(key)
-                    if source != "index" and _time_series(path):  # opened only when the name gives no index
+                    if source != "index" and _time_series(path, opened):  # opened only when the name gives none
                         source = "index"
                     timing[{"index": "indexed", "stamp": "stamped", "clock": "clocked"}[source]] += 1
                 if seen >= limit or len(found) >= MAX_CHANNELS:

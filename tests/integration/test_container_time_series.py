@@ -379,3 +379,22 @@ def test_an_ome_zarr_time_axis_is_read_from_metadata_and_a_claim_no_plate_has_is
     assert time_units(str(field([1, 16, 16], "hour", 1.0)), key) is None
     (refused,) = time_units(str(field([400_000_000, 16, 16], "hour", 1.0)), key)
     assert "400000000 time points" in refused.error
+
+
+def test_the_doctor_opens_a_few_stacks_not_every_one(tmp_path: Path) -> None:
+    """A folder of many ND2 time-lapses whose names give no time: the survey opens the first
+    ten and takes the rest to be like them (opening each of 2,000 files held up a start)."""
+    pytest.importorskip("nd2")
+    from nd2_file import write_nd2
+
+    from nscmonitor.config import WatchFolder
+    from nscmonitor.intake.channel_survey import TIME_SERIES_OPENED, survey
+
+    lapse = write_nd2(tmp_path / "x.nd2", _frames(2, 1, 1, 10), ["BF"]).read_bytes()
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(TIME_SERIES_OPENED + 5):
+        (folder / f"run{i:03d}_Well{chr(65 + i % 8)}{i % 12 + 1:02d}_Seq0000.nd2").write_bytes(
+            lapse if i < TIME_SERIES_OPENED else b"not an nd2 file")  # the unopened ones are not even ND2s
+    found = survey(WatchFolder(path=folder, experiment="x", profile="nikon"))
+    assert (found.indexed, found.clocked) == (TIME_SERIES_OPENED + 5, 0) and not found.untimed
