@@ -374,8 +374,8 @@ def test_an_ome_zarr_time_axis_is_read_from_metadata_and_a_claim_no_plate_has_is
         (t + 1, "acquisition 2", INDUCTION + timedelta(minutes=30 * t)) for t in range(3)]
     no_start = time_units(str(field([2, 16, 16], "hour", 6.0)), replace(key, acquired_at=None))
     assert [u.key.elapsed_h for u in no_start] == [0.0, 6.0]
-    no_unit = time_units(str(field([2, 16, 16], None, 6.0)), key)  # a step without a unit says no time
-    assert [(u.key.acquired_at, u.key.elapsed_h) for u in no_unit] == [(None, None), (None, None)]
+    no_unit = time_units(str(field([2, 16, 16], None, 6.0)), key)  # a step without a unit: the start only
+    assert [(u.key.acquired_at, u.key.elapsed_h) for u in no_unit] == [(INDUCTION, None), (None, None)]
     assert time_units(str(field([1, 16, 16], "hour", 1.0)), key) is None
     (refused,) = time_units(str(field([400_000_000, 16, 16], "hour", 1.0)), key)
     assert "400000000 time points" in refused.error

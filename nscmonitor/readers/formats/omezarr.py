@@ -218,7 +218,8 @@ def time_units(path: str, key: ImageKey) -> list[Unit] | None:
     acquisition = f"acquisition {key.timepoint}" if key.timepoint is not None else "acquisition"
     out = []
     for t in range(n_t):
-        at = key.acquired_at + timedelta(seconds=t * step) if key.acquired_at is not None and step else None
+        at = key.acquired_at + timedelta(seconds=t * (step or 0.0)) \
+            if key.acquired_at is not None and (step or t == 0) else None
         hours = t * step / 3600.0 if key.acquired_at is None and step else None
         out.append(Unit(make_ref(path, t=t), replace(key, timepoint=t + 1, acquisition=acquisition, acquired_at=at,
                                                      elapsed_h=hours), "ome-zarr"))
