@@ -1,9 +1,11 @@
-"""A time-lapse written into one ND2 or CZI file, through the real daemon (real watcher, SQLite,
-ONNX Runtime on a tiny model): every time point of every position is an image of its own, read
-from its own plane, timed by the frame's own acquisition time where the file records it; a
-second file holding the same plate's wells is a second acquisition, so its time points do not
-fall into the first file's; a time point whose file states no time gets no hours (the file's
-clock is when the last one was written)."""
+"""A time-lapse written into one ND2, CZI or OME-Zarr field, through the real daemon (real
+watcher, SQLite, ONNX Runtime on a tiny model): every time point of every position is an image
+of its own, read from its own plane, timed by the frame's own acquisition time where the file
+records it; a second file holding the same plate's wells is a second acquisition, so its time
+points do not fall into the first file's; a time point whose file states no time gets no hours
+(the file's clock is when the last one was written). Also: points that name no well as fields,
+loop counts no file can hold, rows stored before the expansion, ``parse --contents`` and the
+doctor's time survey."""
 
 from __future__ import annotations
 
