@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime, timezone
 
+from nscmonitor.core.scans import time_source
 from nscmonitor.core.selection import skip_reason
 from nscmonitor.core.domain import ImageKey, ParseResult
 from nscmonitor.intake.filenames import parse_path
@@ -30,14 +31,18 @@ def place(res: ParseResult, rel: str, unit: formats.Unit | None) -> ParseResult:
     """An image inside a file (``rel``: its reference below the folder), from its file name's
     parse ``res`` and the ``unit`` the file's metadata describes: a unit the metadata placed
     (or refused) wins over the name; a time point or position of a file placed by its name has
-    the name's place and the file's time and field. ``nscmonitor parse --contents`` shows the
-    same."""
+    the name's place and the file's time and field; a file whose name gives no time is dated by
+    the file's own record of when it was taken, where it has one. ``nscmonitor parse
+    --contents`` shows the same."""
     if unit is not None and (unit.key is not None or unit.error is not None):
         return ParseResult(rel, "error" if unit.error else "image", unit.profile, unit.key, unit.error)
-    if unit is not None and res.key is not None and (unit.timepoint is not None or unit.position is not None):
+    if unit is not None and res.key is not None and (unit.timepoint is not None or unit.position is not None
+                                                     or unit.acquired_at is not None):
         key = res.key
         if unit.timepoint is not None:
             key = replace(key, timepoint=unit.timepoint, elapsed_h=unit.elapsed_h, acquired_at=unit.acquired_at)
+        elif unit.acquired_at is not None and time_source(key) == "clock":
+            key = replace(key, acquired_at=unit.acquired_at)  # the file's record, where the name gives no time
         if unit.position is not None:
             key = replace(key, field=subfield(key.field, unit.position, unit.positions))
         return ParseResult(rel, res.kind, res.profile, key, res.reason)

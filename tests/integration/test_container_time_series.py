@@ -400,3 +400,31 @@ def test_the_doctor_opens_a_few_stacks_not_every_one(tmp_path: Path) -> None:
             lapse if i < TIME_SERIES_OPENED else b"not an nd2 file")  # the unopened ones are not even ND2s
     found = survey(WatchFolder(path=folder, experiment="x", profile="nikon"))
     assert (found.indexed, found.clocked) == (TIME_SERIES_OPENED + 5, 0) and not found.untimed
+
+
+def test_an_nd2_copied_without_its_time_is_dated_by_its_own_record(tmp_path: Path, make_runner) -> None:
+    """A copy that does not keep file times dates a file by the copy. An ND2 of one time point
+    (one placed by its name, and a plate's positions named by well) is dated by NIS-Elements'
+    record of when its frames were taken, so its hours since induction are right."""
+    pytest.importorskip("nd2")
+    import os
+
+    from nd2_file import write_nd2
+
+    watch = tmp_path / "nis"
+    taken = INDUCTION + timedelta(hours=36)
+    one = write_nd2(watch / "20260101_WellD05_Seq0000.nd2", _frames(1, 1, 1, 20)[0], ["BF"], times_ms=[0.0],
+                    start_jdn=_jdn(taken))
+    plate = write_nd2(watch / "plate_read.nd2", _frames(1, 2, 1, 30)[0], ["BF"], ["B3", "C4"],
+                      times_ms=[0.0, 60_000.0], start_jdn=_jdn(taken))
+    copied = (INDUCTION + timedelta(days=30)).timestamp()  # the copy's date, a month on
+    for f in (one, plate):
+        os.utime(f, (copied, copied))
+    runner = make_runner(watch, experiment="nis", profile="nikon", induction_time=INDUCTION.isoformat())
+    runner.run(once=True)
+    images = _images(runner)
+    img, _ = images[str(one)]
+    assert img.status == "done" and img.elapsed_h == pytest.approx(36.0)
+    for p, minutes in ((0, 0.0), (1, 1.0)):
+        img, w = images[f"{plate}|position={p}"]
+        assert img.status == "done" and img.elapsed_h == pytest.approx(36.0 + minutes / 60)

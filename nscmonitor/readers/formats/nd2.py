@@ -128,15 +128,19 @@ def units(path: str) -> list[Unit]:
         n_pos = int(f.sizes.get("P", 1))
         n_t = int(f.sizes.get("T", 1))
         placed = [p for p in range(n_pos) if p in wells]
-        if not placed and n_t <= 1 and n_pos <= 1:
-            return []
         points = [(p, t) for t in range(n_t) for p in (placed or range(n_pos))]
-        times = _frame_times(f, points) if n_t > 1 else [(None, None)] * len(points)
+        times = _frame_times(f, points)
+    if n_t <= 1:  # one time point: when each frame was taken, never hours since the first
+        times = [(at, None) for at, _ in times]
+    if not placed and n_t <= 1 and n_pos <= 1:
+        # one image placed by its name, taken when the file's own record says (a copy that did
+        # not keep the file's time would date it by the copy), else by its mtime
+        return [Unit(path, acquired_at=times[0][0])] if times[0][0] is not None else []
     if not placed:  # placed by the file's name: its positions are fields of the name's well
         out = []
         for (p, t), (at, h) in zip(points, times):
             unit = {"position": p} if n_pos > 1 else {}
-            timed = {"timepoint": t + 1, "acquired_at": at, "elapsed_h": h} if n_t > 1 else {}
+            timed = {"timepoint": t + 1, "acquired_at": at, "elapsed_h": h} if n_t > 1 else {"acquired_at": at}
             out.append(Unit(make_ref(path, **unit, **({"t": t} if n_t > 1 else {})), **timed,
                             **({"position": p, "positions": n_pos} if n_pos > 1 else {})))
         return out
@@ -148,7 +152,8 @@ def units(path: str) -> list[Unit]:
     out = []
     for (p, t), (at, h) in zip(points, times):
         row, col = parse_well(wells[p])
-        timed = {"timepoint": t + 1, "elapsed_h": h, "acquired_at": at, "acquisition": acquisition} if n_t > 1 else {}
+        timed = ({"timepoint": t + 1, "elapsed_h": h, "acquired_at": at, "acquisition": acquisition} if n_t > 1
+                 else {"acquired_at": at})
         key = ImageKey(plate=None, well=wells[p], row=row, col=col, field=field_of[p], **timed)
         out.append(Unit(make_ref(path, position=p, t=t) if n_t > 1 else make_ref(path, position=p), key,
                         profile="nd2"))
