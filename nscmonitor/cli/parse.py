@@ -27,8 +27,9 @@ def contents(path: str, profile: str, plate_format: int | None) -> list[dict] | 
         found = formats.units(path)
     except formats.NotReady as exc:
         raise UserFacingError(f"{path}: cannot be opened (yet): {exc}") from exc
-    if not found or (len(found) == 1 and found[0].ref == path and found[0].error is None):
-        return None
+    only = found[0] if found and len(found) == 1 else None
+    if not found or (only is not None and only.ref == path and only.error is None and only.acquired_at is None):
+        return None  # the file is one image, placed and timed by its name
     named = parse_path(path, profile, plate_format=plate_format)
     return [record(u.ref, place(named, u.ref, u)) for u in found]
 
