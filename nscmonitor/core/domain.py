@@ -116,6 +116,11 @@ class WellReadout:
     confidence: float
     #: images flagged out of distribution; None: the model gives no flag
     n_ood: int | None = None
+    #: on a plate whose scans count within acquisitions (a Harmony measurement, an ND2 or CZI
+    #: file of the plate): which acquisition (1-based) and which scan within it the time key
+    #: ``timepoint`` stands for; None elsewhere
+    acquisition: int | None = None
+    scan: int | None = None
 
 
 @dataclass(frozen=True)

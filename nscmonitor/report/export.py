@@ -1,5 +1,10 @@
 """Tidy CSV export: one row per well x timepoint x class, and a per-image file beside it.
 
+``timepoint`` is the readout's time key, unique per well; on a plate whose scans count within
+acquisitions (a Harmony measurement, an ND2 or CZI file of the plate, a MetaXpress acquisition),
+``acquisition`` (1-based) and ``scan`` say which scan of which acquisition it is (the key of
+scan 1 of acquisition 2 is 100001); both are empty on other plates.
+
 Out-of-distribution flag: ``n_ood`` (readouts) counts a well's images flagged at that time,
 ``ood_score``/``ood`` (images) are each image's score and flag (1/0); all empty where the
 model gives no flag (unavailable, not "in distribution").
@@ -27,7 +32,7 @@ from nscmonitor.store.reads import Repo
 
 READOUT_COLUMNS = ["experiment", "plate", "well", "row", "col", "condition", "timepoint", "elapsed_h", "acquired_at",
                    "n_images", "n_tiles", "n_qc_failed", "class", "prob_mean", "prob_sd", "fraction_predicted",
-                   "model_version", "n_ood"]
+                   "model_version", "n_ood", "acquisition", "scan"]
 
 
 def escape(v: object) -> object:
@@ -103,7 +108,7 @@ def export_readouts(repo: Repo, experiment: str, out: Path, *, model_version: st
                                 ro.n_images, ro.n_tiles, ro.n_qc_failed, escape(cls),
                                 _num(ro.prob_mean[i]) if has else "", _num(ro.prob_sd[i]) if has else "",
                                 _num(ro.fraction[i]) if has else "", escape(ro.model_version),
-                                _num(ro.n_ood)] + tail)
+                                _num(ro.n_ood), _num(ro.acquisition), _num(ro.scan)] + tail)
                     n += 1
                 if progress:
                     progress(1)

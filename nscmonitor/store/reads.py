@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from nscmonitor.core.domain import ImageRecord, WellReadout
 from nscmonitor.core.names import from_db, shown
 from nscmonitor.core.queue import PROBLEMS, QueueState
+from nscmonitor.core.scans import ACQUISITION_SPAN
 from nscmonitor.store import models as m
 from nscmonitor.store.times import aware, from_sql
 
@@ -300,13 +301,18 @@ class Repo:
                  .order_by(m.Plate.name, m.Well.row, m.Well.col, m.WellReadout.time_key))
             if model_version is not None:
                 q = q.where(m.WellReadout.model_version == model_version)
+            counted = set(s.scalars(select(m.Acquisition.plate_id).join(m.Plate, m.Plate.id == m.Acquisition.plate_id)
+                                    .where(m.Plate.experiment_id == experiment_id)))
             for ro, w, p in s.execute(q):
+                acq = (ro.time_key // ACQUISITION_SPAN + 1, ro.time_key % ACQUISITION_SPAN) \
+                    if p.id in counted and ro.time_key is not None else (None, None)
                 yield WellReadout(
                     experiment=exp.name, plate=p.name, well=w.name, row=w.row, col=w.col, condition=w.condition,
                     timepoint=ro.time_key, elapsed_h=ro.elapsed_h, acquired_at=aware(ro.acquired_at),
                     model_version=ro.model_version, classes=tuple(ro.classes), prob_mean=tuple(ro.prob_mean),
                     prob_sd=tuple(ro.prob_sd), fraction=tuple(ro.fraction), n_images=ro.n_images,
                     n_tiles=ro.n_tiles, n_qc_failed=ro.n_qc_failed, confidence=ro.confidence, n_ood=ro.n_ood,
+                    acquisition=acq[0], scan=acq[1],
                 )
 
     def well_attributes(self, experiment_id: int) -> dict[tuple[str, str], dict[str, str]]:

@@ -84,6 +84,18 @@ def test_an_nd2_time_lapse_gives_every_time_point_of_every_well_its_time(tmp_pat
     assert readouts[("C04", ACQUISITION_SPAN + 2)] == (1, pytest.approx(50 + 30 / 3600))
     assert run1.stat().st_size > 0 and run2.exists()  # the instrument's files are left as they were
 
+    # the tidy CSV says which scan of which acquisition each time key is
+    import csv
+
+    from nscmonitor.report.export import export_readouts
+    from nscmonitor.store.reads import Repo
+
+    export_readouts(Repo(runner.store.engine), "nis", tmp_path / "report.csv")
+    with open(tmp_path / "report.csv", newline="") as fh:
+        shown = {(r["well"], int(r["timepoint"])): (r["acquisition"], r["scan"]) for r in csv.DictReader(fh)}
+    assert shown[("B03", 3)] == ("1", "3") and shown[("B03", ACQUISITION_SPAN + 2)] == ("2", "2")
+    assert len(shown) == 10
+
 
 def test_an_nd2_time_lapse_placed_by_its_name_with_and_without_frame_times(tmp_path: Path, make_runner) -> None:
     pytest.importorskip("nd2")

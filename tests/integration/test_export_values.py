@@ -67,7 +67,8 @@ def test_export_matches_predictions(tmp_path: Path, make_runner, db_url: str) ->
     assert conds["A02"] == "BDNF 10 ng/ml" and conds["B01"] == "control"
     assert list(rows[0]) == ["experiment", "plate", "well", "row", "col", "condition", "timepoint", "elapsed_h",
                              "acquired_at", "n_images", "n_tiles", "n_qc_failed", "class", "prob_mean", "prob_sd",
-                             "fraction_predicted", "model_version", "n_ood", "dose"]
+                             "fraction_predicted", "model_version", "n_ood", "acquisition", "scan", "dose"]
     # the test model has no out-of-distribution score: the flag is unavailable, not 0
     assert {r["n_ood"] for r in rows} == {""}
+    assert {(r["acquisition"], r["scan"]) for r in rows} == {("", "")}  # Incucyte names count no acquisitions
     assert {r["well"]: r["dose"] for r in rows} == {"A01": "1", "A02": "10", "B01": "0"}
