@@ -177,8 +177,11 @@ def main() -> None:
     old, new = by["watchdog polling observer"]["cpu_share_of_core"], by["listing poller"]["cpu_share_of_core"]
     if new > 0:
         print(f"\nlisting poller uses {old / new:.0f}x less CPU than watchdog's polling observer on this tree")
+    from scale import cpu_name  # benchmarks/ is this script's folder
+
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores")
     result = {"files": args.files, "seconds": args.seconds, "interval_s": args.interval,
-              "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+              "cpu": cpu_name(), "python": platform.python_version(),
               "cores": os.cpu_count(), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
