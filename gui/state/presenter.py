@@ -56,8 +56,7 @@ def read_status(engine: Any) -> StatusSnapshot:
     return StatusSnapshot(daemons, repo.queue_counts(), repo.errors(30), repo.scored_since(300),
                           datetime.now(timezone.utc), note.message if note else None,
                           note.level if note else "info",
-                          tuple(slow_rescan_warnings([w for w in live if isinstance(w, dict)])
-                                + scoring_warnings(repo)))
+                          tuple(slow_rescan_warnings(live) + scoring_warnings(repo)))
 
 
 @dataclass(frozen=True)

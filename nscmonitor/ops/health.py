@@ -79,6 +79,8 @@ def slow_rescan_warnings(watched: list[dict]) -> list[str]:
     look is a round trip. The daemon's loop scores between a rescan's slices, not during them."""
     out = []
     for w in watched:
+        if not isinstance(w, dict):  # a row written before its daemon's first heartbeat
+            continue
         took, every = w.get("rescan_s"), w.get("rescan_interval")
         if took is None or not every or took <= SLOW_RESCAN_SHARE * every:
             continue
