@@ -58,13 +58,17 @@ def time_source(key: ImageKey) -> str:
     return "stamp" if key.acquired_at is not None else "clock"
 
 
+def acquisition_and_scan(key: int) -> tuple[int, int]:
+    """The inverse of ``acquisition_time_key``: (acquisition, 1-based; scan within it)."""
+    key = int(key)
+    return key // ACQUISITION_SPAN + 1, key % ACQUISITION_SPAN
+
+
 def time_point_name(key: int) -> str:
     """A time key as people read it: the scan index, and for a plate's later acquisitions
     which acquisition it counts in."""
-    key = int(key)
-    if key < ACQUISITION_SPAN:
-        return str(key)
-    return f"{key % ACQUISITION_SPAN} of acquisition {key // ACQUISITION_SPAN + 1}"
+    acquisition, scan = acquisition_and_scan(key)
+    return str(scan) if acquisition == 1 else f"{scan} of acquisition {acquisition}"
 
 
 @dataclass(frozen=True)

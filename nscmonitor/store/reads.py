@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from nscmonitor.core.domain import ImageRecord, WellReadout
 from nscmonitor.core.names import from_db, shown
 from nscmonitor.core.queue import PROBLEMS, QueueState
-from nscmonitor.core.scans import ACQUISITION_SPAN
+from nscmonitor.core.scans import acquisition_and_scan
 from nscmonitor.store import models as m
 from nscmonitor.store.times import aware, from_sql
 
@@ -304,8 +304,7 @@ class Repo:
             counted = set(s.scalars(select(m.Acquisition.plate_id).join(m.Plate, m.Plate.id == m.Acquisition.plate_id)
                                     .where(m.Plate.experiment_id == experiment_id)))
             for ro, w, p in s.execute(q):
-                acq = (ro.time_key // ACQUISITION_SPAN + 1, ro.time_key % ACQUISITION_SPAN) \
-                    if p.id in counted and ro.time_key is not None else (None, None)
+                acq = acquisition_and_scan(ro.time_key) if p.id in counted and ro.time_key is not None else (None, None)
                 yield WellReadout(
                     experiment=exp.name, plate=p.name, well=w.name, row=w.row, col=w.col, condition=w.condition,
                     timepoint=ro.time_key, elapsed_h=ro.elapsed_h, acquired_at=aware(ro.acquired_at),
