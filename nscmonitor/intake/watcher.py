@@ -239,6 +239,8 @@ class FolderWatcher:
         self.reachable = True
         self.last_error: str | None = None
         self.restarts = 0
+        #: events or polling were asked for (``start``), so a dead observer is restarted
+        self.watching = False
 
     @property
     def observer(self) -> Observer | ListingPoller | None:
@@ -247,6 +249,9 @@ class FolderWatcher:
         return self._observer
 
     def start(self) -> None:
+        """Watch for events (or poll, on a share) from now on; without it (a ``--once`` pass)
+        the rescans alone find the files, and no observer is started behind the caller's back."""
+        self.watching = True
         self._start_observer()
 
     def _start_observer(self) -> None:
@@ -288,6 +293,11 @@ class FolderWatcher:
             self.reachable = False
             self.last_error = f"folder not reachable: {self.root}"
             self.stop()
+            return
+        if not self.watching:
+            if not self.reachable:
+                log.info("watched folder is back: %s; rescanning", self.root)
+                self.reachable, self._next_scan = True, 0.0
             return
         if not self.reachable or self._observer is None or not self._observer.is_alive():
             if self._observer is not None:

@@ -26,7 +26,8 @@ OLD = 1_700_000_000.0  # an mtime long past: found settled by the first scan
 
 @pytest.fixture()
 def make_intake():
-    """A real intake on a real folder (its watcher supervised by each pass), stopped after the test."""
+    """A real intake on a real folder (its watcher supervised by each pass, not started: the
+    rescans find the files, as in a ``--once`` run), stopped after the test."""
     made: list[Intake] = []
 
     def make(watch: Path, known: KnownFiles | None = None, *, profile: str = "incucyte",
@@ -192,3 +193,4 @@ def test_a_long_rescan_is_walked_in_slices_and_every_file_is_handed_on_once(tmp_
     assert len(seen) == len(set(seen)) == 450 and passes == 6  # five slices, and the pass that ends the walk
     watcher = intake.folders[0].watcher
     assert watcher.last_scan["files"] == 450 and watcher.last_scan["deep"]
+    assert watcher.observer is None  # not started (a --once pass): no poller walks the tree beside the rescans
