@@ -42,8 +42,9 @@ NO_CALIBRATION = ("the model has no calibration set, so no int8 engine can be ce
 #: mixed-precision search scores pseudo-wells of the gate's well size; 7: a search that keeps
 #: nothing fp32 after the plain file failed its gate hands over to a tighter margin (6 ended
 #: the ladder there and served fp32); 8: one rounding per layer instead of two (the CPU int8
-#: file folds each ReLU into its input's rounding, TensorRT's leaves layer outputs unrounded).
-RECIPE = "8"
+#: file folds each ReLU into its input's rounding, TensorRT's leaves layer outputs unrounded);
+#: 9: int8 weights rounded against each layer's input statistics (GPTQ) instead of to the nearest step.
+RECIPE = "9"
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "calibrate_method": "MinMax", "moving_average": False,
     "op_types": ["Conv", "Gemm", "MatMul", "Add", "Relu"],
     "keep_fp32": ["stem", "head"], "exclude_nodes": [], "preprocess": True, "quantize_bias": False,
-    "bias_correction": True,
+    "bias_correction": True, "weight_rounding": "gptq",
 }
 #: what TensorRT's explicit quantisation takes: signed symmetric activations too
 TENSORRT_SETTINGS: dict[str, Any] = {**DEFAULT_SETTINGS, "activation_type": "QInt8", "activation_symmetric": True,
@@ -174,14 +174,24 @@ def quantize_static_qdq(model_path: str | Path, out_path: str | Path, calib_x: n
             op_types_to_quantize=list(cfg["op_types"]) if cfg.get("op_types") else None,
             extra_options=extra,
         )
-        if cfg.get("bias_correction"):
-            from nscmonitor.engines.bias_correction import correct_biases
-
+        rounding = cfg.get("weight_rounding", "nearest")
+        if rounding not in ("nearest", "gptq"):
+            raise EngineError(f"unknown weight rounding {rounding!r} (nearest or gptq)")
+        if rounding == "gptq" or cfg.get("bias_correction"):
             qdq = onnx.load(str(out_path))
-            summary = correct_biases(qdq, graph, calib_x, threads=threads)
+            if rounding == "gptq":
+                from nscmonitor.engines.weight_rounding import round_weights
+
+                summary = round_weights(qdq, graph, calib_x, model_id=file_sha256(named), threads=threads)
+                if notes is not None:
+                    notes["weight_rounding"] = summary
+            if cfg.get("bias_correction"):
+                from nscmonitor.engines.bias_correction import correct_biases
+
+                summary = correct_biases(qdq, graph, calib_x, threads=threads)
+                if notes is not None:
+                    notes["bias_correction"] = summary
             onnx.save(qdq, str(out_path))
-            if notes is not None:
-                notes["bias_correction"] = summary
     return out_path
 
 
@@ -244,7 +254,8 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
     if not report.passed:
         log.warning("int8 model kept for OpenVINO only (its gate passed there; ONNX Runtime refuses it): %s",
                     report.summary())
-    stamped = {**cfg, "bias_correction_summary": notes.get("bias_correction")}
+    stamped = {**cfg, "bias_correction_summary": notes.get("bias_correction"),
+               "weight_rounding_summary": notes.get("weight_rounding")}
     _stamp_metadata(part, meta, report, file_sha256(model_path), stamped, len(calib), calib.source, ov_reports, speed)
     os.replace(part, out)
     log.info("int8 model written to %s", out)
