@@ -15,7 +15,8 @@ file's or TensorRT's), and only the int8 weight initialisers change.
 What it needs: each layer's input correlation ``H = E[x x^T]`` over the calibration tiles, in
 the fp32 model (one forward pass of the calibration tiles; every layer's H depends only on the
 fp32 model and the tiles, not on which other layers are int8, so the result is the same for
-every mix the mixed-precision ladder tries and is cached per build). Measured and not used: the
+every mix the mixed-precision ladder tries and is cached per build). Every layer's H is held
+at once (K x K for K inputs per output: about 1 GB for a ResNet50, most of it its last stage). Measured and not used: the
 int8 model's own layer inputs, layer by layer in graph order, with the fp32 output as the target
 (the rounding then also absorbs the upstream layers' rounding): it fitted the calibration tiles'
 rounding noise and read the held-out tiles worse (docs/performance.md).
