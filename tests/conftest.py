@@ -346,3 +346,12 @@ def with_pixel_limit(model: Path, ratio: float | None) -> None:
     proto = onnx.load(str(model))
     write_onnx_metadata(proto, ModelMetadata.from_dict(meta))
     onnx.save(proto, str(model))
+
+
+@pytest.fixture()
+def skewed_int8(tmp_path):
+    """A tiny model whose nearest int8 rounding loses the same amount on every tile, with its
+    calibration and held-out tiles (``blob_tiles.skewed_model``)."""
+    from blob_tiles import skewed_model
+
+    return skewed_model(tmp_path)

@@ -13,42 +13,15 @@ import pytest
 from onnx import numpy_helper
 
 from nscmonitor.engines.bias_correction import SUFFIX
-from nscmonitor.engines.mixed_precision import fake_quant_probs
 from nscmonitor.engines.precision_graphs import qdq_problems
 from nscmonitor.engines.quantize import TENSORRT_SETTINGS, quantize_static_qdq
-from nscmonitor.engines.tiny import build_tiny_classifier
-from nscmonitor.engines.validate import compare
 
-from blob_tiles import SIZE, blobs, tileset  # noqa: E402  (tests/ is on the path)
-
-#: just under half of one int8 step of a channel whose largest weight is 1.0 (1/127 / 2)
-SMALL = 0.0035
-#: body0's bias: its outputs, body1's inputs, are all positive around this offset
-OFFSET = 1.0
-
-
-@pytest.fixture()
-def skewed(tmp_path):
-    w1 = np.full((8, 8, 3, 3), SMALL, np.float32)
-    for o in range(8):
-        w1[o, o, 1, 1] = 1.0
-    path = tmp_path / "model.onnx"
-    meta = build_tiny_classifier(path, input_size=SIZE, depth=2, seed=4,
-                                 weights={"body0_b": np.full(8, OFFSET, np.float32), "body1_w": w1})
-    calib = tileset(meta, *blobs(64, 1, two_wells=True), "calib")
-    held = tileset(meta, *blobs(160, 2, two_wells=True), "held")
-    return path, calib, held
-
-
-def _readout_error(path, q_path, held) -> float:
-    reference = fake_quant_probs(onnx.load(str(path)), held.x, threads=1)
-    candidate = fake_quant_probs(onnx.load(str(q_path)), held.x, threads=1)
-    return compare(reference, candidate, held.groups, backend="t").well_readout_pp
+from blob_tiles import int8_readout_error  # noqa: E402  (tests/ is on the path)
 
 
 @pytest.mark.parametrize("target", ["cpu", "tensorrt"])
-def test_bias_correction_removes_a_systematic_int8_shift_and_keeps_the_qdq_form(skewed, tmp_path, target):
-    path, calib, held = skewed
+def test_bias_correction_removes_a_systematic_int8_shift_and_keeps_the_qdq_form(skewed_int8, tmp_path, target):
+    path, calib, held = skewed_int8
     # nearest rounding: the constructed error is the weights' rounding, which GPTQ would
     # otherwise take out before the correction (tests/integration/test_engines_weight_rounding.py)
     base = {**(TENSORRT_SETTINGS if target == "tensorrt" else {}), "weight_rounding": "nearest"}
@@ -56,7 +29,7 @@ def test_bias_correction_removes_a_systematic_int8_shift_and_keeps_the_qdq_form(
     notes: dict = {}
     fixed = quantize_static_qdq(path, tmp_path / "fixed.onnx", calib.x, settings={**base, "bias_correction": True},
                                 notes=notes)
-    before, after = _readout_error(path, plain, held), _readout_error(path, fixed, held)
+    before, after = int8_readout_error(path, plain, held), int8_readout_error(path, fixed, held)
     # measured on held-out tiles, not the calibration tiles the correction was computed on
     assert before > 1.0, f"the constructed model should move its readout in int8 ({before:.2f} pp)"
     assert after < 0.25 * before, (before, after)

@@ -13,13 +13,11 @@ import pytest
 from onnx import helper, numpy_helper
 
 from nscmonitor.engines import weight_rounding as W
-from nscmonitor.engines.mixed_precision import fake_quant_probs
 from nscmonitor.engines.precision_graphs import qdq_problems
 from nscmonitor.engines.quantize import TENSORRT_SETTINGS, quantize_static_qdq
 from nscmonitor.engines.tiny import build_tiny_classifier
-from nscmonitor.engines.validate import compare
 
-from blob_tiles import SIZE, blobs, tileset  # noqa: E402  (tests/ is on the path)
+from blob_tiles import SIZE, blobs, int8_readout_error, tileset  # noqa: E402  (tests/ is on the path)
 
 
 def _conv_model(w: np.ndarray, b: np.ndarray, **attrs) -> bytes:
@@ -80,39 +78,15 @@ def test_gptq_is_nearest_rounding_where_inputs_do_not_correlate_and_keeps_unseen
     assert np.array_equal(q[:, 3], nearest[:, 3])
 
 
-#: just under half of one int8 step of a channel whose largest weight is 1.0: nearest rounding
-#: turns all of them into zero, the same loss on every tile (tests/integration/test_engines_bias_correction.py)
-SMALL = 0.0035
-
-
-@pytest.fixture()
-def skewed(tmp_path):
-    w1 = np.full((8, 8, 3, 3), SMALL, np.float32)
-    for o in range(8):
-        w1[o, o, 1, 1] = 1.0
-    path = tmp_path / "model.onnx"
-    meta = build_tiny_classifier(path, input_size=SIZE, depth=2, seed=4,
-                                 weights={"body0_b": np.full(8, 1.0, np.float32), "body1_w": w1})
-    calib = tileset(meta, *blobs(64, 1, two_wells=True), "calib")
-    held = tileset(meta, *blobs(160, 2, two_wells=True), "held")
-    return path, calib, held
-
-
-def _readout_error(path, q_path, held) -> float:
-    reference = fake_quant_probs(onnx.load(str(path)), held.x, threads=1)
-    candidate = fake_quant_probs(onnx.load(str(q_path)), held.x, threads=1)
-    return compare(reference, candidate, held.groups, backend="t").well_readout_pp
-
-
 @pytest.mark.parametrize("target", ["cpu", "tensorrt"])
-def test_the_recipe_rounds_weights_against_their_inputs_and_keeps_the_qdq_form(skewed, tmp_path, target):
-    path, calib, held = skewed
+def test_the_recipe_rounds_weights_against_their_inputs_and_keeps_the_qdq_form(skewed_int8, tmp_path, target):
+    path, calib, held = skewed_int8
     base = {**(TENSORRT_SETTINGS if target == "tensorrt" else {}), "bias_correction": False}
     nearest = quantize_static_qdq(path, tmp_path / "nearest.onnx", calib.x, settings={**base, "weight_rounding": "nearest"})
     notes: dict = {}
     rounded = quantize_static_qdq(path, tmp_path / "gptq.onnx", calib.x, settings={**base, "weight_rounding": "gptq"},
                                   notes=notes)
-    before, after = _readout_error(path, nearest, held), _readout_error(path, rounded, held)
+    before, after = int8_readout_error(path, nearest, held), int8_readout_error(path, rounded, held)
     # measured on held-out tiles, not the calibration tiles the rounding was chosen on
     assert before > 1.0, f"the constructed model should move its readout in int8 ({before:.2f} pp)"
     assert after < 0.5 * before, (before, after)
@@ -129,8 +103,8 @@ def test_the_recipe_rounds_weights_against_their_inputs_and_keeps_the_qdq_form(s
     assert [x.op_type for x in n.graph.node] == [x.op_type for x in g.graph.node]
 
 
-def test_a_second_build_of_the_same_model_rounds_the_same_weights(skewed, tmp_path):
-    path, calib, _ = skewed
+def test_a_second_build_of_the_same_model_rounds_the_same_weights(skewed_int8, tmp_path):
+    path, calib, _ = skewed_int8
     settings = {"bias_correction": False, "weight_rounding": "gptq"}
     a = quantize_static_qdq(path, tmp_path / "a.onnx", calib.x, settings=settings)
     b = quantize_static_qdq(path, tmp_path / "b.onnx", calib.x, settings={**settings, "exclude_nodes": []})
@@ -139,10 +113,10 @@ def test_a_second_build_of_the_same_model_rounds_the_same_weights(skewed, tmp_pa
     assert all(np.array_equal(ia[k], ib[k]) for k in ia)
 
 
-def test_an_unknown_rounding_is_refused(skewed, tmp_path):
+def test_an_unknown_rounding_is_refused(skewed_int8, tmp_path):
     from nscmonitor.engines.base import EngineError
 
-    path, calib, _ = skewed
+    path, calib, _ = skewed_int8
     with pytest.raises(EngineError, match="weight rounding"):
         quantize_static_qdq(path, tmp_path / "x.onnx", calib.x, settings={"weight_rounding": "stochastic"})
 
