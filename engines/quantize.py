@@ -149,6 +149,9 @@ def quantize_static_qdq(model_path: str | Path, out_path: str | Path, calib_x: n
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     cfg = {**DEFAULT_SETTINGS, **(settings or {})}
+    rounding = cfg.get("weight_rounding", "nearest")
+    if rounding not in ("nearest", "gptq"):
+        raise EngineError(f"unknown weight rounding {rounding!r} (nearest or gptq)")
     model_path, out_path = Path(model_path), Path(out_path)
     input_name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
     reader = _Reader(input_name, calib_x, batch_size)
@@ -181,9 +184,6 @@ def quantize_static_qdq(model_path: str | Path, out_path: str | Path, calib_x: n
             op_types_to_quantize=list(cfg["op_types"]) if cfg.get("op_types") else None,
             extra_options=extra,
         )
-        rounding = cfg.get("weight_rounding", "nearest")
-        if rounding not in ("nearest", "gptq"):
-            raise EngineError(f"unknown weight rounding {rounding!r} (nearest or gptq)")
         if rounding == "gptq" or cfg.get("bias_correction"):
             qdq = onnx.load(str(out_path))
             if rounding == "gptq":
