@@ -18,6 +18,9 @@ inputs and the output of each residual Add of torchvision's ResNet blocks. An ou
 follows is rounded after the ReLU, over [0, max]: the CPU file folds that ReLU into the
 rounding (recipe 8; before it, the file rounded over the pre-ReLU range and again after the
 ReLU, and so did this simulation). The head and the stem stay fp32, as in the engine.
+Weights are rounded to their nearest step here; since recipe 9 the engine rounds them against
+each layer's inputs (GPTQ, ``engines.weight_rounding``), which errs less than this simulation
+assumes, so the fine-tuning prepares the model for a rounding at least as coarse as it gets.
 BatchNorm statistics are frozen (the export folds them into the convolutions, so they must not
 move under the simulated rounding). Activation ranges are running maxima over the fine-tuning
 batches, as MinMax calibration takes them.
