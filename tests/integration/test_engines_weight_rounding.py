@@ -136,3 +136,40 @@ def test_the_build_rounds_with_gptq_and_corrects_biases_only_where_onnx_runtime_
     assert settings["weight_rounding"] == "gptq" and settings["weight_rounding_summary"]["layers"] >= 1
     assert settings["bias_correction"] is (not want_openvino)
     assert (settings["bias_correction_summary"] is not None) is (not want_openvino)
+
+
+def test_a_grouped_convolution_keeps_nearest_rounding_and_the_others_are_rounded(tmp_path):
+    """Depthwise layers (MobileNet-like models registered from elsewhere) are outside what the
+    rounding handles: they keep the quantiser's nearest steps, are counted, and the file runs."""
+    rng = np.random.default_rng(5)
+    w = {"stem_w": rng.normal(size=(8, 1, 3, 3)), "dw_w": rng.normal(size=(8, 1, 3, 3)),
+         "pw_w": rng.normal(size=(8, 8, 1, 1)), "fc_w": rng.normal(size=(8, 4))}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()]
+    nodes = [helper.make_node("Conv", ["x", "stem_w"], ["c0"], pads=[1, 1, 1, 1], name="stem"),
+             helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("Conv", ["r0", "dw_w"], ["c1"], pads=[1, 1, 1, 1], group=8, name="dw"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "pw_w"], ["c2"], name="pw"),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc_w"], ["logits"], name="head")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 1, 16, 16])],
+                              [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [None, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "dw.onnx"
+    onnx.save(model, str(path))
+    x = rng.normal(size=(32, 1, 16, 16)).astype(np.float32)
+    settings = {"bias_correction": False}
+    nearest = quantize_static_qdq(path, tmp_path / "n.onnx", x, settings={**settings, "weight_rounding": "nearest"})
+    notes: dict = {}
+    rounded = quantize_static_qdq(path, tmp_path / "g.onnx", x, settings={**settings, "weight_rounding": "gptq"},
+                                  notes=notes)
+    assert notes["weight_rounding"]["layers"] == 1 and notes["weight_rounding"]["layers_nearest"] == 1
+    n_init = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(nearest)).graph.initializer}
+    g_init = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(rounded)).graph.initializer}
+    assert np.array_equal(n_init["dw_w_quantized"], g_init["dw_w_quantized"])
+    assert not np.array_equal(n_init["pw_w_quantized"], g_init["pw_w_quantized"])
+    out = ort.InferenceSession(str(rounded), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert out.shape == (32, 4) and np.all(np.isfinite(out))
