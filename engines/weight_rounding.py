@@ -59,7 +59,6 @@ class Layer:
     source: str  # the fp32 model's tensor this layer reads (before its input's Q/DQ)
     weight: str  # the int8 weight initialiser
     scale: str  # its scale initialiser
-    zero_point: str | None
     kernel: tuple[int, ...] = ()  # a convolution's (kh, kw), from its weight (the attribute is optional)
 
 
@@ -92,12 +91,12 @@ def layers(qdq: Any, fp32_tensors: set[str]) -> tuple[list[Layer], int]:
               and all(d == 1 for d in a.get("dilations", [1, 1]))
               and (n.op_type != "Conv" or len(w.dims) == 4)
               and (n.op_type == "Conv" or (a.get("transA", 0) == 0 and len(w.dims) == 2))
-              and (zp is None or not np.any(_array(inits[zp]))))
+              and (zp is None or (zp in inits and not np.any(_array(inits[zp])))))
         source = _source(n.input[0], producer)
         if not ok or source not in fp32_tensors:
             skipped += 1
             continue
-        found.append(Layer(n, source, wdq.input[0], wdq.input[1], zp, tuple(w.dims[2:])))
+        found.append(Layer(n, source, wdq.input[0], wdq.input[1], tuple(w.dims[2:])))
     return found, skipped
 
 
@@ -245,7 +244,7 @@ def round_weights(qdq: Any, fp32: Any, x: np.ndarray, *, model_id: str = "", thr
     todo = [layer for layer in found if not model_id or key(layer) not in _CACHE]
     hs = input_correlations(fp32, todo, x, threads=threads) if todo else []
     fresh = dict(zip((layer.weight for layer in todo), hs))
-    changed = total = 0
+    changed = total = rounded = 0
     for layer in found:
         old = _array(inits[layer.weight])
         if layer.weight in fresh:
@@ -262,31 +261,37 @@ def round_weights(qdq: Any, fp32: Any, x: np.ndarray, *, model_id: str = "", thr
         inits[layer.weight].CopyFrom(numpy_helper.from_array(new.reshape(old.shape), layer.weight))
         changed += int(np.count_nonzero(new.reshape(old.shape) != old))
         total += old.size
-    summary = {"method": "gptq", "layers": len(found), "layers_nearest": skipped, "damp": DAMP,
+        rounded += 1
+    summary = {"method": "gptq", "layers": rounded, "layers_nearest": skipped, "damp": DAMP,
                "weights_changed": round(changed / total, 4) if total else 0.0,
                "tiles": int(len(x)), "seconds": round(time.perf_counter() - t0, 1)}
     log.info("weight rounding (GPTQ): %d layers, %.1f %% of their int8 weights moved off the nearest step, "
-             "%d layer(s) left to nearest rounding, %.0f s", len(found), 100 * summary["weights_changed"],
+             "%d layer(s) left to nearest rounding, %.0f s", rounded, 100 * summary["weights_changed"],
              skipped, summary["seconds"])
     return summary
 
 
 def _rounded(layer: Layer, weights: dict[str, Any], inits: dict[str, Any], h: np.ndarray,
              shape: tuple[int, ...]) -> np.ndarray | None:
-    """The layer's GPTQ int8 weights in the initialiser's shape, or None where the fp32 weight
-    cannot be found (the quantiser names it ``<weight>_quantized``)."""
+    """The layer's GPTQ int8 weights in the initialiser's shape, or None (nearest rounding stays)
+    where the fp32 weight cannot be found (the quantiser names it ``<weight>_quantized``) or the
+    layer's inputs are not finite on the calibration tiles (a model that overflows there)."""
     base = layer.weight[:-len("_quantized")] if layer.weight.endswith("_quantized") else None
-    if base is None or base not in weights:
+    if base is None or base not in weights or not np.all(np.isfinite(h)):
         return None
     w = _array(weights[base]).astype(np.float64)
     if w.shape != tuple(shape):
         return None
     scale = _array(inits[layer.scale]).astype(np.float64)
-    if layer.node.op_type == "Conv":
-        return gptq(w.reshape(w.shape[0], -1), h, scale).reshape(shape)
     trans_b = _attrs(layer.node).get("transB", 0)
-    mat = w if trans_b else w.T  # Cout x K
+    mat = w.reshape(w.shape[0], -1) if layer.node.op_type == "Conv" else (w if trans_b else w.T)  # Cout x K
     if mat.shape[1] != h.shape[0]:
         return None
-    q = gptq(mat, h, scale)
+    try:
+        q = gptq(mat, h, scale)
+    except np.linalg.LinAlgError as exc:
+        log.warning("%s: weights keep their nearest rounding (%s)", layer.node.name, exc)
+        return None
+    if layer.node.op_type == "Conv":
+        return q.reshape(shape)
     return q if trans_b else q.T

@@ -173,3 +173,22 @@ def test_a_grouped_convolution_keeps_nearest_rounding_and_the_others_are_rounded
     assert not np.array_equal(n_init["pw_w_quantized"], g_init["pw_w_quantized"])
     out = ort.InferenceSession(str(rounded), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert out.shape == (32, 4) and np.all(np.isfinite(out))
+
+
+def test_a_layer_whose_inputs_are_not_finite_keeps_nearest_rounding(skewed_int8, tmp_path):
+    """A model that overflows on its calibration tiles must not get NaN weights or stop the
+    build: that layer keeps the quantiser's nearest steps."""
+    path, calib, _ = skewed_int8
+    q = onnx.load(str(quantize_static_qdq(path, tmp_path / "n.onnx", calib.x,
+                                          settings={"bias_correction": False, "weight_rounding": "nearest"})))
+    fp32 = onnx.load(str(path))
+    found, _ = W.layers(q, {o for n in fp32.graph.node for o in n.output} | {i.name for i in fp32.graph.input})
+    layer = found[0]
+    inits = {i.name: i for i in q.graph.initializer}
+    k = int(np.prod(numpy_helper.to_array(inits[layer.weight]).shape[1:]))
+    weights = {i.name: i for i in fp32.graph.initializer}
+    shape = numpy_helper.to_array(inits[layer.weight]).shape
+    h = np.eye(k)
+    assert W._rounded(layer, weights, inits, h, shape) is not None
+    h[0, 0] = np.inf
+    assert W._rounded(layer, weights, inits, h, shape) is None
