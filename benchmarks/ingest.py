@@ -16,7 +16,8 @@ epochs unless ``--model`` is given: speed does not depend on accuracy, the int8 
 on 1408x1040 16-bit frames at its full tiling; backlog frames/s with the fp32 ONNX and with
 the engine built automatically for this machine (``nscmonitor engine autobuild``, as register
 and train do); the engine alone on the same tiles (so the pipeline's share and where the time
-goes are visible); the engine's share of this machine's int8 bound (``--int8-peak-gops`` or
+goes are visible), and, when the build kept layers fp32 to pass its gate, the same model all
+int8 on those tiles (what those layers cost; the file its gate refused); the engine's share of this machine's int8 bound (``--int8-peak-gops`` or
 ``--cpu-peak FILE``, the output of ../shared/tools/cpu_peak.sh or a JSON with ``int8_gops``;
 ResNet50 is 8.2 GFLOP per 224 px image, scaled by tile area); and the p95 latency from file
 complete to stored prediction with frames arriving at 1 per 2 s. JSON goes to
@@ -213,18 +214,59 @@ def engine_alone(model: Path, frames: list[Path], backend: str, batch_size: int,
     sel = select(model, backend, batch_size=batch_size, threads=threads, cache_dir=cache_dir)
     engine = sel.engine
     batch_size = max(batch_size, engine.preferred_batch or 0)  # as the daemon chunks for it
-    try:
-        engine.infer(x[:batch_size])  # warm-up
-        t0 = time.perf_counter()
-        for i in range(0, len(x), batch_size):
-            engine.infer(x[i:i + batch_size])
-        infer_s = time.perf_counter() - t0
-    finally:
-        engine.close()
+    infer_s = _timed_inference(engine, x, batch_size)
+    ceiling = all_int8_ceiling(model, engine, x, batch_size, threads)
     return {"engine": engine.name, "frames": len(frames), "tiles": len(x), "tiles_per_frame": len(x) / len(frames),
             "tile_px": meta.input_size, "arch": meta.arch, "batch": batch_size, "seconds": infer_s,
             "tiles_per_s": len(x) / infer_s, "frames_per_s": len(frames) / infer_s,
-            "preprocess_frames_per_s": len(frames) / prep_s}
+            "preprocess_frames_per_s": len(frames) / prep_s, "all_int8": ceiling}
+
+
+def _timed_inference(engine, x: np.ndarray, batch_size: int) -> float:
+    """Seconds for ``x`` in chunks of ``batch_size`` after one warm-up chunk; closes the engine."""
+    try:
+        engine.infer(x[:batch_size])
+        t0 = time.perf_counter()
+        for i in range(0, len(x), batch_size):
+            engine.infer(x[i:i + batch_size])
+        return time.perf_counter() - t0
+    finally:
+        engine.close()
+
+
+def all_int8_ceiling(model: Path, served, x: np.ndarray, batch_size: int, threads: int) -> dict | None:
+    """What the layers the build kept fp32 cost, inside the engine: the model quantised with
+    every layer int8 (the plain file, which its gate refused), timed like the engine alone on
+    the same tiles, runtime and precision. None when the served engine is not a CPU int8 file
+    or kept nothing fp32. The plain file is quantised again here (the build deletes what its
+    gate refuses): a minute or more for a ResNet50."""
+    from nscmonitor.engines.calibration import load_model_tiles
+    from nscmonitor.engines.metadata import read_onnx_metadata
+    from nscmonitor.engines.mixed_precision import serving_recipe
+    from nscmonitor.engines.openvino import OpenVinoEngine
+    from nscmonitor.engines.ort import INT8_KEY, OrtCpuEngine, int8_path_for
+    from nscmonitor.engines.quantize import quantize_static_qdq
+
+    if served.name not in ("openvino-int8", "ort-int8"):
+        return None
+    record = read_onnx_metadata(int8_path_for(model)).extra.get(INT8_KEY) or {}
+    kept = (record.get("settings") or {}).get("exclude_nodes") or []
+    if not kept:
+        return None
+    meta = read_onnx_metadata(model)
+    openvino = served.name == "openvino-int8"
+    plain = model.with_name("all-int8.onnx")
+    print("quantising the whole model in int8 to time what the layers kept fp32 cost ...", flush=True)
+    quantize_static_qdq(model, plain, load_model_tiles(model, meta).calib.x, settings=serving_recipe(openvino),
+                        threads=threads)
+    engine = (OpenVinoEngine(plain, meta, threads=threads, require_gate=False,
+                             batch_size=served.request_batch * served.streams, streams=served.streams,
+                             precision=served.precision, large_batch=served.large_batch) if openvino
+              else OrtCpuEngine(plain, meta, threads=threads))
+    engine.load()
+    seconds = _timed_inference(engine, x, batch_size)
+    groups = ((record.get("settings") or {}).get("mixed_precision") or {}).get("kept_fp32_groups")
+    return {"tiles_per_s": len(x) / seconds, "nodes_kept_fp32": len(kept), "groups_kept_fp32": groups}
 
 
 def backend_of(engine_name: str) -> str:
@@ -311,6 +353,13 @@ def print_side_by_side(r: dict) -> None:
               f"{sh['inference']:>8.0%}{sh['store']:>8.0%}")
     print(f"{'engine alone, same tiles':<28}{e['engine']:<16}{e['frames_per_s']:>10.2f}"
           f"   ({e['tiles_per_s']:.0f} tiles/s, batch {e['batch']}; preprocessing alone {e['preprocess_frames_per_s']:.1f} frames/s)")
+    ceiling = e.get("all_int8")
+    if ceiling:
+        groups = ceiling.get("groups_kept_fp32") or []
+        print(f"{'engine, all of it int8':<28}{'(gate refused)':<16}{ceiling['tiles_per_s'] / e['tiles_per_frame']:>10.2f}"
+              f"   ({ceiling['tiles_per_s']:.0f} tiles/s: the {len(groups) or ceiling['nodes_kept_fp32']} "
+              f"{'group(s)' if groups else 'node(s)'} kept fp32 cost {1 - e['tiles_per_s'] / ceiling['tiles_per_s']:.0%}"
+              f" of it{': ' + ', '.join(groups) if groups else ''})")
     bd = r["int8_bound"]
     print(f"int8 bound: {bd['source']}" + (f", {bd['int8_peak_gops']:.0f} GOP/s; engine {bd['engine_gops']:.0f} GOP/s"
                                           if bd["engine_gops"] and bd["int8_peak_gops"] else ""))
