@@ -17,9 +17,10 @@ on 1408x1040 16-bit frames at its full tiling; backlog frames/s with the fp32 ON
 the engine built automatically for this machine (``nscmonitor engine autobuild``, as register
 and train do); the engine alone on the same tiles (so the pipeline's share and where the time
 goes are visible), and, when the build kept layers fp32 to pass its gate, the same model all
-int8 on those tiles (what those layers cost; the file its gate refused); the engine's share of this machine's int8 bound (``--int8-peak-gops`` or
-``--cpu-peak FILE``, the output of ../shared/tools/cpu_peak.sh or a JSON with ``int8_gops``;
-ResNet50 is 8.2 GFLOP per 224 px image, scaled by tile area); and the p95 latency from file
+int8 on those tiles (what those layers cost; the file its gate refused); the engine's share of
+this machine's int8 bound (``--int8-peak-gops`` or ``--cpu-peak FILE``, the output of
+../shared/tools/cpu_peak.sh or a JSON with ``int8_gops``; ResNet50 is 8.2 GFLOP per 224 px
+image, scaled by tile area); and the p95 latency from file
 complete to stored prediction with frames arriving at 1 per 2 s. JSON goes to
 benchmarks/results/ingest-side-by-side.json.
 """
