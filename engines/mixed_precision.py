@@ -531,7 +531,8 @@ def serving_recipe(want_openvino: bool) -> dict[str, Any]:
     on four trained ResNet50s the tiles' error on OpenVINO rose with it on all four and the
     held-out readout moved 0.83-1.13 pp without it, 1.06-1.86 pp with it, while ONNX Runtime read
     closer with it on three of the four (1.14-1.92 pp with, 1.21-1.71 without;
-    docs/performance.md, "Weight rounding that minds the output"). So the file is corrected only where ONNX Runtime will serve it (no OpenVINO here)."""
+    docs/performance.md, "Weight rounding that minds the output"). So the file is corrected
+    only where ONNX Runtime will serve it (no OpenVINO here)."""
     return {"bias_correction": not want_openvino}
 
 
