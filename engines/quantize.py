@@ -36,7 +36,7 @@ Common to both (measured on the demo model, docs/performance.md "Int8 recipe"):
   and OpenVINO ran the float-bias file as fast as the INT32-bias one (interleaved runs on the demo
   model, medians within 6 %, identical gate);
 - weights rounded against their layer's inputs (``engines.weight_rounding``, GPTQ; recipe 9)
-  rather than each to its nearest step: on four trained ResNet50s nearest rounding of the
+  rather than each to its nearest step: on a trained ResNet50 (run 9's) nearest rounding of the
   weights alone moved the held-out readout 0.9 pp, GPTQ 0.16 pp; scales, zero points and the
   graph are unchanged (``weight_rounding = "nearest"`` gives the old rounding);
 - bias correction (``engines.bias_correction``): each quantised layer's float bias absorbs the
