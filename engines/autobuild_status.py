@@ -43,8 +43,9 @@ NO_CALIBRATION = ("the model has no calibration set, so no int8 engine can be ce
 #: nothing fp32 after the plain file failed its gate hands over to a tighter margin (6 ended
 #: the ladder there and served fp32); 8: one rounding per layer instead of two (the CPU int8
 #: file folds each ReLU into its input's rounding, TensorRT's leaves layer outputs unrounded);
-#: 9: int8 weights rounded against each layer's input statistics (GPTQ) instead of to the nearest step.
-RECIPE = "9"
+#: 9: int8 weights rounded against each layer's input statistics (GPTQ) instead of to the nearest step;
+#: 10: the gate's readout is the part a well's tiles share, tile noise gated apart (``engines.validate``).
+RECIPE = "10"
 
 
 @dataclass(frozen=True)
@@ -313,14 +314,14 @@ def build_running(model_path: str | Path) -> bool:
 
 # --- saying what happened ----------------------------------------------------------------
 def gate_text(gate: dict[str, Any] | None) -> str:
-    from nscmonitor.engines.validate import kept_text
+    from nscmonitor.engines.validate import kept_text, readout_text
 
     if not gate or "top1_agreement" not in gate:
         return ""
     ood = ""
     if all(isinstance(gate.get(k), (int, float)) for k in ("ood_threshold", "ood_threshold_reference")):
         ood = f", OOD threshold {gate['ood_threshold']:.4g} (fp32 {gate['ood_threshold_reference']:.4g})"
-    return (f"top-1 agreement {gate['top1_agreement']:.2%}, well readout within {gate.get('well_readout_pp', 0):.2f} pp"
+    return (f"top-1 agreement {gate['top1_agreement']:.2%}, {readout_text(gate)}"
             + kept_text(gate.get("kept_fp32")) + ood)
 
 

@@ -274,9 +274,9 @@ def _gate_text(gate: dict) -> str:
     if not gate:
         return "not validated"
     verdict = "passed" if gate.get("passed") else "FAILED"
-    from nscmonitor.engines.validate import kept_text
+    from nscmonitor.engines.validate import kept_text, readout_text
 
-    return (f"{verdict}: top-1 {gate.get('top1_agreement', 0):.2%}, readout {gate.get('well_readout_pp', 0):.2f} pp"
+    return (f"{verdict}: top-1 {gate.get('top1_agreement', 0):.2%}, {readout_text(gate)}"
             + kept_text(gate.get("kept_fp32")))
 
 

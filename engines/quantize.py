@@ -250,7 +250,7 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
         ov_report = max((compare(reference, probs, heldout.groups, backend="openvino-int8", tolerance=tol,
                                  tiles_source=f"{heldout.source} (OpenVINO requests of {requests} tiles)",
                                  ood=ood_of_gate(meta, ref_ood, ov_runs[0][2]))
-                         for _, probs, _ in ov_runs), key=lambda r: (not r.passed, r.well_readout_pp))
+                         for _, probs, _ in ov_runs), key=lambda r: (not r.passed, r.readout_gated_pp))
         ov_reports[precision] = ov_report
         (log.info if ov_report.passed else log.warning)("validation gate (%s for the non-int8 layers): %s",
                                                          precision, ov_report.summary())

@@ -28,6 +28,30 @@ fp32's 6.0 %. The gate fits the engine's score as a line of the reference's over
 tiles and records where the fp32 threshold lands on it (``ood_threshold``); the engine
 serves with that threshold (``engines.select``), so it flags the images fp32 would (5.3 %,
 98 % of the frames' flags the same as fp32's, against 96 % at the fp32 threshold).
+
+The readout is gated on the part of its error that does not average away (``readout_split``).
+An engine's error on a tile is two things: a part the tiles of a well share (a class shifted
+everywhere, or in wells of one kind), which moves the daemon's readout whatever the number of
+tiles, and independent noise from tile to tile, which a readout divides by the square root of
+its tiles. The gate's held-out wells hold 6 to 16 tiles; the daemon's readouts hold one or more
+whole frames (140 tiles per field for the ResNet50 of docs/training.md on 1408x1040 frames). On
+the four ResNet50s trained here the all-int8 files missed the old statistic (the largest
+held-out well's difference) by 0.03 to 0.7 pp, every time on a small well and with no shift
+(per-class mean differences of 0.01-0.3 pp; between-well spread as the tiles' own noise
+predicts), while a bias-corrected file that did shift one class read the same there. So:
+- **shared part**, gated at ``well_readout_pp``, per class the larger of: each held-out
+  well's difference shrunk towards the mean difference by how much of it its tiles' noise
+  explains (empirical Bayes), and the shift of a well not among them (the mean difference
+  plus ``NEW_WELL_Z`` between-well standard deviations); the between-well variance taken at
+  its one-sided 95 % upper bound (Q-profile), so that a well of its own kind keeps its shift,
+  and the mean's own 95 % uncertainty added. Where the set cannot be split (fewer than
+  ``MIN_SPLIT_WELLS`` wells or ``MIN_WITHIN_DF`` tiles beyond one per well, or a single well)
+  the figure is the old statistic;
+- **tile noise**, gated at ``tile_noise_ratio``: the engine's independent noise per tile as a
+  share of how much the reference's own tiles differ within a well (floored at the readout
+  tolerance), the spread every readout already averages. At 0.2 the engine widens a readout's
+  spread by at most 2 % at any number of tiles; the ResNet50s' all-int8 files read 0.07-0.10.
+The held-out wells' readout difference stays in the report (``well_readout_pp``).
 """
 
 from __future__ import annotations
@@ -45,12 +69,21 @@ from nscmonitor.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOLERANCE = {"top1_agreement": 0.99, "well_readout_pp": 1.0, "clear_margin": 0.10}
+DEFAULT_TOLERANCE = {"top1_agreement": 0.99, "well_readout_pp": 1.0, "clear_margin": 0.10, "tile_noise_ratio": 0.2}
 MIN_CLEAR = 20
 #: the batch gates run at (and build timings time): OpenVINO compiles for it, as for the daemon's
 GATE_BATCH = 8
 #: fewest tiles with both engines' OOD scores for a threshold of the candidate's own
 MIN_OOD_TILES = 20
+#: fewest wells, and tiles beyond one per well, to tell a well's shared shift from tile noise
+MIN_SPLIT_WELLS = 5
+MIN_WITHIN_DF = 20
+#: the one-sided level of the bounds on the between-well variance and on the mean shift
+#: (normal quantile of 5 %)
+SPLIT_Z = -1.6449
+#: a well not among the held-out ones: its shift is bounded at this many between-well standard
+#: deviations from the mean (one well in 80 beyond it: about one per 96-well plate)
+NEW_WELL_Z = 2.5
 
 
 @dataclass(frozen=True)
@@ -80,6 +113,18 @@ class GateReport:
     #: keeps the model's threshold)
     ood_threshold: float | None = None
     ood_threshold_reference: float | None = None
+    #: the gated readout figure: the part of the readout difference a well's tiles share (see
+    #: the module docstring); None in reports written before the gate split the readout
+    shared_readout_pp: float | None = None
+    #: the engine's independent noise per tile (pp, largest class) and its share of the
+    #: reference's own within-well tile spread (the gated figure)
+    tile_noise_pp: float | None = None
+    tile_noise_ratio: float | None = None
+
+    @property
+    def readout_gated_pp(self) -> float:
+        """The readout figure this report was gated on (older reports gated the held-out wells')."""
+        return self.well_readout_pp if self.shared_readout_pp is None else self.shared_readout_pp
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -97,8 +142,15 @@ class GateReport:
                  f"(margin >= {self.tolerance.get('clear_margin', 0):.2f}), "
                  if self.top1_agreement_clear is not None else "")
         return (f"{self.backend}: {clear}top-1 agreement {self.top1_agreement:.2%} on all {self.n_tiles} tiles, "
-                f"well readout diff {self.well_readout_pp:.2f} pp over {self.n_groups} wells, "
+                f"well readout diff {self.well_readout_pp:.2f} pp over {self.n_groups} wells{self._split_text()}, "
                 f"max |dp| {self.max_abs_prob_diff:.4f}{kept_text(self.kept_fp32)}{self._ood_text()} -> {verdict}")
+
+    def _split_text(self) -> str:
+        if self.shared_readout_pp is None:
+            return ""
+        noise = (f", tile noise {self.tile_noise_pp:.2f} pp = {self.tile_noise_ratio:.0%} of the tiles' own spread"
+                 if self.tile_noise_ratio is not None and self.tile_noise_pp is not None else "")
+        return f" (shared by a well's tiles {self.shared_readout_pp:.2f} pp{noise})"
 
     def _ood_text(self) -> str:
         if self.ood_threshold is None or self.ood_threshold_reference is None:
@@ -114,6 +166,16 @@ def kept_text(kept: tuple[str, ...] | list[str] | None) -> str:
     return f", {len(kept)} layer group(s) kept fp32 ({shown})"
 
 
+def readout_text(gate: dict[str, Any]) -> str:
+    """How status lines name a gate record's readout figure: the gated part a well's tiles share
+    with the held-out wells' difference beside it, or the latter alone for records from before."""
+    held = gate.get("well_readout_pp", 0) or 0
+    shared = gate.get("shared_readout_pp")
+    if not isinstance(shared, (int, float)):
+        return f"well readout within {held:.2f} pp"
+    return f"well readout within {shared:.2f} pp (shared by a well's tiles; {held:.2f} pp over the held-out wells)"
+
+
 def well_readouts(probs: np.ndarray, groups: tuple[str, ...] | list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Per group: mean class probability (G x K) and fraction of tiles predicted as each
     class (G x K), the two readouts the store keeps per well."""
@@ -125,6 +187,84 @@ def well_readouts(probs: np.ndarray, groups: tuple[str, ...] | list[str]) -> tup
         means.append(p.mean(axis=0))
         fracs.append(np.bincount(p.argmax(axis=1), minlength=k) / len(p))
     return np.asarray(means), np.asarray(fracs)
+
+
+@dataclass(frozen=True)
+class ReadoutSplit:
+    """The readout difference (pp) split into what a well's tiles share and tile noise."""
+
+    shared_pp: float
+    noise_pp: float
+    noise_ratio: float
+    #: False where the set could not be split: ``shared_pp`` is then the held-out wells' own
+    split: bool
+
+
+def chi2_lower(df: int, z: float = SPLIT_Z) -> float:
+    """The chi-square quantile at the normal quantile ``z`` (Wilson-Hilferty; within 3 % of
+    the exact 5 % quantile from 4 degrees of freedom up, which a bound on a variance can
+    carry, and numpy alone)."""
+    a = 2.0 / (9.0 * df)
+    return float(df * max(0.0, 1.0 - a + z * np.sqrt(a)) ** 3)
+
+
+def between_well_variance_upper(means: np.ndarray, sampling_var: np.ndarray) -> float:
+    """One-sided upper bound of the variance of the wells' true means around their common
+    mean (Q-profile): the largest tau^2 at which Cochran's Q of ``means`` with variances
+    ``sampling_var + tau^2`` still reaches the chi-square's lower quantile. 0 when the wells
+    vary no more than their tiles' noise explains at the bound's level."""
+    target = chi2_lower(len(means) - 1)
+
+    def q(t2: float) -> float:
+        w = 1.0 / (t2 + sampling_var)
+        mu = float((w * means).sum() / w.sum())
+        return float((w * (means - mu) ** 2).sum())
+
+    if q(0.0) <= target:
+        return 0.0
+    lo, hi = 0.0, float(means.var() + sampling_var.max()) + 1e-9
+    while q(hi) > target:
+        hi *= 2.0
+    for _ in range(60):  # Q falls as tau^2 rises: bisection to well below a hundredth of a pp^2
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if q(mid) > target else (lo, mid)
+    return hi
+
+
+def readout_split(reference: np.ndarray, candidate: np.ndarray, groups: tuple[str, ...] | list[str],
+                  *, floor_pp: float) -> ReadoutSplit:
+    """Split the candidate's well readout difference into the part a well's tiles share and
+    the independent noise per tile (module docstring). ``floor_pp``: the spread below which
+    the reference's own tiles count as this (so a class nobody predicts gates nothing)."""
+    d = (np.asarray(candidate, np.float64) - np.asarray(reference, np.float64)) * 100
+    r = np.asarray(reference, np.float64) * 100
+    g = np.asarray(list(groups))
+    wells = list(dict.fromkeys(g.tolist()))
+    idx = [np.flatnonzero(g == w) for w in wells]
+    n = np.array([len(i) for i in idx], np.float64)
+    dm = np.stack([d[i].mean(axis=0) for i in idx])
+    df = len(d) - len(wells)
+
+    def within_sd(x: np.ndarray) -> np.ndarray:
+        if df > 0:
+            return np.sqrt(sum(((x[i] - x[i].mean(axis=0)) ** 2).sum(axis=0) for i in idx) / df)
+        return x.std(axis=0)
+
+    noise, spread = within_sd(d), within_sd(r)
+    ratio = float(np.max(noise / np.maximum(spread, floor_pp)))
+    old = float(np.max(np.abs(dm)))
+    if len(wells) < MIN_SPLIT_WELLS or df < MIN_WITHIN_DF:
+        return ReadoutSplit(old, float(noise.max()), ratio, False)
+    shared = 0.0
+    for k in range(d.shape[1]):
+        v = np.maximum(noise[k] ** 2 / n, 1e-12)
+        t2 = between_well_variance_upper(dm[:, k], v)
+        w = 1.0 / (t2 + v)
+        mu = float((w * dm[:, k]).sum() / w.sum())
+        held = float(np.max(np.abs(mu + (dm[:, k] - mu) * t2 / (t2 + v))))
+        unseen = abs(mu) + NEW_WELL_Z * float(np.sqrt(t2))
+        shared = max(shared, max(held, unseen) - SPLIT_Z / float(np.sqrt(w.sum())))
+    return ReadoutSplit(shared, float(noise.max()), ratio, True)
 
 
 def ood_threshold_for(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> float | None:
@@ -180,6 +320,9 @@ def _compare(reference: np.ndarray, candidate: np.ndarray, groups: tuple[str, ..
     cand_mean, cand_frac = well_readouts(candidate, groups)
     readout_pp = float(np.max(np.abs(ref_mean - cand_mean)) * 100)
     fraction_pp = float(np.max(np.abs(ref_frac - cand_frac)) * 100)
+    split = readout_split(reference, candidate, groups, floor_pp=float(tol["well_readout_pp"]))
+    if not split.split:  # the held-out wells' own figure, to the last digit
+        split = replace(split, shared_pp=readout_pp)
     reasons = []
     if agree_clear is not None and agree_clear < tol["top1_agreement"]:
         reasons.append(f"top-1 agreement {agree_clear:.2%} < {tol['top1_agreement']:.2%} on the {n_clear} tiles "
@@ -187,11 +330,17 @@ def _compare(reference: np.ndarray, candidate: np.ndarray, groups: tuple[str, ..
     elif agree_clear is None and agree < tol["top1_agreement"]:
         reasons.append(f"top-1 agreement {agree:.2%} < {tol['top1_agreement']:.2%} on all {len(same)} tiles "
                        f"(only {n_clear} clear tiles, too few to gate on)")
-    if readout_pp > tol["well_readout_pp"]:
-        reasons.append(f"well readout differs by {readout_pp:.2f} pp > {tol['well_readout_pp']:.2f} pp")
+    if split.shared_pp > tol["well_readout_pp"]:
+        reasons.append(f"well readout differs by {split.shared_pp:.2f} pp > {tol['well_readout_pp']:.2f} pp"
+                       + (f" in the part a well's tiles share ({readout_pp:.2f} pp over the held-out wells)"
+                          if split.split else ""))
+    if split.noise_ratio > tol["tile_noise_ratio"]:
+        reasons.append(f"tile noise {split.noise_pp:.2f} pp is {split.noise_ratio:.0%} of the tiles' own spread "
+                       f"within a well > {tol['tile_noise_ratio']:.0%}")
     return GateReport(backend, len(reference), len(set(groups)), agree, readout_pp, float(diff.max()),
                       float(diff.mean()), tol, not reasons, tuple(reasons), tiles_source, fraction_pp,
-                      agree_clear, n_clear)
+                      agree_clear, n_clear, shared_readout_pp=split.shared_pp, tile_noise_pp=split.noise_pp,
+                      tile_noise_ratio=split.noise_ratio)
 
 
 def predict(engine: Engine, x: np.ndarray, batch_size: int = GATE_BATCH) -> np.ndarray:
