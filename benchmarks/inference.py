@@ -294,6 +294,8 @@ def machine() -> dict:
 
 
 def markdown(report: dict) -> str:
+    from nscmonitor.engines.validate import readout_text
+
     lines = []
     for block in report["sizes"]:
         title = f"### {block['model_name']} at {block['size']}x{block['size']}"
@@ -317,7 +319,7 @@ def markdown(report: dict) -> str:
             if gate:
                 verdict = "passed" if gate["passed"] else "FAILED " + "; ".join(gate["reasons"])
                 lines += ["", f"{name} gate on {gate['n_tiles']} held-out tiles: top-1 {gate['top1_agreement']:.2%}, "
-                          f"readout {gate['well_readout_pp']:.2f} pp -> {verdict}"]
+                          f"{readout_text(gate)} -> {verdict}"]
         lines.append("")
     return "\n".join(lines)
 

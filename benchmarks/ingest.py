@@ -340,14 +340,15 @@ def _pct(v: float | None) -> str:
 
 
 def print_side_by_side(r: dict) -> None:
+    from nscmonitor.engines.validate import readout_text
+
     a, b, e, g, live_run = r["backlog_fp32"], r["backlog_engine"], r["engine_alone"], r["goals"], r["live"]
     build = r["build"]
     print(f"model: {r['model']}; {e['tiles_per_frame']:.0f} tiles of {e['tile_px']} px per {r['frame']} frame")
     verdict = build["state"] or "no status"
     gate = build.get("gate") or {}
     print(f"engine build: {build['seconds']:.0f} s -> {verdict} {build.get('engine') or ''}"
-          + (f" (gate: top-1 {gate.get('top1_agreement', float('nan')):.2%}, readout "
-             f"{gate.get('well_readout_pp', float('nan')):.2f} pp)" if gate else "")
+          + (f" (gate: top-1 {gate.get('top1_agreement', float('nan')):.2%}, {readout_text(gate)})" if gate else "")
           + (f"; {build['reason']}" if build.get("reason") else ""))
     for field, s in (build.get("speeds") or {}).items():  # auto mode serves int8 only where it is not slower
         print(f"  timed by the build ({field.removesuffix('_speed')}): int8 {s['int8_tiles_per_s']:.0f} vs fp32 "
