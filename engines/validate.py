@@ -79,8 +79,9 @@ MIN_OOD_TILES = 20
 #: fewest wells, and tiles beyond one per well, to tell a well's shared shift from tile noise
 MIN_SPLIT_WELLS = 5
 MIN_WITHIN_DF = 20
-#: the one-sided level of the bounds on the between-well variance and on the mean shift
-#: (normal quantile of 5 %)
+#: the one-sided level of the bounds on the between-well variance and on the mean shift, and
+#: its normal quantile
+SPLIT_LEVEL = 0.05
 SPLIT_Z = -1.6449
 #: a well not among the held-out ones: its shift is bounded at this many between-well standard
 #: deviations from the mean (one well in 80 beyond it: about one per 96-well plate)
@@ -201,35 +202,33 @@ class ReadoutSplit:
     split: bool
 
 
-def chi2_lower(df: int, z: float = SPLIT_Z) -> float:
-    """The chi-square quantile at the normal quantile ``z`` (Wilson-Hilferty; within 3 % of
-    the exact 5 % quantile from 4 degrees of freedom up, which a bound on a variance can
-    carry, and numpy alone)."""
-    a = 2.0 / (9.0 * df)
-    return float(df * max(0.0, 1.0 - a + z * np.sqrt(a)) ** 3)
+def chi2_lower(df: int, level: float = SPLIT_LEVEL) -> float:
+    """The chi-square distribution's lower ``level`` quantile with ``df`` degrees of freedom."""
+    from scipy.stats import chi2
+
+    return float(chi2.ppf(level, df))
 
 
 def between_well_variance_upper(means: np.ndarray, sampling_var: np.ndarray) -> float:
     """One-sided upper bound of the variance of the wells' true means around their common
-    mean (Q-profile): the largest tau^2 at which Cochran's Q of ``means`` with variances
-    ``sampling_var + tau^2`` still reaches the chi-square's lower quantile. 0 when the wells
-    vary no more than their tiles' noise explains at the bound's level."""
+    mean (Q-profile, Viechtbauer 2007): the tau^2 at which Cochran's Q of ``means`` with
+    variances ``sampling_var + tau^2`` falls to the chi-square's lower quantile. 0 when the
+    wells vary no more than their tiles' noise explains at the bound's level."""
+    from scipy.optimize import brentq
+
     target = chi2_lower(len(means) - 1)
 
-    def q(t2: float) -> float:
+    def excess(t2: float) -> float:  # Q falls as tau^2 rises
         w = 1.0 / (t2 + sampling_var)
         mu = float((w * means).sum() / w.sum())
-        return float((w * (means - mu) ** 2).sum())
+        return float((w * (means - mu) ** 2).sum()) - target
 
-    if q(0.0) <= target:
+    if excess(0.0) <= 0:
         return 0.0
-    lo, hi = 0.0, float(means.var() + sampling_var.max()) + 1e-9
-    while q(hi) > target:
+    hi = float(means.var() + sampling_var.max()) + 1e-9
+    while excess(hi) > 0:
         hi *= 2.0
-    for _ in range(60):  # Q falls as tau^2 rises: bisection to well below a hundredth of a pp^2
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if q(mid) > target else (lo, mid)
-    return hi
+    return float(brentq(excess, 0.0, hi, xtol=1e-9))
 
 
 def readout_split(reference: np.ndarray, candidate: np.ndarray, groups: tuple[str, ...] | list[str],
