@@ -107,6 +107,9 @@ def test_registering_a_model_builds_a_gated_int8_engine_the_daemon_serves(tmp_pa
     status = autobuild.read_status(active.path)
     assert status.state == "ready" and status.engine.endswith("-int8"), status
     assert status.gate["passed"] and status.gate["top1_agreement"] >= 0.99
+    # the gated readout figures are recorded beside the held-out wells' own
+    assert status.gate["shared_readout_pp"] <= 1.0 and 0.0 <= status.gate["tile_noise_ratio"] <= 0.2
+    assert status.gate["well_readout_pp"] >= 0.0
     assert (Path(active.path).parent / status.artefact).is_file() and status.build_seconds > 0
     assert status.fingerprint["model_sha256"] == active.sha256
 
