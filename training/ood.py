@@ -154,10 +154,13 @@ def layer_vectors(x: torch.Tensor, maps: Sequence[torch.Tensor], pooled: torch.T
 class OodHead(nn.Module):
     """Per layer i: d_i = min_k ||(f_i - mu_ik) W_i||^2 / scale_i with W_i W_i^T the inverse
     shared covariance; the score is the sum over layers of sqrt(d_i) (``root``) or, in heads
-    saved before, of d_i. The class mean is subtracted before the
+    saved before, of d_i. Computed as ``(f_i - c_i) W_i - (mu_ik - c_i) W_i`` with c_i the mean
+    of the class means: one product with W_i per tile instead of one per class. On a ResNet50
+    at 96 px the head's products with the 2,048-wide layers took 21 % of the all-int8 engine's
+    time on OpenVINO with one per class (four classes). The centre is subtracted before the
     whitening, not after: the fp16 graph for TensorRT rounds every tensor between the head's
     fp32 nodes to fp16, and f W and mu W are large and close where whitening amplifies a
-    direction of small variance."""
+    direction of small variance, while both terms here are of the size of the distance."""
 
     def __init__(self, layers: Sequence[tuple[np.ndarray, np.ndarray]], scale: Sequence[float], *,
                  has_input: bool, n_stages: int, has_sign: bool = False, root: bool = False) -> None:
@@ -178,7 +181,9 @@ class OodHead(nn.Module):
         """N x L squared distances, unscaled."""
         out = []
         for i, f in enumerate(vectors):
-            z = (f.unsqueeze(1) - getattr(self, f"mu{i}").unsqueeze(0)) @ getattr(self, f"w{i}")
+            w, mu = getattr(self, f"w{i}"), getattr(self, f"mu{i}")
+            centre = mu.mean(dim=0)
+            z = ((f - centre) @ w).unsqueeze(1) - ((mu - centre) @ w).unsqueeze(0)
             out.append((z * z).sum(dim=2).min(dim=1).values)
         return torch.stack(out, dim=1)
 

@@ -4,6 +4,8 @@ loading with the same score, and a head that round-trips through its saved state
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -140,3 +142,38 @@ def test_more_plates_than_folds_are_left_out_in_groups(monkeypatch) -> None:
         head = T.OodHead([T.fit_mahalanobis(v[~out], y[~out], 1) for v in layers], np.ones(4), has_input=True,
                          n_stages=1, has_sign=True, root=True)
         assert np.allclose(held[out], _score(head, [v[out] for v in layers]))
+
+
+def test_distances_are_the_per_class_definition_with_one_product_per_tile(tmp_path) -> None:
+    """The head whitens each tile once (about the centre of the class means) instead of once per
+    class; the distance stays the definition, and the exported graph holds one tile-sized
+    product per layer (the class offsets are constants folded into the file)."""
+    import onnx
+
+    rng = np.random.default_rng(4)
+    dims, k = (len(T.INPUT_STATISTICS), 1, 4, 32), 4
+    offset = 50.0  # features far from the origin: the case that made the first head subtract the mean first
+    layers = [T.fit_mahalanobis(offset + rng.normal(size=(400, d)), rng.integers(0, k, 400), k) for d in dims]
+    head = T.OodHead(layers, [1.0] * 4, has_input=True, n_stages=1, has_sign=True, root=True).eval()
+    vectors = [torch.as_tensor(offset + rng.normal(size=(7, d)), dtype=torch.float32) for d in dims]
+    want = np.stack([np.min([(((v.double().numpy() - m) @ w) ** 2).sum(axis=1) for m in means.astype(np.float64)],
+                            axis=0) for v, (means, w) in zip(vectors, layers)], axis=1)
+    with torch.no_grad():
+        got = head.distances(vectors).double().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+    class Distances(torch.nn.Module):
+        def forward(self, *vs):
+            return head.distances(list(vs))
+
+    path = tmp_path / "head.onnx"
+    with warnings.catch_warnings():  # the TorchScript exporter, as training's export uses it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(Distances(), tuple(v[:2] for v in vectors), str(path), dynamo=False, opset_version=17,
+                          input_names=[f"v{i}" for i in range(len(dims))],
+                          dynamic_axes={f"v{i}": {0: "N"} for i in range(len(dims))})
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.value_info, *graph.input]}
+    products = [n for n in graph.node if n.op_type == "MatMul"]
+    assert len(products) == len(dims)
+    assert all(rank[n.input[0]] == 2 for n in products)  # N x D tiles, not N x classes x D
