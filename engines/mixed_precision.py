@@ -25,12 +25,13 @@ and the tile noise) over wells like the gate's, held-out wells of about ten tile
 the calibration set holds one to four tiles per well (128 tiles over 75 wells for the ResNet50
 of docs/training.md). Wells of single tiles give a different statistic: on that model the
 whole network in int8 read 12.3 pp over the calibration wells against 4.2 pp over pseudo-wells
-of ten tiles (the gate's statistic of the time, the largest well difference). So variants are scored over
-*pseudo-wells* (``pseudo_wells``): calibration tiles the fp32 model gives the same top class,
-in chunks of the held-out wells' typical size, which averages per-tile noise as a real well
-does and keeps a shift that depends on the class. Over 14 pseudo-wells against the gate's 50
-wells the old statistic was optimistic (the split's bounds widen with fewer wells instead): the mix it chose at 80 % of the tolerance failed the held-out
-gate, hence ``build_int8``'s retries at tighter margins (docs/performance.md).
+of ten tiles (the gate's statistic of the time, the largest well difference). So variants are
+scored over *pseudo-wells* (``pseudo_wells``): calibration tiles the fp32 model gives the same
+top class, in chunks of the held-out wells' typical size, which averages per-tile noise as a
+real well does and keeps a shift that depends on the class. Over 14 pseudo-wells against the
+gate's 50 wells the old statistic was optimistic (the split's bounds widen with fewer wells
+instead): the mix it chose at 80 % of the tolerance failed the held-out gate, hence
+``build_int8``'s retries at tighter margins (docs/performance.md).
 The search's Q/DQ model is not bias-corrected: a correction measured with everything int8
 over-corrects a layer whose upstream a variant keeps fp32 (measured on a ResNet50: one block
 alone in int8 read 10.4 pp with the all-int8 correction against 6.3 pp for the whole model),
@@ -232,7 +233,6 @@ class _Score:
     agreement_clear: float | None
     agreement: float
     mean_abs: float
-
     noise_ratio: float = 0.0
 
     def passes(self, tol: dict[str, float], margin: float = READOUT_MARGIN) -> bool:

@@ -155,9 +155,9 @@ class OodHead(nn.Module):
     """Per layer i: d_i = min_k ||(f_i - mu_ik) W_i||^2 / scale_i with W_i W_i^T the inverse
     shared covariance; the score is the sum over layers of sqrt(d_i) (``root``) or, in heads
     saved before, of d_i. Computed as ``(f_i - c_i) W_i - (mu_ik - c_i) W_i`` with c_i the mean
-    of the class means: one product with W_i per tile instead of one per class. On a ResNet50
-    at 96 px the head's products with the 2,048-wide layers took 21 % of the all-int8 engine's
-    time on OpenVINO with one per class (four classes). The centre is subtracted before the
+    of the class means: one product with W_i per tile instead of one per class. With one per
+    class (four), the head took 17-21 % of a ResNet50's all-int8 engine time on OpenVINO at
+    96 px, mostly its products with the 2,048-wide features; 10 % now. The centre is subtracted before the
     whitening, not after: the fp16 graph for TensorRT rounds every tensor between the head's
     fp32 nodes to fp16, and f W and mu W are large and close where whitening amplifies a
     direction of small variance, while both terms here are of the size of the distance."""
