@@ -240,7 +240,10 @@ def all_int8_ceiling(model: Path, served, x: np.ndarray, batch_size: int, thread
     every layer int8 (the plain file, which its gate refused), timed like the engine alone on
     the same tiles, runtime and precision. None when the served engine is not a CPU int8 file
     or kept nothing fp32. The plain file is quantised again here (the build deletes what its
-    gate refuses): a minute or more for a ResNet50."""
+    gate refuses), into a temporary folder so the model's own folder is left as it was: a minute
+    or more for a ResNet50."""
+    import tempfile
+
     from nscmonitor.engines.base import EngineError
     from nscmonitor.engines.calibration import load_model_tiles
     from nscmonitor.engines.metadata import read_onnx_metadata
@@ -257,18 +260,19 @@ def all_int8_ceiling(model: Path, served, x: np.ndarray, batch_size: int, thread
         return None
     meta = read_onnx_metadata(model)
     openvino = served.name == "openvino-int8"
-    plain = model.with_name("all-int8.onnx")
     groups = ((record.get("settings") or {}).get("mixed_precision") or {}).get("kept_fp32_groups")
     print("quantising the whole model in int8 to time what the layers kept fp32 cost ...", flush=True)
     try:
-        quantize_static_qdq(model, plain, load_model_tiles(model, meta).calib.x, settings=serving_recipe(openvino),
-                            threads=threads)
-        engine = (OpenVinoEngine(plain, meta, threads=threads, require_gate=False,
-                                 batch_size=served.request_batch * served.streams, streams=served.streams,
-                                 precision=served.precision, large_batch=served.large_batch) if openvino
-                  else OrtCpuEngine(plain, meta, threads=threads))
-        engine.load()
-        seconds = _timed_inference(engine, x, batch_size)
+        with tempfile.TemporaryDirectory(prefix="nscm-all-int8-") as tmp:
+            plain = Path(tmp) / "all-int8.onnx"
+            quantize_static_qdq(model, plain, load_model_tiles(model, meta).calib.x,
+                                settings=serving_recipe(openvino), threads=threads)
+            engine = (OpenVinoEngine(plain, meta, threads=threads, require_gate=False,
+                                     batch_size=served.request_batch * served.streams, streams=served.streams,
+                                     precision=served.precision, large_batch=served.large_batch) if openvino
+                      else OrtCpuEngine(plain, meta, threads=threads))
+            engine.load()
+            seconds = _timed_inference(engine, x, batch_size)
     except (EngineError, RuntimeError, OSError) as exc:  # the rest of the run's figures still stand
         print(f"  the all-int8 timing failed: {exc}", flush=True)
         return {"error": str(exc), "nodes_kept_fp32": len(kept), "groups_kept_fp32": groups}

@@ -233,7 +233,7 @@ class _Score:
     agreement_clear: float | None
     agreement: float
     mean_abs: float
-    noise_ratio: float = 0.0
+    noise_ratio: float
 
     def passes(self, tol: dict[str, float], margin: float = READOUT_MARGIN) -> bool:
         agree = self.agreement_clear if self.agreement_clear is not None else self.agreement

@@ -79,10 +79,8 @@ MIN_OOD_TILES = 20
 #: fewest wells, and tiles beyond one per well, to tell a well's shared shift from tile noise
 MIN_SPLIT_WELLS = 5
 MIN_WITHIN_DF = 20
-#: the one-sided level of the bounds on the between-well variance and on the mean shift, and
-#: its normal quantile
+#: the one-sided level of the bounds on the between-well variance and on the mean shift
 SPLIT_LEVEL = 0.05
-SPLIT_Z = -1.6449
 #: a well not among the held-out ones: its shift is bounded at this many between-well standard
 #: deviations from the mean (one well in 80 beyond it: about one per 96-well plate)
 NEW_WELL_Z = 2.5
@@ -256,6 +254,9 @@ def readout_split(reference: np.ndarray, candidate: np.ndarray, groups: tuple[st
     old = float(np.max(np.abs(dm)))
     if n_wells < MIN_SPLIT_WELLS or df < MIN_WITHIN_DF:
         return ReadoutSplit(old, float(noise.max()), ratio, False)
+    from scipy.stats import norm
+
+    z_mean = float(norm.ppf(1.0 - SPLIT_LEVEL))
     shared = 0.0
     for k in range(d.shape[1]):
         v = np.maximum(noise[k] ** 2 / n, 1e-12)
@@ -264,7 +265,7 @@ def readout_split(reference: np.ndarray, candidate: np.ndarray, groups: tuple[st
         mu = float((w * dm[:, k]).sum() / w.sum())
         held = float(np.max(np.abs(mu + (dm[:, k] - mu) * t2 / (t2 + v))))
         unseen = abs(mu) + NEW_WELL_Z * float(np.sqrt(t2))
-        shared = max(shared, max(held, unseen) - SPLIT_Z / float(np.sqrt(w.sum())))
+        shared = max(shared, max(held, unseen) + z_mean / float(np.sqrt(w.sum())))
     return ReadoutSplit(shared, float(noise.max()), ratio, True)
 
 
