@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-CPU_BACKENDS = ("torch-eager", "torch-cl", "ort-fp32", "ort-int8", "ov-int8", "ov-int8-2s", "ov-int8-bf16")
+CPU_BACKENDS = ("torch-eager", "torch-cl", "ort-fp32", "ort-int8", "ov-int8", "ov-int8-2s", "ov-int8-bf16stem", "ov-int8-bf16")
 GPU_BACKENDS = ("ort-cuda", "torch-cuda-fp16-eager", "torch-cuda-fp16", "tensorrt-fp16", "tensorrt-int8")
 ORDER = CPU_BACKENDS + GPU_BACKENDS
 
@@ -134,10 +134,12 @@ def make_engine(backend: str, model: Path, threads: int, work: Path, batch: int 
         from nscmonitor.engines.openvino import OpenVinoEngine
 
         # compiled for the batch timed, as the daemon compiles it for its own; ov-int8-bf16 runs
-        # the non-int8 layers in bf16 (CPUs with bf16 units), as the build may choose
+        # the non-int8 layers in bf16, ov-int8-bf16stem only the stem and the OOD products
+        # (CPUs with bf16 units), as the build may choose
+        precision = {"-bf16": "bf16", "-bf16stem": "bf16-stem"}.get(backend[len("ov-int8"):], "f32")
         engine = OpenVinoEngine(work / f"{model.parent.name}-{meta.input_size}.int8.onnx", meta, threads=threads,
                                 streams=2 if backend.endswith("-2s") else 1, batch_size=batch,
-                                precision="bf16" if backend.endswith("-bf16") else "f32", require_gate=False)
+                                precision=precision, require_gate=False)
         engine.name = backend
         return engine
     if backend.startswith("tensorrt-"):
@@ -179,7 +181,7 @@ def prepare(model: Path, tiles: Path, args: argparse.Namespace, work: Path, back
     meta = read_onnx_metadata(model)
     calib, held = calibration_and_heldout(tiles, meta, n_calib=args.n_calib, n_heldout=args.n_heldout)
     notes: dict[str, dict] = {}
-    int8_users = [b for b in backends if b in ("ort-int8", "ov-int8", "ov-int8-2s", "ov-int8-bf16")]
+    int8_users = [b for b in backends if b == "ort-int8" or b.startswith("ov-int8")]
     if int8_users:
         t0 = time.perf_counter()
         try:
@@ -194,7 +196,8 @@ def prepare(model: Path, tiles: Path, args: argparse.Namespace, work: Path, back
                 quantize_static_qdq(model, int8, calib.x)
             else:
                 record = read_onnx_metadata(int8).extra["int8"]
-                for name, key in (("ov-int8", "openvino_gate"), ("ov-int8-bf16", "openvino_bf16_gate")):
+                for name, key in (("ov-int8", "openvino_gate"), ("ov-int8-bf16stem", "openvino_bf16_stem_gate"),
+                                  ("ov-int8-bf16", "openvino_bf16_gate")):
                     ov_gate = record.get(key)
                     notes[name] = {"gate": ov_gate, "published": bool(ov_gate and ov_gate["passed"])}
         except Exception as exc:  # one backend's failure must not cost the other rows

@@ -22,6 +22,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from nscmonitor.engines.openvino import PRECISION_TEXT, PRECISIONS
+
 # the logger of build-on-arrival as a whole, as before these records had a module of their own
 log = logging.getLogger("nscmonitor.engines.autobuild")
 
@@ -44,8 +46,9 @@ NO_CALIBRATION = ("the model has no calibration set, so no int8 engine can be ce
 #: the ladder there and served fp32); 8: one rounding per layer instead of two (the CPU int8
 #: file folds each ReLU into its input's rounding, TensorRT's leaves layer outputs unrounded);
 #: 9: int8 weights rounded against each layer's input statistics (GPTQ) instead of to the nearest step;
-#: 10: the gate's readout is the part a well's tiles share, tile noise gated apart (``engines.validate``).
-RECIPE = "10"
+#: 10: the gate's readout is the part a well's tiles share, tile noise gated apart (``engines.validate``);
+#: 11: OpenVINO also gated and timed with bf16 for the stem and the OOD products only (``bf16-stem``).
+RECIPE = "11"
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ class EngineStatus:
                     isinstance(speed.get(k), (int, float)) and math.isfinite(speed[k]) and speed[k] > 0
                     for k in ("fp32_tiles_per_s", "int8_tiles_per_s"))):
                 raise ValueError(f"{name} is not two positive tiles/s figures: {speed!r}")
-            if speed is not None and speed.get("precision", "f32") not in ("f32", "bf16"):
+            if speed is not None and speed.get("precision", "f32") not in PRECISIONS:
                 raise ValueError(f"{name} names an unknown precision: {speed.get('precision')!r}")
             if speed is not None and not all(  # the large request's timing and size, read by selection too
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
@@ -357,8 +360,8 @@ def describe(status: EngineStatus | None, version: str | None = None) -> str:
         large = s.get(f"int8_{s.get('precision', 'f32')}_large_tiles_per_s") if s else None
         if isinstance(large, (int, float)) and s.get("large_batch"):
             line += f" ({large:.0f} tiles/s in chunks of {s['large_batch']}, frames of many tiles)"
-        if s and s.get("precision") == "bf16":
-            line += "; its non-int8 layers run bf16"
+        if s and PRECISION_TEXT.get(s.get("precision", "f32")):
+            line += "; " + PRECISION_TEXT[s["precision"]]
         return line
     return f"no built engine{of}: {status.reason}"
 

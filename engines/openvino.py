@@ -10,12 +10,15 @@ Two compile choices decide its speed, both measured on the project's CPUs
   and a short last batch is padded with copies of its last tile and sliced off again (every
   tile is scored on its own, so padding changes nothing). Without ``batch_size`` the batch stays
   dynamic.
-- **The precision of the layers that are not int8.** ``precision`` is the inference precision
-  hint: ``f32`` by default, so the numbers are the ones the gate certified; ``bf16`` only on a
-  CPU with bf16 units (AVX512-BF16 or AMX) and, for an int8 file, only when its metadata holds
-  a passed ``openvino_bf16_gate`` (``engines.quantize.build_ort_int8`` gates bf16 too where the
-  CPU has it): bf16 rounds the fp32 layers of a mixed-precision file, which the f32 gate did
-  not see. Left to itself OpenVINO would pick bf16 silently on such CPUs.
+- **The precision of the layers that are not int8.** ``precision``: ``f32`` by default, so the
+  numbers are the ones the gate certified; ``bf16-stem`` (the stem convolution, centred, and
+  the OOD head's products in bf16, all else f32: ``engines.openvino_graph``) and ``bf16``
+  (OpenVINO's inference precision hint: every fp32 node in bf16) only on a CPU with bf16 units
+  (AVX512-BF16 or AMX) and, for an int8 file, only when its metadata holds a passed gate for
+  that precision (``GATE_KEYS``; ``engines.quantize.build_ort_int8`` gates each where the CPU
+  has bf16): bf16 rounds what the f32 gate did not see. Left to itself OpenVINO would pick
+  bf16 silently on such CPUs. Every graph's one-channel average pools run with the tiles as
+  channels (``openvino_graph.pool_tiles_as_channels``; the same values).
 
 - **A second, larger batch for frames of many tiles.** A fixed batch of 8 leaves OpenVINO's
   int8 kernels short of work at small tiles: a ResNet50 at 96 px ran 782 (int8) and 817 (bf16
@@ -44,12 +47,15 @@ import numpy as np
 
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.metadata import ModelMetadata
+from nscmonitor.engines.openvino_graph import bf16_stem_and_products, pool_tiles_as_channels
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("f32", "bf16")
+PRECISIONS = ("f32", "bf16-stem", "bf16")
 #: the int8 record's gate for each precision of the layers left fp32
-GATE_KEYS = {"f32": "openvino_gate", "bf16": "openvino_bf16_gate"}
+GATE_KEYS = {"f32": "openvino_gate", "bf16-stem": "openvino_bf16_stem_gate", "bf16": "openvino_bf16_gate"}
+#: what each precision runs in bf16, for status lines and ``describe``
+PRECISION_TEXT = {"f32": "", "bf16-stem": "its stem and OOD products run bf16", "bf16": "its non-int8 layers run bf16"}
 #: input pixels of one large request: 64 tiles of 96 px, 40 of 112 px, none beyond 192 px
 #: (where a batch of 8 already keeps the kernels busy and a large one would cost memory)
 LARGE_BATCH_PIXELS = 64 * 96 * 96
@@ -138,13 +144,13 @@ class OpenVinoEngine(Engine):
             import openvino as ov
         except ImportError as exc:
             raise EngineError(f"OpenVINO is not installed (optional: pip install openvino): {exc}") from exc
-        if self.precision == "bf16" and not has_bf16():
-            raise EngineError(f"{self.name}: this CPU has no bf16 units (AVX512-BF16 or AMX) for OpenVINO's bf16")
+        if self.precision != "f32" and not has_bf16():
+            raise EngineError(f"{self.name}: this CPU has no bf16 units (AVX512-BF16 or AMX) for OpenVINO's {self.precision}")
         int8 = self.metadata.extra.get("int8")
         if int8 and self.require_gate:
             gate = int8.get(GATE_KEYS[self.precision]) or {}
             if not gate.get("passed", False):
-                which = " for bf16" if self.precision == "bf16" else ""
+                which = f" for {self.precision}" if self.precision != "f32" else ""
                 raise EngineError(f"{self.model_path}: no passed OpenVINO gate{which} in its metadata "
                                   f"({gate.get('reasons') or 'rebuild the int8 model with OpenVINO installed'})")
             if self.source_sha256 and int8.get("source_sha256") != self.source_sha256:
@@ -178,7 +184,8 @@ class OpenVinoEngine(Engine):
         if self.cache_dir is not None:
             core.set_property({"CACHE_DIR": str(self.cache_dir)})
         config = {
-            "INFERENCE_PRECISION_HINT": self.precision,
+            # bf16-stem lowers its nodes in the graph itself and must keep the plugin from lowering the rest
+            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT",
             "NUM_STREAMS": self.streams,
         }
@@ -187,6 +194,9 @@ class OpenVinoEngine(Engine):
         model = core.read_model(str(self.model_path))
         if batch:
             model.reshape({model.inputs[0].get_any_name(): [batch, *self.input_shape]})
+        pool_tiles_as_channels(model)
+        if self.precision == "bf16-stem":
+            bf16_stem_and_products(model)
         return core.compile_model(model, "CPU", config)
 
     def _run(self, tiles: np.ndarray) -> np.ndarray:
@@ -219,7 +229,7 @@ class OpenVinoEngine(Engine):
         return (probs, np.concatenate([oods[a] for a in sorted(oods)])) if oods else probs
 
     def describe(self) -> str:
-        return super().describe() + (" (bf16 for its non-int8 layers)" if self.precision == "bf16" else "")
+        return super().describe() + (f" ({PRECISION_TEXT[self.precision]})" if self.precision != "f32" else "")
 
     def close(self) -> None:
         self._requests = []

@@ -252,7 +252,7 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
                                  ood=ood_of_gate(meta, ref_ood, ov_runs[0][2]))
                          for _, probs, _ in ov_runs), key=lambda r: (not r.passed, r.readout_gated_pp))
         ov_reports[precision] = ov_report
-        (log.info if ov_report.passed else log.warning)("validation gate (%s for the non-int8 layers): %s",
+        (log.info if ov_report.passed else log.warning)("validation gate (OpenVINO, non-int8 layers %s): %s",
                                                          precision, ov_report.summary())
     if not report.passed and not any(r.passed for r in ov_reports.values() if r is not None):
         part.unlink(missing_ok=True)
@@ -279,11 +279,12 @@ def _probs(engine: Engine, tiles: TileSet) -> tuple[np.ndarray, np.ndarray | Non
 
 def openvino_precisions() -> tuple[str, ...]:
     """The precisions OpenVINO's gate runs for the int8 file's non-int8 layers here: f32,
-    and bf16 where the CPU has bf16 units (a mixed-precision file runs much faster when its
-    fp32 layers run bf16, docs/performance.md), each gated on its own."""
-    from nscmonitor.engines.openvino import has_bf16
+    and where the CPU has bf16 units bf16 for the stem and the OOD head's products only (what
+    an all-int8 file keeps fp32) and bf16 for every fp32 node (a mixed-precision file runs
+    much faster so, docs/performance.md), each gated on its own."""
+    from nscmonitor.engines.openvino import PRECISIONS, has_bf16
 
-    return ("f32", "bf16") if has_bf16() else ("f32",)
+    return PRECISIONS if has_bf16() else ("f32",)
 
 
 def _openvino_probs(int8_path: Path, meta: ModelMetadata, heldout: TileSet, threads: int,

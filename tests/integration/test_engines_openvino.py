@@ -56,24 +56,26 @@ def test_a_fixed_batch_scores_any_number_of_tiles_as_the_dynamic_one(built, stre
             np.testing.assert_allclose(fixed.infer(held.x[:n]), dynamic.infer(held.x[:n]), atol=1e-5)
 
 
-def test_bf16_is_gated_on_its_own_and_refused_without_its_gate(built, tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "bf16-stem"])
+def test_bf16_is_gated_on_its_own_and_refused_without_its_gate(built, tmp_path, precision):
     from dataclasses import replace
 
     import onnx
 
     from nscmonitor.engines.metadata import write_onnx_metadata
-    from nscmonitor.engines.openvino import has_bf16
+    from nscmonitor.engines.openvino import GATE_KEYS, has_bf16
 
     model, int8, held = built
     record = read_onnx_metadata(int8).extra["int8"]
-    assert ("openvino_bf16_gate" in record) == has_bf16()  # gated exactly where this CPU can run bf16
+    key = GATE_KEYS[precision]
+    assert (key in record) == has_bf16()  # gated exactly where this CPU can run bf16
     if not has_bf16():
         with pytest.raises(EngineError, match="no bf16 units"):
-            OpenVinoEngine(int8, read_onnx_metadata(int8), precision="bf16").load()
+            OpenVinoEngine(int8, read_onnx_metadata(int8), precision=precision).load()
         pytest.skip("this CPU has no bf16 units (AVX512-BF16 or AMX): bf16 serving cannot run here")
-    gate = record["openvino_bf16_gate"]
+    gate = record[key]
     assert gate["passed"] and gate["backend"] == "openvino-int8"
-    bf16 = OpenVinoEngine(int8, read_onnx_metadata(int8), precision="bf16", batch_size=8)
+    bf16 = OpenVinoEngine(int8, read_onnx_metadata(int8), precision=precision, batch_size=8)
     bf16.load()
     ref = OrtCpuEngine(model, read_onnx_metadata(model))
     ref.load()
@@ -83,11 +85,11 @@ def test_bf16_is_gated_on_its_own_and_refused_without_its_gate(built, tmp_path):
     meta = read_onnx_metadata(int8)
     unsure = tmp_path / "unsure.int8.onnx"
     m = onnx.load(str(int8))
-    write_onnx_metadata(m, replace(meta, extra={**meta.extra, "int8": {**record, "openvino_bf16_gate": {
+    write_onnx_metadata(m, replace(meta, extra={**meta.extra, "int8": {**record, key: {
         **gate, "passed": False}}}))
     onnx.save(m, str(unsure))
-    with pytest.raises(EngineError, match="no passed OpenVINO gate for bf16"):
-        OpenVinoEngine(unsure, read_onnx_metadata(unsure), precision="bf16").load()
+    with pytest.raises(EngineError, match=f"no passed OpenVINO gate for {precision}"):
+        OpenVinoEngine(unsure, read_onnx_metadata(unsure), precision=precision).load()
     OpenVinoEngine(unsure, read_onnx_metadata(unsure)).load()
 
 

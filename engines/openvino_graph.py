@@ -1,0 +1,189 @@
+"""Rewrites of a model's OpenVINO graph at compile time, before the CPU plugin sees it.
+
+Why: profiled on the trained ResNet50's all-int8 file at 96 px (2-core AMD EPYC with
+AVX512-BF16, no AMX; docs/performance.md, "The last fp32 layers"), the int8 convolutions
+ran near the machine's int8 bound, and what kept the engine under 80 % of it was the part
+left fp32: the stem convolution (one input channel, 7 x 7, 5 % of the time), the OOD head's
+whitening products (2,048 and 1,024 wide, 3 %), and one 3 x 3 average pool of the OOD
+head's contrast sign on one-channel tiles (1 %). Two rewrites:
+
+- ``pool_tiles_as_channels``: an average pool over N x 1 x H x W runs on the tiles laid out as
+  the channels of one image. The plugin's blocked layout pads a single channel to 16, so the
+  pool did sixteen times its work; the sums and so the values are the same. Applied to every
+  graph.
+- ``bf16_stem_and_products``: bf16 for the stem convolution and the products that feed only
+  the OOD score, f32 for everything else (the plugin's own ``bf16`` hint lowers every fp32
+  node, the residual additions between the int8 convolutions included, which moved the
+  trained ResNet50's readout by 1.43 pp against 0.72 in f32). Two conditions keep it safe:
+  the stem's output must reach the logits only through an int8 rounding (so bf16's 8-bit
+  mantissa sits under the rounding that follows anyway), and its input is first centred on the
+  value the folded stem pads with (``training.model.fold_stem``: the training mean): a tile is
+  a small contrast riding on that offset, and bf16 rounds the offset's magnitude, which in a
+  plain bf16 stem moved the readout by 1.37 pp and centred by 0.46-0.72 (gated per model like
+  every precision; ``OpenVinoEngine`` precision ``bf16-stem``). The OOD products change the
+  score by about 1 % of itself (p99 4 %); each precision's gate records its own OOD threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: nodes that pass their input's shape through to a constant's use
+_CONSTANT_WRAPPERS = ("Reshape", "Unsqueeze", "Squeeze", "Convert")
+
+
+def _ops():
+    from openvino import opset13
+
+    return opset13
+
+
+def _source(node: Any, index: int) -> Any:
+    return node.input(index).get_source_output().get_node()
+
+
+def _is_f32(port: Any) -> bool:
+    import openvino as ov
+
+    return port.get_element_type() == ov.Type.f32
+
+
+def f32_path_to(node: Any) -> set[str]:
+    """Friendly names of the nodes from which ``node`` is reached without passing an int8
+    rounding (FakeQuantize, which the ONNX reader makes of QuantizeLinear)."""
+    seen: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        name = n.get_friendly_name()
+        if n.get_type_name() == "FakeQuantize" or name in seen:
+            continue
+        seen.add(name)
+        stack.extend(_source(n, i) for i in range(n.get_input_size()))
+    return seen
+
+
+def ancestors(node: Any) -> set[str]:
+    """Friendly names of every node ``node`` depends on."""
+    seen: set[str] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        name = n.get_friendly_name()
+        if name in seen:
+            continue
+        seen.add(name)
+        stack.extend(_source(n, i) for i in range(n.get_input_size()))
+    return seen
+
+
+def pool_tiles_as_channels(model: Any) -> list[str]:
+    """Each AvgPool over a one-channel 4-D input runs transposed (tiles as channels) and is
+    transposed back. Returns the pools rewritten."""
+    ops = _ops()
+    done = []
+    for op in list(model.get_ordered_ops()):
+        if op.get_type_name() != "AvgPool":
+            continue
+        x = op.input(0).get_source_output()
+        shape = x.get_partial_shape()
+        if shape.rank.is_dynamic or shape.rank.get_length() != 4 or not shape[1].is_static or shape[1].get_length() != 1:
+            continue
+        a = op.get_attributes()
+        swap = ops.constant(np.array([1, 0, 2, 3], np.int64))
+        pooled = ops.avg_pool(ops.transpose(x, swap), a["strides"], a["pads_begin"], a["pads_end"], a["kernel"],
+                              a["exclude-pad"], a["rounding_type"], a["auto_pad"])
+        back = ops.transpose(pooled, swap)
+        for target in list(op.output(0).get_target_inputs()):
+            target.replace_source_output(back.output(0))
+        done.append(op.get_friendly_name())
+    if done:
+        model.validate_nodes_and_infer_types()
+    return done
+
+
+def _stem_padding(conv: Any, parameter_names: set[str]) -> tuple[Any, float] | None:
+    """(Pad node, its fill value) when ``conv`` reads the graph's input through a constant
+    pad with a scalar constant fill, the form of ``training.model.FoldedStem``."""
+    pad = _source(conv, 0)
+    if pad.get_type_name() != "Pad" or pad.get_input_size() < 4:
+        return None
+    if str(pad.get_attributes().get("pad_mode")) != "constant":
+        return None
+    if _source(pad, 0).get_friendly_name() not in parameter_names:
+        return None
+    fill = _source(pad, 3)
+    if fill.get_type_name() != "Constant":
+        return None
+    value = np.asarray(fill.get_data(), np.float64).reshape(-1)
+    return (pad, float(value[0])) if value.size == 1 and np.isfinite(value[0]) else None
+
+
+def centre_padded_stem(conv: Any, parameter_names: set[str]) -> bool:
+    """Where ``conv`` reads the graph's input through a constant pad of fill ``v``, computes it
+    as conv(Pad(x - v, 0)) + v * sum(w), the same function (the pad's border included), with
+    its input now a contrast about zero. Returns whether it applied."""
+    stem = _stem_padding(conv, parameter_names)
+    if stem is None:
+        return False
+    ops = _ops()
+    pad, fill = stem
+    weights = np.asarray(_source(conv, 1).get_data(), np.float64)
+    shift = (fill * weights.sum(axis=tuple(range(1, weights.ndim)))).astype(np.float32)
+    consumers = list(conv.output(0).get_target_inputs())
+    pad.input(0).replace_source_output(ops.subtract(pad.input(0).get_source_output(),
+                                                    ops.constant(np.float32(fill))).output(0))
+    pad.input(3).replace_source_output(ops.constant(np.float32(0.0)).output(0))
+    pad.validate_and_infer_types()
+    shifted = ops.add(conv.output(0), ops.constant(shift.reshape(1, -1, *([1] * (weights.ndim - 2)))))
+    for target in consumers:
+        target.replace_source_output(shifted.output(0))
+    return True
+
+
+def _to_bf16(op: Any) -> None:
+    """Both inputs of ``op`` in bf16 and its output back in f32 for every consumer."""
+    import openvino as ov
+
+    ops = _ops()
+    consumers = list(op.output(0).get_target_inputs())
+    for i in (0, 1):
+        op.input(i).replace_source_output(ops.convert(op.input(i).get_source_output(), ov.Type.bf16).output(0))
+    op.validate_and_infer_types()
+    back = ops.convert(op.output(0), ov.Type.f32)
+    for target in consumers:
+        target.replace_source_output(back.output(0))
+
+
+def bf16_stem_and_products(model: Any) -> list[str]:
+    """Rewrites ``model`` in place (see the module's docstring) and returns the nodes now run
+    in bf16: the centred stem convolution where the graph has one whose output is rounded to
+    int8 before the logits, and every MatMul with constant f32 weights that the logits do not
+    depend on (the OOD head's products)."""
+    logits = model.outputs[0].get_node()
+    on_logits = ancestors(logits)
+    f32_to_logits = f32_path_to(logits)
+    parameters = {p.get_friendly_name() for p in model.get_parameters()}
+    changed = []
+    for op in list(model.get_ordered_ops()):
+        kind = op.get_type_name()
+        if kind not in ("Convolution", "MatMul") or op.get_input_size() != 2:
+            continue
+        if _source(op, 1).get_type_name() != "Constant" or not _is_f32(op.input(1)):
+            continue
+        name = op.get_friendly_name()
+        if kind == "MatMul" and name in on_logits:
+            continue
+        if kind == "Convolution" and (name in f32_to_logits or not centre_padded_stem(op, parameters)):
+            continue
+        _to_bf16(op)
+        changed.append(name)
+    if changed:
+        model.validate_nodes_and_infer_types()
+    log.debug("bf16 for %s", ", ".join(changed) or "no node")
+    return changed

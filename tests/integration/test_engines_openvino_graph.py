@@ -1,0 +1,149 @@
+"""The compile-time rewrites of an OpenVINO graph (``engines.openvino_graph``), on a small ONNX
+graph of the trained models' form run by real OpenVINO: a folded stem that pads with the
+training mean, an int8 rounding after it, a classifier, and an OOD head with a whitening
+product and a 3 x 3 average pool of the one-channel input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
+
+from nscmonitor.engines import openvino_graph as G  # noqa: E402
+from nscmonitor.engines.openvino import has_bf16  # noqa: E402
+
+FILL = 0.55  # the folded stem's pad value: the training mean of the scaled tiles
+
+
+def _graph(path, *, rounded: bool = True) -> None:
+    """input -> Pad(FILL) -> Conv 7x7/2 -> Relu -> [Q/DQ] -> Conv 3x3 -> GAP -> fc -> logits;
+    ood = |(pooled - c) W|^2 + mean(avgpool3(input)) from the same pooled features."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits = {
+        "pads": np.array([0, 0, 3, 3, 0, 0, 3, 3], np.int64), "fill": np.array(FILL, np.float32),
+        "stem_w": rng.normal(0, 0.3, (8, 1, 7, 7)).astype(np.float32) + 0.05,
+        "stem_b": (-FILL * 0.05 * 49 * np.ones(8)).astype(np.float32),
+        "body_w": rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), "body_b": np.zeros(8, np.float32),
+        "fc_w": rng.normal(0, 1.0, (8, 4)).astype(np.float32), "whiten": rng.normal(0, 0.5, (8, 8)).astype(np.float32),
+        "centre": rng.normal(0, 0.1, (8,)).astype(np.float32),
+        "q_scale": np.array(0.02, np.float32), "q_zero": np.array(0, np.uint8),
+    }
+    nodes = [helper.make_node("Pad", ["input", "pads", "fill"], ["padded"], mode="constant", name="/net/conv1/Pad"),
+             helper.make_node("Conv", ["padded", "stem_w", "stem_b"], ["stem"], strides=[2, 2], name="/net/conv1/Conv"),
+             helper.make_node("Relu", ["stem"], ["r0"], name="/net/relu")]
+    body_in = "r0"
+    if rounded:
+        nodes += [helper.make_node("QuantizeLinear", ["r0", "q_scale", "q_zero"], ["q0"], name="/net/q"),
+                  helper.make_node("DequantizeLinear", ["q0", "q_scale", "q_zero"], ["dq0"], name="/net/dq")]
+        body_in = "dq0"
+    nodes += [
+        helper.make_node("Conv", [body_in, "body_w", "body_b"], ["c1"], pads=[1, 1, 1, 1], name="/net/body"),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("GlobalAveragePool", ["r1"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"], axis=1),
+        helper.make_node("MatMul", ["f", "fc_w"], ["logits"], name="/net/fc"),
+        helper.make_node("Sub", ["f", "centre"], ["fc0"], name="/ood/Sub"),
+        helper.make_node("MatMul", ["fc0", "whiten"], ["z"], name="/ood/MatMul"),
+        helper.make_node("ReduceSumSquare", ["z"], ["d"], axes=[1], keepdims=0, name="/ood/ReduceSumSquare"),
+        helper.make_node("AveragePool", ["input"], ["smooth"], kernel_shape=[3, 3], name="/ood/AveragePool"),
+        helper.make_node("ReduceMean", ["smooth"], ["sm"], axes=[1, 2, 3], keepdims=0, name="/ood/ReduceMean"),
+        helper.make_node("Add", ["d", "sm"], ["ood"], name="/ood/Add"),
+    ]
+    graph = helper.make_graph(
+        nodes, "stem_and_head", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 48, 48])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("ood", TensorProto.FLOAT, ["N"])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _tiles(n: int = 12) -> np.ndarray:
+    """Tiles as the daemon scales them: a small contrast about the background level."""
+    rng = np.random.default_rng(7)
+    return (FILL + 0.05 * rng.normal(size=(n, 1, 48, 48))).astype(np.float32)
+
+
+def _run(path, rewrite=None, hint: str = "f32") -> tuple[np.ndarray, np.ndarray, list[str], object]:
+    core = ov.Core()
+    model = core.read_model(str(path))
+    model.reshape({"input": [12, 1, 48, 48]})
+    changed = rewrite(model) if rewrite else []
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": 1})
+    out = compiled.create_infer_request().infer({0: _tiles()})
+    return np.array(out[compiled.outputs[0]]), np.array(out[compiled.outputs[1]]), changed, compiled
+
+
+def _runtime_precision(compiled, name: str) -> str:
+    for node in compiled.get_runtime_model().get_ops():
+        info = node.get_rt_info()
+        if name in info["originalLayersNames"].astype(str).split(","):
+            return info["runtimePrecision"].astype(str)
+    raise AssertionError(f"{name} not in the compiled graph")
+
+
+def test_the_pool_runs_with_the_tiles_as_channels_and_scores_the_same(tmp_path):
+    _graph(tmp_path / "m.onnx")
+    logits, ood, _, _ = _run(tmp_path / "m.onnx")
+    logits2, ood2, changed, _ = _run(tmp_path / "m.onnx", G.pool_tiles_as_channels)
+    assert changed == ["/ood/AveragePool"]
+    np.testing.assert_allclose(ood2, ood, rtol=1e-6)
+    np.testing.assert_array_equal(logits2, logits)
+
+
+def test_centring_the_padded_stem_is_the_same_function(tmp_path):
+    """conv(Pad(x, v)) = conv(Pad(x - v, 0)) + v * sum(w), borders included (f32 throughout)."""
+    _graph(tmp_path / "m.onnx")
+
+    def centre(model):
+        params = {p.get_friendly_name() for p in model.get_parameters()}
+        convs = [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+        return [op.get_friendly_name() for op in convs if G.centre_padded_stem(op, params)]
+
+    logits, ood, _, _ = _run(tmp_path / "m.onnx")
+    logits2, ood2, changed, _ = _run(tmp_path / "m.onnx", centre)
+    assert len(changed) == 1 and "conv1" in changed[0]  # the stem, not the body's zero-padded conv
+    np.testing.assert_allclose(logits2, logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ood2, ood, rtol=1e-4)
+
+
+def test_bf16_goes_only_to_the_rounded_stem_and_the_ood_products(tmp_path):
+    _graph(tmp_path / "rounded.onnx")
+    _graph(tmp_path / "plain.onnx", rounded=False)
+    core = ov.Core()
+    rounded = core.read_model(str(tmp_path / "rounded.onnx"))
+    changed = G.bf16_stem_and_products(rounded)
+    # the reader splits the stem's bias off its convolution ("WithoutBiases"); not the classifier, not the body
+    assert changed == ["/net/conv1/Conv/WithoutBiases", "/ood/MatMul"]
+    # a stem whose output reaches the logits without an int8 rounding keeps f32: bf16 would
+    # be the only rounding there, which no gate of an fp32 layer saw
+    plain = core.read_model(str(tmp_path / "plain.onnx"))
+    assert G.bf16_stem_and_products(plain) == ["/ood/MatMul"]
+    if not has_bf16():
+        pytest.skip("this CPU has no bf16 units (AVX512-BF16 or AMX): the lowered graph cannot run in bf16 here")
+    logits, ood, _, _ = _run(tmp_path / "rounded.onnx")
+    logits2, ood2, _, compiled = _run(tmp_path / "rounded.onnx", G.bf16_stem_and_products)
+    assert _runtime_precision(compiled, "/ood/MatMul") == "bf16"
+    assert _runtime_precision(compiled, "/net/conv1/Conv/WithoutBiases") == "bf16"
+    assert _runtime_precision(compiled, "logits") == "f32"  # the classifier, named after its output
+    np.testing.assert_allclose(logits2, logits, atol=0.05 * np.abs(logits).max())
+    np.testing.assert_allclose(ood2, ood, rtol=0.03)
+    # the plugin's own bf16 hint, by contrast, lowers the classifier too
+    _, _, _, hinted = _run(tmp_path / "rounded.onnx", hint="bf16")
+    assert _runtime_precision(hinted, "logits") == "bf16"
+
+
+def test_a_graph_without_a_padded_stem_or_products_is_left_alone(tmp_path):
+    from nscmonitor.engines.tiny import build_tiny_classifier
+
+    build_tiny_classifier(tmp_path / "tiny.onnx", ood_threshold=10.0)
+    model = ov.Core().read_model(str(tmp_path / "tiny.onnx"))
+    before = len(model.get_ordered_ops())
+    assert G.bf16_stem_and_products(model) == [] and G.pool_tiles_as_channels(model) == []
+    assert len(model.get_ordered_ops()) == before
