@@ -223,14 +223,21 @@ def engine_alone(model: Path, frames: list[Path], backend: str, batch_size: int,
             "preprocess_frames_per_s": len(frames) / prep_s, "all_int8": ceiling}
 
 
-def _timed_inference(engine, x: np.ndarray, batch_size: int) -> float:
-    """Seconds for ``x`` in chunks of ``batch_size`` after one warm-up chunk; closes the engine."""
+def _timed_inference(engine, x: np.ndarray, batch_size: int, passes: int = 3) -> float:
+    """Seconds for ``x`` in chunks of ``batch_size``: the median of ``passes`` passes after one
+    warm-up chunk (a single pass of a few seconds moved by 5 % with what else the host ran);
+    closes the engine."""
+    import statistics
+
     try:
         engine.infer(x[:batch_size])
-        t0 = time.perf_counter()
-        for i in range(0, len(x), batch_size):
-            engine.infer(x[i:i + batch_size])
-        return time.perf_counter() - t0
+        times = []
+        for _ in range(passes):
+            t0 = time.perf_counter()
+            for i in range(0, len(x), batch_size):
+                engine.infer(x[i:i + batch_size])
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
     finally:
         engine.close()
 
@@ -340,7 +347,12 @@ def side_by_side(args: argparse.Namespace, shape: tuple[int, int]) -> int:
 
 
 def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.0%}"
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def _goal(text: str, value: float | None, ok) -> str:
+    """One goal with its verdict spelled out, so a figure rounded onto its limit is not read as met."""
+    return f"{text}: n/a" if value is None else f"{text}: {'met' if ok(value) else 'NOT met'}"
 
 
 def print_side_by_side(r: dict) -> None:
@@ -380,11 +392,14 @@ def print_side_by_side(r: dict) -> None:
           f"{live_run['scored']}/{live_run['frames']} scored, "
           f"latency median {live_run['latency_median_s']:.2f} s, p95 {live_run['latency_p95_s']:.2f} s")
     print("goals: " + "; ".join([
-        f"engine/fp32 {g['engine_vs_fp32']:.2f}x (>= 3x)",
-        f"engine {g['engine_frames_per_s']:.2f} frames/s (>= 3)",
-        f"pipeline keeps {_pct(g['pipeline_share_of_engine_alone'])} of the engine alone (>= 70%)",
-        f"engine at {_pct(g['engine_share_of_int8_bound'])} of the int8 bound (>= 80%)",
-        f"live p95 {g['live_p95_s']:.2f} s (<= {g['live_p95_limit_s']:g} s)"]))
+        _goal(f"engine/fp32 {g['engine_vs_fp32']:.2f}x (>= 3x)", g["engine_vs_fp32"], lambda v: v >= 3),
+        _goal(f"engine {g['engine_frames_per_s']:.2f} frames/s (>= 3)", g["engine_frames_per_s"], lambda v: v >= 3),
+        _goal(f"pipeline keeps {_pct(g['pipeline_share_of_engine_alone'])} of the engine alone (>= 70%)",
+              g["pipeline_share_of_engine_alone"], lambda v: v >= 0.7),
+        _goal(f"engine at {_pct(g['engine_share_of_int8_bound'])} of the int8 bound (>= 80%)",
+              g["engine_share_of_int8_bound"], lambda v: v >= 0.8),
+        _goal(f"live p95 {g['live_p95_s']:.2f} s (<= {g['live_p95_limit_s']:g} s)", g["live_p95_s"],
+              lambda v: v <= g["live_p95_limit_s"])]))
 
 
 def main() -> int:
