@@ -2,8 +2,8 @@
 
 1. labelled tiles from the simulator -> a small real model (trained once, then cached);
 2. this machine's engine is built for it, as after any training run: int8 (OpenVINO, its
-   non-int8 layers in bf16 where the CPU has bf16 units and that passes its own gate, or ONNX
-   Runtime; TensorRT on an NVIDIA GPU), calibrated and gated against the fp32 model on the
+   stem and OOD products or all its non-int8 layers in bf16 where the CPU has bf16 units and
+   that passes its own gate and is faster, or ONNX Runtime; TensorRT on an NVIDIA GPU), calibrated and gated against the fp32 model on the
    model's own calibration set, timed against it, and cached beside the model;
 3. a well forecast (the time-aware second stage: each well's frames since induction) is
    trained on a simulated time-lapse export (once, then cached; ``--no-forecast`` skips it);
