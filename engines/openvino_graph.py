@@ -95,9 +95,11 @@ def pool_tiles_as_channels(model: Any) -> list[str]:
         if shape.rank.is_dynamic or shape.rank.get_length() != 4 or not shape[1].is_static or shape[1].get_length() != 1:
             continue
         a = op.get_attributes()
+        args = [a.get(k) for k in ("strides", "pads_begin", "pads_end", "kernel", "exclude-pad", "rounding_type", "auto_pad")]
+        if any(v is None for v in args):  # another AvgPool version's attributes: left as it is
+            continue
         swap = ops.constant(np.array([1, 0, 2, 3], np.int64))
-        pooled = ops.avg_pool(ops.transpose(x, swap), a["strides"], a["pads_begin"], a["pads_end"], a["kernel"],
-                              a["exclude-pad"], a["rounding_type"], a["auto_pad"])
+        pooled = ops.avg_pool(ops.transpose(x, swap), *args)
         back = ops.transpose(pooled, swap)
         for target in list(op.output(0).get_target_inputs()):
             target.replace_source_output(back.output(0))

@@ -240,8 +240,8 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
     ov_reports: dict[str, GateReport | None] = {}
     for precision in openvino_precisions():
         ov_runs = _openvino_probs(part, meta, heldout, threads, precision)
-        if ov_runs is None:
-            break
+        if ov_runs is None:  # OpenVINO absent, or this precision would not compile: no gate for it
+            continue
         # each request the daemon will use (the small one, and the large one where tiles are
         # small) is gated; the record is the worse of them
         requests = " and ".join(str(b) for b, *_ in ov_runs)
