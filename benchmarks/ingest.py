@@ -215,31 +215,51 @@ def engine_alone(model: Path, frames: list[Path], backend: str, batch_size: int,
     sel = select(model, backend, batch_size=batch_size, threads=threads, cache_dir=cache_dir)
     engine = sel.engine
     batch_size = max(batch_size, engine.preferred_batch or 0)  # as the daemon chunks for it
-    infer_s = _timed_inference(engine, x, batch_size)
+    precision = getattr(engine, "precision", None)
+    timed = {"served": engine}
+    if precision not in (None, "f32"):
+        # the same int8 file with its other layers in f32, timed in alternation with the served
+        # variant: what its bf16 buys, measured side by side rather than across runs
+        from nscmonitor.engines.openvino import OpenVinoEngine
+
+        timed["f32"] = OpenVinoEngine(engine.model_path, engine.metadata, threads=threads, require_gate=False,
+                                      batch_size=engine.request_batch * engine.streams, streams=engine.streams,
+                                      large_batch=engine.large_batch)
+        timed["f32"].load()
+    seconds = _timed_alternating(timed, x, batch_size)
+    infer_s = seconds["served"]
     ceiling = all_int8_ceiling(model, engine, x, batch_size, threads)
-    return {"engine": engine.name, "frames": len(frames), "tiles": len(x), "tiles_per_frame": len(x) / len(frames),
-            "tile_px": meta.input_size, "arch": meta.arch, "batch": batch_size, "seconds": infer_s,
-            "tiles_per_s": len(x) / infer_s, "frames_per_s": len(frames) / infer_s,
+    return {"engine": engine.name, "precision": precision, "frames": len(frames), "tiles": len(x),
+            "tiles_per_frame": len(x) / len(frames), "tile_px": meta.input_size, "arch": meta.arch, "batch": batch_size,
+            "seconds": infer_s, "tiles_per_s": len(x) / infer_s, "frames_per_s": len(frames) / infer_s,
+            "f32_rest_tiles_per_s": len(x) / seconds["f32"] if "f32" in seconds else None,
             "preprocess_frames_per_s": len(frames) / prep_s, "all_int8": ceiling}
 
 
-def _timed_inference(engine, x: np.ndarray, batch_size: int, passes: int = 3) -> float:
-    """Seconds for ``x`` in chunks of ``batch_size``: the median of ``passes`` passes after one
-    warm-up chunk (a single pass of a few seconds moved by 5 % with what else the host ran);
-    closes the engine."""
+def _timed_inference(engine, x: np.ndarray, batch_size: int) -> float:
+    return _timed_alternating({"engine": engine}, x, batch_size)["engine"]
+
+
+def _timed_alternating(engines: dict, x: np.ndarray, batch_size: int, passes: int = 3) -> dict[str, float]:
+    """Seconds for ``x`` in chunks of ``batch_size`` per loaded engine: the median of
+    ``passes`` passes after one warm-up chunk each, the engines taking turns pass by pass (a
+    single pass of a few seconds moved by 5 % with what else the host ran); closes them."""
     import statistics
 
     try:
-        engine.infer(x[:batch_size])
-        times = []
+        for engine in engines.values():
+            engine.infer(x[:batch_size])
+        times: dict[str, list[float]] = {k: [] for k in engines}
         for _ in range(passes):
-            t0 = time.perf_counter()
-            for i in range(0, len(x), batch_size):
-                engine.infer(x[i:i + batch_size])
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+            for key, engine in engines.items():
+                t0 = time.perf_counter()
+                for i in range(0, len(x), batch_size):
+                    engine.infer(x[i:i + batch_size])
+                times[key].append(time.perf_counter() - t0)
+        return {k: statistics.median(v) for k, v in times.items()}
     finally:
-        engine.close()
+        for engine in engines.values():
+            engine.close()
 
 
 def all_int8_ceiling(model: Path, served, x: np.ndarray, batch_size: int, threads: int) -> dict | None:
@@ -376,6 +396,10 @@ def print_side_by_side(r: dict) -> None:
               f"{sh['inference']:>8.0%}{sh['store']:>8.0%}")
     print(f"{'engine alone, same tiles':<28}{e['engine']:<16}{e['frames_per_s']:>10.2f}"
           f"   ({e['tiles_per_s']:.0f} tiles/s, batch {e['batch']}; preprocessing alone {e['preprocess_frames_per_s']:.1f} frames/s)")
+    if e.get("f32_rest_tiles_per_s"):
+        f32 = e["f32_rest_tiles_per_s"]
+        print(f"{'engine alone, f32 rest':<28}{'(same file)':<16}{f32 / e['tiles_per_frame']:>10.2f}   ({f32:.0f} tiles/s "
+              f"in alternation with the row above: its {e['precision']} {e['tiles_per_s'] / f32:.2f}x this)")
     ceiling = e.get("all_int8")
     if ceiling and ceiling.get("error"):
         print(f"{'engine, all of it int8':<28}{'(not timed)':<16}   {ceiling['error']}")

@@ -2,10 +2,12 @@
 
 Why: profiled on the trained ResNet50's all-int8 file at 96 px (2-core AMD EPYC with
 AVX512-BF16, no AMX; docs/performance.md, "The last fp32 layers"), the int8 convolutions
-ran near the machine's int8 bound, and what kept the engine under 80 % of it was the part
-left fp32: the stem convolution (one input channel, 7 x 7, 5 % of the time), the OOD head's
-whitening products (2,048 and 1,024 wide, 3 %), and one 3 x 3 average pool of the OOD
-head's contrast sign on one-channel tiles (1 %). Two rewrites:
+ran near the machine's int8 bound and a fifth of the engine's time went to what was left
+fp32, among it the stem convolution (one input channel, 7 x 7, 5 % of the time), the OOD
+head's whitening products (2,048 and 1,024 wide, 3 %), and one 3 x 3 average pool of the OOD
+head's contrast sign on one-channel tiles (1 %). Two rewrites (their gain, a few per cent, is
+smaller than that VM's run-to-run spread; the build serves ``bf16-stem`` only where its own
+alternating timing finds it faster):
 
 - ``pool_tiles_as_channels``: an average pool over N x 1 x H x W runs on the tiles laid out as
   the channels of one image. The plugin's blocked layout pads a single channel to 16, so the
@@ -18,10 +20,14 @@ head's contrast sign on one-channel tiles (1 %). Two rewrites:
   the stem's output must reach the logits only through an int8 rounding (so bf16's 8-bit
   mantissa sits under the rounding that follows anyway), and its input is first centred on the
   value the folded stem pads with (``training.model.fold_stem``: the training mean): a tile is
-  a small contrast riding on that offset, and bf16 rounds the offset's magnitude, which in a
-  plain bf16 stem moved the readout by 1.37 pp and centred by 0.46-0.72 (gated per model like
-  every precision; ``OpenVinoEngine`` precision ``bf16-stem``). The OOD products change the
-  score by about 1 % of itself (p99 4 %); each precision's gate records its own OOD threshold.
+  a small contrast riding on that offset, and bf16 rounds the offset's magnitude: on that
+  ResNet50 a plain bf16 stem moved the readout by 1.37 pp, the centred one by 0.85 (gated per
+  model like every precision; ``OpenVinoEngine`` precision ``bf16-stem``). The OOD products
+  change the score by 0.4 % of itself (median; 99th percentile 1.7 %); each precision's gate
+  records its own OOD threshold.
+
+Nodes are told apart by ``get_name()``, which OpenVINO keeps unique; friendly names come from
+the file and need not be.
 """
 
 from __future__ import annotations
@@ -32,10 +38,6 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
-
-#: nodes that pass their input's shape through to a constant's use
-_CONSTANT_WRAPPERS = ("Reshape", "Unsqueeze", "Squeeze", "Convert")
-
 
 def _ops():
     from openvino import opset13
@@ -54,13 +56,13 @@ def _is_f32(port: Any) -> bool:
 
 
 def f32_path_to(node: Any) -> set[str]:
-    """Friendly names of the nodes from which ``node`` is reached without passing an int8
-    rounding (FakeQuantize, which the ONNX reader makes of QuantizeLinear)."""
+    """Names of the nodes from which ``node`` is reached without passing an int8 rounding
+    (FakeQuantize, which the ONNX reader makes of QuantizeLinear)."""
     seen: set[str] = set()
     stack = [node]
     while stack:
         n = stack.pop()
-        name = n.get_friendly_name()
+        name = n.get_name()
         if n.get_type_name() == "FakeQuantize" or name in seen:
             continue
         seen.add(name)
@@ -69,12 +71,12 @@ def f32_path_to(node: Any) -> set[str]:
 
 
 def ancestors(node: Any) -> set[str]:
-    """Friendly names of every node ``node`` depends on."""
+    """Names of every node ``node`` depends on."""
     seen: set[str] = set()
     stack = [node]
     while stack:
         n = stack.pop()
-        name = n.get_friendly_name()
+        name = n.get_name()
         if name in seen:
             continue
         seen.add(name)
@@ -117,7 +119,7 @@ def _stem_padding(conv: Any, parameter_names: set[str]) -> tuple[Any, float] | N
         return None
     if str(pad.get_attributes().get("pad_mode")) != "constant":
         return None
-    if _source(pad, 0).get_friendly_name() not in parameter_names:
+    if _source(pad, 0).get_name() not in parameter_names:
         return None
     fill = _source(pad, 3)
     if fill.get_type_name() != "Constant":
@@ -170,7 +172,7 @@ def bf16_stem_and_products(model: Any) -> list[str]:
     logits = model.outputs[0].get_node()
     on_logits = ancestors(logits)
     f32_to_logits = f32_path_to(logits)
-    parameters = {p.get_friendly_name() for p in model.get_parameters()}
+    parameters = {p.get_name() for p in model.get_parameters()}
     changed = []
     for op in list(model.get_ordered_ops()):
         kind = op.get_type_name()
@@ -178,13 +180,12 @@ def bf16_stem_and_products(model: Any) -> list[str]:
             continue
         if _source(op, 1).get_type_name() != "Constant" or not _is_f32(op.input(1)):
             continue
-        name = op.get_friendly_name()
-        if kind == "MatMul" and name in on_logits:
+        if kind == "MatMul" and op.get_name() in on_logits:
             continue
-        if kind == "Convolution" and (name in f32_to_logits or not centre_padded_stem(op, parameters)):
+        if kind == "Convolution" and (op.get_name() in f32_to_logits or not centre_padded_stem(op, parameters)):
             continue
         _to_bf16(op)
-        changed.append(name)
+        changed.append(op.get_friendly_name())
     if changed:
         model.validate_nodes_and_infer_types()
     log.debug("bf16 for %s", ", ".join(changed) or "no node")

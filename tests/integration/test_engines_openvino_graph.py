@@ -102,7 +102,7 @@ def test_centring_the_padded_stem_is_the_same_function(tmp_path):
     _graph(tmp_path / "m.onnx")
 
     def centre(model):
-        params = {p.get_friendly_name() for p in model.get_parameters()}
+        params = {p.get_name() for p in model.get_parameters()}
         convs = [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
         return [op.get_friendly_name() for op in convs if G.centre_padded_stem(op, params)]
 
