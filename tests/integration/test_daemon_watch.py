@@ -55,11 +55,15 @@ def name(i: int, well: str = "A1", hours: int = 0) -> str:
 
 class FakeTime:
     """The daemon's two clocks, moved only by the test: ``clock`` (monotonic: quiet periods,
-    rescans) and ``wall`` (compared with file mtimes), advancing together."""
+    rescans) and ``wall`` (compared with file mtimes), advancing together. The wall runs a day
+    behind the real clock: between a write and the test's ``os.utime`` the file briefly has its
+    real mtime, which must look newer than any quiet period, not long settled (with the wall
+    ahead of the real clock, a rescan that stat'ed the file in that instant took a growing file
+    as complete, a rare failure of the slow-write test under load)."""
 
     def __init__(self) -> None:
         self.now = 1000.0
-        self.epoch = time.time()
+        self.epoch = time.time() - 86400.0 - self.now
         self.lock = threading.Lock()
 
     def clock(self) -> float:
