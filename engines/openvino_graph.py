@@ -55,29 +55,16 @@ def _is_f32(port: Any) -> bool:
     return port.get_element_type() == ov.Type.f32
 
 
-def f32_path_to(node: Any) -> set[str]:
-    """Names of the nodes from which ``node`` is reached without passing an int8 rounding
-    (FakeQuantize, which the ONNX reader makes of QuantizeLinear)."""
+def ancestors(node: Any, *, through_int8: bool = True) -> set[str]:
+    """Names of the nodes ``node`` depends on, itself included; with ``through_int8=False``
+    only those it is reached from without passing an int8 rounding (FakeQuantize, which the
+    ONNX reader makes of QuantizeLinear)."""
     seen: set[str] = set()
     stack = [node]
     while stack:
         n = stack.pop()
         name = n.get_name()
-        if n.get_type_name() == "FakeQuantize" or name in seen:
-            continue
-        seen.add(name)
-        stack.extend(_source(n, i) for i in range(n.get_input_size()))
-    return seen
-
-
-def ancestors(node: Any) -> set[str]:
-    """Names of every node ``node`` depends on."""
-    seen: set[str] = set()
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        name = n.get_name()
-        if name in seen:
+        if name in seen or (not through_int8 and n.get_type_name() == "FakeQuantize"):
             continue
         seen.add(name)
         stack.extend(_source(n, i) for i in range(n.get_input_size()))
@@ -171,7 +158,7 @@ def bf16_stem_and_products(model: Any) -> list[str]:
     depend on (the OOD head's products)."""
     logits = model.outputs[0].get_node()
     on_logits = ancestors(logits)
-    f32_to_logits = f32_path_to(logits)
+    f32_to_logits = ancestors(logits, through_int8=False)
     parameters = {p.get_name() for p in model.get_parameters()}
     changed = []
     for op in list(model.get_ordered_ops()):
