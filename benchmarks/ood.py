@@ -23,7 +23,10 @@ softmax probability (the measurements behind the choice). The served score is ju
 threshold its model stores (since 2026-12-05 the 96th percentile over the validation plate and
 each training plate left out of the fit, so its validation rate is not exactly 4 %); the others
 at the 96th percentile of the validation images alone, the rule the served score had when they
-were measured.
+were measured. Last, the image-level OR rule measured as a lead on eight trainings and not served
+(``OR_RULE``: an image's mean of the sum of roots over the 97.5th percentile of the validation
+images', or its mean of the contrast sign's root alone over the 98.5th; both thresholds from the
+validation images), so that it is judged on trainings it was not chosen on.
 - real instrument frames of another kind (``--real``, by default the shared reference's
   third-party ImageXpress output when it lies beside the repository: fluorescence of other
   cells at 4x and 20x), decoded and resampled by the pixel size their files state, as the
@@ -101,7 +104,29 @@ def layer_scores(model, splits, sets: dict, k: int) -> dict[str, dict[str, np.nd
             d[f"layer: {n}"] / median[n] for n in names if n != "contrast sign")
         d["squares summed"] = sum(d[f"layer: {n}"] / median[n] for n in names)
         d["roots summed, mean as the unit"] = sum(np.sqrt(d[f"layer: {n}"] / mean[n]) for n in names)
+        d[ROOTS] = sum(np.sqrt(d[f"layer: {n}"] / median[n]) for n in names)
+        if "contrast sign" in names:
+            d[SIGN_ROOT] = np.sqrt(d["layer: contrast sign"] / median["contrast sign"])
     return out
+
+
+ROOTS, SIGN_ROOT = "roots summed (the served form, validation images' threshold)", "contrast sign's root alone"
+#: the image-level rule measured as a lead on eight trainings (docs/training.md): an image is
+#: flagged when its mean of the sum of roots exceeds this quantile of the validation images'
+#: or its mean of the contrast sign's root exceeds that one's
+OR_RULE = {"name": "image OR rule: roots summed over q 0.975 or contrast sign's root over q 0.985",
+           "quantiles": (0.975, 0.985)}
+
+
+def or_rule_row(per_image: dict[str, dict[str, np.ndarray]]) -> dict | None:
+    """The share of each set flagged by ``OR_RULE``, both thresholds from the validation
+    images alone (None where the model has no contrast-sign layer)."""
+    if SIGN_ROOT not in per_image["val"]:
+        return None
+    qa, qb = OR_RULE["quantiles"]
+    ta, tb = np.quantile(per_image["val"][ROOTS], qa), np.quantile(per_image["val"][SIGN_ROOT], qb)
+    return {"method": OR_RULE["name"], "threshold": [float(ta), float(tb)],
+            **{name: float(np.mean((s[ROOTS] > ta) | (s[SIGN_ROOT] > tb))) for name, s in per_image.items()}}
 
 
 def refit(run: Path, cfg: dict) -> None:
@@ -205,6 +230,9 @@ def main() -> None:
         thr = md.ood["threshold"] if method == "served" else np.quantile(per_image["val"][method], md.ood["quantile"])
         rows.append({"method": method, "threshold": float(thr),
                      **{name: float(np.mean(s[method] > thr)) for name, s in per_image.items()}})
+    rule = or_rule_row(per_image)
+    if rule is not None:
+        rows.append(rule)
     counts = {name: int(len(s["msp"])) for name, s in per_image.items()}
     cols = ["val", "test", *(["held-out plates"] if a.held_out_plates else []), *O.KINDS, "5x, pixel size known",
             *(["real ImageXpress"] if "real ImageXpress" in sets else [])]
