@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-CPU_BACKENDS = ("torch-eager", "torch-cl", "ort-fp32", "ort-int8", "ov-int8", "ov-int8-2s", "ov-int8-bf16stem", "ov-int8-bf16")
+CPU_BACKENDS = ("torch-eager", "torch-cl", "ort-fp32", "ort-int8", "ov-int8", "ov-int8-2s", "ov-int8-bf16stem", "ov-int8-bf16",
+                "ov-bf16")
 GPU_BACKENDS = ("ort-cuda", "torch-cuda-fp16-eager", "torch-cuda-fp16", "tensorrt-fp16", "tensorrt-int8")
 ORDER = CPU_BACKENDS + GPU_BACKENDS
 
@@ -129,6 +130,12 @@ def make_engine(backend: str, model: Path, threads: int, work: Path, batch: int 
     if backend == "ort-int8":
         engine = OrtCpuEngine(work / f"{model.parent.name}-{meta.input_size}.int8.onnx", meta, threads=threads)
         engine.name = "ort-int8"
+        return engine
+    if backend == "ov-bf16":  # the fp32 model in bf16 throughout (engine openvino-bf16; CPUs with bf16 units)
+        from nscmonitor.engines import openvino_bf16
+
+        engine = openvino_bf16.engine(model, meta, threads=threads, batch_size=batch, large_batch=0)
+        engine.name = backend
         return engine
     if backend.startswith("ov-int8"):
         from nscmonitor.engines.openvino import OpenVinoEngine

@@ -197,7 +197,7 @@ def autobuild(model: Path, threads: int) -> dict:
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
     return {"seconds": seconds, "exit": proc.returncode, "state": status.get("state"), "engine": status.get("engine"),
             "gate": status.get("gate"), "reason": status.get("reason"), "attempts": status.get("attempts"),
-            "speeds": {k: status[k] for k in ("openvino_speed", "ort_speed") if status.get(k)}}
+            "speeds": {k: status[k] for k in ("openvino_speed", "ort_speed", "openvino_bf16_speed") if status.get(k)}}
 
 
 def engine_alone(model: Path, frames: list[Path], backend: str, batch_size: int, threads: int,
@@ -219,8 +219,8 @@ def engine_alone(model: Path, frames: list[Path], backend: str, batch_size: int,
     precision = getattr(engine, "precision", None)
     timed = {"served": engine}
     if precision not in (None, "f32"):
-        # the same int8 file with its other layers in f32, timed in alternation with the served
-        # variant: what its bf16 buys, measured side by side rather than across runs
+        # the same file with its other layers (or, for openvino-bf16, all of them) in f32, timed
+        # in alternation with the served variant: what its bf16 buys, measured side by side
         from nscmonitor.engines.openvino import OpenVinoEngine
 
         from nscmonitor.engines.base import EngineError
@@ -393,9 +393,10 @@ def print_side_by_side(r: dict) -> None:
     print(f"engine build: {build['seconds']:.0f} s -> {verdict} {build.get('engine') or ''}"
           + (f" (gate: top-1 {gate.get('top1_agreement', float('nan')):.2%}, {readout_text(gate)})" if gate else "")
           + (f"; {build['reason']}" if build.get("reason") else ""))
-    for field, s in (build.get("speeds") or {}).items():  # auto mode serves int8 only where it is not slower
-        print(f"  timed by the build ({field.removesuffix('_speed')}): int8 {s['int8_tiles_per_s']:.0f} vs fp32 "
-              f"{s['fp32_tiles_per_s']:.0f} tiles/s ({s['int8_tiles_per_s'] / s['fp32_tiles_per_s']:.2f}x)")
+    for field, s in (build.get("speeds") or {}).items():  # auto mode serves the fastest that is not slower
+        kind = "int8" if "int8_tiles_per_s" in s else "bf16"
+        print(f"  timed by the build ({field.removesuffix('_speed')}): {kind} {s[f'{kind}_tiles_per_s']:.0f} vs fp32 "
+              f"{s['fp32_tiles_per_s']:.0f} tiles/s ({s[f'{kind}_tiles_per_s'] / s['fp32_tiles_per_s']:.2f}x)")
     print(f"{'run':<28}{'engine':<16}{'frames/s':>10}{'decode':>9}{'prep':>8}{'infer':>8}{'store':>8}")
     for name, x in (("backlog, fp32 ONNX", a), ("backlog, built engine", b)):
         sh = x["share"]
@@ -405,7 +406,8 @@ def print_side_by_side(r: dict) -> None:
           f"   ({e['tiles_per_s']:.0f} tiles/s, batch {e['batch']}; preprocessing alone {e['preprocess_frames_per_s']:.1f} frames/s)")
     if e.get("f32_rest_tiles_per_s"):
         f32 = e["f32_rest_tiles_per_s"]
-        print(f"{'engine alone, f32 rest':<28}{'(same file)':<16}{f32 / e['tiles_per_frame']:>10.2f}   ({f32:.0f} tiles/s "
+        label = "same model, OpenVINO f32" if e["engine"] == "openvino-bf16" else "engine alone, f32 rest"
+        print(f"{label:<28}{'(same file)':<16}{f32 / e['tiles_per_frame']:>10.2f}   ({f32:.0f} tiles/s "
               f"in alternation with the row above: its {e['precision']} {e['tiles_per_s'] / f32:.2f}x this)")
     ceiling = e.get("all_int8")
     if ceiling and ceiling.get("error"):

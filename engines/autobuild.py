@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from nscmonitor.engines.autobuild_run import (Attempt, Progress, _now, has_openvino, has_tensorrt_gpu, has_torch_cuda,
-                                              load_tiles_for, int8_refusal, plan, run_build, slower_than_fp32,
+                                              load_tiles_for, speed_refusal, plan, run_build, slower_than_fp32,
                                               targets_here)
 from nscmonitor.engines.autobuild_status import (LOCK_NAME, LOG_NAME, NO_CALIBRATION, SPEED_FIELDS, STATES, STATUS_NAME,
                                                  BuildLock, EngineStatus, Fingerprint, build_running, cached_sha256,
@@ -52,7 +52,7 @@ __all__ = ["stop_build", "Attempt", "BuildLock", "EngineStatus", "Fingerprint", 
            "NO_CALIBRATION", "Progress", "SPEED_FIELDS", "STATES", "STATUS_NAME", "artefact_present", "build_command",
            "build_running", "cached_sha256", "calibration_sha256", "copy_artefacts", "decide", "describe", "ensure",
            "fingerprint", "gate_text", "gpu_names", "has_openvino", "has_tensorrt_gpu", "has_torch_cuda",
-           "load_tiles_for", "lock_path", "int8_refusal", "log_path", "machine_id", "needed", "plan", "read_status",
+           "load_tiles_for", "lock_path", "speed_refusal", "log_path", "machine_id", "needed", "plan", "read_status",
            "run_build",
            "runtime_versions", "slower_than_fp32", "spawn", "start", "status_path", "summary", "targets_here", "token",
            "token_engine", "wants_build", "write_status"]

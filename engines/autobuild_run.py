@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from nscmonitor.engines.autobuild_status import (NO_CALIBRATION, SPEED_FIELDS, EngineStatus, _model_tiles_path,
-                                                 calibration_sha256, cached_sha256, describe, fingerprint, gpu_names,
-                                                 read_status, slower_than_fp32, write_status)
+                                                 calibration_sha256, cached_sha256, describe, engine_tiles_per_s,
+                                                 fingerprint, gpu_names, large_key, read_status, slower_than_fp32,
+                                                 speedup, write_status)
 from nscmonitor.engines.base import EngineError
 from nscmonitor.engines.openvino import GATE_KEYS
 
@@ -169,6 +170,27 @@ def _torch_cuda(model_path: Path, tiles: _Tiles, threads: int) -> Attempt:
                    None if record["passed"] else "; ".join(record.get("reasons") or ()), time.monotonic() - t0)
 
 
+def _openvino_bf16(model_path: Path, tiles: _Tiles, threads: int) -> Attempt:
+    """The fp32 model in bf16 on OpenVINO, gated against ONNX Runtime fp32 on the held-out tiles."""
+    from nscmonitor.engines import openvino_bf16
+    from nscmonitor.engines.metadata import read_onnx_metadata
+    from nscmonitor.engines.ort import OrtCpuEngine
+    from nscmonitor.engines.validate import predict_with_ood
+
+    t0 = time.monotonic()
+    meta = read_onnx_metadata(model_path)
+    reference = OrtCpuEngine(model_path, meta, threads=threads)
+    reference.load()
+    try:
+        ref = predict_with_ood(reference, tiles.heldout.x)
+    finally:
+        reference.close()
+    report = openvino_bf16.gate(model_path, meta, tiles.heldout, ref, threads=threads)
+    (log.info if report.passed else log.warning)("validation gate: %s", report.summary())
+    return Attempt(openvino_bf16.NAME, report.passed, model_path.name, report.to_dict(),
+                   None if report.passed else "; ".join(report.reasons), time.monotonic() - t0)
+
+
 def _attempts(model_path: Path, tiles: _Tiles, targets: tuple[str, ...], threads: int, say: Progress,
               detail: Callable[[int, int, str], None] | None) -> list[Attempt]:
     """The CPU int8 model, then the GPU engines of ``targets`` until one passes; a backend's
@@ -189,6 +211,15 @@ def _attempts(model_path: Path, tiles: _Tiles, targets: tuple[str, ...], threads
     except Exception as exc:  # a backend's failure is this attempt's outcome, not the build's end
         log.exception("int8 build of %s failed", model_path)
         attempts.append(Attempt(cpu_target, False, reason=f"int8 build failed: {exc}"))
+    from nscmonitor.engines.openvino import has_bf16
+
+    if cpu_target == "openvino-int8" and has_bf16():
+        say(f"gating the fp32 model in bf16 on OpenVINO against fp32 on {len(tiles.heldout)} held-out tiles")
+        try:
+            attempts.append(_openvino_bf16(model_path, tiles, threads))
+        except Exception as exc:  # this attempt's outcome, not the build's end
+            log.exception("OpenVINO bf16 gate of %s failed", model_path)
+            attempts.append(Attempt("openvino-bf16", False, reason=f"OpenVINO bf16 engine failed: {exc}"))
     for precision in ("int8", "fp16"):
         if f"tensorrt-{precision}" not in targets:
             continue
@@ -246,7 +277,7 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
     base = replace(base, calibration_source=tiles.source, calibration_dir=tiles.calibration_dir)
     attempts = _attempts(model_path, tiles, targets, threads, say, detail)
     order = {name: i for i, name in enumerate(("tensorrt-int8", "tensorrt-fp16", "torch-cuda-fp16", "openvino-int8",
-                                                "ort-int8"))}
+                                                "ort-int8", "openvino-bf16"))}
     passed = sorted((a for a in attempts if a.passed), key=lambda a: order.get(a.engine, 99))
     records = tuple({"engine": a.engine, "passed": a.passed, "gate": a.gate, "reason": a.reason,
                      "seconds": round(a.seconds, 2)} for a in attempts)
@@ -254,11 +285,16 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         why = "; ".join(f"{a.engine}: {a.reason}" for a in attempts) or "nothing could be built"
         return _finish(model_path, replace(base, state="failed", attempts=records,
                                            reason=f"no engine passed its gate, fp32 serves ({why})"), t0)
-    best = None
+    # A GPU engine that passed serves (the CPU's fp32 is no yardstick for it). Otherwise every
+    # certified CPU engine is timed against fp32 and the fastest that is not slower serves: an
+    # int8 file that kept many blocks fp32 can lose to the whole model in bf16 (AMX).
+    best, best_speedup = None, 0.0
     for i, candidate in enumerate(passed):
         field = SPEED_FIELDS.get(candidate.engine)
-        if field is None:  # a GPU engine: the CPU's fp32 is no yardstick for it
-            break
+        if field is None:
+            if i == 0:
+                break
+            continue
         say(f"timing {candidate.engine} against fp32 on this machine")
         try:
             speed = _cpu_speeds(model_path, candidate.engine, model_path.parent / candidate.artefact,
@@ -269,9 +305,8 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         base = replace(base, **{field: speed})
         # the variant the timing chose serves whenever this engine does (named in the settings too)
         passed[i] = candidate = _with_serving_gate(candidate, speed, model_path)
-        if not slower_than_fp32(speed):
-            best = candidate
-            break
+        if not slower_than_fp32(speed) and speedup(speed) > best_speedup:
+            best, best_speedup = candidate, speedup(speed)
     best = best or passed[0]
     return _finish(model_path, replace(base, state="ready", engine=best.engine, precision=best.engine.rsplit("-", 1)[1],
                                        artefact=best.artefact, gate=best.gate, attempts=records), t0)
@@ -318,7 +353,11 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
     meta = read_onnx_metadata(int8_path)
     engines: dict[str, Any] = {"fp32_tiles_per_s": OrtCpuEngine(model_path, read_onnx_metadata(model_path),
                                                                 threads=threads)}
-    if engine_name == "openvino-int8":
+    if engine_name == "openvino-bf16":
+        from nscmonitor.engines import openvino_bf16
+
+        engines["bf16_tiles_per_s"] = openvino_bf16.engine(model_path, meta, threads=threads)
+    elif engine_name == "openvino-int8":
         from nscmonitor.engines.openvino import OpenVinoEngine, has_bf16, large_batch_for
 
         record = meta.extra.get("int8") or {}
@@ -374,38 +413,55 @@ def openvino_precision(model_path: str | Path) -> str:
 LARGE_SLOWER = 0.05
 
 
-def openvino_large_batch(model_path: str | Path, batch_size: int, input_size: int) -> int:
-    """The large request's batch for the int8 file (``openvino.large_batch_for``), or 0 where
-    the build timed that request clearly slower (by more than ``LARGE_SLOWER``, beyond the
-    few per cent two timings of one engine differ by) than the small one in the precision that
-    serves: for a file whose int8 layers are few, larger batches buy nothing (a ResNet50 with 9
-    of 16 blocks kept fp32: 401 against 410 tiles/s), and frames need not wait for a batch
-    that is slower."""
+def openvino_large_batch(model_path: str | Path, batch_size: int, input_size: int,
+                         engine: str = "openvino-int8") -> int:
+    """The large request's batch for ``engine`` on OpenVINO (the int8 file, or the fp32 model in
+    bf16; ``openvino.large_batch_for``), or 0 where the build timed that request clearly slower
+    (by more than ``LARGE_SLOWER``, beyond the few per cent two timings of one engine differ by)
+    than the small one in the precision that serves: for a file whose int8 layers are few,
+    larger batches buy nothing (a ResNet50 with 9 of 16 blocks kept fp32: 401 against 410
+    tiles/s), and frames need not wait for a batch that is slower."""
     from nscmonitor.engines.openvino import large_batch_for
 
     large = large_batch_for(batch_size, input_size ** 2)
-    st = read_status(model_path) if large else None
-    s = st.openvino_speed if st is not None and st.fingerprint.get("model_sha256") == cached_sha256(model_path) else None
+    s = _speed_record(model_path, engine) if large else None
     if s:
-        precision = str(s.get("precision", "f32"))
-        small, big = s.get(f"int8_{precision}_tiles_per_s"), s.get(f"int8_{precision}_large_tiles_per_s")
+        key = large_key(s)
+        small, big = s.get(key.replace("_large_tiles_per_s", "_tiles_per_s")), s.get(key)
         if isinstance(small, (int, float)) and isinstance(big, (int, float)) and big < small * (1 - LARGE_SLOWER):
             return 0
     return large
 
 
-def int8_refusal(model_path: str | Path, engine_name: str) -> str | None:
-    """Why ``engine_name`` (a CPU int8 engine that passed its gate) should not serve this model
-    here when the engine is chosen automatically, from the build's own timing (None when it
-    was not found slower, or no build recorded it)."""
+def _speed_record(model_path: str | Path, engine_name: str) -> dict[str, Any] | None:
+    """The build's timing of ``engine_name`` against fp32 for this very model (None when the
+    engine is not a CPU engine, or no build of this model timed it)."""
     field = SPEED_FIELDS.get(engine_name)
     st = read_status(model_path) if field else None
-    s = getattr(st, field, None) if st is not None and field else None
-    if not s or st.fingerprint.get("model_sha256") != cached_sha256(model_path) or not slower_than_fp32(s):
+    if st is None or st.fingerprint.get("model_sha256") != cached_sha256(model_path):
         return None
-    return (f"{engine_name} runs slower than fp32 on this machine ({s['int8_tiles_per_s']:.1f} vs "
-            f"{s['fp32_tiles_per_s']:.1f} tiles/s, measured by its build); set engine: {engine_name} to serve "
-            "it anyway")
+    return getattr(st, field, None)
+
+
+def speed_refusal(model_path: str | Path, engine_name: str) -> str | None:
+    """Why ``engine_name`` (a CPU engine that passed its gate) should not serve this model here
+    when the engine is chosen automatically, from the build's own timing: it ran slower than
+    fp32, or the build timed another certified CPU engine faster and chose that one. None when
+    neither, or no build recorded it."""
+    s = _speed_record(model_path, engine_name)
+    if not s:
+        return None
+    if slower_than_fp32(s):
+        return (f"{engine_name} runs slower than fp32 on this machine ({engine_tiles_per_s(s):.1f} vs "
+                f"{s['fp32_tiles_per_s']:.1f} tiles/s, measured by its build); set engine: {engine_name} to serve "
+                "it anyway")
+    st = read_status(model_path)
+    chosen = st.engine if st is not None and st.state == "ready" else None
+    best = _speed_record(model_path, chosen) if chosen and chosen != engine_name else None
+    if best and not slower_than_fp32(best) and speedup(best) > speedup(s):
+        return (f"the build timed {chosen} faster here ({speedup(best):.2f}x fp32 against {speedup(s):.2f}x) and "
+                f"serves it; set engine: {engine_name} to serve this one")
+    return None
 
 
 def _finish(model_path: Path, status: EngineStatus, t0: float) -> EngineStatus:

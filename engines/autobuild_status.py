@@ -47,8 +47,10 @@ NO_CALIBRATION = ("the model has no calibration set, so no int8 engine can be ce
 #: file folds each ReLU into its input's rounding, TensorRT's leaves layer outputs unrounded);
 #: 9: int8 weights rounded against each layer's input statistics (GPTQ) instead of to the nearest step;
 #: 10: the gate's readout is the part a well's tiles share, tile noise gated apart (``engines.validate``);
-#: 11: OpenVINO also gated and timed with bf16 for the stem and the OOD products only (``bf16-stem``).
-RECIPE = "11"
+#: 11: OpenVINO also gated and timed with bf16 for the stem and the OOD products only (``bf16-stem``);
+#: 12: the fp32 model in bf16 on OpenVINO (``openvino-bf16``) gated and timed beside the int8
+#: engines, and the fastest certified CPU engine serves (was: the first not slower than fp32).
+RECIPE = "12"
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class EngineStatus:
     #: the same for OpenVINO's int8 (a small network on a CPU without AMX can lose to fp32: its
     #: quantise/dequantise steps cost more than its convolutions save)
     openvino_speed: dict[str, Any] | None = None
+    #: the same for the fp32 model in bf16 on OpenVINO (``bf16_tiles_per_s``; CPUs with bf16 units)
+    openvino_bf16_speed: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -108,11 +112,11 @@ class EngineStatus:
         kw = {k: v for k, v in d.items() if k in known}
         if kw.get("state") not in STATES or not isinstance(kw.get("fingerprint"), dict):
             raise ValueError(f"not an engine status record: state {kw.get('state')!r}")
-        for name in ("ort_speed", "openvino_speed"):  # selection reads them: a hand-edited one means rebuild
+        for name in SPEED_FIELDS.values():  # selection reads them: a hand-edited one means rebuild
             speed = kw.get(name)
             if speed is not None and not (isinstance(speed, dict) and all(
                     isinstance(speed.get(k), (int, float)) and math.isfinite(speed[k]) and speed[k] > 0
-                    for k in ("fp32_tiles_per_s", "int8_tiles_per_s"))):
+                    for k in ("fp32_tiles_per_s", SPEED_KEYS[name]))):
                 raise ValueError(f"{name} is not two positive tiles/s figures: {speed!r}")
             if speed is not None and speed.get("precision", "f32") not in PRECISIONS:
                 raise ValueError(f"{name} names an unknown precision: {speed.get('precision')!r}")
@@ -328,16 +332,64 @@ def gate_text(gate: dict[str, Any] | None) -> str:
             + kept_text(gate.get("kept_fp32")) + ood)
 
 
-def slower_than_fp32(speed: dict[str, float]) -> bool:
-    """int8 only serves on its own if the build timed it at least as fast as fp32. int8 is an
-    approximation of the model, certified to within the gate's tolerance; where it buys no
-    speed the exact model should serve. A tie within the timing noise may go either way, and
-    either is then fine: the figures are the build's, kept in its status."""
-    return speed["int8_tiles_per_s"] < speed["fp32_tiles_per_s"]
+def build_attempt(model_path: str | Path, name: str) -> dict[str, Any] | None:
+    """Engine ``name``'s attempt in this model's last build record (None: no record, or that
+    build did not try it)."""
+    st = read_status(model_path)
+    return next((a for a in st.attempts if a.get("engine") == name), None) if st else None
 
 
-#: the status field holding each CPU int8 engine's speed against fp32 on this machine
-SPEED_FIELDS = {"openvino-int8": "openvino_speed", "ort-int8": "ort_speed"}
+def build_certificate(model_path: str | Path, name: str, *, not_tried: str = "") -> str | None:
+    """None when engine ``name`` passed its gate in this model's last build under the current
+    fingerprint (model, calibration set, runtimes, machine, recipe); else why not. For engines
+    whose only certificate is the build record (no file of their own carries a gate)."""
+    st = read_status(model_path)
+    if st is None:
+        # no "gate" in these words: selection warns about gate failures, and this is routine
+        return "not built on this machine yet (build on arrival builds and checks it; 'nscmonitor engine autobuild MODEL')"
+    attempt = build_attempt(model_path, name)
+    if attempt is None:
+        return "its last engine build did not try it" + (f" ({not_tried})" if not_tried else "")
+    if not attempt.get("passed"):
+        why = attempt.get("reason") or "see engine-status.json"
+        return f"failed its gate: {why}" if attempt.get("gate") else f"could not be gated: {why}"
+    if fingerprint(model_path, calibration_dir=st.calibration_dir).changes(st.fingerprint):
+        return "gated under another model, runtime or machine; it is gated again by the next build"
+    return None
+
+
+def engine_tiles_per_s(speed: dict[str, Any]) -> float:
+    """The timed engine's tiles/s in a speed record (int8 or bf16), beside its fp32 figure."""
+    return float(speed["int8_tiles_per_s"] if "int8_tiles_per_s" in speed else speed["bf16_tiles_per_s"])
+
+
+def slower_than_fp32(speed: dict[str, Any]) -> bool:
+    """A reduced-precision engine only serves on its own if the build timed it at least as fast
+    as fp32. It is an approximation of the model, certified to within the gate's tolerance;
+    where it buys no speed the exact model should serve. A tie within the timing noise may go
+    either way, and either is then fine: the figures are the build's, kept in its status."""
+    return engine_tiles_per_s(speed) < speed["fp32_tiles_per_s"]
+
+
+def speedup(speed: dict[str, Any]) -> float:
+    """The engine's tiles/s over fp32's, both timed in the same alternating rounds: the figure
+    that ranks CPU engines timed at different moments (each against its own fp32 rounds)."""
+    return engine_tiles_per_s(speed) / speed["fp32_tiles_per_s"]
+
+
+#: the status field holding each CPU engine's speed against fp32 on this machine
+SPEED_FIELDS = {"openvino-int8": "openvino_speed", "ort-int8": "ort_speed", "openvino-bf16": "openvino_bf16_speed"}
+#: the key of the engine's own tiles/s in each of those records
+SPEED_KEYS = {"openvino_speed": "int8_tiles_per_s", "ort_speed": "int8_tiles_per_s",
+              "openvino_bf16_speed": "bf16_tiles_per_s"}
+
+
+def large_key(speed: dict[str, Any]) -> str:
+    """The key of the large request's tiles/s in a speed record: of the OpenVINO precision that
+    serves in an int8 record, of the one engine in a bf16 record."""
+    if "int8_tiles_per_s" in speed:
+        return f"int8_{speed.get('precision', 'f32')}_large_tiles_per_s"
+    return "bf16_large_tiles_per_s"
 
 
 def describe(status: EngineStatus | None, version: str | None = None) -> str:
@@ -353,15 +405,17 @@ def describe(status: EngineStatus | None, version: str | None = None) -> str:
         line = f"{status.engine}{of} ready ({gate}{secs})" if gate else f"{status.engine}{of} ready{secs}"
         s = getattr(status, SPEED_FIELDS.get(status.engine or "", ""), None)
         if s and slower_than_fp32(s):
-            line += (f"; slower than fp32 here ({s['int8_tiles_per_s']:.0f} vs {s['fp32_tiles_per_s']:.0f} tiles/s), "
+            line += (f"; slower than fp32 here ({engine_tiles_per_s(s):.0f} vs {s['fp32_tiles_per_s']:.0f} tiles/s), "
                      f"so fp32 serves unless engine: {status.engine} is set")
         elif s:
-            line += f"; {s['int8_tiles_per_s']:.0f} against {s['fp32_tiles_per_s']:.0f} tiles/s in fp32 here"
-        large = s.get(f"int8_{s.get('precision', 'f32')}_large_tiles_per_s") if s else None
+            line += f"; {engine_tiles_per_s(s):.0f} against {s['fp32_tiles_per_s']:.0f} tiles/s in fp32 here"
+        large = s.get(large_key(s)) if s else None
         if isinstance(large, (int, float)) and s.get("large_batch"):
             line += f" ({large:.0f} tiles/s in chunks of {s['large_batch']}, frames of many tiles)"
         if s and PRECISION_TEXT.get(s.get("precision", "f32")):
             line += "; " + PRECISION_TEXT[s["precision"]]
+        if status.engine == "openvino-bf16":
+            line += "; the fp32 model, all of it in bf16 (no int8 file)"
         return line
     return f"no built engine{of}: {status.reason}"
 
@@ -378,7 +432,7 @@ def summary(model_path: str | Path, version: str | None = None) -> dict[str, Any
     if st is not None:
         out.update({k: v for k, v in st.to_dict().items() if k in (
             "engine", "precision", "gate", "reason", "build_seconds", "started_at", "finished_at", "target")})
-        out.update({k: v for k, v in st.to_dict().items() if k in ("openvino_speed", "ort_speed") and v})
+        out.update({k: v for k, v in st.to_dict().items() if k in SPEED_FIELDS.values() and v})
         if st.state == "building" and not running:
             out["state"] = "interrupted"
             out["message"] = f"the build{' for ' + version if version else ''} started {st.started_at} was interrupted; " \

@@ -1,8 +1,11 @@
 """Pick the fastest backend that is installed here and certified for this model.
 
 Order: TensorRT -> torch CUDA fp16 -> ONNX Runtime CUDA -> OpenVINO int8 (optional extra) -> ONNX Runtime CPU
-int8 -> ONNX Runtime CPU fp32 -> torch. OpenVINO runs the same gated int8 file 2.5-3.7x
-faster than ONNX Runtime on the project's CPUs (docs/performance.md). Every step down is
+int8 -> OpenVINO bf16 (the fp32 model, on CPUs with bf16 units) -> ONNX Runtime CPU fp32 -> torch.
+OpenVINO runs the same gated int8 file 2.5-3.7x faster than ONNX Runtime on the project's CPUs
+(docs/performance.md). Among the CPU engines the build's own timing decides in auto mode: one
+it timed slower than fp32, or slower than the CPU engine it chose, is passed over
+(``autobuild_run.speed_refusal``). Every step down is
 logged with its reason and returned to the caller, so the daemon's health record and
 ``nscmonitor doctor`` can say why a GPU box is running on the CPU.
 """
@@ -14,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nscmonitor.engines.autobuild_run import int8_refusal, openvino_large_batch, openvino_precision
+from nscmonitor.engines.autobuild_run import openvino_large_batch, openvino_precision, speed_refusal
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.calibration import TileSet
 from nscmonitor.engines.metadata import MetadataError, ModelMetadata, read_onnx_metadata
@@ -23,13 +26,14 @@ from nscmonitor.engines.validate import GateReport, serving_metadata, validate_e
 
 log = logging.getLogger(__name__)
 
-ORDER = ("tensorrt", "torch-cuda", "ort-cuda", "openvino-int8", "ort-int8", "ort-cpu", "torch")
+ORDER = ("tensorrt", "torch-cuda", "ort-cuda", "openvino-int8", "ort-int8", "openvino-bf16", "ort-cpu", "torch")
 OPTIONAL = ("openvino-fp32",)
 ALIASES = {"trt": "tensorrt", "ort-cpu-fp32": "ort-cpu", "ort-fp32": "ort-cpu", "ort-cpu-int8": "ort-int8",
            "int8": "ort-int8", "cuda": "ort-cuda", "torch-cl": "torch", "openvino": "openvino-fp32",
            "ov-int8": "openvino-int8", "ort-cuda-fp32": "ort-cuda", "torch-fp32": "torch",
-           "tensorrt-fp16": "tensorrt", "tensorrt-int8": "tensorrt", "torch-cuda-fp16": "torch-cuda"}
-SELF_CERTIFIED = ("tensorrt", "torch-cuda", "openvino-int8", "ort-int8")
+           "tensorrt-fp16": "tensorrt", "tensorrt-int8": "tensorrt", "torch-cuda-fp16": "torch-cuda",
+           "ov-bf16": "openvino-bf16"}
+SELF_CERTIFIED = ("tensorrt", "torch-cuda", "openvino-int8", "ort-int8", "openvino-bf16")
 
 
 @dataclass
@@ -92,6 +96,17 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
         int8_meta = _int8_metadata(path)
         return OrtInt8Engine(path, serving_metadata(int8_meta, _int8_gate(int8_meta, "gate")), threads=threads,
                              source_sha256=file_sha256(model_path))
+    if backend == "openvino-bf16":
+        from nscmonitor.engines import openvino_bf16
+
+        why = openvino_bf16.certified(model_path)
+        if why is not None:
+            raise EngineError(why)
+        return openvino_bf16.engine(model_path, serving_metadata(meta, openvino_bf16.gate_record(model_path)),
+                                    threads=threads, batch_size=batch_size,
+                                    large_batch=openvino_large_batch(model_path, batch_size, meta.input_size,
+                                                                     engine=backend),
+                                    cache_dir=Path(cache_dir) / "openvino" if cache_dir else None)
     if backend.startswith("openvino-"):
         from nscmonitor.engines.openvino import GATE_KEYS, OpenVinoEngine, large_batch_for
 
@@ -159,9 +174,9 @@ def select(model_path: str | Path, prefer: str = "auto", *, batch_size: int = 8,
 
     ``prefer`` puts one backend first; when it cannot serve, selection continues down the
     usual order (logged), because a daemon that refuses to score is worse than a slower one.
-    A CPU int8 engine its build timed slower than fp32 here is passed over unless it is the
-    one preferred: int8 is a means to speed, and a facility that wants the same engine on
-    every PC whatever its speed names it.
+    A CPU engine its build timed slower than fp32 here, or slower than the CPU engine the build
+    chose, is passed over unless it is the one preferred: reduced precision is a means to
+    speed, and a facility that wants the same engine on every PC whatever its speed names it.
     With ``validation_tiles`` every backend that does not carry its own gate result (the CUDA
     provider, torch) is compared with the ONNX reference before it is accepted.
     ``exclude``: backends not to use, each with the reason (the daemon's, for one that kept
@@ -178,7 +193,7 @@ def select(model_path: str | Path, prefer: str = "auto", *, batch_size: int = 8,
         try:
             if exclude and backend in exclude:
                 raise EngineError(exclude[backend])
-            if backend != first and (slower := int8_refusal(model_path, backend)) is not None:
+            if backend != first and (slower := speed_refusal(model_path, backend)) is not None:
                 raise EngineError(slower)
             engine = make_engine(backend, model_path, meta, batch_size=batch_size, threads=threads,
                                  cache_dir=cache_dir)

@@ -175,14 +175,9 @@ def gate(model_path: str | Path, heldout: Any, *, batch_size: int = SERVING_BATC
 def gate_record(model_path: str | Path) -> dict[str, Any] | None:
     """The gate this model's torch GPU engine passed in its last build (its OOD threshold
     among them), None when there is none."""
-    from nscmonitor.engines.autobuild_status import read_status
+    from nscmonitor.engines.autobuild_status import build_attempt
 
-    return (_attempt(read_status(model_path)) or {}).get("gate")
-
-
-def _attempt(status: Any) -> dict[str, Any] | None:
-    """This engine's attempt in a build status (None: no status, or the build did not try it)."""
-    return next((a for a in status.attempts if a.get("engine") == NAME), None) if status else None
+    return (build_attempt(model_path, NAME) or {}).get("gate")
 
 
 def certified(model_path: str | Path) -> str | None:
@@ -190,23 +185,16 @@ def certified(model_path: str | Path) -> str | None:
     current fingerprint; else why not (selection passes the engine over with that reason)."""
     import importlib.util
 
-    from nscmonitor.engines.autobuild_status import fingerprint, gpu_names, read_status
+    from nscmonitor.engines.autobuild_status import build_attempt, build_certificate, gpu_names
 
     if not gpu_names():
         return "no NVIDIA GPU on this machine"
     if importlib.util.find_spec("torch") is None:
         return "torch is not installed (pip install 'nscmonitor[train]' with a CUDA build of torch)"
-    st = read_status(model_path)
-    if st is None:
-        return "not gated on this machine yet (build on arrival gates it; 'nscmonitor engine autobuild MODEL')"
-    attempt = _attempt(st)
-    if attempt is None:
-        return "its last engine build did not try it (no CUDA GPU or torch then)"
-    if not attempt.get("passed"):
-        why = attempt.get("reason") or "see engine-status.json"
-        return f"failed its gate: {why}" if attempt.get("gate") else f"could not be gated: {why}"
-    if fingerprint(model_path, calibration_dir=st.calibration_dir).changes(st.fingerprint):
-        return "gated under another model, runtime or machine; it is gated again by the next build"
+    why = build_certificate(model_path, NAME, not_tried="no CUDA GPU or torch then")
+    if why is not None:
+        return why
+    attempt = build_attempt(model_path, NAME) or {}
     if (attempt.get("gate") or {}).get("checkpoint_sha256") != checkpoint_sha256(model_path):
         return f"{checkpoint_for(model_path).name} changed since its gate"
     return None

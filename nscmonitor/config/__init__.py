@@ -34,7 +34,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 APP = "nscmonitor"
-ENGINES = ("auto", "trt", "torch-cuda", "ort-cuda", "openvino-int8", "ort-int8", "ort-cpu", "torch")
+ENGINES = ("auto", "trt", "torch-cuda", "ort-cuda", "openvino-int8", "ort-int8", "openvino-bf16", "ort-cpu", "torch")
 
 
 def default_config_path() -> Path:

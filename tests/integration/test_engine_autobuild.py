@@ -316,7 +316,7 @@ def test_a_torn_status_file_means_rebuild_not_crash(tmp_path: Path) -> None:
     for bad in ({"fp32_tiles_per_s": "fast", "int8_tiles_per_s": 3.0}, {"fp32_tiles_per_s": 1.0}, [1, 2],
                 {"fp32_tiles_per_s": float("nan"), "int8_tiles_per_s": 3.0}):
         autobuild.status_path(model).write_text(json.dumps({**record, "openvino_speed": bad}))
-        assert autobuild.read_status(model) is None and autobuild.int8_refusal(model, "openvino-int8") is None
+        assert autobuild.read_status(model) is None and autobuild.speed_refusal(model, "openvino-int8") is None
     good = {"fp32_tiles_per_s": 10.0, "int8_tiles_per_s": 5.0}
     autobuild.status_path(model).write_text(json.dumps({**record, "openvino_speed": good}))
     assert autobuild.read_status(model).openvino_speed == good
@@ -470,3 +470,99 @@ def test_a_waited_for_build_is_stopped_at_its_time_limit(tmp_path: Path) -> None
     assert status is None or status.state != "ready"
     assert not autobuild.build_running(model)
     assert autobuild.ensure(model, quiet=True).state == "ready"  # with time, the same build passes
+
+
+def test_the_fp32_model_in_bf16_is_gated_timed_and_served_where_the_build_timed_it_fastest(tmp_path: Path) -> None:
+    """Where the CPU has bf16 units the build also gates the fp32 model run by OpenVINO in bf16
+    (no int8 file) and times it beside the int8 engines; the fastest certified CPU engine
+    serves, the others are passed over in auto mode with the build's figures, and a bf16 engine
+    without a passed gate under the current fingerprint never serves, not even when named."""
+    from nscmonitor.engines import openvino_bf16
+    from nscmonitor.engines.autobuild_status import speedup
+    from nscmonitor.engines.openvino import has_bf16
+    from nscmonitor.engines.select import select
+    from nscmonitor.engines.tiny import build_tiny_classifier
+
+    if not autobuild.has_openvino():
+        pytest.skip("OpenVINO is not installed here")
+    model = tmp_path / "run" / "model.onnx"
+    meta = build_tiny_classifier(model, weights={"fc_w": np.random.default_rng(100).normal(0, 3.0, (8, 4))},
+                                 ood_threshold=50.0)
+    if has_bf16():  # nothing serves it before a build has checked it here
+        assert "not built on this machine yet" in openvino_bf16.certified(model)
+        assert select(model, "openvino-bf16").backend != "openvino-bf16"
+    status = autobuild.run_build(model, calibration_dir=write_tiles(tmp_path / "tiles"), targets=("openvino-int8",))
+    assert status.state == "ready", status
+    if not has_bf16():
+        assert not any(a["engine"] == "openvino-bf16" for a in status.attempts) and status.openvino_bf16_speed is None
+        assert "no bf16 units" in openvino_bf16.certified(model)
+        pytest.skip("this CPU has no bf16 units: the build did not try the bf16 engine, as checked")
+    bf16 = next(a for a in status.attempts if a["engine"] == "openvino-bf16")
+    assert bf16["passed"] and bf16["gate"]["passed"] and bf16["gate"]["backend"] == "openvino-bf16", bf16
+    assert "OpenVINO bf16 requests of 8 and 64 tiles" in bf16["gate"]["tiles_source"]  # both requests gated
+    assert bf16["gate"]["ood_threshold_reference"] == 50.0 and bf16["gate"]["ood_threshold"] > 0
+    speed = status.openvino_bf16_speed
+    assert speed["fp32_tiles_per_s"] > 0 and speed["bf16_tiles_per_s"] > 0 and speed["bf16_large_tiles_per_s"] > 0
+    assert autobuild.summary(model)["openvino_bf16_speed"] == speed
+    # what the build served is the fastest of the CPU engines it timed that were not slower than fp32
+    timed = {e: getattr(status, f) for e, f in autobuild.SPEED_FIELDS.items() if getattr(status, f)}
+    ranked = {e: speedup(s) for e, s in timed.items() if not autobuild.slower_than_fp32(s)}
+    assert "openvino-bf16" in timed and status.engine == (max(ranked, key=ranked.get) if ranked else status.engine)
+
+    int8 = status.openvino_speed
+    bf16_wins = replace(status, engine="openvino-bf16", gate=bf16["gate"],
+                        openvino_speed={**int8, "fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 150.0},
+                        openvino_bf16_speed={**speed, "fp32_tiles_per_s": 100.0, "bf16_tiles_per_s": 400.0})
+    autobuild.write_status(model, bf16_wins)
+    sel = select(model, batch_size=4)
+    assert sel.backend == "openvino-bf16" and sel.engine.name == "openvino-bf16" and sel.engine.precision == "bf16"
+    assert "timed openvino-bf16 faster here (4.00x fp32 against 1.50x)" in dict(sel.skipped)["openvino-int8"]
+    assert sel.engine.metadata.ood["threshold"] == pytest.approx(bf16["gate"]["ood_threshold"])  # its own mapping
+    x = np.random.default_rng(0).uniform(0, 1, (5, 1, meta.input_size, meta.input_size)).astype(np.float32)
+    assert sel.engine.infer(x).shape == (5, len(meta.classes))
+    sel.engine.close()
+    assert "all of it in bf16" in autobuild.describe(bf16_wins) and "400 against 100 tiles/s" in autobuild.describe(bf16_wins)
+    assert select(model, "openvino-int8").backend == "openvino-int8"  # named, the other one serves regardless
+
+    autobuild.write_status(model, replace(bf16_wins, engine="openvino-int8",
+                                          openvino_speed={**int8, "fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 300.0}))
+    assert select(model).backend == "openvino-int8"
+    autobuild.write_status(model, replace(bf16_wins, openvino_bf16_speed={**speed, "fp32_tiles_per_s": 100.0,
+                                                                          "bf16_tiles_per_s": 80.0}))
+    # chosen but timed slower than fp32: the int8 engine, not slower, serves; bf16 only when named
+    assert select(model).backend == "openvino-int8"
+    assert "runs slower than fp32 on this machine (80.0 vs 100.0" in autobuild.speed_refusal(model, "openvino-bf16")
+    assert select(model, "openvino-bf16").backend == "openvino-bf16"
+
+    # a refused gate, or one made under another fingerprint, keeps it from serving even when named
+    refused = tuple({**a, "passed": False, "reason": "well readout differs by 2 pp"} if a["engine"] == "openvino-bf16"
+                    else a for a in bf16_wins.attempts)
+    autobuild.write_status(model, replace(bf16_wins, attempts=refused))
+    assert openvino_bf16.certified(model) == "failed its gate: well readout differs by 2 pp"
+    sel = select(model, "openvino-bf16")
+    assert sel.backend != "openvino-bf16" and "failed its gate" in dict(sel.skipped)["openvino-bf16"]
+    autobuild.write_status(model, replace(bf16_wins, fingerprint={**bf16_wins.fingerprint, "machine": "another PC"}))
+    assert "gated under another model, runtime or machine" in openvino_bf16.certified(model)
+
+
+def test_the_bf16_gate_refuses_what_moves_the_readout(tmp_path: Path) -> None:
+    """The same gate as an int8 file's: under a tolerance no rounding can meet it fails, with
+    the reason, so the build records a refusal rather than a bf16 engine."""
+    from nscmonitor.engines import openvino_bf16
+    from nscmonitor.engines.calibration import calibration_and_heldout
+    from nscmonitor.engines.openvino import has_bf16
+    from nscmonitor.engines.ort import OrtCpuEngine
+    from nscmonitor.engines.validate import predict_with_ood
+
+    if not (autobuild.has_openvino() and has_bf16()):
+        pytest.skip("needs OpenVINO on a CPU with bf16 units")
+    model = tmp_path / "run" / "model.onnx"
+    meta = confident_tiny(model)
+    _, held = calibration_and_heldout(write_tiles(tmp_path / "tiles"), meta, n_calib=16)
+    ref_engine = OrtCpuEngine(model, meta)
+    ref_engine.load()
+    ref = predict_with_ood(ref_engine, held.x)
+    assert openvino_bf16.gate(model, meta, held, ref).passed
+    strict = replace(meta, int8_tolerance={"top1_agreement": 1.0, "well_readout_pp": 0.0, "tile_noise_ratio": 0.0})
+    report = openvino_bf16.gate(model, strict, held, ref)
+    assert not report.passed and any("well readout differs" in r or "tile noise" in r for r in report.reasons)

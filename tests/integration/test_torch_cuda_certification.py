@@ -75,7 +75,7 @@ def test_the_gpu_engine_serves_only_under_its_own_passed_gate(run, tmp_path, mon
     autobuild_status.runtime_versions()
     monkeypatch.setattr(autobuild_status, "gpu_names", lambda: ("NVIDIA test GPU",))
     model = _copy(run, tmp_path / "run")
-    assert "not gated on this machine yet" in certified(model)
+    assert "not built on this machine yet" in certified(model)
 
     fp = asdict(fingerprint(model))
     sha = autobuild_status.cached_sha256(model.parent / "best.pt")
