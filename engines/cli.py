@@ -61,7 +61,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("model")
     bench.add_argument("--backends", default="ort-cpu,ort-int8,torch",
                        help="comma-separated (tensorrt, torch-cuda, ort-cuda, ort-int8, ort-cpu, torch, "
-                            "openvino-int8, openvino-fp32)")
+                            "openvino-int8, openvino-bf16, openvino-fp32)")
     bench.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes")
     bench.add_argument("--tiles", metavar="DIR", help="real tiles for agreement with fp32 (else timing only)")
     bench.add_argument("--threads", type=int, default=0)
@@ -218,8 +218,14 @@ def _backend_status() -> list[tuple[str, str]]:
     torch = importlib.util.find_spec("torch") is not None
     rows.append(("torch", "installed (serves RUN_DIR/best.pt)" if torch else "not installed"))
     ov = importlib.util.find_spec("openvino") is not None
-    rows.append(("openvino-int8/fp32", "installed (optional; only by --prefer, gated at selection)" if ov
-                 else "not installed (optional: pip install openvino)"))
+    if not ov:
+        rows += [(b, "not installed (optional: pip install openvino)") for b in ("openvino-int8", "openvino-bf16")]
+        return rows
+    from nscmonitor.engines.openvino import has_bf16
+
+    rows.append(("openvino-int8", "installed (needs a .int8.onnx beside the model with OpenVINO's own gate passed)"))
+    rows.append(("openvino-bf16", "installed; this CPU has bf16 units (serves the fp32 model in bf16 once build on "
+                 "arrival has gated it)" if has_bf16() else "installed; this CPU has no bf16 units"))
     return rows
 
 
