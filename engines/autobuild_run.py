@@ -51,20 +51,25 @@ def has_torch_cuda() -> bool:
     return bool(gpu_names()) and importlib.util.find_spec("torch") is not None and not torch_disabled()
 
 
-def plan(*, tensorrt_gpu: bool, openvino: bool, torch_cuda: bool = False) -> tuple[str, ...]:
+def plan(*, tensorrt_gpu: bool, openvino: bool, torch_cuda: bool = False, bf16: bool = False) -> tuple[str, ...]:
     """Engines to try, best first (the selection order of ``engines.select``). The CPU int8
     model is always built first because TensorRT's int8 engine is parsed from its Q/DQ graph
     (and it is the fallback should the GPU go); the best engine that passes its gate is the
-    one served."""
-    cpu = "openvino-int8" if openvino else "ort-int8"
+    one served, among the CPU engines the fastest. ``bf16``: OpenVINO can run bf16 on this
+    CPU, so the fp32 model in bf16 (``openvino-bf16``) is gated after the int8 file."""
+    cpu = ("openvino-int8", *(("openvino-bf16",) if bf16 else ())) if openvino else ("ort-int8",)
     gpu = (("tensorrt-int8", "tensorrt-fp16") if tensorrt_gpu else ()) + (("torch-cuda-fp16",) if torch_cuda else ())
-    return (*gpu, cpu)
+    return (*gpu, *cpu)
 
 
 def targets_here() -> tuple[str, ...]:
     """The plan for this machine, as every caller (the build, the command line, a model
     without a calibration set) must see it."""
-    return plan(tensorrt_gpu=has_tensorrt_gpu(), openvino=has_openvino(), torch_cuda=has_torch_cuda())
+    from nscmonitor.engines.openvino import has_bf16
+
+    openvino = has_openvino()
+    return plan(tensorrt_gpu=has_tensorrt_gpu(), openvino=openvino, torch_cuda=has_torch_cuda(),
+                bf16=openvino and has_bf16())
 
 
 def _now() -> str:
@@ -204,7 +209,7 @@ def _attempts(model_path: Path, tiles: _Tiles, targets: tuple[str, ...], threads
         attempts.append(_try_torch_cuda(model_path, tiles, threads, say))
         if attempts[-1].passed:
             return attempts
-    cpu_target = targets[-1]
+    cpu_target = next((t for t in targets if t in ("openvino-int8", "ort-int8")), "ort-int8")
     say(f"quantising to int8 and gating against fp32 on {len(tiles.heldout)} held-out tiles")
     try:
         attempts += _cpu_int8(model_path, tiles, cpu_target == "openvino-int8", threads, detail)
@@ -213,7 +218,7 @@ def _attempts(model_path: Path, tiles: _Tiles, targets: tuple[str, ...], threads
         attempts.append(Attempt(cpu_target, False, reason=f"int8 build failed: {exc}"))
     from nscmonitor.engines.openvino import has_bf16
 
-    if cpu_target == "openvino-int8" and has_bf16():
+    if "openvino-bf16" in targets and has_bf16():
         say(f"gating the fp32 model in bf16 on OpenVINO against fp32 on {len(tiles.heldout)} held-out tiles")
         try:
             attempts.append(_openvino_bf16(model_path, tiles, threads))

@@ -25,6 +25,7 @@ from nscmonitor.cli import main
 from nscmonitor.config import load_settings
 from nscmonitor.daemon import build_runner
 from nscmonitor.engines import autobuild
+from nscmonitor.engines.autobuild_status import SPEED_KEYS
 from nscmonitor.engines.calibration import tiles_from_folder
 from nscmonitor.registry.registry import Registry
 from nscmonitor.store import models as m
@@ -245,8 +246,9 @@ def test_a_daemon_in_auto_mode_keeps_fp32_when_the_built_engine_is_slower_and_sa
 
     # the build's own timing decides, whichever way it went here; then each way on purpose
     real = autobuild.slower_than_fp32(getattr(built, field))
-    faster = {"fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 120.0}
-    slower_ = {"fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 50.0}
+    key = SPEED_KEYS[field]  # the engine's own figure: int8_tiles_per_s, or bf16_ where the bf16 engine won
+    faster = {"fp32_tiles_per_s": 100.0, key: 120.0}
+    slower_ = {"fp32_tiles_per_s": 100.0, key: 50.0}
     # each outcome twice in a row: int8 rebuilt while int8 serves is a swap to the new file;
     # fp32 still serving after a build is "kept"
     cases = [(None, real), (faster, False), (faster, False), (slower_, True), (slower_, True)]
@@ -290,6 +292,8 @@ def test_decide_retries_only_when_something_changes() -> None:
 def test_plan_follows_the_selection_order() -> None:
     assert autobuild.plan(tensorrt_gpu=True, openvino=True) == ("tensorrt-int8", "tensorrt-fp16", "openvino-int8")
     assert autobuild.plan(tensorrt_gpu=False, openvino=False) == ("ort-int8",)
+    assert autobuild.plan(tensorrt_gpu=False, openvino=True, bf16=True) == ("openvino-int8", "openvino-bf16")
+    assert autobuild.plan(tensorrt_gpu=False, openvino=False, bf16=True) == ("ort-int8",)  # bf16 is OpenVINO's
     assert autobuild.plan(tensorrt_gpu=False, openvino=True, torch_cuda=True) == ("torch-cuda-fp16", "openvino-int8")
     assert autobuild.plan(tensorrt_gpu=True, openvino=False, torch_cuda=True) == (
         "tensorrt-int8", "tensorrt-fp16", "torch-cuda-fp16", "ort-int8")
@@ -492,8 +496,10 @@ def test_the_fp32_model_in_bf16_is_gated_timed_and_served_where_the_build_timed_
     if has_bf16():  # nothing serves it before a build has checked it here
         assert "not built on this machine yet" in openvino_bf16.certified(model)
         assert select(model, "openvino-bf16").backend != "openvino-bf16"
-    status = autobuild.run_build(model, calibration_dir=write_tiles(tmp_path / "tiles"), targets=("openvino-int8",))
+    status = autobuild.run_build(model, calibration_dir=write_tiles(tmp_path / "tiles"),
+                                 targets=("openvino-int8", "openvino-bf16"))
     assert status.state == "ready", status
+    assert autobuild.targets_here()[-1] == ("openvino-bf16" if has_bf16() else "openvino-int8")
     if not has_bf16():
         assert not any(a["engine"] == "openvino-bf16" for a in status.attempts) and status.openvino_bf16_speed is None
         assert "no bf16 units" in openvino_bf16.certified(model)
