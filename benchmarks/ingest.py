@@ -20,8 +20,8 @@ goes are visible), and, when the build kept layers fp32 to pass its gate, the sa
 int8 on those tiles (what those layers cost; the file its gate refused); the engine's share of
 this machine's int8 bound (``--int8-peak-gops`` or ``--cpu-peak FILE``, the output of
 ../shared/tools/cpu_peak.sh or a JSON with ``int8_gops``; on a CPU with AMX, where oneDNN runs
-int8 on the tile unit and the AVX-512 figure is no bound, the output of benchmarks/amx_peak.sh); ResNet50 is 8.2 GFLOP per 224 px
-image, scaled by tile area); and the p95 latency from file
+int8 on the tile unit and the AVX-512 figure is no bound, the output of benchmarks/amx_peak.sh;
+ResNet50 is 8.2 GFLOP per 224 px image, scaled by tile area); and the p95 latency from file
 complete to stored prediction with frames arriving at 1 per 2 s. JSON goes to
 benchmarks/results/ingest-side-by-side.json.
 """

@@ -3,10 +3,11 @@ with no int8 file, for CPUs with bf16 units (AMX, AVX512-BF16).
 
 Why it exists: the int8 engines serve only a model whose well readout survives int8, and many
 a lab's model does not (docs/performance.md, runs 6, 7, 9 and 20: 1.3 to 15 pp with every
-layer int8, so the build kept 7 to 16 of 16 blocks fp32 and the engine ran 1.3-2.6x fp32). bf16 keeps 8 bits of mantissa where int8
-keeps a scale per channel and 8 bits in all, so the same network moves its readout much less
-(run 20's ResNet50: 0.74 pp in bf16 against 1.5-2.1 pp all-int8), and on a CPU with AMX bf16
-runs on the tile unit: 4.1x ONNX Runtime fp32 there, against 1.3x for the int8 file that passed
+layer int8, so the build kept 7 to 16 of 16 blocks fp32 and the engine ran 1.3-2.6x fp32).
+bf16 rounds every value to 8 significant bits under its own exponent, where int8 gives a whole
+channel one scale and 8 bits, so the same network moves its readout much less (run 20's
+ResNet50: 0.74 pp in bf16 against 1.5-2.1 pp all-int8), and on a CPU with AMX bf16 runs on the
+tile unit: 4.1x ONNX Runtime fp32 there, against 1.3x for the int8 file that passed
 with twelve blocks fp32. It is gated exactly as an int8 file is (the same held-out tiles,
 tolerances and OOD threshold mapping; through the small and the large request, the worse one
 recorded), timed by the build beside the int8 engines, and served when the build timed it the
