@@ -290,16 +290,14 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         why = "; ".join(f"{a.engine}: {a.reason}" for a in attempts) or "nothing could be built"
         return _finish(model_path, replace(base, state="failed", attempts=records,
                                            reason=f"no engine passed its gate, fp32 serves ({why})"), t0)
-    # A GPU engine that passed serves (the CPU's fp32 is no yardstick for it). Otherwise every
-    # certified CPU engine is timed against fp32 and the fastest that is not slower serves: an
-    # int8 file that kept many blocks fp32 can lose to the whole model in bf16 (AMX).
+    # A GPU engine that passed serves (sorted first; the CPU's fp32 is no yardstick for it).
+    # Otherwise every certified CPU engine is timed against fp32 and the fastest that is not
+    # slower serves: an int8 file that kept many blocks fp32 can lose to the whole model in bf16.
     best, best_speedup = None, 0.0
     for i, candidate in enumerate(passed):
         field = SPEED_FIELDS.get(candidate.engine)
         if field is None:
-            if i == 0:
-                break
-            continue
+            break
         say(f"timing {candidate.engine} against fp32 on this machine")
         try:
             speed = _cpu_speeds(model_path, candidate.engine, model_path.parent / candidate.artefact,
@@ -408,9 +406,7 @@ def openvino_precision(model_path: str | Path) -> str:
     timed faster among those whose gate passed (``_cpu_speeds``), f32 without such a record."""
     from nscmonitor.engines.openvino import has_bf16
 
-    st = read_status(model_path)
-    s = st.openvino_speed if st is not None and st.fingerprint.get("model_sha256") == cached_sha256(model_path) else None
-    precision = str((s or {}).get("precision", "f32"))
+    precision = str((_speed_record(model_path, "openvino-int8") or {}).get("precision", "f32"))
     return precision if precision == "f32" or has_bf16() else "f32"
 
 
@@ -438,12 +434,14 @@ def openvino_large_batch(model_path: str | Path, batch_size: int, input_size: in
     return large
 
 
-def _speed_record(model_path: str | Path, engine_name: str) -> dict[str, Any] | None:
+def _speed_record(model_path: str | Path, engine_name: str,
+                  status: EngineStatus | None = None) -> dict[str, Any] | None:
     """The build's timing of ``engine_name`` against fp32 for this very model (None when the
-    engine is not a CPU engine, or no build of this model timed it)."""
+    engine is not a CPU engine, or no build of this model timed it); ``status``: the record
+    already read, else it is read here."""
     field = SPEED_FIELDS.get(engine_name)
-    st = read_status(model_path) if field else None
-    if st is None or st.fingerprint.get("model_sha256") != cached_sha256(model_path):
+    st = status if status is not None else (read_status(model_path) if field else None)
+    if field is None or st is None or st.fingerprint.get("model_sha256") != cached_sha256(model_path):
         return None
     return getattr(st, field, None)
 
@@ -453,16 +451,16 @@ def speed_refusal(model_path: str | Path, engine_name: str) -> str | None:
     when the engine is chosen automatically, from the build's own timing: it ran slower than
     fp32, or the build timed another certified CPU engine faster and chose that one. None when
     neither, or no build recorded it."""
-    s = _speed_record(model_path, engine_name)
+    st = read_status(model_path) if engine_name in SPEED_FIELDS else None
+    s = _speed_record(model_path, engine_name, st)
     if not s:
         return None
     if slower_than_fp32(s):
         return (f"{engine_name} runs slower than fp32 on this machine ({engine_tiles_per_s(s):.1f} vs "
                 f"{s['fp32_tiles_per_s']:.1f} tiles/s, measured by its build); set engine: {engine_name} to serve "
                 "it anyway")
-    st = read_status(model_path)
-    chosen = st.engine if st is not None and st.state == "ready" else None
-    best = _speed_record(model_path, chosen) if chosen and chosen != engine_name else None
+    chosen = st.engine if st.state == "ready" else None
+    best = _speed_record(model_path, chosen, st) if chosen and chosen != engine_name else None
     if best and not slower_than_fp32(best) and speedup(best) > speedup(s):
         return (f"the build timed {chosen} faster here ({speedup(best):.2f}x fp32 against {speedup(s):.2f}x) and "
                 f"serves it; set engine: {engine_name} to serve this one")

@@ -337,6 +337,14 @@ def test_a_torn_status_file_means_rebuild_not_crash(tmp_path: Path) -> None:
     large = {**good, "int8_f32_tiles_per_s": 5.0, "int8_f32_large_tiles_per_s": 6.0, "large_batch": 64}
     autobuild.status_path(model).write_text(json.dumps({**record, "openvino_speed": large}))
     assert autobuild.read_status(model).openvino_speed == large
+    # the bf16 engine's record is held to the same rule, with its own figure
+    for bad in ({"fp32_tiles_per_s": 10.0, "int8_tiles_per_s": 5.0}, {"fp32_tiles_per_s": 10.0, "bf16_tiles_per_s": 0},
+                {"fp32_tiles_per_s": 10.0, "bf16_tiles_per_s": 5.0, "bf16_large_tiles_per_s": "fast"}):
+        autobuild.status_path(model).write_text(json.dumps({**record, "openvino_bf16_speed": bad}))
+        assert autobuild.read_status(model) is None and autobuild.speed_refusal(model, "openvino-bf16") is None, bad
+    bf16 = {"fp32_tiles_per_s": 10.0, "bf16_tiles_per_s": 5.0, "bf16_large_tiles_per_s": 6.0, "large_batch": 64}
+    autobuild.status_path(model).write_text(json.dumps({**record, "openvino_bf16_speed": bf16}))
+    assert autobuild.read_status(model).openvino_bf16_speed == bf16
 
 
 
@@ -528,11 +536,12 @@ def test_the_fp32_model_in_bf16_is_gated_timed_and_served_where_the_build_timed_
     x = np.random.default_rng(0).uniform(0, 1, (5, 1, meta.input_size, meta.input_size)).astype(np.float32)
     assert sel.engine.infer(x).shape == (5, len(meta.classes))
     sel.engine.close()
-    assert "all of it in bf16" in autobuild.describe(bf16_wins) and "400 against 100 tiles/s" in autobuild.describe(bf16_wins)
+    said = autobuild.describe(bf16_wins)
+    assert "all of it in bf16" in said and "400 against 100 tiles/s" in said
     assert select(model, "openvino-int8").backend == "openvino-int8"  # named, the other one serves regardless
 
-    autobuild.write_status(model, replace(bf16_wins, engine="openvino-int8",
-                                          openvino_speed={**int8, "fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 300.0}))
+    int8_wins = {**int8, "fp32_tiles_per_s": 100.0, "int8_tiles_per_s": 300.0}
+    autobuild.write_status(model, replace(bf16_wins, engine="openvino-int8", openvino_speed=int8_wins))
     assert select(model).backend == "openvino-int8"
     autobuild.write_status(model, replace(bf16_wins, openvino_bf16_speed={**speed, "fp32_tiles_per_s": 100.0,
                                                                           "bf16_tiles_per_s": 80.0}))
