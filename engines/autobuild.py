@@ -71,8 +71,8 @@ def decide(status: EngineStatus | None, current: Fingerprint, *, artefact_presen
         return "wait"
     if status is None or current.changes(status.fingerprint):
         return "build"
-    if status.state == "ready":
-        return "ready" if artefact_present else "build"
+    if status.state == "ready":  # a record still pending engines with no build running: the builder died
+        return "ready" if artefact_present and not status.pending else "build"
     if status.state in ("failed", "no-calibration"):
         return "keep"
     return "build"  # a "building" record with no build running: the builder died

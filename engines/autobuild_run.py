@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from nscmonitor.engines.autobuild_status import (NO_CALIBRATION, SPEED_FIELDS, EngineStatus, _model_tiles_path,
-                                                 calibration_sha256, cached_sha256, describe, engine_tiles_per_s,
-                                                 fingerprint, gpu_names, large_key, read_status, slower_than_fp32,
-                                                 speedup, write_status)
+                                                 build_running, calibration_sha256, cached_sha256, describe,
+                                                 engine_tiles_per_s, fingerprint, gpu_names, large_key, read_status,
+                                                 slower_than_fp32, speedup, write_status)
 from nscmonitor.engines.base import EngineError
 from nscmonitor.engines.openvino import GATE_KEYS
 
@@ -197,18 +197,33 @@ def _openvino_bf16(model_path: Path, tiles: _Tiles, threads: int) -> Attempt:
 
 
 def _attempts(model_path: Path, tiles: _Tiles, targets: tuple[str, ...], threads: int, say: Progress,
-              detail: Callable[[int, int, str], None] | None) -> list[Attempt]:
+              detail: Callable[[int, int, str], None] | None,
+              certified: Callable[[Attempt, tuple[str, ...]], None] | None = None) -> list[Attempt]:
     """The CPU int8 model, then the GPU engines of ``targets`` until one passes; a backend's
     failure is recorded as its attempt's reason and the next one is tried. Without TensorRT
     (whose int8 engine is parsed from the CPU int8 model) the torch GPU engine is gated first
     and, when it passes, the CPU build is skipped: it would cost minutes of a GPU box's CPU for
     a fallback that is only wanted if the GPU goes, and then the machine's fingerprint changes
-    and the next build makes it."""
+    and the next build makes it. The fp32 model in bf16 is gated before the int8 file: it takes
+    seconds where an int8 file that needs layers kept fp32 takes minutes, and once it has
+    passed, ``certified`` gets it and the engines still to try, so it can serve meanwhile."""
     attempts: list[Attempt] = []
     if "torch-cuda-fp16" in targets and not any(t.startswith("tensorrt") for t in targets):
         attempts.append(_try_torch_cuda(model_path, tiles, threads, say))
         if attempts[-1].passed:
             return attempts
+    from nscmonitor.engines.openvino import has_bf16
+
+    bf16: list[Attempt] = []
+    if "openvino-bf16" in targets and has_bf16():
+        say(f"gating the fp32 model in bf16 on OpenVINO against fp32 on {len(tiles.heldout)} held-out tiles")
+        try:
+            bf16.append(_openvino_bf16(model_path, tiles, threads))
+        except Exception as exc:  # this attempt's outcome, not the build's end
+            log.exception("OpenVINO bf16 gate of %s failed", model_path)
+            bf16.append(Attempt("openvino-bf16", False, reason=f"OpenVINO bf16 engine failed: {exc}"))
+        if bf16[0].passed and certified is not None:
+            certified(bf16[0], tuple(t for t in targets if t != "openvino-bf16"))
     cpu_target = next((t for t in targets if t in ("openvino-int8", "ort-int8")), "ort-int8")
     say(f"quantising to int8 and gating against fp32 on {len(tiles.heldout)} held-out tiles")
     try:
@@ -216,15 +231,7 @@ def _attempts(model_path: Path, tiles: _Tiles, targets: tuple[str, ...], threads
     except Exception as exc:  # a backend's failure is this attempt's outcome, not the build's end
         log.exception("int8 build of %s failed", model_path)
         attempts.append(Attempt(cpu_target, False, reason=f"int8 build failed: {exc}"))
-    from nscmonitor.engines.openvino import has_bf16
-
-    if "openvino-bf16" in targets and has_bf16():
-        say(f"gating the fp32 model in bf16 on OpenVINO against fp32 on {len(tiles.heldout)} held-out tiles")
-        try:
-            attempts.append(_openvino_bf16(model_path, tiles, threads))
-        except Exception as exc:  # this attempt's outcome, not the build's end
-            log.exception("OpenVINO bf16 gate of %s failed", model_path)
-            attempts.append(Attempt("openvino-bf16", False, reason=f"OpenVINO bf16 engine failed: {exc}"))
+    attempts += bf16
     for precision in ("int8", "fp16"):
         if f"tensorrt-{precision}" not in targets:
             continue
@@ -280,7 +287,33 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
     if tiles is None:
         return _finish(model_path, replace(base, state="no-calibration", reason=NO_CALIBRATION), t0)
     base = replace(base, calibration_source=tiles.source, calibration_dir=tiles.calibration_dir)
-    attempts = _attempts(model_path, tiles, targets, threads, say, detail)
+
+    def serve_meanwhile(attempt: Attempt, pending: tuple[str, ...]) -> None:
+        """A CPU engine certified before the build's end serves until the build has tried the
+        rest: its own record, "ready" with the engines still ``pending``, makes the daemon
+        reselect (``token``) as a final record does. Only where it is not slower than fp32."""
+        nonlocal base
+        field = SPEED_FIELDS[attempt.engine]
+        say(f"timing {attempt.engine} against fp32 on this machine")
+        try:
+            speed = _cpu_speeds(model_path, attempt.engine, model_path.parent / str(attempt.artefact),
+                                tiles.heldout.x, threads)
+        except EngineError as exc:  # timed again at the build's end, where a failure counts
+            log.warning("could not time %s against fp32 for %s: %s", attempt.engine, model_path, exc)
+            return
+        base = replace(base, **{field: speed})
+        if slower_than_fp32(speed) or not pending:
+            return
+        record = {"engine": attempt.engine, "passed": True, "gate": attempt.gate, "reason": None,
+                  "seconds": round(attempt.seconds, 2)}
+        interim = replace(base, state="ready", engine=attempt.engine, precision=attempt.engine.rsplit("-", 1)[1],
+                          artefact=attempt.artefact, gate=attempt.gate, attempts=(record,), pending=pending,
+                          build_seconds=round(time.monotonic() - t0, 2), finished_at=_now())
+        write_status(model_path, interim)
+        log.info("%s: %s serves meanwhile (%.2fx fp32 here); trying %s", model_path, attempt.engine, speedup(speed),
+                 ", ".join(pending))
+
+    attempts = _attempts(model_path, tiles, targets, threads, say, detail, serve_meanwhile)
     order = {name: i for i, name in enumerate(("tensorrt-int8", "tensorrt-fp16", "torch-cuda-fp16", "openvino-int8",
                                                 "ort-int8", "openvino-bf16"))}
     passed = sorted((a for a in attempts if a.passed), key=lambda a: order.get(a.engine, 99))
@@ -298,14 +331,16 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         field = SPEED_FIELDS.get(candidate.engine)
         if field is None:
             break
-        say(f"timing {candidate.engine} against fp32 on this machine")
-        try:
-            speed = _cpu_speeds(model_path, candidate.engine, model_path.parent / candidate.artefact,
-                                tiles.heldout.x, threads)
-        except EngineError as exc:  # it passed its gate moments ago; selection will say why it cannot load
-            log.warning("could not time %s against fp32 for %s: %s", candidate.engine, model_path, exc)
-            continue
-        base = replace(base, **{field: speed})
+        speed = getattr(base, field)  # timed already when it served while the build went on
+        if speed is None:
+            say(f"timing {candidate.engine} against fp32 on this machine")
+            try:
+                speed = _cpu_speeds(model_path, candidate.engine, model_path.parent / candidate.artefact,
+                                    tiles.heldout.x, threads)
+            except EngineError as exc:  # it passed its gate moments ago; selection will say why it cannot load
+                log.warning("could not time %s against fp32 for %s: %s", candidate.engine, model_path, exc)
+                continue
+            base = replace(base, **{field: speed})
         # the variant the timing chose serves whenever this engine does (named in the settings too)
         passed[i] = candidate = _with_serving_gate(candidate, speed, model_path)
         if not slower_than_fp32(speed) and speedup(speed) > best_speedup:
@@ -454,6 +489,11 @@ def speed_refusal(model_path: str | Path, engine_name: str) -> str | None:
     st = read_status(model_path) if engine_name in SPEED_FIELDS else None
     s = _speed_record(model_path, engine_name, st)
     if not s:
+        if st is not None and st.pending and st.engine != engine_name and build_running(model_path) \
+                and st.fingerprint.get("model_sha256") == cached_sha256(model_path):
+            # an int8 file the ladder has just published is not timed yet; what the build timed serves meanwhile
+            return (f"its build is still running and has not timed it; {st.engine} serves meanwhile "
+                    "(the build's end chooses between them)")
         return None
     if slower_than_fp32(s):
         return (f"{engine_name} runs slower than fp32 on this machine ({engine_tiles_per_s(s):.1f} vs "

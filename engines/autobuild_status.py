@@ -100,10 +100,14 @@ class EngineStatus:
     openvino_speed: dict[str, Any] | None = None
     #: the same for the fp32 model in bf16 on OpenVINO (``bf16_tiles_per_s``; CPUs with bf16 units)
     openvino_bf16_speed: dict[str, Any] | None = None
+    #: engines the build is still trying while this record's engine, already gated and timed,
+    #: serves (a "ready" record written before the build's end); empty in a build's final record
+    pending: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["attempts"] = list(self.attempts)
+        d["pending"] = list(self.pending)
         return d
 
     @classmethod
@@ -125,6 +129,10 @@ class EngineStatus:
                     for k, v in speed.items() if k.endswith("_tiles_per_s") or k == "large_batch"):
                 raise ValueError(f"{name} holds a timing or batch that is not a positive number: {speed!r}")
         kw["attempts"] = tuple(kw.get("attempts") or ())
+        pending = kw.get("pending") or ()
+        if not isinstance(pending, (list, tuple)) or not all(isinstance(p, str) for p in pending):
+            raise ValueError(f"pending is not a list of engine names: {pending!r}")
+        kw["pending"] = tuple(pending)
         return cls(**kw)
 
 
@@ -416,6 +424,9 @@ def describe(status: EngineStatus | None, version: str | None = None) -> str:
             line += "; " + PRECISION_TEXT[s["precision"]]
         if status.engine == "openvino-bf16":
             line += "; the fp32 model, all of it in bf16 (no int8 file)"
+        if status.pending:
+            line += (f"; it serves while the build goes on with {', '.join(status.pending)}, and the faster "
+                     "certified engine serves after")
         return line
     return f"no built engine{of}: {status.reason}"
 
@@ -426,7 +437,7 @@ def summary(model_path: str | Path, version: str | None = None) -> dict[str, Any
     running = build_running(model_path)
     out: dict[str, Any] = {"state": "building" if running else (st.state if st else "none"),
                            "message": describe(st, version)}
-    if running and (st is None or st.state != "building"):  # started, its record not written yet
+    if running and (st is None or (st.state != "building" and not st.pending)):  # its record not written yet
         out["message"] = f"building an engine{' for ' + version if version else ''} on this machine; scoring " \
                          "goes on with the engine in use"
     if st is not None:
@@ -437,6 +448,13 @@ def summary(model_path: str | Path, version: str | None = None) -> dict[str, Any
             out["state"] = "interrupted"
             out["message"] = f"the build{' for ' + version if version else ''} started {st.started_at} was interrupted; " \
                              "it is retried at the next trigger"
+        elif st.pending and not running:  # its engine still serves; what it had yet to try is tried again
+            out["state"] = "interrupted"
+            out["message"] = (f"{st.engine}{' for ' + version if version else ''} serves; the build started "
+                              f"{st.started_at} was interrupted before it had tried {', '.join(st.pending)}, "
+                              "which is retried at the next trigger")
+        if st.pending:
+            out["pending"] = list(st.pending)
     return out
 
 

@@ -582,3 +582,120 @@ def test_the_bf16_gate_refuses_what_moves_the_readout(tmp_path: Path) -> None:
     strict = replace(meta, int8_tolerance={"top1_agreement": 1.0, "well_readout_pp": 0.0, "tile_noise_ratio": 0.0})
     report = openvino_bf16.gate(model, strict, held, ref)
     assert not report.passed and any("well readout differs" in r or "tile noise" in r for r in report.reasons)
+
+
+def test_an_engine_certified_early_serves_while_the_build_goes_on(tmp_path: Path) -> None:
+    """The fp32 model in bf16 is gated first (seconds); once it passed and was timed not slower
+    than fp32, the build records it "ready" with the engines it still tries (``pending``), so
+    the daemon's token changes and it serves while the int8 file is built and gated (minutes for
+    a ResNet50 that needs layers kept fp32). While that record stands and the build runs, an
+    int8 file the build has not timed yet is passed over; a build that died leaves its engine
+    serving and is retried; the build's final record pends nothing."""
+    from nscmonitor.engines.autobuild_status import BuildLock, lock_path
+    from nscmonitor.engines.openvino import has_bf16
+    from nscmonitor.engines.select import select
+    from nscmonitor.engines.tiny import build_tiny_classifier
+
+    if not (autobuild.has_openvino() and has_bf16()):
+        pytest.skip("needs OpenVINO on a CPU with bf16 units (the engine certified early is the bf16 one)")
+    model = tmp_path / "run" / "model.onnx"
+    build_tiny_classifier(model, weights={"fc_w": np.random.default_rng(100).normal(0, 3.0, (8, 4))},
+                          ood_threshold=50.0)
+    seen: list[tuple[str, object]] = []
+
+    def progress(msg: str) -> None:  # called by the build itself, between its steps
+        if msg.startswith("quantising to int8"):
+            seen.append((msg, autobuild.read_status(model)))
+
+    with BuildLock(lock_path(model)) as lock:  # held as the build command holds it
+        assert lock.acquire()
+        status = autobuild.run_build(model, calibration_dir=write_tiles(tmp_path / "tiles"),
+                                     targets=("openvino-int8", "openvino-bf16"), progress=progress)
+    assert status.state == "ready" and status.pending == () and status.openvino_bf16_speed, status
+    (_, during), = seen  # the int8 file was started after the bf16 engine's record was written
+    if autobuild.slower_than_fp32(status.openvino_bf16_speed):  # a tiny model may run faster in fp32
+        assert during.state == "building" and during.pending == ()
+    else:
+        assert during.state == "ready" and during.engine == "openvino-bf16" and during.pending == ("openvino-int8",)
+        assert during.openvino_bf16_speed == status.openvino_bf16_speed  # timed once, kept for the build's end
+        assert [a["engine"] for a in during.attempts] == ["openvino-bf16"]
+    assert status.openvino_speed and int8_file_present(model)  # the int8 file was built and timed after it
+    # the same states by hand where the bf16 engine would serve early (above, by a real build)
+
+    bf16 = next(a for a in status.attempts if a["engine"] == "openvino-bf16")
+    interim = replace(status, engine="openvino-bf16", precision="bf16", artefact=model.name, gate=bf16["gate"],
+                      attempts=(bf16,), openvino_speed=None, ort_speed=None, pending=("openvino-int8",),
+                      openvino_bf16_speed={**status.openvino_bf16_speed, "fp32_tiles_per_s": 100.0,
+                                           "bf16_tiles_per_s": 300.0})
+    autobuild.write_status(model, interim)
+    assert autobuild.read_status(model) == interim and autobuild.token(model).startswith("openvino-bf16@")
+    with BuildLock(lock_path(model)) as lock:
+        assert lock.acquire()  # the build still runs
+        sel = select(model)
+        assert sel.backend == "openvino-bf16", sel.skipped
+        assert "still running and has not timed it" in dict(sel.skipped)["openvino-int8"]
+        sel.engine.close()
+        assert autobuild.needed(model)[0] == "wait"
+        info = autobuild.summary(model)
+        assert info["state"] == "building" and info["pending"] == ["openvino-int8"]
+        assert "serves while the build goes on with openvino-int8" in info["message"]
+    # the build died before its end: its engine still serves, and the rest is tried again
+    assert autobuild.needed(model)[0] == "build"
+    info = autobuild.summary(model)
+    assert info["state"] == "interrupted" and "interrupted before it had tried openvino-int8" in info["message"]
+    assert autobuild.speed_refusal(model, "openvino-int8") is None  # no build runs: nothing to wait for
+    for bad in ("openvino-int8", [1], {"a": 1}):
+        autobuild.status_path(model).write_text(json.dumps({**interim.to_dict(), "pending": bad}))
+        assert autobuild.read_status(model) is None, bad
+
+
+def int8_file_present(model: Path) -> bool:
+    from nscmonitor.engines.ort import int8_path_for
+
+    return int8_path_for(model).is_file()
+
+
+def test_a_real_build_serves_its_bf16_engine_before_the_int8_file_and_a_killed_build_keeps_it(tmp_path: Path) -> None:
+    """The real build command in a subprocess, on a ResNet18 (where OpenVINO's bf16 runs well
+    ahead of fp32 on a CPU with bf16 units): its record turns "ready" with the bf16 engine while
+    it goes on with the int8 file, selection serves that engine at once, and a build killed then
+    leaves it serving and asks to be retried."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    from nscmonitor.engines.metadata import ModelMetadata
+    from nscmonitor.engines.openvino import has_bf16
+    from nscmonitor.engines.select import select
+    from nscmonitor.engines.torch import export_onnx, with_prelude
+
+    if not (autobuild.has_openvino() and has_bf16()):
+        pytest.skip("needs OpenVINO on a CPU with bf16 units (the engine certified early is the bf16 one)")
+    meta = ModelMetadata(name="r18", version="t", scheme="multiclass",
+                         classes=("neuron", "astrocyte", "oligodendrocyte", "undifferentiated"), input_size=64,
+                         arch="resnet18", normalization={"p_low": 1.0, "p_high": 99.8, "mean": [0.40, 0.45, 0.50],
+                                                         "std": [0.20, 0.22, 0.25], "in_graph": True})
+    model = tmp_path / "run" / "model.onnx"
+    model.parent.mkdir()
+    torch.manual_seed(0)
+    export_onnx(with_prelude(torchvision.models.resnet18(num_classes=4).eval(), meta), meta, model)
+    proc = autobuild.spawn(model, wait=False, calibration_dir=write_tiles(tmp_path / "tiles"), threads=2)
+    try:
+        wait_until(lambda: proc.poll() is not None or bool((st := autobuild.read_status(model)) and st.pending),
+                   180, "the build's early record or its end")
+        early = autobuild.read_status(model)
+        if not early.pending:
+            assert early.state == "ready" and early.openvino_bf16_speed, early
+            assert autobuild.slower_than_fp32(early.openvino_bf16_speed), early  # the one reason to serve nothing early
+            pytest.skip("bf16 runs slower than fp32 on this CPU, so nothing served early (as checked)")
+        assert early.state == "ready" and early.engine == "openvino-bf16" and "openvino-int8" in early.pending
+        assert not autobuild.slower_than_fp32(early.openvino_bf16_speed) and early.pid == proc.pid
+        assert autobuild.token(model).startswith("openvino-bf16@") and autobuild.needed(model)[0] == "wait"
+        sel = select(model, batch_size=8)
+        assert sel.backend == "openvino-bf16" and sel.engine.precision == "bf16", sel.skipped
+        sel.engine.close()
+        assert autobuild.summary(model)["state"] == "building"
+    finally:
+        if proc.poll() is None:
+            autobuild.stop_build(proc)
+    if autobuild.read_status(model).pending:  # killed before its end, as intended
+        assert autobuild.needed(model)[0] == "build" and autobuild.summary(model)["state"] == "interrupted"
+        assert select(model, batch_size=8).backend == "openvino-bf16"  # its engine still serves
