@@ -24,6 +24,10 @@ int8 on the tile unit and the AVX-512 figure is no bound, the output of benchmar
 ResNet50 is 8.2 GFLOP per 224 px image, scaled by tile area); and the p95 latency from file
 complete to stored prediction with frames arriving at 1 per 2 s. JSON goes to
 benchmarks/results/ingest-side-by-side.json.
+``--during-build`` starts a daemon on a backlog with ``--model`` and no engine built here, as
+after registering a model: the daemon builds in the background and scores meanwhile; the table
+says which engine scored how many frames from when to when (JSON:
+benchmarks/results/ingest-during-build.json).
 """
 
 from __future__ import annotations
@@ -87,9 +91,9 @@ def latencies(db: Path) -> list[float]:
     return out
 
 
-def settings(tmp: Path, watch: Path, quiet: float, db_name: str, engine: str = "auto"):
+def settings(tmp: Path, watch: Path, quiet: float, db_name: str, engine: str = "auto", threads: int = 0):
     return parse_settings({"database_url": f"sqlite:///{tmp / db_name}", "models_dir": str(tmp / "models"),
-                           "engine": engine,
+                           "engine": engine, "threads": threads,
                            "watch": [{"path": str(watch), "experiment": "bench", "quiet_seconds": quiet,
                                       "profile": "incucyte"}]}, env={})
 
@@ -328,13 +332,7 @@ def side_by_side(args: argparse.Namespace, shape: tuple[int, int]) -> int:
     with tempfile.TemporaryDirectory(prefix="nscm-ingest-") as d:
         tmp = Path(d)
         source = Path(args.model) if args.model else train_model(tmp / "train", args)
-        # a private copy: the engine, its status and its int8 model are written beside it
-        model_dir = tmp / "model"
-        model_dir.mkdir()
-        for f in source.parent.iterdir():
-            if f.is_file() and (f.name in (source.name, "best.pt") or f.name.startswith("calibration")):
-                shutil.copy2(f, model_dir / ("model.onnx" if f == source else f.name))
-        model = model_dir / "model.onnx"
+        model = private_copy(source, tmp / "model")
         print(f"backlog with the fp32 ONNX ({args.frames} frames) ...", flush=True)
         fp32 = backlog(tmp, model, args.frames, shape, engine="ort-cpu", name="backlog-fp32")
         print("building this machine's engine (nscmonitor engine autobuild) ...", flush=True)
@@ -369,6 +367,80 @@ def side_by_side(args: argparse.Namespace, shape: tuple[int, int]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print_side_by_side(result)
+    print(f"wrote {out}")
+    return 0
+
+
+def private_copy(source: Path, folder: Path) -> Path:
+    """The model with what travels with it (calibration set, checkpoint), without any engine
+    built beside the original: the engine, its status and its int8 model are written here."""
+    folder.mkdir()
+    for f in source.parent.iterdir():
+        if f.is_file() and (f.name in (source.name, "best.pt") or f.name.startswith("calibration")):
+            shutil.copy2(f, folder / ("model.onnx" if f == source else f.name))
+    return folder / "model.onnx"
+
+
+def engines_over_time(db: Path, t0: float) -> list[tuple[float, str]]:
+    """(seconds after ``t0`` the image was stored, engine that scored it), in storing order."""
+    with sqlite3.connect(db) as c:
+        rows = c.execute("select i.scored_at, p.engine from images i join predictions p on p.image_id = i.id "
+                         "where i.status = 'done' order by i.scored_at").fetchall()
+    out = []
+    for scored, engine in rows:
+        ts = datetime.fromisoformat(scored)
+        if ts.tzinfo is None:
+            from datetime import timezone
+            ts = ts.replace(tzinfo=timezone.utc)
+        out.append((ts.timestamp() - t0, engine))
+    return out
+
+
+def during_build(args: argparse.Namespace, shape: tuple[int, int]) -> int:
+    """A daemon started on a backlog with a model that has no engine on this machine, as after
+    ``models register`` on a busy instrument PC: it starts the build in the background itself
+    and scores meanwhile. Which engine scored each frame and when, and the build's records."""
+    if not args.model:
+        raise SystemExit("--during-build needs --model (a trained model with its calibration set)")
+    with tempfile.TemporaryDirectory(prefix="nscm-ingest-") as d:
+        tmp = Path(d)
+        model = private_copy(Path(args.model), tmp / "model")
+        watch = tmp / "backlog"
+        watch.mkdir()
+        write_frames(watch, args.frames, shape)
+        runner = build_runner(settings(tmp, watch, 0.0, "during.db", "auto", args.threads), model=model)
+        t0 = time.time()
+        print(f"daemon on a backlog of {args.frames} frames; its engine build starts in the background ...", flush=True)
+        runner.setup()
+        runner.run(once=True)
+        wall = time.time() - t0
+        status_file = model.parent / "engine-status.json"
+        status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+        scored = engines_over_time(tmp / "during.db", t0)
+    by_engine: dict[str, dict] = {}
+    for t, engine in scored:
+        e = by_engine.setdefault(engine, {"frames": 0, "first_s": t, "last_s": t})
+        e["frames"] += 1
+        e["last_s"] = t
+    for e in by_engine.values():
+        span = e["last_s"] - e["first_s"]
+        e["frames_per_s"] = (e["frames"] - 1) / span if span > 0 and e["frames"] > 1 else None
+    result = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
+              "model": str(args.model), "frame": f"{shape[1]}x{shape[0]} uint16", "frames": args.frames,
+              "wall_s": wall, "by_engine": by_engine,
+              "build_record_at_end": {k: status.get(k) for k in ("state", "engine", "pending", "build_seconds",
+                                                                  "started_at", "finished_at")}}
+    out = Path(args.out if args.out_given else Path(args.out).with_name("ingest-during-build.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"model: {args.model}; {args.frames} frames of {result['frame']}, backlog emptied in {wall:.0f} s")
+    print(f"{'engine':<16}{'frames':>8}{'first s':>9}{'last s':>9}{'frames/s':>10}")
+    for name, e in by_engine.items():
+        rate = f"{e['frames_per_s']:.2f}" if e["frames_per_s"] else "-"
+        print(f"{name:<16}{e['frames']:>8}{e['first_s']:>9.0f}{e['last_s']:>9.0f}{rate:>10}")
+    rec = result["build_record_at_end"]
+    print(f"build record at the end: {rec['state']} {rec['engine']}, pending {rec['pending'] or 'nothing'}, "
+          f"{rec['build_seconds']} s")
     print(f"wrote {out}")
     return 0
 
@@ -460,12 +532,18 @@ def main() -> int:
     sbs.add_argument("--engine-alone-frames", type=int, default=20)
     sbs.add_argument("--live-rate", type=float, default=0.5, help="live arrival rate, frames/s")
     sbs.add_argument("--quiet", type=float, default=1.0, help="quiet period of the live watch, s")
+    dur = ap.add_argument_group("during-build mode")
+    dur.add_argument("--during-build", action="store_true",
+                     help="a daemon on a backlog of --frames with --model and no engine here: which engine scored "
+                          "each frame while the daemon's own build ran (--threads applies)")
     args = ap.parse_args()
     args.out_given = args.out is not None
     args.out = args.out or str(Path(__file__).parent / "results" / "ingest.json")
     shape = tuple(int(v) for v in args.shape.split("x"))
     if args.side_by_side:
         return side_by_side(args, shape)
+    if args.during_build:
+        return during_build(args, shape)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         model = Path(args.model) if args.model else tmp / "tiny.onnx"
