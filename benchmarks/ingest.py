@@ -80,15 +80,15 @@ def write_frames(folder: Path, n: int, shape: tuple[int, int], seed: int = 0, st
 def latencies(db: Path) -> list[float]:
     with sqlite3.connect(db) as c:
         rows = c.execute("select mtime, scored_at from images where status='done'").fetchall()
-    out = []
-    for mtime, scored in rows:
-        ts = datetime.fromisoformat(scored)
-        if ts.tzinfo is None:
-            from datetime import timezone
+    return [stored_epoch(scored) - mtime for mtime, scored in rows]
 
-            ts = ts.replace(tzinfo=timezone.utc)
-        out.append(ts.timestamp() - mtime)
-    return out
+
+def stored_epoch(scored_at: str) -> float:
+    """A stored timestamp (UTC, written with or without its zone) as seconds since the epoch."""
+    from datetime import timezone
+
+    ts = datetime.fromisoformat(scored_at)
+    return (ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def settings(tmp: Path, watch: Path, quiet: float, db_name: str, engine: str = "auto", threads: int = 0):
@@ -386,14 +386,7 @@ def engines_over_time(db: Path, t0: float) -> list[tuple[float, str]]:
     with sqlite3.connect(db) as c:
         rows = c.execute("select i.scored_at, p.engine from images i join predictions p on p.image_id = i.id "
                          "where i.status = 'done' order by i.scored_at").fetchall()
-    out = []
-    for scored, engine in rows:
-        ts = datetime.fromisoformat(scored)
-        if ts.tzinfo is None:
-            from datetime import timezone
-            ts = ts.replace(tzinfo=timezone.utc)
-        out.append((ts.timestamp() - t0, engine))
-    return out
+    return [(stored_epoch(scored) - t0, engine) for scored, engine in rows]
 
 
 def during_build(args: argparse.Namespace, shape: tuple[int, int]) -> int:

@@ -19,6 +19,7 @@ lock that blocks the restart, and there is no heartbeat to expire or PID to gues
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -33,6 +34,9 @@ from nscmonitor.core.errors import UserFacingError
 PG_LOCK_KEY = 0x6E73636D6F6E6974
 #: byte locked on Windows, past the owner text, so the text stays readable (Windows locks are mandatory)
 _WIN_LOCK_OFFSET = 1 << 20
+
+
+log = logging.getLogger(__name__)
 
 
 class AlreadyRunning(UserFacingError):
@@ -53,8 +57,25 @@ class InstanceLock:
             _unlock_file(self.handle)
             self.handle.close()
         else:
-            self.handle.close()
+            _unlock_pg(self.handle)
         self.handle = None
+
+
+def _unlock_pg(conn: Any) -> None:
+    """Give the advisory lock back on its own session before closing it: the server drops a
+    closed session's locks only once its backend has noticed and exited, so a process that takes
+    the lock right after (a restarted daemon, ``db copy`` after the daemons stopped) could be
+    refused by a daemon that is already gone (seen in CI under load)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        conn.execute(text("SELECT pg_advisory_unlock_all()"))
+        conn.commit()
+    except SQLAlchemyError as exc:  # a dead connection: the server drops its locks when it notices
+        log.info("could not release the PostgreSQL advisory lock before closing its connection: %s", exc)
+    finally:
+        conn.close()
 
 
 def lock_path(db_file: Path) -> Path:

@@ -216,3 +216,15 @@ def test_watch_only_queues_and_score_only_scores(tmp_path: Path, pg_url: str, ti
         assert c.execute(text("SELECT status, count(*) FROM images GROUP BY status")).all() == [("done", 3)]
         assert c.execute(text("SELECT count(*) FROM predictions")).scalar() == 3
     engine.dispose()
+
+
+def test_a_released_daemon_lock_can_be_taken_at_once_every_time(pg_url: str) -> None:
+    """``release`` gives the advisory lock back on its own session before closing it, so the
+    exclusive lock is free the moment the daemons have released theirs. Closing alone left the
+    lock to the server backend's exit, which under CI's load came after the next attempt (the
+    test above failed so once); on an idle server the two orders rarely differ, hence the loop."""
+    for _ in range(20):
+        a, b = acquire_daemon(pg_url), acquire_daemon(pg_url)
+        a.release()
+        b.release()
+        acquire(pg_url).release()
