@@ -11,7 +11,8 @@ lock that blocks the restart, and there is no heartbeat to expire or PID to gues
 * PostgreSQL: several daemons may share one database (they claim from one queue with leases,
   ``store.leases``), so ``nscmonitor run`` takes the advisory lock *shared*
   (``pg_try_advisory_lock_shared``, ``acquire_daemon``) on a connection kept open for its
-  lifetime; the server drops it when that connection dies. What needs the database to itself
+  lifetime; ``release`` gives it back on that connection, and the server drops it when the
+  connection dies otherwise. What needs the database to itself
   (``db copy``) takes it exclusively (``acquire``) and is refused while any daemon runs. The
   owner named in the message is the newest running daemon in ``daemon_status``.
 """
