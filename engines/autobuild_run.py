@@ -292,7 +292,6 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         """A CPU engine certified before the build's end serves until the build has tried the
         rest: its own record, "ready" with the engines still ``pending``, makes the daemon
         reselect (``token``) as a final record does. Only where it is not slower than fp32."""
-        nonlocal base
         field = SPEED_FIELDS[attempt.engine]
         say(f"timing {attempt.engine} against fp32 on this machine")
         try:
@@ -301,12 +300,11 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         except EngineError as exc:  # timed again at the build's end, where a failure counts
             log.warning("could not time %s against fp32 for %s: %s", attempt.engine, model_path, exc)
             return
-        base = replace(base, **{field: speed})
         if slower_than_fp32(speed) or not pending:
             return
         record = {"engine": attempt.engine, "passed": True, "gate": attempt.gate, "reason": None,
                   "seconds": round(attempt.seconds, 2)}
-        interim = replace(base, state="ready", engine=attempt.engine, precision=attempt.engine.rsplit("-", 1)[1],
+        interim = replace(base, **{field: speed}, state="ready", engine=attempt.engine, precision=attempt.engine.rsplit("-", 1)[1],
                           artefact=attempt.artefact, gate=attempt.gate, attempts=(record,), pending=pending,
                           build_seconds=round(time.monotonic() - t0, 2), finished_at=_now())
         write_status(model_path, interim)
@@ -331,16 +329,17 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         field = SPEED_FIELDS.get(candidate.engine)
         if field is None:
             break
-        speed = getattr(base, field)  # timed already when it served while the build went on
-        if speed is None:
-            say(f"timing {candidate.engine} against fp32 on this machine")
-            try:
-                speed = _cpu_speeds(model_path, candidate.engine, model_path.parent / candidate.artefact,
-                                    tiles.heldout.x, threads)
-            except EngineError as exc:  # it passed its gate moments ago; selection will say why it cannot load
-                log.warning("could not time %s against fp32 for %s: %s", candidate.engine, model_path, exc)
-                continue
-            base = replace(base, **{field: speed})
+        # timed here even when it was timed early to serve meanwhile: the choice compares timings
+        # of one moment (this VM's speed moves by a third within minutes; the demo's int8 and bf16
+        # engines, timed 30 s apart, swapped ranks)
+        say(f"timing {candidate.engine} against fp32 on this machine")
+        try:
+            speed = _cpu_speeds(model_path, candidate.engine, model_path.parent / candidate.artefact,
+                                tiles.heldout.x, threads)
+        except EngineError as exc:  # it passed its gate moments ago; selection will say why it cannot load
+            log.warning("could not time %s against fp32 for %s: %s", candidate.engine, model_path, exc)
+            continue
+        base = replace(base, **{field: speed})
         # the variant the timing chose serves whenever this engine does (named in the settings too)
         passed[i] = candidate = _with_serving_gate(candidate, speed, model_path)
         if not slower_than_fp32(speed) and speedup(speed) > best_speedup:

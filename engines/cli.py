@@ -173,8 +173,10 @@ def cmd_autobuild(args: argparse.Namespace) -> int:
             with Progress(SpinnerColumn(), TextColumn("[bold]engine[/bold] {task.description}"), BarColumn(),
                           MofNCompleteColumn(), TimeElapsedColumn(), console=console) as prog:
                 # loading the tiles, each target's gate, and timing each CPU engine against fp32
-                # (the OpenVINO int8 build also certifies the file for ONNX Runtime, timed too)
-                steps = 1 + len(targets) + sum(t in ab.SPEED_FIELDS for t in targets) + ("openvino-int8" in targets)
+                # (the OpenVINO int8 build also certifies the file for ONNX Runtime, timed too; the
+                # bf16 engine is timed early too, to serve while the rest is built)
+                steps = (1 + len(targets) + sum(t in ab.SPEED_FIELDS for t in targets) + ("openvino-int8" in targets)
+                         + ("openvino-bf16" in targets))
                 task = prog.add_task(f"for {model.parent.name}: {' > '.join(targets)}", total=steps)
 
                 def step(msg: str) -> None:

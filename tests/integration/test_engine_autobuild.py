@@ -617,7 +617,7 @@ def test_an_engine_certified_early_serves_while_the_build_goes_on(tmp_path: Path
         assert during.state == "building" and during.pending == ()
     else:
         assert during.state == "ready" and during.engine == "openvino-bf16" and during.pending == ("openvino-int8",)
-        assert during.openvino_bf16_speed == status.openvino_bf16_speed  # timed once, kept for the build's end
+        assert not autobuild.slower_than_fp32(during.openvino_bf16_speed)  # timed at once, and again at the end
         assert [a["engine"] for a in during.attempts] == ["openvino-bf16"]
     assert status.openvino_speed and int8_file_present(model)  # the int8 file was built and timed after it
     # the same states by hand where the bf16 engine would serve early (above, by a real build)
