@@ -304,9 +304,10 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
             return
         record = {"engine": attempt.engine, "passed": True, "gate": attempt.gate, "reason": None,
                   "seconds": round(attempt.seconds, 2)}
-        interim = replace(base, **{field: speed}, state="ready", engine=attempt.engine, precision=attempt.engine.rsplit("-", 1)[1],
-                          artefact=attempt.artefact, gate=attempt.gate, attempts=(record,), pending=pending,
-                          build_seconds=round(time.monotonic() - t0, 2), finished_at=_now())
+        interim = replace(base, **{field: speed}, state="ready", engine=attempt.engine,
+                          precision=attempt.engine.rsplit("-", 1)[1], artefact=attempt.artefact, gate=attempt.gate,
+                          attempts=(record,), pending=pending, build_seconds=round(time.monotonic() - t0, 2),
+                          finished_at=_now())
         write_status(model_path, interim)
         log.info("%s: %s serves meanwhile (%.2fx fp32 here); trying %s", model_path, attempt.engine, speedup(speed),
                  ", ".join(pending))
@@ -330,8 +331,8 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         if field is None:
             break
         # timed here even when it was timed early to serve meanwhile: the choice compares timings
-        # of one moment (this VM's speed moves by a third within minutes; the demo's int8 and bf16
-        # engines, timed 30 s apart, swapped ranks)
+        # of one moment (a 2-core VM's speed moved by a third within minutes; the demo's int8 and
+        # bf16 engines, timed 30 s apart, swapped ranks)
         say(f"timing {candidate.engine} against fp32 on this machine")
         try:
             speed = _cpu_speeds(model_path, candidate.engine, model_path.parent / candidate.artefact,
