@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import os
-import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from nscmonitor.core.errors import UserFacingError
@@ -145,34 +141,7 @@ def _build_int8(model: Path, calib, held):
     return path, report
 
 
-@contextlib.contextmanager
-def _exit_on_terminate() -> Iterator[None]:
-    """While a build runs, SIGTERM (the daemon stopping, a retrain's time limit) exits through
-    Python, so the quantiser's temporary folders and the build lock are given back (the default
-    action ended the process on the spot and left empty folders in the temp directory). A
-    runtime call under way finishes first; ``stop_build`` kills after its grace. The previous
-    handler comes back afterwards (a caller in the same process keeps its own)."""
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def cmd_autobuild(args: argparse.Namespace) -> int:
-    model = Path(args.model)
-    if not model.is_file():
-        raise UserFacingError(f"model file not found: {model}")
-    with _exit_on_terminate():
-        return _autobuild(args, model)
-
-
-def _autobuild(args: argparse.Namespace, model: Path) -> int:
     import time
 
     from rich.console import Console
@@ -180,6 +149,9 @@ def _autobuild(args: argparse.Namespace, model: Path) -> int:
 
     from nscmonitor.engines import autobuild as ab
 
+    model = Path(args.model)
+    if not model.is_file():
+        raise UserFacingError(f"model file not found: {model}")
     console = Console(stderr=True)
     lock = ab.BuildLock(ab.lock_path(model))
     try:

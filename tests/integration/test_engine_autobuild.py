@@ -655,13 +655,11 @@ def int8_file_present(model: Path) -> bool:
     return int8_path_for(model).is_file()
 
 
-def test_a_real_build_serves_its_bf16_engine_before_the_int8_file_and_a_killed_build_keeps_it(
-        tmp_path: Path, monkeypatch) -> None:
+def test_a_real_build_serves_its_bf16_engine_before_the_int8_file_and_a_killed_build_keeps_it(tmp_path: Path) -> None:
     """The real build command in a subprocess, on a ResNet18 (where OpenVINO's bf16 runs well
     ahead of fp32 on a CPU with bf16 units): its record turns "ready" with the bf16 engine while
-    it goes on with the int8 file, selection serves that engine at once, and a build stopped then
-    (SIGTERM, as the daemon stops it) leaves it serving, asks to be retried and leaves no
-    temporary folder behind."""
+    it goes on with the int8 file, selection serves that engine at once, and a build killed then
+    leaves it serving and asks to be retried."""
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     from nscmonitor.engines.metadata import ModelMetadata
@@ -679,9 +677,6 @@ def test_a_real_build_serves_its_bf16_engine_before_the_int8_file_and_a_killed_b
     model.parent.mkdir()
     torch.manual_seed(0)
     export_onnx(with_prelude(torchvision.models.resnet18(num_classes=4).eval(), meta), meta, model)
-    temp = tmp_path / "temp"  # the build's temporary folders, apart from everyone else's
-    temp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(temp))
     proc = autobuild.spawn(model, wait=False, calibration_dir=write_tiles(tmp_path / "tiles"), threads=2)
     try:
         wait_until(lambda: proc.poll() is not None or bool((st := autobuild.read_status(model)) and st.pending),
@@ -701,8 +696,6 @@ def test_a_real_build_serves_its_bf16_engine_before_the_int8_file_and_a_killed_b
     finally:
         if proc.poll() is None:
             autobuild.stop_build(proc)
-    if autobuild.read_status(model).pending:  # stopped before its end, as intended
+    if autobuild.read_status(model).pending:  # killed before its end, as intended
         assert autobuild.needed(model)[0] == "build" and autobuild.summary(model)["state"] == "interrupted"
         assert select(model, batch_size=8).backend == "openvino-bf16"  # its engine still serves
-        assert proc.returncode == 128 + 15, proc.returncode  # it exited through Python, not on the spot
-    assert [p.name for p in temp.iterdir() if p.name.startswith("nscm-")] == []  # the runtimes may leave their own
