@@ -44,7 +44,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "and TensorRT are present; on CPUs OpenVINO or ONNX Runtime int8 and, where the CPU has bf16 units, the "
         "fp32 model in bf16 on OpenVINO), gates each against the fp32 ONNX on the model's held-out tiles, times "
         "those that pass against fp32, serves the fastest and records the outcome in engine-status.json beside "
-        "the model. The bf16 engine is checked first; once it has passed and runs faster than fp32 it is "
+        "the model. The bf16 engine is checked first; once it has passed and runs at least as fast as fp32 it is "
         "recorded as ready, so the daemon serves it while the int8 file is still being built. Does nothing when "
         "an engine was already built, or already failed, under the same model, calibration set, runtimes and "
         "machine (use --force to build anyway). Exit code 0 when an engine is ready, 1 when fp32 serves.")
