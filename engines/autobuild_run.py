@@ -276,7 +276,7 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
     targets = targets or targets_here()
     started = _now()
     base = EngineStatus("building", asdict(fp), target=targets[0], started_at=started, pid=os.getpid())
-    write_status(model_path, base)
+    write_status(model_path, _carried(model_path, fp, started) or base)
     t0 = time.monotonic()
     try:
         meta = read_onnx_metadata(model_path)
@@ -348,6 +348,20 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
     best = best or passed[0]
     return _finish(model_path, replace(base, state="ready", engine=best.engine, precision=best.engine.rsplit("-", 1)[1],
                                        artefact=best.artefact, gate=best.gate, attempts=records), t0)
+
+
+def _carried(model_path: Path, fp: Any, started: str) -> EngineStatus | None:
+    """The record of an earlier build of this very model that died after an engine it had
+    certified started serving (``pending`` engines), restamped as this build's: that engine
+    stays certified under the same fingerprint, so it keeps serving while this build goes on
+    (a plain "building" record dropped the daemon to fp32 until the engine had passed its gate
+    again). Its token is unchanged, so the daemon does not even reload it."""
+    prev = read_status(model_path)
+    if (prev is None or prev.state != "ready" or not prev.pending or prev.fingerprint != asdict(fp)
+            or not prev.artefact or not (model_path.parent / prev.artefact).is_file()):
+        return None
+    log.info("%s: %s serves on while the interrupted build is retried", model_path, prev.engine)
+    return replace(prev, started_at=started, pid=os.getpid())
 
 
 def _with_serving_gate(candidate: Attempt, speed: dict[str, Any], model_path: Path) -> Attempt:

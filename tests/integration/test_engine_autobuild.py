@@ -8,6 +8,7 @@ or double-scoring an image."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -590,7 +591,8 @@ def test_an_engine_certified_early_serves_while_the_build_goes_on(tmp_path: Path
     the daemon's token changes and it serves while the int8 file is built and gated (minutes for
     a ResNet50 that needs layers kept fp32). While that record stands and the build runs, an
     int8 file the build has not timed yet is passed over; a build that died leaves its engine
-    serving and is retried; the build's final record pends nothing."""
+    serving and is retried, and the retried build keeps it serving from its first step; the
+    build's final record pends nothing."""
     from nscmonitor.engines.autobuild_status import BuildLock, lock_path
     from nscmonitor.engines.openvino import has_bf16
     from nscmonitor.engines.select import select
@@ -609,7 +611,7 @@ def test_an_engine_certified_early_serves_while_the_build_goes_on(tmp_path: Path
 
     with BuildLock(lock_path(model)) as lock:  # held as the build command holds it
         assert lock.acquire()
-        status = autobuild.run_build(model, calibration_dir=write_tiles(tmp_path / "tiles"),
+        status = autobuild.run_build(model, calibration_dir=(tiles := write_tiles(tmp_path / "tiles")),
                                      targets=("openvino-int8", "openvino-bf16"), progress=progress)
     assert status.state == "ready" and status.pending == () and status.openvino_bf16_speed, status
     (_, during), = seen  # the int8 file was started after the bf16 engine's record was written
@@ -644,6 +646,22 @@ def test_an_engine_certified_early_serves_while_the_build_goes_on(tmp_path: Path
     info = autobuild.summary(model)
     assert info["state"] == "interrupted" and "interrupted before it had tried openvino-int8" in info["message"]
     assert autobuild.speed_refusal(model, "openvino-int8") is None  # no build runs: nothing to wait for
+    # retried, the build keeps that engine serving from its first step, under the same token (no reload)
+    first: list[tuple[object, str | None]] = []
+    before = autobuild.token(model)
+
+    def at_first_step(msg: str) -> None:
+        if not first:
+            first.append((autobuild.read_status(model), autobuild.token(model)))
+
+    with BuildLock(lock_path(model)) as lock:
+        assert lock.acquire()
+        again = autobuild.run_build(model, calibration_dir=tiles, targets=("openvino-int8", "openvino-bf16"),
+                                    progress=at_first_step)
+    (carried, carried_token), = first
+    assert carried.state == "ready" and carried.engine == "openvino-bf16" and carried.pending == ("openvino-int8",)
+    assert carried.pid == os.getpid() and carried_token == before
+    assert again.state == "ready" and again.pending == () and again.pid is None
     for bad in ("openvino-int8", [1], {"a": 1}):
         autobuild.status_path(model).write_text(json.dumps({**interim.to_dict(), "pending": bad}))
         assert autobuild.read_status(model) is None, bad
