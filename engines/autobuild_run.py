@@ -276,7 +276,8 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
     targets = targets or targets_here()
     started = _now()
     base = EngineStatus("building", asdict(fp), target=targets[0], started_at=started, pid=os.getpid())
-    write_status(model_path, _carried(model_path, fp, started) or base)
+    carried = _carried(model_path, fp, started)
+    write_status(model_path, carried or base)
     t0 = time.monotonic()
     try:
         meta = read_onnx_metadata(model_path)
@@ -308,6 +309,8 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
                           precision=attempt.engine.rsplit("-", 1)[1], artefact=attempt.artefact, gate=attempt.gate,
                           attempts=(record,), pending=pending, build_seconds=round(time.monotonic() - t0, 2),
                           finished_at=_now())
+        if carried is not None and (carried.engine, carried.artefact) == (attempt.engine, attempt.artefact):
+            interim = replace(interim, finished_at=carried.finished_at)  # the same engine: the token stays, no reload
         write_status(model_path, interim)
         log.info("%s: %s serves meanwhile (%.2fx fp32 here); trying %s", model_path, attempt.engine, speedup(speed),
                  ", ".join(pending))

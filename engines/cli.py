@@ -148,6 +148,7 @@ def cmd_autobuild(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from nscmonitor.engines import autobuild as ab
+    from nscmonitor.engines.build_scratch import scratch
 
     model = Path(args.model)
     if not model.is_file():
@@ -189,8 +190,9 @@ def cmd_autobuild(args: argparse.Namespace) -> int:
                         search.append(prog.add_task(msg, total=total))
                     prog.update(search[0], description=msg, completed=done, total=total)
 
-                status = ab.run_build(model, calibration_dir=cal, threads=args.threads, progress=step,
-                                      targets=targets, detail=detail)
+                with scratch():  # removed however the build ends, now or by the next build
+                    status = ab.run_build(model, calibration_dir=cal, threads=args.threads, progress=step,
+                                          targets=targets, detail=detail)
                 prog.update(task, completed=steps, description="done")
     print(ab.describe(status))
     return 0 if status is not None and status.state == "ready" else 1
