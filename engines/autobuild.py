@@ -66,7 +66,9 @@ NO_BUILD_PREFERENCES = ("ort-cpu", "ort-fp32", "ort-cpu-fp32", "torch", "ort-cud
 def decide(status: EngineStatus | None, current: Fingerprint, *, artefact_present: bool, build_running: bool) -> str:
     """What to do about one model here: ``build``, ``wait`` (a build runs), ``ready`` or
     ``keep`` (an earlier attempt failed under this very fingerprint: retrying would fail the
-    same way, so the current engine stays until something changes)."""
+    same way, so the current engine stays until something changes). A failure of the machine
+    rather than the model (``transient``: a full disk) is built again; the daemon tries it once
+    per start (``scoring.engine_builds``), not at every heartbeat."""
     if build_running:
         return "wait"
     if status is None or current.changes(status.fingerprint):
@@ -74,7 +76,7 @@ def decide(status: EngineStatus | None, current: Fingerprint, *, artefact_presen
     if status.state == "ready":  # a record still pending engines with no build running: the builder died
         return "ready" if artefact_present and not status.pending else "build"
     if status.state in ("failed", "no-calibration"):
-        return "keep"
+        return "build" if status.transient else "keep"
     return "build"  # a "building" record with no build running: the builder died
 
 

@@ -113,6 +113,17 @@ class Attempt:
     gate: dict[str, Any] | None = None
     reason: str | None = None
     seconds: float = 0.0
+    #: it failed for a reason of this machine, not of the model (``environmental``)
+    environment: bool = False
+
+
+def environmental(exc: BaseException) -> bool:
+    """A failure of the machine rather than of the model: a full disk, a folder without write
+    permission, a network share gone, too little memory. Unlike a refused gate or a graph a
+    runtime cannot take, it may be gone at the next try, so such a build is retried at the next
+    trigger instead of being kept until the model or the runtimes change (a disk filled by a
+    weekend's images would otherwise leave the lab on fp32 for good)."""
+    return isinstance(exc, (OSError, MemoryError))
 
 
 def _cpu_int8(model_path: Path, tiles: _Tiles, want_openvino: bool, threads: int,
@@ -221,7 +232,8 @@ def _attempts(model_path: Path, tiles: _Tiles, targets: tuple[str, ...], threads
             bf16.append(_openvino_bf16(model_path, tiles, threads))
         except Exception as exc:  # this attempt's outcome, not the build's end
             log.exception("OpenVINO bf16 gate of %s failed", model_path)
-            bf16.append(Attempt("openvino-bf16", False, reason=f"OpenVINO bf16 engine failed: {exc}"))
+            bf16.append(Attempt("openvino-bf16", False, reason=f"OpenVINO bf16 engine failed: {exc}",
+                                environment=environmental(exc)))
         if bf16[0].passed and certified is not None:
             certified(bf16[0], tuple(t for t in targets if t != "openvino-bf16"))
     cpu_target = next((t for t in targets if t in ("openvino-int8", "ort-int8")), "ort-int8")
@@ -230,7 +242,7 @@ def _attempts(model_path: Path, tiles: _Tiles, targets: tuple[str, ...], threads
         attempts += _cpu_int8(model_path, tiles, cpu_target == "openvino-int8", threads, detail)
     except Exception as exc:  # a backend's failure is this attempt's outcome, not the build's end
         log.exception("int8 build of %s failed", model_path)
-        attempts.append(Attempt(cpu_target, False, reason=f"int8 build failed: {exc}"))
+        attempts.append(Attempt(cpu_target, False, reason=f"int8 build failed: {exc}", environment=environmental(exc)))
     attempts += bf16
     for precision in ("int8", "fp16"):
         if f"tensorrt-{precision}" not in targets:
@@ -240,7 +252,8 @@ def _attempts(model_path: Path, tiles: _Tiles, targets: tuple[str, ...], threads
             attempts.append(_tensorrt(model_path, tiles, precision))
         except Exception as exc:  # TensorRT errors come in many types; record and go on
             log.exception("TensorRT %s build of %s failed", precision, model_path)
-            attempts.append(Attempt(f"tensorrt-{precision}", False, reason=f"TensorRT build failed: {exc}"))
+            attempts.append(Attempt(f"tensorrt-{precision}", False, reason=f"TensorRT build failed: {exc}",
+                                    environment=environmental(exc)))
         if attempts[-1].passed:
             break
     if ("torch-cuda-fp16" in targets and not any(a.engine == "torch-cuda-fp16" for a in attempts)
@@ -255,7 +268,8 @@ def _try_torch_cuda(model_path: Path, tiles: _Tiles, threads: int, say: Progress
         return _torch_cuda(model_path, tiles, threads)
     except Exception as exc:  # a CPU-only torch, a CUDA error: this attempt's outcome, not the build's end
         log.exception("torch CUDA gate of %s failed", model_path)
-        return Attempt("torch-cuda-fp16", False, reason=f"torch CUDA engine failed: {exc}")
+        return Attempt("torch-cuda-fp16", False, reason=f"torch CUDA engine failed: {exc}",
+                       environment=environmental(exc))
 
 
 def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = None, threads: int = 0,
@@ -284,7 +298,8 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
         say("loading the calibration and held-out tiles")
         tiles = load_tiles_for(model_path, meta, calibration_dir)
     except (EngineError, MetadataError, OSError, ValueError) as exc:
-        return _finish(model_path, replace(base, state="failed", reason=f"cannot read the calibration set: {exc}"), t0)
+        return _finish(model_path, replace(base, state="failed", reason=f"cannot read the calibration set: {exc}",
+                                           transient=environmental(exc)), t0)
     if tiles is None:
         return _finish(model_path, replace(base, state="no-calibration", reason=NO_CALIBRATION), t0)
     base = replace(base, calibration_source=tiles.source, calibration_dir=tiles.calibration_dir)
@@ -320,11 +335,14 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
                                                 "ort-int8", "openvino-bf16"))}
     passed = sorted((a for a in attempts if a.passed), key=lambda a: order.get(a.engine, 99))
     records = tuple({"engine": a.engine, "passed": a.passed, "gate": a.gate, "reason": a.reason,
-                     "seconds": round(a.seconds, 2)} for a in attempts)
+                     "seconds": round(a.seconds, 2), **({"environment": True} if a.environment else {})}
+                    for a in attempts)
     if not passed:
         why = "; ".join(f"{a.engine}: {a.reason}" for a in attempts) or "nothing could be built"
-        return _finish(model_path, replace(base, state="failed", attempts=records,
-                                           reason=f"no engine passed its gate, fp32 serves ({why})"), t0)
+        transient = any(a.environment for a in attempts)
+        what = "no engine could be built here" if all(a.environment for a in attempts) else "no engine passed its gate"
+        return _finish(model_path, replace(base, state="failed", attempts=records, transient=transient,
+                                           reason=f"{what}, fp32 serves ({why})"), t0)
     # A GPU engine that passed serves (sorted first; the CPU's fp32 is no yardstick for it).
     # Otherwise every certified CPU engine is timed against fp32 and the fastest that is not
     # slower serves: an int8 file that kept many blocks fp32 can lose to the whole model in bf16.

@@ -103,6 +103,9 @@ class EngineStatus:
     #: engines the build is still trying while this record's engine, already gated and timed,
     #: serves (a "ready" record written before the build's end); empty in a build's final record
     pending: tuple[str, ...] = ()
+    #: a failed record whose failure was this machine's (a full disk, no permission, too little
+    #: memory: ``autobuild_run.environmental``), not the model's: retried at the next trigger
+    transient: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -133,6 +136,8 @@ class EngineStatus:
         if not isinstance(pending, (list, tuple)) or not all(isinstance(p, str) for p in pending):
             raise ValueError(f"pending is not a list of engine names: {pending!r}")
         kw["pending"] = tuple(pending)
+        if not isinstance(kw.get("transient", False), bool):
+            raise ValueError(f"transient is not true or false: {kw['transient']!r}")
         return cls(**kw)
 
 
@@ -428,7 +433,11 @@ def describe(status: EngineStatus | None, version: str | None = None) -> str:
             line += (f"; it serves while the build goes on with {', '.join(status.pending)}, and the faster "
                      "certified engine serves after")
         return line
-    return f"no built engine{of}: {status.reason}"
+    line = f"no built engine{of}: {status.reason}"
+    if status.transient:
+        line += ("; a failure of this machine (disk space, permissions, memory), not of the model: the build is "
+                 "tried again at the next daemon start, registration or activation")
+    return line
 
 
 def summary(model_path: str | Path, version: str | None = None) -> dict[str, Any]:

@@ -218,6 +218,15 @@ def build_ort_int8(model_path: str | Path, calib: TileSet, heldout: TileSet, *, 
     out = Path(out_path) if out_path else int8_path_for(model_path)
     # ends in .onnx because OpenVINO picks its reader by file extension
     part = out.with_name(out.name[:-len(".onnx")] + ".part.onnx" if out.name.endswith(".onnx") else out.name + ".part")
+    try:
+        return _build_ort_int8(model_path, meta, calib, heldout, out, part, settings, threads)
+    except BaseException:  # a full disk, a runtime error, a stopped build: no half-made file beside the model
+        part.unlink(missing_ok=True)
+        raise
+
+
+def _build_ort_int8(model_path: Path, meta: ModelMetadata, calib: TileSet, heldout: TileSet, out: Path, part: Path,
+                    settings: dict[str, Any] | None, threads: int) -> tuple[Path | None, GateReport]:
     cfg = {**DEFAULT_SETTINGS, **(settings or {})}
     notes: dict[str, Any] = {}
     quantize_static_qdq(model_path, part, calib.x, settings=cfg, threads=threads, notes=notes)

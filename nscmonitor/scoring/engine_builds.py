@@ -39,8 +39,10 @@ class DaemonEngineBuilds:
             if proc.poll() is not None:
                 del self._procs[path]
                 if autobuild.needed(path)[0] == "build":
-                    self._give_up(path, f"the build process ended (exit code {proc.returncode}) without recording "
-                                        f"an outcome; see {autobuild.log_path(path)}")
+                    st = autobuild.read_status(path)
+                    self._give_up(path, f"the build failed: {st.reason}" if st is not None and st.transient else
+                                  f"the build process ended (exit code {proc.returncode}) without recording an "
+                                  f"outcome; see {autobuild.log_path(path)}")
         if model_path in self._procs:
             return
         if model_path in self._gave_up and self._gave_up[model_path] == autobuild.fingerprint(model_path):

@@ -474,6 +474,43 @@ def test_a_build_that_dies_without_an_outcome_is_not_restarted_at_every_heartbea
     assert not autobuild.wants_build("openvino") and not autobuild.wants_build("torch-fp32")
 
 
+def test_a_build_that_failed_for_the_machine_is_tried_again_once_per_start(tmp_path: Path, monkeypatch) -> None:
+    """A failure of the machine, not of the model (here a real OS error: the int8 file's place
+    is taken by a folder, as a full disk or a folder without write permission fail a build), is
+    recorded as such, leaves nothing half-made beside the model and is built again at the next
+    trigger: by the daemon once per start, not at every heartbeat; once the trouble is gone the
+    build passes. (A refused gate is kept until something changes: the test above.)"""
+    from nscmonitor.engines.ort import int8_path_for
+    from nscmonitor.scoring.engine_builds import DaemonEngineBuilds
+
+    monkeypatch.setenv("NSCMONITOR_DISABLE_OPENVINO", "1")  # one target, in this process and the build's
+    run = run_dir_with_calibration(tmp_path)
+    model = run / "model.onnx"
+    blocker = int8_path_for(model)
+    blocker.mkdir()
+    status = autobuild.run_build(model)
+    assert status.state == "failed" and status.transient, status
+    assert status.reason.startswith("no engine could be built here") and status.attempts[0]["environment"]
+    assert not list(run.glob("*.part*")), "a half-made int8 file stayed beside the model"
+    assert autobuild.needed(model)[0] == "build"
+    assert "a failure of this machine" in autobuild.summary(model)["message"]
+    settings = load_settings(config(tmp_path, tmp_path / "watch"))
+    builds = DaemonEngineBuilds(settings)
+    builds.ensure(model)
+    builds._procs[model].wait(timeout=300)
+    builds.ensure(model)  # reaps it: failed again the same way, so not before the next start
+    assert model not in builds._procs and autobuild.read_status(model).transient
+    builds.ensure(model)
+    assert model not in builds._procs, "restarted at a heartbeat although nothing changed"
+    blocker.rmdir()  # the space freed
+    restarted = DaemonEngineBuilds(settings)  # the next daemon start
+    restarted.ensure(model)
+    restarted._procs[model].wait(timeout=300)
+    final = autobuild.read_status(model)
+    assert final.state == "ready" and final.engine == "ort-int8" and not final.transient, final
+    assert autobuild.needed(model)[0] == "ready"
+
+
 def test_a_waited_for_build_is_stopped_at_its_time_limit(tmp_path: Path) -> None:
     """Scheduled retraining waits for its candidate's build with a limit: past it the build
     process is stopped and no engine is reported ready."""
