@@ -67,8 +67,8 @@ def decide(status: EngineStatus | None, current: Fingerprint, *, artefact_presen
     """What to do about one model here: ``build``, ``wait`` (a build runs), ``ready`` or
     ``keep`` (an earlier attempt failed under this very fingerprint: retrying would fail the
     same way, so the current engine stays until something changes). A failure of the machine
-    rather than the model (``transient``: a full disk) is built again; the daemon tries it once
-    per start (``scoring.engine_builds``), not at every heartbeat."""
+    rather than the model (``transient``: a full disk) is built again; the daemon tries it after
+    a growing wait (``scoring.engine_builds``), not at every heartbeat."""
     if build_running:
         return "wait"
     if status is None or current.changes(status.fingerprint):

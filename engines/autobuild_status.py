@@ -435,8 +435,9 @@ def describe(status: EngineStatus | None, version: str | None = None) -> str:
         return line
     line = f"no built engine{of}: {status.reason}"
     if status.transient:
-        line += ("; a failure of this machine (disk space, permissions, memory), not of the model: the build is "
-                 "tried again at the next daemon start, registration or activation")
+        line += ("; a failure of this machine (disk space, permissions, memory), not of the model: a running "
+                 "daemon tries the build again after an hour, then at doubling intervals up to a day, and so does "
+                 "the next daemon start, registration or activation")
     return line
 
 
@@ -464,6 +465,8 @@ def summary(model_path: str | Path, version: str | None = None) -> dict[str, Any
                               "which is retried at the next trigger")
         if st.pending:
             out["pending"] = list(st.pending)
+        if st.transient:
+            out["transient"] = True
     return out
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from nscmonitor.config import Settings
@@ -19,16 +21,26 @@ class DaemonEngineBuilds:
     batches. A preference for a backend that needs no build (``engine = "ort-cpu"``) turns
     building off."""
 
-    def __init__(self, settings: Settings) -> None:
+    #: a build that failed for the machine (a full disk, no permission) is tried again after
+    #: this long, then after twice as long each time, up to ``RETRY_MAX_S``: a daemon left
+    #: running for weeks gets its engine back once the disk has been cleared, without
+    #: rebuilding every few seconds while it is still full
+    RETRY_FIRST_S = 3600.0
+    RETRY_MAX_S = 86400.0
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         from nscmonitor.engines.autobuild import wants_build
 
         self.enabled = wants_build(settings.engine)
         self.threads = settings.threads
+        self._clock = clock
         self._procs: dict[Path, object] = {}
         #: builds that ended without recording an outcome (killed, out of memory, a runtime crash)
         #: or could not start, with the fingerprint they had: retried only when it changes, not
-        #: at every heartbeat for weeks
+        #: at every heartbeat for weeks; or that failed for the machine, retried after a wait too
         self._gave_up: dict[Path, object] = {}
+        self._retry_at: dict[Path, float] = {}
+        self._wait_s: dict[Path, float] = {}
 
     def ensure(self, model_path: Path) -> None:
         from nscmonitor.engines import autobuild
@@ -40,12 +52,17 @@ class DaemonEngineBuilds:
                 del self._procs[path]
                 if autobuild.needed(path)[0] == "build":
                     st = autobuild.read_status(path)
-                    self._give_up(path, f"the build failed: {st.reason}" if st is not None and st.transient else
-                                  f"the build process ended (exit code {proc.returncode}) without recording an "
-                                  f"outcome; see {autobuild.log_path(path)}")
+                    if st is not None and st.transient:
+                        self._retry_later(path, st.reason or "")
+                    else:
+                        self._give_up(path, f"the build process ended (exit code {proc.returncode}) without "
+                                            f"recording an outcome; see {autobuild.log_path(path)}")
+                else:
+                    self._wait_s.pop(path, None)
         if model_path in self._procs:
             return
-        if model_path in self._gave_up and self._gave_up[model_path] == autobuild.fingerprint(model_path):
+        if model_path in self._gave_up and self._gave_up[model_path] == autobuild.fingerprint(model_path) \
+                and self._clock() < self._retry_at.get(model_path, float("inf")):
             return
         try:
             started = autobuild.start(model_path, threads=self.threads)
@@ -70,11 +87,26 @@ class DaemonEngineBuilds:
                 stop_build(proc, grace_s=10)
             del self._procs[path]
 
+    def _retry_later(self, model_path: Path, reason: str) -> None:
+        from nscmonitor.engines import autobuild
+
+        wait = min(self._wait_s.get(model_path, self.RETRY_FIRST_S / 2) * 2, self.RETRY_MAX_S)
+        self._wait_s[model_path] = wait
+        log.warning("%s: the engine build failed for this machine, not the model (%s); fp32 keeps serving and the "
+                    "build is tried again in %.0f min", model_path, reason, wait / 60)
+        try:
+            self._gave_up[model_path] = autobuild.fingerprint(model_path)
+        except OSError as exc:
+            log.warning("%s: cannot fingerprint the model: %s", model_path, exc)
+            return
+        self._retry_at[model_path] = self._clock() + wait
+
     def _give_up(self, model_path: Path, reason: str) -> None:
         from nscmonitor.engines import autobuild
 
         log.warning("%s: %s; fp32 keeps serving, and the build is retried when the model, its calibration set or "
                     "the runtimes change, or at the next daemon start", model_path, reason)
+        self._retry_at.pop(model_path, None)
         try:
             self._gave_up[model_path] = autobuild.fingerprint(model_path)
         except OSError as exc:

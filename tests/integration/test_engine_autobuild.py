@@ -474,12 +474,13 @@ def test_a_build_that_dies_without_an_outcome_is_not_restarted_at_every_heartbea
     assert not autobuild.wants_build("openvino") and not autobuild.wants_build("torch-fp32")
 
 
-def test_a_build_that_failed_for_the_machine_is_tried_again_once_per_start(tmp_path: Path, monkeypatch) -> None:
+def test_a_build_that_failed_for_the_machine_is_tried_again_after_a_growing_wait(tmp_path: Path, monkeypatch) -> None:
     """A failure of the machine, not of the model (here a real OS error: the int8 file's place
     is taken by a folder, as a full disk or a folder without write permission fail a build), is
-    recorded as such, leaves nothing half-made beside the model and is built again at the next
-    trigger: by the daemon once per start, not at every heartbeat; once the trouble is gone the
-    build passes. (A refused gate is kept until something changes: the test above.)"""
+    recorded as such, leaves nothing half-made beside the model and is built again: by a running
+    daemon after an hour, then after two (not at every heartbeat), and at the next start; once
+    the trouble is gone the build passes. (A refused gate is kept until something changes: the
+    test above.)"""
     from nscmonitor.engines.ort import int8_path_for
     from nscmonitor.scoring.engine_builds import DaemonEngineBuilds
 
@@ -493,22 +494,34 @@ def test_a_build_that_failed_for_the_machine_is_tried_again_once_per_start(tmp_p
     assert status.reason.startswith("no engine could be built here") and status.attempts[0]["environment"]
     assert not list(run.glob("*.part*")), "a half-made int8 file stayed beside the model"
     assert autobuild.needed(model)[0] == "build"
-    assert "a failure of this machine" in autobuild.summary(model)["message"]
+    assert "a failure of this machine" in autobuild.summary(model)["message"] and autobuild.summary(model)["transient"]
     settings = load_settings(config(tmp_path, tmp_path / "watch"))
-    builds = DaemonEngineBuilds(settings)
-    builds.ensure(model)
-    builds._procs[model].wait(timeout=300)
-    builds.ensure(model)  # reaps it: failed again the same way, so not before the next start
-    assert model not in builds._procs and autobuild.read_status(model).transient
-    builds.ensure(model)
-    assert model not in builds._procs, "restarted at a heartbeat although nothing changed"
+    now = [0.0]  # the daemon's clock, moved by hand: the waits are hours
+
+    def tried(builds: DaemonEngineBuilds) -> bool:
+        builds.ensure(model)
+        proc = builds._procs.get(model)
+        if proc is not None:
+            proc.wait(timeout=300)
+            builds.ensure(model)  # reaps it
+        return proc is not None
+
+    builds = DaemonEngineBuilds(settings, clock=lambda: now[0])
+    assert tried(builds) and autobuild.read_status(model).transient  # failed again the same way
+    assert not tried(builds), "restarted at a heartbeat although nothing changed"
+    now[0] += builds.RETRY_FIRST_S - 60
+    assert not tried(builds), "restarted before its wait"
+    now[0] += 120
+    assert tried(builds) and autobuild.read_status(model).transient  # after an hour, still full
+    now[0] += builds.RETRY_FIRST_S + 60
+    assert not tried(builds), "the second wait is twice the first"
+    assert tried(DaemonEngineBuilds(settings))  # the next daemon start tries at once
     blocker.rmdir()  # the space freed
-    restarted = DaemonEngineBuilds(settings)  # the next daemon start
-    restarted.ensure(model)
-    restarted._procs[model].wait(timeout=300)
+    now[0] += builds.RETRY_FIRST_S
+    assert tried(builds)
     final = autobuild.read_status(model)
     assert final.state == "ready" and final.engine == "ort-int8" and not final.transient, final
-    assert autobuild.needed(model)[0] == "ready"
+    assert autobuild.needed(model)[0] == "ready" and not tried(builds)
 
 
 def test_a_waited_for_build_is_stopped_at_its_time_limit(tmp_path: Path) -> None:
