@@ -27,6 +27,10 @@ class DaemonEngineBuilds:
     #: rebuilding every few seconds while it is still full
     RETRY_FIRST_S = 3600.0
     RETRY_MAX_S = 86400.0
+    #: a build still running after this long is taken to hang (a ResNet50's int8 ladder takes
+    #: about 10 minutes on 2 cores, a TensorRT build minutes): it is stopped and, like a build
+    #: that died, tried again at the next start, instead of saying "building" for weeks
+    BUILD_LIMIT_S = 4 * 3600.0
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         from nscmonitor.engines.autobuild import wants_build
@@ -41,6 +45,7 @@ class DaemonEngineBuilds:
         self._gave_up: dict[Path, object] = {}
         self._retry_at: dict[Path, float] = {}
         self._wait_s: dict[Path, float] = {}
+        self._started_at: dict[Path, float] = {}
 
     def ensure(self, model_path: Path) -> None:
         from nscmonitor.engines import autobuild
@@ -48,6 +53,14 @@ class DaemonEngineBuilds:
         if not self.enabled:
             return
         for path, proc in list(self._procs.items()):  # reap finished builds, of this model or an earlier one
+            if proc.poll() is None and self._clock() - self._started_at.get(path, self._clock()) > self.BUILD_LIMIT_S:
+                from nscmonitor.engines.autobuild import stop_build
+
+                stop_build(proc, grace_s=10)
+                del self._procs[path]
+                self._give_up(path, f"the build was still running after {self.BUILD_LIMIT_S / 3600:.0f} h and was "
+                                    f"stopped; see {autobuild.log_path(path)}")
+                continue
             if proc.poll() is not None:
                 del self._procs[path]
                 if autobuild.needed(path)[0] == "build":
@@ -71,6 +84,7 @@ class DaemonEngineBuilds:
             return
         if started is not None:
             self._procs[model_path] = started
+            self._started_at[model_path] = self._clock()
 
     def close(self, grace_s: float = 2.0) -> None:
         """At daemon stop. A build that has just recorded its outcome gets a moment to exit;

@@ -474,6 +474,28 @@ def test_a_build_that_dies_without_an_outcome_is_not_restarted_at_every_heartbea
     assert not autobuild.wants_build("openvino") and not autobuild.wants_build("torch-fp32")
 
 
+def test_a_build_that_runs_past_its_limit_is_stopped_and_not_restarted_at_every_heartbeat(tmp_path: Path) -> None:
+    """A build that hangs (a runtime deadlocked) must not say "building" for weeks: past the
+    daemon's limit it is stopped (its lock freed) and, like one that died, tried again only at
+    the next start or when the model or runtimes change."""
+    from nscmonitor.scoring.engine_builds import DaemonEngineBuilds
+
+    model = run_dir_with_calibration(tmp_path) / "model.onnx"
+    now = [0.0]  # the daemon's clock, moved by hand past the limit of hours
+    builds = DaemonEngineBuilds(load_settings(config(tmp_path, tmp_path / "watch")), clock=lambda: now[0])
+    builds.ensure(model)
+    proc = builds._procs[model]
+    now[0] += builds.BUILD_LIMIT_S - 60
+    builds.ensure(model)
+    assert builds._procs.get(model) is proc, "stopped before its limit"
+    now[0] += 120
+    builds.ensure(model)  # its interpreter is still starting: the real build has not ended yet
+    assert proc.poll() is not None and model not in builds._procs
+    assert not autobuild.build_running(model) and autobuild.needed(model)[0] == "build"
+    builds.ensure(model)
+    assert model not in builds._procs, "restarted at a heartbeat although nothing changed"
+
+
 def test_a_build_that_failed_for_the_machine_is_tried_again_after_a_growing_wait(tmp_path: Path, monkeypatch) -> None:
     """A failure of the machine, not of the model (here a real OS error: the int8 file's place
     is taken by a folder, as a full disk or a folder without write permission fail a build), is
