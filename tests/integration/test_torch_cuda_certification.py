@@ -63,9 +63,13 @@ def test_the_build_tries_the_gpu_engine_first_records_why_not_and_builds_the_cpu
     assert not gpu["passed"] and "sees no CUDA GPU" in gpu["reason"]
     assert status.engine != NAME
 
+    # the same attempt once its checkpoint is gone (alone: the CPU build after it is as above)
+    from nscmonitor.engines.autobuild_run import _try_torch_cuda, load_tiles_for
+    from nscmonitor.engines.metadata import read_onnx_metadata
+
     (model.parent / "best.pt").unlink()
-    status = run_build(model, targets=(NAME, "ort-int8"))
-    assert "no best.pt beside the model" in status.attempts[0]["reason"]
+    attempt = _try_torch_cuda(model, load_tiles_for(model, read_onnx_metadata(model), None), 1, lambda msg: None)
+    assert not attempt.passed and "no best.pt beside the model" in attempt.reason
 
 
 def test_the_gpu_engine_serves_only_under_its_own_passed_gate(run, tmp_path, monkeypatch):
