@@ -180,7 +180,26 @@ def input_correlations(fp32: Any, found: list[Layer], x: np.ndarray, *, threads:
             h = (rows.T @ rows).astype(np.float64)
             sums[j] = h if sums[j] is None else sums[j] + h
             counts[j] += len(rows)
-    return [s / max(c, 1) for s, c in zip(sums, counts)]  # type: ignore[operator]
+    for s, c in zip(sums, counts):
+        s /= max(c, 1)  # type: ignore[operator]  (in place: these are up to 4608 x 4608 float64)
+    return sums  # type: ignore[return-value]
+
+
+def inverse_cholesky_upper(h: np.ndarray) -> np.ndarray:
+    """The upper triangular ``u`` with ``inv(h) = u^T u`` (the factor GPTQ steps through),
+    without forming ``inv(h)``: with ``J`` the reversal, ``J h J = m m^T`` (Cholesky) gives
+    ``h = r r^T`` for the upper ``r = J m J``, so ``inv(h) = r^-T r^-1`` and ``u = r^-1 =
+    J m^-1 J``. One Cholesky and one triangular inverse, a third of the work of the general
+    inverse and a second Cholesky (on a ResNet's 4608-wide inputs 0.6 s of the two's 0.85 s per
+    layer went to the inverse); the factor is the same, Cholesky factors being unique."""
+    from scipy.linalg import cholesky  # raises numpy's LinAlgError where h is not positive definite
+    from scipy.linalg.lapack import dtrtri
+
+    m = cholesky(h[::-1, ::-1], lower=True, check_finite=False)
+    m_inv, info = dtrtri(m, lower=1, overwrite_c=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"the Cholesky factor is singular (LAPACK dtrtri info {info})")
+    return m_inv[::-1, ::-1]
 
 
 def gptq(weights: np.ndarray, h: np.ndarray, scale: np.ndarray, *, damp: float = DAMP,
@@ -202,7 +221,7 @@ def gptq(weights: np.ndarray, h: np.ndarray, scale: np.ndarray, *, damp: float =
     order = np.argsort(-np.diag(h), kind="stable")
     w, h = w[:, order], h[np.ix_(order, order)]
     h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
-    u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper, inv(h) = u^T u
+    u = inverse_cholesky_upper(h)
     q = np.zeros_like(w)
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)

@@ -65,6 +65,23 @@ def test_gptq_rounding_lowers_the_output_error_of_correlated_inputs():
     assert np.max(np.abs(q - w / scale[:, None])) < 4
 
 
+def test_the_inverse_factor_is_the_cholesky_factor_of_the_inverse_without_the_inverse():
+    """GPTQ steps through the upper ``u`` with ``inv(h) = u^T u``; it is computed from one
+    Cholesky of the reversed ``h`` and a triangular inverse. Cholesky factors are unique, so it
+    must be the factor of the explicit inverse (the former computation) to rounding, and a
+    matrix that is not positive definite is refused as before."""
+    rng = np.random.default_rng(3)
+    for k in (1, 7, 130, 600):
+        x = rng.normal(size=(3 * k, k)) * rng.gamma(1.0, 1.0, size=k)
+        h = x.T @ x / len(x) + 1e-3 * np.eye(k)
+        u = W.inverse_cholesky_upper(h)
+        assert np.allclose(u, np.triu(u)) and np.all(np.diag(u) > 0)
+        assert np.allclose(u.T @ u @ h, np.eye(k), atol=1e-8)
+        assert np.allclose(u, np.linalg.cholesky(np.linalg.inv(h)).T, rtol=1e-9, atol=1e-12 * np.abs(u).max())
+    with pytest.raises(np.linalg.LinAlgError):
+        W.inverse_cholesky_upper(np.diag([1.0, -1.0, 2.0]))
+
+
 def test_gptq_is_nearest_rounding_where_inputs_do_not_correlate_and_keeps_unseen_inputs():
     rng = np.random.default_rng(2)
     w = rng.normal(size=(6, 20))
