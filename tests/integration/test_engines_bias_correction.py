@@ -46,3 +46,21 @@ def test_bias_correction_removes_a_systematic_int8_shift_and_keeps_the_qdq_form(
     assert corrected and all(f_init[n].dtype == np.float32 for n in corrected)  # biases stay float
     conv_biases = [n.input[2] for n in f.graph.node if n.op_type == "Conv" and len(n.input) > 2]
     assert set(corrected) <= set(conv_biases)
+
+
+def test_a_layer_is_measured_with_only_the_nodes_it_depends_on():
+    """Measuring a block's first convolution runs that convolution and what feeds it, not the
+    rest of its piece (nor a shortcut branch beside it), in the piece's order."""
+    from onnx import helper
+
+    from nscmonitor.engines.bias_correction import _needed_for
+
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1"),
+             helper.make_node("Relu", ["a"], ["b"], name="relu1"),
+             helper.make_node("Conv", ["x", "wd"], ["d"], name="shortcut"),
+             helper.make_node("Conv", ["b", "w2"], ["c"], name="conv2"),
+             helper.make_node("Add", ["c", "d"], ["y"], name="add")]
+    assert [n.name for n in _needed_for(nodes, "a")] == ["conv1"]
+    assert [n.name for n in _needed_for(nodes, "c")] == ["conv1", "relu1", "conv2"]
+    assert [n.name for n in _needed_for(nodes, "y")] == ["conv1", "relu1", "shortcut", "conv2", "add"]
+    assert _needed_for(nodes, "x") == []
