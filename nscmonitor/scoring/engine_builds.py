@@ -54,9 +54,7 @@ class DaemonEngineBuilds:
             return
         for path, proc in list(self._procs.items()):  # reap finished builds, of this model or an earlier one
             if proc.poll() is None and self._clock() - self._started_at.get(path, self._clock()) > self.BUILD_LIMIT_S:
-                from nscmonitor.engines.autobuild import stop_build
-
-                stop_build(proc, grace_s=10)
+                autobuild.stop_build(proc, grace_s=10)
                 del self._procs[path]
                 self._give_up(path, f"the build was still running after {self.BUILD_LIMIT_S / 3600:.0f} h and was "
                                     f"stopped; see {autobuild.log_path(path)}")
