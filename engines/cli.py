@@ -46,8 +46,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "those that pass against fp32, serves the fastest and records the outcome in engine-status.json beside "
         "the model. The bf16 engine is checked first; once it has passed and runs at least as fast as fp32 it is "
         "recorded as ready, so the daemon serves it while the int8 file is still being built. Does nothing when "
-        "an engine was already built, or already failed, under the same model, calibration set, runtimes and "
-        "machine (use --force to build anyway). Exit code 0 when an engine is ready, 1 when fp32 serves.")
+        "an engine was already built, or already failed its gate, under the same model, calibration set, runtimes "
+        "and machine (use --force to build anyway); a build that failed for the machine (a full disk, no "
+        "permission) is built again. Works in a temporary folder of its own and removes those that stopped "
+        "builds left. Exit code 0 when an engine is ready, 1 when fp32 serves.")
     auto.add_argument("model", help="the fp32 ONNX model (a registry version's model.onnx or a run's)")
     auto.add_argument("--calibration", metavar="DIR",
                       help="tiles folder to calibrate and gate with when the model carries no calibration set")
