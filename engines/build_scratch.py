@@ -88,16 +88,26 @@ def sweep(parent: str | Path | None = None) -> list[tuple[Path, int]]:
 
 
 @contextmanager
-def scratch(parent: str | Path | None = None) -> Iterator[Path]:
+def scratch(parent: str | Path | None = None) -> Iterator[Path | None]:
     """This process's temporary files go into a folder of its own while the block runs (for
     Python's ``tempfile`` and, through the environment, for native libraries and children),
     which is removed at its end; folders of builds that ended without removing theirs are
-    removed first."""
+    removed first. Where no such folder can be made (a temporary folder that is full, read-only
+    or gone) the block runs as before, with None: the build itself then meets the trouble and
+    records it as this machine's, instead of the build command ending in a traceback."""
     parent = Path(parent or tempfile.gettempdir())
     sweep(parent)
-    folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
+    except OSError as exc:
+        log.warning("cannot make the engine build's temporary folder in %s (%s); it uses the usual one", parent, exc)
+        yield None
+        return
     lock = BuildLock(folder / OWNER)
-    lock.acquire()
+    try:
+        lock.acquire()
+    except OSError as exc:  # a file system without locks: the folder is still removed at the end
+        log.warning("cannot lock the engine build's temporary folder %s (%s)", folder, exc)
     saved_tempdir, saved_env = tempfile.tempdir, {k: os.environ.get(k) for k in _TEMP_VARS}
     tempfile.tempdir = str(folder)
     os.environ.update({k: str(folder) for k in _TEMP_VARS})

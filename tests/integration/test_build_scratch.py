@@ -100,3 +100,15 @@ def test_the_build_command_removes_what_a_killed_build_left_and_leaves_nothing_o
     assert done.returncode == 0, done.stdout + done.stderr
     assert autobuild.read_status(model).state == "ready"
     assert not dead.exists() and builds(temp) == set()
+
+
+def test_a_temporary_folder_that_cannot_hold_one_leaves_the_build_to_run_as_before(tmp_path: Path, caplog) -> None:
+    """Where no private folder can be made (here the temporary folder is a file, as a gone or
+    read-only one refuses it too), the block still runs, unredirected, and says why: the build
+    then meets the trouble itself and records it, rather than the build command failing first."""
+    not_a_folder = tmp_path / "temp"
+    not_a_folder.write_text("a file")
+    before = tempfile.tempdir
+    with scratch(not_a_folder) as folder:
+        assert folder is None and tempfile.tempdir == before
+    assert "cannot make the engine build's temporary folder" in caplog.text
