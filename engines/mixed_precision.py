@@ -12,7 +12,10 @@ How (one quantisation, many cheap evaluations):
    inputs back (activations before the Q/DQ pair, the fp32 weights), which is what excluding
    them from quantisation does, without re-running calibration;
 3. each variant runs on ONNX Runtime with graph optimisations off, so Q/DQ execute as written
-   (fake quantisation in float: the rounding int8 kernels do, at fp32 speed);
+   (fake quantisation in float: the rounding int8 kernels do, at fp32 speed); the searches of
+   one build share that preparation and their probes (``Probes``, ``engines.search_probes``:
+   a variant is run once, and from where it leaves the fp32 model when an earlier probe
+   left it there too, with the same probabilities to the bit);
 4. sensitivity of a group = the calibration readout error when only that group is int8 (on
    the ResNet50s trained here the error is spread over many blocks: keeping one block fp32
    out of an all-int8 model moved the readout by less than its noise, while one block alone in
@@ -59,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from nscmonitor.engines.search_probes import ProbeRunner
 from nscmonitor.engines.validate import DEFAULT_TOLERANCE, compare
 
 log = logging.getLogger(__name__)
@@ -339,30 +343,62 @@ def typical_well_size(groups: tuple[str, ...] | list[str]) -> int:
     return max(1, int(round(float(np.median(counts))))) if counts else 1
 
 
+@dataclass
+class Probes:
+    """What every search of one build shares: the fp32 and Q/DQ models, the fp32 reference on
+    the calibration tiles, the surgery check, and the probes already run
+    (``engines.search_probes``), so the ladder's retries at tighter margins neither quantise
+    again nor score a variant twice."""
+
+    fp32: Any
+    qdq: Any
+    groups: dict[str, list[str]]
+    reference: np.ndarray
+    surgery_ok: bool
+    runner: ProbeRunner
+
+    @classmethod
+    def prepare(cls, fp32_path: str | Path, calib_x: np.ndarray, *, settings: dict[str, Any] | None = None,
+                threads: int = 0) -> Probes:
+        fp32, qdq = _fp32_and_qdq(fp32_path, calib_x, settings)
+        reference = fake_quant_probs(fp32, calib_x, threads=threads)
+        ok = surgery_restores_fp32(qdq, fp32, calib_x, reference, threads=threads)
+        return cls(fp32, qdq, groups_of(qdq), reference, ok, ProbeRunner(fp32, calib_x, threads=threads, qdq=qdq))
+
+    def probs(self, int8_nodes: list[str]) -> np.ndarray:
+        """The calibration tiles' probabilities with exactly ``int8_nodes`` in int8."""
+        every = [n for nodes in self.groups.values() for n in nodes]
+        keep = set(every) - set(int8_nodes)
+        return self.runner.probs(frozenset(int8_nodes), lambda: restore_fp32(self.qdq, self.fp32, keep))
+
+
 def search(fp32_path: str | Path, calib_x: np.ndarray, calib_groups: tuple[str, ...], *,
            settings: dict[str, Any] | None = None, tolerance: dict[str, float] | None = None,
            max_steps: int = MAX_STEPS, threads: int = 0, progress: Progress | None = None,
            well_size: int | None = None, margin: float = READOUT_MARGIN,
-           sensitivity: dict[str, float] | None = None) -> SearchResult:
+           sensitivity: dict[str, float] | None = None, probes: Probes | None = None) -> SearchResult:
     """Find the fp32 groups (see the module docstring); ``max_steps`` bounds the number of
-    model evaluations (one per sensitivity probe and per greedy step). With ``well_size`` (the
+    model evaluations (one per sensitivity probe and per greedy step; a probe an earlier search
+    of the same ``probes`` ran counts without running again). With ``well_size`` (the
     gate's typical tiles per well) variants are scored over pseudo-wells of that size, else
     over ``calib_groups``. ``margin``: the share of the readout tolerance a variant may use
-    here; ``sensitivity``: an earlier search's probes of the same model and tiles, reused."""
+    here; ``sensitivity``: an earlier search's probes of the same model and tiles, reused;
+    ``probes``: what an earlier search of the same model and tiles prepared (else prepared here)."""
     tol = {**DEFAULT_TOLERANCE, **(tolerance or {})}
     def say(done: int, total: int, msg: str) -> None:
         log.info("mixed precision %d/%d: %s", done, total, msg)  # a background build's log shows it too
         if progress is not None:
             progress(done, total, msg)
 
-    fp32, qdq = _fp32_and_qdq(fp32_path, calib_x, settings)
-    groups = groups_of(qdq)
+    if probes is None:
+        probes = Probes.prepare(fp32_path, calib_x, settings=settings, threads=threads)
+    groups = probes.groups
     names = list(groups)
     every = [n for g in names for n in groups[g]]
     total = min(max_steps, 1 + 2 * len(names) + sum(len(v) for v in groups.values() if len(v) > 1))
     say(0, total, f"mixed precision: {len(names)} layer groups, evaluating on {len(calib_x)} calibration tiles")
-    reference = fake_quant_probs(fp32, calib_x, threads=threads)
-    if not surgery_restores_fp32(qdq, fp32, calib_x, reference, threads=threads):
+    reference = probes.reference
+    if not probes.surgery_ok:
         log.error("mixed precision: %s with every layer restored does not compute the fp32 model (the quantiser "
                   "rewrote the graph in a way the search cannot undo); no mix is searched, every group stays fp32",
                   fp32_path)
@@ -372,9 +408,7 @@ def search(fp32_path: str | Path, calib_x: np.ndarray, calib_groups: tuple[str, 
         calib_groups = pseudo_wells(reference, well_size)
 
     def run(int8_nodes: list[str]) -> _Score:
-        keep = set(every) - set(int8_nodes)
-        return _score(reference, fake_quant_probs(restore_fp32(qdq, fp32, keep), calib_x, threads=threads),
-                      calib_groups, tol)
+        return _score(reference, probes.probs(int8_nodes), calib_groups, tol)
 
     full = run(every)
     steps = 1
@@ -411,7 +445,9 @@ def search(fp32_path: str | Path, calib_x: np.ndarray, calib_groups: tuple[str, 
     nodes = [n for n in every if n not in int8_nodes and n not in split]
     readout, clear = (best.readout_pp, best.agreement_clear) if best else (0.0, 1.0)
     log.info("mixed precision: %d of %d layer groups kept fp32 (%s; %d of their layers int8), calibration readout "
-             "%.2f pp", len(kept), len(names), ", ".join(kept), len(split), readout)
+             "%.2f pp; this build's probes so far: %d run whole, %d from where they leave fp32, %d remembered",
+             len(kept), len(names), ", ".join(kept), len(split), readout, probes.runner.stats["whole"],
+             probes.runner.stats["cut"], probes.runner.stats["memo"])
     return SearchResult(kept, nodes, True, steps, readout, clear, alone, len(names), int8, split,
                         well_size=well_size, margin=margin, group_nodes=groups)
 
@@ -498,10 +534,11 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
             on_disk = (path, report, mix)
         return _serving_gate_passed(path, report, want_openvino)
 
+    probes = Probes.prepare(model_path, calib.x, threads=threads)
     for margin in SEARCH_MARGINS:
         result = search(model_path, calib.x, calib.groups, tolerance=dict(meta.int8_tolerance), max_steps=max_steps,
                         threads=threads, progress=progress, well_size=typical_well_size(heldout.groups),
-                        margin=margin, sensitivity=result.sensitivity if result else None)
+                        margin=margin, sensitivity=result.sensitivity if result else None, probes=probes)
         if not ranked_tried and result.sensitivity:
             ranked_tried = True
             if any(build(mix) for mix in _most_sensitive_rungs(result, tried)):
