@@ -20,7 +20,7 @@ A node counts as the fp32 model's when its proto is the fp32 graph's node of tha
 every input is the graph input, an fp32 initializer or another such node's output; anything
 else (a Q/DQ pair, a layer that reads int8 inputs, a reader whose input the surgery rewired)
 stays in the part that runs. Frontier values are cached per batch, up to ``cache_bytes``; a
-frontier that does not fit, or that holds a tensor of no known float producer, runs whole.
+frontier that does not fit, or that holds a tensor not known to be float, runs whole.
 """
 
 from __future__ import annotations
@@ -37,10 +37,6 @@ log = logging.getLogger(__name__)
 #: the frontier cache's bound: a ResNet50's layer1 output over 128 tiles of 96 px is 75 MB
 CACHE_BYTES = 256 * 2**20
 BATCH = 16
-#: producers whose output is a float activation with the tiles on its first axis
-_FLOAT_OPS = frozenset({"Conv", "Relu", "Add", "Sub", "Mul", "Div", "MaxPool", "AveragePool", "GlobalAveragePool",
-                        "GlobalMaxPool", "BatchNormalization", "Gemm", "MatMul", "Flatten", "Sigmoid", "Clip",
-                        "Concat", "Identity", "LeakyRelu", "HardSigmoid", "HardSwish", "Softmax"})
 
 
 def fp32_nodes(variant: Any, fp32_protos: dict[str, bytes], clean_inits: set[str]) -> set[str]:
@@ -111,7 +107,7 @@ class ProbeRunner:
         # an initializer is the fp32 model's when the Q/DQ model has none of that name or the same one
         self.clean_inits = {k for k, v in fp_inits.items()
                             if k not in other or other[k].SerializeToString() == v.SerializeToString()}
-        self.producer_op = {o: n.op_type for n in fp32.graph.node for o in n.output}
+        self.float_tensors = _float_tensors(fp32)
         self.inputs = {i.name for i in fp32.graph.input}
         self.memo: dict[Any, np.ndarray] = {}
         self.cache: OrderedDict[str, list[np.ndarray]] = OrderedDict()
@@ -126,7 +122,9 @@ class ProbeRunner:
         return y
 
     def _cacheable(self, names: list[str]) -> bool:
-        return all(t in self.inputs or self.producer_op.get(t) in _FLOAT_OPS for t in names)
+        """Frontier values are taken as extra outputs declared float: a tensor of another or
+        unknown type (a shape computed from the tiles) would make that session fail."""
+        return all(t in self.float_tensors for t in names)
 
     def _run(self, variant: Any) -> np.ndarray:
         from onnx import helper
@@ -179,6 +177,22 @@ class ProbeRunner:
             self.cache.move_to_end(t)
         while sum(v.nbytes for vs in self.cache.values() for v in vs) > self.cache_bytes:
             self.cache.popitem(last=False)
+
+
+def _float_tensors(model: Any) -> set[str]:
+    """Tensors of the fp32 graph known to be float: its value_info (which the quantiser's
+    pre-processing fills), else ONNX's shape inference."""
+    import onnx
+
+    infos = list(model.graph.value_info)
+    if not infos:
+        try:
+            infos = list(onnx.shape_inference.infer_shapes(model).graph.value_info)
+        except Exception as exc:  # onnx raises its own inference errors; an uninferable graph only means nothing is cut
+            log.info("search probes: no tensor types for %s (%s); every probe runs whole", model.graph.name, exc)
+            return set()
+    infos += list(model.graph.input) + list(model.graph.output)
+    return {v.name for v in infos if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
 
 
 def _as_probs(y: np.ndarray) -> np.ndarray:

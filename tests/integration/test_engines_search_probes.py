@@ -74,3 +74,59 @@ def test_searches_sharing_their_probes_choose_what_fresh_searches_choose(prepare
         sensitivity = shared.sensitivity
     assert kept == [1, 2, 3]  # three different mixes, so the greedy passes went apart
     assert p.runner.stats["memo"] >= 4 and p.runner.stats["whole"] + p.runner.stats["cut"] <= 6, p.runner.stats
+
+
+def _reshape_head_model(path, size: int) -> None:
+    """stem -> two bodies -> pool -> Reshape to (tiles, -1) with the shape computed from the
+    input (as exporters write a dynamic-batch flatten) -> head: the int64 shape tensor depends
+    on the tiles, so it sits on the frontier of any variant with a body in int8."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(a, n) for n, a in (
+        ("stem_w", rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32)),
+        ("b1_w", rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32)),
+        ("b2_w", rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32)),
+        ("fc_w", rng.normal(0, 0.5, (8, 4)).astype(np.float32)),
+        ("fc_b", np.zeros(4, np.float32)),
+        ("zero", np.array([0], np.int64)), ("one", np.array([1], np.int64)), ("minus1", np.array([-1], np.int64)))]
+    conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    nodes = [
+        helper.make_node("Conv", ["x", "stem_w"], ["s"], name="stem", strides=[2, 2], **conv),
+        helper.make_node("Relu", ["s"], ["s_r"], name="stem_relu"),
+        helper.make_node("Conv", ["s_r", "b1_w"], ["b1"], name="body1", **conv),
+        helper.make_node("Relu", ["b1"], ["b1_r"], name="body1_relu"),
+        helper.make_node("Conv", ["b1_r", "b2_w"], ["b2"], name="body2", **conv),
+        helper.make_node("Relu", ["b2"], ["b2_r"], name="body2_relu"),
+        helper.make_node("GlobalAveragePool", ["b2_r"], ["pooled"], name="pool"),
+        helper.make_node("Shape", ["x"], ["x_shape"], name="shape"),
+        helper.make_node("Slice", ["x_shape", "zero", "one"], ["n"], name="batch"),
+        helper.make_node("Concat", ["n", "minus1"], ["flat_shape"], name="flat_shape", axis=0),
+        helper.make_node("Reshape", ["pooled", "flat_shape"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="head"),
+    ]
+    graph = helper.make_graph(nodes, "reshape-head",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def test_a_shape_tensor_on_the_frontier_is_not_taken_for_an_activation(tmp_path):
+    """Frontier values are kept as extra outputs declared float; an int64 shape computed from
+    the tiles must not be declared so (its session would fail): such variants run whole, and
+    read the same as the literal run."""
+    path = tmp_path / "model.onnx"
+    _reshape_head_model(path, SIZE)
+    x = np.random.default_rng(0).random((48, 1, SIZE, SIZE), dtype=np.float32)
+    p = Probes.prepare(path, x, threads=1)
+    assert p.surgery_ok and sorted(p.groups) == ["body1", "body2"], sorted(p.groups)
+    assert "flat_shape" not in p.runner.float_tensors and "b1_r" in p.runner.float_tensors
+    for rnd in range(2):
+        p.runner.memo.clear()
+        for int8 in _variants(p):
+            np.testing.assert_array_equal(p.probs(list(int8)), _literal(p, int8, x), err_msg=str(int8))
+    assert p.runner.stats["whole"] >= 6 and not any("shape" in t for t in p.runner.cache), p.runner.stats
