@@ -58,12 +58,15 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nscmonitor.engines.search_probes import ProbeRunner
 from nscmonitor.engines.validate import DEFAULT_TOLERANCE, compare
+
+if TYPE_CHECKING:
+    from nscmonitor.engines.quantize import Rounds
 
 log = logging.getLogger(__name__)
 
@@ -505,14 +508,22 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
     too generously costs a rebuild, not the engine.
     Returns (int8 path or None, ONNX Runtime's gate report, the search that chose the file, else
     the last search result, or None when none ran); the gate report on disk names the layers
-    kept fp32."""
+    kept fp32. Every round of the ladder shares one pre-processed model and one fp32 reference
+    on the held-out tiles (``quantize.Rounds``)."""
+    from nscmonitor.engines.quantize import Rounds
+
+    with tempfile.TemporaryDirectory(prefix="nscm-rounds-") as tmp:
+        return _ladder(Path(model_path), calib, heldout, want_openvino, threads, max_steps, progress, Rounds(tmp))
+
+
+def _ladder(model_path: Path, calib: Any, heldout: Any, want_openvino: bool, threads: int, max_steps: int,
+            progress: Progress | None, rounds: Rounds) -> tuple[Path | None, Any, SearchResult | None]:
     from nscmonitor.engines.metadata import read_onnx_metadata
     from nscmonitor.engines.quantize import build_ort_int8
     from nscmonitor.engines.validate import write_report
 
-    model_path = Path(model_path)
     recipe = serving_recipe(want_openvino)
-    path, report = build_ort_int8(model_path, calib, heldout, threads=threads, settings=recipe)
+    path, report = build_ort_int8(model_path, calib, heldout, threads=threads, settings=recipe, rounds=rounds)
     if _serving_gate_passed(path, report, want_openvino):
         return path, report, None
     meta = read_onnx_metadata(model_path)
@@ -528,7 +539,7 @@ def build_int8(model_path: str | Path, calib: Any, heldout: Any, *, want_openvin
         nonlocal path, report, on_disk, built
         tried.add(tuple(mix.nodes))
         built = mix
-        path, report = build_ort_int8(model_path, calib, heldout, threads=threads,
+        path, report = build_ort_int8(model_path, calib, heldout, threads=threads, rounds=rounds,
                                       settings={**recipe, "exclude_nodes": mix.nodes, "mixed_precision": mix.to_dict()})
         if path is not None:
             on_disk = (path, report, mix)

@@ -241,3 +241,31 @@ def test_the_tensorrt_file_rounds_layer_inputs_only(tmp_path):
     produced_by = {o: n.op_type for n in onnx.load(str(both)).graph.node for o in n.output}
     assert "Conv" in {produced_by.get(n.input[0]) for n in onnx.load(str(both)).graph.node
                       if n.op_type == "QuantizeLinear"}  # the quantiser's default: outputs rounded too
+
+
+def test_the_ladders_rounds_reuse_the_preprocessed_model_and_the_fp32_reference(hostile, tmp_path):
+    """Each quantise-and-gate round of one build starts from the same pre-processed model and
+    compares against the same fp32 probabilities; shared (``quantize.Rounds``), the second
+    round computes neither again and writes the file and gate a fresh round writes."""
+    import onnx
+
+    from nscmonitor.engines.quantize import Rounds
+
+    path, meta, calib, held = hostile
+    search_result = search(path, calib.x, calib.groups, threads=1)
+    mix = {"exclude_nodes": search_result.nodes}
+    fresh_path, fresh = build_ort_int8(path, calib, held, threads=1, settings=mix, out_path=tmp_path / "fresh.onnx")
+    rounds = Rounds(tmp_path / "rounds")
+    (tmp_path / "rounds").mkdir()
+    first = build_ort_int8(path, calib, held, threads=1, out_path=tmp_path / "plain.onnx", rounds=rounds)[1]
+    assert not first.passed and rounds.reused == 0
+    shared_path, shared = build_ort_int8(path, calib, held, threads=1, settings=mix, out_path=tmp_path / "shared.onnx",
+                                         rounds=rounds)
+    assert rounds.reused == 2  # the named model and the fp32 reference
+    assert fresh.passed and shared.to_dict() == fresh.to_dict()
+    assert onnx.load(str(shared_path)).graph == onnx.load(str(fresh_path)).graph
+    # a changed model file is not taken for the one prepared before
+    other = tmp_path / "other.onnx"
+    build_tiny_classifier(other, input_size=SIZE, depth=2, seed=9)
+    build_ort_int8(other, calib, held, threads=1, out_path=tmp_path / "other.int8.onnx", rounds=rounds)
+    assert rounds.reused == 2
