@@ -165,10 +165,15 @@ class Rounds:
         if key in self._references:
             self.reused += 1
             return self._references[key]
-        t0 = time.perf_counter()
-        probs, ood = _probs(OrtCpuEngine(model_path, meta, threads=threads), heldout)
-        self._references[key] = (probs, ood, len(heldout) / (time.perf_counter() - t0))
+        self._references[key] = _fp32_reference(model_path, meta, heldout, threads)
         return self._references[key]
+
+
+def _fp32_reference(model_path: Path, meta: ModelMetadata, heldout: TileSet,
+                    threads: int) -> tuple[np.ndarray, np.ndarray | None, float]:
+    t0 = time.perf_counter()
+    probs, ood = _probs(OrtCpuEngine(model_path, meta, threads=threads), heldout)
+    return probs, ood, len(heldout) / (time.perf_counter() - t0)
 
 
 def _named_model(model_path: Path, out: Path, preprocess: bool, tmp: Path) -> Any:
@@ -296,8 +301,8 @@ def _build_ort_int8(model_path: Path, meta: ModelMetadata, calib: TileSet, heldo
     notes: dict[str, Any] = {}
     quantize_static_qdq(model_path, part, calib.x, settings=cfg, threads=threads, notes=notes, rounds=rounds)
     tol = dict(meta.int8_tolerance)
-    with tempfile.TemporaryDirectory(prefix="nscm-round-") as tmp:
-        reference, ref_ood, fp32_speed = (rounds or Rounds(tmp)).reference(model_path, meta, heldout, threads)
+    reference, ref_ood, fp32_speed = (rounds.reference(model_path, meta, heldout, threads) if rounds is not None
+                                      else _fp32_reference(model_path, meta, heldout, threads))
     t1 = time.perf_counter()
     candidate = OrtCpuEngine(part, meta, threads=threads)
     candidate.name = "ort-int8"
