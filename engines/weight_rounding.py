@@ -177,8 +177,11 @@ def input_correlations(fp32: Any, found: list[Layer], x: np.ndarray, *, threads:
         outs = dict(zip(names, session.run(names, {feed: x[i:i + BATCH]})))
         for j, layer in enumerate(found):
             rows = _rows(np.asarray(outs[layer.source], np.float32), layer)
-            h = (rows.T @ rows).astype(np.float64)
-            sums[j] = h if sums[j] is None else sums[j] + h
+            h = rows.T @ rows
+            if sums[j] is None:
+                sums[j] = h.astype(np.float64)
+            else:  # each float32 entry widened as it is added: what adding its float64 copy gives, without the copy
+                np.add(sums[j], h, out=sums[j])
             counts[j] += len(rows)
     for s, c in zip(sums, counts):
         s /= max(c, 1)  # type: ignore[operator]  (in place: these are up to 4608 x 4608 float64)

@@ -209,3 +209,25 @@ def test_a_layer_whose_inputs_are_not_finite_keeps_nearest_rounding(skewed_int8,
     assert W._rounded(layer, weights, inits, h, shape) is not None
     h[0, 0] = np.inf
     assert W._rounded(layer, weights, inits, h, shape) is None
+
+
+def test_input_correlations_over_several_batches_are_those_of_all_tiles_at_once(tmp_path):
+    """``E[x x^T]`` of each layer's input rows, accumulated batch by batch in float64, equals
+    the same statistic computed over every tile in one go (so no batch is lost or counted twice)."""
+    from nscmonitor.engines.mixed_precision import _fp32_and_qdq
+
+    path = tmp_path / "model.onnx"
+    meta = build_tiny_classifier(path, input_size=SIZE, depth=2, seed=5)
+    calib = tileset(meta, *blobs(3 * W.BATCH + 5, 1), "calib")  # four batches, the last one short
+    fp32, qdq = _fp32_and_qdq(path, calib.x, None)
+    found, _ = W.layers(qdq, {o for n in fp32.graph.node for o in n.output} | {i.name for i in fp32.graph.input})
+    assert len(found) >= 2
+    hs = W.input_correlations(fp32, found, calib.x, threads=1)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(fp32)
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(layer.source) for layer in found)
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = sess.run([layer.source for layer in found], {sess.get_inputs()[0].name: calib.x})
+    for layer, h, act in zip(found, hs, outs):
+        rows = W._rows(np.asarray(act, np.float64), layer)
+        np.testing.assert_allclose(h, rows.T @ rows / len(rows), rtol=1e-4, atol=1e-6, err_msg=layer.source)
