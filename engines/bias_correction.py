@@ -193,7 +193,7 @@ class _Segments:
         from onnx import helper
 
         assert self.current is not None
-        nodes = _needed_for(self.current[0], output)
+        nodes = upstream(self.current[0], output)
         name, x = self.feed
         inits = {i.name: i for i in self.model.graph.initializer}
         const_nodes = _constant_producers(self.model, self.consts, {i for n in nodes for i in n.input})
@@ -209,8 +209,9 @@ class _Segments:
         return np.concatenate([sess.run([output], {name: x[i:i + 16]})[0] for i in range(0, len(x), 16)])
 
 
-def _needed_for(nodes: list[Any], output: str) -> list[Any]:
-    """The nodes of a piece that ``output`` depends on, in their order: measuring a block's
+def upstream(nodes: list[Any], output: str) -> list[Any]:
+    """The ``nodes`` that ``output`` depends on, in their order (what a tensor needs computed;
+    also the mixed-precision search's probes, ``engines.search_probes``): measuring a block's
     first convolution need not run the rest of the block, which ONNX Runtime with its
     optimisations off did run (a ResNet50's correction: 102 s with whole pieces, 49.5 s with
     these, the same biases to the bit)."""

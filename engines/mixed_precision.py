@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nscmonitor.engines.search_probes import ProbeRunner
+from nscmonitor.engines.search_probes import BATCH, ProbeRunner, as_probs
 from nscmonitor.engines.validate import DEFAULT_TOLERANCE, compare
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ def _prune(model: Any) -> None:
     model.graph.initializer.extend(keep)
 
 
-def fake_quant_probs(model: Any, x: np.ndarray, *, threads: int = 0, batch_size: int = 16) -> np.ndarray:
+def fake_quant_probs(model: Any, x: np.ndarray, *, threads: int = 0, batch_size: int = BATCH) -> np.ndarray:
     """Class probabilities of an ONNX model run with ONNX Runtime's graph optimisations off
     (Q/DQ execute as written, in float), for the first output. Softmax is applied when the
     output is not already a probability vector."""
@@ -227,11 +227,8 @@ def fake_quant_probs(model: Any, x: np.ndarray, *, threads: int = 0, batch_size:
 
     sess = literal_session(model, threads=threads)
     name, out = sess.get_inputs()[0].name, sess.get_outputs()[0].name
-    y = np.concatenate([sess.run([out], {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)])
-    if np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3):
-        return y
-    e = np.exp(y - y.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return as_probs(np.concatenate([sess.run([out], {name: x[i:i + batch_size]})[0]
+                                    for i in range(0, len(x), batch_size)]))
 
 
 @dataclass
@@ -259,18 +256,13 @@ def _fp32_and_qdq(fp32_path: str | Path, calib_x: np.ndarray, settings: dict[str
     """The fp32 model with its nodes named (pre-processed as the quantiser's settings say) and
     its all-int8 Q/DQ copy, so that a node of one can be found by name in the other."""
     import onnx
-    from onnxruntime.quantization import quant_pre_process
 
-    from nscmonitor.engines.quantize import DEFAULT_SETTINGS, _name_nodes, quantize_static_qdq
+    from nscmonitor.engines.quantize import DEFAULT_SETTINGS, _named_model, quantize_static_qdq
 
     cfg = {**DEFAULT_SETTINGS, **(settings or {})}
     with tempfile.TemporaryDirectory(prefix="nscm-mixed-") as tmp:
         named = Path(tmp) / "fp32.onnx"
-        if cfg["preprocess"]:
-            quant_pre_process(str(fp32_path), str(named), skip_symbolic_shape=False)
-        fp32 = onnx.load(str(named if cfg["preprocess"] else fp32_path))
-        _name_nodes(fp32)
-        onnx.save(fp32, str(named))
+        fp32 = _named_model(Path(fp32_path), named, bool(cfg["preprocess"]), Path(tmp))
         qdq_path = Path(tmp) / "qdq.onnx"
         quantize_static_qdq(named, qdq_path, calib_x, settings={**cfg, "preprocess": False, "bias_correction": False})
         qdq = onnx.load(str(qdq_path))

@@ -57,15 +57,9 @@ def fp32_nodes(variant: Any, fp32_protos: dict[str, bytes], clean_inits: set[str
 
 def needed(variant: Any, output: str, skip: set[str]) -> list[Any]:
     """The variant's nodes ``output`` depends on, minus ``skip`` (whose outputs are fed), in order."""
-    producer = {o: n for n in variant.graph.node for o in n.output}
-    keep: set[str] = set()
-    todo = [output]
-    while todo:
-        n = producer.get(todo.pop())
-        if n is not None and n.name not in keep and n.name not in skip:
-            keep.add(n.name)
-            todo += list(n.input)
-    return [n for n in variant.graph.node if n.name in keep]
+    from nscmonitor.engines.bias_correction import upstream
+
+    return upstream([n for n in variant.graph.node if n.name not in skip], output)
 
 
 def frontier(variant: Any, nodes: list[Any], skip: set[str]) -> list[str]:
@@ -150,7 +144,7 @@ class ProbeRunner:
                 feed = {t: v[b] for t, v in zip(cut, fed)}
                 feed.update({t.name: self.x[i:i + BATCH] for t in tiles})
                 ys.append(sess.run([out.name], feed)[0])
-            return _as_probs(np.concatenate(ys))
+            return as_probs(np.concatenate(ys))
         self.stats["whole"] += 1
         extra = cut if cut and self._cacheable(cut) else []
         outputs = [out] + [helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(np.dtype(np.float32)), None)
@@ -167,7 +161,7 @@ class ProbeRunner:
             for t, v in zip(kept, got[1:]):
                 kept[t].append(v)
         self._remember(kept)
-        return _as_probs(np.concatenate(ys))
+        return as_probs(np.concatenate(ys))
 
     def _remember(self, kept: dict[str, list[np.ndarray]]) -> None:
         if not kept:
@@ -195,7 +189,7 @@ def _float_tensors(model: Any) -> set[str]:
     return {v.name for v in infos if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
 
 
-def _as_probs(y: np.ndarray) -> np.ndarray:
+def as_probs(y: np.ndarray) -> np.ndarray:
     """Softmax unless the output already is a probability vector per tile."""
     if np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3):
         return y

@@ -53,14 +53,14 @@ def test_a_layer_is_measured_with_only_the_nodes_it_depends_on():
     rest of its piece (nor a shortcut branch beside it), in the piece's order."""
     from onnx import helper
 
-    from nscmonitor.engines.bias_correction import _needed_for
+    from nscmonitor.engines.bias_correction import upstream
 
     nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1"),
              helper.make_node("Relu", ["a"], ["b"], name="relu1"),
              helper.make_node("Conv", ["x", "wd"], ["d"], name="shortcut"),
              helper.make_node("Conv", ["b", "w2"], ["c"], name="conv2"),
              helper.make_node("Add", ["c", "d"], ["y"], name="add")]
-    assert [n.name for n in _needed_for(nodes, "a")] == ["conv1"]
-    assert [n.name for n in _needed_for(nodes, "c")] == ["conv1", "relu1", "conv2"]
-    assert [n.name for n in _needed_for(nodes, "y")] == ["conv1", "relu1", "shortcut", "conv2", "add"]
-    assert _needed_for(nodes, "x") == []
+    assert [n.name for n in upstream(nodes, "a")] == ["conv1"]
+    assert [n.name for n in upstream(nodes, "c")] == ["conv1", "relu1", "conv2"]
+    assert [n.name for n in upstream(nodes, "y")] == ["conv1", "relu1", "shortcut", "conv2", "add"]
+    assert upstream(nodes, "x") == []
