@@ -49,8 +49,10 @@ NO_CALIBRATION = ("the model has no calibration set, so no int8 engine can be ce
 #: 10: the gate's readout is the part a well's tiles share, tile noise gated apart (``engines.validate``);
 #: 11: OpenVINO also gated and timed with bf16 for the stem and the OOD products only (``bf16-stem``);
 #: 12: the fp32 model in bf16 on OpenVINO (``openvino-bf16``) gated and timed beside the int8
-#: engines, and the fastest certified CPU engine serves (was: the first not slower than fp32).
-RECIPE = "12"
+#: engines, and the fastest certified CPU engine serves (was: the first not slower than fp32);
+#: 13: OpenVINO runs float convolutions of outputs a few pixels wide on the tiles side by side
+#: (``openvino_graph.small_maps_as_one_image``), so every OpenVINO engine is gated again as compiled.
+RECIPE = "13"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ Two compile choices decide its speed, both measured on the project's CPUs
   that precision (``GATE_KEYS``; ``engines.quantize.build_ort_int8`` gates each where the CPU
   has bf16): bf16 rounds what the f32 gate did not see. Left to itself OpenVINO would pick
   bf16 silently on such CPUs. Every graph's one-channel average pools run with the tiles as
-  channels (``openvino_graph.pool_tiles_as_channels``; the same values).
+  channels (``openvino_graph.pool_tiles_as_channels``; the same values), and with a fixed batch
+  its float convolutions of outputs a few pixels wide run on the tiles side by side
+  (``openvino_graph.small_maps_as_one_image``; the same values up to the order of the sums).
 
 - **The fp32 model in bf16** (``engines.openvino_bf16``): the same bf16 hint on the fp32 file,
   engine ``openvino-bf16``, gated and timed by the build like an int8 file; where a model's
@@ -51,7 +53,7 @@ import numpy as np
 
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.metadata import ModelMetadata
-from nscmonitor.engines.openvino_graph import bf16_stem_and_products, pool_tiles_as_channels
+from nscmonitor.engines.openvino_graph import bf16_stem_and_products, pool_tiles_as_channels, small_maps_as_one_image
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +205,7 @@ class OpenVinoEngine(Engine):
         pool_tiles_as_channels(model)
         if self.precision == "bf16-stem":
             bf16_stem_and_products(model)
+        small_maps_as_one_image(model)
         return core.compile_model(model, "CPU", config)
 
     def _run(self, tiles: np.ndarray) -> np.ndarray:
