@@ -152,27 +152,31 @@ def test_a_graph_without_a_padded_stem_or_products_is_left_alone(tmp_path):
 def _small_maps_graph(path) -> None:
     """Convolutions of every form ``small_maps_as_one_image`` handles on 3-pixel-wide maps (the
     last stage of a ResNet at 96 px): 3 x 3 with stride 2 and 1, 1 x 1 with stride 1 and 2, a
-    5 x 5 kernel wider than the map, asymmetric pads, float weights on an int8-rounded input;
-    and two it must leave alone: one with a 6-pixel-wide output and one with int8 weights."""
+    5 x 5 kernel wider than the map, asymmetric pads, float weights on an int8-rounded input,
+    with and without a bias and a ReLU after them (carried into the rewrite when they are the
+    convolution's only consumers, left where they are otherwise); and two it must leave alone:
+    one with a 6-pixel-wide output and one with int8 weights."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(5)
     w = {name: rng.normal(0, 0.3, shape).astype(np.float32) for name, shape in {
         "wa": (8, 4, 3, 3), "wb": (8, 8, 3, 3), "wc": (16, 8, 1, 1), "wd": (16, 4, 1, 1), "we": (8, 16, 5, 5),
-        "wf": (8, 16, 3, 3), "wg": (8, 4, 3, 3), "wh": (8, 8, 3, 3)}.items()}
+        "wf": (8, 16, 3, 3), "wg": (8, 4, 3, 3), "wh": (8, 8, 3, 3), "wj": (8, 16, 1, 1),
+        "ba": (8,), "bb": (8,), "bc": (16,), "be": (8,), "bj": (8,)}.items()}
     inits = {**w, "q_scale": np.array(0.05, np.float32), "q_zero": np.array(0, np.uint8),
              "wi": rng.integers(-100, 100, (8, 8, 3, 3)).astype(np.int8), "wi_scale": np.array(0.003, np.float32)}
     node = helper.make_node
     nodes = [
-        node("Conv", ["input", "wa"], ["a"], pads=[1, 1, 1, 1], strides=[2, 2], name="a"),
+        node("Conv", ["input", "wa", "ba"], ["a"], pads=[1, 1, 1, 1], strides=[2, 2], name="a"),
         node("Relu", ["a"], ["ra"]),
-        node("Conv", ["ra", "wb"], ["b_3x3"], pads=[1, 1, 1, 1]),
-        node("Conv", ["b_3x3", "wc"], ["c_1x1"]),
+        node("Conv", ["ra", "wb", "bb"], ["b_3x3"], pads=[1, 1, 1, 1]),
+        node("Conv", ["b_3x3", "wc", "bc"], ["c_1x1"]),
         node("Conv", ["input", "wd"], ["d_1x1_stride2"], strides=[2, 2]),
         node("Add", ["c_1x1", "d_1x1_stride2"], ["cd"]),
         node("Relu", ["cd"], ["rcd"]),
-        node("Conv", ["rcd", "we"], ["e_5x5"], pads=[2, 2, 2, 2]),
+        node("Conv", ["rcd", "we", "be"], ["e"], pads=[2, 2, 2, 2]),
+        node("Relu", ["e"], ["e_5x5_relu"]),
         node("Conv", ["rcd", "wf"], ["f_asymmetric"], pads=[0, 0, 1, 1]),
         node("Conv", ["input", "wg"], ["g_wide"], pads=[1, 1, 1, 1]),
         node("QuantizeLinear", ["ra", "q_scale", "q_zero"], ["q"]),
@@ -180,8 +184,11 @@ def _small_maps_graph(path) -> None:
         node("Conv", ["dq", "wh"], ["h_rounded_input"], pads=[1, 1, 1, 1]),
         node("DequantizeLinear", ["wi", "wi_scale"], ["wi_dq"]),
         node("Conv", ["dq", "wi_dq"], ["i_int8"], pads=[1, 1, 1, 1]),
+        node("Conv", ["rcd", "wj", "bj"], ["j"]),
+        node("Relu", ["j"], ["j_1x1_relu"]),
     ]
-    names = ["b_3x3", "c_1x1", "d_1x1_stride2", "e_5x5", "f_asymmetric", "g_wide", "h_rounded_input", "i_int8"]
+    names = ["b_3x3", "c_1x1", "d_1x1_stride2", "e_5x5_relu", "f_asymmetric", "g_wide", "h_rounded_input", "i_int8",
+             "j_1x1_relu"]
     outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 0, 0, 0]) for name in names]
     graph = helper.make_graph(nodes, "small_maps", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
                                                                                   ["N", 4, 6, 6])],
@@ -192,23 +199,33 @@ def _small_maps_graph(path) -> None:
     onnx.save(model, str(path))
 
 
-def _outputs(path, batch: int | None, rewrite: bool) -> tuple[list[np.ndarray], list[str]]:
+def _outputs(path, batch: int | None, rewrite: bool) -> tuple[list[np.ndarray], list[str], set[str], set[str]]:
+    """Outputs, the convolutions rewritten, and the ReLUs and convolutions of the file still in the graph."""
     core = ov.Core()
     model = core.read_model(str(path))
     if batch:
         model.reshape({"input": [batch, 4, 6, 6]})
     changed = G.small_maps_as_one_image(model) if rewrite else []
+    left = {kind: {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == kind}
+            for kind in ("Relu", "Convolution")}
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
     x = np.random.default_rng(11).normal(size=(batch or 3, 4, 6, 6)).astype(np.float32)
     out = compiled.create_infer_request().infer({0: x})
-    return [np.array(out[o]) for o in compiled.outputs], changed
+    return [np.array(out[o]) for o in compiled.outputs], changed, left["Relu"], left["Convolution"]
 
 
 def test_small_maps_run_as_one_image_and_give_the_same_values(tmp_path):
     _small_maps_graph(tmp_path / "m.onnx")
-    plain, _ = _outputs(tmp_path / "m.onnx", 5, rewrite=False)
-    rewritten, changed = _outputs(tmp_path / "m.onnx", 5, rewrite=True)
-    assert sorted(changed) == ["a", "b_3x3", "c_1x1", "d_1x1_stride2", "e_5x5", "f_asymmetric", "h_rounded_input"]
+    plain, _, relus, _ = _outputs(tmp_path / "m.onnx", 5, rewrite=False)
+    rewritten, changed, relus_left, convs_left = _outputs(tmp_path / "m.onnx", 5, rewrite=True)
+    # the reader splits a bias off its convolution ("WithoutBiases")
+    assert sorted(changed) == ["a/WithoutBiases", "b_3x3/WithoutBiases", "c_1x1/WithoutBiases", "d_1x1_stride2",
+                               "e/WithoutBiases", "f_asymmetric", "h_rounded_input", "j/WithoutBiases"]
+    # every rewritten convolution is gone from the graph (its shape read by the bias's reshape
+    # included); the int8 one and the wide one stay
+    assert {"g_wide", "i_int8"} <= convs_left and not convs_left & set(changed)
+    # the ReLUs right after a bias went into the rewrite; the one after the residual sum stays
+    assert relus == {"ra", "rcd", "e_5x5_relu", "j_1x1_relu"} and relus_left & relus == {"rcd"}
     assert [o.shape for o in rewritten] == [o.shape for o in plain]
     for got, want in zip(rewritten, plain):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
