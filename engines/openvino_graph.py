@@ -30,9 +30,10 @@ alternating timing finds it faster):
   ResNet50's last stage at 96 px works on 3 x 3 maps) runs on the batch's tiles laid side by
   side. Profiled on the trained ResNet50 in bf16 on a 2-core Xeon with AMX (docs/performance.md,
   "The last stage's small maps"), that stage did a fifth of the network's work in a third of its
-  time: its 3 x 3 convolutions at 0.4 TFLOP/s against 1.8-1.9 for the same work at 6 x 6, as
-  the plugin's kernels block over the output row and a row of three leaves the tile unit
-  mostly idle. A kernel wider than one runs on one image of the tiles side by side with zero
+  time: its 3 x 3 convolutions at 0.4 TFLOP/s against 1.8-1.9 for the same work at 6 x 6. The
+  plugin's kernels work along output rows, and a row of three pixels gives the tile unit little
+  to do (the tiles stacked along the height instead, rows still three wide, stayed slow: 4.5
+  against 2.7 ms for one such convolution side by side and 6.6 as it was). A kernel wider than one runs on one image of the tiles side by side with zero
   columns between them (the zeros every tile's padding would read, so the sums are the same);
   a 1 x 1 convolution runs as one product over the channels of every pixel of the batch; the
   bias and ReLU that follow a convolution go into the rewrite with it (the plugin fuses them
