@@ -159,3 +159,33 @@ def test_select_gives_openvino_a_large_batch_only_for_small_tiles(built):
     sel = select(model, "openvino-int8", batch_size=4, threads=1)
     assert sel.engine.large_batch == large_batch_for(4, size * size) > 4
     assert sel.engine.preferred_batch == sel.engine.large_batch
+
+
+def test_a_resnets_small_last_stage_rewritten_scores_as_onnxruntime(tmp_path):
+    """A ResNet18 at 64 px ends on 2 x 2 maps, which the fixed-batch engine runs on its tiles
+    side by side (``openvino_graph.small_maps_as_one_image``); in f32 it scores as ONNX Runtime
+    does, a batch of 8 and a short one alike."""
+    import openvino as ov
+
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    from nscmonitor.engines.metadata import ModelMetadata
+    from nscmonitor.engines.openvino_graph import small_maps_as_one_image
+    from nscmonitor.engines.torch import export_onnx, with_prelude
+
+    meta = ModelMetadata(name="r18", version="t", scheme="multiclass",
+                         classes=("neuron", "astrocyte", "oligodendrocyte", "undifferentiated"), input_size=64,
+                         arch="resnet18", normalization={"p_low": 1.0, "p_high": 99.8, "mean": [0.40, 0.45, 0.50],
+                                                         "std": [0.20, 0.22, 0.25], "in_graph": True})
+    model = tmp_path / "model.onnx"
+    torch.manual_seed(0)
+    export_onnx(with_prelude(torchvision.models.resnet18(num_classes=4).eval(), meta), meta, model)
+    graph = ov.Core().read_model(str(model))
+    graph.reshape({graph.inputs[0].get_any_name(): [8, 1, 64, 64]})
+    assert len(small_maps_as_one_image(graph)) == 10  # layer3 (4 x 4) and layer4 (2 x 2): five convolutions each
+    x = np.random.default_rng(2).uniform(0.2, 0.8, (11, 1, 64, 64)).astype(np.float32)
+    engine = OpenVinoEngine(model, meta, threads=1, batch_size=8)
+    engine.load()
+    ref = OrtCpuEngine(model, meta)
+    ref.load()
+    np.testing.assert_allclose(engine.infer(x), ref.infer(x), atol=1e-4)
