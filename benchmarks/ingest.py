@@ -231,7 +231,7 @@ def engine_alone(model: Path, frames: list[Path], backend: str, batch_size: int,
 
         f32 = OpenVinoEngine(engine.model_path, engine.metadata, threads=threads, require_gate=False,
                              batch_size=engine.request_batch * engine.streams, streams=engine.streams,
-                             large_batch=engine.large_batch)
+                             large_batch=engine.large_batch, large_streams=engine.large_streams)
         try:
             f32.load()
             timed["f32"] = f32
@@ -307,7 +307,8 @@ def all_int8_ceiling(model: Path, served, x: np.ndarray, batch_size: int, thread
                                 settings=serving_recipe(openvino), threads=threads)
             engine = (OpenVinoEngine(plain, meta, threads=threads, require_gate=False,
                                      batch_size=served.request_batch * served.streams, streams=served.streams,
-                                     precision=served.precision, large_batch=served.large_batch) if openvino
+                                     precision=served.precision, large_batch=served.large_batch,
+                                     large_streams=served.large_streams) if openvino
                       else OrtCpuEngine(plain, meta, threads=threads))
             engine.load()
             seconds = _timed_inference(engine, x, batch_size)

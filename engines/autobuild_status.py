@@ -51,7 +51,8 @@ NO_CALIBRATION = ("the model has no calibration set, so no int8 engine can be ce
 #: 12: the fp32 model in bf16 on OpenVINO (``openvino-bf16``) gated and timed beside the int8
 #: engines, and the fastest certified CPU engine serves (was: the first not slower than fp32);
 #: 13: OpenVINO runs float convolutions of outputs a few pixels wide on the tiles side by side
-#: (``openvino_graph.small_maps_as_one_image``), so every OpenVINO engine is gated again as compiled.
+#: (``openvino_graph.small_maps_as_one_image``), so every OpenVINO engine is gated again as compiled;
+#: the large request is also timed as two parallel requests of half its tiles (``_large_streams``).
 RECIPE = "13"
 
 
@@ -133,6 +134,9 @@ class EngineStatus:
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
                     for k, v in speed.items() if k.endswith("_tiles_per_s") or k == "large_batch"):
                 raise ValueError(f"{name} holds a timing or batch that is not a positive number: {speed!r}")
+            if speed is not None and not all(type(v) is int and v in (1, 2)
+                                             for k, v in speed.items() if k.endswith("_large_streams")):
+                raise ValueError(f"{name} names a number of parallel large requests other than 1 or 2: {speed!r}")
         kw["attempts"] = tuple(kw.get("attempts") or ())
         pending = kw.get("pending") or ()
         if not isinstance(pending, (list, tuple)) or not all(isinstance(p, str) for p in pending):
@@ -426,7 +430,11 @@ def describe(status: EngineStatus | None, version: str | None = None) -> str:
             line += f"; {engine_tiles_per_s(s):.0f} against {s['fp32_tiles_per_s']:.0f} tiles/s in fp32 here"
         large = s.get(large_key(s)) if s else None
         if isinstance(large, (int, float)) and s.get("large_batch"):
-            line += f" ({large:.0f} tiles/s in chunks of {s['large_batch']}, frames of many tiles)"
+            two = s.get(large_key(s).replace("_large_tiles_per_s", "_large_two_streams_tiles_per_s"))
+            if s.get(large_key(s).replace("_tiles_per_s", "_streams")) == 2 and isinstance(two, (int, float)):
+                line += f" ({two:.0f} tiles/s in chunks of {s['large_batch']} as two parallel requests, frames of many tiles)"
+            else:
+                line += f" ({large:.0f} tiles/s in chunks of {s['large_batch']}, frames of many tiles)"
         if s and PRECISION_TEXT.get(s.get("precision", "f32")):
             line += "; " + PRECISION_TEXT[s["precision"]]
         if status.engine == "openvino-bf16":

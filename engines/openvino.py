@@ -36,7 +36,11 @@ Two compile choices decide its speed, both measured on the project's CPUs
   in small ones.
 
 ``streams`` > 1 splits a batch over parallel infer requests, which is how OpenVINO fills
-several cores with small batches. Its int8 kernels round differently from ONNX Runtime's, so an
+several cores with small batches. ``large_streams`` does the same for the large request alone:
+on the 2-core Xeon with AMX two large requests of 32 tiles, one thread each, ran the ResNet50
+at 96 px 1.09x (bf16) to 1.16x (int8) one request of 64 on both threads, with the same outputs
+to the bit, while on a 2-core AMD EPYC two streams had run it slower; the build times both and
+records the faster (``autobuild_run._cpu_speeds``). Its int8 kernels round differently from ONNX Runtime's, so an
 int8 model serves here only if its metadata carries a passed gate of its own made from the fp32
 model active now.
 """
@@ -123,7 +127,7 @@ class OpenVinoEngine(Engine):
     def __init__(self, model_path: str | Path, metadata: ModelMetadata, *, threads: int = 0, streams: int = 1,
                  cache_dir: str | Path | None = None, require_gate: bool = True,
                  source_sha256: str | None = None, batch_size: int = 0, precision: str = "f32",
-                 large_batch: int = 0) -> None:
+                 large_batch: int = 0, large_streams: int = 0) -> None:
         super().__init__(model_path, metadata)
         if precision not in PRECISIONS:
             raise EngineError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -136,7 +140,9 @@ class OpenVinoEngine(Engine):
         self.request_batch = math.ceil(batch_size / self.streams) if batch_size > 0 else 0
         # the large request's batch (per stream, as ``request_batch``); only beside a fixed small batch
         self.large_batch = large_batch if self.request_batch and large_batch > self.request_batch else 0
-        self.preferred_batch = self.large_batch * self.streams if self.large_batch else None
+        # parallel large requests, one per stream of a model compiled for that many (``streams`` unless given)
+        self.large_streams = max(1, large_streams) if large_streams else self.streams
+        self.preferred_batch = self.large_batch * self.large_streams if self.large_batch else None
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self._requests: list = []
         self._large_requests: list = []
@@ -163,18 +169,18 @@ class OpenVinoEngine(Engine):
                                   f"({gate.get('reasons') or 'rebuild the int8 model with OpenVINO installed'})")
             if self.source_sha256 and int8.get("source_sha256") != self.source_sha256:
                 raise EngineError(f"{self.model_path} was quantized from another fp32 model; rebuild it")
-        compiled = self._compile_or_retry(ov, self.request_batch)
+        compiled = self._compile_or_retry(ov, self.request_batch, self.streams)
         self._requests = [compiled.create_infer_request() for _ in range(self.streams)]
         if self.large_batch:
-            self._large_requests = [self._compile_or_retry(ov, self.large_batch).create_infer_request()
-                                    for _ in range(self.streams)]
+            large = self._compile_or_retry(ov, self.large_batch, self.large_streams)
+            self._large_requests = [large.create_infer_request() for _ in range(self.large_streams)]
         # the OOD score's output index, None when the graph lacks the output its metadata names
         self._ood_index = next((i for i, o in enumerate(compiled.outputs)
                                 if i > 0 and self.ood_output in o.get_names()), None)
 
-    def _compile_or_retry(self, ov, batch: int):
+    def _compile_or_retry(self, ov, batch: int, streams: int):
         try:
-            return self._compile(ov, batch)
+            return self._compile(ov, batch, streams)
         except RuntimeError as exc:
             from nscmonitor.engines.enginefile import move_aside
 
@@ -183,19 +189,19 @@ class OpenVinoEngine(Engine):
             if self.cache_dir is None or not self.cache_dir.exists() or move_aside(self.cache_dir, str(exc)) is None:
                 raise EngineError(f"{self.name}: cannot compile {self.model_path}: {exc}") from exc
             try:
-                return self._compile(ov, batch)
+                return self._compile(ov, batch, streams)
             except RuntimeError as exc2:
                 raise EngineError(f"{self.name}: cannot compile {self.model_path}: {exc2}") from exc2
 
-    def _compile(self, ov, batch: int):
+    def _compile(self, ov, batch: int, streams: int):
         core = ov.Core()
         if self.cache_dir is not None:
             core.set_property({"CACHE_DIR": str(self.cache_dir)})
         config = {
             # bf16-stem lowers its nodes in the graph itself and must keep the plugin from lowering the rest
             "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-            "PERFORMANCE_HINT": "LATENCY" if self.streams == 1 else "THROUGHPUT",
-            "NUM_STREAMS": self.streams,
+            "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+            "NUM_STREAMS": streams,
         }
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads

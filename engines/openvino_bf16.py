@@ -32,14 +32,14 @@ NAME = "openvino-bf16"
 
 
 def engine(model_path: str | Path, meta: ModelMetadata, *, threads: int = 0, batch_size: int = GATE_BATCH,
-           large_batch: int | None = None, cache_dir: str | Path | None = None):
+           large_batch: int | None = None, large_streams: int = 0, cache_dir: str | Path | None = None):
     """The engine (not loaded): the fp32 file compiled with OpenVINO's bf16 hint; the large
     request as for the int8 file (``openvino.large_batch_for``) unless given."""
     from nscmonitor.engines.openvino import OpenVinoEngine, large_batch_for
 
     large = large_batch_for(batch_size, meta.input_size ** 2) if large_batch is None else large_batch
     return OpenVinoEngine(model_path, meta, threads=threads, batch_size=batch_size, precision="bf16",
-                          large_batch=large, cache_dir=cache_dir)
+                          large_batch=large, large_streams=large_streams, cache_dir=cache_dir)
 
 
 def gate(model_path: str | Path, meta: ModelMetadata, heldout: TileSet, reference: Any,

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nscmonitor.engines.autobuild_run import openvino_large_batch, openvino_precision, speed_refusal
+from nscmonitor.engines.autobuild_run import (openvino_large_batch, openvino_large_streams, openvino_precision,
+                                              speed_refusal)
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.calibration import TileSet
 from nscmonitor.engines.metadata import MetadataError, ModelMetadata, read_onnx_metadata
@@ -102,19 +103,18 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
         why = openvino_bf16.certified(model_path)
         if why is not None:
             raise EngineError(why)
+        large, streams = _large_requests(model_path, backend, batch_size, meta.input_size)
         return openvino_bf16.engine(model_path, serving_metadata(meta, openvino_bf16.gate_record(model_path)),
-                                    threads=threads, batch_size=batch_size,
-                                    large_batch=openvino_large_batch(model_path, batch_size, meta.input_size,
-                                                                     engine=backend),
+                                    threads=threads, batch_size=batch_size, large_batch=large, large_streams=streams,
                                     cache_dir=Path(cache_dir) / "openvino" if cache_dir else None)
     if backend.startswith("openvino-"):
         from nscmonitor.engines.openvino import GATE_KEYS, OpenVinoEngine, large_batch_for
 
-        path, source, precision = model_path, None, "f32"
+        path, source, precision, streams = model_path, None, "f32", 0
         large = large_batch_for(batch_size, meta.input_size ** 2)
         if backend == "openvino-int8":
             precision = openvino_precision(model_path)
-            large = openvino_large_batch(model_path, batch_size, meta.input_size)
+            large, streams = _large_requests(model_path, backend, batch_size, meta.input_size)
             from nscmonitor.engines.enginefile import file_sha256
             from nscmonitor.engines.ort import int8_path_for
 
@@ -125,7 +125,7 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
             meta = serving_metadata(meta, _int8_gate(meta, GATE_KEYS.get(precision, GATE_KEYS["f32"])))
         return OpenVinoEngine(path, meta if path != model_path else read_onnx_metadata(path), threads=threads,
                               source_sha256=source, batch_size=batch_size, precision=precision,
-                              large_batch=large,
+                              large_batch=large, large_streams=streams,
                               cache_dir=Path(cache_dir) / "openvino" if cache_dir else None)
     if backend == "ort-cpu":
         from nscmonitor.engines.ort import OrtCpuEngine
@@ -135,6 +135,14 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
     from nscmonitor.engines.torch import TorchEngine
 
     return TorchEngine(model_path, meta, threads=threads)
+
+
+def _large_requests(model_path: Path, backend: str, batch_size: int, input_size: int) -> tuple[int, int]:
+    """(tiles per large request, parallel large requests) as the build timed them fastest: one
+    request of the whole chunk, or two of half of it on one thread each."""
+    large = openvino_large_batch(model_path, batch_size, input_size, engine=backend)
+    streams = openvino_large_streams(model_path, backend) if large else 1
+    return (large // streams, streams) if streams > 1 and large % streams == 0 else (large, 1)
 
 
 def _int8_gate(meta: ModelMetadata, key: str) -> dict | None:

@@ -335,7 +335,12 @@ def test_a_torn_status_file_means_rebuild_not_crash(tmp_path: Path) -> None:
                 {"large_batch": 0}, {"large_batch": "64"}, {"large_batch": True}):
         autobuild.status_path(model).write_text(json.dumps({**record, "openvino_speed": {**good, **bad}}))
         assert autobuild.read_status(model) is None, bad
-    large = {**good, "int8_f32_tiles_per_s": 5.0, "int8_f32_large_tiles_per_s": 6.0, "large_batch": 64}
+    for bad in ({"int8_f32_large_streams": 3}, {"int8_f32_large_streams": "2"}, {"int8_f32_large_streams": True},
+                {"int8_f32_large_streams": 2.0}):  # how many parallel large requests selection compiles
+        autobuild.status_path(model).write_text(json.dumps({**record, "openvino_speed": {**good, **bad}}))
+        assert autobuild.read_status(model) is None, bad
+    large = {**good, "int8_f32_tiles_per_s": 5.0, "int8_f32_large_tiles_per_s": 6.0, "large_batch": 64,
+             "int8_f32_large_two_streams_tiles_per_s": 7.0, "int8_f32_large_streams": 2}
     autobuild.status_path(model).write_text(json.dumps({**record, "openvino_speed": large}))
     assert autobuild.read_status(model).openvino_speed == large
     # the bf16 engine's record is held to the same rule, with its own figure
@@ -451,6 +456,17 @@ def test_openvino_serves_the_faster_certified_precision_of_the_non_int8_layers(t
     for large, want in ((small * 0.9, 0), (small * 0.98, 64), (small * 1.1, 64)):  # 2 % is timing noise
         autobuild.write_status(model, replace(status, openvino_speed={**speed, f"int8_{p}_large_tiles_per_s": large}))
         assert select(model, "openvino-int8", batch_size=8).engine.large_batch == want
+    # two parallel large requests of half the chunk each, one thread each, were timed beside the
+    # one (their outputs were the same to the bit, or they would not have been) and serve where
+    # the build recorded them faster
+    assert speed[f"int8_{p}_large_two_streams_tiles_per_s"] > 0, speed
+    one = {k: v for k, v in speed.items() if not k.endswith("_large_streams")}
+    for streams, want in ((None, (64, 1)), (2, (32, 2))):
+        record = one if streams is None else {**one, f"int8_{p}_large_streams": streams}
+        autobuild.write_status(model, replace(status, openvino_speed=record))
+        engine = select(model, "openvino-int8", batch_size=8).engine
+        assert (engine.large_batch, engine.large_streams, engine.preferred_batch) == (*want, 64)
+        assert ("as two parallel requests" in autobuild.describe(autobuild.read_status(model))) == (streams == 2)
 
 
 def test_a_build_that_dies_without_an_outcome_is_not_restarted_at_every_heartbeat(tmp_path: Path) -> None:

@@ -151,6 +151,23 @@ def test_a_large_request_beside_the_small_one_scores_as_the_dynamic_graph(built,
                 np.testing.assert_allclose(ood_both, ood_dyn, rtol=1e-4, atol=1e-4)
 
 
+def test_two_parallel_large_requests_score_as_one(built):
+    """The large request split into two parallel ones of half the tiles (one thread each, as
+    the build may choose): the same chunk size for callers, the same outputs to the bit."""
+    model, int8, held = built
+    for path in (model, int8):
+        meta = read_onnx_metadata(path)
+        one = OpenVinoEngine(path, meta, threads=2, batch_size=4, large_batch=16)
+        two = OpenVinoEngine(path, meta, threads=2, batch_size=4, large_batch=8, large_streams=2)
+        one.load()
+        two.load()
+        assert one.preferred_batch == two.preferred_batch == 16 and len(two._large_requests) == 2
+        for n in (16, 32, 37):
+            a, b = one.infer_with_ood(held.x[:n]), two.infer_with_ood(held.x[:n])
+            np.testing.assert_array_equal(a[0], b[0])
+            assert (a[1] is None) == (b[1] is None) and (a[1] is None or np.array_equal(a[1], b[1]))
+
+
 def test_select_gives_openvino_a_large_batch_only_for_small_tiles(built):
     from nscmonitor.engines.openvino import large_batch_for
 
