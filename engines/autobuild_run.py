@@ -507,7 +507,7 @@ def _two_stream_twin(engine: Any, x: Any, threads: int) -> Any | None:
                           precision=engine.precision, large_batch=chunk // 2, large_streams=2)
     try:
         twin.load()
-        sample = x[:2 * chunk]
+        sample = np.concatenate([x] * -(-2 * chunk // len(x)))[:2 * chunk]  # whole large requests, however few tiles
         mine, theirs = predict_with_ood(engine, sample, chunk), predict_with_ood(twin, sample, chunk)
     except EngineError as exc:
         log.info("%s: two parallel large requests not timed: %s", engine.model_path, exc)

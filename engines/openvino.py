@@ -40,9 +40,10 @@ several cores with small batches. ``large_streams`` does the same for the large 
 on the 2-core Xeon with AMX two large requests of 32 tiles, one thread each, ran the ResNet50
 at 96 px 1.09x (bf16) to 1.16x (int8) one request of 64 on both threads, with the same outputs
 to the bit, while on a 2-core AMD EPYC two streams had run it slower; the build times both and
-records the faster (``autobuild_run._cpu_speeds``). Its int8 kernels round differently from ONNX Runtime's, so an
-int8 model serves here only if its metadata carries a passed gate of its own made from the fp32
-model active now.
+records the faster (``autobuild_run._cpu_speeds``).
+
+OpenVINO's int8 kernels round differently from ONNX Runtime's, so an int8 model serves here only
+if its metadata carries a passed gate of its own made from the fp32 model active now.
 """
 
 from __future__ import annotations
