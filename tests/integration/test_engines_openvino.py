@@ -182,18 +182,18 @@ def test_a_resnets_small_last_stage_rewritten_scores_as_onnxruntime(tmp_path):
     """A ResNet18 at 64 px ends on 2 x 2 maps, which the fixed-batch engine runs on its tiles
     side by side (``openvino_graph.small_maps_as_one_image``); in f32 it scores as ONNX Runtime
     does, a batch of 8 and a short one alike."""
+    from dataclasses import replace
+
     import openvino as ov
 
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
-    from nscmonitor.engines.metadata import ModelMetadata
+    from test_engines_torch import META
+
     from nscmonitor.engines.openvino_graph import small_maps_as_one_image
     from nscmonitor.engines.torch import export_onnx, with_prelude
 
-    meta = ModelMetadata(name="r18", version="t", scheme="multiclass",
-                         classes=("neuron", "astrocyte", "oligodendrocyte", "undifferentiated"), input_size=64,
-                         arch="resnet18", normalization={"p_low": 1.0, "p_high": 99.8, "mean": [0.40, 0.45, 0.50],
-                                                         "std": [0.20, 0.22, 0.25], "in_graph": True})
+    meta = replace(META, input_size=64)
     model = tmp_path / "model.onnx"
     torch.manual_seed(0)
     export_onnx(with_prelude(torchvision.models.resnet18(num_classes=4).eval(), meta), meta, model)
