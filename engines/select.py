@@ -139,10 +139,12 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
 
 def _large_requests(model_path: Path, backend: str, batch_size: int, input_size: int) -> tuple[int, int]:
     """(tiles per large request, parallel large requests) as the build timed them fastest: one
-    request of the whole chunk, or two of half of it on one thread each."""
+    request of the whole chunk, or two of half of it on one thread each (where half of it is
+    still larger than the daemon's own batch, else the large request would not be one)."""
     large = openvino_large_batch(model_path, batch_size, input_size, engine=backend)
     streams = openvino_large_streams(model_path, backend) if large else 1
-    return (large // streams, streams) if streams > 1 and large % streams == 0 else (large, 1)
+    split = streams > 1 and large % streams == 0 and large // streams > batch_size
+    return (large // streams, streams) if split else (large, 1)
 
 
 def _int8_gate(meta: ModelMetadata, key: str) -> dict | None:

@@ -467,6 +467,9 @@ def test_openvino_serves_the_faster_certified_precision_of_the_non_int8_layers(t
         engine = select(model, "openvino-int8", batch_size=8).engine
         assert (engine.large_batch, engine.large_streams, engine.preferred_batch) == (*want, 64)
         assert ("as two parallel requests" in autobuild.describe(autobuild.read_status(model))) == (streams == 2)
+    # a daemon whose own batch is half the chunk keeps one large request (two would be no larger than its batch)
+    engine = select(model, "openvino-int8", batch_size=32).engine
+    assert (engine.large_batch, engine.large_streams) == (64, 1)
 
 
 def test_a_build_that_dies_without_an_outcome_is_not_restarted_at_every_heartbeat(tmp_path: Path) -> None:
