@@ -432,7 +432,8 @@ def describe(status: EngineStatus | None, version: str | None = None) -> str:
         if isinstance(large, (int, float)) and s.get("large_batch"):
             two = s.get(large_key(s).replace("_large_tiles_per_s", "_large_two_streams_tiles_per_s"))
             if s.get(large_key(s).replace("_tiles_per_s", "_streams")) == 2 and isinstance(two, (int, float)):
-                line += f" ({two:.0f} tiles/s in chunks of {s['large_batch']} as two parallel requests, frames of many tiles)"
+                line += (f" ({two:.0f} tiles/s in chunks of {s['large_batch']}, frames of many tiles; "
+                         f"two parallel requests of {s['large_batch'] // 2})")
             else:
                 line += f" ({large:.0f} tiles/s in chunks of {s['large_batch']}, frames of many tiles)"
         if s and PRECISION_TEXT.get(s.get("precision", "f32")):

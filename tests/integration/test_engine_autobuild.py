@@ -466,7 +466,9 @@ def test_openvino_serves_the_faster_certified_precision_of_the_non_int8_layers(t
         autobuild.write_status(model, replace(status, openvino_speed=record))
         engine = select(model, "openvino-int8", batch_size=8).engine
         assert (engine.large_batch, engine.large_streams, engine.preferred_batch) == (*want, 64)
-        assert ("as two parallel requests" in autobuild.describe(autobuild.read_status(model))) == (streams == 2)
+        line = autobuild.describe(autobuild.read_status(model))
+        assert "in chunks of 64, frames of many tiles" in line
+        assert ("two parallel requests of 32" in line) == (streams == 2)
     # a daemon whose own batch is half the chunk keeps one large request (two would be no larger than its batch)
     engine = select(model, "openvino-int8", batch_size=32).engine
     assert (engine.large_batch, engine.large_streams) == (64, 1)
