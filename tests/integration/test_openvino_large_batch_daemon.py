@@ -31,7 +31,9 @@ pytest.importorskip("openvino", reason="OpenVINO is an optional extra")
 from nscmonitor.engines.openvino import OpenVinoEngine  # noqa: E402
 
 
-def test_frames_of_many_tiles_are_scored_through_the_large_request_once_and_as_the_dynamic_graph(tmp_path: Path):
+@pytest.mark.parametrize("streams", [1, 2])
+def test_frames_of_many_tiles_are_scored_through_the_large_request_once_and_as_the_dynamic_graph(tmp_path: Path,
+                                                                                                 streams: int):
     watch = tmp_path / "watch"
     watch.mkdir()
     cfg = config(tmp_path, watch, engine="openvino-int8")
@@ -44,6 +46,9 @@ def test_frames_of_many_tiles_are_scored_through_the_large_request_once_and_as_t
     status = autobuild.read_status(active.path)
     speed = dict(status.openvino_speed)
     speed[f"int8_{speed['precision']}_large_tiles_per_s"] = speed[f"int8_{speed['precision']}_tiles_per_s"]
+    # and so does its layout, one request of the chunk or two parallel ones of half of it
+    speed[f"int8_{speed['precision']}_large_two_streams_tiles_per_s"] = speed[f"int8_{speed['precision']}_tiles_per_s"]
+    speed[f"int8_{speed['precision']}_large_streams"] = streams
     autobuild.write_status(active.path, replace(status, openvino_speed=speed))
     n = 5
     paths = []
@@ -53,7 +58,8 @@ def test_frames_of_many_tiles_are_scored_through_the_large_request_once_and_as_t
     runner = build_runner(settings, retry_base_s=0.05, poll_interval=0.1, claim_size=2)
     runner.setup()
     engine = runner.model.engine
-    assert engine.name == "openvino-int8" and engine.large_batch == 64 and engine.preferred_batch == 64
+    assert engine.name == "openvino-int8" and engine.preferred_batch == 64
+    assert (engine.large_batch, engine.large_streams) == (64 // streams, streams)
     score_backlog(runner, settings.database_url, n, "the frames to be scored")
     used = engines_by_image(settings.database_url)
     assert all(v == ["openvino-int8"] for v in used.values()), used
