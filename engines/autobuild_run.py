@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from nscmonitor.engines.autobuild_status import (NO_CALIBRATION, SPEED_FIELDS, EngineStatus, _model_tiles_path,
-                                                 build_running, calibration_sha256, cached_sha256, describe,
-                                                 engine_tiles_per_s, fingerprint, gpu_names, large_key, read_status,
-                                                 slower_than_fp32, speedup, write_status)
+from nscmonitor.engines.autobuild_status import (NO_CALIBRATION, SPEED_FIELDS, TWO_STREAMS, EngineStatus,
+                                                 _model_tiles_path, build_running, calibration_sha256, cached_sha256,
+                                                 describe, engine_tiles_per_s, fingerprint, gpu_names, large_key,
+                                                 large_streams, read_status, slower_than_fp32, speedup, write_status)
 from nscmonitor.engines.base import EngineError
 from nscmonitor.engines.openvino import GATE_KEYS
 
@@ -485,8 +485,6 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
     return out
 
 
-#: the key of the large request's timing on two streams, beside ``<engine>_large_tiles_per_s``
-TWO_STREAMS = "_large_two_streams_tiles_per_s"
 #: how much faster two parallel large requests must time than one to serve instead of it
 STREAMS_GAIN = 0.05
 
@@ -524,7 +522,7 @@ def _two_stream_twin(engine: Any, x: Any, threads: int) -> Any | None:
 def openvino_large_streams(model_path: str | Path, engine: str = "openvino-int8") -> int:
     """How many parallel large requests the build timed faster for ``engine`` (1 or 2)."""
     s = _speed_record(model_path, engine)
-    return int(s.get(large_key(s).replace("_tiles_per_s", "_streams"), 1)) if s else 1
+    return large_streams(s) if s else 1
 
 
 def openvino_precision(model_path: str | Path) -> str:

@@ -403,6 +403,15 @@ SPEED_KEYS = {"openvino_speed": "int8_tiles_per_s", "ort_speed": "int8_tiles_per
               "openvino_bf16_speed": "bf16_tiles_per_s"}
 
 
+#: the key suffix of the large request's timing as two parallel requests (``autobuild_run._two_stream_twin``)
+TWO_STREAMS = "_large_two_streams_tiles_per_s"
+
+
+def large_streams(speed: dict[str, Any]) -> int:
+    """How many parallel large requests a speed record names for the engine that serves (1 or 2)."""
+    return int(speed.get(large_key(speed).replace("_tiles_per_s", "_streams"), 1))
+
+
 def large_key(speed: dict[str, Any]) -> str:
     """The key of the large request's tiles/s in a speed record: of the OpenVINO precision that
     serves in an int8 record, of the one engine in a bf16 record."""
@@ -430,8 +439,8 @@ def describe(status: EngineStatus | None, version: str | None = None) -> str:
             line += f"; {engine_tiles_per_s(s):.0f} against {s['fp32_tiles_per_s']:.0f} tiles/s in fp32 here"
         large = s.get(large_key(s)) if s else None
         if isinstance(large, (int, float)) and s.get("large_batch"):
-            two = s.get(large_key(s).replace("_large_tiles_per_s", "_large_two_streams_tiles_per_s"))
-            if s.get(large_key(s).replace("_tiles_per_s", "_streams")) == 2 and isinstance(two, (int, float)):
+            two = s.get(large_key(s).replace("_large_tiles_per_s", TWO_STREAMS))
+            if large_streams(s) == 2 and isinstance(two, (int, float)):
                 line += (f" ({two:.0f} tiles/s in chunks of {s['large_batch']}, frames of many tiles; "
                          f"two parallel requests of {s['large_batch'] // 2})")
             else:
