@@ -52,8 +52,10 @@ NO_CALIBRATION = ("the model has no calibration set, so no int8 engine can be ce
 #: engines, and the fastest certified CPU engine serves (was: the first not slower than fp32);
 #: 13: OpenVINO runs float convolutions of outputs a few pixels wide on the tiles side by side
 #: (``openvino_graph.small_maps_as_one_image``), so every OpenVINO engine is gated again as compiled;
-#: the large request is also timed as two parallel requests of half its tiles (``_large_streams``).
-RECIPE = "13"
+#: the large request is also timed as two parallel requests of half its tiles (``_large_streams``);
+#: 14: OpenVINO runs channel means as global average pools and the OOD head's wide distances as
+#: products (``openvino_graph.channel_means_as_pools``, ``distances_as_products``), gated again as compiled.
+RECIPE = "14"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,10 @@ Two compile choices decide its speed, both measured on the project's CPUs
   bf16 silently on such CPUs. Every graph's one-channel average pools run with the tiles as
   channels (``openvino_graph.pool_tiles_as_channels``; the same values), and with a fixed batch
   its float convolutions of outputs a few pixels wide run on the tiles side by side
-  (``openvino_graph.small_maps_as_one_image``; the same values up to the order of the sums).
+  (``openvino_graph.small_maps_as_one_image``; the same values up to the order of the sums);
+  every graph's channel means run as global average pools and the OOD head's distances as
+  products (``openvino_graph.channel_means_as_pools``, ``distances_as_products``; 1.07x on the
+  ResNet50 at 96 px in bf16).
 
 - **The fp32 model in bf16** (``engines.openvino_bf16``): the same bf16 hint on the fp32 file,
   engine ``openvino-bf16``, gated and timed by the build like an int8 file; where a model's
@@ -58,7 +61,8 @@ import numpy as np
 
 from nscmonitor.engines.base import Engine, EngineError
 from nscmonitor.engines.metadata import ModelMetadata
-from nscmonitor.engines.openvino_graph import bf16_stem_and_products, pool_tiles_as_channels, small_maps_as_one_image
+from nscmonitor.engines.openvino_graph import (bf16_stem_and_products, channel_means_as_pools, distances_as_products,
+                                               pool_tiles_as_channels, small_maps_as_one_image)
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +214,8 @@ class OpenVinoEngine(Engine):
         if batch:
             model.reshape({model.inputs[0].get_any_name(): [batch, *self.input_shape]})
         pool_tiles_as_channels(model)
+        channel_means_as_pools(model)
+        distances_as_products(model)
         if self.precision == "bf16-stem":
             bf16_stem_and_products(model)
         small_maps_as_one_image(model)

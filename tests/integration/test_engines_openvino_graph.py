@@ -235,3 +235,88 @@ def test_small_maps_are_left_alone_for_one_tile_or_a_dynamic_batch(tmp_path):
     _small_maps_graph(tmp_path / "m.onnx")
     assert _outputs(tmp_path / "m.onnx", 1, rewrite=True)[1] == []
     assert _outputs(tmp_path / "m.onnx", None, rewrite=True)[1] == []
+
+
+def _exported_resnet18(path) -> None:
+    """A ResNet18 with the OOD head training fits, exported through the real export wrapper
+    (stage means of the stem and layer1-3, the network's global average pool, one distance
+    per layer: the input statistics and contrast sign narrow, the stages 64-512 wide)."""
+    import warnings
+    from types import SimpleNamespace
+
+    torch = pytest.importorskip("torch", reason="the export wrapper is torch's")
+    from nscmonitor.training import ood as O
+    from nscmonitor.training.export import OPSET
+    from nscmonitor.training.model import build_model, fold_stem
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 4).eval()
+    x = np.random.default_rng(0).random((32, 32, 32)).astype(np.float32)
+    split = SimpleNamespace(x=x, y=np.arange(32) % 4,
+                            records=[SimpleNamespace(field=None, path=f"t{i}.tif") for i in range(32)])
+    head, _ = O.fit(model, {"train": split, "val": split}, torch.device("cpu"), 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(O.ScoredNet(fold_stem(model), head).eval(), (torch.zeros(2, 1, 32, 32),), str(path),
+                          dynamo=False, opset_version=OPSET, input_names=["input"], output_names=["logits", "ood"],
+                          dynamic_axes={"input": {0: "N"}})
+
+
+def _head_outputs(path, batch: int | None, rewrite: bool) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    core = ov.Core()
+    model = core.read_model(str(path))
+    if batch:
+        model.reshape({"input": [batch, 1, 32, 32]})
+    pools = G.channel_means_as_pools(model) if rewrite else []
+    products = G.distances_as_products(model) if rewrite else []
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+    tiles = np.random.default_rng(2).random((12, 1, 32, 32)).astype(np.float32)
+    out = compiled.create_infer_request().infer({0: tiles})
+    return np.array(out[compiled.outputs[0]]), np.array(out[compiled.outputs[1]]), pools, products
+
+
+@pytest.mark.parametrize("batch", [12, None])
+def test_the_ood_heads_means_and_distances_run_as_pools_and_products_with_the_same_values(tmp_path, batch):
+    _exported_resnet18(tmp_path / "m.onnx")
+    logits, ood, _, _ = _head_outputs(tmp_path / "m.onnx", batch, rewrite=False)
+    logits2, ood2, pools, products = _head_outputs(tmp_path / "m.onnx", batch, rewrite=True)
+    # four stage means and the network's own pool (whose axes the reader computes from the rank)
+    assert len(pools) == 5 and "/net/avgpool/GlobalAveragePool" in pools
+    # the stem's, three stages' and the pooled features' distances; not the narrow two
+    assert len(products) == 5 and all(p.startswith("/ood/") for p in products)
+    np.testing.assert_allclose(logits2, logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ood2, ood, rtol=1e-4)
+
+
+def test_a_distance_of_zero_stays_zero_not_negative(tmp_path):
+    """Features equal to a class mean, far from the origin: |z|^2 - 2 z m + |m|^2 rounds to
+    either side of zero, and the score takes the distance's root."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(8)
+    means = (1000.0 + 50.0 * rng.normal(size=(4, 128))).astype(np.float32)
+    node = helper.make_node
+    graph = helper.make_graph(
+        [node("Unsqueeze", ["z", "ax1"], ["zu"]), node("Unsqueeze", ["m", "ax0"], ["mu"]),
+         node("Sub", ["zu", "mu"], ["diff"]), node("Mul", ["diff", "diff"], ["sq"]),
+         node("ReduceSum", ["sq", "ax2"], ["d"], keepdims=0), node("Sqrt", ["d"], ["root"])],
+        "distances", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 128])],
+        [helper.make_tensor_value_info("root", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(means, "m"), numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+         numpy_helper.from_array(np.array([0], np.int64), "ax0"), numpy_helper.from_array(np.array([2], np.int64), "ax2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "d.onnx"))
+    core = ov.Core()
+    graph_ = core.read_model(str(tmp_path / "d.onnx"))
+    assert len(G.distances_as_products(graph_)) == 1
+    z = np.repeat(means, 8, axis=0)  # each row one class mean exactly
+    got = core.compile_model(graph_, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request().infer({0: z})
+    root = np.array(list(got.values())[0])
+    assert np.isfinite(root).all() and (root >= 0).all()
+    want = np.sqrt(((z[:, None, :].astype(np.float64) - means[None].astype(np.float64)) ** 2).sum(axis=2))
+    # |z|^2 is about 1.3e8 here, rounded to some 8 in float32: a root of up to about 3 where the
+    # distance is zero (the head centres its features, so real ones are of the distance's size)
+    np.testing.assert_allclose(root, want, atol=5.0)
+    assert np.abs(root - want)[want > 0].max() < 0.1
