@@ -37,7 +37,10 @@ alternating timing finds it faster):
   columns between them (the zeros every tile's padding would read, so the sums are the same);
   a 1 x 1 convolution runs as one product over the channels of every pixel of the batch; the
   bias and ReLU that follow a convolution go into the rewrite with it (the plugin fuses them
-  into the kernel, which a transpose in between would prevent: 1.03-1.08x more on the ResNet50).
+  into the kernel, which a transpose in between would prevent: 1.03-1.08x more on the ResNet50),
+  and the transposes back are moved below the ReLUs, residual additions, pads and slices that
+  follow, where they meet the next rewrite's transpose and cancel or merge with it
+  (``sink_transposes``).
   Applied to every graph with a fixed batch, only to convolutions with float weights (an int8
   convolution keeps the form the plugin's int8 kernels are matched on); the values are the same
   up to the order of the sums, and every engine compiled so is gated as compiled.
@@ -356,6 +359,94 @@ def small_maps_as_one_image(model: Any) -> list[str]:
         model.validate_nodes_and_infer_types()
     log.debug("small maps as one image: %s", ", ".join(done) or "no convolution")
     return done
+
+
+def _perm(node: Any) -> list[int] | None:
+    if node.get_type_name() != "Transpose" or _source(node, 1).get_type_name() != "Constant":
+        return None
+    return [int(v) for v in np.asarray(_source(node, 1).get_data()).reshape(-1)]
+
+
+def _only_feeds(node: Any, consumer: Any) -> bool:
+    return [t.get_node().get_name() for t in node.output(0).get_target_inputs()] == [consumer.get_name()]
+
+
+def _constants(op: Any, first: int) -> list[np.ndarray] | None:
+    nodes = [_source(op, i) for i in range(first, op.get_input_size())]
+    if any(n.get_type_name() != "Constant" for n in nodes):
+        return None
+    return [np.asarray(n.get_data()).reshape(-1) for n in nodes]
+
+
+def _below(op: Any, p: list[int]) -> Any | None:
+    """``op`` computed on the untransposed tensor (its input is a transpose by ``p`` that
+    feeds nothing else), as the node whose output, transposed by ``p``, replaces ``op``'s;
+    None where ``op`` is not one that commutes with it."""
+    ops = _ops()
+    kind, x = op.get_type_name(), _source(op, 0).input(0).get_source_output()
+    if kind == "Relu":
+        return ops.relu(x)
+    if kind == "Add":
+        other = _source(op, 1)
+        if _perm(other) != p or not _only_feeds(other, op):
+            return None
+        y = other.input(0).get_source_output()
+        return ops.add(x, y) if x.get_partial_shape() == y.get_partial_shape() else None
+    if kind == "Slice" and op.get_input_size() == 5:
+        args = _constants(op, 1)
+        if args is None:
+            return None
+        start, stop, step, axes = args
+        return ops.slice(x, _int64(start), _int64(stop), _int64(step), _int64([p[int(a) % len(p)] for a in axes]))
+    if kind == "Pad" and str(op.get_attributes().get("pad_mode")) == "constant":
+        args = _constants(op, 1)
+        if args is None:
+            return None
+        begin, end = np.zeros(len(p), np.int64), np.zeros(len(p), np.int64)
+        for i, axis in enumerate(p):
+            begin[axis], end[axis] = args[0][i], args[1][i]
+        fill = [op.input(3).get_source_output()] if op.get_input_size() > 3 else []
+        return ops.pad(x, _int64(begin), _int64(end), *fill, "constant")
+    return None
+
+
+def sink_transposes(model: Any) -> int:
+    """Moves each transpose below the ReLUs, residual additions, slices and pads it feeds, and
+    merges transposes that meet (cancelling those that undo each other): run after
+    ``small_maps_as_one_image``, between the rewritten convolutions of a last stage the tensors then stay in the products' pixel-major layout
+    instead of going back and forth (1.04-1.05x more on the ResNet50 at 96 px, bf16). Only a
+    transpose that feeds nothing else is moved, so none is duplicated. Returns the moves."""
+    ops = _ops()
+    moves = 0
+    changed = True
+    while changed:
+        changed = False
+        for op in list(model.get_ordered_ops()):
+            src = _source(op, 0) if op.get_input_size() else None
+            p = _perm(src) if src is not None else None
+            if p is None:
+                continue
+            if op.get_type_name() == "Transpose":
+                q = _perm(op)
+                if q is None:
+                    continue
+                merged = [p[i] for i in q]
+                x = src.input(0).get_source_output()
+                out = x if merged == list(range(len(merged))) else ops.transpose(x, _int64(merged)).output(0)
+            elif _only_feeds(src, op):
+                below = _below(op, p)
+                if below is None:
+                    continue
+                out = ops.transpose(below, _int64(p)).output(0)
+            else:
+                continue
+            for target in list(op.output(0).get_target_inputs()):
+                target.replace_source_output(out)
+            moves += 1
+            changed = True
+        if changed:
+            model.validate_nodes_and_infer_types()
+    return moves
 
 
 def _constant_axes(node: Any, rank: int) -> list[int] | None:

@@ -199,13 +199,20 @@ def _small_maps_graph(path) -> None:
     onnx.save(model, str(path))
 
 
-def _outputs(path, batch: int | None, rewrite: bool) -> tuple[list[np.ndarray], list[str], set[str], set[str]]:
+def _transposes(model) -> int:
+    return sum(op.get_type_name() == "Transpose" for op in model.get_ordered_ops())
+
+
+def _outputs(path, batch: int | None, rewrite: bool, sink: bool = True
+             ) -> tuple[list[np.ndarray], list[str], set[str], set[str]]:
     """Outputs, the convolutions rewritten, and the ReLUs and convolutions of the file still in the graph."""
     core = ov.Core()
     model = core.read_model(str(path))
     if batch:
         model.reshape({"input": [batch, 4, 6, 6]})
     changed = G.small_maps_as_one_image(model) if rewrite else []
+    if changed and sink:
+        assert G.sink_transposes(model) > 0
     left = {kind: {op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == kind}
             for kind in ("Relu", "Convolution")}
     compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
@@ -217,7 +224,7 @@ def _outputs(path, batch: int | None, rewrite: bool) -> tuple[list[np.ndarray], 
 def test_small_maps_run_as_one_image_and_give_the_same_values(tmp_path):
     _small_maps_graph(tmp_path / "m.onnx")
     plain, _, relus, _ = _outputs(tmp_path / "m.onnx", 5, rewrite=False)
-    rewritten, changed, relus_left, convs_left = _outputs(tmp_path / "m.onnx", 5, rewrite=True)
+    rewritten, changed, relus_left, convs_left = _outputs(tmp_path / "m.onnx", 5, rewrite=True, sink=False)
     # the reader splits a bias off its convolution ("WithoutBiases")
     assert sorted(changed) == ["a/WithoutBiases", "b_3x3/WithoutBiases", "c_1x1/WithoutBiases", "d_1x1_stride2",
                                "e/WithoutBiases", "f_asymmetric", "h_rounded_input", "j/WithoutBiases"]
@@ -226,9 +233,11 @@ def test_small_maps_run_as_one_image_and_give_the_same_values(tmp_path):
     assert {"g_wide", "i_int8"} <= convs_left and not convs_left & set(changed)
     # the ReLUs right after a bias went into the rewrite; the one after the residual sum stays
     assert relus == {"ra", "rcd", "e_5x5_relu", "j_1x1_relu"} and relus_left & relus == {"rcd"}
-    assert [o.shape for o in rewritten] == [o.shape for o in plain]
-    for got, want in zip(rewritten, plain):
+    sunk = _outputs(tmp_path / "m.onnx", 5, rewrite=True)[0]
+    assert [o.shape for o in rewritten] == [o.shape for o in sunk] == [o.shape for o in plain]
+    for got, moved, want in zip(rewritten, sunk, plain):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(moved, want, rtol=1e-5, atol=1e-5)
 
 
 def test_small_maps_are_left_alone_for_one_tile_or_a_dynamic_batch(tmp_path):
@@ -320,3 +329,67 @@ def test_a_distance_of_zero_stays_zero_not_negative(tmp_path):
     # distance is zero (the head centres its features, so real ones are of the distance's size)
     np.testing.assert_allclose(root, want, atol=5.0)
     assert np.abs(root - want)[want > 0].max() < 0.1
+
+
+def test_the_transposes_between_a_resnets_rewritten_convolutions_cancel(tmp_path):
+    """A ResNet18 at 32 px: layer3 and layer4 work on 2 x 2 and 1 x 1 maps, so all their
+    convolutions are rewritten; moved below the ReLUs and residual sums, the transposes back
+    meet the next rewrite's and cancel, and the logits and score stay what they were."""
+    _exported_resnet18(tmp_path / "m.onnx")
+    logits, ood, _, _ = _head_outputs(tmp_path / "m.onnx", 12, rewrite=False)
+    core = ov.Core()
+    model = core.read_model(str(tmp_path / "m.onnx"))
+    model.reshape({"input": [12, 1, 32, 32]})
+    assert len(G.small_maps_as_one_image(model)) >= 10
+    before = _transposes(model)
+    assert G.sink_transposes(model) > 0
+    assert _transposes(model) < before - 8
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+    tiles = np.random.default_rng(2).random((12, 1, 32, 32)).astype(np.float32)
+    out = compiled.create_infer_request().infer({0: tiles})
+    np.testing.assert_allclose(np.array(out[compiled.outputs[0]]), logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.array(out[compiled.outputs[1]]), ood, rtol=1e-4)
+
+
+def test_transposes_move_below_pads_sums_relus_and_strided_pixels_with_their_axes(tmp_path):
+    """A bottleneck on 3 x 3 maps, every convolution rewritten: the products' transposes back
+    (pixel-major to channel-major) move below the next 3 x 3 convolution's pad, the residual sum
+    and its ReLU and the strided 1 x 1 convolution's pixel slice, each on the axis it now
+    meets, and the output is the same."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(9)
+    w = {name: rng.normal(0, 0.3, shape).astype(np.float32) for name, shape in {
+        "wa": (8, 8, 1, 1), "ba": (8,), "wb": (8, 8, 3, 3), "bb": (8,), "wc": (16, 8, 1, 1), "wd": (16, 8, 1, 1),
+        "wg": (8, 16, 1, 1)}.items()}
+    node = helper.make_node
+    nodes = [node("Conv", ["input", "wa", "ba"], ["a0"]), node("Relu", ["a0"], ["a"]),
+             node("Conv", ["a", "wb", "bb"], ["b0"], pads=[1, 1, 1, 1]), node("Relu", ["b0"], ["b"]),
+             node("Conv", ["b", "wc"], ["c"]), node("Conv", ["input", "wd"], ["d"]),
+             node("Add", ["c", "d"], ["s0"]), node("Relu", ["s0"], ["s"]),
+             node("Conv", ["s", "wg"], ["g"], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "bottleneck", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                   ["N", 8, 3, 3])],
+                              [helper.make_tensor_value_info("g", TensorProto.FLOAT, ["N", 8, 2, 2])],
+                              [numpy_helper.from_array(v, k) for k, v in w.items()])
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx_model.ir_version = 8
+    onnx.save(onnx_model, str(tmp_path / "b.onnx"))
+    core = ov.Core()
+    x = np.random.default_rng(1).normal(size=(6, 8, 3, 3)).astype(np.float32)
+
+    def run(rewrite: bool) -> tuple[np.ndarray, int]:
+        model = core.read_model(str(tmp_path / "b.onnx"))
+        model.reshape({"input": [6, 8, 3, 3]})
+        moves = 0
+        if rewrite:
+            assert len(G.small_maps_as_one_image(model)) == 5
+            moves = G.sink_transposes(model)
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1})
+        return np.array(compiled.create_infer_request().infer({0: x})[compiled.outputs[0]]), moves
+
+    want, _ = run(False)
+    got, moves = run(True)
+    assert moves >= 5  # the pad, the sum, its ReLU, the slice, and a pair cancelled
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
