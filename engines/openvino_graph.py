@@ -64,6 +64,7 @@ the file and need not be.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -114,31 +115,43 @@ def ancestors(node: Any, *, through_int8: bool = True) -> set[str]:
     return seen
 
 
-def pool_tiles_as_channels(model: Any) -> list[str]:
-    """Each AvgPool over a one-channel 4-D input runs transposed (tiles as channels) and is
-    transposed back. Returns the pools rewritten."""
-    ops = _ops()
+def _each(model: Any, kind: str, rewrite: Callable[[Any], Any | None]) -> list[str]:
+    """Replaces every node of type ``kind`` for which ``rewrite`` returns a node (computing the
+    same values) by that node; returns the friendly names of those replaced."""
     done = []
     for op in list(model.get_ordered_ops()):
-        if op.get_type_name() != "AvgPool":
+        if op.get_type_name() != kind:
             continue
-        x = op.input(0).get_source_output()
-        shape = x.get_partial_shape()
-        if shape.rank.is_dynamic or shape.rank.get_length() != 4 or not shape[1].is_static or shape[1].get_length() != 1:
+        out = rewrite(op)
+        if out is None:
             continue
-        a = op.get_attributes()
-        args = [a.get(k) for k in ("strides", "pads_begin", "pads_end", "kernel", "exclude-pad", "rounding_type", "auto_pad")]
-        if any(v is None for v in args):  # another AvgPool version's attributes: left as it is
-            continue
-        swap = ops.constant(np.array([1, 0, 2, 3], np.int64))
-        pooled = ops.avg_pool(ops.transpose(x, swap), *args)
-        back = ops.transpose(pooled, swap)
         for target in list(op.output(0).get_target_inputs()):
-            target.replace_source_output(back.output(0))
+            target.replace_source_output(out.output(0))
         done.append(op.get_friendly_name())
     if done:
         model.validate_nodes_and_infer_types()
+    log.debug("%s: %s", rewrite.__name__, ", ".join(done) or "none")
     return done
+
+
+def _pool_transposed(op: Any) -> Any | None:
+    ops = _ops()
+    x = op.input(0).get_source_output()
+    shape = x.get_partial_shape()
+    if shape.rank.is_dynamic or shape.rank.get_length() != 4 or not shape[1].is_static or shape[1].get_length() != 1:
+        return None
+    a = op.get_attributes()
+    args = [a.get(k) for k in ("strides", "pads_begin", "pads_end", "kernel", "exclude-pad", "rounding_type", "auto_pad")]
+    if any(v is None for v in args):  # another AvgPool version's attributes: left as it is
+        return None
+    swap = _int64([1, 0, 2, 3])
+    return ops.transpose(ops.avg_pool(ops.transpose(x, swap), *args), swap)
+
+
+def pool_tiles_as_channels(model: Any) -> list[str]:
+    """Each AvgPool over a one-channel 4-D input runs transposed (tiles as channels) and is
+    transposed back. Returns the pools rewritten."""
+    return _each(model, "AvgPool", _pool_transposed)
 
 
 def _stem_padding(conv: Any, parameter_names: set[str]) -> tuple[Any, float] | None:
@@ -470,34 +483,26 @@ def _over_height_and_width(op: Any) -> bool:
         all(d.is_static and d.get_length() == 1 for d in list(out)[2:])
 
 
+def _mean_as_pool(op: Any) -> Any | None:
+    ops = _ops()
+    x = op.input(0).get_source_output()
+    shape = x.get_partial_shape()
+    if shape.rank.is_dynamic or shape.rank.get_length() != 4 or any(d.is_dynamic for d in list(shape)[1:]):
+        return None
+    if not _over_height_and_width(op):
+        return None
+    c, h, w = (d.get_length() for d in list(shape)[1:])
+    if c == 1:  # the blocked layout pads one channel to sixteen: the pool would do 16x the work
+        return None
+    out = ops.avg_pool(x, [1, 1], [0, 0], [0, 0], [h, w], True)
+    return out if op.get_attributes().get("keep_dims", False) else ops.reshape(out, _int64([0, c]), True)
+
+
 def channel_means_as_pools(model: Any) -> list[str]:
     """Each mean over the height and width of a 4-D tensor of several channels (the stage
     means of the OOD head, a network's global average pool) as a global average pool; the
     batch may be dynamic. Returns the means rewritten."""
-    ops = _ops()
-    done = []
-    for op in list(model.get_ordered_ops()):
-        if op.get_type_name() != "ReduceMean":
-            continue
-        x = op.input(0).get_source_output()
-        shape = x.get_partial_shape()
-        if shape.rank.is_dynamic or shape.rank.get_length() != 4 or any(d.is_dynamic for d in list(shape)[1:]):
-            continue
-        if not _over_height_and_width(op):
-            continue
-        c, h, w = (d.get_length() for d in list(shape)[1:])
-        if c == 1:  # the blocked layout pads one channel to sixteen: the pool would do 16x the work
-            continue
-        out = ops.avg_pool(x, [1, 1], [0, 0], [0, 0], [h, w], True)
-        if not op.get_attributes().get("keep_dims", False):
-            out = ops.reshape(out, _int64([0, c]), True)
-        for target in list(op.output(0).get_target_inputs()):
-            target.replace_source_output(out.output(0))
-        done.append(op.get_friendly_name())
-    if done:
-        model.validate_nodes_and_infer_types()
-    log.debug("channel means as pools: %s", ", ".join(done) or "none")
-    return done
+    return _each(model, "ReduceMean", _mean_as_pool)
 
 
 def _class_offsets(op: Any) -> tuple[Any, Any] | None:
@@ -529,30 +534,22 @@ def _class_offsets(op: Any) -> tuple[Any, Any] | None:
     return (z, m) if width == ms[1].get_length() and width >= WIDE_DISTANCE else None
 
 
+def _distance_as_product(op: Any) -> Any | None:
+    found = _class_offsets(op)
+    if found is None:
+        return None
+    ops = _ops()
+    z, m = found
+    k = m.get_partial_shape()[0].get_length()
+    own = ops.reduce_sum(ops.multiply(z, z), _int64([1]), True)
+    means = ops.reshape(ops.reduce_sum(ops.multiply(m, m), _int64([1]), False), _int64([1, k]), False)
+    cross = ops.multiply(ops.matmul(z, m, False, True), ops.constant(np.float32(-2.0)))
+    out = ops.maximum(ops.add(ops.add(own, cross), means), ops.constant(np.float32(0.0)))
+    return ops.unsqueeze(out, _int64([2])) if op.get_attributes().get("keep_dims", False) else out
+
+
 def distances_as_products(model: Any) -> list[str]:
     """Each squared distance of N feature vectors to K class means, summed over an N x K x D
     tensor (D >= ``WIDE_DISTANCE``), as ``max(|z|^2 - 2 z m^T + |m|^2, 0)`` (rounding must not
     make a distance negative: the score takes its root). Returns the sums rewritten."""
-    ops = _ops()
-    done = []
-    for op in list(model.get_ordered_ops()):
-        if op.get_type_name() != "ReduceSum":
-            continue
-        found = _class_offsets(op)
-        if found is None:
-            continue
-        z, m = found
-        k = m.get_partial_shape()[0].get_length()
-        own = ops.reduce_sum(ops.multiply(z, z), _int64([1]), True)
-        means = ops.reshape(ops.reduce_sum(ops.multiply(m, m), _int64([1]), False), _int64([1, k]), False)
-        cross = ops.multiply(ops.matmul(z, m, False, True), ops.constant(np.float32(-2.0)))
-        out = ops.maximum(ops.add(ops.add(own, cross), means), ops.constant(np.float32(0.0)))
-        if op.get_attributes().get("keep_dims", False):
-            out = ops.unsqueeze(out, _int64([2]))
-        for target in list(op.output(0).get_target_inputs()):
-            target.replace_source_output(out.output(0))
-        done.append(op.get_friendly_name())
-    if done:
-        model.validate_nodes_and_infer_types()
-    log.debug("distances as products: %s", ", ".join(done) or "none")
-    return done
+    return _each(model, "ReduceSum", _distance_as_product)
