@@ -393,3 +393,14 @@ def test_transposes_move_below_pads_sums_relus_and_strided_pixels_with_their_axe
     got, moves = run(True)
     assert moves >= 5  # the pad, the sum, its ReLU, the slice, and a pair cancelled
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_mean_of_int8_rounded_values_stays_a_mean(tmp_path):
+    """The plugin pools int8-rounded values in int8 and rounds each mean to a whole step, so a
+    mean downstream of an int8 rounding is left alone; the same graph without the rounding has
+    its global pool rewritten."""
+    _graph(tmp_path / "rounded.onnx")
+    _graph(tmp_path / "plain.onnx", rounded=False)
+    core = ov.Core()
+    assert G.channel_means_as_pools(core.read_model(str(tmp_path / "rounded.onnx"))) == []
+    assert len(G.channel_means_as_pools(core.read_model(str(tmp_path / "plain.onnx")))) == 1
