@@ -23,8 +23,8 @@ Two compile choices decide its speed, both measured on the project's CPUs
   (``openvino_graph.small_maps_as_one_image``, its transposes then moved to where they cancel,
   ``sink_transposes``; the same values up to the order of the sums);
   every graph's channel means run as global average pools and the OOD head's distances as
-  products (``openvino_graph.channel_means_as_pools``, ``distances_as_products``; 1.07x on the
-  ResNet50 at 96 px in bf16).
+  products (``openvino_graph.channel_means_as_pools``, ``distances_as_products``; 1.06-1.09x
+  on the ResNet50 at 96 px in bf16, and with the transposes moved 1.12-1.14x).
 
 - **The fp32 model in bf16** (``engines.openvino_bf16``): the same bf16 hint on the fp32 file,
   engine ``openvino-bf16``, gated and timed by the build like an int8 file; where a model's

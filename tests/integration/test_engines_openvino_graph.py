@@ -312,8 +312,8 @@ def test_a_distance_of_zero_stays_zero_not_negative(tmp_path):
          node("ReduceSum", ["sq", "ax2"], ["d"], keepdims=0), node("Sqrt", ["d"], ["root"])],
         "distances", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 128])],
         [helper.make_tensor_value_info("root", TensorProto.FLOAT, ["N", 4])],
-        [numpy_helper.from_array(means, "m"), numpy_helper.from_array(np.array([1], np.int64), "ax1"),
-         numpy_helper.from_array(np.array([0], np.int64), "ax0"), numpy_helper.from_array(np.array([2], np.int64), "ax2")])
+        [numpy_helper.from_array(means, "m"),
+         *(numpy_helper.from_array(np.array([a], np.int64), f"ax{a}") for a in (0, 1, 2))])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "d.onnx"))
