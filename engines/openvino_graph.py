@@ -523,7 +523,7 @@ def channel_means_as_pools(model: Any) -> list[str]:
 def _class_offsets(op: Any) -> tuple[Any, Any] | None:
     """(z, m) where ``op`` sums ``(z[:, None, :] - m[None, :, :])^2`` over its last axis (the
     form of ``training.ood.OodHead.distances``: z the tiles' whitened features, N x D, and m
-    the whitened class means, K x D), else None."""
+    the whitened class means, K x D, computed or a constant), else None."""
     square = _source(op, 0)
     if square.get_type_name() != "Multiply":
         return None
@@ -535,13 +535,20 @@ def _class_offsets(op: Any) -> tuple[Any, Any] | None:
         return None
     if _constant_axes(op, 3) != [2]:
         return None
-    ends = []
-    for i, axis in ((0, 1), (1, 0)):
-        unsq = _source(diff, i)
-        if unsq.get_type_name() != "Unsqueeze" or _constant_axes(unsq, 3) != [axis]:
+    tiles, means = _source(diff, 0), _source(diff, 1)
+    if tiles.get_type_name() != "Unsqueeze" or _constant_axes(tiles, 3) != [1]:
+        return None
+    z = tiles.input(0).get_source_output()
+    if means.get_type_name() == "Unsqueeze" and _constant_axes(means, 3) == [0]:
+        m = means.input(0).get_source_output()
+    elif means.get_type_name() == "Constant" and len(means.get_output_partial_shape(0)) == 3:
+        # the int8 files' form: the quantiser's graph optimisation folds the class means to 1 x K x D
+        value = np.asarray(means.get_data(), np.float32)
+        if value.shape[0] != 1:
             return None
-        ends.append(unsq.input(0).get_source_output())
-    z, m = ends
+        m = _ops().constant(value[0]).output(0)
+    else:
+        return None
     zs, ms = z.get_partial_shape(), m.get_partial_shape()
     if zs.rank.get_length() != 2 or ms.rank.get_length() != 2 or ms.is_dynamic or zs[1].is_dynamic:
         return None

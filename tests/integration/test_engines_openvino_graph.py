@@ -297,22 +297,26 @@ def test_the_ood_heads_means_and_distances_run_as_pools_and_products_with_the_sa
     np.testing.assert_allclose(ood2, ood, rtol=1e-4)
 
 
-def test_a_distance_of_zero_stays_zero_not_negative(tmp_path):
+@pytest.mark.parametrize("means_form", ["unsqueezed", "folded"])
+def test_a_distance_of_zero_stays_zero_not_negative(tmp_path, means_form):
     """Features equal to a class mean, far from the origin: |z|^2 - 2 z m + |m|^2 rounds to
-    either side of zero, and the score takes the distance's root."""
+    either side of zero, and the score takes the distance's root. The class means either
+    unsqueezed in the graph (an exported model) or folded to a 1 x K x D constant (the int8
+    files, after the quantiser's graph optimisation)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(8)
     means = (1000.0 + 50.0 * rng.normal(size=(4, 128))).astype(np.float32)
     node = helper.make_node
+    folded = means_form == "folded"
     graph = helper.make_graph(
-        [node("Unsqueeze", ["z", "ax1"], ["zu"]), node("Unsqueeze", ["m", "ax0"], ["mu"]),
-         node("Sub", ["zu", "mu"], ["diff"]), node("Mul", ["diff", "diff"], ["sq"]),
+        [node("Unsqueeze", ["z", "ax1"], ["zu"]), *([] if folded else [node("Unsqueeze", ["m", "ax0"], ["mu"])]),
+         node("Sub", ["zu", "m3" if folded else "mu"], ["diff"]), node("Mul", ["diff", "diff"], ["sq"]),
          node("ReduceSum", ["sq", "ax2"], ["d"], keepdims=0), node("Sqrt", ["d"], ["root"])],
         "distances", [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 128])],
         [helper.make_tensor_value_info("root", TensorProto.FLOAT, ["N", 4])],
-        [numpy_helper.from_array(means, "m"),
+        [numpy_helper.from_array(means[None] if folded else means, "m3" if folded else "m"),
          *(numpy_helper.from_array(np.array([a], np.int64), f"ax{a}") for a in (0, 1, 2))])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
