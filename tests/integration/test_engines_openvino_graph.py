@@ -336,9 +336,9 @@ def test_a_distance_of_zero_stays_zero_not_negative(tmp_path, means_form):
 
 
 def test_the_transposes_between_a_resnets_rewritten_convolutions_cancel(tmp_path):
-    """A ResNet18 at 32 px: layer3 and layer4 work on 2 x 2 and 1 x 1 maps, so all their
-    convolutions are rewritten; moved below the ReLUs and residual sums, the transposes back
-    meet the next rewrite's and cancel, and the logits and score stay what they were."""
+    """A ResNet18 at 32 px: layer2-4 work on 4 x 4, 2 x 2 and 1 x 1 maps, so their convolutions
+    are rewritten; moved below the pads, slices and ReLUs, the transposes back meet the next
+    rewrite's and merge or cancel, and the logits and score stay what they were."""
     _exported_resnet18(tmp_path / "m.onnx")
     logits, ood, _, _ = _head_outputs(tmp_path / "m.onnx", 12, rewrite=False)
     core = ov.Core()
