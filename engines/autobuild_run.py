@@ -485,8 +485,11 @@ def _cpu_speeds(model_path: Path, engine_name: str, int8_path: Path, x: Any, thr
     return out
 
 
-#: how much faster two parallel large requests must time than one to serve instead of it
-STREAMS_GAIN = 0.05
+#: how much faster two parallel large requests must time than one to serve instead of it (the
+#: two give the same outputs, so this only keeps a tie from flipping the layout): 5 % until
+#: 2026-12-06, when the ResNet50's bf16 engine timed two requests 2.5-10 % faster in five builds
+#: on the AMX Xeon and three of them stayed with one (docs/performance.md, runs 24-28)
+STREAMS_GAIN = 0.02
 
 
 def _two_stream_twin(engine: Any, x: Any, threads: int) -> Any | None:
