@@ -377,9 +377,8 @@ def small_maps_as_one_image(model: Any) -> list[str]:
 
 
 def _perm(node: Any) -> list[int] | None:
-    if node.get_type_name() != "Transpose" or _source(node, 1).get_type_name() != "Constant":
-        return None
-    return [int(v) for v in np.asarray(_source(node, 1).get_data()).reshape(-1)]
+    order = _constants(node, 1) if node.get_type_name() == "Transpose" else None
+    return [int(v) for v in order[0]] if order else None
 
 
 def _only_feeds(node: Any, consumer: Any) -> bool:
@@ -387,6 +386,7 @@ def _only_feeds(node: Any, consumer: Any) -> bool:
 
 
 def _constants(op: Any, first: int) -> list[np.ndarray] | None:
+    """The values of ``op``'s inputs from ``first`` on, flattened, where all are constants."""
     nodes = [_source(op, i) for i in range(first, op.get_input_size())]
     if any(n.get_type_name() != "Constant" for n in nodes):
         return None
@@ -466,10 +466,8 @@ def sink_transposes(model: Any) -> int:
 
 
 def _constant_axes(node: Any, rank: int) -> list[int] | None:
-    axes = _source(node, 1)
-    if axes.get_type_name() != "Constant":
-        return None
-    return sorted(int(v) % rank for v in np.asarray(axes.get_data()).reshape(-1))
+    axes = _constants(node, 1)
+    return sorted(int(v) % rank for v in axes[0]) if axes else None
 
 
 def _over_height_and_width(op: Any) -> bool:
