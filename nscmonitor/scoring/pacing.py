@@ -15,8 +15,13 @@ last batch's images: a fast engine (a GPU) on large frames would otherwise hold 
 
 from __future__ import annotations
 
-#: seconds of work per batch the claim size is steered towards
-TARGET_BATCH_S = 0.5
+#: seconds of work per batch the claim size is steered towards. Each claim's tiles end in one
+#: part-empty chunk, which an engine with a large request (OpenVINO's 64 tiles for a ResNet50 at
+#: 96 px) scores in small requests at half its rate or less: at 0.5 s a ResNet50 backlog on a
+#: 2-core CPU was claimed two frames at a time and spent 15-25 % of its inference on those last
+#: chunks (docs/performance.md, "Runs 31-32"); at 2 s the same backlog ran 1.15-1.30x faster side
+#: by side, and a stop, swap or promotion still waits for at most about two seconds of work
+TARGET_BATCH_S = 2.0
 #: a batch at most this many times larger than the last one (the cost per image is noisy)
 MAX_GROWTH = 2.0
 #: bytes of decoded frames and tiles one batch may hold

@@ -25,7 +25,7 @@ def test_slow_images_shrink_the_claim_to_the_target_work() -> None:
 
 def test_a_queue_that_runs_dry_keeps_the_size_but_a_slow_short_batch_shrinks_it() -> None:
     assert next_claim_size(1, 32, 0.003, largest=64) == 32
-    assert next_claim_size(3, 32, 3 * 1.0, largest=64) == 1
+    assert next_claim_size(3, 32, 3 * 2 * TARGET_BATCH_S, largest=64) == 1  # each image twice the target
 
 
 def test_nothing_claimed_or_no_time_measured_changes_nothing() -> None:
