@@ -87,15 +87,22 @@ def large_batch_for(batch_size: int, tile_pixels: int) -> int:
     return large if large > batch_size else 0
 
 
-def batch_plan(n: int, small: int, large: int) -> list[tuple[int, int, bool]]:
+def batch_plan(n: int, small: int, large: int, slots: int = 1) -> list[tuple[int, int, bool]]:
     """(start, stop, large?) per request for ``n`` tiles: full large requests first; a rest
     that fills a large request but for less than one small batch is padded into one more
-    (cheaper than several small ones); any other rest goes in small requests (or one
-    dynamic-size chunk when ``small`` is 0)."""
+    (cheaper than several small ones), and so is a rest that a wave of ``slots`` parallel large
+    requests would otherwise run with a request short (it costs that wave no time, where small
+    requests after it would: a 48-tile chunk as one request of 32 and two of 8 took 156-172 ms
+    against some 80 for the full wave, docs/performance.md "Runs 31-32"); any other rest goes in
+    small requests (or one dynamic-size chunk when ``small`` is 0)."""
     plan: list[tuple[int, int, bool]] = []
     start = 0
     if large > 0:
         while n - start >= large or (n - start > large - max(small, 1) and n - start > 0):
+            stop = min(start + large, n)
+            plan.append((start, stop, True))
+            start = stop
+        while plan and len(plan) % max(slots, 1) and start < n:
             stop = min(start + large, n)
             plan.append((start, stop, True))
             start = stop
@@ -227,7 +234,7 @@ class OpenVinoEngine(Engine):
         if not self._requests:
             raise EngineError(f"{self.name}: load() was not called")
         if self.request_batch:
-            plan = batch_plan(len(tiles), self.request_batch, self.large_batch)
+            plan = batch_plan(len(tiles), self.request_batch, self.large_batch, len(self._large_requests))
         else:
             bounds = np.cumsum([0] + [len(c) for c in np.array_split(np.arange(len(tiles)),
                                                                       min(len(self._requests), len(tiles)))])

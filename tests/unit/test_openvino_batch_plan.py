@@ -32,6 +32,27 @@ def test_a_frame_at_full_tiling_runs_in_large_requests_and_a_small_frame_in_smal
                                      (32, 40, False), (40, 48, False), (48, 56, False)]
 
 
+@pytest.mark.parametrize("n", [1, 20, 33, 48, 56, 64, 65, 100, 140, 280])
+def test_a_rest_fills_the_free_requests_of_the_last_wave(n):
+    plan = batch_plan(n, 8, 32, slots=2)
+    _covers(plan, n)
+    large = [p for p in plan if p[2]]
+    assert all(b - a <= (32 if big else 8) for a, b, big in plan)
+    # a wave holds two large requests: none left half-used while small requests follow it
+    assert not (len(large) % 2 and any(not big for _, _, big in plan))
+
+
+def test_two_streams_take_a_rest_in_the_waves_free_request_and_leave_a_lone_rest_small():
+    assert batch_plan(48, 8, 32, slots=2) == [(0, 32, True), (32, 48, True)]
+    assert batch_plan(56, 8, 32, slots=2) == [(0, 32, True), (32, 56, True)]
+    # 140 tiles: two full waves; the 12 left would take a wave of their own, so small requests
+    assert batch_plan(140, 8, 32, slots=2) == [(0, 32, True), (32, 64, True), (64, 96, True), (96, 128, True),
+                                               (128, 136, False), (136, 140, False)]
+    assert batch_plan(20, 8, 32, slots=2) == [(0, 8, False), (8, 16, False), (16, 20, False)]
+    # one stream: as before
+    assert batch_plan(48, 8, 32) == [(0, 32, True), (32, 40, False), (40, 48, False)]
+
+
 def test_without_a_large_batch_the_plan_is_the_small_batch_alone():
     assert batch_plan(20, 8, 0) == [(0, 8, False), (8, 16, False), (16, 20, False)]
     assert batch_plan(0, 8, 64) == []
