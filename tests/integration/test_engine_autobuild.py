@@ -201,28 +201,41 @@ def test_daemon_without_an_engine_serves_fp32_and_swaps_to_int8_mid_backlog(tmp_
     runner = build_runner(settings, retry_base_s=0.05, poll_interval=0.1, heartbeat_s=0.1, claim_size=2)
     done = {"n": 0}
 
+    def built() -> bool:
+        st = autobuild.read_status(active.path)
+        return st is not None and st.state != "building" and not st.pending
+
     def slow_until_built(k: int) -> None:
-        """Half the backlog is scored while the build runs; then the loop waits for the build
-        (standing in for a slow fp32 engine on a big model) so the swap lands mid-backlog."""
+        """Half the backlog is scored while the build runs; then the loop waits for the build's
+        end (standing in for a slow fp32 engine on a big model) so the swap lands mid-backlog.
+        Its end, not a first engine serving meanwhile: the engine served at the end must not
+        depend on how far the build had got."""
         done["n"] += k
         if done["n"] >= n // 2:
-            wait_until(lambda: autobuild.token(active.path) is not None, 120, "the background build")
+            wait_until(built, 120, "the background build")
 
     runner.on_batch = slow_until_built
     runner.setup()
     assert runner.model.engine.name == "ort-fp32" and runner.model.engine_token is None
     score_backlog(runner, settings.database_url, n, "the backlog to be scored")
     status = autobuild.read_status(active.path)
-    assert status.state == "ready" and runner.model.engine.name == status.engine
+    assert status.state == "ready" and not status.pending
+    # The engine named in the settings serves once its gate passed, even where the build timed
+    # another one faster (the build's choice, ``status.engine``, decides in auto mode only).
+    preferred_passed = any(a["engine"] == cpu_int8() and a["passed"] for a in status.attempts)
+    expected = cpu_int8() if preferred_passed else status.engine
+    assert runner.model.engine.name == expected
     used = engines_by_image(settings.database_url)
     with open_engine(settings.database_url).connect() as c:
         n_images = c.scalar(select(func.count()).select_from(m.Image))
-        swaps = c.execute(select(m.Event.message).where(m.Event.kind == "engine_swapped")).all()
+        swaps = c.execute(select(m.Event.message).where(m.Event.kind == "engine_swapped")
+                          .order_by(m.Event.id)).all()
     assert n_images == n and len(used) == n, "an image was lost"
     assert all(len(v) == 1 for v in used.values()), "an image was scored twice"
     names = [v[0] for v in used.values()]
-    assert names.count("ort-fp32") >= n // 2 and names.count(status.engine) >= 1
-    assert len(swaps) == 1 and status.engine in swaps[0][0]
+    assert names.count("ort-fp32") >= n // 2 and names.count(expected) >= 1
+    # one swap, or two where an engine certified early (bf16) served until the build's end
+    assert 1 <= len(swaps) <= 2 and expected in swaps[-1][0]
 
 
 def test_a_daemon_in_auto_mode_keeps_fp32_when_the_built_engine_is_slower_and_says_so(tmp_path: Path) -> None:
