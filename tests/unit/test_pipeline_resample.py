@@ -30,3 +30,19 @@ def test_exact_two_fold_shrink_averages_blocks():
     out = resample(board, factor)
     assert out.shape == (32, 32)
     np.testing.assert_allclose(out, 0.5)
+
+
+def test_block_mean_is_the_mean_of_each_block_for_any_k_and_leading_axes():
+    """The strided sums must give each k x k block's mean, drop the remainder, and keep
+    leading axes (a stack of planes) apart, for integer frames as for float ones."""
+    from nscmonitor.scoring.preprocess import block_mean
+
+    rng = np.random.default_rng(3)
+    for k, shape, dtype in ((2, (37, 51), np.float32), (3, (2, 31, 20), np.float32), (5, (26, 54), np.uint16),
+                            (1, (4, 6), np.float32)):
+        img = (rng.uniform(0, 4000, shape)).astype(dtype)
+        h, w = shape[-2] // k * k, shape[-1] // k * k
+        want = img[..., :h, :w].astype(np.float64).reshape(*shape[:-2], h // k, k, w // k, k).mean(axis=(-3, -1))
+        got = block_mean(img, k)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6)
