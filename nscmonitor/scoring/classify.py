@@ -5,6 +5,7 @@ Tiles of all images in hand are scored as one stream so the engine always sees f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,7 @@ def score_batches(engine: Engine, tile_sets: list[np.ndarray], batch_size: int) 
     return [TileScores(p, o) for p, o in zip(np.split(out, cuts), oods)]
 
 
-def chunks(tile_sets: list[np.ndarray], size: int):
+def chunks(tile_sets: list[np.ndarray], size: int) -> Iterator[tuple[int, np.ndarray]]:
     """(offset, tiles) for consecutive chunks of ``size`` tiles over the images' tile arrays
     in order (the last one shorter). A chunk inside one image is a view of its array; one
     that spans images is copied into a buffer reused for every such chunk, which the engine
