@@ -20,19 +20,56 @@ def ort_disabled() -> bool:
     return os.environ.get("NSCMONITOR_DISABLE_ORT", "") not in ("", "0")
 
 
+#: the instruction sets oneDNN (OpenVINO, torch) and MLAS (ONNX Runtime) choose kernels by: int8
+#: without VNNI multiplies through 16-bit sums that can saturate, bf16 without native units is
+#: emulated, and ONNX Runtime's NCHWc block width follows the vector width
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm")
+#: numpy's names for the same features, where the OS offers no /proc/cpuinfo (Windows, macOS)
+_NUMPY_ISA = {"AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f", "AVX512BW": "avx512bw",
+              "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16", "AVX512FP16": "avx512_fp16",
+              "ASIMD": "asimd", "ASIMDDP": "asimddp", "SVE": "sve"}
+
+
+def isa_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
+    """This CPU's features among ``ISA_FLAGS``, sorted. Virtual machines often name the CPU
+    only by vendor ("AMD EPYC" for an AVX2-only Zen 3 and an AVX-512 Zen 4 alike), so the name
+    alone cannot tell whether a gate passed here certifies the arithmetic of another host."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return tuple(sorted(set(value.split()) & set(ISA_FLAGS)))
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        return ()
+    return tuple(sorted({_NUMPY_ISA[k] for k, on in features.items() if on and k in _NUMPY_ISA}))
+
+
 def _cpu_id() -> str:
-    """The optimised graph may use this CPU's instruction set (NCHWc layouts): a copy moved to
-    another host must be re-optimised, so the CPU model is part of the cache stamp."""
+    """The CPU as its model name and instruction sets: the optimised graph may use this CPU's
+    instruction set (NCHWc layouts) and an engine's gate certifies the arithmetic of the kernels
+    these sets select, so a copy moved to another host is optimised and gated anew."""
     import platform
 
+    name = ""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                    name = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
-    return f"{platform.machine()} {platform.processor()}"
+    name = name or f"{platform.machine()} {platform.processor()}".strip()
+    flags = isa_flags()
+    return f"{name} [{' '.join(flags)}]" if flags else name
 
 
 class OrtCpuEngine(Engine):
