@@ -21,6 +21,7 @@ int8 on those tiles (what those layers cost; the file its gate refused); the eng
 this machine's int8 bound (``--int8-peak-gops`` or ``--cpu-peak FILE``, the output of
 ../shared/tools/cpu_peak.sh or a JSON with ``int8_gops``; on a CPU with AMX, where oneDNN runs
 int8 on the tile unit and the AVX-512 figure is no bound, the output of benchmarks/amx_peak.sh;
+on a CPU without AVX-512, which cpu_peak.sh does not measure, that of benchmarks/avx2_peak.sh;
 ResNet50 is 8.2 GFLOP per 224 px image, scaled by tile area); and the p95 latency from file
 complete to stored prediction with frames arriving at 1 per 2 s. JSON goes to
 benchmarks/results/ingest-side-by-side.json.
@@ -522,7 +523,8 @@ def main() -> int:
     sbs.add_argument("--threads", type=int, default=0, help="threads for training, the build and the engine (0: all)")
     sbs.add_argument("--int8-peak-gops", type=float, help="this machine's int8 peak, GOP/s")
     sbs.add_argument("--cpu-peak", metavar="FILE", help="output of ../shared/tools/cpu_peak.sh, or of "
-                     "benchmarks/amx_peak.sh on a CPU with AMX (or JSON int8_gops)")
+                     "benchmarks/amx_peak.sh on a CPU with AMX, of benchmarks/avx2_peak.sh on one "
+                     "without AVX-512 (or JSON int8_gops)")
     sbs.add_argument("--engine-alone-frames", type=int, default=20)
     sbs.add_argument("--live-rate", type=float, default=0.5, help="live arrival rate, frames/s")
     sbs.add_argument("--quiet", type=float, default=1.0, help="quiet period of the live watch, s")

@@ -17,8 +17,9 @@ import numpy as np
 
 from nscmonitor.engines.autobuild_status import (NO_CALIBRATION, SPEED_FIELDS, TWO_STREAMS, EngineStatus,
                                                  _model_tiles_path, build_running, calibration_sha256, cached_sha256,
-                                                 describe, engine_tiles_per_s, fingerprint, gpu_names, large_key,
-                                                 large_streams, read_status, slower_than_fp32, speedup, write_status)
+                                                 choose_cpu_engine, describe, engine_tiles_per_s, fingerprint,
+                                                 gpu_names, large_key, large_speedup, large_streams, read_status,
+                                                 slower_than_fp32, speedup, write_status)
 from nscmonitor.engines.base import EngineError
 from nscmonitor.engines.openvino import GATE_KEYS
 
@@ -347,8 +348,9 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
                                            reason=f"{what}, fp32 serves ({why})"), t0)
     # A GPU engine that passed serves (sorted first; the CPU's fp32 is no yardstick for it).
     # Otherwise every certified CPU engine is timed against fp32 and the fastest that is not
-    # slower serves: an int8 file that kept many blocks fp32 can lose to the whole model in bf16.
-    best, best_speedup = None, 0.0
+    # slower serves (``choose_cpu_engine``): an int8 file that kept many blocks fp32 can lose to
+    # the whole model in bf16.
+    timed: dict[str, dict[str, Any]] = {}
     for i, candidate in enumerate(passed):
         field = SPEED_FIELDS.get(candidate.engine)
         if field is None:
@@ -365,10 +367,10 @@ def run_build(model_path: str | Path, *, calibration_dir: str | Path | None = No
             continue
         base = replace(base, **{field: speed})
         # the variant the timing chose serves whenever this engine does (named in the settings too)
-        passed[i] = candidate = _with_serving_gate(candidate, speed, model_path)
-        if not slower_than_fp32(speed) and speedup(speed) > best_speedup:
-            best, best_speedup = candidate, speedup(speed)
-    best = best or passed[0]
+        passed[i] = _with_serving_gate(candidate, speed, model_path)
+        timed[candidate.engine] = speed
+    chosen = choose_cpu_engine(timed)
+    best = next((c for c in passed if c.engine == chosen), passed[0])
     return _finish(model_path, replace(base, state="ready", engine=best.engine, precision=best.engine.rsplit("-", 1)[1],
                                        artefact=best.artefact, gate=best.gate, attempts=records), t0)
 
@@ -593,9 +595,13 @@ def speed_refusal(model_path: str | Path, engine_name: str) -> str | None:
                 "it anyway")
     chosen = st.engine if st.state == "ready" else None
     best = _speed_record(model_path, chosen, st) if chosen and chosen != engine_name else None
-    if best and not slower_than_fp32(best) and speedup(best) > speedup(s):
-        return (f"the build timed {chosen} faster here ({speedup(best):.2f}x fp32 against {speedup(s):.2f}x) and "
-                f"serves it; set engine: {engine_name} to serve this one")
+    if best and choose_cpu_engine({chosen: best, engine_name: s}) == chosen:
+        if speedup(best) >= speedup(s):
+            return (f"the build timed {chosen} faster here ({speedup(best):.2f}x fp32 against {speedup(s):.2f}x) "
+                    f"and serves it; set engine: {engine_name} to serve this one")
+        return (f"the build timed {chosen} as fast in small requests ({speedup(best):.2f}x fp32 against "
+                f"{speedup(s):.2f}x, within the timing noise) and faster in large ones ({large_speedup(best):.2f}x "
+                f"against {large_speedup(s):.2f}x) and serves it; set engine: {engine_name} to serve this one")
     return None
 
 

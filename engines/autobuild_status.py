@@ -422,6 +422,37 @@ def large_key(speed: dict[str, Any]) -> str:
     return "bf16_large_tiles_per_s"
 
 
+def large_speedup(speed: dict[str, Any]) -> float:
+    """The engine's speed-up in the requests frames of many tiles get (OpenVINO's large request,
+    as two parallel ones where the build timed those faster); the small request's figure where
+    the engine has no large one or the large one is not faster."""
+    small = engine_tiles_per_s(speed)
+    key = large_key(speed)
+    big = speed.get(key.replace("_large_tiles_per_s", TWO_STREAMS) if large_streams(speed) == 2 else key)
+    return max(small, float(big) if isinstance(big, (int, float)) else 0.0) / speed["fp32_tiles_per_s"]
+
+
+#: two timings of one engine in one build differ by a few per cent; closer than this, two
+#: engines are tied in the daemon's small request
+TIMING_NOISE = 0.05
+
+
+def choose_cpu_engine(speeds: dict[str, dict[str, Any]]) -> str | None:
+    """Of the certified CPU engines the build timed (engine name -> speed record), the one to
+    serve: the fastest against fp32 at the daemon's small batch (what a frame of few tiles gets,
+    so an engine faster only in large requests never serves where it is slower); among those
+    tied with it within the timing noise, the one fastest in large requests (frames of many
+    tiles, a backlog). Measured on a 2-core AVX2-only CPU, the demo model: ONNX Runtime int8
+    966 and OpenVINO 956 tiles/s at the small batch (a tie), OpenVINO 1,304 in its large
+    requests. None when every engine ran slower than fp32."""
+    fast = {name: s for name, s in speeds.items() if not slower_than_fp32(s)}
+    if not fast:
+        return None
+    top = max(speedup(s) for s in fast.values())
+    tied = [name for name, s in fast.items() if speedup(s) >= top * (1 - TIMING_NOISE)]
+    return max(tied, key=lambda name: (large_speedup(fast[name]), speedup(fast[name])))
+
+
 def describe(status: EngineStatus | None, version: str | None = None) -> str:
     """One line for status, doctor, models show and the dashboard."""
     of = f" for {version}" if version else ""

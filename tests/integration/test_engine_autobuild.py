@@ -599,7 +599,7 @@ def test_the_fp32_model_in_bf16_is_gated_timed_and_served_where_the_build_timed_
     serves, the others are passed over in auto mode with the build's figures, and a bf16 engine
     without a passed gate under the current fingerprint never serves, not even when named."""
     from nscmonitor.engines import openvino_bf16
-    from nscmonitor.engines.autobuild_status import speedup
+    from nscmonitor.engines.autobuild_status import TIMING_NOISE, choose_cpu_engine, speedup
     from nscmonitor.engines.openvino import has_bf16
     from nscmonitor.engines.select import select
     from nscmonitor.engines.tiny import build_tiny_classifier
@@ -628,9 +628,12 @@ def test_the_fp32_model_in_bf16_is_gated_timed_and_served_where_the_build_timed_
     assert speed["fp32_tiles_per_s"] > 0 and speed["bf16_tiles_per_s"] > 0 and speed["bf16_large_tiles_per_s"] > 0
     assert autobuild.summary(model)["openvino_bf16_speed"] == speed
     # what the build served is the fastest of the CPU engines it timed that were not slower than fp32
+    # (a tie within the timing noise going to the one faster in large requests: tests/unit/test_engine_choice.py)
     timed = {e: getattr(status, f) for e, f in autobuild.SPEED_FIELDS.items() if getattr(status, f)}
     ranked = {e: speedup(s) for e, s in timed.items() if not autobuild.slower_than_fp32(s)}
-    assert "openvino-bf16" in timed and status.engine == (max(ranked, key=ranked.get) if ranked else status.engine)
+    assert "openvino-bf16" in timed
+    assert status.engine == choose_cpu_engine(timed) if ranked else status.engine in timed
+    assert not ranked or speedup(timed[status.engine]) >= max(ranked.values()) * (1 - TIMING_NOISE)
 
     int8 = status.openvino_speed
     bf16_wins = replace(status, engine="openvino-bf16", gate=bf16["gate"],
