@@ -341,6 +341,7 @@ def _runtime_checks() -> list[Check]:
     except ImportError:
         pass
     checks.extend((f"{fmt} reader", ver is not None, note) for fmt, ver, note in reader_status())
+    checks.append(("CPU", True, _cpu_line()))
     telemetry = _openvino_telemetry()
     if telemetry is not None:
         checks.append(("OpenVINO usage statistics", True, telemetry))
@@ -365,6 +366,34 @@ def _gpu_check() -> Check:
                                     "(torch-cuda-fp16) once its build has gated it")
     return ("NVIDIA GPU", bool(gpus), f"{named}; neither TensorRT nor torch is installed, so CPU engines serve "
                                       "(pip install 'nscmonitor[gpu]')")
+
+
+def _cpu_line() -> str:
+    from nscmonitor.engines.ort import _cpu_id, isa_flags
+
+    return f"{_cpu_id()}: {cpu_units(isa_flags())}"
+
+
+def cpu_units(flags: tuple[str, ...] | list[str]) -> str:
+    """What this CPU's instruction sets mean for the CPU engines, in the words a lab manager
+    needs to judge the speed-ups ``status`` reports: int8 buys about 2x fp32 at best without
+    VNNI, 3-4x with it, more on AMX (docs/performance.md)."""
+    f = set(flags)
+    if {"amx_int8", "amx_bf16"} <= f:
+        unit = "int8 and bf16 on AMX tiles (int8 engines can run many times fp32)"
+    elif "avx512_vnni" in f or "avx_vnni" in f:
+        unit = "int8 with VNNI (int8 engines run up to 3-4x fp32)"
+    elif "avx2" in f:
+        unit = ("int8 without VNNI, through 16-bit sums (int8 engines run at most about 2x fp32 here: the "
+                "int8 unit is about 1.8x the fp32 one)")
+    elif "asimddp" in f or "i8mm" in f:
+        unit = "ARM int8 dot products"
+    else:
+        unit = "no int8 dot-product instructions known to the engines (int8 may not be faster than fp32)"
+    bf16 = ""
+    if "avx2" in f or "avx512f" in f:
+        bf16 = "; bf16 units" if "avx512_bf16" in f or "amx_bf16" in f else "; no bf16 units (CPU training runs fp32)"
+    return unit + bf16 + "; engines are gated and timed for this CPU"
 
 
 def _openvino_precisions() -> str:

@@ -89,3 +89,21 @@ def test_doctor_says_where_each_watch_folders_pixel_size_comes_from(tmp_path: Pa
     assert "A01.tif states none" in lines["plain"] and "set pixel_size_um" in lines["plain"]
     assert "2.48 um/px for files that state none" in lines["set"]
     assert "no image in the folder yet" in lines["empty"]
+
+
+def test_doctor_says_what_this_cpu_s_instruction_sets_mean_for_the_engines(tmp_path: Path, capsys) -> None:
+    """Why an int8 engine runs 1.5-2x fp32 on one PC and many times on another."""
+    from nscmonitor.engines.ort import _cpu_id, isa_flags
+    from nscmonitor.ops.health import cpu_units
+
+    assert "without VNNI" in cpu_units(("avx2", "fma")) and "no bf16 units" in cpu_units(("avx2", "fma"))
+    zen4 = cpu_units(("avx2", "avx512_bf16", "avx512_vnni", "avx512bw", "avx512f", "fma"))
+    assert "with VNNI" in zen4 and "; bf16 units" in zen4
+    assert "AMX" in cpu_units(("avx2", "avx512f", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"))
+    assert "ARM int8" in cpu_units(("asimd", "asimddp")) and "bf16" not in cpu_units(("asimd", "asimddp"))
+    assert "not be faster" in cpu_units(())
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'database_url = "sqlite:///{(tmp_path / "nsc.db").as_posix()}"\n')
+    assert cli_main(["--config", str(cfg), "doctor"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x[4:].startswith("CPU "))
+    assert _cpu_id() in line and cpu_units(isa_flags()) in line
