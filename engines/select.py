@@ -12,6 +12,7 @@ logged with its reason and returned to the caller, so the daemon's health record
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,6 +64,21 @@ def backend_of(engine_name: str) -> str:
     raise EngineError(f"no backend serves as {engine_name!r}")
 
 
+def openvino_cache_dir(cache_dir: str | Path | None, cpu: str | None = None) -> Path | None:
+    """OpenVINO's compiled-model cache, one folder per CPU (``cpu``: this one's model name and
+    instruction sets, ``engines.ort._cpu_id``). OpenVINO keys its blobs by the model, its own
+    version and the CPU's brand string, and a blob holds the graph as compiled for that CPU's
+    precisions (bf16 where it has bf16 units); virtual machines on different CPUs can share one
+    brand string ("AMD EPYC" for an AVX2-only Zen 3 and an AVX-512 Zen 4 alike)."""
+    if not cache_dir:
+        return None
+    if cpu is None:
+        from nscmonitor.engines.ort import _cpu_id
+
+        cpu = _cpu_id()
+    return Path(cache_dir) / "openvino" / hashlib.sha256(cpu.encode()).hexdigest()[:12]
+
+
 def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_size: int, threads: int,
                 cache_dir: str | Path | None) -> Engine:
     """Construct (not load) one backend; raises EngineError when its artefact is missing."""
@@ -106,7 +122,7 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
         large, streams = _large_requests(model_path, backend, batch_size, meta.input_size)
         return openvino_bf16.engine(model_path, serving_metadata(meta, openvino_bf16.gate_record(model_path)),
                                     threads=threads, batch_size=batch_size, large_batch=large, large_streams=streams,
-                                    cache_dir=Path(cache_dir) / "openvino" if cache_dir else None)
+                                    cache_dir=openvino_cache_dir(cache_dir))
     if backend.startswith("openvino-"):
         from nscmonitor.engines.openvino import GATE_KEYS, OpenVinoEngine, large_batch_for
 
@@ -126,7 +142,7 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
         return OpenVinoEngine(path, meta if path != model_path else read_onnx_metadata(path), threads=threads,
                               source_sha256=source, batch_size=batch_size, precision=precision,
                               large_batch=large, large_streams=streams,
-                              cache_dir=Path(cache_dir) / "openvino" if cache_dir else None)
+                              cache_dir=openvino_cache_dir(cache_dir))
     if backend == "ort-cpu":
         from nscmonitor.engines.ort import OrtCpuEngine
 

@@ -188,3 +188,26 @@ def test_corrupt_openvino_cache_does_not_stop_loading(tmp_path: Path, tiny_model
     again.load()
     np.testing.assert_allclose(again._run(x), want, rtol=1e-5, atol=1e-6)
     again.close()
+
+
+def test_openvino_s_compiled_models_are_cached_per_cpu(tmp_path: Path, tiny_model: Path) -> None:
+    """A models folder that moves to a PC (or a VM to a host) whose CPU shares the brand string
+    but not the instruction sets must not load the other CPU's compiled graph: each CPU, named by
+    its model name and instruction sets, gets its own folder."""
+    pytest.importorskip("openvino")
+    from nscmonitor.engines.metadata import read_onnx_metadata
+    from nscmonitor.engines.ort import _cpu_id
+    from nscmonitor.engines.select import make_engine, openvino_cache_dir
+
+    here = openvino_cache_dir(tmp_path, _cpu_id())
+    assert openvino_cache_dir(tmp_path) == here and openvino_cache_dir(None) is None
+    assert here.parent == tmp_path / "openvino"
+    assert openvino_cache_dir(tmp_path, "AMD EPYC [avx2 fma]") != openvino_cache_dir(
+        tmp_path, "AMD EPYC [avx2 avx512_bf16 avx512_vnni avx512bw avx512f fma]")
+    eng = make_engine("openvino-fp32", tiny_model, read_onnx_metadata(tiny_model), batch_size=2, threads=1,
+                      cache_dir=tmp_path)
+    eng.load()
+    eng.infer(np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32))
+    eng.close()
+    written = [p for p in (tmp_path / "openvino").rglob("*") if p.is_file()]
+    assert written and all(p.parent == here for p in written), written
