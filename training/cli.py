@@ -30,7 +30,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "int8 engine built from the model passes its check with more of the network in int8 "
                         "(default 0: none; ResNets trained here needed it, docs/training.md)")
     p.add_argument("--image-size", type=int, help="model input size in px (tiles are resized to it)")
-    p.add_argument("--arch", help="tiny | small | resnet18 | resnet34 | resnet50 (default) | resnet101 | resnet152")
+    p.add_argument("--arch", help="tiny | small | small24 | resnet18 | resnet34 | resnet50 (default) | resnet101 | resnet152")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--device", help="auto (the default: cuda when torch sees a GPU, else cpu), cpu or cuda")

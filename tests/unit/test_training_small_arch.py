@@ -8,11 +8,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
-def test_small_folds_exactly_and_feeds_avg_and_max_pooled_features() -> None:
+@pytest.mark.parametrize("arch,width", [("small", 32), ("small24", 24)])
+def test_small_folds_exactly_and_feeds_avg_and_max_pooled_features(arch: str, width: int) -> None:
     from nscmonitor.training.model import build_model, fold_stem, gradcam_layer
 
     torch.manual_seed(0)
-    model = build_model("small", 4).eval()
+    model = build_model(arch, 4).eval()
+    assert model.backbone.conv1.out_channels == width and model.backbone.fc.in_features == 8 * width
     x = torch.rand(3, 1, 40, 40)
     assert torch.allclose(fold_stem(model)(x), model(x), atol=1e-5)
     assert gradcam_layer(model) is model.backbone.features
