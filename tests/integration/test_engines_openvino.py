@@ -47,7 +47,7 @@ def test_openvino_matches_onnxruntime_on_fp32_and_int8(built, streams):
     VNNI (AVX2 only: u8 x s8 pairs summed into 16 bits, which saturate for large weights and
     activations) moved this deliberately confident model's probabilities by up to 0.0056 from
     the exact arithmetic on a Zen 3, where OpenVINO matched it; the build gates each runtime on
-    its own numbers, so such a difference can cost a gate, never a wrong readout served."""
+    its own numbers, so what such a difference does to a readout is bounded by that gate."""
     from nscmonitor.engines.ort import isa_flags
 
     model, int8, held = built
