@@ -3,6 +3,7 @@ model, the CUDA and the TensorRT execution providers are used where present and 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -36,11 +37,7 @@ def isa_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
     only by vendor ("AMD EPYC" for an AVX2-only Zen 3 and an AVX-512 Zen 4 alike), so the name
     alone cannot tell whether a gate passed here certifies the arithmetic of another host."""
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as fh:
-                cpuinfo = fh.read()
-        except OSError:
-            cpuinfo = ""
+        cpuinfo = _cpuinfo()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
@@ -52,21 +49,25 @@ def isa_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
     return tuple(sorted({_NUMPY_ISA[k] for k, on in features.items() if on and k in _NUMPY_ISA}))
 
 
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process (every engine load and cache key asks); empty where
+    the OS has none. A running process cannot change CPUs under it."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
 def _cpu_id() -> str:
     """The CPU as its model name and instruction sets: the optimised graph may use this CPU's
     instruction set (NCHWc layouts) and an engine's gate certifies the arithmetic of the kernels
     these sets select, so a copy moved to another host is optimised and gated anew."""
     import platform
 
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    name = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+                 if line.startswith("model name")), "")
     name = name or f"{platform.machine()} {platform.processor()}".strip()
     flags = isa_flags()
     return f"{name} [{' '.join(flags)}]" if flags else name
