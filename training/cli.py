@@ -30,7 +30,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "int8 engine built from the model passes its check with more of the network in int8 "
                         "(default 0: none; ResNets trained here needed it, docs/training.md)")
     p.add_argument("--image-size", type=int, help="model input size in px (tiles are resized to it)")
-    p.add_argument("--arch", help="tiny | small | small24 | resnet18 | resnet34 | resnet50 (default) | resnet101 | resnet152")
+    p.add_argument("--arch", help="tiny | small | small24 | small16 | resnet18 | resnet34 | resnet50 (default) | resnet101 | resnet152")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--device", help="auto (the default: cuda when torch sees a GPU, else cpu), cpu or cuda")
@@ -54,6 +54,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "probabilities estimate its composition: with --label-mode endpoint each well's end-point "
                         "shares (a simulator export's, or frac_<class> of --labels/--from-store), with --label-mode "
                         "tile each simulator tile's own cells (docs/training.md)")
+    p.add_argument("--ood-fit-tiles", type=int, metavar="N",
+                   help="fit the out-of-distribution flag's Gaussians on at most N training tiles (whole images, "
+                        "every plate's share), which shortens the end of a small model's training (default 0: all)")
     p.add_argument("--from-store", action="store_true",
                    help="train on the database's scored images of the wells labelled with 'nscmonitor labels import' "
                         "(--db, else the database of the global --config); every earlier image inherits its well's label")
@@ -106,6 +109,9 @@ def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
         "and hours since induction, print the held-out wells' accuracy per hour and write OUT/forecast.onnx for "
         "the forecast_model setting (docs/training.md).")
     p.add_argument("--data", help="tiles export (tiles.csv + tiles.json) with plates and elapsed_h")
+    p.add_argument("--ood-fit-tiles", type=int, metavar="N",
+                   help="fit the out-of-distribution flag's Gaussians on at most N training tiles (whole images, "
+                        "every plate's share), which shortens the end of a small model's training (default 0: all)")
     p.add_argument("--from-store", action="store_true",
                    help="train on the database's scored images of the wells labelled with 'nscmonitor labels import' "
                         "(--db, else the database of the global --config); the plates need their induction (0 h) scan")
@@ -201,7 +207,7 @@ def _train(args: argparse.Namespace) -> int:
         image_size=args.image_size, arch=args.arch, batch_size=args.batch_size, lr=args.lr, device=args.device,
         weights=args.weights, threads=args.threads, resume=args.resume, export=args.export,
         label_mode=args.label_mode, min_train_h=args.min_train_h, tile_size=args.tile_size, seed=args.seed,
-        soft_labels=args.soft_labels)
+        soft_labels=args.soft_labels, ood_fit_tiles=args.ood_fit_tiles)
     if args.from_store or args.labels:
         if not cfg.out:
             raise UserFacingError("train needs --out")

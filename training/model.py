@@ -19,7 +19,7 @@ from torch import nn
 GREY_MEAN = 0.449
 GREY_STD = 0.226
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-ARCHS = ("tiny", "small", "small24", *RESNETS)
+ARCHS = ("tiny", "small", "small24", "small16", *RESNETS)
 
 
 class TinyNet(nn.Module):
@@ -48,8 +48,8 @@ class SmallNet(TinyNet):
     """Five 3x3 conv blocks, widths 32-128 (``small``), about 90 million multiply-adds per 112 px
     tile, so it trains at the camera's own pixel size in minutes on two CPU cores; TinyNet's
     single conv per scale learned nothing in as many epochs on the demo data. ``small24`` (widths
-    24-96, the demo's model) trained 1.8-2x as many tiles/s on an AVX2-only CPU and read the demo
-    plate as well in two seeds (docs/training.md)."""
+    24-96) trained 1.8-2x as many tiles/s on an AVX2-only CPU, ``small16`` (16-64, the demo's
+    model) 1.6x as many again, and both read the demo plate as well (docs/training.md)."""
 
     def __init__(self, num_classes: int, width: int = 32) -> None:
         nn.Module.__init__(self)
@@ -86,6 +86,8 @@ def build_model(arch: str, num_classes: int) -> GreyClassifier:
         return GreyClassifier(SmallNet(num_classes))
     if arch == "small24":
         return GreyClassifier(SmallNet(num_classes, width=24))
+    if arch == "small16":
+        return GreyClassifier(SmallNet(num_classes, width=16))
     if arch not in RESNETS:
         raise ValueError(f"arch must be one of {ARCHS}, not {arch!r}")
     import torchvision

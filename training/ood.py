@@ -263,7 +263,31 @@ def layer_names(model: nn.Module, has_input: bool = True, has_sign: bool = True)
             + stage_names(getattr(model, "backbone", model)) + ["pooled"])
 
 
-def fit(model: nn.Module, splits: dict, device: Any, k: int) -> tuple[OodHead, dict[str, Any]]:
+def fit_subset(records: list, max_tiles: int, seed: int = 0) -> np.ndarray:
+    """Indices of the training tiles the Gaussians are fitted on: all, or at most about
+    ``max_tiles`` of them (0: no cap) in whole images, the same share of every plate's images.
+    The fit's forward pass over every training tile was most of the time after a small
+    model's epochs (24 of 35 s for the demo model on two cores), and a Gaussian per layer of a
+    few hundred features is fitted as well from a few thousand tiles. Whole images, because the
+    threshold is set on image means (``image_scores``); every plate, because the left-out
+    plates are what it must hold."""
+    n = len(records)
+    if not max_tiles or n <= max_tiles:
+        return np.arange(n)
+    keys = image_keys(records)
+    names = [(getattr(r, "experiment", None), getattr(r, "plate", None)) for r in records]
+    order = {name: i for i, name in enumerate(dict.fromkeys(names))}
+    plates = np.asarray([order[name] for name in names])
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for p in range(len(order)):
+        images = np.unique(keys[plates == p])
+        chosen.append(rng.choice(images, max(1, round(len(images) * max_tiles / n)), replace=False))
+    return np.flatnonzero(np.isin(keys, np.concatenate(chosen)))
+
+
+def fit(model: nn.Module, splits: dict, device: Any, k: int, max_fit_tiles: int = 0,
+        seed: int = 0) -> tuple[OodHead, dict[str, Any]]:
     """Gaussians from the training split, each layer's scale from the validation split, and
     the threshold from every image of a plate the Gaussians were not fitted on: the
     validation plate's, and each training plate's scored by Gaussians fitted on the other
@@ -273,8 +297,10 @@ def fit(model: nn.Module, splits: dict, device: Any, k: int) -> tuple[OodHead, d
     where the pooled threshold flagged 1.0 %, 4.2 % and 2.5 % (fp32 scores; docs/training.md,
     "The threshold across plates"). With one training plate there is nothing to leave out, and the
     validation images alone set it, as before."""
-    train = features(model, splits["train"].x, device)
-    layers = [fit_mahalanobis(f, splits["train"].y, k) for f in train]
+    idx = fit_subset(splits["train"].records, max_fit_tiles, seed)
+    y, records = splits["train"].y[idx], [splits["train"].records[i] for i in idx]
+    train = features(model, splits["train"].x[idx], device)
+    layers = [fit_mahalanobis(f, y, k) for f in train]
     n_stages = len(train) - 3
     head = OodHead(layers, np.ones(len(layers)), has_input=True, n_stages=n_stages, has_sign=True, root=True)
     with torch.no_grad():
@@ -283,7 +309,7 @@ def fit(model: nn.Module, splits: dict, device: Any, k: int) -> tuple[OodHead, d
     head.scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
     val = np.sqrt(d_val / scale).sum(axis=1).astype(np.float64)
     per_image = image_scores(val, image_keys(splits["val"].records))
-    held = leave_one_plate_out(train, splits["train"].y, splits["train"].records, k, scale)
+    held = leave_one_plate_out(train, y, records, k, scale)
     pooled = per_image if held is None else np.concatenate([per_image, held])
     q = 1.0 - FLAGGED_IN_DOMAIN
     threshold = float(np.quantile(pooled, q))
@@ -294,7 +320,8 @@ def fit(model: nn.Module, splits: dict, device: Any, k: int) -> tuple[OodHead, d
                                "validation images and each training plate's, left out of the fit"),
             "held_out_images": int(len(pooled)),
             "flagged_val": float(np.mean(per_image > threshold)),
-            "features": int(sum(f.shape[1] for f in train)), "max_pixel_size_ratio": MAX_PIXEL_SIZE_RATIO}
+            "features": int(sum(f.shape[1] for f in train)), "max_pixel_size_ratio": MAX_PIXEL_SIZE_RATIO,
+            "fit_tiles": int(len(idx)), "training_tiles": int(len(splits["train"].y))}
     if held is not None:
         meta["flagged_training_plates_left_out"] = float(np.mean(held > threshold))
     return head, meta

@@ -291,12 +291,13 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
     meta["calibration_sha256"] = write_calibration_set(cfg, splits, out, meta)
     from nscmonitor.training import ood as O
 
-    ood_head, meta["ood"] = O.fit(model, splits, device, len(classes))
+    ood_head, meta["ood"] = O.fit(model, splits, device, len(classes), cfg.ood_fit_tiles, cfg.seed)
     saved["ood_head"] = O.head_state(ood_head)
     o = meta["ood"]
     left_out = o.get("flagged_training_plates_left_out")
     print(f"OOD threshold {o['threshold']:.4g} ({o['method']}; the {o['quantile']:.0%} quantile of "
-          f"{o['held_out_images']} images from {o['threshold_from']}): flags {o['flagged_val']:.1%} of the "
+          f"{o['held_out_images']} images from {o['threshold_from']}; Gaussians from {o['fit_tiles']} of "
+          f"{o['training_tiles']} training tiles): flags {o['flagged_val']:.1%} of the "
           f"{o['val_images']} validation images"
           + (f" and {left_out:.1%} of the training plates' images left out of the fit" if left_out is not None else ""))
     saved["metadata"] = json.dumps(meta)

@@ -56,6 +56,9 @@ class TrainConfig:
     int8_aware_lr: float = 2e-5
     #: train on each well's end-point shares instead of its majority fate (multiclass only)
     soft_labels: bool = False
+    #: at most this many training tiles (whole images, every plate's share) fit the OOD head's
+    #: Gaussians (``training.ood.fit_subset``); 0: all of them
+    ood_fit_tiles: int = 0
 
     def __post_init__(self) -> None:
         # read only after the epochs: a bad value would otherwise surface when the run is nearly done
@@ -64,6 +67,9 @@ class TrainConfig:
             raise UserFacingError(f"int8_aware_steps must be a whole number >= 0, got {steps!r}")
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1:
             raise UserFacingError(f"int8_aware_lr must be a number between 0 and 1, got {lr!r}")
+        cap = self.ood_fit_tiles
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise UserFacingError(f"ood_fit_tiles must be a whole number >= 0 (0: every training tile), got {cap!r}")
         if not isinstance(self.soft_labels, bool):
             raise UserFacingError(f"soft_labels must be true or false, got {self.soft_labels!r}")
         if self.soft_labels and self.scheme != "multiclass":

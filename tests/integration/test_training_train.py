@@ -196,9 +196,12 @@ def test_simulator_export_trains_and_exports(tmp_path):
     tiles.export_tiles(tmp_path / "sim", plates=2, hours=(0, 96), tile_size=32, wells_per_condition=2,
                        grid=(2, 2), seed=0)
     metrics = main(TrainConfig(data=str(tmp_path / "sim"), out=str(tmp_path / "r"), scheme="multiclass", arch="tiny",
-                               epochs=2, threads=1, progress=False))
+                               epochs=2, threads=1, progress=False, ood_fit_tiles=8))
     md = read_onnx_metadata(tmp_path / "r" / "model.onnx")
     assert md.scheme == "multiclass" and md.pixel_size_um == pytest.approx(1.24)
+    # the OOD Gaussians were fitted on a share of the training tiles, and the model says how many
+    assert 0 < md.ood["fit_tiles"] < md.ood["training_tiles"]
+    assert np.isfinite(md.ood["threshold"])
     assert metrics["split"] == "test" and metrics["well"]["n"] > 0
     # default label_mode "well": every tile of a well carries its condition's fate, and the
     # ONNX says so, so `nscmonitor evaluate` judges it against the same truth

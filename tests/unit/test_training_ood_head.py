@@ -177,3 +177,39 @@ def test_distances_are_the_per_class_definition_with_one_product_per_tile(tmp_pa
     products = [n for n in graph.node if n.op_type == "MatMul"]
     assert len(products) == len(dims)
     assert all(rank[n.input[0]] == 2 for n in products)  # N x D tiles, not N x classes x D
+
+
+def _tiled_records(plates: dict[str, int], tiles_per_image: int = 4):
+    """Each image (a field) cut into ``tiles_per_image`` tiles, as a tiles export cuts it."""
+    from nscmonitor.training.data import TileRecord
+
+    return [TileRecord(path=f"{p}-{i}-{t}.tif", label="neuron", experiment="e", plate=p, well="A01", field=i,
+                       timepoint=0) for p, n in plates.items() for i in range(n) for t in range(tiles_per_image)]
+
+
+def test_the_ood_fit_subset_keeps_whole_images_and_every_plates_share() -> None:
+    records = _tiled_records({"a": 300, "b": 100, "c": 20})  # 1,680 tiles
+    assert np.array_equal(T.fit_subset(records, 0), np.arange(len(records)))
+    assert np.array_equal(T.fit_subset(records, 5000), np.arange(len(records)))
+    idx = T.fit_subset(records, 420, seed=3)  # a quarter
+    assert 400 <= len(idx) <= 440 and np.all(np.diff(idx) > 0)
+    kept = [records[i] for i in idx]
+    per_image = {}
+    for r in kept:
+        per_image[(r.plate, r.field)] = per_image.get((r.plate, r.field), 0) + 1
+    assert set(per_image.values()) == {4}  # an image is kept whole or not at all
+    per_plate = {p: sum(1 for k in per_image if k[0] == p) for p in "abc"}
+    assert per_plate == {"a": 75, "b": 25, "c": 5}
+    assert np.array_equal(idx, T.fit_subset(records, 420, seed=3))  # the same run fits the same tiles
+    assert not np.array_equal(idx, T.fit_subset(records, 420, seed=4))
+    lopsided = _tiled_records({"a": 400, "z": 1})
+    assert {lopsided[i].plate for i in T.fit_subset(lopsided, 40)} == {"a", "z"}  # a small plate keeps an image
+
+
+@pytest.mark.parametrize("value", [-1, "4096", 1.5, True])
+def test_a_bad_ood_fit_cap_is_refused_before_training_starts(tmp_path, value) -> None:
+    from nscmonitor.core.errors import UserFacingError
+    from nscmonitor.training.train_data import TrainConfig
+
+    with pytest.raises(UserFacingError, match="ood_fit_tiles"):
+        TrainConfig(data="d", out=str(tmp_path), ood_fit_tiles=value)

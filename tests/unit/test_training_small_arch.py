@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("arch,width", [("small", 32), ("small24", 24)])
+@pytest.mark.parametrize("arch,width", [("small", 32), ("small24", 24), ("small16", 16)])
 def test_small_folds_exactly_and_feeds_avg_and_max_pooled_features(arch: str, width: int) -> None:
     from nscmonitor.training.model import build_model, fold_stem, gradcam_layer
 
