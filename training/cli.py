@@ -109,9 +109,6 @@ def _add_train_forecast(sub: argparse._SubParsersAction) -> None:
         "and hours since induction, print the held-out wells' accuracy per hour and write OUT/forecast.onnx for "
         "the forecast_model setting (docs/training.md).")
     p.add_argument("--data", help="tiles export (tiles.csv + tiles.json) with plates and elapsed_h")
-    p.add_argument("--ood-fit-tiles", type=int, metavar="N",
-                   help="fit the out-of-distribution flag's Gaussians on at most N training tiles (whole images, "
-                        "every plate's share), which shortens the end of a small model's training (default 0: all)")
     p.add_argument("--from-store", action="store_true",
                    help="train on the database's scored images of the wells labelled with 'nscmonitor labels import' "
                         "(--db, else the database of the global --config); the plates need their induction (0 h) scan")

@@ -49,7 +49,7 @@ class SmallNet(TinyNet):
     tile, so it trains at the camera's own pixel size in minutes on two CPU cores; TinyNet's
     single conv per scale learned nothing in as many epochs on the demo data. ``small24`` (widths
     24-96) trained 1.8-2x as many tiles/s on an AVX2-only CPU, ``small16`` (16-64, the demo's
-    model) 1.6x as many again, and both read the demo plate as well (docs/training.md)."""
+    model) 1.7x as many again, and both read the demo plate as well (docs/training.md)."""
 
     def __init__(self, num_classes: int, width: int = 32) -> None:
         nn.Module.__init__(self)

@@ -298,8 +298,10 @@ def fit(model: nn.Module, splits: dict, device: Any, k: int, max_fit_tiles: int 
     "The threshold across plates"). With one training plate there is nothing to leave out, and the
     validation images alone set it, as before."""
     idx = fit_subset(splits["train"].records, max_fit_tiles, seed)
-    y, records = splits["train"].y[idx], [splits["train"].records[i] for i in idx]
-    train = features(model, splits["train"].x[idx], device)
+    y, records, x = splits["train"].y, splits["train"].records, splits["train"].x
+    if len(idx) < len(y):  # a copy of the tiles only when a share of them is fitted
+        y, records, x = y[idx], [records[i] for i in idx], x[idx]
+    train = features(model, x, device)
     layers = [fit_mahalanobis(f, y, k) for f in train]
     n_stages = len(train) - 3
     head = OodHead(layers, np.ones(len(layers)), has_input=True, n_stages=n_stages, has_sign=True, root=True)
