@@ -13,8 +13,9 @@ majority fate of the well's live cells at its last scan (``label_mode="endpoint"
 end-point stain gives), with inverse-frequency class weights: without them the common
 astrocyte and undifferentiated labels pulled every committed well's readout to astrocyte.
 Trained on tiles from 48 h on, where the fates have begun to show, for 6 epochs at a learning
-rate of 4e-3 after a 1.5-epoch warm-up: 12 epochs read the demo plate no better and took 433 s
-in fp32, over the 4 minutes a CPU without bf16 instructions has (6 epochs: 205 s in fp32).
+rate of 4e-3 after a 1.5-epoch warm-up: with the wider ``small`` model 12 epochs read the demo
+plate no better and took 433 s in fp32, over the 4 minutes a CPU without bf16 instructions has
+(6 epochs: 205 s in fp32 there; ``small16``: 160 s on an AVX2-only Zen 3).
 The out-of-distribution head's Gaussians are fitted on 4,096 of the 10,752 training tiles
 (``ood_fit_tiles``): the forward pass over all of them was most of the time after the epochs.
 """
