@@ -244,10 +244,10 @@ def gpu_names() -> tuple[str, ...]:
 def machine_id() -> str:
     import platform
 
-    from nscmonitor.engines.ort import _cpu_id
+    from nscmonitor.engines.ort import cpu_id
 
     gpus = gpu_names()
-    return f"{platform.system()} {platform.machine()} | {_cpu_id()}" + (f" | {', '.join(gpus)}" if gpus else "")
+    return f"{platform.system()} {platform.machine()} | {cpu_id()}" + (f" | {', '.join(gpus)}" if gpus else "")
 
 
 def calibration_sha256(model_path: str | Path, calibration_dir: str | Path | None = None) -> str | None:

@@ -60,7 +60,7 @@ def _cpuinfo() -> str:
         return ""
 
 
-def _cpu_id() -> str:
+def cpu_id() -> str:
     """The CPU as its model name and instruction sets: the optimised graph may use this CPU's
     instruction set (NCHWc layouts) and an engine's gate certifies the arithmetic of the kernels
     these sets select, so a copy moved to another host is optimised and gated anew."""
@@ -145,7 +145,7 @@ class OrtCpuEngine(Engine):
     def _cache_stamp(self, ort) -> str:
         from nscmonitor.engines.enginefile import file_sha256
 
-        return f"{file_sha256(self.model_path)} onnxruntime-{ort.__version__} {self._providers()} {_cpu_id()}"
+        return f"{file_sha256(self.model_path)} onnxruntime-{ort.__version__} {self._providers()} {cpu_id()}"
 
     def _optimized_source(self, ort, opts) -> tuple[Path, Path | None]:
         """Serve the cached optimised graph when it was made from this very model by this

@@ -66,16 +66,16 @@ def backend_of(engine_name: str) -> str:
 
 def openvino_cache_dir(cache_dir: str | Path | None, cpu: str | None = None) -> Path | None:
     """OpenVINO's compiled-model cache, one folder per CPU (``cpu``: this one's model name and
-    instruction sets, ``engines.ort._cpu_id``). OpenVINO keys its blobs by the model, its own
+    instruction sets, ``engines.ort.cpu_id``). OpenVINO keys its blobs by the model, its own
     version and the CPU's brand string, and a blob holds the graph as compiled for that CPU's
     precisions (bf16 where it has bf16 units); virtual machines on different CPUs can share one
     brand string ("AMD EPYC" for an AVX2-only Zen 3 and an AVX-512 Zen 4 alike)."""
     if not cache_dir:
         return None
     if cpu is None:
-        from nscmonitor.engines.ort import _cpu_id
+        from nscmonitor.engines.ort import cpu_id
 
-        cpu = _cpu_id()
+        cpu = cpu_id()
     return Path(cache_dir) / "openvino" / hashlib.sha256(cpu.encode()).hexdigest()[:12]
 
 

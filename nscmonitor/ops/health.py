@@ -369,9 +369,9 @@ def _gpu_check() -> Check:
 
 
 def _cpu_line() -> str:
-    from nscmonitor.engines.ort import _cpu_id, isa_flags
+    from nscmonitor.engines.ort import cpu_id, isa_flags
 
-    return f"{_cpu_id()}: {cpu_units(isa_flags())}"
+    return f"{cpu_id()}: {cpu_units(isa_flags())}"
 
 
 def cpu_units(flags: tuple[str, ...] | list[str]) -> str:

@@ -196,10 +196,10 @@ def test_openvino_s_compiled_models_are_cached_per_cpu(tmp_path: Path, tiny_mode
     its model name and instruction sets, gets its own folder."""
     pytest.importorskip("openvino")
     from nscmonitor.engines.metadata import read_onnx_metadata
-    from nscmonitor.engines.ort import _cpu_id
+    from nscmonitor.engines.ort import cpu_id
     from nscmonitor.engines.select import make_engine, openvino_cache_dir
 
-    here = openvino_cache_dir(tmp_path, _cpu_id())
+    here = openvino_cache_dir(tmp_path, cpu_id())
     assert openvino_cache_dir(tmp_path) == here and openvino_cache_dir(None) is None
     assert here.parent == tmp_path / "openvino"
     assert openvino_cache_dir(tmp_path, "AMD EPYC [avx2 fma]") != openvino_cache_dir(

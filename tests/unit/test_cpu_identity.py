@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nscmonitor.engines import autobuild_status
-from nscmonitor.engines.ort import ISA_FLAGS, _cpu_id, isa_flags
+from nscmonitor.engines.ort import ISA_FLAGS, cpu_id, isa_flags
 
 #: /proc/cpuinfo lines as two cloud VMs showed them, both named only "AMD EPYC"
 ZEN3 = """processor\t: 0
@@ -41,8 +41,8 @@ def test_this_machine_s_identity_names_its_instruction_sets() -> None:
             break
     assert set(own) == flags & set(ISA_FLAGS)
     if own:
-        assert _cpu_id().endswith(f"[{' '.join(own)}]")
-        assert _cpu_id() in autobuild_status.machine_id()
+        assert cpu_id().endswith(f"[{' '.join(own)}]")
+        assert cpu_id() in autobuild_status.machine_id()
 
 
 def test_without_proc_cpuinfo_numpy_s_detection_answers() -> None:

@@ -93,7 +93,7 @@ def test_doctor_says_where_each_watch_folders_pixel_size_comes_from(tmp_path: Pa
 
 def test_doctor_says_what_this_cpu_s_instruction_sets_mean_for_the_engines(tmp_path: Path, capsys) -> None:
     """Why an int8 engine runs 1.5-2x fp32 on one PC and many times on another."""
-    from nscmonitor.engines.ort import _cpu_id, isa_flags
+    from nscmonitor.engines.ort import cpu_id, isa_flags
     from nscmonitor.ops.health import cpu_units
 
     assert "without VNNI" in cpu_units(("avx2", "fma")) and "no bf16 units" in cpu_units(("avx2", "fma"))
@@ -106,4 +106,4 @@ def test_doctor_says_what_this_cpu_s_instruction_sets_mean_for_the_engines(tmp_p
     cfg.write_text(f'database_url = "sqlite:///{(tmp_path / "nsc.db").as_posix()}"\n')
     assert cli_main(["--config", str(cfg), "doctor"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x[4:].startswith("CPU "))
-    assert _cpu_id() in line and cpu_units(isa_flags()) in line
+    assert cpu_id() in line and cpu_units(isa_flags()) in line
