@@ -5,7 +5,7 @@ say so, and the demo should not present them as the product's accuracy.
 
 Defaults (measured against the alternatives in docs/training.md, "Demo model"): the
 ``small16`` CNN (``small`` at half its widths: on a 2-core AVX2-only CPU its six epochs take
-about 25 s each against 41 for ``small24`` and 64-74 for ``small``, and it read the demo plate
+about 25 s each against 43-47 for ``small24`` and 64-74 for ``small``, and it read the demo plate
 as well in three seeds) at the camera's own pixel size (112 px tiles of 112 source pixels, 1.24 µm/px):
 neurites and oligodendrocyte processes are a pixel wide or less, and every shrink tried (96 or
 64 px from 224) lost neuron-directed and oligodendrocyte-directed wells. Labels are the
