@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,19 +65,57 @@ def backend_of(engine_name: str) -> str:
     raise EngineError(f"no backend serves as {engine_name!r}")
 
 
-def openvino_cache_dir(cache_dir: str | Path | None, cpu: str | None = None) -> Path | None:
-    """OpenVINO's compiled-model cache, one folder per CPU (``cpu``: this one's model name and
-    instruction sets, ``engines.ort.cpu_id``). OpenVINO keys its blobs by the model, its own
-    version and the CPU's brand string, and a blob holds the graph as compiled for that CPU's
-    precisions (bf16 where it has bf16 units); virtual machines on different CPUs can share one
-    brand string ("AMD EPYC" for an AVX2-only Zen 3 and an AVX-512 Zen 4 alike)."""
+#: the folder beside a model that holds OpenVINO's compiled graphs of it, one subfolder per CPU
+OPENVINO_CACHE = "openvino-cache"
+
+
+def openvino_cache_dir(model_path: str | Path, cache_dir: str | Path | None, cpu: str | None = None) -> Path | None:
+    """OpenVINO's compiled-model cache for ``model_path``: beside the model, as TensorRT's
+    engines are (``engines.build.default_cache_dir``), one folder per CPU (``cpu``: this one's
+    model name and instruction sets, ``engines.ort.cpu_id``). Beside the model, so a version's
+    folder holds every engine built from it and removing the folder (``nscmonitor models
+    prune``) removes them; a cache shared by all versions grew by one compiled graph per
+    version for ever (tens of MB per ResNet50). One folder per CPU, because OpenVINO keys its
+    blobs by the model, its own version and the CPU's brand string only, and a blob holds the
+    graph as compiled for that CPU's precisions (bf16 where it has bf16 units); virtual
+    machines on different CPUs share one brand string ("AMD EPYC" for an AVX2-only Zen 3 and an
+    AVX-512 Zen 4 alike). ``cache_dir`` None turns caching off; a model whose folder cannot be
+    written (a read-only share) is compiled at every load instead."""
     if not cache_dir:
+        return None
+    folder = Path(model_path).parent
+    if not os.access(folder, os.W_OK):
+        log.info("OpenVINO's compiled graphs of %s are not cached: its folder cannot be written", model_path)
         return None
     if cpu is None:
         from nscmonitor.engines.ort import cpu_id
 
         cpu = cpu_id()
-    return Path(cache_dir) / "openvino" / hashlib.sha256(cpu.encode()).hexdigest()[:12]
+    return folder / OPENVINO_CACHE / hashlib.sha256(cpu.encode()).hexdigest()[:12]
+
+
+def remove_shared_openvino_cache(cache_dir: str | Path) -> int:
+    """Delete the compiled graphs that versions before 2026-12-07 kept in one folder shared by
+    every model (``<models>/engines/openvino``): nothing reads them any more. A file another
+    process still holds open where that stops deletion (Windows) is left for the next start;
+    on POSIX the holder keeps its open copy. Returns the bytes freed."""
+    root = Path(cache_dir) / "openvino"
+    if not root.is_dir():
+        return 0
+    freed = 0
+    for p in [*sorted(root.rglob("*"), key=lambda q: len(q.parts), reverse=True), root]:
+        try:
+            if p.is_symlink() or p.is_file():
+                size = p.lstat().st_size
+                p.unlink()
+                freed += size
+            elif p.is_dir():
+                p.rmdir()
+        except OSError as exc:
+            log.warning("old shared OpenVINO cache: %s not removed (%s); tried again at the next start", p, exc)
+    if freed:
+        log.info("removed %.1f MB of compiled graphs from the old shared OpenVINO cache %s", freed / 1e6, root)
+    return freed
 
 
 def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_size: int, threads: int,
@@ -122,7 +161,7 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
         large, streams = _large_requests(model_path, backend, batch_size, meta.input_size)
         return openvino_bf16.engine(model_path, serving_metadata(meta, openvino_bf16.gate_record(model_path)),
                                     threads=threads, batch_size=batch_size, large_batch=large, large_streams=streams,
-                                    cache_dir=openvino_cache_dir(cache_dir))
+                                    cache_dir=openvino_cache_dir(model_path, cache_dir))
     if backend.startswith("openvino-"):
         from nscmonitor.engines.openvino import GATE_KEYS, OpenVinoEngine, large_batch_for
 
@@ -142,7 +181,7 @@ def make_engine(backend: str, model_path: Path, meta: ModelMetadata, *, batch_si
         return OpenVinoEngine(path, meta if path != model_path else read_onnx_metadata(path), threads=threads,
                               source_sha256=source, batch_size=batch_size, precision=precision,
                               large_batch=large, large_streams=streams,
-                              cache_dir=openvino_cache_dir(cache_dir))
+                              cache_dir=openvino_cache_dir(path, cache_dir))
     if backend == "ort-cpu":
         from nscmonitor.engines.ort import OrtCpuEngine
 

@@ -272,6 +272,10 @@ def build_runner(settings: Settings, *, model: Path | None = None, watch: bool =
         if not w.path.is_dir():
             log.warning("watch folder %s is not reachable now; it will be retried", w.path)
     check_models_dir(settings.models_dir)
+    if score:
+        from nscmonitor.engines.select import remove_shared_openvino_cache
+
+        remove_shared_openvino_cache(settings.models_dir / "engines")
     engine = open_engine(settings.database_url)
     ensure_schema(engine)
     model = model or settings.model

@@ -1,4 +1,4 @@
-"""Model lifecycle commands: labels import, models list|show|promote|rollback|register|forecast,
+"""Model lifecycle commands: labels import, models list|show|promote|rollback|register|prune|forecast,
 retrain-now."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nscmonitor.cli.args import add_db_options, settings_from
+from nscmonitor.cli.args import add_db_options, bounded, settings_from
+from nscmonitor.registry.prune import DEFAULT_KEEP
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -103,7 +104,25 @@ def cmd_models(args: argparse.Namespace) -> int:
         r = reg.rollback()
         print(f"rolled back: {r.version} is active again")
         build_engine(s, engine, r)
+    elif args.models_command == "prune":
+        return cmd_prune(args, s, engine)
     return 0
+
+
+def cmd_prune(args: argparse.Namespace, s: Settings, engine: Engine) -> int:
+    from nscmonitor.registry.prune import describe, prune
+
+    report = prune(engine, s.models_dir / "versions", keep=args.keep, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "keep": args.keep, "removed": report.removed,
+                          "freed_bytes": report.freed_bytes,
+                          "failed": [{"version": v, "reason": why} for v, why in report.failed],
+                          "versions": [{"version": d.version, "state": d.state, "remove": d.remove,
+                                        "reason": d.reason, "bytes": report.sizes.get(d.version, 0)}
+                                       for d in report.decisions]}, indent=2))
+    else:
+        print("\n".join(describe(report, dry_run=args.dry_run)))
+    return 1 if report.failed else 0
 
 
 def engine_summary(info: ModelInfo) -> dict:
@@ -152,7 +171,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("file")
     p.set_defaults(func=cmd_labels_import)
 
-    p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback; the well forecast")
+    p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback, prune; the well forecast")
     add_db_options(p)
     msub = p.add_subparsers(dest="models_command", required=True)
     ml = msub.add_parser("list")
@@ -169,6 +188,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                           "one such a model is served in fp32")
     msub.add_parser("promote", help="make a version active").add_argument("version")
     msub.add_parser("rollback", help="re-activate the previously active version")
+    pr = msub.add_parser("prune", help="free the disk superseded versions hold: delete the folders (model, "
+                         "checkpoint, calibration tiles, engines) of retired versions beyond the rollback "
+                         "targets kept and of candidates never promoted; their records stay (state removed)")
+    pr.add_argument("--keep", type=bounded(int, 0, 1000, "a whole number of versions"), default=DEFAULT_KEEP, metavar="N",
+                    help=f"rollback targets kept, most recent first (default {DEFAULT_KEEP})")
+    pr.add_argument("--dry-run", action="store_true", help="list what would be removed and the space freed")
+    pr.add_argument("--json", action="store_true")
     fc = msub.add_parser("forecast", help="the well forecast model serving (forecast_model, or a version "
                          "retraining installed) and the versions it replaced")
     fc.add_argument("--rollback", action="store_true", help="serve the forecast model before the current one")

@@ -295,6 +295,7 @@ def doctor_report(s: Settings) -> list[Check]:
     """Every check ``nscmonitor doctor`` prints, in order; each one reports, none raises."""
     checks = _runtime_checks() + _database_checks(s) + _watch_checks(s)
     checks += _model_file_checks(s) if s.model is not None else _active_engine_check(s)
+    checks += _models_folder_checks(s)
     integrity = model_integrity(s)
     if integrity is not None:
         checks.append(("active model file", integrity["ok"],
@@ -442,6 +443,38 @@ def _database_checks(s: Settings) -> list[Check]:
     except Exception as exc:  # doctor reports, it does not crash
         checks.append(("database", False, f"{masked(s.database_url)}: {exc}"))
     return checks
+
+
+def _models_folder_checks(s: Settings) -> list[Check]:
+    """The registry's version folders grow with every retrain (model, checkpoint, calibration
+    tiles, engines: over 0.4 GB a ResNet50 version); what they hold, what a prune would free,
+    and the room left on their volume, so a full disk is seen weeks before it stops a build."""
+    from nscmonitor.ops.checks import disk_space
+    from nscmonitor.registry.prune import DEFAULT_KEEP, folder_bytes, plan
+    from nscmonitor.store.db import open_engine, sqlite_path
+    from nscmonitor.store.registry import list_versions
+
+    versions_dir = s.models_dir / "versions"
+    if not versions_dir.is_dir():
+        return []
+    try:
+        du = shutil.disk_usage(versions_dir)
+        disk = disk_space(du.free, du.total, where=str(s.models_dir))
+        folders = [p for p in versions_dir.iterdir() if p.is_dir()]
+        total = sum(folder_bytes(p) for p in folders)
+        text = f"{total / 1e9:.2f} GB in {len(folders)} version folder(s); {disk.message}"
+        db_file = sqlite_path(s.database_url)
+        if db_file is None or db_file.exists():
+            versions = list_versions(open_engine(s.database_url, readonly=True))
+            go = [d for d in plan(versions, versions_dir, DEFAULT_KEEP) if d.remove]
+            paths = {v.version: Path(v.path).parent for v in versions}
+            freed = sum(folder_bytes(paths[d.version]) for d in go if paths[d.version].is_dir())
+            if go:
+                text += (f"; 'nscmonitor models prune' would free {freed / 1e9:.2f} GB ({len(go)} superseded "
+                         f"version(s), keeping {DEFAULT_KEEP} rollback targets)")
+        return [("models folder", disk.ok, text)]
+    except Exception as exc:  # doctor reports, it does not crash
+        return [("models folder", False, f"{versions_dir}: {exc}")]
 
 
 def _watch_checks(s: Settings) -> list[Check]:

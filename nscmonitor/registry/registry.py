@@ -144,13 +144,20 @@ class Registry:
 
     def rollback(self) -> ModelInfo:
         """Retire the active version and re-activate the one that was active before it."""
-        return self.get(rollback_version(self.engine))
+        return self.get(rollback_version(self.engine, check=_refuse_changed_file_on_rollback))
 
 
 def _refuse_changed_file(info: ModelInfo) -> None:
     problem = integrity_problem(info.version, Path(info.path), info.sha256)
     if problem is not None:
         raise ModelIntegrityError(f"refusing to promote {info.version}: {problem}")
+
+
+def _refuse_changed_file_on_rollback(info: ModelInfo) -> None:
+    problem = integrity_problem(info.version, Path(info.path), info.sha256)
+    if problem is not None:
+        raise ModelIntegrityError(f"refusing to roll back to {info.version}: {problem}; nothing changed "
+                                  "('nscmonitor models promote VERSION' activates another version)")
 
 
 def _copy_calibration(onnx_path: Path, meta, part: Path, given: Path | None) -> None:

@@ -114,9 +114,11 @@ def promote_version(engine: Engine, version: str, *, reason: str, check: Callabl
     return True
 
 
-def rollback_version(engine: Engine) -> str:
+def rollback_version(engine: Engine, *, check: Callable[[ModelInfo], None]) -> str:
     """Retire the active version and re-activate the one that was active before it; returns
-    the version now active."""
+    the version now active. ``check`` may refuse the version rolled back to (its file changed
+    or removed), inside the transaction, so nothing changes then: a rollback that left the
+    daemon an active version it must refuse to serve would stop scoring."""
     now = datetime.now(timezone.utc)
     with sessionmaker(engine, expire_on_commit=False).begin() as s:
         act = _active(s)
@@ -125,6 +127,7 @@ def rollback_version(engine: Engine) -> str:
                         .order_by(m.ModelVersion.activated_at.desc()))
         if prev is None:
             raise UserFacingError("nothing to roll back to: no earlier active version")
+        check(_info(prev))
         if act is not None:
             act.state = "retired"
             act.activated_at = None  # so a second rollback goes further back, not forth
@@ -132,3 +135,22 @@ def rollback_version(engine: Engine) -> str:
         add_event(s, "rolled_back", f"rolled back from {act.version if act else 'none'} to {prev.version}",
                   level="warning", at=now, data={"from": act.version if act else None, "to": prev.version})
         return prev.version
+
+
+def remove_version(engine: Engine, version: str, *, states: tuple[str, ...], commit_files: Callable[[], None],
+                   freed_bytes: int, reason: str) -> bool:
+    """Mark ``version`` removed (its row, metadata and hash stay: the provenance of every
+    prediction it made), provided it is still in one of ``states``; ``commit_files`` moves its
+    folder out of the way inside the transaction, so a version promoted meanwhile, or whose
+    folder cannot be moved (in use), is left exactly as it was. False when the state changed."""
+    now = datetime.now(timezone.utc)
+    with sessionmaker(engine).begin() as s:
+        row = s.scalar(select(m.ModelVersion).where(m.ModelVersion.version == version).with_for_update())
+        if row is None or row.state not in states:
+            return False
+        row.state = "removed"
+        s.flush()  # takes the write lock before the folder moves (SQLite locks on the first write)
+        commit_files()
+        add_event(s, "model_removed", f"{version}: files removed ({freed_bytes / 1e6:.1f} MB): {reason}", at=now,
+                  data={"version": version, "bytes": freed_bytes, "reason": reason})
+    return True

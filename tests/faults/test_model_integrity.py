@@ -5,6 +5,7 @@ daemon. Real daemon processes, real registry, real ONNX Runtime / OpenVINO sessi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sqlite3
@@ -190,24 +191,76 @@ def test_corrupt_openvino_cache_does_not_stop_loading(tmp_path: Path, tiny_model
     again.close()
 
 
-def test_openvino_s_compiled_models_are_cached_per_cpu(tmp_path: Path, tiny_model: Path) -> None:
+def test_openvino_s_compiled_models_are_cached_per_cpu_beside_the_model(tmp_path: Path, tiny_model: Path) -> None:
     """A models folder that moves to a PC (or a VM to a host) whose CPU shares the brand string
     but not the instruction sets must not load the other CPU's compiled graph: each CPU, named by
-    its model name and instruction sets, gets its own folder."""
+    its model name and instruction sets, gets its own folder, beside the model it was compiled
+    from (so a version's folder holds its engines and goes with them), not in the caller's cache."""
     pytest.importorskip("openvino")
     from nscmonitor.engines.metadata import read_onnx_metadata
     from nscmonitor.engines.ort import cpu_id
     from nscmonitor.engines.select import make_engine, openvino_cache_dir
 
-    here = openvino_cache_dir(tmp_path, cpu_id())
-    assert openvino_cache_dir(tmp_path) == here and openvino_cache_dir(None) is None
-    assert here.parent == tmp_path / "openvino"
-    assert openvino_cache_dir(tmp_path, "AMD EPYC [avx2 fma]") != openvino_cache_dir(
-        tmp_path, "AMD EPYC [avx2 avx512_bf16 avx512_vnni avx512bw avx512f fma]")
-    eng = make_engine("openvino-fp32", tiny_model, read_onnx_metadata(tiny_model), batch_size=2, threads=1,
-                      cache_dir=tmp_path)
+    lab = tmp_path / "lab"
+    version = lab / "versions" / "v1"
+    version.mkdir(parents=True)
+    model = version / "model.onnx"
+    shutil.copy2(tiny_model, model)
+    caches = lab / "engines"
+    here = openvino_cache_dir(model, caches, cpu_id())
+    assert openvino_cache_dir(model, caches) == here and openvino_cache_dir(model, None) is None
+    assert here.parent == version / "openvino-cache"
+    assert openvino_cache_dir(model, caches, "AMD EPYC [avx2 fma]") != openvino_cache_dir(
+        model, caches, "AMD EPYC [avx2 avx512_bf16 avx512_vnni avx512bw avx512f fma]")
+    eng = make_engine("openvino-fp32", model, read_onnx_metadata(model), batch_size=2, threads=1,
+                      cache_dir=caches)
     eng.load()
     eng.infer(np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32))
     eng.close()
-    written = [p for p in (tmp_path / "openvino").rglob("*") if p.is_file()]
+    written = [p for p in lab.rglob("*") if p.is_file() and p != model]
     assert written and all(p.parent == here for p in written), written
+
+
+def test_the_daemon_removes_the_old_shared_openvino_cache_at_start(tmp_path: Path, tiny_model: Path) -> None:
+    """Versions before the cache moved beside each model kept every version's compiled graphs
+    in one shared folder that nothing reads any more; a daemon start frees it, and leaves the
+    rest of the models folder (other engines' caches) as it is."""
+    from conftest import settings_for
+
+    from nscmonitor.daemon import build_runner
+
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    settings = settings_for(tmp_path, watch)
+    shared = settings.models_dir / "engines" / "openvino"
+    (shared / "08c46528f99c").mkdir(parents=True)
+    (shared / "08c46528f99c" / "1234.blob").write_bytes(b"x" * 5000)
+    (shared / "5678.blob").write_bytes(b"y" * 3000)
+    other = settings.models_dir / "engines" / "model.optimized.onnx"
+    other.write_bytes(b"kept")
+    build_runner(settings, model=tiny_model, retry_base_s=0.1).run(once=True)
+    assert not shared.exists()
+    assert other.read_bytes() == b"kept"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write any folder")
+def test_a_model_in_a_read_only_folder_is_served_without_an_openvino_cache(tmp_path: Path, tiny_model: Path) -> None:
+    pytest.importorskip("openvino")
+    from nscmonitor.engines.metadata import read_onnx_metadata
+    from nscmonitor.engines.select import make_engine, openvino_cache_dir
+
+    folder = tmp_path / "share"
+    folder.mkdir()
+    model = folder / "model.onnx"
+    shutil.copy2(tiny_model, model)
+    folder.chmod(0o555)
+    try:
+        assert openvino_cache_dir(model, tmp_path / "engines") is None
+        eng = make_engine("openvino-fp32", model, read_onnx_metadata(model), batch_size=2, threads=1,
+                          cache_dir=tmp_path / "engines")
+        eng.load()
+        assert eng.infer(np.zeros((2, 1, 32, 32), dtype=np.float32)).shape[0] == 2
+        eng.close()
+        assert sorted(p.name for p in folder.iterdir()) == ["model.onnx"]
+    finally:
+        folder.chmod(0o755)

@@ -211,6 +211,10 @@ def test_scheduled_retrain_promotes_a_better_candidate_with_its_int8_engine(serv
     assert promoted.status == "promoted", promoted.reason
     cand = served.reg.active()
     assert cand.version == promoted.candidate and cand.labels_version == promoted.labels_version
+    # the run's model and checkpoints live on in the version folder only
+    run_train = served.settings.models_dir / "retrain" / "run-0001" / "train"
+    assert run_train.is_dir() and not any((run_train / n).exists() for n in ("model.onnx", "best.pt", "last.pt"))
+    assert (Path(cand.path).parent / "best.pt").is_file()
     # the candidate's engine was built and gated before promotion: model and engine switch together
     built = autobuild.read_status(cand.path)
     assert built.state == "ready" and built.engine in autobuild.SPEED_FIELDS and built.gate["passed"], built
