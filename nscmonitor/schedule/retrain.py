@@ -367,28 +367,32 @@ def run_retrain(settings: Settings, *, trigger: str = "schedule", force: bool = 
 
 
 def free_registered_copies(train_dir: Path, version_dir: Path) -> int:
-    """A retrain run's model, checkpoint and calibration tiles once its candidate is registered
-    live on in the version folder; the run's own copies (and ``last.pt``, the resume point of
-    a run that has ended) would more than double the disk every retrain takes: 660 MB
-    more for a ResNet50 (model 94 MB, two checkpoints with the optimiser's state 283 MB
-    each), at every change of the labels. Only byte-identical copies are removed; the
-    run's log, configuration and metrics stay. Returns the bytes freed."""
+    """A retrain run's model, checkpoint, calibration tiles and engines, once its candidate is
+    registered, live on in the version folder; the run's own copies (and ``last.pt``, the
+    resume point of a run that has ended) would more than double the disk every retrain takes:
+    660 MB more for a ResNet50 (model 94 MB, two checkpoints with the optimiser's state 283 MB
+    each), at every change of the labels. Only byte-identical copies (same relative path) are
+    removed; the run's log, configuration and metrics that differ stay. Returns the bytes freed."""
     from nscmonitor.engines.enginefile import file_sha256
 
     freed = 0
-    for p in sorted(train_dir.iterdir()) if train_dir.is_dir() else []:
-        if not p.is_file() or p.is_symlink():
-            continue
-        copy = version_dir / p.name
+    files = sorted(p for p in train_dir.rglob("*") if p.is_file() and not p.is_symlink()) if train_dir.is_dir() else []
+    for p in files:
+        rel = p.relative_to(train_dir)
+        copy = version_dir / rel
         try:
-            same = p.name == "last.pt" or (copy.is_file() and copy.stat().st_size == p.stat().st_size
-                                           and file_sha256(copy) == file_sha256(p))
+            same = str(rel) == "last.pt" or (copy.is_file() and copy.stat().st_size == p.stat().st_size
+                                            and file_sha256(copy) == file_sha256(p))
             if same:
                 size = p.stat().st_size
                 p.unlink()
                 freed += size
         except OSError as exc:
             log.warning("retrain: %s not removed after registration (%s)", p, exc)
+    for d in sorted((d for d in train_dir.rglob("*") if d.is_dir() and not d.is_symlink()),
+                    key=lambda q: len(q.parts), reverse=True) if train_dir.is_dir() else []:
+        if not any(d.iterdir()):
+            d.rmdir()
     if freed:
         log.info("retrain: %.1f MB of %s held in %s too, removed", freed / 1e6, train_dir, version_dir)
     return freed

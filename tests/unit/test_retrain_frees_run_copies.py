@@ -21,8 +21,17 @@ def test_only_identical_copies_and_the_resume_checkpoint_go(tmp_path: Path) -> N
     (run / "metrics.json").write_text('{"a": 1}')
     (version / "metrics.json").write_text('{"a": 2}')  # same size, other bytes: kept
     (run / "history.csv").write_text("epoch\n1\n")  # not in the version folder: kept
+    plan = os.urandom(3000)  # an engine copied with its folder
+    for folder in (run, version):
+        (folder / "trt-cache").mkdir()
+        (folder / "trt-cache" / "a.plan").write_bytes(plan)
+    (run / "trt-cache" / "timing.cache").write_bytes(b"only here")
     freed = free_registered_copies(run, version)
-    assert freed == 5000 + 7000 + 7000
-    assert sorted(p.name for p in run.iterdir()) == ["history.csv", "metrics.json"]
+    assert freed == 5000 + 7000 + 7000 + 3000
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == [
+        "history.csv", "metrics.json", "trt-cache", "trt-cache/timing.cache"]
+    (run / "trt-cache" / "timing.cache").write_bytes(plan)
+    (version / "trt-cache" / "timing.cache").write_bytes(plan)
+    assert free_registered_copies(run, version) == 3000 and not (run / "trt-cache").exists()
     assert (version / "model.onnx").read_bytes() == model and (version / "best.pt").read_bytes() == ckpt
     assert free_registered_copies(tmp_path / "absent", version) == 0
