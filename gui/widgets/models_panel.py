@@ -38,6 +38,10 @@ def _metric_text(meta: dict) -> str:
     return "; ".join(parts) or ", ".join(sorted(m))[:120]
 
 
+#: the text colour of a version whose files were pruned
+REMOVED_GREY = "#808080"
+
+
 def engine_here(path: str, version: str) -> tuple[str, bool]:
     """This machine's engine for a version (its engine-status.json) and whether it is a
     problem worth colouring: a failed gate or a missing calibration set means fp32 serves."""
@@ -162,7 +166,9 @@ class ModelsPanel(QWidget):
         self.table.setRowCount(len(versions))
         for r, v in enumerate(versions):
             active = v.state == "active"
-            engine, problem = engine_here(v.path, v.version)
+            # a pruned version's folder is gone on purpose: its record stays, nothing is wrong
+            engine, problem = (("files removed by 'nscmonitor models prune' (the record stays)", False)
+                               if v.state == "removed" else engine_here(v.path, v.version))
             cells = (v.version + ("  ◀ active" if active else ""), v.state, v.scheme, ", ".join(v.classes),
                      v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "", _metric_text(v.meta), engine)
             for c, text in enumerate(cells):
@@ -171,6 +177,8 @@ class ModelsPanel(QWidget):
                     f = item.font()
                     f.setBold(True)
                     item.setFont(f)
+                elif v.state == "removed":
+                    item.setForeground(QColor(REMOVED_GREY))
                 if c == 6:
                     item.setToolTip(text)
                     if problem:

@@ -231,6 +231,17 @@ def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: L
     assert reg.active().version == second.version and second.version in panel.message.text()
     panel.buttons["rollback"].click()
     assert reg.active().version == first.version and "rolled back" in panel.message.text()
+    # a version a prune removed stays listed, greyed, and cannot be promoted (its file is gone)
+    from nscmonitor.registry.prune import prune
+
+    assert prune(reg.engine, settings.models_dir / "versions", keep=0, dry_run=False).removed == [second.version]
+    row = lambda: [v.version for v in panel.versions].index(second.version)  # noqa: E731
+    qtbot.waitUntil(lambda: panel.versions[row()].state == "removed", timeout=15000)
+    assert "prune" in panel.table.item(row(), 6).text()
+    assert panel.table.item(row(), 1).foreground().color().name() == "#808080"
+    panel.table.selectRow(row())
+    panel.buttons["promote"].click()
+    assert "missing" in panel.message.text() and reg.active().version == first.version
     from nscmonitor.store.labels import current_labels
 
     panel.label_btn.click()  # no wells selected yet: refused with the reason
