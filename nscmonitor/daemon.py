@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from nscmonitor.config import Settings
 from nscmonitor.core.calibration import well_calibration_of
@@ -33,6 +35,8 @@ from nscmonitor.intake.folder import WatchedFolder
 from nscmonitor.intake.intake import Intake
 from nscmonitor.intake.known import KnownFiles
 from nscmonitor.ops import notify
+from nscmonitor.ops.disk_notice import CHECK_S as DISK_CHECK_S
+from nscmonitor.ops.disk_notice import DiskNotice
 from nscmonitor.ops.heartbeat import Heartbeat
 from nscmonitor.readers import formats
 from nscmonitor.scoring.engine_builds import DaemonEngineBuilds
@@ -55,9 +59,11 @@ class Daemon:
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  retry_base_s: float = 5.0, max_attempts: int = MAX_ATTEMPTS, claim_size: int = MAX_CLAIM,
                  poll_interval: float = 2.0, heartbeat_s: float = 5.0,
-                 engine_builds: EngineBuilds | None = None, watch: bool = True, score: bool = True) -> None:
+                 engine_builds: EngineBuilds | None = None, watch: bool = True, score: bool = True,
+                 disk_usage: Callable[[Path], Any] = shutil.disk_usage, disk_check_s: float = DISK_CHECK_S) -> None:
         """``watch``/``score``: this daemon's parts (both by default; one alone only on a
-        database shared with daemons doing the other)."""
+        database shared with daemons doing the other). ``disk_usage``: the free-space probe
+        (the tests give one of their own; free space is outside the program)."""
         self.settings = settings
         self.watch = watch
         self.score = score
@@ -85,6 +91,9 @@ class Daemon:
         self._repo = Repo(store.engine)
         #: what the hook was last told about the newest images (None: not yet read from the log)
         self._ood_told: str | None = None
+        self.disk_notice = DiskNotice(store.engine, self._repo, database_file=sqlite_path(settings.database_url),
+                                      models_dir=settings.models_dir, hook=settings.retrain.hook, clock=clock,
+                                      disk_usage=disk_usage, interval_s=disk_check_s)
 
     @property
     def model(self) -> LoadedModel | None:
@@ -167,6 +176,7 @@ class Daemon:
                     self.on_batch(batch.stored)
                 if self.heartbeat.due():
                     self._beat("running")
+                    self.disk_notice.check()
                     if self.score:
                         self.slot.load_safely()  # between batches: a promoted model or a new engine takes over here
                         self.slot.report_build_safely()

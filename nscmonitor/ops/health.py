@@ -450,9 +450,9 @@ def _models_folder_checks(s: Settings) -> list[Check]:
     tiles, engines: over 0.4 GB a ResNet50 version); what they hold, what a prune would free,
     and the room left on their volume, so a full disk is seen weeks before it stops a build."""
     from nscmonitor.ops.checks import disk_space
-    from nscmonitor.registry.prune import DEFAULT_KEEP, folder_bytes, plan
+    from nscmonitor.ops.disk_notice import prunable
+    from nscmonitor.registry.prune import DEFAULT_KEEP, folder_bytes
     from nscmonitor.store.db import open_engine, sqlite_path
-    from nscmonitor.store.registry import list_versions
 
     versions_dir = s.models_dir / "versions"
     if not versions_dir.is_dir():
@@ -465,12 +465,9 @@ def _models_folder_checks(s: Settings) -> list[Check]:
         text = f"{total / 1e9:.2f} GB in {len(folders)} version folder(s); {disk.message}"
         db_file = sqlite_path(s.database_url)
         if db_file is None or db_file.exists():
-            versions = list_versions(open_engine(s.database_url, readonly=True))
-            go = [d for d in plan(versions, versions_dir, DEFAULT_KEEP) if d.remove]
-            paths = {v.version: Path(v.path).parent for v in versions}
-            freed = sum(folder_bytes(paths[d.version]) for d in go if paths[d.version].is_dir())
-            if go:
-                text += (f"; 'nscmonitor models prune' would free {freed / 1e9:.2f} GB ({len(go)} superseded "
+            freed, n = prunable(open_engine(s.database_url, readonly=True), s.models_dir)
+            if n:
+                text += (f"; 'nscmonitor models prune' would free {freed / 1e9:.2f} GB ({n} superseded "
                          f"version(s), keeping {DEFAULT_KEEP} rollback targets)")
         return [("models folder", disk.ok, text)]
     except Exception as exc:  # doctor reports, it does not crash

@@ -1,0 +1,133 @@
+"""Tell the notification hook when the disk under the database or the models folder runs low.
+
+``status`` exits 4 and the dashboard warns when the database volume is almost full, but an
+unattended instrument PC is looked at when something breaks, and a full disk breaks SQLite's
+writes and every engine build at once. The daemon checks both volumes every ten minutes and
+tells the hook (and the event log) once when they turn low, once more when they turn critical,
+and once when there is room again, with what ``nscmonitor models prune`` would free where the
+models folder shares the low volume. What was last told is read from the event log, so a
+restarted daemon, or another daemon on the same database, does not tell it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nscmonitor.ops.checks import Check, disk_space
+
+log = logging.getLogger(__name__)
+
+KINDS = ("disk_space_low", "disk_space_critical", "disk_space_ok")
+#: seconds between looks at the volumes (free space changes slowly; a walk of the version
+#: folders for the prune hint is only made while one is low)
+CHECK_S = 600.0
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def volumes(database_file: Path | None, models_dir: Path) -> list[tuple[str, Path]]:
+    """(what, folder) per volume to watch: the database's folder (SQLite only) and the models
+    folder, one entry when both are on the same volume."""
+    out: list[tuple[str, Path]] = []
+    models = _existing(Path(models_dir))
+    if database_file is not None:
+        db = _existing(Path(database_file).parent)
+        try:
+            same = db.stat().st_dev == models.stat().st_dev
+        except OSError:
+            same = False
+        out.append(("the database and the models folder" if same else "the database", db))
+        if same:
+            return out
+    out.append(("the models folder", models))
+    return out
+
+
+def state(checks: list[tuple[str, Check]]) -> tuple[str, str]:
+    """(event kind, message) for the worst of the volumes' checks."""
+    critical = [(what, c) for what, c in checks if c.level == "critical"]
+    low = critical or [(what, c) for what, c in checks if c.level == "warning"]
+    if not low:
+        return KINDS[2], "; ".join(c.message for _, c in checks) + ": room again"
+    return (KINDS[1] if critical else KINDS[0]), "; ".join(f"{what}: {c.message}" for what, c in low)
+
+
+class DiskNotice:
+    def __init__(self, engine: Any, repo: Any, *, database_file: Path | None, models_dir: Path, hook: str | None,
+                 clock: Callable[[], float], disk_usage: Callable[[Path], Any] = shutil.disk_usage,
+                 interval_s: float = CHECK_S) -> None:
+        self.engine = engine
+        self.repo = repo  # store.reads.Repo
+        self.database_file = database_file
+        self.models_dir = Path(models_dir)
+        self.hook = hook
+        self.clock = clock
+        self.disk_usage = disk_usage
+        self.interval_s = interval_s
+        self._next = 0.0
+        self._told: str | None = None  # what the hook was last told (None: not yet read from the log)
+
+    def due(self) -> bool:
+        return self.clock() >= self._next
+
+    def check(self) -> None:
+        """At a heartbeat; looks at the disks at most every ``interval_s``."""
+        if not self.due():
+            return
+        self._next = self.clock() + self.interval_s
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from nscmonitor.hooks import emit
+
+        checks = []
+        for what, folder in volumes(self.database_file, self.models_dir):
+            try:
+                du = self.disk_usage(folder)
+            except OSError as exc:
+                log.warning("cannot read the free space of %s: %s", folder, exc)
+                continue
+            checks.append((what, disk_space(du.free, du.total, where=str(folder))))
+        if not checks:
+            return
+        kind, message = state(checks)
+        try:
+            if self._told is None:
+                last = self.repo.last_event_of(KINDS)
+                self._told = last.kind if last is not None else KINDS[2]
+            if kind == self._told:
+                return
+            last = self.repo.last_event_of(KINDS)
+            if last is not None and last.kind == kind:  # another daemon on this database told it already
+                self._told = kind
+                return
+            data: dict = {"volumes": [{"what": w, "level": c.level, "message": c.message} for w, c in checks]}
+            if kind != KINDS[2] and any("models" in w for w, c in checks if not c.ok):
+                freed, n = prunable(self.engine, self.models_dir)
+                data["prunable_bytes"] = freed
+                if n:
+                    message += (f"; {n} superseded model version(s) hold {freed / 1e9:.2f} GB: "
+                                "'nscmonitor models prune' frees them")
+            emit(self.engine, kind, message, level={"disk_space_ok": "info", "disk_space_low": "warning"}
+                 .get(kind, "error"), data=data, hook=self.hook)
+            self._told = kind
+        except SQLAlchemyError as exc:
+            log.warning("cannot record the disk space notice: %s", exc)
+
+
+def prunable(engine: Any, models_dir: Path) -> tuple[int, int]:
+    """(bytes, versions) a prune with its default keep would free."""
+    from nscmonitor.registry.prune import DEFAULT_KEEP, folder_bytes, plan
+    from nscmonitor.store.registry import list_versions
+
+    versions = list_versions(engine)
+    go = [d for d in plan(versions, models_dir / "versions", DEFAULT_KEEP) if d.remove]
+    paths = {v.version: Path(v.path).parent for v in versions}
+    return sum(folder_bytes(paths[d.version]) for d in go if paths[d.version].is_dir()), len(go)
