@@ -33,10 +33,10 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def volumes(database_file: Path | None, models_dir: Path) -> list[tuple[str, Path]]:
-    """(what, folder) per volume to watch: the database's folder (SQLite only) and the models
-    folder, one entry when both are on the same volume."""
-    out: list[tuple[str, Path]] = []
+def volumes(database_file: Path | None, models_dir: Path) -> list[tuple[str, Path, bool]]:
+    """(what, folder, whether the models folder is on it) per volume to watch: the database's
+    folder (SQLite only) and the models folder, one entry when both are on the same volume."""
+    out: list[tuple[str, Path, bool]] = []
     models = _existing(Path(models_dir))
     if database_file is not None:
         db = _existing(Path(database_file).parent)
@@ -44,10 +44,10 @@ def volumes(database_file: Path | None, models_dir: Path) -> list[tuple[str, Pat
             same = db.stat().st_dev == models.stat().st_dev
         except OSError:
             same = False
-        out.append(("the database and the models folder" if same else "the database", db))
+        out.append(("the database and the models folder" if same else "the database", db, same))
         if same:
             return out
-    out.append(("the models folder", models))
+    out.append(("the models folder", models, True))
     return out
 
 
@@ -87,14 +87,16 @@ class DiskNotice:
 
         from nscmonitor.hooks import emit
 
-        checks = []
-        for what, folder in volumes(self.database_file, self.models_dir):
+        checks, models_on = [], set()
+        for what, folder, has_models in volumes(self.database_file, self.models_dir):
             try:
                 du = self.disk_usage(folder)
             except OSError as exc:
                 log.warning("cannot read the free space of %s: %s", folder, exc)
                 continue
             checks.append((what, disk_space(du.free, du.total, where=str(folder))))
+            if has_models:
+                models_on.add(what)
         if not checks:
             return
         kind, message = state(checks)
@@ -109,7 +111,7 @@ class DiskNotice:
                 self._told = kind
                 return
             data: dict = {"volumes": [{"what": w, "level": c.level, "message": c.message} for w, c in checks]}
-            if kind != KINDS[2] and any("models" in w for w, c in checks if not c.ok):
+            if kind != KINDS[2] and any(w in models_on for w, c in checks if not c.ok):
                 freed, n = prunable(self.engine, self.models_dir)
                 data["prunable_bytes"] = freed
                 if n:

@@ -67,11 +67,12 @@ def plan(versions: list[ModelInfo], versions_dir: Path, keep: int) -> list[Decis
     targets = sorted((v for v in versions if v.state == "retired" and v.activated_at is not None),
                      key=lambda v: v.activated_at, reverse=True)
     kept_targets = {v.version for v in targets[:keep]}
+    ours = Path(versions_dir).resolve()
     out = []
     for v in versions:
         if v.state == "removed":
             continue
-        if Path(v.path).parent.parent != versions_dir:
+        if Path(v.path).resolve().parent.parent != ours:
             out.append(Decision(v.version, v.state, False, f"its files are not in the registry's folder ({v.path})"))
         elif v.state == "active":
             out.append(Decision(v.version, v.state, False, "active"))
