@@ -171,7 +171,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("file")
     p.set_defaults(func=cmd_labels_import)
 
-    p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback, prune; the well forecast")
+    p = sub.add_parser("models", help="model versions: list, show, register, promote, rollback, prune; "
+                       "the well forecast")
     add_db_options(p)
     msub = p.add_subparsers(dest="models_command", required=True)
     ml = msub.add_parser("list")
@@ -191,8 +192,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pr = msub.add_parser("prune", help="free the disk superseded versions hold: delete the folders (model, "
                          "checkpoint, calibration tiles, engines) of retired versions beyond the rollback "
                          "targets kept and of candidates never promoted; their records stay (state removed)")
-    pr.add_argument("--keep", type=bounded(int, 0, 1000, "a whole number of versions"), default=DEFAULT_KEEP, metavar="N",
-                    help=f"rollback targets kept, most recent first (default {DEFAULT_KEEP})")
+    pr.add_argument("--keep", type=bounded(int, 0, 1000, "a whole number of versions"), default=DEFAULT_KEEP,
+                    metavar="N", help=f"rollback targets kept, most recent first (default {DEFAULT_KEEP})")
     pr.add_argument("--dry-run", action="store_true", help="list what would be removed and the space freed")
     pr.add_argument("--json", action="store_true")
     fc = msub.add_parser("forecast", help="the well forecast model serving (forecast_model, or a version "

@@ -83,7 +83,9 @@ def plan(versions: list[ModelInfo], versions_dir: Path, keep: int) -> list[Decis
             out.append(Decision(v.version, v.state, True, f"retired; older than the {keep} rollback target(s) kept"))
         elif v.state == "retired":
             out.append(Decision(v.version, v.state, True, "retired by a rollback (rollback does not return to it)"))
-        elif v.state == "candidate" and (newer := _promoted_after(v, versions)) is not None:
+        elif v.state != "candidate":
+            out.append(Decision(v.version, v.state, False, f"state {v.state!r} is not one a prune decides on"))
+        elif (newer := _promoted_after(v, versions)) is not None:
             out.append(Decision(v.version, v.state, True, f"candidate never promoted; {newer.version}, registered "
                                 "after it, was promoted"))
         else:
