@@ -117,6 +117,7 @@ def cmd_prune(args: argparse.Namespace, s: Settings, engine: Engine) -> int:
         print(json.dumps({"dry_run": args.dry_run, "keep": args.keep, "removed": report.removed,
                           "freed_bytes": report.freed_bytes,
                           "failed": [{"version": v, "reason": why} for v, why in report.failed],
+                          "runs": [{"run": r, "status": st, "checkpoint_bytes": n} for r, st, n in report.runs],
                           "versions": [{"version": d.version, "state": d.state, "remove": d.remove,
                                         "reason": d.reason, "bytes": report.sizes.get(d.version, 0)}
                                        for d in report.decisions]}, indent=2))
@@ -191,7 +192,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     msub.add_parser("rollback", help="re-activate the previously active version")
     pr = msub.add_parser("prune", help="free the disk superseded versions hold: delete the folders (model, "
                          "checkpoint, calibration tiles, engines) of retired versions beyond the rollback "
-                         "targets kept and of candidates never promoted; their records stay (state removed)")
+                         "targets kept and of candidates never promoted (their records stay, state removed), "
+                         "and the checkpoints ended retrain runs left")
     pr.add_argument("--keep", type=bounded(int, 0, 1000, "a whole number of versions"), default=DEFAULT_KEEP,
                     metavar="N", help=f"rollback targets kept, most recent first (default {DEFAULT_KEEP})")
     pr.add_argument("--dry-run", action="store_true", help="list what would be removed and the space freed")

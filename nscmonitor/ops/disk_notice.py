@@ -112,11 +112,10 @@ class DiskNotice:
                 return
             data: dict = {"volumes": [{"what": w, "level": c.level, "message": c.message} for w, c in checks]}
             if kind != KINDS[2] and any(w in models_on for w, c in checks if not c.ok):
-                freed, n = prunable(self.engine, self.models_dir)
+                freed, n, runs = prunable(self.engine, self.models_dir)
                 data["prunable_bytes"] = freed
-                if n:
-                    message += (f"; {n} superseded model version(s) hold {freed / 1e9:.2f} GB: "
-                                "'nscmonitor models prune' frees them")
+                if n or runs:
+                    message += "; " + what_prune_frees(freed, n, runs)
             emit(self.engine, kind, message, level={"disk_space_ok": "info", "disk_space_low": "warning"}
                  .get(kind, "error"), data=data, hook=self.hook)
             self._told = kind
@@ -124,12 +123,30 @@ class DiskNotice:
             log.warning("cannot record the disk space notice: %s", exc)
 
 
-def prunable(engine: Any, models_dir: Path) -> tuple[int, int]:
-    """(bytes, versions) a prune with its default keep would free."""
-    from nscmonitor.registry.prune import DEFAULT_KEEP, folder_bytes, plan
+def prunable(engine: Any, models_dir: Path) -> tuple[int, int, int]:
+    """(bytes, versions, retrain runs) a prune with its default keep would free: the versions'
+    folders and the checkpoints ended retrain runs left."""
+    from nscmonitor.registry.prune import DEFAULT_KEEP, folder_bytes, plan, run_checkpoints
     from nscmonitor.store.registry import list_versions
 
     versions = list_versions(engine)
     go = [d for d in plan(versions, models_dir / "versions", DEFAULT_KEEP) if d.remove]
     paths = {v.version: Path(v.path).parent for v in versions}
-    return sum(folder_bytes(paths[d.version]) for d in go if paths[d.version].is_dir()), len(go)
+    runs = run_checkpoints(engine, models_dir / "retrain")
+    total = sum(folder_bytes(paths[d.version]) for d in go if paths[d.version].is_dir())
+    total += sum(_size(f) for _, _, files in runs for f in files)
+    return total, len(go), len(runs)
+
+
+def what_prune_frees(freed: int, versions: int, runs: int) -> str:
+    parts = ([f"{versions} superseded version(s)"] if versions else []) + (
+        [f"the checkpoints of {runs} ended retrain run(s)"] if runs else [])
+    return f"'nscmonitor models prune' would free {freed / 1e9:.2f} GB ({' and '.join(parts)})"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        log.warning("cannot read the size of %s: %s", path, exc)
+        return 0

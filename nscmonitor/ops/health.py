@@ -450,7 +450,7 @@ def _models_folder_checks(s: Settings) -> list[Check]:
     tiles, engines: over 0.4 GB a ResNet50 version); what they hold, what a prune would free,
     and the room left on their volume, so a full disk is seen weeks before it stops a build."""
     from nscmonitor.ops.checks import disk_space
-    from nscmonitor.ops.disk_notice import prunable
+    from nscmonitor.ops.disk_notice import prunable, what_prune_frees
     from nscmonitor.registry.prune import DEFAULT_KEEP, folder_bytes
     from nscmonitor.store.db import open_engine, sqlite_path
 
@@ -465,10 +465,9 @@ def _models_folder_checks(s: Settings) -> list[Check]:
         text = f"{total / 1e9:.2f} GB in {len(folders)} version folder(s); {disk.message}"
         db_file = sqlite_path(s.database_url)
         if db_file is None or db_file.exists():
-            freed, n = prunable(open_engine(s.database_url, readonly=True), s.models_dir)
-            if n:
-                text += (f"; 'nscmonitor models prune' would free {freed / 1e9:.2f} GB ({n} superseded "
-                         f"version(s), keeping {DEFAULT_KEEP} rollback targets)")
+            freed, n, runs = prunable(open_engine(s.database_url, readonly=True), s.models_dir)
+            if n or runs:
+                text += f"; {what_prune_frees(freed, n, runs)}, keeping {DEFAULT_KEEP} rollback targets"
         return [("models folder", disk.ok, text)]
     except Exception as exc:  # doctor reports, it does not crash
         return [("models folder", False, f"{versions_dir}: {exc}")]

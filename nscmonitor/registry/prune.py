@@ -19,6 +19,11 @@ is first renamed inside the transaction that marks the row (so a version promote
 a folder that cannot be moved because another process holds a file in it, is left as it was),
 then deleted; a leftover renamed folder from an interrupted prune is finished, or restored when
 its row was not marked, at the next prune.
+
+Retrain runs that ended keep their log, configuration and data list; their checkpoints
+(``last.pt``, ``best.pt``: 283 MB each for a ResNet50) go with a prune too. A registered run's
+were removed at registration (``schedule.retrain.free_registered_copies``); what is left is
+the checkpoints of runs that failed or were stopped, which the schedule never resumes.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ class PruneReport:
     freed_bytes: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
+    #: (run id, status, checkpoint bytes) of ended retrain runs whose checkpoints go (or would)
+    runs: list[tuple[int, str, int]] = field(default_factory=list)
 
 
 def plan(versions: list[ModelInfo], versions_dir: Path, keep: int) -> list[Decision]:
@@ -150,7 +157,40 @@ def prune(db, versions_dir: Path, *, keep: int, dry_run: bool) -> PruneReport:
         _delete(aside)
         report.removed.append(d.version)
         report.freed_bytes += size
+    for run_id, status, files in run_checkpoints(db, versions_dir.parent / "retrain"):
+        size = 0
+        for f in files:
+            try:
+                n = f.stat().st_size
+                if not dry_run:
+                    f.unlink()
+                size += n
+            except OSError as exc:
+                report.failed.append((f"retrain run {run_id}", f"{f} not removed: {exc}"))
+        report.runs.append((run_id, status, size))
+        if not dry_run:
+            report.freed_bytes += size
     return report
+
+
+#: what an ended retrain run leaves that a prune removes
+RUN_CHECKPOINTS = ("last.pt", "best.pt")
+
+
+def run_checkpoints(db, retrain_dir: Path) -> list[tuple[int, str, list[Path]]]:
+    """(run id, status, checkpoint files) of retrain runs that ended, whose folder is in
+    ``retrain_dir`` (never a folder elsewhere) and still holds checkpoints."""
+    from nscmonitor.store.retrain import ended_runs
+
+    ours = Path(retrain_dir).resolve()
+    out = []
+    for run_id, status, run_dir in ended_runs(db):
+        if not run_dir or Path(run_dir).resolve().parent != ours:
+            continue
+        files = [Path(run_dir) / "train" / n for n in RUN_CHECKPOINTS if (Path(run_dir) / "train" / n).is_file()]
+        if files:
+            out.append((run_id, status, files))
+    return out
 
 
 def finish_interrupted(db, versions_dir: Path) -> None:
@@ -194,14 +234,20 @@ def describe(report: PruneReport, *, dry_run: bool) -> list[str]:
         verb = ("would remove" if dry_run else "removed" if d.version in report.removed else "not removed") \
             if d.remove else "keep"
         lines.append(f"  {verb:<13} {d.version:<40} {d.state:<10} {mb.get(d.version, 0):>8.1f} MB  {d.reason}")
+    for run_id, status, size in report.runs:
+        lines.append(f"  {'would remove' if dry_run else 'removed':<13} checkpoints of retrain run {run_id} "
+                     f"({status}) {size / 1e6:>8.1f} MB")
     for v, why in report.failed:
         lines.append(f"  ! {v}: {why}")
     if dry_run:
         n = sum(d.remove for d in report.decisions)
         total = sum(report.sizes.get(d.version, 0) for d in report.decisions if d.remove)
-        lines.append(f"{n} version(s) would be removed, {total / 1e6:.1f} MB freed (dry run: nothing changed)")
+        total += sum(size for _, _, size in report.runs)
+        lines.append(f"{n} version(s) and the checkpoints of {len(report.runs)} ended retrain run(s) would be "
+                     f"removed, {total / 1e6:.1f} MB freed (dry run: nothing changed)")
     else:
-        lines.append(f"{len(report.removed)} version(s) removed, {report.freed_bytes / 1e6:.1f} MB freed"
+        lines.append(f"{len(report.removed)} version(s) and the checkpoints of {len(report.runs)} ended retrain "
+                     f"run(s) removed, {report.freed_bytes / 1e6:.1f} MB freed"
                      + (f"; {len(report.failed)} left as they were" if report.failed else ""))
     return lines
 

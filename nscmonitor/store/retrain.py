@@ -63,6 +63,14 @@ def finish_run(engine: Engine, run_id: int, *, status: str, reason: str, candida
         r.candidate_version, r.numbers, r.run_dir = candidate_version, numbers, run_dir
 
 
+def ended_runs(engine: Engine) -> list[tuple[int, str, str | None]]:
+    """(id, status, run folder) of every run no longer running, oldest first."""
+    with sessionmaker(engine)() as s:
+        return [(i, st, d) for i, st, d in s.execute(select(m.RetrainRun.id, m.RetrainRun.status, m.RetrainRun.run_dir)
+                                                     .where(m.RetrainRun.status != "running")
+                                                     .order_by(m.RetrainRun.id))]
+
+
 def mark_for_rescore(engine: Engine, *, acquiring_since: datetime) -> int:
     """Queue the scored images of experiments that received an image since ``acquiring_since``
     for rescoring, with fresh attempts (a new piece of work). Returns how many."""

@@ -69,7 +69,8 @@ def test_the_hook_hears_low_critical_and_room_again_once_each(tmp_path: Path, ti
         got = wait_for(1)
         assert [e["kind"] for e in got] == ["disk_space_low"] and got[0]["level"] == "warning"
         assert "3.0 GiB free" in got[0]["message"] and "the database and the models folder" in got[0]["message"]
-        assert "1 superseded model version(s)" in got[0]["message"] and "models prune" in got[0]["message"]
+        assert "'nscmonitor models prune' would free" in got[0]["message"]
+        assert "(1 superseded version(s))" in got[0]["message"]
         assert got[0]["data"]["prunable_bytes"] > 0
         free["bytes"] = GIB // 2
         got = wait_for(2)

@@ -133,8 +133,44 @@ def test_doctor_says_what_the_version_folders_hold_and_what_a_prune_frees(lab, c
     line = next(x for x in capsys.readouterr().out.splitlines() if "models folder" in x)
     assert "in 6 version folder(s)" in line and "free" in line
     # keeping 3 rollback targets (v3, v2, v1), only the candidate v4 goes
-    assert "would free" in line and "(1 superseded version(s), keeping 3 rollback targets)" in line
+    assert "would free" in line and "(1 superseded version(s)), keeping 3 rollback targets" in line
     _prune(cfg, capsys, "--keep", "0")
     cli_main(["--config", str(cfg), "doctor"])
     line = next(x for x in capsys.readouterr().out.splitlines() if "models folder" in x)
     assert "in 2 version folder(s)" in line and "would free" not in line
+
+
+def test_checkpoints_of_ended_retrain_runs_go_their_logs_stay(lab, capsys, tmp_path: Path) -> None:
+    """A failed run's checkpoints (the schedule never resumes it) go with a prune; a run still
+    training, and a run folder outside the models folder, are not touched."""
+    from nscmonitor.store.retrain import finish_run, start_run
+
+    cfg, db, reg, versions = lab
+    retrain = versions.parent / "retrain"
+    folders = {}
+    for name, status, where in (("failed", "failed", retrain), ("running", None, retrain),
+                                ("elsewhere", "failed", tmp_path / "other")):
+        run_id = start_run(db, trigger="schedule", labels_version=None, baseline_version="v5")
+        folder = where / f"run-{run_id:04d}"
+        (folder / "train").mkdir(parents=True)
+        for f in ("last.pt", "best.pt"):
+            (folder / "train" / f).write_bytes(os.urandom(4000))
+        (folder / "train.log").write_text("epoch 1\n")
+        if status:
+            finish_run(db, run_id, status=status, reason="killed", run_dir=str(folder))
+        folders[name] = (run_id, folder)
+    rc, dry = _prune(cfg, capsys, "--dry-run")
+    assert dry["runs"] == [{"run": folders["failed"][0], "status": "failed", "checkpoint_bytes": 8000}]
+    assert (folders["failed"][1] / "train" / "last.pt").is_file()
+    cli_main(["--config", str(cfg), "doctor"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if "models folder" in x)
+    assert "the checkpoints of 1 ended retrain run(s)" in line
+    rc, done = _prune(cfg, capsys)
+    assert rc == 0 and done["runs"] == dry["runs"]
+    failed = folders["failed"][1]
+    assert not (failed / "train" / "last.pt").exists() and not (failed / "train" / "best.pt").exists()
+    assert (failed / "train.log").read_text() == "epoch 1\n"
+    for name in ("running", "elsewhere"):
+        assert (folders[name][1] / "train" / "last.pt").is_file() and (folders[name][1] / "train" / "best.pt").is_file()
+    rc, again = _prune(cfg, capsys, "--dry-run")
+    assert again["runs"] == []
