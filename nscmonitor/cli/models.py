@@ -116,7 +116,7 @@ def cmd_prune(args: argparse.Namespace, s: Settings, engine: Engine) -> int:
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "keep": args.keep, "removed": report.removed,
                           "freed_bytes": report.freed_bytes,
-                          "failed": [{"version": v, "reason": why} for v, why in report.failed],
+                          "failed": [{"what": v, "reason": why} for v, why in report.failed],
                           "runs": [{"run": r, "status": st, "checkpoint_bytes": n} for r, st, n in report.runs],
                           "versions": [{"version": d.version, "state": d.state, "remove": d.remove,
                                         "reason": d.reason, "bytes": report.sizes.get(d.version, 0)}

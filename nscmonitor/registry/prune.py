@@ -135,7 +135,7 @@ def prune(db, versions_dir: Path, *, keep: int, dry_run: bool) -> PruneReport:
         if not d.remove or dry_run:
             continue
         size = report.sizes[d.version]
-        aside = versions_dir / f"{REMOVING}{d.version}"
+        aside = versions_dir / f"{REMOVING}{folder.name}"  # the folder's own name: never a path from a row
 
         def move(folder: Path = folder, aside: Path = aside) -> None:
             if folder.is_dir():
@@ -149,7 +149,11 @@ def prune(db, versions_dir: Path, *, keep: int, dry_run: bool) -> PruneReport:
             continue
         except Exception:
             if aside.is_dir() and not folder.exists():
-                os.replace(aside, folder)  # the row was not marked: the folder goes back
+                try:
+                    os.replace(aside, folder)  # the row was not marked: the folder goes back
+                except OSError as exc:
+                    log.error("prune: %s could not be moved back to %s (%s); the next prune restores it",
+                              aside, folder, exc)
             raise
         if not done:
             report.failed.append((d.version, "its state changed meanwhile; left as it was"))

@@ -99,7 +99,7 @@ def test_a_folder_that_cannot_be_moved_is_left_as_it_was(lab, capsys) -> None:
     (blocker / "x").write_text("something")
     rc, out = _prune(cfg, capsys, "--keep", "1")
     assert rc == 1
-    assert [f["version"] for f in out["failed"]] == ["v2"] and "could not be moved" in out["failed"][0]["reason"]
+    assert [f["what"] for f in out["failed"]] == ["v2"] and "could not be moved" in out["failed"][0]["reason"]
     assert sorted(out["removed"]) == ["v1", "v4"]
     assert _states(reg)["v2"] == "retired" and (versions / "v2" / "model.onnx").is_file()
 
