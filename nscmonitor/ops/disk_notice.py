@@ -79,12 +79,19 @@ class DiskNotice:
         return self.clock() >= self._next
 
     def check(self) -> None:
-        """At a heartbeat; looks at the disks at most every ``interval_s``."""
+        """At a heartbeat; looks at the disks at most every ``interval_s``. Never raises: a
+        volume that cannot be read (a share gone) is logged and the daemon goes on."""
         if not self.due():
             return
         self._next = self.clock() + self.interval_s
         from sqlalchemy.exc import SQLAlchemyError
 
+        try:
+            self._check()
+        except (OSError, SQLAlchemyError) as exc:
+            log.warning("disk space notice skipped this time: %s", exc)
+
+    def _check(self) -> None:
         from nscmonitor.hooks import emit
 
         checks, models_on = [], set()
@@ -100,27 +107,24 @@ class DiskNotice:
         if not checks:
             return
         kind, message = state(checks)
-        try:
-            if self._told is None:
-                last = self.repo.last_event_of(KINDS)
-                self._told = last.kind if last is not None else KINDS[2]
-            if kind == self._told:
-                return
+        if self._told is None:
             last = self.repo.last_event_of(KINDS)
-            if last is not None and last.kind == kind:  # another daemon on this database told it already
-                self._told = kind
-                return
-            data: dict = {"volumes": [{"what": w, "level": c.level, "message": c.message} for w, c in checks]}
-            if kind != KINDS[2] and any(w in models_on for w, c in checks if not c.ok):
-                freed, n, runs = prunable(self.engine, self.models_dir)
-                data["prunable_bytes"] = freed
-                if n or runs:
-                    message += "; " + what_prune_frees(freed, n, runs)
-            emit(self.engine, kind, message, level={"disk_space_ok": "info", "disk_space_low": "warning"}
-                 .get(kind, "error"), data=data, hook=self.hook)
+            self._told = last.kind if last is not None else KINDS[2]
+        if kind == self._told:
+            return
+        last = self.repo.last_event_of(KINDS)
+        if last is not None and last.kind == kind:  # another daemon on this database told it already
             self._told = kind
-        except SQLAlchemyError as exc:
-            log.warning("cannot record the disk space notice: %s", exc)
+            return
+        data: dict = {"volumes": [{"what": w, "level": c.level, "message": c.message} for w, c in checks]}
+        if kind != KINDS[2] and any(w in models_on for w, c in checks if not c.ok):
+            freed, n, runs = prunable(self.engine, self.models_dir)
+            data["prunable_bytes"] = freed
+            if n or runs:
+                message += "; " + what_prune_frees(freed, n, runs)
+        emit(self.engine, kind, message, level={"disk_space_ok": "info", "disk_space_low": "warning"}
+             .get(kind, "error"), data=data, hook=self.hook)
+        self._told = kind
 
 
 def prunable(engine: Any, models_dir: Path) -> tuple[int, int, int]:
