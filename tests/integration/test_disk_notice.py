@@ -97,3 +97,20 @@ def test_the_hook_hears_low_critical_and_room_again_once_each(tmp_path: Path, ti
     finally:
         runner.stop_event.set()
         t.join(30)
+
+
+def test_a_volume_that_cannot_be_read_is_logged_and_nothing_is_told(tmp_path: Path, caplog) -> None:
+    from nscmonitor.ops.disk_notice import DiskNotice
+    from nscmonitor.store.reads import Repo
+
+    db = open_engine(f"sqlite:///{tmp_path / 'nsc.db'}")
+    ensure_schema(db)
+
+    def unreadable(folder: Path):
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    notice = DiskNotice(db, Repo(db), database_file=tmp_path / "nsc.db", models_dir=tmp_path / "models", hook=None,
+                        clock=lambda: 0.0, disk_usage=unreadable)
+    notice.check()  # must not raise into the daemon's loop
+    assert "cannot read the free space" in caplog.text
+    assert Repo(db).last_event_of(("disk_space_low", "disk_space_critical", "disk_space_ok")) is None
