@@ -38,6 +38,7 @@ from nscmonitor.ops import notify
 from nscmonitor.ops.disk_notice import CHECK_S as DISK_CHECK_S
 from nscmonitor.ops.disk_notice import DiskNotice
 from nscmonitor.ops.heartbeat import Heartbeat
+from nscmonitor.ops.told_once import ToldOnce
 from nscmonitor.readers import formats
 from nscmonitor.scoring.engine_builds import DaemonEngineBuilds
 from nscmonitor.scoring.hot_swap import EngineBuilds, EngineFactory, LoadedModel, ModelSlot, ModelSource
@@ -89,8 +90,9 @@ class Daemon:
         self.leases = LeaseKeeper(store, wall) if store.shared and score else None
         self.intake: Intake | None = None
         self._repo = Repo(store.engine)
-        #: what the hook was last told about the newest images (None: not yet read from the log)
-        self._ood_told: str | None = None
+        #: what the hook was last told about the newest images
+        self._ood_told = ToldOnce(self._repo, ("images_unlike_training", "images_like_training"),
+                                  quiet="images_like_training")
         self.disk_notice = DiskNotice(store.engine, self._repo, database_file=sqlite_path(settings.database_url),
                                       models_dir=settings.models_dir, hook=settings.retrain.hook, clock=clock,
                                       disk_usage=disk_usage, interval_s=disk_check_s)
@@ -210,19 +212,12 @@ class Daemon:
         from nscmonitor.hooks import emit
         from nscmonitor.ops.health import OOD_WINDOW, ood_share_warning
 
-        kinds = ("images_unlike_training", "images_like_training")
+        kinds = self._ood_told.kinds
         try:
-            if self._ood_told is None:  # once per daemon: a restart does not tell the hook again
-                last = self._repo.last_event_of(kinds)
-                self._ood_told = last.kind if last is not None else kinds[1]
             flagged, judged = self._repo.recent_ood(OOD_WINDOW)
             warning = ood_share_warning(flagged, judged)
             kind = kinds[0] if warning is not None else kinds[1]
-            if kind == self._ood_told:
-                return
-            last = self._repo.last_event_of(kinds)
-            if last is not None and last.kind == kind:  # another daemon on this database told it already
-                self._ood_told = kind
+            if not self._ood_told.should_tell(kind):
                 return
             data = {"flagged": flagged, "of_newest_scored": judged}
             if warning is not None:
@@ -230,7 +225,7 @@ class Daemon:
             else:
                 emit(self.store.engine, kind, f"{flagged} of the newest {judged} scored images are unlike the model's "
                      "training data: back to its usual rate", data=data, hook=self.settings.retrain.hook)
-            self._ood_told = kind
+            self._ood_told.told(kind)
         except SQLAlchemyError as exc:
             log.warning("cannot count the newest out-of-distribution flags: %s", exc)
 

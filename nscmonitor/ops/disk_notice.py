@@ -5,8 +5,8 @@ unattended instrument PC is looked at when something breaks, and a full disk bre
 writes and every engine build at once. The daemon checks both volumes every ten minutes and
 tells the hook (and the event log) once when they turn low, once more when they turn critical,
 and once when there is room again, with what ``nscmonitor models prune`` would free where the
-models folder shares the low volume. What was last told is read from the event log, so a
-restarted daemon, or another daemon on the same database, does not tell it again.
+models folder shares the low volume (``ops.told_once``: a restart or another daemon on the
+same database does not tell it again).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nscmonitor.ops.checks import Check, disk_space
+from nscmonitor.ops.told_once import ToldOnce
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class DiskNotice:
         self.disk_usage = disk_usage
         self.interval_s = interval_s
         self._next = 0.0
-        self._told: str | None = None  # what the hook was last told (None: not yet read from the log)
+        self.told = ToldOnce(repo, KINDS, quiet=KINDS[2])
 
     def due(self) -> bool:
         return self.clock() >= self._next
@@ -107,14 +108,7 @@ class DiskNotice:
         if not checks:
             return
         kind, message = state(checks)
-        if self._told is None:
-            last = self.repo.last_event_of(KINDS)
-            self._told = last.kind if last is not None else KINDS[2]
-        if kind == self._told:
-            return
-        last = self.repo.last_event_of(KINDS)
-        if last is not None and last.kind == kind:  # another daemon on this database told it already
-            self._told = kind
+        if not self.told.should_tell(kind):
             return
         data: dict = {"volumes": [{"what": w, "level": c.level, "message": c.message} for w, c in checks]}
         if kind != KINDS[2] and any(w in models_on for w, c in checks if not c.ok):
@@ -124,7 +118,7 @@ class DiskNotice:
                 message += "; " + what_prune_frees(freed, n, runs)
         emit(self.engine, kind, message, level={"disk_space_ok": "info", "disk_space_low": "warning"}
              .get(kind, "error"), data=data, hook=self.hook)
-        self._told = kind
+        self.told.told(kind)
 
 
 def prunable(engine: Any, models_dir: Path) -> tuple[int, int, int]:
