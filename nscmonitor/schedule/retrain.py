@@ -391,8 +391,11 @@ def free_registered_copies(train_dir: Path, version_dir: Path) -> int:
             log.warning("retrain: %s not removed after registration (%s)", p, exc)
     for d in sorted((d for d in train_dir.rglob("*") if d.is_dir() and not d.is_symlink()),
                     key=lambda q: len(q.parts), reverse=True) if train_dir.is_dir() else []:
-        if not any(d.iterdir()):
-            d.rmdir()
+        try:
+            if not any(d.iterdir()):
+                d.rmdir()
+        except OSError as exc:
+            log.warning("retrain: empty folder %s not removed (%s)", d, exc)
     if freed:
         log.info("retrain: %.1f MB of %s held in %s too, removed", freed / 1e6, train_dir, version_dir)
     return freed
