@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeade
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from nscmonitor.gui.state.actions import LabelTarget, ModelAction
+from nscmonitor.registry.prune import REMOVED_NOTE
 from nscmonitor.store.registry import ModelInfo
 
 ACTIONS: dict[str, ModelAction] = {
@@ -167,8 +168,7 @@ class ModelsPanel(QWidget):
         for r, v in enumerate(versions):
             active = v.state == "active"
             # a pruned version's folder is gone on purpose: its record stays, nothing is wrong
-            engine, problem = (("files removed by 'nscmonitor models prune' (the record stays)", False)
-                               if v.state == "removed" else engine_here(v.path, v.version))
+            engine, problem = ((REMOVED_NOTE, False) if v.state == "removed" else engine_here(v.path, v.version))
             cells = (v.version + ("  ◀ active" if active else ""), v.state, v.scheme, ", ".join(v.classes),
                      v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "", _metric_text(v.meta), engine)
             for c, text in enumerate(cells):

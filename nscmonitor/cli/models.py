@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nscmonitor.cli.args import add_db_options, bounded, settings_from
-from nscmonitor.registry.prune import DEFAULT_KEEP
+from nscmonitor.registry.prune import DEFAULT_KEEP, REMOVED_NOTE
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -89,7 +89,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         r = reg.get(args.version)
         print(json.dumps({"version": r.version, "state": r.state, "path": r.path, "sha256": r.sha256,
                           "scheme": r.scheme, "classes": r.classes, "labels_version": r.labels_version,
-                          "metrics": r.metrics, "engine": engine_summary(r)}, indent=2, default=str))
+                          "metrics": r.metrics,
+                          "engine": {"state": "removed", "message": REMOVED_NOTE} if r.state == "removed"
+                          else engine_summary(r)}, indent=2, default=str))
     elif args.models_command == "register":
         r = reg.register(Path(args.source), activate_if_first=not args.candidate,
                          calibration=Path(args.calibration) if args.calibration else None)

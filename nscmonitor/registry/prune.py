@@ -47,6 +47,9 @@ DEFAULT_KEEP = 3
 #: prefix of a version folder being removed (renamed first, deleted second)
 REMOVING = ".removing-"
 
+#: what is said of a removed version's files wherever its engine would be
+REMOVED_NOTE = "files removed by 'nscmonitor models prune' (the record stays)"
+
 
 @dataclass(frozen=True)
 class Decision:

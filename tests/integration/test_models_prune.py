@@ -69,6 +69,9 @@ def test_prune_keeps_active_rollback_targets_and_new_candidates(lab, capsys) -> 
     # the record of a removed version stays: its hash and metadata are the provenance of its predictions
     v1 = reg.get("v1")
     assert len(v1.sha256) == 64 and v1.meta["classes"]
+    assert cli_main(["--config", str(cfg), "models", "show", "v1"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["state"] == "removed" and "models prune" in shown["engine"]["message"]
     with db.connect() as c:
         removed = [json.loads(d) if isinstance(d, str) else d
                    for (d,) in c.execute(text("select data from events where kind = 'model_removed'"))]
