@@ -40,23 +40,26 @@ class StatusSnapshot:
     engine_note: str | None = None
     engine_note_level: str = "info"
     #: ``nscmonitor status``'s warnings about what is being scored (most of the newest images
-    #: unlike the model's training data, several channels scored together), in its words
+    #: unlike the model's training data, several channels scored together) and the daemon's
+    #: last word on a disk running low, in its words
     warnings: tuple[str, ...] = ()
 
 
 def read_status(engine: Any) -> StatusSnapshot:
     """``engine``: the dashboard's read-only SQLAlchemy engine."""
+    from nscmonitor.ops.disk_notice import last_warning
     from nscmonitor.ops.health import scoring_warnings, slow_rescan_warnings
     from nscmonitor.store.reads import Repo
 
     repo = Repo(engine)
+    disk = last_warning(repo)
     note = next((e for e in repo.events(200) if e.kind in ENGINE_EVENTS), None)
     daemons = repo.daemons(3)
     live = daemons[0].watched if daemons and daemons[0].state != "stopped" else []
     return StatusSnapshot(daemons, repo.queue_counts(), repo.errors(30), repo.scored_since(300),
                           datetime.now(timezone.utc), note.message if note else None,
                           note.level if note else "info",
-                          tuple(slow_rescan_warnings(live) + scoring_warnings(repo)))
+                          tuple(([disk] if disk else []) + slow_rescan_warnings(live) + scoring_warnings(repo)))
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,16 @@ class DiskNotice:
         self.told.told(kind)
 
 
+def last_warning(repo: Any) -> str | None:
+    """The daemon's last word on the disks while it is "low" or "critical", for ``status`` and
+    the dashboard's status tab: they see the database's volume themselves, not the models
+    folder's, and a dashboard on another PC sees neither. ``repo``: a ``store.reads.Repo``."""
+    last = repo.last_event_of(KINDS)
+    if last is None or last.kind == KINDS[2]:
+        return None
+    return f"{last.message} (the daemon's look at {last.at:%Y-%m-%d %H:%M} UTC)"
+
+
 def prunable(engine: Any, models_dir: Path) -> tuple[int, int, int]:
     """(bytes, versions, retrain runs) a prune with its default keep would free: the versions'
     folders and the checkpoints ended retrain runs left."""

@@ -42,6 +42,7 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
     or work waiting with nothing scored), 2 a watched folder is unreachable, 3 no daemon is
     running, 4 the database disk is almost full. ``repo`` is a ``store.reads.Repo``."""
     from nscmonitor.ops.checks import database_disk
+    from nscmonitor.ops.disk_notice import last_warning
 
     now = now or datetime.now(timezone.utc)
     daemons = repo.daemons(1)
@@ -49,6 +50,9 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
     verdict, code = _daemon_verdict(repo, d, now)
     disk = database_disk(repo.engine.url.render_as_string(hide_password=False))
     warnings = [disk.message] if disk and not disk.ok else []
+    notice = last_warning(repo)  # the models folder's volume, or a server database's host: the daemon's word
+    if notice and not warnings:
+        warnings.append(notice)
     warnings += slow_rescan_warnings(d.watched if d is not None and d.state != "stopped" else [])
     flagged, judged = repo.recent_ood(OOD_WINDOW)
     warnings += scoring_warnings(repo, (flagged, judged))

@@ -72,6 +72,14 @@ def test_the_hook_hears_low_critical_and_room_again_once_each(tmp_path: Path, ti
         assert "'nscmonitor models prune' would free" in got[0]["message"]
         assert "(1 superseded version(s))" in got[0]["message"]
         assert got[0]["data"]["prunable_bytes"] > 0
+        # status and the dashboard's status tab say it too (they see the database's volume
+        # themselves, not the models folder's)
+        from nscmonitor.gui.state.presenter import read_status
+        from nscmonitor.ops.health import health
+        from nscmonitor.store.reads import Repo
+
+        assert any("3.0 GiB free" in w and "daemon's look" in w for w in health(Repo(db))["warnings"])
+        assert any("3.0 GiB free" in w for w in read_status(db).warnings)
         free["bytes"] = GIB // 2
         got = wait_for(2)
         assert [e["kind"] for e in got] == ["disk_space_low", "disk_space_critical"] and got[1]["level"] == "error"
@@ -80,6 +88,8 @@ def test_the_hook_hears_low_critical_and_room_again_once_each(tmp_path: Path, ti
         assert [e["kind"] for e in got][2] == "disk_space_ok" and "room again" in got[2]["message"]
         time.sleep(1.0)  # many more checks: the hook hears nothing more
         assert len(events()) == 3
+        assert not any("daemon's look" in w for w in health(Repo(db))["warnings"])
+        assert not any("GiB free" in w for w in read_status(db).warnings)
     finally:
         runner.stop_event.set()
         t.join(30)
