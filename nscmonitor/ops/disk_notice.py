@@ -123,7 +123,7 @@ class DiskNotice:
 
 def last_warning(repo: Any) -> str | None:
     """The daemon's last word on the disks while it is "low" or "critical", for ``status`` and
-    the dashboard's status tab: they see the database's volume themselves, not the models
+    the dashboard's status tab: ``status`` sees the database's volume itself but not the models
     folder's, and a dashboard on another PC sees neither. ``repo``: a ``store.reads.Repo``."""
     last = repo.last_event_of(KINDS)
     if last is None or last.kind == KINDS[2]:

@@ -50,7 +50,7 @@ def health(repo: Any, *, now: datetime | None = None) -> dict:
     verdict, code = _daemon_verdict(repo, d, now)
     disk = database_disk(repo.engine.url.render_as_string(hide_password=False))
     warnings = [disk.message] if disk and not disk.ok else []
-    notice = last_warning(repo)  # the models folder's volume, or a server database's host: the daemon's word
+    notice = last_warning(repo)  # the models folder's volume: only the daemon looks at it
     if notice and not warnings:
         warnings.append(notice)
     warnings += slow_rescan_warnings(d.watched if d is not None and d.state != "stopped" else [])
