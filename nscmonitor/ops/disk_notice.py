@@ -89,7 +89,7 @@ class DiskNotice:
 
         try:
             self._check()
-        except (OSError, SQLAlchemyError) as exc:
+        except (OSError, ValueError, SQLAlchemyError) as exc:
             log.warning("disk space notice skipped this time: %s", exc)
 
     def _check(self) -> None:

@@ -82,8 +82,8 @@ def plan(versions: list[ModelInfo], versions_dir: Path, keep: int) -> list[Decis
     for v in versions:
         if v.state == "removed":
             continue
-        if Path(v.path).resolve().parent.parent != ours:
-            out.append(Decision(v.version, v.state, False, f"its files are not in the registry's folder ({v.path})"))
+        if _folder_of(v.path) != ours:
+            out.append(Decision(v.version, v.state, False, f"its files are not in the registry's folder ({v.path!r})"))
         elif v.state == "active":
             out.append(Decision(v.version, v.state, False, "active"))
         elif v.version in kept_targets:
@@ -102,6 +102,17 @@ def plan(versions: list[ModelInfo], versions_dir: Path, keep: int) -> list[Decis
             out.append(Decision(v.version, v.state, False, "candidate: no version registered after it was "
                                 "promoted (awaiting a decision)"))
     return out
+
+
+def _folder_of(path: str | Path) -> Path | None:
+    """The folder holding ``path``'s folder, resolved; None for a path no file system takes (a
+    database row with a NUL byte in it): such a row is never the registry's, so nothing of it
+    is deleted."""
+    try:
+        return Path(path).resolve().parent.parent
+    except (OSError, ValueError) as exc:
+        log.warning("prune: %r is not a path (%s); left alone", path, exc)
+        return None
 
 
 def _promoted_after(candidate: ModelInfo, versions: list[ModelInfo]) -> ModelInfo | None:
@@ -192,7 +203,7 @@ def run_checkpoints(db, retrain_dir: Path) -> list[tuple[int, str, list[Path]]]:
     ours = Path(retrain_dir).resolve()
     out = []
     for run_id, status, run_dir in ended_runs(db):
-        if not run_dir or Path(run_dir).resolve().parent != ours:
+        if not run_dir or _folder_of(Path(run_dir) / "train") != ours:
             continue
         files = [Path(run_dir) / "train" / n for n in RUN_CHECKPOINTS if (Path(run_dir) / "train" / n).is_file()]
         if files:

@@ -25,10 +25,11 @@ def test_rollback_targets_are_kept_newest_first_and_odd_rows_are_left_alone(tmp_
             info("r3", "retired", 4, 5, versions), info("rb", "retired", 6, None, versions),
             info("act", "active", 7, 8, versions), info("gone", "removed", 1, None, versions),
             info("odd", "quarantined", 1, None, versions),
-            info("elsewhere", "retired", 0, 1, tmp_path / "other")]
+            info("elsewhere", "retired", 0, 1, tmp_path / "other"),
+            info("nul\x00", "retired", 0, 1, versions)]  # a hostile row: no file system takes its path
     got = {d.version: d.remove for d in plan(rows, versions, keep=2)}
     assert got == {"r1": True, "r2": False, "r3": False, "rb": True, "act": False, "odd": False,
-                   "elsewhere": False}
+                   "elsewhere": False, "nul\x00": False}
     assert {d.version: d.remove for d in plan(rows, versions, keep=0)}["r3"] is True
     with pytest.raises(ValueError):
         plan(rows, versions, keep=-1)
