@@ -26,7 +26,11 @@ at the 96th percentile of the validation images alone, the rule the served score
 were measured. Last, the image-level OR rule measured as a lead on eight trainings and not served
 (``OR_RULE``: an image's mean of the sum of roots over the 97.5th percentile of the validation
 images', or its mean of the contrast sign's root alone over the 98.5th; both thresholds from the
-validation images), so that it is judged on trainings it was not chosen on.
+validation images), so that it is judged on trainings it was not chosen on. And the lead for 5x
+fields served without a pixel size (``SCALE``): a direction in the network's features that tells
+the training fields at their own scale from the same fields at half and twice it (made here from
+the training plates' own cuts, with focus, noise and fine texture drawn at random so that they
+do not tell the scales apart), alone and as a second test beside the served score.
 - real instrument frames of another kind (``--real``, by default the shared reference's
   third-party ImageXpress output when it lies beside the repository: fluorescence of other
   cells at 4x and 20x), decoded and resampled by the pixel size their files state, as the
@@ -63,10 +67,13 @@ def tiles_of(images: list[list[np.ndarray]], pre, src_um: float | None = None) -
     return np.stack(xs)[:, None].astype(np.float32), np.asarray(idx)
 
 
-def scores(engine, session, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The served score and, from the graph's raw logits, the two logit-only candidates."""
-    _, ood = engine.infer_with_ood(x)
-    logits = session.run(["logits"], {"input": x})[0].astype(np.float64)
+def scores(engine, session, x: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
+    """The served score and, from the graph's raw logits, the two logit-only candidates. In
+    batches, as the daemon runs them: a real 4x frame resampled to a 10x model's scale is some
+    900 tiles of 96 px, and a ResNet's activations for thousands of tiles at once exhaust memory."""
+    ood = np.concatenate([engine.infer_with_ood(x[i:i + batch])[1] for i in range(0, len(x), batch)])
+    logits = np.concatenate([session.run(["logits"], {"input": x[i:i + batch]})[0]
+                             for i in range(0, len(x), batch)]).astype(np.float64)
     top = logits.max(axis=1, keepdims=True)
     lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
     return {"served": ood.astype(np.float64), "energy": -lse, "msp": -np.exp(top[:, 0] - lse)}
@@ -108,6 +115,110 @@ def layer_scores(model, splits, sets: dict, k: int) -> dict[str, dict[str, np.nd
         if "contrast sign" in names:
             d[SIGN_ROOT] = np.sqrt(d["layer: contrast sign"] / median["contrast sign"])
     return out
+
+
+#: the lead for 5x fields served without a pixel size (docs/training.md): a direction in the
+#: features of the stages after the stem and the pooled ones that tells the training tiles from
+#: the same fields at half and at twice the scale (a logistic regression on tiles the benchmark
+#: makes from the training plates' own fields); an image's score is the mean over its tiles of
+#: -log p(own scale), judged alone and as a second test beside the served score
+SCALE = {"name": "scale direction (own scale against 1/2 and 2x of the training fields)", "skip_layers": 3,
+         "or_quantile": 0.98}
+
+
+def _down2(c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A region at half its scale: 2 x 2 block means, with the camera's per-pixel noise put back
+    (a block mean keeps a quarter of the noise variance; an instrument at that pixel size has it
+    whole, so 0.85, about sqrt(3/4), of a one-pixel difference's noise is added)."""
+    c = np.asarray(c, np.float64)
+    h, w = c.shape[0] // 2 * 2, c.shape[1] // 2 * 2
+    c = c[:h, :w]
+    noise = (c[0::2, 0::2] - c[1::2, 1::2]) / np.sqrt(2)
+    return _nuisance(c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)) + 0.85 * noise, rng)
+
+
+def _nuisance(c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What must not tell the scales apart: focus, noise and fine granular texture, drawn at
+    random for every example of every scale (the simulator's granules are drawn per pixel at
+    any pixel size, so a 5x field keeps the 10x field's finest texture)."""
+    from scipy.ndimage import gaussian_filter
+
+    c = np.asarray(c, np.float64)
+    r = rng.uniform()
+    if r < 1 / 3:
+        c = gaussian_filter(c, rng.uniform(0.4, 0.9))
+    elif r < 2 / 3:
+        c = c + rng.normal(0.0, 1.0, c.shape) * rng.uniform(0.1, 0.4) * c.std()
+    if rng.uniform() < 0.5:
+        g = gaussian_filter(rng.standard_normal(c.shape), 0.7)
+        base = np.median(c)
+        c = base + (c - base) * (1.0 + rng.uniform(0.1, 0.4) * g / g.std())
+    return c
+
+
+def scale_examples(paths: list[str], tile: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """Raw examples of the training fields at their own scale (two cuts of each block), at half
+    (the block) and at twice it (a half-cut square inside the block, each pixel repeated), from
+    every complete 2 x 2 block of a field's cuts (``..._YX.tif``: a cut without a live cell was
+    never written, so a block with one missing is passed over)."""
+    import re
+
+    import tifffile
+
+    fields: dict[tuple[str, str], dict[tuple[int, int], str]] = {}
+    for p in dict.fromkeys(paths):
+        m = re.match(r"(.*)_(\d)(\d)$", Path(p).stem)
+        if m:
+            fields.setdefault((str(Path(p).parent), m.group(1)), {})[(int(m.group(2)), int(m.group(3)))] = p
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[np.ndarray]] = {"own": [], "half": [], "double": []}
+    for cuts in fields.values():
+        for y, x in sorted(cuts):
+            block = [(y, x), (y, x + 1), (y + 1, x), (y + 1, x + 1)]
+            if not all(b in cuts for b in block):
+                continue
+            a = [tifffile.imread(cuts[b]) for b in block]
+            region = np.block([[a[0], a[1]], [a[2], a[3]]]).astype(np.float64)
+            q = tile // 2
+            out["half"].append(_down2(region, rng))
+            out["double"].append(_nuisance(np.repeat(np.repeat(region[q:q + tile // 2, q:q + tile // 2], 2, 0), 2, 1),
+                                           rng))
+            out["own"] += [_nuisance(region[:tile, :tile], rng), _nuisance(region[tile:, tile:], rng)]
+    return out
+
+
+def scale_direction(model, splits, sets: dict, pre, tile: int) -> dict[str, np.ndarray] | None:
+    """Per set, each tile's -log p(own scale) under ``SCALE``'s direction (None where the
+    training fields hold no complete 2 x 2 block of cuts)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from nscmonitor.training import ood as T
+
+    ex = scale_examples([r.path for r in splits["train"].records], tile)
+    if not ex["half"]:
+        return None
+
+    def feats(x: np.ndarray) -> np.ndarray:
+        return np.concatenate(T.features(model, x[:, 0])[SCALE["skip_layers"]:], axis=1).astype(np.float64)
+
+    own = feats(splits["train"].x[:, None].astype(np.float32))
+    mu, sd = own.mean(axis=0), own.std(axis=0) + 1e-6
+    parts = [own] + [feats(tiles_of([[c] for c in ex[k]], pre)[0]) for k in ("own", "half", "double")]
+    y = np.concatenate([np.zeros(len(parts[0]) + len(parts[1])), np.ones(len(parts[2])), np.full(len(parts[3]), 2)])
+    clf = LogisticRegression(C=0.1, max_iter=3000).fit((np.concatenate(parts) - mu) / sd, y)
+    return {name: -np.log(clf.predict_proba((feats(x) - mu) / sd)[:, 0] + 1e-9) for name, (x, _) in sets.items()}
+
+
+def scale_or_row(per_image: dict[str, dict[str, np.ndarray]], served_threshold: float) -> dict | None:
+    """The served flag (its own threshold, from the metadata) or the scale direction over
+    ``SCALE["or_quantile"]`` of the validation images' (None without the direction)."""
+    if SCALE["name"] not in per_image["val"]:
+        return None
+    q = SCALE["or_quantile"]
+    ta, tb = served_threshold, np.quantile(per_image["val"][SCALE["name"]], q)
+    return {"method": f"served flag or scale direction over q {q} of the validation images", "threshold":
+            [float(ta), float(tb)], **{name: float(np.mean((s["served"] > ta) | (s[SCALE["name"]] > tb)))
+                                       for name, s in per_image.items()}}
 
 
 ROOTS, SIGN_ROOT = "roots summed (the served form, validation images' threshold)", "contrast sign's root alone"
@@ -221,7 +332,12 @@ def main() -> None:
     session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
     from nscmonitor.training.export import load_checkpoint
 
-    layers = layer_scores(load_checkpoint(run)[0], splits, sets, len(md.classes))
+    trained = load_checkpoint(run)[0]
+    layers = layer_scores(trained, splits, sets, len(md.classes))
+    by_scale_direction = scale_direction(trained, splits, sets, pre, a.tile)
+    if by_scale_direction is not None:
+        for name in sets:
+            layers[name][SCALE["name"]] = by_scale_direction[name]
     per_image = {name: {m: T.image_scores(s, idx) for m, s in {**scores(engine, session, x), **layers[name]}.items()}
                  for name, (x, idx) in sets.items()}
     engine.close()
@@ -230,9 +346,9 @@ def main() -> None:
         thr = md.ood["threshold"] if method == "served" else np.quantile(per_image["val"][method], md.ood["quantile"])
         rows.append({"method": method, "threshold": float(thr),
                      **{name: float(np.mean(s[method] > thr)) for name, s in per_image.items()}})
-    rule = or_rule_row(per_image)
-    if rule is not None:
-        rows.append(rule)
+    for rule in (or_rule_row(per_image), scale_or_row(per_image, float(md.ood["threshold"]))):
+        if rule is not None:
+            rows.append(rule)
     counts = {name: int(len(s["msp"])) for name, s in per_image.items()}
     cols = ["val", "test", *(["held-out plates"] if a.held_out_plates else []), *O.KINDS, "5x, pixel size known",
             *(["real ImageXpress"] if "real ImageXpress" in sets else [])]
