@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import cells_image, write_tiff
+from read_only import read_only  # tests/ is on the path
 
 from nscmonitor.engines.tiny import build_tiny_classifier
 from nscmonitor.store.db import ensure_schema, open_engine
@@ -243,7 +244,7 @@ def test_the_daemon_removes_the_old_shared_openvino_cache_at_start(tmp_path: Pat
     assert other.read_bytes() == b"kept"
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write any folder")
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions and mounts")
 def test_a_model_in_a_read_only_folder_is_served_without_an_openvino_cache(tmp_path: Path, tiny_model: Path) -> None:
     pytest.importorskip("openvino")
     from nscmonitor.engines.metadata import read_onnx_metadata
@@ -251,16 +252,14 @@ def test_a_model_in_a_read_only_folder_is_served_without_an_openvino_cache(tmp_p
 
     folder = tmp_path / "share"
     folder.mkdir()
-    model = folder / "model.onnx"
-    shutil.copy2(tiny_model, model)
-    folder.chmod(0o555)
-    try:
+    shutil.copy2(tiny_model, folder / "model.onnx")
+    with read_only(folder) as share:
+        model = share / "model.onnx"
         assert openvino_cache_dir(model, tmp_path / "engines") is None
         eng = make_engine("openvino-fp32", model, read_onnx_metadata(model), batch_size=2, threads=1,
                           cache_dir=tmp_path / "engines")
         eng.load()
         assert eng.infer(np.zeros((2, 1, 32, 32), dtype=np.float32)).shape[0] == 2
         eng.close()
-        assert sorted(p.name for p in folder.iterdir()) == ["model.onnx"]
-    finally:
-        folder.chmod(0o755)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx"]
+    assert not [p for p in (tmp_path / "engines").rglob("*") if p.is_file()]

@@ -10,10 +10,11 @@ import os
 import subprocess
 import sys
 import tempfile
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+from read_only import read_only  # tests/ is on the path
 
 from nscmonitor.config import parse_settings
 from nscmonitor.core.errors import ConfigError
@@ -170,35 +171,6 @@ def test_values_refused_at_the_edge() -> None:
     assert ok.max_pixels == 1 and ok.watch[0].rescan_interval == 0.5
     assert ok.retrain.device == "auto"
     assert parse_settings({"retrain": {"device": "cuda:1"}}, env={}).retrain.device == "cuda:1"
-
-
-@contextmanager
-def read_only(folder: Path):
-    """The folder (and what is in it) made read-only for the CLI: by permissions for an
-    ordinary user, by a read-only bind mount for root (root ignores permissions)."""
-    if os.geteuid() != 0:
-        modes = {p: p.stat().st_mode for p in [folder, *folder.iterdir()]}
-        for p in modes:
-            p.chmod(0o555 if p.is_dir() else 0o444)
-        try:
-            yield folder
-        finally:
-            for p, mode in modes.items():
-                p.chmod(mode)
-        return
-    view = folder.with_name(folder.name + "-ro")
-    view.mkdir()
-    ok = subprocess.run(["mount", "--bind", str(folder), str(view)], capture_output=True).returncode == 0
-    ok = ok and subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], capture_output=True).returncode == 0
-    if not ok:
-        subprocess.run(["umount", str(view)], capture_output=True)
-        view.rmdir()
-        pytest.skip("running as root without the right to make a read-only bind mount")
-    try:
-        yield view
-    finally:
-        subprocess.run(["umount", str(view)], check=True)
-        view.rmdir()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions and mounts")
