@@ -23,6 +23,7 @@ import tifffile
 
 from conftest import cells_image, write_tiff
 from daemonproc import MAX_PIXELS, RSS_BOUND, Daemon, count, query, raw_tiff
+from unprivileged import rerun_unprivileged  # tests/ is on the path
 
 pytestmark = pytest.mark.slow
 
@@ -224,8 +225,9 @@ def test_requeue_cli_puts_quarantined_images_back(tmp_path: Path, tiny_model: Pa
     assert query(db, "select count(*) from events where kind = 'requeued'")[0][0] == 2
 
 
-def test_an_unreadable_file_is_scored_once_its_permissions_are_fixed(tmp_path: Path, make_runner) -> None:
-    """In-process runner (real watchdog, SQLite, ONNX Runtime) so retries take milliseconds."""
+def test_an_unreadable_file_is_scored_once_its_permissions_are_fixed(tmp_path: Path, make_runner, request) -> None:
+    """In-process runner (real watchdog, SQLite, ONNX Runtime) so retries take milliseconds. As
+    root (CI) the test runs again in a user namespace, where root's right to read any file is gone."""
     import threading
 
     watch = tmp_path / "watch"
@@ -233,9 +235,11 @@ def test_an_unreadable_file_is_scored_once_its_permissions_are_fixed(tmp_path: P
     locked.chmod(0)
     try:
         locked.open("rb").close()
-        pytest.skip("this account reads files whatever their permissions (root with CAP_DAC_OVERRIDE)")
     except PermissionError:
         pass
+    else:
+        rerun_unprivileged(request, tmp_path)
+        return
     runner = make_runner(watch, profile="incucyte", max_attempts=2, retry_base_s=0.05, rescan_interval=0.2)
     db = Path(runner.settings.database_url.removeprefix("sqlite:///"))
     t = threading.Thread(target=runner.run, daemon=True)
