@@ -26,10 +26,18 @@ def rerun_unprivileged(request: pytest.FixtureRequest, tmp_path: Path) -> None:
         pytest.skip("this user namespace still reads files whatever their permissions")
     if shutil.which("unshare") is None or subprocess.run(["unshare", "--user", "true"],
                                                          capture_output=True).returncode != 0:
-        pytest.skip("running as root and no user namespace can be made (unshare --user) to drop that right")
+        pytest.skip("this account reads files whatever their permissions (root), and no user namespace can be "
+                    "made (unshare --user) to drop that right")
     root = Path(request.config.rootpath)
     base = tmp_path / "unprivileged"
     proc = subprocess.run(["unshare", "--user", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            f"--basetemp={base}", request.node.nodeid],
-                          cwd=root, capture_output=True, text=True, timeout=280, env={**os.environ, ENV: "1"})
+                          cwd=root, capture_output=True, text=True, timeout=280, env=_child_env())
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def _child_env() -> dict[str, str]:
+    """This process's environment for the re-run, without what pytest and its xdist worker set
+    for themselves (the child is a whole pytest run of its own)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST_", "PYTEST_CURRENT_TEST"))}
+    return {**env, ENV: "1"}
