@@ -104,8 +104,9 @@ def test_hostile_files_end_done_or_quarantined_with_reasons_in_bounded_memory(tm
     # a 100 001-page chain of tiny IFDs
     raw_tiff(watch / _name("G1"), width=8, height=8, data=bytes(64), pages=100_001)
     # OME-XML that declares 400 million planes in a two-page file: tifffile sized its series by it
-    ome = tifffile.TiffFile(write_tiff(tmp_path / "two.ome.tif", np.zeros((2, 16, 16), np.uint16),
-                                       ome=True, metadata={"axes": "TYX"})).ome_metadata
+    with tifffile.TiffFile(write_tiff(tmp_path / "two.ome.tif", np.zeros((2, 16, 16), np.uint16),
+                                      ome=True, metadata={"axes": "TYX"})) as two:
+        ome = two.ome_metadata
     write_tiff(watch / _name("G2"), np.zeros((2, 16, 16), np.uint16),
                description=ome.replace('SizeT="2"', 'SizeT="400000000"'), metadata=None)
     before = _digests(watch)

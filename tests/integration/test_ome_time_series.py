@@ -106,7 +106,8 @@ def test_a_stack_declaring_more_planes_than_it_holds_is_not_expanded(tmp_path: P
     import subprocess
     import sys
 
-    ome = tifffile.TiffFile(_write_two(tmp_path / "two.ome.tif")).ome_metadata
+    with tifffile.TiffFile(_write_two(tmp_path / "two.ome.tif")) as two:
+        ome = two.ome_metadata
     path = tmp_path / "claims.ome.tif"
     tifffile.imwrite(path, np.zeros((2, 16, 16), np.uint16), description=ome.replace('SizeT="2"', 'SizeT="400000000"'),
                      metadata=None)

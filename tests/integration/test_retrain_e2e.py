@@ -192,6 +192,9 @@ def promoted(served: Lifecycle) -> Promotion:
     finally:
         sched.shutdown(wait=job_over.is_set())  # a run that overran the wait is not waited for
         feeder.join()
+    # The daemon drains what the feeder dropped before the scenarios look: a batch it began
+    # during a scenario would outlive that scenario's teardown check on a loaded machine.
+    wait_until(lambda: lc.n_done(lc.frames) == len(lc.frames), 60, "every image to be scored")
     return Promotion(*outcome(), labels_version=version)
 
 
