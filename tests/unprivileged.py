@@ -26,8 +26,8 @@ def rerun_unprivileged(request: pytest.FixtureRequest, tmp_path: Path) -> None:
         pytest.skip("this user namespace still reads files whatever their permissions")
     if shutil.which("unshare") is None or subprocess.run(["unshare", "--user", "true"],
                                                          capture_output=True).returncode != 0:
-        pytest.skip("this account reads files whatever their permissions (root), and no user namespace can be "
-                    "made (unshare --user) to drop that right")
+        pytest.skip("this account reads files whatever their permissions (root, or no POSIX file modes), and no "
+                    "user namespace can be made (unshare --user) to drop that right")
     root = Path(request.config.rootpath)
     base = tmp_path / "unprivileged"
     proc = subprocess.run(["unshare", "--user", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
