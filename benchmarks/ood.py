@@ -30,9 +30,10 @@ validation images), so that it is judged on trainings it was not chosen on. And 
 fields served without a pixel size (``SCALE``): a direction in the network's features that tells
 the training fields at their own scale from the same fields at half and twice it (made here from
 the training plates' own cuts, with focus, noise and fine texture drawn at random so that they
-do not tell the scales apart), alone and as a second test beside the served score; and a
-second lead for them that needs no training (``ZOOM``): how much nearer the training tiles'
-input statistics a tile comes when it is zoomed 2x, alone and beside the served score.
+do not tell the scales apart), alone and as a second test beside the served score. Where the
+model has a zoom response (``nscmonitor.core.zoom_response``, tiles of 64 px and more), the
+served row flags as the daemon does, either test (``SERVED_SUM``: the graph's score alone,
+``ZOOM_ALONE``: the response alone, each at its stored threshold).
 - real instrument frames of another kind (``--real``, by default the shared reference's
   third-party ImageXpress output when it lies beside the repository: fluorescence of other
   cells at 4x and 20x), decoded and resampled by the pixel size their files state, as the
@@ -98,18 +99,15 @@ def layer_scores(model, splits, sets: dict, k: int) -> dict[str, dict[str, np.nd
     finally:
         T.RIDGE = ridge
 
-    out, zoomed = {}, {}
+    def dist(f: np.ndarray, means: np.ndarray, whiten: np.ndarray) -> np.ndarray:
+        return np.min([(((f - m) @ whiten) ** 2).sum(axis=1) for m in means.astype(np.float64)], axis=0)
+
+    out = {}
     for name, (x, _) in sets.items():
         feats = T.features(model, x[:, 0])
-        out[name] = {"before: pooled only": _dist(feats[-1], *before),
-                     **{f"layer: {n}": _dist(f, *g) for n, f, g in zip(names, feats, fitted)}}
-        if names[0] == "input statistics":  # each tile's zoomed quarters' root distance, their mean
-            z = zoomed_statistics(x[:, 0], ZOOM["factor"])
-            zoomed[name] = np.sqrt(_dist(z.reshape(-1, z.shape[-1]), *fitted[0])).reshape(len(x), -1).mean(axis=1)
+        out[name] = {"before: pooled only": dist(feats[-1], *before),
+                     **{f"layer: {n}": dist(f, *g) for n, f, g in zip(names, feats, fitted)}}
     median = {n: np.median(out["val"][f"layer: {n}"]) for n in names}
-    for name, up in zoomed.items():
-        unit = np.sqrt(median["input statistics"])
-        out[name][ZOOM["name"]] = (np.sqrt(out[name]["layer: input statistics"]) - up) / unit
     mean = {n: np.mean(out["val"][f"layer: {n}"]) for n in names}
     for name, d in out.items():
         d["before: squares summed, no contrast sign"] = sum(
@@ -120,40 +118,6 @@ def layer_scores(model, splits, sets: dict, k: int) -> dict[str, dict[str, np.nd
         if "contrast sign" in names:
             d[SIGN_ROOT] = np.sqrt(d["layer: contrast sign"] / median["contrast sign"])
     return out
-
-
-def _dist(f: np.ndarray, means: np.ndarray, whiten: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distance to the nearest class mean, as the served head computes it."""
-    return np.min([(((f - m) @ whiten) ** 2).sum(axis=1) for m in means.astype(np.float64)], axis=0)
-
-
-#: the second lead for 5x fields served without a pixel size (docs/training.md, "The zoom
-#: response"): how much nearer the training tiles' input statistics a tile comes when it is
-#: zoomed 2x (its pixels read as half their size): the input statistics' root distance (in
-#: its validation median's unit) of the tile minus the mean of its zoomed quarters'. Our own
-#: tiles move away (zoomed, they are too smooth and their cells too large), a 5x tile nearer.
-#: No network and nothing fitted beyond the input statistics' Gaussian; judged alone and as a
-#: second test beside the served flag at two quantiles of the validation images
-ZOOM = {"name": "zoom response (input statistics, own minus zoomed 2x)", "factor": 2, "or_quantiles": (0.96, 0.98)}
-
-
-def zoomed_statistics(x: np.ndarray, factor: int = 2, batch: int = 256) -> np.ndarray:
-    """N x S x S scaled tiles -> N x factor^2 x 7: the input statistics (``training.ood``) of
-    each tile zoomed ``factor`` times (bilinear) and cut back into tiles of S px."""
-    import torch
-
-    from nscmonitor.training import ood as T
-
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            xb = torch.from_numpy(np.asarray(x[i:i + batch], np.float32)).unsqueeze(1)
-            s = xb.shape[-1]
-            up = torch.nn.functional.interpolate(xb, scale_factor=float(factor), mode="bilinear", align_corners=False)
-            parts = torch.stack([up[:, :, a * s:(a + 1) * s, b * s:(b + 1) * s]
-                                 for a in range(factor) for b in range(factor)], dim=1)
-            out.append(T.input_statistics(parts.reshape(-1, 1, s, s)).reshape(len(xb), factor * factor, -1).numpy())
-    return np.concatenate(out)
 
 
 #: the lead for 5x fields served without a pixel size (docs/training.md): a direction in the
@@ -248,24 +212,20 @@ def scale_direction(model, splits, sets: dict, pre, tile: int) -> dict[str, np.n
     return {name: -np.log(clf.predict_proba((feats(x) - mu) / sd)[:, 0] + 1e-9) for name, (x, _) in sets.items()}
 
 
-def served_or_row(per_image: dict[str, dict[str, np.ndarray]], served_threshold: float, method: str, q: float,
-                  label: str) -> dict | None:
-    """The served flag (its own threshold, from the metadata) or ``method`` over its ``q``
-    quantile of the validation images' (None where the benchmark did not compute it)."""
-    if method not in per_image["val"]:
+def scale_or_row(per_image: dict[str, dict[str, np.ndarray]], served_threshold: float) -> dict | None:
+    """The served flag (its own threshold, from the metadata) or the scale direction over
+    ``SCALE["or_quantile"]`` of the validation images' (None without the direction)."""
+    if SCALE["name"] not in per_image["val"]:
         return None
-    ta, tb = served_threshold, np.quantile(per_image["val"][method], q)
-    return {"method": f"served flag or {label} over q {q} of the validation images", "threshold":
-            [float(ta), float(tb)], **{name: float(np.mean((s["served"] > ta) | (s[method] > tb)))
+    q = SCALE["or_quantile"]
+    ta, tb = served_threshold, np.quantile(per_image["val"][SCALE["name"]], q)
+    return {"method": f"served flag or scale direction over q {q} of the validation images", "threshold":
+            [float(ta), float(tb)], **{name: float(np.mean((s["served"] > ta) | (s[SCALE["name"]] > tb)))
                                        for name, s in per_image.items()}}
 
 
-def scale_or_row(per_image: dict[str, dict[str, np.ndarray]], served_threshold: float) -> dict | None:
-    """The served flag or the scale direction over ``SCALE["or_quantile"]`` of the validation images'."""
-    return served_or_row(per_image, served_threshold, SCALE["name"], SCALE["or_quantile"], "scale direction")
-
-
 ROOTS, SIGN_ROOT = "roots summed (the served form, validation images' threshold)", "contrast sign's root alone"
+SERVED_SUM, ZOOM_ALONE = "served: the graph's score alone", "served: the zoom response alone"
 #: the image-level rule measured as a lead on eight trainings (docs/training.md): an image is
 #: flagged when its mean of the sum of roots exceeds this quantile of the validation images'
 #: or its mean of the contrast sign's root exceeds that one's
@@ -318,6 +278,7 @@ def main() -> None:
 
     import torch
 
+    from nscmonitor.core import zoom_response
     from nscmonitor.engines import read_onnx_metadata
     from nscmonitor.engines.ort import OrtCpuEngine
     from nscmonitor.scoring.preprocess import Preprocess
@@ -385,14 +346,21 @@ def main() -> None:
     per_image = {name: {m: T.image_scores(s, idx) for m, s in {**scores(engine, session, x), **layers[name]}.items()}
                  for name, (x, idx) in sets.items()}
     engine.close()
+    stored = {"served": float(md.ood["threshold"])}
+    zoom = md.ood.get("zoom")
+    if zoom_response.applies(zoom, md.input_size):
+        stored.update({SERVED_SUM: stored["served"], ZOOM_ALONE: float(zoom["threshold"])})
+        for name, (x, idx) in sets.items():
+            r = T.image_scores(zoom_response.response(x[:, 0], zoom), idx)
+            s = per_image[name]["served"]
+            per_image[name].update({SERVED_SUM: s, ZOOM_ALONE: r,
+                                    "served": zoom_response.mapped_score(s, r, zoom, stored["served"])})
     rows = []
     for method in per_image["val"]:
-        thr = md.ood["threshold"] if method == "served" else np.quantile(per_image["val"][method], md.ood["quantile"])
+        thr = stored[method] if method in stored else np.quantile(per_image["val"][method], md.ood["quantile"])
         rows.append({"method": method, "threshold": float(thr),
                      **{name: float(np.mean(s[method] > thr)) for name, s in per_image.items()}})
-    served = float(md.ood["threshold"])
-    for rule in (or_rule_row(per_image), scale_or_row(per_image, served),
-                 *(served_or_row(per_image, served, ZOOM["name"], q, "zoom response") for q in ZOOM["or_quantiles"])):
+    for rule in (or_rule_row(per_image), scale_or_row(per_image, float(md.ood["threshold"]))):
         if rule is not None:
             rows.append(rule)
     counts = {name: int(len(s["msp"])) for name, s in per_image.items()}

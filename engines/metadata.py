@@ -15,7 +15,10 @@ Output: ``output`` is ``"logits"`` (softmax with ``temperature`` applied by the 
 or ``"probabilities"``. ``ood`` (None for older models and models from elsewhere: the flag is
 then unavailable, never an error) describes the out-of-distribution score the graph computes as
 its second output: ``{"output": "ood", "method", "threshold", "quantile", ...}``; an image whose
-mean tile score exceeds ``threshold`` is flagged (``training.ood``).
+mean tile score exceeds ``threshold`` is flagged (``training.ood``). Its ``zoom`` record, where
+present (models trained on tiles of 64 px and more since 2026-12-07), holds the zoom response's
+Gaussian and threshold (``nscmonitor.core.zoom_response``), a second test the daemon runs on
+its own tiles.
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nscmonitor.core.calibration import call_rule_of, well_calibration_of
 from nscmonitor.core.errors import UserFacingError
+from nscmonitor.core.zoom_response import STATISTICS
 
 FORMAT_VERSION = 1
 METADATA_KEY = "nscmonitor"
@@ -102,6 +108,24 @@ class ModelMetadata:
             raise MetadataError(f"metadata has a bad value: {exc}") from exc
 
 
+def _check_zoom(z: Any) -> None:
+    """The zoom response's record, checked once so that a damaged one is a clear error at load,
+    not a numpy error in the middle of a plate."""
+    d = len(STATISTICS)
+    try:
+        means = np.asarray(z["means"], np.float64)
+        whiten = np.asarray(z["whiten"], np.float64)
+        numbers = [float(z[k]) for k in ("unit", "threshold", "gain")]
+        min_tile = int(z.get("min_tile", 0))
+    except (TypeError, KeyError, ValueError) as exc:
+        raise MetadataError(f"ood.zoom must hold means, whiten, unit, threshold and gain: {exc}") from exc
+    if (means.ndim != 2 or means.shape[1] != d or not len(means) or whiten.shape != (d, d)
+            or not (np.all(np.isfinite(means)) and np.all(np.isfinite(whiten)) and np.all(np.isfinite(numbers)))
+            or numbers[0] <= 0 or numbers[2] <= 0 or min_tile < 0):
+        raise MetadataError(f"ood.zoom must hold K x {d} class means, a {d} x {d} whitening, a positive unit and "
+                            "gain and a finite threshold")
+
+
 def validate(m: ModelMetadata) -> None:
     if m.format_version > FORMAT_VERSION:
         raise MetadataError(
@@ -135,6 +159,8 @@ def validate(m: ModelMetadata) -> None:
         thr = m.ood.get("threshold") if isinstance(m.ood, dict) else None
         if not (isinstance(thr, (int, float)) and thr == thr and isinstance(m.ood.get("output"), str)):
             raise MetadataError(f"ood must name its graph output and a numeric threshold, got {m.ood!r}")
+        if m.ood.get("zoom") is not None:
+            _check_zoom(m.ood["zoom"])
     if not norm.get("in_graph", False) and not norm.get("std", 1.0) > 0:
         raise MetadataError("normalization std must be positive")
     try:

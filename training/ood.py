@@ -15,6 +15,11 @@ at once (Lee et al. 2018, "feature ensemble"), plus two layers of cheap input st
   tiles and inverted test-plate tiles 0.96 at 32 px, 0.98 at 96 px, benchmarks/ood.py's data);
 - each stage of the backbone, global-average pooled (``stage_names``);
 - the pooled penultimate features, the classifier's input (the score served before).
+Beside the score, for tiles of 64 px and more, the zoom response of the input statistics
+(``nscmonitor.core.zoom_response``; ``fit_zoom``): how much nearer the training tiles a tile
+comes when zoomed 2x, which tells a 5x field served at its own scale (its file states no pixel
+size) from ours where none of the layers does. It is computed on the daemon's tiles in numpy,
+with its own threshold in the metadata, not in the graph (its reasons are in that module).
 Per layer: the squared Mahalanobis distance to the nearest class mean (shared covariance),
 fitted on the training split, divided by its median over the validation tiles, so that
 layers of any width speak in the same unit; the tile's score is the sum over layers of the
@@ -326,7 +331,54 @@ def fit(model: nn.Module, splits: dict, device: Any, k: int, max_fit_tiles: int 
             "fit_tiles": int(len(idx)), "training_tiles": int(len(splits["train"].y))}
     if held is not None:
         meta["flagged_training_plates_left_out"] = float(np.mean(held > threshold))
+    zoom = fit_zoom(x, y, records, k, splits["val"].x, image_keys(splits["val"].records), per_image, held, threshold)
+    if zoom is not None:
+        meta["zoom"] = zoom
     return head, meta
+
+
+def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndarray, val_keys: np.ndarray,
+             val_sums: np.ndarray, held_sums: np.ndarray | None, threshold: float) -> dict[str, Any] | None:
+    """The zoom response's record for the metadata (``nscmonitor.core.zoom_response``), or
+    None for tiles under its ``MIN_TILE``: the input statistics' Gaussian from the training
+    tiles (class means, shared covariance, as the served layers), its unit from the validation
+    tiles, and its threshold from the same images as the score's (the validation plate's and
+    each training plate's scored without its plate), at the ``1 - FLAGGED_IN_DOMAIN`` quantile:
+    2 % rather than the score's 4 %, since an image either test flags is flagged. ``gain`` maps
+    a spread of the response onto the score's (their images' interquartile ranges), so that
+    ``mapped_score`` keeps one score on one scale."""
+    from nscmonitor.core import zoom_response as Z
+
+    if x.shape[-1] < Z.MIN_TILE:
+        return None
+    stats, zoomed = Z.statistics(x), Z.zoomed_statistics(x)
+    means, whiten = fit_mahalanobis(stats, y, k)
+    val_stats, val_zoomed = Z.statistics(val_x), Z.zoomed_statistics(val_x)
+    unit = float(np.sqrt(max(np.median(Z.distance(val_stats, means, whiten)), 1e-12)))
+    responses = [image_scores(Z.response_of(val_stats, val_zoomed, means, whiten, unit), val_keys)]
+    plates = [(getattr(r, "experiment", None), getattr(r, "plate", None)) for r in records]
+    names = list(dict.fromkeys(plates))
+    if held_sums is not None and len(names) > 1:
+        index = {p: i % MAX_FOLDS for i, p in enumerate(names)}
+        which = np.asarray([index[p] for p in plates])
+        tiles = np.zeros(len(records), np.float64)
+        for i in range(min(len(names), MAX_FOLDS)):
+            out = which == i
+            fold = fit_mahalanobis(stats[~out], y[~out], k)
+            tiles[out] = Z.response_of(stats[out], zoomed[out], *fold, unit)
+        responses.append(image_scores(tiles, image_keys(records)))
+    pooled = np.concatenate(responses)
+    sums = val_sums if held_sums is None else np.concatenate([val_sums, held_sums])
+    q = 1.0 - Z.FLAGGED_IN_DOMAIN
+    t_r = float(np.quantile(pooled, q))
+    iqr = lambda v: float(np.subtract(*np.quantile(v, [0.75, 0.25])))
+    gain = iqr(sums) / max(iqr(pooled), 1e-6)
+    either = (sums > threshold) | (pooled > t_r)
+    return {"method": "zoom response of the input statistics", "factor": Z.FACTOR, "min_tile": Z.MIN_TILE,
+            "statistics": list(Z.STATISTICS), "means": means.astype(np.float64).tolist(),
+            "whiten": whiten.astype(np.float64).tolist(), "unit": unit, "quantile": q, "threshold": t_r,
+            "gain": gain, "images": int(len(pooled)), "flagged": float(np.mean(pooled > t_r)),
+            "flagged_with_score": float(np.mean(either))}
 
 
 def leave_one_plate_out(train: Sequence[np.ndarray], y: np.ndarray, records: list, k: int,

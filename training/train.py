@@ -300,6 +300,11 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
           f"{o['training_tiles']} training tiles): flags {o['flagged_val']:.1%} of the "
           f"{o['val_images']} validation images"
           + (f" and {left_out:.1%} of the training plates' images left out of the fit" if left_out is not None else ""))
+    if o.get("zoom"):
+        z = o["zoom"]
+        print(f"zoom response (for fields of another magnification without a pixel size): threshold "
+              f"{z['threshold']:.4g}, the {z['quantile']:.0%} quantile of the same {z['images']} images; either "
+              f"test flags {z['flagged_with_score']:.1%} of them")
     saved["metadata"] = json.dumps(meta)
     save_atomic(saved, out / "best.pt")
     E.write_metrics(out, metrics)

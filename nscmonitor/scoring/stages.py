@@ -21,6 +21,7 @@ from nscmonitor.core.aggregate import image_score, pack_tiles
 from nscmonitor.core.calibration import well_calibration_of
 from nscmonitor.core.domain import QCMetrics
 from nscmonitor.core.limits import resample_refusal
+from nscmonitor.core import zoom_response
 from nscmonitor.core.names import shown
 from nscmonitor.engines.base import Engine
 from nscmonitor.scoring.classify import TileScores, score_batches
@@ -135,15 +136,22 @@ def pixel_size_mismatch(meta, pixel_size_um: float | None) -> float | None:
     return ratio if max(ratio, 1.0 / ratio) > float(limit) else None
 
 
-def ood_of(tiles: TileScores, meta, other_scale: bool = False) -> tuple[float | None, bool | None]:
+def ood_of(tiles: TileScores, meta, other_scale: bool = False,
+           pixels: np.ndarray | None = None) -> tuple[float | None, bool | None]:
     """The image's out-of-distribution score (its tiles' mean, as the threshold was set in
     training) and flag: above the threshold, or ``other_scale`` (taken at another
     magnification, ``pixel_size_mismatch``); (None, None) when the model has no score or no
-    tile was scored."""
+    tile was scored. Where the model has a zoom response (``core.zoom_response``) and the
+    scaled tiles are given (``pixels``, N x 1 x S x S), the score is the larger of the tiles'
+    mean and the response's mean mapped onto the score's scale, so either test flags."""
     if tiles.ood is None or not len(tiles.ood) or not meta.ood:
         return None, None
-    score = float(np.mean(tiles.ood))
-    return score, bool(score > float(meta.ood["threshold"]) or other_scale)
+    score, threshold = float(np.mean(tiles.ood)), float(meta.ood["threshold"])
+    zoom = meta.ood.get("zoom")
+    if pixels is not None and len(pixels) and zoom_response.applies(zoom, pixels.shape[-1]):
+        response = float(np.mean(zoom_response.response(pixels[:, 0], zoom)))
+        score = float(zoom_response.mapped_score(score, response, zoom, threshold))
+    return score, bool(score > threshold or other_scale)
 
 
 def result(p: Prepared, tiles: TileScores, *, model_version: str, engine: Engine) -> Scored:
@@ -152,7 +160,8 @@ def result(p: Prepared, tiles: TileScores, *, model_version: str, engine: Engine
     probs = tiles.probs
     score = image_score(probs) if grid is not None and len(probs) else None
     ratio = pixel_size_mismatch(engine.metadata, p.decoded.pixel_size_um) if score is not None else None
-    ood_score, ood = ood_of(tiles, engine.metadata, ratio is not None) if score is not None else (None, None)
+    ood_score, ood = (ood_of(tiles, engine.metadata, ratio is not None, grid.tiles) if score is not None
+                      else (None, None))
     if ood is not None and ratio is not None:
         log.info("%s: flagged as unlike the training data: its pixel size (%.3g um) is %.2f times the training "
                  "images' (another magnification)", shown(p.claimed.path), p.decoded.pixel_size_um, ratio)

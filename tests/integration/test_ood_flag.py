@@ -337,3 +337,60 @@ def test_real_instrument_frames_of_another_kind_are_flagged_by_the_score(trained
         engine.close()
     assert len(frames) >= 10
     assert np.mean(flags) >= 0.95, flags
+
+
+@pytest.fixture(scope="module")
+def trained64(tmp_path_factory):
+    """The training tests' tiny model on tiles of 64 px, where a tile holds enough cells for the
+    zoom response (``nscmonitor.core.zoom_response``)."""
+    from nscmonitor.simulate.labelled_tiles import export_tiles
+    from nscmonitor.training.train import TrainConfig, main, prepare_data
+
+    root = tmp_path_factory.mktemp("ood64")
+    export_tiles(root / "sim", plates=3, hours=(0, 48, 96), tile_size=64, wells_per_condition=3, grid=(3, 3), seed=0)
+    cfg = dict(data=str(root / "sim"), out=str(root / "run"), scheme="multiclass", arch="tiny", threads=1,
+               progress=False)
+    main(TrainConfig(epochs=6, **cfg))
+    return root / "run" / "model.onnx", prepare_data(TrainConfig(**cfg))[0]
+
+
+def _daemon_flags(engine, images: list[list[np.ndarray]], tile: int, zoom: bool = True) -> float:
+    """Share of images (each its raw cuts) the daemon's own ``ood_of`` flags, with the zoom
+    response (the scaled tiles given) or the graph's score alone."""
+    from nscmonitor.scoring.classify import TileScores
+    from nscmonitor.scoring.preprocess import Preprocess
+    from nscmonitor.scoring.stages import ood_of
+
+    pre = Preprocess.from_metadata(engine.metadata)
+    flags = []
+    for cuts in images:
+        x = np.stack([pre.tiles(c, factor=pre.factor(tile_px=tile)).tiles[0] for c in cuts]).astype(np.float32)
+        probs, score = engine.infer_with_ood(x)
+        flags.append(ood_of(TileScores(probs, score), engine.metadata, pixels=x if zoom else None)[1])
+    return float(np.mean(flags))
+
+
+def test_a_5x_field_without_its_pixel_size_is_flagged_by_the_zoom_response(trained64, trained):
+    """A 5x field served at its own scale (its file states no pixel size) shows cells half
+    their size; the graph's score flagged 15 % of them on this model, the zoom response beside
+    it 68 % (one training plate of 64 px tiles; 88-97 % with six plates of 96 px,
+    docs/training.md), while our own test plate's fields are flagged no more than before.
+    The 32 px model gets no zoom record: its tiles hold a cell or two."""
+    from nscmonitor.simulate import out_of_domain as O
+
+    path, splits = trained64
+    engine = _engine(path)
+    try:
+        zoom = engine.metadata.ood["zoom"]
+        assert zoom["min_tile"] == 64 and zoom["quantile"] == pytest.approx(0.98) and zoom["gain"] > 0
+        fivex = O.images("magnification", 40, 64, seed=5)
+        test = O.field_cuts([r.path for r in splits["test"].records])
+        with_zoom, alone = _daemon_flags(engine, fivex, 64), _daemon_flags(engine, fivex, 64, zoom=False)
+        test_with, test_alone = _daemon_flags(engine, test, 64), _daemon_flags(engine, test, 64, zoom=False)
+        bright = _daemon_flags(engine, O.images("brightfield", 20, 64, seed=4), 64)
+    finally:
+        engine.close()
+    assert with_zoom >= 0.5 and with_zoom >= alone + 0.3, (with_zoom, alone)
+    assert test_with <= test_alone + 0.05 and test_with <= 0.15, (test_with, test_alone)
+    assert bright >= 0.9
+    assert "zoom" not in read_onnx_metadata(trained[0]).ood

@@ -1,0 +1,107 @@
+"""The zoom response (``nscmonitor.core.zoom_response``), the out-of-distribution test for a
+field taken through another objective whose file states no pixel size: its statistics are the
+graph's input statistics, its zoom is the bilinear zoom torch draws, it tells cells at half
+their size from our own, and an image is flagged when either it or the served score says so,
+with one stored score and one threshold (``scoring.stages.ood_of``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nscmonitor.core import zoom_response as Z
+from nscmonitor.engines.metadata import ModelMetadata, validate
+from nscmonitor.scoring.classify import TileScores
+from nscmonitor.scoring.stages import ood_of
+from nscmonitor.training import ood as T
+
+
+def _blobs(rng: np.random.Generator, radius: float, n: int, size: int = 64) -> np.ndarray:
+    """Fields of bright round cells of one size (a Gaussian of ``radius`` px) with camera noise."""
+    from scipy.ndimage import gaussian_filter
+
+    out = []
+    for _ in range(n):
+        cells = gaussian_filter((rng.random((size, size)) < 0.32 / radius ** 2).astype(float), radius)
+        out.append(0.4 + 0.3 * cells / (cells.max() + 1e-9) + rng.normal(0, 0.02, (size, size)))
+    return np.stack(out).astype(np.float32)
+
+
+def _record(reference: np.ndarray) -> dict:
+    """A zoom record fitted on ``reference`` tiles as training fits it (one class)."""
+    stats = Z.statistics(reference)
+    means, whiten = T.fit_mahalanobis(stats, np.zeros(len(stats), np.int64), 1)
+    unit = float(np.sqrt(np.median(Z.distance(stats, means, whiten))))
+    return {"means": means.tolist(), "whiten": whiten.tolist(), "unit": unit, "min_tile": Z.MIN_TILE}
+
+
+def test_the_statistics_are_the_graphs_input_statistics() -> None:
+    x = np.random.default_rng(1).random((5, 40, 40)).astype(np.float32) ** 3
+    np.testing.assert_allclose(Z.statistics(x), T.input_statistics(torch.from_numpy(x)[:, None]).double().numpy(),
+                               rtol=1e-4, atol=1e-5)
+    assert np.allclose(Z.statistics(x, batch=2), Z.statistics(x))
+
+
+def test_the_zoom_is_torchs_bilinear_zoom_cut_into_quarters() -> None:
+    x = np.random.default_rng(2).random((3, 16, 16))
+    up = torch.nn.functional.interpolate(torch.from_numpy(x)[:, None], scale_factor=2.0, mode="bilinear",
+                                         align_corners=False)[:, 0].numpy()
+    got = Z.zoomed_statistics(x, batch=2)
+    assert got.shape == (3, 4, len(Z.STATISTICS))
+    np.testing.assert_allclose(got[1, 2], Z.statistics(up[1:2, 16:, :16])[0], rtol=1e-9)  # lower left
+    np.testing.assert_allclose(got[2, 1], Z.statistics(up[2:3, :16, 16:])[0], rtol=1e-9)  # upper right
+
+
+def test_the_response_tells_cells_at_half_their_size_from_our_own() -> None:
+    """Served without its pixel size, a 5x field shows every cell at half its size. Zoomed 2x,
+    such a tile comes nearer the training tiles' statistics, while one of our own moves away
+    (too smooth, its cells too large): every half-scale tile answers more than any of ours."""
+    rng = np.random.default_rng(0)
+    rec = _record(_blobs(rng, 4.0, 300))
+    ours, half = Z.response(_blobs(rng, 4.0, 100), rec), Z.response(_blobs(rng, 2.0, 100), rec)
+    assert half.min() > ours.max(), (np.percentile(ours, [50, 100]), np.percentile(half, [0, 50]))
+
+
+def _meta(zoom: dict | None, threshold: float = 10.0) -> ModelMetadata:
+    meta = ModelMetadata(name="t", version="1", scheme="binary", classes=("neuron", "glia"), input_size=64,
+                         ood={"output": "ood", "threshold": threshold, **({"zoom": zoom} if zoom else {})})
+    validate(meta)
+    return meta
+
+
+def test_an_image_is_flagged_by_either_test_with_one_score_and_one_threshold() -> None:
+    rng = np.random.default_rng(3)
+    rec = _record(_blobs(rng, 4.0, 200))
+    ours, half = _blobs(rng, 4.0, 6)[:, None], _blobs(rng, 2.0, 6)[:, None]
+    r_ours, r_half = Z.response(ours[:, 0], rec).mean(), Z.response(half[:, 0], rec).mean()
+    zoom = {**rec, "threshold": float((r_ours + r_half) / 2), "gain": 2.0}
+    low = TileScores(np.full((6, 2), 0.5, np.float32), np.full(6, 8.0, np.float32))  # the sum: under 10
+    high = TileScores(low.probs, np.full(6, 12.0, np.float32))
+    assert ood_of(low, _meta(zoom), pixels=ours) == (8.0, False)
+    score, flagged = ood_of(low, _meta(zoom), pixels=half)
+    assert flagged and score == pytest.approx(10.0 + 2.0 * (r_half - zoom["threshold"]))
+    assert ood_of(high, _meta(zoom), pixels=ours) == (12.0, True)  # the sum alone still flags
+    # no record, or tiles too small to show a cell's size, or no pixels given: the sum alone
+    assert ood_of(low, _meta(None), pixels=half) == (8.0, False)
+    assert ood_of(low, _meta({**zoom, "min_tile": 128}), pixels=half) == (8.0, False)
+    assert ood_of(low, _meta(zoom)) == (8.0, False)
+
+
+def test_the_mapping_keeps_the_order_of_both_tests() -> None:
+    zoom = {"threshold": -3.0, "gain": 1.5}
+    s, r = np.array([9.0, 9.0, 11.0]), np.array([-4.0, -2.0, -4.0])
+    got = Z.mapped_score(s, r, zoom, 10.0)
+    assert list(got > 10.0) == [False, True, True]
+    assert got[1] == pytest.approx(10.0 + 1.5 * 1.0)
+
+
+@pytest.mark.parametrize("damage", [{"means": [[0.0] * 6]}, {"whiten": [[1.0]]}, {"unit": 0.0},
+                                    {"threshold": float("nan")}, {"gain": "steep"}, {"means": None}])
+def test_a_damaged_zoom_record_is_refused_when_the_model_loads(damage) -> None:
+    from nscmonitor.engines.metadata import MetadataError
+
+    good = {**_record(_blobs(np.random.default_rng(4), 4.0, 40)), "threshold": -2.0, "gain": 1.0}
+    validate(_meta(good))
+    with pytest.raises(MetadataError, match="ood.zoom must"):
+        validate(_meta({**good, **damage}))
