@@ -17,11 +17,11 @@ from enum import Enum
 
 import numpy as np
 
+from nscmonitor.core import zoom_response
 from nscmonitor.core.aggregate import image_score, pack_tiles
 from nscmonitor.core.calibration import well_calibration_of
 from nscmonitor.core.domain import QCMetrics
 from nscmonitor.core.limits import resample_refusal
-from nscmonitor.core import zoom_response
 from nscmonitor.core.names import shown
 from nscmonitor.engines.base import Engine
 from nscmonitor.scoring.classify import TileScores, score_batches
