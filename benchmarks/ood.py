@@ -351,7 +351,7 @@ def main() -> None:
     if zoom_response.applies(zoom, md.input_size):
         stored.update({SERVED_SUM: stored["served"], ZOOM_ALONE: float(zoom["threshold"])})
         for name, (x, idx) in sets.items():
-            r = T.image_scores(zoom_response.response(x[:, 0], zoom), idx)
+            r = np.asarray([zoom_response.image_response(x[idx == i, 0], zoom) for i in range(int(idx.max()) + 1)])
             s = per_image[name]["served"]
             per_image[name].update({SERVED_SUM: s, ZOOM_ALONE: r,
                                     "served": zoom_response.mapped_score(s, r, zoom, stored["served"])})

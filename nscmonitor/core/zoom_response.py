@@ -31,6 +31,8 @@ FACTOR = 2
 MIN_TILE = 64
 #: share of our own images the response alone flags (its threshold's quantile is 1 - this)
 FLAGGED_IN_DOMAIN = 0.02
+#: tiles of an image the daemon measures (``image_response``)
+MAX_TILES = 8
 STATISTICS = ("mean", "log sd", "skewness", "log kurtosis", "gradient energy 1 px", "gradient energy 2 px",
               "gradient energy 4 px")
 GRADIENT_STEPS = (1, 2, 4)
@@ -38,34 +40,51 @@ EPS = 1e-6
 
 
 def statistics(x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """N x S x S scaled tiles -> N x 7 (``STATISTICS``), in float64: the served head's input
-    statistics (``training.ood.input_statistics``, which the graph computes in fp32)."""
+    """N x S x S scaled tiles -> N x 7 (``STATISTICS``): the served head's input statistics
+    (``training.ood.input_statistics``, which the graph computes). Float32 pixels with float64
+    sums: the same numbers to a few parts in a million, in half the time of float64 pixels."""
     if len(x) > batch:
         return np.concatenate([statistics(x[i:i + batch], batch) for i in range(0, len(x), batch)])
-    x = np.asarray(x, np.float64)
-    m = x.mean(axis=(1, 2))
-    c = x - m[:, None, None]
+    x = np.asarray(x, np.float32)
+    mean = lambda a: a.mean(axis=(1, 2), dtype=np.float64)
+    m = mean(x)
+    c = x - m.astype(np.float32)[:, None, None]
     c2 = c * c
-    v = c2.mean(axis=(1, 2)) + EPS
+    v = mean(c2) + EPS
     sd = np.sqrt(v)
-    out = [m, np.log(sd), (c2 * c).mean(axis=(1, 2)) / (v * sd), np.log((c2 * c2).mean(axis=(1, 2)) / (v * v) + EPS)]
+    skew = mean(c2 * c) / (v * sd)
+    c2 *= c2
+    out = [m, np.log(sd), skew, np.log(mean(c2) / (v * v) + EPS)]
     for s in GRADIENT_STEPS:
-        gx, gy = x[:, :, s:] - x[:, :, :-s], x[:, s:, :] - x[:, :-s, :]
-        out.append(np.log(((gx * gx).mean(axis=(1, 2)) + (gy * gy).mean(axis=(1, 2))) / v + EPS))
+        gx = x[:, :, s:] - x[:, :, :-s]
+        gy = x[:, s:, :] - x[:, :-s, :]
+        gx *= gx
+        gy *= gy
+        out.append(np.log((mean(gx) + mean(gy)) / v + EPS))
     return np.stack(out, axis=1)
 
 
-def _zoom_axis(x: np.ndarray, axis: int) -> np.ndarray:
-    """Twice as many samples along ``axis`` by linear interpolation between pixel centres, the
-    edge pixel repeated beyond them (what ``torch.nn.functional.interpolate`` does with
-    ``align_corners=False``): output 2i sits a quarter pixel before input i, 2i + 1 a quarter after."""
-    x = np.moveaxis(x, axis, -1)
-    before = np.concatenate([x[..., :1], x[..., :-1]], axis=-1)
-    after = np.concatenate([x[..., 1:], x[..., -1:]], axis=-1)
-    out = np.empty(x.shape[:-1] + (2 * x.shape[-1],), x.dtype)
-    out[..., 0::2] = 0.75 * x + 0.25 * before
-    out[..., 1::2] = 0.75 * x + 0.25 * after
-    return np.moveaxis(out, -1, axis)
+def _zoom_rows(x: np.ndarray) -> np.ndarray:
+    """Twice as many rows by linear interpolation between pixel centres, the edge row repeated
+    beyond them (``torch.nn.functional.interpolate`` with ``align_corners=False``): output row
+    2i sits a quarter pixel before input row i, 2i + 1 a quarter after."""
+    n, h, w = x.shape
+    q = 0.25 * x
+    out = np.empty((n, 2 * h, w), np.float32)
+    out[:, 0::2] = x
+    out[:, 0::2] -= q
+    out[:, 1::2] = out[:, 0::2]
+    out[:, 2::2] += q[:, :-1]
+    out[:, 0] += q[:, 0]
+    out[:, 1:-1:2] += q[:, 1:]
+    out[:, -1] += q[:, -1]
+    return out
+
+
+def zoom2(x: np.ndarray) -> np.ndarray:
+    """N x S x S -> N x 2S x 2S, bilinear (float32)."""
+    up = _zoom_rows(np.asarray(x, np.float32))
+    return _zoom_rows(np.ascontiguousarray(up.transpose(0, 2, 1))).transpose(0, 2, 1)
 
 
 def zoomed_statistics(x: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -75,9 +94,8 @@ def zoomed_statistics(x: np.ndarray, batch: int = 64) -> np.ndarray:
     s = x.shape[-1]
     out = np.zeros((len(x), FACTOR * FACTOR, len(STATISTICS)))
     for i in range(0, len(x), batch):
-        xb = np.asarray(x[i:i + batch], np.float64)
-        n = len(xb)
-        up = _zoom_axis(_zoom_axis(xb, 1), 2)
+        up = zoom2(x[i:i + batch])
+        n = len(up)
         parts = up.reshape(n, FACTOR, s, FACTOR, s).transpose(0, 1, 3, 2, 4).reshape(n * FACTOR * FACTOR, s, s)
         out[i:i + n] = statistics(parts).reshape(n, FACTOR * FACTOR, len(STATISTICS))
     return out
@@ -104,10 +122,24 @@ def applies(zoom: Mapping[str, Any] | None, tile_px: int) -> bool:
     return bool(zoom) and tile_px >= int(zoom.get("min_tile", MIN_TILE))
 
 
+def spread(n: int, at_most: int = MAX_TILES) -> np.ndarray:
+    """Indices of at most ``at_most`` of ``n`` tiles, evenly over the image (all of them when fewer)."""
+    return np.arange(n) if n <= at_most else np.unique(np.linspace(0, n - 1, at_most).round().astype(int))
+
+
 def response(tiles: np.ndarray, zoom: Mapping[str, Any]) -> np.ndarray:
     """N x S x S scaled tiles -> N responses under a model's fitted ``zoom`` record."""
     return response_of(statistics(tiles), zoomed_statistics(tiles), np.asarray(zoom["means"]),
                        np.asarray(zoom["whiten"]), float(zoom["unit"]))
+
+
+def image_response(tiles: np.ndarray, zoom: Mapping[str, Any]) -> float:
+    """An image's response: the mean over at most ``MAX_TILES`` of its tiles, spread over it.
+    Zooming and measuring every tile cost 39 ms for a 704 x 520 frame of 24 tiles of 112 px on
+    a 2-core Zen 3, more than decoding, preprocessing and the demo model's int8 engine together
+    (about 15 ms); the threshold was set on fields of 4 to 9 tiles, so a mean over 8 is as
+    steady as what it was fitted on."""
+    return float(np.mean(response(tiles[spread(len(tiles))], zoom)))
 
 
 def mapped_score(score: Any, image_response: Any, zoom: Mapping[str, Any], threshold: float) -> Any:

@@ -149,7 +149,7 @@ def ood_of(tiles: TileScores, meta, other_scale: bool = False,
     score, threshold = float(np.mean(tiles.ood)), float(meta.ood["threshold"])
     zoom = meta.ood.get("zoom")
     if pixels is not None and len(pixels) and zoom_response.applies(zoom, pixels.shape[-1]):
-        response = float(np.mean(zoom_response.response(pixels[:, 0], zoom)))
+        response = zoom_response.image_response(pixels[:, 0], zoom)
         score = float(zoom_response.mapped_score(score, response, zoom, threshold))
     return score, bool(score > threshold or other_scale)
 
