@@ -10,9 +10,9 @@ size. One of our own tiles moves away (zoomed, it is too smooth and its cells to
 tile's cells take their proper size and it moves closer (docs/training.md, "The zoom response
 of the input statistics").
 
-An image's response is the mean over its tiles; its flag is the served score's or the
-response's, each over its own threshold (``mapped_score`` puts both on the served score's
-scale, so the stored score and the one threshold stay as they were). Numpy, on the daemon's
+An image's response is the mean over (at most eight of) its tiles; its flag is the served
+score's or the response's, each over its own threshold (``mapped_score`` puts both on the
+served score's scale, so the stored score and the one threshold stay as they were). Numpy, on the daemon's
 own tiles, so every engine gets the same number and the parameters (a few hundred bytes: a
 Gaussian of seven statistics and its threshold) travel in the model metadata
 (``ModelMetadata.ood["zoom"]``). Tiles under ``MIN_TILE`` px hold a cell or two and say
@@ -119,6 +119,7 @@ def response_of(stats: np.ndarray, zoomed: np.ndarray, means: np.ndarray, whiten
 
 
 def applies(zoom: Mapping[str, Any] | None, tile_px: int) -> bool:
+    """Whether a model's record (None for models without one) speaks for tiles of ``tile_px``."""
     return bool(zoom) and tile_px >= int(zoom.get("min_tile", MIN_TILE))
 
 
@@ -142,11 +143,11 @@ def image_response(tiles: np.ndarray, zoom: Mapping[str, Any]) -> float:
     return float(np.mean(response(tiles[spread(len(tiles))], zoom)))
 
 
-def mapped_score(score: Any, image_response: Any, zoom: Mapping[str, Any], threshold: float) -> Any:
+def mapped_score(score: Any, mean_response: Any, zoom: Mapping[str, Any], threshold: float) -> Any:
     """The served score, or the image's mean response put on its scale where that is larger:
     ``threshold + gain * (response - the response's threshold)``, which exceeds ``threshold``
     exactly when the response exceeds its own. So an image is flagged when either test flags it,
     with one stored score and the one threshold each engine's gate fitted for the sum. Numbers
     or arrays of images."""
-    return np.maximum(score, float(threshold) + float(zoom["gain"]) * (np.asarray(image_response, np.float64)
+    return np.maximum(score, float(threshold) + float(zoom["gain"]) * (np.asarray(mean_response, np.float64)
                                                                         - float(zoom["threshold"])))
