@@ -5,6 +5,7 @@ Each kind returns raw camera-count images (uint16, like the instrument's) so the
 the daemon's own preprocessing (per-image percentile scaling) exactly as a real file would:
 - ``brightfield``: the simulator's bright-field optics instead of phase contrast, same cultures;
 - ``magnification``: phase contrast at 2.48 um/px (a 5x objective) instead of 1.24 (10x);
+- ``20x``: phase contrast at 0.62 um/px (a 20x objective): cells twice their size in pixels;
 - ``inverted``: in-domain images with their intensities reversed;
 - ``blank``: empty fields (flat illumination, vignetting, shot and read noise);
 - ``texture``: natural-texture-like procedural patterns (fractal 1/f clouds, wood-like
@@ -19,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("brightfield", "magnification", "inverted", "blank", "texture")
+KINDS = ("brightfield", "magnification", "20x", "inverted", "blank", "texture")
 FULL_SCALE = 4095.0
 #: the ``magnification`` kind's pixel size: a 5x objective on the camera that gives 1.24 um/px at 10x
 MAGNIFICATION_PIXEL_SIZE_UM = 2.48
+#: the ``20x`` kind's pixel size
+HIGH_MAGNIFICATION_PIXEL_SIZE_UM = 0.62
 
 
 def _counts(img: np.ndarray, rng: np.random.Generator, level: float = 1800.0, span: float = 600.0) -> np.ndarray:
@@ -100,10 +103,12 @@ def cut(images: Sequence[np.ndarray], size: int) -> list[list[np.ndarray]]:
 
 def rendered_fields(kind: str, n: int, tile_size: int, seed: int = 0) -> list[list[np.ndarray]]:
     """Up to ``n`` fields (their cuts of ``tile_size``) of the simulator's cultures under another
-    optic (``brightfield``) or pixel size (``magnification``: 2.48 um/px, a 5x objective)."""
+    optic (``brightfield``) or pixel size (``magnification``: 2.48 um/px, a 5x objective;
+    ``20x``: 0.62 um/px)."""
     from nscmonitor.simulate.labelled_tiles import TILE_CONDITIONS, export_tiles
 
-    kw = {"modality": "brightfield"} if kind == "brightfield" else {"pixel_size_um": MAGNIFICATION_PIXEL_SIZE_UM}
+    kw = ({"modality": "brightfield"} if kind == "brightfield" else
+          {"pixel_size_um": HIGH_MAGNIFICATION_PIXEL_SIZE_UM if kind == "20x" else MAGNIFICATION_PIXEL_SIZE_UM})
     hours = (24, 96)
     per_plate = 2 * len(hours) * len(TILE_CONDITIONS)  # two wells per condition
     with tempfile.TemporaryDirectory(prefix="nscm-ood-") as tmp:
@@ -116,7 +121,7 @@ def images(kind: str, n: int, tile_size: int, *, in_domain: Sequence[Sequence[np
            seed: int = 0) -> list[list[np.ndarray]]:
     """``n`` raw images of one of ``KINDS``, each as its cuts of ``tile_size`` (3 x 3 for the
     generated kinds); ``inverted`` reverses the cuts of ``in_domain`` images."""
-    if kind in ("brightfield", "magnification"):
+    if kind in ("brightfield", "magnification", "20x"):
         return rendered_fields(kind, n, tile_size, seed)
     if kind == "inverted":
         return [inverted(cuts) for cuts in list(in_domain)[:n]]
