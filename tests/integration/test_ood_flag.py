@@ -66,17 +66,23 @@ def test_malformed_ood_metadata_is_refused_with_a_clear_error(bad):
         ModelMetadata.from_dict({**_meta_dict(meta), "ood": bad})
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def _train_tiny(root, tile: int):
+    """The training tests' tiny model on three simulated plates of ``tile`` px tiles: its ONNX
+    and the data splits it was trained on."""
     from nscmonitor.simulate.labelled_tiles import export_tiles
     from nscmonitor.training.train import TrainConfig, main, prepare_data
 
-    root = tmp_path_factory.mktemp("ood")
-    export_tiles(root / "sim", plates=3, hours=(0, 48, 96), tile_size=32, wells_per_condition=3, grid=(3, 3), seed=0)
+    export_tiles(root / "sim", plates=3, hours=(0, 48, 96), tile_size=tile, wells_per_condition=3, grid=(3, 3),
+                 seed=0)
     cfg = dict(data=str(root / "sim"), out=str(root / "run"), scheme="multiclass", arch="tiny", threads=1,
                progress=False)
     main(TrainConfig(epochs=6, **cfg))
     return root / "run" / "model.onnx", prepare_data(TrainConfig(**cfg))[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return _train_tiny(tmp_path_factory.mktemp("ood"), 32)
 
 
 def _flagged(engine, images: list[list[np.ndarray]]) -> float:
@@ -343,15 +349,7 @@ def test_real_instrument_frames_of_another_kind_are_flagged_by_the_score(trained
 def trained64(tmp_path_factory):
     """The training tests' tiny model on tiles of 64 px, where a tile holds enough cells for the
     zoom response (``nscmonitor.core.zoom_response``)."""
-    from nscmonitor.simulate.labelled_tiles import export_tiles
-    from nscmonitor.training.train import TrainConfig, main, prepare_data
-
-    root = tmp_path_factory.mktemp("ood64")
-    export_tiles(root / "sim", plates=3, hours=(0, 48, 96), tile_size=64, wells_per_condition=3, grid=(3, 3), seed=0)
-    cfg = dict(data=str(root / "sim"), out=str(root / "run"), scheme="multiclass", arch="tiny", threads=1,
-               progress=False)
-    main(TrainConfig(epochs=6, **cfg))
-    return root / "run" / "model.onnx", prepare_data(TrainConfig(**cfg))[0]
+    return _train_tiny(tmp_path_factory.mktemp("ood64"), 64)
 
 
 def _daemon_flags(engine, images: list[list[np.ndarray]], tile: int, zoom: bool = True) -> float:
