@@ -356,14 +356,10 @@ def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndar
     val_stats, val_zoomed = Z.statistics(val_x), Z.zoomed_statistics(val_x)
     unit = float(np.sqrt(max(np.median(Z.distance(val_stats, means, whiten)), 1e-12)))
     responses = [image_scores(Z.response_of(val_stats, val_zoomed, means, whiten, unit), val_keys)]
-    plates = [(getattr(r, "experiment", None), getattr(r, "plate", None)) for r in records]
-    names = list(dict.fromkeys(plates))
-    if held_sums is not None and len(names) > 1:
-        index = {p: i % MAX_FOLDS for i, p in enumerate(names)}
-        which = np.asarray([index[p] for p in plates])
+    folds = plate_folds(records)
+    if held_sums is not None and folds is not None:
         tiles = np.zeros(len(records), np.float64)
-        for i in range(min(len(names), MAX_FOLDS)):
-            out = which == i
+        for out in folds:
             fold = fit_mahalanobis(stats[~out], y[~out], k)
             tiles[out] = Z.response_of(stats[out], zoomed[out], *fold, unit)
         responses.append(image_scores(tiles, image_keys(records)))
@@ -381,6 +377,18 @@ def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndar
             "flagged_with_score": float(np.mean(either))}
 
 
+def plate_folds(records: list) -> list[np.ndarray] | None:
+    """The tiles each fold leaves out (boolean masks): one plate per fold, or plates in
+    ``MAX_FOLDS`` groups beyond that many; None with fewer than two plates."""
+    plates = [(getattr(r, "experiment", None), getattr(r, "plate", None)) for r in records]
+    names = list(dict.fromkeys(plates))
+    if len(names) < 2:
+        return None
+    index = {p: i % MAX_FOLDS for i, p in enumerate(names)}
+    which = np.asarray([index[p] for p in plates])
+    return [which == i for i in range(min(len(names), MAX_FOLDS))]
+
+
 def leave_one_plate_out(train: Sequence[np.ndarray], y: np.ndarray, records: list, k: int,
                         scale: np.ndarray) -> np.ndarray | None:
     """Per-image scores of every training plate, each by Gaussians fitted on the other
@@ -390,15 +398,11 @@ def leave_one_plate_out(train: Sequence[np.ndarray], y: np.ndarray, records: lis
     The backbone did see these tiles, but what the threshold must hold is plate-to-plate
     variation, which this keeps: on the demo model the training plates scored this way were
     flagged more often than the validation plate at its own threshold, not less."""
-    plates = [(getattr(r, "experiment", None), getattr(r, "plate", None)) for r in records]
-    names = list(dict.fromkeys(plates))
-    if len(names) < 2:
+    folds = plate_folds(records)
+    if folds is None:
         return None
-    index = {p: i % MAX_FOLDS for i, p in enumerate(names)}
-    which = np.asarray([index[p] for p in plates])
     scores = np.zeros(len(records), np.float64)
-    for i in range(min(len(names), MAX_FOLDS)):
-        out = which == i
+    for out in folds:
         head = OodHead([fit_mahalanobis(f[~out], y[~out], k) for f in train], scale, has_input=True,
                        n_stages=len(train) - 3, has_sign=True, root=True)
         with torch.no_grad():
