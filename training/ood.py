@@ -343,8 +343,8 @@ def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndar
     None for tiles under its ``MIN_TILE``: the input statistics' Gaussian from the training
     tiles (class means, shared covariance, as the served layers), its unit from the validation
     tiles, and its threshold from the same images as the score's (the validation plate's and
-    each training plate's scored without its plate), at the ``1 - FLAGGED_IN_DOMAIN`` quantile:
-    2 % rather than the score's 4 %, since an image either test flags is flagged. ``gain`` maps
+    each training plate's scored without its plate) by ``threshold_within``: at most 2 % of them
+    by itself and at most 5 % by either test, since an image either test flags is flagged. ``gain`` maps
     a spread of the response onto the score's (their images' interquartile ranges), so that
     ``mapped_score`` keeps one score on one scale."""
     from nscmonitor.core import zoom_response as Z
@@ -365,14 +365,14 @@ def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndar
         responses.append(image_scores(tiles, image_keys(records)))
     pooled = np.concatenate(responses)
     sums = val_sums if held_sums is None else np.concatenate([val_sums, held_sums])
-    q = 1.0 - Z.FLAGGED_IN_DOMAIN
-    t_r = float(np.quantile(pooled, q))
+    t_r = Z.threshold_within(pooled, sums > threshold)
     iqr = lambda v: float(np.subtract(*np.quantile(v, [0.75, 0.25])))
     gain = iqr(sums) / max(iqr(pooled), 1e-6)
     either = (sums > threshold) | (pooled > t_r)
     return {"method": "zoom response of the input statistics", "factor": Z.FACTOR, "min_tile": Z.MIN_TILE,
             "statistics": list(Z.STATISTICS), "means": means.astype(np.float64).tolist(),
-            "whiten": whiten.astype(np.float64).tolist(), "unit": unit, "quantile": q, "threshold": t_r,
+            "whiten": whiten.astype(np.float64).tolist(), "unit": unit, "budget": Z.IN_DOMAIN_BUDGET,
+            "at_most": Z.FLAGGED_IN_DOMAIN, "quantile": float(np.mean(pooled <= t_r)), "threshold": t_r,
             "gain": gain, "images": int(len(pooled)), "flagged": float(np.mean(pooled > t_r)),
             "flagged_with_score": float(np.mean(either))}
 

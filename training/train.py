@@ -303,8 +303,8 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
     if o.get("zoom"):
         z = o["zoom"]
         print(f"zoom response (for fields of another magnification without a pixel size): threshold "
-              f"{z['threshold']:.4g}, the {z['quantile']:.0%} quantile of the same {z['images']} images; either "
-              f"test flags {z['flagged_with_score']:.1%} of them")
+              f"{z['threshold']:.4g}, set on the same {z['images']} images: it flags {z['flagged']:.1%} of them, "
+              f"either test {z['flagged_with_score']:.1%}")
     saved["metadata"] = json.dumps(meta)
     save_atomic(saved, out / "best.pt")
     E.write_metrics(out, metrics)

@@ -371,7 +371,7 @@ def _daemon_flags(engine, images: list[list[np.ndarray]], tile: int, zoom: bool 
 def test_a_5x_field_without_its_pixel_size_is_flagged_by_the_zoom_response(trained64, trained):
     """A 5x field served at its own scale (its file states no pixel size) shows cells half
     their size; the graph's score flagged 15 % of them on this model, the zoom response beside
-    it 68 % (one training plate of 64 px tiles; 92-97 % with six plates of 96 px,
+    it 68 % (one training plate of 64 px tiles; 92 % with six plates of 96 px,
     docs/training.md), while our own test plate's fields are flagged no more than before.
     The 32 px model gets no zoom record: its tiles hold a cell or two."""
     from nscmonitor.simulate import out_of_domain as O
@@ -380,7 +380,8 @@ def test_a_5x_field_without_its_pixel_size_is_flagged_by_the_zoom_response(train
     engine = _engine(path)
     try:
         zoom = engine.metadata.ood["zoom"]
-        assert zoom["min_tile"] == 64 and zoom["quantile"] == pytest.approx(0.98) and zoom["gain"] > 0
+        assert zoom["min_tile"] == 64 and zoom["gain"] > 0
+        assert zoom["flagged_with_score"] <= 0.05 + 1e-9
         fivex = O.images("magnification", 40, 64, seed=5)
         test = O.field_cuts([r.path for r in splits["test"].records])
         with_zoom, alone = _daemon_flags(engine, fivex, 64), _daemon_flags(engine, fivex, 64, zoom=False)

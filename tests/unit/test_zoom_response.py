@@ -118,3 +118,31 @@ def test_an_image_is_measured_on_at_most_eight_tiles_spread_over_it() -> None:
     rec = {**_record(_blobs(rng, 4.0, 60)), "threshold": 0.0, "gain": 1.0}
     tiles = _blobs(rng, 3.0, 24)
     assert Z.image_response(tiles, rec) == pytest.approx(Z.response(tiles[picked], rec).mean())
+
+
+@pytest.mark.parametrize("score_share", [0.0, 0.02, 0.04, 0.05, 0.08])
+def test_the_threshold_keeps_either_test_within_the_budget(score_share) -> None:
+    """On 225 images with the graph's score flagging a share of them (some with high responses
+    too), the response's threshold adds at most 2 % to the score's flags and keeps the two
+    tests together within 5 %, using as much of that as it may."""
+    rng = np.random.default_rng(3)
+    n = 225
+    r = rng.normal(size=n)
+    flagged = np.zeros(n, bool)
+    flagged[np.argsort(r)[-int(score_share * n) // 2:] if score_share else []] = True
+    flagged[rng.choice(np.flatnonzero(~flagged), int(score_share * n) - flagged.sum(), replace=False)] = True
+    t = Z.threshold_within(r, flagged)
+    added, either = np.mean((r > t) & ~flagged), np.mean(flagged | (r > t))
+    assert added <= Z.FLAGGED_IN_DOMAIN + 1e-9
+    assert either <= max(Z.IN_DOMAIN_BUDGET, flagged.mean()) + 1e-9
+    new = np.sum((r > t) & ~flagged)
+    room = int(np.floor(min(Z.FLAGGED_IN_DOMAIN, max(Z.IN_DOMAIN_BUDGET - flagged.mean(), 0)) * n + 1e-9))
+    assert new == room, (new, room)
+
+
+def test_with_one_plates_images_and_no_room_the_threshold_is_their_largest_response() -> None:
+    r = np.linspace(0.0, 1.0, 45)
+    flagged = np.zeros(45, bool)
+    flagged[:2] = True
+    assert Z.threshold_within(r, flagged) == pytest.approx(1.0)
+    assert Z.threshold_within(r, np.ones(45, bool)) == pytest.approx(1.0)
