@@ -33,9 +33,8 @@ the training plates' own cuts, with focus, noise and fine texture drawn at rando
 do not tell the scales apart), alone and as a second test beside the served score. Where the
 model has a zoom response (``nscmonitor.core.zoom_response``, tiles of 64 px and more), the
 served row flags as the daemon does, either test (``SERVED_SUM``: the graph's score alone,
-``ZOOM_ALONE``: the response alone, each at its stored threshold); beside it its mirror for
-fields at twice the model's magnification (``ZOOM_OUT``: each tile shrunk 2x, measured, not
-served), alone and beside the served flag.
+``ZOOM_ALONE``: the response alone, ``ZOOM_OUT_ALONE``: its mirror for fields at twice the
+model's magnification, each tile shrunk 2x, each at its stored threshold).
 - real instrument frames of another kind (``--real``, by default the shared reference's
   third-party ImageXpress output when it lies beside the repository: fluorescence of other
   cells at 4x and 20x), decoded and resampled by the pixel size their files state, as the
@@ -228,6 +227,7 @@ def scale_or_row(per_image: dict[str, dict[str, np.ndarray]], served_threshold: 
 
 ROOTS, SIGN_ROOT = "roots summed (the served form, validation images' threshold)", "contrast sign's root alone"
 SERVED_SUM, ZOOM_ALONE = "served: the graph's score alone", "served: the zoom response alone"
+ZOOM_OUT_ALONE = "served: the zoom-out response alone"
 #: the image-level rule measured as a lead on eight trainings (docs/training.md): an image is
 #: flagged when its mean of the sum of roots exceeds this quantile of the validation images'
 #: or its mean of the contrast sign's root exceeds that one's
@@ -244,34 +244,6 @@ def or_rule_row(per_image: dict[str, dict[str, np.ndarray]]) -> dict | None:
     ta, tb = np.quantile(per_image["val"][ROOTS], qa), np.quantile(per_image["val"][SIGN_ROOT], qb)
     return {"method": OR_RULE["name"], "threshold": [float(ta), float(tb)],
             **{name: float(np.mean((s[ROOTS] > ta) | (s[SIGN_ROOT] > tb))) for name, s in per_image.items()}}
-
-
-ZOOM_OUT = {"name": "zoom-out response (each tile shrunk 2x; not served)", "quantile": 0.98}
-
-
-def zoom_out_response(x: np.ndarray, idx: np.ndarray, zoom: dict) -> np.ndarray:
-    """Per image, the mirror of the served zoom response for fields taken at twice the model's
-    magnification (``20x``): how much nearer the zoom record's Gaussian a tile comes when shrunk
-    2x by 2 x 2 block means, its cells then at the size a 20x field's would have at our scale."""
-    from nscmonitor.core import zoom_response as Z
-
-    t = x[:, 0]
-    h = t.shape[-1] // 2
-    shrunk = t[:, :2 * h, :2 * h].reshape(len(t), h, 2, h, 2).mean(axis=(2, 4))
-    means, whiten = np.asarray(zoom["means"]), np.asarray(zoom["whiten"])
-    gain = np.sqrt(Z.distance(Z.statistics(t), means, whiten)) - np.sqrt(Z.distance(Z.statistics(shrunk), means, whiten))
-    return np.bincount(idx, weights=gain / float(zoom["unit"])) / np.bincount(idx)
-
-
-def zoom_out_or_row(per_image: dict[str, dict[str, np.ndarray]], served_threshold: float) -> dict | None:
-    """The served flag (either served test, at its stored threshold) or the zoom-out response
-    over ``ZOOM_OUT["quantile"]`` of the validation images' (None without a zoom record)."""
-    if ZOOM_OUT["name"] not in per_image["val"]:
-        return None
-    ta, tb = served_threshold, np.quantile(per_image["val"][ZOOM_OUT["name"]], ZOOM_OUT["quantile"])
-    return {"method": "served flag or zoom-out response over q 0.98 of the validation images",
-            "threshold": [float(ta), float(tb)],
-            **{name: float(np.mean((s["served"] > ta) | (s[ZOOM_OUT["name"]] > tb))) for name, s in per_image.items()}}
 
 
 def refit(run: Path, cfg: dict) -> None:
@@ -380,19 +352,22 @@ def main() -> None:
     zoom = md.ood.get("zoom")
     if zoom_response.applies(zoom, md.input_size):
         stored.update({SERVED_SUM: stored["served"], ZOOM_ALONE: float(zoom["threshold"])})
+        out = zoom_response.has_out(zoom)
+        if out:
+            stored[ZOOM_OUT_ALONE] = float(zoom["out_threshold"])
         for name, (x, idx) in sets.items():
-            r = np.asarray([zoom_response.image_response(x[idx == i, 0], zoom) for i in range(int(idx.max()) + 1)])
+            pairs = [zoom_response.image_responses(x[idx == i, 0], zoom) for i in range(int(idx.max()) + 1)]
+            r_in = np.asarray([p[0] for p in pairs])
+            r_out = np.asarray([p[1] for p in pairs]) if out else None
             s = per_image[name]["served"]
-            per_image[name].update({SERVED_SUM: s, ZOOM_ALONE: r, ZOOM_OUT["name"]: zoom_out_response(x, idx, zoom),
-                                    "served": zoom_response.mapped_score(s, r, zoom, stored["served"])})
+            per_image[name].update({SERVED_SUM: s, ZOOM_ALONE: r_in, **({ZOOM_OUT_ALONE: r_out} if out else {}),
+                                    "served": zoom_response.mapped_score(s, r_in, zoom, stored["served"], r_out)})
     rows = []
     for method in per_image["val"]:
-        q = ZOOM_OUT["quantile"] if method == ZOOM_OUT["name"] else md.ood["quantile"]
-        thr = stored[method] if method in stored else np.quantile(per_image["val"][method], q)
+        thr = stored[method] if method in stored else np.quantile(per_image["val"][method], md.ood["quantile"])
         rows.append({"method": method, "threshold": float(thr),
                      **{name: float(np.mean(s[method] > thr)) for name, s in per_image.items()}})
-    for rule in (or_rule_row(per_image), scale_or_row(per_image, float(md.ood["threshold"])),
-                 zoom_out_or_row(per_image, stored["served"])):
+    for rule in (or_rule_row(per_image), scale_or_row(per_image, float(md.ood["threshold"]))):
         if rule is not None:
             rows.append(rule)
     counts = {name: int(len(s["msp"])) for name, s in per_image.items()}

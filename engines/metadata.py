@@ -18,7 +18,8 @@ its second output: ``{"output": "ood", "method", "threshold", "quantile", ...}``
 mean tile score exceeds ``threshold`` is flagged (``training.ood``). Its ``zoom`` record, where
 present (models trained on tiles of 64 px and more since 2026-12-07), holds the zoom response's
 Gaussian and threshold (``nscmonitor.core.zoom_response``), a second test the daemon runs on
-its own tiles.
+its own tiles, and in models fitted since the seventh session of that day a third, the zoom-out
+response (``out_threshold``, ``out_gain``); records without it load and serve the first two.
 """
 
 from __future__ import annotations
@@ -116,14 +117,16 @@ def _check_zoom(z: Any) -> None:
         means = np.asarray(z["means"], np.float64)
         whiten = np.asarray(z["whiten"], np.float64)
         numbers = [float(z[k]) for k in ("unit", "threshold", "gain")]
+        out = [float(z[k]) for k in ("out_threshold", "out_gain")] if "out_threshold" in z else [0.0, 1.0]
         min_tile = int(z.get("min_tile", 0))
     except (TypeError, KeyError, ValueError) as exc:
-        raise MetadataError(f"ood.zoom must hold means, whiten, unit, threshold and gain: {exc}") from exc
+        raise MetadataError(f"ood.zoom must hold means, whiten, unit, threshold and gain (and out_gain with "
+                            f"out_threshold): {exc}") from exc
     if (means.ndim != 2 or means.shape[1] != d or not len(means) or whiten.shape != (d, d)
-            or not (np.all(np.isfinite(means)) and np.all(np.isfinite(whiten)) and np.all(np.isfinite(numbers)))
-            or numbers[0] <= 0 or numbers[2] <= 0 or min_tile < 0):
+            or not (np.all(np.isfinite(means)) and np.all(np.isfinite(whiten)) and np.all(np.isfinite(numbers + out)))
+            or numbers[0] <= 0 or numbers[2] <= 0 or out[1] <= 0 or min_tile < 0):
         raise MetadataError(f"ood.zoom must hold K x {d} class means, a {d} x {d} whitening, a positive unit and "
-                            "gain and a finite threshold")
+                            "gains and finite thresholds")
 
 
 def validate(m: ModelMetadata) -> None:

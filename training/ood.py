@@ -62,6 +62,9 @@ from torch import nn
 
 #: share of the model's own validation images flagged: the threshold's quantile is 1 - this
 FLAGGED_IN_DOMAIN = 0.04
+#: the same where the zoom responses are fitted beside the score (tiles of 64 px and more): each
+#: may add ``zoom_response.FLAGGED_IN_DOMAIN``, all three within ``zoom_response.IN_DOMAIN_BUDGET``
+FLAGGED_IN_DOMAIN_WITH_ZOOM = 0.03
 RIDGE = 1e-2
 METHOD = "mahalanobis over layers"
 INPUT_STATISTICS = ("mean", "log sd", "skewness", "log kurtosis", "gradient energy 1 px", "gradient energy 2 px",
@@ -318,7 +321,9 @@ def fit(model: nn.Module, splits: dict, device: Any, k: int, max_fit_tiles: int 
     per_image = image_scores(val, image_keys(splits["val"].records))
     held = leave_one_plate_out(train, y, records, k, scale)
     pooled = per_image if held is None else np.concatenate([per_image, held])
-    q = 1.0 - FLAGGED_IN_DOMAIN
+    from nscmonitor.core import zoom_response as Z
+
+    q = 1.0 - (FLAGGED_IN_DOMAIN_WITH_ZOOM if x.shape[-1] >= Z.MIN_TILE else FLAGGED_IN_DOMAIN)
     threshold = float(np.quantile(pooled, q))
     meta = {"method": METHOD, "output": "ood", "aggregate": "mean", "combine": "sum over layers of the root",
             "layer_unit": "median over validation tiles", "layers": layer_names(model), "quantile": q,
@@ -342,39 +347,47 @@ def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndar
     """The zoom response's record for the metadata (``nscmonitor.core.zoom_response``), or
     None for tiles under its ``MIN_TILE``: the input statistics' Gaussian from the training
     tiles (class means, shared covariance, as the served layers), its unit from the validation
-    tiles, and its threshold from the same images as the score's (the validation plate's and
-    each training plate's scored without its plate) by ``threshold_within``: at most 2 % of them
-    by itself and at most 5 % by either test, since an image either test flags is flagged. ``gain`` maps
-    a spread of the response onto the score's (their images' interquartile ranges), so that
+    tiles, and its thresholds from the same images as the score's (the validation plate's and
+    each training plate's scored without its plate) by ``threshold_within``: the zoom-in
+    response adds at most 1 % of them to the score's, the zoom-out response at most 1 % to
+    both, all three within 5 %, since an image any test flags is flagged. Each ``gain`` maps a
+    spread of its response onto the score's (their images' interquartile ranges), so that
     ``mapped_score`` keeps one score on one scale."""
     from nscmonitor.core import zoom_response as Z
 
     if x.shape[-1] < Z.MIN_TILE:
         return None
-    stats, zoomed = Z.statistics(x), Z.zoomed_statistics(x)
+    stats, zoomed, shrunk = Z.statistics(x), Z.zoomed_statistics(x), Z.statistics(Z.shrink2(x))
     means, whiten = fit_mahalanobis(stats, y, k)
-    val_stats, val_zoomed = Z.statistics(val_x), Z.zoomed_statistics(val_x)
+    val_stats, val_zoomed, val_shrunk = Z.statistics(val_x), Z.zoomed_statistics(val_x), Z.statistics(Z.shrink2(val_x))
     unit = float(np.sqrt(max(np.median(Z.distance(val_stats, means, whiten)), 1e-12)))
-    responses = [image_scores(Z.response_of(val_stats, val_zoomed, means, whiten, unit), val_keys)]
+    ins = [image_scores(Z.response_of(val_stats, val_zoomed, means, whiten, unit), val_keys)]
+    outs = [image_scores(Z.response_out_of(val_stats, val_shrunk, means, whiten, unit), val_keys)]
     folds = plate_folds(records)
     if held_sums is not None and folds is not None:
-        tiles = np.zeros(len(records), np.float64)
+        tiles_in, tiles_out = np.zeros(len(records), np.float64), np.zeros(len(records), np.float64)
         for out in folds:
             fold = fit_mahalanobis(stats[~out], y[~out], k)
-            tiles[out] = Z.response_of(stats[out], zoomed[out], *fold, unit)
-        responses.append(image_scores(tiles, image_keys(records)))
-    pooled = np.concatenate(responses)
+            tiles_in[out] = Z.response_of(stats[out], zoomed[out], *fold, unit)
+            tiles_out[out] = Z.response_out_of(stats[out], shrunk[out], *fold, unit)
+        ins.append(image_scores(tiles_in, image_keys(records)))
+        outs.append(image_scores(tiles_out, image_keys(records)))
+    pooled, pooled_out = np.concatenate(ins), np.concatenate(outs)
     sums = val_sums if held_sums is None else np.concatenate([val_sums, held_sums])
-    t_r = Z.threshold_within(pooled, sums > threshold)
+    by_score = sums > threshold
+    t_r = Z.threshold_within(pooled, by_score)
+    by_in = by_score | (pooled > t_r)
+    t_out = Z.threshold_within(pooled_out, by_in)
+    anyone = by_in | (pooled_out > t_out)
     iqr = lambda v: float(np.subtract(*np.quantile(v, [0.75, 0.25])))
-    gain = iqr(sums) / max(iqr(pooled), 1e-6)
-    either = (sums > threshold) | (pooled > t_r)
+    gain = lambda v: iqr(sums) / max(iqr(v), 1e-6)
     return {"method": "zoom response of the input statistics", "factor": Z.FACTOR, "min_tile": Z.MIN_TILE,
             "statistics": list(Z.STATISTICS), "means": means.astype(np.float64).tolist(),
             "whiten": whiten.astype(np.float64).tolist(), "unit": unit, "budget": Z.IN_DOMAIN_BUDGET,
-            "at_most": Z.FLAGGED_IN_DOMAIN, "quantile": float(np.mean(pooled <= t_r)), "threshold": t_r,
-            "gain": gain, "images": int(len(pooled)), "flagged": float(np.mean(pooled > t_r)),
-            "flagged_with_score": float(np.mean(either))}
+            "at_most": Z.FLAGGED_IN_DOMAIN, "threshold": t_r, "gain": gain(pooled), "out_threshold": t_out,
+            "out_gain": gain(pooled_out), "images": int(len(pooled)), "flagged": float(np.mean(pooled > t_r)),
+            "out_flagged": float(np.mean(pooled_out > t_out)), "flagged_by_score": float(np.mean(by_score)),
+            "flagged_with_score": float(np.mean(anyone))}
 
 
 def plate_folds(records: list) -> list[np.ndarray] | None:

@@ -302,9 +302,10 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
           + (f" and {left_out:.1%} of the training plates' images left out of the fit" if left_out is not None else ""))
     if o.get("zoom"):
         z = o["zoom"]
-        print(f"zoom response (for fields of another magnification without a pixel size): threshold "
-              f"{z['threshold']:.4g}, set on the same {z['images']} images: it flags {z['flagged']:.1%} of them, "
-              f"either test {z['flagged_with_score']:.1%}")
+        print(f"zoom responses (for fields of another magnification without a pixel size): thresholds "
+              f"{z['threshold']:.4g} (in) and {z['out_threshold']:.4g} (out), set on the same "
+              f"{z['images']} images: any test flags {z['flagged_with_score']:.1%} of them (the score alone "
+              f"{z['flagged_by_score']:.1%})")
     saved["metadata"] = json.dumps(meta)
     save_atomic(saved, out / "best.pt")
     E.write_metrics(out, metrics)

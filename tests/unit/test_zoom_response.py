@@ -17,14 +17,14 @@ from nscmonitor.scoring.stages import ood_of
 from nscmonitor.training import ood as T
 
 
-def _blobs(rng: np.random.Generator, radius: float, n: int, size: int = 64) -> np.ndarray:
+def _blobs(rng: np.random.Generator, radius: float, n: int, size: int = 64, noise: float = 0.02) -> np.ndarray:
     """Fields of bright round cells of one size (a Gaussian of ``radius`` px) with camera noise."""
     from scipy.ndimage import gaussian_filter
 
     out = []
     for _ in range(n):
         cells = gaussian_filter((rng.random((size, size)) < 0.32 / radius ** 2).astype(float), radius)
-        out.append(0.4 + 0.3 * cells / (cells.max() + 1e-9) + rng.normal(0, 0.02, (size, size)))
+        out.append(0.4 + 0.3 * cells / (cells.max() + 1e-9) + rng.normal(0, noise, (size, size)))
     return np.stack(out).astype(np.float32)
 
 
@@ -97,8 +97,45 @@ def test_the_mapping_keeps_the_order_of_both_tests() -> None:
     assert got[1] == pytest.approx(10.0 + 1.5 * 1.0)
 
 
+def test_the_shrink_is_2x2_block_means_as_torch_pools() -> None:
+    x = np.random.default_rng(5).random((3, 17, 17)).astype(np.float32)
+    pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(x)[:, None], 2)[:, 0].numpy()
+    np.testing.assert_allclose(Z.shrink2(x), pooled, rtol=1e-6)
+
+
+def test_the_zoom_out_response_tells_cells_at_twice_their_size_from_our_own() -> None:
+    """Served without its pixel size, a 20x field shows every cell at twice its size. Shrunk
+    2x, such a tile comes nearer the training tiles' statistics, while one of our own moves
+    away (its cells too small): every double-size tile answers more than any of ours. Shrinking also averages camera noise away, so this
+    holds where the noise is small beside the cells' contrast (here 0.005 against 0.3; at 0.02
+    the two overlap, as on some of the simulator's trainings, docs/training.md)."""
+    rng = np.random.default_rng(0)
+    blobs = lambda radius, n: _blobs(rng, radius, n, noise=0.005)
+    rec = _record(blobs(3.0, 300))
+    ours, double = Z.out_response(blobs(3.0, 100), rec), Z.out_response(blobs(6.0, 100), rec)
+    assert double.min() > ours.max(), (np.percentile(ours, [50, 100]), np.percentile(double, [0, 50]))
+
+
+def test_an_image_is_flagged_by_any_of_three_tests_and_old_records_keep_two() -> None:
+    rng = np.random.default_rng(6)
+    rec = _record(_blobs(rng, 3.0, 200, noise=0.005))
+    ours, double = _blobs(rng, 3.0, 6, noise=0.005)[:, None], _blobs(rng, 6.0, 6, noise=0.005)[:, None]
+    r_in = max(Z.response(ours[:, 0], rec).mean(), Z.response(double[:, 0], rec).mean())
+    o_ours, o_double = Z.out_response(ours[:, 0], rec).mean(), Z.out_response(double[:, 0], rec).mean()
+    two = {**rec, "threshold": float(r_in + 1.0), "gain": 2.0}  # the zoom-in test flags neither
+    three = {**two, "out_threshold": float((o_ours + o_double) / 2), "out_gain": 3.0}
+    low = TileScores(np.full((6, 2), 0.5, np.float32), np.full(6, 8.0, np.float32))
+    assert ood_of(low, _meta(three), pixels=ours) == (8.0, False)
+    score, flagged = ood_of(low, _meta(three), pixels=double)
+    assert flagged and score == pytest.approx(10.0 + 3.0 * (o_double - three["out_threshold"]), rel=1e-5)
+    assert ood_of(low, _meta(two), pixels=double) == (8.0, False)  # a record from before: two tests
+    assert Z.image_responses(double[:, 0], two)[1] is None
+
+
 @pytest.mark.parametrize("damage", [{"means": [[0.0] * 6]}, {"whiten": [[1.0]]}, {"unit": 0.0},
-                                    {"threshold": float("nan")}, {"gain": "steep"}, {"means": None}])
+                                    {"threshold": float("nan")}, {"gain": "steep"}, {"means": None},
+                                    {"out_threshold": float("inf"), "out_gain": 1.0},
+                                    {"out_threshold": 0.0, "out_gain": -1.0}, {"out_threshold": 0.0}])
 def test_a_damaged_zoom_record_is_refused_when_the_model_loads(damage) -> None:
     from nscmonitor.engines.metadata import MetadataError
 
@@ -123,7 +160,7 @@ def test_an_image_is_measured_on_at_most_eight_tiles_spread_over_it() -> None:
 @pytest.mark.parametrize("score_share", [0.0, 0.02, 0.04, 0.05, 0.08])
 def test_the_threshold_keeps_either_test_within_the_budget(score_share) -> None:
     """On 225 images with the graph's score flagging a share of them (some with high responses
-    too), the response's threshold adds at most 2 % to the score's flags and keeps the two
+    too), the response's threshold adds at most 1 % to the score's flags and keeps the two
     tests together within 5 %, using as much of that as it may."""
     rng = np.random.default_rng(3)
     n = 225
