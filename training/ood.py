@@ -60,6 +60,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from nscmonitor.core import zoom_response as Z
+
 #: share of the model's own validation images flagged: the threshold's quantile is 1 - this
 FLAGGED_IN_DOMAIN = 0.04
 #: the same where the zoom responses are fitted beside the score (tiles of 64 px and more): each
@@ -321,8 +323,6 @@ def fit(model: nn.Module, splits: dict, device: Any, k: int, max_fit_tiles: int 
     per_image = image_scores(val, image_keys(splits["val"].records))
     held = leave_one_plate_out(train, y, records, k, scale)
     pooled = per_image if held is None else np.concatenate([per_image, held])
-    from nscmonitor.core import zoom_response as Z
-
     q = 1.0 - (FLAGGED_IN_DOMAIN_WITH_ZOOM if x.shape[-1] >= Z.MIN_TILE else FLAGGED_IN_DOMAIN)
     threshold = float(np.quantile(pooled, q))
     meta = {"method": METHOD, "output": "ood", "aggregate": "mean", "combine": "sum over layers of the root",
@@ -353,8 +353,6 @@ def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndar
     both, all three within 5 %, since an image any test flags is flagged. Each ``gain`` maps a
     spread of its response onto the score's (their images' interquartile ranges), so that
     ``mapped_score`` keeps one score on one scale."""
-    from nscmonitor.core import zoom_response as Z
-
     if x.shape[-1] < Z.MIN_TILE:
         return None
     stats, zoomed, shrunk = Z.statistics(x), Z.zoomed_statistics(x), Z.statistics(Z.shrink2(x))
@@ -366,10 +364,10 @@ def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndar
     folds = plate_folds(records)
     if held_sums is not None and folds is not None:
         tiles_in, tiles_out = np.zeros(len(records), np.float64), np.zeros(len(records), np.float64)
-        for out in folds:
-            fold = fit_mahalanobis(stats[~out], y[~out], k)
-            tiles_in[out] = Z.response_of(stats[out], zoomed[out], *fold, unit)
-            tiles_out[out] = Z.response_out_of(stats[out], shrunk[out], *fold, unit)
+        for left_out in folds:
+            fold = fit_mahalanobis(stats[~left_out], y[~left_out], k)
+            tiles_in[left_out] = Z.response_of(stats[left_out], zoomed[left_out], *fold, unit)
+            tiles_out[left_out] = Z.response_out_of(stats[left_out], shrunk[left_out], *fold, unit)
         ins.append(image_scores(tiles_in, image_keys(records)))
         outs.append(image_scores(tiles_out, image_keys(records)))
     pooled, pooled_out = np.concatenate(ins), np.concatenate(outs)

@@ -39,7 +39,7 @@ FACTOR = 2
 MIN_TILE = 64
 #: most of our own images each response may flag besides those the tests before it flag
 FLAGGED_IN_DOMAIN = 0.01
-#: most of our own images either test may flag (the issue's ceiling for the served flag)
+#: most of our own images any test may flag (the issue's ceiling for the served flag)
 IN_DOMAIN_BUDGET = 0.05
 #: tiles of an image the daemon measures (``image_response``)
 MAX_TILES = 8
@@ -141,10 +141,11 @@ def threshold_within(responses: np.ndarray, flagged: np.ndarray, budget: float =
     """The response's threshold on our own images (``responses``, with ``flagged`` those the
     tests before it flag already: the graph's score, then for the zoom-out response the zoom-in
     one too): the lowest that adds at most ``at_most`` of them and keeps those any test flags
-    within ``budget``. An order statistic of the images the others leave, not a quantile of all: fitted at a plain 98th percentile the response flagged images
-    the score had not, and either test took 4.9-6.2 % of the images the thresholds were set on,
-    over the 5 % a user was promised; with one plate's 45 images it may flag none of them and
-    its threshold is their largest response."""
+    within ``budget``. An order statistic of the images the others leave, not a quantile of
+    all: fitted at a plain 98th percentile the zoom-in response flagged images the score had
+    not, and the two tests took 4.9-6.2 % of the images the thresholds were set on, over the
+    5 % a user was promised; with one plate's 45 images it may flag none of them and its
+    threshold is their largest response."""
     r = np.asarray(responses, np.float64)
     flagged = np.asarray(flagged, bool)
     free = np.sort(r[~flagged])
