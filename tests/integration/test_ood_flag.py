@@ -368,12 +368,14 @@ def _daemon_flags(engine, images: list[list[np.ndarray]], tile: int, zoom: bool 
     return float(np.mean(flags))
 
 
-def test_a_5x_field_without_its_pixel_size_is_flagged_by_the_zoom_response(trained64, trained):
+def test_fields_of_another_magnification_without_a_pixel_size_are_flagged_by_the_zoom_responses(trained64, trained):
     """A 5x field served at its own scale (its file states no pixel size) shows cells half
     their size; the graph's score flagged 15 % of them on this model, the zoom response beside
     it 68 % (one training plate of 64 px tiles; 92 % with six plates of 96 px,
-    docs/training.md), while our own test plate's fields are flagged no more than before.
-    The 32 px model gets no zoom record: its tiles hold a cell or two."""
+    docs/training.md). A 20x field shows them at twice their size: the graph's score 28 %, the
+    zoom-out response beside it 100 % here (0-100 % on three trainings of six plates). Our own
+    test plate's fields are flagged little more than before (9 against 7 %). The 32 px model
+    gets no zoom record: its tiles hold a cell or two."""
     from nscmonitor.simulate import out_of_domain as O
 
     path, splits = trained64
@@ -388,9 +390,12 @@ def test_a_5x_field_without_its_pixel_size_is_flagged_by_the_zoom_response(train
         with_zoom, alone = _daemon_flags(engine, fivex, 64), _daemon_flags(engine, fivex, 64, zoom=False)
         test_with, test_alone = _daemon_flags(engine, test, 64), _daemon_flags(engine, test, 64, zoom=False)
         bright = _daemon_flags(engine, O.images("brightfield", 20, 64, seed=4), 64)
+        twenty = O.images("20x", 40, 64, seed=5)
+        twenty_with, twenty_alone = _daemon_flags(engine, twenty, 64), _daemon_flags(engine, twenty, 64, zoom=False)
     finally:
         engine.close()
     assert with_zoom >= 0.5 and with_zoom >= alone + 0.3, (with_zoom, alone)
     assert test_with <= test_alone + 0.05 and test_with <= 0.15, (test_with, test_alone)
     assert bright >= 0.9
+    assert twenty_with >= 0.8 and twenty_with >= twenty_alone + 0.3, (twenty_with, twenty_alone)  # the zoom-out test
     assert "zoom" not in read_onnx_metadata(trained[0]).ood
