@@ -106,9 +106,10 @@ def test_the_shrink_is_2x2_block_means_as_torch_pools() -> None:
 def test_the_zoom_out_response_tells_cells_at_twice_their_size_from_our_own() -> None:
     """Served without its pixel size, a 20x field shows every cell at twice its size. Shrunk
     2x, such a tile comes nearer the training tiles' statistics, while one of our own moves
-    away (its cells too small): every double-size tile answers more than any of ours. Shrinking also averages camera noise away, so this
-    holds where the noise is small beside the cells' contrast (here 0.005 against 0.3; at 0.02
-    the two overlap, as on some of the simulator's trainings, docs/training.md)."""
+    away (its cells too small): every double-size tile answers more than any of ours.
+    Shrinking also averages camera noise away, so this holds where the noise is small beside
+    the cells' contrast (here 0.005 against 0.3; at 0.02 the two overlap, as on some of the
+    simulator's trainings, docs/training.md)."""
     rng = np.random.default_rng(0)
     blobs = lambda radius, n: _blobs(rng, radius, n, noise=0.005)
     rec = _record(blobs(3.0, 300))
