@@ -64,7 +64,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     unlike = report["unlike_training_data"]
     if unlike["of_newest_scored"]:
         con.print(f"unlike the model's training data: {unlike['flagged']} of the newest {unlike['of_newest_scored']} "
-                  "scored images (the out-of-distribution flag; about 4 % is the model's own rate)")
+                  "scored images (the out-of-distribution flag; 4-5 % is the model's own rate)")
     if report["errors"]:
         t = Table("id", "state", "file", "reason", title="last errors ('nscmonitor requeue ID' retries a quarantined one)")
         for e in report["errors"]:

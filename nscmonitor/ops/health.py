@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 STALE_S = 120.0
 """A heartbeat older than this is a stalled daemon (the daemon beats every 5 s)."""
 #: the newest scored images judged for the out-of-distribution warning, at least this many of them,
-#: and the flagged share that raises it: a model flags about 4 % of its own kind of images (2-10 %
+#: and the flagged share that raises it: a model flags 4-5 % of its own kind of images (2-10 %
 #: of plates it never saw, docs/training.md), so a quarter or more says the folder holds another
 #: kind (a fluorescence channel, another objective or modality, another culture), not a bad plate
 OOD_WINDOW, OOD_MIN_IMAGES, OOD_WARN_SHARE = 200, 20, 0.25
