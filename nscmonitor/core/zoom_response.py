@@ -20,9 +20,9 @@ An image's response is the mean over (at most eight of) its tiles, for each dire
 is the served score's or a response's, each over its own threshold (``mapped_score`` puts them
 on the served score's scale, so the stored score and the one threshold stay as they were). The
 thresholds share one budget of our own images (``IN_DOMAIN_BUDGET``: the score 3 %, each
-response at most 1 % more, ``threshold_within``). Numpy, on the daemon's
-own tiles, so every engine gets the same number and the parameters (a few hundred bytes: a
-Gaussian of seven statistics and its threshold) travel in the model metadata
+response at most 1 % more, ``threshold_within``). Numpy, on the daemon's own tiles, so every
+engine gets the same number and the parameters (a few hundred bytes: a Gaussian of seven
+statistics, two thresholds and two gains) travel in the model metadata
 (``ModelMetadata.ood["zoom"]``). Tiles under ``MIN_TILE`` px hold a cell or two and say
 nothing about cell size (32 px tiles: 2 % of 5x fields flagged), so no response is fitted
 for them.
