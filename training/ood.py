@@ -64,9 +64,9 @@ from nscmonitor.core import zoom_response as Z
 
 #: share of the model's own validation images flagged: the threshold's quantile is 1 - this
 FLAGGED_IN_DOMAIN = 0.04
-#: the same where the zoom responses are fitted beside the score (tiles of 64 px and more): each
-#: may add ``zoom_response.FLAGGED_IN_DOMAIN``, all three within ``zoom_response.IN_DOMAIN_BUDGET``
-FLAGGED_IN_DOMAIN_WITH_ZOOM = 0.03
+#: the same where the two zoom responses are fitted beside the score (tiles of 64 px and more):
+#: what the budget leaves them (3 %), each adding at most ``zoom_response.FLAGGED_IN_DOMAIN``
+FLAGGED_IN_DOMAIN_WITH_ZOOM = Z.IN_DOMAIN_BUDGET - 2 * Z.FLAGGED_IN_DOMAIN
 RIDGE = 1e-2
 METHOD = "mahalanobis over layers"
 INPUT_STATISTICS = ("mean", "log sd", "skewness", "log kurtosis", "gradient energy 1 px", "gradient energy 2 px",

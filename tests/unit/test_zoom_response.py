@@ -155,7 +155,10 @@ def test_an_image_is_measured_on_at_most_eight_tiles_spread_over_it() -> None:
     rng = np.random.default_rng(8)
     rec = {**_record(_blobs(rng, 4.0, 60)), "threshold": 0.0, "gain": 1.0}
     tiles = _blobs(rng, 3.0, 24)
-    assert Z.image_response(tiles, rec) == pytest.approx(Z.response(tiles[picked], rec).mean())
+    assert Z.image_responses(tiles, rec) == (pytest.approx(Z.response(tiles[picked], rec).mean()), None)
+    both = {**rec, "out_threshold": 0.0, "out_gain": 1.0}
+    assert Z.image_responses(tiles, both) == (pytest.approx(Z.response(tiles[picked], rec).mean()),
+                                              pytest.approx(Z.out_response(tiles[picked], both).mean()))
 
 
 @pytest.mark.parametrize("score_share", [0.0, 0.02, 0.04, 0.05, 0.08])
