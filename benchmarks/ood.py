@@ -32,9 +32,10 @@ the training fields at their own scale from the same fields at half and twice it
 the training plates' own cuts, with focus, noise and fine texture drawn at random so that they
 do not tell the scales apart), alone and as a second test beside the served score. Where the
 model has a zoom response (``nscmonitor.core.zoom_response``, tiles of 64 px and more), the
-served row flags as the daemon does, either test (``SERVED_SUM``: the graph's score alone,
+served row flags as the daemon does, any test (``SERVED_SUM``: the graph's score alone,
 ``ZOOM_ALONE``: the response alone, ``ZOOM_OUT_ALONE``: its mirror for fields at twice the
-model's magnification, each tile shrunk 2x, each at its stored threshold).
+model's magnification, each tile shrunk 2x, ``SIGN_ALONE``: the image's contrast sign, each at
+its stored threshold).
 - real instrument frames of another kind (``--real``, by default the shared reference's
   third-party ImageXpress output when it lies beside the repository: fluorescence of other
   cells at 4x and 20x), decoded and resampled by the pixel size their files state, as the
@@ -228,6 +229,7 @@ def scale_or_row(per_image: dict[str, dict[str, np.ndarray]], served_threshold: 
 ROOTS, SIGN_ROOT = "roots summed (the served form, validation images' threshold)", "contrast sign's root alone"
 SERVED_SUM, ZOOM_ALONE = "served: the graph's score alone", "served: the zoom response alone"
 ZOOM_OUT_ALONE = "served: the zoom-out response alone"
+SIGN_ALONE = "served: the contrast-sign test alone"
 #: the image-level rule measured as a lead on eight trainings (docs/training.md): an image is
 #: flagged when its mean of the sum of roots exceeds this quantile of the validation images'
 #: or its mean of the contrast sign's root exceeds that one's
@@ -352,16 +354,15 @@ def main() -> None:
     zoom = md.ood.get("zoom")
     if zoom_response.applies(zoom, md.input_size):
         stored.update({SERVED_SUM: stored["served"], ZOOM_ALONE: float(zoom["threshold"])})
-        out = zoom_response.has_out(zoom)
-        if out:
-            stored[ZOOM_OUT_ALONE] = float(zoom["out_threshold"])
+        alone = (ZOOM_ALONE, ZOOM_OUT_ALONE, SIGN_ALONE)  # one row per test of zoom_response.TESTS
+        stored.update({row: float(zoom[key]) for row, (key, _) in zip(alone, zoom_response.TESTS) if key in zoom})
         for name, (x, idx) in sets.items():
-            pairs = [zoom_response.image_responses(x[idx == i, 0], zoom) for i in range(int(idx.max()) + 1)]
-            r_in = np.asarray([p[0] for p in pairs])
-            r_out = np.asarray([p[1] for p in pairs]) if out else None
+            each = [zoom_response.image_responses(x[idx == i, 0], zoom) for i in range(int(idx.max()) + 1)]
+            responses = [None if each[0][i] is None else np.asarray([r[i] for r in each], np.float64)
+                         for i in range(len(alone))]
             s = per_image[name]["served"]
-            per_image[name].update({SERVED_SUM: s, ZOOM_ALONE: r_in, **({ZOOM_OUT_ALONE: r_out} if out else {}),
-                                    "served": zoom_response.mapped_score(s, r_in, zoom, stored["served"], r_out)})
+            per_image[name].update({SERVED_SUM: s, **{row: r for row, r in zip(alone, responses) if r is not None},
+                                    "served": zoom_response.mapped_score(s, responses, zoom, stored["served"])})
     rows = []
     for method in per_image["val"]:
         thr = stored[method] if method in stored else np.quantile(per_image["val"][method], md.ood["quantile"])

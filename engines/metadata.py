@@ -118,15 +118,19 @@ def _check_zoom(z: Any) -> None:
         whiten = np.asarray(z["whiten"], np.float64)
         numbers = [float(z[k]) for k in ("unit", "threshold", "gain")]
         out = [float(z[k]) for k in ("out_threshold", "out_gain")] if "out_threshold" in z else [0.0, 1.0]
+        sign = ([float(z[k]) for k in ("sign_threshold", "sign_gain", "sign_side")] if "sign_threshold" in z
+                else [0.0, 1.0, 1.0])
         min_tile = int(z.get("min_tile", 0))
     except (TypeError, KeyError, ValueError) as exc:
         raise MetadataError(f"ood.zoom must hold means, whiten, unit, threshold and gain (and out_gain with "
-                            f"out_threshold): {exc}") from exc
+                            f"out_threshold, sign_gain and sign_side with sign_threshold): {exc}") from exc
     if (means.ndim != 2 or means.shape[1] != d or not len(means) or whiten.shape != (d, d)
-            or not (np.all(np.isfinite(means)) and np.all(np.isfinite(whiten)) and np.all(np.isfinite(numbers + out)))
-            or numbers[0] <= 0 or numbers[2] <= 0 or out[1] <= 0 or min_tile < 0):
+            or not (np.all(np.isfinite(means)) and np.all(np.isfinite(whiten))
+                    and np.all(np.isfinite(numbers + out + sign)))
+            or numbers[0] <= 0 or numbers[2] <= 0 or out[1] <= 0 or sign[1] <= 0 or sign[2] not in (-1.0, 1.0)
+            or min_tile < 0):
         raise MetadataError(f"ood.zoom must hold K x {d} class means, a {d} x {d} whitening, a positive unit and "
-                            "gains and finite thresholds")
+                            "gains, finite thresholds and a contrast-sign side of -1 or 1")
 
 
 def validate(m: ModelMetadata) -> None:

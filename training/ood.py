@@ -18,8 +18,10 @@ at once (Lee et al. 2018, "feature ensemble"), plus two layers of cheap input st
 Beside the score, for tiles of 64 px and more, the zoom response of the input statistics
 (``nscmonitor.core.zoom_response``; ``fit_zoom``): how much nearer the training tiles a tile
 comes when zoomed 2x, which tells a 5x field served at its own scale (its file states no pixel
-size) from ours where none of the layers does. It is computed on the daemon's tiles in numpy,
-with its own threshold in the metadata, not in the graph (its reasons are in that module).
+size) from ours where none of the layers does; its mirror (each tile shrunk 2x) for fields at
+twice our magnification; and the image's mean contrast sign judged alone, which inside the sum
+is one layer of several. They are computed on the daemon's tiles in numpy, with their own
+thresholds in the metadata, not in the graph (the reasons are in that module).
 Per layer: the squared Mahalanobis distance to the nearest class mean (shared covariance),
 fitted on the training split, divided by its median over the validation tiles, so that
 layers of any width speak in the same unit; the tile's score is the sum over layers of the
@@ -350,9 +352,12 @@ def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndar
     tiles, and its thresholds from the same images as the score's (the validation plate's and
     each training plate's scored without its plate) by ``threshold_within``: the zoom-in
     response adds at most 1 % of them to the score's, the zoom-out response at most 1 % to
-    both, all three within 5 %, since an image any test flags is flagged. Each ``gain`` maps a
-    spread of its response onto the score's (their images' interquartile ranges), so that
-    ``mapped_score`` keeps one score on one scale."""
+    both, all three within 5 %, since an image any test flags is flagged; the contrast-sign
+    test last, with what the budget leaves (at most 1 % more; often none: its threshold is then
+    the largest value of the images the others leave, beyond anything of ours they pass). The
+    contrast sign needs no fit, so every training image counts at its own value. Each ``gain``
+    maps a spread of its response onto the score's (their images' interquartile ranges), so
+    that ``mapped_score`` keeps one score on one scale."""
     if x.shape[-1] < Z.MIN_TILE:
         return None
     stats, zoomed, shrunk = Z.statistics(x), Z.zoomed_statistics(x), Z.statistics(Z.shrink2(x))
@@ -370,21 +375,30 @@ def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndar
             tiles_out[left_out] = Z.response_out_of(stats[left_out], shrunk[left_out], *fold, unit)
         ins.append(image_scores(tiles_in, image_keys(records)))
         outs.append(image_scores(tiles_out, image_keys(records)))
-    pooled, pooled_out = np.concatenate(ins), np.concatenate(outs)
+    signs = [image_scores(Z.contrast_sign(val_x), val_keys)]
+    if len(ins) > 1:
+        signs.append(image_scores(Z.contrast_sign(x), image_keys(records)))
+    pooled, pooled_out, pooled_sign = np.concatenate(ins), np.concatenate(outs), np.concatenate(signs)
+    side = Z.side_of(pooled_sign)
+    pooled_sign = -side * pooled_sign
     sums = val_sums if held_sums is None else np.concatenate([val_sums, held_sums])
     by_score = sums > threshold
     t_r = Z.threshold_within(pooled, by_score)
     by_in = by_score | (pooled > t_r)
     t_out = Z.threshold_within(pooled_out, by_in)
-    anyone = by_in | (pooled_out > t_out)
+    by_out = by_in | (pooled_out > t_out)
+    t_sign = Z.threshold_within(pooled_sign, by_out)
+    anyone = by_out | (pooled_sign > t_sign)
     iqr = lambda v: float(np.subtract(*np.quantile(v, [0.75, 0.25])))
     gain = lambda v: iqr(sums) / max(iqr(v), 1e-6)
     return {"method": "zoom response of the input statistics", "factor": Z.FACTOR, "min_tile": Z.MIN_TILE,
             "statistics": list(Z.STATISTICS), "means": means.astype(np.float64).tolist(),
             "whiten": whiten.astype(np.float64).tolist(), "unit": unit, "budget": Z.IN_DOMAIN_BUDGET,
             "at_most": Z.FLAGGED_IN_DOMAIN, "threshold": t_r, "gain": gain(pooled), "out_threshold": t_out,
-            "out_gain": gain(pooled_out), "images": int(len(pooled)), "flagged": float(np.mean(pooled > t_r)),
-            "out_flagged": float(np.mean(pooled_out > t_out)), "flagged_by_score": float(np.mean(by_score)),
+            "out_gain": gain(pooled_out), "sign_side": side, "sign_threshold": t_sign, "sign_gain": gain(pooled_sign),
+            "images": int(len(pooled)), "flagged": float(np.mean(pooled > t_r)),
+            "out_flagged": float(np.mean(pooled_out > t_out)), "sign_flagged": float(np.mean(pooled_sign > t_sign)),
+            "flagged_by_score": float(np.mean(by_score)),
             "flagged_with_score": float(np.mean(anyone))}
 
 

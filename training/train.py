@@ -302,8 +302,9 @@ def finish(cfg: TrainConfig, splits: dict[str, Split], out: Path, device) -> dic
           + (f" and {left_out:.1%} of the training plates' images left out of the fit" if left_out is not None else ""))
     if o.get("zoom"):
         z = o["zoom"]
-        print(f"zoom responses (for fields of another magnification without a pixel size): thresholds "
-              f"{z['threshold']:.4g} (in) and {z['out_threshold']:.4g} (out), set on the same "
+        print(f"tests on the tiles' own pixels (zoom responses for fields of another magnification without a "
+              f"pixel size, the contrast sign for inverted ones): thresholds {z['threshold']:.4g} (zoom in), "
+              f"{z['out_threshold']:.4g} (zoom out) and {z['sign_threshold']:.4g} (contrast sign), set on the same "
               f"{z['images']} images: any test flags {z['flagged_with_score']:.1%} of them (the score alone "
               f"{z['flagged_by_score']:.1%})")
     saved["metadata"] = json.dumps(meta)

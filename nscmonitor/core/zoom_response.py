@@ -16,22 +16,30 @@ size, and shrunk its cells take their proper size. Our own fields of large flat 
 it too, so it is weaker (20x fields 0-100 % on three trainings), but it also sees bright field
 that the served score missed on one training (docs/training.md, "Three tests within 5 %").
 
-An image's response is the mean over (at most eight of) its tiles, for each direction; its flag
+The record carries one more test on the same tiles, not a zoom: the image's contrast sign
+(``contrast_sign``, the graph's one-number layer of the same name, odd in the intensities). An
+intensity-inverted field, or bright field where our fields are phase contrast, turns its sign;
+inside the graph's sum it is one layer of several, and on one training of three the sum flagged
+9 % of inverted fields (docs/training.md, "The contrast sign on its own").
+
+An image's response is the mean over (at most eight of) its tiles, for each test; its flag
 is the served score's or a response's, each over its own threshold (``mapped_score`` puts them
 on the served score's scale, so the stored score and the one threshold stay as they were). The
 thresholds share one budget of our own images (``IN_DOMAIN_BUDGET``: the score 3 %, each
-response at most 1 % more, ``threshold_within``). Numpy, on the daemon's own tiles, so every
-engine gets the same number and the parameters (a few hundred bytes: a Gaussian of seven
-statistics, two thresholds and two gains) travel in the model metadata
-(``ModelMetadata.ood["zoom"]``). Tiles under ``MIN_TILE`` px hold a cell or two and say
-nothing about cell size (32 px tiles: 2 % of 5x fields flagged), so no response is fitted
-for them.
+response at most 1 % more, in the order of ``TESTS``, ``threshold_within``). Numpy, on the
+daemon's own tiles, so every engine gets the same number and the parameters (a few hundred
+bytes: a Gaussian of seven statistics, three thresholds, three gains and the side our
+images' contrast sign lies on) travel in the model metadata (``ModelMetadata.ood["zoom"]``,
+named for its first test; records of two or three tests load and serve as fitted). Tiles
+under ``MIN_TILE`` px hold a cell or two and say nothing about cell size (32 px tiles: 2 % of
+5x fields flagged), so no record is fitted for them, and the graph's own contrast-sign layer
+is what those models have for inverted fields.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -47,6 +55,16 @@ STATISTICS = ("mean", "log sd", "skewness", "log kurtosis", "gradient energy 1 p
               "gradient energy 4 px")
 GRADIENT_STEPS = (1, 2, 4)
 EPS = 1e-6
+#: each test's threshold and gain in the record, in the order the budget is spent
+TESTS = (("threshold", "gain"), ("out_threshold", "out_gain"), ("sign_threshold", "sign_gain"))
+
+
+class Responses(NamedTuple):
+    """An image's responses, one per test of ``TESTS`` (None where its record lacks the test)."""
+
+    zoom_in: float
+    zoom_out: float | None = None
+    sign: float | None = None
 
 
 def statistics(x: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -163,9 +181,35 @@ def response_out_of(stats: np.ndarray, shrunk: np.ndarray, means: np.ndarray, wh
     return (own - np.sqrt(distance(shrunk, means, whiten))) / float(unit)
 
 
+def contrast_sign(x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """N x S x S scaled tiles -> N: E[b^3] / E[|b|^3] of b, each inner pixel minus its 3 x 3
+    mean, in [-1, 1] (``training.ood.contrast_sign``, the graph's layer). Odd in the
+    intensities: an inverted tile gets the opposite value."""
+    if len(x) > batch:
+        return np.concatenate([contrast_sign(x[i:i + batch], batch) for i in range(0, len(x), batch)])
+    x = np.asarray(x, np.float32)
+    rows = x[:, :, :-2] + x[:, :, 1:-1] + x[:, :, 2:]
+    box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
+    b = x[:, 1:-1, 1:-1] - box / np.float32(9.0)
+    b2 = b * b
+    num = (b2 * b).mean(axis=(1, 2), dtype=np.float64)
+    return num / ((b2 * np.abs(b)).mean(axis=(1, 2), dtype=np.float64) + EPS * EPS)
+
+
+def side_of(signs: np.ndarray) -> float:
+    """The side our images' contrast sign lies on (-1 or 1, their median's sign): the sign
+    test's response is ``-side * sign``, how far an image lies towards the other."""
+    return -1.0 if float(np.median(signs)) < 0 else 1.0
+
+
 def has_out(zoom: Mapping[str, Any] | None) -> bool:
     """Whether a record has the zoom-out test (fitted since the seventh session of 2026-12-07)."""
     return bool(zoom) and "out_threshold" in zoom
+
+
+def has_sign(zoom: Mapping[str, Any] | None) -> bool:
+    """Whether a record has the contrast-sign test (fitted since the eighth session of 2026-12-07)."""
+    return bool(zoom) and "sign_threshold" in zoom
 
 
 def applies(zoom: Mapping[str, Any] | None, tile_px: int) -> bool:
@@ -190,10 +234,10 @@ def out_response(tiles: np.ndarray, zoom: Mapping[str, Any]) -> np.ndarray:
                            np.asarray(zoom["whiten"]), float(zoom["unit"]))
 
 
-def image_responses(tiles: np.ndarray, zoom: Mapping[str, Any]) -> tuple[float, float | None]:
-    """An image's zoom-in and zoom-out responses (None for the second where the record has no
-    zoom-out test), each the mean over the same at most ``MAX_TILES`` tiles, spread over it, whose
-    own statistics both share. Zooming and measuring every tile cost 39 ms for a 704 x 520 frame
+def image_responses(tiles: np.ndarray, zoom: Mapping[str, Any]) -> Responses:
+    """An image's responses (``Responses``, None for a test its record lacks), each the mean
+    over the same at most ``MAX_TILES`` tiles, spread over it, whose own statistics the two
+    zoom tests share. Zooming and measuring every tile cost 39 ms for a 704 x 520 frame
     of 24 tiles of 112 px on a 2-core Zen 3, more than decoding, preprocessing and the demo
     model's int8 engine together (about 15 ms); the thresholds were set on fields of 4 to 9
     tiles, so a mean over 8 is as steady as what they were fitted on."""
@@ -201,22 +245,22 @@ def image_responses(tiles: np.ndarray, zoom: Mapping[str, Any]) -> tuple[float, 
     means, whiten, unit = np.asarray(zoom["means"]), np.asarray(zoom["whiten"]), float(zoom["unit"])
     own = statistics(some)
     up = float(np.mean(response_of(own, zoomed_statistics(some), means, whiten, unit)))
-    if not has_out(zoom):
-        return up, None
-    return up, float(np.mean(response_out_of(own, statistics(shrink2(some)), means, whiten, unit)))
+    down = (float(np.mean(response_out_of(own, statistics(shrink2(some)), means, whiten, unit)))
+            if has_out(zoom) else None)
+    sign = -float(zoom["sign_side"]) * float(np.mean(contrast_sign(some))) if has_sign(zoom) else None
+    return Responses(up, down, sign)
 
 
-def mapped_score(score: Any, mean_response: Any, zoom: Mapping[str, Any], threshold: float,
-                 out_response: Any = None) -> Any:
-    """The served score, or the image's mean response put on its scale where that is larger:
+def mapped_score(score: Any, responses: Responses | tuple, zoom: Mapping[str, Any], threshold: float) -> Any:
+    """The served score, or an image's response put on its scale where that is larger:
     ``threshold + gain * (response - the response's threshold)``, which exceeds ``threshold``
-    exactly when the response exceeds its own; the same for the zoom-out response where given
-    (``out_gain``, ``out_threshold``). So an image is flagged when any test flags it, with one
-    stored score and the one threshold each engine's gate fitted for the sum. Numbers or arrays
-    of images."""
-    mapped = np.maximum(score, float(threshold) + float(zoom["gain"]) * (np.asarray(mean_response, np.float64)
-                                                                          - float(zoom["threshold"])))
-    if out_response is None or not has_out(zoom):
-        return mapped
-    return np.maximum(mapped, float(threshold) + float(zoom["out_gain"]) * (
-        np.asarray(out_response, np.float64) - float(zoom["out_threshold"])))
+    exactly when the response exceeds its own, for each test of ``TESTS`` the record has and a
+    response is given for. So an image is flagged when any test flags it, with one stored
+    score and the one threshold each engine's gate fitted for the sum. Numbers or arrays of
+    images."""
+    mapped = np.asarray(score, np.float64)
+    for r, (t, g) in zip(responses, TESTS):
+        if r is None or t not in zoom:
+            continue
+        mapped = np.maximum(mapped, float(threshold) + float(zoom[g]) * (np.asarray(r, np.float64) - float(zoom[t])))
+    return mapped

@@ -143,15 +143,15 @@ def ood_of(tiles: TileScores, meta, other_scale: bool = False,
     magnification, ``pixel_size_mismatch``); (None, None) when the model has no score or no
     tile was scored. Where the model has a zoom response (``core.zoom_response``) and the
     scaled tiles are given (``pixels``, N x 1 x S x S), the score is the largest of the tiles'
-    mean and the responses' means (zoomed in and, where fitted, out) mapped onto the score's
-    scale, so any of the tests flags."""
+    mean and the responses' means (zoomed in and, where fitted, out, and the contrast sign)
+    mapped onto the score's scale, so any of the tests flags."""
     if tiles.ood is None or not len(tiles.ood) or not meta.ood:
         return None, None
     score, threshold = float(np.mean(tiles.ood)), float(meta.ood["threshold"])
     zoom = meta.ood.get("zoom")
     if pixels is not None and len(pixels) and zoom_response.applies(zoom, pixels.shape[-1]):
-        response, out = zoom_response.image_responses(pixels[:, 0], zoom)
-        score = float(zoom_response.mapped_score(score, response, zoom, threshold, out))
+        responses = zoom_response.image_responses(pixels[:, 0], zoom)
+        score = float(zoom_response.mapped_score(score, responses, zoom, threshold))
     return score, bool(score > threshold or other_scale)
 
 

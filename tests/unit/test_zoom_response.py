@@ -1,7 +1,8 @@
 """The zoom response (``nscmonitor.core.zoom_response``), the out-of-distribution test for a
 field taken through another objective whose file states no pixel size: its statistics are the
 graph's input statistics, its zoom is the bilinear zoom torch draws, it tells cells at half
-their size from our own, and an image is flagged when either it or the served score says so,
+their size from our own, its mirror tells cells at twice their size, the image's contrast sign
+tells an inverted field, and an image is flagged when any of them or the served score says so,
 with one stored score and one threshold (``scoring.stages.ood_of``)."""
 
 from __future__ import annotations
@@ -89,12 +90,27 @@ def test_an_image_is_flagged_by_either_test_with_one_score_and_one_threshold() -
     assert ood_of(low, _meta(zoom)) == (8.0, False)
 
 
-def test_the_mapping_keeps_the_order_of_both_tests() -> None:
-    zoom = {"threshold": -3.0, "gain": 1.5}
-    s, r = np.array([9.0, 9.0, 11.0]), np.array([-4.0, -2.0, -4.0])
-    got = Z.mapped_score(s, r, zoom, 10.0)
-    assert list(got > 10.0) == [False, True, True]
+def test_the_mapping_keeps_the_order_of_every_test() -> None:
+    zoom = {"threshold": -3.0, "gain": 1.5, "sign_threshold": 0.1, "sign_gain": 20.0}
+    s, r, sign = np.array([9.0, 9.0, 11.0, 9.0]), np.array([-4.0, -2.0, -4.0, -4.0]), np.array([0.0, 0.0, 0.0, 0.2])
+    got = Z.mapped_score(s, Z.Responses(r), zoom, 10.0)
+    assert list(got > 10.0) == [False, True, True, False]
     assert got[1] == pytest.approx(10.0 + 1.5 * 1.0)
+    got = Z.mapped_score(s, Z.Responses(r, None, sign), zoom, 10.0)
+    assert list(got > 10.0) == [False, True, True, True]
+    assert got[3] == pytest.approx(10.0 + 20.0 * 0.1)
+    assert list(Z.mapped_score(s, Z.Responses(r, None, sign), {"threshold": -3.0, "gain": 1.5}, 10.0) > 10.0) == [
+        False, True, True, False]  # a record without the test ignores its response
+
+
+def test_the_contrast_sign_is_the_graphs_and_turns_with_the_intensities() -> None:
+    x = np.random.default_rng(9).random((5, 40, 40)).astype(np.float32) ** 3
+    got = Z.contrast_sign(x, batch=2)
+    np.testing.assert_allclose(got, T.contrast_sign(torch.from_numpy(x)[:, None])[:, 0].double().numpy(),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(Z.contrast_sign(1.0 - x), -got, rtol=1e-4, atol=1e-5)
+    assert np.all(got > 0.2)  # cubed noise: sharp bright specks on a dark ground
+    assert Z.side_of(got) == 1.0 and Z.side_of(-got) == -1.0
 
 
 def test_the_shrink_is_2x2_block_means_as_torch_pools() -> None:
@@ -117,7 +133,7 @@ def test_the_zoom_out_response_tells_cells_at_twice_their_size_from_our_own() ->
     assert double.min() > ours.max(), (np.percentile(ours, [50, 100]), np.percentile(double, [0, 50]))
 
 
-def test_an_image_is_flagged_by_any_of_three_tests_and_old_records_keep_two() -> None:
+def test_an_image_is_flagged_by_any_of_four_tests_and_old_records_keep_theirs() -> None:
     rng = np.random.default_rng(6)
     rec = _record(_blobs(rng, 3.0, 200, noise=0.005))
     ours, double = _blobs(rng, 3.0, 6, noise=0.005)[:, None], _blobs(rng, 6.0, 6, noise=0.005)[:, None]
@@ -130,13 +146,30 @@ def test_an_image_is_flagged_by_any_of_three_tests_and_old_records_keep_two() ->
     score, flagged = ood_of(low, _meta(three), pixels=double)
     assert flagged and score == pytest.approx(10.0 + 3.0 * (o_double - three["out_threshold"]), rel=1e-5)
     assert ood_of(low, _meta(two), pixels=double) == (8.0, False)  # a record from before: two tests
-    assert Z.image_responses(double[:, 0], two)[1] is None
+    assert Z.image_responses(double[:, 0], two).zoom_out is None
+    # the contrast sign: our fields' fine detail leans one way, an inverted field's the other
+    side = Z.side_of(Z.contrast_sign(ours[:, 0]))
+    inverted = 1.0 - ours
+    assert -side * Z.contrast_sign(ours[:, 0]).mean() < 0 < -side * Z.contrast_sign(inverted[:, 0]).mean()
+    deaf = {**rec, "threshold": 1e9, "gain": 1.0}  # a zoom-in test that flags nothing
+    sign = {**deaf, "sign_side": side, "sign_threshold": 0.0, "sign_gain": 5.0}
+    assert ood_of(low, _meta(deaf), pixels=inverted) == (8.0, False)
+    assert ood_of(low, _meta(sign), pixels=ours)[1] is False
+    score, flagged = ood_of(low, _meta(sign), pixels=inverted)
+    assert flagged and score == pytest.approx(
+        10.0 + 5.0 * -side * Z.contrast_sign(inverted[:, 0]).mean(), rel=1e-5)
+    assert ood_of(low, _meta({**three, **sign}), pixels=double)[1]  # all four: the zoom-out test still flags
+    assert Z.image_responses(inverted[:, 0], three).sign is None
 
 
 @pytest.mark.parametrize("damage", [{"means": [[0.0] * 6]}, {"whiten": [[1.0]]}, {"unit": 0.0},
                                     {"threshold": float("nan")}, {"gain": "steep"}, {"means": None},
                                     {"out_threshold": float("inf"), "out_gain": 1.0},
-                                    {"out_threshold": 0.0, "out_gain": -1.0}, {"out_threshold": 0.0}])
+                                    {"out_threshold": 0.0, "out_gain": -1.0}, {"out_threshold": 0.0},
+                                    {"sign_threshold": 0.1, "sign_gain": 1.0},
+                                    {"sign_threshold": 0.1, "sign_gain": 1.0, "sign_side": 0.5},
+                                    {"sign_threshold": float("nan"), "sign_gain": 1.0, "sign_side": 1.0},
+                                    {"sign_threshold": 0.1, "sign_gain": 0.0, "sign_side": -1.0}])
 def test_a_damaged_zoom_record_is_refused_when_the_model_loads(damage) -> None:
     from nscmonitor.engines.metadata import MetadataError
 
@@ -155,10 +188,11 @@ def test_an_image_is_measured_on_at_most_eight_tiles_spread_over_it() -> None:
     rng = np.random.default_rng(8)
     rec = {**_record(_blobs(rng, 4.0, 60)), "threshold": 0.0, "gain": 1.0}
     tiles = _blobs(rng, 3.0, 24)
-    assert Z.image_responses(tiles, rec) == (pytest.approx(Z.response(tiles[picked], rec).mean()), None)
-    both = {**rec, "out_threshold": 0.0, "out_gain": 1.0}
-    assert Z.image_responses(tiles, both) == (pytest.approx(Z.response(tiles[picked], rec).mean()),
-                                              pytest.approx(Z.out_response(tiles[picked], both).mean()))
+    assert Z.image_responses(tiles, rec) == (pytest.approx(Z.response(tiles[picked], rec).mean()), None, None)
+    every = {**rec, "out_threshold": 0.0, "out_gain": 1.0, "sign_threshold": 0.0, "sign_gain": 1.0, "sign_side": -1.0}
+    assert Z.image_responses(tiles, every) == (pytest.approx(Z.response(tiles[picked], rec).mean()),
+                                               pytest.approx(Z.out_response(tiles[picked], every).mean()),
+                                               pytest.approx(Z.contrast_sign(tiles[picked]).mean()))
 
 
 @pytest.mark.parametrize("score_share", [0.0, 0.02, 0.04, 0.05, 0.08])
