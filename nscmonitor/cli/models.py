@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nscmonitor.cli.args import add_db_options, bounded, settings_from
+from nscmonitor.core import ood_record
 from nscmonitor.registry.prune import DEFAULT_KEEP, REMOVED_NOTE
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         r = reg.get(args.version)
         print(json.dumps({"version": r.version, "state": r.state, "path": r.path, "sha256": r.sha256,
                           "scheme": r.scheme, "classes": r.classes, "labels_version": r.labels_version,
-                          "metrics": r.metrics,
+                          "metrics": r.metrics, "ood": ood_record.summary((r.meta or {}).get("ood")),
                           "engine": {"state": "removed", "message": REMOVED_NOTE} if r.state == "removed"
                           else engine_summary(r)}, indent=2, default=str))
     elif args.models_command == "register":

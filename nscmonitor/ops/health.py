@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nscmonitor.config import Settings
+from nscmonitor.core import ood_record
 
 log = logging.getLogger(__name__)
 
@@ -559,6 +560,7 @@ def _model_file_checks(s: Settings) -> list[Check]:
 
         meta = read_onnx_metadata(s.model)
         checks.append(("model", True, f"{s.model}: {meta.name} {meta.version}, classes {', '.join(meta.classes)}"))
+        checks.append(("out-of-distribution flag", True, ood_record.line(ood_record.summary(meta.ood))))
     except Exception as exc:  # report any model problem as a failed check
         checks.append(("model", False, f"{s.model}: {exc}"))
     try:
@@ -591,6 +593,7 @@ def _active_engine_check(s: Settings) -> list[Check]:
 
         build = summary(Path(act.path), act.version)
         return [("active model", Path(act.path).is_file(), f"{act.version} ({act.path})"),
+                ("out-of-distribution flag", True, ood_record.line(ood_record.summary((act.meta or {}).get("ood")))),
                 ("engine build", build["state"] in ("ready", "building"), build["message"])]
     except Exception as exc:  # doctor reports, it does not crash
         return [("active model", False, str(exc))]

@@ -119,6 +119,7 @@ def test_registering_a_model_builds_a_gated_int8_engine_the_daemon_serves(tmp_pa
     assert main(["--config", str(cfg), "models", "show", active.version]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["engine"]["state"] == "ready" and shown["engine"]["engine"] == status.engine
+    assert shown["ood"]["available"] is False  # this tiny model carries no OOD score, and says so
 
     # The settings name the CPU int8 engine, so it serves even where the build's timing found
     # it slower than fp32 for this tiny model and recorded the other runtime's int8 as the
