@@ -1,7 +1,7 @@
-"""Model versions with their validation metrics, which one the daemon serves, and the
-registry actions (promote, roll back, retrain now) and hand labelling, as buttons over the
-callables of ``gui.state.actions`` (the retrain runs in a background process so the window
-never waits for training).
+"""Model versions with their validation metrics, engine and out-of-distribution tests, which
+one the daemon serves, and the registry actions (promote, roll back, retrain now) and hand
+labelling, as buttons over the callables of ``gui.state.actions`` (the retrain runs in a
+background process so the window never waits for training).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QPushButton,
                                QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from nscmonitor.core import ood_record
 from nscmonitor.gui.state.actions import LabelTarget, ModelAction
 from nscmonitor.registry.prune import REMOVED_NOTE
 from nscmonitor.store.registry import ModelInfo
@@ -72,9 +73,10 @@ class ModelsPanel(QWidget):
         self.serving = QLabel("The daemon's model is not known yet.")
         self.serving.setWordWrap(True)
         lay.addWidget(self.serving)
-        self.table = QTableWidget(0, 7)
+        self.table = QTableWidget(0, 8)
         self.table.setHorizontalHeaderLabels(["version", "state", "scheme", "classes", "created (UTC)",
-                                              "validation (our data)", "engine on this machine"])
+                                              "validation (our data)", "engine on this machine",
+                                              "out-of-distribution flag"])
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.horizontalHeader().setSectionResizeMode(5, QHeaderView.ResizeMode.Stretch)
@@ -169,8 +171,10 @@ class ModelsPanel(QWidget):
             active = v.state == "active"
             # a pruned version's folder is gone on purpose: its record stays, nothing is wrong
             engine, problem = ((REMOVED_NOTE, False) if v.state == "removed" else engine_here(v.path, v.version))
+            ood = ood_record.summary((v.meta or {}).get("ood"))
             cells = (v.version + ("  ◀ active" if active else ""), v.state, v.scheme, ", ".join(v.classes),
-                     v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "", _metric_text(v.meta), engine)
+                     v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "", _metric_text(v.meta), engine,
+                     ood_record.short(ood))
             for c, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if active:
@@ -183,6 +187,8 @@ class ModelsPanel(QWidget):
                     item.setToolTip(text)
                     if problem:
                         item.setForeground(QColor("#b00020"))
+                if c == 7:
+                    item.setToolTip(ood_record.line(ood))
                 self.table.setItem(r, c, item)
         self.table.resizeColumnsToContents()
         self._refresh_buttons()

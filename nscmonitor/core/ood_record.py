@@ -1,5 +1,5 @@
 """What a model's out-of-distribution record covers, said once for every face that shows a model
-(``nscmonitor doctor``, ``models show``). The flag is only as good as the tests its model
+(``nscmonitor doctor``, ``models show``, the dashboard's models panel). The flag is only as good as the tests its model
 carries: a model exported before a test existed serves without it, and one from elsewhere may
 carry none, in which case its readouts say "unavailable", never "in distribution". A lab
 manager deciding whether to trust an unattended week of readouts should see which of them
@@ -50,3 +50,11 @@ def line(s: Mapping[str, Any]) -> str:
     return (f"{n} test{'' if n == 1 else 's'}: " + "; ".join(s["tests"])
             + f". Threshold {s['threshold']:.3g}, flags {s['flags_own_images']:.1%} of the model's own "
               f"{s['of_images']} images ({s['threshold_from']})")
+
+
+def short(s: Mapping[str, Any]) -> str:
+    """A table cell (the dashboard's models panel; ``line`` is its tooltip)."""
+    if not s["available"]:
+        return "unavailable: the model has none"
+    n = len(s["tests"])
+    return f"{n} test{'' if n == 1 else 's'}; flags {s['flags_own_images']:.1%} of its own images"

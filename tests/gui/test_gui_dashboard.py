@@ -207,7 +207,8 @@ def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: L
     settings = replace(lab.settings, models_dir=tmp_path / "models")
     reg = Registry(settings.models_dir, open_engine(lab.url))
     for v in ("v1", "v2"):
-        build_tiny_classifier(tmp_path / f"{v}.onnx", input_size=32, version=v, seed=len(v))
+        build_tiny_classifier(tmp_path / f"{v}.onnx", input_size=32, version=v, seed=len(v),
+                              ood_threshold=5.0 if v == "v2" else None)
     first = reg.register(tmp_path / "v1.onnx")
     second = reg.register(tmp_path / "v2.onnx")
     from nscmonitor.engines import autobuild
@@ -222,6 +223,9 @@ def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: L
     assert "no calibration set" in engine_cells[first.version].text()
     assert engine_cells[first.version].foreground().color().name() == "#b00020"
     assert "no engine built" in engine_cells[second.version].text()
+    ood_cells = {v.version: panel.table.item(r, 7) for r, v in enumerate(panel.versions)}
+    assert ood_cells[first.version].text().startswith("unavailable")  # a model without an OOD score says so
+    assert ood_cells[second.version].text().startswith("1 test;") and "Threshold 5" in ood_cells[second.version].toolTip()
     assert all(b.isEnabled() for k, b in panel.buttons.items() if k != "rollback_forecast")
     assert not panel.buttons["rollback_forecast"].isEnabled()  # no forecast_model in these settings
     panel.buttons["promote"].click()  # nothing selected: the reason is shown, nothing changes
