@@ -44,6 +44,14 @@ def test_the_statistics_are_the_graphs_input_statistics() -> None:
     assert np.allclose(Z.statistics(x, batch=2), Z.statistics(x))
 
 
+def test_batches_sized_to_the_cache_give_the_numbers_all_tiles_at_once_give() -> None:
+    x = np.random.default_rng(12).random((40, 112, 112)).astype(np.float32) ** 2
+    assert Z._batch(x) == 10 and Z._batch(x, 4) == 2 and Z._batch(x[:, :8, :8]) == Z.BATCH_PIXELS // 64
+    np.testing.assert_array_equal(Z.statistics(x), Z.statistics(x, batch=len(x)))
+    np.testing.assert_array_equal(Z.zoomed_statistics(x[:9]), Z.zoomed_statistics(x[:9], batch=9))
+    np.testing.assert_array_equal(Z.contrast_sign(x), Z.contrast_sign(x, batch=len(x)))
+
+
 def test_the_zoom_is_torchs_bilinear_zoom_cut_into_quarters() -> None:
     x = np.random.default_rng(2).random((3, 16, 16))
     up = torch.nn.functional.interpolate(torch.from_numpy(x)[:, None], scale_factor=2.0, mode="bilinear",
