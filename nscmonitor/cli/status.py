@@ -6,7 +6,8 @@ import argparse
 import json
 
 from nscmonitor.cli.args import add_db_options, settings_from
-from nscmonitor.ops.health import engine_build_state, forecast_state, health, model_integrity
+from nscmonitor.core import ood_record
+from nscmonitor.ops.health import engine_build_state, forecast_state, health, model_integrity, model_ood_state
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -22,6 +23,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if report["model_integrity"] and not report["model_integrity"]["ok"]:
         report["warnings"].append(f"model refused: {report['model_integrity']['problem']}")
     report["engine_build"] = engine_build_state(s, (report["daemon"] or {}).get("model_version"))
+    report["model_ood"] = model_ood_state(s, (report["daemon"] or {}).get("model_version"))
     report["forecast"] = forecast_state(s)
     if report["forecast"] and report["forecast"].get("problem"):
         report["warnings"].append(f"well forecast: {report['forecast']['problem']}")
@@ -43,6 +45,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         if build is not None:
             colour = "yellow" if build["state"] in ("failed", "no-calibration", "interrupted") else "default"
             con.print(f"  engine build: [{colour}]{build['message']}[/{colour}]")
+        ood = report["model_ood"]
+        if ood is not None:
+            con.print("  its out-of-distribution flag: " + (
+                f"{ood_record.short(ood)} (threshold {ood['threshold']:.3g}; 'nscmonitor doctor' names the tests)"
+                if ood["available"] else f"[yellow]unavailable[/yellow]: {ood['why']}"))
         for w in d["watched"]:
             scan = (f"; {w['files']:,} files, last rescan {w['rescan_s']:.1f} s"
                     if w.get("files") is not None and w.get("rescan_s") is not None else "")

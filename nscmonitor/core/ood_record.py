@@ -1,5 +1,5 @@
 """What a model's out-of-distribution record covers, said once for every face that shows a
-model (``nscmonitor doctor``, ``models show``, the dashboard's models panel). The flag is only
+model (``nscmonitor doctor``, ``status``, ``models show``, the dashboard's models panel). The flag is only
 as good as the tests its model carries: a model exported before a test existed serves without
 it, and one from elsewhere may carry none, in which case its readouts say "unavailable", never
 "in distribution". A lab manager deciding whether to trust an unattended week of readouts

@@ -245,6 +245,21 @@ def engine_build_state(s: Settings, version: str | None) -> dict | None:
     return summary(path, version)
 
 
+def model_ood_state(s: Settings, version: str | None) -> dict | None:
+    """What the served version's out-of-distribution flag covers (``core.ood_record``), read
+    from its file's metadata; None when the version or its file is not known here."""
+    path = served_model_path(s, version)
+    if path is None:
+        return None
+    from nscmonitor.engines.metadata import read_onnx_metadata
+
+    try:
+        return ood_record.summary(read_onnx_metadata(path).ood)
+    except Exception as exc:  # the model check reports an unreadable model; status goes on
+        log.info("%s: metadata not readable for the OOD summary: %s", path, exc)
+        return None
+
+
 def active_version(s: Settings) -> Callable[[], str | None]:
     """A deferred read of the registry's active version: exports call it only when no
     version was asked for, and a store without the registry answers None."""

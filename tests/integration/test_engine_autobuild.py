@@ -179,6 +179,9 @@ def test_a_failing_gate_keeps_fp32_and_status_json_says_why(tmp_path: Path, caps
     build = report["engine_build"]
     assert build["state"] == "failed" and "well readout differs" in build["reason"]
     assert "fp32" in build["message"]
+    assert report["model_ood"]["available"] is False  # the served tiny model has no OOD score
+    assert main(["--config", str(cfg), "status"]) == 3
+    assert "its out-of-distribution flag: unavailable" in " ".join(capsys.readouterr().out.split())
     with open_engine(settings.database_url).connect() as c:
         kinds = [k for (k,) in c.execute(select(m.Event.kind))]
     assert "engine_build_failed" in kinds

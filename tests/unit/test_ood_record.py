@@ -1,4 +1,4 @@
-"""What ``doctor`` and ``models show`` say a model's out-of-distribution flag covers
+"""What ``doctor``, ``status`` and ``models show`` say a model's out-of-distribution flag covers
 (``nscmonitor.core.ood_record``), from records as training writes them, old and new, and from a
 real tiny model's file read back."""
 
@@ -9,7 +9,7 @@ import pytest
 from nscmonitor.core import ood_record
 from nscmonitor.engines.metadata import read_onnx_metadata
 from nscmonitor.engines.tiny import build_tiny_classifier
-from nscmonitor.ops.health import doctor_report
+from nscmonitor.ops.health import doctor_report, model_ood_state
 
 SCORE = {"method": "mahalanobis over layers", "output": "ood", "threshold": 14.1, "quantile": 0.97,
          "held_out_images": 1214, "threshold_from": "validation images and each training plate's, left out of the fit",
@@ -41,7 +41,7 @@ def test_the_summary_names_the_tests_the_record_carries(zoom, tile_tests) -> Non
     assert text.startswith(f"{len(named)} tests: ") and ("4.9%" if zoom else "3.0%") in text
 
 
-def test_doctor_says_what_a_configured_models_flag_covers(tmp_path) -> None:
+def test_doctor_and_status_say_what_a_configured_models_flag_covers(tmp_path) -> None:
     from nscmonitor.config import load_settings
 
     for name, threshold in (("with", 5.0), ("without", None)):
@@ -51,7 +51,10 @@ def test_doctor_says_what_a_configured_models_flag_covers(tmp_path) -> None:
         cfg = tmp_path / f"{name}.toml"
         cfg.write_text(f'database_url = "sqlite:///{(tmp_path / name / "db.sqlite").as_posix()}"\n'
                        f'model = "{model.as_posix()}"\n')
-        checks = {c[0]: c for c in doctor_report(load_settings(cfg, env={}))}
+        settings = load_settings(cfg, env={})
+        checks = {c[0]: c for c in doctor_report(settings)}
+        assert model_ood_state(settings, "served")["available"] == (threshold is not None)  # what status prints
+        assert model_ood_state(settings, None) is None  # no daemon has said what it serves
         _, ok, detail = checks["out-of-distribution flag"]
         assert ok
         if threshold is None:
