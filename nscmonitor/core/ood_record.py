@@ -1,10 +1,10 @@
 """What a model's out-of-distribution record covers, said once for every face that shows a
-model (``nscmonitor doctor``, ``status``, ``models show``, the dashboard's models panel). The flag is only
-as good as the tests its model carries: a model exported before a test existed serves without
-it, and one from elsewhere may carry none, in which case its readouts say "unavailable", never
-"in distribution". A lab manager deciding whether to trust an unattended week of readouts
-should see which of them this model has without reading its metadata. Read from the metadata
-alone, without opening the graph."""
+model (``nscmonitor doctor``, ``status``, ``models show``, the dashboard's models panel). The
+flag is only as good as the tests its model carries: a model exported before a test existed
+serves without it, and one from elsewhere may carry none, in which case its readouts say
+"unavailable", never "in distribution". A lab manager deciding whether to trust an unattended
+week of readouts should see which of them this model has without reading its metadata. Read
+from the metadata alone, without opening the graph."""
 
 from __future__ import annotations
 
