@@ -19,7 +19,8 @@ mean tile score exceeds ``threshold`` is flagged (``training.ood``). Its ``zoom`
 present (models trained on tiles of 64 px and more since 2026-12-07), holds the zoom response's
 Gaussian and threshold (``nscmonitor.core.zoom_response``), a second test the daemon runs on
 its own tiles, and in models fitted since the seventh session of that day a third, the zoom-out
-response (``out_threshold``, ``out_gain``); records without it load and serve the first two.
+response (``out_threshold``, ``out_gain``), since the eighth a fourth, the image's contrast sign
+(``sign_side``, ``sign_threshold``, ``sign_gain``); records without them serve the tests they have.
 """
 
 from __future__ import annotations

@@ -66,8 +66,9 @@ from nscmonitor.core import zoom_response as Z
 
 #: share of the model's own validation images flagged: the threshold's quantile is 1 - this
 FLAGGED_IN_DOMAIN = 0.04
-#: the same where the two zoom responses are fitted beside the score (tiles of 64 px and more):
-#: what the budget leaves them (3 %), each adding at most ``zoom_response.FLAGGED_IN_DOMAIN``
+#: the same where the tests on the tiles' pixels are fitted beside the score (tiles of 64 px and
+#: more): what the budget leaves it (3 %), the two zoom responses each adding at most
+#: ``zoom_response.FLAGGED_IN_DOMAIN`` and the contrast sign what remains
 FLAGGED_IN_DOMAIN_WITH_ZOOM = Z.IN_DOMAIN_BUDGET - 2 * Z.FLAGGED_IN_DOMAIN
 RIDGE = 1e-2
 METHOD = "mahalanobis over layers"
@@ -366,6 +367,7 @@ def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndar
     unit = float(np.sqrt(max(np.median(Z.distance(val_stats, means, whiten)), 1e-12)))
     ins = [image_scores(Z.response_of(val_stats, val_zoomed, means, whiten, unit), val_keys)]
     outs = [image_scores(Z.response_out_of(val_stats, val_shrunk, means, whiten, unit), val_keys)]
+    signs = [image_scores(Z.contrast_sign(val_x), val_keys)]
     folds = plate_folds(records)
     if held_sums is not None and folds is not None:
         tiles_in, tiles_out = np.zeros(len(records), np.float64), np.zeros(len(records), np.float64)
@@ -375,8 +377,6 @@ def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndar
             tiles_out[left_out] = Z.response_out_of(stats[left_out], shrunk[left_out], *fold, unit)
         ins.append(image_scores(tiles_in, image_keys(records)))
         outs.append(image_scores(tiles_out, image_keys(records)))
-    signs = [image_scores(Z.contrast_sign(val_x), val_keys)]
-    if len(ins) > 1:
         signs.append(image_scores(Z.contrast_sign(x), image_keys(records)))
     pooled, pooled_out, pooled_sign = np.concatenate(ins), np.concatenate(outs), np.concatenate(signs)
     side = Z.side_of(pooled_sign)

@@ -24,11 +24,22 @@ TILE_TESTS = ("zoom in (fields of half the magnification whose file states no pi
 
 def summary(ood: Mapping[str, Any] | None) -> dict[str, Any]:
     """The record in plain terms: whether a flag is available, its tests, its threshold and
-    the share of the model's own images (those its thresholds were set on) it flags."""
+    the share of the model's own images (those its thresholds were set on) it flags. A record
+    that cannot be read (a damaged registry row) is said to be so, not raised: every face that
+    shows a model keeps showing the others."""
     if not ood:
         return {"available": False, "why": NO_RECORD}
+    try:
+        return _summary(ood)
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        return {"available": False, "why": f"the model's out-of-distribution record cannot be read ({exc!r})"}
+
+
+def _summary(ood: Mapping[str, Any]) -> dict[str, Any]:
     tests = ["the graph's score (distance from the training tiles at several depths of the network)"]
     zoom = ood.get("zoom")
+    if zoom is not None and not isinstance(zoom, Mapping):
+        raise TypeError(f"its zoom record is a {type(zoom).__name__}")
     if zoom:
         tests += [words for words, (key, _) in zip(TILE_TESTS, zoom_response.TESTS) if key in zoom]
     ratio = ood.get("max_pixel_size_ratio")
@@ -56,6 +67,6 @@ def line(s: Mapping[str, Any]) -> str:
 def short(s: Mapping[str, Any]) -> str:
     """A table cell (the dashboard's models panel; ``line`` is its tooltip)."""
     if not s["available"]:
-        return "unavailable: the model has none"
+        return "unavailable: " + ("the model has none" if s["why"] == NO_RECORD else "its record cannot be read")
     n = len(s["tests"])
     return f"{n} test{'' if n == 1 else 's'}; flags {s['flags_own_images']:.1%} of its own images"

@@ -21,6 +21,17 @@ def test_a_model_without_a_record_is_said_to_flag_nothing() -> None:
     s = ood_record.summary(None)
     assert s["available"] is False
     assert ood_record.line(s).startswith("unavailable: ") and "no image is flagged" in ood_record.line(s)
+    assert ood_record.short(s) == "unavailable: the model has none"
+
+
+@pytest.mark.parametrize("damaged", [{"output": "ood"}, {"threshold": "high"}, ["not", "a", "record"],
+                                     {**SCORE, "zoom": "zoomed"}])
+def test_a_record_that_cannot_be_read_is_said_so_not_raised(damaged) -> None:
+    """A registry row's metadata is input like any other: ``models show`` and the dashboard's
+    models panel keep listing the other versions."""
+    s = ood_record.summary(damaged)
+    assert s["available"] is False and "cannot be read" in ood_record.line(s)
+    assert ood_record.short(s) == "unavailable: its record cannot be read"
 
 
 @pytest.mark.parametrize("zoom, tile_tests", [
