@@ -358,16 +358,18 @@ def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndar
     the largest value of the images the others leave, beyond anything of ours they pass). The
     contrast sign needs no fit, so every training image counts at its own value. Each ``gain``
     maps a spread of its response onto the score's (their images' interquartile ranges), so
-    that ``mapped_score`` keeps one score on one scale."""
+    that ``mapped_score`` keeps one score on one scale. An image's responses here are means
+    over the tiles the daemon measures (``zoom_response.served_means``), not over every tile,
+    so that each threshold is set on the numbers it is compared with."""
     if x.shape[-1] < Z.MIN_TILE:
         return None
     stats, zoomed, shrunk = Z.statistics(x), Z.zoomed_statistics(x), Z.statistics(Z.shrink2(x))
     means, whiten = fit_mahalanobis(stats, y, k)
     val_stats, val_zoomed, val_shrunk = Z.statistics(val_x), Z.zoomed_statistics(val_x), Z.statistics(Z.shrink2(val_x))
     unit = float(np.sqrt(max(np.median(Z.distance(val_stats, means, whiten)), 1e-12)))
-    ins = [image_scores(Z.response_of(val_stats, val_zoomed, means, whiten, unit), val_keys)]
-    outs = [image_scores(Z.response_out_of(val_stats, val_shrunk, means, whiten, unit), val_keys)]
-    signs = [image_scores(Z.contrast_sign(val_x), val_keys)]
+    ins = [Z.served_means(Z.response_of(val_stats, val_zoomed, means, whiten, unit), val_keys)]
+    outs = [Z.served_means(Z.response_out_of(val_stats, val_shrunk, means, whiten, unit), val_keys)]
+    signs = [Z.served_means(Z.contrast_sign(val_x), val_keys)]
     folds = plate_folds(records)
     if held_sums is not None and folds is not None:
         tiles_in, tiles_out = np.zeros(len(records), np.float64), np.zeros(len(records), np.float64)
@@ -375,9 +377,9 @@ def fit_zoom(x: np.ndarray, y: np.ndarray, records: list, k: int, val_x: np.ndar
             fold = fit_mahalanobis(stats[~left_out], y[~left_out], k)
             tiles_in[left_out] = Z.response_of(stats[left_out], zoomed[left_out], *fold, unit)
             tiles_out[left_out] = Z.response_out_of(stats[left_out], shrunk[left_out], *fold, unit)
-        ins.append(image_scores(tiles_in, image_keys(records)))
-        outs.append(image_scores(tiles_out, image_keys(records)))
-        signs.append(image_scores(Z.contrast_sign(x), image_keys(records)))
+        ins.append(Z.served_means(tiles_in, image_keys(records)))
+        outs.append(Z.served_means(tiles_out, image_keys(records)))
+        signs.append(Z.served_means(Z.contrast_sign(x), image_keys(records)))
     pooled, pooled_out, pooled_sign = np.concatenate(ins), np.concatenate(outs), np.concatenate(signs)
     side = Z.side_of(pooled_sign)
     pooled_sign = -side * pooled_sign

@@ -229,3 +229,36 @@ def test_with_one_plates_images_and_no_room_the_threshold_is_their_largest_respo
     flagged[:2] = True
     assert Z.threshold_within(r, flagged) == pytest.approx(1.0)
     assert Z.threshold_within(r, np.ones(45, bool)) == pytest.approx(1.0)
+
+
+def test_an_images_mean_at_fit_time_is_over_the_tiles_the_daemon_measures() -> None:
+    """Images of 3, 8, 24 and 140 tiles, interleaved: each image's mean is over ``spread`` of
+    its tiles in their order, as ``image_responses`` takes them, not over every tile."""
+    rng = np.random.default_rng(5)
+    sizes = [3, 24, 8, 140, 24]
+    keys = rng.permutation(np.concatenate([np.full(n, i) for i, n in enumerate(sizes)]))
+    values = rng.normal(size=len(keys))
+    got = Z.served_means(values, keys)
+    for i, n in enumerate(sizes):
+        own = values[keys == i]
+        assert len(own) == n
+        assert got[i] == pytest.approx(own[Z.spread(n)].mean(), abs=1e-12)
+    assert not np.isclose(got[3], values[keys == 3].mean())
+
+
+def test_the_fitted_thresholds_are_set_on_the_responses_the_daemon_computes() -> None:
+    """Validation fields of 24 tiles (a 704 x 520 frame at 112 px): the zoom-in threshold is
+    the daemon's response of one of them, and the share of them its record says it flags is
+    the share the daemon flags."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(6)
+    train = _blobs(rng, 4.0, 300)
+    val = np.concatenate([_blobs(rng, rng.uniform(3.6, 4.4), 24) for _ in range(120)])
+    val_keys = np.repeat(np.arange(120), 24)
+    records = [SimpleNamespace(experiment="e", plate="p", path=f"t{i}") for i in range(len(train))]
+    rec = T.fit_zoom(train, np.zeros(len(train), np.int64), records, 1, val, val_keys, np.zeros(120), None, 1e9)
+    served = np.asarray([Z.image_responses(val[val_keys == i], rec).zoom_in for i in range(120)])
+    assert np.min(np.abs(served - rec["threshold"])) < 1e-9
+    assert np.mean(served > rec["threshold"] + 1e-9) == pytest.approx(rec["flagged"])
+    assert rec["flagged"] > 0
