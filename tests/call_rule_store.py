@@ -16,9 +16,10 @@ STRICT = {"threshold": 0.9, "min_points": 2, "chosen_on": "validation"}
 WELLS = ("A1", "A2", "B1")
 
 
-def build_store(root: Path, call_rule: dict | None) -> tuple[str, str]:
+def build_store(root: Path, call_rule: dict | None, *, registered: bool = True) -> tuple[str, str]:
     """(database URL, model version): a registered tiny model carrying ``call_rule`` (None: no
-    rule) has scored three wells at three time points."""
+    rule) has scored three wells at three time points; with ``registered`` False the daemon
+    serves the model file itself (``nscmonitor run --model``)."""
     from nscmonitor.daemon import build_runner
     from nscmonitor.engines.metadata import ModelMetadata, write_onnx_metadata
     from nscmonitor.engines.tiny import build_tiny_classifier
@@ -40,9 +41,15 @@ def build_store(root: Path, call_rule: dict | None) -> tuple[str, str]:
     settings = settings_for(root, watch)
     engine = open_engine(settings.database_url)
     ensure_schema(engine)
-    version = Registry(settings.models_dir, engine).register(run).version
+    if registered:
+        version = Registry(settings.models_dir, engine).register(run).version
+    else:
+        from nscmonitor.scoring.serving import file_version
+
+        version = file_version(run / "model.onnx")
     engine.dispose()
-    runner = build_runner(settings, retry_base_s=0.05, poll_interval=0.2)
+    runner = build_runner(settings, retry_base_s=0.05, poll_interval=0.2,
+                          **({} if registered else {"model": run / "model.onnx"}))
     try:
         runner.run(once=True)
     finally:

@@ -92,8 +92,9 @@ class PlateLoad:
 
 
 def call_rule_for(engine: Any, version: str | None) -> RuleInUse:
-    """The call rule the registered model ``version`` carries (the default, saying so, for a
-    version the registry does not know), so the dashboard calls wells as the report does."""
+    """The call rule model ``version`` carries, registered or served from a file (the default,
+    saying so, for a version the store does not know), so the dashboard calls wells as the
+    report does."""
     return rule_in_use(registry.version_meta(engine, version) if version else None, version)
 
 
@@ -176,8 +177,9 @@ class ModelMetaCache:
         self._known: dict[str, tuple[dict | None, str | None]] = {}
 
     def get(self, version: str | None) -> tuple[dict | None, str | None]:
-        """The registry's row when the version is registered, else the configured model file
-        when it is that version; (None, None) when neither says."""
+        """The registry's row when the version is registered, else what the daemon kept of the
+        model file it served as that version, else the configured model file when it is that
+        version; (None, None) when none says."""
         if version is None:
             return None, None
         if version not in self._known:
@@ -187,6 +189,9 @@ class ModelMetaCache:
     def _read(self, version: str) -> tuple[dict | None, str | None]:
         meta = registry.version_meta(self.engine, version)
         path = next((v.path for v in registry.model_versions(self.engine) if v.version == version), None)
+        if path is None and meta is not None:
+            served = registry.served_file(self.engine, version)
+            path = served.path if served is not None else None
         model = getattr(self.settings, "model", None) if self.settings is not None else None
         if meta is None and model:
             try:

@@ -82,18 +82,25 @@ def image_summary(repo: Repo, experiment_id: int, version: str | None) -> ImageS
 
 def _validation(repo: Repo, version: str | None) -> tuple[dict, dict, str]:
     """(model meta, validation by hours since induction {level: {bin: row}}, where it came from).
-    The full numbers live in the metrics.json the registry keeps beside the model; a missing
-    or unreadable file leaves the summary carried inside the model."""
+    The full numbers live in the metrics.json the registry keeps beside the model (or a
+    training run beside a model served from a file); a missing or unreadable file leaves the
+    summary carried inside the model."""
     if version is None:
         return {}, {}, ""
-    from nscmonitor.store.registry import model_versions
+    from nscmonitor.store.registry import model_versions, served_file
 
     info = next((v for v in model_versions(repo.engine) if v.version == version), None)
-    if info is None:
-        return {}, {}, ""
-    meta = dict(info.meta or {}, name=info.name, scheme=info.scheme, state=info.state,
-                created_at=info.created_at.isoformat() if info.created_at else None)
-    path = Path(info.path).with_name("metrics.json")
+    if info is not None:
+        meta = dict(info.meta or {}, name=info.name, scheme=info.scheme, state=info.state,
+                    created_at=info.created_at.isoformat() if info.created_at else None)
+        path = Path(info.path).with_name("metrics.json")
+    else:
+        served = served_file(repo.engine, version)
+        if served is None:
+            return {}, {}, ""
+        meta = dict(served.meta, state="served from a file, not registered", served_from=served.path,
+                    first_served=served.first_served_at.isoformat() if served.first_served_at else None)
+        path = Path(served.path).with_name("metrics.json")
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -263,6 +270,7 @@ def _provenance(version: str | None, meta: dict, by_time: dict, source: str, sum
     rows = [("model version", version), ("name", meta.get("name")), ("architecture", meta.get("arch")),
             ("scheme", meta.get("scheme")), ("classes", ", ".join(meta.get("classes") or [])),
             ("registered", meta.get("created_at")), ("state", meta.get("state")),
+            ("served from", meta.get("served_from")), ("first served", meta.get("first_served")),
             ("engines that scored it", ", ".join(f"{e} ({n} images)" for e, n in sorted(summary.engines.items()))),
             ("nscmonitor", __version__)]
     out = ["<table>" + "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in rows

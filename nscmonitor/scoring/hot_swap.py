@@ -9,6 +9,7 @@ stays unusable in this process) is replaced by the next one the selector offers
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -84,6 +85,8 @@ class ModelSlot:
         engine = self.engine_factory(path, exclude=self.excluded)
         old = self.model
         self.model = LoadedModel(engine, version, path, token)
+        if old is None or old.version != version:
+            self._note_served(path, version, engine)
         if old is not None:
             old.engine.close()
             from nscmonitor.engines.autobuild import token_engine
@@ -103,6 +106,24 @@ class ModelSlot:
                 self.writer.event("model_swapped", f"now serving {version} with {engine.name}",
                                   data={"from": old.version, "to": version})
         return True
+
+    def _note_served(self, path: Path, version: str, engine: Engine) -> None:
+        """Keep the metadata of a model served from a file, not the registry, in the store
+        (``store.registry.note_served``), so that the dashboard and the report read its call
+        rule and provenance as they read a registered version's. A failure here costs only
+        that, and is logged."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from nscmonitor.engines.enginefile import file_sha256
+        from nscmonitor.store.registry import find_version, note_served
+
+        try:
+            if find_version(self.writer.engine, version) is None and note_served(
+                    self.writer.engine, version, path=str(path), sha256=file_sha256(path),
+                    meta=json.loads(engine.metadata.to_json())):
+                log.info("serving %s from %s, not the registry: its metadata kept in the store", version, path)
+        except (SQLAlchemyError, OSError, ValueError) as exc:
+            log.warning("%s: could not keep the served model's metadata in the store: %s", path, exc)
 
     def fail_over(self, reason: str) -> bool:
         """Serve the model with the next engine the selector offers, leaving out the one in

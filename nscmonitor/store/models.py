@@ -146,6 +146,20 @@ class ModelVersion(Base):
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class ServedModel(Base):
+    """A model file the daemon served without the registry (``--model``, ``model = ...``), its
+    metadata kept so that the dashboard and the report read its call rule and provenance from
+    the database, wherever they run, as they read a registered version's."""
+
+    __tablename__ = "served_models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(String(120), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict] = mapped_column(JSON)
+    first_served_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Prediction(Base):
     __tablename__ = "predictions"
     __table_args__ = (UniqueConstraint("image_id", "model_version"),)

@@ -63,9 +63,55 @@ def model_versions(engine: Engine) -> list[ModelInfo]:
 
 
 def version_meta(engine: Engine, version: str) -> dict | None:
-    """The registered metadata of one version (its preprocessing, classes, tile size)."""
+    """The metadata of one version (its preprocessing, classes, tile size, call rule): as
+    registered, else as kept when the daemon served it from a file (``note_served``); None
+    when neither knows it, or the row holds no mapping."""
     with sessionmaker(engine)() as s:
-        return s.scalar(select(m.ModelVersion.meta).where(m.ModelVersion.version == version))
+        meta = s.scalar(select(m.ModelVersion.meta).where(m.ModelVersion.version == version))
+        if meta is None:
+            meta = s.scalar(select(m.ServedModel.meta).where(m.ServedModel.version == version))
+    return meta if isinstance(meta, dict) else None
+
+
+@dataclass(frozen=True)
+class ServedFile:
+    """A model file the daemon served without the registry."""
+
+    version: str
+    path: str
+    sha256: str
+    meta: dict
+    first_served_at: datetime
+
+
+def served_file(engine: Engine, version: str) -> ServedFile | None:
+    with sessionmaker(engine)() as s:
+        r = s.scalar(select(m.ServedModel).where(m.ServedModel.version == version))
+        if r is None:
+            return None
+        return ServedFile(r.version, r.path, r.sha256, r.meta if isinstance(r.meta, dict) else {},
+                          aware(r.first_served_at))
+
+
+def note_served(engine: Engine, version: str, *, path: str, sha256: str, meta: dict) -> bool:
+    """Keep the metadata of a model file the daemon serves, the first time it serves that
+    version, unless the registry has the version; returns whether a row was added. Two
+    daemons on one database may both try: the version is unique, and the loser keeps the
+    winner's row."""
+    from sqlalchemy.exc import IntegrityError
+
+    with sessionmaker(engine)() as s:
+        if s.scalar(select(m.ModelVersion.id).where(m.ModelVersion.version == version)) is not None or \
+                s.scalar(select(m.ServedModel.id).where(m.ServedModel.version == version)) is not None:
+            return False
+        s.add(m.ServedModel(version=version, path=path, sha256=sha256, meta=meta,
+                            first_served_at=datetime.now(timezone.utc)))
+        try:
+            s.commit()
+        except IntegrityError:
+            s.rollback()
+            return False
+    return True
 
 
 def find_version(engine: Engine, version: str) -> ModelInfo | None:

@@ -1,7 +1,8 @@
 """The dashboard's time course calls wells with the call rule of the model whose readouts it
-shows (read from the registry by the presenter), the same rule as the report, and its label
-says which rule that is; a model without one shows the default rule, said as such. Real
-parts: the registry, the daemon's runner, a SQLite store, the presenter and a real widget."""
+shows (read from the store by the presenter: the registry, or what the daemon kept of a model
+file it served), the same rule as the report, and its label says which rule that is; a model
+without one shows the default rule, said as such. Real parts: the registry, the daemon's
+runner, a SQLite store, the presenter and a real widget."""
 
 from __future__ import annotations
 
@@ -66,3 +67,16 @@ def test_a_model_without_a_rule_shows_the_default_said_as_such(qtbot, tmp_path: 
     load, tc = _shown(qtbot, url, version)
     assert not load.call_rule.from_model
     assert f"(default rule: model {version} carries none)" in tc.call_label.text()
+
+
+def test_a_model_served_from_a_file_shows_its_own_rule(qtbot, tmp_path: Path) -> None:
+    """The daemon served the model file itself (``nscmonitor run --model``, as ``make demo``
+    does): the dashboard reads its rule from what the daemon kept in the store, not the
+    default with "not in the registry"."""
+    from nscmonitor.core.calibration import CallRule
+
+    url, version = build_store(tmp_path, STRICT, registered=False)
+    load, tc = _shown(qtbot, url, version)
+    assert load.call_rule.rule == CallRule(0.9, 2) and load.call_rule.from_model
+    assert f"(chosen on the validation wells of model {version})" in tc.call_label.text()
+    assert tc.calls["wells"] is None

@@ -79,3 +79,31 @@ def test_rule_in_use_reads_the_metadata_and_falls_back_with_the_reason() -> None
                                ({"extra": {"call_rule": {"threshold": 2.0, "min_points": 1}}}, "v7", "threshold in")]:
         got = rule_in_use(meta, version)
         assert got.rule == CallRule() and not got.from_model and why in got.source
+
+
+def test_a_model_served_from_a_file_is_read_from_the_store_as_a_registered_one_is(tmp_path: Path) -> None:
+    """``nscmonitor run --model FILE``: the daemon keeps the file's metadata in the store the
+    first time it serves it, so the report calls wells with the rule the file carries and names
+    where it was served from, with no access to the file (it is deleted here) and no registry."""
+    from nscmonitor.report.html import build_report
+    from nscmonitor.store.db import open_engine
+    from nscmonitor.store.registry import model_versions, note_served, served_file, version_meta
+
+    url, version = build_store(tmp_path, STRICT, registered=False)
+    (tmp_path / "run" / "model.onnx").unlink()
+    repo = _repo(url)
+    assert model_versions(repo.engine) == []
+    kept = served_file(repo.engine, version)
+    assert kept is not None and kept.path.endswith("model.onnx") and len(kept.sha256) == 64
+    assert version_meta(repo.engine, version)["extra"]["call_rule"] == STRICT
+    page, shown = build_report(repo, "E1")
+    assert shown == version
+    assert set(_called(page).values()) == {"—"}, "none reaches the model's P >= 0.9"
+    assert f"(chosen on the validation wells of model {version})" in page
+    assert "served from a file, not registered" in page and kept.path in page
+    writable = open_engine(url)
+    try:
+        assert not note_served(writable, version, path="elsewhere.onnx", sha256="0" * 64, meta={})
+        assert served_file(writable, version).path == kept.path  # the first one kept
+    finally:
+        writable.dispose()
