@@ -7,7 +7,8 @@ import json
 
 from nscmonitor.cli.args import add_db_options, settings_from
 from nscmonitor.core import ood_record
-from nscmonitor.ops.health import engine_build_state, forecast_state, health, model_integrity, model_ood_state
+from nscmonitor.ops.health import (engine_build_state, forecast_state, health, model_integrity, model_ood_state,
+                                   served_model_path)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -22,8 +23,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     report["model_integrity"] = model_integrity(s)
     if report["model_integrity"] and not report["model_integrity"]["ok"]:
         report["warnings"].append(f"model refused: {report['model_integrity']['problem']}")
-    report["engine_build"] = engine_build_state(s, (report["daemon"] or {}).get("model_version"))
-    report["model_ood"] = model_ood_state(s, (report["daemon"] or {}).get("model_version"))
+    version = (report["daemon"] or {}).get("model_version")
+    served = served_model_path(s, version)
+    report["engine_build"] = engine_build_state(s, version, served)
+    report["model_ood"] = model_ood_state(s, version, served)
     report["forecast"] = forecast_state(s)
     if report["forecast"] and report["forecast"].get("problem"):
         report["warnings"].append(f"well forecast: {report['forecast']['problem']}")

@@ -218,26 +218,36 @@ def _daemon_verdict(repo: Any, d: Any, now: datetime) -> tuple[str, int]:
 
 
 def served_model_path(s: Settings, version: str | None) -> Path | None:
-    """The model file behind a served version: the registry's version folder, else the
-    configured model file (served as ``<version>-<sha8>``)."""
+    """The model file behind a served version: the registry's version folder, else the file
+    the daemon served it from (``--model``, kept in the store) where it is still there, else
+    the configured model file (served as ``<version>-<sha8>``)."""
     if version is None:
         return None
     try:
         from nscmonitor.registry.registry import Registry
         from nscmonitor.store.db import open_readonly
+        from nscmonitor.store.registry import served_file
 
-        for info in Registry(s.models_dir, open_readonly(s.database_url)).list():
-            if info.version == version:
-                return Path(info.path)
+        engine = open_readonly(s.database_url)
+        try:
+            for info in Registry(s.models_dir, engine).list():
+                if info.version == version:
+                    return Path(info.path)
+            served = served_file(engine, version)
+        finally:
+            engine.dispose()
+        if served is not None and Path(served.path).is_file():
+            return Path(served.path)
     except Exception as exc:  # status reports; a registry it cannot read is not fatal here
         log.info("registry not readable for the engine build state: %s", exc)
     return s.model if s.model is not None and Path(s.model).is_file() else None
 
 
-def engine_build_state(s: Settings, version: str | None) -> dict | None:
+def engine_build_state(s: Settings, version: str | None, path: Path | None = None) -> dict | None:
     """This machine's engine build for the served version (engine-status.json beside the
-    model): building since when, ready with its gate, or why fp32 serves."""
-    path = served_model_path(s, version)
+    model): building since when, ready with its gate, or why fp32 serves. ``path``: the
+    version's file where the caller has resolved it (``served_model_path``)."""
+    path = path or served_model_path(s, version)
     if path is None:
         return None
     from nscmonitor.engines.autobuild import summary
@@ -245,10 +255,10 @@ def engine_build_state(s: Settings, version: str | None) -> dict | None:
     return summary(path, version)
 
 
-def model_ood_state(s: Settings, version: str | None) -> dict | None:
+def model_ood_state(s: Settings, version: str | None, path: Path | None = None) -> dict | None:
     """What the served version's out-of-distribution flag covers (``core.ood_record``), read
     from its file's metadata; None when the version or its file is not known here."""
-    path = served_model_path(s, version)
+    path = path or served_model_path(s, version)
     if path is None:
         return None
     from nscmonitor.engines.metadata import read_onnx_metadata

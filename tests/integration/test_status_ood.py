@@ -141,6 +141,11 @@ def test_run_says_at_its_start_that_a_folder_states_no_pixel_size_and_at_its_end
         assert "set pixel_size_um for this folder" in start[0]
     end = p.stderr.splitlines()[-1]
     assert end.startswith(f"nscmonitor: WARNING: {OOD_MIN_IMAGES} of the newest {OOD_MIN_IMAGES} scored images")
+    # status, given only the database, finds the file the daemon served (kept in the store)
+    st = subprocess.run([sys.executable, "-m", "nscmonitor", "status", "--db", f"sqlite:///{tmp_path / 'nsc.db'}",
+                         "--json"], capture_output=True, text=True, timeout=120)
+    report = json.loads(st.stdout)
+    assert report["model_ood"] is not None and report["model_ood"]["available"] is True, report["model_ood"]
 
 
 def test_a_restarted_daemon_does_not_tell_the_hook_again(tmp_path: Path) -> None:
