@@ -10,13 +10,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import text
 
 from conftest import cells_image, stable_seed, write_tiff
 from nscmonitor.config import parse_settings
 from nscmonitor.engines.metadata import read_onnx_metadata
 from nscmonitor.gui.state.presenter import DaemonLine, ModelMetaCache, daemon_line, load_plate, poll, read_overview
 from nscmonitor.gui.state.readouts import merge, metric_at
-from nscmonitor.store.db import open_readonly
+from nscmonitor.store.db import open_engine, open_readonly
 
 
 def _write_day(watch: Path, day: int) -> None:
@@ -58,11 +59,19 @@ def test_presenter_loads_polls_and_reads_model_metadata(tmp_path: Path, make_run
     cache = ModelMetaCache(engine, settings)
     assert cache.get(None) == (None, None)
     meta, path = cache.get(version)
-    tiny = read_onnx_metadata(tiny_model)
-    assert meta == {"input_size": tiny.input_size, "pixel_size_um": tiny.pixel_size_um} and path == str(tiny_model)
+    tiny = read_onnx_metadata(tiny_model)  # kept in the store by the daemon that served the file
+    assert (meta["input_size"], meta["pixel_size_um"]) == (tiny.input_size, tiny.pixel_size_um)
+    assert path == str(tiny_model)
     assert cache.get(version)[0] is meta  # read once per version
     shown = cache.well_images(full.wells[0].id, int(full.cube.time_keys[0]), version)
     assert len(shown.images) == 1 and shown.model_meta is meta
+    # a store whose daemon kept nothing of the file (scored before it did): the configured file
+    writable = open_engine(db_url)
+    with writable.begin() as c:
+        c.execute(text("DELETE FROM served_models"))
+    writable.dispose()
+    meta, path = ModelMetaCache(engine, settings).get(version)
+    assert meta == {"input_size": tiny.input_size, "pixel_size_um": tiny.pixel_size_um} and path == str(tiny_model)
 
     d = ov.status.daemons[0]
     beating = replace(ov.status, daemons=[replace(d, state="running")])
