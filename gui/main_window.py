@@ -112,7 +112,7 @@ class MainWindow(WindowLayout):
         if self.overview is None:
             return
         used = [v.version for v in self.load.versions] if self.load else []
-        self.models_panel.set_versions(self.overview.versions, self.serving_version(), used)
+        self.models_panel.set_versions(self.overview.versions, self.serving_version(), used, self.overview.served)
 
     def poll_now(self) -> None:
         if self._polling:

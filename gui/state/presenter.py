@@ -68,10 +68,13 @@ class Overview:
     status: StatusSnapshot
     versions: list[registry.ModelInfo]
     marks: db.Marks
+    #: model files the daemon served without the registry (state ``registry.SERVED_FILE``)
+    served: list[registry.ModelInfo] = field(default_factory=list)
 
 
 def read_overview(engine: Any) -> Overview:
-    return Overview(reads.overview(engine), read_status(engine), registry.model_versions(engine), db.marks(engine))
+    return Overview(reads.overview(engine), read_status(engine), registry.model_versions(engine), db.marks(engine),
+                    registry.served_files(engine))
 
 
 @dataclass(frozen=True)

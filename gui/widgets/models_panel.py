@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QHBoxLayout, QHeade
 from nscmonitor.core import ood_record
 from nscmonitor.gui.state.actions import LabelTarget, ModelAction
 from nscmonitor.registry.prune import REMOVED_NOTE
-from nscmonitor.store.registry import ModelInfo
+from nscmonitor.store.registry import SERVED_FILE, ModelInfo
 
 ACTIONS: dict[str, ModelAction] = {
     "promote": ModelAction("Promote", "Promoting needs a database the registry can write to."),
@@ -133,6 +133,13 @@ class ModelsPanel(QWidget):
         a = self.actions[key]
         if a.run is None:
             return
+        rows = sorted({i.row() for i in self.table.selectedIndexes()})
+        if key == "promote" and rows and self.versions[rows[0]].state == SERVED_FILE:
+            v = self.versions[rows[0]]
+            self.message.setStyleSheet("color: #b00020")
+            self.message.setText(f"{a.label}: {v.version} is a model file the daemon served directly, not a "
+                                 f"registered version; register it first: nscmonitor models register {v.path}")
+            return
         try:
             msg = a.run(self._selected_version())
         except Exception as exc:  # the registry refuses with a reason: show it
@@ -159,20 +166,27 @@ class ModelsPanel(QWidget):
     def set_forecast(self, line: str) -> None:
         self.forecast.setText(line)
 
-    def set_versions(self, versions: list[ModelInfo], serving: str | None, used: list[str]) -> None:
-        self.versions = versions
+    def set_versions(self, versions: list[ModelInfo], serving: str | None, used: list[str],
+                     served: list[ModelInfo] | None = None) -> None:
+        """The registry's versions, then the model files the daemon served without it (their
+        metadata kept in the store), which the registry's actions do not apply to."""
+        registered = {v.version for v in versions}
+        files = [v for v in served or [] if v.version not in registered]
+        self.versions = versions + files
         self.serving.setText(
             f"The daemon serves <b>{serving or 'unknown'}</b>. Readouts in this plate come from: "
             f"{', '.join(used) or 'none yet'}." + ("" if versions else
                                                    "<br>No registered model versions (the daemon runs a model file "
-                                                   "given directly)."))
-        self.table.setRowCount(len(versions))
-        for r, v in enumerate(versions):
-            active = v.state == "active"
+                                                   "given directly; 'nscmonitor models register' puts one under "
+                                                   "promotion and rollback)."))
+        self.table.setRowCount(len(self.versions))
+        for r, v in enumerate(self.versions):
+            active = v.state == "active" or (v.state == SERVED_FILE and v.version == serving)
             # a pruned version's folder is gone on purpose: its record stays, nothing is wrong
             engine, problem = ((REMOVED_NOTE, False) if v.state == "removed" else engine_here(v.path, v.version))
             ood = ood_record.summary((v.meta or {}).get("ood"))
-            cells = (v.version + ("  ◀ active" if active else ""), v.state, v.scheme, ", ".join(v.classes),
+            mark = ("  ◀ serving" if v.state == SERVED_FILE else "  ◀ active") if active else ""
+            cells = (v.version + mark, v.state, v.scheme, ", ".join(v.classes),
                      v.created_at.strftime("%Y-%m-%d %H:%M") if v.created_at else "", _metric_text(v.meta), engine,
                      ood_record.short(ood))
             for c, text in enumerate(cells):

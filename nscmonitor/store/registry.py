@@ -93,6 +93,26 @@ def served_file(engine: Engine, version: str) -> ServedFile | None:
                           aware(r.first_served_at))
 
 
+#: the state a model file served without the registry shows where versions are listed
+SERVED_FILE = "served from a file"
+
+
+def served_files(engine: Engine) -> list[ModelInfo]:
+    """The model files the daemon served without the registry, newest first, as versions in
+    the state ``SERVED_FILE`` (created: first served), for the dashboard's models list."""
+    with sessionmaker(engine)() as s:
+        rows = s.scalars(select(m.ServedModel).order_by(m.ServedModel.first_served_at.desc(), m.ServedModel.id.desc()))
+        out = []
+        for r in rows:
+            meta = r.meta if isinstance(r.meta, dict) else {}
+            classes = meta.get("classes") if isinstance(meta.get("classes"), list) else []
+            metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+            out.append(ModelInfo(r.version, str(meta.get("name") or ""), r.path, r.sha256, str(meta.get("scheme") or ""),
+                                 tuple(str(c) for c in classes), SERVED_FILE, None, dict(metrics),
+                                 aware(r.first_served_at), None, dict(meta)))
+        return out
+
+
 def note_served(engine: Engine, version: str, *, path: str, sha256: str, meta: dict) -> bool:
     """Keep the metadata of a model file the daemon serves, the first time it serves that
     version, unless the registry has the version; returns whether a row was added. Two

@@ -218,7 +218,19 @@ def test_models_panel_promotes_and_rolls_back_through_the_registry(qtbot, lab: L
     qtbot.addWidget(win)
     win.show()
     panel = win.models_panel
-    qtbot.waitUntil(lambda: len(panel.versions) == 2, timeout=15000)
+    qtbot.waitUntil(lambda: len(panel.versions) == 3, timeout=15000)
+    # the tiny model file the lab's daemon served directly is listed after the registry's two
+    from nscmonitor.scoring.serving import file_version
+    from nscmonitor.store.registry import SERVED_FILE
+
+    served = panel.versions[2]
+    assert (served.version, served.state) == (file_version(lab.model), SERVED_FILE)
+    assert panel.table.item(2, 0).text().endswith("◀ serving") and panel.table.item(2, 1).text() == SERVED_FILE
+    assert panel.table.item(2, 7).text().startswith("unavailable")
+    panel.table.selectRow(2)
+    panel.buttons["promote"].click()  # a file served directly: told to register it, nothing changes
+    assert "register it first" in panel.message.text() and reg.active().version == first.version
+    panel.table.clearSelection()
     engine_cells = {v.version: panel.table.item(r, 6) for r, v in enumerate(panel.versions)}
     assert "no calibration set" in engine_cells[first.version].text()
     assert engine_cells[first.version].foreground().color().name() == "#b00020"
