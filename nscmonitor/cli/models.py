@@ -73,21 +73,29 @@ def cmd_models(args: argparse.Namespace) -> int:
         return cmd_forecast(args)
     s, engine, reg = _registry(args, readonly=args.models_command in ("list", "show"))
     if args.models_command == "list":
-        rows = reg.list()
+        from nscmonitor.store.registry import served_files
+
+        registered = reg.list()
+        names = {r.version for r in registered}
+        rows = registered + [r for r in served_files(engine) if r.version not in names]
         if args.json:
             print(json.dumps([{"version": r.version, "state": r.state, "scheme": r.scheme, "classes": r.classes,
                                "labels_version": r.labels_version, "created_at": r.created_at.isoformat()}
                               for r in rows], indent=2))
             return 0
-        if not rows:
-            print("no model versions registered ('nscmonitor models register RUN_DIR')")
+        if not registered:
+            print("no model versions registered ('nscmonitor models register RUN_DIR')"
+                  + ("; model files the daemon served directly:" if rows else ""))
         for r in rows:
             acc = r.metrics.get("well", {}).get("accuracy") if isinstance(r.metrics.get("well"), dict) else None
             print(f"{'*' if r.state == 'active' else ' '} {r.version:<40} {r.state:<10} {r.scheme:<11}"
                   f" labels {r.labels_version or '-'}  {r.created_at:%Y-%m-%d %H:%M}"
                   + (f"  well acc {acc:.3f}" if isinstance(acc, float) else ""))
     elif args.models_command == "show":
-        r = reg.get(args.version)
+        from nscmonitor.store.registry import find_version, served_files
+
+        r = (find_version(engine, args.version) or next((f for f in served_files(engine) if f.version == args.version),
+                                                        None) or reg.get(args.version))
         print(json.dumps({"version": r.version, "state": r.state, "path": r.path, "sha256": r.sha256,
                           "scheme": r.scheme, "classes": r.classes, "labels_version": r.labels_version,
                           "metrics": r.metrics, "ood": ood_record.summary((r.meta or {}).get("ood")),
@@ -179,9 +187,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "the well forecast")
     add_db_options(p)
     msub = p.add_subparsers(dest="models_command", required=True)
-    ml = msub.add_parser("list")
+    ml = msub.add_parser("list", help="registered versions, then model files a daemon served directly "
+                                      "(--model; state 'served from a file')")
     ml.add_argument("--json", action="store_true")
-    msub.add_parser("show").add_argument("version")
+    msub.add_parser("show", help="one version, registered or served from a file: path, metrics, OOD flag, "
+                                 "this machine's engine").add_argument("version")
     reg = msub.add_parser("register", help="add a run dir (or model.onnx) to the registry")
     reg.add_argument("source")
     reg.add_argument("--candidate", action="store_true", help="register as candidate even if none is active")

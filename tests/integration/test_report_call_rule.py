@@ -1,7 +1,9 @@
 """The report calls wells with the call rule the serving model carries (chosen on its
 validation wells, read from its registered metadata), and says which rule that is; a model
-without one gets the default rule, said as such. Real parts: a tiny ONNX model with the rule
-written into its metadata, the registry, the daemon's runner on real TIFFs, a SQLite store."""
+without one gets the default rule, said as such; a model the daemon served from a file, not
+the registry, is read from what the daemon kept in the store (the report, ``models list`` and
+``models show``). Real parts: a tiny ONNX model with the rule written into its metadata, the
+registry, the daemon's runner on real TIFFs, a SQLite store, the CLI."""
 
 from __future__ import annotations
 
@@ -107,3 +109,22 @@ def test_a_model_served_from_a_file_is_read_from_the_store_as_a_registered_one_i
         assert served_file(writable, version).path == kept.path  # the first one kept
     finally:
         writable.dispose()
+
+
+def test_models_list_and_show_include_a_file_the_daemon_served(tmp_path: Path, capsys) -> None:
+    import json
+
+    from nscmonitor.cli import main
+
+    url, version = build_store(tmp_path, STRICT, registered=False)
+    assert main(["models", "--db", url, "list", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["version"], row["state"]) == (version, "served from a file")
+    assert main(["models", "--db", url, "list"]) == 0
+    out = capsys.readouterr().out
+    assert "no model versions registered" in out and version in out
+    assert main(["models", "--db", url, "show", version]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["state"] == "served from a file" and shown["path"] == str(tmp_path / "run" / "model.onnx")
+    assert shown["engine"]["state"] and shown["ood"]["available"] is False
+    assert main(["models", "--db", url, "show", "v-unknown"]) != 0
