@@ -128,3 +128,38 @@ def test_models_list_and_show_include_a_file_the_daemon_served(tmp_path: Path, c
     assert shown["state"] == "served from a file" and shown["path"] == str(tmp_path / "run" / "model.onnx")
     assert shown["engine"]["state"] and shown["ood"]["available"] is False
     assert main(["models", "--db", url, "show", "v-unknown"]) != 0
+
+
+@pytest.mark.parametrize("damaged", ['[1, 2]', '"a string"', '{"extra": {"call_rule": {"threshold": "high"}}}'])
+def test_a_damaged_served_model_row_falls_back_to_the_default_rule_and_breaks_nothing(
+        tmp_path: Path, capsys, damaged: str) -> None:
+    """A served_models row whose metadata is not what the daemon wrote (edited by hand, another
+    program): the report, the dashboard's overview and ``models list`` still work, and the
+    wells are called with the default rule, saying why."""
+    import json
+
+    from sqlalchemy import text
+
+    from nscmonitor.cli import main
+    from nscmonitor.gui.state.presenter import call_rule_for, read_overview
+    from nscmonitor.report.html import build_report
+    from nscmonitor.store.db import open_engine
+    from nscmonitor.store.registry import served_files, version_meta
+
+    url, version = build_store(tmp_path, STRICT, registered=False)
+    writable = open_engine(url)
+    with writable.begin() as c:
+        c.execute(text("UPDATE served_models SET meta = :m"), {"m": damaged})
+    writable.dispose()
+    repo = _repo(url)
+    meta = version_meta(repo.engine, version)
+    rule = call_rule_for(repo.engine, version)
+    assert not rule.from_model and "default rule" in rule.source
+    assert meta is None or isinstance(meta, dict)
+    page, shown = build_report(repo, "E1")
+    assert shown == version and "default rule" in page
+    (row,) = served_files(repo.engine)
+    assert row.version == version and isinstance(row.meta, dict)
+    assert [v.version for v in read_overview(repo.engine).served] == [version]
+    assert main(["models", "--db", url, "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["version"] == version
