@@ -125,17 +125,20 @@ class ModelsPanel(QWidget):
             b.setEnabled(a.run is not None)
             b.setToolTip(a.missing if a.run is None else a.label)
 
-    def _selected_version(self) -> str | None:
+    def _selected(self) -> ModelInfo | None:
         rows = {i.row() for i in self.table.selectedIndexes()}
-        return self.versions[min(rows)].version if rows else None
+        return self.versions[min(rows)] if rows else None
+
+    def _selected_version(self) -> str | None:
+        v = self._selected()
+        return v.version if v is not None else None
 
     def _run(self, key: str) -> None:
         a = self.actions[key]
         if a.run is None:
             return
-        rows = sorted({i.row() for i in self.table.selectedIndexes()})
-        if key == "promote" and rows and self.versions[rows[0]].state == SERVED_FILE:
-            v = self.versions[rows[0]]
+        v = self._selected()
+        if key == "promote" and v is not None and v.state == SERVED_FILE:
             self.message.setStyleSheet("color: #b00020")
             self.message.setText(f"{a.label}: {v.version} is a model file the daemon served directly, not a "
                                  f"registered version; register it first: nscmonitor models register {v.path}")

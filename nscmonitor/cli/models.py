@@ -92,10 +92,9 @@ def cmd_models(args: argparse.Namespace) -> int:
                   f" labels {r.labels_version or '-'}  {r.created_at:%Y-%m-%d %H:%M}"
                   + (f"  well acc {acc:.3f}" if isinstance(acc, float) else ""))
     elif args.models_command == "show":
-        from nscmonitor.store.registry import find_version, served_files
+        from nscmonitor.store.registry import find_version, served_file
 
-        r = (find_version(engine, args.version) or next((f for f in served_files(engine) if f.version == args.version),
-                                                        None) or reg.get(args.version))
+        r = find_version(engine, args.version) or served_file(engine, args.version) or reg.get(args.version)
         print(json.dumps({"version": r.version, "state": r.state, "path": r.path, "sha256": r.sha256,
                           "scheme": r.scheme, "classes": r.classes, "labels_version": r.labels_version,
                           "metrics": r.metrics, "ood": ood_record.summary((r.meta or {}).get("ood")),

@@ -99,7 +99,7 @@ def _validation(repo: Repo, version: str | None) -> tuple[dict, dict, str]:
         if served is None:
             return {}, {}, ""
         meta = dict(served.meta, state="served from a file, not registered", served_from=served.path,
-                    first_served=served.first_served_at.isoformat() if served.first_served_at else None)
+                    first_served=served.created_at.isoformat() if served.created_at else None)
         path = Path(served.path).with_name("metrics.json")
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))

@@ -73,44 +73,34 @@ def version_meta(engine: Engine, version: str) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-@dataclass(frozen=True)
-class ServedFile:
-    """A model file the daemon served without the registry."""
-
-    version: str
-    path: str
-    sha256: str
-    meta: dict
-    first_served_at: datetime
-
-
-def served_file(engine: Engine, version: str) -> ServedFile | None:
-    with sessionmaker(engine)() as s:
-        r = s.scalar(select(m.ServedModel).where(m.ServedModel.version == version))
-        if r is None:
-            return None
-        return ServedFile(r.version, r.path, r.sha256, r.meta if isinstance(r.meta, dict) else {},
-                          aware(r.first_served_at))
-
-
 #: the state a model file served without the registry shows where versions are listed
 SERVED_FILE = "served from a file"
 
 
-def served_files(engine: Engine) -> list[ModelInfo]:
-    """The model files the daemon served without the registry, newest first, as versions in
-    the state ``SERVED_FILE`` (created: first served), for the dashboard's models list."""
+def _served_info(r: m.ServedModel) -> ModelInfo:
+    """A served file's row as a version in the state ``SERVED_FILE`` (created: first served);
+    a row whose metadata is not a mapping reads as empty metadata."""
+    meta = r.meta if isinstance(r.meta, dict) else {}
+    classes = meta.get("classes") if isinstance(meta.get("classes"), list) else []
+    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    return ModelInfo(r.version, str(meta.get("name") or ""), r.path, r.sha256, str(meta.get("scheme") or ""),
+                     tuple(str(c) for c in classes), SERVED_FILE, None, dict(metrics), aware(r.first_served_at),
+                     None, dict(meta))
+
+
+def served_file(engine: Engine, version: str) -> ModelInfo | None:
+    """The model file the daemon served as ``version`` without the registry, if it did."""
     with sessionmaker(engine)() as s:
-        rows = s.scalars(select(m.ServedModel).order_by(m.ServedModel.first_served_at.desc(), m.ServedModel.id.desc()))
-        out = []
-        for r in rows:
-            meta = r.meta if isinstance(r.meta, dict) else {}
-            classes = meta.get("classes") if isinstance(meta.get("classes"), list) else []
-            metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
-            out.append(ModelInfo(r.version, str(meta.get("name") or ""), r.path, r.sha256, str(meta.get("scheme") or ""),
-                                 tuple(str(c) for c in classes), SERVED_FILE, None, dict(metrics),
-                                 aware(r.first_served_at), None, dict(meta)))
-        return out
+        r = s.scalar(select(m.ServedModel).where(m.ServedModel.version == version))
+        return _served_info(r) if r is not None else None
+
+
+def served_files(engine: Engine) -> list[ModelInfo]:
+    """The model files the daemon served without the registry, newest first, for the
+    dashboard's and the CLI's lists of versions."""
+    with sessionmaker(engine)() as s:
+        return [_served_info(r) for r in s.scalars(select(m.ServedModel).order_by(m.ServedModel.first_served_at.desc(),
+                                                                                  m.ServedModel.id.desc()))]
 
 
 def note_served(engine: Engine, version: str, *, path: str, sha256: str, meta: dict) -> bool:
