@@ -115,12 +115,12 @@ class ModelSlot:
         from sqlalchemy.exc import SQLAlchemyError
 
         from nscmonitor.engines.enginefile import file_sha256
-        from nscmonitor.store.registry import find_version, note_served
+        from nscmonitor.store.registry import find_version, note_served, served_file
 
-        try:
-            if find_version(self.writer.engine, version) is None and note_served(
-                    self.writer.engine, version, path=str(path), sha256=file_sha256(path),
-                    meta=json.loads(engine.metadata.to_json())):
+        db = self.writer.engine
+        try:  # the file is read for its hash only the first time its version is served
+            if find_version(db, version) is None and served_file(db, version) is None and note_served(
+                    db, version, path=str(path), sha256=file_sha256(path), meta=json.loads(engine.metadata.to_json())):
                 log.info("serving %s from %s, not the registry: its metadata kept in the store", version, path)
         except (SQLAlchemyError, OSError, ValueError) as exc:
             log.warning("%s: could not keep the served model's metadata in the store: %s", path, exc)
