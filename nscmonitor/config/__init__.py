@@ -112,6 +112,9 @@ class Settings:
     #: how long a daemon's claim on an image holds without renewal, on a PostgreSQL database
     #: shared by several daemons (a killed daemon's images go back to the queue after it)
     lease_seconds: float = 60.0
+    #: a frame with less than this share of the fine detail of its field's nearest frames in
+    #: time fails QC as out of focus (``scoring.qc.focus_check``); 0 switches the check off
+    min_focus_ratio: float = 0.4
     watch: tuple[WatchFolder, ...] = ()
     custom_profiles: tuple[CustomProfileSpec, ...] = ()
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
@@ -222,7 +225,7 @@ ENV_KEYS = {
     "NSCMONITOR_THREADS": "threads", "NSCMONITOR_LOG_DIR": "log_dir", "NSCMONITOR_MAX_PIXELS": "max_pixels",
 }
 TOP_KEYS = {"database_url", "database_password_file", "models_dir", "log_dir", "model", "forecast_model", "engine", "batch_size", "threads", "max_pixels",
-            "lease_seconds", "watch", "custom_profiles", "retrain"}
+            "lease_seconds", "min_focus_ratio", "watch", "custom_profiles", "retrain"}
 
 
 def _with_env(data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
@@ -252,7 +255,7 @@ def _database_url(data: dict[str, Any], base: Path, data_dir: Path) -> str:
 
 
 def _scoring_values(data: dict[str, Any]) -> dict[str, Any]:
-    """The engine, batch, thread, image-size and lease settings, as keyword arguments of Settings."""
+    """The engine, batch, thread, image-size, lease and focus settings, as keyword arguments of Settings."""
     engine = _expect(data, "engine", str, "", "auto")
     if engine not in ENGINES:
         raise ConfigError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -268,7 +271,12 @@ def _scoring_values(data: dict[str, Any]) -> dict[str, Any]:
     lease_s = _expect(data, "lease_seconds", float, "", 60.0)
     if not 2.0 <= lease_s <= 86400.0:
         raise ConfigError(f"lease_seconds: must be 2..86400 seconds, got {lease_s}")
-    return {"engine": engine, "batch_size": bs, "threads": threads, "max_pixels": max_px, "lease_seconds": lease_s}
+    focus = _expect(data, "min_focus_ratio", float, "", 0.4)
+    if not 0.0 <= focus < 1.0:
+        raise ConfigError(f"min_focus_ratio: must be 0 (no focus check) up to below 1 (the share of its field's "
+                          f"fine detail a frame must keep), got {focus}")
+    return {"engine": engine, "batch_size": bs, "threads": threads, "max_pixels": max_px, "lease_seconds": lease_s,
+            "min_focus_ratio": focus}
 
 
 def _retrain(rt: Any) -> RetrainSettings:

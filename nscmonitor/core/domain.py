@@ -92,6 +92,10 @@ class QCMetrics:
     passed: bool
     reason: str | None = None
     nonfinite: int = 0  # NaN/inf pixels of a float frame: such a frame fails QC and is not scored
+    #: fine detail over detail at cell-edge scale (``scoring.qc``); 0.0: not measured (blank frame)
+    sharpness: float = 0.0
+    #: sharpness over the median of the same field's nearest frames; None: nothing to compare with
+    focus_ratio: float | None = None
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,8 @@ def export_images(repo: Repo, experiment: str, out: Path) -> int:
                 if c not in classes:
                     classes.append(c)
     cols = ["experiment", "plate", "well", "field", "channel", "z", "timepoint", "elapsed_h", "acquired_at", "path",
-            "status", "error", "rewritten", "qc_passed", "qc_reason", "focus", "saturation", "blank", "model_version",
+            "status", "error", "rewritten", "qc_passed", "qc_reason", "focus", "focus_ratio", "saturation", "blank",
+            "model_version",
             "engine", "n_tiles", "confidence"] + [f"prob_{c}" for c in classes] + [f"fraction_{c}" for c in classes] + \
         ["ood_score", "ood"]
     attrs = repo.well_attributes(exp_id)
@@ -145,7 +146,8 @@ def export_images(repo: Repo, experiment: str, out: Path) -> int:
                     _num(img.z), _num(img.timepoint), _num(img.elapsed_h), _iso(img.acquired_at), escape(img.path),
                     img.status, escape(img.error or ""), int(img.rewritten),
                     "" if qc.get("passed") is None else int(bool(qc.get("passed"))), escape(qc.get("reason") or ""),
-                    _num(qc.get("focus")), _num(qc.get("saturation")), "" if "blank" not in qc else int(bool(qc["blank"]))]
+                    _num(qc.get("focus")), _num(qc.get("focus_ratio")), _num(qc.get("saturation")),
+                    "" if "blank" not in qc else int(bool(qc["blank"]))]
             for p in preds or [None]:
                 if p is None:
                     tail = ["", "", "", ""] + [""] * (2 * len(classes)) + ["", ""]

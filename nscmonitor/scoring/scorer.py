@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 from typing import NamedTuple, TypeVar
 
 from nscmonitor.config import Settings
@@ -27,6 +28,7 @@ from nscmonitor.scoring.hot_swap import LoadedModel, ModelSlot
 from nscmonitor.scoring.metrics import Metrics, Timings
 from nscmonitor.scoring.pacing import claim_cap, next_claim_size, parallel_prepares
 from nscmonitor.scoring.preprocess import Preprocess
+from nscmonitor.scoring.qc import FOCUS_NEIGHBOURS, focus_check
 from nscmonitor.scoring.stages import Prepared, infer, pixel_size_mismatch, prepare, result
 from nscmonitor.store.writer import Claimed, Scored, Writer
 
@@ -109,6 +111,7 @@ class Scorer:
         prepared, probs = scored
         if not prepared:
             return Batch(len(claimed), 0)
+        prepared = self._judge_focus(prepared)
         self._bytes_per_image = sum(p.decoded.pixels.nbytes + (p.grid.tiles.nbytes if p.grid is not None else 0)
                                     for p in prepared) / len(prepared)
         t1 = time.perf_counter()
@@ -122,6 +125,25 @@ class Scorer:
         self.metrics.timings.store += time.perf_counter() - t1
         self.metrics.stored(c.path for c in stored)
         return Batch(len(claimed), len(stored))
+
+    def _judge_focus(self, prepared: list[Prepared]) -> list[Prepared]:
+        """Each image's focus judged against its field's frames nearest in time: those stored
+        and those claimed with it (a backlog claims a field's scans together)."""
+        series = self.writer.field_series((p.claimed.id for p in prepared), FOCUS_NEIGHBOURS)
+        here: dict = {}
+        for p in prepared:
+            fs = series.get(p.claimed.id)
+            if fs is not None and p.qc.sharpness > 0.0:
+                here.setdefault(fs.key, []).append((p.claimed.id, fs.at, p.qc.sharpness))
+        out = []
+        for p in prepared:
+            fs = series.get(p.claimed.id)
+            if fs is None:
+                out.append(p)
+                continue
+            near = [*fs.stored, *((at, v) for other, at, v in here.get(fs.key, ()) if other != p.claimed.id)]
+            out.append(replace(p, qc=focus_check(p.qc, fs.at, near, self.settings.min_focus_ratio)))
+        return out
 
     def _prepare_and_infer(self, model: LoadedModel,
                            claimed: list[Claimed]) -> tuple[list[Prepared], list] | None:

@@ -29,6 +29,7 @@ from nscmonitor.store import models as m
 from nscmonitor.store.selection_rule import SelectionApplied, apply_selection
 from nscmonitor.store.claims import Claimed as Claimed, Claims  # Claimed: what the scorer gets back
 from nscmonitor.store.events import add_event, record_event
+from nscmonitor.store.focus_series import FieldSeries, field_series
 from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner
 from nscmonitor.store.places import ensure_experiment, ensure_well, ensure_wells, insert_missing
 from nscmonitor.store.readouts import recompute_for_images, recompute_readouts
@@ -362,6 +363,11 @@ class Writer(Claims):
             for i, key in zip(idx, scan_keys(placed, new, taken=taken)):
                 fields[i]["time_key"] = key
 
+    def field_series(self, ids: Iterable[int], k: int) -> dict[int, FieldSeries]:
+        """Each image's field over time, ``k`` scans either side, for the focus check
+        (``store.focus_series``)."""
+        return field_series(self.Session, ids, k)
+
     def requeue(self, ids: Iterable[int]) -> int:
         """Quarantined (or failed) images back to the queue with fresh attempts: the
         operator fixed the cause (``nscmonitor requeue``, the dashboard), or the file became
@@ -531,7 +537,9 @@ def qc_record(qc: QCMetrics) -> dict:
     """The image's QC as stored (``images.qc``)."""
     return {"focus": qc.focus, "saturation": qc.saturation, "blank": qc.blank, "dtype": qc.dtype, "min": qc.min,
             "max": qc.max, "p_low": qc.p_low, "p_high": qc.p_high, "reason": qc.reason,
-            **({"nonfinite": qc.nonfinite} if qc.nonfinite else {})}
+            **({"nonfinite": qc.nonfinite} if qc.nonfinite else {}),
+            **({"sharpness": qc.sharpness} if qc.sharpness > 0.0 else {}),
+            **({"focus_ratio": qc.focus_ratio} if qc.focus_ratio is not None else {})}
 
 
 def prediction_row(image_id: int, r: Scored, now: datetime) -> dict:

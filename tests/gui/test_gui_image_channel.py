@@ -76,3 +76,42 @@ def test_image_view_overlays_tiles_at_the_folders_pixel_size(qtbot, tmp_path: Pa
     rect = view.overlay.mapRectToParent(view.overlay.boundingRect())
     assert (rect.width(), rect.height()) == (128.0, 96.0)
     win.close()
+
+
+def test_image_view_says_a_frame_was_out_of_focus_against_its_field(qtbot, tmp_path: Path) -> None:
+    """Well B02 of the simulator's seed 1 loses focus at its third scan: the image view of that
+    scan gives the QC verdict and how much of its field's fine detail the frame kept; the scan
+    before it passed and says so too."""
+    from nscmonitor.config import parse_settings
+    from nscmonitor.daemon import build_runner
+    from nscmonitor.engines.tiny import build_tiny_classifier
+    from nscmonitor.simulate.microscope import Microscope
+    from nscmonitor.simulate.render import Camera
+
+    model = tmp_path / "models" / "tiny.onnx"
+    build_tiny_classifier(model, input_size=32)
+    scope = Microscope(vendor="incucyte", plate_format=96, fields=1, hours=16, interval_h=8, seed=1, wells=["B02"],
+                       camera=Camera(shape=(288, 384)))
+    scope.run(tmp_path / "scope", speed=0)
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = parse_settings({"database_url": url, "model": str(model), "models_dir": str(tmp_path / "models"),
+                               "watch": [{"path": str(tmp_path / "scope"), "experiment": "E1", "quiet_seconds": 0}]},
+                              env={})
+    build_runner(settings, model=model, retry_base_s=0.1).run(once=True)
+
+    from nscmonitor.gui.app import open_store
+    from nscmonitor.gui.main_window import MainWindow
+
+    win = MainWindow(open_store(url), settings, poll_s=0.2)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.cube is not None and win.cube.n_times == 3, timeout=15000)
+    win.plate_map.set_selection(["B02"])
+    win.tabs.setCurrentWidget(win.image_view)
+    view = win.image_view
+    for t, expect in [(2, "QC failed: out of focus"), (1, "QC passed")]:
+        win.set_time(t)
+        qtbot.waitUntil(lambda: view.loaded is not None and expect in view.info.text(), timeout=10000)
+        ratio = float(view.info.text().split("fine detail ")[1].split(" ")[0])
+        assert (ratio < 0.25) if t == 2 else (ratio > 0.6), view.info.text()
+    win.close()

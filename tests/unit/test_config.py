@@ -49,6 +49,9 @@ pixel_size_um = 2.48
     ({"watch": [{"path": "x", "pixel_size_um": 1e6}]}, "watch[0].pixel_size_um"),
     ({"engine": "fast"}, "engine"),
     ({"batch_size": 0}, "batch_size"),
+    ({"min_focus_ratio": 1.0}, "min_focus_ratio"),
+    ({"min_focus_ratio": -0.1}, "min_focus_ratio"),
+    ({"min_focus_ratio": "0.4"}, "min_focus_ratio"),
     ({"database_url": "nscmonitor.db"}, "database_url"),
     ({"retrain": {"schedule": "nightly"}}, "retrain.schedule"),
     ({"retrain": {"require_engine": "yes"}}, "retrain.require_engine"),
@@ -63,6 +66,11 @@ def test_errors_name_the_bad_key(data: dict, key: str) -> None:
     with pytest.raises(ConfigError) as exc:
         parse_settings(data, env={})
     assert str(exc.value).startswith(key)
+
+
+def test_focus_check_is_on_by_default_and_can_be_switched_off() -> None:
+    assert parse_settings({}, env={}).min_focus_ratio == 0.4
+    assert parse_settings({"min_focus_ratio": 0}, env={}).min_focus_ratio == 0.0
 
 
 def test_bad_env_value_names_the_variable() -> None:

@@ -1,0 +1,75 @@
+"""The focus measure and the check that judges a frame against its own field's scans."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from nscmonitor.core.domain import QCMetrics
+from nscmonitor.scoring.qc import focus_check, qc_metrics
+
+
+def _cells(seed: int = 0, shape: tuple[int, int] = (256, 320)) -> np.ndarray:
+    """Dark blobs with sharp edges on a noisy background: detail at a few pixels' scale."""
+    rng = np.random.default_rng(seed)
+    img = np.full(shape, 0.6, np.float32)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    for _ in range(60):
+        cy, cx, r = rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(3, 9)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0.1, 0.4)
+    return img + rng.normal(0, 0.01, shape).astype(np.float32)
+
+
+def _qc(sharpness: float, passed: bool = True, reason: str | None = None) -> QCMetrics:
+    return QCMetrics(1.0, 0.0, False, "uint16", 0.0, 1.0, 0.0, 1.0, passed, reason, sharpness=sharpness)
+
+
+def test_sharpness_falls_with_blur_and_ignores_gain_and_offset() -> None:
+    img = _cells()
+    sharp = qc_metrics(img).sharpness
+    assert sharp > 0
+    as_camera = (img * 3000 + 200).astype(np.uint16)  # another exposure and offset, quantised
+    assert qc_metrics(as_camera).sharpness == pytest.approx(sharp, rel=0.05)
+    blurred = [qc_metrics(ndimage.gaussian_filter(img, s)).sharpness for s in (1.0, 2.0, 4.0)]
+    assert blurred[0] < 0.5 * sharp and blurred[1] < blurred[0] and blurred[2] < blurred[1], (sharp, blurred)
+
+
+def test_a_blank_frame_has_no_sharpness_and_is_never_judged() -> None:
+    qc = qc_metrics(np.zeros((64, 64), np.uint16))
+    assert qc.sharpness == 0.0
+    assert focus_check(qc, 5.0, [(4.0, 100.0)], 0.4) == qc
+
+
+def test_judged_against_the_median_of_the_nearest_scans() -> None:
+    near = [(1.0, 100.0), (2.0, 90.0), (4.0, 110.0), (5.0, 5.0), (50.0, 1.0), (60.0, 1.0)]
+    ok = focus_check(_qc(60.0), 3.0, near, 0.4)  # the four nearest: 100, 90, 110, 5 -> median 95
+    assert ok.passed and ok.focus_ratio == pytest.approx(60.0 / 95.0)
+    bad = focus_check(_qc(30.0), 3.0, near, 0.4)
+    assert not bad.passed and bad.reason.startswith("out of focus") and "4 nearest frames" in bad.reason
+    assert bad.focus_ratio == pytest.approx(30.0 / 95.0)
+    # the far scans are not the reference: with them the median would be 47.5 and 30 would pass
+    assert focus_check(_qc(30.0), 3.0, near, 0.4, k=6).passed
+
+
+def test_first_scan_switched_off_and_earlier_failures() -> None:
+    first = focus_check(_qc(1.0), 0.0, [], 0.4)
+    assert first.passed and first.focus_ratio is None
+    off = focus_check(_qc(1.0), 1.0, [(0.0, 100.0)], 0.0)
+    assert off.passed and off.focus_ratio == pytest.approx(0.01)
+    saturated = focus_check(_qc(1.0, False, "saturated (9.0% of pixels at full scale)"), 1.0, [(0.0, 100.0)], 0.4)
+    assert saturated.reason.startswith("saturated") and saturated.focus_ratio == pytest.approx(0.01)
+    one = focus_check(_qc(1.0), 1.0, [(0.0, 100.0), (0.5, 0.0), (0.7, float("nan"))], 0.4)
+    assert not one.passed and "1 nearest frame;" in one.reason  # unmeasured neighbours do not count
+
+
+def test_a_field_whose_focus_changed_for_good_takes_it_as_its_own_after_a_few_scans() -> None:
+    """A run of failures is kept among the neighbours on purpose: after a permanent change
+    (another objective) the field stops failing instead of failing for the rest of the run."""
+    history = [(float(t), 100.0) for t in range(5)]
+    verdicts = []
+    for t in range(5, 10):
+        qc = focus_check(_qc(20.0), float(t), history, 0.4)
+        verdicts.append(qc.passed)
+        history.append((float(t), 20.0))
+    assert verdicts == [False, False, False, True, True]  # three scans, then the majority of the four nearest
