@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nscmonitor.core.domain import OUT_OF_FOCUS
 from nscmonitor.core.errors import UserFacingError
 
 if TYPE_CHECKING:
@@ -290,6 +291,33 @@ def plate_summary(report: Path, manifest: Path, from_h: float = 72.0) -> list[st
     return lines
 
 
+def qc_summary(images: Path, manifest: Path) -> list[str]:
+    """What QC made of the simulated microscope's autofocus failures (its manifest says which
+    frames lost focus): how many frames failed as out of focus, how many of those were the
+    failures, and which failures passed because nothing was there to judge them against (a
+    field's first scan)."""
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        lost = {Path(r["path"]).name for r in csv.DictReader(fh) if r.get("autofocus_fail") == "True"}
+    out_of_focus, other, unjudged, n = set(), 0, set(), 0
+    with images.open(newline="", encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            name = Path(r["path"]).name
+            n += 1
+            if r["qc_passed"] == "0":
+                if r["qc_reason"].startswith(OUT_OF_FOCUS):
+                    out_of_focus.add(name)
+                else:
+                    other += 1
+            elif name in lost and not r["focus_ratio"]:
+                unjudged.add(name)
+    caught = len(out_of_focus & lost)
+    return [f"QC: {len(out_of_focus)} of {n} frames failed as out of focus (each judged against its field's "
+            f"nearest scans, and left out of the readouts): {caught} of the {len(lost)} frames whose autofocus "
+            f"the simulated microscope failed, and {len(out_of_focus) - caught} others; failed frames that were "
+            f"their field's first scan, with nothing before them to judge them by: {len(unjudged)}; other QC "
+            f"failures: {other}"]
+
+
 def end_points(manifest: Path) -> dict[str, tuple[str, dict[str, float]]]:
     """well -> (condition, share of its live cells per fate at its last scan): what an
     end-point stain of the well would count."""
@@ -480,7 +508,8 @@ def run_demo(out: Path, *, speed: float, hours: float, interval: float, retrain:
     export_images(repo, EXPERIMENT, default_images_path(report))
     _say(f"scored {runner.timings.images} frames in {time.monotonic() - t0:.0f} s")
     _say(f"report: {report} ({n} rows, model {version}); per image: {default_images_path(report)}")
-    for line in plate_summary(report, plate / MANIFEST_NAME):
+    for line in plate_summary(report, plate / MANIFEST_NAME) + qc_summary(default_images_path(report),
+                                                                          plate / MANIFEST_NAME):
         _say(line)
     forecasts = default_forecasts_path(report)
     forecasts.unlink(missing_ok=True)

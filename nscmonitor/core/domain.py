@@ -79,6 +79,10 @@ class ParseResult:
     reason: str | None = None
 
 
+#: how the reason of a frame that failed QC for its focus begins (``scoring.qc.focus_check``)
+OUT_OF_FOCUS = "out of focus"
+
+
 @dataclass(frozen=True)
 class QCMetrics:
     focus: float

@@ -34,6 +34,11 @@ OOD_WINDOW, OOD_MIN_IMAGES, OOD_WARN_SHARE = 200, 20, 0.25
 #: the newest scored (or skipped) images looked at for channels scored together and for
 #: folders that give no readout at all
 CHANNEL_WINDOW = 500
+#: the share of an experiment's newest scored images failed as out of focus, and the fewest
+#: such images, that say the instrument's focus needs a look: the simulated microscope's
+#: autofocus fails on 2 % of frames, and a share five times that is no passing lapse (a
+#: fogged lid, a plate not seated, a focus offset set for another plate type)
+FOCUS_WARN_SHARE, FOCUS_MIN_IMAGES = 0.10, 5
 
 Check = tuple[str, bool, str]  # name, ok, note
 
@@ -101,12 +106,29 @@ def scoring_warnings(repo: Any, ood: tuple[int, int] | None = None) -> list[str]
     the dashboard's status tab and the end of ``run`` alike: most of the newest images unlike
     the model's training data, several channels or planes averaged into the same readouts, a
     folder whose newest images were all skipped or all failed QC, or carry no time, two reads of
-    a plate under one time point. ``ood``: the (flagged, judged) counts when
+    a plate under one time point, many frames out of focus. ``ood``: the (flagged, judged) counts when
     the caller has them already."""
     ood_warning = ood_share_warning(*(ood if ood is not None else repo.recent_ood(OOD_WINDOW)))
     outcomes = repo.recent_outcomes(CHANNEL_WINDOW)  # one bounded read for both
     return (([ood_warning] if ood_warning else []) + mixed_channel_warnings(outcomes) + mixed_plane_warnings(outcomes)
-            + all_skipped_warnings(outcomes) + untimed_warnings(outcomes) + repeated_position_warnings(outcomes))
+            + all_skipped_warnings(outcomes) + focus_warnings(outcomes) + untimed_warnings(outcomes)
+            + repeated_position_warnings(outcomes))
+
+
+def focus_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.reads.Outcomes]
+    """A warning per experiment where many of the newest scored images failed as out of focus:
+    each such frame is left out of its well's readout, so the plate thins out while the
+    daemon itself is healthy, and nobody sees it who does not open the image view."""
+    out = []
+    for name, o in sorted(outcomes.items()):
+        judged = o.scored + o.qc_failed
+        if o.out_of_focus < FOCUS_MIN_IMAGES or o.out_of_focus < FOCUS_WARN_SHARE * judged:
+            continue
+        out.append(f"experiment {name}: {o.out_of_focus} of its newest {judged} scored images "
+                   f"({o.out_of_focus / judged:.0%}) failed QC as out of focus against their fields' nearest scans "
+                   "and are left out of the readouts; check the instrument's focus (autofocus offset, plate "
+                   "seating, condensation on the lid)")
+    return out
 
 
 def all_skipped_warnings(outcomes: dict[str, Any]) -> list[str]:  # dict[str, store.reads.Outcomes]

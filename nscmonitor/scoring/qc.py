@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage
 
-from nscmonitor.core.domain import QCMetrics
+from nscmonitor.core.domain import OUT_OF_FOCUS, QCMetrics
 from nscmonitor.scoring.preprocess import percentiles
 
 
@@ -84,7 +84,7 @@ def focus_check(qc: QCMetrics, at: float, neighbours: Sequence[tuple[float, floa
         return replace(qc, focus_ratio=ratio)
     n = min(k, len(usable))
     return replace(qc, focus_ratio=ratio, passed=False,
-                   reason=f"out of focus (fine detail {ratio:.2f} of this field's {n} nearest "
+                   reason=f"{OUT_OF_FOCUS} (fine detail {ratio:.2f} of this field's {n} nearest "
                           f"frame{'s' if n > 1 else ''}; fails below {min_ratio:g})")
 
 

@@ -305,7 +305,8 @@ class Scorer:
         return done
 
     def _forecast(self, prepared: list[Prepared], stored: list[Claimed], other_scale: set[int]) -> None:
-        """The second stage on the stored images that passed QC, except those whose file says
+        """The second stage on the stored images that passed QC (a saturated or out-of-focus
+        frame is no data for it, as it is none for the well readout), except those whose file says
         they were taken through another objective (``other_scale``: the pixel-size check of
         the out-of-distribution flag): such a frame is another kind of image for the forecast
         too, so it is no data for it (no features, no time point), as for a confident call.
@@ -316,7 +317,7 @@ class Scorer:
         forecasts follow with the well's next image."""
         ids = {c.id for c in stored} - other_scale
         images = [(p.claimed.id, p.decoded.pixels, p.decoded.pixel_size_um) for p in prepared
-                  if p.claimed.id in ids and p.grid is not None]
+                  if p.claimed.id in ids and p.grid is not None and p.qc.passed]
         refused = self.forecast.refresh()
         if refused:
             self.writer.event("forecast_error", refused, level="error")

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine, case, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 
-from nscmonitor.core.domain import ImageRecord, WellReadout
+from nscmonitor.core.domain import OUT_OF_FOCUS, ImageRecord, WellReadout
 from nscmonitor.core.names import from_db, shown
 from nscmonitor.core.queue import PROBLEMS, QueueState
 from nscmonitor.core.scans import acquisition_and_scan
@@ -153,6 +153,8 @@ class Outcomes:
     #: image has too (two reads of a plate under one time point), and one such pair's paths
     repeated: int = 0
     repeated_example: tuple[str, str] | None = None
+    #: of ``qc_failed``: frames that failed as out of focus against their field's nearest scans
+    out_of_focus: int = 0
 
 
 def _repeated_positions(s: Session, scored: list) -> list[tuple[object, tuple[str, str]]]:
@@ -226,10 +228,11 @@ class Repo:
                              .join(m.Experiment, m.Experiment.id == newest.c.experiment_id)
                              .order_by(newest.c.id.desc())).all()
             repeats = _repeated_positions(s, [r for r in rows if r.status == QueueState.DONE.value])
-        # scored, QC failed, skipped, newest skip reason, newest QC reason, channels, planes, untimed
+        # scored, QC failed, skipped, newest skip reason, newest QC reason, channels, planes, untimed,
+        # out of focus
         counts: dict[str, list] = {}
         for name, status, error, qc_passed, qc, channel, z, tkey, *_ in rows:
-            c = counts.setdefault(name, [0, 0, 0, None, None, set(), set(), 0])
+            c = counts.setdefault(name, [0, 0, 0, None, None, set(), set(), 0, 0])
             if status != QueueState.DONE.value:
                 c[2] += 1
                 c[3] = c[3] or error
@@ -239,15 +242,17 @@ class Repo:
             c[6].add(-1 if z is None else z)
             c[7] += tkey is None
             if qc_passed is False:
+                reason = qc.get("reason") if isinstance(qc, dict) else None
                 c[1] += 1
-                c[4] = c[4] or (qc.get("reason") if isinstance(qc, dict) else None)
+                c[4] = c[4] or reason
+                c[8] += isinstance(reason, str) and reason.startswith(OUT_OF_FOCUS)
             else:
                 c[0] += 1
         out = {}
         for name, c in counts.items():
             mine = [pair for r, pair in repeats if r.name == name]
             out[name] = Outcomes(*c[:5], tuple(sorted(c[5])), tuple(sorted(c[6])), c[7], len(mine),
-                                 mine[0] if mine else None)
+                                 mine[0] if mine else None, c[8])
         return out
 
     def last_event_of(self, kinds: tuple[str, ...]) -> EventInfo | None:

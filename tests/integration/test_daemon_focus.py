@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from nscmonitor.ops.health import CHANNEL_WINDOW, focus_warnings
 from nscmonitor.report.export import export_images
 from nscmonitor.simulate.microscope import Microscope
 from nscmonitor.simulate.render import Camera
@@ -33,7 +34,7 @@ def _scored(runner, scope: Microscope, out: Path, live: bool, timeout_s: float =
     th.start()
     try:
         if live:
-            manifest = scope.run(out, speed=3600.0)
+            manifest = scope.run(out, speed=14400.0)  # a scan every 2 s
         rows = csv_rows(manifest)
         expected = {str(out / r["path"]) for r in rows}
         end = time.monotonic() + timeout_s
@@ -78,6 +79,9 @@ def test_autofocus_failures_fail_qc_and_leave_the_readout(tmp_path: Path, make_r
             assert img.qc_passed is True, (path, img.qc)
             ratio = img.qc.get("focus_ratio")
             assert ratio is None or ratio > 0.6, (path, img.qc)
+    outcomes = Repo(runner.store.engine).recent_outcomes(CHANNEL_WINDOW)
+    assert outcomes["E1"].out_of_focus == outcomes["E1"].qc_failed == 2
+    assert focus_warnings(outcomes) == [], "two frames of fifteen are a lapse, not an instrument to check"
     sheet = tmp_path / "images.csv"
     export_images(Repo(runner.store.engine), "E1", sheet)
     csv_failed = {r["path"]: r for r in csv_rows(sheet) if r["qc_passed"] == "0"}

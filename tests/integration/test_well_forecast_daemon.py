@@ -306,7 +306,9 @@ def test_frames_unlike_the_forecasts_training_are_marked_and_left_out_of_later_f
     score = FO.FrameOOD.from_record(record, len(record["mean"]))
     flagged = {k for k, p in paths.items() if score.flags(WS.frame_features(decode(p).pixels, TILE))[0]}
     assert flagged == {("B02", 24), ("C03", 0)}  # the fixture: only the two textures are unlike training
-    settings = dataclasses.replace(settings_for(tmp_path, watch), forecast_model=fmodel)
+    # the focus check off: a texture among a well's cell frames has less fine detail than they,
+    # and QC would leave it out before the forecast's own score could judge it
+    settings = dataclasses.replace(settings_for(tmp_path, watch), forecast_model=fmodel, min_focus_ratio=0.0)
     runner = _run_once(settings, _tile_model(tmp_path))
     with runner.store.engine.connect() as c:
         rows = c.execute(text("select w.name, f.elapsed_h, f.ood, f.n_ood, f.n_timepoints, f.n_images, "
@@ -339,7 +341,8 @@ def test_frames_stored_before_the_optics_features_are_still_read_and_flagged(tmp
     watch = tmp_path / "watch"
     paths = _plate(watch, "ood-own")
     write_tiff(paths[("B02", 24)], textures(1, 128, seed=4)[0][:96])
-    settings = dataclasses.replace(settings_for(tmp_path, watch), forecast_model=fmodel)
+    # the focus check off, as above: the forecast's own score is what this judges
+    settings = dataclasses.replace(settings_for(tmp_path, watch), forecast_model=fmodel, min_focus_ratio=0.0)
     runner = _run_once(settings, _tile_model(tmp_path))
     with runner.store.engine.begin() as c:
         rows = c.execute(text("select image_id, extractor, feature_values from frame_features")).fetchall()
@@ -395,3 +398,28 @@ def test_doctor_checks_the_forecast_file_and_says_whether_it_has_its_flag(tmp_pa
     assert not ok and note.startswith(f"{broken}: not an ONNX model") and len(got["broken"]) == 1
     assert forecast_checks(dataclasses.replace(plain, forecast_model=None)) == []
     assert [c for c in doctor_report(flagged) if c[0].startswith("well forecast")] == forecast_checks(flagged)
+
+
+def test_a_frame_that_failed_qc_is_no_data_for_the_forecast(tmp_path: Path) -> None:
+    """One frame of the plate is saturated over a fifth of its pixels: it fails QC, so, as it
+    is left out of its well's readout, the forecast keeps no features of it and gives its well
+    no time point there; the well's later forecast reads its other frames only."""
+    watch = tmp_path / "watch"
+    files = _plate(watch, "qc-forecast")
+    bad = cells_image(stable_seed("qc-forecast", "B02", 24), (96, 128))
+    bad[:20] = np.iinfo(np.uint16).max
+    write_tiff(files[("B02", 24)], bad)
+    settings = dataclasses.replace(settings_for(tmp_path, watch), forecast_model=_forecast_model(
+        tmp_path / "forecast.onnx"))
+    runner = _run_once(settings, _tile_model(tmp_path))
+    with runner.store.engine.connect() as c:
+        images = c.execute(text("select i.path, i.qc_passed, f.image_id is not null from images i "
+                                "left join frame_features f on f.image_id = i.id")).fetchall()
+        forecasts = c.execute(text("select w.name, f.elapsed_h, f.n_timepoints, f.n_images from well_forecasts f "
+                                   "join wells w on w.id = f.well_id")).fetchall()
+    failed = files[("B02", 24)].name
+    assert len(images) == len(WELLS) * len(HOURS)
+    assert all((not passed) is (Path(p).name == failed) for p, passed, _ in images), images
+    assert all(bool(has) is (Path(p).name != failed) for p, _, has in images), images
+    got = {(name, h): (n_t, n_img) for name, h, n_t, n_img in forecasts}
+    assert ("B02", 24.0) not in got and got[("B02", 48.0)] == (2, 2) and got[("A01", 48.0)] == (3, 3)

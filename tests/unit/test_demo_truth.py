@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nscmonitor.cli.demo import FATES, plate_summary, right_call
+from nscmonitor.cli.demo import FATES, plate_summary, qc_summary, right_call
 from nscmonitor.training import data as D
 
 # well -> (condition, live cells per fate at 72 h)
@@ -221,3 +221,23 @@ def test_time_points_each_models_ood_score_flags_are_no_data_for_the_calls(tmp_p
     rows = {ln.split()[0]: ln.split()[1:] for ln in calls_summary(forecasts, report, manifest, CallRule(0.9, 1),
                                                                     CallRule(0.9, 1))[3:]}
     assert rows["neuron-directed"] == ["1/1", "0", "48", "h", "0/1", "0", "-"]
+
+
+def test_qc_summary_counts_the_autofocus_failures_it_caught(tmp_path: Path) -> None:
+    manifest, images = tmp_path / "manifest.csv", tmp_path / "images.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "autofocus_fail"])
+        w.writerows([["a_t1.tif", "True"], ["a_t2.tif", "False"], ["b_t3.tif", "True"], ["c_t3.tif", "False"],
+                     ["d_t2.tif", "False"]])
+    with images.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "qc_passed", "qc_reason", "focus_ratio"])
+        w.writerows([["/x/a_t1.tif", "1", "", ""],  # a first scan: not judged
+                     ["/x/a_t2.tif", "1", "", "1.02"],
+                     ["/x/b_t3.tif", "0", "out of focus (fine detail 0.07 ...)", "0.07"],
+                     ["/x/c_t3.tif", "0", "out of focus (fine detail 0.30 ...)", "0.30"],  # not a failure
+                     ["/x/d_t2.tif", "0", "saturated (9.0% of pixels at full scale)", "0.95"]])
+    (line,) = qc_summary(images, manifest)
+    assert line.startswith("QC: 2 of 5 frames failed as out of focus") and ": 1 of the 2 frames whose" in line
+    assert "failed, and 1 others;" in line and "to judge them by: 1;" in line and line.endswith("other QC failures: 1")

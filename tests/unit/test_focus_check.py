@@ -73,3 +73,19 @@ def test_a_field_whose_focus_changed_for_good_takes_it_as_its_own_after_a_few_sc
         verdicts.append(qc.passed)
         history.append((float(t), 20.0))
     assert verdicts == [False, False, False, True, True]  # three scans, then the majority of the four nearest
+
+
+def test_status_warns_when_many_of_an_experiments_newest_frames_are_out_of_focus() -> None:
+    from nscmonitor.ops.health import focus_warnings
+    from nscmonitor.store.reads import Outcomes
+
+    def outcomes(scored: int, failed: int, out_of_focus: int) -> dict:
+        return {"E1": Outcomes(scored, failed, 0, None, "out of focus (...)", ("phase",), out_of_focus=out_of_focus)}
+
+    assert focus_warnings(outcomes(90, 10, 10)) == [
+        "experiment E1: 10 of its newest 100 scored images (10%) failed QC as out of focus against their fields' "
+        "nearest scans and are left out of the readouts; check the instrument's focus (autofocus offset, plate "
+        "seating, condensation on the lid)"]
+    assert focus_warnings(outcomes(91, 9, 9)) == []  # under a tenth
+    assert focus_warnings(outcomes(20, 4, 4)) == []  # too few to say
+    assert focus_warnings(outcomes(80, 20, 9)) == []  # the other QC failures are not focus
