@@ -19,6 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import NamedTuple, TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from nscmonitor.config import Settings
 from nscmonitor.core.names import shown
 from nscmonitor.core.queue import MAX_ATTEMPTS
@@ -128,8 +130,14 @@ class Scorer:
 
     def _judge_focus(self, prepared: list[Prepared]) -> list[Prepared]:
         """Each image's focus judged against its field's frames nearest in time: those stored
-        and those claimed with it (a backlog claims a field's scans together)."""
-        series = self.writer.field_series((p.claimed.id for p in prepared), FOCUS_NEIGHBOURS)
+        and those claimed with it (a backlog claims a field's scans together). When the store
+        cannot be read, the batch goes on without the check (logged): its frames keep their
+        own QC, and the write that follows decides, as for any batch, whether they are stored."""
+        try:
+            series = self.writer.field_series((p.claimed.id for p in prepared), FOCUS_NEIGHBOURS)
+        except SQLAlchemyError as exc:
+            log.warning("focus check skipped for %d images: cannot read their fields' scans: %s", len(prepared), exc)
+            return prepared
         here: dict = {}
         for p in prepared:
             fs = series.get(p.claimed.id)
