@@ -294,8 +294,7 @@ def plate_summary(report: Path, manifest: Path, from_h: float = 72.0) -> list[st
 def qc_summary(images: Path, manifest: Path) -> list[str]:
     """What QC made of the simulated microscope's autofocus failures (its manifest says which
     frames lost focus): how many frames failed as out of focus, how many of those were the
-    failures, and which failures passed because nothing was there to judge them against (a
-    field's first scan)."""
+    failures, and which failures passed unjudged (a field with a single scan)."""
     with manifest.open(newline="", encoding="utf-8") as fh:
         lost = {Path(r["path"]).name for r in csv.DictReader(fh) if r.get("autofocus_fail") == "True"}
     out_of_focus, other, unjudged, n = set(), 0, set(), 0
@@ -312,10 +311,9 @@ def qc_summary(images: Path, manifest: Path) -> list[str]:
                 unjudged.add(name)
     caught = len(out_of_focus & lost)
     return [f"QC: {len(out_of_focus)} of {n} frames failed as out of focus (each judged against its field's "
-            f"nearest scans, and left out of the readouts): {caught} of the {len(lost)} frames whose autofocus "
-            f"the simulated microscope failed, and {len(out_of_focus) - caught} others; failed frames that were "
-            f"their field's first scan, with nothing before them to judge them by: {len(unjudged)}; other QC "
-            f"failures: {other}"]
+            f"nearest scans, a field's first scan once its next one is scored; left out of the readouts): {caught} "
+            f"of the {len(lost)} frames whose autofocus the simulated microscope failed, and "
+            f"{len(out_of_focus) - caught} others; failures never judged: {len(unjudged)}; other QC failures: {other}"]
 
 
 def end_points(manifest: Path) -> dict[str, tuple[str, dict[str, float]]]:

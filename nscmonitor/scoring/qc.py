@@ -62,6 +62,27 @@ def qc_metrics(img: np.ndarray, *, p_low: float = 1.0, p_high: float = 99.8, min
 FOCUS_NEIGHBOURS = 4
 
 
+def focus_ratio(sharpness: float, at: float, neighbours: Sequence[tuple[float, float]],
+                k: int = FOCUS_NEIGHBOURS) -> tuple[float, int] | None:
+    """``sharpness`` over the median of the ``k`` frames of the same field nearest to ``at``
+    in time (``neighbours``: their (time, sharpness); unmeasured ones do not count), and how
+    many made that median; None when there is none or the frame has no sharpness."""
+    usable = sorted(((abs(t - at), v) for t, v in neighbours if v > 0.0 and math.isfinite(v)), key=lambda dv: dv[0])
+    if sharpness <= 0.0 or not usable:
+        return None
+    near = [v for _, v in usable[:k]]
+    return sharpness / float(np.median(near)), len(near)
+
+
+def focus_reason(ratio: float, n: int, min_ratio: float) -> str | None:
+    """The QC reason of a frame that kept ``ratio`` of its field's fine detail, or None when
+    it passes (or the check is off, ``min_ratio`` 0)."""
+    if min_ratio <= 0.0 or ratio >= min_ratio:
+        return None
+    return (f"{OUT_OF_FOCUS} (fine detail {ratio:.2f} of this field's {n} nearest frame{'s' if n > 1 else ''}; "
+            f"fails below {min_ratio:g})")
+
+
 def focus_check(qc: QCMetrics, at: float, neighbours: Sequence[tuple[float, float]], min_ratio: float,
                 k: int = FOCUS_NEIGHBOURS) -> QCMetrics:
     """``qc`` with its sharpness judged against the median of the ``k`` frames of the same
@@ -73,19 +94,17 @@ def focus_check(qc: QCMetrics, at: float, neighbours: Sequence[tuple[float, floa
     and frames that failed are kept among the neighbours on purpose: when a field's focus
     changes for good (another objective or exposure), the changed frames become its
     reference after a few scans instead of failing for the rest of the experiment. A frame
-    with no neighbour yet (a field's first scan) is not judged; nor is one that failed
-    already, or any frame when ``min_ratio`` is 0 (the check switched off)."""
-    usable = [(abs(t - at), v) for t, v in neighbours if v > 0.0 and math.isfinite(v)]
-    if qc.sharpness <= 0.0 or not usable:
+    with no neighbour yet (a field's first scan) is judged later, when its field's next scan
+    is scored (``store.focus_series``); one that failed already keeps its reason, and no
+    frame fails when ``min_ratio`` is 0 (the check switched off)."""
+    got = focus_ratio(qc.sharpness, at, neighbours, k)
+    if got is None:
         return qc
-    usable.sort(key=lambda tv: tv[0])
-    ratio = qc.sharpness / float(np.median([v for _, v in usable[:k]]))
-    if not qc.passed or min_ratio <= 0.0 or ratio >= min_ratio:
+    ratio, n = got
+    reason = focus_reason(ratio, n, min_ratio) if qc.passed else None
+    if reason is None:
         return replace(qc, focus_ratio=ratio)
-    n = min(k, len(usable))
-    return replace(qc, focus_ratio=ratio, passed=False,
-                   reason=f"{OUT_OF_FOCUS} (fine detail {ratio:.2f} of this field's {n} nearest "
-                          f"frame{'s' if n > 1 else ''}; fails below {min_ratio:g})")
+    return replace(qc, focus_ratio=ratio, passed=False, reason=reason)
 
 
 def _nonfinite(img: np.ndarray, finite: np.ndarray, bad: int) -> QCMetrics:

@@ -22,6 +22,7 @@ from typing import NamedTuple, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from nscmonitor.config import Settings
+from nscmonitor.core.calibration import well_calibration_of
 from nscmonitor.core.names import shown
 from nscmonitor.core.queue import MAX_ATTEMPTS
 from nscmonitor.readers.decode import DecodeError, open_regular, why
@@ -30,9 +31,9 @@ from nscmonitor.scoring.hot_swap import LoadedModel, ModelSlot
 from nscmonitor.scoring.metrics import Metrics, Timings
 from nscmonitor.scoring.pacing import claim_cap, next_claim_size, parallel_prepares
 from nscmonitor.scoring.preprocess import Preprocess
-from nscmonitor.scoring.qc import FOCUS_NEIGHBOURS, focus_check
+from nscmonitor.scoring.qc import FOCUS_NEIGHBOURS, focus_check, focus_ratio, focus_reason
 from nscmonitor.scoring.stages import Prepared, infer, pixel_size_mismatch, prepare, result
-from nscmonitor.store.writer import Claimed, Scored, Writer
+from nscmonitor.store.writer import Claimed, LateVerdict, Scored, Writer
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class Scorer:
         prepared, probs = scored
         if not prepared:
             return Batch(len(claimed), 0)
-        prepared = self._judge_focus(prepared)
+        prepared, late = self._judge_focus(prepared)
         self._bytes_per_image = sum(p.decoded.pixels.nbytes + (p.grid.tiles.nbytes if p.grid is not None else 0)
                                     for p in prepared) / len(prepared)
         t1 = time.perf_counter()
@@ -121,6 +122,8 @@ class Scorer:
         results = self._each(pairs, "packing the result",
                              lambda pp: result(pp[0], pp[1], model_version=model.version, engine=model.engine))
         stored = self._complete(results)
+        if late and stored:
+            self._store_late_verdicts(late, model)
         if self.forecast is not None and stored:
             self._forecast(prepared, stored, {p.claimed.id for p in prepared
                                               if pixel_size_mismatch(model.engine.metadata, p.decoded.pixel_size_um)})
@@ -128,30 +131,62 @@ class Scorer:
         self.metrics.stored(c.path for c in stored)
         return Batch(len(claimed), len(stored))
 
-    def _judge_focus(self, prepared: list[Prepared]) -> list[Prepared]:
+    def _judge_focus(self, prepared: list[Prepared]) -> tuple[list[Prepared], list[LateVerdict]]:
         """Each image's focus judged against its field's frames nearest in time: those stored
-        and those claimed with it (a backlog claims a field's scans together). When the store
-        cannot be read, the batch goes on without the check (logged): its frames keep their
-        own QC, and the write that follows decides, as for any batch, whether they are stored."""
+        and those claimed with it (a backlog claims a field's scans together); and the stored
+        frames among those that had nothing to be judged by when they were scored (a field's
+        first scan), judged now that their field has more. When the store cannot be read,
+        the batch goes on without the check (logged): its frames keep their own QC, and the
+        write that follows decides, as for any batch, whether they are stored."""
         try:
             series = self.writer.field_series((p.claimed.id for p in prepared), FOCUS_NEIGHBOURS)
         except SQLAlchemyError as exc:
             log.warning("focus check skipped for %d images: cannot read their fields' scans: %s", len(prepared), exc)
-            return prepared
+            return prepared, []
         here: dict = {}
+        stored: dict = {}
         for p in prepared:
             fs = series.get(p.claimed.id)
-            if fs is not None and p.qc.sharpness > 0.0:
+            if fs is None:
+                continue
+            stored.setdefault(fs.key, {}).update((n.id, n) for n in fs.stored)
+            if p.qc.sharpness > 0.0:
                 here.setdefault(fs.key, []).append((p.claimed.id, fs.at, p.qc.sharpness))
         out = []
         for p in prepared:
             fs = series.get(p.claimed.id)
-            if fs is None:
-                out.append(p)
-                continue
-            near = [*fs.stored, *((at, v) for other, at, v in here.get(fs.key, ()) if other != p.claimed.id)]
-            out.append(replace(p, qc=focus_check(p.qc, fs.at, near, self.settings.min_focus_ratio)))
-        return out
+            if fs is not None:
+                near = [*((n.at, n.sharpness) for n in fs.stored),
+                        *((at, v) for other, at, v in here.get(fs.key, ()) if other != p.claimed.id)]
+                p = replace(p, qc=focus_check(p.qc, fs.at, near, self.settings.min_focus_ratio))
+            out.append(p)
+        late = []
+        claimed = {p.claimed.id for p in prepared}
+        for key, known in stored.items():
+            for n in known.values():
+                if n.judged or n.id in claimed:  # a frame scored again is judged afresh above
+                    continue
+                near = [*((o.at, o.sharpness) for o in known.values() if o.id != n.id),
+                        *((at, v) for _, at, v in here.get(key, ()))]
+                got = focus_ratio(n.sharpness, n.at, near)
+                if got is not None:
+                    late.append(LateVerdict(n.id, got[0], focus_reason(*got, self.settings.min_focus_ratio)
+                                            if n.passed else None))
+        return out, late
+
+    def _store_late_verdicts(self, late: list[LateVerdict], model: LoadedModel) -> None:
+        """Earlier frames' focus verdicts stored, and the readouts of those that fail
+        recomputed (the serving model's well calibration, which a model served from a file
+        has only in its metadata); a store that refuses them is logged, and they are given
+        again with the field's next scan."""
+        try:
+            n = self.writer.store_late_verdicts(late, {model.version: well_calibration_of(model.engine.metadata.extra)})
+        except SQLAlchemyError as exc:
+            log.warning("could not store the focus verdicts of %d earlier frames: %s", len(late), exc)
+            return
+        if n:
+            log.info("%d earlier frames (their fields' first scans) failed QC as out of focus against the scans "
+                     "after them", n)
 
     def _prepare_and_infer(self, model: LoadedModel,
                            claimed: list[Claimed]) -> tuple[list[Prepared], list] | None:

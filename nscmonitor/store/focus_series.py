@@ -1,30 +1,56 @@
 """The stored sharpness of each claimed image's own field over time, which the focus check
-(``scoring.qc.focus_check``) compares a new frame with. A field here is one series of
-frames: the same well, field, channel and z plane."""
+(``scoring.qc.focus_check``) compares a new frame with, and the verdicts given later to frames
+that had nothing to be compared with when they were scored (a field's first scan). A field
+here is one series of frames: the same well, field, channel and z plane."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
 
+from nscmonitor.core.calibration import WellCalibration
+from nscmonitor.core.queue import QueueState
 from nscmonitor.store import models as m
+from nscmonitor.store.readouts import recompute_for_images
 
 SeriesKey = tuple[int, int | None, str | None, int | None]
 
 
 @dataclass(frozen=True)
+class Neighbour:
+    """A scored frame of the field: its position (the scan's time key, else its image id:
+    names without a time still arrive in order), sharpness, and whether its focus was judged
+    (False: nothing was there to judge it by when it was scored) and it passed QC."""
+
+    id: int
+    at: float
+    sharpness: float
+    judged: bool
+    passed: bool
+
+
+@dataclass(frozen=True)
 class FieldSeries:
-    """Where a claimed image sits in its field's series, and its scored neighbours'
-    (position, sharpness); the position is the scan's time key, else the image id (names
-    without a time still arrive in order)."""
+    """Where a claimed image sits in its field's series, and its scored neighbours."""
 
     key: SeriesKey
     at: float
-    stored: tuple[tuple[float, float], ...]
+    stored: tuple[Neighbour, ...]
+
+
+@dataclass(frozen=True)
+class LateVerdict:
+    """A focus verdict for a frame scored before its field had another scan: its ratio, and
+    the reason when it fails."""
+
+    image_id: int
+    ratio: float
+    reason: str | None
 
 
 def _position(time_key: int | None, image_id: int) -> float:
@@ -37,10 +63,10 @@ def _sharpness(qc: object) -> float | None:
 
 
 def field_series(Session: sessionmaker, ids: Iterable[int], k: int) -> dict[int, FieldSeries]:
-    """Each claimed image with a well, and the sharpness stored by up to ``k`` of its field's
-    scored frames on either side of it in time (frames scored before sharpness was measured
-    have none and are left out). Two indexed range reads per image (``ix_images_well_time``):
-    a field of a months-long time-lapse holds hundreds of frames, and only the nearest count."""
+    """Each claimed image with a well, and up to ``k`` of its field's scored frames on either
+    side of it in time that carry a sharpness (frames scored before it was measured have
+    none and are left out). Two indexed range reads per image (``ix_images_well_time``): a
+    field of a months-long time-lapse holds hundreds of frames, and only the nearest count."""
     i = m.Image
     with Session() as s:
         mine = s.execute(select(i.id, i.well_id, i.field, i.channel, i.z, i.time_key)
@@ -50,17 +76,46 @@ def field_series(Session: sessionmaker, ids: Iterable[int], k: int) -> dict[int,
             key = (r.well_id, r.field, r.channel, r.z)
             same = (i.well_id == r.well_id, i.field.is_not_distinct_from(r.field),
                     i.channel.is_not_distinct_from(r.channel), i.z.is_not_distinct_from(r.z), i.id != r.id)
-            # a row's time key, or for names without a time its id (such images arrive in order)
             pos, at = (i.time_key, r.time_key) if r.time_key is not None else (i.id, r.id)
             timed = i.time_key.is_not(None) if r.time_key is not None else i.time_key.is_(None)
-            near = [*s.execute(select(i.id, i.time_key, i.qc).where(*same, timed, pos <= at)
-                               .order_by(pos.desc()).limit(k)),
-                    *s.execute(select(i.id, i.time_key, i.qc).where(*same, timed, pos > at)
-                               .order_by(pos.asc()).limit(k))]
+            cols = (i.id, i.time_key, i.qc, i.qc_passed)
+            near = [*s.execute(select(*cols).where(*same, timed, pos <= at).order_by(pos.desc()).limit(k)),
+                    *s.execute(select(*cols).where(*same, timed, pos > at).order_by(pos.asc()).limit(k))]
             stored = []
             for n in near:
                 v = _sharpness(n.qc)
                 if v is not None:
-                    stored.append((_position(n.time_key, n.id), v))
+                    stored.append(Neighbour(n.id, _position(n.time_key, n.id), v, n.qc.get("focus_ratio") is not None,
+                                            n.qc_passed is not False))
             out[r.id] = FieldSeries(key, _position(r.time_key, r.id), tuple(stored))
     return out
+
+
+def store_late_verdicts(s: Session, verdicts: Iterable[LateVerdict], now: datetime,
+                        calibrations: Mapping[str, WellCalibration | None]) -> int:
+    """Each frame's verdict written into its QC, once (a frame judged meanwhile, by another
+    daemon on a shared database, keeps that verdict), and the readouts of the frames that
+    fail recomputed without them. Returns how many failed."""
+    verdicts = {v.image_id: v for v in verdicts}
+    if not verdicts:
+        return 0
+    i = m.Image
+    rows = s.execute(select(i.id, i.qc, i.qc_passed, i.well_id, i.time_key).where(i.id.in_(sorted(verdicts)))
+                     .order_by(i.id).with_for_update()).all()
+    failed = []
+    for r in rows:
+        qc = dict(r.qc) if isinstance(r.qc, dict) else None
+        if qc is None or qc.get("focus_ratio") is not None:
+            continue
+        v = verdicts[r.id]
+        qc["focus_ratio"] = v.ratio
+        fails = v.reason is not None and r.qc_passed is not False
+        if fails:
+            qc["reason"] = v.reason
+            failed.append(r)
+        s.execute(update(i).where(i.id == r.id).values(qc=qc, qc_passed=False if fails else r.qc_passed,
+                                                       updated_at=now))
+    if failed:
+        recompute_for_images(s, failed, now, calibrations,
+                             counted=(QueueState.DONE, QueueState.RESCORE, QueueState.PROCESSING))
+    return len(failed)

@@ -79,7 +79,8 @@ def plate_frames(Session: sessionmaker, image_ids: Sequence[int], extractors: Se
                  induction_max_h: float, whole_plates: Callable[[set[int]], set[int]] | None = None,
                  ) -> tuple[list[Frame], list[Frame]]:
     """(the given images' frames, the frames a forecast of their wells needs) with features
-    of one of ``extractors`` (the feature sets the caller reads), done images only. Needed:
+    of one of ``extractors`` (the feature sets the caller reads), done images that passed QC only (a
+    first scan found out of focus after its field's next scan leaves later forecasts). Needed:
     every frame of the given images' wells and the induction frames (at most ``induction_max_h``) of their plates; when a given
     image is itself an induction frame, every frame of its plate (all its wells' forecasts
     change), and so for the plates ``whole_plates`` picks from the batch's plates. A batch on a
@@ -98,6 +99,7 @@ def plate_frames(Session: sessionmaker, image_ids: Sequence[int], extractors: Se
                    m.FrameFeatures.feature_values)
             .join(m.Well, m.Image.well_id == m.Well.id).join(m.FrameFeatures, m.FrameFeatures.image_id == m.Image.id)
             .where(m.Well.plate_id.in_(plates), needed, m.Image.status == QueueState.DONE,
+                   m.Image.qc_passed.is_not(False),
                    m.FrameFeatures.extractor.in_(list(extractors)), m.Image.time_key.is_not(None))).all()
     frames = [Frame(i, p, w, t, h, tuple(v)) for i, p, w, t, h, v in rows]
     wanted = set(image_ids)

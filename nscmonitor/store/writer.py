@@ -29,7 +29,7 @@ from nscmonitor.store import models as m
 from nscmonitor.store.selection_rule import SelectionApplied, apply_selection
 from nscmonitor.store.claims import Claimed as Claimed, Claims  # Claimed: what the scorer gets back
 from nscmonitor.store.events import add_event, record_event
-from nscmonitor.store.focus_series import FieldSeries, field_series
+from nscmonitor.store.focus_series import FieldSeries, LateVerdict as LateVerdict, field_series, store_late_verdicts
 from nscmonitor.store.leases import DEFAULT_LEASE_S, is_shared, new_owner
 from nscmonitor.store.places import ensure_experiment, ensure_well, ensure_wells, insert_missing
 from nscmonitor.store.readouts import recompute_for_images, recompute_readouts
@@ -367,6 +367,13 @@ class Writer(Claims):
         """Each image's field over time, ``k`` scans either side, for the focus check
         (``store.focus_series``)."""
         return field_series(self.Session, ids, k)
+
+    def store_late_verdicts(self, verdicts: Iterable[LateVerdict],
+                            calibrations: dict[str, WellCalibration | None]) -> int:
+        """Focus verdicts of frames scored before their field had another scan, in one
+        transaction with the readouts they change (``store.focus_series``)."""
+        with self.Session.begin() as s:
+            return store_late_verdicts(s, verdicts, utcnow(), calibrations)
 
     def requeue(self, ids: Iterable[int]) -> int:
         """Quarantined (or failed) images back to the queue with fresh attempts: the

@@ -20,10 +20,11 @@ from nscmonitor.store.reads import Repo
 
 from conftest import csv_rows
 
-# Seed 1 of the simulator: B02 loses focus at its third scan (13 um) and C10 at its fourth
-# (12 um); D05 keeps it throughout. The manifest is checked below, so a change to the
-# simulator's draws shows up as such and not as a daemon fault.
-WELLS = ["B02", "C10", "D05"]
+# Seed 1 of the simulator: B02 loses focus at its third scan (13 um), C10 at its fourth
+# (12 um) and C08 at its first, which has nothing before it; D05 keeps it throughout. The
+# manifest is checked below, so a change to the simulator's draws shows up as such and not
+# as a daemon fault.
+WELLS = ["B02", "C08", "C10", "D05"]
 
 
 def _scored(runner, scope: Microscope, out: Path, live: bool, timeout_s: float = 90.0) -> list[dict[str, str]]:
@@ -53,8 +54,9 @@ def _scored(runner, scope: Microscope, out: Path, live: bool, timeout_s: float =
 @pytest.mark.parametrize("live", [True, False], ids=["live", "backlog"])
 def test_autofocus_failures_fail_qc_and_leave_the_readout(tmp_path: Path, make_runner, live: bool,
                                                           db_url: str) -> None:
-    """Live, each frame is judged against the field's scans stored before it; from a
-    backlog, the claim's own frames of the field count too (they are scored together)."""
+    """Live, each frame is judged against the field's scans stored before it, and a field's
+    first scan when the next one is scored (its readout recomputed then); from a backlog, the
+    claim's own frames of the field count too (they are scored together)."""
     out = tmp_path / "scope"
     out.mkdir()
     scope = Microscope(vendor="imagexpress", plate_format=96, fields=1, hours=32, interval_h=8, seed=1,
@@ -63,14 +65,16 @@ def test_autofocus_failures_fail_qc_and_leave_the_readout(tmp_path: Path, make_r
     runner.setup()
     rows = _scored(runner, scope, out, live)
     failed_focus = {str(out / r["path"]): r["well"] for r in rows if r["autofocus_fail"] == "True"}
-    assert sorted(failed_focus.values()) == ["B02", "C10"], "the simulator's draws changed: pick wells that lose focus again"
+    assert sorted(failed_focus.values()) == ["B02", "C08", "C10"], \
+        "the simulator's draws changed: pick wells that lose focus again"
+    assert {r["timepoint"] for r in rows if r["well"] == "C08" and r["autofocus_fail"] == "True"} == {"1"}
 
     with runner.store.Session() as s:
         images = {i.path: i for i in s.scalars(select(m.Image))}
         wells = {w: n for w, n in s.execute(select(m.Well.id, m.Well.name))}
         readouts = {(wells[w], t): n for w, t, n in s.execute(
             select(m.WellReadout.well_id, m.WellReadout.time_key, m.WellReadout.n_qc_failed))}
-    assert len(images) == len(rows) == 15
+    assert len(images) == len(rows) == 20
     for path, img in images.items():
         if path in failed_focus:
             assert img.qc_passed is False and img.qc["reason"].startswith("out of focus"), (path, img.qc)
@@ -80,14 +84,13 @@ def test_autofocus_failures_fail_qc_and_leave_the_readout(tmp_path: Path, make_r
             ratio = img.qc.get("focus_ratio")
             assert ratio is None or ratio > 0.6, (path, img.qc)
     outcomes = Repo(runner.store.engine).recent_outcomes(CHANNEL_WINDOW)
-    assert outcomes["E1"].out_of_focus == outcomes["E1"].qc_failed == 2
-    assert focus_warnings(outcomes) == [], "two frames of fifteen are a lapse, not an instrument to check"
+    assert outcomes["E1"].out_of_focus == outcomes["E1"].qc_failed == 3
+    assert focus_warnings(outcomes) == [], "three frames of twenty are a lapse, not an instrument to check"
     sheet = tmp_path / "images.csv"
     export_images(Repo(runner.store.engine), "E1", sheet)
     csv_failed = {r["path"]: r for r in csv_rows(sheet) if r["qc_passed"] == "0"}
     assert set(csv_failed) == set(failed_focus)
     assert all(r["qc_reason"].startswith("out of focus") and float(r["focus_ratio"]) < 0.25 for r in csv_failed.values())
-    if live:  # a field's first scan has nothing to be judged against yet
-        assert all((i.qc.get("focus_ratio") is None) == (i.timepoint == 1) for i in images.values())
+    assert all(i.qc.get("focus_ratio") is not None for i in images.values()), "every frame was judged in the end"
     assert {k for k, n in readouts.items() if n} == {(wells[images[p].well_id], images[p].time_key)
                                                       for p in failed_focus}, readouts

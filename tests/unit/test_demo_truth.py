@@ -233,11 +233,11 @@ def test_qc_summary_counts_the_autofocus_failures_it_caught(tmp_path: Path) -> N
     with images.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "qc_passed", "qc_reason", "focus_ratio"])
-        w.writerows([["/x/a_t1.tif", "1", "", ""],  # a first scan: not judged
+        w.writerows([["/x/a_t1.tif", "1", "", ""],  # not judged (a field's only scan)
                      ["/x/a_t2.tif", "1", "", "1.02"],
                      ["/x/b_t3.tif", "0", "out of focus (fine detail 0.07 ...)", "0.07"],
                      ["/x/c_t3.tif", "0", "out of focus (fine detail 0.30 ...)", "0.30"],  # not a failure
                      ["/x/d_t2.tif", "0", "saturated (9.0% of pixels at full scale)", "0.95"]])
     (line,) = qc_summary(images, manifest)
     assert line.startswith("QC: 2 of 5 frames failed as out of focus") and ": 1 of the 2 frames whose" in line
-    assert "failed, and 1 others;" in line and "to judge them by: 1;" in line and line.endswith("other QC failures: 1")
+    assert "failed, and 1 others;" in line and "never judged: 1;" in line and line.endswith("other QC failures: 1")
