@@ -153,26 +153,15 @@ class Scorer:
             if p.qc.sharpness > 0.0:
                 here.setdefault(fs.key, []).append((p.claimed.id, fs.at, p.qc.sharpness))
         out = []
+        claimed = {p.claimed.id for p in prepared}
         for p in prepared:
             fs = series.get(p.claimed.id)
-            if fs is not None:
-                near = [*((n.at, n.sharpness) for n in fs.stored),
+            if fs is not None:  # a frame scored again counts once, with what it is now
+                near = [*((n.at, n.sharpness) for n in fs.stored if n.id not in claimed),
                         *((at, v) for other, at, v in here.get(fs.key, ()) if other != p.claimed.id)]
                 p = replace(p, qc=focus_check(p.qc, fs.at, near, self.settings.min_focus_ratio))
             out.append(p)
-        late = []
-        claimed = {p.claimed.id for p in prepared}
-        for key, known in stored.items():
-            for n in known.values():
-                if n.judged or n.id in claimed:  # a frame scored again is judged afresh above
-                    continue
-                near = [*((o.at, o.sharpness) for o in known.values() if o.id != n.id),
-                        *((at, v) for _, at, v in here.get(key, ()))]
-                got = focus_ratio(n.sharpness, n.at, near)
-                if got is not None:
-                    late.append(LateVerdict(n.id, got[0], focus_reason(*got, self.settings.min_focus_ratio)
-                                            if n.passed else None))
-        return out, late
+        return out, late_verdicts(stored, here, claimed, self.settings.min_focus_ratio)
 
     def _store_late_verdicts(self, late: list[LateVerdict], model: LoadedModel) -> None:
         """Earlier frames' focus verdicts stored, and the readouts of those that fail
@@ -375,6 +364,25 @@ class Scorer:
         retry_at = self.wall() + self.retry_base_s * (2 ** (c.attempts - 1))
         state = self.writer.fail(c.id, reason, permanent=permanent, retry_at=retry_at, max_attempts=self.max_attempts)
         log.warning("%s: %s (%s)", shown(c.path), reason, state)
+
+
+def late_verdicts(stored: dict, here: dict, claimed: set[int], min_ratio: float) -> list[LateVerdict]:
+    """Verdicts for the stored frames of the claim's fields that had nothing to be judged by
+    when they were scored (a field's first scan): each against the field's other stored
+    frames the claim's reads brought (``stored``: field -> {id: Neighbour}) and the claim's
+    own (``here``: field -> [(id, position, sharpness)]). A frame that failed QC otherwise gets
+    its ratio but keeps its reason; one claimed again is judged with the claim instead."""
+    late = []
+    for key, known in stored.items():
+        for n in known.values():
+            if n.judged or n.id in claimed:
+                continue
+            near = [*((o.at, o.sharpness) for o in known.values() if o.id != n.id and o.id not in claimed),
+                    *((at, v) for _, at, v in here.get(key, ()))]
+            got = focus_ratio(n.sharpness, n.at, near)
+            if got is not None:
+                late.append(LateVerdict(n.id, got[0], focus_reason(*got, min_ratio) if n.passed else None))
+    return late
 
 
 def requeue_readable(writer: Writer) -> None:

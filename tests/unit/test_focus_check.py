@@ -89,3 +89,21 @@ def test_status_warns_when_many_of_an_experiments_newest_frames_are_out_of_focus
     assert focus_warnings(outcomes(91, 9, 9)) == []  # under a tenth
     assert focus_warnings(outcomes(20, 4, 4)) == []  # too few to say
     assert focus_warnings(outcomes(80, 20, 9)) == []  # the other QC failures are not focus
+
+
+def test_a_fields_first_scan_is_judged_once_its_next_scans_are_there() -> None:
+    from nscmonitor.scoring.scorer import late_verdicts
+    from nscmonitor.store.focus_series import Neighbour
+
+    key = (1, 1, None, None)
+    stored = {key: {10: Neighbour(10, 0.0, 20.0, judged=False, passed=True),      # defocused first scan
+                    11: Neighbour(11, 1.0, 100.0, judged=True, passed=True),
+                    12: Neighbour(12, 0.0, 5.0, judged=False, passed=False),      # saturated: keeps its reason
+                    13: Neighbour(13, 2.0, 95.0, judged=False, passed=True)}}     # claimed again below
+    here = {key: [(13, 2.0, 95.0), (14, 3.0, 105.0)]}
+    got = {v.image_id: v for v in late_verdicts(stored, here, {13, 14}, 0.4)}
+    assert set(got) == {10, 12}, "judged frames and frames claimed again are left alone"
+    # 10 against the nearest four of 11 (100), 12 (5), 13 (95, counted once), 14 (105): median 97.5
+    assert got[10].ratio == pytest.approx(20.0 / 97.5) and got[10].reason.startswith("out of focus")
+    assert got[12].reason is None
+    assert late_verdicts(stored, {}, set(), 0.0)[0].reason is None, "the check switched off fails nothing"
