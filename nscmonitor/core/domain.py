@@ -83,6 +83,15 @@ class ParseResult:
 OUT_OF_FOCUS = "out of focus"
 
 
+def qc_kind(reason: str) -> str:
+    """The kind of a QC reason, without the frame's own figures: tables that count failures
+    (the HTML report's) would otherwise give every out-of-focus or saturated frame a row of
+    its own."""
+    if "pixels are NaN or infinite" in reason:
+        return "NaN or infinite pixels"
+    return reason.split(" (", 1)[0]
+
+
 @dataclass(frozen=True)
 class QCMetrics:
     focus: float

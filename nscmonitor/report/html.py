@@ -27,6 +27,7 @@ import numpy as np
 
 from nscmonitor import __version__
 from nscmonitor.core.queue import PROBLEMS, QueueState
+from nscmonitor.core.domain import qc_kind
 from nscmonitor.core.calibration import CallRule
 from nscmonitor.report.calls import ConfidentCall, RuleInUse, confident_call, replicate_stats, rule_in_use
 from nscmonitor.report.figures import Series, WellCell, condition_color, plate_map_svg, time_course_svg
@@ -71,7 +72,7 @@ def image_summary(repo: Repo, experiment_id: int, version: str | None) -> ImageS
         status[img.status] += 1
         if img.qc.get("passed") is False:
             qc_failed += 1
-            reasons[str(img.qc.get("reason") or "unspecified")] += 1
+            reasons[qc_kind(str(img.qc.get("reason") or "unspecified"))] += 1
         if img.status in PROBLEMS:
             problems.append((img.path, img.status, img.error or ""))
         for p in preds:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from nscmonitor.ops.health import CHANNEL_WINDOW, focus_warnings
 from nscmonitor.report.export import export_images
+from nscmonitor.report.html import image_summary
 from nscmonitor.simulate.microscope import Microscope
 from nscmonitor.simulate.render import Camera
 from nscmonitor.store import models as m
@@ -86,6 +87,9 @@ def test_autofocus_failures_fail_qc_and_leave_the_readout(tmp_path: Path, make_r
     outcomes = Repo(runner.store.engine).recent_outcomes(CHANNEL_WINDOW)
     assert outcomes["E1"].out_of_focus == outcomes["E1"].qc_failed == 3
     assert focus_warnings(outcomes) == [], "three frames of twenty are a lapse, not an instrument to check"
+    repo = Repo(runner.store.engine)
+    assert image_summary(repo, repo.experiment_id("E1"), None).qc_reasons == [("out of focus", 3)], \
+        "the report counts failures by kind, not one row per frame's figures"
     sheet = tmp_path / "images.csv"
     export_images(Repo(runner.store.engine), "E1", sheet)
     csv_failed = {r["path"]: r for r in csv_rows(sheet) if r["qc_passed"] == "0"}

@@ -107,3 +107,16 @@ def test_a_fields_first_scan_is_judged_once_its_next_scans_are_there() -> None:
     assert got[10].ratio == pytest.approx(20.0 / 97.5) and got[10].reason.startswith("out of focus")
     assert got[12].reason is None
     assert late_verdicts(stored, {}, set(), 0.0)[0].reason is None, "the check switched off fails nothing"
+
+
+@pytest.mark.parametrize("reason, kind", [
+    ("out of focus (fine detail 0.07 of this field's 4 nearest frames; fails below 0.4)", "out of focus"),
+    ("saturated (9.0% of pixels at full scale)", "saturated"),
+    ("blank frame (no signal)", "blank frame"),
+    ("12 of 4096 pixels are NaN or infinite (not scored)", "NaN or infinite pixels"),
+    ("something new", "something new"),
+])
+def test_qc_reasons_are_counted_by_kind(reason: str, kind: str) -> None:
+    from nscmonitor.core.domain import qc_kind
+
+    assert qc_kind(reason) == kind
