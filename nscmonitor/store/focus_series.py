@@ -116,6 +116,10 @@ def store_late_verdicts(s: Session, verdicts: Iterable[LateVerdict], now: dateti
         s.execute(update(i).where(i.id == r.id).values(qc=qc, qc_passed=False if fails else r.qc_passed,
                                                        updated_at=now))
     if failed:
+        # as ``Writer._store`` does: the wells locked first (images, then wells, in id order), so
+        # a daemon storing images of one of them meanwhile recomputes its readout after this one
+        s.execute(select(m.Well.id).where(m.Well.id.in_(sorted({r.well_id for r in failed if r.well_id is not None})))
+                  .order_by(m.Well.id).with_for_update())
         recompute_for_images(s, failed, now, calibrations,
                              counted=(QueueState.DONE, QueueState.RESCORE, QueueState.PROCESSING))
     return len(failed)
