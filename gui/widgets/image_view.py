@@ -172,12 +172,16 @@ class ImageView(QWidget):
         preds = ", ".join(f"{c} {p:.2f}" for c, p in zip(img.classes, img.prob_mean)) or "not scored"
         geo = self.geometry_used
         note = "" if geo is None or geo.exact else " (tile grid inferred: model metadata unavailable)"
-        focus = (f"fine detail {qc['focus_ratio']:.2f} of its field's nearest scans" if qc.get("focus_ratio") is not None
-                 else f"focus {qc.get('focus', float('nan')):.3g}")
+        if "fine detail" in verdict:  # the reason gives the frame's share of its field's detail already
+            focus = ""
+        elif qc.get("focus_ratio") is not None:
+            focus = f"fine detail {qc['focus_ratio']:.2f} of its field's nearest scans, "
+        else:
+            focus = f"focus {qc.get('focus', float('nan')):.3g}, "
         self.info.setText(
             f"<b>{self.title}</b> field {img.field} — {Path(img.path).name}<br>"
             f"{r.pixels.shape[1]}×{r.pixels.shape[0]} px, contrast {r.levels[0]:.0f}–{r.levels[1]:.0f} "
-            f"(1st–99.8th percentile); {verdict}; {focus}, saturation {qc.get('saturation', 0.0):.1%}<br>"
+            f"(1st–99.8th percentile); {verdict}; {focus}saturation {qc.get('saturation', 0.0):.1%}<br>"
             f"prediction: {preds}; {img.n_tiles} tiles{note}"
             + (f"; engine {img.engine}" if img.engine else ""))
 

@@ -112,6 +112,8 @@ def test_image_view_says_a_frame_was_out_of_focus_against_its_field(qtbot, tmp_p
     for t, expect in [(2, "QC failed: out of focus"), (1, "QC passed")]:
         win.set_time(t)
         qtbot.waitUntil(lambda: view.loaded is not None and expect in view.info.text(), timeout=10000)
-        ratio = float(view.info.text().split("fine detail ")[1].split(" ")[0])
+        parts = view.info.text().split("fine detail ")
+        assert len(parts) == 2, "the share of its field's detail is said once"
+        ratio = float(parts[1].split(" ")[0])
         assert (ratio < 0.25) if t == 2 else (ratio > 0.6), view.info.text()
     win.close()
