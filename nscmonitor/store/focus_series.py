@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import literal, select, union_all, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from nscmonitor.core.calibration import WellCalibration
@@ -19,6 +19,8 @@ from nscmonitor.store import models as m
 from nscmonitor.store.readouts import recompute_for_images
 
 SeriesKey = tuple[int, int | None, str | None, int | None]
+#: range reads sent in one statement (SQLite compounds at most 500 selects)
+_READS_PER_STATEMENT = 200
 
 
 @dataclass(frozen=True)
@@ -65,29 +67,36 @@ def _sharpness(qc: object) -> float | None:
 def field_series(Session: sessionmaker, ids: Iterable[int], k: int) -> dict[int, FieldSeries]:
     """Each claimed image with a well, and up to ``k`` of its field's scored frames on either
     side of it in time that carry a sharpness (frames scored before it was measured have
-    none and are left out). Two indexed range reads per image (``ix_images_well_time``): a
-    field of a months-long time-lapse holds hundreds of frames, and only the nearest count."""
+    none and are left out). A field of a months-long time-lapse holds hundreds of frames and
+    only the nearest count, so each image's two neighbourhoods are indexed range reads
+    (``ix_images_well_time``), all of a claim's sent as one statement: a claim costs two round
+    trips to a PostgreSQL server whatever its size, as its store does (``Writer.complete``)."""
     i = m.Image
     with Session() as s:
         mine = s.execute(select(i.id, i.well_id, i.field, i.channel, i.z, i.time_key)
                          .where(i.id.in_(list(ids)), i.well_id.is_not(None))).all()
-        out = {}
+        reads = []
         for r in mine:
-            key = (r.well_id, r.field, r.channel, r.z)
             same = (i.well_id == r.well_id, i.field.is_not_distinct_from(r.field),
-                    i.channel.is_not_distinct_from(r.channel), i.z.is_not_distinct_from(r.z), i.id != r.id)
+                    i.channel.is_not_distinct_from(r.channel), i.z.is_not_distinct_from(r.z), i.id != r.id,
+                    i.scored_at.is_not(None), i.time_key.is_not(None) if r.time_key is not None else i.time_key.is_(None))
             pos, at = (i.time_key, r.time_key) if r.time_key is not None else (i.id, r.id)
-            timed = i.time_key.is_not(None) if r.time_key is not None else i.time_key.is_(None)
-            cols = (i.id, i.time_key, i.qc, i.qc_passed)
-            near = [*s.execute(select(*cols).where(*same, timed, pos <= at).order_by(pos.desc()).limit(k)),
-                    *s.execute(select(*cols).where(*same, timed, pos > at).order_by(pos.asc()).limit(k))]
-            stored = []
-            for n in near:
-                v = _sharpness(n.qc)
-                if v is not None:
-                    stored.append(Neighbour(n.id, _position(n.time_key, n.id), v, n.qc.get("focus_ratio") is not None,
-                                            n.qc_passed is not False))
-            out[r.id] = FieldSeries(key, _position(r.time_key, r.id), tuple(stored))
+            near = select(literal(r.id).label("for_id"), i.id, i.time_key, i.qc, i.qc_passed).where(*same)
+            reads += [select(near.where(pos <= at).order_by(pos.desc()).limit(k).subquery()),
+                      select(near.where(pos > at).order_by(pos.asc()).limit(k).subquery())]
+        found: dict[int, list] = {}
+        for c in range(0, len(reads), _READS_PER_STATEMENT):
+            for n in s.execute(union_all(*reads[c:c + _READS_PER_STATEMENT])):
+                found.setdefault(n.for_id, []).append(n)
+    out = {}
+    for r in mine:
+        stored = []
+        for n in found.get(r.id, ()):
+            v = _sharpness(n.qc)
+            if v is not None:
+                stored.append(Neighbour(n.id, _position(n.time_key, n.id), v, n.qc.get("focus_ratio") is not None,
+                                        n.qc_passed is not False))
+        out[r.id] = FieldSeries((r.well_id, r.field, r.channel, r.z), _position(r.time_key, r.id), tuple(stored))
     return out
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from nscmonitor.ops.health import CHANNEL_WINDOW, focus_warnings
 from nscmonitor.report.export import export_images
@@ -83,6 +83,21 @@ def test_autofocus_failures_fail_qc_and_leave_the_readout(tmp_path: Path, make_r
         else:
             assert img.qc_passed is True, (path, img.qc)
             assert img.qc["focus_ratio"] > 0.6, (path, img.qc)  # every frame is judged in the end
+    statements = []
+    listen = (runner.store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    event.listen(*listen)
+    try:
+        series = runner.store.field_series([i.id for i in images.values()], 2)
+    finally:
+        event.remove(*listen)
+    assert len(statements) == 2, "a claim's neighbourhoods are read in two statements, whatever its size"
+    by_id = {i.id: i for i in images.values()}
+    for image_id, fs in series.items():
+        me = by_id[image_id]
+        others = sorted(i.time_key for i in images.values() if (i.well_id, i.field) == (me.well_id, me.field)
+                        and i.id != image_id)
+        want = [t for t in others if t <= me.time_key][-2:] + [t for t in others if t > me.time_key][:2]
+        assert sorted(n.at for n in fs.stored) == want, (image_id, fs)
     repo = Repo(runner.store.engine)
     outcomes = repo.recent_outcomes(CHANNEL_WINDOW)
     assert outcomes["E1"].out_of_focus == outcomes["E1"].qc_failed == 3
