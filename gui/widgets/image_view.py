@@ -174,7 +174,7 @@ class ImageView(QWidget):
         note = "" if geo is None or geo.exact else " (tile grid inferred: model metadata unavailable)"
         if "fine detail" in verdict:  # the reason gives the frame's share of its field's detail already
             focus = ""
-        elif qc.get("focus_ratio") is not None:
+        elif isinstance(qc.get("focus_ratio"), (int, float)):  # a damaged row's text is not shown as a figure
             focus = f"fine detail {qc['focus_ratio']:.2f} of its field's nearest scans, "
         else:
             focus = f"focus {qc.get('focus', float('nan')):.3g}, "

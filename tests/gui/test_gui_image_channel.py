@@ -117,3 +117,35 @@ def test_image_view_says_a_frame_was_out_of_focus_against_its_field(qtbot, tmp_p
         ratio = float(parts[1].split(" ")[0])
         assert (ratio < 0.25) if t == 2 else (ratio > 0.6), view.info.text()
     win.close()
+
+
+def test_image_view_shows_a_damaged_focus_ratio_as_no_figure(qtbot, tmp_path: Path, tiny_model: Path) -> None:
+    """A stored QC whose focus ratio is text (a damaged or hand-edited row) is shown without
+    it, not as an error in the view."""
+    import json
+
+    from sqlalchemy import create_engine, text
+
+    from nscmonitor.config import parse_settings
+    from nscmonitor.daemon import build_runner
+
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    tifffile.imwrite(folder / "VID1_B2_1_00d04h00m.tif",
+                     np.random.default_rng(4).gamma(2.0, 300.0, (96, 128)).astype(np.uint16))
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = parse_settings({"database_url": url, "model": str(tiny_model), "watch": [{
+        "path": str(folder), "experiment": "E1", "quiet_seconds": 0}]}, env={})
+    build_runner(settings, model=tiny_model, retry_base_s=0.1).run(once=True)
+    engine = create_engine(url)
+    with engine.begin() as c:
+        for image_id, qc in c.execute(text("select id, qc from images")).all():
+            qc = json.loads(qc) if isinstance(qc, str) else qc
+            c.execute(text("update images set qc = :qc where id = :id"),
+                      {"qc": json.dumps({**qc, "focus_ratio": "garbled"}), "id": image_id})
+    engine.dispose()
+
+    win, view = _image_view_of(qtbot, url, settings, "B02")
+    qtbot.waitUntil(lambda: "QC passed" in view.info.text(), timeout=10000)
+    assert "fine detail" not in view.info.text() and "garbled" not in view.info.text()
+    win.close()
